@@ -1,0 +1,28 @@
+"""
+A vswitch built in Python: run with C{twistd -ny etc/vswitch.tac}.
+
+This is the way to script bigger set-ups than command-line options allow:
+any number of port specs, settings computed at start, several switches in
+one process (give each its own directory).  Edit and copy freely.
+"""
+
+import os
+
+from twisted.application.service import Application
+from twisted.internet import reactor
+
+from vtwisted.app import buildService
+
+directory = os.environ.get("VSWITCH_SOCK", "/tmp/vde.ctl")
+
+application = Application("vswitch")
+switchService = buildService(
+    reactor,
+    ports=[
+        "vde:" + directory.replace(":", "\\:") + ":mode=0660",
+        # "tap:tap0",
+        # "vde:/tmp/lab-vlan10:vlan=10",
+    ],
+    numPorts=64,
+)
+switchService.setServiceParent(application)

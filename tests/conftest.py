@@ -1,0 +1,102 @@
+"""
+Shared fixtures: temporary directories with short paths, processes stopped
+by PID, network namespaces deleted even when a test fails, and a running
+C{twistd vswitch}.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import (  # noqa: E402
+    Namespaces,
+    Processes,
+    socketListening,
+    sourceEnv,
+    twistdArgv,
+    waitFor,
+)
+
+
+@pytest.fixture
+def shortdir() -> Iterator[Path]:
+    """
+    A fresh directory under /tmp with a short path (socket paths are
+    limited to 107 bytes).
+    """
+    path = Path(tempfile.mkdtemp(prefix="vtw", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """
+    Start processes; every one is stopped by PID after the test.
+    """
+    procs = Processes()
+    yield procs
+    procs.stopAll()
+
+
+@pytest.fixture
+def namespaces() -> Iterator[Namespaces]:
+    """
+    Make network namespaces; every one is deleted after the test.
+    """
+    spaces = Namespaces()
+    yield spaces
+    spaces.deleteAll()
+
+
+class RunningSwitch:
+    """
+    A C{twistd vswitch} started for a test.
+    """
+
+    def __init__(self, process: object, sock: Path, log: Path) -> None:
+        self.process = process
+        self.sock = sock
+        self.ctl = sock / "ctl"
+        self.log = log
+
+    def logText(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def vswitch(processes: Processes, shortdir: Path) -> Callable[..., RunningSwitch]:
+    """
+    Start C{twistd -n vswitch --sock DIR ARGS} from this source tree and wait
+    until its control socket listens.
+    """
+    count = [0]
+
+    def start(*args: str, sock: Path | None = None, wait: bool = True) -> RunningSwitch:
+        count[0] += 1
+        directory = sock or shortdir / f"sw{count[0]}"
+        log = shortdir / f"sw{count[0]}.log"
+        process = processes.start(
+            twistdArgv("--sock", str(directory), *args, logfile=str(log)), env=sourceEnv()
+        )
+        running = RunningSwitch(process, directory, log)
+        if wait:
+            try:
+                waitFor(
+                    lambda: socketListening(running.ctl) or process.poll() is not None,
+                    what=f"switch on {running.ctl}",
+                )
+            finally:
+                if process.poll() is not None:
+                    raise AssertionError(f"switch exited early:\n{running.logText()}")
+        return running
+
+    return start

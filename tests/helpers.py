@@ -1,0 +1,272 @@
+"""
+Helpers for the integration tests: real peers, namespaces, running switches.
+
+Interop tests need Debian's vde2/vdeplug binaries, iproute2, iperf3 and root.
+Where one is missing they skip, unless C{VTWISTED_REQUIRE_PEERS=1} (set by
+CI), which turns every such skip into a failure: CI must never pass by
+testing nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRE = os.environ.get("VTWISTED_REQUIRE_PEERS") == "1"
+_counter = itertools.count()
+
+
+def unavailable(reason: str) -> None:
+    """
+    Skip the test, or fail it when peers are required.
+    """
+    if REQUIRE:
+        pytest.fail(f"required peer missing: {reason}")
+    pytest.skip(reason)
+
+
+def need(*binaries: str) -> None:
+    """
+    Make sure every binary is on the PATH.
+    """
+    for binary in binaries:
+        if shutil.which(binary) is None:
+            unavailable(f"{binary} is not installed")
+
+
+def needRoot() -> None:
+    """
+    Make sure we may create namespaces and TAP devices.
+    """
+    if os.geteuid() != 0:
+        unavailable("needs root (network namespaces, TAP devices)")
+
+
+def uniqueName(prefix: str) -> str:
+    """
+    A name unique to this test run, short enough for an interface (15).
+    """
+    return f"{prefix}{os.getpid() % 10000}{next(_counter)}"[:15]
+
+
+def run(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """
+    Run a command, capturing its output.
+    """
+    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def waitFor(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
+    """
+    Poll C{predicate} until it is true.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def socketListening(path: str | Path) -> bool:
+    """
+    True if a stream socket at C{path} accepts connections.
+    """
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class Processes:
+    """
+    Processes a test started; all are stopped, by PID, at the end.
+    """
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        kwargs.setdefault("stdout", subprocess.DEVNULL)
+        kwargs.setdefault("stderr", subprocess.DEVNULL)
+        process = subprocess.Popen(list(argv), **kwargs)  # type: ignore[call-overload]
+        self.started.append(process)
+        return process
+
+    def stop(self, process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        return process.returncode
+
+    def stopAll(self) -> None:
+        for process in reversed(self.started):
+            self.stop(process)
+
+
+def twistdArgv(*switchArgs: str, logfile: str = "-") -> list[str]:
+    """
+    The command line of a foreground C{twistd vswitch}.
+    """
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+        "-n",
+        "--pidfile=",
+        f"--logfile={logfile}",
+        "vswitch",
+        *switchArgs,
+    ]
+
+
+def sourceEnv() -> dict[str, str]:
+    """
+    An environment that imports vtwisted (and its plugins) from this tree.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+class Namespaces:
+    """
+    Network namespaces a test made; all are deleted at the end.
+    """
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add(self, prefix: str = "vtw") -> str:
+        name = uniqueName(prefix)
+        run("ip", "netns", "add", name)
+        self.names.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def deleteAll(self) -> None:
+        for name in self.names:
+            with contextlib.suppress(Exception):
+                pids = run("ip", "netns", "pids", name, check=False).stdout.split()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(pid), signal.SIGKILL)
+                run("ip", "netns", "del", name, check=False)
+
+
+def execIn(namespace: str, *argv: str) -> list[str]:
+    """
+    C{argv} run inside C{namespace}.
+    """
+    return ["ip", "netns", "exec", namespace, *argv]
+
+
+@contextlib.contextmanager
+def logOf(path: Path) -> Iterator[Path]:
+    """
+    Yield C{path}; on failure, print the log it holds to help debugging.
+    """
+    try:
+        yield path
+    except BaseException:
+        if path.exists():
+            sys.stderr.write(f"--- {path} ---\n{path.read_text(errors='replace')}\n")
+        raise
+
+
+class StreamPlug:
+    """
+    A real C{vde_plug} relaying between a switch and this test through its
+    stdin/stdout, in vde_plug's stream format (2-byte big-endian length,
+    then the frame).
+    """
+
+    def __init__(self, processes: Processes, vnl: str, *options: str) -> None:
+        self.vnl = vnl
+        self.process = processes.start(
+            ["vde_plug", *options, vnl],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        self._buffer = b""
+
+    def send(self, frame: bytes) -> None:
+        """
+        Send one frame into the switch.
+        """
+        assert self.process.stdin is not None
+        self.process.stdin.write(len(frame).to_bytes(2, "big") + frame)
+        self.process.stdin.flush()
+
+    def receive(self, timeout: float = 5.0) -> bytes | None:
+        """
+        The next frame from the switch, or L{None} after C{timeout} seconds.
+        """
+        import select
+
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self._buffer) >= 2:
+                size = int.from_bytes(self._buffer[:2], "big")
+                if len(self._buffer) >= 2 + size:
+                    frame = self._buffer[2 : 2 + size]
+                    self._buffer = self._buffer[2 + size :]
+                    return frame
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+
+    def receiveMatching(self, predicate: object, timeout: float = 5.0) -> bytes | None:
+        """
+        The next frame for which C{predicate} is true, skipping others.
+        """
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            frame = self.receive(remaining)
+            if frame is None:
+                return None
+            if predicate(frame):  # type: ignore[operator]
+                return frame
+        return None
+
+    def quiet(self, timeout: float = 0.5) -> list[bytes]:
+        """
+        Every frame arriving within C{timeout} seconds.
+        """
+        frames = []
+        while (frame := self.receive(timeout)) is not None:
+            frames.append(frame)
+        return frames
+
+    def exited(self) -> bool:
+        return self.process.poll() is not None

@@ -1,0 +1,197 @@
+"""
+Real VDE clients (Debian's vde_plug, vde_plug2tap, dpipe, vde_switch) against
+C{twistd vswitch} started from this tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+from helpers import (
+    StreamPlug,
+    execIn,
+    need,
+    needRoot,
+    run,
+    socketListening,
+    sourceEnv,
+    twistdArgv,
+    uniqueName,
+    waitFor,
+)
+
+from vtwisted.testing import frame, mac
+
+BROADCAST = b"\xff" * 6
+DATA_SOCKET = re.compile(r"^\d{3,}\.\d+$")
+
+pytestmark = pytest.mark.integration
+
+
+def dataSockets(directory: Path) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if DATA_SOCKET.match(n))
+
+
+def plugs(processes, sw, count: int, *suffixes: str) -> list[StreamPlug]:
+    need("vde_plug")
+    made = []
+    before = len(dataSockets(sw.sock))
+    for i in range(count):
+        suffix = suffixes[i] if i < len(suffixes) else ""
+        made.append(StreamPlug(processes, f"vde://{sw.sock}{suffix}"))
+        waitFor(lambda: len(dataSockets(sw.sock)) == before + i + 1, what=f"client {i} attached")
+    return made
+
+
+def test_vdePlugClientsExchangeFrames(vswitch, processes) -> None:
+    """Three vde_plug clients: broadcast reaches both others, unicast only its owner."""
+    sw = vswitch()
+    a, b, c = plugs(processes, sw, 3)
+    hello = frame(BROADCAST, mac(1))
+    a.send(hello)
+    assert b.receive() == hello and c.receive() == hello
+    reply = frame(mac(1), mac(2), b"reply".ljust(46, b"\0"))
+    b.send(reply)
+    assert a.receive() == reply
+    assert c.quiet(0.5) == []
+
+
+def test_requestedPortsAreGranted(vswitch, processes) -> None:
+    """vde://DIR[5] gets port 5 and vde://DIR[0] port 0, as their socket names show."""
+    sw = vswitch()
+    plugs(processes, sw, 2, "[5]", "[0]")
+    names = dataSockets(sw.sock)
+    assert [n.split(".")[0] for n in names] == ["000", "005"]
+
+
+def test_jumboFrameCrossesWhole(vswitch, processes) -> None:
+    """A 9000-byte payload crosses the switch unchanged (vde_switch would cut it)."""
+    sw = vswitch()
+    a, b = plugs(processes, sw, 2)
+    jumbo = frame(BROADCAST, mac(1), os.urandom(9000))
+    a.send(jumbo)
+    assert b.receive() == jumbo
+
+
+def test_defaultModesMatchVdeSwitch(vswitch) -> None:
+    """The directory is 02700 and the control socket 0600, like vde_switch's defaults."""
+    sw = vswitch()
+    assert stat.S_IMODE(os.stat(sw.sock).st_mode) == 0o2700
+    assert stat.S_IMODE(os.stat(sw.ctl).st_mode) == 0o600
+
+
+def test_modeOptionOpensDirectoryToo(vswitch) -> None:
+    """--mode 0660 gives a 0660 socket in a 02770 directory, as vde_switch -m does."""
+    sw = vswitch("--mode", "0660")
+    assert stat.S_IMODE(os.stat(sw.sock).st_mode) == 0o2770
+    assert stat.S_IMODE(os.stat(sw.ctl).st_mode) == 0o660
+
+
+def test_sigtermRemovesEverySocketFile(vswitch, processes) -> None:
+    """Stopping the switch removes its data sockets, its ctl and its directory."""
+    sw = vswitch()
+    a, b = plugs(processes, sw, 2)
+    # twistd re-raises the signal after a clean shutdown, so the status says SIGTERM
+    assert processes.stop(sw.process, signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert "Main loop terminated" in sw.logText()
+    assert not sw.sock.exists(), os.listdir(sw.sock)
+    waitFor(lambda: a.exited() and b.exited(), what="clients to notice")
+
+
+def test_liveControlSocketRefusesSecondSwitch(vswitch) -> None:
+    """A second switch on a live directory fails with a clear message, removing nothing."""
+    sw = vswitch()
+    second = run(*twistdArgv("--sock", str(sw.sock)), check=False, timeout=60)
+    output = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert "another switch is listening" in output, output
+    assert socketListening(sw.ctl)
+
+
+def test_staleControlSocketIsReplaced(vswitch, shortdir) -> None:
+    """A ctl left behind by a dead switch is replaced at start-up."""
+    directory = shortdir / "stale"
+    directory.mkdir()
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(directory / "ctl"))
+    dead.close()
+    sw = vswitch(sock=directory)
+    assert socketListening(sw.ctl)
+
+
+def test_badSpecFailsAtStartup() -> None:
+    """An unknown port type stops start-up with a message naming the spec."""
+    result = run(*twistdArgv("--port", "nosuch:thing"), check=False, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "nosuch:thing" in output and "unknown port type" in output, output
+
+
+def test_dpipeCableJoinsRealVdeSwitch(vswitch, processes, shortdir) -> None:
+    """dpipe vde_plug = vde_plug joins our switch and a real vde_switch into one LAN."""
+    need("vde_switch", "dpipe", "vde_plug")
+    ours = vswitch()
+    theirs = shortdir / "c-switch"
+    cswitch = processes.start(
+        ["vde_switch", "-s", str(theirs)], stdin=__import__("subprocess").PIPE
+    )
+    waitFor(lambda: socketListening(theirs / "ctl"), what="vde_switch")
+    processes.start(["dpipe", "vde_plug", f"vde://{ours.sock}", "=", "vde_plug", f"vde://{theirs}"])
+    waitFor(lambda: len(dataSockets(ours.sock)) == 1, what="cable on our side")
+    (left,) = plugs(processes, ours, 1)
+    right = StreamPlug(processes, f"vde://{theirs}")
+    waitFor(lambda: len(dataSockets(theirs)) == 2, what="client on vde_switch")
+    hello = frame(BROADCAST, mac(10))
+    left.send(hello)
+    assert right.receiveMatching(lambda f: f == hello)
+    back = frame(mac(10), mac(11))
+    right.send(back)
+    assert left.receiveMatching(lambda f: f == back)
+    assert cswitch.poll() is None
+
+
+def test_namespacesPingThroughTheSwitch(vswitch, processes, namespaces) -> None:
+    """Two network namespaces behind vde_plug2tap and vde_plug tap:// ping each other."""
+    need("vde_plug2tap", "vde_plug", "ping")
+    needRoot()
+    sw = vswitch()
+    left, right = namespaces.add("vtwa"), namespaces.add("vtwb")
+    tapA, tapB = uniqueName("ta"), uniqueName("tb")
+    processes.start(execIn(left, "vde_plug2tap", "-s", str(sw.sock), tapA))
+    processes.start(execIn(right, "vde_plug", f"vde://{sw.sock}", f"tap://{tapB}"))
+    waitFor(lambda: len(dataSockets(sw.sock)) == 2, what="both taps attached")
+    for ns, tap, address in ((left, tapA, "10.211.0.1/24"), (right, tapB, "10.211.0.2/24")):
+        waitFor(lambda: run("ip", "-n", ns, "link", "show", tap, check=False).returncode == 0,
+                what=f"{tap} in {ns}")
+        run("ip", "-n", ns, "addr", "add", address, "dev", tap)
+        run("ip", "-n", ns, "link", "set", tap, "up")
+    result = run(*execIn(left, "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.211.0.2"),
+                 check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    big = run(*execIn(left, "ping", "-c", "1", "-s", "1472", "-M", "do", "-W", "2",
+                      "10.211.0.2"), check=False)
+    assert big.returncode == 0, big.stdout
+
+
+def test_defaultDirectoryIsWhereVdePlugLooks(processes) -> None:
+    """With no options the switch listens where a bare vde_plug looks for it."""
+    need("vde_plug")
+    directory = Path("/var/run/vde.ctl" if os.geteuid() == 0 else "/tmp/vde.ctl")
+    if socketListening(directory / "ctl"):
+        pytest.skip(f"a switch already runs on {directory}")
+    process = processes.start(twistdArgv(), env=sourceEnv())
+    waitFor(lambda: socketListening(directory / "ctl"), what=f"switch on {directory}")
+    client = StreamPlug(processes, "")
+    other = StreamPlug(processes, f"vde://{directory}")
+    waitFor(lambda: len(dataSockets(directory)) == 2, what="bare vde_plug attached")
+    hello = frame(BROADCAST, mac(3))
+    client.send(hello)
+    assert other.receive() == hello
+    assert processes.stop(process) in (0, -signal.SIGTERM)
+    assert not directory.exists()

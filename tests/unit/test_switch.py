@@ -1,0 +1,266 @@
+"""
+The forwarding core: learning, flooding, aging, hub mode, counters, limits.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vtwisted.errors import SwitchError
+from vtwisted.fdb import MacTable
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+
+BROADCAST = b"\xff" * 6
+
+
+def makeSwitch(ports: int = 3, **kwargs: object) -> tuple[Switch, list[FakeLink]]:
+    switch = Switch(**kwargs)  # type: ignore[arg-type]
+    links = [FakeLink(f"link{i}") for i in range(ports)]
+    for link in links:
+        plug(switch, link)
+    return switch, links
+
+
+def test_broadcastReachesEveryOtherPort() -> None:
+    """A broadcast goes to every other port and never back to its sender."""
+    switch, (a, b, c) = makeSwitch()
+    f = frame(BROADCAST, mac(1))
+    a.receive(f)
+    assert a.sent == []
+    assert b.sent == [f]
+    assert c.sent == [f]
+
+
+def test_unknownUnicastIsFlooded() -> None:
+    """A frame to an address nobody has sent from yet reaches every other port."""
+    switch, (a, b, c) = makeSwitch()
+    f = frame(mac(9), mac(1))
+    a.receive(f)
+    assert (a.sent, b.sent, c.sent) == ([], [f], [f])
+
+
+def test_learnedUnicastGoesOnlyToItsPort() -> None:
+    """Once B has spoken, frames to B reach only B's port."""
+    switch, (a, b, c) = makeSwitch()
+    b.receive(frame(BROADCAST, mac(2)))
+    a.takeSent(), c.takeSent()
+    f = frame(mac(2), mac(1))
+    a.receive(f)
+    assert (a.sent, b.sent, c.sent) == ([], [f], [])
+
+
+def test_frameToItsOwnPortIsNotEchoed() -> None:
+    """A frame whose destination lives on the sender's port is not sent anywhere."""
+    switch, (a, b, c) = makeSwitch()
+    a.receive(frame(BROADCAST, mac(1)))
+    b.takeSent(), c.takeSent()
+    a.receive(frame(mac(1), mac(5)))
+    assert (a.sent, b.sent, c.sent) == ([], [], [])
+
+
+def test_multicastSourceIsNeverLearned() -> None:
+    """A frame from a group address does not teach the switch that address."""
+    switch, (a, b, c) = makeSwitch()
+    group = b"\x01\x00\x5e\x00\x00\x01"
+    a.receive(frame(BROADCAST, group))
+    assert switch.fdb.size == 0
+    f = frame(group, mac(2))
+    b.receive(f)
+    assert a.sent[-1] == f and c.sent[-1] == f
+
+
+def test_addressesAgeOut() -> None:
+    """An address silent for longer than the TTL is forgotten and flooded to again."""
+    switch, (a, b, c) = makeSwitch(macTable=MacTable(expiry=100))
+    switch.tick(1000)
+    b.receive(frame(BROADCAST, mac(2)))
+    switch.tick(1050)
+    assert switch.fdb.lookup(0, mac(2)) is not None
+    switch.tick(1101)
+    assert switch.fdb.lookup(0, mac(2)) is None
+    c.takeSent()
+    a.receive(frame(mac(2), mac(1)))
+    assert c.sent, "unknown again, so flooded"
+
+
+def test_trafficKeepsAddressesAlive() -> None:
+    """An address that keeps sending is not aged out."""
+    switch, (a, b, c) = makeSwitch(macTable=MacTable(expiry=100))
+    for now in range(1000, 1400, 50):
+        switch.tick(now)
+        b.receive(frame(BROADCAST, mac(2)))
+    assert switch.fdb.lookup(0, mac(2)).port is b.port
+
+
+def test_addressMovesOnlyAfterMinimumPersistence() -> None:
+    """An address seen on a second port moves there only if it was quiet for 3 s."""
+    switch, (a, b, c) = makeSwitch()
+    switch.tick(100)
+    a.receive(frame(BROADCAST, mac(7)))
+    b.receive(frame(BROADCAST, mac(7)))
+    assert switch.fdb.lookup(0, mac(7)).port is a.port
+    switch.tick(104)
+    b.receive(frame(BROADCAST, mac(7)))
+    assert switch.fdb.lookup(0, mac(7)).port is b.port
+
+
+def test_macTableIsBounded() -> None:
+    """A flood of random source addresses cannot grow the table past its capacity."""
+    switch, (a, b, c) = makeSwitch(macTable=MacTable(capacity=100))
+    b.receive(frame(BROADCAST, mac(60000)))
+    for n in range(1000):
+        a.receive(frame(BROADCAST, mac(n)))
+    assert switch.fdb.size == 100
+    assert sum(len(t) for t in switch.fdb.tables.values()) == 100
+    assert switch.fdb.evictions == 901
+    # the newest addresses are the ones kept
+    assert switch.fdb.lookup(0, mac(999)) is not None
+
+
+def test_hubFloodsEvenKnownUnicast() -> None:
+    """In hub mode every frame goes to every other port, learned or not."""
+    switch, (a, b, c) = makeSwitch(hub=True)
+    b.receive(frame(BROADCAST, mac(2)))
+    a.takeSent(), c.takeSent()
+    f = frame(mac(2), mac(1))
+    a.receive(f)
+    assert (a.sent, b.sent, c.sent) == ([], [f], [f])
+
+
+def test_hubNeverSendsToPortZero() -> None:
+    """Port 0 receives nothing in hub mode, as in vde_switch."""
+    switch = Switch(hub=True)
+    zero, one, two = FakeLink(), FakeLink(), FakeLink()
+    plug(switch, zero, 0)
+    plug(switch, one)
+    plug(switch, two)
+    one.receive(frame(BROADCAST, mac(1)))
+    assert zero.sent == [] and two.sent != []
+
+
+def test_anonymousClientsGetLowestFreePortFromOne() -> None:
+    """Ports are handed out from 1 up; port 0 only to whoever asks for it."""
+    switch = Switch(numPorts=4)
+    numbers = [plug(switch, FakeLink()).number for _ in range(3)]
+    assert numbers == [1, 2, 3]
+    with pytest.raises(SwitchError) as e:
+        plug(switch, FakeLink())
+    assert e.value.errno == 28
+    assert plug(switch, FakeLink(), 0).number == 0
+
+
+def test_inactivePortIsReusedWithItsConfiguration() -> None:
+    """A port left by its client keeps its VLAN for the next client that gets it."""
+    switch = Switch()
+    link = FakeLink()
+    port = plug(switch, link)
+    switch.vlans.create(10)
+    switch.vlans.join(port, 10)
+    link.close()
+    again = plug(switch, FakeLink())
+    assert again is port and again.untaggedVlan is switch.vlans[10]
+
+
+def test_portOutOfRangeIsRefused() -> None:
+    """Asking for a port beyond --numports fails with EINVAL."""
+    switch = Switch(numPorts=8)
+    with pytest.raises(SwitchError) as e:
+        plug(switch, FakeLink(), 8)
+    assert e.value.errno == 22
+
+
+def test_sharedPortGivesEveryLinkACopy() -> None:
+    """Two clients on one port each receive every frame sent to that port."""
+    switch = Switch()
+    first, second, other = FakeLink(uid=1000), FakeLink(uid=1000), FakeLink()
+    plug(switch, first, 5, uid=1000)
+    plug(switch, second, 5, uid=1000)
+    plug(switch, other)
+    f = frame(BROADCAST, mac(3))
+    other.receive(f)
+    assert first.sent == [f] and second.sent == [f]
+    assert first.port.counters.outFrames == 1
+
+
+def test_sharedPortRefusesAnotherUser() -> None:
+    """A port in use by one user cannot be joined by another."""
+    switch = Switch()
+    plug(switch, FakeLink(uid=1000), 5, uid=1000)
+    with pytest.raises(SwitchError) as e:
+        plug(switch, FakeLink(uid=1001), 5, uid=1001)
+    assert e.value.errno == 98
+
+
+def test_countersCountFramesAndBytes() -> None:
+    """Per-port counters show frames and bytes in and out."""
+    switch, (a, b, c) = makeSwitch()
+    f = frame(BROADCAST, mac(1), b"x" * 100)
+    a.receive(f)
+    a.receive(f)
+    assert (a.port.counters.inFrames, a.port.counters.inBytes) == (2, 2 * len(f))
+    assert (b.port.counters.outFrames, b.port.counters.outBytes) == (2, 2 * len(f))
+    assert b.port.counters.inFrames == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 13])
+def test_runtsAreDroppedAndCounted(size: int) -> None:
+    """Frames shorter than an Ethernet header are counted as runts and go nowhere."""
+    switch, (a, b, c) = makeSwitch()
+    a.receive(b"\xff" * size)
+    assert b.sent == [] and a.port.counters.drops["runt"] == 1
+    a.receive(frame(BROADCAST, mac(1)))
+    assert b.sent, "the port keeps working"
+
+
+def test_headerOnlyFrameIsForwarded() -> None:
+    """A 14-byte frame is the smallest forwarded, unpadded."""
+    switch, (a, b, c) = makeSwitch()
+    f = frame(BROADCAST, mac(1), b"")
+    a.receive(f)
+    assert b.sent == [f] and len(f) == 14
+
+
+def test_jumboFramesPassWhereVdeSwitchCutsAt1518() -> None:
+    """A 9234-byte frame crosses whole; one byte more is dropped as oversize."""
+    switch, (a, b, c) = makeSwitch()
+    jumbo = frame(BROADCAST, mac(1), b"j" * (9234 - 14))
+    a.receive(jumbo)
+    assert b.sent == [jumbo]
+    a.receive(jumbo + b"!")
+    assert len(b.sent) == 1 and a.port.counters.drops["oversize"] == 1
+
+
+def test_portMtuLimitsEgress() -> None:
+    """A port with a lower MTU does not get frames longer than it allows; others do."""
+    switch, (a, b, c) = makeSwitch()
+    b.port.setMtu(1500)
+    big = frame(BROADCAST, mac(1), b"j" * 2000)
+    a.receive(big)
+    assert b.sent == [] and c.sent == [big]
+    assert b.port.counters.drops["mtu"] == 1
+    small = frame(BROADCAST, mac(1), b"s" * 1500)
+    a.receive(small)
+    assert b.sent == [small]
+
+
+def test_detachFlushesThePortsAddresses() -> None:
+    """When a client leaves, frames to its addresses are flooded again."""
+    switch, (a, b, c) = makeSwitch()
+    b.receive(frame(BROADCAST, mac(2)))
+    b.close()
+    assert switch.fdb.lookup(0, mac(2)) is None
+
+
+def test_brokenLinkDoesNotStopOthers() -> None:
+    """A link whose peer is gone (send raises nothing, drops) leaves the rest working."""
+    switch, (a, b, c) = makeSwitch()
+
+    def gone(frame: bytes) -> None:
+        b.port.dropped("peer", "test peer vanished")
+
+    b.port.send = gone
+    a.receive(frame(BROADCAST, mac(1)))
+    a.receive(frame(BROADCAST, mac(1)))
+    assert len(c.sent) == 2
+    assert b.port.counters.drops["peer"] == 2

@@ -1,0 +1,56 @@
+"""
+Errors shared by the switch core, the port types and the console.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+
+class SwitchError(Exception):
+    """
+    An operation on the switch failed.  C{errno} is the Linux error number
+    the vde_switch console reports for the same failure (C{1022 Invalid
+    argument} and so on).
+    """
+
+    def __init__(self, code: int, message: str = "") -> None:
+        self.errno = code
+        self.message = message or os.strerror(code)
+        super().__init__(self.message)
+
+    @property
+    def strerror(self) -> str:
+        """
+        The C library's text for C{errno}, as the console prints it.
+        """
+        return os.strerror(self.errno)
+
+
+def invalid(message: str) -> SwitchError:
+    """
+    An argument out of range (C{EINVAL}).
+    """
+    return SwitchError(errno.EINVAL, message)
+
+
+def missing(message: str) -> SwitchError:
+    """
+    No such port or VLAN (C{ENXIO}).
+    """
+    return SwitchError(errno.ENXIO, message)
+
+
+def exists(message: str) -> SwitchError:
+    """
+    The port or VLAN already exists (C{EEXIST}).
+    """
+    return SwitchError(errno.EEXIST, message)
+
+
+def busy(message: str) -> SwitchError:
+    """
+    The port or VLAN is in use (C{EADDRINUSE}).
+    """
+    return SwitchError(errno.EADDRINUSE, message)

@@ -1,0 +1,13 @@
+"""
+Port type plugins.
+
+Other distributions add port types by shipping a module in a
+C{vtwisted/plugins/} directory of their own (without C{__init__.py}); the
+path extension below makes L{twisted.plugin.getPlugins} find it, as
+Twisted's "Alternate Plugin Packages" describes.
+"""
+
+from twisted.plugin import pluginPackagePaths
+
+__path__.extend(pluginPackagePaths(__name__))
+__all__: list[str] = []

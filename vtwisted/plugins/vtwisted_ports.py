@@ -1,0 +1,12 @@
+"""
+The port types that ship with vtwisted.  Keep this module import-light.
+"""
+
+from vtwisted.porttype import PortType
+
+vde = PortType(
+    "vde",
+    "vtwisted.ports.vde",
+    "vde:DIR[:mode=0600][:group=G][:dirmode=02700] VDE switch directory, "
+    "for vde_plug, qemu -netdev vde, vde_plug2tap, slirpvde",
+)

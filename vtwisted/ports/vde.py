@@ -1,0 +1,528 @@
+"""
+The VDE switch directory (C{vde:DIR}): what C{vde_plug}, C{qemu -netdev
+vde}, C{vde_plug2tap} and C{slirpvde} connect to.
+
+Theory of operation
+-------------------
+L{VdeSwitchDirectory} makes C{DIR}, listens on C{DIR/ctl} and removes
+everything it made when it stops.  Each accepted stream gets a
+L{VdeControlProtocol}, which waits for one request (see
+L{vtwisted.wire.vdecontrol}), checks the client's socket, connects a
+datagram socket to it I{before} replying (the client unlinks its path as soon
+as it has the reply), asks the switch for a port, binds the datagram socket
+as C{DIR/NNN.F}, writes the 110-byte reply in one write, and never writes to
+the stream again: a byte there makes C{vde_plug} exit.  A bad request closes
+the stream without a reply, which is what clients expect; the reason is
+counted and logged once.
+
+Frames travel as one datagram each through a L{VdeDataLink}, which reads in
+batches per reactor wake-up and never blocks: a frame the client cannot take
+now is dropped and counted.  The link goes when its control stream closes,
+which is how a client that vanishes (even killed) is noticed.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted import errors
+from vtwisted.interfaces import ILink
+from vtwisted.portoptions import PortOptions
+from vtwisted.spec import PortSpec
+from vtwisted.wire import vdecontrol
+
+log = Logger()
+
+#: Seconds a client may take to send its request.
+REQUEST_TIMEOUT = 10.0
+#: Frames read from one socket per reactor wake-up.
+READ_BATCH = 64
+#: Send buffer of each data socket: room for bursts to a slow client.
+SEND_BUFFER = 2 * 1024 * 1024
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+DEFAULT_MODE = 0o600
+DEFAULT_DIRMODE = 0o2700
+
+
+def defaultDirectory() -> str:
+    """
+    Where vde_switch listens by default: C{/var/run/vde.ctl} for root,
+    C{/tmp/vde.ctl} for anyone else.
+    """
+    return "/var/run/vde.ctl" if os.geteuid() == 0 else "/tmp/vde.ctl"
+
+
+def deriveModes(mode: int | None, dirmode: int | None) -> tuple[int, int]:
+    """
+    The control socket and directory modes, following vde_switch's rules:
+    C{-m} alone opens the directory to whoever the socket is open to,
+    C{--dirmode} alone sets the socket to the directory's read/write bits.
+    """
+    if mode is None and dirmode is None:
+        return DEFAULT_MODE, DEFAULT_DIRMODE
+    if dirmode is None:
+        assert mode is not None
+        derived = 0o2000
+        for shift in (6, 3, 0):
+            if mode & (0o7 << shift):
+                derived |= ((mode >> shift) & 0o7 | 0o1) << shift
+        return mode, derived
+    if mode is None:
+        return dirmode & 0o666, dirmode
+    return mode, dirmode
+
+
+class _Rejected(Exception):
+    """
+    A request the switch will not serve; the message says why.
+    """
+
+
+@implementer(ILink, IReadDescriptor)
+class VdeDataLink:
+    """
+    One VDE client's datagram socket, plugged into a switch port.
+    """
+
+    module = "unix prog"
+    vnetHeader = False
+
+    def __init__(
+        self,
+        directory: VdeSwitchDirectory,
+        control: VdeControlProtocol,
+        sock: socket.socket,
+        path: str,
+        port: Any,
+        description: str,
+        uid: int | None,
+    ) -> None:
+        self.directory = directory
+        self.control = control
+        self.socket = sock
+        self.path = path
+        self.port = port
+        self.description = description
+        self.uid = uid
+        self.linkId = control.transport.fileno() if control.transport else sock.fileno()
+        self._fileno = sock.fileno()
+        self._recv = sock.recv
+        self._send = sock.send
+        self._receive = directory.switch.frameReceived
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<VdeDataLink {self.path}>"
+
+    # IReadDescriptor
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def logPrefix(self) -> str:
+        return f"vde {self.path}"
+
+    def doRead(self) -> None:
+        """
+        Hand every datagram waiting (up to a batch) to the switch.
+        """
+        recv = self._recv
+        receive = self._receive
+        port = self.port
+        size = port.maxFrame + 1
+        for _ in range(READ_BATCH):
+            try:
+                frame = recv(size)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError as e:
+                self._readFailed(e)
+                return
+            try:
+                receive(port, frame)
+            except Exception:
+                log.failure("{link}: the switch failed on a frame", link=self)
+
+    def _readFailed(self, e: OSError) -> None:
+        if e.errno == errno.ECONNREFUSED:
+            return
+        log.error(
+            "{link}: reading failed: {error} (errno {errno}); closing",
+            link=self,
+            error=e.strerror,
+            errno=e.errno,
+        )
+        self.close()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.close()
+
+    # ILink
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send one frame; drop it if the client cannot take it now.
+        """
+        try:
+            self._send(frame)
+        except BlockingIOError:
+            self.port.dropped("busy", f"{self.path}: client not reading (EAGAIN)")
+        except OSError as e:
+            self._sendFailed(e)
+
+    def _sendFailed(self, e: OSError) -> None:
+        if e.errno == errno.ENOBUFS:
+            self.port.dropped("busy", f"{self.path}: no buffer space (ENOBUFS)")
+        elif e.errno == errno.EMSGSIZE:
+            self.port.dropped("mtu", f"{self.path}: message too long (EMSGSIZE)")
+        else:
+            self.port.dropped(
+                "peer", f"{self.path}: {e.strerror} (errno {e.errno}); client gone?"
+            )
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        raise NotImplementedError("VDE sockets carry plain frames only")
+
+    def close(self) -> None:
+        """
+        Unplug from the switch, close the socket, remove its file and close
+        the client's control stream (which makes C{vde_plug} exit).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.directory.linkClosed(self)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self.socket.close()
+        if self.control.transport is not None:
+            self.control.transport.loseConnection()
+
+
+class VdeControlProtocol(Protocol):
+    """
+    One client's control stream: a request, a reply, then silence.
+    """
+
+    def __init__(self, directory: VdeSwitchDirectory) -> None:
+        self.directory = directory
+        self.link: VdeDataLink | None = None
+        self._buffer = b""
+        self._timeout: Any = None
+        self._done = False
+
+    def connectionMade(self) -> None:
+        self._timeout = self.directory.reactor.callLater(REQUEST_TIMEOUT, self._timedOut)
+
+    def _timedOut(self) -> None:
+        self._timeout = None
+        self._reject("no request within %d seconds" % REQUEST_TIMEOUT)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            if self.link is not None:
+                self.directory.noteRejection("client wrote to its control stream after the reply")
+            return
+        self._buffer += data
+        buffer = self._buffer
+        try:
+            if len(buffer) >= 4 and buffer[:4] != vdecontrol.MAGIC.to_bytes(4, "little"):
+                vdecontrol.parseRequest(buffer)
+            if len(buffer) < vdecontrol.minimumLength(buffer):
+                return
+            request = vdecontrol.parseRequest(buffer)
+        except vdecontrol.MalformedRequest as e:
+            self._reject(str(e))
+            return
+        self._done = True
+        self._cancelTimeout()
+        try:
+            self.link = self.directory.connect(self, request)
+        except _Rejected as e:
+            self._reject(str(e))
+
+    def _reject(self, reason: str) -> None:
+        self._done = True
+        self._cancelTimeout()
+        self.directory.noteRejection(reason)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _cancelTimeout(self) -> None:
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        self._cancelTimeout()
+        if not self._done and self._buffer:
+            self._done = True
+            self.directory.noteRejection(
+                f"client left after an incomplete request ({len(self._buffer)} bytes)"
+            )
+        if self.link is not None:
+            self.link.close()
+
+
+class VdeSwitchDirectory(Service):
+    """
+    A vde_switch-compatible directory with its control socket.
+    """
+
+    def __init__(
+        self,
+        switch: Any,
+        reactor: Any,
+        directory: str,
+        mode: int | None = None,
+        dirmode: int | None = None,
+        group: int | None = None,
+        options: PortOptions | None = None,
+        spec: str = "",
+    ) -> None:
+        self.switch = switch
+        self.reactor = reactor
+        self.directory = os.path.abspath(directory)
+        self.ctlPath = os.path.join(self.directory, "ctl")
+        self.mode, self.dirmode = deriveModes(mode, dirmode)
+        self.group = group
+        self.options = options or PortOptions()
+        self.spec = spec or f"vde:{directory}"
+        self.links: list[VdeDataLink] = []
+        self.rejections: dict[str, int] = {}
+        self._listening: Any = None
+        self._madeDirectory = False
+        if len(os.fsencode(self.directory)) + 12 >= vdecontrol.SUN_PATH_LENGTH:
+            raise ValueError(f"{self.spec}: directory path {self.directory!r} is too long")
+
+    # Start and stop
+
+    def startService(self) -> None:
+        self._prepareDirectory()
+        self._replaceStaleSocket()
+        factory = Factory.forProtocol(lambda: VdeControlProtocol(self))
+        try:
+            self._listening = self.reactor.listenUNIX(
+                self.ctlPath, factory, backlog=15, mode=self.mode, wantPID=False
+            )
+        except Exception as e:
+            raise OSError(f"{self.spec}: cannot listen on {self.ctlPath}: {e}") from e
+        self._chgrp(self.ctlPath)
+        super().startService()
+        log.info("{spec}: listening on {path}", spec=self.spec, path=self.ctlPath)
+
+    def _prepareDirectory(self) -> None:
+        try:
+            os.mkdir(self.directory, 0o777)
+            self._madeDirectory = True
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise OSError(
+                e.errno, f"{self.spec}: cannot create {self.directory}: {e.strerror}"
+            ) from e
+        if not os.path.isdir(self.directory):
+            raise OSError(
+                errno.ENOTDIR, f"{self.spec}: {self.directory} exists and is not a directory"
+            )
+        self._chgrp(self.directory)
+        os.chmod(self.directory, self.dirmode)
+
+    def _replaceStaleSocket(self) -> None:
+        """
+        Fail if a live switch owns C{DIR/ctl}; remove a stale one.
+        """
+        if not os.path.lexists(self.ctlPath):
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.ctlPath)
+        except OSError as e:
+            if e.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
+                raise OSError(
+                    e.errno, f"{self.spec}: cannot check {self.ctlPath}: {e.strerror}"
+                ) from e
+            log.info("{spec}: replacing stale {path}", spec=self.spec, path=self.ctlPath)
+            os.unlink(self.ctlPath)
+        else:
+            raise OSError(
+                errno.EADDRINUSE,
+                f"{self.spec}: another switch is listening on {self.ctlPath} "
+                "(Address already in use)",
+            )
+        finally:
+            probe.close()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        for link in list(self.links):
+            link.close()
+        listening, self._listening = self._listening, None
+        if listening is None:
+            self._removeDirectory()
+            return None
+        # Twisted removes DIR/ctl itself once the port has stopped.
+        return maybeDeferred(listening.stopListening).addBoth(self._removeDirectory)
+
+    def _removeDirectory(self, result: Any = None) -> Any:
+        try:
+            os.rmdir(self.directory)
+        except OSError:
+            pass
+        return result
+
+    def _chgrp(self, path: str) -> None:
+        if self.group is not None:
+            try:
+                os.chown(path, -1, self.group)
+            except OSError as e:
+                raise OSError(
+                    e.errno, f"{self.spec}: cannot set group of {path}: {e.strerror}"
+                ) from e
+
+    # Clients
+
+    def noteRejection(self, reason: str) -> None:
+        """
+        Count a refused client; log the first refusal of each kind.
+        """
+        kind = reason.split(" (")[0]
+        count = self.rejections.get(kind, 0) + 1
+        self.rejections[kind] = count
+        if count == 1:
+            log.warn(
+                "{spec}: refused a client: {reason}; further refusals of this "
+                "kind are only counted",
+                spec=self.spec,
+                reason=reason,
+            )
+
+    def connect(self, control: VdeControlProtocol, request: vdecontrol.Request) -> VdeDataLink:
+        """
+        Serve a valid request: connect, allocate, bind, reply.
+
+        @raise _Rejected: the client cannot be served.
+        """
+        path = os.fsdecode(request.path)
+        uid = self._checkClientSocket(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            self._growSendBuffer(sock)
+            try:
+                sock.connect(request.path)
+            except OSError as e:
+                raise _Rejected(f"cannot connect to {path}: {e.strerror} (errno {e.errno})")
+            try:
+                port = self.switch.allocatePort(request.port, uid)
+            except errors.SwitchError as e:
+                raise _Rejected(f"no port for {path}: {e.message}")
+            dataPath = os.path.join(self.directory, "%03d.%d" % (port.number, sock.fileno()))
+            self._bindDataSocket(sock, dataPath, uid)
+        except BaseException:
+            sock.close()
+            raise
+        link = VdeDataLink(self, control, sock, dataPath, port, request.description, uid)
+        self.options.apply(self.switch, port)
+        self.links.append(link)
+        self.switch.attach(port, link)
+        control.transport.write(vdecontrol.packReply(os.fsencode(dataPath)))
+        self.reactor.addReader(link)
+        return link
+
+    def _checkClientSocket(self, path: str) -> int:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise _Rejected(f"client socket {path}: {e.strerror} (errno {e.errno})")
+        if not stat.S_ISSOCK(st.st_mode):
+            raise _Rejected(f"client path {path} is not a socket")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise _Rejected(f"client socket {path}: permission denied")
+        return st.st_uid
+
+    def _growSendBuffer(self, sock: socket.socket) -> None:
+        for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+                return
+            except OSError:
+                continue
+
+    def _bindDataSocket(self, sock: socket.socket, path: str, uid: int) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        try:
+            sock.bind(path)
+            if os.geteuid() == 0:
+                os.chown(path, uid, -1)
+                os.chmod(path, self.mode & 0o700)
+            else:
+                os.chmod(path, self.mode)
+            self._chgrp(path)
+        except OSError as e:
+            raise _Rejected(f"cannot bind {path}: {e.strerror} (errno {e.errno})")
+
+    def linkClosed(self, link: VdeDataLink) -> None:
+        """
+        A link went: stop reading it and unplug it.
+        """
+        if link in self.links:
+            self.links.remove(link)
+        self.reactor.removeReader(link)
+        self.switch.detach(link.port, link)
+
+
+def _groupId(spec: PortSpec, name: str | None) -> int | None:
+    if name is None:
+        return None
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise spec.error(f"group={name!r}: no such group") from None
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> VdeSwitchDirectory:
+    """
+    Build the service for C{vde:DIR[:mode=..][:dirmode=..][:group=..]}.
+    """
+    (directory,) = spec.positional(["directory"], 0)
+    mode = spec.integer("mode", None, 0, 0o7777, base=8)
+    dirmode = spec.integer("dirmode", None, 0, 0o7777, base=8)
+    group = _groupId(spec, spec.string("group"))
+    options = PortOptions.fromSpec(spec, numbered=False)
+    spec.checkKeywords()
+    try:
+        return VdeSwitchDirectory(
+            switch,
+            reactor,
+            directory or defaultDirectory(),
+            mode,
+            dirmode,
+            group,
+            options,
+            spec.text,
+        )
+    except ValueError as e:
+        raise spec.error(str(e)) from None

@@ -1,0 +1,85 @@
+"""
+The switch as a Twisted service: the core, its port services and its clock.
+
+Theory of operation
+-------------------
+L{SwitchService} is a L{MultiService} whose children are the services port
+types make from specs; starting it starts them (TAP devices open in
+C{privilegedStartService}, before C{twistd} drops privileges), stopping it
+stops them, and each removes the files and devices it made.  A
+L{TimerService} gives the switch its coarse clock once a second, so the
+forwarding path never reads the time.  Ports can be added and removed while
+the switch runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import IService, MultiService
+from twisted.internet.interfaces import IReactorTime
+
+from vtwisted.porttype import portTypes
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+
+
+class SwitchService(MultiService):
+    """
+    One switch and the services of its port specs.
+
+    @ivar switch: the L{Switch}.
+    @ivar specs: spec text to the service made from it, in order.
+    """
+
+    def __init__(self, switch: Switch, reactor: Any, clock: IReactorTime | None = None) -> None:
+        super().__init__()
+        self.switch = switch
+        self.reactor = reactor
+        self.clock: IReactorTime = clock if clock is not None else reactor
+        self.specs: dict[str, IService] = {}
+        self._timer = TimerService(1, self._tick)
+        self._timer.clock = self.clock
+        self._timer.setServiceParent(self)
+
+    def _tick(self) -> None:
+        self.switch.tick(int(self.clock.seconds()))
+
+    def startService(self) -> None:
+        self._tick()
+        super().startService()
+
+    def makePortService(self, text: str) -> IService:
+        """
+        Build (but do not add) the service for one port spec.
+
+        @raise SpecError: unknown prefix or bad arguments.
+        """
+        spec = PortSpec(text)
+        types = portTypes()
+        portType = types.get(spec.prefix)
+        if portType is None:
+            known = ", ".join(sorted(types)) or "none installed"
+            raise SpecError(text, f"unknown port type {spec.prefix!r} (known: {known})")
+        return IService(portType.makeService(self.switch, spec, self.reactor))
+
+    def addPort(self, text: str) -> IService:
+        """
+        Add a port spec; if the switch is running, start its service now.
+        """
+        if text in self.specs:
+            raise SpecError(text, "is already in use")
+        service = self.makePortService(text)
+        self.specs[text] = service
+        service.setServiceParent(self)
+        return service
+
+    def removePort(self, text: str) -> Any:
+        """
+        Stop and remove the service of a port spec.
+
+        @return: a L{Deferred} firing when it has stopped.
+        """
+        service = self.specs.pop(text)
+        return service.disownServiceParent()

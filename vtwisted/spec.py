@@ -1,0 +1,162 @@
+"""
+Port specs: C{prefix:arg:key=value}, in Twisted's endpoint-string grammar.
+
+Theory of operation
+-------------------
+A spec is split with the same tokenizer L{twisted.internet.endpoints} uses for
+C{serverFromString}: C{:} separates arguments, the first C{=} in an argument
+makes it a keyword, and a backslash escapes the next character (C{\\:}).  The
+first argument is the prefix that names the port type.  A port type that rides
+on an ordinary Twisted endpoint (C{qemu:unix:/path}, C{cable:tcp:host=...})
+takes L{PortSpec.rest}, the text after the prefix exactly as written, and hands
+it to C{clientFromString} or C{serverFromString}.
+
+Every accessor raises L{SpecError}, whose message names the whole spec and what
+is wrong with it, so a typo fails at start-up with a sentence a user can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from twisted.internet.endpoints import _parse
+
+
+class SpecError(ValueError):
+    """
+    A port spec is malformed or names something that does not exist.
+    """
+
+    def __init__(self, spec: str, problem: str) -> None:
+        self.spec = spec
+        self.problem = problem
+        super().__init__(f"port spec {spec!r}: {problem}")
+
+
+_TRUE = {"1", "yes", "on", "true"}
+_FALSE = {"0", "no", "off", "false"}
+
+
+class PortSpec:
+    """
+    A parsed port spec.
+
+    @ivar text: the spec as written.
+    @ivar prefix: the port type's name.
+    @ivar args: positional arguments after the prefix.
+    @ivar kwargs: C{key=value} arguments.
+    @ivar rest: the text after C{prefix:}, escapes and all.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        try:
+            args, kwargs = _parse(text)
+        except (RuntimeError, StopIteration):
+            raise SpecError(text, "ends with a lone backslash") from None
+        if not args or not args[0]:
+            raise SpecError(text, "has no port type prefix (expected PREFIX:ARGS)")
+        self.prefix: str = args[0]
+        self.args: list[str] = list(args[1:])
+        self.kwargs: dict[str, str] = dict(kwargs)
+        self.rest: str = text.partition(":")[2]
+        self._used: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"PortSpec({self.text!r})"
+
+    def error(self, problem: str) -> SpecError:
+        """
+        A L{SpecError} about this spec.
+        """
+        return SpecError(self.text, problem)
+
+    def positional(self, names: Sequence[str], required: int) -> list[str | None]:
+        """
+        The positional arguments, checked for count.
+
+        @param names: what each position means, for error messages.
+        @param required: how many must be given.
+        @return: one entry per name, L{None} where not given.
+        """
+        if len(self.args) < required:
+            raise self.error(f"missing {names[len(self.args)]}")
+        if len(self.args) > len(names):
+            extra = ":".join(self.args[len(names):])
+            raise self.error(f"unexpected argument {extra!r}")
+        return [*self.args, *[None] * (len(names) - len(self.args))]
+
+    def string(self, key: str, default: str | None = None) -> str | None:
+        """
+        A keyword argument as text.
+        """
+        self._used.add(key)
+        return self.kwargs.get(key, default)
+
+    def integer(
+        self,
+        key: str,
+        default: int | None = None,
+        low: int | None = None,
+        high: int | None = None,
+        base: int = 10,
+    ) -> int | None:
+        """
+        A keyword argument as an integer within C{[low, high]}.
+        """
+        self._used.add(key)
+        if key not in self.kwargs:
+            return default
+        raw = self.kwargs[key]
+        try:
+            value = int(raw, base)
+        except ValueError:
+            kind = "an octal number" if base == 8 else "a whole number"
+            raise self.error(f"{key}={raw!r} is not {kind}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise self.error(f"{key}={raw} is out of range ({low} to {high})")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        """
+        A keyword argument as on/off.
+        """
+        self._used.add(key)
+        raw = self.kwargs.get(key)
+        if raw is None:
+            return default
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise self.error(f"{key}={raw!r} is not on or off")
+
+    def integerList(self, key: str, low: int, high: int) -> list[int]:
+        """
+        A keyword argument as a comma-separated list of integers.
+        """
+        self._used.add(key)
+        raw = self.kwargs.get(key)
+        if not raw:
+            return []
+        values = []
+        for item in raw.split(","):
+            try:
+                value = int(item)
+            except ValueError:
+                raise self.error(f"{key}: {item!r} is not a whole number") from None
+            if not low <= value <= high:
+                raise self.error(f"{key}: {value} is out of range ({low} to {high})")
+            values.append(value)
+        return values
+
+    def checkKeywords(self, extra: Iterable[str] = ()) -> None:
+        """
+        Fail if a keyword was given that no accessor asked for.
+        """
+        unknown = set(self.kwargs) - self._used - set(extra)
+        if unknown:
+            known = ", ".join(sorted(self._used | set(extra))) or "none"
+            raise self.error(
+                f"unknown option {', '.join(sorted(unknown))} (known: {known})"
+            )

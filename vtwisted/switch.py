@@ -1,0 +1,603 @@
+"""
+The forwarding core: ports, VLANs, MAC learning, flooding, hub mode.
+
+Theory of operation
+-------------------
+A L{Switch} owns numbered L{SwitchPort}s.  Port types attach links (see
+L{vtwisted.interfaces.ILink}) to ports; a port with at least one link is
+active.  A link hands each frame it reads to L{Switch.frameReceived}, or, if
+it negotiated the virtio-net header, each packet to
+L{Switch.vnetPacketReceived}.
+
+For every frame the switch counts it on the ingress port, finds its VLAN (the
+802.1Q tag, or the port's untagged VLAN) and drops it unless the port is a
+member, learns the source address in that VLAN's MAC table, looks up the
+destination and sends to that port, or floods to every other active member of
+the VLAN.  A port receives a frame tagged if it is a tagged member of the
+frame's VLAN and untagged if that VLAN is its untagged one.
+
+The common case (an untagged frame to a known port in the same VLAN) takes
+two dictionary operations and one call.  Anything else goes through
+L{_Forms}, which makes each form an egress port may need (tag added or
+removed, virtio-net header kept or resolved into plain frames) at most once
+per received frame, whatever the number of destinations.
+
+The switch performs no I/O and reads no clock: L{Switch.tick} advances its
+coarse time in whole seconds and ages the MAC table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vtwisted import errors
+from vtwisted.fdb import MacTable
+from vtwisted.interfaces import ILink, ISwitch
+from vtwisted.vlans import VlanRegistry, Vlan
+from vtwisted.wire import vlan as vlanwire
+from vtwisted.wire import vnet
+from vtwisted.wire.ethernet import DEFAULT_MTU, MIN_FRAME, maxFrameFor
+
+DEFAULT_NUMPORTS = 32
+GC_INTERVAL = 2
+_TPID = vlanwire.TPID
+
+log = Logger()
+
+#: Reasons a frame is dropped, as counters and logs name them.
+DROP_REASONS = (
+    "runt",  # shorter than an Ethernet header
+    "oversize",  # longer than the ingress port's MTU allows
+    "vlan",  # the port is not a member of the frame's VLAN
+    "mtu",  # longer than the egress port's MTU allows
+    "busy",  # the peer could not take it now (EAGAIN, ENOBUFS)
+    "peer",  # the peer is gone (ECONNREFUSED and the like)
+    "malformed",  # a bad virtio-net header, stream record, ...
+)
+
+
+class PortCounters:
+    """
+    Traffic counters of one port: frames and bytes in and out, and drops by
+    reason (see L{DROP_REASONS}).
+    """
+
+    __slots__ = ("inFrames", "inBytes", "outFrames", "outBytes", "drops")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """
+        Set every counter to zero.
+        """
+        self.inFrames = 0
+        self.inBytes = 0
+        self.outFrames = 0
+        self.outBytes = 0
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
+
+
+def _discard(data: Any) -> None:
+    """
+    Where an inactive port's frames go.
+    """
+
+
+class SwitchPort:
+    """
+    One numbered port: configuration, counters and the links plugged in.
+
+    A port keeps its configuration while inactive, as vde_switch's do.
+
+    @ivar send: sends one plain frame to every link (no counting).
+    @ivar sendVnet: sends one virtio-net packet; only used when L{vnet}.
+    @ivar vnet: every link accepts virtio-net packets.
+    @ivar maxFrame: the longest frame, tag included, this port carries.
+    """
+
+    __slots__ = (
+        "number",
+        "links",
+        "counters",
+        "untaggedVlan",
+        "taggedVids",
+        "transparent",
+        "allocatable",
+        "user",
+        "group",
+        "mtu",
+        "maxFrame",
+        "send",
+        "sendVnet",
+        "vnet",
+        "_warned",
+    )
+
+    def __init__(self, number: int, allocatable: bool = True) -> None:
+        self.number = number
+        self.links: list[ILink] = []
+        self.counters = PortCounters()
+        self.untaggedVlan: Vlan | None = None
+        self.taggedVids: set[int] = set()
+        self.transparent = False
+        self.allocatable = allocatable
+        self.user: int | None = None
+        self.group: int | None = None
+        self.mtu = DEFAULT_MTU
+        self.maxFrame = maxFrameFor(DEFAULT_MTU)
+        self.send: Callable[[Any], None] = _discard
+        self.sendVnet: Callable[[Any], None] = _discard
+        self.vnet = False
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<SwitchPort {self.number} links={len(self.links)}>"
+
+    @property
+    def active(self) -> bool:
+        """
+        True while at least one link is plugged in.
+        """
+        return bool(self.links)
+
+    @property
+    def currentUser(self) -> int | None:
+        """
+        The uid of the links' owner, if known.
+        """
+        for link in self.links:
+            if link.uid is not None:
+                return link.uid
+        return None
+
+    def describe(self) -> str:
+        """
+        C{port N (module: description)}, for log messages.
+        """
+        if not self.links:
+            return f"port {self.number}"
+        link = self.links[0]
+        return f"port {self.number} ({link.module}: {link.description})"
+
+    def dropped(self, reason: str, detail: str = "") -> None:
+        """
+        Count a dropped frame; log the first drop of each reason.
+        """
+        self.counters.drops[reason] += 1
+        if reason not in self._warned:
+            self._warned.add(reason)
+            log.warn(
+                "{port}: dropped a frame ({reason}){detail}; "
+                "further drops of this kind are only counted",
+                port=self.describe(),
+                reason=reason,
+                detail=f": {detail}" if detail else "",
+            )
+
+    def setMtu(self, mtu: int) -> None:
+        """
+        Set the largest IP packet this port carries.
+        """
+        self.mtu = mtu
+        self.maxFrame = maxFrameFor(mtu)
+
+    def rewire(self) -> None:
+        """
+        Point L{send} and L{sendVnet} at the current links.
+        """
+        links = self.links
+        self.vnet = bool(links) and all(link.vnetHeader for link in links)
+        if not links:
+            self.send = self.sendVnet = _discard
+        elif len(links) == 1:
+            self.send = links[0].sendFrame
+            self.sendVnet = links[0].sendVnetPacket if self.vnet else _discard
+        else:
+            senders = tuple(link.sendFrame for link in links)
+            vsenders = tuple(link.sendVnetPacket for link in links) if self.vnet else ()
+
+            def fanOut(frame: Any) -> None:
+                for send in senders:
+                    send(frame)
+
+            def fanOutVnet(packet: Any) -> None:
+                for send in vsenders:
+                    send(packet)
+
+            self.send = fanOut
+            self.sendVnet = fanOutVnet
+
+
+class _Forms:
+    """
+    The forms one received frame takes on its way out, each made once.
+    """
+
+    __slots__ = ("data", "isVnet", "tagged", "vid", "_plain", "_packets")
+
+    def __init__(self, data: bytes, isVnet: bool, tagged: bool, vid: int) -> None:
+        self.data = data
+        self.isVnet = isVnet
+        self.tagged = tagged
+        self.vid = vid
+        self._plain: dict[bool, list[bytes]] = {}
+        self._packets: dict[bool, bytes] = {}
+
+    def plain(self, tagged: bool) -> list[bytes]:
+        """
+        Plain frames (a super-frame gives several), tagged or not.
+        """
+        frames = self._plain.get(tagged)
+        if frames is None:
+            if tagged == self.tagged:
+                frames = vnet.toFrames(self.data) if self.isVnet else [self.data]
+            else:
+                base = self.plain(self.tagged)
+                if tagged:
+                    frames = [vlanwire.insertTag(f, self.vid) for f in base]
+                else:
+                    frames = [vlanwire.removeTag(f) for f in base]
+            self._plain[tagged] = frames
+        return frames
+
+    def packet(self, tagged: bool) -> bytes:
+        """
+        The virtio-net packet, tagged or not.
+        """
+        packet = self._packets.get(tagged)
+        if packet is None:
+            if tagged == self.tagged:
+                packet = self.data
+            elif tagged:
+                packet = vnet.insertTag(self.data, self.vid)
+            else:
+                packet = vnet.removeTag(self.data)
+            self._packets[tagged] = packet
+        return packet
+
+
+@implementer(ISwitch)
+class Switch:
+    """
+    A learning Ethernet switch with VLANs, or a hub.
+
+    @ivar ports: port number to L{SwitchPort}, for ports that exist.
+    @ivar fdb: the L{MacTable}.
+    @ivar now: coarse time in whole seconds, set by L{tick}.
+    """
+
+    def __init__(
+        self,
+        numPorts: int = DEFAULT_NUMPORTS,
+        hub: bool = False,
+        macTable: MacTable | None = None,
+    ) -> None:
+        if numPorts < 1:
+            raise errors.invalid("the switch needs at least one port")
+        self.numPorts = numPorts
+        self.hub = hub
+        self.fdb = macTable if macTable is not None else MacTable()
+        self.ports: dict[int, SwitchPort] = {}
+        self.vlans = VlanRegistry(self.fdb)
+        self.now = 0
+        self._lastSweep = 0
+        self._hubTargets: tuple[SwitchPort, ...] = ()
+
+    # Ports
+
+    def allocatePort(self, number: int | None = None, uid: int | None = None) -> SwitchPort:
+        """
+        Find or create the port a new link should join; see L{ISwitch}.
+        """
+        if number is None:
+            return self._anonymousPort()
+        if not 0 <= number < self.numPorts:
+            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
+        port = self.ports.get(number)
+        if port is None:
+            return self._createPort(number, allocatable=True)
+        if port.links and uid is not None and port.currentUser not in (None, uid):
+            raise errors.busy(f"port {number} is in use by another user")
+        self._checkAccess(port, uid)
+        return port
+
+    def _anonymousPort(self) -> SwitchPort:
+        for number in range(1, self.numPorts):
+            port = self.ports.get(number)
+            if port is None:
+                return self._createPort(number, allocatable=True)
+            if not port.links and port.allocatable and port.user is None and port.group is None:
+                return port
+        raise errors.SwitchError(28, f"all {self.numPorts - 1} ports are in use")
+
+    def _checkAccess(self, port: SwitchPort, uid: int | None) -> None:
+        if port.user is None and port.group is None:
+            return
+        if uid is None or uid == 0 or uid == port.user:
+            return
+        if port.group is not None and _inGroup(uid, port.group):
+            return
+        raise errors.SwitchError(13, f"port {port.number}: access denied to uid {uid}")
+
+    def _createPort(self, number: int, allocatable: bool) -> SwitchPort:
+        port = self.ports[number] = SwitchPort(number, allocatable)
+        self.vlans.join(port, 0)
+        return port
+
+    def createPort(self, number: int) -> SwitchPort:
+        """
+        Create an inactive port only explicit requests may use
+        (C{port/create}).
+        """
+        if not 0 <= number < self.numPorts:
+            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
+        if number in self.ports:
+            raise errors.exists(f"port {number} exists")
+        return self._createPort(number, allocatable=False)
+
+    def removePort(self, number: int) -> None:
+        """
+        Remove an inactive port and its configuration (C{port/remove}).
+        """
+        port = self.port(number)
+        if port.links:
+            raise errors.busy(f"port {number} is active")
+        self.vlans.leaveAll(port)
+        del self.ports[number]
+
+    def port(self, number: int) -> SwitchPort:
+        """
+        An existing port.
+
+        @raise vtwisted.errors.SwitchError: out of range or missing.
+        """
+        if not 0 <= number < self.numPorts:
+            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
+        port = self.ports.get(number)
+        if port is None:
+            raise errors.missing(f"port {number} does not exist")
+        return port
+
+    def setNumPorts(self, numPorts: int) -> None:
+        """
+        Change the number of ports (C{port/setnumports}).
+        """
+        if numPorts <= 0:
+            raise errors.invalid("the number of ports must be positive")
+        if any(number >= numPorts for number in self.ports):
+            raise errors.busy(f"a port numbered {numPorts} or more exists")
+        self.numPorts = numPorts
+
+    def attach(self, port: SwitchPort, link: ILink) -> None:
+        """
+        Plug C{link} into C{port}.
+        """
+        port.links.insert(0, link)
+        port.rewire()
+        self._activityChanged(port)
+
+    def detach(self, port: SwitchPort, link: ILink) -> None:
+        """
+        Unplug C{link}; flush the port's addresses when it goes inactive.
+        """
+        if link not in port.links:
+            return
+        port.links.remove(link)
+        port.rewire()
+        if not port.links:
+            self.fdb.flush(port)
+        self._activityChanged(port)
+
+    def _activityChanged(self, port: SwitchPort) -> None:
+        self.vlans.refresh(port)
+        self._hubTargets = tuple(
+            p for n, p in sorted(self.ports.items()) if n != 0 and p.links
+        )
+
+    def setHub(self, hub: bool) -> None:
+        """
+        Switch between hub and switch behaviour.
+        """
+        self.hub = hub
+        self.fdb.flush()
+
+    # Time
+
+    def tick(self, now: int) -> None:
+        """
+        Advance the coarse clock and expire old MAC table entries.
+        """
+        self.now = now
+        if now - self._lastSweep >= GC_INTERVAL:
+            self._lastSweep = now
+            self.fdb.expire(now)
+
+    # Forwarding
+
+    def frameReceived(self, port: SwitchPort, frame: bytes) -> None:
+        """
+        A link of C{port} read a plain frame.
+        """
+        n = len(frame)
+        c = port.counters
+        c.inFrames += 1
+        c.inBytes += n
+        if n < MIN_FRAME or n > port.maxFrame:
+            self._badLength(port, n)
+            return
+        if self.hub:
+            self._deliver(port, frame, False, frame[12:14] == _TPID, None, self._hubTargets)
+            return
+        if frame[12:14] == _TPID:
+            self._taggedReceived(port, frame, False)
+            return
+        vlan = port.untaggedVlan
+        if vlan is None:
+            port.dropped("vlan", "untagged frame on a port with no untagged VLAN")
+            return
+        macs = vlan.macs
+        if not frame[6] & 1:
+            src = frame[6:12]
+            entry = macs.get(src)
+            if entry is not None and entry.port is port:
+                entry.seen = self.now
+            else:
+                self.fdb.learn(macs, src, port, self.now)
+        if not frame[0] & 1:
+            entry = macs.get(frame[0:6])
+            if entry is not None:
+                out = entry.port
+                if out is port:
+                    return
+                if out.untaggedVlan is vlan and n <= out.maxFrame:
+                    oc = out.counters
+                    oc.outFrames += 1
+                    oc.outBytes += n
+                    out.send(frame)
+                    return
+                self._deliver(port, frame, False, False, vlan, (out,))
+                return
+        self._deliver(port, frame, False, False, vlan, vlan.active)
+
+    def vnetPacketReceived(self, port: SwitchPort, packet: bytes) -> None:
+        """
+        A link of C{port} read a virtio-net header and a frame.
+        """
+        n = len(packet) - vnet.HEADER_LENGTH
+        c = port.counters
+        c.inFrames += 1
+        c.inBytes += n
+        if n < MIN_FRAME:
+            self._badLength(port, n)
+            return
+        tagged = packet[22:24] == _TPID
+        if self.hub:
+            self._deliver(port, packet, True, tagged, None, self._hubTargets)
+            return
+        if tagged:
+            self._taggedReceived(port, packet, True)
+            return
+        vlan = port.untaggedVlan
+        if vlan is None:
+            port.dropped("vlan", "untagged frame on a port with no untagged VLAN")
+            return
+        macs = vlan.macs
+        if not packet[16] & 1:
+            src = packet[16:22]
+            entry = macs.get(src)
+            if entry is not None and entry.port is port:
+                entry.seen = self.now
+            else:
+                self.fdb.learn(macs, src, port, self.now)
+        if not packet[10] & 1:
+            entry = macs.get(packet[10:16])
+            if entry is not None:
+                out = entry.port
+                if out is port:
+                    return
+                if out.vnet and out.untaggedVlan is vlan:
+                    oc = out.counters
+                    oc.outFrames += 1
+                    oc.outBytes += n
+                    out.sendVnet(packet)
+                    return
+                self._deliver(port, packet, True, False, vlan, (out,))
+                return
+        self._deliver(port, packet, True, False, vlan, vlan.active)
+
+    def _badLength(self, port: SwitchPort, n: int) -> None:
+        if n < MIN_FRAME:
+            port.dropped("runt", f"{n} bytes, shorter than an Ethernet header")
+        else:
+            port.dropped("oversize", f"{n} bytes, more than {port.maxFrame}")
+
+    def _taggedReceived(self, port: SwitchPort, data: bytes, isVnet: bool) -> None:
+        offset = vnet.HEADER_LENGTH if isVnet else 0
+        vid = vlanwire.vidOf(data, offset)
+        vlan = self.vlans.forTag(vid, port)
+        if vlan is None:
+            port.dropped("vlan", f"tagged for VLAN {vid}, which this port is not in")
+            return
+        if not data[offset + 6] & 1:
+            self.fdb.learn(vlan.macs, data[offset + 6 : offset + 12], port, self.now)
+        targets: Iterable[SwitchPort] = vlan.active
+        if not data[offset] & 1:
+            entry = vlan.macs.get(data[offset : offset + 6])
+            if entry is not None:
+                targets = (entry.port,)
+        self._deliver(port, data, isVnet, True, vlan, targets)
+
+    def _deliver(
+        self,
+        port: SwitchPort,
+        data: bytes,
+        isVnet: bool,
+        tagged: bool,
+        vlan: Vlan | None,
+        targets: Iterable[SwitchPort],
+    ) -> None:
+        """
+        Send to each target but the ingress port, in the form it needs.
+        """
+        forms = None
+        for out in targets:
+            if out is port:
+                continue
+            wantTagged = tagged if vlan is None else out.untaggedVlan is not vlan
+            if not isVnet and wantTagged == tagged:
+                n = len(data)
+                if n > out.maxFrame:
+                    out.dropped("mtu", f"{n} bytes, more than {out.maxFrame}")
+                    continue
+                oc = out.counters
+                oc.outFrames += 1
+                oc.outBytes += n
+                out.send(data)
+                continue
+            if forms is None:
+                forms = _Forms(data, isVnet, tagged, vlan.vid if vlan else 0)
+            if isVnet and out.vnet:
+                packet = forms.packet(wantTagged)
+                oc = out.counters
+                oc.outFrames += 1
+                oc.outBytes += len(packet) - vnet.HEADER_LENGTH
+                out.sendVnet(packet)
+                continue
+            try:
+                frames = forms.plain(wantTagged)
+            except vnet.VnetError as e:
+                port.dropped("malformed", str(e))
+                return
+            for frame in frames:
+                n = len(frame)
+                if n > out.maxFrame:
+                    out.dropped("mtu", f"{n} bytes, more than {out.maxFrame}")
+                    continue
+                oc = out.counters
+                oc.outFrames += 1
+                oc.outBytes += n
+                out.send(frame)
+
+
+def _inGroup(uid: int, gid: int) -> bool:
+    """
+    True if user C{uid} is a member of group C{gid}.
+    """
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if user.pw_gid == gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False

@@ -1,0 +1,3 @@
+"""
+Protocol codecs: small pure modules that turn bytes into values and back.
+"""
