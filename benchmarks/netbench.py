@@ -1,0 +1,170 @@
+"""
+Shared machinery for the benchmarks: two network namespaces, iperf3 between
+them, switches under test started and stopped by PID.
+
+Nothing here sends traffic outside the namespaces it creates: the addresses
+are on a private /24 that exists only on the TAP devices inside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_ADDR = "10.213.0.1"
+SERVER_ADDR = "10.213.0.2"
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+def waitFor(predicate: Callable[[], object], timeout: float = 10.0, what: str = "it") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def listening(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+class Bench:
+    """
+    Processes and namespaces of one measurement, all removed on exit.
+    """
+
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.namespaces: list[str] = []
+        self.tmp = Path(tempfile.mkdtemp(prefix="vtwb", dir="/tmp"))
+
+    def start(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        kwargs.setdefault("stdout", subprocess.DEVNULL)
+        kwargs.setdefault("stderr", subprocess.DEVNULL)
+        process = subprocess.Popen(list(argv), **kwargs)  # type: ignore[call-overload]
+        self.processes.append(process)
+        return process
+
+    def namespace(self, name: str) -> str:
+        full = f"{name}{os.getpid() % 100000}"
+        sh("ip", "netns", "add", full)
+        self.namespaces.append(full)
+        sh("ip", "-n", full, "link", "set", "lo", "up")
+        return full
+
+    def close(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        for name in self.namespaces:
+            for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            sh("ip", "netns", "del", name, check=False)
+        subprocess.run(["rm", "-rf", str(self.tmp)], check=False)
+
+
+@contextlib.contextmanager
+def bench() -> Iterator[Bench]:
+    b = Bench()
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def configure(ns: str, dev: str, address: str) -> None:
+    """
+    Give C{dev} in C{ns} an address and bring it up.
+    """
+    waitFor(lambda: sh("ip", "-n", ns, "link", "show", dev, check=False).returncode == 0,
+            what=f"{dev} in {ns}")
+    sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", dev)
+    sh("ip", "-n", ns, "link", "set", dev, "up")
+
+
+def iperf(b: Bench, client: str, server: str, seconds: float, udp: bool = False) -> float:
+    """
+    Run iperf3 from C{client} to the server namespace; TCP: Gbit/s, UDP with
+    18-byte payloads (64-byte frames with FCS): packets per second received.
+    """
+    b.start(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-B", SERVER_ADDR])
+    time.sleep(0.3)
+    ping = sh("ip", "netns", "exec", client, "ping", "-c", "3", "-i", "0.2", "-W", "2",
+              SERVER_ADDR, check=False)
+    if ping.returncode != 0:
+        raise RuntimeError(f"no connectivity: {ping.stdout}{ping.stderr}")
+    argv = ["ip", "netns", "exec", client, "iperf3", "-c", SERVER_ADDR, "-t", str(seconds),
+            "-J"]
+    if udp:
+        argv += ["-u", "-b", "0", "-l", "18"]
+    result = sh(*argv, check=False)
+    try:
+        data = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"iperf3 failed: {result.stdout}{result.stderr}") from None
+    if "error" in data:
+        raise RuntimeError(f"iperf3: {data['error']}")
+    end = data["end"]
+    if udp:
+        s = end["sum"]
+        received = s["packets"] - s["lost_packets"]
+        return received / s["seconds"]
+    return end["sum_received"]["bits_per_second"] / 1e9
+
+
+def twistdArgv(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
+        "-n",
+        "--pidfile=",
+        "--logfile=/dev/null",
+        "vswitch",
+        *args,
+    ]
+
+
+def sourceEnv() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def summarize(name: str, values: list[float], unit: str) -> float:
+    median = statistics.median(values)
+    shown = ", ".join(f"{v:.3g}" for v in values)
+    print(f"  {name:<34} median {median:10.4g} {unit}   (runs: {shown})", flush=True)
+    return median
+
+
+def ratio(label: str, ours: float, theirs: float) -> None:
+    print(f"  {label:<50} {ours / theirs:6.2f}x", flush=True)
