@@ -16,7 +16,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.10",
-    packages=find_packages(include=["vtwisted", "vtwisted.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["vtwisted", "vtwisted.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["vtwisted_vswitch.py"]},
     include_package_data=False,
     install_requires=[

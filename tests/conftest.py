@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import (  # noqa: E402
+from helpers import (
     Namespaces,
     Processes,
     socketListening,

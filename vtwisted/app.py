@@ -88,6 +88,7 @@ class Options(usage.Options):
         ["hub", "x", "Hub mode: flood every frame to every port."],
     ]
     optParameters = [
+        ["sock", "s", None, "VDE switch directory (shorthand for --port vde:DIR)."],
         ["numports", "n", DEFAULT_NUMPORTS, "Number of ports.", _positive("numports")],
         ["macaddr-ttl", None, DEFAULT_EXPIRY, "Seconds a learned MAC address lives.",
          _positive("macaddr-ttl")],
@@ -102,17 +103,6 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
-        self["sock"] = None
-
-    def opt_sock(self, directory: str) -> None:
-        """
-        VDE switch directory (shorthand for --port vde:DIR).
-        """
-        self["sock"] = directory
-
-    opt_s = opt_sock
-    opt_vdesock = opt_sock
-    opt_unix = opt_sock
 
     def opt_port(self, spec: str) -> None:
         """

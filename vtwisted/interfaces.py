@@ -24,6 +24,8 @@ every other link ordinary frames.
 
 from __future__ import annotations
 
+from typing import Any
+
 from zope.interface import Attribute, Interface
 
 
@@ -73,7 +75,7 @@ class ISwitch(Interface):
     numPorts: int = Attribute("Ports are numbered from 0 to numPorts - 1.")
     hub: bool = Attribute("True when every frame is flooded (hub mode).")
 
-    def allocatePort(number: int | None = None, uid: int | None = None) -> object:
+    def allocatePort(number: int | None = None, uid: int | None = None) -> Any:
         """
         Find or create the port a new link should join.
 
@@ -84,22 +86,22 @@ class ISwitch(Interface):
         @raise vtwisted.errors.SwitchError: no such port can be given.
         """
 
-    def attach(port: object, link: ILink) -> None:
+    def attach(port: Any, link: ILink) -> None:
         """
         Plug C{link} into C{port} (from L{allocatePort}).
         """
 
-    def detach(port: object, link: ILink) -> None:
+    def detach(port: Any, link: ILink) -> None:
         """
         Unplug C{link}; the port becomes inactive after its last link leaves.
         """
 
-    def frameReceived(port: object, frame: bytes) -> None:
+    def frameReceived(port: Any, frame: bytes) -> None:
         """
         A link of C{port} read a plain Ethernet frame.
         """
 
-    def vnetPacketReceived(port: object, packet: bytes) -> None:
+    def vnetPacketReceived(port: Any, packet: bytes) -> None:
         """
         A link of C{port} read a virtio-net header followed by a frame.
         """
@@ -122,7 +124,7 @@ class IPortType(Interface):
     prefix: str = Attribute("The spec prefix, such as C{'vde'} or C{'tap'}.")
     description: str = Attribute("One line for C{twistd vswitch --help}.")
 
-    def makeService(switch: ISwitch, spec: object, reactor: object) -> object:
+    def makeService(switch: ISwitch, spec: Any, reactor: Any) -> Any:
         """
         Build the service for one port spec.
 

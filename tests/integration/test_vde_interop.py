@@ -45,7 +45,8 @@ def plugs(processes, sw, count: int, *suffixes: str) -> list[StreamPlug]:
     for i in range(count):
         suffix = suffixes[i] if i < len(suffixes) else ""
         made.append(StreamPlug(processes, f"vde://{sw.sock}{suffix}"))
-        waitFor(lambda: len(dataSockets(sw.sock)) == before + i + 1, what=f"client {i} attached")
+        expected = before + i + 1
+        waitFor(lambda n=expected: len(dataSockets(sw.sock)) == n, what=f"client {i} attached")
     return made
 
 
@@ -167,7 +168,8 @@ def test_namespacesPingThroughTheSwitch(vswitch, processes, namespaces) -> None:
     processes.start(execIn(right, "vde_plug", f"vde://{sw.sock}", f"tap://{tapB}"))
     waitFor(lambda: len(dataSockets(sw.sock)) == 2, what="both taps attached")
     for ns, tap, address in ((left, tapA, "10.211.0.1/24"), (right, tapB, "10.211.0.2/24")):
-        waitFor(lambda: run("ip", "-n", ns, "link", "show", tap, check=False).returncode == 0,
+        waitFor(lambda ns=ns, tap=tap: run("ip", "-n", ns, "link", "show", tap,
+                                           check=False).returncode == 0,
                 what=f"{tap} in {ns}")
         run("ip", "-n", ns, "addr", "add", address, "dev", tap)
         run("ip", "-n", ns, "link", "set", tap, "up")

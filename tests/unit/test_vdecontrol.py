@@ -56,8 +56,8 @@ def test_versionOneRequestIsAccepted() -> None:
     "data, complaint",
     [
         (b"\x00" * 130, "bad magic"),
-        (struct.pack("<III", vdecontrol.MAGIC, 2, 0) + bytes(120), "unsupported protocol version 2"),
-        (struct.pack("<III", vdecontrol.MAGIC, 4, 0) + bytes(120), "unsupported protocol version 4"),
+        (struct.pack("<III", vdecontrol.MAGIC, 2, 0) + bytes(120), "unsupported protocol version"),
+        (struct.pack("<III", vdecontrol.MAGIC, 4, 0) + bytes(120), "protocol version 4"),
         (packRequest(b"/x")[:100], "too short"),
         (packRequest(b"/x") + b"d" * 200, "longer than 256"),
         (struct.pack("<III", vdecontrol.MAGIC, 3, 5) + vdecontrol.packSockaddr(b"/x"), "type 5"),

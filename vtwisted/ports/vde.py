@@ -117,7 +117,8 @@ class VdeDataLink:
         self.port = port
         self.description = description
         self.uid = uid
-        self.linkId = control.transport.fileno() if control.transport else sock.fileno()
+        transport: Any = control.transport
+        self.linkId = transport.fileno() if transport is not None else sock.fileno()
         self._fileno = sock.fileno()
         self._recv = sock.recv
         self._send = sock.send
@@ -233,7 +234,7 @@ class VdeControlProtocol(Protocol):
 
     def _timedOut(self) -> None:
         self._timeout = None
-        self._reject("no request within %d seconds" % REQUEST_TIMEOUT)
+        self._reject(f"no request within {REQUEST_TIMEOUT:g} seconds")
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
@@ -270,7 +271,7 @@ class VdeControlProtocol(Protocol):
             self._timeout.cancel()
         self._timeout = None
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._cancelTimeout()
         if not self._done and self._buffer:
             self._done = True
@@ -429,12 +430,14 @@ class VdeSwitchDirectory(Service):
             try:
                 sock.connect(request.path)
             except OSError as e:
-                raise _Rejected(f"cannot connect to {path}: {e.strerror} (errno {e.errno})")
+                raise _Rejected(
+                    f"cannot connect to {path}: {e.strerror} (errno {e.errno})"
+                ) from None
             try:
                 port = self.switch.allocatePort(request.port, uid)
             except errors.SwitchError as e:
-                raise _Rejected(f"no port for {path}: {e.message}")
-            dataPath = os.path.join(self.directory, "%03d.%d" % (port.number, sock.fileno()))
+                raise _Rejected(f"no port for {path}: {e.message}") from None
+            dataPath = os.path.join(self.directory, f"{port.number:03d}.{sock.fileno()}")
             self._bindDataSocket(sock, dataPath, uid)
         except BaseException:
             sock.close()
@@ -443,7 +446,8 @@ class VdeSwitchDirectory(Service):
         self.options.apply(self.switch, port)
         self.links.append(link)
         self.switch.attach(port, link)
-        control.transport.write(vdecontrol.packReply(os.fsencode(dataPath)))
+        transport: Any = control.transport
+        transport.write(vdecontrol.packReply(os.fsencode(dataPath)))
         self.reactor.addReader(link)
         return link
 
@@ -451,7 +455,7 @@ class VdeSwitchDirectory(Service):
         try:
             st = os.stat(path)
         except OSError as e:
-            raise _Rejected(f"client socket {path}: {e.strerror} (errno {e.errno})")
+            raise _Rejected(f"client socket {path}: {e.strerror} (errno {e.errno})") from None
         if not stat.S_ISSOCK(st.st_mode):
             raise _Rejected(f"client path {path} is not a socket")
         if not os.access(path, os.R_OK | os.W_OK):
@@ -480,7 +484,7 @@ class VdeSwitchDirectory(Service):
                 os.chmod(path, self.mode)
             self._chgrp(path)
         except OSError as e:
-            raise _Rejected(f"cannot bind {path}: {e.strerror} (errno {e.errno})")
+            raise _Rejected(f"cannot bind {path}: {e.strerror} (errno {e.errno})") from None
 
     def linkClosed(self, link: VdeDataLink) -> None:
         """

@@ -1,0 +1,185 @@
+"""
+Port types as plugins: the shipped ones load, a third-party one is found
+without touching vtwisted, and the twistd plugin is found both from the
+source tree and from a real installation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import REQUIRE, ROOT, sourceEnv, twistdArgv
+
+import vtwisted.plugins
+from vtwisted.porttype import portTypes
+from vtwisted.spec import SpecError
+
+THIRD_PARTY_DECLARATION = """
+from vtwisted.porttype import PortType
+
+acme = PortType("acme", "acme_reflector", "acme:NAME reflects every frame back, MACs swapped")
+"""
+
+THIRD_PARTY_MODULE = '''
+"""A port type from another distribution: it answers every frame."""
+from twisted.application.service import Service
+from zope.interface import implementer
+from vtwisted.interfaces import ILink
+
+
+@implementer(ILink)
+class Reflector(Service):
+    module = "acme"
+    vnetHeader = False
+    uid = None
+    linkId = 1
+
+    def __init__(self, switch, name):
+        self.switch = switch
+        self.description = name
+
+    def startService(self):
+        Service.startService(self)
+        self.port = self.switch.allocatePort(None)
+        self.switch.attach(self.port, self)
+
+    def stopService(self):
+        Service.stopService(self)
+        self.switch.detach(self.port, self)
+
+    def sendFrame(self, frame):
+        frame = bytes(frame)
+        if frame[0] & 1:
+            self.switch.frameReceived(self.port, frame[6:12] + frame[6:12] + frame[12:])
+
+    def sendVnetPacket(self, packet):
+        raise NotImplementedError()
+
+    def close(self):
+        self.stopService()
+
+
+def makeService(switch, spec, reactor):
+    (name,) = spec.positional(["name"], 1)
+    spec.checkKeywords()
+    return Reflector(switch, name)
+'''
+
+
+def test_everyShippedPortTypeImports() -> None:
+    """Each declared port type's module imports and has makeService."""
+    types = portTypes()
+    assert "vde" in types
+    for prefix, portType in types.items():
+        module = importlib.import_module(portType.module)
+        assert callable(module.makeService), prefix
+        assert portType.description, prefix
+
+
+@pytest.fixture
+def thirdParty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A distribution adding a port type, on sys.path, not inside vtwisted."""
+    plugins = tmp_path / "vtwisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "acme_ports.py").write_text(THIRD_PARTY_DECLARATION)
+    (tmp_path / "acme_reflector.py").write_text(textwrap.dedent(THIRD_PARTY_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(vtwisted.plugins, "__path__", [*vtwisted.plugins.__path__, str(plugins)])
+    yield tmp_path
+    sys.modules.pop("acme_reflector", None)
+
+
+def test_thirdPartyPortTypeWorksWithoutTouchingVtwisted(thirdParty: Path) -> None:
+    """A plugin from another package is found and its port forwards frames."""
+    from twisted.internet.task import Clock
+
+    from vtwisted.app import buildService
+    from vtwisted.testing import FakeLink, frame, mac, plug
+
+    assert "acme" in portTypes()
+    service = buildService(Clock(), ["acme:mirror"], defaultSock=False)
+    service.startService()
+    try:
+        listener = FakeLink()
+        plug(service.switch, listener)
+        listener.receive(frame(b"\xff" * 6, mac(1)))
+        assert listener.sent == [frame(mac(1), mac(1))]
+    finally:
+        service.stopService()
+
+
+def test_thirdPartyPortTypeAppearsInHelp(thirdParty: Path) -> None:
+    """twistd vswitch --help lists a port type added by another distribution."""
+    env = sourceEnv()
+    env["PYTHONPATH"] = os.pathsep.join([str(thirdParty), env["PYTHONPATH"]])
+    result = subprocess.run(
+        [*twistdArgv("--help")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert "acme" in result.stdout and "reflects every frame" in result.stdout, result.stderr
+
+
+def test_unknownPrefixNamesTheSpec() -> None:
+    """An unknown prefix fails with the spec and the known types in the message."""
+    from vtwisted.app import buildService
+
+    with pytest.raises(SpecError) as e:
+        buildService(None, ["nosuch:x"], defaultSock=False)
+    assert "'nosuch:x'" in str(e.value) and "vde" in str(e.value)
+
+
+def test_badArgumentNamesTheSpec() -> None:
+    """A bad keyword value fails with the spec and what is wrong with it."""
+    from vtwisted.app import buildService
+
+    with pytest.raises(SpecError) as e:
+        buildService(None, ["vde:/tmp/x:mode=999"], defaultSock=False)
+    assert "vde:/tmp/x:mode=999" in str(e.value) and "octal" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        buildService(None, ["vde:/tmp/x:colour=blue"], defaultSock=False)
+    assert "unknown option colour" in str(e.value)
+
+
+def test_helpListsEveryPortType() -> None:
+    """twistd vswitch --help shows each installed port type with its description."""
+    result = subprocess.run(
+        twistdArgv("--help"), capture_output=True, text=True, env=sourceEnv(), timeout=60
+    )
+    for prefix, portType in portTypes().items():
+        assert f"  {prefix} " in result.stdout
+        assert portType.description.split()[0] in result.stdout
+
+
+def test_pluginFoundFromSourceTree() -> None:
+    """With the source root on sys.path, twistd finds the vswitch plugin."""
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted", "--help"],
+        capture_output=True, text=True, env=sourceEnv(), cwd=ROOT, timeout=60,
+    )
+    assert "vswitch" in result.stdout, result.stdout + result.stderr
+
+
+def test_pluginFoundFromInstallation(tmp_path: Path) -> None:
+    """After pip install ., twistd finds vswitch with no source tree on sys.path."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run(
+        [sys.executable, "-c", "import vtwisted, sys; print(vtwisted.__file__)"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    if probe.returncode != 0:
+        message = "vtwisted is not installed (pip install .)"
+        if REQUIRE:
+            pytest.fail(message)
+        pytest.skip(message)
+    assert not probe.stdout.startswith(str(ROOT)), "the installed copy, not the tree"
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted", "vswitch", "--help"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "vde" in result.stdout and "--sock" in result.stdout
