@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from netbench import (  # noqa: E402
+from netbench import (
     CLIENT_ADDR,
     SERVER_ADDR,
     Bench,

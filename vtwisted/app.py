@@ -110,6 +110,14 @@ class Options(usage.Options):
         """
         self["ports"].append(spec)
 
+    def opt_tap(self, name: str) -> None:
+        """
+        Add a TAP device (shorthand for --port tap:NAME).
+        """
+        self["ports"].append("tap:" + name)
+
+    opt_t = opt_tap
+
     def getUsage(self, width: int | None = None) -> str:
         text = super().getUsage(width)
         lines = ["", "Port types (--port PREFIX:ARGS):"]

@@ -10,3 +10,10 @@ vde = PortType(
     "vde:DIR[:mode=0600][:group=G][:dirmode=02700] VDE switch directory, "
     "for vde_plug, qemu -netdev vde, vde_plug2tap, slirpvde",
 )
+
+tap = PortType(
+    "tap",
+    "vtwisted.ports.tap",
+    "tap:NAME[:offload=on|off] Linux TAP device, opened (or created) by the switch, "
+    "with virtio-net offloads",
+)

@@ -1,0 +1,175 @@
+"""
+Benchmark: TAP ports with virtio-net offloads against the references.
+
+Two namespaces, and between them, in the same run and alternating rounds:
+
+* vtwisted with two TAP ports it opens itself (offloads on, then off);
+* C{vde_switch -t tapA -t tapB} (its own TAP ports, no offloads);
+* a Linux bridge between two veth pairs, with offloads and without;
+* the mixed path: one namespace on a vtwisted TAP port (offloads on, so the
+  switch segments super-frames), the other behind C{vde_plug tap://} on the
+  switch's VDE socket, against C{vde_switch} with C{vde_plug} on both sides.
+
+Each row reports iperf3 TCP throughput and the 64-byte UDP packet rate.
+
+Run as root:  python benchmarks/tap_path.py [--rounds 3] [--seconds 5] [--only NAME...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from netbench import (  # noqa: E402
+    CLIENT_ADDR,
+    SERVER_ADDR,
+    Bench,
+    bench,
+    configure,
+    iperf,
+    listening,
+    ratio,
+    sh,
+    sourceEnv,
+    summarize,
+    twistdArgv,
+    waitFor,
+)
+
+Setup = Callable[[Bench], tuple[str, str]]
+
+
+def _moveTaps(b: Bench, taps: tuple[str, str]) -> tuple[str, str]:
+    client, server = b.namespace("vtwtc"), b.namespace("vtwts")
+    for ns, tap, address in zip((client, server), taps, (CLIENT_ADDR, SERVER_ADDR)):
+        waitFor(lambda tap=tap: sh("ip", "link", "show", tap, check=False).returncode == 0,
+                what=tap)
+        sh("ip", "link", "set", tap, "netns", ns)
+        configure(ns, tap, address)
+    return client, server
+
+
+def vtwistedTaps(offload: bool) -> Setup:
+    def setup(b: Bench) -> tuple[str, str]:
+        taps = (f"vtbc{b.tmp.name[-4:]}", f"vtbs{b.tmp.name[-4:]}")
+        option = "" if offload else ":offload=off"
+        b.start(twistdArgv("--sock", str(b.tmp / "sw"), "--port", f"tap:{taps[0]}{option}",
+                           "--port", f"tap:{taps[1]}{option}"), env=sourceEnv())
+        return _moveTaps(b, taps)
+
+    return setup
+
+
+def cSwitchTaps(b: Bench) -> tuple[str, str]:
+    taps = (f"cbc{b.tmp.name[-4:]}", f"cbs{b.tmp.name[-4:]}")
+    b.start(["vde_switch", "-s", str(b.tmp / "sw"), "-t", taps[0], "-t", taps[1]],
+            stdin=subprocess.PIPE)
+    return _moveTaps(b, taps)
+
+
+def linuxBridge(offload: bool) -> Setup:
+    def setup(b: Bench) -> tuple[str, str]:
+        client, server, middle = b.namespace("vtwbc"), b.namespace("vtwbs"), b.namespace("vtwbr")
+        sh("ip", "-n", middle, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", middle, "link", "set", "br0", "up")
+        for ns, address, name in ((client, CLIENT_ADDR, "c"), (server, SERVER_ADDR, "s")):
+            sh("ip", "-n", middle, "link", "add", f"p{name}", "type", "veth", "peer", "name",
+               f"e{name}", "netns", ns)
+            sh("ip", "-n", middle, "link", "set", f"p{name}", "master", "br0", "up")
+            if not offload:
+                for ns2, dev in ((middle, f"p{name}"), (ns, f"e{name}")):
+                    sh("ip", "netns", "exec", ns2, "ethtool", "-K", dev, "tso", "off", "gso",
+                       "off", "gro", "off", "tx", "off", "rx", "off", "sg", "off", check=False)
+            configure(ns, f"e{name}", address)
+        return client, server
+
+    return setup
+
+
+def _vdePlugSide(b: Bench, sock: Path, ns: str, tap: str, address: str) -> None:
+    b.start(["ip", "netns", "exec", ns, "vde_plug", f"vde://{sock}", f"tap://{tap}"])
+    configure(ns, tap, address)
+
+
+def vtwistedTapToVde(b: Bench) -> tuple[str, str]:
+    sock = b.tmp / "sw"
+    tap = f"vtmc{b.tmp.name[-4:]}"
+    b.start(twistdArgv("--sock", str(sock), "--port", f"tap:{tap}"), env=sourceEnv())
+    waitFor(lambda: listening(sock / "ctl"), what="switch")
+    client, server = b.namespace("vtwmc"), b.namespace("vtwms")
+    waitFor(lambda: sh("ip", "link", "show", tap, check=False).returncode == 0, what=tap)
+    sh("ip", "link", "set", tap, "netns", client)
+    configure(client, tap, CLIENT_ADDR)
+    _vdePlugSide(b, sock, server, "taps", SERVER_ADDR)
+    return client, server
+
+
+def cSwitchVdePlugs(b: Bench) -> tuple[str, str]:
+    sock = b.tmp / "sw"
+    b.start(["vde_switch", "-s", str(sock)], stdin=subprocess.PIPE)
+    waitFor(lambda: listening(sock / "ctl"), what="vde_switch")
+    client, server = b.namespace("vtwcc"), b.namespace("vtwcs")
+    _vdePlugSide(b, sock, client, "tapc", CLIENT_ADDR)
+    _vdePlugSide(b, sock, server, "taps", SERVER_ADDR)
+    return client, server
+
+
+SETUPS: dict[str, Setup] = {
+    "vtwisted TAP offload": vtwistedTaps(True),
+    "vtwisted TAP no offload": vtwistedTaps(False),
+    "vde_switch -t": cSwitchTaps,
+    "Linux bridge offload": linuxBridge(True),
+    "Linux bridge no offload": linuxBridge(False),
+    "vtwisted TAP->VDE+vde_plug": vtwistedTapToVde,
+    "vde_switch+vde_plug": cSwitchVdePlugs,
+}
+
+
+def measure(setup: Setup, seconds: float, udp: bool) -> float:
+    with bench() as b:
+        client, server = setup(b)
+        return iperf(b, client, server, seconds, udp)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--only", nargs="*", default=None, help="names of setups to run")
+    args = parser.parse_args()
+    names = [n for n in SETUPS if args.only is None or any(o in n for o in args.only)]
+    results: dict[tuple[str, bool], list[float]] = {}
+    for udp in (False, True):
+        for _ in range(args.rounds):
+            for name in names:
+                results.setdefault((name, udp), []).append(
+                    measure(SETUPS[name], args.seconds, udp))
+    medians = {}
+    print("TCP throughput (iperf3):")
+    for name in names:
+        medians[(name, False)] = summarize(name, results[(name, False)], "Gbit/s")
+    print("UDP, 64-byte frames (iperf3 -u -l 18 -b 0), packets received:")
+    for name in names:
+        medians[(name, True)] = summarize(name, results[(name, True)], "pkt/s")
+    print("Ratios:")
+    pairs = [
+        ("vtwisted TAP offload", "Linux bridge offload", False, "TCP: vtwisted TAP / bridge offload"),
+        ("vtwisted TAP offload", "vde_switch -t", False, "TCP: vtwisted TAP / vde_switch -t"),
+        ("vtwisted TAP offload", "vde_switch -t", True, "UDP pps: vtwisted TAP / vde_switch -t"),
+        ("vtwisted TAP->VDE+vde_plug", "vde_switch+vde_plug", False,
+         "TCP: TAP->VDE / vde_switch+vde_plug"),
+        ("vtwisted TAP->VDE+vde_plug", "vde_switch+vde_plug", True,
+         "UDP pps: TAP->VDE / vde_switch+vde_plug"),
+    ]
+    for ours, theirs, udp, label in pairs:
+        if (ours, udp) in medians and (theirs, udp) in medians:
+            ratio(label, medians[(ours, udp)], medians[(theirs, udp)])
+
+
+if __name__ == "__main__":
+    main()

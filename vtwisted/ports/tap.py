@@ -1,0 +1,366 @@
+"""
+Linux TAP devices opened by the switch (C{tap:NAME}), with virtio-net
+offloads.
+
+Theory of operation
+-------------------
+L{TapService} opens (or creates) the device in C{privilegedStartService}, so
+C{twistd --uid} can drop privileges afterwards; after C{TUNSETIFF} the device
+is only ever used through its file descriptor, never by name, so it may be
+moved to another network namespace and keep working.
+
+The device is opened with C{IFF_VNET_HDR} and C{TUNSETOFFLOAD} (checksum, TSO
+for IPv4 and IPv6 with ECN, USO where the kernel has it): every read and
+write then starts with a 10-byte virtio-net header, and the kernel hands over
+TCP super-frames of up to 64 KB with their checksum left for later.  The link
+gives those packets to L{vtwisted.switch.Switch.vnetPacketReceived}
+untouched: the switch passes them whole to other offload ports and resolves
+them into ordinary frames for the rest (see L{vtwisted.wire.vnet}).  Plain
+frames from other ports are written behind an all-zero header with one
+C{writev}.  With C{offload=off} the device is opened without the header and
+carries ordinary frames.
+
+Reads are drained in batches per reactor wake-up.  A write the device cannot
+take now (its queue is full) is dropped and counted, never buffered.  If the
+device disappears the port goes down and says so; nothing else stops.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import struct
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+from twisted.pair.ethernet import EthernetProtocol
+from twisted.pair.tuntap import TunnelFlags, TuntapPort
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted.interfaces import ILink
+from vtwisted.portoptions import PortOptions
+from vtwisted.spec import PortSpec
+from vtwisted.wire import vnet
+
+log = Logger()
+
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+#: What we ask for, best first; older kernels reject the USO bits (EINVAL).
+OFFLOAD_CHOICES = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+)
+_OFFLOAD_NAMES = (
+    (TUN_F_CSUM, "csum"),
+    (TUN_F_TSO4, "tso4"),
+    (TUN_F_TSO6, "tso6"),
+    (TUN_F_TSO_ECN, "ecn"),
+    (TUN_F_USO4, "uso4"),
+    (TUN_F_USO6, "uso6"),
+)
+#: Largest read: a 64 KB super-frame, its header and a VLAN tag.
+MAX_READ = 65536 + vnet.HEADER_LENGTH + 4 + 64
+#: Bytes read per wake-up before yielding to other ports.
+READ_BUDGET = 1024 * 1024
+_NAME = re.compile(r"^[^/:\s]{1,15}$")
+_GONE = (errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO)
+
+
+def offloadNames(flags: int) -> str:
+    """
+    C{csum,tso4,...} for a set of C{TUN_F_*} flags.
+    """
+    return ",".join(name for bit, name in _OFFLOAD_NAMES if flags & bit) or "none"
+
+
+class RealTapSystem:
+    """
+    The system calls a TAP port makes (the shape of
+    L{twisted.pair.testing.MemoryIOSystem}, plus C{writev}).
+    """
+
+    O_RDWR = os.O_RDWR
+    O_NONBLOCK = os.O_NONBLOCK
+    O_CLOEXEC = os.O_CLOEXEC
+    open = staticmethod(os.open)
+    read = staticmethod(os.read)
+    write = staticmethod(os.write)
+    writev = staticmethod(os.writev)
+    close = staticmethod(os.close)
+    ioctl = staticmethod(fcntl.ioctl)
+
+
+def checkName(spec: PortSpec, name: str | None) -> str:
+    """
+    The interface name, if Linux would accept it.
+    """
+    if name is None or not _NAME.match(name) or name in (".", ".."):
+        raise spec.error(
+            f"TAP name {name!r} is not a valid interface name "
+            "(1 to 15 characters, no '/', ':' or white space)"
+        )
+    return name
+
+
+@implementer(ILink)
+class TapLink(TuntapPort):
+    """
+    One TAP device plugged into a switch port.
+    """
+
+    module = "tuntap"
+    uid = None
+    linkId = 0
+
+    def __init__(
+        self, service: TapService, name: str, offload: bool, system: Any, reactor: Any
+    ) -> None:
+        super().__init__(name.encode(), EthernetProtocol(), MAX_READ, reactor, system)
+        self._mode = TunnelFlags.IFF_TAP
+        if offload:
+            self._mode |= TunnelFlags.IFF_VNET_HDR
+        self.vnetHeader = offload
+        self.service = service
+        self.name = name
+        self.offloads = 0
+        self.port: Any = None
+        self.description = name
+        self._receive: Any = None
+        self._warnedGone = False
+
+    def open(self) -> None:
+        """
+        Open the device and negotiate offloads.
+
+        @raise OSError: with a message saying what to do.
+        """
+        try:
+            self.startListening()
+        except Exception as e:
+            raise _openError(self.service.spec, self.name, e) from None
+        self.stopReading()
+        if self.vnetHeader:
+            self.offloads = self._negotiate()
+        self.description = f"{self.name} offload={offloadNames(self.offloads)}"
+
+    def _negotiate(self) -> int:
+        for flags in OFFLOAD_CHOICES:
+            try:
+                self._system.ioctl(self._fileno, TUNSETOFFLOAD, flags)
+                return flags
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+        log.warn("{spec}: the kernel refused every offload; frames stay small",
+                 spec=self.service.spec)
+        return 0
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port} and start reading.
+        """
+        self.port = port
+        if self.vnetHeader:
+            self._receive = switch.vnetPacketReceived
+        else:
+            self._receive = switch.frameReceived
+        switch.attach(port, self)
+        self.startReading()
+
+    def doRead(self) -> None:
+        """
+        Hand every packet waiting (up to a budget) to the switch.
+        """
+        read = self._system.read
+        fd = self._fileno
+        receive = self._receive
+        port = self.port
+        budget = READ_BUDGET
+        while budget > 0:
+            try:
+                data = read(fd, MAX_READ)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError as e:
+                self._failed("reading", e)
+                return
+            budget -= len(data) + 1500
+            try:
+                receive(port, data)
+            except Exception:
+                log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Write one plain frame (behind an empty header if offloads are on).
+        """
+        try:
+            if self.vnetHeader:
+                self._system.writev(self._fileno, (vnet.PLAIN_HEADER, frame))
+            else:
+                self._system.write(self._fileno, frame)
+        except OSError as e:
+            self._writeFailed(e)
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        """
+        Write one virtio-net packet as it is.
+        """
+        try:
+            self._system.write(self._fileno, packet)
+        except OSError as e:
+            self._writeFailed(e)
+
+    def _writeFailed(self, e: OSError) -> None:
+        if e.errno in (errno.EAGAIN, errno.ENOBUFS):
+            self.port.dropped("busy", f"{self.name}: device queue full")
+        elif e.errno == errno.EIO:
+            self.port.dropped("down", f"{self.name}: the interface is down (EIO)")
+        elif e.errno == errno.EINVAL:
+            self.port.dropped("malformed", f"{self.name}: the kernel refused a frame (EINVAL)")
+        elif e.errno in _GONE:
+            self._failed("writing", e)
+        else:
+            self.port.dropped("peer", f"{self.name}: {e.strerror} (errno {e.errno})")
+
+    def _failed(self, doing: str, e: OSError) -> None:
+        """
+        The device went away: take the port down and say so.
+        """
+        if not self._warnedGone:
+            self._warnedGone = True
+            log.error(
+                "{spec}: {doing} {name} failed: {error} (errno {errno}); the device is "
+                "gone, the port goes down",
+                spec=self.service.spec,
+                doing=doing,
+                name=self.name,
+                error=e.strerror,
+                errno=e.errno,
+            )
+        self.service.linkGone(self)
+
+    def close(self) -> None:
+        """
+        Unplug and close the device.
+        """
+        self.service.linkGone(self)
+
+    def shut(self) -> None:
+        """
+        Stop reading and close the file descriptor.
+        """
+        if self.connected:
+            self.stopReading()
+            self.connectionLost(Failure(ConnectionError("closed")))
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.connected:
+            super().connectionLost(reason)
+
+
+def _openError(spec: str, name: str, e: Exception) -> OSError:
+    cause = getattr(e, "socketError", e)
+    code = getattr(cause, "errno", None) or errno.EIO
+    text = getattr(cause, "strerror", None) or str(cause)
+    advice = ""
+    if code == errno.EPERM:
+        advice = (
+            "; without CAP_NET_ADMIN the device must exist and belong to you: "
+            f"ip tuntap add {name} mode tap user $USER"
+        )
+    elif code == errno.EBUSY:
+        advice = "; another program holds it (a TAP device has one user)"
+    elif code == errno.ENOENT:
+        advice = "; /dev/net/tun is missing (modprobe tun)"
+    return OSError(code, f"{spec}: cannot open TAP device {name}: {text} (errno {code}){advice}")
+
+
+class TapService(Service):
+    """
+    The service of one C{tap:NAME} spec.
+    """
+
+    def __init__(
+        self,
+        switch: Any,
+        reactor: Any,
+        name: str,
+        offload: bool = True,
+        options: PortOptions | None = None,
+        spec: str = "",
+        system: Any = None,
+    ) -> None:
+        self.switch = switch
+        self.reactor = reactor
+        self.deviceName = name
+        self.offload = offload
+        self.options = options or PortOptions()
+        self.spec = spec or f"tap:{name}"
+        self.system = system if system is not None else RealTapSystem()
+        self.link: TapLink | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if self.link is None:
+            link = TapLink(self, self.deviceName, self.offload, self.system, self.reactor)
+            link.open()
+            self.link = link
+
+    def startService(self) -> None:
+        if self.link is None:
+            self.privilegedStartService()
+        super().startService()
+        assert self.link is not None
+        port = self.switch.allocatePort(self.options.number)
+        self.options.apply(self.switch, port)
+        self.link.plug(self.switch, port)
+        log.info("{spec}: {description} on port {number}", spec=self.spec,
+                 description=self.link.description, number=port.number)
+
+    def linkGone(self, link: TapLink) -> None:
+        """
+        Unplug C{link} and close its device.
+        """
+        if link.port is not None:
+            self.switch.detach(link.port, link)
+        link.shut()
+        if link is self.link:
+            self.link = None
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.link is not None:
+            self.linkGone(self.link)
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
+    """
+    Build the service for C{tap:NAME[:offload=on|off]} and the common
+    options.
+    """
+    (name,) = spec.positional(["device name"], 1)
+    name = checkName(spec, name)
+    offload = spec.boolean("offload", True)
+    options = PortOptions.fromSpec(spec)
+    spec.checkKeywords()
+    return TapService(switch, reactor, name, offload, options, spec.text)
+
+
+def parseOffloadArgument(value: int) -> bytes:
+    """
+    The C{TUNSETOFFLOAD} argument as bytes, for systems that take them.
+    """
+    return struct.pack("I", value)

@@ -1,0 +1,189 @@
+"""
+Switch ports: configuration, counters and the links plugged in.
+
+A L{SwitchPort} is the switch's record of one numbered port.  It outlives its
+links (an inactive port keeps its VLANs, as vde_switch's do) and holds the
+only counters every port type shares: frames and bytes in and out, and drops
+by reason.  L{SwitchPort.send} is rebound whenever links come and go, so the
+forwarding path makes one call per frame whatever the number of links.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from vtwisted.interfaces import ILink
+from vtwisted.wire.ethernet import DEFAULT_MTU, maxFrameFor
+
+if TYPE_CHECKING:
+    from vtwisted.vlans import Vlan
+
+log = Logger()
+
+#: Reasons a frame is dropped, as counters and logs name them.
+DROP_REASONS = (
+    "runt",  # shorter than an Ethernet header
+    "oversize",  # longer than the ingress port's MTU allows
+    "vlan",  # the port is not a member of the frame's VLAN
+    "mtu",  # longer than the egress port's MTU allows
+    "busy",  # the peer could not take it now (EAGAIN, ENOBUFS)
+    "peer",  # the peer is gone (ECONNREFUSED and the like)
+    "down",  # the peer's interface is down (a TAP device not up yet)
+    "malformed",  # a bad virtio-net header, stream record, ...
+)
+
+
+class PortCounters:
+    """
+    Traffic counters of one port: frames and bytes in and out, and drops by
+    reason (see L{DROP_REASONS}).
+    """
+
+    __slots__ = ("inFrames", "inBytes", "outFrames", "outBytes", "drops")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """
+        Set every counter to zero.
+        """
+        self.inFrames = 0
+        self.inBytes = 0
+        self.outFrames = 0
+        self.outBytes = 0
+        self.drops = dict.fromkeys(DROP_REASONS, 0)
+
+
+def _discard(data: Any) -> None:
+    """
+    Where an inactive port's frames go.
+    """
+
+
+class SwitchPort:
+    """
+    One numbered port: configuration, counters and the links plugged in.
+
+    A port keeps its configuration while inactive, as vde_switch's do.
+
+    @ivar send: sends one plain frame to every link (no counting).
+    @ivar sendVnet: sends one virtio-net packet; only used when L{vnet}.
+    @ivar vnet: every link accepts virtio-net packets.
+    @ivar maxFrame: the longest frame, tag included, this port carries.
+    """
+
+    __slots__ = (
+        "number",
+        "links",
+        "counters",
+        "untaggedVlan",
+        "taggedVids",
+        "transparent",
+        "allocatable",
+        "user",
+        "group",
+        "mtu",
+        "maxFrame",
+        "send",
+        "sendVnet",
+        "vnet",
+        "_warned",
+    )
+
+    def __init__(self, number: int, allocatable: bool = True) -> None:
+        self.number = number
+        self.links: list[ILink] = []
+        self.counters = PortCounters()
+        self.untaggedVlan: Vlan | None = None
+        self.taggedVids: set[int] = set()
+        self.transparent = False
+        self.allocatable = allocatable
+        self.user: int | None = None
+        self.group: int | None = None
+        self.mtu = DEFAULT_MTU
+        self.maxFrame = maxFrameFor(DEFAULT_MTU)
+        self.send: Callable[[Any], None] = _discard
+        self.sendVnet: Callable[[Any], None] = _discard
+        self.vnet = False
+        self._warned: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<SwitchPort {self.number} links={len(self.links)}>"
+
+    @property
+    def active(self) -> bool:
+        """
+        True while at least one link is plugged in.
+        """
+        return bool(self.links)
+
+    @property
+    def currentUser(self) -> int | None:
+        """
+        The uid of the links' owner, if known.
+        """
+        for link in self.links:
+            if link.uid is not None:
+                return link.uid
+        return None
+
+    def describe(self) -> str:
+        """
+        C{port N (module: description)}, for log messages.
+        """
+        if not self.links:
+            return f"port {self.number}"
+        link = self.links[0]
+        return f"port {self.number} ({link.module}: {link.description})"
+
+    def dropped(self, reason: str, detail: str = "") -> None:
+        """
+        Count a dropped frame; log the first drop of each reason.
+        """
+        self.counters.drops[reason] += 1
+        if reason not in self._warned:
+            self._warned.add(reason)
+            log.warn(
+                "{port}: dropped a frame ({reason}){detail}; "
+                "further drops of this kind are only counted",
+                port=self.describe(),
+                reason=reason,
+                detail=f": {detail}" if detail else "",
+            )
+
+    def setMtu(self, mtu: int) -> None:
+        """
+        Set the largest IP packet this port carries.
+        """
+        self.mtu = mtu
+        self.maxFrame = maxFrameFor(mtu)
+
+    def rewire(self) -> None:
+        """
+        Point L{send} and L{sendVnet} at the current links.
+        """
+        links = self.links
+        self.vnet = bool(links) and all(link.vnetHeader for link in links)
+        if not links:
+            self.send = self.sendVnet = _discard
+        elif len(links) == 1:
+            self.send = links[0].sendFrame
+            self.sendVnet = links[0].sendVnetPacket if self.vnet else _discard
+        else:
+            senders = tuple(link.sendFrame for link in links)
+            vsenders = tuple(link.sendVnetPacket for link in links) if self.vnet else ()
+
+            def fanOut(frame: Any) -> None:
+                for send in senders:
+                    send(frame)
+
+            def fanOutVnet(packet: Any) -> None:
+                for send in vsenders:
+                    send(packet)
+
+            self.send = fanOut
+            self.sendVnet = fanOutVnet
