@@ -147,7 +147,7 @@ def twistdArgv(*args: str) -> list[str]:
         "import sys; from twisted.scripts.twistd import run; sys.exit(run())",
         "-n",
         "--pidfile=",
-        "--logfile=/dev/null",
+        "--logfile=" + os.environ.get("VTWISTED_BENCH_LOG", "/dev/null"),
         "vswitch",
         *args,
     ]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from netbench import (  # noqa: E402
+from netbench import (
     CLIENT_ADDR,
     SERVER_ADDR,
     Bench,
@@ -158,7 +158,8 @@ def main() -> None:
         medians[(name, True)] = summarize(name, results[(name, True)], "pkt/s")
     print("Ratios:")
     pairs = [
-        ("vtwisted TAP offload", "Linux bridge offload", False, "TCP: vtwisted TAP / bridge offload"),
+        ("vtwisted TAP offload", "Linux bridge offload", False,
+         "TCP: vtwisted TAP / bridge offload"),
         ("vtwisted TAP offload", "vde_switch -t", False, "TCP: vtwisted TAP / vde_switch -t"),
         ("vtwisted TAP offload", "vde_switch -t", True, "UDP pps: vtwisted TAP / vde_switch -t"),
         ("vtwisted TAP->VDE+vde_plug", "vde_switch+vde_plug", False,
