@@ -201,10 +201,12 @@ class StreamPlug:
     then the frame).
     """
 
-    def __init__(self, processes: Processes, vnl: str, *options: str) -> None:
+    def __init__(
+        self, processes: Processes, vnl: str, *options: str, wrapper: Sequence[str] = ()
+    ) -> None:
         self.vnl = vnl
         self.process = processes.start(
-            ["vde_plug", *options, vnl],
+            [*wrapper, "vde_plug", *options, vnl],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -197,3 +197,83 @@ def test_defaultDirectoryIsWhereVdePlugLooks(processes) -> None:
     assert other.receive() == hello
     assert processes.stop(process) in (0, -signal.SIGTERM)
     assert not directory.exists()
+
+
+def test_sockNamingARegularFileFailsClearly(shortdir) -> None:
+    """--sock naming a regular file stops start-up saying so, and leaves the file alone."""
+    regular = shortdir / "plainfile"
+    regular.write_text("keep me")
+    before = os.stat(regular).st_mode
+    result = run(*twistdArgv("--sock", str(regular)), check=False, timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "is not a directory" in output and str(regular) in output, output
+    assert os.stat(regular).st_mode == before and regular.read_text() == "keep me"
+
+
+def test_groupOptionAppliesToDirectorySocketsAndDataSockets(vswitch, processes) -> None:
+    """--group sets the group of the directory, the ctl and every data socket."""
+    needRoot()
+    import grp
+
+    daemon = grp.getgrnam("daemon").gr_gid
+    sw = vswitch("--group", "daemon", "--mode", "0660")
+    plugs(processes, sw, 1)
+    (name,) = dataSockets(sw.sock)
+    for path in (sw.sock, sw.ctl, sw.sock / name):
+        assert os.stat(path).st_gid == daemon, path
+
+
+def test_unprivilegedClientOnRootSwitch(vswitch, processes) -> None:
+    """With --mode 0666 a non-root vde_plug joins a root switch and owns its data socket."""
+    needRoot()
+    need("setpriv", "vde_plug")
+    sw = vswitch("--mode", "0666")
+    os.chmod(sw.sock.parent, 0o755)  # mkdtemp made it 0700
+    nobody = StreamPlug(
+        processes,
+        f"vde://{sw.sock}",
+        wrapper=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+    )
+    waitFor(lambda: len(dataSockets(sw.sock)) == 1, what="nobody's client attached")
+    (name,) = dataSockets(sw.sock)
+    info = os.stat(sw.sock / name)
+    assert info.st_uid == 65534
+    # we chmod it 0666 & 0700; the client, now its owner, chmods it to its own 0700
+    assert stat.S_IMODE(info.st_mode) == 0o700
+    (root,) = plugs(processes, sw, 1)
+    hello = frame(BROADCAST, mac(5))
+    root.send(hello)
+    assert nobody.receive() == hello
+
+
+def test_killedClientFreesItsPort(vswitch, processes) -> None:
+    """A vde_plug killed with SIGKILL loses its port and socket file; others go on."""
+    sw = vswitch()
+    a, b, c = plugs(processes, sw, 3)
+    victim = dataSockets(sw.sock)[1]
+    b.process.kill()
+    waitFor(lambda: victim not in dataSockets(sw.sock), what="killed client's socket removed")
+    hello = frame(BROADCAST, mac(1))
+    a.send(hello)
+    assert c.receive() == hello
+
+
+def test_slirpvdeServesDhcpThroughTheSwitch(vswitch, processes, namespaces) -> None:
+    """slirpvde on our switch gives a namespace behind vde_plug tap:// a DHCP lease."""
+    needRoot()
+    need("slirpvde", "vde_plug", "busybox")
+    sw = vswitch()
+    processes.start(["slirpvde", "--dhcp", "-s", str(sw.sock)])
+    ns = namespaces.add("vtws")
+    tap = uniqueName("ts")
+    processes.start(execIn(ns, "vde_plug", f"vde://{sw.sock}", f"tap://{tap}"))
+    waitFor(lambda: len(dataSockets(sw.sock)) == 2, what="slirpvde and the tap attached")
+    waitFor(lambda: run("ip", "-n", ns, "link", "show", tap, check=False).returncode == 0,
+            what="tap")
+    run("ip", "-n", ns, "link", "set", tap, "up")
+    lease = run(*execIn(ns, "busybox", "udhcpc", "-i", tap, "-n", "-q", "-t", "5", "-T", "1",
+                        "-s", "/bin/true"), check=False, timeout=60)
+    output = lease.stdout + lease.stderr
+    assert lease.returncode == 0, output
+    assert "10.0.2." in output, output
