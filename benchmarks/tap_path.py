@@ -4,6 +4,7 @@ Benchmark: TAP ports with virtio-net offloads against the references.
 Two namespaces, and between them, in the same run and alternating rounds:
 
 * vtwisted with two TAP ports it opens itself (offloads on, then off);
+* C{reference_hub.py}, a bare Python two-TAP hub with offloads (no features);
 * C{vde_switch -t tapA -t tapB} (its own TAP ports, no offloads);
 * a Linux bridge between two veth pairs, with offloads and without;
 * the mixed path: one namespace on a vtwisted TAP port (offloads on, so the
@@ -65,6 +66,12 @@ def vtwistedTaps(offload: bool) -> Setup:
     return setup
 
 
+def pythonHub(b: Bench) -> tuple[str, str]:
+    taps = (f"phc{b.tmp.name[-4:]}", f"phs{b.tmp.name[-4:]}")
+    b.start([sys.executable, str(Path(__file__).parent / "reference_hub.py"), *taps])
+    return _moveTaps(b, taps)
+
+
 def cSwitchTaps(b: Bench) -> tuple[str, str]:
     taps = (f"cbc{b.tmp.name[-4:]}", f"cbs{b.tmp.name[-4:]}")
     b.start(["vde_switch", "-s", str(b.tmp / "sw"), "-t", taps[0], "-t", taps[1]],
@@ -122,6 +129,7 @@ def cSwitchVdePlugs(b: Bench) -> tuple[str, str]:
 SETUPS: dict[str, Setup] = {
     "vtwisted TAP offload": vtwistedTaps(True),
     "vtwisted TAP no offload": vtwistedTaps(False),
+    "reference 40-line Python hub": pythonHub,
     "vde_switch -t": cSwitchTaps,
     "Linux bridge offload": linuxBridge(True),
     "Linux bridge no offload": linuxBridge(False),

@@ -33,6 +33,7 @@ import os
 import re
 import struct
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -112,6 +113,54 @@ def checkName(spec: PortSpec, name: str | None) -> str:
     return name
 
 
+class Drainer:
+    """
+    The TAP devices written to during this reactor wake-up.
+
+    A write into a TAP device runs the receiving namespace's network stack
+    in the writer's system call, so the answer (a TCP ACK, a ping reply) is
+    often queued on that device by the time the write returns.  Reading those
+    devices again before going back to the reactor saves a wake-up per
+    round trip, which is most of the per-packet cost of a Python switch.
+    """
+
+    #: Rounds of draining per wake-up, to bound the time away from the reactor.
+    ROUNDS = 8
+
+    def __init__(self) -> None:
+        self.pending: list[TapLink] = []
+
+    def run(self) -> None:
+        """
+        Read the devices written to until none has anything more.
+        """
+        for _ in range(self.ROUNDS):
+            links, self.pending = self.pending, []
+            if not links:
+                return
+            progress = False
+            for link in links:
+                link.touched = False
+            for link in links:
+                if link.connected and link.readBatch():
+                    progress = True
+            if not progress:
+                return
+
+
+_drainers: WeakKeyDictionary[Any, Drainer] = WeakKeyDictionary()
+
+
+def drainerFor(switch: Any) -> Drainer:
+    """
+    The L{Drainer} shared by every TAP port of C{switch}.
+    """
+    drainer = _drainers.get(switch)
+    if drainer is None:
+        drainer = _drainers[switch] = Drainer()
+    return drainer
+
+
 @implementer(ILink)
 class TapLink(TuntapPort):
     """
@@ -137,6 +186,8 @@ class TapLink(TuntapPort):
         self.description = name
         self._receive: Any = None
         self._warnedGone = False
+        self.touched = False
+        self.drainer = drainerFor(service.switch)
 
     def open(self) -> None:
         """
@@ -179,7 +230,17 @@ class TapLink(TuntapPort):
 
     def doRead(self) -> None:
         """
-        Hand every packet waiting (up to a budget) to the switch.
+        Hand every packet waiting (up to a budget) to the switch, then read
+        the devices this wake-up wrote to (see L{Drainer}).
+        """
+        self.readBatch()
+        self.drainer.run()
+
+    def readBatch(self) -> bool:
+        """
+        Read what is waiting, up to L{READ_BUDGET} bytes.
+
+        @return: whether anything was read.
         """
         read = self._system.read
         fd = self._fileno
@@ -190,17 +251,18 @@ class TapLink(TuntapPort):
             try:
                 data = read(fd, MAX_READ)
             except BlockingIOError:
-                return
+                break
             except InterruptedError:
                 continue
             except OSError as e:
                 self._failed("reading", e)
-                return
+                break
             budget -= len(data) + 1500
             try:
                 receive(port, data)
             except Exception:
                 log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
+        return budget != READ_BUDGET
 
     def sendFrame(self, frame: bytes) -> None:
         """
@@ -213,6 +275,9 @@ class TapLink(TuntapPort):
                 self._system.write(self._fileno, frame)
         except OSError as e:
             self._writeFailed(e)
+        if not self.touched:
+            self.touched = True
+            self.drainer.pending.append(self)
 
     def sendVnetPacket(self, packet: bytes) -> None:
         """
@@ -222,6 +287,9 @@ class TapLink(TuntapPort):
             self._system.write(self._fileno, packet)
         except OSError as e:
             self._writeFailed(e)
+        if not self.touched:
+            self.touched = True
+            self.drainer.pending.append(self)
 
     def _writeFailed(self, e: OSError) -> None:
         if e.errno in (errno.EAGAIN, errno.ENOBUFS):
