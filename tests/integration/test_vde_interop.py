@@ -277,3 +277,24 @@ def test_slirpvdeServesDhcpThroughTheSwitch(vswitch, processes, namespaces) -> N
     output = lease.stdout + lease.stderr
     assert lease.returncode == 0, output
     assert "10.0.2." in output, output
+
+
+def test_tacFileBuildsTheSameSwitch(processes, shortdir) -> None:
+    """twistd -ny etc/vswitch.tac runs a switch that vde_plug clients use."""
+    need("vde_plug")
+    directory = shortdir / "tac"
+    env = sourceEnv()
+    env["VSWITCH_SOCK"] = str(directory)
+    argv = twistdArgv()[:-1]  # the same twistd, without the "vswitch" subcommand
+    argv[argv.index("-n")] = "-ny"
+    argv.insert(argv.index("-ny") + 1, str(Path(__file__).parents[2] / "etc" / "vswitch.tac"))
+    process = processes.start(argv, env=env)
+    waitFor(lambda: socketListening(directory / "ctl"), what="the .tac switch")
+    assert stat.S_IMODE(os.stat(directory / "ctl").st_mode) == 0o660
+    a, b = StreamPlug(processes, f"vde://{directory}"), StreamPlug(processes, f"vde://{directory}")
+    waitFor(lambda: len(dataSockets(directory)) == 2, what="clients")
+    hello = frame(BROADCAST, mac(9))
+    a.send(hello)
+    assert b.receive() == hello
+    processes.stop(process)
+    assert not directory.exists()
