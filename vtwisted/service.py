@@ -9,12 +9,15 @@ C{privilegedStartService}, before C{twistd} drops privileges), stopping it
 stops them, and each removes the files and devices it made.  A
 L{TimerService} gives the switch its coarse clock once a second, so the
 forwarding path never reads the time.  Ports can be added and removed while
-the switch runs.
+the switch runs; a spec whose service fails to start is taken back out.
+
+L{SwitchService.operations} is the one L{vtwisted.operations.SwitchOperations}
+the management console and the SSH manhole share.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
@@ -24,6 +27,9 @@ from vtwisted.porttype import portTypes
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
 
+if TYPE_CHECKING:
+    from vtwisted.operations import SwitchOperations
+
 
 class SwitchService(MultiService):
     """
@@ -31,6 +37,7 @@ class SwitchService(MultiService):
 
     @ivar switch: the L{Switch}.
     @ivar specs: spec text to the service made from it, in order.
+    @ivar startedAt: the clock's time when the service started, if it has.
     """
 
     def __init__(self, switch: Switch, reactor: Any, clock: IReactorTime | None = None) -> None:
@@ -39,6 +46,8 @@ class SwitchService(MultiService):
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
         self.specs: dict[str, IService] = {}
+        self.startedAt: float | None = None
+        self._operations: SwitchOperations | None = None
         self._timer = TimerService(1, self._tick)
         self._timer.clock = self.clock
         self._timer.setServiceParent(self)
@@ -47,8 +56,20 @@ class SwitchService(MultiService):
         self.switch.tick(int(self.clock.seconds()))
 
     def startService(self) -> None:
+        self.startedAt = self.clock.seconds()
         self._tick()
         super().startService()
+
+    @property
+    def operations(self) -> SwitchOperations:
+        """
+        The management operations on this switch (made on first use).
+        """
+        if self._operations is None:
+            from vtwisted.operations import SwitchOperations
+
+            self._operations = SwitchOperations(self)
+        return self._operations
 
     def makePortService(self, text: str) -> IService:
         """
@@ -72,7 +93,13 @@ class SwitchService(MultiService):
             raise SpecError(text, "is already in use")
         service = self.makePortService(text)
         self.specs[text] = service
-        service.setServiceParent(self)
+        try:
+            service.setServiceParent(self)
+        except BaseException:
+            del self.specs[text]
+            if service.parent is self:
+                service.disownServiceParent()
+            raise
         return service
 
     def removePort(self, text: str) -> Any:

@@ -1,0 +1,444 @@
+"""
+What an operator can do to a running switch: one set of operations shared by
+the management console and the SSH manhole.
+
+Theory of operation
+-------------------
+L{SwitchOperations} wraps a L{vtwisted.service.SwitchService} and offers every
+management action as a method that either returns plain data (the frozen
+records of L{vtwisted.status}, never live switch objects) or raises
+L{vtwisted.errors.SwitchError} whose C{errno} is what vde_switch's console
+answers for the same failure: C{EINVAL} for a number out of range, C{ENXIO}
+for a port or VLAN that does not exist, C{EEXIST}, C{EADDRINUSE} for
+something in use.  The checks follow vde_switch 2.3.2 (C{port.c},
+C{hash.c}) so the console stays reply-compatible; where vde_switch has a bug
+we do the sensible thing and say so in the method's docstring.
+
+The console parses text into calls and formats the records; the manhole
+hands this object to a Python prompt as C{ops}.  Neither knows about the
+other.
+
+The operations on port specs (C{port/add}, C{port/del}) live in
+L{vtwisted.specops}.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+from vtwisted import errors
+from vtwisted.errors import SwitchError
+from vtwisted.fdb import bucketOf
+from vtwisted.specops import PortSpecOperations
+from vtwisted.status import (
+    DataSocketInfo,
+    LinkStatus,
+    MacEntryStatus,
+    MacTableInfo,
+    PortStatus,
+    SwitchInfo,
+    VlanMember,
+    VlanStatus,
+)
+from vtwisted.switch import GC_INTERVAL
+from vtwisted.vlans import MAX_USER_VID, NOVLAN
+
+if TYPE_CHECKING:
+    from vtwisted.service import SwitchService
+    from vtwisted.switchport import SwitchPort
+
+log = Logger()
+
+#: vde_switch's default hash size; only used to show C{Hash: NNNN} buckets.
+DEFAULT_BUCKETS = 128
+
+
+class SwitchOperations(PortSpecOperations):
+    """
+    Management operations on one running switch service.
+
+    @ivar service: the L{SwitchService}.
+    @ivar macBuckets: the hash size C{hash/print} buckets are computed for.
+    """
+
+    def __init__(
+        self,
+        service: SwitchService,
+        stop: Callable[[], object] | None = None,
+        mac: bytes | None = None,
+    ) -> None:
+        """
+        @param stop: what L{shutdown} calls; the reactor's C{stop} by default.
+        @param mac: the switch's address for C{showinfo}; random
+            C{00:ff:xx:xx:xx:xx} (as vde_switch's default) if not given.
+        """
+        self.service = service
+        self._stop = stop
+        self.mac = mac if mac is not None else b"\x00\xff" + os.urandom(4)
+        self.macBuckets = DEFAULT_BUCKETS
+        self._consoles: dict[str, int] = {}
+        self._runtimeSpecs: set[str] = set()
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return f"<SwitchOperations on {len(self.switch.ports)} ports>"
+
+    # Switch
+
+    def info(self) -> SwitchInfo:
+        """
+        Process, address, uptime, size and mode of the switch.
+        """
+        started = self.service.startedAt
+        uptime = 0 if started is None else int(self.service.clock.seconds() - started)
+        return SwitchInfo(
+            pid=os.getpid(),
+            mac=self.mac,
+            uptime=max(0, uptime),
+            numPorts=self.switch.numPorts,
+            hub=self.switch.hub,
+            consoles=tuple(sorted(self._consoles.items())),
+        )
+
+    def registerConsole(self, path: str, mode: int) -> None:
+        """
+        Note a console socket, for C{showinfo}.
+        """
+        self._consoles[path] = mode
+
+    def unregisterConsole(self, path: str) -> None:
+        """
+        Forget a console socket.
+        """
+        self._consoles.pop(path, None)
+
+    def dataSockets(self) -> list[DataSocketInfo]:
+        """
+        Every VDE directory the switch listens in, in spec order.
+        """
+        from vtwisted.ports.vde import VdeSwitchDirectory
+
+        return [
+            DataSocketInfo(svc.directory, svc.mode)
+            for svc in self.service.specs.values()
+            if isinstance(svc, VdeSwitchDirectory)
+        ]
+
+    def setNumPorts(self, numPorts: int) -> None:
+        """
+        Change the number of ports (C{EADDRINUSE} if a higher one exists).
+        """
+        self.switch.setNumPorts(numPorts)
+
+    def setHub(self, hub: bool) -> None:
+        """
+        Flood everything (hub) or learn and forward (switch).
+        """
+        self.switch.setHub(hub)
+
+    def shutdown(self) -> None:
+        """
+        Stop the switch: every port service stops and removes its files.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("shutdown requested from the management interface")
+        stop = self._stop if self._stop is not None else self.service.reactor.stop
+        stop()
+
+    # MAC table
+
+    def macTableInfo(self) -> MacTableInfo:
+        """
+        The MAC table's settings and statistics.
+        """
+        fdb = self.switch.fdb
+        return MacTableInfo(
+            buckets=self.macBuckets,
+            gcInterval=GC_INTERVAL,
+            expiry=fdb.expiry,
+            minPersistence=fdb.minPersistence,
+            capacity=fdb.capacity,
+            size=fdb.size,
+            evictions=fdb.evictions,
+            moves=fdb.moves,
+            movesRefused=fdb.movesRefused,
+        )
+
+    def setMacBuckets(self, size: int) -> None:
+        """
+        vde_switch's C{hash/setsize}: rounds up to a power of two and empties
+        the table.  Here it only changes the buckets C{hash/print} shows; the
+        table's capacity is C{--mac-table-size}.
+        """
+        if size <= 0:
+            raise errors.invalid(f"hash size {size} must be positive")
+        self.macBuckets = 1 << (size - 1).bit_length()
+        self.switch.fdb.flush()
+
+    def setMacExpiry(self, seconds: int) -> None:
+        """
+        Seconds an address lives without traffic.  Negative values, which
+        vde_switch takes, are refused.
+        """
+        if seconds < 0:
+            raise errors.invalid(f"expiry {seconds} must not be negative")
+        self.switch.fdb.expiry = seconds
+
+    def setMinPersistence(self, seconds: int) -> None:
+        """
+        Seconds before a known address may move to another port.
+        """
+        if seconds < 0:
+            raise errors.invalid(f"minimum persistence {seconds} must not be negative")
+        self.switch.fdb.minPersistence = seconds
+
+    def macEntries(self) -> list[MacEntryStatus]:
+        """
+        Every learned address, in bucket order, newest first in a bucket.
+        """
+        rows = [self._entry(vid, mac, entry) for vid, mac, entry in self.switch.fdb.entries()]
+        ordered = sorted(enumerate(rows), key=lambda pair: (pair[1].bucket, -pair[0]))
+        return [row for _, row in ordered]
+
+    def findMac(self, mac: bytes, vid: int = 0) -> MacEntryStatus:
+        """
+        Where C{mac} was learned in VLAN C{vid} (C{ENODEV} if nowhere).
+        """
+        entry = self.switch.fdb.lookup(vid, mac)
+        if entry is None:
+            raise SwitchError(errno.ENODEV, f"{_macText(mac)} is not known in VLAN {vid}")
+        return self._entry(vid, mac, entry)
+
+    def _entry(self, vid: int, mac: bytes, entry: Any) -> MacEntryStatus:
+        return MacEntryStatus(
+            bucket=bucketOf(mac, vid, self.macBuckets),
+            mac=mac,
+            vid=vid,
+            port=entry.port.number,
+            age=max(0, self.switch.now - entry.seen),
+        )
+
+    # Ports
+
+    def _portNumber(self, number: int) -> None:
+        if not 0 <= number < self.switch.numPorts:
+            raise errors.invalid(
+                f"port {number} is out of range (0 to {self.switch.numPorts - 1})"
+            )
+
+    def ports(self, number: int | None = None, inactive: bool = False) -> list[PortStatus]:
+        """
+        The active ports (every existing one if C{inactive}), or port
+        C{number} alone (C{ENXIO} if it is missing, or inactive and not
+        asked for).
+        """
+        owners = self._owners()
+        if number is not None:
+            self._portNumber(number)
+            port = self.switch.ports.get(number)
+            if port is None or not (inactive or port.links):
+                raise errors.missing(f"port {number} is not active")
+            return [self._status(port, owners)]
+        return [
+            self._status(port, owners)
+            for _, port in sorted(self.switch.ports.items())
+            if inactive or port.links
+        ]
+
+    def _status(self, port: SwitchPort, owners: dict[int, str]) -> PortStatus:
+        c = port.counters
+        vlan = port.untaggedVlan
+        return PortStatus(
+            number=port.number,
+            untaggedVid=NOVLAN if vlan is None else vlan.vid,
+            active=bool(port.links),
+            allocatable=port.allocatable,
+            currentUser=port.currentUser,
+            user=port.user,
+            group=port.group,
+            inFrames=c.inFrames,
+            inBytes=c.inBytes,
+            outFrames=c.outFrames,
+            outBytes=c.outBytes,
+            drops=dict(c.drops),
+            mtu=port.mtu,
+            taggedVids=tuple(sorted(port.taggedVids)),
+            transparent=port.transparent,
+            links=tuple(
+                LinkStatus(link.linkId, link.module, link.description) for link in port.links
+            ),
+            spec=owners.get(id(port)),
+        )
+
+    def createPort(self, number: int) -> None:
+        """
+        Create an inactive port only explicit requests get.  (vde_switch
+        takes C{port/create 0} to mean "any"; here it creates port 0.)
+        """
+        self.switch.createPort(number)
+
+    def createAnyPort(self) -> int:
+        """
+        C{port/createauto}: the lowest port from 1 that is missing, or
+        inactive and allocatable, made not allocatable.
+
+        @return: its number.
+        """
+        for number in range(1, self.switch.numPorts):
+            port = self.switch.ports.get(number)
+            if port is None:
+                self.switch.createPort(number)
+                return number
+            if not port.links and port.allocatable:
+                port.allocatable = False
+                return number
+        raise SwitchError(errno.ENOSPC, "no free port")
+
+    def removePort(self, number: int) -> None:
+        """
+        Remove an inactive port and its configuration.
+        """
+        self.switch.removePort(number)
+
+    def setAllocatable(self, number: int, allocatable: bool) -> None:
+        """
+        Whether anonymous clients may get port C{number}.
+        """
+        self._existingPort(number).allocatable = allocatable
+
+    def setPortUser(self, number: int, uid: int | None) -> None:
+        """
+        Restrict port C{number} to user C{uid} (L{None}: anyone).
+        """
+        self._existingPort(number).user = uid
+
+    def setPortGroup(self, number: int, gid: int | None) -> None:
+        """
+        Restrict port C{number} to members of group C{gid} (L{None}: anyone).
+        """
+        self._existingPort(number).group = gid
+
+    def closeEndpoint(self, number: int, linkId: int) -> None:
+        """
+        Disconnect the endpoint C{linkId} of port C{number}.
+        """
+        port = self._existingPort(number)
+        for link in port.links:
+            if link.linkId == linkId:
+                link.close()
+                return
+        raise errors.missing(f"port {number} has no endpoint {linkId}")
+
+    def resetCounters(self, number: int | None = None) -> None:
+        """
+        Zero the counters of port C{number} (if it exists) or of every port.
+        """
+        if number is None:
+            ports = list(self.switch.ports.values())
+        else:
+            self._portNumber(number)
+            ports = [p for p in [self.switch.ports.get(number)] if p is not None]
+        for port in ports:
+            port.counters.reset()
+
+    # VLANs
+
+    def _checkVlanAndPort(self, vid: int, number: int, highest: int) -> tuple[Any, SwitchPort]:
+        if not 0 <= vid <= highest:
+            raise errors.invalid(f"VLAN {vid} is out of range (0 to {highest})")
+        self._portNumber(number)
+        vlan = self.switch.vlans.get(vid)
+        if vid != NOVLAN and vlan is None:
+            raise errors.missing(f"VLAN {vid} does not exist")
+        port = self.switch.ports.get(number)
+        if port is None:
+            raise errors.missing(f"port {number} does not exist")
+        return vlan, port
+
+    def setVlan(self, number: int, vid: int) -> None:
+        """
+        Make C{vid} the untagged VLAN of port C{number} (L{NOVLAN}: none);
+        the port's addresses are forgotten, as vde_switch does.
+        """
+        _, port = self._checkVlanAndPort(vid, number, NOVLAN)
+        self.switch.vlans.join(port, vid)
+        self.switch.fdb.flush(port)
+
+    def createVlan(self, vid: int) -> None:
+        """
+        Create VLAN C{vid} (1 to 4093).
+        """
+        self.switch.vlans.create(vid)
+
+    def removeVlan(self, vid: int) -> None:
+        """
+        Remove a VLAN no port is a member of.
+        """
+        if not 0 <= vid < NOVLAN:
+            raise errors.invalid(f"VLAN {vid} is out of range (0 to {NOVLAN - 1})")
+        vlan = self.switch.vlans.get(vid)
+        if vlan is None:
+            raise errors.missing(f"VLAN {vid} does not exist")
+        if vid == 0 and (vlan.untagged or vlan.tagged):
+            raise errors.busy("VLAN 0 has member ports")
+        self.switch.vlans.remove(vid)
+
+    def addTagged(self, vid: int, number: int) -> None:
+        """
+        Make port C{number} a tagged member of C{vid}; nothing happens if it
+        is already a member.
+        """
+        vlan, port = self._checkVlanAndPort(vid, number, MAX_USER_VID)
+        if port.untaggedVlan is vlan or vid in port.taggedVids:
+            return
+        self.switch.vlans.addTagged(port, vid)
+
+    def removeTagged(self, vid: int, number: int) -> None:
+        """
+        End port C{number}'s tagged membership of C{vid} (C{EADDRINUSE} if it
+        is the port's untagged VLAN) and forget the port's addresses.
+        """
+        vlan, port = self._checkVlanAndPort(vid, number, MAX_USER_VID)
+        if port.untaggedVlan is vlan:
+            raise errors.busy(f"VLAN {vid} is the untagged VLAN of port {number}")
+        if vid in port.taggedVids:
+            self.switch.vlans.removeTagged(port, vid)
+        self.switch.fdb.flush(port)
+
+    def vlans(self, vid: int | None = None, inactive: bool = False) -> list[VlanStatus]:
+        """
+        Every VLAN (or VLAN C{vid}) with its active members, or all members
+        if C{inactive}.
+        """
+        registry = self.switch.vlans
+        if vid is None:
+            chosen = [registry[v] for v in sorted(registry.vlans)]
+        else:
+            if not 0 <= vid <= MAX_USER_VID and vid not in registry:
+                raise errors.invalid(f"VLAN {vid} is out of range (0 to {MAX_USER_VID})")
+            if vid not in registry:
+                raise errors.missing(f"VLAN {vid} does not exist")
+            chosen = [registry[vid]]
+        return [
+            VlanStatus(
+                vlan.vid,
+                tuple(
+                    VlanMember(port.number, tagged, bool(port.links))
+                    for port, tagged in vlan.members()
+                    if inactive or port.links
+                ),
+                vlan.implicit,
+            )
+            for vlan in chosen
+        ]
+
+
+def _macText(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)

@@ -1,0 +1,156 @@
+"""
+Operations on port specs at run time: add one, remove one, delete a port
+with whatever brought it.
+
+Theory of operation
+-------------------
+A port spec (C{--port} or C{port/add}) becomes a service of the
+L{vtwisted.service.SwitchService}; the ports it uses are found through the
+links of that service, which are plugged into switch ports.  There is no
+interface for this yet, so the service's attributes say it: a C{links} list
+(a VDE directory) means it listens for any number of clients and outlives
+any one of its ports; a single C{link} (a TAP device, a cable) means it
+brought one port of its own, and goes when that port is deleted.
+L{PortSpecOperations} is mixed into L{vtwisted.operations.SwitchOperations}.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from vtwisted import errors
+from vtwisted.errors import SwitchError
+from vtwisted.spec import SpecError
+from vtwisted.status import SpecStatus
+
+if TYPE_CHECKING:
+    from vtwisted.service import SwitchService
+    from vtwisted.switchport import SwitchPort
+
+log = Logger()
+
+
+def _serviceLinks(service: Any) -> tuple[list[Any], bool]:
+    """
+    The links of a port service and whether it listens for more.
+    """
+    links = getattr(service, "links", None)
+    if isinstance(links, list):
+        return list(links), True
+    link = getattr(service, "link", None)
+    return ([] if link is None else [link]), False
+
+
+class PortSpecOperations:
+    """
+    The port spec operations of L{vtwisted.operations.SwitchOperations}.
+    """
+
+    service: SwitchService
+    _runtimeSpecs: set[str]
+
+    @property
+    def switch(self) -> Any:
+        return self.service.switch
+
+    def _existingPort(self, number: int) -> SwitchPort:
+        port: SwitchPort = self.switch.port(number)
+        return port
+
+    def _owners(self) -> dict[int, str]:
+        """
+        id(port) to the spec whose links are plugged into it.
+        """
+        owners: dict[int, str] = {}
+        for text, svc in self.service.specs.items():
+            for link in _serviceLinks(svc)[0]:
+                port = getattr(link, "port", None)
+                if port is not None and link in port.links:
+                    owners.setdefault(id(port), text)
+        return owners
+
+    def specs(self) -> list[SpecStatus]:
+        """
+        Every port spec, from the command line or added at run time.
+        """
+        result = []
+        for text, svc in self.service.specs.items():
+            links, listening = _serviceLinks(svc)
+            ports = sorted(
+                {link.port.number for link in links if getattr(link, "port", None) is not None}
+            )
+            result.append(SpecStatus(text, tuple(ports), listening, text in self._runtimeSpecs))
+        return result
+
+    def addPort(self, text: str) -> list[int]:
+        """
+        Add and start the service of a port spec (C{vde:DIR}, C{tap:NAME}...).
+
+        @return: the ports its links were plugged into while it started (a
+            TAP device's port; none for a VDE directory, whose clients come
+            later).
+        @raise SwitchError: C{EEXIST} for a spec already in use, C{EINVAL} for
+            a wrong spec, the OS error's number if starting failed.
+        """
+        if text in self.service.specs:
+            raise errors.exists(f"port spec {text!r} is already in use")
+        before = {id(link) for port in self.switch.ports.values() for link in port.links}
+        try:
+            self.service.addPort(text)
+        except SpecError as e:
+            raise errors.invalid(str(e)) from None
+        except SwitchError:
+            raise
+        except OSError as e:
+            raise SwitchError(e.errno or errno.EIO, str(e)) from None
+        except Exception as e:
+            log.failure("port spec {spec}: starting failed", spec=text)
+            raise SwitchError(errno.EIO, f"port spec {text!r}: {e}") from None
+        self._runtimeSpecs.add(text)
+        log.info("port spec {spec} added at run time", spec=text)
+        return sorted(
+            n
+            for n, port in self.switch.ports.items()
+            if any(id(link) not in before for link in port.links)
+        )
+
+    def removeSpec(self, text: str) -> None:
+        """
+        Stop and remove a port spec's service; its clients are disconnected.
+        """
+        if text not in self.service.specs:
+            raise SwitchError(errno.ENOENT, f"no port spec {text!r}")
+        self._runtimeSpecs.discard(text)
+        result = self.service.removePort(text)
+        if isinstance(result, Deferred):
+            result.addErrback(
+                lambda f: log.failure("port spec {spec}: stopping failed", f, spec=text)
+            )
+        log.info("port spec {spec} removed", spec=text)
+
+    def deletePort(self, number: int) -> str | None:
+        """
+        Remove port C{number} whatever it carries: a spec that brought this
+        port alone (a TAP device, a cable) is removed with it; every other
+        endpoint (clients of a VDE directory, which keeps listening) is
+        disconnected; then the port and its configuration go.
+
+        @return: the spec removed with the port, if any.
+        """
+        port = self._existingPort(number)
+        removed = None
+        for spec in self.specs():
+            if not spec.listening and set(spec.ports) == {number}:
+                self.removeSpec(spec.text)
+                removed = spec.text
+        for link in list(port.links):
+            link.close()
+        if port.links:
+            raise errors.busy(f"port {number}: an endpoint did not close")
+        self.switch.removePort(number)
+        log.info("port {number} deleted", number=number)
+        return removed
