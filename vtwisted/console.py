@@ -1,0 +1,355 @@
+"""
+vde_switch's management console: the command interpreter and the session
+protocol.
+
+Theory of operation
+-------------------
+L{CommandInterpreter} runs one command line against the table of
+L{vtwisted.consolecommands} and returns the reply text vde_switch would
+send: nothing for a blank or C{#} line, else the optional DATA block
+(C{0000 DATA END WITH '.'}, lines, C{.}) and the result line (C{1000
+Success} or C{1NNN <strerror>}).  C{load} scripts and C{--rcfile} (see
+L{vtwisted.consoleservice}) go through the same interpreter.
+
+L{ConsoleProtocol} is one session on the UNIX socket (listened on by
+L{vtwisted.consoleservice.ConsoleService}): the banner and the
+prompt (C{\\nvde$ }) in one write (C{vdeterm} wants a read ending in
+C{$ }), then one reply and one prompt per command.  A command is a line;
+C{vdeterm} sends its commands without a newline, so text left without one
+for L{FRAGMENT_DELAY} seconds is a command too, which is how vde_switch
+reads ("one read, one command").  C{logout} and C{shutdown} answer
+C{9999 END OF SESSION} without a newline and close; C{shutdown} stops the
+switch once that is sent.
+
+Bad input gets an answer in the console's own format and changes nothing
+else: a line longer than L{MAX_LINE} bytes gets C{1007 Argument list too
+long} (the rest of it, up to its newline, is skipped), an unknown command
+C{1038 Function not implemented}, and a session the switch cannot take
+(more than C{maxSessions}) C{1024 Too many open files}.  Memory per session
+is bounded: the session registers itself as the producer of its own
+transport, so a client that does not read its replies is not read from
+either, and at most one read's worth of commands waits.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted import consoleformat as fmt
+from vtwisted.consolecommands import COMMANDS, Command, CommandContext, EndSession, findCommand
+from vtwisted.errors import SwitchError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from vtwisted.operations import SwitchOperations
+
+log = Logger()
+
+#: The longest command line, in bytes (vde_switch reads 128 at a time).
+MAX_LINE = 4096
+#: Bytes a session may hold unprocessed before it is closed.
+MAX_PENDING = 256 * 1024
+#: Seconds text without a newline waits before it runs as a command.
+FRAGMENT_DELAY = 0.05
+#: Sessions served at once.
+MAX_SESSIONS = 64
+#: Seconds a C{shutdown} waits for its session to close before stopping.
+SHUTDOWN_GRACE = 2.0
+#: How deep C{load} scripts may nest, and how big one may be.
+MAX_SCRIPT_DEPTH = 8
+MAX_SCRIPT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Reply:
+    """
+    The outcome of one command line.
+
+    @ivar text: what the session reads before its next prompt.
+    @ivar command: the command that ran, if any.
+    @ivar error: why it failed, if it did.
+    @ivar end: set by C{logout} and C{shutdown}.
+    """
+
+    text: str
+    command: Command | None = None
+    error: SwitchError | None = None
+    end: EndSession | None = None
+
+
+class CommandInterpreter:
+    """
+    Runs console command lines against a switch's operations.
+    """
+
+    def __init__(self, ops: SwitchOperations, commands: Sequence[Command] = COMMANDS) -> None:
+        self.ops = ops
+        self.commands = commands
+
+    def execute(self, line: str, depth: int = 0) -> Reply:
+        """
+        Run one command line.
+
+        @param depth: how many C{load} scripts deep the line is.
+        """
+        line = line.partition("\0")[0].lstrip(" \t").rstrip(" \t\r\n")
+        if not line or line.startswith("#"):
+            return Reply("")
+        command = findCommand(self.commands, line)
+        if command is None or command.handler is None:
+            unknown = SwitchError(errno.ENOSYS, f"unknown command {line.split()[0]!r}")
+            return Reply(fmt.resultLine(unknown.errno) + "\n", None, unknown)
+        argument = line[len(command.path) :].lstrip(" \t")
+        context = CommandContext(self.ops, self, depth)
+        error: SwitchError | None = None
+        try:
+            lines = command.handler(context, argument) or []
+        except EndSession as e:
+            return Reply("", command, None, e)
+        except SwitchError as e:
+            error = e
+            lines = [] if command.vde else [e.message]
+        except Exception as e:
+            log.failure("console command {line!r} failed", line=line)
+            error = SwitchError(errno.EIO, f"internal error: {e}")
+            lines = []
+        if command.data:
+            lines = [fmt.DATA_HEADER, *lines, fmt.DATA_END]
+        lines.append(fmt.resultLine(error.errno if error else 0))
+        return Reply("\n".join(lines) + "\n", command, error)
+
+    def runScript(self, path: str, depth: int, echo: bool) -> list[str]:
+        """
+        C{load PATH}: run every line of a file, each echoed as
+        C{vde[PATH]: LINE} and followed by its reply.
+
+        @raise SwitchError: the file cannot be read, or scripts nest too deep.
+        """
+        if depth > MAX_SCRIPT_DEPTH:
+            raise SwitchError(errno.ELOOP, f"{path}: scripts nested more than {MAX_SCRIPT_DEPTH}")
+        output: list[str] = []
+        for line in readScript(path):
+            if echo:
+                output.append(f"vde[{path}]: {line}")
+            output.extend(self.execute(line, depth).text.splitlines())
+        return output
+
+
+def readScript(path: str) -> list[str]:
+    """
+    The lines of a console script.
+
+    @raise SwitchError: with the OS error's number if it cannot be read,
+        C{EFBIG} if it is larger than L{MAX_SCRIPT_BYTES}.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SCRIPT_BYTES + 1)
+    except OSError as e:
+        raise SwitchError(e.errno or errno.EIO, f"{path}: {e.strerror}") from None
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise SwitchError(errno.EFBIG, f"{path}: larger than {MAX_SCRIPT_BYTES} bytes")
+    lines = data.decode("utf-8", "surrogateescape").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+@implementer(IPushProducer)
+class ConsoleProtocol(Protocol):
+    """
+    One management session.
+    """
+
+    def __init__(self, factory: ConsoleFactory) -> None:
+        self.factory = factory
+        self._buffer = bytearray()
+        self._paused = False
+        self._ended = False
+        self._skipping = False
+        self._fragmentCall: IDelayedCall | None = None
+        self._shutdown = False
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        if not self.factory.admit(self):
+            self._ended = True
+            transport.write(fmt.resultLine(errno.EMFILE).encode() + b"\n")
+            transport.loseConnection()
+            return
+        transport.registerProducer(self, True)
+        self._write(fmt.banner() + fmt.PROMPT)
+
+    def _write(self, text: str) -> None:
+        transport: Any = self.transport
+        transport.write(text.encode("utf-8", "surrogateescape"))
+
+    # Input
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._ended:
+            return
+        self._buffer += data
+        if len(self._buffer) > MAX_PENDING:
+            log.warn("management console: a client sent {n} bytes without reading; closing",
+                     n=len(self._buffer))
+            self._write(fmt.resultLine(errno.ENOBUFS) + "\n")
+            self._end(shutdown=False)
+            return
+        self._process()
+
+    def _process(self) -> None:
+        self._cancelFragment()
+        buffer = self._buffer
+        while not self._paused and not self._ended:
+            newline = buffer.find(b"\n")
+            if newline < 0:
+                break
+            line = bytes(buffer[:newline])
+            del buffer[: newline + 1]
+            if self._skipping:
+                self._skipping = False
+            elif len(line) > MAX_LINE:
+                self._tooLong()
+            else:
+                self._run(line)
+        if self._ended or not buffer:
+            return
+        if self._skipping:
+            buffer.clear()
+        elif len(buffer) > MAX_LINE:
+            buffer.clear()
+            self._skipping = True
+            self._tooLong()
+        elif not self._paused:
+            self._fragmentCall = self.factory.clock.callLater(FRAGMENT_DELAY, self._fragment)
+
+    def _fragment(self) -> None:
+        """
+        Text without a newline waited long enough: it is a command.
+        """
+        self._fragmentCall = None
+        if self._ended or self._paused or not self._buffer:
+            return
+        line = bytes(self._buffer)
+        self._buffer.clear()
+        self._run(line)
+        self._process()
+
+    def _cancelFragment(self) -> None:
+        if self._fragmentCall is not None and self._fragmentCall.active():
+            self._fragmentCall.cancel()
+        self._fragmentCall = None
+
+    def _tooLong(self) -> None:
+        self._write(fmt.resultLine(errno.E2BIG) + "\n" + fmt.PROMPT)
+
+    def _run(self, line: bytes) -> None:
+        reply = self.factory.interpreter.execute(line.decode("utf-8", "surrogateescape"))
+        if reply.end is not None:
+            self._end(reply.end.shutdown)
+            return
+        self._write(reply.text + fmt.PROMPT)
+
+    def _end(self, shutdown: bool) -> None:
+        transport: Any = self.transport
+        self._ended = True
+        self._buffer.clear()
+        self._cancelFragment()
+        transport.write(fmt.END_OF_SESSION.encode())
+        transport.unregisterProducer()
+        transport.loseConnection()
+        if shutdown:
+            self._shutdown = True
+            self.factory.shutdownSoon()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._ended = True
+        self._buffer.clear()
+        self._cancelFragment()
+        self.factory.leave(self)
+        if self._shutdown:
+            self.factory.shutdownNow()
+
+    # IPushProducer: the transport pauses us when the client stops reading.
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        transport: Any = self.transport
+        transport.resumeProducing()
+        self._process()
+
+    def stopProducing(self) -> None:
+        self._ended = True
+
+
+class ConsoleFactory(Factory):
+    """
+    Makes sessions, counts them and stops the switch after a C{shutdown}.
+
+    @ivar sessions: the sessions served now.
+    """
+
+    def __init__(
+        self, interpreter: CommandInterpreter, clock: Any, maxSessions: int = MAX_SESSIONS
+    ) -> None:
+        self.interpreter = interpreter
+        self.clock = clock
+        self.maxSessions = maxSessions
+        self.sessions: set[ConsoleProtocol] = set()
+        self.refused = 0
+        self._shutdownCall: IDelayedCall | None = None
+
+    def buildProtocol(self, addr: Any) -> ConsoleProtocol:
+        return ConsoleProtocol(self)
+
+    def admit(self, session: ConsoleProtocol) -> bool:
+        """
+        Take a new session if there is room.
+        """
+        if len(self.sessions) >= self.maxSessions:
+            self.refused += 1
+            if self.refused == 1:
+                log.warn("management console: more than {n} sessions; refusing new ones",
+                         n=self.maxSessions)
+            return False
+        self.sessions.add(session)
+        return True
+
+    def leave(self, session: ConsoleProtocol) -> None:
+        self.sessions.discard(session)
+
+    def shutdownSoon(self) -> None:
+        """
+        A session asked for C{shutdown}: stop once it has closed, or after
+        L{SHUTDOWN_GRACE} seconds if its client does not read.
+        """
+        if self._shutdownCall is None:
+            self._shutdownCall = self.clock.callLater(SHUTDOWN_GRACE, self.shutdownNow)
+
+    def shutdownNow(self) -> None:
+        if self._shutdownCall is not None and self._shutdownCall.active():
+            self._shutdownCall.cancel()
+        self.clock.callLater(0, self.interpreter.ops.shutdown)
+
+    def closeAll(self) -> None:
+        """
+        Close every session (the switch is stopping).
+        """
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.loseConnection()

@@ -1,0 +1,218 @@
+"""
+The services around the console: the management socket (C{--mgmt}) and the
+start-up script (C{--rcfile}).
+
+Theory of operation
+-------------------
+L{ConsoleService} listens on a UNIX stream socket with vde_switch's
+C{--mgmtmode} (0600 by default) and C{--mgmtgroup}, serving
+L{vtwisted.console.ConsoleProtocol} sessions.  A stale socket left by a dead
+switch is replaced; a live one (a console answers there) or anything that
+is not a socket stops start-up with a message naming the path.  Stopping
+closes every session and removes the socket file.
+
+L{RcFileService} runs a script of console commands once when the switch
+starts, after every port spec (vde_switch's C{-f}): output is discarded, a
+failing line is logged with its number and result and the rest still run;
+C{logout} and C{shutdown} are ignored there, as vde_switch does.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import maybeDeferred
+from twisted.logger import Logger
+
+from vtwisted import consoleformat as fmt
+from vtwisted.console import MAX_SESSIONS, CommandInterpreter, ConsoleFactory, readScript
+from vtwisted.errors import SwitchError
+
+if TYPE_CHECKING:
+    from vtwisted.operations import SwitchOperations
+    from vtwisted.service import SwitchService
+
+log = Logger()
+
+DEFAULT_MODE = 0o600
+#: The longest path a UNIX socket can have.
+MAX_SOCKET_PATH = 107
+
+
+def _claimSocketPath(path: str) -> None:
+    """
+    Remove a stale socket at C{path}; fail if a live one answers there or
+    if C{path} is something else than a socket.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"--mgmt {path}: exists and is not a socket (File exists)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise OSError(e.errno, f"--mgmt {path}: cannot check it: {e.strerror}") from e
+        log.info("management console: replacing stale socket {path}", path=path)
+        os.unlink(path)
+    else:
+        raise OSError(
+            errno.EADDRINUSE,
+            f"--mgmt {path}: another console is listening there (Address already in use)",
+        )
+    finally:
+        probe.close()
+
+
+class ConsoleService(Service):
+    """
+    Listens on the management socket.
+    """
+
+    def __init__(
+        self,
+        ops: SwitchOperations,
+        reactor: Any,
+        path: str,
+        mode: int = DEFAULT_MODE,
+        group: int | None = None,
+        maxSessions: int = MAX_SESSIONS,
+    ) -> None:
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise ValueError(f"--mgmt {path}: longer than {MAX_SOCKET_PATH} bytes")
+        if not 0 <= mode <= 0o777:
+            raise ValueError(f"--mgmt-mode {mode:o}: not a permission mode")
+        self.ops = ops
+        self.reactor = reactor
+        self.path = os.path.abspath(path)
+        self.mode = mode
+        self.group = group
+        self.interpreter = CommandInterpreter(ops)
+        self.factory = ConsoleFactory(self.interpreter, reactor, maxSessions)
+        self._listening: Any = None
+
+    def startService(self) -> None:
+        _claimSocketPath(self.path)
+        try:
+            self._listening = self.reactor.listenUNIX(
+                self.path, self.factory, backlog=15, mode=self.mode, wantPID=False
+            )
+        except Exception as e:
+            cause = getattr(e, "socketError", e)
+            code = getattr(cause, "errno", None) or errno.EIO
+            raise OSError(
+                code, f"--mgmt {self.path}: cannot listen: {os.strerror(code)} (errno {code})"
+            ) from e
+        if self.group is not None:
+            try:
+                os.chown(self.path, -1, self.group)
+            except OSError as e:
+                self._listening.stopListening()
+                raise OSError(
+                    e.errno, f"--mgmt {self.path}: cannot set its group: {e.strerror}"
+                ) from e
+        self.ops.registerConsole(self.path, self.mode)
+        super().startService()
+        log.info("management console on {path} (mode {mode:04o})", path=self.path,
+                 mode=self.mode)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.ops.unregisterConsole(self.path)
+        self.factory.closeAll()
+        listening, self._listening = self._listening, None
+        if listening is None:
+            return None
+        # Twisted removes the socket file once the port has stopped.
+        return maybeDeferred(listening.stopListening)
+
+
+class RcFileService(Service):
+    """
+    Runs a console script when the switch starts (vde_switch's C{-f}): the
+    output is discarded; a failing line is logged with its number and the
+    next ones still run.
+    """
+
+    def __init__(self, interpreter: CommandInterpreter, path: str) -> None:
+        self.interpreter = interpreter
+        self.path = path
+        self.failures = 0
+
+    def startService(self) -> None:
+        super().startService()
+        self.failures = runRcFile(self.interpreter, self.path)
+
+
+def runRcFile(interpreter: CommandInterpreter, path: str) -> int:
+    """
+    Run every line of C{path}; log each failure.
+
+    @return: how many lines failed.
+    """
+    try:
+        lines = readScript(path)
+    except SwitchError as e:
+        log.error("rcfile {path}: {message} (errno {errno})", path=path, message=e.message,
+                  errno=e.errno)
+        return 1
+    failures = 0
+    for number, line in enumerate(lines, 1):
+        reply = interpreter.execute(line)
+        if reply.end is not None:
+            log.warn("rcfile {path} line {number}: {line!r} ignored in a script", path=path,
+                     number=number, line=line.strip())
+        elif reply.error is not None:
+            failures += 1
+            log.error("rcfile {path} line {number}: {line!r}: {result} ({message})",
+                      path=path, number=number, line=line.strip(),
+                      result=fmt.resultLine(reply.error.errno), message=reply.error.message)
+    log.info("rcfile {path}: {n} lines run, {failures} failed", path=path, n=len(lines),
+             failures=failures)
+    return failures
+
+
+def groupId(name: str) -> int:
+    """
+    A group given by name or number.
+
+    @raise ValueError: no such group.
+    """
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"--mgmt-group {name}: no such group") from None
+
+
+def addManagement(
+    service: SwitchService,
+    mgmt: str | None = None,
+    mgmtMode: int = DEFAULT_MODE,
+    mgmtGroup: int | None = None,
+    rcfile: str | None = None,
+) -> None:
+    """
+    Give C{service} a console on C{mgmt} and run C{rcfile} at start, after
+    the port specs (add this after them).
+
+    @raise ValueError: a setting is wrong or the rc file is unreadable.
+    """
+    ops = service.operations
+    if mgmt is not None:
+        ConsoleService(ops, service.reactor, mgmt, mgmtMode, mgmtGroup).setServiceParent(service)
+    if rcfile is not None:
+        if not os.access(rcfile, os.R_OK):
+            reason = "no such file" if not os.path.exists(rcfile) else "not readable"
+            raise ValueError(f"--rcfile {rcfile}: {reason}")
+        RcFileService(CommandInterpreter(ops), rcfile).setServiceParent(service)
