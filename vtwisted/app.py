@@ -9,6 +9,9 @@ spec in C{postOptions} by building the service once without a reactor: port
 types only validate and remember in C{makeService} and touch the world in
 C{startService}, so a typo fails before anything is created.
 L{buildService} is the same construction for C{.tac} files and tests.
+
+Management (C{--mgmt}, C{--rcfile}, C{--manhole}) is added after the port
+specs, so the rc file runs once every port service has started.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from twisted.python import usage
 
+from vtwisted.consoleservice import DEFAULT_MODE, addManagement, groupId
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import DEFAULT_CAPACITY, DEFAULT_EXPIRY, MacTable
 from vtwisted.porttype import portTypes
@@ -40,6 +44,14 @@ def buildService(
     macTtl: int = DEFAULT_EXPIRY,
     macTableSize: int = DEFAULT_CAPACITY,
     defaultSock: bool = True,
+    mgmt: str | None = None,
+    mgmtMode: int = DEFAULT_MODE,
+    mgmtGroup: int | None = None,
+    rcfile: str | None = None,
+    manhole: str | None = None,
+    manholeKeys: str | None = None,
+    manholePasswords: str | None = None,
+    manholeHostKey: str | None = None,
 ) -> SwitchService:
     """
     A switch service with the given port specs.
@@ -47,8 +59,13 @@ def buildService(
     @param ports: port specs such as C{"vde:/tmp/vde.ctl"} or C{"tap:tap0"}.
     @param defaultSock: add vde_switch's default directory when no C{vde:}
         spec is given.
+    @param mgmt: the management console's socket path (vde_switch's C{-M}).
+    @param rcfile: console commands to run at start (vde_switch's C{-f}).
+    @param manhole: the SSH manhole's endpoint; C{manholeKeys} (an
+        C{authorized_keys} file) or C{manholePasswords} must be given too.
     @raise SpecError: a spec is wrong.
     @raise SwitchError: a switch setting is out of range.
+    @raise ValueError: a management setting is wrong.
     """
     switch = Switch(numPorts, hub, MacTable(macTableSize, macTtl))
     service = SwitchService(switch, reactor)
@@ -57,6 +74,14 @@ def buildService(
         specs.insert(0, _defaultSockSpec())
     for text in specs:
         service.addPort(text)
+    addManagement(service, mgmt, mgmtMode, mgmtGroup, rcfile)
+    if manhole is not None:
+        from vtwisted.manhole import addManhole
+
+        addManhole(service, manhole, manholeKeys, manholePasswords, manholeHostKey)
+    elif manholeKeys or manholePasswords or manholeHostKey:
+        raise ValueError("--manhole-keys, --manhole-passwords and --manhole-host-key "
+                         "need --manhole ENDPOINT")
     return service
 
 
@@ -71,6 +96,16 @@ def _positive(name: str) -> Any:
         return number
 
     return convert
+
+
+def _octalMode(value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise usage.UsageError(f"--mgmt-mode needs an octal mode, not {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise usage.UsageError(f"--mgmt-mode {value} is not a permission mode (0 to 0777)")
+    return mode
 
 
 class Options(usage.Options):
@@ -98,6 +133,20 @@ class Options(usage.Options):
         ["mode", "m", None, "Octal mode of the default or --sock control socket (0600)."],
         ["dirmode", None, None, "Octal mode of the --sock directory (02700)."],
         ["group", "g", None, "Group of the --sock directory and sockets."],
+        ["mgmt", "M", None,
+         "Management console socket (vde_switch -M): unixterm, vdeterm, unixcmd connect here."],
+        ["mgmt-mode", None, DEFAULT_MODE, "Octal mode of the --mgmt socket (0600).", _octalMode],
+        ["mgmt-group", None, None, "Group of the --mgmt socket."],
+        ["rcfile", "f", None,
+         "Console commands run at start, output discarded (vde_switch -f)."],
+        ["manhole", None, None,
+         "SSH manhole endpoint: a port (loopback only) or e.g. tcp:2222:interface=127.0.0.1."],
+        ["manhole-keys", None, None, "OpenSSH authorized_keys file for the manhole."],
+        ["manhole-passwords", None, None,
+         "Also accept passwords from this user:password file (mode 0600)."],
+        ["manhole-host-key", None, None,
+         "Manhole host key, generated if missing "
+         "(default $XDG_STATE_HOME/vtwisted/manhole_host_key)."],
     ]
 
     def __init__(self) -> None:
@@ -117,6 +166,18 @@ class Options(usage.Options):
         self["ports"].append("tap:" + name)
 
     opt_t = opt_tap
+
+    def opt_mgmtmode(self, mode: str) -> None:
+        """
+        vde_switch's spelling of --mgmt-mode.
+        """
+        self["mgmt-mode"] = _octalMode(mode)
+
+    def opt_mgmtgroup(self, group: str) -> None:
+        """
+        vde_switch's spelling of --mgmt-group.
+        """
+        self["mgmt-group"] = group
 
     def getUsage(self, width: int | None = None) -> str:
         text = super().getUsage(width)
@@ -151,7 +212,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             self.build(reactor=None)
-        except (SpecError, SwitchError) as e:
+        except (SpecError, SwitchError, ValueError) as e:
             raise usage.UsageError(str(e)) from None
 
     def build(self, reactor: Any) -> SwitchService:
@@ -165,6 +226,14 @@ class Options(usage.Options):
             hub=bool(self["hub"]),
             macTtl=self["macaddr-ttl"],
             macTableSize=self["mac-table-size"],
+            mgmt=self["mgmt"],
+            mgmtMode=self["mgmt-mode"],
+            mgmtGroup=None if self["mgmt-group"] is None else groupId(self["mgmt-group"]),
+            rcfile=self["rcfile"],
+            manhole=self["manhole"],
+            manholeKeys=self["manhole-keys"],
+            manholePasswords=self["manhole-passwords"],
+            manholeHostKey=self["manhole-host-key"],
         )
 
 
