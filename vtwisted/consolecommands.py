@@ -108,6 +108,8 @@ def _scan(pattern: re.Pattern[str], text: str, pos: int, base: int) -> tuple[int
     if match is None:
         return None
     sign, digits = match.groups()
+    if base == 0:
+        base = 16 if digits[1:2] in ("x", "X") else 8 if digits.startswith("0") else 10
     value = int(digits, base)
     return _cInt(-value if sign == "-" else value), match.end()
 

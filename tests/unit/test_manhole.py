@@ -1,0 +1,181 @@
+"""
+The SSH manhole's parts: loopback by default, a host key made once and kept,
+authorized_keys checking, one-shot commands.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch.error import ValidPublicKey
+from twisted.conch.ssh import keys
+from twisted.cred.credentials import SSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.testing import MemoryReactor
+
+from vtwisted import manhole
+from vtwisted.manhole import (
+    AuthorizedKeyChecker,
+    AuthorizedKeysFile,
+    ManholeService,
+    loadHostKey,
+    loopbackByDefault,
+    runPython,
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("2222", "tcp:2222:interface=127.0.0.1"),
+        ("tcp:2222", "tcp:2222:interface=127.0.0.1"),
+        ("tcp6:2222", r"tcp6:2222:interface=\:\:1"),
+        ("tcp:2222:interface=0.0.0.0", "tcp:2222:interface=0.0.0.0"),
+        ("unix:/tmp/manhole.sock", "unix:/tmp/manhole.sock"),
+    ],
+)
+def test_listensOnLoopbackUnlessTold(given, used) -> None:
+    """A port alone, or tcp: without interface=, binds loopback only."""
+    assert loopbackByDefault(given) == used
+
+
+def test_hostKeyIsGeneratedOnceAndKept(tmp_path) -> None:
+    """The first start writes an Ed25519 key (0600, dir 0700); later starts reuse it."""
+    path = tmp_path / "state" / "vtwisted" / "host_key"
+    first = loadHostKey(str(path))
+    assert first.type() == "Ed25519" and not first.isPublic()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    assert loadHostKey(str(path)) == first
+
+
+def test_unusableHostKeyNamesThePath(tmp_path) -> None:
+    """A corrupt host key file stops start-up with its path in the message."""
+    path = tmp_path / "host_key"
+    path.write_text("not a key")
+    with pytest.raises(OSError, match=str(path)):
+        loadHostKey(str(path))
+
+
+def test_defaultHostKeyPathFollowsXdg(monkeypatch) -> None:
+    """The default host key lives under $XDG_STATE_HOME/vtwisted."""
+    monkeypatch.setenv("XDG_STATE_HOME", "/var/lib/somewhere")
+    assert manhole.defaultHostKeyPath() == "/var/lib/somewhere/vtwisted/manhole_host_key"
+
+
+def newKey() -> keys.Key:
+    return keys.Key(ed25519.Ed25519PrivateKey.generate())
+
+
+def credentials(key: keys.Key, signed: bool = True) -> SSHPrivateKey:
+    blob = key.public().blob()
+    data = b"session data"
+    return SSHPrivateKey(
+        b"operator", b"ssh-ed25519", blob, data, key.sign(data) if signed else None
+    )
+
+
+def checkerFor(tmp_path, *lines: bytes) -> AuthorizedKeyChecker:
+    path = tmp_path / "authorized_keys"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return AuthorizedKeyChecker(AuthorizedKeysFile(str(path)))
+
+
+def outcome(deferred):
+    results = []
+    deferred.addBoth(results.append)
+    return results[0]
+
+
+def test_authorizedKeyLogsIn(tmp_path) -> None:
+    """A signed login with a listed key gives the user name."""
+    key = newKey()
+    checker = checkerFor(tmp_path, b"# comment", key.public().toString("openssh"))
+    assert outcome(checker.requestAvatarId(credentials(key))) == b"operator"
+
+
+def test_queryForListedKeyIsAccepted(tmp_path) -> None:
+    """An unsigned query for a listed key gets 'valid key, now sign'."""
+    key = newKey()
+    checker = checkerFor(tmp_path, key.public().toString("openssh"))
+    assert outcome(checker.requestAvatarId(credentials(key, signed=False))).check(ValidPublicKey)
+
+
+def test_wrongKeyIsRefusedWithItsFingerprint(tmp_path) -> None:
+    """A key not in the file is refused, even for a query, naming its fingerprint."""
+    checker = checkerFor(tmp_path, newKey().public().toString("openssh"))
+    other = newKey()
+    for signed in (True, False):
+        failure = outcome(checker.requestAvatarId(credentials(other, signed)))
+        assert failure.check(UnauthorizedLogin)
+    assert manhole.fingerprint(other) in failure.getErrorMessage()
+
+
+def test_badSignatureIsRefused(tmp_path) -> None:
+    """A listed key with someone else's signature is refused."""
+    key = newKey()
+    checker = checkerFor(tmp_path, key.public().toString("openssh"))
+    forged = credentials(key)
+    forged.signature = newKey().sign(b"session data")
+    assert outcome(checker.requestAvatarId(forged)).check(UnauthorizedLogin)
+
+
+def test_keyLinesWithOptionsAreNotHalfHonoured(tmp_path) -> None:
+    """A from=... restricted key is ignored rather than accepted anywhere."""
+    key = newKey()
+    checker = checkerFor(tmp_path, b'from="10.0.0.1" ' + key.public().toString("openssh"))
+    assert outcome(checker.requestAvatarId(credentials(key))).check(UnauthorizedLogin)
+
+
+def test_keysFileIsReadAtEachLogin(tmp_path) -> None:
+    """Adding a key to the file lets it in without a restart."""
+    key = newKey()
+    checker = checkerFor(tmp_path)
+    assert outcome(checker.requestAvatarId(credentials(key))).check(UnauthorizedLogin)
+    (tmp_path / "authorized_keys").write_bytes(key.public().toString("openssh"))
+    assert outcome(checker.requestAvatarId(credentials(key))) == b"operator"
+
+
+def test_passwordsOnlyFromAPrivateFile(tmp_path) -> None:
+    """--manhole-passwords must not be readable by others."""
+    passwords = tmp_path / "passwords"
+    passwords.write_text("operator:secret\n")
+    passwords.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        ManholeService({}, MemoryReactor(), "2222", passwordsFile=str(passwords))
+    passwords.chmod(0o600)
+    service = ManholeService({}, MemoryReactor(), "2222", passwordsFile=str(passwords))
+    assert len(service.checkers) == 1
+
+
+def test_noAuthenticationIsRefused() -> None:
+    """A manhole without keys or passwords is refused when built."""
+    with pytest.raises(ValueError, match="--manhole-keys"):
+        ManholeService({}, MemoryReactor(), "2222")
+
+
+def test_serviceStartsOnItsEndpoint(tmp_path) -> None:
+    """Starting listens (on loopback) and makes the host key."""
+    keysFile = tmp_path / "authorized_keys"
+    keysFile.write_bytes(newKey().public().toString("openssh"))
+    reactor = MemoryReactor()
+    service = ManholeService(
+        {}, reactor, "2222", keysFile=str(keysFile), hostKeyPath=str(tmp_path / "hk")
+    )
+    service.startService()
+    (listened,) = reactor.tcpServers
+    assert (listened[0], listened[3]) == (2222, "127.0.0.1")
+    assert (tmp_path / "hk").exists()
+    service.stopService()
+
+
+def test_runPythonPrintsValuesAndTracebacks() -> None:
+    """A one-shot command prints an expression's value, or a traceback and status 1."""
+    namespace = {"x": 41}
+    assert runPython("x + 1", namespace) == ("42\n", 0)
+    assert runPython("y = x; print(y)", namespace) == ("41\n", 0)
+    output, status = runPython("1 / 0", namespace)
+    assert status == 1 and "ZeroDivisionError" in output
