@@ -312,6 +312,10 @@ class ManholeSession(manhole_ssh.TerminalSession):
             proto, self.chainedProtocolFactory(), IConchUser(self.original), self.width,
             self.height,
         )
+        # Leaving the prompt (Ctrl-D) ends the session with exit status 0.
+        self.terminal.chainedProtocol.transport.loseConnection = partial(
+            proto.processEnded, Failure(ProcessDone(0))
+        )
 
     def execCommand(self, proto: Any, cmd: bytes) -> None:
         source = cmd.decode("utf-8", "replace")
@@ -331,7 +335,7 @@ class ManholeSession(manhole_ssh.TerminalSession):
 
     def eofReceived(self) -> None:
         if self.terminal is not None:
-            self.terminal.proto.loseConnection()
+            self.terminal.chainedProtocol.transport.loseConnection()
 
 
 @implementer(portal.IRealm)

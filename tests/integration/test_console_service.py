@@ -1,0 +1,203 @@
+"""
+C{twistd vswitch --mgmt} as a user meets it: socket permissions, stale and
+live sockets, shutdown, C{--rcfile}, bad input and many sessions, and ports
+added and deleted at run time (a TAP device, a VDE directory).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import re
+import signal
+import socket
+import stat
+import subprocess
+
+import pytest
+from helpers import (
+    StreamPlug,
+    need,
+    needRoot,
+    run,
+    socketListening,
+    sourceEnv,
+    twistdArgv,
+    uniqueName,
+    waitFor,
+)
+from test_console_interop import EOS, PROMPT, ConsoleClient
+
+pytestmark = pytest.mark.integration
+
+
+def start(vswitch, shortdir, *args: str):
+    mgmt = shortdir / "mgmt"
+    sw = vswitch("--mgmt", str(mgmt), *args)
+    waitFor(lambda: socketListening(mgmt), what="console")
+    sw.mgmt = mgmt
+    return sw
+
+
+def test_defaultModeIs0600AndGroupApplies(vswitch, shortdir) -> None:
+    """The console socket is 0600 by default; --mgmt-mode and --mgmt-group apply."""
+    sw = start(vswitch, shortdir)
+    assert stat.S_IMODE(os.stat(sw.mgmt).st_mode) == 0o600
+    other = shortdir / "mgmt2"
+    vswitch("--mgmt", str(other), "--mgmt-mode", "0660", "--mgmt-group", "daemon")
+    waitFor(lambda: socketListening(other), what="second console")
+    st = os.stat(other)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == grp.getgrnam("daemon").gr_gid
+
+
+def test_staleSocketReplacedAndRemovedOnStop(vswitch, processes, shortdir) -> None:
+    """A socket left by a dead switch is replaced; SIGTERM removes it again."""
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(shortdir / "mgmt"))
+    stale.close()
+    sw = start(vswitch, shortdir)
+    assert ConsoleClient(sw.mgmt).command("port/showinfo").startswith(b"0000 DATA")
+    processes.stop(sw.process, signal.SIGTERM)
+    assert not sw.mgmt.exists()
+    assert "replacing stale socket" in sw.logText()
+
+
+def test_liveSocketStopsASecondSwitch(vswitch, shortdir) -> None:
+    """A second switch on a live console socket fails clearly; the first goes on."""
+    sw = start(vswitch, shortdir)
+    second = run(*twistdArgv("--sock", str(shortdir / "other"), "--mgmt", str(sw.mgmt)),
+                 check=False, timeout=60)
+    output = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert f"--mgmt {sw.mgmt}: another console is listening there" in output, output
+    assert ConsoleClient(sw.mgmt).command("vlan/print").endswith(PROMPT)
+
+
+def test_shutdownStopsTheSwitchAndCleansUp(vswitch, shortdir) -> None:
+    """shutdown answers 9999, the switch exits 0 and removes its sockets."""
+    sw = start(vswitch, shortdir)
+    assert ConsoleClient(sw.mgmt).command("shutdown") == EOS
+    assert sw.process.wait(20) == 0
+    assert not sw.mgmt.exists() and not sw.sock.exists()
+    assert "shutdown requested" in sw.logText()
+
+
+def test_rcfileConfiguresAtStartAndLogsBadLines(vswitch, shortdir) -> None:
+    """--rcfile runs at start: good lines apply, a bad one is logged with its number."""
+    rc = shortdir / "vswitch.rc"
+    rc.write_text("vlan/create 10\nport/setvlan 5 10\nport/create 5\nport/setvlan 5 10\nlogout\n")
+    sw = start(vswitch, shortdir, "--rcfile", str(rc))
+    reply = ConsoleClient(sw.mgmt).command("port/allprint 5").decode()
+    assert "Port 0005 untagged_vlan=0010 INACTIVE - NOT Unnamed Allocatable" in reply
+    log = sw.logText()
+    assert f"rcfile {rc} line 2: 'port/setvlan 5 10': 1006 No such device or address" in log
+    assert "5 lines run, 1 failed" in log
+
+
+def test_badInputGetsConsoleAnswersOnly(vswitch, shortdir) -> None:
+    """Huge lines and binary junk get 1NNN answers; another session never notices."""
+    sw = start(vswitch, shortdir)
+    bystander = ConsoleClient(sw.mgmt)
+    bystander.command("vlan/create 10")
+    client = ConsoleClient(sw.mgmt)
+    assert client.command(b"x" * 300_000) == b"1007 Argument list too long\n" + PROMPT
+    junk = bytes(b for b in os.urandom(20_000) if b not in b"\n")
+    reply = client.command(junk[:3000])
+    assert reply in (b"1038 Function not implemented\n" + PROMPT, PROMPT), reply
+    assert client.command(b"\x00\x01\x02port/print") == PROMPT
+    assert client.command("port/showinfo").endswith(b"1000 Success\n" + PROMPT)
+    assert b"VLAN 0010" in bystander.command("vlan/print")
+    assert "Traceback" not in sw.logText()
+
+
+def test_clientsVanishingMidCommand(vswitch, shortdir) -> None:
+    """Clients closing halfway through a command change nothing."""
+    sw = start(vswitch, shortdir)
+    for partial in (b"vlan/create 7", b"port/create", b"\xff" * 100_000):
+        client = ConsoleClient(sw.mgmt)
+        client.socket.sendall(partial)
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        client.close()
+    reply = ConsoleClient(sw.mgmt).command("vlan/print 7")
+    assert reply.endswith(b"1006 No such device or address\n" + PROMPT)
+    assert "Traceback" not in sw.logText()
+
+
+def test_manySessionsAtOnce(vswitch, shortdir) -> None:
+    """64 sessions are served at once; the 65th reads 1024 and is closed."""
+    sw = start(vswitch, shortdir)
+    sessions = [ConsoleClient(sw.mgmt) for _ in range(64)]
+    for i, session in enumerate(sessions):
+        session.socket.sendall(f"vlan/create {i + 1}\n".encode())
+    assert all(s.read() == b"1000 Success\n" + PROMPT for s in sessions)
+    extra = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    extra.settimeout(5)
+    extra.connect(str(sw.mgmt))
+    assert extra.recv(100) == b"1024 Too many open files\n"
+    assert extra.recv(100) == b""
+    sessions.pop().close()
+    waitFor(lambda: ConsoleClient(sw.mgmt).banner.endswith(PROMPT), what="a free session")
+    assert sessions[0].command("vlan/print 64").startswith(b"0000 DATA END WITH '.'\nVLAN 0064")
+
+
+def test_tapPortAddedAndDeletedAtRunTime(vswitch, shortdir) -> None:
+    """port/add tap:NAME opens the device on a port; port/del removes both."""
+    needRoot()
+    name = uniqueName("vtwc")
+    sw = start(vswitch, shortdir)
+    client = ConsoleClient(sw.mgmt)
+    reply = client.command(f"port/add tap:{name}:vlan=20").decode()
+    assert reply.startswith(f"0000 DATA END WITH '.'\nSpec tap:{name}:vlan=20\nPort 0001\n.\n")
+    assert run("ip", "link", "show", name, check=False).returncode == 0
+    port = client.command("port/print 1").decode()
+    assert re.search(rf"  -- endpoint ID 0000 module tuntap      : {name} offload=\S+", port)
+    assert "untagged_vlan=0020 ACTIVE" in port
+    assert " -- Port 0001 tagged=0 active=1 status=Forwarding" in client.command(
+        "vlan/print 20").decode()
+    assert client.command("port/del 1").decode().startswith(
+        f"0000 DATA END WITH '.'\nPort 0001\nSpec tap:{name}:vlan=20\n.\n1000 Success")
+    waitFor(lambda: run("ip", "link", "show", name, check=False).returncode != 0,
+            what=f"{name} to go")
+    assert client.command("port/allprint 1").endswith(b"1006 No such device or address\n"
+                                                      + PROMPT)
+    assert f"tap:{name}" not in client.command("port/specs").decode()
+
+
+def test_vdeDirectoryAddedAtRunTime(vswitch, processes, shortdir) -> None:
+    """port/add vde:DIR listens; port/del N kicks its client; port/del SPEC removes it."""
+    need("vde_plug")
+    sw = start(vswitch, shortdir)
+    client = ConsoleClient(sw.mgmt)
+    lab = shortdir / "lab"
+    spec = f"vde:{lab}:vlan=all"
+    assert client.command(f"port/add {spec}") == (
+        f"0000 DATA END WITH '.'\nSpec {spec}\n.\n1000 Success\n".encode() + PROMPT
+    )
+    plug = StreamPlug(processes, f"vde://{lab}")
+    waitFor(lambda: b"module unix prog" in client.command("port/print"), what="client")
+    assert f"Spec {spec} ports=0001 listening runtime" in client.command("port/specs").decode()
+    stats = client.command("port/stats 1").decode()
+    assert "all_vlans=1" in stats and f" spec: {spec}" in stats
+    assert client.command("port/del 1").decode().startswith(
+        "0000 DATA END WITH '.'\nPort 0001\n.\n1000 Success")
+    waitFor(plug.exited, what="vde_plug to be kicked")
+    assert lab.is_dir()
+    assert client.command(f"port/del {spec}").startswith(b"0000 DATA END WITH '.'\nSpec ")
+    waitFor(lambda: not lab.exists(), what="the directory to go")
+    assert client.command(f"port/del {spec}").endswith(
+        b"1002 No such file or directory\n" + PROMPT)
+
+
+def test_startupSpecsShowInPortSpecs(vswitch, shortdir) -> None:
+    """Specs from the command line are listed as startup ones."""
+    sw = start(vswitch, shortdir)
+    reply = ConsoleClient(sw.mgmt).command("port/specs").decode()
+    assert f"Spec vde:{sw.sock} ports=none listening startup" in reply
+
+
+def test_twistdHelpDocumentsManagementOptions() -> None:
+    """twistd vswitch --help lists the console and manhole options."""
+    done = subprocess.run(twistdArgv("--help"), capture_output=True, text=True,
+                          env=sourceEnv(), timeout=60)
+    for option in ("--mgmt=", "--mgmt-mode=", "--rcfile=", "--manhole=", "--manhole-keys="):
+        assert option in done.stdout

@@ -1,0 +1,127 @@
+"""
+The SSH manhole reached with OpenSSH's C{ssh}: the interactive prompt on a
+pty (C{ssh -tt}), one-shot commands, a wrong key refused and logged, and a
+host key kept across restarts.  Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import need, waitFor
+
+pytestmark = pytest.mark.integration
+
+
+def freePort() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def tcpListening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+                   check=True, timeout=30)
+    return path
+
+
+class Manhole:
+    """
+    A switch with a manhole, and an ssh command line for it.
+    """
+
+    def __init__(self, vswitch, shortdir: Path, hostKey: Path | None = None) -> None:
+        need("ssh", "ssh-keygen")
+        self.key = shortdir / "id_ed25519"
+        if not self.key.exists():
+            keygen(self.key)
+            (shortdir / "authorized_keys").write_bytes(Path(f"{self.key}.pub").read_bytes())
+        self.port = freePort()
+        self.hostKey = hostKey or shortdir / "host_key"
+        self.switch = vswitch(
+            "--manhole", f"tcp:{self.port}:interface=127.0.0.1",
+            "--manhole-keys", str(shortdir / "authorized_keys"),
+            "--manhole-host-key", str(self.hostKey),
+        )
+        waitFor(lambda: tcpListening(self.port), what="the manhole")
+
+    def ssh(self, *args: str, key: Path | None = None, knownHosts: str = "/dev/null",
+            strict: str = "no", stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        argv = [
+            "ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", f"StrictHostKeyChecking={strict}", "-o", f"UserKnownHostsFile={knownHosts}",
+            "-o", "LogLevel=ERROR", "-i", str(key or self.key), "-p", str(self.port),
+            "operator@127.0.0.1", *args,
+        ]
+        return subprocess.run(argv, input=stdin, capture_output=True, timeout=30)
+
+
+def test_interactivePromptOverSshTT(vswitch, shortdir) -> None:
+    """ssh -tt gets the Python prompt with switch in it; Ctrl-D leaves."""
+    manhole = Manhole(vswitch, shortdir)
+    done = manhole.ssh(
+        "-tt", stdin=b'print("numPorts=%d" % switch.numPorts)\r'
+        b'print("ops=" + type(ops).__name__)\r\x04'
+    )
+    output = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, done.stderr
+    assert "numPorts=32" in output and "ops=SwitchOperations" in output, output
+    assert "vtwisted manhole" in output
+
+
+def test_endOfInputClosesThePrompt(vswitch, shortdir) -> None:
+    """ssh -tt whose input ends (no Ctrl-D) leaves the prompt with status 0."""
+    manhole = Manhole(vswitch, shortdir)
+    done = manhole.ssh("-tt", stdin=b"switch.hub\r")
+    assert done.returncode == 0 and b"False" in done.stdout
+
+
+def test_oneShotCommand(vswitch, shortdir) -> None:
+    """ssh HOST 'expression' prints its value; an exception gives exit status 1."""
+    manhole = Manhole(vswitch, shortdir)
+    done = manhole.ssh("ops.info().numPorts, len(ops.vlans())")
+    assert (done.returncode, done.stdout) == (0, b"(32, 1)\r\n"), done.stderr
+    done = manhole.ssh("ops.createVlan(10); print(ops.vlans(10)[0].vid)")
+    assert (done.returncode, done.stdout) == (0, b"10\r\n")
+    done = manhole.ssh("ops.removeVlan(99)")
+    assert done.returncode == 1 and b"SwitchError" in done.stdout
+
+
+def test_wrongKeyIsRefusedAndLogged(vswitch, shortdir) -> None:
+    """A key not in authorized_keys is refused, and the log says so."""
+    manhole = Manhole(vswitch, shortdir)
+    intruder = keygen(shortdir / "intruder")
+    done = manhole.ssh("switch.numPorts", key=intruder)
+    assert done.returncode == 255 and b"Permission denied" in done.stderr
+    waitFor(lambda: "manhole: refused publickey login of 'operator'" in manhole.switch.logText(),
+            what="the refusal in the log")
+    assert "is not in" in manhole.switch.logText()
+
+
+def test_hostKeyIsKeptAcrossRestarts(vswitch, processes, shortdir) -> None:
+    """The host key made at the first start is reused: pinned clients still connect."""
+    first = Manhole(vswitch, shortdir)
+    knownHosts = shortdir / "known_hosts"
+    assert first.ssh("1", knownHosts=str(knownHosts), strict="accept-new").returncode == 0
+    key = first.hostKey.read_bytes()
+    processes.stop(first.switch.process)
+    second = Manhole(vswitch, shortdir, hostKey=first.hostKey)
+    known = knownHosts.read_text().replace(f"[127.0.0.1]:{first.port}",
+                                           f"[127.0.0.1]:{second.port}")
+    knownHosts.write_text(known)
+    done = second.ssh("2", knownHosts=str(knownHosts), strict="yes")
+    assert (done.returncode, done.stdout) == (0, b"2\r\n"), done.stderr
+    assert second.hostKey.read_bytes() == key
