@@ -141,16 +141,33 @@ class RcFileService(Service):
     Runs a console script when the switch starts (vde_switch's C{-f}): the
     output is discarded; a failing line is logged with its number and the
     next ones still run.
+
+    The script runs in the reactor's first turn, once every service has
+    started: a C{port/add} in it would otherwise add a service to the
+    L{SwitchService} while it is still starting its children, which would
+    start the new one twice.  No client is served before that turn ends.
     """
 
-    def __init__(self, interpreter: CommandInterpreter, path: str) -> None:
+    def __init__(self, interpreter: CommandInterpreter, path: str, clock: Any) -> None:
         self.interpreter = interpreter
         self.path = path
+        self.clock = clock
         self.failures = 0
+        self._call: Any = None
 
     def startService(self) -> None:
         super().startService()
+        self._call = self.clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
         self.failures = runRcFile(self.interpreter, self.path)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
 
 
 def runRcFile(interpreter: CommandInterpreter, path: str) -> int:
@@ -215,4 +232,5 @@ def addManagement(
         if not os.access(rcfile, os.R_OK):
             reason = "no such file" if not os.path.exists(rcfile) else "not readable"
             raise ValueError(f"--rcfile {rcfile}: {reason}")
-        RcFileService(CommandInterpreter(ops), rcfile).setServiceParent(service)
+        rc = RcFileService(CommandInterpreter(ops), rcfile, service.clock)
+        rc.setServiceParent(service)

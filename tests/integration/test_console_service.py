@@ -85,13 +85,18 @@ def test_shutdownStopsTheSwitchAndCleansUp(vswitch, shortdir) -> None:
 def test_rcfileConfiguresAtStartAndLogsBadLines(vswitch, shortdir) -> None:
     """--rcfile runs at start: good lines apply, a bad one is logged with its number."""
     rc = shortdir / "vswitch.rc"
-    rc.write_text("vlan/create 10\nport/setvlan 5 10\nport/create 5\nport/setvlan 5 10\nlogout\n")
+    lab = shortdir / "rclab"
+    rc.write_text("vlan/create 10\nport/setvlan 5 10\nport/create 5\nport/setvlan 5 10\n"
+                  f"port/add vde:{lab}\nlogout\n")
     sw = start(vswitch, shortdir, "--rcfile", str(rc))
-    reply = ConsoleClient(sw.mgmt).command("port/allprint 5").decode()
+    client = ConsoleClient(sw.mgmt)
+    reply = client.command("port/allprint 5").decode()
     assert "Port 0005 untagged_vlan=0010 INACTIVE - NOT Unnamed Allocatable" in reply
+    assert f"Spec vde:{lab} ports=none listening runtime" in client.command("port/specs").decode()
+    assert socketListening(lab / "ctl")
     log = sw.logText()
     assert f"rcfile {rc} line 2: 'port/setvlan 5 10': 1006 No such device or address" in log
-    assert "5 lines run, 1 failed" in log
+    assert "6 lines run, 1 failed" in log and "Traceback" not in log
 
 
 def test_badInputGetsConsoleAnswersOnly(vswitch, shortdir) -> None:

@@ -316,8 +316,11 @@ def test_rcFileRunsEveryLineAndLogsFailures(setup, tmp_path) -> None:
     logged: list[dict] = []
     globalLogPublisher.addObserver(logged.append)
     try:
-        service = RcFileService(interpreter, str(rc))
+        clock = Clock()
+        service = RcFileService(interpreter, str(rc), clock)
         service.startService()
+        assert 10 not in ops.switch.vlans
+        clock.advance(0)
     finally:
         globalLogPublisher.removeObserver(logged.append)
     assert service.failures == 1

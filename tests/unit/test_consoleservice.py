@@ -10,6 +10,7 @@ import socket
 
 import pytest
 from consolefakes import makeOperations
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor
 from twisted.python import usage
 
@@ -79,8 +80,10 @@ def test_missingRcFileIsLoggedNotFatal(tmp_path) -> None:
     ops = makeOperations()[0]
     from vtwisted.console import CommandInterpreter
 
-    service = RcFileService(CommandInterpreter(ops), str(tmp_path / "gone.rc"))
+    clock = Clock()
+    service = RcFileService(CommandInterpreter(ops), str(tmp_path / "gone.rc"), clock)
     service.startService()
+    clock.advance(0)
     assert service.failures == 1
 
 
