@@ -1,0 +1,445 @@
+"""
+The TAP port type without a kernel: specs, opening, offload negotiation,
+reads and writes, and what happens when the device fails, with Twisted's
+L{MemoryIOSystem} standing in for C{/dev/net/tun}.
+
+L{FakeTapSystem} extends it with what a TAP with offloads needs:
+C{TUNSETOFFLOAD} (accepted, or refused for chosen bits), C{writev}, and
+errors injected into reads and writes.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+
+import pytest
+from test_vnet import MAC_A, MAC_B, checkSegments, kernelPacket, randomPayload
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.pair.testing import MemoryIOSystem, Tunnel
+from twisted.pair.tuntap import TunnelFlags
+from twisted.python.failure import Failure
+
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports import tap
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+from vtwisted.wire import vnet
+
+BROADCAST = b"\xff" * 6
+IFF_VNET_HDR = TunnelFlags.IFF_VNET_HDR.value
+IFF_TAP = TunnelFlags.IFF_TAP.value
+IFF_NO_PI = TunnelFlags.IFF_NO_PI.value
+ALL_OFFLOADS = 0x01 | 0x02 | 0x04 | 0x08 | 0x20 | 0x40
+TSO_OFFLOADS = 0x01 | 0x02 | 0x04 | 0x08
+
+
+class FakeTunnel(Tunnel):
+    """
+    A tunnel that takes 64 KB writes and can fail reads and writes on demand.
+    """
+
+    SEND_BUFFER_SIZE = 1 << 20
+
+    def __init__(self, system: FakeTapSystem, openFlags: int, fileMode: object) -> None:
+        super().__init__(system, openFlags, fileMode)
+        self.offloads: int | None = None
+        self.readError: int | None = None
+        self.writeError: int | None = None
+
+    def read(self, limit: int) -> bytes:
+        if self.readError is not None:
+            raise OSError(self.readError, errno.errorcode[self.readError])
+        return super().read(limit)
+
+    def write(self, datagram: bytes) -> int:
+        if self.writeError is not None:
+            raise OSError(self.writeError, errno.errorcode[self.writeError])
+        return super().write(datagram)
+
+    def inject(self, data: bytes) -> None:
+        """
+        Make C{data} the next thing the switch reads, as the kernel hands it.
+        """
+        self.readBuffer.append(data)
+
+    def written(self) -> list[bytes]:
+        """
+        What the switch wrote, forgetting it.
+        """
+        out = list(self.writeBuffer)
+        self.writeBuffer.clear()
+        return out
+
+
+class FakeTapSystem(MemoryIOSystem):
+    """
+    L{MemoryIOSystem} plus C{TUNSETOFFLOAD}, C{writev} and chosen errors.
+
+    @ivar refusedOffloads: C{TUN_F_*} bits the fake kernel does not know
+        (C{EINVAL}, as older kernels answer for USO).
+    @ivar setiffError: an errno C{TUNSETIFF} fails with, if any.
+    @ivar offloadCalls: every C{TUNSETOFFLOAD} argument, in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registerSpecialDevice(Tunnel._DEVICE_NAME, FakeTunnel)
+        self.refusedOffloads = 0
+        self.setiffError: int | None = None
+        self.offloadCalls: list[int] = []
+
+    def ioctl(self, fd: int, request: int, args: object) -> object:
+        if request == tap.TUNSETOFFLOAD:
+            if "ioctl" not in self.permissions:
+                raise OSError(errno.EPERM, "Operation not permitted")
+            assert isinstance(args, int), "TUNSETOFFLOAD takes its argument by value"
+            self.offloadCalls.append(args)
+            if args & self.refusedOffloads:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            self._openFiles[fd].offloads = args
+            return 0
+        if self.setiffError is not None and fd in self._openFiles:
+            raise OSError(self.setiffError, errno.errorcode[self.setiffError])
+        return super().ioctl(fd, request, args)
+
+    def writev(self, fd: int, buffers: list[bytes]) -> int:
+        return self.write(fd, b"".join(buffers))
+
+    def tunnels(self) -> list[FakeTunnel]:
+        return list(self._openFiles.values())
+
+
+class Rig:
+    """
+    A switch with TAP ports on a fake system and a FakeLink for comparison.
+    """
+
+    def __init__(self) -> None:
+        self.switch = Switch()
+        self.reactor = MemoryReactor()
+        self.system = FakeTapSystem()
+        self.services: list[tap.TapService] = []
+
+    def tap(self, name: str = "tap7", offload: bool = True, options: str = "") -> tap.TapService:
+        spec = PortSpec(f"tap:{name}" + (f":{options}" if options else ""))
+        service = tap.TapService(self.switch, self.reactor, name, offload,
+                                 PortOptions.fromSpec(spec), spec.text, self.system)
+        service.privilegedStartService()
+        service.startService()
+        self.services.append(service)
+        return service
+
+    def link(self) -> FakeLink:
+        link = FakeLink()
+        plug(self.switch, link)
+        return link
+
+
+def tunnelOf(service: tap.TapService) -> FakeTunnel:
+    assert service.link is not None
+    return service.system.getTunnel(service.link)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    made = Rig()
+    yield made
+    for service in made.services:
+        if service.running:
+            service.stopService()
+
+
+def errorsLogged(events: list[dict]) -> list[str]:
+    return [formatEvent(e) for e in events if e.get("log_level") in (LogLevel.error,
+                                                                      LogLevel.critical)]
+
+
+# -- specs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [
+    "tap:" + "x" * 16,
+    "tap:a/b",
+    "tap:a\\:b",
+    "tap:a b",
+    "tap:a\tb",
+    "tap:.",
+    "tap:..",
+    "tap:",
+])
+def test_badInterfaceNamesAreRefusedNamingTheSpec(spec: str) -> None:
+    """A name Linux would refuse fails at start-up with a message naming the spec."""
+    with pytest.raises(SpecError) as e:
+        tap.makeService(Switch(), PortSpec(spec), None)
+    assert repr(spec) in str(e.value)
+
+
+def test_fifteenCharacterNameIsAccepted() -> None:
+    """IFNAMSIZ allows 15 characters; that many are fine."""
+    service = tap.makeService(Switch(), PortSpec("tap:" + "x" * 15), None)
+    assert service.deviceName == "x" * 15 and service.offload
+
+
+def test_specOptionsAreParsed() -> None:
+    """offload=off, vlan= and trunk= and port= reach the service; typos are refused."""
+    service = tap.makeService(Switch(), PortSpec("tap:t0:offload=off:vlan=10:trunk=20,30:port=4"),
+                              None)
+    assert not service.offload
+    assert (service.options.vlan, service.options.trunk, service.options.number) == \
+        (10, [20, 30], 4)
+    with pytest.raises(SpecError, match="offload=maybe"):
+        tap.makeService(Switch(), PortSpec("tap:t0:offload=maybe"), None)
+    with pytest.raises(SpecError, match="unknown option offlaod"):
+        tap.makeService(Switch(), PortSpec("tap:t0:offlaod=off"), None)
+    with pytest.raises(SpecError, match="unexpected argument"):
+        tap.makeService(Switch(), PortSpec("tap:t0:t1"), None)
+
+
+# -- opening -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refused", ["ioctl", "open"])
+def test_withoutCapNetAdminTheErrorSaysWhatToDo(rig: Rig, refused: str) -> None:
+    """EPERM names the spec, the device and errno 1 and gives the ip tuntap command."""
+    rig.system.permissions.discard(refused)
+    with pytest.raises(OSError) as e:
+        rig.tap("tapx1")
+    message = str(e.value)
+    assert e.value.errno == errno.EPERM
+    assert "tap:tapx1" in message and "cannot open TAP device tapx1" in message
+    assert "errno 1" in message and "CAP_NET_ADMIN" in message
+    assert "ip tuntap add tapx1 mode tap user $USER" in message
+
+
+def test_busyDeviceSaysAnotherProgramHoldsIt(rig: Rig) -> None:
+    """EBUSY (a TAP already open elsewhere) is reported as such."""
+    rig.system.setiffError = errno.EBUSY
+    with pytest.raises(OSError, match="another program holds it") as e:
+        rig.tap("tapx2")
+    assert e.value.errno == errno.EBUSY and "tap:tapx2" in str(e.value)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: when TUNSETIFF fails, the /dev/net/tun descriptor "
+                   "opened just before it is never closed (TuntapPort._openTunnel leaks it)")
+def test_refusedOpenLeavesNoDescriptorBehind(rig: Rig) -> None:
+    """A TAP that could not be opened does not keep /dev/net/tun open."""
+    rig.system.permissions.discard("ioctl")
+    with pytest.raises(OSError):
+        rig.tap("tapx3")
+    assert rig.system.tunnels() == []
+
+
+def test_offloadsAreNegotiatedWithTheVnetHeader(rig: Rig) -> None:
+    """By default the TAP opens with IFF_VNET_HDR and every offload, USO included."""
+    service = rig.tap()
+    tunnel = tunnelOf(service)
+    assert tunnel.tunnelMode == IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+    assert rig.system.offloadCalls == [ALL_OFFLOADS] and tunnel.offloads == ALL_OFFLOADS
+    assert service.link.vnetHeader and service.link.port.vnet
+    assert service.link.description == "tap7 offload=csum,tso4,tso6,ecn,uso4,uso6"
+
+
+def test_kernelWithoutUsoFallsBackToTso(rig: Rig) -> None:
+    """EINVAL for the USO bits (older kernels) falls back to checksum and TSO."""
+    rig.system.refusedOffloads = 0x20 | 0x40
+    service = rig.tap()
+    assert rig.system.offloadCalls == [ALL_OFFLOADS, TSO_OFFLOADS]
+    assert tunnelOf(service).offloads == TSO_OFFLOADS
+    assert service.link.offloads == TSO_OFFLOADS
+    assert service.link.description == "tap7 offload=csum,tso4,tso6,ecn"
+
+
+def test_kernelRefusingEveryOffloadStillWorksWithSmallFrames(rig: Rig) -> None:
+    """If TUNSETOFFLOAD refuses everything the port still opens (header, no offloads)."""
+    rig.system.refusedOffloads = 0x01
+    with capturedLogs() as events:
+        service = rig.tap()
+    assert service.link.offloads == 0
+    assert any("refused every offload" in formatEvent(e) for e in events)
+    other = rig.link()
+    tunnelOf(service).inject(vnet.PLAIN_HEADER + frame(BROADCAST, mac(1)))
+    service.link.doRead()
+    assert other.sent == [frame(BROADCAST, mac(1))]
+
+
+def test_offloadOffOpensWithoutTheHeader(rig: Rig) -> None:
+    """offload=off opens a plain TAP: no IFF_VNET_HDR, no TUNSETOFFLOAD, plain frames both ways."""
+    service = rig.tap(offload=False)
+    tunnel = tunnelOf(service)
+    assert tunnel.tunnelMode == IFF_TAP | IFF_NO_PI
+    assert rig.system.offloadCalls == []
+    assert not service.link.vnetHeader and not service.link.port.vnet
+    other = rig.link()
+    f = frame(BROADCAST, mac(1))
+    tunnel.inject(f)
+    service.link.doRead()
+    assert other.sent == [f]
+    g = frame(BROADCAST, mac(2))
+    other.receive(g)
+    assert tunnel.written() == [g]
+
+
+# -- reading and writing -----------------------------------------------------------------------
+
+
+def test_plainFramesAreWrittenBehindAnEmptyHeader(rig: Rig) -> None:
+    """A frame from a VDE-like port reaches an offload TAP behind ten zero bytes."""
+    service = rig.tap()
+    other = rig.link()
+    f = frame(BROADCAST, mac(1))
+    other.receive(f)
+    assert tunnelOf(service).written() == [vnet.PLAIN_HEADER + f]
+
+
+def test_everyWaitingPacketIsReadInOneWakeUp(rig: Rig) -> None:
+    """Five frames waiting are all handed over by one doRead."""
+    service = rig.tap()
+    other = rig.link()
+    frames = [frame(BROADCAST, mac(1), bytes([n]) * 46) for n in range(5)]
+    for f in frames:
+        tunnelOf(service).inject(vnet.PLAIN_HEADER + f)
+    service.link.doRead()
+    assert other.sent == frames
+
+
+def test_floodOfSuperFramesIsReadInBoundedBatches(rig: Rig) -> None:
+    """A backlog of 64 KB super-frames is drained in batches, so other ports get their turn."""
+    a, b = rig.tap("tapa"), rig.tap("tapb")
+    built = kernelPacket(randomPayload(64000, 1), 1448, macs=(MAC_B, MAC_A))
+    for _ in range(60):
+        tunnelOf(a).inject(built.packet)
+    a.link.doRead()
+    first = len(tunnelOf(b).written())
+    assert 0 < first < 60
+    for _ in range(60):
+        a.link.doRead()
+    assert first + len(tunnelOf(b).written()) == 60
+
+
+def test_superFramesPassWholeBetweenOffloadTapsAndAreCutForOthers(rig: Rig) -> None:
+    """A super-frame read from one offload TAP is written whole to another, segmented elsewhere."""
+    a, b, off = rig.tap("tapa"), rig.tap("tapb"), rig.tap("tapc", offload=False)
+    other = rig.link()
+    built = kernelPacket(randomPayload(30000, 2), 1448, macs=(MAC_B, MAC_A))
+    tunnelOf(a).inject(built.packet)
+    a.link.doRead()
+    assert tunnelOf(b).written() == [built.packet]
+    checkSegments(built, tunnelOf(off).written())
+    checkSegments(built, other.sent)
+    assert tunnelOf(a).written() == []
+
+
+def test_malformedHeaderFromTheKernelIsNeverWritten(rig: Rig) -> None:
+    """A packet with a bad header is dropped as malformed; the next good one passes."""
+    a, b = rig.tap("tapa"), rig.tap("tapb")
+    built = kernelPacket(randomPayload(3000, 3), 1000, macs=(MAC_B, MAC_A))
+    tunnelOf(a).inject(built.packet[:1] + b"\x03" + built.packet[2:])
+    tunnelOf(a).inject(built.packet)
+    a.link.doRead()
+    assert tunnelOf(b).written() == [built.packet]
+    assert a.link.port.counters.drops["malformed"] == 1
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EAGAIN, "busy"), (errno.ENOBUFS, "busy"),
+                                          (errno.EIO, "down")])
+@pytest.mark.parametrize("offload", [True, False])
+def test_writeErrorsAreCountedNotRaised(rig: Rig, code: int, reason: str, offload: bool) -> None:
+    """A full device queue (EAGAIN) or a device that is down (EIO) drops and counts the frame."""
+    service = rig.tap(offload=offload)
+    sender = rig.tap("tapv")
+    other = rig.link()
+    tunnelOf(service).writeError = code
+    other.receive(frame(BROADCAST, mac(1)))
+    built = kernelPacket(randomPayload(5000, 4), 1448, macs=(BROADCAST, MAC_A))
+    tunnelOf(sender).inject(built.packet)
+    sender.link.doRead()
+    port = service.link.port
+    expected = 1 + (1 if offload else len(vnet.toFrames(built.packet)))
+    assert port.counters.drops[reason] == expected
+    assert tunnelOf(service).written() == []
+    assert service.link is not None and port.active, "the port stays up"
+    tunnelOf(service).writeError = None
+    other.receive(frame(BROADCAST, mac(1)))
+    assert len(tunnelOf(service).written()) == 1
+
+
+def test_readErrorTakesThePortDownOnceAndOthersKeepWorking(rig: Rig) -> None:
+    """EBADFD from a read (device deleted) detaches the TAP, logs once; nothing else stops."""
+    gone, alive = rig.tap("tapgone"), rig.tap("tapalive")
+    a, b = rig.link(), rig.link()
+    link = gone.link
+    port = link.port
+    tunnel = tunnelOf(gone)
+    tunnel.readError = errno.EBADFD
+    with capturedLogs() as events:
+        link.doRead()
+        link.doRead()
+    logged = errorsLogged(events)
+    assert len(logged) == 1, logged
+    assert "tap:tapgone" in logged[0] and "tapgone" in logged[0] and "errno 77" in logged[0]
+    assert not port.active and port.links == []
+    assert gone.link is None
+    assert tunnel not in rig.system.tunnels(), "its descriptor is closed"
+    assert not rig.reactor.readers or link not in rig.reactor.readers
+    f = frame(BROADCAST, mac(1))
+    a.receive(f)
+    assert b.sent == [f]
+    assert tunnelOf(alive).written() == [vnet.PLAIN_HEADER + f]
+    tunnelOf(alive).inject(vnet.PLAIN_HEADER + frame(BROADCAST, mac(2)))
+    alive.link.doRead()
+    assert b.sent[-1] == frame(BROADCAST, mac(2))
+    gone.stopService()
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: when the device is deleted, epoll reports EPOLLERR "
+                   "alone and the reactor calls TapLink.connectionLost, which closes the fd but "
+                   "neither detaches the port nor logs; the port stays up until a write fails")
+def test_reactorSeeingTheDeviceGoneTakesThePortDown(rig: Rig) -> None:
+    """When the reactor finds the device dead (EPOLLERR), the port goes down and says so."""
+    gone = rig.tap("tapgone")
+    link, port = gone.link, gone.link.port
+    with capturedLogs() as events:
+        # what _PollLikeMixin._doReadOrWrite does for EPOLLERR without EPOLLIN
+        rig.reactor.removeReader(link)
+        link.connectionLost(Failure(ConnectionDone()))
+    assert not port.active and gone.link is None
+    logged = errorsLogged(events)
+    assert len(logged) == 1 and "tap:tapgone" in logged[0], logged
+
+
+def test_vanishedDeviceOnWriteTakesThePortDown(rig: Rig) -> None:
+    """EBADFD on a write (device deleted) takes the port down too, with one log line."""
+    gone = rig.tap("tapgone")
+    a, b = rig.link(), rig.link()
+    tunnelOf(gone).writeError = errno.EBADFD
+    port = gone.link.port
+    with capturedLogs() as events:
+        a.receive(frame(BROADCAST, mac(1)))
+        a.receive(frame(BROADCAST, mac(1)))
+    assert len(errorsLogged(events)) == 1
+    assert not port.active and gone.link is None
+    assert len(b.sent) == 2
+
+
+def test_stopClosesTheDevice(rig: Rig) -> None:
+    """Stopping the service unplugs the TAP and closes its descriptor."""
+    service = rig.tap()
+    port = service.link.port
+    service.stopService()
+    assert rig.system.tunnels() == [] and not port.active
+
+
+def test_optionsApplyToTheTapPort(rig: Rig) -> None:
+    """tap:NAME:trunk=10 makes the TAP a trunk: a VLAN-10 frame reaches it tagged."""
+    service = rig.tap("tapt", options="vlan=4095:trunk=10")
+    access = FakeLink()
+    p = plug(rig.switch, access)
+    rig.switch.vlans.join(p, 10)
+    f = frame(BROADCAST, mac(1))
+    access.receive(f)
+    assert tunnelOf(service).written() == [vnet.PLAIN_HEADER + f[:12] + b"\x81\x00\x00\x0a"
+                                           + f[12:]]
