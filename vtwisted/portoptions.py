@@ -52,10 +52,26 @@ class PortOptions:
         mtu = spec.integer("mtu", None, MIN_MTU, DEFAULT_MTU)
         return cls(number, vlan, transparent, trunk, mtu)
 
-    def apply(self, switch: Any, port: Any) -> None:
+    def isEmpty(self) -> bool:
         """
-        Configure C{port} of C{switch}, creating VLANs that do not exist yet.
+        True if no VLAN or MTU option was given.
         """
+        return self.vlan is None and not self.transparent and not self.trunk and self.mtu is None
+
+    def apply(self, switch: Any, port: Any, owner: str | None = None) -> None:
+        """
+        Configure C{port} of C{switch} for a link of spec C{owner}, creating
+        VLANs that do not exist yet.
+
+        A port keeps its configuration while inactive, as vde_switch's do,
+        but configuration one spec's options gave it does not leak to a link
+        of another spec: such a port is reset to the defaults first.
+        """
+        if self.isEmpty():
+            if port.configuredBy is not None and port.configuredBy != owner:
+                reset(switch, port)
+            return
+        reset(switch, port)
         vlans = switch.vlans
         if self.vlan is not None:
             if self.vlan not in (0, NOVLAN) and self.vlan not in vlans:
@@ -70,3 +86,18 @@ class PortOptions:
             vlans.setTransparent(port, True)
         if self.mtu is not None:
             port.setMtu(self.mtu)
+        port.configuredBy = owner
+
+
+def reset(switch: Any, port: Any) -> None:
+    """
+    Put C{port} back to a new port's configuration: untagged in VLAN 0, no
+    trunk, not transparent, the default MTU.
+    """
+    vlans = switch.vlans
+    vlans.setTransparent(port, False)
+    for vid in list(port.taggedVids):
+        vlans.removeTagged(port, vid)
+    vlans.join(port, 0)
+    port.setMtu(DEFAULT_MTU)
+    port.configuredBy = None

@@ -51,13 +51,14 @@ class _Forms:
     The forms one received frame takes on its way out, each made once.
     """
 
-    __slots__ = ("data", "isVnet", "tagged", "vid", "_plain", "_packets")
+    __slots__ = ("data", "isVnet", "tagged", "vid", "failed", "_plain", "_packets")
 
     def __init__(self, data: bytes, isVnet: bool, tagged: bool, vid: int) -> None:
         self.data = data
         self.isVnet = isVnet
         self.tagged = tagged
         self.vid = vid
+        self.failed = False
         self._plain: dict[bool, list[bytes]] = {}
         self._packets: dict[bool, bytes] = {}
 
@@ -355,6 +356,9 @@ class Switch:
 
     def _taggedReceived(self, port: SwitchPort, data: bytes, isVnet: bool) -> None:
         offset = vnet.HEADER_LENGTH if isVnet else 0
+        if len(data) < offset + vlanwire.TAGGED_HEADER_LENGTH:
+            port.dropped("runt", f"{len(data) - offset} bytes, too short for an 802.1Q tag")
+            return
         vid = vlanwire.vidOf(data, offset)
         vlan = self.vlans.forTag(vid, port)
         if vlan is None:
@@ -398,18 +402,20 @@ class Switch:
                 continue
             if forms is None:
                 forms = _Forms(data, isVnet, tagged, vlan.vid if vlan else 0)
-            if isVnet and out.vnet:
-                packet = forms.packet(wantTagged)
-                oc = out.counters
-                oc.outFrames += 1
-                oc.outBytes += len(packet) - vnet.HEADER_LENGTH
-                out.sendVnet(packet)
-                continue
             try:
+                if isVnet and out.vnet:
+                    packet = forms.packet(wantTagged)
+                    oc = out.counters
+                    oc.outFrames += 1
+                    oc.outBytes += len(packet) - vnet.HEADER_LENGTH
+                    out.sendVnet(packet)
+                    continue
                 frames = forms.plain(wantTagged)
             except vnet.VnetError as e:
-                port.dropped("malformed", str(e))
-                return
+                if not forms.failed:
+                    forms.failed = True
+                    port.dropped("malformed", str(e))
+                continue
             for frame in frames:
                 n = len(frame)
                 if n > out.maxFrame:

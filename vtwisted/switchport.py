@@ -91,6 +91,7 @@ class SwitchPort:
         "send",
         "sendVnet",
         "vnet",
+        "configuredBy",
         "_warned",
     )
 
@@ -110,6 +111,8 @@ class SwitchPort:
         self.sendVnet: Callable[[Any], None] = _discard
         self.vnet = False
         self._warned: set[str] = set()
+        #: The spec whose options configured this port, if any.
+        self.configuredBy: str | None = None
 
     def __repr__(self) -> str:
         return f"<SwitchPort {self.number} links={len(self.links)}>"

@@ -118,7 +118,7 @@ class VlanRegistry:
         vlan = self._existing(vid)
         if vid == 0:
             raise errors.invalid("VLAN 0 cannot be removed")
-        explicit = [p for p in vlan.tagged if not p.transparent]
+        explicit = [p for p in vlan.tagged if not p.transparent or vid in p.taggedVids]
         if vlan.untagged or explicit:
             raise errors.busy(f"VLAN {vid} has member ports")
         self.fdb.flush(vid=vid)

@@ -177,9 +177,6 @@ def test_deletedTapTakesItsPortDownAndNothingElse(vswitch, processes, namespaces
     assert tapA not in downLines[0] and tapB not in downLines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a deleted TAP is only noticed when a frame is "
-                   "written to it: epoll reports EPOLLERR, the reactor calls "
-                   "TapLink.connectionLost, which closes the fd without detaching the port")
 def test_deletedTapIsNoticedWithoutTraffic(vswitch, namespaces, shortdir) -> None:
     """With no traffic at all, deleting a TAP still takes its port down within a second."""
     mgmt = shortdir / "mgmt"

@@ -130,9 +130,6 @@ def test_untaggedTrafficOfTransparentClientsStaysInVlanZero(vlans) -> None:
     vlans.quiet("a", "b")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a port freed by a client of one directory is "
-                   "reused by a client of another with the first one's VLANs: PortOptions.apply "
-                   "adds to the port's configuration and never resets it")
 def test_reusedPortDoesNotKeepAnotherDirectorysVlans(vlans) -> None:
     """A VLAN-20 client on the port a trunk client just left does not see VLAN 10."""
     trunkPort = int(dataSockets(vlans.dirs["t"])[0].split(".")[0])

@@ -223,8 +223,6 @@ def test_busyDeviceSaysAnotherProgramHoldsIt(rig: Rig) -> None:
     assert e.value.errno == errno.EBUSY and "tap:tapx2" in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when TUNSETIFF fails, the /dev/net/tun descriptor "
-                   "opened just before it is never closed (TuntapPort._openTunnel leaks it)")
 def test_refusedOpenLeavesNoDescriptorBehind(rig: Rig) -> None:
     """A TAP that could not be opened does not keep /dev/net/tun open."""
     rig.system.permissions.discard("ioctl")
@@ -395,9 +393,6 @@ def test_readErrorTakesThePortDownOnceAndOthersKeepWorking(rig: Rig) -> None:
     gone.stopService()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when the device is deleted, epoll reports EPOLLERR "
-                   "alone and the reactor calls TapLink.connectionLost, which closes the fd but "
-                   "neither detaches the port nor logs; the port stays up until a write fails")
 def test_reactorSeeingTheDeviceGoneTakesThePortDown(rig: Rig) -> None:
     """When the reactor finds the device dead (EPOLLERR), the port goes down and says so."""
     gone = rig.tap("tapgone")

@@ -329,9 +329,6 @@ def test_reservedVid4095IsDroppedEvenOnTransparentPorts() -> None:
 # -- malformed VLAN tags -----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a frame with a TPID but no room for the tag and "
-                   "EtherType raises IndexError (14, 15 bytes) or is forwarded untagged as a "
-                   "12/13-byte runt (16, 17 bytes)")
 @pytest.mark.parametrize("size", [14, 15, 16, 17])
 @pytest.mark.parametrize("vnetHeader", [False, True])
 def test_truncatedTagIsDroppedAsRunt(size: int, vnetHeader: bool) -> None:
@@ -454,8 +451,6 @@ def test_malformedHeaderIsDroppedAndOthersKeepWorking() -> None:
     assert a.sent == [frame(BROADCAST, mac(3))]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: vnet.removeTag's VnetError escapes Switch._deliver "
-                   "(forms.packet is not guarded) instead of a 'malformed' drop")
 def test_taggedPacketWithChecksumStartInsideTheTagIsDropped() -> None:
     """A tagged packet whose csum_start points into the Ethernet header is counted, not raised."""
     switch = Switch()
@@ -618,3 +613,17 @@ def test_framesNeverLeakAcrossVlans(configs: list[PortConfig], frames: list[Sent
                     assert vlanwire.vidOf(g) == vid
             assert got == ([expected[i]] if i in expected else []), f"port {i}"
     assert sum(link.port.counters.drops["vlan"] for link in links) == drops
+
+
+def test_vlanWithATrunkMemberOnATransparentPortCannotBeRemoved() -> None:
+    """An explicit trunk membership counts even on a vlan=all port."""
+
+
+    switch = Switch()
+    port = plug(switch, FakeLink())
+    switch.vlans.create(10)
+    switch.vlans.addTagged(port, 10)
+    switch.vlans.setTransparent(port, True)
+    with pytest.raises(SwitchError) as e:
+        switch.vlans.remove(10)
+    assert e.value.errno == 98

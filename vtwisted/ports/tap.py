@@ -73,7 +73,9 @@ _OFFLOAD_NAMES = (
 MAX_READ = 65536 + vnet.HEADER_LENGTH + 4 + 64
 #: Bytes read per wake-up before yielding to other ports.
 READ_BUDGET = 1024 * 1024
-_NAME = re.compile(r"^[^/:\s]{1,15}$")
+_NAME = re.compile(r"^[^/:%\s]{1,15}$")
+TUNSETIFF = 0x400454CA
+_IFNAMSIZ = 16
 _GONE = (errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO)
 
 
@@ -108,7 +110,7 @@ def checkName(spec: PortSpec, name: str | None) -> str:
     if name is None or not _NAME.match(name) or name in (".", ".."):
         raise spec.error(
             f"TAP name {name!r} is not a valid interface name "
-            "(1 to 15 characters, no '/', ':' or white space)"
+            "(1 to 15 characters, no '/', ':', '%' or white space)"
         )
     return name
 
@@ -188,6 +190,7 @@ class TapLink(TuntapPort):
         self._warnedGone = False
         self.touched = False
         self.drainer = drainerFor(service.switch)
+        self._closing = False
 
     def open(self) -> None:
         """
@@ -330,13 +333,34 @@ class TapLink(TuntapPort):
         """
         Stop reading and close the file descriptor.
         """
+        self._closing = True
         if self.connected:
             self.stopReading()
             self.connectionLost(Failure(ConnectionError("closed")))
 
     def connectionLost(self, reason: Any = None) -> None:
+        """
+        The descriptor is closing: by us, or because the reactor saw it fail
+        (the device was deleted), in which case the port goes down.
+        """
+        if not self._closing and self.port is not None and self in self.port.links:
+            self._failed("watching", OSError(errno.ENODEV, "the device was deleted"))
         if self.connected:
             super().connectionLost(reason)
+
+    def _openTunnel(self, name: bytes, mode: Any) -> tuple[int, bytes]:
+        """
+        Open C{/dev/net/tun} and attach it to the device, closing the
+        descriptor again if the device cannot be had (Twisted's leaks it).
+        """
+        system = self._system
+        fileno = system.open(b"/dev/net/tun", system.O_RDWR | system.O_CLOEXEC | system.O_NONBLOCK)
+        try:
+            result = system.ioctl(fileno, TUNSETIFF, struct.pack("16sH", name, mode.value))
+        except BaseException:
+            system.close(fileno)
+            raise
+        return fileno, result[:_IFNAMSIZ].strip(b"\0")
 
 
 def _openError(spec: str, name: str, e: Exception) -> OSError:
@@ -393,7 +417,7 @@ class TapService(Service):
         super().startService()
         assert self.link is not None
         port = self.switch.allocatePort(self.options.number)
-        self.options.apply(self.switch, port)
+        self.options.apply(self.switch, port, self.spec)
         self.link.plug(self.switch, port)
         log.info("{spec}: {description} on port {number}", spec=self.spec,
                  description=self.link.description, number=port.number)
@@ -425,10 +449,3 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
     options = PortOptions.fromSpec(spec)
     spec.checkKeywords()
     return TapService(switch, reactor, name, offload, options, spec.text)
-
-
-def parseOffloadArgument(value: int) -> bytes:
-    """
-    The C{TUNSETOFFLOAD} argument as bytes, for systems that take them.
-    """
-    return struct.pack("I", value)

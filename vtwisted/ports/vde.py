@@ -443,7 +443,7 @@ class VdeSwitchDirectory(Service):
             sock.close()
             raise
         link = VdeDataLink(self, control, sock, dataPath, port, request.description, uid)
-        self.options.apply(self.switch, port)
+        self.options.apply(self.switch, port, self.spec)
         self.links.append(link)
         self.switch.attach(port, link)
         transport: Any = control.transport

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 TPID = b"\x81\x00"
 TAG_LENGTH = 4
+#: MAC addresses, a tag and the EtherType: the shortest tagged frame.
+TAGGED_HEADER_LENGTH = 18
 #: VLAN ids usable for tagging (0 is the priority tag, 4095 reserved).
 MAX_VID = 4095
 
