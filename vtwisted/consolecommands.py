@@ -439,7 +439,8 @@ COMMANDS: Sequence[Command] = (
     Command("port/add", "SPEC", "add and start a port spec as --port does (tap:NAME, vde:DIR)",
             _portAdd, data=True, vde=False),
     Command("port/del", "N|SPEC",
-            "remove port N, its endpoints and its spec if it had no other port; or a SPEC",
+            "remove port N, closing its endpoints (a spec that brought only N, like a TAP, "
+            "goes too); or remove SPEC",
             _portDel, data=True, vde=False),
     _menu("vlan", "VLAN MANAGEMENT MENU"),
     Command("vlan/create", "N", "create the VLAN with tag N", _vlanCreate),

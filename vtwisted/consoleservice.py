@@ -87,6 +87,15 @@ class ConsoleService(Service):
         group: int | None = None,
         maxSessions: int = MAX_SESSIONS,
     ) -> None:
+        """
+        @param ops: the operations the commands call.
+        @param reactor: provides C{listenUNIX} and C{callLater}.
+        @param path: the socket's path (vde_switch's C{-M}).
+        @param mode: the socket's permissions (C{--mgmtmode}).
+        @param group: the socket's group id (C{--mgmtgroup}), if any.
+        @param maxSessions: sessions served at once; more are refused.
+        @raise ValueError: the path is too long or the mode is not one.
+        """
         if len(os.fsencode(path)) > MAX_SOCKET_PATH:
             raise ValueError(f"--mgmt {path}: longer than {MAX_SOCKET_PATH} bytes")
         if not 0 <= mode <= 0o777:
@@ -223,6 +232,10 @@ def addManagement(
     Give C{service} a console on C{mgmt} and run C{rcfile} at start, after
     the port specs (add this after them).
 
+    @param mgmt: the console socket's path, or L{None} for no console.
+    @param mgmtMode: its permissions.
+    @param mgmtGroup: its group id, if any.
+    @param rcfile: console commands to run at start, or L{None}.
     @raise ValueError: a setting is wrong or the rc file is unreadable.
     """
     ops = service.operations

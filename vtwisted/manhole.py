@@ -368,6 +368,15 @@ class ManholeService(Service):
         hostKeyPath: str | None = None,
     ) -> None:
         """
+        @param namespace: the names each login starts with.
+        @param reactor: listens and schedules.
+        @param endpoint: a server endpoint description (see
+            L{loopbackByDefault}).
+        @param keysFile: an OpenSSH C{authorized_keys} file.
+        @param passwordsFile: C{user:password} lines, only readable by its
+            owner; passwords are refused without it.
+        @param hostKeyPath: where the host key is kept (L{defaultHostKeyPath}
+            if L{None}).
         @raise ValueError: no way to log in, an unreadable file, a bad
             endpoint.
         """
@@ -449,7 +458,8 @@ def addManhole(
     hostKeyPath: str | None = None,
 ) -> ManholeService:
     """
-    Give C{service} an SSH manhole with C{switch}, C{service} and C{ops}.
+    Give C{service} an SSH manhole with C{switch}, C{service} and C{ops};
+    the arguments are those of L{ManholeService}.
     """
     namespace = {
         "switch": service.switch,
