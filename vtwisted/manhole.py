@@ -218,6 +218,12 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
 
     loginTimeout = LOGIN_TIMEOUT
 
+    def serviceStarted(self) -> None:
+        # Time out logins with the service's reactor, not the global one.
+        transport: Any = self.transport
+        self.clock = transport.factory.clock
+        super().serviceStarted()
+
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Any:
         d = super().tryAuth(kind, user, data)
         transport: Any = self.transport
@@ -249,8 +255,9 @@ class ManholeFactory(manhole_ssh.ConchFactory):
         b"ssh-connection": connection.SSHConnection,
     }
 
-    def __init__(self, realmPortal: portal.Portal, hostKey: keys.Key) -> None:
+    def __init__(self, realmPortal: portal.Portal, hostKey: keys.Key, clock: Any) -> None:
         super().__init__(realmPortal)
+        self.clock = clock
         # Twisted annotates these as bytes to bytes; they hold Key objects.
         public: Any = {hostKey.sshType(): hostKey.public()}
         private: Any = {hostKey.sshType(): hostKey}
@@ -407,7 +414,7 @@ class ManholeService(Service):
         self.privilegedStartService()
         assert self.hostKey is not None
         realm = ManholeRealm(self.namespace, self.reactor)
-        factory = ManholeFactory(portal.Portal(realm, self.checkers), self.hostKey)
+        factory = ManholeFactory(portal.Portal(realm, self.checkers), self.hostKey, self.reactor)
         outcome: list[Any] = []
         self.endpoint.listen(factory).addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):

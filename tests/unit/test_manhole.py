@@ -179,3 +179,23 @@ def test_runPythonPrintsValuesAndTracebacks() -> None:
     assert runPython("y = x; print(y)", namespace) == ("41\n", 0)
     output, status = runPython("1 / 0", namespace)
     assert status == 1 and "ZeroDivisionError" in output
+
+
+def test_loginTimeoutUsesTheServiceReactor(tmp_path) -> None:
+    """An SSH client that never logs in is timed out on the given clock."""
+    from types import SimpleNamespace
+
+    from twisted.cred import portal
+    from twisted.internet.task import Clock
+
+    from vtwisted.manhole import LOGIN_TIMEOUT, ManholeFactory, ManholeRealm, ManholeUserAuth
+
+    clock = Clock()
+    checker = checkerFor(tmp_path, newKey().public().toString("openssh"))
+    factory = ManholeFactory(portal.Portal(ManholeRealm({}, clock), [checker]), newKey(), clock)
+    auth = ManholeUserAuth()
+    auth.transport = SimpleNamespace(factory=factory, isEncrypted=lambda direction: True)
+    auth.serviceStarted()
+    (call,) = clock.getDelayedCalls()
+    assert call.getTime() == LOGIN_TIMEOUT
+    auth.serviceStopped()
