@@ -44,6 +44,8 @@ from vtwisted.wire.ethernet import MIN_FRAME
 DEFAULT_NUMPORTS = 32
 GC_INTERVAL = 2
 _TPID = vlanwire.TPID
+_VNET = vnet.HEADER_LENGTH
+_validate = vnet.validate
 
 
 class _Forms:
@@ -302,14 +304,14 @@ class Switch:
         """
         A link of C{port} read a virtio-net header and a frame.
         """
-        n = len(packet) - vnet.HEADER_LENGTH
+        n = len(packet) - _VNET
         c = port.counters
         c.inFrames += 1
         c.inBytes += n
         if n < MIN_FRAME:
             self._badLength(port, n)
             return
-        problem = vnet.validate(packet)
+        problem = _validate(packet)
         if problem is not None:
             port.dropped("malformed", f"bad virtio-net header: {problem}")
             return
