@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -193,3 +194,51 @@ def test_deletedTapIsNoticedWithoutTraffic(vswitch, namespaces, shortdir) -> Non
         time.sleep(0.1)
     assert re.search(r"^Port 0001 untagged_vlan=\d+ INACTIVE", status, re.M), status
     assert "goes down" in sw.logText() and name in sw.logText()
+
+
+#: Run as root but without CAP_NET_ADMIN: what an ordinary user has for TUN
+#: devices (the kernel checks the device owner, then the capability).  The
+#: tests cannot switch users: the Python installation lives in root's home.
+WITHOUT_NET_ADMIN = ["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-net_admin"]
+
+
+def test_persistentTapOwnedByTheUserWorksWithoutNetAdmin(processes, shortdir) -> None:
+    """Without CAP_NET_ADMIN the switch opens a persistent TAP its user owns, with offloads."""
+    need("setpriv")
+    from helpers import socketListening, sourceEnv, twistdArgv
+
+    name = uniqueName("vtu")
+    run("ip", "tuntap", "add", name, "mode", "tap", "user", str(os.geteuid()))
+    try:
+        log = shortdir / "capless.log"
+        sock = shortdir / "capless"
+        processes.start(
+            [*WITHOUT_NET_ADMIN, *twistdArgv("--sock", str(sock), "--tap", name,
+                                             logfile=str(log))],
+            env=sourceEnv(),
+        )
+        waitFor(lambda: socketListening(sock / "ctl"), what="switch without CAP_NET_ADMIN")
+        waitFor(lambda: "offload=csum,tso4" in log.read_text(), what="TAP opened with offloads")
+    finally:
+        run("ip", "tuntap", "del", name, "mode", "tap", check=False)
+
+
+def test_tapOfAnotherUserIsRefusedWithAdvice(shortdir) -> None:
+    """Without CAP_NET_ADMIN, another user's TAP fails start-up saying what to do."""
+    need("setpriv")
+    from helpers import sourceEnv, twistdArgv
+
+    name = uniqueName("vto")
+    run("ip", "tuntap", "add", name, "mode", "tap", "user", "65534")
+    try:
+        result = subprocess.run(
+            [*WITHOUT_NET_ADMIN, *twistdArgv("--sock", str(shortdir / "x"), "--tap", name)],
+            capture_output=True, text=True, timeout=60, env=sourceEnv(),
+        )
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert f"tap:{name}" in output and "Operation not permitted" in output, output
+        assert f"ip tuntap add {name} mode tap user" in output, output
+        assert not (shortdir / "x").exists(), "nothing is left behind"
+    finally:
+        run("ip", "tuntap", "del", name, "mode", "tap", check=False)
