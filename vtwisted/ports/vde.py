@@ -121,9 +121,9 @@ class VdeDataLink:
         self.linkId = transport.fileno() if transport is not None else sock.fileno()
         self._fileno = sock.fileno()
         self._recv = sock.recv
-        self._send = sock.send
         self._receive = directory.switch.frameReceived
         self._closed = False
+        self.sendFrame = self._makeSender(sock.send)  # type: ignore[method-assign]
 
     def __repr__(self) -> str:
         return f"<VdeDataLink {self.path}>"
@@ -177,17 +177,29 @@ class VdeDataLink:
 
     def sendFrame(self, frame: bytes) -> None:
         """
-        Send one frame; drop it if the client cannot take it now.
+        Send one frame; drop it if the client cannot take it now.  Replaced
+        per link by a closure from L{_makeSender}.
         """
-        try:
-            self._send(frame)
-        except BlockingIOError:
-            self.port.dropped("busy", f"{self.path}: client not reading (EAGAIN)")
-        except OSError as e:
-            self._sendFailed(e)
+
+    def _makeSender(self, send: Any) -> Any:
+        """
+        L{sendFrame} as a closure: it runs once per frame, so every attribute
+        lookup saved there counts.
+        """
+        failed = self._sendFailed
+
+        def sendFrame(frame: bytes) -> None:
+            try:
+                send(frame)
+            except OSError as e:
+                failed(e)
+
+        return sendFrame
 
     def _sendFailed(self, e: OSError) -> None:
-        if e.errno == errno.ENOBUFS:
+        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            self.port.dropped("busy", f"{self.path}: client not reading (EAGAIN)")
+        elif e.errno == errno.ENOBUFS:
             self.port.dropped("busy", f"{self.path}: no buffer space (ENOBUFS)")
         elif e.errno == errno.EMSGSIZE:
             self.port.dropped("mtu", f"{self.path}: message too long (EMSGSIZE)")
