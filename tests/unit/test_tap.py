@@ -124,10 +124,13 @@ class Rig:
         self.system = FakeTapSystem()
         self.services: list[tap.TapService] = []
 
-    def tap(self, name: str = "tap7", offload: bool = True, options: str = "") -> tap.TapService:
+    def tap(
+        self, name: str = "tap7", offload: bool = True, options: str = "", busyPoll: float = 0.0
+    ) -> tap.TapService:
         spec = PortSpec(f"tap:{name}" + (f":{options}" if options else ""))
         service = tap.TapService(self.switch, self.reactor, name, offload,
-                                 PortOptions.fromSpec(spec), spec.text, self.system)
+                                 PortOptions.fromSpec(spec), spec.text, self.system,
+                                 busyPoll=busyPoll)
         service.privilegedStartService()
         service.startService()
         self.services.append(service)
@@ -438,3 +441,64 @@ def test_optionsApplyToTheTapPort(rig: Rig) -> None:
     access.receive(f)
     assert tunnelOf(service).written() == [vnet.PLAIN_HEADER + f[:12] + b"\x81\x00\x00\x0a"
                                            + f[12:]]
+
+
+class SteppingClock:
+    """A clock that moves forward by C{step} each time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_busyPollingStopsSoonAfterTheLastPacket(rig: Rig) -> None:
+    """With busypoll on, the switch keeps reading a while after traffic stops, then sleeps."""
+    a, b = rig.tap("tapa", busyPoll=50e-6), rig.tap("tapb", busyPoll=50e-6)
+    drainer = a.link.drainer
+    assert drainer.spin == 50e-6
+    drainer.clock = SteppingClock(10e-6)
+    reads = []
+    original = b.link.readBatch
+
+    def counting() -> bool:
+        reads.append(1)
+        return original()
+
+    b.link.readBatch = counting  # type: ignore[method-assign]
+    tunnelOf(a).inject(vnet.PLAIN_HEADER + frame(BROADCAST, mac(1)))
+    a.link.doRead()
+    assert tunnelOf(b).written(), "the frame crossed"
+    # polled for about 50 microseconds of the stepping clock, then gave up
+    assert 2 <= len(reads) <= 10
+
+
+def test_busyPollingGivesTheReactorATurnUnderLoad(rig: Rig) -> None:
+    """Endless traffic keeps the poller busy at most MAX_SPIN before returning."""
+    a, b = rig.tap("tapa", busyPoll=1.0), rig.tap("tapb", busyPoll=1.0)
+    drainer = a.link.drainer
+    clock = SteppingClock(0.0001)
+    drainer.clock = clock
+    packet = vnet.PLAIN_HEADER + frame(BROADCAST, mac(1))
+    refill = a.link.readBatch
+
+    def endless() -> bool:
+        tunnelOf(a).inject(packet)
+        return refill()
+
+    a.link.readBatch = endless  # type: ignore[method-assign]
+    a.link.doRead()
+    assert clock.now <= drainer.MAX_SPIN + 0.001
+
+
+def test_busyPollOptionIsMicroseconds() -> None:
+    """tap:NAME:busypoll=0 turns polling off; out-of-range values are refused."""
+    switch = Switch()
+    service = tap.makeService(switch, PortSpec("tap:t1:busypoll=0"), None)
+    assert service.busyPoll == 0
+    assert tap.makeService(switch, PortSpec("tap:t1"), None).busyPoll == 50e-6
+    with pytest.raises(SpecError):
+        tap.makeService(switch, PortSpec("tap:t1:busypoll=-1"), None)
