@@ -478,7 +478,7 @@ def test_busyPollingStopsSoonAfterTheLastPacket(rig: Rig) -> None:
 
 def test_busyPollingGivesTheReactorATurnUnderLoad(rig: Rig) -> None:
     """Endless traffic keeps the poller busy at most MAX_SPIN before returning."""
-    a, b = rig.tap("tapa", busyPoll=1.0), rig.tap("tapb", busyPoll=1.0)
+    a, _other = rig.tap("tapa", busyPoll=1.0), rig.tap("tapb", busyPoll=1.0)
     drainer = a.link.drainer
     clock = SteppingClock(0.0001)
     drainer.clock = clock
