@@ -345,10 +345,7 @@ class TapLink(TuntapPort):
 
         def sendFrame(frame: bytes) -> None:
             try:
-                if link.vnetHeader:
-                    writev(fd, (*plainHeader, frame))
-                else:
-                    write(fd, frame)
+                writev(fd, (*plainHeader, frame))
             except OSError as e:
                 failed(e)
             if not link.touched:
@@ -356,7 +353,8 @@ class TapLink(TuntapPort):
                 pending.append(link)
 
         self.sendVnetPacket = sendVnetPacket  # type: ignore[method-assign]
-        self.sendFrame = sendFrame  # type: ignore[method-assign]
+        # without the header, a plain frame is written as it is
+        self.sendFrame = sendFrame if self.vnetHeader else sendVnetPacket  # type: ignore[method-assign,assignment]
 
     def sendFrame(self, frame: bytes) -> None:
         """
