@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
@@ -42,6 +43,7 @@ class ILink(Interface):
         "through L{sendVnetPacket}."
     )
     uid: int | None = Attribute("The user owning the peer, if known, for access control.")
+    port: Any = Attribute("The switch port it is plugged into, or None before that.")
 
     def sendFrame(frame: bytes) -> None:
         """
@@ -133,4 +135,23 @@ class IPortType(Interface):
         @return: an L{twisted.application.service.IService} which attaches
             its links when started and detaches them when stopped.
         @raise vtwisted.spec.SpecError: the spec's arguments are wrong.
+        """
+
+
+class IPortService(IService):
+    """
+    The service a port type makes from one spec, as the management
+    operations see it.  Port types should provide it; services that do not
+    are shown without ports.
+    """
+
+    spec: str = Attribute("The port spec it was made from, as written.")
+    listening: bool = Attribute(
+        "True if it accepts links for as long as it runs (a VDE directory), "
+        "false if it brings a fixed set of links (a TAP device)."
+    )
+
+    def currentLinks() -> list[ILink]:
+        """
+        The links it has plugged into the switch now.
         """

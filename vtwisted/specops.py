@@ -6,11 +6,10 @@ Theory of operation
 -------------------
 A port spec (C{--port} or C{port/add}) becomes a service of the
 L{vtwisted.service.SwitchService}; the ports it uses are found through the
-links of that service, which are plugged into switch ports.  There is no
-interface for this yet, so the service's attributes say it: a C{links} list
-(a VDE directory) means it listens for any number of clients and outlives
-any one of its ports; a single C{link} (a TAP device, a cable) means it
-brought one port of its own, and goes when that port is deleted.
+links of that service (L{vtwisted.interfaces.IPortService}), which are
+plugged into switch ports.  A service that listens (a VDE directory) takes any
+number of clients and outlives any one of its ports; one that does not (a TAP
+device, a cable) brought its ports itself, and goes when they are deleted.
 L{PortSpecOperations} is mixed into L{vtwisted.operations.SwitchOperations}.
 """
 
@@ -24,6 +23,7 @@ from twisted.logger import Logger
 
 from vtwisted import errors
 from vtwisted.errors import SwitchError
+from vtwisted.interfaces import IPortService
 from vtwisted.spec import SpecError
 from vtwisted.status import SpecStatus
 
@@ -38,11 +38,10 @@ def _serviceLinks(service: Any) -> tuple[list[Any], bool]:
     """
     The links of a port service and whether it listens for more.
     """
-    links = getattr(service, "links", None)
-    if isinstance(links, list):
-        return list(links), True
-    link = getattr(service, "link", None)
-    return ([] if link is None else [link]), False
+    provider = IPortService(service, None)
+    if provider is None:
+        return [], False
+    return list(provider.currentLinks()), bool(provider.listening)
 
 
 class PortSpecOperations:

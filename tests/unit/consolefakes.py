@@ -10,17 +10,26 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
+from vtwisted.interfaces import IPortService
 from vtwisted.operations import SwitchOperations
 from vtwisted.service import SwitchService
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, plug
 
 
+@implementer(IPortService)
 class SingleLinkService(Service):
     """
     A spec that brings one port of its own, as a TAP device does.
     """
+
+    listening = False
+    spec = "single"
+
+    def currentLinks(self) -> list[Any]:
+        return [] if self.link is None else [self.link]
 
     def __init__(self, switch: Switch, description: str) -> None:
         self.switch = switch
@@ -39,10 +48,17 @@ class SingleLinkService(Service):
             self.link = None
 
 
+@implementer(IPortService)
 class ListeningService(Service):
     """
     A spec that serves any number of clients, as a VDE directory does.
     """
+
+    listening = True
+    spec = "listen"
+
+    def currentLinks(self) -> list[Any]:
+        return list(self.links)
 
     def __init__(self, switch: Switch) -> None:
         self.switch = switch

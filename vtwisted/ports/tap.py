@@ -44,7 +44,7 @@ from twisted.pair.tuntap import TunnelFlags, TuntapPort
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vtwisted.interfaces import ILink
+from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
@@ -459,10 +459,13 @@ def _openError(spec: str, name: str, e: Exception) -> OSError:
     return OSError(code, f"{spec}: cannot open TAP device {name}: {text} (errno {code}){advice}")
 
 
+@implementer(IPortService)
 class TapService(Service):
     """
     The service of one C{tap:NAME} spec.
     """
+
+    listening = False
 
     def __init__(
         self,
@@ -502,6 +505,13 @@ class TapService(Service):
         self.link.plug(self.switch, port)
         log.info("{spec}: {description} on port {number}", spec=self.spec,
                  description=self.link.description, number=port.number)
+
+    def currentLinks(self) -> list[ILink]:
+        """
+        The device, while it is plugged in.
+        """
+        link = self.link
+        return [link] if link is not None and link.port is not None else []
 
     def linkGone(self, link: TapLink) -> None:
         """

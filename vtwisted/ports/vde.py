@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import errors
-from vtwisted.interfaces import ILink
+from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vdecontrol
@@ -294,10 +294,13 @@ class VdeControlProtocol(Protocol):
             self.link.close()
 
 
+@implementer(IPortService)
 class VdeSwitchDirectory(Service):
     """
     A vde_switch-compatible directory with its control socket.
     """
+
+    listening = True
 
     def __init__(
         self,
@@ -497,6 +500,12 @@ class VdeSwitchDirectory(Service):
             self._chgrp(path)
         except OSError as e:
             raise _Rejected(f"cannot bind {path}: {e.strerror} (errno {e.errno})") from None
+
+    def currentLinks(self) -> list[ILink]:
+        """
+        The clients connected now.
+        """
+        return list(self.links)
 
     def linkClosed(self, link: VdeDataLink) -> None:
         """
