@@ -1,0 +1,43 @@
+"""
+The switch service: its clock drives MAC aging; ports come and go at run time.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from vtwisted.app import buildService
+from vtwisted.testing import FakeLink, frame, mac, plug
+
+BROADCAST = b"\xff" * 6
+
+
+def test_serviceClockAgesTheMacTable() -> None:
+    """With the service running, an address silent past --macaddr-ttl is forgotten."""
+    clock = Clock()
+    clock.advance(1000)
+    service = buildService(clock, [], macTtl=30, defaultSock=False)
+    service.startService()
+    try:
+        a, b = FakeLink(), FakeLink()
+        plug(service.switch, a)
+        plug(service.switch, b)
+        b.receive(frame(BROADCAST, mac(2)))
+        clock.pump([1] * 20)
+        assert service.switch.fdb.lookup(0, mac(2)) is not None
+        clock.pump([1] * 15)
+        assert service.switch.fdb.lookup(0, mac(2)) is None
+        a.receive(frame(mac(2), mac(1)))
+        assert b.sent, "unknown again, so flooded"
+    finally:
+        service.stopService()
+
+
+def test_stoppedServiceStopsItsClock() -> None:
+    """After stopService no timer is left behind on the reactor."""
+    clock = Clock()
+    service = buildService(clock, [], defaultSock=False)
+    service.startService()
+    assert clock.getDelayedCalls()
+    service.stopService()
+    assert not clock.getDelayedCalls()
