@@ -32,10 +32,7 @@ import fcntl
 import os
 import re
 import struct
-import time
-from collections.abc import Callable
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from twisted.application.service import Service
 from twisted.logger import Logger
@@ -45,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
+from vtwisted.polling import drainerFor
 from vtwisted.portoptions import PortOptions
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
@@ -117,99 +115,6 @@ def checkName(spec: PortSpec, name: str | None) -> str:
             "(1 to 15 characters, no '/', ':', '%' or white space)"
         )
     return name
-
-
-class Drainer:
-    """
-    The TAP devices of a switch, read in a tight loop while traffic flows.
-
-    A write into a TAP device runs the receiving namespace's network stack
-    in the writer's system call, so the answer (a TCP ACK, a ping reply) is
-    often queued on that device by the time the write returns: L{pending}
-    lists the devices written to, and they are read again before going back
-    to the reactor, which saves a wake-up per round trip.
-
-    Then, for up to L{spin} seconds after the last packet, every device is
-    polled with non-blocking reads instead of sleeping in the reactor: a
-    sender on another CPU finds the switch awake, without the scheduler's
-    wake-up latency on the path of every packet (busy polling, as
-    C{net.core.busy_poll} does for sockets).  With no traffic the switch
-    sleeps as usual; a burst never keeps the reactor away for longer than
-    L{MAX_SPIN}.
-    """
-
-    #: Rounds of draining per wake-up, to bound the time away from the reactor.
-    ROUNDS = 8
-    #: The longest time spent polling before giving the reactor a turn.
-    MAX_SPIN = 0.002
-
-    def __init__(self, spin: float = 0.0, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.pending: list[TapLink] = []
-        self.links: list[TapLink] = []
-        self.spin = spin
-        self.clock = clock
-
-    def run(self) -> None:
-        """
-        Drain the devices written to, then poll while traffic flows.
-        """
-        self.drain()
-        if self.spin <= 0:
-            return
-        clock = self.clock
-        start = last = clock()
-        links = self.links
-        while True:
-            got = False
-            for link in links:
-                if link.readBatch():
-                    got = True
-            self.drain()
-            now = clock()
-            if got:
-                last = now
-            elif now - last > self.spin:
-                return
-            if now - start > self.MAX_SPIN:
-                return
-
-    def updateSpin(self) -> None:
-        """
-        Poll as long as the most patient device asks (C{busypoll=}).
-        """
-        self.spin = max((link.busyPoll for link in self.links), default=0.0)
-
-    def drain(self) -> None:
-        """
-        Read the devices written to until none has anything more.
-        """
-        pending = self.pending
-        for _ in range(self.ROUNDS):
-            if not pending:
-                return
-            links = pending[:]
-            pending.clear()
-            progress = False
-            for link in links:
-                link.touched = False
-            for link in links:
-                if link.connected and link.readBatch():
-                    progress = True
-            if not progress:
-                return
-
-
-_drainers: WeakKeyDictionary[Any, Drainer] = WeakKeyDictionary()
-
-
-def drainerFor(switch: Any) -> Drainer:
-    """
-    The L{Drainer} shared by every TAP port of C{switch}.
-    """
-    drainer = _drainers.get(switch)
-    if drainer is None:
-        drainer = _drainers[switch] = Drainer()
-    return drainer
 
 
 @implementer(ILink)

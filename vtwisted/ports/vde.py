@@ -15,10 +15,10 @@ the stream again: a byte there makes C{vde_plug} exit.  A bad request closes
 the stream without a reply, which is what clients expect; the reason is
 counted and logged once.
 
-Frames travel as one datagram each through a L{VdeDataLink}, which reads in
-batches per reactor wake-up and never blocks: a frame the client cannot take
-now is dropped and counted.  The link goes when its control stream closes,
-which is how a client that vanishes (even killed) is noticed.
+Frames travel as one datagram each through a L{VdeDataLink} (in
+L{vtwisted.ports.vdelink}), which reads in batches and never blocks.  The
+link goes when its control stream closes, which is how a client that
+vanishes (even killed) is noticed.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import maybeDeferred
-from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,6 +40,7 @@ from zope.interface import implementer
 from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.vdelink import VdeDataLink
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vdecontrol
 
@@ -48,8 +48,6 @@ log = Logger()
 
 #: Seconds a client may take to send its request.
 REQUEST_TIMEOUT = 10.0
-#: Frames read from one socket per reactor wake-up.
-READ_BATCH = 64
 #: Send buffer of each data socket: room for bursts to a slow client.
 SEND_BUFFER = 2 * 1024 * 1024
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -89,144 +87,6 @@ class _Rejected(Exception):
     """
     A request the switch will not serve; the message says why.
     """
-
-
-@implementer(ILink, IReadDescriptor)
-class VdeDataLink:
-    """
-    One VDE client's datagram socket, plugged into a switch port.
-    """
-
-    module = "unix prog"
-    vnetHeader = False
-
-    def __init__(
-        self,
-        directory: VdeSwitchDirectory,
-        control: VdeControlProtocol,
-        sock: socket.socket,
-        path: str,
-        port: Any,
-        description: str,
-        uid: int | None,
-    ) -> None:
-        self.directory = directory
-        self.control = control
-        self.socket = sock
-        self.path = path
-        self.port = port
-        self.description = description
-        self.uid = uid
-        transport: Any = control.transport
-        self.linkId = transport.fileno() if transport is not None else sock.fileno()
-        self._fileno = sock.fileno()
-        self._recv = sock.recv
-        self._receive = directory.switch.frameReceived
-        self._closed = False
-        self.sendFrame = self._makeSender(sock.send)  # type: ignore[method-assign]
-
-    def __repr__(self) -> str:
-        return f"<VdeDataLink {self.path}>"
-
-    # IReadDescriptor
-
-    def fileno(self) -> int:
-        return self._fileno
-
-    def logPrefix(self) -> str:
-        return f"vde {self.path}"
-
-    def doRead(self) -> None:
-        """
-        Hand every datagram waiting (up to a batch) to the switch.
-        """
-        recv = self._recv
-        receive = self._receive
-        port = self.port
-        size = port.maxFrame + 1
-        for _ in range(READ_BATCH):
-            try:
-                frame = recv(size)
-            except BlockingIOError:
-                return
-            except InterruptedError:
-                continue
-            except OSError as e:
-                self._readFailed(e)
-                return
-            try:
-                receive(port, frame)
-            except Exception:
-                log.failure("{link}: the switch failed on a frame", link=self)
-
-    def _readFailed(self, e: OSError) -> None:
-        if e.errno == errno.ECONNREFUSED:
-            return
-        log.error(
-            "{link}: reading failed: {error} (errno {errno}); closing",
-            link=self,
-            error=e.strerror,
-            errno=e.errno,
-        )
-        self.close()
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.close()
-
-    # ILink
-
-    def sendFrame(self, frame: bytes) -> None:
-        """
-        Send one frame; drop it if the client cannot take it now.  Replaced
-        per link by a closure from L{_makeSender}.
-        """
-
-    def _makeSender(self, send: Any) -> Any:
-        """
-        L{sendFrame} as a closure: it runs once per frame, so every attribute
-        lookup saved there counts.
-        """
-        failed = self._sendFailed
-
-        def sendFrame(frame: bytes) -> None:
-            try:
-                send(frame)
-            except OSError as e:
-                failed(e)
-
-        return sendFrame
-
-    def _sendFailed(self, e: OSError) -> None:
-        if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-            self.port.dropped("busy", f"{self.path}: client not reading (EAGAIN)")
-        elif e.errno == errno.ENOBUFS:
-            self.port.dropped("busy", f"{self.path}: no buffer space (ENOBUFS)")
-        elif e.errno == errno.EMSGSIZE:
-            self.port.dropped("mtu", f"{self.path}: message too long (EMSGSIZE)")
-        else:
-            self.port.dropped(
-                "peer", f"{self.path}: {e.strerror} (errno {e.errno}); client gone?"
-            )
-
-    def sendVnetPacket(self, packet: bytes) -> None:
-        raise NotImplementedError("VDE sockets carry plain frames only")
-
-    def close(self) -> None:
-        """
-        Unplug from the switch, close the socket, remove its file and close
-        the client's control stream (which makes C{vde_plug} exit).
-        """
-        if self._closed:
-            return
-        self._closed = True
-        self.directory.linkClosed(self)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        self.socket.close()
-        if self.control.transport is not None:
-            self.control.transport.loseConnection()
 
 
 class VdeControlProtocol(Protocol):
