@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from helpers import StreamPlug, execIn, need, needRoot, run, uniqueName, waitFor
@@ -242,3 +243,23 @@ def test_tapOfAnotherUserIsRefusedWithAdvice(shortdir) -> None:
         assert not (shortdir / "x").exists(), "nothing is left behind"
     finally:
         run("ip", "tuntap", "del", name, "mode", "tap", check=False)
+
+
+def test_tapOpensBeforeTwistdDropsPrivileges(processes, shortdir) -> None:
+    """twistd --uid: the TAP opens as root, then the switch runs as nobody."""
+    from helpers import socketListening, sourceEnv, twistdArgv
+
+    os.chmod(shortdir, 0o777)
+    name = uniqueName("vtd")
+    log = shortdir / "dropped.log"
+    sock = shortdir / "dropped"
+    argv = twistdArgv("--sock", str(sock), "--tap", name, logfile=str(log))
+    at = argv.index("vswitch")
+    argv[at:at] = ["--uid", "65534", "--gid", "65534"]
+    process = processes.start(argv, env=sourceEnv())
+    waitFor(lambda: socketListening(sock / "ctl"), what="switch after dropping privileges")
+    waitFor(lambda: "offload=csum" in log.read_text(), what="TAP opened")
+    status = (Path("/proc") / str(process.pid) / "status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {"65534"}, status
+    assert deviceExists(name)
