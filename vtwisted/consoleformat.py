@@ -34,6 +34,7 @@ from vtwisted.status import (
     VlanStatus,
 )
 from vtwisted.switchport import DROP_REASONS
+from vtwisted.wire.ethernet import formatMac
 
 #: The version vde_switch's clients see: the protocol level we implement.
 VDE_VERSION = "2.3.2"
@@ -61,13 +62,6 @@ def resultLine(code: int) -> str:
     if code == 0:
         return "1000 Success"
     return f"1{code:03d} {os.strerror(code)}"
-
-
-def macText(mac: bytes) -> str:
-    """
-    C{xx:xx:xx:xx:xx:xx}, lower-case hex.
-    """
-    return ":".join(f"{b:02x}" for b in mac)
 
 
 def userName(uid: int | None) -> str:
@@ -102,7 +96,7 @@ def showInfo(info: SwitchInfo) -> list[str]:
     C{showinfo}: the banner, an empty line, pid/MAC/uptime, console sockets.
     """
     lines = [*BANNER_LINES, ""]
-    lines.append(f"pid {info.pid} MAC {macText(info.mac)} uptime {info.uptime}")
+    lines.append(f"pid {info.pid} MAC {formatMac(info.mac)} uptime {info.uptime}")
     lines.extend(f"mgmt {path} perm 0{mode:03o}" for path, mode in info.consoles)
     return lines
 
@@ -217,7 +211,7 @@ def macLine(entry: MacEntryStatus) -> str:
     C{hash/print} and C{hash/find}: one learned address.
     """
     return (
-        f"Hash: {entry.bucket:04d} Addr: {macText(entry.mac)} VLAN {entry.vid:04d} "
+        f"Hash: {entry.bucket:04d} Addr: {formatMac(entry.mac)} VLAN {entry.vid:04d} "
         f"to port: {entry.port:03d}  age {entry.age} secs"
     )
 

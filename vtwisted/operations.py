@@ -47,6 +47,7 @@ from vtwisted.status import (
 )
 from vtwisted.switch import GC_INTERVAL
 from vtwisted.vlans import MAX_USER_VID, NOVLAN
+from vtwisted.wire.ethernet import formatMac
 
 if TYPE_CHECKING:
     from vtwisted.service import SwitchService
@@ -213,7 +214,7 @@ class SwitchOperations(PortSpecOperations):
         """
         entry = self.switch.fdb.lookup(vid, mac)
         if entry is None:
-            raise SwitchError(errno.ENODEV, f"{_macText(mac)} is not known in VLAN {vid}")
+            raise SwitchError(errno.ENODEV, f"{formatMac(mac)} is not known in VLAN {vid}")
         return self._entry(vid, mac, entry)
 
     def _entry(self, vid: int, mac: bytes, entry: Any) -> MacEntryStatus:
@@ -438,7 +439,3 @@ class SwitchOperations(PortSpecOperations):
             )
             for vlan in chosen
         ]
-
-
-def _macText(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
