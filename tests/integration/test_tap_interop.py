@@ -221,7 +221,9 @@ def test_persistentTapOwnedByTheUserWorksWithoutNetAdmin(processes, shortdir) ->
         waitFor(lambda: socketListening(sock / "ctl"), what="switch without CAP_NET_ADMIN")
         waitFor(lambda: "offload=csum,tso4" in log.read_text(), what="TAP opened with offloads")
     finally:
+        processes.stopAll()  # a persistent TAP in use cannot be deleted
         run("ip", "tuntap", "del", name, "mode", "tap", check=False)
+    assert not deviceExists(name), "the test leaves no device behind"
 
 
 def test_tapOfAnotherUserIsRefusedWithAdvice(shortdir) -> None:
