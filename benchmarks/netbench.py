@@ -110,6 +110,19 @@ def configure(ns: str, dev: str, address: str) -> None:
     sh("ip", "-n", ns, "link", "set", dev, "up")
 
 
+#: TCP congestion control for iperf3 (C{-C}); None means the system default.
+CONGESTION: str | None = None
+
+
+def congestionInUse() -> str:
+    """
+    The TCP congestion control the TCP rows use.
+    """
+    if CONGESTION:
+        return CONGESTION
+    return Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+
+
 def iperf(b: Bench, client: str, server: str, seconds: float, udp: bool = False) -> float:
     """
     Run iperf3 from C{client} to the server namespace; TCP: Gbit/s, UDP with
@@ -123,6 +136,8 @@ def iperf(b: Bench, client: str, server: str, seconds: float, udp: bool = False)
         raise RuntimeError(f"no connectivity: {ping.stdout}{ping.stderr}")
     argv = ["ip", "netns", "exec", client, "iperf3", "-c", SERVER_ADDR, "-t", str(seconds),
             "-J"]
+    if CONGESTION:
+        argv += ["-C", CONGESTION]
     if udp:
         argv += ["-u", "-b", "0", "-l", "18"]
     result = sh(*argv, check=False)
@@ -166,5 +181,12 @@ def summarize(name: str, values: list[float], unit: str) -> float:
     return median
 
 
-def ratio(label: str, ours: float, theirs: float) -> None:
-    print(f"  {label:<50} {ours / theirs:6.2f}x", flush=True)
+def ratio(label: str, ours: list[float], theirs: list[float]) -> None:
+    """
+    Print the ratio of two setups: the median of the ratios within each
+    round (the setups of one round ran minutes apart, so slow drifts of the
+    machine cancel), and the range over rounds.
+    """
+    ratios = sorted(o / t for o, t in zip(ours, theirs))
+    print(f"  {label:<50} {statistics.median(ratios):6.2f}x   (rounds: {ratios[0]:.2f}x to "
+          f"{ratios[-1]:.2f}x)", flush=True)

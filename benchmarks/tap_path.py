@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import netbench
 from netbench import (
     CLIENT_ADDR,
     SERVER_ADDR,
@@ -149,7 +150,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--only", nargs="*", default=None, help="names of setups to run")
+    parser.add_argument("--congestion", help="TCP congestion control (default: the system's)")
     args = parser.parse_args()
+    netbench.CONGESTION = args.congestion
     names = [n for n in SETUPS if args.only is None or any(o in n for o in args.only)]
     results: dict[tuple[str, bool], list[float]] = {}
     for udp in (False, True):
@@ -157,27 +160,31 @@ def main() -> None:
             for name in names:
                 results.setdefault((name, udp), []).append(
                     measure(SETUPS[name], args.seconds, udp))
-    medians = {}
+    print(f"TCP congestion control: {netbench.congestionInUse()}")
     print("TCP throughput (iperf3):")
     for name in names:
-        medians[(name, False)] = summarize(name, results[(name, False)], "Gbit/s")
+        summarize(name, results[(name, False)], "Gbit/s")
     print("UDP, 64-byte frames (iperf3 -u -l 18 -b 0), packets received:")
     for name in names:
-        medians[(name, True)] = summarize(name, results[(name, True)], "pkt/s")
+        summarize(name, results[(name, True)], "pkt/s")
     print("Ratios:")
     pairs = [
         ("vtwisted TAP offload", "Linux bridge offload", False,
          "TCP: vtwisted TAP / bridge offload"),
+        ("reference 40-line Python hub", "Linux bridge offload", False,
+         "TCP: reference hub / bridge offload"),
         ("vtwisted TAP offload", "vde_switch -t", False, "TCP: vtwisted TAP / vde_switch -t"),
         ("vtwisted TAP offload", "vde_switch -t", True, "UDP pps: vtwisted TAP / vde_switch -t"),
+        ("vtwisted TAP no offload", "vde_switch -t", True,
+         "UDP pps: vtwisted TAP offload=off / vde_switch -t"),
         ("vtwisted TAP->VDE+vde_plug", "vde_switch+vde_plug", False,
          "TCP: TAP->VDE / vde_switch+vde_plug"),
         ("vtwisted TAP->VDE+vde_plug", "vde_switch+vde_plug", True,
          "UDP pps: TAP->VDE / vde_switch+vde_plug"),
     ]
     for ours, theirs, udp, label in pairs:
-        if (ours, udp) in medians and (theirs, udp) in medians:
-            ratio(label, medians[(ours, udp)], medians[(theirs, udp)])
+        if (ours, udp) in results and (theirs, udp) in results:
+            ratio(label, results[(ours, udp)], results[(theirs, udp)])
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import netbench
 from netbench import (
     CLIENT_ADDR,
     SERVER_ADDR,
@@ -59,20 +60,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--congestion", help="TCP congestion control (default: the system's)")
     args = parser.parse_args()
+    netbench.CONGESTION = args.congestion
     print("VDE socket path: namespace - TAP - vde_plug - SWITCH - vde_plug - TAP - namespace")
     results: dict[tuple[str, bool], list[float]] = {}
     for udp in (False, True):
         for _ in range(args.rounds):
             for name, start in (("vde_switch", cSwitch), ("vtwisted", ourSwitch)):
                 results.setdefault((name, udp), []).append(measure(start, args.seconds, udp))
-    tcpC = summarize("vde_switch TCP", results[("vde_switch", False)], "Gbit/s")
-    tcpOurs = summarize("vtwisted TCP", results[("vtwisted", False)], "Gbit/s")
-    udpC = summarize("vde_switch UDP 64-byte", results[("vde_switch", True)], "pkt/s")
-    udpOurs = summarize("vtwisted UDP 64-byte", results[("vtwisted", True)], "pkt/s")
+    print(f"TCP congestion control: {netbench.congestionInUse()}")
+    summarize("vde_switch TCP", results[("vde_switch", False)], "Gbit/s")
+    summarize("vtwisted TCP", results[("vtwisted", False)], "Gbit/s")
+    summarize("vde_switch UDP 64-byte", results[("vde_switch", True)], "pkt/s")
+    summarize("vtwisted UDP 64-byte", results[("vtwisted", True)], "pkt/s")
     print("Ratios (vtwisted / vde_switch):")
-    ratio("TCP throughput", tcpOurs, tcpC)
-    ratio("UDP 64-byte packet rate", udpOurs, udpC)
+    ratio("TCP throughput", results[("vtwisted", False)], results[("vde_switch", False)])
+    ratio("UDP 64-byte packet rate", results[("vtwisted", True)], results[("vde_switch", True)])
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ GC_INTERVAL = 2
 _TPID = vlanwire.TPID
 _VNET = vnet.HEADER_LENGTH
 _validate = vnet.validate
+_knownHeaders = vnet.knownPlainHeaders
 
 
 class _Forms:
@@ -311,10 +312,12 @@ class Switch:
         if n < MIN_FRAME:
             self._badLength(port, n)
             return
-        problem = _validate(packet)
-        if problem is not None:
-            port.dropped("malformed", f"bad virtio-net header: {problem}")
-            return
+        shortest = _knownHeaders.get(packet[:_VNET])
+        if shortest is None or n + _VNET < shortest:
+            problem = _validate(packet)
+            if problem is not None:
+                port.dropped("malformed", f"bad virtio-net header: {problem}")
+                return
         tagged = packet[22:24] == _TPID
         if self.hub:
             self._deliver(port, packet, True, tagged, None, self._hubTargets)

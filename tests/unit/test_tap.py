@@ -14,7 +14,7 @@ import errno
 from collections.abc import Iterator
 
 import pytest
-from test_vnet import MAC_A, MAC_B, checkSegments, kernelPacket, randomPayload
+from test_vnet import MAC_A, MAC_B, UDP, checkSegments, kernelPacket, randomPayload
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -345,6 +345,22 @@ def test_malformedHeaderFromTheKernelIsNeverWritten(rig: Rig) -> None:
     assert a.link.port.counters.drops["malformed"] == 1
 
 
+def test_aKnownHeaderOnAFrameTooShortForItIsStillDropped(rig: Rig) -> None:
+    """
+    A header seen valid before (remembered so small packets skip the full check) is
+    refused on a frame too short for its checksum field, and never written.
+    """
+    a, b = rig.tap("tapa"), rig.tap("tapb")
+    good = kernelPacket(b"abc", gso=False, proto=UDP, macs=(MAC_B, MAC_A)).packet
+    short = good[:good[6] + vnet.HEADER_LENGTH + 2]
+    tunnelOf(a).inject(good)
+    tunnelOf(a).inject(short)
+    tunnelOf(a).inject(good)
+    a.link.doRead()
+    assert tunnelOf(b).written() == [good, good]
+    assert a.link.port.counters.drops["malformed"] == 1
+
+
 @pytest.mark.parametrize("code, reason", [(errno.EAGAIN, "busy"), (errno.ENOBUFS, "busy"),
                                           (errno.EIO, "down")])
 @pytest.mark.parametrize("offload", [True, False])
@@ -495,10 +511,11 @@ def test_busyPollingGivesTheReactorATurnUnderLoad(rig: Rig) -> None:
 
 
 def test_busyPollOptionIsMicroseconds() -> None:
-    """tap:NAME:busypoll=0 turns polling off; out-of-range values are refused."""
+    """tap:NAME:busypoll=USEC turns polling on (off by default); out-of-range values are
+    refused."""
     switch = Switch()
-    service = tap.makeService(switch, PortSpec("tap:t1:busypoll=0"), None)
-    assert service.busyPoll == 0
-    assert tap.makeService(switch, PortSpec("tap:t1"), None).busyPoll == 50e-6
+    service = tap.makeService(switch, PortSpec("tap:t1:busypoll=50"), None)
+    assert service.busyPoll == 50e-6
+    assert tap.makeService(switch, PortSpec("tap:t1"), None).busyPoll == 0
     with pytest.raises(SpecError):
         tap.makeService(switch, PortSpec("tap:t1:busypoll=-1"), None)

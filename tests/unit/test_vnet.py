@@ -694,6 +694,37 @@ def test_validateRejectsATruncatedTransportHeader() -> None:
     assert verdict is not None and "runs past the frame" in verdict
 
 
+@FAST
+@given(
+    st.binary(min_size=vnet.HEADER_LENGTH, max_size=vnet.HEADER_LENGTH),
+    st.integers(0, 200),
+    st.integers(0, 200),
+)
+def test_rememberedHeadersAgreeWithValidate(header: bytes, first: int, second: int) -> None:
+    """
+    A header without GSO that L{vnet.validate} accepted once is remembered with the
+    shortest packet it fits, and that memo never calls a packet safe that validate
+    would refuse.
+    """
+    header = header[:1] + b"\x00" + header[2:]
+    vnet.knownPlainHeaders.clear()
+    if vnet.validate(header + bytes(first)) is None:
+        assert header in vnet.knownPlainHeaders
+    packet = header + bytes(second)
+    shortest = vnet.knownPlainHeaders.get(header)
+    if shortest is not None and len(packet) >= shortest:
+        assert vnet.validate(packet) is None
+
+
+def test_gsoHeadersAreNotRemembered() -> None:
+    """
+    A GSO header's validity depends on the frame, so it is checked every time.
+    """
+    vnet.knownPlainHeaders.clear()
+    assert vnet.validate(GOOD) is None
+    assert GOOD[:vnet.HEADER_LENGTH] not in vnet.knownPlainHeaders
+
+
 # -- against the Linux kernel ---------------------------------------------------------------
 
 
