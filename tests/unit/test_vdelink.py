@@ -1,0 +1,85 @@
+"""
+The data side of a VDE connection, on real datagram sockets with a fake clock.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from vtwisted.ports.vdelink import VdeDataLink
+from vtwisted.switch import Switch
+from vtwisted.testing import frame, mac
+
+
+class Directory:
+    """
+    The little of L{vtwisted.ports.vde.VdeSwitchDirectory} a data link uses.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.switch = Switch()
+        self.reactor = reactor
+        self.closed: list[VdeDataLink] = []
+
+    def linkClosed(self, link: VdeDataLink) -> None:
+        self.closed.append(link)
+
+
+class Control:
+    transport = None
+
+
+def fill(sock: socket.socket, data: bytes) -> int:
+    """
+    Send C{data} until the peer's queue is full; the number sent.
+    """
+    sent = 0
+    while True:
+        try:
+            sock.send(data)
+        except BlockingIOError:
+            return sent
+        sent += 1
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(65536))
+        except BlockingIOError:
+            return got
+
+
+def test_fullClientIsNotTriedAgainUntilTheNextTurn() -> None:
+    """
+    A frame the client cannot take is dropped and counted; later frames of the same
+    reactor turn are dropped without trying, even if the client has read meanwhile;
+    from the next turn on, frames flow again.
+    """
+    ours, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    client.setblocking(False)
+    clock = Clock()
+    directory = Directory(clock)
+    port = directory.switch.allocatePort(None, None)
+    link = VdeDataLink(directory, Control(), ours, "/tmp/x/001.1", port,
+                       "test", None)
+    f = frame(mac(1), mac(2))
+    queued = fill(ours, f)
+    assert queued > 0
+    link.sendFrame(f)
+    assert port.counters.drops["busy"] == 1
+    assert len(drain(client)) == queued
+    link.sendFrame(f)
+    assert port.counters.drops["busy"] == 2
+    assert drain(client) == []
+    clock.advance(0)
+    link.sendFrame(f)
+    assert drain(client) == [f]
+    assert port.counters.drops["busy"] == 2
+    ours.close()
+    client.close()
