@@ -125,12 +125,17 @@ class Rig:
         self.services: list[tap.TapService] = []
 
     def tap(
-        self, name: str = "tap7", offload: bool = True, options: str = "", busyPoll: float = 0.0
+        self,
+        name: str = "tap7",
+        offload: bool = True,
+        options: str = "",
+        busyPoll: float = 0.0,
+        uso: bool = True,
     ) -> tap.TapService:
         spec = PortSpec(f"tap:{name}" + (f":{options}" if options else ""))
         service = tap.TapService(self.switch, self.reactor, name, offload,
                                  PortOptions.fromSpec(spec), spec.text, self.system,
-                                 busyPoll=busyPoll)
+                                 busyPoll=busyPoll, uso=uso)
         service.privilegedStartService()
         service.startService()
         self.services.append(service)
@@ -252,6 +257,15 @@ def test_kernelWithoutUsoFallsBackToTso(rig: Rig) -> None:
     assert tunnelOf(service).offloads == TSO_OFFLOADS
     assert service.link.offloads == TSO_OFFLOADS
     assert service.link.description == "tap7 offload=csum,tso4,tso6,ecn"
+
+
+def test_usoOffAsksForChecksumAndTsoOnly(rig: Rig) -> None:
+    """uso=off leaves USO out of TUNSETOFFLOAD; the spec option is parsed."""
+    service = rig.tap(uso=False)
+    assert rig.system.offloadCalls == [TSO_OFFLOADS]
+    assert service.link.description == "tap7 offload=csum,tso4,tso6,ecn"
+    assert tap.makeService(Switch(), PortSpec("tap:t1:uso=off"), None).uso is False
+    assert tap.makeService(Switch(), PortSpec("tap:t1"), None).uso is True
 
 
 def test_kernelRefusingEveryOffloadStillWorksWithSmallFrames(rig: Rig) -> None:

@@ -14,6 +14,6 @@ vde = PortType(
 tap = PortType(
     "tap",
     "vtwisted.ports.tap",
-    "tap:NAME[:offload=on|off][:busypoll=USEC] Linux TAP device, opened (or created) "
-    "by the switch, with virtio-net offloads",
+    "tap:NAME[:offload=on|off][:uso=on|off][:busypoll=USEC] Linux TAP device, opened "
+    "(or created) by the switch, with virtio-net offloads",
 )

@@ -131,13 +131,20 @@ class TapLink(TuntapPort):
     linkId = 0
 
     def __init__(
-        self, service: TapService, name: str, offload: bool, system: Any, reactor: Any
+        self,
+        service: TapService,
+        name: str,
+        offload: bool,
+        system: Any,
+        reactor: Any,
+        uso: bool = True,
     ) -> None:
         super().__init__(name.encode(), EthernetProtocol(), MAX_READ, reactor, system)
         self._mode = TunnelFlags.IFF_TAP
         if offload:
             self._mode |= TunnelFlags.IFF_VNET_HDR
         self.vnetHeader = offload
+        self.uso = uso
         self.service = service
         self.name = name
         self.offloads = 0
@@ -166,7 +173,7 @@ class TapLink(TuntapPort):
         self.description = f"{self.name} offload={offloadNames(self.offloads)}"
 
     def _negotiate(self) -> int:
-        for flags in OFFLOAD_CHOICES:
+        for flags in OFFLOAD_CHOICES if self.uso else OFFLOAD_CHOICES[1:]:
             try:
                 self._system.ioctl(self._fileno, TUNSETOFFLOAD, flags)
                 return flags
@@ -385,8 +392,10 @@ class TapService(Service):
         spec: str = "",
         system: Any = None,
         busyPoll: float = DEFAULT_BUSY_POLL,
+        uso: bool = True,
     ) -> None:
         self.switch = switch
+        self.uso = uso
         self.reactor = reactor
         self.busyPoll = busyPoll
         self.deviceName = name
@@ -399,7 +408,8 @@ class TapService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.link is None:
-            link = TapLink(self, self.deviceName, self.offload, self.system, self.reactor)
+            link = TapLink(self, self.deviceName, self.offload, self.system, self.reactor,
+                           self.uso)
             link.open()
             self.link = link
 
@@ -439,16 +449,20 @@ class TapService(Service):
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
     """
-    Build the service for C{tap:NAME[:offload=on|off][:busypoll=USEC]} and
-    the common options.
+    Build the service for
+    C{tap:NAME[:offload=on|off][:uso=on|off][:busypoll=USEC]} and the common
+    options.  C{uso=off} leaves UDP segmentation offload out of the offloads
+    asked for: UDP GSO senders then send ordinary datagrams, and TCP ran a
+    few per cent faster on the development machine.
     """
     (name,) = spec.positional(["device name"], 1)
     name = checkName(spec, name)
     offload = spec.boolean("offload", True)
+    uso = spec.boolean("uso", True)
     busyPoll = spec.integer("busypoll", round(DEFAULT_BUSY_POLL * 1e6), 0, 10000)
     options = PortOptions.fromSpec(spec)
     spec.checkKeywords()
     assert busyPoll is not None
     return TapService(
-        switch, reactor, name, offload, options, spec.text, busyPoll=busyPoll / 1e6
+        switch, reactor, name, offload, options, spec.text, busyPoll=busyPoll / 1e6, uso=uso
     )
