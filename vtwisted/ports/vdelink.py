@@ -14,8 +14,9 @@ the frames for it are dropped and counted without trying until the
 reactor's next turn: a socket rarely drains within one batch, and each
 failed send would cost a system call and an exception, CPU taken from the
 clients on the same machine (measured under a flood of 64-byte frames
-through two vde_plug clients: a few per cent more delivered).  Closing the link removes its
-socket file and closes the control stream, which makes C{vde_plug} exit.
+through two vde_plug clients: a few per cent more delivered).  Closing the
+link removes its socket file and closes the control stream, which makes
+C{vde_plug} exit.
 """
 
 from __future__ import annotations

@@ -429,6 +429,9 @@ def validate(packet: bytes) -> str | None:
 
 
 def _problem(packet: bytes) -> str | None:
+    """
+    What makes C{packet} unsafe to write, or None (see L{validate}).
+    """
     if len(packet) < HEADER_LENGTH:
         return f"packet of {len(packet)} bytes is shorter than the virtio-net header"
     size = len(packet) - HEADER_LENGTH
