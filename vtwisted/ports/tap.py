@@ -152,7 +152,6 @@ class TapLink(TuntapPort):
         self.description = name
         self._receive: Any = None
         self._warnedGone = False
-        self.touched = False
         self.drainer = drainerFor(service.switch)
         self._closing = False
         self.busyPoll: float = getattr(service, "busyPoll", DEFAULT_BUSY_POLL)
@@ -201,8 +200,8 @@ class TapLink(TuntapPort):
 
     def doRead(self) -> None:
         """
-        Hand every packet waiting (up to a budget) to the switch, then read
-        the devices this wake-up wrote to (see L{Drainer}).
+        Hand every packet waiting (up to a budget) to the switch, then keep
+        polling if busy polling is on (see L{Drainer}).
         """
         self.readBatch()
         self.drainer.run()
@@ -245,8 +244,6 @@ class TapLink(TuntapPort):
         write = self._system.write
         writev = self._system.writev
         failed = self._writeFailed
-        pending = self.drainer.pending
-        link = self
         plainHeader = (vnet.PLAIN_HEADER,)
 
         def sendVnetPacket(packet: bytes) -> None:
@@ -254,18 +251,12 @@ class TapLink(TuntapPort):
                 write(fd, packet)
             except OSError as e:
                 failed(e)
-            if not link.touched:
-                link.touched = True
-                pending.append(link)
 
         def sendFrame(frame: bytes) -> None:
             try:
                 writev(fd, (*plainHeader, frame))
             except OSError as e:
                 failed(e)
-            if not link.touched:
-                link.touched = True
-                pending.append(link)
 
         self.sendVnetPacket = sendVnetPacket  # type: ignore[method-assign]
         # without the header, a plain frame is written as it is
