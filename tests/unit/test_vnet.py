@@ -31,6 +31,7 @@ from typing import NamedTuple, TypeVar
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_checksum import referenceSum
 
 from vtwisted.wire import tcp, vlan, vnet
 from vtwisted.wire.ipv4 import IPv4Header
@@ -47,19 +48,7 @@ DST6 = bytes.fromhex("fd770000000000000000000000000002")
 TCP, UDP = 6, 17
 
 
-# -- an independent reference ------------------------------------------------
-
-
-def referenceSum(data: bytes) -> int:
-    """
-    RFC 1071 the textbook way: 16-bit words added, carries folded back.
-    """
-    if len(data) % 2:
-        data += b"\x00"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
+# -- an independent reference (referenceSum: RFC 1071 done the textbook way) ---
 
 
 def referenceChecksum(data: bytes) -> int:
