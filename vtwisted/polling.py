@@ -5,7 +5,7 @@ Theory of operation
 -------------------
 A sender on another CPU pays the scheduler's wake-up latency on every packet
 if the switch sleeps between packets.  When busy polling is asked for,
-L{Drainer} keeps reading every device of the switch for a short while after
+L{BusyPoller} keeps reading every device of the switch for a short while after
 the last packet instead of going back to the reactor, within a bound that
 keeps the reactor turning.  It is off by default: on the two-core machine
 it was measured on, the CPU it burns is taken from the namespaces' own
@@ -24,7 +24,7 @@ from weakref import WeakKeyDictionary
 
 class Pollable(Protocol):
     """
-    What a L{Drainer} needs of a device link.
+    What a L{BusyPoller} needs of a device link.
     """
 
     busyPoll: float
@@ -36,7 +36,7 @@ class Pollable(Protocol):
         """
 
 
-class Drainer:
+class BusyPoller:
     """
     The devices of one switch, read in a tight loop while traffic flows.
 
@@ -81,14 +81,14 @@ class Drainer:
         self.spin = max((link.busyPoll for link in self.links), default=0.0)
 
 
-_drainers: WeakKeyDictionary[Any, Drainer] = WeakKeyDictionary()
+_pollers: WeakKeyDictionary[Any, BusyPoller] = WeakKeyDictionary()
 
 
-def drainerFor(switch: Any) -> Drainer:
+def pollerFor(switch: Any) -> BusyPoller:
     """
-    The L{Drainer} shared by the devices of C{switch}.
+    The L{BusyPoller} shared by the devices of C{switch}.
     """
-    drainer = _drainers.get(switch)
-    if drainer is None:
-        drainer = _drainers[switch] = Drainer()
-    return drainer
+    poller = _pollers.get(switch)
+    if poller is None:
+        poller = _pollers[switch] = BusyPoller()
+    return poller

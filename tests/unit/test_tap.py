@@ -488,9 +488,9 @@ class SteppingClock:
 def test_busyPollingStopsSoonAfterTheLastPacket(rig: Rig) -> None:
     """With busypoll on, the switch keeps reading a while after traffic stops, then sleeps."""
     a, b = rig.tap("tapa", busyPoll=50e-6), rig.tap("tapb", busyPoll=50e-6)
-    drainer = a.link.drainer
-    assert drainer.spin == 50e-6
-    drainer.clock = SteppingClock(10e-6)
+    poller = a.link.poller
+    assert poller.spin == 50e-6
+    poller.clock = SteppingClock(10e-6)
     reads = []
     original = b.link.readBatch
 
@@ -509,9 +509,9 @@ def test_busyPollingStopsSoonAfterTheLastPacket(rig: Rig) -> None:
 def test_busyPollingGivesTheReactorATurnUnderLoad(rig: Rig) -> None:
     """Endless traffic keeps the poller busy at most MAX_SPIN before returning."""
     a, _other = rig.tap("tapa", busyPoll=1.0), rig.tap("tapb", busyPoll=1.0)
-    drainer = a.link.drainer
+    poller = a.link.poller
     clock = SteppingClock(0.0001)
-    drainer.clock = clock
+    poller.clock = clock
     packet = vnet.PLAIN_HEADER + frame(BROADCAST, mac(1))
     refill = a.link.readBatch
 
@@ -521,7 +521,7 @@ def test_busyPollingGivesTheReactorATurnUnderLoad(rig: Rig) -> None:
 
     a.link.readBatch = endless  # type: ignore[method-assign]
     a.link.doRead()
-    assert clock.now <= drainer.MAX_SPIN + 0.001
+    assert clock.now <= poller.MAX_SPIN + 0.001
 
 
 def test_busyPollOptionIsMicroseconds() -> None:

@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
-from vtwisted.polling import drainerFor
+from vtwisted.polling import pollerFor
 from vtwisted.portoptions import PortOptions
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
@@ -71,7 +71,7 @@ _OFFLOAD_NAMES = (
 )
 #: Largest read: a 64 KB super-frame, its header and a VLAN tag.
 MAX_READ = 65536 + vnet.HEADER_LENGTH + 4 + 64
-#: Seconds to keep polling the TAP devices after the last packet (see Drainer).
+#: Seconds to keep polling the TAP devices after the last packet (see BusyPoller).
 #: Off by default: on the two-core machine this was measured on, polling
 #: gained no TCP throughput and cost 7 % of the 64-byte UDP packet rate, the
 #: CPU it burns being taken from the namespaces' own stacks.
@@ -152,7 +152,7 @@ class TapLink(TuntapPort):
         self.description = name
         self._receive: Any = None
         self._warnedGone = False
-        self.drainer = drainerFor(service.switch)
+        self.poller = pollerFor(service.switch)
         self._closing = False
         self.busyPoll: float = getattr(service, "busyPoll", DEFAULT_BUSY_POLL)
 
@@ -188,8 +188,8 @@ class TapLink(TuntapPort):
         Attach to C{port} and start reading.
         """
         self.port = port
-        self.drainer.links.append(self)
-        self.drainer.updateSpin()
+        self.poller.links.append(self)
+        self.poller.updateSpin()
         self._makeSenders()
         if self.vnetHeader:
             self._receive = switch.vnetPacketReceived
@@ -201,10 +201,10 @@ class TapLink(TuntapPort):
     def doRead(self) -> None:
         """
         Hand every packet waiting (up to a budget) to the switch, then keep
-        polling if busy polling is on (see L{Drainer}).
+        polling if busy polling is on (see L{BusyPoller}).
         """
         self.readBatch()
-        self.drainer.run()
+        self.poller.run()
 
     def readBatch(self) -> bool:
         """
@@ -316,9 +316,9 @@ class TapLink(TuntapPort):
         Stop reading and close the file descriptor.
         """
         self._closing = True
-        if self in self.drainer.links:
-            self.drainer.links.remove(self)
-            self.drainer.updateSpin()
+        if self in self.poller.links:
+            self.poller.links.remove(self)
+            self.poller.updateSpin()
         if self.connected:
             self.stopReading()
             self.connectionLost(Failure(ConnectionError("closed")))
