@@ -173,6 +173,8 @@ def main() -> None:
          "TCP: vtwisted TAP / bridge offload"),
         ("reference 40-line Python hub", "Linux bridge offload", False,
          "TCP: reference hub / bridge offload"),
+        ("vtwisted TAP offload", "reference 40-line Python hub", False,
+         "TCP: vtwisted TAP / reference hub"),
         ("vtwisted TAP offload", "vde_switch -t", False, "TCP: vtwisted TAP / vde_switch -t"),
         ("vtwisted TAP offload", "vde_switch -t", True, "UDP pps: vtwisted TAP / vde_switch -t"),
         ("vtwisted TAP no offload", "vde_switch -t", True,
