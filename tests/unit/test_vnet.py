@@ -705,13 +705,81 @@ def test_rememberedHeadersAgreeWithValidate(header: bytes, first: int, second: i
         assert vnet.validate(packet) is None
 
 
-def test_gsoHeadersAreNotRemembered() -> None:
+_GSO_HEADERS = st.builds(
+    struct.pack,
+    st.just("<BBHHHH"),
+    st.sampled_from([0, 1, 2, 3]),
+    st.sampled_from([0, 1, 3, 4, 5, 0x81, 0x84, 0x85]),
+    st.integers(0, 120),
+    st.sampled_from([0, 1, 8, 1448, 0xFFFF]),
+    st.integers(0, 90),
+    st.sampled_from([0, 6, 16]),
+)
+_ETHER_TYPES = st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x81\x00", b"\x08\x06"])
+
+
+@FAST
+@given(_GSO_HEADERS, _ETHER_TYPES, _ETHER_TYPES, _ETHER_TYPES, st.integers(0, 700),
+       st.integers(0, 700))
+@example(GOOD[:10], b"\x08\x00", b"\x08\x00", b"\x08\x06", 60, 60)
+@example(struct.pack("<BBHHHH", 1, 1, 0, 1448, 34, 16), b"\x08\x00", b"\x08\x00",
+         b"\x08\x00", 200, 35)
+def test_rememberedGsoHeadersAgreeWithTheFullCheck(
+    header: bytes, firstType: bytes, secondType: bytes, innerType: bytes, first: int,
+    second: int,
+) -> None:
     """
-    A GSO header's validity depends on the frame, so it is checked every time.
+    Whatever packet primed the memo of GSO headers, L{vnet.validate} gives the
+    same verdict as the full check on the next packet with the same header.
     """
-    vnet.knownPlainHeaders.clear()
+    vnet.knownGsoHeaders.clear()
+
+    def packet(etherType: bytes, length: int) -> bytes:
+        body = bytes(12) + etherType + bytes(2) + innerType + bytes(length)
+        return header + body
+
+    vnet.validate(packet(firstType, first))
+    candidate = packet(secondType, second)
+    assert (vnet.validate(candidate) is None) == (vnet._problem(candidate) is None)
+
+
+def test_gsoHeadersAreRemembered() -> None:
+    """
+    An untagged GSO header found valid is remembered with its EtherType; a
+    frame of another EtherType, or too short, is still refused with the
+    reason.
+    """
+    vnet.knownGsoHeaders.clear()
     assert vnet.validate(GOOD) is None
-    assert GOOD[:vnet.HEADER_LENGTH] not in vnet.knownPlainHeaders
+    assert GOOD[:vnet.HEADER_LENGTH] in vnet.knownGsoHeaders
+    assert vnet.validate(GOOD) is None
+    verdict = vnet.validate(_patched(GOOD, 22, b"\x08\x06"))
+    assert verdict is not None and "EtherType 0x0806" in verdict
+    verdict = vnet.validate(GOOD[:60])
+    assert verdict is not None and "is larger than the 50-byte frame" in verdict
+
+
+def test_rememberedUdpGsoHeadersKeepTheSegmentLimit() -> None:
+    """
+    A USO header remembered from a short packet still refuses a packet of more
+    than L{vnet.USO_MAX_SEGMENTS} datagrams.
+    """
+    vnet.knownGsoHeaders.clear()
+    assert vnet.validate(UDP_GOOD) is None
+    huge = UDP_GOOD + bytes(1000 * vnet.USO_MAX_SEGMENTS)
+    verdict = vnet.validate(huge)
+    assert verdict is not None and "more than 64 UDP segments" in verdict
+
+
+def test_taggedGsoHeadersAreNotRemembered() -> None:
+    """
+    A tagged frame's validity also depends on its inner EtherType, so its
+    header is checked in full every time.
+    """
+    vnet.knownGsoHeaders.clear()
+    tagged = kernelPacket(bytes(3000), 1000, vid=5).packet
+    assert vnet.validate(tagged) is None
+    assert tagged[:vnet.HEADER_LENGTH] not in vnet.knownGsoHeaders
 
 
 # -- against the Linux kernel ---------------------------------------------------------------
