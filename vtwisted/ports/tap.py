@@ -443,8 +443,8 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
     Build the service for
     C{tap:NAME[:offload=on|off][:uso=on|off][:busypoll=USEC]} and the common
     options.  C{uso=off} leaves UDP segmentation offload out of the offloads
-    asked for: UDP GSO senders then send ordinary datagrams, and TCP ran a
-    few per cent faster on the development machine.
+    asked for: UDP GSO senders then send ordinary datagrams (for a kernel or
+    a peer that mishandles them; TCP ran level with and without it).
     """
     (name,) = spec.positional(["device name"], 1)
     name = checkName(spec, name)
