@@ -106,7 +106,7 @@ class CommandInterpreter:
             return Reply("")
         command = findCommand(self.commands, line)
         if command is None or command.handler is None:
-            unknown = SwitchError(errno.ENOSYS, f"unknown command {line.split()[0]!r}")
+            unknown = SwitchError(errno.ENOSYS, f"unknown command {(line.split() or [line])[0]!r}")
             return Reply(fmt.resultLine(unknown.errno) + "\n", None, unknown)
         argument = line[len(command.path) :].lstrip(" \t")
         context = CommandContext(self.ops, self, depth)
@@ -254,7 +254,12 @@ class ConsoleProtocol(Protocol):
         self._write(fmt.resultLine(errno.E2BIG) + "\n" + fmt.PROMPT)
 
     def _run(self, line: bytes) -> None:
-        reply = self.factory.interpreter.execute(line.decode("utf-8", "surrogateescape"))
+        try:
+            reply = self.factory.interpreter.execute(line.decode("utf-8", "surrogateescape"))
+        except Exception:
+            log.failure("management console: the interpreter failed on {line!r}", line=line)
+            self._write(fmt.resultLine(errno.EIO) + "\n" + fmt.PROMPT)
+            return
         if reply.end is not None:
             self._end(reply.end.shutdown)
             return

@@ -58,7 +58,7 @@ SCRIPT = [
     "port/sethub 1", "port/showinfo", "port/sethub 0", "hash/setexpire 50", "hash/setminper 5",
     "hash/setsize 100", "hash/showinfo", "hash/setexpire 100", "hash/setminper 3",
     "hash/find zz", "hash/find 1:2:3:4:5:6", "hash/print", "nosuchcmd", "hash/showinfoXYZ",
-    "", "# a comment", "   port/showinfo", "port/remove 9",
+    "", "# a comment", "   port/showinfo", "\x0b", "\x0c\x1c", "\x85", "port/remove 9",
     "port/remove 9", "vlan/remove 10", "vlan/remove 10", "vlan/remove 5000", "vlan/remove 4093",
     "port/createauto", "port/allprint 1", "port/remove 1",
 ]

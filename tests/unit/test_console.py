@@ -124,7 +124,8 @@ def test_blankAndCommentLinesAnswerNothing(setup) -> None:
 def test_unknownCommandIsENOSYS(setup) -> None:
     """An unknown command (or a menu name) answers 1038."""
     interpreter, _, _ = setup
-    for line in ("nosuchcmd", "port", "hash", "\xff\xfe junk", "Help"):
+    for line in ("nosuchcmd", "port", "hash", "\xff\xfe junk", "Help", "\x0b", "\x0c\x1c",
+                 "\x85", "\u3000"):
         assert run(interpreter, line) == "1038 Function not implemented\n"
 
 
@@ -405,6 +406,31 @@ def test_binaryJunkIsAnUnknownCommand(factory) -> None:
     out = session.send(bytes(range(1, 256)).replace(b"\n", b"") + b"\n")
     assert out == b"1038 Function not implemented\n" + PROMPT
     assert (dict(ops.switch.ports), sorted(ops.switch.vlans.vlans)) == before
+
+
+def test_interpreterFailureIsAnsweredAndTheSessionGoesOn(factory, monkeypatch) -> None:
+    """
+    Should the interpreter itself raise, the line gets 1005 and a logged
+    traceback, and the session keeps working.
+    """
+    session = Session(factory)
+    real = factory.interpreter.execute
+
+    def failing(line: str, depth: int = 0) -> console.Reply:
+        if line == "boom":
+            raise RuntimeError("interpreter bug")
+        return real(line, depth)
+
+    monkeypatch.setattr(factory.interpreter, "execute", failing)
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        assert session.send(b"boom\n") == b"1005 Input/output error\n" + PROMPT
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert any(e.get("log_failure") and e.get("line") == b"boom" for e in logged)
+    assert session.send(b"vlan/create 4\n") == b"1000 Success\n" + PROMPT
+    assert not session.transport.disconnecting
 
 
 def test_logoutEndsWithoutNewline(factory) -> None:
