@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 
 import pytest
 from consolefakes import makeOperations
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -127,6 +130,19 @@ def test_unknownCommandIsENOSYS(setup) -> None:
     for line in ("nosuchcmd", "port", "hash", "\xff\xfe junk", "Help", "\x0b", "\x0c\x1c",
                  "\x85", "\u3000"):
         assert run(interpreter, line) == "1038 Function not implemented\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_anyLineGetsAReply(line: bytes) -> None:
+    """
+    Whatever bytes a client sends as a line, the interpreter answers with
+    nothing or with lines ending in a result line; it never raises.
+    """
+    interpreter = CommandInterpreter(makeOperations()[0])
+    reply = interpreter.execute(line.decode("utf-8", "surrogateescape"))
+    if reply.end is None and reply.text:
+        assert re.fullmatch(r"\d{4} [^\n]*", reply.text.rstrip("\n").split("\n")[-1])
 
 
 def test_prefixDispatchAndAtoi(setup) -> None:
