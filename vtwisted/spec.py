@@ -54,6 +54,8 @@ class PortSpec:
             args, kwargs = _parse(text)
         except (RuntimeError, StopIteration):
             raise SpecError(text, "ends with a lone backslash") from None
+        except UnicodeEncodeError as e:
+            raise SpecError(text, f"option name {e.object!r} is not ASCII") from None
         if not args or not args[0]:
             raise SpecError(text, "has no port type prefix (expected PREFIX:ARGS)")
         self.prefix: str = args[0]
