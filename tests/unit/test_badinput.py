@@ -9,11 +9,15 @@ import pytest
 from consolefakes import makeOperations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from test_vlans import port
+from test_vnet import UDP, kernelPacket
 
 from vtwisted.console import CommandInterpreter
 from vtwisted.consolecommands import COMMANDS
 from vtwisted.errors import SwitchError
 from vtwisted.spec import SpecError
+from vtwisted.switch import Switch
+from vtwisted.wire import vnet
 
 #: Commands that would touch the world with a valid argument (start ports,
 #: read files, stop the switch); their parsing is covered by their own tests.
@@ -61,3 +65,57 @@ def test_randomPortSpecsAreRefusedClearly(text: str) -> None:
         assert str(e)
     except OSError as e:
         pytest.fail(f"{text!r}: {e!r} while only validating")
+
+
+def _mutated(base: bytes, changes: list[tuple[int, int]], cut: int) -> bytes:
+    data = bytearray(base)
+    for offset, value in changes:
+        data[offset % len(data)] = value
+    return bytes(data[: max(cut, 0) or len(data)])
+
+
+_BASES = [
+    kernelPacket(bytes(3000), 1448).packet,
+    kernelPacket(bytes(3000), 1448, v6=True).packet,
+    kernelPacket(bytes(3000), 1000, proto=UDP).packet,
+    kernelPacket(bytes(3000), 1448, vid=5).packet,
+    kernelPacket(bytes(100), gso=False).packet,
+    kernelPacket(bytes(100), gso=False, proto=UDP, vid=5).packet,
+]
+PACKETS = st.one_of(
+    st.binary(max_size=120),
+    st.builds(_mutated, st.sampled_from(_BASES),
+              st.lists(st.tuples(st.integers(0, 90), st.integers(0, 255)), max_size=4),
+              st.integers(-3000, 3100)),
+)
+
+
+@PROP
+@given(st.lists(st.tuples(st.integers(0, 4), PACKETS), max_size=25))
+def test_switchSurvivesAnyFrame(sends: list[tuple[int, bytes]]) -> None:
+    """
+    Whatever the ports send (garbage, truncated or corrupted super-frames,
+    tagged or not), the switch counts every frame, never raises, never
+    writes a packet a TAP would refuse, and never sends a runt or oversized
+    plain frame.
+    """
+    switch = Switch()
+    links = [
+        port(switch, 0, (), False, True),
+        port(switch, None, (5,), False, True),
+        port(switch, 0, (), True, True),
+        port(switch, 0, (5,), False, False),
+        port(switch, 5, (), False, False),
+    ]
+    for i, data in sends:
+        link = links[i]
+        if link.vnetHeader:
+            link.receivePacket(data)
+        else:
+            link.receive(data[vnet.HEADER_LENGTH :])
+    assert sum(link.port.counters.inFrames for link in links) == len(sends)
+    for link in links:
+        for packet in link.sentPackets:
+            assert vnet.validate(packet) is None, packet.hex()
+        for f in link.sent:
+            assert 14 <= len(f) <= link.port.maxFrame
