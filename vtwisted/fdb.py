@@ -6,8 +6,9 @@ Theory of operation
 Each VLAN has its own dictionary from a 6-byte MAC address to a L{MacEntry}
 (the port it was last seen on and when), so the forwarding path looks up a
 plain C{bytes} key and never builds a tuple per frame.  The switch refreshes
-an entry in place on every frame from a known address; L{MacTable.learn} is
-only called when an address is new or has moved.
+an entry in place on frames from a known address (at least on the first of
+each second: later ones may take a remembered route, see L{vtwisted.switch});
+L{MacTable.learn} is only called when an address is new or has moved.
 
 The table is bounded in total across VLANs: a flood of random source
 addresses evicts the oldest learned entries of the same VLAN (insertion
@@ -16,11 +17,15 @@ flat.  Entries older than C{expiry} seconds go at each L{MacTable.expire}
 sweep.  An address seen on another port moves only if its entry is older than
 C{minPersistence} seconds, as in vde_switch, so a looped frame cannot steal
 an active station's address.
+
+Every change to where an address leads (a new entry, a move, an eviction,
+expiry, a flush) calls L{MacTable.onChange}: the switch forgets its cached
+routes then (see L{vtwisted.switch}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 DEFAULT_CAPACITY = 16384
@@ -70,6 +75,8 @@ class MacTable:
         self.evictions = 0
         self.moves = 0
         self.movesRefused = 0
+        #: Called after every change to where an address leads.
+        self.onChange: Callable[[], None] = _nothing
 
     def forVlan(self, vid: int) -> dict[bytes, MacEntry]:
         """
@@ -92,6 +99,7 @@ class MacTable:
                 entry.port = port
                 entry.seen = now
                 self.moves += 1
+                self.onChange()
             else:
                 self.movesRefused += 1
             return
@@ -99,6 +107,7 @@ class MacTable:
             self._evictFor(table)
         table[mac] = MacEntry(port, now)
         self.size += 1
+        self.onChange()
 
     def _evictFor(self, table: dict[bytes, MacEntry]) -> None:
         """
@@ -130,6 +139,8 @@ class MacTable:
                 del table[mac]
             removed += len(old)
         self.size -= removed
+        if removed:
+            self.onChange()
         return removed
 
     def flush(self, port: Any = None, vid: int | None = None) -> int:
@@ -151,6 +162,8 @@ class MacTable:
                 del table[mac]
             removed += len(gone)
         self.size -= removed
+        if removed:
+            self.onChange()
         return removed
 
     def entries(self) -> Iterator[tuple[int, bytes, MacEntry]]:
@@ -176,3 +189,9 @@ def bucketOf(mac: bytes, vid: int, size: int) -> int:
     x ^= x >> 33
     x = (x * 0xC4CEB9FE1A85EC53) & mask
     return x & (size - 1)
+
+
+def _nothing() -> None:
+    """
+    The default L{MacTable.onChange}.
+    """

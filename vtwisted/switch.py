@@ -16,8 +16,15 @@ destination and sends to that port, or floods to every other active member of
 the VLAN.  A port receives a frame tagged if it is a tagged member of the
 frame's VLAN and untagged if that VLAN is its untagged one.
 
-The common case (an untagged frame to a known port in the same VLAN) takes
-two dictionary operations and one call.  Anything else goes through
+The common case (an untagged frame to a known port in the same VLAN) is
+remembered as a route: the ingress port's C{routes} maps the frame's first
+bytes (virtio-net header if any, addresses, EtherType) to the egress port and
+the frame lengths the route holds for, so the next frames of the flow take
+one dictionary lookup and one call.  Routes are only installed once the
+source address is learned on the ingress port, and every change that could
+alter a decision (the MAC table, VLAN membership, links, MTUs, hub mode)
+forgets them all; so does every L{Switch.tick}, so that the first frame of
+each second refreshes its source address's age.  Anything else goes through
 L{_Forms}, which makes each form an egress port may need (tag added or
 removed, virtio-net header kept or resolved into plain frames) at most once
 per received frame, whatever the number of destinations.
@@ -46,6 +53,10 @@ GC_INTERVAL = 2
 _TPID = vlanwire.TPID
 _VNET = vnet.HEADER_LENGTH
 _validate = vnet.validate
+_knownGso = vnet.knownGsoHeaders
+#: The most routes one port remembers.
+ROUTE_LIMIT = 1024
+_NO_LIMIT = 1 << 62
 _knownHeaders = vnet.knownPlainHeaders
 
 
@@ -121,6 +132,7 @@ class Switch:
         self.fdb = macTable if macTable is not None else MacTable()
         self.ports: dict[int, SwitchPort] = {}
         self.vlans = VlanRegistry(self.fdb)
+        self.fdb.onChange = self.vlans.onChange = self.forgetRoutes
         self.now = 0
         self._lastSweep = 0
         self._hubTargets: tuple[SwitchPort, ...] = ()
@@ -140,7 +152,7 @@ class Switch:
             return self._createPort(number, allocatable=True)
         if port.links and uid is not None and port.currentUser not in (None, uid):
             raise errors.busy(f"port {number} is in use by another user")
-        self._checkAccess(port, uid)
+        port.checkAccess(uid)
         return port
 
     def _anonymousPort(self) -> SwitchPort:
@@ -152,17 +164,9 @@ class Switch:
                 return port
         raise errors.SwitchError(28, f"all {self.numPorts - 1} ports are in use")
 
-    def _checkAccess(self, port: SwitchPort, uid: int | None) -> None:
-        if port.user is None and port.group is None:
-            return
-        if uid is None or uid == 0 or uid == port.user:
-            return
-        if port.group is not None and _inGroup(uid, port.group):
-            return
-        raise errors.SwitchError(13, f"port {port.number}: access denied to uid {uid}")
-
     def _createPort(self, number: int, allocatable: bool) -> SwitchPort:
         port = self.ports[number] = SwitchPort(number, allocatable)
+        port.onChange = self.forgetRoutes
         self.vlans.join(port, 0)
         return port
 
@@ -186,6 +190,7 @@ class Switch:
             raise errors.busy(f"port {number} is active")
         self.vlans.leaveAll(port)
         del self.ports[number]
+        self.forgetRoutes()
 
     def port(self, number: int) -> SwitchPort:
         """
@@ -242,6 +247,27 @@ class Switch:
         """
         self.hub = hub
         self.fdb.flush()
+        self.forgetRoutes()
+
+    def forgetRoutes(self) -> None:
+        """
+        Drop every remembered route (see the module's docstring).
+        """
+        for port in self.ports.values():
+            if port.routes:
+                port.routes.clear()
+
+    def _addRoute(
+        self, port: SwitchPort, key: bytes, vlan: Vlan, src: bytes, out: SwitchPort,
+        bounds: tuple[int, int],
+    ) -> None:
+        """
+        Remember that frames starting with C{key} from C{port}, with a length
+        within C{bounds}, go to C{out}, if C{src} is learned on C{port}.
+        """
+        entry = vlan.macs.get(src)
+        if entry is not None and entry.port is port and len(port.routes) < ROUTE_LIMIT:
+            port.routes[key] = (out, *bounds)
 
     # Time
 
@@ -250,6 +276,7 @@ class Switch:
         Advance the coarse clock and expire old MAC table entries.
         """
         self.now = now
+        self.forgetRoutes()
         if now - self._lastSweep >= GC_INTERVAL:
             self._lastSweep = now
             self.fdb.expire(now)
@@ -264,6 +291,14 @@ class Switch:
         c = port.counters
         c.inFrames += 1
         c.inBytes += n
+        route = port.routes.get(frame[:14])
+        if route is not None and route[1] <= n <= route[2]:
+            out = route[0]
+            oc = out.counters
+            oc.outFrames += 1
+            oc.outBytes += n
+            out.send(frame)
+            return
         if n < MIN_FRAME or n > port.maxFrame:
             self._badLength(port, n)
             return
@@ -296,6 +331,8 @@ class Switch:
                     oc.outFrames += 1
                     oc.outBytes += n
                     out.send(frame)
+                    self._addRoute(port, frame[:14], vlan, frame[6:12], out,
+                                   (MIN_FRAME, min(port.maxFrame, out.maxFrame)))
                     return
                 self._deliver(port, frame, False, False, vlan, (out,))
                 return
@@ -309,6 +346,14 @@ class Switch:
         c = port.counters
         c.inFrames += 1
         c.inBytes += n
+        route = port.routes.get(packet[:24])
+        if route is not None and route[1] <= n <= route[2]:
+            out = route[0]
+            oc = out.counters
+            oc.outFrames += 1
+            oc.outBytes += n
+            out.sendVnet(packet)
+            return
         if n < MIN_FRAME:
             self._badLength(port, n)
             return
@@ -348,6 +393,9 @@ class Switch:
                     oc.outFrames += 1
                     oc.outBytes += n
                     out.sendVnet(packet)
+                    bounds = _vnetBounds(packet)
+                    if bounds is not None:
+                        self._addRoute(port, packet[:24], vlan, packet[16:22], out, bounds)
                     return
                 self._deliver(port, packet, True, False, vlan, (out,))
                 return
@@ -432,20 +480,17 @@ class Switch:
                 out.send(frame)
 
 
-def _inGroup(uid: int, gid: int) -> bool:
+def _vnetBounds(packet: bytes) -> tuple[int, int] | None:
     """
-    True if user C{uid} is a member of group C{gid}.
+    The frame lengths for which C{packet}'s header, just found valid, is
+    known to be valid (see L{vnet.validate}), or None.
     """
-    import grp
-    import pwd
+    head = packet[:_VNET]
+    shortest = _knownHeaders.get(head)
+    if shortest is not None:
+        return max(MIN_FRAME, shortest - _VNET), _NO_LIMIT
+    known = _knownGso.get(head)
+    if known is not None and known[0] == packet[22:24]:
+        return max(MIN_FRAME, known[1] - _VNET), known[2] - _VNET
+    return None
 
-    try:
-        user = pwd.getpwuid(uid)
-    except KeyError:
-        return False
-    if user.pw_gid == gid:
-        return True
-    try:
-        return user.pw_name in grp.getgrgid(gid).gr_mem
-    except KeyError:
-        return False

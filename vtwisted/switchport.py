@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from vtwisted import errors
 from vtwisted.interfaces import ILink
 from vtwisted.wire.ethernet import DEFAULT_MTU, maxFrameFor
 
@@ -64,6 +65,12 @@ def _discard(data: Any) -> None:
     """
 
 
+def _nothing() -> None:
+    """
+    The default L{SwitchPort.onChange}.
+    """
+
+
 class SwitchPort:
     """
     One numbered port: configuration, counters and the links plugged in.
@@ -74,6 +81,9 @@ class SwitchPort:
     @ivar sendVnet: sends one virtio-net packet; only used when L{vnet}.
     @ivar vnet: every link accepts virtio-net packets.
     @ivar maxFrame: the longest frame, tag included, this port carries.
+    @ivar routes: the switch's cache of where this port's frames go (see
+        L{vtwisted.switch}).
+    @ivar onChange: called when the port's MTU or links change.
     """
 
     __slots__ = (
@@ -92,6 +102,8 @@ class SwitchPort:
         "sendVnet",
         "vnet",
         "configuredBy",
+        "routes",
+        "onChange",
         "_warned",
     )
 
@@ -113,6 +125,8 @@ class SwitchPort:
         self._warned: set[str] = set()
         #: The spec whose options configured this port, if any.
         self.configuredBy: str | None = None
+        self.routes: dict[bytes, tuple[SwitchPort, int, int]] = {}
+        self.onChange: Callable[[], None] = _nothing
 
     def __repr__(self) -> str:
         return f"<SwitchPort {self.number} links={len(self.links)}>"
@@ -158,17 +172,33 @@ class SwitchPort:
                 detail=f": {detail}" if detail else "",
             )
 
+    def checkAccess(self, uid: int | None) -> None:
+        """
+        Let user C{uid} (None: the switch itself) plug into this port, or
+        raise L{vtwisted.errors.SwitchError} C{EACCES}, as vde_switch decides
+        from the port's user and group.
+        """
+        if self.user is None and self.group is None:
+            return
+        if uid is None or uid == 0 or uid == self.user:
+            return
+        if self.group is not None and _inGroup(uid, self.group):
+            return
+        raise errors.SwitchError(13, f"port {self.number}: access denied to uid {uid}")
+
     def setMtu(self, mtu: int) -> None:
         """
         Set the largest IP packet this port carries.
         """
         self.mtu = mtu
         self.maxFrame = maxFrameFor(mtu)
+        self.onChange()
 
     def rewire(self) -> None:
         """
         Point L{send} and L{sendVnet} at the current links.
         """
+        self.onChange()
         links = self.links
         self.vnet = bool(links) and all(link.vnetHeader for link in links)
         if not links:
@@ -190,3 +220,22 @@ class SwitchPort:
 
             self.send = fanOut
             self.sendVnet = fanOutVnet
+
+
+def _inGroup(uid: int, gid: int) -> bool:
+    """
+    True if user C{uid} is a member of group C{gid}.
+    """
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    if user.pw_gid == gid:
+        return True
+    try:
+        return user.pw_name in grp.getgrgid(gid).gr_mem
+    except KeyError:
+        return False

@@ -12,11 +12,13 @@ switch between such ports untouched, which vde_switch cannot do.
 
 Each L{Vlan} keeps the tuple of its active members in port order, rebuilt
 whenever membership or a port's activity changes, so flooding is one loop
-over a ready tuple.
+over a ready tuple.  Every membership change calls
+L{VlanRegistry.onChange}, so the switch forgets its cached routes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vtwisted import errors
@@ -80,6 +82,8 @@ class VlanRegistry:
         self.fdb = fdb
         self.vlans: dict[int, Vlan] = {0: Vlan(0, fdb.forVlan(0))}
         self.transparentPorts: list[SwitchPort] = []
+        #: Called after every membership change.
+        self.onChange: Callable[[], None] = _nothing
 
     def __contains__(self, vid: int) -> bool:
         return vid in self.vlans
@@ -109,6 +113,7 @@ class VlanRegistry:
         vlan = self.vlans[vid] = Vlan(vid, self.fdb.forVlan(vid), implicit)
         vlan.tagged.extend(self.transparentPorts)
         vlan.rebuild()
+        self.onChange()
         return vlan
 
     def remove(self, vid: int) -> None:
@@ -124,6 +129,7 @@ class VlanRegistry:
         self.fdb.flush(vid=vid)
         del self.vlans[vid]
         del self.fdb.tables[vid]
+        self.onChange()
 
     def _existing(self, vid: int) -> Vlan:
         vlan = self.vlans.get(vid)
@@ -155,6 +161,7 @@ class VlanRegistry:
             if port.transparent:
                 old.tagged.append(port)
             old.rebuild()
+        self.onChange()
 
     def addTagged(self, port: SwitchPort, vid: int) -> None:
         """
@@ -167,6 +174,7 @@ class VlanRegistry:
         if port not in vlan.tagged:
             vlan.tagged.append(port)
         vlan.rebuild()
+        self.onChange()
 
     def removeTagged(self, port: SwitchPort, vid: int) -> None:
         """
@@ -182,6 +190,7 @@ class VlanRegistry:
             vlan.tagged.remove(port)
         self.fdb.flush(port, vid)
         vlan.rebuild()
+        self.onChange()
 
     def setTransparent(self, port: SwitchPort, transparent: bool) -> None:
         """
@@ -203,6 +212,7 @@ class VlanRegistry:
                 vlan.tagged.remove(port)
                 self.fdb.flush(port, vlan.vid)
             vlan.rebuild()
+        self.onChange()
 
     def forTag(self, vid: int, port: SwitchPort) -> Vlan | None:
         """
@@ -234,6 +244,7 @@ class VlanRegistry:
         for vlan in self.vlans.values():
             if port in vlan.untagged or port in vlan.tagged:
                 vlan.rebuild()
+        self.onChange()
 
     def ofPort(self, port: SwitchPort) -> list[tuple[Vlan, bool]]:
         """
@@ -244,3 +255,9 @@ class VlanRegistry:
             for vid, vlan in sorted(self.vlans.items())
             if vlan is port.untaggedVlan or port in vlan.tagged
         ]
+
+
+def _nothing() -> None:
+    """
+    The default L{VlanRegistry.onChange}.
+    """
