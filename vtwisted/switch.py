@@ -35,7 +35,7 @@ coarse time in whole seconds and ages the MAC table.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from zope.interface import implementer
 
@@ -263,15 +263,18 @@ class Switch:
 
     def _addRoute(
         self, port: SwitchPort, key: bytes, vlan: Vlan, src: bytes, out: SwitchPort,
-        bounds: tuple[int, int],
+        send: Callable[[bytes], None], bounds: tuple[int, int],
     ) -> None:
         """
         Remember that frames starting with C{key} from C{port}, with a length
-        within C{bounds}, go to C{out}, if C{src} is learned on C{port}.
+        within C{bounds}, go to C{out} through C{send}, if C{src} is learned
+        on C{port}.  A route holds C{(shortest, longest, counters, send)}:
+        what the fast path needs, without attribute lookups (C{send} changes
+        only when links do, which forgets routes).
         """
         entry = vlan.macs.get(src)
         if entry is not None and entry.port is port and len(port.routes) < ROUTE_LIMIT:
-            port.routes[key] = (out, *bounds)
+            port.routes[key] = (*bounds, out.counters, send)
             self._routed.add(port)
 
     # Time
@@ -297,12 +300,11 @@ class Switch:
         c.inFrames += 1
         c.inBytes += n
         route = port.routes.get(frame[:14])
-        if route is not None and route[1] <= n <= route[2]:
-            out = route[0]
-            oc = out.counters
+        if route is not None and route[0] <= n <= route[1]:
+            oc = route[2]
             oc.outFrames += 1
             oc.outBytes += n
-            out.send(frame)
+            route[3](frame)
             return
         if n < MIN_FRAME or n > port.maxFrame:
             self._badLength(port, n)
@@ -336,7 +338,7 @@ class Switch:
                     oc.outFrames += 1
                     oc.outBytes += n
                     out.send(frame)
-                    self._addRoute(port, frame[:14], vlan, frame[6:12], out,
+                    self._addRoute(port, frame[:14], vlan, frame[6:12], out, out.send,
                                    (MIN_FRAME, min(port.maxFrame, out.maxFrame)))
                     return
                 self._deliver(port, frame, False, False, vlan, (out,))
@@ -352,12 +354,11 @@ class Switch:
         c.inFrames += 1
         c.inBytes += n
         route = port.routes.get(packet[:24])
-        if route is not None and route[1] <= n <= route[2]:
-            out = route[0]
-            oc = out.counters
+        if route is not None and route[0] <= n <= route[1]:
+            oc = route[2]
             oc.outFrames += 1
             oc.outBytes += n
-            out.sendVnet(packet)
+            route[3](packet)
             return
         if n < MIN_FRAME:
             self._badLength(port, n)
@@ -400,7 +401,8 @@ class Switch:
                     out.sendVnet(packet)
                     bounds = _vnetBounds(packet)
                     if bounds is not None:
-                        self._addRoute(port, packet[:24], vlan, packet[16:22], out, bounds)
+                        self._addRoute(port, packet[:24], vlan, packet[16:22], out,
+                                       out.sendVnet, bounds)
                     return
                 self._deliver(port, packet, True, False, vlan, (out,))
                 return

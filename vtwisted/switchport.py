@@ -125,7 +125,7 @@ class SwitchPort:
         self._warned: set[str] = set()
         #: The spec whose options configured this port, if any.
         self.configuredBy: str | None = None
-        self.routes: dict[bytes, tuple[SwitchPort, int, int]] = {}
+        self.routes: dict[bytes, tuple[int, int, PortCounters, Callable[[Any], None]]] = {}
         self.onChange: Callable[[], None] = _nothing
 
     def __repr__(self) -> str:

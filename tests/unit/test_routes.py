@@ -179,6 +179,6 @@ def test_aFlowIsRemembered() -> None:
     send(switch, links, 1, 0, None, 0, 100, None)
     assert links[1].port.routes == {}
     send(switch, links, 0, 1, None, 0, 100, None)
-    assert [route[0] for route in links[0].port.routes.values()] == [links[1].port]
+    assert [route[2] for route in links[0].port.routes.values()] == [links[1].port.counters]
     switch.tick(switch.now + 1)
     assert links[0].port.routes == {}
