@@ -71,7 +71,11 @@ def send(switch: Switch, links: list[FakeLink], i: int, dst: int, src: int | Non
         link.receive(data)
 
 
-def configure(switch: Switch, links: list[FakeLink], op: str, i: int, value: int) -> None:
+def configure(switch: Switch, links: list[FakeLink], op: str, i: int, value: int
+              ) -> int | None:
+    """
+    Apply one configuration change; the errno it was refused with, if any.
+    """
     port = links[i].port
     actions: dict[str, Callable[[], Any]] = {
         "join": lambda: switch.vlans.join(port, (0, 5, 4095)[value % 3]),
@@ -87,8 +91,9 @@ def configure(switch: Switch, links: list[FakeLink], op: str, i: int, value: int
     }
     try:
         actions[op]()
-    except SwitchError:
-        pass
+    except SwitchError as e:
+        return e.errno
+    return None
 
 
 def state(switch: Switch, links: list[FakeLink]) -> Any:
@@ -129,12 +134,14 @@ def compare(capacity: int, steps: list[tuple[Any, ...]]) -> None:
     cached, cachedLinks = build(routes=True, capacity=capacity)
     plain, plainLinks = build(routes=False, capacity=capacity)
     for step in steps:
+        refused = []
         for switch, links in ((cached, cachedLinks), (plain, plainLinks)):
             if step[0] == "send":
                 send(switch, links, *step[1:])
             else:
-                configure(switch, links, *step)
+                refused.append(configure(switch, links, *step))
         assert state(cached, cachedLinks) == state(plain, plainLinks), step
+        assert len(set(refused)) <= 1, (step, refused)
 
 
 #: Port 4 (no header) talks to port 3, port 1 (header) to port 0.
