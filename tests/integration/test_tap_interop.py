@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import StreamPlug, execIn, need, needRoot, run, uniqueName, waitFor
 from taphelpers import (
+    PYTHON,
     checkedTransfer,
     checksumErrors,
     console,
@@ -26,6 +28,7 @@ from taphelpers import (
     moveTap,
     ping,
     quietNamespace,
+    readLine,
     waitForPing,
 )
 
@@ -123,6 +126,66 @@ def test_offloadTapToVdePlugPathKeepsEveryByte(vswitch, processes, namespaces) -
         errors = checksumErrors(ns)
         assert not any(errors.values()), (ns, errors)
     assert "Traceback" not in sw.logText()
+
+
+_UDP_RECEIVER = r"""
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(5)
+print("ready", flush=True)
+h, n = hashlib.sha256(), 0
+try:
+    while n < int(sys.argv[3]):
+        data = s.recv(65536)
+        h.update(len(data).to_bytes(2, "big") + data)
+        n += 1
+except TimeoutError:
+    pass
+print(n, h.hexdigest(), flush=True)
+"""
+
+_UDP_SENDER = r"""
+import hashlib, random, socket, sys
+r = random.Random(7)
+sizes = [18] * 100 + [1400] * 60 + [r.randrange(1, 1473) for _ in range(40)]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+h = hashlib.sha256()
+for size in sizes:
+    data = r.randbytes(size)
+    s.send(data)
+    h.update(size.to_bytes(2, "big") + data)
+print(len(sizes), h.hexdigest(), flush=True)
+"""
+
+
+def test_udpBurstIsCoalescedAndEveryDatagramArrivesInOrder(
+    vswitch, processes, namespaces, shortdir
+) -> None:
+    """
+    200 datagrams queued while the switch is paused arrive whole and in
+    order, and C{port/print} says how many were coalesced into USO packets.
+    """
+    mgmt = shortdir / "mgmt"
+    sw, [(nsA, tapA, addrA), (nsB, tapB, addrB)] = tapPair(
+        vswitch, namespaces, "", "", extra=("--mgmt", str(mgmt))
+    )
+    waitForPing(nsA, addrB)
+    receiver = processes.start(execIn(nsB, PYTHON, "-c", _UDP_RECEIVER, addrB, "7200", "200"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert readLine(receiver, 10).strip() == "ready"
+    os.kill(sw.process.pid, signal.SIGSTOP)
+    try:
+        sender = run(*execIn(nsA, PYTHON, "-c", _UDP_SENDER, addrB, "7200"), timeout=30)
+    finally:
+        os.kill(sw.process.pid, signal.SIGCONT)
+    assert readLine(receiver, 15).strip() == sender.stdout.strip()
+    ports = console(mgmt, "port/allprint")
+    found = re.search(rf"{tapA} offload=\S+ coalesced (\d+) datagrams into (\d+)", ports)
+    assert found and int(found[1]) >= 100 and int(found[2]) < int(found[1]), ports
+    assert not any(checksumErrors(nsB).values())
 
 
 def test_vdeClientKeepsWorkingWhileTapsExchangeSuperFrames(

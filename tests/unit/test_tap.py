@@ -131,11 +131,12 @@ class Rig:
         options: str = "",
         busyPoll: float = 0.0,
         uso: bool = True,
+        coalesce: bool = True,
     ) -> tap.TapService:
         spec = PortSpec(f"tap:{name}" + (f":{options}" if options else ""))
         service = tap.TapService(self.switch, self.reactor, name, offload,
                                  PortOptions.fromSpec(spec), spec.text, self.system,
-                                 busyPoll=busyPoll, uso=uso)
+                                 busyPoll=busyPoll, uso=uso, coalesce=coalesce)
         service.privilegedStartService()
         service.startService()
         self.services.append(service)
@@ -246,7 +247,9 @@ def test_offloadsAreNegotiatedWithTheVnetHeader(rig: Rig) -> None:
     assert tunnel.tunnelMode == IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
     assert rig.system.offloadCalls == [ALL_OFFLOADS] and tunnel.offloads == ALL_OFFLOADS
     assert service.link.vnetHeader and service.link.port.vnet
-    assert service.link.description == "tap7 offload=csum,tso4,tso6,ecn,uso4,uso6"
+    assert service.link.description == (
+        "tap7 offload=csum,tso4,tso6,ecn,uso4,uso6 coalesced 0 datagrams into 0"
+    )
 
 
 def test_kernelWithoutUsoFallsBackToTso(rig: Rig) -> None:
@@ -346,6 +349,49 @@ def test_superFramesPassWholeBetweenOffloadTapsAndAreCutForOthers(rig: Rig) -> N
     checkSegments(built, tunnelOf(off).written())
     checkSegments(built, other.sent)
     assert tunnelOf(a).written() == []
+
+
+def _udpRun(count: int) -> list[bytes]:
+    return [
+        kernelPacket(randomPayload(80, n), proto=UDP, gso=False, ident=n,
+                     macs=(MAC_B, MAC_A)).packet
+        for n in range(count)
+    ]
+
+
+def test_udpDatagramsReadTogetherReachOffloadTapsAsOneUsoPacket(rig: Rig) -> None:
+    """
+    Ten datagrams of one flow read in one wake-up are written to another
+    offload TAP as one USO packet; other ports get the ten frames.
+    """
+    a, b, off = rig.tap("tapa"), rig.tap("tapb"), rig.tap("tapc", offload=False)
+    other = rig.link()
+    run = _udpRun(10)
+    arp = vnet.PLAIN_HEADER + frame(BROADCAST, MAC_A, bytes(46), 0x0806)
+    for packet in [*run, arp]:
+        tunnelOf(a).inject(packet)
+    a.link.doRead()
+    written = tunnelOf(b).written()
+    assert len(written) == 2 and written[0][1] == vnet.GSO_UDP_L4 and written[1] == arp
+    expected = [f for p in run for f in vnet.toFrames(p)]
+    assert vnet.toFrames(written[0]) == expected
+    assert other.sent == [*expected, arp[vnet.HEADER_LENGTH:]]
+    assert tunnelOf(off).written() == other.sent
+    assert a.link.description.endswith("coalesced 10 datagrams into 1")
+    assert a.link.port.counters.inFrames == 2
+
+
+@pytest.mark.parametrize("option", ["coalesce", "uso"])
+def test_coalescingIsOffWithCoalesceOffOrWithoutUso(rig: Rig, option: str) -> None:
+    """C{coalesce=off}, or a TAP without USO, hands every datagram on as it came."""
+    a = rig.tap("tapa", **{option: False})  # type: ignore[arg-type]
+    b = rig.tap("tapb")
+    run = _udpRun(10)
+    for packet in run:
+        tunnelOf(a).inject(packet)
+    a.link.doRead()
+    assert tunnelOf(b).written() == run
+    assert "coalesced" not in a.link.description
 
 
 def test_malformedHeaderFromTheKernelIsNeverWritten(rig: Rig) -> None:

@@ -45,7 +45,7 @@ from vtwisted.interfaces import ILink, IPortService
 from vtwisted.polling import pollerFor
 from vtwisted.portoptions import PortOptions
 from vtwisted.spec import PortSpec
-from vtwisted.wire import vnet
+from vtwisted.wire import udpgro, vnet
 
 log = Logger()
 
@@ -81,6 +81,8 @@ READ_BUDGET = 1024 * 1024
 _NAME = re.compile(r"^[^/:%\s]{1,15}$")
 TUNSETIFF = 0x400454CA
 _IFNAMSIZ = 16
+_GRO_CANDIDATES = udpgro.CANDIDATES
+_PARTIAL = udpgro.PARTIAL
 _GONE = (errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO)
 
 
@@ -149,12 +151,14 @@ class TapLink(TuntapPort):
         self.name = name
         self.offloads = 0
         self.port: Any = None
-        self.description = name
         self._receive: Any = None
         self._warnedGone = False
         self.poller = pollerFor(service.switch)
         self._closing = False
         self.busyPoll: float = getattr(service, "busyPoll", DEFAULT_BUSY_POLL)
+        self.coalesce: bool = getattr(service, "coalesce", True)
+        self._gro: udpgro.UdpCoalescer | None = None
+        self._offloadText = ""
 
     def open(self) -> None:
         """
@@ -169,7 +173,7 @@ class TapLink(TuntapPort):
         self.stopReading()
         if self.vnetHeader:
             self.offloads = self._negotiate()
-        self.description = f"{self.name} offload={offloadNames(self.offloads)}"
+        self._offloadText = offloadNames(self.offloads)
 
     def _negotiate(self) -> int:
         for flags in OFFLOAD_CHOICES if self.uso else OFFLOAD_CHOICES[1:]:
@@ -195,6 +199,8 @@ class TapLink(TuntapPort):
             self._receive = switch.vnetPacketReceived
         else:
             self._receive = switch.frameReceived
+        if self.coalesce and self.offloads & TUN_F_USO4 and self.offloads & TUN_F_USO6:
+            self._gro = udpgro.UdpCoalescer(self._receiveOne)
         switch.attach(port, self)
         self.startReading()
 
@@ -217,6 +223,8 @@ class TapLink(TuntapPort):
         receive = self._receive
         port = self.port
         budget = READ_BUDGET
+        gro = self._gro
+        held = False
         while budget > 0:
             try:
                 data = read(fd, MAX_READ)
@@ -228,11 +236,43 @@ class TapLink(TuntapPort):
                 self._failed("reading", e)
                 break
             budget -= len(data) + 1500
+            if gro is not None:
+                if data[6:10] in _GRO_CANDIDATES and data[:2] == _PARTIAL:
+                    gro.add(data)
+                    held = True
+                    continue
+                if held:
+                    gro.flush()
+                    held = False
             try:
                 receive(port, data)
             except Exception:
                 log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
+        if held:
+            gro.flush()  # type: ignore[union-attr]
         return budget != READ_BUDGET
+
+    def _receiveOne(self, packet: bytes) -> None:
+        """
+        Hand one packet from the coalescer to the switch.
+        """
+        try:
+            self._receive(self.port, packet)
+        except Exception:
+            log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
+
+    @property
+    def description(self) -> str:
+        """
+        The device, its offloads, and how many datagrams were coalesced.
+        """
+        if not self._offloadText:
+            return self.name
+        text = f"{self.name} offload={self._offloadText}"
+        gro = self._gro
+        if gro is not None:
+            text += f" coalesced {gro.datagrams} datagrams into {gro.packets}"
+        return text
 
     def _makeSenders(self) -> None:
         """
@@ -384,9 +424,11 @@ class TapService(Service):
         system: Any = None,
         busyPoll: float = DEFAULT_BUSY_POLL,
         uso: bool = True,
+        coalesce: bool = True,
     ) -> None:
         self.switch = switch
         self.uso = uso
+        self.coalesce = coalesce
         self.reactor = reactor
         self.busyPoll = busyPoll
         self.deviceName = name
@@ -441,19 +483,24 @@ class TapService(Service):
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
     """
     Build the service for
-    C{tap:NAME[:offload=on|off][:uso=on|off][:busypoll=USEC]} and the common
-    options.  C{uso=off} leaves UDP segmentation offload out of the offloads
-    asked for: UDP GSO senders then send ordinary datagrams (for a kernel or
-    a peer that mishandles them; TCP ran level with and without it).
+    C{tap:NAME[:offload=on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC]}
+    and the common options.  C{uso=off} leaves UDP segmentation offload out
+    of the offloads asked for: UDP GSO senders then send ordinary datagrams
+    (for a kernel or a peer that mishandles them; TCP ran level with and
+    without it), and nothing is coalesced.  C{coalesce=off} hands every
+    datagram read to the switch as it came instead of merging runs of one
+    flow into USO packets (see L{vtwisted.wire.udpgro}).
     """
     (name,) = spec.positional(["device name"], 1)
     name = checkName(spec, name)
     offload = spec.boolean("offload", True)
     uso = spec.boolean("uso", True)
+    coalesce = spec.boolean("coalesce", True)
     busyPoll = spec.integer("busypoll", round(DEFAULT_BUSY_POLL * 1e6), 0, 10000)
     options = PortOptions.fromSpec(spec)
     spec.checkKeywords()
     assert busyPoll is not None
     return TapService(
-        switch, reactor, name, offload, options, spec.text, busyPoll=busyPoll / 1e6, uso=uso
+        switch, reactor, name, offload, options, spec.text, busyPoll=busyPoll / 1e6, uso=uso,
+        coalesce=coalesce,
     )
