@@ -331,3 +331,28 @@ def _checkForwarded(read: list[bytes], forwarded: list[bytes], sent: list[bytes]
             assert ip[4:6] == original[28:30], "the IPv4 id changed"
             sums = pseudoHeader(False, ip[12:16], ip[16:20], UDP, len(ip) - 20)
         assert referenceSum(sums + ip[l4:]) in (0, 0xFFFF), "bad UDP checksum"
+
+
+@st.composite
+def junk(draw: st.DrawFn) -> list[bytes]:
+    """
+    Packets that look like candidates for a few bytes, then anything.
+    """
+    good = datagrams(3, draw(st.integers(1, 60)), v6=draw(st.booleans()))
+    packets = []
+    for _ in range(draw(st.integers(1, 12))):
+        base = draw(st.sampled_from(good))
+        cut = draw(st.integers(0, len(base)))
+        tail = draw(st.binary(max_size=40))
+        packets.append(draw(st.sampled_from([base, base[:cut], base[:cut] + tail, tail])))
+    return packets
+
+
+@given(junk())
+@settings(max_examples=300, deadline=None)
+def test_truncatedAndRandomPacketsNeverRaiseAndAreAllHandedOn(packets: list[bytes]) -> None:
+    """Whatever is read, the coalescer hands every packet on, merged or as it came."""
+    out, coalescer = coalesce(packets)
+    inputs = [p for p in out if any(p is q for q in packets)]
+    assert len(inputs) + coalescer.datagrams == len(packets)
+    assert len(out) == len(inputs) + coalescer.packets

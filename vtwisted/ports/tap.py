@@ -236,21 +236,27 @@ class TapLink(TuntapPort):
                 self._failed("reading", e)
                 break
             budget -= len(data) + 1500
-            if gro is not None:
-                if data[6:10] in _GRO_CANDIDATES and data[:2] == _PARTIAL:
-                    gro.add(data)
-                    held = True
-                    continue
-                if held:
-                    gro.flush()
-                    held = False
             try:
+                if gro is not None:
+                    if data[6:10] in _GRO_CANDIDATES and data[:2] == _PARTIAL:
+                        held = True
+                        gro.add(data)
+                        continue
+                    if held:
+                        held = False
+                        gro.flush()
                 receive(port, data)
             except Exception:
                 log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
         if held:
-            gro.flush()  # type: ignore[union-attr]
+            self._flushHeld()
         return budget != READ_BUDGET
+
+    def _flushHeld(self) -> None:
+        try:
+            self._gro.flush()  # type: ignore[union-attr]
+        except Exception:
+            log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
 
     def _receiveOne(self, packet: bytes) -> None:
         """
