@@ -3,7 +3,8 @@ Benchmark: TAP ports with virtio-net offloads against the references.
 
 Two namespaces, and between them, in the same run and alternating rounds:
 
-* vtwisted with two TAP ports it opens itself (offloads on, then off);
+* vtwisted with two TAP ports it opens itself (offloads on; on without
+  coalescing UDP, C{coalesce=off}; off);
 * C{reference_hub.py}, a bare Python two-TAP hub with offloads (no features);
 * C{vde_switch -t tapA -t tapB} (its own TAP ports, no offloads);
 * a Linux bridge between two veth pairs, with offloads and without;
@@ -56,10 +57,9 @@ def _moveTaps(b: Bench, taps: tuple[str, str]) -> tuple[str, str]:
     return client, server
 
 
-def vtwistedTaps(offload: bool) -> Setup:
+def vtwistedTaps(option: str) -> Setup:
     def setup(b: Bench) -> tuple[str, str]:
         taps = (f"vtbc{b.tmp.name[-4:]}", f"vtbs{b.tmp.name[-4:]}")
-        option = "" if offload else ":offload=off"
         b.start(twistdArgv("--sock", str(b.tmp / "sw"), "--port", f"tap:{taps[0]}{option}",
                            "--port", f"tap:{taps[1]}{option}"), env=sourceEnv())
         return _moveTaps(b, taps)
@@ -128,8 +128,9 @@ def cSwitchVdePlugs(b: Bench) -> tuple[str, str]:
 
 
 SETUPS: dict[str, Setup] = {
-    "vtwisted TAP offload": vtwistedTaps(True),
-    "vtwisted TAP no offload": vtwistedTaps(False),
+    "vtwisted TAP offload": vtwistedTaps(""),
+    "vtwisted TAP coalesce=off": vtwistedTaps(":coalesce=off"),
+    "vtwisted TAP no offload": vtwistedTaps(":offload=off"),
     "reference 40-line Python hub": pythonHub,
     "vde_switch -t": cSwitchTaps,
     "Linux bridge offload": linuxBridge(True),
@@ -177,6 +178,8 @@ def main() -> None:
          "TCP: vtwisted TAP / reference hub"),
         ("vtwisted TAP offload", "vde_switch -t", False, "TCP: vtwisted TAP / vde_switch -t"),
         ("vtwisted TAP offload", "vde_switch -t", True, "UDP pps: vtwisted TAP / vde_switch -t"),
+        ("vtwisted TAP coalesce=off", "vde_switch -t", True,
+         "UDP pps: vtwisted TAP coalesce=off / vde_switch -t"),
         ("vtwisted TAP no offload", "vde_switch -t", True,
          "UDP pps: vtwisted TAP offload=off / vde_switch -t"),
         ("vtwisted TAP->VDE+vde_plug", "vde_switch+vde_plug", False,
