@@ -45,19 +45,19 @@ from vtwisted.interfaces import ILink, ISwitch
 from vtwisted.switchport import SwitchPort
 from vtwisted.vlans import Vlan, VlanRegistry
 from vtwisted.wire import vlan as vlanwire
-from vtwisted.wire import vnet
+from vtwisted.wire import vnet, vnetcheck
 from vtwisted.wire.ethernet import MIN_FRAME
 
 DEFAULT_NUMPORTS = 32
 GC_INTERVAL = 2
 _TPID = vlanwire.TPID
 _VNET = vnet.HEADER_LENGTH
-_validate = vnet.validate
-_knownGso = vnet.knownGsoHeaders
+_validate = vnetcheck.validate
 #: The most routes one port remembers.
 ROUTE_LIMIT = 1024
-_NO_LIMIT = 1 << 62
-_knownHeaders = vnet.knownPlainHeaders
+_knownHeaders = vnetcheck.knownPlainHeaders
+_largest = vnetcheck.largestFrame
+_routeBounds = vnetcheck.routeBounds
 
 
 class _Forms:
@@ -369,6 +369,9 @@ class Switch:
             if problem is not None:
                 port.dropped("malformed", f"bad virtio-net header: {problem}")
                 return
+        if n > port.maxFrame and _largest(packet) > port.maxFrame:
+            self._badLength(port, _largest(packet))
+            return
         tagged = packet[22:24] == _TPID
         if self.hub:
             self._deliver(port, packet, True, tagged, None, self._hubTargets)
@@ -394,12 +397,14 @@ class Switch:
                 out = entry.port
                 if out is port:
                     return
-                if out.vnet and out.untaggedVlan is vlan:
+                if out.vnet and out.untaggedVlan is vlan and (
+                    n <= out.maxFrame or _largest(packet) <= out.maxFrame
+                ):
                     oc = out.counters
                     oc.outFrames += 1
                     oc.outBytes += n
                     out.sendVnet(packet)
-                    bounds = _vnetBounds(packet)
+                    bounds = _routeBounds(packet, min(port.maxFrame, out.maxFrame))
                     if bounds is not None:
                         self._addRoute(port, packet[:24], vlan, packet[16:22], out,
                                        out.sendVnet, bounds)
@@ -465,9 +470,13 @@ class Switch:
             try:
                 if isVnet and out.vnet:
                     packet = forms.packet(wantTagged)
+                    n = len(packet) - _VNET
+                    if n > out.maxFrame and _largest(packet) > out.maxFrame:
+                        out.dropped("mtu", f"{_largest(packet)} bytes, more than {out.maxFrame}")
+                        continue
                     oc = out.counters
                     oc.outFrames += 1
-                    oc.outBytes += len(packet) - vnet.HEADER_LENGTH
+                    oc.outBytes += n
                     out.sendVnet(packet)
                     continue
                 frames = forms.plain(wantTagged)
@@ -485,19 +494,3 @@ class Switch:
                 oc.outFrames += 1
                 oc.outBytes += n
                 out.send(frame)
-
-
-def _vnetBounds(packet: bytes) -> tuple[int, int] | None:
-    """
-    The frame lengths for which C{packet}'s header, just found valid, is
-    known to be valid (see L{vnet.validate}), or None.
-    """
-    head = packet[:_VNET]
-    shortest = _knownHeaders.get(head)
-    if shortest is not None:
-        return max(MIN_FRAME, shortest - _VNET), _NO_LIMIT
-    known = _knownGso.get(head)
-    if known is not None and known[0] == packet[22:24]:
-        return max(MIN_FRAME, known[1] - _VNET), known[2] - _VNET
-    return None
-

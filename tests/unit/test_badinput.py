@@ -17,7 +17,7 @@ from vtwisted.consolecommands import COMMANDS
 from vtwisted.errors import SwitchError
 from vtwisted.spec import SpecError
 from vtwisted.switch import Switch
-from vtwisted.wire import vnet
+from vtwisted.wire import vnet, vnetcheck
 
 #: Commands that would touch the world with a valid argument (start ports,
 #: read files, stop the switch); their parsing is covered by their own tests.
@@ -116,6 +116,6 @@ def test_switchSurvivesAnyFrame(sends: list[tuple[int, bytes]]) -> None:
     assert sum(link.port.counters.inFrames for link in links) == len(sends)
     for link in links:
         for packet in link.sentPackets:
-            assert vnet.validate(packet) is None, packet.hex()
+            assert vnetcheck.validate(packet) is None, packet.hex()
         for f in link.sent:
             assert 14 <= len(f) <= link.port.maxFrame

@@ -163,6 +163,14 @@ SCENARIOS = {
     "the destination moves": [*_VNET_FLOW,
         ("tick", 0, 5), ("send", 1, 0, None, 0, 100, None), ("send", 2, 5, 0, 0, 100, None),
         ("send", 1, 0, None, 0, 100, None)],
+    "a frame with the header over the egress MTU": [
+        ("mtu", 0, 1), *_VNET_FLOW, ("send", 1, 0, None, 0, 1399, None)],
+    "a super-frame of segments over the egress MTU": [
+        ("mtu", 0, 1), *_VNET_FLOW, ("send", 1, 0, None, 1, 900, None),
+        ("send", 1, 0, None, 1, 3000, None)],
+    "a super-frame of segments over the ingress MTU": [
+        ("mtu", 1, 1), *_VNET_FLOW, ("send", 1, 0, None, 1, 900, None),
+        ("send", 1, 0, None, 1, 3000, None)],
     "a UDP super-frame of too many datagrams": [
         ("send", 0, 1, None, 0, 100, None), ("send", 1, 0, None, 2, 1000, None),
         ("send", 1, 0, None, 2, 1000, None), ("send", 1, 0, None, 2, 4500, None)],

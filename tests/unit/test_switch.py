@@ -5,11 +5,13 @@ The forwarding core: learning, flooding, aging, hub mode, counters, limits.
 from __future__ import annotations
 
 import pytest
+from test_vnet import kernelPacket
 
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import MacTable
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug
+from vtwisted.wire import vnet
 
 BROADCAST = b"\xff" * 6
 
@@ -242,6 +244,59 @@ def test_portMtuLimitsEgress() -> None:
     small = frame(BROADCAST, mac(1), b"s" * 1500)
     a.receive(small)
     assert b.sent == [small]
+
+
+def _vnetSwitch() -> tuple[Switch, list[FakeLink]]:
+    switch = Switch()
+    links = [FakeLink(f"v{n}", vnetHeader=True) for n in range(3)]
+    for link in links:
+        plug(switch, link)
+    return switch, links
+
+
+def test_portMtuLimitsEgressToOffloadPortsByFrameOrSegment() -> None:
+    """
+    Towards a port with the virtio-net header, C{mtu=} limits a plain
+    frame's length and a super-frame's segments: too long, dropped and
+    counted; super-frames of shorter segments pass whole.
+    """
+    switch, (a, b, c) = _vnetSwitch()
+    b.port.setMtu(1000)
+    big = vnet.PLAIN_HEADER + frame(BROADCAST, mac(1), b"j" * 1400)
+    wideSegments = kernelPacket(bytes(5000), 1448, macs=(BROADCAST, mac(1))).packet
+    narrowSegments = kernelPacket(bytes(5000), 900, macs=(BROADCAST, mac(1))).packet
+    for packet in (big, wideSegments, narrowSegments):
+        a.receivePacket(packet)
+    assert b.sentPackets == [narrowSegments]
+    assert c.sentPackets == [big, wideSegments, narrowSegments]
+    assert b.port.counters.drops["mtu"] == 2
+
+
+def test_portMtuLimitsUnicastToALearnedOffloadPort() -> None:
+    """The same holds for frames to an address learned on the port."""
+    switch, (a, b, c) = _vnetSwitch()
+    b.port.setMtu(1000)
+    b.receivePacket(vnet.PLAIN_HEADER + frame(BROADCAST, mac(2)))
+    c.sentPackets.clear()
+    big = vnet.PLAIN_HEADER + frame(mac(2), mac(1), b"j" * 1400)
+    wide = kernelPacket(bytes(5000), 1448, macs=(mac(2), mac(1))).packet
+    narrow = kernelPacket(bytes(5000), 900, macs=(mac(2), mac(1))).packet
+    for packet in (big, wide, narrow, narrow):
+        a.receivePacket(packet)
+    assert b.sentPackets == [narrow, narrow] and c.sentPackets == []
+    assert b.port.counters.drops["mtu"] == 2
+
+
+def test_portMtuLimitsIngressFromOffloadPortsByFrameOrSegment() -> None:
+    """An offload port with a lower MTU drops what it reads beyond it, as oversize."""
+    switch, (a, b, c) = _vnetSwitch()
+    a.port.setMtu(1000)
+    a.receivePacket(vnet.PLAIN_HEADER + frame(BROADCAST, mac(1), b"j" * 1400))
+    a.receivePacket(kernelPacket(bytes(5000), 1448, macs=(BROADCAST, mac(1))).packet)
+    narrow = kernelPacket(bytes(5000), 900, macs=(BROADCAST, mac(1))).packet
+    a.receivePacket(narrow)
+    assert b.sentPackets == c.sentPackets == [narrow]
+    assert a.port.counters.drops["oversize"] == 2
 
 
 def test_detachFlushesThePortsAddresses() -> None:

@@ -36,7 +36,7 @@ from test_vnet import (
     twoNamespaces,
 )
 
-from vtwisted.wire import udpgro, vnet
+from vtwisted.wire import udpgro, vnet, vnetcheck
 from vtwisted.wire.checksum import MODULUS
 
 
@@ -74,7 +74,7 @@ def test_aRunBecomesOneUsoPacketThatCutsBackIntoTheSameFrames() -> None:
         run = datagrams(10, v6=v6)
         out, coalescer = coalesce(run)
         assert len(out) == 1 and (coalescer.datagrams, coalescer.packets) == (10, 1)
-        assert vnet.validate(out[0]) is None
+        assert vnetcheck.validate(out[0]) is None
         header = vnet.VnetHeader.parse(out[0])
         assert (header.gsoType, header.gsoSize) == (vnet.GSO_UDP_L4, 100)
         assert plain(out) == plain(run)
@@ -188,7 +188,7 @@ def test_coalescingNeverChangesTheFramesAnyPortGets(packets: list[bytes]) -> Non
     merged = [p for p in out if id(p) not in inputs]
     assert len(merged) == coalescer.packets
     for packet in merged:
-        assert vnet.validate(packet) is None
+        assert vnetcheck.validate(packet) is None
         assert packet[1] == vnet.GSO_UDP_L4 and 2 <= len(vnet.toFrames(packet)) <= 64
     assert coalescer.datagrams == sum(len(vnet.toFrames(p)) for p in merged)
     assert len(out) - len(merged) + coalescer.datagrams == len(packets)

@@ -25,7 +25,7 @@ from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug
 from vtwisted.vlans import NOVLAN
 from vtwisted.wire import vlan as vlanwire
-from vtwisted.wire import vnet
+from vtwisted.wire import vnet, vnetcheck
 from vtwisted.wire.vnet import VnetHeader
 
 BROADCAST = b"\xff" * 6
@@ -406,7 +406,7 @@ def test_superFrameToOffloadTrunkIsTaggedWithOffsetsMoved() -> None:
     assert packet[10:22] == built.packet[10:22]
     assert packet[22:26] == b"\x81\x00\x00\x0a"
     assert packet[26:] == built.packet[22:]
-    assert vnet.validate(packet) is None
+    assert vnetcheck.validate(packet) is None
     segments = vnet.toFrames(built.packet)
     assert vnet.toFrames(packet) == [tagged(s, 10) for s in segments]
     assert plainTrunk.sent == [tagged(s, 10) for s in segments]
@@ -458,7 +458,7 @@ def test_taggedPacketWithChecksumStartInsideTheTagIsDropped() -> None:
     access = port(switch, 10, vnetHeader=True)
     f = frame(BROADCAST, mac(1), bytes(60), vid=10)
     packet = VnetHeader(vnet.NEEDS_CSUM, 0, 0, 0, 4, 2).pack() + f
-    assert vnet.validate(packet) is None, "the kernel accepts it: csum_start only has to fit"
+    assert vnetcheck.validate(packet) is None, "the kernel accepts it: csum_start only has to fit"
     trunk.receivePacket(packet)
     assert access.sentPackets == []
     assert trunk.port.counters.drops["malformed"] == 1

@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_checksum import referenceSum
 
-from vtwisted.wire import tcp, vlan, vnet
+from vtwisted.wire import tcp, vlan, vnet, vnetcheck
 from vtwisted.wire.ipv4 import IPv4Header
 from vtwisted.wire.ipv6 import IPv6Header
 from vtwisted.wire.tcp import TCPHeader
@@ -372,7 +372,7 @@ def test_superFramesAreCutIntoCorrectSegments(built: Built) -> None:
     """
     Every segment has correct lengths, ids, sequence numbers, flags and checksums.
     """
-    assert vnet.validate(built.packet) is None
+    assert vnetcheck.validate(built.packet) is None
     checkSegments(built, vnet.toFrames(built.packet))
 
 
@@ -478,7 +478,7 @@ def test_usoSuperFramesAreCutIntoDatagrams(built: Built) -> None:
     """
     Every UDP datagram has its own length, checksum and IP header.
     """
-    assert vnet.validate(built.packet) is None
+    assert vnetcheck.validate(built.packet) is None
     checkSegments(built, vnet.toFrames(built.packet))
 
 
@@ -490,7 +490,7 @@ def test_ufoIsRefused() -> None:
     packet = VnetHeader(vnet.NEEDS_CSUM, vnet.GSO_UDP, 42, 1000, 34, 6).pack() + built.packet[10:]
     with pytest.raises(VnetError, match="UFO"):
         vnet.toFrames(packet)
-    assert "UFO" in (vnet.validate(packet) or "")
+    assert "UFO" in (vnetcheck.validate(packet) or "")
 
 
 # -- inconsistent GSO packets ---------------------------------------------------------------
@@ -569,7 +569,7 @@ def _survives(packet: bytes) -> None:
             assert str(e)
         else:
             assert isinstance(result, (bytes, list))
-    verdict = vnet.validate(packet)
+    verdict = vnetcheck.validate(packet)
     assert verdict is None or isinstance(verdict, str)
 
 
@@ -589,7 +589,7 @@ def test_taggingMovesOffsetsAndCommutesWithSegmentation(built: Built, vid: int) 
     before, after = VnetHeader.parse(built.packet), VnetHeader.parse(tagged)
     assert after == before._replace(csumStart=before.csumStart + 4, hdrLen=before.hdrLen + 4)
     assert vlan.vidOf(tagged, vnet.HEADER_LENGTH) == vid
-    assert vnet.validate(tagged) is None
+    assert vnetcheck.validate(tagged) is None
     assert vnet.toFrames(tagged) == [vlan.insertTag(f, vid) for f in vnet.toFrames(built.packet)]
     assert vnet.removeTag(tagged) == built.packet
 
@@ -630,18 +630,18 @@ def test_validateAcceptsWhatTheKernelBuildsAndWhatToFramesMakes(built: Built) ->
     """
     Kernel-style packets, and the plain segments cut from them, are safe to write.
     """
-    assert vnet.validate(built.packet) is None
+    assert vnetcheck.validate(built.packet) is None
     for frame in vnet.toFrames(built.packet):
-        assert vnet.validate(vnet.PLAIN_HEADER + frame) is None
+        assert vnetcheck.validate(vnet.PLAIN_HEADER + frame) is None
 
 
 def test_validateAcceptsPartialAndPlainFrames() -> None:
     """
     Small frames with a partial checksum or none at all are safe to write.
     """
-    assert vnet.validate(ARP) is None
-    assert vnet.validate(kernelPacket(b"abc", gso=False, proto=UDP).packet) is None
-    assert vnet.validate(kernelPacket(b"abc", gso=False, v6=True, vid=3).packet) is None
+    assert vnetcheck.validate(ARP) is None
+    assert vnetcheck.validate(kernelPacket(b"abc", gso=False, proto=UDP).packet) is None
+    assert vnetcheck.validate(kernelPacket(b"abc", gso=False, v6=True, vid=3).packet) is None
 
 
 UDP_GOOD = kernelPacket(bytes(3000), 1000, proto=UDP).packet
@@ -671,7 +671,7 @@ def test_validateRejectsEachKindOfCorruption(message: str) -> None:
     """
     Each header the kernel would reject (or the switch never writes) is named.
     """
-    verdict = vnet.validate(UNSAFE[message])
+    verdict = vnetcheck.validate(UNSAFE[message])
     assert verdict is not None and message in verdict
 
 
@@ -679,7 +679,7 @@ def test_validateRejectsATruncatedTransportHeader() -> None:
     """
     A GSO packet whose TCP header is cut off is not safe to write.
     """
-    verdict = vnet.validate(_patched(GOOD[:63], 2, b"\x00\x00"))
+    verdict = vnetcheck.validate(_patched(GOOD[:63], 2, b"\x00\x00"))
     assert verdict is not None and "runs past the frame" in verdict
 
 
@@ -691,18 +691,18 @@ def test_validateRejectsATruncatedTransportHeader() -> None:
 )
 def test_rememberedHeadersAgreeWithValidate(header: bytes, first: int, second: int) -> None:
     """
-    A header without GSO that L{vnet.validate} accepted once is remembered with the
+    A header without GSO that L{vnetcheck.validate} accepted once is remembered with the
     shortest packet it fits, and that memo never calls a packet safe that validate
     would refuse.
     """
     header = header[:1] + b"\x00" + header[2:]
-    vnet.knownPlainHeaders.clear()
-    if vnet.validate(header + bytes(first)) is None:
-        assert header in vnet.knownPlainHeaders
+    vnetcheck.knownPlainHeaders.clear()
+    if vnetcheck.validate(header + bytes(first)) is None:
+        assert header in vnetcheck.knownPlainHeaders
     packet = header + bytes(second)
-    shortest = vnet.knownPlainHeaders.get(header)
+    shortest = vnetcheck.knownPlainHeaders.get(header)
     if shortest is not None and len(packet) >= shortest:
-        assert vnet.validate(packet) is None
+        assert vnetcheck.validate(packet) is None
 
 
 _GSO_HEADERS = st.builds(
@@ -729,18 +729,18 @@ def test_rememberedGsoHeadersAgreeWithTheFullCheck(
     second: int,
 ) -> None:
     """
-    Whatever packet primed the memo of GSO headers, L{vnet.validate} gives the
+    Whatever packet primed the memo of GSO headers, L{vnetcheck.validate} gives the
     same verdict as the full check on the next packet with the same header.
     """
-    vnet.knownGsoHeaders.clear()
+    vnetcheck.knownGsoHeaders.clear()
 
     def packet(etherType: bytes, length: int) -> bytes:
         body = bytes(12) + etherType + bytes(2) + innerType + bytes(length)
         return header + body
 
-    vnet.validate(packet(firstType, first))
+    vnetcheck.validate(packet(firstType, first))
     candidate = packet(secondType, second)
-    assert (vnet.validate(candidate) is None) == (vnet._problem(candidate) is None)
+    assert (vnetcheck.validate(candidate) is None) == (vnetcheck._problem(candidate) is None)
 
 
 def test_gsoHeadersAreRemembered() -> None:
@@ -749,13 +749,13 @@ def test_gsoHeadersAreRemembered() -> None:
     frame of another EtherType, or too short, is still refused with the
     reason.
     """
-    vnet.knownGsoHeaders.clear()
-    assert vnet.validate(GOOD) is None
-    assert GOOD[:vnet.HEADER_LENGTH] in vnet.knownGsoHeaders
-    assert vnet.validate(GOOD) is None
-    verdict = vnet.validate(_patched(GOOD, 22, b"\x08\x06"))
+    vnetcheck.knownGsoHeaders.clear()
+    assert vnetcheck.validate(GOOD) is None
+    assert GOOD[:vnet.HEADER_LENGTH] in vnetcheck.knownGsoHeaders
+    assert vnetcheck.validate(GOOD) is None
+    verdict = vnetcheck.validate(_patched(GOOD, 22, b"\x08\x06"))
     assert verdict is not None and "EtherType 0x0806" in verdict
-    verdict = vnet.validate(GOOD[:60])
+    verdict = vnetcheck.validate(GOOD[:60])
     assert verdict is not None and "is larger than the 50-byte frame" in verdict
 
 
@@ -764,10 +764,10 @@ def test_rememberedUdpGsoHeadersKeepTheSegmentLimit() -> None:
     A USO header remembered from a short packet still refuses a packet of more
     than L{vnet.USO_MAX_SEGMENTS} datagrams.
     """
-    vnet.knownGsoHeaders.clear()
-    assert vnet.validate(UDP_GOOD) is None
+    vnetcheck.knownGsoHeaders.clear()
+    assert vnetcheck.validate(UDP_GOOD) is None
     huge = UDP_GOOD + bytes(1000 * vnet.USO_MAX_SEGMENTS)
-    verdict = vnet.validate(huge)
+    verdict = vnetcheck.validate(huge)
     assert verdict is not None and "more than 64 UDP segments" in verdict
 
 
@@ -776,10 +776,10 @@ def test_taggedGsoHeadersAreNotRemembered() -> None:
     A tagged frame's validity also depends on its inner EtherType, so its
     header is checked in full every time.
     """
-    vnet.knownGsoHeaders.clear()
+    vnetcheck.knownGsoHeaders.clear()
     tagged = kernelPacket(bytes(3000), 1000, vid=5).packet
-    assert vnet.validate(tagged) is None
-    assert tagged[:vnet.HEADER_LENGTH] not in vnet.knownGsoHeaders
+    assert vnetcheck.validate(tagged) is None
+    assert tagged[:vnet.HEADER_LENGTH] not in vnetcheck.knownGsoHeaders
 
 
 # -- against the Linux kernel ---------------------------------------------------------------
@@ -918,7 +918,7 @@ class Hub:
             ready, _, _ = select.select(list(self.fds), [], [], 0.05)
             for fd in ready:
                 packet = os.read(fd, 65536 + vnet.HEADER_LENGTH + 4)
-                verdict = vnet.validate(packet)
+                verdict = vnetcheck.validate(packet)
                 if verdict is not None:
                     self.unsafe.append(verdict)
                 kind = packet[1] & ~vnet.GSO_ECN
@@ -980,7 +980,7 @@ def test_kernelAcceptsEverySegmentAndBuildsSuperFramesLikeTheTestBuilder() -> No
     """
     # The kernel on each side verifies every segment's checksums; the super-
     # frames it sends are byte for byte what kernelPacket builds from the
-    # same fields, and every packet it sends passes vnet.validate.
+    # same fields, and every packet it sends passes vnetcheck.validate.
     reason = _kernelUnavailable()
     if reason:
         pytest.skip(reason)
