@@ -188,6 +188,69 @@ def test_udpBurstIsCoalescedAndEveryDatagramArrivesInOrder(
     assert not any(checksumErrors(nsB).values())
 
 
+def test_portMtuHoldsForOffloadTapsFramesAndSuperFrames(
+    vswitch, processes, namespaces, shortdir
+) -> None:
+    """
+    With C{mtu=1400} on B's port, pings of 1400 bytes of IP cross and larger
+    ones (beyond the 4 bytes kept for a VLAN tag) are dropped and counted; TCP super-frames of 1500-byte
+    segments are dropped too, and pass once A's interface MTU is 1400.
+    """
+    mgmt = shortdir / "mgmt"
+    sw, [(nsA, tapA, addrA), (nsB, tapB, addrB)] = tapPair(
+        vswitch, namespaces, "", ":mtu=1400", extra=("--mgmt", str(mgmt))
+    )
+    waitForPing(nsA, addrB)
+    fits = run(*execIn(nsA, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1372", addrB),
+               check=False)
+    assert fits.returncode == 0, fits.stdout
+    over = run(*execIn(nsA, "ping", "-c", "2", "-W", "1", "-M", "do", "-s", "1380", addrB),
+               check=False)
+    assert over.returncode != 0, over.stdout
+    stats = console(mgmt, "port/stats 2")
+    assert re.search(r"\bmtu=2\b", stats), stats
+    # TCP from A: its super-frames of 1448-byte segments do not fit B's port
+    server = processes.start(execIn(nsB, PYTHON, "-c", _SINK, addrB, "7300"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert readLine(server, 10).strip() == "ready"
+    probe = run(*execIn(nsA, PYTHON, "-c", _PROBE, addrB, "7300"), check=False, timeout=30)
+    assert probe.stdout.strip() == "stalled", (probe.stdout, probe.stderr)
+    stalled = int(re.search(r"\bmtu=(\d+)", console(mgmt, "port/stats 2"))[1])
+    assert stalled > 2
+    run("ip", "-n", nsA, "link", "set", tapA, "mtu", "1400")
+    sent, got = checkedTransfer(processes, nsA, nsB, addrB, 4_000_000, seed=6)
+    assert got == sent
+
+
+_SINK = r"""
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+c.settimeout(10)
+n = 0
+try:
+    while n < 300000 and (chunk := c.recv(65536)):
+        n += len(chunk)
+    c.sendall(b"done")
+except OSError:
+    pass
+"""
+
+_PROBE = r"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+try:
+    c.sendall(bytes(300000))
+    print(c.recv(4).decode() or "closed")
+except TimeoutError:
+    print("stalled")
+"""
+
+
 def test_vdeClientKeepsWorkingWhileTapsExchangeSuperFrames(
     vswitch, processes, namespaces
 ) -> None:
