@@ -193,8 +193,9 @@ def test_portMtuHoldsForOffloadTapsFramesAndSuperFrames(
 ) -> None:
     """
     With C{mtu=1400} on B's port, pings of 1400 bytes of IP cross and larger
-    ones (beyond the 4 bytes kept for a VLAN tag) are dropped and counted; TCP super-frames of 1500-byte
-    segments are dropped too, and pass once A's interface MTU is 1400.
+    ones (beyond the 4 bytes kept for a VLAN tag) are dropped and counted;
+    TCP super-frames of 1500-byte segments are dropped too, and pass once
+    A's interface MTU is 1400.
     """
     mgmt = shortdir / "mgmt"
     sw, [(nsA, tapA, addrA), (nsB, tapB, addrB)] = tapPair(
