@@ -381,6 +381,21 @@ def test_udpDatagramsReadTogetherReachOffloadTapsAsOneUsoPacket(rig: Rig) -> Non
     assert a.link.port.counters.inFrames == 2
 
 
+def test_aTapRestsFromCoalescingAfterABatchOfManyFlows(rig: Rig) -> None:
+    """After a batch of 100 flows' single datagrams, the next batch is not coalesced."""
+    a, b = rig.tap("tapa"), rig.tap("tapb")
+    for port in range(100):
+        tunnelOf(a).inject(kernelPacket(b"x", proto=UDP, gso=False, ports=(port, 7),
+                                        macs=(MAC_B, MAC_A)).packet)
+    a.link.doRead()
+    assert len(tunnelOf(b).written()) == 100
+    run = _udpRun(10)
+    for packet in run:
+        tunnelOf(a).inject(packet)
+    a.link.doRead()
+    assert tunnelOf(b).written() == run
+
+
 @pytest.mark.parametrize("option", ["coalesce", "uso"])
 def test_coalescingIsOffWithCoalesceOffOrWithoutUso(rig: Rig, option: str) -> None:
     """C{coalesce=off}, or a TAP without USO, hands every datagram on as it came."""

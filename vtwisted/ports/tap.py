@@ -224,6 +224,8 @@ class TapLink(TuntapPort):
         port = self.port
         budget = READ_BUDGET
         gro = self._gro
+        if gro is not None and gro.resting():
+            gro = None
         held = False
         while budget > 0:
             try:
@@ -254,7 +256,7 @@ class TapLink(TuntapPort):
 
     def _flushHeld(self) -> None:
         try:
-            self._gro.flush()  # type: ignore[union-attr]
+            self._gro.finish()  # type: ignore[union-attr]
         except Exception:
             log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
 

@@ -8,8 +8,9 @@ negotiated USO takes a C{GSO_UDP_L4} packet instead: one virtio-net header,
 one set of Ethernet, IP and UDP headers, and the payloads of up to 64
 datagrams of C{gso_size} bytes each, which the receiving kernel cuts back
 into the original datagrams.  L{UdpCoalescer} watches the packets of one
-read batch in order and merges consecutive ones that the kernel's cut gives
-back exactly:
+read batch in order, keeps one run per flow (addresses and ports, up to
+L{MAX_FLOWS} flows), and merges the datagrams of a flow that follow each
+other in it when the kernel's cut gives them back exactly:
 
   - an untagged IPv4 (20-byte header, not a fragment, valid header
     checksum) or IPv6 (no extension header) UDP datagram with a partial
@@ -22,13 +23,19 @@ back exactly:
     one more per segment);
   - at most L{USO_MAX_SEGMENTS} datagrams and 64 KB of payload.
 
-Anything else ends the run, which is handed on first, so order is kept; a
-run of one is handed on untouched.  The merged packet's UDP checksum field
-holds the pseudo-header sum for the whole length, the kernel's own
-convention for USO (see L{vtwisted.wire.vnet}), and its IPv4 header checksum
-is recomputed.  Cutting it with L{vtwisted.wire.vnet.toFrames} gives the
-original datagrams with their checksums completed, byte for byte (the tests
-check exactly that).  No timer is involved: a run ends with the batch.
+A datagram that does not continue its flow's run ends it: the run is handed
+on first, so each flow keeps its order (different flows may not).  A run of
+one is handed on untouched, and is not even checked until a second datagram
+of its flow comes, so traffic that forms no runs costs little; a batch of
+mostly lone datagrams of many flows makes coalescing rest for the next
+L{_REST} batches.  The port hands every run on before any other packet.
+
+The merged packet's UDP checksum field holds the pseudo-header sum for the
+whole length, the kernel's own convention for USO (see
+L{vtwisted.wire.vnet}), and its IPv4 header checksum is recomputed.
+Cutting it with L{vtwisted.wire.vnet.toFrames} gives the original datagrams
+with their checksums completed, byte for byte (the tests check exactly
+that).  No timer is involved: runs end with the batch.
 """
 
 from __future__ import annotations
@@ -112,80 +119,149 @@ def merge(run: list[bytes]) -> bytes:
     return b"".join([vnet, headers, *[p[start:] for p in run]])
 
 
+#: Flows with a run in progress at once (Linux's GRO keeps 8 per device; a
+#: switch port may carry many hosts' flows, and an idle entry costs nothing).
+MAX_FLOWS = 64
+#: A batch that hands on at least this many datagrams alone...
+_IDLE_SINGLES = 64
+#: ...and merges fewer than a quarter as many makes coalescing rest this
+#: many batches: too many flows interleave finely for runs to form.
+_REST = 32
+
+
+class _Run:
+    """
+    The datagrams of one flow waiting to be merged, and what the next one
+    must look like to join them.  A run of one is not checked (L{begin}) until
+    a second datagram of its flow comes, so a flow that sends one datagram
+    per batch costs little.
+    """
+
+    __slots__ = ("packets", "key", "next", "size", "room")
+
+    def __init__(self, packet: bytes) -> None:
+        self.packets = [packet]
+        self.size = len(packet)
+        self.key = b""
+        self.next = 0
+        self.room = 0
+
+    def begin(self) -> bool:
+        """
+        Check the first datagram and remember what the next must look like.
+
+        @return: whether it can be merged at all.
+        """
+        packet = self.packets[0]
+        if not _eligible(packet):
+            return False
+        if packet[22:24] == _IPV4:
+            self.key = packet[:28] + packet[30:34] + packet[36:52]
+            self.next = (packet[28] << 8 | packet[29]) + 1 & 0xFFFF
+            mss, room = self.size - _V4_PAYLOAD, _MAX_IP - 28
+        else:
+            self.key = packet[:72]
+            mss, room = self.size - _V6_PAYLOAD, _MAX_IP - 8
+        self.room = min(USO_MAX_SEGMENTS, room // mss)
+        return True
+
+
 class UdpCoalescer:
     """
     Merge runs of UDP datagrams, packet by packet, and hand everything on
-    in order to C{deliver}.
+    to C{deliver}: the packets of one flow (addresses and ports) in the order
+    they came, those of different flows perhaps not.
 
     @ivar datagrams: how many datagrams went into merged packets.
     @ivar packets: how many merged packets were handed on.
     """
 
-    __slots__ = ("_deliver", "_run", "_key", "_next", "_size", "_room", "datagrams", "packets")
+    __slots__ = ("_deliver", "_runs", "_singles", "_merged", "_resting", "datagrams", "packets")
 
     def __init__(self, deliver: Callable[[bytes], object]) -> None:
         self._deliver = deliver
-        self._run: list[bytes] = []
-        self._key = b""
-        self._next = -1
-        self._size = 0
-        self._room = 0
+        self._runs: dict[bytes, _Run] = {}
+        self._singles = self._merged = self._resting = 0
         self.datagrams = 0
         self.packets = 0
 
     @property
     def pending(self) -> bool:
         """
-        Whether a run waits for L{flush}.
+        Whether runs wait for L{flush}.
         """
-        return bool(self._run)
+        return bool(self._runs)
+
+    def resting(self) -> bool:
+        """
+        Whether the next batch should skip coalescing: in the last one, too
+        many flows interleaved for runs to form (see L{flush}).  Call it
+        once per batch.
+        """
+        if self._resting:
+            self._resting -= 1
+            return True
+        return False
 
     def add(self, packet: bytes) -> None:
         """
-        Take the next packet of the batch: join the run, or end it and start
-        another, or hand the packet on (after the run) if it cannot be merged.
+        Take the next packet of the batch, normally one whose header bytes
+        6-9 are in L{CANDIDATES}: it joins its flow's run, or ends that run
+        and starts another.  A packet that cannot be merged is handed on
+        (after its flow's run) when the next one of its flow comes, or at
+        the batch's end.
         """
-        run = self._run
-        if run and len(packet) == self._size and len(run) < self._room:
-            if packet[22:24] == _IPV4:
-                if (
-                    packet[:28] + packet[30:34] + packet[36:52] == self._key
-                    and (packet[28] << 8 | packet[29]) == self._next
-                    and int.from_bytes(packet[24:44], "big") % MODULUS == 0
-                ):
-                    run.append(packet)
-                    self._next = (self._next + 1) & 0xFFFF
-                    return
-            elif packet[:72] == self._key:
-                run.append(packet)
-                return
-        if run:
-            self.flush()
-        if not _eligible(packet):
-            self._deliver(packet)
-            return
-        self._run = [packet]
-        self._size = size = len(packet)
-        if packet[22:24] == _IPV4:
-            self._key = packet[:28] + packet[30:34] + packet[36:52]
-            self._next = (packet[28] << 8 | packet[29]) + 1 & 0xFFFF
-            mss, room = size - _V4_PAYLOAD, _MAX_IP - 28
-        else:
-            self._key = packet[:72]
-            mss, room = size - _V6_PAYLOAD, _MAX_IP - 8
-        self._room = min(USO_MAX_SEGMENTS, room // mss)
+        isV4 = packet[6:7] == b"\x22"
+        flow = packet[36:48] if isV4 else packet[32:68]
+        runs = self._runs
+        run = runs.get(flow)
+        if run is not None:
+            if len(packet) == run.size and (run.room or run.begin()):
+                if len(run.packets) < run.room:
+                    if isV4:
+                        if (
+                            packet[:28] + packet[30:34] + packet[36:52] == run.key
+                            and (packet[28] << 8 | packet[29]) == run.next
+                            and int.from_bytes(packet[24:44], "big") % MODULUS == 0
+                        ):
+                            run.packets.append(packet)
+                            run.next = (run.next + 1) & 0xFFFF
+                            return
+                    elif packet[:72] == run.key:
+                        run.packets.append(packet)
+                        return
+            del runs[flow]
+            self._hand(run.packets)
+        runs[flow] = _Run(packet)
+        if len(runs) > MAX_FLOWS:
+            self._hand(runs.pop(next(iter(runs))).packets)
 
     def flush(self) -> None:
         """
-        Hand on the run, merged if it holds more than one datagram.
+        Hand on every run, oldest first, merged if it holds more than one
+        datagram.
         """
-        run = self._run
-        if not run:
+        runs = self._runs
+        if runs:
+            self._runs = {}
+            for run in runs.values():
+                self._hand(run.packets)
+
+    def finish(self) -> None:
+        """
+        End the batch: L{flush}, and decide whether the next batches rest.
+        """
+        self.flush()
+        if self._singles >= _IDLE_SINGLES and self._merged * 4 < self._singles:
+            self._resting = _REST
+        self._singles = self._merged = 0
+
+    def _hand(self, packets: list[bytes]) -> None:
+        if len(packets) == 1:
+            self._singles += 1
+            self._deliver(packets[0])
             return
-        self._run = []
-        if len(run) == 1:
-            self._deliver(run[0])
-            return
-        self.datagrams += len(run)
+        self._merged += len(packets)
+        self.datagrams += len(packets)
         self.packets += 1
-        self._deliver(merge(run))
+        self._deliver(merge(packets))
