@@ -28,9 +28,6 @@ device disappears the port goes down and says so; nothing else stops.
 from __future__ import annotations
 
 import errno
-import fcntl
-import os
-import re
 import struct
 from typing import Any
 
@@ -44,31 +41,23 @@ from zope.interface import implementer
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.polling import pollerFor
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.tapdevice import (
+    IFNAMSIZ,
+    OFFLOAD_CHOICES,
+    TUN_F_USO4,
+    TUN_F_USO6,
+    TUNSETIFF,
+    TUNSETOFFLOAD,
+    RealTapSystem,
+    checkName,
+    offloadNames,
+    openError,
+)
 from vtwisted.spec import PortSpec
 from vtwisted.wire import udpgro, vnet
 
 log = Logger()
 
-TUNSETOFFLOAD = 0x400454D0
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
-TUN_F_TSO_ECN = 0x08
-TUN_F_USO4 = 0x20
-TUN_F_USO6 = 0x40
-#: What we ask for, best first; older kernels reject the USO bits (EINVAL).
-OFFLOAD_CHOICES = (
-    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
-    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
-)
-_OFFLOAD_NAMES = (
-    (TUN_F_CSUM, "csum"),
-    (TUN_F_TSO4, "tso4"),
-    (TUN_F_TSO6, "tso6"),
-    (TUN_F_TSO_ECN, "ecn"),
-    (TUN_F_USO4, "uso4"),
-    (TUN_F_USO6, "uso6"),
-)
 #: Largest read: a 64 KB super-frame, its header and a VLAN tag.
 MAX_READ = 65536 + vnet.HEADER_LENGTH + 4 + 64
 #: Seconds to keep polling the TAP devices after the last packet (see BusyPoller).
@@ -78,48 +67,9 @@ MAX_READ = 65536 + vnet.HEADER_LENGTH + 4 + 64
 DEFAULT_BUSY_POLL = 0.0
 #: Bytes read per wake-up before yielding to other ports.
 READ_BUDGET = 1024 * 1024
-_NAME = re.compile(r"^[^/:%\s]{1,15}$")
-TUNSETIFF = 0x400454CA
-_IFNAMSIZ = 16
 _GRO_CANDIDATES = udpgro.CANDIDATES
 _PARTIAL = udpgro.PARTIAL
 _GONE = (errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO)
-
-
-def offloadNames(flags: int) -> str:
-    """
-    C{csum,tso4,...} for a set of C{TUN_F_*} flags.
-    """
-    return ",".join(name for bit, name in _OFFLOAD_NAMES if flags & bit) or "none"
-
-
-class RealTapSystem:
-    """
-    The system calls a TAP port makes (the shape of
-    L{twisted.pair.testing.MemoryIOSystem}, plus C{writev}).
-    """
-
-    O_RDWR = os.O_RDWR
-    O_NONBLOCK = os.O_NONBLOCK
-    O_CLOEXEC = os.O_CLOEXEC
-    open = staticmethod(os.open)
-    read = staticmethod(os.read)
-    write = staticmethod(os.write)
-    writev = staticmethod(os.writev)
-    close = staticmethod(os.close)
-    ioctl = staticmethod(fcntl.ioctl)
-
-
-def checkName(spec: PortSpec, name: str | None) -> str:
-    """
-    The interface name, if Linux would accept it.
-    """
-    if name is None or not _NAME.match(name) or name in (".", ".."):
-        raise spec.error(
-            f"TAP name {name!r} is not a valid interface name "
-            "(1 to 15 characters, no '/', ':', '%' or white space)"
-        )
-    return name
 
 
 @implementer(ILink)
@@ -169,7 +119,7 @@ class TapLink(TuntapPort):
         try:
             self.startListening()
         except Exception as e:
-            raise _openError(self.service.spec, self.name, e) from None
+            raise openError(self.service.spec, self.name, e) from None
         self.stopReading()
         if self.vnetHeader:
             self.offloads = self._negotiate()
@@ -393,24 +343,7 @@ class TapLink(TuntapPort):
         except BaseException:
             system.close(fileno)
             raise
-        return fileno, result[:_IFNAMSIZ].strip(b"\0")
-
-
-def _openError(spec: str, name: str, e: Exception) -> OSError:
-    cause = getattr(e, "socketError", e)
-    code = getattr(cause, "errno", None) or errno.EIO
-    text = getattr(cause, "strerror", None) or str(cause)
-    advice = ""
-    if code == errno.EPERM:
-        advice = (
-            "; without CAP_NET_ADMIN the device must exist and belong to you: "
-            f"ip tuntap add {name} mode tap user $USER"
-        )
-    elif code == errno.EBUSY:
-        advice = "; another program holds it (a TAP device has one user)"
-    elif code == errno.ENOENT:
-        advice = "; /dev/net/tun is missing (modprobe tun)"
-    return OSError(code, f"{spec}: cannot open TAP device {name}: {text} (errno {code}){advice}")
+        return fileno, result[:IFNAMSIZ].strip(b"\0")
 
 
 @implementer(IPortService)

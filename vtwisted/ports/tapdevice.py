@@ -1,0 +1,95 @@
+"""
+The Linux TUN/TAP device interface a TAP port uses: the ioctls and offload
+flags, the system calls (replaceable in tests), interface names, and the
+errors that say what to do when a device cannot be opened.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+
+from vtwisted.spec import PortSpec
+
+TUNSETIFF = 0x400454CA
+IFNAMSIZ = 16
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+TUN_F_TSO6 = 0x04
+TUN_F_TSO_ECN = 0x08
+TUN_F_USO4 = 0x20
+TUN_F_USO6 = 0x40
+#: What we ask for, best first; older kernels reject the USO bits (EINVAL).
+OFFLOAD_CHOICES = (
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6,
+    TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN,
+)
+_OFFLOAD_NAMES = (
+    (TUN_F_CSUM, "csum"),
+    (TUN_F_TSO4, "tso4"),
+    (TUN_F_TSO6, "tso6"),
+    (TUN_F_TSO_ECN, "ecn"),
+    (TUN_F_USO4, "uso4"),
+    (TUN_F_USO6, "uso6"),
+)
+_NAME = re.compile(r"^[^/:%\s]{1,15}$")
+
+
+def offloadNames(flags: int) -> str:
+    """
+    C{csum,tso4,...} for a set of C{TUN_F_*} flags.
+    """
+    return ",".join(name for bit, name in _OFFLOAD_NAMES if flags & bit) or "none"
+
+
+class RealTapSystem:
+    """
+    The system calls a TAP port makes (the shape of
+    L{twisted.pair.testing.MemoryIOSystem}, plus C{writev}).
+    """
+
+    O_RDWR = os.O_RDWR
+    O_NONBLOCK = os.O_NONBLOCK
+    O_CLOEXEC = os.O_CLOEXEC
+    open = staticmethod(os.open)
+    read = staticmethod(os.read)
+    write = staticmethod(os.write)
+    writev = staticmethod(os.writev)
+    close = staticmethod(os.close)
+    ioctl = staticmethod(fcntl.ioctl)
+
+
+def checkName(spec: PortSpec, name: str | None) -> str:
+    """
+    The interface name, if Linux would accept it.
+    """
+    if name is None or not _NAME.match(name) or name in (".", ".."):
+        raise spec.error(
+            f"TAP name {name!r} is not a valid interface name "
+            "(1 to 15 characters, no '/', ':', '%' or white space)"
+        )
+    return name
+
+
+def openError(spec: str, name: str, e: Exception) -> OSError:
+    """
+    The error for a device that could not be opened: the spec, the device,
+    the errno, and what to do about it.
+    """
+    cause = getattr(e, "socketError", e)
+    code = getattr(cause, "errno", None) or errno.EIO
+    text = getattr(cause, "strerror", None) or str(cause)
+    advice = ""
+    if code == errno.EPERM:
+        advice = (
+            "; without CAP_NET_ADMIN the device must exist and belong to you: "
+            f"ip tuntap add {name} mode tap user $USER"
+        )
+    elif code == errno.EBUSY:
+        advice = "; another program holds it (a TAP device has one user)"
+    elif code == errno.ENOENT:
+        advice = "; /dev/net/tun is missing (modprobe tun)"
+    return OSError(code, f"{spec}: cannot open TAP device {name}: {text} (errno {code}){advice}")
