@@ -397,17 +397,18 @@ class Switch:
                 out = entry.port
                 if out is port:
                     return
-                if out.vnet and out.untaggedVlan is vlan and (
-                    n <= out.maxFrame or _largest(packet) <= out.maxFrame
+                if out.untaggedVlan is vlan and (
+                    (n <= out.maxFrame or _largest(packet) <= out.maxFrame) if out.vnet
+                    else not packet[1] and n <= out.maxFrame  # one frame, no GSO
                 ):
+                    send = out.sendVnet if out.vnet else out.sendConverted
                     oc = out.counters
                     oc.outFrames += 1
                     oc.outBytes += n
-                    out.sendVnet(packet)
+                    send(packet)
                     bounds = _routeBounds(packet, min(port.maxFrame, out.maxFrame))
                     if bounds is not None:
-                        self._addRoute(port, packet[:24], vlan, packet[16:22], out,
-                                       out.sendVnet, bounds)
+                        self._addRoute(port, packet[:24], vlan, packet[16:22], out, send, bounds)
                     return
                 self._deliver(port, packet, True, False, vlan, (out,))
                 return

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from vtwisted import errors
 from vtwisted.interfaces import ILink
+from vtwisted.wire import vnet
 from vtwisted.wire.ethernet import DEFAULT_MTU, maxFrameFor
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class SwitchPort:
 
     @ivar send: sends one plain frame to every link (no counting).
     @ivar sendVnet: sends one virtio-net packet; only used when L{vnet}.
+    @ivar sendConverted: sends the plain frame of a virtio-net packet without
+        GSO (see L{vtwisted.wire.vnet.toFrame}); for ports without L{vnet}.
     @ivar vnet: every link accepts virtio-net packets.
     @ivar maxFrame: the longest frame, tag included, this port carries.
     @ivar routes: the switch's cache of where this port's frames go (see
@@ -100,6 +103,7 @@ class SwitchPort:
         "maxFrame",
         "send",
         "sendVnet",
+        "sendConverted",
         "vnet",
         "configuredBy",
         "routes",
@@ -121,6 +125,7 @@ class SwitchPort:
         self.maxFrame = maxFrameFor(DEFAULT_MTU)
         self.send: Callable[[Any], None] = _discard
         self.sendVnet: Callable[[Any], None] = _discard
+        self.sendConverted: Callable[[Any], None] = _discard
         self.vnet = False
         self._warned: set[str] = set()
         #: The spec whose options configured this port, if any.
@@ -196,7 +201,7 @@ class SwitchPort:
 
     def rewire(self) -> None:
         """
-        Point L{send} and L{sendVnet} at the current links.
+        Point L{send}, L{sendVnet} and L{sendConverted} at the current links.
         """
         self.onChange()
         links = self.links
@@ -220,6 +225,8 @@ class SwitchPort:
 
             self.send = fanOut
             self.sendVnet = fanOutVnet
+        send, toFrame = self.send, vnet.toFrame
+        self.sendConverted = lambda packet: send(toFrame(packet))
 
 
 def _inGroup(uid: int, gid: int) -> bool:

@@ -287,6 +287,30 @@ def test_portMtuLimitsUnicastToALearnedOffloadPort() -> None:
     assert b.port.counters.drops["mtu"] == 2
 
 
+def test_unicastFromAnOffloadPortToAPlainOneIsCompletedOrCut() -> None:
+    """
+    Frames with the header for an address learned on a plain port arrive
+    there as plain frames, checksums completed (the next ones of the flow
+    too, by the route), super-frames cut, oversized ones dropped.
+    """
+    switch = Switch()
+    a, plainLink = FakeLink("a", vnetHeader=True), FakeLink("p")
+    plug(switch, a)
+    plug(switch, plainLink)
+    plainLink.port.setMtu(1000)
+    plainLink.receive(frame(BROADCAST, mac(2)))
+    small = [kernelPacket(bytes([n]) * 40, gso=False, macs=(mac(2), mac(1))).packet
+             for n in range(3)]
+    big = kernelPacket(bytes(1200), gso=False, macs=(mac(2), mac(1))).packet
+    superFrame = kernelPacket(bytes(800), 300, macs=(mac(2), mac(1))).packet
+    for packet in [*small, big, superFrame]:
+        a.receivePacket(packet)
+    expected = [f for p in [*small, superFrame] for f in vnet.toFrames(p)]
+    assert plainLink.sent == expected and all(f[0:1] != b"\x01" for f in expected)
+    assert plainLink.port.counters.drops["mtu"] == 1
+    assert plainLink.port.counters.outFrames == len(expected)
+
+
 def test_portMtuLimitsIngressFromOffloadPortsByFrameOrSegment() -> None:
     """An offload port with a lower MTU drops what it reads beyond it, as oversize."""
     switch, (a, b, c) = _vnetSwitch()

@@ -146,15 +146,26 @@ def toFrames(packet: bytes) -> list[bytes]:
         raise VnetError(f"packet of {len(packet)} bytes is too short for a header and a frame")
     flags, gsoType, _, gsoSize, csumStart, csumOffset = _HEADER.unpack_from(packet)
     if gsoType == GSO_NONE:
-        if not flags & NEEDS_CSUM:
-            return [packet[HEADER_LENGTH:]]
-        if len(packet) <= _SHORT:
-            return [_completeShort(packet, csumStart, csumOffset)]
-        try:
-            return [completePartial(memoryview(packet)[HEADER_LENGTH:], csumStart, csumOffset)]
-        except ValueError as e:
-            raise VnetError(str(e)) from None
+        return [toFrame(packet)]
     return _segment(packet, flags, gsoType, gsoSize, csumStart, csumOffset)
+
+
+def toFrame(packet: bytes) -> bytes:
+    """
+    The plain frame of a packet without GSO, its checksum completed if
+    C{NEEDS_CSUM} asks for it.
+
+    @raise VnetError: the checksum field is not inside the frame.
+    """
+    if not packet[0] & NEEDS_CSUM:
+        return packet[HEADER_LENGTH:]
+    _, _, _, _, csumStart, csumOffset = _HEADER.unpack_from(packet)
+    if len(packet) <= _SHORT:
+        return _completeShort(packet, csumStart, csumOffset)
+    try:
+        return completePartial(memoryview(packet)[HEADER_LENGTH:], csumStart, csumOffset)
+    except ValueError as e:
+        raise VnetError(str(e)) from None
 
 
 def _completeShort(packet: bytes, csumStart: int, csumOffset: int) -> bytes:
