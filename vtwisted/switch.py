@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from vtwisted import errors
 from vtwisted.fdb import MacTable
+from vtwisted.forms import Forms
 from vtwisted.interfaces import ILink, ISwitch
 from vtwisted.switchport import SwitchPort
 from vtwisted.vlans import Vlan, VlanRegistry
@@ -58,55 +59,6 @@ ROUTE_LIMIT = 1024
 _knownHeaders = vnetcheck.knownPlainHeaders
 _largest = vnetcheck.largestFrame
 _routeBounds = vnetcheck.routeBounds
-
-
-class _Forms:
-    """
-    The forms one received frame takes on its way out, each made once.
-    """
-
-    __slots__ = ("data", "isVnet", "tagged", "vid", "failed", "_plain", "_packets")
-
-    def __init__(self, data: bytes, isVnet: bool, tagged: bool, vid: int) -> None:
-        self.data = data
-        self.isVnet = isVnet
-        self.tagged = tagged
-        self.vid = vid
-        self.failed = False
-        self._plain: dict[bool, list[bytes]] = {}
-        self._packets: dict[bool, bytes] = {}
-
-    def plain(self, tagged: bool) -> list[bytes]:
-        """
-        Plain frames (a super-frame gives several), tagged or not.
-        """
-        frames = self._plain.get(tagged)
-        if frames is None:
-            if tagged == self.tagged:
-                frames = vnet.toFrames(self.data) if self.isVnet else [self.data]
-            else:
-                base = self.plain(self.tagged)
-                if tagged:
-                    frames = [vlanwire.insertTag(f, self.vid) for f in base]
-                else:
-                    frames = [vlanwire.removeTag(f) for f in base]
-            self._plain[tagged] = frames
-        return frames
-
-    def packet(self, tagged: bool) -> bytes:
-        """
-        The virtio-net packet, tagged or not.
-        """
-        packet = self._packets.get(tagged)
-        if packet is None:
-            if tagged == self.tagged:
-                packet = self.data
-            elif tagged:
-                packet = vnet.insertTag(self.data, self.vid)
-            else:
-                packet = vnet.removeTag(self.data)
-            self._packets[tagged] = packet
-        return packet
 
 
 @implementer(ISwitch)
@@ -467,7 +419,7 @@ class Switch:
                 out.send(data)
                 continue
             if forms is None:
-                forms = _Forms(data, isVnet, tagged, vlan.vid if vlan else 0)
+                forms = Forms(data, isVnet, tagged, vlan.vid if vlan else 0)
             try:
                 if isVnet and out.vnet:
                     packet = forms.packet(wantTagged)
