@@ -108,6 +108,13 @@ class ISwitch(Interface):
         A link of C{port} read a virtio-net header followed by a frame.
         """
 
+    def coalescingPays(port: Any, packet: bytes) -> bool:
+        """
+        Whether a port should merge datagrams like C{packet} (a virtio-net
+        packet it read) before handing them over: not when the switch would
+        only cut them apart again.
+        """
+
     def tick(now: int) -> None:
         """
         Advance the switch's coarse clock to C{now} (whole seconds) and

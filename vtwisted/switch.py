@@ -366,6 +366,19 @@ class Switch:
                 return
         self._deliver(port, packet, True, False, vlan, vlan.active)
 
+    def coalescingPays(self, port: SwitchPort, packet: bytes) -> bool:
+        """
+        Whether merging datagrams like C{packet} read on C{port} into one
+        packet with the header pays: not when their untagged destination is
+        learned on a port without the header, which would need them cut
+        apart again.
+        """
+        vlan = port.untaggedVlan
+        if self.hub or vlan is None or packet[10] & 1:
+            return True
+        entry = vlan.macs.get(packet[10:16])
+        return entry is None or entry.port.vnet
+
     def _badLength(self, port: SwitchPort, n: int) -> None:
         if n < MIN_FRAME:
             port.dropped("runt", f"{n} bytes, shorter than an Ethernet header")

@@ -311,6 +311,24 @@ def test_unicastFromAnOffloadPortToAPlainOneIsCompletedOrCut() -> None:
     assert plainLink.port.counters.outFrames == len(expected)
 
 
+def test_coalescingPaysUnlessTheDestinationIsAPlainPort() -> None:
+    """Merging pays towards offload ports, unknown addresses, floods and in hub mode."""
+    switch = Switch()
+    a, v, p = FakeLink("a", vnetHeader=True), FakeLink("v", vnetHeader=True), FakeLink("p")
+    for link in (a, v, p):
+        plug(switch, link)
+    v.receivePacket(vnet.PLAIN_HEADER + frame(BROADCAST, mac(2)))
+    p.receive(frame(BROADCAST, mac(3)))
+
+    def pays(dst: bytes) -> bool:
+        return switch.coalescingPays(a.port, vnet.PLAIN_HEADER + frame(dst, mac(1)))
+
+    assert pays(mac(2)) and pays(mac(4)) and pays(BROADCAST)
+    assert not pays(mac(3))
+    switch.setHub(True)
+    assert pays(mac(3))
+
+
 def test_portMtuLimitsIngressFromOffloadPortsByFrameOrSegment() -> None:
     """An offload port with a lower MTU drops what it reads beyond it, as oversize."""
     switch, (a, b, c) = _vnetSwitch()

@@ -351,10 +351,10 @@ def test_superFramesPassWholeBetweenOffloadTapsAndAreCutForOthers(rig: Rig) -> N
     assert tunnelOf(a).written() == []
 
 
-def _udpRun(count: int) -> list[bytes]:
+def _udpRun(count: int, dst: bytes = MAC_B) -> list[bytes]:
     return [
         kernelPacket(randomPayload(80, n), proto=UDP, gso=False, ident=n,
-                     macs=(MAC_B, MAC_A)).packet
+                     macs=(dst, MAC_A)).packet
         for n in range(count)
     ]
 
@@ -379,6 +379,31 @@ def test_udpDatagramsReadTogetherReachOffloadTapsAsOneUsoPacket(rig: Rig) -> Non
     assert tunnelOf(off).written() == other.sent
     assert a.link.description.endswith("coalesced 10 datagrams into 1")
     assert a.link.port.counters.inFrames == 2
+
+
+def test_datagramsForALearnedPortWithoutTheHeaderAreNotMerged(rig: Rig) -> None:
+    """
+    Datagrams to an address learned on a VDE-like port pass one by one (the
+    switch would only cut them again); to a TAP, they are merged.
+    """
+    a, b = rig.tap("tapa"), rig.tap("tapb")
+    other = rig.link()
+    other.receive(frame(BROADCAST, MAC_B))
+    tunnelOf(b).written()
+    run = _udpRun(10)
+    for packet in run:
+        tunnelOf(a).inject(packet)
+    a.link.doRead()
+    assert other.sent == [vnet.toFrame(p) for p in run]
+    assert tunnelOf(b).written() == [] and "coalesced 0 datagrams" in a.link.description
+    tunnelOf(b).inject(vnet.PLAIN_HEADER + frame(BROADCAST, mac(9)))
+    b.link.doRead()
+    run = _udpRun(10, mac(9))
+    for packet in run:
+        tunnelOf(a).inject(packet)
+    a.link.doRead()
+    [merged] = tunnelOf(b).written()
+    assert vnet.toFrames(merged) == [vnet.toFrame(p) for p in run]
 
 
 def test_aTapRestsFromCoalescingAfterABatchOfManyFlows(rig: Rig) -> None:

@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -41,14 +42,16 @@ from vtwisted.wire import udpgro, vnet, vnetcheck
 from vtwisted.wire.checksum import MODULUS
 
 
-def coalesce(packets: list[bytes]) -> tuple[list[bytes], udpgro.UdpCoalescer]:
+def coalesce(
+    packets: list[bytes], pays: Callable[[bytes], bool] | None = None
+) -> tuple[list[bytes], udpgro.UdpCoalescer]:
     """
     What the coalescer hands on for C{packets}, read as one batch.
     """
     # as TapLink.readBatch does: candidates go to the coalescer, anything
     # else is handed on after every run
     out: list[bytes] = []
-    coalescer = udpgro.UdpCoalescer(out.append)
+    coalescer = udpgro.UdpCoalescer(out.append, pays)
     for packet in packets:
         if candidate(packet):
             coalescer.add(packet)
@@ -175,6 +178,26 @@ def test_aDatagramThatTheCutWouldNotGiveBackEndsTheRun(change: str) -> None:
     assert odd in out
 
 
+def _sourcePort(packet: bytes) -> int:
+    at = 44 if packet[6:7] == b"\x22" else 64
+    return int.from_bytes(packet[at : at + 2], "big")
+
+
+def test_aFlowForWhichMergingDoesNotPayPassesAsItCame() -> None:
+    """Asked once per batch, at its second datagram; its datagrams then pass one by one."""
+    asked: list[bytes] = []
+    paid, unpaid = datagrams(5, ports=(1000, 7)), datagrams(5, ports=(1001, 7))
+    packets = [p for pair in zip(paid, unpaid) for p in pair]
+
+    def pays(packet: bytes) -> bool:
+        asked.append(packet)
+        return _sourcePort(packet) == 1000
+
+    out, _ = coalesce(packets, pays)
+    assert asked == [paid[1], unpaid[1]]
+    assert out[:5] == unpaid and vnet.toFrames(out[5]) == plain(paid) and len(out) == 6
+
+
 def test_interleavedFlowsEachMakeTheirRun() -> None:
     """Two flows sent alternately make one packet each, each in its order."""
     a = datagrams(20, ports=(1000, 7))
@@ -298,15 +321,19 @@ def _interleave(packets: list[bytes], run: list[bytes], rnd: random.Random) -> l
     return head + mixed
 
 
-@given(batches())
+@given(batches(), st.sampled_from([None, 1000, 1001]))
 @settings(max_examples=150, deadline=None)
-def test_coalescingNeverChangesTheFramesAnyPortGets(packets: list[bytes]) -> None:
+def test_coalescingNeverChangesTheFramesAnyPortGets(
+    packets: list[bytes], unpaid: int | None
+) -> None:
     """
     Cutting the output gives the input's frames, each flow's in order;
-    merged packets are valid USO.
+    merged packets are valid USO; a flow for which merging does not pay is
+    never merged.
     """
-    out, coalescer = coalesce(packets)
+    out, coalescer = coalesce(packets, lambda packet: _sourcePort(packet) != unpaid)
     checkSameFramesPerFlow(packets, out)
+    assert all(_sourcePort(p) != unpaid for p in out if p[1] == vnet.GSO_UDP_L4)
     inputs = {id(p) for p in packets}
     merged = [p for p in out if id(p) not in inputs]
     assert len(merged) == coalescer.packets

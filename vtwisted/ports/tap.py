@@ -28,6 +28,7 @@ device disappears the port goes down and says so; nothing else stops.
 from __future__ import annotations
 
 import errno
+import functools
 import struct
 from typing import Any
 
@@ -150,7 +151,9 @@ class TapLink(TuntapPort):
         else:
             self._receive = switch.frameReceived
         if self.coalesce and self.offloads & TUN_F_USO4 and self.offloads & TUN_F_USO6:
-            self._gro = udpgro.UdpCoalescer(self._receiveOne)
+            self._gro = udpgro.UdpCoalescer(
+                self._receiveOne, functools.partial(switch.coalescingPays, port)
+            )
         switch.attach(port, self)
         self.startReading()
 

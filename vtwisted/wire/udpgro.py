@@ -28,7 +28,9 @@ on first, so each flow keeps its order (different flows may not).  A run of
 one is handed on untouched, and is not even checked until a second datagram
 of its flow comes, so traffic that forms no runs costs little; a batch of
 mostly lone datagrams of many flows makes coalescing rest for the next
-L{_REST} batches.  The port hands every run on before any other packet.
+L{_REST} batches.  The port hands every run on before any other packet, and
+tells the coalescer not to merge a flow whose datagrams the switch would
+only cut apart again (one bound for a port without the header).
 
 The merged packet's UDP checksum field holds the pseudo-header sum for the
 whole length, the kernel's own convention for USO (see
@@ -166,6 +168,10 @@ class _Run:
         return True
 
 
+def _always(packet: bytes) -> bool:
+    return True
+
+
 class UdpCoalescer:
     """
     Merge runs of UDP datagrams, packet by packet, and hand everything on
@@ -176,10 +182,21 @@ class UdpCoalescer:
     @ivar packets: how many merged packets were handed on.
     """
 
-    __slots__ = ("_deliver", "_runs", "_singles", "_merged", "_resting", "datagrams", "packets")
+    __slots__ = ("_deliver", "_pays", "_runs", "_singles", "_merged", "_resting", "datagrams",
+                 "packets")
 
-    def __init__(self, deliver: Callable[[bytes], object]) -> None:
+    def __init__(
+        self, deliver: Callable[[bytes], object], pays: Callable[[bytes], bool] | None = None
+    ) -> None:
+        """
+        @param deliver: called with every packet handed on.
+        @param pays: asked when a flow's second datagram of a batch comes
+            whether merging that flow pays (it does not when the datagrams
+            would only be cut apart again); if not, its datagrams are handed
+            on one by one for the rest of the batch.
+        """
         self._deliver = deliver
+        self._pays = pays or _always
         self._runs: dict[bytes, _Run] = {}
         self._singles = self._merged = self._resting = 0
         self.datagrams = 0
@@ -216,6 +233,16 @@ class UdpCoalescer:
         runs = self._runs
         run = runs.get(flow)
         if run is not None:
+            if run.room <= 0:
+                if run.room < 0:
+                    self._deliver(packet)
+                    return
+                if not self._pays(packet):
+                    run.room = -1
+                    self._hand(run.packets)
+                    run.packets = []
+                    self._deliver(packet)
+                    return
             if len(packet) == run.size and (run.room or run.begin()):
                 if len(run.packets) < run.room:
                     if isV4:
@@ -257,6 +284,8 @@ class UdpCoalescer:
         self._singles = self._merged = 0
 
     def _hand(self, packets: list[bytes]) -> None:
+        if not packets:
+            return
         if len(packets) == 1:
             self._singles += 1
             self._deliver(packets[0])
