@@ -20,9 +20,13 @@ frames from other ports are written behind an all-zero header with one
 C{writev}.  With C{offload=off} the device is opened without the header and
 carries ordinary frames.
 
-Reads are drained in batches per reactor wake-up.  A write the device cannot
-take now (its queue is full) is dropped and counted, never buffered.  If the
-device disappears the port goes down and says so; nothing else stops.
+Reads are drained in batches per reactor wake-up.  With USO negotiated,
+runs of UDP datagrams of one flow within a batch reach the switch merged
+into USO packets (L{vtwisted.wire.udpgro}; C{coalesce=off} turns it off),
+unless the switch says they would only be cut apart again.  A write the
+device cannot take now (its queue is full) is dropped and counted, never
+buffered.  If the device disappears the port goes down and says so; nothing
+else stops.
 """
 
 from __future__ import annotations
@@ -208,6 +212,9 @@ class TapLink(TuntapPort):
         return budget != READ_BUDGET
 
     def _flushHeld(self) -> None:
+        """
+        End the coalescer's batch: hand on what it holds.
+        """
         try:
             self._gro.finish()  # type: ignore[union-attr]
         except Exception:
