@@ -45,7 +45,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from vtwisted.wire.checksum import MODULUS
+from vtwisted.wire.checksum import MODULUS, checksumValid, internetChecksum
 from vtwisted.wire.vnet import GSO_UDP_L4, NEEDS_CSUM, USO_MAX_SEGMENTS
 
 #: The virtio-net header bytes 6-9 (csum_start, csum_offset) of an untagged
@@ -82,7 +82,7 @@ def _eligible(packet: bytes) -> bool:
             and not packet[31]
             and _U16.unpack_from(packet, 26)[0] == size - 24
             and _U16.unpack_from(packet, 48)[0] == size - 44
-            and int.from_bytes(packet[24:44], "big") % MODULUS == 0
+            and checksumValid(packet[24:44])
         )
     return (
         etherType == _IPV6
@@ -110,7 +110,7 @@ def merge(run: list[bytes]) -> bytes:
         udp = 34
         _U16.pack_into(headers, 2 + 14, 28 + total)
         headers[24:26] = b"\0\0"
-        _U16.pack_into(headers, 24, MODULUS - int.from_bytes(headers[14:34], "big") % MODULUS)
+        _U16.pack_into(headers, 24, internetChecksum(headers[14:34]))
     else:
         udp = 54
         _U16.pack_into(headers, 4 + 14, 8 + total)
@@ -202,13 +202,6 @@ class UdpCoalescer:
         self.datagrams = 0
         self.packets = 0
 
-    @property
-    def pending(self) -> bool:
-        """
-        Whether runs wait for L{flush}.
-        """
-        return bool(self._runs)
-
     def resting(self) -> bool:
         """
         Whether the next batch should skip coalescing: in the last one, too
@@ -249,6 +242,7 @@ class UdpCoalescer:
                         if (
                             packet[:28] + packet[30:34] + packet[36:52] == run.key
                             and (packet[28] << 8 | packet[29]) == run.next
+                            # checksumValid, inline: this runs once per datagram
                             and int.from_bytes(packet[24:44], "big") % MODULUS == 0
                         ):
                             run.packets.append(packet)

@@ -81,9 +81,6 @@ _U16PAIR = struct.Struct("!HH")
 _MIN_PACKET = HEADER_LENGTH + ETH_HEADER_LENGTH
 _ZERO2 = b"\x00\x00"
 _TCP_GSO = (GSO_TCPV4, GSO_TCPV6)
-#: Packets up to this long have a partial checksum completed by
-#: L{_completeShort} (beyond it, folding the sum first pays).
-_SHORT = 2048
 
 
 class VnetError(ValueError):
@@ -160,30 +157,10 @@ def toFrame(packet: bytes) -> bytes:
     if not packet[0] & NEEDS_CSUM:
         return packet[HEADER_LENGTH:]
     _, _, _, _, csumStart, csumOffset = _HEADER.unpack_from(packet)
-    if len(packet) <= _SHORT:
-        return _completeShort(packet, csumStart, csumOffset)
     try:
-        return completePartial(memoryview(packet)[HEADER_LENGTH:], csumStart, csumOffset)
+        return completePartial(packet, csumStart, csumOffset, HEADER_LENGTH)
     except ValueError as e:
         raise VnetError(str(e)) from None
-
-
-def _completeShort(packet: bytes, csumStart: int, csumOffset: int) -> bytes:
-    """
-    L{completePartial} for a packet of up to L{_SHORT} bytes, where the
-    calls and views it saves cost more than folding saves: 0.9 us instead of
-    2.1 for a 64-byte frame, 3.1 instead of 3.4 for a 1500-byte one.
-    """
-    at = HEADER_LENGTH + csumStart + csumOffset
-    if at + 2 > len(packet):
-        raise VnetError(
-            f"checksum field at {csumStart}+{csumOffset} does not fit in a "
-            f"{len(packet) - HEADER_LENGTH}-byte frame"
-        )
-    data = packet[HEADER_LENGTH + csumStart :]
-    value = int.from_bytes(data, "big") << 8 if len(data) & 1 else int.from_bytes(data, "big")
-    return b"".join((packet[HEADER_LENGTH:at], _U16.pack(MODULUS - value % MODULUS),
-                     packet[at + 2 :]))
 
 
 def _segment(
