@@ -22,8 +22,6 @@ from __future__ import annotations
 import errno
 import grp
 import os
-import socket
-import stat
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
@@ -33,6 +31,7 @@ from twisted.logger import Logger
 from vtwisted import consoleformat as fmt
 from vtwisted.console import MAX_SESSIONS, CommandInterpreter, ConsoleFactory, readScript
 from vtwisted.errors import SwitchError
+from vtwisted.unixpath import claimSocketPath
 
 if TYPE_CHECKING:
     from vtwisted.operations import SwitchOperations
@@ -43,34 +42,6 @@ log = Logger()
 DEFAULT_MODE = 0o600
 #: The longest path a UNIX socket can have.
 MAX_SOCKET_PATH = 107
-
-
-def _claimSocketPath(path: str) -> None:
-    """
-    Remove a stale socket at C{path}; fail if a live one answers there or
-    if C{path} is something else than a socket.
-    """
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise OSError(errno.EEXIST, f"--mgmt {path}: exists and is not a socket (File exists)")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as e:
-        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise OSError(e.errno, f"--mgmt {path}: cannot check it: {e.strerror}") from e
-        log.info("management console: replacing stale socket {path}", path=path)
-        os.unlink(path)
-    else:
-        raise OSError(
-            errno.EADDRINUSE,
-            f"--mgmt {path}: another console is listening there (Address already in use)",
-        )
-    finally:
-        probe.close()
 
 
 class ConsoleService(Service):
@@ -110,7 +81,7 @@ class ConsoleService(Service):
         self._listening: Any = None
 
     def startService(self) -> None:
-        _claimSocketPath(self.path)
+        claimSocketPath(self.path, "--mgmt", "another console")
         try:
             self._listening = self.reactor.listenUNIX(
                 self.path, self.factory, backlog=15, mode=self.mode, wantPID=False

@@ -152,6 +152,22 @@ class PortSpec:
             values.append(value)
         return values
 
+    def endpoint(self, skip: int, reserved: Iterable[str]) -> str:
+        """
+        The Twisted endpoint description this spec carries: the arguments
+        after the prefix and C{skip} more, and every keyword not in
+        C{reserved} (the switch's own options), escaped again.
+
+        @raise SpecError: if nothing is left.
+        """
+        escape = _escape
+        reserved = set(reserved)
+        parts = [escape(arg) for arg in self.args[skip:]]
+        parts += [f"{escape(k)}={escape(v)}" for k, v in self.kwargs.items() if k not in reserved]
+        if not parts or not self.args[skip:]:
+            raise self.error("names no endpoint (for example unix:/path or tcp:5555)")
+        return ":".join(parts)
+
     def checkKeywords(self, extra: Iterable[str] = ()) -> None:
         """
         Fail if a keyword was given that no accessor asked for.
@@ -162,3 +178,10 @@ class PortSpec:
             raise self.error(
                 f"unknown option {', '.join(sorted(unknown))} (known: {known})"
             )
+
+
+def _escape(text: str) -> str:
+    """
+    Quote C{text} for the endpoint grammar: every C{\\}, C{:} and C{=}.
+    """
+    return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")

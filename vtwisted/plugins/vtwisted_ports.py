@@ -17,3 +17,11 @@ tap = PortType(
     "tap:NAME[:offload=on|off][:uso=on|off][:busypoll=USEC] Linux TAP device, opened "
     "(or created) by the switch, with virtio-net offloads",
 )
+
+qemu = PortType(
+    "qemu",
+    "vtwisted.ports.qemu",
+    "qemu:[listen:]ENDPOINT or qemu:connect:ENDPOINT  QEMU's -netdev stream/socket "
+    "(a Twisted endpoint: unix:/run/vm.sock, tcp:5555:interface=127.0.0.1); "
+    "a port per guest",
+)

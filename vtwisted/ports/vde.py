@@ -42,6 +42,7 @@ from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.vdelink import VdeDataLink
 from vtwisted.spec import PortSpec
+from vtwisted.unixpath import claimSocketPath
 from vtwisted.wire import vdecontrol
 
 log = Logger()
@@ -192,7 +193,7 @@ class VdeSwitchDirectory(Service):
 
     def startService(self) -> None:
         self._prepareDirectory()
-        self._replaceStaleSocket()
+        claimSocketPath(self.ctlPath, self.spec, "another switch")
         factory = Factory.forProtocol(lambda: VdeControlProtocol(self))
         try:
             self._listening = self.reactor.listenUNIX(
@@ -220,31 +221,6 @@ class VdeSwitchDirectory(Service):
             )
         self._chgrp(self.directory)
         os.chmod(self.directory, self.dirmode)
-
-    def _replaceStaleSocket(self) -> None:
-        """
-        Fail if a live switch owns C{DIR/ctl}; remove a stale one.
-        """
-        if not os.path.lexists(self.ctlPath):
-            return
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(self.ctlPath)
-        except OSError as e:
-            if e.errno not in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
-                raise OSError(
-                    e.errno, f"{self.spec}: cannot check {self.ctlPath}: {e.strerror}"
-                ) from e
-            log.info("{spec}: replacing stale {path}", spec=self.spec, path=self.ctlPath)
-            os.unlink(self.ctlPath)
-        else:
-            raise OSError(
-                errno.EADDRINUSE,
-                f"{self.spec}: another switch is listening on {self.ctlPath} "
-                "(Address already in use)",
-            )
-        finally:
-            probe.close()
 
     def stopService(self) -> Any:
         super().stopService()

@@ -1,0 +1,234 @@
+"""
+QEMU stream ports (C{qemu:}) with fake transports: spec parsing, framing,
+bad lengths, back-pressure.  Real sockets and real QEMU guests are in
+tests/integration/test_qemu_stream.py.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.testing import MemoryReactor, StringTransport
+
+from vtwisted.app import buildService
+from vtwisted.ports import qemu
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+
+BROADCAST = b"\xff" * 6
+
+
+def make(text: str, switch: Switch | None = None) -> qemu.QemuPorts:
+    return qemu.makeService(switch or Switch(), PortSpec(text), MemoryReactor())
+
+
+class FakeSocket:
+    """
+    The little of a TCP socket L{qemu.QemuStreamLink.connectionMade} touches.
+    """
+
+    family = 2
+
+    def __init__(self) -> None:
+        self.options: dict[tuple[int, int], int] = {}
+
+    def fileno(self) -> int:
+        return 42
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        self.options[(level, option)] = value
+
+
+class Transport(StringTransport):
+    """
+    A L{StringTransport} with a socket handle and a bounded buffer.
+    """
+
+    bufferSize = 0
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        self.handle = FakeSocket()
+
+    def getHandle(self) -> FakeSocket:
+        return self.handle
+
+
+def connect(service: qemu.QemuPorts) -> tuple[qemu.QemuStreamLink, Transport]:
+    link = service.factory.buildProtocol(None)
+    transport = Transport()
+    link.makeConnection(transport)
+    return link, transport
+
+
+def encode(*frames: bytes) -> bytes:
+    return b"".join(struct.pack("!I", len(f)) + f for f in frames)
+
+
+def decode(data: bytes) -> list[bytes]:
+    frames = []
+    while data:
+        (length,) = struct.unpack("!I", data[:4])
+        frames.append(data[4 : 4 + length])
+        data = data[4 + length :]
+    return frames
+
+
+def test_listenSpecBuildsServerEndpointWithoutSwitchOptions() -> None:
+    """The switch's own keywords are taken out; the rest configures the endpoint."""
+    service = make("qemu:tcp:5555:interface=127.0.0.1:vlan=3:mtu=1400")
+    assert isinstance(service, qemu.QemuListener)
+    assert isinstance(service.endpoint, TCP4ServerEndpoint)
+    assert (service.endpoint._port, service.endpoint._interface) == (5555, "127.0.0.1")
+    assert (service.options.vlan, service.options.mtu) == (3, 1400)
+    assert service.listening
+
+
+def test_connectSpecBuildsClientEndpoint() -> None:
+    """C{qemu:connect:} wraps a client endpoint; C{port=} there is the TCP port."""
+    service = make("qemu:connect:tcp:host=127.0.0.1:port=6000:trunk=10,20")
+    assert isinstance(service, qemu.QemuConnector)
+    endpoint = service.endpoint
+    assert isinstance(endpoint, TCP4ClientEndpoint)
+    assert (endpoint._host, endpoint._port) == ("127.0.0.1", 6000)
+    assert service.options.trunk == [10, 20]
+    assert not service.listening
+
+
+def test_unixListenerIsPrivateUnlessAModeIsGiven(tmp_path) -> None:
+    """A listening Unix socket is 0600 by default, and its path is checked for staleness."""
+    private = make(f"qemu:unix:{tmp_path}/a\\:b.sock")
+    assert private.unixPath == f"{tmp_path}/a:b.sock"
+    assert private.endpoint._mode == 0o600
+    shared = make(f"qemu:listen:unix:address={tmp_path}/c.sock:mode=660")
+    assert shared.unixPath == f"{tmp_path}/c.sock"
+    assert shared.endpoint._mode == 0o660
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("qemu", "names no endpoint"),
+        ("qemu:connect", "names no endpoint"),
+        ("qemu:carrier-pigeon:7", "not a Twisted server endpoint"),
+        ("qemu:unix:/tmp/x.sock:colour=blue", "not a Twisted server endpoint"),
+        ("qemu:connect:tcp:host=127.0.0.1", "not a Twisted client endpoint"),
+        ("qemu:unix:/tmp/x.sock:vlan=5000", "vlan=5000 is out of range"),
+    ],
+)
+def test_badSpecsFailWithTheSpecNamed(text: str, problem: str) -> None:
+    with pytest.raises(SpecError) as info:
+        make(text)
+    assert text in str(info.value) and problem in str(info.value)
+
+
+def test_qemuIsAnInstalledPortType() -> None:
+    """The plugin declaration is found, and a switch service can be built from it."""
+    service = buildService(MemoryReactor(), ["qemu:tcp:0:interface=127.0.0.1"], defaultSock=False)
+    assert [s.spec for s in service if isinstance(s, qemu.QemuListener)] == [
+        "qemu:tcp:0:interface=127.0.0.1"
+    ]
+
+
+def test_eachGuestGetsAPortAndFramesTravelBothWays() -> None:
+    """
+    Two guests get two ports; frames split anywhere arrive whole, and what
+    the switch sends goes out length-prefixed.
+    """
+    switch = Switch()
+    service = make("qemu:tcp:0", switch)
+    left, leftWire = connect(service)
+    right, rightWire = connect(service)
+    assert left.port is not right.port and {left, right} == set(service.currentLinks())
+    assert leftWire.handle.options  # TCP_NODELAY, as QEMU sets it
+    frames = [frame(BROADCAST, mac(1), bytes([n % 256]) * n) for n in (46, 200, 1500)]
+    frames.append(frame(mac(7), mac(1), b"u" * 9000))  # jumbo, to an unknown address
+    stream = encode(*frames)
+    rng = random.Random(7)
+    at = 0
+    while at < len(stream):
+        step = rng.randint(1, 300)
+        left.dataReceived(stream[at : at + step])
+        at += step
+    # left does not get its own frames back
+    assert decode(rightWire.value()) == frames
+    assert leftWire.value() == b""
+    assert left.port.counters.inFrames == 4
+
+
+def test_guestDisconnectingFreesItsPort() -> None:
+    switch = Switch()
+    service = make("qemu:tcp:0", switch)
+    link, transport = connect(service)
+    port = link.port
+    link.connectionLost(None)
+    assert service.currentLinks() == [] and port.links == []
+
+
+def test_tooLongLengthClosesOnlyThatConnection() -> None:
+    """
+    A length over QEMU's limit cannot be resynchronised: it is counted as
+    malformed and that connection closed; the other guest keeps working.
+    """
+    switch = Switch()
+    service = make("qemu:tcp:0", switch)
+    bad, badWire = connect(service)
+    good, goodWire = connect(service)
+    bad.dataReceived(struct.pack("!I", qemu.MAX_FRAME + 1) + b"x" * 100)
+    bad.dataReceived(b"more junk")
+    assert badWire.disconnecting
+    assert bad.port.counters.drops["malformed"] == 1
+    good.dataReceived(encode(frame(BROADCAST, mac(5))))
+    assert decode(badWire.value()) == [frame(BROADCAST, mac(5))]
+
+
+def test_fullGuestDropsAndCountsUntilItDrains() -> None:
+    """
+    While the transport says its buffer is full, frames to that guest are
+    dropped and counted as busy, not queued; they flow again once it drains.
+    """
+    switch = Switch()
+    service = make("qemu:tcp:0", switch)
+    link, wire = connect(service)
+    assert wire.producer is link.valve and wire.streaming
+    other = FakeLink()
+    plug(switch, other)
+    link.valve.pauseProducing()
+    other.receive(frame(BROADCAST, mac(9)))
+    assert wire.value() == b"" and link.port.counters.drops["busy"] == 1
+    link.valve.resumeProducing()
+    other.receive(frame(BROADCAST, mac(9)))
+    assert decode(wire.value()) == [frame(BROADCAST, mac(9))]
+    assert link.port.counters.drops["busy"] == 1
+
+
+def test_framesAsMemoryviewsAreSent() -> None:
+    """The switch may hand a link a memoryview (a segment, a frame untagged)."""
+    switch = Switch()
+    link, wire = connect(make("qemu:tcp:0", switch))
+    data = frame(BROADCAST, mac(3))
+    link.sendFrame(memoryview(b"\0\0" + data)[2:])  # type: ignore[arg-type]
+    assert decode(wire.value()) == [data]
+
+
+def test_noFreePortClosesTheConnection() -> None:
+    switch = Switch(numPorts=2)
+    plug(switch, FakeLink())
+    link, wire = connect(make("qemu:tcp:0", switch))
+    assert wire.disconnecting and link.port is None
+    link.dataReceived(encode(frame(BROADCAST, mac(4))))  # ignored, not an error
+
+
+def test_closingALinkUnplugsItAtOnce() -> None:
+    """C{port/remove} needs the link gone from its port when close returns."""
+    switch = Switch()
+    service = make("qemu:tcp:0", switch)
+    link, wire = connect(service)
+    port = link.port
+    link.close()
+    assert port.links == [] and wire.disconnecting

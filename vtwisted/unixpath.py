@@ -1,0 +1,48 @@
+"""
+Claiming a Unix socket path that a crashed process may have left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+
+from twisted.logger import Logger
+
+log = Logger()
+
+
+def claimSocketPath(path: str, label: str, owner: str) -> None:
+    """
+    Make way for a listening socket at C{path}: remove a stale socket nobody
+    listens on; fail if a live one answers there or if C{path} is anything
+    else than a socket (which is never removed).
+
+    @param label: what the path was given for (a port spec, C{--mgmt}), for
+        messages.
+    @param owner: who a live listener would be ("another switch").
+    @raise OSError: naming C{label}, C{path} and the errno.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"{label} {path}: exists and is not a socket (File exists)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise OSError(e.errno, f"{label} {path}: cannot check it: {e.strerror}") from e
+        log.info("{label}: replacing stale socket {path}", label=label, path=path)
+        os.unlink(path)
+    else:
+        raise OSError(
+            errno.EADDRINUSE,
+            f"{label} {path}: {owner} is listening there (Address already in use)",
+        )
+    finally:
+        probe.close()
