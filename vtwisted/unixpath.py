@@ -14,7 +14,7 @@ from twisted.logger import Logger
 log = Logger()
 
 
-def claimSocketPath(path: str, label: str, owner: str) -> None:
+def claimSocketPath(path: str, label: str, owner: str, kind: int = socket.SOCK_STREAM) -> None:
     """
     Make way for a listening socket at C{path}: remove a stale socket nobody
     listens on; fail if a live one answers there or if C{path} is anything
@@ -23,6 +23,7 @@ def claimSocketPath(path: str, label: str, owner: str) -> None:
     @param label: what the path was given for (a port spec, C{--mgmt}), for
         messages.
     @param owner: who a live listener would be ("another switch").
+    @param kind: the socket type to probe with, that of the socket to come.
     @raise OSError: naming C{label}, C{path} and the errno.
     """
     try:
@@ -31,7 +32,7 @@ def claimSocketPath(path: str, label: str, owner: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise OSError(errno.EEXIST, f"{label} {path}: exists and is not a socket (File exists)")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_UNIX, kind)
     try:
         probe.connect(path)
     except OSError as e:

@@ -2,7 +2,8 @@
 Real QEMU guests (tests/guest.py: Debian kernel + busybox, TCG) on
 C{twistd vswitch} through QEMU's stream transports: C{-netdev stream} as a
 client of the switch's socket, C{-netdev stream,server=on} that the switch
-connects to, and the older C{-netdev socket,connect=} over TCP.
+connects to, and the older C{-netdev socket,connect=} over TCP; and
+through the datagram transports, C{-netdev dgram} and C{-netdev socket,udp=}.
 
 Addresses are in private test /24s that exist only on the switch the test
 started and in the namespace it made; TCP listens on 127.0.0.1 only.
@@ -26,10 +27,18 @@ pytestmark = pytest.mark.integration
 QEMU_LINK = re.compile(r"module qemu stream\s*: qemu-system-x86 pid \d+")
 
 
-def freeTcpPort() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def freePorts(count: int, kind: int = socket.SOCK_STREAM) -> list[int]:
+    """
+    C{count} different port numbers free on 127.0.0.1 just now.
+    """
+    probes = [socket.socket(socket.AF_INET, kind) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def test_guestsOnStreamSocketsPingEachOther(vswitch, processes, shortdir) -> None:
@@ -83,7 +92,7 @@ def test_legacySocketGuestGetsTapTrafficCutToItsMtu(vswitch, processes, namespac
     """
     need("qemu-system-x86_64", "ping")
     needRoot()
-    port = freeTcpPort()
+    (port,) = freePorts(1)
     tap = uniqueName("tq")
     sw = vswitch("--port", f"qemu:tcp:{port}:interface=127.0.0.1", "--port", f"tap:{tap}")
     ns = quietNamespace(namespaces, "vtwqs")
@@ -112,4 +121,36 @@ def test_legacySocketGuestGetsTapTrafficCutToItsMtu(vswitch, processes, namespac
     assert sent.returncode == 0, sent.stderr
     assert result.rc == 0, guest.diagnostics()
     assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
+    assert sw.process.poll() is None
+
+
+def test_guestsOnDatagramSocketsPingEachOther(vswitch, processes, shortdir) -> None:
+    """
+    One guest on C{-netdev dgram} over Unix sockets (switch:
+    C{dgram:unix:}), the other on the older C{-netdev socket,udp=} (switch:
+    C{dgram:udp:}); they ping each other, jumbo frames included.
+    """
+    need("qemu-system-x86_64")
+    switchPath, guestPath = shortdir / "sw.dgram", shortdir / "vm.dgram"
+    switchPort, guestPort = freePorts(2, socket.SOCK_DGRAM)
+    sw = vswitch("--port", f"dgram:unix:{switchPath}:{guestPath}",
+                 "--port", f"dgram:udp:127.0.0.1:{switchPort}:127.0.0.1:{guestPort}")
+    netdevs = (
+        f"dgram,id=n0,local.type=unix,local.path={guestPath},"
+        f"remote.type=unix,remote.path={switchPath}",
+        f"socket,id=n0,udp=127.0.0.1:{switchPort},localaddr=127.0.0.1:{guestPort}",
+    )
+    guests = []
+    for n, (name, me, peer) in enumerate((("du", "10.211.8.1", "10.211.8.2"),
+                                          ("dp", "10.211.8.2", "10.211.8.1"))):
+        jumbo = f"ping -c 1 -s 8972 -W 2 {peer} || rc=1"
+        guests.append(startGuest(
+            processes, ["-netdev", netdevs[n]], guestScript(me, peer, 5, jumbo, mtu=9000),
+            f"52:54:00:76:74:2{n}", directory=shortdir, name=name,
+        ))
+    for guest, result in zip(guests, waitAll(guests, timeout=60)):
+        print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
+        assert result.rc == 0, guest.diagnostics()
+        assert "3 packets received" in result.output, guest.diagnostics()
+        assert "8980 bytes from" in result.output, guest.diagnostics()
     assert sw.process.poll() is None

@@ -25,3 +25,10 @@ qemu = PortType(
     "(a Twisted endpoint: unix:/run/vm.sock, tcp:5555:interface=127.0.0.1); "
     "a port per guest",
 )
+
+dgram = PortType(
+    "dgram",
+    "vtwisted.ports.dgram",
+    "dgram:udp:LHOST:LPORT:RHOST:RPORT or dgram:unix:LOCAL:REMOTE  QEMU's -netdev dgram "
+    "and -netdev socket,udp=: one datagram per frame",
+)

@@ -1,0 +1,302 @@
+"""
+QEMU's datagram transports (C{dgram:udp:...}, C{dgram:unix:...}): the peer
+of C{qemu -netdev dgram} and C{-netdev socket,udp=...,localaddr=...}.
+
+Theory of operation
+-------------------
+One datagram is one frame, with no header, both ways.  The switch binds
+its own address and sends every frame to the guest's address; QEMU does the
+same the other way round, so both sides name both addresses:
+
+  - C{dgram:udp:LOCALHOST:LOCALPORT:REMOTEHOST:REMOTEPORT} (an IPv6 host is
+    written with its colons escaped, C{\\:\\:1});
+  - C{dgram:unix:LOCALPATH:REMOTEPATH}.
+
+The socket is one of Twisted's datagram ports (C{listenUDP},
+C{listenUNIXDatagram}), which drains it in batches per wake-up.  Unlike
+QEMU, which takes datagrams from anyone, the switch takes them only from
+the remote address: any other sender is counted as a C{peer} drop and
+logged once, since on a shared host anyone could otherwise inject frames
+into the LAN.  There is no connection: a guest that is not there yet, or
+restarts, just loses frames meanwhile (counted as C{peer} drops); one that
+cannot take them now (C{EAGAIN}) has them dropped and counted as C{busy}.
+A stale Unix socket left at the local path is replaced, as QEMU does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vtwisted.interfaces import ILink, IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.spec import PortSpec
+from vtwisted.unixpath import claimSocketPath
+
+log = Logger()
+
+#: The largest datagram read: QEMU's own limit (its C{NET_BUFSIZE}).
+MAX_DATAGRAM = 4096 + 65536
+#: Send buffer of the socket: room for bursts to a slow guest.
+SEND_BUFFER = 2 * 1024 * 1024
+_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+
+
+@implementer(ILink)
+class DgramLink(DatagramProtocol):
+    """
+    The guest at the other end of one datagram socket.
+    """
+
+    noisy = False
+    vnetHeader = False
+    uid = None
+    linkId = 0
+
+    def __init__(self, service: DgramService) -> None:
+        self.service = service
+        self.remote: Any = service.remote
+        self.module = f"qemu {service.family}"
+        self.description = f"{service.family} {service.localText} to {service.remoteText}"
+        self.port: Any = None
+        self._receive: Any = None
+        self._foreignDetail = ""
+
+    def startProtocol(self) -> None:
+        sock = self.transport.socket  # type: ignore[union-attr]
+        for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
+                break
+            except OSError:
+                continue
+        self.linkId = sock.fileno()
+        self.sendFrame = self._makeSender(sock.sendto)  # type: ignore[method-assign]
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}.
+        """
+        self.port = port
+        self._receive = switch.frameReceived
+        switch.attach(port, self)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if addr != self.remote:
+            self._foreign(addr)
+            return
+        if self.port is None:
+            return
+        try:
+            self._receive(self.port, datagram)
+        except Exception:
+            log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
+
+    def _foreign(self, addr: Any) -> None:
+        if self.port is not None:
+            self.port.dropped(
+                "peer", f"{self.service.spec}: a datagram from {addr!r}, "
+                f"not from the remote {self.service.remoteText}",
+            )
+
+    # ILink
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send one frame to the guest.  Replaced per link by a closure from
+        L{_makeSender}.
+        """
+
+    def _makeSender(self, sendto: Any) -> Any:
+        remote = self.remote
+        failed = self._sendFailed
+
+        def sendFrame(frame: bytes) -> None:
+            try:
+                sendto(frame, remote)
+            except OSError as e:
+                failed(e)
+
+        return sendFrame
+
+    def _sendFailed(self, e: OSError) -> None:
+        where = self.service.remoteText
+        if e.errno in _BUSY:
+            self.port.dropped("busy", f"{where}: the guest is not reading ({e.strerror})")
+        elif e.errno == errno.EMSGSIZE:
+            self.port.dropped("mtu", f"{where}: message too long (EMSGSIZE)")
+        else:
+            self.port.dropped(
+                "peer", f"{where}: {e.strerror} (errno {e.errno}); is the guest there?"
+            )
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        raise NotImplementedError("QEMU's datagram transport carries plain frames only")
+
+    def close(self) -> None:
+        """
+        Unplug from the switch (the socket stays until the service stops).
+        """
+        self.service.unplug()
+
+
+@implementer(IPortService)
+class DgramService(Service):
+    """
+    The service of one C{dgram:} spec: one socket, one guest, one port.
+    """
+
+    listening = False
+
+    def __init__(
+        self,
+        switch: Any,
+        reactor: Any,
+        family: str,
+        local: Any,
+        remote: Any,
+        options: PortOptions,
+        spec: str,
+    ) -> None:
+        self.switch = switch
+        self.reactor = reactor
+        self.family = family
+        self.local = local
+        self.remote = remote
+        self.options = options
+        self.spec = spec
+        self.localText = addressText(local)
+        self.remoteText = addressText(remote)
+        self.link: DgramLink | None = None
+        self.listeningPort: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
+    def _bind(self) -> None:
+        link = DgramLink(self)
+        try:
+            if self.family == "unix":
+                claimSocketPath(self.local, self.spec, "another program", socket.SOCK_DGRAM)
+                self.listeningPort = self.reactor.listenUNIXDatagram(
+                    self.local, link, MAX_DATAGRAM, mode=0o600
+                )
+            else:
+                host, number = self.local
+                self.listeningPort = self.reactor.listenUDP(number, link, host, MAX_DATAGRAM)
+        except OSError:
+            raise
+        except Exception as e:
+            socketError = getattr(e, "socketError", None)
+            raise OSError(
+                getattr(socketError, "errno", None),
+                f"{self.spec}: cannot bind {self.localText}: {socketError or e}",
+            ) from e
+        self.link = link
+
+    def startService(self) -> None:
+        if self.listeningPort is None:
+            self._bind()
+        super().startService()
+        assert self.link is not None
+        port = self.switch.allocatePort(self.options.number)
+        self.options.apply(self.switch, port, self.spec)
+        self.link.plug(self.switch, port)
+        log.info("{spec}: {description} on port {number}", spec=self.spec,
+                 description=self.link.description, number=port.number)
+
+    def currentLinks(self) -> list[ILink]:
+        """
+        The guest's link, while plugged in.
+        """
+        link = self.link
+        return [link] if link is not None and link.port is not None else []
+
+    def unplug(self) -> None:
+        """
+        Take the link out of its port.
+        """
+        link = self.link
+        if link is not None and link.port is not None:
+            self.switch.detach(link.port, link)
+            link.port = None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.unplug()
+        port, self.listeningPort = self.listeningPort, None
+        self.link = None
+        if port is None:
+            return None
+        result = port.stopListening()
+        if self.family == "unix":
+            try:
+                os.unlink(self.local)
+            except OSError:
+                pass
+        return result
+
+
+def addressText(address: Any) -> str:
+    """
+    C{127.0.0.1:5555}, C{[::1]:5555} or a path.
+    """
+    if isinstance(address, tuple):
+        host, number = address
+        return f"[{host}]:{number}" if ":" in host else f"{host}:{number}"
+    return str(address)
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> DgramService:
+    """
+    Build the service for C{dgram:udp:LHOST:LPORT:RHOST:RPORT} or
+    C{dgram:unix:LOCAL:REMOTE}, with the common options.
+    """
+    family = spec.args[0] if spec.args else None
+    local: Any
+    remote: Any
+    if family == "unix":
+        _, local, remote = spec.positional(["family", "local path", "remote path"], 3)
+        if not local or not remote:
+            raise spec.error("needs a local and a remote path")
+    elif family == "udp":
+        _, lhost, lport, rhost, rport = spec.positional(
+            ["family", "local host", "local port", "remote host", "remote port"], 5
+        )
+        local = (_literalHost(spec, lhost, "local"), _portNumber(spec, lport))
+        remote = (_literalHost(spec, rhost, "remote"), _portNumber(spec, rport))
+    else:
+        raise spec.error("expected dgram:udp:LHOST:LPORT:RHOST:RPORT or dgram:unix:LOCAL:REMOTE")
+    options = PortOptions.fromSpec(spec)
+    spec.checkKeywords()
+    return DgramService(switch, reactor, family, local, remote, options, spec.text)
+
+
+def _portNumber(spec: PortSpec, text: str | None) -> int:
+    try:
+        number = int(text or "")
+    except ValueError:
+        raise spec.error(f"{text!r} is not a UDP port number") from None
+    if not 1 <= number <= 65535:
+        raise spec.error(f"UDP port {number} is out of range (1 to 65535)")
+    return number
+
+
+def _literalHost(spec: PortSpec, text: str | None, which: str) -> str:
+    """
+    An IP literal in the form the kernel reports senders in.
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(family, socket.inet_pton(family, text or ""))
+        except OSError:
+            continue
+    raise spec.error(f"{which} host {text!r} is not an IPv4 or IPv6 address")
