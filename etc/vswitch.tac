@@ -22,6 +22,9 @@ switchService = buildService(
         "vde:" + directory.replace(":", "\\:") + ":mode=0660",
         # "tap:tap0",
         # "vde:/tmp/lab-vlan10:vlan=10",
+        # "qemu:unix:/tmp/vms.sock",  # -netdev stream,addr.type=unix,addr.path=/tmp/vms.sock
+        # "qemu:connect:unix:/tmp/vm2.sock",  # -netdev stream,server=on,...
+        # "dgram:udp:127.0.0.1:5555:127.0.0.1:5556",  # -netdev socket,udp=127.0.0.1:5555,...
     ],
     numPorts=64,
 )
