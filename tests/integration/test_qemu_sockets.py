@@ -7,6 +7,7 @@ restarts, and start-up errors.  Real QEMU guests: test_qemu_stream.py.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import socket
 import struct
@@ -21,7 +22,7 @@ from twisted.internet.task import deferLater
 from vtwisted.app import buildService
 from vtwisted.ports import qemu
 from vtwisted.service import SwitchService
-from vtwisted.testing import frame, mac
+from vtwisted.testing import FakeLink, frame, mac, plug
 
 BROADCAST = b"\xff" * 6
 
@@ -275,3 +276,61 @@ def test_listenFailureNamesSpecAddressAndErrno(shortdir: Path) -> None:
         service.startService()
     assert info.value.errno == errno.ENOENT
     assert spec in str(info.value) and "No such file or directory" in str(info.value)
+
+
+def selfSignedCertificate(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
+    """
+    A key and a self-signed certificate for C{name}, as PEM files; the
+    certificate alone in C{directory/roots} to trust it.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    keyPath, certPath = directory / "key.pem", directory / "cert.pem"
+    keyPath.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    pem = certificate.public_bytes(serialization.Encoding.PEM)
+    certPath.write_bytes(pem)
+    (directory / "roots").mkdir()
+    (directory / "roots" / "switch.pem").write_bytes(pem)
+    return keyPath, certPath
+
+
+@pytest_twisted.ensureDeferred
+async def test_twoSwitchesJoinedOverTls(switch, shortdir: Path) -> None:
+    """
+    Any Twisted endpoint works, TLS included: one switch listens with
+    C{qemu:ssl:}, another connects with C{qemu:connect:tls:} and checks the
+    first one's certificate, and frames cross in both directions.
+    """
+    key, cert = selfSignedCertificate(shortdir)
+    server = switch(f"qemu:ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
+    number = portService(server).listeningPort.getHost().port
+    client = switch(f"qemu:connect:tls:host=localhost:port={number}:trustRoots={shortdir}/roots")
+    await until(lambda: portService(server).links and portService(client).links,
+                what="the TLS link up")
+    here, there = FakeLink(), FakeLink()
+    plug(server.switch, here)
+    plug(client.switch, there)
+    here.receive(frame(BROADCAST, mac(1), b"over tls" * 100))
+    await until(lambda: there.sent, what="a frame across")
+    assert there.takeSent() == [frame(BROADCAST, mac(1), b"over tls" * 100)]
+    there.receive(frame(mac(1), mac(2), b"back"))
+    await until(lambda: here.sent, what="the answer")
+    assert here.sent == [frame(mac(1), mac(2), b"back")]
+    assert "tcp 127.0.0.1:" in portService(server).links[0].description

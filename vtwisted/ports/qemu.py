@@ -111,11 +111,11 @@ class QemuStreamLink(Int32StringReceiver):
         transport: Any = self.transport
         transport.bufferSize = SEND_BUFFER
         transport.registerProducer(self.valve, True)
-        handle = transport.getHandle()
+        handle = socketOf(transport)
         self.linkId = handle.fileno()
         self.uid, self.description = describePeer(transport.getPeer(), handle)
-        if handle.family != socket.AF_UNIX:
-            handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not isinstance(transport.getPeer(), UNIXAddress):
+            transport.setTcpNoDelay(True)
         self.sendFrame = self._makeSender(transport.write)  # type: ignore[method-assign]
         self.owner.linkUp(self)
 
@@ -172,8 +172,22 @@ class QemuStreamLink(Int32StringReceiver):
         Unplug and disconnect the guest.
         """
         self.owner.linkDown(self)
-        if self.transport is not None:
-            self.transport.loseConnection()
+        transport: Any = self.transport
+        if transport is not None:
+            # TLS waits for its producer to go before it shuts down
+            transport.unregisterProducer()
+            transport.loseConnection()
+
+
+def socketOf(transport: Any) -> Any:
+    """
+    The socket under a transport, or under the TLS layer over it.
+    """
+    handle = transport.getHandle()
+    while not hasattr(handle, "family") and hasattr(transport, "transport"):
+        transport = transport.transport
+        handle = transport.getHandle()
+    return handle
 
 
 def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
@@ -391,6 +405,7 @@ class QemuConnector(QemuPorts):
 
     def stopService(self) -> Any:
         super().stopService()
+        self._closeLinks()
         return DeferredList([self.client.stopService()])
 
 
