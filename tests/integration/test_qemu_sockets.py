@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
 from vtwisted.app import buildService
-from vtwisted.ports import qemu
+from vtwisted.ports import streamlinks
 from vtwisted.service import SwitchService
 from vtwisted.testing import FakeLink, frame, mac, plug
 
@@ -129,8 +129,8 @@ async def switch(shortdir: Path) -> AsyncIterator[Callable[..., SwitchService]]:
         await service.stopService()
 
 
-def portService(service: SwitchService) -> qemu.QemuPorts:
-    (found,) = [s for s in service if isinstance(s, qemu.QemuPorts)]
+def portService(service: SwitchService) -> streamlinks.StreamPorts:
+    (found,) = [s for s in service if isinstance(s, streamlinks.StreamPorts)]
     return found
 
 
@@ -215,7 +215,7 @@ async def test_guestThatStopsReadingCostsBoundedMemory(switch, shortdir: Path) -
     for burst in range(40):
         await sender.send(*(frame(BROADCAST, mac(7), b"x" * 1400) for _ in range(100)))
         assert len(await healthy.receive(100)) == 100, burst
-        assert len(transport.dataBuffer) + transport._tempDataLen <= qemu.SEND_BUFFER + 2000
+        assert len(transport.dataBuffer) + transport._tempDataLen <= streamlinks.SEND_BUFFER + 2000
     assert stuckLink.port.counters.drops["busy"] > 0
     for _ in range(500):  # the guest reads again: the switch's buffer empties
         stuck.frames()

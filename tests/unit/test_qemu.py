@@ -16,7 +16,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactor, StringTransport
 
 from vtwisted.app import buildService
-from vtwisted.ports import qemu
+from vtwisted.ports import qemu, streamlinks
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug
@@ -24,7 +24,7 @@ from vtwisted.testing import FakeLink, frame, mac, plug
 BROADCAST = b"\xff" * 6
 
 
-def make(text: str, switch: Switch | None = None) -> qemu.QemuPorts:
+def make(text: str, switch: Switch | None = None) -> streamlinks.StreamPorts:
     return qemu.makeService(switch or Switch(), PortSpec(text), MemoryReactor())
 
 
@@ -58,7 +58,7 @@ class Transport(StringTransport):
         return self.handle
 
 
-def connect(service: qemu.QemuPorts) -> tuple[qemu.QemuStreamLink, Transport]:
+def connect(service: streamlinks.StreamPorts) -> tuple[qemu.QemuStreamLink, Transport]:
     link = service.factory.buildProtocol(None)
     transport = Transport()
     link.makeConnection(transport)

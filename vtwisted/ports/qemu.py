@@ -5,10 +5,10 @@ peer of C{qemu -netdev stream} and C{-netdev socket,connect=|listen=}.
 Theory of operation
 -------------------
 On the wire each frame is a 4-byte big-endian length and the frame, in both
-directions, for TCP and Unix sockets alike; Twisted's
-L{Int32StringReceiver} does the framing.  Lengths above QEMU's own limit
-(69632 bytes) cannot be resynchronised: such a connection is counted,
-logged and closed, as QEMU closes it.
+directions, for TCP and Unix sockets alike (the machinery is
+L{vtwisted.ports.streamlinks}).  Lengths above QEMU's own limit (69632
+bytes) cannot be resynchronised: such a connection is counted, logged and
+closed, as QEMU closes it.
 
 C{qemu:ENDPOINT} listens on a Twisted server endpoint (C{unix:/run/vm.sock},
 C{tcp:5555:interface=127.0.0.1}); a guest started with C{-netdev
@@ -23,393 +23,57 @@ stream,server=on}, C{-netdev socket,listen=}) through a L{ClientService}:
 the link comes back when QEMU is restarted, which QEMU 7.2's own clients
 cannot do.  The first failure of a series is logged with its reason.
 
-Sending never blocks and never buffers without bound.  Frames go into the
-transport's buffer, which Twisted flushes with one system call for many
-frames; past L{SEND_BUFFER} bytes the transport pauses its producer, and
-frames to that guest are dropped and counted until it has drained.
+Sending never blocks: past 2 MB queued for a guest, frames to it are
+dropped and counted until it has drained.
 """
 
 from __future__ import annotations
 
-import socket
-import struct
 from typing import Any
 
-from twisted.application.internet import ClientService, backoffPolicy
-from twisted.application.service import Service
-from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import clientFromString, serverFromString
-from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
-from twisted.logger import Logger
-from twisted.protocols.basic import Int32StringReceiver
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vtwisted import errors
-from vtwisted.interfaces import ILink, IPortService
+from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.streamlinks import StreamConnector, StreamLink, StreamListener, StreamPorts
 from vtwisted.spec import PortSpec
-from vtwisted.unixpath import claimSocketPath
-
-log = Logger()
 
 #: The largest frame QEMU accepts (its C{NET_BUFSIZE}).
 MAX_FRAME = 4096 + 65536
-#: Bytes buffered for one guest before frames to it are dropped.
-SEND_BUFFER = 2 * 1024 * 1024
 #: Keywords of a spec that configure the switch port, not the endpoint.
 PORT_KEYWORDS = ("vlan", "trunk", "mtu")
-#: Seconds between reconnection attempts of C{qemu:connect:}, at most.
-MAX_RETRY_DELAY = 5.0
-
-_packLength = struct.Struct("!I").pack
-_PEERCRED = struct.Struct("3i")
 
 
-@implementer(IPushProducer)
-class _SendValve:
+class QemuStreamLink(StreamLink):
     """
-    The producer registered with a link's transport: closed while the
-    transport's buffer is over its size.
-    """
-
-    full = False
-
-    def pauseProducing(self) -> None:
-        self.full = True
-
-    def resumeProducing(self) -> None:
-        self.full = False
-
-    def stopProducing(self) -> None:
-        self.full = True
-
-
-@implementer(ILink)
-class QemuStreamLink(Int32StringReceiver):
-    """
-    One guest's connection, plugged into a switch port of its own.
+    One guest's connection: each message is one plain frame.
     """
 
     MAX_LENGTH = MAX_FRAME
     module = "qemu stream"
-    vnetHeader = False
-
-    def __init__(self, owner: QemuPorts) -> None:
-        self.owner = owner
-        self.port: Any = None
-        self.uid: int | None = None
-        self.linkId = 0
-        self.description = ""
-        self.valve = _SendValve()
-        self._receive: Any = None
-        self._broken = False
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.bufferSize = SEND_BUFFER
-        transport.registerProducer(self.valve, True)
-        handle = socketOf(transport)
-        self.linkId = handle.fileno()
-        self.uid, self.description = describePeer(transport.getPeer(), handle)
-        if not isinstance(transport.getPeer(), UNIXAddress):
-            transport.setTcpNoDelay(True)
-        self.sendFrame = self._makeSender(transport.write)  # type: ignore[method-assign]
-        self.owner.linkUp(self)
-
-    def stringReceived(self, frame: bytes) -> None:
-        try:
-            self._receive(self.port, frame)
-        except Exception:
-            log.failure("{link}: the switch failed on a frame", link=self.description)
-
-    def lengthLimitExceeded(self, length: int) -> None:
-        if self._broken:
-            return
-        self._broken = True
-        problem = f"frame length {length} is over QEMU's limit of {MAX_FRAME}"
-        if self.port is not None:
-            self.port.counters.drops["malformed"] += 1
-        log.error(
-            "{spec}: {peer}: {problem}; closing the connection",
-            spec=self.owner.spec, peer=self.description, problem=problem,
-        )
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.owner.linkDown(self)
-
-    # ILink
-
-    def sendFrame(self, frame: bytes) -> None:
-        """
-        Queue one frame for the guest, or drop it if too much is queued.
-        Replaced per link by a closure from L{_makeSender}.
-        """
-
-    def _makeSender(self, write: Any) -> Any:
-        valve = self.valve
-        link = self
-        detail = f"{self.description}: guest not reading ({SEND_BUFFER} bytes queued)"
-
-        def sendFrame(frame: bytes) -> None:
-            if valve.full:
-                link.port.dropped("busy", detail)
-                return
-            if frame.__class__ is not bytes:
-                frame = bytes(frame)
-            write(_packLength(len(frame)) + frame)
-
-        return sendFrame
-
-    def sendVnetPacket(self, packet: bytes) -> None:
-        raise NotImplementedError("QEMU's stream transport carries plain frames only")
-
-    def close(self) -> None:
-        """
-        Unplug and disconnect the guest.
-        """
-        self.owner.linkDown(self)
-        transport: Any = self.transport
-        if transport is not None:
-            # TLS waits for its producer to go before it shuts down
-            transport.unregisterProducer()
-            transport.loseConnection()
-
-
-def socketOf(transport: Any) -> Any:
-    """
-    The socket under a transport, or under the TLS layer over it.
-    """
-    handle = transport.getHandle()
-    while not hasattr(handle, "family") and hasattr(transport, "transport"):
-        transport = transport.transport
-        handle = transport.getHandle()
-    return handle
-
-
-def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
-    """
-    The user owning a connection's peer (Unix sockets only) and a line for
-    C{port/print}: C{qemu-system-x86 pid 1234 on /run/vm.sock}, or
-    C{tcp 127.0.0.1:40000}.
-    """
-    if not isinstance(peer, UNIXAddress):
-        return None, f"{peer.type.lower()} {peer.host}:{peer.port}"
-    path = peer.name or handle.getsockname() or b""
-    where = f" on {path.decode(errors='replace') if isinstance(path, bytes) else path}"
-    try:
-        raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    except OSError:
-        return None, f"unix peer{where}"
-    pid, uid, _ = _PEERCRED.unpack(raw)
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            name = comm.read().strip()
-    except OSError:
-        name = "process"
-    return uid, f"{name} pid {pid}{where}"
-
-
-class QemuPorts(Service):
-    """
-    What both kinds of C{qemu:} spec share: a port for each connected guest.
-
-    @ivar links: the guests connected now.
-    """
-
-    def __init__(self, switch: Any, reactor: Any, options: PortOptions, spec: str) -> None:
-        self.switch = switch
-        self.reactor = reactor
-        self.options = options
-        self.spec = spec
-        self.links: list[QemuStreamLink] = []
-        self.factory = Factory.forProtocol(lambda: QemuStreamLink(self))
-        self.factory.noisy = False
-
-    def linkUp(self, link: QemuStreamLink) -> None:
-        """
-        Give a new connection a port, or close it if none is left.
-        """
-        try:
-            port = self.switch.allocatePort(None, link.uid)
-        except errors.SwitchError as e:
-            log.error("{spec}: {peer}: no port: {problem}; closing the connection",
-                      spec=self.spec, peer=link.description, problem=e.message)
-            link._receive = lambda port, frame: None
-            link.close()
-            return
-        self.options.apply(self.switch, port, self.spec)
-        link.port = port
-        link._receive = self.switch.frameReceived
-        self.links.append(link)
-        self.switch.attach(port, link)
-        log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
-                 number=port.number)
-
-    def linkDown(self, link: QemuStreamLink) -> None:
-        """
-        Unplug a connection that went.
-        """
-        if link not in self.links:
-            return
-        self.links.remove(link)
-        self.switch.detach(link.port, link)
-        log.info("{spec}: {peer} left port {number}", spec=self.spec, peer=link.description,
-                 number=link.port.number)
-
-    def currentLinks(self) -> list[ILink]:
-        """
-        The guests connected now.
-        """
-        return list(self.links)
-
-    def _closeLinks(self) -> None:
-        for link in list(self.links):
-            link.close()
 
 
 @implementer(IPortService)
-class QemuListener(QemuPorts):
+class QemuListener(StreamListener):
     """
     The service of C{qemu:ENDPOINT}: guests connect to the switch.
     """
 
-    listening = True
-
-    def __init__(
-        self,
-        switch: Any,
-        reactor: Any,
-        endpoint: Any,
-        options: PortOptions,
-        spec: str,
-        unixPath: str | None = None,
-    ) -> None:
-        super().__init__(switch, reactor, options, spec)
-        self.endpoint = endpoint
-        self.unixPath = unixPath
-        self.listeningPort: Any = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        if self.listeningPort is None:
-            self._listen()
-        super().startService()
-
-    def _listen(self) -> None:
-        if self.unixPath is not None:
-            claimSocketPath(self.unixPath, self.spec, "another program")
-        outcome: list[Any] = []
-        self.endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise OSError(f"{self.spec}: the endpoint did not listen at once")
-        if isinstance(outcome[0], Failure):
-            raise listenError(self.spec, outcome[0].value or Exception())
-        self.listeningPort = outcome[0]
-        log.info("{spec}: listening on {address}", spec=self.spec,
-                 address=self.listeningPort.getHost())
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self._closeLinks()
-        port, self.listeningPort = self.listeningPort, None
-        if port is not None:
-            return port.stopListening()
-        return None
-
-
-def listenError(spec: str, error: BaseException) -> OSError:
-    """
-    An L{OSError} naming the spec, the address and the errno.
-    """
-    socketError = getattr(error, "socketError", None)
-    number = getattr(socketError, "errno", None) or getattr(error, "errno", None)
-    return OSError(number, f"{spec}: cannot listen: {error}")
-
-
-@implementer(IStreamClientEndpoint)
-class _ReportingEndpoint:
-    """
-    A client endpoint that logs the first failure of each series of
-    failed connection attempts.
-    """
-
-    def __init__(self, endpoint: Any, spec: str) -> None:
-        self.endpoint = endpoint
-        self.spec = spec
-        self.failing = False
-
-    def __repr__(self) -> str:
-        return self.spec
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        d: Deferred[Any] = self.endpoint.connect(factory)
-        d.addCallbacks(self._connected, self._failed)
-        return d
-
-    def _connected(self, protocol: Any) -> Any:
-        self.failing = False
-        return protocol
-
-    def _failed(self, reason: Failure) -> Failure:
-        if not self.failing:
-            self.failing = True
-            log.warn(
-                "{spec}: cannot connect: {error}; retrying every {delay:g} s at most",
-                spec=self.spec, error=connectErrorText(reason.value), delay=MAX_RETRY_DELAY,
-            )
-        return reason
-
-
-def connectErrorText(error: Any) -> str:
-    """
-    What stopped a connection attempt, with the errno when there is one.
-    """
-    number = getattr(error, "osError", None)
-    text = getattr(error, "string", None)
-    if isinstance(number, int) and text:
-        return f"{text} (errno {number})"
-    return str(error)
+    protocol = QemuStreamLink
 
 
 @implementer(IPortService)
-class QemuConnector(QemuPorts):
+class QemuConnector(StreamConnector):
     """
     The service of C{qemu:connect:ENDPOINT}: the switch connects to a
-    listening guest, and again whenever the connection is lost.
+    listening guest.
     """
 
-    listening = False
-
-    def __init__(
-        self, switch: Any, reactor: Any, endpoint: Any, options: PortOptions, spec: str
-    ) -> None:
-        super().__init__(switch, reactor, options, spec)
-        self.endpoint = endpoint
-        self.client = ClientService(
-            _ReportingEndpoint(endpoint, spec),
-            self.factory,
-            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY),
-            clock=reactor,
-        )
-
-    def startService(self) -> None:
-        super().startService()
-        self.client.startService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self._closeLinks()
-        return DeferredList([self.client.stopService()])
+    protocol = QemuStreamLink
 
 
-def makeService(switch: Any, spec: PortSpec, reactor: Any) -> QemuPorts:
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     """
     Build the service for C{qemu:[listen:]SERVER-ENDPOINT} or
     C{qemu:connect:CLIENT-ENDPOINT}, with the options C{vlan=}, C{trunk=}
