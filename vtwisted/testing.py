@@ -4,8 +4,9 @@ Test doubles for vtwisted and for authors of port type plugins.
 L{FakeLink} is an L{ILink} that records what the switch sends it and can
 inject frames as if its peer had sent them; L{plug} attaches one to a real
 L{vtwisted.switch.Switch}, which has no I/O of its own and so needs no fake.
-L{frame} and L{mac} build test traffic.  A port type plugin is tested by
-plugging its links into a real switch beside a few L{FakeLink}s and checking
+L{frame} and L{mac} build test traffic, L{tcpSuperFrame} a TCP super-frame
+with its virtio-net header as an offload TAP's kernel hands it over.  A port
+type plugin is tested by plugging its links into a real switch beside a few L{FakeLink}s and checking
 what they receive; its I/O can use L{twisted.internet.testing}'s
 C{MemoryReactor} and L{twisted.pair.testing.MemoryIOSystem}.
 """
@@ -17,6 +18,9 @@ from typing import Any
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink
+from vtwisted.wire import checksum, vnet
+from vtwisted.wire.ipv4 import IPv4Header
+from vtwisted.wire.tcp import TCPHeader
 from vtwisted.wire.vlan import TPID
 
 
@@ -40,6 +44,27 @@ def frame(
     """
     tag = b"" if vid is None else TPID + ((pcp << 13) | vid).to_bytes(2, "big")
     return dst + src + tag + ethertype.to_bytes(2, "big") + payload
+
+
+def tcpSuperFrame(
+    dst: bytes,
+    src: bytes,
+    payload: bytes,
+    gsoSize: int = 1448,
+    addresses: tuple[bytes, bytes] = (b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02"),
+) -> bytes:
+    """
+    An IPv4 TCP super-frame as Linux hands it to the reader of a TAP with
+    offloads: a virtio-net header asking for TSO in C{gsoSize} segments and
+    for the checksum (the field holds the pseudo-header's partial sum), then
+    Ethernet, IPv4 (valid header checksum) and TCP headers and C{payload}.
+    """
+    length = 20 + len(payload)
+    partial = checksum.pseudoHeaderSumV4(*addresses, 6, length)
+    tcp = TCPHeader(40000, 5001, 1000, 2000, 0x18, 502, partial, 0).pack()
+    ip = IPv4Header(0, 20 + length, 7, 2, 0, 64, 6, 0, *addresses).pack()
+    header = vnet.VnetHeader(vnet.NEEDS_CSUM, vnet.GSO_TCPV4, 54, gsoSize, 34, 16).pack()
+    return header + dst + src + b"\x08\x00" + ip + tcp + payload
 
 
 @implementer(ILink)

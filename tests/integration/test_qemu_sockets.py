@@ -7,7 +7,6 @@ restarts, and start-up errors.  Real QEMU guests: test_qemu_stream.py.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import socket
 import struct
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from certs import selfSignedCertificate
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
@@ -276,39 +276,6 @@ def test_listenFailureNamesSpecAddressAndErrno(shortdir: Path) -> None:
         service.startService()
     assert info.value.errno == errno.ENOENT
     assert spec in str(info.value) and "No such file or directory" in str(info.value)
-
-
-def selfSignedCertificate(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
-    """
-    A key and a self-signed certificate for C{name}, as PEM files; the
-    certificate alone in C{directory/roots} to trust it.
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    keyPath, certPath = directory / "key.pem", directory / "cert.pem"
-    keyPath.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    pem = certificate.public_bytes(serialization.Encoding.PEM)
-    certPath.write_bytes(pem)
-    (directory / "roots").mkdir()
-    (directory / "roots" / "switch.pem").write_bytes(pem)
-    return keyPath, certPath
 
 
 @pytest_twisted.ensureDeferred

@@ -32,3 +32,10 @@ dgram = PortType(
     "dgram:udp:LHOST:LPORT:RHOST:RPORT or dgram:unix:LOCAL:REMOTE  QEMU's -netdev dgram "
     "and -netdev socket,udp=: one datagram per frame",
 )
+
+cable = PortType(
+    "cable",
+    "vtwisted.ports.cable",
+    "cable:[connect:]ENDPOINT or cable:listen:ENDPOINT  a TLS cable to another vtwisted "
+    "switch (cert=PEM, ca=PEM; tls=off), super-frames cross whole",
+)

@@ -50,7 +50,8 @@ SEND_BUFFER = 2 * 1024 * 1024
 #: Seconds between reconnection attempts of a connecting spec, at most.
 MAX_RETRY_DELAY = 5.0
 
-_packLength = struct.Struct("!I").pack
+#: A message's 4-byte length prefix.
+packLength = struct.Struct("!I").pack
 _PEERCRED = struct.Struct("3i")
 
 
@@ -104,7 +105,20 @@ class StreamLink(Int32StringReceiver):
         if not isinstance(transport.getPeer(), UNIXAddress):
             transport.setTcpNoDelay(True)
         self.sendFrame = self._makeSender(transport.write)  # type: ignore[method-assign]
+        self.linkReady()
+
+    def linkReady(self) -> None:
+        """
+        The connection is up: plug it in (a subclass may wait for a hello).
+        """
         self.owner.linkUp(self)
+
+    def whenReady(self) -> Any:
+        """
+        A L{Deferred} (or value) for when the link is plugged in, which is
+        when a L{ClientService} counts the connection as made.
+        """
+        return None
 
     def stringReceived(self, frame: bytes) -> None:
         try:
@@ -147,7 +161,7 @@ class StreamLink(Int32StringReceiver):
                 return
             if frame.__class__ is not bytes:
                 frame = bytes(frame)
-            write(_packLength(len(frame)) + frame)
+            write(packLength(len(frame)) + frame)
 
         return sendFrame
 
@@ -222,6 +236,7 @@ class StreamPorts(Service):
         self.options = options
         self.spec = spec
         self.links: list[StreamLink] = []
+        self.failures = FailureLog(spec)
         self.factory = Factory.forProtocol(lambda: self.protocol(self))
         self.factory.noisy = False
 
@@ -237,6 +252,7 @@ class StreamPorts(Service):
             link._receive = lambda port, frame: None
             link.close()
             return
+        self.failures.worked()
         self.options.apply(self.switch, port, self.spec)
         link.port = port
         link._receive = link.receiverFor(self.switch)
@@ -329,37 +345,54 @@ def listenError(spec: str, error: BaseException) -> OSError:
     return OSError(number, f"{spec}: cannot listen: {error}")
 
 
+class FailureLog:
+    """
+    The failures of one spec, logged once per series: the same failure
+    again is logged only after a link has come up in between.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.last: str | None = None
+
+    def note(self, problem: str) -> None:
+        """
+        Log C{problem} unless it is the one logged last.
+        """
+        if problem != self.last:
+            self.last = problem
+            log.warn("{spec}: {problem}", spec=self.spec, problem=problem)
+
+    def worked(self) -> None:
+        """
+        A link came up: the next failure is news again.
+        """
+        self.last = None
+
+
 @implementer(IStreamClientEndpoint)
 class _ReportingEndpoint:
     """
-    A client endpoint that logs the first failure of each series of
-    failed connection attempts.
+    A client endpoint that notes its failed connection attempts.
     """
 
-    def __init__(self, endpoint: Any, spec: str) -> None:
+    def __init__(self, endpoint: Any, failures: FailureLog) -> None:
         self.endpoint = endpoint
-        self.spec = spec
-        self.failing = False
+        self.failures = failures
 
     def __repr__(self) -> str:
-        return self.spec
+        return self.failures.spec
 
     def connect(self, factory: Any) -> Deferred[Any]:
         d: Deferred[Any] = self.endpoint.connect(factory)
-        d.addCallbacks(self._connected, self._failed)
+        d.addErrback(self._failed)
         return d
 
-    def _connected(self, protocol: Any) -> Any:
-        self.failing = False
-        return protocol
-
     def _failed(self, reason: Failure) -> Failure:
-        if not self.failing:
-            self.failing = True
-            log.warn(
-                "{spec}: cannot connect: {error}; retrying every {delay:g} s at most",
-                spec=self.spec, error=connectErrorText(reason.value), delay=MAX_RETRY_DELAY,
-            )
+        self.failures.note(
+            f"cannot connect: {connectErrorText(reason.value)}; "
+            f"retrying every {MAX_RETRY_DELAY:g} s at most"
+        )
         return reason
 
 
@@ -389,10 +422,11 @@ class StreamConnector(StreamPorts):
         super().__init__(switch, reactor, options, spec)
         self.endpoint = endpoint
         self.client = ClientService(
-            _ReportingEndpoint(endpoint, spec),
+            _ReportingEndpoint(endpoint, self.failures),
             self.factory,
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY),
             clock=reactor,
+            prepareConnection=_whenReady,
         )
 
     def startService(self) -> None:
@@ -403,3 +437,10 @@ class StreamConnector(StreamPorts):
         super().stopService()
         self._closeLinks()
         return DeferredList([self.client.stopService()])
+
+
+def _whenReady(link: Any) -> Any:
+    """
+    When a connection counts as made for the L{ClientService}.
+    """
+    return link.whenReady()

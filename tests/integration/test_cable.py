@@ -1,0 +1,206 @@
+"""
+Cables between switches (C{cable:}) over real TLS on loopback, in this
+process's reactor: two switches with certificates on both ends, super-frames
+crossing whole, peers that must be refused, a listening switch that
+restarts, and spec errors.  Two C{twistd} processes with TAPs in namespaces
+joined by a cable: test_cable_interop.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from certs import selfSignedCertificate
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from vtwisted.app import buildService
+from vtwisted.ports import cable, streamlinks
+from vtwisted.service import SwitchService
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
+from vtwisted.wire import vnet
+
+BROADCAST = b"\xff" * 6
+
+
+async def sleep(seconds: float) -> None:
+    await deferLater(reactor, seconds, lambda: None)
+
+
+async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "it") -> None:
+    for _ in range(int(timeout / 0.02)):
+        if predicate():
+            return
+        await sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest_twisted.async_yield_fixture
+async def switch() -> AsyncIterator[Callable[..., SwitchService]]:
+    started: list[SwitchService] = []
+
+    def start(*specs: str) -> SwitchService:
+        service = buildService(reactor, list(specs), defaultSock=False)
+        service.startService()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.running:
+            await service.stopService()
+
+
+@pytest.fixture
+def pki(shortdir: Path) -> Callable[[str], str]:
+    """
+    Certificates for switches A (named localhost, which B connects to), B
+    and a stranger; C{pki("a")} is A's cert=/key=/ca= options, trusting B.
+    """
+    for prefix in ("a", "b", "stranger"):
+        selfSignedCertificate(shortdir, prefix=prefix)
+    trusts = {"a": "b", "b": "a", "stranger": "a"}
+
+    def options(who: str) -> str:
+        return (f"cert={shortdir}/{who}cert.pem:key={shortdir}/{who}key.pem:"
+                f"ca={shortdir}/{trusts[who]}cert.pem")
+
+    return options
+
+
+def ports(service: SwitchService) -> streamlinks.StreamPorts:
+    (found,) = [s for s in service if isinstance(s, streamlinks.StreamPorts)]
+    return found
+
+
+def listen(switch: Callable[..., SwitchService], pki: Callable[[str], str],
+           port: int = 0) -> tuple[SwitchService, int]:
+    service = switch(f"cable:listen:tcp:{port}:interface=127.0.0.1:{pki('a')}")
+    return service, ports(service).listeningPort.getHost().port
+
+
+@pytest_twisted.ensureDeferred
+async def test_cableJoinsTwoSwitchesAndSuperFramesCrossWhole(switch, pki) -> None:
+    """
+    Frames cross both ways; a TCP super-frame from an offload port reaches
+    the far switch's offload port as the very same packet, and its plain
+    port as the segments.
+    """
+    a, number = listen(switch, pki)
+    b = switch(f"cable:tcp:host=localhost:port={number}:{pki('b')}")
+    await until(lambda: ports(a).links and ports(b).links, what="the cable up")
+    (link,) = ports(b).links
+    assert link.module == "cable" and link.vnetHeader
+    offloadA, plainA = FakeLink(vnetHeader=True), FakeLink()
+    offloadB, plainB = FakeLink(vnetHeader=True), FakeLink()
+    for service, links in ((a, (offloadA, plainA)), (b, (offloadB, plainB))):
+        for fake in links:
+            plug(service.switch, fake)
+    plainA.receive(frame(BROADCAST, mac(1), b"hello" * 20))
+    await until(lambda: plainB.sent and offloadB.sentPackets, what="the broadcast across")
+    assert plainB.takeSent() == [frame(BROADCAST, mac(1), b"hello" * 20)]
+    assert vnet.toFrame(offloadB.sentPackets.pop()) == frame(BROADCAST, mac(1), b"hello" * 20)
+    superFrame = tcpSuperFrame(BROADCAST, mac(2), bytes(range(256)) * 200)
+    offloadA.receivePacket(superFrame)
+    assert plainA.takeSent() == vnet.toFrames(superFrame)  # flooded on A's side too
+    await until(lambda: offloadB.sentPackets, what="the super-frame across")
+    assert offloadB.sentPackets == [superFrame]
+    await until(lambda: len(plainB.sent) == len(vnet.toFrames(superFrame)), what="segments")
+    assert plainB.sent == vnet.toFrames(superFrame)
+    plainB.receive(frame(mac(1), mac(3), b"back"))
+    await until(lambda: plainA.sent, what="the answer")
+    assert plainA.sent == [frame(mac(1), mac(3), b"back")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_untrustedSwitchNeverGetsAPort(switch, pki) -> None:
+    """
+    A switch whose certificate A does not trust is refused during the TLS
+    handshake: no port on either side, and the refusal is logged by both.
+    """
+    a, number = listen(switch, pki)
+    stranger = switch(f"cable:tcp:host=localhost:port={number}:{pki('stranger')}")
+    await until(lambda: ports(a).failures.last and ports(stranger).failures.last,
+                what="both sides to note the refusal")
+    assert "TLS handshake failed: certificate verify failed" in ports(a).failures.last
+    assert "TLS handshake failed: tlsv1 alert unknown ca" in ports(stranger).failures.last
+    assert not ports(a).links and not ports(stranger).links
+    assert a.switch.ports.get(1) is None or not a.switch.ports[1].links
+
+
+@pytest_twisted.ensureDeferred
+async def test_connectingSideChecksTheListenersName(switch, pki) -> None:
+    a, number = listen(switch, pki)
+    b = switch(f"cable:tcp:host=localhost:port={number}:name=elsewhere:{pki('b')}")
+    await until(lambda: ports(b).failures.last, what="the name refused")
+    assert "does not name DNS_ID(hostname=b'elsewhere')" in ports(b).failures.last
+    await sleep(0.3)
+    assert not ports(a).links and not ports(b).links
+
+
+@pytest_twisted.ensureDeferred
+async def test_peerThatIsNotACableIsClosedWithoutAPort(switch) -> None:
+    """
+    With C{tls=off}, something else than a cable (here QEMU's framing) is
+    told apart by its first message and closed before it gets a port.
+    """
+    a = switch("cable:listen:tcp:0:interface=127.0.0.1:tls=off")
+    number = ports(a).listeningPort.getHost().port
+    peer = socket.create_connection(("127.0.0.1", number))
+    guestFrame = frame(BROADCAST, mac(9))
+    peer.sendall(struct.pack("!I", len(guestFrame)) + guestFrame)
+    peer.setblocking(False)
+
+    def closed() -> bool:
+        try:
+            return peer.recv(65536) == b"" or False
+        except BlockingIOError:
+            return False
+
+    await until(closed, what="the stranger closed")
+    assert "not a vtwisted cable" in (ports(a).failures.last or "")
+    assert not ports(a).links
+    peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_cableComesBackWhenTheListeningSwitchRestarts(switch, pki) -> None:
+    a, number = listen(switch, pki)
+    b = switch(f"cable:tcp:host=localhost:port={number}:{pki('b')}")
+    await until(lambda: ports(b).links, what="the cable up")
+    await a.stopService()
+    await until(lambda: not ports(b).links, what="the cable down")
+    again, _ = listen(switch, pki, number)
+    await until(lambda: ports(again).links and ports(b).links, timeout=10, what="the cable back")
+
+
+@pytest.mark.parametrize(
+    "extra, problem",
+    [
+        ("", "a cable needs cert=PEM and ca=PEM"),
+        ("cert=/nonexistent.pem:ca=/nonexistent.pem", "cert=/nonexistent.pem: No such file"),
+        ("cert={d}/acert.pem:ca={d}/acert.pem", "not a certificate and key"),
+        ("cert={d}/acert.pem:key={d}/akey.pem:ca={d}/akey.pem", "no PEM certificate"),
+    ],
+)
+def test_badTlsOptionsFailWithTheSpecNamed(shortdir: Path, extra: str, problem: str) -> None:
+    selfSignedCertificate(shortdir, prefix="a")
+    text = "cable:tcp:host=localhost:port=7443:" + extra.format(d=shortdir)
+    with pytest.raises(SpecError) as info:
+        cable.makeService(Switch(), PortSpec(text.rstrip(":")), reactor)
+    assert problem in str(info.value) and "cable:tcp" in str(info.value)
+
+
+def test_connectingWithoutAHostNeedsAName(shortdir: Path) -> None:
+    selfSignedCertificate(shortdir, prefix="a")
+    spec = (f"cable:unix:/tmp/x.sock:cert={shortdir}/acert.pem:key={shortdir}/akey.pem:"
+            f"ca={shortdir}/acert.pem")
+    with pytest.raises(SpecError, match="give name="):
+        cable.makeService(Switch(), PortSpec(spec), reactor)

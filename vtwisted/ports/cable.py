@@ -1,0 +1,262 @@
+"""
+Cables between vtwisted switches (C{cable:ENDPOINT}, C{cable:listen:ENDPOINT}).
+
+Theory of operation
+-------------------
+A cable is a stream between two switches, TLS with certificates on both
+ends unless C{tls=off}.  C{cable:listen:tcp:7443:...} listens (any number of
+switches may connect, each on a port of its own); C{cable:tcp:host=H:port=P}
+connects and reconnects with a backoff whenever the cable drops.
+
+Each message is a 4-byte big-endian length and a virtio-net packet: the
+10-byte header, then the frame (see L{vtwisted.wire.vnet}).  Plain frames
+travel with an all-zero header; TCP and UDP super-frames from offload TAPs
+cross whole, one message for up to 64 KB instead of one per 1500 bytes, and
+the far switch hands them to its own offload TAPs untouched or cuts them for
+its other ports.  The far switch validates every header as it does a TAP's,
+so a peer cannot make it write a header a kernel would refuse.
+
+The first message each way is a hello naming the protocol and its version.
+A link is plugged into a port only once the peer's hello has arrived, so a
+failed TLS handshake, or a peer that is not a vtwisted cable (a QEMU socket,
+a typo in a port number), never gets a port: it is logged once per series
+of failures with the reason and closed, and a connecting cable retries with
+a growing delay.
+
+TLS (C{cert=}, C{key=}, C{ca=}): each side presents its certificate and
+checks the other's against the certificates in C{ca=} (the peer's own
+self-signed certificate, or a CA's); the connecting side also checks that
+the certificate names the host it connects to (or C{name=}).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
+from twisted.internet.error import ConnectionDone
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted.interfaces import IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports.streamlinks import (
+    StreamConnector,
+    StreamLink,
+    StreamListener,
+    StreamPorts,
+    packLength,
+)
+from vtwisted.spec import PortSpec
+from vtwisted.wire import vnet
+
+log = Logger()
+
+#: The first message each way.
+HELLO = b"vtwisted cable 1"
+#: The largest message: a header and a 64 KB super-frame with a VLAN tag.
+MAX_MESSAGE = vnet.HEADER_LENGTH + 65536 + 64
+#: Keywords of a spec that are the cable's, not the endpoint's.
+CABLE_KEYWORDS = ("vlan", "trunk", "mtu", "cert", "key", "ca", "name", "tls")
+_PLAIN = bytes(vnet.HEADER_LENGTH)
+_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+class CableLink(StreamLink):
+    """
+    One switch at the other end of a cable.
+    """
+
+    MAX_LENGTH = MAX_MESSAGE
+    module = "cable"
+    vnetHeader = True
+
+    def __init__(self, owner: StreamPorts) -> None:
+        super().__init__(owner)
+        self._ready: Deferred[None] = Deferred()
+        self._plugged = False
+
+    def linkReady(self) -> None:
+        self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
+        self._receive = self._hello
+
+    def whenReady(self) -> Deferred[None]:
+        return self._ready
+
+    def _hello(self, port: Any, message: bytes) -> None:
+        if message != HELLO:
+            self._refuse(f"not a vtwisted cable (its first message: {message[:24]!r})")
+            return
+        self._plugged = True
+        self.owner.linkUp(self)
+        if self.port is not None:
+            self._ready.callback(None)
+
+    def _refuse(self, problem: str) -> None:
+        self._receive = _ignore
+        self.owner.failures.note(f"{self.description}: {problem}; closing")
+        self.close()
+
+    def receiverFor(self, switch: Any) -> Any:
+        return switch.vnetPacketReceived
+
+    def _makeSender(self, write: Any) -> Any:
+        sendVnetPacket = super()._makeSender(write)
+
+        def sendFrame(frame: bytes) -> None:
+            sendVnetPacket(_PLAIN + frame)
+
+        self.sendVnetPacket = sendVnetPacket  # type: ignore[method-assign]
+        return sendFrame
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        """
+        Queue a virtio-net packet for the far switch.  Replaced per link by
+        a closure from L{_makeSender}.
+        """
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if not self._plugged and self._receive is not _ignore:
+            self.owner.failures.note(f"{self.description}: {whyLost(reason)}")
+        super().connectionLost(reason)
+        if not self._ready.called:
+            self._ready.errback(reason or Failure(ConnectionDone()))
+            self._ready.addErrback(lambda _: None)
+
+
+def whyLost(reason: Failure | None) -> str:
+    """
+    Why a cable went before its hello: the TLS handshake's complaint, if
+    that is what stopped it.
+    """
+    if reason is None or reason.check(ConnectionDone):
+        return "closed before its hello (a TLS or cable problem on the other side?)"
+    error = reason.value
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        return "TLS handshake failed: " + "; ".join(str(item[-1]) for item in error.args[0])
+    if isinstance(error, VerificationError):
+        names = ", ".join(str(e.mismatched_id) for e in error.errors)
+        return f"TLS: the certificate does not name {names}"
+    return reason.getErrorMessage()
+
+
+def _ignore(port: Any, message: bytes) -> None:
+    """
+    Messages after a refusal, until the connection is gone.
+    """
+
+
+@implementer(IPortService)
+class CableListener(StreamListener):
+    """
+    The service of C{cable:listen:ENDPOINT}: other switches connect.
+    """
+
+    protocol = CableLink
+
+
+@implementer(IPortService)
+class CableConnector(StreamConnector):
+    """
+    The service of C{cable:ENDPOINT}: this switch connects to another.
+    """
+
+    protocol = CableLink
+
+
+class TLSServerEndpoint:
+    """
+    A server endpoint whose connections speak TLS over C{endpoint}'s.
+    """
+
+    def __init__(self, endpoint: Any, options: Any) -> None:
+        self.endpoint = endpoint
+        self.options = options
+
+    def listen(self, factory: Any) -> Any:
+        return self.endpoint.listen(TLSMemoryBIOFactory(self.options, False, factory))
+
+
+def _read(spec: PortSpec, key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise spec.error(f"{key}={path}: {e.strerror} (errno {e.errno})") from None
+
+
+def tlsMaterial(spec: PortSpec) -> tuple[ssl.PrivateCertificate, Any]:
+    """
+    This switch's certificate with its key, and the trust roots for the
+    peer, from C{cert=}, C{key=} (default: in the C{cert=} file) and C{ca=}.
+    """
+    certPath, caPath = spec.string("cert"), spec.string("ca")
+    if not certPath or not caPath:
+        raise spec.error("a cable needs cert=PEM and ca=PEM (or tls=off)")
+    keyPath = spec.string("key") or certPath
+    certPem, keyPem = _read(spec, "cert", certPath), _read(spec, "key", keyPath)
+    try:
+        mine = ssl.PrivateCertificate.loadPEM(certPem + b"\n" + keyPem)
+    except Exception as e:
+        raise spec.error(f"cert={certPath}, key={keyPath}: not a certificate and key: {e}") \
+            from None
+    roots = _PEM.findall(_read(spec, "ca", caPath))
+    if not roots:
+        raise spec.error(f"ca={caPath}: no PEM certificate in it")
+    trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem) for pem in roots])
+    return mine, trust
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
+    """
+    Build the service for C{cable:[connect:]CLIENT-ENDPOINT} or
+    C{cable:listen:SERVER-ENDPOINT}, with C{cert=}, C{key=}, C{ca=},
+    C{name=} (the name the listening side's certificate must carry, by
+    default the host connected to), C{tls=off} and the common options.
+    """
+    listen = bool(spec.args) and spec.args[0] == "listen"
+    skip = 1 if spec.args and spec.args[0] in ("connect", "listen") else 0
+    options = PortOptions.fromSpec(spec, numbered=False)
+    description = spec.endpoint(skip, CABLE_KEYWORDS)
+    tls = spec.boolean("tls", True)
+    parse = serverFromString if listen else clientFromString
+    try:
+        endpoint = parse(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        role = "server" if listen else "client"
+        raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
+    if tls:
+        mine, trust = tlsMaterial(spec)
+        if listen:
+            options_ = ssl.CertificateOptions(
+                privateKey=mine.privateKey.original, certificate=mine.original,
+                trustRoot=trust,
+            )
+            endpoint = TLSServerEndpoint(endpoint, options_)
+        else:
+            name = spec.string("name") or _hostOf(spec, skip)
+            endpoint = wrapClientTLS(
+                ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=mine), endpoint
+            )
+    if listen:
+        return CableListener(switch, reactor, endpoint, options, spec.text)
+    return CableConnector(switch, reactor, endpoint, options, spec.text)
+
+
+def _hostOf(spec: PortSpec, skip: int) -> str:
+    """
+    The host a client endpoint connects to: C{host=} or its first argument.
+    """
+    host = ""
+    if spec.args[skip] in ("tcp", "tcp6"):
+        host = spec.kwargs.get("host") or (spec.args[skip + 1] if len(spec.args) > skip + 1 else "")
+    if not host:
+        raise spec.error("names no host to check the certificate of (give name=)")
+    return host
