@@ -6,8 +6,8 @@ inject frames as if its peer had sent them; L{plug} attaches one to a real
 L{vtwisted.switch.Switch}, which has no I/O of its own and so needs no fake.
 L{frame} and L{mac} build test traffic, L{tcpSuperFrame} a TCP super-frame
 with its virtio-net header as an offload TAP's kernel hands it over.  A port
-type plugin is tested by plugging its links into a real switch beside a few L{FakeLink}s and checking
-what they receive; its I/O can use L{twisted.internet.testing}'s
+type plugin is tested by plugging its links into a real switch beside a few
+L{FakeLink}s and checking what they receive; its I/O can use L{twisted.internet.testing}'s
 C{MemoryReactor} and L{twisted.pair.testing.MemoryIOSystem}.
 """
 
