@@ -16,7 +16,6 @@ Run as root:  python benchmarks/cable_path.py [--rounds 3] [--seconds 5]
 
 from __future__ import annotations
 
-import argparse
 import socket
 import subprocess
 import sys
@@ -30,14 +29,11 @@ from netbench import (
     CLIENT_ADDR,
     SERVER_ADDR,
     Bench,
-    bench,
     configure,
-    iperf,
     listening,
     ratio,
     sh,
     sourceEnv,
-    summarize,
     twistdArgv,
     waitFor,
 )
@@ -122,31 +118,10 @@ SETUPS: dict[str, Setup] = {
 }
 
 
-def measure(setup: Setup, seconds: float, udp: bool) -> float:
-    with bench() as b:
-        client, server = setup(b)
-        return iperf(b, client, server, seconds, udp)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--congestion", help="TCP congestion control (default: the system's)")
-    args = parser.parse_args()
-    netbench.CONGESTION = args.congestion
-    results: dict[tuple[str, bool], list[float]] = {}
-    for udp in (False, True):
-        for _ in range(args.rounds):
-            for name, setup in SETUPS.items():
-                results.setdefault((name, udp), []).append(measure(setup, args.seconds, udp))
-    print(f"TCP congestion control: {netbench.congestionInUse()}")
-    print("TCP throughput (iperf3):")
-    for name in SETUPS:
-        summarize(name, results[(name, False)], "Gbit/s")
-    print("UDP, 64-byte frames (iperf3 -u -l 18 -b 0), packets received:")
-    for name in SETUPS:
-        summarize(name, results[(name, True)], "pkt/s")
+    args = netbench.arguments(__doc__)
+    results = netbench.runRounds(SETUPS, args.rounds, args.seconds)
+    netbench.printResults(list(SETUPS), results)
     print("Ratios:")
     reference = "vde_switch -t + dpipe vde_plug"
     for name in ("vtwisted + TLS cable", "vtwisted + cable tls=off"):

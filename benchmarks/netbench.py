@@ -8,6 +8,7 @@ are on a private /24 that exists only on the TAP devices inside them.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -153,6 +154,63 @@ def iperf(b: Bench, client: str, server: str, seconds: float, udp: bool = False)
         received = s["packets"] - s["lost_packets"]
         return received / s["seconds"]
     return end["sum_received"]["bits_per_second"] / 1e9
+
+
+def measure(setup: Callable[[Bench], tuple[str, str]], seconds: float, udp: bool) -> float:
+    """
+    Build a set-up (it returns the client and server namespaces) and run
+    iperf3 across it once.
+    """
+    with bench() as b:
+        client, server = setup(b)
+        return iperf(b, client, server, seconds, udp)
+
+
+def arguments(doc: str, only: bool = False) -> argparse.Namespace:
+    """
+    The command line every benchmark takes (C{--rounds}, C{--seconds},
+    C{--congestion}, and C{--only} if asked for); sets L{CONGESTION}.
+    """
+    global CONGESTION
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--congestion", help="TCP congestion control (default: the system's)")
+    if only:
+        parser.add_argument("--only", nargs="*", default=None, help="names of setups to run")
+    args = parser.parse_args()
+    CONGESTION = args.congestion
+    return args
+
+
+Results = dict[tuple[str, bool], list[float]]
+
+
+def runRounds(
+    setups: dict[str, Callable[[Bench], tuple[str, str]]], rounds: int, seconds: float
+) -> Results:
+    """
+    TCP, then 64-byte UDP: C{rounds} rounds, each measuring every set-up once.
+    """
+    results: Results = {}
+    for udp in (False, True):
+        for _ in range(rounds):
+            for name, setup in setups.items():
+                results.setdefault((name, udp), []).append(measure(setup, seconds, udp))
+    return results
+
+
+def printResults(names: Sequence[str], results: Results) -> None:
+    """
+    The medians of every set-up, TCP then UDP.
+    """
+    print(f"TCP congestion control: {congestionInUse()}")
+    print("TCP throughput (iperf3):")
+    for name in names:
+        summarize(name, results[(name, False)], "Gbit/s")
+    print("UDP, 64-byte frames (iperf3 -u -l 18 -b 0), packets received:")
+    for name in names:
+        summarize(name, results[(name, True)], "pkt/s")
 
 
 def twistdArgv(*args: str) -> list[str]:

@@ -19,7 +19,6 @@ Run as root:  python benchmarks/tap_path.py [--rounds 3] [--seconds 5] [--only N
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from collections.abc import Callable
@@ -32,14 +31,11 @@ from netbench import (
     CLIENT_ADDR,
     SERVER_ADDR,
     Bench,
-    bench,
     configure,
-    iperf,
     listening,
     ratio,
     sh,
     sourceEnv,
-    summarize,
     twistdArgv,
     waitFor,
 )
@@ -140,34 +136,11 @@ SETUPS: dict[str, Setup] = {
 }
 
 
-def measure(setup: Setup, seconds: float, udp: bool) -> float:
-    with bench() as b:
-        client, server = setup(b)
-        return iperf(b, client, server, seconds, udp)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--only", nargs="*", default=None, help="names of setups to run")
-    parser.add_argument("--congestion", help="TCP congestion control (default: the system's)")
-    args = parser.parse_args()
-    netbench.CONGESTION = args.congestion
+    args = netbench.arguments(__doc__, only=True)
     names = [n for n in SETUPS if args.only is None or any(o in n for o in args.only)]
-    results: dict[tuple[str, bool], list[float]] = {}
-    for udp in (False, True):
-        for _ in range(args.rounds):
-            for name in names:
-                results.setdefault((name, udp), []).append(
-                    measure(SETUPS[name], args.seconds, udp))
-    print(f"TCP congestion control: {netbench.congestionInUse()}")
-    print("TCP throughput (iperf3):")
-    for name in names:
-        summarize(name, results[(name, False)], "Gbit/s")
-    print("UDP, 64-byte frames (iperf3 -u -l 18 -b 0), packets received:")
-    for name in names:
-        summarize(name, results[(name, True)], "pkt/s")
+    results = netbench.runRounds({n: SETUPS[n] for n in names}, args.rounds, args.seconds)
+    netbench.printResults(names, results)
     print("Ratios:")
     pairs = [
         ("vtwisted TAP offload", "Linux bridge offload", False,

@@ -11,7 +11,6 @@ Run as root:  python benchmarks/vde_path.py [--rounds 3] [--seconds 5]
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from collections.abc import Callable
@@ -57,12 +56,7 @@ def measure(startSwitch: Callable[[Bench, Path], None], seconds: float, udp: boo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--congestion", help="TCP congestion control (default: the system's)")
-    args = parser.parse_args()
-    netbench.CONGESTION = args.congestion
+    args = netbench.arguments(__doc__)
     print("VDE socket path: namespace - TAP - vde_plug - SWITCH - vde_plug - TAP - namespace")
     results: dict[tuple[str, bool], list[float]] = {}
     for udp in (False, True):

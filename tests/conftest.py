@@ -1,7 +1,7 @@
 """
 Shared fixtures: temporary directories with short paths, processes stopped
-by PID, network namespaces deleted even when a test fails, and a running
-C{twistd vswitch}.
+by PID, network namespaces deleted even when a test fails, a running
+C{twistd vswitch}, and switch services in this process's reactor.
 """
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_twisted
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -100,3 +101,27 @@ def vswitch(processes: Processes, shortdir: Path) -> Callable[..., RunningSwitch
         return running
 
     return start
+
+
+@pytest_twisted.async_yield_fixture
+async def switch() -> AsyncIterator[Callable[..., object]]:
+    """
+    Start a switch service in this process's reactor from port specs
+    (C{switch("qemu:unix:/x")}); every one still running is stopped at the end.
+    """
+    from twisted.internet import reactor
+
+    from vtwisted.app import buildService
+
+    started = []
+
+    def start(*specs: str) -> object:
+        service = buildService(reactor, list(specs), defaultSock=False)
+        service.startService()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        if service.running:
+            await service.stopService()

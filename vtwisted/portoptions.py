@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
+
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import MAX_USER_VID, NOVLAN
 from vtwisted.wire.ethernet import DEFAULT_MTU
 
 MIN_MTU = 68
+
+log = Logger()
 
 
 class PortOptions:
@@ -87,6 +91,22 @@ class PortOptions:
         if self.mtu is not None:
             port.setMtu(self.mtu)
         port.configuredBy = owner
+
+
+    def plugIn(self, switch: Any, link: Any, owner: str) -> Any:
+        """
+        Give the one link of spec C{owner} its port (C{port=N}, or the first
+        free one), configure it, plug the link in with C{link.plug(switch,
+        port)} and log it.
+
+        @return: the port.
+        """
+        port = switch.allocatePort(self.number)
+        self.apply(switch, port, owner)
+        link.plug(switch, port)
+        log.info("{spec}: {description} on port {number}", spec=owner,
+                 description=link.description, number=port.number)
+        return port
 
 
 def reset(switch: Any, port: Any) -> None:

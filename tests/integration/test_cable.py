@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from certs import selfSignedCertificate
+from reactortools import sleep, until
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
-from vtwisted.app import buildService
 from vtwisted.ports import cable, streamlinks
 from vtwisted.service import SwitchService
 from vtwisted.spec import PortSpec, SpecError
@@ -30,32 +29,6 @@ from vtwisted.wire import vnet
 BROADCAST = b"\xff" * 6
 
 
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "it") -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest_twisted.async_yield_fixture
-async def switch() -> AsyncIterator[Callable[..., SwitchService]]:
-    started: list[SwitchService] = []
-
-    def start(*specs: str) -> SwitchService:
-        service = buildService(reactor, list(specs), defaultSock=False)
-        service.startService()
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        if service.running:
-            await service.stopService()
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import pytest_twisted
+from reactortools import until
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from vtwisted.app import buildService
 from vtwisted.ports import dgram
@@ -26,13 +25,6 @@ from vtwisted.testing import FakeLink, frame, mac, plug
 
 BROADCAST = b"\xff" * 6
 
-
-async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "it") -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.02, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def freeUdpPorts(count: int) -> list[int]:
@@ -52,21 +44,6 @@ def received(sock: socket.socket) -> list[bytes]:
             got.append(sock.recv(70000))
         except BlockingIOError:
             return got
-
-
-@pytest_twisted.async_yield_fixture
-async def switch() -> AsyncIterator[Callable[..., SwitchService]]:
-    started: list[SwitchService] = []
-
-    def start(*specs: str) -> SwitchService:
-        service = buildService(reactor, list(specs), defaultSock=False)
-        service.startService()
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        await service.stopService()
 
 
 def dgramService(service: SwitchService) -> dgram.DgramService:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from reactortools import sleep, until
 from twisted.internet import reactor
-from twisted.internet.task import deferLater
 
 from vtwisted.app import buildService
 from vtwisted.ports.vde import VdeSwitchDirectory
@@ -27,16 +27,6 @@ from vtwisted.wire import vdecontrol
 BROADCAST = b"\xff" * 6
 
 
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "it") -> None:
-    for _ in range(int(timeout / 0.02)):
-        if predicate():
-            return
-        await sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class RawClient:

@@ -38,7 +38,7 @@ from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString, serverFromString, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -53,6 +53,7 @@ from vtwisted.ports.streamlinks import (
     StreamListener,
     StreamPorts,
     packLength,
+    parseEndpoint,
 )
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
@@ -226,12 +227,7 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     options = PortOptions.fromSpec(spec, numbered=False)
     description = spec.endpoint(skip, CABLE_KEYWORDS)
     tls = spec.boolean("tls", True)
-    parse = serverFromString if listen else clientFromString
-    try:
-        endpoint = parse(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        role = "server" if listen else "client"
-        raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
+    endpoint = parseEndpoint(spec, description, reactor, listen)
     if tls:
         mine, trust = tlsMaterial(spec)
         if listen:

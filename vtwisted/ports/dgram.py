@@ -207,11 +207,7 @@ class DgramService(Service):
             self._bind()
         super().startService()
         assert self.link is not None
-        port = self.switch.allocatePort(self.options.number)
-        self.options.apply(self.switch, port, self.spec)
-        self.link.plug(self.switch, port)
-        log.info("{spec}: {description} on port {number}", spec=self.spec,
-                 description=self.link.description, number=port.number)
+        self.options.plugIn(self.switch, self.link, self.spec)
 
     def currentLinks(self) -> list[ILink]:
         """

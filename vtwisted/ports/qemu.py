@@ -31,12 +31,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.endpoints import clientFromString, serverFromString
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.streamlinks import StreamConnector, StreamLink, StreamListener, StreamPorts
+from vtwisted.ports.streamlinks import (
+    StreamConnector,
+    StreamLink,
+    StreamListener,
+    StreamPorts,
+    parseEndpoint,
+)
 from vtwisted.spec import PortSpec
 
 #: The largest frame QEMU accepts (its C{NET_BUFSIZE}).
@@ -90,12 +95,7 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
         unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
         if "mode" not in spec.kwargs:
             description += ":mode=600"
-    parse = clientFromString if connect else serverFromString
-    try:
-        endpoint = parse(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        role = "client" if connect else "server"
-        raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
+    endpoint = parseEndpoint(spec, description, reactor, listen=not connect)
     if connect:
         return QemuConnector(switch, reactor, endpoint, options, spec.text)
     return QemuListener(switch, reactor, endpoint, options, spec.text, unixPath)

@@ -31,6 +31,7 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -41,6 +42,7 @@ from zope.interface import implementer
 from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.spec import PortSpec
 from vtwisted.unixpath import claimSocketPath
 
 log = Logger()
@@ -444,3 +446,17 @@ def _whenReady(link: Any) -> Any:
     When a connection counts as made for the L{ClientService}.
     """
     return link.whenReady()
+
+
+def parseEndpoint(spec: PortSpec, description: str, reactor: Any, listen: bool) -> Any:
+    """
+    The server (C{listen}) or client endpoint C{description} names.
+
+    @raise vtwisted.spec.SpecError: naming C{spec} if Twisted cannot parse it.
+    """
+    parse = serverFromString if listen else clientFromString
+    try:
+        return parse(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        role = "server" if listen else "client"
+        raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None

@@ -402,11 +402,7 @@ class TapService(Service):
             self.privilegedStartService()
         super().startService()
         assert self.link is not None
-        port = self.switch.allocatePort(self.options.number)
-        self.options.apply(self.switch, port, self.spec)
-        self.link.plug(self.switch, port)
-        log.info("{spec}: {description} on port {number}", spec=self.spec,
-                 description=self.link.description, number=port.number)
+        self.options.plugIn(self.switch, self.link, self.spec)
 
     def currentLinks(self) -> list[ILink]:
         """
