@@ -35,10 +35,10 @@ BROADCAST = b"\xff" * 6
 def pki(shortdir: Path) -> Callable[[str], str]:
     """
     Certificates for switches A (named localhost, which B connects to), B
-    and a stranger; C{pki("a")} is A's cert=/key=/ca= options, trusting B.
+    (switch-b) and a stranger; C{pki("a")} is A's cert=/key=/ca= options, trusting B.
     """
-    for prefix in ("a", "b", "stranger"):
-        selfSignedCertificate(shortdir, prefix=prefix)
+    for prefix, name in (("a", "localhost"), ("b", "switch-b"), ("stranger", "stranger")):
+        selfSignedCertificate(shortdir, name, prefix=prefix)
     trusts = {"a": "b", "b": "a", "stranger": "a"}
 
     def options(who: str) -> str:
@@ -71,6 +71,8 @@ async def test_cableJoinsTwoSwitchesAndSuperFramesCrossWhole(switch, pki) -> Non
     await until(lambda: ports(a).links and ports(b).links, what="the cable up")
     (link,) = ports(b).links
     assert link.module == "cable" and link.vnetHeader
+    assert link.description.endswith("(CN=localhost)")
+    assert ports(a).links[0].description.endswith("(CN=switch-b)")
     offloadA, plainA = FakeLink(vnetHeader=True), FakeLink()
     offloadB, plainB = FakeLink(vnetHeader=True), FakeLink()
     for service, links in ((a, (offloadA, plainA)), (b, (offloadB, plainB))):

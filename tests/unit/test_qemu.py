@@ -88,6 +88,13 @@ def test_listenSpecBuildsServerEndpointWithoutSwitchOptions() -> None:
     assert service.listening
 
 
+def test_tcpListensOnLoopbackUnlessAnInterfaceIsGiven() -> None:
+    """Anyone who can connect joins the LAN: not every address by default."""
+    assert make("qemu:tcp:5555").endpoint._interface == "127.0.0.1"
+    assert make("qemu:tcp6:5555").endpoint._interface == "::1"
+    assert make("qemu:tcp:5555:interface=0.0.0.0").endpoint._interface == "0.0.0.0"
+
+
 def test_connectSpecBuildsClientEndpoint() -> None:
     """C{qemu:connect:} wraps a client endpoint; C{port=} there is the TCP port."""
     service = make("qemu:connect:tcp:host=127.0.0.1:port=6000:trunk=10,20")

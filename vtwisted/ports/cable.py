@@ -96,6 +96,7 @@ class CableLink(StreamLink):
             self._refuse(f"not a vtwisted cable (its first message: {message[:24]!r})")
             return
         self._plugged = True
+        self.description += peerName(self.transport)
         self.owner.linkUp(self)
         if self.port is not None:
             self._ready.callback(None)
@@ -130,6 +131,19 @@ class CableLink(StreamLink):
         if not self._ready.called:
             self._ready.errback(reason or Failure(ConnectionDone()))
             self._ready.addErrback(lambda _: None)
+
+
+def peerName(transport: Any) -> str:
+    """
+    C{" (CN=NAME)"}: the common name in the peer's certificate, if it
+    showed one.
+    """
+    getPeerCertificate = getattr(transport, "getPeerCertificate", None)
+    certificate = getPeerCertificate() if getPeerCertificate is not None else None
+    if certificate is None:
+        return ""
+    name = certificate.get_subject().CN
+    return f" (CN={name})" if name else ""
 
 
 def whyLost(reason: Failure | None) -> str:

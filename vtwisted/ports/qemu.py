@@ -16,7 +16,9 @@ stream,addr.type=unix,addr.path=...} or C{-netdev socket,connect=...}
 connects to it.  Unlike QEMU's listening sockets, which serve one peer at a
 time, any number of guests may connect, each on a port of its own, which is
 freed when the guest goes.  A Unix socket is made 0600 unless C{mode=}
-says otherwise, and a stale one left by a crash is replaced.
+says otherwise, and a stale one left by a crash is replaced; a TCP port
+listens on the loopback address unless C{interface=} says otherwise, since
+anyone who can connect joins the LAN.
 
 C{qemu:connect:ENDPOINT} connects to a guest that listens (C{-netdev
 stream,server=on}, C{-netdev socket,listen=}) through a L{ClientService}:
@@ -46,6 +48,9 @@ from vtwisted.spec import PortSpec
 
 #: The largest frame QEMU accepts (its C{NET_BUFSIZE}).
 MAX_FRAME = 4096 + 65536
+#: Where a listening TCP spec without C{interface=} listens: anyone who can
+#: connect joins the LAN, so not every address by default.
+LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "\\:\\:1"}
 #: Keywords of a spec that configure the switch port, not the endpoint.
 PORT_KEYWORDS = ("vlan", "trunk", "mtu")
 
@@ -95,6 +100,8 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
         unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
         if "mode" not in spec.kwargs:
             description += ":mode=600"
+    if kind in LOOPBACK and not connect and "interface" not in spec.kwargs:
+        description += f":interface={LOOPBACK[kind]}"
     endpoint = parseEndpoint(spec, description, reactor, listen=not connect)
     if connect:
         return QemuConnector(switch, reactor, endpoint, options, spec.text)
