@@ -62,8 +62,9 @@ log = Logger()
 
 #: The first message each way.
 HELLO = b"vtwisted cable 1"
-#: The largest message: a header and a 64 KB super-frame with a VLAN tag.
-MAX_MESSAGE = vnet.HEADER_LENGTH + 65536 + 64
+#: The largest message: a header and the largest packet a switch forwards
+#: (a 64 KB super-frame as a TAP reads it, with tags), with room to spare.
+MAX_MESSAGE = vnet.HEADER_LENGTH + 65536 + 4096
 #: Keywords of a spec that are the cable's, not the endpoint's.
 CABLE_KEYWORDS = ("vlan", "trunk", "mtu", "cert", "key", "ca", "name", "tls")
 _PLAIN = bytes(vnet.HEADER_LENGTH)
