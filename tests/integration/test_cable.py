@@ -185,3 +185,23 @@ def test_connectingWithoutAHostNeedsAName(shortdir: Path) -> None:
             f"ca={shortdir}/acert.pem")
     with pytest.raises(SpecError, match="give name="):
         cable.makeService(Switch(), PortSpec(spec), reactor)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aBurstOfSuperFramesCrossesWithoutDrops(switch, pki) -> None:
+    """
+    A read batch of super-frames (about 1 MB, all in one reactor turn) fits
+    the cable's send buffer, under TLS too: nothing is dropped as busy.
+    """
+    a, number = listen(switch, pki)
+    b = switch(f"cable:tcp:host=localhost:port={number}:{pki('b')}")
+    await until(lambda: ports(a).links and ports(b).links, what="the cable up")
+    sender, receiver = FakeLink(vnetHeader=True), FakeLink(vnetHeader=True)
+    plug(a.switch, sender)
+    plug(b.switch, receiver)
+    burst = [tcpSuperFrame(BROADCAST, mac(2), bytes([n]) * 60000) for n in range(16)]
+    for packet in burst:
+        sender.receivePacket(packet)
+    await until(lambda: len(receiver.sentPackets) == len(burst), what="the whole burst")
+    assert receiver.sentPackets == burst
+    assert ports(a).links[0].port.counters.drops["busy"] == 0

@@ -99,7 +99,10 @@ class StreamLink(Int32StringReceiver):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        transport.bufferSize = SEND_BUFFER
+        layer = transport
+        while layer is not None:  # TLS too: its socket's buffer is the one that fills
+            layer.bufferSize = SEND_BUFFER
+            layer = getattr(layer, "transport", None)
         transport.registerProducer(self.valve, True)
         handle = socketOf(transport)
         self.linkId = handle.fileno()
