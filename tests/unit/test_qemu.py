@@ -11,6 +11,8 @@ import socket
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.testing import MemoryReactor, StringTransport
@@ -238,3 +240,52 @@ def test_closingALinkUnplugsItAtOnce() -> None:
     port = link.port
     link.close()
     assert port.links == [] and wire.disconnecting
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    messages=st.lists(
+        st.one_of(st.binary(max_size=200), st.integers(qemu.MAX_FRAME + 1, 2**32 - 1)),
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(1, 300), min_size=1, max_size=20),
+)
+def test_anyByteStreamIsFramedOrRefusedWithoutHarm(messages: list, cuts: list[int]) -> None:
+    """
+    Whatever a peer sends, cut anywhere: every whole message before the
+    first too-long length reaches the switch once, in order; from that
+    length on nothing does and the connection is closed; nothing raises,
+    and the switch still forwards for others afterwards.
+    """
+    switch = Switch()
+    link, wire = connect(make("qemu:tcp:0", switch))
+    seen: list[bytes] = []
+    forward = link._receive
+
+    def spy(port: object, message: bytes) -> None:
+        seen.append(message)
+        forward(port, message)
+
+    link._receive = spy
+    stream, expected, broken = b"", [], False
+    for message in messages:
+        if isinstance(message, int):
+            stream += struct.pack("!I", message) + b"junk"
+            broken = True
+        else:
+            stream += struct.pack("!I", len(message)) + message
+            if not broken:
+                expected.append(message)
+    at = 0
+    for cut in cuts * (len(stream) // max(sum(cuts), 1) + 1):
+        if at >= len(stream):
+            break
+        link.dataReceived(stream[at : at + cut])
+        at += cut
+    assert seen == expected
+    assert wire.disconnecting == broken
+    other, listener = FakeLink(), FakeLink()
+    plug(switch, other)
+    plug(switch, listener)
+    other.receive(frame(BROADCAST, mac(1)))
+    assert listener.sent == [frame(BROADCAST, mac(1))]

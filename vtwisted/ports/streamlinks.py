@@ -125,6 +125,10 @@ class StreamLink(Int32StringReceiver):
         """
         return None
 
+    def dataReceived(self, data: bytes) -> None:
+        if not self._broken:  # after a bad length, the receiver would replay what it kept
+            super().dataReceived(data)
+
     def stringReceived(self, frame: bytes) -> None:
         try:
             self._receive(self.port, frame)

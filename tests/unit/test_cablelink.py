@@ -1,0 +1,80 @@
+"""
+Cable links (C{cable:}) with fake transports: the hello, and whatever a
+peer sends after it.  Real TLS between switches: tests/integration/test_cable.py.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_qemu import Transport, decode, encode
+from twisted.internet.testing import MemoryReactor
+
+from vtwisted.ports import cable
+from vtwisted.spec import PortSpec
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+
+BROADCAST = b"\xff" * 6
+
+
+def connect(switch: Switch) -> tuple[cable.CableLink, Transport]:
+    service = cable.makeService(switch, PortSpec("cable:listen:tcp:0:tls=off"), MemoryReactor())
+    link = service.factory.buildProtocol(None)
+    transport = Transport()
+    link.makeConnection(transport)
+    return link, transport
+
+
+def test_helloFirstThenAPortAndVnetPackets() -> None:
+    """
+    The cable says hello before anything else and gets a port only once the
+    peer has said it; plain frames then travel with an all-zero header.
+    """
+    switch = Switch()
+    link, wire = connect(switch)
+    assert decode(wire.value()) == [cable.HELLO] and link.port is None
+    wire.clear()
+    link.dataReceived(encode(cable.HELLO, bytes(10) + frame(BROADCAST, mac(1))))
+    other = FakeLink()
+    assert link.port is not None
+    plug(switch, other)
+    other.receive(frame(BROADCAST, mac(2)))
+    assert decode(wire.value()) == [bytes(10) + frame(BROADCAST, mac(2))]
+
+
+def test_somethingElseThanACableNeverGetsAPort() -> None:
+    switch = Switch()
+    link, wire = connect(switch)
+    link.dataReceived(encode(frame(BROADCAST, mac(1))))
+    assert wire.disconnecting and link.port is None
+    assert "not a vtwisted cable" in (link.owner.failures.last or "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=10))
+def test_anyMessagesAfterTheHelloAreCountedNotFatal(messages: list[bytes]) -> None:
+    """
+    Whatever packets the far switch sends (truncated, bad headers, bad
+    GSO), the switch counts them and goes on forwarding.
+    """
+    switch = Switch()
+    link, wire = connect(switch)
+    link.dataReceived(encode(cable.HELLO, *messages))
+    assert not wire.disconnecting
+    other, listener = FakeLink(), FakeLink()
+    plug(switch, other)
+    plug(switch, listener)
+    other.receive(frame(BROADCAST, mac(1)))
+    assert listener.sent[-1:] == [frame(BROADCAST, mac(1))]
+    counters = link.port.counters
+    assert counters.inFrames + sum(counters.drops.values()) >= len(messages)
+
+
+def test_tooLongMessageClosesTheCable() -> None:
+    switch = Switch()
+    link, wire = connect(switch)
+    link.dataReceived(encode(cable.HELLO) + struct.pack("!I", cable.MAX_MESSAGE + 1))
+    assert wire.disconnecting and link.port.counters.drops["malformed"] == 1
