@@ -78,3 +78,17 @@ def test_tooLongMessageClosesTheCable() -> None:
     link, wire = connect(switch)
     link.dataReceived(encode(cable.HELLO) + struct.pack("!I", cable.MAX_MESSAGE + 1))
     assert wire.disconnecting and link.port.counters.drops["malformed"] == 1
+
+
+def test_plainCableListensOnLoopbackUnlessAnInterfaceIsGiven(tmp_path) -> None:
+    """
+    Without TLS nothing authenticates the peer: such a cable listens on the
+    loopback address unless told otherwise; a TLS one, where it is told.
+    """
+    def interface(text: str) -> str:
+        service = cable.makeService(Switch(), PortSpec(text), MemoryReactor())
+        endpoint = getattr(service.endpoint, "endpoint", service.endpoint)
+        return str(endpoint._interface)
+
+    assert interface("cable:listen:tcp:7443:tls=off") == "127.0.0.1"
+    assert interface("cable:listen:tcp:7443:tls=off:interface=10.9.0.1") == "10.9.0.1"

@@ -52,6 +52,7 @@ from vtwisted.ports.streamlinks import (
     StreamLink,
     StreamListener,
     StreamPorts,
+    loopbackByDefault,
     packLength,
     parseEndpoint,
 )
@@ -235,13 +236,16 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     Build the service for C{cable:[connect:]CLIENT-ENDPOINT} or
     C{cable:listen:SERVER-ENDPOINT}, with C{cert=}, C{key=}, C{ca=},
     C{name=} (the name the listening side's certificate must carry, by
-    default the host connected to), C{tls=off} and the common options.
+    default the host connected to), C{tls=off} (then a TCP listener without
+    C{interface=} takes only loopback connections) and the common options.
     """
     listen = bool(spec.args) and spec.args[0] == "listen"
     skip = 1 if spec.args and spec.args[0] in ("connect", "listen") else 0
     options = PortOptions.fromSpec(spec, numbered=False)
     description = spec.endpoint(skip, CABLE_KEYWORDS)
     tls = spec.boolean("tls", True)
+    if listen and not tls:
+        description = loopbackByDefault(spec, skip, description)
     endpoint = parseEndpoint(spec, description, reactor, listen)
     if tls:
         mine, trust = tlsMaterial(spec)

@@ -42,15 +42,13 @@ from vtwisted.ports.streamlinks import (
     StreamLink,
     StreamListener,
     StreamPorts,
+    loopbackByDefault,
     parseEndpoint,
 )
 from vtwisted.spec import PortSpec
 
 #: The largest frame QEMU accepts (its C{NET_BUFSIZE}).
 MAX_FRAME = 4096 + 65536
-#: Where a listening TCP spec without C{interface=} listens: anyone who can
-#: connect joins the LAN, so not every address by default.
-LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "\\:\\:1"}
 #: Keywords of a spec that configure the switch port, not the endpoint.
 PORT_KEYWORDS = ("vlan", "trunk", "mtu")
 
@@ -100,8 +98,8 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
         unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
         if "mode" not in spec.kwargs:
             description += ":mode=600"
-    if kind in LOOPBACK and not connect and "interface" not in spec.kwargs:
-        description += f":interface={LOOPBACK[kind]}"
+    if not connect:
+        description = loopbackByDefault(spec, skip, description)
     endpoint = parseEndpoint(spec, description, reactor, listen=not connect)
     if connect:
         return QemuConnector(switch, reactor, endpoint, options, spec.text)

@@ -52,6 +52,9 @@ SEND_BUFFER = 2 * 1024 * 1024
 #: Seconds between reconnection attempts of a connecting spec, at most.
 MAX_RETRY_DELAY = 5.0
 
+#: Where a listening TCP spec without C{interface=} listens when nothing
+#: authenticates the peers: whoever connects joins the LAN.
+LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "\\:\\:1"}
 #: A message's 4-byte length prefix.
 packLength = struct.Struct("!I").pack
 _PEERCRED = struct.Struct("3i")
@@ -467,3 +470,14 @@ def parseEndpoint(spec: PortSpec, description: str, reactor: Any, listen: bool) 
     except (ValueError, TypeError, KeyError) as e:
         role = "server" if listen else "client"
         raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
+
+
+def loopbackByDefault(spec: PortSpec, skip: int, description: str) -> str:
+    """
+    C{description} with C{interface=} the loopback address if it is a TCP
+    server endpoint without one.
+    """
+    kind = spec.args[skip] if len(spec.args) > skip else ""
+    if kind in LOOPBACK and "interface" not in spec.kwargs:
+        return f"{description}:interface={LOOPBACK[kind]}"
+    return description
