@@ -275,3 +275,29 @@ async def test_twoSwitchesJoinedOverTls(switch, shortdir: Path) -> None:
     await until(lambda: here.sent, what="the answer")
     assert here.sent == [frame(mac(1), mac(2), b"back")]
     assert "tcp 127.0.0.1:" in portService(server).links[0].description
+
+
+@pytest_twisted.ensureDeferred
+async def test_absentGuestIsLoggedOnceNotAtEveryRetry(switch, shortdir: Path) -> None:
+    """
+    A connector whose guest is not there says so once, with the errno, and
+    then retries quietly.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        service = switch(f"qemu:connect:unix:{shortdir}/absent.sock")
+        await until(lambda: portService(service).client._machine, what="the client")
+        await sleep(2.5)  # several retries: 0.2 s, then growing
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    failures = [line for line in lines if "cannot connect" in line]
+    assert len(failures) == 1, lines
+    assert "No such file or directory (errno 2)" in failures[0]
+    assert not [line for line in lines if "Scheduling retry" in line], lines

@@ -34,7 +34,13 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -382,6 +388,20 @@ class FailureLog:
         self.last = None
 
 
+class _QuietClientService(ClientService):
+    """
+    A L{ClientService} without its line at every retry (the first failure
+    of a series is logged by L{_ReportingEndpoint}); its warnings still go
+    to the log.
+    """
+
+    _log = Logger(
+        observer=FilteringLogObserver(
+            globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
+        )
+    )
+
+
 @implementer(IStreamClientEndpoint)
 class _ReportingEndpoint:
     """
@@ -413,8 +433,8 @@ def connectErrorText(error: Any) -> str:
     What stopped a connection attempt, with the errno when there is one.
     """
     number = getattr(error, "osError", None)
-    text = getattr(error, "string", None)
-    if isinstance(number, int) and text:
+    text = error.args[0] if getattr(error, "args", None) else None
+    if isinstance(number, int) and isinstance(text, str) and text:
         return f"{text} (errno {number})"
     return str(error)
 
@@ -433,7 +453,7 @@ class StreamConnector(StreamPorts):
     ) -> None:
         super().__init__(switch, reactor, options, spec)
         self.endpoint = endpoint
-        self.client = ClientService(
+        self.client = _QuietClientService(
             _ReportingEndpoint(endpoint, self.failures),
             self.factory,
             retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY),
