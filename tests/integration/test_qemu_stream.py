@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 from guest import startGuest, waitAll
-from helpers import execIn, need, needRoot, uniqueName, waitFor
+from helpers import execIn, need, needRoot, run, uniqueName, waitFor
 from taphelpers import _CLIENT, PYTHON, console, moveTap, quietNamespace
 from test_qemu_vde import guestScript
 
@@ -154,3 +154,50 @@ def test_guestsOnDatagramSocketsPingEachOther(vswitch, processes, shortdir) -> N
         assert "3 packets received" in result.output, guest.diagnostics()
         assert "8980 bytes from" in result.output, guest.diagnostics()
     assert sw.process.poll() is None
+
+
+def test_listeningGuestGetsItsNetworkBackWhenTheSwitchRestarts(vswitch, processes, namespaces,
+                                                               shortdir) -> None:
+    """
+    With C{-netdev stream,server=on} and C{qemu:connect:}, a guest that
+    lost its switch is reached again by the next one: QEMU listens again,
+    the new switch connects.
+    """
+    need("qemu-system-x86_64", "ping")
+    needRoot()
+    guestSide = shortdir / "vm.sock"
+    script = """\
+ip addr add 10.211.10.2/24 dev eth0
+ip link set eth0 up
+n=0; state=0
+while [ $n -lt 300 ]; do
+    if ping -c 1 -W 1 10.211.10.1 >/dev/null 2>&1; then
+        [ $state = 0 ] && { echo VTW-UP; state=1; }
+        [ $state = 2 ] && { echo VTW-BACK; exit 0; }
+    else
+        [ $state = 1 ] && { echo VTW-DOWN; state=2; }
+    fi
+    n=$((n + 1)); sleep 0.2
+done
+exit 1
+"""
+    guest = startGuest(
+        processes, ["-netdev", f"stream,id=n0,server=on,addr.type=unix,addr.path={guestSide}"],
+        script, "52:54:00:76:74:31", directory=shortdir, name="restart",
+    )
+    ns = quietNamespace(namespaces, "vtwqr")
+    for step in ("VTW-UP", "VTW-BACK"):
+        tap = uniqueName("tr")
+        sw = vswitch("--port", f"qemu:connect:unix:{guestSide}", "--port", f"tap:{tap}")
+        moveTap(tap, ns, "10.211.10.1/24")
+        # the same address both times, or the guest waits out its ARP cache
+        run("ip", "-n", ns, "link", "set", tap, "address", "02:00:00:76:74:99")
+        waitFor(lambda step=step: guest.sawLine(step) or guest.process.poll() is not None,
+                timeout=60, what=f"{step} from the guest")
+        if step == "VTW-UP":
+            processes.stop(sw.process)
+            waitFor(lambda: guest.sawLine("VTW-DOWN") or guest.process.poll() is not None,
+                    timeout=30, what="the guest to notice")
+    result = guest.wait(30)
+    print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
+    assert result.rc == 0 and "VTW-BACK" in result.output, guest.diagnostics()
