@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from vtwisted import consoleformat as fmt
 from vtwisted.console import MAX_SESSIONS, CommandInterpreter, ConsoleFactory, readScript
 from vtwisted.errors import SwitchError
-from vtwisted.unixpath import claimSocketPath
+from vtwisted.sockettools import claimSocketPath
 
 if TYPE_CHECKING:
     from vtwisted.operations import SwitchOperations

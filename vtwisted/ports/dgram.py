@@ -37,8 +37,8 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError
 from vtwisted.spec import PortSpec
-from vtwisted.unixpath import claimSocketPath
 
 log = Logger()
 
@@ -67,16 +67,10 @@ class DgramLink(DatagramProtocol):
         self.description = f"{service.family} {service.localText} to {service.remoteText}"
         self.port: Any = None
         self._receive: Any = None
-        self._foreignDetail = ""
 
     def startProtocol(self) -> None:
         sock = self.transport.socket  # type: ignore[union-attr]
-        for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
-                break
-            except OSError:
-                continue
+        growSendBuffer(sock, SEND_BUFFER)
         self.linkId = sock.fileno()
         self.sendFrame = self._makeSender(sock.sendto)  # type: ignore[method-assign]
 
@@ -195,11 +189,7 @@ class DgramService(Service):
         except OSError:
             raise
         except Exception as e:
-            socketError = getattr(e, "socketError", None)
-            raise OSError(
-                getattr(socketError, "errno", None),
-                f"{self.spec}: cannot bind {self.localText}: {socketError or e}",
-            ) from e
+            raise listenError(f"{self.spec}: cannot bind {self.localText}", e) from e
         self.link = link
 
     def startService(self) -> None:

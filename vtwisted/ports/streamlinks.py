@@ -48,8 +48,8 @@ from zope.interface import implementer
 from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.sockettools import claimSocketPath, listenError
 from vtwisted.spec import PortSpec
-from vtwisted.unixpath import claimSocketPath
 
 log = Logger()
 
@@ -340,7 +340,7 @@ class StreamListener(StreamPorts):
         if not outcome:
             raise OSError(f"{self.spec}: the endpoint did not listen at once")
         if isinstance(outcome[0], Failure):
-            raise listenError(self.spec, outcome[0].value or Exception())
+            raise listenError(f"{self.spec}: cannot listen", outcome[0].value or Exception())
         self.listeningPort = outcome[0]
         log.info("{spec}: listening on {address}", spec=self.spec,
                  address=self.listeningPort.getHost())
@@ -352,15 +352,6 @@ class StreamListener(StreamPorts):
         if port is not None:
             return port.stopListening()
         return None
-
-
-def listenError(spec: str, error: BaseException) -> OSError:
-    """
-    An L{OSError} naming the spec, the address and the errno.
-    """
-    socketError = getattr(error, "socketError", None)
-    number = getattr(socketError, "errno", None) or getattr(error, "errno", None)
-    return OSError(number, f"{spec}: cannot listen: {error}")
 
 
 class FailureLog:

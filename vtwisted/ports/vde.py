@@ -41,8 +41,8 @@ from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.vdelink import VdeDataLink
+from vtwisted.sockettools import claimSocketPath, growSendBuffer
 from vtwisted.spec import PortSpec
-from vtwisted.unixpath import claimSocketPath
 from vtwisted.wire import vdecontrol
 
 log = Logger()
@@ -51,7 +51,6 @@ log = Logger()
 REQUEST_TIMEOUT = 10.0
 #: Send buffer of each data socket: room for bursts to a slow client.
 SEND_BUFFER = 2 * 1024 * 1024
-SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 DEFAULT_MODE = 0o600
 DEFAULT_DIRMODE = 0o2700
 
@@ -277,7 +276,7 @@ class VdeSwitchDirectory(Service):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            self._growSendBuffer(sock)
+            growSendBuffer(sock, SEND_BUFFER)
             try:
                 sock.connect(request.path)
             except OSError as e:
@@ -312,14 +311,6 @@ class VdeSwitchDirectory(Service):
         if not os.access(path, os.R_OK | os.W_OK):
             raise _Rejected(f"client socket {path}: permission denied")
         return st.st_uid
-
-    def _growSendBuffer(self, sock: socket.socket) -> None:
-        for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, option, SEND_BUFFER)
-                return
-            except OSError:
-                continue
 
     def _bindDataSocket(self, sock: socket.socket, path: str, uid: int) -> None:
         try:

@@ -1,5 +1,8 @@
 """
-Claiming a Unix socket path that a crashed process may have left behind.
+What several port types do with their sockets: claim a Unix socket path a
+crashed process may have left behind, grow a send buffer, and turn a failed
+listen or bind into an L{OSError} that names the spec, the address and the
+errno.
 """
 
 from __future__ import annotations
@@ -47,3 +50,26 @@ def claimSocketPath(path: str, label: str, owner: str, kind: int = socket.SOCK_S
         )
     finally:
         probe.close()
+
+
+def growSendBuffer(sock: socket.socket, size: int) -> None:
+    """
+    Make C{sock}'s send buffer C{size} bytes: past the system's limit when
+    privileged (C{SO_SNDBUFFORCE}), else as far as the limit allows.
+    """
+    for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            return
+        except OSError:
+            continue
+
+
+def listenError(what: str, error: BaseException) -> OSError:
+    """
+    An L{OSError} for a failed listen or bind (Twisted's
+    C{CannotListenError} or an L{OSError}): C{"WHAT: ERROR"}, with the errno.
+    """
+    socketError = getattr(error, "socketError", None)
+    number = getattr(socketError, "errno", None) or getattr(error, "errno", None)
+    return OSError(number, f"{what}: {error}")
