@@ -92,3 +92,11 @@ def test_plainCableListensOnLoopbackUnlessAnInterfaceIsGiven(tmp_path) -> None:
 
     assert interface("cable:listen:tcp:7443:tls=off") == "127.0.0.1"
     assert interface("cable:listen:tcp:7443:tls=off:interface=10.9.0.1") == "10.9.0.1"
+
+
+def test_unixCableListenerIsPrivateAndClaimsItsPath(tmp_path) -> None:
+    """A cable listening on a Unix socket gets what a qemu: listener gets."""
+    path = f"{tmp_path}/cable.sock"
+    service = cable.makeService(Switch(), PortSpec(f"cable:listen:unix:{path}:tls=off"),
+                                MemoryReactor())
+    assert service.unixPath == path and service.endpoint._mode == 0o600

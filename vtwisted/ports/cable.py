@@ -46,16 +46,14 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
-from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import (
     StreamConnector,
     StreamLink,
     StreamListener,
     StreamPorts,
-    loopbackByDefault,
     packLength,
-    parseEndpoint,
 )
+from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
 
@@ -239,14 +237,10 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     default the host connected to), C{tls=off} (then a TCP listener without
     C{interface=} takes only loopback connections) and the common options.
     """
-    listen = bool(spec.args) and spec.args[0] == "listen"
-    skip = 1 if spec.args and spec.args[0] in ("connect", "listen") else 0
-    options = PortOptions.fromSpec(spec, numbered=False)
-    description = spec.endpoint(skip, CABLE_KEYWORDS)
     tls = spec.boolean("tls", True)
-    if listen and not tls:
-        description = loopbackByDefault(spec, skip, description)
-    endpoint = parseEndpoint(spec, description, reactor, listen)
+    read = readStreamSpec(spec, reactor, CABLE_KEYWORDS, listenByDefault=False,
+                          authenticated=tls)
+    listen, endpoint = read.listen, read.endpoint
     if tls:
         mine, trust = tlsMaterial(spec)
         if listen:
@@ -256,13 +250,13 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
             )
             endpoint = TLSServerEndpoint(endpoint, options_)
         else:
-            name = spec.string("name") or _hostOf(spec, skip)
+            name = spec.string("name") or _hostOf(spec, read.skip)
             endpoint = wrapClientTLS(
                 ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=mine), endpoint
             )
     if listen:
-        return CableListener(switch, reactor, endpoint, options, spec.text)
-    return CableConnector(switch, reactor, endpoint, options, spec.text)
+        return CableListener(switch, reactor, endpoint, read.options, spec.text, read.unixPath)
+    return CableConnector(switch, reactor, endpoint, read.options, spec.text)
 
 
 def _hostOf(spec: PortSpec, skip: int) -> str:

@@ -36,15 +36,13 @@ from typing import Any
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
-from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import (
     StreamConnector,
     StreamLink,
     StreamListener,
     StreamPorts,
-    loopbackByDefault,
-    parseEndpoint,
 )
+from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.spec import PortSpec
 
 #: The largest frame QEMU accepts (its C{NET_BUFSIZE}).
@@ -88,19 +86,7 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     and C{mtu=} for each guest's port; every other keyword is the
     endpoint's.
     """
-    connect = bool(spec.args) and spec.args[0] == "connect"
-    skip = 1 if spec.args and spec.args[0] in ("connect", "listen") else 0
-    options = PortOptions.fromSpec(spec, numbered=False)
-    description = spec.endpoint(skip, PORT_KEYWORDS)
-    kind = spec.args[skip]
-    unixPath = None
-    if kind == "unix" and not connect:
-        unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
-        if "mode" not in spec.kwargs:
-            description += ":mode=600"
-    if not connect:
-        description = loopbackByDefault(spec, skip, description)
-    endpoint = parseEndpoint(spec, description, reactor, listen=not connect)
-    if connect:
-        return QemuConnector(switch, reactor, endpoint, options, spec.text)
-    return QemuListener(switch, reactor, endpoint, options, spec.text, unixPath)
+    read = readStreamSpec(spec, reactor, PORT_KEYWORDS, listenByDefault=True)
+    if read.listen:
+        return QemuListener(switch, reactor, read.endpoint, read.options, spec.text, read.unixPath)
+    return QemuConnector(switch, reactor, read.endpoint, read.options, spec.text)

@@ -31,7 +31,6 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import (
@@ -49,7 +48,6 @@ from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.sockettools import claimSocketPath, listenError
-from vtwisted.spec import PortSpec
 
 log = Logger()
 
@@ -58,9 +56,6 @@ SEND_BUFFER = 2 * 1024 * 1024
 #: Seconds between reconnection attempts of a connecting spec, at most.
 MAX_RETRY_DELAY = 5.0
 
-#: Where a listening TCP spec without C{interface=} listens when nothing
-#: authenticates the peers: whoever connects joins the LAN.
-LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "\\:\\:1"}
 #: A message's 4-byte length prefix.
 packLength = struct.Struct("!I").pack
 _PEERCRED = struct.Struct("3i")
@@ -467,28 +462,3 @@ def _whenReady(link: Any) -> Any:
     When a connection counts as made for the L{ClientService}.
     """
     return link.whenReady()
-
-
-def parseEndpoint(spec: PortSpec, description: str, reactor: Any, listen: bool) -> Any:
-    """
-    The server (C{listen}) or client endpoint C{description} names.
-
-    @raise vtwisted.spec.SpecError: naming C{spec} if Twisted cannot parse it.
-    """
-    parse = serverFromString if listen else clientFromString
-    try:
-        return parse(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
-        role = "server" if listen else "client"
-        raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
-
-
-def loopbackByDefault(spec: PortSpec, skip: int, description: str) -> str:
-    """
-    C{description} with C{interface=} the loopback address if it is a TCP
-    server endpoint without one.
-    """
-    kind = spec.args[skip] if len(spec.args) > skip else ""
-    if kind in LOOPBACK and "interface" not in spec.kwargs:
-        return f"{description}:interface={LOOPBACK[kind]}"
-    return description

@@ -1,0 +1,80 @@
+"""
+The specs of port types that ride on a stream (C{qemu:}, C{cable:}):
+C{PREFIX:[listen:|connect:]ENDPOINT}, where the endpoint is an ordinary
+Twisted endpoint description and the port type's own keywords are taken
+out of it.
+
+A listening Unix socket is made 0600 unless C{mode=} is given, and its path
+is kept so that a stale socket can be replaced before listening; a
+listening TCP endpoint without C{interface=} takes only loopback
+connections unless the port type authenticates its peers, since whoever
+connects joins the LAN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from twisted.internet.endpoints import clientFromString, serverFromString
+
+from vtwisted.portoptions import PortOptions
+from vtwisted.spec import PortSpec
+
+#: Where a listening TCP endpoint without C{interface=} listens when
+#: nothing authenticates the peers.
+LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "\\:\\:1"}
+
+
+class StreamSpec(NamedTuple):
+    """
+    A stream spec, read.
+
+    @ivar listen: whether the switch listens (else it connects).
+    @ivar options: the common options, for each connection's port.
+    @ivar endpoint: the Twisted server or client endpoint.
+    @ivar unixPath: the path a listening Unix endpoint binds, if any.
+    @ivar skip: how many arguments after the prefix are not the endpoint's
+        (0, or 1 for C{listen}/C{connect}).
+    """
+
+    listen: bool
+    options: PortOptions
+    endpoint: Any
+    unixPath: str | None
+    skip: int
+
+
+def readStreamSpec(
+    spec: PortSpec,
+    reactor: Any,
+    keywords: Iterable[str],
+    listenByDefault: bool,
+    authenticated: bool = False,
+) -> StreamSpec:
+    """
+    Read C{spec}: its role, its common options and its endpoint, without
+    C{keywords} (the port type's own, read by the caller).
+
+    @raise vtwisted.spec.SpecError: naming C{spec}.
+    """
+    role = spec.args[0] if spec.args and spec.args[0] in ("listen", "connect") else None
+    listen = role == "listen" if role else listenByDefault
+    skip = 1 if role else 0
+    options = PortOptions.fromSpec(spec, numbered=False)
+    description = spec.endpoint(skip, keywords)
+    kind = spec.args[skip]
+    unixPath = None
+    if listen and kind == "unix":
+        unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
+        if "mode" not in spec.kwargs:
+            description += ":mode=600"
+    if listen and not authenticated and kind in LOOPBACK and "interface" not in spec.kwargs:
+        description += f":interface={LOOPBACK[kind]}"
+    parse = serverFromString if listen else clientFromString
+    try:
+        endpoint = parse(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        role = "server" if listen else "client"
+        raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
+    return StreamSpec(listen, options, endpoint, unixPath, skip)
