@@ -109,14 +109,12 @@ class CableLink(StreamLink):
     def receiverFor(self, switch: Any) -> Any:
         return switch.vnetPacketReceived
 
-    def _makeSender(self, write: Any) -> Any:
-        sendVnetPacket = super()._makeSender(write)
-
-        def sendFrame(frame: bytes) -> None:
-            sendVnetPacket(_PLAIN + frame)
-
-        self.sendVnetPacket = sendVnetPacket  # type: ignore[method-assign]
-        return sendFrame
+    def _makeSender(self, writeSequence: Any, header: bytes = b"") -> Any:
+        """
+        Packets go as they are; plain frames with an all-zero header.
+        """
+        self.sendVnetPacket = super()._makeSender(writeSequence)  # type: ignore[method-assign]
+        return super()._makeSender(writeSequence, _PLAIN)
 
     def sendVnetPacket(self, packet: bytes) -> None:
         """

@@ -113,7 +113,7 @@ class StreamLink(Int32StringReceiver):
         self.uid, self.description = describePeer(transport.getPeer(), handle)
         if not isinstance(transport.getPeer(), UNIXAddress):
             transport.setTcpNoDelay(True)
-        self.sendFrame = self._makeSender(transport.write)  # type: ignore[method-assign]
+        self.sendFrame = self._makeSender(transport.writeSequence)  # type: ignore[method-assign]
         self.linkReady()
 
     def linkReady(self) -> None:
@@ -163,10 +163,16 @@ class StreamLink(Int32StringReceiver):
         Replaced per link by a closure from L{_makeSender}.
         """
 
-    def _makeSender(self, write: Any) -> Any:
+    def _makeSender(self, writeSequence: Any, header: bytes = b"") -> Any:
+        """
+        A closure that queues C{header} and a frame as one message, handing
+        the transport the frame itself (no copy here: Twisted joins the
+        pieces once when it writes, and TLS once when it encrypts).
+        """
         valve = self.valve
         link = self
         detail = f"{self.description}: peer not reading ({SEND_BUFFER} bytes queued)"
+        extra = len(header)
 
         def sendFrame(frame: bytes) -> None:
             if valve.full:
@@ -174,7 +180,7 @@ class StreamLink(Int32StringReceiver):
                 return
             if frame.__class__ is not bytes:
                 frame = bytes(frame)
-            write(packLength(len(frame)) + frame)
+            writeSequence((packLength(len(frame) + extra) + header, frame))
 
         return sendFrame
 
