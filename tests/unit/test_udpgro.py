@@ -31,8 +31,8 @@ from test_vnet import (
     UDP,
     Side,
     _inNamespace,
-    _kernelUnavailable,
     kernelPacket,
+    needKernel,
     pseudoHeader,
     randomPayload,
     twoNamespaces,
@@ -356,9 +356,7 @@ def test_aRouterBehindTheTapForwardsExactlyTheDatagramsThatWereMerged() -> None:
     # Namespace b routes 10.78.0.0/24 and fd78::/64 out of a second TAP
     # opened without offloads, so its kernel must cut each merged packet and
     # complete every checksum itself; the test reads those frames.
-    reason = _kernelUnavailable()
-    if reason:
-        pytest.skip(reason)
+    needKernel()
     with twoNamespaces() as (a, b):
         plainTap = _inNamespace(b.namespace, lambda: _plainTap("vnt1"))
         try:

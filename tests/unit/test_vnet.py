@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import NamedTuple, TypeVar
 
 import pytest
+from helpers import unavailable
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_checksum import referenceSum
@@ -795,15 +796,15 @@ SOL_UDP, UDP_SEGMENT = 17, 103
 T = TypeVar("T")
 
 
-def _kernelUnavailable() -> str | None:
+def needKernel() -> None:
     """
-    Why the kernel tests cannot run here, or None.
+    Skip a kernel test that cannot run here (root, /dev/net/tun, iproute2),
+    or fail it when peers are required (C{VTWISTED_REQUIRE_PEERS=1}).
     """
     if os.geteuid() != 0:
-        return "needs root"
+        unavailable("needs root")
     if not os.path.exists("/dev/net/tun") or shutil.which("ip") is None:
-        return "needs /dev/net/tun and iproute2"
-    return None
+        unavailable("needs /dev/net/tun and iproute2")
 
 
 def _inNamespace(name: str, call: Callable[[], T]) -> T:
@@ -983,9 +984,7 @@ def test_kernelAcceptsEverySegmentAndBuildsSuperFramesLikeTheTestBuilder() -> No
     # The kernel on each side verifies every segment's checksums; the super-
     # frames it sends are byte for byte what kernelPacket builds from the
     # same fields, and every packet it sends passes vnetcheck.validate.
-    reason = _kernelUnavailable()
-    if reason:
-        pytest.skip(reason)
+    needKernel()
     with twoNamespaces() as (a, b):
         hub = Hub(a.tap, b.tap)
         try:
@@ -1055,9 +1054,7 @@ def test_kernelAcceptsTheBuildersUsoSuperFrameAndItsSegments() -> None:
     """
     A USO super-frame built by the test builder, and its segments, reach a UDP socket.
     """
-    reason = _kernelUnavailable()
-    if reason:
-        pytest.skip(reason)
+    needKernel()
     with twoNamespaces() as (_, b):
         server = _inNamespace(b.namespace, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         with server:
