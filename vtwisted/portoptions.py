@@ -92,7 +92,6 @@ class PortOptions:
             port.setMtu(self.mtu)
         port.configuredBy = owner
 
-
     def plugIn(self, switch: Any, link: Any, owner: str) -> Any:
         """
         Give the one link of spec C{owner} its port (C{port=N}, or the first
