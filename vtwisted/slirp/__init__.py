@@ -1,0 +1,3 @@
+"""
+The user-mode NAT behind slirp ports.
+"""

@@ -1,0 +1,241 @@
+"""
+The DHCP server of a slirp port, as libslirp behaves.
+
+Theory of operation: the pool is a row of slots, one per address from
+C{poolStart}, each empty or owned by a MAC; a slot once owned stays owned
+(libslirp never frees a lease, whatever the lease time says).  Only
+DISCOVER and REQUEST are answered, a message without a type (plain BOOTP,
+or type 0) counting as a REQUEST; RELEASE, DECLINE, INFORM and the rest
+get no answer.
+
+Which address: the requested address (option 50, or C{ciaddr} in a DHCP
+REQUEST without it) if it is in the pool and free or already this MAC's.
+Failing that, a DISCOVER, or a REQUEST that named no address, gets the
+MAC's lowest existing slot, else the first empty one; with the pool full it
+gets no answer at all.  A REQUEST naming an address it cannot have gets a
+NAK (yiaddr 0, as RFC 2131 says).  A MAC that asks for a second free
+address gets it and keeps the first, as in libslirp: no address ever has
+two owners.
+
+Replies are always broadcast, with C{flags} 0, C{siaddr} the gateway, and
+the options in libslirp's order: 53, 54, 1, 3 and 6 (not when restricted),
+51, then 12, 15 and 119 when configured and when they fit the 312-byte
+options area (libslirp leaves out what does not fit too).  A NAK carries
+53, 54 and 56: libslirp's lacks the server id (54) that RFC 2131 requires,
+and busybox's udhcpc ignores a NAK without one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from vtwisted.wire import dhcp
+from vtwisted.wire.dhcp import DHCPMessage, Option
+
+#: Text of option 56 in a NAK, as libslirp sends it.
+NAK_MESSAGE = b"requested address not available"
+
+_ZERO = bytes(4)
+
+
+def _checkAddress(name: str, value: bytes) -> bytes:
+    """
+    C{value} if it is a 4-byte address; otherwise raise C{ValueError}.
+    """
+    if len(value) != 4:
+        raise ValueError(f"{name} must be a 4-byte IPv4 address, not {value!r}")
+    return bytes(value)
+
+
+class DhcpServer:
+    """
+    The DHCP server of one slirp network; pure logic, the router does I/O.
+
+    @ivar gateway: the server id and router address.
+    @ivar nameserver: the DNS address offered.
+    @ivar netmask: the subnet mask offered.
+    @ivar pool: the addresses this server hands out, in order.
+    @ivar leaseTime: the lease time announced, in seconds.
+    @ivar restricted: if true, offer no router and no DNS (C{restrict=on}).
+    """
+
+    def __init__(
+        self,
+        *,
+        gateway: bytes,
+        nameserver: bytes,
+        netmask: bytes,
+        poolStart: bytes,
+        poolSize: int = 16,
+        leaseTime: int = 86400,
+        restricted: bool = False,
+        hostname: str | None = None,
+        domain: str | None = None,
+        searchDomains: Iterable[str] = (),
+    ) -> None:
+        """
+        @param hostname: the host name (option 12) to give the client.
+        @param domain: the domain name (option 15) to give the client.
+        @param searchDomains: the domain search list (option 119).
+        @raise ValueError: an address is not 4 bytes, the pool is empty or
+            runs past 255.255.255.255, a lease time does not fit 32 bits,
+            or a name is not ASCII.
+        """
+        self.gateway = _checkAddress("gateway", gateway)
+        self.nameserver = _checkAddress("nameserver", nameserver)
+        self.netmask = _checkAddress("netmask", netmask)
+        self._start = int.from_bytes(_checkAddress("poolStart", poolStart), "big")
+        if poolSize < 1 or self._start + poolSize > 1 << 32:
+            raise ValueError(f"a pool of {poolSize} addresses does not fit from {poolStart!r}")
+        if not 0 <= leaseTime < 1 << 32:
+            raise ValueError(f"lease time {leaseTime} does not fit 32 bits")
+        self.pool = tuple((self._start + i).to_bytes(4, "big") for i in range(poolSize))
+        self.leaseTime = leaseTime
+        self.restricted = restricted
+        self._owners: list[bytes | None] = [None] * poolSize
+        self._extras = self._fitting(_configured(hostname, domain, searchDomains))
+
+    def handle(self, message: DHCPMessage) -> DHCPMessage | None:
+        """
+        The answer to a message from a client, if any.
+
+        @param message: a message received on port 67.
+        @return: an OFFER, ACK or NAK to broadcast, or None for no answer.
+        """
+        mac = message.clientMac
+        if message.op != dhcp.BOOTREQUEST or mac is None:
+            return None
+        kind = message.messageType or dhcp.REQUEST
+        if kind not in (dhcp.DISCOVER, dhcp.REQUEST):
+            return None
+        wanted = _requestedAddress(message)
+        slot = self._claim(wanted, mac) if wanted is not None else None
+        if slot is None and kind == dhcp.REQUEST and wanted is not None:
+            return self._reply(message, _ZERO, self._nakOptions())
+        if slot is None:
+            slot = self._allocate(mac)
+        if slot is None:
+            return None
+        self._owners[slot] = mac
+        answer = dhcp.OFFER if kind == dhcp.DISCOVER else dhcp.ACK
+        return self._reply(message, self.pool[slot], self._leaseOptions(answer))
+
+    def leases(self) -> list[tuple[bytes, bytes]]:
+        """
+        The leases given so far, as (MAC, address) in address order.
+        """
+        return [(mac, address) for mac, address in zip(self._owners, self.pool) if mac]
+
+    def addressOf(self, mac: bytes) -> bytes | None:
+        """
+        The (lowest) address leased to C{mac}, or None.
+        """
+        slot = self._slotOf(mac)
+        return None if slot is None else self.pool[slot]
+
+    def _slotOf(self, mac: bytes) -> int | None:
+        """
+        The first slot C{mac} owns, or None.
+        """
+        return next((i for i, owner in enumerate(self._owners) if owner == mac), None)
+
+    def _claim(self, address: bytes, mac: bytes) -> int | None:
+        """
+        The slot of C{address} if C{mac} may have it, or None.
+        """
+        slot = int.from_bytes(address, "big") - self._start
+        if 0 <= slot < len(self.pool) and self._owners[slot] in (None, mac):
+            return slot
+        return None
+
+    def _allocate(self, mac: bytes) -> int | None:
+        """
+        The slot C{mac} already owns, else the first empty one, else None.
+        """
+        slot = self._slotOf(mac)
+        if slot is None:
+            slot = next((i for i, owner in enumerate(self._owners) if owner is None), None)
+        return slot
+
+    def _leaseOptions(self, answer: int) -> list[Option]:
+        """
+        The options of an OFFER or ACK, in libslirp's order.
+        """
+        return self._mandatory(answer) + self._extras
+
+    def _mandatory(self, answer: int) -> list[Option]:
+        """
+        The options every OFFER or ACK carries.
+        """
+        options = [
+            (dhcp.OPT_MESSAGE_TYPE, bytes([answer])),
+            (dhcp.OPT_SERVER_ID, self.gateway),
+            (dhcp.OPT_SUBNET_MASK, self.netmask),
+        ]
+        if not self.restricted:
+            options.append((dhcp.OPT_ROUTER, self.gateway))
+            options.append((dhcp.OPT_DNS, self.nameserver))
+        options.append((dhcp.OPT_LEASE_TIME, self.leaseTime.to_bytes(4, "big")))
+        return options
+
+    def _nakOptions(self) -> list[Option]:
+        """
+        The options of a NAK: unlike libslirp's, with the server id RFC 2131
+        requires, without which busybox's udhcpc ignores the NAK.
+        """
+        return [(dhcp.OPT_MESSAGE_TYPE, bytes([dhcp.NAK])), (dhcp.OPT_SERVER_ID, self.gateway),
+                (dhcp.OPT_MESSAGE, NAK_MESSAGE)]
+
+    def _fitting(self, extras: list[Option]) -> list[Option]:
+        """
+        The configured options that fit the options area after the
+        mandatory ones, in order.
+        """
+        room = dhcp.OPTIONS_AREA - len(dhcp.MAGIC) - 1
+        room -= len(dhcp.packOptions(self._mandatory(dhcp.ACK)))
+        kept = []
+        for option in extras:
+            size = len(dhcp.packOptions([option]))
+            if size <= room:
+                kept.append(option)
+                room -= size
+        return kept
+
+    def _reply(self, request: DHCPMessage, address: bytes, options: list[Option]) -> DHCPMessage:
+        """
+        A reply to C{request} giving C{address} with C{options}.
+        """
+        return DHCPMessage(
+            op=dhcp.BOOTREPLY, htype=dhcp.HTYPE_ETHERNET, hlen=6, hops=0, xid=request.xid,
+            secs=0, flags=0, ciaddr=_ZERO, yiaddr=address, siaddr=self.gateway, giaddr=_ZERO,
+            chaddr=request.chaddr, sname=bytes(64), file=bytes(128), options=tuple(options),
+        )
+
+
+def _requestedAddress(message: DHCPMessage) -> bytes | None:
+    """
+    The address a client asks for: option 50, or C{ciaddr} in a DHCP
+    REQUEST (not in plain BOOTP, as in libslirp); None if neither is set.
+    """
+    value = message.option(dhcp.OPT_REQUESTED_ADDRESS)
+    wanted = value[:4] if value is not None and len(value) >= 4 else _ZERO
+    if wanted == _ZERO and message.messageType == dhcp.REQUEST:
+        wanted = message.ciaddr
+    return None if wanted == _ZERO else wanted
+
+
+def _configured(hostname: str | None, domain: str | None, search: Iterable[str]) -> list[Option]:
+    """
+    The optional options, in libslirp's order: 12, 15, 119.
+
+    @raise ValueError: a name is not ASCII or not a domain name.
+    """
+    options = []
+    if hostname:
+        options.append((dhcp.OPT_HOST_NAME, hostname.encode("ascii")))
+    if domain:
+        options.append((dhcp.OPT_DOMAIN_NAME, domain.encode("ascii")))
+    search = list(search)
+    if search:
+        options.append((dhcp.OPT_DOMAIN_SEARCH, dhcp.packDomainSearch(search)))
+    return options
