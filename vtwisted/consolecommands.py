@@ -389,6 +389,12 @@ def _printVlans(inactive: bool) -> Handler:
     return handler
 
 
+def _slirp() -> Any:
+    from vtwisted.slirp import commands
+
+    return commands
+
+
 def _menu(path: str, title: str) -> Command:
     return Command(path, "============", title)
 
@@ -451,6 +457,14 @@ COMMANDS: Sequence[Command] = (
             data=True),
     Command("vlan/allprint", "[N]", "print the list of defined vlan (including inactive port)",
             _printVlans(True), data=True),
+    Command("slirp", "============", "SLIRP (USER-MODE NAT) MENU", vde=False),
+    Command("slirp/print", "", "print each slirp port's addresses, leases, forwards and flows",
+            lambda ctx, arg: _slirp().printSlirp(ctx, arg), data=True, vde=False),
+    Command("slirp/hostfwd_add", "[PORT] RULE",
+            "forward a host port into the LAN (QEMU syntax: tcp:127.0.0.1:2222-10.0.2.15:22)",
+            lambda ctx, arg: _slirp().hostfwdAdd(ctx, arg), data=True, vde=False),
+    Command("slirp/hostfwd_remove", "[PORT] RULE", "remove a host port forward",
+            lambda ctx, arg: _slirp().hostfwdRemove(ctx, arg), data=True, vde=False),
 )
 
 

@@ -162,3 +162,78 @@ class IPortService(IService):
         """
         The links it has plugged into the switch now.
         """
+
+
+class IGuestNetwork(Interface):
+    """
+    What the protocol engines of a slirp port (L{vtwisted.slirp}) need from
+    the virtual router that faces the guests: a way to send IPv4 packets
+    into the LAN, the address plan, and the translation between guest-side
+    and host-side addresses.
+
+    Addresses on the guest side are 4-byte strings; on the host side they
+    are what Twisted uses (C{"127.0.0.1"}, a port number).
+    """
+
+    gateway: bytes = Attribute("The gateway's address (10.0.2.2): the host, seen from a guest.")
+    nameserver: bytes = Attribute("The DNS proxy's address (10.0.2.3).")
+    mtu: int = Attribute("The largest IPv4 packet the router sends or takes, in bytes.")
+    maxSegment: int = Attribute(
+        "The largest TCP payload one L{sendTcp} call may carry.  Larger than "
+        "the MSS when the router hands TCP super-frames to the switch, which "
+        "cuts them for ports that cannot take them."
+    )
+    restricted: bool = Attribute("True when guests may reach only forwarded ports.")
+
+    def sendTcp(src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
+        """
+        Send one TCP segment to a guest.
+
+        @param header: the TCP header, options included, with a zero
+            checksum field: the router fills it in (or leaves it to the
+            guest's TAP, for super-frames).
+        @param payload: the data (L{bytes} or L{memoryview}), at most
+            L{maxSegment} bytes.
+        @param mss: the segment size the guest takes; a payload longer
+            than this is a super-frame, cut into segments of C{mss} bytes.
+        """
+
+    def sendIPv4(src: bytes, dst: bytes, protocol: int, payload: bytes, ttl: int = 64) -> None:
+        """
+        Send C{payload} (a complete UDP datagram or ICMP message, checksums
+        computed) to a guest in one IPv4 packet, fragmented if longer than
+        L{mtu}.  The router finds the guest's MAC address, asking with ARP
+        and holding the packet for up to a second if it must.
+        """
+
+    def sendUnreachable(packet: bytes, code: int) -> None:
+        """
+        Answer the guest's IPv4 C{packet} (header and at least 8 bytes of
+        payload) with an ICMP destination unreachable of C{code} (0 net,
+        1 host, 3 port, 13 administratively prohibited).
+        """
+
+    def hostAddress(dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
+        """
+        Where on the host a guest's packet to C{dst}:C{port} goes: the
+        gateway becomes C{127.0.0.1}, the DNS proxy's port 53 the host's
+        nameserver, other addresses themselves.
+
+        @return: a host and port, or L{None} if the guest may not go there
+            (other ports of the DNS proxy; anything but forwards when
+            L{restricted}).
+        """
+
+    def guestAddress(host: str) -> bytes:
+        """
+        The address a guest sees for a peer at C{host} on the host side:
+        loopback becomes the gateway, the nameserver the DNS proxy, others
+        themselves.
+        """
+
+    def dropped(reason: str, message: str) -> None:
+        """
+        Count a packet the router or an engine dropped under C{reason}
+        (C{malformed}, C{unsupported}, C{peer}, ...) and log C{message} once
+        per reason.
+        """

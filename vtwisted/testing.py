@@ -13,11 +13,12 @@ C{MemoryReactor} and L{twisted.pair.testing.MemoryIOSystem}.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from zope.interface import implementer
 
-from vtwisted.interfaces import ILink
+from vtwisted.interfaces import IGuestNetwork, ILink
 from vtwisted.wire import checksum, vnet
 from vtwisted.wire.ipv4 import IPv4Header
 from vtwisted.wire.tcp import TCPHeader
@@ -143,3 +144,81 @@ def plug(switch: Any, link: FakeLink, number: int | None = None, uid: int | None
     link.port = port
     switch.attach(port, link)
     return port
+
+
+@implementer(IGuestNetwork)
+class FakeGuestNetwork:
+    """
+    An L{IGuestNetwork} that records what the slirp engines send, for
+    testing them without a router.
+
+    The address plan is libslirp's default: gateway 10.0.2.2 (the host's
+    loopback), DNS proxy 10.0.2.3 (port 53 goes to L{hostNameserver}).
+
+    @ivar tcp: segments sent, as (src, dst, parsed L{TCPHeader}, payload
+        bytes, mss).
+    @ivar ip: packets sent with L{sendIPv4}, as (src, dst, protocol,
+        payload, ttl).
+    @ivar unreachable: (packet, code) for each ICMP unreachable asked for.
+    @ivar drops: (reason, message) for each packet counted as dropped.
+    @ivar hostNameserver: where the DNS proxy's port 53 goes on the host.
+    """
+
+    def __init__(
+        self,
+        mtu: int = 1500,
+        maxSegment: int | None = None,
+        restricted: bool = False,
+        hostNameserver: str = "127.0.0.53",
+    ) -> None:
+        self.gateway = b"\x0a\x00\x02\x02"
+        self.nameserver = b"\x0a\x00\x02\x03"
+        self.mtu = mtu
+        self.maxSegment = mtu - 40 if maxSegment is None else maxSegment
+        self.restricted = restricted
+        self.hostNameserver = hostNameserver
+        self.tcp: list[tuple[bytes, bytes, TCPHeader, bytes, int]] = []
+        self.ip: list[tuple[bytes, bytes, int, bytes, int]] = []
+        self.unreachable: list[tuple[bytes, int]] = []
+        self.drops: list[tuple[str, str]] = []
+
+    def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
+        if len(payload) > self.maxSegment:
+            raise AssertionError(f"{len(payload)}-byte payload over maxSegment {self.maxSegment}")
+        self.tcp.append((src, dst, TCPHeader.parse(header), bytes(payload), mss))
+
+    def sendIPv4(
+        self, src: bytes, dst: bytes, protocol: int, payload: bytes, ttl: int = 64
+    ) -> None:
+        self.ip.append((src, dst, protocol, bytes(payload), ttl))
+
+    def sendUnreachable(self, packet: bytes, code: int) -> None:
+        self.unreachable.append((bytes(packet), code))
+
+    def hostAddress(self, dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
+        if self.restricted:
+            return None
+        if dst == self.gateway:
+            return ("127.0.0.1", port)
+        if dst == self.nameserver:
+            return (self.hostNameserver, port) if port == 53 else None
+        return (socket.inet_ntoa(dst), port)
+
+    def guestAddress(self, host: str) -> bytes:
+        if host == self.hostNameserver:
+            return self.nameserver
+        try:
+            address = socket.inet_aton(host)
+        except OSError:
+            return self.gateway
+        return self.gateway if address[0] == 127 else address
+
+    def dropped(self, reason: str, message: str) -> None:
+        self.drops.append((reason, message))
+
+    def takeTcp(self) -> list[tuple[bytes, bytes, TCPHeader, bytes, int]]:
+        """
+        The segments sent so far, forgetting them.
+        """
+        sent, self.tcp = self.tcp, []
+        return sent

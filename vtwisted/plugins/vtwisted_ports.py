@@ -39,3 +39,11 @@ cable = PortType(
     "cable:[connect:]ENDPOINT or cable:listen:ENDPOINT  a TLS cable to another vtwisted "
     "switch (cert=PEM, ca=PEM; tls=off), super-frames cross whole",
 )
+
+slirp = PortType(
+    "slirp",
+    "vtwisted.ports.slirp",
+    "slirp[:net=10.0.2.0/24][:hostfwd=tcp\\:\\:2222-\\:22,...][:restrict=on][:mtu=1500]  "
+    "user-mode NAT like qemu -netdev user, for every guest on the LAN: DHCP, DNS, TCP, UDP, "
+    "port forwards",
+)

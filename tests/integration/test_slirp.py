@@ -1,0 +1,286 @@
+"""
+The slirp port against real Linux guests: a network namespace behind an
+offload TAP (and one without offloads) takes a DHCP lease from the switch
+with busybox's udhcpc, then reaches servers on the host's loopback through
+the gateway address 10.0.2.2, a DNS server through 10.0.2.3, and is reached
+from the host through port forwards.
+
+Every server the guests reach listens on 127.0.0.1 of the test's own
+(root) namespace, where the switch runs; nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import execIn, need, needRoot, run, uniqueName
+from taphelpers import console, moveTap, ping, quietNamespace, readLine
+
+pytestmark = pytest.mark.integration
+
+PYTHON = sys.executable
+
+#: udhcpc's script: configure what the lease says, as a distribution's would.
+UDHCPC_SCRIPT = """#!/bin/sh
+case "$1" in
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route replace default via "$router" dev "$interface"
+    echo "lease $ip/$mask router=$router dns=$dns" ;;
+esac
+"""
+
+#: A TCP server: prints its port, then for each of N connections reads
+#: everything and answers the byte count and SHA-256, or sends SIZE bytes.
+SERVER = r"""
+import hashlib, random, socket, sys
+mode, count = sys.argv[1], int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[3], int(sys.argv[4])))
+s.listen(8)
+print(s.getsockname()[1], flush=True)
+for _ in range(count):
+    c, peer = s.accept()
+    c.settimeout(30)
+    if mode == "sink":
+        h, n = hashlib.sha256(), 0
+        while chunk := c.recv(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+        c.sendall(f"{n} {h.hexdigest()} {peer[0]}".encode())
+    else:
+        data = random.Random(7).randbytes(int(mode))
+        c.sendall(data)
+    c.close()
+"""
+
+#: A TCP client: sends SIZE seeded bytes and prints what it sent and what
+#: the sink answered, or (SIZE 0) prints the length and SHA-256 it read.
+CLIENT = r"""
+import hashlib, random, socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+size = int(sys.argv[3])
+if size:
+    data = random.Random(5).randbytes(size)
+    c.sendall(data)
+    c.shutdown(socket.SHUT_WR)
+    answer = b""
+    while chunk := c.recv(4096):
+        answer += chunk
+    print(len(data), hashlib.sha256(data).hexdigest(), "|", answer.decode(), flush=True)
+else:
+    h, n = hashlib.sha256(), 0
+    while chunk := c.recv(1 << 20):
+        h.update(chunk)
+        n += len(chunk)
+    print(n, h.hexdigest(), flush=True)
+"""
+
+#: A DNS server on loopback answering every A query with 10.9.8.7.
+DNS = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+while True:
+    query, peer = s.recvfrom(2048)
+    ident, = struct.unpack("!H", query[:2])
+    end = query.index(b"\0", 12) + 5
+    question = query[12:end]
+    answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + bytes([10, 9, 8, 7])
+    header = struct.pack("!HHHHHH", ident, 0x8180, 1, 1, 0, 0)
+    s.sendto(header + question + answer, peer)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+    need("busybox", "ping")
+
+
+def startServer(processes, mode: str, count: int, namespace: str | None = None,
+                address: str = "127.0.0.1", port: int = 0) -> tuple[object, int]:
+    argv = [PYTHON, "-c", SERVER, mode, str(count), address, str(port)]
+    server = processes.start(execIn(namespace, *argv) if namespace else argv,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return server, int(readLine(server, 10))
+
+
+def guestBehindSlirp(vswitch, namespaces, shortdir: Path, slirpOptions: str = "",
+                     tapOptions: str = "", extra: tuple[str, ...] = ()) -> tuple[object, str, str]:
+    """
+    A switch with a slirp port and a TAP moved into a new namespace, which
+    takes a lease with udhcpc.
+
+    @return: the switch, the namespace, and udhcpc's report.
+    """
+    tap = uniqueName("vts")
+    sw = vswitch("--port", f"tap:{tap}{tapOptions}", "--port", f"slirp{slirpOptions}", *extra)
+    ns = quietNamespace(namespaces, "vts")
+    moveTap(tap, ns, None)
+    script = shortdir / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    lease = run(*execIn(ns, "busybox", "udhcpc", "-i", tap, "-n", "-q", "-f", "-t", "5",
+                        "-T", "1", "-s", str(script)), check=False, timeout=30)
+    assert lease.returncode == 0, f"{lease.stdout}\n{lease.stderr}\n{sw.logText()}"
+    return sw, ns, lease.stdout
+
+
+def test_guestGetsQemusAddressPlanByDhcpAndPingsTheGateway(vswitch, namespaces,
+                                                           shortdir) -> None:
+    """udhcpc gets 10.0.2.15/24 with router 10.0.2.2 and DNS 10.0.2.3; both answer pings."""
+    sw, ns, lease = guestBehindSlirp(vswitch, namespaces, shortdir)
+    assert "lease 10.0.2.15/24 router=10.0.2.2 dns=10.0.2.3" in lease, lease
+    for address in ("10.0.2.2", "10.0.2.3"):
+        result = ping(ns, address)
+        assert result.returncode == 0, result.stdout
+    assert "Traceback" not in sw.logText(), sw.logText()
+
+
+def test_guestDownloadsAndUploadsThroughTheGatewayIntact(vswitch, processes, namespaces,
+                                                         shortdir) -> None:
+    """20 MB each way between the guest and a loopback server via 10.0.2.2 keep every byte."""
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir)
+    size = 20_000_000
+    _, sinkPort = startServer(processes, "sink", 1)
+    up = run(*execIn(ns, PYTHON, "-c", CLIENT, "10.0.2.2", str(sinkPort), str(size)),
+             timeout=60)
+    sent, _, answer = up.stdout.strip().partition(" | ")
+    length, digest, peer = answer.split()
+    assert f"{length} {digest}" == sent, up.stdout
+    assert peer == "127.0.0.1", "the host sees the guest's connection come from loopback"
+    _, sourcePort = startServer(processes, str(size), 1)
+    down = run(*execIn(ns, PYTHON, "-c", CLIENT, "10.0.2.2", str(sourcePort), "0"), timeout=60)
+    expected = random.Random(7).randbytes(size)
+    assert down.stdout.split() == [str(size), hashlib.sha256(expected).hexdigest()]
+    text = sw.logText()
+    assert "Traceback" not in text, text
+
+
+def test_closedHostPortIsRefusedAtOnce(vswitch, namespaces, shortdir) -> None:
+    """A connection to a closed port of the host is refused, not left hanging."""
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    closed = probe.getsockname()[1]
+    probe.close()
+    started = time.monotonic()
+    result = run(*execIn(ns, PYTHON, "-c", CLIENT, "10.0.2.2", str(closed), "0"), check=False,
+                 timeout=30)
+    assert result.returncode != 0
+    assert "ConnectionRefusedError" in result.stderr, result.stderr
+    assert time.monotonic() - started < 5
+
+
+def test_dnsQueriesToTheProxyReachTheHostResolver(vswitch, processes, namespaces,
+                                                  shortdir) -> None:
+    """nslookup via 10.0.2.3 gets the loopback resolver's answer."""
+    resolver = processes.start([PYTHON, "-c", DNS], stdout=subprocess.PIPE)
+    port = int(readLine(resolver, 10))
+    sw, ns, _ = guestBehindSlirp(
+        vswitch, namespaces, shortdir, f":resolver=127.0.0.1:resolverport={port}")
+    result = run(*execIn(ns, "busybox", "nslookup", "example.test", "10.0.2.3"), check=False,
+                 timeout=20)
+    assert "10.9.8.7" in result.stdout, result.stdout + result.stderr
+
+
+def test_hostReachesGuestThroughPortForwards(vswitch, processes, namespaces,
+                                             shortdir) -> None:
+    """A TCP forward on loopback reaches a server in the guest, which sees 10.0.2.2."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    hostPort = probe.getsockname()[1]
+    probe.close()
+    mgmt = shortdir / "mgmt"
+    sw, ns, _ = guestBehindSlirp(
+        vswitch, namespaces, shortdir, f":hostfwd=tcp\\:127.0.0.1\\:{hostPort}-\\:8080",
+        extra=("--mgmt", str(mgmt)))
+    startServer(processes, "sink", 1, ns, "10.0.2.15", 8080)
+    result = run(PYTHON, "-c", CLIENT, "127.0.0.1", str(hostPort), "3000000", timeout=60)
+    sent, _, answer = result.stdout.strip().partition(" | ")
+    length, digest, peer = answer.split()
+    assert f"{length} {digest}" == sent
+    assert peer == "10.0.2.2"
+    ports = console(mgmt, "port/print")
+    assert f"forwards tcp:127.0.0.1:{hostPort}-10.0.2.15:8080" in ports, ports
+
+
+def test_guestWithoutOffloadsGetsSegmentedFrames(vswitch, processes, namespaces,
+                                                 shortdir) -> None:
+    """Behind a TAP without offloads, a 5 MB download arrives intact in MSS-sized frames."""
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir, tapOptions=":offload=off")
+    size = 5_000_000
+    _, sourcePort = startServer(processes, str(size), 1)
+    down = run(*execIn(ns, PYTHON, "-c", CLIENT, "10.0.2.2", str(sourcePort), "0"), timeout=60)
+    assert down.stdout.split() == [
+        str(size), hashlib.sha256(random.Random(7).randbytes(size)).hexdigest()]
+
+
+
+#: A QEMU guest's script: lease, ping the gateway, download a file from the
+#: host's loopback HTTP server via 10.0.2.2, resolve a name via 10.0.2.3.
+GUEST_SCRIPT = """\
+cat > /tmp/lease.sh <<'END'
+#!/bin/sh
+[ "$1" = bound ] || exit 0
+ip addr add "$ip/$mask" dev "$interface"
+ip route add default via "$router"
+echo "lease $ip/$mask router=$router dns=$dns"
+END
+chmod +x /tmp/lease.sh
+ip link set eth0 up
+udhcpc -i eth0 -n -q -f -t 10 -T 1 -s /tmp/lease.sh; rc=$?
+ping -c 2 -W 2 10.0.2.2 || rc=1
+wget -q -O /tmp/got http://10.0.2.2:{http}/blob || rc=1
+echo "got $(wc -c < /tmp/got) $(sha256sum < /tmp/got | cut -d' ' -f1)"
+nslookup example.test 10.0.2.3
+exit $rc
+"""
+
+
+def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir) -> None:
+    """
+    A QEMU guest on -netdev stream takes a lease, pings the gateway, downloads
+    a file from the host's loopback web server and resolves a name, as it
+    would under -netdev user.
+    """
+    from guest import startGuest
+
+    need("qemu-system-x86_64")
+    site = shortdir / "site"
+    site.mkdir()
+    blob = random.Random(9).randbytes(2_000_000)
+    (site / "blob").write_bytes(blob)
+    web = processes.start([PYTHON, "-u", "-c", (
+        "import functools, http.server, sys\n"
+        "handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])\n"
+        "server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)\n"
+        "print(server.server_address[1], flush=True)\n"
+        "server.serve_forever()\n"), str(site)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    httpPort = int(readLine(web, 10))
+    resolver = processes.start([PYTHON, "-c", DNS], stdout=subprocess.PIPE)
+    dnsPort = int(readLine(resolver, 10))
+    sock = shortdir / "vm.sock"
+    sw = vswitch("--port", f"qemu:unix:{sock}",
+                 "--port", f"slirp:resolver=127.0.0.1:resolverport={dnsPort}")
+    guest = startGuest(
+        processes, ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"],
+        GUEST_SCRIPT.format(http=httpPort), "52:54:00:76:74:31", directory=shortdir,
+        name="slirp")
+    result = guest.wait(timeout=90)
+    print(result.output)
+    assert result.rc == 0, guest.diagnostics() + sw.logText()
+    assert "lease 10.0.2.15/24 router=10.0.2.2 dns=10.0.2.3" in result.output
+    assert f"got {len(blob)} {hashlib.sha256(blob).hexdigest()}" in result.output
+    assert "10.9.8.7" in result.output

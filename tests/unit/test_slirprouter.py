@@ -1,0 +1,429 @@
+"""
+Tests for the slirp router (L{vtwisted.slirp.router}), its address plan
+(L{vtwisted.slirp.config}) and its UDP engine (L{vtwisted.slirp.udp}) on
+real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+
+from vtwisted.slirp.config import ResolvConf, parseForward, readConfig
+from vtwisted.slirp.dhcp import DhcpServer
+from vtwisted.slirp.router import SlirpRouter, macFor, udpDatagram
+from vtwisted.slirp.udp import UdpNat
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.wire import arp, dhcp, icmp, ipv4, vnet
+from vtwisted.wire.checksum import checksumValid, pseudoHeaderSumV4
+from vtwisted.wire.udp import UDPHeader
+
+GUEST_MAC = bytes.fromhex("020000000015")
+GUEST = bytes([10, 0, 2, 15])
+GATEWAY = bytes([10, 0, 2, 2])
+DNS = bytes([10, 0, 2, 3])
+GW_MAC = macFor(GATEWAY)
+
+
+class Recorder:
+    """
+    What a router hands the switch, and what it counts.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.packets: list[bytes] = []
+        self.drops: list[tuple[str, str]] = []
+
+
+class FakeEngine:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def segmentReceived(self, *args: Any) -> None:
+        self.calls.append(args)
+
+    def datagramReceived(self, *args: Any) -> None:
+        self.calls.append(args)
+
+
+def makeRouter(options: str = "", clock: Any = None) -> tuple[SlirpRouter, Recorder]:
+    config = readConfig(PortSpec("slirp" + options))
+    seen = Recorder()
+    router = SlirpRouter(config, clock or Clock(), seen.frames.append, seen.packets.append,
+                         lambda reason, message: seen.drops.append((reason, message)),
+                         ResolvConf("/nonexistent"))
+    router.tcp, router.udp = FakeEngine(), FakeEngine()
+    router.dhcp = DhcpServer(gateway=GATEWAY, nameserver=DNS, netmask=config.netmask,
+                             poolStart=config.poolStart)
+    return router, seen
+
+
+def ipFrame(dst: bytes, protocol: int, payload: bytes, src: bytes = GUEST,
+            dstMac: bytes = GW_MAC, flags: int = 0, offset: int = 0) -> bytes:
+    header = ipv4.IPv4Header(0, 20 + len(payload), 1, flags, offset, 64, protocol, 0,
+                             src, dst).pack()
+    return dstMac + GUEST_MAC + b"\x08\x00" + header + payload
+
+
+def echoRequest(payload: bytes = b"ping!") -> bytes:
+    return icmp.ICMPMessage(icmp.ECHO_REQUEST, 0, 0, b"\x12\x34\x00\x01", payload).pack()
+
+
+def test_answersArpForGatewayAndDnsOnly() -> None:
+    """ARP requests for .2 and .3 get 52:55 answers; other addresses get none."""
+    router, seen = makeRouter()
+    for target in (GATEWAY, DNS, bytes([10, 0, 2, 4])):
+        request = arp.ARPPacket(arp.OP_REQUEST, GUEST_MAC, GUEST, bytes(6), target).pack()
+        router.frameReceived(b"\xff" * 6 + GUEST_MAC + b"\x08\x06" + request)
+    assert len(seen.frames) == 2
+    for frame, target in zip(seen.frames, (GATEWAY, DNS)):
+        reply = arp.ARPPacket.parse(frame, 14)
+        assert frame[:6] == GUEST_MAC and len(frame) == 60
+        assert reply.op == arp.OP_REPLY and reply.senderMac == macFor(target)
+        assert reply.senderIp == target and reply.targetIp == GUEST
+    assert router.neighbours[GUEST] == GUEST_MAC
+
+
+def test_pingToGatewayAndDnsIsAnswered() -> None:
+    """Echo requests to the gateway and the DNS proxy come back with TTL 255."""
+    router, seen = makeRouter()
+    for dst, mac in ((GATEWAY, GW_MAC), (DNS, macFor(DNS))):
+        router.frameReceived(ipFrame(dst, ipv4.PROTO_ICMP, echoRequest(), dstMac=mac))
+    assert len(seen.frames) == 2
+    for frame, dst in zip(seen.frames, (GATEWAY, DNS)):
+        header = ipv4.IPv4Header.parse(frame, 14)
+        assert (header.src, header.dst, header.ttl) == (dst, GUEST, 255)
+        assert frame[:12] == GUEST_MAC + GW_MAC
+        reply = icmp.ICMPMessage.parse(frame, 34)
+        assert reply.type == icmp.ECHO_REPLY and reply.payload == b"ping!"
+        assert icmp.checksumOk(frame[34:])
+
+
+def test_framesForOtherStationsAreIgnoredSilently() -> None:
+    """A unicast frame to another guest's MAC is not the router's business."""
+    router, seen = makeRouter()
+    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP, echoRequest(),
+                                 dstMac=bytes.fromhex("020000000099")))
+    assert seen.frames == [] and seen.drops == []
+
+
+@pytest.mark.parametrize("mangle, problem", [
+    (lambda f: f[:24] + b"\0\0" + f[26:], "bad header checksum"),
+    (lambda f: f[:40], "truncated"),
+    (lambda f: f[:14] + b"\x35" + f[15:], "IPv4"),
+])
+def test_malformedIpv4IsCountedAndDropped(mangle: Any, problem: str) -> None:
+    """Broken IPv4 headers are counted as malformed, with what was wrong."""
+    router, seen = makeRouter()
+    router.frameReceived(mangle(ipFrame(GATEWAY, ipv4.PROTO_ICMP, echoRequest(b"x" * 40))))
+    assert seen.frames == []
+    assert seen.drops and seen.drops[0][0] == "malformed" and problem in seen.drops[0][1]
+
+
+def test_badTcpChecksumNeverReachesTheEngine() -> None:
+    """A TCP segment with a wrong checksum is dropped; a good one is handed on."""
+    router, seen = makeRouter()
+    segment = bytearray(20)
+    segment[12] = 0x50
+    good = bytes(segment)
+    from vtwisted.wire.checksum import internetChecksum
+
+    value = internetChecksum(good, pseudoHeaderSumV4(GUEST, GATEWAY, 6, 20))
+    good = good[:16] + value.to_bytes(2, "big") + good[18:]
+    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_TCP, bytes(segment[:16]) + b"\1\1" +
+                                 bytes(segment[18:])))
+    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_TCP, good))
+    assert [d[0] for d in seen.drops] == ["malformed"]
+    assert len(router.tcp.calls) == 1
+    src, dst, body, packet = router.tcp.calls[0]
+    assert (src, dst, bytes(body)) == (GUEST, GATEWAY, good)
+
+
+def test_kernelVouchedChecksumsAreNotChecked() -> None:
+    """A packet from an offload TAP with NEEDS_CSUM reaches the engine without a check."""
+    router, seen = makeRouter()
+    segment = bytes([0] * 12 + [0x50] + [0] * 7)
+    header = vnet.VnetHeader(vnet.NEEDS_CSUM, 0, 54, 0, 34, 16).pack()
+    router.vnetPacketReceived(header + ipFrame(GATEWAY, ipv4.PROTO_TCP, segment))
+    assert seen.drops == [] and len(router.tcp.calls) == 1
+
+
+def test_fragmentsAreCountedAsUnsupported() -> None:
+    """IPv4 fragments are dropped and counted: they are not reassembled yet."""
+    router, seen = makeRouter()
+    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_UDP, b"x" * 16, flags=ipv4.FLAG_MF))
+    assert seen.drops[0][0] == "unsupported" and "fragment" in seen.drops[0][1]
+
+
+def test_dhcpDiscoverGetsABroadcastOffer() -> None:
+    """A DISCOVER to 255.255.255.255 gets an OFFER of 10.0.2.15, broadcast from .2:67."""
+    router, seen = makeRouter()
+    discover = dhcp.DHCPMessage(
+        1, 1, 6, 0, 0x1234, 0, 0, bytes(4), bytes(4), bytes(4), bytes(4),
+        GUEST_MAC + bytes(10), bytes(64), bytes(128), ((dhcp.OPT_MESSAGE_TYPE, b"\x01"),),
+    ).pack()
+    router.frameReceived(ipFrame(b"\xff" * 4, ipv4.PROTO_UDP, udpDatagram(
+        bytes(4), b"\xff" * 4, 68, 67, discover), src=bytes(4), dstMac=b"\xff" * 6))
+    [frame] = seen.frames
+    assert frame[:12] == b"\xff" * 6 + GW_MAC
+    ip = ipv4.IPv4Header.parse(frame, 14)
+    assert (ip.src, ip.dst, ip.tos, ip.totalLength) == (GATEWAY, b"\xff" * 4, 0x10, 576)
+    udp = UDPHeader.parse(frame, 34)
+    assert (udp.srcPort, udp.dstPort) == (67, 68)
+    assert checksumValid(frame[34:], pseudoHeaderSumV4(GATEWAY, b"\xff" * 4, 17, udp.length))
+    offer = dhcp.DHCPMessage.parse(frame[42:])
+    assert offer.messageType == dhcp.OFFER and offer.yiaddr == GUEST and offer.xid == 0x1234
+    assert router.neighbours[GUEST] == GUEST_MAC
+
+
+def test_packetForUnknownGuestWaitsForArp() -> None:
+    """A packet to an unknown guest waits for its ARP reply, then leaves to its MAC."""
+    clock = Clock()
+    router, seen = makeRouter(clock=clock)
+    router.sendIPv4(GATEWAY, GUEST, ipv4.PROTO_UDP, udpDatagram(GATEWAY, GUEST, 1, 2, b"hi"))
+    [request] = seen.frames
+    asked = arp.ARPPacket.parse(request, 14)
+    assert request[:6] == b"\xff" * 6 and asked.targetIp == GUEST and asked.senderIp == GATEWAY
+    reply = arp.ARPPacket(arp.OP_REPLY, GUEST_MAC, GUEST, GW_MAC, GATEWAY).pack()
+    router.frameReceived(GW_MAC + GUEST_MAC + b"\x08\x06" + reply)
+    assert seen.frames[1][:12] == GUEST_MAC + GW_MAC
+    assert seen.frames[1].endswith(b"hi")
+
+
+def test_unansweredArpDropsThePacketAfterASecond() -> None:
+    """If the guest never answers ARP, its packets are dropped and counted after 1 s."""
+    clock = Clock()
+    router, seen = makeRouter(clock=clock)
+    router.sendIPv4(GATEWAY, GUEST, ipv4.PROTO_UDP, udpDatagram(GATEWAY, GUEST, 1, 2, b"hi"))
+    clock.advance(1.1)
+    reply = arp.ARPPacket(arp.OP_REPLY, GUEST_MAC, GUEST, GW_MAC, GATEWAY).pack()
+    router.frameReceived(GW_MAC + GUEST_MAC + b"\x08\x06" + reply)
+    assert len(seen.frames) == 1
+    assert seen.drops[0][0] == "peer" and "did not answer ARP" in seen.drops[0][1]
+
+
+def test_bigDatagramsAreFragmentedToTheMtu() -> None:
+    """A 4000-byte datagram leaves in fragments that reassemble to it."""
+    router, seen = makeRouter()
+    router.learn(GUEST, GUEST_MAC)
+    datagram = udpDatagram(GATEWAY, GUEST, 1, 2, bytes(range(256)) * 16)
+    router.sendIPv4(GATEWAY, GUEST, ipv4.PROTO_UDP, datagram)
+    assert len(seen.frames) == 3
+    pieces = {}
+    for frame in seen.frames:
+        header = ipv4.IPv4Header.parse(frame, 14)
+        assert header.totalLength <= 1500 and ipv4.headerChecksumValid(frame, 14)
+        pieces[header.fragmentOffset * 8] = frame[34:14 + header.totalLength]
+    assert b"".join(pieces[k] for k in sorted(pieces)) == datagram
+
+
+def test_tcpSegmentsLeaveAsPartialChecksumPacketsAndSuperFrames() -> None:
+    """Small segments carry NEEDS_CSUM; longer than the MSS, they are TSO super-frames."""
+    router, seen = makeRouter()
+    router.learn(GUEST, GUEST_MAC)
+    header = bytes([0, 80, 0x9C, 0x40] + [0] * 8 + [0x50, 0x18] + [0] * 6)
+    router.sendTcp(GATEWAY, GUEST, header, b"a" * 100, 1460)
+    router.sendTcp(GATEWAY, GUEST, header, b"b" * 10000, 1460)
+    small, big = (vnet.VnetHeader.parse(p) for p in seen.packets)
+    assert small.flags == vnet.NEEDS_CSUM and small.gsoType == vnet.GSO_NONE
+    assert big.gsoType == vnet.GSO_TCPV4 and big.gsoSize == 1460
+    frames = vnet.toFrames(seen.packets[1])
+    assert len(frames) == 7
+    for frame in frames:
+        length = len(frame) - 34
+        assert checksumValid(frame[34:], pseudoHeaderSumV4(GATEWAY, GUEST, 6, length))
+    assert b"".join(f[54:] for f in frames) == b"b" * 10000
+
+
+def test_hostAddressesFollowQemusRules() -> None:
+    """.2 is loopback, .3:53 the resolver, other .3 ports and LAN addresses nowhere."""
+    router, _ = makeRouter(":resolver=127.0.0.53:resolverport=5300")
+    assert router.hostAddress(GATEWAY, 80, 6) == ("127.0.0.1", 80)
+    assert router.hostAddress(DNS, 53, 17) == ("127.0.0.53", 5300)
+    assert router.hostAddress(DNS, 80, 6) is None
+    assert router.hostAddress(bytes([10, 0, 2, 9]), 80, 6) is None
+    assert router.hostAddress(bytes([192, 0, 2, 1]), 443, 6) == ("192.0.2.1", 443)
+    assert router.guestAddress("127.0.0.1") == GATEWAY
+    restricted, _ = makeRouter(":restrict=on")
+    assert restricted.hostAddress(GATEWAY, 80, 6) is None
+
+
+def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
+    """The first nameserver line is used, and a changed file is read again."""
+    path = tmp_path / "resolv.conf"
+    path.write_text("# comment\nsearch example\nnameserver 127.0.0.53\nnameserver 1.1.1.1\n")
+    conf = ResolvConf(str(path))
+    assert conf.nameserver(0.0) == "127.0.0.53"
+    path.write_text("nameserver 127.0.0.54\n")
+    assert conf.nameserver(0.5) == "127.0.0.53", "looked at no more than once a second"
+    assert conf.nameserver(2.0) == "127.0.0.54"
+
+
+@pytest.mark.parametrize("options, problem", [
+    (":net=10.0.2.0/30", "at least 32 addresses"),
+    (":net=banana", "not an IPv4 network"),
+    (":host=10.0.3.2", "not a host address"),
+    (":dns=10.0.2.2", "must differ"),
+    (":dhcpstart=10.0.2.3", "must differ"),
+    (":hostfwd=tcp\\:\\:99999-\\:22", "not a port number"),
+    (":hostfwd=icmp\\:\\:22-\\:22", "not tcp or udp"),
+    (":mtu=70000", "out of range"),
+    (":colour=blue", "unknown option colour"),
+])
+def test_badOptionsAreRefusedWithTheReason(options: str, problem: str) -> None:
+    """A spec with a bad option fails at start-up, saying what is wrong."""
+    from vtwisted.ports.slirp import makeService
+
+    with pytest.raises(SpecError, match=problem):
+        makeService(None, PortSpec("slirp" + options), None)
+
+
+def test_forwardsFollowQemusSyntax() -> None:
+    """hostfwd rules read as QEMU's, defaulting to loopback and the first lease."""
+    first = bytes([10, 0, 2, 15])
+    assert str(parseForward("tcp::2222-:22", first)) == "tcp:127.0.0.1:2222-10.0.2.15:22"
+    assert str(parseForward("udp:0.0.0.0:53-10.0.2.16:5353", first)) == \
+        "udp:0.0.0.0:53-10.0.2.16:5353"
+    assert str(parseForward(":8080-:80", first)) == "tcp:127.0.0.1:8080-10.0.2.15:80"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=14, max_size=200), st.booleans())
+def test_anyFrameIsCountedNeverFatal(frame: bytes, asVnet: bool) -> None:
+    """Whatever arrives, the router neither raises nor stops answering pings."""
+    router, seen = makeRouter()
+    router.udp = router.tcp = FakeEngine()
+    if asVnet:
+        router.vnetPacketReceived(bytes(10) + GW_MAC + frame[6:])
+    else:
+        router.frameReceived(GW_MAC + frame[6:])
+    seen.frames.clear()
+    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP, echoRequest()))
+    assert icmp.ICMPMessage.parse(seen.frames[-1], 34).type == icmp.ECHO_REPLY
+
+
+# The UDP engine, on real loopback sockets
+
+
+class UdpGuest:
+    """
+    A router stand-in that records what the UDP engine sends to guests.
+    """
+
+    gateway = GATEWAY
+    nameserver = DNS
+    restricted = False
+
+    def __init__(self, resolver: tuple[str, int]) -> None:
+        self.sent: list[tuple[bytes, bytes, bytes]] = []
+        self.unreachable: list[tuple[bytes, int]] = []
+        self.resolver = resolver
+
+    def hostAddress(self, dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
+        if dst == GATEWAY:
+            return ("127.0.0.1", port)
+        if dst == DNS:
+            return self.resolver if port == 53 else None
+        return None
+
+    def guestAddress(self, host: str) -> bytes:
+        return GATEWAY if host == "127.0.0.1" else socket.inet_aton(host)
+
+    def sendIPv4(self, src: bytes, dst: bytes, protocol: int, payload: bytes) -> None:
+        self.sent.append((src, dst, payload))
+
+    def sendUnreachable(self, packet: bytes, code: int) -> None:
+        self.unreachable.append((packet, code))
+
+    def dropped(self, reason: str, message: str) -> None:
+        pass
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    from reactortools import until
+
+    await until(predicate, timeout)
+
+
+@pytest_twisted.ensureDeferred
+async def test_udpRepliesComeBackFromTheGatewayOrTheDnsProxy() -> None:
+    """Datagrams reach loopback servers; answers return from .2:port and from .3:53."""
+    from twisted.internet import reactor
+
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.setblocking(False)
+    resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    resolver.bind(("127.0.0.1", 0))
+    resolver.setblocking(False)
+    network = UdpGuest(resolver.getsockname())
+    engine = UdpNat(network, reactor)
+    try:
+        engine.datagramReceived(GUEST, 4000, GATEWAY, echo.getsockname()[1], b"hello", b"")
+        engine.datagramReceived(GUEST, 4000, DNS, 53, b"query", b"")
+        for server in (echo, resolver):
+            await _until(lambda s=server: _readable(s))
+            data, peer = server.recvfrom(100)
+            server.sendto(data.upper(), peer)
+        await _until(lambda: len(network.sent) == 2)
+        replies = {}
+        for src, dst, payload in network.sent:
+            header = UDPHeader.parse(payload)
+            assert dst == GUEST and header.dstPort == 4000
+            assert checksumValid(payload, pseudoHeaderSumV4(src, dst, 17, len(payload)))
+            replies[(src, header.srcPort)] = payload[8:]
+        assert replies == {(GATEWAY, echo.getsockname()[1]): b"HELLO", (DNS, 53): b"QUERY"}
+        assert len(engine.mappings) == 1, "one host socket per guest source"
+        engine.datagramReceived(GUEST, 4000, DNS, 80, b"x", b"packet")
+        assert network.unreachable == [(b"packet", 0)]
+    finally:
+        engine.close()
+        echo.close()
+        resolver.close()
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_idleUdpMappingsClose() -> None:
+    """A DNS-only mapping closes after about 10 s idle, another after about 240 s."""
+    clock = Clock()
+
+    closed: list[int] = []
+
+    class FakePort:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def stopListening(self) -> None:
+            closed.append(self.n)
+
+    ports = iter(range(10))
+
+    def listenUDP(port: int, protocol: Any, interface: str, maxPacketSize: int) -> FakePort:
+        protocol.transport = type("T", (), {"write": lambda self, d, a: None})()
+        return FakePort(next(ports))
+
+    clock.listenUDP = listenUDP  # type: ignore[attr-defined]
+    network = UdpGuest(("127.0.0.1", 53))
+    engine = UdpNat(network, clock)
+    engine.datagramReceived(GUEST, 1, DNS, 53, b"q", b"")
+    engine.datagramReceived(GUEST, 2, GATEWAY, 9, b"q", b"")
+    clock.advance(5)
+    clock.advance(5)
+    clock.advance(5)
+    assert closed == [0]
+    for _ in range(48):
+        clock.advance(5)
+    assert closed == [0, 1]
+    engine.close()

@@ -1,0 +1,162 @@
+"""
+The slirp TCP engine against real loopback sockets in this process's
+reactor: a scripted guest (a minimal TCP in a L{FakeGuestNetwork}) sends a
+megabyte to a loopback server through the engine and gets a megabyte back;
+a closed loopback port answers with a RST.  Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import pytest_twisted
+from reactortools import until
+from test_slirptcp import GATEWAY, GUEST, MASK, SCALE_OPTION, ipPacket, mssOption
+from twisted.internet import reactor
+from twisted.internet.protocol import Factory, Protocol
+
+from vtwisted.slirp.tcp import TcpNat
+from vtwisted.testing import FakeGuestNetwork
+from vtwisted.wire.tcp import ACK, FIN, PSH, RST, SYN, TCPHeader
+
+MEGABYTE = 1 << 20
+
+
+class ScriptedGuest(FakeGuestNetwork):
+    """
+    One guest TCP connection, as a lossless guest kernel would run it:
+    ACKs what arrives in order, sends within the engine's window.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nat = TcpNat(self, reactor)
+        self.received = bytearray()
+        self.outgoing = b""
+        self.sndUna = self.sndNxt = self.rcvNxt = 0
+        self.peerWindow = 0
+        self.peerShift = 0
+        self.connected = self.refused = self.finReceived = False
+        self.port = 0
+
+    def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
+        super().sendTcp(src, dst, header, payload, mss)
+        parsed = self.tcp.pop()[2]
+        reactor.callLater(0, self.segment, parsed, bytes(payload))
+
+    def emit(self, flags: int, payload: bytes = b"", options: bytes = b"",
+             seq: int | None = None) -> None:
+        header = TCPHeader(40000, self.port, (self.sndNxt if seq is None else seq) & MASK,
+                           self.rcvNxt & MASK, flags, 0xFFFF, 0, 0, options)
+        segment = header.pack() + payload
+        self.nat.segmentReceived(GUEST, GATEWAY, segment, ipPacket(GUEST, GATEWAY, segment))
+
+    def connect(self, port: int) -> None:
+        self.port = port
+        self.sndUna = self.sndNxt = 5000
+        self.emit(SYN, options=mssOption(1460) + SCALE_OPTION)
+        self.sndNxt += 1
+
+    def segment(self, header: TCPHeader, payload: bytes) -> None:
+        if header.flags & RST:
+            self.refused = not self.connected
+            return
+        if header.flags & SYN:
+            self.connected = True
+            self.peerShift = 5 if len(header.options) > 4 else 0
+            self.rcvNxt = header.seq + 1
+            self.sndUna = self.sndNxt
+        else:
+            ahead = (header.ack - self.sndUna) & MASK
+            if ahead <= self.sndNxt - self.sndUna:
+                self.sndUna += ahead
+            if header.seq == self.rcvNxt & MASK and (payload or header.flags & FIN):
+                self.received += payload
+                self.rcvNxt += len(payload) + (header.flags & FIN)
+                self.finReceived = self.finReceived or bool(header.flags & FIN)
+        self.peerWindow = header.window << (0 if header.flags & SYN else self.peerShift)
+        if payload or header.flags & (SYN | FIN):
+            self.emit(ACK)
+        self.pump()
+
+    def pump(self) -> None:
+        """
+        Send what the engine's window allows.
+        """
+        sent = self.sndNxt - 5001
+        while sent < len(self.outgoing) and self.sndNxt - self.sndUna < self.peerWindow:
+            room = self.peerWindow - (self.sndNxt - self.sndUna)
+            size = min(1460, len(self.outgoing) - sent, room)
+            self.emit(ACK | PSH, self.outgoing[sent : sent + size])
+            self.sndNxt += size
+            sent += size
+
+
+class Server(Protocol):
+    """
+    Takes a megabyte, checks it, answers with a megabyte and closes.
+    """
+
+    def __init__(self, expected: bytes, answer: bytes) -> None:
+        self.expected = expected
+        self.answer = answer
+        self.data = bytearray()
+        self.verified = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+        if len(self.data) == MEGABYTE:
+            self.verified = hashlib.sha256(self.data).digest() == self.expected
+            self.transport.write(self.answer)
+            self.transport.loseConnection()
+
+
+@pytest_twisted.ensureDeferred
+async def test_megabytesCrossRealSocketsBothWays() -> None:
+    """
+    A megabyte from the guest reaches a loopback server intact (sha256),
+    and the server's megabyte reaches the guest intact, then its FIN.
+    """
+    upload, download = os.urandom(MEGABYTE), os.urandom(MEGABYTE)
+    servers: list[Server] = []
+
+    def build() -> Server:
+        servers.append(Server(hashlib.sha256(upload).digest(), download))
+        return servers[-1]
+
+    listening = reactor.listenTCP(0, Factory.forProtocol(build), interface="127.0.0.1")
+    guest = ScriptedGuest()
+    try:
+        guest.outgoing = upload
+        guest.connect(listening.getHost().port)
+        await until(lambda: guest.connected, what="the handshake")
+        guest.pump()
+        await until(lambda: guest.finReceived, timeout=30, what="the download")
+        assert servers[0].verified
+        assert hashlib.sha256(guest.received).digest() == hashlib.sha256(download).digest()
+        assert guest.nat.resets == 0 and guest.nat.timeouts == 0
+        guest.emit(ACK | FIN)
+        await until(lambda: guest.nat.connectionCount == 0, timeout=5, what="time-wait")
+    finally:
+        guest.nat.close()
+        await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closedLoopbackPortAnswersRst() -> None:
+    """
+    A SYN to a loopback port nobody listens on gets a RST, not a SYN-ACK.
+    """
+    listening = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+    port = listening.getHost().port
+    await listening.stopListening()
+    guest = ScriptedGuest()
+    try:
+        guest.connect(port)
+        await until(lambda: guest.refused, what="the RST")
+        assert not guest.connected
+        assert guest.nat.refused == 1 and guest.nat.connectionCount == 0
+    finally:
+        guest.nat.close()

@@ -1,0 +1,258 @@
+"""
+The slirp port type (C{slirp[:net=10.0.2.0/24][:hostfwd=...]}): user-mode NAT
+on the LAN, the way C{qemu -netdev user} gives one guest, for every guest on
+the switch, with no root and no C code.
+
+Theory of operation
+-------------------
+The port's one link is a router (L{vtwisted.slirp.router}) with three
+engines behind it: TCP (L{vtwisted.slirp.tcp}), UDP (L{vtwisted.slirp.udp})
+and DHCP (L{vtwisted.slirp.dhcp}).  Guests reach the outside through
+ordinary sockets of the switch's process; the outside reaches guests through
+port forwards, which are listening sockets of that process too.
+
+The link speaks the virtio-net header, so an offload TAP's TCP super-frames
+reach the TCP engine whole (one parse per 64 KB, checksums vouched for by
+the kernel), and the TCP engine's own super-frames go to such a TAP whole
+too; the switch cuts them for ports that cannot take them.  Forwards given
+in the spec are opened in C{privilegedStartService}, so a forward from a
+port below 1024 works under C{twistd --uid}; more can be added and removed
+while the switch runs (L{SlirpService.addForward}, the console's C{slirp/}
+menu).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vtwisted.interfaces import ILink, IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.slirp.config import Forward, SlirpConfig, readConfig
+from vtwisted.slirp.dhcp import DhcpServer
+from vtwisted.slirp.router import SlirpRouter
+from vtwisted.slirp.tcp import TcpNat
+from vtwisted.slirp.udp import UdpNat
+from vtwisted.sockettools import listenError
+from vtwisted.spec import PortSpec
+
+log = Logger()
+
+
+@implementer(ILink)
+class SlirpLink:
+    """
+    The router's place on its switch port.
+    """
+
+    module = "slirp"
+    vnetHeader = True
+    uid = None
+    linkId = 0
+
+    def __init__(self, service: SlirpService) -> None:
+        self.service = service
+        self.port: Any = None
+        self.router: SlirpRouter | None = None
+        self._switch: Any = None
+
+    @property
+    def description(self) -> str:
+        """
+        The address plan and what is open, for C{port/print}.
+        """
+        service = self.service
+        text = service.config.describe()
+        if service.tcp is not None and service.udp is not None:
+            text += (f", {service.tcp.connectionCount} TCP connections, "
+                     f"{len(service.udp.mappings)} UDP mappings")
+        if service.forwards:
+            text += ", forwards " + " ".join(str(f) for f in service.forwards)
+        return text
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}.
+        """
+        self.port = port
+        self._switch = switch
+        switch.attach(port, self)
+
+    def emitFrame(self, frame: bytes) -> None:
+        """
+        Hand a frame of the router's to the switch.
+        """
+        if self.port is not None:
+            self._switch.frameReceived(self.port, frame)
+
+    def emitPacket(self, packet: bytes) -> None:
+        """
+        Hand a virtio-net packet of the router's to the switch.
+        """
+        if self.port is not None:
+            self._switch.vnetPacketReceived(self.port, packet)
+
+    def dropped(self, reason: str, message: str) -> None:
+        """
+        Count a drop on the port (while plugged in).
+        """
+        if self.port is not None:
+            self.port.dropped(reason, f"{self.service.spec}: {message}")
+
+    # ILink
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        A frame for the router.
+        """
+        if self.router is not None:
+            self.router.frameReceived(frame)
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        """
+        A virtio-net packet for the router.
+        """
+        if self.router is not None:
+            self.router.vnetPacketReceived(packet)
+
+    def close(self) -> None:
+        """
+        Unplug from the switch (the NAT keeps running until the service stops).
+        """
+        self.service.unplug()
+
+
+@implementer(IPortService)
+class SlirpService(Service):
+    """
+    The service of one C{slirp:} spec.
+
+    @ivar forwards: the open port forwards, with their listening ports.
+    """
+
+    listening = False
+
+    def __init__(self, switch: Any, reactor: Any, config: SlirpConfig, options: PortOptions,
+                 spec: str) -> None:
+        self.switch = switch
+        self.reactor = reactor
+        self.config = config
+        self.options = options
+        self.spec = spec
+        self.link: SlirpLink | None = None
+        self.router: SlirpRouter | None = None
+        self.tcp: TcpNat | None = None
+        self.udp: UdpNat | None = None
+        self.forwards: dict[Forward, Any] = {}
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._build()
+
+    def _build(self) -> None:
+        link = SlirpLink(self)
+        config = self.config
+        router = SlirpRouter(config, self.reactor, link.emitFrame, link.emitPacket, link.dropped)
+        router.dhcp = DhcpServer(
+            gateway=config.gateway, nameserver=config.nameserver, netmask=config.netmask,
+            poolStart=config.poolStart, restricted=config.restricted,
+            hostname=config.hostname, domain=config.domain,
+            searchDomains=config.searchDomains,
+        )
+        self.tcp = router.tcp = TcpNat(router, self.reactor)
+        self.udp = router.udp = UdpNat(router, self.reactor)
+        link.router = router
+        self.link, self.router = link, router
+        try:
+            for forward in config.forwards:
+                self.addForward(forward)
+        except Exception:
+            self._teardown()
+            raise
+
+    def startService(self) -> None:
+        if self.link is None:
+            self._build()
+        super().startService()
+        assert self.link is not None
+        self.options.plugIn(self.switch, self.link, self.spec)
+
+    def addForward(self, forward: Forward) -> None:
+        """
+        Open a host port forward.
+
+        @raise OSError: the host port cannot be had; the message names the
+            spec and the forward, and carries the errno.
+        """
+        assert self.tcp is not None and self.udp is not None
+        if forward in self.forwards:
+            raise OSError(17, f"{self.spec}: forward {forward} exists already")
+        try:
+            if forward.protocol == "tcp":
+                factory = self.tcp.forwardFactory(forward.guestAddress, forward.guestPort)
+                port = self.reactor.listenTCP(forward.hostPort, factory,
+                                              interface=forward.hostAddress)
+            else:
+                protocol = self.udp.forwardSocket(forward.guestAddress, forward.guestPort)
+                port = self.reactor.listenUDP(forward.hostPort, protocol,
+                                              interface=forward.hostAddress)
+        except Exception as e:
+            raise listenError(f"{self.spec}: cannot forward {forward}", e) from e
+        self.forwards[forward] = port
+        log.info("{spec}: forwarding {forward}", spec=self.spec, forward=str(forward))
+
+    def removeForward(self, forward: Forward) -> Any:
+        """
+        Close a host port forward (connections it made stay up).
+
+        @raise KeyError: there is no such forward.
+        """
+        port = self.forwards.pop(forward)
+        return port.stopListening()
+
+    def currentLinks(self) -> list[ILink]:
+        """
+        The router's link, while plugged in.
+        """
+        link = self.link
+        return [link] if link is not None and link.port is not None else []
+
+    def unplug(self) -> None:
+        """
+        Take the router out of its port.
+        """
+        link = self.link
+        if link is not None and link.port is not None:
+            self.switch.detach(link.port, link)
+            link.port = None
+
+    def _teardown(self) -> list[Any]:
+        results = [port.stopListening() for port in self.forwards.values()]
+        self.forwards.clear()
+        if self.tcp is not None:
+            self.tcp.close()
+        if self.udp is not None:
+            self.udp.close()
+        self.link = self.router = self.tcp = self.udp = None
+        return results
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.unplug()
+        waits = [d for d in self._teardown() if isinstance(d, Deferred)]
+        return gatherResults(waits) if waits else None
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:
+    """
+    Build the service for C{slirp[:OPTIONS]}.
+    """
+    spec.positional([], 0)
+    config = readConfig(spec)
+    options = PortOptions.fromSpec(spec)
+    spec.checkKeywords()
+    return SlirpService(switch, reactor, config, options, spec.text)

@@ -1,0 +1,271 @@
+"""
+The address plan and options of one slirp port.
+
+Theory of operation
+-------------------
+A slirp port is a small NAT router on the LAN, with QEMU's C{-netdev user}
+address plan so guests and habits carry over: in C{net=10.0.2.0/24} the
+gateway, which stands for the host, is C{.2}, the DNS proxy C{.3}, and DHCP
+hands out 16 addresses from C{.15}.  Each of them may be moved (C{host=},
+C{dns=}, C{dhcpstart=}) as long as they stay inside the network and apart.
+
+Port forwards use QEMU's C{hostfwd} syntax, C{PROTO:[HOSTADDR]:HOSTPORT-
+[GUESTADDR]:GUESTPORT}, several separated by commas; inside a spec the
+colons are escaped (C{hostfwd=tcp\\:\\:2222-\\:22}).  Unlike QEMU, a forward
+without a host address listens on loopback only: whoever connects reaches
+the guest.
+
+The host's resolver is the first C{nameserver} line of C{/etc/resolv.conf},
+read again when the file changes, unless C{resolver=} names one.  Everything
+here is pure: L{readConfig} turns a spec into a L{SlirpConfig} or raises
+L{vtwisted.spec.SpecError}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from typing import NamedTuple
+
+from vtwisted.spec import PortSpec
+
+DEFAULT_NET = "10.0.2.0/24"
+DEFAULT_MTU = 1500
+MAX_MTU = 9000
+POOL_SIZE = 16
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+class Forward(NamedTuple):
+    """
+    One host port forward: connections or datagrams to C{hostAddress}:
+    C{hostPort} on the host reach C{guestAddress}:C{guestPort} in the LAN.
+    """
+
+    protocol: str
+    hostAddress: str
+    hostPort: int
+    guestAddress: bytes
+    guestPort: int
+
+    def __str__(self) -> str:
+        guest = ipaddress.IPv4Address(self.guestAddress)
+        return f"{self.protocol}:{self.hostAddress}:{self.hostPort}-{guest}:{self.guestPort}"
+
+
+class SlirpConfig(NamedTuple):
+    """
+    What one slirp port was configured with.
+
+    @ivar network: the LAN's IPv4 network.
+    @ivar gateway: the router's address (4 bytes), the host seen from inside.
+    @ivar nameserver: the DNS proxy's address.
+    @ivar poolStart: the first DHCP address.
+    @ivar restricted: guests reach only forwarded ports (QEMU's C{restrict=on}).
+    @ivar mtu: the largest IPv4 packet sent to or taken from a guest.
+    @ivar forwards: the host port forwards at start-up.
+    @ivar resolver: the host's DNS server, or L{None} to read resolv.conf.
+    @ivar resolverPort: its port.
+    """
+
+    network: ipaddress.IPv4Network
+    gateway: bytes
+    nameserver: bytes
+    poolStart: bytes
+    restricted: bool = False
+    mtu: int = DEFAULT_MTU
+    forwards: tuple[Forward, ...] = ()
+    resolver: str | None = None
+    resolverPort: int = 53
+    hostname: str | None = None
+    domain: str | None = None
+    searchDomains: tuple[str, ...] = ()
+
+    @property
+    def netmask(self) -> bytes:
+        """
+        The network's mask, 4 bytes.
+        """
+        return self.network.netmask.packed
+
+    def contains(self, address: bytes) -> bool:
+        """
+        Whether C{address} (4 bytes) is inside the network.
+        """
+        return ipaddress.IPv4Address(address) in self.network
+
+    def describe(self) -> str:
+        """
+        One line for C{port/print}.
+        """
+        gateway = ipaddress.IPv4Address(self.gateway)
+        dns = ipaddress.IPv4Address(self.nameserver)
+        text = f"NAT {self.network}, gateway {gateway}, DNS {dns}"
+        return text + (", restricted" if self.restricted else "")
+
+
+def _address(spec: PortSpec, key: str, text: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        raise spec.error(f"{key}={text!r} is not an IPv4 address") from None
+
+
+def _inside(spec: PortSpec, key: str, network: ipaddress.IPv4Network,
+            default: int, given: str | None) -> bytes:
+    if given is None:
+        return (network.network_address + default).packed
+    address = _address(spec, key, given)
+    if address not in network or address in (network.network_address, network.broadcast_address):
+        raise spec.error(f"{key}={given} is not a host address of {network}")
+    return address.packed
+
+
+def readConfig(spec: PortSpec) -> SlirpConfig:
+    """
+    The address plan and options a C{slirp:} spec gives, checked.
+
+    @raise SpecError: an option is malformed or the plan is inconsistent.
+    """
+    rawNet = spec.string("net", DEFAULT_NET) or DEFAULT_NET
+    try:
+        network = ipaddress.IPv4Network(rawNet, strict=False)
+    except ValueError:
+        raise spec.error(f"net={rawNet!r} is not an IPv4 network (like 10.0.2.0/24)") from None
+    if network.num_addresses < 32:
+        raise spec.error(f"net={rawNet}: the network needs at least 32 addresses (/27)")
+    gateway = _inside(spec, "host", network, 2, spec.string("host"))
+    nameserver = _inside(spec, "dns", network, 3, spec.string("dns"))
+    poolStart = _inside(spec, "dhcpstart", network, 15, spec.string("dhcpstart"))
+    if gateway == nameserver:
+        raise spec.error("dns= must differ from host= (the gateway)")
+    if poolStart in (gateway, nameserver):
+        raise spec.error("dhcpstart= must differ from the gateway and the DNS addresses")
+    mtu = spec.integer("mtu", DEFAULT_MTU, 576, MAX_MTU)
+    assert mtu is not None
+    resolver = spec.string("resolver")
+    if resolver is not None:
+        try:
+            ipaddress.ip_address(resolver)
+        except ValueError:
+            raise spec.error(f"resolver={resolver!r} is not an IP address") from None
+    resolverPort = spec.integer("resolverport", 53, 1, 65535)
+    assert resolverPort is not None
+    firstLease = ipaddress.IPv4Address(poolStart)
+    try:
+        forwards = tuple(
+            parseForward(item, firstLease.packed)
+            for item in (spec.string("hostfwd") or "").split(",") if item
+        )
+    except ValueError as e:
+        raise spec.error(str(e)) from None
+    search = tuple(d for d in (spec.string("dnssearch") or "").split(",") if d)
+    return SlirpConfig(
+        network, gateway, nameserver, poolStart, spec.boolean("restrict", False), mtu,
+        forwards, resolver, resolverPort, spec.string("hostname"), spec.string("domain"),
+        search,
+    )
+
+
+def parseForward(text: str, defaultGuest: bytes) -> Forward:
+    """
+    Read one forward in QEMU's C{hostfwd} syntax:
+    C{[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT}.
+
+    @param defaultGuest: the guest address when none is given (the first
+        DHCP address, as in QEMU).
+    @raise ValueError: the text is not a forward; the message says why.
+    """
+    def fail(problem: str) -> ValueError:
+        return ValueError(f"hostfwd {text!r}: {problem}")
+
+    hostPart, dash, guestPart = text.partition("-")
+    if not dash:
+        raise fail("expected [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT")
+    fields = hostPart.split(":")
+    if len(fields) == 3:
+        protocol, hostAddress, hostPortText = fields
+    elif len(fields) == 2:
+        protocol, (hostAddress, hostPortText) = "tcp", fields
+    else:
+        raise fail("the host side must be [PROTO]:[HOSTADDR]:HOSTPORT")
+    protocol = protocol or "tcp"
+    if protocol not in ("tcp", "udp"):
+        raise fail(f"protocol {protocol!r} is not tcp or udp")
+    hostAddress = hostAddress or "127.0.0.1"
+    try:
+        ipaddress.ip_address(hostAddress)
+    except ValueError:
+        raise fail(f"{hostAddress!r} is not an IP address") from None
+    guestAddressText, colon, guestPortText = guestPart.rpartition(":")
+    if not colon:
+        raise fail("the guest side must be [GUESTADDR]:GUESTPORT")
+    try:
+        guest = (ipaddress.IPv4Address(guestAddressText).packed
+                 if guestAddressText else defaultGuest)
+    except ValueError:
+        raise fail(f"{guestAddressText!r} is not an IPv4 address") from None
+    return Forward(protocol, hostAddress, _portNumber(hostPortText, fail, 0),
+                   guest, _portNumber(guestPortText, fail, 1))
+
+
+def _portNumber(text: str, fail: Callable[[str], ValueError], low: int) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not low <= number <= 65535:
+        raise fail(f"{text!r} is not a port number")
+    return number
+
+
+class ResolvConf:
+    """
+    The host's nameserver, from the first C{nameserver} line of a
+    resolv.conf, read again when the file's inode, size or time changes
+    (looked at no more than once a second, like libslirp).
+
+    @ivar path: the file.
+    """
+
+    def __init__(self, path: str = RESOLV_CONF) -> None:
+        self.path = path
+        self._stamp: tuple[int, int, int] | None = None
+        self._checked = -1.0
+        self._address: str | None = None
+
+    def nameserver(self, now: float) -> str | None:
+        """
+        The first nameserver's address, or L{None} if there is none.
+        """
+        if now - self._checked < 1.0 and self._checked >= 0:
+            return self._address
+        self._checked = now
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            self._stamp, self._address = None, None
+            return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._address = _firstNameserver(self.path)
+        return self._address
+
+
+def _firstNameserver(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    address = words[1].split("%")[0]
+                    try:
+                        ipaddress.ip_address(address)
+                    except ValueError:
+                        continue
+                    return address
+    except OSError:
+        return None
+    return None

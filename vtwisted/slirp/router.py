@@ -1,0 +1,456 @@
+"""
+The virtual router of a slirp port: the guests' gateway, DHCP and DNS server.
+
+Theory of operation
+-------------------
+The router is one more station on the LAN.  It reads what the switch sends
+its port (broadcasts, and frames to its own MAC addresses) and answers in
+frames of its own:
+
+  - B{ARP}: it answers for the gateway and the DNS proxy, each with a MAC
+    built from its address (C{52:55:0a:00:02:02}), and learns guests from
+    their ARP packets, DHCP leases and IPv4 frames.  A packet for a guest
+    whose MAC is not known yet waits for an ARP answer for at most a second.
+  - B{IPv4}: headers and checksums are checked (a packet from an offload
+    TAP that the kernel vouched for is not checked again), fragments are
+    dropped, and the payload goes by protocol to the TCP engine
+    (L{vtwisted.slirp.tcp}), the UDP engine (L{vtwisted.slirp.udp}), the DHCP
+    server (L{vtwisted.slirp.dhcp}) or the ICMP echo responder.
+  - B{Out}: every IPv4 packet leaves from the gateway's MAC, as libslirp's
+    do.  TCP segments leave as virtio-net packets with a partial checksum:
+    a segment larger than the guest's MSS is a super-frame (TSO) that the
+    switch passes whole to an offload TAP and cuts for every other port.
+    Other packets are plain frames, fragmented past the MTU.
+
+All of this is for the engines through L{IGuestNetwork}; the router knows
+the address plan (L{vtwisted.slirp.config}) and nothing of sockets.  Bad
+input is counted on the port and logged once per kind through
+L{SlirpRouter.dropped}; the router never raises on a frame.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vtwisted.interfaces import IGuestNetwork
+from vtwisted.slirp.config import ResolvConf, SlirpConfig
+from vtwisted.wire import arp, dhcp, icmp, ipv4, vnet
+from vtwisted.wire.checksum import MODULUS, checksumValid, onesSum, pseudoHeaderSumV4
+from vtwisted.wire.ethernet import BROADCAST, formatMac
+from vtwisted.wire.udp import UDPError, UDPHeader
+
+log = Logger()
+
+#: The largest TCP payload of one super-frame sent to the switch.
+MAX_SEGMENT = 64000
+#: How long a packet for an unknown guest waits for its ARP answer.
+ARP_WAIT = 1.0
+#: Packets held per unknown guest.
+ARP_QUEUE = 64
+#: Guests remembered.
+ARP_ENTRIES = 1024
+
+_IPV4 = b"\x08\x00"
+_ARP = b"\x08\x06"
+_ALL_ONES = b"\xff\xff\xff\xff"
+_ZERO = b"\0\0\0\0"
+_ID = struct.Struct("!H")
+
+
+def macFor(address: bytes) -> bytes:
+    """
+    The MAC address libslirp gives an emulated host: C{52:55} and the IPv4
+    address.
+    """
+    return b"\x52\x55" + address
+
+
+@implementer(IGuestNetwork)
+class SlirpRouter:
+    """
+    The router of one slirp port.
+
+    @ivar emitFrame: hands a plain frame to the switch.
+    @ivar emitPacket: hands a virtio-net packet to the switch.
+    @ivar tcp: the TCP engine, set by the port.
+    @ivar udp: the UDP engine, set by the port.
+    @ivar dhcp: the DHCP server, set by the port.
+    @ivar neighbours: guest address to MAC.
+    """
+
+    maxSegment = MAX_SEGMENT
+
+    def __init__(
+        self,
+        config: SlirpConfig,
+        reactor: Any,
+        emitFrame: Callable[[bytes], None],
+        emitPacket: Callable[[bytes], None],
+        dropped: Callable[[str, str], None],
+        resolvConf: ResolvConf | None = None,
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.emitFrame = emitFrame
+        self.emitPacket = emitPacket
+        self._dropped = dropped
+        self.resolvConf = resolvConf or ResolvConf()
+        self.gateway = config.gateway
+        self.nameserver = config.nameserver
+        self.mtu = config.mtu
+        self.restricted = config.restricted
+        self.gatewayMac = macFor(config.gateway)
+        self.nameserverMac = macFor(config.nameserver)
+        self.broadcast = config.network.broadcast_address.packed
+        self.neighbours: dict[bytes, bytes] = {}
+        self._pending: dict[bytes, list[tuple[bytes, bool]]] = {}
+        self._ident = 0
+        self.tcp: Any = None
+        self.udp: Any = None
+        self.dhcp: Any = None
+        self.echoes = 0
+
+    # IGuestNetwork
+
+    def dropped(self, reason: str, message: str) -> None:
+        """
+        Count a dropped packet on the port, logging the first of each kind.
+        """
+        self._dropped(reason, message)
+
+    def hostAddress(self, dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
+        """
+        Where a guest's packet to C{dst}:C{port} goes on the host.
+        """
+        if self.restricted:
+            return None
+        if dst == self.gateway:
+            return ("127.0.0.1", port)
+        if dst == self.nameserver:
+            return self.resolver() if port == 53 else None
+        address = ipaddress.IPv4Address(dst)
+        if (address in self.config.network or address.is_multicast or address.is_unspecified
+                or address.is_reserved or dst == _ALL_ONES):
+            return None
+        return (str(address), port)
+
+    def resolver(self) -> tuple[str, int] | None:
+        """
+        The host's DNS server and port, or L{None} if the host has none.
+        """
+        host = self.config.resolver or self.resolvConf.nameserver(self.reactor.seconds())
+        if host is None or ":" in host:
+            return None
+        return (host, self.config.resolverPort)
+
+    def guestAddress(self, host: str) -> bytes:
+        """
+        The address a guest sees for a host-side peer at C{host}.
+        """
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return self.gateway
+        if address.is_loopback or address.version == 6:
+            return self.gateway
+        return address.packed
+
+    def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
+        """
+        Send a TCP segment, as a super-frame if it is longer than C{mss}.
+        """
+        length = len(header) + len(payload)
+        partial = pseudoHeaderSumV4(src, dst, 6, length)
+        tcpHeader = header[:16] + struct.pack("!H", partial) + header[18:]
+        gso = vnet.GSO_TCPV4 if len(payload) > mss else vnet.GSO_NONE
+        vnetHeader = vnet.VnetHeader(
+            vnet.NEEDS_CSUM, gso, 34 + len(header), mss if gso else 0, 34, 16
+        ).pack()
+        ip = self._ipHeader(src, dst, ipv4.PROTO_TCP, 20 + length, 64, ipv4.FLAG_DF << 13)
+        mac = self.neighbours.get(dst)
+        packet = b"".join((vnetHeader, mac or BROADCAST, self.gatewayMac, _IPV4, ip,
+                           tcpHeader, payload))
+        if mac is None:
+            self._hold(dst, packet, True)
+        else:
+            self.emitPacket(packet)
+
+    def sendIPv4(self, src: bytes, dst: bytes, protocol: int, payload: bytes,
+                 ttl: int = 64, tos: int = 0) -> None:
+        """
+        Send C{payload} to a guest in one IPv4 packet, or in fragments.
+        """
+        room = (self.mtu - 20) & ~7
+        if len(payload) <= self.mtu - 20:
+            self._sendIp(dst, self._ipHeader(src, dst, protocol, 20 + len(payload), ttl, 0, tos)
+                         + payload)
+            return
+        ident = self._nextIdent()
+        for offset in range(0, len(payload), room):
+            piece = payload[offset:offset + room]
+            more = ipv4.FLAG_MF if offset + room < len(payload) else 0
+            header = ipv4.IPv4Header(tos, 20 + len(piece), ident, more, offset // 8, ttl,
+                                     protocol, 0, src, dst).pack()
+            self._sendIp(dst, header + piece)
+
+    def sendUnreachable(self, packet: bytes, code: int) -> None:
+        """
+        Tell the guest that sent C{packet} that its destination is unreachable.
+        """
+        self._icmpError(icmp.DEST_UNREACHABLE, code, packet)
+
+    # Frames from the switch
+
+    def frameReceived(self, frame: bytes) -> None:
+        """
+        A plain frame the switch sent to this port.
+        """
+        try:
+            self._dispatch(frame, 0, False)
+        except Exception:
+            log.failure("slirp: the router failed on a frame")
+
+    def vnetPacketReceived(self, packet: bytes) -> None:
+        """
+        A virtio-net packet the switch sent to this port: checksums the
+        kernel left to complete are trusted, TCP super-frames are taken
+        whole, UDP super-frames are cut first.
+        """
+        try:
+            flags, gsoType = packet[0], packet[1]
+            if gsoType & ~vnet.GSO_ECN in (vnet.GSO_UDP_L4, vnet.GSO_TCPV6):
+                for frame in vnet.toFrames(packet):
+                    self._dispatch(frame, 0, False)
+                return
+            verified = bool(flags & (vnet.NEEDS_CSUM | vnet.DATA_VALID))
+            self._dispatch(packet, vnet.HEADER_LENGTH, verified)
+        except vnet.VnetError as e:
+            self.dropped("malformed", f"bad virtio-net packet: {e}")
+        except Exception:
+            log.failure("slirp: the router failed on a packet")
+
+    def _dispatch(self, frame: bytes, start: int, verified: bool) -> None:
+        dst = frame[start:start + 6]
+        if dst != self.gatewayMac and dst != self.nameserverMac and not dst[0] & 1:
+            return
+        kind = frame[start + 12:start + 14]
+        if kind == _IPV4:
+            self._ipv4Received(frame, start + 14, verified)
+        elif kind == _ARP:
+            self._arpReceived(frame, start + 14)
+
+    def _arpReceived(self, frame: bytes, offset: int) -> None:
+        try:
+            packet = arp.ARPPacket.parse(frame, offset)
+        except arp.ARPError as e:
+            self.dropped("malformed", f"ARP from {formatMac(frame[6:12])}: {e}")
+            return
+        if packet.senderIp != _ZERO and self.config.contains(packet.senderIp):
+            self.learn(packet.senderIp, packet.senderMac)
+        if packet.op == arp.OP_REQUEST and packet.targetIp in (self.gateway, self.nameserver):
+            reply = arp.ARPPacket(arp.OP_REPLY, macFor(packet.targetIp), packet.targetIp,
+                                  packet.senderMac, packet.senderIp).pack()
+            mac = macFor(packet.targetIp)
+            self.emitFrame(packet.senderMac + mac + _ARP + reply + bytes(18))
+
+    def learn(self, address: bytes, mac: bytes) -> None:
+        """
+        Remember that guest C{address} has C{mac}, and send what waited for it.
+        """
+        if mac[0] & 1:
+            return
+        if address not in self.neighbours and len(self.neighbours) >= ARP_ENTRIES:
+            self.neighbours.pop(next(iter(self.neighbours)))
+        self.neighbours[address] = mac
+        waiting = self._pending.pop(address, None)
+        if waiting:
+            for packet, isVnet in waiting:
+                if isVnet:
+                    self.emitPacket(packet[:10] + mac + packet[16:])
+                else:
+                    self.emitFrame(mac + packet[6:])
+
+    def _ipv4Received(self, frame: bytes, offset: int, verified: bool) -> None:
+        try:
+            header = ipv4.IPv4Header.parse(frame, offset)
+        except ipv4.IPv4Error as e:
+            self.dropped("malformed", f"IPv4 from {formatMac(frame[offset - 8:offset - 2])}: {e}")
+            return
+        hl = header.headerLength
+        end = offset + (header.totalLength or len(frame) - offset)
+        if end > len(frame) or (header.totalLength and header.totalLength < hl):
+            self.dropped("malformed", f"IPv4 from {_dotted(header.src)}: truncated packet")
+            return
+        if not verified and not ipv4.headerChecksumValid(frame, offset):
+            self.dropped("malformed", f"IPv4 from {_dotted(header.src)}: bad header checksum")
+            return
+        src = header.src
+        if src not in self.neighbours and src != _ZERO and self.config.contains(src):
+            self.learn(src, frame[offset - 8:offset - 2])
+        if header.isFragment:
+            self.dropped("unsupported", f"IPv4 fragment from {_dotted(src)}: not reassembled")
+            return
+        packet = frame[offset:end]
+        body = memoryview(packet)[hl:]
+        protocol = header.protocol
+        if protocol == ipv4.PROTO_TCP:
+            self._tcpReceived(header, packet, body, verified)
+        elif protocol == ipv4.PROTO_UDP:
+            self._udpReceived(header, packet, body, verified)
+        elif protocol == ipv4.PROTO_ICMP:
+            self._icmpReceived(header, packet, body, verified)
+        elif header.dst in (self.gateway, self.nameserver) or not self.restricted:
+            self.dropped("unsupported", f"IP protocol {protocol} from {_dotted(src)}")
+
+    def _tcpReceived(self, header: ipv4.IPv4Header, packet: bytes, body: memoryview,
+                     verified: bool) -> None:
+        if header.dst == self.broadcast or header.dst == _ALL_ONES or header.dst[0] >= 224:
+            return
+        if not verified and not checksumValid(
+                body, pseudoHeaderSumV4(header.src, header.dst, 6, len(body))):
+            self.dropped("malformed", f"TCP from {_dotted(header.src)}: bad checksum")
+            return
+        self.tcp.segmentReceived(header.src, header.dst, body, packet)
+
+    def _udpReceived(self, header: ipv4.IPv4Header, packet: bytes, body: memoryview,
+                     verified: bool) -> None:
+        try:
+            udp = UDPHeader.parse(body)
+        except UDPError as e:
+            self.dropped("malformed", f"UDP from {_dotted(header.src)}: {e}")
+            return
+        if udp.length > len(body):
+            self.dropped("malformed", f"UDP from {_dotted(header.src)}: truncated datagram")
+            return
+        datagram = body[:udp.length]
+        if not verified and udp.checksum and not checksumValid(
+                datagram, pseudoHeaderSumV4(header.src, header.dst, 17, udp.length)):
+            self.dropped("malformed", f"UDP from {_dotted(header.src)}: bad checksum")
+            return
+        dst = header.dst
+        payload = bytes(datagram[8:])
+        if udp.dstPort == 67 and dst in (self.gateway, _ALL_ONES, self.broadcast):
+            self._dhcpReceived(payload, packet)
+            return
+        if dst == _ALL_ONES or dst == self.broadcast or dst[0] >= 224:
+            return
+        self.udp.datagramReceived(header.src, udp.srcPort, dst, udp.dstPort, payload, packet)
+
+    def _dhcpReceived(self, payload: bytes, packet: bytes) -> None:
+        try:
+            message = dhcp.DHCPMessage.parse(payload)
+        except dhcp.DHCPError as e:
+            self.dropped("malformed", f"DHCP from {_dotted(packet[12:16])}: {e}")
+            return
+        reply = self.dhcp.handle(message)
+        if reply is None:
+            return
+        mac = message.clientMac
+        if reply.yiaddr != _ZERO and mac is not None:
+            self.learn(reply.yiaddr, mac)
+        body = reply.pack()
+        self.sendIPv4(self.gateway, _ALL_ONES, ipv4.PROTO_UDP, udpDatagram(
+            self.gateway, _ALL_ONES, 67, 68, body), tos=0x10)
+
+    def _icmpReceived(self, header: ipv4.IPv4Header, packet: bytes, body: memoryview,
+                      verified: bool) -> None:
+        data = bytes(body)
+        try:
+            message = icmp.ICMPMessage.parse(data)
+        except icmp.ICMPError as e:
+            self.dropped("malformed", f"ICMP from {_dotted(header.src)}: {e}")
+            return
+        if not verified and not icmp.checksumOk(data):
+            self.dropped("malformed", f"ICMP from {_dotted(header.src)}: bad checksum")
+            return
+        if message.type != icmp.ECHO_REQUEST:
+            return
+        if header.dst in (self.gateway, self.nameserver):
+            self.echoes += 1
+            self.sendIPv4(header.dst, header.src, ipv4.PROTO_ICMP, icmp.echoReply(message), 255)
+        elif not self.restricted and header.dst[0] < 224 and header.dst != self.broadcast:
+            self.dropped("unsupported", f"ping from {_dotted(header.src)} to "
+                         f"{_dotted(header.dst)}: only the gateway and DNS answer pings")
+
+    def _icmpError(self, kind: int, code: int, packet: bytes) -> None:
+        if len(packet) < 20:
+            return
+        hl = (packet[0] & 15) * 4
+        if packet[9] == ipv4.PROTO_ICMP and len(packet) > hl \
+                and packet[hl] not in (icmp.ECHO_REQUEST, icmp.ECHO_REPLY):
+            return  # never an error about an error (RFC 1122)
+        src = packet[12:16]
+        self.sendIPv4(self.gateway, src, ipv4.PROTO_ICMP, icmp.errorMessage(kind, code, packet))
+
+    # Sending
+
+    def _nextIdent(self) -> int:
+        self._ident = (self._ident + 1) & 0xFFFF
+        return self._ident
+
+    def _ipHeader(self, src: bytes, dst: bytes, protocol: int, total: int, ttl: int,
+                  flagsOffset: int, tos: int = 0) -> bytes:
+        flags, offset = flagsOffset >> 13, flagsOffset & 0x1FFF
+        return ipv4.IPv4Header(tos, total, self._nextIdent(), flags, offset, ttl, protocol, 0,
+                               src, dst).pack()
+
+    def _sendIp(self, dst: bytes, ip: bytes) -> None:
+        if dst == _ALL_ONES or dst == self.broadcast:
+            self.emitFrame(BROADCAST + self.gatewayMac + _IPV4 + ip)
+            return
+        mac = self.neighbours.get(dst)
+        frame = (mac or BROADCAST) + self.gatewayMac + _IPV4 + ip
+        if mac is None:
+            self._hold(dst, frame, False)
+        else:
+            self.emitFrame(frame)
+
+    def _hold(self, dst: bytes, packet: bytes, isVnet: bool) -> None:
+        waiting = self._pending.get(dst)
+        if waiting is None:
+            if not self.config.contains(dst):
+                self.dropped("peer", f"no route to {_dotted(dst)}")
+                return
+            waiting = self._pending[dst] = []
+            self.reactor.callLater(ARP_WAIT, self._giveUp, dst, waiting)
+            request = arp.ARPPacket(arp.OP_REQUEST, self.gatewayMac, self.gateway,
+                                    bytes(6), dst).pack()
+            self.emitFrame(BROADCAST + self.gatewayMac + _ARP + request + bytes(18))
+        if len(waiting) < ARP_QUEUE:
+            waiting.append((packet, isVnet))
+        else:
+            self.dropped("busy", f"{_dotted(dst)} does not answer ARP; packets queued")
+
+    def _giveUp(self, dst: bytes, waiting: list[tuple[bytes, bool]]) -> None:
+        if self._pending.get(dst) is waiting:
+            del self._pending[dst]
+            self.dropped("peer", f"{_dotted(dst)} did not answer ARP within {ARP_WAIT:g} s")
+
+    def describe(self) -> list[str]:
+        """
+        The guests the router knows, for a console.
+        """
+        return [f"guest {_dotted(a)} at {formatMac(m)}" for a, m in sorted(self.neighbours.items())]
+
+
+def udpDatagram(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: bytes) -> bytes:
+    """
+    A UDP datagram with its checksum.
+    """
+    length = 8 + len(payload)
+    header = UDPHeader(srcPort, dstPort, length, 0).pack()
+    total = onesSum(payload, onesSum(header, pseudoHeaderSumV4(src, dst, 17, length)))
+    checksum = (MODULUS - total) or MODULUS
+    return header[:6] + _ID.pack(checksum) + payload
+
+
+def _dotted(address: bytes) -> str:
+    return ".".join(str(b) for b in address)

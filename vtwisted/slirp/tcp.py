@@ -1,0 +1,332 @@
+"""
+The TCP engine of a slirp port: guests' TCP connections become host sockets.
+
+Theory of operation
+-------------------
+The router hands L{TcpNat.segmentReceived} every TCP segment a guest sends.
+The engine keeps one L{TcpConnection} per (guest address, guest port,
+destination address, destination port) and passes the segment to it; a
+SYN for a new connection starts a host C{connect()} to where
+L{IGuestNetwork.hostAddress} maps the destination, and the guest gets its
+SYN-ACK only once that connect succeeded (a refused connect answers with a
+RST, any other failure with ICMP host unreachable), as libslirp does.  A
+non-SYN segment for no connection is answered with a RST (RFC 9293).
+
+Host port forwards work the other way round: L{TcpNat.forwardFactory}
+builds the listening side's factory; each accepted host client is paused
+while we send the guest a SYN from the client's guest-visible address and
+port, and relayed once the guest answers.
+
+The engine does no per-segment logging or timer creation: each connection
+owns one timer (L{vtwisted.slirp.tcpsend}), and the ACKs owed for a reactor
+turn's worth of segments go out together from one C{callLater(0)}
+(L{TcpNat.ackSoon}).  Per-connection states, windows and backpressure are
+described in L{vtwisted.slirp.tcpconnection}.
+
+Counters, for a console: C{opened} (handshakes completed), C{refused} (host
+connects refused, answered with RST), C{unreachable} (other connect
+failures, answered with ICMP), C{resets} (RSTs sent to guests for live
+connections: host reset, gave up, data for a closed host), C{guestResets}
+(RSTs from guests), C{timeouts} (connections given up on retransmissions),
+C{busy} (SYNs refused for the connection limit) and C{strays} (segments for
+no connection, answered with RST).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted.interfaces import IGuestNetwork
+from vtwisted.slirp.tcpconnection import TIME_WAIT, TcpConnection
+from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK
+from vtwisted.wire.tcp import ACK, FIN, RST, SYN, TCPError, TCPHeader
+
+__all__ = ["MAX_CONNECTIONS", "TcpConnection", "TcpNat"]
+
+log = Logger()
+
+#: Connections at most; further SYNs get a RST.
+MAX_CONNECTIONS = 4096
+#: Seconds a host connect may take.
+CONNECT_TIMEOUT = 30
+
+Key = tuple[bytes, int, bytes, int]
+
+
+def endpoint(address: bytes, port: int) -> str:
+    """
+    C{address:port} for messages.
+    """
+    return f"{socket.inet_ntoa(address)}:{port}"
+
+
+@implementer(IHalfCloseableProtocol)
+class HostProtocol(Protocol):
+    """
+    The host side of one relayed connection: hands everything to its
+    L{TcpConnection}.
+    """
+
+    def __init__(self, connection: TcpConnection | None = None) -> None:
+        self.connection = connection
+
+    def connectionMade(self) -> None:
+        if self.connection is not None:
+            self.connection.hostConnected(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.connection is not None:
+            self.connection.hostData(data)
+
+    def readConnectionLost(self) -> None:
+        if self.connection is not None:
+            self.connection.hostEofReceived()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            connection.hostLost(reason)
+
+
+class HostConnectFactory(ClientFactory):
+    """
+    Connects one guest connection to its host destination.
+    """
+
+    noisy = False
+
+    def __init__(self, connection: TcpConnection) -> None:
+        self.connection = connection
+
+    def buildProtocol(self, addr: Any) -> HostProtocol:
+        return HostProtocol(self.connection)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.connection.connectFailed(bool(reason.check(ConnectionRefusedError)))
+
+
+class ForwardProtocol(HostProtocol):
+    """
+    A host client of a port forward: asks the NAT for a guest connection
+    when it connects.
+    """
+
+    def __init__(self, nat: TcpNat, guest: bytes, guestPort: int) -> None:
+        super().__init__()
+        self.nat = nat
+        self.guest = guest
+        self.guestPort = guestPort
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.connection = self.nat.forwardAccepted(transport, self.guest, self.guestPort)
+        if self.connection is None:
+            transport.loseConnection()
+
+
+class ForwardFactory(ServerFactory):
+    """
+    The factory of a host port forward to C{guest:guestPort}.
+    """
+
+    noisy = False
+
+    def __init__(self, nat: TcpNat, guest: bytes, guestPort: int) -> None:
+        self.nat = nat
+        self.guest = guest
+        self.guestPort = guestPort
+
+    def buildProtocol(self, addr: Any) -> ForwardProtocol:
+        return ForwardProtocol(self.nat, self.guest, self.guestPort)
+
+
+class TcpNat:
+    """
+    The TCP engine of one slirp port.
+
+    @ivar network: the router, an L{IGuestNetwork}.
+    @ivar reactor: an C{IReactorTCP} and C{IReactorTime}.
+    @ivar connections: the live connections by guest-side key.
+    """
+
+    def __init__(self, network: IGuestNetwork, reactor: Any) -> None:
+        self.network = network
+        self.reactor = reactor
+        self.connections: dict[Key, TcpConnection] = {}
+        self.maxConnections = MAX_CONNECTIONS
+        self._acking: list[TcpConnection] = []
+        self._ackCall: Any = None
+        self.opened = self.refused = self.unreachable = self.resets = 0
+        self.guestResets = self.timeouts = self.busy = self.strays = 0
+
+    @property
+    def connectionCount(self) -> int:
+        """
+        How many connections there are, in any state.
+        """
+        return len(self.connections)
+
+    def describe(self) -> list[str]:
+        """
+        One line per connection, for a console.
+        """
+        return [connection.describe() for connection in self.connections.values()]
+
+    def close(self) -> None:
+        """
+        Abort every host connection, cancel every timer, forget everything.
+        """
+        for connection in list(self.connections.values()):
+            connection.abort(resetGuest=False)
+        self.connections.clear()
+        if self._ackCall is not None and self._ackCall.active():
+            self._ackCall.cancel()
+        self._ackCall = None
+        self._acking = []
+
+    # From the guest.
+
+    def segmentReceived(self, src: bytes, dst: bytes, segment: Any, packet: bytes) -> None:
+        """
+        Handle one TCP segment (header and payload) a guest sent from
+        C{src} to C{dst}; C{packet} is the whole IPv4 packet.
+        """
+        try:
+            header = TCPHeader.parse(segment)
+        except TCPError as e:
+            port = int.from_bytes(segment[:2], "big") if len(segment) >= 2 else 0
+            self.network.dropped("malformed", f"TCP from {endpoint(src, port)}: {e}")
+            return
+        key = (src, header.srcPort, dst, header.dstPort)
+        connection = self.connections.get(key)
+        flags = header.flags
+        if connection is not None:
+            if not (flags & SYN and connection.state == TIME_WAIT):
+                connection.segmentReceived(header, memoryview(segment)[header.headerLength:])
+                return
+            connection.forget()
+        if flags & RST:
+            return
+        if flags & (SYN | ACK | FIN) == SYN:
+            self.synReceived(key, header, packet)
+        else:
+            self.strays += 1
+            self.resetStray(key, header, len(segment) - header.headerLength)
+
+    def synReceived(self, key: Key, header: TCPHeader, packet: bytes) -> None:
+        """
+        A guest opens a connection: connect to the host first.
+        """
+        src, srcPort, dst, dstPort = key
+        target = self.network.hostAddress(dst, dstPort, 6)
+        if target is None:
+            if self.network.restricted:
+                self.sendReset(key, 0, (header.seq + 1) & MASK, RST | ACK)
+            else:
+                self.network.sendUnreachable(packet, 0)
+            return
+        if len(self.connections) >= self.maxConnections:
+            self.busy += 1
+            self.network.dropped("busy", f"TCP SYN from {endpoint(src, srcPort)}: "
+                                         f"{len(self.connections)} connections already")
+            self.sendReset(key, 0, (header.seq + 1) & MASK, RST | ACK)
+            return
+        host, port = target
+        connection = TcpConnection(self, key, f"{host}:{port}")
+        try:
+            connection.guestSyn(header.seq, header.options, bytes(packet))
+        except TCPError as e:
+            self.network.dropped("malformed", f"TCP SYN from {endpoint(src, srcPort)}: {e}")
+            return
+        self.connections[key] = connection
+        log.debug("TCP {guest} connecting to {host}", guest=endpoint(src, srcPort),
+                  host=connection.hostLabel)
+        connection.connector = self.reactor.connectTCP(
+            host, port, HostConnectFactory(connection), timeout=CONNECT_TIMEOUT)
+
+    def resetStray(self, key: Key, header: TCPHeader, length: int) -> None:
+        """
+        Answer a segment for no connection with a RST (RFC 9293 3.10.7.1).
+        """
+        if header.flags & ACK:
+            self.sendReset(key, header.ack, 0, RST)
+        else:
+            length += (header.flags & SYN) // SYN + (header.flags & FIN)
+            self.sendReset(key, 0, (header.seq + length) & MASK, RST | ACK)
+
+    def sendReset(self, key: Key, seq: int, ack: int, flags: int) -> None:
+        """
+        Send a RST (a reply to the guest's segment on C{key}) with the given
+        sequence and acknowledgment numbers.
+        """
+        src, srcPort, dst, dstPort = key
+        header = FIXED_HEADER.pack(dstPort, srcPort, seq, ack, 5 << 12 | flags, 0, 0, 0)
+        self.network.sendTcp(dst, src, header, b"", self.network.mtu - 40)
+
+    # From the host.
+
+    def forwardFactory(self, guest: bytes, guestPort: int) -> ServerFactory:
+        """
+        The factory for a host port forward: each accepted host connection
+        is relayed to C{guest:guestPort}.
+        """
+        return ForwardFactory(self, guest, guestPort)
+
+    def forwardAccepted(self, transport: Any, guest: bytes, guestPort: int) -> TcpConnection | None:
+        """
+        A host client connected to a forward: start the guest connection.
+
+        @return: the connection, or L{None} if there can be none.
+        """
+        peer = transport.getPeer()
+        key = (guest, guestPort, self.network.guestAddress(peer.host), peer.port)
+        if key in self.connections or len(self.connections) >= self.maxConnections:
+            self.busy += 1
+            self.network.dropped("busy", f"TCP forward from {peer.host}:{peer.port} to "
+                                         f"{endpoint(guest, guestPort)} refused")
+            return None
+        connection = TcpConnection(self, key, f"{peer.host}:{peer.port} (forward)")
+        self.connections[key] = connection
+        log.debug("TCP forward from {peer} to {guest}", peer=connection.hostLabel,
+                  guest=endpoint(guest, guestPort))
+        connection.forwardAccepted(transport)
+        return connection
+
+    # For connections.
+
+    def ackSoon(self, connection: TcpConnection) -> None:
+        """
+        Have C{connection} send an ACK at the end of this reactor turn,
+        unless it sends a segment before.
+        """
+        if connection.ackPending:
+            return
+        connection.ackPending = True
+        self._acking.append(connection)
+        if self._ackCall is None:
+            self._ackCall = self.reactor.callLater(0, self._sendAcks)
+
+    def _sendAcks(self) -> None:
+        self._ackCall = None
+        acking, self._acking = self._acking, []
+        for connection in acking:
+            connection.sendAck()
+
+    def forget(self, connection: TcpConnection) -> None:
+        """
+        Drop C{connection}'s entry (it is closed).
+        """
+        if self.connections.get(connection.key) is connection:
+            del self.connections[connection.key]
+        connection.ackPending = False

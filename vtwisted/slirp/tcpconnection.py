@@ -1,0 +1,512 @@
+"""
+One guest TCP connection relayed to a host socket.
+
+Theory of operation: a L{TcpConnection} terminates the guest's TCP and
+speaks to the host through an ordinary Twisted transport.  Its states:
+
+  - C{connecting}: the guest's SYN started a host C{connect()}; nothing is
+    sent to the guest yet (a retransmitted SYN is ignored).
+  - C{syn-received}: the host connected; our SYN-ACK is out (sent again on
+    the handshake timer or on a retransmitted SYN).
+  - C{syn-sent}: a host port forward accepted a client; our SYN is out and
+    the host transport is paused until the guest's SYN-ACK.
+  - C{established}: data both ways.  Each direction closes on its own: a
+    guest FIN half-closes the host socket (C{loseWriteConnection}, which
+    Twisted does after flushing), a host EOF becomes our FIN after the
+    buffered data.  When both are closed and our FIN is acknowledged the
+    connection lingers in C{time-wait} for L{TIME_WAIT_SECONDS} to re-ACK a
+    retransmitted FIN, then it is forgotten.  A RST either way, or giving up
+    on retransmissions, forgets it at once.
+
+Receiving (guest to host) accepts only in-order data, trimming what was
+already received and what lies past the right edge of the window we
+advertised; anything else is answered at once with a duplicate ACK.
+Accepted data is written to the host transport, and the ACK is deferred to
+the end of the reactor turn (L{vtwisted.slirp.tcp.TcpNat.ackSoon}) so a
+batch of segments costs one ACK.  The connection is the host transport's
+streaming producer: while the transport's buffer is full we advertise a zero
+window (still accepting data inside the edge promised before) and a window
+update follows the resume.  Sending is L{vtwisted.slirp.tcpsend.SendSide}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from twisted.internet.error import ConnectionDone, NotConnectingError
+from twisted.internet.interfaces import IPushProducer
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted.slirp.tcpsend import (
+    DEFAULT_MSS,
+    FIXED_HEADER,
+    INITIAL_CWND,
+    INITIAL_RTO,
+    MASK,
+    SCALE_SHIFT,
+    SendSide,
+    readSynOptions,
+    signed,
+    synOptions,
+)
+from vtwisted.wire.tcp import ACK, FIN, RST, SYN
+
+CONNECTING = "connecting"
+SYN_RECEIVED = "syn-received"
+SYN_SENT = "syn-sent"
+ESTABLISHED = "established"
+TIME_WAIT = "time-wait"
+CLOSED = "closed"
+
+#: The receive window we advertise while the host takes data.
+RECEIVE_BUDGET = 1 << 20
+UNSCALED_WINDOW = 0xFFFF
+HANDSHAKE_RTO = 1.0
+#: Retransmissions of a SYN or SYN-ACK before giving up.
+HANDSHAKE_RETRIES = 4
+TIME_WAIT_SECONDS = 2.0
+#: How long our acknowledged FIN waits for the guest's once the host is gone.
+FIN_WAIT_SECONDS = 60.0
+
+@implementer(IPushProducer)
+class TcpConnection(SendSide):
+    """
+    A guest's TCP connection and its host socket.
+
+    @ivar key: (guest address, guest port, remote address, remote port),
+        the guest-side addresses.
+    @ivar hostLabel: where it goes on the host, for L{describe}.
+    @ivar state: one of the state names above.
+    @ivar transport: the host transport, or L{None} before it connects and
+        after it is lost.
+    @ivar bytesToHost: data bytes written to the host.
+    """
+
+    def __init__(self, nat: Any, key: tuple[bytes, int, bytes, int], hostLabel: str) -> None:
+        self.nat = nat
+        self.network = nat.network
+        self.reactor = nat.reactor
+        self.key = key
+        self.guest, self.guestPort, self.remote, self.remotePort = key
+        self.hostLabel = hostLabel
+        self.state = CONNECTING
+        self.transport: Any = None
+        self.connector: Any = None
+        self.synPacket = b""
+        self.iss = int.from_bytes(os.urandom(4), "big")
+        self.irs = 0
+        self.rcvNxt = 0
+        self.rcvEdge = 0
+        self.rcvShift = 0
+        self.sndShift = 0
+        self.hostPaused = False
+        self.guestFin = False
+        self.ackPending = False
+        self.retries = 0
+        self.bytesToHost = 0
+        self.closing = False
+        self.closeTimer: Any = None
+        self.setMss(DEFAULT_MSS)
+        self.initSendSide()
+
+    def setMss(self, guestMss: int) -> None:
+        """
+        Size our segments for a guest that takes C{guestMss} bytes.
+        """
+        mss = self.mss = min(guestMss, self.network.mtu - 40)
+        largest = self.network.maxSegment
+        if largest > self.network.mtu - 40:
+            self.segmentSize = largest // mss * mss
+        else:
+            self.segmentSize = min(mss, largest)
+        self.cwnd = max(INITIAL_CWND, 10 * mss)
+
+    def describe(self) -> str:
+        """
+        One line for a console.
+        """
+        state = self.state
+        if state == ESTABLISHED and (self.guestFin or self.hostEof):
+            state = {(True, False): "close-wait", (False, True): "fin-wait"}.get(
+                (self.guestFin, self.hostEof), "closing")
+        guest = f"{socket.inet_ntoa(self.guest)}:{self.guestPort}"
+        return (f"{guest} -> {self.hostLabel} {state}, {self.bytesToHost} bytes to host, "
+                f"{self.bytesToGuest} to guest")
+
+    # Sending to the guest.
+
+    def emit(self, seq: int, flags: int, payload: bytes = b"", options: bytes = b"") -> None:
+        """
+        Send one segment to the guest: sequence number C{seq} (relative to
+        our ISN), our current acknowledgment and window.
+        """
+        if flags & SYN:
+            window = field = min(self.receiveWindow(), UNSCALED_WINDOW)
+        else:
+            field = min(self.receiveWindow() >> self.rcvShift, UNSCALED_WINDOW)
+            window = field << self.rcvShift
+        edge = (self.rcvNxt + window) & MASK
+        if signed(edge - self.rcvEdge) > 0:
+            self.rcvEdge = edge
+        header = FIXED_HEADER.pack(
+            self.remotePort, self.guestPort, (self.iss + seq) & MASK,
+            self.rcvNxt if flags & ACK else 0, (5 + len(options) // 4) << 12 | flags,
+            field, 0, 0,
+        )
+        if options:
+            header += options
+        if flags & ACK:
+            self.ackPending = False
+        self.network.sendTcp(self.remote, self.guest, header, payload, self.mss)
+
+    def receiveWindow(self) -> int:
+        if self.hostPaused:
+            return 0
+        return RECEIVE_BUDGET if self.rcvShift else UNSCALED_WINDOW
+
+    def sendAck(self) -> None:
+        """
+        Send a bare ACK, unless one went out since it was asked for.
+        """
+        if self.ackPending and self.state in (ESTABLISHED, TIME_WAIT):
+            self.emit(self.sndNxt, ACK)
+
+    def reset(self) -> None:
+        """
+        Send the guest a RST for this connection.
+        """
+        self.nat.resets += 1
+        self.emit(self.sndNxt, RST | ACK)
+
+    # Opening.
+
+    def guestSyn(self, seq: int, options: bytes, packet: bytes) -> None:
+        """
+        Take the guest's SYN (before the host connect starts).
+        """
+        mss, shift = readSynOptions(options)
+        self.setMss(mss)
+        if shift is not None:
+            self.sndShift, self.rcvShift = shift, SCALE_SHIFT
+        self.irs = seq
+        self.rcvNxt = self.rcvEdge = (seq + 1) & MASK
+        self.synPacket = packet
+
+    def hostConnected(self, transport: Any) -> None:
+        """
+        The host connect succeeded: answer the guest's SYN.
+        """
+        self.connector = None
+        self.synPacket = b""
+        if self.state != CONNECTING:
+            transport.abortConnection()
+            return
+        self.transport = transport
+        transport.registerProducer(self, True)
+        self.state = SYN_RECEIVED
+        self.sendSynAck()
+        self.armTimer(HANDSHAKE_RTO)
+
+    def sendSynAck(self) -> None:
+        self.emit(0, SYN | ACK, options=synOptions(self.network.mtu - 40, bool(self.rcvShift)))
+
+    def connectFailed(self, refused: bool) -> None:
+        """
+        The host connect failed: RST if refused, else ICMP host unreachable.
+        """
+        self.connector = None
+        if self.state != CONNECTING:
+            return
+        if refused:
+            self.nat.refused += 1
+            self.nat.sendReset(self.key, 0, (self.irs + 1) & MASK, RST | ACK)
+        else:
+            self.nat.unreachable += 1
+            self.network.sendUnreachable(self.synPacket, 1)
+        self.forget()
+
+    def forwardAccepted(self, transport: Any) -> None:
+        """
+        A host client of a port forward connected: pause it and send our SYN.
+        """
+        self.transport = transport
+        self.readingPaused = True
+        transport.pauseProducing()
+        self.state = SYN_SENT
+        self.sendSyn()
+        self.armTimer(HANDSHAKE_RTO)
+
+    def sendSyn(self) -> None:
+        self.emit(0, SYN, options=synOptions(self.network.mtu - 40, True))
+
+    def handshakeTimeout(self) -> None:
+        """
+        Resend the SYN or SYN-ACK with backoff; give up after a few.
+        """
+        if self.state not in (SYN_SENT, SYN_RECEIVED):
+            return
+        self.retries += 1
+        if self.retries > HANDSHAKE_RETRIES:
+            if self.state == SYN_SENT:
+                self.nat.timeouts += 1
+                self.transport.loseConnection()
+                self.forget()
+            else:
+                self.abort(resetGuest=True)
+            return
+        if self.state == SYN_SENT:
+            self.sendSyn()
+        else:
+            self.sendSynAck()
+        self.armTimer(HANDSHAKE_RTO * 2 ** self.retries)
+
+    def establish(self, window: int) -> None:
+        """
+        The handshake completed.
+        """
+        self.state = ESTABLISHED
+        self.stopTimer()
+        self.sndUna = 1
+        self.sndWnd = self.maxWnd = window
+        self.rto = INITIAL_RTO
+        self.backoff = 0
+
+    def sendAllowed(self) -> bool:
+        return self.state == ESTABLISHED
+
+    # Segments from the guest.
+
+    def segmentReceived(self, header: Any, payload: memoryview) -> None:
+        """
+        Handle one segment of this connection from the guest.
+        """
+        flags = header.flags
+        if flags & RST:
+            self.resetReceived(header)
+            return
+        state = self.state
+        if state == ESTABLISHED:
+            if flags & SYN:
+                self.emit(self.sndNxt, ACK)
+            elif flags & ACK:
+                fin = flags & FIN
+                if not self.ackReceived(header.ack, header.window, not payload and not fin):
+                    self.nat.ackSoon(self)
+                elif (payload or fin) and self.state == ESTABLISHED:
+                    self.dataReceived(header.seq, payload, bool(fin))
+        elif state == SYN_RECEIVED:
+            self.synReceivedSegment(header, payload)
+        elif state == SYN_SENT:
+            self.synSentSegment(header)
+        elif state == TIME_WAIT and (payload or flags & FIN):
+            self.emit(self.sndNxt, ACK)
+
+    def synReceivedSegment(self, header: Any, payload: memoryview) -> None:
+        flags = header.flags
+        if flags & SYN:
+            if header.seq == self.irs:
+                self.sendSynAck()
+            return
+        if not flags & ACK:
+            return
+        if header.ack != (self.iss + 1) & MASK:
+            self.nat.sendReset(self.key, header.ack, 0, RST)
+            return
+        self.establish(header.window << self.sndShift)
+        self.nat.opened += 1
+        self.segmentReceived(header, payload)
+
+    def synSentSegment(self, header: Any) -> None:
+        flags = header.flags
+        if flags & ACK and header.ack != (self.iss + 1) & MASK:
+            self.nat.sendReset(self.key, header.ack, 0, RST)
+            return
+        if flags & (SYN | ACK) != SYN | ACK:
+            return
+        mss, shift = readSynOptions(header.options)
+        self.setMss(mss)
+        if shift is not None:
+            self.sndShift, self.rcvShift = shift, SCALE_SHIFT
+        self.irs = header.seq
+        self.rcvNxt = self.rcvEdge = (header.seq + 1) & MASK
+        self.establish(header.window)
+        self.nat.opened += 1
+        self.emit(1, ACK)
+        self.transport.registerProducer(self, True)
+        self.readingPaused = False
+        self.transport.resumeProducing()
+        self.output()
+
+    def resetReceived(self, header: Any) -> None:
+        """
+        A RST from the guest: believe it if its sequence number is in our window.
+        """
+        state = self.state
+        if state == SYN_SENT:
+            if header.flags & ACK and header.ack == (self.iss + 1) & MASK:
+                self.nat.guestResets += 1
+                self.transport.loseConnection()
+                self.forget()
+            return
+        offset = signed(header.seq - self.rcvNxt)
+        if not 0 <= offset < max((self.rcvEdge - self.rcvNxt) & MASK, 1):
+            return
+        self.nat.guestResets += 1
+        transport, connector = self.transport, self.connector
+        self.forget()
+        self.release(transport, connector)
+
+    def dataReceived(self, seq: int, payload: memoryview, fin: bool) -> None:
+        """
+        Take in-order data (and FIN) from the guest for the host.
+        """
+        offset = signed(seq - self.rcvNxt)
+        if offset > 0 or self.guestFin:
+            self.emit(self.sndNxt, ACK)
+            return
+        if offset < 0:
+            if -offset > len(payload) or (-offset == len(payload) and not fin):
+                self.emit(self.sndNxt, ACK)
+                return
+            payload = payload[-offset:]
+        room = (self.rcvEdge - self.rcvNxt) & MASK
+        trimmed = len(payload) > room
+        if trimmed:
+            payload = payload[:room]
+            fin = False
+        if payload:
+            if self.transport is None or self.closing:
+                self.reset()
+                self.forget()
+                return
+            self.transport.write(bytes(payload))
+            self.rcvNxt = (self.rcvNxt + len(payload)) & MASK
+            self.bytesToHost += len(payload)
+        if fin:
+            self.rcvNxt = (self.rcvNxt + 1) & MASK
+            self.guestFin = True
+            self.emit(self.sndNxt, ACK)
+            if self.transport is not None and not self.closing:
+                # Twisted half-closes only once no producer is registered:
+                # with one paused, a drained buffer resumes it instead.
+                release(self.transport)
+                self.transport.loseWriteConnection()
+            self.maybeClose()
+        elif trimmed:
+            self.emit(self.sndNxt, ACK)
+        else:
+            self.nat.ackSoon(self)
+
+    # Host events.
+
+    def hostEofReceived(self) -> None:
+        """
+        The host finished sending (it half-closed, or closed cleanly).
+        """
+        self.closeSending()
+        self.maybeClose()
+
+    def hostLost(self, reason: Failure) -> None:
+        """
+        The host transport is gone: a clean close ends our sending, anything
+        else resets the guest.
+        """
+        self.transport = None
+        if self.state in (CLOSED, TIME_WAIT, CONNECTING):
+            return
+        if self.state == SYN_SENT or not reason.check(ConnectionDone):
+            if self.state != SYN_SENT:
+                self.reset()
+            self.forget()
+            return
+        self.hostEofReceived()
+
+    def finAcked(self) -> None:
+        self.maybeClose()
+
+    def maybeClose(self) -> None:
+        """
+        Close the host socket once both directions are done; linger once
+        our FIN is acknowledged too.
+        """
+        if self.guestFin and self.hostEof and not self.closing:
+            self.closing = True
+            if self.transport is not None:
+                release(self.transport)
+                self.transport.loseConnection()
+        if self.hostEof and self.sndUna > self.sndEnd and self.state == ESTABLISHED:
+            if self.guestFin:
+                self.state = TIME_WAIT
+                self.stopTimer()
+                self.lingerFor(TIME_WAIT_SECONDS)
+            elif self.transport is None:
+                self.lingerFor(FIN_WAIT_SECONDS)
+
+    def lingerFor(self, seconds: float) -> None:
+        if self.closeTimer is not None and self.closeTimer.active():
+            self.closeTimer.cancel()
+        self.closeTimer = self.reactor.callLater(seconds, self.forget)
+
+    # IPushProducer, for the host transport.
+
+    def pauseProducing(self) -> None:
+        self.hostPaused = True
+
+    def resumeProducing(self) -> None:
+        if self.hostPaused:
+            self.hostPaused = False
+            if self.state == ESTABLISHED:
+                self.emit(self.sndNxt, ACK)
+
+    def stopProducing(self) -> None:
+        pass
+
+    # Ending.
+
+    def abort(self, resetGuest: bool) -> None:
+        """
+        Tear the connection down now, resetting the guest if asked to.
+        """
+        if resetGuest and self.state in (ESTABLISHED, SYN_RECEIVED):
+            self.nat.timeouts += 1
+            self.reset()
+        transport, connector = self.transport, self.connector
+        self.forget()
+        self.release(transport, connector)
+
+    @staticmethod
+    def release(transport: Any, connector: Any) -> None:
+        """
+        Abort a host transport and stop a host connect, as far as they exist.
+        """
+        if transport is not None:
+            transport.abortConnection()
+        if connector is not None:
+            try:
+                connector.stopConnecting()
+            except NotConnectingError:
+                pass
+
+    def forget(self) -> None:
+        """
+        Drop every timer and the NAT's entry.
+        """
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.stopTimer()
+        if self.closeTimer is not None and self.closeTimer.active():
+            self.closeTimer.cancel()
+        self.closeTimer = None
+        self.nat.forget(self)
+
+
+def release(transport: Any) -> None:
+    """
+    Unregister the connection as C{transport}'s producer, if it still is.
+    """
+    if getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()
