@@ -205,6 +205,7 @@ class TcpConnection(SendSide):
             transport.abortConnection()
             return
         self.transport = transport
+        readLarger(transport)
         transport.registerProducer(self, True)
         self.state = SYN_RECEIVED
         self.sendSynAck()
@@ -335,6 +336,7 @@ class TcpConnection(SendSide):
         self.establish(header.window)
         self.nat.opened += 1
         self.emit(1, ACK)
+        readLarger(self.transport)
         self.transport.registerProducer(self, True)
         self.readingPaused = False
         self.transport.resumeProducing()
@@ -510,3 +512,17 @@ def release(transport: Any) -> None:
     """
     if getattr(transport, "producer", None) is not None:
         transport.unregisterProducer()
+
+
+#: Bytes read from a host socket per system call: several super-frames.
+READ_SIZE = 1 << 20
+
+
+def readLarger(transport: Any) -> None:
+    """
+    Make C{transport} read up to L{READ_SIZE} bytes at a time (Twisted's
+    default is 64 KB), so a fast host sender costs fewer system calls and
+    fills whole super-frames.
+    """
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = READ_SIZE

@@ -267,12 +267,13 @@ class SendSide:
             if nxt + n == end:
                 flags = ACK | PSH | FIN if self.hostEof else ACK | PSH
             offset = nxt - una
-            with memoryview(buffer) as view:
-                payload = view[offset : offset + n].tobytes()
             if self.rttSeq < 0 and nxt + n > self.sndMax:
                 self.rttSeq = nxt + n
                 self.rttStart = self.reactor.seconds()
-            self.emit(nxt, flags, payload)
+            # The router copies the payload into its packet at once: a view
+            # saves a copy, and is released before the buffer changes.
+            with memoryview(buffer) as view, view[offset : offset + n] as payload:
+                self.emit(nxt, flags, payload)
             nxt += n + (flags & FIN)
         if nxt == end and self.hostEof:
             self.emit(nxt, ACK | FIN)
