@@ -284,3 +284,48 @@ def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir) ->
     assert "lease 10.0.2.15/24 router=10.0.2.2 dns=10.0.2.3" in result.output
     assert f"got {len(blob)} {hashlib.sha256(blob).hexdigest()}" in result.output
     assert "10.9.8.7" in result.output
+
+
+@pytest.mark.parametrize("pingGroups, mode", [("1 0", "raw"), ("0 2147483647", "ping")])
+def test_guestReachesHostsBeyondTheGateway(processes, namespaces, shortdir, pingGroups: str,
+                                           mode: str) -> None:
+    """
+    With the switch in a namespace routed to another one (the "internet"),
+    the guest pings a host there (through a raw socket as root, or a ping
+    socket where ping_group_range allows) and a TCP server there sees the
+    guest's connection come from the switch's own address.
+    """
+    from helpers import socketListening, sourceEnv, twistdArgv, waitFor
+
+    outside, remote = quietNamespace(namespaces, "vto"), quietNamespace(namespaces, "vtr")
+    veth = uniqueName("vtv")
+    run("ip", "link", "add", veth, "netns", outside, "type", "veth", "peer", "name", veth,
+        "netns", remote)
+    for ns, address in ((outside, "192.0.2.1/24"), (remote, "192.0.2.2/24")):
+        run("ip", "-n", ns, "addr", "add", address, "dev", veth)
+        run("ip", "-n", ns, "link", "set", veth, "up")
+        run("ip", "-n", ns, "link", "set", "lo", "up")
+    run(*execIn(outside, "sysctl", "-qw", f"net.ipv4.ping_group_range={pingGroups}"))
+    tap, mgmt = uniqueName("vts"), shortdir / "mgmt"
+    log = shortdir / "outside.log"
+    switch = processes.start(execIn(outside, *twistdArgv(
+        "--sock", str(shortdir / "sw"), "--mgmt", str(mgmt), "--port", f"tap:{tap}",
+        "--port", "slirp", logfile=str(log))), env=sourceEnv())
+    waitFor(lambda: socketListening(mgmt) or switch.poll() is not None, what="the switch")
+    guest = quietNamespace(namespaces, "vts")
+    waitFor(lambda: run("ip", "-n", outside, "link", "show", tap, check=False).returncode == 0,
+            what=f"{tap} in {outside}")
+    run("ip", "-n", outside, "link", "set", tap, "netns", guest)
+    run("ip", "-n", guest, "addr", "add", "10.0.2.15/24", "dev", tap)
+    run("ip", "-n", guest, "link", "set", tap, "up")
+    run("ip", "-n", guest, "route", "add", "default", "via", "10.0.2.2")
+    result = ping(guest, "192.0.2.2")
+    assert result.returncode == 0, result.stdout + log.read_text()
+    assert f"ICMP by {mode} socket" in console(mgmt, "slirp/print")
+    _, port = startServer(processes, "sink", 1, remote, "192.0.2.2", 7400)
+    up = run(*execIn(guest, PYTHON, "-c", CLIENT, "192.0.2.2", str(port), "2000000"),
+             timeout=60)
+    sent, _, answer = up.stdout.strip().partition(" | ")
+    length, digest, peer = answer.split()
+    assert f"{length} {digest}" == sent
+    assert peer == "192.0.2.1", "NAT: the far server sees the switch's address"

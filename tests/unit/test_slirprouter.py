@@ -52,6 +52,9 @@ class FakeEngine:
     def datagramReceived(self, *args: Any) -> None:
         self.calls.append(args)
 
+    def echoRequest(self, *args: Any) -> None:
+        self.calls.append(args)
+
 
 def makeRouter(options: str = "", clock: Any = None) -> tuple[SlirpRouter, Recorder]:
     config = readConfig(PortSpec("slirp" + options))
@@ -59,7 +62,7 @@ def makeRouter(options: str = "", clock: Any = None) -> tuple[SlirpRouter, Recor
     router = SlirpRouter(config, clock or Clock(), seen.frames.append, seen.packets.append,
                          lambda reason, message: seen.drops.append((reason, message)),
                          ResolvConf("/nonexistent"))
-    router.tcp, router.udp = FakeEngine(), FakeEngine()
+    router.tcp, router.udp, router.icmp = FakeEngine(), FakeEngine(), FakeEngine()
     router.dhcp = DhcpServer(gateway=GATEWAY, nameserver=DNS, netmask=config.netmask,
                              poolStart=config.poolStart)
     return router, seen
@@ -299,7 +302,7 @@ def test_forwardsFollowQemusSyntax() -> None:
 def test_anyFrameIsCountedNeverFatal(frame: bytes, asVnet: bool) -> None:
     """Whatever arrives, the router neither raises nor stops answering pings."""
     router, seen = makeRouter()
-    router.udp = router.tcp = FakeEngine()
+    router.udp = router.tcp = router.icmp = FakeEngine()
     if asVnet:
         router.vnetPacketReceived(bytes(10) + GW_MAC + frame[6:])
     else:
@@ -427,3 +430,16 @@ def test_idleUdpMappingsClose() -> None:
         clock.advance(5)
     assert closed == [0, 1]
     engine.close()
+
+
+def test_pingsBeyondTheGatewayGoToTheIcmpEngine() -> None:
+    """A ping to an outside host is handed on; restricted or to the LAN, it is not."""
+    outside = bytes([192, 0, 2, 7])
+    router, seen = makeRouter()
+    router.frameReceived(ipFrame(outside, ipv4.PROTO_ICMP, echoRequest()))
+    router.frameReceived(ipFrame(bytes([10, 0, 2, 9]), ipv4.PROTO_ICMP, echoRequest()))
+    [(src, dst, message)] = router.icmp.calls
+    assert (src, dst, message.type) == (GUEST, outside, icmp.ECHO_REQUEST)
+    restricted, _ = makeRouter(":restrict=on")
+    restricted.frameReceived(ipFrame(outside, ipv4.PROTO_ICMP, echoRequest()))
+    assert restricted.icmp.calls == []

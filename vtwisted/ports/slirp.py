@@ -34,6 +34,7 @@ from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.slirp.config import Forward, SlirpConfig, readConfig
 from vtwisted.slirp.dhcp import DhcpServer
+from vtwisted.slirp.icmp import IcmpNat
 from vtwisted.slirp.router import SlirpRouter
 from vtwisted.slirp.tcp import TcpNat
 from vtwisted.slirp.udp import UdpNat
@@ -147,6 +148,7 @@ class SlirpService(Service):
         self.router: SlirpRouter | None = None
         self.tcp: TcpNat | None = None
         self.udp: UdpNat | None = None
+        self.icmp: IcmpNat | None = None
         self.forwards: dict[Forward, Any] = {}
 
     def privilegedStartService(self) -> None:
@@ -165,6 +167,7 @@ class SlirpService(Service):
         )
         self.tcp = router.tcp = TcpNat(router, self.reactor)
         self.udp = router.udp = UdpNat(router, self.reactor)
+        self.icmp = router.icmp = IcmpNat(router, self.reactor)
         link.router = router
         self.link, self.router = link, router
         try:
@@ -237,7 +240,9 @@ class SlirpService(Service):
             self.tcp.close()
         if self.udp is not None:
             self.udp.close()
-        self.link = self.router = self.tcp = self.udp = None
+        if self.icmp is not None:
+            self.icmp.close()
+        self.link = self.router = self.tcp = self.udp = self.icmp = None
         return results
 
     def stopService(self) -> Any:

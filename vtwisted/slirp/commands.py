@@ -108,4 +108,5 @@ def describe(svc: Any) -> list[str]:
     lines += [f" forward {forward}" for forward in svc.forwards]
     lines += [" " + line for line in svc.tcp.describe()]
     lines += [" " + line for line in svc.udp.describe()]
+    lines += [" " + line for line in svc.icmp.describe()]
     return lines

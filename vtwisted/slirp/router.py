@@ -114,6 +114,7 @@ class SlirpRouter:
         self.tcp: Any = None
         self.udp: Any = None
         self.dhcp: Any = None
+        self.icmp: Any = None
         self.echoes = 0
 
     # IGuestNetwork
@@ -376,9 +377,8 @@ class SlirpRouter:
         if header.dst in (self.gateway, self.nameserver):
             self.echoes += 1
             self.sendIPv4(header.dst, header.src, ipv4.PROTO_ICMP, icmp.echoReply(message), 255)
-        elif not self.restricted and header.dst[0] < 224 and header.dst != self.broadcast:
-            self.dropped("unsupported", f"ping from {_dotted(header.src)} to "
-                         f"{_dotted(header.dst)}: only the gateway and DNS answer pings")
+        elif self.hostAddress(header.dst, 0, ipv4.PROTO_ICMP) is not None:
+            self.icmp.echoRequest(header.src, header.dst, message)
 
     def _icmpError(self, kind: int, code: int, packet: bytes) -> None:
         if len(packet) < 20:

@@ -52,6 +52,7 @@ from vtwisted.slirp.tcpsend import (
     signed,
     synOptions,
 )
+from vtwisted.wire.checksum import Buffer
 from vtwisted.wire.tcp import ACK, FIN, RST, SYN
 
 CONNECTING = "connecting"
@@ -138,7 +139,7 @@ class TcpConnection(SendSide):
 
     # Sending to the guest.
 
-    def emit(self, seq: int, flags: int, payload: bytes = b"", options: bytes = b"") -> None:
+    def emit(self, seq: int, flags: int, payload: Buffer = b"", options: bytes = b"") -> None:
         """
         Send one segment to the guest: sequence number C{seq} (relative to
         our ISN), our current acknowledgment and window.

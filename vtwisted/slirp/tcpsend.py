@@ -33,6 +33,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from vtwisted.wire.checksum import Buffer
 from vtwisted.wire.tcp import ACK, FIN, OPT_MSS, OPT_WINDOW_SCALE, PSH, iterOptions
 
 MASK = 0xFFFFFFFF
@@ -148,7 +149,7 @@ class SendSide:
 
     # Hooks the connection provides.
 
-    def emit(self, seq: int, flags: int, payload: bytes = b"", options: bytes = b"") -> None:
+    def emit(self, seq: int, flags: int, payload: Buffer = b"", options: bytes = b"") -> None:
         raise NotImplementedError()
 
     def abort(self, resetGuest: bool) -> None:
