@@ -106,7 +106,11 @@ def describe(svc: Any) -> list[str]:
         mac = ":".join(f"{b:02x}" for b in mac)
         lines.append(f" lease {ipaddress.IPv4Address(address)} {mac}")
     lines += [f" forward {forward}" for forward in svc.forwards]
-    lines += [" " + line for line in svc.tcp.describe()]
+    tcp = svc.tcp
+    lines.append(f" TCP: {tcp.opened} opened, {tcp.refused} refused, {tcp.unreachable} "
+                 f"unreachable, {tcp.resets} reset by us, {tcp.guestResets} by guests, "
+                 f"{tcp.timeouts} timed out")
+    lines += [" " + line for line in tcp.describe()]
     lines += [" " + line for line in svc.udp.describe()]
     lines += [" " + line for line in svc.icmp.describe()]
     return lines

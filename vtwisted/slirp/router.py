@@ -41,7 +41,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.wire import arp, dhcp, icmp, ipv4, vnet
-from vtwisted.wire.checksum import MODULUS, checksumValid, onesSum, pseudoHeaderSumV4
+from vtwisted.wire.checksum import MODULUS, Buffer, checksumValid, onesSum, pseudoHeaderSumV4
 from vtwisted.wire.ethernet import BROADCAST, formatMac
 from vtwisted.wire.udp import UDPError, UDPHeader
 
@@ -202,7 +202,7 @@ class SlirpRouter:
                                      protocol, 0, src, dst).pack()
             self._sendIp(dst, header + piece)
 
-    def sendUnreachable(self, packet: bytes, code: int) -> None:
+    def sendUnreachable(self, packet: Buffer, code: int) -> None:
         """
         Tell the guest that sent C{packet} that its destination is unreachable.
         """
@@ -299,8 +299,8 @@ class SlirpRouter:
         if header.isFragment:
             self.dropped("unsupported", f"IPv4 fragment from {_dotted(src)}: not reassembled")
             return
-        packet = frame[offset:end]
-        body = memoryview(packet)[hl:]
+        packet = memoryview(frame)[offset:end]
+        body = packet[hl:]
         protocol = header.protocol
         if protocol == ipv4.PROTO_TCP:
             self._tcpReceived(header, packet, body, verified)
@@ -311,7 +311,7 @@ class SlirpRouter:
         elif header.dst in (self.gateway, self.nameserver) or not self.restricted:
             self.dropped("unsupported", f"IP protocol {protocol} from {_dotted(src)}")
 
-    def _tcpReceived(self, header: ipv4.IPv4Header, packet: bytes, body: memoryview,
+    def _tcpReceived(self, header: ipv4.IPv4Header, packet: memoryview, body: memoryview,
                      verified: bool) -> None:
         if header.dst == self.broadcast or header.dst == _ALL_ONES or header.dst[0] >= 224:
             return
@@ -321,7 +321,7 @@ class SlirpRouter:
             return
         self.tcp.segmentReceived(header.src, header.dst, body, packet)
 
-    def _udpReceived(self, header: ipv4.IPv4Header, packet: bytes, body: memoryview,
+    def _udpReceived(self, header: ipv4.IPv4Header, packet: memoryview, body: memoryview,
                      verified: bool) -> None:
         try:
             udp = UDPHeader.parse(body)
@@ -345,7 +345,7 @@ class SlirpRouter:
             return
         self.udp.datagramReceived(header.src, udp.srcPort, dst, udp.dstPort, payload, packet)
 
-    def _dhcpReceived(self, payload: bytes, packet: bytes) -> None:
+    def _dhcpReceived(self, payload: bytes, packet: memoryview) -> None:
         try:
             message = dhcp.DHCPMessage.parse(payload)
         except dhcp.DHCPError as e:
@@ -361,7 +361,7 @@ class SlirpRouter:
         self.sendIPv4(self.gateway, _ALL_ONES, ipv4.PROTO_UDP, udpDatagram(
             self.gateway, _ALL_ONES, 67, 68, body), tos=0x10)
 
-    def _icmpReceived(self, header: ipv4.IPv4Header, packet: bytes, body: memoryview,
+    def _icmpReceived(self, header: ipv4.IPv4Header, packet: memoryview, body: memoryview,
                       verified: bool) -> None:
         data = bytes(body)
         try:
@@ -380,14 +380,14 @@ class SlirpRouter:
         elif self.hostAddress(header.dst, 0, ipv4.PROTO_ICMP) is not None:
             self.icmp.echoRequest(header.src, header.dst, message)
 
-    def _icmpError(self, kind: int, code: int, packet: bytes) -> None:
+    def _icmpError(self, kind: int, code: int, packet: Buffer) -> None:
         if len(packet) < 20:
             return
         hl = (packet[0] & 15) * 4
         if packet[9] == ipv4.PROTO_ICMP and len(packet) > hl \
                 and packet[hl] not in (icmp.ECHO_REQUEST, icmp.ECHO_REPLY):
             return  # never an error about an error (RFC 1122)
-        src = packet[12:16]
+        src = bytes(packet[12:16])
         self.sendIPv4(self.gateway, src, ipv4.PROTO_ICMP, icmp.errorMessage(kind, code, packet))
 
     # Sending
@@ -452,5 +452,5 @@ def udpDatagram(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: byt
     return header[:6] + _ID.pack(checksum) + payload
 
 
-def _dotted(address: bytes) -> str:
+def _dotted(address: Buffer) -> str:
     return ".".join(str(b) for b in address)

@@ -116,7 +116,7 @@ def echoReply(message: ICMPMessage) -> bytes:
     return message._replace(type=ECHO_REPLY, code=0).pack()
 
 
-def errorMessage(type: int, code: int, original: bytes, rest: bytes = b"\0\0\0\0") -> bytes:
+def errorMessage(type: int, code: int, original: Buffer, rest: bytes = b"\0\0\0\0") -> bytes:
     """
     An ICMP error about the IPv4 packet C{original}.
 
