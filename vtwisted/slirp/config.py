@@ -206,7 +206,7 @@ def parseForward(text: str, defaultGuest: bytes) -> Forward:
                  if guestAddressText else defaultGuest)
     except ValueError:
         raise fail(f"{guestAddressText!r} is not an IPv4 address") from None
-    return Forward(protocol, hostAddress, _portNumber(hostPortText, fail, 0),
+    return Forward(protocol, hostAddress, _portNumber(hostPortText, fail, 1),
                    guest, _portNumber(guestPortText, fail, 1))
 
 

@@ -149,10 +149,15 @@ class UdpNat:
         """
         A guest sent C{payload} from C{src}:C{srcPort} to C{dst}:C{dstPort}.
         """
-        session = self.sessions.get((src, srcPort, dst, dstPort))
+        key = (src, srcPort, dst, dstPort)
+        session = self.sessions.get(key)
         if session is not None:
-            session[0].reply(payload, session[1])
-            return
+            if session[0].transport is not None:
+                session[0].reply(payload, session[1])
+                return
+            # Its forward was removed: the answer is one more datagram to
+            # the host, as in libslirp.
+            del self.sessions[key]
         network = self.network
         host = network.hostAddress(dst, dstPort, ipv4.PROTO_UDP)
         if host is None:
