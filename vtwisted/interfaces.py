@@ -167,17 +167,25 @@ class IPortService(IService):
 class IGuestNetwork(Interface):
     """
     What the protocol engines of a slirp port (L{vtwisted.slirp}) need from
-    the virtual router that faces the guests: a way to send IPv4 packets
-    into the LAN, the address plan, and the translation between guest-side
-    and host-side addresses.
+    the virtual router that faces the guests: a way to send IP packets into
+    the LAN, the address plan, and the translation between guest-side and
+    host-side addresses.
 
-    Addresses on the guest side are 4-byte strings; on the host side they
-    are what Twisted uses (C{"127.0.0.1"}, a port number).
+    Addresses on the guest side are L{bytes}: 4 for IPv4, 16 for IPv6 (the
+    length tells the family; one connection or flow never mixes them).  On
+    the host side they are what Twisted uses (C{"127.0.0.1"}, C{"::1"}, a
+    port number).
     """
 
-    gateway: bytes = Attribute("The gateway's address (10.0.2.2): the host, seen from a guest.")
-    nameserver: bytes = Attribute("The DNS proxy's address (10.0.2.3).")
-    mtu: int = Attribute("The largest IPv4 packet the router sends or takes, in bytes.")
+    gateway: bytes = Attribute("The gateway's IPv4 address (10.0.2.2): the host, to guests.")
+    nameserver: bytes = Attribute("The DNS proxy's IPv4 address (10.0.2.3).")
+    gateway6: bytes | None = Attribute(
+        "The gateway's IPv6 address (fec0::2), or L{None} when IPv6 is off."
+    )
+    nameserver6: bytes | None = Attribute(
+        "The DNS proxy's IPv6 address (fec0::3), or L{None} when IPv6 is off."
+    )
+    mtu: int = Attribute("The largest IP packet the router sends or takes, in bytes.")
     maxSegment: int = Attribute(
         "The largest TCP payload one L{sendTcp} call may carry.  Larger than "
         "the MSS when the router hands TCP super-frames to the switch, which "
@@ -187,7 +195,8 @@ class IGuestNetwork(Interface):
 
     def sendTcp(src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
         """
-        Send one TCP segment to a guest.
+        Send one TCP segment to a guest, over IPv4 or IPv6 by the length of
+        the addresses.
 
         @param header: the TCP header, options included, with a zero
             checksum field: the router fills it in (or leaves it to the
@@ -198,37 +207,47 @@ class IGuestNetwork(Interface):
             than this is a super-frame, cut into segments of C{mss} bytes.
         """
 
+    def sendIP(src: bytes, dst: bytes, protocol: int, payload: bytes, ttl: int = 64) -> None:
+        """
+        Send C{payload} (a complete UDP datagram or ICMP/ICMPv6 message,
+        checksums computed) to a guest in one IPv4 or IPv6 packet, by the
+        length of the addresses; IPv4 is fragmented if longer than L{mtu}.
+        The router finds the guest's MAC address (ARP or neighbour
+        discovery), holding the packet for up to a second if it must.
+        """
+
     def sendIPv4(src: bytes, dst: bytes, protocol: int, payload: bytes, ttl: int = 64) -> None:
         """
-        Send C{payload} (a complete UDP datagram or ICMP message, checksums
-        computed) to a guest in one IPv4 packet, fragmented if longer than
-        L{mtu}.  The router finds the guest's MAC address, asking with ARP
-        and holding the packet for up to a second if it must.
+        L{sendIP} for IPv4 addresses.
         """
 
     def sendUnreachable(packet: bytes, code: int) -> None:
         """
-        Answer the guest's IPv4 C{packet} (header and at least 8 bytes of
-        payload) with an ICMP destination unreachable of C{code} (0 net,
-        1 host, 3 port, 13 administratively prohibited).
+        Answer the guest's IPv4 or IPv6 C{packet} (header and at least 8
+        bytes of payload) with an ICMP or ICMPv6 destination unreachable.
+
+        @param code: in ICMPv4's terms (0 net, 1 host, 3 port, 13
+            administratively prohibited); the router maps it to ICMPv6's
+            for an IPv6 packet.
         """
 
     def hostAddress(dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
         """
         Where on the host a guest's packet to C{dst}:C{port} goes: the
-        gateway becomes C{127.0.0.1}, the DNS proxy's port 53 the host's
-        nameserver, other addresses themselves.
+        gateway becomes C{127.0.0.1} (IPv6: C{::1}), the DNS proxy's port 53
+        the host's nameserver (which may be of either family), other
+        addresses themselves.
 
         @return: a host and port, or L{None} if the guest may not go there
-            (other ports of the DNS proxy; anything but forwards when
-            L{restricted}).
+            (other ports of the DNS proxy; other addresses of the LAN;
+            anything but forwards when L{restricted}).
         """
 
-    def guestAddress(host: str) -> bytes:
+    def guestAddress(host: str, v6: bool = False) -> bytes:
         """
-        The address a guest sees for a peer at C{host} on the host side:
-        loopback becomes the gateway, the nameserver the DNS proxy, others
-        themselves.
+        The address a guest of family C{v6} sees for a peer at C{host} on
+        the host side: loopback becomes that family's gateway, others
+        themselves (an IPv4-mapped C{::ffff:a.b.c.d} counts as IPv4).
         """
 
     def dropped(reason: str, message: str) -> None:

@@ -41,7 +41,14 @@ from zope.interface import implementer
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.wire import arp, dhcp, icmp, ipv4, vnet
-from vtwisted.wire.checksum import MODULUS, Buffer, checksumValid, onesSum, pseudoHeaderSumV4
+from vtwisted.wire.checksum import (
+    MODULUS,
+    Buffer,
+    checksumValid,
+    onesSum,
+    pseudoHeaderSumV4,
+    pseudoHeaderSumV6,
+)
 from vtwisted.wire.ethernet import BROADCAST, formatMac
 from vtwisted.wire.udp import UDPError, UDPHeader
 
@@ -58,6 +65,7 @@ ARP_ENTRIES = 1024
 
 _IPV4 = b"\x08\x00"
 _ARP = b"\x08\x06"
+_IPV6 = b"\x86\xdd"
 _ALL_ONES = b"\xff\xff\xff\xff"
 _ZERO = b"\0\0\0\0"
 _ID = struct.Struct("!H")
@@ -107,6 +115,8 @@ class SlirpRouter:
         self.restricted = config.restricted
         self.gatewayMac = macFor(config.gateway)
         self.nameserverMac = macFor(config.nameserver)
+        #: The MAC addresses the router answers to (the IPv6 side adds its own).
+        self.ownMacs = {self.gatewayMac, self.nameserverMac}
         self.broadcast = config.network.broadcast_address.packed
         self.neighbours: dict[bytes, bytes] = {}
         self._pending: dict[bytes, list[tuple[bytes, bool]]] = {}
@@ -115,6 +125,10 @@ class SlirpRouter:
         self.udp: Any = None
         self.dhcp: Any = None
         self.icmp: Any = None
+        #: The IPv6 side (L{vtwisted.slirp.router6}), or L{None} when IPv6 is off.
+        self.v6: Any = None
+        self.gateway6: bytes | None = None
+        self.nameserver6: bytes | None = None
         self.echoes = 0
 
     # IGuestNetwork
@@ -131,6 +145,8 @@ class SlirpRouter:
         """
         if self.restricted:
             return None
+        if len(dst) == 16:
+            return self.v6.hostAddress(dst, port, protocol) if self.v6 is not None else None
         if dst == self.gateway:
             return ("127.0.0.1", port)
         if dst == self.nameserver:
@@ -150,24 +166,30 @@ class SlirpRouter:
             return None
         return (host, self.config.resolverPort)
 
-    def guestAddress(self, host: str) -> bytes:
+    def guestAddress(self, host: str, v6: bool = False) -> bytes:
         """
-        The address a guest sees for a host-side peer at C{host}.
+        The address a guest (of IPv6 if C{v6}) sees for a host-side peer at
+        C{host}: loopback is the gateway, others themselves.
         """
         if host.startswith("::ffff:"):
             host = host[7:]
+        gateway = self.gateway6 if v6 and self.gateway6 is not None else self.gateway
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
-            return self.gateway
-        if address.is_loopback or address.version == 6:
-            return self.gateway
+            return gateway
+        if address.is_loopback or (address.version == 6) != (len(gateway) == 16):
+            return gateway
         return address.packed
 
     def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
         """
         Send a TCP segment, as a super-frame if it is longer than C{mss}.
         """
+        if len(dst) == 16:
+            if self.v6 is not None:
+                self.v6.sendTcp(src, dst, header, payload, mss)
+            return
         length = len(header) + len(payload)
         partial = pseudoHeaderSumV4(src, dst, 6, length)
         tcpHeader = header[:16] + struct.pack("!H", partial) + header[18:]
@@ -183,6 +205,17 @@ class SlirpRouter:
             self._hold(dst, packet, True)
         else:
             self.emitPacket(packet)
+
+    def sendIP(self, src: bytes, dst: bytes, protocol: int, payload: bytes,
+               ttl: int = 64) -> None:
+        """
+        Send C{payload} to a guest over IPv4 or IPv6, by the address length.
+        """
+        if len(dst) == 16:
+            if self.v6 is not None:
+                self.v6.sendIP(src, dst, protocol, payload, ttl)
+        else:
+            self.sendIPv4(src, dst, protocol, payload, ttl)
 
     def sendIPv4(self, src: bytes, dst: bytes, protocol: int, payload: bytes,
                  ttl: int = 64, tos: int = 0) -> None:
@@ -206,6 +239,10 @@ class SlirpRouter:
         """
         Tell the guest that sent C{packet} that its destination is unreachable.
         """
+        if len(packet) and packet[0] >> 4 == 6:
+            if self.v6 is not None:
+                self.v6.sendUnreachable(packet, code)
+            return
         self._icmpError(icmp.DEST_UNREACHABLE, code, packet)
 
     # Frames from the switch
@@ -227,7 +264,7 @@ class SlirpRouter:
         """
         try:
             flags, gsoType = packet[0], packet[1]
-            if gsoType & ~vnet.GSO_ECN in (vnet.GSO_UDP_L4, vnet.GSO_TCPV6):
+            if gsoType & ~vnet.GSO_ECN == vnet.GSO_UDP_L4:
                 for frame in vnet.toFrames(packet):
                     self._dispatch(frame, 0, False)
                 return
@@ -240,13 +277,15 @@ class SlirpRouter:
 
     def _dispatch(self, frame: bytes, start: int, verified: bool) -> None:
         dst = frame[start:start + 6]
-        if dst != self.gatewayMac and dst != self.nameserverMac and not dst[0] & 1:
+        if dst not in self.ownMacs and not dst[0] & 1:
             return
         kind = frame[start + 12:start + 14]
         if kind == _IPV4:
             self._ipv4Received(frame, start + 14, verified)
         elif kind == _ARP:
             self._arpReceived(frame, start + 14)
+        elif kind == _IPV6 and self.v6 is not None:
+            self.v6.packetReceived(frame, start + 14, verified)
 
     def _arpReceived(self, frame: bytes, offset: int) -> None:
         try:
@@ -443,11 +482,12 @@ class SlirpRouter:
 
 def udpDatagram(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: bytes) -> bytes:
     """
-    A UDP datagram with its checksum.
+    A UDP datagram with its checksum, over IPv4 or IPv6 by the address length.
     """
     length = 8 + len(payload)
     header = UDPHeader(srcPort, dstPort, length, 0).pack()
-    total = onesSum(payload, onesSum(header, pseudoHeaderSumV4(src, dst, 17, length)))
+    pseudo = (pseudoHeaderSumV6 if len(src) == 16 else pseudoHeaderSumV4)(src, dst, 17, length)
+    total = onesSum(payload, onesSum(header, pseudo))
     checksum = (MODULUS - total) or MODULUS
     return header[:6] + _ID.pack(checksum) + payload
 
