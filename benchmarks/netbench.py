@@ -21,6 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_ADDR = "10.213.0.1"
@@ -137,10 +138,23 @@ def iperf(b: Bench, client: str, server: str, seconds: float, udp: bool = False)
         raise RuntimeError(f"no connectivity: {ping.stdout}{ping.stderr}")
     argv = ["ip", "netns", "exec", client, "iperf3", "-c", SERVER_ADDR, "-t", str(seconds),
             "-J"]
-    if CONGESTION:
-        argv += ["-C", CONGESTION]
     if udp:
         argv += ["-u", "-b", "0", "-l", "18"]
+    end = iperf3Report(argv)["end"]
+    if udp:
+        s = end["sum"]
+        received = s["packets"] - s["lost_packets"]
+        return received / s["seconds"]
+    return end["sum_received"]["bits_per_second"] / 1e9
+
+
+def iperf3Report(argv: list[str]) -> dict[str, Any]:
+    """
+    Run an iperf3 client command line (with C{-J}), adding the congestion
+    control asked for; return its JSON report or raise with what went wrong.
+    """
+    if CONGESTION:
+        argv = [*argv, "-C", CONGESTION]
     result = sh(*argv, check=False)
     try:
         data = json.loads(result.stdout)
@@ -148,12 +162,7 @@ def iperf(b: Bench, client: str, server: str, seconds: float, udp: bool = False)
         raise RuntimeError(f"iperf3 failed: {result.stdout}{result.stderr}") from None
     if "error" in data:
         raise RuntimeError(f"iperf3: {data['error']}")
-    end = data["end"]
-    if udp:
-        s = end["sum"]
-        received = s["packets"] - s["lost_packets"]
-        return received / s["seconds"]
-    return end["sum_received"]["bits_per_second"] / 1e9
+    return data
 
 
 def measure(setup: Callable[[Bench], tuple[str, str]], seconds: float, udp: bool) -> float:

@@ -18,7 +18,6 @@ Run as root:  python benchmarks/slirp_path.py [--rounds 3] [--seconds 5]
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -99,17 +98,9 @@ def iperf(b: Bench, client: str, seconds: float, download: bool) -> float:
               "10.0.2.2", check=False)
     if ping.returncode != 0:
         raise RuntimeError(f"no connectivity: {ping.stdout}{ping.stderr}")
-    argv = ["ip", "netns", "exec", client, "iperf3", "-c", "10.0.2.2", "-p", str(port),
-            "-t", str(seconds), "-J", *(["-R"] if download else [])]
-    if netbench.CONGESTION:
-        argv += ["-C", netbench.CONGESTION]
-    result = sh(*argv, check=False)
-    try:
-        data = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        raise RuntimeError(f"iperf3 failed: {result.stdout}{result.stderr}") from None
-    if "error" in data:
-        raise RuntimeError(f"iperf3: {data['error']}")
+    data = netbench.iperf3Report(
+        ["ip", "netns", "exec", client, "iperf3", "-c", "10.0.2.2", "-p", str(port),
+         "-t", str(seconds), "-J", *(["-R"] if download else [])])
     return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 

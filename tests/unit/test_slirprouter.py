@@ -279,6 +279,9 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":hostfwd=icmp\\:\\:22-\\:22", "not tcp or udp"),
     (":mtu=70000", "out of range"),
     (":colour=blue", "unknown option colour"),
+    (":net6=fd00\\:\\:/48", "only in a /64"),
+    (":net6=banana", "not an IPv6 prefix"),
+    (":ipv6=maybe", "not on or off"),
 ])
 def test_badOptionsAreRefusedWithTheReason(options: str, problem: str) -> None:
     """A spec with a bad option fails at start-up, saying what is wrong."""
@@ -443,3 +446,16 @@ def test_pingsBeyondTheGatewayGoToTheIcmpEngine() -> None:
     restricted, _ = makeRouter(":restrict=on")
     restricted.frameReceived(ipFrame(outside, ipv4.PROTO_ICMP, echoRequest()))
     assert restricted.icmp.calls == []
+
+
+def test_ipv6PlanFollowsThePrefix() -> None:
+    """IPv6 is on by default with fec0::/64; net6= moves it and ipv6=off removes it."""
+    import ipaddress
+
+    config = readConfig(PortSpec("slirp"))
+    assert config.network6 == ipaddress.IPv6Network("fec0::/64")
+    assert config.gateway6 == ipaddress.IPv6Address("fec0::2").packed
+    assert config.nameserver6 == ipaddress.IPv6Address("fec0::3").packed
+    moved = readConfig(PortSpec("slirp:net6=fd00\\:1\\:\\:/64"))
+    assert moved.gateway6 == ipaddress.IPv6Address("fd00:1::2").packed
+    assert readConfig(PortSpec("slirp:ipv6=off")).gateway6 is None

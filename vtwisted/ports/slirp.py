@@ -168,6 +168,12 @@ class SlirpService(Service):
         self.tcp = router.tcp = TcpNat(router, self.reactor)
         self.udp = router.udp = UdpNat(router, self.reactor)
         self.icmp = router.icmp = IcmpNat(router, self.reactor)
+        gateway6, nameserver6 = config.gateway6, config.nameserver6
+        if config.network6 is not None and gateway6 is not None and nameserver6 is not None:
+            from vtwisted.slirp.router6 import Ipv6Router
+
+            router.gateway6, router.nameserver6 = gateway6, nameserver6
+            router.v6 = Ipv6Router(router, config.network6, gateway6, nameserver6)
         link.router = router
         self.link, self.router = link, router
         try:
@@ -242,6 +248,8 @@ class SlirpService(Service):
             self.udp.close()
         if self.icmp is not None:
             self.icmp.close()
+        if self.router is not None and self.router.v6 is not None:
+            self.router.v6.close()
         self.link = self.router = self.tcp = self.udp = self.icmp = None
         return results
 

@@ -15,6 +15,10 @@ colons are escaped (C{hostfwd=tcp\\:\\:2222-\\:22}).  Unlike QEMU, a forward
 without a host address listens on loopback only: whoever connects reaches
 the guest.
 
+IPv6 (C{ipv6=on}, the default) uses QEMU's prefix C{fec0::/64} unless
+C{net6=} names another /64: the gateway is C{::2}, the DNS proxy C{::3}, and
+guests configure themselves from the router's advertisements.
+
 The host's resolver is the first C{nameserver} line of C{/etc/resolv.conf},
 read again when the file changes, unless C{resolver=} names one.  Everything
 here is pure: L{readConfig} turns a spec into a L{SlirpConfig} or raises
@@ -31,6 +35,7 @@ from typing import NamedTuple
 from vtwisted.spec import PortSpec
 
 DEFAULT_NET = "10.0.2.0/24"
+DEFAULT_NET6 = "fec0::/64"
 DEFAULT_MTU = 1500
 MAX_MTU = 9000
 POOL_SIZE = 16
@@ -81,6 +86,21 @@ class SlirpConfig(NamedTuple):
     hostname: str | None = None
     domain: str | None = None
     searchDomains: tuple[str, ...] = ()
+    network6: ipaddress.IPv6Network | None = None
+
+    @property
+    def gateway6(self) -> bytes | None:
+        """
+        The gateway's IPv6 address (prefix::2), or L{None} without IPv6.
+        """
+        return None if self.network6 is None else (self.network6.network_address + 2).packed
+
+    @property
+    def nameserver6(self) -> bytes | None:
+        """
+        The DNS proxy's IPv6 address (prefix::3), or L{None} without IPv6.
+        """
+        return None if self.network6 is None else (self.network6.network_address + 3).packed
 
     @property
     def netmask(self) -> bytes:
@@ -102,6 +122,8 @@ class SlirpConfig(NamedTuple):
         gateway = ipaddress.IPv4Address(self.gateway)
         dns = ipaddress.IPv4Address(self.nameserver)
         text = f"NAT {self.network}, gateway {gateway}, DNS {dns}"
+        if self.network6 is not None:
+            text += f", IPv6 {self.network6}"
         return text + (", restricted" if self.restricted else "")
 
 
@@ -164,8 +186,25 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     return SlirpConfig(
         network, gateway, nameserver, poolStart, spec.boolean("restrict", False), mtu,
         forwards, resolver, resolverPort, spec.string("hostname"), spec.string("domain"),
-        search,
+        search, _network6(spec),
     )
+
+
+def _network6(spec: PortSpec) -> ipaddress.IPv6Network | None:
+    """
+    The IPv6 prefix (C{net6=}, QEMU's fec0::/64 by default), or L{None}
+    with C{ipv6=off}.
+    """
+    raw = spec.string("net6", DEFAULT_NET6) or DEFAULT_NET6
+    if not spec.boolean("ipv6", True):
+        return None
+    try:
+        network = ipaddress.IPv6Network(raw, strict=False)
+    except ValueError:
+        raise spec.error(f"net6={raw!r} is not an IPv6 prefix (like fd00::/64)") from None
+    if network.prefixlen != 64:
+        raise spec.error(f"net6={raw}: guests configure themselves (SLAAC) only in a /64")
+    return network
 
 
 def parseForward(text: str, defaultGuest: bytes) -> Forward:
