@@ -203,7 +203,8 @@ def test_helpListsVdeRowsVerbatim(realSwitch, ourSwitch) -> None:
     assert shared == [row for row in real if row in shared]
     assert len(shared) == len([p for p in ourPaths if p in realPaths]) - 1
     extras = [p for p in ourPaths if p not in realPaths]
-    assert extras == ["hash/stats", "port/stats", "port/specs", "port/add", "port/del"]
+    assert extras == ["hash/stats", "port/stats", "port/specs", "port/add", "port/del", "slirp",
+                      "slirp/print", "slirp/hostfwd_add", "slirp/hostfwd_remove"]
     assert set(realPaths) - set(ourPaths) == {
         "debug", "debug/list", "debug/add", "debug/del", "plugin", "plugin/list", "plugin/add",
         "plugin/del", "fstp", "fstp/showinfo", "fstp/setfstp", "fstp/setedge", "fstp/bonus",

@@ -12,10 +12,18 @@ SYN-ACK only once that connect succeeded (a refused connect answers with a
 RST, any other failure with ICMP host unreachable), as libslirp does.  A
 non-SYN segment for no connection is answered with a RST (RFC 9293).
 
+Guests speak IPv4 or IPv6: a connection's family is the length of its
+guest-side addresses (4 or 16 bytes), and only its segment sizes depend on
+it (L{vtwisted.slirp.tcpstates}).  The host side is whatever
+L{IGuestNetwork.hostAddress} names, an IPv4 or IPv6 literal (C{::1} for the
+IPv6 gateway), which C{connectTCP} connects to in its own family: the two
+sides of a connection need not share one.
+
 Host port forwards work the other way round: L{TcpNat.forwardFactory}
 builds the listening side's factory; each accepted host client is paused
 while we send the guest a SYN from the client's guest-visible address and
-port, and relayed once the guest answers.
+port, and relayed once the guest answers.  Forwards reach IPv4 guests; the
+guest sees the client at L{IGuestNetwork.guestAddress} of its address.
 
 The engine does no per-segment logging or timer creation: each connection
 owns one timer (L{vtwisted.slirp.tcpsend}), and the ACKs owed for a reactor
@@ -34,7 +42,6 @@ no connection, answered with RST).
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError
@@ -45,8 +52,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import IGuestNetwork
-from vtwisted.slirp.tcpconnection import TIME_WAIT, TcpConnection
+from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint
+from vtwisted.slirp.tcpconnection import TcpConnection
 from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK
+from vtwisted.slirp.tcpstates import HEADERS, HEADERS6, TIME_WAIT
 from vtwisted.wire.tcp import ACK, FIN, RST, SYN, TCPError, TCPHeader
 
 __all__ = ["MAX_CONNECTIONS", "TcpConnection", "TcpNat"]
@@ -59,13 +68,6 @@ MAX_CONNECTIONS = 4096
 CONNECT_TIMEOUT = 30
 
 Key = tuple[bytes, int, bytes, int]
-
-
-def endpoint(address: bytes, port: int) -> str:
-    """
-    C{address:port} for messages.
-    """
-    return f"{socket.inet_ntoa(address)}:{port}"
 
 
 @implementer(IHalfCloseableProtocol)
@@ -200,13 +202,14 @@ class TcpNat:
     def segmentReceived(self, src: bytes, dst: bytes, segment: Any, packet: bytes) -> None:
         """
         Handle one TCP segment (header and payload) a guest sent from
-        C{src} to C{dst}; C{packet} is the whole IPv4 packet.
+        C{src} to C{dst} (4-byte IPv4 or 16-byte IPv6 addresses);
+        C{packet} is the whole IP packet.
         """
         try:
             header = TCPHeader.parse(segment)
         except TCPError as e:
             port = int.from_bytes(segment[:2], "big") if len(segment) >= 2 else 0
-            self.network.dropped("malformed", f"TCP from {endpoint(src, port)}: {e}")
+            self.network.dropped("malformed", f"TCP from {guestEndpoint(src, port)}: {e}")
             return
         key = (src, header.srcPort, dst, header.dstPort)
         connection = self.connections.get(key)
@@ -238,19 +241,19 @@ class TcpNat:
             return
         if len(self.connections) >= self.maxConnections:
             self.busy += 1
-            self.network.dropped("busy", f"TCP SYN from {endpoint(src, srcPort)}: "
+            self.network.dropped("busy", f"TCP SYN from {guestEndpoint(src, srcPort)}: "
                                          f"{len(self.connections)} connections already")
             self.sendReset(key, 0, (header.seq + 1) & MASK, RST | ACK)
             return
         host, port = target
-        connection = TcpConnection(self, key, f"{host}:{port}")
+        connection = TcpConnection(self, key, hostEndpoint(host, port))
         try:
             connection.guestSyn(header.seq, header.options, bytes(packet))
         except TCPError as e:
-            self.network.dropped("malformed", f"TCP SYN from {endpoint(src, srcPort)}: {e}")
+            self.network.dropped("malformed", f"TCP SYN from {guestEndpoint(src, srcPort)}: {e}")
             return
         self.connections[key] = connection
-        log.debug("TCP {guest} connecting to {host}", guest=endpoint(src, srcPort),
+        log.debug("TCP {guest} connecting to {host}", guest=guestEndpoint(src, srcPort),
                   host=connection.hostLabel)
         connection.connector = self.reactor.connectTCP(
             host, port, HostConnectFactory(connection), timeout=CONNECT_TIMEOUT)
@@ -272,7 +275,8 @@ class TcpNat:
         """
         src, srcPort, dst, dstPort = key
         header = FIXED_HEADER.pack(dstPort, srcPort, seq, ack, 5 << 12 | flags, 0, 0, 0)
-        self.network.sendTcp(dst, src, header, b"", self.network.mtu - 40)
+        headers = HEADERS6 if len(src) == 16 else HEADERS
+        self.network.sendTcp(dst, src, header, b"", self.network.mtu - headers)
 
     # From the host.
 
@@ -290,16 +294,18 @@ class TcpNat:
         @return: the connection, or L{None} if there can be none.
         """
         peer = transport.getPeer()
-        key = (guest, guestPort, self.network.guestAddress(peer.host), peer.port)
+        remote = self.network.guestAddress(peer.host, v6=len(guest) == 16)
+        key = (guest, guestPort, remote, peer.port)
+        label = hostEndpoint(peer.host, peer.port)
         if key in self.connections or len(self.connections) >= self.maxConnections:
             self.busy += 1
-            self.network.dropped("busy", f"TCP forward from {peer.host}:{peer.port} to "
-                                         f"{endpoint(guest, guestPort)} refused")
+            self.network.dropped("busy", f"TCP forward from {label} to "
+                                         f"{guestEndpoint(guest, guestPort)} refused")
             return None
-        connection = TcpConnection(self, key, f"{peer.host}:{peer.port} (forward)")
+        connection = TcpConnection(self, key, f"{label} (forward)")
         self.connections[key] = connection
         log.debug("TCP forward from {peer} to {guest}", peer=connection.hostLabel,
-                  guest=endpoint(guest, guestPort))
+                  guest=guestEndpoint(guest, guestPort))
         connection.forwardAccepted(transport)
         return connection
 

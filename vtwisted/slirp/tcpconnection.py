@@ -2,7 +2,9 @@
 One guest TCP connection relayed to a host socket.
 
 Theory of operation: a L{TcpConnection} terminates the guest's TCP and
-speaks to the host through an ordinary Twisted transport.  Its states:
+speaks to the host through an ordinary Twisted transport, over IPv4 or IPv6
+as the guest does.  Its states (the opening handshake and the segment sizes
+by family are in L{vtwisted.slirp.tcpstates}):
 
   - C{connecting}: the guest's SYN started a host C{connect()}; nothing is
     sent to the guest yet (a retransmitted SYN is ignored).
@@ -32,7 +34,6 @@ update follows the resume.  Sending is L{vtwisted.slirp.tcpsend.SendSide}.
 from __future__ import annotations
 
 import os
-import socket
 from typing import Any
 
 from twisted.internet.error import ConnectionDone, NotConnectingError
@@ -40,47 +41,37 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vtwisted.slirp.tcpsend import (
-    DEFAULT_MSS,
-    FIXED_HEADER,
-    INITIAL_CWND,
-    INITIAL_RTO,
-    MASK,
-    SCALE_SHIFT,
-    SendSide,
-    readSynOptions,
-    signed,
-    synOptions,
+from vtwisted.slirp.addresses import guestEndpoint
+from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK, signed
+from vtwisted.slirp.tcpstates import (
+    CLOSED,
+    CONNECTING,
+    ESTABLISHED,
+    SYN_RECEIVED,
+    SYN_SENT,
+    TIME_WAIT,
+    Handshake,
 )
 from vtwisted.wire.checksum import Buffer
 from vtwisted.wire.tcp import ACK, FIN, RST, SYN
 
-CONNECTING = "connecting"
-SYN_RECEIVED = "syn-received"
-SYN_SENT = "syn-sent"
-ESTABLISHED = "established"
-TIME_WAIT = "time-wait"
-CLOSED = "closed"
-
 #: The receive window we advertise while the host takes data.
 RECEIVE_BUDGET = 1 << 20
 UNSCALED_WINDOW = 0xFFFF
-HANDSHAKE_RTO = 1.0
-#: Retransmissions of a SYN or SYN-ACK before giving up.
-HANDSHAKE_RETRIES = 4
 TIME_WAIT_SECONDS = 2.0
 #: How long our acknowledged FIN waits for the guest's once the host is gone.
 FIN_WAIT_SECONDS = 60.0
 
+
 @implementer(IPushProducer)
-class TcpConnection(SendSide):
+class TcpConnection(Handshake):
     """
     A guest's TCP connection and its host socket.
 
     @ivar key: (guest address, guest port, remote address, remote port),
         the guest-side addresses.
     @ivar hostLabel: where it goes on the host, for L{describe}.
-    @ivar state: one of the state names above.
+    @ivar state: one of the state names of L{vtwisted.slirp.tcpstates}.
     @ivar transport: the host transport, or L{None} before it connects and
         after it is lost.
     @ivar bytesToHost: data bytes written to the host.
@@ -110,20 +101,8 @@ class TcpConnection(SendSide):
         self.bytesToHost = 0
         self.closing = False
         self.closeTimer: Any = None
-        self.setMss(DEFAULT_MSS)
+        self.initHandshake(len(self.guest) == 16)
         self.initSendSide()
-
-    def setMss(self, guestMss: int) -> None:
-        """
-        Size our segments for a guest that takes C{guestMss} bytes.
-        """
-        mss = self.mss = min(guestMss, self.network.mtu - 40)
-        largest = self.network.maxSegment
-        if largest > self.network.mtu - 40:
-            self.segmentSize = largest // mss * mss
-        else:
-            self.segmentSize = min(mss, largest)
-        self.cwnd = max(INITIAL_CWND, 10 * mss)
 
     def describe(self) -> str:
         """
@@ -133,7 +112,7 @@ class TcpConnection(SendSide):
         if state == ESTABLISHED and (self.guestFin or self.hostEof):
             state = {(True, False): "close-wait", (False, True): "fin-wait"}.get(
                 (self.guestFin, self.hostEof), "closing")
-        guest = f"{socket.inet_ntoa(self.guest)}:{self.guestPort}"
+        guest = guestEndpoint(self.guest, self.guestPort)
         return (f"{guest} -> {self.hostLabel} {state}, {self.bytesToHost} bytes to host, "
                 f"{self.bytesToGuest} to guest")
 
@@ -182,103 +161,6 @@ class TcpConnection(SendSide):
         self.nat.resets += 1
         self.emit(self.sndNxt, RST | ACK)
 
-    # Opening.
-
-    def guestSyn(self, seq: int, options: bytes, packet: bytes) -> None:
-        """
-        Take the guest's SYN (before the host connect starts).
-        """
-        mss, shift = readSynOptions(options)
-        self.setMss(mss)
-        if shift is not None:
-            self.sndShift, self.rcvShift = shift, SCALE_SHIFT
-        self.irs = seq
-        self.rcvNxt = self.rcvEdge = (seq + 1) & MASK
-        self.synPacket = packet
-
-    def hostConnected(self, transport: Any) -> None:
-        """
-        The host connect succeeded: answer the guest's SYN.
-        """
-        self.connector = None
-        self.synPacket = b""
-        if self.state != CONNECTING:
-            transport.abortConnection()
-            return
-        self.transport = transport
-        readLarger(transport)
-        transport.registerProducer(self, True)
-        self.state = SYN_RECEIVED
-        self.sendSynAck()
-        self.armTimer(HANDSHAKE_RTO)
-
-    def sendSynAck(self) -> None:
-        self.emit(0, SYN | ACK, options=synOptions(self.network.mtu - 40, bool(self.rcvShift)))
-
-    def connectFailed(self, refused: bool) -> None:
-        """
-        The host connect failed: RST if refused, else ICMP host unreachable.
-        """
-        self.connector = None
-        if self.state != CONNECTING:
-            return
-        if refused:
-            self.nat.refused += 1
-            self.nat.sendReset(self.key, 0, (self.irs + 1) & MASK, RST | ACK)
-        else:
-            self.nat.unreachable += 1
-            self.network.sendUnreachable(self.synPacket, 1)
-        self.forget()
-
-    def forwardAccepted(self, transport: Any) -> None:
-        """
-        A host client of a port forward connected: pause it and send our SYN.
-        """
-        self.transport = transport
-        self.readingPaused = True
-        transport.pauseProducing()
-        self.state = SYN_SENT
-        self.sendSyn()
-        self.armTimer(HANDSHAKE_RTO)
-
-    def sendSyn(self) -> None:
-        self.emit(0, SYN, options=synOptions(self.network.mtu - 40, True))
-
-    def handshakeTimeout(self) -> None:
-        """
-        Resend the SYN or SYN-ACK with backoff; give up after a few.
-        """
-        if self.state not in (SYN_SENT, SYN_RECEIVED):
-            return
-        self.retries += 1
-        if self.retries > HANDSHAKE_RETRIES:
-            if self.state == SYN_SENT:
-                self.nat.timeouts += 1
-                self.transport.loseConnection()
-                self.forget()
-            else:
-                self.abort(resetGuest=True)
-            return
-        if self.state == SYN_SENT:
-            self.sendSyn()
-        else:
-            self.sendSynAck()
-        self.armTimer(HANDSHAKE_RTO * 2 ** self.retries)
-
-    def establish(self, window: int) -> None:
-        """
-        The handshake completed.
-        """
-        self.state = ESTABLISHED
-        self.stopTimer()
-        self.sndUna = 1
-        self.sndWnd = self.maxWnd = window
-        self.rto = INITIAL_RTO
-        self.backoff = 0
-
-    def sendAllowed(self) -> bool:
-        return self.state == ESTABLISHED
-
     # Segments from the guest.
 
     def segmentReceived(self, header: Any, payload: memoryview) -> None:
@@ -305,43 +187,6 @@ class TcpConnection(SendSide):
             self.synSentSegment(header)
         elif state == TIME_WAIT and (payload or flags & FIN):
             self.emit(self.sndNxt, ACK)
-
-    def synReceivedSegment(self, header: Any, payload: memoryview) -> None:
-        flags = header.flags
-        if flags & SYN:
-            if header.seq == self.irs:
-                self.sendSynAck()
-            return
-        if not flags & ACK:
-            return
-        if header.ack != (self.iss + 1) & MASK:
-            self.nat.sendReset(self.key, header.ack, 0, RST)
-            return
-        self.establish(header.window << self.sndShift)
-        self.nat.opened += 1
-        self.segmentReceived(header, payload)
-
-    def synSentSegment(self, header: Any) -> None:
-        flags = header.flags
-        if flags & ACK and header.ack != (self.iss + 1) & MASK:
-            self.nat.sendReset(self.key, header.ack, 0, RST)
-            return
-        if flags & (SYN | ACK) != SYN | ACK:
-            return
-        mss, shift = readSynOptions(header.options)
-        self.setMss(mss)
-        if shift is not None:
-            self.sndShift, self.rcvShift = shift, SCALE_SHIFT
-        self.irs = header.seq
-        self.rcvNxt = self.rcvEdge = (header.seq + 1) & MASK
-        self.establish(header.window)
-        self.nat.opened += 1
-        self.emit(1, ACK)
-        readLarger(self.transport)
-        self.transport.registerProducer(self, True)
-        self.readingPaused = False
-        self.transport.resumeProducing()
-        self.output()
 
     def resetReceived(self, header: Any) -> None:
         """
@@ -514,16 +359,3 @@ def release(transport: Any) -> None:
     if getattr(transport, "producer", None) is not None:
         transport.unregisterProducer()
 
-
-#: Bytes read from a host socket per system call: several super-frames.
-READ_SIZE = 1 << 20
-
-
-def readLarger(transport: Any) -> None:
-    """
-    Make C{transport} read up to L{READ_SIZE} bytes at a time (Twisted's
-    default is 64 KB), so a fast host sender costs fewer system calls and
-    fills whole super-frames.
-    """
-    if hasattr(transport, "bufferSize"):
-        transport.bufferSize = READ_SIZE

@@ -54,8 +54,10 @@ MAX_CWND = 64 * 1024 * 1024
 
 #: Our window scale shift, when the guest scales.
 SCALE_SHIFT = 5
-#: The guest's MSS when its SYN has no MSS option (RFC 9293).
+#: The guest's MSS when its SYN has no MSS option, over IPv4 (RFC 9293).
 DEFAULT_MSS = 536
+#: The same over IPv6: RFC 8200's minimum MTU, 1280, less 60 bytes of headers.
+DEFAULT_MSS6 = 1220
 
 #: A TCP header without options (packed here: the hot path).
 FIXED_HEADER = struct.Struct("!HHIIHHHH")
@@ -82,14 +84,14 @@ def synOptions(mss: int, scale: bool) -> bytes:
     return options
 
 
-def readSynOptions(options: bytes) -> tuple[int, int | None]:
+def readSynOptions(options: bytes, default: int = DEFAULT_MSS) -> tuple[int, int | None]:
     """
-    The MSS (L{DEFAULT_MSS} if absent) and window scale shift (L{None} if
-    absent) of a SYN's options.
+    The MSS (C{default} if absent: L{DEFAULT_MSS} for IPv4, L{DEFAULT_MSS6}
+    for IPv6) and window scale shift (L{None} if absent) of a SYN's options.
 
     @raise vtwisted.wire.tcp.TCPError: unreadable options.
     """
-    mss, shift = DEFAULT_MSS, None
+    mss, shift = default, None
     for kind, value in iterOptions(options):
         if kind == OPT_MSS and len(value) == 2:
             mss = max(int.from_bytes(value, "big"), 64)
