@@ -13,6 +13,7 @@ C{MemoryReactor} and L{twisted.pair.testing.MemoryIOSystem}.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
@@ -23,6 +24,9 @@ from vtwisted.wire import checksum, vnet
 from vtwisted.wire.ipv4 import IPv4Header
 from vtwisted.wire.tcp import TCPHeader
 from vtwisted.wire.vlan import TPID
+
+#: The IPv6 LAN of L{FakeGuestNetwork}, as libslirp's default.
+_SITE_LOCAL = ipaddress.IPv6Network("fec0::/64")
 
 
 def mac(n: int, local: bool = True) -> bytes:
@@ -152,13 +156,15 @@ class FakeGuestNetwork:
     An L{IGuestNetwork} that records what the slirp engines send, for
     testing them without a router.
 
-    The address plan is libslirp's default: gateway 10.0.2.2 (the host's
-    loopback), DNS proxy 10.0.2.3 (port 53 goes to L{hostNameserver}).
+    The address plan is libslirp's default: gateway 10.0.2.2 and fec0::2
+    (the host's loopback, C{127.0.0.1} and C{::1}), DNS proxy 10.0.2.3 and
+    fec0::3 (port 53 goes to L{hostNameserver}); other addresses of
+    10.0.2.0/24 and fec0::/64 are the LAN, where guests may not go.
 
     @ivar tcp: segments sent, as (src, dst, parsed L{TCPHeader}, payload
         bytes, mss).
-    @ivar ip: packets sent with L{sendIPv4}, as (src, dst, protocol,
-        payload, ttl).
+    @ivar ip: packets sent with L{sendIP} or L{sendIPv4}, as (src, dst,
+        protocol, payload, ttl).
     @ivar unreachable: (packet, code) for each ICMP unreachable asked for.
     @ivar drops: (reason, message) for each packet counted as dropped.
     @ivar hostNameserver: where the DNS proxy's port 53 goes on the host.
@@ -170,9 +176,15 @@ class FakeGuestNetwork:
         maxSegment: int | None = None,
         restricted: bool = False,
         hostNameserver: str = "127.0.0.53",
+        ipv6: bool = True,
     ) -> None:
         self.gateway = b"\x0a\x00\x02\x02"
         self.nameserver = b"\x0a\x00\x02\x03"
+        self.gateway6: bytes | None = None
+        self.nameserver6: bytes | None = None
+        if ipv6:
+            self.gateway6 = ipaddress.IPv6Address("fec0::2").packed
+            self.nameserver6 = ipaddress.IPv6Address("fec0::3").packed
         self.mtu = mtu
         self.maxSegment = mtu - 40 if maxSegment is None else maxSegment
         self.restricted = restricted
@@ -185,11 +197,22 @@ class FakeGuestNetwork:
     def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
         if len(payload) > self.maxSegment:
             raise AssertionError(f"{len(payload)}-byte payload over maxSegment {self.maxSegment}")
+        if len(src) != len(dst):
+            raise AssertionError("TCP segment mixes IPv4 and IPv6 addresses")
         self.tcp.append((src, dst, TCPHeader.parse(header), bytes(payload), mss))
+
+    def sendIP(
+        self, src: bytes, dst: bytes, protocol: int, payload: bytes, ttl: int = 64
+    ) -> None:
+        if len(src) != len(dst) or len(src) not in (4, 16):
+            raise AssertionError(f"packet from {len(src)}-byte to {len(dst)}-byte address")
+        self.ip.append((src, dst, protocol, bytes(payload), ttl))
 
     def sendIPv4(
         self, src: bytes, dst: bytes, protocol: int, payload: bytes, ttl: int = 64
     ) -> None:
+        if len(src) != 4 or len(dst) != 4:
+            raise AssertionError("sendIPv4 with an IPv6 address")
         self.ip.append((src, dst, protocol, bytes(payload), ttl))
 
     def sendUnreachable(self, packet: bytes, code: int) -> None:
@@ -198,20 +221,32 @@ class FakeGuestNetwork:
     def hostAddress(self, dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
         if self.restricted:
             return None
+        if len(dst) == 16:
+            if self.gateway6 is None:
+                return None
+            if dst == self.gateway6:
+                return ("::1", port)
+            if dst == self.nameserver6:
+                return (self.hostNameserver, port) if port == 53 else None
+            address = ipaddress.IPv6Address(dst)
+            return None if address in _SITE_LOCAL else (str(address), port)
         if dst == self.gateway:
             return ("127.0.0.1", port)
         if dst == self.nameserver:
             return (self.hostNameserver, port) if port == 53 else None
         return (socket.inet_ntoa(dst), port)
 
-    def guestAddress(self, host: str) -> bytes:
-        if host == self.hostNameserver:
-            return self.nameserver
+    def guestAddress(self, host: str, v6: bool = False) -> bytes:
+        gateway = self.gateway6 if v6 and self.gateway6 is not None else self.gateway
+        if host.startswith("::ffff:"):
+            host = host[7:]
         try:
-            address = socket.inet_aton(host)
-        except OSError:
-            return self.gateway
-        return self.gateway if address[0] == 127 else address
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return gateway
+        if address.is_loopback or len(address.packed) != len(gateway):
+            return gateway
+        return address.packed
 
     def dropped(self, reason: str, message: str) -> None:
         self.drops.append((reason, message))

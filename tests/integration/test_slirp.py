@@ -145,6 +145,10 @@ def test_guestGetsQemusAddressPlanByDhcpAndPingsTheGateway(vswitch, namespaces,
     for address in ("10.0.2.2", "10.0.2.3"):
         result = ping(ns, address)
         assert result.returncode == 0, result.stdout
+    # 4000 bytes leave the guest in fragments, reassembled by the router,
+    # and the answer comes back in fragments the guest reassembles.
+    big = run(*execIn(ns, "ping", "-c", "2", "-s", "4000", "-W", "2", "10.0.2.2"), check=False)
+    assert big.returncode == 0 and "4008 bytes from 10.0.2.2" in big.stdout, big.stdout
     assert "Traceback" not in sw.logText(), sw.logText()
 
 

@@ -158,11 +158,62 @@ def test_kernelVouchedChecksumsAreNotChecked() -> None:
     assert seen.drops == [] and len(router.tcp.calls) == 1
 
 
-def test_fragmentsAreCountedAsUnsupported() -> None:
-    """IPv4 fragments are dropped and counted: they are not reassembled yet."""
+def fragmentsOf(payload: bytes, size: int, ident: int = 77) -> list[bytes]:
+    """
+    Frames carrying C{payload} (an ICMP message to the gateway) in IPv4
+    fragments of C{size} bytes (a multiple of 8).
+    """
+    frames = []
+    for offset in range(0, len(payload), size):
+        piece = payload[offset:offset + size]
+        more = ipv4.FLAG_MF if offset + size < len(payload) else 0
+        header = ipv4.IPv4Header(0, 20 + len(piece), ident, more, offset // 8, 64,
+                                 ipv4.PROTO_ICMP, 0, GUEST, GATEWAY).pack()
+        frames.append(GW_MAC + GUEST_MAC + b"\x08\x00" + header + piece)
+    return frames
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40).map(lambda n: n * 8), st.randoms(use_true_random=False))
+def test_fragmentedPingIsReassembledInAnyOrder(size: int, rnd: Any) -> None:
+    """A 3000-byte ping cut into fragments, sent in any order, is answered whole."""
     router, seen = makeRouter()
-    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_UDP, b"x" * 16, flags=ipv4.FLAG_MF))
-    assert seen.drops[0][0] == "unsupported" and "fragment" in seen.drops[0][1]
+    router.learn(GUEST, GUEST_MAC)
+    request = echoRequest(bytes(range(256)) * 12)
+    frames = fragmentsOf(request, size)
+    rnd.shuffle(frames)
+    for frame in frames:
+        router.frameReceived(frame)
+    assert seen.drops == []
+    pieces = {}
+    for frame in seen.frames:
+        header = ipv4.IPv4Header.parse(frame, 14)
+        pieces[header.fragmentOffset * 8] = frame[34:14 + header.totalLength]
+    reply = b"".join(pieces[k] for k in sorted(pieces))
+    assert icmp.ICMPMessage.parse(reply).payload == bytes(range(256)) * 12
+
+
+def test_overlappingFragmentsAreRefused() -> None:
+    """Pieces that overlap drop the datagram as malformed; nothing is answered."""
+    router, seen = makeRouter()
+    request = echoRequest(b"x" * 100)
+    first, second = fragmentsOf(request, 64)
+    header = ipv4.IPv4Header.parse(second, 14)._replace(fragmentOffset=4, checksum=0).pack()
+    router.frameReceived(first)
+    router.frameReceived(second[:14] + header + second[34:])
+    assert seen.frames == [] and seen.drops[0][0] == "malformed"
+    assert "overlap" in seen.drops[0][1]
+
+
+def test_incompleteDatagramIsDroppedAfterThirtySeconds() -> None:
+    """A datagram missing a piece is given up after 30 s, and counted."""
+    clock = Clock()
+    router, seen = makeRouter(clock=clock)
+    router.frameReceived(fragmentsOf(echoRequest(b"x" * 100), 64)[0])
+    assert len(router.fragments.pending) == 1
+    clock.advance(31)
+    assert router.fragments.pending == {}
+    assert seen.drops[0][0] == "peer" and "did not arrive whole" in seen.drops[0][1]
 
 
 def test_dhcpDiscoverGetsABroadcastOffer() -> None:

@@ -248,8 +248,10 @@ class SlirpService(Service):
             self.udp.close()
         if self.icmp is not None:
             self.icmp.close()
-        if self.router is not None and self.router.v6 is not None:
-            self.router.v6.close()
+        if self.router is not None:
+            self.router.fragments.close()
+            if self.router.v6 is not None:
+                self.router.v6.close()
         self.link = self.router = self.tcp = self.udp = self.icmp = None
         return results
 

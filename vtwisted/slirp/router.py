@@ -13,7 +13,7 @@ frames of its own:
     whose MAC is not known yet waits for an ARP answer for at most a second.
   - B{IPv4}: headers and checksums are checked (a packet from an offload
     TAP that the kernel vouched for is not checked again), fragments are
-    dropped, and the payload goes by protocol to the TCP engine
+    reassembled (L{vtwisted.slirp.fragments}), and the payload goes by protocol to the TCP engine
     (L{vtwisted.slirp.tcp}), the UDP engine (L{vtwisted.slirp.udp}), the DHCP
     server (L{vtwisted.slirp.dhcp}) or the ICMP echo responder.
   - B{Out}: every IPv4 packet leaves from the gateway's MAC, as libslirp's
@@ -40,6 +40,7 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
+from vtwisted.slirp.fragments import Reassembler
 from vtwisted.wire import arp, dhcp, icmp, ipv4, vnet
 from vtwisted.wire.checksum import (
     MODULUS,
@@ -125,6 +126,7 @@ class SlirpRouter:
         self.udp: Any = None
         self.dhcp: Any = None
         self.icmp: Any = None
+        self.fragments = Reassembler(reactor, self.dropped)
         #: The IPv6 side (L{vtwisted.slirp.router6}), or L{None} when IPv6 is off.
         self.v6: Any = None
         self.gateway6: bytes | None = None
@@ -336,7 +338,9 @@ class SlirpRouter:
         if src not in self.neighbours and src != _ZERO and self.config.contains(src):
             self.learn(src, frame[offset - 8:offset - 2])
         if header.isFragment:
-            self.dropped("unsupported", f"IPv4 fragment from {_dotted(src)}: not reassembled")
+            whole = self.fragments.add(header, memoryview(frame)[offset:end])
+            if whole is not None:
+                self._ipv4Received(frame[offset - 14:offset] + whole, 14, False)
             return
         packet = memoryview(frame)[offset:end]
         body = packet[hl:]
