@@ -102,6 +102,8 @@ def describe(svc: Any) -> list[str]:
     resolver = router.resolver()
     lines = [f"Slirp {where}: {svc.spec}", f" {svc.config.describe()}, MTU {router.mtu}",
              " resolver " + (f"{resolver[0]}:{resolver[1]}" if resolver else "none")]
+    if router.v6 is not None:
+        lines += [" " + line for line in router.v6.describe()]
     for mac, address in router.dhcp.leases():
         mac = ":".join(f"{b:02x}" for b in mac)
         lines.append(f" lease {ipaddress.IPv4Address(address)} {mac}")

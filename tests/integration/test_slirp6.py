@@ -1,0 +1,73 @@
+"""
+The IPv6 side of the slirp port against the Linux kernel: a network
+namespace behind a TAP port of a C{twistd vswitch} with a slirp port
+configures itself from the router's advertisements (SLAAC in QEMU's
+C{fec0::/64}, default route via C{fe80::2}) and reaches the router's
+addresses, which its neighbour table then lists as a router.
+
+The namespace keeps IPv6 on (not L{taphelpers.quietNamespace}): the test is
+about what its kernel does unasked.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from helpers import execIn, need, needRoot, run, uniqueName, waitFor
+from taphelpers import moveTap, ping
+
+pytestmark = pytest.mark.integration
+
+#: What the switch's slirp port gives, as in QEMU (spec B.1, B.10).
+PREFIX = "fec0::"
+ROUTER = "fe80::2"
+ROUTER_MAC = "52:56:00:00:00:02"
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+    need("ping")
+
+
+def ip6(namespace: str, *args: str) -> str:
+    return run(*execIn(namespace, "ip", "-6", *args)).stdout
+
+
+def slaacAddress(namespace: str, device: str) -> str | None:
+    """
+    The namespace's address in the slirp prefix once DAD has finished, or None.
+    """
+    for line in ip6(namespace, "addr", "show", "dev", device).splitlines():
+        found = re.search(rf"inet6 ({PREFIX}[0-9a-f:]*)/64 .*", line)
+        if found and "tentative" not in line:
+            return found.group(1)
+    return None
+
+
+@pytest.mark.parametrize("tapOptions", ["", ":offload=off"])
+def test_kernelConfiguresItselfFromTheRouterAndPingsIt(vswitch, namespaces,
+                                                      tapOptions: str) -> None:
+    """The kernel takes a fec0::/64 SLAAC address and a default route via fe80::2, pings both."""
+    tap = uniqueName("vt6")
+    sw = vswitch("--port", f"tap:{tap}{tapOptions}", "--port", "slirp")
+    ns = namespaces.add("vt6")
+    moveTap(tap, ns, None)
+    try:
+        waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20,
+                what="a SLAAC address from the router's advertisement")
+    except Exception:
+        raise AssertionError(f"{ip6(ns, 'addr')}\n{sw.logText()}") from None
+    address = slaacAddress(ns, tap)
+    assert address is not None
+    assert "scope site" in ip6(ns, "addr", "show", "dev", tap), "fec0:: is site-local"
+    route = ip6(ns, "route", "show", "default")
+    assert f"via {ROUTER} dev {tap} proto ra" in route, route
+    for target in (f"{ROUTER}%{tap}", f"{PREFIX}2", f"{PREFIX}3"):
+        result = ping(ns, target)
+        assert result.returncode == 0, f"{target}: {result.stdout}{result.stderr}\n{sw.logText()}"
+    neighbours = ip6(ns, "neigh", "show", "dev", tap)
+    assert re.search(rf"^{ROUTER} lladdr {ROUTER_MAC} router", neighbours, re.M), neighbours
+    assert re.search(rf"^{PREFIX}2 lladdr {ROUTER_MAC} router", neighbours, re.M), neighbours
+    assert "Traceback" not in sw.logText(), sw.logText()

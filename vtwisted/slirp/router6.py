@@ -1,0 +1,480 @@
+"""
+The IPv6 side of a slirp port's router: neighbour discovery, router
+advertisements, stateless DHCPv6, echo, and the way in and out for the
+TCP and UDP engines.
+
+Theory of operation
+-------------------
+As in libslirp, the router is C{fe80::2}, the gateway (the host, to guests)
+C{PREFIX::2}, the DNS proxy C{PREFIX::3}, each with MAC C{52:56} + the
+address's last 4 bytes; guests configure themselves (SLAAC), no DHCPv6
+addresses.
+
+  - B{Router advertisements} go from C{fe80::2} to C{ff02::1} at start,
+    every 200-600 s and for every solicitation: the prefix (on-link,
+    autonomous), the router's MAC, an MTU option (libslirp has none) and an
+    RDNSS option naming the DNS proxy (libslirp's only when the host has an
+    IPv6 nameserver; ours forwards to either family).  With C{restrict=on}
+    they announce no default route and no DNS, as DHCP does then.
+  - B{Neighbours}: solicitations for the three addresses are answered from
+    the target's own MAC; guests are learned from NDP and from any packet
+    with a unicast source.  A packet for an unknown guest waits up to a
+    second for the answer to a solicitation to its solicited-node group.
+  - B{In}: extension headers are walked, fragments dropped; TCP and UDP to
+    unicast addresses go to the engines (checksums checked unless the
+    guest's kernel vouched for them); pings to the router's addresses are
+    answered; DHCPv6 information requests get the DNS proxy's address.
+  - B{Out}: frames leave from the router's MAC, except neighbour
+    advertisements (from the target's, like ARP replies, which teaches the
+    switch where those MACs are).  TCP leaves as virtio-net packets with a
+    partial checksum (TSO super-frames past the MSS); datagrams past the
+    MTU leave in fragments.
+
+Bad input is counted through the router's C{dropped}; nothing here raises
+on a frame or logs per packet.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+from typing import TYPE_CHECKING, Any
+
+from vtwisted.wire import icmpv6, ipv6, vnet
+from vtwisted.wire.checksum import Buffer, checksumValid, pseudoHeaderSumV6
+from vtwisted.wire.ethernet import ETH_P_IPV6, formatMac
+from vtwisted.wire.udp import UDPError, UDPHeader, datagramChecksum
+
+if TYPE_CHECKING:
+    from vtwisted.slirp.router import SlirpRouter
+
+#: The router's link-local address.
+LINK_LOCAL = ipaddress.IPv6Address("fe80::2").packed
+ALL_NODES = ipaddress.IPv6Address("ff02::1").packed
+ALL_DHCP_AGENTS = ipaddress.IPv6Address("ff02::1:2").packed
+UNSPECIFIED = bytes(16)
+#: How long a packet for an unknown guest waits for its neighbour advertisement.
+NDP_WAIT = 1.0
+#: Packets held per unknown guest.
+NDP_QUEUE = 64
+#: Guests being looked up at once.
+NDP_LOOKUPS = 256
+#: Guests remembered.
+NDP_ENTRIES = 1024
+#: Unsolicited router advertisements go out at random intervals in this range.
+RA_INTERVAL = (200.0, 600.0)
+ROUTER_LIFETIME = 1800
+DNS_LIFETIME = 1800
+
+#: DHCPv6 (RFC 8415, 3646): the server port, message types, option codes.
+DHCP_SERVER_PORT, DHCP_REPLY, DHCP_INFORMATION_REQUEST = 547, 7, 11
+DHCP_CLIENT_ID, DHCP_SERVER_ID, DHCP_DNS_SERVERS = 1, 2, 23
+
+#: The ICMPv6 destination unreachable code for each ICMPv4 one.
+_CODES = {0: icmpv6.NO_ROUTE, 1: icmpv6.ADDRESS_UNREACHABLE, 3: icmpv6.PORT_UNREACHABLE,
+          13: icmpv6.ADMIN_PROHIBITED}
+#: Upper layers found right after the fixed header, without a walk.
+_UPPER = frozenset((ipv6.NH_TCP, ipv6.NH_UDP, ipv6.NH_ICMPV6))
+_ETHERTYPE = ETH_P_IPV6.to_bytes(2, "big")
+_NO_MAC = bytes(6)
+_U16 = struct.Struct("!H")
+_OPTION = struct.Struct("!HH")
+_FRAGMENT = struct.Struct("!BBHI")
+
+
+def macFor6(address: bytes) -> bytes:
+    """
+    The MAC address libslirp gives an emulated IPv6 host: C{52:56} and the
+    last 4 bytes of its address.
+    """
+    return b"\x52\x56" + address[12:16]
+
+
+class Ipv6Router:
+    """
+    The IPv6 side of one slirp port's L{SlirpRouter}.
+
+    @ivar prefix: the guests' network (C{fec0::/64}).
+    @ivar gateway: the gateway's address (16 bytes).
+    @ivar nameserver: the DNS proxy's address.
+    @ivar mac: the router's MAC, the source of its frames (but neighbour
+        advertisements).
+    @ivar macs: each of the router's addresses to the MAC it answers with.
+    @ivar neighbours: guest address to MAC.
+    """
+
+    def __init__(self, router: SlirpRouter, prefix: ipaddress.IPv6Network, gateway: bytes,
+                 nameserver: bytes) -> None:
+        self.router = router
+        self.reactor = router.reactor
+        self.prefix = prefix
+        self.gateway = gateway
+        self.nameserver = nameserver
+        self.mac = macFor6(LINK_LOCAL)
+        self.macs = {a: macFor6(a) for a in (LINK_LOCAL, gateway, nameserver)}
+        router.ownMacs.update(self.macs.values())
+        self.duid = _OPTION.pack(3, 1) + self.mac
+        self.neighbours: dict[bytes, bytes] = {}
+        self._pending: dict[bytes, tuple[list[tuple[bytes, bool]], Any]] = {}
+        self._ident = 0
+        self._advertiser: Any = self.reactor.callLater(0, self._periodic)
+
+    # Frames from the switch
+
+    def packetReceived(self, frame: bytes, offset: int, verified: bool) -> None:
+        """
+        An IPv6 packet at C{offset} of C{frame}, its Ethernet header just before.
+
+        @param verified: the guest's kernel vouched for the checksums.
+        """
+        ethSrc = frame[offset - 8:offset - 2]
+        try:
+            header = ipv6.IPv6Header.parse(frame, offset)
+        except ipv6.IPv6Error as e:
+            self.router.dropped("malformed", f"IPv6 from {formatMac(ethSrc)}: {e}")
+            return
+        src = header.src
+        end = offset + 40 + header.payloadLength if header.payloadLength else len(frame)
+        if end > len(frame) or src[0] == 0xFF:
+            problem = "truncated packet" if end > len(frame) else "multicast source"
+            self.router.dropped("malformed", f"IPv6 from {_text(src)}: {problem}")
+            return
+        if src != UNSPECIFIED and self.neighbours.get(src) != ethSrc:
+            self.learn(src, ethSrc)
+        view = memoryview(frame)[:end]
+        nextHeader, position = header.nextHeader, offset + 40
+        if nextHeader not in _UPPER:
+            try:
+                nextHeader, position = ipv6.transportOffset(view, offset)
+            except ipv6.IPv6Error as e:
+                self.router.dropped("malformed", f"IPv6 from {_text(src)}: {e}")
+                return
+        packet, body = view[offset:], view[position:]
+        if nextHeader == ipv6.NH_TCP:
+            self._tcpReceived(header, packet, body, verified)
+        elif nextHeader == ipv6.NH_UDP:
+            self._udpReceived(header, packet, body, verified)
+        elif nextHeader == ipv6.NH_ICMPV6:
+            self._icmpReceived(header, ethSrc, body, verified)
+        elif nextHeader == ipv6.NH_FRAGMENT:
+            self.router.dropped("unsupported", f"IPv6 fragment from {_text(src)}: "
+                                "not reassembled")
+        elif header.dst[0] != 0xFF and nextHeader != ipv6.NH_NONE:
+            self.router.dropped("unsupported", f"IPv6 next header {nextHeader} from "
+                                f"{_text(src)}")
+
+    def _tcpReceived(self, header: ipv6.IPv6Header, packet: memoryview, body: memoryview,
+                     verified: bool) -> None:
+        if header.dst[0] == 0xFF:
+            return
+        if not verified and not checksumValid(
+                body, pseudoHeaderSumV6(header.src, header.dst, 6, len(body))):
+            self.router.dropped("malformed", f"TCP from {_text(header.src)}: bad checksum")
+            return
+        self.router.tcp.segmentReceived(header.src, header.dst, body, packet)
+
+    def _udpReceived(self, header: ipv6.IPv6Header, packet: memoryview, body: memoryview,
+                     verified: bool) -> None:
+        src, dst = header.src, header.dst
+        try:
+            udp = UDPHeader.parse(body)
+        except UDPError as e:
+            self.router.dropped("malformed", f"UDP from {_text(src)}: {e}")
+            return
+        length = udp.length or len(body)
+        if length > len(body):
+            self.router.dropped("malformed", f"UDP from {_text(src)}: truncated datagram")
+            return
+        datagram = body[:length]
+        if not verified and (udp.checksum == 0 or not checksumValid(
+                datagram, pseudoHeaderSumV6(src, dst, 17, length))):
+            problem = "no checksum" if udp.checksum == 0 else "bad checksum"
+            self.router.dropped("malformed", f"UDP from {_text(src)}: {problem}")
+            return
+        if dst[0] == 0xFF:
+            if dst == ALL_DHCP_AGENTS and udp.dstPort == DHCP_SERVER_PORT:
+                self._dhcpReceived(src, udp.srcPort, datagram[8:])
+            return
+        self.router.udp.datagramReceived(src, udp.srcPort, dst, udp.dstPort,
+                                         bytes(datagram[8:]), packet)
+
+    def _icmpReceived(self, header: ipv6.IPv6Header, ethSrc: bytes, body: memoryview,
+                      verified: bool) -> None:
+        src, dst = header.src, header.dst
+        try:
+            message = icmpv6.ICMPv6Message.parse(body)
+            if not verified and not icmpv6.checksumOk(src, dst, body):
+                raise icmpv6.ICMPv6Error("bad checksum")
+            if message.type in icmpv6.OPTIONS_OFFSET:
+                self._ndpReceived(header, ethSrc, message)
+            elif message.type == icmpv6.ECHO_REQUEST:
+                self._echoReceived(src, dst, message)
+        except icmpv6.ICMPv6Error as e:
+            self.router.dropped("malformed", f"ICMPv6 from {_text(src)}: {e}")
+
+    def _echoReceived(self, src: bytes, dst: bytes, message: icmpv6.ICMPv6Message) -> None:
+        if dst in self.macs:
+            if src != UNSPECIFIED:
+                self.sendIP(dst, src, ipv6.NH_ICMPV6, icmpv6.echoReply(message, dst, src), 255)
+        elif dst[0] != 0xFF:
+            self.router.dropped("unsupported", f"IPv6 ping beyond the gateway, from "
+                                f"{_text(src)} to {_text(dst)}: not forwarded")
+
+    def _ndpReceived(self, header: ipv6.IPv6Header, ethSrc: bytes,
+                     message: icmpv6.ICMPv6Message) -> None:
+        if header.hopLimit != 255 or message.code != 0:
+            raise icmpv6.ICMPv6Error(f"neighbour discovery type {message.type} with hop limit "
+                                     f"{header.hopLimit}, code {message.code}")
+        kind, src, body = message.type, header.src, message.body
+        if kind == icmpv6.NEIGHBOR_ADVERTISEMENT:
+            mac = icmpv6.linkLayerAddress(body, icmpv6.OPTIONS_OFFSET[kind], icmpv6.TARGET_LL)
+            self.learn(icmpv6.targetAddress(message), mac or ethSrc)
+            return
+        mac = icmpv6.linkLayerAddress(body, icmpv6.OPTIONS_OFFSET[kind], icmpv6.SOURCE_LL)
+        if mac is not None and src != UNSPECIFIED:
+            self.learn(src, mac)
+        if kind == icmpv6.ROUTER_SOLICITATION:
+            self.advertise()
+        elif kind == icmpv6.NEIGHBOR_SOLICITATION:
+            self._solicitationReceived(src, icmpv6.targetAddress(message))
+
+    def _solicitationReceived(self, src: bytes, target: bytes) -> None:
+        own = self.macs.get(target)
+        if own is None:
+            return
+        if src == UNSPECIFIED:  # duplicate address detection: defend, to all nodes
+            dst, solicited = ALL_NODES, False
+        else:
+            dst, solicited = src, True
+        answer = icmpv6.neighborAdvertisement(target, dst, target, own, solicited)
+        self._sendNdp(target, dst, answer, own)
+
+    def _dhcpReceived(self, src: bytes, srcPort: int, payload: memoryview) -> None:
+        if src == UNSPECIFIED or not payload or payload[0] != DHCP_INFORMATION_REQUEST:
+            return
+        options = _dhcpOptions(payload)
+        if options is None:
+            self.router.dropped("malformed", f"DHCPv6 from {_text(src)}: truncated options")
+            return
+        reply = [bytes([DHCP_REPLY]), bytes(payload[1:4])]
+        clientId = options.get(DHCP_CLIENT_ID)
+        if clientId is not None:
+            reply.append(_OPTION.pack(DHCP_CLIENT_ID, len(clientId)) + clientId)
+        reply.append(_OPTION.pack(DHCP_SERVER_ID, len(self.duid)) + self.duid)
+        if not self.router.restricted:
+            reply.append(_OPTION.pack(DHCP_DNS_SERVERS, 16) + self.nameserver)
+        datagram = udpDatagram6(LINK_LOCAL, src, DHCP_SERVER_PORT, srcPort, b"".join(reply))
+        self.sendIP(LINK_LOCAL, src, ipv6.NH_UDP, datagram)
+
+    # Neighbours
+
+    def learn(self, address: bytes, mac: bytes) -> None:
+        """
+        Remember that guest C{address} has C{mac}, and send what waited for it.
+        """
+        if mac[0] & 1 or address[0] == 0xFF or address == UNSPECIFIED or address in self.macs:
+            return
+        if address not in self.neighbours and len(self.neighbours) >= NDP_ENTRIES:
+            self.neighbours.pop(next(iter(self.neighbours)))
+        self.neighbours[address] = mac
+        entry = self._pending.pop(address, None)
+        if entry is not None:
+            waiting, call = entry
+            call.cancel()
+            for packet, isVnet in waiting:
+                if isVnet:
+                    self.router.emitPacket(packet[:10] + mac + packet[16:])
+                else:
+                    self.router.emitFrame(mac + packet[6:])
+
+    def _hold(self, dst: bytes, packet: bytes, isVnet: bool) -> None:
+        entry = self._pending.get(dst)
+        if entry is None:
+            if dst == UNSPECIFIED or len(self._pending) >= NDP_LOOKUPS:
+                self.router.dropped("peer", f"no route to {_text(dst)}")
+                return
+            entry = self._pending[dst] = ([], self.reactor.callLater(NDP_WAIT, self._giveUp,
+                                                                     dst))
+            self._solicit(dst)
+        if len(entry[0]) < NDP_QUEUE:
+            entry[0].append((packet, isVnet))
+        else:
+            self.router.dropped("busy", f"{_text(dst)} does not answer neighbour "
+                                "solicitations; packets queued")
+
+    def _giveUp(self, dst: bytes) -> None:
+        if self._pending.pop(dst, None) is not None:
+            self.router.dropped("peer", f"{_text(dst)} did not answer neighbour solicitation "
+                                f"within {NDP_WAIT:g} s")
+
+    def _solicit(self, address: bytes) -> None:
+        group = icmpv6.solicitedNodeAddress(address)
+        message = icmpv6.neighborSolicitation(LINK_LOCAL, group, address, self.mac)
+        self._sendNdp(LINK_LOCAL, group, message)
+
+    # Sending
+
+    def sendIP(self, src: bytes, dst: bytes, nextHeader: int, payload: bytes,
+               hopLimit: int = 64) -> None:
+        """
+        Send C{payload} (checksums computed) to a guest, in fragments if it
+        does not fit in the MTU.
+        """
+        if 40 + len(payload) <= self.router.mtu:
+            self._sendPacket(dst, _ipHeader(src, dst, nextHeader, len(payload), hopLimit)
+                             + payload)
+            return
+        room = (self.router.mtu - 48) & ~7
+        self._ident = (self._ident + 1) & 0xFFFFFFFF
+        for start in range(0, len(payload), room):
+            piece = payload[start:start + room]
+            more = 1 if start + room < len(payload) else 0
+            fragment = _FRAGMENT.pack(nextHeader, 0, start | more, self._ident)
+            self._sendPacket(dst, _ipHeader(src, dst, ipv6.NH_FRAGMENT, 8 + len(piece),
+                                                 hopLimit) + fragment + piece)
+
+    def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
+        """
+        Send a TCP segment as a virtio-net packet with a partial checksum, a
+        TSO super-frame if it is longer than C{mss}.
+        """
+        length = len(header) + len(payload)
+        partial = pseudoHeaderSumV6(src, dst, ipv6.NH_TCP, length)
+        tcpHeader = header[:16] + _U16.pack(partial) + header[18:]
+        gso = vnet.GSO_TCPV6 if len(payload) > mss else vnet.GSO_NONE
+        vnetHeader = vnet.VnetHeader(vnet.NEEDS_CSUM, gso, 54 + len(header),
+                                     mss if gso else 0, 54, 16).pack()
+        mac = self.neighbours.get(dst)
+        packet = b"".join((vnetHeader, mac or _NO_MAC, self.mac, _ETHERTYPE,
+                           _ipHeader(src, dst, ipv6.NH_TCP, length, 64), tcpHeader,
+                           payload))
+        if mac is None:
+            self._hold(dst, packet, True)
+        else:
+            self.router.emitPacket(packet)
+
+    def sendUnreachable(self, packet: Buffer, code4: int) -> None:
+        """
+        Answer the guest's IPv6 C{packet} with a destination unreachable, its
+        code mapped from ICMPv4's C{code4}; never about an error, nor to an
+        unspecified or multicast source.
+        """
+        try:
+            nextHeader, position = ipv6.transportOffset(packet)
+        except ipv6.IPv6Error:
+            return
+        src = bytes(packet[8:24])
+        if src == UNSPECIFIED or src[0] == 0xFF:
+            return
+        if nextHeader == ipv6.NH_ICMPV6 and (position >= len(packet) or packet[position] < 128):
+            return
+        reporter = LINK_LOCAL if src[:2] == b"\xfe\x80" else self.gateway
+        message = icmpv6.destinationUnreachable(_CODES.get(code4, icmpv6.NO_ROUTE), packet,
+                                                reporter, src)
+        self.sendIP(reporter, src, ipv6.NH_ICMPV6, message)
+
+    def advertise(self) -> None:
+        """
+        Send a router advertisement to all nodes.
+        """
+        restricted, mtu = self.router.restricted, self.router.mtu
+        message = icmpv6.routerAdvertisement(
+            LINK_LOCAL, ALL_NODES, self.mac, self.prefix.network_address.packed,
+            self.prefix.prefixlen, None if restricted else self.nameserver,
+            mtu if mtu >= icmpv6.MIN_MTU else None,
+            routerLifetime=0 if restricted else ROUTER_LIFETIME, dnsLifetime=DNS_LIFETIME,
+        )
+        self._sendNdp(LINK_LOCAL, ALL_NODES, message)
+
+    def _periodic(self) -> None:
+        self._advertiser = self.reactor.callLater(random.uniform(*RA_INTERVAL), self._periodic)
+        self.advertise()
+
+    def _sendNdp(self, src: bytes, dst: bytes, message: bytes,
+                 source: bytes | None = None) -> None:
+        ip = _ipHeader(src, dst, ipv6.NH_ICMPV6, len(message), 255)
+        self._sendPacket(dst, ip + message, source)
+
+    def _sendPacket(self, dst: bytes, ip: bytes, source: bytes | None = None) -> None:
+        mac = icmpv6.multicastMac(dst) if dst[0] == 0xFF else self.neighbours.get(dst)
+        frame = b"".join((mac or _NO_MAC, source or self.mac, _ETHERTYPE, ip))
+        if mac is None:
+            self._hold(dst, frame, False)
+        else:
+            self.router.emitFrame(frame)
+
+    # The address plan
+
+    def hostAddress(self, dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
+        """
+        Where on the host a guest's packet to C{dst}:C{port} goes: the
+        gateway is C{::1}, the DNS proxy's port 53 the host's resolver,
+        global addresses themselves, others nowhere.
+        """
+        if self.router.restricted:
+            return None
+        if dst == self.gateway:
+            return ("::1", port)
+        if dst == self.nameserver:
+            return self.router.resolver() if port == 53 else None
+        address = ipaddress.IPv6Address(dst)
+        if (address in self.prefix or address.is_link_local or address.is_multicast
+                or address.is_unspecified or address.is_loopback
+                or address.ipv4_mapped is not None):
+            return None
+        return (str(address), port)
+
+    def describe(self) -> list[str]:
+        """
+        The prefix, the router and the guests it knows, for a console.
+        """
+        lines = [f"IPv6 {self.prefix}, gateway {_text(self.gateway)}, DNS "
+                 f"{_text(self.nameserver)}, router fe80::2 at {formatMac(self.mac)}"]
+        lines.extend(f"guest {_text(a)} at {formatMac(m)}"
+                     for a, m in sorted(self.neighbours.items()))
+        return lines
+
+    def close(self) -> None:
+        """
+        Stop advertising and drop the packets waiting for guests.
+        """
+        for call in [self._advertiser, *(call for _, call in self._pending.values())]:
+            if call is not None and call.active():
+                call.cancel()
+        self._advertiser = None
+        self._pending.clear()
+
+
+def udpDatagram6(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: bytes) -> bytes:
+    """
+    A UDP datagram over IPv6 with its checksum.
+    """
+    length = 8 + len(payload)
+    datagram = UDPHeader(srcPort, dstPort, length, 0).pack() + payload
+    checksum = datagramChecksum(pseudoHeaderSumV6(src, dst, ipv6.NH_UDP, length), datagram)
+    return datagram[:6] + _U16.pack(checksum) + datagram[8:]
+
+
+def _dhcpOptions(message: memoryview) -> dict[int, bytes] | None:
+    """
+    The options of a DHCPv6 client message (after its 4-byte header), the
+    first of each code; L{None} if one runs past the end.
+    """
+    options: dict[int, bytes] = {}
+    offset = 4
+    while offset + 4 <= len(message):
+        code, length = _OPTION.unpack_from(message, offset)
+        if offset + 4 + length > len(message):
+            return None
+        options.setdefault(code, bytes(message[offset + 4:offset + 4 + length]))
+        offset += 4 + length
+    return options if offset == len(message) else None
+
+
+def _ipHeader(src: bytes, dst: bytes, nextHeader: int, length: int, hopLimit: int) -> bytes:
+    return ipv6.IPv6Header(0, 0, length, nextHeader, hopLimit, src, dst).pack()
+
+
+def _text(address: Buffer) -> str:
+    return str(ipaddress.IPv6Address(bytes(address)))
