@@ -168,6 +168,7 @@ class FakeGuestNetwork:
     @ivar unreachable: (packet, code) for each ICMP unreachable asked for.
     @ivar drops: (reason, message) for each packet counted as dropped.
     @ivar hostNameserver: where the DNS proxy's port 53 goes on the host.
+    @ivar resolverPort: the port it goes to there.
     """
 
     def __init__(
@@ -177,6 +178,7 @@ class FakeGuestNetwork:
         restricted: bool = False,
         hostNameserver: str = "127.0.0.53",
         ipv6: bool = True,
+        resolverPort: int = 53,
     ) -> None:
         self.gateway = b"\x0a\x00\x02\x02"
         self.nameserver = b"\x0a\x00\x02\x03"
@@ -189,6 +191,7 @@ class FakeGuestNetwork:
         self.maxSegment = mtu - 40 if maxSegment is None else maxSegment
         self.restricted = restricted
         self.hostNameserver = hostNameserver
+        self.resolverPort = resolverPort
         self.tcp: list[tuple[bytes, bytes, TCPHeader, bytes, int]] = []
         self.ip: list[tuple[bytes, bytes, int, bytes, int]] = []
         self.unreachable: list[tuple[bytes, int]] = []
@@ -227,13 +230,13 @@ class FakeGuestNetwork:
             if dst == self.gateway6:
                 return ("::1", port)
             if dst == self.nameserver6:
-                return (self.hostNameserver, port) if port == 53 else None
+                return (self.hostNameserver, self.resolverPort) if port == 53 else None
             address = ipaddress.IPv6Address(dst)
             return None if address in _SITE_LOCAL else (str(address), port)
         if dst == self.gateway:
             return ("127.0.0.1", port)
         if dst == self.nameserver:
-            return (self.hostNameserver, port) if port == 53 else None
+            return (self.hostNameserver, self.resolverPort) if port == 53 else None
         return (socket.inet_ntoa(dst), port)
 
     def guestAddress(self, host: str, v6: bool = False) -> bytes:

@@ -376,6 +376,8 @@ class UdpGuest:
 
     gateway = GATEWAY
     nameserver = DNS
+    gateway6 = None
+    nameserver6 = None
     restricted = False
 
     def __init__(self, resolver: tuple[str, int]) -> None:
@@ -390,10 +392,11 @@ class UdpGuest:
             return self.resolver if port == 53 else None
         return None
 
-    def guestAddress(self, host: str) -> bytes:
+    def guestAddress(self, host: str, v6: bool = False) -> bytes:
+        assert not v6 and not host.startswith("::ffff:"), "IPv4 peers come unmapped"
         return GATEWAY if host == "127.0.0.1" else socket.inet_aton(host)
 
-    def sendIPv4(self, src: bytes, dst: bytes, protocol: int, payload: bytes) -> None:
+    def sendIP(self, src: bytes, dst: bytes, protocol: int, payload: bytes) -> None:
         self.sent.append((src, dst, payload))
 
     def sendUnreachable(self, packet: bytes, code: int) -> None:

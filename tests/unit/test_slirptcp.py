@@ -25,6 +25,7 @@ from vtwisted.slirp.tcp import TcpNat
 from vtwisted.slirp.tcpconnection import RECEIVE_BUDGET
 from vtwisted.testing import FakeGuestNetwork
 from vtwisted.wire.ipv4 import IPv4Header
+from vtwisted.wire.ipv6 import IPv6Header
 from vtwisted.wire.tcp import ACK, FIN, OPT_MSS, OPT_WINDOW_SCALE, PSH, RST, SYN, TCPHeader
 
 GUEST = bytes([10, 0, 2, 15])
@@ -62,6 +63,11 @@ SCALE_OPTION = bytes((1, OPT_WINDOW_SCALE, 3, 7))
 
 
 def ipPacket(src: bytes, dst: bytes, segment: bytes) -> bytes:
+    """
+    An IPv4 or IPv6 packet (by the address length) carrying C{segment}.
+    """
+    if len(src) == 16:
+        return IPv6Header(0, 0, len(segment), 6, 64, src, dst).pack() + segment
     return IPv4Header(0, 20 + len(segment), 1, 2, 0, 64, 6, 0, src, dst).pack() + segment
 
 
@@ -70,11 +76,12 @@ class Harness:
     A L{TcpNat} with a fake router and reactor, and a scripted guest.
     """
 
-    def __init__(self, **network: Any) -> None:
+    def __init__(self, guest: bytes = GUEST, dst: bytes = GATEWAY, **network: Any) -> None:
         self.clock = MemoryReactorClock()
         self.network = FakeGuestNetwork(**network)
         self.nat = TcpNat(self.network, self.clock)
-        self.dst = GATEWAY
+        self.guest = guest
+        self.dst = dst
         self.dport = 80
         self.sport = GUEST_PORT
         self.seq = GUEST_ISN + 1
@@ -92,8 +99,8 @@ class Harness:
             (self.seq if seq is None else seq) & MASK,
             (self.ours if ack is None else ack) & MASK, flags, window, 0, 0, options)
         segment = header.pack() + payload
-        packet = ipPacket(GUEST, dst or self.dst, segment)
-        self.nat.segmentReceived(GUEST, dst or self.dst, segment, packet)
+        packet = ipPacket(self.guest, dst or self.dst, segment)
+        self.nat.segmentReceived(self.guest, dst or self.dst, segment, packet)
         return packet
 
     def data(self, payload: bytes, window: int = 65535) -> None:

@@ -30,9 +30,11 @@ class ScriptedGuest(FakeGuestNetwork):
     ACKs what arrives in order, sends within the engine's window.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, guest: bytes = GUEST, remote: bytes = GATEWAY) -> None:
         super().__init__()
         self.nat = TcpNat(self, reactor)
+        self.guest, self.remote = guest, remote
+        self.segmentSize = self.mtu - (60 if len(guest) == 16 else 40)
         self.received = bytearray()
         self.outgoing = b""
         self.sndUna = self.sndNxt = self.rcvNxt = 0
@@ -40,9 +42,12 @@ class ScriptedGuest(FakeGuestNetwork):
         self.peerShift = 0
         self.connected = self.refused = self.finReceived = False
         self.port = 0
+        self.misaddressed = 0
 
     def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
         super().sendTcp(src, dst, header, payload, mss)
+        if (src, dst) != (self.remote, self.guest):
+            self.misaddressed += 1
         parsed = self.tcp.pop()[2]
         reactor.callLater(0, self.segment, parsed, bytes(payload))
 
@@ -51,12 +56,13 @@ class ScriptedGuest(FakeGuestNetwork):
         header = TCPHeader(40000, self.port, (self.sndNxt if seq is None else seq) & MASK,
                            self.rcvNxt & MASK, flags, 0xFFFF, 0, 0, options)
         segment = header.pack() + payload
-        self.nat.segmentReceived(GUEST, GATEWAY, segment, ipPacket(GUEST, GATEWAY, segment))
+        self.nat.segmentReceived(self.guest, self.remote, segment,
+                                 ipPacket(self.guest, self.remote, segment))
 
     def connect(self, port: int) -> None:
         self.port = port
         self.sndUna = self.sndNxt = 5000
-        self.emit(SYN, options=mssOption(1460) + SCALE_OPTION)
+        self.emit(SYN, options=mssOption(self.segmentSize) + SCALE_OPTION)
         self.sndNxt += 1
 
     def segment(self, header: TCPHeader, payload: bytes) -> None:
@@ -88,7 +94,7 @@ class ScriptedGuest(FakeGuestNetwork):
         sent = self.sndNxt - 5001
         while sent < len(self.outgoing) and self.sndNxt - self.sndUna < self.peerWindow:
             room = self.peerWindow - (self.sndNxt - self.sndUna)
-            size = min(1460, len(self.outgoing) - sent, room)
+            size = min(self.segmentSize, len(self.outgoing) - sent, room)
             self.emit(ACK | PSH, self.outgoing[sent : sent + size])
             self.sndNxt += size
             sent += size
@@ -137,6 +143,7 @@ async def test_megabytesCrossRealSocketsBothWays() -> None:
         assert servers[0].verified
         assert hashlib.sha256(guest.received).digest() == hashlib.sha256(download).digest()
         assert guest.nat.resets == 0 and guest.nat.timeouts == 0
+        assert guest.misaddressed == 0
         guest.emit(ACK | FIN)
         await until(lambda: guest.nat.connectionCount == 0, timeout=5, what="time-wait")
     finally:

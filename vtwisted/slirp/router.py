@@ -164,7 +164,7 @@ class SlirpRouter:
         The host's DNS server and port, or L{None} if the host has none.
         """
         host = self.config.resolver or self.resolvConf.nameserver(self.reactor.seconds())
-        if host is None or ":" in host:
+        if host is None:
             return None
         return (host, self.config.resolverPort)
 

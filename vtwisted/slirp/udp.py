@@ -13,25 +13,41 @@ endpoint-independent ("full cone") mapping, which is what games, STUN and
 DNS clients expect.  Answers from a resolver the source asked through the
 DNS proxy come from the proxy's address and port 53.
 
+Guests speak IPv4 or IPv6 (4- or 16-byte addresses), and the host side of
+either may be of either family: an IPv6 guest's DNS proxy may lead to an
+IPv4 resolver.  So the host sockets are dual-stack, bound to C{::} (Linux's
+default C{bindv6only=0} lets them reach IPv4 too): an IPv4 destination is
+written as C{::ffff:a.b.c.d} and an IPv4 sender is read back from that
+form.  An IPv6 guest hears from the IPv6 gateway (for the host's loopback)
+and the IPv6 DNS proxy, whatever the family of the host peer.  On a host
+without IPv6 (or with C{bindv6only=1}) the sockets fall back to IPv4 and
+IPv6 destinations are dropped as C{unsupported}.
+
 A mapping that carried nothing for 240 s is closed, one that only carried
 DNS after 10 s.  Instead of a timer per datagram, traffic marks the mapping
 and a sweep every L{SWEEP} seconds closes what stayed unmarked long enough.
 
 Host port forwards (C{hostfwd=udp:...}) work the other way round: a datagram
-to the forward's host socket goes to the guest from the gateway's address
-and the sender's port, and the guest's answers to that address and port go
-back to the sender from the forward's socket.
+to the forward's host socket (its own, bound where the forward says) goes to
+the guest from the gateway's address and the sender's port, and the guest's
+answers to that address and port go back to the sender from the forward's
+socket.  Forwards reach IPv4 guests.
 """
 
 from __future__ import annotations
 
+import errno
+import ipaddress
+import socket
 from typing import Any
 
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from vtwisted.interfaces import IGuestNetwork
+from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint, unmapped
 from vtwisted.slirp.router import udpDatagram
 from vtwisted.wire import ipv4
 
@@ -46,6 +62,8 @@ DNS_IDLE_SWEEPS = 2
 MAX_MAPPINGS = 1024
 #: The largest datagram read from a host socket.
 MAX_DATAGRAM = 65535
+#: Why binding C{::} can fail on a host without IPv6.
+_NO_IPV6 = frozenset((errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL))
 
 
 class UdpMapping(DatagramProtocol):
@@ -53,7 +71,12 @@ class UdpMapping(DatagramProtocol):
     The host socket of one guest source.
 
     @ivar guest: the guest's address and port.
-    @ivar dnsPeers: resolvers asked through the DNS proxy.
+    @ivar v6: whether the guest speaks IPv6.
+    @ivar mapped: whether the socket is dual-stack (IPv4 peers written and
+        read as C{::ffff:a.b.c.d}); if not, it is IPv4 only.
+    @ivar proxy: the DNS proxy's address in the guest's family.
+    @ivar dnsPeers: resolvers asked through the DNS proxy, as (host, port)
+        with IPv4 hosts unmapped and IPv6 hosts in their short form.
     """
 
     noisy = False
@@ -61,6 +84,10 @@ class UdpMapping(DatagramProtocol):
     def __init__(self, engine: UdpNat, guest: tuple[bytes, int]) -> None:
         self.engine = engine
         self.guest = guest
+        self.v6 = len(guest[0]) == 16
+        network = engine.network
+        self.proxy = (network.nameserver6 if self.v6 else network.nameserver) or b""
+        self.mapped = False
         self.dnsPeers: set[tuple[str, int]] = set()
         self.active = True
         self.idle = 0
@@ -73,14 +100,24 @@ class UdpMapping(DatagramProtocol):
         self.active = True
         self.received += 1
         network = self.engine.network
-        peer = (addr[0], addr[1])
-        if peer in self.dnsPeers:
-            src, port = network.nameserver, 53
-        else:
-            src, port = network.guestAddress(addr[0]), addr[1]
+        host = addr[0]
+        if self.mapped and host.startswith("::ffff:"):
+            host = host[7:]
         guest, guestPort = self.guest
-        network.sendIPv4(src, guest, ipv4.PROTO_UDP,
-                         udpDatagram(src, guest, port, guestPort, data))
+        if (host, addr[1]) in self.dnsPeers:
+            src, port = self.proxy, 53
+        else:
+            src, port = network.guestAddress(host, self.v6), addr[1]
+        network.sendIP(src, guest, ipv4.PROTO_UDP, udpDatagram(src, guest, port, guestPort, data))
+
+    def addDnsPeer(self, host: tuple[str, int]) -> None:
+        """
+        Remember that C{host} is a resolver this source asked through the
+        DNS proxy.
+        """
+        if ":" in host[0]:
+            host = (str(ipaddress.ip_address(host[0])), host[1])
+        self.dnsPeers.add(host)
 
     def send(self, payload: bytes, host: tuple[str, int], packet: bytes) -> None:
         """
@@ -88,11 +125,21 @@ class UdpMapping(DatagramProtocol):
         """
         self.active = True
         self.sent += 1
+        address = host[0]
+        if ":" in address:
+            if not self.mapped:
+                self.engine.network.dropped(
+                    "unsupported", f"UDP to {hostEndpoint(*host)}: no IPv6 on the host")
+                self.engine.network.sendUnreachable(packet, 0)
+                return
+        elif self.mapped:
+            host = ("::ffff:" + address, host[1])
         try:
             self.transport.write(payload, host)  # type: ignore[union-attr]
         except OSError as e:
             self.engine.network.dropped(
-                "peer", f"UDP to {host[0]}:{host[1]}: {e.strerror} (errno {e.errno})")
+                "peer", f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}: "
+                        f"{e.strerror} (errno {e.errno})")
             self.engine.network.sendUnreachable(packet, 0)
 
 
@@ -110,10 +157,10 @@ class ForwardSocket(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         network = self.engine.network
-        src = network.guestAddress(addr[0])
+        src = network.guestAddress(addr[0], len(self.guest) == 16)
         self.engine.sessions[(self.guest, self.guestPort, src, addr[1])] = (self, addr)
-        network.sendIPv4(src, self.guest, ipv4.PROTO_UDP,
-                         udpDatagram(src, self.guest, addr[1], self.guestPort, data))
+        network.sendIP(src, self.guest, ipv4.PROTO_UDP,
+                       udpDatagram(src, self.guest, addr[1], self.guestPort, data))
 
     def reply(self, payload: bytes, addr: Any) -> None:
         """
@@ -123,7 +170,8 @@ class ForwardSocket(DatagramProtocol):
             self.transport.write(payload, addr)  # type: ignore[union-attr]
         except OSError as e:
             self.engine.network.dropped(
-                "peer", f"UDP forward to {addr[0]}:{addr[1]}: {e.strerror} (errno {e.errno})")
+                "peer", f"UDP forward to {hostEndpoint(addr[0], addr[1])}: {e.strerror} "
+                        f"(errno {e.errno})")
 
 
 class UdpNat:
@@ -133,6 +181,8 @@ class UdpNat:
     @ivar mappings: guest source to its host socket.
     @ivar sessions: (guest, guest port, peer, peer port) of forwarded
         datagrams to the forward's socket and the client's address.
+    @ivar dualStack: whether host sockets are bound to C{::} and reach both
+        families (L{None} until the first one is opened).
     """
 
     def __init__(self, network: IGuestNetwork, reactor: Any) -> None:
@@ -140,6 +190,7 @@ class UdpNat:
         self.reactor = reactor
         self.mappings: dict[tuple[bytes, int], UdpMapping] = {}
         self.sessions: dict[tuple[bytes, int, bytes, int], tuple[ForwardSocket, Any]] = {}
+        self.dualStack: bool | None = None
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = reactor
         self._sweeper.start(SWEEP, now=False)
@@ -147,7 +198,9 @@ class UdpNat:
     def datagramReceived(self, src: bytes, srcPort: int, dst: bytes, dstPort: int,
                          payload: bytes, packet: bytes) -> None:
         """
-        A guest sent C{payload} from C{src}:C{srcPort} to C{dst}:C{dstPort}.
+        A guest sent C{payload} from C{src}:C{srcPort} to C{dst}:C{dstPort}
+        (4-byte IPv4 or 16-byte IPv6 addresses); C{packet} is the whole IP
+        packet, for an ICMP error.
         """
         key = (src, srcPort, dst, dstPort)
         session = self.sessions.get(key)
@@ -169,8 +222,8 @@ class UdpNat:
             mapping = self._open(src, srcPort)
             if mapping is None:
                 return
-        if dst == network.nameserver:
-            mapping.dnsPeers.add(host)
+        if dst == (network.nameserver6 if len(dst) == 16 else network.nameserver):
+            mapping.addDnsPeer(host)
         else:
             mapping.onlyDns = False
         mapping.send(payload, host, packet)
@@ -179,13 +232,42 @@ class UdpNat:
         if len(self.mappings) >= MAX_MAPPINGS:
             self.network.dropped("busy", f"UDP: {MAX_MAPPINGS} guest sources have sockets")
             return None
-        mapping = UdpMapping(self, (src, srcPort))
         try:
-            mapping.listeningPort = self.reactor.listenUDP(0, mapping, "", MAX_DATAGRAM)
+            mapping = self._listen((src, srcPort))
         except Exception as e:
             self.network.dropped("busy", f"UDP: cannot open a host socket: {e}")
             return None
         self.mappings[(src, srcPort)] = mapping
+        return mapping
+
+    def _listen(self, guest: tuple[bytes, int]) -> UdpMapping:
+        """
+        A mapping for C{guest} with its host socket: dual-stack if the host
+        allows, else IPv4 (and then for good).
+        """
+        mapping = UdpMapping(self, guest)
+        if self.dualStack is False:
+            mapping.listeningPort = self.reactor.listenUDP(0, mapping, "", MAX_DATAGRAM)
+            return mapping
+        try:
+            port = self.reactor.listenUDP(0, mapping, "::", MAX_DATAGRAM)
+        except CannotListenError as e:
+            if getattr(e.socketError, "errno", None) not in _NO_IPV6:
+                raise
+            reason = f"cannot bind [::]: {e.socketError}"
+        else:
+            if self.dualStack or not _v6only(port):
+                self.dualStack = mapping.mapped = True
+                mapping.listeningPort = port
+                return mapping
+            port.stopListening()
+            reason = "IPv6 sockets take no IPv4 here (bindv6only=1)"
+        # A fresh protocol: the one of a stopped port loses its transport.
+        mapping = UdpMapping(self, guest)
+        mapping.listeningPort = self.reactor.listenUDP(0, mapping, "", MAX_DATAGRAM)
+        self.dualStack = False
+        log.warn("slirp UDP: {reason}; host sockets are IPv4 only, IPv6 destinations "
+                 "are dropped", reason=reason)
         return mapping
 
     def forwardSocket(self, guest: bytes, guestPort: int) -> ForwardSocket:
@@ -217,8 +299,8 @@ class UdpNat:
         lines = []
         for (address, port), mapping in sorted(self.mappings.items()):
             local = mapping.listeningPort.getHost().port
-            guest = ".".join(str(b) for b in address)
-            lines.append(f"UDP {guest}:{port} via host port {local}: "
+            guest = guestEndpoint(address, port)
+            lines.append(f"UDP {guest} via host port {local}: "
                          f"{mapping.sent} sent, {mapping.received} received")
         return lines
 
@@ -232,3 +314,17 @@ class UdpNat:
         for mapping in mappings.values():
             mapping.listeningPort.stopListening()
         self.sessions.clear()
+
+
+def _v6only(port: Any) -> bool:
+    """
+    Whether the IPv6 socket of C{port} (a Twisted UDP port, or a fake
+    without a socket) refuses IPv4.
+    """
+    sock = getattr(port, "socket", None)
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    except OSError:
+        return False

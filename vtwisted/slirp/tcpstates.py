@@ -1,0 +1,273 @@
+"""
+The states of a relayed TCP connection, and its opening: the SYN/SYN-ACK
+exchange with the guest, whichever side starts it, and the segment sizes
+both sides agree on.
+
+Theory of operation: the family of a connection is the length of its
+guest-side addresses (4 bytes IPv4, 16 IPv6), fixed when the connection is
+made.  It sets the headers an MSS leaves room for (40 bytes of IPv4 and
+TCP, 60 of IPv6 and TCP): the MSS we advertise is the router's MTU less
+those, the guest's is capped to the same, and a SYN without an MSS option
+means 536 bytes over IPv4 (RFC 9293) or 1220 over IPv6 (RFC 8200's minimum
+MTU less the headers).  Nothing per segment depends on the family.
+
+A guest's SYN (L{Handshake.guestSyn}) is answered only once the host
+connect succeeded (L{Handshake.hostConnected}); a host client of a port
+forward (L{Handshake.forwardAccepted}) is paused while our SYN waits for
+the guest's SYN-ACK.  One timer, the connection's only one
+(L{vtwisted.slirp.tcpsend.SendSide.armTimer}), repeats the SYN or SYN-ACK
+with backoff until L{HANDSHAKE_RETRIES}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vtwisted.slirp.tcpsend import (
+    DEFAULT_MSS,
+    DEFAULT_MSS6,
+    INITIAL_CWND,
+    INITIAL_RTO,
+    MASK,
+    SCALE_SHIFT,
+    SendSide,
+    readSynOptions,
+    synOptions,
+)
+from vtwisted.wire.tcp import ACK, RST, SYN
+
+CONNECTING = "connecting"
+SYN_RECEIVED = "syn-received"
+SYN_SENT = "syn-sent"
+ESTABLISHED = "established"
+TIME_WAIT = "time-wait"
+CLOSED = "closed"
+
+HANDSHAKE_RTO = 1.0
+#: Retransmissions of a SYN or SYN-ACK before giving up.
+HANDSHAKE_RETRIES = 4
+#: Bytes of IP and TCP headers (without options) an MSS leaves room for.
+HEADERS = 40
+HEADERS6 = 60
+#: Bytes read from a host socket per system call: several super-frames.
+READ_SIZE = 1 << 20
+
+
+class Handshake(SendSide):
+    """
+    The opening of a connection; mixed into
+    L{vtwisted.slirp.tcpconnection.TcpConnection}, which provides
+    L{forget}, L{segmentReceived} and the receiving state.
+
+    @ivar headers: L{HEADERS} or L{HEADERS6}, by the connection's family.
+    @ivar defaultMss: the guest's MSS when its SYN names none.
+    """
+
+    nat: Any
+    network: Any
+    key: tuple[bytes, int, bytes, int]
+    state: str
+    connector: Any
+    synPacket: bytes
+    irs: int
+    rcvNxt: int
+    rcvEdge: int
+    rcvShift: int
+    retries: int
+
+    def initHandshake(self, v6: bool) -> None:
+        """
+        Size segments for a guest of IPv6 if C{v6}, else IPv4, before its
+        SYN tells its MSS.
+        """
+        self.headers = HEADERS6 if v6 else HEADERS
+        self.defaultMss = DEFAULT_MSS6 if v6 else DEFAULT_MSS
+        self.setMss(self.defaultMss)
+
+    # Hooks the connection provides.
+
+    def forget(self) -> None:
+        raise NotImplementedError()
+
+    def segmentReceived(self, header: Any, payload: memoryview) -> None:
+        raise NotImplementedError()
+
+    # Sizes.
+
+    def ourMss(self) -> int:
+        """
+        The MSS we advertise: the MTU less the IP and TCP headers.
+        """
+        return self.network.mtu - self.headers
+
+    def setMss(self, guestMss: int) -> None:
+        """
+        Size our segments for a guest that takes C{guestMss} bytes.
+        """
+        most = self.ourMss()
+        mss = self.mss = min(guestMss, most)
+        largest = self.network.maxSegment
+        if largest > most:
+            self.segmentSize = largest // mss * mss
+        else:
+            self.segmentSize = min(mss, largest)
+        self.cwnd = max(INITIAL_CWND, 10 * mss)
+
+    def takeSynOptions(self, options: bytes) -> None:
+        """
+        Adopt the guest's MSS and window scale from its SYN or SYN-ACK.
+
+        @raise vtwisted.wire.tcp.TCPError: unreadable options.
+        """
+        mss, shift = readSynOptions(options, self.defaultMss)
+        self.setMss(mss)
+        if shift is not None:
+            self.sndShift, self.rcvShift = shift, SCALE_SHIFT
+
+    # The guest opens.
+
+    def guestSyn(self, seq: int, options: bytes, packet: bytes) -> None:
+        """
+        Take the guest's SYN (before the host connect starts).
+        """
+        self.takeSynOptions(options)
+        self.irs = seq
+        self.rcvNxt = self.rcvEdge = (seq + 1) & MASK
+        self.synPacket = packet
+
+    def hostConnected(self, transport: Any) -> None:
+        """
+        The host connect succeeded: answer the guest's SYN.
+        """
+        self.connector = None
+        self.synPacket = b""
+        if self.state != CONNECTING:
+            transport.abortConnection()
+            return
+        self.transport = transport
+        readLarger(transport)
+        transport.registerProducer(self, True)
+        self.state = SYN_RECEIVED
+        self.sendSynAck()
+        self.armTimer(HANDSHAKE_RTO)
+
+    def sendSynAck(self) -> None:
+        self.emit(0, SYN | ACK, options=synOptions(self.ourMss(), bool(self.rcvShift)))
+
+    def connectFailed(self, refused: bool) -> None:
+        """
+        The host connect failed: RST if refused, else ICMP host unreachable.
+        """
+        self.connector = None
+        if self.state != CONNECTING:
+            return
+        if refused:
+            self.nat.refused += 1
+            self.nat.sendReset(self.key, 0, (self.irs + 1) & MASK, RST | ACK)
+        else:
+            self.nat.unreachable += 1
+            self.network.sendUnreachable(self.synPacket, 1)
+        self.forget()
+
+    def synReceivedSegment(self, header: Any, payload: memoryview) -> None:
+        """
+        A segment from the guest while our SYN-ACK waits for its ACK.
+        """
+        flags = header.flags
+        if flags & SYN:
+            if header.seq == self.irs:
+                self.sendSynAck()
+            return
+        if not flags & ACK:
+            return
+        if header.ack != (self.iss + 1) & MASK:
+            self.nat.sendReset(self.key, header.ack, 0, RST)
+            return
+        self.establish(header.window << self.sndShift)
+        self.nat.opened += 1
+        self.segmentReceived(header, payload)
+
+    # A host client of a forward opens.
+
+    def forwardAccepted(self, transport: Any) -> None:
+        """
+        A host client of a port forward connected: pause it and send our SYN.
+        """
+        self.transport = transport
+        self.readingPaused = True
+        transport.pauseProducing()
+        self.state = SYN_SENT
+        self.sendSyn()
+        self.armTimer(HANDSHAKE_RTO)
+
+    def sendSyn(self) -> None:
+        self.emit(0, SYN, options=synOptions(self.ourMss(), True))
+
+    def synSentSegment(self, header: Any) -> None:
+        """
+        A segment from the guest while our SYN waits for its SYN-ACK.
+        """
+        flags = header.flags
+        if flags & ACK and header.ack != (self.iss + 1) & MASK:
+            self.nat.sendReset(self.key, header.ack, 0, RST)
+            return
+        if flags & (SYN | ACK) != SYN | ACK:
+            return
+        self.takeSynOptions(header.options)
+        self.irs = header.seq
+        self.rcvNxt = self.rcvEdge = (header.seq + 1) & MASK
+        self.establish(header.window)
+        self.nat.opened += 1
+        self.emit(1, ACK)
+        readLarger(self.transport)
+        self.transport.registerProducer(self, True)
+        self.readingPaused = False
+        self.transport.resumeProducing()
+        self.output()
+
+    # Either way.
+
+    def handshakeTimeout(self) -> None:
+        """
+        Resend the SYN or SYN-ACK with backoff; give up after a few.
+        """
+        if self.state not in (SYN_SENT, SYN_RECEIVED):
+            return
+        self.retries += 1
+        if self.retries > HANDSHAKE_RETRIES:
+            if self.state == SYN_SENT:
+                self.nat.timeouts += 1
+                self.transport.loseConnection()
+                self.forget()
+            else:
+                self.abort(resetGuest=True)
+            return
+        if self.state == SYN_SENT:
+            self.sendSyn()
+        else:
+            self.sendSynAck()
+        self.armTimer(HANDSHAKE_RTO * 2 ** self.retries)
+
+    def establish(self, window: int) -> None:
+        """
+        The handshake completed.
+        """
+        self.state = ESTABLISHED
+        self.stopTimer()
+        self.sndUna = 1
+        self.sndWnd = self.maxWnd = window
+        self.rto = INITIAL_RTO
+        self.backoff = 0
+
+    def sendAllowed(self) -> bool:
+        return self.state == ESTABLISHED
+
+
+def readLarger(transport: Any) -> None:
+    """
+    Make C{transport} read up to L{READ_SIZE} bytes at a time (Twisted's
+    default is 64 KB), so a fast host sender costs fewer system calls and
+    fills whole super-frames.
+    """
+    if hasattr(transport, "bufferSize"):
+        transport.bufferSize = READ_SIZE
