@@ -43,7 +43,7 @@ esac
 SERVER = r"""
 import hashlib, random, socket, sys
 mode, count = sys.argv[1], int(sys.argv[2])
-s = socket.socket()
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[3] else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[3], int(sys.argv[4])))
 s.listen(8)

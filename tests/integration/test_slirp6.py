@@ -71,3 +71,45 @@ def test_kernelConfiguresItselfFromTheRouterAndPingsIt(vswitch, namespaces,
     assert re.search(rf"^{ROUTER} lladdr {ROUTER_MAC} router", neighbours, re.M), neighbours
     assert re.search(rf"^{PREFIX}2 lladdr {ROUTER_MAC} router", neighbours, re.M), neighbours
     assert "Traceback" not in sw.logText(), sw.logText()
+
+
+@pytest.mark.parametrize("tapOptions", ["", ":offload=off"])
+def test_ipv6GuestReachesTheHostAndItsResolverThroughTheGateway(
+        vswitch, processes, namespaces, tapOptions: str) -> None:
+    """
+    Over IPv6 alone, the guest moves 10 MB each way to a server on the
+    host's ::1 via fec0::2 intact (TCP super-frames with offloads), and a
+    name query to fec0::3 reaches the host's resolver (IPv4 loopback).
+    """
+    import hashlib
+    import random
+    import subprocess
+
+    from taphelpers import readLine
+    from test_slirp import CLIENT, DNS, PYTHON, startServer
+
+    resolver = processes.start([PYTHON, "-c", DNS], stdout=subprocess.PIPE)
+    dnsPort = int(readLine(resolver, 10))
+    tap = uniqueName("vt6")
+    sw = vswitch("--port", f"tap:{tap}{tapOptions}",
+                 "--port", f"slirp:resolver=127.0.0.1:resolverport={dnsPort}")
+    ns = namespaces.add("vt6")
+    moveTap(tap, ns, None)
+    waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20, what="a SLAAC address")
+    size = 10_000_000
+    _, sinkPort = startServer(processes, "sink", 1, address="::1")
+    up = run(*execIn(ns, PYTHON, "-c", CLIENT, f"{PREFIX}2", str(sinkPort), str(size)),
+             timeout=60)
+    sent, _, answer = up.stdout.strip().partition(" | ")
+    length, digest, peer = answer.split()
+    assert f"{length} {digest}" == sent, up.stdout
+    assert peer == "::1"
+    _, sourcePort = startServer(processes, str(size), 1, address="::1")
+    down = run(*execIn(ns, PYTHON, "-c", CLIENT, f"{PREFIX}2", str(sourcePort), "0"),
+               timeout=60)
+    expected = hashlib.sha256(random.Random(7).randbytes(size)).hexdigest()
+    assert down.stdout.split() == [str(size), expected]
+    lookup = run(*execIn(ns, "busybox", "nslookup", "example.test", f"{PREFIX}3"), check=False,
+                 timeout=20)
+    assert "10.9.8.7" in lookup.stdout, lookup.stdout + lookup.stderr
+    assert "Traceback" not in sw.logText(), sw.logText()
