@@ -325,7 +325,7 @@ def test_guestReachesHostsBeyondTheGateway(processes, namespaces, shortdir, ping
     run("ip", "-n", guest, "route", "add", "default", "via", "10.0.2.2")
     result = ping(guest, "192.0.2.2")
     assert result.returncode == 0, result.stdout + log.read_text()
-    assert f"ICMP by {mode} socket" in console(mgmt, "slirp/print")
+    assert f"IPv4 pings by {mode} socket" in console(mgmt, "slirp/print")
     _, port = startServer(processes, "sink", 1, remote, "192.0.2.2", 7400)
     up = run(*execIn(guest, PYTHON, "-c", CLIENT, "192.0.2.2", str(port), "2000000"),
              timeout=60)

@@ -34,7 +34,7 @@ from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.slirp.config import Forward, SlirpConfig, readConfig
 from vtwisted.slirp.dhcp import DhcpServer
-from vtwisted.slirp.icmp import IcmpNat
+from vtwisted.slirp.icmp import IPV6, IcmpNat
 from vtwisted.slirp.router import SlirpRouter
 from vtwisted.slirp.tcp import TcpNat
 from vtwisted.slirp.udp import UdpNat
@@ -149,6 +149,7 @@ class SlirpService(Service):
         self.tcp: TcpNat | None = None
         self.udp: UdpNat | None = None
         self.icmp: IcmpNat | None = None
+        self.icmp6: IcmpNat | None = None
         self.forwards: dict[Forward, Any] = {}
 
     def privilegedStartService(self) -> None:
@@ -174,6 +175,7 @@ class SlirpService(Service):
 
             router.gateway6, router.nameserver6 = gateway6, nameserver6
             router.v6 = Ipv6Router(router, config.network6, gateway6, nameserver6)
+            self.icmp6 = router.icmp6 = IcmpNat(router, self.reactor, IPV6)
         link.router = router
         self.link, self.router = link, router
         try:
@@ -246,13 +248,14 @@ class SlirpService(Service):
             self.tcp.close()
         if self.udp is not None:
             self.udp.close()
-        if self.icmp is not None:
-            self.icmp.close()
+        for engine in (self.icmp, self.icmp6):
+            if engine is not None:
+                engine.close()
         if self.router is not None:
             self.router.fragments.close()
             if self.router.v6 is not None:
                 self.router.v6.close()
-        self.link = self.router = self.tcp = self.udp = self.icmp = None
+        self.link = self.router = self.tcp = self.udp = self.icmp = self.icmp6 = None
         return results
 
     def stopService(self) -> Any:

@@ -114,5 +114,7 @@ def describe(svc: Any) -> list[str]:
                  f"{tcp.timeouts} timed out")
     lines += [" " + line for line in tcp.describe()]
     lines += [" " + line for line in svc.udp.describe()]
-    lines += [" " + line for line in svc.icmp.describe()]
+    for engine in (svc.icmp, svc.icmp6):
+        if engine is not None:
+            lines += [" " + line for line in engine.describe()]
     return lines

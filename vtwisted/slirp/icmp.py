@@ -1,10 +1,12 @@
 """
-The ICMP engine of a slirp port: guests' pings to hosts beyond the gateway.
+The ICMP engine of a slirp port: guests' pings to hosts beyond the gateway,
+over IPv4 or (unlike libslirp) IPv6, one engine per family.
 
 Theory of operation
 -------------------
 The router answers pings to the gateway and DNS addresses itself; a ping to
-any other host is sent from the host, in one of two ways, as libslirp does:
+any other host is sent from the host, in one of two ways, as libslirp does
+for IPv4:
 
   - an unprivileged ICMP socket (C{SOCK_DGRAM}, C{IPPROTO_ICMP}), allowed
     when C{net.ipv4.ping_group_range} covers the process's group: one per
@@ -12,7 +14,9 @@ any other host is sent from the host, in one of two ways, as libslirp does:
     identifier of its own and matches replies to it;
   - else, with C{CAP_NET_RAW}, one raw ICMP socket shared by every guest:
     each guest's (address, identifier) gets a host identifier of its own,
-    and replies are matched by peer and identifier.
+    and replies are matched by peer and identifier.  A raw IPv4 socket reads
+    the IP header too, a raw ICMPv6 one does not; for ICMPv6 the kernel
+    computes the checksum of what is sent either way.
 
 Either way the reply reaches the guest with the guest's own identifier, from
 the address it pinged.  Which way works is found at the first ping beyond
@@ -27,19 +31,40 @@ import errno
 import os
 import socket
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from vtwisted.interfaces import IGuestNetwork
-from vtwisted.wire import icmp, ipv4
+from vtwisted.wire import icmp, icmpv6, ipv4
+from vtwisted.wire.checksum import internetChecksum
 
 #: Seconds between sweeps for idle sessions.
 SWEEP = 5.0
 #: Echo sessions at most (guest address and identifier pairs).
 MAX_SESSIONS = 1024
 _ID = struct.Struct("!H")
+_ECHO = struct.Struct("!BBHHH")
+
+
+class Family(NamedTuple):
+    """
+    What differs between ICMP and ICMPv6 pings.
+    """
+
+    name: str
+    domain: int
+    protocol: int
+    request: int
+    reply: int
+    rawHasIpHeader: bool
+
+
+IPV4 = Family("IPv4", socket.AF_INET, socket.IPPROTO_ICMP, icmp.ECHO_REQUEST, icmp.ECHO_REPLY,
+              True)
+IPV6 = Family("IPv6", socket.AF_INET6, socket.IPPROTO_ICMPV6, icmpv6.ECHO_REQUEST,
+              icmpv6.ECHO_REPLY, False)
 
 
 class PingSocket(DatagramProtocol):
@@ -57,7 +82,7 @@ class PingSocket(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         if self.session is None:
-            hl = (data[0] & 15) * 4 if data else 0
+            hl = (data[0] & 15) * 4 if data and self.engine.family.rawHasIpHeader else 0
             self.engine.rawReplyReceived(data[hl:], addr[0])
         else:
             self.engine.replyReceived(data, addr[0], self.session)
@@ -72,9 +97,10 @@ class IcmpNat:
         mode) or host identifier (raw mode).
     """
 
-    def __init__(self, network: IGuestNetwork, reactor: Any) -> None:
+    def __init__(self, network: IGuestNetwork, reactor: Any, family: Family = IPV4) -> None:
         self.network = network
         self.reactor = reactor
+        self.family = family
         self.mode: str | None = None
         self.sessions: dict[tuple[bytes, int], Any] = {}
         self._hostIds: dict[int, tuple[bytes, int]] = {}
@@ -88,16 +114,17 @@ class IcmpNat:
         self._sweeper.clock = reactor
         self._sweeper.start(SWEEP, now=False)
 
-    def echoRequest(self, src: bytes, dst: bytes, message: icmp.ICMPMessage) -> None:
+    def echoRequest(self, src: bytes, dst: bytes, ident: int, sequence: int,
+                    data: bytes) -> None:
         """
-        A guest at C{src} pings C{dst}, beyond the gateway.
+        A guest at C{src} pings C{dst}, beyond the gateway, with echo
+        identifier C{ident}, C{sequence} number and C{data}.
         """
         mode = self.mode or self._chooseMode()
         if mode == "none":
             return
-        ident = _ID.unpack(message.rest[:2])[0]
         key = (src, ident)
-        host = socket.inet_ntoa(dst)
+        host = socket.inet_ntop(self.family.domain, dst)
         session = self.sessions.get(key)
         if session is None:
             session = self._open(key)
@@ -105,21 +132,30 @@ class IcmpNat:
                 return
         self._active.add(key)
         if mode == "ping":
-            data, transport = message.pack(), session.port
+            transport = session.port
         else:
-            data = message._replace(rest=_ID.pack(session) + message.rest[2:]).pack()
+            ident = session
             assert self._raw is not None
             transport = self._raw.port
+        request = self._echo(self.family.request, ident, sequence, data)
         try:
-            transport.write(data, (host, 0))
+            transport.write(request, (host, 0))
             self.sent += 1
         except OSError as e:
             self.network.dropped("peer", f"ping to {host}: {e.strerror} (errno {e.errno})")
 
+    def _echo(self, kind: int, ident: int, sequence: int, data: bytes) -> bytes:
+        header = _ECHO.pack(kind, 0, 0, ident, sequence)
+        if self.family is IPV6:
+            return header + data  # the kernel computes ICMPv6 checksums
+        checksum = internetChecksum(header + data)
+        return header[:2] + _ID.pack(checksum) + header[4:] + data
+
     def _chooseMode(self) -> str:
+        family = self.family
         for kind, mode in ((socket.SOCK_DGRAM, "ping"), (socket.SOCK_RAW, "raw")):
             try:
-                probe = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
+                probe = socket.socket(family.domain, kind, family.protocol)
             except OSError as e:
                 if e.errno not in (errno.EACCES, errno.EPERM, errno.EPROTONOSUPPORT):
                     raise
@@ -129,7 +165,7 @@ class IcmpNat:
             return mode
         self.mode = "none"
         self.network.dropped(
-            "unsupported", f"pings beyond the gateway need ping sockets "
+            "unsupported", f"{family.name} pings beyond the gateway need ping sockets "
             f"(sysctl net.ipv4.ping_group_range covering group {os.getgid()}) or CAP_NET_RAW")
         return "none"
 
@@ -148,12 +184,13 @@ class IcmpNat:
         return session
 
     def _adopt(self, kind: int, key: tuple[bytes, int] | None) -> PingSocket:
-        sock = socket.socket(socket.AF_INET, kind, socket.IPPROTO_ICMP)
+        domain = self.family.domain
+        sock = socket.socket(domain, kind, self.family.protocol)
         sock.setblocking(False)
         protocol = PingSocket(self, key)
         try:
-            protocol.port = self.reactor.adoptDatagramPort(sock.fileno(), socket.AF_INET,
-                                                           protocol, 65535)
+            protocol.port = self.reactor.adoptDatagramPort(sock.fileno(), domain, protocol,
+                                                           65535)
         finally:
             sock.close()
         return protocol
@@ -174,24 +211,27 @@ class IcmpNat:
         """
         The raw socket read an ICMP message from C{host} (any, not only ours).
         """
-        if len(data) < 8 or data[0] != icmp.ECHO_REPLY:
+        if len(data) < 8 or data[0] != self.family.reply:
             return
         session = self._hostIds.get(_ID.unpack_from(data, 4)[0])
         if session is not None:
             self._deliver(data, host, session)
 
     def _deliver(self, data: bytes, host: str, session: tuple[bytes, int]) -> None:
-        try:
-            message = icmp.ICMPMessage.parse(data)
-        except icmp.ICMPError:
-            return
-        if message.type != icmp.ECHO_REPLY:
+        if len(data) < 8 or data[0] != self.family.reply:
             return
         guest, ident = session
         self._active.add(session)
         self.answered += 1
-        reply = message._replace(rest=_ID.pack(ident) + message.rest[2:]).pack()
-        self.network.sendIPv4(socket.inet_aton(host), guest, ipv4.PROTO_ICMP, reply)
+        sequence = _ID.unpack_from(data, 6)[0]
+        peer = socket.inet_pton(self.family.domain, host.split("%")[0])
+        if self.family is IPV6:
+            message = icmpv6.ICMPv6Message(icmpv6.ECHO_REPLY, 0, 0,
+                                           _ID.pack(ident) + data[6:]).pack(peer, guest)
+            self.network.sendIP(peer, guest, icmpv6.NEXT_HEADER, message)
+        else:
+            message = self._echo(icmp.ECHO_REPLY, ident, sequence, data[8:])
+            self.network.sendIP(peer, guest, ipv4.PROTO_ICMP, message)
 
     def sweep(self) -> None:
         """
@@ -215,7 +255,7 @@ class IcmpNat:
         """
         if self.mode is None:
             return []
-        return [f"ICMP by {self.mode} socket: {len(self.sessions)} sessions, "
+        return [f"{self.family.name} pings by {self.mode} socket: {len(self.sessions)} sessions, "
                 f"{self.sent} pings sent, {self.answered} answered"]
 
     def close(self) -> None:

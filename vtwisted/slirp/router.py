@@ -126,6 +126,7 @@ class SlirpRouter:
         self.udp: Any = None
         self.dhcp: Any = None
         self.icmp: Any = None
+        self.icmp6: Any = None
         self.fragments = Reassembler(reactor, self.dropped)
         #: The IPv6 side (L{vtwisted.slirp.router6}), or L{None} when IPv6 is off.
         self.v6: Any = None
@@ -421,7 +422,8 @@ class SlirpRouter:
             self.echoes += 1
             self.sendIPv4(header.dst, header.src, ipv4.PROTO_ICMP, icmp.echoReply(message), 255)
         elif self.hostAddress(header.dst, 0, ipv4.PROTO_ICMP) is not None:
-            self.icmp.echoRequest(header.src, header.dst, message)
+            ident, sequence = struct.unpack("!HH", message.rest)
+            self.icmp.echoRequest(header.src, header.dst, ident, sequence, message.payload)
 
     def _icmpError(self, kind: int, code: int, packet: Buffer) -> None:
         if len(packet) < 20:

@@ -217,9 +217,10 @@ class Ipv6Router:
         if dst in self.macs:
             if src != UNSPECIFIED:
                 self.sendIP(dst, src, ipv6.NH_ICMPV6, icmpv6.echoReply(message, dst, src), 255)
-        elif dst[0] != 0xFF:
-            self.router.dropped("unsupported", f"IPv6 ping beyond the gateway, from "
-                                f"{_text(src)} to {_text(dst)}: not forwarded")
+        elif self.hostAddress(dst, 0, ipv6.NH_ICMPV6) is not None and len(message.body) >= 4 \
+                and not self.router.restricted and self.router.icmp6 is not None:
+            ident, sequence = struct.unpack_from("!HH", message.body)
+            self.router.icmp6.echoRequest(src, dst, ident, sequence, message.body[4:])
 
     def _ndpReceived(self, header: ipv6.IPv6Header, ethSrc: bytes,
                      message: icmpv6.ICMPv6Message) -> None:
