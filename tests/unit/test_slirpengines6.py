@@ -10,9 +10,7 @@ there with C{VTWISTED_REQUIRE_PEERS=1}).
 from __future__ import annotations
 
 import errno
-import hashlib
 import ipaddress
-import os
 import select
 import socket
 from typing import Any
@@ -22,11 +20,10 @@ import pytest_twisted
 from helpers import unavailable
 from reactortools import until
 from test_slirptcp import GATEWAY, GUEST, GUEST_ISN, GUEST_PORT, Harness, mssOption
-from test_slirptcp_sockets import MEGABYTE, ScriptedGuest, Server
+from test_slirptcp_sockets import ScriptedGuest, exchangeMegabytes
 from twisted.internet import reactor
 from twisted.internet.address import IPv6Address
 from twisted.internet.error import CannotListenError, ConnectionRefusedError, TimeoutError
-from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
@@ -37,7 +34,7 @@ from vtwisted.slirp.udp import UdpNat, _v6only
 from vtwisted.testing import FakeGuestNetwork
 from vtwisted.wire.checksum import checksumValid, pseudoHeaderSumV4, pseudoHeaderSumV6
 from vtwisted.wire.ipv6 import IPv6Header
-from vtwisted.wire.tcp import ACK, FIN, RST, SYN, TCPHeader
+from vtwisted.wire.tcp import ACK, RST, SYN, TCPHeader
 from vtwisted.wire.udp import UDPHeader
 
 GUEST6 = ipaddress.IPv6Address("fec0::15").packed
@@ -203,33 +200,13 @@ async def test_megabytesCrossIpv6LoopbackBothWays() -> None:
     goes between the IPv6 gateway and the guest.
     """
     needIpv6Loopback()
-    upload, download = os.urandom(MEGABYTE), os.urandom(MEGABYTE)
-    servers: list[Server] = []
 
-    def build() -> Server:
-        servers.append(Server(hashlib.sha256(upload).digest(), download))
-        return servers[-1]
-
-    listening = reactor.listenTCP(0, Factory.forProtocol(build), interface="::1")
-    guest = ScriptedGuest(GUEST6, GATEWAY6)
-    try:
-        guest.outgoing = upload
-        guest.connect(listening.getHost().port)
-        await until(lambda: guest.connected, what="the handshake")
+    def established(guest: ScriptedGuest) -> None:
         [connection] = guest.nat.connections.values()
         assert connection.mss == 1440
         assert connection.transport.getPeer().host == "::1"
-        guest.pump()
-        await until(lambda: guest.finReceived, timeout=30, what="the download")
-        assert servers[0].verified
-        assert hashlib.sha256(guest.received).digest() == hashlib.sha256(download).digest()
-        assert guest.nat.resets == 0 and guest.nat.timeouts == 0
-        assert guest.misaddressed == 0
-        guest.emit(ACK | FIN)
-        await until(lambda: guest.nat.connectionCount == 0, timeout=5, what="time-wait")
-    finally:
-        guest.nat.close()
-        await listening.stopListening()
+
+    await exchangeMegabytes(ScriptedGuest(GUEST6, GATEWAY6), "::1", established)
 
 
 # UDP through the dual-stack host sockets.

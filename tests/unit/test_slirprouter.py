@@ -13,6 +13,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from slirpfakes import FakeEngine, Recorder, recordingRouter
 from twisted.internet.task import Clock
 
 from vtwisted.slirp.config import ResolvConf, parseForward, readConfig
@@ -31,38 +32,8 @@ DNS = bytes([10, 0, 2, 3])
 GW_MAC = macFor(GATEWAY)
 
 
-class Recorder:
-    """
-    What a router hands the switch, and what it counts.
-    """
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.packets: list[bytes] = []
-        self.drops: list[tuple[str, str]] = []
-
-
-class FakeEngine:
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-
-    def segmentReceived(self, *args: Any) -> None:
-        self.calls.append(args)
-
-    def datagramReceived(self, *args: Any) -> None:
-        self.calls.append(args)
-
-    def echoRequest(self, *args: Any) -> None:
-        self.calls.append(args)
-
-
 def makeRouter(options: str = "", clock: Any = None) -> tuple[SlirpRouter, Recorder]:
-    config = readConfig(PortSpec("slirp" + options))
-    seen = Recorder()
-    router = SlirpRouter(config, clock or Clock(), seen.frames.append, seen.packets.append,
-                         lambda reason, message: seen.drops.append((reason, message)),
-                         ResolvConf("/nonexistent"))
-    router.tcp, router.udp, router.icmp = FakeEngine(), FakeEngine(), FakeEngine()
+    router, seen, config = recordingRouter(options, clock)
     router.dhcp = DhcpServer(gateway=GATEWAY, nameserver=DNS, netmask=config.netmask,
                              poolStart=config.poolStart)
     return router, seen
@@ -495,8 +466,8 @@ def test_pingsBeyondTheGatewayGoToTheIcmpEngine() -> None:
     router, seen = makeRouter()
     router.frameReceived(ipFrame(outside, ipv4.PROTO_ICMP, echoRequest()))
     router.frameReceived(ipFrame(bytes([10, 0, 2, 9]), ipv4.PROTO_ICMP, echoRequest()))
-    [(src, dst, message)] = router.icmp.calls
-    assert (src, dst, message.type) == (GUEST, outside, icmp.ECHO_REQUEST)
+    [(src, dst, ident, sequence, data)] = router.icmp.calls
+    assert (src, dst, ident, sequence, data) == (GUEST, outside, 0x1234, 1, b"ping!")
     restricted, _ = makeRouter(":restrict=on")
     restricted.frameReceived(ipFrame(outside, ipv4.PROTO_ICMP, echoRequest()))
     assert restricted.icmp.calls == []

@@ -13,12 +13,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from slirpfakes import Recorder, recordingRouter
 from twisted.internet.task import Clock
 
-from vtwisted.slirp.config import ResolvConf, readConfig
 from vtwisted.slirp.router import SlirpRouter
 from vtwisted.slirp.router6 import Ipv6Router, macFor6, udpDatagram6
-from vtwisted.spec import PortSpec
 from vtwisted.wire import icmpv6, ipv6, vnet
 from vtwisted.wire.checksum import checksumValid, internetChecksum, pseudoHeaderSumV6
 
@@ -39,28 +38,6 @@ GUEST_LL = addr("fe80::15")
 ALL_NODES = addr("ff02::1")
 
 
-class Recorder:
-    """
-    What a router hands the switch, and what it counts.
-    """
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.packets: list[bytes] = []
-        self.drops: list[tuple[str, str]] = []
-
-
-class FakeEngine:
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-
-    def segmentReceived(self, *args: Any) -> None:
-        self.calls.append(args)
-
-    def datagramReceived(self, *args: Any) -> None:
-        self.calls.append(args)
-
-
 def makeRouter(options: str = "", clock: Clock | None = None,
                start: bool = True) -> tuple[SlirpRouter, Recorder]:
     """
@@ -68,12 +45,7 @@ def makeRouter(options: str = "", clock: Clock | None = None,
     out (and cleared from the record) if C{start}.
     """
     clock = clock or Clock()
-    seen = Recorder()
-    router = SlirpRouter(readConfig(PortSpec("slirp" + options)), clock, seen.frames.append,
-                         seen.packets.append,
-                         lambda reason, message: seen.drops.append((reason, message)),
-                         ResolvConf("/nonexistent"))
-    router.tcp, router.udp, router.icmp = FakeEngine(), FakeEngine(), FakeEngine()
+    router, seen, _ = recordingRouter(options, clock)
     router.v6 = Ipv6Router(router, PREFIX, GATEWAY, DNS)
     router.gateway6, router.nameserver6 = GATEWAY, DNS
     if start:
@@ -238,14 +210,21 @@ def test_pingsToRouterAddressesAreAnsweredWithHopLimit255(dst: bytes) -> None:
     assert reply.type == icmpv6.ECHO_REPLY and reply.body == b"\x12\x34\x00\x01ping!"
 
 
-def test_pingsBeyondTheGatewayAreUnsupported() -> None:
-    """Echo requests to outside addresses are dropped as unsupported, as in libslirp."""
+def test_pingsBeyondTheGatewayGoToTheIcmpv6Engine() -> None:
+    """Echo requests to outside addresses are handed on (unlike libslirp); multicast ones not."""
     router, seen = makeRouter()
+    sent: list[tuple[object, ...]] = []
+
+    class Engine:
+        def echoRequest(self, *args: object) -> None:
+            sent.append(args)
+
+    router.icmp6 = Engine()
     router.frameReceived(echo(GUEST, addr("2001:db8::1")))
     router.frameReceived(echo(GUEST, ALL_NODES, bytes.fromhex("333300000001")))
-    assert seen.frames == []
-    assert [d[0] for d in seen.drops] == ["unsupported"]
-    assert "IPv6 ping beyond the gateway" in seen.drops[0][1]
+    assert seen.frames == [] and seen.drops == []
+    [(src, dst, ident, sequence, data)] = sent
+    assert (src, dst) == (GUEST, addr("2001:db8::1"))
 
 
 def test_badIcmpChecksumIsMalformed() -> None:

@@ -4,6 +4,7 @@ Tests for the ARP, ICMP and DHCP codecs of the slirp ports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -106,16 +107,36 @@ def test_arpWithShortAddressesCannotBePacked() -> None:
         ARPPacket(arp.OP_REPLY, bytes(4), GUEST, GUEST_MAC, GATEWAY).pack()
 
 
-@given(st.one_of(st.binary(max_size=40), st.binary(max_size=30).map(ARP_REQUEST[:6].__add__)),
-       offsets)
-def test_arpParseOnlyRaisesARPError(data: bytes, offset: int) -> None:
+def parseOnlyRaises(
+    parse: Callable[[bytes, int], object], error: type[Exception],
+    packets: st.SearchStrategy[bytes],
+) -> Callable[..., None]:
     """
-    Whatever bytes arrive, parsing ARP fails only with ARPError.
+    A test that whatever bytes arrive (drawn from C{packets}), at any
+    offset, C{parse} fails only with C{error}.
+
+    A factory rather than C{pytest.mark.parametrize}: pytest-twisted
+    wraps a parametrized C{@given} test's inner test again for each case.
     """
-    try:
-        ARPPacket.parse(data, offset)
-    except ARPError:
-        pass
+
+    @given(packets, offsets)
+    def test(data: bytes, offset: int) -> None:
+        try:
+            parse(data, offset)
+        except error:
+            pass
+
+    test.__doc__ = f"Whatever bytes arrive, parsing fails only with {error.__name__}."
+    return test
+
+
+test_arpParseOnlyRaisesARPError = parseOnlyRaises(
+    ARPPacket.parse, ARPError,
+    st.one_of(st.binary(max_size=40), st.binary(max_size=30).map(ARP_REQUEST[:6].__add__)),
+)
+test_icmpParseOnlyRaisesICMPError = parseOnlyRaises(
+    ICMPMessage.parse, ICMPError, st.binary(max_size=30)
+)
 
 
 @given(icmpMessages)
@@ -188,17 +209,6 @@ def test_icmpErrorIsBoundedAndValid(original: bytes, kind: int, code: int) -> No
     packed = icmp.errorMessage(kind, code, original)
     assert len(packed) <= icmp.MAX_ERROR_LENGTH and icmp.checksumOk(packed)
     assert original.startswith(ICMPMessage.parse(packed).payload)
-
-
-@given(st.binary(max_size=30), offsets)
-def test_icmpParseOnlyRaisesICMPError(data: bytes, offset: int) -> None:
-    """
-    Whatever bytes arrive, parsing ICMP fails only with ICMPError.
-    """
-    try:
-        ICMPMessage.parse(data, offset)
-    except ICMPError:
-        pass
 
 
 @given(dhcpMessages)

@@ -1,0 +1,59 @@
+"""
+Fakes for the slirp router tests: a recorder of what a L{SlirpRouter}
+hands the switch, engines that only remember their calls, and a router
+built with both and no reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from vtwisted.slirp.config import ResolvConf, SlirpConfig, readConfig
+from vtwisted.slirp.router import SlirpRouter
+from vtwisted.spec import PortSpec
+
+
+class Recorder:
+    """
+    What a router hands the switch, and what it counts.
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.packets: list[bytes] = []
+        self.drops: list[tuple[str, str]] = []
+
+
+class FakeEngine:
+    """
+    A TCP, UDP or ICMP engine that records each call the router makes.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def segmentReceived(self, *args: Any) -> None:
+        self.calls.append(args)
+
+    def datagramReceived(self, *args: Any) -> None:
+        self.calls.append(args)
+
+    def echoRequest(self, *args: Any) -> None:
+        self.calls.append(args)
+
+
+def recordingRouter(options: str = "",
+                    clock: Any = None) -> tuple[SlirpRouter, Recorder, SlirpConfig]:
+    """
+    A router for C{slirp<options>} that reports to a L{Recorder}, with
+    L{FakeEngine}s for TCP, UDP and ICMP and no resolv.conf.
+    """
+    config = readConfig(PortSpec("slirp" + options))
+    seen = Recorder()
+    router = SlirpRouter(config, clock or Clock(), seen.frames.append, seen.packets.append,
+                         lambda reason, message: seen.drops.append((reason, message)),
+                         ResolvConf("/nonexistent"))
+    router.tcp, router.udp, router.icmp = FakeEngine(), FakeEngine(), FakeEngine()
+    return router, seen, config
