@@ -290,6 +290,58 @@ def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir) ->
     assert "10.9.8.7" in result.output
 
 
+class Beyond:
+    """
+    A switch with a TAP and a slirp port running in namespace C{outside},
+    which a veth joins to namespace C{remote} (the "internet": C{near} is
+    C{outside}'s address there, C{far} C{remote}'s); the TAP is moved into
+    namespace C{guest} and brought up.
+    """
+
+    def __init__(self, processes, namespaces, shortdir: Path, near: str, far: str,
+                 pingGroups: str, ipv6: bool) -> None:
+        from helpers import socketListening, sourceEnv, twistdArgv, waitFor
+
+        make = namespaces.add if ipv6 else (lambda prefix: quietNamespace(namespaces, prefix))
+        self.outside, self.remote = make("vto"), make("vtr")
+        veth = uniqueName("vtv")
+        run("ip", "link", "add", veth, "netns", self.outside, "type", "veth", "peer", "name",
+            veth, "netns", self.remote)
+        for ns, address in ((self.outside, near), (self.remote, far)):
+            run("ip", "-n", ns, "addr", "add", address, "dev", veth, *(["nodad"] * ipv6))
+            run("ip", "-n", ns, "link", "set", veth, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        run(*execIn(self.outside, "sysctl", "-qw", f"net.ipv4.ping_group_range={pingGroups}"))
+        self.tap, self.mgmt = uniqueName("vts"), shortdir / "mgmt"
+        self.log = shortdir / "outside.log"
+        switch = processes.start(execIn(self.outside, *twistdArgv(
+            "--sock", str(shortdir / "sw"), "--mgmt", str(self.mgmt), "--port",
+            f"tap:{self.tap}", "--port", "slirp", logfile=str(self.log))), env=sourceEnv())
+        waitFor(lambda: socketListening(self.mgmt) or switch.poll() is not None,
+                what="the switch")
+        self.guest = make("vts")
+        waitFor(lambda: run("ip", "-n", self.outside, "link", "show", self.tap,
+                            check=False).returncode == 0, what=f"{self.tap} in {self.outside}")
+        run("ip", "-n", self.outside, "link", "set", self.tap, "netns", self.guest)
+        run("ip", "-n", self.guest, "link", "set", self.tap, "up")
+
+    def check(self, processes, far: str, near: str, icmpLine: str) -> None:
+        """
+        The guest pings C{far}, the console names the ping socket kind, and
+        a server at C{far} sees 2 MB from the guest arrive from C{near}.
+        """
+        result = ping(self.guest, far)
+        assert result.returncode == 0, result.stdout + self.log.read_text()
+        assert icmpLine in console(self.mgmt, "slirp/print")
+        _, port = startServer(processes, "sink", 1, self.remote, far, 7400)
+        up = run(*execIn(self.guest, PYTHON, "-c", CLIENT, far, str(port), "2000000"),
+                 timeout=60)
+        sent, _, answer = up.stdout.strip().partition(" | ")
+        length, digest, peer = answer.split()
+        assert f"{length} {digest}" == sent
+        assert peer == near, "NAT: the far server sees the switch's address"
+
+
 @pytest.mark.parametrize("pingGroups, mode", [("1 0", "raw"), ("0 2147483647", "ping")])
 def test_guestReachesHostsBeyondTheGateway(processes, namespaces, shortdir, pingGroups: str,
                                            mode: str) -> None:
@@ -299,37 +351,8 @@ def test_guestReachesHostsBeyondTheGateway(processes, namespaces, shortdir, ping
     socket where ping_group_range allows) and a TCP server there sees the
     guest's connection come from the switch's own address.
     """
-    from helpers import socketListening, sourceEnv, twistdArgv, waitFor
-
-    outside, remote = quietNamespace(namespaces, "vto"), quietNamespace(namespaces, "vtr")
-    veth = uniqueName("vtv")
-    run("ip", "link", "add", veth, "netns", outside, "type", "veth", "peer", "name", veth,
-        "netns", remote)
-    for ns, address in ((outside, "192.0.2.1/24"), (remote, "192.0.2.2/24")):
-        run("ip", "-n", ns, "addr", "add", address, "dev", veth)
-        run("ip", "-n", ns, "link", "set", veth, "up")
-        run("ip", "-n", ns, "link", "set", "lo", "up")
-    run(*execIn(outside, "sysctl", "-qw", f"net.ipv4.ping_group_range={pingGroups}"))
-    tap, mgmt = uniqueName("vts"), shortdir / "mgmt"
-    log = shortdir / "outside.log"
-    switch = processes.start(execIn(outside, *twistdArgv(
-        "--sock", str(shortdir / "sw"), "--mgmt", str(mgmt), "--port", f"tap:{tap}",
-        "--port", "slirp", logfile=str(log))), env=sourceEnv())
-    waitFor(lambda: socketListening(mgmt) or switch.poll() is not None, what="the switch")
-    guest = quietNamespace(namespaces, "vts")
-    waitFor(lambda: run("ip", "-n", outside, "link", "show", tap, check=False).returncode == 0,
-            what=f"{tap} in {outside}")
-    run("ip", "-n", outside, "link", "set", tap, "netns", guest)
-    run("ip", "-n", guest, "addr", "add", "10.0.2.15/24", "dev", tap)
-    run("ip", "-n", guest, "link", "set", tap, "up")
-    run("ip", "-n", guest, "route", "add", "default", "via", "10.0.2.2")
-    result = ping(guest, "192.0.2.2")
-    assert result.returncode == 0, result.stdout + log.read_text()
-    assert f"IPv4 pings by {mode} socket" in console(mgmt, "slirp/print")
-    _, port = startServer(processes, "sink", 1, remote, "192.0.2.2", 7400)
-    up = run(*execIn(guest, PYTHON, "-c", CLIENT, "192.0.2.2", str(port), "2000000"),
-             timeout=60)
-    sent, _, answer = up.stdout.strip().partition(" | ")
-    length, digest, peer = answer.split()
-    assert f"{length} {digest}" == sent
-    assert peer == "192.0.2.1", "NAT: the far server sees the switch's address"
+    world = Beyond(processes, namespaces, shortdir, "192.0.2.1/24", "192.0.2.2/24", pingGroups,
+                   ipv6=False)
+    run("ip", "-n", world.guest, "addr", "add", "10.0.2.15/24", "dev", world.tap)
+    run("ip", "-n", world.guest, "route", "add", "default", "via", "10.0.2.2")
+    world.check(processes, "192.0.2.2", "192.0.2.1", f"IPv4 pings by {mode} socket")

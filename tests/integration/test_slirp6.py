@@ -123,37 +123,10 @@ def test_ipv6GuestReachesHostsBeyondTheGateway(processes, namespaces, shortdir,
     pings a host there (libslirp cannot) and a TCP server there sees the
     guest's connection come from the switch's own address.
     """
-    from helpers import socketListening, sourceEnv, twistdArgv
-    from taphelpers import console
-    from test_slirp import CLIENT, PYTHON, startServer
+    from test_slirp import Beyond
 
-    outside, remote = namespaces.add("vto"), namespaces.add("vtr")
-    veth = uniqueName("vtv")
-    run("ip", "link", "add", veth, "netns", outside, "type", "veth", "peer", "name", veth,
-        "netns", remote)
-    for ns, address in ((outside, "2001:db8::1/64"), (remote, "2001:db8::2/64")):
-        run("ip", "-n", ns, "addr", "add", address, "dev", veth, "nodad")
-        run("ip", "-n", ns, "link", "set", veth, "up")
-        run("ip", "-n", ns, "link", "set", "lo", "up")
-    run(*execIn(outside, "sysctl", "-qw", f"net.ipv4.ping_group_range={pingGroups}"))
-    tap, mgmt, log = uniqueName("vt6"), shortdir / "mgmt", shortdir / "outside.log"
-    switch = processes.start(execIn(outside, *twistdArgv(
-        "--sock", str(shortdir / "sw"), "--mgmt", str(mgmt), "--port", f"tap:{tap}",
-        "--port", "slirp", logfile=str(log))), env=sourceEnv())
-    waitFor(lambda: socketListening(mgmt) or switch.poll() is not None, what="the switch")
-    guest = namespaces.add("vt6")
-    waitFor(lambda: run("ip", "-n", outside, "link", "show", tap, check=False).returncode == 0,
-            what=f"{tap} in {outside}")
-    run("ip", "-n", outside, "link", "set", tap, "netns", guest)
-    run("ip", "-n", guest, "link", "set", tap, "up")
-    waitFor(lambda: slaacAddress(guest, tap) is not None, timeout=20, what="a SLAAC address")
-    result = ping(guest, "2001:db8::2")
-    assert result.returncode == 0, result.stdout + log.read_text()
-    assert f"IPv6 pings by {mode} socket" in console(mgmt, "slirp/print")
-    _, port = startServer(processes, "sink", 1, remote, "2001:db8::2", 7400)
-    up = run(*execIn(guest, PYTHON, "-c", CLIENT, "2001:db8::2", str(port), "2000000"),
-             timeout=60)
-    sent, _, answer = up.stdout.strip().partition(" | ")
-    length, digest, peer = answer.split()
-    assert f"{length} {digest}" == sent
-    assert peer == "2001:db8::1", "NAT: the far server sees the switch's address"
+    world = Beyond(processes, namespaces, shortdir, "2001:db8::1/64", "2001:db8::2/64",
+                   pingGroups, ipv6=True)
+    waitFor(lambda: slaacAddress(world.guest, world.tap) is not None, timeout=20,
+            what="a SLAAC address")
+    world.check(processes, "2001:db8::2", "2001:db8::1", f"IPv6 pings by {mode} socket")
