@@ -249,6 +249,12 @@ ping -c 2 -W 2 10.0.2.2 || rc=1
 wget -q -O /tmp/got http://10.0.2.2:{http}/blob || rc=1
 echo "got $(wc -c < /tmp/got) $(sha256sum < /tmp/got | cut -d' ' -f1)"
 nslookup example.test 10.0.2.3
+n=0
+until ip -6 addr show dev eth0 | grep -v tentative | grep -q "inet6 fec0::"; do
+    n=$((n + 1)); [ $n -ge 50 ] && break; sleep 0.2
+done
+ip -6 addr show dev eth0 | grep "inet6 fec0::"
+ping -c 2 -W 2 fec0::2 || rc=1
 exit $rc
 """
 
@@ -257,7 +263,7 @@ def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir) ->
     """
     A QEMU guest on -netdev stream takes a lease, pings the gateway, downloads
     a file from the host's loopback web server and resolves a name, as it
-    would under -netdev user.
+    would under -netdev user, and configures IPv6 and pings fec0::2.
     """
     from guest import startGuest
 
@@ -288,6 +294,7 @@ def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir) ->
     assert "lease 10.0.2.15/24 router=10.0.2.2 dns=10.0.2.3" in result.output
     assert f"got {len(blob)} {hashlib.sha256(blob).hexdigest()}" in result.output
     assert "10.9.8.7" in result.output
+    assert "inet6 fec0::" in result.output, "SLAAC from the router's advertisements"
 
 
 class Beyond:
