@@ -221,6 +221,12 @@ class IGuestNetwork(Interface):
         L{sendIP} for IPv4 addresses.
         """
 
+    def sendUdp(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: bytes) -> None:
+        """
+        Send one UDP datagram to a guest; the router computes its checksum,
+        or leaves it to the guest's TAP.
+        """
+
     def sendUnreachable(packet: bytes, code: int) -> None:
         """
         Answer the guest's IPv4 or IPv6 C{packet} (header and at least 8

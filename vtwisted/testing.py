@@ -218,6 +218,15 @@ class FakeGuestNetwork:
             raise AssertionError("sendIPv4 with an IPv6 address")
         self.ip.append((src, dst, protocol, bytes(payload), ttl))
 
+    def sendUdp(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                payload: bytes) -> None:
+        """
+        Record the datagram in L{ip}, checksum computed, as L{sendIP} would.
+        """
+        from vtwisted.slirp.router import udpDatagram
+
+        self.sendIP(src, dst, 17, udpDatagram(src, dst, srcPort, dstPort, payload))
+
     def sendUnreachable(self, packet: bytes, code: int) -> None:
         self.unreachable.append((bytes(packet), code))
 

@@ -370,6 +370,10 @@ class UdpGuest:
     def sendIP(self, src: bytes, dst: bytes, protocol: int, payload: bytes) -> None:
         self.sent.append((src, dst, payload))
 
+    def sendUdp(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                payload: bytes) -> None:
+        self.sendIP(src, dst, 17, udpDatagram(src, dst, srcPort, dstPort, payload))
+
     def sendUnreachable(self, packet: bytes, code: int) -> None:
         self.unreachable.append((packet, code))
 
@@ -484,3 +488,34 @@ def test_ipv6PlanFollowsThePrefix() -> None:
     moved = readConfig(PortSpec("slirp:net6=fd00\\:1\\:\\:/64"))
     assert moved.gateway6 == ipaddress.IPv6Address("fd00:1::2").packed
     assert readConfig(PortSpec("slirp:ipv6=off")).gateway6 is None
+
+
+def test_udpLeavesWithItsChecksumLeftToComplete() -> None:
+    """A datagram within the MTU is a NEEDS_CSUM packet whose cut frame checks; a big one fragments."""
+    router, seen = makeRouter()
+    router.learn(GUEST, GUEST_MAC)
+    router.sendUdp(GATEWAY, GUEST, 53, 4000, b"answer" * 100)
+    [packet] = seen.packets
+    assert vnet.VnetHeader.parse(packet).flags == vnet.NEEDS_CSUM
+    [frame] = vnet.toFrames(packet)
+    assert frame[:12] == GUEST_MAC + GW_MAC and ipv4.headerChecksumValid(frame, 14)
+    udp = UDPHeader.parse(frame, 34)
+    assert (udp.srcPort, udp.dstPort, udp.length) == (53, 4000, 608)
+    assert checksumValid(frame[34:], pseudoHeaderSumV4(GATEWAY, GUEST, 17, 608))
+    router.sendUdp(GATEWAY, GUEST, 53, 4000, b"x" * 3000)
+    assert len(seen.frames) == 3, "fragments, as plain frames"
+
+
+def test_usoPacketsReachTheEngineDatagramByDatagram() -> None:
+    """A TAP's merged run of datagrams reaches the UDP engine as the datagrams it was."""
+    router, seen = makeRouter()
+    datagrams = [bytes([n]) * 1000 for n in range(5)] + [b"tail"]
+    payload = b"".join(datagrams)
+    length = 8 + len(payload)
+    udp = UDPHeader(4000, 5000, length, pseudoHeaderSumV4(GUEST, GATEWAY, 17, length)).pack()
+    ip = ipv4.IPv4Header(0, 20 + length, 9, 0, 0, 64, 17, 0, GUEST, GATEWAY).pack()
+    header = vnet.VnetHeader(vnet.NEEDS_CSUM, vnet.GSO_UDP_L4, 42, 1000, 34, 6).pack()
+    router.vnetPacketReceived(header + GW_MAC + GUEST_MAC + b"\x08\x00" + ip + udp + payload)
+    assert seen.drops == []
+    got = [(call[0], call[1], call[2], call[3], call[4]) for call in router.udp.calls]
+    assert got == [(GUEST, 4000, GATEWAY, 5000, d) for d in datagrams]

@@ -46,6 +46,7 @@ from vtwisted.wire.checksum import (
     MODULUS,
     Buffer,
     checksumValid,
+    internetChecksum,
     onesSum,
     pseudoHeaderSumV4,
     pseudoHeaderSumV6,
@@ -70,6 +71,10 @@ _IPV6 = b"\x86\xdd"
 _ALL_ONES = b"\xff\xff\xff\xff"
 _ZERO = b"\0\0\0\0"
 _ID = struct.Struct("!H")
+_IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
+_UDP_HEADER = struct.Struct("!HHHH")
+#: A virtio-net header asking for the UDP checksum of an untagged IPv4 frame.
+_UDP_VNET = vnet.VnetHeader(vnet.NEEDS_CSUM, vnet.GSO_NONE, 42, 0, 34, 6).pack()
 
 
 def macFor(address: bytes) -> bytes:
@@ -209,6 +214,29 @@ class SlirpRouter:
         else:
             self.emitPacket(packet)
 
+    def sendUdp(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                payload: bytes) -> None:
+        """
+        Send a UDP datagram to a guest.  Over IPv4 and within the MTU it
+        leaves as a virtio-net packet whose checksum is left to complete
+        (by the guest's TAP, or the switch for other ports).
+        """
+        length = 8 + len(payload)
+        if len(dst) == 16 or length + 20 > self.mtu:
+            self.sendIP(src, dst, ipv4.PROTO_UDP, udpDatagram(src, dst, srcPort, dstPort, payload))
+            return
+        mac = self.neighbours.get(dst)
+        packet = b"".join((
+            _UDP_VNET, mac or BROADCAST, self.gatewayMac, _IPV4,
+            self._ipHeader(src, dst, ipv4.PROTO_UDP, 20 + length, 64, 0),
+            _UDP_HEADER.pack(srcPort, dstPort, length, pseudoHeaderSumV4(src, dst, 17, length)),
+            payload,
+        ))
+        if mac is None:
+            self._hold(dst, packet, True)
+        else:
+            self.emitPacket(packet)
+
     def sendIP(self, src: bytes, dst: bytes, protocol: int, payload: bytes,
                ttl: int = 64) -> None:
         """
@@ -263,13 +291,15 @@ class SlirpRouter:
         """
         A virtio-net packet the switch sent to this port: checksums the
         kernel left to complete are trusted, TCP super-frames are taken
-        whole, UDP super-frames are cut first.
+        whole, and the datagrams of a UDP super-frame (USO) go to the UDP
+        engine one by one without being cut into frames.
         """
         try:
             flags, gsoType = packet[0], packet[1]
             if gsoType & ~vnet.GSO_ECN == vnet.GSO_UDP_L4:
-                for frame in vnet.toFrames(packet):
-                    self._dispatch(frame, 0, False)
+                if not self._usoReceived(packet):
+                    for frame in vnet.toFrames(packet):
+                        self._dispatch(frame, 0, False)
                 return
             verified = bool(flags & (vnet.NEEDS_CSUM | vnet.DATA_VALID))
             self._dispatch(packet, vnet.HEADER_LENGTH, verified)
@@ -277,6 +307,34 @@ class SlirpRouter:
             self.dropped("malformed", f"bad virtio-net packet: {e}")
         except Exception:
             log.failure("slirp: the router failed on a packet")
+
+    def _usoReceived(self, packet: bytes) -> bool:
+        """
+        Hand the UDP engine each datagram of an untagged IPv4 USO packet to
+        the gateway's MAC (a TAP merged a run of one flow's datagrams).
+
+        @return: whether it was such a packet; if not, the caller cuts it.
+        """
+        start = vnet.HEADER_LENGTH
+        if packet[start:start + 6] not in self.ownMacs or packet[start + 12:start + 14] != _IPV4:
+            return False
+        try:
+            header = ipv4.IPv4Header.parse(packet, start + 14)
+            udp = UDPHeader.parse(packet, start + 14 + header.headerLength)
+        except (ipv4.IPv4Error, UDPError):
+            return False
+        dst, size = header.dst, vnet.VnetHeader.parse(packet).gsoSize
+        if (header.isFragment or size <= 0 or udp.dstPort == 67 or dst[0] >= 224
+                or dst == _ALL_ONES or dst == self.broadcast):
+            return False
+        end = start + 14 + (header.totalLength or len(packet) - start - 14)
+        view = memoryview(packet)[:end]
+        ip = view[start + 14:]
+        src, srcPort, dstPort = header.src, udp.srcPort, udp.dstPort
+        receive = self.udp.datagramReceived
+        for offset in range(start + 14 + header.headerLength + 8, end, size):
+            receive(src, srcPort, dst, dstPort, bytes(view[offset:offset + size]), ip)
+        return True
 
     def _dispatch(self, frame: bytes, start: int, verified: bool) -> None:
         dst = frame[start:start + 6]
@@ -443,9 +501,9 @@ class SlirpRouter:
 
     def _ipHeader(self, src: bytes, dst: bytes, protocol: int, total: int, ttl: int,
                   flagsOffset: int, tos: int = 0) -> bytes:
-        flags, offset = flagsOffset >> 13, flagsOffset & 0x1FFF
-        return ipv4.IPv4Header(tos, total, self._nextIdent(), flags, offset, ttl, protocol, 0,
-                               src, dst).pack()
+        self._ident = ident = (self._ident + 1) & 0xFFFF
+        header = _IP_HEADER.pack(0x45, tos, total, ident, flagsOffset, ttl, protocol, 0, src, dst)
+        return header[:10] + _ID.pack(internetChecksum(header)) + header[12:]
 
     def _sendIp(self, dst: bytes, ip: bytes) -> None:
         if dst == _ALL_ONES or dst == self.broadcast:

@@ -48,7 +48,6 @@ from twisted.logger import Logger
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint, unmapped
-from vtwisted.slirp.router import udpDatagram
 from vtwisted.wire import ipv4
 
 log = Logger()
@@ -62,6 +61,11 @@ DNS_IDLE_SWEEPS = 2
 MAX_MAPPINGS = 1024
 #: The largest datagram read from a host socket.
 MAX_DATAGRAM = 65535
+#: Errors of a send that would block: the datagram is dropped, as a full
+#: queue on a real link would.
+_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+#: Peers whose guest-side address a mapping remembers.
+MAX_PEERS = 256
 #: Why binding C{::} can fail on a host without IPv6.
 _NO_IPV6 = frozenset((errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL))
 
@@ -89,6 +93,9 @@ class UdpMapping(DatagramProtocol):
         self.proxy = (network.nameserver6 if self.v6 else network.nameserver) or b""
         self.mapped = False
         self.dnsPeers: set[tuple[str, int]] = set()
+        #: Host-side peers to the addresses the guest sees them at.
+        self.peers: dict[str, bytes] = {}
+        self._sendto: Any = None
         self.active = True
         self.idle = 0
         self.onlyDns = True
@@ -105,10 +112,14 @@ class UdpMapping(DatagramProtocol):
             host = host[7:]
         guest, guestPort = self.guest
         if (host, addr[1]) in self.dnsPeers:
-            src, port = self.proxy, 53
-        else:
-            src, port = network.guestAddress(host, self.v6), addr[1]
-        network.sendIP(src, guest, ipv4.PROTO_UDP, udpDatagram(src, guest, port, guestPort, data))
+            network.sendUdp(self.proxy, guest, 53, guestPort, data)
+            return
+        src = self.peers.get(host)
+        if src is None:
+            if len(self.peers) >= MAX_PEERS:
+                self.peers.clear()
+            src = self.peers[host] = network.guestAddress(host, self.v6)
+        network.sendUdp(src, guest, addr[1], guestPort, data)
 
     def addDnsPeer(self, host: tuple[str, int]) -> None:
         """
@@ -134,12 +145,21 @@ class UdpMapping(DatagramProtocol):
                 return
         elif self.mapped:
             host = ("::ffff:" + address, host[1])
+        sendto = self._sendto
+        if sendto is None:
+            # The socket itself: Twisted's write checks the address anew
+            # for every datagram, which costs more than the system call.
+            sock = getattr(self.transport, "socket", None)
+            sendto = self._sendto = sock.sendto if sock is not None \
+                else self.transport.write  # type: ignore[union-attr]
         try:
-            self.transport.write(payload, host)  # type: ignore[union-attr]
+            sendto(payload, host)
         except OSError as e:
-            self.engine.network.dropped(
-                "peer", f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}: "
-                        f"{e.strerror} (errno {e.errno})")
+            where = f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}"
+            if e.errno in _BUSY:
+                self.engine.network.dropped("busy", f"{where}: {e.strerror}")
+                return
+            self.engine.network.dropped("peer", f"{where}: {e.strerror} (errno {e.errno})")
             self.engine.network.sendUnreachable(packet, 0)
 
 
@@ -159,8 +179,7 @@ class ForwardSocket(DatagramProtocol):
         network = self.engine.network
         src = network.guestAddress(addr[0], len(self.guest) == 16)
         self.engine.sessions[(self.guest, self.guestPort, src, addr[1])] = (self, addr)
-        network.sendIP(src, self.guest, ipv4.PROTO_UDP,
-                       udpDatagram(src, self.guest, addr[1], self.guestPort, data))
+        network.sendUdp(src, self.guest, addr[1], self.guestPort, data)
 
     def reply(self, payload: bytes, addr: Any) -> None:
         """
