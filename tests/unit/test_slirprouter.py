@@ -491,7 +491,7 @@ def test_ipv6PlanFollowsThePrefix() -> None:
 
 
 def test_udpLeavesWithItsChecksumLeftToComplete() -> None:
-    """A datagram within the MTU is a NEEDS_CSUM packet whose cut frame checks; a big one fragments."""
+    """A datagram within the MTU leaves as NEEDS_CSUM and checks once cut; a big one fragments."""
     router, seen = makeRouter()
     router.learn(GUEST, GUEST_MAC)
     router.sendUdp(GATEWAY, GUEST, 53, 4000, b"answer" * 100)

@@ -102,6 +102,7 @@ def describe(svc: Any) -> list[str]:
     resolver = router.resolver()
     lines = [f"Slirp {where}: {svc.spec}", f" {svc.config.describe()}, MTU {router.mtu}",
              " resolver " + (f"{resolver[0]}:{resolver[1]}" if resolver else "none")]
+    lines += [" " + line for line in router.arp.describe()]
     if router.v6 is not None:
         lines += [" " + line for line in router.v6.describe()]
     for mac, address in router.dhcp.leases():

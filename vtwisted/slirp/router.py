@@ -7,20 +7,27 @@ The router is one more station on the LAN.  It reads what the switch sends
 its port (broadcasts, and frames to its own MAC addresses) and answers in
 frames of its own:
 
-  - B{ARP}: it answers for the gateway and the DNS proxy, each with a MAC
-    built from its address (C{52:55:0a:00:02:02}), and learns guests from
-    their ARP packets, DHCP leases and IPv4 frames.  A packet for a guest
-    whose MAC is not known yet waits for an ARP answer for at most a second.
+  - B{ARP} (L{vtwisted.slirp.arpcache}): it answers for the gateway and the
+    DNS proxy, learns guests, and holds packets for a guest whose MAC is
+    not known yet for at most a second.
   - B{IPv4}: headers and checksums are checked (a packet from an offload
     TAP that the kernel vouched for is not checked again), fragments are
-    reassembled (L{vtwisted.slirp.fragments}), and the payload goes by protocol to the TCP engine
-    (L{vtwisted.slirp.tcp}), the UDP engine (L{vtwisted.slirp.udp}), the DHCP
-    server (L{vtwisted.slirp.dhcp}) or the ICMP echo responder.
+    reassembled (L{vtwisted.slirp.fragments}), and the payload goes by
+    protocol to the TCP engine (L{vtwisted.slirp.tcp}), the UDP engine
+    (L{vtwisted.slirp.udp}), the DHCP server (L{vtwisted.slirp.dhcp}), the
+    echo responder of the gateway and DNS addresses, or the ICMP engine
+    (L{vtwisted.slirp.icmp}) for pings beyond them.  The datagrams of a UDP
+    super-frame (USO, a TAP's merged run of one flow) go to the UDP engine
+    one by one, without being cut into frames first.
+  - B{IPv6} frames go to the IPv6 side (L{vtwisted.slirp.router6}), which
+    the methods below delegate to for 16-byte addresses.
   - B{Out}: every IPv4 packet leaves from the gateway's MAC, as libslirp's
-    do.  TCP segments leave as virtio-net packets with a partial checksum:
-    a segment larger than the guest's MSS is a super-frame (TSO) that the
-    switch passes whole to an offload TAP and cuts for every other port.
-    Other packets are plain frames, fragmented past the MTU.
+    do.  TCP segments and UDP datagrams leave as virtio-net packets with
+    their checksum left to complete (by the guest's TAP, or by the switch
+    for ports without the header); a TCP segment larger than the guest's
+    MSS is a super-frame (TSO) that the switch passes whole to an offload
+    TAP and cuts for every other port.  Other packets, and datagrams past
+    the MTU, are plain frames, fragmented as needed.
 
 All of this is for the engines through L{IGuestNetwork}; the router knows
 the address plan (L{vtwisted.slirp.config}) and nothing of sockets.  Bad
@@ -39,9 +46,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import IGuestNetwork
+from vtwisted.slirp.arpcache import ArpCache, macFor
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.slirp.fragments import Reassembler
-from vtwisted.wire import arp, dhcp, icmp, ipv4, vnet
+from vtwisted.wire import dhcp, icmp, ipv4, vnet
 from vtwisted.wire.checksum import (
     MODULUS,
     Buffer,
@@ -58,12 +66,6 @@ log = Logger()
 
 #: The largest TCP payload of one super-frame sent to the switch.
 MAX_SEGMENT = 64000
-#: How long a packet for an unknown guest waits for its ARP answer.
-ARP_WAIT = 1.0
-#: Packets held per unknown guest.
-ARP_QUEUE = 64
-#: Guests remembered.
-ARP_ENTRIES = 1024
 
 _IPV4 = b"\x08\x00"
 _ARP = b"\x08\x06"
@@ -75,14 +77,6 @@ _IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _UDP_HEADER = struct.Struct("!HHHH")
 #: A virtio-net header asking for the UDP checksum of an untagged IPv4 frame.
 _UDP_VNET = vnet.VnetHeader(vnet.NEEDS_CSUM, vnet.GSO_NONE, 42, 0, 34, 6).pack()
-
-
-def macFor(address: bytes) -> bytes:
-    """
-    The MAC address libslirp gives an emulated host: C{52:55} and the IPv4
-    address.
-    """
-    return b"\x52\x55" + address
 
 
 @implementer(IGuestNetwork)
@@ -124,8 +118,10 @@ class SlirpRouter:
         #: The MAC addresses the router answers to (the IPv6 side adds its own).
         self.ownMacs = {self.gatewayMac, self.nameserverMac}
         self.broadcast = config.network.broadcast_address.packed
-        self.neighbours: dict[bytes, bytes] = {}
-        self._pending: dict[bytes, list[tuple[bytes, bool]]] = {}
+        self.arp = ArpCache(self)
+        self.neighbours = self.arp.macs
+        self.learn = self.arp.learn
+        self._hold = self.arp.hold
         self._ident = 0
         self.tcp: Any = None
         self.udp: Any = None
@@ -344,40 +340,9 @@ class SlirpRouter:
         if kind == _IPV4:
             self._ipv4Received(frame, start + 14, verified)
         elif kind == _ARP:
-            self._arpReceived(frame, start + 14)
+            self.arp.arpReceived(frame, start + 14)
         elif kind == _IPV6 and self.v6 is not None:
             self.v6.packetReceived(frame, start + 14, verified)
-
-    def _arpReceived(self, frame: bytes, offset: int) -> None:
-        try:
-            packet = arp.ARPPacket.parse(frame, offset)
-        except arp.ARPError as e:
-            self.dropped("malformed", f"ARP from {formatMac(frame[6:12])}: {e}")
-            return
-        if packet.senderIp != _ZERO and self.config.contains(packet.senderIp):
-            self.learn(packet.senderIp, packet.senderMac)
-        if packet.op == arp.OP_REQUEST and packet.targetIp in (self.gateway, self.nameserver):
-            reply = arp.ARPPacket(arp.OP_REPLY, macFor(packet.targetIp), packet.targetIp,
-                                  packet.senderMac, packet.senderIp).pack()
-            mac = macFor(packet.targetIp)
-            self.emitFrame(packet.senderMac + mac + _ARP + reply + bytes(18))
-
-    def learn(self, address: bytes, mac: bytes) -> None:
-        """
-        Remember that guest C{address} has C{mac}, and send what waited for it.
-        """
-        if mac[0] & 1:
-            return
-        if address not in self.neighbours and len(self.neighbours) >= ARP_ENTRIES:
-            self.neighbours.pop(next(iter(self.neighbours)))
-        self.neighbours[address] = mac
-        waiting = self._pending.pop(address, None)
-        if waiting:
-            for packet, isVnet in waiting:
-                if isVnet:
-                    self.emitPacket(packet[:10] + mac + packet[16:])
-                else:
-                    self.emitFrame(mac + packet[6:])
 
     def _ipv4Received(self, frame: bytes, offset: int, verified: bool) -> None:
         try:
@@ -516,34 +481,6 @@ class SlirpRouter:
         else:
             self.emitFrame(frame)
 
-    def _hold(self, dst: bytes, packet: bytes, isVnet: bool) -> None:
-        waiting = self._pending.get(dst)
-        if waiting is None:
-            if not self.config.contains(dst):
-                self.dropped("peer", f"no route to {_dotted(dst)}")
-                return
-            waiting = self._pending[dst] = []
-            self.reactor.callLater(ARP_WAIT, self._giveUp, dst, waiting)
-            request = arp.ARPPacket(arp.OP_REQUEST, self.gatewayMac, self.gateway,
-                                    bytes(6), dst).pack()
-            self.emitFrame(BROADCAST + self.gatewayMac + _ARP + request + bytes(18))
-        if len(waiting) < ARP_QUEUE:
-            waiting.append((packet, isVnet))
-        else:
-            self.dropped("busy", f"{_dotted(dst)} does not answer ARP; packets queued")
-
-    def _giveUp(self, dst: bytes, waiting: list[tuple[bytes, bool]]) -> None:
-        if self._pending.get(dst) is waiting:
-            del self._pending[dst]
-            self.dropped("peer", f"{_dotted(dst)} did not answer ARP within {ARP_WAIT:g} s")
-
-    def describe(self) -> list[str]:
-        """
-        The guests the router knows, for a console.
-        """
-        return [f"guest {_dotted(a)} at {formatMac(m)}" for a, m in sorted(self.neighbours.items())]
-
-
 def udpDatagram(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: bytes) -> bytes:
     """
     A UDP datagram with its checksum, over IPv4 or IPv6 by the address length.
@@ -558,3 +495,4 @@ def udpDatagram(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: byt
 
 def _dotted(address: Buffer) -> str:
     return ".".join(str(b) for b in address)
+
