@@ -10,8 +10,9 @@ server on the host's 127.0.0.1 through the gateway address 10.0.2.2 of:
   65520 its documentation suggests for speed;
 * C{vde_switch -t TAP} with C{vde_plug vde://... slirp://} (libvdeplug_slirp).
 
-Rows report iperf3 TCP throughput from the namespace to the host (upload)
-and back (download, C{-R}).
+Rows report iperf3 throughput from the namespace to the host (upload) and
+back (download, C{-R}): TCP, and UDP floods of 1200-byte datagrams (what
+arrives, in Gbit/s).
 
 Run as root:  python benchmarks/slirp_path.py [--rounds 3] [--seconds 5]
 """
@@ -86,10 +87,16 @@ def _freePort() -> int:
         return int(probe.getsockname()[1])
 
 
-def iperf(b: Bench, client: str, seconds: float, download: bool) -> float:
+#: The four measurements: (protocol, direction), each a row of the report.
+KINDS = (("TCP", "upload"), ("TCP", "download"), ("UDP", "upload"), ("UDP", "download"))
+
+
+def iperf(b: Bench, client: str, seconds: float, kind: tuple[str, str]) -> float:
     """
     iperf3 from namespace C{client} to a server on the host's loopback, via
-    10.0.2.2; Gbit/s received.
+    10.0.2.2 (C{-R} for downloads); Gbit/s received.  UDP sends 1200-byte
+    datagrams as fast as it can (C{-b 0}), so what counts is how many get
+    through.
     """
     port = _freePort()
     b.start(["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)])
@@ -98,37 +105,44 @@ def iperf(b: Bench, client: str, seconds: float, download: bool) -> float:
               "10.0.2.2", check=False)
     if ping.returncode != 0:
         raise RuntimeError(f"no connectivity: {ping.stdout}{ping.stderr}")
-    data = netbench.iperf3Report(
-        ["ip", "netns", "exec", client, "iperf3", "-c", "10.0.2.2", "-p", str(port),
-         "-t", str(seconds), "-J", *(["-R"] if download else [])])
-    return float(data["end"]["sum_received"]["bits_per_second"]) / 1e9
+    protocol, direction = kind
+    argv = ["ip", "netns", "exec", client, "iperf3", "-c", "10.0.2.2", "-p", str(port),
+            "-t", str(seconds), "-J"]
+    argv += ["-R"] if direction == "download" else []
+    argv += ["-u", "-b", "0", "-l", "1200"] if protocol == "UDP" else []
+    end = netbench.iperf3Report(argv)["end"]
+    if protocol == "UDP":
+        s = end["sum"]
+        received = (s["packets"] - s["lost_packets"]) * 1200 * 8
+        return float(received / s["seconds"]) / 1e9
+    return float(end["sum_received"]["bits_per_second"]) / 1e9
 
 
 def main() -> None:
     args = netbench.arguments(__doc__, only=True)
     names = [n for n in SETUPS if args.only is None or n in args.only]
-    results: dict[tuple[str, bool], list[float]] = {}
-    for download in (False, True):
+    results: dict[tuple[str, tuple[str, str]], list[float]] = {}
+    for kind in KINDS:
         for _ in range(args.rounds):
             for name in names:
                 with bench() as b:
                     client = SETUPS[name](b)
-                    value = iperf(b, client, args.seconds, download)
-                results.setdefault((name, download), []).append(value)
+                    value = iperf(b, client, args.seconds, kind)
+                results.setdefault((name, kind), []).append(value)
     print(f"TCP congestion control: {netbench.congestionInUse()}")
-    for download, kind in ((False, "upload (namespace to host)"),
-                           (True, "download (host to namespace)")):
-        print(f"TCP {kind}, iperf3:")
+    for kind in KINDS:
+        way = "namespace to host" if kind[1] == "upload" else "host to namespace"
+        print(f"{kind[0]} {kind[1]} ({way}), iperf3:")
         for name in names:
-            summarize(name, results[(name, download)], "Gbit/s")
+            summarize(name, results[(name, kind)], "Gbit/s")
     print("Ratios:")
     ours = "vtwisted slirp, offload TAP"
     for name in names:
         if name == ours or ours not in names:
             continue
-        for download, kind in ((False, "upload"), (True, "download")):
-            ratio(f"{kind}: vtwisted / {name}", results[(ours, download)],
-                  results[(name, download)])
+        for kind in KINDS:
+            ratio(f"{kind[0]} {kind[1]}: vtwisted / {name}", results[(ours, kind)],
+                  results[(name, kind)])
 
 
 if __name__ == "__main__":
