@@ -43,6 +43,14 @@ class FakeEngine:
     def echoRequest(self, *args: Any) -> None:
         self.calls.append(args)
 
+    def datagramsReceived(self, src: bytes, srcPort: int, dst: bytes, dstPort: int,
+                          payloads: list[bytes], packet: Any) -> None:
+        """
+        Record each datagram as its own L{datagramReceived} call.
+        """
+        for payload in payloads:
+            self.calls.append((src, srcPort, dst, dstPort, payload, packet))
+
 
 def recordingRouter(options: str = "",
                     clock: Any = None) -> tuple[SlirpRouter, Recorder, SlirpConfig]:

@@ -326,10 +326,9 @@ class SlirpRouter:
         end = start + 14 + (header.totalLength or len(packet) - start - 14)
         view = memoryview(packet)[:end]
         ip = view[start + 14:]
-        src, srcPort, dstPort = header.src, udp.srcPort, udp.dstPort
-        receive = self.udp.datagramReceived
-        for offset in range(start + 14 + header.headerLength + 8, end, size):
-            receive(src, srcPort, dst, dstPort, bytes(view[offset:offset + size]), ip)
+        payloads = [bytes(view[offset:offset + size])
+                    for offset in range(start + 14 + header.headerLength + 8, end, size)]
+        self.udp.datagramsReceived(header.src, udp.srcPort, dst, udp.dstPort, payloads, ip)
         return True
 
     def _dispatch(self, frame: bytes, start: int, verified: bool) -> None:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.error import CannotListenError
@@ -130,12 +131,12 @@ class UdpMapping(DatagramProtocol):
             host = (str(ipaddress.ip_address(host[0])), host[1])
         self.dnsPeers.add(host)
 
-    def send(self, payload: bytes, host: tuple[str, int], packet: bytes) -> None:
+    def send(self, payloads: Sequence[bytes], host: tuple[str, int], packet: bytes) -> None:
         """
-        Send a guest's datagram to C{host}.
+        Send a guest's datagrams to C{host}.
         """
         self.active = True
-        self.sent += 1
+        self.sent += len(payloads)
         address = host[0]
         if ":" in address:
             if not self.mapped:
@@ -153,7 +154,8 @@ class UdpMapping(DatagramProtocol):
             sendto = self._sendto = sock.sendto if sock is not None \
                 else self.transport.write  # type: ignore[union-attr]
         try:
-            sendto(payload, host)
+            for payload in payloads:
+                sendto(payload, host)
         except OSError as e:
             where = f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}"
             if e.errno in _BUSY:
@@ -221,11 +223,20 @@ class UdpNat:
         (4-byte IPv4 or 16-byte IPv6 addresses); C{packet} is the whole IP
         packet, for an ICMP error.
         """
+        self.datagramsReceived(src, srcPort, dst, dstPort, (payload,), packet)
+
+    def datagramsReceived(self, src: bytes, srcPort: int, dst: bytes, dstPort: int,
+                          payloads: Sequence[bytes], packet: bytes) -> None:
+        """
+        L{datagramReceived} for several datagrams of one flow (those of a
+        USO packet), looked up once.
+        """
         key = (src, srcPort, dst, dstPort)
         session = self.sessions.get(key)
         if session is not None:
             if session[0].transport is not None:
-                session[0].reply(payload, session[1])
+                for payload in payloads:
+                    session[0].reply(payload, session[1])
                 return
             # Its forward was removed: the answer is one more datagram to
             # the host, as in libslirp.
@@ -245,7 +256,7 @@ class UdpNat:
             mapping.addDnsPeer(host)
         else:
             mapping.onlyDns = False
-        mapping.send(payload, host, packet)
+        mapping.send(payloads, host, packet)
 
     def _open(self, src: bytes, srcPort: int) -> UdpMapping | None:
         if len(self.mappings) >= MAX_MAPPINGS:
