@@ -227,6 +227,14 @@ class IGuestNetwork(Interface):
         or leaves it to the guest's TAP.
         """
 
+    def sendUdpRun(src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                   payloads: list[bytes]) -> None:
+        """
+        Send several datagrams of one flow, all of the first one's length
+        but the last, which may be shorter: in one UDP super-frame (USO)
+        where the guest's port takes them, else one by one.
+        """
+
     def sendUnreachable(packet: bytes, code: int) -> None:
         """
         Answer the guest's IPv4 or IPv6 C{packet} (header and at least 8

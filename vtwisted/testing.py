@@ -227,6 +227,14 @@ class FakeGuestNetwork:
 
         self.sendIP(src, dst, 17, udpDatagram(src, dst, srcPort, dstPort, payload))
 
+    def sendUdpRun(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                   payloads: list[bytes]) -> None:
+        """
+        Record each datagram as L{sendUdp} would.
+        """
+        for payload in payloads:
+            self.sendUdp(src, dst, srcPort, dstPort, payload)
+
     def sendUnreachable(self, packet: bytes, code: int) -> None:
         self.unreachable.append((bytes(packet), code))
 

@@ -374,6 +374,11 @@ class UdpGuest:
                 payload: bytes) -> None:
         self.sendIP(src, dst, 17, udpDatagram(src, dst, srcPort, dstPort, payload))
 
+    def sendUdpRun(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                   payloads: list[bytes]) -> None:
+        for payload in payloads:
+            self.sendUdp(src, dst, srcPort, dstPort, payload)
+
     def sendUnreachable(self, packet: bytes, code: int) -> None:
         self.unreachable.append((packet, code))
 
@@ -519,3 +524,49 @@ def test_usoPacketsReachTheEngineDatagramByDatagram() -> None:
     assert seen.drops == []
     got = [(call[0], call[1], call[2], call[3], call[4]) for call in router.udp.calls]
     assert got == [(GUEST, 4000, GATEWAY, 5000, d) for d in datagrams]
+
+
+@pytest.mark.parametrize("writable, pays", [(True, True), (False, True), (True, False)])
+def test_runsOfDatagramsLeaveAsOneUsoPacketWhereTheyPay(writable: bool, pays: bool) -> None:
+    """A flow's run is one USO packet cutting back to the same datagrams, or single datagrams."""
+    router, seen = makeRouter()
+    router.usoWritable, router.usoPays = writable, lambda mac: pays
+    router.learn(GUEST, GUEST_MAC)
+    payloads = [bytes([n]) * 1200 for n in range(10)] + [b"last"]
+    router.sendUdpRun(GATEWAY, GUEST, 5201, 40000, payloads)
+    if writable and pays:
+        [packet] = seen.packets
+        assert vnet.VnetHeader.parse(packet).gsoType == vnet.GSO_UDP_L4
+    else:
+        assert len(seen.packets) == len(payloads)
+    frames = [f for p in seen.packets for f in vnet.toFrames(p)]
+    assert [f[42:] for f in frames] == payloads
+    for frame in frames:
+        header = ipv4.IPv4Header.parse(frame, 14)
+        assert ipv4.headerChecksumValid(frame, 14) and frame[:6] == GUEST_MAC
+        assert checksumValid(frame[34:], pseudoHeaderSumV4(GATEWAY, GUEST, 17,
+                                                           header.totalLength - 20))
+
+
+def test_udpEngineSendsEachTurnsDatagramsInRuns() -> None:
+    """Datagrams read in one reactor turn leave after it, one run per flow and length."""
+    from vtwisted.slirp.udp import RUN_DATAGRAMS, UdpNat
+
+    clock = Clock()
+    runs: list[tuple[int, int]] = []
+
+    class Network(UdpGuest):
+        def sendUdpRun(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                       payloads: list[bytes]) -> None:
+            runs.append((srcPort, len(payloads)))
+
+    engine = UdpNat(Network(("127.0.0.1", 53)), clock)
+    for n in range(RUN_DATAGRAMS + 3):
+        engine.queue(GATEWAY, GUEST, 1, 2, b"x" * 100)
+    engine.queue(GATEWAY, GUEST, 1, 2, b"short")
+    engine.queue(GATEWAY, GUEST, 1, 2, b"x" * 100)
+    engine.queue(GATEWAY, GUEST, 7, 2, b"x" * 100)
+    assert runs == [], "nothing leaves before the turn ends"
+    clock.advance(0)
+    assert runs == [(1, RUN_DATAGRAMS), (1, 4), (1, 1), (7, 1)]
+    engine.close()

@@ -97,6 +97,15 @@ class SlirpLink:
         if self.port is not None:
             self._switch.vnetPacketReceived(self.port, packet)
 
+    def usoPays(self, mac: bytes) -> bool:
+        """
+        Whether the guest at C{mac} sits behind a port with the virtio-net
+        header, which takes UDP super-frames whole.
+        """
+        if self.port is None:
+            return False
+        return bool(self._switch.coalescingPays(self.port, bytes(10) + mac))
+
     def dropped(self, reason: str, message: str) -> None:
         """
         Count a drop on the port (while plugged in).
@@ -159,7 +168,8 @@ class SlirpService(Service):
     def _build(self) -> None:
         link = SlirpLink(self)
         config = self.config
-        router = SlirpRouter(config, self.reactor, link.emitFrame, link.emitPacket, link.dropped)
+        router = SlirpRouter(config, self.reactor, link.emitFrame, link.emitPacket, link.dropped,
+                             usoPays=link.usoPays)
         router.dhcp = DhcpServer(
             gateway=config.gateway, nameserver=config.nameserver, netmask=config.netmask,
             poolStart=config.poolStart, restricted=config.restricted,

@@ -23,6 +23,10 @@ and the IPv6 DNS proxy, whatever the family of the host peer.  On a host
 without IPv6 (or with C{bindv6only=1}) the sockets fall back to IPv4 and
 IPv6 destinations are dropped as C{unsupported}.
 
+Datagrams for guests are sent at the end of the reactor turn that read
+them: a run of one flow's datagrams of one length then leaves in one UDP
+super-frame (USO), one write to the guest's TAP instead of one per datagram.
+
 A mapping that carried nothing for 240 s is closed, one that only carried
 DNS after 10 s.  Instead of a timer per datagram, traffic marks the mapping
 and a sweep every L{SWEEP} seconds closes what stayed unmarked long enough.
@@ -65,6 +69,10 @@ MAX_DATAGRAM = 65535
 #: Errors of a send that would block: the datagram is dropped, as a full
 #: queue on a real link would.
 _BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+#: The most datagrams, and bytes, one run to a guest holds (Linux's limits
+#: for a UDP super-frame).
+RUN_DATAGRAMS = 64
+RUN_BYTES = 65000
 #: Peers whose guest-side address a mapping remembers.
 MAX_PEERS = 256
 #: Why binding C{::} can fail on a host without IPv6.
@@ -113,14 +121,14 @@ class UdpMapping(DatagramProtocol):
             host = host[7:]
         guest, guestPort = self.guest
         if (host, addr[1]) in self.dnsPeers:
-            network.sendUdp(self.proxy, guest, 53, guestPort, data)
+            self.engine.queue(self.proxy, guest, 53, guestPort, data)
             return
         src = self.peers.get(host)
         if src is None:
             if len(self.peers) >= MAX_PEERS:
                 self.peers.clear()
             src = self.peers[host] = network.guestAddress(host, self.v6)
-        network.sendUdp(src, guest, addr[1], guestPort, data)
+        self.engine.queue(src, guest, addr[1], guestPort, data)
 
     def addDnsPeer(self, host: tuple[str, int]) -> None:
         """
@@ -215,6 +223,41 @@ class UdpNat:
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = reactor
         self._sweeper.start(SWEEP, now=False)
+        self._outgoing: list[tuple[bytes, bytes, int, int, bytes]] = []
+        self._flushCall: Any = None
+
+    def queue(self, src: bytes, dst: bytes, srcPort: int, dstPort: int, data: bytes) -> None:
+        """
+        Send a datagram to a guest once this reactor turn's reads are done,
+        so that a run of one flow's datagrams can leave in one USO packet.
+        """
+        self._outgoing.append((src, dst, srcPort, dstPort, data))
+        if self._flushCall is None:
+            self._flushCall = self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Send what L{queue} collected: each run of one flow's datagrams of one
+        length (the last may be shorter) in one L{IGuestNetwork.sendUdpRun}.
+        """
+        self._flushCall = None
+        items, self._outgoing = self._outgoing, []
+        send = self.network.sendUdpRun
+        run: list[bytes] = []
+        key: tuple[bytes, bytes, int, int] = (b"", b"", 0, 0)
+        size = room = 0
+        for src, dst, srcPort, dstPort, data in items:
+            if (run and (src, dst, srcPort, dstPort) == key and len(run[-1]) == size
+                    and len(data) <= min(size, room) and len(run) < RUN_DATAGRAMS):
+                run.append(data)
+                room -= len(data)
+                continue
+            if run:
+                send(*key, run)
+            key, run = (src, dst, srcPort, dstPort), [data]
+            size, room = len(data), RUN_BYTES - len(data)
+        if run:
+            send(*key, run)
 
     def datagramReceived(self, src: bytes, srcPort: int, dst: bytes, dstPort: int,
                          payload: bytes, packet: bytes) -> None:
@@ -340,6 +383,9 @@ class UdpNat:
         """
         if self._sweeper.running:
             self._sweeper.stop()
+        if self._flushCall is not None and self._flushCall.active():
+            self._flushCall.cancel()
+        self._flushCall, self._outgoing = None, []
         mappings, self.mappings = self.mappings, {}
         for mapping in mappings.values():
             mapping.listeningPort.stopListening()
