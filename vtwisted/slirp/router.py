@@ -38,9 +38,7 @@ L{SlirpRouter.dropped}; the router never raises on a frame.
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -51,15 +49,19 @@ from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.arpcache import ArpCache, macFor
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.slirp.fragments import Reassembler
+from vtwisted.slirp.packets import (
+    ipv4Fragments,
+    ipv4Header,
+    linuxAtLeast,
+    partialUdpHeader,
+    udpDatagram,
+    usoDatagrams,
+)
 from vtwisted.wire import dhcp, icmp, ipv4, vnet
 from vtwisted.wire.checksum import (
-    MODULUS,
     Buffer,
     checksumValid,
-    internetChecksum,
-    onesSum,
     pseudoHeaderSumV4,
-    pseudoHeaderSumV6,
 )
 from vtwisted.wire.ethernet import BROADCAST, formatMac
 from vtwisted.wire.udp import UDPError, UDPHeader
@@ -75,22 +77,8 @@ _IPV6 = b"\x86\xdd"
 _ALL_ONES = b"\xff\xff\xff\xff"
 _ZERO = b"\0\0\0\0"
 _ID = struct.Struct("!H")
-_IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
-_UDP_HEADER = struct.Struct("!HHHH")
 #: A virtio-net header asking for the UDP checksum of an untagged IPv4 frame.
 _UDP_VNET = vnet.VnetHeader(vnet.NEEDS_CSUM, vnet.GSO_NONE, 42, 0, 34, 6).pack()
-
-
-def linuxAtLeast(major: int, minor: int, release: str | None = None) -> bool:
-    """
-    Whether the running kernel (or C{release}) is Linux C{major.minor} or later.
-    """
-    release = release if release is not None else os.uname().release
-    try:
-        numbers = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
-    except ValueError:
-        return False
-    return sys.platform.startswith("linux") and numbers >= (major, minor)
 
 
 @implementer(IGuestNetwork)
@@ -245,7 +233,7 @@ class SlirpRouter:
         packet = b"".join((
             _UDP_VNET, mac or BROADCAST, self.gatewayMac, _IPV4,
             self._ipHeader(src, dst, ipv4.PROTO_UDP, 20 + length, 64, 0),
-            _UDP_HEADER.pack(srcPort, dstPort, length, pseudoHeaderSumV4(src, dst, 17, length)),
+            partialUdpHeader(src, dst, srcPort, dstPort, length),
             payload,
         ))
         if mac is None:
@@ -273,7 +261,7 @@ class SlirpRouter:
         self.emitPacket(b"".join((
             header, mac, self.gatewayMac, _IPV4,
             self._ipHeader(src, dst, ipv4.PROTO_UDP, 20 + total, 64, 0),
-            _UDP_HEADER.pack(srcPort, dstPort, total, pseudoHeaderSumV4(src, dst, 17, total)),
+            partialUdpHeader(src, dst, srcPort, dstPort, total),
             *payloads,
         )))
 
@@ -293,18 +281,13 @@ class SlirpRouter:
         """
         Send C{payload} to a guest in one IPv4 packet, or in fragments.
         """
-        room = (self.mtu - 20) & ~7
         if len(payload) <= self.mtu - 20:
             self._sendIp(dst, self._ipHeader(src, dst, protocol, 20 + len(payload), ttl, 0, tos)
                          + payload)
             return
-        ident = self._nextIdent()
-        for offset in range(0, len(payload), room):
-            piece = payload[offset:offset + room]
-            more = ipv4.FLAG_MF if offset + room < len(payload) else 0
-            header = ipv4.IPv4Header(tos, 20 + len(piece), ident, more, offset // 8, ttl,
-                                     protocol, 0, src, dst).pack()
-            self._sendIp(dst, header + piece)
+        for piece in ipv4Fragments(self._nextIdent(), src, dst, protocol, ttl, tos, payload,
+                                   self.mtu):
+            self._sendIp(dst, piece)
 
     def sendUnreachable(self, packet: Buffer, code: int) -> None:
         """
@@ -355,24 +338,12 @@ class SlirpRouter:
 
         @return: whether it was such a packet; if not, the caller cuts it.
         """
-        start = vnet.HEADER_LENGTH
-        if packet[start:start + 6] not in self.ownMacs or packet[start + 12:start + 14] != _IPV4:
+        if packet[10:16] not in self.ownMacs:
             return False
-        try:
-            header = ipv4.IPv4Header.parse(packet, start + 14)
-            udp = UDPHeader.parse(packet, start + 14 + header.headerLength)
-        except (ipv4.IPv4Error, UDPError):
+        found = usoDatagrams(packet)
+        if found is None or found[2] in (_ALL_ONES, self.broadcast) or found[2][0] >= 224:
             return False
-        dst, size = header.dst, vnet.VnetHeader.parse(packet).gsoSize
-        if (header.isFragment or size <= 0 or udp.dstPort == 67 or dst[0] >= 224
-                or dst == _ALL_ONES or dst == self.broadcast):
-            return False
-        end = start + 14 + (header.totalLength or len(packet) - start - 14)
-        view = memoryview(packet)[:end]
-        ip = view[start + 14:]
-        payloads = [bytes(view[offset:offset + size])
-                    for offset in range(start + 14 + header.headerLength + 8, end, size)]
-        self.udp.datagramsReceived(header.src, udp.srcPort, dst, udp.dstPort, payloads, ip)
+        self.udp.datagramsReceived(*found)
         return True
 
     def _dispatch(self, frame: bytes, start: int, verified: bool) -> None:
@@ -510,8 +481,7 @@ class SlirpRouter:
     def _ipHeader(self, src: bytes, dst: bytes, protocol: int, total: int, ttl: int,
                   flagsOffset: int, tos: int = 0) -> bytes:
         self._ident = ident = (self._ident + 1) & 0xFFFF
-        header = _IP_HEADER.pack(0x45, tos, total, ident, flagsOffset, ttl, protocol, 0, src, dst)
-        return header[:10] + _ID.pack(internetChecksum(header)) + header[12:]
+        return ipv4Header(ident, src, dst, protocol, total, ttl, flagsOffset, tos)
 
     def _sendIp(self, dst: bytes, ip: bytes) -> None:
         if dst == _ALL_ONES or dst == self.broadcast:
@@ -523,18 +493,6 @@ class SlirpRouter:
             self._hold(dst, frame, False)
         else:
             self.emitFrame(frame)
-
-def udpDatagram(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: bytes) -> bytes:
-    """
-    A UDP datagram with its checksum, over IPv4 or IPv6 by the address length.
-    """
-    length = 8 + len(payload)
-    header = UDPHeader(srcPort, dstPort, length, 0).pack()
-    pseudo = (pseudoHeaderSumV6 if len(src) == 16 else pseudoHeaderSumV4)(src, dst, 17, length)
-    total = onesSum(payload, onesSum(header, pseudo))
-    checksum = (MODULUS - total) or MODULUS
-    return header[:6] + _ID.pack(checksum) + payload
-
 
 def _dotted(address: Buffer) -> str:
     return ".".join(str(b) for b in address)
