@@ -561,7 +561,7 @@ def test_udpEngineSendsEachTurnsDatagramsInRuns() -> None:
             runs.append((srcPort, len(payloads)))
 
     engine = UdpNat(Network(("127.0.0.1", 53)), clock)
-    for n in range(RUN_DATAGRAMS + 3):
+    for _ in range(RUN_DATAGRAMS + 3):
         engine.queue(GATEWAY, GUEST, 1, 2, b"x" * 100)
     engine.queue(GATEWAY, GUEST, 1, 2, b"short")
     engine.queue(GATEWAY, GUEST, 1, 2, b"x" * 100)
