@@ -570,3 +570,35 @@ def test_udpEngineSendsEachTurnsDatagramsInRuns() -> None:
     clock.advance(0)
     assert runs == [(1, RUN_DATAGRAMS), (1, 4), (1, 1), (7, 1)]
     engine.close()
+
+
+@pytest.mark.parametrize("offload", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_runOfGuestDatagramsReachesTheHostAsTheSameDatagrams(offload: bool) -> None:
+    """A USO run leaves in one UDP_SEGMENT send (or one by one) and arrives datagram by datagram."""
+    from twisted.internet import reactor
+
+    from vtwisted.slirp.packets import SegmentRun
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    engine = UdpNat(UdpGuest(("127.0.0.1", 53)), reactor)
+    engine.segmentOffload = offload
+    datagrams = [bytes([n]) * 1000 for n in range(5)] + [b"tail"]
+    try:
+        engine.datagramsReceived(GUEST, 4000, GATEWAY, server.getsockname()[1],
+                                 SegmentRun(memoryview(b"".join(datagrams)), 1000), b"")
+        got: list[bytes] = []
+
+        def drained() -> bool:
+            while _readable(server):
+                got.append(server.recv(2000))
+            return len(got) >= len(datagrams)
+
+        await _until(drained)
+        assert got == datagrams
+        assert engine.segmentOffload == offload, "the kernel took UDP_SEGMENT"
+    finally:
+        engine.close()
+        server.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import sys
+from collections.abc import Iterator
 
 from vtwisted.wire import ipv4, vnet
 from vtwisted.wire.checksum import (
@@ -77,7 +78,31 @@ def udpDatagram(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: byt
     return header[:6] + _ID.pack(checksum) + payload
 
 
-def usoDatagrams(packet: bytes) -> tuple[bytes, int, bytes, int, list[bytes], Buffer] | None:
+class SegmentRun:
+    """
+    Datagram payloads of one size (the last may be shorter) lying end to end
+    in one buffer, as in a UDP super-frame: a sequence of L{bytes} that can
+    also be sent whole with C{UDP_SEGMENT}.
+
+    @ivar data: the payloads, end to end.
+    @ivar size: the length of each but the last.
+    """
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, data: Buffer, size: int) -> None:
+        self.data = data
+        self.size = size
+
+    def __len__(self) -> int:
+        return -(-len(self.data) // self.size)
+
+    def __iter__(self) -> Iterator[bytes]:
+        data, size = self.data, self.size
+        return (bytes(data[i:i + size]) for i in range(0, len(data), size))
+
+
+def usoDatagrams(packet: bytes) -> tuple[bytes, int, bytes, int, SegmentRun, Buffer] | None:
     """
     Read a virtio-net USO packet of an untagged IPv4 frame (a TAP's merged
     run of one flow's datagrams) without cutting it into frames.
@@ -99,8 +124,7 @@ def usoDatagrams(packet: bytes) -> tuple[bytes, int, bytes, int, list[bytes], Bu
         return None
     end = start + 14 + (header.totalLength or len(packet) - start - 14)
     view = memoryview(packet)[:end]
-    payloads = [bytes(view[offset:offset + size])
-                for offset in range(start + 14 + header.headerLength + 8, end, size)]
+    payloads = SegmentRun(view[start + 14 + header.headerLength + 8:], size)
     return header.src, udp.srcPort, header.dst, udp.dstPort, payloads, view[start + 14:]
 
 

@@ -23,8 +23,11 @@ and the IPv6 DNS proxy, whatever the family of the host peer.  On a host
 without IPv6 (or with C{bindv6only=1}) the sockets fall back to IPv4 and
 IPv6 destinations are dropped as C{unsupported}.
 
-Datagrams for guests are sent at the end of the reactor turn that read
-them: a run of one flow's datagrams of one length then leaves in one UDP
+A run of one flow's datagrams that a TAP merged into a UDP super-frame
+(USO) leaves in one C{sendmsg} with C{UDP_SEGMENT}: the kernel cuts it back
+into the same datagrams (if it cannot, the engine says so once and sends
+them one by one from then on).  Datagrams for guests are sent at the end
+of the reactor turn that read them: a run of one flow's datagrams of one length then leaves in one UDP
 super-frame (USO), one write to the guest's TAP instead of one per datagram.
 
 A mapping that carried nothing for 240 s is closed, one that only carried
@@ -43,6 +46,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +57,7 @@ from twisted.logger import Logger
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint, unmapped
+from vtwisted.slirp.packets import SegmentRun
 from vtwisted.wire import ipv4
 
 log = Logger()
@@ -73,6 +78,11 @@ _BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 #: for a UDP super-frame).
 RUN_DATAGRAMS = 64
 RUN_BYTES = 65000
+#: The socket option that lets the kernel cut one send into datagrams
+#: (C{linux/udp.h}), and the errors saying it cannot.
+UDP_SEGMENT = 103
+_NO_SEGMENTS = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+_U16 = struct.Struct("=H")
 #: Peers whose guest-side address a mapping remembers.
 MAX_PEERS = 256
 #: Why binding C{::} can fail on a host without IPv6.
@@ -130,6 +140,34 @@ class UdpMapping(DatagramProtocol):
             src = self.peers[host] = network.guestAddress(host, self.v6)
         self.engine.queue(src, guest, addr[1], guestPort, data)
 
+    def _sendSegments(self, run: SegmentRun, host: tuple[str, int], packet: bytes) -> bool:
+        """
+        Send a run of datagrams in one system call, letting the kernel cut
+        them (C{UDP_SEGMENT}, Linux 4.18 and later).
+
+        @return: whether it was sent (or dropped for good); if not, the
+            caller sends the datagrams one by one.
+        """
+        sock = getattr(self.transport, "socket", None)
+        if sock is None:
+            return False
+        try:
+            sock.sendmsg([run.data], [(socket.SOL_UDP, UDP_SEGMENT, _U16.pack(run.size))], 0,
+                           host)
+        except OSError as e:
+            if e.errno in _NO_SEGMENTS:
+                self.engine.segmentOffload = False
+                log.info("UDP: the kernel does not segment for us ({error}); datagrams "
+                         "leave one by one", error=e.strerror)
+                return False
+            where = f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}"
+            if e.errno in _BUSY:
+                self.engine.network.dropped("busy", f"{where}: {e.strerror}")
+            else:
+                self.engine.network.dropped("peer", f"{where}: {e.strerror} (errno {e.errno})")
+                self.engine.network.sendUnreachable(packet, 0)
+        return True
+
     def addDnsPeer(self, host: tuple[str, int]) -> None:
         """
         Remember that C{host} is a resolver this source asked through the
@@ -154,6 +192,9 @@ class UdpMapping(DatagramProtocol):
                 return
         elif self.mapped:
             host = ("::ffff:" + address, host[1])
+        if isinstance(payloads, SegmentRun) and self.engine.segmentOffload:
+            if self._sendSegments(payloads, host, packet):
+                return
         sendto = self._sendto
         if sendto is None:
             # The socket itself: Twisted's write checks the address anew
@@ -224,6 +265,8 @@ class UdpNat:
         self._sweeper.clock = reactor
         self._sweeper.start(SWEEP, now=False)
         self._outgoing: list[tuple[bytes, bytes, int, int, bytes]] = []
+        #: Whether the kernel cuts runs of datagrams for us (C{UDP_SEGMENT}).
+        self.segmentOffload = True
         self._flushCall: Any = None
 
     def queue(self, src: bytes, dst: bytes, srcPort: int, dstPort: int, data: bytes) -> None:
