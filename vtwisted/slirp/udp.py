@@ -27,8 +27,9 @@ A run of one flow's datagrams that a TAP merged into a UDP super-frame
 (USO) leaves in one C{sendmsg} with C{UDP_SEGMENT}: the kernel cuts it back
 into the same datagrams (if it cannot, the engine says so once and sends
 them one by one from then on).  Datagrams for guests are sent at the end
-of the reactor turn that read them: a run of one flow's datagrams of one length then leaves in one UDP
-super-frame (USO), one write to the guest's TAP instead of one per datagram.
+of the reactor turn that read them: a run of one flow's datagrams of one
+length then leaves in one UDP super-frame (USO), one write to the guest's
+TAP instead of one per datagram.
 
 A mapping that carried nothing for 240 s is closed, one that only carried
 DNS after 10 s.  Instead of a timer per datagram, traffic marks the mapping
