@@ -161,13 +161,22 @@ class UdpMapping(DatagramProtocol):
                 log.info("UDP: the kernel does not segment for us ({error}); datagrams "
                          "leave one by one", error=e.strerror)
                 return False
-            where = f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}"
-            if e.errno in _BUSY:
-                self.engine.network.dropped("busy", f"{where}: {e.strerror}")
-            else:
-                self.engine.network.dropped("peer", f"{where}: {e.strerror} (errno {e.errno})")
-                self.engine.network.sendUnreachable(packet, 0)
+            self._sendFailed(e, host, packet)
         return True
+
+    def _sendFailed(self, e: OSError, host: tuple[str, int], packet: bytes) -> None:
+        """
+        A send to C{host} failed: a full socket buffer drops the datagrams
+        (counted as C{busy}); anything else is counted and answered with an
+        ICMP unreachable.
+        """
+        network = self.engine.network
+        where = f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}"
+        if e.errno in _BUSY:
+            network.dropped("busy", f"{where}: {e.strerror}")
+            return
+        network.dropped("peer", f"{where}: {e.strerror} (errno {e.errno})")
+        network.sendUnreachable(packet, 0)
 
     def addDnsPeer(self, host: tuple[str, int]) -> None:
         """
@@ -207,12 +216,7 @@ class UdpMapping(DatagramProtocol):
             for payload in payloads:
                 sendto(payload, host)
         except OSError as e:
-            where = f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}"
-            if e.errno in _BUSY:
-                self.engine.network.dropped("busy", f"{where}: {e.strerror}")
-                return
-            self.engine.network.dropped("peer", f"{where}: {e.strerror} (errno {e.errno})")
-            self.engine.network.sendUnreachable(packet, 0)
+            self._sendFailed(e, host, packet)
 
 
 class ForwardSocket(DatagramProtocol):
