@@ -245,14 +245,16 @@ class IGuestNetwork(Interface):
             for an IPv6 packet.
         """
 
-    def hostAddress(dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
+    def hostAddress(dst: bytes, port: int, protocol: int) -> Any:
         """
         Where on the host a guest's packet to C{dst}:C{port} goes: the
         gateway becomes C{127.0.0.1} (IPv6: C{::1}), the DNS proxy's port 53
         the host's nameserver (which may be of either family), other
-        addresses themselves.
+        addresses themselves; a guest forward's address and port (TCP only)
+        its target, an object with an C{endpoint} to connect to.
 
-        @return: a host and port, or L{None} if the guest may not go there
+        @return: a host and port, a guest forward's target, or L{None} if
+            the guest may not go there
             (other ports of the DNS proxy; other addresses of the LAN;
             anything but forwards when L{restricted}).
         """

@@ -223,7 +223,7 @@ class FakeGuestNetwork:
         """
         Record the datagram in L{ip}, checksum computed, as L{sendIP} would.
         """
-        from vtwisted.slirp.router import udpDatagram
+        from vtwisted.slirp.packets import udpDatagram
 
         self.sendIP(src, dst, 17, udpDatagram(src, dst, srcPort, dstPort, payload))
 

@@ -363,3 +363,58 @@ def test_guestReachesHostsBeyondTheGateway(processes, namespaces, shortdir, ping
     run("ip", "-n", world.guest, "addr", "add", "10.0.2.15/24", "dev", world.tap)
     run("ip", "-n", world.guest, "route", "add", "default", "via", "10.0.2.2")
     world.check(processes, "192.0.2.2", "192.0.2.1", f"IPv4 pings by {mode} socket")
+
+
+#: A Unix-socket service on the host: answers each connection with what it
+#: read, upper-cased.
+UNIX_SERVICE = r"""
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(4)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    data = b""
+    while chunk := c.recv(65536):
+        data += chunk
+    c.sendall(data.upper())
+    c.close()
+"""
+
+#: A guest client: sends argv[3], half-closes, prints the answer.
+ASK = r"""
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.sendall(sys.argv[3].encode())
+c.shutdown(socket.SHUT_WR)
+answer = b""
+while chunk := c.recv(4096):
+    answer += chunk
+print(answer.decode())
+"""
+
+
+def test_guestForwardReachesAUnixSocketEvenWhenRestricted(vswitch, processes, namespaces,
+                                                          shortdir) -> None:
+    """
+    With restrict=on, a guest reaches nothing outside except the guest
+    forward: 10.0.2.100:80 leads to a Unix socket on the host (any Twisted
+    client endpoint would do), and slirp/print lists it.
+    """
+    service = shortdir / "app.sock"
+    server = processes.start([PYTHON, "-c", UNIX_SERVICE, str(service)],
+                             stdout=subprocess.PIPE)
+    assert readLine(server, 10).strip() == "ready"
+    mgmt = shortdir / "mgmt"
+    sw, ns, _ = guestBehindSlirp(
+        vswitch, namespaces, shortdir,
+        f":restrict=on:guestfwd=10.0.2.100\\:80-unix\\:{service}", extra=("--mgmt", str(mgmt)))
+    answer = run(*execIn(ns, PYTHON, "-c", ASK, "10.0.2.100", "80", "hello guest forward"),
+                 timeout=30)
+    assert answer.stdout.strip() == "HELLO GUEST FORWARD"
+    refused = run(*execIn(ns, PYTHON, "-c", ASK, "10.0.2.100", "81", "x"), check=False,
+                  timeout=30)
+    assert "ConnectionRefusedError" in refused.stderr, "only the forwarded port leads anywhere"
+    assert f"guest forward tcp:10.0.2.100:80-unix:{service}" in console(mgmt, "slirp/print")
+

@@ -18,7 +18,8 @@ from twisted.internet.task import Clock
 
 from vtwisted.slirp.config import ResolvConf, parseForward, readConfig
 from vtwisted.slirp.dhcp import DhcpServer
-from vtwisted.slirp.router import SlirpRouter, macFor, udpDatagram
+from vtwisted.slirp.packets import udpDatagram
+from vtwisted.slirp.router import SlirpRouter, macFor
 from vtwisted.slirp.udp import UdpNat
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.wire import arp, dhcp, icmp, ipv4, vnet
@@ -304,6 +305,9 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":net6=fd00\\:\\:/48", "only in a /64"),
     (":net6=banana", "not an IPv6 prefix"),
     (":ipv6=maybe", "not on or off"),
+    (":guestfwd=banana", "expected \\[tcp:\\]ADDR:PORT-ENDPOINT"),
+    (":guestfwd=10.0.2.2\\:80-unix\\:/x", "must be a free host address"),
+    (":guestfwd=10.0.2.100\\:80-nonsense\\:x", "is not a client endpoint"),
 ])
 def test_badOptionsAreRefusedWithTheReason(options: str, problem: str) -> None:
     """A spec with a bad option fails at start-up, saying what is wrong."""

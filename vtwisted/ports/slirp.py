@@ -27,16 +27,18 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.slirp.config import Forward, SlirpConfig, readConfig
+from vtwisted.slirp.arpcache import macFor
+from vtwisted.slirp.config import Forward, GuestForward, SlirpConfig, readConfig
 from vtwisted.slirp.dhcp import DhcpServer
 from vtwisted.slirp.icmp import IPV6, IcmpNat
 from vtwisted.slirp.router import SlirpRouter
-from vtwisted.slirp.tcp import TcpNat
+from vtwisted.slirp.tcp import GuestForwardTarget, TcpNat
 from vtwisted.slirp.udp import UdpNat
 from vtwisted.sockettools import listenError
 from vtwisted.spec import PortSpec
@@ -160,6 +162,8 @@ class SlirpService(Service):
         self.icmp: IcmpNat | None = None
         self.icmp6: IcmpNat | None = None
         self.forwards: dict[Forward, Any] = {}
+        #: Guest forwards to the targets made from their endpoint descriptions.
+        self.guestTargets: dict[GuestForward, GuestForwardTarget] = {}
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -186,6 +190,10 @@ class SlirpService(Service):
             router.gateway6, router.nameserver6 = gateway6, nameserver6
             router.v6 = Ipv6Router(router, config.network6, gateway6, nameserver6)
             self.icmp6 = router.icmp6 = IcmpNat(router, self.reactor, IPV6)
+        for guestForward, target in self.guestTargets.items():
+            router.guestForwards[(guestForward.address, guestForward.port)] = target
+            router.arpAddresses.add(guestForward.address)
+            router.ownMacs.add(macFor(guestForward.address))
         link.router = router
         self.link, self.router = link, router
         try:
@@ -283,4 +291,12 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:
     config = readConfig(spec)
     options = PortOptions.fromSpec(spec)
     spec.checkKeywords()
-    return SlirpService(switch, reactor, config, options, spec.text)
+    service = SlirpService(switch, reactor, config, options, spec.text)
+    for forward in config.guestForwards:
+        try:
+            endpoint = clientFromString(reactor, forward.endpoint)
+        except Exception as e:
+            raise spec.error(f"guestfwd {forward}: {forward.endpoint!r} is not a client "
+                             f"endpoint ({e})") from None
+        service.guestTargets[forward] = GuestForwardTarget(endpoint, forward.endpoint)
+    return service

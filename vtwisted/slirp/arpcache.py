@@ -4,8 +4,9 @@ waiting for a guest's MAC address.
 
 Theory of operation
 -------------------
-The router answers ARP for the gateway and the DNS proxy, each with a MAC
-built from its address (C{52:55:0a:00:02:02}), as libslirp does.  It learns
+The router answers ARP for the gateway, the DNS proxy and the guest forwards'
+addresses, each with a MAC built from its address (C{52:55:0a:00:02:02}),
+as libslirp does.  It learns
 guests from their ARP packets, DHCP leases and IPv4 frames, keeping up to
 L{ARP_ENTRIES} (the oldest goes first).  A packet for a guest whose MAC is
 not known yet waits, L{ARP_QUEUE} at most per guest, while one ARP request
@@ -65,7 +66,7 @@ class ArpCache:
             return
         if packet.senderIp != _ZERO and router.config.contains(packet.senderIp):
             self.learn(packet.senderIp, packet.senderMac)
-        if packet.op == arp.OP_REQUEST and packet.targetIp in (router.gateway, router.nameserver):
+        if packet.op == arp.OP_REQUEST and packet.targetIp in router.arpAddresses:
             mac = macFor(packet.targetIp)
             reply = arp.ARPPacket(arp.OP_REPLY, mac, packet.targetIp, packet.senderMac,
                                   packet.senderIp).pack()

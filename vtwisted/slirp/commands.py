@@ -109,6 +109,7 @@ def describe(svc: Any) -> list[str]:
         mac = ":".join(f"{b:02x}" for b in mac)
         lines.append(f" lease {ipaddress.IPv4Address(address)} {mac}")
     lines += [f" forward {forward}" for forward in svc.forwards]
+    lines += [f" guest forward {forward}" for forward in svc.guestTargets]
     tcp = svc.tcp
     lines.append(f" TCP: {tcp.opened} opened, {tcp.refused} refused, {tcp.unreachable} "
                  f"unreachable, {tcp.resets} reset by us, {tcp.guestResets} by guests, "

@@ -59,6 +59,21 @@ class Forward(NamedTuple):
         return f"{self.protocol}:{self.hostAddress}:{self.hostPort}-{guest}:{self.guestPort}"
 
 
+class GuestForward(NamedTuple):
+    """
+    A guest forward: guests' TCP connections to C{address}:C{port} in the
+    LAN (an address only this forward uses) reach whatever the Twisted
+    client endpoint C{endpoint} names, a Unix socket say.
+    """
+
+    address: bytes
+    port: int
+    endpoint: str
+
+    def __str__(self) -> str:
+        return f"tcp:{ipaddress.IPv4Address(self.address)}:{self.port}-{self.endpoint}"
+
+
 class SlirpConfig(NamedTuple):
     """
     What one slirp port was configured with.
@@ -87,6 +102,7 @@ class SlirpConfig(NamedTuple):
     domain: str | None = None
     searchDomains: tuple[str, ...] = ()
     network6: ipaddress.IPv6Network | None = None
+    guestForwards: tuple[GuestForward, ...] = ()
 
     @property
     def gateway6(self) -> bytes | None:
@@ -183,11 +199,40 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     except ValueError as e:
         raise spec.error(str(e)) from None
     search = tuple(d for d in (spec.string("dnssearch") or "").split(",") if d)
+    guestForwards = tuple(
+        _guestForward(spec, item, network, (gateway, nameserver))
+        for item in (spec.string("guestfwd") or "").split(",") if item
+    )
     return SlirpConfig(
         network, gateway, nameserver, poolStart, spec.boolean("restrict", False), mtu,
         forwards, resolver, resolverPort, spec.string("hostname"), spec.string("domain"),
-        search, _network6(spec),
+        search, _network6(spec), guestForwards,
     )
+
+
+def _guestForward(spec: PortSpec, text: str, network: ipaddress.IPv4Network,
+                  taken: tuple[bytes, ...]) -> GuestForward:
+    """
+    Read one guest forward in QEMU's C{guestfwd} form, C{[tcp:]ADDR:PORT-
+    ENDPOINT}, where ENDPOINT is a Twisted client endpoint description
+    (C{unix:/run/app.sock}, C{tcp:host=127.0.0.1:port=8080}).
+    """
+    target, dash, endpoint = text.partition("-")
+    fields = target.split(":")
+    if fields[0] == "tcp":
+        fields = fields[1:]
+    if not dash or not endpoint or len(fields) != 2:
+        raise spec.error(f"guestfwd {text!r}: expected [tcp:]ADDR:PORT-ENDPOINT")
+    try:
+        address = ipaddress.IPv4Address(fields[0])
+        port = int(fields[1])
+    except ValueError:
+        raise spec.error(f"guestfwd {text!r}: {fields[0]}:{fields[1]} is not an IPv4 address "
+                         "and port") from None
+    if address not in network or address.packed in taken or not 0 < port < 65536:
+        raise spec.error(f"guestfwd {text!r}: {address}:{port} must be a free host address "
+                         f"of {network} (not the gateway or DNS) and a port")
+    return GuestForward(address.packed, port, endpoint)
 
 
 def _network6(spec: PortSpec) -> ipaddress.IPv6Network | None:

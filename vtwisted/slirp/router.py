@@ -46,23 +46,12 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import IGuestNetwork
+from vtwisted.slirp import packets
 from vtwisted.slirp.arpcache import ArpCache, macFor
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.slirp.fragments import Reassembler
-from vtwisted.slirp.packets import (
-    ipv4Fragments,
-    ipv4Header,
-    linuxAtLeast,
-    partialUdpHeader,
-    udpDatagram,
-    usoDatagrams,
-)
 from vtwisted.wire import dhcp, icmp, ipv4, vnet
-from vtwisted.wire.checksum import (
-    Buffer,
-    checksumValid,
-    pseudoHeaderSumV4,
-)
+from vtwisted.wire.checksum import Buffer, checksumValid, pseudoHeaderSumV4
 from vtwisted.wire.ethernet import BROADCAST, formatMac
 from vtwisted.wire.udp import UDPError, UDPHeader
 
@@ -97,7 +86,7 @@ class SlirpRouter:
     maxSegment = MAX_SEGMENT
     #: Whether the kernel takes UDP super-frames written to TAP devices
     #: (Linux 6.2 and later).
-    usoWritable = linuxAtLeast(6, 2)
+    usoWritable = packets.linuxAtLeast(6, 2)
 
     def __init__(
         self,
@@ -123,6 +112,10 @@ class SlirpRouter:
         self.restricted = config.restricted
         self.gatewayMac = macFor(config.gateway)
         self.nameserverMac = macFor(config.nameserver)
+        #: Guest forwards: (address, port) to a L{vtwisted.slirp.tcp.GuestForwardTarget}.
+        self.guestForwards: dict[tuple[bytes, int], Any] = {}
+        #: The addresses the router answers ARP for.
+        self.arpAddresses = {config.gateway, config.nameserver}
         #: The MAC addresses the router answers to (the IPv6 side adds its own).
         self.ownMacs = {self.gatewayMac, self.nameserverMac}
         self.broadcast = config.network.broadcast_address.packed
@@ -155,6 +148,8 @@ class SlirpRouter:
         """
         Where a guest's packet to C{dst}:C{port} goes on the host.
         """
+        if protocol == ipv4.PROTO_TCP and (dst, port) in self.guestForwards:
+            return self.guestForwards[(dst, port)]
         if self.restricted:
             return None
         if len(dst) == 16:
@@ -227,13 +222,14 @@ class SlirpRouter:
         """
         length = 8 + len(payload)
         if len(dst) == 16 or length + 20 > self.mtu:
-            self.sendIP(src, dst, ipv4.PROTO_UDP, udpDatagram(src, dst, srcPort, dstPort, payload))
+            datagram = packets.udpDatagram(src, dst, srcPort, dstPort, payload)
+            self.sendIP(src, dst, ipv4.PROTO_UDP, datagram)
             return
         mac = self.neighbours.get(dst)
         packet = b"".join((
             _UDP_VNET, mac or BROADCAST, self.gatewayMac, _IPV4,
             self._ipHeader(src, dst, ipv4.PROTO_UDP, 20 + length, 64, 0),
-            partialUdpHeader(src, dst, srcPort, dstPort, length),
+            packets.partialUdpHeader(src, dst, srcPort, dstPort, length),
             payload,
         ))
         if mac is None:
@@ -261,7 +257,7 @@ class SlirpRouter:
         self.emitPacket(b"".join((
             header, mac, self.gatewayMac, _IPV4,
             self._ipHeader(src, dst, ipv4.PROTO_UDP, 20 + total, 64, 0),
-            partialUdpHeader(src, dst, srcPort, dstPort, total),
+            packets.partialUdpHeader(src, dst, srcPort, dstPort, total),
             *payloads,
         )))
 
@@ -285,8 +281,8 @@ class SlirpRouter:
             self._sendIp(dst, self._ipHeader(src, dst, protocol, 20 + len(payload), ttl, 0, tos)
                          + payload)
             return
-        for piece in ipv4Fragments(self._nextIdent(), src, dst, protocol, ttl, tos, payload,
-                                   self.mtu):
+        for piece in packets.ipv4Fragments(self._nextIdent(), src, dst, protocol, ttl, tos,
+                                           payload, self.mtu):
             self._sendIp(dst, piece)
 
     def sendUnreachable(self, packet: Buffer, code: int) -> None:
@@ -340,7 +336,7 @@ class SlirpRouter:
         """
         if packet[10:16] not in self.ownMacs:
             return False
-        found = usoDatagrams(packet)
+        found = packets.usoDatagrams(packet)
         if found is None or found[2] in (_ALL_ONES, self.broadcast) or found[2][0] >= 224:
             return False
         self.udp.datagramsReceived(*found)
@@ -439,7 +435,7 @@ class SlirpRouter:
         if reply.yiaddr != _ZERO and mac is not None:
             self.learn(reply.yiaddr, mac)
         body = reply.pack()
-        self.sendIPv4(self.gateway, _ALL_ONES, ipv4.PROTO_UDP, udpDatagram(
+        self.sendIPv4(self.gateway, _ALL_ONES, ipv4.PROTO_UDP, packets.udpDatagram(
             self.gateway, _ALL_ONES, 67, 68, body), tos=0x10)
 
     def _icmpReceived(self, header: ipv4.IPv4Header, packet: memoryview, body: memoryview,
@@ -481,7 +477,7 @@ class SlirpRouter:
     def _ipHeader(self, src: bytes, dst: bytes, protocol: int, total: int, ttl: int,
                   flagsOffset: int, tos: int = 0) -> bytes:
         self._ident = ident = (self._ident + 1) & 0xFFFF
-        return ipv4Header(ident, src, dst, protocol, total, ttl, flagsOffset, tos)
+        return packets.ipv4Header(ident, src, dst, protocol, total, ttl, flagsOffset, tos)
 
     def _sendIp(self, dst: bytes, ip: bytes) -> None:
         if dst == _ALL_ONES or dst == self.broadcast:

@@ -101,6 +101,36 @@ class HostProtocol(Protocol):
             connection.hostLost(reason)
 
 
+class GuestForwardTarget:
+    """
+    Where a guest forward leads: a Twisted client endpoint, and the
+    description it was made from (for logs and the console).
+    """
+
+    def __init__(self, endpoint: Any, description: str) -> None:
+        self.endpoint = endpoint
+        self.description = description
+
+    def __str__(self) -> str:
+        return self.description
+
+
+class EndpointConnector:
+    """
+    What a connection stops when it is forgotten while an endpoint still
+    connects: the connect's L{Deferred}.
+    """
+
+    def __init__(self, connecting: Any) -> None:
+        self.connecting = connecting
+
+    def stopConnecting(self) -> None:
+        """
+        Give up the connect.
+        """
+        self.connecting.cancel()
+
+
 class HostConnectFactory(ClientFactory):
     """
     Connects one guest connection to its host destination.
@@ -245,8 +275,11 @@ class TcpNat:
                                          f"{len(self.connections)} connections already")
             self.sendReset(key, 0, (header.seq + 1) & MASK, RST | ACK)
             return
-        host, port = target
-        connection = TcpConnection(self, key, hostEndpoint(host, port))
+        if isinstance(target, tuple):
+            label = hostEndpoint(*target)
+        else:
+            label = str(target)
+        connection = TcpConnection(self, key, label)
         try:
             connection.guestSyn(header.seq, header.options, bytes(packet))
         except TCPError as e:
@@ -255,8 +288,15 @@ class TcpNat:
         self.connections[key] = connection
         log.debug("TCP {guest} connecting to {host}", guest=guestEndpoint(src, srcPort),
                   host=connection.hostLabel)
-        connection.connector = self.reactor.connectTCP(
-            host, port, HostConnectFactory(connection), timeout=CONNECT_TIMEOUT)
+        factory = HostConnectFactory(connection)
+        if isinstance(target, tuple):
+            connection.connector = self.reactor.connectTCP(
+                target[0], target[1], factory, timeout=CONNECT_TIMEOUT)
+            return
+        connecting = target.endpoint.connect(factory)
+        connecting.addErrback(
+            lambda failure: connection.connectFailed(bool(failure.check(ConnectionRefusedError))))
+        connection.connector = EndpointConnector(connecting)
 
     def resetStray(self, key: Key, header: TCPHeader, length: int) -> None:
         """
