@@ -606,3 +606,18 @@ async def test_runOfGuestDatagramsReachesTheHostAsTheSameDatagrams(offload: bool
     finally:
         engine.close()
         server.close()
+
+
+def test_packetsThatWouldLeaveWithTtlOneGetTimeExceeded() -> None:
+    """A datagram beyond the gateway with TTL 1 is answered by 10.0.2.2, as a router does."""
+    router, seen = makeRouter()
+    outside = bytes([192, 0, 2, 7])
+    datagram = udpDatagram(GUEST, outside, 33434, 33434, b"probe")
+    header = ipv4.IPv4Header(0, 20 + len(datagram), 5, 0, 0, 1, 17, 0, GUEST, outside).pack()
+    router.frameReceived(GW_MAC + GUEST_MAC + b"\x08\x00" + header + datagram)
+    [frame] = seen.frames
+    assert ipv4.IPv4Header.parse(frame, 14).src == GATEWAY
+    message = icmp.ICMPMessage.parse(frame, 34)
+    assert (message.type, message.code) == (icmp.TIME_EXCEEDED, 0)
+    assert message.payload[:20] == header
+    assert router.udp.calls == [], "it does not leave"

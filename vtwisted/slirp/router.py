@@ -377,6 +377,9 @@ class SlirpRouter:
                 self._ipv4Received(frame[offset - 14:offset] + whole, 14, False)
             return
         packet = memoryview(frame)[offset:end]
+        if header.ttl <= 1 and header.dst not in self.arpAddresses and header.dst[0] < 224:
+            self._icmpError(icmp.TIME_EXCEEDED, 0, packet)  # traceroute's first hop
+            return
         body = packet[hl:]
         protocol = header.protocol
         if protocol == ipv4.PROTO_TCP:
