@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from slirpfakes import Recorder, recordingRouter
 from twisted.internet.task import Clock
 
+from vtwisted.slirp.packets import udpDatagram as udpDatagram6
 from vtwisted.slirp.router import SlirpRouter
-from vtwisted.slirp.router6 import Ipv6Router, macFor6, udpDatagram6
+from vtwisted.slirp.router6 import Ipv6Router, macFor6
 from vtwisted.wire import icmpv6, ipv6, vnet
 from vtwisted.wire.checksum import checksumValid, internetChecksum, pseudoHeaderSumV6
 

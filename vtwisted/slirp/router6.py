@@ -41,10 +41,11 @@ import random
 import struct
 from typing import TYPE_CHECKING, Any
 
+from vtwisted.slirp.packets import udpDatagram
 from vtwisted.wire import icmpv6, ipv6, vnet
 from vtwisted.wire.checksum import Buffer, checksumValid, pseudoHeaderSumV6
 from vtwisted.wire.ethernet import ETH_P_IPV6, formatMac
-from vtwisted.wire.udp import UDPError, UDPHeader, datagramChecksum
+from vtwisted.wire.udp import UDPError, UDPHeader
 
 if TYPE_CHECKING:
     from vtwisted.slirp.router import SlirpRouter
@@ -265,7 +266,7 @@ class Ipv6Router:
         reply.append(_OPTION.pack(DHCP_SERVER_ID, len(self.duid)) + self.duid)
         if not self.router.restricted:
             reply.append(_OPTION.pack(DHCP_DNS_SERVERS, 16) + self.nameserver)
-        datagram = udpDatagram6(LINK_LOCAL, src, DHCP_SERVER_PORT, srcPort, b"".join(reply))
+        datagram = udpDatagram(LINK_LOCAL, src, DHCP_SERVER_PORT, srcPort, b"".join(reply))
         self.sendIP(LINK_LOCAL, src, ipv6.NH_UDP, datagram)
 
     # Neighbours
@@ -445,16 +446,6 @@ class Ipv6Router:
                 call.cancel()
         self._advertiser = None
         self._pending.clear()
-
-
-def udpDatagram6(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: bytes) -> bytes:
-    """
-    A UDP datagram over IPv6 with its checksum.
-    """
-    length = 8 + len(payload)
-    datagram = UDPHeader(srcPort, dstPort, length, 0).pack() + payload
-    checksum = datagramChecksum(pseudoHeaderSumV6(src, dst, ipv6.NH_UDP, length), datagram)
-    return datagram[:6] + _U16.pack(checksum) + datagram[8:]
 
 
 def _dhcpOptions(message: memoryview) -> dict[int, bytes] | None:
