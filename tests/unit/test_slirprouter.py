@@ -621,3 +621,13 @@ def test_packetsThatWouldLeaveWithTtlOneGetTimeExceeded() -> None:
     assert (message.type, message.code) == (icmp.TIME_EXCEEDED, 0)
     assert message.payload[:20] == header
     assert router.udp.calls == [], "it does not leave"
+
+
+def test_hostLoopbackCanBeClosedToGuests() -> None:
+    """With hostloopback=off the gateway leads nowhere; DNS still works; 127/8 never leaves."""
+    router, _ = makeRouter(":hostloopback=off:resolver=127.0.0.53")
+    assert router.hostAddress(GATEWAY, 80, 6) is None
+    assert router.hostAddress(DNS, 53, 17) == ("127.0.0.53", 53)
+    assert router.hostAddress(bytes([192, 0, 2, 1]), 80, 6) == ("192.0.2.1", 80)
+    opened, _ = makeRouter()
+    assert opened.hostAddress(bytes([127, 0, 0, 1]), 80, 6) is None, "a guest's own loopback"

@@ -536,3 +536,11 @@ def test_anyIpv6FrameIsCountedNeverFatal(frame: bytes, asVnet: bool) -> None:
     router.v6.packetReceived(echo(), 14, False)
     header, reply = parsed(seen.frames[-1])
     assert reply.type == icmpv6.ECHO_REPLY and header.dst == GUEST
+
+
+def test_hostLoopbackOffClosesTheIpv6GatewayToo() -> None:
+    """With hostloopback=off, fec0::2 leads nowhere; with it on, to ::1."""
+    closed, _ = makeRouter(":hostloopback=off")
+    assert closed.hostAddress(GATEWAY, 80, 6) is None
+    opened, _ = makeRouter()
+    assert opened.hostAddress(GATEWAY, 80, 6) == ("::1", 80)

@@ -15,6 +15,10 @@ colons are escaped (C{hostfwd=tcp\\:\\:2222-\\:22}).  Unlike QEMU, a forward
 without a host address listens on loopback only: whoever connects reaches
 the guest.
 
+C{hostloopback=off} keeps guests off the host's loopback: the gateway then
+stands for nothing (slirp4netns's C{--disable-host-loopback}); the DNS proxy
+and guest forwards still work.
+
 IPv6 (C{ipv6=on}, the default) uses QEMU's prefix C{fec0::/64} unless
 C{net6=} names another /64: the gateway is C{::2}, the DNS proxy C{::3}, and
 guests configure themselves from the router's advertisements.
@@ -103,6 +107,7 @@ class SlirpConfig(NamedTuple):
     searchDomains: tuple[str, ...] = ()
     network6: ipaddress.IPv6Network | None = None
     guestForwards: tuple[GuestForward, ...] = ()
+    hostLoopback: bool = True
 
     @property
     def gateway6(self) -> bytes | None:
@@ -206,7 +211,7 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     return SlirpConfig(
         network, gateway, nameserver, poolStart, spec.boolean("restrict", False), mtu,
         forwards, resolver, resolverPort, spec.string("hostname"), spec.string("domain"),
-        search, _network6(spec), guestForwards,
+        search, _network6(spec), guestForwards, spec.boolean("hostloopback", True),
     )
 
 

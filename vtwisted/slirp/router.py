@@ -155,12 +155,12 @@ class SlirpRouter:
         if len(dst) == 16:
             return self.v6.hostAddress(dst, port, protocol) if self.v6 is not None else None
         if dst == self.gateway:
-            return ("127.0.0.1", port)
+            return ("127.0.0.1", port) if self.config.hostLoopback else None
         if dst == self.nameserver:
             return self.resolver() if port == 53 else None
         address = ipaddress.IPv4Address(dst)
         if (address in self.config.network or address.is_multicast or address.is_unspecified
-                or address.is_reserved or dst == _ALL_ONES):
+                or address.is_reserved or address.is_loopback or dst == _ALL_ONES):
             return None
         return (str(address), port)
 

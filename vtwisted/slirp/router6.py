@@ -417,7 +417,7 @@ class Ipv6Router:
         if self.router.restricted:
             return None
         if dst == self.gateway:
-            return ("::1", port)
+            return ("::1", port) if self.router.config.hostLoopback else None
         if dst == self.nameserver:
             return self.router.resolver() if port == 53 else None
         address = ipaddress.IPv6Address(dst)
