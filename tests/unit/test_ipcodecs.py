@@ -284,3 +284,13 @@ def test_malformedUdpIsRefusedWithAReason(data: bytes, message: str) -> None:
     """
     with pytest.raises(UDPError, match=message):
         UDPHeader.parse(data)
+
+
+@given(ipv4Headers)
+def test_plainHeaderEncoderMatchesTheCodec(header: IPv4Header) -> None:
+    """The fast encoder for headers without options gives what the codec gives."""
+    plain = header._replace(options=b"", totalLength=max(header.totalLength, 20))
+    fast = ipv4.packPlainHeader(plain.ident, plain.src, plain.dst, plain.protocol,
+                                plain.totalLength, plain.ttl,
+                                plain.flags << 13 | plain.fragmentOffset, plain.tos)
+    assert fast == plain.pack()

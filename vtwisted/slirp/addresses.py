@@ -23,6 +23,13 @@ def guestEndpoint(address: Buffer, port: int) -> str:
     return f"{socket.inet_ntoa(bytes(address))}:{port}"
 
 
+def dotted(address: Buffer) -> str:
+    """
+    C{10.0.2.15} for a 4-byte IPv4 address.
+    """
+    return ".".join(str(b) for b in address)
+
+
 def hostEndpoint(host: str, port: int) -> str:
     """
     C{host:port} for a host-side address as Twisted gives it, an IPv6

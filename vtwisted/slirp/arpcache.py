@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vtwisted.slirp.addresses import dotted
 from vtwisted.wire import arp
 from vtwisted.wire.ethernet import BROADCAST, formatMac
 
@@ -100,7 +101,7 @@ class ArpCache:
         waiting = self._pending.get(dst)
         if waiting is None:
             if not router.config.contains(dst):
-                router.dropped("peer", f"no route to {_dotted(dst)}")
+                router.dropped("peer", f"no route to {dotted(dst)}")
                 return
             waiting = self._pending[dst] = []
             router.reactor.callLater(ARP_WAIT, self._giveUp, dst, waiting)
@@ -110,20 +111,16 @@ class ArpCache:
         if len(waiting) < ARP_QUEUE:
             waiting.append((packet, isVnet))
         else:
-            router.dropped("busy", f"{_dotted(dst)} does not answer ARP; packets queued")
+            router.dropped("busy", f"{dotted(dst)} does not answer ARP; packets queued")
 
     def _giveUp(self, dst: bytes, waiting: list[tuple[bytes, bool]]) -> None:
         if self._pending.get(dst) is waiting:
             del self._pending[dst]
-            self.router.dropped("peer", f"{_dotted(dst)} did not answer ARP within "
+            self.router.dropped("peer", f"{dotted(dst)} did not answer ARP within "
                                 f"{ARP_WAIT:g} s")
 
     def describe(self) -> list[str]:
         """
         The guests known, for a console.
         """
-        return [f"guest {_dotted(a)} at {formatMac(m)}" for a, m in sorted(self.macs.items())]
-
-
-def _dotted(address: bytes) -> str:
-    return ".".join(str(b) for b in address)
+        return [f"guest {dotted(a)} at {formatMac(m)}" for a, m in sorted(self.macs.items())]

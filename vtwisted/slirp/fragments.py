@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vtwisted.slirp.addresses import dotted
 from vtwisted.wire import ipv4
 from vtwisted.wire.checksum import Buffer
 
@@ -83,7 +84,7 @@ class Reassembler:
         problem = self._place(entry, header, offset, piece)
         if problem is not None:
             self._forget(key)
-            self.dropped("malformed", f"fragments from {_dotted(header.src)}: {problem}")
+            self.dropped("malformed", f"fragments from {dotted(header.src)}: {problem}")
             return None
         return self._complete(key, entry)
 
@@ -127,7 +128,7 @@ class Reassembler:
     def _expire(self, key: Key) -> None:
         entry = self.pending.pop(key, None)
         if entry is not None:
-            self.dropped("peer", f"fragments from {_dotted(key[0])}: the datagram did not "
+            self.dropped("peer", f"fragments from {dotted(key[0])}: the datagram did not "
                          f"arrive whole within {TIMEOUT:g} s")
 
     def _forget(self, key: Key) -> None:
@@ -141,7 +142,3 @@ class Reassembler:
         """
         for key in list(self.pending):
             self._forget(key)
-
-
-def _dotted(address: bytes) -> str:
-    return ".".join(str(b) for b in address)

@@ -38,14 +38,12 @@ from twisted.internet.task import LoopingCall
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.wire import icmp, icmpv6, ipv4
-from vtwisted.wire.checksum import internetChecksum
 
 #: Seconds between sweeps for idle sessions.
 SWEEP = 5.0
 #: Echo sessions at most (guest address and identifier pairs).
 MAX_SESSIONS = 1024
 _ID = struct.Struct("!H")
-_ECHO = struct.Struct("!BBHHH")
 
 
 class Family(NamedTuple):
@@ -145,11 +143,11 @@ class IcmpNat:
             self.network.dropped("peer", f"ping to {host}: {e.strerror} (errno {e.errno})")
 
     def _echo(self, kind: int, ident: int, sequence: int, data: bytes) -> bytes:
-        header = _ECHO.pack(kind, 0, 0, ident, sequence)
+        rest = _ID.pack(ident) + _ID.pack(sequence)
         if self.family is IPV6:
-            return header + data  # the kernel computes ICMPv6 checksums
-        checksum = internetChecksum(header + data)
-        return header[:2] + _ID.pack(checksum) + header[4:] + data
+            # no checksum: the kernel computes ICMPv6 checksums itself
+            return bytes((kind, 0, 0, 0)) + rest + data
+        return icmp.ICMPMessage(kind, 0, 0, rest, data).pack()
 
     def _chooseMode(self) -> str:
         family = self.family

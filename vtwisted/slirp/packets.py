@@ -1,8 +1,9 @@
 """
-Small pure builders for the packets a slirp router sends: IPv4 headers,
-UDP datagrams with their checksum or with the pseudo-header sum a
-virtio-net packet leaves to complete, IPv4 fragments; the reading of a
-UDP super-frame's datagrams; and the kernel check for writing them.
+Small pure builders for the packets a slirp router sends (IPv4 headers
+come from L{vtwisted.wire.ipv4.packPlainHeader}): UDP datagrams with their
+checksum or with the pseudo-header sum a virtio-net packet leaves to
+complete, and IPv4 fragments; the reading of a UDP super-frame's
+datagrams; and the kernel check for writing them.
 """
 
 from __future__ import annotations
@@ -14,30 +15,15 @@ from collections.abc import Iterator
 
 from vtwisted.wire import ipv4, vnet
 from vtwisted.wire.checksum import (
-    MODULUS,
     Buffer,
-    internetChecksum,
-    onesSum,
     pseudoHeaderSumV4,
     pseudoHeaderSumV6,
 )
 from vtwisted.wire.ipv4 import FLAG_MF
-from vtwisted.wire.udp import UDPError, UDPHeader
+from vtwisted.wire.udp import UDPError, UDPHeader, datagramChecksum
 
 _ID = struct.Struct("!H")
-_IP_HEADER = struct.Struct("!BBHHHBBH4s4s")
 _UDP_HEADER = struct.Struct("!HHHH")
-
-
-def ipv4Header(ident: int, src: bytes, dst: bytes, protocol: int, total: int, ttl: int,
-               flagsOffset: int, tos: int = 0) -> bytes:
-    """
-    A 20-byte IPv4 header with its checksum.
-
-    @param flagsOffset: the flags (top 3 bits) and fragment offset field.
-    """
-    header = _IP_HEADER.pack(0x45, tos, total, ident, flagsOffset, ttl, protocol, 0, src, dst)
-    return header[:10] + _ID.pack(internetChecksum(header)) + header[12:]
 
 
 def ipv4Fragments(ident: int, src: bytes, dst: bytes, protocol: int, ttl: int, tos: int,
@@ -51,8 +37,8 @@ def ipv4Fragments(ident: int, src: bytes, dst: bytes, protocol: int, ttl: int, t
     for offset in range(0, len(payload), room):
         piece = payload[offset:offset + room]
         more = FLAG_MF << 13 if offset + room < len(payload) else 0
-        header = ipv4Header(ident, src, dst, protocol, 20 + len(piece), ttl,
-                            more | offset // 8, tos)
+        header = ipv4.packPlainHeader(ident, src, dst, protocol, 20 + len(piece), ttl,
+                                      more | offset // 8, tos)
         pieces.append(header + piece)
     return pieces
 
@@ -71,11 +57,9 @@ def udpDatagram(src: bytes, dst: bytes, srcPort: int, dstPort: int, payload: byt
     A UDP datagram with its checksum, over IPv4 or IPv6 by the address length.
     """
     length = 8 + len(payload)
-    header = _UDP_HEADER.pack(srcPort, dstPort, length, 0)
+    datagram = _UDP_HEADER.pack(srcPort, dstPort, length, 0) + payload
     pseudo = (pseudoHeaderSumV6 if len(src) == 16 else pseudoHeaderSumV4)(src, dst, 17, length)
-    total = onesSum(payload, onesSum(header, pseudo))
-    checksum = (MODULUS - total) or MODULUS
-    return header[:6] + _ID.pack(checksum) + payload
+    return datagram[:6] + _ID.pack(datagramChecksum(pseudo, datagram)) + datagram[8:]
 
 
 class SegmentRun:

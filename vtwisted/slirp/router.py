@@ -47,6 +47,7 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp import packets
+from vtwisted.slirp.addresses import dotted
 from vtwisted.slirp.arpcache import ArpCache, macFor
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.slirp.fragments import Reassembler
@@ -363,10 +364,10 @@ class SlirpRouter:
         hl = header.headerLength
         end = offset + (header.totalLength or len(frame) - offset)
         if end > len(frame) or (header.totalLength and header.totalLength < hl):
-            self.dropped("malformed", f"IPv4 from {_dotted(header.src)}: truncated packet")
+            self.dropped("malformed", f"IPv4 from {dotted(header.src)}: truncated packet")
             return
         if not verified and not ipv4.headerChecksumValid(frame, offset):
-            self.dropped("malformed", f"IPv4 from {_dotted(header.src)}: bad header checksum")
+            self.dropped("malformed", f"IPv4 from {dotted(header.src)}: bad header checksum")
             return
         src = header.src
         if src not in self.neighbours and src != _ZERO and self.config.contains(src):
@@ -389,7 +390,7 @@ class SlirpRouter:
         elif protocol == ipv4.PROTO_ICMP:
             self._icmpReceived(header, packet, body, verified)
         elif header.dst in (self.gateway, self.nameserver) or not self.restricted:
-            self.dropped("unsupported", f"IP protocol {protocol} from {_dotted(src)}")
+            self.dropped("unsupported", f"IP protocol {protocol} from {dotted(src)}")
 
     def _tcpReceived(self, header: ipv4.IPv4Header, packet: memoryview, body: memoryview,
                      verified: bool) -> None:
@@ -397,7 +398,7 @@ class SlirpRouter:
             return
         if not verified and not checksumValid(
                 body, pseudoHeaderSumV4(header.src, header.dst, 6, len(body))):
-            self.dropped("malformed", f"TCP from {_dotted(header.src)}: bad checksum")
+            self.dropped("malformed", f"TCP from {dotted(header.src)}: bad checksum")
             return
         self.tcp.segmentReceived(header.src, header.dst, body, packet)
 
@@ -406,15 +407,15 @@ class SlirpRouter:
         try:
             udp = UDPHeader.parse(body)
         except UDPError as e:
-            self.dropped("malformed", f"UDP from {_dotted(header.src)}: {e}")
+            self.dropped("malformed", f"UDP from {dotted(header.src)}: {e}")
             return
         if udp.length > len(body):
-            self.dropped("malformed", f"UDP from {_dotted(header.src)}: truncated datagram")
+            self.dropped("malformed", f"UDP from {dotted(header.src)}: truncated datagram")
             return
         datagram = body[:udp.length]
         if not verified and udp.checksum and not checksumValid(
                 datagram, pseudoHeaderSumV4(header.src, header.dst, 17, udp.length)):
-            self.dropped("malformed", f"UDP from {_dotted(header.src)}: bad checksum")
+            self.dropped("malformed", f"UDP from {dotted(header.src)}: bad checksum")
             return
         dst = header.dst
         payload = bytes(datagram[8:])
@@ -429,7 +430,7 @@ class SlirpRouter:
         try:
             message = dhcp.DHCPMessage.parse(payload)
         except dhcp.DHCPError as e:
-            self.dropped("malformed", f"DHCP from {_dotted(packet[12:16])}: {e}")
+            self.dropped("malformed", f"DHCP from {dotted(packet[12:16])}: {e}")
             return
         reply = self.dhcp.handle(message)
         if reply is None:
@@ -447,10 +448,10 @@ class SlirpRouter:
         try:
             message = icmp.ICMPMessage.parse(data)
         except icmp.ICMPError as e:
-            self.dropped("malformed", f"ICMP from {_dotted(header.src)}: {e}")
+            self.dropped("malformed", f"ICMP from {dotted(header.src)}: {e}")
             return
         if not verified and not icmp.checksumOk(data):
-            self.dropped("malformed", f"ICMP from {_dotted(header.src)}: bad checksum")
+            self.dropped("malformed", f"ICMP from {dotted(header.src)}: bad checksum")
             return
         if message.type != icmp.ECHO_REQUEST:
             return
@@ -480,7 +481,7 @@ class SlirpRouter:
     def _ipHeader(self, src: bytes, dst: bytes, protocol: int, total: int, ttl: int,
                   flagsOffset: int, tos: int = 0) -> bytes:
         self._ident = ident = (self._ident + 1) & 0xFFFF
-        return packets.ipv4Header(ident, src, dst, protocol, total, ttl, flagsOffset, tos)
+        return ipv4.packPlainHeader(ident, src, dst, protocol, total, ttl, flagsOffset, tos)
 
     def _sendIp(self, dst: bytes, ip: bytes) -> None:
         if dst == _ALL_ONES or dst == self.broadcast:
@@ -492,7 +493,3 @@ class SlirpRouter:
             self._hold(dst, frame, False)
         else:
             self.emitFrame(frame)
-
-def _dotted(address: Buffer) -> str:
-    return ".".join(str(b) for b in address)
-
