@@ -6,6 +6,8 @@ built with both and no reactor.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -65,3 +67,25 @@ def recordingRouter(options: str = "",
                          ResolvConf("/nonexistent"))
     router.tcp, router.udp, router.icmp = FakeEngine(), FakeEngine(), FakeEngine()
     return router, seen, config
+
+
+@contextlib.contextmanager
+def noFailuresLogged() -> Iterator[None]:
+    """
+    Fail if anything logs a failure meanwhile: the router catches and logs
+    what its handlers raise, so a test of bad input must look at the log.
+    """
+    from twisted.logger import globalLogPublisher
+
+    failures: list[Any] = []
+
+    def observer(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            failures.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        yield
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    assert not failures, failures[0].getTraceback()
