@@ -115,6 +115,13 @@ class ISwitch(Interface):
         only cut them apart again.
         """
 
+    def vnetBehind(port: Any, mac: bytes) -> bool:
+        """
+        Whether untagged frames from C{port} to C{mac} go to a port whose
+        links take the virtio-net header (so a super-frame crosses whole);
+        yes for a group or unknown address.
+        """
+
     def tick(now: int) -> None:
         """
         Advance the switch's coarse clock to C{now} (whole seconds) and

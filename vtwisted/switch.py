@@ -373,10 +373,19 @@ class Switch:
         learned on a port without the header, which would need them cut
         apart again.
         """
+        return self.vnetBehind(port, packet[10:16])
+
+    def vnetBehind(self, port: SwitchPort, mac: bytes) -> bool:
+        """
+        Whether untagged frames from C{port} to C{mac} go to a port with the
+        virtio-net header: not when C{mac} is learned on a port without it.
+        A group or unknown address counts as yes: flooding reaches ports of
+        both kinds, and the switch cuts super-frames for the others.
+        """
         vlan = port.untaggedVlan
-        if self.hub or vlan is None or packet[10] & 1:
+        if self.hub or vlan is None or mac[0] & 1:
             return True
-        entry = vlan.macs.get(packet[10:16])
+        entry = vlan.macs.get(mac)
         return entry is None or entry.port.vnet
 
     def _badLength(self, port: SwitchPort, n: int) -> None:

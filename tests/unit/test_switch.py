@@ -325,6 +325,7 @@ def test_coalescingPaysUnlessTheDestinationIsAPlainPort() -> None:
 
     assert pays(mac(2)) and pays(mac(4)) and pays(BROADCAST)
     assert not pays(mac(3))
+    assert [switch.vnetBehind(a.port, m) for m in (mac(2), mac(3), mac(4))] == [True, False, True]
     switch.setHub(True)
     assert pays(mac(3))
 

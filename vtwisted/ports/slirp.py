@@ -106,7 +106,7 @@ class SlirpLink:
         """
         if self.port is None:
             return False
-        return bool(self._switch.coalescingPays(self.port, bytes(10) + mac))
+        return bool(self._switch.vnetBehind(self.port, mac))
 
     def dropped(self, reason: str, message: str) -> None:
         """
