@@ -52,6 +52,9 @@ def buildService(
     manholeKeys: str | None = None,
     manholePasswords: str | None = None,
     manholeHostKey: str | None = None,
+    fstp: bool = False,
+    priority: int | None = None,
+    mac: bytes | None = None,
 ) -> SwitchService:
     """
     A switch service with the given port specs.
@@ -61,13 +64,21 @@ def buildService(
         spec is given.
     @param mgmt: the management console's socket path (vde_switch's C{-M}).
     @param rcfile: console commands to run at start (vde_switch's C{-f}).
+    @param fstp: run FSTP (vde_switch's C{-F}), with this C{priority}.
+    @param mac: the switch's address (vde_switch's C{--macaddr}).
     @param manhole: the SSH manhole's endpoint; C{manholeKeys} (an
         C{authorized_keys} file) or C{manholePasswords} must be given too.
     @raise SpecError: a spec is wrong.
     @raise SwitchError: a switch setting is out of range.
     @raise ValueError: a management setting is wrong.
     """
-    switch = Switch(numPorts, hub, MacTable(macTableSize, macTtl))
+    switch = Switch(numPorts, hub, MacTable(macTableSize, macTtl), mac=mac)
+    if priority is not None:
+        switch.spanningTree.setPriority(priority)
+    if fstp:
+        if hub:
+            raise ValueError("--fstp cannot run in hub mode (--hub)")
+        switch.spanningTree.setEnabled(True)
     service = SwitchService(switch, reactor)
     specs = list(ports)
     if defaultSock and not any(PortSpec(text).prefix == "vde" for text in specs):
@@ -98,6 +109,28 @@ def _positive(name: str) -> Any:
     return convert
 
 
+def _priority(value: str) -> int:
+    try:
+        number = int(value, 0)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 0xFFFF:
+        raise usage.UsageError(f"--priority needs a number from 0 to 65535, not {value!r}")
+    return number
+
+
+def _macAddress(value: str) -> bytes:
+    parts = value.split(":")
+    try:
+        mac = bytes(int(part, 16) for part in parts)
+    except ValueError:
+        mac = b""
+    if len(parts) != 6 or len(mac) != 6 or mac[0] & 1:
+        raise usage.UsageError(f"--macaddr needs a unicast address like 02:00:00:00:00:01, "
+                               f"not {value!r}")
+    return mac
+
+
 def _octalMode(value: str) -> int:
     try:
         mode = int(value, 8)
@@ -121,6 +154,7 @@ class Options(usage.Options):
     )
     optFlags = [
         ["hub", "x", "Hub mode: flood every frame to every port."],
+        ["fstp", "F", "Run vde_switch's fast spanning tree (FSTP), which breaks loops."],
     ]
     optParameters = [
         ["sock", "s", None, "VDE switch directory (shorthand for --port vde:DIR)."],
@@ -130,6 +164,9 @@ class Options(usage.Options):
         ["mac-table-size", None, DEFAULT_CAPACITY,
          "Most MAC addresses remembered; the oldest are evicted beyond.",
          _positive("mac-table-size")],
+        ["priority", None, None, "FSTP priority of this switch, 0 to 65535 (32768).",
+         _priority],
+        ["macaddr", None, None, "The switch's MAC address (BPDUs, showinfo).", _macAddress],
         ["mode", "m", None, "Octal mode of the default or --sock control socket (0600)."],
         ["dirmode", None, None, "Octal mode of the --sock directory (02700)."],
         ["group", "g", None, "Group of the --sock directory and sockets."],
@@ -224,6 +261,9 @@ class Options(usage.Options):
             self.allPorts(),
             numPorts=self["numports"],
             hub=bool(self["hub"]),
+            fstp=bool(self["fstp"]),
+            priority=self["priority"],
+            mac=self["macaddr"],
             macTtl=self["macaddr-ttl"],
             macTableSize=self["mac-table-size"],
             mgmt=self["mgmt"],

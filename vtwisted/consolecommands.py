@@ -395,6 +395,12 @@ def _slirp() -> Any:
     return commands
 
 
+def _fstp() -> Any:
+    from vtwisted import fstpcommands
+
+    return fstpcommands
+
+
 def _menu(path: str, title: str) -> Command:
     return Command(path, "============", title)
 
@@ -417,6 +423,16 @@ COMMANDS: Sequence[Command] = (
     Command("hash/find", "MAC [VLAN]", "MAC lookup", _hashFind, data=True),
     Command("hash/stats", "", "MAC table capacity, entries, evictions and moves",
             _hashStats, data=True, vde=False),
+    _menu("fstp", "FAST SPANNING TREE MENU"),
+    Command("fstp/showinfo", "", "show fstp info", lambda c, a: _fstp().showInfo(c, a), data=True),
+    Command("fstp/setfstp", "0/1", "Fast spanning tree protocol 1=ON 0=OFF",
+            lambda c, a: _fstp().setFstp(c, a), data=True),
+    Command("fstp/setedge", "VLAN PORT 1/0", "Define an edge port for a vlan 1=Y 0=N",
+            lambda c, a: _fstp().setEdge(c, a)),
+    Command("fstp/bonus", "VLAN PORT COST", "set the port bonus for a vlan",
+            lambda c, a: _fstp().setBonus(c, a)),
+    Command("fstp/print", "[N]", "print fst data for the defined vlan",
+            lambda c, a: _fstp().printTrees(c, a), data=True),
     _menu("port", "PORT STATUS MENU"),
     Command("port/showinfo", "", "show port info", _portShowInfo, data=True),
     Command("port/setnumports", "N", "set the number of ports", _setNumPorts),

@@ -24,8 +24,10 @@ from typing import Any
 
 import twisted
 import vtwisted
+from vtwisted.fstp import formatId
 from vtwisted.status import (
     DataSocketInfo,
+    FstpStatus,
     MacEntryStatus,
     MacTableInfo,
     PortStatus,
@@ -197,7 +199,7 @@ def vlanLines(status: VlanStatus, inactive: bool) -> list[str]:
     """
     lines = [f"VLAN {status.vid:04d}"]
     for m in status.members:
-        state = "Forwarding" if m.active else "Learning"
+        state = "Discarding" if m.discarding else "Forwarding" if m.active else "Learning"
         active = f"active={int(m.active)}" if inactive else "active=1"
         lines.append(f" -- Port {m.port:04d} tagged={int(m.tagged)} {active} status={state}")
     return lines
@@ -256,5 +258,38 @@ def helpLines(commands: Iterable[Any], prefix: str) -> list[str]:
     ]
     lines.extend(
         row.format(c.path, c.syntax, c.help) for c in commands if c.path.startswith(prefix)
+    )
+    return lines
+
+
+# Spanning tree
+
+
+def fstpInfoLines(mac: bytes, priority: int, enabled: bool) -> list[str]:
+    """
+    C{fstp/showinfo}.
+    """
+    return [
+        f"MAC {formatMac(mac)} Priority {priority} (0x{priority:x})",
+        f"FSTP={'true' if enabled else 'false'}",
+    ]
+
+
+def fstpTreeLines(tree: FstpStatus) -> list[str]:
+    """
+    C{fstp/print}: one VLAN's tree, as vde_switch prints it.
+    """
+    root = "ROOTSWITCH" if tree.isRoot else ""
+    disabled = "" if tree.enabled else "FSTP IS DISABLED"
+    lines = [
+        f"FST DATA VLAN {tree.vid:04d} {root} {disabled}",
+        f" ++ root {formatId(tree.root)}",
+        f" ++ designated {formatId(tree.designated)}",
+        f" ++ rootport {tree.rootPort:04d} cost {tree.cost} age {tree.age} "
+        f"bonusport {tree.bonusPort:04d} bonuscost {tree.bonusCost}",
+    ]
+    lines.extend(
+        f" -- Port {p.port:04d} tagged={int(p.tagged)} portcost={p.cost} role={p.role}"
+        for p in tree.ports
     )
     return lines

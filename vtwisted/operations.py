@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from vtwisted import errors
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import bucketOf
+from vtwisted.fstpops import FstpOperations
 from vtwisted.specops import PortSpecOperations
 from vtwisted.status import (
     DataSocketInfo,
@@ -59,7 +60,7 @@ log = Logger()
 DEFAULT_BUCKETS = 128
 
 
-class SwitchOperations(PortSpecOperations):
+class SwitchOperations(PortSpecOperations, FstpOperations):
     """
     Management operations on one running switch service.
 
@@ -75,12 +76,12 @@ class SwitchOperations(PortSpecOperations):
     ) -> None:
         """
         @param stop: what L{shutdown} calls; the reactor's C{stop} by default.
-        @param mac: the switch's address for C{showinfo}; random
-            C{00:ff:xx:xx:xx:xx} (as vde_switch's default) if not given.
+        @param mac: set the switch's address (C{showinfo}, FSTP) to this.
         """
         self.service = service
         self._stop = stop
-        self.mac = mac if mac is not None else b"\x00\xff" + os.urandom(4)
+        if mac is not None:
+            service.switch.mac = mac
         self.macBuckets = DEFAULT_BUCKETS
         self._consoles: dict[str, int] = {}
         self._runtimeSpecs: set[str] = set()
@@ -99,7 +100,7 @@ class SwitchOperations(PortSpecOperations):
         uptime = 0 if started is None else int(self.service.clock.seconds() - started)
         return SwitchInfo(
             pid=os.getpid(),
-            mac=self.mac,
+            mac=self.switch.mac,
             uptime=max(0, uptime),
             numPorts=self.switch.numPorts,
             hub=self.switch.hub,
@@ -431,7 +432,8 @@ class SwitchOperations(PortSpecOperations):
             VlanStatus(
                 vlan.vid,
                 tuple(
-                    VlanMember(port.number, tagged, bool(port.links))
+                    VlanMember(port.number, tagged, bool(port.links),
+                               port in vlan.discarding)
                     for port, tagged in vlan.members()
                     if inactive or port.links
                 ),

@@ -60,6 +60,7 @@ class VlanMember:
     port: int
     tagged: bool
     active: bool
+    discarding: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,3 +139,34 @@ class SpecStatus:
     ports: tuple[int, ...]
     listening: bool
     runtime: bool
+
+
+@dataclass(frozen=True)
+class FstpPortStatus:
+    """
+    One member of a VLAN's spanning tree, as C{fstp/print} shows it.
+    """
+
+    port: int
+    tagged: bool
+    cost: int
+    role: str
+
+
+@dataclass(frozen=True)
+class FstpStatus:
+    """
+    The spanning tree of one VLAN: root, path to it, members.
+    """
+
+    vid: int
+    enabled: bool
+    isRoot: bool
+    root: bytes
+    designated: bytes
+    rootPort: int
+    cost: int
+    age: int
+    bonusPort: int
+    bonusCost: int
+    ports: tuple[FstpPortStatus, ...]

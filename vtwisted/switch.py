@@ -35,7 +35,9 @@ coarse time in whole seconds and ages the MAC table.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
@@ -48,6 +50,9 @@ from vtwisted.vlans import Vlan, VlanRegistry
 from vtwisted.wire import vlan as vlanwire
 from vtwisted.wire import vnet, vnetcheck
 from vtwisted.wire.ethernet import MIN_FRAME
+
+if TYPE_CHECKING:
+    from vtwisted.fstp import FastSpanningTree
 
 DEFAULT_NUMPORTS = 32
 GC_INTERVAL = 2
@@ -69,6 +74,8 @@ class Switch:
     @ivar ports: port number to L{SwitchPort}, for ports that exist.
     @ivar fdb: the L{MacTable}.
     @ivar now: coarse time in whole seconds, set by L{tick}.
+    @ivar mac: the switch's own address (BPDUs, C{showinfo}).
+    @ivar stp: the spanning tree while it runs (see L{vtwisted.fstp}).
     """
 
     def __init__(
@@ -76,7 +83,12 @@ class Switch:
         numPorts: int = DEFAULT_NUMPORTS,
         hub: bool = False,
         macTable: MacTable | None = None,
+        mac: bytes | None = None,
     ) -> None:
+        """
+        @param mac: the switch's address; vde_switch's default is
+            C{00:ff} and four random bytes.
+        """
         if numPorts < 1:
             raise errors.invalid("the switch needs at least one port")
         self.numPorts = numPorts
@@ -84,7 +96,11 @@ class Switch:
         self.fdb = macTable if macTable is not None else MacTable()
         self.ports: dict[int, SwitchPort] = {}
         self.vlans = VlanRegistry(self.fdb)
-        self.fdb.onChange = self.vlans.onChange = self.forgetRoutes
+        self.fdb.onChange = self.forgetRoutes
+        self.vlans.onChange = self._membershipChanged
+        self.mac = mac if mac is not None else b"\x00\xff" + os.urandom(4)
+        self.stp: FastSpanningTree | None = None
+        self._spanningTree: FastSpanningTree | None = None
         self._routed: set[SwitchPort] = set()
         self.now = 0
         self._lastSweep = 0
@@ -196,11 +212,29 @@ class Switch:
 
     def setHub(self, hub: bool) -> None:
         """
-        Switch between hub and switch behaviour.
+        Switch between hub and switch behaviour; a hub stops FSTP.
         """
+        if hub and self.stp is not None:
+            self.stp.setEnabled(False)
         self.hub = hub
         self.fdb.flush()
         self.forgetRoutes()
+
+    @property
+    def spanningTree(self) -> FastSpanningTree:
+        """
+        The switch's FSTP (made on first use, off until enabled).
+        """
+        if self._spanningTree is None:
+            from vtwisted.fstp import FastSpanningTree
+
+            self._spanningTree = FastSpanningTree(self, self.mac)
+        return self._spanningTree
+
+    def _membershipChanged(self) -> None:
+        self.forgetRoutes()
+        if self.stp is not None:
+            self.stp.membershipChanged()
 
     def forgetRoutes(self) -> None:
         """
@@ -240,6 +274,8 @@ class Switch:
         if now - self._lastSweep >= GC_INTERVAL:
             self._lastSweep = now
             self.fdb.expire(now)
+        if self.stp is not None:
+            self.stp.tick(now)
 
     # Forwarding
 
@@ -270,6 +306,8 @@ class Switch:
         vlan = port.untaggedVlan
         if vlan is None:
             port.dropped("vlan", "untagged frame on a port with no untagged VLAN")
+            return
+        if self.stp is not None and self.stp.screen(port, vlan, frame, 0):
             return
         macs = vlan.macs
         if not frame[6] & 1:
@@ -334,6 +372,8 @@ class Switch:
         vlan = port.untaggedVlan
         if vlan is None:
             port.dropped("vlan", "untagged frame on a port with no untagged VLAN")
+            return
+        if self.stp is not None and self.stp.screen(port, vlan, packet, _VNET):
             return
         macs = vlan.macs
         if not packet[16] & 1:
@@ -403,6 +443,8 @@ class Switch:
         vlan = self.vlans.forTag(vid, port)
         if vlan is None:
             port.dropped("vlan", f"tagged for VLAN {vid}, which this port is not in")
+            return
+        if self.stp is not None and self.stp.screen(port, vlan, data, offset):
             return
         if not data[offset + 6] & 1:
             self.fdb.learn(vlan.macs, data[offset + 6 : offset + 12], port, self.now)

@@ -34,7 +34,8 @@ DROP_REASONS = (
     "busy",  # the peer could not take it now (EAGAIN, ENOBUFS)
     "peer",  # the peer is gone (ECONNREFUSED and the like)
     "down",  # the peer's interface is down (a TAP device not up yet)
-    "malformed",  # a bad virtio-net header, stream record, ...
+    "malformed",  # a bad virtio-net header, stream record, BPDU, ...
+    "discarding",  # the spanning tree blocks the port in the frame's VLAN
 )
 
 

@@ -44,9 +44,10 @@ class Vlan:
     @ivar active: the members with links, in port order.
     @ivar implicit: created by traffic from a transparent port, not by
         configuration.
+    @ivar discarding: members the spanning tree blocks (L{vtwisted.fstp}).
     """
 
-    __slots__ = ("vid", "macs", "untagged", "tagged", "active", "implicit")
+    __slots__ = ("vid", "macs", "untagged", "tagged", "active", "implicit", "discarding")
 
     def __init__(self, vid: int, macs: dict[bytes, MacEntry], implicit: bool = False) -> None:
         self.vid = vid
@@ -55,6 +56,7 @@ class Vlan:
         self.tagged: list[SwitchPort] = []
         self.active: tuple[SwitchPort, ...] = ()
         self.implicit = implicit
+        self.discarding: set[SwitchPort] = set()
 
     def __repr__(self) -> str:
         return f"<Vlan {self.vid}>"
@@ -68,9 +70,10 @@ class Vlan:
 
     def rebuild(self) -> None:
         """
-        Recompute L{active}.
+        Recompute L{active}: members with links that are not discarding.
         """
-        self.active = tuple(p for p, _ in self.members() if p.links)
+        discarding = self.discarding
+        self.active = tuple(p for p, _ in self.members() if p.links and p not in discarding)
 
 
 class VlanRegistry:

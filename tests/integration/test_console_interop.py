@@ -207,8 +207,7 @@ def test_helpListsVdeRowsVerbatim(realSwitch, ourSwitch) -> None:
                       "slirp/print", "slirp/hostfwd_add", "slirp/hostfwd_remove"]
     assert set(realPaths) - set(ourPaths) == {
         "debug", "debug/list", "debug/add", "debug/del", "plugin", "plugin/list", "plugin/add",
-        "plugin/del", "fstp", "fstp/showinfo", "fstp/setfstp", "fstp/setedge", "fstp/bonus",
-        "fstp/print", "hash/setgcint",
+        "plugin/del", "hash/setgcint",
     }
 
 
@@ -344,3 +343,25 @@ def test_vdetermCompletesAndRunsCommands(realSwitch, ourSwitch) -> None:
         "GC expire 100 secs", "Min persistence 3 secs", "Success", "vde[PATH]: port/showinfo",
         "Numports=32", "HUB=false", "counters=true", "Success", "vde[PATH]:",
     ]
+
+
+#: The FSTP menu: settings, errors, hub mode, trees with and without FSTP.
+FSTP_SCRIPT = [
+    "fstp/showinfo", "fstp/print", "fstp/print 0", "vlan/create 10", "fstp/print 10",
+    "fstp/print 11", "fstp/print 5000", "fstp/print -1", "fstp/setedge 0 1 1",
+    "fstp/setedge 11 1 1", "fstp/setedge 0 99 1", "fstp/setedge 0", "fstp/bonus 0 1 100",
+    "fstp/bonus 12 1 100", "fstp/bonus 0 1", "fstp/print 0", "fstp/setfstp 1",
+    "fstp/showinfo", "fstp/print", "port/sethub 1", "fstp/setfstp 1", "fstp/showinfo",
+    "port/sethub 0", "fstp/setfstp 1", "fstp/setfstp 0", "fstp/showinfo",
+]
+
+
+def test_fstpRepliesMatchVdeSwitch(vswitch, processes, shortdir) -> None:
+    """The fstp/ menu answers as vde_switch's does, for the same switch address."""
+    need("vde_switch")
+    realMgmt, ourMgmt = shortdir / "real.mgmt", shortdir / "ours.mgmt"
+    processes.start(["vde_switch", "-s", str(shortdir / "real"), "-M", str(realMgmt),
+                     "--macaddr", "02:00:00:00:00:07"], stdin=subprocess.PIPE)
+    vswitch("--mgmt", str(ourMgmt), "--macaddr", "02:00:00:00:00:07")
+    waitFor(lambda: socketListening(realMgmt) and socketListening(ourMgmt), what="consoles")
+    assertSameTranscripts(transcript(realMgmt, FSTP_SCRIPT), transcript(ourMgmt, FSTP_SCRIPT))

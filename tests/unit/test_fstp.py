@@ -1,0 +1,250 @@
+"""
+FSTP in memory: BPDUs on the wire, loops of fake cables between switches.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from vtwisted.errors import SwitchError
+from vtwisted.fstp import HELLO
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeCable, FakeLink, frame, mac, plug, pumpCables
+from vtwisted.wire import bpdu
+
+BROADCAST = b"\xff" * 6
+#: The untagged BPDU captured from vde_switch (vde-wire.md 4.6).
+CAPTURED = bytes.fromhex(
+    "0180c2000000021122334455002742420300000202"
+    "3c100002112233445500000000100002112233445580010000280004000000"
+    "00"
+)
+
+
+def fstpSwitch(n: int, priority: int = 0x8000) -> Switch:
+    switch = Switch(mac=bytes([2, 0, 0, 0, 0, n]))
+    switch.spanningTree.setPriority(priority)
+    switch.spanningTree.setEnabled(True)
+    return switch
+
+
+def settle(switches: list[Switch], cables: list[FakeCable], seconds: int = 3 * HELLO) -> None:
+    """Let hellos run for C{seconds}, delivering everything after each tick."""
+    start = switches[0].now
+    for now in range(start + 1, start + seconds + 1):
+        for switch in switches:
+            switch.tick(now)
+        assert pumpCables(cables) < 10000, "a broadcast storm"
+
+
+def broadcastCopies(source: FakeLink, sinks: list[FakeLink], cables: list[FakeCable],
+                    payload: bytes) -> tuple[int, list[int]]:
+    for sink in sinks:
+        sink.takeSent()
+    source.receive(frame(BROADCAST, mac(1), payload=payload))
+    crossed = pumpCables(cables)
+    return crossed, [sum(payload in f for f in sink.sent) for sink in sinks]
+
+
+def test_capturedBpduDecodes() -> None:
+    """vde_switch's captured BPDU decodes to the fields the spec lists."""
+    message = bpdu.parse(CAPTURED)
+    assert message.flags == 0x3C
+    assert message.root == bytes.fromhex("1000021122334455")
+    assert message.rootCost == 0
+    assert message.bridge == message.root
+    assert message.portId == b"\x80\x01"
+    assert (message.maxAge, message.hello, message.forwardDelay) == (40, 4, 0)
+    assert bpdu.pack(bytes.fromhex("021122334455"), message) == CAPTURED
+
+
+@given(
+    st.integers(0, 255), st.binary(min_size=8, max_size=8), st.integers(0, 2**32 - 1),
+    st.binary(min_size=8, max_size=8), st.integers(0, 4095), st.integers(0, 0xFFFF),
+    st.one_of(st.none(), st.integers(0, 4094)),
+)
+def test_bpduRoundTrips(flags: int, root: bytes, cost: int, bridge: bytes, port: int,
+                        age: int, vid: int | None) -> None:
+    """Any BPDU, tagged or not, parses back to what was packed."""
+    message = bpdu.Bpdu(flags, root, cost, bridge, bpdu.portId(port), age)
+    packed = bpdu.pack(mac(1), message, vid)
+    assert len(packed) == bpdu.LENGTH + (0 if vid is None else 4)
+    assert bpdu.parse(packed) == message
+
+
+@given(st.binary(max_size=60))
+def test_bpduParserRefusesGarbageCleanly(data: bytes) -> None:
+    """Arbitrary bytes after the BPDU address either parse or raise BpduError."""
+    try:
+        bpdu.parse(bpdu.BPDU_ADDRESS + data)
+    except bpdu.BpduError:
+        pass
+
+
+def test_loopOfTwoCablesIsBroken() -> None:
+    """
+    Two switches joined twice: without FSTP a broadcast storms forever; with
+    it, one end of the redundant cable discards and hosts get one copy.
+    """
+    plain = [Switch(), Switch()]
+    loop = [FakeCable(plain[0], plain[1], "a"), FakeCable(plain[0], plain[1], "b")]
+    hostA = FakeLink("host A")
+    plug(plain[0], hostA)
+    hostA.receive(frame(BROADCAST, mac(1)))
+    assert pumpCables(loop, limit=1000) >= 1000
+
+    switches = [fstpSwitch(1), fstpSwitch(2)]
+    cables = [FakeCable(switches[0], switches[1], "a"), FakeCable(switches[0], switches[1], "b")]
+    hosts = [FakeLink("host A"), FakeLink("host B")]
+    plug(switches[0], hosts[0])
+    plug(switches[1], hosts[1])
+    settle(switches, cables)
+    crossed, copies = broadcastCopies(hosts[0], hosts[1:], cables, b"once")
+    assert copies == [1]
+    assert crossed == 1
+    discarding = [p for s in switches for p in s.vlans[0].discarding]
+    assert discarding and all(p in (cables[1].ports + cables[0].ports) for p in discarding)
+
+
+def test_rootIsTheLowestBridgeId() -> None:
+    """The switch with the lowest priority becomes root; the other's root port faces it."""
+    switches = [fstpSwitch(1), fstpSwitch(2, priority=0x1000)]
+    cables = [FakeCable(switches[0], switches[1])]
+    settle(switches, cables)
+    trees = [s.spanningTree.trees[0] for s in switches]
+    assert trees[1].isRoot() and not trees[0].isRoot()
+    assert trees[0].root == b"\x10\x00" + switches[1].mac
+    assert trees[0].rootPort is cables[0].ports[0]
+    assert trees[0].rootCost == 20000000
+
+
+def test_triangleCarriesOneCopyAndHealsWhenACableIsCut() -> None:
+    """
+    Three switches in a ring: each host gets each broadcast once; cutting a
+    forwarding cable brings the redundant one back.
+    """
+    switches = [fstpSwitch(n) for n in (1, 2, 3)]
+    cables = [
+        FakeCable(switches[0], switches[1], "ab"),
+        FakeCable(switches[1], switches[2], "bc"),
+        FakeCable(switches[2], switches[0], "ca"),
+    ]
+    hosts = [FakeLink(f"host {n}") for n in range(3)]
+    for switch, host in zip(switches, hosts):
+        plug(switch, host)
+    settle(switches, cables)
+    crossed, copies = broadcastCopies(hosts[0], hosts[1:], cables, b"first")
+    assert copies == [1, 1]
+    assert crossed == 2
+    blocked = [c for c in cables if any(p in s.vlans[0].discarding
+                                        for s in switches for p in c.ports)]
+    assert len(blocked) == 1
+    forwarding = next(c for c in cables if c not in blocked)
+    forwarding.cut()
+    live = [c for c in cables if c is not forwarding]
+    settle(switches, live)
+    crossed, copies = broadcastCopies(hosts[0], hosts[1:], live, b"second")
+    assert copies == [1, 1]
+
+
+def test_hostPortsKeepForwarding() -> None:
+    """Ports that never hear BPDUs are never blocked, whatever the tree does."""
+    switches = [fstpSwitch(1), fstpSwitch(2)]
+    cables = [FakeCable(switches[0], switches[1], "a"), FakeCable(switches[0], switches[1], "b")]
+    hosts = [FakeLink(f"host {n}") for n in range(4)]
+    ports = [plug(switches[n % 2], host) for n, host in enumerate(hosts)]
+    settle(switches, cables, seconds=10 * HELLO)
+    assert not any(p in s.vlans[0].discarding for s in switches for p in ports)
+
+
+def test_taggedMembersGetTaggedBpdus() -> None:
+    """A tagged member of VLAN 10 gets BPDUs tagged 10, one per VLAN it carries."""
+    switch = fstpSwitch(1)
+    switch.vlans.create(10)
+    trunk = FakeLink("trunk")
+    port = plug(switch, trunk)
+    switch.vlans.addTagged(port, 10)
+    trunk.takeSent()
+    switch.tick(HELLO + 1)
+    vids = sorted(f[14] << 8 | f[15] if f[12:14] == b"\x81\x00" else -1 for f in trunk.sent)
+    assert vids == [-1, 10]
+    assert all(bpdu.parse(f).bridge == b"\x80\x00" + switch.mac for f in trunk.sent)
+
+
+def test_edgePortsGetNoBpdusAndIgnoreThem() -> None:
+    """fstp/setedge: an edge port is sent no BPDUs and a BPDU there changes nothing."""
+    switch = fstpSwitch(1)
+    host = FakeLink("host")
+    port = plug(switch, host)
+    switch.spanningTree.setEdge(0, port.number, True)
+    host.takeSent()
+    switch.tick(HELLO + 1)
+    assert host.sent == []
+    better = bpdu.Bpdu(0x0C, b"\x00\x00" + mac(9), 0, b"\x00\x00" + mac(9), b"\x80\x01")
+    host.receive(bpdu.pack(mac(9), better))
+    assert switch.spanningTree.trees[0].isRoot()
+
+
+def test_malformedBpduIsCountedAndDropped(caplog: pytest.LogCaptureFixture) -> None:
+    """A short frame to the BPDU address is counted as malformed, never flooded."""
+    switch = fstpSwitch(1)
+    a, b = FakeLink("a"), FakeLink("b")
+    port = plug(switch, a)
+    plug(switch, b)
+    b.takeSent()
+    a.receive(bpdu.BPDU_ADDRESS + mac(3) + b"\x00\x27\x42\x42\x03\x00\x00\x02\x02")
+    assert port.counters.drops["malformed"] == 1
+    assert b.sent == []
+
+
+def test_disablingMakesEveryPortForward() -> None:
+    """fstp/setfstp 0 puts every blocked port back to forwarding."""
+    switches = [fstpSwitch(1), fstpSwitch(2)]
+    cables = [FakeCable(switches[0], switches[1], "a"), FakeCable(switches[0], switches[1], "b")]
+    settle(switches, cables)
+    assert any(s.vlans[0].discarding for s in switches)
+    for switch in switches:
+        switch.spanningTree.setEnabled(False)
+    assert not any(s.vlans[0].discarding for s in switches)
+    assert all(len(s.vlans[0].active) == 2 for s in switches)
+
+
+def test_hubModeRefusesAndStopsFstp() -> None:
+    """FSTP cannot start in hub mode, and hub mode stops it."""
+    switch = fstpSwitch(1)
+    switch.setHub(True)
+    assert switch.stp is None
+    with pytest.raises(SwitchError):
+        switch.spanningTree.setEnabled(True)
+
+
+def test_bpdusAreFloodedWhenFstpIsOff() -> None:
+    """Without FSTP a BPDU is just multicast: flooded, as vde_switch does."""
+    switch = Switch()
+    a, b = FakeLink("a"), FakeLink("b")
+    plug(switch, a)
+    plug(switch, b)
+    message = bpdu.pack(mac(3), bpdu.Bpdu(0, b"\x80\x00" + mac(3), 0, b"\x80\x00" + mac(3),
+                                          b"\x80\x01"))
+    a.receive(message)
+    assert b.sent == [message]
+
+
+def test_discardingPortNeitherLearnsNorForwards() -> None:
+    """A frame arriving on a blocked port is dropped, counted, and not learned."""
+    switches = [fstpSwitch(1), fstpSwitch(2)]
+    cables = [FakeCable(switches[0], switches[1], "a"), FakeCable(switches[0], switches[1], "b")]
+    host = FakeLink("host")
+    plug(switches[0], host)
+    settle(switches, cables)
+    blocked = next(iter(switches[0].vlans[0].discarding | switches[1].vlans[0].discarding))
+    switch = switches[0] if blocked in switches[0].vlans[0].discarding else switches[1]
+    end = next(e for c in cables for e in c.ends if e.port is blocked)
+    host.takeSent()
+    end.receive(frame(BROADCAST, mac(7), payload=b"sneaky"))
+    assert blocked.counters.drops["discarding"] == 1
+    assert switch.fdb.lookup(0, mac(7)) is None
+    pumpCables(cables)
+    assert not any(b"sneaky" in f for f in host.sent)
