@@ -29,5 +29,6 @@ switchService = buildService(
         # "cable:listen:tcp:7443:cert=a.pem:key=a.key:ca=b.pem",  # TLS cable from another switch
     ],
     numPorts=64,
+    # fstp=True,  # spanning tree (vde_switch -F), for loops of cables
 )
 switchService.setServiceParent(application)

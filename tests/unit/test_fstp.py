@@ -248,3 +248,37 @@ def test_discardingPortNeitherLearnsNorForwards() -> None:
     assert switch.fdb.lookup(0, mac(7)) is None
     pumpCables(cables)
     assert not any(b"sneaky" in f for f in host.sent)
+
+
+def test_fstpOptionsReachTheSwitch() -> None:
+    """--fstp, --priority and --macaddr give the switch its bridge id and start FSTP."""
+    from twisted.internet.testing import MemoryReactor
+
+    from vtwisted.app import Options
+
+    options = Options()
+    options.parseOptions(["--sock", "/tmp/vtw-unit-fstp", "--fstp", "--priority", "0x1000",
+                          "--macaddr", "02:aa:bb:cc:dd:ee"])
+    switch = options.build(MemoryReactor()).switch
+    assert switch.stp is not None
+    assert switch.stp.bridgeId == bytes.fromhex("100002aabbccddee")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--priority", "70000"], "--priority"),
+        (["--priority", "high"], "--priority"),
+        (["--macaddr", "01:00:00:00:00:01"], "--macaddr"),
+        (["--macaddr", "02:00:00:00:01"], "--macaddr"),
+        (["--fstp", "--hub"], "hub mode"),
+    ],
+)
+def test_badFstpOptionsAreUsageErrors(argv: list[str], message: str) -> None:
+    """A wrong FSTP option stops start-up with a message naming it."""
+    from twisted.python import usage
+
+    from vtwisted.app import Options
+
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(["--sock", "/tmp/vtw-unit-fstp", *argv])
