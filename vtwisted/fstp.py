@@ -327,6 +327,8 @@ class FastSpanningTree:
             raise errors.busy("FSTP cannot run in hub mode")
         self.enabled = enabled
         if enabled:
+            self.mac = self.switch.mac
+            self.setPriority(self.priority)
             self.switch.stp = self
             self._nextHello = self.switch.now + HELLO
             self.membershipChanged()
