@@ -95,7 +95,8 @@ class VlanTree:
     @property
     def vector(self) -> bytes:
         """
-        This switch's path to the root, comparable with L{wire.Bpdu.vector}.
+        This switch's path to the root: root id, cost, designated bridge
+        and port, which compare as byte strings the way the paths rank.
         """
         return self.root + self.rootCost.to_bytes(4, "big") + self.designated + self.designatedPort
 
@@ -137,7 +138,7 @@ class VlanTree:
         clean MAC table.
         """
         self.members[port] = tagged
-        self.backup.discard(port)
+        self._forward(port)
         for heard in self.heard:
             heard.discard(port)
         self.send(port)

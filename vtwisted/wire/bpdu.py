@@ -63,14 +63,6 @@ class Bpdu:
     hello: int = 4
     forwardDelay: int = 0
 
-    @property
-    def vector(self) -> bytes:
-        """
-        Root id, cost, bridge id and port id as one byte string: comparing
-        two vectors compares the priority of the paths they describe.
-        """
-        return self.root + self.rootCost.to_bytes(4, "big") + self.bridge + self.portId
-
 
 def portId(number: int) -> bytes:
     """
