@@ -15,6 +15,7 @@ from helpers import StreamPlug, need, socketListening, waitFor
 from taphelpers import console
 
 from vtwisted.testing import frame, mac
+from vtwisted.wire.vlan import insertTag
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +104,30 @@ def test_ringOfThreeSwitchesHealsWhenACableIsCut(vswitch, processes, shortdir) -
     payload = b"ring-second-" + bytes(40)
     hosts[1].send(frame(BROADCAST, mac(0x11), payload=payload))
     assert [copiesOf(h, payload) for h in (hosts[0], hosts[2])] == [1, 1]
+
+
+def test_taggedLoopWithRealVdeSwitchIsBroken(vswitch, processes, shortdir) -> None:
+    """
+    The same loop carrying VLAN 10 tagged: the tagged BPDUs agree too, and a
+    frame tagged 10 crosses once.
+    """
+    need("vde_switch", "dpipe", "vde_plug")
+    mgmts = (shortdir / "mgmt", shortdir / "cmgmt")
+    ours = vswitch("--fstp", "--macaddr", "02:00:00:00:00:01", "--mgmt", str(mgmts[0]))
+    theirs = shortdir / "c-switch"
+    processes.start(["vde_switch", "-F", "-s", str(theirs), "--macaddr", "02:00:00:00:00:02",
+                     "-M", str(mgmts[1])], stdin=subprocess.PIPE)
+    waitFor(lambda: socketListening(theirs / "ctl"), what="vde_switch")
+    hosts = (StreamPlug(processes, f"vde://{ours.sock}"), StreamPlug(processes, f"vde://{theirs}"))
+    cable(processes, ours.sock, theirs)
+    cable(processes, ours.sock, theirs)
+    for mgmt in mgmts:
+        waitFor(lambda m=mgmt: "Port 0003" in console(m, "port/print"), what="three ports")
+        console(mgmt, "vlan/create 10", "vlan/addport 10 1", "vlan/addport 10 2",
+                "vlan/addport 10 3")
+    waitFor(lambda: any("status=Discarding" in console(m, "vlan/print 10") for m in mgmts),
+            timeout=20, what="a port discarding in VLAN 10")
+    time.sleep(1)
+    payload = b"fstp-tagged-" + bytes(40)
+    hosts[0].send(insertTag(frame(BROADCAST, mac(0x10), payload=payload), 10))
+    assert copiesOf(hosts[1], payload) == 1
