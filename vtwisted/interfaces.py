@@ -252,6 +252,14 @@ class IGuestNetwork(Interface):
             for an IPv6 packet.
         """
 
+    def sendIcmpError(packet: bytes, kind: int, code: int, mtu: int, reporter: bytes) -> None:
+        """
+        Tell the guest that sent C{packet} (its IPv4 or IPv6 datagram, as it
+        sent it) about an error a host reported: an ICMP error of C{kind}
+        and C{code} (ICMPv6's numbers for an IPv6 guest) from C{reporter}
+        (a guest-side address), with the next-hop C{mtu} of a "too big".
+        """
+
     def hostAddress(dst: bytes, port: int, protocol: int) -> Any:
         """
         Where on the host a guest's packet to C{dst}:C{port} goes: the

@@ -196,6 +196,8 @@ class FakeGuestNetwork:
         self.tcp: list[tuple[bytes, bytes, TCPHeader, bytes, int]] = []
         self.ip: list[tuple[bytes, bytes, int, bytes, int]] = []
         self.unreachable: list[tuple[bytes, int]] = []
+        #: (packet, kind, code, mtu, reporter) of each relayed ICMP error.
+        self.icmpErrors: list[tuple[bytes, int, int, int, bytes]] = []
         self.drops: list[tuple[str, str]] = []
 
     def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
@@ -238,6 +240,10 @@ class FakeGuestNetwork:
 
     def sendUnreachable(self, packet: bytes, code: int) -> None:
         self.unreachable.append((bytes(packet), code))
+
+    def sendIcmpError(self, packet: bytes, kind: int, code: int, mtu: int,
+                      reporter: bytes) -> None:
+        self.icmpErrors.append((bytes(packet), kind, code, mtu, reporter))
 
     def hostAddress(self, dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
         if self.restricted:

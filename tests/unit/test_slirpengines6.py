@@ -473,7 +473,8 @@ def test_ipv6MappingIsDescribedInBrackets() -> None:
     clock.listenUDP = listenUDP  # type: ignore[attr-defined]
     engine = UdpNat(FakeGuestNetwork(), clock)
     engine.datagramReceived(GUEST6, 5000, GATEWAY6, 7, b"a", b"")
-    assert engine.describe() == ["UDP [fec0::15]:5000 via host port 33333: 1 sent, 0 received"]
+    assert engine.describe() == [
+        "UDP [fec0::15]:5000 via host port 33333: 1 sent, 0 received, 0 ICMP errors"]
     engine.close()
 
 

@@ -296,6 +296,20 @@ class SlirpRouter:
             return
         self._icmpError(icmp.DEST_UNREACHABLE, code, packet)
 
+    def sendIcmpError(self, packet: bytes, kind: int, code: int, mtu: int,
+                      reporter: bytes) -> None:
+        """
+        Relay an error a host reported about the guest's C{packet}.
+        """
+        if len(reporter) == 16:
+            if self.v6 is not None:
+                self.v6.sendIcmpError(packet, kind, code, mtu, reporter)
+            return
+        tooBig = (kind, code) == (icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED)
+        rest = (mtu & 0xFFFF).to_bytes(4, "big") if tooBig else bytes(4)
+        self.sendIPv4(reporter, bytes(packet[12:16]), ipv4.PROTO_ICMP,
+                      icmp.errorMessage(kind, code, packet, rest))
+
     # Frames from the switch
 
     def frameReceived(self, frame: bytes) -> None:

@@ -376,6 +376,16 @@ class Ipv6Router:
                                                 reporter, src)
         self.sendIP(reporter, src, ipv6.NH_ICMPV6, message)
 
+    def sendIcmpError(self, packet: bytes, kind: int, code: int, mtu: int,
+                      reporter: bytes) -> None:
+        """
+        Relay an error a host reported about the guest's IPv6 C{packet}.
+        """
+        src = bytes(packet[8:24])
+        rest = mtu if kind == icmpv6.PACKET_TOO_BIG else 0
+        self.sendIP(reporter, src, ipv6.NH_ICMPV6,
+                    icmpv6.errorMessage(kind, code, packet, reporter, src, rest))
+
     def advertise(self) -> None:
         """
         Send a router advertisement to all nodes.

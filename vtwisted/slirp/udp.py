@@ -31,6 +31,12 @@ of the reactor turn that read them: a run of one flow's datagrams of one
 length then leaves in one UDP super-frame (USO), one write to the guest's
 TAP instead of one per datagram.
 
+Each host socket keeps the ICMP errors about its datagrams (port
+unreachable, time exceeded...) and the engine relays them to the guest
+about its own datagram (L{vtwisted.slirp.hosterrors}); a guest datagram
+with a small TTL (traceroute's probes) leaves the host with one less, so
+the routers beyond answer as they would to the guest.
+
 A mapping that carried nothing for 240 s is closed, one that only carried
 DNS after 10 s.  Instead of a timer per datagram, traffic marks the mapping
 and a sweep every L{SWEEP} seconds closes what stayed unmarked long enough.
@@ -52,13 +58,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.error import CannotListenError
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from vtwisted.interfaces import IGuestNetwork
+from vtwisted.slirp import hosterrors
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint, unmapped
-from vtwisted.slirp.packets import SegmentRun
+from vtwisted.slirp.packets import SegmentRun, udpDatagram
 from vtwisted.wire import ipv4
 
 log = Logger()
@@ -88,6 +96,10 @@ _U16 = struct.Struct("=H")
 MAX_PEERS = 256
 #: Why binding C{::} can fail on a host without IPv6.
 _NO_IPV6 = frozenset((errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL))
+#: Guest datagrams with at most this TTL (traceroute's probes) carry it,
+#: less one, to the host; others leave with the host's default.
+CARRIED_TTL = 32
+_INT = struct.Struct("i")
 
 
 class UdpMapping(DatagramProtocol):
@@ -121,6 +133,7 @@ class UdpMapping(DatagramProtocol):
         self.onlyDns = True
         self.sent = 0
         self.received = 0
+        self.errors = 0
         self.listeningPort: Any = None
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
@@ -140,6 +153,34 @@ class UdpMapping(DatagramProtocol):
                 self.peers.clear()
             src = self.peers[host] = network.guestAddress(host, self.v6)
         self.engine.queue(src, guest, addr[1], guestPort, data)
+
+    def hostErrorReceived(self, error: hosterrors.HostError) -> None:
+        """
+        The host got an ICMP error about one of this source's datagrams:
+        send the guest the same error about the datagram it sent, from the
+        guest-side address of the host or router that reported it.
+        """
+        self.errors += 1
+        mapped = hosterrors.forGuest(error, self.v6)
+        if mapped is None:
+            return
+        network = self.engine.network
+        host, port = error.destination
+        if (host, port) in self.dnsPeers:
+            dst, port = self.proxy, 53
+        else:
+            dst = network.guestAddress(host, self.v6)
+        reporter = dst if error.reporter in (None, host) \
+            else network.guestAddress(error.reporter, self.v6)
+        src, srcPort = self.guest
+        datagram = udpDatagram(src, dst, srcPort, port, error.payload[:512])
+        if self.v6:
+            header = struct.pack("!IHBB", 0x60000000, len(datagram), ipv4.PROTO_UDP, 64)
+            original = header + src + dst + datagram
+        else:
+            original = ipv4.packPlainHeader(0, src, dst, ipv4.PROTO_UDP, 20 + len(datagram), 64,
+                                            0x4000) + datagram
+        network.sendIcmpError(original, *mapped, reporter)
 
     def _sendSegments(self, run: SegmentRun, host: tuple[str, int], packet: bytes) -> bool:
         """
@@ -189,7 +230,8 @@ class UdpMapping(DatagramProtocol):
 
     def send(self, payloads: Sequence[bytes], host: tuple[str, int], packet: bytes) -> None:
         """
-        Send a guest's datagrams to C{host}.
+        Send a guest's datagrams to C{host}; C{packet} is the guest's IP
+        packet (of the first, if several).
         """
         self.active = True
         self.sent += len(payloads)
@@ -202,6 +244,11 @@ class UdpMapping(DatagramProtocol):
                 return
         elif self.mapped:
             host = ("::ffff:" + address, host[1])
+        if len(packet) >= 20:
+            ttl = packet[8] if packet[0] >> 4 == 4 else packet[7]
+            if ttl <= CARRIED_TTL:
+                self._sendWithTtl(payloads, host, packet, max(ttl - 1, 1))
+                return
         if isinstance(payloads, SegmentRun) and self.engine.segmentOffload:
             if self._sendSegments(payloads, host, packet):
                 return
@@ -215,6 +262,25 @@ class UdpMapping(DatagramProtocol):
         try:
             for payload in payloads:
                 sendto(payload, host)
+        except OSError as e:
+            self._sendFailed(e, host, packet)
+
+
+    def _sendWithTtl(self, payloads: Sequence[bytes], host: tuple[str, int], packet: bytes,
+                     ttl: int) -> None:
+        """
+        Send datagrams whose TTL the guest chose (traceroute's probes).
+        """
+        sock = getattr(self.transport, "socket", None)
+        if sock is None:
+            return
+        if ":" in host[0] and not host[0].startswith("::ffff:"):
+            option = (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, _INT.pack(ttl))
+        else:
+            option = (socket.IPPROTO_IP, socket.IP_TTL, _INT.pack(ttl))
+        try:
+            for payload in payloads:
+                sock.sendmsg([payload], [option], 0, host)
         except OSError as e:
             self._sendFailed(e, host, packet)
 
@@ -368,10 +434,10 @@ class UdpNat:
         """
         mapping = UdpMapping(self, guest)
         if self.dualStack is False:
-            mapping.listeningPort = self.reactor.listenUDP(0, mapping, "", MAX_DATAGRAM)
+            mapping.listeningPort = self._listenUDP(mapping, "")
             return mapping
         try:
-            port = self.reactor.listenUDP(0, mapping, "::", MAX_DATAGRAM)
+            port = self._listenUDP(mapping, "::")
         except CannotListenError as e:
             if getattr(e.socketError, "errno", None) not in _NO_IPV6:
                 raise
@@ -385,11 +451,22 @@ class UdpNat:
             reason = "IPv6 sockets take no IPv4 here (bindv6only=1)"
         # A fresh protocol: the one of a stopped port loses its transport.
         mapping = UdpMapping(self, guest)
-        mapping.listeningPort = self.reactor.listenUDP(0, mapping, "", MAX_DATAGRAM)
+        mapping.listeningPort = self._listenUDP(mapping, "")
         self.dualStack = False
         log.warn("slirp UDP: {reason}; host sockets are IPv4 only, IPv6 destinations "
                  "are dropped", reason=reason)
         return mapping
+
+    def _listenUDP(self, mapping: UdpMapping, interface: str) -> Any:
+        """
+        A host socket on an ephemeral port that keeps ICMP errors, where the
+        reactor is a real one (tests give fakes their own C{listenUDP}).
+        """
+        if not isinstance(self.reactor, PosixReactorBase):
+            return self.reactor.listenUDP(0, mapping, interface, MAX_DATAGRAM)
+        port = hosterrors.ErrorQueuePort(0, mapping, interface, MAX_DATAGRAM, self.reactor)
+        port.startListening()
+        return port
 
     def forwardSocket(self, guest: bytes, guestPort: int) -> ForwardSocket:
         """
@@ -422,7 +499,8 @@ class UdpNat:
             local = mapping.listeningPort.getHost().port
             guest = guestEndpoint(address, port)
             lines.append(f"UDP {guest} via host port {local}: "
-                         f"{mapping.sent} sent, {mapping.received} received")
+                         f"{mapping.sent} sent, {mapping.received} received, "
+                         f"{mapping.errors} ICMP errors")
         return lines
 
     def close(self) -> None:

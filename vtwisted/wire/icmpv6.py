@@ -280,8 +280,20 @@ def destinationUnreachable(code: int, original: Buffer, src: bytes, dst: bytes) 
     @param src: the address reporting the error.
     @param dst: the offending packet's source.
     """
+    return errorMessage(DEST_UNREACHABLE, code, original, src, dst)
+
+
+def errorMessage(kind: int, code: int, original: Buffer, src: bytes, dst: bytes,
+                 rest: int = 0) -> bytes:
+    """
+    An ICMPv6 error about the IPv6 packet C{original}, quoting as much of
+    it as fits in a packet of the minimum IPv6 MTU (RFC 4443 2.4).
+
+    @param rest: the 32 bits after the checksum: the MTU of a
+        L{PACKET_TOO_BIG}, the pointer of a L{PARAMETER_PROBLEM}.
+    """
     quoted = bytes(original[: MAX_ERROR_LENGTH - 8])
-    return ICMPv6Message(DEST_UNREACHABLE, code, 0, bytes(4) + quoted).pack(src, dst)
+    return ICMPv6Message(kind, code, 0, rest.to_bytes(4, "big") + quoted).pack(src, dst)
 
 
 def solicitedNodeAddress(address: bytes) -> bytes:

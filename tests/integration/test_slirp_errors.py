@@ -1,0 +1,102 @@
+"""
+ICMP errors relayed by slirp, seen by a Linux guest: a namespace behind a
+TAP asks through its own sockets (a connected UDP socket's
+C{ConnectionRefusedError}, and traceroute's way: probes with growing TTLs
+and C{IP_RECVERR}).  The routed world lives in namespaces made here.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from helpers import execIn, need, needRoot, run, uniqueName
+from test_slirp import PYTHON, Beyond, guestBehindSlirp
+
+pytestmark = pytest.mark.integration
+
+#: The guest asks a closed UDP port and reports what its socket says.
+REFUSED = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b"anyone there?")
+try:
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except TimeoutError:
+    print("silence")
+"""
+
+#: traceroute's way: one probe per TTL, each error read from the error queue
+#: as "TTL REPORTER TYPE CODE".
+TRACE = r"""
+import select, socket, struct, sys
+dst, port = sys.argv[1], int(sys.argv[2])
+for ttl in (1, 2, 3):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    s.sendto(b"probe", (dst, port))
+    poller = select.poll()
+    poller.register(s, select.POLLERR)
+    if not poller.poll(5000):
+        print(ttl, "silence")
+        continue
+    _, ancillary, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+    for level, kind, data in ancillary:
+        if kind == 11:
+            _, origin, icmpType, code, _, _, _ = struct.unpack_from("=IBBBBII", data)
+            print(ttl, socket.inet_ntoa(data[20:24]), icmpType, code)
+"""
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+    need("busybox")
+
+
+def test_closedHostPortIsRefusedInTheGuest(vswitch, namespaces, shortdir) -> None:
+    """
+    A guest's UDP to a closed port of the host's loopback fails at once with
+    ConnectionRefusedError, as on a real network (libslirp relays this too).
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir)
+    result = run(*execIn(ns, PYTHON, "-c", REFUSED, "10.0.2.2", str(port)), timeout=30)
+    assert result.stdout.strip() == "refused"
+
+
+def test_guestTracerouteSeesEveryHop(processes, namespaces, shortdir) -> None:
+    """
+    Beyond the gateway a router leads to a third network: the guest's
+    probes with TTL 1, 2 and 3 get time exceeded from the gateway, time
+    exceeded from the router, and port unreachable from the far host.
+    """
+    world = Beyond(processes, namespaces, shortdir, "192.0.2.1/24", "192.0.2.2/24", "1 0",
+                   ipv6=False)
+    farther = namespaces.add("vtf")
+    veth = uniqueName("vtw")
+    run("ip", "link", "add", veth, "netns", world.remote, "type", "veth", "peer", "name", veth,
+        "netns", farther)
+    for ns, address in ((world.remote, "198.51.100.1/24"), (farther, "198.51.100.2/24")):
+        run("ip", "-n", ns, "addr", "add", address, "dev", veth)
+        run("ip", "-n", ns, "link", "set", veth, "up")
+    run(*execIn(world.remote, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+    run("ip", "-n", world.outside, "route", "add", "198.51.100.0/24", "via", "192.0.2.2")
+    run("ip", "-n", farther, "route", "add", "default", "via", "198.51.100.1")
+    run("ip", "-n", world.guest, "addr", "add", "10.0.2.15/24", "dev", world.tap)
+    run("ip", "-n", world.guest, "route", "add", "default", "via", "10.0.2.2")
+    result = run(*execIn(world.guest, PYTHON, "-c", TRACE, "198.51.100.2", "33434"),
+                 timeout=60)
+    assert result.stdout.split("\n")[:3] == [
+        "1 10.0.2.2 11 0",
+        "2 192.0.2.2 11 0",
+        "3 198.51.100.2 3 3",
+    ], result.stdout + world.log.read_text()
