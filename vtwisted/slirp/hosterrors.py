@@ -42,6 +42,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.slirp.addresses import unmapped
+from vtwisted.slirp.packets import udpDatagram
+from vtwisted.wire import ipv4
 
 log = Logger()
 
@@ -139,6 +141,20 @@ def forGuest(error: HostError, v6: bool) -> tuple[int, int, int] | None:
     if mapped in ((2, 0), (3, 4)):
         mtu = mtu + 20 if v6 else max(mtu - 20, 68)
     return mapped[0], mapped[1], mtu
+
+
+def guestDatagram(src: bytes, srcPort: int, dst: bytes, dstPort: int, payload: bytes) -> bytes:
+    """
+    The guest's datagram an error is about, as the guest sent it (but for
+    the TTL and identification, which it does not need to match), for the
+    error to quote.
+    """
+    datagram = udpDatagram(src, dst, srcPort, dstPort, payload[:512])
+    if len(src) == 16:
+        header = struct.pack("!IHBB", 0x60000000, len(datagram), ipv4.PROTO_UDP, 64)
+        return header + src + dst + datagram
+    return ipv4.packPlainHeader(0, src, dst, ipv4.PROTO_UDP, 20 + len(datagram), 64,
+                                0x4000) + datagram
 
 
 def enableErrorQueue(sock: socket.socket) -> None:

@@ -66,7 +66,8 @@ from twisted.logger import Logger
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp import hosterrors
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint, unmapped
-from vtwisted.slirp.packets import SegmentRun, udpDatagram
+from vtwisted.slirp.packets import SegmentRun
+from vtwisted.slirp.udpforward import ForwardSocket
 from vtwisted.wire import ipv4
 
 log = Logger()
@@ -173,13 +174,7 @@ class UdpMapping(DatagramProtocol):
         reporter = dst if error.reporter in (None, host) \
             else network.guestAddress(error.reporter, self.v6)
         src, srcPort = self.guest
-        datagram = udpDatagram(src, dst, srcPort, port, error.payload[:512])
-        if self.v6:
-            header = struct.pack("!IHBB", 0x60000000, len(datagram), ipv4.PROTO_UDP, 64)
-            original = header + src + dst + datagram
-        else:
-            original = ipv4.packPlainHeader(0, src, dst, ipv4.PROTO_UDP, 20 + len(datagram), 64,
-                                            0x4000) + datagram
+        original = hosterrors.guestDatagram(src, srcPort, dst, port, error.payload)
         network.sendIcmpError(original, *mapped, reporter)
 
     def _sendSegments(self, run: SegmentRun, host: tuple[str, int], packet: bytes) -> bool:
@@ -283,36 +278,6 @@ class UdpMapping(DatagramProtocol):
                 sock.sendmsg([payload], [option], 0, host)
         except OSError as e:
             self._sendFailed(e, host, packet)
-
-
-class ForwardSocket(DatagramProtocol):
-    """
-    The host socket of one UDP port forward.
-    """
-
-    noisy = False
-
-    def __init__(self, engine: UdpNat, guest: bytes, guestPort: int) -> None:
-        self.engine = engine
-        self.guest = guest
-        self.guestPort = guestPort
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        network = self.engine.network
-        src = network.guestAddress(addr[0], len(self.guest) == 16)
-        self.engine.sessions[(self.guest, self.guestPort, src, addr[1])] = (self, addr)
-        network.sendUdp(src, self.guest, addr[1], self.guestPort, data)
-
-    def reply(self, payload: bytes, addr: Any) -> None:
-        """
-        Send the guest's answer back to the forward's client.
-        """
-        try:
-            self.transport.write(payload, addr)  # type: ignore[union-attr]
-        except OSError as e:
-            self.engine.network.dropped(
-                "peer", f"UDP forward to {hostEndpoint(addr[0], addr[1])}: {e.strerror} "
-                        f"(errno {e.errno})")
 
 
 class UdpNat:
