@@ -95,11 +95,12 @@ class CommandInterpreter:
         self.ops = ops
         self.commands = commands
 
-    def execute(self, line: str, depth: int = 0) -> Reply:
+    def execute(self, line: str, depth: int = 0, session: Any = None) -> Reply:
         """
         Run one command line.
 
         @param depth: how many C{load} scripts deep the line is.
+        @param session: the console session it came from, if any.
         """
         line = line.partition("\0")[0].lstrip(" \t").rstrip(" \t\r\n")
         if not line or line.startswith("#"):
@@ -109,7 +110,7 @@ class CommandInterpreter:
             unknown = SwitchError(errno.ENOSYS, f"unknown command {(line.split() or [line])[0]!r}")
             return Reply(fmt.resultLine(unknown.errno) + "\n", None, unknown)
         argument = line[len(command.path) :].lstrip(" \t")
-        context = CommandContext(self.ops, self, depth)
+        context = CommandContext(self.ops, self, depth, session)
         error: SwitchError | None = None
         try:
             lines = command.handler(context, argument) or []
@@ -117,7 +118,7 @@ class CommandInterpreter:
             return Reply("", command, None, e)
         except SwitchError as e:
             error = e
-            lines = [] if command.vde else [e.message]
+            lines = list(e.partial) if command.vde else [*e.partial, e.message]
         except Exception as e:
             log.failure("console command {line!r} failed", line=line)
             error = SwitchError(errno.EIO, f"internal error: {e}")
@@ -127,7 +128,7 @@ class CommandInterpreter:
         lines.append(fmt.resultLine(error.errno if error else 0))
         return Reply("\n".join(lines) + "\n", command, error)
 
-    def runScript(self, path: str, depth: int, echo: bool) -> list[str]:
+    def runScript(self, path: str, depth: int, echo: bool, session: Any = None) -> list[str]:
         """
         C{load PATH}: run every line of a file, each echoed as
         C{vde[PATH]: LINE} and followed by its reply.
@@ -140,7 +141,7 @@ class CommandInterpreter:
         for line in readScript(path):
             if echo:
                 output.append(f"vde[{path}]: {line}")
-            output.extend(self.execute(line, depth).text.splitlines())
+            output.extend(self.execute(line, depth, session).text.splitlines())
         return output
 
 
@@ -255,7 +256,8 @@ class ConsoleProtocol(Protocol):
 
     def _run(self, line: bytes) -> None:
         try:
-            reply = self.factory.interpreter.execute(line.decode("utf-8", "surrogateescape"))
+            reply = self.factory.interpreter.execute(line.decode("utf-8", "surrogateescape"),
+                                                     session=self)
         except Exception:
             log.failure("management console: the interpreter failed on {line!r}", line=line)
             self._write(fmt.resultLine(errno.EIO) + "\n" + fmt.PROMPT)
@@ -277,7 +279,16 @@ class ConsoleProtocol(Protocol):
             self._shutdown = True
             self.factory.shutdownSoon()
 
+    def debugLine(self, line: str) -> None:
+        """
+        A debug event this session listens to (C{debug/add}): write it
+        between replies, as vde_switch does.
+        """
+        if not self._ended:
+            self._write(line)
+
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self.factory.interpreter.ops.forgetDebugListener(self)
         self._ended = True
         self._buffer.clear()
         self._cancelFragment()

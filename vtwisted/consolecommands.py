@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 from vtwisted import consoleformat as fmt
 from vtwisted import errors
+from vtwisted.consoleargs import atoi, parseMac, scanIntegers
 
 if TYPE_CHECKING:
     from vtwisted.operations import SwitchOperations
 
-_LONG_MIN = -(1 << 63)
-_LONG_MAX = (1 << 63) - 1
 
 
 class EndSession(Exception):
@@ -56,12 +55,16 @@ class CommandContext:
     C{help} and C{load}).
 
     @ivar depth: how many C{load} scripts deep this command runs.
+    @ivar session: the console session that typed it (C{debug/add} writes
+        events there), if any.
     """
 
-    def __init__(self, ops: SwitchOperations, interpreter: Any, depth: int = 0) -> None:
+    def __init__(self, ops: SwitchOperations, interpreter: Any, depth: int = 0,
+                 session: Any = None) -> None:
         self.ops = ops
         self.interpreter = interpreter
         self.depth = depth
+        self.session = session
 
 
 Handler = Callable[[CommandContext, str], "list[str] | None"]
@@ -84,86 +87,6 @@ class Command:
     handler: Handler | None = None
     data: bool = False
     vde: bool = True
-
-
-# Argument parsing, as the C library does it
-
-
-def _cInt(value: int) -> int:
-    """
-    C{(int) strtol(...)}: clamp to C{long}, then keep the low 32 bits.
-    """
-    value = max(_LONG_MIN, min(_LONG_MAX, value))
-    value &= 0xFFFFFFFF
-    return value - (1 << 32) if value & 0x80000000 else value
-
-
-_DECIMAL = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)")
-_AUTO = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
-_HEX = re.compile(r"[ \t\n\v\f\r]*([+-]?)(?:0[xX])?([0-9a-fA-F]+)")
-
-
-def _scan(pattern: re.Pattern[str], text: str, pos: int, base: int) -> tuple[int, int] | None:
-    match = pattern.match(text, pos)
-    if match is None:
-        return None
-    sign, digits = match.groups()
-    if base == 0:
-        base = 16 if digits[1:2] in ("x", "X") else 8 if digits.startswith("0") else 10
-    value = int(digits, base)
-    return _cInt(-value if sign == "-" else value), match.end()
-
-
-def atoi(text: str) -> int:
-    """
-    C{atoi}: leading blanks, a sign, decimal digits; 0 if there are none.
-    """
-    scanned = _scan(_DECIMAL, text, 0, 10)
-    return 0 if scanned is None else scanned[0]
-
-
-def scanIntegers(text: str, count: int) -> list[int]:
-    """
-    C{sscanf(text, "%i %i ...")}: C{count} integers in C's notation
-    (C{0x1f} hexadecimal, C{017} octal), extra text ignored.
-
-    @raise SwitchError: C{EINVAL} if fewer than C{count} are there.
-    """
-    values = []
-    pos = 0
-    for _ in range(count):
-        scanned = _scan(_AUTO, text, pos, 0)
-        if scanned is None:
-            raise errors.invalid(f"expected {count} numbers in {text!r}")
-        value, pos = scanned
-        values.append(value)
-    return values
-
-
-def parseMac(text: str) -> tuple[bytes, int]:
-    """
-    C{hash/find}'s C{MAC [VLAN]}: six hex numbers separated by C{:} (or by
-    C{.} if there is no colon), then an optional decimal VLAN.
-
-    @raise SwitchError: C{EINVAL} if fewer than six numbers are there.
-    """
-    separator = ":" if ":" in text else "."
-    octets = []
-    pos = 0
-    for i in range(6):
-        scanned = _scan(_HEX, text, pos, 16)
-        if scanned is None:
-            break
-        octets.append(scanned[0] & 0xFF)
-        pos = scanned[1]
-        if i < 5:
-            if not text.startswith(separator, pos):
-                break
-            pos += 1
-    if len(octets) < 6:
-        raise errors.invalid(f"{text!r} is not a MAC address")
-    vlan = _scan(_DECIMAL, text, pos, 10)
-    return bytes(octets), 0 if vlan is None else vlan[0]
 
 
 def _optionalNumber(arg: str) -> int | None:
@@ -218,7 +141,7 @@ def _showInfo(ctx: CommandContext, arg: str) -> list[str]:
 
 
 def _load(ctx: CommandContext, arg: str) -> list[str]:
-    return ctx.interpreter.runScript(arg, ctx.depth + 1, echo=True)
+    return ctx.interpreter.runScript(arg, ctx.depth + 1, echo=True, session=ctx.session)
 
 
 def _dsShowInfo(ctx: CommandContext, arg: str) -> list[str]:
@@ -242,6 +165,10 @@ def _hashSetSize(ctx: CommandContext, arg: str) -> None:
 
 def _hashSetExpire(ctx: CommandContext, arg: str) -> None:
     ctx.ops.setMacExpiry(atoi(arg))
+
+
+def _hashSetGcInterval(ctx: CommandContext, arg: str) -> None:
+    ctx.ops.setGcInterval(atoi(arg))
 
 
 def _hashSetMinPersistence(ctx: CommandContext, arg: str) -> None:
@@ -395,6 +322,12 @@ def _slirp() -> Any:
     return commands
 
 
+def _debug() -> Any:
+    from vtwisted import debugcommands
+
+    return debugcommands
+
+
 def _fstp() -> Any:
     from vtwisted import fstpcommands
 
@@ -414,9 +347,22 @@ COMMANDS: Sequence[Command] = (
     Command("shutdown", "", "shutdown of the switch", _shutdown),
     Command("showinfo", "", "show switch version and info", _showInfo, data=True),
     Command("load", "path", "load a configuration script", _load),
+    _menu("debug", "DEBUG MENU"),
+    Command("debug/list", "", "list debug categories", lambda c, a: _debug().debugList(c, a),
+            data=True),
+    Command("debug/add", "dbgpath", "enable debug info for a given category",
+            lambda c, a: _debug().debugAdd(c, a)),
+    Command("debug/del", "dbgpath", "disable debug info for a given category",
+            lambda c, a: _debug().debugDel(c, a)),
+    _menu("plugin", "PLUGINS MENU"),
+    Command("plugin/list", "", "list plugins", lambda c, a: _debug().pluginList(c, a),
+            data=True),
+    Command("plugin/add", "library", "load a plugin", lambda c, a: _debug().pluginAdd(c, a)),
+    Command("plugin/del", "name", "unload a plugin", lambda c, a: _debug().pluginDel(c, a)),
     _menu("hash", "HASH TABLE MENU"),
     Command("hash/showinfo", "", "show hash info", _hashShowInfo, data=True),
     Command("hash/setsize", "N", "change hash size", _hashSetSize),
+    Command("hash/setgcint", "N", "change garbage collector interval", _hashSetGcInterval),
     Command("hash/setexpire", "N", "change hash entries expire time", _hashSetExpire),
     Command("hash/setminper", "N", "minimum persistence time", _hashSetMinPersistence),
     Command("hash/print", "", "print the hash table", _hashPrint, data=True),

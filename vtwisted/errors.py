@@ -13,7 +13,12 @@ class SwitchError(Exception):
     An operation on the switch failed.  C{errno} is the Linux error number
     the vde_switch console reports for the same failure (C{1022 Invalid
     argument} and so on).
+
+    @ivar partial: lines a console command printed before failing (in its
+        DATA block, as vde_switch's C{debug/list} does).
     """
+
+    partial: tuple[str, ...] = ()
 
     def __init__(self, code: int, message: str = "") -> None:
         self.errno = code

@@ -25,7 +25,7 @@ routes then (see L{vtwisted.switch}).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 DEFAULT_CAPACITY = 16384
@@ -77,6 +77,10 @@ class MacTable:
         self.movesRefused = 0
         #: Called after every change to where an address leads.
         self.onChange: Callable[[], None] = _nothing
+        #: While set, told (VLAN id, MAC, port) of each address learned and
+        #: of each one forgotten (debug events).
+        self.onLearned: Callable[[int, bytes, Any], None] | None = None
+        self.onForgotten: Callable[[int, bytes, Any], None] | None = None
 
     def forVlan(self, vid: int) -> dict[bytes, MacEntry]:
         """
@@ -108,13 +112,29 @@ class MacTable:
         table[mac] = MacEntry(port, now)
         self.size += 1
         self.onChange()
+        if self.onLearned is not None:
+            self.onLearned(self._vidOf(table), mac, port)
+
+    def _vidOf(self, table: dict[bytes, MacEntry]) -> int:
+        return next(vid for vid, t in self.tables.items() if t is table)
+
+    def _forgetting(self, table: dict[bytes, MacEntry], macs: Iterable[bytes]) -> None:
+        """
+        Report C{macs} of C{table} as forgotten, if anyone listens.
+        """
+        if self.onForgotten is not None:
+            vid = self._vidOf(table)
+            for mac in macs:
+                self.onForgotten(vid, mac, table[mac].port)
 
     def _evictFor(self, table: dict[bytes, MacEntry]) -> None:
         """
         Make room for one entry in C{table}, preferring its own oldest entry.
         """
         victim = table if table else max(self.tables.values(), key=len)
-        del victim[next(iter(victim))]
+        oldest = next(iter(victim))
+        self._forgetting(victim, (oldest,))
+        del victim[oldest]
         self.size -= 1
         self.evictions += 1
 
@@ -135,6 +155,7 @@ class MacTable:
         removed = 0
         for table in self.tables.values():
             old = [mac for mac, entry in table.items() if entry.seen < limit]
+            self._forgetting(table, old)
             for mac in old:
                 del table[mac]
             removed += len(old)
@@ -154,10 +175,12 @@ class MacTable:
         tables = self.tables.values() if vid is None else [self.forVlan(vid)]
         for table in tables:
             if port is None:
+                self._forgetting(table, list(table))
                 removed += len(table)
                 table.clear()
                 continue
             gone = [mac for mac, entry in table.items() if entry.port is port]
+            self._forgetting(table, gone)
             for mac in gone:
                 del table[mac]
             removed += len(gone)

@@ -89,8 +89,17 @@ class VlanTree:
         self.designatedPort = b"\x00\x00"
         self.rootPort: SwitchPort | None = None
         self.rootSeen = 0
+        self.event("fstp/root", 0, f" -> {formatId(self.root)}")
         for port in list(self.backup):
             self._forward(port)
+
+    def event(self, category: str, number: int, text: str = "") -> None:
+        """
+        Report a debug event about port C{number} in this VLAN.
+        """
+        vid = self.vlan.vid
+        self.stp.switch.events.emit(
+            category, f"Port {number:04d} VLAN {vid >> 8:02x}:{vid & 0xFF:02x}{text}")
 
     @property
     def vector(self) -> bytes:
@@ -177,6 +186,8 @@ class VlanTree:
         heard = self.heard[0] | self.heard[1]
         for port in [p for p in self.backup if p not in heard]:
             self._forward(port)
+        for port in self.heard[index] - self.heard[1 - index]:
+            self.event("fstp/-", port.number)
         self.heard[index].clear()
 
     # BPDUs
@@ -210,6 +221,8 @@ class VlanTree:
         """
         if port.number in self.edge or port not in self.members:
             return
+        if port not in self.heard[0] and port not in self.heard[1]:
+            self.event("fstp/+", port.number)
         self.heard[heardIndex].add(port)
         if message.flags & wire.TC:
             self.topologyChange(port)
@@ -235,6 +248,7 @@ class VlanTree:
         self.root, self.rootCost = message.root, cost
         self.designated, self.designatedPort = message.bridge, message.portId
         self.rootPort, self.rootSeen = port, now
+        self.event("fstp/root", port.number, f" -> {formatId(self.root)}")
         if changed:
             log.info("FSTP: VLAN {vid}: the root is now {root}, through {port}",
                      vid=self.vlan.vid, root=formatId(self.root), port=port.describe())
@@ -409,6 +423,10 @@ class FastSpanningTree:
             vlan.discarding.discard(port)
         vlan.rebuild()
         self.switch.forgetRoutes()
+        vid = vlan.vid
+        self.switch.events.emit(
+            "fstp/status", f"Port {port.number:04d} VLAN {vid >> 8:02x}:{vid & 0xFF:02x} "
+                           f"{'discarding' if discarding else 'learning+forwarding'}")
         log.info("FSTP: VLAN {vid}: {port} is {state}", vid=vlan.vid, port=port.describe(),
                  state="discarding" if discarding else "forwarding")
 

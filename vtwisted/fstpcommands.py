@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from vtwisted import consoleformat as fmt
-from vtwisted.consolecommands import atoi, scanIntegers
+from vtwisted.consoleargs import atoi, scanIntegers
 
 
 def showInfo(ctx: Any, arg: str) -> list[str]:

@@ -46,7 +46,6 @@ from vtwisted.status import (
     VlanMember,
     VlanStatus,
 )
-from vtwisted.switch import GC_INTERVAL
 from vtwisted.vlans import MAX_USER_VID, NOVLAN
 from vtwisted.wire.ethernet import formatMac
 
@@ -163,7 +162,7 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
         fdb = self.switch.fdb
         return MacTableInfo(
             buckets=self.macBuckets,
-            gcInterval=GC_INTERVAL,
+            gcInterval=self.switch.gcInterval,
             expiry=fdb.expiry,
             minPersistence=fdb.minPersistence,
             capacity=fdb.capacity,
@@ -192,6 +191,13 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
         if seconds < 0:
             raise errors.invalid(f"expiry {seconds} must not be negative")
         self.switch.fdb.expiry = seconds
+
+    def setGcInterval(self, seconds: int) -> None:
+        """
+        Sweep the MAC table for expired entries every C{seconds} (at least
+        every second: vde_switch takes any number here).
+        """
+        self.switch.gcInterval = seconds
 
     def setMinPersistence(self, seconds: int) -> None:
         """
@@ -349,6 +355,34 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
             ports = [p for p in [self.switch.ports.get(number)] if p is not None]
         for port in ports:
             port.counters.reset()
+
+    # Debug events
+
+    def debugCategories(self, listener: Any, prefix: str = "") -> list[tuple[str, int, bool, str]]:
+        """
+        (path, tag, listened to by C{listener}, help) of each debug category
+        starting with C{prefix}.
+        """
+        return self.switch.events.rows(listener, prefix)
+
+    def addDebugListener(self, listener: Any, prefix: str = "") -> None:
+        """
+        Send C{listener.debugLine} the events of every category starting
+        with C{prefix}.
+        """
+        self.switch.events.add(listener, prefix)
+
+    def removeDebugListener(self, listener: Any, prefix: str = "") -> None:
+        """
+        Stop sending C{listener} the events of those categories.
+        """
+        self.switch.events.remove(listener, prefix)
+
+    def forgetDebugListener(self, listener: Any) -> None:
+        """
+        C{listener} is gone: stop sending it anything.
+        """
+        self.switch.events.forget(listener)
 
     # VLANs
 

@@ -42,9 +42,11 @@ from typing import TYPE_CHECKING
 from zope.interface import implementer
 
 from vtwisted import errors
+from vtwisted.debugevents import DebugEvents
 from vtwisted.fdb import MacTable
 from vtwisted.forms import Forms
 from vtwisted.interfaces import ILink, ISwitch
+from vtwisted.porttable import PortTable
 from vtwisted.switchport import SwitchPort
 from vtwisted.vlans import Vlan, VlanRegistry
 from vtwisted.wire import vlan as vlanwire
@@ -67,7 +69,7 @@ _routeBounds = vnetcheck.routeBounds
 
 
 @implementer(ISwitch)
-class Switch:
+class Switch(PortTable):
     """
     A learning Ethernet switch with VLANs, or a hub.
 
@@ -76,6 +78,7 @@ class Switch:
     @ivar now: coarse time in whole seconds, set by L{tick}.
     @ivar mac: the switch's own address (BPDUs, C{showinfo}).
     @ivar stp: the spanning tree while it runs (see L{vtwisted.fstp}).
+    @ivar events: the debug events console sessions listen to.
     """
 
     def __init__(
@@ -100,94 +103,21 @@ class Switch:
         self.vlans.onChange = self._membershipChanged
         self.mac = mac if mac is not None else b"\x00\xff" + os.urandom(4)
         self.stp: FastSpanningTree | None = None
+        self.events = DebugEvents()
+        self.events.onChange = lambda: self.events.wire(self.fdb)
         self._spanningTree: FastSpanningTree | None = None
         self._routed: set[SwitchPort] = set()
         self.now = 0
+        #: Seconds between sweeps of the MAC table (C{hash/setgcint}).
+        self.gcInterval = GC_INTERVAL
         self._lastSweep = 0
         self._hubTargets: tuple[SwitchPort, ...] = ()
-
-    # Ports
-
-    def allocatePort(self, number: int | None = None, uid: int | None = None) -> SwitchPort:
-        """
-        Find or create the port a new link should join; see L{ISwitch}.
-        """
-        if number is None:
-            return self._anonymousPort()
-        if not 0 <= number < self.numPorts:
-            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
-        port = self.ports.get(number)
-        if port is None:
-            return self._createPort(number, allocatable=True)
-        if port.links and uid is not None and port.currentUser not in (None, uid):
-            raise errors.busy(f"port {number} is in use by another user")
-        port.checkAccess(uid)
-        return port
-
-    def _anonymousPort(self) -> SwitchPort:
-        for number in range(1, self.numPorts):
-            port = self.ports.get(number)
-            if port is None:
-                return self._createPort(number, allocatable=True)
-            if not port.links and port.allocatable and port.user is None and port.group is None:
-                return port
-        raise errors.SwitchError(28, f"all {self.numPorts - 1} ports are in use")
-
-    def _createPort(self, number: int, allocatable: bool) -> SwitchPort:
-        port = self.ports[number] = SwitchPort(number, allocatable)
-        port.onChange = self.forgetRoutes
-        self.vlans.join(port, 0)
-        return port
-
-    def createPort(self, number: int) -> SwitchPort:
-        """
-        Create an inactive port only explicit requests may use
-        (C{port/create}).
-        """
-        if not 0 <= number < self.numPorts:
-            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
-        if number in self.ports:
-            raise errors.exists(f"port {number} exists")
-        return self._createPort(number, allocatable=False)
-
-    def removePort(self, number: int) -> None:
-        """
-        Remove an inactive port and its configuration (C{port/remove}).
-        """
-        port = self.port(number)
-        if port.links:
-            raise errors.busy(f"port {number} is active")
-        self.vlans.leaveAll(port)
-        del self.ports[number]
-        self.forgetRoutes()
-
-    def port(self, number: int) -> SwitchPort:
-        """
-        An existing port.
-
-        @raise vtwisted.errors.SwitchError: out of range or missing.
-        """
-        if not 0 <= number < self.numPorts:
-            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
-        port = self.ports.get(number)
-        if port is None:
-            raise errors.missing(f"port {number} does not exist")
-        return port
-
-    def setNumPorts(self, numPorts: int) -> None:
-        """
-        Change the number of ports (C{port/setnumports}).
-        """
-        if numPorts <= 0:
-            raise errors.invalid("the number of ports must be positive")
-        if any(number >= numPorts for number in self.ports):
-            raise errors.busy(f"a port numbered {numPorts} or more exists")
-        self.numPorts = numPorts
 
     def attach(self, port: SwitchPort, link: ILink) -> None:
         """
         Plug C{link} into C{port}.
         """
+        self.events.linkAdded(port.number, link, first=not port.links)
         port.links.insert(0, link)
         port.rewire()
         self._activityChanged(port)
@@ -199,6 +129,7 @@ class Switch:
         if link not in port.links:
             return
         port.links.remove(link)
+        self.events.linkRemoved(port.number, link, last=not port.links)
         port.rewire()
         if not port.links:
             self.fdb.flush(port)
@@ -271,7 +202,7 @@ class Switch:
         """
         self.now = now
         self.forgetRoutes()
-        if now - self._lastSweep >= GC_INTERVAL:
+        if now - self._lastSweep >= max(self.gcInterval, 1):
             self._lastSweep = now
             self.fdb.expire(now)
         if self.stp is not None:

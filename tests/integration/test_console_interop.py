@@ -19,6 +19,7 @@ C{help} lists only the commands we have, plus ours.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -205,10 +206,7 @@ def test_helpListsVdeRowsVerbatim(realSwitch, ourSwitch) -> None:
     extras = [p for p in ourPaths if p not in realPaths]
     assert extras == ["hash/stats", "port/stats", "port/specs", "port/add", "port/del", "slirp",
                       "slirp/print", "slirp/hostfwd_add", "slirp/hostfwd_remove"]
-    assert set(realPaths) - set(ourPaths) == {
-        "debug", "debug/list", "debug/add", "debug/del", "plugin", "plugin/list", "plugin/add",
-        "plugin/del", "hash/setgcint",
-    }
+    assert set(realPaths) - set(ourPaths) == set(), "every vde_switch command is there"
 
 
 def test_bannerAndLogoutBytes(realSwitch, ourSwitch) -> None:
@@ -365,3 +363,53 @@ def test_fstpRepliesMatchVdeSwitch(vswitch, processes, shortdir) -> None:
     vswitch("--mgmt", str(ourMgmt), "--macaddr", "02:00:00:00:00:07")
     waitFor(lambda: socketListening(realMgmt) and socketListening(ourMgmt), what="consoles")
     assertSameTranscripts(transcript(realMgmt, FSTP_SCRIPT), transcript(ourMgmt, FSTP_SCRIPT))
+
+
+#: The debug and plugin menus, and hash/setgcint, on a fresh session.
+DEBUG_SCRIPT = [
+    "debug/list", "debug/list port", "debug/list zz", "debug/del port", "debug/add zz",
+    "debug/add port", "debug/add port", "debug/list", "debug/del zz", "debug/del port",
+    "debug/del port", "debug/add fstp/s", "debug/list fstp", "debug/add", "debug/add",
+    "debug/list", "debug/del", "plugin/list", "plugin/list x", "plugin/add", "plugin/del x",
+    "plugin/del", "hash/setgcint 5", "hash/showinfo", "hash/setgcint abc", "hash/showinfo",
+    "hash/setgcint 2",
+]
+
+
+def test_debugAndPluginMenusMatchVdeSwitch(realSwitch, ourSwitch) -> None:
+    """debug/*, plugin/* and hash/setgcint answer as vde_switch's do."""
+    assertSameTranscripts(transcript(realSwitch.mgmt, DEBUG_SCRIPT),
+                          transcript(ourSwitch.mgmt, DEBUG_SCRIPT))
+
+
+def debugLines(mgmt: Path, sock: Path, processes) -> list[str]:
+    """
+    Listen to every debug event while a vde_plug client joins, sends a
+    broadcast and leaves; the event lines, with descriptors and pids made
+    alike.
+    """
+    client = ConsoleClient(mgmt, timeout=0.5)
+    client.command("debug/add")
+    plug = StreamPlug(processes, f"vde://{sock}", "--descr=dbg-client")
+    waitFor(lambda: b"Port 0001" in ConsoleClient(mgmt).command("port/print"), what="client")
+    plug.send(frame(b"\xff" * 6, SENDER))
+    time.sleep(0.5)
+    processes.stop(plug.process)
+    time.sleep(0.5)
+    data = b""
+    with contextlib.suppress(TimeoutError, socket.timeout):
+        while chunk := client.socket.recv(65536):
+            data += chunk
+    client.close()
+    text = re.sub(r"FD +\d+", "FD N", data.decode())
+    text = re.sub(r"pid=\d+", "pid=P", text)
+    return [line for line in text.splitlines() if line.startswith("3")]
+
+
+def test_debugEventsMatchVdeSwitch(realSwitch, ourSwitch, processes) -> None:
+    """A client's life shows as the same debug event lines as with vde_switch."""
+    need("vde_plug")
+    real = debugLines(realSwitch.mgmt, realSwitch.sock, processes)
+    ours = debugLines(ourSwitch.mgmt, ourSwitch.sock, processes)
+    assert real == ours
+    assert ours[0] == "3021 port/+ 01" and "3011 hash/+ 02:00:00:00:00:0a VLAN 00:00 Port 1" in ours

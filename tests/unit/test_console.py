@@ -19,7 +19,8 @@ from twisted.logger import globalLogPublisher
 
 from vtwisted import console, consolecommands
 from vtwisted.console import CommandInterpreter, ConsoleFactory
-from vtwisted.consolecommands import COMMANDS, atoi, parseMac, scanIntegers
+from vtwisted.consoleargs import atoi, parseMac, scanIntegers
+from vtwisted.consolecommands import COMMANDS
 from vtwisted.consoleservice import RcFileService
 from vtwisted.errors import SwitchError
 from vtwisted.testing import FakeLink, frame, plug
@@ -432,10 +433,10 @@ def test_interpreterFailureIsAnsweredAndTheSessionGoesOn(factory, monkeypatch) -
     session = Session(factory)
     real = factory.interpreter.execute
 
-    def failing(line: str, depth: int = 0) -> console.Reply:
+    def failing(line: str, depth: int = 0, session: object = None) -> console.Reply:
         if line == "boom":
             raise RuntimeError("interpreter bug")
-        return real(line, depth)
+        return real(line, depth, session)
 
     monkeypatch.setattr(factory.interpreter, "execute", failing)
     logged: list[dict] = []

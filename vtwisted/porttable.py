@@ -1,0 +1,109 @@
+"""
+The numbered ports of a switch: finding one for a new link, creating and
+removing them, as vde_switch numbers and allocates them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vtwisted import errors
+from vtwisted.switchport import SwitchPort
+
+if TYPE_CHECKING:
+    from vtwisted.vlans import VlanRegistry
+
+
+class PortTable:
+    """
+    The port half of L{vtwisted.switch.Switch}.
+
+    @ivar ports: port number to L{SwitchPort}, for ports that exist.
+    @ivar numPorts: how many port numbers there are (0 to C{numPorts - 1}).
+    """
+
+    ports: dict[int, SwitchPort]
+    numPorts: int
+    vlans: VlanRegistry
+
+    def forgetRoutes(self) -> None:
+        """
+        Drop every remembered route (the switch does it).
+        """
+        raise NotImplementedError
+
+    def allocatePort(self, number: int | None = None, uid: int | None = None) -> SwitchPort:
+        """
+        Find or create the port a new link should join; see L{ISwitch}.
+        """
+        if number is None:
+            return self._anonymousPort()
+        if not 0 <= number < self.numPorts:
+            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
+        port = self.ports.get(number)
+        if port is None:
+            return self._createPort(number, allocatable=True)
+        if port.links and uid is not None and port.currentUser not in (None, uid):
+            raise errors.busy(f"port {number} is in use by another user")
+        port.checkAccess(uid)
+        return port
+
+    def _anonymousPort(self) -> SwitchPort:
+        for number in range(1, self.numPorts):
+            port = self.ports.get(number)
+            if port is None:
+                return self._createPort(number, allocatable=True)
+            if not port.links and port.allocatable and port.user is None and port.group is None:
+                return port
+        raise errors.SwitchError(28, f"all {self.numPorts - 1} ports are in use")
+
+    def _createPort(self, number: int, allocatable: bool) -> SwitchPort:
+        port = self.ports[number] = SwitchPort(number, allocatable)
+        port.onChange = self.forgetRoutes
+        self.vlans.join(port, 0)
+        return port
+
+    def createPort(self, number: int) -> SwitchPort:
+        """
+        Create an inactive port only explicit requests may use
+        (C{port/create}).
+        """
+        if not 0 <= number < self.numPorts:
+            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
+        if number in self.ports:
+            raise errors.exists(f"port {number} exists")
+        return self._createPort(number, allocatable=False)
+
+    def removePort(self, number: int) -> None:
+        """
+        Remove an inactive port and its configuration (C{port/remove}).
+        """
+        port = self.port(number)
+        if port.links:
+            raise errors.busy(f"port {number} is active")
+        self.vlans.leaveAll(port)
+        del self.ports[number]
+        self.forgetRoutes()
+
+    def port(self, number: int) -> SwitchPort:
+        """
+        An existing port.
+
+        @raise vtwisted.errors.SwitchError: out of range or missing.
+        """
+        if not 0 <= number < self.numPorts:
+            raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
+        port = self.ports.get(number)
+        if port is None:
+            raise errors.missing(f"port {number} does not exist")
+        return port
+
+    def setNumPorts(self, numPorts: int) -> None:
+        """
+        Change the number of ports (C{port/setnumports}).
+        """
+        if numPorts <= 0:
+            raise errors.invalid("the number of ports must be positive")
+        if any(number >= numPorts for number in self.ports):
+            raise errors.busy(f"a port numbered {numPorts} or more exists")
+        self.numPorts = numPorts
