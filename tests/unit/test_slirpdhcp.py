@@ -345,3 +345,23 @@ def test_noAddressIsEverGivenToTwoClients(
     leased = server.leases()
     assert len({address for _, address in leased}) == len(leased)
     assert set(owners.items()) <= {(a, m) for m, a in leased}
+
+
+def test_bootfileAndTftpServerNameForPxe() -> None:
+    """bootfile= fills the file field; tftp-server-name= is option 66, between 15 and 119."""
+    server = makeServer(domain="lab", searchDomains=["lab"], bootfile="pxelinux.0",
+                        tftpServerName="10.0.2.2")
+    offer = exchange(server, clientMessage(dhcp.DISCOVER, mac(1)))
+    assert offer is not None
+    assert offer.file == b"pxelinux.0".ljust(128, b"\0")
+    codes = [code for code, _ in offer.options]
+    assert codes[-3:] == [dhcp.OPT_DOMAIN_NAME, dhcp.OPT_TFTP_SERVER, dhcp.OPT_DOMAIN_SEARCH]
+    assert dict(offer.options)[dhcp.OPT_TFTP_SERVER] == b"10.0.2.2"
+
+
+def test_httpBootfileAddsTheHttpClientVendorClass() -> None:
+    """An http:// boot file is announced with vendor class HTTPClient (UEFI HTTP boot)."""
+    offer = exchange(makeServer(bootfile="http://10.0.2.2/boot.efi"),
+                     clientMessage(dhcp.DISCOVER, mac(1)))
+    assert offer is not None
+    assert dict(offer.options)[dhcp.OPT_VENDOR_CLASS] == b"HTTPClient"

@@ -178,8 +178,13 @@ class SlirpService(Service):
             gateway=config.gateway, nameserver=config.nameserver, netmask=config.netmask,
             poolStart=config.poolStart, restricted=config.restricted,
             hostname=config.hostname, domain=config.domain,
-            searchDomains=config.searchDomains,
+            searchDomains=config.searchDomains, bootfile=config.bootfile,
+            tftpServerName=config.tftpServerName,
         )
+        if config.tftpRoot is not None:
+            from vtwisted.slirp.tftp import TftpServer
+
+            router.tftp = TftpServer(router, config.tftpRoot, self.reactor)
         self.tcp = router.tcp = TcpNat(router, self.reactor)
         self.udp = router.udp = UdpNat(router, self.reactor)
         self.icmp = router.icmp = IcmpNat(router, self.reactor)
@@ -271,6 +276,8 @@ class SlirpService(Service):
                 engine.close()
         if self.router is not None:
             self.router.fragments.close()
+            if self.router.tftp is not None:
+                self.router.tftp.close()
             if self.router.v6 is not None:
                 self.router.v6.close()
         self.link = self.router = self.tcp = self.udp = self.icmp = self.icmp6 = None

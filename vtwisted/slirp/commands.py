@@ -116,6 +116,8 @@ def describe(svc: Any) -> list[str]:
                  f"{tcp.timeouts} timed out")
     lines += [" " + line for line in tcp.describe()]
     lines += [" " + line for line in svc.udp.describe()]
+    if router.tftp is not None:
+        lines += [" " + line for line in router.tftp.describe()]
     for engine in (svc.icmp, svc.icmp6):
         if engine is not None:
             lines += [" " + line for line in engine.describe()]

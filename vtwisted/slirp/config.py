@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import stat
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -91,6 +92,9 @@ class SlirpConfig(NamedTuple):
     @ivar forwards: the host port forwards at start-up.
     @ivar resolver: the host's DNS server, or L{None} to read resolv.conf.
     @ivar resolverPort: its port.
+    @ivar tftpRoot: the directory the TFTP server serves, if any.
+    @ivar bootfile: the boot file DHCP names (PXE), if any.
+    @ivar tftpServerName: DHCP's option 66, if given.
     """
 
     network: ipaddress.IPv4Network
@@ -108,6 +112,9 @@ class SlirpConfig(NamedTuple):
     network6: ipaddress.IPv6Network | None = None
     guestForwards: tuple[GuestForward, ...] = ()
     hostLoopback: bool = True
+    tftpRoot: str | None = None
+    bootfile: str | None = None
+    tftpServerName: str | None = None
 
     @property
     def gateway6(self) -> bytes | None:
@@ -212,7 +219,24 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         network, gateway, nameserver, poolStart, spec.boolean("restrict", False), mtu,
         forwards, resolver, resolverPort, spec.string("hostname"), spec.string("domain"),
         search, _network6(spec), guestForwards, spec.boolean("hostloopback", True),
+        _tftpRoot(spec), spec.string("bootfile"), spec.string("tftp-server-name"),
     )
+
+
+def _tftpRoot(spec: PortSpec) -> str | None:
+    """
+    The C{tftp=} directory, checked now so that a typo fails at start-up.
+    """
+    root = spec.string("tftp")
+    if root is None:
+        return None
+    try:
+        mode = os.stat(root).st_mode
+    except OSError as e:
+        raise spec.error(f"tftp={root}: {e.strerror} (errno {e.errno})") from None
+    if not stat.S_ISDIR(mode):
+        raise spec.error(f"tftp={root}: not a directory")
+    return os.path.abspath(root)
 
 
 def _guestForward(spec: PortSpec, text: str, network: ipaddress.IPv4Network,

@@ -72,8 +72,13 @@ class DhcpServer:
         hostname: str | None = None,
         domain: str | None = None,
         searchDomains: Iterable[str] = (),
+        bootfile: str | None = None,
+        tftpServerName: str | None = None,
     ) -> None:
         """
+        @param bootfile: the boot file (the C{file} field; option 60
+            C{HTTPClient} too if it is an C{http://} URL), for PXE.
+        @param tftpServerName: option 66.
         @param hostname: the host name (option 12) to give the client.
         @param domain: the domain name (option 15) to give the client.
         @param searchDomains: the domain search list (option 119).
@@ -93,7 +98,9 @@ class DhcpServer:
         self.leaseTime = leaseTime
         self.restricted = restricted
         self._owners: list[bytes | None] = [None] * poolSize
-        self._extras = self._fitting(_configured(hostname, domain, searchDomains))
+        self._extras = self._fitting(_configured(hostname, domain, searchDomains,
+                                                 tftpServerName, bootfile))
+        self._file = (bootfile or "").encode("latin-1")[:127].ljust(128, b"\0")
 
     def handle(self, message: DHCPMessage) -> DHCPMessage | None:
         """
@@ -208,7 +215,7 @@ class DhcpServer:
         return DHCPMessage(
             op=dhcp.BOOTREPLY, htype=dhcp.HTYPE_ETHERNET, hlen=6, hops=0, xid=request.xid,
             secs=0, flags=0, ciaddr=_ZERO, yiaddr=address, siaddr=self.gateway, giaddr=_ZERO,
-            chaddr=request.chaddr, sname=bytes(64), file=bytes(128), options=tuple(options),
+            chaddr=request.chaddr, sname=bytes(64), file=self._file, options=tuple(options),
         )
 
 
@@ -224,9 +231,10 @@ def _requestedAddress(message: DHCPMessage) -> bytes | None:
     return None if wanted == _ZERO else wanted
 
 
-def _configured(hostname: str | None, domain: str | None, search: Iterable[str]) -> list[Option]:
+def _configured(hostname: str | None, domain: str | None, search: Iterable[str],
+                tftpServerName: str | None = None, bootfile: str | None = None) -> list[Option]:
     """
-    The optional options, in libslirp's order: 12, 15, 119.
+    The optional options, in libslirp's order: 12, 15, 66, 119, 60.
 
     @raise ValueError: a name is not ASCII or not a domain name.
     """
@@ -235,7 +243,11 @@ def _configured(hostname: str | None, domain: str | None, search: Iterable[str])
         options.append((dhcp.OPT_HOST_NAME, hostname.encode("ascii")))
     if domain:
         options.append((dhcp.OPT_DOMAIN_NAME, domain.encode("ascii")))
+    if tftpServerName:
+        options.append((dhcp.OPT_TFTP_SERVER, tftpServerName.encode("ascii")))
     search = list(search)
     if search:
         options.append((dhcp.OPT_DOMAIN_SEARCH, dhcp.packDomainSearch(search)))
+    if bootfile and bootfile.startswith("http://"):
+        options.append((dhcp.OPT_VENDOR_CLASS, b"HTTPClient"))
     return options

@@ -128,6 +128,7 @@ class SlirpRouter:
         self.tcp: Any = None
         self.udp: Any = None
         self.dhcp: Any = None
+        self.tftp: Any = None
         self.icmp: Any = None
         self.icmp6: Any = None
         self.fragments = Reassembler(reactor, self.dropped)
@@ -437,6 +438,9 @@ class SlirpRouter:
             self._dhcpReceived(payload, packet)
             return
         if dst == _ALL_ONES or dst == self.broadcast or dst[0] >= 224:
+            return
+        if udp.dstPort == 69 and dst == self.gateway and self.tftp is not None:
+            self.tftp.datagramReceived(header.src, udp.srcPort, payload)
             return
         self.udp.datagramReceived(header.src, udp.srcPort, dst, udp.dstPort, payload, packet)
 

@@ -1,0 +1,56 @@
+"""
+The slirp port's TFTP server with a real client: busybox's tftp and udhcpc
+in a namespace behind a TAP, as a network boot would use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from helpers import execIn, need, needRoot, run
+from test_slirp import guestBehindSlirp
+
+pytestmark = pytest.mark.integration
+
+#: udhcpc's script printing what a PXE loader reads from the lease.
+BOOT_SCRIPT = """#!/bin/sh
+[ "$1" = bound ] && echo "boot=$boot_file siaddr=$siaddr"
+exit 0
+"""
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+    need("busybox")
+
+
+def test_guestBootsTheWayPxeDoes(vswitch, namespaces, shortdir) -> None:
+    """
+    DHCP names the boot file and the server; busybox's tftp fetches it from
+    10.0.2.2 whole, with the default and with a large block size, and a name
+    outside the root is refused.
+    """
+    root = shortdir / "tftp"
+    root.mkdir()
+    content = os.urandom(300_000)
+    (root / "pxelinux.0").write_bytes(content)
+    _, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir,
+                                f":tftp={root}:bootfile=pxelinux.0")
+    script = shortdir / "boot.sh"
+    script.write_text(BOOT_SCRIPT)
+    script.chmod(0o755)
+    lease = run(*execIn(ns, "sh", "-c", f"busybox udhcpc -i $(ls /sys/class/net | grep -v lo) "
+                                         f"-n -q -f -t 5 -T 1 -s {script}"), timeout=30)
+    assert "boot=pxelinux.0 siaddr=10.0.2.2" in lease.stdout
+    for blockOption in ([], ["-b", "1400"]):
+        target = shortdir / f"got{len(blockOption)}"
+        got = run(*execIn(ns, "busybox", "tftp", "-g", *blockOption, "-r", "pxelinux.0",
+                          "-l", str(target), "10.0.2.2"), check=False, timeout=60)
+        assert got.returncode == 0, got.stderr
+        assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(content).digest()
+    refused = run(*execIn(ns, "busybox", "tftp", "-g", "-r", "../tftp/pxelinux.0", "-l",
+                          str(shortdir / "no"), "10.0.2.2"), check=False, timeout=60)
+    assert refused.returncode != 0 and "access violation" in refused.stderr
