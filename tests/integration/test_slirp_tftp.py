@@ -9,7 +9,8 @@ import hashlib
 import os
 
 import pytest
-from helpers import execIn, need, needRoot, run
+from helpers import execIn, need, needRoot, run, waitFor
+from taphelpers import console
 from test_slirp import guestBehindSlirp
 
 pytestmark = pytest.mark.integration
@@ -54,3 +55,45 @@ def test_guestBootsTheWayPxeDoes(vswitch, namespaces, shortdir) -> None:
     refused = run(*execIn(ns, "busybox", "tftp", "-g", "-r", "../tftp/pxelinux.0", "-l",
                           str(shortdir / "no"), "10.0.2.2"), check=False, timeout=60)
     assert refused.returncode != 0 and "access violation" in refused.stderr
+
+
+#: iPXE scripts: the boot file fetches a blob, then chains a second script
+#: from the server DHCP named.
+FIRST_SCRIPT = """#!ipxe
+imgfetch tftp://${next-server}/blob
+chain tftp://${next-server}/second.ipxe
+"""
+SECOND_SCRIPT = """#!ipxe
+echo done
+"""
+
+
+def test_qemuNetworkBootsThroughSlirp(vswitch, processes, shortdir) -> None:
+    """
+    QEMU's own network boot firmware (iPXE) gets its lease and boot file by
+    DHCP and fetches the script, a 500 KB blob and a chained script by TFTP.
+    """
+    need("qemu-system-x86_64")
+    root = shortdir / "tftp"
+    root.mkdir()
+    (root / "boot.ipxe").write_text(FIRST_SCRIPT)
+    (root / "second.ipxe").write_text(SECOND_SCRIPT)
+    blob = os.urandom(500_000)
+    (root / "blob").write_bytes(blob)
+    sock, mgmt = shortdir / "vm.sock", shortdir / "mgmt"
+    sw = vswitch("--mgmt", str(mgmt), "--port", f"qemu:unix:{sock}",
+                 "--port", f"slirp:tftp={root}:bootfile=boot.ipxe")
+    qemu = processes.start([
+        "qemu-system-x86_64", "-display", "none", "-accel", "tcg", "-m", "128",
+        "-monitor", "none", "-serial", "none", "-no-reboot",
+        "-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
+        "-device", "e1000,netdev=n0,mac=52:54:00:76:74:42,bootindex=1",
+    ])
+    try:
+        waitFor(lambda: "3 files sent" in console(mgmt, "slirp/print"), timeout=90,
+                what="iPXE's three TFTP transfers")
+    finally:
+        processes.stop(qemu)
+    log = sw.logText()
+    assert "sent boot.ipxe" in log and "sent second.ipxe" in log
+    assert f"sent blob ({len(blob)} bytes)" in log
