@@ -473,12 +473,13 @@ def startGuest(
     nic: str = "virtio-net-pci",
     memory: int = 256,
     extraArgs: list[str] | None = None,
+    wrapper: list[str] | None = None,
 ) -> Guest:
     """
     Boot a guest whose NIC (C{nic}, with C{mac}) is attached to the netdev
     that C{netdevArgs} define (e.g. C{["-netdev", "vde,id=n0,sock=DIR"]}),
-    running C{script} with busybox C{sh}. Returns at once; call
-    L{Guest.wait}.
+    running C{script} with busybox C{sh}; C{wrapper} goes before QEMU's
+    command (C{ip netns exec NS}). Returns at once; call L{Guest.wait}.
     """
     kernel, baseInitrd = guestImage()
     if directory is None:
@@ -495,6 +496,7 @@ def startGuest(
     serial = directory / f"{name}.console"
     serial.write_bytes(b"")
     argv = [
+        *(wrapper or []),
         "qemu-system-x86_64",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-accel", "tcg", "-m", str(memory), "-smp", "1",

@@ -47,3 +47,10 @@ slirp = PortType(
     "user-mode NAT like qemu -netdev user, for every guest on the LAN: DHCP, DNS, TCP, UDP, "
     "ICMP, IPv6 (ipv6=off, net6=), port forwards, guestfwd=ADDR\\:PORT-ENDPOINT",
 )
+
+mcast = PortType(
+    "mcast",
+    "vtwisted.ports.mcast",
+    "mcast:GROUP:PORT[:localaddr=ADDR][:ttl=1]  QEMU's -netdev socket,mcast= (and "
+    "User-Mode Linux's mcast): the multicast group is one port",
+)

@@ -1,0 +1,245 @@
+"""
+QEMU's multicast transport (C{mcast:GROUP:PORT}): the peer of
+C{qemu -netdev socket,mcast=GROUP:PORT} and of C{-netdev dgram} with a
+multicast remote, and of User-Mode Linux's C{mcast} transport.
+
+Theory of operation
+-------------------
+A multicast group is a hub: every member sends each frame, as one
+datagram with no header, to GROUP:PORT, and every member hears every
+frame, its own included (QEMU turns C{IP_MULTICAST_LOOP} on so that guests
+on one host hear each other).  So the whole group is one port of the
+switch, where the switch learns the addresses of all the guests in it.
+
+Members on one host all bind GROUP:PORT, so a datagram's source address
+cannot tell whose it is.  The switch therefore sends from a second socket
+of its own, on an ephemeral port: what arrives from that port is its own
+frame coming back and is dropped, so it never teaches the switch that the
+frame's sender lives in the group.  Frames leave with TTL 1 (the local
+link) unless C{ttl=} says otherwise, through the interface of
+C{localaddr=} if given, as QEMU's C{localaddr=} does.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vtwisted.interfaces import ILink, IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.sockettools import growSendBuffer, listenError
+from vtwisted.spec import PortSpec
+
+log = Logger()
+
+#: The largest datagram read: QEMU's own limit.
+MAX_DATAGRAM = 4096 + 65536
+SEND_BUFFER = 2 * 1024 * 1024
+_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+
+
+class _Sender(DatagramProtocol):
+    """
+    The socket the switch sends from; what comes to it is ignored.
+    """
+
+    noisy = False
+
+
+@implementer(ILink)
+class McastLink(DatagramProtocol):
+    """
+    The multicast group, as one link of one port.
+    """
+
+    noisy = False
+    vnetHeader = False
+    uid = None
+    linkId = 0
+    module = "qemu mcast"
+
+    def __init__(self, service: McastService) -> None:
+        self.service = service
+        self.description = f"group {service.group}:{service.number}"
+        self.port: Any = None
+        self.ownPort = 0
+        self._receive: Any = None
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}.
+        """
+        self.port = port
+        self._receive = switch.frameReceived
+        switch.attach(port, self)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if addr[1] == self.ownPort or self.port is None:
+            return
+        try:
+            self._receive(self.port, datagram)
+        except Exception:
+            log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
+
+    def useSender(self, sender: Any) -> None:
+        """
+        Send through C{sender}'s socket, and drop what comes back from it.
+        """
+        sock = sender.socket
+        growSendBuffer(sock, SEND_BUFFER)
+        self.ownPort = sock.getsockname()[1]
+        self.linkId = self.transport.socket.fileno()  # type: ignore[union-attr]
+        sendto = sock.sendto
+        group = (self.service.group, self.service.number)
+        failed = self._sendFailed
+
+        def sendFrame(frame: bytes) -> None:
+            try:
+                sendto(frame, group)
+            except OSError as e:
+                failed(e)
+
+        self.sendFrame = sendFrame  # type: ignore[method-assign]
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send one frame to the group (replaced by L{useSender}).
+        """
+
+    def _sendFailed(self, e: OSError) -> None:
+        if self.port is None:
+            return
+        if e.errno in _BUSY:
+            self.port.dropped("busy", f"{self.service.spec}: {e.strerror}")
+        elif e.errno == errno.EMSGSIZE:
+            self.port.dropped("mtu", f"{self.service.spec}: message too long (EMSGSIZE)")
+        else:
+            self.port.dropped("peer", f"{self.service.spec}: {e.strerror} (errno {e.errno}); "
+                                      f"is there a route for {self.service.group}?")
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        raise NotImplementedError("QEMU's multicast transport carries plain frames only")
+
+    def close(self) -> None:
+        """
+        Unplug from the switch (the sockets stay until the service stops).
+        """
+        self.service.unplug()
+
+
+@implementer(IPortService)
+class McastService(Service):
+    """
+    The service of one C{mcast:} spec: the group's socket, the sending
+    socket, one port.
+    """
+
+    listening = False
+
+    def __init__(self, switch: Any, reactor: Any, group: str, number: int,
+                 localaddr: str | None, ttl: int, options: PortOptions, spec: str) -> None:
+        self.switch = switch
+        self.reactor = reactor
+        self.group = group
+        self.number = number
+        self.localaddr = localaddr
+        self.ttl = ttl
+        self.options = options
+        self.spec = spec
+        self.link: McastLink | None = None
+        self.ports: list[Any] = []
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._bind()
+
+    def _bind(self) -> None:
+        link = McastLink(self)
+        interface = self.localaddr or "0.0.0.0"
+        try:
+            receiving = self.reactor.listenMulticast(self.number, link, self.group,
+                                                     MAX_DATAGRAM, listenMultiple=True)
+            self.ports.append(receiving)
+            receiving.joinGroup(self.group, interface)
+            sender = _Sender()
+            sending = self.reactor.listenMulticast(0, sender, self.localaddr or "")
+            self.ports.append(sending)
+            sending.setLoopbackMode(1)
+            sending.setTTL(self.ttl)
+            if self.localaddr:
+                sending.setOutgoingInterface(self.localaddr)
+        except Exception as e:
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            raise listenError(f"{self.spec}: cannot join {self.group}:{self.number}", e) from e
+        link.useSender(sending)
+        self.link = link
+
+    def startService(self) -> None:
+        if not self.ports:
+            self._bind()
+        super().startService()
+        assert self.link is not None
+        self.options.plugIn(self.switch, self.link, self.spec)
+
+    def currentLinks(self) -> list[ILink]:
+        """
+        The group's link, while plugged in.
+        """
+        link = self.link
+        return [link] if link is not None and link.port is not None else []
+
+    def unplug(self) -> None:
+        """
+        Take the link out of its port.
+        """
+        link = self.link
+        if link is not None and link.port is not None:
+            self.switch.detach(link.port, link)
+            link.port = None
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.unplug()
+        ports, self.ports = self.ports, []
+        self.link = None
+        for port in ports:
+            port.stopListening()
+        return None
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> McastService:
+    """
+    Build the service for C{mcast:GROUP:PORT[:localaddr=ADDR][:ttl=N]}.
+    """
+    groupText, portText = spec.positional(["group", "port"], 2)
+    try:
+        group = ipaddress.IPv4Address(groupText or "")
+    except ValueError:
+        raise spec.error(f"{groupText!r} is not an IPv4 address") from None
+    if not group.is_multicast:
+        raise spec.error(f"{group} is not a multicast group (224.0.0.0/4)")
+    try:
+        number = int(portText or "")
+    except ValueError:
+        raise spec.error(f"{portText!r} is not a UDP port number") from None
+    if not 1 <= number <= 65535:
+        raise spec.error(f"UDP port {number} is out of range (1 to 65535)")
+    localaddr = spec.string("localaddr")
+    if localaddr is not None:
+        try:
+            ipaddress.IPv4Address(localaddr)
+        except ValueError:
+            raise spec.error(f"localaddr={localaddr!r} is not an IPv4 address") from None
+    ttl = spec.integer("ttl", 1, 0, 255)
+    assert ttl is not None
+    options = PortOptions.fromSpec(spec)
+    spec.checkKeywords()
+    return McastService(switch, reactor, str(group), number, localaddr, ttl, options, spec.text)
