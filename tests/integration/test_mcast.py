@@ -12,8 +12,18 @@ import subprocess
 import sys
 
 import pytest
-from helpers import StreamPlug, execIn, need, needRoot, run, socketListening, sourceEnv
-from helpers import twistdArgv, uniqueName, waitFor
+from helpers import (
+    StreamPlug,
+    execIn,
+    need,
+    needRoot,
+    run,
+    socketListening,
+    sourceEnv,
+    twistdArgv,
+    uniqueName,
+    waitFor,
+)
 from taphelpers import console, quietNamespace, readLine
 
 from vtwisted.testing import frame, mac
