@@ -21,7 +21,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from vtwisted.consoleservice import DEFAULT_MODE, addManagement, groupId
+from vtwisted.consoleservice import DEFAULT_MODE, addManagement, defaultRcFile, groupId
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import DEFAULT_CAPACITY, DEFAULT_EXPIRY, MacTable
 from vtwisted.porttype import portTypes
@@ -48,6 +48,7 @@ def buildService(
     mgmtMode: int = DEFAULT_MODE,
     mgmtGroup: int | None = None,
     rcfile: str | None = None,
+    stdin: bool = False,
     manhole: str | None = None,
     manholeKeys: str | None = None,
     manholePasswords: str | None = None,
@@ -64,6 +65,7 @@ def buildService(
         spec is given.
     @param mgmt: the management console's socket path (vde_switch's C{-M}).
     @param rcfile: console commands to run at start (vde_switch's C{-f}).
+    @param stdin: read console commands from standard input too.
     @param fstp: run FSTP (vde_switch's C{-F}), with this C{priority}.
     @param mac: the switch's address (vde_switch's C{--macaddr}).
     @param manhole: the SSH manhole's endpoint; C{manholeKeys} (an
@@ -85,7 +87,7 @@ def buildService(
         specs.insert(0, _defaultSockSpec())
     for text in specs:
         service.addPort(text)
-    addManagement(service, mgmt, mgmtMode, mgmtGroup, rcfile)
+    addManagement(service, mgmt, mgmtMode, mgmtGroup, rcfile, stdin)
     if manhole is not None:
         from vtwisted.manhole import addManhole
 
@@ -155,6 +157,8 @@ class Options(usage.Options):
     optFlags = [
         ["hub", "x", "Hub mode: flood every frame to every port."],
         ["fstp", "F", "Run vde_switch's fast spanning tree (FSTP), which breaks loops."],
+        ["stdin", None, "Also read console commands from standard input, as vde_switch "
+         "does when not a daemon; the end of standard input stops the switch."],
     ]
     optParameters = [
         ["sock", "s", None, "VDE switch directory (shorthand for --port vde:DIR)."],
@@ -175,7 +179,8 @@ class Options(usage.Options):
         ["mgmt-mode", None, None, "Octal mode of the --mgmt socket (0600).", _octalMode],
         ["mgmt-group", None, None, "Group of the --mgmt socket."],
         ["rcfile", "f", None,
-         "Console commands run at start, output discarded (vde_switch -f)."],
+         "Console commands run at start, output discarded (vde_switch -f; by default "
+         "~/.vde2/vde_switch.rc or /etc/vde2/vde_switch.rc if there is one)."],
         ["manhole", None, None,
          "SSH manhole endpoint: a port (loopback only) or e.g. tcp:2222:interface=127.0.0.1."],
         ["manhole-keys", None, None, "OpenSSH authorized_keys file for the manhole."],
@@ -269,7 +274,8 @@ class Options(usage.Options):
             mgmt=self["mgmt"],
             mgmtMode=DEFAULT_MODE if self["mgmt-mode"] is None else self["mgmt-mode"],
             mgmtGroup=None if self["mgmt-group"] is None else groupId(self["mgmt-group"]),
-            rcfile=self["rcfile"],
+            rcfile=self["rcfile"] if self["rcfile"] is not None else defaultRcFile(),
+            stdin=bool(self["stdin"]),
             manhole=self["manhole"],
             manholeKeys=self["manhole-keys"],
             manholePasswords=self["manhole-passwords"],

@@ -178,6 +178,21 @@ def runRcFile(interpreter: CommandInterpreter, path: str) -> int:
     return failures
 
 
+#: Where vde_switch looks for its rc file when C{-f} is not given.
+DEFAULT_RCFILES = ("~/.vde2/vde_switch.rc", "/etc/vde2/vde_switch.rc")
+
+
+def defaultRcFile(candidates: tuple[str, ...] = DEFAULT_RCFILES) -> str | None:
+    """
+    The first of vde_switch's default rc files that exists, if any.
+    """
+    for candidate in candidates:
+        path = os.path.expanduser(candidate)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def groupId(name: str) -> int:
     """
     A group given by name or number.
@@ -198,6 +213,7 @@ def addManagement(
     mgmtMode: int = DEFAULT_MODE,
     mgmtGroup: int | None = None,
     rcfile: str | None = None,
+    stdin: bool = False,
 ) -> None:
     """
     Give C{service} a console on C{mgmt} and run C{rcfile} at start, after
@@ -207,6 +223,7 @@ def addManagement(
     @param mgmtMode: its permissions.
     @param mgmtGroup: its group id, if any.
     @param rcfile: console commands to run at start, or L{None}.
+    @param stdin: read the console from standard input too (C{--stdin}).
     @raise ValueError: a setting is wrong or the rc file is unreadable.
     """
     ops = service.operations
@@ -218,3 +235,7 @@ def addManagement(
             raise ValueError(f"--rcfile {rcfile}: {reason}")
         rc = RcFileService(CommandInterpreter(ops), rcfile, service.clock)
         rc.setServiceParent(service)
+    if stdin:
+        from vtwisted.consolestdin import StdinConsoleService
+
+        StdinConsoleService(ops, service.reactor).setServiceParent(service)

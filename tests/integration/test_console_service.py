@@ -211,3 +211,25 @@ def test_twistdHelpDocumentsManagementOptions() -> None:
                           env=sourceEnv(), timeout=60)
     for option in ("--mgmt=", "--mgmt-mode=", "--rcfile=", "--manhole=", "--manhole-keys="):
         assert option in done.stdout
+
+
+def test_stdinConsoleAnswersAndItsEndStopsTheSwitch(processes, shortdir) -> None:
+    """
+    With --stdin, commands piped in are answered on standard output (no
+    banner, no prompt: it is not a terminal), and the end of input stops
+    the switch cleanly, as with vde_switch.
+    """
+    sock = shortdir / "stdin-sw"
+    process = processes.start(
+        twistdArgv("--sock", str(sock), "--stdin", logfile=str(shortdir / "stdin.log")),
+        env=sourceEnv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(b"vlan/create 7\nvlan/print 7\nnosuch\n")
+    process.stdin.close()
+    assert process.wait(20) == 0
+    output = process.stdout.read().decode()
+    assert output == ("1000 Success\n"
+                      "0000 DATA END WITH '.'\nVLAN 0007\n.\n1000 Success\n"
+                      "1038 Function not implemented\n"), output
+    assert not sock.exists(), "a clean stop removes the switch's directory"

@@ -133,3 +133,15 @@ def test_manholeOptionBuildsALoopbackService(tmp_path) -> None:
     (manhole,) = [c for c in service if isinstance(c, ManholeService)]
     assert manhole.endpointText == "tcp:2222:interface=127.0.0.1"
     assert not (tmp_path / "hostkey").exists()
+
+
+def test_defaultRcFileIsTheFirstThatExists(tmp_path) -> None:
+    """Without --rcfile, vde_switch's ~/.vde2/vde_switch.rc, then /etc's, is used."""
+    from vtwisted.consoleservice import defaultRcFile
+
+    home, system = tmp_path / "home.rc", tmp_path / "etc.rc"
+    assert defaultRcFile((str(home), str(system))) is None
+    system.write_text("vlan/create 3\n")
+    assert defaultRcFile((str(home), str(system))) == str(system)
+    home.write_text("vlan/create 4\n")
+    assert defaultRcFile((str(home), str(system))) == str(home)

@@ -1,0 +1,122 @@
+"""
+The console on standard input (C{--stdin}), as C{vde_switch} has it when it
+does not run as a daemon.
+
+Theory of operation
+-------------------
+Each line read is a command for the same interpreter the socket console
+uses; its reply is written to standard output, without the banner, and
+with the C{vde$ } prompt only when standard input is a terminal (a script
+piping commands in reads replies alone).  C{debug/add} works here too.
+The end of standard input stops the switch, as it stops C{vde_switch}: run
+it with C{--stdin} only where standard input stays open.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import stdio
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted import consoleformat as fmt
+from vtwisted.console import CommandInterpreter
+
+log = Logger()
+
+
+@implementer(IHalfCloseableProtocol)
+class StdinConsole(LineReceiver):
+    """
+    Commands from standard input, replies to standard output.
+    """
+
+    delimiter = b"\n"
+    MAX_LENGTH = 64 * 1024
+
+    def __init__(self, interpreter: CommandInterpreter, prompt: bool) -> None:
+        self.interpreter = interpreter
+        self.prompt = prompt
+        self.ended = False
+
+    def connectionMade(self) -> None:
+        self._prompt()
+
+    def _prompt(self) -> None:
+        if self.prompt:
+            self._write(fmt.PROMPT.lstrip("\n"))
+
+    def _write(self, text: str) -> None:
+        assert self.transport is not None
+        self.transport.write(text.encode("utf-8", "surrogateescape"))
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.ended:
+            return
+        reply = self.interpreter.execute(line.decode("utf-8", "surrogateescape"), session=self)
+        if reply.end is not None:
+            self._write(fmt.END_OF_SESSION + "\n")
+            self.ended = True
+            if reply.end.shutdown:
+                self.interpreter.ops.shutdown()
+            return
+        self._write(reply.text)
+        self._prompt()
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._write(fmt.resultLine(7) + "\n")  # E2BIG, as the socket console answers
+
+    def debugLine(self, line: str) -> None:
+        """
+        A debug event this console listens to.
+        """
+        if not self.ended:
+            self._write(line)
+
+    def readConnectionLost(self) -> None:
+        """
+        Standard input ended: let the replies still buffered reach standard
+        output, then stop (in L{connectionLost}).
+        """
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Standard output is gone; the switch goes on.
+        """
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.interpreter.ops.forgetDebugListener(self)
+        if not self.ended:
+            log.info("standard input closed: stopping the switch, as vde_switch does")
+            self.interpreter.ops.shutdown()
+
+
+class StdinConsoleService(Service):
+    """
+    Reads the console from standard input while running.
+    """
+
+    def __init__(self, ops: Any, reactor: Any) -> None:
+        self.ops = ops
+        self.reactor = reactor
+        self._io: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        console = StdinConsole(CommandInterpreter(self.ops), os.isatty(0))
+        self._io = stdio.StandardIO(console, reactor=self.reactor)
+
+    def stopService(self) -> None:
+        super().stopService()
+        io, self._io = self._io, None
+        if io is not None:
+            io.protocol.ended = True
+            io.loseConnection()
