@@ -25,18 +25,17 @@ A stale Unix socket left at the local path is replaced, as QEMU does.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.datagrams import PlainDatagramLink, SingleLinkService, udpPort
 from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError
 from vtwisted.spec import PortSpec
 
@@ -46,11 +45,10 @@ log = Logger()
 MAX_DATAGRAM = 4096 + 65536
 #: Send buffer of the socket: room for bursts to a slow guest.
 SEND_BUFFER = 2 * 1024 * 1024
-_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
 
 @implementer(ILink)
-class DgramLink(DatagramProtocol):
+class DgramLink(PlainDatagramLink, DatagramProtocol):
     """
     The guest at the other end of one datagram socket.
     """
@@ -59,6 +57,7 @@ class DgramLink(DatagramProtocol):
     vnetHeader = False
     uid = None
     linkId = 0
+    transportName = "QEMU's datagram transport"
 
     def __init__(self, service: DgramService) -> None:
         self.service = service
@@ -121,33 +120,14 @@ class DgramLink(DatagramProtocol):
         return sendFrame
 
     def _sendFailed(self, e: OSError) -> None:
-        where = self.service.remoteText
-        if e.errno in _BUSY:
-            self.port.dropped("busy", f"{where}: the guest is not reading ({e.strerror})")
-        elif e.errno == errno.EMSGSIZE:
-            self.port.dropped("mtu", f"{where}: message too long (EMSGSIZE)")
-        else:
-            self.port.dropped(
-                "peer", f"{where}: {e.strerror} (errno {e.errno}); is the guest there?"
-            )
-
-    def sendVnetPacket(self, packet: bytes) -> None:
-        raise NotImplementedError("QEMU's datagram transport carries plain frames only")
-
-    def close(self) -> None:
-        """
-        Unplug from the switch (the socket stays until the service stops).
-        """
-        self.service.unplug()
+        self.sendFailed(e, self.service.remoteText, "is the guest there?")
 
 
 @implementer(IPortService)
-class DgramService(Service):
+class DgramService(SingleLinkService):
     """
     The service of one C{dgram:} spec: one socket, one guest, one port.
     """
-
-    listening = False
 
     def __init__(
         self,
@@ -171,11 +151,10 @@ class DgramService(Service):
         self.link: DgramLink | None = None
         self.listeningPort: Any = None
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._bind()
+    def bound(self) -> bool:
+        return self.listeningPort is not None
 
-    def _bind(self) -> None:
+    def bind(self) -> None:
         link = DgramLink(self)
         try:
             if self.family == "unix":
@@ -191,29 +170,6 @@ class DgramService(Service):
         except Exception as e:
             raise listenError(f"{self.spec}: cannot bind {self.localText}", e) from e
         self.link = link
-
-    def startService(self) -> None:
-        if self.listeningPort is None:
-            self._bind()
-        super().startService()
-        assert self.link is not None
-        self.options.plugIn(self.switch, self.link, self.spec)
-
-    def currentLinks(self) -> list[ILink]:
-        """
-        The guest's link, while plugged in.
-        """
-        link = self.link
-        return [link] if link is not None and link.port is not None else []
-
-    def unplug(self) -> None:
-        """
-        Take the link out of its port.
-        """
-        link = self.link
-        if link is not None and link.port is not None:
-            self.switch.detach(link.port, link)
-            link.port = None
 
     def stopService(self) -> Any:
         super().stopService()
@@ -257,23 +213,13 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> DgramService:
         _, lhost, lport, rhost, rport = spec.positional(
             ["family", "local host", "local port", "remote host", "remote port"], 5
         )
-        local = (_literalHost(spec, lhost, "local"), _portNumber(spec, lport))
-        remote = (_literalHost(spec, rhost, "remote"), _portNumber(spec, rport))
+        local = (_literalHost(spec, lhost, "local"), udpPort(spec, lport))
+        remote = (_literalHost(spec, rhost, "remote"), udpPort(spec, rport))
     else:
         raise spec.error("expected dgram:udp:LHOST:LPORT:RHOST:RPORT or dgram:unix:LOCAL:REMOTE")
     options = PortOptions.fromSpec(spec)
     spec.checkKeywords()
     return DgramService(switch, reactor, family, local, remote, options, spec.text)
-
-
-def _portNumber(spec: PortSpec, text: str | None) -> int:
-    try:
-        number = int(text or "")
-    except ValueError:
-        raise spec.error(f"{text!r} is not a UDP port number") from None
-    if not 1 <= number <= 65535:
-        raise spec.error(f"UDP port {number} is out of range (1 to 65535)")
-    return number
 
 
 def _literalHost(spec: PortSpec, text: str | None, which: str) -> str:

@@ -22,17 +22,16 @@ C{localaddr=} if given, as QEMU's C{localaddr=} does.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.datagrams import PlainDatagramLink, SingleLinkService, udpPort
 from vtwisted.sockettools import growSendBuffer, listenError
 from vtwisted.spec import PortSpec
 
@@ -41,7 +40,6 @@ log = Logger()
 #: The largest datagram read: QEMU's own limit.
 MAX_DATAGRAM = 4096 + 65536
 SEND_BUFFER = 2 * 1024 * 1024
-_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
 
 class _Sender(DatagramProtocol):
@@ -53,7 +51,7 @@ class _Sender(DatagramProtocol):
 
 
 @implementer(ILink)
-class McastLink(DatagramProtocol):
+class McastLink(PlainDatagramLink, DatagramProtocol):
     """
     The multicast group, as one link of one port.
     """
@@ -63,6 +61,7 @@ class McastLink(DatagramProtocol):
     uid = None
     linkId = 0
     module = "qemu mcast"
+    transportName = "QEMU's multicast transport"
 
     def __init__(self, service: McastService) -> None:
         self.service = service
@@ -113,34 +112,15 @@ class McastLink(DatagramProtocol):
         """
 
     def _sendFailed(self, e: OSError) -> None:
-        if self.port is None:
-            return
-        if e.errno in _BUSY:
-            self.port.dropped("busy", f"{self.service.spec}: {e.strerror}")
-        elif e.errno == errno.EMSGSIZE:
-            self.port.dropped("mtu", f"{self.service.spec}: message too long (EMSGSIZE)")
-        else:
-            self.port.dropped("peer", f"{self.service.spec}: {e.strerror} (errno {e.errno}); "
-                                      f"is there a route for {self.service.group}?")
-
-    def sendVnetPacket(self, packet: bytes) -> None:
-        raise NotImplementedError("QEMU's multicast transport carries plain frames only")
-
-    def close(self) -> None:
-        """
-        Unplug from the switch (the sockets stay until the service stops).
-        """
-        self.service.unplug()
+        self.sendFailed(e, self.service.spec, f"is there a route for {self.service.group}?")
 
 
 @implementer(IPortService)
-class McastService(Service):
+class McastService(SingleLinkService):
     """
     The service of one C{mcast:} spec: the group's socket, the sending
     socket, one port.
     """
-
-    listening = False
 
     def __init__(self, switch: Any, reactor: Any, group: str, number: int,
                  localaddr: str | None, ttl: int, options: PortOptions, spec: str) -> None:
@@ -155,11 +135,10 @@ class McastService(Service):
         self.link: McastLink | None = None
         self.ports: list[Any] = []
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._bind()
+    def bound(self) -> bool:
+        return bool(self.ports)
 
-    def _bind(self) -> None:
+    def bind(self) -> None:
         link = McastLink(self)
         interface = self.localaddr or "0.0.0.0"
         try:
@@ -182,29 +161,6 @@ class McastService(Service):
         link.useSender(sending)
         self.link = link
 
-    def startService(self) -> None:
-        if not self.ports:
-            self._bind()
-        super().startService()
-        assert self.link is not None
-        self.options.plugIn(self.switch, self.link, self.spec)
-
-    def currentLinks(self) -> list[ILink]:
-        """
-        The group's link, while plugged in.
-        """
-        link = self.link
-        return [link] if link is not None and link.port is not None else []
-
-    def unplug(self) -> None:
-        """
-        Take the link out of its port.
-        """
-        link = self.link
-        if link is not None and link.port is not None:
-            self.switch.detach(link.port, link)
-            link.port = None
-
     def stopService(self) -> Any:
         super().stopService()
         self.unplug()
@@ -226,12 +182,7 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> McastService:
         raise spec.error(f"{groupText!r} is not an IPv4 address") from None
     if not group.is_multicast:
         raise spec.error(f"{group} is not a multicast group (224.0.0.0/4)")
-    try:
-        number = int(portText or "")
-    except ValueError:
-        raise spec.error(f"{portText!r} is not a UDP port number") from None
-    if not 1 <= number <= 65535:
-        raise spec.error(f"UDP port {number} is out of range (1 to 65535)")
+    number = udpPort(spec, portText)
     localaddr = spec.string("localaddr")
     if localaddr is not None:
         try:

@@ -1,0 +1,122 @@
+"""
+What the datagram port types (C{dgram:}, C{mcast:}) share: a service with
+one socket and one link, plugged into one port while it runs, and the
+checking of UDP port numbers in specs.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from twisted.application.service import Service
+
+from vtwisted.interfaces import ILink
+from vtwisted.portoptions import PortOptions
+from vtwisted.spec import PortSpec
+
+_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
+
+
+class PlainDatagramLink:
+    """
+    What the links of datagram port types share: plain frames only, send
+    errors counted on the port, and closing as unplugging.
+    """
+
+    #: How the transport is named in errors.
+    transportName = "this transport"
+    service: Any
+    port: Any = None
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        raise NotImplementedError(f"{self.transportName} carries plain frames only")
+
+    def close(self) -> None:
+        """
+        Unplug from the switch (the sockets stay until the service stops).
+        """
+        self.service.unplug()
+
+    def sendFailed(self, e: OSError, where: str, hint: str) -> None:
+        """
+        Count a send that failed: C{busy}, C{mtu}, or C{peer} with C{hint}.
+        """
+        if self.port is None:
+            return
+        if e.errno in _BUSY:
+            self.port.dropped("busy", f"{where}: the peer is not reading ({e.strerror})")
+        elif e.errno == errno.EMSGSIZE:
+            self.port.dropped("mtu", f"{where}: message too long (EMSGSIZE)")
+        else:
+            self.port.dropped("peer", f"{where}: {e.strerror} (errno {e.errno}); {hint}")
+
+
+class SingleLinkService(Service):
+    """
+    A port service whose sockets are bound in C{privilegedStartService} (or
+    at start) and whose one link is plugged in while it runs.
+
+    Subclasses set L{switch}, L{options}, L{spec} and implement L{bind}
+    (which sets L{link}) and L{bound}.
+    """
+
+    listening = False
+    switch: Any
+    options: PortOptions
+    spec: str
+    link: Any = None
+
+    def bound(self) -> bool:
+        """
+        Whether the sockets are bound.
+        """
+        raise NotImplementedError
+
+    def bind(self) -> None:
+        """
+        Bind the sockets and make L{link}.
+        """
+        raise NotImplementedError
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.bind()
+
+    def startService(self) -> None:
+        if not self.bound():
+            self.bind()
+        super().startService()
+        assert self.link is not None
+        self.options.plugIn(self.switch, self.link, self.spec)
+
+    def currentLinks(self) -> list[ILink]:
+        """
+        The link, while plugged in.
+        """
+        link = self.link
+        return [link] if link is not None and link.port is not None else []
+
+    def unplug(self) -> None:
+        """
+        Take the link out of its port.
+        """
+        link = self.link
+        if link is not None and link.port is not None:
+            self.switch.detach(link.port, link)
+            link.port = None
+
+
+def udpPort(spec: PortSpec, text: str | None) -> int:
+    """
+    A UDP port number from a spec.
+
+    @raise SpecError: not a number from 1 to 65535.
+    """
+    try:
+        number = int(text or "")
+    except ValueError:
+        raise spec.error(f"{text!r} is not a UDP port number") from None
+    if not 1 <= number <= 65535:
+        raise spec.error(f"UDP port {number} is out of range (1 to 65535)")
+    return number
