@@ -23,6 +23,7 @@ menu).
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.application.service import Service
@@ -41,7 +42,7 @@ from vtwisted.slirp.router import SlirpRouter
 from vtwisted.slirp.tcp import GuestForwardTarget, TcpNat
 from vtwisted.slirp.udp import UdpNat
 from vtwisted.sockettools import listenError
-from vtwisted.spec import PortSpec
+from vtwisted.spec import PortSpec, SpecError
 
 log = Logger()
 
@@ -214,6 +215,34 @@ class SlirpService(Service):
         super().startService()
         assert self.link is not None
         self.options.plugIn(self.switch, self.link, self.spec)
+        clash = self._clash()
+        if clash is not None:
+            self.unplug()
+            raise SpecError(self.spec, clash)
+
+    def _clash(self) -> str | None:
+        """
+        Why this router cannot share its VLAN with another slirp port's, if
+        it cannot: two gateways at one address, or two IPv6 routers (their
+        router MAC is fixed), would answer for each other.
+        """
+        assert self.link is not None and self.link.port is not None
+        vlan = self.link.port.untaggedVlan
+        for port in self.switch.ports.values():
+            for other in port.links:
+                if not isinstance(other, SlirpLink) or other is self.link \
+                        or port.untaggedVlan is not vlan or vlan is None:
+                    continue
+                theirs = other.service.config
+                if theirs.gateway == self.config.gateway:
+                    why = f"has the same gateway, {ipaddress.IPv4Address(theirs.gateway)}"
+                elif theirs.network6 is not None and self.config.network6 is not None:
+                    why = "runs IPv6 too"
+                else:
+                    continue
+                return (f"{other.service.spec} on port {port.number} {why} in VLAN {vlan.vid}: "
+                        f"give this one its own net= and ipv6=off, or its own vlan=")
+        return None
 
     def addForward(self, forward: Forward) -> None:
         """
