@@ -382,6 +382,21 @@ def test_debugAndPluginMenusMatchVdeSwitch(realSwitch, ourSwitch) -> None:
                           transcript(ourSwitch.mgmt, DEBUG_SCRIPT))
 
 
+def _readUntil(client: ConsoleClient, marker: bytes, timeout: float = 10.0) -> bytes:
+    """
+    What the session reads until a line with C{marker} arrives (or the time
+    is up), and a moment more.
+    """
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data and time.monotonic() < deadline:
+        with contextlib.suppress(TimeoutError, socket.timeout):
+            data += client.socket.recv(65536)
+    with contextlib.suppress(TimeoutError, socket.timeout):
+        data += client.socket.recv(65536)
+    return data
+
+
 def debugLines(mgmt: Path, sock: Path, processes) -> list[str]:
     """
     Listen to every debug event while a vde_plug client joins, sends a
@@ -393,13 +408,9 @@ def debugLines(mgmt: Path, sock: Path, processes) -> list[str]:
     plug = StreamPlug(processes, f"vde://{sock}", "--descr=dbg-client")
     waitFor(lambda: b"Port 0001" in ConsoleClient(mgmt).command("port/print"), what="client")
     plug.send(frame(b"\xff" * 6, SENDER))
-    time.sleep(0.5)
+    data = _readUntil(client, b"hash/+")
     processes.stop(plug.process)
-    time.sleep(0.5)
-    data = b""
-    with contextlib.suppress(TimeoutError, socket.timeout):
-        while chunk := client.socket.recv(65536):
-            data += chunk
+    data += _readUntil(client, b"hash/-")
     client.close()
     text = re.sub(r"FD +\d+", "FD N", data.decode())
     text = re.sub(r"pid=\d+", "pid=P", text)
