@@ -205,3 +205,50 @@ async def test_aBurstOfSuperFramesCrossesWithoutDrops(switch, pki) -> None:
     await until(lambda: len(receiver.sentPackets) == len(burst), what="the whole burst")
     assert receiver.sentPackets == burst
     assert ports(a).links[0].port.counters.drops["busy"] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_ringOfCablesWithFstpCarriesOneCopyAndHeals(switch) -> None:
+    """
+    Three switches joined in a ring by plain cables on loopback, FSTP on:
+    BPDUs cross the cables (as virtio-net messages), one cable end turns
+    discarding, each host hears a broadcast once; when a forwarding cable
+    goes, the blocked one takes over.
+    """
+    listening = [switch("cable:listen:tcp:0:interface=127.0.0.1:tls=off") for _ in range(3)]
+    numbers = [ports(s).listeningPort.getHost().port for s in listening]
+    specs = []
+    for i, service in enumerate(listening):
+        spec = f"cable:tcp:host=127.0.0.1:port={numbers[(i + 1) % 3]}:tls=off"
+        service.addPort(spec)
+        specs.append(spec)
+    hosts = [FakeLink(f"host {i}") for i in range(3)]
+    for service, host in zip(listening, hosts):
+        plug(service.switch, host)
+        service.switch.spanningTree.setEnabled(True)
+    trees = [s.switch.vlans[0] for s in listening]
+    await until(lambda: all(len([p for p in s.switch.ports.values() if p.links]) == 3
+                            for s in listening), what="the three cables up")
+    await until(lambda: sum(len(v.discarding) for v in trees) >= 1, timeout=10,
+                what="a discarding cable end")
+    await sleep(1)
+
+    async def copies(payload: bytes) -> list[int]:
+        for host in hosts:
+            host.takeSent()
+        hosts[0].receive(frame(BROADCAST, mac(0x31), payload=payload))
+        await sleep(1)
+        return [sum(payload in f for f in host.sent) for host in hosts[1:]]
+
+    assert await copies(b"first broadcast") == [1, 1]
+    # Cable k runs from switch k (which connects) to switch k+1 (which listens).
+    blockedCables = set()
+    for i, vlan in enumerate(trees):
+        for port in vlan.discarding:
+            peer = port.links[0].transport.getPeer().port
+            blockedCables.add(i if peer == numbers[(i + 1) % 3] else (i - 1) % 3)
+    assert len(blockedCables) == 1, blockedCables
+    forwarding = next(k for k in range(3) if k not in blockedCables)
+    await listening[forwarding].removePort(specs[forwarding])
+    await sleep(2)
+    assert await copies(b"second broadcast") == [1, 1]
