@@ -252,6 +252,10 @@ class Options(usage.Options):
         return ([sock] if sock else []) + list(self["ports"])
 
     def postOptions(self) -> None:
+        parent = getattr(self, "parent", None)
+        if self["stdin"] and parent is not None and not parent.get("nodaemon"):
+            raise usage.UsageError("--stdin needs twistd -n: a daemon has no standard input, "
+                                   "and its end would stop the switch at once")
         try:
             self.build(reactor=None)
         except (SpecError, SwitchError, ValueError) as e:

@@ -145,3 +145,15 @@ def test_defaultRcFileIsTheFirstThatExists(tmp_path) -> None:
     assert defaultRcFile((str(home), str(system))) == str(system)
     home.write_text("vlan/create 4\n")
     assert defaultRcFile((str(home), str(system))) == str(home)
+
+
+def test_stdinNeedsTwistdNodaemon() -> None:
+    """twistd without -n has no standard input: --stdin is refused, saying why."""
+    from twisted.scripts.twistd import ServerOptions
+
+    config = ServerOptions()
+    with pytest.raises(usage.UsageError, match="--stdin needs twistd -n"):
+        config.parseOptions(["vswitch", "--sock", "/tmp/vtw-unit-stdin", "--stdin"])
+    config = ServerOptions()
+    config.parseOptions(["-n", "vswitch", "--sock", "/tmp/vtw-unit-stdin", "--stdin"])
+    assert config.subOptions["stdin"]
