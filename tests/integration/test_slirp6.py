@@ -130,3 +130,61 @@ def test_ipv6GuestReachesHostsBeyondTheGateway(processes, namespaces, shortdir,
     waitFor(lambda: slaacAddress(world.guest, world.tap) is not None, timeout=20,
             what="a SLAAC address")
     world.check(processes, "2001:db8::2", "2001:db8::1", f"IPv6 pings by {mode} socket")
+
+
+#: A guest UDP service on [::]:5353 answering in capitals.
+UDP_ECHO = r"""
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", 5353))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(2000)
+    s.sendto(data.upper(), peer)
+"""
+
+
+def test_hostForwardReachesAnIpv6Guest(vswitch, processes, namespaces) -> None:
+    """
+    Forwards from the host's [::1] to an IPv6-only guest's services: TCP to
+    [fec0::99]:80 carries a transfer intact (the guest sees it come from the
+    gateway fec0::2), UDP to [fec0::99]:5353 gets its answer back.
+    """
+    import hashlib
+    import random
+    import socket
+    import subprocess
+    import sys
+
+    from taphelpers import readLine
+    from test_slirp import startServer
+
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        hostPort = probe.getsockname()[1]
+    tap = uniqueName("vt6")
+    rule = (f"tcp\\:[\\:\\:1]\\:{hostPort}-[fec0\\:\\:99]\\:80,"
+            f"udp\\:[\\:\\:1]\\:{hostPort}-[fec0\\:\\:99]\\:5353")
+    sw = vswitch("--port", f"tap:{tap}", "--port", f"slirp:hostfwd={rule}")
+    ns = namespaces.add("vt6")
+    moveTap(tap, ns, None)
+    run("ip", "-n", ns, "addr", "add", f"{PREFIX}99/64", "dev", tap, "nodad")
+    startServer(processes, "sink", 1, ns, "::", 80)
+    echo = processes.start(execIn(ns, sys.executable, "-c", UDP_ECHO), stdout=subprocess.PIPE)
+    assert readLine(echo, 10).strip() == "ready"
+    data = random.Random(3).randbytes(3_000_000)
+    with socket.create_connection(("::1", hostPort), timeout=30) as client:
+        client.sendall(data)
+        client.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    length, digest, peer = answer.decode().split()
+    assert (int(length), digest) == (len(data), hashlib.sha256(data).hexdigest())
+    assert peer == f"{PREFIX}2", "forwarded connections come from the gateway"
+    assert f"tcp:[::1]:{hostPort}-[fec0::99]:80" in sw.logText()
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+        udp.settimeout(5)
+        udp.sendto(b"ping six", ("::1", hostPort))
+        reply, sender = udp.recvfrom(100)
+    assert (reply, sender[:2]) == (b"PING SIX", ("::1", hostPort))

@@ -24,3 +24,19 @@ async def test_secondSlirpOnTheSameVlanIsRefused(switch) -> None:
     assert list(service.specs) == ["slirp"]
     service.addPort("slirp:net=10.0.3.0/24:ipv6=off")
     assert len([p for p in service.switch.ports.values() if p.links]) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipv6ForwardNeedsAGuestInThePrefix(switch) -> None:
+    """A forward to an IPv6 guest outside the port's prefix, or with IPv6 off, is refused."""
+    from vtwisted.slirp.config import parseForward
+
+    first = bytes([10, 0, 2, 15])
+    off = switch("slirp:ipv6=off").specs["slirp:ipv6=off"]
+    with pytest.raises(OSError, match="IPv6 is off"):
+        off.addForward(parseForward("tcp:[::1]:40001-[fec0::99]:80", first))
+    spec = "slirp:net=10.0.5.0/24:net6=fd00\\:5\\:\\:/64"
+    on = switch(spec).specs[spec]
+    with pytest.raises(OSError, match="fd00:5::/64"):
+        on.addForward(parseForward("tcp:[::1]:40002-[fec0::99]:80", first))
+    assert not off.forwards and not on.forwards

@@ -326,6 +326,28 @@ def test_forwardsFollowQemusSyntax() -> None:
     assert str(parseForward(":8080-:80", first)) == "tcp:127.0.0.1:8080-10.0.2.15:80"
 
 
+@pytest.mark.parametrize(
+    ("rule", "shown"),
+    [("tcp:[::1]:8080-[fec0::99]:80", "tcp:[::1]:8080-[fec0::99]:80"),
+     ("udp:[::]:5353-[FEC0::0:5]:53", "udp:[::]:5353-[fec0::5]:53"),
+     ("[::1]:2222-:22", "tcp:[::1]:2222-10.0.2.15:22")],
+)
+def test_forwardsTakeBracketedIpv6Addresses(rule: str, shown: str) -> None:
+    """IPv6 addresses are written in brackets on either side."""
+    assert str(parseForward(rule, bytes([10, 0, 2, 15]))) == shown
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [("tcp:[::1:8080-:80", "expected"), ("tcp::8080-[10.0.2.15]:80", "bracketed IPv6"),
+     ("tcp::8080-fec0::99:80", "expected"), ("tcp:[nohost]:1-:2", "not an IP address")],
+)
+def test_badForwardsSayWhatIsWrong(rule: str, problem: str) -> None:
+    """A malformed rule is refused with the rule and the reason."""
+    with pytest.raises(ValueError, match=problem):
+        parseForward(rule, bytes([10, 0, 2, 15]))
+
+
 #: Frames to the router: every EtherType it handles (IPv4 ones headed by
 #: 0x45 often enough to get past the header), and others.
 routerFrames = st.tuples(

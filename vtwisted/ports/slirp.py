@@ -252,6 +252,11 @@ class SlirpService(Service):
             spec and the forward, and carries the errno.
         """
         assert self.tcp is not None and self.udp is not None
+        if len(forward.guestAddress) == 16:
+            prefix = self.config.network6
+            if prefix is None or ipaddress.IPv6Address(forward.guestAddress) not in prefix:
+                raise OSError(22, f"{self.spec}: forward {forward}: the guest must be in "
+                                  f"{prefix or 'the IPv6 prefix, and IPv6 is off'}")
         if forward in self.forwards:
             raise OSError(17, f"{self.spec}: forward {forward} exists already")
         try:

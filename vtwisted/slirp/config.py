@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import stat
 from collections.abc import Callable
 from typing import NamedTuple
@@ -60,8 +61,12 @@ class Forward(NamedTuple):
     guestPort: int
 
     def __str__(self) -> str:
-        guest = ipaddress.IPv4Address(self.guestAddress)
-        return f"{self.protocol}:{self.hostAddress}:{self.hostPort}-{guest}:{self.guestPort}"
+        host = f"[{self.hostAddress}]" if ":" in self.hostAddress else self.hostAddress
+        if len(self.guestAddress) == 16:
+            guest = f"[{ipaddress.IPv6Address(self.guestAddress)}]"
+        else:
+            guest = str(ipaddress.IPv4Address(self.guestAddress))
+        return f"{self.protocol}:{host}:{self.hostPort}-{guest}:{self.guestPort}"
 
 
 class GuestForward(NamedTuple):
@@ -281,10 +286,17 @@ def _network6(spec: PortSpec) -> ipaddress.IPv6Network | None:
     return network
 
 
+_FORWARD = re.compile(
+    r"(?:(?P<protocol>[a-z]*):)?(?P<host>\[[^\]]*\]|[^:\[\]]*):(?P<hostPort>[^:-]*)"
+    r"-(?P<guest>\[[^\]]*\]|[^:\[\]]*):(?P<guestPort>[^:]*)"
+)
+
+
 def parseForward(text: str, defaultGuest: bytes) -> Forward:
     """
     Read one forward in QEMU's C{hostfwd} syntax:
-    C{[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT}.
+    C{[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT}, IPv6 addresses
+    in brackets (C{tcp:[::1]:8080-[fec0::99]:80}).
 
     @param defaultGuest: the guest address when none is given (the first
         DHCP address, as in QEMU).
@@ -293,34 +305,27 @@ def parseForward(text: str, defaultGuest: bytes) -> Forward:
     def fail(problem: str) -> ValueError:
         return ValueError(f"hostfwd {text!r}: {problem}")
 
-    hostPart, dash, guestPart = text.partition("-")
-    if not dash:
+    match = _FORWARD.fullmatch(text)
+    if match is None:
         raise fail("expected [tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT")
-    fields = hostPart.split(":")
-    if len(fields) == 3:
-        protocol, hostAddress, hostPortText = fields
-    elif len(fields) == 2:
-        protocol, (hostAddress, hostPortText) = "tcp", fields
-    else:
-        raise fail("the host side must be [PROTO]:[HOSTADDR]:HOSTPORT")
-    protocol = protocol or "tcp"
+    protocol = match["protocol"] or "tcp"
     if protocol not in ("tcp", "udp"):
         raise fail(f"protocol {protocol!r} is not tcp or udp")
-    hostAddress = hostAddress or "127.0.0.1"
+    hostAddress = match["host"].strip("[]") or "127.0.0.1"
     try:
         ipaddress.ip_address(hostAddress)
     except ValueError:
         raise fail(f"{hostAddress!r} is not an IP address") from None
-    guestAddressText, colon, guestPortText = guestPart.rpartition(":")
-    if not colon:
-        raise fail("the guest side must be [GUESTADDR]:GUESTPORT")
+    guestText = match["guest"]
     try:
-        guest = (ipaddress.IPv4Address(guestAddressText).packed
-                 if guestAddressText else defaultGuest)
+        if guestText.startswith("["):
+            guest = ipaddress.IPv6Address(guestText.strip("[]")).packed
+        else:
+            guest = ipaddress.IPv4Address(guestText).packed if guestText else defaultGuest
     except ValueError:
-        raise fail(f"{guestAddressText!r} is not an IPv4 address") from None
-    return Forward(protocol, hostAddress, _portNumber(hostPortText, fail, 1),
-                   guest, _portNumber(guestPortText, fail, 1))
+        raise fail(f"{guestText!r} is not an IPv4 address or a bracketed IPv6 one") from None
+    return Forward(protocol, hostAddress, _portNumber(match["hostPort"], fail, 1),
+                   guest, _portNumber(match["guestPort"], fail, 1))
 
 
 def _portNumber(text: str, fail: Callable[[str], ValueError], low: int) -> int:

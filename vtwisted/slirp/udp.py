@@ -45,7 +45,7 @@ Host port forwards (C{hostfwd=udp:...}) work the other way round: a datagram
 to the forward's host socket (its own, bound where the forward says) goes to
 the guest from the gateway's address and the sender's port, and the guest's
 answers to that address and port go back to the sender from the forward's
-socket.  Forwards reach IPv4 guests.
+socket.  Forwards reach IPv4 and IPv6 guests.
 """
 
 from __future__ import annotations
