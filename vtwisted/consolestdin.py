@@ -70,7 +70,9 @@ class StdinConsole(LineReceiver):
         self._prompt()
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        self.clearLineBuffer()
         self._write(fmt.resultLine(7) + "\n")  # E2BIG, as the socket console answers
+        self._prompt()
 
     def debugLine(self, line: str) -> None:
         """
