@@ -104,6 +104,8 @@ class Switch(PortTable):
         self.mac = mac if mac is not None else b"\x00\xff" + os.urandom(4)
         self.stp: FastSpanningTree | None = None
         self.events = DebugEvents()
+        #: Ports that get a copy of every frame any other port reads.
+        self.monitors: tuple[SwitchPort, ...] = ()
         self.events.onChange = lambda: self.events.wire(self.fdb)
         self._spanningTree: FastSpanningTree | None = None
         self._routed: set[SwitchPort] = set()
@@ -162,6 +164,16 @@ class Switch(PortTable):
             self._spanningTree = FastSpanningTree(self, self.mac)
         return self._spanningTree
 
+    def setMonitor(self, port: SwitchPort, monitor: bool) -> None:
+        """
+        Make C{port} receive a copy of every frame the other ports read, as
+        read (a capture port), or stop.  While any port monitors, no route
+        is remembered, so no frame bypasses it.
+        """
+        others = tuple(p for p in self.monitors if p is not port)
+        self.monitors = (*others, port) if monitor else others
+        self.forgetRoutes()
+
     def _membershipChanged(self) -> None:
         self.forgetRoutes()
         if self.stp is not None:
@@ -189,6 +201,8 @@ class Switch(PortTable):
         what the fast path needs, without attribute lookups (C{send} changes
         only when links do, which forgets routes).
         """
+        if self.monitors:
+            return  # every frame must pass the monitors
         entry = vlan.macs.get(src)
         if entry is not None and entry.port is port and len(port.routes) < ROUTE_LIMIT:
             port.routes[key] = (*bounds, out.counters, send)
@@ -228,6 +242,8 @@ class Switch(PortTable):
         if n < MIN_FRAME or n > port.maxFrame:
             self._badLength(port, n)
             return
+        if self.monitors:
+            self._deliver(port, frame, False, frame[12:14] == _TPID, None, self.monitors)
         if self.hub:
             self._deliver(port, frame, False, frame[12:14] == _TPID, None, self._hubTargets)
             return
@@ -294,6 +310,8 @@ class Switch(PortTable):
             self._badLength(port, _largest(packet))
             return
         tagged = packet[22:24] == _TPID
+        if self.monitors:
+            self._deliver(port, packet, True, tagged, None, self.monitors)
         if self.hub:
             self._deliver(port, packet, True, tagged, None, self._hubTargets)
             return

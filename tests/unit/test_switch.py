@@ -362,3 +362,29 @@ def test_brokenLinkDoesNotStopOthers() -> None:
     a.receive(frame(BROADCAST, mac(1)))
     assert len(c.sent) == 2
     assert b.port.counters.drops["peer"] == 2
+
+
+def test_monitorPortSeesEveryFrameOnce() -> None:
+    """
+    A monitor gets each frame any other port reads, once, even unicast
+    between two others after their addresses are learned (no route may skip
+    it); without a monitor, those frames would take a remembered route.
+    """
+    switch, (a, b) = makeSwitch(2)
+    monitor = FakeLink("monitor")
+    port = plug(switch, monitor)
+    switch.vlans.join(port, 4095)
+    switch.setMonitor(port, True)
+    a.receive(frame(BROADCAST, mac(1)))
+    b.receive(frame(mac(1), mac(2)))
+    for _ in range(3):
+        a.receive(frame(mac(2), mac(1), payload=b"unicast"))
+    assert len(monitor.sent) == 5
+    assert sum(b"unicast" in f for f in monitor.sent) == 3
+    assert not switch.ports[1].routes, "no route while a monitor listens"
+    switch.setMonitor(port, False)
+    monitor.takeSent()
+    for _ in range(3):
+        a.receive(frame(mac(2), mac(1), payload=b"after"))
+    assert monitor.sent == []
+    assert switch.ports[1].routes, "without a monitor the flow takes a route again"

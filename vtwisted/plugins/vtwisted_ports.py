@@ -54,3 +54,10 @@ mcast = PortType(
     "mcast:GROUP:PORT[:localaddr=ADDR][:ttl=1]  QEMU's -netdev socket,mcast= (and "
     "User-Mode Linux's mcast): the multicast group is one port",
 )
+
+pcap = PortType(
+    "pcap",
+    "vtwisted.ports.pcap",
+    "pcap:PATH[:snaplen=N]  a capture port: every frame the other ports read, "
+    "written to a libpcap file (tcpdump -r, Wireshark)",
+)

@@ -1,0 +1,159 @@
+"""
+A capture port (C{pcap:PATH}): every frame any other port of the switch
+reads, written to a libpcap file that tcpdump, tshark and Wireshark read.
+
+Theory of operation
+-------------------
+The port is a monitor (L{vtwisted.switch.Switch.setMonitor}): the switch
+hands it a copy of each frame as it was read, before VLAN processing, from
+every port and VLAN; the port is a member of no VLAN, so it gets nothing
+else.  While a monitor is plugged in the switch remembers no routes, so
+every frame takes the switch's slower path: capturing costs throughput, as
+it does on any switch's mirror port.  The link takes no virtio-net header,
+so TCP super-frames from offload TAPs are cut into the frames a wire would
+carry.  Records are buffered and written at least once a second and when
+the port stops; C{snaplen=} keeps only the first bytes of each frame.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Any
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vtwisted.interfaces import ILink, IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports.datagrams import SingleLinkService
+from vtwisted.spec import PortSpec
+from vtwisted.vlans import NOVLAN
+from vtwisted.wire import pcap
+
+log = Logger()
+
+DEFAULT_SNAPLEN = 262144
+BUFFER = 1 << 20
+
+
+@implementer(ILink)
+class PcapLink:
+    """
+    The capture file, as the link of a monitor port.
+    """
+
+    module = "pcap"
+    vnetHeader = False
+    uid = None
+    linkId = 0
+
+    def __init__(self, service: PcapService, handle: IO[bytes]) -> None:
+        self.service = service
+        self.handle = handle
+        self.description = f"capture to {service.path}"
+        self.port: Any = None
+        self.frames = 0
+        clock = service.reactor.seconds
+        write = handle.write
+        snaplen = service.snaplen
+        record = pcap.record
+
+        def sendFrame(frame: bytes) -> None:
+            write(record(clock(), frame, snaplen))
+            self.frames += 1
+
+        self.sendFrame = sendFrame  # type: ignore[method-assign]
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port} as a monitor.
+        """
+        self.port = port
+        switch.attach(port, self)
+        switch.vlans.join(port, NOVLAN)
+        switch.setMonitor(port, True)
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Record one frame (replaced per link in C{__init__}).
+        """
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        raise NotImplementedError("a capture port takes plain frames")
+
+    def close(self) -> None:
+        """
+        Unplug from the switch (the file stays open until the service stops).
+        """
+        self.service.unplug()
+
+
+@implementer(IPortService)
+class PcapService(SingleLinkService):
+    """
+    The service of one C{pcap:} spec.
+    """
+
+    def __init__(self, switch: Any, reactor: Any, path: str, snaplen: int,
+                 options: PortOptions, spec: str) -> None:
+        self.switch = switch
+        self.reactor = reactor
+        self.path = path
+        self.snaplen = snaplen
+        self.options = options
+        self.spec = spec
+        self.link: PcapLink | None = None
+        self._flusher: LoopingCall | None = None
+
+    def bound(self) -> bool:
+        return self.link is not None
+
+    def bind(self) -> None:
+        try:
+            handle = open(self.path, "wb", buffering=BUFFER)  # closed in stopService
+            handle.write(pcap.fileHeader(self.snaplen))
+        except OSError as e:
+            raise OSError(e.errno, f"{self.spec}: cannot write {self.path}: {e.strerror} "
+                                   f"(errno {e.errno})") from None
+        self.link = PcapLink(self, handle)
+
+    def startService(self) -> None:
+        super().startService()
+        assert self.link is not None
+        self._flusher = LoopingCall(self.link.handle.flush)
+        self._flusher.clock = self.reactor
+        self._flusher.start(1.0, now=False)
+
+    def unplug(self) -> None:
+        link = self.link
+        if link is not None and link.port is not None:
+            self.switch.setMonitor(link.port, False)
+        super().unplug()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._flusher is not None and self._flusher.running:
+            self._flusher.stop()
+        self.unplug()
+        link, self.link = self.link, None
+        if link is not None:
+            link.handle.close()
+            log.info("{spec}: {n} frames written to {path}", spec=self.spec, n=link.frames,
+                     path=self.path)
+        return None
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PcapService:
+    """
+    Build the service for C{pcap:PATH[:snaplen=N][:port=N]}.
+    """
+    (path,) = spec.positional(["path"], 1)
+    if not path:
+        raise spec.error("needs a file to write, pcap:/tmp/lan.pcap")
+    snaplen = spec.integer("snaplen", DEFAULT_SNAPLEN, 64, DEFAULT_SNAPLEN)
+    assert snaplen is not None
+    number = spec.integer("port", None, 0, 65535)
+    spec.checkKeywords()
+    return PcapService(switch, reactor, os.path.abspath(path), snaplen,
+                       PortOptions(number=number), spec.text)
