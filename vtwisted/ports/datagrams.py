@@ -10,11 +10,13 @@ import errno
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.logger import Logger
 
 from vtwisted.interfaces import ILink
 from vtwisted.portoptions import PortOptions
 from vtwisted.spec import PortSpec
 
+log = Logger()
 _BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 
 
@@ -28,6 +30,26 @@ class PlainDatagramLink:
     transportName = "this transport"
     service: Any
     port: Any = None
+    _receive: Any = None
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}.
+        """
+        self.port = port
+        self._receive = switch.frameReceived
+        switch.attach(port, self)
+
+    def deliver(self, frame: bytes) -> None:
+        """
+        Hand a frame read from the socket to the switch, if plugged in.
+        """
+        if self.port is None:
+            return
+        try:
+            self._receive(self.port, frame)
+        except Exception:
+            log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
 
     def sendVnetPacket(self, packet: bytes) -> None:
         raise NotImplementedError(f"{self.transportName} carries plain frames only")

@@ -30,7 +30,6 @@ import socket
 from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
@@ -38,8 +37,6 @@ from vtwisted.portoptions import PortOptions
 from vtwisted.ports.datagrams import PlainDatagramLink, SingleLinkService, udpPort
 from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError
 from vtwisted.spec import PortSpec
-
-log = Logger()
 
 #: The largest datagram read: QEMU's own limit (its C{NET_BUFSIZE}).
 MAX_DATAGRAM = 4096 + 65536
@@ -65,7 +62,6 @@ class DgramLink(PlainDatagramLink, DatagramProtocol):
         self.module = f"qemu {service.family}"
         self.description = f"{service.family} {service.localText} to {service.remoteText}"
         self.port: Any = None
-        self._receive: Any = None
 
     def startProtocol(self) -> None:
         sock = self.transport.socket  # type: ignore[union-attr]
@@ -73,24 +69,11 @@ class DgramLink(PlainDatagramLink, DatagramProtocol):
         self.linkId = sock.fileno()
         self.sendFrame = self._makeSender(sock.sendto)  # type: ignore[method-assign]
 
-    def plug(self, switch: Any, port: Any) -> None:
-        """
-        Attach to C{port}.
-        """
-        self.port = port
-        self._receive = switch.frameReceived
-        switch.attach(port, self)
-
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         if addr != self.remote:
             self._foreign(addr)
             return
-        if self.port is None:
-            return
-        try:
-            self._receive(self.port, datagram)
-        except Exception:
-            log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
+        self.deliver(datagram)
 
     def _foreign(self, addr: Any) -> None:
         if self.port is not None:

@@ -26,7 +26,6 @@ import ipaddress
 from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
@@ -34,8 +33,6 @@ from vtwisted.portoptions import PortOptions
 from vtwisted.ports.datagrams import PlainDatagramLink, SingleLinkService, udpPort
 from vtwisted.sockettools import growSendBuffer, listenError
 from vtwisted.spec import PortSpec
-
-log = Logger()
 
 #: The largest datagram read: QEMU's own limit.
 MAX_DATAGRAM = 4096 + 65536
@@ -68,23 +65,10 @@ class McastLink(PlainDatagramLink, DatagramProtocol):
         self.description = f"group {service.group}:{service.number}"
         self.port: Any = None
         self.ownPort = 0
-        self._receive: Any = None
-
-    def plug(self, switch: Any, port: Any) -> None:
-        """
-        Attach to C{port}.
-        """
-        self.port = port
-        self._receive = switch.frameReceived
-        switch.attach(port, self)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        if addr[1] == self.ownPort or self.port is None:
-            return
-        try:
-            self._receive(self.port, datagram)
-        except Exception:
-            log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
+        if addr[1] != self.ownPort:
+            self.deliver(datagram)
 
     def useSender(self, sender: Any) -> None:
         """
