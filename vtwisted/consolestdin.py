@@ -14,6 +14,7 @@ it with C{--stdin} only where standard input stays open.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -71,7 +72,7 @@ class StdinConsole(LineReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.clearLineBuffer()
-        self._write(fmt.resultLine(7) + "\n")  # E2BIG, as the socket console answers
+        self._write(fmt.resultLine(errno.E2BIG) + "\n")  # as the socket console answers
         self._prompt()
 
     def debugLine(self, line: str) -> None:

@@ -15,7 +15,7 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from reactortools import until
-from test_slirpengines6 import GATEWAY6, GUEST6, _answer, _server, needIpv6Loopback
+from test_slirpengines6 import GATEWAY6, GUEST6, _answer, _readable, _server, needIpv6Loopback
 from test_slirptcp import GATEWAY, GUEST
 from twisted.internet import reactor
 
@@ -149,7 +149,7 @@ async def test_smallGuestTtlIsCarriedToTheHostDatagram() -> None:
                                     guestPacket(GUEST, GATEWAY, ttl))
         seen = []
         for _ in range(2):
-            await until(lambda: _pending(sink), what="a datagram")
+            await until(lambda: _readable(sink), what="a datagram")
             _, ancillary, _, _ = sink.recvmsg(100, 64)
             seen += [struct.unpack("i", data)[0] for level, kind, data in ancillary
                      if kind == socket.IP_TTL]
@@ -157,14 +157,6 @@ async def test_smallGuestTtlIsCarriedToTheHostDatagram() -> None:
     finally:
         engine.close()
         sink.close()
-
-
-def _pending(sock: socket.socket) -> bool:
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def test_addressesAreTheGuestSidesOnes() -> None:

@@ -1,7 +1,7 @@
 """
-What the datagram port types (C{dgram:}, C{mcast:}) share: a service with
-one socket and one link, plugged into one port while it runs, and the
-checking of UDP port numbers in specs.
+What the datagram port types (C{dgram:}, C{mcast:}) share: their links'
+plugging, frame delivery and send-error accounting, and the checking of
+UDP port numbers in specs.
 """
 
 from __future__ import annotations
@@ -9,11 +9,8 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.logger import Logger
 
-from vtwisted.interfaces import ILink
-from vtwisted.portoptions import PortOptions
 from vtwisted.spec import PortSpec
 
 log = Logger()
@@ -72,61 +69,6 @@ class PlainDatagramLink:
             self.port.dropped("mtu", f"{where}: message too long (EMSGSIZE)")
         else:
             self.port.dropped("peer", f"{where}: {e.strerror} (errno {e.errno}); {hint}")
-
-
-class SingleLinkService(Service):
-    """
-    A port service whose sockets are bound in C{privilegedStartService} (or
-    at start) and whose one link is plugged in while it runs.
-
-    Subclasses set L{switch}, L{options}, L{spec} and implement L{bind}
-    (which sets L{link}) and L{bound}.
-    """
-
-    listening = False
-    switch: Any
-    options: PortOptions
-    spec: str
-    link: Any = None
-
-    def bound(self) -> bool:
-        """
-        Whether the sockets are bound.
-        """
-        raise NotImplementedError
-
-    def bind(self) -> None:
-        """
-        Bind the sockets and make L{link}.
-        """
-        raise NotImplementedError
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self.bind()
-
-    def startService(self) -> None:
-        if not self.bound():
-            self.bind()
-        super().startService()
-        assert self.link is not None
-        self.options.plugIn(self.switch, self.link, self.spec)
-
-    def currentLinks(self) -> list[ILink]:
-        """
-        The link, while plugged in.
-        """
-        link = self.link
-        return [link] if link is not None and link.port is not None else []
-
-    def unplug(self) -> None:
-        """
-        Take the link out of its port.
-        """
-        link = self.link
-        if link is not None and link.port is not None:
-            self.switch.detach(link.port, link)
-            link.port = None
 
 
 def udpPort(spec: PortSpec, text: str | None) -> int:

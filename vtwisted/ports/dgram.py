@@ -34,7 +34,8 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.datagrams import PlainDatagramLink, SingleLinkService, udpPort
+from vtwisted.ports.datagrams import PlainDatagramLink, udpPort
+from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError
 from vtwisted.spec import PortSpec
 

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.datagrams import SingleLinkService
+from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import NOVLAN
 from vtwisted.wire import pcap
@@ -71,7 +71,6 @@ class PcapLink:
         """
         self.port = port
         switch.attach(port, self)
-        switch.vlans.join(port, NOVLAN)
         switch.setMonitor(port, True)
 
     def sendFrame(self, frame: bytes) -> None:
@@ -155,5 +154,6 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PcapService:
     assert snaplen is not None
     number = spec.integer("port", None, 0, 65535)
     spec.checkKeywords()
+    # A member of no VLAN: the port gets the monitor's copies and nothing else.
     return PcapService(switch, reactor, os.path.abspath(path), snaplen,
-                       PortOptions(number=number), spec.text)
+                       PortOptions(number=number, vlan=NOVLAN), spec.text)

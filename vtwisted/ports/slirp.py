@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
@@ -34,6 +33,7 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.slirp.arpcache import macFor
 from vtwisted.slirp.config import Forward, GuestForward, SlirpConfig, readConfig
 from vtwisted.slirp.dhcp import DhcpServer
@@ -140,14 +140,12 @@ class SlirpLink:
 
 
 @implementer(IPortService)
-class SlirpService(Service):
+class SlirpService(SingleLinkService):
     """
     The service of one C{slirp:} spec.
 
     @ivar forwards: the open port forwards, with their listening ports.
     """
-
-    listening = False
 
     def __init__(self, switch: Any, reactor: Any, config: SlirpConfig, options: PortOptions,
                  spec: str) -> None:
@@ -166,11 +164,13 @@ class SlirpService(Service):
         #: Guest forwards to the targets made from their endpoint descriptions.
         self.guestTargets: dict[GuestForward, GuestForwardTarget] = {}
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._build()
+    def bound(self) -> bool:
+        return self.link is not None
 
-    def _build(self) -> None:
+    def bind(self) -> None:
+        """
+        Build the router and its engines, and open the forwards.
+        """
         link = SlirpLink(self)
         config = self.config
         router = SlirpRouter(config, self.reactor, link.emitFrame, link.emitPacket, link.dropped,
@@ -210,11 +210,7 @@ class SlirpService(Service):
             raise
 
     def startService(self) -> None:
-        if self.link is None:
-            self._build()
         super().startService()
-        assert self.link is not None
-        self.options.plugIn(self.switch, self.link, self.spec)
         clash = self._clash()
         if clash is not None:
             self.unplug()
@@ -281,22 +277,6 @@ class SlirpService(Service):
         """
         port = self.forwards.pop(forward)
         return port.stopListening()
-
-    def currentLinks(self) -> list[ILink]:
-        """
-        The router's link, while plugged in.
-        """
-        link = self.link
-        return [link] if link is not None and link.port is not None else []
-
-    def unplug(self) -> None:
-        """
-        Take the router out of its port.
-        """
-        link = self.link
-        if link is not None and link.port is not None:
-            self.switch.detach(link.port, link)
-            link.port = None
 
     def _teardown(self) -> list[Any]:
         results = [port.stopListening() for port in self.forwards.values()]

@@ -36,7 +36,6 @@ import functools
 import struct
 from typing import Any
 
-from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.pair.ethernet import EthernetProtocol
 from twisted.pair.tuntap import TunnelFlags, TuntapPort
@@ -46,6 +45,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.polling import pollerFor
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.ports.tapdevice import (
     IFNAMSIZ,
     OFFLOAD_CHOICES,
@@ -357,12 +357,10 @@ class TapLink(TuntapPort):
 
 
 @implementer(IPortService)
-class TapService(Service):
+class TapService(SingleLinkService):
     """
     The service of one C{tap:NAME} spec.
     """
-
-    listening = False
 
     def __init__(
         self,
@@ -389,27 +387,16 @@ class TapService(Service):
         self.system = system if system is not None else RealTapSystem()
         self.link: TapLink | None = None
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        if self.link is None:
-            link = TapLink(self, self.deviceName, self.offload, self.system, self.reactor,
-                           self.uso)
-            link.open()
-            self.link = link
+    def bound(self) -> bool:
+        return self.link is not None
 
-    def startService(self) -> None:
-        if self.link is None:
-            self.privilegedStartService()
-        super().startService()
-        assert self.link is not None
-        self.options.plugIn(self.switch, self.link, self.spec)
-
-    def currentLinks(self) -> list[ILink]:
+    def bind(self) -> None:
         """
-        The device, while it is plugged in.
+        Open the device (the error says what to do if that fails).
         """
-        link = self.link
-        return [link] if link is not None and link.port is not None else []
+        link = TapLink(self, self.deviceName, self.offload, self.system, self.reactor, self.uso)
+        link.open()
+        self.link = link
 
     def linkGone(self, link: TapLink) -> None:
         """

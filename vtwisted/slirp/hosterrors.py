@@ -43,7 +43,7 @@ from zope.interface import implementer
 
 from vtwisted.slirp.addresses import unmapped
 from vtwisted.slirp.packets import udpDatagram
-from vtwisted.wire import ipv4
+from vtwisted.wire import ipv4, ipv6
 
 log = Logger()
 
@@ -151,8 +151,8 @@ def guestDatagram(src: bytes, srcPort: int, dst: bytes, dstPort: int, payload: b
     """
     datagram = udpDatagram(src, dst, srcPort, dstPort, payload[:512])
     if len(src) == 16:
-        header = struct.pack("!IHBB", 0x60000000, len(datagram), ipv4.PROTO_UDP, 64)
-        return header + src + dst + datagram
+        header = ipv6.IPv6Header(0, 0, len(datagram), ipv4.PROTO_UDP, 64, src, dst)
+        return header.pack() + datagram
     return ipv4.packPlainHeader(0, src, dst, ipv4.PROTO_UDP, 20 + len(datagram), 64,
                                 0x4000) + datagram
 

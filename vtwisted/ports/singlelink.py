@@ -1,0 +1,70 @@
+"""
+The service of a port type with one link at most (a TAP device, a datagram
+socket, a slirp router, a capture file): bound when the service starts
+(before twistd drops privileges), plugged into one port while it runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+
+from vtwisted.interfaces import ILink
+from vtwisted.portoptions import PortOptions
+
+
+class SingleLinkService(Service):
+    """
+    A port service whose sockets are bound in C{privilegedStartService} (or
+    at start) and whose one link is plugged in while it runs.
+
+    Subclasses set L{switch}, L{options}, L{spec} and implement L{bind}
+    (which sets L{link}) and L{bound}.
+    """
+
+    listening = False
+    switch: Any
+    options: PortOptions
+    spec: str
+    link: Any = None
+
+    def bound(self) -> bool:
+        """
+        Whether the link's resources (socket, device, file) are open.
+        """
+        raise NotImplementedError
+
+    def bind(self) -> None:
+        """
+        Open them and make L{link}.
+        """
+        raise NotImplementedError
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        if not self.bound():
+            self.bind()
+
+    def startService(self) -> None:
+        if not self.bound():
+            self.bind()
+        super().startService()
+        assert self.link is not None
+        self.options.plugIn(self.switch, self.link, self.spec)
+
+    def currentLinks(self) -> list[ILink]:
+        """
+        The link, while plugged in.
+        """
+        link = self.link
+        return [link] if link is not None and link.port is not None else []
+
+    def unplug(self) -> None:
+        """
+        Take the link out of its port.
+        """
+        link = self.link
+        if link is not None and link.port is not None:
+            self.switch.detach(link.port, link)
+            link.port = None
