@@ -61,3 +61,10 @@ pcap = PortType(
     "pcap:PATH[:snaplen=N]  a capture port: every frame the other ports read, "
     "written to a libpcap file (tcpdump -r, Wireshark)",
 )
+
+vxlan = PortType(
+    "vxlan",
+    "vtwisted.ports.vxlan",
+    "vxlan[:GROUP|v6][:vni=1][:dstport=4789][:remote=ADDR,...][:if=NAME][:local=ADDR]  "
+    "a VXLAN network as one port: Linux vxlan devices, vde_plug vxlan://, other switches",
+)

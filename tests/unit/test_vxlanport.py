@@ -1,0 +1,205 @@
+"""
+The C{vxlan:} port: its spec, the VXLAN header, and a switch's VXLAN port
+exchanging datagrams with endpoints played by sockets on loopback
+addresses (learning, flooding, the drops it counts, expiry).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.task import deferLater
+
+from vtwisted.ports import vxlan as vxlanport
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+from vtwisted.wire import vxlan
+
+BROADCAST = b"\xff" * 6
+
+
+@given(st.integers(0, vxlan.MAX_VNI), st.binary(min_size=14, max_size=200))
+def test_headerCarriesTheVni(vni: int, payload: bytes) -> None:
+    """The VNI read back is the VNI written; the header is RFC 7348's."""
+    head = vxlan.header(vni)
+    assert head[0] == 0x08 and head[1:4] == bytes(3) and head[7] == 0
+    assert vxlan.parse(head + payload) == vni
+
+
+@pytest.mark.parametrize(("datagram", "message"), [
+    (vxlan.header(5) + bytes(13), "too short"),
+    (b"\x00" + vxlan.header(5)[1:] + bytes(20), "lack the I flag"),
+])
+def test_badHeadersAreRefused(datagram: bytes, message: str) -> None:
+    """A runt, or a header without the I flag, is a ValueError saying so."""
+    with pytest.raises(ValueError, match=message):
+        vxlan.parse(datagram)
+
+
+def test_reservedBitsAreIgnored() -> None:
+    """Other flags and reserved bytes do not change the VNI read."""
+    assert vxlan.parse(b"\x88\x01\x02\x03\x00\x00\x2a\x77" + bytes(14)) == 42
+
+
+def test_defaultsAreVdeplugs() -> None:
+    """Plain C{vxlan} joins vdeplug4's default network: 239.0.0.1, port 4789, VNI 1."""
+    config = vxlanport.configFromSpec(PortSpec("vxlan"))
+    assert (config.group, config.dstport, config.vni, config.ttl, config.expire) == (
+        "239.0.0.1", 4789, 1, 1, 128)
+    assert vxlanport.configFromSpec(PortSpec("vxlan:v6")).group == "ff05:56de::1"
+
+
+def test_specOptionsReachTheConfig() -> None:
+    """Remotes, VNI, port, local address, interface, TTL and expiry are read."""
+    config = vxlanport.configFromSpec(PortSpec(
+        "vxlan:remote=fd00\\:\\:2,fd00\\:\\:3:vni=42:dstport=8472:local=fd00\\:\\:1:"
+        "if=eth0:ttl=3:expire=60"))
+    assert config.version == 6 and config.group is None
+    assert (config.remotes, config.vni, config.dstport, config.local, config.interface,
+            config.ttl, config.expire) == (["fd00::2", "fd00::3"], 42, 8472, "fd00::1",
+                                           "eth0", 3, 60)
+    assert config.where() == "remote [fd00::2],[fd00::3]:8472"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("vxlan:10.0.0.1", "not a multicast group"),
+    ("vxlan:lan", "not an IP address"),
+    ("vxlan:239.1.1.1:remote=10.0.0.2", "not both"),
+    ("vxlan:remote=10.0.0.2,fd00\\:\\:2", "all IPv4 or all IPv6"),
+    ("vxlan:remote=10.0.0.2:local=fd00\\:\\:1", "not an IPv4 address"),
+    ("vxlan:vni=16777216", "out of range"),
+    ("vxlan:dstport=0", "out of range"),
+    ("vxlan:expire=0", "out of range"),
+    ("vxlan:colour=blue", "colour"),
+])
+def test_badSpecsAreRefused(text: str, message: str) -> None:
+    """Each mistake is a SpecError naming the spec and what is wrong."""
+    with pytest.raises(SpecError, match=message) as caught:
+        vxlanport.makeService(Switch(), PortSpec(text), None)
+    assert caught.value.spec == text
+
+
+def _endpoints(*hosts: str) -> tuple[int, list[socket.socket]]:
+    """Sockets on C{hosts} that share one free UDP port number."""
+    first = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    first.bind((hosts[0], 0))
+    number = first.getsockname()[1]
+    sockets = [first]
+    for host in hosts[1:]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((host, number))
+        sockets.append(sock)
+    for sock in sockets:
+        sock.setblocking(False)
+    return number, sockets
+
+
+def _pending(sock: socket.socket) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(70000))
+        except BlockingIOError:
+            return got
+
+
+async def _until(predicate: object, what: str) -> None:
+    from twisted.internet import reactor
+
+    for _ in range(200):
+        if predicate():  # type: ignore[operator]
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_floodsToEveryRemoteAndAnswersTheOneLearned(switch) -> None:
+    """
+    A broadcast goes to both endpoints; a frame from one teaches the port
+    where its source lives, and the reply goes to that endpoint alone.
+    """
+    number, (two, three) = _endpoints("127.0.0.2", "127.0.0.3")
+    try:
+        service = switch(f"vxlan:remote=127.0.0.2,127.0.0.3:local=127.0.0.1:dstport={number}:"
+                         "vni=7")
+        link = FakeLink()
+        plug(service.switch, link)
+        hello = frame(BROADCAST, mac(1), payload=b"hello")
+        link.receive(hello)
+        head = vxlan.header(7)
+        assert _pending(two) == [head + hello] and _pending(three) == [head + hello]
+        fromThree = frame(mac(1), mac(0x33), payload=b"from three")
+        three.sendto(head + fromThree, ("127.0.0.1", number))
+        await _until(lambda: link.sent, "the frame from 127.0.0.3")
+        assert link.takeSent() == [fromThree]
+        reply = frame(mac(0x33), mac(1), payload=b"reply")
+        link.receive(reply)
+        assert _pending(three) == [head + reply] and _pending(two) == []
+        vxlanLink = service.specs[next(iter(service.specs))].link
+        assert "1 MACs behind 1 endpoints" in vxlanLink.description
+    finally:
+        two.close()
+        three.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_otherNetworksAndStrangersAreCountedAndDropped(switch) -> None:
+    """
+    Datagrams for another VNI, without the I flag, or from an address that
+    is not a remote endpoint reach no port and are counted by kind.
+    """
+    number, (two, stranger) = _endpoints("127.0.0.2", "127.0.0.9")
+    try:
+        spec = f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}:vni=7"
+        service = switch(spec)
+        link = FakeLink()
+        plug(service.switch, link)
+        payload = frame(BROADCAST, mac(0x22))
+        target = ("127.0.0.1", number)
+        two.sendto(vxlan.header(8) + payload, target)
+        two.sendto(b"\x00" + vxlan.header(7)[1:] + payload, target)
+        stranger.sendto(vxlan.header(7) + payload, target)
+        two.sendto(vxlan.header(7) + payload, target)
+        await _until(lambda: link.sent, "the good datagram")
+        port = service.specs[spec].link.port
+        assert link.sent == [payload]
+        assert (port.counters.drops["vlan"], port.counters.drops["malformed"],
+                port.counters.drops["peer"]) == (1, 1, 1)
+    finally:
+        two.close()
+        stranger.close()
+
+
+def test_endpointsAreForgottenAfterTheExpiryTime() -> None:
+    """A MAC not heard for the expiry time is flooded to again."""
+    config = vxlanport.configFromSpec(PortSpec("vxlan:remote=127.0.0.2:expire=8"))
+    service = vxlanport.VxlanService(Switch(), None, config, None, "vxlan")  # type: ignore[arg-type]
+    link = vxlanport.VxlanLink(service)
+    head = vxlan.header(1)
+    link.datagramReceived(head + frame(BROADCAST, mac(5)), ("127.0.0.2", 40000))
+    assert link.where == {mac(5): ("127.0.0.2", 4789)}
+    for _ in range(vxlanport.TICKS):
+        link.expire()
+    assert mac(5) in link.where
+    link.datagramReceived(head + frame(BROADCAST, mac(6)), ("127.0.0.2", 40000))
+    link.expire()
+    assert list(link.where) == [mac(6)]
+
+
+def test_bindErrorsSayWhatHoldsThePort() -> None:
+    """A VXLAN port already in use fails with the errno and the likely owner."""
+    number, (holder,) = _endpoints("127.0.0.1")
+    try:
+        spec = f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}"
+        service = vxlanport.makeService(Switch(), PortSpec(spec), None)
+        with pytest.raises(OSError, match=r"EADDRINUSE.*vxlan device") as caught:
+            service.bind()
+        assert spec in str(caught.value)
+    finally:
+        holder.close()

@@ -1,0 +1,397 @@
+"""
+VXLAN (C{vxlan:}): the switch as a VXLAN tunnel endpoint (VTEP), sharing a
+LAN with Linux C{vxlan} devices, vdeplug4's C{vxlan://} plugs and other
+vtwisted switches on other hosts.
+
+Theory of operation
+-------------------
+A VXLAN network is a LAN of tunnel endpoints: each wraps every frame in an
+8-byte header naming the network (the VNI, L{vtwisted.wire.vxlan}) and
+sends it in a UDP datagram to destination port 4789.  The whole network is
+one port of the switch, where the switch learns the addresses of every host
+behind every endpoint; the link itself remembers which endpoint (IP
+address) each source MAC came from, as Linux's devices and vdeplug4 do, so
+that a frame to a known MAC goes as one datagram to that endpoint alone.
+Broadcasts and unknown destinations are flooded: to a multicast group
+(C{vxlan:GROUP}, 239.0.0.1 by default as in vdeplug4, joined on C{if=}), or,
+with C{remote=A,B}, once to each listed endpoint (Linux's unicast mode and
+head-end replication).  In the unicast mode only the listed endpoints are
+heard; anyone else's datagram is counted as a C{peer} drop.
+
+Entries expire C{expire=} seconds (128, vdeplug4's default) after their
+MAC was last heard; the table holds at most L{MAX_LEARNED} of them.
+Datagrams of another VNI (counted as C{vlan} drops), or without the I flag
+(C{malformed}), are dropped.
+Multicast loopback is off, as in vdeplug4: one endpoint per host and port.
+Datagrams leave with fragmentation allowed (Linux's devices' default, "df
+unset"), so full-sized frames cross an underlay whose MTU has no room for
+the 50 bytes of encapsulation, at a cost; give the port C{mtu=} 50 less
+than the underlay's to avoid that.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from zope.interface import implementer
+
+from vtwisted.interfaces import ILink, IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports.datagrams import PlainDatagramLink, udpPort
+from vtwisted.ports.singlelink import SingleLinkService
+from vtwisted.sockettools import growSendBuffer, listenError
+from vtwisted.spec import PortSpec
+from vtwisted.wire import vxlan
+
+#: The largest datagram read: a 64 KB frame and its header.
+MAX_DATAGRAM = 65536 + vxlan.HEADER_LENGTH
+#: Socket buffers: room for bursts both ways.
+BUFFER = 4 * 1024 * 1024
+#: The most MAC addresses whose endpoint is remembered.
+MAX_LEARNED = 65536
+#: Expiry checks per expiry time: an entry lives at most 1/4 longer.
+TICKS = 4
+#: vdeplug4's default groups.
+DEFAULT_GROUP = {4: "239.0.0.1", 6: "ff05:56de::1"}
+
+_IP_MTU_DISCOVER, _IPV6_MTU_DISCOVER, _PMTUDISC_DONT = 10, 23, 0
+_SO_RCVBUFFORCE = 33
+
+
+@dataclass
+class VxlanConfig:
+    """
+    What a C{vxlan:} spec says.
+    """
+
+    version: int
+    vni: int
+    dstport: int
+    group: str | None = None
+    remotes: list[str] = field(default_factory=list)
+    local: str | None = None
+    interface: str | None = None
+    ttl: int = 1
+    expire: int = 128
+
+    def where(self) -> str:
+        """
+        C{group 239.0.0.1:4789} or C{remote 10.0.0.2,10.0.0.3:4789}.
+        """
+        if self.group is not None:
+            return f"group {_hostText(self.group)}:{self.dstport}"
+        return f"remote {','.join(_hostText(r) for r in self.remotes)}:{self.dstport}"
+
+
+@implementer(ILink)
+class VxlanLink(PlainDatagramLink, DatagramProtocol):
+    """
+    The VXLAN network, as the one link of one port.
+
+    @ivar where: the endpoint each learned source MAC was last heard from,
+        as the address frames to it are sent to.
+    """
+
+    noisy = False
+    vnetHeader = False
+    uid = None
+    linkId = 0
+    module = "vxlan"
+    transportName = "VXLAN"
+
+    def __init__(self, service: VxlanService) -> None:
+        config = service.config
+        self.service = service
+        self.config = config
+        self.port: Any = None
+        self.header = vxlan.header(config.vni)
+        self.where: dict[bytes, tuple[str, int]] = {}
+        self.seen: dict[bytes, int] = {}
+        self.tick = 0
+        self.flood = ([(config.group, config.dstport)] if config.group is not None
+                      else [(remote, config.dstport) for remote in config.remotes])
+        self.heard = None if config.group is not None else frozenset(config.remotes)
+
+    @property
+    def description(self) -> str:
+        endpoints = len(set(self.where.values()))
+        return (f"vni {self.config.vni} {self.config.where()}, "
+                f"{len(self.where)} MACs behind {endpoints} endpoints")
+
+    def startProtocol(self) -> None:
+        sock = self.transport.socket  # type: ignore[union-attr]
+        self.linkId = sock.fileno()
+        self.sendFrame = self._makeSender(sock.sendto)  # type: ignore[method-assign]
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if (datagram[:8] != self.header or len(datagram) < 22) and not self._acceptable(
+                datagram, addr):
+            return
+        host = addr[0]
+        if self.heard is not None and host not in self.heard:
+            self._stranger(host)
+            return
+        if not datagram[14] & 1:
+            src = datagram[14:20]
+            known = self.where.get(src)
+            if known is None or known[0] != host:
+                self._learn(src, host)
+            self.seen[src] = self.tick
+        self.deliver(datagram[8:])
+
+    def _acceptable(self, datagram: bytes, addr: Any) -> bool:
+        """
+        Whether a datagram whose header is not exactly ours is still one of
+        this network's frames; count it as dropped if not.
+        """
+        try:
+            vni = vxlan.parse(datagram)
+        except ValueError as e:
+            if self.port is not None:
+                self.port.dropped("malformed", f"{self.service.spec}: from {addr[0]}: {e}")
+            return False
+        if vni == self.config.vni:
+            return True
+        if self.port is not None:
+            self.port.dropped("vlan", f"{self.service.spec}: a datagram for VNI {vni} "
+                              f"from {addr[0]} (this port is VNI {self.config.vni})")
+        return False
+
+    def _stranger(self, host: str) -> None:
+        if self.port is not None:
+            self.port.dropped("peer", f"{self.service.spec}: a datagram from {host}, "
+                              f"which is not one of the remote endpoints")
+
+    def _learn(self, src: bytes, host: str) -> None:
+        if src not in self.where and len(self.where) >= MAX_LEARNED:
+            return
+        self.where[src] = (host, self.config.dstport)
+
+    def expire(self) -> None:
+        """
+        Advance the clock by one tick and forget the MACs not heard for
+        C{TICKS} ticks.
+        """
+        self.tick += 1
+        oldest = self.tick - TICKS
+        old = [mac for mac, tick in self.seen.items() if tick < oldest]
+        for mac in old:
+            del self.seen[mac]
+            self.where.pop(mac, None)
+
+    # ILink
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Send one frame into the network.  Replaced per link by a closure
+        from L{_makeSender}.
+        """
+
+    def _makeSender(self, sendto: Any) -> Any:
+        header, where, flood, failed = self.header, self.where, self.flood, self._sendFailed
+
+        def sendFrame(frame: Any) -> None:
+            try:
+                if not frame[0] & 1:
+                    dest = where.get(bytes(frame[:6]))
+                    if dest is not None:
+                        sendto(header + frame, dest)
+                        return
+                datagram = header + frame
+                for dest in flood:
+                    sendto(datagram, dest)
+            except OSError as e:
+                failed(e)
+
+        return sendFrame
+
+    def _sendFailed(self, e: OSError) -> None:
+        self.sendFailed(e, self.service.spec, "is there a route to the endpoints?")
+
+
+@implementer(IPortService)
+class VxlanService(SingleLinkService):
+    """
+    The service of one C{vxlan:} spec: one socket, one port, the expiry
+    timer.
+    """
+
+    def __init__(self, switch: Any, reactor: Any, config: VxlanConfig, options: PortOptions,
+                 spec: str) -> None:
+        self.switch = switch
+        self.reactor = reactor
+        self.config = config
+        self.options = options
+        self.spec = spec
+        self.link: VxlanLink | None = None
+        self.listeningPort: Any = None
+        self._expiry: LoopingCall | None = None
+
+    def bound(self) -> bool:
+        return self.listeningPort is not None
+
+    def bind(self) -> None:
+        link = VxlanLink(self)
+        try:
+            sock = openSocket(self.config)
+        except OSError as e:
+            raise OSError(e.errno, f"{self.spec}: {_bindHint(e, self.config)}") from e
+        try:
+            family = socket.AF_INET6 if self.config.version == 6 else socket.AF_INET
+            self.listeningPort = self.reactor.adoptDatagramPort(
+                sock.fileno(), family, link, MAX_DATAGRAM)
+        except Exception as e:
+            raise listenError(f"{self.spec}: cannot use the socket", e) from e
+        finally:
+            sock.close()
+        self.link = link
+
+    def startService(self) -> None:
+        super().startService()
+        link = self.link
+        assert link is not None
+        self._expiry = LoopingCall(link.expire)
+        self._expiry.clock = self.reactor
+        self._expiry.start(max(self.config.expire / TICKS, 0.25), now=False)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        self._expiry = None
+        self.unplug()
+        port, self.listeningPort = self.listeningPort, None
+        self.link = None
+        return None if port is None else port.stopListening()
+
+
+def openSocket(config: VxlanConfig) -> socket.socket:
+    """
+    A non-blocking UDP socket bound to the VXLAN port (on C{local=} in the
+    unicast mode), in the multicast group if there is one, sending with
+    fragmentation allowed.
+
+    @raise OSError: from the system, its errno intact.
+    """
+    v6 = config.version == 6
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifindex = socket.if_nametoindex(config.interface) if config.interface else 0
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        bindTo = config.local if config.group is None and config.local else ""
+        sock.bind((bindTo or ("::" if v6 else "0.0.0.0"), config.dstport))
+        if config.group is not None:
+            _joinGroup(sock, config, ifindex)
+        level, option = ((socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER) if v6
+                         else (socket.IPPROTO_IP, _IP_MTU_DISCOVER))
+        sock.setsockopt(level, option, _PMTUDISC_DONT)
+        growSendBuffer(sock, BUFFER)
+        for name in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, name, BUFFER)
+                break
+            except OSError:
+                continue
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _joinGroup(sock: socket.socket, config: VxlanConfig, ifindex: int) -> None:
+    group = config.group
+    assert group is not None
+    if config.version == 6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                        socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, config.ttl)
+        if ifindex:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        return
+    local = socket.inet_aton(config.local or "0.0.0.0")
+    mreqn = struct.pack("@4s4si", socket.inet_aton(group), local, ifindex)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, config.ttl)
+    if ifindex or config.local:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                        struct.pack("@4s4si", bytes(4), local, ifindex))
+
+
+def _bindHint(e: OSError, config: VxlanConfig) -> str:
+    what = f"cannot open UDP port {config.dstport} for VXLAN: {e.strerror} " \
+           f"({errno.errorcode.get(e.errno or 0, e.errno)})"
+    if e.errno == errno.EADDRINUSE:
+        return what + "; is a Linux vxlan device or another VXLAN endpoint using it here?"
+    if e.errno == errno.ENODEV:
+        return what + f"; is there an interface {config.interface!r} with an address?"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return what + f"; is {config.local} an address of this host?"
+    return what
+
+
+def _hostText(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _address(spec: PortSpec, text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise spec.error(f"{what} {text!r} is not an IP address") from None
+
+
+def configFromSpec(spec: PortSpec) -> VxlanConfig:
+    """
+    Read C{vxlan:[GROUP|v4|v6][:vni=N][:dstport=N][:remote=A,B][:local=ADDR]
+    [:if=NAME][:ttl=N][:expire=S]}.
+    """
+    (first,) = spec.positional(["group"], 0)
+    remotes = [r for r in (spec.string("remote") or "").split(",") if r]
+    if first and remotes:
+        raise spec.error("give a multicast group or remote= endpoints, not both")
+    addresses = [_address(spec, r, "remote") for r in remotes]
+    version = 6 if first == "v6" else 4
+    group = None
+    if not remotes:
+        if first in (None, "", "v4", "v6"):
+            first = DEFAULT_GROUP[version]
+        address = _address(spec, first, "group")
+        if not address.is_multicast:
+            raise spec.error(f"{address} is not a multicast group (for one endpoint, "
+                             "use remote=)")
+        version, group = address.version, str(address)
+    elif len({a.version for a in addresses}) > 1:
+        raise spec.error("remote endpoints must be all IPv4 or all IPv6")
+    else:
+        version = addresses[0].version
+    local = spec.string("local")
+    if local is not None and _address(spec, local, "local").version != version:
+        raise spec.error(f"local={local} is not an IPv{version} address")
+    dstport = udpPort(spec, spec.string("dstport", str(vxlan.DEFAULT_PORT)))
+    vni = spec.integer("vni", 1, 0, vxlan.MAX_VNI)
+    ttl = spec.integer("ttl", 1, 0, 255)
+    expire = spec.integer("expire", 128, 1, 86400)
+    assert vni is not None and ttl is not None and expire is not None
+    return VxlanConfig(version, vni, dstport, group, [str(a) for a in addresses], local,
+                       spec.string("if"), ttl, expire)
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> VxlanService:
+    """
+    Build the service for a C{vxlan:} spec, with the common port options.
+    """
+    config = configFromSpec(spec)
+    options = PortOptions.fromSpec(spec)
+    spec.checkKeywords()
+    return VxlanService(switch, reactor, config, options, spec.text)
