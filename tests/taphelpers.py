@@ -18,7 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import Namespaces, Processes, execIn, run, waitFor
+from helpers import (
+    Namespaces,
+    Processes,
+    execIn,
+    run,
+    socketListening,
+    sourceEnv,
+    twistdArgv,
+    waitFor,
+)
 
 PYTHON = sys.executable
 
@@ -40,6 +49,23 @@ def quietNamespace(namespaces: Namespaces, prefix: str) -> str:
     for key in ("all", "default"):
         run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"))
     return ns
+
+
+def switchInNamespace(processes: Processes, ns: str, directory: Path,
+                      *arguments: str, name: str = "sw") -> tuple[Path, Path]:
+    """
+    Start C{twistd vswitch} inside namespace C{ns} with C{arguments}, its VDE
+    socket, console and log in C{directory}.
+
+    @return: the paths of its VDE socket directory and its console.
+    """
+    sock, mgmt, log = directory / name, directory / f"{name}.mgmt", directory / f"{name}.log"
+    process = processes.start(execIn(ns, *twistdArgv(
+        "--sock", str(sock), "--mgmt", str(mgmt), *arguments, logfile=str(log))),
+        env=sourceEnv())
+    waitFor(lambda: socketListening(mgmt) or process.poll() is not None, what="the switch")
+    assert process.poll() is None, log.read_text()
+    return sock, mgmt
 
 
 def moveTap(name: str, namespace: str, address: str | None, up: bool = True) -> None:

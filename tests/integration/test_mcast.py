@@ -18,13 +18,10 @@ from helpers import (
     need,
     needRoot,
     run,
-    socketListening,
-    sourceEnv,
-    twistdArgv,
     uniqueName,
     waitFor,
 )
-from taphelpers import console, quietNamespace, readLine
+from taphelpers import console, quietNamespace, readLine, switchInNamespace
 
 from vtwisted.testing import frame, mac
 
@@ -71,16 +68,6 @@ def multicastNamespace(namespaces) -> str:
     return ns
 
 
-def switchIn(processes, ns: str, shortdir, *ports: str):
-    sock, mgmt = shortdir / "sw", shortdir / "mgmt"
-    process = processes.start(execIn(ns, *twistdArgv(
-        "--sock", str(sock), "--mgmt", str(mgmt), *ports,
-        logfile=str(shortdir / "sw.log"))), env=sourceEnv())
-    waitFor(lambda: socketListening(mgmt) or process.poll() is not None, what="the switch")
-    assert process.poll() is None, (shortdir / "sw.log").read_text()
-    return sock, mgmt
-
-
 def test_groupMembersAndVdeClientsShareOneLan(processes, namespaces, shortdir) -> None:
     """
     A frame from a VDE client reaches a group member once; the member's frame
@@ -89,7 +76,7 @@ def test_groupMembersAndVdeClientsShareOneLan(processes, namespaces, shortdir) -
     """
     need("vde_plug")
     ns = multicastNamespace(namespaces)
-    sock, mgmt = switchIn(processes, ns, shortdir, "--port", f"mcast:{GROUP}:5560")
+    sock, mgmt = switchInNamespace(processes, ns, shortdir, "--port", f"mcast:{GROUP}:5560")
     client = StreamPlug(processes, f"vde://{sock}")
     waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
     fromMember = frame(b"\xff" * 6, mac(0x20), payload=b"from the group")
@@ -123,7 +110,7 @@ def test_qemuGuestOnMulticastReachesANamespace(processes, namespaces, shortdir) 
     need("qemu-system-x86_64")
     ns = multicastNamespace(namespaces)
     tap = uniqueName("vtm")
-    _, mgmt = switchIn(processes, ns, shortdir, "--port", f"mcast:{GROUP}:5561",
+    _, mgmt = switchInNamespace(processes, ns, shortdir, "--port", f"mcast:{GROUP}:5561",
                        "--port", f"tap:{tap}")
     remote = quietNamespace(namespaces, "vtn")
     waitFor(lambda: run("ip", "-n", ns, "link", "show", tap, check=False).returncode == 0,

@@ -12,13 +12,13 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.task import deferLater
+from reactortools import until
 
 from vtwisted.ports import vxlan as vxlanport
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
-from vtwisted.testing import FakeLink, frame, mac, plug
-from vtwisted.wire import vxlan
+from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
+from vtwisted.wire import vnet, vxlan
 
 BROADCAST = b"\xff" * 6
 
@@ -108,16 +108,6 @@ def _pending(sock: socket.socket) -> list[bytes]:
             return got
 
 
-async def _until(predicate: object, what: str) -> None:
-    from twisted.internet import reactor
-
-    for _ in range(200):
-        if predicate():  # type: ignore[operator]
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest_twisted.ensureDeferred
 async def test_floodsToEveryRemoteAndAnswersTheOneLearned(switch) -> None:
     """
@@ -136,7 +126,7 @@ async def test_floodsToEveryRemoteAndAnswersTheOneLearned(switch) -> None:
         assert _pending(two) == [head + hello] and _pending(three) == [head + hello]
         fromThree = frame(mac(1), mac(0x33), payload=b"from three")
         three.sendto(head + fromThree, ("127.0.0.1", number))
-        await _until(lambda: link.sent, "the frame from 127.0.0.3")
+        await until(lambda: link.sent, what="the frame from 127.0.0.3")
         assert link.takeSent() == [fromThree]
         reply = frame(mac(0x33), mac(1), payload=b"reply")
         link.receive(reply)
@@ -166,7 +156,7 @@ async def test_otherNetworksAndStrangersAreCountedAndDropped(switch) -> None:
         two.sendto(b"\x00" + vxlan.header(7)[1:] + payload, target)
         stranger.sendto(vxlan.header(7) + payload, target)
         two.sendto(vxlan.header(7) + payload, target)
-        await _until(lambda: link.sent, "the good datagram")
+        await until(lambda: link.sent, what="the good datagram")
         port = service.specs[spec].link.port
         assert link.sent == [payload]
         assert (port.counters.drops["vlan"], port.counters.drops["malformed"],
@@ -174,6 +164,31 @@ async def test_otherNetworksAndStrangersAreCountedAndDropped(switch) -> None:
     finally:
         two.close()
         stranger.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_superFramesLeaveCutWithTheirHeaders(switch) -> None:
+    """
+    A TCP super-frame from a port with the virtio-net header crosses as the
+    frames it stands for, each in a datagram of its own with the VXLAN
+    header (the switch hands it whole to the port, which sends the
+    datagrams with UDP_SEGMENT).
+    """
+    number, (two,) = _endpoints("127.0.0.2")
+    try:
+        service = switch(f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}:vni=3")
+        tap = FakeLink(vnetHeader=True)
+        plug(service.switch, tap)
+        packet = tcpSuperFrame(mac(0x44), mac(1), bytes(range(256)) * 100, gsoSize=1400)
+        tap.receivePacket(packet)
+        expected = [vxlan.header(3) + f for f in vnet.toFrames(packet)]
+        assert len(expected) == 19
+        got: list[bytes] = []
+        await until(lambda: got.extend(_pending(two)) or len(got) >= len(expected),
+                    what="the datagrams")
+        assert got == expected
+    finally:
+        two.close()
 
 
 def test_endpointsAreForgottenAfterTheExpiryTime() -> None:

@@ -1,0 +1,177 @@
+"""
+The C{vxlan:} port with real endpoints: Linux C{vxlan} devices (unicast,
+multicast, over IPv6), vdeplug4's C{vde_plug vxlan://}, and a second
+vtwisted switch.  The switch runs in a namespace of its own, joined to the
+endpoint's namespace by a veth pair that is their only underlay; hosts sit
+in further namespaces behind the switch's TAP devices.
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers import StreamPlug, execIn, need, needRoot, run, uniqueName, waitFor
+from taphelpers import (
+    checkedTransfer,
+    checksumErrors,
+    console,
+    quietNamespace,
+    switchInNamespace,
+    waitForPing,
+)
+
+from vtwisted.testing import frame, mac
+
+pytestmark = pytest.mark.integration
+
+#: Underlay addresses: the switch's side, then the endpoint's.
+UNDER4 = ("10.99.0.1", "10.99.0.2")
+UNDER6 = ("fd99::1", "fd99::2")
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+
+
+class Underlay:
+    """
+    Two namespaces joined by a veth pair, the switch's (C{here}) and an
+    endpoint's (C{there}), with IPv4 (and IPv6 if asked) and multicast
+    routed over the pair.  The far end's checksum offload is off: a Linux
+    vxlan device leaves inner checksums to the NIC, and a veth never
+    computes them.
+    """
+
+    def __init__(self, namespaces, ipv6: bool = False) -> None:
+        self.here = quietNamespace(namespaces, "vxs")
+        self.there = quietNamespace(namespaces, "vxk")
+        self.hereDev, self.thereDev = uniqueName("vxa"), uniqueName("vxb")
+        run("ip", "link", "add", self.hereDev, "netns", self.here, "mtu", "1550", "type",
+            "veth", "peer", "name", self.thereDev, "netns", self.there, "mtu", "1550")
+        for ns, dev, address4, address6 in ((self.here, self.hereDev, UNDER4[0], UNDER6[0]),
+                                            (self.there, self.thereDev, UNDER4[1], UNDER6[1])):
+            if ipv6:
+                run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0"))
+                run("ip", "-n", ns, "addr", "add", f"{address6}/64", "dev", dev, "nodad")
+            run("ip", "-n", ns, "addr", "add", f"{address4}/24", "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+            run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
+        run(*execIn(self.there, "ethtool", "-K", self.thereDev, "tx", "off"))
+
+    def kernelVxlan(self, address: str, *how: str) -> None:
+        """
+        A Linux vxlan device (VNI 42, port 4789) in C{there}, addressed
+        C{address} (the overlay), made as C{how} says (C{remote ...}).
+        """
+        run("ip", "-n", self.there, "link", "add", "vx0", "type", "vxlan", "id", "42",
+            "dstport", "4789", *how)
+        run("ip", "-n", self.there, "link", "set", "vx0", "mtu", "1500", "up")
+        run("ip", "-n", self.there, "addr", "add", address, "dev", "vx0")
+
+
+def hostBehindTap(namespaces, switchNs: str, tap: str, address: str) -> str:
+    """A namespace holding the switch's TAP C{tap}, addressed C{address}."""
+    host = quietNamespace(namespaces, "vxh")
+    waitFor(lambda: run("ip", "-n", switchNs, "link", "show", tap, check=False).returncode == 0,
+            what=tap)
+    run("ip", "-n", switchNs, "link", "set", tap, "netns", host)
+    run("ip", "-n", host, "addr", "add", address, "dev", tap)
+    run("ip", "-n", host, "link", "set", tap, "up")
+    return host
+
+
+def test_kernelVxlanDeviceByUnicast(processes, namespaces, shortdir) -> None:
+    """
+    A Linux vxlan device pointed at the switch is on the LAN of a namespace
+    behind the switch's TAP: ping, and 4 MB of TCP each way arriving intact
+    with no checksum errors (the switch cuts the TAP's super-frames for the
+    tunnel, and the device's frames reach the TAP whole).
+    """
+    need("ethtool")
+    under = Underlay(namespaces)
+    under.kernelVxlan("10.8.0.1/24", "remote", UNDER4[0], "local", UNDER4[1])
+    tap = uniqueName("vxt")
+    _, mgmt = switchInNamespace(processes, under.here, shortdir, "--port",
+                                f"vxlan:remote={UNDER4[1]}:vni=42", "--tap", tap)
+    host = hostBehindTap(namespaces, under.here, tap, "10.8.0.2/24")
+    waitForPing(host, "10.8.0.1")
+    size = 4 * 1024 * 1024
+    sent, got = checkedTransfer(processes, host, under.there, "10.8.0.1", size)
+    assert sent == got and sent.startswith(f"{size} ")
+    sent, got = checkedTransfer(processes, under.there, host, "10.8.0.2", size, seed=2)
+    assert sent == got and sent.startswith(f"{size} ")
+    for ns in (host, under.there):
+        assert not any(checksumErrors(ns).values()), checksumErrors(ns)
+    assert "1 MACs behind 1 endpoints" in console(mgmt, "port/print 1")
+
+
+def test_kernelVxlanDeviceOnAMulticastGroup(processes, namespaces, shortdir) -> None:
+    """
+    With a group instead of a remote, broadcasts (ARP) go to the group on
+    the interface C{if=} names, and the answers come back unicast.
+    """
+    need("ethtool")
+    under = Underlay(namespaces)
+    under.kernelVxlan("10.8.1.1/24", "group", "239.1.1.42", "dev", under.thereDev)
+    tap = uniqueName("vxt")
+    switchInNamespace(processes, under.here, shortdir, "--port",
+                      f"vxlan:239.1.1.42:vni=42:if={under.hereDev}", "--tap", tap)
+    host = hostBehindTap(namespaces, under.here, tap, "10.8.1.2/24")
+    waitForPing(host, "10.8.1.1")
+
+
+def test_kernelVxlanDeviceOverIpv6(processes, namespaces, shortdir) -> None:
+    """The underlay can be IPv6: the remote is written with escaped colons."""
+    need("ethtool")
+    under = Underlay(namespaces, ipv6=True)
+    under.kernelVxlan("10.8.2.1/24", "remote", UNDER6[0], "local", UNDER6[1])
+    tap = uniqueName("vxt")
+    remote = UNDER6[1].replace(":", "\\:")
+    switchInNamespace(processes, under.here, shortdir, "--port",
+                      f"vxlan:remote={remote}:vni=42", "--tap", tap)
+    host = hostBehindTap(namespaces, under.here, tap, "10.8.2.2/24")
+    waitForPing(host, "10.8.2.1")
+
+
+def test_vdePlugVxlanAndAVdeClientShareOneLan(processes, namespaces, shortdir) -> None:
+    """
+    vdeplug4's C{vde_plug vxlan://} (default group, VNI 42) and a client on
+    the switch's VDE socket exchange frames; the switch's answer to the
+    plug's MAC goes to the plug's address alone, which the plug accepts.
+    """
+    need("vde_plug")
+    under = Underlay(namespaces)
+    sock, mgmt = switchInNamespace(processes, under.here, shortdir, "--port",
+                                   f"vxlan:vni=42:if={under.hereDev}")
+    client = StreamPlug(processes, f"vde://{sock}")
+    remote = StreamPlug(processes, "vxlan://239.0.0.1/vni=42", wrapper=execIn(under.there))
+    waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
+    hello = frame(b"\xff" * 6, mac(0x20), payload=b"hello from vde_plug vxlan")
+    waitFor(lambda: (remote.send(hello), client.receiveMatching(lambda f: f == hello, 0.3))[1]
+            is not None, what="the plug's broadcast")
+    reply = frame(mac(0x20), mac(0x10), payload=b"hello back")
+    client.send(reply)
+    assert remote.receiveMatching(lambda f: f == reply) is not None
+    assert "1 MACs behind 1 endpoints" in console(mgmt, "port/print 1")
+    memberships = run(*execIn(under.here, "ip", "maddr", "show", "dev", under.hereDev))
+    assert "239.0.0.1" in memberships.stdout
+
+
+def test_twoSwitchesJoinedByVxlan(processes, namespaces, shortdir) -> None:
+    """
+    Two vtwisted switches on one VXLAN group carry a namespace's traffic to
+    another's, each behind one switch's TAP: 4 MB arrive intact.
+    """
+    under = Underlay(namespaces)
+    taps = uniqueName("vxt"), uniqueName("vxt")
+    for ns, dev, tap, name in ((under.here, under.hereDev, taps[0], "one"),
+                               (under.there, under.thereDev, taps[1], "two")):
+        switchInNamespace(processes, ns, shortdir, "--port", f"vxlan:vni=9:if={dev}",
+                          "--tap", tap, name=name)
+    left = hostBehindTap(namespaces, under.here, taps[0], "10.8.3.1/24")
+    right = hostBehindTap(namespaces, under.there, taps[1], "10.8.3.2/24")
+    waitForPing(left, "10.8.3.2")
+    size = 4 * 1024 * 1024
+    sent, got = checkedTransfer(processes, left, right, "10.8.3.2", size)
+    assert sent == got and sent.startswith(f"{size} ")
