@@ -9,10 +9,11 @@ behind it.  In the same run and alternating rounds, the near side is:
 * vtwisted: C{--port vxlan:vni=42:if=VETH --tap TAP} (an offload TAP);
 * the Linux kernel: a bridge with a vxlan device and a veth to the client.
 
-Each row reports iperf3 TCP throughput (client to server) and the 64-byte
-UDP packet rate.  The far veth's checksum offload is off (a vxlan device
-leaves inner checksums to a NIC, and a veth delivers them uncomputed to a
-user-space reader); it is the same for every row.
+Each row reports iperf3 TCP throughput and the 64-byte UDP packet rate,
+from the host behind the switch to the far side and back.  The far veth's
+checksum offload is off (a vxlan device leaves inner checksums to a NIC,
+and a veth delivers them uncomputed to a user-space reader); it is the same
+for every row.
 
 There is no C{vde_switch} row: Debian's vdeplug4 (4.0.1) C{vxlan://} plug
 fails every unicast send to an endpoint it learned (C{sendmsg} with no
@@ -46,50 +47,71 @@ Setup = Callable[[Bench], tuple[str, str]]
 UNDER = ("10.214.0.1", "10.214.0.2")
 
 
-def _underlay(b: Bench) -> tuple[str, str, str]:
+def _underlay(b: Bench, address: str) -> tuple[str, str, str]:
     """
     The near and far namespaces, a veth between them, the far vxlan device
-    with the server's address; returns (near, near's veth, far).
+    with C{address}; returns (near, near's veth, far).
     """
     near, far = b.namespace("vtwxn"), b.namespace("vtwxf")
     suffix = b.tmp.name[-4:]
     mine, theirs = f"vxn{suffix}", f"vxf{suffix}"
     sh("ip", "link", "add", mine, "netns", near, "mtu", "1550", "type", "veth", "peer", "name",
        theirs, "netns", far, "mtu", "1550")
-    for ns, dev, address in ((near, mine, UNDER[0]), (far, theirs, UNDER[1])):
-        configure(ns, dev, address)
+    for ns, dev, under in ((near, mine, UNDER[0]), (far, theirs, UNDER[1])):
+        configure(ns, dev, under)
         sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
     sh("ip", "netns", "exec", far, "ethtool", "-K", theirs, "tx", "off")
     sh("ip", "-n", far, "link", "add", "vx0", "type", "vxlan", "id", "42", "group", "239.0.0.1",
        "dev", theirs, "dstport", "4789")
     sh("ip", "-n", far, "link", "set", "vx0", "mtu", "1500")
-    configure(far, "vx0", SERVER_ADDR)
+    configure(far, "vx0", address)
     return near, mine, far
 
 
-def _clientBehind(b: Bench, near: str, device: str) -> str:
+def _hostBehind(b: Bench, near: str, device: str, address: str) -> str:
     client = b.namespace("vtwxc")
     waitFor(lambda: sh("ip", "-n", near, "link", "show", device, check=False).returncode == 0,
             what=device)
     sh("ip", "-n", near, "link", "set", device, "netns", client)
-    configure(client, device, CLIENT_ADDR)
-    waitFor(lambda: sh("ip", "netns", "exec", client, "ping", "-c", "1", "-W", "1", SERVER_ADDR,
+    configure(client, device, address)
+    other = SERVER_ADDR if address == CLIENT_ADDR else CLIENT_ADDR
+    waitFor(lambda: sh("ip", "netns", "exec", client, "ping", "-c", "1", "-W", "1", other,
                        check=False).returncode == 0, timeout=20, what="the VXLAN path")
     return client
 
 
-def vtwistedVxlan(b: Bench) -> tuple[str, str]:
-    near, veth, far = _underlay(b)
-    tap = f"vxt{b.tmp.name[-4:]}"
-    b.start(["ip", "netns", "exec", near, *twistdArgv(
-        "--sock", str(b.tmp / "sw"), "--port", f"vxlan:vni=42:if={veth}", "--tap", tap)],
-        env=sourceEnv())
-    return _clientBehind(b, near, tap), far
+def _ends(b: Bench, near: str, device: str, far: str, toVxlan: bool) -> tuple[str, str]:
+    """
+    The iperf3 client and server namespaces: the host behind the switch
+    sends (C{toVxlan}) or receives.
+    """
+    host = _hostBehind(b, near, device, CLIENT_ADDR if toVxlan else SERVER_ADDR)
+    return (host, far) if toVxlan else (far, host)
 
 
-def linuxBridgeVxlan(b: Bench) -> tuple[str, str]:
-    near, veth, far = _underlay(b)
-    client = f"vxc{b.tmp.name[-4:]}"
+def vtwistedVxlan(toVxlan: bool) -> Setup:
+    def setup(b: Bench) -> tuple[str, str]:
+        near, veth, far = _underlay(b, SERVER_ADDR if toVxlan else CLIENT_ADDR)
+        tap = f"vxt{b.tmp.name[-4:]}"
+        b.start(["ip", "netns", "exec", near, *twistdArgv(
+            "--sock", str(b.tmp / "sw"), "--port", f"vxlan:vni=42:if={veth}", "--tap", tap)],
+            env=sourceEnv())
+        return _ends(b, near, tap, far, toVxlan)
+
+    return setup
+
+
+def linuxBridgeVxlan(toVxlan: bool) -> Setup:
+    def setup(b: Bench) -> tuple[str, str]:
+        near, veth, far = _underlay(b, SERVER_ADDR if toVxlan else CLIENT_ADDR)
+        return _ends(b, near, _bridge(near, veth, b.tmp.name[-4:]), far, toVxlan)
+
+    return setup
+
+
+def _bridge(near: str, veth: str, suffix: str) -> str:
+    """A bridge in C{near} with a vxlan device; returns the name of a veth to it."""
+    client = f"vxc{suffix}"
     sh("ip", "-n", near, "link", "add", "br0", "type", "bridge")
     sh("ip", "-n", near, "link", "add", "vx0", "type", "vxlan", "id", "42", "group",
        "239.0.0.1", "dev", veth, "dstport", "4789")
@@ -98,12 +120,14 @@ def linuxBridgeVxlan(b: Bench) -> tuple[str, str]:
         sh("ip", "-n", near, "link", "set", dev, "master", "br0", "up")
     sh("ip", "-n", near, "link", "set", "vx0", "mtu", "1500")
     sh("ip", "-n", near, "link", "set", "br0", "up")
-    return _clientBehind(b, near, client), far
+    return client
 
 
 SETUPS: dict[str, Setup] = {
-    "vtwisted vxlan: port": vtwistedVxlan,
-    "Linux bridge + vxlan device": linuxBridgeVxlan,
+    "vtwisted, TAP to VXLAN": vtwistedVxlan(True),
+    "Linux bridge, to VXLAN": linuxBridgeVxlan(True),
+    "vtwisted, VXLAN to TAP": vtwistedVxlan(False),
+    "Linux bridge, from VXLAN": linuxBridgeVxlan(False),
 }
 
 
@@ -112,10 +136,11 @@ def main() -> None:
     results = netbench.runRounds(SETUPS, args.rounds, args.seconds)
     netbench.printResults(list(SETUPS), results)
     print("Ratios:")
-    ours = "vtwisted vxlan: port"
-    reference = "Linux bridge + vxlan device"
-    for udp, kind in ((False, "TCP"), (True, "UDP pps")):
-        ratio(f"{kind}: {ours} / {reference}", results[(ours, udp)], results[(reference, udp)])
+    for ours, reference in (("vtwisted, TAP to VXLAN", "Linux bridge, to VXLAN"),
+                            ("vtwisted, VXLAN to TAP", "Linux bridge, from VXLAN")):
+        for udp, kind in ((False, "TCP"), (True, "UDP pps")):
+            ratio(f"{kind}: {ours} / {reference}", results[(ours, udp)],
+                  results[(reference, udp)])
 
 
 if __name__ == "__main__":

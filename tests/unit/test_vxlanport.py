@@ -58,11 +58,11 @@ def test_specOptionsReachTheConfig() -> None:
     """Remotes, VNI, port, local address, interface, TTL and expiry are read."""
     config = vxlanport.configFromSpec(PortSpec(
         "vxlan:remote=fd00\\:\\:2,fd00\\:\\:3:vni=42:dstport=8472:local=fd00\\:\\:1:"
-        "if=eth0:ttl=3:expire=60"))
+        "if=eth0:ttl=3:expire=60:coalesce=off"))
     assert config.version == 6 and config.group is None
     assert (config.remotes, config.vni, config.dstport, config.local, config.interface,
-            config.ttl, config.expire) == (["fd00::2", "fd00::3"], 42, 8472, "fd00::1",
-                                           "eth0", 3, 60)
+            config.ttl, config.expire, config.coalesce) == (
+                ["fd00::2", "fd00::3"], 42, 8472, "fd00::1", "eth0", 3, 60, False)
     assert config.where() == "remote [fd00::2],[fd00::3]:8472"
 
 
@@ -187,6 +187,37 @@ async def test_superFramesLeaveCutWithTheirHeaders(switch) -> None:
         await until(lambda: got.extend(_pending(two)) or len(got) >= len(expected),
                     what="the datagrams")
         assert got == expected
+    finally:
+        two.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_segmentsFromTheNetworkAreMergedForOffloadPortsOnly(switch) -> None:
+    """
+    TCP segments read in one batch reach a port with the virtio-net header
+    as one super-frame that cuts back into them, and a port without it as
+    the segments themselves.
+    """
+    from test_tcpgro import MAC_B, segments
+
+    number, (two,) = _endpoints("127.0.0.2")
+    try:
+        service = switch(f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}")
+        offload, plain = FakeLink(vnetHeader=True), FakeLink()
+        plug(service.switch, offload)
+        plug(service.switch, plain)
+        offload.receivePacket(vnet.PLAIN_HEADER + frame(b"\xff" * 6, MAC_B))
+        plain.receive(frame(b"\xff" * 6, MAC_B[:5] + b"\x0c"))
+        offload.takeSent(), plain.takeSent()
+        stream = segments(bytes(range(256)) * 40, 1000)
+        toPlain = [MAC_B[:5] + b"\x0c" + f[6:] for f in segments(bytes(3000), 1000)]
+        for f in stream + toPlain:
+            two.sendto(vxlan.header(1) + f, ("127.0.0.1", number))
+        await until(lambda: len(plain.sent) >= len(toPlain) and offload.sentPackets,
+                    what="the segments")
+        assert [f for p in offload.sentPackets for f in vnet.toFrames(p)] == stream
+        assert len(offload.sentPackets) < len(stream)
+        assert plain.sent == toPlain
     finally:
         two.close()
 

@@ -23,7 +23,11 @@ TAP or a cable), so the switch hands it an offload TAP's 64 KB TCP and UDP
 super-frames whole: the port cuts them into the frames they stand for
 (L{vtwisted.wire.vnet.toFrames}) and sends those in one or two C{sendmsg}
 calls with C{UDP_SEGMENT}, the kernel cutting the buffer back into one
-datagram per frame.  Frames arrive one per datagram, as plain frames.
+datagram per frame.  Frames arrive one per datagram; consecutive TCP
+segments of a flow in one read batch are merged back into a super-frame
+(L{vtwisted.wire.tcpgro}, C{coalesce=off} to turn it off) when the switch
+would deliver them to a port with the header, so a Linux host's TCP
+reaches an offload TAP as 64 KB writes, not 1500-byte ones.
 
 Entries expire C{expire=} seconds (128, vdeplug4's default) after their
 MAC was last heard; the table holds at most L{MAX_LEARNED} of them.
@@ -39,34 +43,32 @@ than the underlay's to avoid that.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
-import struct
-from dataclasses import dataclass, field
 from typing import Any
 
+from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.datagrams import PlainDatagramLink, udpPort
+from vtwisted.ports.datagrams import PlainDatagramLink
 from vtwisted.ports.singlelink import SingleLinkService
-from vtwisted.sockettools import growSendBuffer, listenError
+from vtwisted.ports.vxlanconfig import VxlanConfig, bindHint, configFromSpec, openSocket
+from vtwisted.sockettools import listenError
 from vtwisted.spec import PortSpec
-from vtwisted.wire import vnet, vxlan
+from vtwisted.wire import tcpgro, vnet, vxlan
+
+log = Logger()
 
 #: The largest datagram read: a 64 KB frame and its header.
 MAX_DATAGRAM = 65536 + vxlan.HEADER_LENGTH
-#: Socket buffers: room for bursts both ways.
-BUFFER = 4 * 1024 * 1024
 #: The most MAC addresses whose endpoint is remembered.
 MAX_LEARNED = 65536
 #: Expiry checks per expiry time: an entry lives at most 1/4 longer.
 TICKS = 4
-#: vdeplug4's default groups.
-DEFAULT_GROUP = {4: "239.0.0.1", 6: "ff05:56de::1"}
 
 #: Datagrams in one C{UDP_SEGMENT} send, and their total size (an IPv4
 #: datagram's largest payload).
@@ -74,34 +76,6 @@ MAX_SEGMENTS = 64
 MAX_GSO_PAYLOAD = 65507
 UDP_SEGMENT = 103
 _NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE)
-
-_IP_MTU_DISCOVER, _IPV6_MTU_DISCOVER, _PMTUDISC_DONT = 10, 23, 0
-_SO_RCVBUFFORCE = 33
-
-
-@dataclass
-class VxlanConfig:
-    """
-    What a C{vxlan:} spec says.
-    """
-
-    version: int
-    vni: int
-    dstport: int
-    group: str | None = None
-    remotes: list[str] = field(default_factory=list)
-    local: str | None = None
-    interface: str | None = None
-    ttl: int = 1
-    expire: int = 128
-
-    def where(self) -> str:
-        """
-        C{group 239.0.0.1:4789} or C{remote 10.0.0.2,10.0.0.3:4789}.
-        """
-        if self.group is not None:
-            return f"group {_hostText(self.group)}:{self.dstport}"
-        return f"remote {','.join(_hostText(r) for r in self.remotes)}:{self.dstport}"
 
 
 @implementer(ILink)
@@ -132,12 +106,16 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
         self.flood = ([(config.group, config.dstport)] if config.group is not None
                       else [(remote, config.dstport) for remote in config.remotes])
         self.heard = None if config.group is not None else frozenset(config.remotes)
+        self.gro: tcpgro.TcpCoalescer | None = None
 
     @property
     def description(self) -> str:
         endpoints = len(set(self.where.values()))
-        return (f"vni {self.config.vni} {self.config.where()}, "
+        text = (f"vni {self.config.vni} {self.config.where()}, "
                 f"{len(self.where)} MACs behind {endpoints} endpoints")
+        if self.gro is not None:
+            text += f", coalesced {self.gro.segments} segments into {self.gro.packets}"
+        return text
 
     def startProtocol(self) -> None:
         sock = self.transport.socket  # type: ignore[union-attr]
@@ -158,7 +136,40 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
             if known is None or known[0] != host:
                 self._learn(src, host)
             self.seen[src] = self.tick
-        self.deliver(datagram[8:])
+        self.add(datagram[8:])
+
+    def add(self, frame: bytes) -> None:
+        """
+        Take one frame read from the network: to the coalescer while
+        plugged in with C{coalesce=on} (replaced in L{plug}), else to the
+        switch.
+        """
+        self.deliver(frame)
+
+    def plug(self, switch: Any, port: Any) -> None:
+        super().plug(switch, port)
+        if not self.config.coalesce:
+            return
+        receivePacket = switch.vnetPacketReceived
+        spec = self.service.spec
+
+        def deliverPacket(packet: bytes) -> None:
+            try:
+                receivePacket(port, packet)
+            except Exception:
+                log.failure("{spec}: the switch failed on a packet", spec=spec)
+
+        self.gro = tcpgro.TcpCoalescer(self.deliver, deliverPacket,
+                                       lambda frame: switch.vnetBehind(port, frame[:6]))
+        self.add = self.gro.add  # type: ignore[method-assign]
+
+    def readBatchEnded(self) -> None:
+        """
+        The socket has no more datagrams for now: hand on what the
+        coalescer holds.
+        """
+        if self.gro is not None:
+            self.gro.flush()
 
     def _acceptable(self, datagram: bytes, addr: Any) -> bool:
         """
@@ -284,6 +295,18 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
         self.sendFailed(e, self.service.spec, "is there a route to the endpoints?")
 
 
+class BatchPort(udp.Port):
+    """
+    Twisted's UDP port, telling its protocol when a read batch ends.
+    """
+
+    def doRead(self) -> None:
+        try:
+            super().doRead()
+        finally:
+            self.protocol.readBatchEnded()
+
+
 @implementer(IPortService)
 class VxlanService(SingleLinkService):
     """
@@ -310,11 +333,12 @@ class VxlanService(SingleLinkService):
         try:
             sock = openSocket(self.config)
         except OSError as e:
-            raise OSError(e.errno, f"{self.spec}: {_bindHint(e, self.config)}") from e
+            raise OSError(e.errno, f"{self.spec}: {bindHint(e, self.config)}") from e
         try:
             family = socket.AF_INET6 if self.config.version == 6 else socket.AF_INET
-            self.listeningPort = self.reactor.adoptDatagramPort(
-                sock.fileno(), family, link, MAX_DATAGRAM)
+            self.listeningPort = BatchPort._fromListeningDescriptor(
+                self.reactor, sock.fileno(), family, link, maxPacketSize=MAX_DATAGRAM)
+            self.listeningPort.startListening()
         except Exception as e:
             raise listenError(f"{self.spec}: cannot use the socket", e) from e
         finally:
@@ -339,120 +363,6 @@ class VxlanService(SingleLinkService):
         self.link = None
         return None if port is None else port.stopListening()
 
-
-def openSocket(config: VxlanConfig) -> socket.socket:
-    """
-    A non-blocking UDP socket bound to the VXLAN port (on C{local=} in the
-    unicast mode), in the multicast group if there is one, sending with
-    fragmentation allowed.
-
-    @raise OSError: from the system, its errno intact.
-    """
-    v6 = config.version == 6
-    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        ifindex = socket.if_nametoindex(config.interface) if config.interface else 0
-        if v6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        bindTo = config.local if config.group is None and config.local else ""
-        sock.bind((bindTo or ("::" if v6 else "0.0.0.0"), config.dstport))
-        if config.group is not None:
-            _joinGroup(sock, config, ifindex)
-        level, option = ((socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER) if v6
-                         else (socket.IPPROTO_IP, _IP_MTU_DISCOVER))
-        sock.setsockopt(level, option, _PMTUDISC_DONT)
-        growSendBuffer(sock, BUFFER)
-        for name in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, name, BUFFER)
-                break
-            except OSError:
-                continue
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _joinGroup(sock: socket.socket, config: VxlanConfig, ifindex: int) -> None:
-    group = config.group
-    assert group is not None
-    if config.version == 6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
-                        socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex))
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, config.ttl)
-        if ifindex:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
-        return
-    local = socket.inet_aton(config.local or "0.0.0.0")
-    mreqn = struct.pack("@4s4si", socket.inet_aton(group), local, ifindex)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, config.ttl)
-    if ifindex or config.local:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
-                        struct.pack("@4s4si", bytes(4), local, ifindex))
-
-
-def _bindHint(e: OSError, config: VxlanConfig) -> str:
-    what = f"cannot open UDP port {config.dstport} for VXLAN: {e.strerror} " \
-           f"({errno.errorcode.get(e.errno or 0, e.errno)})"
-    if e.errno == errno.EADDRINUSE:
-        return what + "; is a Linux vxlan device or another VXLAN endpoint using it here?"
-    if e.errno == errno.ENODEV:
-        return what + f"; is there an interface {config.interface!r} with an address?"
-    if e.errno == errno.EADDRNOTAVAIL:
-        return what + f"; is {config.local} an address of this host?"
-    return what
-
-
-def _hostText(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-def _address(spec: PortSpec, text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        raise spec.error(f"{what} {text!r} is not an IP address") from None
-
-
-def configFromSpec(spec: PortSpec) -> VxlanConfig:
-    """
-    Read C{vxlan:[GROUP|v4|v6][:vni=N][:dstport=N][:remote=A,B][:local=ADDR]
-    [:if=NAME][:ttl=N][:expire=S]}.
-    """
-    (first,) = spec.positional(["group"], 0)
-    remotes = [r for r in (spec.string("remote") or "").split(",") if r]
-    if first and remotes:
-        raise spec.error("give a multicast group or remote= endpoints, not both")
-    addresses = [_address(spec, r, "remote") for r in remotes]
-    version = 6 if first == "v6" else 4
-    group = None
-    if not remotes:
-        if first in (None, "", "v4", "v6"):
-            first = DEFAULT_GROUP[version]
-        address = _address(spec, first, "group")
-        if not address.is_multicast:
-            raise spec.error(f"{address} is not a multicast group (for one endpoint, "
-                             "use remote=)")
-        version, group = address.version, str(address)
-    elif len({a.version for a in addresses}) > 1:
-        raise spec.error("remote endpoints must be all IPv4 or all IPv6")
-    else:
-        version = addresses[0].version
-    local = spec.string("local")
-    if local is not None and _address(spec, local, "local").version != version:
-        raise spec.error(f"local={local} is not an IPv{version} address")
-    dstport = udpPort(spec, spec.string("dstport", str(vxlan.DEFAULT_PORT)))
-    vni = spec.integer("vni", 1, 0, vxlan.MAX_VNI)
-    ttl = spec.integer("ttl", 1, 0, 255)
-    expire = spec.integer("expire", 128, 1, 86400)
-    assert vni is not None and ttl is not None and expire is not None
-    return VxlanConfig(version, vni, dstport, group, [str(a) for a in addresses], local,
-                       spec.string("if"), ttl, expire)
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> VxlanService:

@@ -1,0 +1,171 @@
+"""
+What a C{vxlan:} spec says (L{VxlanConfig}, L{configFromSpec}) and the
+socket it asks for (L{openSocket}): bound to the VXLAN port, in the
+multicast group if there is one, sending with fragmentation allowed.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from vtwisted.ports.datagrams import udpPort
+from vtwisted.sockettools import growSendBuffer
+from vtwisted.spec import PortSpec
+from vtwisted.wire import vxlan
+
+#: Socket buffers: room for bursts both ways.
+BUFFER = 4 * 1024 * 1024
+#: vdeplug4's default groups.
+DEFAULT_GROUP = {4: "239.0.0.1", 6: "ff05:56de::1"}
+
+
+_IP_MTU_DISCOVER, _IPV6_MTU_DISCOVER, _PMTUDISC_DONT = 10, 23, 0
+_SO_RCVBUFFORCE = 33
+
+
+@dataclass
+class VxlanConfig:
+    """
+    What a C{vxlan:} spec says.
+    """
+
+    version: int
+    vni: int
+    dstport: int
+    group: str | None = None
+    remotes: list[str] = field(default_factory=list)
+    local: str | None = None
+    interface: str | None = None
+    ttl: int = 1
+    expire: int = 128
+    coalesce: bool = True
+
+    def where(self) -> str:
+        """
+        C{group 239.0.0.1:4789} or C{remote 10.0.0.2,10.0.0.3:4789}.
+        """
+        if self.group is not None:
+            return f"group {_hostText(self.group)}:{self.dstport}"
+        return f"remote {','.join(_hostText(r) for r in self.remotes)}:{self.dstport}"
+
+
+def openSocket(config: VxlanConfig) -> socket.socket:
+    """
+    A non-blocking UDP socket bound to the VXLAN port (on C{local=} in the
+    unicast mode), in the multicast group if there is one, sending with
+    fragmentation allowed.
+
+    @raise OSError: from the system, its errno intact.
+    """
+    v6 = config.version == 6
+    sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        ifindex = socket.if_nametoindex(config.interface) if config.interface else 0
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        bindTo = config.local if config.group is None and config.local else ""
+        sock.bind((bindTo or ("::" if v6 else "0.0.0.0"), config.dstport))
+        if config.group is not None:
+            _joinGroup(sock, config, ifindex)
+        level, option = ((socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER) if v6
+                         else (socket.IPPROTO_IP, _IP_MTU_DISCOVER))
+        sock.setsockopt(level, option, _PMTUDISC_DONT)
+        growSendBuffer(sock, BUFFER)
+        for name in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, name, BUFFER)
+                break
+            except OSError:
+                continue
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _joinGroup(sock: socket.socket, config: VxlanConfig, ifindex: int) -> None:
+    group = config.group
+    assert group is not None
+    if config.version == 6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                        socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, config.ttl)
+        if ifindex:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        return
+    local = socket.inet_aton(config.local or "0.0.0.0")
+    mreqn = struct.pack("@4s4si", socket.inet_aton(group), local, ifindex)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, config.ttl)
+    if ifindex or config.local:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                        struct.pack("@4s4si", bytes(4), local, ifindex))
+
+
+def bindHint(e: OSError, config: VxlanConfig) -> str:
+    """
+    Why the socket could not be opened, with the errno and the likely cause.
+    """
+    what = f"cannot open UDP port {config.dstport} for VXLAN: {e.strerror} " \
+           f"({errno.errorcode.get(e.errno or 0, e.errno)})"
+    if e.errno == errno.EADDRINUSE:
+        return what + "; is a Linux vxlan device or another VXLAN endpoint using it here?"
+    if e.errno == errno.ENODEV:
+        return what + f"; is there an interface {config.interface!r} with an address?"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return what + f"; is {config.local} an address of this host?"
+    return what
+
+
+def _hostText(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _address(spec: PortSpec, text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise spec.error(f"{what} {text!r} is not an IP address") from None
+
+
+def configFromSpec(spec: PortSpec) -> VxlanConfig:
+    """
+    Read C{vxlan:[GROUP|v4|v6][:vni=N][:dstport=N][:remote=A,B][:local=ADDR]
+    [:if=NAME][:ttl=N][:expire=S]}.
+    """
+    (first,) = spec.positional(["group"], 0)
+    remotes = [r for r in (spec.string("remote") or "").split(",") if r]
+    if first and remotes:
+        raise spec.error("give a multicast group or remote= endpoints, not both")
+    addresses = [_address(spec, r, "remote") for r in remotes]
+    version = 6 if first == "v6" else 4
+    group = None
+    if not remotes:
+        if first in (None, "", "v4", "v6"):
+            first = DEFAULT_GROUP[version]
+        address = _address(spec, first, "group")
+        if not address.is_multicast:
+            raise spec.error(f"{address} is not a multicast group (for one endpoint, "
+                             "use remote=)")
+        version, group = address.version, str(address)
+    elif len({a.version for a in addresses}) > 1:
+        raise spec.error("remote endpoints must be all IPv4 or all IPv6")
+    else:
+        version = addresses[0].version
+    local = spec.string("local")
+    if local is not None and _address(spec, local, "local").version != version:
+        raise spec.error(f"local={local} is not an IPv{version} address")
+    dstport = udpPort(spec, spec.string("dstport", str(vxlan.DEFAULT_PORT)))
+    vni = spec.integer("vni", 1, 0, vxlan.MAX_VNI)
+    ttl = spec.integer("ttl", 1, 0, 255)
+    expire = spec.integer("expire", 128, 1, 86400)
+    assert vni is not None and ttl is not None and expire is not None
+    return VxlanConfig(version, vni, dstport, group, [str(a) for a in addresses], local,
+                       spec.string("if"), ttl, expire, spec.boolean("coalesce", True))
