@@ -322,6 +322,12 @@ def _slirp() -> Any:
     return commands
 
 
+def _vxlan() -> Any:
+    from vtwisted.ports import vxlan
+
+    return vxlan
+
+
 def _debug() -> Any:
     from vtwisted import debugcommands
 
@@ -427,6 +433,9 @@ COMMANDS: Sequence[Command] = (
             lambda ctx, arg: _slirp().hostfwdAdd(ctx, arg), data=True, vde=False),
     Command("slirp/hostfwd_remove", "[PORT] RULE", "remove a host port forward",
             lambda ctx, arg: _slirp().hostfwdRemove(ctx, arg), data=True, vde=False),
+    Command("vxlan", "============", "VXLAN MENU", vde=False),
+    Command("vxlan/print", "", "print each VXLAN port's network and the endpoint of each MAC",
+            lambda ctx, arg: _vxlan().printVxlan(ctx, arg), data=True, vde=False),
 )
 
 

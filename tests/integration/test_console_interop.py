@@ -205,7 +205,8 @@ def test_helpListsVdeRowsVerbatim(realSwitch, ourSwitch) -> None:
     assert len(shared) == len([p for p in ourPaths if p in realPaths]) - 1
     extras = [p for p in ourPaths if p not in realPaths]
     assert extras == ["hash/stats", "port/stats", "port/specs", "port/add", "port/del", "slirp",
-                      "slirp/print", "slirp/hostfwd_add", "slirp/hostfwd_remove"]
+                      "slirp/print", "slirp/hostfwd_add", "slirp/hostfwd_remove", "vxlan",
+                      "vxlan/print"]
     assert set(realPaths) - set(ourPaths) == set(), "every vde_switch command is there"
 
 

@@ -112,6 +112,8 @@ def test_kernelVxlanDeviceByUnicast(processes, namespaces, shortdir, underlayMtu
     assert "1 MACs behind 1 endpoints" in described
     merged = re.search(r"coalesced (\d+) segments into (\d+)", described)
     assert merged and int(merged[2]) > 0 and int(merged[1]) > 2 * int(merged[2]), described
+    table = console(mgmt, "vxlan/print")
+    assert f"via {UNDER4[1]}" in table and "vni 42 remote" in table, table
     stats = console(mgmt, "port/stats 1")
     assert "total=0" in stats, stats
 

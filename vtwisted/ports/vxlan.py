@@ -365,6 +365,24 @@ class VxlanService(SingleLinkService):
 
 
 
+def printVxlan(ctx: Any, arg: str) -> list[str]:
+    """
+    The console's C{vxlan/print}: each VXLAN port, its network, and the
+    endpoint each learned MAC address is behind.
+    """
+    lines = []
+    for service in ctx.ops.service.specs.values():
+        link = getattr(service, "link", None)
+        if isinstance(service, VxlanService) and link is not None:
+            number = link.port.number if link.port is not None else None
+            lines.append(f"VXLAN {f'port {number:04d}' if number is not None else 'unplugged'}"
+                         f": {service.spec}")
+            lines.append(f" {link.description}")
+            for mac, (host, _) in sorted(link.where.items()):
+                lines.append(f" {':'.join(f'{b:02x}' for b in mac)} via {host}")
+    return lines
+
+
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> VxlanService:
     """
     Build the service for a C{vxlan:} spec, with the common port options.
