@@ -58,8 +58,8 @@ mcast = PortType(
 pcap = PortType(
     "pcap",
     "vtwisted.ports.pcap",
-    "pcap:PATH[:snaplen=N]  a capture port: every frame the other ports read, "
-    "written to a libpcap file (tcpdump -r, Wireshark)",
+    "pcap:PATH[:snaplen=N][:maxsize=MB[:files=N]]  a capture port: every frame the other "
+    "ports read, written to a libpcap file (tcpdump -r, Wireshark)",
 )
 
 vxlan = PortType(

@@ -13,6 +13,12 @@ it does on any switch's mirror port.  The link takes no virtio-net header,
 so TCP super-frames from offload TAPs are cut into the frames a wire would
 carry.  Records are buffered and written at least once a second and when
 the port stops; C{snaplen=} keeps only the first bytes of each frame.
+
+C{maxsize=MB} bounds the file (in millions of bytes, as tcpdump's C{-C}):
+frames that would not fit are dropped and counted as C{busy}, unless
+C{files=N} asks for a ring of N files, as C{tcpdump -C -W} keeps: the full
+file becomes C{PATH.1} (the one before C{PATH.2}, and so on, the oldest
+dropped) and a new C{PATH} starts.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from vtwisted.wire import pcap
 log = Logger()
 
 DEFAULT_SNAPLEN = 262144
+#: No size limit.
+UNLIMITED = 1 << 62
 BUFFER = 1 << 20
 
 
@@ -50,20 +58,54 @@ class PcapLink:
 
     def __init__(self, service: PcapService, handle: IO[bytes]) -> None:
         self.service = service
-        self.handle = handle
         self.description = f"capture to {service.path}"
         self.port: Any = None
         self.frames = 0
-        clock = service.reactor.seconds
+        self.written = 0
+        self.handle = handle
+        self._useHandle(handle)
+
+    def _useHandle(self, handle: IO[bytes]) -> None:
+        """
+        Write to C{handle}, whose header is written, from now on.
+        """
+        self.handle = handle
+        self.written = len(pcap.fileHeader(0))
+        clock = self.service.reactor.seconds
         write = handle.write
-        snaplen = service.snaplen
+        snaplen = self.service.snaplen
+        limit = self.service.maxSize
         record = pcap.record
+        full = self._full
 
         def sendFrame(frame: bytes) -> None:
-            write(record(clock(), frame, snaplen))
+            data = record(clock(), frame, snaplen)
+            if self.written + len(data) > limit:
+                full(data)
+                return
+            write(data)
+            self.written += len(data)
             self.frames += 1
 
         self.sendFrame = sendFrame  # type: ignore[method-assign]
+
+    def _full(self, data: bytes) -> None:
+        """
+        The file has no room for C{data}: start the next file if there are
+        several, else drop the frame (counted as C{busy}).
+        """
+        service = self.service
+        if service.files > 1 and len(data) + self.written > len(pcap.fileHeader(0)):
+            self.handle.close()
+            service.rotate()
+            self._useHandle(service.openFile())
+            self.handle.write(data)
+            self.written += len(data)
+            self.frames += 1
+            return
+        if self.port is not None:
+            self.port.dropped("busy", f"{service.spec}: the capture file is full "
+                              f"(maxsize={service.maxSize // 1000000} MB)")
 
     def plug(self, switch: Any, port: Any) -> None:
         """
@@ -95,11 +137,14 @@ class PcapService(SingleLinkService):
     """
 
     def __init__(self, switch: Any, reactor: Any, path: str, snaplen: int,
-                 options: PortOptions, spec: str) -> None:
+                 options: PortOptions, spec: str, maxSize: int = UNLIMITED,
+                 files: int = 1) -> None:
         self.switch = switch
         self.reactor = reactor
         self.path = path
         self.snaplen = snaplen
+        self.maxSize = maxSize
+        self.files = files
         self.options = options
         self.spec = spec
         self.link: PcapLink | None = None
@@ -109,13 +154,33 @@ class PcapService(SingleLinkService):
         return self.link is not None
 
     def bind(self) -> None:
+        self.link = PcapLink(self, self.openFile())
+
+    def openFile(self) -> IO[bytes]:
+        """
+        Open the capture file afresh, its header written.
+
+        @raise OSError: naming the spec, the path and the errno.
+        """
         try:
             handle = open(self.path, "wb", buffering=BUFFER)  # closed in stopService
             handle.write(pcap.fileHeader(self.snaplen))
         except OSError as e:
             raise OSError(e.errno, f"{self.spec}: cannot write {self.path}: {e.strerror} "
                                    f"(errno {e.errno})") from None
-        self.link = PcapLink(self, handle)
+        return handle
+
+    def rotate(self) -> None:
+        """
+        Keep the full file as C{PATH.1}, older ones as C{PATH.2}... up to
+        C{files} in all, the oldest dropped.
+        """
+        for number in range(self.files - 1, 0, -1):
+            older = self.path if number == 1 else f"{self.path}.{number - 1}"
+            try:
+                os.replace(older, f"{self.path}.{number}")
+            except FileNotFoundError:
+                pass
 
     def startService(self) -> None:
         super().startService()
@@ -145,7 +210,7 @@ class PcapService(SingleLinkService):
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PcapService:
     """
-    Build the service for C{pcap:PATH[:snaplen=N][:port=N]}.
+    Build the service for C{pcap:PATH[:snaplen=N][:maxsize=MB[:files=N]][:port=N]}.
     """
     (path,) = spec.positional(["path"], 1)
     if not path:
@@ -153,7 +218,13 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PcapService:
     snaplen = spec.integer("snaplen", DEFAULT_SNAPLEN, 64, DEFAULT_SNAPLEN)
     assert snaplen is not None
     number = spec.integer("port", None, 0, 65535)
+    megabytes = spec.integer("maxsize", None, 1, 1 << 30)
+    files = spec.integer("files", 1, 1, 1000)
+    assert files is not None
+    if files > 1 and megabytes is None:
+        raise spec.error("files= needs maxsize= (the size at which the next file starts)")
     spec.checkKeywords()
     # A member of no VLAN: the port gets the monitor's copies and nothing else.
     return PcapService(switch, reactor, os.path.abspath(path), snaplen,
-                       PortOptions(number=number, vlan=NOVLAN), spec.text)
+                       PortOptions(number=number, vlan=NOVLAN), spec.text,
+                       UNLIMITED if megabytes is None else megabytes * 1000000, files)

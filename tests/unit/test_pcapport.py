@@ -1,0 +1,72 @@
+"""
+The capture port's size limit (C{maxsize=}) and ring of files (C{files=}):
+what is kept, what is dropped and counted, and the files tcpdump reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from vtwisted.ports import pcap as pcapport
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import frame, mac
+from vtwisted.wire import pcap
+
+
+def _start(spec: str) -> pcapport.PcapService:
+    service = pcapport.makeService(Switch(), PortSpec(spec), Clock())
+    service.startService()
+    return service
+
+
+def _numbered(n: int) -> bytes:
+    return frame(b"\xff" * 6, mac(1), payload=n.to_bytes(4, "big") + bytes(996))
+
+
+def _numbers(path: Path) -> list[int]:
+    return [int.from_bytes(kept[14:18], "big") for _, kept, _ in pcap.readRecords(
+        path.read_bytes())]
+
+
+def test_aFullFileDropsAndCountsFrames(tmp_path: Path) -> None:
+    """With maxsize= alone, the file stops growing at the limit; later frames are counted."""
+    path = tmp_path / "lan.pcap"
+    service = _start(f"pcap:{path}:maxsize=1")
+    link = service.link
+    assert link is not None
+    for n in range(1200):
+        link.sendFrame(_numbered(n))
+    port = link.port
+    service.stopService()
+    kept = _numbers(path)
+    assert kept == list(range(len(kept))) and 900 < len(kept) < 1000
+    assert path.stat().st_size <= 1000000
+    assert port.counters.drops["busy"] == 1200 - len(kept)
+
+
+def test_aRingKeepsTheNewestFiles(tmp_path: Path) -> None:
+    """With files=3, the newest frames are in PATH, older ones in PATH.1 and PATH.2."""
+    path = tmp_path / "lan.pcap"
+    service = _start(f"pcap:{path}:maxsize=1:files=3")
+    link = service.link
+    assert link is not None
+    for n in range(4500):
+        link.sendFrame(_numbered(n))
+    service.stopService()
+    files = [Path(f"{path}.2"), Path(f"{path}.1"), path]
+    assert not Path(f"{path}.3").exists()
+    numbers = [_numbers(f) for f in files]
+    joined = [n for part in numbers for n in part]
+    assert joined == list(range(joined[0], 4500)) and joined[0] > 0
+    assert all(f.stat().st_size <= 1000000 for f in files)
+    assert link.frames == 4500
+
+
+def test_filesNeedAMaximumSize(tmp_path: Path) -> None:
+    """files= without maxsize= is refused with what to add."""
+    with pytest.raises(SpecError, match="needs maxsize="):
+        pcapport.makeService(Switch(), PortSpec(f"pcap:{tmp_path}/x:files=2"), Clock())
