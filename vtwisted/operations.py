@@ -401,9 +401,16 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
     def setVlan(self, number: int, vid: int) -> None:
         """
         Make C{vid} the untagged VLAN of port C{number} (L{NOVLAN}: none);
-        the port's addresses are forgotten, as vde_switch does.
+        the port's addresses are forgotten, as vde_switch does.  A link may
+        refuse the move (C{refuseVlan}): a slirp router will not join a
+        VLAN whose slirp router answers for the same addresses.
         """
-        _, port = self._checkVlanAndPort(vid, number, NOVLAN)
+        vlan, port = self._checkVlanAndPort(vid, number, NOVLAN)
+        for link in port.links:
+            refuse = getattr(link, "refuseVlan", None)
+            why = refuse(vlan) if refuse is not None and vlan is not None else None
+            if why:
+                raise errors.busy(why)
         self.switch.vlans.join(port, vid)
         self.switch.fdb.flush(port)
 

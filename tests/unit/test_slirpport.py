@@ -40,3 +40,24 @@ async def test_ipv6ForwardNeedsAGuestInThePrefix(switch) -> None:
     with pytest.raises(OSError, match="fd00:5::/64"):
         on.addForward(parseForward("tcp:[::1]:40002-[fec0::99]:80", first))
     assert not off.forwards and not on.forwards
+
+
+@pytest_twisted.ensureDeferred
+async def test_movingASlirpPortIntoAClashingVlanIsRefused(switch) -> None:
+    """
+    port/setvlan refuses to bring a slirp router into a VLAN whose slirp
+    router has the same gateway, and says which; other moves go through.
+    """
+    from vtwisted.errors import SwitchError
+    from vtwisted.operations import SwitchOperations
+
+    service = switch("slirp", "slirp:vlan=5")
+    ops = SwitchOperations(service)
+    moving = service.specs["slirp:vlan=5"].link.port
+    with pytest.raises(SwitchError, match=r"same gateway.*in VLAN 0") as caught:
+        ops.setVlan(moving.number, 0)
+    assert "slirp:vlan=5" in str(caught.value)
+    assert moving.untaggedVlan.vid == 5
+    ops.createVlan(6)
+    ops.setVlan(moving.number, 6)
+    assert moving.untaggedVlan.vid == 6

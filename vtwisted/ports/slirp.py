@@ -86,6 +86,13 @@ class SlirpLink:
         self._switch = switch
         switch.attach(port, self)
 
+    def refuseVlan(self, vlan: Any) -> str | None:
+        """
+        Why this router must not move to untagged C{vlan}, if it must not
+        (another slirp router there would answer for the same addresses).
+        """
+        return self.service._clash(vlan) if self.port is not None else None
+
     def emitFrame(self, frame: bytes) -> None:
         """
         Hand a frame of the router's to the switch.
@@ -216,14 +223,16 @@ class SlirpService(SingleLinkService):
             self.unplug()
             raise SpecError(self.spec, clash)
 
-    def _clash(self) -> str | None:
+    def _clash(self, vlan: Any = None) -> str | None:
         """
-        Why this router cannot share its VLAN with another slirp port's, if
-        it cannot: two gateways at one address, or two IPv6 routers (their
-        router MAC is fixed), would answer for each other.
+        Why this router cannot share its VLAN (or C{vlan}) with another
+        slirp port's, if it cannot: two gateways at one address, or two
+        IPv6 routers (their router MAC is fixed), would answer for each
+        other.
         """
         assert self.link is not None and self.link.port is not None
-        vlan = self.link.port.untaggedVlan
+        if vlan is None:
+            vlan = self.link.port.untaggedVlan
         for port in self.switch.ports.values():
             for other in port.links:
                 if not isinstance(other, SlirpLink) or other is self.link \
@@ -237,7 +246,7 @@ class SlirpService(SingleLinkService):
                 else:
                     continue
                 return (f"{other.service.spec} on port {port.number} {why} in VLAN {vlan.vid}: "
-                        f"give this one its own net= and ipv6=off, or its own vlan=")
+                        f"give {self.spec} its own net= and ipv6=off, or its own vlan=")
         return None
 
     def addForward(self, forward: Forward) -> None:
