@@ -12,7 +12,8 @@ behind it.  In the same run and alternating rounds, the near side is:
 Each row reports iperf3 TCP throughput and the 64-byte UDP packet rate,
 from the host behind the switch to the far side and back.  The far veth's
 checksum offload is off (a vxlan device leaves inner checksums to a NIC,
-and a veth delivers them uncomputed to a user-space reader); it is the same
+and a veth delivers them uncomputed to a user-space reader), and the near
+veth merges what it receives (GRO, as network cards do); both are the same
 for every row.
 
 There is no C{vde_switch} row: Debian's vdeplug4 (4.0.1) C{vxlan://} plug
@@ -61,6 +62,7 @@ def _underlay(b: Bench, address: str) -> tuple[str, str, str]:
         configure(ns, dev, under)
         sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
     sh("ip", "netns", "exec", far, "ethtool", "-K", theirs, "tx", "off")
+    sh("ip", "netns", "exec", near, "ethtool", "-K", mine, "gro", "on")
     sh("ip", "-n", far, "link", "add", "vx0", "type", "vxlan", "id", "42", "group", "239.0.0.1",
        "dev", theirs, "dstport", "4789")
     sh("ip", "-n", far, "link", "set", "vx0", "mtu", "1500")

@@ -83,18 +83,22 @@ def hostBehindTap(namespaces, switchNs: str, tap: str, address: str) -> str:
     return host
 
 
-@pytest.mark.parametrize("underlayMtu", [1550, 1500])
-def test_kernelVxlanDeviceByUnicast(processes, namespaces, shortdir, underlayMtu) -> None:
+@pytest.mark.parametrize(("underlayMtu", "gro"), [(1550, False), (1500, False), (1550, True)])
+def test_kernelVxlanDeviceByUnicast(processes, namespaces, shortdir, underlayMtu, gro) -> None:
     """
     A Linux vxlan device pointed at the switch is on the LAN of a namespace
     behind the switch's TAP: ping, and 4 MB of TCP each way arriving intact
     with no checksum errors (the switch cuts the TAP's super-frames for the
     tunnel, and merges the device's segments into super-frames for the TAP).  An underlay
     without room for the 50 bytes of encapsulation works too, its
-    datagrams fragmented, with nothing dropped.
+    datagrams fragmented, with nothing dropped; and so does one whose
+    device merges datagrams (GRO, as network cards do), which the switch
+    reads as such (UDP_GRO) and cuts apart.
     """
     need("ethtool")
     under = Underlay(namespaces, mtu=underlayMtu)
+    if gro:
+        run(*execIn(under.here, "ethtool", "-K", under.hereDev, "gro", "on"))
     under.kernelVxlan("10.8.0.1/24", "remote", UNDER4[0], "local", UNDER4[1])
     tap = uniqueName("vxt")
     _, mgmt = switchInNamespace(processes, under.here, shortdir, "--port",
@@ -112,6 +116,7 @@ def test_kernelVxlanDeviceByUnicast(processes, namespaces, shortdir, underlayMtu
     assert "1 MACs behind 1 endpoints" in described
     merged = re.search(r"coalesced (\d+) segments into (\d+)", described)
     assert merged and int(merged[2]) > 0 and int(merged[1]) > 2 * int(merged[2]), described
+    assert ("reads merged by the kernel" in described) == gro, described
     table = console(mgmt, "vxlan/print")
     assert f"via {UNDER4[1]}" in table and "vni 42 remote" in table, table
     stats = console(mgmt, "port/stats 1")

@@ -23,7 +23,9 @@ TAP or a cable), so the switch hands it an offload TAP's 64 KB TCP and UDP
 super-frames whole: the port cuts them into the frames they stand for
 (L{vtwisted.wire.vnet.toFrames}) and sends those in one or two C{sendmsg}
 calls with C{UDP_SEGMENT}, the kernel cutting the buffer back into one
-datagram per frame.  Frames arrive one per datagram; consecutive TCP
+datagram per frame.  Frames arrive one per datagram, or several in one
+read where the kernel merged them (C{UDP_GRO}, when the underlay's device
+does GRO, as network cards do); consecutive TCP
 segments of a flow in one read batch are merged back into a super-frame
 (L{vtwisted.wire.tcpgro}, C{coalesce=off} to turn it off) when the switch
 would deliver them to a port with the header, so a Linux host's TCP
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any
 
 from twisted.internet import udp
@@ -75,6 +78,9 @@ TICKS = 4
 MAX_SEGMENTS = 64
 MAX_GSO_PAYLOAD = 65507
 UDP_SEGMENT = 103
+UDP_GRO = 104
+_GRO_CMSG = socket.CMSG_SPACE(4)
+_READ_LATER = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED)
 _NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE)
 
 
@@ -107,6 +113,8 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
                       else [(remote, config.dstport) for remote in config.remotes])
         self.heard = None if config.group is not None else frozenset(config.remotes)
         self.gro: tcpgro.TcpCoalescer | None = None
+        #: Reads that brought several datagrams the kernel had merged.
+        self.groReads = 0
 
     @property
     def description(self) -> str:
@@ -115,6 +123,8 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
                 f"{len(self.where)} MACs behind {endpoints} endpoints")
         if self.gro is not None:
             text += f", coalesced {self.gro.segments} segments into {self.gro.packets}"
+        if self.groReads:
+            text += f", {self.groReads} reads merged by the kernel"
         return text
 
     def startProtocol(self) -> None:
@@ -297,14 +307,44 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
 
 class BatchPort(udp.Port):
     """
-    Twisted's UDP port, telling its protocol when a read batch ends.
+    Twisted's UDP port, reading with C{recvmsg} so that a buffer the kernel
+    coalesced (C{UDP_GRO}: datagrams of one sender, all as long as the
+    first but the last) is cut back into its datagrams, and telling its
+    protocol when a read batch ends.
     """
 
     def doRead(self) -> None:
+        protocol = self.protocol
+        receive, recvmsg, size = protocol.datagramReceived, self.socket.recvmsg, self.maxPacketSize
+        v6 = self.addressFamily == socket.AF_INET6
+        read = 0
         try:
-            super().doRead()
+            while read < self.maxThroughput:
+                try:
+                    data, ancillary, _, addr = recvmsg(size, _GRO_CMSG)
+                except OSError as e:
+                    if e.errno in _READ_LATER:
+                        return
+                    raise
+                read += len(data)
+                if v6:
+                    addr = addr[:2]
+                if not ancillary:
+                    receive(data, addr)
+                    continue
+                step = _groSize(ancillary) or len(data) or 1
+                protocol.groReads += 1
+                for offset in range(0, len(data), step):
+                    receive(data[offset:offset + step], addr)
         finally:
-            self.protocol.readBatchEnded()
+            protocol.readBatchEnded()
+
+
+def _groSize(ancillary: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, value in ancillary:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+            return int.from_bytes(value[:4], sys.byteorder)
+    return 0
 
 
 @implementer(IPortService)

@@ -25,6 +25,7 @@ DEFAULT_GROUP = {4: "239.0.0.1", 6: "ff05:56de::1"}
 
 _IP_MTU_DISCOVER, _IPV6_MTU_DISCOVER, _PMTUDISC_DONT = 10, 23, 0
 _SO_RCVBUFFORCE = 33
+_UDP_GRO = 104
 
 
 @dataclass
@@ -81,6 +82,10 @@ def openSocket(config: VxlanConfig) -> socket.socket:
                 break
             except OSError:
                 continue
+        try:
+            sock.setsockopt(socket.SOL_UDP, _UDP_GRO, 1)
+        except OSError:
+            pass  # before Linux 5.0: one datagram per read
         sock.setblocking(False)
     except BaseException:
         sock.close()
