@@ -11,6 +11,7 @@ import errno
 import os
 import socket
 import stat
+import sys
 
 from twisted.logger import Logger
 
@@ -73,3 +74,15 @@ def listenError(what: str, error: BaseException) -> OSError:
     socketError = getattr(error, "socketError", None)
     number = getattr(socketError, "errno", None) or getattr(error, "errno", None)
     return OSError(number, f"{what}: {error}")
+
+
+def linuxAtLeast(major: int, minor: int, release: str | None = None) -> bool:
+    """
+    Whether the running kernel (or C{release}) is Linux C{major.minor} or later.
+    """
+    release = release if release is not None else os.uname().release
+    try:
+        numbers = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return False
+    return sys.platform.startswith("linux") and numbers >= (major, minor)

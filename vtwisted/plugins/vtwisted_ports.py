@@ -68,3 +68,10 @@ vxlan = PortType(
     "vxlan[:GROUP|v6][:vni=1][:dstport=4789][:remote=ADDR,...][:if=NAME][:local=ADDR]  "
     "a VXLAN network as one port: Linux vxlan devices, vde_plug vxlan://, other switches",
 )
+
+packet = PortType(
+    "packet",
+    "vtwisted.ports.packet",
+    "packet:IFACE[:offload=on|off]  any Ethernet interface (a veth, a bridge port, a NIC) "
+    "through a packet socket, as vde_pcapplug does, with offloads",
+)

@@ -62,13 +62,13 @@ class RealTapSystem:
     ioctl = staticmethod(fcntl.ioctl)
 
 
-def checkName(spec: PortSpec, name: str | None) -> str:
+def checkName(spec: PortSpec, name: str | None, what: str = "TAP name") -> str:
     """
     The interface name, if Linux would accept it.
     """
     if name is None or not _NAME.match(name) or name in (".", ".."):
         raise spec.error(
-            f"TAP name {name!r} is not a valid interface name "
+            f"{what} {name!r} is not a valid interface name "
             "(1 to 15 characters, no '/', ':', '%' or white space)"
         )
     return name

@@ -8,9 +8,7 @@ datagrams; and the kernel check for writing them.
 
 from __future__ import annotations
 
-import os
 import struct
-import sys
 from collections.abc import Iterator
 
 from vtwisted.wire import ipv4, vnet
@@ -110,15 +108,3 @@ def usoDatagrams(packet: bytes) -> tuple[bytes, int, bytes, int, SegmentRun, Buf
     view = memoryview(packet)[:end]
     payloads = SegmentRun(view[start + 14 + header.headerLength + 8:], size)
     return header.src, udp.srcPort, header.dst, udp.dstPort, payloads, view[start + 14:]
-
-
-def linuxAtLeast(major: int, minor: int, release: str | None = None) -> bool:
-    """
-    Whether the running kernel (or C{release}) is Linux C{major.minor} or later.
-    """
-    release = release if release is not None else os.uname().release
-    try:
-        numbers = tuple(int(part) for part in release.split("-")[0].split(".")[:2])
-    except ValueError:
-        return False
-    return sys.platform.startswith("linux") and numbers >= (major, minor)

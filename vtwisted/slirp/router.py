@@ -51,6 +51,7 @@ from vtwisted.slirp.addresses import dotted
 from vtwisted.slirp.arpcache import ArpCache, macFor
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.slirp.fragments import Reassembler
+from vtwisted.sockettools import linuxAtLeast
 from vtwisted.wire import dhcp, icmp, ipv4, vnet
 from vtwisted.wire.checksum import Buffer, checksumValid, pseudoHeaderSumV4
 from vtwisted.wire.ethernet import BROADCAST, formatMac
@@ -87,7 +88,7 @@ class SlirpRouter:
     maxSegment = MAX_SEGMENT
     #: Whether the kernel takes UDP super-frames written to TAP devices
     #: (Linux 6.2 and later).
-    usoWritable = packets.linuxAtLeast(6, 2)
+    usoWritable = linuxAtLeast(6, 2)
 
     def __init__(
         self,

@@ -1,0 +1,114 @@
+"""
+The C{packet:} port on a veth: the switch runs in a namespace holding one
+end, a host namespace holds the other, and a third namespace sits behind
+the switch's TAP.  TCP super-frames cross whole both ways, tagged frames
+keep their tags though the veth strips them on receipt.  (C{vde_pcapplug},
+the C tool this port type stands in for, is no peer to test against here:
+with C{vde_switch} too, the frames it injects never leave the interface.)
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers import StreamPlug, need, needRoot, run, uniqueName, waitFor
+from taphelpers import (
+    RawCapture,
+    checkedTransfer,
+    checksumErrors,
+    console,
+    quietNamespace,
+    sendRaw,
+    switchInNamespace,
+    waitForPing,
+)
+
+from vtwisted.testing import frame, mac
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+
+
+class Wire:
+    """
+    A veth pair: C{switchEnd} in namespace C{here} (up, no address), and
+    C{hostEnd} in a host namespace C{there} with 10.9.0.1/24.
+    """
+
+    def __init__(self, namespaces) -> None:
+        self.here = quietNamespace(namespaces, "vps")
+        self.there = quietNamespace(namespaces, "vph")
+        self.switchEnd, self.hostEnd = uniqueName("vpa"), uniqueName("vpb")
+        run("ip", "link", "add", self.switchEnd, "netns", self.here, "type", "veth", "peer",
+            "name", self.hostEnd, "netns", self.there)
+        run("ip", "-n", self.here, "link", "set", self.switchEnd, "up")
+        run("ip", "-n", self.there, "addr", "add", "10.9.0.1/24", "dev", self.hostEnd)
+        run("ip", "-n", self.there, "link", "set", self.hostEnd, "up")
+
+    def tapHost(self, namespaces, tap: str) -> str:
+        """The switch's TAP C{tap}, moved to a namespace of its own as 10.9.0.2/24."""
+        host = quietNamespace(namespaces, "vpt")
+        waitFor(lambda: run("ip", "-n", self.here, "link", "show", tap,
+                            check=False).returncode == 0, what=tap)
+        run("ip", "-n", self.here, "link", "set", tap, "netns", host)
+        run("ip", "-n", host, "addr", "add", "10.9.0.2/24", "dev", tap)
+        run("ip", "-n", host, "link", "set", tap, "up")
+        return host
+
+
+@pytest.mark.parametrize("offload", ["on", "off"])
+def test_aVethHostAndATapHostShareOneLan(processes, namespaces, shortdir, offload) -> None:
+    """
+    Ping and 8 MB each way, intact and with no checksum errors, whether the
+    TAP has offloads or not: the interface's super-frames reach an offload
+    TAP whole (the port counts far fewer packets than the 1500-byte frames
+    they stand for), and are cut for the other.
+    """
+    wire = Wire(namespaces)
+    tap = uniqueName("vpt")
+    _, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                f"packet:{wire.switchEnd}", "--port",
+                                f"tap:{tap}:offload={offload}")
+    host = wire.tapHost(namespaces, tap)
+    waitForPing(host, "10.9.0.1")
+    size = 8 * 1024 * 1024
+    for sender, receiver, address, seed in ((host, wire.there, "10.9.0.1", 1),
+                                           (wire.there, host, "10.9.0.2", 2)):
+        sent, got = checkedTransfer(processes, sender, receiver, address, size, seed=seed)
+        assert sent == got and sent.startswith(f"{size} ")
+    for ns in (host, wire.there):
+        assert not any(checksumErrors(ns).values()), checksumErrors(ns)
+    described = console(mgmt, "port/print 1")
+    assert "module packet" in described
+    packetsIn = int(described.split("IN:  pkts")[1].split()[0])
+    assert "offload=csum,tso4,tso6" in described
+    if offload == "on":
+        assert packetsIn < size / 1448 / 4, described
+
+
+def test_taggedFramesKeepTheirTags(processes, namespaces, shortdir) -> None:
+    """
+    A frame tagged for VLAN 10 sent into the veth reaches a VLAN 10 client
+    untagged, though the veth hands the tag beside the frame; the client's
+    answer leaves the veth tagged for VLAN 10.
+    """
+    need("vde_plug")
+    wire = Wire(namespaces)
+    sock, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                   f"packet:{wire.switchEnd}:trunk=10", "--port",
+                                   f"vde:{shortdir}/v10:vlan=10")
+    client = StreamPlug(processes, f"vde://{shortdir}/v10")
+    waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
+    inner = frame(b"\xff" * 6, mac(0x41), payload=b"tagged for ten")
+    tagged = inner[:12] + b"\x81\x00\x00\x0a" + inner[12:]
+    sendRaw(wire.there, wire.hostEnd, tagged)
+    assert client.receiveMatching(lambda f: f == inner) is not None
+    capture = RawCapture(processes, wire.there, wire.hostEnd, 2)
+    answer = frame(mac(0x41), mac(0x42), payload=b"back on ten")
+    client.send(answer)
+    got = [(f, tci) for f, tci in capture.frames() if f[6:12] == mac(0x42)]
+    assert got and all(tci is not None and tci & 0xFFF == 10 for _, tci in got), got
+    assert sock.exists()

@@ -1,0 +1,230 @@
+"""
+Any Ethernet interface as a switch port (C{packet:IFACE}), through a Linux
+packet socket: what C{vde_pcapplug} does with libpcap, with offloads.
+
+Theory of operation
+-------------------
+The switch opens an C{AF_PACKET} raw socket bound to the interface in
+C{privilegedStartService} (it needs C{CAP_NET_RAW}), puts the interface in
+promiscuous mode for as long as the socket is open, and from then on uses
+the socket alone: the interface may be a veth whose other end is in
+another namespace, a bridge's port, or a network card.  Frames the
+interface receives come to the switch; frames the switch sends leave
+through it.  Frames this host's own stack sends out through the interface
+are not read (C{PACKET_IGNORE_OUTGOING}), as a bridge port would not see
+them.
+
+The socket always speaks the TAP port's virtio-net header both ways
+(C{PACKET_VNET_HDR}): without it a packet socket still sees what a local
+stack sends through a veth as unfinished super-frames, 64 KB long and with
+their checksums left to do, with nothing to tell how to finish them (this
+is why C{vde_pcapplug} needs offloads turned off on the interface's peer).
+The socket is then driven by
+L{vtwisted.ports.tap.TapLink} itself: TCP super-frames a veth peer's stack
+sends arrive whole, super-frames from offload ports leave whole (the kernel
+cuts them for the wire if the interface cannot), runs of UDP datagrams are
+coalesced, and the rest is counted and dropped as for a TAP.  Interfaces
+that strip VLAN tags on receipt (C{rx-vlan-offload}) hand the tag over
+beside the frame (C{PACKET_AUXDATA}); it is put back in the frame, so
+tagged traffic crosses as it came.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from typing import Any
+
+from zope.interface import implementer
+
+from vtwisted.interfaces import IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports.tap import DEFAULT_BUSY_POLL, TapLink, TapService
+from vtwisted.ports.tapdevice import (
+    TUN_F_CSUM,
+    TUN_F_TSO4,
+    TUN_F_TSO6,
+    TUN_F_TSO_ECN,
+    TUN_F_USO4,
+    TUN_F_USO6,
+    RealTapSystem,
+    checkName,
+)
+from vtwisted.sockettools import linuxAtLeast
+from vtwisted.spec import PortSpec
+from vtwisted.wire import vnet
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_AUXDATA = 8
+PACKET_VNET_HDR = 15
+PACKET_IGNORE_OUTGOING = 23
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
+#: struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid.
+_AUXDATA = struct.Struct("@IIIHHHH")
+_AUX_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
+_TPID_8021Q = 0x8100
+
+
+def withTag(data: bytes, auxdata: bytes, vnetHeader: bool) -> bytes:
+    """
+    C{data} (a frame, behind a virtio-net header if C{vnetHeader}) with the
+    VLAN tag that C{auxdata} (a C{tpacket_auxdata}) says the interface
+    stripped put back after the source MAC address; C{data} itself if none
+    was stripped.
+
+    @raise vnet.VnetError: the packet is too short or its offsets overflow.
+    """
+    if len(auxdata) < _AUXDATA.size:
+        return data
+    status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(auxdata)
+    if not status & TP_STATUS_VLAN_VALID:
+        return data
+    if not status & TP_STATUS_VLAN_TPID_VALID or not tpid:
+        tpid = _TPID_8021Q
+    if vnetHeader:
+        tagged = vnet.insertTag(data, tci)
+        if tpid == _TPID_8021Q:
+            return tagged
+        cut = vnet.HEADER_LENGTH + 12
+        return tagged[:cut] + tpid.to_bytes(2, "big") + tagged[cut + 2:]
+    return data[:12] + tpid.to_bytes(2, "big") + tci.to_bytes(2, "big") + data[12:]
+
+
+class PacketSystem(RealTapSystem):
+    """
+    The system calls of a packet socket port: reads are C{recvmsg}, which
+    also brings a stripped VLAN tag back; the rest are a TAP's.
+    """
+
+    def __init__(self, sock: socket.socket, vnetHeader: bool) -> None:
+        self.sock = sock
+        self.vnetHeader = vnetHeader
+        self._recvmsg = sock.recvmsg
+
+    def read(self, fd: int, size: int) -> bytes:
+        data, ancillary, _, _ = self._recvmsg(size, _AUX_SPACE)
+        for level, kind, value in ancillary:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                return withTag(data, value, self.vnetHeader)
+        return data
+
+    def close(self, fd: int) -> None:
+        self.sock.close()
+
+
+class PacketLink(TapLink):
+    """
+    One interface, through a packet socket, plugged into a switch port.
+    """
+
+    module = "packet"
+
+    def open(self) -> None:
+        """
+        Open and bind the socket.
+
+        @raise OSError: naming the spec, the interface, the errno and what
+            to do.
+        """
+        try:
+            sock = openSocket(self.name, self.vnetHeader)
+        except OSError as e:
+            raise openError(self.service.spec, self.name, e) from None
+        self._system = PacketSystem(sock, self.vnetHeader)
+        self._fileno = sock.fileno()
+        self.connected = 1
+        self.protocol.makeConnection(self)
+        if self.vnetHeader:
+            self.offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+            if self.uso and linuxAtLeast(6, 2):
+                self.offloads |= TUN_F_USO4 | TUN_F_USO6
+        self._offloadText = _offloadText(self.offloads)
+
+    def _writeFailed(self, e: OSError) -> None:
+        if e.errno == errno.ENETDOWN:
+            self.port.dropped("down", f"{self.name}: the interface is down (ENETDOWN)")
+            return
+        super()._writeFailed(e)
+
+
+def _offloadText(offloads: int) -> str:
+    from vtwisted.ports.tapdevice import offloadNames
+
+    return offloadNames(offloads) or "off"
+
+
+def openSocket(name: str, vnetHeader: bool) -> socket.socket:
+    """
+    A non-blocking packet socket bound to interface C{name}, promiscuous,
+    not reading what this host sends, with the virtio-net header if
+    C{vnetHeader}.
+
+    @raise OSError: from the system, its errno intact.
+    """
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
+                         | socket.SOCK_CLOEXEC, 0)
+    try:
+        if vnetHeader:
+            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        sock.bind((name, ETH_P_ALL))
+        index = socket.if_nametoindex(name)
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP,
+                        struct.pack("@iHH8s", index, PACKET_MR_PROMISC, 0, b""))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def openError(spec: str, name: str, e: OSError) -> OSError:
+    """
+    The error for an interface that could not be opened: the spec, the
+    interface, the errno and what to do about it.
+    """
+    code = e.errno or errno.EIO
+    advice = ""
+    if code == errno.EPERM:
+        advice = "; a packet socket needs CAP_NET_RAW (run the switch as root)"
+    elif code in (errno.ENODEV, errno.ENXIO):
+        advice = f"; there is no interface {name} in this network namespace"
+    return OSError(code, f"{spec}: cannot open interface {name}: "
+                         f"{e.strerror or os.strerror(code)} (errno {code}){advice}")
+
+
+@implementer(IPortService)
+class PacketService(TapService):
+    """
+    The service of one C{packet:IFACE} spec.
+    """
+
+    def bind(self) -> None:
+        """
+        Open the socket (the error says what to do if that fails).
+        """
+        link = PacketLink(self, self.deviceName, self.offload, self.system, self.reactor,
+                          self.uso)
+        link.open()
+        self.link = link
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PacketService:
+    """
+    Build the service for C{packet:IFACE[:uso=on|off][:coalesce=on|off]}
+    and the common options.
+    """
+    (name,) = spec.positional(["interface name"], 1)
+    name = checkName(spec, name, "interface")
+    uso = spec.boolean("uso", True)
+    coalesce = spec.boolean("coalesce", True)
+    options = PortOptions.fromSpec(spec)
+    spec.checkKeywords()
+    return PacketService(switch, reactor, name, True, options, spec.text,
+                         busyPoll=DEFAULT_BUSY_POLL, uso=uso, coalesce=coalesce)
