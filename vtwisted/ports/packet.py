@@ -35,6 +35,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 from typing import Any
 
 from zope.interface import implementer
@@ -69,6 +70,8 @@ TP_STATUS_VLAN_TPID_VALID = 0x40
 _AUXDATA = struct.Struct("@IIIHHHH")
 _AUX_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
 _TPID_8021Q = 0x8100
+#: Where the status word's low byte (TP_STATUS_VLAN_VALID's) is.
+_STATUS_LOW = 0 if sys.byteorder == "little" else 3
 
 
 def withTag(data: bytes, auxdata: bytes, vnetHeader: bool) -> bytes:
@@ -110,7 +113,9 @@ class PacketSystem(RealTapSystem):
     def read(self, fd: int, size: int) -> bytes:
         data, ancillary, _, _ = self._recvmsg(size, _AUX_SPACE)
         for level, kind, value in ancillary:
-            if level == SOL_PACKET and kind == PACKET_AUXDATA:
+            if len(value) > 3 and value[_STATUS_LOW] & TP_STATUS_VLAN_VALID \
+                    and kind == PACKET_AUXDATA \
+                    and level == SOL_PACKET:
                 return withTag(data, value, self.vnetHeader)
         return data
 
