@@ -257,3 +257,31 @@ def ratio(label: str, ours: list[float], theirs: list[float]) -> None:
     ratios = sorted(o / t for o, t in zip(ours, theirs))
     print(f"  {label:<50} {statistics.median(ratios):6.2f}x   (rounds: {ratios[0]:.2f}x to "
           f"{ratios[-1]:.2f}x)", flush=True)
+
+
+def hostBehind(b: Bench, near: str, device: str, address: str, prefix: str) -> str:
+    """
+    A namespace (named from C{prefix}) holding C{device}, moved there from
+    namespace C{near} and given C{address}, once it reaches the other end
+    (L{SERVER_ADDR} or L{CLIENT_ADDR}, whichever C{address} is not).
+    """
+    host = b.namespace(prefix)
+    waitFor(lambda: sh("ip", "-n", near, "link", "show", device, check=False).returncode == 0,
+            what=device)
+    sh("ip", "-n", near, "link", "set", device, "netns", host)
+    configure(host, device, address)
+    other = SERVER_ADDR if address == CLIENT_ADDR else CLIENT_ADDR
+    waitFor(lambda: sh("ip", "netns", "exec", host, "ping", "-c", "1", "-W", "1", other,
+                       check=False).returncode == 0, timeout=20, what=f"{other} from {host}")
+    return host
+
+
+def ends(b: Bench, near: str, device: str, far: str, outward: bool,
+         prefix: str) -> tuple[str, str]:
+    """
+    The iperf3 client and server namespaces for a host behind C{device}
+    (see L{hostBehind}) and the namespace C{far}: the host sends if
+    C{outward}, else it receives.
+    """
+    host = hostBehind(b, near, device, CLIENT_ADDR if outward else SERVER_ADDR, prefix)
+    return (host, far) if outward else (far, host)

@@ -31,11 +31,11 @@ from netbench import (
     SERVER_ADDR,
     Bench,
     configure,
+    ends,
     ratio,
     sh,
     sourceEnv,
     twistdArgv,
-    waitFor,
 )
 
 Setup = Callable[[Bench], tuple[str, str]]
@@ -56,24 +56,6 @@ def _wire(b: Bench, address: str) -> tuple[str, str, str]:
     return near, mine, far
 
 
-def _hostBehind(b: Bench, near: str, device: str, address: str) -> str:
-    host = b.namespace("vtwpc")
-    waitFor(lambda: sh("ip", "-n", near, "link", "show", device, check=False).returncode == 0,
-            what=device)
-    sh("ip", "-n", near, "link", "set", device, "netns", host)
-    configure(host, device, address)
-    other = SERVER_ADDR if address == CLIENT_ADDR else CLIENT_ADDR
-    waitFor(lambda: sh("ip", "netns", "exec", host, "ping", "-c", "1", "-W", "1", other,
-                       check=False).returncode == 0, timeout=20, what="the path")
-    return host
-
-
-def _ends(b: Bench, near: str, device: str, far: str, outward: bool) -> tuple[str, str]:
-    """The iperf3 client and server: the host behind the switch sends if C{outward}."""
-    host = _hostBehind(b, near, device, CLIENT_ADDR if outward else SERVER_ADDR)
-    return (host, far) if outward else (far, host)
-
-
 def vtwistedPacket(outward: bool) -> Setup:
     def setup(b: Bench) -> tuple[str, str]:
         near, veth, far = _wire(b, SERVER_ADDR if outward else CLIENT_ADDR)
@@ -81,7 +63,7 @@ def vtwistedPacket(outward: bool) -> Setup:
         b.start(["ip", "netns", "exec", near, *twistdArgv(
             "--sock", str(b.tmp / "sw"), "--port", f"packet:{veth}", "--tap", tap)],
             env=sourceEnv())
-        return _ends(b, near, tap, far, outward)
+        return ends(b, near, tap, far, outward, "vtwpc")
 
     return setup
 
@@ -95,7 +77,7 @@ def linuxBridge(outward: bool) -> Setup:
         for dev in (veth, "up0"):
             sh("ip", "-n", near, "link", "set", dev, "master", "br0", "up")
         sh("ip", "-n", near, "link", "set", "br0", "up")
-        return _ends(b, near, client, far, outward)
+        return ends(b, near, client, far, outward, "vtwpc")
 
     return setup
 

@@ -37,11 +37,11 @@ from netbench import (
     SERVER_ADDR,
     Bench,
     configure,
+    ends,
     ratio,
     sh,
     sourceEnv,
     twistdArgv,
-    waitFor,
 )
 
 Setup = Callable[[Bench], tuple[str, str]]
@@ -70,27 +70,6 @@ def _underlay(b: Bench, address: str) -> tuple[str, str, str]:
     return near, mine, far
 
 
-def _hostBehind(b: Bench, near: str, device: str, address: str) -> str:
-    client = b.namespace("vtwxc")
-    waitFor(lambda: sh("ip", "-n", near, "link", "show", device, check=False).returncode == 0,
-            what=device)
-    sh("ip", "-n", near, "link", "set", device, "netns", client)
-    configure(client, device, address)
-    other = SERVER_ADDR if address == CLIENT_ADDR else CLIENT_ADDR
-    waitFor(lambda: sh("ip", "netns", "exec", client, "ping", "-c", "1", "-W", "1", other,
-                       check=False).returncode == 0, timeout=20, what="the VXLAN path")
-    return client
-
-
-def _ends(b: Bench, near: str, device: str, far: str, toVxlan: bool) -> tuple[str, str]:
-    """
-    The iperf3 client and server namespaces: the host behind the switch
-    sends (C{toVxlan}) or receives.
-    """
-    host = _hostBehind(b, near, device, CLIENT_ADDR if toVxlan else SERVER_ADDR)
-    return (host, far) if toVxlan else (far, host)
-
-
 def vtwistedVxlan(toVxlan: bool) -> Setup:
     def setup(b: Bench) -> tuple[str, str]:
         near, veth, far = _underlay(b, SERVER_ADDR if toVxlan else CLIENT_ADDR)
@@ -98,7 +77,7 @@ def vtwistedVxlan(toVxlan: bool) -> Setup:
         b.start(["ip", "netns", "exec", near, *twistdArgv(
             "--sock", str(b.tmp / "sw"), "--port", f"vxlan:vni=42:if={veth}", "--tap", tap)],
             env=sourceEnv())
-        return _ends(b, near, tap, far, toVxlan)
+        return ends(b, near, tap, far, toVxlan, "vtwxc")
 
     return setup
 
@@ -106,7 +85,7 @@ def vtwistedVxlan(toVxlan: bool) -> Setup:
 def linuxBridgeVxlan(toVxlan: bool) -> Setup:
     def setup(b: Bench) -> tuple[str, str]:
         near, veth, far = _underlay(b, SERVER_ADDR if toVxlan else CLIENT_ADDR)
-        return _ends(b, near, _bridge(near, veth, b.tmp.name[-4:]), far, toVxlan)
+        return ends(b, near, _bridge(near, veth, b.tmp.name[-4:]), far, toVxlan, "vtwxc")
 
     return setup
 

@@ -272,3 +272,28 @@ class StreamPlug:
 
     def exited(self) -> bool:
         return self.process.poll() is not None
+
+
+def freeUdpPorts(count: int) -> list[int]:
+    """
+    C{count} UDP port numbers free on 127.0.0.1 a moment ago.
+    """
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+    for probe in probes:
+        probe.bind(("127.0.0.1", 0))
+    numbers = [p.getsockname()[1] for p in probes]
+    for probe in probes:
+        probe.close()
+    return numbers
+
+
+def pendingDatagrams(sock: socket.socket) -> list[bytes]:
+    """
+    Every datagram waiting on the non-blocking C{sock}.
+    """
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(70000))
+        except BlockingIOError:
+            return got

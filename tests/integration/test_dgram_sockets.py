@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from helpers import freeUdpPorts, pendingDatagrams
 from reactortools import until
 from twisted.internet import reactor
 
@@ -25,25 +26,6 @@ from vtwisted.testing import FakeLink, frame, mac, plug
 
 BROADCAST = b"\xff" * 6
 
-
-
-def freeUdpPorts(count: int) -> list[int]:
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    for probe in probes:
-        probe.bind(("127.0.0.1", 0))
-    numbers = [p.getsockname()[1] for p in probes]
-    for probe in probes:
-        probe.close()
-    return numbers
-
-
-def received(sock: socket.socket) -> list[bytes]:
-    got = []
-    while True:
-        try:
-            got.append(sock.recv(70000))
-        except BlockingIOError:
-            return got
 
 
 def dgramService(service: SwitchService) -> dgram.DgramService:
@@ -73,7 +55,7 @@ async def exchange(service: SwitchService, guest: socket.socket, switchAddress: 
     await until(lambda: len(other.sent) == len(sizes), what="the guest's frames")
     assert [len(f) for f in other.takeSent()] == list(sizes)
     other.receive(frame(mac(1), mac(2), b"reply" * 300))
-    await until(lambda: received(guest) == [frame(mac(1), mac(2), b"reply" * 300)] or None,
+    await until(lambda: pendingDatagrams(guest) == [frame(mac(1), mac(2), b"reply" * 300)] or None,
                 what="the reply")
     stranger.sendto(frame(BROADCAST, mac(66)), switchAddress)
     await until(lambda: port.counters.drops["peer"] == 1, what="the stranger counted")

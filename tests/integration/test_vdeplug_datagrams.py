@@ -8,10 +8,8 @@ the plug and a client on the switch's VDE socket.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
-from helpers import StreamPlug, need
+from helpers import StreamPlug, freeUdpPorts, need
 
 from vtwisted.testing import frame, mac
 
@@ -21,16 +19,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(autouse=True)
 def _needs() -> None:
     need("vde_plug")
-
-
-def _freeUdpPorts(count: int) -> list[int]:
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    for probe in probes:
-        probe.bind(("127.0.0.1", 0))
-    numbers = [p.getsockname()[1] for p in probes]
-    for probe in probes:
-        probe.close()
-    return numbers
 
 
 def _exchange(processes, sw, peer: StreamPlug) -> None:
@@ -51,7 +39,7 @@ def _exchange(processes, sw, peer: StreamPlug) -> None:
 
 def test_vdePlugUdpIsADgramPeer(vswitch, processes) -> None:
     """C{udp://} and C{dgram:udp:} name each other's ports."""
-    mine, theirs = _freeUdpPorts(2)
+    mine, theirs = freeUdpPorts(2)
     sw = vswitch("--port", f"dgram:udp:127.0.0.1:{mine}:127.0.0.1:{theirs}")
     peer = StreamPlug(processes, f"udp://127.0.0.1:{theirs}->127.0.0.1:{mine}")
     _exchange(processes, sw, peer)

@@ -10,6 +10,7 @@ import socket
 
 import pytest
 import pytest_twisted
+from helpers import pendingDatagrams
 from hypothesis import given
 from hypothesis import strategies as st
 from reactortools import until
@@ -99,15 +100,6 @@ def _endpoints(*hosts: str) -> tuple[int, list[socket.socket]]:
     return number, sockets
 
 
-def _pending(sock: socket.socket) -> list[bytes]:
-    got = []
-    while True:
-        try:
-            got.append(sock.recv(70000))
-        except BlockingIOError:
-            return got
-
-
 @pytest_twisted.ensureDeferred
 async def test_floodsToEveryRemoteAndAnswersTheOneLearned(switch) -> None:
     """
@@ -123,14 +115,14 @@ async def test_floodsToEveryRemoteAndAnswersTheOneLearned(switch) -> None:
         hello = frame(BROADCAST, mac(1), payload=b"hello")
         link.receive(hello)
         head = vxlan.header(7)
-        assert _pending(two) == [head + hello] and _pending(three) == [head + hello]
+        assert pendingDatagrams(two) == [head + hello] and pendingDatagrams(three) == [head + hello]
         fromThree = frame(mac(1), mac(0x33), payload=b"from three")
         three.sendto(head + fromThree, ("127.0.0.1", number))
         await until(lambda: link.sent, what="the frame from 127.0.0.3")
         assert link.takeSent() == [fromThree]
         reply = frame(mac(0x33), mac(1), payload=b"reply")
         link.receive(reply)
-        assert _pending(three) == [head + reply] and _pending(two) == []
+        assert pendingDatagrams(three) == [head + reply] and pendingDatagrams(two) == []
         vxlanLink = service.specs[next(iter(service.specs))].link
         assert "1 MACs behind 1 endpoints" in vxlanLink.description
     finally:
@@ -184,7 +176,7 @@ async def test_superFramesLeaveCutWithTheirHeaders(switch) -> None:
         expected = [vxlan.header(3) + f for f in vnet.toFrames(packet)]
         assert len(expected) == 19
         got: list[bytes] = []
-        await until(lambda: got.extend(_pending(two)) or len(got) >= len(expected),
+        await until(lambda: got.extend(pendingDatagrams(two)) or len(got) >= len(expected),
                     what="the datagrams")
         assert got == expected
     finally:
