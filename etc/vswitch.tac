@@ -27,6 +27,9 @@ switchService = buildService(
         # "dgram:udp:127.0.0.1:5555:127.0.0.1:5556",  # -netdev socket,udp=127.0.0.1:5555,...
         # "slirp:hostfwd=tcp\\:\\:2222-\\:22",  # NAT like -netdev user, host port 2222 to guest 22
         # "cable:listen:tcp:7443:cert=a.pem:key=a.key:ca=b.pem",  # TLS cable from another switch
+        # "vxlan:remote=192.0.2.7:vni=42",  # a Linux vxlan device or switch on another host
+        # "packet:veth0",  # an interface (a veth to a container, a NIC) through a packet socket
+        # "pcap:/tmp/lan.pcap:maxsize=100:files=5",  # a ring of captures, 100 MB each
     ],
     numPorts=64,
     # fstp=True,  # spanning tree (vde_switch -F), for loops of cables
