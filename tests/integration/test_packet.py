@@ -112,3 +112,25 @@ def test_taggedFramesKeepTheirTags(processes, namespaces, shortdir) -> None:
     got = [(f, tci) for f, tci in capture.frames() if f[6:12] == mac(0x42)]
     assert got and all(tci is not None and tci & 0xFFF == 10 for _, tci in got), got
     assert sock.exists()
+
+
+def test_aDeletedInterfaceTakesOnlyItsPortDown(processes, namespaces, shortdir) -> None:
+    """
+    Deleting the interface takes its port down with a log line naming the
+    spec; the switch and its other ports keep working.
+    """
+    need("vde_plug")
+    wire = Wire(namespaces)
+    sock, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                   f"packet:{wire.switchEnd}")
+    waitFor(lambda: "module packet" in console(mgmt, "port/print"), what="the packet port")
+    run("ip", "-n", wire.there, "link", "del", wire.hostEnd)
+    waitFor(lambda: "module packet" not in console(mgmt, "port/print"), what="the port to go")
+    log = (shortdir / "sw.log").read_text()
+    assert f"packet:{wire.switchEnd}" in log and "the port goes down" in log, log
+    one, two = StreamPlug(processes, f"vde://{sock}"), StreamPlug(processes, f"vde://{sock}")
+    waitFor(lambda: console(mgmt, "port/print").count("module unix prog") >= 2,
+            what="two clients")
+    hello = frame(b"\xff" * 6, mac(0x51), payload=b"still switching")
+    one.send(hello)
+    assert two.receiveMatching(lambda f: f == hello) is not None
