@@ -204,6 +204,11 @@ def _setVlan(ctx: CommandContext, arg: str) -> None:
     ctx.ops.setVlan(port, vlan)
 
 
+def _impair(ctx: CommandContext, arg: str) -> None:
+    number, _, rest = arg.strip().partition(" ")
+    ctx.ops.setImpairment(atoi(number), rest)
+
+
 def _createAuto(ctx: CommandContext, arg: str) -> list[str]:
     return [f"Port {ctx.ops.createAnyPort():04d}"]
 
@@ -408,6 +413,9 @@ COMMANDS: Sequence[Command] = (
             data=True),
     Command("port/stats", "[N]", "print MTU, VLANs, drops by reason and spec of ports",
             _portStats, data=True, vde=False),
+    Command("port/impair", "N OPTS|off",
+            "delay=MS jitter=MS loss=% dup=% rate=KBIT queue=MS on frames leaving port N",
+            _impair, vde=False),
     Command("port/specs", "", "list the port specs (--port and port/add) and their ports",
             _portSpecs, data=True, vde=False),
     Command("port/add", "SPEC", "add and start a port spec as --port does (tap:NAME, vde:DIR)",

@@ -165,12 +165,15 @@ def portStats(status: PortStatus) -> list[str]:
     """
     tagged = ",".join(f"{v:04d}" for v in status.taggedVids) or "none"
     drops = " ".join(f"{reason}={status.drops.get(reason, 0)}" for reason in DROP_REASONS)
-    return [
+    lines = [
         f"Port {status.number:04d} mtu={status.mtu} untagged_vlan={status.untaggedVid:04d} "
         f"tagged_vlans={tagged} all_vlans={int(status.transparent)}",
         f" drops: {drops} total={sum(status.drops.values())}",
         f" spec: {_oneLine(status.spec) if status.spec else 'none'}",
     ]
+    if status.impairment != "none":
+        lines.append(f" impairment: {status.impairment}")
+    return lines
 
 
 def specLine(spec: SpecStatus) -> str:

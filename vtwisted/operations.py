@@ -35,6 +35,7 @@ from vtwisted import errors
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import bucketOf
 from vtwisted.fstpops import FstpOperations
+from vtwisted.impair import Impairment
 from vtwisted.specops import PortSpecOperations
 from vtwisted.status import (
     DataSocketInfo,
@@ -283,6 +284,7 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
                 LinkStatus(link.linkId, link.module, link.description) for link in port.links
             ),
             spec=owners.get(id(port)),
+            impairment=port.impaired.impairment.describe() if port.impaired else "none",
         )
 
     def createPort(self, number: int) -> None:
@@ -413,6 +415,34 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
                 raise errors.busy(why)
         self.switch.vlans.join(port, vid)
         self.switch.fdb.flush(port)
+
+    def setImpairment(self, number: int, text: str) -> None:
+        """
+        Impair the frames leaving port C{number} as C{text} says
+        (C{delay=50 loss=1}, see L{vtwisted.impair}), or stop (C{off}).
+        """
+        self._portNumber(number)
+        port = self.switch.ports.get(number)
+        if port is None:
+            raise errors.missing(f"port {number} does not exist")
+        words = text.split()
+        if words == ["off"]:
+            impairment = Impairment()
+        else:
+            options = {}
+            for word in words:
+                key, sep, value = word.partition("=")
+                if not sep:
+                    raise errors.invalid(f"{word!r} is not KEY=VALUE (or give off)")
+                options[key] = value
+            if not options:
+                raise errors.invalid("give impairments (delay=MS jitter=MS loss=PERCENT "
+                                     "dup=PERCENT rate=KBIT queue=MS) or off")
+            try:
+                impairment = Impairment.fromOptions(options)
+            except ValueError as e:
+                raise errors.invalid(str(e)) from None
+        port.setImpairment(impairment, self.switch.clock)
 
     def createVlan(self, vid: int) -> None:
         """

@@ -4,7 +4,9 @@ Options every port spec accepts, whatever its type.
 C{port=N} asks for a port number; C{vlan=N} sets the untagged VLAN (created
 if missing), C{vlan=all} makes the port VLAN-transparent (see
 L{vtwisted.vlans}); C{trunk=10,20} adds tagged memberships; C{mtu=N} lowers
-the largest IP packet the port carries (jumbo 9216 by default).
+the largest IP packet the port carries (jumbo 9216 by default);
+C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{dup=PERCENT}, C{rate=KBIT}
+and C{queue=MS} impair the frames leaving it (see L{vtwisted.impair}).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from vtwisted.impair import KEYWORDS as IMPAIRMENTS
+from vtwisted.impair import Impairment
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import MAX_USER_VID, NOVLAN
 from vtwisted.wire.ethernet import DEFAULT_MTU
@@ -34,12 +38,14 @@ class PortOptions:
         transparent: bool = False,
         trunk: list[int] | None = None,
         mtu: int | None = None,
+        impairment: Impairment | None = None,
     ) -> None:
         self.number = number
         self.vlan = vlan
         self.transparent = transparent
         self.trunk = trunk or []
         self.mtu = mtu
+        self.impairment = impairment
 
     @classmethod
     def fromSpec(cls, spec: PortSpec, numbered: bool = True) -> PortOptions:
@@ -54,13 +60,21 @@ class PortOptions:
         vlan = None if transparent else spec.integer("vlan", None, 0, NOVLAN)
         trunk = spec.integerList("trunk", 1, MAX_USER_VID)
         mtu = spec.integer("mtu", None, MIN_MTU, DEFAULT_MTU)
-        return cls(number, vlan, transparent, trunk, mtu)
+        given = {key: spec.string(key) or "" for key in IMPAIRMENTS if key in spec.kwargs}
+        for key in IMPAIRMENTS:
+            spec.string(key)
+        try:
+            impairment = Impairment.fromOptions(given) if given else None
+        except ValueError as e:
+            raise spec.error(str(e)) from None
+        return cls(number, vlan, transparent, trunk, mtu, impairment)
 
     def isEmpty(self) -> bool:
         """
         True if no VLAN or MTU option was given.
         """
-        return self.vlan is None and not self.transparent and not self.trunk and self.mtu is None
+        return (self.vlan is None and not self.transparent and not self.trunk
+                and self.mtu is None and self.impairment is None)
 
     def apply(self, switch: Any, port: Any, owner: str | None = None) -> None:
         """
@@ -90,6 +104,8 @@ class PortOptions:
             vlans.setTransparent(port, True)
         if self.mtu is not None:
             port.setMtu(self.mtu)
+        if self.impairment is not None:
+            port.setImpairment(self.impairment, switch.clock)
         port.configuredBy = owner
 
     def plugIn(self, switch: Any, link: Any, owner: str) -> Any:
@@ -111,7 +127,7 @@ class PortOptions:
 def reset(switch: Any, port: Any) -> None:
     """
     Put C{port} back to a new port's configuration: untagged in VLAN 0, no
-    trunk, not transparent, the default MTU.
+    trunk, not transparent, the default MTU, no impairment.
     """
     vlans = switch.vlans
     vlans.setTransparent(port, False)
@@ -119,4 +135,6 @@ def reset(switch: Any, port: Any) -> None:
         vlans.removeTagged(port, vid)
     vlans.join(port, 0)
     port.setMtu(DEFAULT_MTU)
+    if port.impaired is not None:
+        port.setImpairment(Impairment(), None)
     port.configuredBy = None

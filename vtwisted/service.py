@@ -45,6 +45,7 @@ class SwitchService(MultiService):
         self.switch = switch
         self.reactor = reactor
         self.clock: IReactorTime = clock if clock is not None else reactor
+        switch.clock = self.clock
         self.specs: dict[str, IService] = {}
         self.startedAt: float | None = None
         self._operations: SwitchOperations | None = None

@@ -49,6 +49,7 @@ class PortStatus:
     transparent: bool
     links: tuple[LinkStatus, ...]
     spec: str | None
+    impairment: str = "none"
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
@@ -106,6 +106,8 @@ class Switch(PortTable):
         self.events = DebugEvents()
         #: Ports that get a copy of every frame any other port reads.
         self.monitors: tuple[SwitchPort, ...] = ()
+        #: The clock port impairments wait on (the service sets it).
+        self.clock: Any = None
         self.events.onChange = lambda: self.events.wire(self.fdb)
         self._spanningTree: FastSpanningTree | None = None
         self._routed: set[SwitchPort] = set()

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from vtwisted import errors
+from vtwisted.impair import ImpairedSender, Impairment
 from vtwisted.interfaces import ILink
 from vtwisted.wire import vnet
 from vtwisted.wire.ethernet import DEFAULT_MTU, maxFrameFor
@@ -36,6 +37,7 @@ DROP_REASONS = (
     "down",  # the peer's interface is down (a TAP device not up yet)
     "malformed",  # a bad virtio-net header, stream record, BPDU, ...
     "discarding",  # the spanning tree blocks the port in the frame's VLAN
+    "impaired",  # lost on purpose (the port's loss= impairment)
 )
 
 
@@ -109,6 +111,7 @@ class SwitchPort:
         "configuredBy",
         "routes",
         "onChange",
+        "impaired",
         "_warned",
     )
 
@@ -133,6 +136,8 @@ class SwitchPort:
         self.configuredBy: str | None = None
         self.routes: dict[bytes, tuple[int, int, PortCounters, Callable[[Any], None]]] = {}
         self.onChange: Callable[[], None] = _nothing
+        #: Delay, loss and the like applied to frames leaving the port.
+        self.impaired: ImpairedSender | None = None
 
     def __repr__(self) -> str:
         return f"<SwitchPort {self.number} links={len(self.links)}>"
@@ -228,6 +233,23 @@ class SwitchPort:
             self.sendVnet = fanOutVnet
         send, toFrame = self.send, vnet.toFrame
         self.sendConverted = lambda packet: send(toFrame(packet))
+        impaired = self.impaired
+        if impaired is not None and links:
+            impaired.stop()
+            self.send = impaired.wrap(self.send)
+            self.sendVnet = impaired.wrap(self.sendVnet)
+            self.sendConverted = impaired.wrap(self.sendConverted)
+
+    def setImpairment(self, impairment: Impairment, clock: Any) -> None:
+        """
+        Impair the frames leaving this port from now on (see
+        L{vtwisted.impair}); an impairment that does nothing removes it.
+        Frames still waiting under the old one are dropped.
+        """
+        if self.impaired is not None:
+            self.impaired.stop()
+        self.impaired = ImpairedSender(impairment, clock, self) if impairment.active() else None
+        self.rewire()
 
 
 def _inGroup(uid: int, gid: int) -> bool:

@@ -45,6 +45,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vtwisted.impair import KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.ports.streamlinks import (
     StreamConnector,
@@ -65,7 +66,7 @@ HELLO = b"vtwisted cable 1"
 #: (a 64 KB super-frame as a TAP reads it, with tags), with room to spare.
 MAX_MESSAGE = vnet.HEADER_LENGTH + 65536 + 4096
 #: Keywords of a spec that are the cable's, not the endpoint's.
-CABLE_KEYWORDS = ("vlan", "trunk", "mtu", "cert", "key", "ca", "name", "tls")
+CABLE_KEYWORDS = ("vlan", "trunk", "mtu", "cert", "key", "ca", "name", "tls", *IMPAIRMENTS)
 _PLAIN = bytes(vnet.HEADER_LENGTH)
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 

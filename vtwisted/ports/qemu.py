@@ -35,6 +35,7 @@ from typing import Any
 
 from zope.interface import implementer
 
+from vtwisted.impair import KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.ports.streamlinks import (
     StreamConnector,
@@ -48,7 +49,7 @@ from vtwisted.spec import PortSpec
 #: The largest frame QEMU accepts (its C{NET_BUFSIZE}).
 MAX_FRAME = 4096 + 65536
 #: Keywords of a spec that configure the switch port, not the endpoint.
-PORT_KEYWORDS = ("vlan", "trunk", "mtu")
+PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
 
 
 class QemuStreamLink(StreamLink):

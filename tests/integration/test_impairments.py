@@ -1,0 +1,58 @@
+"""
+Port impairments with real peers: two namespaces behind the switch's TAPs,
+one port delayed (and then lossy, then rate-limited) in its spec or from
+the console; the kernel's ping and iperf3 measure what they see.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from helpers import needRoot, run, uniqueName
+from taphelpers import console, iperf3, moveTap, quietNamespace, waitForPing
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+
+
+def _rtts(namespace: str, address: str, count: int = 5) -> list[float]:
+    result = run("ip", "netns", "exec", namespace, "ping", "-c", str(count), "-i", "0.2",
+                 "-W", "2", address, check=False)
+    return [float(t) for t in re.findall(r"time=([\d.]+) ms", result.stdout)]
+
+
+def test_delayLossAndRateAsPingAndIperf3SeeThem(vswitch, namespaces, processes,
+                                                shortdir) -> None:
+    """
+    delay=80 on the first TAP's port adds 80 ms to every round trip; the
+    console then makes it lose everything, turns that off, and limits it to
+    20 Mbit/s, which iperf3's TCP then stays under.
+    """
+    mgmt = shortdir / "mgmt"
+    taps = uniqueName("vti"), uniqueName("vti")
+    vswitch("--port", f"tap:{taps[0]}:delay=80", "--port", f"tap:{taps[1]}",
+            "--mgmt", str(mgmt))
+    spaces = []
+    for n, tap in enumerate(taps, 1):
+        ns = quietNamespace(namespaces, "vti")
+        moveTap(tap, ns, f"10.215.0.{n}/24")
+        spaces.append(ns)
+    waitForPing(spaces[0], "10.215.0.2")
+    rtts = _rtts(spaces[0], "10.215.0.2")
+    assert len(rtts) == 5 and min(rtts) >= 80 and max(rtts) < 400, rtts
+    assert "impairment: delay 80 ms" in console(mgmt, "port/stats 1")
+    console(mgmt, "port/impair 1 loss=100")
+    assert _rtts(spaces[0], "10.215.0.2", 3) == []
+    assert re.search(r"impaired=[1-9]", console(mgmt, "port/stats 1"))
+    console(mgmt, "port/impair 1 off")
+    rtts = _rtts(spaces[0], "10.215.0.2")
+    assert len(rtts) == 5 and max(rtts) < 50, rtts
+    console(mgmt, "port/impair 1 rate=20000")
+    report = iperf3(processes, spaces[1], spaces[0], "10.215.0.1", "-t", "3")
+    rate = report["end"]["sum_received"]["bits_per_second"]
+    assert 8e6 < rate < 21e6, rate

@@ -1,0 +1,151 @@
+"""
+Port impairments (L{vtwisted.impair}) on a switch with fake links and a
+fake clock: delay, loss, duplication, the rate limit and its queue, frames
+kept in order, and the console's C{port/impair}.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from twisted.internet.task import Clock
+
+from vtwisted.errors import SwitchError
+from vtwisted.impair import Impairment
+from vtwisted.operations import SwitchOperations
+from vtwisted.portoptions import PortOptions
+from vtwisted.service import SwitchService
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+
+
+def _pair(**impairments: str) -> tuple[Clock, FakeLink, FakeLink, object]:
+    """A switch on a fake clock: link A, and link B whose port is impaired."""
+    clock = Clock()
+    switch = Switch()
+    switch.clock = clock
+    a, b = FakeLink("a"), FakeLink("b")
+    plug(switch, a)
+    port = plug(switch, b)
+    b.receive(frame(b"\xff" * 6, mac(2)))
+    a.takeSent()
+    if impairments:
+        port.setImpairment(Impairment.fromOptions(impairments), clock)
+        port.impaired.random = random.Random(7)
+    return clock, a, b, port
+
+
+def test_delayHoldsFramesUntilTheirTime() -> None:
+    """With delay=50, a frame for the impaired port leaves 50 ms later, not before."""
+    clock, a, b, _ = _pair(delay="50")
+    hello = frame(mac(2), mac(1), payload=b"hello")
+    a.receive(hello)
+    assert b.sent == []
+    clock.advance(0.049)
+    assert b.sent == []
+    clock.advance(0.002)
+    assert b.sent == [hello]
+
+
+def test_aRememberedRouteIsImpairedToo() -> None:
+    """A route the switch remembered before the impairment does not bypass it."""
+    clock, a, b, port = _pair()
+    first = frame(mac(2), mac(1), payload=b"one")
+    a.receive(first)
+    a.receive(first)
+    assert b.takeSent() == [first, first]
+    port.setImpairment(Impairment.fromOptions({"delay": "10"}), clock)
+    a.receive(first)
+    assert b.sent == []
+    clock.advance(0.011)
+    assert b.sent == [first]
+
+
+def test_lossDropsAndCounts() -> None:
+    """loss=100 loses every frame, counted as impaired; loss=30 about 30 in 100."""
+    _, a, b, port = _pair(loss="100")
+    for n in range(10):
+        a.receive(frame(mac(2), mac(1), payload=bytes([n])))
+    assert b.sent == [] and port.counters.drops["impaired"] == 10
+    _, a, b, port = _pair(loss="30")
+    for n in range(1000):
+        a.receive(frame(mac(2), mac(1), payload=n.to_bytes(2, "big")))
+    assert 250 < port.counters.drops["impaired"] < 350
+    assert len(b.sent) == 1000 - port.counters.drops["impaired"]
+
+
+def test_duplicationSendsTwice() -> None:
+    """dup=100 sends every frame twice, in order."""
+    _, a, b, _ = _pair(dup="100")
+    one, two = frame(mac(2), mac(1), payload=b"1"), frame(mac(2), mac(1), payload=b"2")
+    a.receive(one)
+    a.receive(two)
+    assert b.sent == [one, one, two, two]
+
+
+def test_rateSpacesFramesAndItsQueueOverflows() -> None:
+    """
+    At 1000 kbit/s a 1250-byte frame takes 10 ms; with a 25 ms queue, a
+    burst of 10 keeps 3 (the ones due within 25 ms of now) and drops 7 as
+    busy; the kept ones leave 10 ms apart.
+    """
+    clock, a, b, port = _pair(rate="1000", queue="25")
+    burst = [frame(mac(2), mac(1), payload=bytes([n]) * 1236) for n in range(10)]
+    assert len(burst[0]) == 1250
+    for f in burst:
+        a.receive(f)
+    assert port.counters.drops["busy"] == 7
+    times = []
+    for _ in range(5):
+        clock.advance(0.01)
+        times.append(len(b.sent))
+    assert times == [1, 2, 3, 3, 3]
+    assert b.sent == burst[:3]
+
+
+def test_jitterNeverReorders() -> None:
+    """With delay 20 +-20 ms, 50 frames arrive all, in the order sent."""
+    clock, a, b, _ = _pair(delay="20", jitter="20")
+    frames = [frame(mac(2), mac(1), payload=n.to_bytes(2, "big")) for n in range(50)]
+    for f in frames:
+        a.receive(f)
+        clock.advance(0.001)
+    clock.advance(1)
+    assert b.sent == frames
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("tap:t0:delay=fast", "delay='fast' is not a number"),
+    ("tap:t0:loss=120", r"loss=120 is out of range \(0 to 100\)"),
+    ("tap:t0:delay=5:jitter=10", "jitter must not exceed delay"),
+])
+def test_badImpairmentsInSpecsAreRefused(text: str, message: str) -> None:
+    """A wrong impairment is a SpecError naming the spec and the option."""
+    with pytest.raises(SpecError, match=message):
+        PortOptions.fromSpec(PortSpec(text))
+
+
+def test_theConsoleSetsAndClearsImpairments() -> None:
+    """port/impair through the operations: set, shown in port/stats, then off."""
+    clock = Clock()
+    service = SwitchService(Switch(), clock)
+    ops = SwitchOperations(service)
+    a, b = FakeLink("a"), FakeLink("b")
+    plug(service.switch, a)
+    port = plug(service.switch, b)
+    ops.setImpairment(port.number, "delay=30 loss=0")
+    assert ops.ports(port.number)[0].impairment == "delay 30 ms"
+    a.receive(frame(mac(2), mac(1)))
+    b.receive(frame(mac(1), mac(2)))
+    a.receive(frame(mac(2), mac(1)))
+    assert b.sent == []
+    clock.advance(0.031)
+    assert len(b.sent) == 2
+    ops.setImpairment(port.number, "off")
+    assert port.impaired is None and ops.ports(port.number)[0].impairment == "none"
+    with pytest.raises(SwitchError, match="not KEY=VALUE"):
+        ops.setImpairment(port.number, "slow")
+    with pytest.raises(SwitchError, match="unknown impairment colour"):
+        ops.setImpairment(port.number, "colour=red")

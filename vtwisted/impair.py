@@ -1,0 +1,189 @@
+"""
+Link impairments on a port's way out: delay, jitter, loss, duplication and
+a rate limit, what labs use C{wirefilter} (vde2) or Linux's C{netem} for,
+set per port in its spec (C{delay=50:loss=1}) or at run time
+(C{port/impair}).
+
+Theory of operation
+-------------------
+An impaired port's three send functions (L{vtwisted.switchport.SwitchPort}
+C{send}, C{sendVnet}, C{sendConverted}) are wrapped by one
+L{ImpairedSender}, which decides each frame's fate as it leaves the
+switch: lost (counted as an C{impaired} drop), or due at a time, then sent
+once or twice.  The due time is the end of the frame's transmission at
+C{rate} (a link busy with earlier frames makes it wait, and a frame that
+would wait longer than C{queue} seconds is dropped as C{busy}, as a full
+queue would), plus C{delay} and a uniform C{jitter}; frames never overtake
+each other.  Frames due now go at once; the rest wait in one queue with
+one timer on the injected clock.  Ports without impairments are untouched:
+the wrapping happens only when an impairment is set, so the forwarding path
+of every other port costs nothing more.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: The options, as specs and C{port/impair} name them.
+KEYWORDS = ("delay", "jitter", "loss", "dup", "rate", "queue")
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """
+    What happens to a port's outgoing frames.
+
+    @ivar delay: seconds added to every frame.
+    @ivar jitter: at most this many seconds more or less, uniformly.
+    @ivar loss: the probability of a frame being lost.
+    @ivar duplicate: the probability of a frame being sent twice.
+    @ivar rate: the link's speed in bits per second (0: unlimited).
+    @ivar queue: the longest a frame may wait for the link, in seconds.
+    """
+
+    delay: float = 0.0
+    jitter: float = 0.0
+    loss: float = 0.0
+    duplicate: float = 0.0
+    rate: int = 0
+    queue: float = 0.1
+
+    def active(self) -> bool:
+        """
+        Whether anything happens to frames at all.
+        """
+        return bool(self.delay or self.jitter or self.loss or self.duplicate or self.rate)
+
+    def describe(self) -> str:
+        """
+        C{delay 50 ms +-5 ms, loss 1%, rate 10000 kbit/s}, or C{none}.
+        """
+        parts = []
+        if self.delay or self.jitter:
+            parts.append(f"delay {self.delay * 1000:g} ms"
+                         + (f" +-{self.jitter * 1000:g} ms" if self.jitter else ""))
+        if self.loss:
+            parts.append(f"loss {self.loss * 100:g}%")
+        if self.duplicate:
+            parts.append(f"dup {self.duplicate * 100:g}%")
+        if self.rate:
+            parts.append(f"rate {self.rate / 1000:g} kbit/s (queue {self.queue * 1000:g} ms)")
+        return ", ".join(parts) or "none"
+
+    @classmethod
+    def fromOptions(cls, options: dict[str, str]) -> Impairment:
+        """
+        Read C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{dup=PERCENT},
+        C{rate=KBIT} and C{queue=MS}; missing ones are off.
+
+        @raise ValueError: a value is not a number or is out of range; the
+            message names the option.
+        """
+        unknown = set(options) - set(KEYWORDS)
+        if unknown:
+            raise ValueError(f"unknown impairment {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(KEYWORDS)})")
+        delay = _number(options, "delay", 0, 60000) / 1000
+        jitter = _number(options, "jitter", 0, 60000) / 1000
+        if jitter > delay:
+            raise ValueError("jitter must not exceed delay (frames are never sent early)")
+        queue = _number(options, "queue", 1, 60000, 100) / 1000
+        return cls(delay, jitter, _number(options, "loss", 0, 100) / 100,
+                   _number(options, "dup", 0, 100) / 100,
+                   int(_number(options, "rate", 0, 100_000_000) * 1000), queue)
+
+
+def _number(options: dict[str, str], key: str, low: float, high: float,
+            default: float = 0) -> float:
+    text = options.get(key)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{key}={text!r} is not a number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{key}={text} is out of range ({low:g} to {high:g})")
+    return value
+
+
+class ImpairedSender:
+    """
+    The queue and timer of one impaired port.
+    """
+
+    def __init__(self, impairment: Impairment, clock: Any, port: Any,
+                 rng: random.Random | None = None) -> None:
+        self.impairment = impairment
+        self.clock = clock
+        self.port = port
+        self.random = rng or random.Random()
+        self.queue: deque[tuple[float, Callable[[Any], None], Any]] = deque()
+        self._timer: Any = None
+        self._linkFree = 0.0
+        self._lastDue = 0.0
+
+    def wrap(self, send: Callable[[Any], None]) -> Callable[[Any], None]:
+        """
+        C{send}, impaired.
+        """
+        def impaired(data: Any) -> None:
+            self.submit(send, data)
+
+        return impaired
+
+    def submit(self, send: Callable[[Any], None], data: Any) -> None:
+        """
+        Decide the fate of one frame (or virtio-net packet) for C{send}.
+        """
+        impairment, rng = self.impairment, self.random
+        if impairment.loss and rng.random() < impairment.loss:
+            self.port.dropped("impaired", f"lost on purpose ({impairment.describe()})")
+            return
+        now = self.clock.seconds()
+        due = now
+        if impairment.rate:
+            start = max(now, self._linkFree)
+            if start - now > impairment.queue:
+                self.port.dropped("busy", f"the rate-limited link's queue is full "
+                                          f"({impairment.describe()})")
+                return
+            due = self._linkFree = start + len(data) * 8 / impairment.rate
+        due += impairment.delay
+        if impairment.jitter:
+            due += rng.uniform(-impairment.jitter, impairment.jitter)
+        due = max(due, self._lastDue)
+        self._lastDue = due
+        copies = 2 if impairment.duplicate and rng.random() < impairment.duplicate else 1
+        if due <= now and not self.queue:
+            for _ in range(copies):
+                send(data)
+            return
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        for _ in range(copies):
+            self.queue.append((due, send, data))
+        if self._timer is None:
+            self._timer = self.clock.callLater(max(due - now, 0), self._release)
+
+    def _release(self) -> None:
+        self._timer = None
+        queue, now = self.queue, self.clock.seconds()
+        while queue and queue[0][0] <= now:
+            _, send, data = queue.popleft()
+            send(data)
+        if queue:
+            self._timer = self.clock.callLater(max(queue[0][0] - now, 0), self._release)
+
+    def stop(self) -> None:
+        """
+        Forget the frames still waiting and the timer.
+        """
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.queue.clear()
