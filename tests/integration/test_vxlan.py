@@ -138,6 +138,22 @@ def test_kernelVxlanDeviceOnAMulticastGroup(processes, namespaces, shortdir) -> 
     waitForPing(host, "10.8.1.1")
 
 
+def test_kernelVxlanDeviceOnAnIpv6Group(processes, namespaces, shortdir) -> None:
+    """
+    vxlan:v6 joins vdeplug4's IPv6 group (ff05:56de::1) on the interface
+    C{if=} names, where a Linux vxlan device on that group answers.
+    """
+    need("ethtool")
+    under = Underlay(namespaces, ipv6=True, mtu=1570)
+    under.kernelVxlan("10.8.4.1/24", "group", "ff05:56de::1", "dev", under.thereDev)
+    tap = uniqueName("vxt")
+    _, mgmt = switchInNamespace(processes, under.here, shortdir, "--port",
+                                f"vxlan:v6:vni=42:if={under.hereDev}", "--tap", tap)
+    host = hostBehindTap(namespaces, under.here, tap, "10.8.4.2/24")
+    waitForPing(host, "10.8.4.1")
+    assert f"via {UNDER6[1]}" in console(mgmt, "vxlan/print")
+
+
 def test_kernelVxlanDeviceOverIpv6(processes, namespaces, shortdir) -> None:
     """The underlay can be IPv6: the remote is written with escaped colons."""
     need("ethtool")
