@@ -241,3 +241,14 @@ def test_bindErrorsSayWhatHoldsThePort() -> None:
         assert spec in str(caught.value)
     finally:
         holder.close()
+
+
+def test_theEndpointTableIsBounded(monkeypatch) -> None:
+    """Past MAX_LEARNED addresses, new ones are not remembered (their frames are flooded)."""
+    monkeypatch.setattr(vxlanport, "MAX_LEARNED", 3)
+    config = vxlanport.configFromSpec(PortSpec("vxlan:remote=127.0.0.2"))
+    service = vxlanport.VxlanService(Switch(), None, config, None, "vxlan")  # type: ignore[arg-type]
+    link = vxlanport.VxlanLink(service)
+    for n in range(10):
+        link.datagramReceived(vxlan.header(1) + frame(BROADCAST, mac(n)), ("127.0.0.2", 1))
+    assert len(link.where) == 3 and len(link.seen) == 3

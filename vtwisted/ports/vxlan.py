@@ -143,9 +143,8 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
         if not datagram[14] & 1:
             src = datagram[14:20]
             known = self.where.get(src)
-            if known is None or known[0] != host:
-                self._learn(src, host)
-            self.seen[src] = self.tick
+            if (known is not None and known[0] == host) or self._learn(src, host):
+                self.seen[src] = self.tick
         self.add(datagram[8:])
 
     def add(self, frame: bytes) -> None:
@@ -204,10 +203,14 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
             self.port.dropped("peer", f"{self.service.spec}: a datagram from {host}, "
                               f"which is not one of the remote endpoints")
 
-    def _learn(self, src: bytes, host: str) -> None:
+    def _learn(self, src: bytes, host: str) -> bool:
+        """
+        Remember that C{src} is behind C{host}, unless the table is full.
+        """
         if src not in self.where and len(self.where) >= MAX_LEARNED:
-            return
+            return False
         self.where[src] = (host, self.config.dstport)
+        return True
 
     def expire(self) -> None:
         """
