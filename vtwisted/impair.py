@@ -14,7 +14,9 @@ once or twice.  The due time is the end of the frame's transmission at
 C{rate} (a link busy with earlier frames makes it wait, and a frame that
 would wait longer than C{queue} seconds is dropped as C{busy}, as a full
 queue would), plus C{delay} and a uniform C{jitter}; frames never overtake
-each other.  Frames due now go at once; the rest wait in one queue with
+each other.  Where frames may be lost or duplicated, an offload port's
+super-frames are cut into the frames they stand for first, so that loss
+strikes wire-sized frames.  Frames due now go at once; the rest wait in one queue with
 one timer on the injected clock.  Ports without impairments are untouched:
 the wrapping happens only when an impairment is set, so the forwarding path
 of every other port costs nothing more.
@@ -27,6 +29,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from vtwisted.wire.vnet import PLAIN_HEADER, VnetError, toFrames
 
 #: The options, as specs and C{port/impair} name them.
 KEYWORDS = ("delay", "jitter", "loss", "dup", "rate", "queue")
@@ -127,12 +131,32 @@ class ImpairedSender:
         self._linkFree = 0.0
         self._lastDue = 0.0
 
-    def wrap(self, send: Callable[[Any], None]) -> Callable[[Any], None]:
+    def wrap(self, send: Callable[[Any], None], vnetPackets: bool = False
+             ) -> Callable[[Any], None]:
         """
-        C{send}, impaired.
+        C{send}, impaired.  If it takes virtio-net packets and frames may
+        be lost or duplicated, a super-frame is cut into the frames it stands
+        for first, so that loss and duplication strike wire-sized frames as
+        on a real link, not 64 KB at a time.
         """
+        submit = self.submit
+        if vnetPackets and (self.impairment.loss or self.impairment.duplicate):
+            def impairedFrames(packet: Any) -> None:
+                if not packet[1]:
+                    submit(send, packet)
+                    return
+                try:
+                    frames = toFrames(packet)
+                except VnetError as e:
+                    self.port.dropped("malformed", str(e))
+                    return
+                for frame in frames:
+                    submit(send, PLAIN_HEADER + frame)
+
+            return impairedFrames
+
         def impaired(data: Any) -> None:
-            self.submit(send, data)
+            submit(send, data)
 
         return impaired
 

@@ -237,7 +237,7 @@ class SwitchPort:
         if impaired is not None and links:
             impaired.stop()
             self.send = impaired.wrap(self.send)
-            self.sendVnet = impaired.wrap(self.sendVnet)
+            self.sendVnet = impaired.wrap(self.sendVnet, vnetPackets=True)
             self.sendConverted = impaired.wrap(self.sendConverted)
 
     def setImpairment(self, impairment: Impairment, clock: Any) -> None:

@@ -149,3 +149,31 @@ def test_theConsoleSetsAndClearsImpairments() -> None:
         ops.setImpairment(port.number, "slow")
     with pytest.raises(SwitchError, match="unknown impairment colour"):
         ops.setImpairment(port.number, "colour=red")
+
+
+def test_lossStrikesWireFramesNotSuperFrames() -> None:
+    """
+    Between offload ports with loss= on the way out, a 64 KB super-frame is
+    cut first: about half its 45 segments arrive, each a whole frame behind
+    a plain header, in order.
+    """
+    from vtwisted.testing import tcpSuperFrame
+    from vtwisted.wire import vnet
+
+    clock = Clock()
+    switch = Switch()
+    a, b = FakeLink("a", vnetHeader=True), FakeLink("b", vnetHeader=True)
+    plug(switch, a)
+    port = plug(switch, b)
+    b.receivePacket(vnet.PLAIN_HEADER + frame(b"\xff" * 6, mac(2)))
+    port.setImpairment(Impairment.fromOptions({"loss": "50"}), clock)
+    port.impaired.random = random.Random(3)
+    packet = tcpSuperFrame(mac(2), mac(1), bytes(range(256)) * 254)
+    segments = vnet.toFrames(packet)
+    assert len(segments) == 45
+    a.receivePacket(packet)
+    got = b.sentPackets
+    assert all(p[:10] == vnet.PLAIN_HEADER for p in got)
+    kept = [p[10:] for p in got]
+    assert 10 < len(kept) < 35 and kept == [s for s in segments if s in kept]
+    assert port.counters.drops["impaired"] == 45 - len(kept)
