@@ -79,6 +79,28 @@ class Impairment:
         return ", ".join(parts) or "none"
 
     @classmethod
+    def fromText(cls, text: str) -> Impairment:
+        """
+        Read the console's form, C{delay=50 loss=1} (or C{off}, which
+        impairs nothing).
+
+        @raise ValueError: saying what is wrong.
+        """
+        words = text.split()
+        if words == ["off"]:
+            return cls()
+        options = {}
+        for word in words:
+            key, sep, value = word.partition("=")
+            if not sep:
+                raise ValueError(f"{word!r} is not KEY=VALUE (or give off)")
+            options[key] = value
+        if not options:
+            raise ValueError("give impairments (delay=MS jitter=MS loss=PERCENT dup=PERCENT "
+                             "rate=KBIT queue=MS) or off")
+        return cls.fromOptions(options)
+
+    @classmethod
     def fromOptions(cls, options: dict[str, str]) -> Impairment:
         """
         Read C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{dup=PERCENT},

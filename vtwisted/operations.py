@@ -425,23 +425,10 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
         port = self.switch.ports.get(number)
         if port is None:
             raise errors.missing(f"port {number} does not exist")
-        words = text.split()
-        if words == ["off"]:
-            impairment = Impairment()
-        else:
-            options = {}
-            for word in words:
-                key, sep, value = word.partition("=")
-                if not sep:
-                    raise errors.invalid(f"{word!r} is not KEY=VALUE (or give off)")
-                options[key] = value
-            if not options:
-                raise errors.invalid("give impairments (delay=MS jitter=MS loss=PERCENT "
-                                     "dup=PERCENT rate=KBIT queue=MS) or off")
-            try:
-                impairment = Impairment.fromOptions(options)
-            except ValueError as e:
-                raise errors.invalid(str(e)) from None
+        try:
+            impairment = Impairment.fromText(text)
+        except ValueError as e:
+            raise errors.invalid(str(e)) from None
         port.setImpairment(impairment, self.switch.clock)
 
     def createVlan(self, vid: int) -> None:
