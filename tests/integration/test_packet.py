@@ -10,7 +10,7 @@ with C{vde_switch} too, the frames it injects never leave the interface.)
 from __future__ import annotations
 
 import pytest
-from helpers import StreamPlug, need, needRoot, run, uniqueName, waitFor
+from helpers import StreamPlug, execIn, need, needRoot, run, uniqueName, waitFor
 from taphelpers import (
     RawCapture,
     checkedTransfer,
@@ -134,3 +134,27 @@ def test_aDeletedInterfaceTakesOnlyItsPortDown(processes, namespaces, shortdir) 
     hello = frame(b"\xff" * 6, mac(0x51), payload=b"still switching")
     one.send(hello)
     assert two.receiveMatching(lambda f: f == hello) is not None
+
+
+def test_theSocketOpensBeforeTwistdDropsPrivileges(processes, namespaces, shortdir) -> None:
+    """twistd --uid: the packet socket opens as root, and frames still cross as nobody."""
+    import os
+    from pathlib import Path
+
+    from helpers import socketListening, sourceEnv, twistdArgv
+
+    os.chmod(shortdir, 0o777)
+    wire = Wire(namespaces)
+    tap = uniqueName("vpt")
+    sock, log = shortdir / "dropped", shortdir / "dropped.log"
+    argv = twistdArgv("--sock", str(sock), "--port", f"packet:{wire.switchEnd}", "--tap", tap,
+                      logfile=str(log))
+    at = argv.index("vswitch")
+    argv[at:at] = ["--uid", "65534", "--gid", "65534"]
+    process = processes.start(execIn(wire.here, *argv), env=sourceEnv())
+    waitFor(lambda: socketListening(sock / "ctl"), what="switch after dropping privileges")
+    host = wire.tapHost(namespaces, tap)
+    waitForPing(host, "10.9.0.1")
+    status = (Path("/proc") / str(process.pid) / "status").read_text()  # ip netns exec execs
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {"65534"}, status
