@@ -61,15 +61,17 @@ class Underlay:
             run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
         run(*execIn(self.there, "ethtool", "-K", self.thereDev, "tx", "off"))
 
-    def kernelVxlan(self, address: str, *how: str) -> None:
+    def kernelVxlan(self, address: str, *how: str, vni: int = 42) -> None:
         """
-        A Linux vxlan device (VNI 42, port 4789) in C{there}, addressed
-        C{address} (the overlay), made as C{how} says (C{remote ...}).
+        A Linux vxlan device (VNI 42 unless told, port 4789) in C{there},
+        addressed C{address} (the overlay), made as C{how} says
+        (C{remote ...}).
         """
-        run("ip", "-n", self.there, "link", "add", "vx0", "type", "vxlan", "id", "42",
+        name = f"vx{vni}"
+        run("ip", "-n", self.there, "link", "add", name, "type", "vxlan", "id", str(vni),
             "dstport", "4789", *how)
-        run("ip", "-n", self.there, "link", "set", "vx0", "mtu", "1500", "up")
-        run("ip", "-n", self.there, "addr", "add", address, "dev", "vx0")
+        run("ip", "-n", self.there, "link", "set", name, "mtu", "1500", "up")
+        run("ip", "-n", self.there, "addr", "add", address, "dev", name)
 
 
 def hostBehindTap(namespaces, switchNs: str, tap: str, address: str) -> str:
@@ -121,6 +123,30 @@ def test_kernelVxlanDeviceByUnicast(processes, namespaces, shortdir, underlayMtu
     assert f"via {UNDER4[1]}" in table and "vni 42 remote" in table, table
     stats = console(mgmt, "port/stats 1")
     assert "total=0" in stats, stats
+
+
+def test_twoVnisOnOneEndpointKeepTwoVlansApart(processes, namespaces, shortdir) -> None:
+    """
+    Two vxlan: ports share UDP port 4789 as two VNIs mapped to two VLANs,
+    each reaching its own Linux device; what one VLAN's host sends never
+    leaves through the other VNI.
+    """
+    need("ethtool")
+    under = Underlay(namespaces)
+    for vni, net in ((10, "10.8.5"), (20, "10.8.6")):
+        under.kernelVxlan(f"{net}.1/24", "remote", UNDER4[0], "local", UNDER4[1], vni=vni)
+    taps = uniqueName("vxt"), uniqueName("vxt")
+    _, mgmt = switchInNamespace(
+        processes, under.here, shortdir,
+        "--port", f"vxlan:remote={UNDER4[1]}:vni=10:vlan=10",
+        "--port", f"vxlan:remote={UNDER4[1]}:vni=20:vlan=20",
+        "--port", f"tap:{taps[0]}:vlan=10", "--port", f"tap:{taps[1]}:vlan=20")
+    first = hostBehindTap(namespaces, under.here, taps[0], "10.8.5.2/24")
+    waitForPing(first, "10.8.5.1")
+    assert re.search(r"OUT: pkts +0 ", console(mgmt, "port/print 2")), "VNI 20 stayed quiet"
+    second = hostBehindTap(namespaces, under.here, taps[1], "10.8.6.2/24")
+    waitForPing(second, "10.8.6.1")
+    assert "vni 20 remote" in console(mgmt, "port/print 2")
 
 
 def test_kernelVxlanDeviceOnAMulticastGroup(processes, namespaces, shortdir) -> None:

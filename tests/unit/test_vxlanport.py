@@ -14,6 +14,7 @@ from helpers import pendingDatagrams
 from hypothesis import given
 from hypothesis import strategies as st
 from reactortools import until
+from twisted.internet.defer import maybeDeferred
 
 from vtwisted.ports import vxlan as vxlanport
 from vtwisted.spec import PortSpec, SpecError
@@ -252,3 +253,36 @@ def test_theEndpointTableIsBounded(monkeypatch) -> None:
     for n in range(10):
         link.datagramReceived(vxlan.header(1) + frame(BROADCAST, mac(n)), ("127.0.0.2", 1))
     assert len(link.where) == 3 and len(link.seen) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_severalVnisShareOneSocket(switch) -> None:
+    """
+    Two vxlan: ports on one UDP port carry two VNIs into two VLANs; a third
+    for a VNI already served is refused; the socket closes with its last port.
+    """
+    number, (two,) = _endpoints("127.0.0.2")
+    try:
+        base = f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}"
+        service = switch(f"{base}:vni=1", f"{base}:vni=2:vlan=2")
+        ten, twenty = FakeLink(), FakeLink()
+        plug(service.switch, ten)
+        port = plug(service.switch, twenty)
+        service.switch.vlans.join(port, 2)
+        one = frame(BROADCAST, mac(0x61), payload=b"vni one")
+        other = frame(BROADCAST, mac(0x62), payload=b"vni two")
+        two.sendto(vxlan.header(1) + one, ("127.0.0.1", number))
+        two.sendto(vxlan.header(2) + other, ("127.0.0.1", number))
+        await until(lambda: ten.sent and twenty.sent, what="both networks")
+        assert ten.sent == [one] and twenty.sent == [other]
+        with pytest.raises(OSError, match=r"VNI 2 on UDP port .* already"):
+            service.addPort(f"{base}:vni=2:vlan=3")
+        await maybeDeferred(service.removePort, f"{base}:vni=1")
+        two.sendto(vxlan.header(2) + other, ("127.0.0.1", number))
+        await until(lambda: len(twenty.sent) == 2, what="VNI 2 after VNI 1 left")
+        await maybeDeferred(service.removePort, f"{base}:vni=2:vlan=2")
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", number))
+        probe.close()
+    finally:
+        two.close()

@@ -34,8 +34,10 @@ reaches an offload TAP as 64 KB writes, not 1500-byte ones.
 Entries expire C{expire=} seconds (128, vdeplug4's default) after their
 MAC was last heard; the table holds at most L{MAX_LEARNED} of them.
 Datagrams of another VNI (counted as C{vlan} drops), or without the I flag
-(C{malformed}), are dropped.
-Multicast loopback is off, as in vdeplug4: one endpoint per host and port.
+(C{malformed}), are dropped.  The ports of different VNIs on one UDP port
+share its socket (L{vtwisted.ports.vxlansocket}), which hands each link
+its datagrams.  Multicast loopback is off, as in vdeplug4: one endpoint
+per host and UDP port.
 Datagrams leave with fragmentation allowed (Linux's devices' default, "df
 unset"), so full-sized frames cross an underlay whose MTU has no room for
 the 50 bytes of encapsulation, at a cost; give the port C{mtu=} 50 less
@@ -46,11 +48,8 @@ from __future__ import annotations
 
 import errno
 import socket
-import sys
 from typing import Any
 
-from twisted.internet import udp
-from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -59,15 +58,13 @@ from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.datagrams import PlainDatagramLink
 from vtwisted.ports.singlelink import SingleLinkService
-from vtwisted.ports.vxlanconfig import VxlanConfig, bindHint, configFromSpec, openSocket
-from vtwisted.sockettools import listenError
+from vtwisted.ports.vxlanconfig import VxlanConfig, configFromSpec
+from vtwisted.ports.vxlansocket import VxlanSocket, socketFor
 from vtwisted.spec import PortSpec
 from vtwisted.wire import tcpgro, vnet, vxlan
 
 log = Logger()
 
-#: The largest datagram read: a 64 KB frame and its header.
-MAX_DATAGRAM = 65536 + vxlan.HEADER_LENGTH
 #: The most MAC addresses whose endpoint is remembered.
 MAX_LEARNED = 65536
 #: Expiry checks per expiry time: an entry lives at most 1/4 longer.
@@ -78,14 +75,11 @@ TICKS = 4
 MAX_SEGMENTS = 64
 MAX_GSO_PAYLOAD = 65507
 UDP_SEGMENT = 103
-UDP_GRO = 104
-_GRO_CMSG = socket.CMSG_SPACE(4)
-_READ_LATER = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED)
 _NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP, errno.EMSGSIZE)
 
 
 @implementer(ILink)
-class VxlanLink(PlainDatagramLink, DatagramProtocol):
+class VxlanLink(PlainDatagramLink):
     """
     The VXLAN network, as the one link of one port.
 
@@ -93,7 +87,6 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
         as the address frames to it are sent to.
     """
 
-    noisy = False
     vnetHeader = True
     uid = None
     linkId = 0
@@ -113,8 +106,7 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
                       else [(remote, config.dstport) for remote in config.remotes])
         self.heard = None if config.group is not None else frozenset(config.remotes)
         self.gro: tcpgro.TcpCoalescer | None = None
-        #: Reads that brought several datagrams the kernel had merged.
-        self.groReads = 0
+        self.shared: VxlanSocket | None = None
 
     @property
     def description(self) -> str:
@@ -123,12 +115,17 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
                 f"{len(self.where)} MACs behind {endpoints} endpoints")
         if self.gro is not None:
             text += f", coalesced {self.gro.segments} segments into {self.gro.packets}"
-        if self.groReads:
-            text += f", {self.groReads} reads merged by the kernel"
+        if self.shared is not None and self.shared.groReads:
+            text += f", {self.shared.groReads} reads merged by the kernel"
         return text
 
-    def startProtocol(self) -> None:
-        sock = self.transport.socket  # type: ignore[union-attr]
+    def useSocket(self, shared: VxlanSocket) -> None:
+        """
+        Send through C{shared}'s socket (it hands this link its datagrams).
+        """
+        sock = shared.socket
+        assert sock is not None
+        self.shared = shared
         self.linkId = sock.fileno()
         self._makeSenders(sock)
 
@@ -238,7 +235,7 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
         by a closure from L{_makeSenders}.
         """
 
-    def _makeSenders(self, sock: socket.socket) -> None:
+    def _makeSenders(self, sock: Any) -> None:
         """
         Make L{sendFrame} and L{sendVnetPacket} for C{sock}.
 
@@ -308,48 +305,6 @@ class VxlanLink(PlainDatagramLink, DatagramProtocol):
         self.sendFailed(e, self.service.spec, "is there a route to the endpoints?")
 
 
-class BatchPort(udp.Port):
-    """
-    Twisted's UDP port, reading with C{recvmsg} so that a buffer the kernel
-    coalesced (C{UDP_GRO}: datagrams of one sender, all as long as the
-    first but the last) is cut back into its datagrams, and telling its
-    protocol when a read batch ends.
-    """
-
-    def doRead(self) -> None:
-        protocol = self.protocol
-        receive, recvmsg, size = protocol.datagramReceived, self.socket.recvmsg, self.maxPacketSize
-        v6 = self.addressFamily == socket.AF_INET6
-        read = 0
-        try:
-            while read < self.maxThroughput:
-                try:
-                    data, ancillary, _, addr = recvmsg(size, _GRO_CMSG)
-                except OSError as e:
-                    if e.errno in _READ_LATER:
-                        return
-                    raise
-                read += len(data)
-                if v6:
-                    addr = addr[:2]
-                if not ancillary:
-                    receive(data, addr)
-                    continue
-                step = _groSize(ancillary) or len(data) or 1
-                protocol.groReads += 1
-                for offset in range(0, len(data), step):
-                    receive(data[offset:offset + step], addr)
-        finally:
-            protocol.readBatchEnded()
-
-
-def _groSize(ancillary: list[tuple[int, int, bytes]]) -> int:
-    for level, kind, value in ancillary:
-        if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= 4:
-            return int.from_bytes(value[:4], sys.byteorder)
-    return 0
-
-
 @implementer(IPortService)
 class VxlanService(SingleLinkService):
     """
@@ -365,27 +320,14 @@ class VxlanService(SingleLinkService):
         self.options = options
         self.spec = spec
         self.link: VxlanLink | None = None
-        self.listeningPort: Any = None
         self._expiry: LoopingCall | None = None
 
     def bound(self) -> bool:
-        return self.listeningPort is not None
+        return self.link is not None
 
     def bind(self) -> None:
         link = VxlanLink(self)
-        try:
-            sock = openSocket(self.config)
-        except OSError as e:
-            raise OSError(e.errno, f"{self.spec}: {bindHint(e, self.config)}") from e
-        try:
-            family = socket.AF_INET6 if self.config.version == 6 else socket.AF_INET
-            self.listeningPort = BatchPort._fromListeningDescriptor(
-                self.reactor, sock.fileno(), family, link, maxPacketSize=MAX_DATAGRAM)
-            self.listeningPort.startListening()
-        except Exception as e:
-            raise listenError(f"{self.spec}: cannot use the socket", e) from e
-        finally:
-            sock.close()
+        socketFor(self.reactor, self.config, self.spec).attach(link)
         self.link = link
 
     def startService(self) -> None:
@@ -402,9 +344,10 @@ class VxlanService(SingleLinkService):
             self._expiry.stop()
         self._expiry = None
         self.unplug()
-        port, self.listeningPort = self.listeningPort, None
-        self.link = None
-        return None if port is None else port.stopListening()
+        link, self.link = self.link, None
+        if link is None or link.shared is None:
+            return None
+        return link.shared.detach(link)
 
 
 

@@ -57,21 +57,17 @@ class VxlanConfig:
 def openSocket(config: VxlanConfig) -> socket.socket:
     """
     A non-blocking UDP socket bound to the VXLAN port (on C{local=} in the
-    unicast mode), in the multicast group if there is one, sending with
-    fragmentation allowed.
+    unicast mode), sending with fragmentation allowed; L{joinGroup} makes
+    it a member of a port's group.
 
     @raise OSError: from the system, its errno intact.
     """
     v6 = config.version == 6
     sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        ifindex = socket.if_nametoindex(config.interface) if config.interface else 0
         if v6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        bindTo = config.local if config.group is None and config.local else ""
-        sock.bind((bindTo or ("::" if v6 else "0.0.0.0"), config.dstport))
-        if config.group is not None:
-            _joinGroup(sock, config, ifindex)
+        sock.bind(socketKey(config)[1:])
         level, option = ((socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER) if v6
                          else (socket.IPPROTO_IP, _IP_MTU_DISCOVER))
         sock.setsockopt(level, option, _PMTUDISC_DONT)
@@ -93,25 +89,62 @@ def openSocket(config: VxlanConfig) -> socket.socket:
     return sock
 
 
-def _joinGroup(sock: socket.socket, config: VxlanConfig, ifindex: int) -> None:
+def socketKey(config: VxlanConfig) -> tuple[int, str, int]:
+    """
+    What a port's socket is bound to: IP version, address and UDP port.
+    Ports with the same key share one socket (and tell their frames apart
+    by VNI).
+    """
+    wildcard = "::" if config.version == 6 else "0.0.0.0"
+    host = config.local if config.group is None and config.local else wildcard
+    return config.version, host, config.dstport
+
+
+def _membership(config: VxlanConfig) -> tuple[int, int, bytes]:
     group = config.group
     assert group is not None
+    ifindex = socket.if_nametoindex(config.interface) if config.interface else 0
     if config.version == 6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
-                        socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex))
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, config.ttl)
-        if ifindex:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
-        return
+        return (socket.IPPROTO_IPV6, ifindex,
+                socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex))
     local = socket.inet_aton(config.local or "0.0.0.0")
-    mreqn = struct.pack("@4s4si", socket.inet_aton(group), local, ifindex)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, config.ttl)
+    return socket.IPPROTO_IP, ifindex, struct.pack("@4s4si", socket.inet_aton(group), local,
+                                                   ifindex)
+
+
+def joinGroup(sock: socket.socket, config: VxlanConfig) -> None:
+    """
+    Join C{config}'s group on its interface, and send multicast with its
+    TTL through that interface, loopback off (these three are the
+    socket's: ports sharing one must agree on them).
+
+    @raise OSError: from the system (ENODEV: no such interface).
+    """
+    level, ifindex, request = _membership(config)
+    if config.version == 6:
+        sock.setsockopt(level, socket.IPV6_JOIN_GROUP, request)
+        sock.setsockopt(level, socket.IPV6_MULTICAST_LOOP, 0)
+        sock.setsockopt(level, socket.IPV6_MULTICAST_HOPS, config.ttl)
+        if ifindex:
+            sock.setsockopt(level, socket.IPV6_MULTICAST_IF, ifindex)
+        return
+    sock.setsockopt(level, socket.IP_ADD_MEMBERSHIP, request)
+    sock.setsockopt(level, socket.IP_MULTICAST_LOOP, 0)
+    sock.setsockopt(level, socket.IP_MULTICAST_TTL, config.ttl)
     if ifindex or config.local:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
-                        struct.pack("@4s4si", bytes(4), local, ifindex))
+        sock.setsockopt(level, socket.IP_MULTICAST_IF, b"\0" * 4 + request[4:])
+
+
+def leaveGroup(sock: socket.socket, config: VxlanConfig) -> None:
+    """
+    Leave C{config}'s group (errors ignored: the interface may be gone).
+    """
+    try:
+        level, _, request = _membership(config)
+        option = socket.IPV6_LEAVE_GROUP if config.version == 6 else socket.IP_DROP_MEMBERSHIP
+        sock.setsockopt(level, option, request)
+    except OSError:
+        pass
 
 
 def bindHint(e: OSError, config: VxlanConfig) -> str:

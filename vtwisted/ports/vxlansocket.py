@@ -1,0 +1,216 @@
+"""
+The UDP socket of C{vxlan:} ports, shared by every port bound to the same
+address and port: one VXLAN endpoint per host, many networks (VNIs) on it,
+as Linux's vxlan devices share their socket.
+
+Theory of operation
+-------------------
+A host can bind a UDP port once, but a VXLAN endpoint carries many
+networks: C{--port vxlan:vni=10:vlan=10 --port vxlan:vni=20:vlan=20} maps
+two VLANs to two VNIs over one socket.  L{socketFor} opens the socket for
+the first port with a given (IP version, address, UDP port) and hands the
+same L{VxlanSocket} to the next; each port's link registers its VNI, and
+every datagram goes to the link whose header it carries (one dictionary
+lookup on its first 8 bytes), or, if no link's header matches exactly, to
+the link of its VNI (reserved bits set) or the first link, which counts it
+as dropped with the reason.  Each group is joined for the port that names
+it; the multicast interface and TTL are the socket's, so ports sharing a
+socket must agree on them.  The socket closes with its last port.
+
+L{BatchPort} is Twisted's UDP port reading with C{recvmsg}: a buffer the
+kernel merged (C{UDP_GRO}) is cut back into its datagrams, and the
+protocol learns when a read batch ends (for TCP coalescing).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import sys
+from typing import Any
+
+from twisted.internet import udp
+from twisted.internet.protocol import DatagramProtocol
+
+from vtwisted.ports.vxlanconfig import (
+    VxlanConfig,
+    bindHint,
+    joinGroup,
+    leaveGroup,
+    openSocket,
+    socketKey,
+)
+from vtwisted.sockettools import listenError
+from vtwisted.wire import vxlan
+
+#: The largest datagram read: a 64 KB frame and its header.
+MAX_DATAGRAM = 65536 + vxlan.HEADER_LENGTH
+UDP_GRO = 104
+_GRO_CMSG = socket.CMSG_SPACE(4)
+_READ_LATER = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED)
+
+#: The open sockets, by reactor and L{socketKey}.
+_SOCKETS: dict[tuple[int, tuple[int, str, int]], VxlanSocket] = {}
+
+
+class VxlanSocket(DatagramProtocol):
+    """
+    One bound UDP socket and the links of the VNIs on it.
+
+    @ivar links: each VNI's link.
+    @ivar groReads: reads that brought several datagrams the kernel merged.
+    """
+
+    noisy = False
+
+    def __init__(self, reactor: Any, key: tuple[int, str, int]) -> None:
+        self.reactor = reactor
+        self.key = key
+        self.links: dict[int, Any] = {}
+        self._byHeader: dict[bytes, Any] = {}
+        self._multicast: tuple[str | None, int] | None = None
+        self.listeningPort: Any = None
+        self.socket: socket.socket | None = None
+        self.groReads = 0
+
+    def attach(self, link: Any) -> None:
+        """
+        Carry C{link}'s VNI on this socket, joining its group if it has one.
+
+        @raise OSError: the VNI is taken, the multicast settings disagree
+            with another port's, or the group cannot be joined; naming the
+            spec.
+        """
+        config: VxlanConfig = link.config
+        spec = link.service.spec
+        other = self.links.get(config.vni)
+        if other is not None:
+            raise OSError(errno.EADDRINUSE, f"{spec}: VNI {config.vni} on UDP port "
+                          f"{config.dstport} is already {other.service.spec}'s")
+        if config.group is not None:
+            wanted = (config.interface, config.ttl)
+            if self._multicast not in (None, wanted):
+                raise OSError(errno.EINVAL, f"{spec}: ports sharing UDP port {config.dstport} "
+                              "must agree on if= and ttl= (the socket's multicast settings)")
+            assert self.socket is not None
+            try:
+                joinGroup(self.socket, config)
+            except OSError as e:
+                raise OSError(e.errno, f"{spec}: {bindHint(e, config)}") from e
+            self._multicast = wanted
+        self.links[config.vni] = link
+        self._byHeader[link.header] = link
+        link.useSocket(self)
+
+    def detach(self, link: Any) -> Any:
+        """
+        Stop carrying C{link}'s VNI; close the socket after the last one.
+        """
+        config: VxlanConfig = link.config
+        header: bytes = link.header
+        if self.links.get(config.vni) is not link:
+            return None
+        del self.links[config.vni]
+        self._byHeader.pop(header, None)
+        if config.group is not None and self.socket is not None:
+            leaveGroup(self.socket, config)
+        if self.links:
+            return None
+        _SOCKETS.pop((id(self.reactor), self.key), None)
+        port, self.listeningPort = self.listeningPort, None
+        return None if port is None else port.stopListening()
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        link = self._byHeader.get(datagram[:8])
+        if link is None:
+            link = self._linkFor(datagram)
+            if link is None:
+                return
+        link.datagramReceived(datagram, addr)
+
+    def _linkFor(self, datagram: bytes) -> Any:
+        """
+        The link a datagram without an exact header belongs to, or whose
+        port counts it as dropped.
+        """
+        try:
+            vni = vxlan.parse(datagram)
+        except ValueError:
+            vni = -1
+        return self.links.get(vni) or next(iter(self.links.values()), None)
+
+    def readBatchEnded(self) -> None:
+        for link in self.links.values():
+            link.readBatchEnded()
+
+
+def socketFor(reactor: Any, config: VxlanConfig, spec: str) -> VxlanSocket:
+    """
+    The shared socket for C{config}'s address and port, opened if need be.
+
+    @raise OSError: naming the spec, with the errno and the likely cause.
+    """
+    key = socketKey(config)
+    shared = _SOCKETS.get((id(reactor), key))
+    if shared is not None:
+        return shared
+    try:
+        sock = openSocket(config)
+    except OSError as e:
+        raise OSError(e.errno, f"{spec}: {bindHint(e, config)}") from e
+    shared = VxlanSocket(reactor, key)
+    try:
+        family = socket.AF_INET6 if config.version == 6 else socket.AF_INET
+        port = BatchPort._fromListeningDescriptor(reactor, sock.fileno(), family, shared,
+                                                  maxPacketSize=MAX_DATAGRAM)
+        port.startListening()
+    except Exception as e:
+        raise listenError(f"{spec}: cannot use the socket", e) from e
+    finally:
+        sock.close()
+    shared.listeningPort = port
+    shared.socket = port.socket
+    _SOCKETS[(id(reactor), key)] = shared
+    return shared
+
+
+class BatchPort(udp.Port):
+    """
+    Twisted's UDP port, reading with C{recvmsg} so that a buffer the kernel
+    coalesced (C{UDP_GRO}: datagrams of one sender, all as long as the
+    first but the last) is cut back into its datagrams, and telling its
+    protocol when a read batch ends.
+    """
+
+    def doRead(self) -> None:
+        protocol = self.protocol
+        receive, recvmsg, size = protocol.datagramReceived, self.socket.recvmsg, self.maxPacketSize
+        v6 = self.addressFamily == socket.AF_INET6
+        read = 0
+        try:
+            while read < self.maxThroughput:
+                try:
+                    data, ancillary, _, addr = recvmsg(size, _GRO_CMSG)
+                except OSError as e:
+                    if e.errno in _READ_LATER:
+                        return
+                    raise
+                read += len(data)
+                if v6:
+                    addr = addr[:2]
+                if not ancillary:
+                    receive(data, addr)
+                    continue
+                step = _groSize(ancillary) or len(data) or 1
+                protocol.groReads += 1
+                for offset in range(0, len(data), step):
+                    receive(data[offset:offset + step], addr)
+        finally:
+            protocol.readBatchEnded()
+
+
+def _groSize(ancillary: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, value in ancillary:
+        if level == socket.SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+            return int.from_bytes(value[:4], sys.byteorder)
+    return 0
