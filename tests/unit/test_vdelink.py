@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from helpers import pendingDatagrams
 from twisted.internet.task import Clock
 
 from vtwisted.ports.vdelink import VdeDataLink
@@ -45,15 +46,6 @@ def fill(sock: socket.socket, data: bytes) -> int:
         sent += 1
 
 
-def drain(sock: socket.socket) -> list[bytes]:
-    got = []
-    while True:
-        try:
-            got.append(sock.recv(65536))
-        except BlockingIOError:
-            return got
-
-
 def test_fullClientIsNotTriedAgainUntilTheNextTurn() -> None:
     """
     A frame the client cannot take is dropped and counted; later frames of the same
@@ -73,13 +65,13 @@ def test_fullClientIsNotTriedAgainUntilTheNextTurn() -> None:
     assert queued > 0
     link.sendFrame(f)
     assert port.counters.drops["busy"] == 1
-    assert len(drain(client)) == queued
+    assert len(pendingDatagrams(client)) == queued
     link.sendFrame(f)
     assert port.counters.drops["busy"] == 2
-    assert drain(client) == []
+    assert pendingDatagrams(client) == []
     clock.advance(0)
     link.sendFrame(f)
-    assert drain(client) == [f]
+    assert pendingDatagrams(client) == [f]
     assert port.counters.drops["busy"] == 2
     ours.close()
     client.close()
