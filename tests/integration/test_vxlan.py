@@ -125,28 +125,35 @@ def test_kernelVxlanDeviceByUnicast(processes, namespaces, shortdir, underlayMtu
     assert "total=0" in stats, stats
 
 
-def test_twoVnisOnOneEndpointKeepTwoVlansApart(processes, namespaces, shortdir) -> None:
+@pytest.mark.parametrize("mode", ["unicast", "group"])
+def test_twoVnisOnOneEndpointKeepTwoVlansApart(processes, namespaces, shortdir, mode) -> None:
     """
     Two vxlan: ports share UDP port 4789 as two VNIs mapped to two VLANs,
-    each reaching its own Linux device; what one VLAN's host sends never
-    leaves through the other VNI.
+    each reaching its own Linux device, by unicast or on one multicast
+    group; what one VLAN's host sends never leaves through the other VNI.
     """
     need("ethtool")
     under = Underlay(namespaces)
+    if mode == "unicast":
+        how: tuple[str, ...] = ("remote", UNDER4[0], "local", UNDER4[1])
+        where = f"remote={UNDER4[1]}"
+    else:
+        how = ("group", "239.1.1.43", "dev", under.thereDev)
+        where = f"239.1.1.43:if={under.hereDev}"
     for vni, net in ((10, "10.8.5"), (20, "10.8.6")):
-        under.kernelVxlan(f"{net}.1/24", "remote", UNDER4[0], "local", UNDER4[1], vni=vni)
+        under.kernelVxlan(f"{net}.1/24", *how, vni=vni)
     taps = uniqueName("vxt"), uniqueName("vxt")
     _, mgmt = switchInNamespace(
         processes, under.here, shortdir,
-        "--port", f"vxlan:remote={UNDER4[1]}:vni=10:vlan=10",
-        "--port", f"vxlan:remote={UNDER4[1]}:vni=20:vlan=20",
+        "--port", f"vxlan:{where}:vni=10:vlan=10",
+        "--port", f"vxlan:{where}:vni=20:vlan=20",
         "--port", f"tap:{taps[0]}:vlan=10", "--port", f"tap:{taps[1]}:vlan=20")
     first = hostBehindTap(namespaces, under.here, taps[0], "10.8.5.2/24")
     waitForPing(first, "10.8.5.1")
     assert re.search(r"OUT: pkts +0 ", console(mgmt, "port/print 2")), "VNI 20 stayed quiet"
     second = hostBehindTap(namespaces, under.here, taps[1], "10.8.6.2/24")
     waitForPing(second, "10.8.6.1")
-    assert "vni 20 remote" in console(mgmt, "port/print 2")
+    assert "vni 20" in console(mgmt, "port/print 2")
 
 
 def test_kernelVxlanDeviceOnAMulticastGroup(processes, namespaces, shortdir) -> None:

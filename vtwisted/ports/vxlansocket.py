@@ -14,8 +14,9 @@ every datagram goes to the link whose header it carries (one dictionary
 lookup on its first 8 bytes), or, if no link's header matches exactly, to
 the link of its VNI (reserved bits set) or the first link, which counts it
 as dropped with the reason.  Each group is joined for the port that names
-it; the multicast interface and TTL are the socket's, so ports sharing a
-socket must agree on them.  The socket closes with its last port.
+it (once for all the ports of one group); the multicast interface and TTL
+are the socket's, so ports sharing a socket must agree on them.  The
+socket closes with its last port.
 
 L{BatchPort} is Twisted's UDP port reading with C{recvmsg}: a buffer the
 kernel merged (C{UDP_GRO}) is cut back into its datagrams, and the
@@ -69,6 +70,8 @@ class VxlanSocket(DatagramProtocol):
         self.links: dict[int, Any] = {}
         self._byHeader: dict[bytes, Any] = {}
         self._multicast: tuple[str | None, int] | None = None
+        #: How many links joined each (group, interface, local address).
+        self._memberships: dict[tuple[str, str | None, str | None], int] = {}
         self.listeningPort: Any = None
         self.socket: socket.socket | None = None
         self.groReads = 0
@@ -93,10 +96,13 @@ class VxlanSocket(DatagramProtocol):
                 raise OSError(errno.EINVAL, f"{spec}: ports sharing UDP port {config.dstport} "
                               "must agree on if= and ttl= (the socket's multicast settings)")
             assert self.socket is not None
-            try:
-                joinGroup(self.socket, config)
-            except OSError as e:
-                raise OSError(e.errno, f"{spec}: {bindHint(e, config)}") from e
+            membership = (config.group, config.interface, config.local)
+            if not self._memberships.get(membership):
+                try:
+                    joinGroup(self.socket, config)
+                except OSError as e:
+                    raise OSError(e.errno, f"{spec}: {bindHint(e, config)}") from e
+            self._memberships[membership] = self._memberships.get(membership, 0) + 1
             self._multicast = wanted
         self.links[config.vni] = link
         self._byHeader[link.header] = link
@@ -113,7 +119,13 @@ class VxlanSocket(DatagramProtocol):
         del self.links[config.vni]
         self._byHeader.pop(header, None)
         if config.group is not None and self.socket is not None:
-            leaveGroup(self.socket, config)
+            membership = (config.group, config.interface, config.local)
+            left = self._memberships.get(membership, 1) - 1
+            if left:
+                self._memberships[membership] = left
+            else:
+                self._memberships.pop(membership, None)
+                leaveGroup(self.socket, config)
         if self.links:
             return None
         _SOCKETS.pop((id(self.reactor), self.key), None)
