@@ -6,6 +6,7 @@ addresses (learning, flooding, the drops it counts, expiry).
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import pytest
@@ -286,3 +287,23 @@ async def test_severalVnisShareOneSocket(switch) -> None:
         probe.close()
     finally:
         two.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aPortThatCannotJoinLeavesNoSocketBehind() -> None:
+    """A group on an interface that does not exist fails with ENODEV and frees the UDP port."""
+    from reactortools import sleep
+    from twisted.internet import reactor
+
+    number, (probe,) = _endpoints("127.0.0.1")
+    probe.close()
+    spec = f"vxlan:239.1.2.3:dstport={number}:if=vtwnosuch0"
+    service = vxlanport.makeService(Switch(), PortSpec(spec), reactor)
+    with pytest.raises(OSError, match=r"vtwnosuch0") as caught:
+        service.bind()
+    assert spec in str(caught.value) and caught.value.errno == errno.ENODEV
+    assert "cannot join 239.1.2.3 on vtwnosuch0" in str(caught.value)
+    await sleep(0.05)
+    again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    again.bind(("0.0.0.0", number))
+    again.close()

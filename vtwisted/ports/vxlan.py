@@ -327,7 +327,12 @@ class VxlanService(SingleLinkService):
 
     def bind(self) -> None:
         link = VxlanLink(self)
-        socketFor(self.reactor, self.config, self.spec).attach(link)
+        shared = socketFor(self.reactor, self.config, self.spec)
+        try:
+            shared.attach(link)
+        except BaseException:
+            shared.closeIfUnused()
+            raise
         self.link = link
 
     def startService(self) -> None:

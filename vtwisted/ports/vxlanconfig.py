@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -103,7 +104,12 @@ def socketKey(config: VxlanConfig) -> tuple[int, str, int]:
 def _membership(config: VxlanConfig) -> tuple[int, int, bytes]:
     group = config.group
     assert group is not None
-    ifindex = socket.if_nametoindex(config.interface) if config.interface else 0
+    ifindex = 0
+    if config.interface:
+        try:
+            ifindex = socket.if_nametoindex(config.interface)
+        except OSError:
+            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV)) from None
     if config.version == 6:
         return (socket.IPPROTO_IPV6, ifindex,
                 socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex))
@@ -145,6 +151,20 @@ def leaveGroup(sock: socket.socket, config: VxlanConfig) -> None:
         sock.setsockopt(level, option, request)
     except OSError:
         pass
+
+
+def joinHint(e: OSError, config: VxlanConfig) -> str:
+    """
+    Why the group could not be joined, with the errno and the likely cause.
+    """
+    where = f" on {config.interface}" if config.interface else ""
+    what = f"cannot join {config.group}{where}: {e.strerror} " \
+           f"({errno.errorcode.get(e.errno or 0, e.errno)})"
+    if e.errno == errno.ENODEV:
+        return what + f"; is there an interface {config.interface!r} in this namespace?"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return what + "; does the interface have an address?"
+    return what
 
 
 def bindHint(e: OSError, config: VxlanConfig) -> str:

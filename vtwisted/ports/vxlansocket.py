@@ -37,6 +37,7 @@ from vtwisted.ports.vxlanconfig import (
     VxlanConfig,
     bindHint,
     joinGroup,
+    joinHint,
     leaveGroup,
     openSocket,
     socketKey,
@@ -101,7 +102,7 @@ class VxlanSocket(DatagramProtocol):
                 try:
                     joinGroup(self.socket, config)
                 except OSError as e:
-                    raise OSError(e.errno, f"{spec}: {bindHint(e, config)}") from e
+                    raise OSError(e.errno, f"{spec}: {joinHint(e, config)}") from e
             self._memberships[membership] = self._memberships.get(membership, 0) + 1
             self._multicast = wanted
         self.links[config.vni] = link
@@ -126,6 +127,13 @@ class VxlanSocket(DatagramProtocol):
             else:
                 self._memberships.pop(membership, None)
                 leaveGroup(self.socket, config)
+        return self.closeIfUnused()
+
+    def closeIfUnused(self) -> Any:
+        """
+        Close the socket if no link uses it (any more, or yet: a first port
+        that could not attach).
+        """
         if self.links:
             return None
         _SOCKETS.pop((id(self.reactor), self.key), None)
