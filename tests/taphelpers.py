@@ -68,6 +68,14 @@ def switchInNamespace(processes: Processes, ns: str, directory: Path,
     return sock, mgmt
 
 
+def multicastNamespace(namespaces: Namespaces) -> str:
+    """A namespace whose multicast goes to its own loopback only."""
+    ns = quietNamespace(namespaces, "vtm")
+    run("ip", "-n", ns, "link", "set", "lo", "multicast", "on")
+    run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "lo")
+    return ns
+
+
 def moveTap(name: str, namespace: str, address: str | None, up: bool = True) -> None:
     """
     Move the switch's TAP C{name} from the root namespace into C{namespace}

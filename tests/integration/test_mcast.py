@@ -21,7 +21,7 @@ from helpers import (
     uniqueName,
     waitFor,
 )
-from taphelpers import console, quietNamespace, readLine, switchInNamespace
+from taphelpers import console, multicastNamespace, quietNamespace, readLine, switchInNamespace
 
 from vtwisted.testing import frame, mac
 
@@ -58,14 +58,6 @@ print("end", flush=True)
 @pytest.fixture(autouse=True)
 def _needs() -> None:
     needRoot()
-
-
-def multicastNamespace(namespaces) -> str:
-    """A namespace whose multicast goes to its own loopback only."""
-    ns = quietNamespace(namespaces, "vtm")
-    run("ip", "-n", ns, "link", "set", "lo", "multicast", "on")
-    run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "lo")
-    return ns
 
 
 def test_groupMembersAndVdeClientsShareOneLan(processes, namespaces, shortdir) -> None:

@@ -307,3 +307,16 @@ async def test_aPortThatCannotJoinLeavesNoSocketBehind() -> None:
     again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     again.bind(("0.0.0.0", number))
     again.close()
+
+
+def test_vxvdeSpecsTakeGroupsOnly() -> None:
+    """vxvde: defaults to vdeplug4's group and port 14789, and has no unicast mode."""
+    from vtwisted.ports import vxvde
+
+    service = vxvde.makeService(Switch(), PortSpec("vxvde:vni=7"), None)
+    assert (service.config.group, service.config.dstport, service.config.vni) == (
+        "239.0.0.1", 14789, 7)
+    assert vxvde.makeService(Switch(), PortSpec("vxvde:v6"), None).config.group == "ff05:56de::1"
+    for text in ("vxvde:remote=10.0.0.2", "vxvde:local=10.0.0.1"):
+        with pytest.raises(SpecError, match="unknown option"):
+            vxvde.makeService(Switch(), PortSpec(text), None)

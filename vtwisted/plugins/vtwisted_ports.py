@@ -75,3 +75,10 @@ packet = PortType(
     "packet:IFACE[:offload=on|off]  any Ethernet interface (a veth, a bridge port, a NIC) "
     "through a packet socket, as vde_pcapplug does, with offloads",
 )
+
+vxvde = PortType(
+    "vxvde",
+    "vtwisted.ports.vxvde",
+    "vxvde[:GROUP|v6][:vni=1][:dstport=14789][:if=NAME]  a member of vdeplug4's switchless "
+    "vxvde:// network (vde_plug, qemu -netdev vde,sock=vxvde://)",
+)

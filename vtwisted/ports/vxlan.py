@@ -92,6 +92,9 @@ class VxlanLink(PlainDatagramLink):
     linkId = 0
     module = "vxlan"
     transportName = "VXLAN"
+    #: Whether an endpoint is its address and port (a vxvde member's own
+    #: port), not its address alone (a VXLAN endpoint, on C{dstport}).
+    learnsPorts = False
 
     def __init__(self, service: VxlanService) -> None:
         config = service.config
@@ -140,7 +143,8 @@ class VxlanLink(PlainDatagramLink):
         if not datagram[14] & 1:
             src = datagram[14:20]
             known = self.where.get(src)
-            if (known is not None and known[0] == host) or self._learn(src, host):
+            if (known is not None and known[0] == host
+                    and (not self.learnsPorts or known[1] == addr[1])) or self._learn(src, addr):
                 self.seen[src] = self.tick
         self.add(datagram[8:])
 
@@ -200,13 +204,14 @@ class VxlanLink(PlainDatagramLink):
             self.port.dropped("peer", f"{self.service.spec}: a datagram from {host}, "
                               f"which is not one of the remote endpoints")
 
-    def _learn(self, src: bytes, host: str) -> bool:
+    def _learn(self, src: bytes, addr: Any) -> bool:
         """
-        Remember that C{src} is behind C{host}, unless the table is full.
+        Remember that C{src} is behind the endpoint at C{addr}, unless the
+        table is full.
         """
         if src not in self.where and len(self.where) >= MAX_LEARNED:
             return False
-        self.where[src] = (host, self.config.dstport)
+        self.where[src] = (addr[0], addr[1] if self.learnsPorts else self.config.dstport)
         return True
 
     def expire(self) -> None:

@@ -193,13 +193,15 @@ def _address(spec: PortSpec, text: str, what: str) -> ipaddress.IPv4Address | ip
         raise spec.error(f"{what} {text!r} is not an IP address") from None
 
 
-def configFromSpec(spec: PortSpec) -> VxlanConfig:
+def configFromSpec(spec: PortSpec, defaultPort: int = vxlan.DEFAULT_PORT,
+                   unicast: bool = True) -> VxlanConfig:
     """
     Read C{vxlan:[GROUP|v4|v6][:vni=N][:dstport=N][:remote=A,B][:local=ADDR]
-    [:if=NAME][:ttl=N][:expire=S]}.
+    [:if=NAME][:ttl=N][:expire=S]}; without C{unicast}, C{remote=} and
+    C{local=} are not options (a multicast group is the only way).
     """
     (first,) = spec.positional(["group"], 0)
-    remotes = [r for r in (spec.string("remote") or "").split(",") if r]
+    remotes = [r for r in (spec.string("remote") or "").split(",") if r] if unicast else []
     if first and remotes:
         raise spec.error("give a multicast group or remote= endpoints, not both")
     addresses = [_address(spec, r, "remote") for r in remotes]
@@ -217,10 +219,10 @@ def configFromSpec(spec: PortSpec) -> VxlanConfig:
         raise spec.error("remote endpoints must be all IPv4 or all IPv6")
     else:
         version = addresses[0].version
-    local = spec.string("local")
+    local = spec.string("local") if unicast else None
     if local is not None and _address(spec, local, "local").version != version:
         raise spec.error(f"local={local} is not an IPv{version} address")
-    dstport = udpPort(spec, spec.string("dstport", str(vxlan.DEFAULT_PORT)))
+    dstport = udpPort(spec, spec.string("dstport", str(defaultPort)))
     vni = spec.integer("vni", 1, 0, vxlan.MAX_VNI)
     ttl = spec.integer("ttl", 1, 0, 255)
     expire = spec.integer("expire", 128, 1, 86400)

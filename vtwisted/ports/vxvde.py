@@ -1,0 +1,259 @@
+"""
+vdeplug4's switchless networks (C{vxvde:}): the switch as one more member
+of a C{vxvde://} network, beside C{vde_plug vxvde://} plugs and QEMU guests
+started with C{-netdev vde,sock=vxvde://} (QEMU's VDE backend is vdeplug4).
+
+Theory of operation
+-------------------
+A vxvde network has no switch: every member joins one multicast group on
+UDP port 14789 (any number of members per host: the group's socket is
+shared with C{SO_REUSEADDR}, and multicast loopback is on), and sends from
+a unicast socket of its own on an ephemeral port.  A frame is one datagram
+with the VXLAN header of the network's VNI (L{vtwisted.wire.vxlan}); a
+broadcast or a frame for an unknown MAC goes to the group, a frame for a
+MAC learned from a member goes to that member's own address and port.  A
+member leaving sends the bare header to the group, and the others forget
+it.  The switch is a member whose whole network is one port: the
+L{vtwisted.ports.vxlan.VxlanLink} machinery (learning with expiry, cutting
+and sending super-frames with C{UDP_SEGMENT}, merging TCP segments) with
+members told apart by address and port, and its own multicast echo
+recognised by its unicast port on a local address and dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from zope.interface import implementer
+
+from vtwisted.interfaces import IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports.vxlan import VxlanLink, VxlanService
+from vtwisted.ports.vxlanconfig import VxlanConfig, bindHint, configFromSpec, joinGroup
+from vtwisted.ports.vxlansocket import MAX_DATAGRAM, BatchPort
+from vtwisted.sockettools import growSendBuffer, listenError
+from vtwisted.spec import PortSpec
+
+#: vdeplug4's vxvde port.
+DEFAULT_PORT = 14789
+BUFFER = 4 * 1024 * 1024
+_UDP_GRO = 104
+
+
+class VxvdeLink(VxlanLink):
+    """
+    The vxvde network, as the one link of one port.
+    """
+
+    module = "vxvde"
+    transportName = "vxvde"
+    learnsPorts = True
+
+    def __init__(self, service: Any) -> None:
+        super().__init__(service)
+        self.heard = None
+        self.ownPort = 0
+        self.groReads = 0
+        self._local: dict[str, bool] = {}
+
+    @property
+    def description(self) -> str:
+        members = len(set(self.where.values()))
+        text = (f"vxvde vni {self.config.vni} group {self.config.where()[6:]}, "
+                f"{len(self.where)} MACs behind {members} members")
+        if self.gro is not None:
+            text += f", coalesced {self.gro.segments} segments into {self.gro.packets}"
+        return text
+
+    def useSockets(self, unicast: socket.socket) -> None:
+        """
+        Send from C{unicast}, and recognise what comes back from it.
+        """
+        self.ownPort = unicast.getsockname()[1]
+        self.linkId = unicast.fileno()
+        self._makeSenders(unicast)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if addr[1] == self.ownPort and self._isLocal(addr[0]):
+            return
+        if len(datagram) == 8 and datagram == self.header:
+            self._forget((addr[0], addr[1]))
+            return
+        super().datagramReceived(datagram, addr)
+
+    def _isLocal(self, host: str) -> bool:
+        """
+        Whether C{host} is an address of this host (it can be bound to).
+        """
+        known = self._local.get(host)
+        if known is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((host, 0))
+                    known = True
+                except OSError:
+                    known = False
+            if len(self._local) < 256:
+                self._local[host] = known
+        return known
+
+    def _forget(self, member: tuple[str, int]) -> None:
+        """
+        A member left: forget every address behind it.
+        """
+        for mac in [mac for mac, where in self.where.items() if where == member]:
+            del self.where[mac]
+            self.seen.pop(mac, None)
+
+
+class _Reader(DatagramProtocol):
+    """
+    What one of the member's two sockets reads, handed to the link.
+    """
+
+    noisy = False
+
+    def __init__(self, link: VxvdeLink) -> None:
+        self.link = link
+        self.datagramReceived = link.datagramReceived  # type: ignore[method-assign]
+
+    @property
+    def groReads(self) -> int:
+        return self.link.groReads
+
+    @groReads.setter
+    def groReads(self, value: int) -> None:
+        self.link.groReads = value
+
+    def readBatchEnded(self) -> None:
+        self.link.readBatchEnded()
+
+
+@implementer(IPortService)
+class VxvdeService(VxlanService):
+    """
+    The service of one C{vxvde:} spec: the group's socket, the member's own
+    socket, one port, the expiry timer.
+    """
+
+    def __init__(self, switch: Any, reactor: Any, config: VxlanConfig, options: PortOptions,
+                 spec: str) -> None:
+        super().__init__(switch, reactor, config, options, spec)
+        self.ports: list[Any] = []
+
+    def bind(self) -> None:
+        link = VxvdeLink(self)
+        family = socket.AF_INET6 if self.config.version == 6 else socket.AF_INET
+        try:
+            group, unicast = _openSockets(self.config)
+        except OSError as e:
+            raise OSError(e.errno, f"{self.spec}: {bindHint(e, self.config)}") from e
+        try:
+            for sock in (group, unicast):
+                port = BatchPort._fromListeningDescriptor(self.reactor, sock.fileno(), family,
+                                                          _Reader(link),
+                                                          maxPacketSize=MAX_DATAGRAM)
+                port.startListening()
+                self.ports.append(port)
+        except Exception as e:
+            self._closePorts()
+            raise listenError(f"{self.spec}: cannot use the sockets", e) from e
+        finally:
+            group.close()
+            unicast.close()
+        link.useSockets(self.ports[1].socket)
+        self.link = link
+
+    def stopService(self) -> Any:
+        """
+        Tell the other members this one leaves (the bare header to the
+        group, as vdeplug4 does), then close both sockets.
+        """
+        link = self.link
+        if link is not None and len(self.ports) == 2:
+            try:
+                self.ports[1].socket.sendto(link.header, (self.config.group,
+                                                          self.config.dstport))
+            except OSError:
+                pass
+        super().stopService()
+        self._closePorts()
+        return None
+
+    def _closePorts(self) -> None:
+        ports, self.ports = self.ports, []
+        for port in ports:
+            port.stopListening()
+
+
+def _openSockets(config: VxlanConfig) -> tuple[socket.socket, socket.socket]:
+    """
+    The group's socket (bound to GROUP:PORT, shared) and the member's own
+    (an ephemeral port, sending multicast with the TTL through the
+    interface), both non-blocking.
+    """
+    family = socket.AF_INET6 if config.version == 6 else socket.AF_INET
+    group = socket.socket(family, socket.SOCK_DGRAM)
+    unicast = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        group.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if config.version == 6:
+            group.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            unicast.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        assert config.group is not None
+        group.bind((config.group, config.dstport))
+        joinGroup(group, config)
+        _multicastSending(unicast, config)
+        unicast.bind(("::" if config.version == 6 else "0.0.0.0", 0))
+        for sock in (group, unicast):
+            growSendBuffer(sock, BUFFER)
+            try:
+                sock.setsockopt(socket.SOL_UDP, _UDP_GRO, 1)
+            except OSError:
+                pass
+            sock.setblocking(False)
+    except BaseException:
+        group.close()
+        unicast.close()
+        raise
+    return group, unicast
+
+
+def _multicastSending(sock: socket.socket, config: VxlanConfig) -> None:
+    """
+    Send multicast with C{config}'s TTL through its interface, loopback on
+    (members on this host must hear it).
+    """
+    ifindex = 0
+    if config.interface:
+        try:
+            ifindex = socket.if_nametoindex(config.interface)
+        except OSError:
+            raise OSError(errno.ENODEV, f"no interface {config.interface}") from None
+    if config.version == 6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, config.ttl)
+        if ifindex:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        return
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, config.ttl)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(config.ttl, 1))
+    if ifindex:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                        struct.pack("@4s4si", bytes(4), bytes(4), ifindex))
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> VxvdeService:
+    """
+    Build the service for C{vxvde:[GROUP|v6][:vni=N][:dstport=14789][:if=NAME]
+    [:ttl=1][:expire=128][:coalesce=on]} and the common options.
+    """
+    config = configFromSpec(spec, DEFAULT_PORT, unicast=False)
+    options = PortOptions.fromSpec(spec)
+    spec.checkKeywords()
+    return VxvdeService(switch, reactor, config, options, spec.text)
+
