@@ -76,6 +76,20 @@ def multicastNamespace(namespaces: Namespaces) -> str:
     return ns
 
 
+def hostBehindTap(namespaces: Namespaces, switchNs: str, tap: str, address: str) -> str:
+    """
+    A new namespace holding the TAP C{tap} of a switch running in namespace
+    C{switchNs}, addressed C{address} and up.
+    """
+    host = quietNamespace(namespaces, "vth")
+    waitFor(lambda: run("ip", "-n", switchNs, "link", "show", tap, check=False).returncode == 0,
+            what=tap)
+    run("ip", "-n", switchNs, "link", "set", tap, "netns", host)
+    run("ip", "-n", host, "addr", "add", address, "dev", tap)
+    run("ip", "-n", host, "link", "set", tap, "up")
+    return host
+
+
 def moveTap(name: str, namespace: str, address: str | None, up: bool = True) -> None:
     """
     Move the switch's TAP C{name} from the root namespace into C{namespace}

@@ -17,11 +17,16 @@ from helpers import (
     execIn,
     need,
     needRoot,
-    run,
     uniqueName,
     waitFor,
 )
-from taphelpers import console, multicastNamespace, quietNamespace, readLine, switchInNamespace
+from taphelpers import (
+    console,
+    hostBehindTap,
+    multicastNamespace,
+    readLine,
+    switchInNamespace,
+)
 
 from vtwisted.testing import frame, mac
 
@@ -104,12 +109,7 @@ def test_qemuGuestOnMulticastReachesANamespace(processes, namespaces, shortdir) 
     tap = uniqueName("vtm")
     _, mgmt = switchInNamespace(processes, ns, shortdir, "--port", f"mcast:{GROUP}:5561",
                        "--port", f"tap:{tap}")
-    remote = quietNamespace(namespaces, "vtn")
-    waitFor(lambda: run("ip", "-n", ns, "link", "show", tap, check=False).returncode == 0,
-            what=tap)
-    run("ip", "-n", ns, "link", "set", tap, "netns", remote)
-    run("ip", "-n", remote, "addr", "add", "10.7.0.1/24", "dev", tap)
-    run("ip", "-n", remote, "link", "set", tap, "up")
+    hostBehindTap(namespaces, ns, tap, "10.7.0.1/24")
     guest = startGuest(
         processes, ["-netdev", f"socket,id=n0,mcast={GROUP}:5561"],
         "ip link set eth0 up\nip addr add 10.7.0.2/24 dev eth0\n"

@@ -16,6 +16,7 @@ from taphelpers import (
     checkedTransfer,
     checksumErrors,
     console,
+    hostBehindTap,
     quietNamespace,
     switchInNamespace,
     waitForPing,
@@ -72,17 +73,6 @@ class Underlay:
             "dstport", "4789", *how)
         run("ip", "-n", self.there, "link", "set", name, "mtu", "1500", "up")
         run("ip", "-n", self.there, "addr", "add", address, "dev", name)
-
-
-def hostBehindTap(namespaces, switchNs: str, tap: str, address: str) -> str:
-    """A namespace holding the switch's TAP C{tap}, addressed C{address}."""
-    host = quietNamespace(namespaces, "vxh")
-    waitFor(lambda: run("ip", "-n", switchNs, "link", "show", tap, check=False).returncode == 0,
-            what=tap)
-    run("ip", "-n", switchNs, "link", "set", tap, "netns", host)
-    run("ip", "-n", host, "addr", "add", address, "dev", tap)
-    run("ip", "-n", host, "link", "set", tap, "up")
-    return host
 
 
 @pytest.mark.parametrize(("underlayMtu", "gro"), [(1550, False), (1500, False), (1550, True)])

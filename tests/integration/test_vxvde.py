@@ -81,20 +81,15 @@ def test_aQemuGuestOnVxvdeReachesANamespace(processes, namespaces, shortdir) -> 
     no plug process, the switch is just one more member.
     """
     from guest import startGuest
-    from helpers import run, uniqueName
-    from taphelpers import quietNamespace
+    from helpers import uniqueName
+    from taphelpers import hostBehindTap
 
     need("qemu-system-x86_64")
     ns = multicastNamespace(namespaces)
     tap = uniqueName("vtv")
     _, mgmt = switchInNamespace(processes, ns, shortdir, "--port", "vxvde:vni=9",
                                 "--port", f"tap:{tap}")
-    remote = quietNamespace(namespaces, "vtn")
-    waitFor(lambda: run("ip", "-n", ns, "link", "show", tap, check=False).returncode == 0,
-            what=tap)
-    run("ip", "-n", ns, "link", "set", tap, "netns", remote)
-    run("ip", "-n", remote, "addr", "add", "10.7.1.1/24", "dev", tap)
-    run("ip", "-n", remote, "link", "set", tap, "up")
+    hostBehindTap(namespaces, ns, tap, "10.7.1.1/24")
     guest = startGuest(
         processes, ["-netdev", "vde,id=n0,sock=vxvde://239.0.0.1/vni=9"],
         "ip link set eth0 up\nip addr add 10.7.1.2/24 dev eth0\n"
