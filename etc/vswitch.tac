@@ -28,7 +28,8 @@ switchService = buildService(
         # "slirp:hostfwd=tcp\\:\\:2222-\\:22",  # NAT like -netdev user, host port 2222 to guest 22
         # "cable:listen:tcp:7443:cert=a.pem:key=a.key:ca=b.pem",  # TLS cable from another switch
         # "vxlan:remote=192.0.2.7:vni=42",  # a Linux vxlan device or switch on another host
-        # "packet:veth0",  # an interface (a veth to a container, a NIC) through a packet socket
+        # "vxvde:vni=9",  # vdeplug4's vxvde:// network (qemu -netdev vde,sock=vxvde://...)
+        # "packet:veth0:delay=20",  # an interface through a packet socket, 20 ms slower
         # "pcap:/tmp/lan.pcap:maxsize=100:files=5",  # a ring of captures, 100 MB each
     ],
     numPorts=64,
