@@ -226,6 +226,8 @@ class Options(usage.Options):
         lines = ["", "Port types (--port PREFIX:ARGS):"]
         for prefix, portType in sorted(portTypes().items()):
             lines.append(f"  {prefix:<8} {portType.description}")
+        lines += ["", "Every spec also takes vlan=N|all, trunk=10,20 and mtu=N, and the",
+                  "impairments delay=MS, jitter=MS, loss=%, dup=%, rate=KBIT, queue=MS."]
         return text + "\n".join(lines) + "\n"
 
     def sockSpec(self) -> str | None:

@@ -72,7 +72,7 @@ vxlan = PortType(
 packet = PortType(
     "packet",
     "vtwisted.ports.packet",
-    "packet:IFACE[:offload=on|off]  any Ethernet interface (a veth, a bridge port, a NIC) "
+    "packet:IFACE[:coalesce=on|off]  any Ethernet interface (a veth, a bridge port, a NIC) "
     "through a packet socket, as vde_pcapplug does, with offloads",
 )
 
