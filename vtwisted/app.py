@@ -226,7 +226,7 @@ class Options(usage.Options):
         lines = ["", "Port types (--port PREFIX:ARGS):"]
         for prefix, portType in sorted(portTypes().items()):
             lines.append(f"  {prefix:<8} {portType.description}")
-        lines += ["", "Every spec also takes vlan=N|all, trunk=10,20 and mtu=N, and the",
+        lines += ["", "Every spec but pcap: also takes vlan=N|all, trunk=10,20 and mtu=N, and the",
                   "impairments delay=MS, jitter=MS, loss=%, dup=%, rate=KBIT, queue=MS."]
         return text + "\n".join(lines) + "\n"
 
