@@ -48,10 +48,10 @@ Setup = Callable[[Bench], tuple[str, str]]
 UNDER = ("10.214.0.1", "10.214.0.2")
 
 
-def _underlay(b: Bench, address: str) -> tuple[str, str, str]:
+def underlay(b: Bench) -> tuple[str, str, str, str]:
     """
-    The near and far namespaces, a veth between them, the far vxlan device
-    with C{address}; returns (near, near's veth, far).
+    The near and far namespaces and a veth between them, multicast routed
+    over it; returns (near, near's veth, far, far's veth).
     """
     near, far = b.namespace("vtwxn"), b.namespace("vtwxf")
     suffix = b.tmp.name[-4:]
@@ -63,6 +63,15 @@ def _underlay(b: Bench, address: str) -> tuple[str, str, str]:
         sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
     sh("ip", "netns", "exec", far, "ethtool", "-K", theirs, "tx", "off")
     sh("ip", "netns", "exec", near, "ethtool", "-K", mine, "gro", "on")
+    return near, mine, far, theirs
+
+
+def _underlay(b: Bench, address: str) -> tuple[str, str, str]:
+    """
+    The L{underlay}, and the far vxlan device with C{address}; returns
+    (near, near's veth, far).
+    """
+    near, mine, far, theirs = underlay(b)
     sh("ip", "-n", far, "link", "add", "vx0", "type", "vxlan", "id", "42", "group", "239.0.0.1",
        "dev", theirs, "dstport", "4789")
     sh("ip", "-n", far, "link", "set", "vx0", "mtu", "1500")

@@ -206,11 +206,11 @@ class TcpCoalescer:
         that run and perhaps starts another, or is handed on.
         """
         etherType = frame[12:14]
-        if etherType == _IPV4:
+        if etherType == _IPV4 and len(frame) > 34 and frame[23] == _PROTO_TCP:
             flow = frame[26:38]
-        elif etherType == _IPV6:
+        elif etherType == _IPV6 and len(frame) > 54 and frame[20] == _PROTO_TCP:
             flow = frame[22:58]
-        else:
+        else:  # not TCP: no run to join, and none to keep it behind
             self._frame(frame)
             return
         runs = self._runs
