@@ -285,3 +285,20 @@ def ends(b: Bench, near: str, device: str, far: str, outward: bool,
     """
     host = hostBehind(b, near, device, CLIENT_ADDR if outward else SERVER_ADDR, prefix)
     return (host, far) if outward else (far, host)
+
+
+def runComparison(doc: str, setups: dict[str, Callable[[Bench], tuple[str, str]]],
+                  pairs: Sequence[tuple[str, str]]) -> None:
+    """
+    The main of a benchmark: run C{setups} for the rounds the command line
+    asks, print their medians, and the TCP and UDP ratios of each pair
+    C{(ours, reference)}.
+    """
+    args = arguments(doc)
+    results = runRounds(setups, args.rounds, args.seconds)
+    printResults(list(setups), results)
+    print("Ratios:")
+    for ours, reference in pairs:
+        for udp, kind in ((False, "TCP"), (True, "UDP pps")):
+            ratio(f"{kind}: {ours} / {reference}", results[(ours, udp)],
+                  results[(reference, udp)])

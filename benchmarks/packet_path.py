@@ -32,7 +32,6 @@ from netbench import (
     Bench,
     configure,
     ends,
-    ratio,
     sh,
     sourceEnv,
     twistdArgv,
@@ -91,15 +90,10 @@ SETUPS: dict[str, Setup] = {
 
 
 def main() -> None:
-    args = netbench.arguments(__doc__)
-    results = netbench.runRounds(SETUPS, args.rounds, args.seconds)
-    netbench.printResults(list(SETUPS), results)
-    print("Ratios:")
-    for ours, reference in (("vtwisted, TAP to packet:", "Linux bridge, outward"),
-                            ("vtwisted, packet: to TAP", "Linux bridge, inward")):
-        for udp, kind in ((False, "TCP"), (True, "UDP pps")):
-            ratio(f"{kind}: {ours} / {reference}", results[(ours, udp)],
-                  results[(reference, udp)])
+    netbench.runComparison(__doc__ or "", SETUPS, [
+        ("vtwisted, TAP to packet:", "Linux bridge, outward"),
+        ("vtwisted, packet: to TAP", "Linux bridge, inward"),
+    ])
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ from netbench import (
     Bench,
     configure,
     ends,
-    ratio,
     sh,
     sourceEnv,
     twistdArgv,
@@ -122,15 +121,10 @@ SETUPS: dict[str, Setup] = {
 
 
 def main() -> None:
-    args = netbench.arguments(__doc__)
-    results = netbench.runRounds(SETUPS, args.rounds, args.seconds)
-    netbench.printResults(list(SETUPS), results)
-    print("Ratios:")
-    for ours, reference in (("vtwisted, TAP to VXLAN", "Linux bridge, to VXLAN"),
-                            ("vtwisted, VXLAN to TAP", "Linux bridge, from VXLAN")):
-        for udp, kind in ((False, "TCP"), (True, "UDP pps")):
-            ratio(f"{kind}: {ours} / {reference}", results[(ours, udp)],
-                  results[(reference, udp)])
+    netbench.runComparison(__doc__ or "", SETUPS, [
+        ("vtwisted, TAP to VXLAN", "Linux bridge, to VXLAN"),
+        ("vtwisted, VXLAN to TAP", "Linux bridge, from VXLAN"),
+    ])
 
 
 if __name__ == "__main__":

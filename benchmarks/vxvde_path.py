@@ -33,7 +33,6 @@ from netbench import (
     configure,
     ends,
     listening,
-    ratio,
     sourceEnv,
     twistdArgv,
     waitFor,
@@ -87,15 +86,10 @@ SETUPS: dict[str, Setup] = {
 
 
 def main() -> None:
-    args = netbench.arguments(__doc__)
-    results = netbench.runRounds(SETUPS, args.rounds, args.seconds)
-    netbench.printResults(list(SETUPS), results)
-    print("Ratios:")
-    for ours, reference in (("vtwisted vxvde:, outward", "vde_switch + vde_plug, outward"),
-                            ("vtwisted vxvde:, inward", "vde_switch + vde_plug, inward")):
-        for udp, kind in ((False, "TCP"), (True, "UDP pps")):
-            ratio(f"{kind}: {ours} / {reference}", results[(ours, udp)],
-                  results[(reference, udp)])
+    netbench.runComparison(__doc__ or "", SETUPS, [
+        ("vtwisted vxvde:, outward", "vde_switch + vde_plug, outward"),
+        ("vtwisted vxvde:, inward", "vde_switch + vde_plug, inward"),
+    ])
 
 
 if __name__ == "__main__":
