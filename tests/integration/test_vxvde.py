@@ -99,3 +99,37 @@ def test_aQemuGuestOnVxvdeReachesANamespace(processes, namespaces, shortdir) -> 
     assert result.rc == 0, result.output + guest.diagnostics()
     assert "3 packets received" in result.output
     assert "1 MACs behind 1 members" in console(mgmt, "port/print 1")
+
+
+def test_membersOnAnotherHostOverIpv6(processes, namespaces, shortdir) -> None:
+    """
+    vxvde:v6 on the interface if= names: a vde_plug member in another
+    namespace (another host, over a veth) and the switch's client exchange
+    frames both ways; the switch drops its own echo.
+    """
+    from helpers import run, uniqueName
+    from taphelpers import quietNamespace
+
+    here, there = quietNamespace(namespaces, "vvs"), quietNamespace(namespaces, "vvh")
+    mine, theirs = uniqueName("vva"), uniqueName("vvb")
+    run("ip", "link", "add", mine, "netns", here, "type", "veth", "peer", "name", theirs,
+        "netns", there)
+    for ns, dev, address in ((here, mine, "fd77::1/64"), (there, theirs, "fd77::2/64")):
+        run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0"))
+        run("ip", "-n", ns, "addr", "add", address, "dev", dev, "nodad")
+        run("ip", "-n", ns, "link", "set", dev, "up")
+    sock, mgmt = switchInNamespace(processes, here, shortdir, "--port", f"vxvde:v6:vni=7:if={mine}")
+    client = StreamPlug(processes, f"vde://{sock}")
+    member = StreamPlug(processes, f"vxvde://ff05:56de::1/v6/vni=7/if={theirs}",
+                        wrapper=execIn(there))
+    waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
+    hello = frame(BROADCAST, mac(0x74), payload=b"hello over IPv6")
+    _until(client, hello, member, hello)
+    answer = frame(mac(0x74), mac(0x75), payload=b"answer over IPv6")
+    client.send(answer)
+    assert member.receiveMatching(lambda f: f == answer) is not None
+    shout = frame(BROADCAST, mac(0x75), payload=b"the client's broadcast")
+    client.send(shout)
+    assert member.receiveMatching(lambda f: f == shout) is not None
+    assert client.receiveMatching(lambda f: f == shout, timeout=1) is None
+    assert "group [ff05:56de::1]:14789, 1 MACs behind 1 members" in console(mgmt, "port/print 1")
