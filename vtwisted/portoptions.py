@@ -60,9 +60,7 @@ class PortOptions:
         vlan = None if transparent else spec.integer("vlan", None, 0, NOVLAN)
         trunk = spec.integerList("trunk", 1, MAX_USER_VID)
         mtu = spec.integer("mtu", None, MIN_MTU, DEFAULT_MTU)
-        given = {key: spec.string(key) or "" for key in IMPAIRMENTS if key in spec.kwargs}
-        for key in IMPAIRMENTS:
-            spec.string(key)
+        given = {key: value for key in IMPAIRMENTS if (value := spec.string(key)) is not None}
         try:
             impairment = Impairment.fromOptions(given) if given else None
         except ValueError as e:
@@ -71,7 +69,7 @@ class PortOptions:
 
     def isEmpty(self) -> bool:
         """
-        True if no VLAN or MTU option was given.
+        True if no VLAN, MTU or impairment option was given.
         """
         return (self.vlan is None and not self.transparent and not self.trunk
                 and self.mtu is None and self.impairment is None)

@@ -133,3 +133,4 @@ def test_membersOnAnotherHostOverIpv6(processes, namespaces, shortdir) -> None:
     assert member.receiveMatching(lambda f: f == shout) is not None
     assert client.receiveMatching(lambda f: f == shout, timeout=1) is None
     assert "group [ff05:56de::1]:14789, 1 MACs behind 1 members" in console(mgmt, "port/print 1")
+    assert re.search(r"02:00:00:00:00:74 via fd77::2 port \d+", console(mgmt, "vxlan/print"))

@@ -62,6 +62,7 @@ from vtwisted.ports.vxlanconfig import VxlanConfig, configFromSpec
 from vtwisted.ports.vxlansocket import VxlanSocket, socketFor
 from vtwisted.spec import PortSpec
 from vtwisted.wire import tcpgro, vnet, vxlan
+from vtwisted.wire.ethernet import formatMac
 
 log = Logger()
 
@@ -360,7 +361,6 @@ class VxlanService(SingleLinkService):
         return link.shared.detach(link)
 
 
-
 def printVxlan(ctx: Any, arg: str) -> list[str]:
     """
     The console's C{vxlan/print}: each VXLAN port, its network, and the
@@ -374,8 +374,9 @@ def printVxlan(ctx: Any, arg: str) -> list[str]:
             lines.append(f"VXLAN {f'port {number:04d}' if number is not None else 'unplugged'}"
                          f": {service.spec}")
             lines.append(f" {link.description}")
-            for mac, (host, _) in sorted(link.where.items()):
-                lines.append(f" {':'.join(f'{b:02x}' for b in mac)} via {host}")
+            for mac, (host, number) in sorted(link.where.items()):
+                where = f"{host} port {number}" if link.learnsPorts else host
+                lines.append(f" {formatMac(mac)} via {where}")
     return lines
 
 

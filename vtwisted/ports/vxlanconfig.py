@@ -69,25 +69,34 @@ def openSocket(config: VxlanConfig) -> socket.socket:
         if v6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(socketKey(config)[1:])
-        level, option = ((socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER) if v6
-                         else (socket.IPPROTO_IP, _IP_MTU_DISCOVER))
-        sock.setsockopt(level, option, _PMTUDISC_DONT)
-        growSendBuffer(sock, BUFFER)
-        for name in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, name, BUFFER)
-                break
-            except OSError:
-                continue
-        try:
-            sock.setsockopt(socket.SOL_UDP, _UDP_GRO, 1)
-        except OSError:
-            pass  # before Linux 5.0: one datagram per read
-        sock.setblocking(False)
+        tuneSocket(sock, config.version)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def tuneSocket(sock: socket.socket, version: int) -> None:
+    """
+    Make C{sock} send with fragmentation allowed, with large buffers both
+    ways, reading the kernel's merged datagrams (C{UDP_GRO}, Linux 5.0 and
+    later), non-blocking.
+    """
+    level, option = ((socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER) if version == 6
+                     else (socket.IPPROTO_IP, _IP_MTU_DISCOVER))
+    sock.setsockopt(level, option, _PMTUDISC_DONT)
+    growSendBuffer(sock, BUFFER)
+    for name in (_SO_RCVBUFFORCE, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, name, BUFFER)
+            break
+        except OSError:
+            continue
+    try:
+        sock.setsockopt(socket.SOL_UDP, _UDP_GRO, 1)
+    except OSError:
+        pass  # before Linux 5.0: one datagram per read
+    sock.setblocking(False)
 
 
 def socketKey(config: VxlanConfig) -> tuple[int, str, int]:
@@ -101,15 +110,25 @@ def socketKey(config: VxlanConfig) -> tuple[int, str, int]:
     return config.version, host, config.dstport
 
 
+def interfaceIndex(config: VxlanConfig) -> int:
+    """
+    The index of C{config}'s interface (0: none named).
+
+    @raise OSError: ENODEV if there is no such interface (Python's own
+        error carries no errno).
+    """
+    if not config.interface:
+        return 0
+    try:
+        return socket.if_nametoindex(config.interface)
+    except OSError:
+        raise OSError(errno.ENODEV, os.strerror(errno.ENODEV)) from None
+
+
 def _membership(config: VxlanConfig) -> tuple[int, int, bytes]:
     group = config.group
     assert group is not None
-    ifindex = 0
-    if config.interface:
-        try:
-            ifindex = socket.if_nametoindex(config.interface)
-        except OSError:
-            raise OSError(errno.ENODEV, os.strerror(errno.ENODEV)) from None
+    ifindex = interfaceIndex(config)
     if config.version == 6:
         return (socket.IPPROTO_IPV6, ifindex,
                 socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", ifindex))
@@ -126,19 +145,32 @@ def joinGroup(sock: socket.socket, config: VxlanConfig) -> None:
 
     @raise OSError: from the system (ENODEV: no such interface).
     """
-    level, ifindex, request = _membership(config)
+    level, _, request = _membership(config)
+    option = socket.IPV6_JOIN_GROUP if config.version == 6 else socket.IP_ADD_MEMBERSHIP
+    sock.setsockopt(level, option, request)
+    sendMulticast(sock, config, loop=False)
+
+
+def sendMulticast(sock: socket.socket, config: VxlanConfig, loop: bool) -> None:
+    """
+    Send multicast from C{sock} with C{config}'s TTL through its interface
+    (or from its C{local=} address), looped back to this host or not.
+
+    @raise OSError: from the system (ENODEV: no such interface).
+    """
+    ifindex = interfaceIndex(config)
     if config.version == 6:
-        sock.setsockopt(level, socket.IPV6_JOIN_GROUP, request)
-        sock.setsockopt(level, socket.IPV6_MULTICAST_LOOP, 0)
-        sock.setsockopt(level, socket.IPV6_MULTICAST_HOPS, config.ttl)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, int(loop))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, config.ttl)
         if ifindex:
-            sock.setsockopt(level, socket.IPV6_MULTICAST_IF, ifindex)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
         return
-    sock.setsockopt(level, socket.IP_ADD_MEMBERSHIP, request)
-    sock.setsockopt(level, socket.IP_MULTICAST_LOOP, 0)
-    sock.setsockopt(level, socket.IP_MULTICAST_TTL, config.ttl)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(loop))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, config.ttl)
     if ifindex or config.local:
-        sock.setsockopt(level, socket.IP_MULTICAST_IF, b"\0" * 4 + request[4:])
+        local = socket.inet_aton(config.local or "0.0.0.0")
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                        struct.pack("@4s4si", bytes(4), local, ifindex))
 
 
 def leaveGroup(sock: socket.socket, config: VxlanConfig) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol
@@ -33,15 +32,21 @@ from zope.interface import implementer
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.vxlan import VxlanLink, VxlanService
-from vtwisted.ports.vxlanconfig import VxlanConfig, bindHint, configFromSpec, joinGroup
+from vtwisted.ports.vxlanconfig import (
+    VxlanConfig,
+    bindHint,
+    configFromSpec,
+    joinGroup,
+    joinHint,
+    sendMulticast,
+    tuneSocket,
+)
 from vtwisted.ports.vxlansocket import MAX_DATAGRAM, BatchPort
-from vtwisted.sockettools import growSendBuffer, listenError
+from vtwisted.sockettools import listenError
 from vtwisted.spec import PortSpec
 
 #: vdeplug4's vxvde port.
 DEFAULT_PORT = 14789
-BUFFER = 4 * 1024 * 1024
-_UDP_GRO = 104
 
 
 class VxvdeLink(VxlanLink):
@@ -152,7 +157,8 @@ class VxvdeService(VxlanService):
         try:
             group, unicast = _openSockets(self.config)
         except OSError as e:
-            raise OSError(e.errno, f"{self.spec}: {bindHint(e, self.config)}") from e
+            hint = joinHint if e.errno == errno.ENODEV else bindHint
+            raise OSError(e.errno, f"{self.spec}: {hint(e, self.config)}") from e
         try:
             for sock in (group, unicast):
                 port = BatchPort._fromListeningDescriptor(self.reactor, sock.fileno(), family,
@@ -195,7 +201,8 @@ def _openSockets(config: VxlanConfig) -> tuple[socket.socket, socket.socket]:
     """
     The group's socket (bound to GROUP:PORT, shared) and the member's own
     (an ephemeral port, sending multicast with the TTL through the
-    interface), both non-blocking.
+    interface, looped back to this host's other members), both
+    non-blocking.
     """
     family = socket.AF_INET6 if config.version == 6 else socket.AF_INET
     group = socket.socket(family, socket.SOCK_DGRAM)
@@ -205,46 +212,21 @@ def _openSockets(config: VxlanConfig) -> tuple[socket.socket, socket.socket]:
         if config.version == 6:
             group.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             unicast.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        else:
+            # as vdeplug4: unicast to members stays on the link too
+            unicast.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(config.ttl, 1))
         assert config.group is not None
         group.bind((config.group, config.dstport))
         joinGroup(group, config)
-        _multicastSending(unicast, config)
+        sendMulticast(unicast, config, loop=True)
         unicast.bind(("::" if config.version == 6 else "0.0.0.0", 0))
         for sock in (group, unicast):
-            growSendBuffer(sock, BUFFER)
-            try:
-                sock.setsockopt(socket.SOL_UDP, _UDP_GRO, 1)
-            except OSError:
-                pass
-            sock.setblocking(False)
+            tuneSocket(sock, config.version)
     except BaseException:
         group.close()
         unicast.close()
         raise
     return group, unicast
-
-
-def _multicastSending(sock: socket.socket, config: VxlanConfig) -> None:
-    """
-    Send multicast with C{config}'s TTL through its interface, loopback on
-    (members on this host must hear it).
-    """
-    ifindex = 0
-    if config.interface:
-        try:
-            ifindex = socket.if_nametoindex(config.interface)
-        except OSError:
-            raise OSError(errno.ENODEV, f"no interface {config.interface}") from None
-    if config.version == 6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, config.ttl)
-        if ifindex:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
-        return
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, config.ttl)
-    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, max(config.ttl, 1))
-    if ifindex:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
-                        struct.pack("@4s4si", bytes(4), bytes(4), ifindex))
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> VxvdeService:
