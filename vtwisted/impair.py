@@ -152,6 +152,9 @@ class ImpairedSender:
         self._timer: Any = None
         self._linkFree = 0.0
         self._lastDue = 0.0
+        # drop details, built once: drops are counted per frame
+        self._lost = f"lost on purpose ({impairment.describe()})"
+        self._full = f"the rate-limited link's queue is full ({impairment.describe()})"
 
     def wrap(self, send: Callable[[Any], None], vnetPackets: bool = False
              ) -> Callable[[Any], None]:
@@ -188,15 +191,14 @@ class ImpairedSender:
         """
         impairment, rng = self.impairment, self.random
         if impairment.loss and rng.random() < impairment.loss:
-            self.port.dropped("impaired", f"lost on purpose ({impairment.describe()})")
+            self.port.dropped("impaired", self._lost)
             return
         now = self.clock.seconds()
         due = now
         if impairment.rate:
             start = max(now, self._linkFree)
             if start - now > impairment.queue:
-                self.port.dropped("busy", f"the rate-limited link's queue is full "
-                                          f"({impairment.describe()})")
+                self.port.dropped("busy", self._full)
                 return
             due = self._linkFree = start + len(data) * 8 / impairment.rate
         due += impairment.delay
