@@ -25,32 +25,32 @@ def _aux(status: int, tci: int = 0, tpid: int = 0) -> bytes:
 
 
 def test_aStrippedTagIsPutBack() -> None:
-    """A plain frame gets its 802.1Q tag back after the source MAC."""
-    plain = frame(b"\xff" * 6, mac(1), payload=b"x" * 50)
-    tagged = packet.withTag(plain, _aux(packet.TP_STATUS_VLAN_VALID, 0x2064), False)
-    assert tagged == plain[:12] + b"\x81\x00\x20\x64" + plain[12:]
+    """A frame gets its 802.1Q tag back after the source MAC, behind its header."""
+    plain = vnet.PLAIN_HEADER + frame(b"\xff" * 6, mac(1), payload=b"x" * 50)
+    tagged = packet.withTag(plain, _aux(packet.TP_STATUS_VLAN_VALID, 0x2064))
+    assert tagged == plain[:22] + b"\x81\x00\x20\x64" + plain[22:]
 
 
 def test_aQinQTagKeepsItsTpid() -> None:
     """With the TPID valid flag, an 802.1ad tag comes back as 0x88a8."""
-    plain = frame(b"\xff" * 6, mac(1))
+    plain = vnet.PLAIN_HEADER + frame(b"\xff" * 6, mac(1))
     status = packet.TP_STATUS_VLAN_VALID | packet.TP_STATUS_VLAN_TPID_VALID
-    assert packet.withTag(plain, _aux(status, 7, 0x88A8), False)[12:16] == b"\x88\xa8\x00\x07"
+    assert packet.withTag(plain, _aux(status, 7, 0x88A8))[22:26] == b"\x88\xa8\x00\x07"
 
 
 def test_aTagBehindTheVirtioHeaderMovesTheChecksumStart() -> None:
     """A super-frame's tag goes after the MACs and its csum_start moves by 4: it still cuts."""
     packetIn = tcpSuperFrame(mac(2), mac(1), os.urandom(5000))
-    tagged = packet.withTag(packetIn, _aux(packet.TP_STATUS_VLAN_VALID, 10), True)
+    tagged = packet.withTag(packetIn, _aux(packet.TP_STATUS_VLAN_VALID, 10))
     assert tagged[22:26] == b"\x81\x00\x00\x0a"
     assert [f[:12] + f[16:] for f in vnet.toFrames(tagged)] == vnet.toFrames(packetIn)
 
 
 def test_noTagNoChange() -> None:
     """Without the VLAN flag (or auxdata too short), the frame is handed on as it came."""
-    plain = frame(b"\xff" * 6, mac(1))
-    assert packet.withTag(plain, _aux(0, 10), False) is plain
-    assert packet.withTag(plain, b"\0" * 4, False) is plain
+    plain = vnet.PLAIN_HEADER + frame(b"\xff" * 6, mac(1))
+    assert packet.withTag(plain, _aux(0, 10)) is plain
+    assert packet.withTag(plain, b"\0" * 4) is plain
 
 
 @pytest.mark.parametrize(("text", "message"), [

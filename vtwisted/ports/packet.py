@@ -52,6 +52,7 @@ from vtwisted.ports.tapdevice import (
     TUN_F_USO6,
     RealTapSystem,
     checkName,
+    offloadNames,
 )
 from vtwisted.sockettools import linuxAtLeast
 from vtwisted.spec import PortSpec
@@ -74,29 +75,24 @@ _TPID_8021Q = 0x8100
 _STATUS_LOW = 0 if sys.byteorder == "little" else 3
 
 
-def withTag(data: bytes, auxdata: bytes, vnetHeader: bool) -> bytes:
+def withTag(packet: bytes, auxdata: bytes) -> bytes:
     """
-    C{data} (a frame, behind a virtio-net header if C{vnetHeader}) with the
-    VLAN tag that C{auxdata} (a C{tpacket_auxdata}) says the interface
-    stripped put back after the source MAC address; C{data} itself if none
-    was stripped.
+    C{packet} (a virtio-net header and a frame) with the VLAN tag that
+    C{auxdata} (a C{tpacket_auxdata}) says the interface stripped put back
+    after the source MAC address; C{packet} itself if none was stripped.
 
     @raise vnet.VnetError: the packet is too short or its offsets overflow.
     """
     if len(auxdata) < _AUXDATA.size:
-        return data
+        return packet
     status, _, _, _, _, tci, tpid = _AUXDATA.unpack_from(auxdata)
     if not status & TP_STATUS_VLAN_VALID:
-        return data
-    if not status & TP_STATUS_VLAN_TPID_VALID or not tpid:
-        tpid = _TPID_8021Q
-    if vnetHeader:
-        tagged = vnet.insertTag(data, tci)
-        if tpid == _TPID_8021Q:
-            return tagged
-        cut = vnet.HEADER_LENGTH + 12
-        return tagged[:cut] + tpid.to_bytes(2, "big") + tagged[cut + 2:]
-    return data[:12] + tpid.to_bytes(2, "big") + tci.to_bytes(2, "big") + data[12:]
+        return packet
+    tagged = vnet.insertTag(packet, tci)
+    if not status & TP_STATUS_VLAN_TPID_VALID or tpid in (0, _TPID_8021Q):
+        return tagged
+    cut = vnet.HEADER_LENGTH + 12
+    return tagged[:cut] + tpid.to_bytes(2, "big") + tagged[cut + 2:]
 
 
 class PacketSystem(RealTapSystem):
@@ -105,9 +101,8 @@ class PacketSystem(RealTapSystem):
     also brings a stripped VLAN tag back; the rest are a TAP's.
     """
 
-    def __init__(self, sock: socket.socket, vnetHeader: bool) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.vnetHeader = vnetHeader
         self._recvmsg = sock.recvmsg
 
     def read(self, fd: int, size: int) -> bytes:
@@ -116,7 +111,7 @@ class PacketSystem(RealTapSystem):
             if len(value) > 3 and value[_STATUS_LOW] & TP_STATUS_VLAN_VALID \
                     and kind == PACKET_AUXDATA \
                     and level == SOL_PACKET:
-                return withTag(data, value, self.vnetHeader)
+                return withTag(data, value)
         return data
 
     def close(self, fd: int) -> None:
@@ -138,18 +133,17 @@ class PacketLink(TapLink):
             to do.
         """
         try:
-            sock = openSocket(self.name, self.vnetHeader)
+            sock = openSocket(self.name)
         except OSError as e:
             raise openError(self.service.spec, self.name, e) from None
-        self._system = PacketSystem(sock, self.vnetHeader)
+        self._system = PacketSystem(sock)
         self._fileno = sock.fileno()
         self.connected = 1
         self.protocol.makeConnection(self)
-        if self.vnetHeader:
-            self.offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
-            if self.uso and linuxAtLeast(6, 2):
-                self.offloads |= TUN_F_USO4 | TUN_F_USO6
-        self._offloadText = _offloadText(self.offloads)
+        self.offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+        if self.uso and linuxAtLeast(6, 2):
+            self.offloads |= TUN_F_USO4 | TUN_F_USO6
+        self._offloadText = offloadNames(self.offloads)
 
     def _writeFailed(self, e: OSError) -> None:
         if e.errno == errno.ENETDOWN:
@@ -158,25 +152,17 @@ class PacketLink(TapLink):
         super()._writeFailed(e)
 
 
-def _offloadText(offloads: int) -> str:
-    from vtwisted.ports.tapdevice import offloadNames
-
-    return offloadNames(offloads) or "off"
-
-
-def openSocket(name: str, vnetHeader: bool) -> socket.socket:
+def openSocket(name: str) -> socket.socket:
     """
     A non-blocking packet socket bound to interface C{name}, promiscuous,
-    not reading what this host sends, with the virtio-net header if
-    C{vnetHeader}.
+    not reading what this host sends, with the virtio-net header.
 
     @raise OSError: from the system, its errno intact.
     """
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK
                          | socket.SOCK_CLOEXEC, 0)
     try:
-        if vnetHeader:
-            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+        sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         sock.bind((name, ETH_P_ALL))
