@@ -524,3 +524,19 @@ def waitAll(guests: list[Guest], timeout: float = 60.0) -> list[GuestResult]:
             others = "\n".join(g.diagnostics() for g in guests if g is not guest)
             raise AssertionError(f"{failure}\n{others}") from None
     return results
+
+
+def assertGuestPings(processes: Processes, netdevArgs: list[str], address: str, target: str,
+                     mac: str, *, directory: Path, name: str,
+                     wrapper: list[str] | None = None) -> None:
+    """
+    Boot a guest on C{netdevArgs}, give its NIC C{address} (with prefix)
+    and have it ping C{target} three times: all three must answer.
+    """
+    guest = startGuest(
+        processes, netdevArgs,
+        f"ip link set eth0 up\nip addr add {address} dev eth0\nping -c 3 -W 5 {target}\n",
+        mac, directory=directory, name=name, wrapper=wrapper)
+    result = guest.wait(timeout=90)
+    assert result.rc == 0, result.output + guest.diagnostics()
+    assert "3 packets received" in result.output, result.output
