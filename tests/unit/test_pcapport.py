@@ -56,6 +56,9 @@ def test_aRingKeepsTheNewestFiles(tmp_path: Path) -> None:
     assert link is not None
     for n in range(4500):
         link.sendFrame(_numbered(n))
+    service.reactor.advance(1.5)
+    assert service._flusher is not None and service._flusher.running, "still flushing"
+    assert path.stat().st_size > pcap.FILE_HEADER_LENGTH, "the new file is flushed"
     service.stopService()
     files = [Path(f"{path}.2"), Path(f"{path}.1"), path]
     assert not Path(f"{path}.3").exists()

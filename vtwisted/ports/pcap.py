@@ -61,8 +61,6 @@ class PcapLink:
         self.description = f"capture to {service.path}"
         self.port: Any = None
         self.frames = 0
-        self.written = 0
-        self.handle = handle
         self._useHandle(handle)
 
     def _useHandle(self, handle: IO[bytes]) -> None:
@@ -70,7 +68,7 @@ class PcapLink:
         Write to C{handle}, whose header is written, from now on.
         """
         self.handle = handle
-        self.written = len(pcap.fileHeader(0))
+        self.written = pcap.FILE_HEADER_LENGTH
         clock = self.service.reactor.seconds
         write = handle.write
         snaplen = self.service.snaplen
@@ -95,17 +93,31 @@ class PcapLink:
         several, else drop the frame (counted as C{busy}).
         """
         service = self.service
-        if service.files > 1 and len(data) + self.written > len(pcap.fileHeader(0)):
+        if service.files > 1 and len(data) + self.written > pcap.FILE_HEADER_LENGTH:
+            try:
+                service.rotate()
+                handle = service.openFile()
+            except OSError as e:
+                self._drop(str(e))
+                return
             self.handle.close()
-            service.rotate()
-            self._useHandle(service.openFile())
+            self._useHandle(handle)
             self.handle.write(data)
             self.written += len(data)
             self.frames += 1
             return
+        self._drop(f"{service.spec}: the capture file is full "
+                   f"(maxsize={service.maxSize // 1000000} MB)")
+
+    def _drop(self, detail: str) -> None:
         if self.port is not None:
-            self.port.dropped("busy", f"{service.spec}: the capture file is full "
-                              f"(maxsize={service.maxSize // 1000000} MB)")
+            self.port.dropped("busy", detail)
+
+    def flush(self) -> None:
+        """
+        Write what the current file's buffer holds.
+        """
+        self.handle.flush()
 
     def plug(self, switch: Any, port: Any) -> None:
         """
@@ -185,7 +197,7 @@ class PcapService(SingleLinkService):
     def startService(self) -> None:
         super().startService()
         assert self.link is not None
-        self._flusher = LoopingCall(self.link.handle.flush)
+        self._flusher = LoopingCall(self.link.flush)
         self._flusher.clock = self.reactor
         self._flusher.start(1.0, now=False)
 

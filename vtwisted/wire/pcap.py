@@ -15,6 +15,8 @@ import struct
 MAGIC = 0xA1B2C3D4
 LINKTYPE_ETHERNET = 1
 _GLOBAL = struct.Struct("<IHHiIII")
+#: The length of the file header.
+FILE_HEADER_LENGTH = _GLOBAL.size
 RECORD = struct.Struct("<IIII")
 
 
