@@ -308,6 +308,10 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":guestfwd=banana", "expected \\[tcp:\\]ADDR:PORT-ENDPOINT"),
     (":guestfwd=10.0.2.2\\:80-unix\\:/x", "must be a free host address"),
     (":guestfwd=10.0.2.100\\:80-nonsense\\:x", "is not a client endpoint"),
+    (":dhcpv6=sometimes", "not on or off"),
+    (":dnssearch=lab..test", "empty or overlong label"),
+    (":hostname=caf\u00e9", "not ASCII"),
+    (":domain=" + "x" * 64, "empty or overlong label"),
 ])
 def test_badOptionsAreRefusedWithTheReason(options: str, problem: str) -> None:
     """A spec with a bad option fails at start-up, saying what is wrong."""

@@ -104,7 +104,10 @@ def test_routerTakesItsMacsOnTheSwitch() -> None:
 
 
 def test_routerSolicitationGetsAFullAdvertisement() -> None:
-    """An RS gets an RA to ff02::1 from fe80::2 with prefix, MAC, MTU and RDNSS options."""
+    """
+    An RS gets an RA to ff02::1 from fe80::2 with the M and O flags (DHCPv6
+    addresses) and prefix, MAC, MTU and RDNSS options.
+    """
     router, seen = makeRouter()
     router.frameReceived(icmpFrame(GUEST_LL, addr("ff02::2"), icmpv6.ROUTER_SOLICITATION,
                                    bytes(4) + slla(), dstMac=bytes.fromhex("333300000002")))
@@ -113,7 +116,7 @@ def test_routerSolicitationGetsAFullAdvertisement() -> None:
     header, ra = parsed(frame)
     assert (header.src, header.dst, header.hopLimit) == (ROUTER_LL, ALL_NODES, 255)
     assert (ra.type, ra.code) == (icmpv6.ROUTER_ADVERTISEMENT, 0)
-    assert ra.body[:12] == bytes([64, 0]) + (1800).to_bytes(2, "big") + bytes(8)
+    assert ra.body[:12] == bytes([64, 0xC0]) + (1800).to_bytes(2, "big") + bytes(8)
     options = dict(icmpv6.iterOptions(ra.body, 12))
     assert options[icmpv6.SOURCE_LL] == ROUTER_MAC
     assert options[icmpv6.PREFIX_INFO] == (bytes([64, 0xC0]) + struct.pack("!III", 86400, 14400, 0)
@@ -121,6 +124,14 @@ def test_routerSolicitationGetsAFullAdvertisement() -> None:
     assert options[icmpv6.MTU] == bytes(2) + (1500).to_bytes(4, "big")
     assert options[icmpv6.RDNSS] == bytes(2) + (1800).to_bytes(4, "big") + DNS
     assert router.v6.neighbours[GUEST_LL] == GUEST_MAC
+
+
+def test_withoutDhcpv6AddressesTheAdvertisementHasNeitherFlag() -> None:
+    """With dhcpv6=off the RA's M and O flags are clear, as libslirp's are."""
+    router, seen = makeRouter(":dhcpv6=off")
+    router.v6.advertise()
+    _, ra = parsed(seen.frames[0])
+    assert ra.body[1] == 0
 
 
 def test_restrictedRouterAdvertisesNoDefaultRouteNorDns() -> None:
@@ -377,14 +388,42 @@ def test_dhcpv6InformationRequestGetsTheDnsProxy() -> None:
                      struct.pack("!HH", 2, 10) + serverId + struct.pack("!HH", 23, 16) + DNS)
 
 
-def test_otherDhcpv6MessagesAreIgnored() -> None:
-    """Solicits (address assignment) get no answer: DHCPv6 here is stateless only."""
-    router, seen = makeRouter()
+def dhcpFrame(payload: bytes, src: bytes = GUEST_LL) -> bytes:
     group = addr("ff02::1:2")
-    router.frameReceived(frame6(GUEST_LL, group, ipv6.NH_UDP,
-                                udpDatagram6(GUEST_LL, group, 546, 547, bytes([1, 0, 0, 1])),
-                                dstMac=icmpv6.multicastMac(group)))
+    return frame6(src, group, ipv6.NH_UDP, udpDatagram6(src, group, 546, 547, payload),
+                  dstMac=icmpv6.multicastMac(group))
+
+
+def test_dhcpv6SolicitGetsAnAdvertisementFromTheRouter() -> None:
+    """A Solicit gets an Advertise to the client's link-local address naming fec0::15."""
+    router, seen = makeRouter()
+    clientId = struct.pack("!HH", 3, 1) + GUEST_MAC
+    ia = struct.pack("!III", 7, 0, 0)
+    solicit = bytes([1, 1, 2, 3]) + struct.pack("!HH", 1, len(clientId)) + clientId + \
+        struct.pack("!HH", 3, len(ia)) + ia
+    router.frameReceived(dhcpFrame(solicit))
+    [frame] = seen.frames
+    header = ipv6.IPv6Header.parse(frame, 14)
+    assert (header.src, header.dst) == (ROUTER_LL, GUEST_LL)
+    assert frame[62] == 2 and frame[63:66] == bytes([1, 2, 3])
+    assert GUEST in frame[66:] and seen.drops == []
+
+
+def test_withoutDhcpv6AddressesSolicitsAreIgnored() -> None:
+    """With dhcpv6=off, Solicits (address assignment) get no answer, as in libslirp."""
+    router, seen = makeRouter(":dhcpv6=off")
+    clientId = struct.pack("!HH", 3, 1) + GUEST_MAC
+    router.frameReceived(dhcpFrame(bytes([1, 0, 0, 1]) + struct.pack("!HH", 1, 10) + clientId))
     assert seen.frames == [] and seen.drops == []
+
+
+def test_malformedDhcpv6IsCounted() -> None:
+    """A Solicit whose option runs past its end is dropped as malformed, saying so."""
+    router, seen = makeRouter()
+    router.frameReceived(dhcpFrame(bytes([1, 0, 0, 1]) + struct.pack("!HH", 1, 50) + b"x"))
+    assert seen.frames == []
+    assert seen.drops == [("malformed", "DHCPv6 from fe80::15: option 1 of 50 bytes runs "
+                           "past the end")]
 
 
 def test_tcpLeavesAsPartialChecksumPacketsAndSuperFrames() -> None:

@@ -21,7 +21,9 @@ and guest forwards still work.
 
 IPv6 (C{ipv6=on}, the default) uses QEMU's prefix C{fec0::/64} unless
 C{net6=} names another /64: the gateway is C{::2}, the DNS proxy C{::3}, and
-guests configure themselves from the router's advertisements.
+guests configure themselves from the router's advertisements.  Guests that
+ask DHCPv6 for an address get one from C{::15} on (C{dhcpv6=off}: as in
+libslirp, DHCPv6 answers information requests only).
 
 The host's resolver is the first C{nameserver} line of C{/etc/resolv.conf},
 read again when the file changes, unless C{resolver=} names one.  Everything
@@ -39,6 +41,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from vtwisted.spec import PortSpec
+from vtwisted.wire.dhcp import packDomainSearch
 
 DEFAULT_NET = "10.0.2.0/24"
 DEFAULT_NET6 = "fec0::/64"
@@ -100,6 +103,7 @@ class SlirpConfig(NamedTuple):
     @ivar tftpRoot: the directory the TFTP server serves, if any.
     @ivar bootfile: the boot file DHCP names (PXE), if any.
     @ivar tftpServerName: DHCP's option 66, if given.
+    @ivar dhcp6: DHCPv6 hands out addresses (not only DNS information).
     """
 
     network: ipaddress.IPv4Network
@@ -120,6 +124,7 @@ class SlirpConfig(NamedTuple):
     tftpRoot: str | None = None
     bootfile: str | None = None
     tftpServerName: str | None = None
+    dhcp6: bool = True
 
     @property
     def gateway6(self) -> bytes | None:
@@ -216,6 +221,7 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     except ValueError as e:
         raise spec.error(str(e)) from None
     search = tuple(d for d in (spec.string("dnssearch") or "").split(",") if d)
+    _checkNames(spec, search, spec.string("hostname"), spec.string("domain"))
     guestForwards = tuple(
         _guestForward(spec, item, network, (gateway, nameserver))
         for item in (spec.string("guestfwd") or "").split(",") if item
@@ -225,7 +231,20 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         forwards, resolver, resolverPort, spec.string("hostname"), spec.string("domain"),
         search, _network6(spec), guestForwards, spec.boolean("hostloopback", True),
         _tftpRoot(spec), spec.string("bootfile"), spec.string("tftp-server-name"),
+        spec.boolean("dhcpv6", True),
     )
+
+
+def _checkNames(spec: PortSpec, search: tuple[str, ...], *names: str | None) -> None:
+    """
+    Refuse names DHCP cannot carry, now rather than when the port starts.
+    """
+    for name in (*search, *names):
+        if name is not None:
+            try:
+                packDomainSearch([name])
+            except ValueError as e:
+                raise spec.error(str(e)) from None
 
 
 def _tftpRoot(spec: PortSpec) -> str | None:

@@ -7,14 +7,15 @@ Theory of operation
 -------------------
 As in libslirp, the router is C{fe80::2}, the gateway (the host, to guests)
 C{PREFIX::2}, the DNS proxy C{PREFIX::3}, each with MAC C{52:56} + the
-address's last 4 bytes; guests configure themselves (SLAAC), no DHCPv6
-addresses.
+address's last 4 bytes; guests configure themselves (SLAAC) and, unlike
+in libslirp, may also ask DHCPv6 for an address (L{vtwisted.slirp.dhcp6}).
 
   - B{Router advertisements} go from C{fe80::2} to C{ff02::1} at start,
     every 200-600 s and for every solicitation: the prefix (on-link,
     autonomous), the router's MAC, an MTU option (libslirp has none) and an
     RDNSS option naming the DNS proxy (libslirp's only when the host has an
-    IPv6 nameserver; ours forwards to either family).  With C{restrict=on}
+    IPv6 nameserver; ours forwards to either family).  With DHCPv6
+    addresses on (C{dhcpv6=on}, the default) they set the M and O flags.  With C{restrict=on}
     they announce no default route and no DNS, as DHCP does then.
   - B{Neighbours}: solicitations for the three addresses are answered from
     the target's own MAC; guests are learned from NDP and from any packet
@@ -23,7 +24,8 @@ addresses.
   - B{In}: extension headers are walked, fragments dropped; TCP and UDP to
     unicast addresses go to the engines (checksums checked unless the
     guest's kernel vouched for them); pings to the router's addresses are
-    answered; DHCPv6 information requests get the DNS proxy's address.
+    answered; DHCPv6 messages go to the server, whose answers leave from
+    C{fe80::2}.
   - B{Out}: frames leave from the router's MAC, except neighbour
     advertisements (from the target's, like ARP replies, which teaches the
     switch where those MACs are).  TCP leaves as virtio-net packets with a
@@ -41,6 +43,7 @@ import random
 import struct
 from typing import TYPE_CHECKING, Any
 
+from vtwisted.slirp.dhcp6 import Dhcp6Error, Dhcp6Server
 from vtwisted.slirp.packets import udpDatagram
 from vtwisted.wire import icmpv6, ipv6, vnet
 from vtwisted.wire.checksum import Buffer, checksumValid, pseudoHeaderSumV6
@@ -68,9 +71,8 @@ RA_INTERVAL = (200.0, 600.0)
 ROUTER_LIFETIME = 1800
 DNS_LIFETIME = 1800
 
-#: DHCPv6 (RFC 8415, 3646): the server port, message types, option codes.
-DHCP_SERVER_PORT, DHCP_REPLY, DHCP_INFORMATION_REQUEST = 547, 7, 11
-DHCP_CLIENT_ID, DHCP_SERVER_ID, DHCP_DNS_SERVERS = 1, 2, 23
+#: DHCPv6's server port (RFC 8415).
+DHCP_SERVER_PORT = 547
 
 #: The ICMPv6 destination unreachable code for each ICMPv4 one.
 _CODES = {0: icmpv6.NO_ROUTE, 1: icmpv6.ADDRESS_UNREACHABLE, 3: icmpv6.PORT_UNREACHABLE,
@@ -116,6 +118,11 @@ class Ipv6Router:
         self.macs = {a: macFor6(a) for a in (LINK_LOCAL, gateway, nameserver)}
         router.ownMacs.update(self.macs.values())
         self.duid = _OPTION.pack(3, 1) + self.mac
+        config = router.config
+        self.dhcp = Dhcp6Server(prefix=prefix, duid=self.duid, nameserver=nameserver,
+                                clock=self.reactor.seconds, stateful=config.dhcp6,
+                                restricted=router.restricted,
+                                searchDomains=config.searchDomains)
         self.neighbours: dict[bytes, bytes] = {}
         self._pending: dict[bytes, tuple[list[tuple[bytes, bool]], Any]] = {}
         self._ident = 0
@@ -253,21 +260,16 @@ class Ipv6Router:
         self._sendNdp(target, dst, answer, own)
 
     def _dhcpReceived(self, src: bytes, srcPort: int, payload: memoryview) -> None:
-        if src == UNSPECIFIED or not payload or payload[0] != DHCP_INFORMATION_REQUEST:
+        if src == UNSPECIFIED:
             return
-        options = _dhcpOptions(payload)
-        if options is None:
-            self.router.dropped("malformed", f"DHCPv6 from {_text(src)}: truncated options")
+        try:
+            answer = self.dhcp.handle(bytes(payload))
+        except Dhcp6Error as e:
+            self.router.dropped("malformed", f"DHCPv6 from {_text(src)}: {e}")
             return
-        reply = [bytes([DHCP_REPLY]), bytes(payload[1:4])]
-        clientId = options.get(DHCP_CLIENT_ID)
-        if clientId is not None:
-            reply.append(_OPTION.pack(DHCP_CLIENT_ID, len(clientId)) + clientId)
-        reply.append(_OPTION.pack(DHCP_SERVER_ID, len(self.duid)) + self.duid)
-        if not self.router.restricted:
-            reply.append(_OPTION.pack(DHCP_DNS_SERVERS, 16) + self.nameserver)
-        datagram = udpDatagram(LINK_LOCAL, src, DHCP_SERVER_PORT, srcPort, b"".join(reply))
-        self.sendIP(LINK_LOCAL, src, ipv6.NH_UDP, datagram)
+        if answer is not None:
+            datagram = udpDatagram(LINK_LOCAL, src, DHCP_SERVER_PORT, srcPort, answer)
+            self.sendIP(LINK_LOCAL, src, ipv6.NH_UDP, datagram)
 
     # Neighbours
 
@@ -396,6 +398,7 @@ class Ipv6Router:
             self.prefix.prefixlen, None if restricted else self.nameserver,
             mtu if mtu >= icmpv6.MIN_MTU else None,
             routerLifetime=0 if restricted else ROUTER_LIFETIME, dnsLifetime=DNS_LIFETIME,
+            managed=self.dhcp.stateful,
         )
         self._sendNdp(LINK_LOCAL, ALL_NODES, message)
 
@@ -445,6 +448,12 @@ class Ipv6Router:
                  f"{_text(self.nameserver)}, router fe80::2 at {formatMac(self.mac)}"]
         lines.extend(f"guest {_text(a)} at {formatMac(m)}"
                      for a, m in sorted(self.neighbours.items()))
+        now = self.reactor.seconds()
+        for lease in self.dhcp.leases():
+            owner = f"client {lease.client.hex()} IA {lease.iaid}" if lease.client else \
+                "declined"
+            lines.append(f"DHCPv6 lease {_text(lease.address)} {owner}, "
+                         f"{lease.expires - now:.0f} s left")
         return lines
 
     def close(self) -> None:
@@ -456,22 +465,6 @@ class Ipv6Router:
                 call.cancel()
         self._advertiser = None
         self._pending.clear()
-
-
-def _dhcpOptions(message: memoryview) -> dict[int, bytes] | None:
-    """
-    The options of a DHCPv6 client message (after its 4-byte header), the
-    first of each code; L{None} if one runs past the end.
-    """
-    options: dict[int, bytes] = {}
-    offset = 4
-    while offset + 4 <= len(message):
-        code, length = _OPTION.unpack_from(message, offset)
-        if offset + 4 + length > len(message):
-            return None
-        options.setdefault(code, bytes(message[offset + 4:offset + 4 + length]))
-        offset += 4 + length
-    return options if offset == len(message) else None
 
 
 def _ipHeader(src: bytes, dst: bytes, nextHeader: int, length: int, hopLimit: int) -> bytes:

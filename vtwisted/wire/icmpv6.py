@@ -78,6 +78,8 @@ OPTIONS_OFFSET = {
 
 _HEADER = struct.Struct("!BBH")
 _RA = struct.Struct("!BBHII")
+#: Router advertisement flags: addresses (M) and other configuration (O) by DHCPv6.
+RA_MANAGED, RA_OTHER = 0x80, 0x40
 _PREFIX = struct.Struct("!BBBBIII16s")
 _MTU = struct.Struct("!BBHI")
 _RDNSS = struct.Struct("!BBHI")
@@ -223,9 +225,10 @@ def routerAdvertisement(
     validLifetime: int = 86400,
     preferredLifetime: int = 14400,
     dnsLifetime: int = 1800,
+    managed: bool = False,
 ) -> bytes:
     """
-    A router advertisement (M=0, O=0, reachable and retransmit times 0)
+    A router advertisement (reachable and retransmit times 0)
     with a source link-layer option, one prefix (on-link, autonomous), and
     optionally an MTU and a recursive DNS server option.
 
@@ -236,8 +239,11 @@ def routerAdvertisement(
     @param prefixLength: its length in bits.
     @param dns: the DNS server's address, or L{None} for no RDNSS option.
     @param mtu: the link MTU, or L{None} for no MTU option.
+    @param managed: set the M and O flags (addresses and other
+        configuration from DHCPv6); otherwise both are clear.
     """
-    body = [_RA.pack(hopLimit, 0, routerLifetime, 0, 0), _option(SOURCE_LL, mac)]
+    flags = RA_MANAGED | RA_OTHER if managed else 0
+    body = [_RA.pack(hopLimit, flags, routerLifetime, 0, 0), _option(SOURCE_LL, mac)]
     flags = PREFIX_ON_LINK | PREFIX_AUTONOMOUS
     body.append(_PREFIX.pack(PREFIX_INFO, 4, prefixLength, flags, validLifetime,
                              preferredLifetime, 0, prefix))

@@ -1,0 +1,160 @@
+"""
+DHCPv6 addresses from the slirp port, against ISC dhclient (C{dhclient -6})
+in network namespaces behind the switch's TAP ports: the first guest gets
+C{fec0::15}, the next C{fec0::16}, a host forward to C{[fec0::15]} reaches
+the first, a restarted client confirms and keeps its address, and a
+released address is handed to the next guest that asks.
+
+dhclient runs in the foreground with a script of ours that logs what it is
+told and sets the address, as Debian's own script would, so nothing on the
+host (its resolv.conf) is touched.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import execIn, need, needRoot, run, uniqueName, waitFor
+from taphelpers import console, moveTap
+
+pytestmark = pytest.mark.integration
+
+SCRIPT = r"""#!/bin/sh
+echo "$reason ${new_ip6_address:-} ${new_dhcp6_name_servers:-} ${old_ip6_address:-}" \
+    >> "$(dirname "$0")/events"
+case "$reason" in
+BOUND6|REBOOT6) ip -6 addr add "$new_ip6_address/128" dev "$interface" nodad ;;
+RELEASE6|EXPIRE6) ip -6 addr del "$old_ip6_address/128" dev "$interface" ;;
+esac
+exit 0
+"""
+
+#: A TCP service in the guest saying hello with its own address.
+HELLO = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1])))
+s.listen(1)
+print("ready", flush=True)
+c, peer = s.accept()
+c.sendall(f"hello from {c.getsockname()[0]}".encode())
+c.close()
+"""
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+    need("dhclient")
+
+
+class Guest:
+    """
+    A namespace behind one of the switch's TAPs, with a dhclient directory.
+    """
+
+    def __init__(self, namespaces, directory: Path, tap: str) -> None:
+        self.tap = tap
+        self.ns = namespaces.add("vtd6")
+        run(*execIn(self.ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"))
+        moveTap(tap, self.ns, None)
+        self.dir = directory / tap
+        self.dir.mkdir()
+        script = self.dir / "script"
+        script.write_text(SCRIPT)
+        script.chmod(0o755)
+
+    def argv(self, *extra: str) -> list[str]:
+        return execIn(self.ns, "dhclient", "-6", "-v", "-sf", str(self.dir / "script"),
+                      "-lf", str(self.dir / "leases"), "-pf", str(self.dir / "pid"), *extra,
+                      self.tap)
+
+    def start(self, processes) -> subprocess.Popen[bytes]:
+        return processes.start(self.argv("-d"), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+
+    def events(self) -> list[list[str]]:
+        path = self.dir / "events"
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    def waitFor(self, reason: str, count: int = 1, switch=None) -> list[str]:
+        def found() -> bool:
+            return sum(e[0] == reason for e in self.events()) >= count
+        try:
+            waitFor(found, timeout=30, what=f"dhclient's {reason}")
+        except Exception:
+            log = switch.logText() if switch is not None else ""
+            raise AssertionError(f"{self.events()}\n{log}") from None
+        return [e for e in self.events() if e[0] == reason][count - 1]
+
+    def addresses(self) -> str:
+        return run(*execIn(self.ns, "ip", "-6", "addr", "show", "dev", self.tap)).stdout
+
+
+def test_guestsGetAddressesAForwardCanName(vswitch, processes, namespaces, shortdir) -> None:
+    """
+    The first guest is bound to fec0::15 with fec0::3 for DNS and is
+    reached from the host through a forward to [fec0::15]; the second gets
+    fec0::16; slirp/print lists both leases.
+    """
+    first, second = uniqueName("vd6"), uniqueName("vd6")
+    mgmt = shortdir / "mgmt"
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    sw = vswitch("--port", f"tap:{first}", "--port", f"tap:{second}", "--mgmt", str(mgmt),
+                 "--port", rf"slirp:hostfwd=tcp\:[\:\:1]\:{port}-[fec0\:\:15]\:8022")
+    alice = Guest(namespaces, shortdir, first)
+    alice.start(processes)
+    bound = alice.waitFor("BOUND6", switch=sw)
+    assert bound[1:3] == ["fec0::15", "fec0::3"], bound
+    assert "inet6 fec0::15/128" in alice.addresses()
+    bob = Guest(namespaces, shortdir, second)
+    bob.start(processes)
+    assert bob.waitFor("BOUND6", switch=sw)[1] == "fec0::16"
+    shown = console(mgmt, "slirp/print")
+    assert "DHCPv6 lease fec0::15" in shown and "DHCPv6 lease fec0::16" in shown, shown
+    hello = processes.start(execIn(alice.ns, "python3", "-c", HELLO, "8022"),
+                            stdout=subprocess.PIPE)
+    assert hello.stdout.readline().strip() == b"ready"
+    answer = run("python3", "-c", "import socket,sys; c=socket.create_connection(('::1', "
+                 f"{port}), timeout=10); print(c.recv(100).decode())", timeout=30)
+    assert answer.stdout.strip() == "hello from fec0::15"
+    assert "Traceback" not in sw.logText(), sw.logText()
+
+
+def test_restartedClientKeepsItsAddressAndReleasedOnesAreReused(vswitch, processes,
+                                                                namespaces, shortdir) -> None:
+    """
+    dhclient started again (with its lease file, so the same DUID) is bound
+    to fec0::15 again although another guest asked meanwhile; after it
+    releases it, the next guest that asks is bound to fec0::15.
+    """
+    first, second, third = (uniqueName("vd6") for _ in range(3))
+    mgmt = shortdir / "mgmt"
+    sw = vswitch("--port", f"tap:{first}", "--port", f"tap:{second}", "--port", f"tap:{third}",
+                 "--mgmt", str(mgmt), "--port", "slirp")
+    alice = Guest(namespaces, shortdir, first)
+    client = alice.start(processes)
+    assert alice.waitFor("BOUND6", switch=sw)[1] == "fec0::15"
+    processes.stop(client)
+    run(*execIn(alice.ns, "ip", "-6", "addr", "del", "fec0::15/128", "dev", first))
+    bob = Guest(namespaces, shortdir, second)
+    bob.start(processes)
+    assert bob.waitFor("BOUND6", switch=sw)[1] == "fec0::16"
+    alice.start(processes)
+    assert alice.waitFor("BOUND6", count=2, switch=sw)[1] == "fec0::15"
+    released = run(*alice.argv("-r"), check=False, timeout=30)
+    assert released.returncode == 0, released.stdout + released.stderr
+    alice.waitFor("RELEASE6", switch=sw)
+    waitFor(lambda: "DHCPv6 lease fec0::15" not in console(mgmt, "slirp/print"),
+            what="the lease to go")
+    assert "inet6 fec0::15" not in alice.addresses()
+    carol = Guest(namespaces, shortdir, third)
+    carol.start(processes)
+    assert carol.waitFor("BOUND6", switch=sw)[1] == "fec0::15"
+    assert "Traceback" not in sw.logText(), sw.logText()

@@ -1,0 +1,301 @@
+"""
+The DHCPv6 server of a slirp port: addresses for guests that ask (libslirp
+answers information requests only).
+
+Theory of operation
+-------------------
+The pool is C{poolSize} addresses of the port's /64 from C{PREFIX::15}, as
+IPv4 leases start at C{.15}, so the first guest to ask gets C{fec0::15} and
+a host forward can name it.  Every address is free or bound to one
+identity association (the client's DUID and an IAID) until a time; an
+association keeps its address across requests, renewals and restarts of
+the client, and an expired, released or never-requested advertisement
+frees it.  An advertised address is held for L{OFFER_HOLD} seconds so that
+the Request that follows gets the same one; a declined address stays out
+of the pool for a lease time.
+
+Messages are checked as RFC 8415 says: a Solicit, Confirm or Rebind naming
+a server, or a Request, Renew, Release or Decline naming none, is
+malformed; one naming another server is not for us.  Solicits with Rapid
+Commit are answered with a Reply and bound at once; advertisements carry
+preference 255, so clients take them without waiting for others.
+Temporary addresses (IA_TA) and delegated prefixes (IA_PD) are refused
+with their status codes.  With C{stateful=False} only information requests
+are answered, as in libslirp.
+
+Pure logic: L{Dhcp6Server.handle} takes a message and returns the answer;
+the router does the I/O.  Bad messages raise L{Dhcp6Error}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from vtwisted.wire import dhcpv6 as d6
+from vtwisted.wire.dhcpv6 import Dhcp6Error, Dhcp6Message, IaAddress, IdentityAssociation
+
+#: Seconds an advertised address waits for its Request.
+OFFER_HOLD = 60.0
+#: The first address handed out, as an offset in the prefix (::15).
+POOL_START = 0x15
+POOL_SIZE = 256
+LEASE_TIME = 86400
+
+__all__ = ["Dhcp6Error", "Dhcp6Server", "Lease"]
+
+
+class Lease(NamedTuple):
+    """
+    An address bound to a client's identity association until C{expires};
+    a declined address has an empty C{client}.
+    """
+
+    address: bytes
+    client: bytes
+    iaid: int
+    expires: float
+
+
+class Dhcp6Server:
+    """
+    The DHCPv6 server of one slirp network.
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: ipaddress.IPv6Network,
+        duid: bytes,
+        nameserver: bytes,
+        clock: Callable[[], float],
+        stateful: bool = True,
+        restricted: bool = False,
+        searchDomains: Iterable[str] = (),
+        poolSize: int = POOL_SIZE,
+        leaseTime: int = LEASE_TIME,
+    ) -> None:
+        """
+        @param duid: the server's DUID.
+        @param clock: the current time, in seconds.
+        @param restricted: give no DNS server (C{restrict=on}).
+        @raise Dhcp6Error: a search domain cannot be encoded.
+        """
+        self.prefix = prefix
+        self.duid = duid
+        self.clock = clock
+        self.stateful = stateful
+        self.leaseTime = leaseTime
+        first = int(prefix.network_address) + POOL_START
+        self.pool = tuple(ipaddress.IPv6Address(first + i).packed for i in range(poolSize))
+        self._leases: dict[bytes, Lease] = {}
+        self._byIa: dict[tuple[bytes, int], bytes] = {}
+        self._information: list[d6.Option] = []
+        if not restricted:
+            self._information.append((d6.OPT_DNS_SERVERS, nameserver))
+        search = list(searchDomains)
+        if search:
+            self._information.append((d6.OPT_DOMAIN_LIST, d6.packDomainList(search)))
+
+    def handle(self, data: bytes) -> bytes | None:
+        """
+        The answer to a client's message, or L{None} for none.
+
+        @raise Dhcp6Error: the message is malformed.
+        """
+        message = Dhcp6Message.parse(data)
+        if message.kind == d6.INFORMATION_REQUEST:
+            return self._informationReply(message)
+        steps = _STEPS.get(message.kind)
+        if steps is None or not self.stateful:
+            return None
+        serverRule, handler = steps
+        client = message.option(d6.OPT_CLIENTID)
+        if client is None or not 2 <= len(client) <= d6.MAX_DUID:
+            raise Dhcp6Error(f"message type {message.kind} without a valid client id")
+        server = message.option(d6.OPT_SERVERID)
+        if (server is not None) != serverRule:
+            named = "names a server" if server is not None else "names no server"
+            raise Dhcp6Error(f"message type {message.kind} {named}")
+        if server is not None and server != self.duid:
+            return None
+        return handler(self, message, client)
+
+    def leases(self) -> list[Lease]:
+        """
+        The addresses bound now, in address order.
+        """
+        now = self.clock()
+        return sorted(lease for lease in self._leases.values() if lease.expires > now)
+
+    # Messages
+
+    def _informationReply(self, message: Dhcp6Message) -> bytes | None:
+        server = message.option(d6.OPT_SERVERID)
+        if server is not None and server != self.duid:
+            return None
+        return self._reply(d6.REPLY, message, message.option(d6.OPT_CLIENTID), [])
+
+    def _solicit(self, message: Dhcp6Message, client: bytes) -> bytes:
+        rapid = message.option(d6.OPT_RAPID_COMMIT) is not None
+        body = self._assignAll(message, client, commit=rapid)
+        if rapid:
+            return self._reply(d6.REPLY, message, client, [(d6.OPT_RAPID_COMMIT, b""), *body])
+        return self._reply(d6.ADVERTISE, message, client, [(d6.OPT_PREFERENCE, b"\xff"), *body])
+
+    def _request(self, message: Dhcp6Message, client: bytes) -> bytes:
+        return self._reply(d6.REPLY, message, client,
+                           self._assignAll(message, client, commit=True))
+
+    def _renew(self, message: Dhcp6Message, client: bytes) -> bytes:
+        body = []
+        for ia in _identityAssociations(message):
+            address = self._current(client, ia.iaid)
+            if address is None and message.kind == d6.REBIND:
+                address = self._assign(client, ia, commit=True)
+            if address is None:
+                body.append(_ia(ia, [d6.statusCode(d6.NO_BINDING, "no binding")]))
+                continue
+            self._bind(address, client, ia.iaid, self.leaseTime)
+            others = [IaAddress(a.address, 0, 0) for a in ia.addresses() if a.address != address]
+            body.append(self._granted(ia, address, others))
+        return self._reply(d6.REPLY, message, client, body)
+
+    def _confirm(self, message: Dhcp6Message, client: bytes) -> bytes | None:
+        addresses = [a.address for ia in _identityAssociations(message) for a in ia.addresses()]
+        if not addresses:
+            return None
+        onLink = all(ipaddress.IPv6Address(a) in self.prefix for a in addresses)
+        status = d6.statusCode(d6.SUCCESS, "on link") if onLink else \
+            d6.statusCode(d6.NOT_ON_LINK, "not on this link")
+        return self._reply(d6.REPLY, message, client, [status], information=False)
+
+    def _release(self, message: Dhcp6Message, client: bytes) -> bytes:
+        body = []
+        for ia in _identityAssociations(message):
+            mine = [a.address for a in ia.addresses() if self._owns(a.address, client, ia.iaid)]
+            for address in mine:
+                self._unbind(address)
+                if message.kind == d6.DECLINE:
+                    self._leases[address] = Lease(address, b"", 0,
+                                                  self.clock() + self.leaseTime)
+            if not mine:
+                body.append(_ia(ia, [d6.statusCode(d6.NO_BINDING, "no binding")]))
+        return self._reply(d6.REPLY, message, client,
+                           [d6.statusCode(d6.SUCCESS, "released"), *body], information=False)
+
+    # Addresses
+
+    def _assignAll(self, message: Dhcp6Message, client: bytes, commit: bool) -> list[d6.Option]:
+        body = []
+        for ia in _identityAssociations(message):
+            address = self._assign(client, ia, commit)
+            if address is None:
+                body.append(_ia(ia, [d6.statusCode(d6.NO_ADDRS_AVAIL, "pool exhausted")]))
+            else:
+                body.append(self._granted(ia, address, []))
+        for value in message.all(d6.OPT_IA_TA):
+            iaid = value[:4].rjust(4, b"\0")
+            body.append((d6.OPT_IA_TA, iaid + d6.packOptions(
+                [d6.statusCode(d6.NO_ADDRS_AVAIL, "no temporary addresses")])))
+        for value in message.all(d6.OPT_IA_PD):
+            iaid = value[:4].rjust(4, b"\0")
+            body.append((d6.OPT_IA_PD, iaid + bytes(8) + d6.packOptions(
+                [d6.statusCode(d6.NO_PREFIX_AVAIL, "no prefixes delegated")])))
+        return body
+
+    def _assign(self, client: bytes, ia: IdentityAssociation, commit: bool) -> bytes | None:
+        """
+        The association's address (its own, else the first free one it
+        hinted at, else the first free one), held or bound; None if the pool
+        is full.
+        """
+        address = self._current(client, ia.iaid)
+        if address is None:
+            hints = [a.address for a in ia.addresses()]
+            address = next((a for a in hints if a in self._free()), None)
+        if address is None:
+            address = next(iter(self._free()), None)
+        if address is not None:
+            self._bind(address, client, ia.iaid, self.leaseTime if commit else OFFER_HOLD,
+                       keep=not commit)
+        return address
+
+    def _free(self) -> dict[bytes, None]:
+        now = self.clock()
+        leases = self._leases
+        return {a: None for a in self.pool if a not in leases or leases[a].expires <= now}
+
+    def _current(self, client: bytes, iaid: int) -> bytes | None:
+        address = self._byIa.get((client, iaid))
+        if address is None or self._leases[address].expires <= self.clock():
+            return None
+        return address
+
+    def _owns(self, address: bytes, client: bytes, iaid: int) -> bool:
+        lease = self._leases.get(address)
+        return lease is not None and (lease.client, lease.iaid) == (client, iaid)
+
+    def _bind(self, address: bytes, client: bytes, iaid: int, seconds: float,
+              keep: bool = False) -> None:
+        """
+        Bind C{address} for C{seconds} (with C{keep}, no shorter than now).
+        """
+        expires = self.clock() + seconds
+        old = self._leases.get(address)
+        if old is not None:
+            self._unbind(address)
+            if keep and (old.client, old.iaid) == (client, iaid):
+                expires = max(expires, old.expires)
+        previous = self._byIa.get((client, iaid))
+        if previous is not None:
+            self._unbind(previous)
+        self._leases[address] = Lease(address, client, iaid, expires)
+        self._byIa[(client, iaid)] = address
+
+    def _unbind(self, address: bytes) -> None:
+        lease = self._leases.pop(address, None)
+        if lease is not None and self._byIa.get((lease.client, lease.iaid)) == address:
+            del self._byIa[(lease.client, lease.iaid)]
+
+    # Building answers
+
+    def _granted(self, ia: IdentityAssociation, address: bytes,
+                 others: list[IaAddress]) -> d6.Option:
+        valid = self.leaseTime  # what a Request or Renew binds it for
+        t1, t2 = valid // 2, valid * 4 // 5
+        addresses = [IaAddress(address, valid, valid), *others]
+        options = [(d6.OPT_IAADDR, a.pack()) for a in addresses]
+        return (d6.OPT_IA_NA, IdentityAssociation(ia.iaid, t1, t2, tuple(options)).pack())
+
+    def _reply(self, kind: int, message: Dhcp6Message, client: bytes | None,
+               body: list[d6.Option], information: bool = True) -> bytes:
+        options: list[d6.Option] = []
+        if client is not None:
+            options.append((d6.OPT_CLIENTID, client))
+        options.append((d6.OPT_SERVERID, self.duid))
+        options.extend(body)
+        if information:
+            options.extend(self._information)
+        return Dhcp6Message(kind, message.transactionId, tuple(options)).pack()
+
+
+def _identityAssociations(message: Dhcp6Message) -> list[IdentityAssociation]:
+    return [IdentityAssociation.parse(value) for value in message.all(d6.OPT_IA_NA)]
+
+
+def _ia(ia: IdentityAssociation, options: list[d6.Option]) -> d6.Option:
+    return (d6.OPT_IA_NA, IdentityAssociation(ia.iaid, 0, 0, tuple(options)).pack())
+
+
+#: Per message type: whether it must name a server, and its handler.
+_STEPS: dict[int, tuple[bool, Callable[[Dhcp6Server, Dhcp6Message, bytes], bytes | None]]] = {
+    d6.SOLICIT: (False, Dhcp6Server._solicit),
+    d6.REQUEST: (True, Dhcp6Server._request),
+    d6.CONFIRM: (False, Dhcp6Server._confirm),
+    d6.RENEW: (True, Dhcp6Server._renew),
+    d6.REBIND: (False, Dhcp6Server._renew),
+    d6.RELEASE: (True, Dhcp6Server._release),
+    d6.DECLINE: (True, Dhcp6Server._release),
+}
