@@ -1,5 +1,6 @@
 """
 DHCPv6 addresses from the slirp port, against ISC dhclient (C{dhclient -6})
+and dhcpcd
 in network namespaces behind the switch's TAP ports: the first guest gets
 C{fec0::15}, the next C{fec0::16}, a host forward to C{[fec0::15]} reaches
 the first, a restarted client confirms and keeps its address, and a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -157,4 +159,56 @@ def test_restartedClientKeepsItsAddressAndReleasedOnesAreReused(vswitch, process
     carol = Guest(namespaces, shortdir, third)
     carol.start(processes)
     assert carol.waitFor("BOUND6", switch=sw)[1] == "fec0::15"
+    assert "Traceback" not in sw.logText(), sw.logText()
+
+
+DHCPCD_SCRIPT = r"""#!/bin/sh
+echo "$reason ${new_dhcp6_ia_na1_ia_addr1:-} ${new_dhcp6_name_servers:-}" \
+    >> "$(dirname "$0")/events"
+"""
+DHCPCD_STATE = Path("/var/lib/dhcpcd")
+
+
+@pytest.fixture
+def dhcpcdState():
+    """
+    Remove what dhcpcd leaves in its state directory (lease files of the
+    test's interfaces; its DUID if it made one).
+    """
+    need("dhcpcd")
+    hadDuid = (DHCPCD_STATE / "duid").exists()
+    made: list[str] = []
+    yield made
+    for name in made:
+        (DHCPCD_STATE / f"{name}.lease6").unlink(missing_ok=True)
+    if not hadDuid:
+        (DHCPCD_STATE / "duid").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("dhcpv6", ["on", "off"])
+def test_dhcpcdAsksForAnAddressOnlyWhenAdvertisementsSaySo(vswitch, processes, namespaces,
+                                                          shortdir, dhcpcdState,
+                                                          dhcpv6: str) -> None:
+    """
+    dhcpcd, which runs DHCPv6 when router advertisements set the M flag, is
+    bound to fec0::15 with fec0::3 for DNS; with dhcpv6=off (as libslirp)
+    it configures itself from the advertisement alone and never solicits.
+    """
+    tap = uniqueName("vd6")
+    dhcpcdState.append(tap)
+    sw = vswitch("--port", f"tap:{tap}", "--port", f"slirp:dhcpv6={dhcpv6}")
+    guest = Guest(namespaces, shortdir, tap)
+    (guest.dir / "script").write_text(DHCPCD_SCRIPT)
+    log = guest.dir / "dhcpcd.log"
+    processes.start(execIn(guest.ns, "dhcpcd", "-6", "-B", "-d", "-f", "/dev/null",
+                           "-c", str(guest.dir / "script"), "-j", str(log), tap),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    guest.waitFor("ROUTERADVERT", switch=sw)
+    if dhcpv6 == "on":
+        assert guest.waitFor("BOUND6", switch=sw)[1:] == ["fec0::15", "fec0::3"]
+        waitFor(lambda: "inet6 fec0::15/128" in guest.addresses(), what="fec0::15 set")
+    else:
+        time.sleep(3)
+        assert "SOLICIT6" not in log.read_text() and "BOUND6" not in str(guest.events())
+        assert "inet6 fec0::15" not in guest.addresses()
     assert "Traceback" not in sw.logText(), sw.logText()
