@@ -1,14 +1,14 @@
 """
 DHCPv6 addresses from the slirp port, against ISC dhclient (C{dhclient -6})
-and dhcpcd
-in network namespaces behind the switch's TAP ports: the first guest gets
-C{fec0::15}, the next C{fec0::16}, a host forward to C{[fec0::15]} reaches
-the first, a restarted client confirms and keeps its address, and a
-released address is handed to the next guest that asks.
+and dhcpcd in network namespaces behind the switch's TAP ports: the first
+guest gets C{fec0::15}, the next C{fec0::16}, a host forward to
+C{[fec0::15]} reaches the first, a restarted client keeps its address, a
+released address is handed to the next guest that asks, and dhcpcd asks
+only when the router advertisements set the M flag.
 
-dhclient runs in the foreground with a script of ours that logs what it is
-told and sets the address, as Debian's own script would, so nothing on the
-host (its resolv.conf) is touched.
+The clients run in the foreground with scripts of ours that log what they
+are told (dhclient's also sets the address, as Debian's would), so nothing
+on the host (its resolv.conf) is touched.
 """
 
 from __future__ import annotations
