@@ -45,7 +45,7 @@ slirp = PortType(
     "vtwisted.ports.slirp",
     "slirp[:net=10.0.2.0/24][:hostfwd=tcp\\:\\:2222-\\:22,...][:restrict=on][:mtu=1500]  "
     "user-mode NAT like qemu -netdev user, for every guest on the LAN: DHCP, DNS, TCP, UDP, "
-    "ICMP, IPv6 (ipv6=off, net6=), port forwards, guestfwd=ADDR\\:PORT-ENDPOINT",
+    "ICMP, IPv6 (ipv6=off, net6=, dhcpv6=off), port forwards, guestfwd=ADDR\\:PORT-ENDPOINT",
 )
 
 mcast = PortType(
