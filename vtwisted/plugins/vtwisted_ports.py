@@ -82,3 +82,11 @@ vxvde = PortType(
     "vxvde[:GROUP|v6][:vni=1][:dstport=14789][:if=NAME]  a member of vdeplug4's switchless "
     "vxvde:// network (vde_plug, qemu -netdev vde,sock=vxvde://)",
 )
+
+vhostuser = PortType(
+    "vhostuser",
+    "vtwisted.ports.vhostuser",
+    "vhostuser:[connect:]unix:PATH  QEMU's -netdev vhost-user (guest RAM shared: "
+    "memory-backend-memfd,share=on): virtio queues in shared memory, super-frames both ways; "
+    "a port per guest",
+)

@@ -1,0 +1,290 @@
+"""
+Tests for the C{vhostuser:} port (L{vtwisted.ports.vhostuser}, its rings
+and L{vtwisted.ports.virtqueue}) against a fake QEMU and guest driver that
+share real memory and eventfds with it (L{vhostfakes}).  QEMU itself is in
+C{tests/integration/test_vhostuser.py}.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.logger import globalLogPublisher
+from vhostfakes import DESC, QUEUE_SIZE, RINGS, FakeDriver
+
+from vtwisted.ports import vhostuser
+from vtwisted.ports.vhostuser import OFFERED, SUPER_FRAMES
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
+from vtwisted.wire import vhostuser as vu
+from vtwisted.wire import vnet
+
+PLAIN_ONLY = OFFERED & ~SUPER_FRAMES
+
+
+@pytest.fixture
+def driver():
+    fake = FakeDriver()
+    yield fake
+    fake.close()
+
+
+def test_featuresAreOfferedAndTheAcknowledgedOnesDecideTheHeader(driver) -> None:
+    """
+    GET_FEATURES offers TSO both ways, mergeable buffers and VIRTIO 1.0; a
+    guest taking them all gets super-frames and the 12-byte header.
+    """
+    answer = driver.send(vu.GET_FEATURES)
+    assert vu.Header.parse(answer) == vu.Header(vu.GET_FEATURES, vu.VERSION | vu.FLAG_REPLY, 8)
+    assert vu.number(1, answer[12:]) == OFFERED
+    driver.negotiate()
+    assert driver.link.vnetHeader and driver.port.vnet
+    assert driver.link.headerLength == 12 and driver.link.mergeable
+
+
+def test_aGuestWithoutReceiveOffloadsGetsPlainFrames(driver) -> None:
+    """Without GUEST_TSO the port takes plain frames: super-frames reach it cut."""
+    driver.negotiate(PLAIN_ONLY)
+    assert not driver.link.vnetHeader and not driver.port.vnet
+    driver.postReceiveBuffers(QUEUE_SIZE)
+    tap = FakeLink(vnetHeader=True)
+    plug(driver.switch, tap)
+    tap.receivePacket(tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(6000)))
+    got = driver.received()
+    assert len(got) == 5 and all(len(f) <= 1514 for _, f in got)
+    assert all(h == bytes(10) + b"\x01\x00" for h, _ in got)
+
+
+@pytest.mark.parametrize("pieces, indirect", [(1, False), (3, False), (4, True)])
+def test_guestFramesReachTheSwitch(driver, pieces: int, indirect: bool) -> None:
+    """
+    A frame the guest transmits (in one or several descriptors, directly or
+    through an indirect table) reaches another port without num_buffers;
+    the chain comes back used and the guest is interrupted.
+    """
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    sent = frame(b"\xff" * 6, mac(1), payload=bytes(range(200)))
+    driver.transmit(bytes(12), sent, pieces, indirect)
+    assert other.takeSent() == [sent]
+    assert driver.used(1) == [(0, 0)]
+    assert driver.interrupted(1)
+
+
+def test_guestSuperFramesPassWholeToOffloadPortsAndCutForOthers(driver) -> None:
+    """A TSO super-frame from the guest goes whole to an offload port, cut for a plain one."""
+    driver.negotiate()
+    offload, plain = FakeLink(vnetHeader=True), FakeLink()
+    plug(driver.switch, offload)
+    plug(driver.switch, plain)
+    packet = tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(20000))
+    driver.transmit(packet[:10] + b"\x00\x00", packet[10:], pieces=2)
+    assert offload.sentPackets == [packet]
+    assert plain.takeSent() == vnet.toFrames(packet)
+
+
+def test_framesForTheGuestFillMergeableBuffers(driver) -> None:
+    """A 64 KB super-frame for the guest spans 2 KB buffers; num_buffers says how many."""
+    driver.negotiate()
+    driver.postReceiveBuffers(QUEUE_SIZE)
+    tap = FakeLink(vnetHeader=True)
+    plug(driver.switch, tap)
+    small = frame(mac(2), mac(1), payload=b"hello")
+    tap.receive(small)
+    packet = tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(60000))
+    tap.receivePacket(packet)
+    [(h1, f1), (h2, f2)] = driver.received()
+    assert (h1, f1) == (bytes(10) + b"\x01\x00", small)
+    count = int.from_bytes(h2[10:12], "little")
+    assert count == -(-(12 + len(packet) - 10) // 2048)
+    assert (h2[:10], f2) == (packet[:10], packet[10:])
+    assert driver.interrupted(0)
+
+
+def test_noReceiveBuffersMeansDroppedAndCounted(driver) -> None:
+    """With no buffer posted, a frame for the guest is dropped as busy."""
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1)))
+    assert driver.port.counters.drops["busy"] == 1
+    assert driver.received() == []
+
+
+def test_withoutMergeableBuffersATooSmallBufferDropsTheFrame(driver) -> None:
+    """One 256-byte buffer cannot take a 1000-byte frame: counted as mtu, buffer untouched."""
+    driver.negotiate(OFFERED & ~(1 << vhostuser.F_MRG_RXBUF))
+    driver.postReceiveBuffers(4, size=256)
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(986)))
+    assert driver.port.counters.drops["mtu"] == 1
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(100)))
+    [(header, got)] = driver.received()
+    assert header[10:12] == b"\x01\x00" and len(got) == 114
+
+
+def test_udpGsoIsCutForTheGuest(driver) -> None:
+    """The guest does not take UDP GSO: such a packet arrives as datagrams."""
+    driver.negotiate()
+    driver.postReceiveBuffers(QUEUE_SIZE)
+    offload = FakeLink(vnetHeader=True)
+    plug(driver.switch, offload)
+    uso = _usoPacket()
+    offload.receivePacket(uso)
+    got = driver.received()
+    assert [f for _, f in got] == vnet.toFrames(uso) and len(got) == 3
+
+
+def _usoPacket() -> bytes:
+    from vtwisted.slirp.packets import udpDatagram
+    from vtwisted.wire import ipv4
+    payload = os.urandom(3000)
+    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    datagram = udpDatagram(src, dst, 1000, 2000, payload)
+    ip = ipv4.IPv4Header(tos=0, totalLength=20 + len(datagram), ident=1, flags=0,
+                         fragmentOffset=0, ttl=64, protocol=17, checksum=0, src=src,
+                         dst=dst).pack()
+    eth = b"\xff" * 6 + mac(1) + b"\x08\x00"
+    header = vnet.VnetHeader(vnet.NEEDS_CSUM, vnet.GSO_UDP_L4, 42, 1000, 34, 6).pack()
+    return header + eth + ip + datagram
+
+
+def test_ringsWaitForTheirEnableMessage(driver) -> None:
+    """With the protocol features, frames for the guest are dropped until QEMU enables the ring."""
+    driver.negotiate()
+    driver.send(vu.SET_VRING_ENABLE, vu.packState(0, 0))
+    driver.postReceiveBuffers(4)
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1)))
+    assert driver.port.counters.drops["down"] == 1
+    driver.send(vu.SET_VRING_ENABLE, vu.packState(0, 1))
+    other.receive(frame(b"\xff" * 6, mac(1)))
+    assert len(driver.received()) == 1
+
+
+def test_replyAckAnswersWhatAskedForIt(driver) -> None:
+    """After REPLY_ACK is agreed, a message with need_reply gets a zero (success) reply."""
+    driver.send(vu.SET_PROTOCOL_FEATURES, vu.packNumber(1 << vhostuser.P_REPLY_ACK))
+    answer = driver.send(vu.SET_OWNER, flags=vu.VERSION | vu.FLAG_NEED_REPLY)
+    assert answer == vu.numberReply(vu.SET_OWNER, 0)
+
+
+def test_getRingBaseStopsTheRingAndSaysWhereItGot(driver) -> None:
+    """GET_VRING_BASE answers the next index to take and frames after it wait."""
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    for _ in range(3):
+        driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    answer = driver.send(vu.GET_VRING_BASE, vu.packState(1, 0))
+    assert vu.ringState(11, answer[12:]) == (1, 3)
+    other.takeSent()
+    driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    assert other.takeSent() == []
+
+
+def test_disconnectFreesThePort(driver) -> None:
+    """When QEMU goes, its port has no link left."""
+    driver.negotiate()
+    port = driver.port
+    assert port.links == [driver.link]
+    driver.transport.loseConnection()
+    driver.link.connectionLost(None)
+    assert port.links == [] and driver.link.memory is None
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("descriptor", "descriptor 200 past a table of 64"),
+    ("loop", "loops"),
+    ("address", "outside the shared memory"),
+])
+def test_aBrokenTransmitRingClosesOnlyThatGuest(driver, damage: str, problem: str) -> None:
+    """
+    A chain past the table, a looping chain or a buffer outside guest
+    memory: logged with the spec, counted, the connection closed; the
+    switch keeps forwarding between the other ports.
+    """
+    driver.negotiate()
+    a, b = FakeLink(), FakeLink()
+    plug(driver.switch, a)
+    plug(driver.switch, b)
+    _, avail, _ = FakeDriver.ringAddresses(RINGS[1])
+    if damage == "descriptor":
+        struct.pack_into("<H", driver.memory, avail + 4, 200)
+    elif damage == "loop":
+        DESC.pack_into(driver.memory, RINGS[1], 0x200000, 10, 1, 0)
+    else:
+        DESC.pack_into(driver.memory, RINGS[1], 1 << 40, 100, 0, 0)
+    struct.pack_into("<H", driver.memory, avail + 2, 1)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        driver.link.rings[1].kicked()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    errors = [e for e in events if e.get("log_level") and e["log_level"].name == "error"]
+    assert len(errors) == 1 and problem in errors[0]["problem"]
+    assert errors[0]["spec"] == "vhostuser:fake"
+    assert driver.transport.disconnecting
+    assert driver.port.counters.drops["malformed"] == 1
+    hello = frame(mac(2), mac(1))
+    a.receive(hello)
+    assert b.takeSent() == [hello]
+
+
+@pytest.mark.parametrize("request_, payload, problem", [
+    (99, b"", "request 99 is not supported"),
+    (vu.SET_FEATURES, vu.packNumber(1 << 40), "never offered"),
+    (vu.SET_VRING_NUM, vu.packState(5, 64), "queue 5 does not exist"),
+    (vu.SET_MEM_TABLE, vu.packTable([vu.Region(0, 4096, 0, 0)]), "without its file descriptor"),
+    (vu.SET_VRING_NUM, b"\x00", "payload of 1 bytes"),
+])
+def test_badRequestsCloseTheConnectionSayingWhy(driver, request_: int, payload: bytes,
+                                                problem: str) -> None:
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        driver.send(request_, payload)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(problem in e.get("problem", "") for e in events), events
+    assert driver.transport.disconnecting
+
+
+def test_aRingOfTheWrongSizeIsRefused(driver) -> None:
+    """A queue size that is not a power of two closes the connection."""
+    driver.send(vu.SET_FEATURES, vu.packNumber(OFFERED))
+    driver.send(vu.SET_MEM_TABLE, vu.packTable([vu.Region(0, 4 << 20, 0x1000_0000, 0)]),
+                (driver.memfd,))
+    driver.send(vu.SET_VRING_NUM, vu.packState(1, 100))
+    driver.send(vu.SET_VRING_ADDR, vu.packAddresses(vu.RingAddresses(1, 0, 0x1000_0000,
+                                                                       0x1000_2000,
+                                                                       0x1000_1000, 0)))
+    driver.send(vu.SET_VRING_KICK, vu.packNumber(1), (driver.kicks[1],))
+    assert driver.transport.disconnecting
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120))
+def test_anyBytesFromTheFrontEndAreReadOrRefused(data: bytes) -> None:
+    """Garbage on the socket never raises out of the link: it is answered or refused."""
+    fake = FakeDriver()
+    try:
+        fake.link.dataReceived(data)
+    finally:
+        fake.close()
+
+
+def test_specsNeedAUnixSocket() -> None:
+    with pytest.raises(SpecError, match="needs a Unix socket"):
+        vhostuser.makeService(None, PortSpec("vhostuser:tcp:5555"), None)
+    service = vhostuser.makeService(None, PortSpec("vhostuser:unix:/tmp/x.sock"), None)
+    assert service.unixPath == "/tmp/x.sock"
+

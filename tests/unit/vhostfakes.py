@@ -1,0 +1,223 @@
+"""
+A fake QEMU and guest driver for the C{vhostuser:} port: guest memory in a
+real memfd (which the link maps through the descriptor it is sent, as from
+QEMU), real eventfds, virtio split rings laid out and filled as a Linux
+guest driver does, and the vhost-user messages QEMU sends.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import socket
+import struct
+from typing import Any
+
+from twisted.internet.address import UNIXAddress
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports.streamlinks import StreamPorts
+from vtwisted.ports.vhostuser import OFFERED, VhostUserLink
+from vtwisted.switch import Switch
+from vtwisted.wire import vhostuser as vu
+
+MEMORY = 4 << 20
+#: Where the memory is in the fake QEMU's address space (ring addresses).
+USER_BASE = 0x7F0000000000
+QUEUE_SIZE = 64
+DESC = struct.Struct("<QIHH")
+NEXT, WRITE, INDIRECT = 1, 2, 4
+#: Guest-physical layout: the rings, then receive buffers, then transmit data.
+RINGS = (0x0, 0x4000)
+RX_BUFFERS = 0x10000
+TX_DATA = 0x200000
+
+
+class PeerTransport(StringTransport):
+    """
+    A transport whose handle is a real Unix socket, for the peer's credentials.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(peerAddress=UNIXAddress(None))
+        self.ends = socket.socketpair()
+
+    def getHandle(self) -> Any:
+        return self.ends[0]
+
+
+class FakeDriver:
+    """
+    QEMU and a guest driver with one queue pair, talking to a real
+    L{VhostUserLink} plugged into a real switch.
+    """
+
+    def __init__(self, switch: Switch | None = None, reactor: Any = None) -> None:
+        self.switch = switch or Switch()
+        self.reactor = reactor or MemoryReactorClock()
+        self.owner = StreamPorts(self.switch, self.reactor, PortOptions(), "vhostuser:fake")
+        self.link = VhostUserLink(self.owner)
+        self.transport = PeerTransport()
+        self.link.makeConnection(self.transport)
+        self.memfd = os.memfd_create("fake-guest")
+        os.ftruncate(self.memfd, MEMORY)
+        self.memory = mmap.mmap(self.memfd, MEMORY)
+        self.kicks = [os.eventfd(0, os.EFD_NONBLOCK) for _ in RINGS]
+        self.calls = [os.eventfd(0, os.EFD_NONBLOCK) for _ in RINGS]
+        self.availIndex = [0, 0]
+        self.usedSeen = [0, 0]
+        self.freeDescriptor = [0, 0]
+        self.txAt = TX_DATA
+
+    @property
+    def port(self) -> Any:
+        return self.link.port
+
+    def close(self) -> None:
+        if self.transport.connected:
+            self.link.connectionLost(None)
+        for fd in (*self.kicks, *self.calls):
+            os.close(fd)
+        self.memory.close()
+        os.close(self.memfd)
+        for end in self.transport.ends:
+            end.close()
+
+    # QEMU's side
+
+    def send(self, request: int, payload: bytes = b"", fds: tuple[int, ...] = (),
+             flags: int = vu.VERSION) -> bytes:
+        """
+        Send a message (with duplicates of C{fds}); return what came back.
+        """
+        self.transport.clear()
+        for fd in fds:
+            self.link.fileDescriptorReceived(os.dup(fd))
+        self.link.dataReceived(vu.message(request, payload, flags))
+        return self.transport.value()
+
+    def negotiate(self, features: int = OFFERED, protocol: bool = True) -> None:
+        """
+        What QEMU sends when the guest starts the device.
+        """
+        self.send(vu.GET_FEATURES)
+        if protocol:
+            self.send(vu.GET_PROTOCOL_FEATURES)
+            self.send(vu.SET_PROTOCOL_FEATURES, vu.packNumber(0))
+        self.send(vu.SET_OWNER)
+        self.send(vu.SET_FEATURES, vu.packNumber(features))
+        region = vu.Region(0, MEMORY, USER_BASE, 0)
+        self.send(vu.SET_MEM_TABLE, vu.packTable([region]), (self.memfd,))
+        for index, base in enumerate(RINGS):
+            desc, avail, used = self.ringAddresses(base)
+            self.send(vu.SET_VRING_NUM, vu.packState(index, QUEUE_SIZE))
+            self.send(vu.SET_VRING_BASE, vu.packState(index, 0))
+            self.send(vu.SET_VRING_ADDR, vu.packAddresses(vu.RingAddresses(
+                index, 0, USER_BASE + desc, USER_BASE + used, USER_BASE + avail, 0)))
+            self.send(vu.SET_VRING_CALL, vu.packNumber(index), (self.calls[index],))
+            self.send(vu.SET_VRING_KICK, vu.packNumber(index), (self.kicks[index],))
+            if protocol:
+                self.send(vu.SET_VRING_ENABLE, vu.packState(index, 1))
+
+    @staticmethod
+    def ringAddresses(base: int) -> tuple[int, int, int]:
+        return base, base + 16 * QUEUE_SIZE, base + 0x2000
+
+    # The guest's side
+
+    def _descriptor(self, ring: int, address: int, length: int, flags: int,
+                    following: int = 0) -> int:
+        index = self.freeDescriptor[ring] % QUEUE_SIZE
+        self.freeDescriptor[ring] += 1
+        DESC.pack_into(self.memory, RINGS[ring] + 16 * index, address, length, flags, following)
+        return index
+
+    def _makeAvailable(self, ring: int, head: int) -> None:
+        _, avail, _ = self.ringAddresses(RINGS[ring])
+        slot = self.availIndex[ring] % QUEUE_SIZE
+        struct.pack_into("<H", self.memory, avail + 4 + 2 * slot, head)
+        self.availIndex[ring] = (self.availIndex[ring] + 1) & 0xFFFF
+        struct.pack_into("<H", self.memory, avail + 2, self.availIndex[ring])
+
+    def postReceiveBuffers(self, count: int, size: int = 2048) -> None:
+        """
+        Make C{count} receive buffers of C{size} bytes available.
+        """
+        for i in range(count):
+            address = RX_BUFFERS + (self.availIndex[0] % QUEUE_SIZE) * 0x10000
+            head = self._descriptor(0, address, size, WRITE)
+            self._makeAvailable(0, head)
+            del i
+
+    def transmit(self, header: bytes, frame: bytes, pieces: int = 1,
+                 indirect: bool = False) -> None:
+        """
+        Put C{header} and C{frame} on the transmit ring (in C{pieces}
+        descriptors, through an indirect table if asked) and kick.
+        """
+        data = header + frame
+        address = self.txAt
+        self.memory[address:address + len(data)] = data
+        self.txAt += (len(data) + 4095) & ~4095
+        step = -(-len(data) // pieces)
+        spans = [(address + i, min(step, len(data) - i)) for i in range(0, len(data), step)]
+        if indirect:
+            table = self.txAt
+            self.txAt += 4096
+            for i, (at, length) in enumerate(spans):
+                last = i == len(spans) - 1
+                DESC.pack_into(self.memory, table + 16 * i, at, length, 0 if last else NEXT,
+                               i + 1)
+            head = self._descriptor(1, table, 16 * len(spans), INDIRECT)
+        else:
+            indexes = [self.freeDescriptor[1] + i for i in range(len(spans))]
+            for i, (at, length) in enumerate(spans):
+                last = i == len(spans) - 1
+                self._descriptor(1, at, length, 0 if last else NEXT,
+                                 0 if last else indexes[i + 1] % QUEUE_SIZE)
+            head = indexes[0] % QUEUE_SIZE
+        self._makeAvailable(1, head)
+        os.eventfd_write(self.kicks[1], 1)
+        self.link.rings[1].kicked()
+
+    def used(self, ring: int) -> list[tuple[int, int]]:
+        """
+        The (head, length) pairs the device put back since the last call.
+        """
+        _, _, used = self.ringAddresses(RINGS[ring])
+        index = struct.unpack_from("<H", self.memory, used + 2)[0]
+        pairs = []
+        while self.usedSeen[ring] != index:
+            slot = self.usedSeen[ring] % QUEUE_SIZE
+            pairs.append(struct.unpack_from("<II", self.memory, used + 4 + 8 * slot))
+            self.usedSeen[ring] = (self.usedSeen[ring] + 1) & 0xFFFF
+        return pairs
+
+    def received(self, headerLength: int = 12) -> list[tuple[bytes, bytes]]:
+        """
+        The packets the device wrote to the receive ring: (header, frame),
+        buffers joined as C{num_buffers} says.
+        """
+        packets = []
+        pairs = self.used(0)
+        while pairs:
+            head, length = pairs.pop(0)
+            address = DESC.unpack_from(self.memory, RINGS[0] + 16 * head)[0]
+            data = bytes(self.memory[address:address + length])
+            count = int.from_bytes(data[10:12], "little") if headerLength == 12 else 1
+            for _ in range(count - 1):
+                head, length = pairs.pop(0)
+                address = DESC.unpack_from(self.memory, RINGS[0] + 16 * head)[0]
+                data += bytes(self.memory[address:address + length])
+            packets.append((data[:headerLength], data[headerLength:]))
+        return packets
+
+    def interrupted(self, ring: int) -> bool:
+        """
+        Whether the device signalled the ring's call eventfd (and clear it).
+        """
+        try:
+            return os.eventfd_read(self.calls[ring]) > 0
+        except BlockingIOError:
+            return False

@@ -1,0 +1,288 @@
+"""
+The two queues of a C{vhostuser:} guest: what QEMU said about each, the
+eventfds, and moving frames through them.
+
+Theory of operation
+-------------------
+A L{Ring} collects its size, start index and addresses from QEMU's
+messages and starts when it has those, the guest memory and the eventfd
+the guest kicks (QEMU's C{SET_VRING_KICK} comes last); C{GET_VRING_BASE}
+stops it and returns where it got to.  A started ring is a
+L{vtwisted.ports.virtqueue.SplitQueue}.
+
+The transmit ring (the guest's frames) is drained when its eventfd is
+readable: every chain taken is given back at once (nothing of the guest's
+is kept), the used index is published once per batch and the guest
+interrupted once, if it wants to be.  The receive ring is written to by
+L{Ring.deliver}, one frame at a time (a reactor turn's frames are not
+held back to save interrupts, which would cost latency).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vtwisted.ports.virtqueue import SplitQueue, VirtqueueError
+from vtwisted.wire.vhostuser import RingAddresses
+
+log = Logger()
+
+#: Chains taken from the transmit ring per reactor turn.
+TX_BUDGET = 256
+_ONE = (1).to_bytes(8, "little")
+
+
+@implementer(IReadDescriptor)
+class _Kicks:
+    """
+    The eventfd a guest kicks, watched by the reactor.
+    """
+
+    def __init__(self, fd: int, ring: Ring) -> None:
+        self.fd = fd
+        self.ring = ring
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> None:
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+        self.ring.kicked()
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return f"vhost-user kick {self.fd}"
+
+
+class Ring:
+    """
+    One queue of a guest, as QEMU described it.
+    """
+
+    def __init__(self, link: Any, index: int) -> None:
+        self.link = link
+        self.index = index
+        self.size = 0
+        self.base = 0
+        self.addresses: RingAddresses | None = None
+        self.kick = -1
+        self.call = -1
+        self.queue: SplitQueue | None = None
+        #: Whether frames move (QEMU enables the rings it uses).
+        self.enabled = False
+        self._reader: _Kicks | None = None
+        self._again: Any = None
+
+    def setKick(self, fd: int) -> None:
+        """
+        The guest's kicks come on C{fd} (-1: none): start the ring.
+        """
+        self.stop()
+        if self.kick >= 0:
+            os.close(self.kick)
+        self.kick = fd
+        self.restart()
+
+    def setCall(self, fd: int) -> None:
+        """
+        Interrupt the guest through C{fd} (-1: never) from now on.
+        """
+        if self.call >= 0:
+            os.close(self.call)
+        self.call = fd
+
+    def restart(self) -> None:
+        """
+        Start the ring if everything it needs is known (again, after the
+        memory table changed).
+
+        @raise VirtqueueError: the ring does not fit in the guest memory.
+        """
+        memory = self.link.memory
+        if self.kick < 0 or memory is None or self.addresses is None or self.queue is not None:
+            return
+        a = self.addresses
+        self.queue = SplitQueue(memory, self.size, a.descriptors, a.available, a.used,
+                                self.base)
+        self._reader = _Kicks(self.kick, self)
+        self.link.owner.reactor.addReader(self._reader)
+        self.kicked()
+
+    def stop(self) -> None:
+        """
+        Stop processing; remember the index reached.
+        """
+        if self._reader is not None:
+            self.link.owner.reactor.removeReader(self._reader)
+            self._reader = None
+        if self._again is not None and self._again.active():
+            self._again.cancel()
+        self._again = None
+        if self.queue is not None:
+            self.base = self.queue.lastAvail
+            self.queue = None
+
+    def closeDescriptors(self) -> None:
+        for fd in (self.kick, self.call):
+            if fd >= 0:
+                os.close(fd)
+        self.kick = self.call = -1
+
+    def interrupt(self) -> None:
+        """
+        Tell the guest that used chains are waiting, if it wants to know.
+        """
+        if self.call >= 0 and self.queue is not None and self.queue.wantsInterrupt():
+            try:
+                os.write(self.call, _ONE)
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    self.link.fail(f"interrupting the guest failed: {e.strerror} "
+                                   f"(errno {e.errno})")
+
+    # Transmit: the guest's frames
+
+    def kicked(self) -> None:
+        """
+        The guest added chains: on the transmit ring, take them.
+        """
+        self._again = None
+        if self.index == 1 and self.queue is not None:
+            try:
+                self._drain(self.queue)
+            except VirtqueueError as e:
+                self.link.fail(f"transmit queue: {e}")
+
+    def _drain(self, queue: SplitQueue) -> None:
+        link = self.link
+        port, receive, strip = link.port, link._receive, link.headerLength - 10
+        taken = 0
+        pending = queue.pending()
+        while pending and taken < TX_BUDGET:
+            for _ in range(min(pending, TX_BUDGET - taken)):
+                head = queue.take()
+                views = [view for view, writable in queue.chain(head) if not writable]
+                queue.put(head, 0)
+                taken += 1
+                if not self.enabled:
+                    continue
+                packet = _packet(views, strip)
+                if packet is None:
+                    port.dropped("malformed", "a frame shorter than its virtio-net header")
+                    continue
+                try:
+                    receive(port, packet)
+                except Exception:
+                    log.failure("{spec}: the switch failed on a frame", spec=link.owner.spec)
+            pending = queue.pending()
+        queue.publish()
+        if taken:
+            self.interrupt()
+        if pending:
+            self._again = link.owner.reactor.callLater(0, self.kicked)
+
+    # Receive: frames for the guest
+
+    def deliver(self, header: bytes, frame: Any) -> None:
+        """
+        Write a frame behind C{header} (10 bytes) into the guest's next
+        receive buffers, or drop it.
+        """
+        queue = self.queue
+        link = self.link
+        if queue is None or not self.enabled:
+            link.port.dropped("down", "the guest's receive queue is not running")
+            return
+        try:
+            chains = self._buffersFor(queue, link.headerLength + len(frame))
+            if chains is None:
+                return
+            if link.headerLength > 10:
+                header += len(chains).to_bytes(2, "little")
+            counts = _scatter((header, frame), [buffers for _, buffers in chains])
+            for (head, _), written in zip(chains, counts):
+                queue.take()
+                queue.put(head, written)
+            queue.publish()
+        except VirtqueueError as e:
+            link.fail(f"receive queue: {e}")
+            return
+        self.interrupt()
+
+    def _buffersFor(self, queue: SplitQueue,
+                    total: int) -> list[tuple[int, list[memoryview]]] | None:
+        """
+        The chains (heads and writable buffers) the next C{total} bytes go
+        into, or None (and the frame counted as dropped) if they do not fit.
+        """
+        port = self.link.port
+        available = queue.pending()
+        chains: list[tuple[int, list[memoryview]]] = []
+        room = 0
+        while room < total:
+            if len(chains) == available or (chains and not self.link.mergeable):
+                if not chains:
+                    port.dropped("busy", "the guest has no receive buffers free")
+                elif len(chains) == available and self.link.mergeable:
+                    port.dropped("busy", "the guest has too few receive buffers free")
+                else:
+                    port.dropped("mtu", f"a frame of {total} bytes does not fit the guest's "
+                                 f"receive buffer of {room}")
+                return None
+            head = queue.peek(len(chains))
+            buffers = [view for view, writable in queue.chain(head) if writable]
+            chains.append((head, buffers))
+            room += sum(len(b) for b in buffers)
+        return chains
+
+
+def _packet(views: list[memoryview], strip: int) -> bytes | None:
+    """
+    A transmitted chain as a 10-byte header and a frame: C{strip} bytes
+    (C{num_buffers}) after the first 10 left out.
+    """
+    if not views:
+        return None
+    first = views[0]
+    if strip and len(first) >= 10 + strip:
+        return b"".join((first[:10], first[10 + strip:], *views[1:]))
+    data = b"".join(views)
+    if len(data) < 10 + strip:
+        return None
+    return data[:10] + data[10 + strip:] if strip else data
+
+
+def _scatter(pieces: tuple[Any, ...], buffers: list[list[memoryview]]) -> list[int]:
+    """
+    Copy C{pieces} one after the other into the buffers of each chain in
+    turn; return how many bytes each chain got.
+    """
+    sources = [memoryview(p) for p in pieces]
+    index, offset = 0, 0
+    counts = []
+    for chain in buffers:
+        count = 0
+        for buffer in chain:
+            at, size = 0, len(buffer)
+            while at < size and index < len(sources):
+                source = sources[index]
+                n = min(size - at, len(source) - offset)
+                buffer[at:at + n] = source[offset:offset + n]
+                at += n
+                offset += n
+                count += n
+                if offset == len(source):
+                    index, offset = index + 1, 0
+        counts.append(count)
+    return counts

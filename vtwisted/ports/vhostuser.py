@@ -1,0 +1,361 @@
+"""
+QEMU guests through vhost-user (C{vhostuser:unix:PATH}): the guest's
+virtio-net queues in memory it shares with the switch, no system call per
+frame on the guest's side and TCP super-frames both ways.
+
+Theory of operation
+-------------------
+QEMU (C{-chardev socket,path=PATH -netdev vhost-user,chardev=...}, with
+its RAM in shared memory: C{-object memory-backend-memfd,share=on}) is the
+front-end; the switch is the back-end.  Each connection is one guest and
+one switch port, as for C{qemu:}; C{vhostuser:connect:unix:PATH} connects
+to a QEMU that listens instead (C{server=on}) and again after it restarts.
+
+Over the socket (L{vtwisted.wire.vhostuser}) QEMU asks for the device's
+features, sends the acknowledged ones, the guest memory table (file
+descriptors the switch maps, L{vtwisted.ports.virtqueue.GuestMemory}), and
+for each of the two queues its size, its start index, where its three
+parts are, an eventfd the guest kicks when it adds buffers and one the
+switch writes to interrupt the guest.  Queue 1 carries the guest's frames:
+on a kick every available chain is read (up to a budget per reactor turn),
+handed to the switch and given back.  Queue 0 holds the guest's empty
+receive buffers: each frame for the guest is written into the next
+chains (several, with mergeable buffers) behind a virtio-net header; with
+no buffer free it is dropped and counted as C{busy}.
+
+The virtio-net header is the TAP's, plus C{num_buffers} (12 bytes with
+VIRTIO 1.0 or mergeable buffers).  The device offers checksum and TSO
+(IPv4, IPv6, ECN) both ways; a guest that takes them all has a port that
+exchanges super-frames untouched with TAP ports and cables, like a TAP
+with offloads.  UDP GSO is not offered (QEMU 7.2 cannot pass it on), so
+such packets are cut into datagrams for the guest.  A guest that takes
+fewer offloads gets plain frames.
+
+Anything malformed from QEMU or the guest (a message, a memory table, a
+ring) is logged once with the spec and the peer, counted, and closes the
+connection: QEMU then stops the device, and the other ports carry on.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from typing import Any
+
+from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from vtwisted.impair import KEYWORDS as IMPAIRMENTS
+from vtwisted.interfaces import ILink, IPortService
+from vtwisted.ports.streamlinks import StreamConnector, StreamListener, describePeer, socketOf
+from vtwisted.ports.streamspec import readStreamSpec
+from vtwisted.ports.vhostrings import Ring
+from vtwisted.ports.virtqueue import GuestMemory, VirtqueueError
+from vtwisted.spec import PortSpec
+from vtwisted.wire import vhostuser as vu
+from vtwisted.wire import vnet
+from vtwisted.wire.vhostuser import VhostUserError
+
+log = Logger()
+
+#: Device feature bits (VIRTIO 1.1, 5.1.3 and 6).
+F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN = 0, 1, 7, 8, 9
+F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_MRG_RXBUF = 11, 12, 13, 15
+F_INDIRECT_DESC, F_PROTOCOL_FEATURES, F_VERSION_1 = 28, 30, 32
+OFFERED = sum(1 << bit for bit in (
+    F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_HOST_TSO4, F_HOST_TSO6,
+    F_HOST_ECN, F_MRG_RXBUF, F_INDIRECT_DESC, F_PROTOCOL_FEATURES, F_VERSION_1))
+#: vhost-user protocol features: several queues (one pair here) and acks.
+P_MQ, P_REPLY_ACK = 0, 3
+PROTOCOL_OFFERED = 1 << P_MQ | 1 << P_REPLY_ACK
+#: What a guest must take for super-frames to be passed to it whole.
+SUPER_FRAMES = sum(1 << bit for bit in (F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN))
+#: Keywords of a spec that configure the switch port, not the endpoint.
+PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
+RX, TX = 0, 1
+#: GSO types a guest with L{SUPER_FRAMES} takes whole (not UDP GSO).
+_WHOLE = frozenset((vnet.GSO_NONE, vnet.GSO_TCPV4, vnet.GSO_TCPV6,
+                    vnet.GSO_TCPV4 | vnet.GSO_ECN, vnet.GSO_TCPV6 | vnet.GSO_ECN))
+_NUM_BUFFERS = struct.Struct("<H")
+
+
+@implementer(ILink, IFileDescriptorReceiver)
+class VhostUserLink(Protocol):
+    """
+    One guest's vhost-user connection, plugged into a switch port.
+    """
+
+    module = "vhost-user"
+    vnetHeader = False
+
+    def __init__(self, owner: Any) -> None:
+        self.owner = owner
+        self.port: Any = None
+        self.uid: int | None = None
+        self.linkId = 0
+        self.description = ""
+        self.features = 0
+        self.protocolFeatures = 0
+        self.memory: GuestMemory | None = None
+        self.rings = [Ring(self, RX), Ring(self, TX)]
+        self.headerLength = vnet.HEADER_LENGTH
+        self.mergeable = False
+        self._receive: Any = None
+        self._buffer = b""
+        self._fds: deque[int] = deque()
+        self._broken = False
+
+    # The connection
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        handle = socketOf(transport)
+        self.linkId = handle.fileno()
+        self.uid, self.description = describePeer(transport.getPeer(), handle)
+        self.owner.linkUp(self)
+
+    def receiverFor(self, switch: Any) -> Any:
+        """
+        What each packet from the guest is handed to.
+        """
+        return switch.vnetPacketReceived
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        self._fds.append(descriptor)
+
+    def dataReceived(self, data: bytes) -> None:
+        buffer = self._buffer + data
+        while not self._broken and len(buffer) >= vu.HEADER.size:
+            try:
+                header = vu.Header.parse(buffer)
+            except VhostUserError as e:
+                self.fail(str(e))
+                return
+            end = vu.HEADER.size + header.size
+            if len(buffer) < end:
+                break
+            payload, buffer = buffer[vu.HEADER.size:end], buffer[end:]
+            try:
+                self.requestReceived(header, payload)
+            except (VhostUserError, VirtqueueError) as e:
+                self.fail(str(e))
+                return
+        self._buffer = buffer
+
+    def requestReceived(self, header: vu.Header, payload: bytes) -> None:
+        """
+        Act on one request from QEMU, answering it if it asks for a value.
+        """
+        request = header.request
+        handler = _HANDLERS.get(request)
+        if handler is None:
+            raise VhostUserError(f"request {request} is not supported")
+        answer = handler(self, request, payload)
+        if answer is None and header.flags & vu.FLAG_NEED_REPLY and \
+                self.protocolFeatures & 1 << P_REPLY_ACK:
+            answer = vu.numberReply(request, 0)
+        if answer is not None:
+            self.transport.write(answer)  # type: ignore[union-attr]
+
+    def fail(self, problem: str) -> None:
+        """
+        QEMU or the guest sent something unusable: say what, count it and
+        close the connection.
+        """
+        if self._broken:
+            return
+        self._broken = True
+        if self.port is not None:
+            self.port.counters.drops["malformed"] += 1
+        log.error("{spec}: {peer}: {problem}; closing the connection",
+                  spec=self.owner.spec, peer=self.description, problem=problem)
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        for ring in self.rings:
+            ring.stop()
+            ring.closeDescriptors()
+        while self._fds:
+            os.close(self._fds.popleft())
+        if self.memory is not None:
+            self.memory.close()
+            self.memory = None
+        self.owner.linkDown(self)
+
+    def close(self) -> None:
+        """
+        Unplug and disconnect QEMU.
+        """
+        self.owner.linkDown(self)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # Requests
+
+    def takeDescriptor(self, what: str) -> int:
+        if not self._fds:
+            raise VhostUserError(f"{what} came without its file descriptor")
+        return self._fds.popleft()
+
+    def getFeatures(self, request: int, payload: bytes) -> bytes:
+        return vu.numberReply(request, OFFERED)
+
+    def setFeatures(self, request: int, payload: bytes) -> None:
+        features = vu.number(request, payload)
+        if features & ~OFFERED:
+            raise VhostUserError(f"features {features & ~OFFERED:#x} were never offered")
+        self.features = features
+        if not features & 1 << F_PROTOCOL_FEATURES:
+            for ring in self.rings:  # rings start enabled without the protocol features
+                ring.enabled = True
+        self.mergeable = bool(features & (1 << F_MRG_RXBUF))
+        modern = features & (1 << F_VERSION_1)
+        self.headerLength = vnet.HEADER_LENGTH + 2 if modern or self.mergeable else \
+            vnet.HEADER_LENGTH
+        whole = features & SUPER_FRAMES == SUPER_FRAMES
+        if whole != self.vnetHeader:
+            self.vnetHeader = whole
+            if self.port is not None:
+                self.port.rewire()
+
+    def getProtocolFeatures(self, request: int, payload: bytes) -> bytes:
+        return vu.numberReply(request, PROTOCOL_OFFERED)
+
+    def setProtocolFeatures(self, request: int, payload: bytes) -> None:
+        features = vu.number(request, payload)
+        if features & ~PROTOCOL_OFFERED:
+            raise VhostUserError(f"protocol features {features & ~PROTOCOL_OFFERED:#x} were "
+                                 "never offered")
+        self.protocolFeatures = features
+
+    def getQueueCount(self, request: int, payload: bytes) -> bytes:
+        return vu.numberReply(request, 1)
+
+    def setRingEnabled(self, request: int, payload: bytes) -> None:
+        index, enabled = vu.ringState(request, payload)
+        self.ring(index).enabled = bool(enabled)
+
+    def setMemoryTable(self, request: int, payload: bytes) -> None:
+        regions = vu.memoryTable(request, payload)
+        fds = [self.takeDescriptor("the memory table") for _ in regions]
+        memory = GuestMemory.map(regions, fds)
+        for ring in self.rings:
+            ring.stop()
+        if self.memory is not None:
+            self.memory.close()
+        self.memory = memory
+        for ring in self.rings:
+            ring.restart()
+
+    def ring(self, index: int) -> Ring:
+        if index not in (RX, TX):
+            raise VhostUserError(f"queue {index} does not exist (one queue pair)")
+        return self.rings[index]
+
+    def setRingNumber(self, request: int, payload: bytes) -> None:
+        index, size = vu.ringState(request, payload)
+        self.ring(index).size = size
+
+    def setRingBase(self, request: int, payload: bytes) -> None:
+        index, base = vu.ringState(request, payload)
+        self.ring(index).base = base
+
+    def setRingAddresses(self, request: int, payload: bytes) -> None:
+        addresses = vu.ringAddresses(request, payload)
+        self.ring(addresses.ring).addresses = addresses
+
+    def getRingBase(self, request: int, payload: bytes) -> bytes:
+        index, _ = vu.ringState(request, payload)
+        ring = self.ring(index)
+        ring.stop()
+        ring.closeDescriptors()
+        return vu.stateReply(request, index, ring.base)
+
+    def setRingDescriptor(self, request: int, payload: bytes) -> None:
+        value = vu.number(request, payload)
+        ring = self.ring(value & vu.RING_INDEX_MASK)
+        fd = -1 if value & vu.NO_FD else self.takeDescriptor(f"request {request}")
+        if request == vu.SET_VRING_KICK:
+            ring.setKick(fd)
+        elif request == vu.SET_VRING_CALL:
+            ring.setCall(fd)
+        elif fd >= 0:
+            os.close(fd)  # error notifications: the switch has none to give
+
+    def ignore(self, request: int, payload: bytes) -> None:
+        return None
+
+    # ILink
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Write one plain frame to the guest, behind an empty header.
+        """
+        self.rings[RX].deliver(vnet.PLAIN_HEADER, frame)
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        """
+        Write one virtio-net packet to the guest; UDP GSO is cut up first.
+        """
+        if packet[1] in _WHOLE:
+            self.rings[RX].deliver(packet[:10], memoryview(packet)[10:])
+            return
+        for frame in vnet.toFrames(packet):
+            self.rings[RX].deliver(vnet.PLAIN_HEADER, frame)
+
+
+_HANDLERS: dict[int, Any] = {
+    vu.GET_FEATURES: VhostUserLink.getFeatures,
+    vu.SET_FEATURES: VhostUserLink.setFeatures,
+    vu.SET_OWNER: VhostUserLink.ignore,
+    vu.RESET_OWNER: VhostUserLink.ignore,
+    vu.SET_MEM_TABLE: VhostUserLink.setMemoryTable,
+    vu.SET_VRING_NUM: VhostUserLink.setRingNumber,
+    vu.SET_VRING_BASE: VhostUserLink.setRingBase,
+    vu.SET_VRING_ADDR: VhostUserLink.setRingAddresses,
+    vu.GET_VRING_BASE: VhostUserLink.getRingBase,
+    vu.SET_VRING_KICK: VhostUserLink.setRingDescriptor,
+    vu.SET_VRING_CALL: VhostUserLink.setRingDescriptor,
+    vu.SET_VRING_ERR: VhostUserLink.setRingDescriptor,
+    vu.GET_PROTOCOL_FEATURES: VhostUserLink.getProtocolFeatures,
+    vu.SET_PROTOCOL_FEATURES: VhostUserLink.setProtocolFeatures,
+    vu.GET_QUEUE_NUM: VhostUserLink.getQueueCount,
+    vu.SET_VRING_ENABLE: VhostUserLink.setRingEnabled,
+}
+
+
+@implementer(IPortService)
+class VhostUserListener(StreamListener):
+    """
+    The service of C{vhostuser:unix:PATH}: QEMU connects to the switch.
+    """
+
+    protocol = VhostUserLink  # type: ignore[assignment]
+
+
+@implementer(IPortService)
+class VhostUserConnector(StreamConnector):
+    """
+    The service of C{vhostuser:connect:unix:PATH}: the switch connects to
+    a QEMU that listens (C{-chardev socket,server=on}).
+    """
+
+    protocol = VhostUserLink  # type: ignore[assignment]
+
+
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> Any:
+    """
+    Build the service for C{vhostuser:[listen:|connect:]unix:PATH} with the
+    options C{vlan=}, C{trunk=}, C{mtu=} for each guest's port.
+    """
+    read = readStreamSpec(spec, reactor, PORT_KEYWORDS, listenByDefault=True)
+    if spec.args[read.skip] != "unix":
+        raise spec.error("vhost-user needs a Unix socket (unix:PATH): it passes file "
+                         "descriptors")
+    if read.listen:
+        return VhostUserListener(switch, reactor, read.endpoint, read.options, spec.text,
+                                 read.unixPath)
+    return VhostUserConnector(switch, reactor, read.endpoint, read.options, spec.text)

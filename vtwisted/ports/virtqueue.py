@@ -1,0 +1,241 @@
+"""
+Virtio split virtqueues (VIRTIO 1.1, section 2.6) in memory a guest
+shares with the switch: what the C{vhostuser:} port reads and writes.
+
+Theory of operation
+-------------------
+L{GuestMemory} holds the regions of guest memory the front-end shared
+(mapped from their file descriptors) and translates guest-physical
+addresses (in descriptors) and front-end addresses (of the rings) into
+memoryviews of them.  A queue is three structures there: the descriptor
+table (address, length, flags, next; 16 bytes each), the available ring
+the guest fills with chain heads (flags, index, heads), and the used ring
+the device fills with (head, bytes written) pairs (flags, index, pairs).
+
+L{SplitQueue} takes the chains the guest made available after
+C{lastAvail}, walks each (following C{NEXT} links and one level of
+C{INDIRECT} tables), returns them as memoryviews marked writable or not,
+and puts them back on the used ring; the used index is stored once per
+batch (L{SplitQueue.publish}), after the entries, which x86's store order
+keeps visible in that order.
+
+The guest is not trusted: an index past the table, a chain longer than
+the table (a loop), an address outside the shared regions or a nested
+indirect table raise L{VirtqueueError} and nothing is read or written.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from vtwisted.wire.vhostuser import Region
+
+DESCRIPTOR = struct.Struct("<QIHH")
+NEXT, WRITE, INDIRECT = 1, 2, 4
+#: Available ring flag: the guest needs no interrupt now.
+NO_INTERRUPT = 1
+MAX_QUEUE_SIZE = 32768
+_U16 = struct.Struct("<H")
+_USED = struct.Struct("<II")
+
+
+class VirtqueueError(Exception):
+    """
+    The guest's queue or the front-end's memory table is unusable.
+    """
+
+
+class GuestMemory:
+    """
+    The regions of guest memory shared with the switch.
+    """
+
+    def __init__(self, regions: Sequence[tuple[Region, Any]]) -> None:
+        """
+        @param regions: each region and a buffer holding it from its
+            C{mmapOffset} on (an C{mmap}, or a C{bytearray} in tests).
+        """
+        self._maps = [buffer for _, buffer in regions]
+        self._regions = [(r.guestAddress, r.userAddress, r.size,
+                          memoryview(buffer)[r.mmapOffset:r.mmapOffset + r.size])
+                         for r, buffer in regions]
+        for region, (_, _, size, view) in zip(regions, self._regions):
+            if len(view) != size:
+                raise VirtqueueError(f"region at guest address {region[0][0]:#x}: "
+                                     f"{size} bytes, but {len(view)} mapped")
+
+    @classmethod
+    def map(cls, regions: Sequence[Region], fds: Sequence[int]) -> GuestMemory:
+        """
+        Map each region's file descriptor (which is then closed).
+
+        @raise VirtqueueError: a descriptor cannot be mapped.
+        """
+        mapped = []
+        try:
+            for region, fd in zip(regions, fds):
+                try:
+                    mapped.append((region, mmap.mmap(fd, region.mmapOffset + region.size,
+                                                     mmap.MAP_SHARED)))
+                except (OSError, ValueError, OverflowError) as e:
+                    raise VirtqueueError(f"cannot map the region at guest address "
+                                         f"{region.guestAddress:#x} ({region.size} bytes): "
+                                         f"{e}") from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        return cls(mapped)
+
+    def guest(self, address: int, length: int) -> memoryview:
+        """
+        C{length} bytes at guest-physical C{address}.
+
+        @raise VirtqueueError: not inside one region.
+        """
+        for start, _, size, view in self._regions:
+            offset = address - start
+            if 0 <= offset and offset + length <= size:
+                return view[offset:offset + length]
+        raise VirtqueueError(f"guest address {address:#x} (+{length}) is outside the "
+                             "shared memory")
+
+    def user(self, address: int, length: int) -> memoryview:
+        """
+        C{length} bytes at front-end address C{address} (ring addresses).
+
+        @raise VirtqueueError: not inside one region.
+        """
+        for _, start, size, view in self._regions:
+            offset = address - start
+            if 0 <= offset and offset + length <= size:
+                return view[offset:offset + length]
+        raise VirtqueueError(f"ring address {address:#x} (+{length}) is outside the "
+                             "shared memory")
+
+    @property
+    def size(self) -> int:
+        """
+        Bytes shared, over all regions.
+        """
+        return sum(size for _, _, size, _ in self._regions)
+
+    def close(self) -> None:
+        """
+        Forget the regions; each is unmapped once nothing refers to it.
+        """
+        for *_, view in self._regions:
+            view.release()
+        self._regions = []
+        for buffer in self._maps:
+            close = getattr(buffer, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except BufferError:  # a view is still held; it goes with it
+                    pass
+        self._maps = []
+
+
+class SplitQueue:
+    """
+    One split virtqueue, as the device sees it.
+
+    @ivar lastAvail: the index of the next available entry to take.
+    """
+
+    def __init__(self, memory: GuestMemory, size: int, descriptors: int, available: int,
+                 used: int, lastAvail: int) -> None:
+        """
+        @raise VirtqueueError: a size that is not a power of two up to
+            32768, or a structure outside the shared memory.
+        """
+        if not 0 < size <= MAX_QUEUE_SIZE or size & (size - 1):
+            raise VirtqueueError(f"queue size {size} is not a power of two up to "
+                                 f"{MAX_QUEUE_SIZE}")
+        self.memory = memory
+        self.size = size
+        self.table = memory.user(descriptors, 16 * size)
+        self.available = memory.user(available, 4 + 2 * size)
+        self.used = memory.user(used, 4 + 8 * size)
+        self.lastAvail = lastAvail & 0xFFFF
+        self.usedIndex: int = _U16.unpack_from(self.used, 2)[0]
+
+    def pending(self) -> int:
+        """
+        How many chains the guest has made available and not been taken.
+
+        @raise VirtqueueError: more than the queue holds.
+        """
+        count = (_U16.unpack_from(self.available, 2)[0] - self.lastAvail) & 0xFFFF
+        if count > self.size:
+            raise VirtqueueError(f"{count} chains available in a queue of {self.size}")
+        return count
+
+    def peek(self, ahead: int = 0) -> int:
+        """
+        The head of the chain C{ahead} places after the next one to take.
+        """
+        slot = (self.lastAvail + ahead) % self.size
+        head: int = _U16.unpack_from(self.available, 4 + 2 * slot)[0]
+        return head
+
+    def take(self) -> int:
+        """
+        Take the next available chain: its head.
+        """
+        head = self.peek()
+        self.lastAvail = (self.lastAvail + 1) & 0xFFFF
+        return head
+
+    def chain(self, head: int) -> list[tuple[memoryview, bool]]:
+        """
+        The buffers of the chain at C{head}, each with whether the device
+        may write it.
+
+        @raise VirtqueueError: the chain is malformed.
+        """
+        buffers = []
+        table, limit, index, indirect = self.table, self.size, head, False
+        count = 0
+        while True:
+            if index >= limit:
+                raise VirtqueueError(f"descriptor {index} past a table of {limit}")
+            address, length, flags, following = DESCRIPTOR.unpack_from(table, 16 * index)
+            if flags & INDIRECT:
+                if indirect or flags & NEXT or not length or length % 16:
+                    raise VirtqueueError(f"bad indirect descriptor ({length} bytes, "
+                                         f"flags {flags:#x})")
+                table, limit, index, indirect = self.memory.guest(address, length), \
+                    length // 16, 0, True
+                count = 0
+                continue
+            buffers.append((self.memory.guest(address, length), bool(flags & WRITE)))
+            count += 1
+            if not flags & NEXT:
+                return buffers
+            if count >= limit:
+                raise VirtqueueError(f"chain at {head} loops (longer than its table)")
+            index = following
+
+    def put(self, head: int, written: int) -> None:
+        """
+        Give the chain at C{head} back, with C{written} bytes written to it.
+        """
+        _USED.pack_into(self.used, 4 + 8 * (self.usedIndex % self.size), head, written)
+        self.usedIndex = (self.usedIndex + 1) & 0xFFFF
+
+    def publish(self) -> None:
+        """
+        Make the chains put back visible to the guest.
+        """
+        _U16.pack_into(self.used, 2, self.usedIndex)
+
+    def wantsInterrupt(self) -> bool:
+        """
+        Whether the guest asked to be told about used chains.
+        """
+        return not self.available[0] & NO_INTERRUPT
