@@ -117,6 +117,12 @@ class VhostUserLink(Protocol):
         self.uid, self.description = describePeer(transport.getPeer(), handle)
         self.owner.linkUp(self)
 
+    def whenReady(self) -> None:
+        """
+        When a L{ClientService} counts the connection as made: at once.
+        """
+        return None
+
     def receiverFor(self, switch: Any) -> Any:
         """
         What each packet from the guest is handed to.

@@ -1,0 +1,184 @@
+"""
+Real QEMU guests (tests/guest.py: Debian kernel + busybox, TCG) on
+C{twistd vswitch} through vhost-user: the guest's RAM is a shared memfd
+(C{memory-backend-memfd,share=on}) and its virtio-net queues are served by
+the switch's C{vhostuser:} port.
+
+QEMU 7.2 under TCG crashes (a null pointer in its MSI-X vector set-up)
+when a vhost-user NIC starts with MSI-X, so the NIC here has
+C{vectors=0} (legacy interrupts); under KVM that is not needed.
+
+Addresses are in private test /24s that exist only on the switch the test
+started and in the namespaces it made.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from guest import startGuest, waitAll
+from helpers import execIn, need, needRoot, run, uniqueName, waitFor
+from taphelpers import _CLIENT, PYTHON, console, moveTap, quietNamespace
+
+pytestmark = pytest.mark.integration
+
+#: The NIC: virtio-net, legacy interrupts (see the module docstring).
+NIC = "virtio-net-pci,vectors=0"
+LINK = re.compile(r"module vhost-user\s*: qemu-system-x86 pid \d+")
+COUNTERS = re.compile(r"Port (\d+) .*?IN:\s+pkts\s+(\d+)\s+bytes\s+(\d+).*?OUT:\s+pkts\s+(\d+)"
+                      r"\s+bytes\s+(\d+)", re.S)
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    need("qemu-system-x86_64")
+
+
+def vhostArgs(socketPath: Path, memory: int = 256, server: bool = False) -> tuple[list, list]:
+    """
+    The -netdev and extra arguments of a guest on a vhost-user socket.
+    """
+    chardev = f"socket,id=c0,path={socketPath}" + (",server=on,wait=off" if server else "")
+    netdev = ["-chardev", chardev, "-netdev", "vhost-user,id=n0,chardev=c0"]
+    extra = ["-object", f"memory-backend-memfd,id=mem0,size={memory}M,share=on",
+             "-machine", "memory-backend=mem0"]
+    return netdev, extra
+
+
+def pingScript(address: str, *targets: str) -> str:
+    """
+    Bring eth0 up as C{address}/24 and ping each target three times once it answers.
+    """
+    lines = [f"ip addr add {address}/24 dev eth0", "ip link set eth0 up", "rc=0"]
+    for target in targets:
+        lines += [f"n=0; until ping -c 1 -W 1 {target} >/dev/null 2>&1; do",
+                  "  n=$((n + 1)); [ $n -ge 40 ] && break; done",
+                  f"ping -c 3 -i 0.2 -W 2 {target} || rc=1"]
+    return "\n".join([*lines, "sleep 3", "exit $rc", ""])
+
+
+def test_guestsOnVhostUserPingEachOtherAndANamespace(vswitch, processes, namespaces,
+                                                     shortdir) -> None:
+    """
+    Two guests connect to one vhostuser: socket, each on a port of its own
+    (port/allprint shows both QEMU processes), and ping each other and a
+    namespace behind the switch's TAP.
+    """
+    needRoot()
+    mgmt, path = shortdir / "mgmt", shortdir / "vhost.sock"
+    tap = uniqueName("tvh")
+    sw = vswitch("--mgmt", str(mgmt), "--port", f"vhostuser:unix:{path}",
+                 "--port", f"tap:{tap}")
+    ns = quietNamespace(namespaces, "vtwvh")
+    moveTap(tap, ns, "10.211.9.1/24")
+    netdev, extra = vhostArgs(path)
+    guests = [
+        startGuest(processes, netdev, pingScript(address, "10.211.9.1", peer), mac,
+                   directory=shortdir, name=name, nic=NIC, extraArgs=extra)
+        for name, address, peer, mac in (
+            ("left", "10.211.9.2", "10.211.9.3", "52:54:00:76:75:01"),
+            ("right", "10.211.9.3", "10.211.9.2", "52:54:00:76:75:02"))
+    ]
+    waitFor(lambda: len(LINK.findall(console(mgmt, "port/allprint"))) == 2, timeout=30,
+            what="both QEMU processes on the switch")
+    results = waitAll(guests, timeout=120)
+    for guest, result in zip(guests, results):
+        print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
+        assert result.rc == 0, guest.diagnostics() + sw.logText()
+        assert result.output.count("3 packets received") == 2, guest.diagnostics()
+    assert "Traceback" not in sw.logText(), sw.logText()
+
+
+def test_tcpCrossesAsSuperFramesBothWays(vswitch, processes, namespaces, shortdir) -> None:
+    """
+    3 MB from a namespace to the guest and 3 MB back, SHA-256 checked; the
+    guest's port counts fewer frames than 1514-byte frames would take: the
+    guest sends and receives TCP super-frames (TSO) through the rings.
+    """
+    needRoot()
+    mgmt, path = shortdir / "mgmt", shortdir / "vhost.sock"
+    tap = uniqueName("tvh")
+    sw = vswitch("--mgmt", str(mgmt), "--port", f"vhostuser:unix:{path}",
+                 "--port", f"tap:{tap}")
+    ns = quietNamespace(namespaces, "vtwvh")
+    moveTap(tap, ns, "10.211.10.1/24")
+    sink = processes.start(execIn(ns, PYTHON, "-c", SINK, "10.211.10.1", "7400"),
+                           stdout=subprocess.PIPE, text=True)
+    assert sink.stdout.readline().strip() == "ready"
+    script = (pingScript("10.211.10.2", "10.211.10.1").replace("sleep 3\nexit $rc\n", "")
+              + "nc -l -p 7300 < /dev/null > /tmp/got & nc=$!\n"
+              + "echo VTW-LISTENING\nwait $nc\n"
+              + "echo \"got $(wc -c < /tmp/got) $(sha256sum < /tmp/got | cut -d' ' -f1)\"\n"
+              + "dd if=/dev/urandom of=/tmp/out bs=65536 count=48 2>/dev/null\n"
+              + "echo \"sent $(wc -c < /tmp/out) $(sha256sum < /tmp/out | cut -d' ' -f1)\"\n"
+              + "nc 10.211.10.1 7400 < /tmp/out\nexit $rc\n")
+    netdev, extra = vhostArgs(path)
+    guest = startGuest(processes, netdev, script, "52:54:00:76:75:03", directory=shortdir,
+                       name="bulk", nic=NIC, extraArgs=extra)
+    waitFor(lambda: guest.sawLine("VTW-LISTENING") or guest.process.poll() is not None,
+            timeout=90, what="the guest's listener")
+    sent = run(*execIn(ns, PYTHON, "-c", _CLIENT, "10.211.10.2", "7300", "5", str(3 << 20)),
+               timeout=120)
+    result = guest.wait(180)
+    print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
+    assert result.rc == 0, guest.diagnostics() + sw.logText()
+    assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
+    back = re.search(r"sent (\d+ [0-9a-f]{64})", result.output)
+    assert back is not None, result.output
+    assert sink.stdout.readline().strip() == back.group(1)
+    counters = {int(m[0]): tuple(map(int, m[1:])) for m in
+                COUNTERS.findall(console(mgmt, "port/allprint"))}
+    inFrames, inBytes, outFrames, outBytes = counters[2]
+    print(counters)
+    # frames of at most 1514 bytes (and the ACKs) could not average 1800
+    assert inBytes > 3 << 20 and inBytes / inFrames > 1800, "guest TSO: super-frames in"
+    assert outBytes > 3 << 20 and outBytes / outFrames > 1800, "super-frames to the guest"
+    assert "Traceback" not in sw.logText(), sw.logText()
+
+
+#: A TCP sink: prints "ready", then the length and SHA-256 of one connection's bytes.
+SINK = r"""
+import hashlib, socket, sys
+s = socket.socket()
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+h, n = hashlib.sha256(), 0
+while chunk := c.recv(1 << 20):
+    h.update(chunk)
+    n += len(chunk)
+print(n, h.hexdigest(), flush=True)
+"""
+
+
+def test_theSwitchConnectsToAListeningQemuAndItsPortGoesWithIt(vswitch, processes, namespaces,
+                                                               shortdir) -> None:
+    """
+    With vhostuser:connect:unix: the switch connects to QEMU's listening
+    socket (server=on), the guest pings a namespace behind the switch's
+    TAP, and when QEMU exits its port is freed.
+    """
+    needRoot()
+    mgmt, path = shortdir / "mgmt", shortdir / "qemu.sock"
+    netdev, extra = vhostArgs(path, server=True)
+    guest = startGuest(processes, netdev, pingScript("10.211.11.2", "10.211.11.1"),
+                       "52:54:00:76:75:04", directory=shortdir, name="server", nic=NIC,
+                       extraArgs=extra)
+    waitFor(lambda: path.exists(), timeout=30, what="QEMU's socket")
+    tap = uniqueName("tvh")
+    sw = vswitch("--mgmt", str(mgmt), "--port", f"vhostuser:connect:unix:{path}",
+                 "--port", f"tap:{tap}")
+    ns = quietNamespace(namespaces, "vtwvh")
+    moveTap(tap, ns, "10.211.11.1/24")
+    waitFor(lambda: len(LINK.findall(console(mgmt, "port/allprint"))) == 1, timeout=30,
+            what="the switch connected to QEMU")
+    result = guest.wait(90)
+    print(result.output)
+    assert result.rc == 0 and "3 packets received" in result.output, guest.diagnostics()
+    waitFor(lambda: not LINK.findall(console(mgmt, "port/allprint")), timeout=30,
+            what="the port freed")
+    assert "Traceback" not in sw.logText(), sw.logText()
