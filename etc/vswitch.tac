@@ -24,6 +24,7 @@ switchService = buildService(
         # "vde:/tmp/lab-vlan10:vlan=10",
         # "qemu:unix:/tmp/vms.sock",  # -netdev stream,addr.type=unix,addr.path=/tmp/vms.sock
         # "qemu:connect:unix:/tmp/vm2.sock",  # -netdev stream,server=on,...
+        # "vhostuser:unix:/tmp/vms.vhost",  # -netdev vhost-user (guest RAM share=on)
         # "dgram:udp:127.0.0.1:5555:127.0.0.1:5556",  # -netdev socket,udp=127.0.0.1:5555,...
         # "slirp:hostfwd=tcp\\:\\:2222-\\:22",  # NAT like -netdev user, host port 2222 to guest 22
         # "cable:listen:tcp:7443:cert=a.pem:key=a.key:ca=b.pem",  # TLS cable from another switch
