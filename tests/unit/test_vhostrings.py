@@ -288,3 +288,35 @@ def test_specsNeedAUnixSocket() -> None:
     service = vhostuser.makeService(None, PortSpec("vhostuser:unix:/tmp/x.sock"), None)
     assert service.unixPath == "/tmp/x.sock"
 
+
+
+def test_port_printSaysWhatTheGuestTook(driver) -> None:
+    """The link's description names the peer and whether super-frames reach it."""
+    driver.negotiate()
+    assert driver.link.description.endswith(", super-frames, mergeable buffers")
+    driver.send(vu.SET_FEATURES, vu.packNumber(PLAIN_ONLY & ~(1 << vhostuser.F_MRG_RXBUF)))
+    assert driver.link.description.endswith(", plain frames")
+    assert f" pid {os.getpid()}" in driver.link.description
+
+
+def test_aRingWithoutKicksIsRefused(driver) -> None:
+    """Polling mode (no kick eventfd) is refused, saying so."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        driver.send(vu.SET_VRING_KICK, vu.packNumber(1 | vu.NO_FD))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any("polling" in e.get("problem", "") for e in events)
+    assert driver.transport.disconnecting
+
+
+def test_resetOwnerStopsTheRings(driver) -> None:
+    """After RESET_OWNER nothing is taken from the transmit ring."""
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    driver.send(vu.RESET_OWNER)
+    assert all(ring.queue is None for ring in driver.link.rings)
+    driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    assert other.takeSent() == []

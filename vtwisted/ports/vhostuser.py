@@ -96,7 +96,7 @@ class VhostUserLink(Protocol):
         self.port: Any = None
         self.uid: int | None = None
         self.linkId = 0
-        self.description = ""
+        self.description = self.peer = ""
         self.features = 0
         self.protocolFeatures = 0
         self.memory: GuestMemory | None = None
@@ -114,7 +114,8 @@ class VhostUserLink(Protocol):
         transport: Any = self.transport
         handle = socketOf(transport)
         self.linkId = handle.fileno()
-        self.uid, self.description = describePeer(transport.getPeer(), handle)
+        self.uid, self.peer = describePeer(transport.getPeer(), handle)
+        self.description = self.peer
         self.owner.linkUp(self)
 
     def whenReady(self) -> None:
@@ -174,6 +175,8 @@ class VhostUserLink(Protocol):
         if self._broken:
             return
         self._broken = True
+        for ring in self.rings:
+            ring.stop()
         if self.port is not None:
             self.port.counters.drops["malformed"] += 1
         log.error("{spec}: {peer}: {problem}; closing the connection",
@@ -222,6 +225,8 @@ class VhostUserLink(Protocol):
         self.headerLength = vnet.HEADER_LENGTH + 2 if modern or self.mergeable else \
             vnet.HEADER_LENGTH
         whole = features & SUPER_FRAMES == SUPER_FRAMES
+        self.description = self.peer + (", super-frames" if whole else ", plain frames") + \
+            (", mergeable buffers" if self.mergeable else "")
         if whole != self.vnetHeader:
             self.vnetHeader = whole
             if self.port is not None:
@@ -283,7 +288,11 @@ class VhostUserLink(Protocol):
     def setRingDescriptor(self, request: int, payload: bytes) -> None:
         value = vu.number(request, payload)
         ring = self.ring(value & vu.RING_INDEX_MASK)
+        if request == vu.SET_VRING_KICK and value & vu.NO_FD:
+            raise VhostUserError("a ring without a kick eventfd (polling) is not supported")
         fd = -1 if value & vu.NO_FD else self.takeDescriptor(f"request {request}")
+        if fd >= 0:
+            os.set_blocking(fd, False)
         if request == vu.SET_VRING_KICK:
             ring.setKick(fd)
         elif request == vu.SET_VRING_CALL:
@@ -293,6 +302,11 @@ class VhostUserLink(Protocol):
 
     def ignore(self, request: int, payload: bytes) -> None:
         return None
+
+    def resetOwner(self, request: int, payload: bytes) -> None:
+        for ring in self.rings:
+            ring.stop()
+            ring.closeDescriptors()
 
     # ILink
 
@@ -317,7 +331,7 @@ _HANDLERS: dict[int, Any] = {
     vu.GET_FEATURES: VhostUserLink.getFeatures,
     vu.SET_FEATURES: VhostUserLink.setFeatures,
     vu.SET_OWNER: VhostUserLink.ignore,
-    vu.RESET_OWNER: VhostUserLink.ignore,
+    vu.RESET_OWNER: VhostUserLink.resetOwner,
     vu.SET_MEM_TABLE: VhostUserLink.setMemoryTable,
     vu.SET_VRING_NUM: VhostUserLink.setRingNumber,
     vu.SET_VRING_BASE: VhostUserLink.setRingBase,
