@@ -320,3 +320,13 @@ def test_resetOwnerStopsTheRings(driver) -> None:
     assert all(ring.queue is None for ring in driver.link.rings)
     driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
     assert other.takeSent() == []
+
+
+def test_kicksAreAskedForAgainAfterADrain(driver) -> None:
+    """The used ring's no-notify flag is clear once the transmit ring is drained."""
+    driver.negotiate()
+    plug(driver.switch, FakeLink())
+    _, _, used = FakeDriver.ringAddresses(RINGS[1])
+    struct.pack_into("<H", driver.memory, used, 1)
+    driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    assert struct.unpack_from("<H", driver.memory, used)[0] == 0

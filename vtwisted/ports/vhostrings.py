@@ -11,9 +11,10 @@ stops it and returns where it got to.  A started ring is a
 L{vtwisted.ports.virtqueue.SplitQueue}.
 
 The transmit ring (the guest's frames) is drained when its eventfd is
-readable: every chain taken is given back at once (nothing of the guest's
-is kept), the used index is published once per batch and the guest
-interrupted once, if it wants to be.  The receive ring is written to by
+readable: the guest is asked not to kick meanwhile, every chain taken is
+given back at once (nothing of the guest's is kept), kicks are asked for
+again before a last look, the used index is published once per batch and
+the guest interrupted once, if it wants to be.  The receive ring is written to by
 L{Ring.deliver}, one frame at a time (a reactor turn's frames are not
 held back to save interrupts, which would cost latency).
 """
@@ -168,6 +169,7 @@ class Ring:
         link = self.link
         port, receive, strip = link.port, link._receive, link.headerLength - 10
         taken = 0
+        queue.quietKicks(True)
         pending = queue.pending()
         while pending and taken < TX_BUDGET:
             for _ in range(min(pending, TX_BUDGET - taken)):
@@ -186,6 +188,9 @@ class Ring:
                 except Exception:
                     log.failure("{spec}: the switch failed on a frame", spec=link.owner.spec)
             pending = queue.pending()
+            if not pending:  # kicks on again, then look once more: none is missed
+                queue.quietKicks(False)
+                pending = queue.pending()
         queue.publish()
         if taken:
             self.interrupt()

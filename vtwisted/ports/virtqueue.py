@@ -38,6 +38,8 @@ DESCRIPTOR = struct.Struct("<QIHH")
 NEXT, WRITE, INDIRECT = 1, 2, 4
 #: Available ring flag: the guest needs no interrupt now.
 NO_INTERRUPT = 1
+#: Used ring flag: the device needs no kick now.
+NO_NOTIFY = 1
 MAX_QUEUE_SIZE = 32768
 _U16 = struct.Struct("<H")
 _USED = struct.Struct("<II")
@@ -233,6 +235,13 @@ class SplitQueue:
         Make the chains put back visible to the guest.
         """
         _U16.pack_into(self.used, 2, self.usedIndex)
+
+    def quietKicks(self, quiet: bool) -> None:
+        """
+        Ask the guest not to kick (while the device is taking chains anyway)
+        or to kick again.
+        """
+        _U16.pack_into(self.used, 0, NO_NOTIFY if quiet else 0)
 
     def wantsInterrupt(self) -> bool:
         """
