@@ -330,3 +330,16 @@ def test_kicksAreAskedForAgainAfterADrain(driver) -> None:
     struct.pack_into("<H", driver.memory, used, 1)
     driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
     assert struct.unpack_from("<H", driver.memory, used)[0] == 0
+
+
+def test_aKickWithNothingNewLeavesKicksOn(driver) -> None:
+    """A kick that finds the ring empty leaves kicks asked for: the next frame is taken."""
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    driver.link.rings[1].kicked()
+    sent = frame(b"\xff" * 6, mac(1))
+    _, _, used = FakeDriver.ringAddresses(RINGS[1])
+    assert struct.unpack_from("<H", driver.memory, used)[0] == 0
+    driver.transmit(bytes(12), sent)
+    assert other.takeSent() == [sent]

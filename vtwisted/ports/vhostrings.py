@@ -171,6 +171,9 @@ class Ring:
         taken = 0
         queue.quietKicks(True)
         pending = queue.pending()
+        if not pending:
+            queue.quietKicks(False)
+            pending = queue.pending()
         while pending and taken < TX_BUDGET:
             for _ in range(min(pending, TX_BUDGET - taken)):
                 head = queue.take()
