@@ -48,6 +48,22 @@ def vhostArgs(socketPath: Path, memory: int = 256, server: bool = False) -> tupl
     return netdev, extra
 
 
+def switchWithNamespace(vswitch, namespaces, shortdir: Path, address: str,
+                        spec: str = "vhostuser:unix:{path}") -> tuple:
+    """
+    A switch with a vhost-user port (socket C{shortdir/vhost.sock}) and a
+    TAP moved into a new namespace as C{address}: the switch, the
+    namespace, the console socket and the vhost-user socket.
+    """
+    needRoot()
+    mgmt, path = shortdir / "mgmt", shortdir / "vhost.sock"
+    tap = uniqueName("tvh")
+    sw = vswitch("--mgmt", str(mgmt), "--port", spec.format(path=path), "--port", f"tap:{tap}")
+    ns = quietNamespace(namespaces, "vtwvh")
+    moveTap(tap, ns, address)
+    return sw, ns, mgmt, path
+
+
 def pingScript(address: str, *targets: str) -> str:
     """
     Bring eth0 up as C{address}/24 and ping each target three times once it answers.
@@ -67,13 +83,7 @@ def test_guestsOnVhostUserPingEachOtherAndANamespace(vswitch, processes, namespa
     (port/allprint shows both QEMU processes), and ping each other and a
     namespace behind the switch's TAP.
     """
-    needRoot()
-    mgmt, path = shortdir / "mgmt", shortdir / "vhost.sock"
-    tap = uniqueName("tvh")
-    sw = vswitch("--mgmt", str(mgmt), "--port", f"vhostuser:unix:{path}",
-                 "--port", f"tap:{tap}")
-    ns = quietNamespace(namespaces, "vtwvh")
-    moveTap(tap, ns, "10.211.9.1/24")
+    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.9.1/24")
     netdev, extra = vhostArgs(path)
     guests = [
         startGuest(processes, netdev, pingScript(address, "10.211.9.1", peer), mac,
@@ -98,13 +108,7 @@ def test_tcpCrossesAsSuperFramesBothWays(vswitch, processes, namespaces, shortdi
     guest's port counts fewer frames than 1514-byte frames would take: the
     guest sends and receives TCP super-frames (TSO) through the rings.
     """
-    needRoot()
-    mgmt, path = shortdir / "mgmt", shortdir / "vhost.sock"
-    tap = uniqueName("tvh")
-    sw = vswitch("--mgmt", str(mgmt), "--port", f"vhostuser:unix:{path}",
-                 "--port", f"tap:{tap}")
-    ns = quietNamespace(namespaces, "vtwvh")
-    moveTap(tap, ns, "10.211.10.1/24")
+    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.10.1/24")
     sink = processes.start(execIn(ns, PYTHON, "-c", SINK, "10.211.10.1", "7400"),
                            stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline().strip() == "ready"
@@ -162,18 +166,14 @@ def test_theSwitchConnectsToAListeningQemuAndItsPortGoesWithIt(vswitch, processe
     socket (server=on), the guest pings a namespace behind the switch's
     TAP, and when QEMU exits its port is freed.
     """
-    needRoot()
-    mgmt, path = shortdir / "mgmt", shortdir / "qemu.sock"
+    path = shortdir / "vhost.sock"
     netdev, extra = vhostArgs(path, server=True)
     guest = startGuest(processes, netdev, pingScript("10.211.11.2", "10.211.11.1"),
                        "52:54:00:76:75:04", directory=shortdir, name="server", nic=NIC,
                        extraArgs=extra)
     waitFor(lambda: path.exists(), timeout=30, what="QEMU's socket")
-    tap = uniqueName("tvh")
-    sw = vswitch("--mgmt", str(mgmt), "--port", f"vhostuser:connect:unix:{path}",
-                 "--port", f"tap:{tap}")
-    ns = quietNamespace(namespaces, "vtwvh")
-    moveTap(tap, ns, "10.211.11.1/24")
+    sw, _, mgmt, _ = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.11.1/24",
+                                         "vhostuser:connect:unix:{path}")
     waitFor(lambda: len(LINK.findall(console(mgmt, "port/allprint"))) == 1, timeout=30,
             what="the switch connected to QEMU")
     result = guest.wait(90)

@@ -98,12 +98,7 @@ class GuestMemory:
 
         @raise VirtqueueError: not inside one region.
         """
-        for start, _, size, view in self._regions:
-            offset = address - start
-            if 0 <= offset and offset + length <= size:
-                return view[offset:offset + length]
-        raise VirtqueueError(f"guest address {address:#x} (+{length}) is outside the "
-                             "shared memory")
+        return self._find(0, address, length, "guest address")
 
     def user(self, address: int, length: int) -> memoryview:
         """
@@ -111,12 +106,14 @@ class GuestMemory:
 
         @raise VirtqueueError: not inside one region.
         """
-        for _, start, size, view in self._regions:
-            offset = address - start
+        return self._find(1, address, length, "ring address")
+
+    def _find(self, space: int, address: int, length: int, what: str) -> memoryview:
+        for guest, user, size, view in self._regions:
+            offset = address - (user if space else guest)
             if 0 <= offset and offset + length <= size:
                 return view[offset:offset + length]
-        raise VirtqueueError(f"ring address {address:#x} (+{length}) is outside the "
-                             "shared memory")
+        raise VirtqueueError(f"{what} {address:#x} (+{length}) is outside the shared memory")
 
     @property
     def size(self) -> int:
