@@ -343,3 +343,20 @@ def test_aKickWithNothingNewLeavesKicksOn(driver) -> None:
     assert struct.unpack_from("<H", driver.memory, used)[0] == 0
     driver.transmit(bytes(12), sent)
     assert other.takeSent() == [sent]
+
+
+def test_ringIndexesWrapAround(driver) -> None:
+    """Rings started at index 65533 carry frames both ways across the 16-bit wrap."""
+    driver.negotiate(base=65533)
+    driver.postReceiveBuffers(8)
+    other = FakeLink()
+    plug(driver.switch, other)
+    frames = [frame(b"\xff" * 6, mac(1), payload=bytes([n]) * 60) for n in range(6)]
+    for sent in frames:
+        driver.transmit(bytes(12), sent)
+    assert other.takeSent() == frames
+    assert len(driver.used(1)) == 6
+    for sent in frames:
+        other.receive(sent)
+    assert [f for _, f in driver.received()] == frames
+    assert driver.availIndex == [(65533 + 8) & 0xFFFF, (65533 + 6) & 0xFFFF]

@@ -97,10 +97,16 @@ class FakeDriver:
         self.link.dataReceived(vu.message(request, payload, flags))
         return self.transport.value()
 
-    def negotiate(self, features: int = OFFERED, protocol: bool = True) -> None:
+    def negotiate(self, features: int = OFFERED, protocol: bool = True, base: int = 0) -> None:
         """
-        What QEMU sends when the guest starts the device.
+        What QEMU sends when the guest starts the device; the rings start at
+        index C{base} (as after a restart), their used index too.
         """
+        for ring in (0, 1):
+            self.availIndex[ring] = self.usedSeen[ring] = base
+            _, avail, used = self.ringAddresses(RINGS[ring])
+            struct.pack_into("<H", self.memory, avail + 2, base)
+            struct.pack_into("<H", self.memory, used + 2, base)
         self.send(vu.GET_FEATURES)
         if protocol:
             self.send(vu.GET_PROTOCOL_FEATURES)
@@ -109,10 +115,10 @@ class FakeDriver:
         self.send(vu.SET_FEATURES, vu.packNumber(features))
         region = vu.Region(0, MEMORY, USER_BASE, 0)
         self.send(vu.SET_MEM_TABLE, vu.packTable([region]), (self.memfd,))
-        for index, base in enumerate(RINGS):
-            desc, avail, used = self.ringAddresses(base)
+        for index, start in enumerate(RINGS):
+            desc, avail, used = self.ringAddresses(start)
             self.send(vu.SET_VRING_NUM, vu.packState(index, QUEUE_SIZE))
-            self.send(vu.SET_VRING_BASE, vu.packState(index, 0))
+            self.send(vu.SET_VRING_BASE, vu.packState(index, base))
             self.send(vu.SET_VRING_ADDR, vu.packAddresses(vu.RingAddresses(
                 index, 0, USER_BASE + desc, USER_BASE + used, USER_BASE + avail, 0)))
             self.send(vu.SET_VRING_CALL, vu.packNumber(index), (self.calls[index],))
@@ -142,10 +148,11 @@ class FakeDriver:
 
     def postReceiveBuffers(self, count: int, size: int = 2048) -> None:
         """
-        Make C{count} receive buffers of C{size} bytes available.
+        Make C{count} receive buffers of C{size} bytes (16 KB at most) available.
         """
+        assert size <= 0x4000
         for i in range(count):
-            address = RX_BUFFERS + (self.availIndex[0] % QUEUE_SIZE) * 0x10000
+            address = RX_BUFFERS + (self.availIndex[0] % QUEUE_SIZE) * 0x4000
             head = self._descriptor(0, address, size, WRITE)
             self._makeAvailable(0, head)
             del i
