@@ -323,8 +323,8 @@ def test_resetOwnerStopsTheRings(driver) -> None:
 
 
 def test_kicksAreAskedForAgainAfterADrain(driver) -> None:
-    """The used ring's no-notify flag is clear once the transmit ring is drained."""
-    driver.negotiate()
+    """Without EVENT_IDX, the used ring's no-notify flag is clear once the ring is drained."""
+    driver.negotiate(OFFERED & ~(1 << vhostuser.F_EVENT_IDX))
     plug(driver.switch, FakeLink())
     _, _, used = FakeDriver.ringAddresses(RINGS[1])
     struct.pack_into("<H", driver.memory, used, 1)
@@ -332,17 +332,33 @@ def test_kicksAreAskedForAgainAfterADrain(driver) -> None:
     assert struct.unpack_from("<H", driver.memory, used)[0] == 0
 
 
-def test_aKickWithNothingNewLeavesKicksOn(driver) -> None:
-    """A kick that finds the ring empty leaves kicks asked for: the next frame is taken."""
+def test_withEventIndexesTheDeviceAsksForTheNextKick(driver) -> None:
+    """With EVENT_IDX, avail_event names the next chain after a drain; flags stay clear."""
     driver.negotiate()
+    plug(driver.switch, FakeLink())
+    _, _, used = FakeDriver.ringAddresses(RINGS[1])
+    for _ in range(3):
+        driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    assert struct.unpack_from("<H", driver.memory, used + 4 + 8 * QUEUE_SIZE)[0] == 3
+    assert struct.unpack_from("<H", driver.memory, used)[0] == 0
+
+
+def test_withEventIndexesTheGuestSaysWhenToInterrupt(driver) -> None:
+    """
+    used_event = 2: no interrupt for the first two frames delivered, one for
+    the third (the used index passes 2), none for the fourth.
+    """
+    driver.negotiate()
+    driver.postReceiveBuffers(8)
     other = FakeLink()
     plug(driver.switch, other)
-    driver.link.rings[1].kicked()
-    sent = frame(b"\xff" * 6, mac(1))
-    _, _, used = FakeDriver.ringAddresses(RINGS[1])
-    assert struct.unpack_from("<H", driver.memory, used)[0] == 0
-    driver.transmit(bytes(12), sent)
-    assert other.takeSent() == [sent]
+    _, avail, _ = FakeDriver.ringAddresses(RINGS[0])
+    struct.pack_into("<H", driver.memory, avail + 4 + 2 * QUEUE_SIZE, 2)
+    seen = []
+    for _ in range(4):
+        other.receive(frame(b"\xff" * 6, mac(1)))
+        seen.append(driver.interrupted(0))
+    assert seen == [False, False, True, False]
 
 
 def test_ringIndexesWrapAround(driver) -> None:

@@ -115,7 +115,7 @@ class Ring:
             return
         a = self.addresses
         self.queue = SplitQueue(memory, self.size, a.descriptors, a.available, a.used,
-                                self.base)
+                                self.base, self.link.eventIndex)
         self._reader = _Kicks(self.kick, self)
         self.link.owner.reactor.addReader(self._reader)
         self.kicked()

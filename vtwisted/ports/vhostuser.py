@@ -64,10 +64,10 @@ log = Logger()
 #: Device feature bits (VIRTIO 1.1, 5.1.3 and 6).
 F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN = 0, 1, 7, 8, 9
 F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_MRG_RXBUF = 11, 12, 13, 15
-F_INDIRECT_DESC, F_PROTOCOL_FEATURES, F_VERSION_1 = 28, 30, 32
+F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1 = 28, 29, 30, 32
 OFFERED = sum(1 << bit for bit in (
     F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_HOST_TSO4, F_HOST_TSO6,
-    F_HOST_ECN, F_MRG_RXBUF, F_INDIRECT_DESC, F_PROTOCOL_FEATURES, F_VERSION_1))
+    F_HOST_ECN, F_MRG_RXBUF, F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1))
 #: vhost-user protocol features: several queues (one pair here) and acks.
 P_MQ, P_REPLY_ACK = 0, 3
 PROTOCOL_OFFERED = 1 << P_MQ | 1 << P_REPLY_ACK
@@ -103,6 +103,7 @@ class VhostUserLink(Protocol):
         self.rings = [Ring(self, RX), Ring(self, TX)]
         self.headerLength = vnet.HEADER_LENGTH
         self.mergeable = False
+        self.eventIndex = False
         self._receive: Any = None
         self._buffer = b""
         self._fds: deque[int] = deque()
@@ -221,6 +222,7 @@ class VhostUserLink(Protocol):
             for ring in self.rings:  # rings start enabled without the protocol features
                 ring.enabled = True
         self.mergeable = bool(features & (1 << F_MRG_RXBUF))
+        self.eventIndex = bool(features & (1 << F_EVENT_IDX))
         modern = features & (1 << F_VERSION_1)
         self.headerLength = vnet.HEADER_LENGTH + 2 if modern or self.mergeable else \
             vnet.HEADER_LENGTH

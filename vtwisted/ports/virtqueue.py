@@ -147,8 +147,11 @@ class SplitQueue:
     """
 
     def __init__(self, memory: GuestMemory, size: int, descriptors: int, available: int,
-                 used: int, lastAvail: int) -> None:
+                 used: int, lastAvail: int, eventIndex: bool = False) -> None:
         """
+        @param eventIndex: C{VIRTIO_RING_F_EVENT_IDX} was negotiated: the
+            guest says when it wants an interrupt (C{used_event}) and the
+            device when it wants a kick (C{avail_event}), instead of flags.
         @raise VirtqueueError: a size that is not a power of two up to
             32768, or a structure outside the shared memory.
         """
@@ -157,11 +160,15 @@ class SplitQueue:
                                  f"{MAX_QUEUE_SIZE}")
         self.memory = memory
         self.size = size
+        self.eventIndex = eventIndex
+        extra = 2 if eventIndex else 0
         self.table = memory.user(descriptors, 16 * size)
-        self.available = memory.user(available, 4 + 2 * size)
-        self.used = memory.user(used, 4 + 8 * size)
+        self.available = memory.user(available, 4 + 2 * size + extra)
+        self.used = memory.user(used, 4 + 8 * size + extra)
         self.lastAvail = lastAvail & 0xFFFF
         self.usedIndex: int = _U16.unpack_from(self.used, 2)[0]
+        #: The used index when the guest was last considered for an interrupt.
+        self.signalled = self.usedIndex
 
     def pending(self) -> int:
         """
@@ -236,12 +243,22 @@ class SplitQueue:
     def quietKicks(self, quiet: bool) -> None:
         """
         Ask the guest not to kick (while the device is taking chains anyway)
-        or to kick again.
+        or to kick again for the next chain it adds.
         """
-        _U16.pack_into(self.used, 0, NO_NOTIFY if quiet else 0)
+        if self.eventIndex:
+            if not quiet:
+                _U16.pack_into(self.used, 4 + 8 * self.size, self.lastAvail)
+        else:
+            _U16.pack_into(self.used, 0, NO_NOTIFY if quiet else 0)
 
     def wantsInterrupt(self) -> bool:
         """
-        Whether the guest asked to be told about used chains.
+        Whether the guest asked to be told about the chains used since it
+        was last considered.
         """
-        return not self.available[0] & NO_INTERRUPT
+        if not self.eventIndex:
+            return not self.available[0] & NO_INTERRUPT
+        event: int = _U16.unpack_from(self.available, 4 + 2 * self.size)[0]
+        new, old = self.usedIndex, self.signalled
+        self.signalled = new
+        return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
