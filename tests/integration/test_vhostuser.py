@@ -182,3 +182,56 @@ def test_theSwitchConnectsToAListeningQemuAndItsPortGoesWithIt(vswitch, processe
     waitFor(lambda: not LINK.findall(console(mgmt, "port/allprint")), timeout=30,
             what="the port freed")
     assert "Traceback" not in sw.logText(), sw.logText()
+
+
+RESTART_SCRIPT = """\
+ip addr add 10.211.12.2/24 dev eth0
+ip link set eth0 up
+n=0; state=0
+while [ $n -lt 400 ]; do
+    if ping -c 1 -W 1 10.211.12.1 >/dev/null 2>&1; then
+        [ $state = 0 ] && { echo VTW-UP; state=1; }
+        [ $state = 2 ] && { echo VTW-BACK; exit 0; }
+    else
+        [ $state = 1 ] && { echo VTW-DOWN; state=2; }
+    fi
+    n=$((n + 1)); sleep 0.2
+done
+exit 1
+"""
+
+
+def test_aGuestGetsItsNetworkBackWhenTheSwitchRestarts(vswitch, processes, namespaces,
+                                                       shortdir) -> None:
+    """
+    QEMU with C{reconnect=1} on its vhost-user socket: when the switch
+    stops the guest loses its network, and when a new switch listens on
+    the same path QEMU connects again, hands it the running rings, and the
+    guest pings again.
+    """
+    needRoot()
+    path = shortdir / "vhost.sock"
+    netdev, extra = vhostArgs(path)
+    netdev[1] += ",reconnect=1"
+    ns = quietNamespace(namespaces, "vtwvr")
+    guest = None
+    for step in ("VTW-UP", "VTW-BACK"):
+        tap = uniqueName("tvr")
+        sw = vswitch("--port", f"vhostuser:unix:{path}", "--port", f"tap:{tap}")
+        moveTap(tap, ns, "10.211.12.1/24")
+        # the same address both times, or the guest waits out its ARP cache
+        run("ip", "-n", ns, "link", "set", tap, "address", "02:00:00:76:75:99")
+        if guest is None:
+            guest = startGuest(processes, netdev, RESTART_SCRIPT, "52:54:00:76:75:05",
+                               directory=shortdir, name="restart", nic=NIC, extraArgs=extra)
+        waitFor(lambda step=step, g=guest: g.sawLine(step) or g.process.poll() is not None,
+                timeout=60, what=f"{step} from the guest")
+        if step == "VTW-UP":
+            processes.stop(sw.process)
+            waitFor(lambda g=guest: g.sawLine("VTW-DOWN") or g.process.poll() is not None,
+                    timeout=30, what="the guest to notice")
+    assert guest is not None
+    result = guest.wait(30)
+    print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
+    assert result.rc == 0 and "VTW-BACK" in result.output, guest.diagnostics()
+    assert "Traceback" not in sw.logText(), sw.logText()
