@@ -540,3 +540,27 @@ def assertGuestPings(processes: Processes, netdevArgs: list[str], address: str, 
     result = guest.wait(timeout=90)
     assert result.rc == 0, result.output + guest.diagnostics()
     assert "3 packets received" in result.output, result.output
+
+
+def outageScript(address: str, peer: str) -> str:
+    """
+    A guest script for a network that goes away and comes back: as
+    C{address}/24, ping C{peer} every 0.2 s and print C{VTW-UP} when it
+    first answers, C{VTW-DOWN} when it stops, and C{VTW-BACK} (and exit 0)
+    when it answers again; exit 1 after 80 s.
+    """
+    return f"""\
+ip addr add {address}/24 dev eth0
+ip link set eth0 up
+n=0; state=0
+while [ $n -lt 400 ]; do
+    if ping -c 1 -W 1 {peer} >/dev/null 2>&1; then
+        [ $state = 0 ] && {{ echo VTW-UP; state=1; }}
+        [ $state = 2 ] && {{ echo VTW-BACK; exit 0; }}
+    else
+        [ $state = 1 ] && {{ echo VTW-DOWN; state=2; }}
+    fi
+    n=$((n + 1)); sleep 0.2
+done
+exit 1
+"""

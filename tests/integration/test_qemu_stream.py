@@ -16,7 +16,7 @@ import socket
 import subprocess
 
 import pytest
-from guest import startGuest, waitAll
+from guest import outageScript, startGuest, waitAll
 from helpers import execIn, need, needRoot, run, uniqueName, waitFor
 from taphelpers import _CLIENT, PYTHON, console, moveTap, quietNamespace
 from test_qemu_vde import guestScript
@@ -166,21 +166,7 @@ def test_listeningGuestGetsItsNetworkBackWhenTheSwitchRestarts(vswitch, processe
     need("qemu-system-x86_64", "ping")
     needRoot()
     guestSide = shortdir / "vm.sock"
-    script = """\
-ip addr add 10.211.10.2/24 dev eth0
-ip link set eth0 up
-n=0; state=0
-while [ $n -lt 300 ]; do
-    if ping -c 1 -W 1 10.211.10.1 >/dev/null 2>&1; then
-        [ $state = 0 ] && { echo VTW-UP; state=1; }
-        [ $state = 2 ] && { echo VTW-BACK; exit 0; }
-    else
-        [ $state = 1 ] && { echo VTW-DOWN; state=2; }
-    fi
-    n=$((n + 1)); sleep 0.2
-done
-exit 1
-"""
+    script = outageScript("10.211.10.2", "10.211.10.1")
     guest = startGuest(
         processes, ["-netdev", f"stream,id=n0,server=on,addr.type=unix,addr.path={guestSide}"],
         script, "52:54:00:76:74:31", directory=shortdir, name="restart",

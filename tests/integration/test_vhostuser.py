@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from guest import startGuest, waitAll
+from guest import outageScript, startGuest, waitAll
 from helpers import execIn, need, needRoot, run, uniqueName, waitFor
 from taphelpers import _CLIENT, PYTHON, console, moveTap, quietNamespace
 
@@ -184,23 +184,6 @@ def test_theSwitchConnectsToAListeningQemuAndItsPortGoesWithIt(vswitch, processe
     assert "Traceback" not in sw.logText(), sw.logText()
 
 
-RESTART_SCRIPT = """\
-ip addr add 10.211.12.2/24 dev eth0
-ip link set eth0 up
-n=0; state=0
-while [ $n -lt 400 ]; do
-    if ping -c 1 -W 1 10.211.12.1 >/dev/null 2>&1; then
-        [ $state = 0 ] && { echo VTW-UP; state=1; }
-        [ $state = 2 ] && { echo VTW-BACK; exit 0; }
-    else
-        [ $state = 1 ] && { echo VTW-DOWN; state=2; }
-    fi
-    n=$((n + 1)); sleep 0.2
-done
-exit 1
-"""
-
-
 def test_aGuestGetsItsNetworkBackWhenTheSwitchRestarts(vswitch, processes, namespaces,
                                                        shortdir) -> None:
     """
@@ -222,7 +205,8 @@ def test_aGuestGetsItsNetworkBackWhenTheSwitchRestarts(vswitch, processes, names
         # the same address both times, or the guest waits out its ARP cache
         run("ip", "-n", ns, "link", "set", tap, "address", "02:00:00:76:75:99")
         if guest is None:
-            guest = startGuest(processes, netdev, RESTART_SCRIPT, "52:54:00:76:75:05",
+            guest = startGuest(processes, netdev, outageScript("10.211.12.2", "10.211.12.1"),
+                               "52:54:00:76:75:05",
                                directory=shortdir, name="restart", nic=NIC, extraArgs=extra)
         waitFor(lambda step=step, g=guest: g.sawLine(step) or g.process.poll() is not None,
                 timeout=60, what=f"{step} from the guest")
