@@ -376,3 +376,36 @@ def test_ringIndexesWrapAround(driver) -> None:
         other.receive(sent)
     assert [f for _, f in driver.received()] == frames
     assert driver.availIndex == [(65533 + 8) & 0xFFFF, (65533 + 6) & 0xFFFF]
+
+
+def test_regionsOfOneFileAtTheirOffsets() -> None:
+    """
+    Two regions of one memfd (as QEMU splits RAM around the PCI hole):
+    guest-physical and front-end addresses each land at their region's
+    offset in the file; an address in neither is refused.
+    """
+    import mmap as mmapModule
+
+    from vtwisted.ports.virtqueue import GuestMemory, VirtqueueError
+
+    fd = os.memfd_create("two-regions")
+    os.ftruncate(fd, 2 << 20)
+    view = mmapModule.mmap(fd, 2 << 20)
+    view[0x1000:0x1004] = b"low!"
+    view[(1 << 20) + 0x2000:(1 << 20) + 0x2004] = b"high"
+    low = vu.Region(0, 1 << 20, 0x7F00_0000_0000, 0)
+    high = vu.Region(0x1_0000_0000, 1 << 20, 0x7F00_4000_0000, 1 << 20)
+    memory = GuestMemory.map([low, high], [os.dup(fd), os.dup(fd)])
+    try:
+        assert bytes(memory.guest(0x1000, 4)) == b"low!"
+        assert bytes(memory.guest(0x1_0000_2000, 4)) == b"high"
+        assert bytes(memory.user(0x7F00_4000_2000, 4)) == b"high"
+        memory.guest(0x1_0000_2000, 2)[:] = b"HI"
+        assert view[(1 << 20) + 0x2000:(1 << 20) + 0x2002] == b"HI"
+        for address in (0x0_FFFF_FFFE, (1 << 20) - 2, 0x1_0010_0000):
+            with pytest.raises(VirtqueueError, match="outside the shared memory"):
+                memory.guest(address, 4)
+    finally:
+        memory.close()
+        view.close()
+        os.close(fd)
