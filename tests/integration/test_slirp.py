@@ -259,13 +259,17 @@ exit $rc
 """
 
 
-def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir) -> None:
+@pytest.mark.parametrize("transport", ["stream", "vhostuser"])
+def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir,
+                                                transport: str) -> None:
     """
-    A QEMU guest on -netdev stream takes a lease, pings the gateway, downloads
-    a file from the host's loopback web server and resolves a name, as it
-    would under -netdev user, and configures IPv6 and pings fec0::2.
+    A QEMU guest on -netdev stream or vhost-user takes a lease, pings the
+    gateway, downloads a file from the host's loopback web server and
+    resolves a name, as it would under -netdev user, and configures IPv6
+    and pings fec0::2: a VM on a LAN with NAT, and no root anywhere.
     """
     from guest import startGuest
+    from test_vhostuser import NIC, vhostArgs
 
     need("qemu-system-x86_64")
     site = shortdir / "site"
@@ -282,12 +286,16 @@ def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir) ->
     resolver = processes.start([PYTHON, "-c", DNS], stdout=subprocess.PIPE)
     dnsPort = int(readLine(resolver, 10))
     sock = shortdir / "vm.sock"
-    sw = vswitch("--port", f"qemu:unix:{sock}",
-                 "--port", f"slirp:resolver=127.0.0.1:resolverport={dnsPort}")
+    if transport == "stream":
+        spec, nic, extra = f"qemu:unix:{sock}", "virtio-net-pci", []
+        netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"]
+    else:
+        spec, nic = f"vhostuser:unix:{sock}", NIC
+        netdev, extra = vhostArgs(sock)
+    sw = vswitch("--port", spec, "--port", f"slirp:resolver=127.0.0.1:resolverport={dnsPort}")
     guest = startGuest(
-        processes, ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"],
-        GUEST_SCRIPT.format(http=httpPort), "52:54:00:76:74:31", directory=shortdir,
-        name="slirp")
+        processes, netdev, GUEST_SCRIPT.format(http=httpPort), "52:54:00:76:74:31",
+        directory=shortdir, name="slirp", nic=nic, extraArgs=extra)
     result = guest.wait(timeout=90)
     print(result.output)
     assert result.rc == 0, guest.diagnostics() + sw.logText()
