@@ -49,11 +49,11 @@ def vhostArgs(socketPath: Path, memory: int = 256, server: bool = False) -> tupl
 
 
 def switchWithNamespace(vswitch, namespaces, shortdir: Path, address: str,
-                        spec: str = "vhostuser:unix:{path}") -> tuple:
+                        spec: str = "vhostuser:unix:{path}", mtu: int = 1500) -> tuple:
     """
     A switch with a vhost-user port (socket C{shortdir/vhost.sock}) and a
-    TAP moved into a new namespace as C{address}: the switch, the
-    namespace, the console socket and the vhost-user socket.
+    TAP moved into a new namespace as C{address} (with C{mtu}): the switch,
+    the namespace, the console socket and the vhost-user socket.
     """
     needRoot()
     mgmt, path = shortdir / "mgmt", shortdir / "vhost.sock"
@@ -61,6 +61,7 @@ def switchWithNamespace(vswitch, namespaces, shortdir: Path, address: str,
     sw = vswitch("--mgmt", str(mgmt), "--port", spec.format(path=path), "--port", f"tap:{tap}")
     ns = quietNamespace(namespaces, "vtwvh")
     moveTap(tap, ns, address)
+    run(*execIn(ns, "ip", "link", "set", tap, "mtu", str(mtu)))
     return sw, ns, mgmt, path
 
 
@@ -218,4 +219,29 @@ def test_aGuestGetsItsNetworkBackWhenTheSwitchRestarts(vswitch, processes, names
     result = guest.wait(30)
     print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
     assert result.rc == 0 and "VTW-BACK" in result.output, guest.diagnostics()
+    assert "Traceback" not in sw.logText(), sw.logText()
+
+
+def test_jumboFramesCrossWhole(vswitch, processes, namespaces, shortdir) -> None:
+    """
+    With MTU 9000 on both sides, 8972-byte pings that may not fragment
+    cross both ways (each spans several of the guest's receive buffers).
+    """
+    sw, ns, _, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.13.1/24",
+                                          mtu=9000)
+    netdev, extra = vhostArgs(path)
+    script = ("ip link set eth0 mtu 9000\n" + pingScript("10.211.13.2", "10.211.13.1")
+              .replace("ping -c 3 -i 0.2 -W 2 10.211.13.1",
+                       "ping -c 3 -i 0.2 -W 2 -s 8972 10.211.13.1"))
+    guest = startGuest(processes, netdev, script, "52:54:00:76:75:06", directory=shortdir,
+                       name="jumbo", nic=NIC, extraArgs=extra)
+    waitFor(lambda: guest.sawLine("packets received") or guest.process.poll() is not None,
+            timeout=90, what="the guest's pings")
+    back = run(*execIn(ns, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "8972",
+                       "10.211.13.2"), check=False)
+    result = guest.wait(60)
+    print(result.output)
+    assert result.rc == 0 and "3 packets received" in result.output, guest.diagnostics()
+    assert "8980 bytes from" in result.output, result.output
+    assert back.returncode == 0, back.stdout + back.stderr
     assert "Traceback" not in sw.logText(), sw.logText()
