@@ -15,8 +15,9 @@ readable: the guest is asked not to kick meanwhile, every chain taken is
 given back at once (nothing of the guest's is kept), kicks are asked for
 again before a last look, the used index is published once per batch and
 the guest interrupted once, if it wants to be.  The receive ring is written to by
-L{Ring.deliver}, one frame at a time (a reactor turn's frames are not
-held back to save interrupts, which would cost latency).
+L{Ring.deliver}, one frame at a time, each visible to the guest at once;
+the interrupt comes once for all a reactor turn delivered, from a call
+that runs before the reactor next waits.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Ring:
         self.enabled = False
         self._reader: _Kicks | None = None
         self._again: Any = None
+        self._interrupting: Any = None
 
     def setKick(self, fd: int) -> None:
         """
@@ -127,9 +129,10 @@ class Ring:
         if self._reader is not None:
             self.link.owner.reactor.removeReader(self._reader)
             self._reader = None
-        if self._again is not None and self._again.active():
-            self._again.cancel()
-        self._again = None
+        for call in (self._again, self._interrupting):
+            if call is not None and call.active():
+                call.cancel()
+        self._again = self._interrupting = None
         if self.queue is not None:
             self.base = self.queue.lastAvail
             self.queue = None
@@ -226,6 +229,11 @@ class Ring:
         except VirtqueueError as e:
             link.fail(f"receive queue: {e}")
             return
+        if self._interrupting is None:
+            self._interrupting = link.owner.reactor.callLater(0, self._interruptNow)
+
+    def _interruptNow(self) -> None:
+        self._interrupting = None
         self.interrupt()
 
     def _buffersFor(self, queue: SplitQueue,
