@@ -245,3 +245,33 @@ def test_jumboFramesCrossWhole(vswitch, processes, namespaces, shortdir) -> None
     assert "8980 bytes from" in result.output, result.output
     assert back.returncode == 0, back.stdout + back.stderr
     assert "Traceback" not in sw.logText(), sw.logText()
+
+
+def test_aTwoQueueGuestUsesBothPairs(vswitch, processes, namespaces, shortdir) -> None:
+    """
+    A guest with two vCPUs on C{queues=2} (multiqueue): port/print shows 2
+    queue pairs in use, pings and 2 MB into the guest (SHA-256) work.
+    """
+    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.14.1/24")
+    netdev, extra = vhostArgs(path)
+    netdev[3] += ",queues=2"
+    script = (pingScript("10.211.14.2", "10.211.14.1").replace("sleep 3\nexit $rc\n", "")
+              + "ls /sys/class/net/eth0/queues/\n"
+              + "nc -l -p 7300 < /dev/null > /tmp/got & nc=$!\n"
+              + "echo VTW-LISTENING\nwait $nc\n"
+              + "echo \"got $(wc -c < /tmp/got) $(sha256sum < /tmp/got | cut -d' ' -f1)\"\n"
+              + "exit $rc\n")
+    guest = startGuest(processes, netdev, script, "52:54:00:76:75:07", directory=shortdir,
+                       name="mq", nic=NIC + ",mq=on", extraArgs=[*extra, "-smp", "2"])
+    waitFor(lambda: guest.sawLine("VTW-LISTENING") or guest.process.poll() is not None,
+            timeout=120, what="the guest's listener")
+    shown = console(mgmt, "port/allprint")
+    sent = run(*execIn(ns, PYTHON, "-c", _CLIENT, "10.211.14.2", "7300", "5", str(2 << 20)),
+               timeout=120)
+    result = guest.wait(120)
+    print(result.output)
+    assert result.rc == 0, guest.diagnostics() + sw.logText()
+    assert "rx-1" in result.output and "tx-1" in result.output, "the guest has two pairs"
+    assert "2 queue pairs" in shown, shown
+    assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
+    assert "Traceback" not in sw.logText(), sw.logText()

@@ -246,7 +246,7 @@ def test_aBrokenTransmitRingClosesOnlyThatGuest(driver, damage: str, problem: st
 @pytest.mark.parametrize("request_, payload, problem", [
     (99, b"", "request 99 is not supported"),
     (vu.SET_FEATURES, vu.packNumber(1 << 40), "never offered"),
-    (vu.SET_VRING_NUM, vu.packState(5, 64), "queue 5 does not exist"),
+    (vu.SET_VRING_NUM, vu.packState(16, 64), "queue 16 does not exist"),
     (vu.SET_MEM_TABLE, vu.packTable([vu.Region(0, 4096, 0, 0)]), "without its file descriptor"),
     (vu.SET_VRING_NUM, b"\x00", "payload of 1 bytes"),
 ])
@@ -414,3 +414,60 @@ def test_regionsOfOneFileAtTheirOffsets() -> None:
         memory.close()
         view.close()
         os.close(fd)
+
+
+def test_flowsSpreadOverTheGuestsQueuesAndStayOnOne() -> None:
+    """
+    With two queue pairs enabled, frames for the guest go to both receive
+    rings, every frame of a flow to the same one; the guest transmits on
+    either; GET_QUEUE_NUM offers 8 pairs.
+    """
+    driver = FakeDriver(pairs=2)
+    try:
+        assert vu.number(17, driver.send(vu.GET_QUEUE_NUM)[12:]) == vhostuser.MAX_QUEUE_PAIRS
+        driver.negotiate()
+        for ring in (0, 2):
+            driver.postReceiveBuffers(QUEUE_SIZE, ring=ring)
+        other = FakeLink()
+        plug(driver.switch, other)
+        flows = [_udpFrame(port) for port in range(1000, 1016)]
+        for sent in flows + flows:
+            other.receive(sent)
+        first, second = driver.received(ring=0), driver.received(ring=2)
+        assert first and second and len(first) + len(second) == 32
+        for got in (first, second):
+            frames = [f for _, f in got]
+            assert all(frames.count(f) == 2 for f in frames), "a flow stays on its queue"
+        hello = frame(b"\xff" * 6, mac(1))
+        driver.transmit(bytes(12), hello, ring=3)
+        driver.transmit(bytes(12), hello, ring=1)
+        assert other.takeSent() == [hello, hello]
+    finally:
+        driver.close()
+
+
+def test_onlyEnabledQueuesGetFrames() -> None:
+    """Of two pairs, with only the first enabled, every frame goes to ring 0."""
+    driver = FakeDriver(pairs=2)
+    try:
+        driver.negotiate(enabledPairs=1)
+        for ring in (0, 2):
+            driver.postReceiveBuffers(QUEUE_SIZE, ring=ring)
+        other = FakeLink()
+        plug(driver.switch, other)
+        for port in range(1000, 1016):
+            other.receive(_udpFrame(port))
+        assert len(driver.received(ring=0)) == 16 and driver.received(ring=2) == []
+    finally:
+        driver.close()
+
+
+def _udpFrame(port: int) -> bytes:
+    from vtwisted.slirp.packets import udpDatagram
+    from vtwisted.wire import ipv4
+    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    datagram = udpDatagram(src, dst, port, 53, b"q" * 20)
+    ip = ipv4.IPv4Header(tos=0, totalLength=20 + len(datagram), ident=port, flags=0,
+                         fragmentOffset=0, ttl=64, protocol=17, checksum=0, src=src,
+                         dst=dst).pack()
+    return mac(2) + mac(1) + b"\x08\x00" + ip + datagram

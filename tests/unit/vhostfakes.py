@@ -28,9 +28,11 @@ USER_BASE = 0x7F0000000000
 QUEUE_SIZE = 64
 DESC = struct.Struct("<QIHH")
 NEXT, WRITE, INDIRECT = 1, 2, 4
-#: Guest-physical layout: the rings, then receive buffers, then transmit data.
-RINGS = (0x0, 0x4000)
+#: Guest-physical layout: the rings (up to 4 pairs), then receive buffers
+#: (4 KB each, a ring's 64 together), then transmit data.
+RINGS = tuple(0x2000 * i for i in range(8))
 RX_BUFFERS = 0x10000
+SLOT = 0x1000
 TX_DATA = 0x200000
 
 
@@ -53,7 +55,8 @@ class FakeDriver:
     L{VhostUserLink} plugged into a real switch.
     """
 
-    def __init__(self, switch: Switch | None = None, reactor: Any = None) -> None:
+    def __init__(self, switch: Switch | None = None, reactor: Any = None,
+                 pairs: int = 1) -> None:
         self.switch = switch or Switch()
         self.reactor = reactor or MemoryReactorClock()
         self.owner = StreamPorts(self.switch, self.reactor, PortOptions(), "vhostuser:fake")
@@ -63,11 +66,12 @@ class FakeDriver:
         self.memfd = os.memfd_create("fake-guest")
         os.ftruncate(self.memfd, MEMORY)
         self.memory = mmap.mmap(self.memfd, MEMORY)
-        self.kicks = [os.eventfd(0, os.EFD_NONBLOCK) for _ in RINGS]
-        self.calls = [os.eventfd(0, os.EFD_NONBLOCK) for _ in RINGS]
-        self.availIndex = [0, 0]
-        self.usedSeen = [0, 0]
-        self.freeDescriptor = [0, 0]
+        self.rings = RINGS[:2 * pairs]
+        self.kicks = [os.eventfd(0, os.EFD_NONBLOCK) for _ in self.rings]
+        self.calls = [os.eventfd(0, os.EFD_NONBLOCK) for _ in self.rings]
+        self.availIndex = [0] * len(self.rings)
+        self.usedSeen = [0] * len(self.rings)
+        self.freeDescriptor = [0] * len(self.rings)
         self.txAt = TX_DATA
 
     @property
@@ -97,12 +101,14 @@ class FakeDriver:
         self.link.dataReceived(vu.message(request, payload, flags))
         return self.transport.value()
 
-    def negotiate(self, features: int = OFFERED, protocol: bool = True, base: int = 0) -> None:
+    def negotiate(self, features: int = OFFERED, protocol: bool = True, base: int = 0,
+                  enabledPairs: int | None = None) -> None:
         """
         What QEMU sends when the guest starts the device; the rings start at
         index C{base} (as after a restart), their used index too.
         """
-        for ring in (0, 1):
+        enabled = len(self.rings) if enabledPairs is None else 2 * enabledPairs
+        for ring in range(len(self.rings)):
             self.availIndex[ring] = self.usedSeen[ring] = base
             _, avail, used = self.ringAddresses(RINGS[ring])
             struct.pack_into("<H", self.memory, avail + 2, base)
@@ -115,7 +121,7 @@ class FakeDriver:
         self.send(vu.SET_FEATURES, vu.packNumber(features))
         region = vu.Region(0, MEMORY, USER_BASE, 0)
         self.send(vu.SET_MEM_TABLE, vu.packTable([region]), (self.memfd,))
-        for index, start in enumerate(RINGS):
+        for index, start in enumerate(self.rings):
             desc, avail, used = self.ringAddresses(start)
             self.send(vu.SET_VRING_NUM, vu.packState(index, QUEUE_SIZE))
             self.send(vu.SET_VRING_BASE, vu.packState(index, base))
@@ -124,11 +130,11 @@ class FakeDriver:
             self.send(vu.SET_VRING_CALL, vu.packNumber(index), (self.calls[index],))
             self.send(vu.SET_VRING_KICK, vu.packNumber(index), (self.kicks[index],))
             if protocol:
-                self.send(vu.SET_VRING_ENABLE, vu.packState(index, 1))
+                self.send(vu.SET_VRING_ENABLE, vu.packState(index, int(index < enabled)))
 
     @staticmethod
     def ringAddresses(base: int) -> tuple[int, int, int]:
-        return base, base + 16 * QUEUE_SIZE, base + 0x2000
+        return base, base + 16 * QUEUE_SIZE, base + 0x1000
 
     # The guest's side
 
@@ -146,19 +152,19 @@ class FakeDriver:
         self.availIndex[ring] = (self.availIndex[ring] + 1) & 0xFFFF
         struct.pack_into("<H", self.memory, avail + 2, self.availIndex[ring])
 
-    def postReceiveBuffers(self, count: int, size: int = 2048) -> None:
+    def postReceiveBuffers(self, count: int, size: int = 2048, ring: int = 0) -> None:
         """
-        Make C{count} receive buffers of C{size} bytes (16 KB at most) available.
+        Make C{count} receive buffers of C{size} bytes (4 KB at most)
+        available on receive ring C{ring} (0, 2, ...).
         """
-        assert size <= 0x4000
-        for i in range(count):
-            address = RX_BUFFERS + (self.availIndex[0] % QUEUE_SIZE) * 0x4000
-            head = self._descriptor(0, address, size, WRITE)
-            self._makeAvailable(0, head)
-            del i
+        assert size <= SLOT
+        for _ in range(count):
+            slot = (ring // 2) * QUEUE_SIZE + self.availIndex[ring] % QUEUE_SIZE
+            head = self._descriptor(ring, RX_BUFFERS + slot * SLOT, size, WRITE)
+            self._makeAvailable(ring, head)
 
     def transmit(self, header: bytes, frame: bytes, pieces: int = 1,
-                 indirect: bool = False) -> None:
+                 indirect: bool = False, ring: int = 1) -> None:
         """
         Put C{header} and C{frame} on the transmit ring (in C{pieces}
         descriptors, through an indirect table if asked) and kick.
@@ -176,17 +182,17 @@ class FakeDriver:
                 last = i == len(spans) - 1
                 DESC.pack_into(self.memory, table + 16 * i, at, length, 0 if last else NEXT,
                                i + 1)
-            head = self._descriptor(1, table, 16 * len(spans), INDIRECT)
+            head = self._descriptor(ring, table, 16 * len(spans), INDIRECT)
         else:
-            indexes = [self.freeDescriptor[1] + i for i in range(len(spans))]
+            indexes = [self.freeDescriptor[ring] + i for i in range(len(spans))]
             for i, (at, length) in enumerate(spans):
                 last = i == len(spans) - 1
-                self._descriptor(1, at, length, 0 if last else NEXT,
+                self._descriptor(ring, at, length, 0 if last else NEXT,
                                  0 if last else indexes[i + 1] % QUEUE_SIZE)
             head = indexes[0] % QUEUE_SIZE
-        self._makeAvailable(1, head)
-        os.eventfd_write(self.kicks[1], 1)
-        self.link.rings[1].kicked()
+        self._makeAvailable(ring, head)
+        os.eventfd_write(self.kicks[ring], 1)
+        self.link.rings[ring].kicked()
 
     def used(self, ring: int) -> list[tuple[int, int]]:
         """
@@ -201,21 +207,21 @@ class FakeDriver:
             self.usedSeen[ring] = (self.usedSeen[ring] + 1) & 0xFFFF
         return pairs
 
-    def received(self, headerLength: int = 12) -> list[tuple[bytes, bytes]]:
+    def received(self, headerLength: int = 12, ring: int = 0) -> list[tuple[bytes, bytes]]:
         """
         The packets the device wrote to the receive ring: (header, frame),
         buffers joined as C{num_buffers} says.
         """
         packets = []
-        pairs = self.used(0)
+        pairs = self.used(ring)
         while pairs:
             head, length = pairs.pop(0)
-            address = DESC.unpack_from(self.memory, RINGS[0] + 16 * head)[0]
+            address = DESC.unpack_from(self.memory, RINGS[ring] + 16 * head)[0]
             data = bytes(self.memory[address:address + length])
             count = int.from_bytes(data[10:12], "little") if headerLength == 12 else 1
             for _ in range(count - 1):
                 head, length = pairs.pop(0)
-                address = DESC.unpack_from(self.memory, RINGS[0] + 16 * head)[0]
+                address = DESC.unpack_from(self.memory, RINGS[ring] + 16 * head)[0]
                 data += bytes(self.memory[address:address + length])
             packets.append((data[:headerLength], data[headerLength:]))
         return packets

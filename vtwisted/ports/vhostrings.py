@@ -120,6 +120,7 @@ class Ring:
                                 self.base, self.link.eventIndex)
         self._reader = _Kicks(self.kick, self)
         self.link.owner.reactor.addReader(self._reader)
+        self.link.ringsChanged()
         self.kicked()
 
     def stop(self) -> None:
@@ -136,6 +137,7 @@ class Ring:
         if self.queue is not None:
             self.base = self.queue.lastAvail
             self.queue = None
+            self.link.ringsChanged()
 
     def closeDescriptors(self) -> None:
         for fd in (self.kick, self.call):
@@ -162,7 +164,7 @@ class Ring:
         The guest added chains: on the transmit ring, take them.
         """
         self._again = None
-        if self.index == 1 and self.queue is not None:
+        if self.index & 1 and self.queue is not None:
             try:
                 self._drain(self.queue)
             except VirtqueueError as e:
@@ -212,8 +214,7 @@ class Ring:
         """
         queue = self.queue
         link = self.link
-        if queue is None or not self.enabled:
-            link.port.dropped("down", "the guest's receive queue is not running")
+        if queue is None:
             return
         try:
             chains = self._buffersFor(queue, link.headerLength + len(frame))

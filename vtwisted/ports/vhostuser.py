@@ -14,14 +14,17 @@ to a QEMU that listens instead (C{server=on}) and again after it restarts.
 Over the socket (L{vtwisted.wire.vhostuser}) QEMU asks for the device's
 features, sends the acknowledged ones, the guest memory table (file
 descriptors the switch maps, L{vtwisted.ports.virtqueue.GuestMemory}), and
-for each of the two queues its size, its start index, where its three
-parts are, an eventfd the guest kicks when it adds buffers and one the
-switch writes to interrupt the guest.  Queue 1 carries the guest's frames:
-on a kick every available chain is read (up to a budget per reactor turn),
-handed to the switch and given back.  Queue 0 holds the guest's empty
-receive buffers: each frame for the guest is written into the next
-chains (several, with mergeable buffers) behind a virtio-net header; with
-no buffer free it is dropped and counted as C{busy}.
+for each queue its size, its start index, where its three parts are, an
+eventfd the guest kicks when it adds buffers and one the switch writes to
+interrupt the guest (L{vtwisted.ports.vhostrings}).  Odd queues carry the
+guest's frames: on a kick every available chain is read (up to a budget
+per reactor turn), handed to the switch and given back.  Even queues hold
+the guest's empty receive buffers: each frame for the guest is written
+into the next chains (several, with mergeable buffers) behind a virtio-net
+header; with no buffer free it is dropped and counted as C{busy}.  With
+several queue pairs enabled (multiqueue; QEMU serves the control queue
+the driver picks them with), a hash of each frame's addresses and ports
+picks its receive queue, so a flow keeps its order.
 
 The virtio-net header is the TAP's, plus C{num_buffers} (12 bytes with
 VIRTIO 1.0 or mergeable buffers).  The device offers checksum and TSO
@@ -64,10 +67,13 @@ log = Logger()
 #: Device feature bits (VIRTIO 1.1, 5.1.3 and 6).
 F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN = 0, 1, 7, 8, 9
 F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_MRG_RXBUF = 11, 12, 13, 15
+#: Queue pairs chosen by the driver through the control queue (QEMU serves it).
+F_CTRL_VQ, F_MQ = 17, 22
 F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1 = 28, 29, 30, 32
 OFFERED = sum(1 << bit for bit in (
     F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_HOST_TSO4, F_HOST_TSO6,
-    F_HOST_ECN, F_MRG_RXBUF, F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1))
+    F_HOST_ECN, F_MRG_RXBUF, F_CTRL_VQ, F_MQ, F_INDIRECT_DESC, F_EVENT_IDX,
+    F_PROTOCOL_FEATURES, F_VERSION_1))
 #: vhost-user protocol features: several queues (one pair here) and acks.
 P_MQ, P_REPLY_ACK = 0, 3
 PROTOCOL_OFFERED = 1 << P_MQ | 1 << P_REPLY_ACK
@@ -75,7 +81,8 @@ PROTOCOL_OFFERED = 1 << P_MQ | 1 << P_REPLY_ACK
 SUPER_FRAMES = sum(1 << bit for bit in (F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN))
 #: Keywords of a spec that configure the switch port, not the endpoint.
 PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
-RX, TX = 0, 1
+#: Queue pairs a guest may use (C{-netdev vhost-user,queues=N}).
+MAX_QUEUE_PAIRS = 8
 #: GSO types a guest with L{SUPER_FRAMES} takes whole (not UDP GSO).
 _WHOLE = frozenset((vnet.GSO_NONE, vnet.GSO_TCPV4, vnet.GSO_TCPV6,
                     vnet.GSO_TCPV4 | vnet.GSO_ECN, vnet.GSO_TCPV6 | vnet.GSO_ECN))
@@ -100,7 +107,9 @@ class VhostUserLink(Protocol):
         self.features = 0
         self.protocolFeatures = 0
         self.memory: GuestMemory | None = None
-        self.rings = [Ring(self, RX), Ring(self, TX)]
+        self.rings = [Ring(self, index) for index in range(2 * MAX_QUEUE_PAIRS)]
+        #: The receive rings frames for the guest can go to now.
+        self.receiving: list[Ring] = []
         self.headerLength = vnet.HEADER_LENGTH
         self.mergeable = False
         self.eventIndex = False
@@ -221,18 +230,30 @@ class VhostUserLink(Protocol):
         if not features & 1 << F_PROTOCOL_FEATURES:
             for ring in self.rings:  # rings start enabled without the protocol features
                 ring.enabled = True
+            self.ringsChanged()
         self.mergeable = bool(features & (1 << F_MRG_RXBUF))
         self.eventIndex = bool(features & (1 << F_EVENT_IDX))
         modern = features & (1 << F_VERSION_1)
         self.headerLength = vnet.HEADER_LENGTH + 2 if modern or self.mergeable else \
             vnet.HEADER_LENGTH
         whole = features & SUPER_FRAMES == SUPER_FRAMES
-        self.description = self.peer + (", super-frames" if whole else ", plain frames") + \
-            (", mergeable buffers" if self.mergeable else "")
         if whole != self.vnetHeader:
             self.vnetHeader = whole
             if self.port is not None:
                 self.port.rewire()
+        self._describe()
+
+    def _describe(self) -> None:
+        """
+        What C{port/print} says: the peer, the frames it takes, the queues.
+        """
+        text = self.peer
+        if self.features:
+            text += ", super-frames" if self.vnetHeader else ", plain frames"
+            text += ", mergeable buffers" if self.mergeable else ""
+        if len(self.receiving) > 1:
+            text += f", {len(self.receiving)} queue pairs"
+        self.description = text
 
     def getProtocolFeatures(self, request: int, payload: bytes) -> bytes:
         return vu.numberReply(request, PROTOCOL_OFFERED)
@@ -245,11 +266,21 @@ class VhostUserLink(Protocol):
         self.protocolFeatures = features
 
     def getQueueCount(self, request: int, payload: bytes) -> bytes:
-        return vu.numberReply(request, 1)
+        return vu.numberReply(request, MAX_QUEUE_PAIRS)
 
     def setRingEnabled(self, request: int, payload: bytes) -> None:
         index, enabled = vu.ringState(request, payload)
         self.ring(index).enabled = bool(enabled)
+        self.ringsChanged()
+
+    def ringsChanged(self) -> None:
+        """
+        A ring started, stopped, or was enabled or disabled: frames for the
+        guest go to the receive rings running and enabled now.
+        """
+        self.receiving = [ring for ring in self.rings[0::2]
+                          if ring.queue is not None and ring.enabled]
+        self._describe()
 
     def setMemoryTable(self, request: int, payload: bytes) -> None:
         regions = vu.memoryTable(request, payload)
@@ -264,8 +295,9 @@ class VhostUserLink(Protocol):
             ring.restart()
 
     def ring(self, index: int) -> Ring:
-        if index not in (RX, TX):
-            raise VhostUserError(f"queue {index} does not exist (one queue pair)")
+        if not 0 <= index < len(self.rings):
+            raise VhostUserError(f"queue {index} does not exist ({MAX_QUEUE_PAIRS} queue "
+                                 "pairs at most)")
         return self.rings[index]
 
     def setRingNumber(self, request: int, payload: bytes) -> None:
@@ -316,17 +348,48 @@ class VhostUserLink(Protocol):
         """
         Write one plain frame to the guest, behind an empty header.
         """
-        self.rings[RX].deliver(vnet.PLAIN_HEADER, frame)
+        rings = self.receiving
+        if len(rings) == 1:
+            rings[0].deliver(vnet.PLAIN_HEADER, frame)
+        elif rings:
+            rings[flowHash(frame, 0) % len(rings)].deliver(vnet.PLAIN_HEADER, frame)
+        else:
+            self.port.dropped("down", "the guest's receive queues are not running")
 
     def sendVnetPacket(self, packet: bytes) -> None:
         """
         Write one virtio-net packet to the guest; UDP GSO is cut up first.
         """
-        if packet[1] in _WHOLE:
-            self.rings[RX].deliver(packet[:10], memoryview(packet)[10:])
+        if packet[1] not in _WHOLE:
+            for frame in vnet.toFrames(packet):
+                self.sendFrame(frame)
             return
-        for frame in vnet.toFrames(packet):
-            self.rings[RX].deliver(vnet.PLAIN_HEADER, frame)
+        rings = self.receiving
+        if len(rings) == 1:
+            rings[0].deliver(packet[:10], memoryview(packet)[10:])
+        elif rings:
+            ring = rings[flowHash(packet, 10) % len(rings)]
+            ring.deliver(packet[:10], memoryview(packet)[10:])
+        else:
+            self.port.dropped("down", "the guest's receive queues are not running")
+
+
+def flowHash(data: bytes, at: int) -> int:
+    """
+    A number that is the same for every frame of one flow (addresses and,
+    for TCP and UDP, ports; of the frame at offset C{at}), so that a flow
+    stays on one of the guest's receive queues and in order.
+    """
+    kind = data[at + 12:at + 14]
+    if kind == b"\x08\x00":
+        key = data[at + 26:at + 34]
+        if data[at + 23] in (6, 17) and data[at + 14] == 0x45:
+            key += data[at + 34:at + 38]
+    elif kind == b"\x86\xdd":
+        key = data[at + 22:at + 58]
+    else:
+        key = data[at:at + 12]
+    return hash(key)
 
 
 _HANDLERS: dict[int, Any] = {
