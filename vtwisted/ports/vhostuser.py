@@ -42,7 +42,6 @@ connection: QEMU then stops the device, and the other ports carry on.
 from __future__ import annotations
 
 import os
-import struct
 from collections import deque
 from typing import Any
 
@@ -74,7 +73,7 @@ OFFERED = sum(1 << bit for bit in (
     F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_HOST_TSO4, F_HOST_TSO6,
     F_HOST_ECN, F_MRG_RXBUF, F_CTRL_VQ, F_MQ, F_INDIRECT_DESC, F_EVENT_IDX,
     F_PROTOCOL_FEATURES, F_VERSION_1))
-#: vhost-user protocol features: several queues (one pair here) and acks.
+#: vhost-user protocol features: several queue pairs, and acks.
 P_MQ, P_REPLY_ACK = 0, 3
 PROTOCOL_OFFERED = 1 << P_MQ | 1 << P_REPLY_ACK
 #: What a guest must take for super-frames to be passed to it whole.
@@ -86,7 +85,6 @@ MAX_QUEUE_PAIRS = 8
 #: GSO types a guest with L{SUPER_FRAMES} takes whole (not UDP GSO).
 _WHOLE = frozenset((vnet.GSO_NONE, vnet.GSO_TCPV4, vnet.GSO_TCPV6,
                     vnet.GSO_TCPV4 | vnet.GSO_ECN, vnet.GSO_TCPV6 | vnet.GSO_ECN))
-_NUM_BUFFERS = struct.Struct("<H")
 
 
 @implementer(ILink, IFileDescriptorReceiver)
