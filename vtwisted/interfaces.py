@@ -15,7 +15,8 @@ turns a port spec such as C{vde:/tmp/vde.ctl:mode=0660} or C{tap:tap0} into a
 service; when that service starts it attaches its links to the switch.
 
 Offloads: a link that negotiated the virtio-net header with its peer (a TAP
-device opened with C{IFF_VNET_HDR}) sets L{ILink.vnetHeader} and exchanges
+device opened with C{IFF_VNET_HDR}, a cable, a vhost-user guest that took
+the offloads) sets L{ILink.vnetHeader} and exchanges
 I{packets} with the switch: a 10-byte virtio-net header followed by a frame,
 which may be a TCP super-frame of up to 64 KB with its checksum still to be
 completed.  The switch passes packets untouched to other such links and hands
