@@ -471,3 +471,24 @@ def _udpFrame(port: int) -> bytes:
                          fragmentOffset=0, ttl=64, protocol=17, checksum=0, src=src,
                          dst=dst).pack()
     return mac(2) + mac(1) + b"\x08\x00" + ip + datagram
+
+
+def test_aNewMemoryTableKeepsTheRingsGoing(driver) -> None:
+    """
+    QEMU sends the memory table again while the rings run (memory hotplug):
+    the rings restart where they were and frames keep crossing.
+    """
+    from vhostfakes import MEMORY, USER_BASE
+
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    sent = frame(b"\xff" * 6, mac(1))
+    driver.transmit(bytes(12), sent)
+    old = driver.link.memory
+    region = vu.Region(0, MEMORY, USER_BASE, 0)
+    driver.send(vu.SET_MEM_TABLE, vu.packTable([region]), (driver.memfd,))
+    assert driver.link.memory is not old and not driver.transport.disconnecting
+    driver.transmit(bytes(12), sent)
+    assert other.takeSent() == [sent, sent]
+    assert driver.link.rings[1].queue.lastAvail == 2
