@@ -1,6 +1,7 @@
 """
-Link impairments on a port's way out: delay, jitter, loss, duplication and
-a rate limit, what labs use C{wirefilter} (vde2) or Linux's C{netem} for,
+Link impairments on a port's way out: delay, jitter, loss, duplication,
+bit errors and a rate limit, what labs use C{wirefilter} (vde2) or Linux's
+C{netem} for,
 set per port in its spec (C{delay=50:loss=1}) or at run time
 (C{port/impair}).
 
@@ -10,16 +11,20 @@ An impaired port's three send functions (L{vtwisted.switchport.SwitchPort}
 C{send}, C{sendVnet}, C{sendConverted}) are wrapped by one
 L{ImpairedSender}, which decides each frame's fate as it leaves the
 switch: lost (counted as an C{impaired} drop), or due at a time, then sent
-once or twice.  The due time is the end of the frame's transmission at
+once or twice, with random bits flipped at C{noise} bits per megabyte (as
+C{wirefilter -n} does).  The due time is the end of the frame's transmission at
 C{rate} (a link busy with earlier frames makes it wait, and a frame that
 would wait longer than C{queue} seconds is dropped as C{busy}, as a full
 queue would), plus C{delay} and a uniform C{jitter}; frames never overtake
-each other.  Where frames may be lost or duplicated, an offload port's
+each other.  Where frames may be lost, duplicated or damaged, an offload port's
 super-frames are cut into the frames they stand for first, so that loss
-strikes wire-sized frames.  Frames due now go at once; the rest wait in one queue with
-one timer on the injected clock.  Ports without impairments are untouched:
-the wrapping happens only when an impairment is set, so the forwarding path
-of every other port costs nothing more.
+strikes wire-sized frames; noise strikes frames whose checksums are
+complete (frames for plain ports are made before they are impaired), so
+their receivers can tell, as on a real wire.  Frames due now go at once;
+the rest wait in one queue with one timer on the injected clock.  Ports
+without impairments are untouched: the wrapping happens only when an
+impairment is set, so the forwarding path of every other port costs
+nothing more.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from typing import Any
 from vtwisted.wire.vnet import PLAIN_HEADER, VnetError, toFrames
 
 #: The options, as specs and C{port/impair} name them.
-KEYWORDS = ("delay", "jitter", "loss", "dup", "rate", "queue")
+KEYWORDS = ("delay", "jitter", "loss", "dup", "rate", "queue", "noise")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,7 @@ class Impairment:
     @ivar duplicate: the probability of a frame being sent twice.
     @ivar rate: the link's speed in bits per second (0: unlimited).
     @ivar queue: the longest a frame may wait for the link, in seconds.
+    @ivar noise: bits flipped per megabyte sent (C{wirefilter}'s noise).
     """
 
     delay: float = 0.0
@@ -55,12 +61,14 @@ class Impairment:
     duplicate: float = 0.0
     rate: int = 0
     queue: float = 0.1
+    noise: float = 0.0
 
     def active(self) -> bool:
         """
         Whether anything happens to frames at all.
         """
-        return bool(self.delay or self.jitter or self.loss or self.duplicate or self.rate)
+        return bool(self.delay or self.jitter or self.loss or self.duplicate or self.rate
+                    or self.noise)
 
     def describe(self) -> str:
         """
@@ -74,6 +82,8 @@ class Impairment:
             parts.append(f"loss {self.loss * 100:g}%")
         if self.duplicate:
             parts.append(f"dup {self.duplicate * 100:g}%")
+        if self.noise:
+            parts.append(f"noise {self.noise:g} bits/MB")
         if self.rate:
             parts.append(f"rate {self.rate / 1000:g} kbit/s (queue {self.queue * 1000:g} ms)")
         return ", ".join(parts) or "none"
@@ -97,14 +107,15 @@ class Impairment:
             options[key] = value
         if not options:
             raise ValueError("give impairments (delay=MS jitter=MS loss=PERCENT dup=PERCENT "
-                             "rate=KBIT queue=MS) or off")
+                             "rate=KBIT queue=MS noise=BITS_PER_MB) or off")
         return cls.fromOptions(options)
 
     @classmethod
     def fromOptions(cls, options: dict[str, str]) -> Impairment:
         """
         Read C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{dup=PERCENT},
-        C{rate=KBIT} and C{queue=MS}; missing ones are off.
+        C{rate=KBIT}, C{queue=MS} and C{noise=BITS_PER_MB}; missing ones are
+        off.
 
         @raise ValueError: a value is not a number or is out of range; the
             message names the option.
@@ -120,7 +131,8 @@ class Impairment:
         queue = _number(options, "queue", 1, 60000, 100) / 1000
         return cls(delay, jitter, _number(options, "loss", 0, 100) / 100,
                    _number(options, "dup", 0, 100) / 100,
-                   int(_number(options, "rate", 0, 100_000_000) * 1000), queue)
+                   int(_number(options, "rate", 0, 100_000_000) * 1000), queue,
+                   _number(options, "noise", 0, 8_000_000))
 
 
 def _number(options: dict[str, str], key: str, low: float, high: float,
@@ -152,9 +164,20 @@ class ImpairedSender:
         self._timer: Any = None
         self._linkFree = 0.0
         self._lastDue = 0.0
+        #: Frames sent with bits flipped.
+        self.damagedFrames = 0
         # drop details, built once: drops are counted per frame
         self._lost = f"lost on purpose ({impairment.describe()})"
         self._full = f"the rate-limited link's queue is full ({impairment.describe()})"
+
+    def describe(self) -> str:
+        """
+        The impairment, and how many frames it damaged if it adds noise.
+        """
+        text = self.impairment.describe()
+        if self.impairment.noise:
+            text += f", {self.damagedFrames} frames damaged"
+        return text
 
     def wrap(self, send: Callable[[Any], None], vnetPackets: bool = False
              ) -> Callable[[Any], None]:
@@ -165,10 +188,13 @@ class ImpairedSender:
         on a real link, not 64 KB at a time.
         """
         submit = self.submit
-        if vnetPackets and (self.impairment.loss or self.impairment.duplicate):
+        impairment = self.impairment
+        if vnetPackets and (impairment.loss or impairment.duplicate or impairment.noise):
+            noisy = bool(impairment.noise)
+
             def impairedFrames(packet: Any) -> None:
-                if not packet[1]:
-                    submit(send, packet)
+                if not packet[1] and not (noisy and packet[0]):
+                    submit(send, packet, 10)
                     return
                 try:
                     frames = toFrames(packet)
@@ -176,23 +202,27 @@ class ImpairedSender:
                     self.port.dropped("malformed", str(e))
                     return
                 for frame in frames:
-                    submit(send, PLAIN_HEADER + frame)
+                    submit(send, PLAIN_HEADER + frame, 10)
 
             return impairedFrames
+        skip = 10 if vnetPackets else 0
 
         def impaired(data: Any) -> None:
-            submit(send, data)
+            submit(send, data, skip)
 
         return impaired
 
-    def submit(self, send: Callable[[Any], None], data: Any) -> None:
+    def submit(self, send: Callable[[Any], None], data: Any, skip: int = 0) -> None:
         """
-        Decide the fate of one frame (or virtio-net packet) for C{send}.
+        Decide the fate of one frame (or virtio-net packet, its header the
+        first C{skip} bytes) for C{send}.
         """
         impairment, rng = self.impairment, self.random
         if impairment.loss and rng.random() < impairment.loss:
             self.port.dropped("impaired", self._lost)
             return
+        if impairment.noise:
+            data = self._damaged(data, skip)
         now = self.clock.seconds()
         due = now
         if impairment.rate:
@@ -217,6 +247,22 @@ class ImpairedSender:
             self.queue.append((due, send, data))
         if self._timer is None:
             self._timer = self.clock.callLater(max(due - now, 0), self._release)
+
+    def _damaged(self, data: Any, skip: int) -> Any:
+        """
+        C{data} with bits flipped after its first C{skip} bytes: as many as
+        C{noise} bits per megabyte makes for its length, on average.
+        """
+        rng = self.random
+        expected = self.impairment.noise * (len(data) - skip) / 1_000_000
+        flips = int(expected) + (rng.random() < expected % 1)
+        if not flips or len(data) <= skip:
+            return data
+        damaged = bytearray(data)
+        for _ in range(flips):
+            damaged[rng.randrange(skip, len(damaged))] ^= 1 << rng.randrange(8)
+        self.damagedFrames += 1
+        return bytes(damaged)
 
     def _release(self) -> None:
         self._timer = None

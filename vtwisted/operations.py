@@ -284,7 +284,7 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
                 LinkStatus(link.linkId, link.module, link.description) for link in port.links
             ),
             spec=owners.get(id(port)),
-            impairment=port.impaired.impairment.describe() if port.impaired else "none",
+            impairment=port.impaired.describe() if port.impaired else "none",
         )
 
     def createPort(self, number: int) -> None:
@@ -499,3 +499,4 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
             )
             for vlan in chosen
         ]
+

@@ -236,9 +236,10 @@ class SwitchPort:
         impaired = self.impaired
         if impaired is not None and links:
             impaired.stop()
-            self.send = impaired.wrap(self.send)
+            plain = self.send = impaired.wrap(self.send)
             self.sendVnet = impaired.wrap(self.sendVnet, vnetPackets=True)
-            self.sendConverted = impaired.wrap(self.sendConverted)
+            # frames made before they are impaired: noise hits complete checksums
+            self.sendConverted = lambda packet: plain(toFrame(packet))
 
     def setImpairment(self, impairment: Impairment, clock: Any) -> None:
         """

@@ -56,3 +56,43 @@ def test_delayLossAndRateAsPingAndIperf3SeeThem(vswitch, namespaces, processes,
     report = iperf3(processes, spaces[1], spaces[0], "10.215.0.1", "-t", "3")
     rate = report["end"]["sum_received"]["bits_per_second"]
     assert 8e6 < rate < 21e6, rate
+
+
+def _checksumErrors(namespace: str) -> int:
+    """
+    The namespace kernel's count of packets it dropped for a bad IP header
+    or ICMP checksum.
+    """
+    text = run("ip", "netns", "exec", namespace, "cat", "/proc/net/snmp").stdout
+    rows = [line.split() for line in text.splitlines()]
+    total = 0
+    for names, values in zip(rows[::2], rows[1::2]):
+        table = dict(zip(names[1:], values[1:]))
+        total += int(table.get("InHdrErrors", 0)) + int(table.get("InCsumErrors", 0))
+    return total
+
+
+def test_noiseDamagesFramesTheKernelThenRefuses(vswitch, namespaces, shortdir) -> None:
+    """
+    noise= on a TAP's port (about one flipped bit per 100-byte frame) makes
+    most pings to that namespace fail, and its kernel counts checksum
+    errors: the frames arrive damaged, not dropped; noise off, they pass.
+    """
+    mgmt = shortdir / "mgmt"
+    taps = uniqueName("vtn"), uniqueName("vtn")
+    vswitch("--port", f"tap:{taps[0]}", "--port", f"tap:{taps[1]}", "--mgmt", str(mgmt))
+    spaces = []
+    for n, tap in enumerate(taps, 1):
+        ns = quietNamespace(namespaces, "vtn")
+        moveTap(tap, ns, f"10.216.0.{n}/24")
+        spaces.append(ns)
+    waitForPing(spaces[0], "10.216.0.2")
+    before = _checksumErrors(spaces[1])
+    console(mgmt, "port/impair 2 noise=10000")
+    answered = len(_rtts(spaces[0], "10.216.0.2", 10))
+    stats = console(mgmt, "port/stats 2")
+    assert answered < 7, f"{answered} of 10 answered through the noise"
+    assert _checksumErrors(spaces[1]) - before >= 3
+    assert re.search(r"noise 10000 bits/MB, [1-9]\d* frames damaged", stats), stats
+    console(mgmt, "port/impair 2 off")
+    assert len(_rtts(spaces[0], "10.216.0.2", 3)) == 3

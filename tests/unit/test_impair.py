@@ -177,3 +177,59 @@ def test_lossStrikesWireFramesNotSuperFrames() -> None:
     kept = [p[10:] for p in got]
     assert 10 < len(kept) < 35 and kept == [s for s in segments if s in kept]
     assert port.counters.drops["impaired"] == 45 - len(kept)
+
+
+def _bitsDiffering(one: bytes, other: bytes) -> int:
+    assert len(one) == len(other)
+    return sum(bin(x ^ y).count("1") for x, y in zip(one, other))
+
+
+def test_noiseFlipsBitsAtItsRate() -> None:
+    """
+    noise=1000 bits per megabyte flips one bit in each 1000-byte frame, and
+    on average 0.1 in each 100-byte one; port/stats counts damaged frames.
+    """
+    _, a, b, port = _pair(noise="1000")
+    big = frame(mac(2), mac(1), payload=bytes(986))
+    for _ in range(20):
+        a.receive(big)
+    assert [_bitsDiffering(f, big) for f in b.takeSent()] == [1] * 20
+    small = frame(mac(2), mac(1), payload=bytes(86))
+    for _ in range(1000):
+        a.receive(small)
+    damaged = sum(f != small for f in b.takeSent())
+    assert 60 < damaged < 140
+    assert port.impaired.describe().endswith(f"noise 1000 bits/MB, {20 + damaged} frames "
+                                             "damaged")
+
+
+def test_noiseStrikesFramesWithCompleteChecksums() -> None:
+    """
+    A super-frame leaving a noisy offload port is cut into segments whose
+    checksums are complete, then damaged behind a plain header (the header
+    itself never); towards a plain port the same: each delivered segment
+    differs in exactly one bit from the correct one, so its receiver can
+    tell.
+    """
+    from vtwisted.testing import tcpSuperFrame
+    from vtwisted.wire import vnet
+
+    for offload in (True, False):
+        clock = Clock()
+        switch = Switch()
+        a, b = FakeLink("a", vnetHeader=True), FakeLink("b", vnetHeader=offload)
+        plug(switch, a)
+        port = plug(switch, b)
+        b.receive(frame(b"\xff" * 6, mac(2)))
+        port.setImpairment(Impairment.fromOptions({"noise": str(1_000_000 / 1514)}), clock)
+        port.impaired.random = random.Random(5)
+        packet = tcpSuperFrame(mac(2), mac(1), (bytes(range(256)) * 46)[:8 * 1448])
+        segments = vnet.toFrames(packet)
+        a.receivePacket(packet)
+        if offload:
+            assert all(p[:10] == vnet.PLAIN_HEADER for p in b.sentPackets)
+            got = [p[10:] for p in b.sentPackets]
+        else:
+            got = b.sent
+        assert len(got) == len(segments) == 8
+        assert [_bitsDiffering(g, s) for g, s in zip(got, segments)] == [1] * 8
