@@ -227,8 +227,8 @@ class Options(usage.Options):
         for prefix, portType in sorted(portTypes().items()):
             lines.append(f"  {prefix:<8} {portType.description}")
         lines += ["", "Every spec but pcap: also takes vlan=N|all, trunk=10,20 and mtu=N, and the",
-                  "impairments delay=MS, jitter=MS, loss=%, dup=%, noise=BITS/MB, rate=KBIT,",
-                  "queue=MS."]
+                  "impairments delay=MS, jitter=MS, loss=%, burst=N, dup=%, noise=BITS/MB,",
+                  "rate=KBIT, queue=MS."]
         return text + "\n".join(lines) + "\n"
 
     def sockSpec(self) -> str | None:

@@ -10,7 +10,9 @@ Theory of operation
 An impaired port's three send functions (L{vtwisted.switchport.SwitchPort}
 C{send}, C{sendVnet}, C{sendConverted}) are wrapped by one
 L{ImpairedSender}, which decides each frame's fate as it leaves the
-switch: lost (counted as an C{impaired} drop), or due at a time, then sent
+switch: lost (counted as an C{impaired} drop; with C{burst}, losses come in runs
+of that mean length, Gilbert's two-state model, as C{wirefilter -L}), or
+due at a time, then sent
 once or twice, with random bits flipped at C{noise} bits per megabyte (as
 C{wirefilter -n} does).  The due time is the end of the frame's transmission at
 C{rate} (a link busy with earlier frames makes it wait, and a frame that
@@ -38,7 +40,7 @@ from typing import Any
 from vtwisted.wire.vnet import PLAIN_HEADER, VnetError, toFrames
 
 #: The options, as specs and C{port/impair} name them.
-KEYWORDS = ("delay", "jitter", "loss", "dup", "rate", "queue", "noise")
+KEYWORDS = ("delay", "jitter", "loss", "burst", "dup", "rate", "queue", "noise")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Impairment:
     @ivar rate: the link's speed in bits per second (0: unlimited).
     @ivar queue: the longest a frame may wait for the link, in seconds.
     @ivar noise: bits flipped per megabyte sent (C{wirefilter}'s noise).
+    @ivar burst: the mean length of a run of lost frames (1: independent).
     """
 
     delay: float = 0.0
@@ -62,6 +65,7 @@ class Impairment:
     rate: int = 0
     queue: float = 0.1
     noise: float = 0.0
+    burst: float = 1.0
 
     def active(self) -> bool:
         """
@@ -79,7 +83,8 @@ class Impairment:
             parts.append(f"delay {self.delay * 1000:g} ms"
                          + (f" +-{self.jitter * 1000:g} ms" if self.jitter else ""))
         if self.loss:
-            parts.append(f"loss {self.loss * 100:g}%")
+            parts.append(f"loss {self.loss * 100:g}%"
+                         + (f" in bursts of {self.burst:g}" if self.burst > 1 else ""))
         if self.duplicate:
             parts.append(f"dup {self.duplicate * 100:g}%")
         if self.noise:
@@ -106,16 +111,16 @@ class Impairment:
                 raise ValueError(f"{word!r} is not KEY=VALUE (or give off)")
             options[key] = value
         if not options:
-            raise ValueError("give impairments (delay=MS jitter=MS loss=PERCENT dup=PERCENT "
-                             "rate=KBIT queue=MS noise=BITS_PER_MB) or off")
+            raise ValueError("give impairments (delay=MS jitter=MS loss=PERCENT burst=N "
+                             "dup=PERCENT rate=KBIT queue=MS noise=BITS_PER_MB) or off")
         return cls.fromOptions(options)
 
     @classmethod
     def fromOptions(cls, options: dict[str, str]) -> Impairment:
         """
-        Read C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{dup=PERCENT},
-        C{rate=KBIT}, C{queue=MS} and C{noise=BITS_PER_MB}; missing ones are
-        off.
+        Read C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{burst=N},
+        C{dup=PERCENT}, C{rate=KBIT}, C{queue=MS} and C{noise=BITS_PER_MB};
+        missing ones are off.
 
         @raise ValueError: a value is not a number or is out of range; the
             message names the option.
@@ -132,7 +137,8 @@ class Impairment:
         return cls(delay, jitter, _number(options, "loss", 0, 100) / 100,
                    _number(options, "dup", 0, 100) / 100,
                    int(_number(options, "rate", 0, 100_000_000) * 1000), queue,
-                   _number(options, "noise", 0, 8_000_000))
+                   _number(options, "noise", 0, 8_000_000),
+                   _number(options, "burst", 1, 1_000_000, 1))
 
 
 def _number(options: dict[str, str], key: str, low: float, high: float,
@@ -166,6 +172,7 @@ class ImpairedSender:
         self._lastDue = 0.0
         #: Frames sent with bits flipped.
         self.damagedFrames = 0
+        self._inBurst = False
         # drop details, built once: drops are counted per frame
         self._lost = f"lost on purpose ({impairment.describe()})"
         self._full = f"the rate-limited link's queue is full ({impairment.describe()})"
@@ -218,7 +225,7 @@ class ImpairedSender:
         first C{skip} bytes) for C{send}.
         """
         impairment, rng = self.impairment, self.random
-        if impairment.loss and rng.random() < impairment.loss:
+        if impairment.loss and self._lose(rng):
             self.port.dropped("impaired", self._lost)
             return
         if impairment.noise:
@@ -247,6 +254,21 @@ class ImpairedSender:
             self.queue.append((due, send, data))
         if self._timer is None:
             self._timer = self.clock.callLater(max(due - now, 0), self._release)
+
+    def _lose(self, rng: random.Random) -> bool:
+        """
+        Whether the next frame is lost: independently, or (with C{burst})
+        by Gilbert's model, whose lost state lasts C{burst} frames on
+        average and which is in it a C{loss} share of the time.
+        """
+        loss, burst = self.impairment.loss, self.impairment.burst
+        if burst <= 1 or loss >= 1:
+            return rng.random() < loss
+        if self._inBurst:
+            self._inBurst = rng.random() < 1 - 1 / burst
+        else:
+            self._inBurst = rng.random() < loss / (burst * (1 - loss))
+        return self._inBurst
 
     def _damaged(self, data: Any, skip: int) -> Any:
         """

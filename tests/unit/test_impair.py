@@ -233,3 +233,20 @@ def test_noiseStrikesFramesWithCompleteChecksums() -> None:
             got = b.sent
         assert len(got) == len(segments) == 8
         assert [_bitsDiffering(g, s) for g, s in zip(got, segments)] == [1] * 8
+
+
+def test_burstLossComesInRunsOfItsMeanLength() -> None:
+    """
+    loss=20 burst=5: about a fifth of 20000 frames lost, in runs of about 5
+    (independent losses at 20% would make runs of 1.25).
+    """
+    _, a, b, port = _pair(loss="20", burst="5")
+    sent = [frame(mac(2), mac(1), payload=n.to_bytes(2, "big")) for n in range(20000)]
+    for f in sent:
+        a.receive(f)
+    arrived = set(b.sent)
+    lost = [f not in arrived for f in sent]
+    runs = [len(run) for run in "".join("x" if x else "." for x in lost).split(".") if run]
+    assert 0.17 < sum(lost) / len(lost) < 0.23
+    assert 4.2 < sum(runs) / len(runs) < 5.8
+    assert port.impaired.describe() == "loss 20% in bursts of 5"
