@@ -26,6 +26,26 @@ def _rtts(namespace: str, address: str, count: int = 5) -> list[float]:
     return [float(t) for t in re.findall(r"time=([\d.]+) ms", result.stdout)]
 
 
+def _twoNamespaces(vswitch, namespaces, shortdir, net: str,
+                   firstOptions: str = "") -> tuple[object, list[str]]:
+    """
+    A switch with a console and two TAPs, each moved into a namespace of
+    its own as C{net}.1 and C{net}.2 (the first with C{firstOptions});
+    returns the console's path and the namespaces, once they ping.
+    """
+    mgmt = shortdir / "mgmt"
+    taps = uniqueName("vti"), uniqueName("vti")
+    vswitch("--port", f"tap:{taps[0]}{firstOptions}", "--port", f"tap:{taps[1]}",
+            "--mgmt", str(mgmt))
+    spaces = []
+    for n, tap in enumerate(taps, 1):
+        ns = quietNamespace(namespaces, "vti")
+        moveTap(tap, ns, f"{net}.{n}/24")
+        spaces.append(ns)
+    waitForPing(spaces[0], f"{net}.2")
+    return mgmt, spaces
+
+
 def test_delayLossAndRateAsPingAndIperf3SeeThem(vswitch, namespaces, processes,
                                                 shortdir) -> None:
     """
@@ -33,16 +53,7 @@ def test_delayLossAndRateAsPingAndIperf3SeeThem(vswitch, namespaces, processes,
     console then makes it lose everything, turns that off, and limits it to
     20 Mbit/s, which iperf3's TCP then stays under.
     """
-    mgmt = shortdir / "mgmt"
-    taps = uniqueName("vti"), uniqueName("vti")
-    vswitch("--port", f"tap:{taps[0]}:delay=80", "--port", f"tap:{taps[1]}",
-            "--mgmt", str(mgmt))
-    spaces = []
-    for n, tap in enumerate(taps, 1):
-        ns = quietNamespace(namespaces, "vti")
-        moveTap(tap, ns, f"10.215.0.{n}/24")
-        spaces.append(ns)
-    waitForPing(spaces[0], "10.215.0.2")
+    mgmt, spaces = _twoNamespaces(vswitch, namespaces, shortdir, "10.215.0", ":delay=80")
     rtts = _rtts(spaces[0], "10.215.0.2")
     assert len(rtts) == 5 and min(rtts) >= 80 and max(rtts) < 400, rtts
     assert "impairment: delay 80 ms" in console(mgmt, "port/stats 1")
@@ -78,15 +89,7 @@ def test_noiseDamagesFramesTheKernelThenRefuses(vswitch, namespaces, shortdir) -
     most pings to that namespace fail, and its kernel counts checksum
     errors: the frames arrive damaged, not dropped; noise off, they pass.
     """
-    mgmt = shortdir / "mgmt"
-    taps = uniqueName("vtn"), uniqueName("vtn")
-    vswitch("--port", f"tap:{taps[0]}", "--port", f"tap:{taps[1]}", "--mgmt", str(mgmt))
-    spaces = []
-    for n, tap in enumerate(taps, 1):
-        ns = quietNamespace(namespaces, "vtn")
-        moveTap(tap, ns, f"10.216.0.{n}/24")
-        spaces.append(ns)
-    waitForPing(spaces[0], "10.216.0.2")
+    mgmt, spaces = _twoNamespaces(vswitch, namespaces, shortdir, "10.216.0")
     before = _checksumErrors(spaces[1])
     console(mgmt, "port/impair 2 noise=10000")
     answered = len(_rtts(spaces[0], "10.216.0.2", 10))
