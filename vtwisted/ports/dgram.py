@@ -123,13 +123,10 @@ class DgramService(SingleLinkService):
         options: PortOptions,
         spec: str,
     ) -> None:
-        self.switch = switch
-        self.reactor = reactor
+        super().__init__(switch, reactor, options, spec)
         self.family = family
         self.local = local
         self.remote = remote
-        self.options = options
-        self.spec = spec
         self.localText = addressText(local)
         self.remoteText = addressText(remote)
         self.link: DgramLink | None = None

@@ -109,14 +109,11 @@ class McastService(SingleLinkService):
 
     def __init__(self, switch: Any, reactor: Any, group: str, number: int,
                  localaddr: str | None, ttl: int, options: PortOptions, spec: str) -> None:
-        self.switch = switch
-        self.reactor = reactor
+        super().__init__(switch, reactor, options, spec)
         self.group = group
         self.number = number
         self.localaddr = localaddr
         self.ttl = ttl
-        self.options = options
-        self.spec = spec
         self.link: McastLink | None = None
         self.ports: list[Any] = []
 

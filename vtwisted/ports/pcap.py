@@ -151,14 +151,11 @@ class PcapService(SingleLinkService):
     def __init__(self, switch: Any, reactor: Any, path: str, snaplen: int,
                  options: PortOptions, spec: str, maxSize: int = UNLIMITED,
                  files: int = 1) -> None:
-        self.switch = switch
-        self.reactor = reactor
+        super().__init__(switch, reactor, options, spec)
         self.path = path
         self.snaplen = snaplen
         self.maxSize = maxSize
         self.files = files
-        self.options = options
-        self.spec = spec
         self.link: PcapLink | None = None
         self._flusher: LoopingCall | None = None
 

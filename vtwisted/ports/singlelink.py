@@ -19,15 +19,23 @@ class SingleLinkService(Service):
     A port service whose sockets are bound in C{privilegedStartService} (or
     at start) and whose one link is plugged in while it runs.
 
-    Subclasses set L{switch}, L{options}, L{spec} and implement L{bind}
-    (which sets L{link}) and L{bound}.
+    Subclasses call this constructor and implement L{bind} (which sets
+    L{link}) and L{bound}.
     """
 
     listening = False
-    switch: Any
-    options: PortOptions
-    spec: str
     link: Any = None
+
+    def __init__(self, switch: Any, reactor: Any, options: PortOptions | None,
+                 spec: str) -> None:
+        """
+        @param options: the common port options (none: the defaults).
+        @param spec: the spec, for the port's description and messages.
+        """
+        self.switch = switch
+        self.reactor = reactor
+        self.options = options or PortOptions()
+        self.spec = spec
 
     def bound(self) -> bool:
         """

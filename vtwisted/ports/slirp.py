@@ -156,11 +156,8 @@ class SlirpService(SingleLinkService):
 
     def __init__(self, switch: Any, reactor: Any, config: SlirpConfig, options: PortOptions,
                  spec: str) -> None:
-        self.switch = switch
-        self.reactor = reactor
+        super().__init__(switch, reactor, options, spec)
         self.config = config
-        self.options = options
-        self.spec = spec
         self.link: SlirpLink | None = None
         self.router: SlirpRouter | None = None
         self.tcp: TcpNat | None = None

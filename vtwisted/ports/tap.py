@@ -375,15 +375,12 @@ class TapService(SingleLinkService):
         uso: bool = True,
         coalesce: bool = True,
     ) -> None:
-        self.switch = switch
+        super().__init__(switch, reactor, options, spec or f"tap:{name}")
         self.uso = uso
         self.coalesce = coalesce
-        self.reactor = reactor
         self.busyPoll = busyPoll
         self.deviceName = name
         self.offload = offload
-        self.options = options or PortOptions()
-        self.spec = spec or f"tap:{name}"
         self.system = system if system is not None else RealTapSystem()
         self.link: TapLink | None = None
 

@@ -320,11 +320,8 @@ class VxlanService(SingleLinkService):
 
     def __init__(self, switch: Any, reactor: Any, config: VxlanConfig, options: PortOptions,
                  spec: str) -> None:
-        self.switch = switch
-        self.reactor = reactor
+        super().__init__(switch, reactor, options, spec)
         self.config = config
-        self.options = options
-        self.spec = spec
         self.link: VxlanLink | None = None
         self._expiry: LoopingCall | None = None
 
