@@ -23,6 +23,17 @@ def _start(spec: str) -> pcapport.PcapService:
     return service
 
 
+def _captured(spec: str, count: int) -> pcapport.PcapService:
+    """
+    A started capture port that has been sent C{count} numbered frames.
+    """
+    service = _start(spec)
+    assert service.link is not None
+    for n in range(count):
+        service.link.sendFrame(_numbered(n))
+    return service
+
+
 def _numbered(n: int) -> bytes:
     return frame(b"\xff" * 6, mac(1), payload=n.to_bytes(4, "big") + bytes(996))
 
@@ -35,12 +46,8 @@ def _numbers(path: Path) -> list[int]:
 def test_aFullFileDropsAndCountsFrames(tmp_path: Path) -> None:
     """With maxsize= alone, the file stops growing at the limit; later frames are counted."""
     path = tmp_path / "lan.pcap"
-    service = _start(f"pcap:{path}:maxsize=1")
-    link = service.link
-    assert link is not None
-    for n in range(1200):
-        link.sendFrame(_numbered(n))
-    port = link.port
+    service = _captured(f"pcap:{path}:maxsize=1", 1200)
+    port = service.link.port
     service.stopService()
     kept = _numbers(path)
     assert kept == list(range(len(kept))) and 900 < len(kept) < 1000
@@ -51,11 +58,8 @@ def test_aFullFileDropsAndCountsFrames(tmp_path: Path) -> None:
 def test_aRingKeepsTheNewestFiles(tmp_path: Path) -> None:
     """With files=3, the newest frames are in PATH, older ones in PATH.1 and PATH.2."""
     path = tmp_path / "lan.pcap"
-    service = _start(f"pcap:{path}:maxsize=1:files=3")
+    service = _captured(f"pcap:{path}:maxsize=1:files=3", 4500)
     link = service.link
-    assert link is not None
-    for n in range(4500):
-        link.sendFrame(_numbered(n))
     service.reactor.advance(1.5)
     assert service._flusher is not None and service._flusher.running, "still flushing"
     assert path.stat().st_size > pcap.FILE_HEADER_LENGTH, "the new file is flushed"
@@ -66,7 +70,7 @@ def test_aRingKeepsTheNewestFiles(tmp_path: Path) -> None:
     joined = [n for part in numbers for n in part]
     assert joined == list(range(joined[0], 4500)) and joined[0] > 0
     assert all(f.stat().st_size <= 1000000 for f in files)
-    assert link.frames == 4500
+    assert link is not None and link.frames == 4500
 
 
 def test_filesNeedAMaximumSize(tmp_path: Path) -> None:
