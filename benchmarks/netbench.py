@@ -276,6 +276,20 @@ def hostBehind(b: Bench, near: str, device: str, address: str, prefix: str) -> s
     return host
 
 
+def joined(b: Bench, prefix: str, mtu: int | None = None) -> tuple[str, str, str, str]:
+    """
+    Two new namespaces (named from C{prefix}) joined by a veth pair;
+    returns (near, near's end, far, far's end), neither end configured.
+    """
+    near, far = b.namespace(f"{prefix}n"), b.namespace(f"{prefix}f")
+    suffix = b.tmp.name[-4:]
+    mine, theirs = f"{prefix[-2:]}n{suffix}", f"{prefix[-2:]}f{suffix}"
+    size = ["mtu", str(mtu)] if mtu else []
+    sh("ip", "link", "add", mine, "netns", near, *size, "type", "veth", "peer", "name", theirs,
+       "netns", far, *size)
+    return near, mine, far, theirs
+
+
 def ends(b: Bench, near: str, device: str, far: str, outward: bool,
          prefix: str) -> tuple[str, str]:
     """

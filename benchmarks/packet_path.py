@@ -32,6 +32,7 @@ from netbench import (
     Bench,
     configure,
     ends,
+    joined,
     sh,
     sourceEnv,
     twistdArgv,
@@ -45,11 +46,7 @@ def _wire(b: Bench, address: str) -> tuple[str, str, str]:
     The switch's namespace and the far one, joined by a veth pair whose far
     end has C{address}; returns (switch's namespace, its end, far).
     """
-    near, far = b.namespace("vtwpn"), b.namespace("vtwpf")
-    suffix = b.tmp.name[-4:]
-    mine, theirs = f"vpn{suffix}", f"vpf{suffix}"
-    sh("ip", "link", "add", mine, "netns", near, "type", "veth", "peer", "name", theirs,
-       "netns", far)
+    near, mine, far, theirs = joined(b, "vtwp")
     sh("ip", "-n", near, "link", "set", mine, "up")
     configure(far, theirs, address)
     return near, mine, far

@@ -38,6 +38,7 @@ from netbench import (
     Bench,
     configure,
     ends,
+    joined,
     sh,
     sourceEnv,
     twistdArgv,
@@ -52,11 +53,7 @@ def underlay(b: Bench) -> tuple[str, str, str, str]:
     The near and far namespaces and a veth between them, multicast routed
     over it; returns (near, near's veth, far, far's veth).
     """
-    near, far = b.namespace("vtwxn"), b.namespace("vtwxf")
-    suffix = b.tmp.name[-4:]
-    mine, theirs = f"vxn{suffix}", f"vxf{suffix}"
-    sh("ip", "link", "add", mine, "netns", near, "mtu", "1550", "type", "veth", "peer", "name",
-       theirs, "netns", far, "mtu", "1550")
+    near, mine, far, theirs = joined(b, "vtwx", mtu=1550)
     for ns, dev, under in ((near, mine, UNDER[0]), (far, theirs, UNDER[1])):
         configure(ns, dev, under)
         sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
