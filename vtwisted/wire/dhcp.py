@@ -266,7 +266,7 @@ def packDomainSearch(names: Iterable[str]) -> bytes:
     out = bytearray()
     seen: dict[tuple[bytes, ...], int] = {}
     for name in names:
-        labels = _labels(name)
+        labels = domainLabels(name)
         for i in range(len(labels)):
             suffix = labels[i:]
             if suffix in seen:
@@ -280,9 +280,11 @@ def packDomainSearch(names: Iterable[str]) -> bytes:
     return bytes(out)
 
 
-def _labels(name: str) -> tuple[bytes, ...]:
+def domainLabels(name: str) -> tuple[bytes, ...]:
     """
     The labels of a domain name, checked for RFC 1035 limits.
+
+    @raise DHCPError: not ASCII, or an empty or overlong label.
     """
     try:
         encoded = name.encode("ascii")

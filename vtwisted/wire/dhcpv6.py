@@ -19,6 +19,8 @@ import struct
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from vtwisted.wire.dhcp import DHCPError, domainLabels
+
 #: The ports: clients listen on 546, servers and relays on 547.
 CLIENT_PORT, SERVER_PORT = 546, 547
 
@@ -201,12 +203,9 @@ def packDomainList(names: Iterable[str]) -> bytes:
     out = bytearray()
     for name in names:
         try:
-            encoded = name.encode("ascii")
-        except UnicodeEncodeError:
-            raise Dhcp6Error(f"domain name {name!r} is not ASCII") from None
-        labels = encoded.removesuffix(b".").split(b".") if encoded not in (b"", b".") else []
-        if any(not 0 < len(label) < 64 for label in labels) or len(encoded) > 253:
-            raise Dhcp6Error(f"domain name {name!r} has an empty or overlong label")
+            labels = domainLabels(name)
+        except DHCPError as e:
+            raise Dhcp6Error(str(e)) from None
         for label in labels:
             out += bytes([len(label)]) + label
         out.append(0)
