@@ -13,6 +13,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_vnet import UDP, kernelPacket
 from twisted.logger import globalLogPublisher
 from vhostfakes import DESC, QUEUE_SIZE, RINGS, FakeDriver
 
@@ -139,24 +140,10 @@ def test_udpGsoIsCutForTheGuest(driver) -> None:
     driver.postReceiveBuffers(QUEUE_SIZE)
     offload = FakeLink(vnetHeader=True)
     plug(driver.switch, offload)
-    uso = _usoPacket()
+    uso = kernelPacket(os.urandom(3000), 1000, proto=UDP, macs=(b"\xff" * 6, mac(1))).packet
     offload.receivePacket(uso)
     got = driver.received()
     assert [f for _, f in got] == vnet.toFrames(uso) and len(got) == 3
-
-
-def _usoPacket() -> bytes:
-    from vtwisted.slirp.packets import udpDatagram
-    from vtwisted.wire import ipv4
-    payload = os.urandom(3000)
-    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
-    datagram = udpDatagram(src, dst, 1000, 2000, payload)
-    ip = ipv4.IPv4Header(tos=0, totalLength=20 + len(datagram), ident=1, flags=0,
-                         fragmentOffset=0, ttl=64, protocol=17, checksum=0, src=src,
-                         dst=dst).pack()
-    eth = b"\xff" * 6 + mac(1) + b"\x08\x00"
-    header = vnet.VnetHeader(vnet.NEEDS_CSUM, vnet.GSO_UDP_L4, 42, 1000, 34, 6).pack()
-    return header + eth + ip + datagram
 
 
 def test_ringsWaitForTheirEnableMessage(driver) -> None:
@@ -463,14 +450,12 @@ def test_onlyEnabledQueuesGetFrames() -> None:
 
 
 def _udpFrame(port: int) -> bytes:
-    from vtwisted.slirp.packets import udpDatagram
-    from vtwisted.wire import ipv4
-    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
-    datagram = udpDatagram(src, dst, port, 53, b"q" * 20)
-    ip = ipv4.IPv4Header(tos=0, totalLength=20 + len(datagram), ident=port, flags=0,
-                         fragmentOffset=0, ttl=64, protocol=17, checksum=0, src=src,
-                         dst=dst).pack()
-    return mac(2) + mac(1) + b"\x08\x00" + ip + datagram
+    """
+    A plain UDP frame of the flow from C{port} (to 53).
+    """
+    built = kernelPacket(b"q" * 20, proto=UDP, gso=False, ports=(port, 53), ident=port,
+                         macs=(mac(2), mac(1)))
+    return vnet.toFrame(built.packet)
 
 
 def test_aNewMemoryTableKeepsTheRingsGoing(driver) -> None:
