@@ -228,7 +228,8 @@ class Options(usage.Options):
             lines.append(f"  {prefix:<8} {portType.description}")
         lines += ["", "Every spec but pcap: also takes vlan=N|all, trunk=10,20 and mtu=N, and the",
                   "impairments delay=MS, jitter=MS, loss=%, burst=N, dup=%, noise=BITS/MB,",
-                  "rate=KBIT, queue=MS."]
+                  "rate=KBIT, queue=MS for frames leaving the port, and the same with in in",
+                  "front (indelay=MS, inloss=%, ...) for frames arriving at it."]
         return text + "\n".join(lines) + "\n"
 
     def sockSpec(self) -> str | None:

@@ -414,7 +414,7 @@ COMMANDS: Sequence[Command] = (
     Command("port/stats", "[N]", "print MTU, VLANs, drops by reason and spec of ports",
             _portStats, data=True, vde=False),
     Command("port/impair", "N OPTS|off",
-            "delay=MS jitter=MS loss=% dup=% rate=KBIT queue=MS on frames leaving port N",
+            "impair frames leaving port N (delay=MS loss=% ...), arriving (indelay=MS ...)",
             _impair, vde=False),
     Command("port/specs", "", "list the port specs (--port and port/add) and their ports",
             _portSpecs, data=True, vde=False),

@@ -1,32 +1,34 @@
 """
-Link impairments on a port's way out: delay, jitter, loss, duplication,
-bit errors and a rate limit, what labs use C{wirefilter} (vde2) or Linux's
-C{netem} for,
-set per port in its spec (C{delay=50:loss=1}) or at run time
-(C{port/impair}).
+Link impairments: delay, jitter, loss, duplication, bit errors and a rate
+limit, what labs use C{wirefilter} (vde2) or Linux's C{netem} for, on the
+frames leaving a port and on those arriving at it, set per port in its spec
+(C{delay=50:loss=1:indelay=50}) or at run time (C{port/impair}).
 
 Theory of operation
 -------------------
 An impaired port's three send functions (L{vtwisted.switchport.SwitchPort}
 C{send}, C{sendVnet}, C{sendConverted}) are wrapped by one
-L{ImpairedSender}, which decides each frame's fate as it leaves the
-switch: lost (counted as an C{impaired} drop; with C{burst}, losses come in runs
-of that mean length, Gilbert's two-state model, as C{wirefilter -L}), or
-due at a time, then sent
-once or twice, with random bits flipped at C{noise} bits per megabyte (as
-C{wirefilter -n} does).  The due time is the end of the frame's transmission at
-C{rate} (a link busy with earlier frames makes it wait, and a frame that
-would wait longer than C{queue} seconds is dropped as C{busy}, as a full
-queue would), plus C{delay} and a uniform C{jitter}; frames never overtake
-each other.  Where frames may be lost, duplicated or damaged, an offload port's
-super-frames are cut into the frames they stand for first, so that loss
-strikes wire-sized frames; noise strikes frames whose checksums are
-complete (frames for plain ports are made before they are impaired), so
-their receivers can tell, as on a real wire.  Frames due now go at once;
-the rest wait in one queue with one timer on the injected clock.  Ports
-without impairments are untouched: the wrapping happens only when an
-impairment is set, so the forwarding path of every other port costs
-nothing more.
+L{ImpairedSender}, which decides each frame's fate as it leaves the switch.
+Arriving frames that a port's C{in} options impair pass another
+L{ImpairedSender} on their way into the switch's forwarding (its C{arrive}
+and C{arriveVnet}), before the switch learns from them; the switch never
+remembers routes from such a port, so no frame slips past. Each frame is
+lost (counted as an C{impaired} drop; with C{burst}, losses come in runs of
+that mean length, Gilbert's two-state model, as C{wirefilter -L}), or due at
+a time, then sent once or twice, with random bits flipped at C{noise} bits
+per megabyte (as C{wirefilter -n} does). The due time is the end of the
+frame's transmission at C{rate} (a link busy with earlier frames makes it
+wait, and a frame that would wait longer than C{queue} seconds is dropped as
+C{busy}, as a full queue would), plus C{delay} and a uniform C{jitter};
+frames never overtake each other. Where frames may be lost, duplicated or
+damaged, an offload port's super-frames are cut into the frames they stand
+for first, so that loss strikes wire-sized frames; noise strikes frames
+whose checksums are complete (frames for plain ports are made before they
+are impaired), so their receivers can tell, as on a real wire. Frames due
+now go at once; the rest wait in one queue with one timer on the injected
+clock. Ports without impairments are untouched: the wrapping happens only
+when an impairment is set, so the forwarding path of every other port costs
+nothing more than one attribute test for frames no route takes.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from vtwisted.wire.vnet import PLAIN_HEADER, VnetError, toFrames
 
 #: The options, as specs and C{port/impair} name them.
 KEYWORDS = ("delay", "jitter", "loss", "burst", "dup", "rate", "queue", "noise")
+#: The same for the frames arriving at a port (C{indelay=}, C{inloss=}, ...).
+IN_KEYWORDS = tuple("in" + key for key in KEYWORDS)
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,81 @@ class Impairment:
         return ", ".join(parts) or "none"
 
     @classmethod
-    def fromText(cls, text: str) -> Impairment:
+    def fromOptions(cls, options: dict[str, str], prefix: str = "") -> Impairment:
         """
-        Read the console's form, C{delay=50 loss=1} (or C{off}, which
-        impairs nothing).
+        Read C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{burst=N},
+        C{dup=PERCENT}, C{rate=KBIT}, C{queue=MS} and C{noise=BITS_PER_MB},
+        each named with C{prefix} (C{in} for arriving frames); missing ones
+        are off and other keys are ignored.
+
+        @raise ValueError: a value is not a number or is out of range; the
+            message names the option.
+        """
+        def number(key: str, low: float, high: float, default: float = 0) -> float:
+            return _number(options, prefix + key, low, high, default)
+
+        delay = number("delay", 0, 60000) / 1000
+        jitter = number("jitter", 0, 60000) / 1000
+        if jitter > delay:
+            raise ValueError(f"{prefix}jitter must not exceed {prefix}delay "
+                             "(frames are never sent early)")
+        queue = number("queue", 1, 60000, 100) / 1000
+        return cls(delay, jitter, number("loss", 0, 100) / 100,
+                   number("dup", 0, 100) / 100,
+                   int(number("rate", 0, 100_000_000) * 1000), queue,
+                   number("noise", 0, 8_000_000),
+                   number("burst", 1, 1_000_000, 1))
+
+
+@dataclass(frozen=True)
+class PortImpairment:
+    """
+    What happens to the frames leaving a port (what C{netem} on an
+    interface does) and to those arriving at it (C{indelay=}, C{inloss=},
+    ...), so that one port can stand for a whole impaired link, either way.
+    """
+
+    leaving: Impairment = Impairment()
+    arriving: Impairment = Impairment()
+
+    def active(self) -> bool:
+        """
+        Whether anything happens to frames either way.
+        """
+        return self.leaving.active() or self.arriving.active()
+
+    def describe(self) -> str:
+        """
+        C{delay 50 ms}, C{arriving: loss 1%}, or both joined by C{; }.
+        """
+        parts = []
+        if self.leaving.active():
+            parts.append(self.leaving.describe())
+        if self.arriving.active():
+            parts.append("arriving: " + self.arriving.describe())
+        return "; ".join(parts) or "none"
+
+    @classmethod
+    def fromOptions(cls, options: dict[str, str]) -> PortImpairment:
+        """
+        Read the options of L{KEYWORDS} (frames leaving) and
+        L{IN_KEYWORDS} (frames arriving).
+
+        @raise ValueError: an unknown option, or a bad value (see
+            L{Impairment.fromOptions}).
+        """
+        unknown = set(options) - set(KEYWORDS) - set(IN_KEYWORDS)
+        if unknown:
+            raise ValueError(f"unknown impairment {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(KEYWORDS)}, and the same with "
+                             "in in front for arriving frames)")
+        return cls(Impairment.fromOptions(options), Impairment.fromOptions(options, "in"))
+
+    @classmethod
+    def fromText(cls, text: str) -> PortImpairment:
+        """
+        Read the console's form, C{delay=50 loss=1 indelay=50} (or C{off},
+        which impairs nothing).
 
         @raise ValueError: saying what is wrong.
         """
@@ -112,33 +187,9 @@ class Impairment:
             options[key] = value
         if not options:
             raise ValueError("give impairments (delay=MS jitter=MS loss=PERCENT burst=N "
-                             "dup=PERCENT rate=KBIT queue=MS noise=BITS_PER_MB) or off")
+                             "dup=PERCENT rate=KBIT queue=MS noise=BITS_PER_MB, and the "
+                             "same with in in front for arriving frames) or off")
         return cls.fromOptions(options)
-
-    @classmethod
-    def fromOptions(cls, options: dict[str, str]) -> Impairment:
-        """
-        Read C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{burst=N},
-        C{dup=PERCENT}, C{rate=KBIT}, C{queue=MS} and C{noise=BITS_PER_MB};
-        missing ones are off.
-
-        @raise ValueError: a value is not a number or is out of range; the
-            message names the option.
-        """
-        unknown = set(options) - set(KEYWORDS)
-        if unknown:
-            raise ValueError(f"unknown impairment {', '.join(sorted(unknown))} "
-                             f"(known: {', '.join(KEYWORDS)})")
-        delay = _number(options, "delay", 0, 60000) / 1000
-        jitter = _number(options, "jitter", 0, 60000) / 1000
-        if jitter > delay:
-            raise ValueError("jitter must not exceed delay (frames are never sent early)")
-        queue = _number(options, "queue", 1, 60000, 100) / 1000
-        return cls(delay, jitter, _number(options, "loss", 0, 100) / 100,
-                   _number(options, "dup", 0, 100) / 100,
-                   int(_number(options, "rate", 0, 100_000_000) * 1000), queue,
-                   _number(options, "noise", 0, 8_000_000),
-                   _number(options, "burst", 1, 1_000_000, 1))
 
 
 def _number(options: dict[str, str], key: str, low: float, high: float,
@@ -157,11 +208,14 @@ def _number(options: dict[str, str], key: str, low: float, high: float,
 
 class ImpairedSender:
     """
-    The queue and timer of one impaired port.
+    The queue and timer of one impaired direction of a port.
     """
 
     def __init__(self, impairment: Impairment, clock: Any, port: Any,
-                 rng: random.Random | None = None) -> None:
+                 direction: str = "leaving", rng: random.Random | None = None) -> None:
+        """
+        @param direction: C{leaving} or C{arriving}, for the drop reasons.
+        """
         self.impairment = impairment
         self.clock = clock
         self.port = port
@@ -174,8 +228,9 @@ class ImpairedSender:
         self.damagedFrames = 0
         self._inBurst = False
         # drop details, built once: drops are counted per frame
-        self._lost = f"lost on purpose ({impairment.describe()})"
-        self._full = f"the rate-limited link's queue is full ({impairment.describe()})"
+        what = f"{direction}: {impairment.describe()}"
+        self._lost = f"lost on purpose ({what})"
+        self._full = f"the rate-limited link's queue is full ({what})"
 
     def describe(self) -> str:
         """

@@ -35,7 +35,7 @@ from vtwisted import errors
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import bucketOf
 from vtwisted.fstpops import FstpOperations
-from vtwisted.impair import Impairment
+from vtwisted.impair import PortImpairment
 from vtwisted.specops import PortSpecOperations
 from vtwisted.status import (
     DataSocketInfo,
@@ -284,7 +284,7 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
                 LinkStatus(link.linkId, link.module, link.description) for link in port.links
             ),
             spec=owners.get(id(port)),
-            impairment=port.impaired.describe() if port.impaired else "none",
+            impairment=port.describeImpairment(),
         )
 
     def createPort(self, number: int) -> None:
@@ -418,15 +418,17 @@ class SwitchOperations(PortSpecOperations, FstpOperations):
 
     def setImpairment(self, number: int, text: str) -> None:
         """
-        Impair the frames leaving port C{number} as C{text} says
-        (C{delay=50 loss=1}, see L{vtwisted.impair}), or stop (C{off}).
+        Impair the frames leaving port C{number} and arriving at it as
+        C{text} says (C{delay=50 loss=1 indelay=50}, see
+        L{vtwisted.impair}; what it does not name is not impaired), or stop
+        (C{off}).
         """
         self._portNumber(number)
         port = self.switch.ports.get(number)
         if port is None:
             raise errors.missing(f"port {number} does not exist")
         try:
-            impairment = Impairment.fromText(text)
+            impairment = PortImpairment.fromText(text)
         except ValueError as e:
             raise errors.invalid(str(e)) from None
         port.setImpairment(impairment, self.switch.clock)

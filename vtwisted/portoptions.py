@@ -5,8 +5,10 @@ C{port=N} asks for a port number; C{vlan=N} sets the untagged VLAN (created
 if missing), C{vlan=all} makes the port VLAN-transparent (see
 L{vtwisted.vlans}); C{trunk=10,20} adds tagged memberships; C{mtu=N} lowers
 the largest IP packet the port carries (jumbo 9216 by default);
-C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{dup=PERCENT}, C{rate=KBIT}
-and C{queue=MS} impair the frames leaving it (see L{vtwisted.impair}).
+C{delay=MS}, C{jitter=MS}, C{loss=PERCENT}, C{burst=N}, C{dup=PERCENT},
+C{rate=KBIT}, C{queue=MS} and C{noise=BITS_PER_MB} impair the frames leaving
+it, and the same with C{in} in front (C{indelay=MS}, ...) those arriving
+at it (see L{vtwisted.impair}).
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from vtwisted.impair import KEYWORDS as IMPAIRMENTS
-from vtwisted.impair import Impairment
+from vtwisted.impair import IN_KEYWORDS, KEYWORDS, PortImpairment
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import MAX_USER_VID, NOVLAN
 from vtwisted.wire.ethernet import DEFAULT_MTU
@@ -38,7 +39,7 @@ class PortOptions:
         transparent: bool = False,
         trunk: list[int] | None = None,
         mtu: int | None = None,
-        impairment: Impairment | None = None,
+        impairment: PortImpairment | None = None,
     ) -> None:
         self.number = number
         self.vlan = vlan
@@ -60,9 +61,10 @@ class PortOptions:
         vlan = None if transparent else spec.integer("vlan", None, 0, NOVLAN)
         trunk = spec.integerList("trunk", 1, MAX_USER_VID)
         mtu = spec.integer("mtu", None, MIN_MTU, DEFAULT_MTU)
-        given = {key: value for key in IMPAIRMENTS if (value := spec.string(key)) is not None}
+        given = {key: value for key in KEYWORDS + IN_KEYWORDS
+                 if (value := spec.string(key)) is not None}
         try:
-            impairment = Impairment.fromOptions(given) if given else None
+            impairment = PortImpairment.fromOptions(given) if given else None
         except ValueError as e:
             raise spec.error(str(e)) from None
         return cls(number, vlan, transparent, trunk, mtu, impairment)
@@ -133,6 +135,6 @@ def reset(switch: Any, port: Any) -> None:
         vlans.removeTagged(port, vid)
     vlans.join(port, 0)
     port.setMtu(DEFAULT_MTU)
-    if port.impaired is not None:
-        port.setImpairment(Impairment(), None)
+    if port.impaired is not None or port.impairedIn is not None:
+        port.setImpairment(PortImpairment(), None)
     port.configuredBy = None

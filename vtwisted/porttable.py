@@ -32,6 +32,19 @@ class PortTable:
         """
         raise NotImplementedError
 
+    def forwardFrame(self, port: SwitchPort, frame: bytes) -> None:
+        """
+        Switch a plain frame that arrived at C{port} (the switch does it).
+        """
+        raise NotImplementedError
+
+    def forwardVnetPacket(self, port: SwitchPort, packet: bytes) -> None:
+        """
+        Switch a virtio-net packet that arrived at C{port} (the switch does
+        it).
+        """
+        raise NotImplementedError
+
     def allocatePort(self, number: int | None = None, uid: int | None = None) -> SwitchPort:
         """
         Find or create the port a new link should join; see L{ISwitch}.
@@ -60,6 +73,7 @@ class PortTable:
     def _createPort(self, number: int, allocatable: bool) -> SwitchPort:
         port = self.ports[number] = SwitchPort(number, allocatable)
         port.onChange = self.forgetRoutes
+        port.forwarders = (self.forwardFrame, self.forwardVnetPacket)
         self.vlans.join(port, 0)
         return port
 

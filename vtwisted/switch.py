@@ -24,7 +24,9 @@ one dictionary lookup and one call.  Routes are only installed once the
 source address is learned on the ingress port, and every change that could
 alter a decision (the MAC table, VLAN membership, links, MTUs, hub mode)
 forgets them all; so does every L{Switch.tick}, so that the first frame of
-each second refreshes its source address's age.  Anything else goes through
+each second refreshes its source address's age.  A port whose arriving
+frames are impaired (L{vtwisted.impair}) gets no routes: its frames go to
+the impairment, which hands them to L{Switch.forwardFrame} in its time.  Anything else goes through
 L{_Forms}, which makes each form an egress port may need (tag added or
 removed, virtio-net header kept or resolved into plain frames) at most once
 per received frame, whatever the number of destinations.
@@ -203,8 +205,8 @@ class Switch(PortTable):
         what the fast path needs, without attribute lookups (C{send} changes
         only when links do, which forgets routes).
         """
-        if self.monitors:
-            return  # every frame must pass the monitors
+        if self.monitors or port.impairedIn is not None:
+            return  # every frame must pass the monitors, or the impairment
         entry = vlan.macs.get(src)
         if entry is not None and entry.port is port and len(port.routes) < ROUTE_LIMIT:
             port.routes[key] = (*bounds, out.counters, send)
@@ -241,6 +243,17 @@ class Switch(PortTable):
             oc.outBytes += n
             route[3](frame)
             return
+        if port.arrive is not None:
+            port.arrive(frame)
+            return
+        self.forwardFrame(port, frame)
+
+    def forwardFrame(self, port: SwitchPort, frame: bytes) -> None:
+        """
+        Switch a plain frame that arrived at C{port}, unless a remembered
+        route took it (or the port's arrival impairment holds it back).
+        """
+        n = len(frame)
         if n < MIN_FRAME or n > port.maxFrame:
             self._badLength(port, n)
             return
@@ -299,6 +312,17 @@ class Switch(PortTable):
             oc.outBytes += n
             route[3](packet)
             return
+        if port.arrive is not None:
+            port.arriveVnet(packet)
+            return
+        self.forwardVnetPacket(port, packet)
+
+    def forwardVnetPacket(self, port: SwitchPort, packet: bytes) -> None:
+        """
+        Switch a virtio-net packet that arrived at C{port}, as
+        L{forwardFrame} does a plain frame.
+        """
+        n = len(packet) - _VNET
         if n < MIN_FRAME:
             self._badLength(port, n)
             return

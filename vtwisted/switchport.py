@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.logger import Logger
 
 from vtwisted import errors
-from vtwisted.impair import ImpairedSender, Impairment
+from vtwisted.impair import ImpairedSender, PortImpairment
 from vtwisted.interfaces import ILink
 from vtwisted.wire import vnet
 from vtwisted.wire.ethernet import DEFAULT_MTU, maxFrameFor
@@ -69,6 +69,12 @@ def _discard(data: Any) -> None:
     """
 
 
+def _ignore(port: Any, data: Any) -> None:
+    """
+    The default L{SwitchPort.forwarders}.
+    """
+
+
 def _nothing() -> None:
     """
     The default L{SwitchPort.onChange}.
@@ -90,6 +96,12 @@ class SwitchPort:
     @ivar routes: the switch's cache of where this port's frames go (see
         L{vtwisted.switch}).
     @ivar onChange: called when the port's MTU or links change.
+    @ivar impaired: impairs the frames leaving the port, if any.
+    @ivar impairedIn: impairs the frames arriving at the port, if any;
+        then L{arrive} and L{arriveVnet} take them (the switch's routes are
+        never remembered for such a port, so every frame reaches them).
+    @ivar forwarders: where arriving frames and virtio-net packets go once
+        their impairment lets them (the switch sets them).
     """
 
     __slots__ = (
@@ -112,6 +124,10 @@ class SwitchPort:
         "routes",
         "onChange",
         "impaired",
+        "impairedIn",
+        "arrive",
+        "arriveVnet",
+        "forwarders",
         "_warned",
     )
 
@@ -138,6 +154,11 @@ class SwitchPort:
         self.onChange: Callable[[], None] = _nothing
         #: Delay, loss and the like applied to frames leaving the port.
         self.impaired: ImpairedSender | None = None
+        self.impairedIn: ImpairedSender | None = None
+        self.arrive: Callable[[Any], None] | None = None
+        self.arriveVnet: Callable[[Any], None] = _discard
+        self.forwarders: tuple[Callable[[SwitchPort, Any], None],
+                               Callable[[SwitchPort, Any], None]] = (_ignore, _ignore)
 
     def __repr__(self) -> str:
         return f"<SwitchPort {self.number} links={len(self.links)}>"
@@ -241,16 +262,38 @@ class SwitchPort:
             # frames made before they are impaired: noise hits complete checksums
             self.sendConverted = lambda packet: plain(toFrame(packet))
 
-    def setImpairment(self, impairment: Impairment, clock: Any) -> None:
+    def setImpairment(self, impairment: PortImpairment, clock: Any) -> None:
         """
-        Impair the frames leaving this port from now on (see
-        L{vtwisted.impair}); an impairment that does nothing removes it.
-        Frames still waiting under the old one are dropped.
+        Impair the frames leaving and arriving at this port from now on
+        (see L{vtwisted.impair}); a direction where nothing happens is not
+        impaired at all.  Frames still waiting under the old impairment
+        are dropped.
         """
-        if self.impaired is not None:
-            self.impaired.stop()
-        self.impaired = ImpairedSender(impairment, clock, self) if impairment.active() else None
+        for old in (self.impaired, self.impairedIn):
+            if old is not None:
+                old.stop()
+        leaving, arriving = impairment.leaving, impairment.arriving
+        self.impaired = ImpairedSender(leaving, clock, self) if leaving.active() else None
+        self.impairedIn = None
+        self.arrive, self.arriveVnet = None, _discard
+        if arriving.active():
+            inbound = self.impairedIn = ImpairedSender(arriving, clock, self, "arriving")
+            forward, forwardVnet = self.forwarders
+            self.arrive = inbound.wrap(lambda frame: forward(self, frame))
+            self.arriveVnet = inbound.wrap(lambda packet: forwardVnet(self, packet),
+                                           vnetPackets=True)
         self.rewire()
+
+    def describeImpairment(self) -> str:
+        """
+        The impairments either way, or C{none}.
+        """
+        parts = []
+        if self.impaired is not None:
+            parts.append(self.impaired.describe())
+        if self.impairedIn is not None:
+            parts.append("arriving: " + self.impairedIn.describe())
+        return "; ".join(parts) or "none"
 
 
 def _inGroup(uid: int, gid: int) -> bool:

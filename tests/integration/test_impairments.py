@@ -27,22 +27,24 @@ def _rtts(namespace: str, address: str, count: int = 5) -> list[float]:
 
 
 def _twoNamespaces(vswitch, namespaces, shortdir, net: str,
-                   firstOptions: str = "") -> tuple[object, list[str]]:
+                   firstOptions: str = "", count: int = 2) -> tuple[object, list[str]]:
     """
-    A switch with a console and two TAPs, each moved into a namespace of
-    its own as C{net}.1 and C{net}.2 (the first with C{firstOptions});
-    returns the console's path and the namespaces, once they ping.
+    A switch with a console and two (or C{count}) TAPs, each moved into a
+    namespace of its own as C{net}.1, C{net}.2, ... (the first with
+    C{firstOptions}); returns the console's path and the namespaces, once
+    the first pings the others.
     """
     mgmt = shortdir / "mgmt"
-    taps = uniqueName("vti"), uniqueName("vti")
-    vswitch("--port", f"tap:{taps[0]}{firstOptions}", "--port", f"tap:{taps[1]}",
-            "--mgmt", str(mgmt))
+    taps = [uniqueName("vti") for _ in range(count)]
+    ports = [f"tap:{taps[0]}{firstOptions}"] + [f"tap:{tap}" for tap in taps[1:]]
+    vswitch(*(arg for port in ports for arg in ("--port", port)), "--mgmt", str(mgmt))
     spaces = []
     for n, tap in enumerate(taps, 1):
         ns = quietNamespace(namespaces, "vti")
         moveTap(tap, ns, f"{net}.{n}/24")
         spaces.append(ns)
-    waitForPing(spaces[0], f"{net}.2")
+    for n in range(2, count + 1):
+        waitForPing(spaces[0], f"{net}.{n}")
     return mgmt, spaces
 
 
@@ -99,3 +101,26 @@ def test_noiseDamagesFramesTheKernelThenRefuses(vswitch, namespaces, shortdir) -
     assert re.search(r"noise 10000 bits/MB, [1-9]\d* frames damaged", stats), stats
     console(mgmt, "port/impair 2 off")
     assert len(_rtts(spaces[0], "10.216.0.2", 3)) == 3
+
+
+def test_onePortImpairedBothWaysAndAnAsymmetricRate(vswitch, namespaces, processes,
+                                                    shortdir) -> None:
+    """
+    delay=30:indelay=50 on the first of three TAPs' ports: every round trip
+    to that namespace takes 80 ms more, one between the other two nothing
+    more.  Then inrate=20000 from the console: what that namespace sends
+    stays under 20 Mbit/s, what it is sent does not (an asymmetric link).
+    """
+    mgmt, spaces = _twoNamespaces(vswitch, namespaces, shortdir, "10.217.0",
+                                  ":delay=30:indelay=50", count=3)
+    rtts = _rtts(spaces[1], "10.217.0.1")
+    assert len(rtts) == 5 and min(rtts) >= 80 and max(rtts) < 400, rtts
+    rtts = _rtts(spaces[1], "10.217.0.3")
+    assert len(rtts) == 5 and max(rtts) < 30, rtts
+    assert "impairment: delay 30 ms; arriving: delay 50 ms" in console(mgmt, "port/stats 1")
+    console(mgmt, "port/impair 1 inrate=20000")
+    report = iperf3(processes, spaces[0], spaces[1], "10.217.0.2", "-t", "3")
+    up = report["end"]["sum_received"]["bits_per_second"]
+    report = iperf3(processes, spaces[1], spaces[0], "10.217.0.1", "-t", "3")
+    down = report["end"]["sum_received"]["bits_per_second"]
+    assert 8e6 < up < 21e6 and down > 100e6, (up, down)

@@ -12,7 +12,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from vtwisted.errors import SwitchError
-from vtwisted.impair import Impairment
+from vtwisted.impair import PortImpairment
 from vtwisted.operations import SwitchOperations
 from vtwisted.portoptions import PortOptions
 from vtwisted.service import SwitchService
@@ -22,7 +22,10 @@ from vtwisted.testing import FakeLink, frame, mac, plug
 
 
 def _pair(**impairments: str) -> tuple[Clock, FakeLink, FakeLink, object]:
-    """A switch on a fake clock: link A, and link B whose port is impaired."""
+    """
+    A switch on a fake clock: link A, and link B whose port is impaired
+    (C{delay=} and the like: frames to B; C{indelay=} and the like: from B).
+    """
     clock = Clock()
     switch = Switch()
     switch.clock = clock
@@ -32,8 +35,10 @@ def _pair(**impairments: str) -> tuple[Clock, FakeLink, FakeLink, object]:
     b.receive(frame(b"\xff" * 6, mac(2)))
     a.takeSent()
     if impairments:
-        port.setImpairment(Impairment.fromOptions(impairments), clock)
-        port.impaired.random = random.Random(7)
+        port.setImpairment(PortImpairment.fromOptions(impairments), clock)
+        for sender in (port.impaired, port.impairedIn):
+            if sender is not None:
+                sender.random = random.Random(7)
     return clock, a, b, port
 
 
@@ -56,7 +61,7 @@ def test_aRememberedRouteIsImpairedToo() -> None:
     a.receive(first)
     a.receive(first)
     assert b.takeSent() == [first, first]
-    port.setImpairment(Impairment.fromOptions({"delay": "10"}), clock)
+    port.setImpairment(PortImpairment.fromOptions({"delay": "10"}), clock)
     a.receive(first)
     assert b.sent == []
     clock.advance(0.011)
@@ -166,7 +171,7 @@ def test_lossStrikesWireFramesNotSuperFrames() -> None:
     plug(switch, a)
     port = plug(switch, b)
     b.receivePacket(vnet.PLAIN_HEADER + frame(b"\xff" * 6, mac(2)))
-    port.setImpairment(Impairment.fromOptions({"loss": "50"}), clock)
+    port.setImpairment(PortImpairment.fromOptions({"loss": "50"}), clock)
     port.impaired.random = random.Random(3)
     packet = tcpSuperFrame(mac(2), mac(1), bytes(range(256)) * 254)
     segments = vnet.toFrames(packet)
@@ -221,7 +226,7 @@ def test_noiseStrikesFramesWithCompleteChecksums() -> None:
         plug(switch, a)
         port = plug(switch, b)
         b.receive(frame(b"\xff" * 6, mac(2)))
-        port.setImpairment(Impairment.fromOptions({"noise": str(1_000_000 / 1514)}), clock)
+        port.setImpairment(PortImpairment.fromOptions({"noise": str(1_000_000 / 1514)}), clock)
         port.impaired.random = random.Random(5)
         packet = tcpSuperFrame(mac(2), mac(1), (bytes(range(256)) * 46)[:8 * 1448])
         segments = vnet.toFrames(packet)
@@ -250,3 +255,122 @@ def test_burstLossComesInRunsOfItsMeanLength() -> None:
     assert 0.17 < sum(lost) / len(lost) < 0.23
     assert 4.2 < sum(runs) / len(runs) < 5.8
     assert port.impaired.describe() == "loss 20% in bursts of 5"
+
+
+def test_arrivingDelayHoldsFramesFromThePortOnly() -> None:
+    """
+    indelay=50 holds what B sends for 50 ms before the switch forwards it;
+    what B is sent still goes at once, and so does every later frame of the
+    flow (no remembered route bypasses the impairment).
+    """
+    clock, a, b, port = _pair(indelay="50")
+    towardA = frame(mac(1), mac(2), payload=b"to a")
+    a.receive(frame(b"\xff" * 6, mac(1)))
+    b.takeSent()
+    for _ in range(3):
+        b.receive(towardA)
+    assert a.sent == []
+    clock.advance(0.049)
+    assert a.sent == []
+    clock.advance(0.002)
+    assert a.sent == [towardA] * 3
+    towardB = frame(mac(2), mac(1), payload=b"to b")
+    a.receive(towardB)
+    assert b.sent == [towardB]
+    assert port.impaired is None and port.routes == {}
+    assert port.counters.inFrames == 4  # counted as they arrive, lost or not
+
+
+def test_aRouteRememberedBeforeAnArrivingImpairmentIsForgotten() -> None:
+    """A flow from B that the switch remembered is impaired once inloss= is set."""
+    clock, a, b, port = _pair()
+    a.receive(frame(b"\xff" * 6, mac(1)))
+    towardA = frame(mac(1), mac(2), payload=b"to a")
+    b.receive(towardA)
+    b.receive(towardA)
+    assert a.takeSent() == [towardA, towardA] and port.routes
+    port.setImpairment(PortImpairment.fromOptions({"inloss": "100"}), clock)
+    b.receive(towardA)
+    assert a.sent == [] and port.counters.drops["impaired"] == 1
+
+
+def test_arrivingLossKeepsTheSwitchFromLearning() -> None:
+    """
+    A frame lost on its way in teaches the switch nothing: with inloss=100,
+    B's new address stays unknown, so a frame for it is flooded to B.
+    """
+    _, a, b, port = _pair(inloss="100")
+    b.receive(frame(b"\xff" * 6, mac(9)))
+    assert a.sent == [] and port.counters.drops["impaired"] == 1
+    c = FakeLink("c")
+    plug(a.switch, c)
+    a.receive(frame(mac(9), mac(1)))
+    assert c.sent == [frame(mac(9), mac(1))]
+
+
+def test_bothWaysMakeARoundTrip() -> None:
+    """
+    delay=10:indelay=20 in a spec: a request to B leaves after 10 ms, its
+    answer reaches A 20 ms after B sent it; port/stats shows both.
+    """
+    clock = Clock()
+    service = SwitchService(Switch(), clock)
+    ops = SwitchOperations(service)
+    a, b = FakeLink("a"), FakeLink("b")
+    plug(service.switch, a)
+    port = plug(service.switch, b)
+    PortOptions.fromSpec(PortSpec("tap:t0:delay=10:indelay=20")).apply(service.switch, port)
+    assert ops.ports(port.number)[0].impairment == "delay 10 ms; arriving: delay 20 ms"
+    a.receive(frame(b"\xff" * 6, mac(1)))
+    clock.advance(0.011)
+    assert b.takeSent() == [frame(b"\xff" * 6, mac(1))]
+    b.receive(frame(mac(1), mac(2)))
+    clock.advance(0.019)
+    assert a.sent == []
+    clock.advance(0.002)
+    assert a.sent == [frame(mac(1), mac(2))]
+    ops.setImpairment(port.number, "inloss=50")
+    assert ops.ports(port.number)[0].impairment == "arriving: loss 50%"
+    assert port.impaired is None
+    ops.setImpairment(port.number, "off")
+    assert port.impairedIn is None and ops.ports(port.number)[0].impairment == "none"
+    with pytest.raises(SwitchError, match="unknown impairment inlatency"):
+        ops.setImpairment(port.number, "inlatency=5")
+
+
+def test_arrivingSuperFramesAreCutBeforeTheyAreLost() -> None:
+    """
+    inloss=50 on an offload port: a 64 KB super-frame it sends is cut into
+    its 45 segments first; about half reach the other offload port, in
+    order, each behind a plain header.
+    """
+    from vtwisted.testing import tcpSuperFrame
+    from vtwisted.wire import vnet
+
+    clock = Clock()
+    switch = Switch()
+    a, b = FakeLink("a", vnetHeader=True), FakeLink("b", vnetHeader=True)
+    plug(switch, a)
+    port = plug(switch, b)
+    a.receivePacket(vnet.PLAIN_HEADER + frame(b"\xff" * 6, mac(1)))
+    port.setImpairment(PortImpairment.fromOptions({"inloss": "50"}), clock)
+    port.impairedIn.random = random.Random(3)
+    packet = tcpSuperFrame(mac(1), mac(2), bytes(range(256)) * 254)
+    segments = vnet.toFrames(packet)
+    b.receivePacket(packet)
+    got = a.sentPackets
+    assert all(p[:10] == vnet.PLAIN_HEADER for p in got)
+    kept = [p[10:] for p in got]
+    assert 10 < len(kept) < 35 and kept == [s for s in segments if s in kept]
+    assert port.counters.drops["impaired"] == 45 - len(kept)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("tap:t0:indelay=fast", "indelay='fast' is not a number"),
+    ("tap:t0:indelay=5:injitter=10", "injitter must not exceed indelay"),
+    ("tap:t0:inloss=101", r"inloss=101 is out of range"),
+])
+def test_badArrivingImpairmentsAreRefused(text: str, message: str) -> None:
+    """The in options are checked as the others, and errors name them."""
+    with pytest.raises(SpecError, match=message):
+        PortOptions.fromSpec(PortSpec(text))
