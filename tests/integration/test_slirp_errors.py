@@ -54,6 +54,19 @@ for ttl in (1, 2, 3):
 """
 
 
+#: The guest connects with TCP and prints how its connect ended.
+CONNECT = r"""
+import errno, socket, sys
+s = socket.socket()
+s.settimeout(20)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e))
+"""
+
+
 @pytest.fixture(autouse=True)
 def _needs() -> None:
     needRoot()
@@ -100,3 +113,21 @@ def test_guestTracerouteSeesEveryHop(processes, namespaces, shortdir) -> None:
         "2 192.0.2.2 11 0",
         "3 198.51.100.2 3 3",
     ], result.stdout + world.log.read_text()
+
+
+def test_guestConnectFailsAsTheHostsDoes(processes, namespaces, shortdir) -> None:
+    """
+    A guest's TCP connect to where the switch's host has no route fails with
+    ENETUNREACH, to a missing host on the host's network (no ARP answer)
+    with EHOSTUNREACH, and to a closed port with ECONNREFUSED: libslirp's
+    ICMP net and host unreachable, and its RST.
+    """
+    world = Beyond(processes, namespaces, shortdir, "192.0.2.1/24", "192.0.2.2/24", "1 0",
+                   ipv6=False)
+    run("ip", "-n", world.guest, "addr", "add", "10.0.2.15/24", "dev", world.tap)
+    run("ip", "-n", world.guest, "route", "add", "default", "via", "10.0.2.2")
+    got = [run(*execIn(world.guest, PYTHON, "-c", CONNECT, address, "80"),
+               timeout=60).stdout.strip()
+           for address in ("203.0.113.9", "192.0.2.77", "192.0.2.2")]
+    assert got == ["ENETUNREACH", "EHOSTUNREACH", "ECONNREFUSED"], (
+        got, world.log.read_text())

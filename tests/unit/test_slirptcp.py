@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import (
+    ConnectError,
     ConnectionDone,
     ConnectionLost,
     ConnectionRefusedError,
+    NoRouteError,
     TimeoutError,
 )
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
@@ -249,6 +251,25 @@ def test_otherConnectFailureAnswersHostUnreachable(h: Harness) -> None:
     assert h.network.unreachable == [(packet, 1)]
     assert h.network.tcp == []
     assert h.nat.connectionCount == 0
+
+
+@pytest.mark.parametrize(("failure", "code"), [
+    (NoRouteError(), 0),
+    (ConnectError(osError=101), 0),  # ENETUNREACH from an endpoint
+    (ConnectError(osError=113), 1),  # EHOSTUNREACH
+])
+def test_noRouteIsNetUnreachableNoHostIsHostUnreachable(
+        h: Harness, failure: Exception, code: int) -> None:
+    """
+    The guest's connect fails as the host's did: no route on the host
+    becomes ICMP net unreachable (the guest's ENETUNREACH), an unreachable
+    host ICMP host unreachable (EHOSTUNREACH).
+    """
+    packet = h.syn()
+    factory = h.clock.tcpClients[-1][2]
+    factory.clientConnectionFailed(h.clock.connectors[-1], Failure(failure))
+    assert h.network.unreachable == [(packet, code)]
+    assert h.nat.unreachable == 1 and h.nat.connectionCount == 0
 
 
 def test_restrictedAnswersRst() -> None:

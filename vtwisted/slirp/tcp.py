@@ -9,7 +9,8 @@ destination address, destination port) and passes the segment to it; a
 SYN for a new connection starts a host C{connect()} to where
 L{IGuestNetwork.hostAddress} maps the destination, and the guest gets its
 SYN-ACK only once that connect succeeded (a refused connect answers with a
-RST, any other failure with ICMP host unreachable), as libslirp does.  A
+RST, any other failure with ICMP net unreachable if the host has no route,
+else host unreachable), as libslirp does.  A
 non-SYN segment for no connection is answered with a RST (RFC 9293).
 
 Guests speak IPv4 or IPv6: a connection's family is the length of its
@@ -42,9 +43,10 @@ no connection, answered with RST).
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionRefusedError, NoRouteError
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
@@ -145,7 +147,21 @@ class HostConnectFactory(ClientFactory):
         return HostProtocol(self.connection)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.connection.connectFailed(bool(reason.check(ConnectionRefusedError)))
+        self.connection.connectFailed(unreachableCode(reason))
+
+
+def unreachableCode(reason: Failure) -> int | None:
+    """
+    How the guest hears of a failed host connect: None for a RST (refused),
+    else the ICMP destination unreachable code, net (0) when the host has no
+    route (C{ENETUNREACH}), host (1) for anything else (C{EHOSTUNREACH}, a
+    timeout), so that the guest's C{connect} fails as the host's did.
+    """
+    if reason.check(ConnectionRefusedError):
+        return None
+    if reason.check(NoRouteError) or getattr(reason.value, "osError", None) == errno.ENETUNREACH:
+        return 0
+    return 1
 
 
 class ForwardProtocol(HostProtocol):
@@ -294,8 +310,7 @@ class TcpNat:
                 target[0], target[1], factory, timeout=CONNECT_TIMEOUT)
             return
         connecting = target.endpoint.connect(factory)
-        connecting.addErrback(
-            lambda failure: connection.connectFailed(bool(failure.check(ConnectionRefusedError))))
+        connecting.addErrback(lambda failure: connection.connectFailed(unreachableCode(failure)))
         connection.connector = EndpointConnector(connecting)
 
     def resetStray(self, key: Key, header: TCPHeader, length: int) -> None:

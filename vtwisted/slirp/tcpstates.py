@@ -154,19 +154,20 @@ class Handshake(SendSide):
     def sendSynAck(self) -> None:
         self.emit(0, SYN | ACK, options=synOptions(self.ourMss(), bool(self.rcvShift)))
 
-    def connectFailed(self, refused: bool) -> None:
+    def connectFailed(self, code: int | None) -> None:
         """
-        The host connect failed: RST if refused, else ICMP host unreachable.
+        The host connect failed: RST if refused (C{code} None), else ICMP
+        destination unreachable with C{code}.
         """
         self.connector = None
         if self.state != CONNECTING:
             return
-        if refused:
+        if code is None:
             self.nat.refused += 1
             self.nat.sendReset(self.key, 0, (self.irs + 1) & MASK, RST | ACK)
         else:
             self.nat.unreachable += 1
-            self.network.sendUnreachable(self.synPacket, 1)
+            self.network.sendUnreachable(self.synPacket, code)
         self.forget()
 
     def synReceivedSegment(self, header: Any, payload: memoryview) -> None:
