@@ -45,6 +45,8 @@ from vtwisted.wire.vnet import PLAIN_HEADER, VnetError, toFrames
 KEYWORDS = ("delay", "jitter", "loss", "burst", "dup", "rate", "queue", "noise")
 #: The same for the frames arriving at a port (C{indelay=}, C{inloss=}, ...).
 IN_KEYWORDS = tuple("in" + key for key in KEYWORDS)
+#: Both, as port types that sort their keywords list them.
+ALL_KEYWORDS = KEYWORDS + IN_KEYWORDS
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
-from vtwisted.impair import IN_KEYWORDS, KEYWORDS, PortImpairment
+from vtwisted.impair import ALL_KEYWORDS, PortImpairment
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import MAX_USER_VID, NOVLAN
 from vtwisted.wire.ethernet import DEFAULT_MTU
@@ -61,7 +61,7 @@ class PortOptions:
         vlan = None if transparent else spec.integer("vlan", None, 0, NOVLAN)
         trunk = spec.integerList("trunk", 1, MAX_USER_VID)
         mtu = spec.integer("mtu", None, MIN_MTU, DEFAULT_MTU)
-        given = {key: value for key in KEYWORDS + IN_KEYWORDS
+        given = {key: value for key in ALL_KEYWORDS
                  if (value := spec.string(key)) is not None}
         try:
             impairment = PortImpairment.fromOptions(given) if given else None

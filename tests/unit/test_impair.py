@@ -374,3 +374,26 @@ def test_badArrivingImpairmentsAreRefused(text: str, message: str) -> None:
     """The in options are checked as the others, and errors name them."""
     with pytest.raises(SpecError, match=message):
         PortOptions.fromSpec(PortSpec(text))
+
+
+@pytest.mark.parametrize("module, text", [
+    ("qemu", "qemu:unix:/tmp/vtw-guest.sock:delay=5:indelay=7"),
+    ("vhostuser", "vhostuser:unix:/tmp/vtw-guest.vhost:delay=5:indelay=7"),
+    ("cable", "cable:tcp:host=127.0.0.1:port=9:delay=5:indelay=7"),
+])
+def test_portsOnStreamsTakeBothWays(module: str, text: str) -> None:
+    """
+    Port types whose specs wrap a Twisted endpoint keep every impairment
+    option, either way, out of the endpoint and on the port.
+    """
+    import importlib
+
+    from twisted.internet.testing import MemoryReactor
+
+    from vtwisted.ports.streamspec import readStreamSpec
+
+    ports = importlib.import_module(f"vtwisted.ports.{module}")
+    keywords = getattr(ports, "CABLE_KEYWORDS", None) or ports.PORT_KEYWORDS
+    read = readStreamSpec(PortSpec(text), MemoryReactor(), keywords, listenByDefault=False)
+    impairment = read.options.impairment
+    assert (impairment.leaving.delay, impairment.arriving.delay) == (0.005, 0.007)

@@ -45,7 +45,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vtwisted.impair import KEYWORDS as IMPAIRMENTS
+from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.ports.streamlinks import (
     StreamConnector,

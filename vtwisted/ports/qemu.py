@@ -35,7 +35,7 @@ from typing import Any
 
 from zope.interface import implementer
 
-from vtwisted.impair import KEYWORDS as IMPAIRMENTS
+from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.ports.streamlinks import (
     StreamConnector,
