@@ -17,7 +17,9 @@ again before a last look, the used index is published once per batch and
 the guest interrupted once, if it wants to be.  The receive ring is written to by
 L{Ring.deliver}, one frame at a time, each visible to the guest at once;
 the interrupt comes once for all a reactor turn delivered, from a call
-that runs before the reactor next waits.
+that runs before the reactor next waits.  While the guest migrates, the
+pages written (receive buffers, used rings) are marked in the dirty log
+after they are written.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ log = Logger()
 
 #: Chains taken from the transmit ring per reactor turn.
 TX_BUDGET = 256
+#: Ring address flag: log the writes to the used ring (C{VHOST_VRING_F_LOG}).
+LOG_USED = 1
 _ONE = (1).to_bytes(8, "little")
 
 
@@ -200,6 +204,8 @@ class Ring:
                 queue.quietKicks(False)
                 pending = queue.pending()
         queue.publish()
+        if link.logging:
+            self._logUsed(queue)
         if taken:
             self.interrupt()
         if pending:
@@ -216,8 +222,9 @@ class Ring:
         link = self.link
         if queue is None:
             return
+        logged: list[tuple[int, int]] | None = [] if link.logging else None
         try:
-            chains = self._buffersFor(queue, link.headerLength + len(frame))
+            chains = self._buffersFor(queue, link.headerLength + len(frame), logged)
             if chains is None:
                 return
             if link.headerLength > 10:
@@ -230,6 +237,10 @@ class Ring:
         except VirtqueueError as e:
             link.fail(f"receive queue: {e}")
             return
+        if logged is not None:
+            for address, length in logged:
+                link.dirtyLog.mark(address, length)
+            self._logUsed(queue)
         if self._interrupting is None:
             self._interrupting = link.owner.reactor.callLater(0, self._interruptNow)
 
@@ -237,11 +248,22 @@ class Ring:
         self._interrupting = None
         self.interrupt()
 
-    def _buffersFor(self, queue: SplitQueue,
-                    total: int) -> list[tuple[int, list[memoryview]]] | None:
+    def _logUsed(self, queue: SplitQueue) -> None:
+        """
+        Log the writes to the used ring, if QEMU asked for them (at the
+        guest address it gave for the ring, C{VHOST_VRING_F_LOG}).
+        """
+        addresses = self.addresses
+        if addresses is not None and addresses.flags & LOG_USED:
+            self.link.dirtyLog.mark(addresses.log, queue.usedLength)
+
+    def _buffersFor(self, queue: SplitQueue, total: int,
+                    logged: list[tuple[int, int]] | None = None,
+                    ) -> list[tuple[int, list[memoryview]]] | None:
         """
         The chains (heads and writable buffers) the next C{total} bytes go
-        into, or None (and the frame counted as dropped) if they do not fit.
+        into, or None (and the frame counted as dropped) if they do not fit;
+        the buffers' guest addresses are appended to C{logged} if given.
         """
         port = self.link.port
         available = queue.pending()
@@ -258,7 +280,7 @@ class Ring:
                                  f"receive buffer of {room}")
                 return None
             head = queue.peek(len(chains))
-            buffers = [view for view, writable in queue.chain(head) if writable]
+            buffers = [view for view, writable in queue.chain(head, logged) if writable]
             chains.append((head, buffers))
             room += sum(len(b) for b in buffers)
         return chains

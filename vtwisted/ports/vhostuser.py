@@ -34,6 +34,12 @@ with offloads.  UDP GSO is not offered (QEMU 7.2 cannot pass it on), so
 such packets are cut into datagrams for the guest.  A guest that takes
 fewer offloads gets plain frames.
 
+A guest migrates live between two QEMUs on the switch: while QEMU copies
+its memory (C{F_LOG_ALL}), each page the switch writes is marked in the
+dirty log QEMU shares (C{SET_LOG_BASE}, L{vtwisted.ports.virtqueue.DirtyLog}),
+and the QEMU it arrives at asks for it to be announced (C{SEND_RARP}): a
+broadcast RARP from its new port teaches the switches where it is.
+
 Anything malformed from QEMU or the guest (a message, a memory table, a
 ring) is logged once with the spec and the peer, counted, and closes the
 connection: QEMU then stops the device, and the other ports carry on.
@@ -50,15 +56,15 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from vtwisted.impair import KEYWORDS as IMPAIRMENTS
+from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.ports.streamlinks import StreamConnector, StreamListener, describePeer, socketOf
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.ports.vhostrings import Ring
-from vtwisted.ports.virtqueue import GuestMemory, VirtqueueError
+from vtwisted.ports.virtqueue import DirtyLog, GuestMemory, VirtqueueError
 from vtwisted.spec import PortSpec
+from vtwisted.wire import arp, vnet
 from vtwisted.wire import vhostuser as vu
-from vtwisted.wire import vnet
 from vtwisted.wire.vhostuser import VhostUserError
 
 log = Logger()
@@ -69,13 +75,16 @@ F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_MRG_RXBUF = 11, 12, 13, 15
 #: Queue pairs chosen by the driver through the control queue (QEMU serves it).
 F_CTRL_VQ, F_MQ = 17, 22
 F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1 = 28, 29, 30, 32
+#: The switch logs the pages it writes (live migration).
+F_LOG_ALL = 26
 OFFERED = sum(1 << bit for bit in (
     F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_HOST_TSO4, F_HOST_TSO6,
-    F_HOST_ECN, F_MRG_RXBUF, F_CTRL_VQ, F_MQ, F_INDIRECT_DESC, F_EVENT_IDX,
+    F_HOST_ECN, F_MRG_RXBUF, F_CTRL_VQ, F_MQ, F_LOG_ALL, F_INDIRECT_DESC, F_EVENT_IDX,
     F_PROTOCOL_FEATURES, F_VERSION_1))
-#: vhost-user protocol features: several queue pairs, and acks.
-P_MQ, P_REPLY_ACK = 0, 3
-PROTOCOL_OFFERED = 1 << P_MQ | 1 << P_REPLY_ACK
+#: vhost-user protocol features: several queue pairs, the dirty log in
+#: shared memory, announcing a migrated guest (RARP), and acks.
+P_MQ, P_LOG_SHMFD, P_RARP, P_REPLY_ACK = 0, 1, 2, 3
+PROTOCOL_OFFERED = 1 << P_MQ | 1 << P_LOG_SHMFD | 1 << P_RARP | 1 << P_REPLY_ACK
 #: What a guest must take for super-frames to be passed to it whole.
 SUPER_FRAMES = sum(1 << bit for bit in (F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN))
 #: Keywords of a spec that configure the switch port, not the endpoint.
@@ -105,6 +114,10 @@ class VhostUserLink(Protocol):
         self.features = 0
         self.protocolFeatures = 0
         self.memory: GuestMemory | None = None
+        #: Where the pages written are logged while the guest migrates.
+        self.dirtyLog: DirtyLog | None = None
+        #: Whether writes are logged now (C{F_LOG_ALL} and a log).
+        self.logging = False
         self.rings = [Ring(self, index) for index in range(2 * MAX_QUEUE_PAIRS)]
         #: The receive rings frames for the guest can go to now.
         self.receiving: list[Ring] = []
@@ -200,6 +213,7 @@ class VhostUserLink(Protocol):
         if self.memory is not None:
             self.memory.close()
             self.memory = None
+        self._setLog(None)
         self.owner.linkDown(self)
 
     def close(self) -> None:
@@ -229,6 +243,7 @@ class VhostUserLink(Protocol):
             for ring in self.rings:  # rings start enabled without the protocol features
                 ring.enabled = True
             self.ringsChanged()
+        self.logging = bool(features & 1 << F_LOG_ALL) and self.dirtyLog is not None
         self.mergeable = bool(features & (1 << F_MRG_RXBUF))
         self.eventIndex = bool(features & (1 << F_EVENT_IDX))
         modern = features & (1 << F_VERSION_1)
@@ -251,6 +266,8 @@ class VhostUserLink(Protocol):
             text += ", mergeable buffers" if self.mergeable else ""
         if len(self.receiving) > 1:
             text += f", {len(self.receiving)} queue pairs"
+        if self.dirtyLog is not None:
+            text += f", {self.dirtyLog.writes} writes logged for a migration"
         self.description = text
 
     def getProtocolFeatures(self, request: int, payload: bytes) -> bytes:
@@ -292,6 +309,41 @@ class VhostUserLink(Protocol):
         for ring in self.rings:
             ring.restart()
 
+    def setLogBase(self, request: int, payload: bytes) -> bytes:
+        """
+        Map the dirty log QEMU shares for a migration; answer with an empty
+        payload, as QEMU waits for (and as DPDK sends).
+        """
+        size, offset = vu.logArea(request, payload)
+        self._setLog(DirtyLog.map(self.takeDescriptor("the dirty log"), size, offset))
+        return vu.reply(request, b"")
+
+    def _setLog(self, log: DirtyLog | None) -> None:
+        if self.dirtyLog is not None:
+            self.dirtyLog.close()
+        self.dirtyLog = log
+        self.logging = bool(self.features & 1 << F_LOG_ALL) and log is not None
+        self._describe()
+
+    def setLogDescriptor(self, request: int, payload: bytes) -> None:
+        """
+        An eventfd to say the log changed: optional, and QEMU reads the log
+        anyway, so it is closed.
+        """
+        if self._fds:
+            os.close(self._fds.popleft())
+
+    def sendRarp(self, request: int, payload: bytes) -> None:
+        """
+        The guest migrated here: announce its address with a broadcast RARP
+        from its port, so that every switch on the way (this one first)
+        learns where it is now, as QEMU does for its other backends.
+        """
+        mac = vu.number(request, payload).to_bytes(8, "little")[:6]
+        if self.port is not None and self._receive is not None:
+            frame = arp.rarpAnnouncement(mac)
+            self._receive(self.port, vnet.PLAIN_HEADER + frame if self.vnetHeader else frame)
+
     def ring(self, index: int) -> Ring:
         if not 0 <= index < len(self.rings):
             raise VhostUserError(f"queue {index} does not exist ({MAX_QUEUE_PAIRS} queue "
@@ -315,6 +367,7 @@ class VhostUserLink(Protocol):
         ring = self.ring(index)
         ring.stop()
         ring.closeDescriptors()
+        self._describe()
         return vu.stateReply(request, index, ring.base)
 
     def setRingDescriptor(self, request: int, payload: bytes) -> None:
@@ -396,6 +449,9 @@ _HANDLERS: dict[int, Any] = {
     vu.SET_OWNER: VhostUserLink.ignore,
     vu.RESET_OWNER: VhostUserLink.resetOwner,
     vu.SET_MEM_TABLE: VhostUserLink.setMemoryTable,
+    vu.SET_LOG_BASE: VhostUserLink.setLogBase,
+    vu.SET_LOG_FD: VhostUserLink.setLogDescriptor,
+    vu.SEND_RARP: VhostUserLink.sendRarp,
     vu.SET_VRING_NUM: VhostUserLink.setRingNumber,
     vu.SET_VRING_BASE: VhostUserLink.setRingBase,
     vu.SET_VRING_ADDR: VhostUserLink.setRingAddresses,

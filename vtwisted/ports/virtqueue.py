@@ -19,6 +19,10 @@ and puts them back on the used ring; the used index is stored once per
 batch (L{SplitQueue.publish}), after the entries, which x86's store order
 keeps visible in that order.
 
+While the guest migrates, the switch records every page it writes to (the
+buffers of receive chains, and the used rings) in the front-end's
+L{DirtyLog}, so that QEMU copies those pages again.
+
 The guest is not trusted: an index past the table, a chain longer than
 the table (a loop), an address outside the shared regions or a nested
 indirect table raise L{VirtqueueError} and nothing is read or written.
@@ -139,6 +143,63 @@ class GuestMemory:
         self._maps = []
 
 
+class DirtyLog:
+    """
+    The front-end's log of the guest pages the switch writes to, while a
+    guest migrates (C{VHOST_F_LOG_ALL}): one bit per 4 KB page of guest
+    physical memory, in memory QEMU shares (C{SET_LOG_BASE}).  QEMU reads
+    and clears whole words of it concurrently; setting a bit with a plain
+    read and write of its byte can at worst set again bits QEMU just took,
+    which only makes it send those pages once more, never lose one.
+    """
+
+    PAGE_SHIFT = 12
+
+    def __init__(self, buffer: Any, offset: int, size: int) -> None:
+        self._map = buffer
+        self.view = memoryview(buffer)[offset:offset + size]
+        #: Writes logged so far.
+        self.writes = 0
+        if len(self.view) != size:
+            raise VirtqueueError(f"dirty log of {size} bytes, but {len(self.view)} mapped")
+
+    @classmethod
+    def map(cls, fd: int, size: int, offset: int) -> DirtyLog:
+        """
+        Map the log from C{fd} (which is then closed).
+
+        @raise VirtqueueError: it cannot be mapped.
+        """
+        try:
+            return cls(mmap.mmap(fd, offset + size, mmap.MAP_SHARED), offset, size)
+        except (OSError, ValueError, OverflowError) as e:
+            raise VirtqueueError(f"cannot map the dirty log ({size} bytes at "
+                                 f"{offset}): {e}") from None
+        finally:
+            os.close(fd)
+
+    def mark(self, address: int, length: int) -> None:
+        """
+        Log a write of C{length} bytes at guest-physical C{address}; pages
+        past the log's end are not logged (QEMU sizes it for all memory).
+        """
+        if length <= 0:
+            return
+        self.writes += 1
+        view, shift = self.view, self.PAGE_SHIFT
+        for page in range(address >> shift, ((address + length - 1) >> shift) + 1):
+            at = page >> 3
+            if at < len(view):
+                view[at] |= 1 << (page & 7)
+
+    def close(self) -> None:
+        self.view.release()
+        try:
+            self._map.close()
+        except (AttributeError, BufferError):
+            pass
+
+
 class SplitQueue:
     """
     One split virtqueue, as the device sees it.
@@ -164,7 +225,9 @@ class SplitQueue:
         extra = 2 if eventIndex else 0
         self.table = memory.user(descriptors, 16 * size)
         self.available = memory.user(available, 4 + 2 * size + extra)
-        self.used = memory.user(used, 4 + 8 * size + extra)
+        #: Bytes of the used ring (flags, index, pairs, C{avail_event}).
+        self.usedLength = 4 + 8 * size + extra
+        self.used = memory.user(used, self.usedLength)
         self.lastAvail = lastAvail & 0xFFFF
         self.usedIndex: int = _U16.unpack_from(self.used, 2)[0]
         #: The used index when the guest was last considered for an interrupt.
@@ -197,11 +260,15 @@ class SplitQueue:
         self.lastAvail = (self.lastAvail + 1) & 0xFFFF
         return head
 
-    def chain(self, head: int) -> list[tuple[memoryview, bool]]:
+    def chain(self, head: int, written: list[tuple[int, int]] | None = None
+              ) -> list[tuple[memoryview, bool]]:
         """
         The buffers of the chain at C{head}, each with whether the device
         may write it.
 
+        @param written: if given, the guest address and length of each
+            buffer the device may write are appended to it (for the dirty
+            log, L{DirtyLog}).
         @raise VirtqueueError: the chain is malformed.
         """
         buffers = []
@@ -220,6 +287,8 @@ class SplitQueue:
                 count = 0
                 continue
             buffers.append((self.memory.guest(address, length), bool(flags & WRITE)))
+            if written is not None and flags & WRITE:
+                written.append((address, length))
             count += 1
             if not flags & NEXT:
                 return buffers

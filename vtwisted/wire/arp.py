@@ -8,7 +8,8 @@ refuses anything with other types or lengths (ARP for other networks is of
 no use to a user-mode NAT) and ignores what follows the 28 bytes, the
 Ethernet padding of a 60-byte frame.  L{ARPPacket.pack} emits exactly 28
 bytes; padding the frame is the sender's business.  L{replyTo} builds the
-answer a host gives to a request for one of its own addresses.
+answer a host gives to a request for one of its own addresses, and
+L{rarpAnnouncement} the frame that announces a migrated guest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from vtwisted.wire.checksum import Buffer
 
 OP_REQUEST = 1
 OP_REPLY = 2
+#: RARP's request (RFC 903), which announces a moved guest.
+OP_REVERSE_REQUEST = 3
+ETHERTYPE_RARP = 0x8035
 #: The length of an Ethernet/IPv4 ARP packet.
 LENGTH = 28
 
@@ -104,3 +108,13 @@ def replyTo(request: ARPPacket, mac: bytes) -> ARPPacket:
     @return: a L{OP_REPLY} from C{mac}/C{request.targetIp} to the requester.
     """
     return ARPPacket(OP_REPLY, mac, request.targetIp, request.senderMac, request.senderIp)
+
+
+def rarpAnnouncement(mac: bytes) -> bytes:
+    """
+    The broadcast frame a migrated guest is announced with, as QEMU sends
+    it: a RARP request (RFC 903) from C{mac} about C{mac}, no IPv4
+    addresses, padded to 60 bytes.  Switches learn C{mac} where it arrives.
+    """
+    packet = ARPPacket(OP_REVERSE_REQUEST, mac, bytes(4), mac, bytes(4)).pack()
+    return (b"\xff" * 6 + mac + ETHERTYPE_RARP.to_bytes(2, "big") + packet).ljust(60, b"\x00")

@@ -44,6 +44,7 @@ _STATE = struct.Struct("=II")
 _ADDRESS = struct.Struct("=IIQQQQ")
 _TABLE = struct.Struct("=II")
 _REGION = struct.Struct("=QQQQ")
+_LOG = struct.Struct("=QQ")
 
 
 class VhostUserError(ValueError):
@@ -125,6 +126,15 @@ def ringAddresses(request: int, payload: bytes) -> RingAddresses:
     return RingAddresses(*_ADDRESS.unpack_from(payload))
 
 
+def logArea(request: int, payload: bytes) -> tuple[int, int]:
+    """
+    A dirty log payload (C{SET_LOG_BASE}): (size, offset in the file).
+    """
+    _need(request, payload, 16)
+    size, offset = _LOG.unpack_from(payload)
+    return size, offset
+
+
 def memoryTable(request: int, payload: bytes) -> list[Region]:
     """
     A memory table payload.
@@ -165,6 +175,10 @@ def message(request: int, payload: bytes = b"", flags: int = VERSION) -> bytes:
 
 def packNumber(value: int) -> bytes:
     return _U64.pack(value)
+
+
+def packLog(size: int, offset: int) -> bytes:
+    return _LOG.pack(size, offset)
 
 
 def packState(index: int, value: int) -> bytes:

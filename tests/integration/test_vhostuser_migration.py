@@ -1,0 +1,125 @@
+"""
+A QEMU guest on a C{vhostuser:} port migrates live to another QEMU on the
+same switch while a namespace streams data into it: QEMU copies the guest's
+memory while the switch keeps writing frames into it, so the switch must
+log every page it writes (C{VHOST_F_LOG_ALL}), and announce the guest from
+its new port (C{SEND_RARP}).  The stream must arrive whole, the guest
+keep its network on the other side, and the switch say that it logged its
+writes (TCP would mask a few lost pages; the unit tests in
+C{test_vhostmigration.py} check the log itself).  Guests run under TCG (see
+C{test_vhostuser.py} for why the NIC has C{vectors=0}).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from guest import startGuest
+from helpers import execIn, need, waitFor
+from taphelpers import PYTHON, console, readLine, waitForPing
+from test_vhostuser import LINK, NIC, switchWithNamespace, vhostArgs
+
+pytestmark = pytest.mark.integration
+
+#: The guest: take a TCP stream on port 5000 and print its hash, then ping.
+SCRIPT = """\
+ip addr add 10.211.14.2/24 dev eth0
+ip link set eth0 up
+echo VTW-LISTENING
+nc -l -p 5000 | sha256sum
+ping -c 3 -i 0.2 -W 2 10.211.14.1
+"""
+
+#: The namespace: COUNT pseudo-random 64 KB chunks, paced, then the hash.
+SENDER = r"""
+import hashlib, random, socket, sys, time
+rng, digest = random.Random(7), hashlib.sha256()
+c = socket.create_connection((sys.argv[1], 5000), timeout=60)
+print("connected", flush=True)
+for _ in range(int(sys.argv[2])):
+    chunk = rng.randbytes(65536)
+    digest.update(chunk)
+    c.sendall(chunk)
+    time.sleep(0.03)
+c.shutdown(socket.SHUT_WR)
+c.recv(1)
+print(digest.hexdigest(), flush=True)
+"""
+
+
+class Qmp:
+    """
+    QEMU's machine protocol on a Unix socket, one command at a time.
+    """
+
+    def __init__(self, path: Path) -> None:
+        waitFor(path.exists, timeout=30, what=f"QMP socket {path}")
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rw")
+        json.loads(self.file.readline())  # the greeting
+        self.execute("qmp_capabilities")
+
+    def execute(self, command: str, **arguments: object) -> dict:
+        self.file.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
+        self.file.flush()
+        while True:
+            answer = json.loads(self.file.readline())
+            if "event" not in answer:
+                assert "error" not in answer, answer
+                return answer.get("return", {})
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
+                                              shortdir) -> None:
+    """
+    Live migration mid-stream: 12 MB sent to the guest over 6 s, migrated
+    to a second QEMU after the first second; the guest, now on the second
+    QEMU's port, prints the SHA-256 the sender computed and pings the
+    namespace.
+    """
+    need("qemu-system-x86_64")
+    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.14.1/24")
+    netdev, extra = vhostArgs(path)
+    qmpPath, incoming = shortdir / "qmp.sock", shortdir / "migration.sock"
+    mac = "52:54:00:76:75:14"
+    source = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "from",
+                        nic=NIC, extraArgs=[*extra, "-qmp", f"unix:{qmpPath},server=on,wait=off"])
+    waitFor(lambda: source.sawLine("VTW-LISTENING"), timeout=60, what="the guest's listener")
+    waitForPing(ns, "10.211.14.2", timeout=20)
+    target = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "to", nic=NIC,
+                        extraArgs=[*extra, "-incoming", f"unix:{incoming}"])
+    waitFor(lambda: len(LINK.findall(console(mgmt, "port/allprint"))) == 2 and
+            incoming.exists(), timeout=30, what="the second QEMU waiting for the guest")
+    sender = processes.start(execIn(ns, PYTHON, "-c", SENDER, "10.211.14.2", "192"),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert readLine(sender, 20).strip() == "connected"
+    time.sleep(1)
+    qmp = Qmp(qmpPath)
+    qmp.execute("migrate", uri=f"unix:{incoming}")
+    deadline = time.monotonic() + 90
+    while (status := qmp.execute("query-migrate").get("status")) not in ("completed", "failed"):
+        assert time.monotonic() < deadline, f"migration still {status}"
+        time.sleep(0.2)
+    assert status == "completed", source.diagnostics() + target.diagnostics() + sw.logText()
+    sent = readLine(sender, 60).strip()
+    result = target.wait(timeout=120)
+    logged = re.search(r"qemu-system-x86 pid (\d+)[^\n]*, (\d+) writes logged for a migration",
+                       console(mgmt, "port/allprint"))
+    qmp.execute("quit")
+    qmp.close()
+    assert logged is not None and int(logged.group(1)) == source.process.pid, \
+        console(mgmt, "port/allprint")
+    assert int(logged.group(2)) > 100, "the switch logged the pages it wrote while migrating"
+    assert f"{sent}  -" in result.console, target.diagnostics() + sw.logText()
+    assert "3 packets received" in result.console, target.diagnostics()
+    assert result.rc == 0 and "Traceback" not in sw.logText(), sw.logText()

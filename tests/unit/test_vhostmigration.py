@@ -1,0 +1,158 @@
+"""
+Live migration through the C{vhostuser:} port, against the fake QEMU and
+guest driver of L{vhostfakes}: the dirty log QEMU shares (every page the
+switch writes is marked, and only while QEMU asks), and the RARP that
+announces a guest where it arrived.  A real migration between two QEMUs is
+in C{tests/integration/test_vhostuser.py}.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from vhostfakes import MEMORY, RINGS, RX_BUFFERS, SLOT, USER_BASE, FakeDriver
+
+from vtwisted.ports.vhostuser import F_LOG_ALL, OFFERED, P_LOG_SHMFD, P_RARP
+from vtwisted.ports.virtqueue import DirtyLog
+from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
+from vtwisted.wire import vhostuser as vu
+
+#: The log's size for the fake's memory: one bit per 4 KB page.
+LOG_SIZE = MEMORY // 4096 // 8
+
+
+@pytest.fixture
+def driver():
+    fake = FakeDriver()
+    yield fake
+    fake.close()
+
+
+class SharedLog:
+    """
+    The dirty log as QEMU holds it: a memfd it maps and hands the switch.
+    """
+
+    def __init__(self, offset: int = 0) -> None:
+        self.fd = os.memfd_create("fake-log")
+        self.offset = offset
+        os.ftruncate(self.fd, offset + LOG_SIZE)
+
+    def pages(self) -> set[int]:
+        """The pages marked dirty, then cleared, as QEMU's sync does."""
+        data = os.pread(self.fd, LOG_SIZE, self.offset)
+        os.pwrite(self.fd, bytes(LOG_SIZE), self.offset)
+        return {8 * at + bit for at, byte in enumerate(data) for bit in range(8)
+                if byte >> bit & 1}
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _startLogging(driver: FakeDriver, log: SharedLog, rings: tuple[int, ...] = (0, 1)) -> bytes:
+    """What QEMU sends when a migration starts; returns the SET_LOG_BASE reply."""
+    reply = driver.send(vu.SET_LOG_BASE, vu.packLog(LOG_SIZE, log.offset), (log.fd,))
+    driver.send(vu.SET_FEATURES, vu.packNumber(OFFERED))
+    for index in rings:
+        desc, avail, used = driver.ringAddresses(RINGS[index])
+        driver.send(vu.SET_VRING_ADDR, vu.packAddresses(vu.RingAddresses(
+            index, 1, USER_BASE + desc, USER_BASE + used, USER_BASE + avail, used)))
+    return reply
+
+
+def test_theDeviceOffersLoggingAndTheRarp(driver) -> None:
+    """Features and protocol features say that the guest can migrate."""
+    assert vu.number(1, driver.send(vu.GET_FEATURES)[12:]) & 1 << F_LOG_ALL
+    protocol = vu.number(15, driver.send(vu.GET_PROTOCOL_FEATURES)[12:])
+    assert protocol & 1 << P_LOG_SHMFD and protocol & 1 << P_RARP
+
+
+def test_pagesWrittenForTheGuestAreLoggedWhileItMigrates(driver) -> None:
+    """
+    With the log on, a frame for the guest marks the page of the receive
+    buffer it filled and the page of the used ring, nothing else; SET_LOG_BASE
+    is answered with an empty payload (QEMU waits for it).
+    """
+    log = SharedLog(offset=4096)
+    driver.negotiate(OFFERED & ~(1 << F_LOG_ALL))
+    reply = _startLogging(driver, log)
+    assert vu.Header.parse(reply) == vu.Header(vu.SET_LOG_BASE, vu.VERSION | vu.FLAG_REPLY, 0)
+    driver.postReceiveBuffers(4)
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(100)))
+    used = driver.ringAddresses(RINGS[0])[2]
+    assert log.pages() == {RX_BUFFERS // 4096, used // 4096}
+    assert len(driver.received()) == 1
+    log.close()
+
+
+def test_aFrameAcrossBuffersMarksEveryPageItTouched(driver) -> None:
+    """A super-frame spread over 4 KB buffers marks each of their pages."""
+    log = SharedLog()
+    driver.negotiate()
+    _startLogging(driver, log)
+    driver.postReceiveBuffers(20, size=SLOT)
+    tap = FakeLink(vnetHeader=True)
+    plug(driver.switch, tap)
+    tap.receivePacket(tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(30000)))
+    (header, _), = driver.received()
+    count = int.from_bytes(header[10:12], "little")
+    buffers = {RX_BUFFERS // 4096 + n for n in range(count)}
+    assert count == 8 and buffers <= log.pages()
+    log.close()
+
+
+def test_theUsedRingOfTransmitsIsLoggedToo(driver) -> None:
+    """Chains the guest sent, given back, mark the transmit ring's used ring only."""
+    log = SharedLog()
+    driver.negotiate()
+    _startLogging(driver, log)
+    plug(driver.switch, FakeLink())
+    driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    assert log.pages() == {driver.ringAddresses(RINGS[1])[2] // 4096}
+    log.close()
+
+
+def test_nothingIsLoggedOnceQemuStopsAsking(driver) -> None:
+    """Without F_LOG_ALL, a frame for the guest marks no page."""
+    log = SharedLog()
+    driver.negotiate()
+    _startLogging(driver, log)
+    driver.send(vu.SET_FEATURES, vu.packNumber(OFFERED & ~(1 << F_LOG_ALL)))
+    driver.postReceiveBuffers(2)
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1)))
+    assert len(driver.received()) == 1 and log.pages() == set()
+    log.close()
+
+
+def test_pagesPastTheLogAreNotLogged() -> None:
+    """A write beyond the memory the log covers marks nothing, and breaks nothing."""
+    log = DirtyLog(bytearray(2), 0, 2)
+    log.mark(0x10000 - 1, 2)  # pages 15 and 16: the second is past the log
+    log.mark(0, 0)
+    assert bytes(log.view) == b"\x00\x80"
+
+
+def test_sendRarpAnnouncesTheGuestFromItsPort(driver) -> None:
+    """
+    SEND_RARP (the guest arrived here) floods a RARP from the guest's
+    address out of its port, and the switch learns the address there.
+    """
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    guest = bytes.fromhex("525400123456")
+    driver.send(vu.SEND_RARP, guest + bytes(2))
+    (announced,) = other.takeSent()
+    assert announced[:14] == b"\xff" * 6 + guest + b"\x80\x35" and len(announced) == 60
+    assert announced[14:22] == bytes.fromhex("0001080006040003")
+    driver.postReceiveBuffers(2)
+    third = FakeLink()
+    plug(driver.switch, third)
+    other.receive(frame(guest, mac(2)))
+    assert [f for _, f in driver.received()] == [frame(guest, mac(2))]
+    assert third.sent == [], "learned: a frame for the guest goes to its port only"
