@@ -32,7 +32,9 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=check, capture_output=True, text=True)
 
 
-def waitFor(predicate: Callable[[], object], timeout: float = 10.0, what: str = "it") -> None:
+def waitFor(predicate: Callable[..., object], timeout: float = 10.0, what: str = "it") -> None:
+    # Callable[..., object]: mypy cannot infer a lambda x=x: ..., which binds
+    # a loop variable, as a Callable[[], object].
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -58,11 +60,11 @@ class Bench:
     """
 
     def __init__(self) -> None:
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[subprocess.Popen[Any]] = []
         self.namespaces: list[str] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="vtwb", dir="/tmp"))
 
-    def start(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def start(self, argv: Sequence[str], **kwargs: object) -> subprocess.Popen[Any]:
         kwargs.setdefault("stdout", subprocess.DEVNULL)
         kwargs.setdefault("stderr", subprocess.DEVNULL)
         process = subprocess.Popen(list(argv), **kwargs)  # type: ignore[call-overload]

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -68,13 +68,16 @@ def run(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.Compl
     return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
 
 
-def waitFor(predicate: object, timeout: float = 10.0, what: str = "condition") -> None:
+def waitFor(
+    predicate: Callable[..., object], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """
-    Poll C{predicate} until it is true.
+    Poll C{predicate} until it is true.  (C{...}: mypy cannot infer a
+    C{lambda x=x: ...}, which binds a loop variable, as a C{Callable[[], object]}.)
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")

@@ -75,10 +75,12 @@ def noFailuresLogged() -> Iterator[None]:
     Fail if anything logs a failure meanwhile: the router catches and logs
     what its handlers raise, so a test of bad input must look at the log.
     """
-    from twisted.logger import globalLogPublisher
+    from twisted.logger import ILogObserver, globalLogPublisher
+    from zope.interface import provider
 
     failures: list[Any] = []
 
+    @provider(ILogObserver)
     def observer(event: dict[str, Any]) -> None:
         if "log_failure" in event:
             failures.append(event["log_failure"])
