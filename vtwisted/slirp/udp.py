@@ -223,7 +223,8 @@ class UdpMapping(DatagramProtocol):
             host = (str(ipaddress.ip_address(host[0])), host[1])
         self.dnsPeers.add(host)
 
-    def send(self, payloads: Sequence[bytes], host: tuple[str, int], packet: bytes) -> None:
+    def send(self, payloads: Sequence[bytes] | SegmentRun, host: tuple[str, int],
+             packet: bytes) -> None:
         """
         Send a guest's datagrams to C{host}; C{packet} is the guest's IP
         packet (of the first, if several).
@@ -261,8 +262,8 @@ class UdpMapping(DatagramProtocol):
             self._sendFailed(e, host, packet)
 
 
-    def _sendWithTtl(self, payloads: Sequence[bytes], host: tuple[str, int], packet: bytes,
-                     ttl: int) -> None:
+    def _sendWithTtl(self, payloads: Sequence[bytes] | SegmentRun, host: tuple[str, int],
+                     packet: bytes, ttl: int) -> None:
         """
         Send datagrams whose TTL the guest chose (traceroute's probes).
         """
@@ -348,7 +349,7 @@ class UdpNat:
         self.datagramsReceived(src, srcPort, dst, dstPort, (payload,), packet)
 
     def datagramsReceived(self, src: bytes, srcPort: int, dst: bytes, dstPort: int,
-                          payloads: Sequence[bytes], packet: bytes) -> None:
+                          payloads: Sequence[bytes] | SegmentRun, packet: bytes) -> None:
         """
         L{datagramReceived} for several datagrams of one flow (those of a
         USO packet), looked up once.
