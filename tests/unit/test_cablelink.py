@@ -13,6 +13,7 @@ from test_qemu import Transport, decode, encode
 from twisted.internet.testing import MemoryReactor
 
 from vtwisted.ports import cable
+from vtwisted.ports.streamlinks import StreamListener
 from vtwisted.spec import PortSpec
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug
@@ -23,6 +24,7 @@ BROADCAST = b"\xff" * 6
 def connect(switch: Switch) -> tuple[cable.CableLink, Transport]:
     service = cable.makeService(switch, PortSpec("cable:listen:tcp:0:tls=off"), MemoryReactor())
     link = service.factory.buildProtocol(None)
+    assert isinstance(link, cable.CableLink)
     transport = Transport()
     link.makeConnection(transport)
     return link, transport
@@ -87,6 +89,7 @@ def test_plainCableListensOnLoopbackUnlessAnInterfaceIsGiven(tmp_path) -> None:
     """
     def interface(text: str) -> str:
         service = cable.makeService(Switch(), PortSpec(text), MemoryReactor())
+        assert isinstance(service, StreamListener)
         endpoint = getattr(service.endpoint, "endpoint", service.endpoint)
         return str(endpoint._interface)
 
@@ -99,4 +102,5 @@ def test_unixCableListenerIsPrivateAndClaimsItsPath(tmp_path) -> None:
     path = f"{tmp_path}/cable.sock"
     service = cable.makeService(Switch(), PortSpec(f"cable:listen:unix:{path}:tls=off"),
                                 MemoryReactor())
+    assert isinstance(service, StreamListener)
     assert service.unixPath == path and service.endpoint._mode == 0o600

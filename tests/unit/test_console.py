@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from typing import cast
 
 import pytest
 from consolefakes import makeOperations
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from vtwisted import console, consolecommands
 from vtwisted.console import CommandInterpreter, ConsoleFactory
@@ -317,12 +318,12 @@ def test_handlerBugIsAnErrorReply(setup, monkeypatch) -> None:
     """An unexpected exception in a handler answers 1005 and is logged."""
     interpreter, ops, _ = setup
     monkeypatch.setattr(ops, "info", lambda: 1 / 0)
-    logged = []
-    globalLogPublisher.addObserver(logged.append)
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, logged.append))
     try:
         assert run(interpreter, "port/showinfo").endswith(".\n1005 Input/output error\n")
     finally:
-        globalLogPublisher.removeObserver(logged.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, logged.append))
     assert any(e.get("log_failure") for e in logged)
 
 
@@ -332,7 +333,7 @@ def test_rcFileRunsEveryLineAndLogsFailures(setup, tmp_path) -> None:
     rc = tmp_path / "vde.rc"
     rc.write_text("vlan/create 10\nport/setvlan 3 10\nport/create 3\nport/setvlan 3 10\nshutdown\n")
     logged: list[dict] = []
-    globalLogPublisher.addObserver(logged.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, logged.append))
     try:
         clock = Clock()
         service = RcFileService(interpreter, str(rc), clock)
@@ -340,7 +341,7 @@ def test_rcFileRunsEveryLineAndLogsFailures(setup, tmp_path) -> None:
         assert 10 not in ops.switch.vlans
         clock.advance(0)
     finally:
-        globalLogPublisher.removeObserver(logged.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, logged.append))
     assert service.failures == 1
     assert ops.ports(3, inactive=True)[0].untaggedVid == 10
     errors = [e for e in logged if "line" in e.get("log_format", "") and e.get("number") == 2]
@@ -369,11 +370,19 @@ class Session:
         self.protocol.connectionLost(None)
 
 
+class StoppableFactory(ConsoleFactory):
+    """
+    A console factory that keeps the fake switch's record of calls to stop it.
+    """
+
+    stopped: list[int]
+
+
 @pytest.fixture
 def factory():
     ops, _, stopped = makeOperations()
     clock = Clock()
-    made = ConsoleFactory(CommandInterpreter(ops), clock, maxSessions=3)
+    made = StoppableFactory(CommandInterpreter(ops), clock, maxSessions=3)
     made.stopped = stopped
     return made
 
@@ -440,11 +449,11 @@ def test_interpreterFailureIsAnsweredAndTheSessionGoesOn(factory, monkeypatch) -
 
     monkeypatch.setattr(factory.interpreter, "execute", failing)
     logged: list[dict] = []
-    globalLogPublisher.addObserver(logged.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, logged.append))
     try:
         assert session.send(b"boom\n") == b"1005 Input/output error\n" + PROMPT
     finally:
-        globalLogPublisher.removeObserver(logged.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, logged.append))
     assert any(e.get("log_failure") and e.get("line") == b"boom" for e in logged)
     assert session.send(b"vlan/create 4\n") == b"1000 Success\n" + PROMPT
     assert not session.transport.disconnecting

@@ -18,10 +18,11 @@ from vtwisted.portoptions import PortOptions
 from vtwisted.service import SwitchService
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
+from vtwisted.switchport import SwitchPort
 from vtwisted.testing import FakeLink, frame, mac, plug
 
 
-def _pair(**impairments: str) -> tuple[Clock, FakeLink, FakeLink, object]:
+def _pair(**impairments: str) -> tuple[Clock, FakeLink, FakeLink, SwitchPort]:
     """
     A switch on a fake clock: link A, and link B whose port is impaired
     (C{delay=} and the like: frames to B; C{indelay=} and the like: from B).
@@ -204,6 +205,7 @@ def test_noiseFlipsBitsAtItsRate() -> None:
         a.receive(small)
     damaged = sum(f != small for f in b.takeSent())
     assert 60 < damaged < 140
+    assert port.impaired is not None
     assert port.impaired.describe().endswith(f"noise 1000 bits/MB, {20 + damaged} frames "
                                              "damaged")
 
@@ -254,6 +256,7 @@ def test_burstLossComesInRunsOfItsMeanLength() -> None:
     runs = [len(run) for run in "".join("x" if x else "." for x in lost).split(".") if run]
     assert 0.17 < sum(lost) / len(lost) < 0.23
     assert 4.2 < sum(runs) / len(runs) < 5.8
+    assert port.impaired is not None
     assert port.impaired.describe() == "loss 20% in bursts of 5"
 
 

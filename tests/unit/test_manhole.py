@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -14,6 +15,7 @@ from twisted.conch.error import ValidPublicKey
 from twisted.conch.ssh import keys
 from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactor
 
 from vtwisted import manhole
@@ -84,8 +86,8 @@ def checkerFor(tmp_path, *lines: bytes) -> AuthorizedKeyChecker:
     return AuthorizedKeyChecker(AuthorizedKeysFile(str(path)))
 
 
-def outcome(deferred):
-    results = []
+def outcome(deferred: Deferred[Any]) -> Any:
+    results: list[Any] = []
     deferred.addBoth(results.append)
     return results[0]
 
@@ -185,6 +187,7 @@ def test_loginTimeoutUsesTheServiceReactor(tmp_path) -> None:
     """An SSH client that never logs in is timed out on the given clock."""
     from types import SimpleNamespace
 
+    from twisted.conch.ssh.transport import SSHTransportBase
     from twisted.cred import portal
     from twisted.internet.task import Clock
 
@@ -194,7 +197,9 @@ def test_loginTimeoutUsesTheServiceReactor(tmp_path) -> None:
     checker = checkerFor(tmp_path, newKey().public().toString("openssh"))
     factory = ManholeFactory(portal.Portal(ManholeRealm({}, clock), [checker]), newKey(), clock)
     auth = ManholeUserAuth()
-    auth.transport = SimpleNamespace(factory=factory, isEncrypted=lambda direction: True)
+    # A stand-in with just what serviceStarted reads of an SSH transport.
+    auth.transport = cast(SSHTransportBase, SimpleNamespace(
+        factory=factory, isEncrypted=lambda direction: True))
     auth.serviceStarted()
     (call,) = clock.getDelayedCalls()
     assert call.getTime() == LOGIN_TIMEOUT

@@ -9,6 +9,7 @@ import errno
 
 import pytest
 from consolefakes import makeOperations
+from twisted.internet.task import Clock
 
 from vtwisted.errors import SwitchError
 from vtwisted.status import PortStatus
@@ -207,6 +208,7 @@ def test_infoAndShutdown() -> None:
     """info() has pid, MAC, uptime and consoles; shutdown stops once."""
     ops, service, stopped = makeOperations()
     ops.registerConsole("/tmp/x", 0o600)
+    assert isinstance(service.clock, Clock)
     service.clock.advance(7)
     info = ops.info()
     assert (info.mac, info.uptime, info.consoles) == (bytes.fromhex("00ff01020304"), 7,

@@ -47,6 +47,7 @@ def test_aFullFileDropsAndCountsFrames(tmp_path: Path) -> None:
     """With maxsize= alone, the file stops growing at the limit; later frames are counted."""
     path = tmp_path / "lan.pcap"
     service = _captured(f"pcap:{path}:maxsize=1", 1200)
+    assert service.link is not None
     port = service.link.port
     service.stopService()
     kept = _numbers(path)

@@ -11,13 +11,14 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import REQUIRE, ROOT, sourceEnv, twistdArgv
 
 import vtwisted.plugins
-from vtwisted.porttype import portTypes
+from vtwisted.porttype import PortType, portTypes
 from vtwisted.spec import SpecError
 
 THIRD_PARTY_DECLARATION = """
@@ -77,13 +78,14 @@ def test_everyShippedPortTypeImports() -> None:
     types = portTypes()
     assert "vde" in types
     for prefix, portType in types.items():
+        assert isinstance(portType, PortType), prefix
         module = importlib.import_module(portType.module)
         assert callable(module.makeService), prefix
         assert portType.description, prefix
 
 
 @pytest.fixture
-def thirdParty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def thirdParty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A distribution adding a port type, on sys.path, not inside vtwisted."""
     plugins = tmp_path / "vtwisted" / "plugins"
     plugins.mkdir(parents=True)

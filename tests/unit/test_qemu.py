@@ -30,6 +30,12 @@ def make(text: str, switch: Switch | None = None) -> streamlinks.StreamPorts:
     return qemu.makeService(switch or Switch(), PortSpec(text), MemoryReactor())
 
 
+def listener(text: str) -> streamlinks.StreamListener:
+    service = make(text)
+    assert isinstance(service, streamlinks.StreamListener)
+    return service
+
+
 class FakeSocket:
     """
     The little of a TCP socket L{qemu.QemuStreamLink.connectionMade} touches.
@@ -62,6 +68,7 @@ class Transport(StringTransport):
 
 def connect(service: streamlinks.StreamPorts) -> tuple[qemu.QemuStreamLink, Transport]:
     link = service.factory.buildProtocol(None)
+    assert isinstance(link, qemu.QemuStreamLink)
     transport = Transport()
     link.makeConnection(transport)
     return link, transport
@@ -92,9 +99,9 @@ def test_listenSpecBuildsServerEndpointWithoutSwitchOptions() -> None:
 
 def test_tcpListensOnLoopbackUnlessAnInterfaceIsGiven() -> None:
     """Anyone who can connect joins the LAN: not every address by default."""
-    assert make("qemu:tcp:5555").endpoint._interface == "127.0.0.1"
-    assert make("qemu:tcp6:5555").endpoint._interface == "::1"
-    assert make("qemu:tcp:5555:interface=0.0.0.0").endpoint._interface == "0.0.0.0"
+    assert listener("qemu:tcp:5555").endpoint._interface == "127.0.0.1"
+    assert listener("qemu:tcp6:5555").endpoint._interface == "::1"
+    assert listener("qemu:tcp:5555:interface=0.0.0.0").endpoint._interface == "0.0.0.0"
 
 
 def test_connectSpecBuildsClientEndpoint() -> None:
@@ -110,10 +117,10 @@ def test_connectSpecBuildsClientEndpoint() -> None:
 
 def test_unixListenerIsPrivateUnlessAModeIsGiven(tmp_path) -> None:
     """A listening Unix socket is 0600 by default, and its path is checked for staleness."""
-    private = make(f"qemu:unix:{tmp_path}/a\\:b.sock")
+    private = listener(f"qemu:unix:{tmp_path}/a\\:b.sock")
     assert private.unixPath == f"{tmp_path}/a:b.sock"
     assert private.endpoint._mode == 0o600
-    shared = make(f"qemu:listen:unix:address={tmp_path}/c.sock:mode=660")
+    shared = listener(f"qemu:listen:unix:address={tmp_path}/c.sock:mode=660")
     assert shared.unixPath == f"{tmp_path}/c.sock"
     assert shared.endpoint._mode == 0o660
 

@@ -149,7 +149,7 @@ _PLAIN_FLOW = [("send", 3, 4, None, 0, 100, None), ("send", 4, 3, None, 0, 100, 
                ("send", 4, 3, None, 0, 100, None)]
 _VNET_FLOW = [("send", 0, 1, None, 0, 100, None), ("send", 1, 0, None, 0, 100, None),
               ("send", 1, 0, None, 0, 100, None)]
-SCENARIOS = {
+SCENARIOS: dict[str, list[tuple[Any, ...]]] = {
     "the egress MTU shrinks": [*_PLAIN_FLOW, ("mtu", 3, 1), ("send", 4, 3, None, 0, 1399, None)],
     "a frame over the ingress MTU": [("mtu", 4, 1), *_PLAIN_FLOW,
                                      ("send", 4, 3, None, 0, 1599, None)],

@@ -59,7 +59,7 @@ def granted(answer: Dhcp6Message | None) -> list[tuple[int, bytes | None, int | 
     (IAID, address, valid lifetime) or (IAID, None, status code) per IA_NA.
     """
     assert answer is not None
-    result = []
+    result: list[tuple[int, bytes | None, int | None]] = []
     for value in answer.all(d6.OPT_IA_NA):
         ia = IdentityAssociation.parse(value)
         addresses = [a for a in ia.addresses() if a.valid]

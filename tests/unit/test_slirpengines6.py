@@ -139,11 +139,12 @@ def test_refusedIpv6ConnectAnswersRstAndFailureIcmpv6(h6: Harness) -> None:
     """
     h6.syn()
     factory = h6.clock.tcpClients[-1][2]
-    factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+    factory.clientConnectionFailed(h6.clock.connectors[-1], Failure(ConnectionRefusedError()))
     [(src, dst, rst, _, _)] = h6.network.takeTcp()
     assert (src, dst, rst.flags) == (GATEWAY6, GUEST6, RST | ACK)
     packet = h6.syn(dport=81)
-    h6.clock.tcpClients[-1][2].clientConnectionFailed(None, Failure(TimeoutError()))
+    h6.clock.tcpClients[-1][2].clientConnectionFailed(h6.clock.connectors[-1],
+                                                      Failure(TimeoutError()))
     [(quoted, code)] = h6.network.unreachable
     assert quoted == packet and quoted[0] >> 4 == 6 and code == 1
 
@@ -169,6 +170,7 @@ def test_forwardFromAnIpv6ClientShowsTheIpv4Gateway() -> None:
     nat = TcpNat(FakeGuestNetwork(), MemoryReactorClock())
     factory = nat.forwardFactory(GUEST, 22)
     protocol = factory.buildProtocol(None)
+    assert protocol is not None
 
     class Transport:
         paused = False

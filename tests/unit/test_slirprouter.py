@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slirpfakes import FakeEngine, Recorder, noFailuresLogged, recordingRouter
 from twisted.internet.task import Clock
+from zope.interface import implementer
 
+from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.config import ResolvConf, parseForward, readConfig
 from vtwisted.slirp.dhcp import DhcpServer
 from vtwisted.slirp.packets import udpDatagram
@@ -380,6 +382,7 @@ def test_anyFrameIsCountedNeverFatal(frame: bytes, asVnet: bool) -> None:
 # The UDP engine, on real loopback sockets
 
 
+@implementer(IGuestNetwork)
 class UdpGuest:
     """
     A router stand-in that records what the UDP engine sends to guests.
@@ -390,6 +393,8 @@ class UdpGuest:
     gateway6 = None
     nameserver6 = None
     restricted = False
+    mtu = 1500
+    maxSegment = 1460
 
     def __init__(self, resolver: tuple[str, int]) -> None:
         self.sent: list[tuple[bytes, bytes, bytes]] = []
@@ -407,8 +412,20 @@ class UdpGuest:
         assert not v6 and not host.startswith("::ffff:"), "IPv4 peers come unmapped"
         return GATEWAY if host == "127.0.0.1" else socket.inet_aton(host)
 
-    def sendIP(self, src: bytes, dst: bytes, protocol: int, payload: bytes) -> None:
+    def sendIP(self, src: bytes, dst: bytes, protocol: int, payload: bytes,
+               ttl: int = 64) -> None:
         self.sent.append((src, dst, payload))
+
+    def sendIPv4(self, src: bytes, dst: bytes, protocol: int, payload: bytes,
+                 ttl: int = 64) -> None:
+        raise AssertionError("the UDP engine sends through sendIP")
+
+    def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
+        raise AssertionError("the UDP engine sends no TCP")
+
+    def sendIcmpError(self, packet: bytes, kind: int, code: int, mtu: int,
+                      reporter: bytes) -> None:
+        raise AssertionError("the UDP engine relays no ICMP errors")
 
     def sendUdp(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
                 payload: bytes) -> None:

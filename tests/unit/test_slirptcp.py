@@ -124,6 +124,7 @@ class Harness:
         factory = self.clock.tcpClients[-1][2]
         transport = transport or HostTransport()
         protocol = factory.buildProtocol(transport.getPeer())
+        assert protocol is not None
         transport.protocol = protocol
         protocol.makeConnection(transport)
         return transport
@@ -581,6 +582,7 @@ def test_zeroWindowWhileHostTransportPausedAndUpdateOnResume(h: Harness) -> None
     """
     transport = h.open()
     h.data(b"x" * 100)
+    assert transport.producer is not None
     transport.producer.pauseProducing()
     h.turn()
     (ack,) = h.take()
@@ -596,6 +598,7 @@ def test_dataInsidePromisedWindowAcceptedWhilePaused(h: Harness) -> None:
     taken, data past it is not.
     """
     transport = h.open()
+    assert transport.producer is not None
     transport.producer.pauseProducing()
     h.data(b"y" * 60000)
     assert len(transport.value()) == 60000
@@ -799,6 +802,7 @@ def forward(h: Harness, peer: tuple[str, int] = ("127.0.0.1", 5555)) -> HostTran
     factory = h.nat.forwardFactory(GUEST, 22)
     transport = HostTransport(peer)
     protocol = factory.buildProtocol(transport.getPeer())
+    assert protocol is not None
     transport.protocol = protocol
     protocol.makeConnection(transport)
     return transport

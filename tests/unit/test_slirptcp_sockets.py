@@ -16,7 +16,9 @@ import pytest_twisted
 from reactortools import until
 from test_slirptcp import GATEWAY, GUEST, MASK, SCALE_OPTION, ipPacket, mssOption
 from twisted.internet import reactor
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Protocol, ServerFactory
 
 from vtwisted.slirp.tcp import TcpNat
 from vtwisted.testing import FakeGuestNetwork
@@ -116,8 +118,28 @@ class Server(Protocol):
         self.data += data
         if len(self.data) == MEGABYTE:
             self.verified = hashlib.sha256(self.data).digest() == self.expected
+            assert self.transport is not None
             self.transport.write(self.answer)
             self.transport.loseConnection()
+
+
+def serverFactory(protocol: Callable[[], Protocol]) -> ServerFactory:
+    """
+    L{Factory.forProtocol}, typed as C{listenTCP} wants: Twisted's hints make
+    the result of C{ServerFactory.forProtocol} a plain L{Factory}.
+    """
+    factory: ServerFactory = ServerFactory()
+    factory.protocol = protocol
+    return factory
+
+
+def portNumber(listening: IListeningPort) -> int:
+    """
+    The TCP port number C{listening} got.
+    """
+    address = listening.getHost()
+    assert isinstance(address, (IPv4Address, IPv6Address))
+    return address.port
 
 
 async def exchangeMegabytes(guest: ScriptedGuest, interface: str,
@@ -137,10 +159,10 @@ async def exchangeMegabytes(guest: ScriptedGuest, interface: str,
         servers.append(Server(hashlib.sha256(upload).digest(), download))
         return servers[-1]
 
-    listening = reactor.listenTCP(0, Factory.forProtocol(build), interface=interface)
+    listening = reactor.listenTCP(0, serverFactory(build), interface=interface)
     try:
         guest.outgoing = upload
-        guest.connect(listening.getHost().port)
+        guest.connect(portNumber(listening))
         await until(lambda: guest.connected, what="the handshake")
         established(guest)
         guest.pump()
@@ -153,7 +175,9 @@ async def exchangeMegabytes(guest: ScriptedGuest, interface: str,
         await until(lambda: guest.nat.connectionCount == 0, timeout=5, what="time-wait")
     finally:
         guest.nat.close()
-        await listening.stopListening()
+        stopped = listening.stopListening()
+        assert stopped is not None
+        await stopped
 
 
 @pytest_twisted.ensureDeferred
@@ -170,9 +194,11 @@ async def test_closedLoopbackPortAnswersRst() -> None:
     """
     A SYN to a loopback port nobody listens on gets a RST, not a SYN-ACK.
     """
-    listening = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
-    port = listening.getHost().port
-    await listening.stopListening()
+    listening = reactor.listenTCP(0, serverFactory(Protocol), interface="127.0.0.1")
+    port = portNumber(listening)
+    stopped = listening.stopListening()
+    assert stopped is not None
+    await stopped
     guest = ScriptedGuest()
     try:
         guest.connect(port)

@@ -92,7 +92,8 @@ def test_trafficKeepsAddressesAlive() -> None:
     for now in range(1000, 1400, 50):
         switch.tick(now)
         b.receive(frame(BROADCAST, mac(2)))
-    assert switch.fdb.lookup(0, mac(2)).port is b.port
+    entry = switch.fdb.lookup(0, mac(2))
+    assert entry is not None and entry.port is b.port
 
 
 def test_addressMovesOnlyAfterMinimumPersistence() -> None:
@@ -101,10 +102,12 @@ def test_addressMovesOnlyAfterMinimumPersistence() -> None:
     switch.tick(100)
     a.receive(frame(BROADCAST, mac(7)))
     b.receive(frame(BROADCAST, mac(7)))
-    assert switch.fdb.lookup(0, mac(7)).port is a.port
+    entry = switch.fdb.lookup(0, mac(7))
+    assert entry is not None and entry.port is a.port
     switch.tick(104)
     b.receive(frame(BROADCAST, mac(7)))
-    assert switch.fdb.lookup(0, mac(7)).port is b.port
+    entry = switch.fdb.lookup(0, mac(7))
+    assert entry is not None and entry.port is b.port
 
 
 def test_macTableIsBounded() -> None:

@@ -11,7 +11,7 @@ errors injected into reads and writes.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from test_vnet import MAC_A, MAC_B, UDP, checkSegments, kernelPacket, randomPayload
@@ -149,7 +149,7 @@ class Rig:
 
 
 def tunnelOf(service: tap.TapService) -> FakeTunnel:
-    assert service.link is not None
+    assert service.link is not None and isinstance(service.system, FakeTapSystem)
     return service.system.getTunnel(service.link)
 
 
@@ -162,7 +162,7 @@ def rig() -> Iterator[Rig]:
             service.stopService()
 
 
-def errorsLogged(events: list[dict]) -> list[str]:
+def errorsLogged(events: Sequence[dict]) -> list[str]:
     return [formatEvent(e) for e in events if e.get("log_level") in (LogLevel.error,
                                                                       LogLevel.critical)]
 
@@ -243,6 +243,7 @@ def test_refusedOpenLeavesNoDescriptorBehind(rig: Rig) -> None:
 def test_offloadsAreNegotiatedWithTheVnetHeader(rig: Rig) -> None:
     """By default the TAP opens with IFF_VNET_HDR and every offload, USO included."""
     service = rig.tap()
+    assert service.link is not None
     tunnel = tunnelOf(service)
     assert tunnel.tunnelMode == IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
     assert rig.system.offloadCalls == [ALL_OFFLOADS] and tunnel.offloads == ALL_OFFLOADS
@@ -256,6 +257,7 @@ def test_kernelWithoutUsoFallsBackToTso(rig: Rig) -> None:
     """EINVAL for the USO bits (older kernels) falls back to checksum and TSO."""
     rig.system.refusedOffloads = 0x20 | 0x40
     service = rig.tap()
+    assert service.link is not None
     assert rig.system.offloadCalls == [ALL_OFFLOADS, TSO_OFFLOADS]
     assert tunnelOf(service).offloads == TSO_OFFLOADS
     assert service.link.offloads == TSO_OFFLOADS
@@ -265,6 +267,7 @@ def test_kernelWithoutUsoFallsBackToTso(rig: Rig) -> None:
 def test_usoOffAsksForChecksumAndTsoOnly(rig: Rig) -> None:
     """uso=off leaves USO out of TUNSETOFFLOAD; the spec option is parsed."""
     service = rig.tap(uso=False)
+    assert service.link is not None
     assert rig.system.offloadCalls == [TSO_OFFLOADS]
     assert service.link.description == "tap7 offload=csum,tso4,tso6,ecn"
     assert tap.makeService(Switch(), PortSpec("tap:t1:uso=off"), None).uso is False
@@ -276,6 +279,7 @@ def test_kernelRefusingEveryOffloadStillWorksWithSmallFrames(rig: Rig) -> None:
     rig.system.refusedOffloads = 0x01
     with capturedLogs() as events:
         service = rig.tap()
+        assert service.link is not None
     assert service.link.offloads == 0
     assert any("refused every offload" in formatEvent(e) for e in events)
     other = rig.link()
@@ -287,6 +291,7 @@ def test_kernelRefusingEveryOffloadStillWorksWithSmallFrames(rig: Rig) -> None:
 def test_offloadOffOpensWithoutTheHeader(rig: Rig) -> None:
     """offload=off opens a plain TAP: no IFF_VNET_HDR, no TUNSETOFFLOAD, plain frames both ways."""
     service = rig.tap(offload=False)
+    assert service.link is not None
     tunnel = tunnelOf(service)
     assert tunnel.tunnelMode == IFF_TAP | IFF_NO_PI
     assert rig.system.offloadCalls == []
@@ -316,6 +321,7 @@ def test_plainFramesAreWrittenBehindAnEmptyHeader(rig: Rig) -> None:
 def test_everyWaitingPacketIsReadInOneWakeUp(rig: Rig) -> None:
     """Five frames waiting are all handed over by one doRead."""
     service = rig.tap()
+    assert service.link is not None
     other = rig.link()
     frames = [frame(BROADCAST, mac(1), bytes([n]) * 46) for n in range(5)]
     for f in frames:
@@ -327,6 +333,7 @@ def test_everyWaitingPacketIsReadInOneWakeUp(rig: Rig) -> None:
 def test_floodOfSuperFramesIsReadInBoundedBatches(rig: Rig) -> None:
     """A backlog of 64 KB super-frames is drained in batches, so other ports get their turn."""
     a, b = rig.tap("tapa"), rig.tap("tapb")
+    assert a.link is not None
     built = kernelPacket(randomPayload(64000, 1), 1448, macs=(MAC_B, MAC_A))
     for _ in range(60):
         tunnelOf(a).inject(built.packet)
@@ -341,6 +348,7 @@ def test_floodOfSuperFramesIsReadInBoundedBatches(rig: Rig) -> None:
 def test_superFramesPassWholeBetweenOffloadTapsAndAreCutForOthers(rig: Rig) -> None:
     """A super-frame read from one offload TAP is written whole to another, segmented elsewhere."""
     a, b, off = rig.tap("tapa"), rig.tap("tapb"), rig.tap("tapc", offload=False)
+    assert a.link is not None
     other = rig.link()
     built = kernelPacket(randomPayload(30000, 2), 1448, macs=(MAC_B, MAC_A))
     tunnelOf(a).inject(built.packet)
@@ -365,6 +373,7 @@ def test_udpDatagramsReadTogetherReachOffloadTapsAsOneUsoPacket(rig: Rig) -> Non
     offload TAP as one USO packet; other ports get the ten frames.
     """
     a, b, off = rig.tap("tapa"), rig.tap("tapb"), rig.tap("tapc", offload=False)
+    assert a.link is not None
     other = rig.link()
     run = _udpRun(10)
     arp = vnet.PLAIN_HEADER + frame(BROADCAST, MAC_A, bytes(46), 0x0806)
@@ -387,6 +396,7 @@ def test_datagramsForALearnedPortWithoutTheHeaderAreNotMerged(rig: Rig) -> None:
     switch would only cut them again); to a TAP, they are merged.
     """
     a, b = rig.tap("tapa"), rig.tap("tapb")
+    assert a.link is not None and b.link is not None
     other = rig.link()
     other.receive(frame(BROADCAST, MAC_B))
     tunnelOf(b).written()
@@ -409,6 +419,7 @@ def test_datagramsForALearnedPortWithoutTheHeaderAreNotMerged(rig: Rig) -> None:
 def test_aTapRestsFromCoalescingAfterABatchOfManyFlows(rig: Rig) -> None:
     """After a batch of 100 flows' single datagrams, the next batch is not coalesced."""
     a, b = rig.tap("tapa"), rig.tap("tapb")
+    assert a.link is not None
     for port in range(100):
         tunnelOf(a).inject(kernelPacket(b"x", proto=UDP, gso=False, ports=(port, 7),
                                         macs=(MAC_B, MAC_A)).packet)
@@ -425,6 +436,7 @@ def test_aTapRestsFromCoalescingAfterABatchOfManyFlows(rig: Rig) -> None:
 def test_coalescingIsOffWithCoalesceOffOrWithoutUso(rig: Rig, option: str) -> None:
     """C{coalesce=off}, or a TAP without USO, hands every datagram on as it came."""
     a = rig.tap("tapa", **{option: False})  # type: ignore[arg-type]
+    assert a.link is not None
     b = rig.tap("tapb")
     run = _udpRun(10)
     for packet in run:
@@ -437,6 +449,7 @@ def test_coalescingIsOffWithCoalesceOffOrWithoutUso(rig: Rig, option: str) -> No
 def test_malformedHeaderFromTheKernelIsNeverWritten(rig: Rig) -> None:
     """A packet with a bad header is dropped as malformed; the next good one passes."""
     a, b = rig.tap("tapa"), rig.tap("tapb")
+    assert a.link is not None
     built = kernelPacket(randomPayload(3000, 3), 1000, macs=(MAC_B, MAC_A))
     tunnelOf(a).inject(built.packet[:1] + b"\x03" + built.packet[2:])
     tunnelOf(a).inject(built.packet)
@@ -451,6 +464,7 @@ def test_aKnownHeaderOnAFrameTooShortForItIsStillDropped(rig: Rig) -> None:
     refused on a frame too short for its checksum field, and never written.
     """
     a, b = rig.tap("tapa"), rig.tap("tapb")
+    assert a.link is not None
     good = kernelPacket(b"abc", gso=False, proto=UDP, macs=(MAC_B, MAC_A)).packet
     short = good[:good[6] + vnet.HEADER_LENGTH + 2]
     tunnelOf(a).inject(good)
@@ -467,7 +481,9 @@ def test_aKnownHeaderOnAFrameTooShortForItIsStillDropped(rig: Rig) -> None:
 def test_writeErrorsAreCountedNotRaised(rig: Rig, code: int, reason: str, offload: bool) -> None:
     """A full device queue (EAGAIN) or a device that is down (EIO) drops and counts the frame."""
     service = rig.tap(offload=offload)
+    assert service.link is not None
     sender = rig.tap("tapv")
+    assert sender.link is not None
     other = rig.link()
     tunnelOf(service).writeError = code
     other.receive(frame(BROADCAST, mac(1)))
@@ -487,8 +503,10 @@ def test_writeErrorsAreCountedNotRaised(rig: Rig, code: int, reason: str, offloa
 def test_readErrorTakesThePortDownOnceAndOthersKeepWorking(rig: Rig) -> None:
     """EBADFD from a read (device deleted) detaches the TAP, logs once; nothing else stops."""
     gone, alive = rig.tap("tapgone"), rig.tap("tapalive")
+    assert alive.link is not None
     a, b = rig.link(), rig.link()
     link = gone.link
+    assert link is not None
     port = link.port
     tunnel = tunnelOf(gone)
     tunnel.readError = errno.EBADFD
@@ -515,6 +533,7 @@ def test_readErrorTakesThePortDownOnceAndOthersKeepWorking(rig: Rig) -> None:
 def test_reactorSeeingTheDeviceGoneTakesThePortDown(rig: Rig) -> None:
     """When the reactor finds the device dead (EPOLLERR), the port goes down and says so."""
     gone = rig.tap("tapgone")
+    assert gone.link is not None
     link, port = gone.link, gone.link.port
     with capturedLogs() as events:
         # what _PollLikeMixin._doReadOrWrite does for EPOLLERR without EPOLLIN
@@ -528,6 +547,7 @@ def test_reactorSeeingTheDeviceGoneTakesThePortDown(rig: Rig) -> None:
 def test_vanishedDeviceOnWriteTakesThePortDown(rig: Rig) -> None:
     """EBADFD on a write (device deleted) takes the port down too, with one log line."""
     gone = rig.tap("tapgone")
+    assert gone.link is not None
     a, b = rig.link(), rig.link()
     tunnelOf(gone).writeError = errno.EBADFD
     port = gone.link.port
@@ -542,6 +562,7 @@ def test_vanishedDeviceOnWriteTakesThePortDown(rig: Rig) -> None:
 def test_stopClosesTheDevice(rig: Rig) -> None:
     """Stopping the service unplugs the TAP and closes its descriptor."""
     service = rig.tap()
+    assert service.link is not None
     port = service.link.port
     service.stopService()
     assert rig.system.tunnels() == [] and not port.active
@@ -574,6 +595,7 @@ class SteppingClock:
 def test_busyPollingStopsSoonAfterTheLastPacket(rig: Rig) -> None:
     """With busypoll on, the switch keeps reading a while after traffic stops, then sleeps."""
     a, b = rig.tap("tapa", busyPoll=50e-6), rig.tap("tapb", busyPoll=50e-6)
+    assert a.link is not None and b.link is not None
     poller = a.link.poller
     assert poller.spin == 50e-6
     poller.clock = SteppingClock(10e-6)
@@ -595,6 +617,7 @@ def test_busyPollingStopsSoonAfterTheLastPacket(rig: Rig) -> None:
 def test_busyPollingGivesTheReactorATurnUnderLoad(rig: Rig) -> None:
     """Endless traffic keeps the poller busy at most MAX_SPIN before returning."""
     a, _other = rig.tap("tapa", busyPoll=1.0), rig.tap("tapb", busyPoll=1.0)
+    assert a.link is not None
     poller = a.link.poller
     clock = SteppingClock(0.0001)
     poller.clock = clock

@@ -18,6 +18,7 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable
+from typing import TypedDict
 
 import pytest
 from hypothesis import given, settings
@@ -263,6 +264,15 @@ def _corrupt(packet: bytes, where: int) -> bytes:
 # -- random sequences against the reference ------------------------------------------------
 
 
+class _Fields(TypedDict):
+    """
+    The header fields L{batches} gives every datagram of a run alike.
+    """
+
+    ports: tuple[int, int]
+    ttl: int
+
+
 @st.composite
 def batches(draw: st.DrawFn) -> list[bytes]:
     """
@@ -275,7 +285,7 @@ def batches(draw: st.DrawFn) -> list[bytes]:
                                      "corrupt", "complete", "tagged"]))
         v6 = draw(st.booleans())
         size = draw(st.sampled_from([1, 2, 17, 100, 1000, 1472]))
-        fields: dict[str, object] = {
+        fields: _Fields = {
             "ports": (draw(st.sampled_from([1000, 1001])), 5001),
             "ttl": draw(st.sampled_from([64, 63])),
         }
@@ -296,7 +306,7 @@ def batches(draw: st.DrawFn) -> list[bytes]:
                 run[at] = _corrupt(run[at], draw(st.integers(24, 51)))
             elif kind == "complete":
                 run = [bytes(2) + p[2:] for p in run]
-            if packets and draw(st.booleans()):
+            if bool(packets) and draw(st.booleans()):
                 packets = _interleave(packets, run, draw(st.randoms(use_true_random=False)))
             else:
                 packets += run

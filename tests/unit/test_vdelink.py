@@ -5,11 +5,12 @@ The data side of a VDE connection, on real datagram sockets with a fake clock.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import Any, cast
 
 from helpers import pendingDatagrams
 from twisted.internet.task import Clock
 
+from vtwisted.ports.vde import VdeControlProtocol, VdeSwitchDirectory
 from vtwisted.ports.vdelink import VdeDataLink
 from vtwisted.switch import Switch
 from vtwisted.testing import frame, mac
@@ -58,8 +59,9 @@ def test_fullClientIsNotTriedAgainUntilTheNextTurn() -> None:
     clock = Clock()
     directory = Directory(clock)
     port = directory.switch.allocatePort(None, None)
-    link = VdeDataLink(directory, Control(), ours, "/tmp/x/001.1", port,
-                       "test", None)
+    # The stand-ins have the little of the real ones that a data link uses.
+    link = VdeDataLink(cast(VdeSwitchDirectory, directory), cast(VdeControlProtocol, Control()),
+                       ours, "/tmp/x/001.1", port, "test", None)
     f = frame(mac(1), mac(2))
     queued = fill(ours, f)
     assert queued > 0

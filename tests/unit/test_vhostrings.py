@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_vnet import UDP, kernelPacket
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from vhostfakes import DESC, QUEUE_SIZE, RINGS, FakeDriver
 
 from vtwisted.ports import vhostuser
@@ -215,11 +216,11 @@ def test_aBrokenTransmitRingClosesOnlyThatGuest(driver, damage: str, problem: st
         DESC.pack_into(driver.memory, RINGS[1], 1 << 40, 100, 0, 0)
     struct.pack_into("<H", driver.memory, avail + 2, 1)
     events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         driver.link.rings[1].kicked()
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     errors = [e for e in events if e.get("log_level") and e["log_level"].name == "error"]
     assert len(errors) == 1 and problem in errors[0]["problem"]
     assert errors[0]["spec"] == "vhostuser:fake"
@@ -240,11 +241,11 @@ def test_aBrokenTransmitRingClosesOnlyThatGuest(driver, damage: str, problem: st
 def test_badRequestsCloseTheConnectionSayingWhy(driver, request_: int, payload: bytes,
                                                 problem: str) -> None:
     events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         driver.send(request_, payload)
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert any(problem in e.get("problem", "") for e in events), events
     assert driver.transport.disconnecting
 
@@ -293,11 +294,11 @@ def test_port_printSaysWhatTheGuestTook(driver) -> None:
 def test_aRingWithoutKicksIsRefused(driver) -> None:
     """Polling mode (no kick eventfd) is refused, saying so."""
     events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
     try:
         driver.send(vu.SET_VRING_KICK, vu.packNumber(1 | vu.NO_FD))
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
     assert any("polling" in e.get("problem", "") for e in events)
     assert driver.transport.disconnecting
 

@@ -177,8 +177,10 @@ def test_sameAddressInTwoVlansIsLearnedTwice() -> None:
     station = mac(1)
     in10.receive(frame(BROADCAST, station))
     in20.receive(frame(BROADCAST, station))
-    assert switch.fdb.lookup(10, station).port is in10.port
-    assert switch.fdb.lookup(20, station).port is in20.port
+    entry = switch.fdb.lookup(10, station)
+    assert entry is not None and entry.port is in10.port
+    entry = switch.fdb.lookup(20, station)
+    assert entry is not None and entry.port is in20.port
     assert switch.fdb.lookup(0, station) is None
     for link in (in10, in20, trunk):
         link.takeSent()
@@ -210,7 +212,8 @@ def test_setvlanFlushesThePortsAddresses() -> None:
     switch.vlans.create(10)
     switch.vlans.join(b.port, 10)
     assert switch.fdb.lookup(0, mac(2)) is None
-    assert switch.fdb.lookup(0, mac(3)).port is c.port, "other ports keep theirs"
+    entry = switch.fdb.lookup(0, mac(3))
+    assert entry is not None and entry.port is c.port, "other ports keep theirs"
     a.takeSent(), c.takeSent()
     f = frame(mac(2), mac(1))
     a.receive(f)
@@ -226,7 +229,8 @@ def test_leavingATrunkVlanFlushesThatVlanOnly() -> None:
     trunk.receive(frame(BROADCAST, mac(5)))
     switch.vlans.removeTagged(trunk.port, 10)
     assert switch.fdb.lookup(10, mac(5)) is None
-    assert switch.fdb.lookup(0, mac(5)).port is trunk.port
+    entry = switch.fdb.lookup(0, mac(5))
+    assert entry is not None and entry.port is trunk.port
     a.receive(frame(mac(5), mac(1)))
     assert trunk.sent == []
 

@@ -178,8 +178,12 @@ async def test_superFramesLeaveCutWithTheirHeaders(switch) -> None:
         expected = [vxlan.header(3) + f for f in vnet.toFrames(packet)]
         assert len(expected) == 19
         got: list[bytes] = []
-        await until(lambda: got.extend(pendingDatagrams(two)) or len(got) >= len(expected),
-                    what="the datagrams")
+
+        def arrived() -> bool:
+            got.extend(pendingDatagrams(two))
+            return len(got) >= len(expected)
+
+        await until(arrived, what="the datagrams")
         assert got == expected
     finally:
         two.close()
