@@ -53,10 +53,16 @@ def ports(service: SwitchService) -> streamlinks.StreamPorts:
     return found
 
 
+def listenerOf(service: SwitchService) -> streamlinks.StreamListener:
+    found = ports(service)
+    assert isinstance(found, streamlinks.StreamListener)
+    return found
+
+
 def listen(switch: Callable[..., SwitchService], pki: Callable[[str], str],
            port: int = 0) -> tuple[SwitchService, int]:
     service = switch(f"cable:listen:tcp:{port}:interface=127.0.0.1:{pki('a')}")
-    return service, ports(service).listeningPort.getHost().port
+    return service, listenerOf(service).listeningPort.getHost().port
 
 
 @pytest_twisted.ensureDeferred
@@ -110,8 +116,10 @@ async def test_untrustedSwitchNeverGetsAPort(switch, pki) -> None:
     stranger = switch(f"cable:tcp:host=localhost:port={number}:{pki('stranger')}")
     await until(lambda: ports(a).failures.last and ports(stranger).failures.last,
                 what="both sides to note the refusal")
-    assert "TLS handshake failed: certificate verify failed" in ports(a).failures.last
-    assert "TLS handshake failed: tlsv1 alert unknown ca" in ports(stranger).failures.last
+    atA, atStranger = ports(a).failures.last, ports(stranger).failures.last
+    assert atA is not None and atStranger is not None
+    assert "TLS handshake failed: certificate verify failed" in atA
+    assert "TLS handshake failed: tlsv1 alert unknown ca" in atStranger
     assert not ports(a).links and not ports(stranger).links
     assert a.switch.ports.get(1) is None or not a.switch.ports[1].links
 
@@ -121,7 +129,9 @@ async def test_connectingSideChecksTheListenersName(switch, pki) -> None:
     a, number = listen(switch, pki)
     b = switch(f"cable:tcp:host=localhost:port={number}:name=elsewhere:{pki('b')}")
     await until(lambda: ports(b).failures.last, what="the name refused")
-    assert "does not name DNS_ID(hostname=b'elsewhere')" in ports(b).failures.last
+    refused = ports(b).failures.last
+    assert refused is not None
+    assert "does not name DNS_ID(hostname=b'elsewhere')" in refused
     await sleep(0.3)
     assert not ports(a).links and not ports(b).links
 
@@ -133,7 +143,7 @@ async def test_peerThatIsNotACableIsClosedWithoutAPort(switch) -> None:
     told apart by its first message and closed before it gets a port.
     """
     a = switch("cable:listen:tcp:0:interface=127.0.0.1:tls=off")
-    number = ports(a).listeningPort.getHost().port
+    number = listenerOf(a).listeningPort.getHost().port
     peer = socket.create_connection(("127.0.0.1", number))
     guestFrame = frame(BROADCAST, mac(9))
     peer.sendall(struct.pack("!I", len(guestFrame)) + guestFrame)
@@ -216,7 +226,7 @@ async def test_ringOfCablesWithFstpCarriesOneCopyAndHeals(switch) -> None:
     goes, the blocked one takes over.
     """
     listening = [switch("cable:listen:tcp:0:interface=127.0.0.1:tls=off") for _ in range(3)]
-    numbers = [ports(s).listeningPort.getHost().port for s in listening]
+    numbers = [listenerOf(s).listeningPort.getHost().port for s in listening]
     specs = []
     for i, service in enumerate(listening):
         spec = f"cable:tcp:host=127.0.0.1:port={numbers[(i + 1) % 3]}:tls=off"

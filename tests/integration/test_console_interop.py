@@ -164,7 +164,8 @@ def test_scriptRepliesMatchVdeSwitch(realSwitch, ourSwitch) -> None:
 def test_repliesWithClientsAndTrafficMatch(realSwitch, ourSwitch, processes) -> None:
     """With two vde_plug clients after a broadcast: ports, counters, VLANs, MACs match."""
     need("vde_plug")
-    results = []
+    transcripts: list[list[tuple[str, str]]] = []
+    found: list[str] = []
     for sock, mgmt in ((realSwitch.sock, realSwitch.mgmt), (ourSwitch.sock, ourSwitch.mgmt)):
         a = StreamPlug(processes, f"vde://{sock}")
         waitFor(lambda m=mgmt: b"Port 0001" in ConsoleClient(m).command("port/print"),
@@ -174,10 +175,13 @@ def test_repliesWithClientsAndTrafficMatch(realSwitch, ourSwitch, processes) -> 
                 what="client B")
         a.send(frame(b"\xff" * 6, SENDER))
         assert b.receive() is not None
-        results.append(transcript(mgmt, TRAFFIC_SCRIPT))
+        transcripts.append(transcript(mgmt, TRAFFIC_SCRIPT))
         findReply = ConsoleClient(mgmt).command("hash/find 02:00:00:00:00:0a").decode()
-        results.append(re.search(r"to port: (\d+)", findReply).group(1))
-    real, realFound, ours, ourFound = results
+        port = re.search(r"to port: (\d+)", findReply)
+        assert port is not None, findReply
+        found.append(port.group(1))
+    real, ours = transcripts
+    realFound, ourFound = found
     assertSameTranscripts(real, ours)
     assert "Port 0001 untagged_vlan=0000 ACTIVE" in ours[0][1]
     assert (realFound, ourFound) == ("002", "001")  # vde_switch 2.3.2 prints port+1
@@ -254,6 +258,7 @@ def test_unixtermRelaysASession(realSwitch, ourSwitch) -> None:
         term = subprocess.Popen(["unixterm", str(mgmt)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE)
         output = b""
+        assert term.stdin is not None
         for line in (b"port/showinfo\n", b"vlan/print 0\n", b"logout\n"):
             time.sleep(0.2)
             term.stdin.write(line)

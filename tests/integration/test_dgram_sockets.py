@@ -39,8 +39,8 @@ def link(service: SwitchService) -> dgram.DgramLink:
     return found
 
 
-async def exchange(service: SwitchService, guest: socket.socket, switchAddress: object,
-                   stranger: socket.socket) -> None:
+async def exchange(service: SwitchService, guest: socket.socket,
+                   switchAddress: tuple[str, int] | str, stranger: socket.socket) -> None:
     """
     Frames of every size from the guest reach the switch, the switch's
     frames reach the guest, and a stranger's datagrams are counted and

@@ -7,6 +7,7 @@ the console; the kernel's ping and iperf3 measure what they see.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from helpers import needRoot, run, uniqueName
@@ -27,7 +28,7 @@ def _rtts(namespace: str, address: str, count: int = 5) -> list[float]:
 
 
 def _twoNamespaces(vswitch, namespaces, shortdir, net: str,
-                   firstOptions: str = "", count: int = 2) -> tuple[object, list[str]]:
+                   firstOptions: str = "", count: int = 2) -> tuple[Path, list[str]]:
     """
     A switch with a console and two (or C{count}) TAPs, each moved into a
     namespace of its own as C{net}.1, C{net}.2, ... (the first with

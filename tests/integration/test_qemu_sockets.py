@@ -17,6 +17,7 @@ import pytest_twisted
 from certs import selfSignedCertificate
 from reactortools import sleep, until
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 
 from vtwisted.app import buildService
 from vtwisted.ports import streamlinks
@@ -186,6 +187,7 @@ async def test_guestThatStopsReadingCostsBoundedMemory(switch, shortdir: Path) -
     sender, healthy = Guest.connect(path), Guest.connect(path)
     await until(lambda: len(ports.links) == 3, what="three guests")
     transport = stuckLink.transport
+    assert isinstance(transport, FileDescriptor)
     for burst in range(40):
         await sender.send(*(frame(BROADCAST, mac(7), b"x" * 1400) for _ in range(100)))
         assert len(await healthy.receive(100)) == 100, burst
@@ -261,7 +263,9 @@ async def test_twoSwitchesJoinedOverTls(switch, shortdir: Path) -> None:
     """
     key, cert = selfSignedCertificate(shortdir)
     server = switch(f"qemu:ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
-    number = portService(server).listeningPort.getHost().port
+    listener = portService(server)
+    assert isinstance(listener, streamlinks.StreamListener)
+    number = listener.listeningPort.getHost().port
     client = switch(f"qemu:connect:tls:host=localhost:port={number}:trustRoots={shortdir}/roots")
     await until(lambda: portService(server).links and portService(client).links,
                 what="the TLS link up")
@@ -283,17 +287,21 @@ async def test_absentGuestIsLoggedOnceNotAtEveryRetry(switch, shortdir: Path) ->
     A connector whose guest is not there says so once, with the errno, and
     then retries quietly.
     """
-    from twisted.logger import formatEvent, globalLogPublisher
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+    from zope.interface import provider
 
     lines: list[str] = []
 
+    @provider(ILogObserver)
     def observe(event: dict) -> None:
         lines.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observe)
     try:
         service = switch(f"qemu:connect:unix:{shortdir}/absent.sock")
-        await until(lambda: portService(service).client._machine, what="the client")
+        connector = portService(service)
+        assert isinstance(connector, streamlinks.StreamConnector)
+        await until(lambda: connector.client._machine, what="the client")
         await sleep(2.5)  # several retries: 0.2 s, then growing
     finally:
         globalLogPublisher.removeObserver(observe)

@@ -18,10 +18,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from helpers import execIn, need, needRoot, run, uniqueName
 from taphelpers import console, moveTap, ping, quietNamespace, readLine
+
+if TYPE_CHECKING:
+    from conftest import RunningSwitch
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +121,8 @@ def startServer(processes, mode: str, count: int, namespace: str | None = None,
 
 
 def guestBehindSlirp(vswitch, namespaces, shortdir: Path, slirpOptions: str = "",
-                     tapOptions: str = "", extra: tuple[str, ...] = ()) -> tuple[object, str, str]:
+                     tapOptions: str = "",
+                     extra: tuple[str, ...] = ()) -> tuple[RunningSwitch, str, str]:
     """
     A switch with a slirp port and a TAP moved into a new namespace, which
     takes a lease with udhcpc.
@@ -287,8 +292,9 @@ def test_qemuGuestGetsTheUserModeNetworkItKnows(vswitch, processes, shortdir,
     dnsPort = int(readLine(resolver, 10))
     sock = shortdir / "vm.sock"
     if transport == "stream":
-        spec, nic, extra = f"qemu:unix:{sock}", "virtio-net-pci", []
+        spec, nic = f"qemu:unix:{sock}", "virtio-net-pci"
         netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}"]
+        extra: list[str] = []
     else:
         spec, nic = f"vhostuser:unix:{sock}", NIC
         netdev, extra = vhostArgs(sock)

@@ -219,10 +219,10 @@ def test_consoleForwardsComeAndGoWhileTheSwitchRuns(vswitch, processes, namespac
     with early:
         early.sendall(data)
         early.shutdown(socket.SHUT_WR)
-        answer = b""
+        echoed = b""
         while chunk := early.recv(4096):
-            answer += chunk
-    assert answer.decode().split()[:2] == [str(len(data)), hashlib.sha256(data).hexdigest()]
+            echoed += chunk
+    assert echoed.decode().split()[:2] == [str(len(data)), hashlib.sha256(data).hexdigest()]
     assert f"forward tcp:127.0.0.1:{hostPort}" not in console(mgmt, "slirp/print")
 
     again = console(mgmt, f"slirp/hostfwd_remove {rule}")

@@ -216,7 +216,10 @@ def test_portMtuHoldsForOffloadTapsFramesAndSuperFrames(
     assert readLine(server, 10).strip() == "ready"
     probe = run(*execIn(nsA, PYTHON, "-c", _PROBE, addrB, "7300"), check=False, timeout=30)
     assert probe.stdout.strip() == "stalled", (probe.stdout, probe.stderr)
-    stalled = int(re.search(r"\bmtu=(\d+)", console(mgmt, "port/stats 2"))[1])
+    stats = console(mgmt, "port/stats 2")
+    match = re.search(r"\bmtu=(\d+)", stats)
+    assert match is not None, stats
+    stalled = int(match[1])
     assert stalled > 2
     run("ip", "-n", nsA, "link", "set", tapA, "mtu", "1400")
     sent, got = checkedTransfer(processes, nsA, nsB, addrB, 4_000_000, seed=6)

@@ -37,7 +37,8 @@ def _needs() -> None:
     need("qemu-system-x86_64")
 
 
-def vhostArgs(socketPath: Path, memory: int = 256, server: bool = False) -> tuple[list, list]:
+def vhostArgs(socketPath: Path, memory: int = 256,
+              server: bool = False) -> tuple[list[str], list[str]]:
     """
     The -netdev and extra arguments of a guest on a vhost-user socket.
     """

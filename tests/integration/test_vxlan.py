@@ -204,8 +204,12 @@ def test_vdePlugVxlanAndAVdeClientShareOneLan(processes, namespaces, shortdir) -
     remote = StreamPlug(processes, "vxlan://239.0.0.1/vni=42", wrapper=execIn(under.there))
     waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
     hello = frame(b"\xff" * 6, mac(0x20), payload=b"hello from vde_plug vxlan")
-    waitFor(lambda: (remote.send(hello), client.receiveMatching(lambda f: f == hello, 0.3))[1]
-            is not None, what="the plug's broadcast")
+
+    def broadcastArrives() -> bool:
+        remote.send(hello)
+        return client.receiveMatching(lambda f: f == hello, 0.3) is not None
+
+    waitFor(broadcastArrives, what="the plug's broadcast")
     reply = frame(mac(0x20), mac(0x10), payload=b"hello back")
     client.send(reply)
     assert remote.receiveMatching(lambda f: f == reply) is not None
