@@ -399,4 +399,5 @@ def test_portsOnStreamsTakeBothWays(module: str, text: str) -> None:
     keywords = getattr(ports, "CABLE_KEYWORDS", None) or ports.PORT_KEYWORDS
     read = readStreamSpec(PortSpec(text), MemoryReactor(), keywords, listenByDefault=False)
     impairment = read.options.impairment
+    assert impairment is not None
     assert (impairment.leaving.delay, impairment.arriving.delay) == (0.005, 0.007)
