@@ -77,3 +77,29 @@ def test_fullClientIsNotTriedAgainUntilTheNextTurn() -> None:
     assert port.counters.drops["busy"] == 2
     ours.close()
     client.close()
+
+
+def test_readsABatchPerWakeUpAndRefusesOversizedFrames() -> None:
+    """
+    100 frames waiting: one wake-up takes 64, the next the rest; a frame
+    longer than the port's MTU allows is counted as oversize.
+    """
+    ours, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    directory = Directory(Clock())
+    switch = directory.switch
+    port = switch.allocatePort(None, None)
+    port.setMtu(1500)
+    link = VdeDataLink(cast(VdeSwitchDirectory, directory), cast(VdeControlProtocol, Control()),
+                       ours, "/tmp/x/001.1", port, "test", None)
+    for n in range(100):
+        client.send(frame(mac(2), mac(1), payload=n.to_bytes(2, "big")))
+    client.send(frame(mac(2), mac(1), payload=bytes(3000)))
+    link.doRead()
+    assert port.counters.inFrames == 64
+    link.doRead()
+    assert port.counters.inFrames == 101 and port.counters.drops["oversize"] == 1
+    link.doRead()
+    assert port.counters.inFrames == 101
+    ours.close()
+    client.close()
