@@ -90,3 +90,10 @@ vhostuser = PortType(
     "memory-backend-memfd,share=on): virtio queues in shared memory, super-frames both ways; "
     "a port per guest",
 )
+
+cmd = PortType(
+    "cmd",
+    "vtwisted.ports.command",
+    "cmd:COMMAND  a cable through a command speaking vde_plug's stream on stdin/stdout "
+    "(cmd:ssh hostb vde_plug /tmp/sw; escape : and = as \\: and \\=), restarted when it ends",
+)

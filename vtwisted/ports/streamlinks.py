@@ -173,6 +173,7 @@ class StreamLink(Int32StringReceiver):
         link = self
         detail = f"{self.description}: peer not reading ({SEND_BUFFER} bytes queued)"
         extra = len(header)
+        packLength = struct.Struct(self.structFormat).pack  # the receiver's format
 
         def sendFrame(frame: bytes) -> None:
             if valve.full:

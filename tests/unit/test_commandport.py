@@ -1,0 +1,120 @@
+"""
+C{cmd:} ports (L{vtwisted.ports.command}) without processes: the spec,
+the records of C{vde_plug}'s stream, exits and stopping.  Real commands
+are in C{tests/integration/test_command_cable.py}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from vtwisted.ports import command
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+
+
+class FakeProcess(StringTransport):
+    """A command's transport: its pipes, its pid, the signals it got."""
+
+    def __init__(self, pid: int = 4242) -> None:
+        super().__init__()
+        self.pid: int | None = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+def _service(text: str = "cmd:vde_plug /tmp/sw") -> tuple[Any, Any]:
+    switch = Switch()
+    service = command.makeService(switch, PortSpec(text), MemoryReactorClock())
+    service.running = True
+    return switch, service
+
+
+def _link(service: Any) -> tuple[Any, FakeProcess]:
+    link = command.CommandLink(service)
+    process = FakeProcess()
+    link.makeConnection(process)
+    return link, process
+
+
+def test_theCommandIsTheSpecsArgumentsSplitAsAShellWould() -> None:
+    """Unescaped colons belong to the command; quotes group; options stay the port's."""
+    _, service = _service(r"cmd:ssh -o ConnectTimeout\=5 'my host' vde_plug vde:///tmp/sw:vlan=10")
+    assert service.endpoint.argv == ["ssh", "-o", "ConnectTimeout=5", "my host", "vde_plug",
+                                     "vde:///tmp/sw"]
+    assert service.options.vlan == 10
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("cmd:", "names no command"),
+    ("cmd:no-such-command-here x", "no command 'no-such-command-here' on the PATH"),
+    ("cmd:ssh 'host", "cannot read the command"),
+    ("cmd:ssh -o ConnectTimeout=5 host", r"unknown option ssh -o ConnectTimeout \(escape an ="),
+    ("cmd:vde_plug /tmp/sw:colour=red", "unknown option colour"),
+])
+def test_badSpecsSayWhatIsWrong(text: str, problem: str) -> None:
+    """Errors name the spec and the problem."""
+    with pytest.raises(SpecError, match=problem):
+        _service(text)
+
+
+def test_recordsAreFramesWhateverTheReadsAreCutLike() -> None:
+    """
+    Two records cut at every byte reach the switch as two frames; a frame
+    for the command is written as one record, length first.
+    """
+    switch, service = _service()
+    link, process = _link(service)
+    other = FakeLink()
+    plug(switch, other)
+    one, two = frame(b"\xff" * 6, mac(1), payload=b"one"), frame(b"\xff" * 6, mac(1))
+    stream = len(one).to_bytes(2, "big") + one + len(two).to_bytes(2, "big") + two
+    for i in range(len(stream)):
+        link.dataReceived(stream[i:i + 1])
+    assert other.takeSent() == [one, two]
+    assert link.port.counters.inFrames == 2
+    back = frame(mac(1), mac(2), payload=b"back")
+    other.receive(back)
+    assert process.value() == len(back).to_bytes(2, "big") + back
+    assert link.description == "vde_plug /tmp/sw (pid 4242)"
+
+
+def test_aRecordTooLongForVdePlugClosesTheCommand() -> None:
+    """Past 9236 bytes the stream cannot be resynchronised: malformed, closed."""
+    _, service = _service()
+    link, process = _link(service)
+    link.dataReceived((9237).to_bytes(2, "big") + bytes(100))
+    assert link.port.counters.drops["malformed"] == 1 and process.disconnecting
+
+
+def test_stoppingClosesThePipesThenTerminates() -> None:
+    """close() unplugs, closes the pipes, and 3 s later sends TERM if still running."""
+    _, service = _service()
+    link, process = _link(service)
+    port = link.port
+    link.close()
+    assert process.disconnecting and not port.links
+    service.reactor.advance(command.STOP_GRACE)
+    assert process.signals == ["TERM"]
+
+
+@pytest.mark.parametrize(("reason", "text"), [
+    (ProcessTerminated(exitCode=255), "exited with status 255"),
+    (ProcessTerminated(signal=9), "was killed by signal 9"),
+    (ProcessDone(0), "exited with status 0"),
+])
+def test_exitsAreToldAsTheyHappened(reason: Exception, text: str) -> None:
+    """A command that never carried a frame is a failure, told with how it ended."""
+    _, service = _service()
+    link, _ = _link(service)
+    link.connectionLost(Failure(reason))
+    assert service.failures.last == (f"the command {text} before it carried a frame; "
+                                     "starting it again every 5 s at most")
