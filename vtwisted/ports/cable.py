@@ -141,7 +141,10 @@ def peerName(transport: Any) -> str:
     certificate = getPeerCertificate() if getPeerCertificate is not None else None
     if certificate is None:
         return ""
-    name = certificate.get_subject().CN
+    from cryptography.x509.oid import NameOID
+
+    names = certificate.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    name = names[0].value if names else None
     return f" (CN={name})" if name else ""
 
 
