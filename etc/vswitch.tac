@@ -28,6 +28,8 @@ switchService = buildService(
         # "dgram:udp:127.0.0.1:5555:127.0.0.1:5556",  # -netdev socket,udp=127.0.0.1:5555,...
         # "slirp:hostfwd=tcp\\:\\:2222-\\:22",  # NAT like -netdev user, host port 2222 to guest 22
         # "cable:listen:tcp:7443:cert=a.pem:key=a.key:ca=b.pem",  # TLS cable from another switch
+        # "cmd:ssh hostb vde_plug /tmp/lab",  # any VDE switch a command can reach, restarted
+        # "tap:wan0:delay=40:indelay=40:rate=10000",  # a slow link, 40 ms each way
         # "vxlan:remote=192.0.2.7:vni=42",  # a Linux vxlan device or switch on another host
         # "vxvde:vni=9",  # vdeplug4's vxvde:// network (qemu -netdev vde,sock=vxvde://...)
         # "packet:veth0:delay=20",  # an interface through a packet socket, 20 ms slower
