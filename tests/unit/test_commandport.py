@@ -14,6 +14,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from vtwisted.ports import command
+from vtwisted.processes import CommandTransport
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug
@@ -41,7 +42,7 @@ def _service(text: str = "cmd:vde_plug /tmp/sw") -> tuple[Any, Any]:
 def _link(service: Any) -> tuple[Any, FakeProcess]:
     link = command.CommandLink(service)
     process = FakeProcess()
-    link.makeConnection(process)
+    link.makeConnection(CommandTransport(process, service.endpoint.commandLine))
     return link, process
 
 

@@ -10,10 +10,10 @@ Theory of operation
 -------------------
 The spec's arguments are the command line (split as a shell would, colons
 and equals signs escaped as in every spec: C{\\:} and C{\\=}; C{vlan=},
-C{mtu=} and the impairment options are the port's).  L{CommandEndpoint}
-is a Twisted client endpoint that spawns it (with the switch's
-environment, so C{ssh} finds its agent) and connects a
-L{CommandLink} to its pipes: a L{vtwisted.ports.streamlinks.StreamLink}
+C{mtu=} and the impairment options are the port's).
+L{vtwisted.processes.CommandEndpoint} is a Twisted client endpoint that
+spawns it (with the switch's environment, so C{ssh} finds its agent) and
+connects a L{CommandLink} to its pipes: a L{vtwisted.ports.streamlinks.StreamLink}
 whose messages are C{vde_plug}'s records (a 2-byte big-endian length and a
 frame, written in one piece), so it gets a port, bounded buffering and the
 drop counters as C{qemu:} and C{cable:} links do.  A L{ClientService}
@@ -30,15 +30,8 @@ an C{ssh} running one); a command still running 3 s later is terminated.
 
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -46,7 +39,8 @@ from zope.interface import implementer
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.streamlinks import SEND_BUFFER, StreamConnector, StreamLink
+from vtwisted.ports.streamlinks import StreamConnector, StreamLink
+from vtwisted.processes import CommandEndpoint, CommandError, exitText, parseCommand
 from vtwisted.spec import PortSpec
 
 log = Logger()
@@ -72,9 +66,8 @@ class CommandLink(StreamLink):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        owner: Any = self.owner
         self.linkId = transport.pid
-        self.description = f"{owner.commandLine} (pid {transport.pid})"
+        self.description = str(transport.getPeer())
         transport.registerProducer(self.valve, True)
         self.sendFrame = self._makeSender(transport.writeSequence)  # type: ignore[method-assign]
         self.carried = False
@@ -85,7 +78,7 @@ class CommandLink(StreamLink):
             self.carried = True
             owner: Any = self.owner
             owner.failures.worked()
-            owner.endpoint.said.clear()
+            owner.endpoint.worked()
         super().stringReceived(frame)
 
     def close(self) -> None:
@@ -98,106 +91,18 @@ class CommandLink(StreamLink):
         if transport is not None and transport.pid is not None:
             transport.unregisterProducer()
             transport.loseConnection()
-            self.owner.reactor.callLater(STOP_GRACE, _terminate, transport)
+            self.owner.reactor.callLater(STOP_GRACE, transport.signal, "TERM")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
         if self.owner.running:
-            status = _exitText(reason)
+            status = exitText(reason)
             if self.carried:
                 log.info("{spec}: the command {status}; starting it again",
                          spec=self.owner.spec, status=status)
             else:
                 self.owner.failures.note(f"the command {status} before it carried a frame; "
                                          "starting it again every 5 s at most")
-
-
-def _terminate(process: Any) -> None:
-    if process.pid is not None:
-        try:
-            process.signalProcess("TERM")
-        except OSError:
-            pass
-
-
-def _exitText(reason: Failure | None) -> str:
-    """
-    C{exited with status 1}, C{was killed by signal 9}, or C{exited}.
-    """
-    if reason is not None and reason.check(ProcessTerminated):
-        error: Any = reason.value
-        if error.signal is not None:
-            return f"was killed by signal {error.signal}"
-        return f"exited with status {error.exitCode}"
-    if reason is not None and reason.check(ProcessDone):
-        return "exited with status 0"
-    return "exited"
-
-
-class _CommandPipes(ProcessProtocol):
-    """
-    Connects a protocol to a command's standard input and output; logs its
-    standard error line by line.
-    """
-
-    def __init__(self, protocol: Any, spec: str, said: set[str]) -> None:
-        """
-        @param said: the lines of standard error logged since the command
-            last carried a frame: a command failing again and again says
-            each line once.
-        """
-        self.protocol = protocol
-        self.spec = spec
-        self.said = said
-        self._error = b""
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        writer = transport.pipes.get(0)
-        if writer is not None:
-            writer.bufferSize = SEND_BUFFER
-        self.protocol.makeConnection(transport)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        if childFD == 1:
-            self.protocol.dataReceived(data)
-        elif childFD == 2:
-            *lines, self._error = (self._error + data).split(b"\n")
-            for line in lines:
-                self._say(line)
-
-    def _say(self, line: bytes) -> None:
-        text = line.decode(errors="replace").rstrip()
-        if text and text not in self.said:
-            self.said.add(text)
-            log.warn("{spec}: the command says: {line}", spec=self.spec, line=text)
-
-    def processEnded(self, reason: Failure) -> None:
-        self._say(self._error)
-        self.protocol.connectionLost(reason)
-
-
-@implementer(IStreamClientEndpoint)
-class CommandEndpoint:
-    """
-    A client endpoint whose connection is a command's pipes.
-    """
-
-    def __init__(self, reactor: Any, argv: list[str], spec: str) -> None:
-        self.reactor = reactor
-        self.argv = argv
-        self.spec = spec
-        #: What the command said on standard error since it last worked.
-        self.said: set[str] = set()
-
-    def connect(self, protocolFactory: Any) -> Deferred[Any]:
-        protocol = protocolFactory.buildProtocol(None)
-        try:
-            self.reactor.spawnProcess(_CommandPipes(protocol, self.spec, self.said), self.argv[0],
-                                      self.argv, env=dict(os.environ))
-        except OSError as e:
-            return fail(e)
-        return succeed(protocol)
 
 
 @implementer(IPortService)
@@ -211,7 +116,6 @@ class CommandConnector(StreamConnector):
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
                  spec: str) -> None:
         super().__init__(switch, reactor, CommandEndpoint(reactor, argv, spec), options, spec)
-        self.commandLine = shlex.join(argv)
 
     def linkUp(self, link: StreamLink) -> None:
         """
@@ -234,11 +138,7 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:
             raise spec.error(f"unknown option {key}{hint} (known: {', '.join(PORT_KEYWORDS)})")
     command = ":".join(spec.args)  # a colon the user did not escape is the command's
     try:
-        argv = shlex.split(command)
-    except ValueError as e:
-        raise spec.error(f"cannot read the command {command!r}: {e}") from None
-    if not argv:
-        raise spec.error("names no command (for example cmd:ssh hostb vde_plug /tmp/sw)")
-    if shutil.which(argv[0]) is None:
-        raise spec.error(f"no command {argv[0]!r} on the PATH")
+        argv = parseCommand(command)
+    except CommandError as e:
+        raise spec.error(f"{e} (for example cmd:ssh hostb vde_plug /tmp/sw)") from None
     return CommandConnector(switch, reactor, argv, options, spec.text)

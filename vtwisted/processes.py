@@ -1,0 +1,238 @@
+"""
+Commands as connections: a Twisted client endpoint whose connection is a
+command's standard input and output, what C{cmd:} ports and slirp's
+C{guestfwd=...-cmd:COMMAND} (as QEMU's) are made of.
+
+Theory of operation
+-------------------
+L{CommandEndpoint} spawns the command (with the switch's environment, so
+C{ssh} finds its agent) and connects the protocol a factory builds to it
+through L{CommandTransport}, which makes the process look like a stream
+connection: writes go to its standard input, its standard output is the
+data received, C{loseWriteConnection} closes its input (a half close, which
+a protocol providing L{IHalfCloseableProtocol} hears of as
+C{readConnectionLost} when the command closes its output), pausing stops
+reading its output, C{abortConnection} kills it, and C{getPeer} names it.
+What the command writes to its standard error is logged with the spec,
+each line once until the endpoint's owner calls L{CommandEndpoint.worked}:
+a command that fails again and again says each thing once.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
+
+#: Bytes queued for a command's input before its writer pauses producers.
+INPUT_BUFFER = 2 * 1024 * 1024
+
+
+class CommandError(ValueError):
+    """
+    A command line cannot be run: the message says why.
+    """
+
+
+def parseCommand(text: str) -> list[str]:
+    """
+    Split C{text} as a shell would, and check that its program is on the
+    C{PATH}.
+
+    @raise CommandError: bad quoting, nothing to run, or no such program.
+    """
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise CommandError(f"cannot read the command {text!r}: {e}") from None
+    if not argv:
+        raise CommandError("names no command")
+    if shutil.which(argv[0]) is None:
+        raise CommandError(f"no command {argv[0]!r} on the PATH")
+    return argv
+
+
+class CommandAddress:
+    """
+    The peer of a command's connection: the command and its pid.
+    """
+
+    type = "command"
+
+    def __init__(self, commandLine: str, pid: int | None) -> None:
+        self.commandLine = commandLine
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return f"{self.commandLine} (pid {self.pid})"
+
+
+class CommandTransport:
+    """
+    A running command as a stream transport (see the module docstring).
+    """
+
+    def __init__(self, process: Any, commandLine: str) -> None:
+        self.process = process
+        self.commandLine = commandLine
+        self.pid: int | None = process.pid
+        self.disconnecting = False
+
+    @property
+    def bufferSize(self) -> int:
+        writer = self.process.pipes.get(0)
+        return int(writer.bufferSize) if writer is not None else 0
+
+    @bufferSize.setter
+    def bufferSize(self, size: int) -> None:
+        writer = self.process.pipes.get(0)
+        if writer is not None:
+            writer.bufferSize = size
+
+    def write(self, data: bytes) -> None:
+        self.process.write(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.process.writeSequence(data)
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+        self.process.loseConnection()
+
+    def loseWriteConnection(self) -> None:
+        self.process.closeStdin()
+
+    def abortConnection(self) -> None:
+        self.loseConnection()
+        self.signal("KILL")
+
+    def signal(self, name: str) -> None:
+        """
+        Send signal C{name} (C{TERM}, C{KILL}) unless the command ended.
+        """
+        if self.process.pid is not None:
+            try:
+                self.process.signalProcess(name)
+            except OSError:
+                pass
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.process.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.process.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self.process.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.process.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    def getPeer(self) -> CommandAddress:
+        return CommandAddress(self.commandLine, self.pid)
+
+    def getHost(self) -> CommandAddress:
+        return CommandAddress("vswitch", os.getpid())
+
+
+class _CommandPipes(ProcessProtocol):
+    """
+    Connects a protocol to a command's pipes; logs its standard error.
+    """
+
+    def __init__(self, protocol: Any, endpoint: CommandEndpoint) -> None:
+        self.protocol = protocol
+        self.endpoint = endpoint
+        self._error = b""
+
+    def connectionMade(self) -> None:
+        transport = CommandTransport(self.transport, self.endpoint.commandLine)
+        transport.bufferSize = INPUT_BUFFER
+        self.protocol.makeConnection(transport)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1:
+            self.protocol.dataReceived(data)
+        elif childFD == 2:
+            *lines, self._error = (self._error + data).split(b"\n")
+            for line in lines:
+                self.endpoint.say(line)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == 1 and IHalfCloseableProtocol.providedBy(self.protocol):
+            self.protocol.readConnectionLost()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.endpoint.say(self._error)
+        self.protocol.connectionLost(reason)
+
+
+@implementer(IStreamClientEndpoint)
+class CommandEndpoint:
+    """
+    A client endpoint whose connections are runs of a command.
+    """
+
+    def __init__(self, reactor: Any, argv: list[str], spec: str) -> None:
+        self.reactor = reactor
+        self.argv = argv
+        self.spec = spec
+        self.commandLine = shlex.join(argv)
+        #: What the command said on standard error since it last worked.
+        self.said: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"cmd:{self.commandLine}"
+
+    def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        protocol = protocolFactory.buildProtocol(None)
+        try:
+            self.reactor.spawnProcess(_CommandPipes(protocol, self), self.argv[0], self.argv,
+                                      env=dict(os.environ))
+        except OSError as e:
+            return fail(e)
+        return succeed(protocol)
+
+    def say(self, line: bytes) -> None:
+        """
+        Log a line of the command's standard error, unless it said it
+        already since it last worked.
+        """
+        text = line.decode(errors="replace").rstrip()
+        if text and text not in self.said:
+            self.said.add(text)
+            log.warn("{spec}: the command says: {line}", spec=self.spec, line=text)
+
+    def worked(self) -> None:
+        """
+        The command did its job: what it says next is news again.
+        """
+        self.said.clear()
+
+
+def exitText(reason: Failure | None) -> str:
+    """
+    C{exited with status 1}, C{was killed by signal 9}, or C{exited}.
+    """
+    if reason is not None and reason.check(ProcessTerminated):
+        error: Any = reason.value
+        if error.signal is not None:
+            return f"was killed by signal {error.signal}"
+        return f"exited with status {error.exitCode}"
+    if reason is not None and reason.check(ProcessDone):
+        return "exited with status 0"
+    return "exited"
