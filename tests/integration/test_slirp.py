@@ -432,3 +432,18 @@ def test_guestForwardReachesAUnixSocketEvenWhenRestricted(vswitch, processes, na
     assert "ConnectionRefusedError" in refused.stderr, "only the forwarded port leads anywhere"
     assert f"guest forward tcp:10.0.2.100:80-unix:{service}" in console(mgmt, "slirp/print")
 
+
+
+def test_guestForwardToACommandRunsItPerConnection(vswitch, namespaces, shortdir) -> None:
+    """
+    QEMU's guestfwd=...-cmd:COMMAND: each connection to 10.0.2.100:80 runs
+    the command with the connection on its standard input and output; the
+    guest's half close is its end of input, its exit the guest's end of
+    data.  Two connections, two runs.
+    """
+    sw, ns, _ = guestBehindSlirp(
+        vswitch, namespaces, shortdir, ":guestfwd=10.0.2.100\\:80-cmd\\:tr a-z A-Z")
+    for text in ("hello command", "once more"):
+        answer = run(*execIn(ns, PYTHON, "-c", ASK, "10.0.2.100", "80", text), timeout=30)
+        assert answer.stdout.strip() == text.upper(), sw.logText()
+    assert "Traceback" not in sw.logText(), sw.logText()

@@ -310,6 +310,8 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":guestfwd=banana", "expected \\[tcp:\\]ADDR:PORT-ENDPOINT"),
     (":guestfwd=10.0.2.2\\:80-unix\\:/x", "must be a free host address"),
     (":guestfwd=10.0.2.100\\:80-nonsense\\:x", "is not a client endpoint"),
+    (":guestfwd=10.0.2.100\\:80-cmd\\:no-such-program-here", "no command 'no-such-program"),
+    (":guestfwd=10.0.2.100\\:80-cmd\\:", "names no command"),
     (":dhcpv6=sometimes", "not on or off"),
     (":dnssearch=lab..test", "empty or overlong label"),
     (":hostname=caf\u00e9", "not ASCII"),

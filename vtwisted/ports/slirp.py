@@ -34,6 +34,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.singlelink import SingleLinkService
+from vtwisted.processes import CommandEndpoint, CommandError, parseCommand
 from vtwisted.slirp.arpcache import macFor
 from vtwisted.slirp.config import Forward, GuestForward, SlirpConfig, readConfig
 from vtwisted.slirp.dhcp import DhcpServer
@@ -320,10 +321,24 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:
     spec.checkKeywords()
     service = SlirpService(switch, reactor, config, options, spec.text)
     for forward in config.guestForwards:
-        try:
-            endpoint = clientFromString(reactor, forward.endpoint)
-        except Exception as e:
-            raise spec.error(f"guestfwd {forward}: {forward.endpoint!r} is not a client "
-                             f"endpoint ({e})") from None
-        service.guestTargets[forward] = GuestForwardTarget(endpoint, forward.endpoint)
+        service.guestTargets[forward] = GuestForwardTarget(
+            _guestEndpoint(spec, reactor, forward), forward.endpoint)
     return service
+
+
+def _guestEndpoint(spec: PortSpec, reactor: Any, forward: Any) -> Any:
+    """
+    Where a guest forward connects: a command's pipes for C{cmd:COMMAND}
+    (QEMU's form; one run per connection), else a Twisted client endpoint.
+    """
+    description = forward.endpoint
+    if description.startswith("cmd:"):
+        try:
+            return CommandEndpoint(reactor, parseCommand(description[4:]), spec.text)
+        except CommandError as e:
+            raise spec.error(f"guestfwd {forward}: {e}") from None
+    try:
+        return clientFromString(reactor, description)
+    except Exception as e:
+        raise spec.error(f"guestfwd {forward}: {description!r} is not a client "
+                         f"endpoint ({e})") from None
