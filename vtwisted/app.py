@@ -297,4 +297,6 @@ def makeService(options: Options) -> SwitchService:
     """
     from twisted.internet import reactor
 
-    return options.build(reactor)
+    service = options.build(reactor)
+    service.exitOnFailure = True
+    return service

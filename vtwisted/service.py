@@ -17,12 +17,15 @@ the management console and the SSH manhole share.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorTime
 
+from vtwisted.errors import SwitchError
 from vtwisted.porttype import portTypes
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
@@ -56,10 +59,34 @@ class SwitchService(MultiService):
     def _tick(self) -> None:
         self.switch.tick(int(self.clock.seconds()))
 
+    #: Whether a service that cannot start ends the program with its
+    #: message and no traceback (C{twistd vswitch}), instead of raising.
+    exitOnFailure = False
+
+    def privilegedStartService(self) -> None:
+        with self._starting():
+            super().privilegedStartService()
+
     def startService(self) -> None:
         self.startedAt = self.clock.seconds()
         self._tick()
-        super().startService()
+        with self._starting():
+            super().startService()
+
+    @contextmanager
+    def _starting(self) -> Iterator[None]:
+        """
+        Turn an error that says what failed (a spec, a path and an errno)
+        into the program's exit with that message, if L{exitOnFailure}.
+        """
+        try:
+            yield
+        except (OSError, SpecError, SwitchError) as e:
+            if not self.exitOnFailure:
+                raise
+            message = e.message if isinstance(e, SwitchError) else \
+                e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise SystemExit(f"vswitch: {message}") from None
 
     @property
     def operations(self) -> SwitchOperations:

@@ -73,6 +73,8 @@ def listenError(what: str, error: BaseException) -> OSError:
     """
     socketError = getattr(error, "socketError", None)
     number = getattr(socketError, "errno", None) or getattr(error, "errno", None)
+    if socketError is None and isinstance(error, OSError) and error.strerror and number:
+        return OSError(number, f"{what}: {error.strerror} (errno {number})")
     return OSError(number, f"{what}: {error}")
 
 

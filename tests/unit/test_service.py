@@ -41,3 +41,27 @@ def test_stoppedServiceStopsItsClock() -> None:
     assert clock.getDelayedCalls()
     service.stopService()
     assert not clock.getDelayedCalls()
+
+
+def test_aPortThatCannotStartEndsTwistdWithItsMessage(tmp_path) -> None:
+    """
+    Under twistd (exitOnFailure), a port that cannot start ends the program
+    with one line naming the spec, the path and the errno; a service of
+    one's own raises the error itself.
+    """
+    import errno
+
+    import pytest
+    from twisted.internet import reactor
+
+    spec = f"qemu:unix:{tmp_path}/missing/vm.sock"
+    service = buildService(reactor, [spec], defaultSock=False)
+    with pytest.raises(OSError) as raised:
+        service.privilegedStartService()
+    assert raised.value.errno == errno.ENOENT
+    service = buildService(reactor, [spec], defaultSock=False)
+    service.exitOnFailure = True
+    with pytest.raises(SystemExit) as exited:
+        service.privilegedStartService()
+    assert str(exited.value.code) == (f"vswitch: {spec}: cannot listen: No such file or "
+                                      "directory (errno 2)")
