@@ -7,6 +7,7 @@ kept in order, and the console's C{port/impair}.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -133,14 +134,19 @@ def test_badImpairmentsInSpecsAreRefused(text: str, message: str) -> None:
         PortOptions.fromSpec(PortSpec(text))
 
 
-def test_theConsoleSetsAndClearsImpairments() -> None:
-    """port/impair through the operations: set, shown in port/stats, then off."""
+def _managed() -> tuple[Clock, SwitchService, SwitchOperations, FakeLink, FakeLink, Any]:
+    """A switch service on a fake clock, its operations, links A and B, B's port."""
     clock = Clock()
     service = SwitchService(Switch(), clock)
-    ops = SwitchOperations(service)
     a, b = FakeLink("a"), FakeLink("b")
     plug(service.switch, a)
     port = plug(service.switch, b)
+    return clock, service, SwitchOperations(service), a, b, port
+
+
+def test_theConsoleSetsAndClearsImpairments() -> None:
+    """port/impair through the operations: set, shown in port/stats, then off."""
+    clock, service, ops, a, b, port = _managed()
     ops.setImpairment(port.number, "delay=30 loss=0")
     assert ops.ports(port.number)[0].impairment == "delay 30 ms"
     a.receive(frame(mac(2), mac(1)))
@@ -321,12 +327,7 @@ def test_bothWaysMakeARoundTrip() -> None:
     delay=10:indelay=20 in a spec: a request to B leaves after 10 ms, its
     answer reaches A 20 ms after B sent it; port/stats shows both.
     """
-    clock = Clock()
-    service = SwitchService(Switch(), clock)
-    ops = SwitchOperations(service)
-    a, b = FakeLink("a"), FakeLink("b")
-    plug(service.switch, a)
-    port = plug(service.switch, b)
+    clock, service, ops, a, b, port = _managed()
     PortOptions.fromSpec(PortSpec("tap:t0:delay=10:indelay=20")).apply(service.switch, port)
     assert ops.ports(port.number)[0].impairment == "delay 10 ms; arriving: delay 20 ms"
     a.receive(frame(b"\xff" * 6, mac(1)))
