@@ -188,3 +188,34 @@ def test_hostForwardReachesAnIpv6Guest(vswitch, processes, namespaces) -> None:
         udp.sendto(b"ping six", ("::1", hostPort))
         reply, sender = udp.recvfrom(100)
     assert (reply, sender[:2]) == (b"PING SIX", ("::1", hostPort))
+
+
+def test_qemusIpv6OptionsPlaceTheGatewayAndTheDns(vswitch, processes, namespaces) -> None:
+    """
+    QEMU's ipv6-net=, ipv6-host= and ipv6-dns=: the guest configures itself
+    in fd00:77::/64, pings the gateway at ::1 and the DNS proxy at ::dead,
+    whose names reach the host's resolver; the old addresses are nobody's.
+    """
+    import subprocess
+
+    from taphelpers import readLine
+    from test_slirp import DNS, PYTHON
+
+    resolver = processes.start([PYTHON, "-c", DNS], stdout=subprocess.PIPE)
+    dnsPort = int(readLine(resolver, 10))
+    tap = uniqueName("vt6")
+    sw = vswitch("--port", f"tap:{tap}", "--port",
+                 "slirp:ipv6-net=fd00\\:77\\:\\:/64:ipv6-host=fd00\\:77\\:\\:1"
+                 f":ipv6-dns=fd00\\:77\\:\\:dead:resolver=127.0.0.1:resolverport={dnsPort}")
+    ns = namespaces.add("vt6")
+    moveTap(tap, ns, None)
+    waitFor(lambda: "inet6 fd00:77::" in ip6(ns, "addr", "show", "dev", tap) and
+            "tentative" not in ip6(ns, "addr", "show", "dev", tap), timeout=20,
+            what="a SLAAC address in fd00:77::/64")
+    for target in ("fd00:77::1", "fd00:77::dead"):
+        result = ping(ns, target)
+        assert result.returncode == 0, f"{target}: {result.stdout}\n{sw.logText()}"
+    assert ping(ns, "fd00:77::2").returncode != 0
+    lookup = run(*execIn(ns, "busybox", "nslookup", "example.test", "fd00:77::dead"),
+                 check=False, timeout=20)
+    assert "10.9.8.7" in lookup.stdout, lookup.stdout + lookup.stderr

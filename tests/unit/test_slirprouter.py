@@ -313,6 +313,11 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":guestfwd=10.0.2.100\\:80-cmd\\:no-such-program-here", "no command 'no-such-program"),
     (":guestfwd=10.0.2.100\\:80-cmd\\:", "names no command"),
     (":dhcpv6=sometimes", "not on or off"),
+    (":domain=a:domainname=b", "domain= and domainname= are one option"),
+    (":host6=fec0\\:\\:20", "outside its DHCPv6 pool"),
+    (":ipv6-dns=fd00\\:\\:3", "must be an address of fec0::/64"),
+    (":host6=fec0\\:\\:3", "dns6= must differ from host6="),
+    (":dns6=banana", "not an IPv6 address"),
     (":dnssearch=lab..test", "empty or overlong label"),
     (":hostname=caf\u00e9", "not ASCII"),
     (":domain=" + "x" * 64, "empty or overlong label"),
@@ -323,6 +328,21 @@ def test_badOptionsAreRefusedWithTheReason(options: str, problem: str) -> None:
 
     with pytest.raises(SpecError, match=problem):
         makeService(None, PortSpec("slirp" + options), None)
+
+
+def test_qemusOptionNamesAreTaken() -> None:
+    """domainname=, ipv6-net=, ipv6-host= and ipv6-dns= as QEMU spells them."""
+    import ipaddress
+
+    config = readConfig(PortSpec(
+        "slirp:domainname=lab:ipv6-net=fd00\\:1\\:\\:/64:ipv6-host=fd00\\:1\\:\\:1"
+        ":ipv6-dns=fd00\\:1\\:\\:beef"))
+    assert config.domain == "lab" and str(config.network6) == "fd00:1::/64"
+    assert config.gateway6 == ipaddress.IPv6Address("fd00:1::1").packed
+    assert config.nameserver6 == ipaddress.IPv6Address("fd00:1::beef").packed
+    default = readConfig(PortSpec("slirp"))
+    assert default.gateway6 == ipaddress.IPv6Address("fec0::2").packed
+    assert default.nameserver6 == ipaddress.IPv6Address("fec0::3").packed
 
 
 def test_forwardsFollowQemusSyntax() -> None:

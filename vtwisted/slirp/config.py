@@ -20,8 +20,10 @@ stands for nothing (slirp4netns's C{--disable-host-loopback}); the DNS proxy
 and guest forwards still work.
 
 IPv6 (C{ipv6=on}, the default) uses QEMU's prefix C{fec0::/64} unless
-C{net6=} names another /64: the gateway is C{::2}, the DNS proxy C{::3}, and
-guests configure themselves from the router's advertisements.  Guests that
+C{net6=} names another /64: the gateway is C{::2} (C{host6=}), the DNS
+proxy C{::3} (C{dns6=}), and guests configure themselves from the router's
+advertisements.  QEMU's names for options are taken too: C{domainname=},
+C{ipv6-net=}, C{ipv6-host=}, C{ipv6-dns=}.  Guests that
 ask DHCPv6 for an address get one from C{::15} on (C{dhcpv6=off}: as in
 libslirp, DHCPv6 answers information requests only).
 
@@ -125,20 +127,28 @@ class SlirpConfig(NamedTuple):
     bootfile: str | None = None
     tftpServerName: str | None = None
     dhcp6: bool = True
+    #: The gateway's and the DNS proxy's IPv6 addresses (C{host6=},
+    #: C{dns6=}), if not prefix::2 and prefix::3.
+    host6: bytes | None = None
+    dns6: bytes | None = None
 
     @property
     def gateway6(self) -> bytes | None:
         """
         The gateway's IPv6 address (prefix::2), or L{None} without IPv6.
         """
-        return None if self.network6 is None else (self.network6.network_address + 2).packed
+        if self.network6 is None:
+            return None
+        return self.host6 or (self.network6.network_address + 2).packed
 
     @property
     def nameserver6(self) -> bytes | None:
         """
         The DNS proxy's IPv6 address (prefix::3), or L{None} without IPv6.
         """
-        return None if self.network6 is None else (self.network6.network_address + 3).packed
+        if self.network6 is None:
+            return None
+        return self.dns6 or (self.network6.network_address + 3).packed
 
     @property
     def netmask(self) -> bytes:
@@ -221,18 +231,62 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     except ValueError as e:
         raise spec.error(str(e)) from None
     search = tuple(d for d in (spec.string("dnssearch") or "").split(",") if d)
-    _checkNames(spec, search, spec.string("hostname"), spec.string("domain"))
+    domain = _either(spec, "domain", "domainname")
+    _checkNames(spec, search, spec.string("hostname"), domain)
+    network6 = _network6(spec)
+    host6, dns6 = _addresses6(spec, network6)
     guestForwards = tuple(
         _guestForward(spec, item, network, (gateway, nameserver))
         for item in (spec.string("guestfwd") or "").split(",") if item
     )
     return SlirpConfig(
         network, gateway, nameserver, poolStart, spec.boolean("restrict", False), mtu,
-        forwards, resolver, resolverPort, spec.string("hostname"), spec.string("domain"),
-        search, _network6(spec), guestForwards, spec.boolean("hostloopback", True),
+        forwards, resolver, resolverPort, spec.string("hostname"), domain,
+        search, network6, guestForwards, spec.boolean("hostloopback", True),
         _tftpRoot(spec), spec.string("bootfile"), spec.string("tftp-server-name"),
-        spec.boolean("dhcpv6", True),
+        spec.boolean("dhcpv6", True), host6, dns6,
     )
+
+
+def _either(spec: PortSpec, ours: str, qemus: str) -> str | None:
+    """
+    An option that has QEMU's name too (C{domain=} or C{domainname=}).
+    """
+    value, other = spec.string(ours), spec.string(qemus)
+    if value is not None and other is not None:
+        raise spec.error(f"{ours}= and {qemus}= are one option (QEMU's name and ours); "
+                         "give one")
+    return value if value is not None else other
+
+
+def _addresses6(spec: PortSpec, network: ipaddress.IPv6Network | None,
+                ) -> tuple[bytes | None, bytes | None]:
+    """
+    The gateway's and DNS proxy's IPv6 addresses if given (C{host6=},
+    C{dns6=}, or QEMU's C{ipv6-host=}, C{ipv6-dns=}): inside the prefix,
+    apart, and outside the DHCPv6 pool (prefix::15 and the 255 after it).
+    """
+    found: list[bytes | None] = []
+    pool = range(0x15, 0x15 + 256)
+    for ours, qemus in (("host6", "ipv6-host"), ("dns6", "ipv6-dns")):
+        text = _either(spec, ours, qemus)
+        if text is None or network is None:
+            found.append(None)
+            continue
+        try:
+            address = ipaddress.IPv6Address(text)
+        except ValueError:
+            raise spec.error(f"{ours}={text!r} is not an IPv6 address") from None
+        offset = int(address) - int(network.network_address)
+        if address not in network or offset in pool or offset == 0:
+            raise spec.error(f"{ours}={text} must be an address of {network} outside its "
+                             "DHCPv6 pool (::15 to ::114)")
+        found.append(address.packed)
+    host6, dns6 = found
+    if network is not None and (host6 or (network.network_address + 2).packed) == \
+            (dns6 or (network.network_address + 3).packed):
+        raise spec.error("dns6= must differ from host6= (the IPv6 gateway)")
+    return host6, dns6
 
 
 def _checkNames(spec: PortSpec, search: tuple[str, ...], *names: str | None) -> None:
@@ -293,7 +347,7 @@ def _network6(spec: PortSpec) -> ipaddress.IPv6Network | None:
     The IPv6 prefix (C{net6=}, QEMU's fec0::/64 by default), or L{None}
     with C{ipv6=off}.
     """
-    raw = spec.string("net6", DEFAULT_NET6) or DEFAULT_NET6
+    raw = _either(spec, "net6", "ipv6-net") or DEFAULT_NET6
     if not spec.boolean("ipv6", True):
         return None
     try:
