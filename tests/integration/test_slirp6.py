@@ -219,3 +219,22 @@ def test_qemusIpv6OptionsPlaceTheGatewayAndTheDns(vswitch, processes, namespaces
     lookup = run(*execIn(ns, "busybox", "nslookup", "example.test", "fd00:77::dead"),
                  check=False, timeout=20)
     assert "10.9.8.7" in lookup.stdout, lookup.stdout + lookup.stderr
+
+
+def test_ipv4OffLeavesGuestsIpv6Alone(vswitch, namespaces) -> None:
+    """
+    ipv4=off: the guest configures IPv6 and pings the gateway there, while
+    DHCP gets no lease and the IPv4 gateway does not answer.
+    """
+    tap = uniqueName("vt6")
+    sw = vswitch("--port", f"tap:{tap}", "--port", "slirp:ipv4=off")
+    ns = namespaces.add("vt6")
+    moveTap(tap, ns, None)
+    waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20, what="a SLAAC address")
+    assert ping(ns, f"{PREFIX}2").returncode == 0, sw.logText()
+    lease = run(*execIn(ns, "busybox", "udhcpc", "-i", tap, "-n", "-q", "-t", "2", "-T", "1",
+                        "-s", "/bin/true"), check=False, timeout=30)
+    assert lease.returncode != 0, lease.stdout
+    run("ip", "-n", ns, "addr", "add", "10.0.2.15/24", "dev", tap)
+    assert ping(ns, "10.0.2.2").returncode != 0
+    assert "Traceback" not in sw.logText(), sw.logText()

@@ -211,6 +211,25 @@ def test_dhcpDiscoverGetsABroadcastOffer() -> None:
     assert router.neighbours[GUEST] == GUEST_MAC
 
 
+def test_withIpv4OffTheRouterIgnoresArpDhcpAndIpv4() -> None:
+    """
+    ipv4=off: ARP for the gateway, a DHCP discover and a ping get nothing
+    back, and no engine hears of them.
+    """
+    router, seen = makeRouter(":ipv4=off")
+    request = arp.ARPPacket(arp.OP_REQUEST, GUEST_MAC, GUEST, bytes(6), GATEWAY).pack()
+    router.frameReceived(b"\xff" * 6 + GUEST_MAC + b"\x08\x06" + request)
+    discover = dhcp.DHCPMessage(
+        1, 1, 6, 0, 0x1234, 0, 0, bytes(4), bytes(4), bytes(4), bytes(4),
+        GUEST_MAC + bytes(10), bytes(64), bytes(128), ((dhcp.OPT_MESSAGE_TYPE, b"\x01"),),
+    ).pack()
+    router.frameReceived(ipFrame(b"\xff" * 4, ipv4.PROTO_UDP, udpDatagram(
+        bytes(4), b"\xff" * 4, 68, 67, discover), src=bytes(4), dstMac=b"\xff" * 6))
+    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP, echoRequest()))
+    assert seen.frames == [] and GUEST not in router.neighbours
+    assert readConfig(PortSpec("slirp:ipv4=off")).describe() == "NAT IPv6 fec0::/64 only"
+
+
 def test_packetForUnknownGuestWaitsForArp() -> None:
     """A packet to an unknown guest waits for its ARP reply, then leaves to its MAC."""
     clock = Clock()
@@ -318,6 +337,9 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":ipv6-dns=fd00\\:\\:3", "must be an address of fec0::/64"),
     (":host6=fec0\\:\\:3", "dns6= must differ from host6="),
     (":dns6=banana", "not an IPv6 address"),
+    (":ipv4=off:ipv6=off", "leave guests nothing"),
+    (":ipv4=off:hostfwd=tcp\\:\\:2222-\\:22", "forwards lead to IPv6 guests only"),
+    (":ipv4=off:guestfwd=10.0.2.100\\:80-unix\\:/x", "forwards lead to IPv6 guests only"),
     (":dnssearch=lab..test", "empty or overlong label"),
     (":hostname=caf\u00e9", "not ASCII"),
     (":domain=" + "x" * 64, "empty or overlong label"),

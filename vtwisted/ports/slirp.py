@@ -260,6 +260,9 @@ class SlirpService(SingleLinkService):
             if prefix is None or ipaddress.IPv6Address(forward.guestAddress) not in prefix:
                 raise OSError(22, f"{self.spec}: forward {forward}: the guest must be in "
                                   f"{prefix or 'the IPv6 prefix, and IPv6 is off'}")
+        elif not self.config.ipv4:
+            raise OSError(22, f"{self.spec}: forward {forward}: guests have no IPv4 "
+                              "(ipv4=off)")
         if forward in self.forwards:
             raise OSError(17, f"{self.spec}: forward {forward} exists already")
         try:

@@ -22,7 +22,8 @@ and guest forwards still work.
 IPv6 (C{ipv6=on}, the default) uses QEMU's prefix C{fec0::/64} unless
 C{net6=} names another /64: the gateway is C{::2} (C{host6=}), the DNS
 proxy C{::3} (C{dns6=}), and guests configure themselves from the router's
-advertisements.  QEMU's names for options are taken too: C{domainname=},
+advertisements.  C{ipv4=off} leaves guests IPv6 alone (no ARP, DHCP or
+IPv4 routing).  QEMU's names for options are taken too: C{domainname=},
 C{ipv6-net=}, C{ipv6-host=}, C{ipv6-dns=}.  Guests that
 ask DHCPv6 for an address get one from C{::15} on (C{dhcpv6=off}: as in
 libslirp, DHCPv6 answers information requests only).
@@ -131,6 +132,8 @@ class SlirpConfig(NamedTuple):
     #: C{dns6=}), if not prefix::2 and prefix::3.
     host6: bytes | None = None
     dns6: bytes | None = None
+    #: Guests get IPv4 (C{ipv4=off}: IPv6 alone, as QEMU's).
+    ipv4: bool = True
 
     @property
     def gateway6(self) -> bytes | None:
@@ -169,9 +172,12 @@ class SlirpConfig(NamedTuple):
         """
         gateway = ipaddress.IPv4Address(self.gateway)
         dns = ipaddress.IPv4Address(self.nameserver)
-        text = f"NAT {self.network}, gateway {gateway}, DNS {dns}"
-        if self.network6 is not None:
-            text += f", IPv6 {self.network6}"
+        if not self.ipv4:
+            text = f"NAT IPv6 {self.network6} only"
+        else:
+            text = f"NAT {self.network}, gateway {gateway}, DNS {dns}"
+            if self.network6 is not None:
+                text += f", IPv6 {self.network6}"
         return text + (", restricted" if self.restricted else "")
 
 
@@ -244,8 +250,24 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         forwards, resolver, resolverPort, spec.string("hostname"), domain,
         search, network6, guestForwards, spec.boolean("hostloopback", True),
         _tftpRoot(spec), spec.string("bootfile"), spec.string("tftp-server-name"),
-        spec.boolean("dhcpv6", True), host6, dns6,
+        spec.boolean("dhcpv6", True), host6, dns6, _ipv4(spec, network6, forwards, guestForwards),
     )
+
+
+def _ipv4(spec: PortSpec, network6: ipaddress.IPv6Network | None,
+          forwards: tuple[Forward, ...], guestForwards: tuple[GuestForward, ...]) -> bool:
+    """
+    Whether guests get IPv4; without it, IPv6 must be on and nothing may
+    lead to an IPv4 guest.
+    """
+    if spec.boolean("ipv4", True):
+        return True
+    if network6 is None:
+        raise spec.error("ipv4=off and ipv6=off leave guests nothing")
+    if guestForwards or any(len(f.guestAddress) == 4 for f in forwards):
+        raise spec.error("with ipv4=off, forwards lead to IPv6 guests only "
+                         "(hostfwd=tcp\\:[\\:\\:1]\\:2222-[fec0\\:\\:15]\\:22)")
+    return False
 
 
 def _either(spec: PortSpec, ours: str, qemus: str) -> str | None:

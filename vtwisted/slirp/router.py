@@ -112,6 +112,8 @@ class SlirpRouter:
         self.nameserver = config.nameserver
         self.mtu = config.mtu
         self.restricted = config.restricted
+        #: Whether guests get IPv4 at all (C{ipv4=off}: IPv6 alone).
+        self.ipv4 = config.ipv4
         self.gatewayMac = macFor(config.gateway)
         self.nameserverMac = macFor(config.nameserver)
         #: Guest forwards: (address, port) to a L{vtwisted.slirp.tcp.GuestForwardTarget}.
@@ -351,7 +353,7 @@ class SlirpRouter:
 
         @return: whether it was such a packet; if not, the caller cuts it.
         """
-        if packet[10:16] not in self.ownMacs:
+        if packet[10:16] not in self.ownMacs or not self.ipv4:
             return False
         found = packets.usoDatagrams(packet)
         if found is None or found[2] in (_ALL_ONES, self.broadcast) or found[2][0] >= 224:
@@ -364,9 +366,9 @@ class SlirpRouter:
         if dst not in self.ownMacs and not dst[0] & 1:
             return
         kind = frame[start + 12:start + 14]
-        if kind == _IPV4:
+        if kind == _IPV4 and self.ipv4:
             self._ipv4Received(frame, start + 14, verified)
-        elif kind == _ARP:
+        elif kind == _ARP and self.ipv4:
             self.arp.arpReceived(frame, start + 14)
         elif kind == _IPV6 and self.v6 is not None:
             self.v6.packetReceived(frame, start + 14, verified)
