@@ -155,11 +155,15 @@ class VlanTree:
 
     def leave(self, port: SwitchPort) -> None:
         """
-        C{port} left the VLAN or went inactive.
+        C{port} left the VLAN or went inactive: if it heard BPDUs lately, it
+        is reported gone (C{fstp/-}, which is how C{vde_autolink} learns
+        that a cable dropped); its backup state goes with it, unreported.
         """
         del self.members[port]
+        if port in self.heard[0] or port in self.heard[1]:
+            self.event("fstp/-", port.number)
         if port in self.backup:
-            self._forward(port)
+            self._forward(port, report=False)
         for heard in self.heard:
             heard.discard(port)
         if port is self.rootPort:
@@ -255,7 +259,11 @@ class VlanTree:
         for other in self.treePorts(port):
             self._discard(other)
             self.send(other)
-        self._forward(port)
+        if port in self.backup:
+            self._forward(port)
+        else:
+            # vde_switch reports the root port forwarding even if it was.
+            self.stp.reportStatus(self.vlan, port, discarding=False)
         self.send(port, agreement=True)
         self.topologyChange(port)
 
@@ -297,10 +305,10 @@ class VlanTree:
             self.backup.add(port)
             self.stp.stateChanged(self.vlan, port, discarding=True)
 
-    def _forward(self, port: SwitchPort) -> None:
+    def _forward(self, port: SwitchPort, report: bool = True) -> None:
         if port in self.backup:
             self.backup.discard(port)
-            self.stp.stateChanged(self.vlan, port, discarding=False)
+            self.stp.stateChanged(self.vlan, port, discarding=False, report=report)
 
 
 class FastSpanningTree:
@@ -412,9 +420,13 @@ class FastSpanningTree:
             return
         tree.received(port, message, self._heardIndex)
 
-    def stateChanged(self, vlan: Vlan, port: SwitchPort, discarding: bool) -> None:
+    def stateChanged(self, vlan: Vlan, port: SwitchPort, discarding: bool,
+                     report: bool = True) -> None:
         """
         A port started or stopped discarding in C{vlan}.
+
+        @param report: whether to say so (C{fstp/status} and the log); not
+            for a port that is leaving the VLAN.
         """
         if discarding:
             vlan.discarding.add(port)
@@ -423,12 +435,20 @@ class FastSpanningTree:
             vlan.discarding.discard(port)
         vlan.rebuild()
         self.switch.forgetRoutes()
+        if not report:
+            return
+        self.reportStatus(vlan, port, discarding)
+        log.info("FSTP: VLAN {vid}: {port} is {state}", vid=vlan.vid, port=port.describe(),
+                 state="discarding" if discarding else "forwarding")
+
+    def reportStatus(self, vlan: Vlan, port: SwitchPort, discarding: bool) -> None:
+        """
+        Tell C{fstp/status} listeners whether C{port} discards in C{vlan}.
+        """
         vid = vlan.vid
         self.switch.events.emit(
             "fstp/status", f"Port {port.number:04d} VLAN {vid >> 8:02x}:{vid & 0xFF:02x} "
                            f"{'discarding' if discarding else 'learning+forwarding'}")
-        log.info("FSTP: VLAN {vid}: {port} is {state}", vid=vlan.vid, port=port.describe(),
-                 state="discarding" if discarding else "forwarding")
 
     def portCost(self, vid: int, port: SwitchPort) -> int:
         """

@@ -149,6 +149,65 @@ def test_triangleCarriesOneCopyAndHealsWhenACableIsCut() -> None:
     assert copies == [1, 1]
 
 
+class EventLines:
+    """
+    A console session's view of a switch's FSTP debug events
+    (C{debug/add fstp}): the lines, without tags.
+    """
+
+    def __init__(self, switch: Switch) -> None:
+        self.lines: list[str] = []
+        switch.events.add(self, "fstp")
+
+    def debugLine(self, line: str) -> None:
+        self.lines.append(line.split(" ", 1)[1].rstrip("\n"))
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+def test_cableComingAndGoingShowsAsWithVdeSwitch() -> None:
+    """
+    A cable between two switches shows up and goes away in the FSTP debug
+    events with vde_switch's lines (those vde_autolink acts on): the root
+    sees C{fstp/+} then C{fstp/-}; the other switch also sees its new root
+    port forwarding, then the root forgotten.
+    """
+    switches = [fstpSwitch(1), fstpSwitch(2)]
+    root, other = EventLines(switches[0]), EventLines(switches[1])
+    cables = [FakeCable(switches[0], switches[1])]
+    settle(switches, cables)
+    assert root.take() == ["fstp/+ Port 0001 VLAN 00:00"]
+    assert other.take() == [
+        "fstp/+ Port 0001 VLAN 00:00",
+        "fstp/root Port 0001 VLAN 00:00 -> 80:00:02:00:00:00:00:01",
+        "fstp/status Port 0001 VLAN 00:00 learning+forwarding",
+    ]
+    cables[0].cut()
+    assert root.take() == ["fstp/- Port 0001 VLAN 00:00"]
+    assert other.take() == [
+        "fstp/- Port 0001 VLAN 00:00",
+        "fstp/root Port 0000 VLAN 00:00 -> 80:00:02:00:00:00:00:02",
+    ]
+
+
+def test_blockedCableGoingAwayIsNotReportedForwarding() -> None:
+    """
+    When the cable a switch blocks (to break a loop) is unplugged, the port
+    is reported gone (C{fstp/-}) and never as forwarding, so vde_autolink
+    does not take a dead link for a live one.
+    """
+    switches = [fstpSwitch(1), fstpSwitch(2)]
+    cables = [FakeCable(switches[0], switches[1], "a"), FakeCable(switches[0], switches[1], "b")]
+    settle(switches, cables)
+    blocked = next(iter(switches[1].vlans[0].discarding))
+    watcher = EventLines(switches[1])
+    next(c for c in cables if blocked in c.ports).cut()
+    assert watcher.take() == [f"fstp/- Port {blocked.number:04d} VLAN 00:00"]
+    assert not switches[1].vlans[0].discarding
+
+
 def test_hostPortsKeepForwarding() -> None:
     """Ports that never hear BPDUs are never blocked, whatever the tree does."""
     switches = [fstpSwitch(1), fstpSwitch(2)]
