@@ -6,7 +6,11 @@ C{guestfwd=...-cmd:COMMAND} (as QEMU's) are made of.
 Theory of operation
 -------------------
 L{CommandEndpoint} spawns the command (with the switch's environment, so
-C{ssh} finds its agent) and connects the protocol a factory builds to it
+C{ssh} finds its agent) in a session of its own, so that signals for the
+switch's terminal or process group (Ctrl-C; C{smbd} signals its whole
+group when it exits) neither reach the command nor come from it, and a
+command that would ask the terminal for a password fails instead, and
+connects the protocol a factory builds to it
 through L{CommandTransport}, which makes the process look like a stream
 connection: writes go to its standard input, its standard output is the
 data received, C{loseWriteConnection} closes its input (a half close, which
@@ -16,6 +20,15 @@ reading its output, C{abortConnection} kills it, and C{getPeer} names it.
 What the command writes to its standard error is logged with the spec,
 each line once until the endpoint's owner calls L{CommandEndpoint.worked}:
 a command that fails again and again says each thing once.
+
+Some programs serve a network connection on their standard input only if
+it is a TCP socket (Samba's C{smbd} in inetd mode, which QEMU's C{smb=}
+runs, asks for its peer's address): with C{socket=True} the command's
+input and output are one end of a TCP connection over the loopback, made
+for it as libslirp makes one (a listener on 127.0.0.1 for the moment it
+takes to connect, which accepts only the connection made from here), and
+the switch's connection is the other end, an ordinary Twisted TCP
+connection; the command's standard error is still logged.
 """
 
 from __future__ import annotations
@@ -23,12 +36,13 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+from socket import AF_INET, SOCK_STREAM, socket
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -181,16 +195,67 @@ class _CommandPipes(ProcessProtocol):
         self.protocol.connectionLost(reason)
 
 
+def loopbackPair() -> tuple[socket, socket]:
+    """
+    Two ends of a TCP connection over 127.0.0.1: one made here, and the one
+    the listener accepted from it (any other connection that came first is
+    closed).
+
+    @raise OSError: the loopback cannot be used.
+    """
+    with socket(AF_INET, SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        ours = socket(AF_INET, SOCK_STREAM)
+        try:
+            ours.connect(listener.getsockname())
+            while True:
+                theirs, peer = listener.accept()
+                if peer == ours.getsockname():
+                    return ours, theirs
+                theirs.close()
+        except BaseException:
+            ours.close()
+            raise
+
+
+class _CommandErrors(ProcessProtocol):
+    """
+    The standard error of a command whose connection is a socket.
+    """
+
+    def __init__(self, endpoint: CommandEndpoint) -> None:
+        self.endpoint = endpoint
+        self._error = b""
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        *lines, self._error = (self._error + data).split(b"\n")
+        for line in lines:
+            self.endpoint.say(line)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.endpoint.say(self._error)
+
+
 @implementer(IStreamClientEndpoint)
 class CommandEndpoint:
     """
     A client endpoint whose connections are runs of a command.
     """
 
-    def __init__(self, reactor: Any, argv: list[str], spec: str) -> None:
+    def __init__(self, reactor: Any, argv: list[str], spec: str, socket: bool = False) -> None:
+        """
+        @param socket: give the command a socket, not pipes (see the
+            module docstring).
+        """
         self.reactor = reactor
         self.argv = argv
         self.spec = spec
+        self.socket = socket
+        setsid = shutil.which("setsid")
+        #: What is run: the command in a session of its own where util-linux's
+        #: setsid is found (it runs it in place, with the same pid).
+        self.running = [setsid, *argv] if setsid else argv
         self.commandLine = shlex.join(argv)
         #: What the command said on standard error since it last worked.
         self.said: set[str] = set()
@@ -200,11 +265,32 @@ class CommandEndpoint:
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         protocol = protocolFactory.buildProtocol(None)
+        if self.socket:
+            return self._connectSocket(protocol)
         try:
-            self.reactor.spawnProcess(_CommandPipes(protocol, self), self.argv[0], self.argv,
-                                      env=dict(os.environ))
+            self.reactor.spawnProcess(_CommandPipes(protocol, self), self.running[0],
+                                      self.running, env=dict(os.environ))
         except OSError as e:
             return fail(e)
+        return succeed(protocol)
+
+    def _connectSocket(self, protocol: Any) -> Deferred[Any]:
+        try:
+            ours, theirs = loopbackPair()
+        except OSError as e:
+            return fail(e)
+        try:
+            self.reactor.spawnProcess(
+                _CommandErrors(self), self.running[0], self.running, env=dict(os.environ),
+                childFDs={0: theirs.fileno(), 1: theirs.fileno(), 2: "r"})
+            factory = Factory.forProtocol(lambda: protocol)
+            ours.setblocking(False)
+            self.reactor.adoptStreamConnection(ours.fileno(), AF_INET, factory)
+        except OSError as e:
+            return fail(e)
+        finally:
+            ours.close()
+            theirs.close()
         return succeed(protocol)
 
     def say(self, line: bytes) -> None:

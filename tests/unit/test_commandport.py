@@ -119,3 +119,30 @@ def test_exitsAreToldAsTheyHappened(reason: Exception, text: str) -> None:
     link.connectionLost(Failure(reason))
     assert service.failures.last == (f"the command {text} before it carried a frame; "
                                      "starting it again every 5 s at most")
+
+
+def test_aLoopbackPairIsOneTcpConnection() -> None:
+    """The two ends loopbackPair() gives are connected to each other, over TCP."""
+    import socket
+
+    from vtwisted.processes import loopbackPair
+
+    ours, theirs = loopbackPair()
+    try:
+        assert ours.family == socket.AF_INET and ours.type == socket.SOCK_STREAM
+        assert ours.getsockname() == theirs.getpeername()
+        ours.sendall(b"ping")
+        assert theirs.recv(4) == b"ping"
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_smbConfigurationSharesTheDirectoryAsQemusShare() -> None:
+    """One writable guest share named qemu; Samba's files in the private directory."""
+    from vtwisted.slirp.smb import configuration
+
+    text = configuration("/srv/share", "/tmp/state", "alice")
+    assert "[qemu]\n  path = /srv/share\n  read only = no\n  guest ok = yes\n" \
+           "  force user = alice\n" in text
+    assert "  lock directory = /tmp/state\n" in text and "printing = bsd" in text

@@ -338,6 +338,12 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":host6=fec0\\:\\:3", "dns6= must differ from host6="),
     (":dns6=banana", "not an IPv6 address"),
     (":ipv4=off:ipv6=off", "leave guests nothing"),
+    (":smb=/nonexistent/share", "smb=/nonexistent/share: No such file or directory"),
+    (":smb=/etc/hostname", "not a directory"),
+    (":smb=/tmp:smbserver=10.0.2.3", "must be a free address"),
+    (":smb=/tmp:smbserver=10.0.2.20", "must be a free address"),
+    (":smb=/tmp:guestfwd=10.0.2.4\\:80-unix\\:/x", "must be a free address"),
+    (":smb=/tmp:ipv4=off", "forwards lead to IPv6 guests only"),
     (":ipv4=off:hostfwd=tcp\\:\\:2222-\\:22", "forwards lead to IPv6 guests only"),
     (":ipv4=off:guestfwd=10.0.2.100\\:80-unix\\:/x", "forwards lead to IPv6 guests only"),
     (":dnssearch=lab..test", "empty or overlong label"),
@@ -365,6 +371,24 @@ def test_qemusOptionNamesAreTaken() -> None:
     default = readConfig(PortSpec("slirp"))
     assert default.gateway6 == ipaddress.IPv6Address("fec0::2").packed
     assert default.nameserver6 == ipaddress.IPv6Address("fec0::3").packed
+
+
+def test_smbIsQemusAtTheNetworksFourthAddress() -> None:
+    """smb=DIR serves at .4 unless smbserver= says otherwise; a guest forward may use .4."""
+    assert readConfig(PortSpec("slirp:smb=/tmp")).smbServer == bytes([10, 0, 2, 4])
+    moved = readConfig(PortSpec("slirp:smb=/tmp:smbserver=10.0.2.9"))
+    assert moved.smbRoot == "/tmp" and moved.smbServer == bytes([10, 0, 2, 9])
+    assert readConfig(PortSpec("slirp:guestfwd=10.0.2.4\\:80-unix\\:/x")).smbRoot is None
+
+
+def test_smbWithoutSambaSaysWhatToInstall(monkeypatch) -> None:
+    """No smbd: the spec fails at start-up naming the package."""
+    from vtwisted.ports.slirp import makeService
+    from vtwisted.slirp import smb
+
+    monkeypatch.setattr(smb, "findSmbd", lambda: None)
+    with pytest.raises(SpecError, match=r"smb= needs Samba's smbd.*apt install samba"):
+        makeService(None, PortSpec("slirp:smb=/tmp"), None)
 
 
 def test_forwardsFollowQemusSyntax() -> None:

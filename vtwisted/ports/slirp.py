@@ -168,6 +168,8 @@ class SlirpService(SingleLinkService):
         self.forwards: dict[Forward, Any] = {}
         #: Guest forwards to the targets made from their endpoint descriptions.
         self.guestTargets: dict[GuestForward, GuestForwardTarget] = {}
+        #: The directory shared over SMB (C{smb=}), if any.
+        self.smb: Any = None
 
     def bound(self) -> bool:
         return self.link is not None
@@ -291,6 +293,8 @@ class SlirpService(SingleLinkService):
     def _teardown(self) -> list[Any]:
         results = [port.stopListening() for port in self.forwards.values()]
         self.forwards.clear()
+        if self.smb is not None:
+            self.smb.close()
         if self.tcp is not None:
             self.tcp.close()
         if self.udp is not None:
@@ -326,18 +330,29 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:
     for forward in config.guestForwards:
         service.guestTargets[forward] = GuestForwardTarget(
             _guestEndpoint(spec, reactor, forward), forward.endpoint)
+    if config.smbRoot is not None:
+        from vtwisted.slirp.smb import SMB_PORT, SmbShare, findSmbd
+
+        smbd = findSmbd()
+        if smbd is None:
+            raise spec.error("smb= needs Samba's smbd, which is not installed (apt install samba)")
+        share = service.smb = SmbShare(reactor, config.smbRoot, smbd, spec.text)
+        forward = GuestForward(config.smbServer, SMB_PORT, repr(share))
+        service.guestTargets[forward] = GuestForwardTarget(share, repr(share))
     return service
 
 
 def _guestEndpoint(spec: PortSpec, reactor: Any, forward: Any) -> Any:
     """
-    Where a guest forward connects: a command's pipes for C{cmd:COMMAND}
-    (QEMU's form; one run per connection), else a Twisted client endpoint.
+    Where a guest forward connects: for C{cmd:COMMAND} (QEMU's form), a run
+    of the command per connection with a socket for its standard input and
+    output, as QEMU gives it; else a Twisted client endpoint.
     """
     description = forward.endpoint
     if description.startswith("cmd:"):
         try:
-            return CommandEndpoint(reactor, parseCommand(description[4:]), spec.text)
+            return CommandEndpoint(reactor, parseCommand(description[4:]), spec.text,
+                                   socket=True)
         except CommandError as e:
             raise spec.error(f"guestfwd {forward}: {e}") from None
     try:

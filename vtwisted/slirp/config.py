@@ -134,6 +134,9 @@ class SlirpConfig(NamedTuple):
     dns6: bytes | None = None
     #: Guests get IPv4 (C{ipv4=off}: IPv6 alone, as QEMU's).
     ipv4: bool = True
+    #: The directory shared over SMB (C{smb=}), and the server's address.
+    smbRoot: str | None = None
+    smbServer: bytes = b""
 
     @property
     def gateway6(self) -> bytes | None:
@@ -241,6 +244,8 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     _checkNames(spec, search, spec.string("hostname"), domain)
     network6 = _network6(spec)
     host6, dns6 = _addresses6(spec, network6)
+    smbRoot = _directory(spec, "smb")
+    spec.string("smbserver")
     guestForwards = tuple(
         _guestForward(spec, item, network, (gateway, nameserver))
         for item in (spec.string("guestfwd") or "").split(",") if item
@@ -249,9 +254,26 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         network, gateway, nameserver, poolStart, spec.boolean("restrict", False), mtu,
         forwards, resolver, resolverPort, spec.string("hostname"), domain,
         search, network6, guestForwards, spec.boolean("hostloopback", True),
-        _tftpRoot(spec), spec.string("bootfile"), spec.string("tftp-server-name"),
+        _directory(spec, "tftp"), spec.string("bootfile"), spec.string("tftp-server-name"),
         spec.boolean("dhcpv6", True), host6, dns6, _ipv4(spec, network6, forwards, guestForwards),
+        smbRoot, _smbServer(spec, network, guestForwards, (gateway, nameserver, poolStart))
+        if smbRoot is not None else b"",
     )
+
+
+def _smbServer(spec: PortSpec, network: ipaddress.IPv4Network,
+               guestForwards: tuple[GuestForward, ...], taken: tuple[bytes, ...]) -> bytes:
+    """
+    The SMB server's address (C{smbserver=}, QEMU's C{.4} by default): a
+    free host address of the network, outside the DHCP pool.
+    """
+    address = _inside(spec, "smbserver", network, 4, spec.string("smbserver"))
+    pool = range(int.from_bytes(taken[2], "big"), int.from_bytes(taken[2], "big") + POOL_SIZE)
+    if address in taken[:2] or address in (f.address for f in guestForwards) or \
+            int.from_bytes(address, "big") in pool:
+        raise spec.error(f"smbserver={ipaddress.IPv4Address(address)} must be a free address "
+                         "(not the gateway, the DNS, a guest forward's or a DHCP lease's)")
+    return address
 
 
 def _ipv4(spec: PortSpec, network6: ipaddress.IPv6Network | None,
@@ -264,7 +286,8 @@ def _ipv4(spec: PortSpec, network6: ipaddress.IPv6Network | None,
         return True
     if network6 is None:
         raise spec.error("ipv4=off and ipv6=off leave guests nothing")
-    if guestForwards or any(len(f.guestAddress) == 4 for f in forwards):
+    if guestForwards or spec.string("smb") is not None or \
+            any(len(f.guestAddress) == 4 for f in forwards):
         raise spec.error("with ipv4=off, forwards lead to IPv6 guests only "
                          "(hostfwd=tcp\\:[\\:\\:1]\\:2222-[fec0\\:\\:15]\\:22)")
     return False
@@ -323,19 +346,20 @@ def _checkNames(spec: PortSpec, search: tuple[str, ...], *names: str | None) -> 
                 raise spec.error(str(e)) from None
 
 
-def _tftpRoot(spec: PortSpec) -> str | None:
+def _directory(spec: PortSpec, key: str) -> str | None:
     """
-    The C{tftp=} directory, checked now so that a typo fails at start-up.
+    The directory C{key=} names (C{tftp=}, C{smb=}), checked now so that a
+    typo fails at start-up.
     """
-    root = spec.string("tftp")
+    root = spec.string(key)
     if root is None:
         return None
     try:
         mode = os.stat(root).st_mode
     except OSError as e:
-        raise spec.error(f"tftp={root}: {e.strerror} (errno {e.errno})") from None
+        raise spec.error(f"{key}={root}: {e.strerror} (errno {e.errno})") from None
     if not stat.S_ISDIR(mode):
-        raise spec.error(f"tftp={root}: not a directory")
+        raise spec.error(f"{key}={root}: not a directory")
     return os.path.abspath(root)
 
 
