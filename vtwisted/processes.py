@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import sys
 from socket import AF_INET, SOCK_STREAM, socket
 from typing import Any
 
@@ -195,6 +196,10 @@ class _CommandPipes(ProcessProtocol):
         self.protocol.connectionLost(reason)
 
 
+#: A session of its own for the command in argv[1:], without util-linux.
+_SETSID = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
 def loopbackPair() -> tuple[socket, socket]:
     """
     Two ends of a TCP connection over 127.0.0.1: one made here, and the one
@@ -253,9 +258,10 @@ class CommandEndpoint:
         self.spec = spec
         self.socket = socket
         setsid = shutil.which("setsid")
-        #: What is run: the command in a session of its own where util-linux's
-        #: setsid is found (it runs it in place, with the same pid).
-        self.running = [setsid, *argv] if setsid else argv
+        #: What is run: the command in a session of its own, through
+        #: util-linux's setsid (which runs it in place, with the same pid)
+        #: or else Python doing the same.
+        self.running = [setsid, *argv] if setsid else [sys.executable, "-c", _SETSID, *argv]
         self.commandLine = shlex.join(argv)
         #: What the command said on standard error since it last worked.
         self.said: set[str] = set()

@@ -146,3 +146,22 @@ def test_smbConfigurationSharesTheDirectoryAsQemusShare() -> None:
     assert "[qemu]\n  path = /srv/share\n  read only = no\n  guest ok = yes\n" \
            "  force user = alice\n" in text
     assert "  lock directory = /tmp/state\n" in text and "printing = bsd" in text
+
+
+def test_commandsRunInASessionOfTheirOwn(monkeypatch) -> None:
+    """Through setsid, or Python doing the same where util-linux is missing."""
+    import os
+    import subprocess
+    import sys
+
+    from vtwisted import processes
+
+    probe = ["sh", "-c", "ps -o sid= -p $$"]
+    endpoint = processes.CommandEndpoint(None, probe, "cmd:test")
+    assert endpoint.running[1:] == probe
+    monkeypatch.setattr(processes.shutil, "which", lambda name: None)
+    fallback = processes.CommandEndpoint(None, probe, "cmd:test")
+    assert fallback.running[0] == sys.executable
+    for argv in (endpoint.running, fallback.running):
+        session = int(subprocess.run(argv, capture_output=True, text=True).stdout)
+        assert session != os.getsid(0)
