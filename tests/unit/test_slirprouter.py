@@ -190,15 +190,20 @@ def test_incompleteDatagramIsDroppedAfterThirtySeconds() -> None:
     assert seen.drops[0][0] == "peer" and "did not arrive whole" in seen.drops[0][1]
 
 
-def test_dhcpDiscoverGetsABroadcastOffer() -> None:
-    """A DISCOVER to 255.255.255.255 gets an OFFER of 10.0.2.15, broadcast from .2:67."""
-    router, seen = makeRouter()
+def discoverFrame() -> bytes:
+    """A guest's DHCP DISCOVER, broadcast from 0.0.0.0:68."""
     discover = dhcp.DHCPMessage(
         1, 1, 6, 0, 0x1234, 0, 0, bytes(4), bytes(4), bytes(4), bytes(4),
         GUEST_MAC + bytes(10), bytes(64), bytes(128), ((dhcp.OPT_MESSAGE_TYPE, b"\x01"),),
     ).pack()
-    router.frameReceived(ipFrame(b"\xff" * 4, ipv4.PROTO_UDP, udpDatagram(
-        bytes(4), b"\xff" * 4, 68, 67, discover), src=bytes(4), dstMac=b"\xff" * 6))
+    return ipFrame(b"\xff" * 4, ipv4.PROTO_UDP, udpDatagram(
+        bytes(4), b"\xff" * 4, 68, 67, discover), src=bytes(4), dstMac=b"\xff" * 6)
+
+
+def test_dhcpDiscoverGetsABroadcastOffer() -> None:
+    """A DISCOVER to 255.255.255.255 gets an OFFER of 10.0.2.15, broadcast from .2:67."""
+    router, seen = makeRouter()
+    router.frameReceived(discoverFrame())
     [frame] = seen.frames
     assert frame[:12] == b"\xff" * 6 + GW_MAC
     ip = ipv4.IPv4Header.parse(frame, 14)
@@ -219,12 +224,7 @@ def test_withIpv4OffTheRouterIgnoresArpDhcpAndIpv4() -> None:
     router, seen = makeRouter(":ipv4=off")
     request = arp.ARPPacket(arp.OP_REQUEST, GUEST_MAC, GUEST, bytes(6), GATEWAY).pack()
     router.frameReceived(b"\xff" * 6 + GUEST_MAC + b"\x08\x06" + request)
-    discover = dhcp.DHCPMessage(
-        1, 1, 6, 0, 0x1234, 0, 0, bytes(4), bytes(4), bytes(4), bytes(4),
-        GUEST_MAC + bytes(10), bytes(64), bytes(128), ((dhcp.OPT_MESSAGE_TYPE, b"\x01"),),
-    ).pack()
-    router.frameReceived(ipFrame(b"\xff" * 4, ipv4.PROTO_UDP, udpDatagram(
-        bytes(4), b"\xff" * 4, 68, 67, discover), src=bytes(4), dstMac=b"\xff" * 6))
+    router.frameReceived(discoverFrame())
     router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP, echoRequest()))
     assert seen.frames == [] and GUEST not in router.neighbours
     assert readConfig(PortSpec("slirp:ipv4=off")).describe() == "NAT IPv6 fec0::/64 only"
