@@ -34,6 +34,9 @@ either, and at most one read's worth of commands waits.
 from __future__ import annotations
 
 import errno
+import os
+import socket
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -180,8 +183,13 @@ class ConsoleProtocol(Protocol):
         self._fragmentCall: IDelayedCall | None = None
         self._shutdown = False
 
+    #: Whether the peer may add ports that run commands: it runs as the
+    #: switch's user or as root (C{SO_PEERCRED}).
+    trusted = False
+
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        self.trusted = peerUid(transport) in (0, os.geteuid())
         if not self.factory.admit(self):
             self._ended = True
             transport.write(fmt.resultLine(errno.EMFILE).encode() + b"\n")
@@ -311,6 +319,18 @@ class ConsoleProtocol(Protocol):
 
     def stopProducing(self) -> None:
         self._ended = True
+
+
+def peerUid(transport: Any) -> int | None:
+    """
+    The user id of the process at the other end of a Unix socket, if known.
+    """
+    try:
+        raw = transport.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    except (AttributeError, OSError):
+        return None
+    uid: int = struct.unpack("3i", raw)[1]
+    return uid
 
 
 class ConsoleFactory(Factory):

@@ -141,6 +141,7 @@ def _showInfo(ctx: CommandContext, arg: str) -> list[str]:
 
 
 def _load(ctx: CommandContext, arg: str) -> list[str]:
+    errors.requireTrusted(ctx.session, "load")
     return ctx.interpreter.runScript(arg, ctx.depth + 1, echo=True, session=ctx.session)
 
 
@@ -269,6 +270,7 @@ def _portSpecs(ctx: CommandContext, arg: str) -> list[str]:
 def _portAdd(ctx: CommandContext, arg: str) -> list[str]:
     if not arg:
         raise errors.invalid("port/add needs a port spec, e.g. tap:tap0")
+    errors.requireTrusted(ctx.session, "port/add")
     return fmt.addedLines(arg, ctx.ops.addPort(arg))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from typing import Any
 
 
 class SwitchError(Exception):
@@ -59,3 +60,17 @@ def busy(message: str) -> SwitchError:
     The port or VLAN is in use (C{EADDRINUSE}).
     """
     return SwitchError(errno.EADDRINUSE, message)
+
+
+def requireTrusted(session: Any, what: str) -> None:
+    """
+    Refuse C{what} to a console session from another user than the
+    switch's (or root), with C{EPERM}: with C{--mgmt-group} the console may
+    be shared with users who must not make the switch write files, open
+    devices, listen or run commands as its own user (root, often).
+    Sessions without a C{trusted} attribute (standard input, start-up
+    scripts) are the operator's.
+    """
+    if not getattr(session, "trusted", True):
+        raise SwitchError(errno.EPERM, f"{what}: only the switch's own user (or root) may do "
+                          "this from the console")

@@ -233,3 +233,28 @@ def test_stdinConsoleAnswersAndItsEndStopsTheSwitch(processes, shortdir) -> None
                       "0000 DATA END WITH '.'\nVLAN 0007\n.\n1000 Success\n"
                       "1038 Function not implemented\n"), output
     assert not sock.exists(), "a clean stop removes the switch's directory"
+
+
+def test_anotherUserOnASharedConsoleMayNotAddPorts(vswitch, shortdir) -> None:
+    """
+    With the console open to all (--mgmt-mode 0666), a session of user
+    nobody may print ports but not add a capture port, which would make the
+    switch write a file as root; root's session may.
+    """
+    need("unixcmd")
+    need("setpriv")
+    mgmt, capture = shortdir / "mgmt", shortdir / "stranger.pcap"
+    os.chmod(shortdir, 0o755)
+    vswitch("--mgmt", str(mgmt), "--mgmt-mode", "0666")
+
+    def ask(*user: str, command: str) -> str:
+        done = subprocess.run([*user, "unixcmd", "-s", str(mgmt), "-f", "/etc/vde2/vdecmd",
+                               command], capture_output=True, text=True, timeout=20)
+        return done.stdout + done.stderr
+
+    nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    assert "Hash size" in ask(*nobody, command="hash/showinfo")
+    refused = ask(*nobody, command=f"port/add pcap:{capture}")
+    assert "only the switch's own user (or root)" in refused and not capture.exists(), refused
+    ask(command=f"port/add pcap:{capture}")
+    assert capture.exists()

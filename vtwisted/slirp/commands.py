@@ -58,8 +58,10 @@ def _forward(svc: Any, rule: str) -> Any:
 
 def hostfwdAdd(ctx: Any, arg: str) -> list[str]:
     """
-    C{slirp/hostfwd_add [PORT] RULE}: open a forward.
+    C{slirp/hostfwd_add [PORT] RULE}: open a forward (the switch listens
+    on the host, so only for a trusted session).
     """
+    errors.requireTrusted(ctx.session, "slirp/hostfwd_add")
     svc, rule = _pick(ctx.ops, arg)
     forward = _forward(svc, rule)
     try:
