@@ -5,16 +5,15 @@ C{guestfwd=...-cmd:COMMAND} (as QEMU's) are made of.
 
 Theory of operation
 -------------------
-L{CommandEndpoint} spawns the command (with the switch's environment, so
-C{ssh} finds its agent) in a session of its own, so that signals for the
-switch's terminal or process group (Ctrl-C; C{smbd} signals its whole
-group when it exits) neither reach the command nor come from it, and a
-command that would ask the terminal for a password fails instead, and
-connects the protocol a factory builds to it
-through L{CommandTransport}, which makes the process look like a stream
-connection: writes go to its standard input, its standard output is the
-data received, C{loseWriteConnection} closes its input (a half close, which
-a protocol providing L{IHalfCloseableProtocol} hears of as
+L{CommandEndpoint} spawns the command with the switch's environment (so
+C{ssh} finds its agent) in a session of its own: signals for the switch's
+terminal or process group (Ctrl-C) do not reach it, signals it sends its
+group (C{smbd} does, when it exits) do not reach the switch, and a command
+that would ask the terminal for a password fails instead of waiting.
+L{CommandTransport} makes the process look like a stream connection:
+writes go to its standard input, its standard output is the data
+received, C{loseWriteConnection} closes its input (a half close, which a
+protocol providing L{IHalfCloseableProtocol} hears of as
 C{readConnectionLost} when the command closes its output), pausing stops
 reading its output, C{abortConnection} kills it, and C{getPeer} names it.
 What the command writes to its standard error is logged with the spec,
