@@ -212,3 +212,50 @@ def test_dhcpcdAsksForAnAddressOnlyWhenAdvertisementsSaySo(vswitch, processes, n
         assert "SOLICIT6" not in log.read_text() and "BOUND6" not in str(guest.events())
         assert "inet6 fec0::15" not in guest.addresses()
     assert "Traceback" not in sw.logText(), sw.logText()
+
+
+#: dhclient -P's script: log the delegated prefix.
+PD_SCRIPT = r"""#!/bin/sh
+echo "$reason ${new_ip6_prefix:-}" >> "$(dirname "$0")/events"
+exit 0
+"""
+
+
+def test_aRoutingGuestGetsAPrefixAndTheHostReachesTheNetworkBehindIt(
+        vswitch, processes, namespaces, shortdir) -> None:
+    """
+    slirp:pd=fec0:0:0:100::/56: a guest that routes (dhclient -P) is
+    delegated fec0:0:0:100::/64; a namespace behind it, numbered from that
+    prefix and never heard on the slirp side, is reached from the host
+    through a forward, the switch sending its packets to the router guest.
+    """
+    tap, mgmt = uniqueName("vd6"), shortdir / "mgmt"
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    sw = vswitch("--port", f"tap:{tap}", "--mgmt", str(mgmt), "--port",
+                 rf"slirp:pd=fec0\:0\:0\:100\:\:/56:hostfwd=tcp\:[\:\:1]\:{port}"
+                 rf"-[fec0\:0\:0\:100\:\:2]\:8022")
+    router = Guest(namespaces, shortdir, tap)
+    (router.dir / "script").write_text(PD_SCRIPT)
+    processes.start(router.argv("-d", "-P"), stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    assert router.waitFor("BOUND6", switch=sw)[1] == "fec0:0:0:100::/64"
+    lan, veth = namespaces.add("vtd6"), uniqueName("vdv")
+    run("ip", "link", "add", veth, "netns", router.ns, "type", "veth", "peer", "name", veth,
+        "netns", lan)
+    for ns, address in ((router.ns, "fec0:0:0:100::1/64"), (lan, "fec0:0:0:100::2/64")):
+        run("ip", "-n", ns, "addr", "add", address, "dev", veth, "nodad")
+        run("ip", "-n", ns, "link", "set", veth, "up")
+    run("ip", "-n", lan, "link", "set", "lo", "up")
+    run("ip", "-n", lan, "-6", "route", "add", "default", "via", "fec0:0:0:100::1")
+    run("ip", "-n", router.ns, "-6", "route", "add", "fec0::/64", "dev", tap)
+    run(*execIn(router.ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"))
+    hello = processes.start(execIn(lan, "python3", "-c", HELLO, "8022"), stdout=subprocess.PIPE)
+    assert hello.stdout is not None and hello.stdout.readline().strip() == b"ready"
+    answer = run("python3", "-c", "import socket,sys; c=socket.create_connection(('::1', "
+                 f"{port}), timeout=10); print(c.recv(100).decode())", timeout=30, check=False)
+    assert answer.stdout.strip() == "hello from fec0:0:0:100::2", answer.stderr + sw.logText()
+    shown = console(mgmt, "slirp/print")
+    assert "DHCPv6 prefix fec0:0:0:100::/64 via fe80::" in shown, shown
+    assert "Traceback" not in sw.logText(), sw.logText()

@@ -258,10 +258,12 @@ class SlirpService(SingleLinkService):
         """
         assert self.tcp is not None and self.udp is not None
         if len(forward.guestAddress) == 16:
-            prefix = self.config.network6
-            if prefix is None or ipaddress.IPv6Address(forward.guestAddress) not in prefix:
+            prefix, delegated = self.config.network6, self.config.delegated
+            guest = ipaddress.IPv6Address(forward.guestAddress)
+            if prefix is None or not (guest in prefix or (delegated and guest in delegated)):
                 raise OSError(22, f"{self.spec}: forward {forward}: the guest must be in "
-                                  f"{prefix or 'the IPv6 prefix, and IPv6 is off'}")
+                                  f"{prefix or 'the IPv6 prefix, and IPv6 is off'}"
+                                  f"{f' or {delegated}' if prefix and delegated else ''}")
         elif not self.config.ipv4:
             raise OSError(22, f"{self.spec}: forward {forward}: guests have no IPv4 "
                               "(ipv4=off)")

@@ -22,7 +22,9 @@ and guest forwards still work.
 IPv6 (C{ipv6=on}, the default) uses QEMU's prefix C{fec0::/64} unless
 C{net6=} names another /64: the gateway is C{::2} (C{host6=}), the DNS
 proxy C{::3} (C{dns6=}), and guests configure themselves from the router's
-advertisements.  C{ipv4=off} leaves guests IPv6 alone (no ARP, DHCP or
+advertisements; C{pd=PREFIX} delegates prefixes (C{pdlen=}, /64 by
+default) to guests that route and ask DHCPv6 for them (IA_PD).
+C{ipv4=off} leaves guests IPv6 alone (no ARP, DHCP or
 IPv4 routing).  QEMU's names for options are taken too: C{domainname=},
 C{ipv6-net=}, C{ipv6-host=}, C{ipv6-dns=}.  Guests that
 ask DHCPv6 for an address get one from C{::15} on (C{dhcpv6=off}: as in
@@ -137,6 +139,9 @@ class SlirpConfig(NamedTuple):
     #: The directory shared over SMB (C{smb=}), and the server's address.
     smbRoot: str | None = None
     smbServer: bytes = b""
+    #: Where prefixes for routing guests come from (C{pd=}), and their length.
+    delegated: ipaddress.IPv6Network | None = None
+    delegatedLength: int = 64
 
     @property
     def gateway6(self) -> bytes | None:
@@ -257,8 +262,33 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         _directory(spec, "tftp"), spec.string("bootfile"), spec.string("tftp-server-name"),
         spec.boolean("dhcpv6", True), host6, dns6, _ipv4(spec, network6, forwards, guestForwards),
         smbRoot, _smbServer(spec, network, guestForwards, (gateway, nameserver, poolStart))
-        if smbRoot is not None else b"",
+        if smbRoot is not None else b"", *_delegation(spec, network6),
     )
+
+
+def _delegation(spec: PortSpec, network6: ipaddress.IPv6Network | None,
+                ) -> tuple[ipaddress.IPv6Network | None, int]:
+    """
+    The network prefixes are delegated from (C{pd=}) and their length
+    (C{pdlen=}, 64 by default, a multiple of 8 no shorter than the
+    network's): outside the port's own /64.
+    """
+    raw, length = spec.string("pd"), spec.integer("pdlen", 64, 8, 64)
+    assert length is not None
+    if raw is None:
+        return None, length
+    if network6 is None:
+        raise spec.error("pd= delegates IPv6 prefixes: it needs IPv6 (not ipv6=off)")
+    try:
+        network = ipaddress.IPv6Network(raw, strict=False)
+    except ValueError:
+        raise spec.error(f"pd={raw!r} is not an IPv6 prefix (like fec0:0:0:100::/56)") from None
+    if length % 8 or length < network.prefixlen:
+        raise spec.error(f"pdlen={length} must be a multiple of 8 between pd=/"
+                         f"{network.prefixlen} and 64")
+    if network.overlaps(network6):
+        raise spec.error(f"pd={network} overlaps the port's own prefix {network6}")
+    return network, length
 
 
 def _smbServer(spec: PortSpec, network: ipaddress.IPv4Network,

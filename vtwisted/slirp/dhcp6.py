@@ -19,9 +19,11 @@ a server, or a Request, Renew, Release or Decline naming none, is
 malformed; one naming another server is not for us.  Solicits with Rapid
 Commit are answered with a Reply and bound at once; advertisements carry
 preference 255, so clients take them without waiting for others.
-Temporary addresses (IA_TA) and delegated prefixes (IA_PD) are refused
-with their status codes.  With C{stateful=False} only information requests
-are answered, as in libslirp.
+Temporary addresses (IA_TA) are refused with their status code, and so
+are delegated prefixes (IA_PD) unless the port has a pool of them
+(L{vtwisted.slirp.delegation}): then each IA_PD gets one, bound as an
+address is, and routed through the address the client asked from.  With
+C{stateful=False} only information requests are answered, as in libslirp.
 
 Pure logic: L{Dhcp6Server.handle} takes a message and returns the answer;
 the router does the I/O.  Bad messages raise L{Dhcp6Error}.
@@ -33,6 +35,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from vtwisted.slirp.delegation import PrefixPool
 from vtwisted.wire import dhcpv6 as d6
 from vtwisted.wire.dhcpv6 import Dhcp6Error, Dhcp6Message, IaAddress, IdentityAssociation
 
@@ -75,6 +78,7 @@ class Dhcp6Server:
         searchDomains: Iterable[str] = (),
         poolSize: int = POOL_SIZE,
         leaseTime: int = LEASE_TIME,
+        delegation: PrefixPool | None = None,
     ) -> None:
         """
         @param duid: the server's DUID.
@@ -87,6 +91,9 @@ class Dhcp6Server:
         self.clock = clock
         self.stateful = stateful
         self.leaseTime = leaseTime
+        #: Prefixes for clients that route (IA_PD), if any.
+        self.delegation = delegation
+        self._source = bytes(16)
         first = int(prefix.network_address) + POOL_START
         self.pool = tuple(ipaddress.IPv6Address(first + i).packed for i in range(poolSize))
         self._leases: dict[bytes, Lease] = {}
@@ -98,13 +105,16 @@ class Dhcp6Server:
         if search:
             self._information.append((d6.OPT_DOMAIN_LIST, d6.packDomainList(search)))
 
-    def handle(self, data: bytes) -> bytes | None:
+    def handle(self, data: bytes, source: bytes = bytes(16)) -> bytes | None:
         """
         The answer to a client's message, or L{None} for none.
 
+        @param source: the address the message came from (the next hop for
+            the prefixes delegated to the client).
         @raise Dhcp6Error: the message is malformed.
         """
         message = Dhcp6Message.parse(data)
+        self._source = source
         if message.kind == d6.INFORMATION_REQUEST:
             return self._informationReply(message)
         steps = _STEPS.get(message.kind)
@@ -160,6 +170,8 @@ class Dhcp6Server:
             self._bind(address, client, ia.iaid, self.leaseTime)
             others = [IaAddress(a.address, 0, 0) for a in ia.addresses() if a.address != address]
             body.append(self._granted(ia, address, others))
+        body.extend(self._delegateAll(message, client, commit=True,
+                                      renewing=message.kind == d6.RENEW))
         return self._reply(d6.REPLY, message, client, body)
 
     def _confirm(self, message: Dhcp6Message, client: bytes) -> bytes | None:
@@ -182,6 +194,13 @@ class Dhcp6Server:
                                                   self.clock() + self.leaseTime)
             if not mine:
                 body.append(_ia(ia, [d6.statusCode(d6.NO_BINDING, "no binding")]))
+        pool = self.delegation
+        if pool is not None:
+            for value in message.all(d6.OPT_IA_PD):
+                ia = IdentityAssociation.parse(value)
+                for prefix in ia.prefixes():
+                    if pool.owns(prefix.prefix, client, ia.iaid):
+                        pool.release(prefix.prefix)
         return self._reply(d6.REPLY, message, client,
                            [d6.statusCode(d6.SUCCESS, "released"), *body], information=False)
 
@@ -199,11 +218,45 @@ class Dhcp6Server:
             iaid = value[:4].rjust(4, b"\0")
             body.append((d6.OPT_IA_TA, iaid + d6.packOptions(
                 [d6.statusCode(d6.NO_ADDRS_AVAIL, "no temporary addresses")])))
-        for value in message.all(d6.OPT_IA_PD):
-            iaid = value[:4].rjust(4, b"\0")
-            body.append((d6.OPT_IA_PD, iaid + bytes(8) + d6.packOptions(
-                [d6.statusCode(d6.NO_PREFIX_AVAIL, "no prefixes delegated")])))
+        body.extend(self._delegateAll(message, client, commit))
         return body
+
+    def _delegateAll(self, message: Dhcp6Message, client: bytes, commit: bool,
+                     renewing: bool = False) -> list[d6.Option]:
+        """
+        An IA_PD answer for each of the message's: a prefix held or bound
+        (only the one it has, when C{renewing}), or why there is none.
+        """
+        body = []
+        pool = self.delegation
+        for value in message.all(d6.OPT_IA_PD):
+            if pool is None:
+                iaid = value[:4].rjust(4, b"\0")
+                body.append((d6.OPT_IA_PD, iaid + bytes(8) + d6.packOptions(
+                    [d6.statusCode(d6.NO_PREFIX_AVAIL, "no prefixes delegated")])))
+                continue
+            ia = IdentityAssociation.parse(value)
+            seconds = self.leaseTime if commit else OFFER_HOLD
+            if renewing:
+                prefix = pool.current(client, ia.iaid)
+                if prefix is not None:
+                    pool.bind(prefix, client, ia.iaid, seconds, self._source)
+            else:
+                hints = [p.prefix for p in ia.prefixes()]
+                prefix = pool.assign(client, ia.iaid, hints, seconds, self._source)
+            body.append(self._delegated(ia, prefix, pool.length, renewing))
+        return body
+
+    def _delegated(self, ia: IdentityAssociation, prefix: bytes | None, length: int,
+                   renewing: bool) -> d6.Option:
+        if prefix is None:
+            status = d6.NO_BINDING if renewing else d6.NO_PREFIX_AVAIL
+            options = [d6.statusCode(status, "no binding" if renewing else "pool exhausted")]
+            return (d6.OPT_IA_PD, IdentityAssociation(ia.iaid, 0, 0, tuple(options)).pack())
+        valid = self.leaseTime
+        granted = d6.IaPrefix(valid, valid, length, prefix)
+        return (d6.OPT_IA_PD, IdentityAssociation(
+            ia.iaid, valid // 2, valid * 4 // 5, ((d6.OPT_IAPREFIX, granted.pack()),)).pack())
 
     def _assign(self, client: bytes, ia: IdentityAssociation, commit: bool) -> bytes | None:
         """

@@ -43,6 +43,7 @@ import random
 import struct
 from typing import TYPE_CHECKING, Any
 
+from vtwisted.slirp.delegation import PrefixPool
 from vtwisted.slirp.dhcp6 import Dhcp6Error, Dhcp6Server
 from vtwisted.slirp.packets import udpDatagram
 from vtwisted.wire import icmpv6, ipv6, vnet
@@ -119,10 +120,14 @@ class Ipv6Router:
         router.ownMacs.update(self.macs.values())
         self.duid = _OPTION.pack(3, 1) + self.mac
         config = router.config
+        self.delegation = None if config.delegated is None else \
+            PrefixPool(config.delegated, config.delegatedLength, self.reactor.seconds)
         self.dhcp = Dhcp6Server(prefix=prefix, duid=self.duid, nameserver=nameserver,
                                 clock=self.reactor.seconds, stateful=config.dhcp6,
                                 restricted=router.restricted,
-                                searchDomains=config.searchDomains)
+                                searchDomains=config.searchDomains,
+                                delegation=self.delegation)
+        self._own = prefix.network_address.packed[:8]
         self.neighbours: dict[bytes, bytes] = {}
         self._pending: dict[bytes, tuple[list[tuple[bytes, bool]], Any]] = {}
         self._ident = 0
@@ -263,7 +268,7 @@ class Ipv6Router:
         if src == UNSPECIFIED:
             return
         try:
-            answer = self.dhcp.handle(bytes(payload))
+            answer = self.dhcp.handle(bytes(payload), src)
         except Dhcp6Error as e:
             self.router.dropped("malformed", f"DHCPv6 from {_text(src)}: {e}")
             return
@@ -349,12 +354,13 @@ class Ipv6Router:
         gso = vnet.GSO_TCPV6 if len(payload) > mss else vnet.GSO_NONE
         vnetHeader = vnet.VnetHeader(vnet.NEEDS_CSUM, gso, 54 + len(header),
                                      mss if gso else 0, 54, 16).pack()
-        mac = self.neighbours.get(dst)
+        hop = self._nextHop(dst)
+        mac = self.neighbours.get(hop)
         packet = b"".join((vnetHeader, mac or _NO_MAC, self.mac, _ETHERTYPE,
                            _ipHeader(src, dst, ipv6.NH_TCP, length, 64), tcpHeader,
                            payload))
         if mac is None:
-            self._hold(dst, packet, True)
+            self._hold(hop, packet, True)
         else:
             self.router.emitPacket(packet)
 
@@ -412,12 +418,22 @@ class Ipv6Router:
         self._sendPacket(dst, ip + message, source)
 
     def _sendPacket(self, dst: bytes, ip: bytes, source: bytes | None = None) -> None:
-        mac = icmpv6.multicastMac(dst) if dst[0] == 0xFF else self.neighbours.get(dst)
+        hop = self._nextHop(dst)
+        mac = icmpv6.multicastMac(dst) if dst[0] == 0xFF else self.neighbours.get(hop)
         frame = b"".join((mac or _NO_MAC, source or self.mac, _ETHERTYPE, ip))
         if mac is None:
-            self._hold(dst, frame, False)
+            self._hold(hop, frame, False)
         else:
             self.router.emitFrame(frame)
+
+    def _nextHop(self, dst: bytes) -> bytes:
+        """
+        Where a packet for C{dst} goes on the link: the guest a prefix was
+        delegated to, for an address in it, else C{dst} itself.
+        """
+        if self.delegation is None or dst[:8] == self._own or dst[0] == 0xFF:
+            return dst
+        return self.delegation.nextHop(dst) or dst
 
     # The address plan
 
@@ -434,6 +450,8 @@ class Ipv6Router:
         if dst == self.nameserver:
             return self.router.resolver() if port == 53 else None
         address = ipaddress.IPv6Address(dst)
+        if self.delegation is not None and self.delegation.contains(dst):
+            return None
         if (address in self.prefix or address.is_link_local or address.is_multicast
                 or address.is_unspecified or address.is_loopback
                 or address.ipv4_mapped is not None):
@@ -454,6 +472,11 @@ class Ipv6Router:
                 "declined"
             lines.append(f"DHCPv6 lease {_text(lease.address)} {owner}, "
                          f"{lease.expires - now:.0f} s left")
+        pool = self.delegation
+        if pool is not None:
+            lines.extend(f"DHCPv6 prefix {_text(given.prefix)}/{pool.length} via "
+                         f"{_text(given.via)}, client {given.client.hex()} IA {given.iaid}, "
+                         f"{given.expires - now:.0f} s left" for given in pool.delegations())
         return lines
 
     def close(self) -> None:

@@ -5,9 +5,10 @@ Theory of operation: a message is a type byte, a 3-byte transaction id and
 a run of options, each a 16-bit code, a 16-bit length and that many bytes.
 Options may repeat (a client can ask for several identity associations),
 so L{Dhcp6Message} keeps them as an ordered tuple of C{(code, value)}.
-Three options nest options of their own after a fixed part: IA_NA (IAID,
-T1, T2), IA_TA (IAID) and IAADDR (address, preferred and valid lifetimes);
-L{IdentityAssociation} and L{IaAddress} read and write them.
+Some options nest options of their own after a fixed part: IA_NA and IA_PD
+(IAID, T1, T2), IA_TA (IAID), IAADDR (address, preferred and valid
+lifetimes) and IAPREFIX (lifetimes, prefix length, prefix, RFC 8415 21.22);
+L{IdentityAssociation}, L{IaAddress} and L{IaPrefix} read and write them.
 
 Everything here is pure; parsers raise nothing but L{Dhcp6Error}, whatever
 the bytes.  Domain names in options are never compressed (RFC 8415 10).
@@ -31,7 +32,7 @@ RELEASE, DECLINE, RECONFIGURE, INFORMATION_REQUEST = 8, 9, 10, 11
 #: Option codes.
 OPT_CLIENTID, OPT_SERVERID, OPT_IA_NA, OPT_IA_TA, OPT_IAADDR, OPT_ORO = 1, 2, 3, 4, 5, 6
 OPT_PREFERENCE, OPT_ELAPSED_TIME, OPT_STATUS_CODE, OPT_RAPID_COMMIT = 7, 8, 13, 14
-OPT_DNS_SERVERS, OPT_DOMAIN_LIST, OPT_IA_PD = 23, 24, 25
+OPT_DNS_SERVERS, OPT_DOMAIN_LIST, OPT_IA_PD, OPT_IAPREFIX = 23, 24, 25, 26
 
 #: Status codes.
 SUCCESS, UNSPEC_FAIL, NO_ADDRS_AVAIL, NO_BINDING, NOT_ON_LINK, USE_MULTICAST = 0, 1, 2, 3, 4, 5
@@ -43,6 +44,7 @@ MAX_DUID = 130
 _OPTION = struct.Struct("!HH")
 _IA_NA = struct.Struct("!III")
 _IAADDR = struct.Struct("!16sII")
+_IAPREFIX = struct.Struct("!IIB16s")
 
 Option = tuple[int, bytes]
 
@@ -123,7 +125,8 @@ class Dhcp6Message(NamedTuple):
 
 class IdentityAssociation(NamedTuple):
     """
-    An IA_NA (C{t1} and C{t2} set) or IA_TA (both L{None}) option's value.
+    An IA_NA or IA_PD (C{t1} and C{t2} set) or IA_TA (both L{None})
+    option's value.
     """
 
     iaid: int
@@ -160,6 +163,43 @@ class IdentityAssociation(NamedTuple):
         @raise Dhcp6Error: one is malformed.
         """
         return [IaAddress.parse(value) for code, value in self.options if code == OPT_IAADDR]
+
+    def prefixes(self) -> list[IaPrefix]:
+        """
+        The IAPREFIX options inside (of an IA_PD).
+
+        @raise Dhcp6Error: one is malformed.
+        """
+        return [IaPrefix.parse(value) for code, value in self.options if code == OPT_IAPREFIX]
+
+
+class IaPrefix(NamedTuple):
+    """
+    An IAPREFIX option's value: a delegated prefix and its lifetimes.
+    """
+
+    preferred: int
+    valid: int
+    length: int
+    prefix: bytes
+    options: tuple[Option, ...] = ()
+
+    @classmethod
+    def parse(cls, value: bytes) -> IaPrefix:
+        """
+        @raise Dhcp6Error: too short, a length over 128, or a nested option
+            running past the end.
+        """
+        if len(value) < _IAPREFIX.size:
+            raise Dhcp6Error(f"IAPREFIX of {len(value)} bytes is too short")
+        preferred, valid, length, prefix = _IAPREFIX.unpack_from(value)
+        if length > 128:
+            raise Dhcp6Error(f"IAPREFIX with a prefix length of {length}")
+        return cls(preferred, valid, length, prefix, parseOptions(value, _IAPREFIX.size))
+
+    def pack(self) -> bytes:
+        return _IAPREFIX.pack(self.preferred, self.valid, self.length, self.prefix) + \
+            packOptions(self.options)
 
 
 class IaAddress(NamedTuple):
