@@ -42,3 +42,19 @@ def test_lintIsClean(tool: str) -> None:
     argv = [sys.executable, "-m", tool] + (["check", "."] if tool == "ruff" else [])
     result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_theReadmesSlirpExamplesAreValidSpecs() -> None:
+    """Every slirp option line the README shows reads as a spec (paths aside)."""
+    from vtwisted.slirp.config import readConfig
+    from vtwisted.spec import PortSpec, SpecError
+
+    examples = [line.split("#")[0].strip() for line in
+                (ROOT / "README.rst").read_text().splitlines()
+                if line.startswith("    slirp:")]
+    assert len(examples) >= 10
+    for example in examples:
+        try:
+            readConfig(PortSpec(example))
+        except SpecError as e:
+            assert "No such file or directory" in str(e), e  # tftp=/srv/tftp, smb=/srv/share
