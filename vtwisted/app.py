@@ -298,5 +298,8 @@ def makeService(options: Options) -> SwitchService:
     from twisted.internet import reactor
 
     service = options.build(reactor)
-    service.exitOnFailure = True
+    twistd = getattr(options, "parent", None) or {}
+    if twistd.get("nodaemon"):
+        service.exitOnFailure = True
+        service.pidFile = twistd.get("pidfile")
     return service

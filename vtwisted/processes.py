@@ -32,9 +32,11 @@ connection; the command's standard error is still logged.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
+import signal
 import sys
 from socket import AF_INET, SOCK_STREAM, socket
 from typing import Any
@@ -43,6 +45,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -51,6 +54,14 @@ log = Logger()
 
 #: Bytes queued for a command's input before its writer pauses producers.
 INPUT_BUFFER = 2 * 1024 * 1024
+#: Runs of one command at once, at most.
+MAX_RUNS = 32
+#: The pause before a run after failed ones: first, factor, longest (s).
+BACKOFF = (0.5, 2.0, 5.0)
+#: Lines of standard error remembered (each is logged once while it is).
+SAID = 256
+#: The longest line of standard error logged.
+LINE = 4096
 
 
 class CommandError(ValueError):
@@ -129,17 +140,23 @@ class CommandTransport:
 
     def abortConnection(self) -> None:
         self.loseConnection()
-        self.signal("KILL")
+        signalGroup(self.pid, "KILL")
 
     def signal(self, name: str) -> None:
         """
-        Send signal C{name} (C{TERM}, C{KILL}) unless the command ended.
+        Send signal C{name} (C{TERM}, C{KILL}) to the command and whatever it
+        started (its process group, which is its own).
         """
-        if self.process.pid is not None:
-            try:
-                self.process.signalProcess(name)
-            except OSError:
-                pass
+        signalGroup(self.pid, name)
+
+    def stop(self, clock: Any, grace: float) -> None:
+        """
+        End the command: close its pipes (C{vde_plug} ends at the end of its
+        input), then if anything of it still runs, C{TERM} after C{grace}
+        seconds and C{KILL} after twice that.
+        """
+        self.loseConnection()
+        stopGroup(clock, self.pid, grace)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.process.registerProducer(producer, streaming)
@@ -174,6 +191,7 @@ class _CommandPipes(ProcessProtocol):
         self._error = b""
 
     def connectionMade(self) -> None:
+        self.endpoint.runs.add(self.transport)
         transport = CommandTransport(self.transport, self.endpoint.commandLine)
         transport.bufferSize = INPUT_BUFFER
         self.protocol.makeConnection(transport)
@@ -182,9 +200,7 @@ class _CommandPipes(ProcessProtocol):
         if childFD == 1:
             self.protocol.dataReceived(data)
         elif childFD == 2:
-            *lines, self._error = (self._error + data).split(b"\n")
-            for line in lines:
-                self.endpoint.say(line)
+            self._error = self.endpoint.heard(self._error, data)
 
     def childConnectionLost(self, childFD: int) -> None:
         if childFD == 1 and IHalfCloseableProtocol.providedBy(self.protocol):
@@ -192,7 +208,32 @@ class _CommandPipes(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         self.endpoint.say(self._error)
-        self.protocol.connectionLost(reason)
+        try:
+            self.protocol.connectionLost(reason)
+        finally:
+            self.endpoint.ended(self.transport)
+
+
+def signalGroup(group: int | None, name: str) -> None:
+    """
+    Send signal C{name} to process group C{group} (a command's: it leads
+    its own session), if anything is left in it.
+    """
+    if group is None:
+        return
+    try:
+        os.killpg(group, getattr(signal, f"SIG{name}"))
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stopGroup(clock: Any, group: int | None, grace: float) -> None:
+    """
+    C{TERM} to a command's process group after C{grace} seconds and C{KILL}
+    after twice that, to whatever of it is still there then.
+    """
+    clock.callLater(grace, signalGroup, group, "TERM")
+    clock.callLater(2 * grace, signalGroup, group, "KILL")
 
 
 #: A session of its own for the command in argv[1:], without util-linux.
@@ -232,13 +273,15 @@ class _CommandErrors(ProcessProtocol):
         self.endpoint = endpoint
         self._error = b""
 
+    def connectionMade(self) -> None:
+        self.endpoint.runs.add(self.transport)
+
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        *lines, self._error = (self._error + data).split(b"\n")
-        for line in lines:
-            self.endpoint.say(line)
+        self._error = self.endpoint.heard(self._error, data)
 
     def processEnded(self, reason: Failure) -> None:
         self.endpoint.say(self._error)
+        self.endpoint.ended(self.transport)
 
 
 @implementer(IStreamClientEndpoint)
@@ -247,28 +290,53 @@ class CommandEndpoint:
     A client endpoint whose connections are runs of a command.
     """
 
-    def __init__(self, reactor: Any, argv: list[str], spec: str, socket: bool = False) -> None:
+    def __init__(self, reactor: Any, argv: list[str], spec: str, socket: bool = False,
+                 maxRuns: int = MAX_RUNS) -> None:
         """
         @param socket: give the command a socket, not pipes (see the
             module docstring).
+        @param maxRuns: runs of the command at once at most; a connection
+            beyond fails with C{EAGAIN} (guests cannot make the switch fork
+            without end).
         """
         self.reactor = reactor
         self.argv = argv
         self.spec = spec
         self.socket = socket
+        self.maxRuns = maxRuns
+        #: The runs not ended yet (their process transports).
+        self.runs: set[Any] = set()
+        #: Runs in a row that failed (see L{failed}).
+        self.failures = 0
+        self._waiting: list[Deferred[None]] = []
         setsid = shutil.which("setsid")
         #: What is run: the command in a session of its own, through
         #: util-linux's setsid (which runs it in place, with the same pid)
         #: or else Python doing the same.
         self.running = [setsid, *argv] if setsid else [sys.executable, "-c", _SETSID, *argv]
         self.commandLine = shlex.join(argv)
-        #: What the command said on standard error since it last worked.
-        self.said: set[str] = set()
+        #: What the command said on standard error since it last worked
+        #: (the latest L{SAID} lines).
+        self.said: dict[str, None] = {}
 
     def __repr__(self) -> str:
         return f"cmd:{self.commandLine}"
 
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
+        """
+        Run the command, after a pause that grows with the runs in a row
+        that failed (L{BACKOFF}), so a command that cannot work is not run
+        without end.
+        """
+        if self.failures:
+            delay = min(BACKOFF[0] * BACKOFF[1] ** (self.failures - 1), BACKOFF[2])
+            return deferLater(self.reactor, delay, self._connect, protocolFactory)
+        return self._connect(protocolFactory)
+
+    def _connect(self, protocolFactory: Any) -> Deferred[Any]:
+        if len(self.runs) >= self.maxRuns:
+            return fail(OSError(errno.EAGAIN, f"{self.maxRuns} runs of {self.commandLine} "
+                                              "at once already"))
         protocol = protocolFactory.buildProtocol(None)
         if self.socket:
             return self._connectSocket(protocol)
@@ -305,14 +373,67 @@ class CommandEndpoint:
         """
         text = line.decode(errors="replace").rstrip()
         if text and text not in self.said:
-            self.said.add(text)
+            if len(self.said) >= SAID:
+                del self.said[next(iter(self.said))]
+            self.said[text] = None
             log.warn("{spec}: the command says: {line}", spec=self.spec, line=text)
+
+    def heard(self, pending: bytes, data: bytes) -> bytes:
+        """
+        Standard error data after C{pending} (a line not ended yet): log
+        the complete lines, return what is left (a line longer than
+        L{LINE} bytes is logged cut).
+        """
+        *lines, pending = (pending + data).split(b"\n")
+        if len(pending) > LINE:
+            lines.append(pending[:LINE] + b"...")
+            pending = b""
+        for line in lines:
+            self.say(line)
+        return pending
 
     def worked(self) -> None:
         """
-        The command did its job: what it says next is news again.
+        The command did its job: what it says next is news again, and the
+        next run starts at once.
         """
         self.said.clear()
+        self.failures = 0
+
+    def failed(self) -> None:
+        """
+        A run ended without doing its job: the next one waits longer.
+        """
+        self.failures += 1
+
+    def ended(self, process: Any) -> None:
+        """
+        A run ended (its process and pipes are gone).
+        """
+        self.runs.discard(process)
+        if not self.runs:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
+
+    def whenAllEnded(self) -> Deferred[None]:
+        """
+        A L{Deferred} that fires once no run is left.
+        """
+        if not self.runs:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def stopAll(self, grace: float) -> None:
+        """
+        End every run (the slirp port stops): C{TERM} now, C{KILL} after
+        C{grace} seconds to what is left.
+        """
+        for process in list(self.runs):
+            signalGroup(process.pid, "TERM")
+            self.reactor.callLater(grace, signalGroup, process.pid, "KILL")
 
 
 def exitText(reason: Failure | None) -> str:

@@ -17,6 +17,7 @@ the management console and the SSH manhole share.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -60,8 +61,12 @@ class SwitchService(MultiService):
         self.switch.tick(int(self.clock.seconds()))
 
     #: Whether a service that cannot start ends the program with its
-    #: message and no traceback (C{twistd vswitch}), instead of raising.
+    #: message and no traceback (C{twistd -n vswitch}), instead of raising
+    #: (which a daemonising twistd reports itself).
     exitOnFailure = False
+    #: The pid file to remove then (twistd removes it only when it sees
+    #: the error).
+    pidFile: str | None = None
 
     def privilegedStartService(self) -> None:
         with self._starting():
@@ -86,6 +91,7 @@ class SwitchService(MultiService):
                 raise
             message = e.message if isinstance(e, SwitchError) else \
                 e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            _removePidFile(self.pidFile)
             raise SystemExit(f"vswitch: {message}") from None
 
     @property
@@ -138,3 +144,18 @@ class SwitchService(MultiService):
         """
         service = self.specs.pop(text)
         return service.disownServiceParent()
+
+
+def _removePidFile(path: str | None) -> None:
+    """
+    Remove the pid file at C{path} if it holds this process's pid.
+    """
+    if not path:
+        return
+    try:
+        with open(path) as f:
+            mine = f.read().strip() == str(os.getpid())
+        if mine:
+            os.unlink(path)
+    except (OSError, ValueError):
+        pass

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 from helpers import need, needRoot, uniqueName, waitFor
@@ -85,19 +86,42 @@ def test_aCommandInAnotherNamespaceReachesVdeSwitch(vswitch, processes, namespac
     assert "Traceback" not in left.logText(), left.logText()
 
 
-def test_aFailingCommandIsLoggedOnceAndTriedAgain(vswitch, shortdir) -> None:
+def test_aFailingCommandIsLoggedOnceAndTriedAgainLessAndLessOften(vswitch, shortdir) -> None:
     """
     A command that cannot reach its switch: what it says and how it ended
-    are logged once, though it is started again and again, and the switch
-    carries on.
+    are logged once, though it is started again and again, with a growing
+    backoff (a run that never carried a frame is a failed attempt), and
+    the switch carries on.
     """
-    mgmt = shortdir / "mgmt"
-    sw = vswitch("--mgmt", str(mgmt), "--port", "cmd:vde_plug /nonexistent/sw")
-    started = re.compile(r"vde_plug /nonexistent/sw \(pid \d+\) on port")
-    waitFor(lambda: len(started.findall(sw.logText())) >= 3, timeout=30,
-            what="the command started three times")
+    mgmt, runs = shortdir / "mgmt", shortdir / "runs"
+    sw = vswitch("--mgmt", str(mgmt), "--port",
+                 f"cmd:sh -c 'echo run >> {runs}; exec vde_plug /nonexistent/sw'")
+    waitFor(lambda: runs.exists(), timeout=15, what="the command's first run")
+    time.sleep(8)
+    count = len(runs.read_text().split())
+    assert 3 <= count <= 8, f"{count} runs in 8 s"
     log = sw.logText()
     assert log.count("the command says: vde_open /nonexistent/sw: No such file or "
                      "directory") == 1, log
     assert log.count("the command exited with status 1 before it carried a frame") == 1, log
     assert sw.process.poll() is None and "Port" in console(mgmt, "port/allprint")
+
+
+def test_aCommandThatIgnoresTheEndIsKilledWithWhatItStarted(vswitch) -> None:
+    """
+    A command that ignores the end of its input and TERM, and started a
+    child that does too, does not hold the switch's stop: its whole process
+    group gets KILL 6 s after the pipes closed, and the switch exits.
+    """
+    marker = f"sleep 61.{os.getpid()}"
+    sw = vswitch("--port", f"cmd:sh -c 'trap \"\" TERM; {marker} & wait'")
+
+    def running() -> bool:
+        return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+    waitFor(running, timeout=15, what="the command's child")
+    started = time.monotonic()
+    sw.process.send_signal(signal.SIGTERM)
+    sw.process.wait(timeout=30)
+    assert time.monotonic() - started < 15
+    waitFor(lambda: not running(), timeout=5, what="the command's child gone")

@@ -13,6 +13,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from vtwisted import processes
 from vtwisted.ports import command
 from vtwisted.processes import CommandTransport
 from vtwisted.spec import PortSpec, SpecError
@@ -29,7 +30,7 @@ class FakeProcess(StringTransport):
         self.signals: list[str] = []
 
     def signalProcess(self, name: str) -> None:
-        self.signals.append(name)
+        raise AssertionError("commands are signalled by process group")
 
 
 def _service(text: str = "cmd:vde_plug /tmp/sw") -> tuple[Any, Any]:
@@ -96,15 +97,54 @@ def test_aRecordTooLongForVdePlugClosesTheCommand() -> None:
     assert link.port.counters.drops["malformed"] == 1 and process.disconnecting
 
 
-def test_stoppingClosesThePipesThenTerminates() -> None:
-    """close() unplugs, closes the pipes, and 3 s later sends TERM if still running."""
+def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
+    """
+    close() unplugs and closes the pipes; 3 s later TERM, 6 s later KILL
+    go to the command's process group (to whatever of it is left).
+    """
+    from vtwisted import processes
+
+    sent: list[tuple[int | None, str]] = []
+    monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
     _, service = _service()
     link, process = _link(service)
     port = link.port
     link.close()
     assert process.disconnecting and not port.links
     service.reactor.advance(command.STOP_GRACE)
-    assert process.signals == ["TERM"]
+    assert sent == [(4242, "TERM")]
+    service.reactor.advance(command.STOP_GRACE)
+    assert sent == [(4242, "TERM"), (4242, "KILL")]
+
+
+def test_runsThatFailWaitLongerEachTime() -> None:
+    """
+    A run that ends before it carried a frame makes the next one wait:
+    0.5 s, then 1, 2, 4, and 5 s at most; one that carried frames, none.
+    """
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Spawner(MemoryReactorClock):
+        spawned: list[float] = []
+
+        def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
+            self.spawned.append(self.seconds())
+
+    reactor = Spawner()
+    endpoint = processes.CommandEndpoint(reactor, ["vde_plug", "/tmp/sw"], "cmd:vde_plug")
+    factory = Factory.forProtocol(Protocol)
+    waits = []
+    for _ in range(6):
+        endpoint.connect(factory)
+        pending = reactor.getDelayedCalls()
+        waits.append(pending[0].getTime() - reactor.seconds() if pending else 0)
+        reactor.advance(10)
+        endpoint.failed()
+    assert len(reactor.spawned) == 6
+    assert waits == [0, 0.5, 1.0, 2.0, 4.0, 5.0]
+    endpoint.worked()
+    endpoint.connect(factory)
+    assert reactor.spawned[-1] == reactor.seconds()
 
 
 @pytest.mark.parametrize(("reason", "text"), [

@@ -156,3 +156,25 @@ def test_sendRarpAnnouncesTheGuestFromItsPort(driver) -> None:
     other.receive(frame(guest, mac(2)))
     assert [f for _, f in driver.received()] == [frame(guest, mac(2))]
     assert third.sent == [], "learned: a frame for the guest goes to its port only"
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+def test_bitsAreSetAtomicallyWhereLibatomicIs(monkeypatch, atomic: bool) -> None:
+    """
+    With libatomic each bit is an atomic OR into the shared memory (other
+    back-ends set bits in the same log); without it, a plain one: either
+    way the bits already there stay.
+    """
+    from vtwisted.ports import virtqueue
+
+    if not atomic:
+        monkeypatch.setattr(virtqueue, "_atomic", [None])
+    elif virtqueue._atomicOr() is None:
+        pytest.skip("no libatomic.so.1 here")
+    shared = bytearray(b"\x01\x80")
+    log = DirtyLog(shared, 0, 2)
+    assert (log._anchor is not None) == atomic
+    log.mark(4096 * 3, 4096 * 2)  # pages 3 and 4
+    log.mark(4096 * 9, 1)  # page 9
+    assert shared == bytearray([0x01 | 0x08 | 0x10, 0x80 | 0x02])
+    log.close()

@@ -17,21 +17,25 @@ connects a L{CommandLink} to its pipes: a L{vtwisted.ports.streamlinks.StreamLin
 whose messages are C{vde_plug}'s records (a 2-byte big-endian length and a
 frame, written in one piece), so it gets a port, bounded buffering and the
 drop counters as C{qemu:} and C{cable:} links do.  A L{ClientService}
-spawns the command again when it exits, with a backoff of up to 5 s.
+spawns the command again when it exits; runs that end before they carried
+a frame make the next one wait longer each time, up to 5 s.
 
 What the command writes to its standard error is logged line by line with
 the spec (C{ssh: connect to host hostb port 22: Connection refused}).  A
 command that ends before it carried a frame is a failure: it is logged
 once per series, with its exit status, however often it is restarted, and
 so is each line it says meanwhile.
+
 Stopping the port closes the command's pipes, which ends C{vde_plug} (and
-an C{ssh} running one); a command still running 3 s later is terminated.
+an C{ssh} running one); what is left of it (its process group: it runs in a
+session of its own) gets C{TERM} 3 s later and C{KILL} 3 s after that.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -79,23 +83,27 @@ class CommandLink(StreamLink):
             owner: Any = self.owner
             owner.failures.worked()
             owner.endpoint.worked()
+            log.info("{spec}: {peer} on port {number}", spec=owner.spec,
+                     peer=self.description, number=self.port.number)
         super().stringReceived(frame)
 
     def close(self) -> None:
         """
         Unplug, and end the command: close its pipes (C{vde_plug} exits on
-        end of input), then terminate it if it is still running.
+        end of input), then C{TERM} and C{KILL} what is left of it.
         """
         self.owner.linkDown(self)
         transport: Any = self.transport
-        if transport is not None and transport.pid is not None:
+        if transport is not None and not transport.disconnecting:
             transport.unregisterProducer()
-            transport.loseConnection()
-            self.owner.reactor.callLater(STOP_GRACE, transport.signal, "TERM")
+            transport.stop(self.owner.reactor, STOP_GRACE)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
-        if self.owner.running:
+        owner: Any = self.owner
+        if not self.carried:
+            owner.endpoint.failed()
+        if owner.running:
             status = exitText(reason)
             if self.carried:
                 log.info("{spec}: the command {status}; starting it again",
@@ -112,10 +120,20 @@ class CommandConnector(StreamConnector):
     """
 
     protocol = CommandLink
+    announceLinks = False  # a command that ends at once would be logged at every run
 
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
                  spec: str) -> None:
         super().__init__(switch, reactor, CommandEndpoint(reactor, argv, spec), options, spec)
+
+    def stopService(self) -> Any:
+        """
+        Stop, and wait until the command's last run has ended (its pipes
+        closed, then TERM and KILL: see L{CommandLink.close}).
+        """
+        stopped = super().stopService()
+        endpoint: Any = self.endpoint
+        return DeferredList([stopped, endpoint.whenAllEnded()])
 
     def linkUp(self, link: StreamLink) -> None:
         """

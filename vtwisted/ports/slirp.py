@@ -297,6 +297,9 @@ class SlirpService(SingleLinkService):
         self.forwards.clear()
         if self.smb is not None:
             self.smb.close()
+        for target in self.guestTargets.values():
+            if isinstance(target.endpoint, CommandEndpoint):
+                target.endpoint.stopAll(3.0)
         if self.tcp is not None:
             self.tcp.close()
         if self.udp is not None:
@@ -333,14 +336,15 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:
         service.guestTargets[forward] = GuestForwardTarget(
             _guestEndpoint(spec, reactor, forward), forward.endpoint)
     if config.smbRoot is not None:
-        from vtwisted.slirp.smb import SMB_PORT, SmbShare, findSmbd
+        from vtwisted.slirp.smb import SMB_PORTS, SmbShare, findSmbd
 
         smbd = findSmbd()
         if smbd is None:
             raise spec.error("smb= needs Samba's smbd, which is not installed (apt install samba)")
         share = service.smb = SmbShare(reactor, config.smbRoot, smbd, spec.text)
-        forward = GuestForward(config.smbServer, SMB_PORT, repr(share))
-        service.guestTargets[forward] = GuestForwardTarget(share, repr(share))
+        for port in SMB_PORTS:
+            forward = GuestForward(config.smbServer, port, repr(share))
+            service.guestTargets[forward] = GuestForwardTarget(share, repr(share))
     return service
 
 

@@ -249,6 +249,9 @@ class StreamPorts(Service):
     """
 
     protocol: type[StreamLink] = StreamLink
+    #: Whether links coming and going are logged (a subclass may log them
+    #: itself, when they matter).
+    announceLinks = True
 
     def __init__(self, switch: Any, reactor: Any, options: PortOptions, spec: str) -> None:
         self.switch = switch
@@ -278,8 +281,9 @@ class StreamPorts(Service):
         link._receive = link.receiverFor(self.switch)
         self.links.append(link)
         self.switch.attach(port, link)
-        log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
-                 number=port.number)
+        if self.announceLinks:
+            log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
+                     number=port.number)
 
     def linkDown(self, link: StreamLink) -> None:
         """
@@ -289,8 +293,9 @@ class StreamPorts(Service):
             return
         self.links.remove(link)
         self.switch.detach(link.port, link)
-        log.info("{spec}: {peer} left port {number}", spec=self.spec, peer=link.description,
-                 number=link.port.number)
+        if self.announceLinks:
+            log.info("{spec}: {peer} left port {number}", spec=self.spec, peer=link.description,
+                     number=link.port.number)
 
     def currentLinks(self) -> list[ILink]:
         """

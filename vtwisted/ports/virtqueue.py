@@ -30,6 +30,7 @@ indirect table raise L{VirtqueueError} and nothing is read or written.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import struct
@@ -147,10 +148,13 @@ class DirtyLog:
     """
     The front-end's log of the guest pages the switch writes to, while a
     guest migrates (C{VHOST_F_LOG_ALL}): one bit per 4 KB page of guest
-    physical memory, in memory QEMU shares (C{SET_LOG_BASE}).  QEMU reads
-    and clears whole words of it concurrently; setting a bit with a plain
-    read and write of its byte can at worst set again bits QEMU just took,
-    which only makes it send those pages once more, never lose one.
+    physical memory, in memory QEMU shares (C{SET_LOG_BASE}) with every
+    vhost-user back-end of the guest.  QEMU reads and clears words of it
+    while the others set bits, so a bit is set with an atomic OR of its
+    byte (libatomic's, through C{ctypes}): a plain read and write could
+    undo another back-end's bit set in between, and that page would not be
+    sent again.  Where libatomic is missing the plain way is used; it is
+    safe with QEMU alone (at worst it sets again bits QEMU just took).
     """
 
     PAGE_SHIFT = 12
@@ -162,6 +166,17 @@ class DirtyLog:
         self.writes = 0
         if len(self.view) != size:
             raise VirtqueueError(f"dirty log of {size} bytes, but {len(self.view)} mapped")
+        atomicOr = _atomicOr()
+        self._anchor: Any = None
+        if atomicOr is not None and size:
+            self._anchor = ctypes.c_char.from_buffer(buffer, offset)
+            base = ctypes.addressof(self._anchor)
+            self._set = lambda at, bit: atomicOr(base + at, bit, _SEQ_CST)
+        else:
+            self._set = self._plainSet
+
+    def _plainSet(self, at: int, bit: int) -> None:
+        self.view[at] |= bit
 
     @classmethod
     def map(cls, fd: int, size: int, offset: int) -> DirtyLog:
@@ -186,18 +201,40 @@ class DirtyLog:
         if length <= 0:
             return
         self.writes += 1
-        view, shift = self.view, self.PAGE_SHIFT
+        size, shift, setBit = len(self.view), self.PAGE_SHIFT, self._set
         for page in range(address >> shift, ((address + length - 1) >> shift) + 1):
             at = page >> 3
-            if at < len(view):
-                view[at] |= 1 << (page & 7)
+            if at < size:
+                setBit(at, 1 << (page & 7))
 
     def close(self) -> None:
+        self._set = self._plainSet
+        self._anchor = None  # the buffer is exported while it lives
         self.view.release()
         try:
             self._map.close()
         except (AttributeError, BufferError):
             pass
+
+
+#: C{__ATOMIC_SEQ_CST}.
+_SEQ_CST = 5
+_atomic: list[Any] = []
+
+
+def _atomicOr() -> Any:
+    """
+    libatomic's C{__atomic_fetch_or_1}, or None where there is none.
+    """
+    if not _atomic:
+        try:
+            function = ctypes.CDLL("libatomic.so.1").__atomic_fetch_or_1
+            function.argtypes = [ctypes.c_void_p, ctypes.c_ubyte, ctypes.c_int]
+            function.restype = ctypes.c_ubyte
+            _atomic.append(function)
+        except (OSError, AttributeError):
+            _atomic.append(None)
+    return _atomic[0]
 
 
 class SplitQueue:

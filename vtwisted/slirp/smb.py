@@ -5,8 +5,8 @@ user,smb=DIR}: C{slirp:smb=DIR}, seen by guests as C{\\\\10.0.2.4\\qemu}.
 Theory of operation
 -------------------
 Like QEMU, the port runs Samba's C{smbd} once per guest connection to the
-SMB server's address (C{smbserver=}, the network's C{.4} by default), port
-445, with that connection as its standard input (a socket: C{smbd} then
+SMB server's address (C{smbserver=}, the network's C{.4} by default), ports
+445 and 139, with that connection as its standard input (a socket: C{smbd} then
 serves it and exits, its inetd mode).  L{SmbShare} writes the
 configuration C{smbd} reads into a private directory made the first time a
 guest connects: one share, C{qemu}, of the directory, writable, open to
@@ -18,8 +18,8 @@ directory goes when the port stops.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import shutil
 import tempfile
 from typing import Any
@@ -30,8 +30,10 @@ from zope.interface import implementer
 
 from vtwisted.processes import CommandEndpoint
 
-#: The port guests reach the share on.
-SMB_PORT = 445
+#: The ports guests reach the share on: SMB over TCP, and NetBIOS sessions.
+SMB_PORTS = (445, 139)
+#: Seconds a run of smbd gets after TERM before KILL, when the port stops.
+STOP_GRACE = 3.0
 #: Where smbd is looked for besides the PATH (Debian keeps it in /usr/sbin).
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
@@ -109,14 +111,17 @@ class SmbShare:
         state = self.state = tempfile.mkdtemp(prefix="vtwisted-smb.")
         conf = os.path.join(state, "smb.conf")
         with open(conf, "w") as out:
-            out.write(configuration(self.directory, state, getpass.getuser()))
+            out.write(configuration(self.directory, state, pwd.getpwuid(os.geteuid()).pw_name))
         self._endpoint = CommandEndpoint(self.reactor, [self.smbd, "-l", state, "-s", conf],
                                          self.spec, socket=True)
 
     def close(self) -> None:
         """
-        Remove Samba's private directory.
+        End the runs of C{smbd} still going and remove Samba's private
+        directory.
         """
+        if self._endpoint is not None:
+            self._endpoint.stopAll(STOP_GRACE)
         if self.state is not None:
             shutil.rmtree(self.state, ignore_errors=True)
             self.state, self._endpoint = None, None
