@@ -41,7 +41,7 @@ import sys
 from socket import AF_INET, SOCK_STREAM, socket
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
@@ -149,14 +149,16 @@ class CommandTransport:
         """
         signalGroup(self.pid, name)
 
-    def stop(self, clock: Any, grace: float) -> None:
+    def stop(self, clock: Any, grace: float) -> Deferred[None]:
         """
         End the command: close its pipes (C{vde_plug} ends at the end of its
         input), then if anything of it still runs, C{TERM} after C{grace}
-        seconds and C{KILL} after twice that.
+        seconds and C{KILL} after twice that (L{stopGroup}).
+
+        @return: fires once nothing of it is left.
         """
         self.loseConnection()
-        stopGroup(clock, self.pid, grace)
+        return stopGroup(clock, self.pid, grace)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.process.registerProducer(producer, streaming)
@@ -227,13 +229,49 @@ def signalGroup(group: int | None, name: str) -> None:
         pass
 
 
-def stopGroup(clock: Any, group: int | None, grace: float) -> None:
+def groupAlive(group: int) -> bool:
     """
-    C{TERM} to a command's process group after C{grace} seconds and C{KILL}
-    after twice that, to whatever of it is still there then.
+    Whether process group C{group} has a process left (one of ours: not
+    one we may not signal).
     """
-    clock.callLater(grace, signalGroup, group, "TERM")
-    clock.callLater(2 * grace, signalGroup, group, "KILL")
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def stopGroup(clock: Any, group: int | None, grace: float) -> Deferred[None]:
+    """
+    End what is left of a command's process group: C{TERM} after C{grace}
+    seconds, C{KILL} after twice that, to whatever of it is still there.
+
+    @return: fires once the group is empty (looked at every tenth of a
+        second, so no signal ever goes to a group that is gone and whose
+        number could be another's), or 3 C{grace} after the start.
+    """
+    done: Deferred[None] = Deferred()
+    if group is None:
+        done.callback(None)
+        return done
+    start, sent = clock.seconds(), set()
+
+    def look() -> None:
+        if not groupAlive(group):
+            done.callback(None)
+            return
+        elapsed = clock.seconds() - start
+        for name, after in (("TERM", grace), ("KILL", 2 * grace)):
+            if elapsed >= after and name not in sent:
+                sent.add(name)
+                signalGroup(group, name)
+        if elapsed >= 3 * grace:
+            done.callback(None)
+            return
+        clock.callLater(0.1, look)
+
+    look()
+    return done
 
 
 #: A session of its own for the command in argv[1:], without util-linux.
@@ -426,14 +464,18 @@ class CommandEndpoint:
         self._waiting.append(d)
         return d
 
-    def stopAll(self, grace: float) -> None:
+    def stopAll(self, grace: float) -> Deferred[Any]:
         """
         End every run (the slirp port stops): C{TERM} now, C{KILL} after
         C{grace} seconds to what is left.
+
+        @return: fires once nothing of them is left.
         """
+        stopping = []
         for process in list(self.runs):
             signalGroup(process.pid, "TERM")
-            self.reactor.callLater(grace, signalGroup, process.pid, "KILL")
+            stopping.append(stopGroup(self.reactor, process.pid, grace / 2))
+        return DeferredList(stopping)
 
 
 def exitText(reason: Failure | None) -> str:

@@ -125,3 +125,21 @@ def test_aCommandThatIgnoresTheEndIsKilledWithWhatItStarted(vswitch) -> None:
     sw.process.wait(timeout=30)
     assert time.monotonic() - started < 15
     waitFor(lambda: not running(), timeout=5, what="the command's child gone")
+
+
+def test_whatACommandStartedEndsWithIt(vswitch) -> None:
+    """
+    A command that ends at the end of its input but left a child running:
+    the switch's stop waits for that child too and ends it (TERM to the
+    command's process group).
+    """
+    marker = f"sleep 62.{os.getpid()}"
+    sw = vswitch("--port", f"cmd:sh -c '{marker} >/dev/null 2>&1 & exec cat'")
+
+    def running() -> bool:
+        return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+    waitFor(running, timeout=15, what="the command's child")
+    sw.process.send_signal(signal.SIGTERM)
+    sw.process.wait(timeout=30)
+    assert not running(), "the child outlived the switch"

@@ -106,6 +106,7 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
 
     sent: list[tuple[int | None, str]] = []
     monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
+    monkeypatch.setattr(processes, "groupAlive", lambda group: "KILL" not in dict(sent).values())
     _, service = _service()
     link, process = _link(service)
     port = link.port
@@ -113,8 +114,11 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
     assert process.disconnecting and not port.links
     service.reactor.advance(command.STOP_GRACE)
     assert sent == [(4242, "TERM")]
-    service.reactor.advance(command.STOP_GRACE)
+    service.reactor.pump([0.1] * 31)
     assert sent == [(4242, "TERM"), (4242, "KILL")]
+    stopped = service.stopping[0]
+    service.reactor.pump([0.1] * 2)
+    assert stopped.called, "it is over once the group is empty"
 
 
 def test_runsThatFailWaitLongerEachTime() -> None:

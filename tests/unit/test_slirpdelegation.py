@@ -162,3 +162,57 @@ def test_anyIaPdBytesAreAnsweredOrRefused(body: bytes, kind: int) -> None:
         srv.handle(Dhcp6Message(kind, b"\x01\x02\x03", tuple(options)).pack(), ALICE_LL)
     except d6.Dhcp6Error:
         pass
+
+
+def test_aPrefixThatWentToAnotherStaysTheirs() -> None:
+    """
+    A's prefix expires and goes to B: A asking again gets another one (not
+    B's), and after B releases its prefix A's messages still get answers.
+    """
+    clock = Clock()
+    srv = delegating(clock, size=64)
+    [(first, _)] = askPrefix(srv, d6.REQUEST, serverId=SERVER)
+    assert first is not None
+    clock.advance(86401)
+    assert askPrefix(srv, d6.REQUEST, BOB, BOB_LL, serverId=SERVER, hint=first) == \
+        [(first, 86400)]
+    [(again, _)] = askPrefix(srv, d6.REQUEST, serverId=SERVER)
+    assert again not in (None, first)
+    assert srv.delegation is not None and srv.delegation.nextHop(first) == BOB_LL
+    askPrefix(srv, d6.RELEASE, BOB, BOB_LL, serverId=SERVER, hint=first)
+    assert askPrefix(srv, d6.SOLICIT) == [(again, 86400)]
+
+
+def test_aSolicitDoesNotShortenABinding() -> None:
+    """A client that already holds a prefix and solicits again keeps it for the day."""
+    clock = Clock()
+    srv = delegating(clock)
+    [(prefix, _)] = askPrefix(srv, d6.REQUEST, serverId=SERVER)
+    assert prefix is not None
+    askPrefix(srv, d6.SOLICIT)
+    clock.advance(3600)
+    assert srv.delegation is not None and srv.delegation.nextHop(prefix) == ALICE_LL
+
+
+def test_prefixesTheClientMayNotKeepAreGivenLifetimesOfZero() -> None:
+    """
+    A Rebind naming a prefix now someone else's gets its own prefix and
+    that one with lifetimes of 0; a Release of no prefix says NoBinding.
+    """
+    clock = Clock()
+    srv = delegating(clock)
+    [(first, _)] = askPrefix(srv, d6.REQUEST, serverId=SERVER)
+    assert first is not None
+    clock.advance(86401)
+    askPrefix(srv, d6.REQUEST, BOB, BOB_LL, serverId=SERVER, hint=first)
+    inner = ((d6.OPT_IAPREFIX, IaPrefix(0, 0, 64, first).pack()),)
+    answer = srv.handle(Dhcp6Message(d6.REBIND, b"\x01\x02\x03", (
+        (d6.OPT_CLIENTID, ALICE),
+        (d6.OPT_IA_PD, IdentityAssociation(7, 0, 0, inner).pack()))).pack(), ALICE_LL)
+    assert answer is not None
+    [value] = Dhcp6Message.parse(answer).all(d6.OPT_IA_PD)
+    prefixes = {p.prefix: p.valid for p in IdentityAssociation.parse(value).prefixes()}
+    assert prefixes[first] == 0 and len(prefixes) == 2
+    assert [v for p, v in prefixes.items() if p != first] == [86400]
+    assert askPrefix(srv, d6.RELEASE, BOB, BOB_LL, serverId=SERVER, iaid=99) == \
+        [(None, d6.NO_BINDING)]

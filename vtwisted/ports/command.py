@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import DeferredList
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -96,7 +96,8 @@ class CommandLink(StreamLink):
         transport: Any = self.transport
         if transport is not None and not transport.disconnecting:
             transport.unregisterProducer()
-            transport.stop(self.owner.reactor, STOP_GRACE)
+            owner: Any = self.owner
+            owner.stopping.append(transport.stop(owner.reactor, STOP_GRACE))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
@@ -125,6 +126,8 @@ class CommandConnector(StreamConnector):
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
                  spec: str) -> None:
         super().__init__(switch, reactor, CommandEndpoint(reactor, argv, spec), options, spec)
+        #: What is left of runs being stopped (see L{CommandLink.close}).
+        self.stopping: list[Deferred[None]] = []
 
     def stopService(self) -> Any:
         """
@@ -133,7 +136,7 @@ class CommandConnector(StreamConnector):
         """
         stopped = super().stopService()
         endpoint: Any = self.endpoint
-        return DeferredList([stopped, endpoint.whenAllEnded()])
+        return DeferredList([stopped, endpoint.whenAllEnded(), *self.stopping])
 
     def linkUp(self, link: StreamLink) -> None:
         """

@@ -296,10 +296,10 @@ class SlirpService(SingleLinkService):
         results = [port.stopListening() for port in self.forwards.values()]
         self.forwards.clear()
         if self.smb is not None:
-            self.smb.close()
+            results.append(self.smb.close())
         for target in self.guestTargets.values():
             if isinstance(target.endpoint, CommandEndpoint):
-                target.endpoint.stopAll(3.0)
+                results.append(target.endpoint.stopAll(3.0))
         if self.tcp is not None:
             self.tcp.close()
         if self.udp is not None:

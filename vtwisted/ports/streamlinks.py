@@ -30,7 +30,7 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import (
@@ -419,6 +419,8 @@ class _ReportingEndpoint:
         return d
 
     def _failed(self, reason: Failure) -> Failure:
+        if reason.check(CancelledError):  # the service stopped meanwhile
+            return reason
         self.failures.note(
             f"cannot connect: {connectErrorText(reason.value)}; "
             f"retrying every {MAX_RETRY_DELAY:g} s at most"

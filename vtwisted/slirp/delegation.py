@@ -83,35 +83,48 @@ class PrefixPool:
         The prefix bound to an association now, if any.
         """
         key = self._byIa.get((client, iaid))
-        if key is None or self._bound[key].expires <= self.clock():
+        delegation = None if key is None else self._bound.get(key)
+        if delegation is None or (delegation.client, delegation.iaid) != (client, iaid) \
+                or delegation.expires <= self.clock():
             return None
-        return self._bound[key].prefix
+        return delegation.prefix
 
     def assign(self, client: bytes, iaid: int, hints: list[bytes], seconds: float,
-               via: bytes) -> bytes | None:
+               via: bytes, keep: bool = False) -> bytes | None:
         """
         Bind the association's prefix (its own, else a free one it hinted
-        at, else the first free one) for C{seconds}; None if none is free.
+        at, else the first free one) for C{seconds} (with C{keep}, no
+        shorter than it is bound already); None if none is free.
         """
         prefix = self.current(client, iaid)
         if prefix is None:
             free = self._free()
             prefix = next((p for p in hints if p in free), None) or next(iter(free), None)
         if prefix is not None:
-            self.bind(prefix, client, iaid, seconds, via)
+            self.bind(prefix, client, iaid, seconds, via, keep)
         return prefix
 
     def bind(self, prefix: bytes, client: bytes, iaid: int, seconds: float,
-             via: bytes) -> None:
+             via: bytes, keep: bool = False) -> None:
         """
-        Bind C{prefix} to an association for C{seconds} from now.
+        Bind C{prefix} to an association for C{seconds} from now (with
+        C{keep}, no shorter than it is bound to that association already);
+        whatever held it or the association's other prefix is let go.
         """
+        key = prefix[:self._bytes]
+        expires = self.clock() + seconds
+        held = self._bound.get(key)
+        if held is not None:
+            if (held.client, held.iaid) == (client, iaid):
+                expires = max(expires, held.expires) if keep else expires
+            else:
+                self.release(held.prefix)
         old = self._byIa.get((client, iaid))
-        if old is not None and old != prefix[:self._bytes]:
-            self.release(self._bound[old].prefix)
-        self._bound[prefix[:self._bytes]] = Delegation(prefix, client, iaid,
-                                                       self.clock() + seconds, via)
-        self._byIa[(client, iaid)] = prefix[:self._bytes]
+        previous = None if old is None or old == key else self._bound.get(old)
+        if previous is not None:
+            self.release(previous.prefix)
+        self._bound[key] = Delegation(prefix, client, iaid, expires, via)
+        self._byIa[(client, iaid)] = key
 
     def owns(self, prefix: bytes, client: bytes, iaid: int) -> bool:
         delegation = self._bound.get(prefix[:self._bytes])
@@ -122,8 +135,9 @@ class PrefixPool:
         Free C{prefix}.
         """
         delegation = self._bound.pop(prefix[:self._bytes], None)
-        if delegation is not None:
-            self._byIa.pop((delegation.client, delegation.iaid), None)
+        if delegation is not None and \
+                self._byIa.get((delegation.client, delegation.iaid)) == prefix[:self._bytes]:
+            del self._byIa[(delegation.client, delegation.iaid)]
 
     def delegations(self) -> list[Delegation]:
         """

@@ -195,12 +195,15 @@ class Dhcp6Server:
             if not mine:
                 body.append(_ia(ia, [d6.statusCode(d6.NO_BINDING, "no binding")]))
         pool = self.delegation
-        if pool is not None:
+        if pool is not None and message.kind == d6.RELEASE:
             for value in message.all(d6.OPT_IA_PD):
                 ia = IdentityAssociation.parse(value)
-                for prefix in ia.prefixes():
-                    if pool.owns(prefix.prefix, client, ia.iaid):
-                        pool.release(prefix.prefix)
+                held = [p.prefix for p in ia.prefixes() if pool.owns(p.prefix, client, ia.iaid)]
+                for prefix in held:
+                    pool.release(prefix)
+                if not held:
+                    body.append((d6.OPT_IA_PD, IdentityAssociation(ia.iaid, 0, 0, (
+                        d6.statusCode(d6.NO_BINDING, "no binding"),)).pack()))
         return self._reply(d6.REPLY, message, client,
                            [d6.statusCode(d6.SUCCESS, "released"), *body], information=False)
 
@@ -237,26 +240,36 @@ class Dhcp6Server:
                 continue
             ia = IdentityAssociation.parse(value)
             seconds = self.leaseTime if commit else OFFER_HOLD
+            hints = [p.prefix for p in ia.prefixes()]
             if renewing:
                 prefix = pool.current(client, ia.iaid)
                 if prefix is not None:
                     pool.bind(prefix, client, ia.iaid, seconds, self._source)
             else:
-                hints = [p.prefix for p in ia.prefixes()]
-                prefix = pool.assign(client, ia.iaid, hints, seconds, self._source)
-            body.append(self._delegated(ia, prefix, pool.length, renewing))
+                prefix = pool.assign(client, ia.iaid, hints, seconds, self._source,
+                                     keep=not commit)
+            others = [p for p in hints if p != prefix]
+            body.append(self._delegated(ia, prefix, others, pool.length, renewing))
         return body
 
-    def _delegated(self, ia: IdentityAssociation, prefix: bytes | None, length: int,
-                   renewing: bool) -> d6.Option:
+    def _delegated(self, ia: IdentityAssociation, prefix: bytes | None, others: list[bytes],
+                   length: int, renewing: bool) -> d6.Option:
+        """
+        An IA_PD answer: the prefix granted (or why none), and the others
+        the client named with lifetimes of 0, so it stops using them
+        (RFC 8415 18.3.4).
+        """
+        gone = [(d6.OPT_IAPREFIX, d6.IaPrefix(0, 0, length, p).pack()) for p in others]
         if prefix is None:
+            if gone and renewing:
+                return (d6.OPT_IA_PD, IdentityAssociation(ia.iaid, 0, 0, tuple(gone)).pack())
             status = d6.NO_BINDING if renewing else d6.NO_PREFIX_AVAIL
             options = [d6.statusCode(status, "no binding" if renewing else "pool exhausted")]
             return (d6.OPT_IA_PD, IdentityAssociation(ia.iaid, 0, 0, tuple(options)).pack())
         valid = self.leaseTime
-        granted = d6.IaPrefix(valid, valid, length, prefix)
+        granted = (d6.OPT_IAPREFIX, d6.IaPrefix(valid, valid, length, prefix).pack())
         return (d6.OPT_IA_PD, IdentityAssociation(
-            ia.iaid, valid // 2, valid * 4 // 5, ((d6.OPT_IAPREFIX, granted.pack()),)).pack())
+            ia.iaid, valid // 2, valid * 4 // 5, (granted, *gone)).pack())
 
     def _assign(self, client: bytes, ia: IdentityAssociation, commit: bool) -> bytes | None:
         """

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IStreamClientEndpoint
 from zope.interface import implementer
 
@@ -48,10 +48,10 @@ def findSmbd() -> str | None:
     return found
 
 
-def configuration(share: str, state: str, user: str) -> str:
+def configuration(share: str, state: str, user: str | None) -> str:
     """
     The C{smb.conf} of a share of directory C{share}, Samba's files in
-    C{state}, guests acting as C{user}.
+    C{state}, guests acting as C{user} (if named).
     """
     lines = [
         "[global]",
@@ -75,8 +75,9 @@ def configuration(share: str, state: str, user: str) -> str:
         f"  path = {share}",
         "  read only = no",
         "  guest ok = yes",
-        f"  force user = {user}",
     ]
+    if user is not None:
+        lines.append(f"  force user = {user}")
     return "\n".join(lines) + "\n"
 
 
@@ -108,20 +109,27 @@ class SmbShare:
         return self._endpoint.connect(protocolFactory)
 
     def _prepare(self) -> None:
+        try:
+            user: str | None = pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:  # a uid with no name (a container's): smbd acts as itself
+            user = None
         state = self.state = tempfile.mkdtemp(prefix="vtwisted-smb.")
         conf = os.path.join(state, "smb.conf")
         with open(conf, "w") as out:
-            out.write(configuration(self.directory, state, pwd.getpwuid(os.geteuid()).pw_name))
+            out.write(configuration(self.directory, state, user))
         self._endpoint = CommandEndpoint(self.reactor, [self.smbd, "-l", state, "-s", conf],
                                          self.spec, socket=True)
 
-    def close(self) -> None:
+    def close(self) -> Deferred[Any]:
         """
-        End the runs of C{smbd} still going and remove Samba's private
+        End the runs of C{smbd} still going, then remove Samba's private
         directory.
+
+        @return: fires when that is done.
         """
-        if self._endpoint is not None:
-            self._endpoint.stopAll(STOP_GRACE)
-        if self.state is not None:
-            shutil.rmtree(self.state, ignore_errors=True)
-            self.state, self._endpoint = None, None
+        endpoint, state = self._endpoint, self.state
+        self.state, self._endpoint = None, None
+        ended = endpoint.stopAll(STOP_GRACE) if endpoint is not None else succeed(None)
+        if state is not None:
+            ended.addCallback(lambda _: shutil.rmtree(state, ignore_errors=True))
+        return ended
