@@ -93,7 +93,11 @@ def test_aQemuGuestOnVxvdeReachesANamespace(processes, namespaces, shortdir) -> 
     assertGuestPings(processes, ["-netdev", "vde,id=n0,sock=vxvde://239.0.0.1/vni=9"],
                      "10.7.1.2/24", "10.7.1.1", "52:54:00:76:74:52", directory=shortdir,
                      name="vxvde", wrapper=execIn(ns))
-    assert "1 MACs behind 1 members" in console(mgmt, "port/print 1")
+    # the guest's frames came and went through the vxvde port (it has left
+    # the group since, as its QEMU exited, so it may be forgotten already)
+    described = console(mgmt, "port/print 1")
+    assert re.search(r"IN:\s+pkts\s+[1-9]", described), described
+    assert re.search(r"OUT:\s+pkts\s+[1-9]", described), described
 
 
 def test_membersOnAnotherHostOverIpv6(processes, namespaces, shortdir) -> None:
