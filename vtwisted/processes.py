@@ -18,7 +18,12 @@ C{readConnectionLost} when the command closes its output), pausing stops
 reading its output, C{abortConnection} kills it, and C{getPeer} names it.
 What the command writes to its standard error is logged with the spec,
 each line once until the endpoint's owner calls L{CommandEndpoint.worked}:
-a command that fails again and again says each thing once.
+a command that fails again and again says each thing once.  Runs that
+failed (L{CommandEndpoint.failed}) make the next one wait longer, at most
+32 runs of one command go at once (guests cannot make the switch fork
+without end), and a command is ended by process group: its pipes closed,
+C{TERM} and then C{KILL} to whatever of it is left, until nothing is
+(L{stopGroup}).
 
 Some programs serve a network connection on their standard input only if
 it is a TCP socket (Samba's C{smbd} in inetd mode, which QEMU's C{smb=}
