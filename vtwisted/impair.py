@@ -137,23 +137,6 @@ class PortImpairment:
     leaving: Impairment = Impairment()
     arriving: Impairment = Impairment()
 
-    def active(self) -> bool:
-        """
-        Whether anything happens to frames either way.
-        """
-        return self.leaving.active() or self.arriving.active()
-
-    def describe(self) -> str:
-        """
-        C{delay 50 ms}, C{arriving: loss 1%}, or both joined by C{; }.
-        """
-        parts = []
-        if self.leaving.active():
-            parts.append(self.leaving.describe())
-        if self.arriving.active():
-            parts.append("arriving: " + self.arriving.describe())
-        return "; ".join(parts) or "none"
-
     @classmethod
     def fromOptions(cls, options: dict[str, str]) -> PortImpairment:
         """
