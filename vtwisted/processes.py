@@ -187,18 +187,38 @@ class CommandTransport:
         return CommandAddress("vswitch", os.getpid())
 
 
-class _CommandPipes(ProcessProtocol):
+class _CommandErrors(ProcessProtocol):
     """
-    Connects a protocol to a command's pipes; logs its standard error.
+    A run of a command, counted by its endpoint; its standard error logged
+    (all a command whose connection is a socket needs).
     """
 
-    def __init__(self, protocol: Any, endpoint: CommandEndpoint) -> None:
-        self.protocol = protocol
+    def __init__(self, endpoint: CommandEndpoint) -> None:
         self.endpoint = endpoint
         self._error = b""
 
     def connectionMade(self) -> None:
         self.endpoint.runs.add(self.transport)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self._error = self.endpoint.heard(self._error, data)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.endpoint.say(self._error)
+        self.endpoint.ended(self.transport)
+
+
+class _CommandPipes(_CommandErrors):
+    """
+    Connects a protocol to a command's pipes; logs its standard error.
+    """
+
+    def __init__(self, protocol: Any, endpoint: CommandEndpoint) -> None:
+        super().__init__(endpoint)
+        self.protocol = protocol
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
         transport = CommandTransport(self.transport, self.endpoint.commandLine)
         transport.bufferSize = INPUT_BUFFER
         self.protocol.makeConnection(transport)
@@ -207,18 +227,17 @@ class _CommandPipes(ProcessProtocol):
         if childFD == 1:
             self.protocol.dataReceived(data)
         elif childFD == 2:
-            self._error = self.endpoint.heard(self._error, data)
+            super().childDataReceived(childFD, data)
 
     def childConnectionLost(self, childFD: int) -> None:
         if childFD == 1 and IHalfCloseableProtocol.providedBy(self.protocol):
             self.protocol.readConnectionLost()
 
     def processEnded(self, reason: Failure) -> None:
-        self.endpoint.say(self._error)
         try:
             self.protocol.connectionLost(reason)
         finally:
-            self.endpoint.ended(self.transport)
+            super().processEnded(reason)
 
 
 def signalGroup(group: int | None, name: str) -> None:
@@ -305,26 +324,6 @@ def loopbackPair() -> tuple[socket, socket]:
         except BaseException:
             ours.close()
             raise
-
-
-class _CommandErrors(ProcessProtocol):
-    """
-    The standard error of a command whose connection is a socket.
-    """
-
-    def __init__(self, endpoint: CommandEndpoint) -> None:
-        self.endpoint = endpoint
-        self._error = b""
-
-    def connectionMade(self) -> None:
-        self.endpoint.runs.add(self.transport)
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self._error = self.endpoint.heard(self._error, data)
-
-    def processEnded(self, reason: Failure) -> None:
-        self.endpoint.say(self._error)
-        self.endpoint.ended(self.transport)
 
 
 @implementer(IStreamClientEndpoint)
