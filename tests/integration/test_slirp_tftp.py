@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 
 import pytest
 from helpers import execIn, need, needRoot, run, waitFor
@@ -97,3 +98,35 @@ def test_qemuNetworkBootsThroughSlirp(vswitch, processes, shortdir) -> None:
     log = sw.logText()
     assert "sent boot.ipxe" in log and "sent second.ipxe" in log
     assert f"sent blob ({len(blob)} bytes)" in log
+
+
+def test_atftpFetchesInWindowsAcrossALossyLink(vswitch, namespaces, shortdir) -> None:
+    """
+    atftp asks for RFC 7440 windows of 16 blocks and gets 2 MB whole, over a
+    clean link and then over one losing 3 % of the frames each way, where
+    only windows sent again from the guest's last good block can make it
+    whole.
+    """
+    need("atftp")
+    root = shortdir / "tftp"
+    root.mkdir()
+    content = os.urandom(2_000_000)
+    (root / "big").write_bytes(content)
+    mgmt = shortdir / "mgmt"
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir, f":tftp={root}",
+                                 extra=("--mgmt", str(mgmt)))
+
+    def fetch(target: str) -> None:
+        got = run(*execIn(ns, "atftp", "--option", "windowsize 16", "--option", "blksize 1400",
+                          "--option", "timeout 1", "--tftp-timeout", "1", "-g", "-r", "big",
+                          "-l", str(shortdir / target), "10.0.2.2"), check=False, timeout=180)
+        assert got.returncode == 0, got.stdout + got.stderr
+        assert hashlib.sha256((shortdir / target).read_bytes()).digest() == \
+            hashlib.sha256(content).digest()
+
+    fetch("clean")
+    console(mgmt, "port/impair 1 loss=3 inloss=3")
+    fetch("lossy")
+    assert sw.logText().count(f"sent big ({len(content)} bytes, in windows of 16)") == 2
+    stats = console(mgmt, "port/stats 1")
+    assert re.search(r"impaired=[1-9]", stats), stats

@@ -12,12 +12,17 @@ directory: leading slashes are dropped, C{..} and paths that leave the root
 anything but a regular file is "file not found".  Write requests are
 refused: the server is read-only.
 
-Blocks go out in lockstep (RFC 1350): block I{n+1} once block I{n} is
-acknowledged, block I{n} again after the timeout, up to L{RETRIES} times;
-only the acknowledgement of the block in flight moves the transfer on, so
-duplicated ACKs cannot double the traffic.  Options (RFC 2347) are
-acknowledged with an OACK: C{blksize} (up to what fits the port's MTU
-unfragmented), C{tsize} (the file's size) and C{timeout}.  Block numbers
+Blocks go out a window at a time: by default a window of one block, in
+lockstep (RFC 1350), or as many as the guest asks for with C{windowsize}
+(RFC 7440, up to L{MAX_WINDOW}).  An acknowledgement of the window's last
+block sends the next window; one of an earlier block (the guest missed the
+one after it) sends the window again from there; after the timeout the
+window goes out again, up to L{RETRIES} times.  Duplicated ACKs, and ACKs
+of blocks not sent, move nothing, so they cannot double the traffic
+(the Sorcerer's Apprentice); only the first duplicate of a window of
+several blocks sends it again at once.  Options (RFC 2347) are acknowledged with an
+OACK: C{blksize} (up to what fits the port's MTU unfragmented), C{tsize}
+(the file's size), C{timeout} and C{windowsize}.  Block numbers
 wrap past 65535, so files larger than 32 MB (at 512-byte blocks) work with
 clients that roll over too.  Files are read block by block, never whole.
 """
@@ -42,6 +47,8 @@ RETRIES = 5
 TIMEOUT = 1.0
 #: Transfers at once.
 MAX_TRANSFERS = 64
+#: The most blocks in flight a guest may ask for (RFC 7440's C{windowsize}).
+MAX_WINDOW = 64
 
 
 class Refusal(Exception):
@@ -53,6 +60,17 @@ class Refusal(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _window(options: dict[str, str]) -> int:
+    """
+    The window a request's C{windowsize} asks for, at most L{MAX_WINDOW};
+    0 when it asks for none, or for one out of RFC 7440's range.
+    """
+    asked = options.get("windowsize", "")
+    if asked.isdigit() and 1 <= int(asked) <= 65535:
+        return min(int(asked), MAX_WINDOW)
+    return 0
 
 
 def resolve(root: str, filename: str) -> str:
@@ -74,57 +92,96 @@ def resolve(root: str, filename: str) -> str:
 
 class Transfer:
     """
-    One file being sent to one guest.
+    One file being sent to one guest, a window of blocks at a time.
+
+    @ivar acked: the blocks the guest has acknowledged (counting from 1,
+        never wrapping).
+    @ivar block: the highest block sent so far.
+    @ivar last: the final block (shorter than a block), once it is read.
     """
 
     def __init__(self, server: TftpServer, key: tuple[bytes, int], handle: IO[bytes],
-                 name: str, blockSize: int, timeout: float) -> None:
+                 name: str, blockSize: int, timeout: float, window: int = 1) -> None:
         self.server = server
         self.key = key
         self.handle = handle
         self.name = name
         self.blockSize = blockSize
         self.timeout = timeout
+        self.window = window
+        self.acked = 0
         self.block = 0
-        self.done = False
+        self.inFlight = 0
+        self.last: int | None = None
         self.sent = 0
-        self.current = b""
         self.retries = 0
+        self._resent = False
+        self._oack: bytes | None = None
         self._timer: Any = None
 
     def start(self, accepted: dict[str, str]) -> None:
         """
-        Acknowledge the options, or send the first block.
+        Acknowledge the options, or send the first window.
         """
         if accepted:
-            self._send(tftp.oack(accepted))
+            self._oack = tftp.oack(accepted)
+            self.server.send(self.key, self._oack)
+            self._arm()
         else:
-            self._next()
+            self._sendWindow()
 
     def ackReceived(self, block: int) -> None:
         """
-        The guest acknowledged C{block}: if it is the one in flight, go on.
+        The guest acknowledged C{block}: all blocks up to it arrived.
+
+        An acknowledgement of the window's last block moves the transfer on
+        by a window; one of an earlier block (the guest lost the next) sends
+        the window again from there (RFC 7440).  Blocks not sent are
+        ignored, and so are duplicates, but for the first one in a window
+        of several blocks (the guest lost the window's first block), which
+        sends the window again at once rather than after the timeout.
         """
-        if block != self.block & 0xFFFF:
+        if self._oack is not None:
+            if block == 0:
+                self._oack = None
+                self._sendWindow()
             return
-        if self.done:
+        ahead = (block - self.acked) & 0xFFFF
+        if ahead == 0 and self.window > 1 and not self._resent:
+            self._resent = True
+            self._resendWindow()
+            return
+        if ahead == 0 or ahead > self.inFlight:
+            return
+        self.acked += ahead
+        if self.last is not None and self.acked >= self.last:
             self.server.finished(self, None)
             return
-        self._next()
+        self._sendWindow()
 
-    def _next(self) -> None:
-        self.block += 1
-        self.handle.seek((self.block - 1) * self.blockSize)
-        chunk = self.handle.read(self.blockSize)
-        self.sent += len(chunk)
-        self.done = len(chunk) < self.blockSize
-        self._send(tftp.data(self.block, chunk))
-
-    def _send(self, packet: bytes) -> None:
-        self.current = packet
+    def _sendWindow(self) -> None:
         self.retries = 0
-        self.server.send(self.key, packet)
+        self._resent = False
+        self._resendWindow()
+
+    def _resendWindow(self) -> None:
+        number = self.acked
+        end = self.acked + self.window
+        while number < end and (self.last is None or number < self.last):
+            number += 1
+            self.server.send(self.key, self._data(number))
+        self.inFlight = number - self.acked
         self._arm()
+
+    def _data(self, number: int) -> bytes:
+        self.handle.seek((number - 1) * self.blockSize)
+        chunk = self.handle.read(self.blockSize)
+        if len(chunk) < self.blockSize:
+            self.last = number
+        if number > self.block:
+            self.block = number
+            self.sent += len(chunk)
+        return tftp.data(number, chunk)
 
     def _arm(self) -> None:
         self.cancel()
@@ -133,11 +190,15 @@ class Transfer:
     def _expired(self) -> None:
         self._timer = None
         if self.retries >= RETRIES:
-            self.server.finished(self, f"no answer after {RETRIES} resends of block {self.block}")
+            self.server.finished(self, f"no answer after {RETRIES} resends of block "
+                                       f"{self.acked + 1}")
             return
         self.retries += 1
-        self.server.send(self.key, self.current)
-        self._arm()
+        if self._oack is not None:
+            self.server.send(self.key, self._oack)
+            self._arm()
+        else:
+            self._resendWindow()
 
     def cancel(self) -> None:
         """
@@ -223,7 +284,8 @@ class TftpServer:
         asked = request.options.get("timeout", "")
         if asked.isdigit() and 1 <= int(asked) <= 255:
             timeout = float(asked)
-        return Transfer(self, key, handle, request.filename, blockSize, timeout)
+        return Transfer(self, key, handle, request.filename, blockSize, timeout,
+                        _window(request.options) or 1)
 
     def _accepted(self, request: tftp.Request, transfer: Transfer) -> dict[str, str]:
         """
@@ -237,6 +299,8 @@ class TftpServer:
                 accepted[name] = str(os.fstat(transfer.handle.fileno()).st_size)
             elif name == "timeout" and value.isdigit() and 1 <= int(value) <= 255:
                 accepted[name] = value
+            elif name == "windowsize" and _window(request.options):
+                accepted[name] = str(transfer.window)
         return accepted
 
     def finished(self, transfer: Transfer, problem: str | None) -> None:
@@ -250,8 +314,9 @@ class TftpServer:
         where = guestEndpoint(*transfer.key)
         if problem is None:
             self.served += 1
-            log.info("slirp TFTP: sent {name} ({size} bytes) to {guest}", name=transfer.name,
-                     size=transfer.sent, guest=where)
+            windows = f", in windows of {transfer.window}" if transfer.window > 1 else ""
+            log.info("slirp TFTP: sent {name} ({size} bytes{windows}) to {guest}",
+                     name=transfer.name, size=transfer.sent, windows=windows, guest=where)
         else:
             log.info("slirp TFTP: {name} to {guest} stopped: {problem}", name=transfer.name,
                      guest=where, problem=problem)
@@ -262,8 +327,9 @@ class TftpServer:
         """
         lines = [f"TFTP {self.root}: {self.served} files sent"]
         for (guest, port), transfer in sorted(self.transfers.items()):
+            window = f", window {transfer.window}" if transfer.window > 1 else ""
             lines.append(f"TFTP {transfer.name} to {guestEndpoint(guest, port)}: "
-                         f"block {transfer.block}, {transfer.sent} bytes")
+                         f"block {transfer.block}, {transfer.sent} bytes{window}")
         return lines
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """
 TFTP packets (RFC 1350) with option negotiation (RFC 2347: C{blksize}
-2348, C{timeout} and C{tsize} 2349).
+2348, C{timeout} and C{tsize} 2349, C{windowsize} 7440).
 
 A packet is a 2-byte big-endian opcode and a body: a request is the file
 name, the mode and option name/value pairs, each a NUL-terminated string;

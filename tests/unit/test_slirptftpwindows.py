@@ -1,0 +1,187 @@
+"""
+RFC 7440 windows in the slirp port's TFTP server: a client asking for
+C{windowsize} gets that many blocks per acknowledgement, and gets the file
+whole whatever the network loses.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_slirptftp import Guest
+
+from vtwisted.slirp.tftp import MAX_WINDOW, RETRIES
+from vtwisted.wire import tftp
+
+
+class WindowedClient:
+    """
+    A client following RFC 7440 over a network that loses the server's
+    packets as C{lost} says (one flag per packet, then nothing lost).
+    """
+
+    def __init__(self, guest: Guest, window: int, lost: list[bool]) -> None:
+        self.guest = guest
+        self.window = window
+        self.lost = list(lost)
+        self.data = 0
+        self.acks = 0
+
+    def delivered(self) -> list[bytes]:
+        packets = self.guest.replies()
+        self.data += sum(tftp.opcodeOf(p) == tftp.DATA for p in packets)
+        return [p for p in packets if not (self.lost and self.lost.pop(0))]
+
+    def ack(self, block: int) -> None:
+        self.acks += 1
+        self.guest.send(tftp.ack(block))
+
+    def fetch(self, name: str, blockSize: int = 8) -> bytes:
+        self.guest.send(tftp.request(tftp.RRQ, name, options={
+            "blksize": str(blockSize), "windowsize": str(self.window)}))
+        received, expected, sinceAck = b"", 1, 0
+        for _ in range(100_000):
+            packets = self.delivered()
+            if not packets:
+                self.guest.clock.advance(1.0)
+                continue
+            for packet in packets:
+                if tftp.opcodeOf(packet) == tftp.OACK:
+                    self.ack(0)
+                    break
+                if tftp.parseBlock(packet) != expected & 0xFFFF:
+                    self.ack((expected - 1) & 0xFFFF)
+                    sinceAck = 0
+                    break
+                received += packet[4:]
+                expected, sinceAck = expected + 1, sinceAck + 1
+                if len(packet) - 4 < blockSize:
+                    self.ack(expected - 1)
+                    return received
+                if sinceAck == self.window:
+                    self.ack(expected - 1)
+                    sinceAck = 0
+        raise AssertionError("the transfer never ended")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def test_windowIsAcknowledgedAndSentWhole(root: Path) -> None:
+    """An OACK grants the window; then a window of blocks goes out per ACK."""
+    content = os.urandom(100)
+    (root / "f").write_bytes(content)
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f", options={"blksize": "8", "windowsize": "4"}))
+    assert guest.replies() == [tftp.oack({"blksize": "8", "windowsize": "4"})]
+    guest.send(tftp.ack(0))
+    assert guest.replies() == [tftp.data(n, content[8 * n - 8:8 * n]) for n in (1, 2, 3, 4)]
+    guest.send(tftp.ack(4))
+    assert [tftp.parseBlock(p) for p in guest.replies()] == [5, 6, 7, 8]
+
+
+def test_noLossMeansNoResends(root: Path) -> None:
+    """Over a clean network every block goes out once, one ACK per window."""
+    content = os.urandom(8 * 200 + 5)
+    (root / "f").write_bytes(content)
+    client = WindowedClient(Guest(root), window=16, lost=[])
+    assert client.fetch("f") == content
+    assert client.data == 201
+    assert client.acks == 1 + 13  # the OACK's, then one per window of 16
+    assert client.guest.server.served == 1 and client.guest.server.transfers == {}
+
+
+def test_earlierAckRestartsTheWindowThere(root: Path) -> None:
+    """An ACK of a block inside the window sends the window again from the next."""
+    (root / "f").write_bytes(bytes(8 * 40))
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f", options={"blksize": "8", "windowsize": "8"}))
+    guest.send(tftp.ack(0))
+    guest.replies()
+    guest.send(tftp.ack(3))
+    assert [tftp.parseBlock(p) for p in guest.replies()] == list(range(4, 12))
+
+
+def test_lostFirstBlockIsResentOnceAtOnce(root: Path) -> None:
+    """
+    A duplicate ACK (the window's first block was lost) sends the window
+    again at once, but only once: further duplicates wait for the timer.
+    """
+    (root / "f").write_bytes(bytes(8 * 40))
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f", options={"blksize": "8", "windowsize": "4"}))
+    guest.replies()
+    guest.send(tftp.ack(0))
+    window = guest.replies()
+    guest.send(tftp.ack(0))
+    assert guest.replies() == window
+    guest.send(tftp.ack(0))
+    assert guest.replies() == []
+    guest.clock.advance(1.0)
+    assert guest.replies() == window
+
+
+def test_silentGuestGetsTheWindowRetriesTimes(root: Path) -> None:
+    """Without ACKs the whole window is resent RETRIES times, then dropped."""
+    (root / "f").write_bytes(bytes(8 * 40))
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f", options={"blksize": "8", "windowsize": "5"}))
+    guest.replies()
+    guest.send(tftp.ack(0))
+    window = guest.replies()
+    assert len(window) == 5
+    for _ in range(RETRIES):
+        guest.clock.advance(1.0)
+        assert guest.replies() == window
+    guest.clock.advance(1.0)
+    assert guest.replies() == [] and guest.server.transfers == {}
+
+
+@pytest.mark.parametrize(("asked", "granted"), [
+    ("1", "1"), ("64", "64"), (str(MAX_WINDOW + 1), str(MAX_WINDOW)), ("65535", str(MAX_WINDOW)),
+    ("0", None), ("65536", None), ("x", None),
+])
+def test_windowSizeIsBounded(root: Path, asked: str, granted: str | None) -> None:
+    """Windows above the server's limit are lowered; ones outside RFC 7440's range ignored."""
+    (root / "f").write_bytes(b"z")
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f", options={"windowsize": asked, "tsize": "0"}))
+    [reply] = guest.replies()
+    expected = ({"windowsize": granted} if granted else {}) | {"tsize": "1"}
+    assert reply == tftp.oack(expected)
+
+
+def test_windowsRollOverBlockNumbers(root: Path) -> None:
+    """Windows straddling block 65535 carry on from block 0."""
+    content = os.urandom(8 * 65600)
+    (root / "big").write_bytes(content)
+    client = WindowedClient(Guest(root), window=48, lost=[])
+    assert client.fetch("big") == content
+
+
+@settings(max_examples=60, deadline=None)
+@given(window=st.integers(1, 12), blocks=st.integers(0, 60),
+       lost=st.lists(st.booleans(), max_size=120))
+def test_fileArrivesWholeWhateverIsLost(tmp_path_factory: pytest.TempPathFactory, window: int,
+                                        blocks: int, lost: list[bool]) -> None:
+    """
+    Whatever blocks and OACKs the network loses, the file arrives whole, if
+    it loses fewer in a row than the server resends.
+    """
+    root = tmp_path_factory.mktemp("tftp")
+    run = 0
+    for i, gone in enumerate(lost):
+        run = run + 1 if gone else 0
+        if run > RETRIES:
+            lost[i], run = False, 0
+    content = os.urandom(8 * blocks + blocks % 5)
+    (root / "f").write_bytes(content)
+    client = WindowedClient(Guest(root), window, lost)
+    assert client.fetch("f") == content
+    assert client.guest.server.transfers == {}
