@@ -13,6 +13,7 @@ on the host (its resolv.conf) is touched.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import time
@@ -259,3 +260,31 @@ def test_aRoutingGuestGetsAPrefixAndTheHostReachesTheNetworkBehindIt(
     shown = console(mgmt, "slirp/print")
     assert "DHCPv6 prefix fec0:0:0:100::/64 via fe80::" in shown, shown
     assert "Traceback" not in sw.logText(), sw.logText()
+
+
+def test_temporaryAddressIsRandomAndReachable(vswitch, processes, namespaces,
+                                              shortdir) -> None:
+    """
+    dhclient -T asks for a temporary address (IA_TA) and is bound to a
+    random one of fec0::/64, not the pool's fec0::15; slirp/print lists it
+    as temporary, and a forward added at run time to it reaches the guest.
+    """
+    tap, mgmt = uniqueName("vd6"), shortdir / "mgmt"
+    sw = vswitch("--port", f"tap:{tap}", "--mgmt", str(mgmt), "--port", "slirp")
+    guest = Guest(namespaces, shortdir, tap)
+    processes.start(guest.argv("-d", "-T"), stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL)
+    address = ipaddress.IPv6Address(guest.waitFor("BOUND6", switch=sw)[1])
+    assert address in ipaddress.IPv6Network("fec0::/64") and str(address) != "fec0::15"
+    shown = console(mgmt, "slirp/print")
+    assert f"DHCPv6 lease {address} client " in shown and " IA_TA " in shown, shown
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    console(mgmt, f"slirp/hostfwd_add tcp:[::1]:{port}-[{address}]:8022")
+    hello = processes.start(execIn(guest.ns, "python3", "-c", HELLO, "8022"),
+                            stdout=subprocess.PIPE)
+    assert hello.stdout is not None and hello.stdout.readline().strip() == b"ready"
+    answer = run("python3", "-c", "import socket,sys; c=socket.create_connection(('::1', "
+                 f"{port}), timeout=10); print(c.recv(100).decode())", timeout=30, check=False)
+    assert answer.stdout.strip() == f"hello from {address}", answer.stderr + sw.logText()

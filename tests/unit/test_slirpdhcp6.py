@@ -232,15 +232,12 @@ def test_exhaustedPoolSaysNoAddrsAvail() -> None:
     assert granted(ask(srv, d6.SOLICIT, BOB)) == [(1, None, d6.NO_ADDRS_AVAIL)]
 
 
-def test_temporaryAddressesAndPrefixesAreRefused() -> None:
-    """IA_TA gets NoAddrsAvail, IA_PD NoPrefixAvail, each with its IAID."""
+def test_prefixesAreRefusedWithoutAPool() -> None:
+    """Without pd=, an IA_PD gets NoPrefixAvail with its IAID."""
     answer = ask(server(), d6.SOLICIT, iaids=(), extra=(
-        (d6.OPT_IA_TA, b"\x00\x00\x00\x09"), (d6.OPT_IA_PD, b"\x00\x00\x00\x0a" + bytes(8))))
+        (d6.OPT_IA_PD, b"\x00\x00\x00\x0a" + bytes(8)),))
     assert answer is not None
-    [ta] = answer.all(d6.OPT_IA_TA)
     [pd] = answer.all(d6.OPT_IA_PD)
-    assert ta[:4] == b"\x00\x00\x00\x09"
-    assert d6.parseOptions(ta, 4) == (d6.statusCode(d6.NO_ADDRS_AVAIL, "no temporary addresses"),)
     assert pd[:12] == b"\x00\x00\x00\x0a" + bytes(8)
     assert d6.parseOptions(pd, 12)[0][1][:2] == b"\x00\x06"
 

@@ -19,10 +19,13 @@ a server, or a Request, Renew, Release or Decline naming none, is
 malformed; one naming another server is not for us.  Solicits with Rapid
 Commit are answered with a Reply and bound at once; advertisements carry
 preference 255, so clients take them without waiting for others.
-Temporary addresses (IA_TA) are refused with their status code, and so
-are delegated prefixes (IA_PD) unless the port has a pool of them
-(L{vtwisted.slirp.delegation}): then each IA_PD gets one, bound as an
-address is, and routed through the address the client asked from.  With
+Temporary addresses (IA_TA, RFC 8415 and RFC 4941's privacy addresses)
+are bound as the others are, but each is a random interface identifier in
+the /64 (never one of the pool's), and at most C{poolSize} are bound at
+once.  Delegated prefixes (IA_PD) are refused with their status code
+unless the port has a pool of them (L{vtwisted.slirp.delegation}): then
+each IA_PD gets one, bound as an address is, and routed through the
+address the client asked from.  With
 C{stateful=False} only information requests are answered, as in libslirp.
 
 Pure logic: L{Dhcp6Server.handle} takes a message and returns the answer;
@@ -32,6 +35,7 @@ the router does the I/O.  Bad messages raise L{Dhcp6Error}.
 from __future__ import annotations
 
 import ipaddress
+import secrets
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -51,14 +55,16 @@ __all__ = ["Dhcp6Error", "Dhcp6Server", "Lease"]
 
 class Lease(NamedTuple):
     """
-    An address bound to a client's identity association until C{expires};
-    a declined address has an empty C{client}.
+    An address bound to a client's identity association (an IA_TA's if
+    C{temporary}) until C{expires}; a declined address has an empty
+    C{client}.
     """
 
     address: bytes
     client: bytes
     iaid: int
     expires: float
+    temporary: bool = False
 
 
 class Dhcp6Server:
@@ -79,9 +85,12 @@ class Dhcp6Server:
         poolSize: int = POOL_SIZE,
         leaseTime: int = LEASE_TIME,
         delegation: PrefixPool | None = None,
+        randomBits: Callable[[int], int] = secrets.randbits,
     ) -> None:
         """
         @param duid: the server's DUID.
+        @param randomBits: a random number of that many bits (temporary
+            addresses' interface identifiers).
         @param clock: the current time, in seconds.
         @param restricted: give no DNS server (C{restrict=on}).
         @raise Dhcp6Error: a search domain cannot be encoded.
@@ -93,11 +102,13 @@ class Dhcp6Server:
         self.leaseTime = leaseTime
         #: Prefixes for clients that route (IA_PD), if any.
         self.delegation = delegation
+        self._randomBits = randomBits
+        self._poolSize = poolSize
         self._source = bytes(16)
         first = int(prefix.network_address) + POOL_START
         self.pool = tuple(ipaddress.IPv6Address(first + i).packed for i in range(poolSize))
         self._leases: dict[bytes, Lease] = {}
-        self._byIa: dict[tuple[bytes, int], bytes] = {}
+        self._byIa: dict[tuple[bytes, int, bool], bytes] = {}
         self._information: list[d6.Option] = []
         if not restricted:
             self._information.append((d6.OPT_DNS_SERVERS, nameserver))
@@ -160,22 +171,23 @@ class Dhcp6Server:
 
     def _renew(self, message: Dhcp6Message, client: bytes) -> bytes:
         body = []
-        for ia in _identityAssociations(message):
-            address = self._current(client, ia.iaid)
+        for ia, temporary in _identityAssociations(message):
+            address = self._current(client, ia.iaid, temporary)
             if address is None and message.kind == d6.REBIND:
-                address = self._assign(client, ia, commit=True)
+                address = self._assign(client, ia, temporary, commit=True)
             if address is None:
-                body.append(_ia(ia, [d6.statusCode(d6.NO_BINDING, "no binding")]))
+                body.append(_ia(ia, temporary, [d6.statusCode(d6.NO_BINDING, "no binding")]))
                 continue
-            self._bind(address, client, ia.iaid, self.leaseTime)
+            self._bind(address, client, ia.iaid, temporary, self.leaseTime)
             others = [IaAddress(a.address, 0, 0) for a in ia.addresses() if a.address != address]
-            body.append(self._granted(ia, address, others))
+            body.append(self._granted(ia, temporary, address, others))
         body.extend(self._delegateAll(message, client, commit=True,
                                       renewing=message.kind == d6.RENEW))
         return self._reply(d6.REPLY, message, client, body)
 
     def _confirm(self, message: Dhcp6Message, client: bytes) -> bytes | None:
-        addresses = [a.address for ia in _identityAssociations(message) for a in ia.addresses()]
+        addresses = [a.address for ia, _ in _identityAssociations(message)
+                     for a in ia.addresses()]
         if not addresses:
             return None
         onLink = all(ipaddress.IPv6Address(a) in self.prefix for a in addresses)
@@ -185,15 +197,16 @@ class Dhcp6Server:
 
     def _release(self, message: Dhcp6Message, client: bytes) -> bytes:
         body = []
-        for ia in _identityAssociations(message):
-            mine = [a.address for a in ia.addresses() if self._owns(a.address, client, ia.iaid)]
+        for ia, temporary in _identityAssociations(message):
+            mine = [a.address for a in ia.addresses()
+                    if self._owns(a.address, client, ia.iaid, temporary)]
             for address in mine:
                 self._unbind(address)
                 if message.kind == d6.DECLINE:
                     self._leases[address] = Lease(address, b"", 0,
-                                                  self.clock() + self.leaseTime)
+                                                  self.clock() + self.leaseTime, temporary)
             if not mine:
-                body.append(_ia(ia, [d6.statusCode(d6.NO_BINDING, "no binding")]))
+                body.append(_ia(ia, temporary, [d6.statusCode(d6.NO_BINDING, "no binding")]))
         pool = self.delegation
         if pool is not None and message.kind == d6.RELEASE:
             for value in message.all(d6.OPT_IA_PD):
@@ -211,16 +224,13 @@ class Dhcp6Server:
 
     def _assignAll(self, message: Dhcp6Message, client: bytes, commit: bool) -> list[d6.Option]:
         body = []
-        for ia in _identityAssociations(message):
-            address = self._assign(client, ia, commit)
+        for ia, temporary in _identityAssociations(message):
+            address = self._assign(client, ia, temporary, commit)
             if address is None:
-                body.append(_ia(ia, [d6.statusCode(d6.NO_ADDRS_AVAIL, "pool exhausted")]))
+                body.append(_ia(ia, temporary,
+                                [d6.statusCode(d6.NO_ADDRS_AVAIL, "pool exhausted")]))
             else:
-                body.append(self._granted(ia, address, []))
-        for value in message.all(d6.OPT_IA_TA):
-            iaid = value[:4].rjust(4, b"\0")
-            body.append((d6.OPT_IA_TA, iaid + d6.packOptions(
-                [d6.statusCode(d6.NO_ADDRS_AVAIL, "no temporary addresses")])))
+                body.append(self._granted(ia, temporary, address, []))
         body.extend(self._delegateAll(message, client, commit))
         return body
 
@@ -271,39 +281,60 @@ class Dhcp6Server:
         return (d6.OPT_IA_PD, IdentityAssociation(
             ia.iaid, valid // 2, valid * 4 // 5, (granted, *gone)).pack())
 
-    def _assign(self, client: bytes, ia: IdentityAssociation, commit: bool) -> bytes | None:
+    def _assign(self, client: bytes, ia: IdentityAssociation, temporary: bool,
+                commit: bool) -> bytes | None:
         """
         The association's address (its own, else the first free one it
-        hinted at, else the first free one), held or bound; None if the pool
-        is full.
+        hinted at, else the first free one; a new random one if
+        C{temporary}), held or bound; None if the pool is full.
         """
-        address = self._current(client, ia.iaid)
-        if address is None:
+        address = self._current(client, ia.iaid, temporary)
+        if address is None and temporary:
+            address = self._randomAddress()
+        if address is None and not temporary:
             hints = [a.address for a in ia.addresses()]
             address = next((a for a in hints if a in self._free()), None)
-        if address is None:
+        if address is None and not temporary:
             address = next(iter(self._free()), None)
         if address is not None:
-            self._bind(address, client, ia.iaid, self.leaseTime if commit else OFFER_HOLD,
-                       keep=not commit)
+            self._bind(address, client, ia.iaid, temporary,
+                       self.leaseTime if commit else OFFER_HOLD, keep=not commit)
         return address
+
+    def _randomAddress(self) -> bytes | None:
+        """
+        A free temporary address: a random interface identifier, never in
+        the pool; None when C{poolSize} are bound already.
+        """
+        now = self.clock()
+        for address, lease in list(self._leases.items()):
+            if lease.temporary and lease.expires <= now:
+                self._unbind(address)
+        if sum(lease.temporary for lease in self._leases.values()) >= self._poolSize:
+            return None
+        network = int(self.prefix.network_address)
+        while True:
+            candidate = ipaddress.IPv6Address(network | self._randomBits(64)).packed
+            if candidate not in self._leases and candidate not in self.pool:
+                return candidate
 
     def _free(self) -> dict[bytes, None]:
         now = self.clock()
         leases = self._leases
         return {a: None for a in self.pool if a not in leases or leases[a].expires <= now}
 
-    def _current(self, client: bytes, iaid: int) -> bytes | None:
-        address = self._byIa.get((client, iaid))
+    def _current(self, client: bytes, iaid: int, temporary: bool) -> bytes | None:
+        address = self._byIa.get((client, iaid, temporary))
         if address is None or self._leases[address].expires <= self.clock():
             return None
         return address
 
-    def _owns(self, address: bytes, client: bytes, iaid: int) -> bool:
+    def _owns(self, address: bytes, client: bytes, iaid: int, temporary: bool) -> bool:
         lease = self._leases.get(address)
-        return lease is not None and (lease.client, lease.iaid) == (client, iaid)
+        return lease is not None and \
+            (lease.client, lease.iaid, lease.temporary) == (client, iaid, temporary)
 
-    def _bind(self, address: bytes, client: bytes, iaid: int, seconds: float,
+    def _bind(self, address: bytes, client: bytes, iaid: int, temporary: bool, seconds: float,
               keep: bool = False) -> None:
         """
         Bind C{address} for C{seconds} (with C{keep}, no shorter than now).
@@ -312,28 +343,31 @@ class Dhcp6Server:
         old = self._leases.get(address)
         if old is not None:
             self._unbind(address)
-            if keep and (old.client, old.iaid) == (client, iaid):
+            if keep and (old.client, old.iaid, old.temporary) == (client, iaid, temporary):
                 expires = max(expires, old.expires)
-        previous = self._byIa.get((client, iaid))
+        previous = self._byIa.get((client, iaid, temporary))
         if previous is not None:
             self._unbind(previous)
-        self._leases[address] = Lease(address, client, iaid, expires)
-        self._byIa[(client, iaid)] = address
+        self._leases[address] = Lease(address, client, iaid, expires, temporary)
+        self._byIa[(client, iaid, temporary)] = address
 
     def _unbind(self, address: bytes) -> None:
         lease = self._leases.pop(address, None)
-        if lease is not None and self._byIa.get((lease.client, lease.iaid)) == address:
-            del self._byIa[(lease.client, lease.iaid)]
+        key = (lease.client, lease.iaid, lease.temporary) if lease is not None else None
+        if key is not None and self._byIa.get(key) == address:
+            del self._byIa[key]
 
     # Building answers
 
-    def _granted(self, ia: IdentityAssociation, address: bytes,
+    def _granted(self, ia: IdentityAssociation, temporary: bool, address: bytes,
                  others: list[IaAddress]) -> d6.Option:
         valid = self.leaseTime  # what a Request or Renew binds it for
-        t1, t2 = valid // 2, valid * 4 // 5
         addresses = [IaAddress(address, valid, valid), *others]
-        options = [(d6.OPT_IAADDR, a.pack()) for a in addresses]
-        return (d6.OPT_IA_NA, IdentityAssociation(ia.iaid, t1, t2, tuple(options)).pack())
+        options = tuple((d6.OPT_IAADDR, a.pack()) for a in addresses)
+        if temporary:
+            return (d6.OPT_IA_TA, IdentityAssociation(ia.iaid, None, None, options).pack())
+        t1, t2 = valid // 2, valid * 4 // 5
+        return (d6.OPT_IA_NA, IdentityAssociation(ia.iaid, t1, t2, options).pack())
 
     def _reply(self, kind: int, message: Dhcp6Message, client: bytes | None,
                body: list[d6.Option], information: bool = True) -> bytes:
@@ -347,11 +381,18 @@ class Dhcp6Server:
         return Dhcp6Message(kind, message.transactionId, tuple(options)).pack()
 
 
-def _identityAssociations(message: Dhcp6Message) -> list[IdentityAssociation]:
-    return [IdentityAssociation.parse(value) for value in message.all(d6.OPT_IA_NA)]
+def _identityAssociations(message: Dhcp6Message) -> list[tuple[IdentityAssociation, bool]]:
+    """
+    The message's IA_NAs, then its IA_TAs, each with whether it is temporary.
+    """
+    return [(IdentityAssociation.parse(value), False) for value in message.all(d6.OPT_IA_NA)] \
+        + [(IdentityAssociation.parse(value, temporary=True), True)
+           for value in message.all(d6.OPT_IA_TA)]
 
 
-def _ia(ia: IdentityAssociation, options: list[d6.Option]) -> d6.Option:
+def _ia(ia: IdentityAssociation, temporary: bool, options: list[d6.Option]) -> d6.Option:
+    if temporary:
+        return (d6.OPT_IA_TA, IdentityAssociation(ia.iaid, None, None, tuple(options)).pack())
     return (d6.OPT_IA_NA, IdentityAssociation(ia.iaid, 0, 0, tuple(options)).pack())
 
 

@@ -468,7 +468,8 @@ class Ipv6Router:
                      for a, m in sorted(self.neighbours.items()))
         now = self.reactor.seconds()
         for lease in self.dhcp.leases():
-            owner = f"client {lease.client.hex()} IA {lease.iaid}" if lease.client else \
+            kind = "IA_TA" if lease.temporary else "IA"
+            owner = f"client {lease.client.hex()} {kind} {lease.iaid}" if lease.client else \
                 "declined"
             lines.append(f"DHCPv6 lease {_text(lease.address)} {owner}, "
                          f"{lease.expires - now:.0f} s left")
