@@ -54,14 +54,16 @@ def ask(srv: Dhcp6Server, kind: int, client: bytes | None = ALICE, iaids: tuple[
     return None if answer is None else Dhcp6Message.parse(answer)
 
 
-def granted(answer: Dhcp6Message | None) -> list[tuple[int, bytes | None, int | None]]:
+def granted(answer: Dhcp6Message | None,
+            temporary: bool = False) -> list[tuple[int, bytes | None, int | None]]:
     """
-    (IAID, address, valid lifetime) or (IAID, None, status code) per IA_NA.
+    (IAID, address, valid lifetime) or (IAID, None, status code) per IA_NA
+    (per IA_TA if C{temporary}).
     """
     assert answer is not None
     result: list[tuple[int, bytes | None, int | None]] = []
-    for value in answer.all(d6.OPT_IA_NA):
-        ia = IdentityAssociation.parse(value)
+    for value in answer.all(d6.OPT_IA_TA if temporary else d6.OPT_IA_NA):
+        ia = IdentityAssociation.parse(value, temporary)
         addresses = [a for a in ia.addresses() if a.valid]
         if addresses:
             result.append((ia.iaid, addresses[0].address, addresses[0].valid))

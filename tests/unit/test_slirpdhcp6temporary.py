@@ -28,18 +28,7 @@ def temporaries(answer: Dhcp6Message | None) -> list[tuple[int, bytes | None, in
     """
     (IAID, address, valid lifetime) or (IAID, None, status code) per IA_TA.
     """
-    assert answer is not None
-    result: list[tuple[int, bytes | None, int | None]] = []
-    for value in answer.all(d6.OPT_IA_TA):
-        ia = IdentityAssociation.parse(value, temporary=True)
-        addresses = [a for a in ia.addresses() if a.valid]
-        if addresses:
-            result.append((ia.iaid, addresses[0].address, addresses[0].valid))
-        else:
-            status = d6.first(ia.options, d6.OPT_STATUS_CODE)
-            result.append((ia.iaid, None, None if status is None else
-                           int.from_bytes(status[:2], "big")))
-    return result
+    return granted(answer, temporary=True)
 
 
 def draws(*values: int) -> Callable[[int], int]:

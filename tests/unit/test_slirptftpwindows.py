@@ -68,6 +68,17 @@ class WindowedClient:
         raise AssertionError("the transfer never ended")
 
 
+def firstWindow(root: Path, window: int) -> tuple[Guest, list[bytes]]:
+    """A guest that asked for a 320-byte file in windows: the first window."""
+    (root / "f").write_bytes(bytes(8 * 40))
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f", options={"blksize": "8",
+                                                     "windowsize": str(window)}))
+    guest.replies()
+    guest.send(tftp.ack(0))
+    return guest, guest.replies()
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path
@@ -113,12 +124,7 @@ def test_lostFirstBlockIsResentOnceAtOnce(root: Path) -> None:
     A duplicate ACK (the window's first block was lost) sends the window
     again at once, but only once: further duplicates wait for the timer.
     """
-    (root / "f").write_bytes(bytes(8 * 40))
-    guest = Guest(root)
-    guest.send(tftp.request(tftp.RRQ, "f", options={"blksize": "8", "windowsize": "4"}))
-    guest.replies()
-    guest.send(tftp.ack(0))
-    window = guest.replies()
+    guest, window = firstWindow(root, 4)
     guest.send(tftp.ack(0))
     assert guest.replies() == window
     guest.send(tftp.ack(0))
@@ -129,12 +135,7 @@ def test_lostFirstBlockIsResentOnceAtOnce(root: Path) -> None:
 
 def test_silentGuestGetsTheWindowRetriesTimes(root: Path) -> None:
     """Without ACKs the whole window is resent RETRIES times, then dropped."""
-    (root / "f").write_bytes(bytes(8 * 40))
-    guest = Guest(root)
-    guest.send(tftp.request(tftp.RRQ, "f", options={"blksize": "8", "windowsize": "5"}))
-    guest.replies()
-    guest.send(tftp.ack(0))
-    window = guest.replies()
+    guest, window = firstWindow(root, 5)
     assert len(window) == 5
     for _ in range(RETRIES):
         guest.clock.advance(1.0)
