@@ -133,6 +133,10 @@ def test_unixListenerIsPrivateUnlessAModeIsGiven(tmp_path) -> None:
         ("qemu:carrier-pigeon:7", "not a Twisted server endpoint"),
         ("qemu:unix:/tmp/x.sock:colour=blue", "not a Twisted server endpoint"),
         ("qemu:connect:tcp:host=127.0.0.1", "not a Twisted client endpoint"),
+        ("qemu:unix", "the server endpoint 'unix' needs an address, as in "
+                      "qemu:unix:/path/to/sock"),
+        ("qemu:connect:tcp", "the client endpoint 'tcp' needs an address, as in "
+                             "qemu:connect:tcp:host=HOST:port=PORT"),
         ("qemu:unix:/tmp/x.sock:vlan=5000", "vlan=5000 is out of range"),
     ],
 )

@@ -65,3 +65,21 @@ def test_aPortThatCannotStartEndsTwistdWithItsMessage(tmp_path) -> None:
         service.privilegedStartService()
     assert str(exited.value.code) == (f"vswitch: {spec}: cannot listen: No such file or "
                                       "directory (errno 2)")
+
+
+def test_startFailuresWithoutAnErrnoInTheirTextGetOne(tmp_path) -> None:
+    """
+    A VDE directory that cannot be made ends twistd with the spec, the path,
+    the reason and the errno.
+    """
+    import pytest
+    from twisted.internet import reactor
+
+    spec = f"vde:{tmp_path}/missing/sw"
+    service = buildService(reactor, [spec], defaultSock=False)
+    service.exitOnFailure = True
+    with pytest.raises(SystemExit) as exited:
+        service.privilegedStartService()
+        service.startService()
+    assert str(exited.value.code) == (f"vswitch: {spec}: cannot create {tmp_path}/missing/sw: "
+                                      "No such file or directory (errno 2)")

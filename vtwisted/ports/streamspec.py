@@ -45,6 +45,10 @@ class StreamSpec(NamedTuple):
     skip: int
 
 
+
+#: What follows each kind of endpoint, in the hint for one given without.
+_ADDRESSES = {"unix": "/path/to/sock", "tcp": "PORT", "tcp6": "PORT", "ssl": "PORT"}
+
 def readStreamSpec(
     spec: PortSpec,
     reactor: Any,
@@ -76,5 +80,11 @@ def readStreamSpec(
         endpoint = parse(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
         role = "server" if listen else "client"
+        if len(spec.args) <= skip + 1 and not spec.kwargs:
+            before = ":".join([spec.prefix, *spec.args[:skip + 1]])
+            example = _ADDRESSES.get(kind, "...") if listen else \
+                _ADDRESSES.get(kind, "...").replace("PORT", "host=HOST:port=PORT")
+            raise spec.error(f"the {role} endpoint {kind!r} needs an address, as in "
+                             f"{before}:{example}") from None
         raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
     return StreamSpec(listen, options, endpoint, unixPath, skip)
