@@ -24,7 +24,7 @@ from typing import Any
 
 import twisted
 import vtwisted
-from vtwisted.fstp import formatId
+from vtwisted.fstptree import formatId
 from vtwisted.status import (
     DataSocketInfo,
     FstpStatus,

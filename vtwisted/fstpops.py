@@ -12,7 +12,7 @@ from vtwisted.fstp import PORT_COST
 from vtwisted.status import FstpPortStatus, FstpStatus
 
 if TYPE_CHECKING:
-    from vtwisted.fstp import VlanTree
+    from vtwisted.fstptree import VlanTree
 
 #: vde_switch's limit on VLAN ids in C{fstp/*} commands.
 _VLAN_LIMIT = 4095

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vtwisted.errors import SwitchError
-from vtwisted.fstp import HELLO
+from vtwisted.fstptree import HELLO
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeCable, FakeLink, frame, mac, plug, pumpCables
 from vtwisted.wire import bpdu
