@@ -10,7 +10,7 @@ from consolefakes import makeOperations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_vlans import port
-from test_vnet import UDP, kernelPacket
+from vnetpackets import UDP, kernelPacket
 
 from vtwisted.console import CommandInterpreter
 from vtwisted.consolecommands import COMMANDS

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_vnet import UDP, kernelPacket
+from vnetpackets import UDP, kernelPacket
 
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import MacTable

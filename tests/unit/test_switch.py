@@ -5,7 +5,7 @@ The forwarding core: learning, flooding, aging, hub mode, counters, limits.
 from __future__ import annotations
 
 import pytest
-from test_vnet import kernelPacket
+from vnetpackets import kernelPacket
 
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import MacTable

@@ -14,13 +14,13 @@ import errno
 from collections.abc import Iterator, Sequence
 
 import pytest
-from test_vnet import MAC_A, MAC_B, UDP, checkSegments, kernelPacket, randomPayload
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.pair.testing import MemoryIOSystem, Tunnel
 from twisted.pair.tuntap import TunnelFlags
 from twisted.python.failure import Failure
+from vnetpackets import MAC_A, MAC_B, UDP, checkSegments, kernelPacket, randomPayload
 
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports import tap

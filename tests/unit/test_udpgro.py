@@ -23,21 +23,9 @@ from typing import TypedDict
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tapnamespaces import Side, _inNamespace, needKernel, twoNamespaces
 from test_checksum import referenceSum
-from test_vnet import (
-    DST4,
-    MAC_A,
-    MAC_B,
-    SRC4,
-    UDP,
-    Side,
-    _inNamespace,
-    kernelPacket,
-    needKernel,
-    pseudoHeader,
-    randomPayload,
-    twoNamespaces,
-)
+from vnetpackets import DST4, MAC_A, MAC_B, SRC4, UDP, kernelPacket, pseudoHeader, randomPayload
 
 from vtwisted.wire import udpgro, vnet, vnetcheck
 from vtwisted.wire.checksum import MODULUS

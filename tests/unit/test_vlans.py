@@ -16,7 +16,7 @@ from typing import NamedTuple
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_vnet import MAC_A, MAC_B, checkSegments, kernelPacket, randomPayload
+from vnetpackets import MAC_A, MAC_B, checkSegments, kernelPacket, randomPayload
 
 from vtwisted.errors import SwitchError
 from vtwisted.portoptions import PortOptions
