@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from helpers import unavailable
 from reactortools import until
-from test_slirptcp import GATEWAY, GUEST, GUEST_ISN, GUEST_PORT, Harness, mssOption
+from slirptcpharness import GATEWAY, GUEST, GUEST_ISN, GUEST_PORT, Harness, mssOption
 from test_slirptcp_sockets import ScriptedGuest, exchangeMegabytes
 from twisted.internet import reactor
 from twisted.internet.address import IPv6Address
@@ -527,7 +527,7 @@ def test_ipv6PacketHelperBuildsIpv6() -> None:
     """
     The test harness's packets follow the guest's family.
     """
-    from test_slirptcp import ipPacket
+    from slirptcpharness import ipPacket
 
     segment = TCPHeader(1, 2, 3, 0, SYN, 100, 0, 0).pack()
     header = IPv6Header.parse(ipPacket(GUEST6, GATEWAY6, segment))

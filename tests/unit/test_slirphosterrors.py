@@ -15,8 +15,8 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from reactortools import until
+from slirptcpharness import GATEWAY, GUEST
 from test_slirpengines6 import GATEWAY6, GUEST6, _answer, _readable, _server, needIpv6Loopback
-from test_slirptcp import GATEWAY, GUEST
 from twisted.internet import reactor
 
 from vtwisted.slirp import hosterrors

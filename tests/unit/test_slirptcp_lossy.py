@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_slirptcp import MASK, Harness, mssOption
+from slirptcpharness import MASK, Harness, mssOption
 
 from vtwisted.wire.tcp import ACK, FIN, PSH, RST
 

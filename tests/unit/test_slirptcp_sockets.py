@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest_twisted
 from reactortools import until
-from test_slirptcp import GATEWAY, GUEST, MASK, SCALE_OPTION, ipPacket, mssOption
+from slirptcpharness import GATEWAY, GUEST, MASK, SCALE_OPTION, ipPacket, mssOption
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort
