@@ -1,7 +1,8 @@
 """
 Fakes for the slirp router tests: a recorder of what a L{SlirpRouter}
-hands the switch, engines that only remember their calls, and a router
-built with both and no reactor.
+hands the switch, engines that only remember their calls, a router built
+with both and no reactor (L{makeRouter} adds a DHCP server), and the
+guest's IPv4 frames to it.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from vtwisted.slirp.config import ResolvConf, SlirpConfig, readConfig
-from vtwisted.slirp.router import SlirpRouter
+from vtwisted.slirp.dhcp import DhcpServer
+from vtwisted.slirp.router import SlirpRouter, macFor
 from vtwisted.spec import PortSpec
+from vtwisted.wire import icmp, ipv4
 
 
 class Recorder:
@@ -91,3 +94,28 @@ def noFailuresLogged() -> Iterator[None]:
     finally:
         globalLogPublisher.removeObserver(observer)
     assert not failures, failures[0].getTraceback()
+
+
+GUEST_MAC = bytes.fromhex("020000000015")
+GUEST = bytes([10, 0, 2, 15])
+GATEWAY = bytes([10, 0, 2, 2])
+DNS = bytes([10, 0, 2, 3])
+GW_MAC = macFor(GATEWAY)
+
+
+def makeRouter(options: str = "", clock: Any = None) -> tuple[SlirpRouter, Recorder]:
+    router, seen, config = recordingRouter(options, clock)
+    router.dhcp = DhcpServer(gateway=GATEWAY, nameserver=DNS, netmask=config.netmask,
+                             poolStart=config.poolStart)
+    return router, seen
+
+
+def ipFrame(dst: bytes, protocol: int, payload: bytes, src: bytes = GUEST,
+            dstMac: bytes = GW_MAC, flags: int = 0, offset: int = 0) -> bytes:
+    header = ipv4.IPv4Header(0, 20 + len(payload), 1, flags, offset, 64, protocol, 0,
+                             src, dst).pack()
+    return dstMac + GUEST_MAC + b"\x08\x00" + header + payload
+
+
+def echoRequest(payload: bytes = b"ping!") -> bytes:
+    return icmp.ICMPMessage(icmp.ECHO_REQUEST, 0, 0, b"\x12\x34\x00\x01", payload).pack()

@@ -1,0 +1,224 @@
+"""
+Tests for the UDP engine of slirp ports (L{vtwisted.slirp.udp}) on real
+loopback sockets: replies from the gateway or the DNS proxy, idle mappings,
+and runs of datagrams both ways.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+from slirpfakes import DNS, GATEWAY, GUEST
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from vtwisted.interfaces import IGuestNetwork
+from vtwisted.slirp.packets import udpDatagram
+from vtwisted.slirp.udp import UdpNat
+from vtwisted.wire.checksum import checksumValid, pseudoHeaderSumV4
+from vtwisted.wire.udp import UDPHeader
+
+# The UDP engine, on real loopback sockets
+
+
+@implementer(IGuestNetwork)
+class UdpGuest:
+    """
+    A router stand-in that records what the UDP engine sends to guests.
+    """
+
+    gateway = GATEWAY
+    nameserver = DNS
+    gateway6 = None
+    nameserver6 = None
+    restricted = False
+    mtu = 1500
+    maxSegment = 1460
+
+    def __init__(self, resolver: tuple[str, int]) -> None:
+        self.sent: list[tuple[bytes, bytes, bytes]] = []
+        self.unreachable: list[tuple[bytes, int]] = []
+        self.resolver = resolver
+
+    def hostAddress(self, dst: bytes, port: int, protocol: int) -> tuple[str, int] | None:
+        if dst == GATEWAY:
+            return ("127.0.0.1", port)
+        if dst == DNS:
+            return self.resolver if port == 53 else None
+        return None
+
+    def guestAddress(self, host: str, v6: bool = False) -> bytes:
+        assert not v6 and not host.startswith("::ffff:"), "IPv4 peers come unmapped"
+        return GATEWAY if host == "127.0.0.1" else socket.inet_aton(host)
+
+    def sendIP(self, src: bytes, dst: bytes, protocol: int, payload: bytes,
+               ttl: int = 64) -> None:
+        self.sent.append((src, dst, payload))
+
+    def sendIPv4(self, src: bytes, dst: bytes, protocol: int, payload: bytes,
+                 ttl: int = 64) -> None:
+        raise AssertionError("the UDP engine sends through sendIP")
+
+    def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
+        raise AssertionError("the UDP engine sends no TCP")
+
+    def sendIcmpError(self, packet: bytes, kind: int, code: int, mtu: int,
+                      reporter: bytes) -> None:
+        raise AssertionError("the UDP engine relays no ICMP errors")
+
+    def sendUdp(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                payload: bytes) -> None:
+        self.sendIP(src, dst, 17, udpDatagram(src, dst, srcPort, dstPort, payload))
+
+    def sendUdpRun(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                   payloads: list[bytes]) -> None:
+        for payload in payloads:
+            self.sendUdp(src, dst, srcPort, dstPort, payload)
+
+    def sendUnreachable(self, packet: bytes, code: int) -> None:
+        self.unreachable.append((packet, code))
+
+    def dropped(self, reason: str, message: str) -> None:
+        pass
+
+
+async def _until(predicate: Any, timeout: float = 5.0) -> None:
+    from reactortools import until
+
+    await until(predicate, timeout)
+
+
+@pytest_twisted.ensureDeferred
+async def test_udpRepliesComeBackFromTheGatewayOrTheDnsProxy() -> None:
+    """Datagrams reach loopback servers; answers return from .2:port and from .3:53."""
+    from twisted.internet import reactor
+
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.setblocking(False)
+    resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    resolver.bind(("127.0.0.1", 0))
+    resolver.setblocking(False)
+    network = UdpGuest(resolver.getsockname())
+    engine = UdpNat(network, reactor)
+    try:
+        engine.datagramReceived(GUEST, 4000, GATEWAY, echo.getsockname()[1], b"hello", b"")
+        engine.datagramReceived(GUEST, 4000, DNS, 53, b"query", b"")
+        for server in (echo, resolver):
+            await _until(lambda s=server: _readable(s))
+            data, peer = server.recvfrom(100)
+            server.sendto(data.upper(), peer)
+        await _until(lambda: len(network.sent) == 2)
+        replies = {}
+        for src, dst, payload in network.sent:
+            header = UDPHeader.parse(payload)
+            assert dst == GUEST and header.dstPort == 4000
+            assert checksumValid(payload, pseudoHeaderSumV4(src, dst, 17, len(payload)))
+            replies[(src, header.srcPort)] = payload[8:]
+        assert replies == {(GATEWAY, echo.getsockname()[1]): b"HELLO", (DNS, 53): b"QUERY"}
+        assert len(engine.mappings) == 1, "one host socket per guest source"
+        engine.datagramReceived(GUEST, 4000, DNS, 80, b"x", b"packet")
+        assert network.unreachable == [(b"packet", 0)]
+    finally:
+        engine.close()
+        echo.close()
+        resolver.close()
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_idleUdpMappingsClose() -> None:
+    """A DNS-only mapping closes after about 10 s idle, another after about 240 s."""
+    clock = Clock()
+
+    closed: list[int] = []
+
+    class FakePort:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def stopListening(self) -> None:
+            closed.append(self.n)
+
+    ports = iter(range(10))
+
+    def listenUDP(port: int, protocol: Any, interface: str, maxPacketSize: int) -> FakePort:
+        protocol.transport = type("T", (), {"write": lambda self, d, a: None})()
+        return FakePort(next(ports))
+
+    clock.listenUDP = listenUDP  # type: ignore[attr-defined]
+    network = UdpGuest(("127.0.0.1", 53))
+    engine = UdpNat(network, clock)
+    engine.datagramReceived(GUEST, 1, DNS, 53, b"q", b"")
+    engine.datagramReceived(GUEST, 2, GATEWAY, 9, b"q", b"")
+    clock.advance(5)
+    clock.advance(5)
+    clock.advance(5)
+    assert closed == [0]
+    for _ in range(48):
+        clock.advance(5)
+    assert closed == [0, 1]
+    engine.close()
+
+
+def test_udpEngineSendsEachTurnsDatagramsInRuns() -> None:
+    """Datagrams read in one reactor turn leave after it, one run per flow and length."""
+    from vtwisted.slirp.udp import RUN_DATAGRAMS, UdpNat
+
+    clock = Clock()
+    runs: list[tuple[int, int]] = []
+
+    class Network(UdpGuest):
+        def sendUdpRun(self, src: bytes, dst: bytes, srcPort: int, dstPort: int,
+                       payloads: list[bytes]) -> None:
+            runs.append((srcPort, len(payloads)))
+
+    engine = UdpNat(Network(("127.0.0.1", 53)), clock)
+    for _ in range(RUN_DATAGRAMS + 3):
+        engine.queue(GATEWAY, GUEST, 1, 2, b"x" * 100)
+    engine.queue(GATEWAY, GUEST, 1, 2, b"short")
+    engine.queue(GATEWAY, GUEST, 1, 2, b"x" * 100)
+    engine.queue(GATEWAY, GUEST, 7, 2, b"x" * 100)
+    assert runs == [], "nothing leaves before the turn ends"
+    clock.advance(0)
+    assert runs == [(1, RUN_DATAGRAMS), (1, 4), (1, 1), (7, 1)]
+    engine.close()
+
+
+@pytest.mark.parametrize("offload", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_runOfGuestDatagramsReachesTheHostAsTheSameDatagrams(offload: bool) -> None:
+    """A USO run leaves in one UDP_SEGMENT send (or one by one) and arrives datagram by datagram."""
+    from twisted.internet import reactor
+
+    from vtwisted.slirp.packets import SegmentRun
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.setblocking(False)
+    engine = UdpNat(UdpGuest(("127.0.0.1", 53)), reactor)
+    engine.segmentOffload = offload
+    datagrams = [bytes([n]) * 1000 for n in range(5)] + [b"tail"]
+    try:
+        engine.datagramsReceived(GUEST, 4000, GATEWAY, server.getsockname()[1],
+                                 SegmentRun(memoryview(b"".join(datagrams)), 1000), b"")
+        got: list[bytes] = []
+
+        def drained() -> bool:
+            while _readable(server):
+                got.append(server.recv(2000))
+            return len(got) >= len(datagrams)
+
+        await _until(drained)
+        assert got == datagrams
+        assert engine.segmentOffload == offload, "the kernel took UDP_SEGMENT"
+    finally:
+        engine.close()
+        server.close()
