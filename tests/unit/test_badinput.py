@@ -9,7 +9,7 @@ import pytest
 from consolefakes import makeOperations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_vlans import port
+from vlanports import port
 from vnetpackets import UDP, kernelPacket
 
 from vtwisted.console import CommandInterpreter

@@ -1,0 +1,131 @@
+"""
+Virtio-net packets (TCP super-frames from offload TAPs) crossing access
+ports and trunks of 802.1Q VLANs in the forwarding core.
+"""
+
+from __future__ import annotations
+
+from vlanports import BROADCAST, port, tagged
+from vnetpackets import MAC_A, MAC_B, checkSegments, kernelPacket, randomPayload
+
+from vtwisted.switch import Switch
+from vtwisted.testing import frame, mac
+from vtwisted.wire import vnet, vnetcheck
+from vtwisted.wire.vnet import VnetHeader
+
+# -- virtio-net packets through the core -------------------------------------------------------
+
+
+def superFrame(dst: bytes = MAC_B, src: bytes = MAC_A, size: int = 60000, vid: int | None = None):
+    """
+    A TCP super-frame as Linux hands it to the reader of an offload TAP.
+    """
+    return kernelPacket(randomPayload(size, size), 1448, vid=vid, macs=(dst, src))
+
+
+def test_superFramePassesWholeBetweenOffloadPorts() -> None:
+    """A 60 KB super-frame between two offload TAPs is one packet, unchanged."""
+    switch = Switch()
+    a, b = port(switch, vnetHeader=True), port(switch, vnetHeader=True)
+    b.receivePacket(vnet.PLAIN_HEADER + frame(BROADCAST, MAC_B))
+    built = superFrame()
+    a.receivePacket(built.packet)
+    assert b.sentPackets == [built.packet] and b.sent == []
+    assert b.port.counters.outFrames == 1
+    assert b.port.counters.outBytes == len(built.packet) - vnet.HEADER_LENGTH
+
+
+def test_superFrameReachesPlainPortAsCorrectSegments() -> None:
+    """The same super-frame flooded reaches a VDE-like port as MTU-sized, checksummed frames."""
+    switch = Switch()
+    a, b = port(switch, vnetHeader=True), port(switch, vnetHeader=True)
+    plainPort = port(switch)
+    built = superFrame()
+    a.receivePacket(built.packet)
+    assert b.sentPackets == [built.packet]
+    assert len(plainPort.sent) == -(-60000 // 1448)
+    assert all(len(f) <= 1514 for f in plainPort.sent)
+    checkSegments(built, plainPort.sent)
+    assert plainPort.port.counters.outFrames == len(plainPort.sent)
+
+
+def test_partialChecksumIsCompletedForPlainPort() -> None:
+    """A small TCP frame with a partial checksum reaches a plain port with the full one."""
+    switch = Switch()
+    a, plainPort = port(switch, vnetHeader=True), port(switch)
+    built = kernelPacket(b"hello", gso=False)
+    a.receivePacket(built.packet)
+    assert plainPort.sent == vnet.toFrames(built.packet)
+    assert plainPort.sent[0] != built.packet[vnet.HEADER_LENGTH:]
+
+
+def test_superFrameToOffloadTrunkIsTaggedWithOffsetsMoved() -> None:
+    """Tagging a super-frame for an offload trunk moves csum_start and hdr_len by 4."""
+    switch = Switch()
+    access = port(switch, 10, vnetHeader=True)
+    trunk = port(switch, None, (10,), vnetHeader=True)
+    plainTrunk = port(switch, None, (10,))
+    built = superFrame()
+    access.receivePacket(built.packet)
+    [packet] = trunk.sentPackets
+    before, after = VnetHeader.parse(built.packet), VnetHeader.parse(packet)
+    assert after == before._replace(csumStart=before.csumStart + 4, hdrLen=before.hdrLen + 4)
+    assert packet[10:22] == built.packet[10:22]
+    assert packet[22:26] == b"\x81\x00\x00\x0a"
+    assert packet[26:] == built.packet[22:]
+    assert vnetcheck.validate(packet) is None
+    segments = vnet.toFrames(built.packet)
+    assert vnet.toFrames(packet) == [tagged(s, 10) for s in segments]
+    assert plainTrunk.sent == [tagged(s, 10) for s in segments]
+
+
+def test_taggedSuperFrameFromTrunkReachesAccessPortUntagged() -> None:
+    """A super-frame tagged 10 from an offload trunk reaches VLAN-10 offload ports untagged."""
+    switch = Switch()
+    access = port(switch, 10, vnetHeader=True)
+    trunk = port(switch, None, (10,), vnetHeader=True)
+    plainAccess = port(switch, 10)
+    built = superFrame()
+    trunk.receivePacket(vnet.insertTag(built.packet, 10))
+    assert access.sentPackets == [built.packet]
+    checkSegments(built, plainAccess.sent)
+
+
+def test_taggedSuperFramePassesWholeBetweenTransparentOffloadPorts() -> None:
+    """A super-frame tagged 77 crosses vlan=all offload ports as it came."""
+    switch = Switch()
+    x = port(switch, transparent=True, vnetHeader=True)
+    y = port(switch, transparent=True, vnetHeader=True)
+    built = superFrame(vid=77)
+    x.receivePacket(built.packet)
+    assert y.sentPackets == [built.packet]
+
+
+def test_malformedHeaderIsDroppedAndOthersKeepWorking() -> None:
+    """A packet with a header the kernel would refuse is counted as malformed and goes nowhere."""
+    switch = Switch()
+    a, b, plainPort = port(switch, vnetHeader=True), port(switch, vnetHeader=True), port(switch)
+    good = superFrame()
+    bad = VnetHeader(0x04).pack() + good.packet[vnet.HEADER_LENGTH:]
+    ufo = good.packet[:1] + bytes([vnet.GSO_UDP]) + good.packet[2:]
+    a.receivePacket(bad)
+    a.receivePacket(ufo)
+    assert b.sentPackets == [] and plainPort.sent == []
+    assert a.port.counters.drops["malformed"] == 2
+    a.receivePacket(good.packet)
+    assert b.sentPackets == [good.packet] and plainPort.sent
+    plainPort.receive(frame(BROADCAST, mac(3)))
+    assert a.sent == [frame(BROADCAST, mac(3))]
+
+
+def test_taggedPacketWithChecksumStartInsideTheTagIsDropped() -> None:
+    """A tagged packet whose csum_start points into the Ethernet header is counted, not raised."""
+    switch = Switch()
+    trunk = port(switch, None, (10,), vnetHeader=True)
+    access = port(switch, 10, vnetHeader=True)
+    f = frame(BROADCAST, mac(1), bytes(60), vid=10)
+    packet = VnetHeader(vnet.NEEDS_CSUM, 0, 0, 0, 4, 2).pack() + f
+    assert vnetcheck.validate(packet) is None, "the kernel accepts it: csum_start only has to fit"
+    trunk.receivePacket(packet)
+    assert access.sentPackets == []
+    assert trunk.port.counters.drops["malformed"] == 1
