@@ -18,6 +18,9 @@ from vtwisted.service import SwitchService
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, plug
 
+#: What the console writes after each reply.
+PROMPT = b"\nvde$ "
+
 
 @implementer(IPortService)
 class SingleLinkService(Service):
