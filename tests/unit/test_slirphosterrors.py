@@ -14,9 +14,9 @@ import struct
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from ipv6loopback import GATEWAY6, GUEST6, _answer, _readable, _server, needIpv6Loopback
 from reactortools import until
 from slirptcpharness import GATEWAY, GUEST
-from test_slirpengines6 import GATEWAY6, GUEST6, _answer, _readable, _server, needIpv6Loopback
 from twisted.internet import reactor
 
 from vtwisted.slirp import hosterrors
