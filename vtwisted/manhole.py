@@ -57,6 +57,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vtwisted.sockettools import listenError
+
 if TYPE_CHECKING:
     from vtwisted.service import SwitchService
 
@@ -418,8 +420,9 @@ class ManholeService(Service):
         outcome: list[Any] = []
         self.endpoint.listen(factory).addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
-            raise OSError(f"--manhole {self.endpointText}: cannot listen: "
-                          f"{outcome[0].getErrorMessage()}")
+            failure: Failure = outcome[0]
+            raise listenError(f"--manhole {self.endpointText}: cannot listen",
+                              failure.value or Exception(failure.getErrorMessage()))
         self.port = outcome[0] if outcome else None
         super().startService()
         log.info("manhole: SSH on {endpoint}, host key {fingerprint} in {path}",

@@ -91,7 +91,7 @@ class SwitchService(MultiService):
                 raise
             message = e.message if isinstance(e, SwitchError) else \
                 e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            if isinstance(e, OSError) and e.errno and "errno" not in message:
+            if isinstance(e, OSError) and e.errno and "errno" not in message.lower():
                 message += f" (errno {e.errno})"
             _removePidFile(self.pidFile)
             raise SystemExit(f"vswitch: {message}") from None

@@ -72,9 +72,10 @@ def listenError(what: str, error: BaseException) -> OSError:
     C{CannotListenError} or an L{OSError}): C{"WHAT: ERROR"}, with the errno.
     """
     socketError = getattr(error, "socketError", None)
-    number = getattr(socketError, "errno", None) or getattr(error, "errno", None)
-    if socketError is None and isinstance(error, OSError) and error.strerror and number:
-        return OSError(number, f"{what}: {error.strerror} (errno {number})")
+    cause = socketError if isinstance(socketError, OSError) else error
+    number = getattr(cause, "errno", None) or getattr(error, "errno", None)
+    if isinstance(cause, OSError) and cause.strerror and number:
+        return OSError(number, f"{what}: {cause.strerror} (errno {number})")
     return OSError(number, f"{what}: {error}")
 
 

@@ -174,6 +174,29 @@ def test_serviceStartsOnItsEndpoint(tmp_path) -> None:
     service.stopService()
 
 
+def test_portInUseSaysSoWithItsErrno(tmp_path) -> None:
+    """A manhole that cannot listen says where, why and the errno, once."""
+    import errno
+    import socket
+
+    from twisted.internet import reactor
+
+    keysFile = tmp_path / "authorized_keys"
+    keysFile.write_bytes(newKey().public().toString("openssh"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        service = ManholeService({}, reactor, str(port), keysFile=str(keysFile),
+                                 hostKeyPath=str(tmp_path / "hk"))
+        with pytest.raises(OSError) as raised:
+            service.startService()
+    assert raised.value.errno == errno.EADDRINUSE
+    assert str(raised.value.strerror) == (f"--manhole tcp:{port}:interface=127.0.0.1: cannot "
+                                          "listen: Address already "
+                                          "in use (errno 98)")
+
+
 def test_runPythonPrintsValuesAndTracebacks() -> None:
     """A one-shot command prints an expression's value, or a traceback and status 1."""
     namespace = {"x": 41}

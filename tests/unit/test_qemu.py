@@ -135,6 +135,8 @@ def test_unixListenerIsPrivateUnlessAModeIsGiven(tmp_path) -> None:
         ("qemu:connect:tcp:host=127.0.0.1", "not a Twisted client endpoint"),
         ("qemu:unix", "the server endpoint 'unix' needs an address, as in "
                       "qemu:unix:/path/to/sock"),
+        ("qemu:unix:vlan=3", "the server endpoint 'unix' needs an address"),
+        ("qemu:carrier-pigeon", "Unknown endpoint type: 'carrier-pigeon'"),
         ("qemu:connect:tcp", "the client endpoint 'tcp' needs an address, as in "
                              "qemu:connect:tcp:host=HOST:port=PORT"),
         ("qemu:unix:/tmp/x.sock:vlan=5000", "vlan=5000 is out of range"),

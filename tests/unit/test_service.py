@@ -4,7 +4,9 @@ The switch service: its clock drives MAC aging; ports come and go at run time.
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from vtwisted.app import buildService
 from vtwisted.testing import FakeLink, frame, mac, plug
@@ -72,14 +74,29 @@ def test_startFailuresWithoutAnErrnoInTheirTextGetOne(tmp_path) -> None:
     A VDE directory that cannot be made ends twistd with the spec, the path,
     the reason and the errno.
     """
-    import pytest
-    from twisted.internet import reactor
-
     spec = f"vde:{tmp_path}/missing/sw"
-    service = buildService(reactor, [spec], defaultSock=False)
+    service = buildService(MemoryReactorClock(), [spec], defaultSock=False)
     service.exitOnFailure = True
     with pytest.raises(SystemExit) as exited:
         service.privilegedStartService()
         service.startService()
     assert str(exited.value.code) == (f"vswitch: {spec}: cannot create {tmp_path}/missing/sw: "
                                       "No such file or directory (errno 2)")
+
+
+def test_listenErrorsSayTheReasonAndErrnoOnce() -> None:
+    """
+    Twisted's CannotListenError and a plain OSError both become "WHAT:
+    REASON (errno N)", never with Python's [Errno N] as well.
+    """
+    import errno
+
+    from twisted.internet.error import CannotListenError
+
+    from vtwisted.sockettools import listenError
+
+    inUse = OSError(errno.EADDRINUSE, "Address already in use")
+    for error in (CannotListenError("127.0.0.1", 7, inUse), inUse):
+        made = listenError("qemu:tcp:7", error)
+        assert (made.errno, str(made.strerror)) == (
+            errno.EADDRINUSE, "qemu:tcp:7: Address already in use (errno 98)")

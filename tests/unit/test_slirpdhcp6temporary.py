@@ -11,6 +11,7 @@ import ipaddress
 import random
 from collections.abc import Callable
 
+import pytest
 from test_slirpdhcp6 import ALICE, BOB, PREFIX, SERVER, ask, granted, server
 from twisted.internet.task import Clock
 
@@ -111,18 +112,34 @@ def test_othersCannotReleaseIt() -> None:
     assert [lease.address for lease in srv.leases()] == [address]
 
 
-def test_declinedAddressIsNeverGivenAgain() -> None:
-    """A declined temporary address stays out; the next request gets another."""
-    srv = server(randomBits=draws(5, 5, 6))
+def test_declinedAddressIsReleased() -> None:
+    """A declined temporary address is simply freed; the next request gets a new one."""
+    srv = server(randomBits=draws(0x50000, 0x60000))
     address = bindTemporary(srv)
     ask(srv, d6.DECLINE, ALICE, (), serverId=SERVER, extra=(temporary(9, address),))
-    assert bindTemporary(srv) == ipaddress.IPv6Address("fec0::6").packed
+    assert srv.leases() == []
+    assert bindTemporary(srv) == ipaddress.IPv6Address("fec0::6:0").packed
 
 
-def test_poolAddressesAreNeverTemporary() -> None:
-    """A random draw that lands in the pool (::15 onwards) is drawn again."""
-    srv = server(randomBits=draws(0x15, 0x16, 0x1234))
-    assert bindTemporary(srv) == ipaddress.IPv6Address("fec0::1234").packed
+def test_smallIdentifiersAreNeverTemporary() -> None:
+    """Draws of the pool's, the gateway's or the anycast identifier are drawn again."""
+    srv = server(randomBits=draws(0x15, 0x2, 0x0, 0xFFFF, 0x12345))
+    assert bindTemporary(srv) == ipaddress.IPv6Address("fec0::1:2345").packed
+
+
+@pytest.mark.parametrize(("named", "kept"), [
+    ("fec0::1:2345", True), ("fec0::15", False), ("2001:db8::1:2345", False)])
+def test_rebindKeepsAFreeAddressItNames(named: str, kept: bool) -> None:
+    """
+    After a restart of the switch, a Rebind naming a free temporary address
+    of the prefix keeps it; one naming any other gets a new one.
+    """
+    srv = server(randomBits=draws(0x70000))
+    address = ipaddress.IPv6Address(named).packed
+    answer = ask(srv, d6.REBIND, ALICE, (), extra=(temporary(9, address),))
+    [(_, got, _)] = temporaries(answer)
+    expected = address if kept else ipaddress.IPv6Address("fec0::7:0").packed
+    assert got == expected
 
 
 def test_atMostPoolSizeAreBound() -> None:

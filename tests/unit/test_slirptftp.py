@@ -145,6 +145,47 @@ def test_blockNumbersWrapPastTheLimit(root: Path) -> None:
     assert guest.fetch("big", {"blksize": "8"}) == content
 
 
+def test_fileThatShrinksEndsWithAnError(root: Path) -> None:
+    """A file cut short mid-transfer ends it with an ERROR, not a short block."""
+    (root / "f").write_bytes(b"a" * 1300)
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f"))
+    guest.replies()
+    (root / "f").write_bytes(b"a" * 600)
+    guest.send(tftp.ack(1))
+    [reply] = guest.replies()
+    assert tftp.opcodeOf(reply) == tftp.ERROR
+    assert guest.server.transfers == {} and guest.server.served == 0
+
+
+def test_fileThatGrowsIsSentAsItWas(root: Path) -> None:
+    """
+    Blocks resent after the file grew are the ones sent before: the last
+    block stays short, so the guest and the server agree where it ends.
+    """
+    (root / "f").write_bytes(b"a" * 520)
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f", options={"tsize": "0"}))
+    assert guest.replies() == [tftp.oack({"tsize": "520"})]
+    guest.send(tftp.ack(0))
+    guest.send(tftp.ack(1))
+    [last] = guest.replies()[1:]
+    with open(root / "f", "ab") as grow:
+        grow.write(b"b" * 1000)
+    guest.clock.advance(1.0)
+    assert guest.replies() == [last] == [tftp.data(2, b"a" * 8)]
+
+
+@pytest.mark.parametrize("value", ["\xb2", "1\xb9", "-1", "", "4\xbd"])
+def test_optionValuesMustBeAsciiNumbers(root: Path, value: str) -> None:
+    """Values Python takes for digits but RFC 2347 does not are ignored, not fatal."""
+    (root / "f").write_bytes(b"z" * 100)
+    guest = Guest(root)
+    guest.send(tftp.request(tftp.RRQ, "f", options={
+        "blksize": value, "timeout": value, "windowsize": value, "tsize": "0"}))
+    assert guest.replies() == [tftp.oack({"tsize": "100"})]
+
+
 @pytest.mark.parametrize(
     ("name", "code"),
     [("../secret", tftp.ACCESS_VIOLATION), ("a/../../secret", tftp.ACCESS_VIOLATION),

@@ -45,9 +45,10 @@ class StreamSpec(NamedTuple):
     skip: int
 
 
-
 #: What follows each kind of endpoint, in the hint for one given without.
-_ADDRESSES = {"unix": "/path/to/sock", "tcp": "PORT", "tcp6": "PORT", "ssl": "PORT"}
+_ADDRESSES = {"unix": "/path/to/sock", "tcp": "PORT", "tcp6": "PORT",
+              "ssl": "PORT:privateKey=KEY.pem"}
+
 
 def readStreamSpec(
     spec: PortSpec,
@@ -68,6 +69,7 @@ def readStreamSpec(
     options = PortOptions.fromSpec(spec, numbered=False)
     description = spec.endpoint(skip, keywords)
     kind = spec.args[skip]
+    bare = description == kind
     unixPath = None
     if listen and kind == "unix":
         unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
@@ -80,10 +82,9 @@ def readStreamSpec(
         endpoint = parse(reactor, description)
     except (ValueError, TypeError, KeyError) as e:
         role = "server" if listen else "client"
-        if len(spec.args) <= skip + 1 and not spec.kwargs:
+        if bare and kind in _ADDRESSES:
             before = ":".join([spec.prefix, *spec.args[:skip + 1]])
-            example = _ADDRESSES.get(kind, "...") if listen else \
-                _ADDRESSES.get(kind, "...").replace("PORT", "host=HOST:port=PORT")
+            example = _ADDRESSES[kind] if listen or kind == "unix" else "host=HOST:port=PORT"
             raise spec.error(f"the {role} endpoint {kind!r} needs an address, as in "
                              f"{before}:{example}") from None
         raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None

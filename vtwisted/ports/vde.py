@@ -41,7 +41,7 @@ from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.vdelink import VdeDataLink
-from vtwisted.sockettools import claimSocketPath, growSendBuffer
+from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vdecontrol
 
@@ -199,7 +199,7 @@ class VdeSwitchDirectory(Service):
                 self.ctlPath, factory, backlog=15, mode=self.mode, wantPID=False
             )
         except Exception as e:
-            raise OSError(f"{self.spec}: cannot listen on {self.ctlPath}: {e}") from e
+            raise listenError(f"{self.spec}: cannot listen on {self.ctlPath}", e) from e
         self._chgrp(self.ctlPath)
         super().startService()
         log.info("{spec}: listening on {path}", spec=self.spec, path=self.ctlPath)

@@ -21,11 +21,14 @@ Commit are answered with a Reply and bound at once; advertisements carry
 preference 255, so clients take them without waiting for others.
 Temporary addresses (IA_TA, RFC 8415 and RFC 4941's privacy addresses)
 are bound as the others are, but each is a random interface identifier in
-the /64 (never one of the pool's), and at most C{poolSize} are bound at
-once.  Delegated prefixes (IA_PD) are refused with their status code
-unless the port has a pool of them (L{vtwisted.slirp.delegation}): then
-each IA_PD gets one, bound as an address is, and routed through the
-address the client asked from.  With
+the /64 (never a small one, which the gateway, the DNS proxy and the pool
+use), and at most C{poolSize} are bound at once; one the client names, in
+a Rebind after the server restarted, is kept if it is free.  A declined
+temporary address is simply released: a new one is random anyway.
+Delegated prefixes (IA_PD) are refused with their status code unless the
+port has a pool of them (L{vtwisted.slirp.delegation}): then each IA_PD
+gets one, bound as an address is, and routed through the address the
+client asked from.  With
 C{stateful=False} only information requests are answered, as in libslirp.
 
 Pure logic: L{Dhcp6Server.handle} takes a message and returns the answer;
@@ -48,6 +51,8 @@ OFFER_HOLD = 60.0
 #: The first address handed out, as an offset in the prefix (::15).
 POOL_START = 0x15
 POOL_SIZE = 256
+#: The smallest interface identifier a temporary address may have.
+TEMPORARY_START = 0x10000
 LEASE_TIME = 86400
 
 __all__ = ["Dhcp6Error", "Dhcp6Server", "Lease"]
@@ -202,9 +207,9 @@ class Dhcp6Server:
                     if self._owns(a.address, client, ia.iaid, temporary)]
             for address in mine:
                 self._unbind(address)
-                if message.kind == d6.DECLINE:
+                if message.kind == d6.DECLINE and not temporary:
                     self._leases[address] = Lease(address, b"", 0,
-                                                  self.clock() + self.leaseTime, temporary)
+                                                  self.clock() + self.leaseTime)
             if not mine:
                 body.append(_ia(ia, temporary, [d6.statusCode(d6.NO_BINDING, "no binding")]))
         pool = self.delegation
@@ -290,7 +295,8 @@ class Dhcp6Server:
         """
         address = self._current(client, ia.iaid, temporary)
         if address is None and temporary:
-            address = self._randomAddress()
+            address = next((a.address for a in ia.addresses()
+                            if self._temporaryFree(a.address)), None) or self._randomAddress()
         if address is None and not temporary:
             hints = [a.address for a in ia.addresses()]
             address = next((a for a in hints if a in self._free()), None)
@@ -315,8 +321,18 @@ class Dhcp6Server:
         network = int(self.prefix.network_address)
         while True:
             candidate = ipaddress.IPv6Address(network | self._randomBits(64)).packed
-            if candidate not in self._leases and candidate not in self.pool:
+            if self._temporaryFree(candidate):
                 return candidate
+
+    def _temporaryFree(self, address: bytes) -> bool:
+        """
+        Whether C{address} may be a new temporary address: in the prefix,
+        not bound, and its interface identifier past the small numbers the
+        router, the DNS proxy, the pool and the subnet anycast address use.
+        """
+        inPrefix = ipaddress.IPv6Address(address) in self.prefix
+        return inPrefix and int.from_bytes(address[8:], "big") >= TEMPORARY_START \
+            and address not in self._leases
 
     def _free(self) -> dict[bytes, None]:
         now = self.clock()

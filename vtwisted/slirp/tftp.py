@@ -19,10 +19,13 @@ block sends the next window; one of an earlier block (the guest missed the
 one after it) sends the window again from there; after the timeout the
 window goes out again, up to L{RETRIES} times.  Duplicated ACKs, and ACKs
 of blocks not sent, move nothing, so they cannot double the traffic
-(the Sorcerer's Apprentice); only the first duplicate of a window of
-several blocks sends it again at once.  Options (RFC 2347) are acknowledged with an
-OACK: C{blksize} (up to what fits the port's MTU unfragmented), C{tsize}
-(the file's size), C{timeout} and C{windowsize}.  Block numbers
+(the Sorcerer's Apprentice), however a guest acknowledges.  The file's size
+is taken when it is opened and blocks are read up to it: a file that
+shrinks meanwhile ends the transfer with an error rather than a short
+block in the middle, and one that grows is sent up to its old size.  Options (RFC
+2347) are acknowledged with an OACK: C{blksize} (up to what fits the
+port's MTU unfragmented), C{tsize} (the file's size), C{timeout} and
+C{windowsize}.  Block numbers
 wrap past 65535, so files larger than 32 MB (at 512-byte blocks) work with
 clients that roll over too.  Files are read block by block, never whole.
 """
@@ -62,15 +65,21 @@ class Refusal(Exception):
         self.message = message
 
 
-def _window(options: dict[str, str]) -> int:
+#: The values RFC 2348, 2349 and 7440 allow for each option.
+_RANGES = {"blksize": (8, 65464), "timeout": (1, 255), "windowsize": (1, 65535)}
+
+
+def _asked(options: dict[str, str], name: str) -> int | None:
     """
-    The window a request's C{windowsize} asks for, at most L{MAX_WINDOW};
-    0 when it asks for none, or for one out of RFC 7440's range.
+    The value a request gives option C{name}, if it is a decimal number
+    (in ASCII digits: values are Latin-1, whose superscripts are digits to
+    Python) in the option's range; else L{None}.
     """
-    asked = options.get("windowsize", "")
-    if asked.isdigit() and 1 <= int(asked) <= 65535:
-        return min(int(asked), MAX_WINDOW)
-    return 0
+    text = options.get(name, "")
+    if not (text.isascii() and text.isdigit()):
+        return None
+    low, high = _RANGES[name]
+    return int(text) if low <= int(text) <= high else None
 
 
 def resolve(root: str, filename: str) -> str:
@@ -97,7 +106,8 @@ class Transfer:
     @ivar acked: the blocks the guest has acknowledged (counting from 1,
         never wrapping).
     @ivar block: the highest block sent so far.
-    @ivar last: the final block (shorter than a block), once it is read.
+    @ivar size: the file's size when it was opened: what is sent.
+    @ivar last: the final block (shorter than a block, maybe empty).
     """
 
     def __init__(self, server: TftpServer, key: tuple[bytes, int], handle: IO[bytes],
@@ -112,10 +122,10 @@ class Transfer:
         self.acked = 0
         self.block = 0
         self.inFlight = 0
-        self.last: int | None = None
+        self.size = os.fstat(handle.fileno()).st_size
+        self.last = self.size // blockSize + 1
         self.sent = 0
         self.retries = 0
-        self._resent = False
         self._oack: bytes | None = None
         self._timer: Any = None
 
@@ -136,10 +146,9 @@ class Transfer:
 
         An acknowledgement of the window's last block moves the transfer on
         by a window; one of an earlier block (the guest lost the next) sends
-        the window again from there (RFC 7440).  Blocks not sent are
-        ignored, and so are duplicates, but for the first one in a window
-        of several blocks (the guest lost the window's first block), which
-        sends the window again at once rather than after the timeout.
+        the window again from there (RFC 7440).  Duplicates, and blocks not
+        sent, are ignored: a guest that lost a window's first block gets the
+        window again after the timeout.
         """
         if self._oack is not None:
             if block == 0:
@@ -147,37 +156,41 @@ class Transfer:
                 self._sendWindow()
             return
         ahead = (block - self.acked) & 0xFFFF
-        if ahead == 0 and self.window > 1 and not self._resent:
-            self._resent = True
-            self._resendWindow()
-            return
         if ahead == 0 or ahead > self.inFlight:
             return
         self.acked += ahead
-        if self.last is not None and self.acked >= self.last:
+        if self.acked >= self.last:
             self.server.finished(self, None)
             return
         self._sendWindow()
 
     def _sendWindow(self) -> None:
         self.retries = 0
-        self._resent = False
         self._resendWindow()
 
     def _resendWindow(self) -> None:
         number = self.acked
         end = self.acked + self.window
-        while number < end and (self.last is None or number < self.last):
+        while number < min(end, self.last):
             number += 1
-            self.server.send(self.key, self._data(number))
+            packet = self._data(number)
+            if packet is None:
+                self.server.send(self.key, tftp.error(tftp.NOT_DEFINED, "file changed"))
+                self.server.finished(self, f"{self.name} shrank during the transfer")
+                return
+            self.server.send(self.key, packet)
         self.inFlight = number - self.acked
         self._arm()
 
-    def _data(self, number: int) -> bytes:
-        self.handle.seek((number - 1) * self.blockSize)
-        chunk = self.handle.read(self.blockSize)
-        if len(chunk) < self.blockSize:
-            self.last = number
+    def _data(self, number: int) -> bytes | None:
+        """
+        DATA for block C{number}, or L{None} if the file is now too short.
+        """
+        start = (number - 1) * self.blockSize
+        want = min(self.blockSize, self.size - start)
+        chunk = os.pread(self.handle.fileno(), want, start)
+        if len(chunk) < want:
+            return None
         if number > self.block:
             self.block = number
             self.sent += len(chunk)
@@ -273,34 +286,31 @@ class TftpServer:
             raise Refusal(tftp.NOT_DEFINED, "too many transfers")
         path = resolve(self.root, request.filename)
         try:
-            handle = open(path, "rb")  # closed when the transfer ends
+            handle = open(path, "rb", buffering=0)  # closed when the transfer ends
         except OSError as e:
             raise Refusal(tftp.ACCESS_VIOLATION, e.strerror or "cannot read") from None
-        blockSize = tftp.DEFAULT_BLOCK
-        wanted = request.options.get("blksize", "")
-        if wanted.isdigit() and 8 <= int(wanted):
-            blockSize = min(int(wanted), self.network.mtu - 32)
-        timeout = TIMEOUT
-        asked = request.options.get("timeout", "")
-        if asked.isdigit() and 1 <= int(asked) <= 255:
-            timeout = float(asked)
-        return Transfer(self, key, handle, request.filename, blockSize, timeout,
-                        _window(request.options) or 1)
+        options = request.options
+        blockSize = _asked(options, "blksize")
+        blockSize = tftp.DEFAULT_BLOCK if blockSize is None else \
+            min(blockSize, self.network.mtu - 32)
+        timeout = _asked(options, "timeout")
+        window = _asked(options, "windowsize")
+        return Transfer(self, key, handle, request.filename, blockSize,
+                        TIMEOUT if timeout is None else float(timeout),
+                        1 if window is None else min(window, MAX_WINDOW))
 
     def _accepted(self, request: tftp.Request, transfer: Transfer) -> dict[str, str]:
         """
         The options to acknowledge, in the order they were asked.
         """
+        granted = {"blksize": str(transfer.blockSize), "timeout": f"{transfer.timeout:.0f}",
+                   "windowsize": str(transfer.window)}
         accepted = {}
-        for name, value in request.options.items():
-            if name == "blksize" and value.isdigit() and int(value) >= 8:
-                accepted[name] = str(transfer.blockSize)
-            elif name == "tsize":
-                accepted[name] = str(os.fstat(transfer.handle.fileno()).st_size)
-            elif name == "timeout" and value.isdigit() and 1 <= int(value) <= 255:
-                accepted[name] = value
-            elif name == "windowsize" and _window(request.options):
-                accepted[name] = str(transfer.window)
+        for name in request.options:
+            if name == "tsize":
+                accepted[name] = str(transfer.size)
+            elif name in granted and _asked(request.options, name) is not None:
+                accepted[name] = granted[name]
         return accepted
 
     def finished(self, transfer: Transfer, problem: str | None) -> None:
