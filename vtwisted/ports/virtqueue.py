@@ -113,6 +113,18 @@ class GuestMemory:
         """
         return self._find(1, address, length, "ring address")
 
+    def guestAddressOf(self, address: int) -> int:
+        """
+        The guest-physical address of front-end address C{address} (for
+        the dirty log).
+
+        @raise VirtqueueError: not inside a region.
+        """
+        for guest, user, size, _ in self._regions:
+            if 0 <= address - user < size:
+                return guest + address - user
+        raise VirtqueueError(f"ring address {address:#x} is outside the shared memory")
+
     def _find(self, space: int, address: int, length: int, what: str) -> memoryview:
         for guest, user, size, view in self._regions:
             offset = address - (user if space else guest)
@@ -345,6 +357,12 @@ class SplitQueue:
         Make the chains put back visible to the guest.
         """
         _U16.pack_into(self.used, 2, self.usedIndex)
+
+    def logUsed(self, log: DirtyLog, address: int) -> None:
+        """
+        Mark the used ring, at guest address C{address}, in C{log}.
+        """
+        log.mark(address, self.usedLength)
 
     def quietKicks(self, quiet: bool) -> None:
         """
