@@ -104,17 +104,21 @@ def test_guestsOnVhostUserPingEachOtherAndANamespace(vswitch, processes, namespa
     assert "Traceback" not in sw.logText(), sw.logText()
 
 
-def test_tcpCrossesAsSuperFramesBothWays(vswitch, processes, namespaces, shortdir) -> None:
+@pytest.mark.parametrize("rings", ["split", "packed"])
+def test_tcpCrossesAsSuperFramesBothWays(vswitch, processes, namespaces, shortdir,
+                                         rings: str) -> None:
     """
     3 MB from a namespace to the guest and 3 MB back, SHA-256 checked; the
     guest's port counts fewer frames than 1514-byte frames would take: the
-    guest sends and receives TCP super-frames (TSO) through the rings.
+    guest sends and receives TCP super-frames (TSO) through the rings, split
+    or packed (C{packed=on}: port/print says the guest took them).
     """
     sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.10.1/24")
     sink = processes.start(execIn(ns, PYTHON, "-c", SINK, "10.211.10.1", "7400"),
                            stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline().strip() == "ready"
     script = (pingScript("10.211.10.2", "10.211.10.1").replace("sleep 3\nexit $rc\n", "")
+              + "echo \"features $(cat /sys/class/net/eth0/device/features)\"\n"
               + "nc -l -p 7300 < /dev/null > /tmp/got & nc=$!\n"
               + "echo VTW-LISTENING\nwait $nc\n"
               + "echo \"got $(wc -c < /tmp/got) $(sha256sum < /tmp/got | cut -d' ' -f1)\"\n"
@@ -122,15 +126,20 @@ def test_tcpCrossesAsSuperFramesBothWays(vswitch, processes, namespaces, shortdi
               + "echo \"sent $(wc -c < /tmp/out) $(sha256sum < /tmp/out | cut -d' ' -f1)\"\n"
               + "nc 10.211.10.1 7400 < /tmp/out\nexit $rc\n")
     netdev, extra = vhostArgs(path)
+    nic = NIC + (",packed=on" if rings == "packed" else "")
     guest = startGuest(processes, netdev, script, "52:54:00:76:75:03", directory=shortdir,
-                       name="bulk", nic=NIC, extraArgs=extra)
+                       name="bulk", nic=nic, extraArgs=extra)
     waitFor(lambda: guest.sawLine("VTW-LISTENING") or guest.process.poll() is not None,
             timeout=90, what="the guest's listener")
+    shown = console(mgmt, "port/allprint")
+    assert ("packed rings" in shown) == (rings == "packed"), shown
     sent = run(*execIn(ns, PYTHON, "-c", _CLIENT, "10.211.10.2", "7300", "5", str(3 << 20)),
                timeout=120)
     result = guest.wait(180)
     print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
     assert result.rc == 0, guest.diagnostics() + sw.logText()
+    features = re.search(r"features ([01]{64})", result.output)
+    assert features is not None and features.group(1)[34] == str(int(rings == "packed"))
     assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
     back = re.search(r"sent (\d+ [0-9a-f]{64})", result.output)
     assert back is not None, result.output

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from vhostfakes import MEMORY, RINGS, RX_BUFFERS, SLOT, USER_BASE, FakeDriver
+from vhostfakes import MEMORY, RINGS, RX_BUFFERS, SLOT, SPLIT, USER_BASE, FakeDriver
 
-from vtwisted.ports.vhostuser import F_LOG_ALL, OFFERED, P_LOG_SHMFD, P_RARP
+from vtwisted.ports.vhostuser import F_LOG_ALL, P_LOG_SHMFD, P_RARP
 from vtwisted.ports.virtqueue import DirtyLog
 from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
 from vtwisted.wire import vhostuser as vu
@@ -53,7 +53,7 @@ class SharedLog:
 def _startLogging(driver: FakeDriver, log: SharedLog, rings: tuple[int, ...] = (0, 1)) -> bytes:
     """What QEMU sends when a migration starts; returns the SET_LOG_BASE reply."""
     reply = driver.send(vu.SET_LOG_BASE, vu.packLog(LOG_SIZE, log.offset), (log.fd,))
-    driver.send(vu.SET_FEATURES, vu.packNumber(OFFERED))
+    driver.send(vu.SET_FEATURES, vu.packNumber(SPLIT))
     for index in rings:
         desc, avail, used = driver.ringAddresses(RINGS[index])
         driver.send(vu.SET_VRING_ADDR, vu.packAddresses(vu.RingAddresses(
@@ -75,7 +75,7 @@ def test_pagesWrittenForTheGuestAreLoggedWhileItMigrates(driver) -> None:
     is answered with an empty payload (QEMU waits for it).
     """
     log = SharedLog(offset=4096)
-    driver.negotiate(OFFERED & ~(1 << F_LOG_ALL))
+    driver.negotiate(SPLIT & ~(1 << F_LOG_ALL))
     reply = _startLogging(driver, log)
     assert vu.Header.parse(reply) == vu.Header(vu.SET_LOG_BASE, vu.VERSION | vu.FLAG_REPLY, 0)
     driver.postReceiveBuffers(4)
@@ -120,7 +120,7 @@ def test_nothingIsLoggedOnceQemuStopsAsking(driver) -> None:
     log = SharedLog()
     driver.negotiate()
     _startLogging(driver, log)
-    driver.send(vu.SET_FEATURES, vu.packNumber(OFFERED & ~(1 << F_LOG_ALL)))
+    driver.send(vu.SET_FEATURES, vu.packNumber(SPLIT & ~(1 << F_LOG_ALL)))
     driver.postReceiveBuffers(2)
     other = FakeLink()
     plug(driver.switch, other)

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_vnet import UDP, kernelPacket
 from twisted.logger import ILogObserver, globalLogPublisher
-from vhostfakes import DESC, QUEUE_SIZE, RINGS, FakeDriver
+from vhostfakes import DESC, QUEUE_SIZE, RINGS, SPLIT, FakeDriver
 
 from vtwisted.ports import vhostuser
 from vtwisted.ports.vhostuser import OFFERED, SUPER_FRAMES
@@ -25,7 +25,7 @@ from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
 from vtwisted.wire import vhostuser as vu
 from vtwisted.wire import vnet
 
-PLAIN_ONLY = OFFERED & ~SUPER_FRAMES
+PLAIN_ONLY = SPLIT & ~SUPER_FRAMES
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_noReceiveBuffersMeansDroppedAndCounted(driver) -> None:
 
 def test_withoutMergeableBuffersATooSmallBufferDropsTheFrame(driver) -> None:
     """One 256-byte buffer cannot take a 1000-byte frame: counted as mtu, buffer untouched."""
-    driver.negotiate(OFFERED & ~(1 << vhostuser.F_MRG_RXBUF))
+    driver.negotiate(SPLIT & ~(1 << vhostuser.F_MRG_RXBUF))
     driver.postReceiveBuffers(4, size=256)
     other = FakeLink()
     plug(driver.switch, other)
@@ -252,7 +252,7 @@ def test_badRequestsCloseTheConnectionSayingWhy(driver, request_: int, payload: 
 
 def test_aRingOfTheWrongSizeIsRefused(driver) -> None:
     """A queue size that is not a power of two closes the connection."""
-    driver.send(vu.SET_FEATURES, vu.packNumber(OFFERED))
+    driver.send(vu.SET_FEATURES, vu.packNumber(SPLIT))
     driver.send(vu.SET_MEM_TABLE, vu.packTable([vu.Region(0, 4 << 20, 0x1000_0000, 0)]),
                 (driver.memfd,))
     driver.send(vu.SET_VRING_NUM, vu.packState(1, 100))
@@ -316,7 +316,7 @@ def test_resetOwnerStopsTheRings(driver) -> None:
 
 def test_kicksAreAskedForAgainAfterADrain(driver) -> None:
     """Without EVENT_IDX, the used ring's no-notify flag is clear once the ring is drained."""
-    driver.negotiate(OFFERED & ~(1 << vhostuser.F_EVENT_IDX))
+    driver.negotiate(SPLIT & ~(1 << vhostuser.F_EVENT_IDX))
     plug(driver.switch, FakeLink())
     _, _, used = FakeDriver.ringAddresses(RINGS[1])
     struct.pack_into("<H", driver.memory, used, 1)

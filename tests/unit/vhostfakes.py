@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import StreamPorts
-from vtwisted.ports.vhostuser import OFFERED, VhostUserLink
+from vtwisted.ports.vhostuser import F_RING_PACKED, OFFERED, VhostUserLink
 from vtwisted.switch import Switch
 from vtwisted.wire import vhostuser as vu
 
@@ -34,6 +34,8 @@ RINGS = tuple(0x2000 * i for i in range(8))
 RX_BUFFERS = 0x10000
 SLOT = 0x1000
 TX_DATA = 0x200000
+#: Every feature the device offers, with split rings (the fake's layout).
+SPLIT = OFFERED & ~(1 << F_RING_PACKED)
 
 
 class PeerTransport(StringTransport):
@@ -101,7 +103,7 @@ class FakeDriver:
         self.link.dataReceived(vu.message(request, payload, flags))
         return self.transport.value()
 
-    def negotiate(self, features: int = OFFERED, protocol: bool = True, base: int = 0,
+    def negotiate(self, features: int = SPLIT, protocol: bool = True, base: int = 0,
                   enabledPairs: int | None = None) -> None:
         """
         What QEMU sends when the guest starts the device; the rings start at

@@ -8,7 +8,9 @@ A L{Ring} collects its size, start index and addresses from QEMU's
 messages and starts when it has those, the guest memory and the eventfd
 the guest kicks (QEMU's C{SET_VRING_KICK} comes last); C{GET_VRING_BASE}
 stops it and returns where it got to.  A started ring is a
-L{vtwisted.ports.virtqueue.SplitQueue}.
+L{vtwisted.ports.virtqueue.SplitQueue}, or a
+L{vtwisted.ports.packedring.PackedQueue} if the guest took packed rings:
+the two have one interface, and the choice is made once, at the start.
 
 The transmit ring (the guest's frames) is drained when its eventfd is
 readable: the guest is asked not to kick meanwhile, every chain taken is
@@ -18,8 +20,8 @@ the guest interrupted once, if it wants to be.  The receive ring is written to b
 L{Ring.deliver}, one frame at a time, each visible to the guest at once;
 the interrupt comes once for all a reactor turn delivered, from a call
 that runs before the reactor next waits.  While the guest migrates, the
-pages written (receive buffers, used rings) are marked in the dirty log
-after they are written.
+pages written (receive buffers, used rings, or a packed ring's
+descriptors) are marked in the dirty log after they are written.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from vtwisted.ports.packedring import PackedQueue
 from vtwisted.ports.virtqueue import SplitQueue, VirtqueueError
 from vtwisted.wire.vhostuser import RingAddresses
 
@@ -42,6 +45,8 @@ TX_BUDGET = 256
 #: Ring address flag: log the writes to the used ring (C{VHOST_VRING_F_LOG}).
 LOG_USED = 1
 _ONE = (1).to_bytes(8, "little")
+#: A started queue, split or packed.
+Queue = SplitQueue | PackedQueue
 
 
 @implementer(IReadDescriptor)
@@ -84,7 +89,7 @@ class Ring:
         self.addresses: RingAddresses | None = None
         self.kick = -1
         self.call = -1
-        self.queue: SplitQueue | None = None
+        self.queue: Queue | None = None
         #: Whether frames move (QEMU enables the rings it uses).
         self.enabled = False
         self._reader: _Kicks | None = None
@@ -120,8 +125,9 @@ class Ring:
         if self.kick < 0 or memory is None or self.addresses is None or self.queue is not None:
             return
         a = self.addresses
-        self.queue = SplitQueue(memory, self.size, a.descriptors, a.available, a.used,
-                                self.base, self.link.eventIndex)
+        kind = PackedQueue if self.link.packed else SplitQueue
+        self.queue = kind(memory, self.size, a.descriptors, a.available, a.used, self.base,
+                          self.link.eventIndex)
         self._reader = _Kicks(self.kick, self)
         self.link.owner.reactor.addReader(self._reader)
         self.link.ringsChanged()
@@ -174,7 +180,7 @@ class Ring:
             except VirtqueueError as e:
                 self.link.fail(f"transmit queue: {e}")
 
-    def _drain(self, queue: SplitQueue) -> None:
+    def _drain(self, queue: Queue) -> None:
         link = self.link
         port, receive, strip = link.port, link._receive, link.headerLength - 10
         taken = 0
@@ -248,16 +254,17 @@ class Ring:
         self._interrupting = None
         self.interrupt()
 
-    def _logUsed(self, queue: SplitQueue) -> None:
+    def _logUsed(self, queue: Queue) -> None:
         """
-        Log the writes to the used ring, if QEMU asked for them (at the
-        guest address it gave for the ring, C{VHOST_VRING_F_LOG}).
+        Log the writes to the used ring (a packed ring's descriptors and
+        device area), if QEMU asked for them (at the guest address it gave
+        for the ring, C{VHOST_VRING_F_LOG}).
         """
         addresses = self.addresses
         if addresses is not None and addresses.flags & LOG_USED:
-            self.link.dirtyLog.mark(addresses.log, queue.usedLength)
+            queue.logUsed(self.link.dirtyLog, addresses.log)
 
-    def _buffersFor(self, queue: SplitQueue, total: int,
+    def _buffersFor(self, queue: Queue, total: int,
                     logged: list[tuple[int, int]] | None = None,
                     ) -> list[tuple[int, list[memoryview]]] | None:
         """

@@ -16,9 +16,10 @@ features, sends the acknowledged ones, the guest memory table (file
 descriptors the switch maps, L{vtwisted.ports.virtqueue.GuestMemory}), and
 for each queue its size, its start index, where its three parts are, an
 eventfd the guest kicks when it adds buffers and one the switch writes to
-interrupt the guest (L{vtwisted.ports.vhostrings}).  Odd queues carry the
-guest's frames: on a kick every available chain is read (up to a budget
-per reactor turn), handed to the switch and given back.  Even queues hold
+interrupt the guest (L{vtwisted.ports.vhostrings}); split rings, or packed
+ones if the guest takes them (C{packed=on}, L{vtwisted.ports.packedring}).
+Odd queues carry the guest's frames: on a kick every available chain is
+read (up to a budget per reactor turn), handed to the switch and given back.  Even queues hold
 the guest's empty receive buffers: each frame for the guest is written
 into the next chains (several, with mergeable buffers) behind a virtio-net
 header; with no buffer free it is dropped and counted as C{busy}.  With
@@ -74,13 +75,14 @@ F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN = 0, 1, 7, 8, 9
 F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_MRG_RXBUF = 11, 12, 13, 15
 #: Queue pairs chosen by the driver through the control queue (QEMU serves it).
 F_CTRL_VQ, F_MQ = 17, 22
-F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1 = 28, 29, 30, 32
+F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1, F_RING_PACKED = \
+    28, 29, 30, 32, 34
 #: The switch logs the pages it writes (live migration).
 F_LOG_ALL = 26
 OFFERED = sum(1 << bit for bit in (
     F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_HOST_TSO4, F_HOST_TSO6,
     F_HOST_ECN, F_MRG_RXBUF, F_CTRL_VQ, F_MQ, F_LOG_ALL, F_INDIRECT_DESC, F_EVENT_IDX,
-    F_PROTOCOL_FEATURES, F_VERSION_1))
+    F_PROTOCOL_FEATURES, F_VERSION_1, F_RING_PACKED))
 #: vhost-user protocol features: several queue pairs, the dirty log in
 #: shared memory, announcing a migrated guest (RARP), and acks.
 P_MQ, P_LOG_SHMFD, P_RARP, P_REPLY_ACK = 0, 1, 2, 3
@@ -122,8 +124,7 @@ class VhostUserLink(Protocol):
         #: The receive rings frames for the guest can go to now.
         self.receiving: list[Ring] = []
         self.headerLength = vnet.HEADER_LENGTH
-        self.mergeable = False
-        self.eventIndex = False
+        self.mergeable = self.eventIndex = self.packed = False
         self._receive: Any = None
         self._buffer = b""
         self._fds: deque[int] = deque()
@@ -244,8 +245,8 @@ class VhostUserLink(Protocol):
                 ring.enabled = True
             self.ringsChanged()
         self.logging = bool(features & 1 << F_LOG_ALL) and self.dirtyLog is not None
-        self.mergeable = bool(features & (1 << F_MRG_RXBUF))
-        self.eventIndex = bool(features & (1 << F_EVENT_IDX))
+        self.mergeable, self.eventIndex, self.packed = (
+            bool(features & 1 << bit) for bit in (F_MRG_RXBUF, F_EVENT_IDX, F_RING_PACKED))
         modern = features & (1 << F_VERSION_1)
         self.headerLength = vnet.HEADER_LENGTH + 2 if modern or self.mergeable else \
             vnet.HEADER_LENGTH
@@ -263,7 +264,8 @@ class VhostUserLink(Protocol):
         text = self.peer
         if self.features:
             text += ", super-frames" if self.vnetHeader else ", plain frames"
-            text += ", mergeable buffers" if self.mergeable else ""
+            text += (", mergeable buffers" if self.mergeable else "") + \
+                (", packed rings" if self.packed else "")
         if len(self.receiving) > 1:
             text += f", {len(self.receiving)} queue pairs"
         if self.dirtyLog is not None:
