@@ -50,10 +50,11 @@ class SharedLog:
         os.close(self.fd)
 
 
-def _startLogging(driver: FakeDriver, log: SharedLog, rings: tuple[int, ...] = (0, 1)) -> bytes:
+def _startLogging(driver: FakeDriver, log: SharedLog, rings: tuple[int, ...] = (0, 1),
+                  features: int = SPLIT) -> bytes:
     """What QEMU sends when a migration starts; returns the SET_LOG_BASE reply."""
     reply = driver.send(vu.SET_LOG_BASE, vu.packLog(LOG_SIZE, log.offset), (log.fd,))
-    driver.send(vu.SET_FEATURES, vu.packNumber(SPLIT))
+    driver.send(vu.SET_FEATURES, vu.packNumber(features))
     for index in rings:
         desc, avail, used = driver.ringAddresses(RINGS[index])
         driver.send(vu.SET_VRING_ADDR, vu.packAddresses(vu.RingAddresses(

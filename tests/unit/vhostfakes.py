@@ -110,11 +110,7 @@ class FakeDriver:
         index C{base} (as after a restart), their used index too.
         """
         enabled = len(self.rings) if enabledPairs is None else 2 * enabledPairs
-        for ring in range(len(self.rings)):
-            self.availIndex[ring] = self.usedSeen[ring] = base
-            _, avail, used = self.ringAddresses(RINGS[ring])
-            struct.pack_into("<H", self.memory, avail + 2, base)
-            struct.pack_into("<H", self.memory, used + 2, base)
+        self.resetRings(base)
         self.send(vu.GET_FEATURES)
         if protocol:
             self.send(vu.GET_PROTOCOL_FEATURES)
@@ -133,6 +129,16 @@ class FakeDriver:
             self.send(vu.SET_VRING_KICK, vu.packNumber(index), (self.kicks[index],))
             if protocol:
                 self.send(vu.SET_VRING_ENABLE, vu.packState(index, int(index < enabled)))
+
+    def resetRings(self, base: int) -> None:
+        """
+        Lay the rings out as a driver would have them at index C{base}.
+        """
+        for ring in range(len(self.rings)):
+            self.availIndex[ring] = self.usedSeen[ring] = base
+            _, avail, used = self.ringAddresses(RINGS[ring])
+            struct.pack_into("<H", self.memory, avail + 2, base)
+            struct.pack_into("<H", self.memory, used + 2, base)
 
     @staticmethod
     def ringAddresses(base: int) -> tuple[int, int, int]:

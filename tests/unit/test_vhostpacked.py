@@ -1,0 +1,422 @@
+"""
+Packed virtqueues on the C{vhostuser:} port (L{vtwisted.ports.packedring})
+against a fake QEMU and guest driver with packed rings (L{packedfakes}).
+A real QEMU guest with C{packed=on} is in
+C{tests/integration/test_vhostuser.py}.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import cast
+
+import pytest
+from packedfakes import FRESH, PackedDriver, state
+from test_vhostmigration import SharedLog, _startLogging
+from twisted.logger import ILogObserver, globalLogPublisher
+from vhostfakes import DESC, MEMORY, QUEUE_SIZE, RINGS, RX_BUFFERS, SPLIT, USER_BASE
+
+from vtwisted.ports.packedring import (
+    AVAIL,
+    EVENT_DESC,
+    EVENT_DISABLE,
+    EVENT_ENABLE,
+    USED,
+    PackedQueue,
+)
+from vtwisted.ports.vhostuser import F_EVENT_IDX, F_RING_PACKED, OFFERED
+from vtwisted.ports.virtqueue import INDIRECT, NEXT, GuestMemory, SplitQueue, VirtqueueError
+from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
+from vtwisted.wire import vhostuser as vu
+
+WITHOUT_EVENT_IDX = OFFERED & ~(1 << F_EVENT_IDX)
+
+
+@pytest.fixture
+def driver():
+    fake = PackedDriver()
+    yield fake
+    fake.close()
+
+
+def _switchWithTwoPorts(driver: PackedDriver) -> tuple[FakeLink, FakeLink]:
+    a, b = FakeLink(), FakeLink()
+    plug(driver.switch, a)
+    plug(driver.switch, b)
+    return a, b
+
+
+def test_packedRingsAreOfferedAndTakenWhenNegotiated(driver) -> None:
+    """
+    GET_FEATURES offers RING_PACKED; a guest that takes it gets packed
+    queues and port/print says so; one that does not gets split queues.
+    """
+    assert vu.number(1, driver.send(vu.GET_FEATURES)[12:]) & 1 << F_RING_PACKED
+    driver.negotiate()
+    assert all(isinstance(ring.queue, PackedQueue) for ring in driver.link.rings[:2])
+    assert driver.link.description.endswith(", super-frames, mergeable buffers, packed rings")
+    split = PackedDriver()
+    try:
+        split.negotiate(SPLIT, base=0)
+        assert all(isinstance(ring.queue, SplitQueue) for ring in split.link.rings[:2])
+        assert "packed" not in split.link.description
+    finally:
+        split.close()
+
+
+@pytest.mark.parametrize("pieces, indirect", [(1, False), (3, False), (4, True)])
+def test_guestFramesReachTheSwitch(driver, pieces: int, indirect: bool) -> None:
+    """
+    A frame the guest transmits (in one or several descriptors, or through
+    an indirect table) reaches another port; one used descriptor comes back
+    with the buffer id and the guest is interrupted.
+    """
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    sent = frame(b"\xff" * 6, mac(1), payload=bytes(range(200)))
+    driver.transmit(bytes(12), sent, pieces, indirect)
+    assert other.takeSent() == [sent]
+    assert driver.used(1) == [(0, 0)]
+    assert driver.interrupted(1)
+
+
+def test_usedDescriptorsSkipTheRestOfEachChain(driver) -> None:
+    """
+    Three chains of three descriptors come back as used descriptors in
+    slots 0, 3 and 6, with their ids; the rest of each chain is untouched.
+    """
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    frames = [frame(b"\xff" * 6, mac(1), payload=bytes([n]) * 90) for n in range(3)]
+    for sent in frames:
+        driver.transmit(bytes(12), sent, pieces=3)
+    assert other.takeSent() == frames
+    flags = [DESC.unpack_from(driver.memory, RINGS[1] + 16 * at)[3] for at in range(9)]
+    assert [at for at in range(9) if flags[at] & USED] == [0, 3, 6]
+    assert [DESC.unpack_from(driver.memory, RINGS[1] + 16 * at)[2] for at in (0, 3, 6)] == \
+        [0, 1, 2]
+    assert driver.used(1) == [(0, 0), (1, 0), (2, 0)]
+
+
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_framesForTheGuestFillMergeableBuffers(driver, pieces: int) -> None:
+    """
+    A 64 KB super-frame for the guest spans 2 KB buffers (each one or two
+    descriptors); num_buffers says how many, and the frame arrives whole.
+    """
+    driver.negotiate()
+    driver.postReceiveBuffers(QUEUE_SIZE // pieces, pieces=pieces)
+    tap = FakeLink(vnetHeader=True)
+    plug(driver.switch, tap)
+    small = frame(mac(2), mac(1), payload=b"hello")
+    tap.receive(small)
+    packet = tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(50000))
+    tap.receivePacket(packet)
+    [(h1, f1), (h2, f2)] = driver.received()
+    assert (h1, f1) == (bytes(10) + b"\x01\x00", small)
+    assert int.from_bytes(h2[10:12], "little") == -(-(12 + len(packet) - 10) // 2048)
+    assert (h2[:10], f2) == (packet[:10], packet[10:])
+    driver.reactor.advance(0)
+    assert driver.interrupted(0)
+
+
+def test_tooFewBuffersDropTheFrameAndTakeNothing(driver) -> None:
+    """Two 2 KB buffers cannot take a 9000-byte frame: busy, and both stay available."""
+    driver.negotiate()
+    driver.postReceiveBuffers(2)
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(9000)))
+    assert driver.port.counters.drops["busy"] == 1 and driver.used(0) == []
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(3000)))
+    assert [len(f) for _, f in driver.received()] == [3014]
+
+
+def test_theRingWrapsAroundBothWays(driver) -> None:
+    """
+    150 frames each way through rings of 64 slots, chains of three
+    crossing the end of the ring: every frame arrives, in order, as the
+    wrap counters flip on both sides.
+    """
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    frames = [frame(b"\xff" * 6, mac(1), payload=n.to_bytes(2, "big") * 40)
+              for n in range(150)]
+    got = []
+    for sent in frames:
+        driver.transmit(bytes(12), sent, pieces=3)
+        got += other.takeSent()
+        assert len(driver.used(1)) == 1
+    assert got == frames
+    received = []
+    for start in range(0, 150, 10):
+        driver.postReceiveBuffers(10, pieces=2)
+        for sent in frames[start:start + 10]:
+            other.receive(sent)
+        received += [f for _, f in driver.received()]
+    assert received == frames
+    assert driver.slot[1] == ((150 * 3) % QUEUE_SIZE, (150 * 3) // QUEUE_SIZE % 2 == 0)
+
+
+def test_getAndSetRingBaseCarryTheWrapCounters(driver) -> None:
+    """
+    GET_VRING_BASE answers the next slot with the driver's wrap counter
+    (bits 0-15) and the same for the used slot (16-31), as QEMU reads them;
+    a ring started again from that state carries on where it was, across
+    the wrap.
+    """
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    for n in range(30):
+        driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)), pieces=3)
+        assert driver.used(1) == [(n, 0)]
+    answer = driver.send(vu.GET_VRING_BASE, vu.packState(1, 0))
+    assert vu.ringState(11, answer[12:]) == (1, state(90 - QUEUE_SIZE, False))
+    assert driver.link.rings[1].queue is None
+    driver.send(vu.SET_VRING_BASE, vu.packState(1, state(90 - QUEUE_SIZE, False)))
+    driver.send(vu.SET_VRING_KICK, vu.packNumber(1), (driver.kicks[1],))
+    other.takeSent()
+    sent = frame(b"\xff" * 6, mac(1), payload=b"after")
+    driver.transmit(bytes(12), sent, pieces=3)
+    assert other.takeSent() == [sent]
+    assert driver.used(1) == [(30, 0)]
+
+
+def test_aRingStartedMidLapWithTheWrapCounterClear(driver) -> None:
+    """
+    SET_VRING_BASE at slot 60 with the wrap counters clear (as after an odd
+    number of laps): frames cross both ways over the end of the ring.
+    """
+    driver.negotiate(base=state(60, False))
+    other = FakeLink()
+    plug(driver.switch, other)
+    frames = [frame(b"\xff" * 6, mac(1), payload=bytes([n]) * 60) for n in range(6)]
+    for sent in frames:
+        driver.transmit(bytes(12), sent)
+    assert other.takeSent() == frames and len(driver.used(1)) == 6
+    driver.postReceiveBuffers(8)
+    for sent in frames:
+        other.receive(sent)
+    assert [f for _, f in driver.received()] == frames
+    assert driver.link.rings[0].queue.lastAvail == state(2, True)
+
+
+def test_kicksAreSuppressedWhileDrainingAndAskedForAfter(driver) -> None:
+    """
+    Without event indexes the device's area says "kick me" once the ring is
+    drained; with them it names the next slot and wrap counter to kick for.
+    """
+    driver.negotiate(WITHOUT_EVENT_IDX)
+    plug(driver.switch, FakeLink())
+    driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    assert driver.deviceEvents(1)[1] == EVENT_ENABLE
+    other = PackedDriver()
+    try:
+        other.negotiate()
+        plug(other.switch, FakeLink())
+        for _ in range(QUEUE_SIZE + 3):
+            other.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+        assert other.deviceEvents(1) == (3, EVENT_DESC)
+    finally:
+        other.close()
+
+
+def test_aKickSuppressedQueueIsDrainedInOneGo(driver) -> None:
+    """Frames the guest queued without kicking go at the next kick, in order."""
+    driver.negotiate()
+    other = FakeLink()
+    plug(driver.switch, other)
+    frames = [frame(b"\xff" * 6, mac(1), payload=bytes([n]) * 60) for n in range(20)]
+    for sent in frames:
+        driver.transmit(bytes(12), sent, pieces=2, kick=False)
+    assert other.takeSent() == []
+    driver.kick()
+    assert other.takeSent() == frames
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (EVENT_DISABLE, [False, False, False, False]),
+    (EVENT_ENABLE, [True, True, True, True]),
+    (EVENT_DESC, [False, False, True, False]),
+])
+def test_theGuestSaysWhenToInterrupt(driver, flags: int, expected: list[bool]) -> None:
+    """
+    The driver's area: never, always, or (event indexes) once the used
+    descriptor in slot 2 (this lap) is written: the third frame.
+    """
+    driver.negotiate()
+    driver.postReceiveBuffers(8)
+    driver.setDriverEvents(0, flags, 2 | 0x8000)
+    other = FakeLink()
+    plug(driver.switch, other)
+    seen = []
+    for _ in range(4):
+        other.receive(frame(b"\xff" * 6, mac(1)))
+        driver.reactor.advance(0)
+        seen.append(driver.interrupted(0))
+    assert seen == expected
+
+
+def test_aWholeLapUsedAtOnceStillInterrupts(driver) -> None:
+    """
+    The guest asks to hear when slot 0 of the next lap is used, then queues
+    a whole ring of frames with one kick: the device uses all 64 slots in
+    one drain and interrupts (the used slot came back to where it was).
+    """
+    driver.negotiate()
+    plug(driver.switch, FakeLink())
+    driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    driver.used(1)
+    driver.interrupted(1)
+    driver.setDriverEvents(1, EVENT_DESC, 1 | 0x8000)
+    for _ in range(QUEUE_SIZE):
+        driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)), kick=False)
+    driver.kick()
+    assert len(driver.used(1)) == QUEUE_SIZE
+    assert driver.interrupted(1)
+
+
+def test_writesAreLoggedWhileTheGuestMigrates(driver) -> None:
+    """
+    With the dirty log on, a frame for the guest marks its buffer's page,
+    the descriptor ring's (where the used descriptor went) and the device
+    area's.
+    """
+    log = SharedLog()
+    driver.negotiate()
+    _startLogging(driver, log, features=OFFERED)
+    driver.postReceiveBuffers(4)
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(100)))
+    desc, _, used = driver.ringAddresses(RINGS[0])
+    assert log.pages() == {RX_BUFFERS // 4096, desc // 4096, used // 4096}
+    assert len(driver.received()) == 1
+    driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    desc, _, used = driver.ringAddresses(RINGS[1])
+    assert log.pages() == {desc // 4096, used // 4096}
+    log.close()
+
+
+def _damage(driver: PackedDriver, kind: str) -> None:
+    """Make one broken chain available on the transmit ring."""
+    desc, flags = RINGS[1], AVAIL
+    if kind == "loop":
+        for at in range(QUEUE_SIZE):
+            DESC.pack_into(driver.memory, desc + 16 * at, 0x200000, 10, 0, flags | NEXT)
+    elif kind == "address":
+        DESC.pack_into(driver.memory, desc, 1 << 40, 100, 0, flags)
+    elif kind == "indirect and next":
+        DESC.pack_into(driver.memory, desc + 16, 0x200000, 10, 0, flags)
+        DESC.pack_into(driver.memory, desc, 0x201000, 16, 0, flags | INDIRECT | NEXT)
+    else:
+        DESC.pack_into(driver.memory, desc, 0x201000, 24, 0, flags | INDIRECT)
+
+
+@pytest.mark.parametrize("kind, problem", [
+    ("loop", "loops"),
+    ("address", "outside the shared memory"),
+    ("indirect and next", "bad indirect descriptor"),
+    ("indirect size", "bad indirect descriptor (24 bytes"),
+])
+def test_aBrokenPackedRingClosesOnlyThatGuest(driver, kind: str, problem: str) -> None:
+    """
+    A chain longer than the ring, a buffer outside guest memory or a bad
+    indirect descriptor: logged once with the spec, counted, the connection
+    closed; the switch keeps forwarding between the other ports.
+    """
+    driver.negotiate()
+    a, b = _switchWithTwoPorts(driver)
+    _damage(driver, kind)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+    try:
+        driver.kick()
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
+    errors = [e for e in events if e.get("log_level") and e["log_level"].name == "error"]
+    assert len(errors) == 1 and problem in errors[0]["problem"], errors
+    assert driver.transport.disconnecting
+    assert driver.port.counters.drops["malformed"] == 1
+    hello = frame(mac(2), mac(1))
+    a.receive(hello)
+    assert b.takeSent() == [hello]
+
+
+@pytest.mark.parametrize("size, base, problem", [
+    (40000, FRESH, "not between 1 and 32768"),
+    (64, state(64, True), "start index 64 past"),
+])
+def test_aPackedRingThatCannotBeIsRefused(driver, size: int, base: int, problem: str) -> None:
+    """A size over 32768 or a start past the ring closes the connection, saying why."""
+    driver.send(vu.SET_FEATURES, vu.packNumber(OFFERED))
+    region = vu.Region(0, MEMORY, USER_BASE, 0)
+    driver.send(vu.SET_MEM_TABLE, vu.packTable([region]), (driver.memfd,))
+    driver.send(vu.SET_VRING_NUM, vu.packState(1, size))
+    driver.send(vu.SET_VRING_BASE, vu.packState(1, base))
+    desc, avail, used = driver.ringAddresses(RINGS[1])
+    driver.send(vu.SET_VRING_ADDR, vu.packAddresses(vu.RingAddresses(
+        1, 0, USER_BASE + desc, USER_BASE + used, USER_BASE + avail, 0)))
+    events: list[dict] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+    try:
+        driver.send(vu.SET_VRING_KICK, vu.packNumber(1), (driver.kicks[1],))
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
+    assert any(problem in e.get("problem", "") for e in events), events
+    assert driver.transport.disconnecting
+
+
+def test_aPackedRingNeedNotBeAPowerOfTwo() -> None:
+    """
+    Packed rings may have any size: a ring of 3 slots takes chains across
+    its end and gives them back with the wrap counters flipping.
+    """
+    fd = os.memfd_create("packed-three")
+    os.ftruncate(fd, 0x10000)
+    memory = GuestMemory.map([vu.Region(0, 0x10000, 0x10000, 0)], [os.dup(fd)])
+    view = memory.guest(0, 0x10000)
+    queue = PackedQueue(memory, 3, 0x10000, 0x10100, 0x10200, 0x8000)
+    try:
+        wrap = True
+        for n in range(7):
+            at = n % 3
+            if n and at == 0:
+                wrap = not wrap
+            DESC.pack_into(view, 16 * at, 0x1000, 10, n, AVAIL if wrap else USED)
+            assert queue.pending() == 1
+            head = queue.take()
+            assert head == at and len(queue.chain(head)) == 1
+            queue.put(head, 0)
+            bufferId, flags = struct.unpack_from("<HH", view, 16 * at + 12)
+            assert bufferId == n and flags & (AVAIL | USED) == (AVAIL | USED if wrap else 0)
+            assert queue.pending() == 0
+        assert queue.lastAvail == state(1, True)
+    finally:
+        del view, queue
+        memory.close()
+        os.close(fd)
+
+
+def test_aChainLongerThanTheRoomLeftIsRefused() -> None:
+    """A chain that runs past what the ring can hold raises VirtqueueError."""
+    fd = os.memfd_create("packed-room")
+    os.ftruncate(fd, 0x10000)
+    memory = GuestMemory.map([vu.Region(0, 0x10000, 0x10000, 0)], [os.dup(fd)])
+    view = memory.guest(0, 0x10000)
+    queue = PackedQueue(memory, 4, 0x10000, 0x10100, 0x10200, 0x8000)
+    try:
+        for at in range(4):
+            DESC.pack_into(view, 16 * at, 0x1000, 10, 0, AVAIL | NEXT)
+        with pytest.raises(VirtqueueError, match="loops"):
+            queue.pending()
+    finally:
+        del view, queue
+        memory.close()
+        os.close(fd)
+
