@@ -104,16 +104,20 @@ def test_guestsOnVhostUserPingEachOtherAndANamespace(vswitch, processes, namespa
     assert "Traceback" not in sw.logText(), sw.logText()
 
 
-@pytest.mark.parametrize("rings", ["split", "packed"])
+@pytest.mark.parametrize(("nicOption", "portOption", "packed"), [
+    ("", "", False), (",packed=on", ":packed=on", True), (",packed=on", "", False)])
 def test_tcpCrossesAsSuperFramesBothWays(vswitch, processes, namespaces, shortdir,
-                                         rings: str) -> None:
+                                         nicOption: str, portOption: str, packed: bool) -> None:
     """
     3 MB from a namespace to the guest and 3 MB back, SHA-256 checked; the
     guest's port counts fewer frames than 1514-byte frames would take: the
     guest sends and receives TCP super-frames (TSO) through the rings, split
-    or packed (C{packed=on}: port/print says the guest took them).
+    or packed.  A NIC with C{packed=on} gets packed rings only from a port
+    with C{packed=on} (port/print says so, and the guest's features); from
+    any other it gets split rings.
     """
-    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.10.1/24")
+    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.10.1/24",
+                                             spec="vhostuser:unix:{path}" + portOption)
     sink = processes.start(execIn(ns, PYTHON, "-c", SINK, "10.211.10.1", "7400"),
                            stdout=subprocess.PIPE, text=True)
     assert sink.stdout.readline().strip() == "ready"
@@ -126,20 +130,20 @@ def test_tcpCrossesAsSuperFramesBothWays(vswitch, processes, namespaces, shortdi
               + "echo \"sent $(wc -c < /tmp/out) $(sha256sum < /tmp/out | cut -d' ' -f1)\"\n"
               + "nc 10.211.10.1 7400 < /tmp/out\nexit $rc\n")
     netdev, extra = vhostArgs(path)
-    nic = NIC + (",packed=on" if rings == "packed" else "")
+    nic = NIC + nicOption
     guest = startGuest(processes, netdev, script, "52:54:00:76:75:03", directory=shortdir,
                        name="bulk", nic=nic, extraArgs=extra)
     waitFor(lambda: guest.sawLine("VTW-LISTENING") or guest.process.poll() is not None,
             timeout=90, what="the guest's listener")
     shown = console(mgmt, "port/allprint")
-    assert ("packed rings" in shown) == (rings == "packed"), shown
+    assert ("packed rings" in shown) == packed, shown
     sent = run(*execIn(ns, PYTHON, "-c", _CLIENT, "10.211.10.2", "7300", "5", str(3 << 20)),
                timeout=120)
     result = guest.wait(180)
     print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
     assert result.rc == 0, guest.diagnostics() + sw.logText()
     features = re.search(r"features ([01]{64})", result.output)
-    assert features is not None and features.group(1)[34] == str(int(rings == "packed"))
+    assert features is not None and features.group(1)[34] == str(int(packed))
     assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
     back = re.search(r"sent (\d+ [0-9a-f]{64})", result.output)
     assert back is not None, result.output

@@ -14,7 +14,7 @@ import struct
 from vhostfakes import DESC, QUEUE_SIZE, RINGS, RX_BUFFERS, SLOT, FakeDriver
 
 from vtwisted.ports.packedring import AVAIL, USED
-from vtwisted.ports.vhostuser import OFFERED
+from vtwisted.ports.vhostuser import PACKED_OFFERED
 from vtwisted.ports.virtqueue import INDIRECT, NEXT, WRITE
 
 #: The state QEMU sends for a fresh packed ring: slot 0, both wrap counters set.
@@ -41,7 +41,7 @@ class PackedDriver(FakeDriver):
     """
 
     def __init__(self, pairs: int = 1) -> None:
-        super().__init__(pairs=pairs)
+        super().__init__(pairs=pairs, offered=PACKED_OFFERED)
         count = len(self.rings)
         self.slot = [(0, True)] * count
         self.usedSlot = [(0, True)] * count
@@ -49,7 +49,7 @@ class PackedDriver(FakeDriver):
         self.chains: list[dict[int, tuple[int, list[tuple[int, int]]]]] = [
             {} for _ in range(count)]
 
-    def negotiate(self, features: int = OFFERED, protocol: bool = True, base: int = FRESH,
+    def negotiate(self, features: int = PACKED_OFFERED, protocol: bool = True, base: int = FRESH,
                   enabledPairs: int | None = None) -> None:
         super().negotiate(features, protocol, base, enabledPairs)
 

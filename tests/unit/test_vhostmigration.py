@@ -13,10 +13,10 @@ import os
 import pytest
 from vhostfakes import MEMORY, RINGS, RX_BUFFERS, SLOT, SPLIT, USER_BASE, FakeDriver
 
-from vtwisted.ports.vhostuser import F_LOG_ALL, P_LOG_SHMFD, P_RARP
 from vtwisted.ports.virtqueue import DirtyLog
 from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
 from vtwisted.wire import vhostuser as vu
+from vtwisted.wire.vhostuser import F_LOG_ALL, P_LOG_SHMFD, P_RARP
 
 #: The log's size for the fake's memory: one bit per 4 KB page.
 LOG_SIZE = MEMORY // 4096 // 8

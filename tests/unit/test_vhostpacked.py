@@ -25,12 +25,13 @@ from vtwisted.ports.packedring import (
     USED,
     PackedQueue,
 )
-from vtwisted.ports.vhostuser import F_EVENT_IDX, F_RING_PACKED, OFFERED
+from vtwisted.ports.vhostuser import OFFERED, PACKED_OFFERED
 from vtwisted.ports.virtqueue import INDIRECT, NEXT, GuestMemory, SplitQueue, VirtqueueError
 from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
 from vtwisted.wire import vhostuser as vu
+from vtwisted.wire.vhostuser import F_EVENT_IDX, F_RING_PACKED
 
-WITHOUT_EVENT_IDX = OFFERED & ~(1 << F_EVENT_IDX)
+WITHOUT_EVENT_IDX = PACKED_OFFERED & ~(1 << F_EVENT_IDX)
 
 
 @pytest.fixture
@@ -289,7 +290,7 @@ def test_writesAreLoggedWhileTheGuestMigrates(driver) -> None:
     """
     log = SharedLog()
     driver.negotiate()
-    _startLogging(driver, log, features=OFFERED)
+    _startLogging(driver, log, features=PACKED_OFFERED)
     driver.postReceiveBuffers(4)
     other = FakeLink()
     plug(driver.switch, other)
@@ -354,7 +355,7 @@ def test_aBrokenPackedRingClosesOnlyThatGuest(driver, kind: str, problem: str) -
 ])
 def test_aPackedRingThatCannotBeIsRefused(driver, size: int, base: int, problem: str) -> None:
     """A size over 32768 or a start past the ring closes the connection, saying why."""
-    driver.send(vu.SET_FEATURES, vu.packNumber(OFFERED))
+    driver.send(vu.SET_FEATURES, vu.packNumber(PACKED_OFFERED))
     region = vu.Region(0, MEMORY, USER_BASE, 0)
     driver.send(vu.SET_MEM_TABLE, vu.packTable([region]), (driver.memfd,))
     driver.send(vu.SET_VRING_NUM, vu.packState(1, size))
@@ -420,3 +421,27 @@ def test_aChainLongerThanTheRoomLeftIsRefused() -> None:
         memory.close()
         os.close(fd)
 
+
+
+def test_packedRingsAreOfferedOnlyWithPackedOn(tmp_path) -> None:
+    """
+    A port offers packed rings only with C{packed=on}; without, a NIC asking
+    for them gets split rings (QEMU masks what the device does not offer).
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from vtwisted.ports import vhostuser
+    from vtwisted.spec import PortSpec, SpecError
+    from vtwisted.switch import Switch
+
+    def offered(text: str) -> int:
+        service = vhostuser.makeService(Switch(), PortSpec(text), MemoryReactorClock())
+        return int(service.offeredFeatures)
+
+    path = tmp_path / "v.sock"
+    assert offered(f"vhostuser:unix:{path}") == OFFERED
+    assert not OFFERED & 1 << F_RING_PACKED
+    assert offered(f"vhostuser:unix:{path}:packed=on") == PACKED_OFFERED
+    assert offered(f"vhostuser:connect:unix:{path}:packed=on") == PACKED_OFFERED
+    with pytest.raises(SpecError, match="packed='maybe' is not on or off"):
+        offered(f"vhostuser:unix:{path}:packed=maybe")

@@ -124,7 +124,7 @@ def test_noReceiveBuffersMeansDroppedAndCounted(driver) -> None:
 
 def test_withoutMergeableBuffersATooSmallBufferDropsTheFrame(driver) -> None:
     """One 256-byte buffer cannot take a 1000-byte frame: counted as mtu, buffer untouched."""
-    driver.negotiate(SPLIT & ~(1 << vhostuser.F_MRG_RXBUF))
+    driver.negotiate(SPLIT & ~(1 << vu.F_MRG_RXBUF))
     driver.postReceiveBuffers(4, size=256)
     other = FakeLink()
     plug(driver.switch, other)
@@ -163,7 +163,7 @@ def test_ringsWaitForTheirEnableMessage(driver) -> None:
 
 def test_replyAckAnswersWhatAskedForIt(driver) -> None:
     """After REPLY_ACK is agreed, a message with need_reply gets a zero (success) reply."""
-    driver.send(vu.SET_PROTOCOL_FEATURES, vu.packNumber(1 << vhostuser.P_REPLY_ACK))
+    driver.send(vu.SET_PROTOCOL_FEATURES, vu.packNumber(1 << vu.P_REPLY_ACK))
     answer = driver.send(vu.SET_OWNER, flags=vu.VERSION | vu.FLAG_NEED_REPLY)
     assert answer == vu.numberReply(vu.SET_OWNER, 0)
 
@@ -286,7 +286,7 @@ def test_port_printSaysWhatTheGuestTook(driver) -> None:
     """The link's description names the peer and whether super-frames reach it."""
     driver.negotiate()
     assert driver.link.description.endswith(", super-frames, mergeable buffers")
-    driver.send(vu.SET_FEATURES, vu.packNumber(PLAIN_ONLY & ~(1 << vhostuser.F_MRG_RXBUF)))
+    driver.send(vu.SET_FEATURES, vu.packNumber(PLAIN_ONLY & ~(1 << vu.F_MRG_RXBUF)))
     assert driver.link.description.endswith(", plain frames")
     assert f" pid {os.getpid()}" in driver.link.description
 
@@ -316,7 +316,7 @@ def test_resetOwnerStopsTheRings(driver) -> None:
 
 def test_kicksAreAskedForAgainAfterADrain(driver) -> None:
     """Without EVENT_IDX, the used ring's no-notify flag is clear once the ring is drained."""
-    driver.negotiate(SPLIT & ~(1 << vhostuser.F_EVENT_IDX))
+    driver.negotiate(SPLIT & ~(1 << vu.F_EVENT_IDX))
     plug(driver.switch, FakeLink())
     _, _, used = FakeDriver.ringAddresses(RINGS[1])
     struct.pack_into("<H", driver.memory, used, 1)

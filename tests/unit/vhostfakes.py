@@ -18,7 +18,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import StreamPorts
-from vtwisted.ports.vhostuser import F_RING_PACKED, OFFERED, VhostUserLink
+from vtwisted.ports.vhostuser import OFFERED, VhostUserLink
 from vtwisted.switch import Switch
 from vtwisted.wire import vhostuser as vu
 
@@ -34,8 +34,8 @@ RINGS = tuple(0x2000 * i for i in range(8))
 RX_BUFFERS = 0x10000
 SLOT = 0x1000
 TX_DATA = 0x200000
-#: Every feature the device offers, with split rings (the fake's layout).
-SPLIT = OFFERED & ~(1 << F_RING_PACKED)
+#: Every feature the device offers by default: split rings (the fake's layout).
+SPLIT = OFFERED
 
 
 class PeerTransport(StringTransport):
@@ -58,10 +58,11 @@ class FakeDriver:
     """
 
     def __init__(self, switch: Switch | None = None, reactor: Any = None,
-                 pairs: int = 1) -> None:
+                 pairs: int = 1, offered: int = OFFERED) -> None:
         self.switch = switch or Switch()
         self.reactor = reactor or MemoryReactorClock()
         self.owner = StreamPorts(self.switch, self.reactor, PortOptions(), "vhostuser:fake")
+        self.owner.offeredFeatures = offered  # type: ignore[attr-defined]
         self.link = VhostUserLink(self.owner)
         self.transport = PeerTransport()
         self.link.makeConnection(self.transport)

@@ -16,11 +16,11 @@ features, sends the acknowledged ones, the guest memory table (file
 descriptors the switch maps, L{vtwisted.ports.virtqueue.GuestMemory}), and
 for each queue its size, its start index, where its three parts are, an
 eventfd the guest kicks when it adds buffers and one the switch writes to
-interrupt the guest (L{vtwisted.ports.vhostrings}); split rings, or packed
-ones if the guest takes them (C{packed=on}, L{vtwisted.ports.packedring}).
-Odd queues carry the guest's frames: on a kick every available chain is
-read (up to a budget per reactor turn), handed to the switch and given back.  Even queues hold
-the guest's empty receive buffers: each frame for the guest is written
+interrupt the guest (L{vtwisted.ports.vhostrings}): split rings, or packed
+ones with C{packed=on} (L{vtwisted.ports.packedring}).  Odd queues carry
+the guest's frames: on a kick every available chain is read (up to a
+budget per reactor turn), handed to the switch and given back.  Even
+queues hold the guest's empty receive buffers: each frame for the guest is written
 into the next chains (several, with mergeable buffers) behind a virtio-net
 header; with no buffer free it is dropped and counted as C{busy}.  With
 several queue pairs enabled (multiqueue; QEMU serves the control queue
@@ -70,25 +70,17 @@ from vtwisted.wire.vhostuser import VhostUserError
 
 log = Logger()
 
-#: Device feature bits (VIRTIO 1.1, 5.1.3 and 6).
-F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN = 0, 1, 7, 8, 9
-F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_MRG_RXBUF = 11, 12, 13, 15
-#: Queue pairs chosen by the driver through the control queue (QEMU serves it).
-F_CTRL_VQ, F_MQ = 17, 22
-F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1, F_RING_PACKED = \
-    28, 29, 30, 32, 34
-#: The switch logs the pages it writes (live migration).
-F_LOG_ALL = 26
+#: The device's features (QEMU serves the control queue, C{F_CTRL_VQ}).
 OFFERED = sum(1 << bit for bit in (
-    F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN, F_HOST_TSO4, F_HOST_TSO6,
-    F_HOST_ECN, F_MRG_RXBUF, F_CTRL_VQ, F_MQ, F_LOG_ALL, F_INDIRECT_DESC, F_EVENT_IDX,
-    F_PROTOCOL_FEATURES, F_VERSION_1, F_RING_PACKED))
-#: vhost-user protocol features: several queue pairs, the dirty log in
-#: shared memory, announcing a migrated guest (RARP), and acks.
-P_MQ, P_LOG_SHMFD, P_RARP, P_REPLY_ACK = 0, 1, 2, 3
-PROTOCOL_OFFERED = 1 << P_MQ | 1 << P_LOG_SHMFD | 1 << P_RARP | 1 << P_REPLY_ACK
+    vu.F_CSUM, vu.F_GUEST_CSUM, vu.F_GUEST_TSO4, vu.F_GUEST_TSO6, vu.F_GUEST_ECN,
+    vu.F_HOST_TSO4, vu.F_HOST_TSO6, vu.F_HOST_ECN, vu.F_MRG_RXBUF, vu.F_CTRL_VQ, vu.F_MQ,
+    vu.F_LOG_ALL, vu.F_INDIRECT_DESC, vu.F_EVENT_IDX, vu.F_PROTOCOL_FEATURES, vu.F_VERSION_1))
+#: With C{packed=on}: packed rings too (not for live migration or reconnects).
+PACKED_OFFERED = OFFERED | 1 << vu.F_RING_PACKED
+PROTOCOL_OFFERED = 1 << vu.P_MQ | 1 << vu.P_LOG_SHMFD | 1 << vu.P_RARP | 1 << vu.P_REPLY_ACK
 #: What a guest must take for super-frames to be passed to it whole.
-SUPER_FRAMES = sum(1 << bit for bit in (F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN))
+SUPER_FRAMES = sum(1 << bit for bit in (
+    vu.F_GUEST_CSUM, vu.F_GUEST_TSO4, vu.F_GUEST_TSO6, vu.F_GUEST_ECN))
 #: Keywords of a spec that configure the switch port, not the endpoint.
 PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
 #: Queue pairs a guest may use (C{-netdev vhost-user,queues=N}).
@@ -184,7 +176,7 @@ class VhostUserLink(Protocol):
             raise VhostUserError(f"request {request} is not supported")
         answer = handler(self, request, payload)
         if answer is None and header.flags & vu.FLAG_NEED_REPLY and \
-                self.protocolFeatures & 1 << P_REPLY_ACK:
+                self.protocolFeatures & 1 << vu.P_REPLY_ACK:
             answer = vu.numberReply(request, 0)
         if answer is not None:
             self.transport.write(answer)  # type: ignore[union-attr]
@@ -233,21 +225,22 @@ class VhostUserLink(Protocol):
         return self._fds.popleft()
 
     def getFeatures(self, request: int, payload: bytes) -> bytes:
-        return vu.numberReply(request, OFFERED)
+        return vu.numberReply(request, self.owner.offeredFeatures)
 
     def setFeatures(self, request: int, payload: bytes) -> None:
         features = vu.number(request, payload)
-        if features & ~OFFERED:
-            raise VhostUserError(f"features {features & ~OFFERED:#x} were never offered")
+        unknown = features & ~self.owner.offeredFeatures
+        if unknown:
+            raise VhostUserError(f"features {unknown:#x} were never offered")
         self.features = features
-        if not features & 1 << F_PROTOCOL_FEATURES:
+        if not features & 1 << vu.F_PROTOCOL_FEATURES:
             for ring in self.rings:  # rings start enabled without the protocol features
                 ring.enabled = True
             self.ringsChanged()
-        self.logging = bool(features & 1 << F_LOG_ALL) and self.dirtyLog is not None
+        self.logging = bool(features & 1 << vu.F_LOG_ALL) and self.dirtyLog is not None
         self.mergeable, self.eventIndex, self.packed = (
-            bool(features & 1 << bit) for bit in (F_MRG_RXBUF, F_EVENT_IDX, F_RING_PACKED))
-        modern = features & (1 << F_VERSION_1)
+            bool(features & 1 << bit) for bit in (vu.F_MRG_RXBUF, vu.F_EVENT_IDX, vu.F_RING_PACKED))
+        modern = features & (1 << vu.F_VERSION_1)
         self.headerLength = vnet.HEADER_LENGTH + 2 if modern or self.mergeable else \
             vnet.HEADER_LENGTH
         whole = features & SUPER_FRAMES == SUPER_FRAMES
@@ -324,7 +317,7 @@ class VhostUserLink(Protocol):
         if self.dirtyLog is not None:
             self.dirtyLog.close()
         self.dirtyLog = log
-        self.logging = bool(self.features & 1 << F_LOG_ALL) and log is not None
+        self.logging = bool(self.features & 1 << vu.F_LOG_ALL) and log is not None
         self._describe()
 
     def setLogDescriptor(self, request: int, payload: bytes) -> None:
@@ -475,6 +468,7 @@ class VhostUserListener(StreamListener):
     """
 
     protocol = VhostUserLink  # type: ignore[assignment]
+    offeredFeatures = OFFERED
 
 
 @implementer(IPortService)
@@ -485,18 +479,24 @@ class VhostUserConnector(StreamConnector):
     """
 
     protocol = VhostUserLink  # type: ignore[assignment]
+    offeredFeatures = OFFERED
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> Any:
     """
     Build the service for C{vhostuser:[listen:|connect:]unix:PATH} with the
-    options C{vlan=}, C{trunk=}, C{mtu=} for each guest's port.
+    options C{vlan=}, C{trunk=}, C{mtu=} for each guest's port, and
+    C{packed=on} to offer packed rings.
     """
-    read = readStreamSpec(spec, reactor, PORT_KEYWORDS, listenByDefault=True)
+    read = readStreamSpec(spec, reactor, (*PORT_KEYWORDS, "packed"), listenByDefault=True)
     if spec.args[read.skip] != "unix":
         raise spec.error("vhost-user needs a Unix socket (unix:PATH): it passes file "
                          "descriptors")
+    service: VhostUserListener | VhostUserConnector
     if read.listen:
-        return VhostUserListener(switch, reactor, read.endpoint, read.options, spec.text,
-                                 read.unixPath)
-    return VhostUserConnector(switch, reactor, read.endpoint, read.options, spec.text)
+        service = VhostUserListener(switch, reactor, read.endpoint, read.options, spec.text,
+                                    read.unixPath)
+    else:
+        service = VhostUserConnector(switch, reactor, read.endpoint, read.options, spec.text)
+    service.offeredFeatures = PACKED_OFFERED if spec.boolean("packed", False) else OFFERED
+    return service

@@ -33,6 +33,17 @@ GET_VRING_BASE, SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR = 11, 12, 13, 14
 GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_VRING_ENABLE = 15, 16, 17, 18
 SEND_RARP, NET_SET_MTU = 19, 20
 
+#: virtio-net device feature bits (VIRTIO 1.1, 5.1.3 and 6): offloads,
+#: mergeable buffers, the control queue and queue pairs, the dirty log (live
+#: migration), ring layouts and event indexes, vhost-user's own features.
+F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_GUEST_TSO6, F_GUEST_ECN = 0, 1, 7, 8, 9
+F_HOST_TSO4, F_HOST_TSO6, F_HOST_ECN, F_MRG_RXBUF, F_CTRL_VQ, F_MQ = 11, 12, 13, 15, 17, 22
+F_LOG_ALL, F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES = 26, 28, 29, 30
+F_VERSION_1, F_RING_PACKED = 32, 34
+#: vhost-user protocol features: several queue pairs, the dirty log in
+#: shared memory, announcing a migrated guest (RARP), and acks.
+P_MQ, P_LOG_SHMFD, P_RARP, P_REPLY_ACK = 0, 1, 2, 3
+
 #: In a ring file descriptor message: the ring index, and "no descriptor".
 RING_INDEX_MASK = 0xFF
 NO_FD = 0x100
