@@ -8,7 +8,6 @@ wrap counters flipping at the end of the ring).
 
 from __future__ import annotations
 
-import os
 import struct
 
 from vhostfakes import DESC, QUEUE_SIZE, RINGS, RX_BUFFERS, SLOT, FakeDriver
@@ -110,26 +109,17 @@ class PackedDriver(FakeDriver):
         Put C{header} and C{frame} on the transmit ring (in C{pieces}
         descriptors, through an indirect table if asked) and kick, if asked.
         """
-        data = header + frame
-        address = self.txAt
-        self.memory[address:address + len(data)] = data
-        self.txAt += (len(data) + 4095) & ~4095
-        step = -(-len(data) // pieces)
-        spans = [(address + i, min(step, len(data) - i), 0) for i in range(0, len(data), step)]
+        spans = self._stage(header + frame, pieces)
         if indirect:
             table = self.txAt
             self.txAt += 4096
-            for i, (at, length, _) in enumerate(spans):
+            for i, (at, length) in enumerate(spans):
                 DESC.pack_into(self.memory, table + 16 * i, at, length, 0, 0)
             self.makeAvailable(ring, [(table, 16 * len(spans), INDIRECT)])
         else:
-            self.makeAvailable(ring, spans)
+            self.makeAvailable(ring, [(at, length, 0) for at, length in spans])
         if kick:
             self.kick(ring)
-
-    def kick(self, ring: int = 1) -> None:
-        os.eventfd_write(self.kicks[ring], 1)
-        self.link.rings[ring].kicked()
 
     def used(self, ring: int) -> list[tuple[int, int]]:
         """
@@ -150,25 +140,13 @@ class PackedDriver(FakeDriver):
         self.usedSlot[ring] = (at, wrap)
         return pairs
 
-    def received(self, headerLength: int = 12, ring: int = 0) -> list[tuple[bytes, bytes]]:
+    def buffers(self, ring: int, entry: int) -> list[tuple[int, int]]:
         """
-        The packets the device wrote to the receive ring: (header, frame),
-        buffers joined as C{num_buffers} says.
+        The (address, length) pieces of the buffer a used descriptor names:
+        in a packed ring, those the driver made available under buffer id
+        C{entry} (now free again).
         """
-        packets = []
-        pairs = self.used(ring)
-        while pairs:
-            data = self._filled(ring, *pairs.pop(0))
-            count = int.from_bytes(data[10:12], "little") if headerLength == 12 else 1
-            for _ in range(count - 1):
-                data += self._filled(ring, *pairs.pop(0))
-            packets.append((data[:headerLength], data[headerLength:]))
-        return packets
-
-    def _filled(self, ring: int, bufferId: int, length: int) -> bytes:
-        _, buffers = self.chains[ring].pop(bufferId)
-        data = b"".join(bytes(self.memory[a:a + n]) for a, n in buffers)
-        return data[:length]
+        return self.chains[ring].pop(entry)[1]
 
     def setDriverEvents(self, ring: int, flags: int, offWrap: int = 0) -> None:
         """

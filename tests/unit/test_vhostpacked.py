@@ -1,21 +1,34 @@
 """
 Packed virtqueues on the C{vhostuser:} port (L{vtwisted.ports.packedring})
-against a fake QEMU and guest driver with packed rings (L{packedfakes}).
-A real QEMU guest with C{packed=on} is in
-C{tests/integration/test_vhostuser.py}.
+against a fake QEMU and guest driver with packed rings (L{packedfakes}):
+what only packed rings do (wrap counters, chains skipped, event
+suppression areas, the ring state QEMU saves).  What both layouts do is
+tested on both in C{test_vhostrings}.  A real QEMU guest with C{packed=on}
+is in C{tests/integration/test_vhostuser.py}.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import cast
 
 import pytest
 from packedfakes import FRESH, PackedDriver, state
 from test_vhostmigration import SharedLog, _startLogging
 from twisted.logger import ILogObserver, globalLogPublisher
-from vhostfakes import DESC, MEMORY, QUEUE_SIZE, RINGS, RX_BUFFERS, SPLIT, USER_BASE
+from vhostfakes import (
+    DESC,
+    MEMORY,
+    QUEUE_SIZE,
+    RINGS,
+    RX_BUFFERS,
+    SPLIT,
+    USER_BASE,
+    kickClosesOnlyThatGuest,
+)
 
 from vtwisted.ports.packedring import (
     AVAIL,
@@ -27,7 +40,7 @@ from vtwisted.ports.packedring import (
 )
 from vtwisted.ports.vhostuser import OFFERED, PACKED_OFFERED
 from vtwisted.ports.virtqueue import INDIRECT, NEXT, GuestMemory, SplitQueue, VirtqueueError
-from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
+from vtwisted.testing import FakeLink, frame, mac, plug
 from vtwisted.wire import vhostuser as vu
 from vtwisted.wire.vhostuser import F_EVENT_IDX, F_RING_PACKED
 
@@ -39,13 +52,6 @@ def driver():
     fake = PackedDriver()
     yield fake
     fake.close()
-
-
-def _switchWithTwoPorts(driver: PackedDriver) -> tuple[FakeLink, FakeLink]:
-    a, b = FakeLink(), FakeLink()
-    plug(driver.switch, a)
-    plug(driver.switch, b)
-    return a, b
 
 
 def test_packedRingsAreOfferedAndTakenWhenNegotiated(driver) -> None:
@@ -66,23 +72,6 @@ def test_packedRingsAreOfferedAndTakenWhenNegotiated(driver) -> None:
         split.close()
 
 
-@pytest.mark.parametrize("pieces, indirect", [(1, False), (3, False), (4, True)])
-def test_guestFramesReachTheSwitch(driver, pieces: int, indirect: bool) -> None:
-    """
-    A frame the guest transmits (in one or several descriptors, or through
-    an indirect table) reaches another port; one used descriptor comes back
-    with the buffer id and the guest is interrupted.
-    """
-    driver.negotiate()
-    other = FakeLink()
-    plug(driver.switch, other)
-    sent = frame(b"\xff" * 6, mac(1), payload=bytes(range(200)))
-    driver.transmit(bytes(12), sent, pieces, indirect)
-    assert other.takeSent() == [sent]
-    assert driver.used(1) == [(0, 0)]
-    assert driver.interrupted(1)
-
-
 def test_usedDescriptorsSkipTheRestOfEachChain(driver) -> None:
     """
     Three chains of three descriptors come back as used descriptors in
@@ -100,40 +89,6 @@ def test_usedDescriptorsSkipTheRestOfEachChain(driver) -> None:
     assert [DESC.unpack_from(driver.memory, RINGS[1] + 16 * at)[2] for at in (0, 3, 6)] == \
         [0, 1, 2]
     assert driver.used(1) == [(0, 0), (1, 0), (2, 0)]
-
-
-@pytest.mark.parametrize("pieces", [1, 2])
-def test_framesForTheGuestFillMergeableBuffers(driver, pieces: int) -> None:
-    """
-    A 64 KB super-frame for the guest spans 2 KB buffers (each one or two
-    descriptors); num_buffers says how many, and the frame arrives whole.
-    """
-    driver.negotiate()
-    driver.postReceiveBuffers(QUEUE_SIZE // pieces, pieces=pieces)
-    tap = FakeLink(vnetHeader=True)
-    plug(driver.switch, tap)
-    small = frame(mac(2), mac(1), payload=b"hello")
-    tap.receive(small)
-    packet = tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(50000))
-    tap.receivePacket(packet)
-    [(h1, f1), (h2, f2)] = driver.received()
-    assert (h1, f1) == (bytes(10) + b"\x01\x00", small)
-    assert int.from_bytes(h2[10:12], "little") == -(-(12 + len(packet) - 10) // 2048)
-    assert (h2[:10], f2) == (packet[:10], packet[10:])
-    driver.reactor.advance(0)
-    assert driver.interrupted(0)
-
-
-def test_tooFewBuffersDropTheFrameAndTakeNothing(driver) -> None:
-    """Two 2 KB buffers cannot take a 9000-byte frame: busy, and both stay available."""
-    driver.negotiate()
-    driver.postReceiveBuffers(2)
-    other = FakeLink()
-    plug(driver.switch, other)
-    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(9000)))
-    assert driver.port.counters.drops["busy"] == 1 and driver.used(0) == []
-    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(3000)))
-    assert [len(f) for _, f in driver.received()] == [3014]
 
 
 def test_theRingWrapsAroundBothWays(driver) -> None:
@@ -332,21 +287,8 @@ def test_aBrokenPackedRingClosesOnlyThatGuest(driver, kind: str, problem: str) -
     closed; the switch keeps forwarding between the other ports.
     """
     driver.negotiate()
-    a, b = _switchWithTwoPorts(driver)
     _damage(driver, kind)
-    events: list[dict] = []
-    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
-    try:
-        driver.kick()
-    finally:
-        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
-    errors = [e for e in events if e.get("log_level") and e["log_level"].name == "error"]
-    assert len(errors) == 1 and problem in errors[0]["problem"], errors
-    assert driver.transport.disconnecting
-    assert driver.port.counters.drops["malformed"] == 1
-    hello = frame(mac(2), mac(1))
-    a.receive(hello)
-    assert b.takeSent() == [hello]
+    kickClosesOnlyThatGuest(driver, problem)
 
 
 @pytest.mark.parametrize("size, base, problem", [
@@ -373,17 +315,29 @@ def test_aPackedRingThatCannotBeIsRefused(driver, size: int, base: int, problem:
     assert driver.transport.disconnecting
 
 
+@contextmanager
+def _standaloneQueue(name: str, size: int) -> Iterator[tuple[memoryview, PackedQueue]]:
+    """
+    A packed queue of C{size} slots on its own 64 KB of guest memory (its
+    descriptors at guest address 0), fresh, and a view of that memory.
+    """
+    fd = os.memfd_create(name)
+    os.ftruncate(fd, 0x10000)
+    memory = GuestMemory.map([vu.Region(0, 0x10000, 0x10000, 0)], [os.dup(fd)])
+    try:
+        yield memory.guest(0, 0x10000), PackedQueue(memory, size, 0x10000, 0x10100, 0x10200,
+                                                     0x8000)
+    finally:
+        memory.close()
+        os.close(fd)
+
+
 def test_aPackedRingNeedNotBeAPowerOfTwo() -> None:
     """
     Packed rings may have any size: a ring of 3 slots takes chains across
     its end and gives them back with the wrap counters flipping.
     """
-    fd = os.memfd_create("packed-three")
-    os.ftruncate(fd, 0x10000)
-    memory = GuestMemory.map([vu.Region(0, 0x10000, 0x10000, 0)], [os.dup(fd)])
-    view = memory.guest(0, 0x10000)
-    queue = PackedQueue(memory, 3, 0x10000, 0x10100, 0x10200, 0x8000)
-    try:
+    with _standaloneQueue("packed-three", 3) as (view, queue):
         wrap = True
         for n in range(7):
             at = n % 3
@@ -398,28 +352,15 @@ def test_aPackedRingNeedNotBeAPowerOfTwo() -> None:
             assert bufferId == n and flags & (AVAIL | USED) == (AVAIL | USED if wrap else 0)
             assert queue.pending() == 0
         assert queue.lastAvail == state(1, True)
-    finally:
-        del view, queue
-        memory.close()
-        os.close(fd)
 
 
 def test_aChainLongerThanTheRoomLeftIsRefused() -> None:
     """A chain that runs past what the ring can hold raises VirtqueueError."""
-    fd = os.memfd_create("packed-room")
-    os.ftruncate(fd, 0x10000)
-    memory = GuestMemory.map([vu.Region(0, 0x10000, 0x10000, 0)], [os.dup(fd)])
-    view = memory.guest(0, 0x10000)
-    queue = PackedQueue(memory, 4, 0x10000, 0x10100, 0x10200, 0x8000)
-    try:
+    with _standaloneQueue("packed-room", 4) as (view, queue):
         for at in range(4):
             DESC.pack_into(view, 16 * at, 0x1000, 10, 0, AVAIL | NEXT)
         with pytest.raises(VirtqueueError, match="loops"):
             queue.pending()
-    finally:
-        del view, queue
-        memory.close()
-        os.close(fd)
 
 
 

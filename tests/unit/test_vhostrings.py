@@ -1,8 +1,10 @@
 """
 Tests for the C{vhostuser:} port (L{vtwisted.ports.vhostuser}, its rings
 and L{vtwisted.ports.virtqueue}) against a fake QEMU and guest driver that
-share real memory and eventfds with it (L{vhostfakes}).  QEMU itself is in
-C{tests/integration/test_vhostuser.py}.
+share real memory and eventfds with it (L{vhostfakes}).  Tests taking
+C{anyDriver} (or C{layout}) run once with split rings and once with packed
+ones (L{packedfakes}); what only packed rings do is in C{test_vhostpacked}.
+QEMU itself is in C{tests/integration/test_vhostuser.py}.
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_vnet import UDP, kernelPacket
 from twisted.logger import ILogObserver, globalLogPublisher
-from vhostfakes import DESC, QUEUE_SIZE, RINGS, SPLIT, FakeDriver
+from vhostfakes import (
+    DESC,
+    LAYOUTS,
+    QUEUE_SIZE,
+    RINGS,
+    SPLIT,
+    FakeDriver,
+    kickClosesOnlyThatGuest,
+    makeDriver,
+)
 
 from vtwisted.ports import vhostuser
 from vtwisted.ports.vhostuser import OFFERED, SUPER_FRAMES
@@ -35,6 +46,14 @@ def driver():
     fake.close()
 
 
+@pytest.fixture(params=LAYOUTS)
+def anyDriver(request):
+    """A fake QEMU and guest driver with split rings, then with packed ones."""
+    fake = makeDriver(request.param)
+    yield fake
+    fake.close()
+
+
 def test_featuresAreOfferedAndTheAcknowledgedOnesDecideTheHeader(driver) -> None:
     """
     GET_FEATURES offers TSO both ways, mergeable buffers and VIRTIO 1.0; a
@@ -48,117 +67,134 @@ def test_featuresAreOfferedAndTheAcknowledgedOnesDecideTheHeader(driver) -> None
     assert driver.link.headerLength == 12 and driver.link.mergeable
 
 
-def test_aGuestWithoutReceiveOffloadsGetsPlainFrames(driver) -> None:
+def test_aGuestWithoutReceiveOffloadsGetsPlainFrames(anyDriver) -> None:
     """Without GUEST_TSO the port takes plain frames: super-frames reach it cut."""
-    driver.negotiate(PLAIN_ONLY)
-    assert not driver.link.vnetHeader and not driver.port.vnet
-    driver.postReceiveBuffers(QUEUE_SIZE)
+    anyDriver.negotiate(anyDriver.offered & ~SUPER_FRAMES)
+    assert not anyDriver.link.vnetHeader and not anyDriver.port.vnet
+    anyDriver.postReceiveBuffers(QUEUE_SIZE)
     tap = FakeLink(vnetHeader=True)
-    plug(driver.switch, tap)
+    plug(anyDriver.switch, tap)
     tap.receivePacket(tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(6000)))
-    got = driver.received()
+    got = anyDriver.received()
     assert len(got) == 5 and all(len(f) <= 1514 for _, f in got)
     assert all(h == bytes(10) + b"\x01\x00" for h, _ in got)
 
 
 @pytest.mark.parametrize("pieces, indirect", [(1, False), (3, False), (4, True)])
-def test_guestFramesReachTheSwitch(driver, pieces: int, indirect: bool) -> None:
+def test_guestFramesReachTheSwitch(anyDriver, pieces: int, indirect: bool) -> None:
     """
     A frame the guest transmits (in one or several descriptors, directly or
     through an indirect table) reaches another port without num_buffers;
-    the chain comes back used and the guest is interrupted.
+    the chain comes back used (head or buffer id 0, nothing written) and
+    the guest is interrupted.
     """
-    driver.negotiate()
+    anyDriver.negotiate()
     other = FakeLink()
-    plug(driver.switch, other)
+    plug(anyDriver.switch, other)
     sent = frame(b"\xff" * 6, mac(1), payload=bytes(range(200)))
-    driver.transmit(bytes(12), sent, pieces, indirect)
+    anyDriver.transmit(bytes(12), sent, pieces, indirect)
     assert other.takeSent() == [sent]
-    assert driver.used(1) == [(0, 0)]
-    assert driver.interrupted(1)
+    assert anyDriver.used(1) == [(0, 0)]
+    assert anyDriver.interrupted(1)
 
 
-def test_guestSuperFramesPassWholeToOffloadPortsAndCutForOthers(driver) -> None:
+def test_guestSuperFramesPassWholeToOffloadPortsAndCutForOthers(anyDriver) -> None:
     """A TSO super-frame from the guest goes whole to an offload port, cut for a plain one."""
-    driver.negotiate()
+    anyDriver.negotiate()
     offload, plain = FakeLink(vnetHeader=True), FakeLink()
-    plug(driver.switch, offload)
-    plug(driver.switch, plain)
+    plug(anyDriver.switch, offload)
+    plug(anyDriver.switch, plain)
     packet = tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(20000))
-    driver.transmit(packet[:10] + b"\x00\x00", packet[10:], pieces=2)
+    anyDriver.transmit(packet[:10] + b"\x00\x00", packet[10:], pieces=2)
     assert offload.sentPackets == [packet]
     assert plain.takeSent() == vnet.toFrames(packet)
 
 
-def test_framesForTheGuestFillMergeableBuffers(driver) -> None:
-    """A 64 KB super-frame for the guest spans 2 KB buffers; num_buffers says how many."""
-    driver.negotiate()
-    driver.postReceiveBuffers(QUEUE_SIZE)
+@pytest.mark.parametrize("pieces", [1, 2])
+def test_framesForTheGuestFillMergeableBuffers(anyDriver, pieces: int) -> None:
+    """
+    A 64 KB super-frame for the guest spans 2 KB buffers (each one or two
+    descriptors); num_buffers says how many, and the frame arrives whole.
+    """
+    anyDriver.negotiate()
+    anyDriver.postReceiveBuffers(QUEUE_SIZE // pieces, pieces=pieces)
     tap = FakeLink(vnetHeader=True)
-    plug(driver.switch, tap)
+    plug(anyDriver.switch, tap)
     small = frame(mac(2), mac(1), payload=b"hello")
     tap.receive(small)
     packet = tcpSuperFrame(b"\xff" * 6, mac(1), os.urandom(60000))
     tap.receivePacket(packet)
-    [(h1, f1), (h2, f2)] = driver.received()
+    [(h1, f1), (h2, f2)] = anyDriver.received()
     assert (h1, f1) == (bytes(10) + b"\x01\x00", small)
     count = int.from_bytes(h2[10:12], "little")
     assert count == -(-(12 + len(packet) - 10) // 2048)
     assert (h2[:10], f2) == (packet[:10], packet[10:])
-    assert not driver.interrupted(0), "the interrupt waits for the end of the reactor turn"
-    driver.reactor.advance(0)
-    assert driver.interrupted(0)
-    driver.reactor.advance(0)
-    assert not driver.interrupted(0), "one interrupt for the turn's frames"
+    assert not anyDriver.interrupted(0), "the interrupt waits for the end of the reactor turn"
+    anyDriver.reactor.advance(0)
+    assert anyDriver.interrupted(0)
+    anyDriver.reactor.advance(0)
+    assert not anyDriver.interrupted(0), "one interrupt for the turn's frames"
 
 
-def test_noReceiveBuffersMeansDroppedAndCounted(driver) -> None:
+def test_noReceiveBuffersMeansDroppedAndCounted(anyDriver) -> None:
     """With no buffer posted, a frame for the guest is dropped as busy."""
-    driver.negotiate()
+    anyDriver.negotiate()
     other = FakeLink()
-    plug(driver.switch, other)
+    plug(anyDriver.switch, other)
     other.receive(frame(b"\xff" * 6, mac(1)))
-    assert driver.port.counters.drops["busy"] == 1
-    assert driver.received() == []
+    assert anyDriver.port.counters.drops["busy"] == 1
+    assert anyDriver.received() == []
 
 
-def test_withoutMergeableBuffersATooSmallBufferDropsTheFrame(driver) -> None:
-    """One 256-byte buffer cannot take a 1000-byte frame: counted as mtu, buffer untouched."""
-    driver.negotiate(SPLIT & ~(1 << vu.F_MRG_RXBUF))
-    driver.postReceiveBuffers(4, size=256)
+def test_tooFewBuffersDropTheFrameAndTakeNothing(anyDriver) -> None:
+    """Two 2 KB buffers cannot take a 9000-byte frame: busy, and both stay available."""
+    anyDriver.negotiate()
+    anyDriver.postReceiveBuffers(2)
     other = FakeLink()
-    plug(driver.switch, other)
+    plug(anyDriver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(9000)))
+    assert anyDriver.port.counters.drops["busy"] == 1 and anyDriver.used(0) == []
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(3000)))
+    assert [len(f) for _, f in anyDriver.received()] == [3014]
+
+
+def test_withoutMergeableBuffersATooSmallBufferDropsTheFrame(anyDriver) -> None:
+    """One 256-byte buffer cannot take a 1000-byte frame: counted as mtu, buffer untouched."""
+    anyDriver.negotiate(anyDriver.offered & ~(1 << vu.F_MRG_RXBUF))
+    anyDriver.postReceiveBuffers(4, size=256)
+    other = FakeLink()
+    plug(anyDriver.switch, other)
     other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(986)))
-    assert driver.port.counters.drops["mtu"] == 1
+    assert anyDriver.port.counters.drops["mtu"] == 1
     other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(100)))
-    [(header, got)] = driver.received()
+    [(header, got)] = anyDriver.received()
     assert header[10:12] == b"\x01\x00" and len(got) == 114
 
 
-def test_udpGsoIsCutForTheGuest(driver) -> None:
+def test_udpGsoIsCutForTheGuest(anyDriver) -> None:
     """The guest does not take UDP GSO: such a packet arrives as datagrams."""
-    driver.negotiate()
-    driver.postReceiveBuffers(QUEUE_SIZE)
+    anyDriver.negotiate()
+    anyDriver.postReceiveBuffers(QUEUE_SIZE)
     offload = FakeLink(vnetHeader=True)
-    plug(driver.switch, offload)
+    plug(anyDriver.switch, offload)
     uso = kernelPacket(os.urandom(3000), 1000, proto=UDP, macs=(b"\xff" * 6, mac(1))).packet
     offload.receivePacket(uso)
-    got = driver.received()
+    got = anyDriver.received()
     assert [f for _, f in got] == vnet.toFrames(uso) and len(got) == 3
 
 
-def test_ringsWaitForTheirEnableMessage(driver) -> None:
+def test_ringsWaitForTheirEnableMessage(anyDriver) -> None:
     """With the protocol features, frames for the guest are dropped until QEMU enables the ring."""
-    driver.negotiate()
-    driver.send(vu.SET_VRING_ENABLE, vu.packState(0, 0))
-    driver.postReceiveBuffers(4)
+    anyDriver.negotiate()
+    anyDriver.send(vu.SET_VRING_ENABLE, vu.packState(0, 0))
+    anyDriver.postReceiveBuffers(4)
     other = FakeLink()
-    plug(driver.switch, other)
+    plug(anyDriver.switch, other)
     other.receive(frame(b"\xff" * 6, mac(1)))
-    assert driver.port.counters.drops["down"] == 1
-    driver.send(vu.SET_VRING_ENABLE, vu.packState(0, 1))
+    assert anyDriver.port.counters.drops["down"] == 1
+    anyDriver.send(vu.SET_VRING_ENABLE, vu.packState(0, 1))
     other.receive(frame(b"\xff" * 6, mac(1)))
-    assert len(driver.received()) == 1
+    assert len(anyDriver.received()) == 1
 
 
 def test_replyAckAnswersWhatAskedForIt(driver) -> None:
@@ -182,14 +218,14 @@ def test_getRingBaseStopsTheRingAndSaysWhereItGot(driver) -> None:
     assert other.takeSent() == []
 
 
-def test_disconnectFreesThePort(driver) -> None:
+def test_disconnectFreesThePort(anyDriver) -> None:
     """When QEMU goes, its port has no link left."""
-    driver.negotiate()
-    port = driver.port
-    assert port.links == [driver.link]
-    driver.transport.loseConnection()
-    driver.link.connectionLost(None)
-    assert port.links == [] and driver.link.memory is None
+    anyDriver.negotiate()
+    port = anyDriver.port
+    assert port.links == [anyDriver.link]
+    anyDriver.transport.loseConnection()
+    anyDriver.link.connectionLost(None)
+    assert port.links == [] and anyDriver.link.memory is None
 
 
 @pytest.mark.parametrize("damage, problem", [
@@ -204,9 +240,6 @@ def test_aBrokenTransmitRingClosesOnlyThatGuest(driver, damage: str, problem: st
     switch keeps forwarding between the other ports.
     """
     driver.negotiate()
-    a, b = FakeLink(), FakeLink()
-    plug(driver.switch, a)
-    plug(driver.switch, b)
     _, avail, _ = FakeDriver.ringAddresses(RINGS[1])
     if damage == "descriptor":
         struct.pack_into("<H", driver.memory, avail + 4, 200)
@@ -215,20 +248,7 @@ def test_aBrokenTransmitRingClosesOnlyThatGuest(driver, damage: str, problem: st
     else:
         DESC.pack_into(driver.memory, RINGS[1], 1 << 40, 100, 0, 0)
     struct.pack_into("<H", driver.memory, avail + 2, 1)
-    events: list[dict] = []
-    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
-    try:
-        driver.link.rings[1].kicked()
-    finally:
-        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
-    errors = [e for e in events if e.get("log_level") and e["log_level"].name == "error"]
-    assert len(errors) == 1 and problem in errors[0]["problem"]
-    assert errors[0]["spec"] == "vhostuser:fake"
-    assert driver.transport.disconnecting
-    assert driver.port.counters.drops["malformed"] == 1
-    hello = frame(mac(2), mac(1))
-    a.receive(hello)
-    assert b.takeSent() == [hello]
+    kickClosesOnlyThatGuest(driver, problem)
 
 
 @pytest.mark.parametrize("request_, payload, problem", [
@@ -303,14 +323,14 @@ def test_aRingWithoutKicksIsRefused(driver) -> None:
     assert driver.transport.disconnecting
 
 
-def test_resetOwnerStopsTheRings(driver) -> None:
+def test_resetOwnerStopsTheRings(anyDriver) -> None:
     """After RESET_OWNER nothing is taken from the transmit ring."""
-    driver.negotiate()
+    anyDriver.negotiate()
     other = FakeLink()
-    plug(driver.switch, other)
-    driver.send(vu.RESET_OWNER)
-    assert all(ring.queue is None for ring in driver.link.rings)
-    driver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
+    plug(anyDriver.switch, other)
+    anyDriver.send(vu.RESET_OWNER)
+    assert all(ring.queue is None for ring in anyDriver.link.rings)
+    anyDriver.transmit(bytes(12), frame(b"\xff" * 6, mac(1)))
     assert other.takeSent() == []
 
 
@@ -404,13 +424,14 @@ def test_regionsOfOneFileAtTheirOffsets() -> None:
         os.close(fd)
 
 
-def test_flowsSpreadOverTheGuestsQueuesAndStayOnOne() -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_flowsSpreadOverTheGuestsQueuesAndStayOnOne(layout: str) -> None:
     """
     With two queue pairs enabled, frames for the guest go to both receive
     rings, every frame of a flow to the same one; the guest transmits on
     either; GET_QUEUE_NUM offers 8 pairs.
     """
-    driver = FakeDriver(pairs=2)
+    driver = makeDriver(layout, pairs=2)
     try:
         assert vu.number(17, driver.send(vu.GET_QUEUE_NUM)[12:]) == vhostuser.MAX_QUEUE_PAIRS
         driver.negotiate()
@@ -434,9 +455,10 @@ def test_flowsSpreadOverTheGuestsQueuesAndStayOnOne() -> None:
         driver.close()
 
 
-def test_onlyEnabledQueuesGetFrames() -> None:
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_onlyEnabledQueuesGetFrames(layout: str) -> None:
     """Of two pairs, with only the first enabled, every frame goes to ring 0."""
-    driver = FakeDriver(pairs=2)
+    driver = makeDriver(layout, pairs=2)
     try:
         driver.negotiate(enabledPairs=1)
         for ring in (0, 2):

@@ -11,15 +11,17 @@ import mmap
 import os
 import socket
 import struct
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.address import UNIXAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import StreamPorts
 from vtwisted.ports.vhostuser import OFFERED, VhostUserLink
 from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
 from vtwisted.wire import vhostuser as vu
 
 MEMORY = 4 << 20
@@ -36,6 +38,8 @@ SLOT = 0x1000
 TX_DATA = 0x200000
 #: Every feature the device offers by default: split rings (the fake's layout).
 SPLIT = OFFERED
+#: The ring layouts the fakes drive: L{FakeDriver} and L{packedfakes.PackedDriver}.
+LAYOUTS = ("split", "packed")
 
 
 class PeerTransport(StringTransport):
@@ -63,6 +67,8 @@ class FakeDriver:
         self.reactor = reactor or MemoryReactorClock()
         self.owner = StreamPorts(self.switch, self.reactor, PortOptions(), "vhostuser:fake")
         self.owner.offeredFeatures = offered  # type: ignore[attr-defined]
+        #: What the device offers (for tests that negotiate less of it).
+        self.offered = offered
         self.link = VhostUserLink(self.owner)
         self.transport = PeerTransport()
         self.link.makeConnection(self.transport)
@@ -161,16 +167,24 @@ class FakeDriver:
         self.availIndex[ring] = (self.availIndex[ring] + 1) & 0xFFFF
         struct.pack_into("<H", self.memory, avail + 2, self.availIndex[ring])
 
-    def postReceiveBuffers(self, count: int, size: int = 2048, ring: int = 0) -> None:
+    def postReceiveBuffers(self, count: int, size: int = 2048, ring: int = 0,
+                           pieces: int = 1) -> None:
         """
         Make C{count} receive buffers of C{size} bytes (4 KB at most)
-        available on receive ring C{ring} (0, 2, ...).
+        available on receive ring C{ring} (0, 2, ...), each a chain of
+        C{pieces} descriptors.
         """
-        assert size <= SLOT
+        assert size <= SLOT and size % pieces == 0
+        step = size // pieces
         for _ in range(count):
             slot = (ring // 2) * QUEUE_SIZE + self.availIndex[ring] % QUEUE_SIZE
-            head = self._descriptor(ring, RX_BUFFERS + slot * SLOT, size, WRITE)
-            self._makeAvailable(ring, head)
+            start = RX_BUFFERS + slot * SLOT
+            indexes = [(self.freeDescriptor[ring] + i) % QUEUE_SIZE for i in range(pieces)]
+            for i in range(pieces):
+                last = i == pieces - 1
+                self._descriptor(ring, start + i * step, step, WRITE | (0 if last else NEXT),
+                                 0 if last else indexes[i + 1])
+            self._makeAvailable(ring, indexes[0])
 
     def transmit(self, header: bytes, frame: bytes, pieces: int = 1,
                  indirect: bool = False, ring: int = 1) -> None:
@@ -178,12 +192,7 @@ class FakeDriver:
         Put C{header} and C{frame} on the transmit ring (in C{pieces}
         descriptors, through an indirect table if asked) and kick.
         """
-        data = header + frame
-        address = self.txAt
-        self.memory[address:address + len(data)] = data
-        self.txAt += (len(data) + 4095) & ~4095
-        step = -(-len(data) // pieces)
-        spans = [(address + i, min(step, len(data) - i)) for i in range(0, len(data), step)]
+        spans = self._stage(header + frame, pieces)
         if indirect:
             table = self.txAt
             self.txAt += 4096
@@ -200,6 +209,20 @@ class FakeDriver:
                                  0 if last else indexes[i + 1] % QUEUE_SIZE)
             head = indexes[0] % QUEUE_SIZE
         self._makeAvailable(ring, head)
+        self.kick(ring)
+
+    def _stage(self, data: bytes, pieces: int) -> list[tuple[int, int]]:
+        """
+        Copy C{data} to the next page of the transmit area; return the
+        (address, length) spans of its C{pieces} descriptors.
+        """
+        address = self.txAt
+        self.memory[address:address + len(data)] = data
+        self.txAt += (len(data) + 4095) & ~4095
+        step = -(-len(data) // pieces)
+        return [(address + i, min(step, len(data) - i)) for i in range(0, len(data), step)]
+
+    def kick(self, ring: int = 1) -> None:
         os.eventfd_write(self.kicks[ring], 1)
         self.link.rings[ring].kicked()
 
@@ -224,16 +247,34 @@ class FakeDriver:
         packets = []
         pairs = self.used(ring)
         while pairs:
-            head, length = pairs.pop(0)
-            address = DESC.unpack_from(self.memory, RINGS[ring] + 16 * head)[0]
-            data = bytes(self.memory[address:address + length])
+            data = self._filled(ring, *pairs.pop(0))
             count = int.from_bytes(data[10:12], "little") if headerLength == 12 else 1
             for _ in range(count - 1):
-                head, length = pairs.pop(0)
-                address = DESC.unpack_from(self.memory, RINGS[ring] + 16 * head)[0]
-                data += bytes(self.memory[address:address + length])
+                data += self._filled(ring, *pairs.pop(0))
             packets.append((data[:headerLength], data[headerLength:]))
         return packets
+
+    def _filled(self, ring: int, entry: int, length: int) -> bytes:
+        """
+        The C{length} bytes the device wrote to the buffer of used entry C{entry}.
+        """
+        data = b"".join(bytes(self.memory[a:a + n]) for a, n in self.buffers(ring, entry))
+        return data[:length]
+
+    def buffers(self, ring: int, entry: int) -> list[tuple[int, int]]:
+        """
+        The (address, length) pieces of the buffer a used entry names: in a
+        split ring, the descriptor chain from head C{entry}.
+        """
+        pieces = []
+        at = entry
+        while True:
+            address, length, flags, following = DESC.unpack_from(
+                self.memory, RINGS[ring] + 16 * at)
+            pieces.append((address, length))
+            if not flags & NEXT:
+                return pieces
+            at = following
 
     def interrupted(self, ring: int) -> bool:
         """
@@ -243,3 +284,41 @@ class FakeDriver:
             return os.eventfd_read(self.calls[ring]) > 0
         except BlockingIOError:
             return False
+
+
+def makeDriver(layout: str, pairs: int = 1) -> FakeDriver:
+    """
+    A fake QEMU and guest driver with rings of C{layout} (one of L{LAYOUTS}),
+    for tests whose behaviour is the same for both.
+    """
+    if layout == "split":
+        return FakeDriver(pairs=pairs)
+    assert layout == "packed", layout
+    from packedfakes import PackedDriver
+
+    return PackedDriver(pairs=pairs)
+
+
+def kickClosesOnlyThatGuest(driver: FakeDriver, problem: str) -> None:
+    """
+    Kick the transmit ring a test broke and check what follows: one error
+    logged with the port's spec and C{problem}, counted as malformed, the
+    connection closed; the switch keeps forwarding between its other ports.
+    """
+    a, b = FakeLink(), FakeLink()
+    plug(driver.switch, a)
+    plug(driver.switch, b)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(cast(ILogObserver, events.append))
+    try:
+        driver.kick()
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, events.append))
+    errors = [e for e in events if e.get("log_level") and e["log_level"].name == "error"]
+    assert len(errors) == 1 and problem in errors[0]["problem"], errors
+    assert errors[0]["spec"] == "vhostuser:fake"
+    assert driver.transport.disconnecting
+    assert driver.port.counters.drops["malformed"] == 1
+    hello = frame(mac(2), mac(1))
+    a.receive(hello)
+    assert b.takeSent() == [hello]
