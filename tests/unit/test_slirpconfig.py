@@ -169,3 +169,23 @@ def test_hostLoopbackCanBeClosedToGuests() -> None:
     assert router.hostAddress(bytes([192, 0, 2, 1]), 80, 6) == ("192.0.2.1", 80)
     opened, _ = makeRouter()
     assert opened.hostAddress(bytes([127, 0, 0, 1]), 80, 6) is None, "a guest's own loopback"
+
+
+@pytest.mark.parametrize(("options", "network"), [
+    (":ipv6-prefix=fd00\\:2\\:\\::ipv6-prefixlen=64", "fd00:2::/64"),
+    (":ipv6-prefix=fd00\\:3\\:\\:", "fd00:3::/64"),
+    (":ipv6-prefixlen=64", "fec0::/64"),
+])
+def test_qemusPrefixAndLengthAreTaken(options: str, network: str) -> None:
+    """QEMU's ipv6-prefix= and ipv6-prefixlen= (its QAPI names) give the prefix."""
+    assert str(readConfig(PortSpec("slirp" + options)).network6) == network
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    (":ipv6-prefix=fd00\\:\\::ipv6-prefixlen=48", "only in a /64"),
+    (":ipv6-prefix=fd00\\:\\::net6=fd01\\:\\:/64", "are one option"),
+])
+def test_qemusPrefixMustBeASingleSlash64(options: str, problem: str) -> None:
+    """A prefix other than a /64, or given twice, is refused saying why."""
+    with pytest.raises(SpecError, match=problem):
+        readConfig(PortSpec("slirp" + options))

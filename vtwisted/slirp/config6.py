@@ -83,10 +83,18 @@ def addresses6(spec: PortSpec, network: ipaddress.IPv6Network | None,
 
 def network6(spec: PortSpec) -> ipaddress.IPv6Network | None:
     """
-    The IPv6 prefix (C{net6=}, QEMU's fec0::/64 by default), or L{None}
-    with C{ipv6=off}.
+    The IPv6 prefix (C{net6=}, QEMU's fec0::/64 by default; QEMU spells it
+    C{ipv6-net=}, or C{ipv6-prefix=} and C{ipv6-prefixlen=} as its QAPI
+    does), or L{None} with C{ipv6=off}.
     """
-    raw = either(spec, "net6", "ipv6-net") or DEFAULT_NET6
+    raw = either(spec, "net6", "ipv6-net")
+    prefix, length = spec.string("ipv6-prefix"), spec.string("ipv6-prefixlen")
+    if prefix is not None or length is not None:
+        if raw is not None:
+            raise spec.error("ipv6-prefix= (with ipv6-prefixlen=) and net6= or ipv6-net= are "
+                             "one option; give one")
+        raw = f"{prefix or DEFAULT_NET6.split('/')[0]}/{length or 64}"
+    raw = raw or DEFAULT_NET6
     if not spec.boolean("ipv6", True):
         return None
     try:
