@@ -204,3 +204,43 @@ def test_fileArrivesWholeWhateverIsLost(tmp_path_factory: pytest.TempPathFactory
     client = WindowedClient(Guest(root), window, lost)
     assert client.fetch("f") == content
     assert client.guest.server.transfers == {}
+
+
+_OPTION_VALUES = st.text(st.sampled_from("0123456789\xb2x-"), max_size=6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("rrq"), st.sampled_from(["f", "missing", "../f"]),
+              st.dictionaries(st.sampled_from(["blksize", "timeout", "windowsize", "tsize"]),
+                              _OPTION_VALUES)),
+    st.tuples(st.just("ack"), st.integers(0, 0xFFFF)),
+    st.tuples(st.just("error"), st.just(0)),
+    st.tuples(st.just("garbage"), st.binary(max_size=12)),
+    st.tuples(st.just("wait"), st.floats(0, 3)),
+), max_size=40), st.integers(4000, 4002))
+def test_anySequenceLeavesTheServerSound(tmp_path_factory: pytest.TempPathFactory,
+                                         steps: list[tuple], port: int) -> None:
+    """
+    Whatever guests send, in any order, the server raises nothing, keeps at
+    most a transfer per guest port, and closes every file it opened.
+    """
+    root = tmp_path_factory.mktemp("tftp")
+    (root / "f").write_bytes(os.urandom(3000))
+    guest = Guest(root)
+    for step in steps:
+        guest.port = port + len(guest.network.ip) % 3
+        if step[0] == "rrq":
+            guest.send(tftp.request(tftp.RRQ, step[1], options=step[2]))
+        elif step[0] == "ack":
+            guest.send(tftp.ack(step[1]))
+        elif step[0] == "error":
+            guest.send(tftp.error(0, "stop"))
+        elif step[0] == "garbage":
+            guest.send(step[1])
+        else:
+            guest.clock.advance(step[1])
+    transfers = list(guest.server.transfers.values())
+    assert len(transfers) <= 3
+    guest.server.close()
+    assert all(t.handle.closed for t in transfers) and not guest.clock.getDelayedCalls()
