@@ -122,6 +122,9 @@ class CommandInterpreter:
         except SwitchError as e:
             error = e
             lines = list(e.partial) if command.vde else [*e.partial, e.message]
+            if command.vde and e.message != e.strerror:
+                # vde_switch's reply carries only the errno; say why in the log.
+                log.info("console: {line!r}: {why}", line=line, why=e.message)
         except Exception as e:
             log.failure("console command {line!r} failed", line=line)
             error = SwitchError(errno.EIO, f"internal error: {e}")

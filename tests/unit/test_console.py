@@ -351,3 +351,19 @@ def test_commandsTableIsTheModuleConstant() -> None:
     """The interpreter's default table is consolecommands.COMMANDS."""
     ops = makeOperations()[0]
     assert CommandInterpreter(ops).commands is consolecommands.COMMANDS
+
+
+def test_vdeErrorsSayWhyInTheLogOnly(setup) -> None:
+    """
+    A vde_switch command that fails answers as vde_switch does, the errno
+    alone, and the switch's log says why; a command that succeeds logs
+    nothing.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    interpreter, _, _ = setup
+    with capturedLogs() as events:
+        assert run(interpreter, "vlan/create 5000") == "1022 Invalid argument\n"
+        run(interpreter, "vlan/create 7")
+    assert [formatEvent(e) for e in events] == [
+        "console: 'vlan/create 5000': VLAN 5000 is out of range (1 to 4093)"]
