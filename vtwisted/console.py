@@ -122,8 +122,9 @@ class CommandInterpreter:
         except SwitchError as e:
             error = e
             lines = list(e.partial) if command.vde else [*e.partial, e.message]
-            if command.vde and e.message != e.strerror:
-                # vde_switch's reply carries only the errno; say why in the log.
+            if command.vde and e.message != e.strerror and session is not None:
+                # vde_switch's reply carries only the errno: say why in the log
+                # (start-up scripts, without a session, log their own failures).
                 log.info("console: {line!r}: {why}", line=line, why=e.message)
         except Exception as e:
             log.failure("console command {line!r} failed", line=line)

@@ -355,15 +355,17 @@ def test_commandsTableIsTheModuleConstant() -> None:
 
 def test_vdeErrorsSayWhyInTheLogOnly(setup) -> None:
     """
-    A vde_switch command that fails answers as vde_switch does, the errno
-    alone, and the switch's log says why; a command that succeeds logs
-    nothing.
+    A vde_switch command that fails in a session answers as vde_switch
+    does, the errno alone, and the switch's log says why; a command that
+    succeeds logs nothing.
     """
     from twisted.logger import capturedLogs, formatEvent
 
     interpreter, _, _ = setup
+    session = object()
     with capturedLogs() as events:
-        assert run(interpreter, "vlan/create 5000") == "1022 Invalid argument\n"
-        run(interpreter, "vlan/create 7")
+        reply = interpreter.execute("vlan/create 5000", session=session)
+        assert reply.text == "1022 Invalid argument\n"
+        interpreter.execute("vlan/create 7", session=session)
     assert [formatEvent(e) for e in events] == [
         "console: 'vlan/create 5000': VLAN 5000 is out of range (1 to 4093)"]
