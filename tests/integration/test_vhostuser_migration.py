@@ -79,24 +79,29 @@ class Qmp:
         self.sock.close()
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
 def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
-                                              shortdir) -> None:
+                                              shortdir, packed: bool) -> None:
     """
     Live migration mid-stream: 12 MB sent to the guest over 6 s, migrated
     to a second QEMU after the first second; the guest, now on the second
     QEMU's port, prints the SHA-256 the sender computed and pings the
-    namespace.
+    namespace.  With split rings, and with packed ones (C{packed=on} on
+    the port and on both QEMUs' NICs).
     """
     need("qemu-system-x86_64")
-    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.14.1/24")
+    spec = "vhostuser:unix:{path}" + (":packed=on" if packed else "")
+    nic = NIC + (",packed=on" if packed else "")
+    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.14.1/24",
+                                             spec=spec)
     netdev, extra = vhostArgs(path)
     qmpPath, incoming = shortdir / "qmp.sock", shortdir / "migration.sock"
     mac = "52:54:00:76:75:14"
     source = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "from",
-                        nic=NIC, extraArgs=[*extra, "-qmp", f"unix:{qmpPath},server=on,wait=off"])
+                        nic=nic, extraArgs=[*extra, "-qmp", f"unix:{qmpPath},server=on,wait=off"])
     waitFor(lambda: source.sawLine("VTW-LISTENING"), timeout=60, what="the guest's listener")
     waitForPing(ns, "10.211.14.2", timeout=20)
-    target = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "to", nic=NIC,
+    target = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "to", nic=nic,
                         extraArgs=[*extra, "-incoming", f"unix:{incoming}"])
     waitFor(lambda: len(LINK.findall(console(mgmt, "port/allprint"))) == 2 and
             incoming.exists(), timeout=30, what="the second QEMU waiting for the guest")
@@ -104,6 +109,8 @@ def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert readLine(sender, 20).strip() == "connected"
     time.sleep(1)
+    shown = console(mgmt, "port/allprint")
+    assert ("packed rings" in shown) == packed, shown
     qmp = Qmp(qmpPath)
     qmp.execute("migrate", uri=f"unix:{incoming}")
     deadline = time.monotonic() + 90

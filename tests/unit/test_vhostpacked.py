@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import cast
 
@@ -30,6 +30,7 @@ from vhostfakes import (
     kickClosesOnlyThatGuest,
 )
 
+from vtwisted.ports import packedring
 from vtwisted.ports.packedring import (
     AVAIL,
     EVENT_DESC,
@@ -386,3 +387,65 @@ def test_packedRingsAreOfferedOnlyWithPackedOn(tmp_path) -> None:
     assert offered(f"vhostuser:connect:unix:{path}:packed=on") == PACKED_OFFERED
     with pytest.raises(SpecError, match="packed='maybe' is not on or off"):
         offered(f"vhostuser:unix:{path}:packed=maybe")
+
+
+class _FieldByField:
+    """
+    A C{struct.Struct} whose C{unpack_from} reads its fields one after the
+    other, as CPython's does, and calls C{between} with the end offset of
+    each field read: a driver writing to shared memory between two loads.
+    """
+
+    def __init__(self, real: struct.Struct, between: Callable[[object, int], None]) -> None:
+        self.real, self.between = real, between
+        self.size = real.size
+        fields = real.format.lstrip("<")
+        assert set(fields) <= set("BHIQ"), real.format
+        self.fields = [struct.Struct("<" + code) for code in fields]
+
+    def pack_into(self, buffer: memoryview, offset: int, *values: int) -> None:
+        self.real.pack_into(buffer, offset, *values)
+
+    def unpack_from(self, buffer: memoryview, offset: int = 0) -> tuple[int, ...]:
+        values: list[int] = []
+        for field in self.fields:
+            values.extend(field.unpack_from(buffer, offset))
+            offset += field.size
+            self.between(buffer, offset)
+        return tuple(values)
+
+
+def test_aDescriptorIsReadOnlyAfterItsFlagsSayItIsAvailable(monkeypatch) -> None:
+    """
+    The driver writes a descriptor's buffer id before its flags; the queue
+    reads the flags first and the id only once they say the descriptor is
+    available.  Here the driver makes slot 1 available (id, then flags)
+    between the first two loads the queue does of that slot: read in the
+    other order, the queue would take the id slot 1 had before (0) with
+    the new flags, and give the buffer back under an id the driver never
+    made available in it (which Linux's driver reports as "not a head", or
+    takes for another buffer of its own).
+    """
+    with _standaloneQueue("packed-order", 4) as (view, queue):
+        DESC.pack_into(view, 0, 0x1000, 10, 7, AVAIL)
+        armed = [True]
+
+        def driverWrites(buffer: object, end: int) -> None:
+            if armed[0] and 16 < end <= 32 and buffer.obj is view.obj:  # type: ignore[attr-defined]
+                armed[0] = False
+                struct.pack_into("<QIH", view, 16, 0x2000, 10, 5)
+                struct.pack_into("<H", view, 16 + 14, AVAIL)
+
+        for name, value in list(vars(packedring).items()):
+            if isinstance(value, struct.Struct):
+                monkeypatch.setattr(packedring, name, _FieldByField(value, driverWrites))
+        given = 0
+        for _ in range(3):
+            while queue.pending():
+                head = queue.take()
+                queue.chain(head)
+                queue.put(head, 0)
+                given += 1
+        assert not armed[0] and given == 2
+        ids = [struct.unpack_from("<HH", view, 16 * at + 12) for at in range(2)]
+        assert ids == [(7, AVAIL | USED), (5, AVAIL | USED)]

@@ -26,7 +26,9 @@ L{PackedQueue} has the interface L{vtwisted.ports.vhostrings.Ring} uses
 with L{vtwisted.ports.virtqueue.SplitQueue}, so the ring picks one or the
 other once, when it starts.  A chain's "head" is its first slot.
 L{PackedQueue.pending} scans forward from the last descriptor it saw
-(each descriptor's flags are read once), remembering each chain found;
+(each descriptor's flags are read once, and the rest of a chain only
+after its head's flags say it is available: the driver writes them last),
+remembering each chain found;
 L{PackedQueue.take} and L{PackedQueue.put} move the driver's and the
 device's positions past them.  Every chain taken is given back at once, so
 when the ring stops the two positions agree; C{GET_VRING_BASE} reports
@@ -133,9 +135,13 @@ class PackedQueue:
         at, wrap, outstanding = self._scan, self._scanWrap, self._outstanding
         want = AVAIL if wrap else USED
         while outstanding < size:
-            bufferId, flags = _ID_FLAGS.unpack_from(table, 16 * at + 12)
+            # the flags first: the driver writes a descriptor's other fields
+            # before them, so its buffer id may be read only once they say
+            # it is available (read together, the id may be the old one)
+            flags = _U16.unpack_from(table, 16 * at + 14)[0]
             if flags & (AVAIL | USED) != want:
                 break
+            bufferId = _U16.unpack_from(table, 16 * at + 12)[0]
             count, slot = 1, at
             while flags & NEXT:
                 count += 1

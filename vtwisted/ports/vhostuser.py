@@ -75,7 +75,7 @@ OFFERED = sum(1 << bit for bit in (
     vu.F_CSUM, vu.F_GUEST_CSUM, vu.F_GUEST_TSO4, vu.F_GUEST_TSO6, vu.F_GUEST_ECN,
     vu.F_HOST_TSO4, vu.F_HOST_TSO6, vu.F_HOST_ECN, vu.F_MRG_RXBUF, vu.F_CTRL_VQ, vu.F_MQ,
     vu.F_LOG_ALL, vu.F_INDIRECT_DESC, vu.F_EVENT_IDX, vu.F_PROTOCOL_FEATURES, vu.F_VERSION_1))
-#: With C{packed=on}: packed rings too (not for live migration or reconnects).
+#: With C{packed=on}: packed rings too (they do not survive reconnects).
 PACKED_OFFERED = OFFERED | 1 << vu.F_RING_PACKED
 PROTOCOL_OFFERED = 1 << vu.P_MQ | 1 << vu.P_LOG_SHMFD | 1 << vu.P_RARP | 1 << vu.P_REPLY_ACK
 #: What a guest must take for super-frames to be passed to it whole.
