@@ -261,12 +261,17 @@ def test_jumboFramesCrossWhole(vswitch, processes, namespaces, shortdir) -> None
     assert "Traceback" not in sw.logText(), sw.logText()
 
 
-def test_aTwoQueueGuestUsesBothPairs(vswitch, processes, namespaces, shortdir) -> None:
+@pytest.mark.parametrize("packed", [False, True])
+def test_aTwoQueueGuestUsesBothPairs(vswitch, processes, namespaces, shortdir,
+                                     packed: bool) -> None:
     """
-    A guest with two vCPUs on C{queues=2} (multiqueue): port/print shows 2
-    queue pairs in use, pings and 2 MB into the guest (SHA-256) work.
+    A guest with two vCPUs on C{queues=2} (multiqueue), on split or packed
+    rings: port/print shows 2 queue pairs in use, pings and 2 MB into the
+    guest (SHA-256) work.
     """
-    sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.14.1/24")
+    sw, ns, mgmt, path = switchWithNamespace(
+        vswitch, namespaces, shortdir, "10.211.14.1/24",
+        spec="vhostuser:unix:{path}" + (":packed=on" if packed else ""))
     netdev, extra = vhostArgs(path)
     netdev[3] += ",queues=2"
     script = (pingScript("10.211.14.2", "10.211.14.1").replace("sleep 3\nexit $rc\n", "")
@@ -276,7 +281,8 @@ def test_aTwoQueueGuestUsesBothPairs(vswitch, processes, namespaces, shortdir) -
               + "echo \"got $(wc -c < /tmp/got) $(sha256sum < /tmp/got | cut -d' ' -f1)\"\n"
               + "exit $rc\n")
     guest = startGuest(processes, netdev, script, "52:54:00:76:75:07", directory=shortdir,
-                       name="mq", nic=NIC + ",mq=on", extraArgs=[*extra, "-smp", "2"])
+                       name="mq", nic=NIC + ",mq=on" + (",packed=on" if packed else ""),
+                       extraArgs=[*extra, "-smp", "2"])
     waitFor(lambda: guest.sawLine("VTW-LISTENING") or guest.process.poll() is not None,
             timeout=120, what="the guest's listener")
     shown = console(mgmt, "port/allprint")
@@ -286,6 +292,6 @@ def test_aTwoQueueGuestUsesBothPairs(vswitch, processes, namespaces, shortdir) -
     print(result.output)
     assert result.rc == 0, guest.diagnostics() + sw.logText()
     assert "rx-1" in result.output and "tx-1" in result.output, "the guest has two pairs"
-    assert "2 queue pairs" in shown, shown
+    assert "2 queue pairs" in shown and ("packed rings" in shown) == packed, shown
     assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
     assert "Traceback" not in sw.logText(), sw.logText()
