@@ -125,8 +125,11 @@ def test_atftpFetchesInWindowsAcrossALossyLink(vswitch, namespaces, shortdir) ->
             hashlib.sha256(content).digest()
 
     fetch("clean")
+    waitFor(lambda: f"sent big ({len(content)} bytes, in windows of 16)" in sw.logText(),
+            what="the server's log of a windowed transfer")
     console(mgmt, "port/impair 1 loss=3 inloss=3")
+    # whole at the guest's end (the server may not hear the last ACK: the
+    # client does not wait to answer a resent last block, as RFC 1350 allows)
     fetch("lossy")
-    assert sw.logText().count(f"sent big ({len(content)} bytes, in windows of 16)") == 2
     stats = console(mgmt, "port/stats 1")
     assert re.search(r"impaired=[1-9]", stats), stats
