@@ -152,9 +152,11 @@ def test_tcpCrossesAsSuperFramesBothWays(vswitch, processes, namespaces, shortdi
                 COUNTERS.findall(console(mgmt, "port/allprint"))}
     inFrames, inBytes, outFrames, outBytes = counters[2]
     print(counters)
-    # frames of at most 1514 bytes (and the ACKs) could not average 1800
-    assert inBytes > 3 << 20 and inBytes / inFrames > 1800, "guest TSO: super-frames in"
-    assert outBytes > 3 << 20 and outBytes / outFrames > 1800, "super-frames to the guest"
+    # frames of at most 1518 bytes (a 1500-byte MTU, a VLAN tag) cannot average
+    # more; how far above depends on the guest's speed under TCG (TCP sends
+    # smaller super-frames to a slow receiver) and on how many ACKs it sends
+    assert inBytes > 3 << 20 and inBytes / inFrames > 1518, "guest TSO: super-frames in"
+    assert outBytes > 3 << 20 and outBytes / outFrames > 1518, "super-frames to the guest"
     assert "Traceback" not in sw.logText(), sw.logText()
 
 
