@@ -6,11 +6,22 @@ a namespace behind a TAP using C{smbclient}.
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
-from helpers import execIn, need, run
+from helpers import execIn, need, needRoot, run, unavailable
 from test_slirp import guestBehindSlirp
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _needs() -> None:
+    needRoot()
+    need("busybox", "smbclient")
+    if shutil.which("smbd") is None and not os.path.exists("/usr/sbin/smbd"):
+        unavailable("smbd (Debian's samba) is not installed")
 
 
 def test_guestsReadAndWriteTheSharedDirectory(vswitch, namespaces, shortdir, tmp_path) -> None:
@@ -19,7 +30,6 @@ def test_guestsReadAndWriteTheSharedDirectory(vswitch, namespaces, shortdir, tmp
     there and puts one the host then finds; a second connection works as
     the first (each runs its own smbd).
     """
-    need("smbclient")
     share = tmp_path / "share"
     share.mkdir()
     (share / "hello.txt").write_text("hello from the host\n")

@@ -68,6 +68,7 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":smb=/etc/hostname", "not a directory"),
     (":smb=/tmp:smbserver=10.0.2.3", "must be a free address"),
     (":smb=/tmp:smbserver=10.0.2.20", "must be a free address"),
+    (":smbserver=10.0.2.9", "it needs smb=DIR"),
     (":smb=/tmp:guestfwd=10.0.2.4\\:80-unix\\:/x", "must be a free address"),
     (":smb=/tmp:ipv4=off", "forwards lead to IPv6 guests only"),
     (":ipv4=off:hostfwd=tcp\\:\\:2222-\\:22", "forwards lead to IPv6 guests only"),

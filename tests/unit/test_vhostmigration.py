@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from helpers import unavailable
 from vhostfakes import MEMORY, RINGS, RX_BUFFERS, SLOT, SPLIT, USER_BASE, FakeDriver
 
 from vtwisted.ports.virtqueue import DirtyLog
@@ -171,7 +172,7 @@ def test_bitsAreSetAtomicallyWhereLibatomicIs(monkeypatch, atomic: bool) -> None
     if not atomic:
         monkeypatch.setattr(virtqueue, "_atomic", [None])
     elif virtqueue._atomicOr() is None:
-        pytest.skip("no libatomic.so.1 here")
+        unavailable("no libatomic.so.1 here (Debian's libatomic1)")
     shared = bytearray(b"\x01\x80")
     log = DirtyLog(shared, 0, 2)
     assert (log._anchor is not None) == atomic

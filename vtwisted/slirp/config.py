@@ -251,7 +251,8 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     network6 = config6.network6(spec)
     host6, dns6 = config6.addresses6(spec, network6)
     smbRoot = _directory(spec, "smb")
-    spec.string("smbserver")
+    if spec.string("smbserver") is not None and smbRoot is None:
+        raise spec.error("smbserver= says where the SMB share is: it needs smb=DIR")
     guestForwards = tuple(
         _guestForward(spec, item, network, (gateway, nameserver))
         for item in (spec.string("guestfwd") or "").split(",") if item

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from vtwisted.slirp.dhcp6 import POOL_SIZE, POOL_START
 from vtwisted.spec import PortSpec
 
 DEFAULT_NET6 = "fec0::/64"
@@ -59,7 +60,7 @@ def addresses6(spec: PortSpec, network: ipaddress.IPv6Network | None,
     apart, and outside the DHCPv6 pool (prefix::15 and the 255 after it).
     """
     found: list[bytes | None] = []
-    pool = range(0x15, 0x15 + 256)
+    pool = range(POOL_START, POOL_START + POOL_SIZE)
     for ours, qemus in (("host6", "ipv6-host"), ("dns6", "ipv6-dns")):
         text = either(spec, ours, qemus)
         if text is None or network is None:
@@ -72,7 +73,7 @@ def addresses6(spec: PortSpec, network: ipaddress.IPv6Network | None,
         offset = int(address) - int(network.network_address)
         if address not in network or offset in pool or offset == 0:
             raise spec.error(f"{ours}={text} must be an address of {network} outside its "
-                             "DHCPv6 pool (::15 to ::114)")
+                             f"DHCPv6 pool (::{pool[0]:x} to ::{pool[-1]:x})")
         found.append(address.packed)
     host6, dns6 = found
     if network is not None and (host6 or (network.network_address + 2).packed) == \
