@@ -62,7 +62,8 @@ def test_wirefilterJoinsTwoSwitchesWithItsDelayAndLoss(vswitch, processes,
     waitFor(lambda: ping(left, "10.72.0.2", 1).returncode == 0, timeout=15,
             what="a ping through wirefilter")
     times = rtts(ping(left, "10.72.0.2", 4))
-    assert len(times) == 4 and all(100 <= t < 400 for t in times), times
+    # wirefilter's timers may fire a little early: 99.8 ms was seen once in CI
+    assert len(times) == 4 and all(95 <= t < 400 for t in times), times
     processes.stop(wire)
     waitFor(lambda: plugged(a, b) == [0, 0], what="wirefilter unplugged")
     processes.start(["wirefilter", "-v", f"{a.sock}:{b.sock}", "-l", "100"],
