@@ -12,7 +12,17 @@ import os
 
 import pytest
 from helpers import unavailable
-from vhostfakes import MEMORY, RINGS, RX_BUFFERS, SLOT, SPLIT, USER_BASE, FakeDriver
+from vhostfakes import (
+    LAYOUTS,
+    MEMORY,
+    RINGS,
+    RX_BUFFERS,
+    SLOT,
+    SPLIT,
+    USER_BASE,
+    FakeDriver,
+    makeDriver,
+)
 
 from vtwisted.ports.virtqueue import DirtyLog
 from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
@@ -180,3 +190,28 @@ def test_bitsAreSetAtomicallyWhereLibatomicIs(monkeypatch, atomic: bool) -> None
     log.mark(4096 * 9, 1)  # page 9
     assert shared == bytearray([0x01 | 0x08 | 0x10, 0x80 | 0x02])
     log.close()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_framesDeliveredAsTheRingStopsAreSignalledAtOnce(layout: str) -> None:
+    """
+    QEMU stops a ring (GET_VRING_BASE, as a migration ends) in the reactor
+    turn that delivered a frame: the guest is interrupted before the answer,
+    not at the end of the turn, when the ring is no longer the switch's
+    (a guest whose interrupt was lost never looked at its receive ring again).
+    """
+    driver = makeDriver(layout)
+    try:
+        driver.negotiate()
+        driver.postReceiveBuffers(4)
+        other = FakeLink()
+        plug(driver.switch, other)
+        other.receive(frame(b"\xff" * 6, mac(1)))
+        assert not driver.interrupted(0)
+        driver.send(vu.GET_VRING_BASE, vu.packState(0, 0))
+        assert driver.interrupted(0)
+        driver.reactor.advance(0)
+        assert not driver.interrupted(0)
+        assert len(driver.received()) == 1
+    finally:
+        driver.close()

@@ -117,6 +117,9 @@ class PackedQueue:
         #: set), and the slots used since.
         self.signalled = start + size * wrap
         self._moved = 0
+        #: Whether the guest was considered for an interrupt since the start
+        #: (until then, the first chance interrupts, as Linux's vhost does).
+        self.considered = False
 
     @property
     def lastAvail(self) -> int:
@@ -276,11 +279,12 @@ class PackedQueue:
         used descriptor went where its event area says.
         """
         offWrap, flags = _ID_FLAGS.unpack_from(self.driverEvents, 0)
-        size, old, moved = self.size, self.signalled, self._moved
+        size, old, moved, considered = self.size, self.signalled, self._moved, self.considered
         self.signalled, self._moved = self._used + size * self._usedWrap, 0
+        self.considered = True
         if flags == EVENT_DISABLE:
             return False
-        if flags != EVENT_DESC or not self.eventIndex:
+        if flags != EVENT_DESC or not self.eventIndex or not considered:
             return True
         # slots are counted over two laps, the wrap counter telling them apart
         event = (offWrap & 0x7FFF) + size * (offWrap >> 15)

@@ -140,9 +140,11 @@ class Ring:
         if self._reader is not None:
             self.link.owner.reactor.removeReader(self._reader)
             self._reader = None
-        for call in (self._again, self._interrupting):
-            if call is not None and call.active():
-                call.cancel()
+        if self._again is not None and self._again.active():
+            self._again.cancel()
+        if self._interrupting is not None and self._interrupting.active():
+            self._interrupting.cancel()  # frames went in this turn: the guest must hear
+            self.interrupt()             # now, or never (QEMU then takes the ring over)
         self._again = self._interrupting = None
         if self.queue is not None:
             self.base = self.queue.lastAvail

@@ -279,8 +279,10 @@ class SplitQueue:
         self.used = memory.user(used, self.usedLength)
         self.lastAvail = lastAvail & 0xFFFF
         self.usedIndex: int = _U16.unpack_from(self.used, 2)[0]
-        #: The used index when the guest was last considered for an interrupt.
-        self.signalled = self.usedIndex
+        #: The used index when the guest was last considered for an interrupt,
+        #: and whether it was (until then, what happened before the start is
+        #: unknown: the first chance interrupts, as Linux's vhost does).
+        self.signalled, self.considered = self.usedIndex, False
 
     def pending(self) -> int:
         """
@@ -383,6 +385,6 @@ class SplitQueue:
         if not self.eventIndex:
             return not self.available[0] & NO_INTERRUPT
         event: int = _U16.unpack_from(self.available, 4 + 2 * self.size)[0]
-        new, old = self.usedIndex, self.signalled
-        self.signalled = new
-        return (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
+        new, old, considered = self.usedIndex, self.signalled, self.considered
+        self.signalled, self.considered = new, True
+        return not considered or (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
