@@ -19,7 +19,8 @@ reading its output, C{abortConnection} kills it, and C{getPeer} names it.
 What the command writes to its standard error is logged with the spec,
 each line once until the endpoint's owner calls L{CommandEndpoint.worked}:
 a command that fails again and again says each thing once.  Runs that
-failed (L{CommandEndpoint.failed}) make the next one wait longer, at most
+failed (L{CommandEndpoint.failed}) make the next one wait longer
+(L{CommandEndpoint.delay}, for whoever runs it again), at most
 32 runs of one command go at once (guests cannot make the switch fork
 without end), and a command is ended by process group: its pipes closed,
 C{TERM} and then C{KILL} to whatever of it is left, until nothing is
@@ -50,7 +51,6 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -364,18 +364,21 @@ class CommandEndpoint:
     def __repr__(self) -> str:
         return f"cmd:{self.commandLine}"
 
+    def delay(self) -> float:
+        """
+        The pause the next run should wait: none if the last one worked,
+        else one that grows with the runs in a row that failed (L{BACKOFF}),
+        so a command that cannot work is not run without end.  Whoever runs
+        the command again waits it (see L{vtwisted.ports.command}).
+        """
+        if not self.failures:
+            return 0.0
+        return min(BACKOFF[0] * BACKOFF[1] ** (self.failures - 1), BACKOFF[2])
+
     def connect(self, protocolFactory: Any) -> Deferred[Any]:
         """
-        Run the command, after a pause that grows with the runs in a row
-        that failed (L{BACKOFF}), so a command that cannot work is not run
-        without end.
+        Run the command now.
         """
-        if self.failures:
-            delay = min(BACKOFF[0] * BACKOFF[1] ** (self.failures - 1), BACKOFF[2])
-            return deferLater(self.reactor, delay, self._connect, protocolFactory)
-        return self._connect(protocolFactory)
-
-    def _connect(self, protocolFactory: Any) -> Deferred[Any]:
         if len(self.runs) >= self.maxRuns:
             return fail(OSError(errno.EAGAIN, f"{self.maxRuns} runs of {self.commandLine} "
                                               "at once already"))

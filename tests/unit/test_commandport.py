@@ -102,7 +102,6 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
     close() unplugs and closes the pipes; 3 s later TERM, 6 s later KILL
     go to the command's process group (to whatever of it is left).
     """
-    from vtwisted import processes
 
     sent: list[tuple[int | None, str]] = []
     monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
@@ -121,34 +120,49 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
     assert stopped.called, "it is over once the group is empty"
 
 
+class Spawner(MemoryReactorClock):
+    """A reactor whose spawned commands are fake processes, kept in C{runs}."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs: list[Any] = []
+
+    def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
+        process = FakeProcess(pid=1000 + len(self.runs))
+        process.pipes = {}  # type: ignore[attr-defined]
+        protocol.makeConnection(process)
+        self.runs.append(protocol)
+
+    def nextRunAfter(self, ended: Failure) -> float:
+        """End the latest run with C{ended}: the seconds until the next starts."""
+        before, start = len(self.runs), self.seconds()
+        self.runs[-1].processEnded(ended)
+        while len(self.runs) == before:
+            calls = self.getDelayedCalls()
+            assert calls, "the command was not run again"
+            self.advance(min(call.getTime() for call in calls) - self.seconds())
+        return round(self.seconds() - start, 2)
+
+
 def test_runsThatFailWaitLongerEachTime() -> None:
     """
-    A run that ends before it carried a frame makes the next one wait:
-    0.5 s, then 1, 2, 4, and 5 s at most; one that carried frames, none.
+    A command that ends before it carried a frame is run again after 0.5 s,
+    then 1, 2, 4, and 5 s at most: one wait, not the endpoint's and the
+    reconnecting service's added up.  After a run that carried frames, the
+    service's short wait (0.3 s and a random second at most), and the next
+    failure waits 0.5 s again.
     """
-    from twisted.internet.protocol import Factory, Protocol
-
-    class Spawner(MemoryReactorClock):
-        spawned: list[float] = []
-
-        def spawnProcess(self, protocol: Any, *args: Any, **kwargs: Any) -> None:
-            self.spawned.append(self.seconds())
-
     reactor = Spawner()
-    endpoint = processes.CommandEndpoint(reactor, ["vde_plug", "/tmp/sw"], "cmd:vde_plug")
-    factory = Factory.forProtocol(Protocol)
-    waits = []
-    for _ in range(6):
-        endpoint.connect(factory)
-        pending = reactor.getDelayedCalls()
-        waits.append(pending[0].getTime() - reactor.seconds() if pending else 0)
-        reactor.advance(10)
-        endpoint.failed()
-    assert len(reactor.spawned) == 6
-    assert waits == [0, 0.5, 1.0, 2.0, 4.0, 5.0]
-    endpoint.worked()
-    endpoint.connect(factory)
-    assert reactor.spawned[-1] == reactor.seconds()
+    service = command.makeService(Switch(), PortSpec("cmd:vde_plug /tmp/sw"), reactor)
+    service.startService()
+    assert len(reactor.runs) == 1 and reactor.seconds() == 0
+    failed = Failure(ProcessTerminated(exitCode=1))
+    waits = [reactor.nextRunAfter(failed) for _ in range(6)]
+    assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    reactor.runs[-1].protocol.dataReceived(b"\x00\x3c" + frame(b"\xff" * 6, mac(1)))
+    assert 0.3 <= reactor.nextRunAfter(Failure(ProcessDone(0))) <= 1.35
+    assert reactor.nextRunAfter(failed) == 0.5
+    service.stopService()
 
 
 @pytest.mark.parametrize(("reason", "text"), [
@@ -198,7 +212,6 @@ def test_commandsRunInASessionOfTheirOwn(monkeypatch) -> None:
     import subprocess
     import sys
 
-    from vtwisted import processes
 
     probe = ["sh", "-c", "ps -o sid= -p $$"]
     endpoint = processes.CommandEndpoint(None, probe, "cmd:test")

@@ -138,6 +138,16 @@ class CommandConnector(StreamConnector):
         endpoint: Any = self.endpoint
         return DeferredList([stopped, endpoint.whenAllEnded(), *self.stopping])
 
+    def retryDelay(self, attempts: int) -> float:
+        """
+        Wait as the command's failures ask (0.5 s after the first run that
+        carried no frame, doubling up to 5 s); after a run that worked, or
+        when the command could not be started, as any connector waits
+        (see L{StreamConnector.retryDelay}).
+        """
+        endpoint: Any = self.endpoint
+        return endpoint.delay() or super().retryDelay(attempts)
+
     def linkUp(self, link: StreamLink) -> None:
         """
         Plug the command in; it has worked only once it carried a frame.

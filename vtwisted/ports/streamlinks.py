@@ -456,10 +456,20 @@ class StreamConnector(StreamPorts):
         self.client = _QuietClientService(
             _ReportingEndpoint(endpoint, self.failures),
             self.factory,
-            retryPolicy=backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY),
+            retryPolicy=self.retryDelay,
             clock=reactor,
             prepareConnection=_whenReady,
         )
+
+    #: Seconds before connecting again, by failed attempts in a row.
+    _backoff = staticmethod(backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY))
+
+    def retryDelay(self, attempts: int) -> float:
+        """
+        How long to wait before connecting again after C{attempts} failed
+        connections in a row (1 after a connection was lost).
+        """
+        return float(self._backoff(attempts))
 
     def startService(self) -> None:
         super().startService()
