@@ -67,6 +67,8 @@ BACKOFF = (0.5, 2.0, 5.0)
 SAID = 256
 #: The longest line of standard error logged.
 LINE = 4096
+#: Seconds a command is given to end before C{TERM}, and after it before C{KILL}.
+STOP_GRACE = 3.0
 
 
 class CommandError(ValueError):
@@ -154,16 +156,16 @@ class CommandTransport:
         """
         signalGroup(self.pid, name)
 
-    def stop(self, clock: Any, grace: float) -> Deferred[None]:
+    def stop(self, clock: Any) -> Deferred[None]:
         """
         End the command: close its pipes (C{vde_plug} ends at the end of its
-        input), then if anything of it still runs, C{TERM} after C{grace}
-        seconds and C{KILL} after twice that (L{stopGroup}).
+        input), then if anything of it still runs, C{TERM} after
+        L{STOP_GRACE} seconds and C{KILL} after twice that (L{stopGroup}).
 
         @return: fires once nothing of it is left.
         """
         self.loseConnection()
-        return stopGroup(clock, self.pid, grace)
+        return stopGroup(clock, self.pid, STOP_GRACE)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.process.registerProducer(producer, streaming)
@@ -265,14 +267,15 @@ def groupAlive(group: int) -> bool:
     return True
 
 
-def stopGroup(clock: Any, group: int | None, grace: float) -> Deferred[None]:
+def stopGroup(clock: Any, group: int | None, termAfter: float) -> Deferred[None]:
     """
-    End what is left of a command's process group: C{TERM} after C{grace}
-    seconds, C{KILL} after twice that, to whatever of it is still there.
+    End what is left of a command's process group: C{TERM} after
+    C{termAfter} seconds, C{KILL} L{STOP_GRACE} seconds after that, to
+    whatever of it is still there.
 
     @return: fires once the group is empty (looked at every tenth of a
         second, so no signal ever goes to a group that is gone and whose
-        number could be another's), or 3 C{grace} after the start.
+        number could be another's), or L{STOP_GRACE} after the C{KILL}.
     """
     done: Deferred[None] = Deferred()
     if group is None:
@@ -285,11 +288,11 @@ def stopGroup(clock: Any, group: int | None, grace: float) -> Deferred[None]:
             done.callback(None)
             return
         elapsed = clock.seconds() - start
-        for name, after in (("TERM", grace), ("KILL", 2 * grace)):
+        for name, after in (("TERM", termAfter), ("KILL", termAfter + STOP_GRACE)):
             if elapsed >= after and name not in sent:
                 sent.add(name)
                 signalGroup(group, name)
-        if elapsed >= 3 * grace:
+        if elapsed >= termAfter + 2 * STOP_GRACE:
             done.callback(None)
             return
         clock.callLater(0.1, look)
@@ -471,18 +474,14 @@ class CommandEndpoint:
         self._waiting.append(d)
         return d
 
-    def stopAll(self, grace: float) -> Deferred[Any]:
+    def stopAll(self) -> Deferred[Any]:
         """
-        End every run (the slirp port stops): C{TERM} now, C{KILL} after
-        C{grace} seconds to what is left.
+        End every run (the slirp port stops): C{TERM} now, C{KILL}
+        L{STOP_GRACE} seconds later to what is left.
 
         @return: fires once nothing of them is left.
         """
-        stopping = []
-        for process in list(self.runs):
-            signalGroup(process.pid, "TERM")
-            stopping.append(stopGroup(self.reactor, process.pid, grace / 2))
-        return DeferredList(stopping)
+        return DeferredList([stopGroup(self.reactor, process.pid, 0) for process in self.runs])
 
 
 def exitText(reason: Failure | None) -> str:

@@ -111,13 +111,14 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
     port = link.port
     link.close()
     assert process.disconnecting and not port.links
-    service.reactor.advance(command.STOP_GRACE)
+    service.reactor.advance(processes.STOP_GRACE)
     assert sent == [(4242, "TERM")]
     service.reactor.pump([0.1] * 31)
     assert sent == [(4242, "TERM"), (4242, "KILL")]
-    stopped = service.stopping[0]
+    [stopped] = service.stopping
     service.reactor.pump([0.1] * 2)
     assert stopped.called, "it is over once the group is empty"
+    assert not service.stopping, "a run stopped is forgotten"
 
 
 class Spawner(MemoryReactorClock):
@@ -222,3 +223,28 @@ def test_commandsRunInASessionOfTheirOwn(monkeypatch) -> None:
     for argv in (endpoint.running, fallback.running):
         session = int(subprocess.run(argv, capture_output=True, text=True).stdout)
         assert session != os.getsid(0)
+
+
+def test_stopAllTerminatesAtOnceThenKills(monkeypatch) -> None:
+    """
+    slirp's runs (guest forwards, smbd) are all ended at once when the port
+    stops: TERM now, KILL 3 s later to any group still there, and the
+    answer fires once they are all gone.
+    """
+    sent: list[tuple[int | None, str]] = []
+    alive = {7001, 7002}
+    monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
+    monkeypatch.setattr(processes, "groupAlive", lambda group: group in alive)
+    reactor = MemoryReactorClock()
+    endpoint = processes.CommandEndpoint(reactor, ["smbd"], "slirp:smb")
+    endpoint.runs.update({FakeProcess(7001), FakeProcess(7002)})
+    stopped = endpoint.stopAll()
+    assert sorted(sent) == [(7001, "TERM"), (7002, "TERM")]
+    alive.discard(7001)
+    reactor.pump([0.1] * 29)
+    assert len(sent) == 2
+    reactor.pump([0.1] * 2)
+    assert sent[2:] == [(7002, "KILL")] and not stopped.called
+    alive.clear()
+    reactor.advance(0.1)
+    assert stopped.called

@@ -51,8 +51,6 @@ log = Logger()
 
 #: The longest record C{vde_plug} writes or reads (vdeplug4).
 MAX_RECORD = 9236
-#: Seconds a command may take to end after its pipes are closed.
-STOP_GRACE = 3.0
 #: Keywords of a spec that configure the switch port.
 PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
 
@@ -97,7 +95,7 @@ class CommandLink(StreamLink):
         if transport is not None and not transport.disconnecting:
             transport.unregisterProducer()
             owner: Any = self.owner
-            owner.stopping.append(transport.stop(owner.reactor, STOP_GRACE))
+            owner.waitFor(transport.stop(owner.reactor))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
@@ -126,8 +124,15 @@ class CommandConnector(StreamConnector):
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
                  spec: str) -> None:
         super().__init__(switch, reactor, CommandEndpoint(reactor, argv, spec), options, spec)
-        #: What is left of runs being stopped (see L{CommandLink.close}).
-        self.stopping: list[Deferred[None]] = []
+        #: Runs being stopped, until nothing is left of them (see L{CommandLink.close}).
+        self.stopping: set[Deferred[None]] = set()
+
+    def waitFor(self, stopped: Deferred[None]) -> None:
+        """
+        Have L{stopService} wait for C{stopped} too, until it fires.
+        """
+        self.stopping.add(stopped)
+        stopped.addBoth(lambda result: self.stopping.discard(stopped))
 
     def stopService(self) -> Any:
         """
@@ -136,7 +141,7 @@ class CommandConnector(StreamConnector):
         """
         stopped = super().stopService()
         endpoint: Any = self.endpoint
-        return DeferredList([stopped, endpoint.whenAllEnded(), *self.stopping])
+        return DeferredList([stopped, endpoint.whenAllEnded(), *list(self.stopping)])
 
     def retryDelay(self, attempts: int) -> float:
         """

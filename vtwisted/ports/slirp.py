@@ -299,7 +299,7 @@ class SlirpService(SingleLinkService):
             results.append(self.smb.close())
         for target in self.guestTargets.values():
             if isinstance(target.endpoint, CommandEndpoint):
-                results.append(target.endpoint.stopAll(3.0))
+                results.append(target.endpoint.stopAll())
         if self.tcp is not None:
             self.tcp.close()
         if self.udp is not None:

@@ -32,8 +32,6 @@ from vtwisted.processes import CommandEndpoint
 
 #: The ports guests reach the share on: SMB over TCP, and NetBIOS sessions.
 SMB_PORTS = (445, 139)
-#: Seconds a run of smbd gets after TERM before KILL, when the port stops.
-STOP_GRACE = 3.0
 #: Where smbd is looked for besides the PATH (Debian keeps it in /usr/sbin).
 SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
@@ -129,7 +127,7 @@ class SmbShare:
         """
         endpoint, state = self._endpoint, self.state
         self.state, self._endpoint = None, None
-        ended = endpoint.stopAll(STOP_GRACE) if endpoint is not None else succeed(None)
+        ended = endpoint.stopAll() if endpoint is not None else succeed(None)
         if state is not None:
             ended.addCallback(lambda _: shutil.rmtree(state, ignore_errors=True))
         return ended
