@@ -262,6 +262,47 @@ def test_writesAreLoggedWhileTheGuestMigrates(driver) -> None:
     log.close()
 
 
+class MarkedWrites:
+    """A dirty log that keeps the writes marked, as (guest address, length)."""
+
+    def __init__(self) -> None:
+        self.marked: list[tuple[int, int]] = []
+
+    def mark(self, address: int, length: int) -> None:
+        if length > 0:
+            self.marked.append((address, length))
+
+
+def test_onlyTheDescriptorsUsedSinceTheLastLogAreMarked(driver) -> None:
+    """
+    Each time the used descriptors are logged, the slots used since the
+    last time are marked (in two pieces across the end of the ring), not
+    the whole descriptor ring, and the device area every time.
+    """
+    driver.negotiate()
+    queue = driver.link.rings[0].queue
+    desc = RINGS[0]  # a guest-physical address, as the log takes
+    other = FakeLink()
+    plug(driver.switch, other)
+    log = MarkedWrites()
+    driver.postReceiveBuffers(QUEUE_SIZE - 2)
+    for _ in range(QUEUE_SIZE - 3):
+        other.receive(frame(b"\xff" * 6, mac(1)))
+    queue.logUsed(log, 0x5000)
+    assert log.marked == [(0x5000, 4), (desc, 16 * (QUEUE_SIZE - 3))]
+    other.receive(frame(b"\xff" * 6, mac(1)))
+    queue.logUsed(log, 0x5000)
+    assert log.marked[2:] == [(0x5000, 4), (desc + 16 * (QUEUE_SIZE - 3), 16)]
+    assert len(driver.received()) == QUEUE_SIZE - 2
+    driver.postReceiveBuffers(4)
+    for _ in range(4):
+        other.receive(frame(b"\xff" * 6, mac(1)))
+    queue.logUsed(log, 0x5000)
+    assert log.marked[4:] == [(0x5000, 4), (desc + 16 * (QUEUE_SIZE - 2), 32), (desc, 32)]
+    queue.logUsed(log, 0x5000)
+    assert log.marked[7:] == [(0x5000, 4)]
+
+
 def _damage(driver: PackedDriver, kind: str) -> None:
     """Make one broken chain available on the transmit ring."""
     desc, flags = RINGS[1], AVAIL

@@ -117,6 +117,8 @@ class PackedQueue:
         #: set), and the slots used since.
         self.signalled = start + size * wrap
         self._moved = 0
+        #: The slots used since the dirty log was last marked, from the first.
+        self._logFrom, self._unlogged = start, 0
         #: Whether the guest was considered for an interrupt since the start
         #: (until then, the first chance interrupts, as Linux's vhost does).
         self.considered = False
@@ -237,6 +239,7 @@ class PackedQueue:
         _U16.pack_into(self.table, at + 14, self._usedFlags | WRITE if written else
                        self._usedFlags)
         self._moved += count
+        self._unlogged += count
         following = self._used + count
         if following >= self.size:
             following -= self.size
@@ -252,10 +255,19 @@ class PackedQueue:
     def logUsed(self, log: DirtyLog, address: int) -> None:
         """
         Mark the device's event area (at guest address C{address}) and the
-        descriptor ring, where used descriptors are written, in C{log}.
+        descriptors used since the last call (where used descriptors are
+        written), in C{log}.
         """
         log.mark(address, EVENT_AREA)
-        log.mark(self._tableAddress, 16 * self.size)
+        start, count, size, table = self._logFrom, self._unlogged, self.size, self._tableAddress
+        self._logFrom, self._unlogged = self._used, 0
+        if count >= size:
+            log.mark(table, 16 * size)
+        elif start + count <= size:
+            log.mark(table + 16 * start, 16 * count)
+        else:
+            log.mark(table + 16 * start, 16 * (size - start))
+            log.mark(table, 16 * (start + count - size))
 
     def quietKicks(self, quiet: bool) -> None:
         """
