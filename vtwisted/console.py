@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +47,7 @@ from zope.interface import implementer
 from vtwisted import consoleformat as fmt
 from vtwisted.consolecommands import COMMANDS, Command, CommandContext, EndSession, findCommand
 from vtwisted.errors import SwitchError
+from vtwisted.sockettools import peerCredentials
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -330,11 +329,11 @@ def peerUid(transport: Any) -> int | None:
     The user id of the process at the other end of a Unix socket, if known.
     """
     try:
-        raw = transport.getHandle().getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    except (AttributeError, OSError):
+        handle = transport.getHandle()
+    except AttributeError:
         return None
-    uid: int = struct.unpack("3i", raw)[1]
-    return uid
+    credentials = peerCredentials(handle)
+    return None if credentials is None else credentials[1]
 
 
 class ConsoleFactory(Factory):

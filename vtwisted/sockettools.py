@@ -11,7 +11,9 @@ import errno
 import os
 import socket
 import stat
+import struct
 import sys
+from typing import Any
 
 from twisted.logger import Logger
 
@@ -89,3 +91,20 @@ def linuxAtLeast(major: int, minor: int, release: str | None = None) -> bool:
     except ValueError:
         return False
     return sys.platform.startswith("linux") and numbers >= (major, minor)
+
+
+#: C{struct ucred}: pid, uid, gid.
+_PEERCRED = struct.Struct("3i")
+
+
+def peerCredentials(handle: Any) -> tuple[int, int] | None:
+    """
+    The pid and user id of the process at the other end of the Unix socket
+    C{handle} (C{SO_PEERCRED}), or None if it has none (or is no socket).
+    """
+    try:
+        raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except (AttributeError, OSError):
+        return None
+    pid, uid, _ = _PEERCRED.unpack(raw)
+    return pid, uid

@@ -23,7 +23,6 @@ closing a link unregisters the valve first.
 
 from __future__ import annotations
 
-import socket
 import struct
 from typing import Any
 
@@ -47,7 +46,7 @@ from zope.interface import implementer
 from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.sockettools import claimSocketPath, listenError
+from vtwisted.sockettools import claimSocketPath, listenError, peerCredentials
 
 log = Logger()
 
@@ -58,7 +57,6 @@ MAX_RETRY_DELAY = 5.0
 
 #: A message's 4-byte length prefix.
 packLength = struct.Struct("!I").pack
-_PEERCRED = struct.Struct("3i")
 
 
 @implementer(IPushProducer)
@@ -227,11 +225,10 @@ def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
         return None, f"{peer.type.lower()} {peer.host}:{peer.port}"
     path = peer.name or handle.getsockname() or b""
     where = f" on {path.decode(errors='replace') if isinstance(path, bytes) else path}"
-    try:
-        raw = handle.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    except OSError:
+    credentials = peerCredentials(handle)
+    if credentials is None:
         return None, f"unix peer{where}"
-    pid, uid, _ = _PEERCRED.unpack(raw)
+    pid, uid = credentials
     try:
         with open(f"/proc/{pid}/comm") as comm:
             name = comm.read().strip()
