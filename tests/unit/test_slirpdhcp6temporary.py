@@ -142,6 +142,19 @@ def test_rebindKeepsAFreeAddressItNames(named: str, kept: bool) -> None:
     assert got == expected
 
 
+def test_rebindKeepsItsOwnAddressAfterItExpired() -> None:
+    """
+    A Rebind naming the client's own temporary address after its binding
+    expired keeps it, as after a restart (an expired binding is free).
+    """
+    clock = Clock()
+    srv = server(clock, randomBits=draws(0x12345, 0x70000))
+    address = bindTemporary(srv)
+    clock.advance(srv.leaseTime + 1)
+    answer = ask(srv, d6.REBIND, ALICE, (), extra=(temporary(9, address),))
+    assert temporaries(answer) == [(9, address, srv.leaseTime)]
+
+
 def test_atMostPoolSizeAreBound() -> None:
     """Past poolSize bound temporary addresses, NoAddrsAvail; expired ones make room."""
     clock = Clock()

@@ -328,11 +328,13 @@ class Dhcp6Server:
         """
         Whether C{address} may be a new temporary address: in the prefix,
         not bound, and its interface identifier past the small numbers the
-        router, the DNS proxy, the pool and the subnet anycast address use.
+        router, the DNS proxy, the pool and the subnet anycast address use
+        (a binding that expired is free, as everywhere).
         """
         inPrefix = ipaddress.IPv6Address(address) in self.prefix
+        lease = self._leases.get(address)
         return inPrefix and int.from_bytes(address[8:], "big") >= TEMPORARY_START \
-            and address not in self._leases
+            and (lease is None or lease.expires <= self.clock())
 
     def _free(self) -> dict[bytes, None]:
         now = self.clock()
