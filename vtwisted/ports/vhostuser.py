@@ -336,8 +336,9 @@ class VhostUserLink(Protocol):
         """
         mac = vu.number(request, payload).to_bytes(8, "little")[:6]
         if self.port is not None and self._receive is not None:
-            frame = arp.rarpAnnouncement(mac)
-            self._receive(self.port, vnet.PLAIN_HEADER + frame if self.vnetHeader else frame)
+            # what the guest sends always has a header (see receiverFor), and
+            # QEMU asks for this before the device has its features
+            self._receive(self.port, vnet.PLAIN_HEADER + arp.rarpAnnouncement(mac))
 
     def ring(self, index: int) -> Ring:
         if not 0 <= index < len(self.rings):
