@@ -16,7 +16,9 @@ order, which dictionaries keep) and counts the evictions, so memory stays
 flat.  Entries older than C{expiry} seconds go at each L{MacTable.expire}
 sweep.  An address seen on another port moves only if its entry is older than
 C{minPersistence} seconds, as in vde_switch, so a looped frame cannot steal
-an active station's address.
+an active station's address; or if the frame is an announcement (a RARP,
+which is what QEMU sends for a guest that migrated, and what C{vhostuser:}
+ports send when QEMU asks): the guest's traffic follows it at once.
 
 Every change to where an address leads (a new entry, a move, an eviction,
 expiry, a flush) calls L{MacTable.onChange}: the switch forgets its cached
@@ -91,15 +93,17 @@ class MacTable:
             table = self.tables[vid] = {}
         return table
 
-    def learn(self, table: dict[bytes, MacEntry], mac: bytes, port: Any, now: int) -> None:
+    def learn(self, table: dict[bytes, MacEntry], mac: bytes, port: Any, now: int,
+              announced: bool = False) -> None:
         """
-        Record that C{mac} was seen on C{port}: a new address or a move.
+        Record that C{mac} was seen on C{port}: a new address or a move
+        (C{announced}: by an announcement, which moves it at once).
         """
         entry = table.get(mac)
         if entry is not None:
             if entry.port is port:
                 entry.seen = now
-            elif now - entry.seen > self.minPersistence:
+            elif announced or now - entry.seen > self.minPersistence:
                 entry.port = port
                 entry.seen = now
                 self.moves += 1

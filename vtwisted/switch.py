@@ -51,8 +51,8 @@ from vtwisted.interfaces import ILink, ISwitch
 from vtwisted.porttable import PortTable
 from vtwisted.switchport import SwitchPort
 from vtwisted.vlans import Vlan, VlanRegistry
+from vtwisted.wire import arp, vnet, vnetcheck
 from vtwisted.wire import vlan as vlanwire
-from vtwisted.wire import vnet, vnetcheck
 from vtwisted.wire.ethernet import MIN_FRAME
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 DEFAULT_NUMPORTS = 32
 GC_INTERVAL = 2
 _TPID = vlanwire.TPID
+#: The EtherType of the announcements that move an address at once (see L{vtwisted.fdb}).
+_RARP = arp.ETHERTYPE_RARP.to_bytes(2, "big")
 _VNET = vnet.HEADER_LENGTH
 _validate = vnetcheck.validate
 #: The most routes one port remembers.
@@ -278,7 +280,7 @@ class Switch(PortTable):
             if entry is not None and entry.port is port:
                 entry.seen = self.now
             else:
-                self.fdb.learn(macs, src, port, self.now)
+                self.fdb.learn(macs, src, port, self.now, frame[12:14] == _RARP)
         if not frame[0] & 1:
             entry = macs.get(frame[0:6])
             if entry is not None:
@@ -357,7 +359,7 @@ class Switch(PortTable):
             if entry is not None and entry.port is port:
                 entry.seen = self.now
             else:
-                self.fdb.learn(macs, src, port, self.now)
+                self.fdb.learn(macs, src, port, self.now, packet[22:24] == _RARP)
         if not packet[10] & 1:
             entry = macs.get(packet[10:16])
             if entry is not None:
@@ -422,7 +424,13 @@ class Switch(PortTable):
         if self.stp is not None and self.stp.screen(port, vlan, data, offset):
             return
         if not data[offset + 6] & 1:
-            self.fdb.learn(vlan.macs, data[offset + 6 : offset + 12], port, self.now)
+            src = data[offset + 6 : offset + 12]
+            entry = vlan.macs.get(src)
+            if entry is not None and entry.port is port:
+                entry.seen = self.now
+            else:
+                self.fdb.learn(vlan.macs, src, port, self.now,
+                               data[offset + 16 : offset + 18] == _RARP)
         targets: Iterable[SwitchPort] = vlan.active
         if not data[offset] & 1:
             entry = vlan.macs.get(data[offset : offset + 6])

@@ -110,6 +110,44 @@ def test_addressMovesOnlyAfterMinimumPersistence() -> None:
     assert entry is not None and entry.port is b.port
 
 
+@pytest.mark.parametrize("form", ["plain", "virtio-net", "tagged"])
+def test_anAnnouncementMovesAnAddressAtOnce(form: str) -> None:
+    """
+    A RARP (what QEMU announces a migrated guest with) moves its source
+    address at once, however recently the address spoke on its old port:
+    the guest's traffic follows it (untagged, behind a virtio-net header,
+    or tagged in a VLAN); any other frame still waits out the 3 s.
+    """
+    from vlanports import port, tagged
+
+    from vtwisted.wire.arp import rarpAnnouncement
+
+    switch = Switch()
+    vlan, vnetHeader = (10, False) if form == "tagged" else (0, form == "virtio-net")
+    members = {"untagged": None, "tagged": (vlan,)} if form == "tagged" else {}
+    old, new, other = (port(switch, vnetHeader=vnetHeader, **members) if members  # type: ignore[arg-type]
+                       else port(switch, vnetHeader=vnetHeader) for _ in range(3))
+
+    def send(link: FakeLink, f: bytes) -> None:
+        if form == "tagged":
+            link.receive(tagged(f, vlan))
+        elif vnetHeader:
+            link.receivePacket(vnet.PLAIN_HEADER + f)
+        else:
+            link.receive(f)
+
+    switch.tick(100)
+    send(old, frame(BROADCAST, mac(7)))
+    send(new, frame(BROADCAST, mac(7), payload=b"not an announcement"))
+    assert switch.fdb.lookup(vlan, mac(7)).port is old.port  # type: ignore[union-attr]
+    send(new, rarpAnnouncement(mac(7)))
+    assert switch.fdb.lookup(vlan, mac(7)).port is new.port  # type: ignore[union-attr]
+    for link in (new, old):
+        link.sent, link.sentPackets = [], []
+    send(other, frame(mac(7), mac(8)))
+    assert new.sent + new.sentPackets and not old.sent + old.sentPackets
+
+
 def test_macTableIsBounded() -> None:
     """A flood of random source addresses cannot grow the table past its capacity."""
     switch, (a, b, c) = makeSwitch(macTable=MacTable(capacity=100))

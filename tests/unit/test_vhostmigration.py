@@ -185,6 +185,28 @@ def test_sendRarpAnnouncesTheGuestFromItsPort(driver, when: str) -> None:
     assert third.sent == [], "learned: a frame for the guest goes to its port only"
 
 
+def test_sendRarpTakesTheGuestFromItsOldPortAtOnce(driver) -> None:
+    """
+    The guest spoke from its old port (the QEMU it left) a moment ago:
+    SEND_RARP moves its address here at once, not after the 3 s an address
+    otherwise stays where it was last seen (the guest may stay silent, and
+    the stream into it would go to the old port for good).
+    """
+    driver.negotiate()
+    driver.postReceiveBuffers(2)
+    old, third = FakeLink(), FakeLink()
+    plug(driver.switch, old)
+    plug(driver.switch, third)
+    guest = bytes.fromhex("525400123456")
+    old.receive(frame(b"\xff" * 6, guest))
+    assert len(driver.received()) == 1  # the flood
+    driver.send(vu.SEND_RARP, guest + bytes(2))
+    old.takeSent()
+    third.receive(frame(guest, mac(2)))
+    assert [f for _, f in driver.received()] == [frame(guest, mac(2))]
+    assert old.takeSent() == []
+
+
 @pytest.mark.parametrize("atomic", [True, False])
 def test_bitsAreSetAtomicallyWhereLibatomicIs(monkeypatch, atomic: bool) -> None:
     """
