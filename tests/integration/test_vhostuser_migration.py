@@ -53,6 +53,19 @@ print(digest.hexdigest(), flush=True)
 """
 
 
+def portOf(mgmt: Path, pid: int) -> int:
+    """
+    The number of the switch port whose link is the QEMU of C{pid}.
+    """
+    number = None
+    for line in console(mgmt, "port/allprint").splitlines():
+        if line.startswith("Port "):
+            number = int(line.split()[1])
+        elif f" pid {pid} " in line and number is not None:
+            return number
+    raise AssertionError(f"no port for pid {pid}")
+
+
 class Qmp:
     """
     QEMU's machine protocol on a Unix socket, one command at a time.
@@ -118,6 +131,9 @@ def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
         assert time.monotonic() < deadline, f"migration still {status}"
         time.sleep(0.2)
     assert status == "completed", source.diagnostics() + target.diagnostics() + sw.logText()
+    moved = f"to port: {portOf(mgmt, target.process.pid):03d}"
+    waitFor(lambda: moved in console(mgmt, f"hash/find {mac}"), timeout=3,
+            what="the guest's address on its new port at once (the RARP moves it)")
     try:
         sent = readLine(sender, 60).strip()
     except AssertionError as e:  # the stream stalled: say where it stopped
