@@ -6,8 +6,10 @@ log every page it writes (C{VHOST_F_LOG_ALL}), and announce the guest from
 its new port (C{SEND_RARP}).  The stream must arrive whole, the guest
 keep its network on the other side, and the switch say that it logged its
 writes (TCP would mask a few lost pages; the unit tests in
-C{test_vhostmigration.py} check the log itself).  Guests run under TCG (see
-C{test_vhostuser.py} for why the NIC has C{vectors=0}).
+C{test_vhostmigration.py} check the log itself).  The same migration
+through QEMU's own stream transport (a C{qemu:} port) checks that the RARPs
+QEMU sends move the guest's address at once there too.  Guests run under
+TCG (see C{test_vhostuser.py} for why the NIC has C{vectors=0}).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 from guest import startGuest
 from helpers import execIn, need, waitFor
 from taphelpers import PYTHON, console, readLine, waitForPing
-from test_vhostuser import LINK, NIC, switchWithNamespace, vhostArgs
+from test_vhostuser import NIC, switchWithNamespace, vhostArgs
 
 pytestmark = pytest.mark.integration
 
@@ -92,22 +94,28 @@ class Qmp:
         self.sock.close()
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+@pytest.mark.parametrize("kind", ["split", "packed", "stream"])
 def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
-                                              shortdir, packed: bool) -> None:
+                                              shortdir, kind: str) -> None:
     """
     Live migration mid-stream: 12 MB sent to the guest over 6 s, migrated
     to a second QEMU after the first second; the guest, now on the second
     QEMU's port, prints the SHA-256 the sender computed and pings the
-    namespace.  With split rings, and with packed ones (C{packed=on} on
-    the port and on both QEMUs' NICs).
+    namespace, and its address moved to that port at once.  Through
+    vhost-user with split rings, and with packed ones (C{packed=on} on the
+    port and on both QEMUs' NICs); and through QEMU's own stream transport
+    (a C{qemu:} port), where QEMU sends the announcing RARPs itself.
     """
     need("qemu-system-x86_64")
-    spec = "vhostuser:unix:{path}" + (":packed=on" if packed else "")
+    packed = kind == "packed"
+    spec = {"split": "vhostuser:unix:{path}", "packed": "vhostuser:unix:{path}:packed=on",
+            "stream": "qemu:unix:{path}"}[kind]
     nic = NIC + (",packed=on" if packed else "")
     sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.14.1/24",
                                              spec=spec)
     netdev, extra = vhostArgs(path)
+    if kind == "stream":
+        netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={path}"]
     qmpPath, incoming = shortdir / "qmp.sock", shortdir / "migration.sock"
     mac = "52:54:00:76:75:14"
     source = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "from",
@@ -116,7 +124,7 @@ def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
     waitForPing(ns, "10.211.14.2", timeout=20)
     target = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "to", nic=nic,
                         extraArgs=[*extra, "-incoming", f"unix:{incoming}"])
-    waitFor(lambda: len(LINK.findall(console(mgmt, "port/allprint"))) == 2 and
+    waitFor(lambda: console(mgmt, "port/allprint").count("qemu-system") == 2 and
             incoming.exists(), timeout=30, what="the second QEMU waiting for the guest")
     sender = processes.start(execIn(ns, PYTHON, "-c", SENDER, "10.211.14.2", "192"),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -144,9 +152,10 @@ def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
                        console(mgmt, "port/allprint"))
     qmp.execute("quit")
     qmp.close()
-    assert logged is not None and int(logged.group(1)) == source.process.pid, \
-        console(mgmt, "port/allprint")
-    assert int(logged.group(2)) > 100, "the switch logged the pages it wrote while migrating"
+    if kind != "stream":
+        assert logged is not None and int(logged.group(1)) == source.process.pid, \
+            console(mgmt, "port/allprint")
+        assert int(logged.group(2)) > 100, "the switch logged the pages it wrote while migrating"
     assert f"{sent}  -" in result.console, target.diagnostics() + sw.logText()
     assert "3 packets received" in result.console, target.diagnostics()
     assert result.rc == 0 and "Traceback" not in sw.logText(), sw.logText()
