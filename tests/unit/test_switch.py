@@ -124,9 +124,8 @@ def test_anAnnouncementMovesAnAddressAtOnce(form: str) -> None:
 
     switch = Switch()
     vlan, vnetHeader = (10, False) if form == "tagged" else (0, form == "virtio-net")
-    members = {"untagged": None, "tagged": (vlan,)} if form == "tagged" else {}
-    old, new, other = (port(switch, vnetHeader=vnetHeader, **members) if members  # type: ignore[arg-type]
-                       else port(switch, vnetHeader=vnetHeader) for _ in range(3))
+    untaggedIn, trunk = (None, (vlan,)) if form == "tagged" else (0, ())
+    old, new, other = (port(switch, untaggedIn, trunk, vnetHeader=vnetHeader) for _ in range(3))
 
     def send(link: FakeLink, f: bytes) -> None:
         if form == "tagged":
