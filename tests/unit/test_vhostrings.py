@@ -16,6 +16,7 @@ from typing import cast
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packedfakes import PackedDriver
 from test_vnet import UDP, kernelPacket
 from twisted.logger import ILogObserver, globalLogPublisher
 from vhostfakes import (
@@ -29,7 +30,8 @@ from vhostfakes import (
     makeDriver,
 )
 
-from vtwisted.ports import vhostuser
+from vtwisted.ports import packedring, vhostuser, virtqueue
+from vtwisted.ports.packedring import EVENT_DISABLE, EVENT_ENABLE
 from vtwisted.ports.vhostuser import OFFERED, SUPER_FRAMES
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
@@ -502,3 +504,100 @@ def test_aNewMemoryTableKeepsTheRingsGoing(driver) -> None:
     driver.transmit(bytes(12), sent)
     assert other.takeSent() == [sent, sent]
     assert driver.link.rings[1].queue.lastAvail == 2
+
+
+def _kicksRequested(driver: FakeDriver) -> bool:
+    """
+    Whether the device's side of the transmit ring asks the guest to kick
+    for its next chain (no event indexes: the used ring's flag, or the
+    packed ring's device event flags).
+    """
+    _, _, used = FakeDriver.ringAddresses(RINGS[1])
+    if isinstance(driver, PackedDriver):
+        return driver.deviceEvents(1)[1] == EVENT_ENABLE
+    return struct.unpack_from("<H", driver.memory, used)[0] == 0
+
+
+def _atBarrier(monkeypatch, hook) -> list[int]:
+    """
+    Run C{hook} at the first full memory barrier the rings pass (in both
+    ring layouts' modules); return the list its calls are counted in.
+    """
+    calls: list[int] = []
+
+    def fence() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            hook()
+
+    monkeypatch.setattr(virtqueue, "fence", fence)
+    monkeypatch.setattr(packedring, "fence", fence)
+    return calls
+
+
+def test_aChainAddedAsKicksComeBackOnIsTaken(anyDriver, monkeypatch) -> None:
+    """
+    Turning the guest's kicks back on after a drain is a store, and looking
+    for chains again a load that may pass it, so a barrier sits between
+    them: at that barrier the request for kicks is already written (a guest
+    adding a chain after it kicks), and a chain the guest added then without
+    a kick (it still saw kicks off) is taken in the same drain.
+    """
+    driver = anyDriver
+    driver.negotiate(driver.offered & ~(1 << vu.F_EVENT_IDX))
+    other = FakeLink()
+    plug(driver.switch, other)
+    late = frame(b"\xff" * 6, mac(1), payload=b"late" * 15)
+    seen = []
+
+    def guestAddsAChain() -> None:
+        seen.append(_kicksRequested(driver))
+        kick, driver.kick = driver.kick, lambda ring=1: None
+        driver.transmit(bytes(12), late)
+        driver.kick = kick
+
+    _atBarrier(monkeypatch, guestAddsAChain)
+    first = frame(b"\xff" * 6, mac(1))
+    driver.transmit(bytes(12), first)
+    assert seen == [True]
+    assert other.takeSent() == [first, late]
+
+
+def test_anInterruptAskedForAsChainsArePublishedIsSent(anyDriver, monkeypatch) -> None:
+    """
+    Before reading whether the guest wants an interrupt, the device makes
+    sure the used chains it published are visible (a barrier): a guest that
+    saw none and so asked for an interrupt just then gets it, and at that
+    point the chain is already there for it.
+    """
+    driver = anyDriver
+    driver.negotiate(driver.offered & ~(1 << vu.F_EVENT_IDX))
+    driver.postReceiveBuffers(4)
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1)))
+    driver.reactor.advance(0)
+    assert driver.interrupted(0)  # the first after the start, whatever the guest said
+    assert len(driver.received()) == 1
+    _, avail, _ = FakeDriver.ringAddresses(RINGS[0])
+    packed = isinstance(driver, PackedDriver)
+
+    def wantInterrupts(on: bool) -> None:
+        if packed:
+            driver.setDriverEvents(0, EVENT_ENABLE if on else EVENT_DISABLE)
+        else:
+            struct.pack_into("<H", driver.memory, avail, 0 if on else 1)
+
+    wantInterrupts(False)
+    received = []
+
+    def guestLooksThenAsks() -> None:
+        received.extend(driver.received())
+        wantInterrupts(True)
+
+    _atBarrier(monkeypatch, guestLooksThenAsks)
+    second = frame(b"\xff" * 6, mac(1), payload=b"second" * 10)
+    other.receive(second)
+    driver.reactor.advance(0)
+    assert [f for _, f in received] == [second]
+    assert driver.interrupted(0)

@@ -55,6 +55,7 @@ from vtwisted.ports.virtqueue import (
     DirtyLog,
     GuestMemory,
     VirtqueueError,
+    fence,
 )
 
 #: Descriptor flags: available (as the driver's wrap counter) and used.
@@ -281,8 +282,10 @@ class PackedQueue:
         elif self.eventIndex:
             _U16.pack_into(events, 0, self._scan | self._scanWrap << 15)
             _U16.pack_into(events, 2, EVENT_DESC)
+            fence()  # seen before the next descriptor is read again
         else:
             _U16.pack_into(events, 2, EVENT_ENABLE)
+            fence()
 
     def wantsInterrupt(self) -> bool:
         """
@@ -290,6 +293,7 @@ class PackedQueue:
         was last considered: always, never, or (with event indexes) if a
         used descriptor went where its event area says.
         """
+        fence()  # the used descriptors written before the guest's wish is read
         offWrap, flags = _ID_FLAGS.unpack_from(self.driverEvents, 0)
         size, old, moved, considered = self.size, self.signalled, self._moved, self.considered
         self.signalled, self._moved = self._used + size * self._usedWrap, 0

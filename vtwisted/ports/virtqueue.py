@@ -17,7 +17,13 @@ C{lastAvail}, walks each (following C{NEXT} links and one level of
 C{INDIRECT} tables), returns them as memoryviews marked writable or not,
 and puts them back on the used ring; the used index is stored once per
 batch (L{SplitQueue.publish}), after the entries, which x86's store order
-keeps visible in that order.
+keeps visible in that order.  Stores may still be passed by later loads,
+so where the device stores one thing and then reads what the guest wrote
+in answer to it, a full barrier (L{fence}) sits in between, at the two
+places Linux's vhost has one: after re-enabling kicks, before the avail
+index is read again (else a chain added meanwhile could wait for a kick
+that never comes), and after publishing used chains, before the guest's
+interrupt wish is read (else its interrupt could be missed).
 
 While the guest migrates, the switch records every page it writes to (the
 buffers of receive chains, and the used rings) in the front-end's
@@ -234,6 +240,33 @@ _SEQ_CST = 5
 _atomic: list[Any] = []
 
 
+def _makeFence() -> Any:
+    """
+    A full memory barrier: libatomic's C{atomic_thread_fence}, or where
+    there is none, taking and releasing a lock (which is one on x86 and
+    every platform whose locks use atomic instructions).
+    """
+    try:
+        function = ctypes.CDLL("libatomic.so.1").atomic_thread_fence
+    except (OSError, AttributeError):
+        import threading
+
+        lock = threading.Lock()
+
+        def fence() -> None:
+            with lock:
+                pass
+
+        return fence
+    function.argtypes = [ctypes.c_int]
+    function.restype = None
+    return lambda: function(_SEQ_CST)
+
+
+#: Order every store before it before every load after it (C{smp_mb()}).
+fence = _makeFence()
+
+
 def _atomicOr() -> Any:
     """
     libatomic's C{__atomic_fetch_or_1}, or None where there is none.
@@ -374,14 +407,18 @@ class SplitQueue:
         if self.eventIndex:
             if not quiet:
                 _U16.pack_into(self.used, 4 + 8 * self.size, self.lastAvail)
+                fence()  # seen before the avail index is read again
         else:
             _U16.pack_into(self.used, 0, NO_NOTIFY if quiet else 0)
+            if not quiet:
+                fence()
 
     def wantsInterrupt(self) -> bool:
         """
         Whether the guest asked to be told about the chains used since it
         was last considered.
         """
+        fence()  # the used index published before the guest's wish is read
         if not self.eventIndex:
             return not self.available[0] & NO_INTERRUPT
         event: int = _U16.unpack_from(self.available, 4 + 2 * self.size)[0]
