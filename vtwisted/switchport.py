@@ -255,8 +255,11 @@ class SwitchPort:
         send, toFrame = self.send, vnet.toFrame
         self.sendConverted = lambda packet: send(toFrame(packet))
         impaired = self.impaired
-        if impaired is not None and links:
+        if impaired is not None:
+            # frames still waiting hold the old links' senders: a link gone may have
+            # closed its descriptor, whose number the next one opened reuses
             impaired.stop()
+        if impaired is not None and links:
             plain = self.send = impaired.wrap(self.send)
             self.sendVnet = impaired.wrap(self.sendVnet, vnetPackets=True)
             # frames made before they are impaired: noise hits complete checksums

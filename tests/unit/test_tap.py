@@ -56,7 +56,7 @@ def test_badInterfaceNamesAreRefusedNamingTheSpec(spec: str) -> None:
 
 
 def test_fifteenCharacterNameIsAccepted() -> None:
-    """IFNAMSIZ allows 15 characters; that many are fine."""
+    """IFNAMSIZ allows 15 bytes; that many are fine."""
     service = tap.makeService(Switch(), PortSpec("tap:" + "x" * 15), None)
     assert service.deviceName == "x" * 15 and service.offload
 

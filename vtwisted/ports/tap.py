@@ -114,6 +114,7 @@ class TapLink(TuntapPort):
         self.coalesce: bool = getattr(service, "coalesce", True)
         self._gro: udpgro.UdpCoalescer | None = None
         self._offloadText = ""
+        self._forgetDescriptor: Any = _nothing
 
     def open(self) -> None:
         """
@@ -266,6 +267,13 @@ class TapLink(TuntapPort):
             except OSError as e:
                 failed(e)
 
+        def forget() -> None:
+            # after the descriptor closes its number may be reused: a sender still
+            # held somewhere then fails with EBADF instead of writing to another file
+            nonlocal fd
+            fd = -1
+
+        self._forgetDescriptor = forget
         self.sendVnetPacket = sendVnetPacket  # type: ignore[method-assign]
         # without the header, a plain frame is written as it is
         self.sendFrame = sendFrame if self.vnetHeader else sendVnetPacket  # type: ignore[method-assign,assignment]
@@ -324,6 +332,7 @@ class TapLink(TuntapPort):
         Stop reading and close the file descriptor.
         """
         self._closing = True
+        self._forgetDescriptor()
         if self in self.poller.links:
             self.poller.links.remove(self)
             self.poller.updateSpin()
@@ -354,6 +363,12 @@ class TapLink(TuntapPort):
             system.close(fileno)
             raise
         return fileno, result[:IFNAMSIZ].strip(b"\0")
+
+
+def _nothing() -> None:
+    """
+    What L{TapLink._forgetDescriptor} is before the senders are made.
+    """
 
 
 @implementer(IPortService)

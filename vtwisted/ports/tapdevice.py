@@ -66,10 +66,11 @@ def checkName(spec: PortSpec, name: str | None, what: str = "TAP name") -> str:
     """
     The interface name, if Linux would accept it.
     """
-    if name is None or not _NAME.match(name) or name in (".", ".."):
+    if (name is None or not _NAME.match(name) or name in (".", "..") or "\0" in name
+            or len(name.encode()) >= IFNAMSIZ):
         raise spec.error(
             f"{what} {name!r} is not a valid interface name "
-            "(1 to 15 characters, no '/', ':', '%' or white space)"
+            "(1 to 15 bytes, no '/', ':', '%', NUL or white space)"
         )
     return name
 
@@ -92,4 +93,18 @@ def openError(spec: str, name: str, e: Exception) -> OSError:
         advice = "; another program holds it (a TAP device has one user)"
     elif code == errno.ENOENT:
         advice = "; /dev/net/tun is missing (modprobe tun)"
-    return OSError(code, f"{spec}: cannot open TAP device {name}: {text} (errno {code}){advice}")
+    elif code == errno.EACCES:
+        advice = (
+            "; /dev/net/tun is not readable and writable by you "
+            "(most systems make it 0666: chmod 0666 /dev/net/tun)"
+        )
+    elif code == errno.EINVAL:
+        advice = (
+            f"; an interface {name} may exist that is not a single-queue TAP device "
+            f"(ip -d link show {name})"
+        )
+    return OSError(
+        code,
+        f"{spec}: cannot open TAP device {name} through /dev/net/tun: {text} (errno {code})"
+        f"{advice}",
+    )

@@ -71,6 +71,12 @@ GSO_ECN = 0x80
 #: The most datagrams Linux takes in one USO packet (C{UDP_MAX_SEGMENTS},
 #: 64 in older kernels, 128 since 6.11: the older limit is kept).
 USO_MAX_SEGMENTS = 64
+#: The lowest C{csum_start} Linux takes with C{NEEDS_CSUM}: the transport header
+#: cannot start before an Ethernet header and a minimal IPv4 one would allow
+#: (C{virtio_net_hdr_to_skb} refuses a transport offset under
+#: C{sizeof(struct iphdr)}, counted from the frame's start: 19 is refused, 20
+#: accepted on Linux 6.18).
+MIN_CSUM_START = 20
 #: A gso_size Linux reserves (C{GSO_BY_FRAGS}).
 _GSO_BY_FRAGS = 0xFFFF
 
@@ -395,8 +401,9 @@ def removeTag(packet: bytes) -> bytes:
     flags, gsoType, hdrLen, gsoSize, csumStart, csumOffset = _HEADER.unpack_from(packet)
     tagged = ETH_HEADER_LENGTH + TAG_LENGTH
     if flags & NEEDS_CSUM:
-        if csumStart < tagged:
-            raise VnetError(f"csum_start {csumStart} points inside the tagged Ethernet header")
+        if csumStart < tagged or csumStart - TAG_LENGTH < MIN_CSUM_START:
+            raise VnetError(f"csum_start {csumStart} points inside the tagged Ethernet header "
+                            "or too close behind it")
         csumStart -= TAG_LENGTH
     if hdrLen:
         if hdrLen < tagged:

@@ -32,6 +32,7 @@ from vtwisted.wire.vnet import (
     GSO_UDP,
     GSO_UDP_L4,
     HEADER_LENGTH,
+    MIN_CSUM_START,
     NEEDS_CSUM,
     USO_MAX_SEGMENTS,
 )
@@ -115,11 +116,15 @@ def _problem(packet: bytes) -> str | None:
         return f"unknown flags {flags:#04x}"
     if hdrLen > size:
         return f"hdr_len {hdrLen} is larger than the {size}-byte frame"
+    if 0 < hdrLen < ETH_HEADER_LENGTH:
+        return f"hdr_len {hdrLen} is shorter than an Ethernet header"
     if flags & NEEDS_CSUM and csumStart + csumOffset + 2 > size:
         return (
             f"checksum field at csum_start {csumStart} + csum_offset {csumOffset} runs past "
             f"the {size}-byte frame"
         )
+    if flags & NEEDS_CSUM and csumStart < MIN_CSUM_START:
+        return f"csum_start {csumStart} is before any transport header (under {MIN_CSUM_START})"
     if gsoType == GSO_NONE:
         return None
     kind = gsoType & ~GSO_ECN

@@ -1,0 +1,118 @@
+"""
+Gaps found auditing issue #3 (TAP ports, offloads, VLANs): each test here
+failed on main at 5faad70.
+"""
+
+from __future__ import annotations
+
+import errno
+import struct
+from collections.abc import Iterator
+
+import pytest
+from tapfakes import BROADCAST, Rig, rigged, tunnelOf
+from twisted.internet.task import Clock
+from vnetpackets import ARP
+
+from vtwisted.ports import tap
+from vtwisted.ports.tapdevice import openError
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import frame, mac
+from vtwisted.wire import vnet, vnetcheck
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    yield from rigged()
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [
+    "audéééééééé",   # 11 characters, 19 bytes: the kernel would make "audéééééé"
+    "ééééééééé",     # 9 characters, 18 bytes: cut inside a character
+    "aud\x00x",      # the kernel reads "aud": another device
+])
+def test_namesLinuxCannotTakeAsGivenAreRefused(name: str) -> None:
+    """IFNAMSIZ counts bytes, and a NUL ends the name: such names must be refused."""
+    with pytest.raises(SpecError):
+        tap.makeService(Switch(), PortSpec(f"tap:{name}"), None)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_permissionDeniedOnTheTunDeviceNamesItAndSaysWhatToDo() -> None:
+    """
+    An unprivileged user gets EACCES (not EPERM) when /dev/net/tun is 0600, as it
+    is on this machine: the message must name /dev/net/tun and give advice.
+    """
+    error = openError("tap:t0", "t0", PermissionError(errno.EACCES, "Permission denied"))
+    assert "/dev/net/tun" in str(error)
+
+
+# -- never write what the kernel refuses -------------------------------------------------------
+
+
+def _header(flags: int, hdrLen: int, csumStart: int, csumOffset: int) -> bytes:
+    return struct.pack("<BBHHHH", flags, 0, hdrLen, 0, csumStart, csumOffset)
+
+
+@pytest.mark.parametrize("hdrLen", [1, 13])
+def test_hdrLenShorterThanAnEthernetHeaderIsUnsafe(hdrLen: int) -> None:
+    """tun_get_user: hdr_len && hdr_len < ETH_HLEN -> EINVAL (checked on Linux 6.18)."""
+    packet = _header(0, hdrLen, 0, 0) + ARP[vnet.HEADER_LENGTH:]
+    assert vnetcheck.validate(packet) is not None
+
+
+@pytest.mark.parametrize("csumStart", [0, 14, 19])
+def test_partialChecksumStartingBeforeAnIpHeaderIsUnsafe(csumStart: int) -> None:
+    """
+    virtio_net_hdr_to_skb: NEEDS_CSUM with a transport offset below sizeof(struct iphdr)
+    -> EINVAL, GSO or not (checked on Linux 6.18: 19 refused, 20 accepted).
+    """
+    packet = _header(vnet.NEEDS_CSUM, 0, csumStart, 16) + ARP[vnet.HEADER_LENGTH:]
+    assert vnetcheck.validate(packet) is not None
+
+
+# -- a device gone with frames still delayed ---------------------------------------------------
+
+
+def test_framesDelayedForAVanishedTapAreNeverWrittenToItsOldDescriptor(rig: Rig) -> None:
+    """
+    tap:NAME:delay=MS: frames queued by the impairment hold the TAP's sender, a closure
+    over the raw descriptor number.  Once the device is gone and its descriptor closed,
+    they must not be written: the number is reused by the next descriptor the switch
+    opens (seen for real: a console connection received the frames).
+    """
+    clock = Clock()
+    rig.switch.clock = clock
+    gone = rig.tap("tapgone", options="delay=100")
+    assert gone.link is not None
+    oldFd = gone.link.fileno()
+    other = rig.link()
+    writes: list[int] = []
+    realWritev, realWrite = rig.system.writev, rig.system.write
+
+    def spyWritev(fd: int, buffers: list[bytes]) -> int:
+        writes.append(fd)
+        return realWritev(fd, buffers)
+
+    def spyWrite(fd: int, data: bytes) -> int:
+        writes.append(fd)
+        return realWrite(fd, data)
+
+    rig.system.writev = spyWritev  # type: ignore[method-assign]
+    rig.system.write = spyWrite  # type: ignore[method-assign]
+    gone.link._makeSenders()
+    gone.link.port.rewire()
+    other.receive(frame(BROADCAST, mac(1)))
+    tunnel = tunnelOf(gone)
+    tunnel.readError = errno.EBADFD
+    gone.link.doRead()  # the device is gone: the port goes down, the descriptor closes
+    assert gone.link is None
+    writes.clear()
+    clock.advance(1)
+    assert oldFd not in writes, "a delayed frame was written to the closed descriptor"
