@@ -135,3 +135,44 @@ def test_taggedPacketWithChecksumStartInsideTheTagIsDropped() -> None:
     trunk.receivePacket(packet)
     assert access.sentPackets == []
     assert trunk.port.counters.drops["malformed"] == 2
+
+
+def _stacked(packet: bytes, outer: bytes) -> bytes:
+    """
+    C{packet} (a virtio-net packet) with two tags: an inner 802.1Q one for
+    VLAN 10 and an outer one for 100 with TPID C{outer} (0x88a8 for 802.1ad).
+    """
+    both = vnet.insertTag(vnet.insertTag(packet, 10), 100)
+    return both[:22] + outer + both[24:]
+
+
+def test_stackedTagsOnASuperFrameCrossTransparentPortsAndAreCutRight() -> None:
+    """
+    A host with a QinQ or 802.1ad interface on a TAP sends super-frames under
+    two tags (Linux takes them, and segments under both).  Between vlan=all
+    ports they pass: whole to an offload port, and to a plain one as
+    segments each under both tags, with correct checksums.
+    """
+    built = superFrame(size=20000)
+    segments = vnet.toFrames(built.packet)
+    for outer in (b"\x88\xa8", b"\x81\x00"):
+        switch = Switch()
+        x = port(switch, transparent=True, vnetHeader=True)
+        y = port(switch, transparent=True, vnetHeader=True)
+        plain = port(switch, transparent=True)
+        packet = _stacked(built.packet, outer)
+        assert vnetcheck.validate(packet) is None
+        x.receivePacket(packet)
+        assert y.sentPackets == [packet]
+        tags = packet[22:30]
+        assert plain.sent == [s[:12] + tags + s[12:] for s in segments]
+
+
+def test_aServiceTaggedSuperFrameIsCutUnderItsTag() -> None:
+    """One 802.1ad tag (not a VLAN tag to the switch) is stepped over the same way."""
+    built = superFrame(size=8000)
+    tag = b"\x88\xa8\x00\x64"
+    single = vnet.insertTag(built.packet, 100)
+    single = single[:22] + tag[:2] + single[24:]
+    assert vnetcheck.validate(single) is None
+    assert vnet.toFrames(single) == [s[:12] + tag + s[12:] for s in vnet.toFrames(built.packet)]

@@ -201,3 +201,24 @@ def test_kernelAcceptsTheBuildersUsoSuperFrameAndItsSegments() -> None:
         assert _checksumErrors(b.namespace) == 0
     expected = [payload[i : i + 1200] for i in range(0, 7000, 1200)]
     assert whole == expected and cut == expected
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("outer", [b"\x88\xa8", b"\x81\x00"])
+def test_kernelTakesSuperFramesUnderTwoTagsAndTheirSegments(outer: bytes) -> None:
+    """
+    A TCP super-frame under two tags (802.1ad or 802.1Q outside, 802.1Q
+    inside), as a host's QinQ interface sends it: L{vnetcheck.validate}
+    passes it, and the kernel takes it and every segment the switch cuts.
+    """
+    needKernel()
+    built = kernelPacket(randomPayload(9000, 4), 1448, macs=(MAC_B, MAC_A))
+    both = vnet.insertTag(vnet.insertTag(built.packet, 10), 100)
+    packet = both[:22] + outer + both[24:]
+    assert vnetcheck.validate(packet) is None
+    segments = vnet.toFrames(packet)
+    assert len(segments) == 7 and all(s[12:14] == outer for s in segments)
+    with twoNamespaces() as (_, b):
+        assert os.write(b.tap, packet) == len(packet)
+        for segment in segments:
+            assert os.write(b.tap, vnet.PLAIN_HEADER + segment) == vnet.HEADER_LENGTH + len(segment)

@@ -19,6 +19,8 @@ FRAME_OVERHEAD = 18
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
 ETH_P_8021Q = 0x8100
+#: An 802.1ad (QinQ) service tag: the switch does not read it as a VLAN tag.
+ETH_P_8021AD = 0x88A8
 ETH_P_IPV6 = 0x86DD
 
 BROADCAST = b"\xff" * 6

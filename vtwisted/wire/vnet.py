@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 from vtwisted.wire import ipv4, ipv6, tcp, udp
 from vtwisted.wire.checksum import MODULUS, completePartial
-from vtwisted.wire.ethernet import ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6
+from vtwisted.wire.ethernet import ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6
 from vtwisted.wire.ethernet import HEADER_LENGTH as ETH_HEADER_LENGTH
 from vtwisted.wire.vlan import TAG_LENGTH, TPID
 
@@ -87,6 +87,25 @@ _U16PAIR = struct.Struct("!HH")
 _MIN_PACKET = HEADER_LENGTH + ETH_HEADER_LENGTH
 _ZERO2 = b"\x00\x00"
 _TCP_GSO = (GSO_TCPV4, GSO_TCPV6)
+_VLAN_TYPES = (ETH_P_8021Q, ETH_P_8021AD)
+#: The most VLAN tags stepped over to reach a GSO packet's IP header (QinQ).
+MAX_TAGS = 2
+
+
+def networkHeader(packet: bytes) -> tuple[int, int]:
+    """
+    Where the IP header of a virtio-net packet starts (past up to
+    L{MAX_TAGS} 802.1Q or 802.1ad tags, as Linux segments them), and its
+    EtherType there.
+    """
+    l3 = _MIN_PACKET
+    etherType = int.from_bytes(packet[l3 - 2 : l3], "big")
+    for _ in range(MAX_TAGS):
+        if etherType not in _VLAN_TYPES or len(packet) < l3 + TAG_LENGTH:
+            break
+        l3 += TAG_LENGTH
+        etherType = int.from_bytes(packet[l3 - 2 : l3], "big")
+    return l3, etherType
 
 
 class VnetError(ValueError):
@@ -184,11 +203,7 @@ def _segment(
         raise VnetError("the ECN bit is set on UDP GSO")
     if gsoSize == 0:
         raise VnetError("gso_size is 0 on a GSO packet")
-    l3 = _MIN_PACKET
-    etherType = int.from_bytes(packet[l3 - 2 : l3], "big")
-    if etherType == ETH_P_8021Q:
-        l3 += TAG_LENGTH
-        etherType = int.from_bytes(packet[l3 - 2 : l3], "big")
+    l3, etherType = networkHeader(packet)
     try:
         if etherType == ETH_P_IP and kind != GSO_TCPV6:
             ip4 = ipv4.IPv4Header.parse(packet, l3)

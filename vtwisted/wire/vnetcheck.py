@@ -16,9 +16,9 @@ packets with the same header without looking again.
 from __future__ import annotations
 
 from vtwisted.wire import ipv4, ipv6, tcp, udp
-from vtwisted.wire.ethernet import ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, MIN_FRAME
+from vtwisted.wire.ethernet import ETH_P_IP, ETH_P_IPV6, MIN_FRAME
 from vtwisted.wire.ethernet import HEADER_LENGTH as ETH_HEADER_LENGTH
-from vtwisted.wire.vlan import TAG_LENGTH, TPID
+from vtwisted.wire.vlan import TPID
 from vtwisted.wire.vnet import (
     _GSO_BY_FRAGS,
     _HEADER,
@@ -35,6 +35,7 @@ from vtwisted.wire.vnet import (
     MIN_CSUM_START,
     NEEDS_CSUM,
     USO_MAX_SEGMENTS,
+    networkHeader,
 )
 
 #: Headers without GSO already found valid, each with the shortest packet it
@@ -142,11 +143,7 @@ def _problem(packet: bytes) -> str | None:
     wanted = tcp.CHECKSUM_OFFSET if isTcp else udp.CHECKSUM_OFFSET
     if csumOffset != wanted:
         return f"csum_offset {csumOffset} is not {wanted} for gso_type {gsoType:#04x}"
-    l3 = _MIN_PACKET
-    etherType = int.from_bytes(packet[l3 - 2 : l3], "big")
-    if etherType == ETH_P_8021Q and size >= ETH_HEADER_LENGTH + TAG_LENGTH:
-        l3 += TAG_LENGTH
-        etherType = int.from_bytes(packet[l3 - 2 : l3], "big")
+    l3, etherType = networkHeader(packet)
     if etherType == ETH_P_IP and kind != GSO_TCPV6:
         minimum = ipv4.HEADER_LENGTH
     elif etherType == ETH_P_IPV6 and kind != GSO_TCPV4:
