@@ -172,6 +172,26 @@ class IPortService(IService):
         """
 
 
+class IRevivablePortService(IPortService):
+    """
+    A port service whose one link can go away while it runs (a TAP device
+    deleted) and be opened again: adding its spec again does that, instead
+    of refusing a spec already in use.
+    """
+
+    def gone() -> bool:
+        """
+        Whether it runs but its link went away.
+        """
+
+    def revive() -> None:
+        """
+        Open the link again and plug it in.
+
+        @raise OSError: it cannot be opened (the message says why).
+        """
+
+
 class IGuestNetwork(Interface):
     """
     What the protocol engines of a slirp port (L{vtwisted.slirp}) need from

@@ -27,6 +27,7 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorTime
 
 from vtwisted.errors import SwitchError
+from vtwisted.interfaces import IRevivablePortService
 from vtwisted.porttype import portTypes
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
@@ -124,9 +125,15 @@ class SwitchService(MultiService):
     def addPort(self, text: str) -> IService:
         """
         Add a port spec; if the switch is running, start its service now.
+        A spec whose link went away while it ran (a TAP device deleted) is
+        opened anew instead.
         """
-        if text in self.specs:
-            raise SpecError(text, "is already in use")
+        existing = self.specs.get(text)
+        if existing is not None:
+            if not (IRevivablePortService.providedBy(existing) and existing.gone()):
+                raise SpecError(text, "is already in use")
+            existing.revive()
+            return existing
         service = self.makePortService(text)
         self.specs[text] = service
         try:

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 
 from vtwisted import errors
 from vtwisted.errors import SwitchError
-from vtwisted.interfaces import IPortService
+from vtwisted.interfaces import IPortService, IRevivablePortService
 from vtwisted.spec import SpecError
 from vtwisted.status import SpecStatus
 
@@ -92,10 +92,16 @@ class PortSpecOperations:
         @return: the ports its links were plugged into while it started (a
             TAP device's port; none for a VDE directory, whose clients come
             later).
+        A spec whose device went away (see L{IRevivablePortService}) is
+        opened again.
+
         @raise SwitchError: C{EEXIST} for a spec already in use, C{EINVAL} for
             a wrong spec, the OS error's number if starting failed.
         """
-        if text in self.service.specs:
+        existing = self.service.specs.get(text)
+        if existing is not None and not (
+            IRevivablePortService.providedBy(existing) and existing.gone()
+        ):
             raise errors.exists(f"port spec {text!r} is already in use")
         before = {id(link) for port in self.switch.ports.values() for link in port.links}
         try:
@@ -109,8 +115,11 @@ class PortSpecOperations:
         except Exception as e:
             log.failure("port spec {spec}: starting failed", spec=text)
             raise SwitchError(errno.EIO, f"port spec {text!r}: {e}") from None
-        self._runtimeSpecs.add(text)
-        log.info("port spec {spec} added at run time", spec=text)
+        if existing is None:
+            self._runtimeSpecs.add(text)
+            log.info("port spec {spec} added at run time", spec=text)
+        else:
+            log.info("port spec {spec}: its link had gone; opened again", spec=text)
         return sorted(
             n
             for n, port in self.switch.ports.items()

@@ -327,6 +327,28 @@ def test_deletedTapIsNoticedWithoutTraffic(vswitch, namespaces, shortdir) -> Non
     assert "goes down" in sw.logText() and name in sw.logText()
 
 
+def test_addingADeletedTapsSpecAgainOpensItAnew(vswitch, namespaces, shortdir) -> None:
+    """
+    After its device was deleted, C{port/add} of the same spec opens (here
+    creates) the device again and the port comes back; while it is up, the
+    same spec is refused as in use.
+    """
+    mgmt = shortdir / "mgmt"
+    name = uniqueName("vtr")
+    sw = vswitch("--port", f"tap:{name}", "--mgmt", str(mgmt))
+    ns = quietNamespace(namespaces, "vtr")
+    moveTap(name, ns, None)
+    up = re.compile(r"^Port 0001 untagged_vlan=\d+ ACTIVE", re.M)
+    assert "1017 File exists" in console(mgmt, f"port/add tap:{name}")
+    run("ip", "-n", ns, "link", "del", name)
+    waitFor(lambda: not up.search(console(mgmt, "port/allprint")), what="port 1 to go down")
+    reply = console(mgmt, f"port/add tap:{name}")
+    assert "Port 0001" in reply and "Success" in reply, reply
+    assert up.search(console(mgmt, "port/allprint")), sw.logText()
+    assert deviceExists(name), "the switch made the device again"
+    assert "opened again" in sw.logText()
+
+
 #: Run as root but without CAP_NET_ADMIN: what an ordinary user has for TUN
 #: devices (the kernel checks the device owner, then the capability).  The
 #: tests cannot switch users: the Python installation lives in root's home.
@@ -372,6 +394,8 @@ def test_tapOfAnotherUserIsRefusedWithAdvice(shortdir) -> None:
         assert result.returncode != 0
         assert f"tap:{name}" in output and "Operation not permitted" in output, output
         assert f"ip tuntap add {name} mode tap user" in output, output
+        assert "belongs to user 65534, not to you (uid 0)" in output, output
+        assert f"ip tuntap del {name} mode tap" in output, output
         assert not (shortdir / "x").exists(), "nothing is left behind"
     finally:
         run("ip", "tuntap", "del", name, "mode", "tap", check=False)

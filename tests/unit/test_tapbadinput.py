@@ -1,6 +1,7 @@
 """
-Gaps found auditing issue #3 (TAP ports, offloads, VLANs): each test here
-failed on main at 5faad70.
+Bad input at TAP ports: names Linux cannot take as given, errors opening
+the device (each saying what to do), virtio-net headers the kernel would
+refuse, and frames still queued for a device that is gone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from twisted.internet.task import Clock
 from vnetpackets import ARP
 
 from vtwisted.ports import tap
-from vtwisted.ports.tapdevice import openError
+from vtwisted.ports.tapdevice import _permissionAdvice, openError
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
 from vtwisted.testing import frame, mac
@@ -116,3 +117,28 @@ def test_framesDelayedForAVanishedTapAreNeverWrittenToItsOldDescriptor(rig: Rig)
     writes.clear()
     clock.advance(1)
     assert oldFd not in writes, "a delayed frame was written to the closed descriptor"
+
+
+@pytest.mark.parametrize("owner, group, whose", [
+    ("65534\n", "-1\n", "belongs to user 65534,"),
+    ("-1\n", "100\n", "belongs to group 100,"),
+    ("-1\n", "-1\n", "belongs to no user,"),
+])
+def test_anExistingDeviceNotOursIsNamedWithItsOwner(tmp_path, owner, group, whose) -> None:
+    """
+    EPERM on a device that exists: the advice says whose it is and how to
+    make it ours (adding it again would fail: it exists).
+    """
+    device = tmp_path / "t0"
+    device.mkdir()
+    (device / "owner").write_text(owner)
+    (device / "group").write_text(group)
+    advice = _permissionAdvice("t0", str(tmp_path))
+    assert whose in advice
+    assert "ip tuntap del t0 mode tap; ip tuntap add t0 mode tap user $USER" in advice
+
+
+def test_aMissingDeviceIsToBeMadeOurs(tmp_path) -> None:
+    """EPERM with no such device: make one that is ours."""
+    advice = _permissionAdvice("t0", str(tmp_path))
+    assert advice.endswith("must exist and belong to you: ip tuntap add t0 mode tap user $USER")

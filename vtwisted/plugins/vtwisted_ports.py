@@ -14,7 +14,8 @@ vde = PortType(
 tap = PortType(
     "tap",
     "vtwisted.ports.tap",
-    "tap:NAME[:offload=on|off][:uso=on|off][:busypoll=USEC] Linux TAP device, opened "
+    "tap:NAME[:offload=on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC] Linux TAP "
+    "device, opened "
     "(or created) by the switch, with virtio-net offloads",
 )
 

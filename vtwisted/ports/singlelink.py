@@ -61,6 +61,23 @@ class SingleLinkService(Service):
         assert self.link is not None
         self.options.plugIn(self.switch, self.link, self.spec)
 
+    def gone(self) -> bool:
+        """
+        Whether the service runs but its link went away (a TAP device
+        deleted, say), so that adding its spec again should open it anew.
+        """
+        return bool(self.running) and not self.bound()
+
+    def revive(self) -> None:
+        """
+        Open a link that went away again and plug it in (see L{gone}).
+
+        @raise OSError: it cannot be opened (the message says why).
+        """
+        self.bind()
+        assert self.link is not None
+        self.options.plugIn(self.switch, self.link, self.spec)
+
     def currentLinks(self) -> list[ILink]:
         """
         The link, while plugged in.

@@ -42,7 +42,7 @@ from twisted.pair.tuntap import TunnelFlags, TuntapPort
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vtwisted.interfaces import ILink, IPortService
+from vtwisted.interfaces import ILink, IRevivablePortService
 from vtwisted.polling import pollerFor
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.singlelink import SingleLinkService
@@ -371,7 +371,7 @@ def _nothing() -> None:
     """
 
 
-@implementer(IPortService)
+@implementer(IRevivablePortService)
 class TapService(SingleLinkService):
     """
     The service of one C{tap:NAME} spec.

@@ -85,10 +85,7 @@ def openError(spec: str, name: str, e: Exception) -> OSError:
     text = getattr(cause, "strerror", None) or str(cause)
     advice = ""
     if code == errno.EPERM:
-        advice = (
-            "; without CAP_NET_ADMIN the device must exist and belong to you: "
-            f"ip tuntap add {name} mode tap user $USER"
-        )
+        advice = _permissionAdvice(name)
     elif code == errno.EBUSY:
         advice = "; another program holds it (a TAP device has one user)"
     elif code == errno.ENOENT:
@@ -107,4 +104,30 @@ def openError(spec: str, name: str, e: Exception) -> OSError:
         code,
         f"{spec}: cannot open TAP device {name} through /dev/net/tun: {text} (errno {code})"
         f"{advice}",
+    )
+
+
+def _permissionAdvice(name: str, sysfs: str = "/sys/class/net") -> str:
+    """
+    What to do when opening C{name} is not permitted: make a device that is
+    yours, or if one exists, say whose it is (its C{owner} and C{group} in
+    sysfs, -1 for none) and how to make it yours.
+    """
+    make = f"ip tuntap add {name} mode tap user $USER"
+    device = os.path.join(sysfs, name)
+    if not os.path.isdir(device):
+        return f"; without CAP_NET_ADMIN the device must exist and belong to you: {make}"
+    owned = []
+    for what, kind in (("owner", "user"), ("group", "group")):
+        try:
+            with open(os.path.join(device, what)) as f:
+                value = int(f.read())
+        except (OSError, ValueError):
+            continue
+        if value != -1:
+            owned.append(f"{kind} {value}")
+    whose = " and ".join(owned) or "no user"
+    return (
+        f"; the device exists and belongs to {whose}, not to you (uid {os.geteuid()}): "
+        f"run as its user, or make it yours: ip tuntap del {name} mode tap; {make}"
     )
