@@ -298,8 +298,10 @@ def makeService(options: Options) -> SwitchService:
     from twisted.internet import reactor
 
     service = options.build(reactor)
-    twistd = getattr(options, "parent", None) or {}
-    if twistd.get("nodaemon"):
+    runner = getattr(options, "parent", None) or {}
+    # a daemonising twistd reports a start-up error itself; twistd -n, and
+    # twist (which never daemonises, and has no nodaemon option), do not
+    if runner.get("nodaemon", True):
         service.exitOnFailure = True
-        service.pidFile = twistd.get("pidfile")
+        service.pidFile = runner.get("pidfile")
     return service

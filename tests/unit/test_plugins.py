@@ -187,12 +187,16 @@ def test_pluginFoundFromInstallation(tmp_path: Path) -> None:
     assert "vde" in result.stdout and "--sock" in result.stdout
 
 
-def test_aPortThatCannotStartEndsTwistdInOneLine(tmp_path: Path) -> None:
-    """twistd vswitch exits with status 1 and the port's error, no traceback."""
-    result = subprocess.run(
-        twistdArgv("--sock", str(tmp_path / "sw"), "--port", f"qemu:unix:{tmp_path}/no/vm.sock"),
-        capture_output=True, text=True, env=sourceEnv(), timeout=60,
-    )
+@pytest.mark.parametrize("runner", ["twistd -n", "twist"])
+def test_aPortThatCannotStartEndsTwistdInOneLine(tmp_path: Path, runner: str) -> None:
+    """
+    twistd -n vswitch (and twist vswitch, Twisted's other runner) exits with
+    status 1 and the port's error, no traceback.
+    """
+    switchArgs = ("--sock", str(tmp_path / "sw"), "--port", f"qemu:unix:{tmp_path}/no/vm.sock")
+    argv = twistdArgv(*switchArgs) if runner == "twistd -n" else [
+        sys.executable, "-m", "twisted", "vswitch", *switchArgs]
+    result = subprocess.run(argv, capture_output=True, text=True, env=sourceEnv(), timeout=60)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"vswitch: qemu:unix:{tmp_path}/no/vm.sock: cannot listen: No such file or " \
