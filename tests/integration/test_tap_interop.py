@@ -309,8 +309,15 @@ def test_deletedTapTakesItsPortDownAndNothingElse(vswitch, processes, namespaces
     assert tapA not in downLines[0] and tapB not in downLines[0]
 
 
-def test_deletedTapIsNoticedWithoutTraffic(vswitch, namespaces, shortdir) -> None:
-    """With no traffic at all, deleting a TAP still takes its port down within a second."""
+def test_deletedTapGoesDownWithoutTrafficAndPortAddBringsItBack(
+    vswitch, namespaces, shortdir
+) -> None:
+    """
+    With no traffic at all, deleting a TAP still takes its port down within
+    a second.  Then C{port/add} of the same spec opens (here creates) the
+    device again and the port comes back; while it was up, the same spec
+    was refused as in use.
+    """
     mgmt = shortdir / "mgmt"
     name = uniqueName("vtt")
     sw = vswitch("--port", f"tap:{name}", "--mgmt", str(mgmt))
@@ -318,6 +325,7 @@ def test_deletedTapIsNoticedWithoutTraffic(vswitch, namespaces, shortdir) -> Non
     moveTap(name, ns, None)
     up = re.compile(r"^Port 0001 untagged_vlan=\d+ ACTIVE", re.M)
     assert up.search(console(mgmt, "port/allprint"))
+    assert "1017 File exists" in console(mgmt, f"port/add tap:{name}")
     run("ip", "-n", ns, "link", "del", name)
     deadline = time.monotonic() + 3
     while up.search(status := console(mgmt, "port/allprint")):
@@ -325,23 +333,6 @@ def test_deletedTapIsNoticedWithoutTraffic(vswitch, namespaces, shortdir) -> Non
         time.sleep(0.1)
     assert re.search(r"^Port 0001 untagged_vlan=\d+ INACTIVE", status, re.M), status
     assert "goes down" in sw.logText() and name in sw.logText()
-
-
-def test_addingADeletedTapsSpecAgainOpensItAnew(vswitch, namespaces, shortdir) -> None:
-    """
-    After its device was deleted, C{port/add} of the same spec opens (here
-    creates) the device again and the port comes back; while it is up, the
-    same spec is refused as in use.
-    """
-    mgmt = shortdir / "mgmt"
-    name = uniqueName("vtr")
-    sw = vswitch("--port", f"tap:{name}", "--mgmt", str(mgmt))
-    ns = quietNamespace(namespaces, "vtr")
-    moveTap(name, ns, None)
-    up = re.compile(r"^Port 0001 untagged_vlan=\d+ ACTIVE", re.M)
-    assert "1017 File exists" in console(mgmt, f"port/add tap:{name}")
-    run("ip", "-n", ns, "link", "del", name)
-    waitFor(lambda: not up.search(console(mgmt, "port/allprint")), what="port 1 to go down")
     reply = console(mgmt, f"port/add tap:{name}")
     assert "Port 0001" in reply and "Success" in reply, reply
     assert up.search(console(mgmt, "port/allprint")), sw.logText()
