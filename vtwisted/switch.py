@@ -377,6 +377,8 @@ class Switch(PortTable):
                     send(packet)
                     bounds = _routeBounds(packet, min(port.maxFrame, out.maxFrame))
                     if bounds is not None:
+                        if not out.vnet:  # the header read once for the route, not per frame
+                            send = vnet.converter(packet, out.send)
                         self._addRoute(port, packet[:24], vlan, packet[16:22], out, send, bounds)
                     return
                 self._deliver(port, packet, True, False, vlan, (out,))

@@ -176,3 +176,19 @@ def test_aServiceTaggedSuperFrameIsCutUnderItsTag() -> None:
     single = single[:22] + tag[:2] + single[24:]
     assert vnetcheck.validate(single) is None
     assert vnet.toFrames(single) == [s[:12] + tag + s[12:] for s in vnet.toFrames(built.packet)]
+
+
+def test_aRouteToAPlainPortCompletesEveryChecksum() -> None:
+    """
+    Once the destination is learned on a plain port, the frames of a flow
+    take a remembered route; there too every partial checksum is completed.
+    """
+    switch = Switch()
+    a, plainPort = port(switch, vnetHeader=True), port(switch)
+    plainPort.receive(frame(BROADCAST, MAC_B))
+    built = [kernelPacket(randomPayload(size, size), gso=False) for size in (5, 700, 1300)]
+    for b in built:
+        a.receivePacket(b.packet)
+    assert a.port.routes, "the later frames took a route"
+    assert plainPort.sent == [vnet.toFrame(b.packet) for b in built]
+    assert all(f != b.packet[vnet.HEADER_LENGTH:] for f, b in zip(plainPort.sent, built))

@@ -98,6 +98,40 @@ def test_partialChecksumIsCompletedAsComputedFromScratch(
     assert int.from_bytes(frame[where : where + 2], "big") == referenceChecksum(pseudo + zeroed)
 
 
+@FAST
+@given(
+    st.booleans(), st.sampled_from([TCP, UDP]), st.none() | st.integers(1, 4094),
+    st.lists(st.integers(0, 1460) | st.integers(1900, 4000), min_size=1, max_size=4),
+    st.integers(0, 2**32),
+)
+@example(False, UDP, None, [2048 - 52, 2048 - 51, 18], 1)
+def test_aRoutesConverterMakesTheFramesToFrameMakes(
+    v6: bool, proto: int, vid: int | None, sizes: list[int], seed: int
+) -> None:
+    """
+    The converter a route makes from one packet's header (read once) turns
+    every packet with that header, of any length, into the frame
+    L{vnet.toFrame} makes: checksums completed, short and long frames alike.
+    """
+    packets = [kernelPacket(randomPayload(size, seed + n), proto=proto, v6=v6, vid=vid,
+                            gso=False).packet for n, size in enumerate(sizes)]
+    assert len({p[:vnet.HEADER_LENGTH] for p in packets}) == 1
+    sent: list[bytes] = []
+    convert = vnet.converter(packets[0], sent.append)
+    for packet in packets:
+        convert(packet)
+    assert sent == [vnet.toFrame(packet) for packet in packets]
+
+
+def test_aConverterForAPlainHeaderOnlyStripsIt() -> None:
+    """Without NEEDS_CSUM the frame leaves as it came; a GSO header has no converter."""
+    sent: list[bytes] = []
+    vnet.converter(vnet.PLAIN_HEADER, sent.append)(vnet.PLAIN_HEADER + ARP[vnet.HEADER_LENGTH:])
+    assert sent == [ARP[vnet.HEADER_LENGTH:]]
+    with pytest.raises(ValueError):
+        vnet.converter(kernelPacket(randomPayload(5000, 1)).packet, sent.append)
+
+
 @pytest.mark.parametrize("start, offset", [(60, 0), (40, 19), (0, 59), (58, 1)])
 def test_checksumFieldOutsideTheFrameIsRefused(start: int, offset: int) -> None:
     """
