@@ -392,6 +392,7 @@ def test_aPackedRingNeedNotBeAPowerOfTwo() -> None:
             head = queue.take()
             assert head == at and len(queue.chain(head)) == 1
             queue.put(head, 0)
+            queue.publish()
             bufferId, flags = struct.unpack_from("<HH", view, 16 * at + 12)
             assert bufferId == n and flags & (AVAIL | USED) == (AVAIL | USED if wrap else 0)
             assert queue.pending() == 0
@@ -488,6 +489,7 @@ def test_aDescriptorIsReadOnlyAfterItsFlagsSayItIsAvailable(monkeypatch) -> None
                 head = queue.take()
                 queue.chain(head)
                 queue.put(head, 0)
+                queue.publish()
                 given += 1
         assert not armed[0] and given == 2
         ids = [struct.unpack_from("<HH", view, 16 * at + 12) for at in range(2)]

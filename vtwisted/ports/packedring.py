@@ -19,8 +19,11 @@ each time the driver wraps.  The device gives chains back in order, each
 as one used descriptor (buffer id, bytes written, C{AVAIL} and C{USED}
 both equal to the device's own wrap counter) written where the next used
 descriptor goes, and then skips as many slots as the chain had
-descriptors.  An indirect chain takes one slot; its table's descriptors
-are read in sequence (only their C{WRITE} flag counts).
+descriptors; the flags of the first used descriptor of a batch are
+written last (L{PackedQueue.publish}), so that the driver sees the batch
+(all the buffers of a mergeable packet) used at once.  An indirect chain
+takes one slot; its table's descriptors are read in sequence (only their
+C{WRITE} flag counts).
 
 L{PackedQueue} has the interface L{vtwisted.ports.vhostrings.Ring} uses
 with L{vtwisted.ports.virtqueue.SplitQueue}, so the ring picks one or the
@@ -99,6 +102,16 @@ class PackedQueue:
         self.table = memory.user(descriptors, 16 * size)
         self.driverEvents = memory.user(available, EVENT_AREA)
         self.deviceEvents = memory.user(used, EVENT_AREA)
+        #: The ring and the device's area as 16-bit words, each written with
+        #: one store (C{struct.pack_into} zeroes a field before storing it):
+        #: slot C{s}'s flags are word C{8 * s + 7}.
+        self._words = self.table.cast("H")
+        self._deviceWords = self.deviceEvents.cast("H")
+        #: The slot and flags of the first used descriptor put since the
+        #: last publish: written last, at the publish, so that the driver
+        #: sees the chains of a batch (a mergeable packet's buffers) used
+        #: all together, as it does with a split ring's used index.
+        self._held: tuple[int, int] | None = None
         #: Bytes of the device's area written (for the dirty log).
         self.usedLength = EVENT_AREA
         self._tableAddress = memory.guestAddressOf(descriptors)
@@ -235,10 +248,13 @@ class PackedQueue:
         its slots.
         """
         count, bufferId = self._taken
-        at = 16 * self._used
-        _LENGTH_ID.pack_into(self.table, at + 8, written, bufferId)
-        _U16.pack_into(self.table, at + 14, self._usedFlags | WRITE if written else
-                       self._usedFlags)
+        at = self._used
+        _LENGTH_ID.pack_into(self.table, 16 * at + 8, written, bufferId)
+        flags = self._usedFlags | WRITE if written else self._usedFlags
+        if self._held is None:
+            self._held = (at, flags)
+        else:
+            self._words[8 * at + 7] = flags
         self._moved += count
         self._unlogged += count
         following = self._used + count
@@ -250,8 +266,14 @@ class PackedQueue:
 
     def publish(self) -> None:
         """
-        Nothing: each used descriptor is visible once its flags are written.
+        Make the chains put back visible to the guest: the first one's
+        flags, held back until now (the driver takes used descriptors in
+        order, so it sees none of them before).
         """
+        if self._held is not None:
+            at, flags = self._held
+            self._held = None
+            self._words[8 * at + 7] = flags
 
     def logUsed(self, log: DirtyLog, address: int) -> None:
         """
@@ -276,15 +298,15 @@ class PackedQueue:
         or to kick again: for any chain, or (with event indexes) when it
         makes the next slot not yet seen available.
         """
-        events = self.deviceEvents
+        events = self._deviceWords
         if quiet:
-            _U16.pack_into(events, 2, EVENT_DISABLE)
+            events[1] = EVENT_DISABLE
         elif self.eventIndex:
-            _U16.pack_into(events, 0, self._scan | self._scanWrap << 15)
-            _U16.pack_into(events, 2, EVENT_DESC)
+            events[0] = self._scan | self._scanWrap << 15
+            events[1] = EVENT_DESC
             fence()  # seen before the next descriptor is read again
         else:
-            _U16.pack_into(events, 2, EVENT_ENABLE)
+            events[1] = EVENT_ENABLE
             fence()
 
     def wantsInterrupt(self) -> bool:

@@ -195,11 +195,13 @@ class Ring:
             for _ in range(min(pending, TX_BUDGET - taken)):
                 head = queue.take()
                 views = [view for view, writable in queue.chain(head) if not writable]
+                # the frame is copied out before the chain is given back: once
+                # the guest sees it used (a packed ring's flags), it may reuse it
+                packet = _packet(views, strip) if self.enabled else None
                 queue.put(head, 0)
                 taken += 1
                 if not self.enabled:
                     continue
-                packet = _packet(views, strip)
                 if packet is None:
                     port.dropped("malformed", "a frame shorter than its virtio-net header")
                     continue

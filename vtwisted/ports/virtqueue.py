@@ -17,7 +17,11 @@ C{lastAvail}, walks each (following C{NEXT} links and one level of
 C{INDIRECT} tables), returns them as memoryviews marked writable or not,
 and puts them back on the used ring; the used index is stored once per
 batch (L{SplitQueue.publish}), after the entries, which x86's store order
-keeps visible in that order.  Stores may still be passed by later loads,
+keeps visible in that order.  The 16-bit fields the driver reads while
+the device writes them (the used index, flags and C{avail_event}) are each
+written with a single store through a memoryview: C{struct.pack_into}
+zeroes a field before storing the value, and a driver can read that 0.
+Stores may still be passed by later loads,
 so where the device stores one thing and then reads what the guest wrote
 in answer to it, a full barrier (L{fence}) sits in between, at the two
 places Linux's vhost has one: after re-enabling kicks, before the avail
@@ -310,6 +314,15 @@ class SplitQueue:
         #: Bytes of the used ring (flags, index, pairs, C{avail_event}).
         self.usedLength = 4 + 8 * size + extra
         self.used = memory.user(used, self.usedLength)
+        #: The 16-bit fields of the used ring the driver reads while the
+        #: device runs (flags, index, C{avail_event}), each written with one
+        #: store: C{struct.pack_into} zeroes a field before it stores the
+        #: value, and a driver reading a used index of 0 then would take
+        #: entries the device has not written.
+        self._usedFlags = self.used[0:2].cast("H")
+        self._usedIndex = self.used[2:4].cast("H")
+        self._availEvent = self.used[4 + 8 * size:6 + 8 * size].cast("H") if eventIndex \
+            else None
         self.lastAvail = lastAvail & 0xFFFF
         self.usedIndex: int = _U16.unpack_from(self.used, 2)[0]
         #: The used index when the guest was last considered for an interrupt,
@@ -391,7 +404,7 @@ class SplitQueue:
         """
         Make the chains put back visible to the guest.
         """
-        _U16.pack_into(self.used, 2, self.usedIndex)
+        self._usedIndex[0] = self.usedIndex
 
     def logUsed(self, log: DirtyLog, address: int) -> None:
         """
@@ -404,12 +417,12 @@ class SplitQueue:
         Ask the guest not to kick (while the device is taking chains anyway)
         or to kick again for the next chain it adds.
         """
-        if self.eventIndex:
+        if self._availEvent is not None:
             if not quiet:
-                _U16.pack_into(self.used, 4 + 8 * self.size, self.lastAvail)
+                self._availEvent[0] = self.lastAvail
                 fence()  # seen before the avail index is read again
         else:
-            _U16.pack_into(self.used, 0, NO_NOTIFY if quiet else 0)
+            self._usedFlags[0] = NO_NOTIFY if quiet else 0
             if not quiet:
                 fence()
 
