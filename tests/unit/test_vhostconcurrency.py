@@ -1,16 +1,12 @@
 """
-Review findings on the C{vhostuser:} rings: what a guest driver running
-at the same time as the switch (another CPU) can see of the device's
-writes.
+What a guest driver running at the same time as the switch (on another
+CPU) sees of the device's writes to the C{vhostuser:} rings:
 
- - The split ring's used index is written with C{struct.pack_into}, which
-   zeroes the field (C{memset}) before it stores the value: a driver
-   reading the index at that moment sees 0, takes it for new entries and
-   consumes used entries the device has not written (the last lap's:
-   buffers the device still owns).
- - A packed ring's mergeable packet becomes visible buffer by buffer.
- - A packed ring's transmitted chain is marked used before its frame is
-   copied out of guest memory.
+ - the split ring's used index never goes back (C{struct.pack_into}, which
+   zeroes a field before storing it, would show it as 0 for a moment: a
+   driver would then consume used entries the device has not written);
+ - a mergeable packet's buffers become used all at once, packed rings too;
+ - a transmitted frame is copied out before its chain is used.
 """
 
 from __future__ import annotations
