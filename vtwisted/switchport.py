@@ -38,6 +38,7 @@ DROP_REASONS = (
     "malformed",  # a bad virtio-net header, stream record, BPDU, ...
     "discarding",  # the spanning tree blocks the port in the frame's VLAN
     "impaired",  # lost on purpose (the port's loss= impairment)
+    "unsupported",  # well formed, but nothing here handles it (a slirp port's GRE, say)
 )
 
 

@@ -61,3 +61,23 @@ async def test_movingASlirpPortIntoAClashingVlanIsRefused(switch) -> None:
     ops.createVlan(6)
     ops.setVlan(moving.number, 6)
     assert moving.untaggedVlan.vid == 6
+
+
+@pytest_twisted.ensureDeferred
+async def test_otherIpProtocolsAreCountedOnThePort(switch) -> None:
+    """
+    A guest's packet of a protocol the NAT does not carry (GRE to the
+    gateway) is counted on the port as unsupported, not a failure; IGMP
+    reports to a multicast group are not the router's and are not counted.
+    """
+    from slirpfakes import GATEWAY, ipFrame, noFailuresLogged
+
+    service = switch("slirp").specs["slirp"]
+    port = service.link.port
+    with noFailuresLogged():
+        service.link.sendFrame(ipFrame(GATEWAY, 47, b"gre"))
+        service.link.sendFrame(ipFrame(bytes([224, 0, 0, 22]), 2, bytes(8),
+                                       dstMac=bytes.fromhex("01005e000016")))
+        service.link.sendFrame(ipFrame(bytes([10, 0, 2, 255]), 2, bytes(8),
+                                       dstMac=b"\xff" * 6))
+    assert port.counters.drops["unsupported"] == 1

@@ -287,7 +287,9 @@ class SlirpRouter(GuestSender):
             self._udpReceived(header, packet, body, verified)
         elif protocol == ipv4.PROTO_ICMP:
             self._icmpReceived(header, packet, body, verified)
-        elif header.dst in (self.gateway, self.nameserver) or not self.restricted:
+        elif header.dst in (self.gateway, self.nameserver) or not (
+                self.restricted or header.dst[0] >= 224 or header.dst == self.broadcast):
+            # multicast and broadcast (a guest's IGMP reports) are for others
             self.dropped("unsupported", f"IP protocol {protocol} from {dotted(src)}")
 
     def _tcpReceived(self, header: ipv4.IPv4Header, packet: memoryview, body: memoryview,
