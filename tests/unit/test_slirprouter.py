@@ -162,6 +162,30 @@ def test_overlappingFragmentsAreRefused() -> None:
     assert "overlap" in seen.drops[0][1]
 
 
+def test_fragmentsPastSixtyFourKilobytesWithOptionsAreMalformed() -> None:
+    """
+    Pieces that stay within 65515 bytes of payload but follow a first piece
+    with 40 bytes of IP options would make a packet over 65535 bytes: the
+    datagram is dropped as malformed, without a failure.
+    """
+    router, seen = makeRouter()
+    size = 65512
+    frames = []
+    for offset in range(0, size, 1480):
+        piece = bytes(min(1480, size - offset))
+        more = ipv4.FLAG_MF if offset + 1480 < size else 0
+        options = b"\x01" * 40 if offset == 0 else b""
+        header = ipv4.IPv4Header(0, 20 + len(options) + len(piece), 9, more, offset // 8, 64,
+                                 ipv4.PROTO_ICMP, 0, GUEST, GATEWAY, options).pack()
+        frames.append(GW_MAC + GUEST_MAC + b"\x08\x00" + header + piece)
+    with noFailuresLogged():
+        for frame in frames:
+            router.frameReceived(frame)
+    assert seen.frames == [] and router.fragments.pending == {}
+    assert seen.drops == [("malformed", "fragments from 10.0.2.15: the datagram would "
+                                        "exceed 64 KB")]
+
+
 def test_incompleteDatagramIsDroppedAfterThirtySeconds() -> None:
     """A datagram missing a piece is given up after 30 s, and counted."""
     clock = Clock()

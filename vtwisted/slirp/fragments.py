@@ -120,8 +120,13 @@ class Reassembler:
         if covered != entry.length:
             return None
         self._forget(key)
-        self.completed += 1
         header = ipv4.IPv4Header.parse(entry.header)
+        if header.headerLength + covered > 65535:
+            # the first piece's options leave less than MAX_PAYLOAD
+            self.dropped("malformed", f"fragments from {dotted(key[0])}: the datagram would "
+                         "exceed 64 KB")
+            return None
+        self.completed += 1
         whole = header._replace(totalLength=header.headerLength + covered, checksum=0)
         return whole.pack() + b"".join(entry.pieces[k] for k in sorted(entry.pieces))
 
