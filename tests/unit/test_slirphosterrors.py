@@ -174,3 +174,40 @@ def test_addressesAreTheGuestSidesOnes() -> None:
         assert ipaddress.ip_address(reporter) == ipaddress.ip_address("10.0.2.3")
     finally:
         engine.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostSocketsOpenAndCloseWithoutLogLines() -> None:
+    """
+    A guest source's host socket (one per DNS lookup from a fresh port)
+    opens and closes without Twisted's "starting on" and "Closed" lines,
+    and still carries datagrams both ways.
+    """
+    from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+    from zope.interface import provider
+
+    lines: list[str] = []
+
+    @provider(ILogObserver)
+    def observer(event: dict[str, object]) -> None:
+        lines.append(formatEvent(event))
+
+    network = FakeGuestNetwork()
+    engine = UdpNat(network, reactor)
+    echo = _server(socket.AF_INET, "127.0.0.1")
+    globalLogPublisher.addObserver(observer)
+    try:
+        for source in (5001, 5002):
+            engine.datagramReceived(GUEST, source, GATEWAY, echo.getsockname()[1], b"hi",
+                                    guestPacket(GUEST, GATEWAY))
+            data, peer = await _answer(echo)
+            assert data == b"hi"
+        await until(lambda: len(network.ip) == 2, what="the echoes")
+        mappings = list(engine.mappings.values())
+        engine.close()
+        await until(lambda: all(m.transport is None for m in mappings), what="the sockets closed")
+    finally:
+        globalLogPublisher.removeObserver(observer)
+        engine.close()
+        echo.close()
+    assert not [line for line in lines if "starting on" in line or "Closed" in line], lines

@@ -36,7 +36,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import udp
+from twisted.internet import base, error, udp
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -176,6 +176,37 @@ class ErrorQueuePort(udp.Port):
     def startListening(self) -> None:
         super().startListening()
         enableErrorQueue(self.socket)
+
+    def _bindSocket(self) -> None:
+        """
+        Bind as Twisted's port does, without its "starting on" log line: a
+        slirp port opens one such socket per guest source (every DNS lookup
+        from a fresh port), which would be two log lines per lookup.
+        """
+        try:
+            skt = self.createInternetSocket()
+            skt.bind((self.interface, self.port))
+        except OSError as e:
+            raise error.CannotListenError(self.interface, self.port, e) from e
+        self._realPortNumber = skt.getsockname()[1]
+        self.connected = 1
+        self.socket = skt
+        self.fileno = skt.fileno  # type: ignore[method-assign]
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """
+        Close as Twisted's port does, without its "(UDP Port N Closed)" line.
+        """
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        base.BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):
+            self.d.callback(None)
+            del self.d
 
     def doRead(self) -> None:
         """
