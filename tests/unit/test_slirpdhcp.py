@@ -269,6 +269,46 @@ def test_knownClientKeepsItsAddress() -> None:
     assert lease(server, mac(7)) == first == server.addressOf(mac(7))
 
 
+def test_addressesOtherStationsUseAreNotHandedOut() -> None:
+    """
+    A free address another station is seen using (a guest configured by
+    hand) is neither offered nor acknowledged to a DHCP client, unless the
+    pool has nothing else; the station itself may lease it.
+    """
+    static = {address(15): mac(9), address(16): mac(10)}
+
+    def inUse(wanted: bytes, client: bytes) -> bool:
+        return static.get(wanted, client) != client
+
+    server = makeServer(inUse=inUse, poolSize=3)
+    assert lease(server, mac(1)) == address(17)
+    nak = exchange(server, clientMessage(dhcp.REQUEST, mac(2), address(15)))
+    assert nak is not None and nak.messageType == dhcp.NAK
+    assert lease(server, mac(9), requested=address(15)) == address(15)
+    assert lease(server, mac(3)) == address(16)
+
+
+def test_requestFromAStaticGuestsAddressIsNakedByTheRouter() -> None:
+    """
+    Through the router: a guest using 10.0.2.15 by hand keeps it when a
+    second guest asks DHCP for an address.
+    """
+    from slirpfakes import GUEST, GUEST_MAC, ipFrame, makeRouter
+
+    from vtwisted.slirp.packets import udpDatagram
+
+    router, seen = makeRouter()
+    router.dhcp = makeServer(inUse=router.addressTaken)
+    router.learn(GUEST, GUEST_MAC)
+    broadcast = b"\xff" * 4
+    discover = clientMessage(dhcp.DISCOVER, mac(1)).pack()
+    router.frameReceived(ipFrame(broadcast, 17, udpDatagram(ZERO, broadcast, 68, 67, discover),
+                                 src=ZERO, dstMac=b"\xff" * 6))
+    [offer] = [DHCPMessage.parse(frame[42:]) for frame in seen.frames]
+    assert offer.messageType == dhcp.OFFER and offer.yiaddr == address(16)
+    assert router.neighbours[GUEST] == GUEST_MAC
+
+
 def test_configuredNamesFollowTheLeaseTime() -> None:
     """
     Host name, domain and search list come after option 51, in that order.

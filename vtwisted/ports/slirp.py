@@ -187,7 +187,7 @@ class SlirpService(SingleLinkService):
             poolStart=config.poolStart, restricted=config.restricted,
             hostname=config.hostname, domain=config.domain,
             searchDomains=config.searchDomains, bootfile=config.bootfile,
-            tftpServerName=config.tftpServerName,
+            tftpServerName=config.tftpServerName, inUse=router.addressTaken,
         )
         if config.tftpRoot is not None:
             from vtwisted.slirp.tftp import TftpServer

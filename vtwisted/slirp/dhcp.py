@@ -15,7 +15,10 @@ MAC's lowest existing slot, else the first empty one; with the pool full it
 gets no answer at all.  A REQUEST naming an address it cannot have gets a
 NAK (yiaddr 0, as RFC 2131 says).  A MAC that asks for a second free
 address gets it and keeps the first, as in libslirp: no address ever has
-two owners.
+two owners.  Unlike libslirp, which serves one guest, a free address that
+another station is seen using (a guest configured by hand, as the switch's
+guests on one LAN may be) is left out while the pool has others: it goes
+neither to a DISCOVER nor to a REQUEST that names it.
 
 Replies are always broadcast, with C{flags} 0, C{siaddr} the gateway, and
 the options in libslirp's order: 53, 54, 1, 3 and 6 (not when restricted),
@@ -27,7 +30,7 @@ and busybox's udhcpc ignores a NAK without one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from vtwisted.wire import dhcp
 from vtwisted.wire.dhcp import DHCPMessage, Option
@@ -74,6 +77,7 @@ class DhcpServer:
         searchDomains: Iterable[str] = (),
         bootfile: str | None = None,
         tftpServerName: str | None = None,
+        inUse: Callable[[bytes, bytes], bool] = lambda address, mac: False,
     ) -> None:
         """
         @param bootfile: the boot file (the C{file} field; option 60
@@ -82,6 +86,8 @@ class DhcpServer:
         @param hostname: the host name (option 12) to give the client.
         @param domain: the domain name (option 15) to give the client.
         @param searchDomains: the domain search list (option 119).
+        @param inUse: whether an address is seen in use by a station other
+            than the MAC asking (the router's ARP cache knows).
         @raise ValueError: an address is not 4 bytes, the pool is empty or
             runs past 255.255.255.255, a lease time does not fit 32 bits,
             or a name is not ASCII.
@@ -97,6 +103,7 @@ class DhcpServer:
         self.pool = tuple((self._start + i).to_bytes(4, "big") for i in range(poolSize))
         self.leaseTime = leaseTime
         self.restricted = restricted
+        self._inUse = inUse
         self._owners: list[bytes | None] = [None] * poolSize
         self._extras = self._fitting(_configured(hostname, domain, searchDomains,
                                                  tftpServerName, bootfile))
@@ -151,18 +158,24 @@ class DhcpServer:
         The slot of C{address} if C{mac} may have it, or None.
         """
         slot = int.from_bytes(address, "big") - self._start
-        if 0 <= slot < len(self.pool) and self._owners[slot] in (None, mac):
+        if not 0 <= slot < len(self.pool):
+            return None
+        owner = self._owners[slot]
+        if owner == mac or (owner is None and not self._inUse(address, mac)):
             return slot
         return None
 
     def _allocate(self, mac: bytes) -> int | None:
         """
-        The slot C{mac} already owns, else the first empty one, else None.
+        The slot C{mac} already owns, else the first empty one that no other
+        station is seen using, else the first empty one, else None.
         """
         slot = self._slotOf(mac)
-        if slot is None:
-            slot = next((i for i, owner in enumerate(self._owners) if owner is None), None)
-        return slot
+        if slot is not None:
+            return slot
+        empty = [i for i, owner in enumerate(self._owners) if owner is None]
+        free = (i for i in empty if not self._inUse(self.pool[i], mac))
+        return next(free, empty[0] if empty else None)
 
     def _leaseOptions(self, answer: int) -> list[Option]:
         """

@@ -169,6 +169,13 @@ class SlirpRouter(GuestSender):
             return None
         return (str(address), port)
 
+    def addressTaken(self, address: bytes, mac: bytes) -> bool:
+        """
+        Whether a station other than C{mac} is known to use C{address}
+        (for DHCP, which must not hand it out).
+        """
+        return self.neighbours.get(address, mac) != mac
+
     def resolver(self) -> tuple[str, int] | None:
         """
         The host's DNS server and port, or L{None} if the host has none.
