@@ -13,13 +13,16 @@ it to C{clientFromString} or C{serverFromString}.
 
 Every accessor raises L{SpecError}, whose message names the whole spec and what
 is wrong with it, so a typo fails at start-up with a sentence a user can act on.
+A keyword given twice is refused by every accessor but L{PortSpec.values},
+which reads options that may repeat (QEMU's C{hostfwd=...,hostfwd=...}):
+Twisted's parser keeps only the last, which would drop the others silently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from twisted.internet.endpoints import _parse
+from twisted.internet.endpoints import _STRING, _parse, _tokenize
 
 
 class SpecError(ValueError):
@@ -63,6 +66,8 @@ class PortSpec:
         self.kwargs: dict[str, str] = dict(kwargs)
         self.rest: str = text.partition(":")[2]
         self._used: set[str] = set()
+        #: The values of each keyword given more than once, in order.
+        self.repeated: dict[str, list[str]] = _repeatedKeywords(text)
 
     def __repr__(self) -> str:
         return f"PortSpec({self.text!r})"
@@ -88,12 +93,30 @@ class PortSpec:
             raise self.error(f"unexpected argument {extra!r}")
         return [*self.args, *[None] * (len(names) - len(self.args))]
 
+    def _once(self, key: str) -> None:
+        """
+        Mark C{key} read; refuse it if it was given more than once.
+        """
+        self._used.add(key)
+        if key in self.repeated:
+            raise self.error(f"{key}= is given {len(self.repeated[key])} times; "
+                             "give it once")
+
     def string(self, key: str, default: str | None = None) -> str | None:
         """
         A keyword argument as text.
         """
-        self._used.add(key)
+        self._once(key)
         return self.kwargs.get(key, default)
+
+    def values(self, key: str) -> list[str]:
+        """
+        Every value of a keyword that may be given several times, in order.
+        """
+        self._used.add(key)
+        if key in self.repeated:
+            return list(self.repeated[key])
+        return [self.kwargs[key]] if key in self.kwargs else []
 
     def integer(
         self,
@@ -106,7 +129,7 @@ class PortSpec:
         """
         A keyword argument as an integer within C{[low, high]}.
         """
-        self._used.add(key)
+        self._once(key)
         if key not in self.kwargs:
             return default
         raw = self.kwargs[key]
@@ -123,7 +146,7 @@ class PortSpec:
         """
         A keyword argument as on/off.
         """
-        self._used.add(key)
+        self._once(key)
         raw = self.kwargs.get(key)
         if raw is None:
             return default
@@ -137,7 +160,7 @@ class PortSpec:
         """
         A keyword argument as a comma-separated list of integers.
         """
-        self._used.add(key)
+        self._once(key)
         raw = self.kwargs.get(key)
         if not raw:
             return []
@@ -162,6 +185,8 @@ class PortSpec:
         """
         escape = _escape
         reserved = set(reserved)
+        for key in set(self.repeated) - reserved:
+            self._once(key)
         parts = [escape(arg) for arg in self.args[skip:]]
         parts += [f"{escape(k)}={escape(v)}" for k, v in self.kwargs.items() if k not in reserved]
         if not parts or not self.args[skip:]:
@@ -178,6 +203,23 @@ class PortSpec:
             raise self.error(
                 f"unknown option {', '.join(sorted(unknown))} (known: {known})"
             )
+
+
+def _repeatedKeywords(text: str) -> dict[str, list[str]]:
+    """
+    The values of each keyword C{text} gives more than once, tokenized as
+    L{_parse} does.
+    """
+    seen: dict[str, list[str]] = {}
+    words: tuple[str, ...] = ()
+    for kind, value in [*_tokenize(text), (None, ":")]:
+        if kind is _STRING:
+            words += (value,)
+        elif value == ":":
+            if len(words) == 2:
+                seen.setdefault(words[0], []).append(words[1])
+            words = ()
+    return {key: values for key, values in seen.items() if len(values) > 1}
 
 
 def _escape(text: str) -> str:

@@ -127,6 +127,24 @@ def test_forwardsFollowQemusSyntax() -> None:
     assert str(parseForward(":8080-:80", first)) == "tcp:127.0.0.1:8080-10.0.2.15:80"
 
 
+def test_repeatedForwardKeywordsAddUpAsInQemu() -> None:
+    """
+    C{hostfwd=} and C{guestfwd=} given several times, as a QEMU
+    C{-netdev user} line has them, all count; any other option given twice
+    is refused instead of the last one winning in silence.
+    """
+    config = readConfig(PortSpec(
+        "slirp:hostfwd=tcp\\:\\:2222-\\:22:hostfwd=udp\\:\\:5353-\\:53,tcp\\:\\:8080-\\:80"
+        ":guestfwd=10.0.2.100\\:80-unix\\:/a:guestfwd=10.0.2.101\\:80-unix\\:/b"))
+    assert [str(f) for f in config.forwards] == [
+        "tcp:127.0.0.1:2222-10.0.2.15:22", "udp:127.0.0.1:5353-10.0.2.15:53",
+        "tcp:127.0.0.1:8080-10.0.2.15:80"]
+    assert [str(f) for f in config.guestForwards] == [
+        "tcp:10.0.2.100:80-unix:/a", "tcp:10.0.2.101:80-unix:/b"]
+    with pytest.raises(SpecError, match="dns= is given 2 times"):
+        readConfig(PortSpec("slirp:dns=10.0.2.3:dns=10.0.2.53"))
+
+
 @pytest.mark.parametrize(
     ("rule", "shown"),
     [("tcp:[::1]:8080-[fec0::99]:80", "tcp:[::1]:8080-[fec0::99]:80"),

@@ -241,7 +241,7 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     try:
         forwards = tuple(
             parseForward(item, firstLease.packed)
-            for item in (spec.string("hostfwd") or "").split(",") if item
+            for value in spec.values("hostfwd") for item in value.split(",") if item
         )
     except ValueError as e:
         raise spec.error(str(e)) from None
@@ -255,7 +255,7 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         raise spec.error("smbserver= says where the SMB share is: it needs smb=DIR")
     guestForwards = tuple(
         _guestForward(spec, item, network, (gateway, nameserver))
-        for item in (spec.string("guestfwd") or "").split(",") if item
+        for value in spec.values("guestfwd") for item in value.split(",") if item
     )
     return SlirpConfig(
         network, gateway, nameserver, poolStart, spec.boolean("restrict", False), mtu,
