@@ -81,3 +81,22 @@ async def test_otherIpProtocolsAreCountedOnThePort(switch) -> None:
         service.link.sendFrame(ipFrame(bytes([10, 0, 2, 255]), 2, bytes(8),
                                        dstMac=b"\xff" * 6))
     assert port.counters.drops["unsupported"] == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipv4ForwardNeedsAGuestAddressOfTheNetwork(switch) -> None:
+    """
+    A forward to an address outside the port's network, or to the gateway,
+    DNS or broadcast, is refused at once: nothing there would answer, and
+    the host's clients would hang for the SYN's retries.
+    """
+    from vtwisted.slirp.config import parseForward
+
+    first = bytes([10, 0, 2, 15])
+    service = switch("slirp").specs["slirp"]
+    for guest in ("192.168.1.5", "10.0.2.2", "10.0.2.3", "10.0.2.255"):
+        with pytest.raises(OSError, match=r"must be a guest's address in 10\.0\.2\.0/24"):
+            service.addForward(parseForward(f"tcp::40011-{guest}:80", first))
+    assert not service.forwards
+    service.addForward(parseForward("tcp::40011-10.0.2.99:80", first))
+    assert len(service.forwards) == 1

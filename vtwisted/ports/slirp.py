@@ -256,7 +256,7 @@ class SlirpService(SingleLinkService):
         @raise OSError: the host port cannot be had; the message names the
             spec and the forward, and carries the errno.
         """
-        assert self.tcp is not None and self.udp is not None
+        assert self.tcp is not None and self.udp is not None and self.router is not None
         if len(forward.guestAddress) == 16:
             prefix, delegated = self.config.network6, self.config.delegated
             guest = ipaddress.IPv6Address(forward.guestAddress)
@@ -267,6 +267,14 @@ class SlirpService(SingleLinkService):
         elif not self.config.ipv4:
             raise OSError(22, f"{self.spec}: forward {forward}: guests have no IPv4 "
                               "(ipv4=off)")
+        else:
+            network, address = self.config.network, ipaddress.IPv4Address(forward.guestAddress)
+            if address not in network or address in (network.network_address,
+                                                     network.broadcast_address) \
+                    or forward.guestAddress in self.router.arpAddresses:
+                raise OSError(22, f"{self.spec}: forward {forward}: the guest must be a "
+                                  f"guest's address in {network} (not the gateway, DNS or a "
+                                  "guest forward's)")
         if forward in self.forwards:
             raise OSError(17, f"{self.spec}: forward {forward} exists already")
         try:
