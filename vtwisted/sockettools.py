@@ -81,6 +81,33 @@ def listenError(what: str, error: BaseException) -> OSError:
     return OSError(number, f"{what}: {error}")
 
 
+#: The most descriptors L{descriptorLimit} asks for.
+DESCRIPTORS_WANTED = 1 << 16
+
+
+def descriptorLimit(reactor: Any) -> int:
+    """
+    How many descriptors the process may have open: the soft C{RLIMIT_NOFILE},
+    first raised to the hard limit (at most L{DESCRIPTORS_WANTED}) unless the
+    reactor is C{select()}-based, which cannot watch descriptors past 1023.
+    Many systems start processes with a soft limit of 1024.
+    """
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    infinity = resource.RLIM_INFINITY
+    wanted = DESCRIPTORS_WANTED if hard == infinity else min(hard, DESCRIPTORS_WANTED)
+    if soft != infinity and soft < wanted and "select" not in type(reactor).__module__:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    return DESCRIPTORS_WANTED if soft == infinity else soft
+
+
 def linuxAtLeast(major: int, minor: int, release: str | None = None) -> bool:
     """
     Whether the running kernel (or C{release}) is Linux C{major.minor} or later.

@@ -100,3 +100,41 @@ async def test_ipv4ForwardNeedsAGuestAddressOfTheNetwork(switch) -> None:
     assert not service.forwards
     service.addForward(parseForward("tcp::40011-10.0.2.99:80", first))
     assert len(service.forwards) == 1
+
+
+def test_descriptorLimitIsRaisedToTheHardLimit(monkeypatch) -> None:
+    """
+    The soft descriptor limit is raised to the hard one (at most 65536),
+    but not for a select() reactor, which cannot watch descriptors past 1023.
+    """
+    import resource
+
+    from vtwisted.sockettools import descriptorLimit
+
+    limits = [(1024, 524288)]
+    monkeypatch.setattr(resource, "getrlimit", lambda kind: limits[-1])
+    monkeypatch.setattr(resource, "setrlimit", lambda kind, value: limits.append(value))
+
+    class SelectReactor:
+        pass
+
+    SelectReactor.__module__ = "twisted.internet.selectreactor"
+    assert descriptorLimit(SelectReactor()) == 1024 and limits == [(1024, 524288)]
+    assert descriptorLimit(object()) == 65536 and limits[-1] == (65536, 524288)
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostSocketsStayWithinTheDescriptorLimit(switch, monkeypatch) -> None:
+    """
+    Under a limit of 1024 descriptors a slirp port opens at most 256 TCP
+    connections, 64 UDP sockets and 32 ping sessions per family, so that a
+    guest opening connections cannot take the descriptors the switch's
+    other ports (and its console) need; with room, QEMU's numbers hold.
+    """
+    from vtwisted.ports import slirp
+
+    monkeypatch.setattr(slirp, "descriptorLimit", lambda reactor: 1024)
+    small = switch("slirp").specs["slirp"]
+    assert (small.tcp.maxConnections, small.udp.maxMappings, small.icmp.maxSessions,
+            small.icmp6.maxSessions) == (256, 64, 32, 32)
+    assert slirp.hostSocketRoom(1 << 16) == (4096, 1024, 1024)

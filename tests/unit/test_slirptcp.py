@@ -147,6 +147,25 @@ def test_noRouteIsNetUnreachableNoHostIsHostUnreachable(
     assert h.nat.unreachable == 1 and h.nat.connectionCount == 0
 
 
+def test_connectWithoutADescriptorAnswersRst(h: Harness) -> None:
+    """
+    A host connect that found the process out of descriptors (EMFILE) is
+    refused with a RST and counted as busy, not passed off as an
+    unreachable host.
+    """
+    from twisted.internet.error import ConnectBindError
+
+    h.syn()
+    factory = h.clock.tcpClients[-1][2]
+    factory.clientConnectionFailed(h.clock.connectors[-1],
+                                   Failure(ConnectBindError(24, "Too many open files")))
+    (rst,) = h.take()
+    assert rst.flags == RST | ACK and rst.ack == GUEST_ISN + 1
+    assert h.network.unreachable == [] and h.nat.connectionCount == 0
+    assert [reason for reason, _ in h.network.drops] == ["busy"]
+    assert "Too many open files (errno 24)" in h.network.drops[0][1]
+
+
 def test_restrictedAnswersRst() -> None:
     """
     With restrict=on, a SYN to anywhere gets a RST and no host connect.

@@ -38,11 +38,11 @@ from vtwisted.processes import CommandEndpoint, CommandError, parseCommand
 from vtwisted.slirp.arpcache import macFor
 from vtwisted.slirp.config import Forward, GuestForward, SlirpConfig, readConfig
 from vtwisted.slirp.dhcp import DhcpServer
-from vtwisted.slirp.icmp import IPV6, IcmpNat
+from vtwisted.slirp.icmp import IPV6, MAX_SESSIONS, IcmpNat
 from vtwisted.slirp.router import SlirpRouter
-from vtwisted.slirp.tcp import GuestForwardTarget, TcpNat
-from vtwisted.slirp.udp import UdpNat
-from vtwisted.sockettools import listenError
+from vtwisted.slirp.tcp import MAX_CONNECTIONS, GuestForwardTarget, TcpNat
+from vtwisted.slirp.udp import MAX_MAPPINGS, UdpNat
+from vtwisted.sockettools import descriptorLimit, listenError
 from vtwisted.spec import PortSpec, SpecError
 
 log = Logger()
@@ -196,6 +196,8 @@ class SlirpService(SingleLinkService):
         self.tcp = router.tcp = TcpNat(router, self.reactor)
         self.udp = router.udp = UdpNat(router, self.reactor)
         self.icmp = router.icmp = IcmpNat(router, self.reactor)
+        room = hostSocketRoom(descriptorLimit(self.reactor))
+        self.tcp.maxConnections, self.udp.maxMappings, self.icmp.maxSessions = room
         gateway6, nameserver6 = config.gateway6, config.nameserver6
         if config.network6 is not None and gateway6 is not None and nameserver6 is not None:
             from vtwisted.slirp.router6 import Ipv6Router
@@ -203,6 +205,7 @@ class SlirpService(SingleLinkService):
             router.gateway6, router.nameserver6 = gateway6, nameserver6
             router.v6 = Ipv6Router(router, config.network6, gateway6, nameserver6)
             self.icmp6 = router.icmp6 = IcmpNat(router, self.reactor, IPV6)
+            self.icmp6.maxSessions = room[2]
         for guestForward, target in self.guestTargets.items():
             router.guestForwards[(guestForward.address, guestForward.port)] = target
             router.arpAddresses.add(guestForward.address)
@@ -329,6 +332,17 @@ class SlirpService(SingleLinkService):
         self.unplug()
         waits = [d for d in self._teardown() if isinstance(d, Deferred)]
         return gatherResults(waits) if waits else None
+
+
+def hostSocketRoom(limit: int) -> tuple[int, int, int]:
+    """
+    How many TCP connections, UDP mappings and ping sessions (each of both
+    families) a slirp port may open under a limit of C{limit} descriptors:
+    QEMU's generous numbers where there is room, else a share that leaves
+    the switch's own ports (and another slirp port) descriptors to work with.
+    """
+    return (min(MAX_CONNECTIONS, limit // 4), min(MAX_MAPPINGS, limit // 16),
+            min(MAX_SESSIONS, limit // 32))
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:

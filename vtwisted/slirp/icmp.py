@@ -101,6 +101,8 @@ class IcmpNat:
         self.family = family
         self.mode: str | None = None
         self.sessions: dict[tuple[bytes, int], Any] = {}
+        #: Sessions at most (the port lowers it under a small descriptor limit).
+        self.maxSessions = MAX_SESSIONS
         self._hostIds: dict[int, tuple[bytes, int]] = {}
         self._active: set[tuple[bytes, int]] = set()
         self._idle: set[tuple[bytes, int]] = set()
@@ -168,8 +170,8 @@ class IcmpNat:
         return "none"
 
     def _open(self, key: tuple[bytes, int]) -> Any:
-        if len(self.sessions) >= MAX_SESSIONS:
-            self.network.dropped("busy", f"ICMP: {MAX_SESSIONS} ping sessions are open")
+        if len(self.sessions) >= self.maxSessions:
+            self.network.dropped("busy", f"ICMP: {self.maxSessions} ping sessions are open")
             return None
         if self.mode == "ping":
             session: Any = self._adopt(socket.SOCK_DGRAM, key)

@@ -44,6 +44,7 @@ no connection, answered with RST).
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError, NoRouteError
@@ -66,6 +67,8 @@ log = Logger()
 
 #: Connections at most; further SYNs get a RST.
 MAX_CONNECTIONS = 4096
+#: Errors of a host socket that could not be had: the process is out of descriptors.
+_NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE)
 #: Seconds a host connect may take.
 CONNECT_TIMEOUT = 30
 
@@ -147,7 +150,15 @@ class HostConnectFactory(ClientFactory):
         return HostProtocol(self.connection)
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
-        self.connection.connectFailed(unreachableCode(reason))
+        connection = self.connection
+        problem = getattr(reason.value, "osError", None)
+        if problem in _NO_DESCRIPTOR:
+            connection.network.dropped(
+                "busy", f"TCP to {connection.hostLabel}: cannot open a host socket: "
+                        f"{os.strerror(problem)} (errno {problem})")
+            connection.connectFailed(None)
+            return
+        connection.connectFailed(unreachableCode(reason))
 
 
 def unreachableCode(reason: Failure) -> int | None:

@@ -298,6 +298,8 @@ class UdpNat:
         self.mappings: dict[tuple[bytes, int], UdpMapping] = {}
         self.sessions: dict[tuple[bytes, int, bytes, int], tuple[ForwardSocket, Any]] = {}
         self.dualStack: bool | None = None
+        #: Host sockets at most (the port lowers it under a small descriptor limit).
+        self.maxMappings = MAX_MAPPINGS
         self._sweeper = LoopingCall(self.sweep)
         self._sweeper.clock = reactor
         self._sweeper.start(SWEEP, now=False)
@@ -382,8 +384,8 @@ class UdpNat:
         mapping.send(payloads, host, packet)
 
     def _open(self, src: bytes, srcPort: int) -> UdpMapping | None:
-        if len(self.mappings) >= MAX_MAPPINGS:
-            self.network.dropped("busy", f"UDP: {MAX_MAPPINGS} guest sources have sockets")
+        if len(self.mappings) >= self.maxMappings:
+            self.network.dropped("busy", f"UDP: {self.maxMappings} guest sources have sockets")
             return None
         try:
             mapping = self._listen((src, srcPort))
