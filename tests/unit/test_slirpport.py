@@ -138,3 +138,21 @@ async def test_hostSocketsStayWithinTheDescriptorLimit(switch, monkeypatch) -> N
     assert (small.tcp.maxConnections, small.udp.maxMappings, small.icmp.maxSessions,
             small.icmp6.maxSessions) == (256, 64, 32, 32)
     assert slirp.hostSocketRoom(1 << 16) == (4096, 1024, 1024)
+
+
+@pytest_twisted.ensureDeferred
+async def test_removedForwardsPortIsFreeAtOnce(switch) -> None:
+    """
+    A forward removed can be added again in the same reactor turn (a
+    console script's hostfwd_remove then hostfwd_add), TCP and UDP.
+    """
+    from vtwisted.slirp.config import parseForward
+
+    first = bytes([10, 0, 2, 15])
+    service = switch("slirp").specs["slirp"]
+    for rule in ("tcp::40021-:80", "udp::40021-:53"):
+        forward = parseForward(rule, first)
+        service.addForward(forward)
+        service.removeForward(forward)
+        service.addForward(forward)
+    assert len(service.forwards) == 2

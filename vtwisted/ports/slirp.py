@@ -301,7 +301,14 @@ class SlirpService(SingleLinkService):
         @raise KeyError: there is no such forward.
         """
         port = self.forwards.pop(forward)
-        return port.stopListening()
+        stopped = port.stopListening()
+        # Twisted closes the socket a reactor turn later: close it now, so
+        # that the host port is free to forward again at once (a console
+        # script's hostfwd_remove then hostfwd_add of the same port).
+        sock = getattr(port, "socket", None)
+        if sock is not None:
+            sock.close()
+        return stopped
 
     def _teardown(self) -> list[Any]:
         results = [port.stopListening() for port in self.forwards.values()]
