@@ -398,3 +398,13 @@ def test_packetsThatWouldLeaveWithTtlOneGetTimeExceeded() -> None:
     assert (message.type, message.code) == (icmp.TIME_EXCEEDED, 0)
     assert message.payload[:20] == header
     assert router.udp.calls == [], "it does not leave"
+
+
+def test_broadcastsWithTtlOneGetNoError() -> None:
+    """A broadcast to the subnet with TTL 1 is not answered with time exceeded (RFC 1122)."""
+    router, seen = makeRouter()
+    broadcast = bytes([10, 0, 2, 255])
+    datagram = udpDatagram(GUEST, broadcast, 137, 137, b"who?")
+    header = ipv4.IPv4Header(0, 20 + len(datagram), 5, 0, 0, 1, 17, 0, GUEST, broadcast).pack()
+    router.frameReceived(b"\xff" * 6 + GUEST_MAC + b"\x08\x00" + header + datagram)
+    assert seen.frames == [] and seen.drops == []

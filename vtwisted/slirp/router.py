@@ -283,7 +283,8 @@ class SlirpRouter(GuestSender):
                 self._ipv4Received(frame[offset - 14:offset] + whole, 14, False)
             return
         packet = memoryview(frame)[offset:end]
-        if header.ttl <= 1 and header.dst not in self.arpAddresses and header.dst[0] < 224:
+        if header.ttl <= 1 and header.dst not in self.arpAddresses and header.dst[0] < 224 \
+                and header.dst != self.broadcast:  # never an error about a broadcast
             self._icmpError(icmp.TIME_EXCEEDED, 0, packet)  # traceroute's first hop
             return
         body = packet[hl:]
