@@ -10,9 +10,10 @@ import os
 import re
 
 import pytest
-from helpers import execIn, need, needRoot, run, waitFor
-from taphelpers import console
+from helpers import execIn, need, needRoot, run, uniqueName, waitFor
+from taphelpers import console, moveTap
 from test_slirp import guestBehindSlirp
+from test_slirp6 import PREFIX, slaacAddress
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +134,24 @@ def test_atftpFetchesInWindowsAcrossALossyLink(vswitch, namespaces, shortdir) ->
     fetch("lossy")
     stats = console(mgmt, "port/stats 1")
     assert re.search(r"impaired=[1-9]", stats), stats
+
+
+def test_anIpv6GuestFetchesFromTheGatewaysIpv6Address(vswitch, namespaces, shortdir) -> None:
+    """
+    As with libslirp, the TFTP server answers at the gateway's IPv6 address
+    (fec0::2) too: a guest with only its SLAAC address fetches a file whole.
+    """
+    root = shortdir / "tftp"
+    root.mkdir()
+    content = os.urandom(200_000)
+    (root / "boot.img").write_bytes(content)
+    tap = uniqueName("vt6t")
+    sw = vswitch("--port", f"tap:{tap}", "--port", f"slirp:tftp={root}")
+    ns = namespaces.add("vt6t")
+    moveTap(tap, ns, None)
+    waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20, what="a SLAAC address")
+    target = shortdir / "got"
+    got = run(*execIn(ns, "busybox", "tftp", "-g", "-b", "1400", "-r", "boot.img", "-l",
+                      str(target), f"{PREFIX}2"), check=False, timeout=60)
+    assert got.returncode == 0, f"{got.stderr}\n{sw.logText()}"
+    assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(content).digest()

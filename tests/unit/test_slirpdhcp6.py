@@ -13,7 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
+from vtwisted.slirp.config import readConfig
 from vtwisted.slirp.dhcp6 import OFFER_HOLD, Dhcp6Server
+from vtwisted.slirp.router6 import _bootfileUrl
+from vtwisted.spec import PortSpec
 from vtwisted.wire import dhcpv6 as d6
 from vtwisted.wire.dhcpv6 import Dhcp6Error, Dhcp6Message, IaAddress, IdentityAssociation
 
@@ -317,3 +320,29 @@ def test_identityAssociationsRoundTrip(addresses: list[tuple[bytes, int, int]],
     parsed = IdentityAssociation.parse(ia.pack())
     assert parsed == ia
     assert parsed.addresses() == [IaAddress(*a) for a in addresses]
+
+
+def test_theBootFileUrlGoesToClientsThatAskForIt() -> None:
+    """
+    With a boot file (C{tftp=} and C{bootfile=}), a client whose option
+    request names the boot file URL (RFC 5970) gets it; others do not.
+    """
+    url = "tftp://[fec0::2]/pxe.efi"
+    srv = server(bootfileUrl=url)
+    oro = (d6.OPT_ORO, (23).to_bytes(2, "big") + d6.OPT_BOOTFILE_URL.to_bytes(2, "big"))
+    for kind, iaids in ((d6.INFORMATION_REQUEST, ()), (d6.SOLICIT, (1,))):
+        answer = ask(srv, kind, iaids=iaids, extra=(oro,))
+        assert answer is not None and answer.option(d6.OPT_BOOTFILE_URL) == url.encode()
+        plain = ask(srv, kind, client=BOB, iaids=iaids)
+        assert plain is not None and plain.option(d6.OPT_BOOTFILE_URL) is None
+    answer = ask(server(), d6.INFORMATION_REQUEST, iaids=(), extra=(oro,))
+    assert answer is not None and answer.option(d6.OPT_BOOTFILE_URL) is None
+
+
+def test_theBootFileUrlNamesTheGatewaysTftpServer(tmp_path) -> None:
+    """A slirp port with tftp= and bootfile= offers its file at the IPv6 gateway (fec0::2)."""
+    config = readConfig(PortSpec(f"slirp:tftp={tmp_path}:bootfile=pxe.efi"))
+    assert config.gateway6 is not None
+    assert _bootfileUrl(config, config.gateway6) == "tftp://[fec0::2]/pxe.efi"
+    bare = readConfig(PortSpec("slirp:bootfile=pxe.efi"))
+    assert bare.gateway6 is not None and _bootfileUrl(bare, bare.gateway6) is None

@@ -91,6 +91,7 @@ class Dhcp6Server:
         leaseTime: int = LEASE_TIME,
         delegation: PrefixPool | None = None,
         randomBits: Callable[[int], int] = secrets.randbits,
+        bootfileUrl: str | None = None,
     ) -> None:
         """
         @param duid: the server's DUID.
@@ -98,6 +99,8 @@ class Dhcp6Server:
             addresses' interface identifiers).
         @param clock: the current time, in seconds.
         @param restricted: give no DNS server (C{restrict=on}).
+        @param bootfileUrl: the boot file's URL (C{tftp://[fec0::2]/NAME}),
+            given to clients that ask for it (RFC 5970), as libslirp does.
         @raise Dhcp6Error: a search domain cannot be encoded.
         """
         self.prefix = prefix
@@ -117,6 +120,7 @@ class Dhcp6Server:
         self._information: list[d6.Option] = []
         if not restricted:
             self._information.append((d6.OPT_DNS_SERVERS, nameserver))
+        self._bootfileUrl = None if bootfileUrl is None else bootfileUrl.encode("utf-8")
         search = list(searchDomains)
         if search:
             self._information.append((d6.OPT_DOMAIN_LIST, d6.packDomainList(search)))
@@ -396,7 +400,21 @@ class Dhcp6Server:
         options.extend(body)
         if information:
             options.extend(self._information)
+            if self._bootfileUrl is not None and _asksFor(message, d6.OPT_BOOTFILE_URL):
+                options.append((d6.OPT_BOOTFILE_URL, self._bootfileUrl))
         return Dhcp6Message(kind, message.transactionId, tuple(options)).pack()
+
+
+def _asksFor(message: Dhcp6Message, code: int) -> bool:
+    """
+    Whether C{message}'s option request (ORO: 16-bit codes) names C{code}.
+    """
+    wanted = code.to_bytes(2, "big")
+    return any(
+        value[i : i + 2] == wanted
+        for value in message.all(d6.OPT_ORO)
+        for i in range(0, len(value) - 1, 2)
+    )
 
 
 def _identityAssociations(message: Dhcp6Message) -> list[tuple[IdentityAssociation, bool]]:

@@ -74,6 +74,8 @@ DNS_LIFETIME = 1800
 
 #: DHCPv6's server port (RFC 8415).
 DHCP_SERVER_PORT = 547
+#: The gateway's TFTP server (C{tftp=}) answers on it over IPv6 too.
+TFTP_PORT = 69
 
 #: The ICMPv6 destination unreachable code for each ICMPv4 one.
 _CODES = {0: icmpv6.NO_ROUTE, 1: icmpv6.ADDRESS_UNREACHABLE, 3: icmpv6.PORT_UNREACHABLE,
@@ -126,7 +128,8 @@ class Ipv6Router:
                                 clock=self.reactor.seconds, stateful=config.dhcp6,
                                 restricted=router.restricted,
                                 searchDomains=config.searchDomains,
-                                delegation=self.delegation)
+                                delegation=self.delegation,
+                                bootfileUrl=_bootfileUrl(config, gateway))
         self._own = prefix.network_address.packed[:8]
         self.neighbours: dict[bytes, bytes] = {}
         self._pending: dict[bytes, tuple[list[tuple[bytes, bool]], Any]] = {}
@@ -208,6 +211,10 @@ class Ipv6Router:
         if dst[0] == 0xFF:
             if dst == ALL_DHCP_AGENTS and udp.dstPort == DHCP_SERVER_PORT:
                 self._dhcpReceived(src, udp.srcPort, datagram[8:])
+            return
+        tftp = self.router.tftp
+        if udp.dstPort == TFTP_PORT and dst == self.gateway and tftp is not None:
+            tftp.datagramReceived(src, udp.srcPort, bytes(datagram[8:]))
             return
         self.router.udp.datagramReceived(src, udp.srcPort, dst, udp.dstPort,
                                          bytes(datagram[8:]), packet)
@@ -497,3 +504,13 @@ def _ipHeader(src: bytes, dst: bytes, nextHeader: int, length: int, hopLimit: in
 
 def _text(address: Buffer) -> str:
     return str(ipaddress.IPv6Address(bytes(address)))
+
+
+def _bootfileUrl(config: Any, gateway: bytes) -> str | None:
+    """
+    The URL DHCPv6 gives for C{bootfile=}, served by the gateway's TFTP
+    server over IPv6 (None without both C{tftp=} and C{bootfile=}).
+    """
+    if config.tftpRoot is None or not config.bootfile:
+        return None
+    return f"tftp://[{ipaddress.IPv6Address(gateway)}]/{config.bootfile}"

@@ -239,13 +239,18 @@ class TftpServer:
 
     def send(self, key: tuple[bytes, int], packet: bytes) -> None:
         """
-        Send a TFTP packet to a guest, from the gateway's port 69.
+        Send a TFTP packet to a guest, from the gateway's port 69 (its IPv6
+        address for a guest that asked over IPv6).
         """
-        self.network.sendUdp(self.network.gateway, key[0], PORT, key[1], packet)
+        guest = key[0]
+        gateway = self.network.gateway if len(guest) == 4 else self.network.gateway6
+        if gateway is not None:
+            self.network.sendUdp(gateway, guest, PORT, key[1], packet)
 
     def datagramReceived(self, guest: bytes, guestPort: int, packet: bytes) -> None:
         """
-        A guest sent C{packet} to the gateway's port 69.
+        A guest sent C{packet} to the gateway's port 69 (over IPv4 or IPv6:
+        C{guest} is 4 or 16 bytes).
         """
         key = (guest, guestPort)
         try:
