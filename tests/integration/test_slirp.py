@@ -431,6 +431,13 @@ def test_guestForwardReachesAUnixSocketEvenWhenRestricted(vswitch, processes, na
                   timeout=30)
     assert "ConnectionRefusedError" in refused.stderr, "only the forwarded port leads anywhere"
     assert f"guest forward tcp:10.0.2.100:80-unix:{service}" in console(mgmt, "slirp/print")
+    processes.stop(server)  # the service goes away: its guests fail, and it is logged once
+    for _ in range(3):
+        gone = run(*execIn(ns, PYTHON, "-c", ASK, "10.0.2.100", "80", "x"), check=False,
+                   timeout=30)
+        assert gone.returncode != 0
+    failures = [line for line in sw.logText().splitlines() if "connecting failed" in line]
+    assert len(failures) == 1 and f"guest forward to unix:{service}" in failures[0], failures
 
 
 

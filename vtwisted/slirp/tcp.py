@@ -115,9 +115,30 @@ class GuestForwardTarget:
     def __init__(self, endpoint: Any, description: str) -> None:
         self.endpoint = endpoint
         self.description = description
+        #: Whether a failure to connect was logged since the last success.
+        self.failing = False
 
     def __str__(self) -> str:
         return self.description
+
+    def connected(self, result: Any) -> Any:
+        """
+        A connect succeeded: the next failure is logged again.
+        """
+        self.failing = False
+        return result
+
+    def failed(self, reason: Failure) -> Failure:
+        """
+        A connect failed: log why, once until one succeeds again (the
+        guest only hears that the host was unreachable).
+        """
+        if not self.failing:
+            self.failing = True
+            log.error("guest forward to {target}: connecting failed: {why}; guests get "
+                      "host unreachable until it works", target=self.description,
+                      why=reason.getErrorMessage())
+        return reason
 
 
 class EndpointConnector:
@@ -313,14 +334,13 @@ class TcpNat:
             self.network.dropped("malformed", f"TCP SYN from {guestEndpoint(src, srcPort)}: {e}")
             return
         self.connections[key] = connection
-        log.debug("TCP {guest} connecting to {host}", guest=guestEndpoint(src, srcPort),
-                  host=connection.hostLabel)
         factory = HostConnectFactory(connection)
         if isinstance(target, tuple):
             connection.connector = self.reactor.connectTCP(
                 target[0], target[1], factory, timeout=CONNECT_TIMEOUT)
             return
         connecting = target.endpoint.connect(factory)
+        connecting.addCallbacks(target.connected, target.failed)
         connecting.addErrback(lambda failure: connection.connectFailed(unreachableCode(failure)))
         connection.connector = EndpointConnector(connecting)
 
