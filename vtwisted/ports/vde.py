@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import grp
 import os
+import re
 import socket
 import stat
 from typing import Any
@@ -86,7 +87,21 @@ def deriveModes(mode: int | None, dirmode: int | None) -> tuple[int, int]:
 class _Rejected(Exception):
     """
     A request the switch will not serve; the message says why.
+
+    @ivar kind: why, without the client's path or the values it chose.
     """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _withoutNumbers(text: str) -> str:
+    """
+    C{text} with its numbers as C{N}: the kind of a switch error whose
+    message names ports or users.
+    """
+    return re.sub(r"\d+", "N", text.split(" (")[0])
 
 
 class VdeControlProtocol(Protocol):
@@ -106,12 +121,14 @@ class VdeControlProtocol(Protocol):
 
     def _timedOut(self) -> None:
         self._timeout = None
-        self._reject(f"no request within {REQUEST_TIMEOUT:g} seconds")
+        reason = f"no request within {REQUEST_TIMEOUT:g} seconds"
+        self._reject(reason, reason)
 
     def dataReceived(self, data: bytes) -> None:
         if self._done:
             if self.link is not None:
-                self.directory.noteRejection("client wrote to its control stream after the reply")
+                reason = "client wrote to its control stream after the reply"
+                self.directory.noteRejection(reason, reason)
             return
         self._buffer += data
         buffer = self._buffer
@@ -122,19 +139,19 @@ class VdeControlProtocol(Protocol):
                 return
             request = vdecontrol.parseRequest(buffer)
         except vdecontrol.MalformedRequest as e:
-            self._reject(str(e))
+            self._reject(str(e), e.kind)
             return
         self._done = True
         self._cancelTimeout()
         try:
             self.link = self.directory.connect(self, request)
         except _Rejected as e:
-            self._reject(str(e))
+            self._reject(str(e), e.kind)
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, kind: str) -> None:
         self._done = True
         self._cancelTimeout()
-        self.directory.noteRejection(reason)
+        self.directory.noteRejection(reason, kind)
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -148,7 +165,8 @@ class VdeControlProtocol(Protocol):
         if not self._done and self._buffer:
             self._done = True
             self.directory.noteRejection(
-                f"client left after an incomplete request ({len(self._buffer)} bytes)"
+                f"client left after an incomplete request ({len(self._buffer)} bytes)",
+                "client left after an incomplete request",
             )
         if self.link is not None:
             self.link.close()
@@ -250,11 +268,14 @@ class VdeSwitchDirectory(Service):
 
     # Clients
 
-    def noteRejection(self, reason: str) -> None:
+    def noteRejection(self, reason: str, kind: str) -> None:
         """
         Count a refused client; log the first refusal of each kind.
+
+        @param reason: what was wrong, naming what the client sent.
+        @param kind: the same without the client's path or the values it
+            chose, so that the kinds are few whatever the clients send.
         """
-        kind = reason.split(" (")[0]
         count = self.rejections.get(kind, 0) + 1
         self.rejections[kind] = count
         if count == 1:
@@ -281,12 +302,15 @@ class VdeSwitchDirectory(Service):
                 sock.connect(request.path)
             except OSError as e:
                 raise _Rejected(
-                    f"cannot connect to {path}: {e.strerror} (errno {e.errno})"
+                    f"cannot connect to {path}: {e.strerror} (errno {e.errno})",
+                    f"cannot connect to the client's socket: {e.strerror}",
                 ) from None
             try:
                 port = self.switch.allocatePort(request.port, uid)
             except errors.SwitchError as e:
-                raise _Rejected(f"no port for {path}: {e.message}") from None
+                raise _Rejected(
+                    f"no port for {path}: {e.message}", f"no port: {_withoutNumbers(e.message)}"
+                ) from None
             dataPath = os.path.join(self.directory, f"{port.number:03d}.{sock.fileno()}")
             self._bindDataSocket(sock, dataPath, uid)
         except BaseException:
@@ -305,11 +329,16 @@ class VdeSwitchDirectory(Service):
         try:
             st = os.stat(path)
         except OSError as e:
-            raise _Rejected(f"client socket {path}: {e.strerror} (errno {e.errno})") from None
+            raise _Rejected(
+                f"client socket {path}: {e.strerror} (errno {e.errno})",
+                f"client socket: {e.strerror}",
+            ) from None
         if not stat.S_ISSOCK(st.st_mode):
-            raise _Rejected(f"client path {path} is not a socket")
+            raise _Rejected(f"client path {path} is not a socket",
+                            "client path is not a socket")
         if not os.access(path, os.R_OK | os.W_OK):
-            raise _Rejected(f"client socket {path}: permission denied")
+            raise _Rejected(f"client socket {path}: permission denied",
+                            "client socket: permission denied")
         return st.st_uid
 
     def _bindDataSocket(self, sock: socket.socket, path: str, uid: int) -> None:
@@ -326,7 +355,10 @@ class VdeSwitchDirectory(Service):
                 os.chmod(path, self.mode)
             self._chgrp(path)
         except OSError as e:
-            raise _Rejected(f"cannot bind {path}: {e.strerror} (errno {e.errno})") from None
+            raise _Rejected(
+                f"cannot bind {path}: {e.strerror} (errno {e.errno})",
+                f"cannot bind a data socket: {e.strerror}",
+            ) from None
 
     def currentLinks(self) -> list[ILink]:
         """

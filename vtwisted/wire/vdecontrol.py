@@ -44,7 +44,14 @@ _FAMILY = struct.Struct("<H")
 class MalformedRequest(ValueError):
     """
     A control request that no VDE client would send.
+
+    @ivar kind: what is wrong, without the values the client chose (for
+        counting refusals by kind).
     """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Request(NamedTuple):
@@ -80,34 +87,41 @@ def parseRequest(data: bytes) -> Request:
     @raise MalformedRequest: with a sentence saying what is wrong.
     """
     if len(data) > MAX_REQUEST:
-        raise MalformedRequest(f"request of {len(data)} bytes, longer than {MAX_REQUEST}")
+        raise MalformedRequest(f"request of {len(data)} bytes, longer than {MAX_REQUEST}",
+                               f"request longer than {MAX_REQUEST} bytes")
     if len(data) < 8:
-        raise MalformedRequest(f"request of {len(data)} bytes is too short")
+        raise MalformedRequest(f"request of {len(data)} bytes is too short",
+                               "request too short")
     magic, second = struct.unpack_from("<II", data)
     if magic != MAGIC:
-        raise MalformedRequest(f"bad magic 0x{magic:08x} (expected 0x{MAGIC:08x})")
+        raise MalformedRequest(f"bad magic 0x{magic:08x} (expected 0x{MAGIC:08x})", "bad magic")
     if second in (0, 1):
         version, kind, port, addrAt = 1, second, 0, 14
     elif second == VERSION:
         if len(data) < MIN_REQUEST:
-            raise MalformedRequest(f"request of {len(data)} bytes is too short")
+            raise MalformedRequest(f"request of {len(data)} bytes is too short",
+                                   "request too short")
         kindWord = struct.unpack_from("<I", data, 8)[0]
         version, kind, port, addrAt = 3, kindWord & 0xFF, kindWord >> 8, 12
     else:
-        raise MalformedRequest(f"unsupported protocol version {second}")
+        raise MalformedRequest(f"unsupported protocol version {second}",
+                               "unsupported protocol version")
     if len(data) < addrAt + SOCKADDR_LENGTH:
-        raise MalformedRequest(f"request of {len(data)} bytes is too short")
+        raise MalformedRequest(f"request of {len(data)} bytes is too short",
+                               "request too short")
     if kind not in (REQ_NEW_CONTROL, REQ_NEW_PORT0):
-        raise MalformedRequest(f"bad request type {kind}")
+        raise MalformedRequest(f"bad request type {kind}", "bad request type")
     family = _FAMILY.unpack_from(data, addrAt)[0]
     if family != socket.AF_UNIX:
-        raise MalformedRequest(f"client address family {family} is not AF_UNIX")
+        raise MalformedRequest(f"client address family {family} is not AF_UNIX",
+                               "client address family is not AF_UNIX")
     raw = data[addrAt + 2 : addrAt + SOCKADDR_LENGTH]
     path = raw.split(b"\0", 1)[0]
     if not path:
-        raise MalformedRequest("empty client socket path")
+        raise MalformedRequest("empty client socket path", "empty client socket path")
     if not path.startswith(b"/"):
-        raise MalformedRequest(f"client socket path {path!r} is not absolute")
+        raise MalformedRequest(f"client socket path {path!r} is not absolute",
+                               "client socket path is not absolute")
     description = data[addrAt + SOCKADDR_LENGTH :].split(b"\0", 1)[0]
     wanted: int | None = 0 if kind == REQ_NEW_PORT0 else (port or None)
     return Request(version, wanted, path, description.decode("utf-8", "replace"))
