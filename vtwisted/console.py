@@ -28,7 +28,8 @@ C{1038 Function not implemented}, and a session the switch cannot take
 (more than C{maxSessions}) C{1024 Too many open files}.  Memory per session
 is bounded: the session registers itself as the producer of its own
 transport, so a client that does not read its replies is not read from
-either, and at most one read's worth of commands waits.
+either, and at most one read's worth of commands waits; debug events for
+it are dropped meanwhile (counted, logged once).
 """
 
 from __future__ import annotations
@@ -290,13 +291,26 @@ class ConsoleProtocol(Protocol):
             self._shutdown = True
             self.factory.shutdownSoon()
 
+    #: Debug events dropped because the client was not reading.
+    debugDropped = 0
+
     def debugLine(self, line: str) -> None:
         """
         A debug event this session listens to (C{debug/add}): write it
-        between replies, as vde_switch does.
+        between replies, as vde_switch does.  While the client does not
+        read (the transport paused us), events are dropped and counted, as
+        vde_switch's writes fail then: traffic makes events, and a client
+        that stopped reading must not make the switch queue them all.
         """
-        if not self._ended:
-            self._write(line)
+        if self._ended:
+            return
+        if self._paused:
+            self.debugDropped += 1
+            if self.debugDropped == 1:
+                log.warn("management console: a session listening to debug events does not "
+                         "read them; dropping them while it does not")
+            return
+        self._write(line)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.interpreter.ops.forgetDebugListener(self)

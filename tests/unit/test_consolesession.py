@@ -205,3 +205,31 @@ def test_crlfLinesWork(factory) -> None:
     """A trailing carriage return (telnet-style clients) is ignored."""
     session = Session(factory)
     assert session.send(b"vlan/create 6\r\n") == b"1000 Success\n" + PROMPT
+
+
+def test_debugEventsForAClientThatDoesNotReadAreDroppedNotQueued(factory) -> None:
+    """
+    A session listening to debug events whose client stops reading (its
+    transport paused us) does not queue them without bound: while paused
+    they are dropped and counted, logged once; then they flow again.
+    """
+    from twisted.logger import capturedLogs
+
+    from vtwisted.testing import FakeLink, frame, mac, plug
+
+    session = Session(factory)
+    assert session.send(b"debug/add hash/+\n").startswith(b"1000 Success")
+    switch = factory.interpreter.ops.switch
+    sender = FakeLink()
+    plug(switch, sender)
+    session.transport.clear()
+    session.protocol.pauseProducing()
+    with capturedLogs() as events:
+        for n in range(1000):
+            sender.receive(frame(b"\xff" * 6, mac(n + 1)))
+    assert session.transport.value() == b""
+    assert session.protocol.debugDropped == 1000
+    assert len([e for e in events if "debug" in e.get("log_format", "")]) == 1
+    session.protocol.resumeProducing()
+    sender.receive(frame(b"\xff" * 6, mac(5000)))
+    assert session.transport.value().startswith(b"3011 hash/+ ")
