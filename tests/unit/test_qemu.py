@@ -200,12 +200,16 @@ def test_tooLongLengthClosesOnlyThatConnection() -> None:
     service = make("qemu:tcp:0", switch)
     bad, badWire = connect(service)
     good, goodWire = connect(service)
+    listener = FakeLink()
+    plug(switch, listener)
     bad.dataReceived(struct.pack("!I", qemu.MAX_FRAME + 1) + b"x" * 100)
     bad.dataReceived(b"more junk")
     assert badWire.disconnecting
     assert bad.port.counters.drops["malformed"] == 1
+    assert bad not in service.links and not bad.port.links  # unplugged at once
     good.dataReceived(encode(frame(BROADCAST, mac(5))))
-    assert decode(badWire.value()) == [frame(BROADCAST, mac(5))]
+    assert listener.sent == [frame(BROADCAST, mac(5))]
+    assert badWire.value() == b""
 
 
 def test_fullGuestDropsAndCountsUntilItDrains() -> None:

@@ -148,7 +148,8 @@ class StreamLink(Int32StringReceiver):
             "{spec}: {peer}: {problem}; closing the connection",
             spec=self.owner.spec, peer=self.description, problem=problem,
         )
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        # unplugged at once, and closed even over TLS (see close)
+        self.close()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.owner.linkDown(self)
