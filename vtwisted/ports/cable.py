@@ -37,7 +37,6 @@ from typing import Any
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
@@ -82,15 +81,11 @@ class CableLink(StreamLink):
 
     def __init__(self, owner: StreamPorts) -> None:
         super().__init__(owner)
-        self._ready: Deferred[None] = Deferred()
         self._plugged = False
 
     def linkReady(self) -> None:
         self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
         self._receive = self._hello
-
-    def whenReady(self) -> Deferred[None]:
-        return self._ready
 
     def _hello(self, port: Any, message: bytes) -> None:
         if message != HELLO:
@@ -99,8 +94,6 @@ class CableLink(StreamLink):
         self._plugged = True
         self.description += peerName(self.transport)
         self.owner.linkUp(self)
-        if self.port is not None:
-            self._ready.callback(None)
 
     def _refuse(self, problem: str) -> None:
         self._receive = _ignore
@@ -124,12 +117,12 @@ class CableLink(StreamLink):
         """
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        if not self._plugged and self._receive is not _ignore:
-            self.owner.failures.note(f"{self.description}: {whyLost(reason)}")
+        if not self._plugged:
+            if self._receive is not _ignore:
+                self.owner.failures.note(f"{self.description}: {whyLost(reason)}")
+            if isinstance(self.owner, CableConnector):
+                self.owner.unready += 1
         super().connectionLost(reason)
-        if not self._ready.called:
-            self._ready.errback(reason or Failure(ConnectionDone()))
-            self._ready.addErrback(lambda _: None)
 
 
 def peerName(transport: Any) -> str:
@@ -183,9 +176,27 @@ class CableListener(StreamListener):
 class CableConnector(StreamConnector):
     """
     The service of C{cable:ENDPOINT}: this switch connects to another.
+
+    Its L{ClientService} counts a connection as made as soon as the stream
+    (TLS included) is up; one that ends before the far switch's hello
+    (a TLS refusal, a peer that is not a cable) counts here as a failed
+    attempt, so that such attempts back off as refused connections do.
+    (Making the service wait for the hello instead is not an option: its
+    state machine has no transition for a connection lost while it waits,
+    and raised at every such attempt.)
     """
 
     protocol = CableLink
+    #: Connections in a row that ended before the far switch's hello.
+    unready = 0
+
+    def linkUp(self, link: StreamLink) -> None:
+        super().linkUp(link)
+        if link.port is not None:
+            self.unready = 0
+
+    def retryDelay(self, attempts: int) -> float:
+        return super().retryDelay(attempts + self.unready)
 
 
 class TLSServerEndpoint:

@@ -1,0 +1,70 @@
+"""
+A connecting cable (C{cable:tcp:...}) whose connections end before the far
+switch's hello (TLS refused, not a cable): its reconnecting service, on a
+fake clock with a fake endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from test_qemu import Transport
+from twisted.internet.defer import succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
+
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports import cable
+from vtwisted.switch import Switch
+
+
+class Endpoint:
+    """
+    Connects at once, on a fake transport; remembers each connection.
+    """
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[Any, Transport]] = []
+
+    def connect(self, factory: Any) -> Any:
+        protocol = factory.buildProtocol(None)
+        transport = Transport()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+
+def test_connectionsLostBeforeTheHelloAreRetriedQuietlyWithABackoff() -> None:
+    """
+    A far side that closes before its hello, again and again, is logged
+    once; the cable retries with a growing delay and nothing fails inside
+    the reconnecting service (whose state machine took the loss of a
+    connection it was still preparing for an error, with a traceback per
+    attempt).
+    """
+    clock = Clock()
+    endpoint = Endpoint()
+    connector = cable.CableConnector(Switch(), clock, endpoint, PortOptions(), "cable:test")
+    delays = []
+    with capturedLogs() as events:
+        connector.startService()
+        for attempt in range(1, 9):
+            assert len(endpoint.connections) == attempt
+            protocol, _ = endpoint.connections[-1]
+            protocol.connectionLost(Failure(ConnectionDone()))
+            lost = clock.seconds()
+            while len(endpoint.connections) == attempt:
+                clock.advance(0.05)
+            delays.append(clock.seconds() - lost)
+        connector.stopService()
+    # 0.2 s growing by half each time up to 5 s, and up to 1 s of jitter
+    assert delays[0] < 2 and delays[-1] >= 3.4, delays
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert failures == [], failures[0]["log_failure"].getTraceback()
+    warnings = [e for e in events if e.get("log_level") is not None
+                and e["log_level"].name in ("warn", "error", "critical")]
+    assert len(warnings) == 1, [e.get("log_format") for e in warnings]
+    assert "closed before its hello" in warnings[0]["problem"]
+    assert not connector.links
