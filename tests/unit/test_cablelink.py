@@ -10,7 +10,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_qemu import Transport, decode, encode
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 
 from vtwisted.ports import cable
 from vtwisted.ports.streamlinks import StreamListener
@@ -22,7 +22,8 @@ BROADCAST = b"\xff" * 6
 
 
 def connect(switch: Switch) -> tuple[cable.CableLink, Transport]:
-    service = cable.makeService(switch, PortSpec("cable:listen:tcp:0:tls=off"), MemoryReactor())
+    service = cable.makeService(switch, PortSpec("cable:listen:tcp:0:tls=off"),
+                                MemoryReactorClock())
     link = service.factory.buildProtocol(None)
     assert isinstance(link, cable.CableLink)
     transport = Transport()

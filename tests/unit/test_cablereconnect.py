@@ -68,3 +68,25 @@ def test_connectionsLostBeforeTheHelloAreRetriedQuietlyWithABackoff() -> None:
     assert len(warnings) == 1, [e.get("log_format") for e in warnings]
     assert "closed before its hello" in warnings[0]["problem"]
     assert not connector.links
+
+
+def test_aFarSideThatNeverSaysHelloIsLeftAndTriedAgain() -> None:
+    """
+    A far side that accepts the connection and then says nothing (a hung
+    switch, a service that waits for its client to speak) is given up
+    after HELLO_TIMEOUT seconds, logged once, and connected to again.
+    """
+    clock = Clock()
+    endpoint = Endpoint()
+    connector = cable.CableConnector(Switch(), clock, endpoint, PortOptions(), "cable:test")
+    with capturedLogs() as events:
+        connector.startService()
+        clock.advance(cable.HELLO_TIMEOUT)
+        protocol, transport = endpoint.connections[0]
+        assert transport.disconnecting
+        protocol.connectionLost(Failure(ConnectionDone()))
+        clock.advance(5 + 1)
+        assert len(endpoint.connections) == 2
+        connector.stopService()
+    problems = [e["problem"] for e in events if "problem" in e]
+    assert len(problems) == 1 and "no hello within" in problems[0], problems

@@ -14,7 +14,8 @@ from test_qemu import FakeSocket
 from twisted.internet import ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.testing import MemoryReactor, MemoryReactorClock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test.iosim import FakeTransport, IOPump, connect
 
@@ -51,19 +52,28 @@ class Peer(Protocol):
         self.lost = True
 
 
-def cableOverTls(tmp_path: Path, switch: Switch) -> tuple[cable.CableListener, Peer, IOPump]:
+def tlsListener(tmp_path: Path, switch: Switch, clock: MemoryReactorClock) -> cable.CableListener:
     """
-    A listening TLS cable of C{switch} and a peer connected to it over TLS,
-    handshake done.
+    A listening TLS cable of C{switch}, trusting the certificate in
+    C{tmp_path/bcert.pem}.
     """
     selfSignedCertificate(tmp_path, "localhost", prefix="a")
     selfSignedCertificate(tmp_path, "switch-b", prefix="b")
     service = cable.makeService(switch, PortSpec(
         f"cable:listen:tcp:0:cert={tmp_path}/acert.pem:key={tmp_path}/akey.pem:"
-        f"ca={tmp_path}/bcert.pem"), MemoryReactor())
+        f"ca={tmp_path}/bcert.pem"), clock)
     assert isinstance(service, cable.CableListener)
-    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    return service
+
+
+def cableOverTls(tmp_path: Path, switch: Switch) -> tuple[cable.CableListener, Peer, IOPump]:
+    """
+    A listening TLS cable of C{switch} and a peer connected to it over TLS,
+    handshake done.
+    """
     clock = MemoryReactorClock()  # TLS gathers small writes until the clock turns
+    service = tlsListener(tmp_path, switch, clock)
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
     server = TLSMemoryBIOFactory(service.endpoint.options, False, service.factory,
                                  clock=clock).buildProtocol(address)
     mine = ssl.PrivateCertificate.loadPEM(
@@ -105,3 +115,25 @@ def test_tooLongMessageClosesATlsCable(tmp_path: Path) -> None:
     pump.flush()
     assert len(peer.received) == received
     assert peer.lost
+
+
+def test_peerThatNeverFinishesTheHandshakeIsCutOff(tmp_path: Path) -> None:
+    """
+    A connection that never completes TLS and the hello (anyone may
+    connect to a TLS listener) is aborted after HELLO_TIMEOUT seconds and
+    logged, instead of holding a descriptor for ever.
+    """
+    clock = MemoryReactorClock()
+    service = tlsListener(tmp_path, Switch(), clock)
+    address = IPv4Address("TCP", "127.0.0.1", 40000)
+    server = TLSMemoryBIOFactory(service.endpoint.options, False, service.factory,
+                                 clock=clock).buildProtocol(address)
+    transport = SocketTransport(server, isServer=True, peerAddress=address)
+    with capturedLogs() as events:
+        server.makeConnection(transport)
+        clock.advance(cable.HELLO_TIMEOUT - 1)
+        assert not transport.disconnecting
+        clock.advance(1)
+    assert transport.disconnecting
+    assert "no hello within" in (service.failures.last or "")
+    assert len([e for e in events if "problem" in e]) == 1

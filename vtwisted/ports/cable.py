@@ -21,7 +21,9 @@ A link is plugged into a port only once the peer's hello has arrived, so a
 failed TLS handshake, or a peer that is not a vtwisted cable (a QEMU socket,
 a typo in a port number), never gets a port: it is logged once per series
 of failures with the reason and closed, and a connecting cable retries with
-a growing delay.
+a growing delay.  So is a connection that has not brought the hello within
+L{HELLO_TIMEOUT} seconds (a hung far switch, a client that never finishes
+its TLS handshake), which would otherwise hold its descriptor for ever.
 
 TLS (C{cert=}, C{key=}, C{ca=}): each side presents its certificate and
 checks the other's against the certificates in C{ca=} (the peer's own
@@ -61,6 +63,9 @@ log = Logger()
 
 #: The first message each way.
 HELLO = b"vtwisted cable 1"
+#: Seconds a new connection has to finish TLS and bring the far switch's
+#: hello; then it is cut off (anyone may connect to a TLS listener).
+HELLO_TIMEOUT = 10.0
 #: The largest message: a header and the largest packet a switch forwards
 #: (a 64 KB super-frame as a TAP reads it, with tags), with room to spare.
 MAX_MESSAGE = vnet.HEADER_LENGTH + 65536 + 4096
@@ -82,15 +87,38 @@ class CableLink(StreamLink):
     def __init__(self, owner: StreamPorts) -> None:
         super().__init__(owner)
         self._plugged = False
+        self._helloTimer: Any = None
 
     def linkReady(self) -> None:
         self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
         self._receive = self._hello
+        self._helloTimer = self.owner.reactor.callLater(HELLO_TIMEOUT, self._noHello)
+
+    def _noHello(self) -> None:
+        """
+        The far side did not finish TLS and its hello in time: cut it off
+        (a TLS close would wait for the handshake it never finishes).
+        """
+        self._helloTimer = None
+        self._receive = _ignore
+        self.owner.failures.note(
+            f"{self.description}: no hello within {HELLO_TIMEOUT:g} s (TLS or the far switch "
+            "stuck, or not a cable); closing"
+        )
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.abortConnection()
+
+    def _cancelHelloTimer(self) -> None:
+        timer, self._helloTimer = self._helloTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _hello(self, port: Any, message: bytes) -> None:
         if message != HELLO:
             self._refuse(f"not a vtwisted cable (its first message: {message[:24]!r})")
             return
+        self._cancelHelloTimer()
         self._plugged = True
         self.description += peerName(self.transport)
         self.owner.linkUp(self)
@@ -117,6 +145,7 @@ class CableLink(StreamLink):
         """
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self._cancelHelloTimer()
         if not self._plugged:
             if self._receive is not _ignore:
                 self.owner.failures.note(f"{self.description}: {whyLost(reason)}")
