@@ -105,3 +105,40 @@ def test_unixCableListenerIsPrivateAndClaimsItsPath(tmp_path) -> None:
                                 MemoryReactor())
     assert isinstance(service, StreamListener)
     assert service.unixPath == path and service.endpoint._mode == 0o600
+
+
+def test_aPeerFailingAgainIsLoggedOncePerSeriesWhateverItsPort() -> None:
+    """
+    A peer that keeps failing (a switch with an untrusted certificate, or
+    something else than a cable, retrying) connects from a new port each
+    time and sends what it likes: the listener logs it once per series, not
+    at every attempt; another host failing is news; a cable coming up
+    starts a new series.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.error import ConnectionDone
+    from twisted.logger import capturedLogs
+    from twisted.python.failure import Failure
+
+    service = cable.makeService(Switch(), PortSpec("cable:listen:tcp:0:tls=off"),
+                                MemoryReactorClock())
+
+    def attempt(host: str, port: int, first: bytes) -> None:
+        link = service.factory.buildProtocol(None)
+        assert link is not None
+        transport = Transport()
+        transport.peerAddr = IPv4Address("TCP", host, port)
+        link.makeConnection(transport)
+        link.dataReceived(encode(first))
+        link.connectionLost(Failure(ConnectionDone()))
+
+    with capturedLogs() as events:
+        for n in range(20):
+            attempt("10.0.0.1", 40000 + n, frame(BROADCAST, mac(n + 1)))
+        attempt("10.0.0.2", 50000, b"junk")
+        attempt("10.0.0.1", 40100, cable.HELLO)
+        attempt("10.0.0.1", 40101, b"junk")
+    problems = [e["problem"] for e in events if "problem" in e]
+    assert [p.split(":")[0] for p in problems] == [
+        "tcp 10.0.0.1", "tcp 10.0.0.2", "tcp 10.0.0.1"], problems
+    assert all("not a vtwisted cable" in p for p in problems)

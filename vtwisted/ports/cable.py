@@ -54,6 +54,7 @@ from vtwisted.ports.streamlinks import (
     StreamListener,
     StreamPorts,
     packLength,
+    peerHost,
 )
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.spec import PortSpec
@@ -88,10 +89,12 @@ class CableLink(StreamLink):
         super().__init__(owner)
         self._plugged = False
         self._helloTimer: Any = None
+        self._peerHost = ""
 
     def linkReady(self) -> None:
         self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
         self._receive = self._hello
+        self._peerHost = peerHost(self.transport, self.description)
         self._helloTimer = self.owner.reactor.callLater(HELLO_TIMEOUT, self._noHello)
 
     def _noHello(self) -> None:
@@ -101,10 +104,8 @@ class CableLink(StreamLink):
         """
         self._helloTimer = None
         self._receive = _ignore
-        self.owner.failures.note(
-            f"{self.description}: no hello within {HELLO_TIMEOUT:g} s (TLS or the far switch "
-            "stuck, or not a cable); closing"
-        )
+        self._fail(f"no hello within {HELLO_TIMEOUT:g} s (TLS or the far switch stuck, or "
+                   "not a cable); closing")
         transport: Any = self.transport
         transport.unregisterProducer()
         transport.abortConnection()
@@ -116,17 +117,27 @@ class CableLink(StreamLink):
 
     def _hello(self, port: Any, message: bytes) -> None:
         if message != HELLO:
-            self._refuse(f"not a vtwisted cable (its first message: {message[:24]!r})")
+            self._refuse(f"not a vtwisted cable (its first message: {message[:24]!r})",
+                         "not a vtwisted cable")
             return
         self._cancelHelloTimer()
         self._plugged = True
         self.description += peerName(self.transport)
         self.owner.linkUp(self)
 
-    def _refuse(self, problem: str) -> None:
+    def _refuse(self, problem: str, kind: str) -> None:
         self._receive = _ignore
-        self.owner.failures.note(f"{self.description}: {problem}; closing")
+        self._fail(f"{problem}; closing", kind)
         self.close()
+
+    def _fail(self, problem: str, kind: str = "") -> None:
+        """
+        Note a failure before the hello: once per series for this peer's
+        host (a listener's peers come from a new port each time) and this
+        C{kind} of problem (by default, C{problem} itself).
+        """
+        self.owner.failures.note(problem, self.description,
+                                 f"{self._peerHost}: {kind or problem}")
 
     def receiverFor(self, switch: Any) -> Any:
         return switch.vnetPacketReceived
@@ -148,7 +159,7 @@ class CableLink(StreamLink):
         self._cancelHelloTimer()
         if not self._plugged:
             if self._receive is not _ignore:
-                self.owner.failures.note(f"{self.description}: {whyLost(reason)}")
+                self._fail(whyLost(reason))
             if isinstance(self.owner, CableConnector):
                 self.owner.unready += 1
         super().connectionLost(reason)

@@ -120,6 +120,7 @@ class CommandConnector(StreamConnector):
 
     protocol = CommandLink
     announceLinks = False  # a command that ends at once would be logged at every run
+    upMeansWorking = False  # a run has worked once it carried a frame (CommandLink)
 
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
                  spec: str) -> None:
@@ -153,13 +154,6 @@ class CommandConnector(StreamConnector):
         endpoint: Any = self.endpoint
         return endpoint.delay() or super().retryDelay(attempts)
 
-    def linkUp(self, link: StreamLink) -> None:
-        """
-        Plug the command in; it has worked only once it carried a frame.
-        """
-        last = self.failures.last
-        super().linkUp(link)
-        self.failures.last = last
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:

@@ -250,6 +250,9 @@ class StreamPorts(Service):
     #: Whether links coming and going are logged (a subclass may log them
     #: itself, when they matter).
     announceLinks = True
+    #: Whether a link plugged in ends a series of failures (a subclass may
+    #: say when a link has worked itself).
+    upMeansWorking = True
 
     def __init__(self, switch: Any, reactor: Any, options: PortOptions, spec: str) -> None:
         self.switch = switch
@@ -273,7 +276,8 @@ class StreamPorts(Service):
             link._receive = lambda port, frame: None
             link.close()
             return
-        self.failures.worked()
+        if self.upMeansWorking:
+            self.failures.worked()
         self.options.apply(self.switch, port, self.spec)
         link.port = port
         link._receive = link.receiverFor(self.switch)
@@ -362,26 +366,69 @@ class StreamListener(StreamPorts):
 class FailureLog:
     """
     The failures of one spec, logged once per series: the same failure
-    again is logged only after a link has come up in between.
+    again (from the same peer) is logged only after a link has come up in
+    between.  A listener's peers connect from a new port each time, so a
+    failure is the same whatever port it came from.
+
+    @ivar last: the failure noted last, logged or not.
     """
+
+    #: Different failures remembered in a series; beyond, new ones are only
+    #: counted (many peers failing at once cannot flood the log either).
+    MAX_KINDS = 64
 
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.last: str | None = None
+        #: Failures not logged (the same again, or too many kinds).
+        self.counted = 0
+        self._seen: set[str] = set()
+        self._full = False
 
-    def note(self, problem: str) -> None:
+    def note(self, problem: str, peer: str = "", same: str = "") -> None:
         """
-        Log C{problem} unless it is the one logged last.
+        Log C{peer: problem} unless the same failure was logged in this
+        series.
+
+        @param same: what makes two failures the same, if not their text:
+            the peer's host without its port, and the problem without what
+            the peer sent, say.
         """
-        if problem != self.last:
-            self.last = problem
-            log.warn("{spec}: {problem}", spec=self.spec, problem=problem)
+        text = f"{peer}: {problem}" if peer else problem
+        self.last = text
+        key = same or text
+        if key in self._seen:
+            self.counted += 1
+            return
+        if len(self._seen) >= self.MAX_KINDS:
+            self.counted += 1
+            if not self._full:
+                self._full = True
+                log.warn("{spec}: more than {n} kinds of failures; further ones are only "
+                         "counted until a link comes up", spec=self.spec, n=self.MAX_KINDS)
+            return
+        self._seen.add(key)
+        log.warn("{spec}: {problem}", spec=self.spec, problem=text)
 
     def worked(self) -> None:
         """
         A link came up: the next failure is news again.
         """
         self.last = None
+        self._seen.clear()
+        self._full = False
+
+
+def peerHost(transport: Any, description: str) -> str:
+    """
+    A connection's peer without its port: what stays the same when it
+    connects again (C{tcp 10.0.0.2}; a Unix peer's description).
+    """
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    if host is None:
+        return description
+    return f"{peer.type.lower()} {host}"
 
 
 class _QuietClientService(ClientService):
