@@ -90,3 +90,28 @@ def test_aFarSideThatNeverSaysHelloIsLeftAndTriedAgain() -> None:
         connector.stopService()
     problems = [e["problem"] for e in events if "problem" in e]
     assert len(problems) == 1 and "no hello within" in problems[0], problems
+
+
+def test_somethingElseAnsweringWithJunkIsLoggedOnce() -> None:
+    """
+    A cable pointed at another service (an HTTP server, say, whose answer
+    reads as an impossible length) is refused as not a cable, logged once
+    per series, not with an error at every attempt.
+    """
+    clock = Clock()
+    endpoint = Endpoint()
+    connector = cable.CableConnector(Switch(), clock, endpoint, PortOptions(), "cable:test")
+    with capturedLogs() as events:
+        connector.startService()
+        for attempt in range(1, 6):
+            protocol, transport = endpoint.connections[-1]
+            protocol.dataReceived(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+            assert transport.disconnecting
+            protocol.connectionLost(Failure(ConnectionDone()))
+            while len(endpoint.connections) == attempt:
+                clock.advance(0.05)
+        connector.stopService()
+    loud = [e for e in events if e.get("log_level") is not None
+            and e["log_level"].name in ("warn", "error", "critical")]
+    assert len(loud) == 1, [e.get("log_format") for e in loud]
+    assert "not a vtwisted cable" in loud[0]["problem"]

@@ -125,6 +125,14 @@ class CableLink(StreamLink):
         self.description += peerName(self.transport)
         self.owner.linkUp(self)
 
+    def lengthLimitExceeded(self, length: int) -> None:
+        if self._plugged:
+            super().lengthLimitExceeded(length)
+        elif self._receive is not _ignore:
+            self._broken = True
+            self._refuse(f"not a vtwisted cable (its first message would be {length} bytes)",
+                         "not a vtwisted cable")
+
     def _refuse(self, problem: str, kind: str) -> None:
         self._receive = _ignore
         self._fail(f"{problem}; closing", kind)
