@@ -104,6 +104,25 @@ def test_tcpListensOnLoopbackUnlessAnInterfaceIsGiven() -> None:
     assert listener("qemu:tcp:5555:interface=0.0.0.0").endpoint._interface == "0.0.0.0"
 
 
+def test_tlsListensOnLoopbackUnlessAnInterfaceIsGiven(tmp_path) -> None:
+    """
+    Twisted's C{ssl:} endpoint encrypts but asks guests for no certificate:
+    whoever connects still joins the LAN, so it too listens on loopback
+    unless told otherwise.
+    """
+    from certs import selfSignedCertificate
+
+    key, cert = selfSignedCertificate(tmp_path)
+    tls = f"ssl:5555:privateKey={key}:certKey={cert}"
+
+    def interface(text: str) -> str:
+        endpoint = listener(text).endpoint
+        return str(endpoint._interface)
+
+    assert interface(f"qemu:{tls}") == "127.0.0.1"
+    assert interface(f"qemu:{tls}:interface=0.0.0.0") == "0.0.0.0"
+
+
 def test_connectSpecBuildsClientEndpoint() -> None:
     """C{qemu:connect:} wraps a client endpoint; C{port=} there is the TCP port."""
     service = make("qemu:connect:tcp:host=127.0.0.1:port=6000:trunk=10,20")

@@ -6,9 +6,9 @@ out of it.
 
 A listening Unix socket is made 0600 unless C{mode=} is given, and its path
 is kept so that a stale socket can be replaced before listening; a
-listening TCP endpoint without C{interface=} takes only loopback
-connections unless the port type authenticates its peers, since whoever
-connects joins the LAN.
+listening TCP endpoint (C{ssl:} included) without C{interface=} takes only
+loopback connections unless the port type authenticates its peers, since
+whoever connects joins the LAN.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from vtwisted.portoptions import PortOptions
 from vtwisted.spec import PortSpec
 
 #: Where a listening TCP endpoint without C{interface=} listens when
-#: nothing authenticates the peers.
-LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "\\:\\:1"}
+#: nothing authenticates the peers (Twisted's C{ssl:} servers ask peers for
+#: no certificate: they encrypt, but anyone may connect).
+LOOPBACK = {"tcp": "127.0.0.1", "tcp6": "\\:\\:1", "ssl": "127.0.0.1"}
 
 
 class StreamSpec(NamedTuple):
