@@ -60,3 +60,32 @@ def test_refusalsNamingEachClientAreLoggedOnceAndCountedAsOneKind(tmp_path: Path
     for text in ("gone-0: No such file", "port 5 is out of range", "bad magic 0x00001000",
                  "version 4", "relative-0"):
         assert text in reasons, reasons
+
+
+def test_aClientCannotJoinAPortServedByAnotherPortType(tmp_path: Path) -> None:
+    """
+    A VDE client asking for the port of a TAP (or a cable, a guest...) is
+    refused, as one asking for another user's port is: joining it would
+    give the client a copy of that port's traffic, and its spec's VLAN and
+    MTU would be reset to the VDE spec's (for good: the TAP stayed in VLAN
+    0 after the client left).
+    """
+    from vtwisted.portoptions import PortOptions
+    from vtwisted.spec import PortSpec
+    from vtwisted.testing import FakeLink, plug
+
+    switch = Switch(numPorts=4)
+    tap = FakeLink("lka0")
+    port = plug(switch, tap, 1)
+    PortOptions.fromSpec(PortSpec("tap:lka0:vlan=10:mtu=1500")).apply(
+        switch, port, "tap:lka0:vlan=10:mtu=1500")
+    directory = VdeSwitchDirectory(switch, Clock(), str(tmp_path / "sw"))
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    client.bind(str(tmp_path / "client"))
+    with capturedLogs() as events:
+        refuse(directory, vdecontrol.packRequest(str(tmp_path / "client").encode(), 1))
+    client.close()
+    assert port.links == [tap]
+    assert port.untaggedVlan is switch.vlans[10] and port.mtu == 1500
+    (logged,) = warnings(events)
+    assert "port 1 is in use by" in logged["reason"], logged["reason"]

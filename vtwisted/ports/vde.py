@@ -311,6 +311,7 @@ class VdeSwitchDirectory(Service):
                 raise _Rejected(
                     f"no port for {path}: {e.message}", f"no port: {_withoutNumbers(e.message)}"
                 ) from None
+            self._checkSharing(port, path)
             dataPath = os.path.join(self.directory, f"{port.number:03d}.{sock.fileno()}")
             self._bindDataSocket(sock, dataPath, uid)
         except BaseException:
@@ -324,6 +325,23 @@ class VdeSwitchDirectory(Service):
         transport.write(vdecontrol.packReply(os.fsencode(dataPath)))
         self.reactor.addReader(link)
         return link
+
+    def _checkSharing(self, port: Any, path: str) -> None:
+        """
+        Let a client join an active port only if the port serves clients of
+        this directory alone, as vde_switch's endpoints share ports: joining
+        a TAP's, a guest's or another spec's port would give the client a
+        copy of its traffic and reset the port to this spec's options.
+
+        @raise _Rejected: the port serves something else.
+        """
+        for link in port.links:
+            if not (isinstance(link, VdeDataLink) and link.directory is self):
+                raise _Rejected(
+                    f"no port for {path}: port {port.number} is in use by "
+                    f"{link.module} {link.description}",
+                    "no port: the port asked for is in use by another port type",
+                )
 
     def _checkClientSocket(self, path: str) -> int:
         try:
