@@ -74,3 +74,14 @@ def requireTrusted(session: Any, what: str) -> None:
     if not getattr(session, "trusted", True):
         raise SwitchError(errno.EPERM, f"{what}: only the switch's own user (or root) may do "
                           "this from the console")
+
+
+def osErrorText(error: OSError) -> str:
+    """
+    What an OS error says, as the switch reports it: its text (without
+    Python's C{[Errno N]} in front), with the errno once at the end.
+    """
+    message = error.strerror or str(error)
+    if error.errno and "errno" not in message.lower():
+        message += f" (errno {error.errno})"
+    return message

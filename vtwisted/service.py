@@ -26,7 +26,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService
 from twisted.internet.interfaces import IReactorTime
 
-from vtwisted.errors import SwitchError
+from vtwisted.errors import SwitchError, osErrorText
 from vtwisted.interfaces import IRevivablePortService
 from vtwisted.porttype import portTypes
 from vtwisted.spec import PortSpec, SpecError
@@ -91,9 +91,7 @@ class SwitchService(MultiService):
             if not self.exitOnFailure:
                 raise
             message = e.message if isinstance(e, SwitchError) else \
-                e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            if isinstance(e, OSError) and e.errno and "errno" not in message.lower():
-                message += f" (errno {e.errno})"
+                osErrorText(e) if isinstance(e, OSError) else str(e)
             _removePidFile(self.pidFile)
             raise SystemExit(f"vswitch: {message}") from None
 

@@ -111,7 +111,7 @@ class PortSpecOperations:
         except SwitchError:
             raise
         except OSError as e:
-            raise SwitchError(e.errno or errno.EIO, str(e)) from None
+            raise SwitchError(e.errno or errno.EIO, errors.osErrorText(e)) from None
         except Exception as e:
             log.failure("port spec {spec}: starting failed", spec=text)
             raise SwitchError(errno.EIO, f"port spec {text!r}: {e}") from None

@@ -283,6 +283,19 @@ def test_portAddDelStatsSpecs(setup) -> None:
     assert run(interpreter, "port/del no:such").endswith("1002 No such file or directory\n")
 
 
+def test_portAddThatCannotStartSaysWhyOnceWithItsErrno(setup) -> None:
+    """
+    A spec that fails to start is answered with its message as at start-up
+    (C{spec: what failed: why (errno N)}), not Python's C{[Errno N]} in
+    front of it.
+    """
+    interpreter, _, _ = setup
+    assert run(interpreter, "port/add broken:x") == (
+        "0000 DATA END WITH '.'\nbroken:x: cannot open: Device or resource busy (errno 16)"
+        "\n.\n1016 Device or resource busy\n"
+    )
+
+
 def test_logoutAndShutdownEndTheSession(setup) -> None:
     """logout and shutdown return no text and say how the session ends."""
     interpreter, _, _ = setup
