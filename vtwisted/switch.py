@@ -326,6 +326,11 @@ class Switch(PortTable):
         """
         n = len(packet) - _VNET
         if n < MIN_FRAME:
+            if n < 0:  # not even a header (a cable's peer sent it): no frame at all
+                port.counters.inBytes -= n  # vnetPacketReceived counted n bytes
+                port.dropped("malformed",
+                             f"{len(packet)} bytes, shorter than a virtio-net header")
+                return
             self._badLength(port, n)
             return
         shortest = _knownHeaders.get(packet[:_VNET])

@@ -142,3 +142,23 @@ def test_aPeerFailingAgainIsLoggedOncePerSeriesWhateverItsPort() -> None:
     assert [p.split(":")[0] for p in problems] == [
         "tcp 10.0.0.1", "tcp 10.0.0.2", "tcp 10.0.0.1"], problems
     assert all("not a vtwisted cable" in p for p in problems)
+
+
+def test_messageShorterThanTheHeaderIsMalformedNotANegativeRunt() -> None:
+    """
+    A message too short to hold the virtio-net header is counted as
+    malformed, saying so, and leaves the byte counter alone (it went down
+    by the missing bytes, and the log spoke of a frame of -5 bytes).
+    """
+    from twisted.logger import capturedLogs
+
+    switch = Switch()
+    link, wire = connect(switch)
+    link.dataReceived(encode(cable.HELLO))
+    with capturedLogs() as events:
+        link.dataReceived(encode(b"\x00" * 5, b""))
+    counters = link.port.counters
+    assert counters.drops["malformed"] == 2 and counters.drops["runt"] == 0
+    assert counters.inBytes == 0 and counters.inFrames == 2
+    (logged,) = [e for e in events if e.get("reason") == "malformed"]
+    assert "5 bytes, shorter than a virtio-net header" in logged["detail"]
