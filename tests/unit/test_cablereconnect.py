@@ -1,7 +1,8 @@
 """
-A connecting cable (C{cable:tcp:...}) whose connections end before the far
-switch's hello (TLS refused, not a cable): its reconnecting service, on a
-fake clock with a fake endpoint.
+Connecting stream ports whose connections end at once: a cable
+(C{cable:tcp:...}) whose far side closes before its hello (TLS refused,
+not a cable), and C{qemu:connect:} to a peer that accepts and closes;
+their reconnecting services, on a fake clock with a fake endpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports import cable
+from vtwisted.ports import cable, qemu
 from vtwisted.switch import Switch
 
 
@@ -115,3 +116,34 @@ def test_somethingElseAnsweringWithJunkIsLoggedOnce() -> None:
             and e["log_level"].name in ("warn", "error", "critical")]
     assert len(loud) == 1, [e.get("log_format") for e in loud]
     assert "not a vtwisted cable" in loud[0]["problem"]
+
+
+def test_aQemuPeerThatAcceptsAndClosesIsRetriedWithAGrowingDelay() -> None:
+    """
+    qemu:connect: to a peer that accepts each connection and closes it at
+    once: each such connection counts as a failed attempt, so the delays
+    grow to the maximum instead of staying at about a second; one that
+    lasted resets them.
+    """
+    clock = Clock()
+    endpoint = Endpoint()
+    connector = qemu.QemuConnector(Switch(), clock, endpoint, PortOptions(), "qemu:connect:x")
+    delays = []
+    connector.startService()
+    for attempt in range(1, 9):
+        assert len(endpoint.connections) == attempt
+        protocol, _ = endpoint.connections[-1]
+        protocol.connectionLost(Failure(ConnectionDone()))
+        lost = clock.seconds()
+        while len(endpoint.connections) == attempt:
+            clock.advance(0.05)
+        delays.append(clock.seconds() - lost)
+    assert delays[0] < 2 and min(delays[-3:]) >= 3.4, delays
+    protocol, _ = endpoint.connections[-1]
+    clock.advance(connector.SHORT_LINK)
+    protocol.connectionLost(Failure(ConnectionDone()))
+    lost = clock.seconds()
+    while len(endpoint.connections) == 9:
+        clock.advance(0.05)
+    assert clock.seconds() - lost < 2, "a link that lasted starts the delays over"
+    connector.stopService()

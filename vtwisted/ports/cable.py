@@ -235,16 +235,6 @@ class CableConnector(StreamConnector):
     """
 
     protocol = CableLink
-    #: Connections in a row that ended before the far switch's hello.
-    unready = 0
-
-    def linkUp(self, link: StreamLink) -> None:
-        super().linkUp(link)
-        if link.port is not None:
-            self.unready = 0
-
-    def retryDelay(self, attempts: int) -> float:
-        return super().retryDelay(attempts + self.unready)
 
 
 class TLSServerEndpoint:

@@ -95,6 +95,8 @@ class StreamLink(Int32StringReceiver):
         self.uid: int | None = None
         self.linkId = 0
         self.description = ""
+        #: When it was plugged in (by the owner's clock).
+        self.upAt = 0.0
         self.valve = _SendValve()
         self._receive: Any = None
         self._broken = False
@@ -508,13 +510,31 @@ class StreamConnector(StreamPorts):
 
     #: Seconds before connecting again, by failed attempts in a row.
     _backoff = staticmethod(backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY))
+    #: A link plugged in for less than this many seconds counts as a failed
+    #: attempt: a peer that accepts and closes at once is retried with a
+    #: growing delay, not about once a second for ever.
+    SHORT_LINK = 1.0
+    #: Connections in a row that did not count as made: links shorter than
+    #: L{SHORT_LINK}, or (cables) connections lost before the far hello.
+    unready = 0
 
     def retryDelay(self, attempts: int) -> float:
         """
         How long to wait before connecting again after C{attempts} failed
-        connections in a row (1 after a connection was lost).
+        connections in a row (1 after a connection was lost), counting
+        those that did not last as failed too.
         """
-        return float(self._backoff(attempts))
+        return float(self._backoff(attempts + self.unready))
+
+    def linkUp(self, link: StreamLink) -> None:
+        link.upAt = self.reactor.seconds()
+        super().linkUp(link)
+
+    def linkDown(self, link: StreamLink) -> None:
+        if link in self.links:
+            lasted = self.reactor.seconds() - link.upAt >= self.SHORT_LINK
+            self.unready = 0 if lasted else self.unready + 1
+        super().linkDown(link)
 
     def startService(self) -> None:
         super().startService()
