@@ -121,6 +121,7 @@ class CommandConnector(StreamConnector):
     protocol = CommandLink
     announceLinks = False  # a command that ends at once would be logged at every run
     upMeansWorking = False  # a run has worked once it carried a frame (CommandLink)
+    SHORT_LINK = 0.0  # nor does its length count: the endpoint times failed runs itself
 
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
                  spec: str) -> None:
