@@ -37,6 +37,19 @@ class Endpoint:
         return succeed(protocol)
 
 
+def closeAndWait(endpoint: Endpoint, clock: Clock) -> float:
+    """
+    Close the latest connection; how long until the service connects again.
+    """
+    count = len(endpoint.connections)
+    protocol, _ = endpoint.connections[-1]
+    protocol.connectionLost(Failure(ConnectionDone()))
+    lost = clock.seconds()
+    while len(endpoint.connections) == count:
+        clock.advance(0.05)
+    return clock.seconds() - lost
+
+
 def test_connectionsLostBeforeTheHelloAreRetriedQuietlyWithABackoff() -> None:
     """
     A far side that closes before its hello, again and again, is logged
@@ -48,17 +61,9 @@ def test_connectionsLostBeforeTheHelloAreRetriedQuietlyWithABackoff() -> None:
     clock = Clock()
     endpoint = Endpoint()
     connector = cable.CableConnector(Switch(), clock, endpoint, PortOptions(), "cable:test")
-    delays = []
     with capturedLogs() as events:
         connector.startService()
-        for attempt in range(1, 9):
-            assert len(endpoint.connections) == attempt
-            protocol, _ = endpoint.connections[-1]
-            protocol.connectionLost(Failure(ConnectionDone()))
-            lost = clock.seconds()
-            while len(endpoint.connections) == attempt:
-                clock.advance(0.05)
-            delays.append(clock.seconds() - lost)
+        delays = [closeAndWait(endpoint, clock) for _ in range(8)]
         connector.stopService()
     # 0.2 s growing by half each time up to 5 s, and up to 1 s of jitter
     assert delays[0] < 2 and delays[-1] >= 3.4, delays
@@ -128,22 +133,9 @@ def test_aQemuPeerThatAcceptsAndClosesIsRetriedWithAGrowingDelay() -> None:
     clock = Clock()
     endpoint = Endpoint()
     connector = qemu.QemuConnector(Switch(), clock, endpoint, PortOptions(), "qemu:connect:x")
-    delays = []
     connector.startService()
-    for attempt in range(1, 9):
-        assert len(endpoint.connections) == attempt
-        protocol, _ = endpoint.connections[-1]
-        protocol.connectionLost(Failure(ConnectionDone()))
-        lost = clock.seconds()
-        while len(endpoint.connections) == attempt:
-            clock.advance(0.05)
-        delays.append(clock.seconds() - lost)
+    delays = [closeAndWait(endpoint, clock) for _ in range(8)]
     assert delays[0] < 2 and min(delays[-3:]) >= 3.4, delays
-    protocol, _ = endpoint.connections[-1]
     clock.advance(connector.SHORT_LINK)
-    protocol.connectionLost(Failure(ConnectionDone()))
-    lost = clock.seconds()
-    while len(endpoint.connections) == 9:
-        clock.advance(0.05)
-    assert clock.seconds() - lost < 2, "a link that lasted starts the delays over"
+    assert closeAndWait(endpoint, clock) < 2, "a link that lasted starts the delays over"
     connector.stopService()
