@@ -98,6 +98,28 @@ class Qmp:
 def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
                                               shortdir, kind: str) -> None:
     """
+    L{_migrate}, once more (from scratch) if the guest's kernel panicked:
+    under TCG a migrated guest's kernel now and then crashes on arrival
+    (a corrupted run queue in the interrupt QEMU raises to announce it),
+    seen with QEMU's own stream backend too, where the switch never
+    touches the guest's memory.  A second failure fails the test.
+    """
+    need("qemu-system-x86_64")
+    first = shortdir / "1"
+    first.mkdir()
+    try:
+        _migrate(vswitch, processes, namespaces, first, kind)
+    except AssertionError as e:
+        if "Kernel panic" not in str(e):
+            raise
+        processes.stopAll()
+        again = shortdir / "2"
+        again.mkdir()
+        _migrate(vswitch, processes, namespaces, again, kind)
+
+
+def _migrate(vswitch, processes, namespaces, shortdir, kind: str) -> None:
+    """
     Live migration mid-stream: 12 MB sent to the guest over 6 s, migrated
     to a second QEMU after the first second; the guest, now on the second
     QEMU's port, prints the SHA-256 the sender computed and pings the
@@ -106,7 +128,6 @@ def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
     port and on both QEMUs' NICs); and through QEMU's own stream transport
     (a C{qemu:} port), where QEMU sends the announcing RARPs itself.
     """
-    need("qemu-system-x86_64")
     packed = kind == "packed"
     spec = {"split": "vhostuser:unix:{path}", "packed": "vhostuser:unix:{path}:packed=on",
             "stream": "qemu:unix:{path}"}[kind]
