@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet import base, error, udp
+from twisted.internet import udp
 from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -183,30 +185,15 @@ class ErrorQueuePort(udp.Port):
         slirp port opens one such socket per guest source (every DNS lookup
         from a fresh port), which would be two log lines per lookup.
         """
-        try:
-            skt = self.createInternetSocket()
-            skt.bind((self.interface, self.port))
-        except OSError as e:
-            raise error.CannotListenError(self.interface, self.port, e) from e
-        self._realPortNumber = skt.getsockname()[1]
-        self.connected = 1
-        self.socket = skt
-        self.fileno = skt.fileno  # type: ignore[method-assign]
+        with _withoutLogLines():
+            super()._bindSocket()
 
     def connectionLost(self, reason: Any = None) -> None:
         """
         Close as Twisted's port does, without its "(UDP Port N Closed)" line.
         """
-        self._realPortNumber = None
-        self.maxThroughput = -1
-        base.BasePort.connectionLost(self, reason)
-        self.protocol.doStop()
-        self.socket.close()
-        del self.socket
-        del self.fileno
-        if hasattr(self, "d"):
-            self.d.callback(None)
-            del self.d
+        with _withoutLogLines():
+            super().connectionLost(reason)
 
     def doRead(self) -> None:
         """
@@ -263,3 +250,28 @@ class ErrorQueuePort(udp.Port):
                     handler(error)
                 except Exception:
                     log.failure("slirp UDP: an ICMP error could not be relayed")
+
+
+class _Silent:
+    """
+    Stands in for L{twisted.python.log} in L{twisted.internet.udp} while a
+    port binds or closes: Twisted's lines for those go nowhere.
+    """
+
+    @staticmethod
+    def msg(*args: Any, **kwargs: Any) -> None:
+        pass
+
+
+@contextmanager
+def _withoutLogLines() -> Iterator[None]:
+    """
+    Run a L{udp.Port} method without the lines it logs (it logs through
+    the module's C{log}, with no switch to turn them off).
+    """
+    saved = udp.log
+    udp.log = _Silent  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        udp.log = saved
