@@ -122,20 +122,24 @@ def transcript(path: Path, script: list[str]) -> list[tuple[str, str]]:
         client.close()
 
 
-@pytest.fixture
-def realSwitch(processes, shortdir):
+def startRealSwitch(processes, directory: Path, name: str = "real"):
     """
     Debian's vde_switch with a console, stdin kept open (EOF would stop it).
     """
     need("vde_switch")
-    mgmt = shortdir / "real.mgmt"
+    mgmt = directory / f"{name}.mgmt"
     process = processes.start(
-        ["vde_switch", "-s", str(shortdir / "real"), "-M", str(mgmt)], stdin=subprocess.PIPE
+        ["vde_switch", "-s", str(directory / name), "-M", str(mgmt)], stdin=subprocess.PIPE
     )
     waitFor(lambda: socketListening(mgmt), what="vde_switch console")
     process.mgmt = mgmt
-    process.sock = shortdir / "real"
+    process.sock = directory / name
     return process
+
+
+@pytest.fixture
+def realSwitch(processes, shortdir):
+    return startRealSwitch(processes, shortdir)
 
 
 @pytest.fixture
@@ -424,10 +428,16 @@ def debugLines(mgmt: Path, sock: Path, processes) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("3")]
 
 
-def test_debugEventsMatchVdeSwitch(realSwitch, ourSwitch, processes) -> None:
+def test_debugEventsMatchVdeSwitch(realSwitch, ourSwitch, processes, shortdir) -> None:
     """A client's life shows as the same debug event lines as with vde_switch."""
     need("vde_plug")
     real = debugLines(realSwitch.mgmt, realSwitch.sock, processes)
+    if not any(" hash/- " in line for line in real):
+        # Once in a CI run, vde_switch showed no event at all in the 10 s
+        # after its client ended.  The reference is only a reference when
+        # complete: take it once more from a fresh vde_switch.
+        again = startRealSwitch(processes, shortdir, "again")
+        real = debugLines(again.mgmt, again.sock, processes)
     ours = debugLines(ourSwitch.mgmt, ourSwitch.sock, processes)
     assert real == ours
     assert ours[0] == "3021 port/+ 01" and "3011 hash/+ 02:00:00:00:00:0a VLAN 00:00 Port 1" in ours
