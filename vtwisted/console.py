@@ -9,7 +9,10 @@ L{vtwisted.consolecommands} and returns the reply text vde_switch would
 send: nothing for a blank or C{#} line, else the optional DATA block
 (C{0000 DATA END WITH '.'}, lines, C{.}) and the result line (C{1000
 Success} or C{1NNN <strerror>}).  C{load} scripts and C{--rcfile} (see
-L{vtwisted.consoleservice}) go through the same interpreter.
+L{vtwisted.consoleservice}) go through the same interpreter; a script must
+be a regular file of at most L{MAX_SCRIPT_BYTES} (L{readScript}): a FIFO, a
+device or a socket is refused with C{1022 Invalid argument} rather than
+left to block the switch until someone writes to it.
 
 L{ConsoleProtocol} is one session on the UNIX socket (listened on by
 L{vtwisted.consoleservice.ConsoleService}): the banner and the
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -152,16 +156,56 @@ class CommandInterpreter:
         return output
 
 
+#: How a script is opened: never waiting for a FIFO's writer, never taking
+#: a terminal as the switch's own.
+SCRIPT_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+)
+
+
+def fileKind(mode: int) -> str | None:
+    """
+    What a file that is not a regular one is (C{"a FIFO"}...), from its
+    C{st_mode}; L{None} for a regular file.
+    """
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a file")
+
+
+def _requireRegular(path: str, mode: int) -> None:
+    kind = fileKind(mode)
+    if kind is not None:
+        code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
+        raise SwitchError(code, f"{path}: {kind}, not a regular file")
+
+
 def readScript(path: str) -> list[str]:
     """
     The lines of a console script.
 
+    Only a regular file (or a link to one) is read: a FIFO, a device or a
+    socket could keep the switch waiting, so they are refused before and
+    after opening (the path may be replaced in between), and the file is
+    opened without blocking.
+
     @raise SwitchError: with the OS error's number if it cannot be read,
+        C{EINVAL} (C{EISDIR}) if it is not a regular file (a directory),
         C{EFBIG} if it is larger than L{MAX_SCRIPT_BYTES}.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_SCRIPT_BYTES + 1)
+        _requireRegular(path, os.stat(path).st_mode)
+        fd = os.open(path, SCRIPT_OPEN_FLAGS)
+        try:
+            _requireRegular(path, os.fstat(fd).st_mode)
+            data = _readAtMost(fd, MAX_SCRIPT_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise SwitchError(e.errno or errno.EIO, f"{path}: {e.strerror}") from None
     if len(data) > MAX_SCRIPT_BYTES:
@@ -170,6 +214,16 @@ def readScript(path: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return lines
+
+
+def _readAtMost(fd: int, limit: int) -> bytes:
+    data = bytearray()
+    while len(data) < limit:
+        chunk = os.read(fd, limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 @implementer(IPushProducer)

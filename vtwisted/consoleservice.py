@@ -14,7 +14,9 @@ closes every session and removes the socket file.
 L{RcFileService} runs a script of console commands once when the switch
 starts, after every port spec (vde_switch's C{-f}): output is discarded, a
 failing line is logged with its number and result and the rest still run;
-C{logout} and C{shutdown} are ignored there, as vde_switch does.
+C{logout} and C{shutdown} are ignored there, as vde_switch does.  The file
+must be a regular one (L{checkRcFile}): a FIFO or a pipe (C{<(...)}) stops
+start-up with a message rather than hold the switch until it is written.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from vtwisted import consoleformat as fmt
-from vtwisted.console import MAX_SESSIONS, CommandInterpreter, ConsoleFactory, readScript
+from vtwisted.console import (
+    MAX_SESSIONS,
+    CommandInterpreter,
+    ConsoleFactory,
+    fileKind,
+    readScript,
+)
 from vtwisted.errors import SwitchError
 from vtwisted.sockettools import claimSocketPath
 
@@ -207,6 +215,28 @@ def groupId(name: str) -> int:
         raise ValueError(f"--mgmt-group {name}: no such group") from None
 
 
+def checkRcFile(path: str) -> None:
+    """
+    Refuse at start-up an rc file that could not be run: missing,
+    unreadable, or not a regular file (a FIFO would hold the switch until
+    someone writes to it, so it is refused as C{load} refuses it).
+
+    @raise ValueError: why, naming the path.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"--rcfile {path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"--rcfile {path}: {e.strerror} (errno {e.errno})") from None
+    kind = fileKind(mode)
+    if kind is not None:
+        raise ValueError(f"--rcfile {path}: {kind}, not a regular file "
+                         "(write the commands to a file)")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"--rcfile {path}: not readable")
+
+
 def addManagement(
     service: SwitchService,
     mgmt: str | None = None,
@@ -230,9 +260,7 @@ def addManagement(
     if mgmt is not None:
         ConsoleService(ops, service.reactor, mgmt, mgmtMode, mgmtGroup).setServiceParent(service)
     if rcfile is not None:
-        if not os.access(rcfile, os.R_OK):
-            reason = "no such file" if not os.path.exists(rcfile) else "not readable"
-            raise ValueError(f"--rcfile {rcfile}: {reason}")
+        checkRcFile(rcfile)
         rc = RcFileService(CommandInterpreter(ops), rcfile, service.clock)
         rc.setServiceParent(service)
     if stdin:

@@ -239,6 +239,32 @@ def test_loadScriptMatches(realSwitch, ourSwitch, shortdir) -> None:
     )
 
 
+def test_loadOfAFifoAnswersAtOnceAndTheSwitchGoesOn(ourSwitch, processes, shortdir) -> None:
+    """
+    load of a FIFO nobody writes to (vde_switch would wait for a writer,
+    frozen) answers 1022 Invalid argument at once; the switch still answers
+    and forwards between two vde_plug clients.
+    """
+    need("vde_plug")
+    fifo = shortdir / "script.fifo"
+    os.mkfifo(fifo)
+    a = StreamPlug(processes, f"vde://{ourSwitch.sock}")
+    b = StreamPlug(processes, f"vde://{ourSwitch.sock}")
+    client = ConsoleClient(ourSwitch.mgmt, timeout=3.0)
+    waitFor(lambda: b"Port 0002" in client.command("port/print"), what="two clients")
+    started = time.monotonic()
+    try:
+        reply = client.command(f"load {fifo}")
+    finally:
+        with contextlib.suppress(OSError):  # free a switch left waiting, if it was
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert reply == b"1022 Invalid argument\n" + PROMPT
+    assert time.monotonic() - started < 1.0
+    assert b"Port 0001" in client.command("port/print")
+    a.send(frame(b"\xff" * 6, SENDER))
+    assert b.receive() is not None
+
+
 # The stock clients
 
 

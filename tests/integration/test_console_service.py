@@ -100,6 +100,26 @@ def test_rcfileConfiguresAtStartAndLogsBadLines(vswitch, shortdir) -> None:
     assert "6 lines run, 1 failed" in log and "Traceback" not in log
 
 
+def test_rcfileThatIsAFifoStopsStartUpSayingSo(processes, shortdir) -> None:
+    """
+    --rcfile naming a FIFO nobody writes to stops twistd at once with a
+    message (it would otherwise hold the switch until written to).
+    """
+    fifo = shortdir / "rc.fifo"
+    os.mkfifo(fifo)
+    process = processes.start(
+        twistdArgv("--sock", str(shortdir / "sw"), "--rcfile", str(fifo),
+                   logfile=str(shortdir / "rc.log")),
+        env=sourceEnv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output, _ = process.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # free it before failing
+        raise
+    assert process.returncode != 0
+    assert f"--rcfile {fifo}: a FIFO, not a regular file" in output.decode(), output
+
+
 def test_badInputGetsConsoleAnswersOnly(vswitch, shortdir) -> None:
     """Huge lines and binary junk get 1NNN answers; another session never notices."""
     sw = start(vswitch, shortdir)
