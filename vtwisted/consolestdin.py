@@ -10,6 +10,13 @@ with the C{vde$ } prompt only when standard input is a terminal (a script
 piping commands in reads replies alone).  C{debug/add} works here too.
 The end of standard input stops the switch, as it stops C{vde_switch}: run
 it with C{--stdin} only where standard input stays open.
+
+Memory is bounded when nobody reads standard output: the console is the
+producer of its own standard output, so once Twisted holds more than its
+write buffer (64 KB) of unwritten replies it stops running commands and
+reading standard input; it resumes, in order, when the reader catches up.
+Debug events for it are dropped meanwhile (counted, logged once).  If
+standard output is closed, replies are discarded and commands still run.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import stdio
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
@@ -32,7 +39,7 @@ from vtwisted.console import CommandInterpreter
 log = Logger()
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class StdinConsole(LineReceiver):
     """
     Commands from standard input, replies to standard output.
@@ -46,7 +53,12 @@ class StdinConsole(LineReceiver):
         self.prompt = prompt
         self.ended = False
 
+    #: Debug events dropped because standard output was not read.
+    debugDropped = 0
+
     def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.registerProducer(self, True)
         self._prompt()
 
     def _prompt(self) -> None:
@@ -79,20 +91,39 @@ class StdinConsole(LineReceiver):
         """
         A debug event this console listens to.
         """
-        if not self.ended:
-            self._write(line)
+        if self.ended:
+            return
+        if self.paused:
+            self.debugDropped += 1
+            if self.debugDropped == 1:
+                log.warn("standard output is not read: dropping debug events while it is not")
+            return
+        self._write(line)
 
     def readConnectionLost(self) -> None:
         """
         Standard input ended: let the replies still buffered reach standard
         output, then stop (in L{connectionLost}).
         """
-        assert self.transport is not None
-        self.transport.loseConnection()
+        transport: Any = self.transport
+        transport.unregisterProducer()  # else a full buffer's drain would not close
+        transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
         """
-        Standard output is gone; the switch goes on.
+        Standard output is gone; the switch goes on, and so do the commands
+        waiting for its reader.
+        """
+        if self.paused and not self.ended:
+            self.resumeProducing()
+
+    # IPushProducer (LineReceiver's pauseProducing and resumeProducing): the
+    # standard output transport pauses us while its buffer is full.
+
+    def stopProducing(self) -> None:
+        """
+        Standard output is gone: nothing to wait for (see
+        L{writeConnectionLost}).
         """
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -122,4 +153,5 @@ class StdinConsoleService(Service):
         io, self._io = self._io, None
         if io is not None:
             io.protocol.ended = True
+            io.unregisterProducer()
             io.loseConnection()

@@ -1,0 +1,105 @@
+"""
+C{twistd vswitch --stdin} when nobody reads its standard output: the switch
+stops reading commands instead of piling up their replies in memory, and
+every reply arrives, in order, once the reader comes back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import socketListening, sourceEnv, twistdArgv, waitFor
+
+pytestmark = pytest.mark.integration
+
+#: Rounds of commands fed: three C{help} (4.4 KB each) and a numbered VLAN,
+#: about 55 MB of replies in all.
+ROUNDS = 4000
+#: How much the switch may grow while its replies are not read.
+GROWTH_LIMIT = 16 * 1024 * 1024
+
+
+def status(pid: int, field: str) -> int:
+    """
+    A memory figure of C{/proc/PID/status}, in bytes.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def bytesRead(pid: int) -> int:
+    """
+    How many bytes process C{pid} has read so far (C{/proc/PID/io}).
+    """
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no rchar for {pid}")
+
+
+def waitUntilIdle(pid: int, feeder: threading.Thread, quiet: float = 1.5) -> None:
+    """
+    Wait until the switch has read everything fed, or has read nothing more
+    for C{quiet} seconds (it stopped reading).
+    """
+    last, since, deadline = bytesRead(pid), time.monotonic(), time.monotonic() + 60
+    while feeder.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = bytesRead(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since > quiet:
+            return
+
+
+def expectedReplies(help: str) -> str:
+    return "".join(
+        help * 3 + f"1000 Success\n0000 DATA END WITH '.'\nVLAN {n:04d}\n.\n1000 Success\n"
+        for n in range(1, ROUNDS + 1)
+    )
+
+
+def test_unreadRepliesStayBoundedThenAllArriveInOrder(processes, shortdir) -> None:
+    """
+    Commands fed while standard output is not read: the switch's memory
+    stays within a few MB (about 55 MB of replies would pile up otherwise);
+    once read, every reply comes, in order, and the end of input stops it.
+    """
+    sock = shortdir / "sw"
+    process = processes.start(
+        twistdArgv("--sock", str(sock), "--stdin", logfile=str(shortdir / "sw.log")),
+        env=sourceEnv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
+    baseline = status(process.pid, "VmRSS")
+    commands = "".join(f"help\nhelp\nhelp\nvlan/create {n}\nvlan/print {n}\n"
+                       for n in range(1, ROUNDS + 1)).encode()
+    stdin = process.stdin
+    feeder = threading.Thread(target=lambda: (stdin.write(commands), stdin.flush()), daemon=True)
+    feeder.start()
+    waitUntilIdle(process.pid, feeder)
+    growth = status(process.pid, "VmHWM") - baseline
+    stdout = process.stdout
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(stdout.read()), daemon=True)
+    reader.start()
+    feeder.join(60)
+    assert not feeder.is_alive(), "the switch stopped reading commands for good"
+    stdin.close()
+    assert process.wait(60) == 0
+    reader.join(30)
+    assert growth < GROWTH_LIMIT, f"grew by {growth >> 20} MB while its replies were not read"
+    text = output[0].decode()
+    help = text[: text.index("\n.\n1000 Success\n") + len("\n.\n1000 Success\n")]
+    assert help.startswith("0000 DATA END WITH '.'\n") and "port/print" in help
+    expected = expectedReplies(help)
+    if text != expected:
+        at = next(i for i, (a, b) in enumerate(zip(text, expected, strict=False)) if a != b)
+        pytest.fail(f"{len(text)} bytes of replies, {len(expected)} expected; first "
+                    f"difference at {at}: {text[at - 80 : at + 80]!r}")
