@@ -298,3 +298,25 @@ def test_tacFileBuildsTheSameSwitch(processes, shortdir) -> None:
     assert b.receive() == hello
     processes.stop(process)
     assert not directory.exists()
+
+
+def test_clientJoiningASharedPortKeepsItsConsoleSettings(vswitch, processes, shortdir) -> None:
+    """
+    A second client joining port 5 of a vde:DIR:vlan=10 spec leaves the
+    VLAN and delay the console gave the port meanwhile, as vde_switch does.
+    """
+    from taphelpers import console
+
+    need("vde_plug")
+    mgmt, shared = shortdir / "mgmt", shortdir / "shared"
+    vswitch("--mgmt", str(mgmt), "--port", f"vde:{shared}:vlan=10")
+    first = StreamPlug(processes, f"vde://{shared}[5]")
+    waitFor(lambda: "untagged_vlan=0010 ACTIVE" in console(mgmt, "port/print 5"),
+            what="the first client on port 5")
+    console(mgmt, "vlan/create 20", "port/setvlan 5 20", "port/impair 5 delay=30")
+    second = StreamPlug(processes, f"vde://{shared}[5]")
+    waitFor(lambda: console(mgmt, "port/print 5").count("endpoint ID") == 2,
+            what="the second client on port 5")
+    assert "untagged_vlan=0020 ACTIVE" in console(mgmt, "port/print 5")
+    assert "impairment: delay 30 ms" in console(mgmt, "port/stats 5")
+    assert first.process.poll() is None and second.process.poll() is None

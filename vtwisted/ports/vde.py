@@ -19,6 +19,11 @@ Frames travel as one datagram each through a L{VdeDataLink} (in
 L{vtwisted.ports.vdelink}), which reads in batches and never blocks.  The
 link goes when its control stream closes, which is how a client that
 vanishes (even killed) is noticed.
+
+Clients asking for the same port number share it, as vde_switch's endpoints
+do.  The spec's options (C{vlan=}, impairments, ...) configure the port when
+its first client comes; a client joining an active port takes it as it is,
+so a C{port/setvlan} or C{port/impair} made meanwhile stays.
 """
 
 from __future__ import annotations
@@ -318,7 +323,8 @@ class VdeSwitchDirectory(Service):
             sock.close()
             raise
         link = VdeDataLink(self, control, sock, dataPath, port, request.description, uid)
-        self.options.apply(self.switch, port, self.spec)
+        if not port.links:  # a client joining an active port keeps its settings
+            self.options.apply(self.switch, port, self.spec)
         self.links.append(link)
         self.switch.attach(port, link)
         transport: Any = control.transport
@@ -331,7 +337,7 @@ class VdeSwitchDirectory(Service):
         Let a client join an active port only if the port serves clients of
         this directory alone, as vde_switch's endpoints share ports: joining
         a TAP's, a guest's or another spec's port would give the client a
-        copy of its traffic and reset the port to this spec's options.
+        copy of its traffic.
 
         @raise _Rejected: the port serves something else.
         """
