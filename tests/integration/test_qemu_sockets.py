@@ -309,3 +309,27 @@ async def test_absentGuestIsLoggedOnceNotAtEveryRetry(switch, shortdir: Path) ->
     assert len(failures) == 1, lines
     assert "No such file or directory (errno 2)" in failures[0]
     assert not [line for line in lines if "Scheduling retry" in line], lines
+
+
+def test_guestEndingInsideAFrameIsCountedAndLogged(vswitch, shortdir: Path) -> None:
+    """
+    A guest that sends a frame and half of the next, then closes: the
+    switch counts the half frame as malformed on the guest's port and logs
+    once how much of it came.
+    """
+    from helpers import waitFor
+    from taphelpers import console
+
+    path, mgmt = shortdir / "vm.sock", shortdir / "mgmt"
+    spec = f"qemu:unix:{path}"
+    sw = vswitch("--mgmt", str(mgmt), "--port", spec)
+    whole = frame(BROADCAST, mac(1))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as guest:
+        guest.connect(str(path))
+        guest.sendall(struct.pack("!I", len(whole)) + whole + struct.pack("!I", 60) + b"x" * 20)
+    waitFor(lambda: "left port" in sw.logText(), what="the guest's link gone")
+    stats = console(mgmt, "port/stats 1")
+    assert "malformed=1 " in stats, stats
+    lines = [line for line in sw.logText().splitlines() if "ended inside a message" in line]
+    assert len(lines) == 1 and spec in lines[0] and "(20 of 60 bytes of a frame received)" \
+        in lines[0], lines

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from vtwisted import processes
@@ -95,6 +96,19 @@ def test_aRecordTooLongForVdePlugClosesTheCommand() -> None:
     link, process = _link(service)
     link.dataReceived((9237).to_bytes(2, "big") + bytes(100))
     assert link.port.counters.drops["malformed"] == 1 and process.disconnecting
+
+
+def test_aCommandEndingInsideARecordCountsItAsMalformed() -> None:
+    """A command that exits with half a record written: counted, and told with its size."""
+    _, service = _service()
+    link, _ = _link(service)
+    port = link.port
+    link.dataReceived((60).to_bytes(2, "big") + bytes(25))
+    with capturedLogs() as events:
+        link.connectionLost(Failure(ProcessDone(0)))
+    assert port.counters.drops["malformed"] == 1
+    assert any("ended inside a message (25 of 60 bytes of a frame received)"
+               in formatEvent(e) for e in events)
 
 
 def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:

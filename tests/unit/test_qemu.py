@@ -15,7 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+from twisted.python.failure import Failure
 
 from vtwisted.app import buildService
 from vtwisted.ports import qemu, streamlinks
@@ -208,6 +211,47 @@ def test_guestDisconnectingFreesItsPort() -> None:
     port = link.port
     link.connectionLost(None)
     assert service.currentLinks() == [] and port.links == []
+
+
+@pytest.mark.parametrize(("data", "told"), [
+    (struct.pack("!I", 100) + b"x" * 30, "30 of 100 bytes of a frame"),
+    (b"\0\0", "2 of the 4 bytes of a length prefix"),
+])
+def test_peerEndingInsideAFrameIsCountedAndLoggedOnce(data: bytes, told: str) -> None:
+    """
+    A guest whose connection ends with half a frame sent: that frame counts
+    as malformed on its port, and one line says how much of it came.
+    """
+    switch = Switch()
+    service = make("qemu:tcp:0", switch)
+    link, _ = connect(service)
+    port = link.port
+    link.dataReceived(encode(frame(BROADCAST, mac(1))) + data)
+    with capturedLogs() as events:
+        link.connectionLost(Failure(ConnectionDone()))
+    assert port.counters.drops["malformed"] == 1 and port.counters.inFrames == 1
+    lines = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+    assert lines == [f"qemu:tcp:0: tcp 127.0.0.1:40000: the connection ended inside a "
+                     f"message ({told} received); dropped as malformed"]
+
+
+def test_cleanEndsAndClosesOfItsOwnAreNoTruncation() -> None:
+    """
+    A guest leaving between frames, or a link the switch closes with a
+    frame half read (port/remove, stopping), is no malformed frame.
+    """
+    switch = Switch()
+    service = make("qemu:tcp:0", switch)
+    clean, _ = connect(service)
+    closed, _ = connect(service)
+    clean.dataReceived(encode(frame(BROADCAST, mac(1))))
+    closed.dataReceived(struct.pack("!I", 100) + b"x")
+    with capturedLogs() as events:
+        clean.connectionLost(Failure(ConnectionDone()))
+        closed.close()
+        closed.connectionLost(Failure(ConnectionDone()))
+    assert [e for e in events if e["log_level"] >= LogLevel.warn] == []
+    assert clean.port.counters.drops["malformed"] == closed.port.counters.drops["malformed"] == 0
 
 
 def test_tooLongLengthClosesOnlyThatConnection() -> None:

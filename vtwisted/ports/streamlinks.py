@@ -13,6 +13,10 @@ a Unix socket left by a crash is replaced first.  L{StreamConnector}
 connects through a L{ClientService}, which reconnects with a backoff; the
 first failure of a series is logged with its errno.
 
+A connection that ends inside a message (a peer killed mid-write, say) has
+its last frame counted as malformed on its port and logged with how much of
+it came; a connection the switch closes itself is not checked.
+
 Sending never blocks and never buffers without bound: messages go into the
 transport's buffer, which Twisted flushes with one system call for many;
 past L{SEND_BUFFER} bytes the transport pauses its producer, a
@@ -154,7 +158,28 @@ class StreamLink(Int32StringReceiver):
         self.close()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.port is not None and self in self.owner.links:  # the peer ended it
+            self._noteTruncated()
         self.owner.linkDown(self)
+
+    def _noteTruncated(self) -> None:
+        """
+        Count and log a last message the peer cut short, if any: it can
+        never be completed, so it is a malformed frame.
+        """
+        pending = self.recvd  # what the receiver kept of an incomplete message
+        if not pending or self._broken:
+            return
+        prefix = self.prefixLength
+        if len(pending) < prefix:
+            problem = f"{len(pending)} of the {prefix} bytes of a length prefix"
+        else:
+            length = struct.unpack(self.structFormat, pending[:prefix])[0]
+            problem = f"{len(pending) - prefix} of {length} bytes of a frame"
+        self.port.counters.drops["malformed"] += 1
+        log.warn("{spec}: {peer}: the connection ended inside a message ({problem} "
+                 "received); dropped as malformed", spec=self.owner.spec,
+                 peer=self.description, problem=problem)
 
     # ILink
 
