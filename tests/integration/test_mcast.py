@@ -17,6 +17,7 @@ from helpers import (
     execIn,
     need,
     needRoot,
+    run,
     uniqueName,
     waitFor,
 )
@@ -24,6 +25,7 @@ from taphelpers import (
     console,
     hostBehindTap,
     multicastNamespace,
+    quietNamespace,
     readLine,
     switchInNamespace,
 )
@@ -114,3 +116,75 @@ def test_qemuGuestOnMulticastReachesANamespace(processes, namespaces, shortdir) 
                      "10.7.0.2/24", "10.7.0.1", "52:54:00:76:74:51", directory=shortdir,
                      name="mcast", wrapper=execIn(ns))
     assert "group 230.0.0.1:5561" in console(mgmt, "port/print")
+
+
+#: Sends argv[5] (hex) once to argv[3]:argv[4] from a socket bound to
+#: argv[1]:argv[2].
+SENDER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.sendto(bytes.fromhex(sys.argv[5]), (sys.argv[3], int(sys.argv[4])))
+"""
+
+
+def _sendingPort(ns: str, groupPort: int) -> int:
+    """
+    The port the switch (alone in namespace C{ns}) sends its multicast from.
+    """
+    lines = run("ip", "netns", "exec", ns, "ss", "-Huan").stdout.splitlines()
+    ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in lines} - {groupPort}
+    assert len(ports) == 1, lines
+    return ports.pop()
+
+
+def _sendFrom(ns: str, host: str, port: int, groupPort: int, data: bytes) -> None:
+    run(*execIn(ns, sys.executable, "-c", SENDER, host, str(port), GROUP, str(groupPort),
+                data.hex()))
+
+
+def test_samePortFromAnotherLocalAddressIsAMember(processes, namespaces, shortdir) -> None:
+    """
+    On the loopback, a socket bound to 127.0.0.2 sending from the port the
+    switch sends from (bound to localaddr=127.0.0.1) is a member, not an
+    echo of the switch's own frames.
+    """
+    need("vde_plug")
+    ns = multicastNamespace(namespaces)
+    sock, mgmt = switchInNamespace(processes, ns, shortdir, "--port",
+                                   f"mcast:{GROUP}:5562:localaddr=127.0.0.1")
+    client = StreamPlug(processes, f"vde://{sock}")
+    waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
+    own = _sendingPort(ns, 5562)
+    fromMember = frame(b"\xff" * 6, mac(0x21), payload=b"same port, other address")
+    _sendFrom(ns, "127.0.0.2", own, 5562, fromMember)
+    assert client.receiveMatching(lambda f: f == fromMember) is not None
+
+
+def test_anotherHostOnTheSamePortIsAMemberAndEchoesAreNot(processes, namespaces,
+                                                          shortdir) -> None:
+    """
+    On a real link (a veth pair between two namespaces), a host sending from
+    the port number the switch sends from is a member; the switch's own
+    frames, which come back from its address on that link, are still not.
+    """
+    need("vde_plug")
+    here, there = quietNamespace(namespaces, "vtm"), quietNamespace(namespaces, "vtm")
+    near, far = uniqueName("vtv"), uniqueName("vtv")
+    run("ip", "link", "add", near, "netns", here, "type", "veth", "peer", "name", far,
+        "netns", there)
+    for ns, dev, address in ((here, near, "10.213.0.1/24"), (there, far, "10.213.0.2/24")):
+        run("ip", "-n", ns, "addr", "add", address, "dev", dev)
+        run("ip", "-n", ns, "link", "set", dev, "up")
+        run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
+    sock, mgmt = switchInNamespace(processes, here, shortdir, "--port", f"mcast:{GROUP}:5563")
+    client = StreamPlug(processes, f"vde://{sock}")
+    waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
+    own = _sendingPort(here, 5563)
+    fromClient = frame(b"\xff" * 6, mac(0x10), payload=b"from the client")
+    client.send(fromClient)
+    fromHost = frame(b"\xff" * 6, mac(0x22), payload=b"another host, same port")
+    _sendFrom(there, "0.0.0.0", own, 5563, fromHost)
+    assert client.receiveMatching(lambda f: f == fromHost) is not None
+    assert "to port: 002" in console(mgmt, "hash/find 02:00:00:00:00:10")
+    assert "IN:  pkts          1" in console(mgmt, "port/print 1")

@@ -1,14 +1,21 @@
 """
-The C{mcast:} spec: what it accepts, and the errors that name what is wrong.
+The C{mcast:} spec: what it accepts, and the errors that name what is wrong;
+and how the link tells the switch's own frames coming back from members'.
 """
 
 from __future__ import annotations
 
+import errno
+
 import pytest
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from vtwisted.ports import mcast
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+
+BROADCAST = b"\xff" * 6
 
 
 def test_specGivesGroupPortAndOptions() -> None:
@@ -36,3 +43,91 @@ def test_badSpecsAreRefused(text: str, message: str) -> None:
     with pytest.raises(SpecError, match=message) as caught:
         mcast.makeService(Switch(), PortSpec(text), None)
     assert text.split(":colour")[0] in str(caught.value)
+
+
+class FakeSocket:
+    """
+    The sending socket as the kernel shows it: bound to C{0.0.0.0:PORT}
+    until connected, then to the address it chose to send from.
+    """
+
+    def __init__(self, chosen: str = "10.9.0.1", port: int = 40000) -> None:
+        self.chosen = chosen
+        self.name = ("0.0.0.0", port)
+        self.refusal: OSError | None = None
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return 7
+
+    def getsockname(self) -> tuple[str, int]:
+        return self.name
+
+    def connect(self, address: tuple[str, int]) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        self.name = (self.chosen, self.name[1])
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> None:
+        self.sent.append((data, address))
+
+
+class FakeSender:
+    def __init__(self, sock: FakeSocket) -> None:
+        self.socket = sock
+
+
+def _groupLink(sock: FakeSocket) -> tuple[mcast.McastLink, FakeLink]:
+    """
+    An C{mcast:} link sending through C{sock}, plugged into a switch with
+    one other link, which it returns too.
+    """
+    switch = Switch()
+    service = mcast.makeService(switch, PortSpec("mcast:230.0.0.1:5560"), None)
+    link = mcast.McastLink(service)
+    link.transport = FakeSender(FakeSocket())  # type: ignore[assignment]
+    link.useSender(FakeSender(sock))
+    link.plug(switch, switch.allocatePort())
+    other = FakeLink()
+    plug(switch, other)
+    return link, other
+
+
+def test_ownFramesAreToldByAddressAndPort() -> None:
+    """
+    What comes back from the switch's own address and port is dropped; a
+    frame from that port number on another address (another host, or a
+    socket bound to another address here) is a member's.
+    """
+    link, other = _groupLink(FakeSocket("10.9.0.1", 40000))
+    assert link.own == ("10.9.0.1", 40000)
+    echo, foreign = frame(BROADCAST, mac(1)), frame(BROADCAST, mac(2))
+    link.datagramReceived(echo, ("10.9.0.1", 40000))
+    link.datagramReceived(foreign, ("10.9.0.2", 40000))
+    link.datagramReceived(echo, ("10.9.0.1", 40001))
+    assert other.sent == [foreign, echo]
+
+
+def test_withoutARouteOwnFramesAreToldByPortUntilOneComesBack() -> None:
+    """
+    With no route for the group at start the sending address is unknown:
+    the port alone tells own frames (logged once); when one comes back the
+    address is learnt, and the same port from elsewhere is a member again.
+    """
+    sock = FakeSocket("10.9.0.1", 40000)
+    sock.refusal = OSError(errno.ENETUNREACH, "Network is unreachable")
+    with capturedLogs() as events:
+        link, other = _groupLink(sock)
+        link.datagramReceived(frame(BROADCAST, mac(2)), ("10.9.0.2", 40000))
+    warnings = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+    assert len(warnings) == 1 and "mcast:230.0.0.1:5560" in warnings[0]
+    assert "Network is unreachable (errno 101)" in warnings[0]
+    assert other.sent == []
+    sock.refusal = None
+    echo, foreign = frame(BROADCAST, mac(1)), frame(BROADCAST, mac(2))
+    link.datagramReceived(echo, ("10.9.0.1", 40000))
+    link.datagramReceived(foreign, ("10.9.0.2", 40000))
+    assert link.own == ("10.9.0.1", 40000) and other.sent == [foreign]

@@ -11,13 +11,25 @@ frame, its own included (QEMU turns C{IP_MULTICAST_LOOP} on so that guests
 on one host hear each other).  So the whole group is one port of the
 switch, where the switch learns the addresses of all the guests in it.
 
-Members on one host all bind GROUP:PORT, so a datagram's source address
-cannot tell whose it is.  The switch therefore sends from a second socket
-of its own, on an ephemeral port: what arrives from that port is its own
-frame coming back and is dropped, so it never teaches the switch that the
-frame's sender lives in the group.  Frames leave with TTL 1 (the local
-link) unless C{ttl=} says otherwise, through the interface of
-C{localaddr=} if given, as QEMU's C{localaddr=} does.
+Members on one host all bind GROUP:PORT and send from it, so a
+datagram's source cannot tell them apart.  The switch therefore sends from
+a second socket of its own, on an ephemeral port: what arrives from that
+socket's address and port is its own frame coming back and is dropped, so
+it never teaches the switch that the frame's sender lives in the group.
+Another host, or a socket of this one bound to another address, may send
+from the same port number: its frames still count.
+
+The address a looped-back frame shows as its source is the one the kernel
+chose to send it from: C{127.0.0.1} when multicast is routed through the
+loopback, the outgoing interface's address on a real network, C{localaddr=}
+if given.  The sending socket is connected to the group when the service
+starts, which makes the kernel choose that address once and keep it (a
+connected UDP socket's source is fixed); C{getsockname} then tells it.  If
+there is no route for the group yet, its own frames are told by port alone
+(and logged so) until one of them comes back, when the socket is connected
+again.  Frames leave with TTL 1 (the local link) unless C{ttl=} says
+otherwise, through the interface of C{localaddr=} if given, as QEMU's
+C{localaddr=} does.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import ipaddress
 from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
@@ -34,6 +47,8 @@ from vtwisted.ports.datagrams import PlainDatagramLink, udpPort
 from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.sockettools import growSendBuffer, listenError
 from vtwisted.spec import PortSpec
+
+log = Logger()
 
 #: The largest datagram read: QEMU's own limit.
 MAX_DATAGRAM = 4096 + 65536
@@ -65,19 +80,56 @@ class McastLink(PlainDatagramLink, DatagramProtocol):
         self.service = service
         self.description = f"group {service.group}:{service.number}"
         self.port: Any = None
-        self.ownPort = 0
+        #: The source address and port of the switch's own frames.
+        self.own: tuple[str, int] = ("", 0)
+        self._sender: Any = None
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        if addr[1] != self.ownPort:
+        if addr != self.own:
             self.deliver(datagram)
+
+    def _receiveUnsettled(self, datagram: bytes, addr: Any) -> None:
+        """
+        L{datagramReceived} while the sending socket's address is unknown:
+        own frames told by port alone, until one comes back.
+        """
+        if addr[1] != self.own[1]:
+            self.deliver(datagram)
+        elif self._settle() and addr != self.own:
+            self.deliver(datagram)
+
+    def _settle(self) -> bool:
+        """
+        Connect the sending socket to the group, which fixes the address it
+        sends from, and learn that address; whether that worked.
+        """
+        sock = self._sender
+        try:
+            sock.connect((self.service.group, self.service.number))
+        except OSError as e:
+            if "datagramReceived" not in self.__dict__:
+                self.datagramReceived = self._receiveUnsettled  # type: ignore[method-assign]
+                log.warn("{spec}: cannot connect the sending socket to the group: {error} "
+                         "(errno {errno}); the switch's own frames are told by their source "
+                         "port alone until there is a route for {group}",
+                         spec=self.service.spec, error=e.strerror, errno=e.errno,
+                         group=self.service.group)
+            return False
+        self.own = sock.getsockname()
+        if self.__dict__.pop("datagramReceived", None) is not None:
+            log.info("{spec}: the switch's own frames are told by address and port again "
+                     "({host}:{port})", spec=self.service.spec, host=self.own[0],
+                     port=self.own[1])
+        return True
 
     def useSender(self, sender: Any) -> None:
         """
         Send through C{sender}'s socket, and drop what comes back from it.
         """
-        sock = sender.socket
+        sock = self._sender = sender.socket
         growSendBuffer(sock, SEND_BUFFER)
-        self.ownPort = sock.getsockname()[1]
+        self.own = sock.getsockname()
+        self._settle()
         self.linkId = self.transport.socket.fileno()  # type: ignore[union-attr]
         sendto = sock.sendto
         group = (self.service.group, self.service.number)
