@@ -150,6 +150,7 @@ def test_kernelRefusingEveryOffloadStillWorksWithSmallFrames(rig: Rig) -> None:
         assert service.link is not None
     assert service.link.offloads == 0
     assert any("refused every offload" in formatEvent(e) for e in events)
+    assert service.link.description == "tap7 offload=none (refused by the kernel)"
     other = rig.link()
     tunnelOf(service).inject(vnet.PLAIN_HEADER + frame(BROADCAST, mac(1)))
     service.link.doRead()
@@ -164,6 +165,7 @@ def test_offloadOffOpensWithoutTheHeader(rig: Rig) -> None:
     assert tunnel.tunnelMode == IFF_TAP | IFF_NO_PI
     assert rig.system.offloadCalls == []
     assert not service.link.vnetHeader and not service.link.port.vnet
+    assert service.link.description == "tap7 offload=off"
     other = rig.link()
     f = frame(BROADCAST, mac(1))
     tunnel.inject(f)

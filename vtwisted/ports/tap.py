@@ -18,7 +18,9 @@ untouched: the switch passes them whole to other offload ports and resolves
 them into ordinary frames for the rest (see L{vtwisted.wire.vnet}).  Plain
 frames from other ports are written behind an all-zero header with one
 C{writev}.  With C{offload=off} the device is opened without the header and
-carries ordinary frames.
+carries ordinary frames.  C{port/print} tells the two apart: C{offload=off}
+when asked, C{offload=none (refused by the kernel)} when the header is on
+but the kernel took no offload (frames then stay small).
 
 Reads are drained in batches per reactor wake-up.  With USO negotiated,
 runs of UDP datagrams of one flow within a batch reach the switch merged
@@ -127,9 +129,12 @@ class TapLink(TuntapPort):
         except Exception as e:
             raise openError(self.service.spec, self.name, e) from None
         self.stopReading()
-        if self.vnetHeader:
-            self.offloads = self._negotiate()
-        self._offloadText = offloadNames(self.offloads)
+        if not self.vnetHeader:
+            self._offloadText = "off"  # as asked: no header, no offloads
+            return
+        self.offloads = self._negotiate()
+        self._offloadText = (offloadNames(self.offloads) if self.offloads
+                             else "none (refused by the kernel)")
 
     def _negotiate(self) -> int:
         for flags in OFFLOAD_CHOICES if self.uso else OFFLOAD_CHOICES[1:]:
