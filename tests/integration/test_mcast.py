@@ -8,6 +8,7 @@ so no datagram leaves it.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -161,14 +162,11 @@ def test_samePortFromAnotherLocalAddressIsAMember(processes, namespaces, shortdi
     assert client.receiveMatching(lambda f: f == fromMember) is not None
 
 
-def test_anotherHostOnTheSamePortIsAMemberAndEchoesAreNot(processes, namespaces,
-                                                          shortdir) -> None:
+def _vethPair(namespaces) -> tuple[str, str, str]:
     """
-    On a real link (a veth pair between two namespaces), a host sending from
-    the port number the switch sends from is a member; the switch's own
-    frames, which come back from its address on that link, are still not.
+    Two namespaces joined by a veth pair (10.213.0.1 and .2/24), multicast
+    routed onto it: the namespaces and the near device's name.
     """
-    need("vde_plug")
     here, there = quietNamespace(namespaces, "vtm"), quietNamespace(namespaces, "vtm")
     near, far = uniqueName("vtv"), uniqueName("vtv")
     run("ip", "link", "add", near, "netns", here, "type", "veth", "peer", "name", far,
@@ -177,6 +175,18 @@ def test_anotherHostOnTheSamePortIsAMemberAndEchoesAreNot(processes, namespaces,
         run("ip", "-n", ns, "addr", "add", address, "dev", dev)
         run("ip", "-n", ns, "link", "set", dev, "up")
         run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
+    return here, there, near
+
+
+def test_anotherHostOnTheSamePortIsAMemberAndEchoesAreNot(processes, namespaces,
+                                                          shortdir) -> None:
+    """
+    On a real link (a veth pair between two namespaces), a host sending from
+    the port number the switch sends from is a member; the switch's own
+    frames, which come back from its address on that link, are still not.
+    """
+    need("vde_plug")
+    here, there, _ = _vethPair(namespaces)
     sock, mgmt = switchInNamespace(processes, here, shortdir, "--port", f"mcast:{GROUP}:5563")
     client = StreamPlug(processes, f"vde://{sock}")
     waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
@@ -188,3 +198,57 @@ def test_anotherHostOnTheSamePortIsAMemberAndEchoesAreNot(processes, namespaces,
     assert client.receiveMatching(lambda f: f == fromHost) is not None
     assert "to port: 002" in console(mgmt, "hash/find 02:00:00:00:00:10")
     assert "IN:  pkts          1" in console(mgmt, "port/print 1")
+
+
+#: Prints (hex) each datagram the group argv[1]:argv[2] hears for argv[3] s.
+LISTENER = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             struct.pack("4s4s", socket.inet_aton(sys.argv[1]), bytes(4)))
+print("ready", flush=True)
+s.settimeout(0.2)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    try:
+        print(s.recv(70000).hex(), flush=True)
+    except socket.timeout:
+        pass
+"""
+
+
+def test_sendingGoesOnWhenTheInterfaceAddressChanges(processes, namespaces, shortdir) -> None:
+    """
+    The sending socket's source address is fixed when the port starts;
+    when the interface's address changes, the switch opens a new sending
+    socket and its frames reach the group again, from the new address,
+    still not taken for a member's.
+    """
+    need("vde_plug")
+    here, there, near = _vethPair(namespaces)
+    sock, mgmt = switchInNamespace(processes, here, shortdir, "--port", f"mcast:{GROUP}:5564")
+    client = StreamPlug(processes, f"vde://{sock}")
+    waitFor(lambda: "Port 0002" in console(mgmt, "port/print"), what="the client's port")
+    run("ip", "-n", here, "addr", "del", "10.213.0.1/24", "dev", near)
+    run("ip", "-n", here, "addr", "add", "10.213.0.3/24", "dev", near)
+    run("ip", "-n", here, "route", "replace", "224.0.0.0/4", "dev", near)
+    listener = processes.start(execIn(there, sys.executable, "-c", LISTENER, GROUP, "5564",
+                                      "20"), stdout=subprocess.PIPE)
+    assert readLine(listener, 10).strip() == "ready"
+    heard = None
+    for n in range(40):
+        sent = frame(b"\xff" * 6, mac(0x10), payload=b"after the change %d" % n)
+        client.send(sent)
+        with contextlib.suppress(AssertionError):
+            heard = bytes.fromhex(readLine(listener, 0.25))
+            break
+    log = (shortdir / "sw.log").read_text()
+    assert heard is not None and heard[:12] == sent[:12], f"no frame reached the group: {log}"
+    assert "to port: 002" in console(mgmt, "hash/find 02:00:00:00:00:10")
+    assert "10.213.0.3" in _sendingAddresses(here)
+
+
+def _sendingAddresses(ns: str) -> str:
+    return run("ip", "netns", "exec", ns, "ss", "-Huan").stdout

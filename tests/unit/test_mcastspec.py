@@ -131,3 +131,90 @@ def test_withoutARouteOwnFramesAreToldByPortUntilOneComesBack() -> None:
     link.datagramReceived(echo, ("10.9.0.1", 40000))
     link.datagramReceived(foreign, ("10.9.0.2", 40000))
     assert link.own == ("10.9.0.1", 40000) and other.sent == [foreign]
+
+
+class FakeSendingPort:
+    """A listening multicast port as the service uses its sending one."""
+
+    def __init__(self, sock: FakeSocket) -> None:
+        self.socket = sock
+        self.stopped = False
+
+    def setLoopbackMode(self, mode: int) -> None:
+        pass
+
+    def setTTL(self, ttl: int) -> None:
+        pass
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+
+class FakeMulticastReactor:
+    """Hands out sending ports whose sockets choose C{chosen}; a clock."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.chosen = "10.9.0.3"
+        self.opened: list[FakeSendingPort] = []
+
+    def seconds(self) -> float:
+        return self.now
+
+    def listenMulticast(self, number: int, protocol: object, interface: str = "",
+                        **kwargs: object) -> FakeSendingPort:
+        port = FakeSendingPort(FakeSocket(self.chosen, 41000 + len(self.opened)))
+        self.opened.append(port)
+        return port
+
+
+def test_aSendingAddressGoneGetsANewSocketAtMostOncePerSecond() -> None:
+    """
+    When sends fail because the address the sending socket was fixed to is
+    gone, a new socket is opened (connected from the address the kernel
+    chooses now) and the port sends through it; more failures within a
+    second open no more.
+    """
+    reactor = FakeMulticastReactor()
+    switch = Switch()
+    service = mcast.makeService(switch, PortSpec("mcast:230.0.0.1:5560"), reactor)
+    link = service.link = mcast.McastLink(service)
+    link.transport = FakeSender(FakeSocket())  # type: ignore[assignment]
+    port = switch.allocatePort()
+    link.plug(switch, port)
+    plug(switch, FakeLink())
+
+    def gone(data: bytes, address: tuple[str, int]) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    oldSock = FakeSocket("10.9.0.1", 40000)
+    oldSock.sendto = gone  # type: ignore[method-assign]
+    oldPort = FakeSendingPort(oldSock)
+    service.ports = [object(), oldPort]
+    link.useSender(oldPort)
+    port.send(frame(BROADCAST, mac(1)))
+    port.send(frame(BROADCAST, mac(1)))
+    assert oldPort.stopped and len(reactor.opened) == 1
+    assert link.own == ("10.9.0.3", 41000) and service.ports[1] is reactor.opened[0]
+    port.send(frame(BROADCAST, mac(3)))
+    assert [sent[0] for sent in reactor.opened[0].socket.sent] == [
+        frame(BROADCAST, mac(1)), frame(BROADCAST, mac(3))]
+    reactor.chosen = "10.9.0.4"
+    reactor.opened[0].socket.sendto = gone
+    link.useSender(reactor.opened[0])  # as at its start, now failing too
+    port.send(frame(BROADCAST, mac(1)))
+    assert len(reactor.opened) == 1
+    reactor.now = 1.0
+    port.send(frame(BROADCAST, mac(1)))
+    assert len(reactor.opened) == 2
+
+
+def test_aSocketWithoutAnAddressIsNotSettled() -> None:
+    """
+    A connect that leaves the socket without a source address (its
+    interface has none) is no address to tell own frames by: the port
+    alone tells them.
+    """
+    link, other = _groupLink(FakeSocket("0.0.0.0", 40000))
+    link.datagramReceived(frame(BROADCAST, mac(1)), ("10.9.0.1", 40000))
+    assert other.sent == []

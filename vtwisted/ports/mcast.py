@@ -34,6 +34,7 @@ C{localaddr=} does.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 from typing import Any
 
@@ -53,6 +54,14 @@ log = Logger()
 #: The largest datagram read: QEMU's own limit.
 MAX_DATAGRAM = 4096 + 65536
 SEND_BUFFER = 2 * 1024 * 1024
+
+#: Send errors that may say the address the sending socket was fixed to is
+#: no longer this host's (an interface's address changed, and with it the
+#: routes through that address were flushed): a new socket, which
+#: the kernel gives the current address, is opened, at most once per
+#: L{RENEW_INTERVAL} seconds.
+ADDRESS_GONE = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH})
+RENEW_INTERVAL = 1.0
 
 
 class _Sender(DatagramProtocol):
@@ -106,6 +115,9 @@ class McastLink(PlainDatagramLink, DatagramProtocol):
         sock = self._sender
         try:
             sock.connect((self.service.group, self.service.number))
+            own = sock.getsockname()
+            if own[0] == "0.0.0.0":
+                raise OSError(errno.EADDRNOTAVAIL, "no address on the group's interface")
         except OSError as e:
             if "datagramReceived" not in self.__dict__:
                 self.datagramReceived = self._receiveUnsettled  # type: ignore[method-assign]
@@ -115,7 +127,7 @@ class McastLink(PlainDatagramLink, DatagramProtocol):
                          spec=self.service.spec, error=e.strerror, errno=e.errno,
                          group=self.service.group)
             return False
-        self.own = sock.getsockname()
+        self.own = own
         if self.__dict__.pop("datagramReceived", None) is not None:
             log.info("{spec}: the switch's own frames are told by address and port again "
                      "({host}:{port})", spec=self.service.spec, host=self.own[0],
@@ -142,14 +154,24 @@ class McastLink(PlainDatagramLink, DatagramProtocol):
                 failed(e)
 
         self.sendFrame = sendFrame  # type: ignore[method-assign]
+        if self.port is not None:
+            self.port.rewire()  # the port holds the old socket's sendFrame
 
     def sendFrame(self, frame: bytes) -> None:
         """
         Send one frame to the group (replaced by L{useSender}).
         """
 
+    #: When the sending socket was last replaced (L{_sendFailed}).
+    _renewedAt = float("-inf")
+
     def _sendFailed(self, e: OSError) -> None:
         self.sendFailed(e, self.service.spec, f"is there a route for {self.service.group}?")
+        if e.errno in ADDRESS_GONE and self.own[0] not in ("", "0.0.0.0"):
+            now = self.service.reactor.seconds()
+            if now - self._renewedAt >= RENEW_INTERVAL:
+                self._renewedAt = now
+                self.service.renewSender()
 
 
 @implementer(IPortService)
@@ -180,13 +202,8 @@ class McastService(SingleLinkService):
                                                      MAX_DATAGRAM, listenMultiple=True)
             self.ports.append(receiving)
             receiving.joinGroup(self.group, interface)
-            sender = _Sender()
-            sending = self.reactor.listenMulticast(0, sender, self.localaddr or "")
+            sending = self._openSender()
             self.ports.append(sending)
-            sending.setLoopbackMode(1)
-            sending.setTTL(self.ttl)
-            if self.localaddr:
-                sending.setOutgoingInterface(self.localaddr)
         except Exception as e:
             for port in self.ports:
                 port.stopListening()
@@ -194,6 +211,38 @@ class McastService(SingleLinkService):
             raise listenError(f"{self.spec}: cannot join {self.group}:{self.number}", e) from e
         link.useSender(sending)
         self.link = link
+
+    def _openSender(self) -> Any:
+        sending = self.reactor.listenMulticast(0, _Sender(), self.localaddr or "")
+        try:
+            sending.setLoopbackMode(1)
+            sending.setTTL(self.ttl)
+            if self.localaddr:
+                sending.setOutgoingInterface(self.localaddr)
+        except Exception:
+            sending.stopListening()
+            raise
+        return sending
+
+    def renewSender(self) -> None:
+        """
+        Replace the sending socket, whose fixed source address is gone: the
+        new one is connected to the group from the address the kernel
+        chooses now.  If it cannot be opened, the old one stays (logged).
+        """
+        if self.link is None or len(self.ports) != 2:
+            return
+        try:
+            sending = self._openSender()
+        except Exception as e:
+            error = listenError(f"{self.spec}: cannot open a new sending socket", e)
+            log.warn("{error}", error=error.strerror)
+            return
+        old, self.ports[1] = self.ports[1], sending
+        old.stopListening()
+        self.link.useSender(sending)
+        log.info("{spec}: the sending address was gone; now sending from {host}",
+                 spec=self.spec, host=self.link.own[0])
 
     def stopService(self) -> Any:
         super().stopService()
