@@ -1,6 +1,7 @@
 """
 Reassembly of the IPv4 fragments guests send (RFC 791, with RFC 815's
-bookkeeping reduced to a dict of pieces).
+bookkeeping reduced to a dict of pieces), and the part of it IPv6's
+reassembly (L{vtwisted.slirp.fragments6}) shares.
 
 Theory of operation
 -------------------
@@ -20,20 +21,20 @@ first piece is dropped.  Overlapping pieces are refused as a whole datagram
 from __future__ import annotations
 
 import bisect
+import ipaddress
 from typing import Any
 
-from vtwisted.slirp.addresses import dotted
 from vtwisted.wire import ipv4
 from vtwisted.wire.checksum import Buffer
 
-#: Datagrams being reassembled at once.
+#: Datagrams being reassembled at once (per family).
 MAX_DATAGRAMS = 64
 #: Seconds a datagram may take to arrive whole.
 TIMEOUT = 30.0
 #: The largest IPv4 payload.
 MAX_PAYLOAD = 65535 - 20
 
-Key = tuple[bytes, bytes, int, int]
+Key = tuple[Any, ...]
 
 
 class Reassembly:
@@ -44,6 +45,7 @@ class Reassembly:
     __slots__ = ("header", "pieces", "starts", "received", "furthest", "length", "timer")
 
     def __init__(self) -> None:
+        #: What goes before the payload once whole, from the first piece.
         self.header: bytes | None = None
         self.pieces: dict[int, bytes] = {}
         #: The pieces' offsets in order, to place each piece in log time:
@@ -56,13 +58,19 @@ class Reassembly:
         self.timer: Any = None
 
 
-class Reassembler:
+class FragmentStore:
     """
-    Rebuilds fragmented IPv4 datagrams.
+    The pieces of fragmented datagrams, whatever the family: bounded in
+    number, size and time, overlaps refused.  Subclasses read their
+    family's fragments and say how a whole datagram is rebuilt
+    (L{_join}).
 
     @ivar reactor: for timeouts (C{callLater}).
     @ivar dropped: called as C{dropped(reason, message)} for a datagram given up.
+    @ivar maxPayload: the end no piece may pass.
     """
+
+    maxPayload = MAX_PAYLOAD
 
     def __init__(self, reactor: Any, dropped: Any) -> None:
         self.reactor = reactor
@@ -70,15 +78,16 @@ class Reassembler:
         self.pending: dict[Key, Reassembly] = {}
         self.completed = 0
 
-    def add(self, header: ipv4.IPv4Header, packet: Buffer) -> bytes | None:
+    def _collect(self, key: Key, offset: int, more: bool, piece: bytes,
+                 header: bytes | None) -> bytes | None:
         """
-        Take one fragment (C{packet} is the whole IPv4 packet, C{header}
-        its parsed header).
+        Keep one piece of the datagram known by C{key} (its source first).
 
-        @return: the whole datagram as one IPv4 packet once complete, else
-            L{None}.
+        @param more: whether pieces follow this one (MF set).
+        @param header: what goes before the payload, from the first piece
+            (L{None} for the others).
+        @return: the whole datagram once complete, else L{None}.
         """
-        key = (header.src, header.dst, header.protocol, header.ident)
         entry = self.pending.get(key)
         if entry is None:
             if len(self.pending) >= MAX_DATAGRAMS:
@@ -86,21 +95,20 @@ class Reassembler:
                 return None
             entry = self.pending[key] = Reassembly()
             entry.timer = self.reactor.callLater(TIMEOUT, self._expire, key)
-        offset = header.fragmentOffset * 8
-        piece = bytes(packet[header.headerLength:header.totalLength])
-        problem = self._place(entry, header, offset, piece)
+        problem = self._place(entry, offset, more, piece)
         if problem is not None:
             self._forget(key)
-            self.dropped("malformed", f"fragments from {dotted(header.src)}: {problem}")
+            self._malformed(key[0], problem)
             return None
+        if offset == 0 and header is not None:
+            entry.header = header
         return self._complete(key, entry)
 
-    def _place(self, entry: Reassembly, header: ipv4.IPv4Header, offset: int,
-               piece: bytes) -> str | None:
+    def _place(self, entry: Reassembly, offset: int, more: bool, piece: bytes) -> str | None:
         end = offset + len(piece)
-        if end > MAX_PAYLOAD:
+        if end > self.maxPayload:
             return "the datagram would exceed 64 KB"
-        if header.flags & ipv4.FLAG_MF:
+        if more:
             if len(piece) % 8:
                 return "a piece before the last is not a multiple of 8 bytes"
             if entry.length is not None and end > entry.length:
@@ -122,31 +130,36 @@ class Reassembler:
         starts.insert(i, offset)
         entry.received += len(piece)
         entry.furthest = max(entry.furthest, end)
-        if offset == 0:
-            entry.header = bytes(ipv4.IPv4Header.pack(header._replace(
-                flags=header.flags & ~ipv4.FLAG_MF, fragmentOffset=0)))
         return None
 
     def _complete(self, key: Key, entry: Reassembly) -> bytes | None:
         if entry.length is None or entry.header is None or entry.received != entry.length:
             return None
         # Pieces never overlap nor pass the last one: all the bytes are there.
-        covered = entry.length
         self._forget(key)
-        header = ipv4.IPv4Header.parse(entry.header)
-        if header.headerLength + covered > 65535:
-            # the first piece's options leave less than MAX_PAYLOAD
-            self.dropped("malformed", f"fragments from {dotted(key[0])}: the datagram would "
-                         "exceed 64 KB")
+        whole = self._join(entry.header, entry.length,
+                           b"".join(entry.pieces[k] for k in entry.starts))
+        if whole is None:
+            # the first piece's headers leave less room than maxPayload
+            self._malformed(key[0], "the datagram would exceed 64 KB")
             return None
         self.completed += 1
-        whole = header._replace(totalLength=header.headerLength + covered, checksum=0)
-        return whole.pack() + b"".join(entry.pieces[k] for k in entry.starts)
+        return whole
+
+    def _join(self, header: bytes, length: int, payload: bytes) -> bytes | None:
+        """
+        The whole datagram from the first piece's C{header} and the
+        C{payload} of C{length} bytes, or L{None} if it would be too long.
+        """
+        raise NotImplementedError
+
+    def _malformed(self, source: bytes, problem: str) -> None:
+        self.dropped("malformed", f"fragments from {_text(source)}: {problem}")
 
     def _expire(self, key: Key) -> None:
         entry = self.pending.pop(key, None)
         if entry is not None:
-            self.dropped("peer", f"fragments from {dotted(key[0])}: the datagram did not "
+            self.dropped("peer", f"fragments from {_text(key[0])}: the datagram did not "
                          f"arrive whole within {TIMEOUT:g} s")
 
     def _forget(self, key: Key) -> None:
@@ -160,3 +173,37 @@ class Reassembler:
         """
         for key in list(self.pending):
             self._forget(key)
+
+
+class Reassembler(FragmentStore):
+    """
+    Rebuilds fragmented IPv4 datagrams.
+    """
+
+    def add(self, header: ipv4.IPv4Header, packet: Buffer) -> bytes | None:
+        """
+        Take one fragment (C{packet} is the whole IPv4 packet, C{header}
+        its parsed header).
+
+        @return: the whole datagram as one IPv4 packet once complete, else
+            L{None}.
+        """
+        offset = header.fragmentOffset * 8
+        first = None
+        if offset == 0:
+            first = bytes(ipv4.IPv4Header.pack(header._replace(
+                flags=header.flags & ~ipv4.FLAG_MF, fragmentOffset=0)))
+        return self._collect((header.src, header.dst, header.protocol, header.ident), offset,
+                             bool(header.flags & ipv4.FLAG_MF),
+                             bytes(packet[header.headerLength:header.totalLength]), first)
+
+    def _join(self, header: bytes, length: int, payload: bytes) -> bytes | None:
+        parsed = ipv4.IPv4Header.parse(header)
+        if parsed.headerLength + length > 65535:
+            return None
+        whole = parsed._replace(totalLength=parsed.headerLength + length, checksum=0)
+        return whole.pack() + payload
+
+
+def _text(address: bytes) -> str:
+    return str(ipaddress.ip_address(bytes(address)))

@@ -19,8 +19,9 @@ in libslirp, may also ask DHCPv6 for an address (L{vtwisted.slirp.dhcp6}).
     they announce no default route and no DNS, as DHCP does then.
   - B{Neighbours}: solicitations for the three addresses are answered from
     the target's own MAC; guests are learned from NDP and from any packet
-    with a unicast source.  A packet for an unknown guest waits up to a
-    second for the answer to a solicitation to its solicited-node group.
+    with a unicast source (L{vtwisted.slirp.neighbours6}, where a packet
+    for an unknown guest waits up to a second for the answer to a
+    solicitation to its solicited-node group).
   - B{In}: extension headers are walked, fragments dropped; TCP and UDP to
     unicast addresses go to the engines (checksums checked unless the
     guest's kernel vouched for them); pings to the router's addresses are
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from vtwisted.slirp.delegation import PrefixPool
 from vtwisted.slirp.dhcp6 import Dhcp6Error, Dhcp6Server
+from vtwisted.slirp.neighbours6 import NeighbourCache6
 from vtwisted.slirp.packets import udpDatagram
 from vtwisted.wire import icmpv6, ipv6, vnet
 from vtwisted.wire.checksum import Buffer, checksumValid, pseudoHeaderSumV6
@@ -59,14 +61,6 @@ LINK_LOCAL = ipaddress.IPv6Address("fe80::2").packed
 ALL_NODES = ipaddress.IPv6Address("ff02::1").packed
 ALL_DHCP_AGENTS = ipaddress.IPv6Address("ff02::1:2").packed
 UNSPECIFIED = bytes(16)
-#: How long a packet for an unknown guest waits for its neighbour advertisement.
-NDP_WAIT = 1.0
-#: Packets held per unknown guest.
-NDP_QUEUE = 64
-#: Guests being looked up at once.
-NDP_LOOKUPS = 256
-#: Guests remembered.
-NDP_ENTRIES = 1024
 #: Unsolicited router advertisements go out at random intervals in this range.
 RA_INTERVAL = (200.0, 600.0)
 ROUTER_LIFETIME = 1800
@@ -131,8 +125,10 @@ class Ipv6Router:
                                 delegation=self.delegation,
                                 bootfileUrl=_bootfileUrl(config, gateway))
         self._own = prefix.network_address.packed[:8]
-        self.neighbours: dict[bytes, bytes] = {}
-        self._pending: dict[bytes, tuple[list[tuple[bytes, bool]], Any]] = {}
+        self.ndp = NeighbourCache6(self)
+        self.neighbours = self.ndp.neighbours
+        self.learn = self.ndp.learn
+        self._hold = self.ndp.hold
         self._ident = 0
         self._advertiser: Any = self.reactor.callLater(0, self._periodic)
 
@@ -285,46 +281,10 @@ class Ipv6Router:
 
     # Neighbours
 
-    def learn(self, address: bytes, mac: bytes) -> None:
+    def solicit(self, address: bytes) -> None:
         """
-        Remember that guest C{address} has C{mac}, and send what waited for it.
+        Ask guest C{address} for its MAC, at its solicited-node group.
         """
-        if mac[0] & 1 or address[0] == 0xFF or address == UNSPECIFIED or address in self.macs:
-            return
-        if address not in self.neighbours and len(self.neighbours) >= NDP_ENTRIES:
-            self.neighbours.pop(next(iter(self.neighbours)))
-        self.neighbours[address] = mac
-        entry = self._pending.pop(address, None)
-        if entry is not None:
-            waiting, call = entry
-            call.cancel()
-            for packet, isVnet in waiting:
-                if isVnet:
-                    self.router.emitPacket(packet[:10] + mac + packet[16:])
-                else:
-                    self.router.emitFrame(mac + packet[6:])
-
-    def _hold(self, dst: bytes, packet: bytes, isVnet: bool) -> None:
-        entry = self._pending.get(dst)
-        if entry is None:
-            if dst == UNSPECIFIED or len(self._pending) >= NDP_LOOKUPS:
-                self.router.dropped("peer", f"no route to {_text(dst)}")
-                return
-            entry = self._pending[dst] = ([], self.reactor.callLater(NDP_WAIT, self._giveUp,
-                                                                     dst))
-            self._solicit(dst)
-        if len(entry[0]) < NDP_QUEUE:
-            entry[0].append((packet, isVnet))
-        else:
-            self.router.dropped("busy", f"{_text(dst)} does not answer neighbour "
-                                "solicitations; packets queued")
-
-    def _giveUp(self, dst: bytes) -> None:
-        if self._pending.pop(dst, None) is not None:
-            self.router.dropped("peer", f"{_text(dst)} did not answer neighbour solicitation "
-                                f"within {NDP_WAIT:g} s")
-
-    def _solicit(self, address: bytes) -> None:
         group = icmpv6.solicitedNodeAddress(address)
         message = icmpv6.neighborSolicitation(LINK_LOCAL, group, address, self.mac)
         self._sendNdp(LINK_LOCAL, group, message)
@@ -491,11 +451,10 @@ class Ipv6Router:
         """
         Stop advertising and drop the packets waiting for guests.
         """
-        for call in [self._advertiser, *(call for _, call in self._pending.values())]:
-            if call is not None and call.active():
-                call.cancel()
+        self.ndp.close()
+        if self._advertiser is not None and self._advertiser.active():
+            self._advertiser.cancel()
         self._advertiser = None
-        self._pending.clear()
 
 
 def _ipHeader(src: bytes, dst: bytes, nextHeader: int, length: int, hopLimit: int) -> bytes:

@@ -7,6 +7,8 @@ of extension headers: L{transportOffset} walks the ones that carry their own
 length (hop-by-hop, routing, destination options, authentication) and stops
 at the first other header, which is the upper layer, a fragment header (44),
 ESP (50) or "no next header" (59); callers decide what they can handle.
+L{headerChain} also says which byte named that header, which reassembly
+rewrites when it takes a fragment header out.
 A payload length of 0 is accepted: Linux uses it for super-frames over
 64 KB (BIG TCP) and RFC 2675 for jumbograms.  Addresses stay 16-byte strings.
 """
@@ -110,22 +112,37 @@ def transportOffset(data: Buffer, offset: int = 0) -> tuple[int, int]:
     @raise IPv6Error: the fixed header or an extension header is truncated,
         or the chain is longer than L{MAX_EXTENSIONS}.
     """
+    nextHeader, position, _ = headerChain(data, offset)
+    return nextHeader, position
+
+
+def headerChain(data: Buffer, offset: int = 0) -> tuple[int, int, int]:
+    """
+    Walk the extension headers of the IPv6 packet at C{offset}, as
+    L{transportOffset} does, and say where the header found was named too.
+
+    @return: the protocol number of the first header that is not a walkable
+        extension header, where that header starts in C{data}, and where
+        the byte naming it is (the fixed header's next header field, or the
+        first byte of the extension header before it).
+    @raise IPv6Error: as L{transportOffset}.
+    """
     header = IPv6Header.parse(data, offset)
     nextHeader = header.nextHeader
-    position = offset + HEADER_LENGTH
+    field, position = offset + 6, offset + HEADER_LENGTH
     for _ in range(MAX_EXTENSIONS):
         if nextHeader not in _WALKABLE:
-            return nextHeader, position
+            return nextHeader, position, field
         if len(data) - position < 8:
             raise IPv6Error(f"IPv6 extension header {nextHeader} truncated")
         if nextHeader == NH_AUTH:
             length = (data[position + 1] + 2) * 4
         else:
             length = (data[position + 1] + 1) * 8
-        nextHeader = data[position]
+        nextHeader, field = data[position], position
         position += length
         if position > len(data):
             raise IPv6Error(f"IPv6 extension header of {length} bytes truncated")
     if nextHeader not in _WALKABLE:
-        return nextHeader, position
+        return nextHeader, position, field
     raise IPv6Error(f"more than {MAX_EXTENSIONS} IPv6 extension headers")
