@@ -190,6 +190,64 @@ def test_hostForwardReachesAnIpv6Guest(vswitch, processes, namespaces) -> None:
     assert (reply, sender[:2]) == (b"PING SIX", ("::1", hostPort))
 
 
+#: The guest sends one big datagram to [argv[1]]:argv[2] and prints the
+#: length and digest of what it sent and of the answer.
+BIG_DATAGRAM = r"""
+import hashlib, socket, sys
+data = bytes(range(256)) * 15 + bytes(160)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(10)
+s.sendto(data, (sys.argv[1], int(sys.argv[2])))
+answer = s.recv(65536)
+print(len(data), hashlib.sha256(data).hexdigest(), len(answer),
+      hashlib.sha256(answer).hexdigest())
+"""
+
+
+@pytest.mark.parametrize("tapOptions", ["", ":offload=off"])
+def test_bigIpv6DatagramCrossesTheRouterWhole(vswitch, processes, namespaces,
+                                              tapOptions: str) -> None:
+    """
+    A 4000-byte UDP datagram the guest's kernel sends in IPv6 fragments to
+    fec0::2 reaches a socket on the host's ::1 whole (the router
+    reassembles it), and the host's 4000-byte answer reaches the guest whole.
+    """
+    import hashlib
+    import socket
+    import sys
+    import threading
+
+    tap = uniqueName("vt6")
+    sw = vswitch("--port", f"tap:{tap}{tapOptions}", "--port", "slirp")
+    ns = namespaces.add("vt6")
+    moveTap(tap, ns, None)
+    waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20, what="a SLAAC address")
+    got: list[bytes] = []
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as host:
+        host.bind(("::1", 0))
+        host.settimeout(15)
+
+        def answer() -> None:
+            try:
+                data, peer = host.recvfrom(65536)
+            except TimeoutError:
+                return
+            got.append(data)
+            host.sendto(data[::-1], peer)
+
+        answering = threading.Thread(target=answer)
+        answering.start()
+        result = run(*execIn(ns, sys.executable, "-c", BIG_DATAGRAM, f"{PREFIX}2",
+                             str(host.getsockname()[1])), check=False, timeout=30)
+        answering.join()
+    data = bytes(range(256)) * 15 + bytes(160)
+    assert got == [data], (len(got[0]) if got else None, sw.logText())
+    digest, back = hashlib.sha256(data).hexdigest(), hashlib.sha256(data[::-1]).hexdigest()
+    assert result.stdout.split() == ["4000", digest, "4000", back], (
+        result.stdout + result.stderr + sw.logText())
+    assert "Traceback" not in sw.logText(), sw.logText()
+
+
 def test_qemusIpv6OptionsPlaceTheGatewayAndTheDns(vswitch, processes, namespaces) -> None:
     """
     QEMU's ipv6-net=, ipv6-host= and ipv6-dns=: the guest configures itself

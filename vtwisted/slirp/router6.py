@@ -22,11 +22,11 @@ in libslirp, may also ask DHCPv6 for an address (L{vtwisted.slirp.dhcp6}).
     with a unicast source (L{vtwisted.slirp.neighbours6}, where a packet
     for an unknown guest waits up to a second for the answer to a
     solicitation to its solicited-node group).
-  - B{In}: extension headers are walked, fragments dropped; TCP and UDP to
-    unicast addresses go to the engines (checksums checked unless the
-    guest's kernel vouched for them); pings to the router's addresses are
-    answered; DHCPv6 messages go to the server, whose answers leave from
-    C{fe80::2}.
+  - B{In}: extension headers are walked, fragments reassembled
+    (L{vtwisted.slirp.fragments6}); TCP and UDP to unicast addresses go to
+    the engines (checksums checked unless the guest's kernel vouched for
+    them); pings to the router's addresses are answered; DHCPv6 messages
+    go to the server, whose answers leave from C{fe80::2}.
   - B{Out}: frames leave from the router's MAC, except neighbour
     advertisements (from the target's, like ARP replies, which teaches the
     switch where those MACs are).  TCP leaves as virtio-net packets with a
@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from vtwisted.slirp.delegation import PrefixPool
 from vtwisted.slirp.dhcp6 import Dhcp6Error, Dhcp6Server
+from vtwisted.slirp.fragments6 import Reassembler6
 from vtwisted.slirp.neighbours6 import NeighbourCache6
 from vtwisted.slirp.packets import udpDatagram
 from vtwisted.wire import icmpv6, ipv6, vnet
@@ -130,6 +131,7 @@ class Ipv6Router:
         self.learn = self.ndp.learn
         self._hold = self.ndp.hold
         self._ident = 0
+        self.fragments = Reassembler6(self.reactor, router.dropped)
         self._advertiser: Any = self.reactor.callLater(0, self._periodic)
 
     # Frames from the switch
@@ -158,7 +160,13 @@ class Ipv6Router:
         nextHeader, position = header.nextHeader, offset + 40
         if nextHeader not in _UPPER:
             try:
-                nextHeader, position = ipv6.transportOffset(view, offset)
+                nextHeader, position, field = ipv6.headerChain(view, offset)
+                if nextHeader == ipv6.NH_FRAGMENT:
+                    whole = self.fragments.add(header, view[offset:], position - offset,
+                                               field - offset)
+                    if whole is not None:
+                        self.packetReceived(frame[offset - 14:offset] + whole, 14, False)
+                    return
             except ipv6.IPv6Error as e:
                 self.router.dropped("malformed", f"IPv6 from {_text(src)}: {e}")
                 return
@@ -169,9 +177,6 @@ class Ipv6Router:
             self._udpReceived(header, packet, body, verified)
         elif nextHeader == ipv6.NH_ICMPV6:
             self._icmpReceived(header, ethSrc, body, verified)
-        elif nextHeader == ipv6.NH_FRAGMENT:
-            self.router.dropped("unsupported", f"IPv6 fragment from {_text(src)}: "
-                                "not reassembled")
         elif header.dst[0] != 0xFF and nextHeader != ipv6.NH_NONE:
             self.router.dropped("unsupported", f"IPv6 next header {nextHeader} from "
                                 f"{_text(src)}")
@@ -334,8 +339,15 @@ class Ipv6Router:
     def sendUnreachable(self, packet: Buffer, code4: int) -> None:
         """
         Answer the guest's IPv6 C{packet} with a destination unreachable, its
-        code mapped from ICMPv4's C{code4}; never about an error, nor to an
-        unspecified or multicast source.
+        code mapped from ICMPv4's C{code4}.
+        """
+        self._sendError(packet, icmpv6.DEST_UNREACHABLE, _CODES.get(code4, icmpv6.NO_ROUTE))
+
+    def _sendError(self, packet: Buffer, kind: int, code: int) -> None:
+        """
+        Answer the guest's IPv6 C{packet} with an ICMPv6 error from the
+        router; never about an error, nor to an unspecified or multicast
+        source.
         """
         try:
             nextHeader, position = ipv6.transportOffset(packet)
@@ -347,9 +359,8 @@ class Ipv6Router:
         if nextHeader == ipv6.NH_ICMPV6 and (position >= len(packet) or packet[position] < 128):
             return
         reporter = LINK_LOCAL if src[:2] == b"\xfe\x80" else self.gateway
-        message = icmpv6.destinationUnreachable(_CODES.get(code4, icmpv6.NO_ROUTE), packet,
-                                                reporter, src)
-        self.sendIP(reporter, src, ipv6.NH_ICMPV6, message)
+        self.sendIP(reporter, src, ipv6.NH_ICMPV6,
+                    icmpv6.errorMessage(kind, code, packet, reporter, src))
 
     def sendIcmpError(self, packet: bytes, kind: int, code: int, mtu: int,
                       reporter: bytes) -> None:
@@ -449,8 +460,10 @@ class Ipv6Router:
 
     def close(self) -> None:
         """
-        Stop advertising and drop the packets waiting for guests.
+        Stop advertising and drop the packets waiting for guests and the
+        fragments waiting for the rest of their datagram.
         """
+        self.fragments.close()
         self.ndp.close()
         if self._advertiser is not None and self._advertiser.active():
             self._advertiser.cancel()
