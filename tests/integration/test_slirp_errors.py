@@ -2,7 +2,7 @@
 ICMP errors relayed by slirp, seen by a Linux guest: a namespace behind a
 TAP asks through its own sockets (a connected UDP socket's
 C{ConnectionRefusedError}, and traceroute's way: probes with growing TTLs
-and C{IP_RECVERR}).  The routed world lives in namespaces made here.
+or hop limits and C{IP_RECVERR}).  The routed world lives in namespaces made here.
 """
 
 from __future__ import annotations
@@ -51,6 +51,28 @@ for ttl in (1, 2, 3):
         if kind == 11:
             _, origin, icmpType, code, _, _, _ = struct.unpack_from("=IBBBBII", data)
             print(ttl, socket.inet_ntoa(data[20:24]), icmpType, code)
+"""
+
+#: traceroute6's way, as L{TRACE}: hop limits 1 to 3, each error printed as
+#: "HOPS REPORTER TYPE CODE".
+TRACE6 = r"""
+import select, socket, struct, sys
+dst, port = sys.argv[1], int(sys.argv[2])
+for hops in (1, 2, 3):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, 25, 1)  # IPV6_RECVERR
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+    s.sendto(b"probe", (dst, port))
+    poller = select.poll()
+    poller.register(s, select.POLLERR)
+    if not poller.poll(5000):
+        print(hops, "silence")
+        continue
+    _, ancillary, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
+    for level, kind, data in ancillary:
+        if level == socket.IPPROTO_IPV6 and kind == 25:
+            _, origin, icmpType, code, _, _, _ = struct.unpack_from("=IBBBBII", data)
+            print(hops, socket.inet_ntop(socket.AF_INET6, data[24:40]), icmpType, code)
 """
 
 
@@ -112,6 +134,39 @@ def test_guestTracerouteSeesEveryHop(processes, namespaces, shortdir) -> None:
         "1 10.0.2.2 11 0",
         "2 192.0.2.2 11 0",
         "3 198.51.100.2 3 3",
+    ], result.stdout + world.log.read_text()
+
+
+def test_guestTraceroute6SeesEveryHop(processes, namespaces, shortdir) -> None:
+    """
+    As over IPv4: the guest's probes with hop limits 1, 2 and 3 get time
+    exceeded from the gateway fec0::2 (the router's own hop), time exceeded
+    from the router beyond, and port unreachable from the far host.
+    """
+    from helpers import waitFor
+    from test_slirp6 import slaacAddress
+
+    world = Beyond(processes, namespaces, shortdir, "2001:db8::1/64", "2001:db8::2/64", "1 0",
+                   ipv6=True)
+    farther = namespaces.add("vtf")
+    veth = uniqueName("vtw")
+    run("ip", "link", "add", veth, "netns", world.remote, "type", "veth", "peer", "name", veth,
+        "netns", farther)
+    for ns, address in ((world.remote, "2001:db8:1::1/64"), (farther, "2001:db8:1::2/64")):
+        run("ip", "-n", ns, "addr", "add", address, "dev", veth, "nodad")
+        run("ip", "-n", ns, "link", "set", veth, "up")
+    run(*execIn(world.remote, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"))
+    run("ip", "-n", world.outside, "-6", "route", "add", "2001:db8:1::/64", "via",
+        "2001:db8::2")
+    run("ip", "-n", farther, "-6", "route", "add", "default", "via", "2001:db8:1::1")
+    waitFor(lambda: slaacAddress(world.guest, world.tap) is not None, timeout=20,
+            what="a SLAAC address")
+    result = run(*execIn(world.guest, PYTHON, "-c", TRACE6, "2001:db8:1::2", "33434"),
+                 timeout=60)
+    assert result.stdout.split("\n")[:3] == [
+        "1 fec0::2 3 0",
+        "2 2001:db8::2 3 0",
+        "3 2001:db8:1::2 1 4",
     ], result.stdout + world.log.read_text()
 
 

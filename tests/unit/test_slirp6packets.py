@@ -159,6 +159,71 @@ def test_unreachableIsNeverSentAboutErrorsOrToGroups(src: bytes, payload: bytes)
     assert seen.frames == []
 
 
+@pytest.mark.parametrize("hopLimit", [0, 1])
+def test_lastHopBeyondTheRouterGetsTimeExceeded(hopLimit: int) -> None:
+    """
+    A UDP probe beyond the router with hop limit 1 or 0 (traceroute6's first)
+    is answered with time exceeded from the gateway quoting it, and goes no
+    further; with hop limit 2 it goes on.
+    """
+    router, seen = makeRouter()
+    router.v6.learn(GUEST, GUEST_MAC)
+    beyond = addr("2001:db8::1")
+    probe = frame6(GUEST, beyond, ipv6.NH_UDP, udpDatagram6(GUEST, beyond, 40000, 33434, b"p"),
+                   hopLimit)
+    router.frameReceived(probe)
+    header, error = parsed(seen.frames[0])
+    assert (header.src, header.dst) == (GATEWAY, GUEST)
+    assert (error.type, error.code) == (icmpv6.TIME_EXCEEDED, 0)
+    assert error.body == bytes(4) + probe[14:]
+    assert router.udp.calls == [] and seen.drops == []
+    router.frameReceived(probe[:21] + b"\x02" + probe[22:])
+    assert len(router.udp.calls) == 1 and len(seen.frames) == 1
+
+
+def test_lastHopOfALinkLocalSourceIsReportedFromTheRouterLinkLocal() -> None:
+    """A probe from fe80::15 beyond the router gets its time exceeded from fe80::2."""
+    router, seen = makeRouter()
+    beyond = addr("2001:db8::1")
+    router.frameReceived(frame6(GUEST_LL, beyond, 6, tcpSegment(GUEST_LL, beyond), 1))
+    header, error = parsed(seen.frames[0])
+    assert (header.src, header.dst, error.type) == (ROUTER_LL, GUEST_LL, icmpv6.TIME_EXCEEDED)
+    assert router.tcp.calls == []
+
+
+@pytest.mark.parametrize("dst, dstMac", [
+    (GATEWAY, ROUTER_MAC),
+    (DNS, DNS_MAC),
+    (addr("ff02::fb"), icmpv6.multicastMac(addr("ff02::fb"))),
+    (addr("fe80::99"), ROUTER_MAC),
+])
+def test_hopLimitOneToTheRouterOrAGroupIsNoError(dst: bytes, dstMac: bytes) -> None:
+    """
+    The router's own addresses take hop limit 1; a group or a link-local
+    address (never forwarded) gets no time exceeded either.
+    """
+    router, seen = makeRouter()
+    router.v6.learn(GUEST, GUEST_MAC)
+    router.frameReceived(frame6(GUEST, dst, ipv6.NH_UDP, udpDatagram6(GUEST, dst, 1, 53, b"q"),
+                                1, dstMac=dstMac))
+    assert seen.frames == [] and seen.drops == []
+    assert len(router.udp.calls) == (0 if dst[0] == 0xFF else 1)  # the engine's to judge
+
+
+def test_hopLimitOneOnAnIcmpv6ErrorIsNoError() -> None:
+    """No time exceeded about an ICMPv6 error; a ping with hop limit 1 gets one."""
+    router, seen = makeRouter()
+    router.v6.learn(GUEST, GUEST_MAC)
+    beyond = addr("2001:db8::1")
+    unreachable = icmpv6.ICMPv6Message(icmpv6.DEST_UNREACHABLE, 4, 0, bytes(52)).pack(GUEST,
+                                                                                      beyond)
+    router.frameReceived(frame6(GUEST, beyond, ipv6.NH_ICMPV6, unreachable, 1))
+    assert seen.frames == []
+    router.frameReceived(echo(dst=beyond)[:21] + b"\x01" + echo(dst=beyond)[22:])
+    assert parsed(seen.frames[0])[1].type == icmpv6.TIME_EXCEEDED
+    assert router.icmp6 is None or router.icmp6.calls == []
+
+
 def test_hostAddressesFollowTheAddressPlan() -> None:
     """The gateway is ::1, the DNS proxy port 53 the resolver, global addresses themselves."""
     router, _ = makeRouter(":resolver=127.0.0.53:resolverport=5300")

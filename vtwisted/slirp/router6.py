@@ -23,7 +23,9 @@ in libslirp, may also ask DHCPv6 for an address (L{vtwisted.slirp.dhcp6}).
     for an unknown guest waits up to a second for the answer to a
     solicitation to its solicited-node group).
   - B{In}: extension headers are walked, fragments reassembled
-    (L{vtwisted.slirp.fragments6}); TCP and UDP to unicast addresses go to
+    (L{vtwisted.slirp.fragments6}); a packet the router would forward with
+    a hop limit of 1 or 0 is answered with a time exceeded (traceroute6's
+    first hop), as IPv4's TTL is; TCP and UDP to unicast addresses go to
     the engines (checksums checked unless the guest's kernel vouched for
     them); pings to the router's addresses are answered; DHCPv6 messages
     go to the server, whose answers leave from C{fe80::2}.
@@ -171,6 +173,9 @@ class Ipv6Router:
                 self.router.dropped("malformed", f"IPv6 from {_text(src)}: {e}")
                 return
         packet, body = view[offset:], view[position:]
+        if header.hopLimit <= 1 and self._forwarded(header.dst):
+            self._sendError(packet, icmpv6.TIME_EXCEEDED, 0)  # traceroute6's first hop
+            return
         if nextHeader == ipv6.NH_TCP:
             self._tcpReceived(header, packet, body, verified)
         elif nextHeader == ipv6.NH_UDP:
@@ -361,6 +366,15 @@ class Ipv6Router:
         reporter = LINK_LOCAL if src[:2] == b"\xfe\x80" else self.gateway
         self.sendIP(reporter, src, ipv6.NH_ICMPV6,
                     icmpv6.errorMessage(kind, code, packet, reporter, src))
+
+    def _forwarded(self, dst: bytes) -> bool:
+        """
+        Whether a guest's packet to C{dst} goes beyond the router (which
+        a hop limit of 1 forbids): not to the router's own addresses, nor
+        multicast, link-local or unspecified.
+        """
+        return dst not in self.macs and dst[0] != 0xFF and dst != UNSPECIFIED and \
+            not (dst[0] == 0xFE and dst[1] & 0xC0 == 0x80)
 
     def sendIcmpError(self, packet: bytes, kind: int, code: int, mtu: int,
                       reporter: bytes) -> None:
