@@ -168,22 +168,29 @@ def enableErrorQueue(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
 
 
-@implementer(IHalfCloseableDescriptor)
-class ErrorQueuePort(udp.Port):
+class QuietPort(udp.Port):
     """
-    A Twisted UDP port that also reads its socket's error queue and gives
-    each error to C{protocol.hostErrorReceived(error)}.
+    A Twisted datagram port without the lines Twisted logs when it starts
+    and closes: a slirp port opens one host socket per guest source (every
+    DNS lookup from a fresh port) and per guest's ping session, which would
+    be two log lines each.
     """
 
-    def startListening(self) -> None:
-        super().startListening()
-        enableErrorQueue(self.socket)
+    @classmethod
+    def adopt(cls, reactor: Any, sock: socket.socket, protocol: Any,
+              maxPacketSize: int) -> QuietPort:
+        """
+        Start a port on a copy of C{sock} (a datagram, ICMP or raw socket),
+        as the reactor's C{adoptDatagramPort} does; the caller closes C{sock}.
+        """
+        port = cls._fromListeningDescriptor(reactor, sock.fileno(), sock.family, protocol,
+                                            maxPacketSize)
+        port.startListening()
+        return port
 
     def _bindSocket(self) -> None:
         """
-        Bind as Twisted's port does, without its "starting on" log line: a
-        slirp port opens one such socket per guest source (every DNS lookup
-        from a fresh port), which would be two log lines per lookup.
+        Bind (or adopt) as Twisted's port does, without its "starting on" line.
         """
         with _withoutLogLines():
             super()._bindSocket()
@@ -194,6 +201,18 @@ class ErrorQueuePort(udp.Port):
         """
         with _withoutLogLines():
             super().connectionLost(reason)
+
+
+@implementer(IHalfCloseableDescriptor)
+class ErrorQueuePort(QuietPort):
+    """
+    A Twisted UDP port that also reads its socket's error queue and gives
+    each error to C{protocol.hostErrorReceived(error)}.
+    """
+
+    def startListening(self) -> None:
+        super().startListening()
+        enableErrorQueue(self.socket)
 
     def doRead(self) -> None:
         """

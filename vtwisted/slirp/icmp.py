@@ -22,7 +22,8 @@ Either way the reply reaches the guest with the guest's own identifier, from
 the address it pinged.  Which way works is found at the first ping beyond
 the gateway; with neither, such pings are counted as unsupported and logged
 once with what would allow them.  A session idle for two sweeps (10 s) is
-forgotten.
+forgotten.  Sockets open and close without Twisted's log lines
+(L{vtwisted.slirp.hosterrors.QuietPort}), as the UDP engine's do.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from vtwisted.interfaces import IGuestNetwork
+from vtwisted.slirp.hosterrors import QuietPort
 from vtwisted.wire import icmp, icmpv6, ipv4
 
 #: Seconds between sweeps for idle sessions.
@@ -189,8 +191,7 @@ class IcmpNat:
         sock.setblocking(False)
         protocol = PingSocket(self, key)
         try:
-            protocol.port = self.reactor.adoptDatagramPort(sock.fileno(), domain, protocol,
-                                                           65535)
+            protocol.port = QuietPort.adopt(self.reactor, sock, protocol, 65535)
         finally:
             sock.close()
         return protocol
