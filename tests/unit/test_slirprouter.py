@@ -255,7 +255,29 @@ def test_dhcpDiscoverGetsABroadcastOffer() -> None:
     assert checksumValid(frame[34:], pseudoHeaderSumV4(GATEWAY, b"\xff" * 4, 17, udp.length))
     offer = dhcp.DHCPMessage.parse(frame[42:])
     assert offer.messageType == dhcp.OFFER and offer.yiaddr == GUEST and offer.xid == 0x1234
-    assert router.neighbours[GUEST] == GUEST_MAC
+
+
+def test_onlyAnAckTeachesTheRouterTheClientsMac() -> None:
+    """
+    An OFFER of 10.0.2.15 leaves the router's ARP cache alone (the client may
+    decline it, or take another server's): a station using 10.0.2.15 next
+    gets the answers to its pings.  An ACK teaches the router the client's
+    MAC at once.
+    """
+    router, seen = makeRouter()
+    router.frameReceived(discoverFrame())
+    other = bytes.fromhex("020000000099")
+    ping = ipFrame(GATEWAY, ipv4.PROTO_ICMP, echoRequest())
+    router.frameReceived(ping[:6] + other + ping[12:])
+    assert seen.frames[-1][:6] == other, "the echo reply goes to the station using the address"
+    ack = dhcp.DHCPMessage.parse(discoverFrame()[42:])
+    request = ack._replace(options=((dhcp.OPT_MESSAGE_TYPE, bytes([dhcp.REQUEST])),
+                                    (dhcp.OPT_REQUESTED_ADDRESS, bytes([10, 0, 2, 16])))).pack()
+    router.frameReceived(ipFrame(b"\xff" * 4, ipv4.PROTO_UDP, udpDatagram(
+        bytes(4), b"\xff" * 4, 68, 67, request), src=bytes(4), dstMac=b"\xff" * 6))
+    answer = dhcp.DHCPMessage.parse(seen.frames[-1][42:])
+    assert answer.messageType == dhcp.ACK and answer.yiaddr == bytes([10, 0, 2, 16])
+    assert router.neighbours[bytes([10, 0, 2, 16])] == GUEST_MAC
 
 
 def test_withIpv4OffTheRouterIgnoresArpDhcpAndIpv4() -> None:

@@ -347,7 +347,8 @@ class SlirpRouter(GuestSender):
         if reply is None:
             return
         mac = message.clientMac
-        if reply.yiaddr != _ZERO and mac is not None:
+        if reply.messageType == dhcp.ACK and reply.yiaddr != _ZERO and mac is not None:
+            # not on an OFFER: the client may decline it or take another server's
             self.learn(reply.yiaddr, mac)
         body = reply.pack()
         self.sendIPv4(self.gateway, _ALL_ONES, ipv4.PROTO_UDP, packets.udpDatagram(
