@@ -276,19 +276,6 @@ def neighborSolicitation(src: bytes, dst: bytes, target: bytes, mac: bytes) -> b
     return ICMPv6Message(NEIGHBOR_SOLICITATION, 0, 0, body).pack(src, dst)
 
 
-def destinationUnreachable(code: int, original: Buffer, src: bytes, dst: bytes) -> bytes:
-    """
-    A destination unreachable about the IPv6 packet C{original}, quoting as
-    much of it as fits in a packet of the minimum IPv6 MTU (RFC 4443 2.4).
-
-    @param code: L{NO_ROUTE}, L{ADMIN_PROHIBITED}, L{ADDRESS_UNREACHABLE},
-        L{PORT_UNREACHABLE}.
-    @param src: the address reporting the error.
-    @param dst: the offending packet's source.
-    """
-    return errorMessage(DEST_UNREACHABLE, code, original, src, dst)
-
-
 def errorMessage(kind: int, code: int, original: Buffer, src: bytes, dst: bytes,
                  rest: int = 0) -> bytes:
     """
