@@ -354,6 +354,7 @@ class Beyond:
         result = ping(self.guest, far)
         assert result.returncode == 0, result.stdout + self.log.read_text()
         assert icmpLine in console(self.mgmt, "slirp/print")
+        assert "PingSocket starting on" not in self.log.read_text(), "a log line per socket"
         _, port = startServer(processes, "sink", 1, self.remote, far, 7400)
         up = run(*execIn(self.guest, PYTHON, "-c", CLIENT, far, str(port), "2000000"),
                  timeout=60)

@@ -33,7 +33,10 @@ def needSocket(family: Family, mode: str) -> None:
         pytest.skip(f"no {family.name} {mode} sockets here: {e.strerror}")
 
 
-@pytest.mark.parametrize("mode", ["ping", "raw"])
+# Ping mode needs net.ipv4.ping_group_range to cover the test's group, a
+# system setting: test_slirp.py's test_guestReachesHostsBeyondTheGateway
+# checks it in a namespace of its own, where the range is opened.
+@pytest.mark.parametrize("mode", ["raw"])
 @pytest.mark.parametrize("family", [IPV4, IPV6], ids=["IPv4", "IPv6"])
 @pytest_twisted.ensureDeferred
 async def test_pingSocketsOpenAndCloseWithoutLogLines(family: Family, mode: str) -> None:
