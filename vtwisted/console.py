@@ -26,7 +26,8 @@ switch once that is sent.
 
 Bad input gets an answer in the console's own format and changes nothing
 else: a line longer than L{MAX_LINE} bytes gets C{1007 Argument list too
-long} (the rest of it, up to its newline, is skipped), an unknown command
+long} (the rest of it, up to its newline, is skipped: see
+L{vtwisted.consolelines}), an unknown command
 C{1038 Function not implemented}, and a session the switch cannot take
 (more than C{maxSessions}) C{1024 Too many open files}.  Memory per session
 is bounded: the session registers itself as the producer of its own
@@ -51,6 +52,7 @@ from zope.interface import implementer
 
 from vtwisted import consoleformat as fmt
 from vtwisted.consolecommands import COMMANDS, Command, CommandContext, EndSession, findCommand
+from vtwisted.consolelines import MAX_LINE, CommandLines
 from vtwisted.errors import SwitchError
 from vtwisted.sockettools import peerCredentials
 
@@ -61,8 +63,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: The longest command line, in bytes (vde_switch reads 128 at a time).
-MAX_LINE = 4096
 #: Bytes a session may hold unprocessed before it is closed.
 MAX_PENDING = 256 * 1024
 #: Seconds text without a newline waits before it runs as a command.
@@ -234,10 +234,9 @@ class ConsoleProtocol(Protocol):
 
     def __init__(self, factory: ConsoleFactory) -> None:
         self.factory = factory
-        self._buffer = bytearray()
+        self._lines = CommandLines(MAX_LINE)
         self._paused = False
         self._ended = False
-        self._skipping = False
         self._fragmentCall: IDelayedCall | None = None
         self._shutdown = False
 
@@ -265,10 +264,10 @@ class ConsoleProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._ended:
             return
-        self._buffer += data
-        if len(self._buffer) > MAX_PENDING:
+        self._lines.add(data)
+        if len(self._lines) > MAX_PENDING:
             log.warn("management console: a client sent {n} bytes without reading; closing",
-                     n=len(self._buffer))
+                     n=len(self._lines))
             self._write(fmt.resultLine(errno.ENOBUFS) + "\n")
             self._end(shutdown=False)
             return
@@ -276,28 +275,16 @@ class ConsoleProtocol(Protocol):
 
     def _process(self) -> None:
         self._cancelFragment()
-        buffer = self._buffer
-        while not self._paused and not self._ended:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                break
-            line = bytes(buffer[:newline])
-            del buffer[: newline + 1]
-            if self._skipping:
-                self._skipping = False
-            elif len(line) > MAX_LINE:
-                self._tooLong()
-            else:
-                self._run(line)
-        if self._ended or not buffer:
+        if self._paused or self._ended:
             return
-        if self._skipping:
-            buffer.clear()
-        elif len(buffer) > MAX_LINE:
-            buffer.clear()
-            self._skipping = True
-            self._tooLong()
-        elif not self._paused:
+        for line in self._lines.lines():
+            if isinstance(line, bytes):
+                self._run(line)
+            else:
+                self._tooLong()
+            if self._paused or self._ended:
+                return
+        if self._lines:
             self._fragmentCall = self.factory.clock.callLater(FRAGMENT_DELAY, self._fragment)
 
     def _fragment(self) -> None:
@@ -305,11 +292,9 @@ class ConsoleProtocol(Protocol):
         Text without a newline waited long enough: it is a command.
         """
         self._fragmentCall = None
-        if self._ended or self._paused or not self._buffer:
+        if self._ended or self._paused or not self._lines:
             return
-        line = bytes(self._buffer)
-        self._buffer.clear()
-        self._run(line)
+        self._run(self._lines.takeRest())
         self._process()
 
     def _cancelFragment(self) -> None:
@@ -336,7 +321,7 @@ class ConsoleProtocol(Protocol):
     def _end(self, shutdown: bool) -> None:
         transport: Any = self.transport
         self._ended = True
-        self._buffer.clear()
+        self._lines.clear()
         self._cancelFragment()
         transport.write(fmt.END_OF_SESSION.encode())
         transport.unregisterProducer()
@@ -369,7 +354,7 @@ class ConsoleProtocol(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.interpreter.ops.forgetDebugListener(self)
         self._ended = True
-        self._buffer.clear()
+        self._lines.clear()
         self._cancelFragment()
         self.factory.leave(self)
         if self._shutdown:

@@ -8,6 +8,10 @@ Each line read is a command for the same interpreter the socket console
 uses; its reply is written to standard output, without the banner, and
 with the C{vde$ } prompt only when standard input is a terminal (a script
 piping commands in reads replies alone).  C{debug/add} works here too.
+Lines are cut as on the socket console (L{vtwisted.consolelines}): a line
+longer than L{MAX_LINE} bytes is answered C{1007 Argument list too long}
+once, skipped up to its newline however it arrives, and the commands after
+it run.
 The end of standard input stops the switch, as it stops C{vde_switch}: run
 it with C{--stdin} only where standard input stays open.
 
@@ -28,30 +32,32 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import stdio
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import consoleformat as fmt
 from vtwisted.console import CommandInterpreter
+from vtwisted.consolelines import MAX_LINE, CommandLines
 
 log = Logger()
 
 
 @implementer(IHalfCloseableProtocol, IPushProducer)
-class StdinConsole(LineReceiver):
+class StdinConsole(Protocol):
     """
     Commands from standard input, replies to standard output.
-    """
 
-    delimiter = b"\n"
-    MAX_LENGTH = 64 * 1024
+    @ivar paused: standard output is full; no command runs meanwhile.
+    """
 
     def __init__(self, interpreter: CommandInterpreter, prompt: bool) -> None:
         self.interpreter = interpreter
         self.prompt = prompt
         self.ended = False
+        self.paused = False
+        self._lines = CommandLines(MAX_LINE)
 
     #: Debug events dropped because standard output was not read.
     debugDropped = 0
@@ -69,22 +75,48 @@ class StdinConsole(LineReceiver):
         assert self.transport is not None
         self.transport.write(text.encode("utf-8", "surrogateescape"))
 
-    def lineReceived(self, line: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
         if self.ended:
             return
+        self._lines.add(data)
+        self._process()
+
+    def _process(self) -> None:
+        """
+        Run the whole lines read, as the socket console does (a line too
+        long is answered once and skipped up to its newline), until
+        standard output is full or the console ends.
+        """
+        if self.paused or self.ended:
+            return
+        for line in self._lines.lines():
+            if isinstance(line, bytes):
+                self._runLine(line)
+            else:
+                self._tooLong()
+            if self.paused or self.ended:
+                return
+
+    def _runLine(self, line: bytes) -> None:
+        """
+        Run one command and write its reply.
+        """
         reply = self.interpreter.execute(line.decode("utf-8", "surrogateescape"), session=self)
         if reply.end is not None:
             self._write(fmt.END_OF_SESSION + "\n")
             self.ended = True
+            self._lines.clear()
             if reply.end.shutdown:
                 self.interpreter.ops.shutdown()
             return
         self._write(reply.text)
         self._prompt()
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.clearLineBuffer()
-        self._write(fmt.resultLine(errno.E2BIG) + "\n")  # as the socket console answers
+    def _tooLong(self) -> None:
+        """
+        A line over L{MAX_LINE} bytes: answered as the socket console answers.
+        """
+        self._write(fmt.resultLine(errno.E2BIG) + "\n")
         self._prompt()
 
     def debugLine(self, line: str) -> None:
@@ -117,8 +149,20 @@ class StdinConsole(LineReceiver):
         if self.paused and not self.ended:
             self.resumeProducing()
 
-    # IPushProducer (LineReceiver's pauseProducing and resumeProducing): the
-    # standard output transport pauses us while its buffer is full.
+    # IPushProducer: the standard output transport pauses us while its
+    # buffer is full.
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        transport: Any = self.transport
+        transport.resumeProducing()
+        if not self.ended:
+            self._process()
 
     def stopProducing(self) -> None:
         """

@@ -1,5 +1,6 @@
 """
-C{twistd vswitch --stdin} when nobody reads its standard output: the switch
+C{twistd vswitch --stdin}: a line too long is answered once and skipped, the
+commands after it run; when nobody reads its standard output, the switch
 stops reading commands instead of piling up their replies in memory, and
 every reply arrives, in order, once the reader comes back.
 """
@@ -103,3 +104,86 @@ def test_unreadRepliesStayBoundedThenAllArriveInOrder(processes, shortdir) -> No
         at = next(i for i, (a, b) in enumerate(zip(text, expected, strict=False)) if a != b)
         pytest.fail(f"{len(text)} bytes of replies, {len(expected)} expected; first "
                     f"difference at {at}: {text[at - 80 : at + 80]!r}")
+
+
+class Stdout:
+    """
+    What the switch writes to standard output, collected by a thread.
+    """
+
+    def __init__(self, stream) -> None:
+        self.data = bytearray()
+        self._stream = stream
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while chunk := self._stream.read1(65536):
+            self.data += chunk
+
+    def waitFor(self, expected: bytes) -> None:
+        try:
+            waitFor(lambda: bytes(self.data) == expected, timeout=5)
+        except AssertionError:
+            pytest.fail(f"standard output: {bytes(self.data)!r}, expected {expected!r}")
+
+    def join(self) -> bytes:
+        self._thread.join(30)
+        return bytes(self.data)
+
+
+TOO_LONG = b"1007 Argument list too long\n"
+#: Longer than any line limit the console ever had (4096 bytes, then 64 KB).
+LONG = 70000
+
+
+def stdinSwitch(processes, shortdir) -> tuple[subprocess.Popen, Stdout]:
+    """
+    A C{twistd vswitch --stdin} that is ready, and its standard output.
+    """
+    sock = shortdir / "sw"
+    process = processes.start(
+        twistdArgv("--sock", str(sock), "--stdin", logfile=str(shortdir / "sw.log")),
+        env=sourceEnv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert process.stdin is not None and process.stdout is not None
+    waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
+    return process, Stdout(process.stdout)
+
+
+def vlanList(*vlans: int) -> bytes:
+    return (b"0000 DATA END WITH '.'\n" + b"".join(b"VLAN %04d\n" % n for n in vlans)
+            + b".\n1000 Success\n")
+
+
+def test_tooLongLineInOneWriteWithCommands(processes, shortdir) -> None:
+    """
+    A line too long between good commands in the same write is answered
+    1007 once, and every command after it runs.
+    """
+    process, stdout = stdinSwitch(processes, shortdir)
+    assert process.stdin is not None
+    process.stdin.write(b"vlan/create 5\n" + b"x" * LONG + b"\nvlan/create 6\nvlan/print\n")
+    process.stdin.close()
+    assert process.wait(30) == 0
+    assert stdout.join() == b"1000 Success\n" + TOO_LONG + b"1000 Success\n" + vlanList(0, 5, 6)
+
+
+def test_tooLongLineSplitOverWritesIsSkippedToItsNewline(processes, shortdir) -> None:
+    """
+    A line too long whose newline comes in later writes is answered 1007
+    once, as soon as it is too long; no part of it runs as a command (its
+    tail looks like one); the commands after its newline run.
+    """
+    process, stdout = stdinSwitch(processes, shortdir)
+    stdin = process.stdin
+    assert stdin is not None
+    stdin.write(b"vlan/create 7\n" + b"y" * LONG)
+    stdin.flush()
+    stdout.waitFor(b"1000 Success\n" + TOO_LONG)
+    stdin.write(b"y" * 3000 + b"vlan/create 99")
+    stdin.flush()
+    time.sleep(0.3)
+    stdin.write(b"\nvlan/create 8\nvlan/print\n")
+    stdin.close()
+    assert process.wait(30) == 0
+    assert stdout.join() == b"1000 Success\n" + TOO_LONG + b"1000 Success\n" + vlanList(0, 7, 8)

@@ -233,3 +233,17 @@ def test_debugEventsForAClientThatDoesNotReadAreDroppedNotQueued(factory) -> Non
     session.protocol.resumeProducing()
     sender.receive(frame(b"\xff" * 6, mac(5000)))
     assert session.transport.value().startswith(b"3011 hash/+ ")
+
+
+def test_commandsWaitingForAReaderAreNeverTakenForALongLine(factory) -> None:
+    """
+    More than MAX_LINE bytes of whole commands waiting while the client does
+    not read all run, in order, once it reads again (none is answered 1007).
+    """
+    session = Session(factory)
+    session.protocol.pauseProducing()
+    commands = b"".join(b"vlan/create %d\n" % n for n in range(1, 501))
+    assert len(commands) > console.MAX_LINE
+    assert session.send(commands) == b""
+    session.protocol.resumeProducing()
+    assert session.transport.value() == (b"1000 Success\n" + PROMPT) * 500

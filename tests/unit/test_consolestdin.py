@@ -9,6 +9,7 @@ from consolefakes import makeOperations
 from twisted.internet.testing import StringTransport
 
 from vtwisted.console import CommandInterpreter
+from vtwisted.consolelines import MAX_LINE
 from vtwisted.consolestdin import StdinConsole
 
 
@@ -84,3 +85,60 @@ def test_endOfInputUnregistersSoTheLastRepliesFlushAndClose() -> None:
     console, transport = connected()
     console.readConnectionLost()
     assert transport.producer is None and transport.disconnecting
+
+
+TOO_LONG = b"1007 Argument list too long\n"
+
+
+def test_tooLongLineBetweenCommandsInOneRead() -> None:
+    """
+    A line over MAX_LINE between two commands of the same read is answered
+    1007 once, and the commands after it still run.
+    """
+    console, transport = connected()
+    console.dataReceived(b"vlan/create 5\n" + b"x" * (MAX_LINE + 1) + b"\nvlan/create 6\n"
+                         b"vlan/print 6\n")
+    assert transport.value() == (b"1000 Success\n" + TOO_LONG + b"1000 Success\n"
+                                 b"0000 DATA END WITH '.'\nVLAN 0006\n.\n1000 Success\n")
+
+
+def test_tooLongLineArrivingInPiecesIsSkippedUpToItsNewline() -> None:
+    """
+    A line over MAX_LINE whose newline comes in a later read is answered
+    1007 once, as soon as it is too long; the rest of it, however many reads
+    it takes, never runs as a command, and what follows its newline does.
+    """
+    console, transport = connected()
+    console.dataReceived(b"vlan/create 5\n" + b"x" * (MAX_LINE + 1))
+    assert transport.value() == b"1000 Success\n" + TOO_LONG
+    transport.clear()
+    console.dataReceived(b"y" * 70000)
+    console.dataReceived(b"vlan/create 9")
+    assert transport.value() == b""
+    console.dataReceived(b"\nvlan/create 6\n")
+    assert transport.value() == b"1000 Success\n"
+    assert console.interpreter.execute("vlan/print 9").text.endswith("1006 No such device "
+                                                                     "or address\n")
+
+
+def test_tooLongLineGetsThePromptOnATerminal() -> None:
+    """On a terminal the 1007 answer is followed by the prompt, as any reply is."""
+    console = StdinConsole(CommandInterpreter(makeOperations()[0]), prompt=True)
+    transport = StringTransport()
+    console.makeConnection(transport)
+    transport.clear()
+    console.dataReceived(b"z" * (MAX_LINE + 1) + b"\n")
+    assert transport.value() == TOO_LONG + b"vde$ "
+
+
+def test_pausedReadLongerThanALineLosesNoCommand() -> None:
+    """
+    Whole commands waiting while standard output is full are never taken for
+    a too-long line, however many bytes they add up to.
+    """
+    console, transport = connected()
+    console.pauseProducing()
+    console.dataReceived(b"".join(b"vlan/create %d\n" % n for n in range(1, 501)))
+    assert transport.value() == b""
+    console.resumeProducing()
+    assert transport.value() == b"1000 Success\n" * 500
