@@ -10,9 +10,13 @@ send: nothing for a blank or C{#} line, else the optional DATA block
 (C{0000 DATA END WITH '.'}, lines, C{.}) and the result line (C{1000
 Success} or C{1NNN <strerror>}).  C{load} scripts and C{--rcfile} (see
 L{vtwisted.consoleservice}) go through the same interpreter; a script must
-be a regular file of at most L{MAX_SCRIPT_BYTES} (L{readScript}): a FIFO, a
+be a regular file of at most 1 MiB (L{vtwisted.consolescript}): a FIFO, a
 device or a socket is refused with C{1022 Invalid argument} rather than
-left to block the switch until someone writes to it.
+left to block the switch until someone writes to it.  A C{load} reply is
+built whole (echoed lines and replies, as vde_switch writes them), so it is
+bounded (L{ScriptOutput}): past C{MAX_SCRIPT_OUTPUT} bytes, nested scripts
+included, the script stops and its reply ends with C{1105 No buffer space
+available}; C{--rcfile} collects no output at all.
 
 L{ConsoleProtocol} is one session on the UNIX socket (listened on by
 L{vtwisted.consoleservice.ConsoleService}): the banner and the
@@ -40,7 +44,6 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,8 +54,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import consoleformat as fmt
+from vtwisted import consolescript
 from vtwisted.consolecommands import COMMANDS, Command, CommandContext, EndSession, findCommand
 from vtwisted.consolelines import MAX_LINE, CommandLines
+from vtwisted.consolescript import ScriptOutput, readScript
 from vtwisted.errors import SwitchError
 from vtwisted.sockettools import peerCredentials
 
@@ -71,9 +76,8 @@ FRAGMENT_DELAY = 0.05
 MAX_SESSIONS = 64
 #: Seconds a C{shutdown} waits for its session to close before stopping.
 SHUTDOWN_GRACE = 2.0
-#: How deep C{load} scripts may nest, and how big one may be.
+#: How deep C{load} scripts may nest.
 MAX_SCRIPT_DEPTH = 8
-MAX_SCRIPT_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,12 +106,15 @@ class CommandInterpreter:
         self.ops = ops
         self.commands = commands
 
-    def execute(self, line: str, depth: int = 0, session: Any = None) -> Reply:
+    def execute(self, line: str, depth: int = 0, session: Any = None,
+                script: ScriptOutput | None = None) -> Reply:
         """
         Run one command line.
 
         @param depth: how many C{load} scripts deep the line is.
         @param session: the console session it came from, if any.
+        @param script: the output of the script the line is in, if any (a
+            C{load} there shares its limit, or discards as it does).
         """
         line = line.partition("\0")[0].lstrip(" \t").rstrip(" \t\r\n")
         if not line or line.startswith("#"):
@@ -117,7 +124,7 @@ class CommandInterpreter:
             unknown = SwitchError(errno.ENOSYS, f"unknown command {(line.split() or [line])[0]!r}")
             return Reply(fmt.resultLine(unknown.errno) + "\n", None, unknown)
         argument = line[len(command.path) :].lstrip(" \t")
-        context = CommandContext(self.ops, self, depth, session)
+        context = CommandContext(self.ops, self, depth, session, script)
         error: SwitchError | None = None
         try:
             lines = command.handler(context, argument) or []
@@ -139,91 +146,35 @@ class CommandInterpreter:
         lines.append(fmt.resultLine(error.errno if error else 0))
         return Reply("\n".join(lines) + "\n", command, error)
 
-    def runScript(self, path: str, depth: int, echo: bool, session: Any = None) -> list[str]:
+    def runScript(self, path: str, depth: int, echo: bool, session: Any = None,
+                  within: ScriptOutput | None = None) -> list[str]:
         """
         C{load PATH}: run every line of a file, each echoed as
         C{vde[PATH]: LINE} and followed by its reply.
 
-        @raise SwitchError: the file cannot be read, or scripts nest too deep.
+        @param within: the output of the script this one is loaded from,
+            if any: this one takes what is left of its limit, or discards
+            its output as it does.
+        @return: the reply's lines (chunks of lines, each without its last
+            newline).
+        @raise SwitchError: the file cannot be read, scripts nest too deep,
+            or (C{ENOBUFS}, with the output so far) the reply passed
+            L{consolescript.MAX_SCRIPT_OUTPUT} bytes: the script stopped there.
         """
         if depth > MAX_SCRIPT_DEPTH:
             raise SwitchError(errno.ELOOP, f"{path}: scripts nested more than {MAX_SCRIPT_DEPTH}")
-        output: list[str] = []
-        for line in readScript(path):
+        output = (ScriptOutput(consolescript.MAX_SCRIPT_OUTPUT) if within is None
+                  else within.nested())
+        for number, line in enumerate(readScript(path), 1):
             if echo:
-                output.append(f"vde[{path}]: {line}")
-            output.extend(self.execute(line, depth, session).text.splitlines())
-        return output
-
-
-#: How a script is opened: never waiting for a FIFO's writer, never taking
-#: a terminal as the switch's own.
-SCRIPT_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
-)
-
-
-def fileKind(mode: int) -> str | None:
-    """
-    What a file that is not a regular one is (C{"a FIFO"}...), from its
-    C{st_mode}; L{None} for a regular file.
-    """
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    return next((kind for test, kind in _FILE_KINDS if test(mode)), "not a file")
-
-
-def _requireRegular(path: str, mode: int) -> None:
-    kind = fileKind(mode)
-    if kind is not None:
-        code = errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL
-        raise SwitchError(code, f"{path}: {kind}, not a regular file")
-
-
-def readScript(path: str) -> list[str]:
-    """
-    The lines of a console script.
-
-    Only a regular file (or a link to one) is read: a FIFO, a device or a
-    socket could keep the switch waiting, so they are refused before and
-    after opening (the path may be replaced in between), and the file is
-    opened without blocking.
-
-    @raise SwitchError: with the OS error's number if it cannot be read,
-        C{EINVAL} (C{EISDIR}) if it is not a regular file (a directory),
-        C{EFBIG} if it is larger than L{MAX_SCRIPT_BYTES}.
-    """
-    try:
-        _requireRegular(path, os.stat(path).st_mode)
-        fd = os.open(path, SCRIPT_OPEN_FLAGS)
-        try:
-            _requireRegular(path, os.fstat(fd).st_mode)
-            data = _readAtMost(fd, MAX_SCRIPT_BYTES + 1)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise SwitchError(e.errno or errno.EIO, f"{path}: {e.strerror}") from None
-    if len(data) > MAX_SCRIPT_BYTES:
-        raise SwitchError(errno.EFBIG, f"{path}: larger than {MAX_SCRIPT_BYTES} bytes")
-    lines = data.decode("utf-8", "surrogateescape").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def _readAtMost(fd: int, limit: int) -> bytes:
-    data = bytearray()
-    while len(data) < limit:
-        chunk = os.read(fd, limit - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
+                output.add(f"vde[{path}]: {line}\n")
+            output.add(self.execute(line, depth, session, output).text)
+            if output.over:
+                error = SwitchError(errno.ENOBUFS, f"{path}: reply over {output.limit} bytes; "
+                                    f"stopped after line {number}")
+                error.partial = tuple(output.chunks)
+                raise error
+        return output.chunks
 
 
 @implementer(IPushProducer)

@@ -57,14 +57,17 @@ class CommandContext:
     @ivar depth: how many C{load} scripts deep this command runs.
     @ivar session: the console session that typed it (C{debug/add} writes
         events there), if any.
+    @ivar script: the output of the C{load} script it is in, if any
+        (L{vtwisted.console.ScriptOutput}).
     """
 
     def __init__(self, ops: SwitchOperations, interpreter: Any, depth: int = 0,
-                 session: Any = None) -> None:
+                 session: Any = None, script: Any = None) -> None:
         self.ops = ops
         self.interpreter = interpreter
         self.depth = depth
         self.session = session
+        self.script = script
 
 
 Handler = Callable[[CommandContext, str], "list[str] | None"]
@@ -142,7 +145,8 @@ def _showInfo(ctx: CommandContext, arg: str) -> list[str]:
 
 def _load(ctx: CommandContext, arg: str) -> list[str]:
     errors.requireTrusted(ctx.session, "load")
-    return ctx.interpreter.runScript(arg, ctx.depth + 1, echo=True, session=ctx.session)
+    return ctx.interpreter.runScript(arg, ctx.depth + 1, echo=True, session=ctx.session,
+                                     within=ctx.script)
 
 
 def _dsShowInfo(ctx: CommandContext, arg: str) -> list[str]:

@@ -12,7 +12,8 @@ is not a socket stops start-up with a message naming the path.  Stopping
 closes every session and removes the socket file.
 
 L{RcFileService} runs a script of console commands once when the switch
-starts, after every port spec (vde_switch's C{-f}): output is discarded, a
+starts, after every port spec (vde_switch's C{-f}): output is discarded (a
+C{load} in it does not collect its script's output either), a
 failing line is logged with its number and result and the rest still run;
 C{logout} and C{shutdown} are ignored there, as vde_switch does.  The file
 must be a regular one (L{checkRcFile}): a FIFO or a pipe (C{<(...)}) stops
@@ -31,13 +32,8 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 
 from vtwisted import consoleformat as fmt
-from vtwisted.console import (
-    MAX_SESSIONS,
-    CommandInterpreter,
-    ConsoleFactory,
-    fileKind,
-    readScript,
-)
+from vtwisted.console import MAX_SESSIONS, CommandInterpreter, ConsoleFactory
+from vtwisted.consolescript import DISCARD, fileKind, readScript
 from vtwisted.errors import SwitchError
 from vtwisted.sockettools import claimSocketPath
 
@@ -170,9 +166,9 @@ def runRcFile(interpreter: CommandInterpreter, path: str) -> int:
         log.error("rcfile {path}: {message} (errno {errno})", path=path, message=e.message,
                   errno=e.errno)
         return 1
-    failures = 0
+    failures = number = 0
     for number, line in enumerate(lines, 1):
-        reply = interpreter.execute(line)
+        reply = interpreter.execute(line, script=DISCARD)  # a load in it collects nothing
         if reply.end is not None:
             log.warn("rcfile {path} line {number}: {line!r} ignored in a script", path=path,
                      number=number, line=line.strip())
@@ -181,7 +177,7 @@ def runRcFile(interpreter: CommandInterpreter, path: str) -> int:
             log.error("rcfile {path} line {number}: {line!r}: {result} ({message})",
                       path=path, number=number, line=line.strip(),
                       result=fmt.resultLine(reply.error.errno), message=reply.error.message)
-    log.info("rcfile {path}: {n} lines run, {failures} failed", path=path, n=len(lines),
+    log.info("rcfile {path}: {n} lines run, {failures} failed", path=path, n=number,
              failures=failures)
     return failures
 

@@ -28,6 +28,7 @@ from helpers import (
     waitFor,
 )
 from test_console_interop import EOS, PROMPT, ConsoleClient
+from test_console_stdin import status
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +99,49 @@ def test_rcfileConfiguresAtStartAndLogsBadLines(vswitch, shortdir) -> None:
     log = sw.logText()
     assert f"rcfile {rc} line 2: 'port/setvlan 5 10': 1006 No such device or address" in log
     assert "6 lines run, 1 failed" in log and "Traceback" not in log
+
+
+#: A C{load} reply is cut a little past 1 MiB; more than this is a failure.
+MOST_REPLY = 2 * 1024 * 1024
+#: How much the switch may grow while it answers a load of the largest script.
+LOAD_GROWTH = 16 * 1024 * 1024
+
+
+def readReply(client: ConsoleClient) -> bytes:
+    """
+    One reply, read up to the prompt, failing once it is past L{MOST_REPLY}.
+    """
+    data = bytearray()
+    while not data.endswith(PROMPT) and len(data) <= MOST_REPLY:
+        chunk = client.socket.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    assert len(data) <= MOST_REPLY, f"a reply of more than {MOST_REPLY} bytes"
+    return bytes(data)
+
+
+def test_loadOfTheLargestScriptStaysSmallAndTheSwitchAnswers(vswitch, shortdir) -> None:
+    """
+    load of a 1 MiB script of help lines (900 MB of replies, were they all
+    kept) answers about 1 MiB, ending 1105 No buffer space available, within
+    seconds; the switch's peak memory grows by a few MB; the lines after the
+    cut did not run, and the switch answers the next command.
+    """
+    sw = start(vswitch, shortdir)
+    script = shortdir / "help.rc"
+    script.write_bytes(b"help\n" * (1024 * 1024 // 5 - 4) + b"vlan/create 14\n")
+    assert script.stat().st_size <= 1024 * 1024
+    client = ConsoleClient(sw.mgmt, timeout=30)
+    before = status(sw.process.pid, "VmHWM")
+    client.socket.sendall(f"load {script}\n".encode())
+    reply = readReply(client)
+    growth = status(sw.process.pid, "VmHWM") - before
+    assert reply.startswith(f"vde[{script}]: help\n0000 DATA END WITH '.'\n".encode())
+    assert reply.endswith(b"1000 Success\n1105 No buffer space available\n" + PROMPT)
+    assert len(reply) > 1024 * 1024
+    assert growth < LOAD_GROWTH, f"grew by {growth >> 20} MB"
+    assert client.command("vlan/print").endswith(b"VLAN 0000\n.\n1000 Success\n" + PROMPT)
 
 
 def test_rcfileThatIsAFifoStopsStartUpSayingSo(processes, shortdir) -> None:
