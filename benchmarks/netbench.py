@@ -114,6 +114,18 @@ def configure(ns: str, dev: str, address: str) -> None:
     sh("ip", "-n", ns, "link", "set", dev, "up")
 
 
+def configureTap(ns: str, dev: str, address: str) -> None:
+    """
+    L{configure} for a TAP device, with the root qdisc of C{--tap-qdisc}.
+    """
+    configure(ns, dev, address)
+    for qdisc in TAP_QDISC:
+        sh("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", qdisc)
+
+
+#: The root qdisc for TAP devices (C{--tap-qdisc}), if one was given.
+TAP_QDISC: list[str] = []
+
 #: TCP congestion control for iperf3 (C{-C}); None means the system default.
 CONGESTION: str | None = None
 
@@ -187,10 +199,13 @@ def arguments(doc: str, only: bool = False) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--congestion", help="TCP congestion control (default: the system's)")
+    parser.add_argument("--tap-qdisc", help="root qdisc put on every TAP device in a "
+                        "namespace, e.g. noqueue as veth has (default: the kernel's)")
     if only:
         parser.add_argument("--only", nargs="*", default=None, help="names of setups to run")
     args = parser.parse_args()
     CONGESTION = args.congestion
+    TAP_QDISC[:] = [args.tap_qdisc] if args.tap_qdisc else []
     return args
 
 

@@ -32,6 +32,7 @@ from netbench import (
     SERVER_ADDR,
     Bench,
     configure,
+    configureTap,
     listening,
     ratio,
     sh,
@@ -49,7 +50,7 @@ def _moveTaps(b: Bench, taps: tuple[str, str]) -> tuple[str, str]:
         waitFor(lambda tap=tap: sh("ip", "link", "show", tap, check=False).returncode == 0,
                 what=tap)
         sh("ip", "link", "set", tap, "netns", ns)
-        configure(ns, tap, address)
+        configureTap(ns, tap, address)
     return client, server
 
 
@@ -97,7 +98,7 @@ def linuxBridge(offload: bool) -> Setup:
 
 def _vdePlugSide(b: Bench, sock: Path, ns: str, tap: str, address: str) -> None:
     b.start(["ip", "netns", "exec", ns, "vde_plug", f"vde://{sock}", f"tap://{tap}"])
-    configure(ns, tap, address)
+    configureTap(ns, tap, address)
 
 
 def vtwistedTapToVde(b: Bench) -> tuple[str, str]:
@@ -108,7 +109,7 @@ def vtwistedTapToVde(b: Bench) -> tuple[str, str]:
     client, server = b.namespace("vtwmc"), b.namespace("vtwms")
     waitFor(lambda: sh("ip", "link", "show", tap, check=False).returncode == 0, what=tap)
     sh("ip", "link", "set", tap, "netns", client)
-    configure(client, tap, CLIENT_ADDR)
+    configureTap(client, tap, CLIENT_ADDR)
     _vdePlugSide(b, sock, server, "taps", SERVER_ADDR)
     return client, server
 
