@@ -134,11 +134,19 @@ class StdinConsole(Protocol):
 
     def readConnectionLost(self) -> None:
         """
-        Standard input ended: let the replies still buffered reach standard
-        output, then stop (in L{connectionLost}).
+        Standard input ended: run what it still holds (commands that waited
+        for standard output's reader, and a last line without its newline,
+        as vde_switch runs it), let the replies reach standard output, then
+        stop (in L{connectionLost}).  What waits was read while standard
+        output had room, so it is bounded.
         """
         transport: Any = self.transport
         transport.unregisterProducer()  # else a full buffer's drain would not close
+        self.paused = False
+        self._process()
+        rest = self._lines.takeRest()
+        if rest and not self.ended:
+            self._runLine(rest)
         transport.loseConnection()
 
     def writeConnectionLost(self) -> None:

@@ -281,7 +281,8 @@ def test_stdinConsoleAnswersAndItsEndStopsTheSwitch(processes, shortdir) -> None
     """
     With --stdin, commands piped in are answered on standard output (no
     banner, no prompt: it is not a terminal), and the end of input stops
-    the switch cleanly, as with vde_switch.
+    the switch cleanly, as with vde_switch; a last line without its newline
+    runs too, as there.
     """
     sock = shortdir / "stdin-sw"
     process = processes.start(
@@ -289,7 +290,7 @@ def test_stdinConsoleAnswersAndItsEndStopsTheSwitch(processes, shortdir) -> None
         env=sourceEnv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(b"vlan/create 7\nvlan/print 7\nnosuch\n")
+    process.stdin.write(b"vlan/create 7\nvlan/print 7\nnosuch")
     process.stdin.close()
     assert process.wait(20) == 0
     output = process.stdout.read().decode()

@@ -87,6 +87,26 @@ def test_endOfInputUnregistersSoTheLastRepliesFlushAndClose() -> None:
     assert transport.producer is None and transport.disconnecting
 
 
+def test_endOfInputRunsALastLineWithoutItsNewline() -> None:
+    """A last command without a newline runs at the end of input, as with vde_switch."""
+    console, transport = connected()
+    console.dataReceived(b"vlan/create 9\nvlan/print 9")
+    assert transport.value() == b"1000 Success\n"
+    console.readConnectionLost()
+    assert transport.value().endswith(b"VLAN 0009\n.\n1000 Success\n")
+
+
+def test_endOfInputWhilePausedRunsTheWaitingCommands() -> None:
+    """Commands read before standard output filled up still run when input ends."""
+    console, transport = connected()
+    console.pauseProducing()
+    console.dataReceived(b"vlan/create 10\nvlan/print 10\n")
+    console.readConnectionLost()
+    assert transport.value() == (b"1000 Success\n0000 DATA END WITH '.'\nVLAN 0010\n.\n"
+                                 b"1000 Success\n")
+    assert transport.disconnecting
+
+
 TOO_LONG = b"1007 Argument list too long\n"
 
 
