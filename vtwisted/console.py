@@ -47,16 +47,15 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from vtwisted import consoleformat as fmt
 from vtwisted import consolescript
 from vtwisted.consolecommands import COMMANDS, Command, CommandContext, EndSession, findCommand
-from vtwisted.consolelines import MAX_LINE, CommandLines
+from vtwisted.consolelines import LineConsole
 from vtwisted.consolescript import ScriptOutput, readScript
 from vtwisted.errors import SwitchError
 from vtwisted.sockettools import peerCredentials
@@ -177,17 +176,16 @@ class CommandInterpreter:
         return output.chunks
 
 
-@implementer(IPushProducer)
-class ConsoleProtocol(Protocol):
+class ConsoleProtocol(LineConsole):
     """
     One management session.
     """
 
+    droppedWarning = "management console: a session listening to debug events stopped reading"
+
     def __init__(self, factory: ConsoleFactory) -> None:
+        super().__init__()
         self.factory = factory
-        self._lines = CommandLines(MAX_LINE)
-        self._paused = False
-        self._ended = False
         self._fragmentCall: IDelayedCall | None = None
         self._shutdown = False
 
@@ -199,43 +197,30 @@ class ConsoleProtocol(Protocol):
         transport: Any = self.transport
         self.trusted = peerUid(transport) in (0, os.geteuid())
         if not self.factory.admit(self):
-            self._ended = True
+            self.ended = True
             transport.write(fmt.resultLine(errno.EMFILE).encode() + b"\n")
             transport.loseConnection()
             return
         transport.registerProducer(self, True)
-        self._write(fmt.banner() + fmt.PROMPT)
-
-    def _write(self, text: str) -> None:
-        transport: Any = self.transport
-        transport.write(text.encode("utf-8", "surrogateescape"))
+        self.writeText(fmt.banner() + fmt.PROMPT)
 
     # Input
 
     def dataReceived(self, data: bytes) -> None:
-        if self._ended:
+        if self.ended:
             return
         self._lines.add(data)
         if len(self._lines) > MAX_PENDING:
             log.warn("management console: a client sent {n} bytes without reading; closing",
                      n=len(self._lines))
-            self._write(fmt.resultLine(errno.ENOBUFS) + "\n")
+            self.writeText(fmt.resultLine(errno.ENOBUFS) + "\n")
             self._end(shutdown=False)
             return
         self._process()
 
     def _process(self) -> None:
         self._cancelFragment()
-        if self._paused or self._ended:
-            return
-        for line in self._lines.lines():
-            if isinstance(line, bytes):
-                self._run(line)
-            else:
-                self._tooLong()
-            if self._paused or self._ended:
-                return
-        if self._lines:
+        if self.processLines() and self._lines:
             self._fragmentCall = self.factory.clock.callLater(FRAGMENT_DELAY, self._fragment)
 
     def _fragment(self) -> None:
@@ -243,9 +228,9 @@ class ConsoleProtocol(Protocol):
         Text without a newline waited long enough: it is a command.
         """
         self._fragmentCall = None
-        if self._ended or self._paused or not self._lines:
+        if self.ended or self.paused or not self._lines:
             return
-        self._run(self._lines.takeRest())
+        self.runLine(self._lines.takeRest())
         self._process()
 
     def _cancelFragment(self) -> None:
@@ -253,25 +238,25 @@ class ConsoleProtocol(Protocol):
             self._fragmentCall.cancel()
         self._fragmentCall = None
 
-    def _tooLong(self) -> None:
-        self._write(fmt.resultLine(errno.E2BIG) + "\n" + fmt.PROMPT)
+    def tooLong(self) -> None:
+        self.writeText(fmt.resultLine(errno.E2BIG) + "\n" + fmt.PROMPT)
 
-    def _run(self, line: bytes) -> None:
+    def runLine(self, line: bytes) -> None:
         try:
             reply = self.factory.interpreter.execute(line.decode("utf-8", "surrogateescape"),
                                                      session=self)
         except Exception:
             log.failure("management console: the interpreter failed on {line!r}", line=line)
-            self._write(fmt.resultLine(errno.EIO) + "\n" + fmt.PROMPT)
+            self.writeText(fmt.resultLine(errno.EIO) + "\n" + fmt.PROMPT)
             return
         if reply.end is not None:
             self._end(reply.end.shutdown)
             return
-        self._write(reply.text + fmt.PROMPT)
+        self.writeText(reply.text + fmt.PROMPT)
 
     def _end(self, shutdown: bool) -> None:
         transport: Any = self.transport
-        self._ended = True
+        self.ended = True
         self._lines.clear()
         self._cancelFragment()
         transport.write(fmt.END_OF_SESSION.encode())
@@ -281,30 +266,9 @@ class ConsoleProtocol(Protocol):
             self._shutdown = True
             self.factory.shutdownSoon()
 
-    #: Debug events dropped because the client was not reading.
-    debugDropped = 0
-
-    def debugLine(self, line: str) -> None:
-        """
-        A debug event this session listens to (C{debug/add}): write it
-        between replies, as vde_switch does.  While the client does not
-        read (the transport paused us), events are dropped and counted, as
-        vde_switch's writes fail then: traffic makes events, and a client
-        that stopped reading must not make the switch queue them all.
-        """
-        if self._ended:
-            return
-        if self._paused:
-            self.debugDropped += 1
-            if self.debugDropped == 1:
-                log.warn("management console: a session listening to debug events does not "
-                         "read them; dropping them while it does not")
-            return
-        self._write(line)
-
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.interpreter.ops.forgetDebugListener(self)
-        self._ended = True
+        self.ended = True
         self._lines.clear()
         self._cancelFragment()
         self.factory.leave(self)
@@ -313,19 +277,11 @@ class ConsoleProtocol(Protocol):
 
     # IPushProducer: the transport pauses us when the client stops reading.
 
-    def pauseProducing(self) -> None:
-        self._paused = True
-        transport: Any = self.transport
-        transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        transport: Any = self.transport
-        transport.resumeProducing()
+    def resumed(self) -> None:
         self._process()
 
     def stopProducing(self) -> None:
-        self._ended = True
+        self.ended = True
 
 
 def peerUid(transport: Any) -> int | None:

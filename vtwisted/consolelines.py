@@ -12,12 +12,26 @@ newline is in the buffer or not yet: in the second case the rest of it, up
 to its newline, is skipped as it arrives and never runs as a command.  The
 lines after it go on as usual.  At most C{maxLine} bytes without a newline
 are kept.
+
+L{LineConsole} is what both consoles do with those lines: it runs them one
+at a time while its reader keeps up.  It is the producer of its own output
+(C{IPushProducer}): when the transport's buffer is full it pauses the
+console, which stops running commands and reading input until it resumes,
+and drops debug events meanwhile (counted, the first one logged), as
+vde_switch's failed writes drop them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
 
 #: The longest command line, in bytes (vde_switch reads 128 at a time).
 MAX_LINE = 4096
@@ -100,3 +114,99 @@ class CommandLines:
         Forget everything waiting (the session ended).
         """
         self._buffer.clear()
+
+
+@implementer(IPushProducer)
+class LineConsole(Protocol):
+    """
+    A console's commands run one line at a time while its reader keeps up.
+
+    @ivar paused: the reader is behind (the transport paused us): no
+        command runs and no input is read meanwhile.
+    @ivar ended: the session is over: nothing more runs.
+    """
+
+    paused = False
+    ended = False
+
+    #: Debug events dropped because the reader was behind.
+    debugDropped = 0
+
+    #: Who stopped reading, logged when the first debug event is dropped.
+    droppedWarning = "a console listening to debug events stopped reading"
+
+    def __init__(self) -> None:
+        self._lines = CommandLines(MAX_LINE)
+
+    def runLine(self, line: bytes) -> None:
+        """
+        Run one command and write its reply.
+        """
+        raise NotImplementedError
+
+    def tooLong(self) -> None:
+        """
+        Answer a line longer than L{MAX_LINE} bytes.
+        """
+        raise NotImplementedError
+
+    def writeText(self, text: str) -> None:
+        transport: Any = self.transport
+        transport.write(text.encode("utf-8", "surrogateescape"))
+
+    def processLines(self) -> bool:
+        """
+        Run the whole lines read, in order, until the reader falls behind
+        or the session ends; whether every one of them ran.
+        """
+        if self.paused or self.ended:
+            return False
+        for line in self._lines.lines():
+            if isinstance(line, bytes):
+                self.runLine(line)
+            else:
+                self.tooLong()
+            if self.paused or self.ended:
+                return False
+        return True
+
+    def debugLine(self, line: str) -> None:
+        """
+        A debug event this console listens to (C{debug/add}): written
+        between replies, as vde_switch does, or dropped and counted while
+        the reader is behind (traffic makes events: a reader that stopped
+        must not make the switch queue them all).
+        """
+        if self.ended:
+            return
+        if self.paused:
+            self.debugDropped += 1
+            if self.debugDropped == 1:
+                log.warn("{who}: dropping debug events until it reads again",
+                         who=self.droppedWarning)
+            return
+        self.writeText(line)
+
+    # IPushProducer
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        transport: Any = self.transport
+        transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        transport: Any = self.transport
+        transport.resumeProducing()
+        self.resumed()
+
+    def resumed(self) -> None:
+        """
+        The reader caught up: run what waits.
+        """
+        self.processLines()
+
+    def stopProducing(self) -> None:
+        """
+        The output is gone.
+        """

@@ -31,36 +31,30 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import stdio
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import consoleformat as fmt
 from vtwisted.console import CommandInterpreter
-from vtwisted.consolelines import MAX_LINE, CommandLines
+from vtwisted.consolelines import LineConsole
 
 log = Logger()
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
-class StdinConsole(Protocol):
+@implementer(IHalfCloseableProtocol)
+class StdinConsole(LineConsole):
     """
     Commands from standard input, replies to standard output.
-
-    @ivar paused: standard output is full; no command runs meanwhile.
     """
 
+    droppedWarning = "standard output: its reader stopped reading"
+
     def __init__(self, interpreter: CommandInterpreter, prompt: bool) -> None:
+        super().__init__()
         self.interpreter = interpreter
         self.prompt = prompt
-        self.ended = False
-        self.paused = False
-        self._lines = CommandLines(MAX_LINE)
-
-    #: Debug events dropped because standard output was not read.
-    debugDropped = 0
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -69,68 +63,35 @@ class StdinConsole(Protocol):
 
     def _prompt(self) -> None:
         if self.prompt:
-            self._write(fmt.PROMPT.lstrip("\n"))
-
-    def _write(self, text: str) -> None:
-        assert self.transport is not None
-        self.transport.write(text.encode("utf-8", "surrogateescape"))
+            self.writeText(fmt.PROMPT.lstrip("\n"))
 
     def dataReceived(self, data: bytes) -> None:
         if self.ended:
             return
         self._lines.add(data)
-        self._process()
+        self.processLines()
 
-    def _process(self) -> None:
-        """
-        Run the whole lines read, as the socket console does (a line too
-        long is answered once and skipped up to its newline), until
-        standard output is full or the console ends.
-        """
-        if self.paused or self.ended:
-            return
-        for line in self._lines.lines():
-            if isinstance(line, bytes):
-                self._runLine(line)
-            else:
-                self._tooLong()
-            if self.paused or self.ended:
-                return
-
-    def _runLine(self, line: bytes) -> None:
+    def runLine(self, line: bytes) -> None:
         """
         Run one command and write its reply.
         """
         reply = self.interpreter.execute(line.decode("utf-8", "surrogateescape"), session=self)
         if reply.end is not None:
-            self._write(fmt.END_OF_SESSION + "\n")
+            self.writeText(fmt.END_OF_SESSION + "\n")
             self.ended = True
             self._lines.clear()
             if reply.end.shutdown:
                 self.interpreter.ops.shutdown()
             return
-        self._write(reply.text)
+        self.writeText(reply.text)
         self._prompt()
 
-    def _tooLong(self) -> None:
+    def tooLong(self) -> None:
         """
-        A line over L{MAX_LINE} bytes: answered as the socket console answers.
+        A line too long: answered as the socket console answers it.
         """
-        self._write(fmt.resultLine(errno.E2BIG) + "\n")
+        self.writeText(fmt.resultLine(errno.E2BIG) + "\n")
         self._prompt()
-
-    def debugLine(self, line: str) -> None:
-        """
-        A debug event this console listens to.
-        """
-        if self.ended:
-            return
-        if self.paused:
-            self.debugDropped += 1
-            if self.debugDropped == 1:
-                log.warn("standard output is not read: dropping debug events while it is not")
-            return
-        self._write(line)
 
     def readConnectionLost(self) -> None:
         """
@@ -143,10 +104,10 @@ class StdinConsole(Protocol):
         transport: Any = self.transport
         transport.unregisterProducer()  # else a full buffer's drain would not close
         self.paused = False
-        self._process()
+        self.processLines()
         rest = self._lines.takeRest()
         if rest and not self.ended:
-            self._runLine(rest)
+            self.runLine(rest)
         transport.loseConnection()
 
     def writeConnectionLost(self) -> None:
@@ -156,27 +117,6 @@ class StdinConsole(Protocol):
         """
         if self.paused and not self.ended:
             self.resumeProducing()
-
-    # IPushProducer: the standard output transport pauses us while its
-    # buffer is full.
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        transport: Any = self.transport
-        transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        transport: Any = self.transport
-        transport.resumeProducing()
-        if not self.ended:
-            self._process()
-
-    def stopProducing(self) -> None:
-        """
-        Standard output is gone: nothing to wait for (see
-        L{writeConnectionLost}).
-        """
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.interpreter.ops.forgetDebugListener(self)

@@ -66,18 +66,27 @@ def expectedReplies(help: str) -> str:
     )
 
 
+def startStdinSwitch(processes, shortdir) -> subprocess.Popen:
+    """
+    A C{twistd vswitch --stdin} that is ready, its standard input and
+    output pipes left to the caller.
+    """
+    sock = shortdir / "sw"
+    process = processes.start(
+        twistdArgv("--sock", str(sock), "--stdin", logfile=str(shortdir / "sw.log")),
+        env=sourceEnv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
+    return process
+
+
 def test_unreadRepliesStayBoundedThenAllArriveInOrder(processes, shortdir) -> None:
     """
     Commands fed while standard output is not read: the switch's memory
     stays within a few MB (about 55 MB of replies would pile up otherwise);
     once read, every reply comes, in order, and the end of input stops it.
     """
-    sock = shortdir / "sw"
-    process = processes.start(
-        twistdArgv("--sock", str(sock), "--stdin", logfile=str(shortdir / "sw.log")),
-        env=sourceEnv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    process = startStdinSwitch(processes, shortdir)
     assert process.stdin is not None and process.stdout is not None
-    waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
     baseline = status(process.pid, "VmRSS")
     commands = "".join(f"help\nhelp\nhelp\nvlan/create {n}\nvlan/print {n}\n"
                        for n in range(1, ROUNDS + 1)).encode()
@@ -141,12 +150,8 @@ def stdinSwitch(processes, shortdir) -> tuple[subprocess.Popen, Stdout]:
     """
     A C{twistd vswitch --stdin} that is ready, and its standard output.
     """
-    sock = shortdir / "sw"
-    process = processes.start(
-        twistdArgv("--sock", str(sock), "--stdin", logfile=str(shortdir / "sw.log")),
-        env=sourceEnv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert process.stdin is not None and process.stdout is not None
-    waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
+    process = startStdinSwitch(processes, shortdir)
+    assert process.stdout is not None
     return process, Stdout(process.stdout)
 
 

@@ -31,37 +31,21 @@ except TimeoutError:
     print("silence")
 """
 
-#: traceroute's way: one probe per TTL, each error read from the error queue
-#: as "TTL REPORTER TYPE CODE".
+#: traceroute's way (traceroute6's for an IPv6 destination): one probe per
+#: TTL or hop limit, 1 to 3, each error read from the error queue and
+#: printed as "HOPS REPORTER TYPE CODE".
 TRACE = r"""
 import select, socket, struct, sys
-dst, port = sys.argv[1], int(sys.argv[2])
-for ttl in (1, 2, 3):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
-    s.sendto(b"probe", (dst, port))
-    poller = select.poll()
-    poller.register(s, select.POLLERR)
-    if not poller.poll(5000):
-        print(ttl, "silence")
-        continue
-    _, ancillary, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
-    for level, kind, data in ancillary:
-        if kind == 11:
-            _, origin, icmpType, code, _, _, _ = struct.unpack_from("=IBBBBII", data)
-            print(ttl, socket.inet_ntoa(data[20:24]), icmpType, code)
-"""
-
-#: traceroute6's way, as L{TRACE}: hop limits 1 to 3, each error printed as
-#: "HOPS REPORTER TYPE CODE".
-TRACE6 = r"""
-import select, socket, struct, sys
-dst, port = sys.argv[1], int(sys.argv[2])
+dst, port, six = sys.argv[1], int(sys.argv[2]), ":" in sys.argv[1]
+if six:
+    family, level, recverr, hopsOption = (socket.AF_INET6, socket.IPPROTO_IPV6, 25,
+                                          socket.IPV6_UNICAST_HOPS)
+else:
+    family, level, recverr, hopsOption = socket.AF_INET, socket.IPPROTO_IP, 11, socket.IP_TTL
 for hops in (1, 2, 3):
-    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    s.setsockopt(socket.IPPROTO_IPV6, 25, 1)  # IPV6_RECVERR
-    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.setsockopt(level, recverr, 1)
+    s.setsockopt(level, hopsOption, hops)
     s.sendto(b"probe", (dst, port))
     poller = select.poll()
     poller.register(s, select.POLLERR)
@@ -69,10 +53,14 @@ for hops in (1, 2, 3):
         print(hops, "silence")
         continue
     _, ancillary, _, _ = s.recvmsg(512, 512, socket.MSG_ERRQUEUE)
-    for level, kind, data in ancillary:
-        if level == socket.IPPROTO_IPV6 and kind == 25:
+    for cmsgLevel, kind, data in ancillary:
+        if cmsgLevel == level and kind == recverr:
             _, origin, icmpType, code, _, _, _ = struct.unpack_from("=IBBBBII", data)
-            print(hops, socket.inet_ntop(socket.AF_INET6, data[24:40]), icmpType, code)
+            if six:
+                reporter = socket.inet_ntop(socket.AF_INET6, data[24:40])
+            else:
+                reporter = socket.inet_ntoa(data[20:24])
+            print(hops, reporter, icmpType, code)
 """
 
 
@@ -161,7 +149,7 @@ def test_guestTraceroute6SeesEveryHop(processes, namespaces, shortdir) -> None:
     run("ip", "-n", farther, "-6", "route", "add", "default", "via", "2001:db8:1::1")
     waitFor(lambda: slaacAddress(world.guest, world.tap) is not None, timeout=20,
             what="a SLAAC address")
-    result = run(*execIn(world.guest, PYTHON, "-c", TRACE6, "2001:db8:1::2", "33434"),
+    result = run(*execIn(world.guest, PYTHON, "-c", TRACE, "2001:db8:1::2", "33434"),
                  timeout=60)
     assert result.stdout.split("\n")[:3] == [
         "1 fec0::2 3 0",

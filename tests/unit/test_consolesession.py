@@ -16,6 +16,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 
 from vtwisted import console
 from vtwisted.console import CommandInterpreter, ConsoleFactory
+from vtwisted.consolelines import MAX_LINE
 
 # The session protocol
 
@@ -85,7 +86,7 @@ def test_commandWithoutNewlineRunsAfterADelay(factory) -> None:
 def test_hugeLineIsRefusedOnceAndSkipped(factory) -> None:
     """A line over MAX_LINE gets 1007 once; its rest is skipped; the session goes on."""
     session = Session(factory)
-    out = session.send(b"x" * (console.MAX_LINE + 10))
+    out = session.send(b"x" * (MAX_LINE + 10))
     assert out == b"1007 Argument list too long\n" + PROMPT
     assert session.send(b"y" * 5000) == b""
     assert session.send(b"tail\nvlan/create 5\n") == b"1000 Success\n" + PROMPT
@@ -243,7 +244,7 @@ def test_commandsWaitingForAReaderAreNeverTakenForALongLine(factory) -> None:
     session = Session(factory)
     session.protocol.pauseProducing()
     commands = b"".join(b"vlan/create %d\n" % n for n in range(1, 501))
-    assert len(commands) > console.MAX_LINE
+    assert len(commands) > MAX_LINE
     assert session.send(commands) == b""
     session.protocol.resumeProducing()
     assert session.transport.value() == (b"1000 Success\n" + PROMPT) * 500
