@@ -96,6 +96,21 @@ def test_closedHostPortIsRefusedInTheGuest(vswitch, namespaces, shortdir) -> Non
     assert result.stdout.strip() == "refused"
 
 
+def _fartherNetwork(namespaces, world: Beyond, near: str, far: str, *flags: str) -> str:
+    """
+    A namespace on a third network, joined to C{world}'s remote one by a
+    veth pair (C{near} the remote's address on it, C{far} its own).
+    """
+    farther = namespaces.add("vtf")
+    veth = uniqueName("vtw")
+    run("ip", "link", "add", veth, "netns", world.remote, "type", "veth", "peer", "name", veth,
+        "netns", farther)
+    for ns, address in ((world.remote, near), (farther, far)):
+        run("ip", "-n", ns, "addr", "add", address, "dev", veth, *flags)
+        run("ip", "-n", ns, "link", "set", veth, "up")
+    return farther
+
+
 def test_guestTracerouteSeesEveryHop(processes, namespaces, shortdir) -> None:
     """
     Beyond the gateway a router leads to a third network: the guest's
@@ -104,13 +119,7 @@ def test_guestTracerouteSeesEveryHop(processes, namespaces, shortdir) -> None:
     """
     world = Beyond(processes, namespaces, shortdir, "192.0.2.1/24", "192.0.2.2/24", "1 0",
                    ipv6=False)
-    farther = namespaces.add("vtf")
-    veth = uniqueName("vtw")
-    run("ip", "link", "add", veth, "netns", world.remote, "type", "veth", "peer", "name", veth,
-        "netns", farther)
-    for ns, address in ((world.remote, "198.51.100.1/24"), (farther, "198.51.100.2/24")):
-        run("ip", "-n", ns, "addr", "add", address, "dev", veth)
-        run("ip", "-n", ns, "link", "set", veth, "up")
+    farther = _fartherNetwork(namespaces, world, "198.51.100.1/24", "198.51.100.2/24")
     run(*execIn(world.remote, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
     run("ip", "-n", world.outside, "route", "add", "198.51.100.0/24", "via", "192.0.2.2")
     run("ip", "-n", farther, "route", "add", "default", "via", "198.51.100.1")
@@ -136,13 +145,8 @@ def test_guestTraceroute6SeesEveryHop(processes, namespaces, shortdir) -> None:
 
     world = Beyond(processes, namespaces, shortdir, "2001:db8::1/64", "2001:db8::2/64", "1 0",
                    ipv6=True)
-    farther = namespaces.add("vtf")
-    veth = uniqueName("vtw")
-    run("ip", "link", "add", veth, "netns", world.remote, "type", "veth", "peer", "name", veth,
-        "netns", farther)
-    for ns, address in ((world.remote, "2001:db8:1::1/64"), (farther, "2001:db8:1::2/64")):
-        run("ip", "-n", ns, "addr", "add", address, "dev", veth, "nodad")
-        run("ip", "-n", ns, "link", "set", veth, "up")
+    farther = _fartherNetwork(namespaces, world, "2001:db8:1::1/64", "2001:db8:1::2/64",
+                              "nodad")
     run(*execIn(world.remote, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"))
     run("ip", "-n", world.outside, "-6", "route", "add", "2001:db8:1::/64", "via",
         "2001:db8::2")
