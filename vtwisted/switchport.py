@@ -260,6 +260,10 @@ class SwitchPort:
             # frames still waiting hold the old links' senders: a link gone may have
             # closed its descriptor, whose number the next one opened reuses
             impaired.stop()
+        if not links and self.impairedIn is not None:
+            # the peer is gone: frames it sent that are still held back would
+            # teach the switch its addresses on a port nothing answers on
+            self.impairedIn.stop()
         if impaired is not None and links:
             plain = self.send = impaired.wrap(self.send)
             self.sendVnet = impaired.wrap(self.sendVnet, vnetPackets=True)

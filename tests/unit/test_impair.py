@@ -322,6 +322,25 @@ def test_arrivingLossKeepsTheSwitchFromLearning() -> None:
     assert c.sent == [frame(mac(9), mac(1))]
 
 
+def test_framesHeldOnTheWayInGoWithTheirPeer() -> None:
+    """
+    Frames an indelay= holds back when the port's last client leaves are
+    dropped with it: they teach the switch nothing, so a frame for that
+    client's address is flooded (to its new port) instead of going to the
+    port it left, and no timer is left running.
+    """
+    clock, a, b, port = _pair(indelay="1000")
+    b.receive(frame(b"\xff" * 6, mac(9)))
+    b.close()
+    clock.advance(2)
+    assert a.takeSent() == [] and clock.getDelayedCalls() == []
+    moved = FakeLink("moved")
+    plug(a.switch, moved, 5)
+    a.receive(frame(mac(9), mac(1)))
+    assert moved.sent == [frame(mac(9), mac(1))]
+    assert a.switch.fdb.lookup(0, mac(9)) is None
+
+
 def test_bothWaysMakeARoundTrip() -> None:
     """
     delay=10:indelay=20 in a spec: a request to B leaves after 10 ms, its
@@ -380,3 +399,4 @@ def test_portsOnStreamsTakeBothWays(module: str, text: str) -> None:
     impairment = read.options.impairment
     assert impairment is not None
     assert (impairment.leaving.delay, impairment.arriving.delay) == (0.005, 0.007)
+
