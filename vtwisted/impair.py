@@ -26,9 +26,12 @@ for first, so that loss strikes wire-sized frames; noise strikes frames
 whose checksums are complete (frames for plain ports are made before they
 are impaired), so their receivers can tell, as on a real wire. Frames due
 now go at once; the rest wait in one queue with one timer on the injected
-clock. Ports without impairments are untouched: the wrapping happens only
-when an impairment is set, so the forwarding path of every other port costs
-nothing more than one attribute test for frames no route takes.
+clock, at most L{MAX_QUEUED_BYTES} of them (beyond that, as a full queue
+would, frames are dropped as C{busy}: a peer flooding a delayed port cannot
+fill the switch's memory). Ports without impairments are untouched: the
+wrapping happens only when an impairment is set, so the forwarding path of
+every other port costs nothing more than one attribute test for frames no
+route takes.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ KEYWORDS = ("delay", "jitter", "loss", "burst", "dup", "rate", "queue", "noise")
 IN_KEYWORDS = tuple("in" + key for key in KEYWORDS)
 #: Both, as port types that sort their keywords list them.
 ALL_KEYWORDS = KEYWORDS + IN_KEYWORDS
+#: The most bytes one direction of a port holds back (delayed frames); the
+#: frames that do not fit are dropped as C{busy}, as a full queue drops them.
+MAX_QUEUED_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,8 @@ class ImpairedSender:
         self.random = rng or random.Random()
         self.queue: deque[tuple[float, Callable[[Any], None], Any]] = deque()
         self._timer: Any = None
+        #: Bytes waiting in L{queue}, at most L{MAX_QUEUED_BYTES}.
+        self.queuedBytes = 0
         self._linkFree = 0.0
         self._lastDue = 0.0
         #: Frames sent with bits flipped.
@@ -216,6 +224,8 @@ class ImpairedSender:
         what = f"{direction}: {impairment.describe()}"
         self._lost = f"lost on purpose ({what})"
         self._full = f"the rate-limited link's queue is full ({what})"
+        self._held = (f"{MAX_QUEUED_BYTES >> 20} MB of frames are held back already "
+                      f"({what})")
 
     def describe(self) -> str:
         """
@@ -268,6 +278,9 @@ class ImpairedSender:
         if impairment.loss and self._lose(rng):
             self.port.dropped("impaired", self._lost)
             return
+        if self.queuedBytes + len(data) > MAX_QUEUED_BYTES:
+            self.port.dropped("busy", self._held)
+            return
         if impairment.noise:
             data = self._damaged(data, skip)
         now = self.clock.seconds()
@@ -288,6 +301,7 @@ class ImpairedSender:
             for _ in range(copies):
                 send(data)
             return
+        self.queuedBytes += len(data) * copies
         if not isinstance(data, bytes):
             data = bytes(data)
         for _ in range(copies):
@@ -331,6 +345,7 @@ class ImpairedSender:
         queue, now = self.queue, self.clock.seconds()
         while queue and queue[0][0] <= now:
             _, send, data = queue.popleft()
+            self.queuedBytes -= len(data)
             send(data)
         if queue:
             self._timer = self.clock.callLater(max(queue[0][0] - now, 0), self._release)
@@ -343,3 +358,4 @@ class ImpairedSender:
             self._timer.cancel()
         self._timer = None
         self.queue.clear()
+        self.queuedBytes = 0

@@ -13,7 +13,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from vtwisted.errors import SwitchError
-from vtwisted.impair import PortImpairment
+from vtwisted.impair import MAX_QUEUED_BYTES, PortImpairment
 from vtwisted.operations import SwitchOperations
 from vtwisted.portoptions import PortOptions
 from vtwisted.service import SwitchService
@@ -400,3 +400,29 @@ def test_portsOnStreamsTakeBothWays(module: str, text: str) -> None:
     assert impairment is not None
     assert (impairment.leaving.delay, impairment.arriving.delay) == (0.005, 0.007)
 
+
+@pytest.mark.parametrize("arriving", [False, True])
+def test_heldFramesAreBounded(arriving: bool) -> None:
+    """
+    A flood into a delayed port (or from one, with indelay=) is held back
+    up to MAX_QUEUED_BYTES only: the frames beyond are dropped as busy
+    instead of filling the switch's memory, and those held arrive in time.
+    """
+    clock, a, b, port = _pair(**{"indelay" if arriving else "delay": "1000"})
+    a.receive(frame(b"\xff" * 6, mac(1)))
+    clock.advance(1.001)
+    b.takeSent()
+    jumbo = frame(mac(1) if arriving else mac(2), mac(2) if arriving else mac(1),
+                  payload=b"x" * 9000)
+    sender, receiver = (b, a) if arriving else (a, b)
+    flood = MAX_QUEUED_BYTES // len(jumbo) + 100
+    for _ in range(flood):
+        sender.receive(jumbo)
+    assert port.counters.drops["busy"] == 100
+    held = port.impairedIn if arriving else port.impaired
+    assert held is not None and held.queuedBytes <= MAX_QUEUED_BYTES
+    clock.advance(1.001)
+    assert len(receiver.takeSent()) == flood - 100 and held.queuedBytes == 0
+    sender.receive(jumbo)
+    clock.advance(1.001)
+    assert receiver.sent == [jumbo]
