@@ -33,6 +33,7 @@ import contextlib
 import io
 import os
 import stat
+import struct
 import traceback
 from collections.abc import Iterable
 from functools import partial
@@ -66,6 +67,9 @@ log = Logger()
 
 #: Seconds a client has to log in.
 LOGIN_TIMEOUT = 60
+#: What Twisted's key parser raises for a truncated or corrupt key, besides
+#: C{BadKeyError}.
+_KEY_ERRORS = (keys.BadKeyError, ValueError, IndexError, struct.error)
 WELCOME = (
     b"vtwisted manhole: switch, service and ops (the console's operations) are here;"
     b" help(ops) lists them.\r\n"
@@ -84,11 +88,16 @@ def loopbackByDefault(description: str) -> str:
     """
     The endpoint to listen on: a bare port number, or a C{tcp:}/C{tcp6:}
     endpoint without C{interface=}, is bound to loopback only.
+
+    @raise ValueError: the description cannot be parsed.
     """
     text = description.strip()
     if text.isdigit():
         return f"tcp:{text}:interface=127.0.0.1"
-    args, kwargs = _parse(text)
+    try:
+        args, kwargs = _parse(text)
+    except (RuntimeError, StopIteration):
+        raise ValueError("ends with a lone backslash") from None
     kind = args[0] if args else ""
     if kind in ("tcp", "tcp6") and "interface" not in kwargs:
         return text + (":interface=127.0.0.1" if kind == "tcp" else r":interface=\:\:1")
@@ -175,7 +184,7 @@ class AuthorizedKeysFile:
                 continue
             try:
                 yield keys.Key.fromString(line)
-            except keys.BadKeyError as e:
+            except _KEY_ERRORS as e:
                 log.warn("{path} line {number}: not a key ({error}); line ignored",
                          path=self.path, number=number, error=e)
 
@@ -197,7 +206,7 @@ class AuthorizedKeyChecker:
     def _check(self, credentials: Any) -> bytes:
         try:
             key = keys.Key.fromString(credentials.blob)
-        except keys.BadKeyError as e:
+        except _KEY_ERRORS as e:
             raise UnauthorizedLogin(f"unusable key: {e}") from None
         if not any(key == k for k in self.authorized.getAuthorizedKeys(credentials.username)):
             raise UnauthorizedLogin(
@@ -227,7 +236,12 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
         super().serviceStarted()
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Any:
-        d = super().tryAuth(kind, user, data)
+        try:
+            d = super().tryAuth(kind, user, data)
+        except _KEY_ERRORS as e:
+            # Twisted parses the client's key before any checker sees it, and
+            # lets a corrupt one raise: refuse it as a bad key is refused.
+            d = defer.fail(UnauthorizedLogin(f"unusable key: {e}"))
         transport: Any = self.transport
         peer = transport.transport.getPeer()
         who = user.decode("utf-8", "replace")
@@ -393,7 +407,6 @@ class ManholeService(Service):
             raise ValueError("--manhole needs --manhole-keys AUTHORIZED_KEYS")
         self.namespace = namespace
         self.reactor = reactor
-        self.endpointText = loopbackByDefault(endpoint)
         self.hostKeyPath = hostKeyPath or defaultHostKeyPath()
         self.checkers: list[ICredentialsChecker] = []
         if keysFile is not None:
@@ -401,6 +414,7 @@ class ManholeService(Service):
         if passwordsFile is not None:
             self.checkers.append(_passwordChecker(passwordsFile))
         try:
+            self.endpointText = loopbackByDefault(endpoint)
             self.endpoint = serverFromString(reactor, self.endpointText)
         except (ValueError, TypeError) as e:
             raise ValueError(f"--manhole {endpoint}: {e}") from None

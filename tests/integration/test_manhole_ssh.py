@@ -111,6 +111,20 @@ def test_wrongKeyIsRefusedAndLogged(vswitch, shortdir) -> None:
     assert "is not in" in manhole.switch.logText()
 
 
+def test_aTruncatedKeyLineLetsTheOthersIn(vswitch, shortdir) -> None:
+    """
+    An authorized_keys file with a line cut short (a bad paste) before the
+    operator's key: the switch starts, logs the line, and ssh logs in.
+    """
+    keygen(shortdir / "id_ed25519")
+    good = Path(f"{shortdir / 'id_ed25519'}.pub").read_bytes()
+    (shortdir / "authorized_keys").write_bytes(good[:30] + b"\n" + good)
+    manhole = Manhole(vswitch, shortdir)
+    done = manhole.ssh("switch.numPorts")
+    assert (done.returncode, done.stdout) == (0, b"32\r\n"), done.stderr
+    assert "line 1: not a key" in manhole.switch.logText()
+
+
 def test_hostKeyIsKeptAcrossRestarts(vswitch, processes, shortdir) -> None:
     """The host key made at the first start is reused: pinned clients still connect."""
     first = Manhole(vswitch, shortdir)

@@ -227,3 +227,63 @@ def test_loginTimeoutUsesTheServiceReactor(tmp_path) -> None:
     (call,) = clock.getDelayedCalls()
     assert call.getTime() == LOGIN_TIMEOUT
     auth.serviceStopped()
+
+
+@pytest.mark.parametrize("broken", [
+    b"ssh-ed25519 AAAA",  # cut short: Twisted's parser raises struct.error
+    b"ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ",  # bad base64 padding
+    b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA==",  # a key of the wrong length
+    b"ssh-ed25519",  # no key at all
+])
+def test_aCorruptKeyLineSpoilsOnlyItself(tmp_path, broken) -> None:
+    """
+    A truncated or corrupt line of the authorized keys (an editor's wrap, a
+    bad paste) is skipped with a warning: the keys on the other lines still
+    log in, and the service starts.
+    """
+    key = newKey()
+    checker = checkerFor(tmp_path, broken, key.public().toString("openssh"))
+    assert outcome(checker.requestAvatarId(credentials(key))) == b"operator"
+    ManholeService({}, MemoryReactor(), "2222", checker.authorized.path)
+
+
+def test_aCorruptClientKeyIsRefusedAsABadKey(tmp_path) -> None:
+    """
+    A client offering a corrupt public key (a blob Twisted's parser cannot
+    read) is refused like any bad key: no exception out of the SSH
+    protocol, a USERAUTH_FAILURE, and the login refusal logged.
+    """
+    from types import SimpleNamespace
+
+    from twisted.conch.ssh import userauth
+    from twisted.conch.ssh.common import NS
+    from twisted.conch.ssh.transport import SSHTransportBase
+    from twisted.cred import portal
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+
+    from vtwisted.manhole import ManholeFactory, ManholeRealm, ManholeUserAuth
+
+    clock = Clock()
+    checker = checkerFor(tmp_path, newKey().public().toString("openssh"))
+    factory = ManholeFactory(portal.Portal(ManholeRealm({}, clock), [checker]), newKey(), clock)
+    sent: list[tuple[int, bytes]] = []
+    auth = ManholeUserAuth()
+    auth.transport = cast(SSHTransportBase, SimpleNamespace(
+        factory=factory, isEncrypted=lambda direction: True, sessionID=b"id",
+        sendPacket=lambda kind, payload: sent.append((kind, payload)),
+        transport=SimpleNamespace(getPeer=lambda: IPv4Address("TCP", "127.0.0.1", 40000))))
+    auth.serviceStarted()
+    corrupt = NS(b"ssh-ed25519") + NS(b"short")
+    auth.ssh_USERAUTH_REQUEST(NS(b"operator") + NS(b"ssh-connection") + NS(b"publickey")
+                              + b"\x00" + NS(b"ssh-ed25519") + NS(corrupt))
+    assert [kind for kind, _ in sent] == [userauth.MSG_USERAUTH_FAILURE]
+    auth.serviceStopped()
+
+
+def test_anUnparsableEndpointSaysSo(tmp_path) -> None:
+    """--manhole 'tcp:22\\' is refused with a message naming it, not a traceback."""
+    keysFile = tmp_path / "keys"
+    keysFile.write_bytes(newKey().public().toString("openssh") + b"\n")
+    with pytest.raises(ValueError, match=r"--manhole tcp:22\\: ends with a lone backslash"):
+        ManholeService({}, MemoryReactor(), "tcp:22\\", str(keysFile))
