@@ -12,6 +12,7 @@ from twisted.application.service import Application
 from twisted.internet import reactor
 
 from vtwisted.app import buildService
+from vtwisted.spec import escape
 
 directory = os.environ.get("VSWITCH_SOCK", "/tmp/vde.ctl")
 
@@ -19,7 +20,7 @@ application = Application("vswitch")
 switchService = buildService(
     reactor,
     ports=[
-        "vde:" + directory.replace(":", "\\:") + ":mode=0660",
+        "vde:" + escape(directory) + ":mode=0660",  # escape: \\, : and = in a path
         # "tap:tap0",
         # "vde:/tmp/lab-vlan10:vlan=10",
         # "qemu:unix:/tmp/vms.sock",  # -netdev stream,addr.type=unix,addr.path=/tmp/vms.sock

@@ -26,14 +26,14 @@ from vtwisted.errors import SwitchError
 from vtwisted.fdb import DEFAULT_CAPACITY, DEFAULT_EXPIRY, MacTable
 from vtwisted.porttype import portTypes
 from vtwisted.service import SwitchService
-from vtwisted.spec import PortSpec, SpecError
+from vtwisted.spec import PortSpec, SpecError, escape
 from vtwisted.switch import DEFAULT_NUMPORTS, Switch
 
 
 def _defaultSockSpec() -> str:
     from vtwisted.ports.vde import defaultDirectory
 
-    return "vde:" + defaultDirectory().replace(":", "\\:")
+    return "vde:" + escape(defaultDirectory())
 
 
 def buildService(
@@ -238,14 +238,15 @@ class Options(usage.Options):
         C{--group} describe, if any.
         """
         extras = [
-            f"{key}={self[key]}" for key in ("mode", "dirmode", "group") if self[key] is not None
+            f"{key}={escape(self[key])}" for key in ("mode", "dirmode", "group")
+            if self[key] is not None
         ]
         if self["sock"] is None and not extras:
             return None
         if self["sock"] is None:
             base = _defaultSockSpec()
         else:
-            base = "vde:" + self["sock"].replace("\\", "\\\\").replace(":", "\\:")
+            base = "vde:" + escape(self["sock"])
         return ":".join([base, *extras])
 
     def allPorts(self) -> list[str]:

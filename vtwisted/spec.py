@@ -183,7 +183,6 @@ class PortSpec:
 
         @raise SpecError: if nothing is left.
         """
-        escape = _escape
         reserved = set(reserved)
         for key in set(self.repeated) - reserved:
             self._once(key)
@@ -222,8 +221,9 @@ def _repeatedKeywords(text: str) -> dict[str, list[str]]:
     return {key: values for key, values in seen.items() if len(values) > 1}
 
 
-def _escape(text: str) -> str:
+def escape(text: str) -> str:
     """
-    Quote C{text} for the endpoint grammar: every C{\\}, C{:} and C{=}.
+    Quote C{text} for the endpoint grammar: every C{\\}, C{:} and C{=}, so
+    that a path becomes one positional argument of a spec.
     """
     return text.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")

@@ -71,6 +71,19 @@ def test_requestedPortsAreGranted(vswitch, processes) -> None:
     assert [n.split(".")[0] for n in names] == ["000", "005"]
 
 
+def test_sockTakesAnyPath(vswitch, processes, shortdir) -> None:
+    """
+    --sock takes a directory whose name has the spec grammar's = and : in
+    it, as vde_switch -s does, and vde_plug clients use it.
+    """
+    sw = vswitch(sock=shortdir / "lab=1:a")
+    assert (shortdir / "lab=1:a" / "ctl").exists()
+    a, b = plugs(processes, sw, 2)
+    hello = frame(BROADCAST, mac(1))
+    a.send(hello)
+    assert b.receive() == hello
+
+
 def test_jumboFrameCrossesWhole(vswitch, processes) -> None:
     """A 9000-byte payload crosses the switch unchanged (vde_switch would cut it)."""
     sw = vswitch()
