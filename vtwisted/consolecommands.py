@@ -105,7 +105,7 @@ def _idOf(name: str, lookup: Callable[[str], int]) -> int | None:
         return lookup(name)
     except KeyError:
         pass
-    if name[:1].isdigit():
+    if name[:1].isascii() and name[:1].isdigit():  # C's isdigit: not "²" (atoi: 0, root)
         return atoi(name)
     if name in ("NONE", "ANY"):
         return None

@@ -172,6 +172,22 @@ def test_twoNumberCommandsUseScanfNotation(setup) -> None:
     assert run(interpreter, "port/setvlan 5 11") == "1006 No such device or address\n"
 
 
+def test_setUserTakesDigitsAsCDoes(setup) -> None:
+    """
+    port/setuser and port/setgroup take a number only if it starts with an
+    ASCII digit, as C's isdigit: "²" or "٣" is no user (EINVAL), not
+    atoi's 0, root.
+    """
+    interpreter, ops, _ = setup
+    run(interpreter, "port/create 5")
+    assert run(interpreter, "port/setuser 5 1234") == "1000 Success\n"
+    for name in ("\u00b2", "\u0663"):
+        assert run(interpreter, f"port/setuser 5 {name}") == "1022 Invalid argument\n"
+        assert run(interpreter, f"port/setgroup 5 {name}") == "1022 Invalid argument\n"
+    status = ops.ports(5, inactive=True)[0]
+    assert (status.user, status.group) == (1234, None)
+
+
 def test_cParsers() -> None:
     """atoi, sscanf %i and the MAC parser behave as glibc's."""
     assert [atoi(s) for s in ("12", " -3x", "abc", "", "99999999999")] == [
