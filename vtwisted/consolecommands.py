@@ -210,7 +210,7 @@ def _setVlan(ctx: CommandContext, arg: str) -> None:
 
 
 def _impair(ctx: CommandContext, arg: str) -> None:
-    number, _, rest = arg.strip().partition(" ")
+    number, rest = [*arg.split(None, 1), "", ""][:2]
     ctx.ops.setImpairment(atoi(number), rest)
 
 

@@ -352,10 +352,12 @@ class ImpairedSender:
 
     def stop(self) -> None:
         """
-        Forget the frames still waiting and the timer.
+        Forget the frames still waiting and the timer, and the link time
+        they took: the next frame waits for none of them.
         """
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         self.queue.clear()
         self.queuedBytes = 0
+        self._linkFree = self._lastDue = 0.0

@@ -163,6 +163,32 @@ def test_theConsoleSetsAndClearsImpairments() -> None:
         ops.setImpairment(port.number, "colour=red")
 
 
+def test_theConsoleCommandTakesAnyBlankAfterThePort() -> None:
+    """port/impair N<TAB>OPTS works as with a space, as other commands' arguments do."""
+    from vtwisted.console import CommandInterpreter
+
+    _, _, ops, _, _, port = _managed()
+    reply = CommandInterpreter(ops).execute(f"port/impair {port.number}\tdelay=30  loss=0")
+    assert reply.text.endswith("1000 Success\n")
+    assert ops.ports(port.number)[0].impairment == "delay 30 ms"
+
+
+def test_framesDroppedByAStopNoLongerHoldTheLink() -> None:
+    """
+    After the held frames are dropped (a client joined or left the port),
+    the next frame waits only for its own time on a rate-limited link, not
+    behind the time the dropped ones would have taken.
+    """
+    clock, a, b, port = _pair(rate="8")  # kbit/s: 1000 bytes a second
+    for _ in range(5):
+        a.receive(frame(mac(2), mac(1), payload=bytes(1000)))
+    assert port.impaired is not None
+    port.impaired.stop()
+    a.receive(frame(mac(2), mac(1), payload=bytes(10)))
+    clock.advance(0.2)
+    assert len(b.sent) == 1
+
+
 @pytest.mark.parametrize("arriving", [False, True])
 def test_lossStrikesWireFramesNotSuperFrames(arriving: bool) -> None:
     """
