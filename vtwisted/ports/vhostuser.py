@@ -149,6 +149,7 @@ class VhostUserLink(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._buffer + data
+        request = None
         while not self._broken and len(buffer) >= vu.HEADER.size:
             try:
                 header = vu.Header.parse(buffer)
@@ -159,12 +160,18 @@ class VhostUserLink(Protocol):
             if len(buffer) < end:
                 break
             payload, buffer = buffer[vu.HEADER.size:end], buffer[end:]
+            request = header.request
             try:
                 self.requestReceived(header, payload)
             except (VhostUserError, VirtqueueError) as e:
                 self.fail(str(e))
                 return
         self._buffer = buffer
+        if self._fds and not buffer and not self._broken:
+            # descriptors arrive with the first bytes of their message: with
+            # every message read, these came with one that takes none
+            self.fail(f"{len(self._fds)} file descriptors came with request "
+                      f"{request}, which takes no more")
 
     def requestReceived(self, header: vu.Header, payload: bytes) -> None:
         """
@@ -294,7 +301,10 @@ class VhostUserLink(Protocol):
 
     def setMemoryTable(self, request: int, payload: bytes) -> None:
         regions = vu.memoryTable(request, payload)
-        fds = [self.takeDescriptor("the memory table") for _ in regions]
+        if len(self._fds) < len(regions):
+            raise VhostUserError(f"the memory table of {len(regions)} regions came without "
+                                 f"its file descriptors ({len(self._fds)})")
+        fds = [self._fds.popleft() for _ in regions]
         memory = GuestMemory.map(regions, fds)
         for ring in self.rings:
             ring.stop()

@@ -1,0 +1,181 @@
+"""
+A hostile vhost-user front-end, written from the protocol, on a real Unix
+socket to a switch running in this process: its messages carry real file
+descriptors (C{SCM_RIGHTS}) and its guest memory is a real memfd.  Whatever
+it sends is refused with one error naming the spec, counted, and the
+connection closed; the switch keeps its descriptors and keeps serving.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import pytest_twisted
+from reactortools import sleep, until
+from twisted.logger import ILogObserver, globalLogPublisher
+
+from vtwisted.ports.vhostuser import OFFERED, VhostUserListener
+from vtwisted.wire import vhostuser as vu
+
+MEMORY = 1 << 20
+USER_BASE = 0x7F0000000000
+QUEUE = 16
+#: Where the transmit ring's parts are, guest-physically.
+DESCRIPTORS, AVAILABLE, USED, DATA = 0x0, 0x1000, 0x2000, 0x10000
+
+
+def openDescriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class FrontEnd:
+    """
+    A vhost-user front-end that does what it is told, right or wrong.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.sock.setblocking(False)
+        self.memfd = os.memfd_create("hostile-guest", os.MFD_ALLOW_SEALING)
+        os.ftruncate(self.memfd, MEMORY)
+        self.kick = os.eventfd(0, os.EFD_NONBLOCK)
+        self.call = os.eventfd(0, os.EFD_NONBLOCK)
+
+    def close(self) -> None:
+        for fd in (self.memfd, self.kick, self.call):
+            os.close(fd)
+        self.sock.close()
+
+    def send(self, request: int, payload: bytes = b"", fds: tuple[int, ...] = ()) -> None:
+        data = vu.message(request, payload)
+        if fds:
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+            self.sock.sendmsg([data], rights)
+        else:
+            self.sock.sendall(data)
+
+    async def closedBySwitch(self, timeout: float = 5.0) -> bool:
+        """
+        Whether the switch closes the connection within C{timeout} seconds
+        (replies read meanwhile are thrown away).
+        """
+        for _ in range(int(timeout / 0.02)):
+            try:
+                if not self.sock.recv(65536):
+                    return True
+            except BlockingIOError:
+                await sleep(0.02)
+            except ConnectionResetError:
+                return True
+        return False
+
+    def start(self, kick: int | None = None) -> None:
+        """
+        What QEMU sends to start the transmit ring (queue 1), with C{kick}
+        as its kick descriptor.
+        """
+        self.send(vu.SET_FEATURES, vu.packNumber(OFFERED & ~(1 << vu.F_PROTOCOL_FEATURES)))
+        self.send(vu.SET_MEM_TABLE, vu.packTable([vu.Region(0, MEMORY, USER_BASE, 0)]),
+                  (self.memfd,))
+        self.send(vu.SET_VRING_NUM, vu.packState(1, QUEUE))
+        self.send(vu.SET_VRING_BASE, vu.packState(1, 0))
+        self.send(vu.SET_VRING_ADDR, vu.packAddresses(vu.RingAddresses(
+            1, 0, USER_BASE + DESCRIPTORS, USER_BASE + USED, USER_BASE + AVAILABLE, 0)))
+        self.send(vu.SET_VRING_CALL, vu.packNumber(1), (self.call,))
+        self.send(vu.SET_VRING_KICK, vu.packNumber(1), (self.kick if kick is None else kick,))
+
+
+@pytest.fixture
+def errors() -> Iterator[list[dict[str, Any]]]:
+    """The error events logged during the test."""
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        level = event.get("log_level")
+        if level is not None and level.name in ("error", "critical"):
+            events.append(event)
+
+    globalLogPublisher.addObserver(cast(ILogObserver, observe))
+    yield events
+    globalLogPublisher.removeObserver(cast(ILogObserver, observe))
+
+
+@pytest_twisted.async_yield_fixture
+async def listener(shortdir: Path, switch) -> AsyncIterator[tuple[VhostUserListener, Path]]:
+    path = shortdir / "vh.sock"
+    service: Any = switch(f"vhostuser:unix:{path}")
+    (vhost,) = [s for s in service if isinstance(s, VhostUserListener)]
+    yield vhost, path
+
+
+@pytest.fixture
+def frontEnds(listener) -> Iterator[Any]:
+    made: list[FrontEnd] = []
+
+    def make() -> FrontEnd:
+        made.append(FrontEnd(listener[1]))
+        return made[-1]
+
+    yield make
+    for front in made:
+        front.close()
+
+
+async def stillServes(listener: Any, frontEnds: Any) -> None:
+    """A new front-end is answered."""
+    front = frontEnds()
+    front.send(vu.GET_FEATURES)
+    for _ in range(250):
+        try:
+            reply = front.sock.recv(64)
+            break
+        except BlockingIOError:
+            await sleep(0.02)
+    assert vu.Header.parse(reply).request == vu.GET_FEATURES
+
+
+def refusedOnce(errors: list[dict[str, Any]], problem: str) -> None:
+    assert len(errors) == 1, errors
+    assert problem in errors[0].get("problem", ""), errors[0]
+    assert errors[0]["spec"].startswith("vhostuser:unix:")
+
+
+@pytest_twisted.ensureDeferred
+async def test_descriptorsSentWithRequestsThatTakeNoneAreRefused(listener, frontEnds,
+                                                                  errors) -> None:
+    """
+    Descriptors riding along with requests that take none would pile up in
+    the switch until it could open no more: the first such message closes
+    the connection, saying so, and every descriptor is closed.
+    """
+    before = openDescriptors()
+    front = frontEnds()
+    extra = openDescriptors() - before
+    for _ in range(20):
+        front.send(vu.GET_FEATURES, fds=(front.kick,) * 200)
+    assert await front.closedBySwitch()
+    await until(lambda: not listener[0].links, what="the link to go")
+    assert openDescriptors() - before == extra
+    refusedOnce(errors, "file descriptors")
+    await stillServes(listener, frontEnds)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aMemoryTableShortOfDescriptorsLeaksNone(listener, frontEnds, errors) -> None:
+    """A table of 3 regions with 2 descriptors is refused; the 2 are closed."""
+    before = openDescriptors()
+    front = frontEnds()
+    extra = openDescriptors() - before
+    regions = [vu.Region(i << 20, MEMORY, USER_BASE + (i << 20), 0) for i in range(3)]
+    front.send(vu.SET_MEM_TABLE, vu.packTable(regions), (front.memfd, front.memfd))
+    assert await front.closedBySwitch()
+    await until(lambda: not listener[0].links, what="the link to go")
+    assert openDescriptors() - before == extra
+    refusedOnce(errors, "without its file descriptor")
