@@ -179,3 +179,42 @@ async def test_aMemoryTableShortOfDescriptorsLeaksNone(listener, frontEnds, erro
     await until(lambda: not listener[0].links, what="the link to go")
     assert openDescriptors() - before == extra
     refusedOnce(errors, "without its file descriptor")
+
+
+def notAnEventfd(kind: str, directory: Path) -> int:
+    """A descriptor of C{kind} that is no eventfd."""
+    if kind == "regular file":
+        (directory / "file").write_bytes(b"x" * 100)
+        return os.open(directory / "file", os.O_RDWR)
+    if kind == "path only":
+        return os.open(directory, os.O_PATH)
+    reader, writer = os.pipe()
+    os.close(writer)  # readable at once, and for ever: the end of the pipe
+    return reader
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("kind", ["regular file", "path only", "pipe at its end"])
+@pytest.mark.parametrize("which", [vu.SET_VRING_KICK, vu.SET_VRING_CALL])
+async def test_ringDescriptorsMustBeEventfds(listener, frontEnds, errors, shortdir: Path,
+                                             kind: str, which: int) -> None:
+    """
+    A kick or call descriptor that is not an eventfd is refused, saying
+    what it is, before the switch polls it (a regular file cannot be, a
+    pipe at its end would be readable for ever) or writes to it.
+    """
+    before = openDescriptors()
+    front = frontEnds()
+    bad = notAnEventfd(kind, shortdir)
+    extra = openDescriptors() - before
+    if which == vu.SET_VRING_KICK:
+        front.start(kick=bad)
+    else:
+        front.send(vu.SET_VRING_CALL, vu.packNumber(1), (bad,))
+    assert await front.closedBySwitch()
+    await until(lambda: not listener[0].links, what="the link to go")
+    assert openDescriptors() - before == extra
+    name = "kick" if which == vu.SET_VRING_KICK else "call"
+    refusedOnce(errors, f"the {name} descriptor of queue 1 is not an eventfd")
+    await stillServes(listener, frontEnds)
+    os.close(bad)
