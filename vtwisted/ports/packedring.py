@@ -39,7 +39,8 @@ them as QEMU and DPDK encode them (bits 0-14 the next slot to take, 15
 the driver's wrap counter, 16-30 and 31 the same for the next used slot),
 and C{SET_VRING_BASE} is read from its low half, as DPDK does.
 
-The guest is not trusted: a chain longer than the ring, an address outside
+The guest is not trusted: a chain longer than the ring or of more than
+1024 buffers (L{vtwisted.ports.virtqueue.MAX_CHAIN}), an address outside
 the shared regions or a malformed indirect descriptor raise
 L{VirtqueueError} and nothing is read or written.
 """
@@ -52,6 +53,7 @@ from collections import deque
 from vtwisted.ports.virtqueue import (
     DESCRIPTOR,
     INDIRECT,
+    MAX_CHAIN,
     MAX_QUEUE_SIZE,
     NEXT,
     WRITE,
@@ -211,11 +213,12 @@ class PackedQueue:
         """
         buffers: list[tuple[memoryview, bool]] = []
         table, size, guest, at = self.table, self.size, self.memory.guest, head
-        for _ in range(size):
+        for _ in range(min(size, MAX_CHAIN)):
             address, length, _, flags = DESCRIPTOR.unpack_from(table, 16 * at)
             if flags & INDIRECT:
-                if buffers or flags & NEXT or not length or length % 16 or \
-                        length > 16 * MAX_QUEUE_SIZE:
+                if length > 16 * MAX_CHAIN:
+                    raise VirtqueueError(f"chain at {head} has more than {MAX_CHAIN} buffers")
+                if buffers or flags & NEXT or not length or length % 16:
                     raise VirtqueueError(f"bad indirect descriptor ({length} bytes, "
                                          f"flags {flags:#x})")
                 return self._indirect(guest(address, length), written)
@@ -225,6 +228,8 @@ class PackedQueue:
             if not flags & NEXT:
                 return buffers
             at = at + 1 if at + 1 < size else 0
+        if size > MAX_CHAIN:
+            raise VirtqueueError(f"chain at {head} has more than {MAX_CHAIN} buffers")
         raise VirtqueueError(f"chain at {head} loops (longer than the ring)")
 
     def _indirect(self, entries: memoryview, written: list[tuple[int, int]] | None

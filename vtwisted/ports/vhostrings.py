@@ -14,7 +14,8 @@ the two have one interface, and the choice is made once, at the start.
 
 The transmit ring (the guest's frames) is drained when its eventfd is
 readable: the guest is asked not to kick meanwhile, every chain taken is
-given back at once (nothing of the guest's is kept), kicks are asked for
+given back at once (nothing of the guest's is kept; one longer than a
+64 KB packet unread, counted as C{oversize}), kicks are asked for
 again before a last look, the used index is published once per batch and
 the guest interrupted once, if it wants to be.  The receive ring is written to by
 L{Ring.deliver}, one frame at a time, each visible to the guest at once;
@@ -42,6 +43,10 @@ log = Logger()
 
 #: Chains taken from the transmit ring per reactor turn.
 TX_BUDGET = 256
+#: The longest chain a guest transmits (a 64 KB packet, its Ethernet header
+#: and a tag, behind a 12-byte virtio-net header; with the TAP's slack):
+#: longer ones are dropped unread.
+MAX_PACKET = 65536 + 12 + 4 + 64
 #: Ring address flag: log the writes to the used ring (C{VHOST_VRING_F_LOG}).
 LOG_USED = 1
 _ONE = (1).to_bytes(8, "little")
@@ -202,8 +207,8 @@ class Ring:
                 taken += 1
                 if not self.enabled:
                     continue
-                if packet is None:
-                    port.dropped("malformed", "a frame shorter than its virtio-net header")
+                if not packet:
+                    _dropped(port, packet, views)
                     continue
                 try:
                     receive(port, packet)
@@ -300,17 +305,34 @@ class Ring:
 def _packet(views: list[memoryview], strip: int) -> bytes | None:
     """
     A transmitted chain as a 10-byte header and a frame: C{strip} bytes
-    (C{num_buffers}) after the first 10 left out.
+    (C{num_buffers}) after the first 10 left out; None if it is too short,
+    C{b""} if it is longer than L{MAX_PACKET} (and then not read).
     """
     if not views:
         return None
     first = views[0]
+    if len(views) == 1:
+        if len(first) > MAX_PACKET:
+            return b""
+    elif sum(map(len, views)) > MAX_PACKET:
+        return b""
     if strip and len(first) >= 10 + strip:
         return b"".join((first[:10], first[10 + strip:], *views[1:]))
     data = b"".join(views)
     if len(data) < 10 + strip:
         return None
     return data[:10] + data[10 + strip:] if strip else data
+
+
+def _dropped(port: Any, packet: bytes | None, views: list[memoryview]) -> None:
+    """
+    Count a chain L{_packet} did not read.
+    """
+    if packet is None:
+        port.dropped("malformed", "a frame shorter than its virtio-net header")
+    else:
+        port.dropped("oversize", f"a chain of {sum(map(len, views))} bytes, more than "
+                     f"{MAX_PACKET}")
 
 
 def _scatter(pieces: tuple[Any, ...], buffers: list[list[memoryview]]) -> list[int]:

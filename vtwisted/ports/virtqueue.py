@@ -34,8 +34,9 @@ buffers of receive chains, and the used rings) in the front-end's
 L{DirtyLog}, so that QEMU copies those pages again.
 
 The guest is not trusted: an index past the table, a chain longer than
-the table (a loop), an address outside the shared regions or a nested
-indirect table raise L{VirtqueueError} and nothing is read or written.
+the table (a loop) or of more than L{MAX_CHAIN} buffers, an address
+outside the shared regions or a nested indirect table raise
+L{VirtqueueError} and nothing is read or written.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ NO_INTERRUPT = 1
 #: Used ring flag: the device needs no kick now.
 NO_NOTIFY = 1
 MAX_QUEUE_SIZE = 32768
+#: The most buffers a chain may have, indirect ones included (as Linux's
+#: vhost, C{UIO_MAXIOV}; Linux's drivers use 19 at most).
+MAX_CHAIN = 1024
 _U16 = struct.Struct("<H")
 _USED = struct.Struct("<II")
 
@@ -64,6 +68,15 @@ class VirtqueueError(Exception):
     """
     The guest's queue or the front-end's memory table is unusable.
     """
+
+
+def _tooLong(head: int, count: int) -> str:
+    """
+    What is wrong with the chain at C{head}, still going after C{count} buffers.
+    """
+    if count >= MAX_CHAIN:
+        return f"chain at {head} has more than {MAX_CHAIN} buffers"
+    return f"chain at {head} loops (longer than its table)"
 
 
 class GuestMemory:
@@ -370,7 +383,7 @@ class SplitQueue:
         """
         buffers = []
         table, limit, index, indirect = self.table, self.size, head, False
-        count = 0
+        count, most = 0, min(limit, MAX_CHAIN)
         while True:
             if index >= limit:
                 raise VirtqueueError(f"descriptor {index} past a table of {limit}")
@@ -381,7 +394,7 @@ class SplitQueue:
                                          f"flags {flags:#x})")
                 table, limit, index, indirect = self.memory.guest(address, length), \
                     length // 16, 0, True
-                count = 0
+                most = min(count + limit, MAX_CHAIN)
                 continue
             buffers.append((self.memory.guest(address, length), bool(flags & WRITE)))
             if written is not None and flags & WRITE:
@@ -389,8 +402,8 @@ class SplitQueue:
             count += 1
             if not flags & NEXT:
                 return buffers
-            if count >= limit:
-                raise VirtqueueError(f"chain at {head} loops (longer than its table)")
+            if count >= most:
+                raise VirtqueueError(_tooLong(head, count))
             index = following
 
     def put(self, head: int, written: int) -> None:
