@@ -11,12 +11,14 @@ from __future__ import annotations
 import array
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import pytest_twisted
+from helpers import socketListening, waitFor
 from reactortools import sleep, until
 from twisted.logger import ILogObserver, globalLogPublisher
 
@@ -218,3 +220,48 @@ async def test_ringDescriptorsMustBeEventfds(listener, frontEnds, errors, shortd
     refusedOnce(errors, f"the {name} descriptor of queue 1 is not an eventfd")
     await stillServes(listener, frontEnds)
     os.close(bad)
+
+
+def test_theFrontEndCannotShrinkGuestMemoryUnderTheSwitch(vswitch, shortdir: Path) -> None:
+    """
+    A front-end that shrinks its memfd once the switch maps it and then
+    kicks would kill the switch (SIGBUS on reading the ring): the memfd is
+    sealed against shrinking first, and the switch carries on.
+    """
+    path = shortdir / "vh.sock"
+    sw: Any = vswitch("--port", f"vhostuser:unix:{path}")
+    waitFor(lambda: socketListening(path), what="the vhost-user socket")
+    front = FrontEnd(path)
+    try:
+        front.start()
+        waitFor(lambda: "on port" in sw.logText(), what="the front-end on a port")
+        try:
+            os.ftruncate(front.memfd, 0)
+        except PermissionError:  # sealed
+            pass
+        os.eventfd_write(front.kick, 1)
+        time.sleep(1)
+        assert sw.process.poll() is None, sw.logText()
+    finally:
+        front.close()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("kind", ["memfd without sealing", "regular file"])
+async def test_memoryTheFrontEndCouldShrinkIsRefused(listener, frontEnds, errors,
+                                                     shortdir: Path, kind: str) -> None:
+    """Guest memory that cannot be sealed against shrinking is refused, saying why."""
+    before = openDescriptors()
+    front = frontEnds()
+    if kind == "regular file":
+        fd = os.open(shortdir / "ram", os.O_RDWR | os.O_CREAT)
+    else:
+        fd = os.memfd_create("unsealable")
+    os.ftruncate(fd, MEMORY)
+    extra = openDescriptors() - before
+    front.send(vu.SET_MEM_TABLE, vu.packTable([vu.Region(0, MEMORY, USER_BASE, 0)]), (fd,))
+    assert await front.closedBySwitch()
+    await until(lambda: not listener[0].links, what="the link to go")
+    assert openDescriptors() - before == extra
+    refusedOnce(errors, "not in a memfd sealed against shrinking")
+    os.close(fd)

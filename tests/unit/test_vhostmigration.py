@@ -47,7 +47,7 @@ class SharedLog:
     """
 
     def __init__(self, offset: int = 0) -> None:
-        self.fd = os.memfd_create("fake-log")
+        self.fd = os.memfd_create("fake-log", os.MFD_ALLOW_SEALING)
         self.offset = offset
         os.ftruncate(self.fd, offset + LOG_SIZE)
 

@@ -365,7 +365,7 @@ def _standaloneQueue(name: str, size: int) -> Iterator[tuple[memoryview, PackedQ
     A packed queue of C{size} slots on its own 64 KB of guest memory (its
     descriptors at guest address 0), fresh, and a view of that memory.
     """
-    fd = os.memfd_create(name)
+    fd = os.memfd_create(name, os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, 0x10000)
     memory = GuestMemory.map([vu.Region(0, 0x10000, 0x10000, 0)], [os.dup(fd)])
     try:

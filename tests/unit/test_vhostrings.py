@@ -405,7 +405,7 @@ def test_regionsOfOneFileAtTheirOffsets() -> None:
 
     from vtwisted.ports.virtqueue import GuestMemory, VirtqueueError
 
-    fd = os.memfd_create("two-regions")
+    fd = os.memfd_create("two-regions", os.MFD_ALLOW_SEALING)
     os.ftruncate(fd, 2 << 20)
     view = mmapModule.mmap(fd, 2 << 20)
     view[0x1000:0x1004] = b"low!"

@@ -72,7 +72,7 @@ class FakeDriver:
         self.link = VhostUserLink(self.owner)
         self.transport = PeerTransport()
         self.link.makeConnection(self.transport)
-        self.memfd = os.memfd_create("fake-guest")
+        self.memfd = os.memfd_create("fake-guest", os.MFD_ALLOW_SEALING)
         os.ftruncate(self.memfd, MEMORY)
         self.memory = mmap.mmap(self.memfd, MEMORY)
         self.rings = RINGS[:2 * pairs]

@@ -42,6 +42,7 @@ L{VirtqueueError} and nothing is read or written.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
 import struct
@@ -79,6 +80,24 @@ def _tooLong(head: int, count: int) -> str:
     return f"chain at {head} loops (longer than its table)"
 
 
+def forbidShrinking(fd: int, what: str) -> None:
+    """
+    Make sure the front-end cannot shrink the file behind C{fd} once it is
+    mapped: the switch's next read past its new end would kill it (C{SIGBUS}).
+    A memfd is sealed against it (QEMU's C{memory-backend-memfd} and its
+    dirty log are already, C{seal=on}); anything else is refused.
+
+    @raise VirtqueueError: it cannot be sealed.
+    """
+    try:
+        if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except OSError as e:
+        raise VirtqueueError(f"{what} is not in a memfd sealed against shrinking, so the "
+                             f"front-end could crash the switch ({e.strerror}, errno "
+                             f"{e.errno}); give QEMU memory-backend-memfd") from None
+
+
 class GuestMemory:
     """
     The regions of guest memory shared with the switch.
@@ -108,6 +127,8 @@ class GuestMemory:
         mapped = []
         try:
             for region, fd in zip(regions, fds):
+                what = f"the region at guest address {region.guestAddress:#x}"
+                forbidShrinking(fd, what)
                 try:
                     mapped.append((region, mmap.mmap(fd, region.mmapOffset + region.size,
                                                      mmap.MAP_SHARED)))
@@ -221,6 +242,7 @@ class DirtyLog:
         @raise VirtqueueError: it cannot be mapped.
         """
         try:
+            forbidShrinking(fd, "the dirty log")
             return cls(mmap.mmap(fd, offset + size, mmap.MAP_SHARED), offset, size)
         except (OSError, ValueError, OverflowError) as e:
             raise VirtqueueError(f"cannot map the dirty log ({size} bytes at "
