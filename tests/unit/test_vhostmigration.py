@@ -252,3 +252,23 @@ def test_framesDeliveredAsTheRingStopsAreSignalledAtOnce(layout: str) -> None:
         assert len(driver.received()) == 1
     finally:
         driver.close()
+
+
+def test_onlyTheBytesWrittenToABigBufferAreLogged(driver) -> None:
+    """
+    A frame of 100 bytes into a receive buffer of 2 MB marks one page, not
+    512: a guest posting buffers of gigabytes would have the switch mark
+    (and QEMU send again) all their pages for each frame.
+    """
+    log = SharedLog()
+    driver.negotiate()
+    _startLogging(driver, log)
+    head = driver._descriptor(0, RX_BUFFERS, 2 << 20, 2)  # WRITE
+    driver._makeAvailable(0, head)
+    other = FakeLink()
+    plug(driver.switch, other)
+    other.receive(frame(b"\xff" * 6, mac(1), payload=bytes(100)))
+    assert len(driver.received()) == 1
+    used = driver.ringAddresses(RINGS[0])[2]
+    assert log.pages() == {RX_BUFFERS // 4096, used // 4096}
+    log.close()

@@ -253,8 +253,7 @@ class Ring:
             link.fail(f"receive queue: {e}")
             return
         if logged is not None:
-            for address, length in logged:
-                link.dirtyLog.mark(address, length)
+            _logWritten(link.dirtyLog, logged, sum(counts))
             self._logUsed(queue)
         if self._interrupting is None:
             self._interrupting = link.owner.reactor.callLater(0, self._interruptNow)
@@ -322,6 +321,19 @@ def _packet(views: list[memoryview], strip: int) -> bytes | None:
     if len(data) < 10 + strip:
         return None
     return data[:10] + data[10 + strip:] if strip else data
+
+
+def _logWritten(log: Any, buffers: list[tuple[int, int]], count: int) -> None:
+    """
+    Mark in C{log} the first C{count} bytes of C{buffers} (guest address and
+    length, in the order they were filled): what was written, not all a
+    guest's buffers hold.
+    """
+    for address, length in buffers:
+        if count <= 0:
+            return
+        log.mark(address, min(length, count))
+        count -= length
 
 
 def _dropped(port: Any, packet: bytes | None, views: list[memoryview]) -> None:
