@@ -9,8 +9,10 @@ connection closed; the switch keeps its descriptors and keeps serving.
 from __future__ import annotations
 
 import array
+import mmap
 import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -265,3 +267,31 @@ async def test_memoryTheFrontEndCouldShrinkIsRefused(listener, frontEnds, errors
     assert openDescriptors() - before == extra
     refusedOnce(errors, "not in a memfd sealed against shrinking")
     os.close(fd)
+
+
+def guestMappings() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum("hostile-guest" in line for line in maps)
+
+
+@pytest_twisted.ensureDeferred
+async def test_frontEndsThatComeAndGoLeaveNothingBehind(listener, frontEnds, errors) -> None:
+    """
+    Front-ends that start a ring and transmit, then hang up or are refused
+    (an avail index past the ring), leave no descriptor and no mapping of
+    their memory behind.
+    """
+    before = openDescriptors()
+    for i in range(10):
+        front = FrontEnd(listener[1])
+        with mmap.mmap(front.memfd, MEMORY) as memory:
+            struct.pack_into("<QIHH", memory, DESCRIPTORS, DATA, 60, 0, 0)
+            struct.pack_into("<HHH", memory, AVAILABLE, 0, QUEUE + 1 if i % 2 else 1, 0)
+        front.start()
+        os.eventfd_write(front.kick, 1)
+        await sleep(0.1)
+        front.close()
+        await until(lambda: not listener[0].links, what="the link to go")
+    assert openDescriptors() == before and guestMappings() == 0
+    assert len(errors) == 5, errors
+    assert all("17 chains available" in e["problem"] for e in errors), errors
