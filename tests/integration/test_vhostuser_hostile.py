@@ -24,6 +24,7 @@ from helpers import socketListening, waitFor
 from reactortools import sleep, until
 from twisted.logger import ILogObserver, globalLogPublisher
 
+from vtwisted.ports import vhostuser
 from vtwisted.ports.vhostuser import OFFERED, VhostUserListener
 from vtwisted.wire import vhostuser as vu
 
@@ -248,11 +249,21 @@ def test_theFrontEndCannotShrinkGuestMemoryUnderTheSwitch(vswitch, shortdir: Pat
         front.close()
 
 
+def test_onlyRootAndTheSwitchsUserAreTrusted() -> None:
+    """Front-ends of other users must share sealed memory."""
+    assert vhostuser.trustedPeer(0) and vhostuser.trustedPeer(os.geteuid())
+    assert not vhostuser.trustedPeer(None) and not vhostuser.trustedPeer(65534 + 7)
+
+
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("kind", ["memfd without sealing", "regular file"])
-async def test_memoryTheFrontEndCouldShrinkIsRefused(listener, frontEnds, errors,
-                                                     shortdir: Path, kind: str) -> None:
-    """Guest memory that cannot be sealed against shrinking is refused, saying why."""
+async def test_memoryAStrangerCouldShrinkIsRefused(listener, frontEnds, errors, monkeypatch,
+                                                   shortdir: Path, kind: str) -> None:
+    """
+    Guest memory that cannot be sealed against shrinking is refused, saying
+    why, from a front-end of another user (not root, not the switch's).
+    """
+    monkeypatch.setattr(vhostuser, "trustedPeer", lambda uid: False)
     before = openDescriptors()
     front = frontEnds()
     if kind == "regular file":
@@ -267,6 +278,25 @@ async def test_memoryTheFrontEndCouldShrinkIsRefused(listener, frontEnds, errors
     assert openDescriptors() - before == extra
     refusedOnce(errors, "not in a memfd sealed against shrinking")
     os.close(fd)
+
+
+@pytest_twisted.ensureDeferred
+async def test_aTrustedFrontEndMayShareAFile(listener, frontEnds, errors,
+                                             shortdir: Path) -> None:
+    """
+    QEMU's memory-backend-file (a file that cannot be sealed) is taken from
+    a front-end running as the switch's user or root: it gets its port and
+    stays connected, with no error.
+    """
+    front = frontEnds()
+    os.close(front.memfd)
+    front.memfd = os.open(shortdir / "ram", os.O_RDWR | os.O_CREAT)
+    os.ftruncate(front.memfd, MEMORY)
+    front.start()
+    await until(lambda: listener[0].links and listener[0].links[0].port is not None,
+                what="the front-end on a port")
+    assert not await front.closedBySwitch(timeout=0.5)
+    assert errors == []
 
 
 def guestMappings() -> int:

@@ -92,6 +92,15 @@ _WHOLE = frozenset((vnet.GSO_NONE, vnet.GSO_TCPV4, vnet.GSO_TCPV6,
                     vnet.GSO_TCPV4 | vnet.GSO_ECN, vnet.GSO_TCPV6 | vnet.GSO_ECN))
 
 
+def trustedPeer(uid: int | None) -> bool:
+    """
+    Whether a front-end running as C{uid} may share memory not sealed
+    against shrinking: it runs as root or as the switch's user, so it could
+    kill the switch anyway.
+    """
+    return uid is not None and uid in (0, os.geteuid())
+
+
 @implementer(ILink, IFileDescriptorReceiver)
 class VhostUserLink(Protocol):
     """
@@ -105,6 +114,9 @@ class VhostUserLink(Protocol):
         self.owner = owner
         self.port: Any = None
         self.uid: int | None = None
+        #: The front-end runs as the switch's user or as root: it may share
+        #: memory not sealed against shrinking (QEMU's memory-backend-file).
+        self.trusted = False
         self.linkId = 0
         self.description = self.peer = ""
         self.features = 0
@@ -131,6 +143,7 @@ class VhostUserLink(Protocol):
         handle = socketOf(transport)
         self.linkId = handle.fileno()
         self.uid, self.peer = describePeer(transport.getPeer(), handle)
+        self.trusted = trustedPeer(self.uid)
         self.description = self.peer
         self.owner.linkUp(self)
 
@@ -307,7 +320,7 @@ class VhostUserLink(Protocol):
             raise VhostUserError(f"the memory table of {len(regions)} regions came without "
                                  f"its file descriptors ({len(self._fds)})")
         fds = [self._fds.popleft() for _ in regions]
-        memory = GuestMemory.map(regions, fds)
+        memory = GuestMemory.map(regions, fds, self.trusted)
         for ring in self.rings:
             ring.stop()
         if self.memory is not None:
@@ -322,7 +335,8 @@ class VhostUserLink(Protocol):
         payload, as QEMU waits for (and as DPDK sends).
         """
         size, offset = vu.logArea(request, payload)
-        self._setLog(DirtyLog.map(self.takeDescriptor("the dirty log"), size, offset))
+        self._setLog(DirtyLog.map(self.takeDescriptor("the dirty log"), size, offset,
+                                  self.trusted))
         return vu.reply(request, b"")
 
     def _setLog(self, log: DirtyLog | None) -> None:

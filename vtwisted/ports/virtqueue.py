@@ -80,12 +80,14 @@ def _tooLong(head: int, count: int) -> str:
     return f"chain at {head} loops (longer than its table)"
 
 
-def forbidShrinking(fd: int, what: str) -> None:
+def forbidShrinking(fd: int, what: str, trusted: bool = False) -> None:
     """
     Make sure the front-end cannot shrink the file behind C{fd} once it is
     mapped: the switch's next read past its new end would kill it (C{SIGBUS}).
     A memfd is sealed against it (QEMU's C{memory-backend-memfd} and its
-    dirty log are already, C{seal=on}); anything else is refused.
+    dirty log are already, C{seal=on}).  Anything else is refused, unless
+    the front-end is C{trusted}: it runs as the switch's user or as root,
+    and could kill the switch anyway (QEMU's C{memory-backend-file}).
 
     @raise VirtqueueError: it cannot be sealed.
     """
@@ -93,6 +95,8 @@ def forbidShrinking(fd: int, what: str) -> None:
         if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
     except OSError as e:
+        if trusted:
+            return
         raise VirtqueueError(f"{what} is not in a memfd sealed against shrinking, so the "
                              f"front-end could crash the switch ({e.strerror}, errno "
                              f"{e.errno}); give QEMU memory-backend-memfd") from None
@@ -118,9 +122,11 @@ class GuestMemory:
                                      f"{size} bytes, but {len(view)} mapped")
 
     @classmethod
-    def map(cls, regions: Sequence[Region], fds: Sequence[int]) -> GuestMemory:
+    def map(cls, regions: Sequence[Region], fds: Sequence[int],
+            trusted: bool = False) -> GuestMemory:
         """
-        Map each region's file descriptor (which is then closed).
+        Map each region's file descriptor (which is then closed); unless
+        C{trusted}, only memory sealed against shrinking (L{forbidShrinking}).
 
         @raise VirtqueueError: a descriptor cannot be mapped.
         """
@@ -128,7 +134,7 @@ class GuestMemory:
         try:
             for region, fd in zip(regions, fds):
                 what = f"the region at guest address {region.guestAddress:#x}"
-                forbidShrinking(fd, what)
+                forbidShrinking(fd, what, trusted)
                 try:
                     mapped.append((region, mmap.mmap(fd, region.mmapOffset + region.size,
                                                      mmap.MAP_SHARED)))
@@ -235,14 +241,15 @@ class DirtyLog:
         self.view[at] |= bit
 
     @classmethod
-    def map(cls, fd: int, size: int, offset: int) -> DirtyLog:
+    def map(cls, fd: int, size: int, offset: int, trusted: bool = False) -> DirtyLog:
         """
-        Map the log from C{fd} (which is then closed).
+        Map the log from C{fd} (which is then closed); unless C{trusted},
+        only a log sealed against shrinking (L{forbidShrinking}).
 
         @raise VirtqueueError: it cannot be mapped.
         """
         try:
-            forbidShrinking(fd, "the dirty log")
+            forbidShrinking(fd, "the dirty log", trusted)
             return cls(mmap.mmap(fd, offset + size, mmap.MAP_SHARED), offset, size)
         except (OSError, ValueError, OverflowError) as e:
             raise VirtqueueError(f"cannot map the dirty log ({size} bytes at "
