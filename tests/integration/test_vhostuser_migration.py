@@ -55,17 +55,23 @@ print(digest.hexdigest(), flush=True)
 """
 
 
-def portOf(mgmt: Path, pid: int) -> int:
+def portOf(mgmt: Path, pid: int, timeout: float = 5.0) -> int:
     """
-    The number of the switch port whose link is the QEMU of C{pid}.
+    The number of the switch port whose link is the QEMU of C{pid}, once
+    there is one (within C{timeout} seconds).
     """
-    number = None
-    for line in console(mgmt, "port/allprint").splitlines():
-        if line.startswith("Port "):
-            number = int(line.split()[1])
-        elif f" pid {pid} " in line and number is not None:
-            return number
-    raise AssertionError(f"no port for pid {pid}")
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = console(mgmt, "port/allprint")
+        number = None
+        for line in shown.splitlines():
+            if line.startswith("Port "):
+                number = int(line.split()[1])
+            elif f" pid {pid} " in line and number is not None:
+                return number
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no port for pid {pid}:\n{shown}")
+        time.sleep(0.1)
 
 
 class Qmp:
