@@ -81,3 +81,27 @@ def test_aPacketLongerThan64KbIsDroppedUnread(anyDriver) -> None:
     assert anyDriver.port.counters.drops["oversize"] == 1
     assert len(anyDriver.used(1)) == 1 and other.takeSent() == []
     assert not anyDriver.transport.disconnecting
+
+
+def test_aTurnWalksABoundedNumberOfBuffers(anyDriver, monkeypatch) -> None:
+    """
+    Long chains are taken a bounded number of buffers per reactor turn, not
+    a bounded number of chains: a guest making every chain long cannot hold
+    the switch for long; the rest are taken in the next turns, in order.
+    """
+    from vtwisted.ports import vhostrings
+
+    monkeypatch.setattr(vhostrings, "TX_BUFFERS", 8)
+    anyDriver.negotiate()
+    other = FakeLink()
+    plug(anyDriver.switch, other)
+    frames = [frame(mac(2), mac(1), payload=bytes([n]) * 200) for n in range(6)]
+    anyDriver.kick = lambda ring=1: None  # only made available
+    for data in frames:
+        anyDriver.transmit(vnet.PLAIN_HEADER + b"\0\0", data, pieces=4)
+    del anyDriver.kick
+    anyDriver.kick()
+    assert other.takeSent() == frames[:2]
+    assert anyDriver.reactor.getDelayedCalls(), "the rest left to a later turn"
+    anyDriver.reactor.advance(0)  # runs the next turns too (each due at once)
+    assert other.takeSent() == frames[2:]

@@ -43,6 +43,10 @@ log = Logger()
 
 #: Chains taken from the transmit ring per reactor turn.
 TX_BUDGET = 256
+#: Buffers walked on the transmit ring per reactor turn, at most (a chain
+#: started is finished): ordinary chains have one to twenty, but a guest
+#: could make each of L{TX_BUDGET} chains 1024 long.
+TX_BUFFERS = 8192
 #: The longest chain a guest transmits (a 64 KB packet, its Ethernet header
 #: and a tag, behind a 12-byte virtio-net header; with the TAP's slack):
 #: longer ones are dropped unread.
@@ -190,16 +194,20 @@ class Ring:
     def _drain(self, queue: Queue) -> None:
         link = self.link
         port, receive, strip = link.port, link._receive, link.headerLength - 10
-        taken = 0
+        taken = walked = 0
         queue.quietKicks(True)
         pending = queue.pending()
         if not pending:
             queue.quietKicks(False)
             pending = queue.pending()
-        while pending and taken < TX_BUDGET:
+        while pending and taken < TX_BUDGET and walked < TX_BUFFERS:
             for _ in range(min(pending, TX_BUDGET - taken)):
+                if walked >= TX_BUFFERS:
+                    break
                 head = queue.take()
-                views = [view for view, writable in queue.chain(head) if not writable]
+                chain = queue.chain(head)
+                walked += len(chain)
+                views = [view for view, writable in chain if not writable]
                 # the frame is copied out before the chain is given back: once
                 # the guest sees it used (a packed ring's flags), it may reuse it
                 packet = _packet(views, strip) if self.enabled else None
