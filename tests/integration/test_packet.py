@@ -158,3 +158,24 @@ def test_theSocketOpensBeforeTwistdDropsPrivileges(processes, namespaces, shortd
     status = (Path("/proc") / str(process.pid) / "status").read_text()  # ip netns exec execs
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert set(uids) == {"65534"}, status
+
+
+def test_anInterfaceTakenDownAndUpAgainCarriesOn(processes, namespaces, shortdir) -> None:
+    """
+    Taking the interface down (``ip link set IFACE down``) and up again
+    leaves the port in place: the frames sent while it was down are
+    counted as ``down`` drops, and pings cross again once it is up.
+    """
+    wire = Wire(namespaces)
+    tap = uniqueName("vpt")
+    _, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                f"packet:{wire.switchEnd}", "--port", f"tap:{tap}")
+    host = wire.tapHost(namespaces, tap)
+    waitForPing(host, "10.9.0.1")
+    run("ip", "-n", wire.here, "link", "set", wire.switchEnd, "down")
+    run(*execIn(host, "ping", "-c", "2", "-i", "0.2", "-W", "1", "10.9.0.1"), check=False)
+    run("ip", "-n", wire.here, "link", "set", wire.switchEnd, "up")
+    waitForPing(host, "10.9.0.1")
+    assert "module packet" in console(mgmt, "port/print 1")
+    log = (shortdir / "sw.log").read_text()
+    assert "the port goes down" not in log, log

@@ -38,6 +38,7 @@ import struct
 import sys
 from typing import Any
 
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
@@ -58,6 +59,7 @@ from vtwisted.sockettools import linuxAtLeast
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
 
+log = Logger()
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -137,6 +139,7 @@ class PacketLink(TapLink):
         except OSError as e:
             raise openError(self.service.spec, self.name, e) from None
         self._system = PacketSystem(sock)
+        self._index = socket.if_nametoindex(self.name)
         self._fileno = sock.fileno()
         self.connected = 1
         self.protocol.makeConnection(self)
@@ -150,6 +153,51 @@ class PacketLink(TapLink):
             self.port.dropped("down", f"{self.name}: the interface is down (ENETDOWN)")
             return
         super()._writeFailed(e)
+
+    def _failed(self, doing: str, e: OSError) -> None:
+        """
+        A read or write failed: if the interface was only taken down (it
+        is still there, ENETDOWN), the port stays (see L{_wentDown}); if
+        it is gone, the port goes down as a TAP's does.
+        """
+        if e.errno == errno.ENETDOWN and self._stillThere():
+            self._wentDown()
+            return
+        super()._failed(doing, e)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        """
+        The reactor saw the socket fail (the kernel reports an interface
+        going down as a socket error): if the interface is still there,
+        the port stays (see L{_wentDown}); else it goes down.
+        """
+        if not self._closing and self.connected and self._stillThere():
+            self._wentDown()
+            self.startReading()
+            return
+        super().connectionLost(reason)
+
+    def _wentDown(self) -> None:
+        """
+        The interface went down but is still there: clear the socket's
+        error and carry on (the kernel hooks the socket back in when the
+        interface comes up; frames sent meanwhile are counted as C{down}).
+        """
+        try:
+            self._system.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            pass
+        log.info("{spec}: {name} went down (ENETDOWN); the port stays and carries on "
+                 "when it is up again", spec=self.service.spec, name=self.name)
+
+    def _stillThere(self) -> bool:
+        """
+        Whether the interface the socket is bound to still exists.
+        """
+        try:
+            return socket.if_nametoindex(self.name) == self._index
+        except OSError:
+            return False
 
 
 def openSocket(name: str) -> socket.socket:
