@@ -41,3 +41,39 @@ def test_captureShowsUnicastBetweenTwoNamespaces(processes, namespaces, shortdir
     assert sum("10.8.0.2 > 10.8.0.1: ICMP echo reply" in line for line in lines) == 4
     assert len(lines) == len(records)
     assert "frames written to" in (shortdir / "sw.log").read_text()
+
+
+def test_aCaptureThatCannotBeWrittenLeavesTheLanAlone(processes, shortdir) -> None:
+    """
+    A capture to a full disk (``/dev/full``: every write fails with
+    ENOSPC) neither stops frames between two clients nor floods the log:
+    one line names the spec, the path and the errno, the lost records are
+    counted, and ``port/del`` removes the port.
+    """
+    need("vde_plug")
+    from helpers import StreamPlug
+    from taphelpers import console
+
+    from vtwisted.testing import frame, mac
+
+    sock, mgmt, log = shortdir / "sw", shortdir / "sw.mgmt", shortdir / "sw.log"
+    processes.start(twistdArgv("--sock", str(sock), "--mgmt", str(mgmt), "--port",
+                               "pcap:/dev/full:port=9", logfile=str(log)), env=sourceEnv())
+    waitFor(lambda: socketListening(mgmt), what="the switch")
+    one, two = StreamPlug(processes, f"vde://{sock}"), StreamPlug(processes, f"vde://{sock}")
+    waitFor(lambda: console(mgmt, "port/print").count("module unix prog") >= 2,
+            what="two clients")
+    got = 0
+    for n in range(3000):  # in rounds: the clients' socket buffers are small
+        one.send(frame(b"\xff" * 6, mac(0x61), payload=n.to_bytes(4, "big") + bytes(996)))
+        if n % 50 == 49:
+            while got <= n and two.receive(timeout=5.0) is not None:
+                got += 1
+            assert got == n + 1, f"frames stopped after {got}"
+    stats = console(mgmt, "port/stats 9")
+    assert "busy=0" not in stats, stats
+    console(mgmt, "port/del 9")
+    waitFor(lambda: "Port 0009" not in console(mgmt, "port/print"), what="the port to go")
+    text = log.read_text()
+    assert "pcap:/dev/full" in text and "errno 28" in text, text
+    assert "Traceback" not in text, text

@@ -78,3 +78,18 @@ def test_filesNeedAMaximumSize(tmp_path: Path) -> None:
     """files= without maxsize= is refused with what to add."""
     with pytest.raises(SpecError, match="needs maxsize="):
         pcapport.makeService(Switch(), PortSpec(f"pcap:{tmp_path}/x:files=2"), Clock())
+
+
+def test_aFileThatCannotBeWrittenDropsAndCountsFrames() -> None:
+    """
+    Writing to a full disk (C{/dev/full}, ENOSPC) raises nothing into the
+    switch: frames are counted as C{busy} drops, the flush goes on every
+    second, and the port stops cleanly.
+    """
+    service = _captured("pcap:/dev/full", 2000)
+    assert service.link is not None
+    port = service.link.port
+    service.reactor.advance(2.5)
+    assert service._flusher is not None and service._flusher.running
+    service.stopService()
+    assert port.counters.drops["busy"] > 900

@@ -61,6 +61,8 @@ class PcapLink:
         self.description = f"capture to {service.path}"
         self.port: Any = None
         self.frames = 0
+        #: The errnos of write failures logged so far.
+        self._warned: set[int] = set()
         self._useHandle(handle)
 
     def _useHandle(self, handle: IO[bytes]) -> None:
@@ -75,17 +77,52 @@ class PcapLink:
         limit = self.service.maxSize
         record = pcap.record
         full = self._full
+        failed = self._writeFailed
 
         def sendFrame(frame: bytes) -> None:
             data = record(clock(), frame, snaplen)
             if self.written + len(data) > limit:
                 full(data)
                 return
-            write(data)
+            try:
+                write(data)
+            except OSError as e:
+                failed(e)
+                return
             self.written += len(data)
             self.frames += 1
 
+        self._writing = sendFrame
         self.sendFrame = sendFrame  # type: ignore[method-assign]
+
+    def _writeFailed(self, e: OSError) -> None:
+        """
+        A frame could not be written (a full disk, say): drop it, counted
+        as C{busy}, and the next ones (L{_cannotWrite}).
+        """
+        self._cannotWrite(e)
+        self._drop(f"{self.service.spec}: cannot write {self.service.path}: {e.strerror} "
+                   f"(errno {e.errno})")
+
+    def _cannotWrite(self, e: OSError) -> None:
+        """
+        The file cannot be written: log it once per errno, and drop frames
+        (counted as C{busy}) without trying to write them until a flush
+        succeeds again (L{flush}, every second).
+        """
+        if e.errno not in self._warned:
+            self._warned.add(e.errno or 0)
+            log.error("{spec}: cannot write {path}: {error} (errno {errno}); frames are "
+                      "dropped (counted as busy) until it can be written again",
+                      spec=self.service.spec, path=self.service.path, error=e.strerror,
+                      errno=e.errno)
+        self.sendFrame = self._failing  # type: ignore[method-assign]
+
+    def _failing(self, frame: bytes) -> None:
+        """
+        Drop a frame while the file cannot be written.
+        """
+        self._drop(f"{self.service.spec}: cannot write {self.service.path}")
 
     def _full(self, data: bytes) -> None:
         """
@@ -100,7 +137,7 @@ class PcapLink:
             except OSError as e:
                 self._drop(str(e))
                 return
-            self.handle.close()
+            self._close()
             self._useHandle(handle)
             self.handle.write(data)
             self.written += len(data)
@@ -115,9 +152,30 @@ class PcapLink:
 
     def flush(self) -> None:
         """
-        Write what the current file's buffer holds.
+        Write what the current file's buffer holds; if writing had failed
+        and now succeeds, record frames again.
         """
-        self.handle.flush()
+        try:
+            self.handle.flush()
+        except OSError as e:
+            self._cannotWrite(e)
+            return
+        if self.sendFrame is not self._writing:
+            self.sendFrame = self._writing  # type: ignore[method-assign]
+            log.info("{spec}: writing {path} again", spec=self.service.spec,
+                     path=self.service.path)
+
+    def _close(self) -> None:
+        """
+        Close the current file (its descriptor closes even if the last
+        write fails, which is logged).
+        """
+        try:
+            self.handle.close()
+        except OSError as e:
+            log.error("{spec}: cannot write {path}: {error} (errno {errno}); the capture "
+                      "misses its last frames", spec=self.service.spec,
+                      path=self.service.path, error=e.strerror, errno=e.errno)
 
     def plug(self, switch: Any, port: Any) -> None:
         """
@@ -211,7 +269,7 @@ class PcapService(SingleLinkService):
         self.unplug()
         link, self.link = self.link, None
         if link is not None:
-            link.handle.close()
+            link._close()
             log.info("{spec}: {n} frames written to {path}", spec=self.spec, n=link.frames,
                      path=self.path)
         return None
