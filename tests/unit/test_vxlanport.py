@@ -324,3 +324,71 @@ def test_vxvdeSpecsTakeGroupsOnly() -> None:
     for text in ("vxvde:remote=10.0.0.2", "vxvde:local=10.0.0.1"):
         with pytest.raises(SpecError, match="unknown option"):
             vxvde.makeService(Switch(), PortSpec(text), None)
+
+
+class _DropLog:
+    """A port's C{dropped}, remembered."""
+
+    def __init__(self) -> None:
+        self.drops: list[tuple[str, str]] = []
+
+    def dropped(self, reason: str, message: str) -> None:
+        self.drops.append((reason, message))
+
+
+class _Underlay:
+    """
+    A socket's sending calls: what each destination got, with C{failing}
+    refusing everything (as ENETUNREACH: no route to it) and C{noGso}
+    refusing C{UDP_SEGMENT} sends (as EINVAL, a path MTU too small).
+    """
+
+    def __init__(self, failing: str = "", noGso: str = "") -> None:
+        self.failing, self.noGso = failing, noGso
+        self.got: dict[str, list[bytes]] = {}
+
+    def sendto(self, data: bytes, dest: tuple[str, int]) -> int:
+        if dest[0] == self.failing:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        self.got.setdefault(dest[0], []).append(bytes(data))
+        return len(data)
+
+    def sendmsg(self, buffers: list[bytes], control: list, flags: int,
+                dest: tuple[str, int]) -> int:
+        if dest[0] in (self.failing, self.noGso):
+            raise OSError(errno.ENETUNREACH if dest[0] == self.failing else errno.EINVAL, "no")
+        size = int.from_bytes(control[0][2], "little")
+        data = b"".join(buffers)
+        self.got.setdefault(dest[0], []).extend(
+            data[at:at + size] for at in range(0, len(data), size))
+        return len(data)
+
+
+@pytest.mark.parametrize("underlay", [_Underlay(failing="10.0.0.2"),
+                                      _Underlay(noGso="10.0.0.3")],
+                         ids=["unreachable", "no-gso"])
+def test_oneRemoteThatCannotBeReachedCostsTheOthersNothing(underlay: _Underlay) -> None:
+    """
+    Floods reach every remote endpoint that can be reached, whatever an
+    earlier one's failure (counted as a C{peer} drop naming it), and each
+    frame once: a broadcast and a super-frame's frames (with UDP_SEGMENT),
+    to an endpoint listed after one without a route, or before one whose
+    path refuses UDP_SEGMENT.
+    """
+    config = vxlanport.configFromSpec(PortSpec("vxlan:remote=10.0.0.2,10.0.0.3"))
+    service = vxlanport.VxlanService(Switch(), None, config, None, "vxlan")  # type: ignore[arg-type]
+    link = vxlanport.VxlanLink(service)
+    link.port = _DropLog()
+    link._makeSenders(underlay)
+    hello = frame(BROADCAST, mac(1), payload=b"hello")
+    link.sendFrame(hello)
+    packet = tcpSuperFrame(BROADCAST, mac(1), bytes(range(256)) * 40, gsoSize=1000)
+    link.sendVnetPacket(packet)
+    head = vxlan.header(1)
+    expected = [head + hello] + [head + f for f in vnet.toFrames(packet)]
+    assert underlay.got["10.0.0.3"] == expected
+    if underlay.failing:
+        assert link.port.drops and all(reason == "peer" and "10.0.0.2" in message
+                                       for reason, message in link.port.drops)
+    else:
+        assert underlay.got["10.0.0.2"] == expected and not link.port.drops

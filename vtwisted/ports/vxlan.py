@@ -251,7 +251,8 @@ class VxlanLink(PlainDatagramLink):
         TAP's 64 KB super-frame costs two system calls, not 45.  Where the
         kernel refuses that (datagrams over the path's MTU need
         fragmenting, which GSO does not do), frames of that size go one by
-        one from then on.
+        one from then on.  A destination that fails (no route to it) costs
+        the others nothing: each is sent to, and counted, on its own.
         """
         header, where, flood, failed = self.header, self.where, self.flood, self._sendFailed
         sendto, sendmsg, toFrames = sock.sendto, sock.sendmsg, vnet.toFrames
@@ -265,11 +266,12 @@ class VxlanLink(PlainDatagramLink):
             return flood
 
         def sendFrame(frame: Any) -> None:
-            try:
-                for dest in destinations(frame[:6]):
-                    sendto(header + frame, dest)
-            except OSError as e:
-                failed(e)
+            datagram = header + frame
+            for dest in destinations(frame[:6]):
+                try:
+                    sendto(datagram, dest)
+                except OSError as e:
+                    failed(e, dest)
 
         def sendVnetPacket(packet: Any) -> None:
             if not packet[0] and not packet[1]:
@@ -287,18 +289,26 @@ class VxlanLink(PlainDatagramLink):
                 return
             step = min(MAX_SEGMENTS, MAX_GSO_PAYLOAD // size)
             control = [(socket.SOL_UDP, UDP_SEGMENT, size.to_bytes(2, "little"))]
-            try:
-                for dest in destinations(frames[0][:6]):
+            for dest in destinations(frames[0][:6]):
+                first = 0
+                try:
                     for first in range(0, len(frames), step):
                         sendmsg([header + header.join(frames[first:first + step])], control,
                                 0, dest)
-            except OSError as e:
-                if e.errno not in _NO_GSO:
-                    failed(e)
-                    return
-                gso[0] = size - 1
+                except OSError as e:
+                    if e.errno not in _NO_GSO:
+                        failed(e, dest)
+                        continue
+                    gso[0] = size - 1
+                    sendEach(frames[first:], dest)
+
+        def sendEach(frames: list[bytes], dest: tuple[str, int]) -> None:
+            # what UDP_SEGMENT refused: one datagram per frame, to this endpoint
+            try:
                 for frame in frames:
-                    sendFrame(frame)
+                    sendto(header + frame, dest)
+            except OSError as e:
+                failed(e, dest)
 
         self.sendFrame = sendFrame  # type: ignore[method-assign]
         self.sendVnetPacket = sendVnetPacket  # type: ignore[method-assign]
@@ -307,8 +317,9 @@ class VxlanLink(PlainDatagramLink):
         if self.port is not None:
             self.port.dropped("malformed", f"{self.service.spec}: {e}")
 
-    def _sendFailed(self, e: OSError) -> None:
-        self.sendFailed(e, self.service.spec, "is there a route to the endpoints?")
+    def _sendFailed(self, e: OSError, dest: tuple[str, int]) -> None:
+        self.sendFailed(e, f"{self.service.spec}: to {dest[0]}",
+                        "is there a route to that endpoint?")
 
 
 @implementer(IPortService)
