@@ -93,3 +93,47 @@ def test_aFileThatCannotBeWrittenDropsAndCountsFrames() -> None:
     assert service._flusher is not None and service._flusher.running
     service.stopService()
     assert port.counters.drops["busy"] > 900
+
+
+def test_aRingThatCannotTurnTriesOnceASecond(tmp_path: Path, monkeypatch) -> None:
+    """
+    When the full file cannot be renamed (the switch runs as a user that
+    may not rename it, EPERM), later frames are dropped and counted, with
+    one log line naming the spec and the errno, and the rename is tried
+    again once a second, not once per frame; once it works, the ring
+    turns.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    path = tmp_path / "lan.pcap"
+    renames = []
+
+    def refuse(source: str, target: str) -> None:
+        if not Path(source).exists():
+            raise FileNotFoundError(2, "No such file or directory", source)
+        renames.append(source)
+        raise PermissionError(1, "Operation not permitted", source)
+
+    with capturedLogs() as events:
+        service = _start(f"pcap:{path}:maxsize=1:files=3")
+        monkeypatch.setattr(pcapport.os, "replace", refuse)
+        assert service.link is not None
+        for n in range(1500):
+            service.link.sendFrame(_numbered(n))
+        assert len(renames) == 1
+        port = service.link.port
+        assert port.counters.drops["busy"] == 1500 - len(_numbersAfterFlush(service, path))
+        monkeypatch.undo()
+        service.reactor.advance(1.5)
+        service.link.sendFrame(_numbered(1500))
+        service.stopService()
+    logged = [formatEvent(event) for event in events]
+    errors = [line for line in logged if "next capture file" in line and "errno" in line]
+    assert len(errors) == 1 and f"pcap:{path}" in errors[0] and "errno 1" in errors[0], logged
+    assert _numbers(path) == [1500] and Path(f"{path}.1").exists()
+
+
+def _numbersAfterFlush(service: pcapport.PcapService, path: Path) -> list[int]:
+    assert service.link is not None
+    service.link.handle.flush()
+    return _numbers(path)

@@ -104,18 +104,21 @@ class PcapLink:
         self._drop(f"{self.service.spec}: cannot write {self.service.path}: {e.strerror} "
                    f"(errno {e.errno})")
 
-    def _cannotWrite(self, e: OSError) -> None:
+    def _cannotWrite(self, e: OSError, doing: str = "") -> None:
         """
-        The file cannot be written: log it once per errno, and drop frames
-        (counted as C{busy}) without trying to write them until a flush
-        succeeds again (L{flush}, every second).
+        The file cannot be written (or the next one of a ring started,
+        C{doing}): log it once per errno, and drop frames (counted as
+        C{busy}) without trying to write them until a flush succeeds again
+        (L{flush}, every second).
         """
         if e.errno not in self._warned:
             self._warned.add(e.errno or 0)
-            log.error("{spec}: cannot write {path}: {error} (errno {errno}); frames are "
-                      "dropped (counted as busy) until it can be written again",
-                      spec=self.service.spec, path=self.service.path, error=e.strerror,
-                      errno=e.errno)
+            doing = doing or f"write {self.service.path}"
+            where = f" ({e.filename})" if e.filename else ""
+            log.error("{spec}: cannot {doing}: {error} (errno {errno}){where}; frames are "
+                      "dropped (counted as busy) until it can be written again (tried every "
+                      "second)", spec=self.service.spec, doing=doing, error=e.strerror,
+                      errno=e.errno, where=where)
         self.sendFrame = self._failing  # type: ignore[method-assign]
 
     def _failing(self, frame: bytes) -> None:
@@ -135,7 +138,8 @@ class PcapLink:
                 service.rotate()
                 handle = service.openFile()
             except OSError as e:
-                self._drop(str(e))
+                self._cannotWrite(e, "start the next capture file")
+                self._drop(f"{service.spec}: cannot start the next capture file")
                 return
             self._close()
             self._useHandle(handle)
