@@ -18,6 +18,7 @@ from reactortools import until
 from twisted.internet.defer import maybeDeferred
 
 from vtwisted.ports import vxlan as vxlanport
+from vtwisted.ports import vxvde as vxvdeport
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
@@ -74,6 +75,10 @@ def test_specOptionsReachTheConfig() -> None:
     ("vxlan:lan", "not an IP address"),
     ("vxlan:239.1.1.1:remote=10.0.0.2", "not both"),
     ("vxlan:remote=10.0.0.2,fd00\\:\\:2", "all IPv4 or all IPv6"),
+    ("vxlan:remote=10.0.0.2,239.1.1.1", "a multicast group, not an endpoint"),
+    ("vxlan:remote=0.0.0.0", "not an endpoint"),
+    ("vxlan:remote=", "remote= needs"),
+    ("vxvde:10.0.0.1", "not a multicast group$"),
     ("vxlan:remote=10.0.0.2:local=fd00\\:\\:1", "not an IPv4 address"),
     ("vxlan:vni=16777216", "out of range"),
     ("vxlan:dstport=0", "out of range"),
@@ -83,7 +88,8 @@ def test_specOptionsReachTheConfig() -> None:
 def test_badSpecsAreRefused(text: str, message: str) -> None:
     """Each mistake is a SpecError naming the spec and what is wrong."""
     with pytest.raises(SpecError, match=message) as caught:
-        vxlanport.makeService(Switch(), PortSpec(text), None)
+        module = vxvdeport if text.startswith("vxvde") else vxlanport
+        module.makeService(Switch(), PortSpec(text), None)
     assert caught.value.spec == text
 
 

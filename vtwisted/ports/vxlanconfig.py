@@ -225,6 +225,20 @@ def _address(spec: PortSpec, text: str, what: str) -> ipaddress.IPv4Address | ip
         raise spec.error(f"{what} {text!r} is not an IP address") from None
 
 
+def _endpoint(spec: PortSpec, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """
+    A C{remote=} endpoint: a unicast address (as C{ip link ... remote}
+    requires).
+    """
+    address = _address(spec, text, "remote")
+    if address.is_multicast:
+        raise spec.error(f"remote {text} is a multicast group, not an endpoint "
+                         f"(give it as vxlan:{text})")
+    if address.is_unspecified or text == "255.255.255.255":
+        raise spec.error(f"remote {text} is not an endpoint's address")
+    return address
+
+
 def configFromSpec(spec: PortSpec, defaultPort: int = vxlan.DEFAULT_PORT,
                    unicast: bool = True) -> VxlanConfig:
     """
@@ -233,10 +247,13 @@ def configFromSpec(spec: PortSpec, defaultPort: int = vxlan.DEFAULT_PORT,
     C{local=} are not options (a multicast group is the only way).
     """
     (first,) = spec.positional(["group"], 0)
-    remotes = [r for r in (spec.string("remote") or "").split(",") if r] if unicast else []
+    remote = spec.string("remote") if unicast else None
+    remotes = [r for r in (remote or "").split(",") if r]
+    if remote is not None and not remotes:
+        raise spec.error("remote= needs the addresses of the endpoints, remote=A,B")
     if first and remotes:
         raise spec.error("give a multicast group or remote= endpoints, not both")
-    addresses = [_address(spec, r, "remote") for r in remotes]
+    addresses = [_endpoint(spec, r) for r in remotes]
     version = 6 if first == "v6" else 4
     group = None
     if not remotes:
@@ -244,8 +261,8 @@ def configFromSpec(spec: PortSpec, defaultPort: int = vxlan.DEFAULT_PORT,
             first = DEFAULT_GROUP[version]
         address = _address(spec, first, "group")
         if not address.is_multicast:
-            raise spec.error(f"{address} is not a multicast group (for one endpoint, "
-                             "use remote=)")
+            hint = " (for one endpoint, use remote=)" if unicast else ""
+            raise spec.error(f"{address} is not a multicast group{hint}")
         version, group = address.version, str(address)
     elif len({a.version for a in addresses}) > 1:
         raise spec.error("remote endpoints must be all IPv4 or all IPv6")
