@@ -179,3 +179,24 @@ def test_anInterfaceTakenDownAndUpAgainCarriesOn(processes, namespaces, shortdir
     assert "module packet" in console(mgmt, "port/print 1")
     log = (shortdir / "sw.log").read_text()
     assert "the port goes down" not in log, log
+
+
+def test_aFrameOverTheInterfacesMtuIsAnMtuDrop(processes, namespaces, shortdir) -> None:
+    """
+    A frame longer than the interface's MTU allows is counted as an ``mtu``
+    drop of the packet port (not ``peer``), and logged once with the reason.
+    """
+    need("vde_plug")
+    wire = Wire(namespaces)
+    run("ip", "-n", wire.here, "link", "set", wire.switchEnd, "mtu", "1000")
+    sock, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                   f"packet:{wire.switchEnd}")
+    client = StreamPlug(processes, f"vde://{sock}")
+    waitFor(lambda: "module unix prog" in console(mgmt, "port/print"), what="the client")
+    for _ in range(3):
+        client.send(frame(b"\xff" * 6, mac(0x61), payload=b"x" * 1400))
+    waitFor(lambda: " mtu=3 " in console(mgmt, "port/stats 1"), what="three mtu drops")
+    stats = console(mgmt, "port/stats 1")
+    assert " peer=0 " in stats, stats
+    text = (shortdir / "sw.log").read_text()
+    assert text.count("dropped a frame (mtu)") == 1 and "EMSGSIZE" in text, text

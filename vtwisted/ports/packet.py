@@ -26,7 +26,8 @@ cuts them for the wire if the interface cannot), runs of UDP datagrams are
 coalesced, and the rest is counted and dropped as for a TAP.  Interfaces
 that strip VLAN tags on receipt (C{rx-vlan-offload}) hand the tag over
 beside the frame (C{PACKET_AUXDATA}); it is put back in the frame, so
-tagged traffic crosses as it came.
+tagged traffic crosses as it came.  A frame longer than the interface's
+MTU (C{EMSGSIZE}) is an C{mtu} drop.
 """
 
 from __future__ import annotations
@@ -151,6 +152,10 @@ class PacketLink(TapLink):
     def _writeFailed(self, e: OSError) -> None:
         if e.errno == errno.ENETDOWN:
             self.port.dropped("down", f"{self.name}: the interface is down (ENETDOWN)")
+            return
+        if e.errno == errno.EMSGSIZE:
+            self.port.dropped("mtu", f"{self.name}: longer than the interface's MTU "
+                              "(EMSGSIZE)")
             return
         super()._writeFailed(e)
 
