@@ -178,7 +178,27 @@ def test_anInterfaceTakenDownAndUpAgainCarriesOn(processes, namespaces, shortdir
     waitForPing(host, "10.9.0.1")
     assert "module packet" in console(mgmt, "port/print 1")
     log = (shortdir / "sw.log").read_text()
-    assert "the port goes down" not in log, log
+    assert "the port goes down" not in log and "Traceback" not in log, log
+
+
+def test_anInterfaceTakenDownThenDeletedTakesItsPortDown(processes, namespaces, shortdir) -> None:
+    """
+    An interface taken down and then deleted (the kernel says nothing more
+    on the socket) takes its port down within seconds, though the switch
+    sends it nothing; the switch goes on.
+    """
+    wire = Wire(namespaces)
+    _, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                f"packet:{wire.switchEnd}")
+    waitFor(lambda: "module packet" in console(mgmt, "port/print"), what="the packet port")
+    run("ip", "-n", wire.here, "link", "set", wire.switchEnd, "down")
+    log = shortdir / "sw.log"
+    waitFor(lambda: "went down" in log.read_text(), what="the port to see it down")
+    run("ip", "-n", wire.here, "link", "del", wire.switchEnd)
+    waitFor(lambda: "module packet" not in console(mgmt, "port/print"), what="the port to go")
+    text = log.read_text()
+    assert f"packet:{wire.switchEnd}" in text and "the port goes down" in text, text
+    assert "Traceback" not in text, text
 
 
 def test_aFrameOverTheInterfacesMtuIsAnMtuDrop(processes, namespaces, shortdir) -> None:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import struct
+from typing import Any
 
 import pytest
 from helpers import needRoot
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.ports import packet
 from vtwisted.spec import PortSpec, SpecError
@@ -79,3 +83,83 @@ def test_aMissingInterfaceFailsAtBind() -> None:
     with pytest.raises(OSError, match=r"packet:vtwnosuch0.*vtwnosuch0") as caught:
         service.bind()
     assert caught.value.errno in (errno.ENODEV, errno.ENXIO)
+
+
+class DownInterface:
+    """
+    A packet port on a pretend interface (index 7) whose flags a test
+    sets: C{None} once it is deleted.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.flags: int | None = packet.IFF_UP
+        self.checks = 0
+        self.clock = MemoryReactorClock()
+        self.ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+        def interfaceFlags(fd: int, index: int) -> int | None:
+            assert index == 7
+            self.checks += 1
+            return self.flags
+
+        monkeypatch.setattr(packet, "interfaceFlags", interfaceFlags)
+        monkeypatch.setattr(packet, "openSocket", lambda name: self.ends[0])
+        monkeypatch.setattr(packet.socket, "if_nametoindex", lambda name: 7)
+        self.switch = Switch()
+        self.service = packet.makeService(self.switch, PortSpec("packet:vtw0"), self.clock)
+        self.service.startService()
+
+    def goDown(self) -> None:
+        """The kernel reports the interface down on the socket (ENETDOWN)."""
+        self.flags = 0
+        link = self.service.link
+        assert link is not None
+        link.connectionLost(OSError(errno.ENETDOWN, "Network is down"))
+
+    def close(self) -> None:
+        self.service.stopService()
+        self.ends[1].close()
+
+
+@pytest.fixture
+def interface(monkeypatch: pytest.MonkeyPatch) -> Any:
+    rig = DownInterface(monkeypatch)
+    yield rig
+    rig.close()
+
+
+def test_anInterfaceDeletedWhileDownTakesItsPortDownWithinASecond(interface: Any) -> None:
+    """
+    Deleted while down (the kernel says nothing more on the socket), the
+    interface's port goes down at the next check, a second later at most,
+    with the spec in the log; the checks then stop.
+    """
+    interface.goDown()
+    interface.clock.advance(1.0)
+    assert interface.service.link is not None
+    interface.flags = None
+    with capturedLogs() as events:
+        interface.clock.advance(1.0)
+    assert interface.service.link is None and not interface.switch.ports[1].links
+    text = "\n".join(formatEvent(e) for e in events)
+    assert "packet:vtw0" in text and "the port goes down" in text, text
+    checks = interface.checks
+    interface.clock.pump([1.0] * 10)
+    assert interface.checks == checks and not interface.clock.getDelayedCalls()
+
+
+def test_theChecksRunOnlyWhileTheInterfaceIsDown(interface: Any) -> None:
+    """
+    Up, the interface is never checked; down, once a second; up again,
+    the checks stop and the port stays.
+    """
+    interface.clock.pump([1.0] * 10)
+    assert interface.checks == 0
+    interface.goDown()
+    checks = interface.checks
+    interface.clock.pump([1.0] * 3)
+    assert interface.checks == checks + 3
+    interface.flags = packet.IFF_UP
+    interface.clock.pump([1.0] * 10)
+    assert interface.checks == checks + 4 and not interface.clock.getDelayedCalls()
+    assert interface.service.link is not None and interface.switch.ports[1].links

@@ -26,13 +26,21 @@ cuts them for the wire if the interface cannot), runs of UDP datagrams are
 coalesced, and the rest is counted and dropped as for a TAP.  Interfaces
 that strip VLAN tags on receipt (C{rx-vlan-offload}) hand the tag over
 beside the frame (C{PACKET_AUXDATA}); it is put back in the frame, so
-tagged traffic crosses as it came.  A frame longer than the interface's
-MTU (C{EMSGSIZE}) is an C{mtu} drop.
+tagged traffic crosses as it came.
+
+An interface taken down makes the kernel report C{ENETDOWN} on the socket
+once: the port stays (frames sent meanwhile are C{down} drops) and the
+kernel hooks the socket back in when the interface is up.  While it is
+down the kernel would say nothing if it were deleted, so the port looks
+for its index once a second (L{DOWN_CHECK}, on the injected clock) until
+it is up again, and goes down if it is gone.  A frame longer than the
+interface's MTU (C{EMSGSIZE}) is an C{mtu} drop.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import socket
 import struct
@@ -68,6 +76,11 @@ PACKET_MR_PROMISC = 1
 PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
+#: Seconds between checks that an interface taken down is still there (the
+#: kernel says nothing on the socket when a down interface is deleted).
+DOWN_CHECK = 1.0
 TP_STATUS_VLAN_VALID = 0x10
 TP_STATUS_VLAN_TPID_VALID = 0x40
 #: struct tpacket_auxdata: status, len, snaplen, mac, net, vlan_tci, vlan_tpid.
@@ -127,6 +140,7 @@ class PacketLink(TapLink):
     """
 
     module = "packet"
+    _downCheck: Any = None
 
     def open(self) -> None:
         """
@@ -186,7 +200,9 @@ class PacketLink(TapLink):
         """
         The interface went down but is still there: clear the socket's
         error and carry on (the kernel hooks the socket back in when the
-        interface comes up; frames sent meanwhile are counted as C{down}).
+        interface comes up; frames sent meanwhile are counted as C{down}),
+        checking every L{DOWN_CHECK} seconds until it is up that it was not
+        deleted meanwhile (the kernel would not say).
         """
         try:
             self._system.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -194,15 +210,52 @@ class PacketLink(TapLink):
             pass
         log.info("{spec}: {name} went down (ENETDOWN); the port stays and carries on "
                  "when it is up again", spec=self.service.spec, name=self.name)
+        if self._downCheck is None:
+            self._downCheck = self.service.reactor.callLater(DOWN_CHECK, self._checkDown)
+
+    def _checkDown(self) -> None:
+        """
+        Once a second while the interface is down: the port goes down if
+        it was deleted; the checks end when it is up again.
+        """
+        self._downCheck = None
+        flags = interfaceFlags(self._fileno, self._index)
+        if flags is None:
+            super()._failed("watching", OSError(errno.ENODEV, "the interface was deleted"))
+        elif flags & IFF_UP:
+            log.info("{spec}: {name} is up again", spec=self.service.spec, name=self.name)
+        else:
+            self._downCheck = self.service.reactor.callLater(DOWN_CHECK, self._checkDown)
 
     def _stillThere(self) -> bool:
         """
-        Whether the interface the socket is bound to still exists.
+        Whether the interface the socket is bound to still exists (by its
+        index, which the socket is bound to: it may have been renamed).
         """
-        try:
-            return socket.if_nametoindex(self.name) == self._index
-        except OSError:
-            return False
+        return interfaceFlags(self._fileno, self._index) is not None
+
+    def shut(self) -> None:
+        """
+        Stop checking on the interface, and close the socket.
+        """
+        check, self._downCheck = self._downCheck, None
+        if check is not None and check.active():
+            check.cancel()
+        super().shut()
+
+
+def interfaceFlags(fd: int, index: int) -> int | None:
+    """
+    The flags (C{IFF_UP}, ...) of the interface with index C{index} in the
+    switch's network namespace (asked through socket C{fd}); None if there
+    is no such interface.
+    """
+    try:
+        name = socket.if_indextoname(index)
+        answer = fcntl.ioctl(fd, SIOCGIFFLAGS, struct.pack("16s16x", name.encode()))
+    except OSError:
+        return None
+    return int(struct.unpack_from("16xH", answer)[0])
 
 
 def openSocket(name: str) -> socket.socket:
