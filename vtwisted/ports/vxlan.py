@@ -119,8 +119,10 @@ class VxlanLink(PlainDatagramLink):
                 f"{len(self.where)} MACs behind {endpoints} endpoints")
         if self.gro is not None:
             text += f", coalesced {self.gro.segments} segments into {self.gro.packets}"
-        if self.shared is not None and self.shared.groReads:
-            text += f", {self.shared.groReads} reads merged by the kernel"
+        if self.shared is not None:
+            if self.shared.groReads:
+                text += f", {self.shared.groReads} reads merged by the kernel"
+            text += self.shared.readErrors.describe()
         return text
 
     def useSocket(self, shared: VxlanSocket) -> None:

@@ -20,7 +20,10 @@ socket closes with its last port.
 
 L{BatchPort} is Twisted's UDP port reading with C{recvmsg}: a buffer the
 kernel merged (C{UDP_GRO}) is cut back into its datagrams, and the
-protocol learns when a read batch ends (for TCP coalescing).
+protocol learns when a read batch ends (for TCP coalescing).  A receive
+error it does not expect (C{ENOMEM}, say) is counted and logged once per
+errno (L{ReadErrors}), and reading goes on: Twisted's own port would close
+the socket, and the port would hear nothing more.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 
 from vtwisted.ports.vxlanconfig import (
     VxlanConfig,
@@ -45,6 +49,8 @@ from vtwisted.ports.vxlanconfig import (
 from vtwisted.sockettools import listenError
 from vtwisted.wire import vxlan
 
+log = Logger()
+
 #: The largest datagram read: a 64 KB frame and its header.
 MAX_DATAGRAM = 65536 + vxlan.HEADER_LENGTH
 UDP_GRO = 104
@@ -55,12 +61,45 @@ _READ_LATER = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED)
 _SOCKETS: dict[tuple[int, tuple[int, str, int]], VxlanSocket] = {}
 
 
+class ReadErrors:
+    """
+    The receive errors of a port's sockets: counted, each errno logged once.
+
+    @ivar count: how many reads failed.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._logged: set[int | None] = set()
+
+    def failed(self, spec: str, where: str, e: OSError) -> None:
+        """
+        Count a read of C{where} that failed with C{e}; log it if it is the
+        first with its errno.
+        """
+        self.count += 1
+        if e.errno in self._logged:
+            return
+        self._logged.add(e.errno)
+        log.error("{spec}: reading {where} failed: {error} ({code}); counted, reading "
+                  "goes on (further failures of this kind are only counted)",
+                  spec=spec, where=where, error=e.strerror,
+                  code=errno.errorcode.get(e.errno or 0, e.errno))
+
+    def describe(self) -> str:
+        """
+        C{", 3 read errors"}, or nothing if there were none.
+        """
+        return f", {self.count} read errors" if self.count else ""
+
+
 class VxlanSocket(DatagramProtocol):
     """
     One bound UDP socket and the links of the VNIs on it.
 
     @ivar links: each VNI's link.
     @ivar groReads: reads that brought several datagrams the kernel merged.
+    @ivar readErrors: the socket's receive errors.
     """
 
     noisy = False
@@ -76,6 +115,7 @@ class VxlanSocket(DatagramProtocol):
         self.listeningPort: Any = None
         self.socket: socket.socket | None = None
         self.groReads = 0
+        self.readErrors = ReadErrors()
 
     def attach(self, link: Any) -> None:
         """
@@ -163,6 +203,14 @@ class VxlanSocket(DatagramProtocol):
         for link in self.links.values():
             link.readBatchEnded()
 
+    def readFailed(self, where: str, e: OSError) -> None:
+        """
+        A read of the socket failed unexpectedly: count it, naming every
+        port on the socket the first time.
+        """
+        specs = ", ".join(link.service.spec for link in self.links.values())
+        self.readErrors.failed(specs or f"UDP port {self.key[2]}", where, e)
+
 
 def socketFor(reactor: Any, config: VxlanConfig, spec: str) -> VxlanSocket:
     """
@@ -199,7 +247,8 @@ class BatchPort(udp.Port):
     Twisted's UDP port, reading with C{recvmsg} so that a buffer the kernel
     coalesced (C{UDP_GRO}: datagrams of one sender, all as long as the
     first but the last) is cut back into its datagrams, and telling its
-    protocol when a read batch ends.
+    protocol when a read batch ends.  An unexpected receive error goes to
+    the protocol's C{readFailed(where, error)}, and the socket stays open.
     """
 
     def doRead(self) -> None:
@@ -212,9 +261,9 @@ class BatchPort(udp.Port):
                 try:
                     data, ancillary, _, addr = recvmsg(size, _GRO_CMSG)
                 except OSError as e:
-                    if e.errno in _READ_LATER:
-                        return
-                    raise
+                    if e.errno not in _READ_LATER:
+                        protocol.readFailed(self._where(), e)
+                    return
                 read += len(data)
                 if v6:
                     addr = addr[:2]
@@ -227,6 +276,16 @@ class BatchPort(udp.Port):
                     receive(data[offset:offset + step], addr)
         finally:
             protocol.readBatchEnded()
+
+    def _where(self) -> str:
+        """
+        C{"UDP 0.0.0.0:4789"}: the socket's address, for messages.
+        """
+        try:
+            host, number = self.socket.getsockname()[:2]
+        except OSError:
+            return f"UDP port {self.port}"
+        return f"UDP [{host}]:{number}" if ":" in host else f"UDP {host}:{number}"
 
 
 def _groSize(ancillary: list[tuple[int, int, bytes]]) -> int:

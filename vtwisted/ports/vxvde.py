@@ -41,7 +41,7 @@ from vtwisted.ports.vxlanconfig import (
     sendMulticast,
     tuneSocket,
 )
-from vtwisted.ports.vxlansocket import MAX_DATAGRAM, BatchPort
+from vtwisted.ports.vxlansocket import MAX_DATAGRAM, BatchPort, ReadErrors
 from vtwisted.sockettools import listenError
 from vtwisted.spec import PortSpec
 
@@ -63,6 +63,7 @@ class VxvdeLink(VxlanLink):
         self.heard = None
         self.ownPort = 0
         self.groReads = 0
+        self.readErrors = ReadErrors()
         self._local: dict[str, bool] = {}
 
     @property
@@ -72,7 +73,7 @@ class VxvdeLink(VxlanLink):
                 f"{len(self.where)} MACs behind {members} members")
         if self.gro is not None:
             text += f", coalesced {self.gro.segments} segments into {self.gro.packets}"
-        return text
+        return text + self.readErrors.describe()
 
     def useSockets(self, unicast: socket.socket) -> None:
         """
@@ -137,6 +138,9 @@ class _Reader(DatagramProtocol):
 
     def readBatchEnded(self) -> None:
         self.link.readBatchEnded()
+
+    def readFailed(self, where: str, e: OSError) -> None:
+        self.link.readErrors.failed(self.link.service.spec, where, e)
 
 
 @implementer(IPortService)
