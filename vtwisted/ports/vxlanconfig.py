@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vtwisted.ports.datagrams import udpPort
@@ -199,14 +200,24 @@ def joinHint(e: OSError, config: VxlanConfig) -> str:
     return what
 
 
-def bindHint(e: OSError, config: VxlanConfig) -> str:
+def bindHint(e: OSError, config: VxlanConfig, holders: Sequence[str] = ()) -> str:
     """
     Why the socket could not be opened, with the errno and the likely cause.
+
+    @param holders: the specs of this switch's ports on the same UDP port.
     """
     what = f"cannot open UDP port {config.dstport} for VXLAN: {e.strerror} " \
            f"({errno.errorcode.get(e.errno or 0, e.errno)})"
+    if e.errno == errno.EADDRINUSE and holders:
+        return what + (f"; this switch's {', '.join(holders)} already uses it, bound "
+                       "otherwise: vxlan: ports share a UDP port only if all bind every "
+                       "address (a group, or remote= without local=) or all the same "
+                       "local=, and vxvde: ports only with each other; give one of them "
+                       "another dstport=")
     if e.errno == errno.EADDRINUSE:
-        return what + "; is a Linux vxlan device or another VXLAN endpoint using it here?"
+        return what + ("; no vxlan: or vxvde: port of this switch has it: is a Linux "
+                       "vxlan device (ip -d link show type vxlan), another port of this "
+                       "switch (dgram:, mcast:) or another program using it here?")
     if e.errno == errno.ENODEV:
         return what + f"; is there an interface {config.interface!r} with an address?"
     if e.errno == errno.EADDRNOTAVAIL:

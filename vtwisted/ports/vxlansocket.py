@@ -59,6 +59,34 @@ _READ_LATER = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED)
 
 #: The open sockets, by reactor and L{socketKey}.
 _SOCKETS: dict[tuple[int, tuple[int, str, int]], VxlanSocket] = {}
+#: The other bound services on UDP ports this module should know of
+#: (C{vxvde:} ports): each has C{reactor}, C{config} and C{spec}.
+_OTHERS: set[Any] = set()
+
+
+def holdUdpPort(service: Any, held: bool) -> None:
+    """
+    Note (or forget) that C{service} (a C{vxvde:} port) has its UDP port
+    bound, for L{holders}.
+    """
+    if held:
+        _OTHERS.add(service)
+    else:
+        _OTHERS.discard(service)
+
+
+def holders(reactor: Any, config: VxlanConfig) -> list[str]:
+    """
+    The specs of this switch's C{vxlan:} and C{vxvde:} ports bound to
+    C{config}'s UDP port (and IP version): why it may be in use.
+    """
+    specs = [link.service.spec for (where, key), shared in _SOCKETS.items()
+             if where == id(reactor) and key[0] == config.version
+             and key[2] == config.dstport for link in shared.links.values()]
+    specs += [other.spec for other in _OTHERS
+              if other.reactor is reactor and other.config.version == config.version
+              and other.config.dstport == config.dstport]
+    return sorted(specs)
 
 
 class ReadErrors:
@@ -225,7 +253,8 @@ def socketFor(reactor: Any, config: VxlanConfig, spec: str) -> VxlanSocket:
     try:
         sock = openSocket(config)
     except OSError as e:
-        raise OSError(e.errno, f"{spec}: {bindHint(e, config)}") from e
+        hint = bindHint(e, config, holders(reactor, config))
+        raise OSError(e.errno, f"{spec}: {hint}") from e
     shared = VxlanSocket(reactor, key)
     try:
         family = socket.AF_INET6 if config.version == 6 else socket.AF_INET

@@ -41,7 +41,13 @@ from vtwisted.ports.vxlanconfig import (
     sendMulticast,
     tuneSocket,
 )
-from vtwisted.ports.vxlansocket import MAX_DATAGRAM, BatchPort, ReadErrors
+from vtwisted.ports.vxlansocket import (
+    MAX_DATAGRAM,
+    BatchPort,
+    ReadErrors,
+    holders,
+    holdUdpPort,
+)
 from vtwisted.sockettools import listenError
 from vtwisted.spec import PortSpec
 
@@ -161,8 +167,9 @@ class VxvdeService(VxlanService):
         try:
             group, unicast = _openSockets(self.config)
         except OSError as e:
-            hint = joinHint if e.errno == errno.ENODEV else bindHint
-            raise OSError(e.errno, f"{self.spec}: {hint(e, self.config)}") from e
+            hint = (joinHint(e, self.config) if e.errno == errno.ENODEV
+                    else bindHint(e, self.config, holders(self.reactor, self.config)))
+            raise OSError(e.errno, f"{self.spec}: {hint}") from e
         try:
             for sock in (group, unicast):
                 port = BatchPort._fromListeningDescriptor(self.reactor, sock.fileno(), family,
@@ -178,6 +185,7 @@ class VxvdeService(VxlanService):
             unicast.close()
         link.useSockets(self.ports[1].socket)
         self.link = link
+        holdUdpPort(self, True)
 
     def stopService(self) -> Any:
         """
@@ -196,6 +204,7 @@ class VxvdeService(VxlanService):
         return None
 
     def _closePorts(self) -> None:
+        holdUdpPort(self, False)
         ports, self.ports = self.ports, []
         for port in ports:
             port.stopListening()
