@@ -18,6 +18,16 @@ L{vtwisted.ports.vxlan.VxlanLink} machinery (learning with expiry, cutting
 and sending super-frames with C{UDP_SEGMENT}, merging TCP segments) with
 members told apart by address and port, and its own multicast echo
 recognised by its unicast port on a local address and dropped.
+
+That test is exact, though the address the echo shows is the kernel's
+choice: the member's socket binds its port on every address of the host
+(no C{SO_REUSEADDR}, no C{SO_REUSEPORT}), so nothing else here can send
+from that port.  The C{mcast:} port's way (connecting its sending socket
+to the group, which fixes the source address) does not fit: the member's
+socket must also read the unicast the other members send it, which a
+connected UDP socket would refuse, and it must send both kinds from one
+address and port, since members learn where to send from a datagram's
+source.
 """
 
 from __future__ import annotations
