@@ -6,6 +6,7 @@ what is kept, what is dropped and counted, and the files tcpdump reads.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
@@ -13,7 +14,7 @@ from twisted.internet.task import Clock
 from vtwisted.ports import pcap as pcapport
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
-from vtwisted.testing import frame, mac
+from vtwisted.testing import FakeLink, frame, mac, plug
 from vtwisted.wire import pcap
 
 
@@ -135,5 +136,66 @@ def test_aRingThatCannotTurnTriesOnceASecond(tmp_path: Path, monkeypatch) -> Non
 
 def _numbersAfterFlush(service: pcapport.PcapService, path: Path) -> list[int]:
     assert service.link is not None
-    service.link.handle.flush()
+    service.link.tick()
     return _numbers(path)
+
+
+def _throughSwitch(spec: str, count: int) -> tuple[pcapport.PcapService, Any, Any]:
+    """
+    A started capture port, after a client port sent the switch C{count}
+    numbered frames: the service, the capture's port and the client's.
+    """
+    switch = Switch()
+    service = pcapport.makeService(switch, PortSpec(spec), Clock())
+    service.startService()
+    client = plug(switch, FakeLink("client"))
+    for n in range(count):
+        switch.frameReceived(client, _numbered(n))
+    assert service.link is not None
+    return service, service.link.port, client
+
+
+def test_aRingTurnsForFramesFromTheSwitch(tmp_path: Path) -> None:
+    """
+    Frames the switch hands the capture port (not the link directly) go
+    to the next file of the ring once the first is full.
+    """
+    path = tmp_path / "lan.pcap"
+    service, port, _ = _throughSwitch(f"pcap:{path}:maxsize=1:files=2", 2500)
+    service.stopService()
+    joined = _numbers(Path(f"{path}.1")) + _numbers(path)
+    assert joined == list(range(joined[0], 2500)) and 0 < joined[0] < 1000
+    assert port.counters.drops["busy"] == 0
+
+
+def test_recordsLostWithAFailingFileAreCounted() -> None:
+    """
+    Records still waiting when a file that cannot be written is closed
+    are counted as busy drops, the last log line counts no frame written,
+    and the write error is logged once (no second line for the first
+    drop).
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    with capturedLogs() as events:
+        service, port, _ = _throughSwitch("pcap:/dev/full", 1500)  # 1.5 MB: one write fails
+        service.reactor.advance(1)
+        service.stopService()
+    logged = [formatEvent(event) for event in events]
+    assert port.counters.drops["busy"] == 1500, logged
+    assert sum("errno 28" in line for line in logged) == 1, logged
+    assert sum("dropped a frame" in line for line in logged) == 0, logged
+    assert any("0 frames written to /dev/full (1500 dropped" in line for line in logged), logged
+
+
+def test_framesWrittenAreCountedExactly(tmp_path: Path) -> None:
+    """The last log line counts the frames the file holds."""
+    from twisted.logger import capturedLogs, formatEvent
+
+    path = tmp_path / "lan.pcap"
+    with capturedLogs() as events:
+        service, _, _ = _throughSwitch(f"pcap:{path}", 1700)
+        service.stopService()
+    logged = [formatEvent(event) for event in events]
+    assert len(_numbers(path)) == 1700
+    assert any(f"1700 frames written to {path}" in line for line in logged), logged

@@ -24,7 +24,7 @@ dropped) and a new C{PATH} starts.
 from __future__ import annotations
 
 import os
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.pcapbuffer import BUFFER, RecordBuffer, droppedNote
 from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import NOVLAN
@@ -42,13 +43,15 @@ log = Logger()
 DEFAULT_SNAPLEN = 262144
 #: No size limit.
 UNLIMITED = 1 << 62
-BUFFER = 1 << 20
 
 
 @implementer(ILink)
 class PcapLink:
     """
     The capture file, as the link of a monitor port.
+
+    @ivar frames: how many frames reached the files whole.
+    @ivar lost: how many were dropped (counted as C{busy} on the port).
     """
 
     module = "pcap"
@@ -56,60 +59,54 @@ class PcapLink:
     uid = None
     linkId = 0
 
-    def __init__(self, service: PcapService, handle: IO[bytes]) -> None:
+    def __init__(self, service: PcapService, fd: int) -> None:
         self.service = service
         self.description = f"capture to {service.path}"
         self.port: Any = None
-        self.frames = 0
+        self.lost = 0
+        #: Frames written whole to the files of a ring closed so far.
+        self._closedFrames = 0
+        #: Whether writing failed: frames are dropped until a flush works.
+        self._failing = False
         #: The errnos of write failures logged so far.
         self._warned: set[int] = set()
-        self._useHandle(handle)
+        self._clock = service.reactor.seconds
+        self._useFile(fd)
 
-    def _useHandle(self, handle: IO[bytes]) -> None:
+    @property
+    def frames(self) -> int:
+        return self._closedFrames + self.out.frames
+
+    def _useFile(self, fd: int) -> None:
         """
-        Write to C{handle}, whose header is written, from now on.
+        Write to C{fd}, a new empty file, from now on.
         """
-        self.handle = handle
+        self.out = RecordBuffer(fd, pcap.fileHeader(self.service.snaplen))
         self.written = pcap.FILE_HEADER_LENGTH
-        clock = self.service.reactor.seconds
-        write = handle.write
-        snaplen = self.service.snaplen
-        limit = self.service.maxSize
-        record = pcap.record
-        full = self._full
-        failed = self._writeFailed
 
-        def sendFrame(frame: bytes) -> None:
-            data = record(clock(), frame, snaplen)
-            if self.written + len(data) > limit:
-                full(data)
-                return
-            try:
-                write(data)
-            except OSError as e:
-                failed(e)
-                return
-            self.written += len(data)
-            self.frames += 1
-
-        self._writing = sendFrame
-        self.sendFrame = sendFrame  # type: ignore[method-assign]
-
-    def _writeFailed(self, e: OSError) -> None:
+    def sendFrame(self, frame: bytes) -> None:
         """
-        A frame could not be written (a full disk, say): drop it, counted
-        as C{busy}, and the next ones (L{_cannotWrite}).
+        Record one frame; write the records once a megabyte waits.
         """
-        self._cannotWrite(e)
-        self._drop(f"{self.service.spec}: cannot write {self.service.path}: {e.strerror} "
-                   f"(errno {e.errno})")
+        if self._failing:
+            self._lose(1)
+            return
+        data = pcap.record(self._clock(), frame, self.service.snaplen)
+        if self.written + len(data) > self.service.maxSize:
+            self._full(data)
+            return
+        out = self.out
+        out.add(data)
+        self.written += len(data)
+        if len(out.pending) >= BUFFER:
+            self.flush()
 
     def _cannotWrite(self, e: OSError, doing: str = "") -> None:
         """
         The file cannot be written (or the next one of a ring started,
         C{doing}): log it once per errno, and drop frames (counted as
-        C{busy}) without trying to write them until a flush succeeds again
-        (L{flush}, every second).
+        C{busy}, not logged again) without trying to write them until a
+        flush succeeds again (L{flush}, every second).
         """
         if e.errno not in self._warned:
             self._warned.add(e.errno or 0)
@@ -119,13 +116,7 @@ class PcapLink:
                       "dropped (counted as busy) until it can be written again (tried every "
                       "second)", spec=self.service.spec, doing=doing, error=e.strerror,
                       errno=e.errno, where=where)
-        self.sendFrame = self._failing  # type: ignore[method-assign]
-
-    def _failing(self, frame: bytes) -> None:
-        """
-        Drop a frame while the file cannot be written.
-        """
-        self._drop(f"{self.service.spec}: cannot write {self.service.path}")
+        self._failing = True
 
     def _full(self, data: bytes) -> None:
         """
@@ -133,53 +124,80 @@ class PcapLink:
         several, else drop the frame (counted as C{busy}).
         """
         service = self.service
-        if service.files > 1 and len(data) + self.written > pcap.FILE_HEADER_LENGTH:
+        if service.files > 1 and self.written > pcap.FILE_HEADER_LENGTH:
             try:
                 service.rotate()
-                handle = service.openFile()
+                fd = service.openFile()
             except OSError as e:
                 self._cannotWrite(e, "start the next capture file")
-                self._drop(f"{service.spec}: cannot start the next capture file")
+                self._lose(1)
                 return
-            self._close()
-            self._useHandle(handle)
-            self.handle.write(data)
+            self._closeFile()
+            self._useFile(fd)
+            self.out.add(data)
             self.written += len(data)
-            self.frames += 1
             return
-        self._drop(f"{service.spec}: the capture file is full "
-                   f"(maxsize={service.maxSize // 1000000} MB)")
-
-    def _drop(self, detail: str) -> None:
         if self.port is not None:
-            self.port.dropped("busy", detail)
+            self.lost += 1
+            self.port.dropped("busy", f"{service.spec}: the capture file is full "
+                                      f"(maxsize={service.maxSize // 1000000} MB)")
+
+    def _lose(self, count: int) -> None:
+        """
+        Count C{count} frames dropped as C{busy}, without logging them.
+        """
+        self.lost += count
+        if count and self.port is not None:
+            self.port.counters.drops["busy"] += count
 
     def flush(self) -> None:
         """
-        Write what the current file's buffer holds; if writing had failed
-        and now succeeds, record frames again.
+        Write the records waiting; if writing had failed and now succeeds,
+        record frames again.
         """
         try:
-            self.handle.flush()
+            self.out.write()
         except OSError as e:
             self._cannotWrite(e)
             return
-        if self.sendFrame is not self._writing:
-            self.sendFrame = self._writing  # type: ignore[method-assign]
+        if self._failing:
+            self._failing = False
             log.info("{spec}: writing {path} again", spec=self.service.spec,
                      path=self.service.path)
 
-    def _close(self) -> None:
+    tick = flush
+
+    def _closeFile(self) -> None:
         """
-        Close the current file (its descriptor closes even if the last
-        write fails, which is logged).
+        Write what waits and close the current file; records that cannot
+        be written are logged and counted as lost.
         """
+        out = self.out
         try:
-            self.handle.close()
+            out.write()
         except OSError as e:
-            log.error("{spec}: cannot write {path}: {error} (errno {errno}); the capture "
-                      "misses its last frames", spec=self.service.spec,
-                      path=self.service.path, error=e.strerror, errno=e.errno)
+            if e.errno not in self._warned:  # else said, and the drops are in the last line
+                log.error("{spec}: cannot write {path}: {error} (errno {errno}); the capture "
+                          "misses its last {n} frames", spec=self.service.spec,
+                          path=self.service.path, error=e.strerror, errno=e.errno,
+                          n=out.waiting)
+        self._closedFrames += out.frames
+        self._lose(out.discard())
+        try:
+            out.close()
+        except OSError as e:
+            log.error("{spec}: cannot close {path}: {error} (errno {errno})",
+                      spec=self.service.spec, path=self.service.path, error=e.strerror,
+                      errno=e.errno)
+        self.out = RecordBuffer(-1, b"")
+
+    def finish(self) -> None:
+        """
+        Write what waits and close the file (the service stops).
+        """
+        self._closeFile()
+        log.info("{spec}: {n} frames written to {path}{lost}", spec=self.service.spec,
+                 n=self.frames, path=self.service.path, lost=droppedNote(self.lost))
 
     def plug(self, switch: Any, port: Any) -> None:
         """
@@ -188,11 +206,6 @@ class PcapLink:
         self.port = port
         switch.attach(port, self)
         switch.setMonitor(port, True)
-
-    def sendFrame(self, frame: bytes) -> None:
-        """
-        Record one frame (replaced per link in C{__init__}).
-        """
 
     def sendVnetPacket(self, packet: bytes) -> None:
         raise NotImplementedError("a capture port takes plain frames")
@@ -227,19 +240,18 @@ class PcapService(SingleLinkService):
     def bind(self) -> None:
         self.link = PcapLink(self, self.openFile())
 
-    def openFile(self) -> IO[bytes]:
+    def openFile(self) -> int:
         """
-        Open the capture file afresh, its header written.
+        Open the capture file afresh, empty.
 
         @raise OSError: naming the spec, the path and the errno.
         """
         try:
-            handle = open(self.path, "wb", buffering=BUFFER)  # closed in stopService
-            handle.write(pcap.fileHeader(self.snaplen))
+            return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                           0o666)
         except OSError as e:
             raise OSError(e.errno, f"{self.spec}: cannot write {self.path}: {e.strerror} "
                                    f"(errno {e.errno})") from None
-        return handle
 
     def rotate(self) -> None:
         """
@@ -256,7 +268,7 @@ class PcapService(SingleLinkService):
     def startService(self) -> None:
         super().startService()
         assert self.link is not None
-        self._flusher = LoopingCall(self.link.flush)
+        self._flusher = LoopingCall(self.link.tick)
         self._flusher.clock = self.reactor
         self._flusher.start(1.0, now=False)
 
@@ -270,12 +282,11 @@ class PcapService(SingleLinkService):
         super().stopService()
         if self._flusher is not None and self._flusher.running:
             self._flusher.stop()
-        self.unplug()
-        link, self.link = self.link, None
+        link = self.link
         if link is not None:
-            link._close()
-            log.info("{spec}: {n} frames written to {path}", spec=self.spec, n=link.frames,
-                     path=self.path)
+            link.finish()  # while plugged in: frames it loses are counted on the port
+        self.unplug()
+        self.link = None
         return None
 
 
@@ -295,7 +306,9 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PcapService:
     if files > 1 and megabytes is None:
         raise spec.error("files= needs maxsize= (the size at which the next file starts)")
     spec.checkKeywords()
+    path = os.path.abspath(path)
     # A member of no VLAN: the port gets the monitor's copies and nothing else.
-    return PcapService(switch, reactor, os.path.abspath(path), snaplen,
+    return PcapService(switch, reactor, path, snaplen,
                        PortOptions(number=number, vlan=NOVLAN), spec.text,
                        UNLIMITED if megabytes is None else megabytes * 1000000, files)
+

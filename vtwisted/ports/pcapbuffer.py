@@ -1,0 +1,116 @@
+"""
+Whole pcap records waiting to be written to one capture file or FIFO, and
+how many of them got there.
+
+Records are added whole and leave from the front as the descriptor takes
+them.  A write that takes part of a record leaves the rest of it first in
+line, so the stream a reader sees never holds half a record followed by
+another one; only new records are ever refused, never the rest of one
+begun.  The buffer knows the length of each record waiting, so the frames
+written and those lost when the descriptor is closed with records still
+waiting (a full disk, a reader gone) are counted exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+
+#: How many bytes of records wait before they are written to a file, and
+#: at most for a FIFO's reader.
+BUFFER = 1 << 20
+
+
+def droppedNote(lost: int) -> str:
+    """
+    What the last log line of a capture says of its frames dropped.
+    """
+    return f" ({lost} dropped, counted as busy)" if lost else ""
+
+
+class RecordBuffer:
+    """
+    The records waiting for one descriptor, its file header first.
+
+    @ivar pending: the bytes not written yet.
+    @ivar frames: how many records were written whole.
+    """
+
+    def __init__(self, fd: int, header: bytes) -> None:
+        """
+        @param fd: the descriptor, owned from now on (see L{close}).
+        @param header: the file header, written before any record.
+        """
+        self.fd = fd
+        self.pending = bytearray(header)
+        self.frames = 0
+        #: The length of each record not written whole, oldest first.
+        self._lengths: deque[int] = deque()
+        #: Bytes of the header not written yet.
+        self._header = len(header)
+        #: Bytes of the oldest record already written.
+        self._begun = 0
+
+    def add(self, record: bytes) -> None:
+        """
+        Queue one whole record.
+        """
+        self.pending += record
+        self._lengths.append(len(record))
+
+    @property
+    def waiting(self) -> int:
+        """
+        How many records are not written whole.
+        """
+        return len(self._lengths)
+
+    def write(self) -> None:
+        """
+        Write what is pending, counting the records written whole.
+
+        @raise OSError: the descriptor takes no more now (L{BlockingIOError}
+            when a non-blocking descriptor is full); what it took is counted.
+        """
+        pending = self.pending
+        while pending:
+            n = os.write(self.fd, pending)
+            if n <= 0:
+                return
+            del pending[:n]
+            self._took(n)
+
+    def _took(self, n: int) -> None:
+        """
+        The descriptor took the first C{n} pending bytes.
+        """
+        header = min(n, self._header)
+        self._header -= header
+        n += self._begun - header
+        lengths = self._lengths
+        while lengths and n >= lengths[0]:
+            n -= lengths.popleft()
+            self.frames += 1
+        self._begun = n
+
+    def discard(self) -> int:
+        """
+        Forget what is pending (the descriptor is about to be closed).
+
+        @return: how many records were lost (not written whole).
+        """
+        lost = len(self._lengths)
+        self._lengths.clear()
+        self.pending.clear()
+        self._header = self._begun = 0
+        return lost
+
+    def close(self) -> None:
+        """
+        Close the descriptor (after L{discard}).
+
+        @raise OSError: closing failed (the descriptor is released anyway).
+        """
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
