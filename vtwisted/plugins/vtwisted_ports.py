@@ -60,7 +60,7 @@ pcap = PortType(
     "pcap",
     "vtwisted.ports.pcap",
     "pcap:PATH[:snaplen=N][:maxsize=MB[:files=N]]  a capture port: every frame the other "
-    "ports read, written to a libpcap file (tcpdump -r, Wireshark)",
+    "ports read, written to a libpcap file (tcpdump -r, Wireshark) or a FIFO read live",
 )
 
 vxlan = PortType(

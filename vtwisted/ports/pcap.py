@@ -11,8 +11,11 @@ else.  While a monitor is plugged in the switch remembers no routes, so
 every frame takes the switch's slower path: capturing costs throughput, as
 it does on any switch's mirror port.  The link takes no virtio-net header,
 so TCP super-frames from offload TAPs are cut into the frames a wire would
-carry.  Records are buffered and written at least once a second and when
-the port stops; C{snaplen=} keeps only the first bytes of each frame.
+carry.  Records wait in a L{RecordBuffer} and are written once a megabyte
+waits, once a second, and when the port stops, so the frames written and
+those lost (a full disk) are counted exactly; C{snaplen=} keeps only the
+first bytes of each frame.  A C{PATH} that is a FIFO is a live capture
+(L{vtwisted.ports.pcapfifo}), never allowed to hold up the switch.
 
 C{maxsize=MB} bounds the file (in millions of bytes, as tcpdump's C{-C}):
 frames that would not fit are dropped and counted as C{busy}, unless
@@ -24,6 +27,7 @@ dropped) and a new C{PATH} starts.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Any
 
 from twisted.internet.task import LoopingCall
@@ -33,6 +37,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.pcapbuffer import BUFFER, RecordBuffer, droppedNote
+from vtwisted.ports.pcapfifo import FifoLink
 from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import NOVLAN
@@ -225,20 +230,24 @@ class PcapService(SingleLinkService):
 
     def __init__(self, switch: Any, reactor: Any, path: str, snaplen: int,
                  options: PortOptions, spec: str, maxSize: int = UNLIMITED,
-                 files: int = 1) -> None:
+                 files: int = 1, fifo: bool = False) -> None:
+        """
+        @param fifo: whether C{path} is a FIFO (a live capture).
+        """
         super().__init__(switch, reactor, options, spec)
         self.path = path
         self.snaplen = snaplen
         self.maxSize = maxSize
         self.files = files
-        self.link: PcapLink | None = None
+        self.fifo = fifo
+        self.link: PcapLink | FifoLink | None = None
         self._flusher: LoopingCall | None = None
 
     def bound(self) -> bool:
         return self.link is not None
 
     def bind(self) -> None:
-        self.link = PcapLink(self, self.openFile())
+        self.link = FifoLink(self) if self.fifo else PcapLink(self, self.openFile())
 
     def openFile(self) -> int:
         """
@@ -307,8 +316,21 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PcapService:
         raise spec.error("files= needs maxsize= (the size at which the next file starts)")
     spec.checkKeywords()
     path = os.path.abspath(path)
+    fifo = isFifo(path)
+    if fifo and (megabytes is not None or files > 1):
+        raise spec.error(f"{path} is a FIFO (a live capture, read as it is written): "
+                         "maxsize= and files= bound capture files, not FIFOs")
     # A member of no VLAN: the port gets the monitor's copies and nothing else.
     return PcapService(switch, reactor, path, snaplen,
                        PortOptions(number=number, vlan=NOVLAN), spec.text,
-                       UNLIMITED if megabytes is None else megabytes * 1000000, files)
+                       UNLIMITED if megabytes is None else megabytes * 1000000, files, fifo)
 
+
+def isFifo(path: str) -> bool:
+    """
+    Whether C{path} is a FIFO (made with C{mkfifo}).
+    """
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False

@@ -1,0 +1,164 @@
+"""
+A live capture (``pcap:FIFO``) read by a real tcpdump while two
+``vde_plug`` clients exchange frames through ``twistd vswitch``: a reader
+stopped for a while holds up no frame and leaves a stream tcpdump reads,
+and a reader that exits is followed by the next one with a stream of its
+own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from helpers import StreamPlug, need, run, socketListening, sourceEnv, twistdArgv, waitFor
+from taphelpers import console
+
+from vtwisted.testing import frame, mac
+from vtwisted.wire import pcap
+
+pytestmark = pytest.mark.integration
+
+MARK = b"vtwfifo"
+
+
+class Lan:
+    """
+    A switch with a capture port (number 9) to a FIFO, and two clients.
+    """
+
+    def __init__(self, processes, shortdir: Path) -> None:
+        need("vde_plug", "tcpdump")
+        self.processes = processes
+        self.dir = shortdir
+        self.fifo = shortdir / "cap"
+        os.mkfifo(self.fifo)
+        self.mgmt, self.log = shortdir / "sw.mgmt", shortdir / "sw.log"
+        sock = shortdir / "sw"
+        self.switch = processes.start(twistdArgv(
+            "--sock", str(sock), "--mgmt", str(self.mgmt), "--port", f"pcap:{self.fifo}:port=9",
+            logfile=str(self.log)), env=sourceEnv())
+        waitFor(lambda: socketListening(self.mgmt), what="the switch")
+        self.one = StreamPlug(processes, f"vde://{sock}")
+        self.two = StreamPlug(processes, f"vde://{sock}")
+        waitFor(lambda: console(self.mgmt, "port/print").count("module unix prog") >= 2,
+                what="two clients")
+        self.sent = 0
+
+    def reader(self, name: str, *options: str) -> tuple[subprocess.Popen[bytes], Path]:
+        """
+        Start tcpdump reading the FIFO into a file; wait until the switch
+        has opened the FIFO for it.
+        """
+        out = self.dir / name
+        before = self.logged("a reader opened")
+        process = self.processes.start(["tcpdump", "-n", "-U", *options, "-r", str(self.fifo),
+                                        "-w", str(out)], stderr=subprocess.PIPE)
+        waitFor(lambda: self.logged("a reader opened") > before, what="the switch to open it")
+        return process, out
+
+    def logged(self, text: str) -> int:
+        return self.log.read_text().count(text) if self.log.exists() else 0
+
+    def exchange(self, count: int) -> float:
+        """
+        Client one sends C{count} numbered broadcasts, in rounds (the
+        clients' socket buffers are small); every one reaches client two.
+
+        @return: how long it took, in seconds.
+        """
+        started = time.monotonic()
+        got = 0
+        for n in range(count):
+            payload = MARK + self.sent.to_bytes(4, "big") + bytes(989)
+            self.one.send(frame(b"\xff" * 6, mac(0x61), payload=payload))
+            self.sent += 1
+            if n % 50 == 49 or n == count - 1:
+                while got <= n and self.two.receive(timeout=5.0) is not None:
+                    got += 1
+                assert got == n + 1, f"frames stopped after {got}"
+        return time.monotonic() - started
+
+    def busy(self) -> int:
+        stats = console(self.mgmt, "port/stats 9")
+        found = re.search(r"busy=(\d+)", stats)
+        assert found, stats
+        return int(found.group(1))
+
+    def stop(self) -> None:
+        assert self.processes.stop(self.switch) in (0, -signal.SIGTERM)  # twistd: the signal
+        text = self.log.read_text()
+        assert "Traceback" not in text, text
+
+
+def _numbers(path: Path) -> list[int]:
+    """
+    The numbers of this test's frames in a capture tcpdump wrote, which
+    tcpdump itself must read back whole.
+    """
+    dump = run("tcpdump", "-n", "-r", str(path), check=False)
+    assert dump.returncode == 0 and "truncated" not in dump.stderr, dump.stderr
+    numbers = []
+    for _, kept, _ in pcap.readRecords(path.read_bytes()):
+        if kept[14:14 + len(MARK)] == MARK:
+            numbers.append(int.from_bytes(kept[21:25], "big"))
+    return numbers
+
+
+def test_aStoppedReaderHoldsUpNoFrame(processes, shortdir) -> None:
+    """
+    tcpdump stopped (SIGSTOP) while 3 MB cross the switch: the clients'
+    frames all get through, at the pace of a switch with a reader that
+    keeps up; records that found no room are counted as busy; once
+    tcpdump runs again it reads a stream it can parse, every frame in it
+    or counted.
+    """
+    lan = Lan(processes, shortdir)
+    status = Path(f"/proc/{lan.switch.pid}/status").read_text()
+    ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", status).group(1), 16)  # type: ignore[union-attr]
+    assert ignored & (1 << (signal.SIGPIPE - 1)), "the switch ignores SIGPIPE"
+    tcpdump, out = lan.reader("slow.pcap")
+    reading = lan.exchange(1000)
+    os.kill(tcpdump.pid, signal.SIGSTOP)
+    try:
+        stopped = lan.exchange(3000)
+    finally:
+        os.kill(tcpdump.pid, signal.SIGCONT)
+    busy = lan.busy()
+    assert busy > 1000, "a megabyte and a pipe's worth waited, the rest was dropped"
+    assert stopped < 3 * 3 * reading + 5, (reading, stopped)
+    lan.exchange(200)
+    time.sleep(1.0)
+    lan.stop()
+    assert tcpdump.wait(10) == 0
+    numbers = _numbers(out)
+    assert numbers == sorted(numbers) and numbers[-200:] == list(range(4000, 4200))
+    assert len(numbers) + busy == 4200
+
+
+def test_theNextReaderGetsAStreamOfItsOwn(processes, shortdir) -> None:
+    """
+    A tcpdump that exits after 50 frames is noticed at once; frames sent
+    with no reader are not captured (nor counted); the next tcpdump gets a
+    stream of its own, header first, which it reads whole.
+    """
+    lan = Lan(processes, shortdir)
+    first, firstOut = lan.reader("first.pcap", "-c", "50")
+    lan.exchange(50)
+    assert first.wait(10) == 0
+    waitFor(lambda: lan.logged("went away") == 1, what="the switch to see it go")
+    lan.exchange(100)
+    second, secondOut = lan.reader("second.pcap")
+    lan.exchange(100)
+    time.sleep(0.5)
+    assert lan.busy() == 0
+    lan.stop()
+    assert second.wait(10) == 0
+    assert _numbers(firstOut) == list(range(50))
+    assert _numbers(secondOut) == list(range(150, 250))
+    assert lan.logged("waiting for a reader") == 1

@@ -1,0 +1,325 @@
+"""
+A live capture (C{pcap:FIFO}): the capture port's records written to a
+FIFO that Wireshark or tcpdump reads as they come, without ever holding up
+the switch.
+
+Theory of operation
+-------------------
+The FIFO is opened for writing without blocking (C{O_NONBLOCK}): while no
+reader has it open that fails (C{ENXIO}), and it is tried again once a
+second (the service's clock).  Until a reader comes the port monitors
+nothing, so the switch keeps its fast path.  Each reader gets a pcap file
+header first, then the records of the frames read from then on.
+
+Records wait in a L{RecordBuffer} (a megabyte at most) and are written
+once per reactor turn, as many as the pipe takes.  When it takes no more
+(C{EAGAIN}) the reactor says when it can; meanwhile, new records that do
+not fit the buffer are dropped whole and counted as C{busy}, and the rest
+of a record the pipe took part of is written first, so the stream stays
+parseable however slow the reader.
+
+The descriptor is also watched for reading, which on a pipe's writing end
+only ever reports the error a pipe without readers raises: a reader that
+goes away is noticed at once, even with no frame to write (else the next
+reader would join the old pipe mid-stream, without a header).  A write
+may report it too (C{EPIPE}: Python ignores C{SIGPIPE}, and so does
+twistd).  The descriptor is closed, records still waiting are counted as
+dropped, and the next reader gets a new stream.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import stat
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted.interfaces import ILink
+from vtwisted.ports.pcapbuffer import BUFFER, RecordBuffer, droppedNote
+from vtwisted.wire import pcap
+
+if TYPE_CHECKING:
+    from vtwisted.ports.pcap import PcapService
+
+log = Logger()
+
+
+@implementer(ILink)
+class FifoLink:
+    """
+    A FIFO read live, as the link of a monitor port.
+
+    @ivar out: the records waiting for the current reader (none: no reader).
+    @ivar frames: how many frames reached readers whole.
+    @ivar lost: how many were dropped (counted as C{busy} on the port).
+    @ivar readers: how many readers have opened the FIFO.
+    """
+
+    module = "pcap"
+    vnetHeader = False
+    uid = None
+    linkId = 0
+
+    def __init__(self, service: PcapService) -> None:
+        """
+        Open the FIFO if a reader has it open, else wait for one.
+
+        @raise OSError: it cannot be opened for another reason (naming the
+            spec, the path and the errno).
+        """
+        self.service = service
+        self.description = f"live capture to the FIFO {service.path}"
+        self.port: Any = None
+        self.out: RecordBuffer | None = None
+        self.lost = 0
+        self.readers = 0
+        self._closedFrames = 0
+        self._clock = service.reactor.seconds
+        self._watcher = FifoWatcher(self)
+        self._soon: Any = None
+        self._blocked = False
+        self._stopped = False
+        #: The errnos of open failures logged so far.
+        self._warned: set[int] = set()
+        try:
+            self._open()
+        except OSError as e:
+            raise OSError(e.errno, f"{service.spec}: cannot open {service.path}: "
+                                   f"{e.strerror} (errno {e.errno})") from None
+        if self.out is None:
+            log.info("{spec}: waiting for a reader to open the FIFO {path} (tried every "
+                     "second)", spec=service.spec, path=service.path)
+
+    @property
+    def frames(self) -> int:
+        out = self.out
+        return self._closedFrames + (out.frames if out is not None else 0)
+
+    def _open(self) -> None:
+        """
+        Open the FIFO for its reader, if one has it open (else do nothing).
+
+        @raise OSError: it cannot be opened for another reason.
+        """
+        path = self.service.path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return
+            raise
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "no longer a FIFO")
+        self.out = RecordBuffer(fd, pcap.fileHeader(self.service.snaplen))
+        self.readers += 1
+        self.service.reactor.addReader(self._watcher)
+        log.info("{spec}: a reader opened {path}: capturing", spec=self.service.spec,
+                 path=path)
+        if self.port is not None:
+            self.service.switch.setMonitor(self.port, True)
+        self._writeSoon()
+
+    def tick(self) -> None:
+        """
+        Every second: look for a reader if there is none.
+        """
+        if self.out is not None or self._stopped:
+            return
+        try:
+            self._open()
+        except OSError as e:
+            if e.errno not in self._warned:
+                self._warned.add(e.errno or 0)
+                log.error("{spec}: cannot open {path}: {error} (errno {errno}); tried again "
+                          "every second", spec=self.service.spec, path=self.service.path,
+                          error=e.strerror, errno=e.errno)
+
+    def sendFrame(self, frame: bytes) -> None:
+        """
+        Queue one frame's record for the reader; drop it (counted as
+        C{busy}) if the reader lets a megabyte wait.
+        """
+        out = self.out
+        if out is None:
+            return
+        data = pcap.record(self._clock(), frame, self.service.snaplen)
+        if len(out.pending) + len(data) > BUFFER:
+            self.lost += 1
+            if self.port is not None:
+                self.port.dropped("busy", f"{self.service.spec}: the reader of "
+                                          f"{self.service.path} does not keep up")
+            return
+        out.add(data)
+        if self._soon is None and not self._blocked:
+            self._writeSoon()
+
+    def _writeSoon(self) -> None:
+        """
+        Write what waits at the end of this reactor turn (one write for
+        every frame of the turn).
+        """
+        if self._soon is None and not self._blocked:
+            self._soon = self.service.reactor.callLater(0, self.write)
+
+    def write(self) -> None:
+        """
+        Write what the pipe takes; if it is full, wait until it takes more.
+        """
+        self._soon = None
+        out = self.out
+        if out is None:
+            return
+        try:
+            out.write()
+        except BlockingIOError:
+            if not self._blocked:
+                self._blocked = True
+                self.service.reactor.addWriter(self._watcher)
+            return
+        except OSError as e:
+            self.readerGone(e)
+            return
+        if self._blocked:
+            self._blocked = False
+            self.service.reactor.removeWriter(self._watcher)
+
+    def checkReader(self) -> None:
+        """
+        The descriptor reported an event: if the pipe lost its reader, so
+        be it.
+        """
+        out = self.out
+        if out is None:
+            return
+        poller = select.poll()
+        poller.register(out.fd, 0)
+        if poller.poll(0):
+            self.readerGone(None)
+
+    def readerGone(self, error: OSError | None) -> None:
+        """
+        The reader closed the FIFO (or writing failed with C{error}): close
+        it, count the records it did not get, and wait for the next reader.
+        """
+        out = self.out
+        if out is None:
+            return
+        self._release(out)
+        self.out = None
+        if self.port is not None:
+            self.service.switch.setMonitor(self.port, False)
+        why = "went away" if error is None or error.errno == errno.EPIPE else (
+            f"cannot be written: {error.strerror} (errno {error.errno})")
+        log.info("{spec}: the reader of {path} {why} after {n} frames{lost}; waiting for "
+                 "the next reader", spec=self.service.spec, path=self.service.path, why=why,
+                 n=out.frames, lost=droppedNote(out.waiting))
+        self._drop(out.discard())
+        self._close(out)
+
+    def _release(self, out: RecordBuffer) -> None:
+        """
+        Stop watching C{out}'s descriptor and writing to it.
+        """
+        reactor = self.service.reactor
+        reactor.removeReader(self._watcher)
+        if self._blocked:
+            self._blocked = False
+            reactor.removeWriter(self._watcher)
+        if self._soon is not None:
+            if self._soon.active():
+                self._soon.cancel()
+            self._soon = None
+        self._closedFrames += out.frames
+
+    def _drop(self, count: int) -> None:
+        """
+        Count C{count} records lost with their reader as C{busy} drops.
+        """
+        self.lost += count
+        if count and self.port is not None:
+            self.port.counters.drops["busy"] += count
+
+    def _close(self, out: RecordBuffer) -> None:
+        try:
+            out.close()
+        except OSError:
+            pass  # a pipe's close reports nothing that matters here
+
+    def finish(self) -> None:
+        """
+        Write what the pipe takes now and close it (the service stops).
+        """
+        self._stopped = True
+        out = self.out
+        if out is not None:
+            try:
+                out.write()
+            except OSError:
+                pass
+            self._release(out)
+            self.out = None
+            self._drop(out.discard())
+            self._close(out)
+        log.info("{spec}: {n} frames written to {path} for {readers}{lost}",
+                 spec=self.service.spec, n=self.frames, path=self.service.path,
+                 readers="1 reader" if self.readers == 1 else f"{self.readers} readers",
+                 lost=droppedNote(self.lost))
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}, monitoring while a reader has the FIFO open.
+        """
+        self.port = port
+        switch.attach(port, self)
+        if self.out is not None:
+            switch.setMonitor(port, True)
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        raise NotImplementedError("a capture port takes plain frames")
+
+    def close(self) -> None:
+        """
+        Unplug from the switch (the FIFO stays open until the service stops).
+        """
+        self.service.unplug()
+
+
+@implementer(IReadDescriptor, IWriteDescriptor)
+class FifoWatcher:
+    """
+    The reactor's view of the FIFO's descriptor: writable again, or its
+    reader gone.
+    """
+
+    def __init__(self, link: FifoLink) -> None:
+        self.link = link
+
+    def fileno(self) -> int:
+        out = self.link.out
+        return out.fd if out is not None else -1
+
+    def doRead(self) -> None:
+        """
+        A writing end is never readable: select-based reactors say so when
+        the pipe lost its reader.
+        """
+        self.link.checkReader()
+
+    def doWrite(self) -> None:
+        self.link.write()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor saw the pipe's error: the reader is gone.
+        """
+        self.link.readerGone(None)
+
+    def logPrefix(self) -> str:
+        return self.link.service.spec
