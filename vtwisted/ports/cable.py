@@ -48,13 +48,13 @@ from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
+from vtwisted.ports.streamfailures import peerHost
 from vtwisted.ports.streamlinks import (
     StreamConnector,
     StreamLink,
     StreamListener,
     StreamPorts,
     packLength,
-    peerHost,
 )
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.spec import PortSpec

@@ -1,0 +1,156 @@
+"""
+How stream ports report failures: once per series, not at every retry.
+
+Theory of operation
+-------------------
+A connecting spec retries for ever (a L{QuietClientService}, whose own line
+per retry is silenced) and a listener may be refused by many peers; both
+note their failures in a L{FailureLog}, which logs a failure the first time
+it is seen in a series and only counts it after that, until a link comes up
+and ends the series.  L{ReportingEndpoint} wraps a client endpoint to note
+each failed attempt with its errno (L{connectErrorText}); L{peerHost} is
+what stays the same when a peer connects again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = Logger()
+
+#: Seconds between reconnection attempts of a connecting spec, at most.
+MAX_RETRY_DELAY = 5.0
+
+
+class FailureLog:
+    """
+    The failures of one spec, logged once per series: the same failure
+    again (from the same peer) is logged only after a link has come up in
+    between.  A listener's peers connect from a new port each time, so a
+    failure is the same whatever port it came from.
+
+    @ivar last: the failure noted last, logged or not.
+    """
+
+    #: Different failures remembered in a series; beyond, new ones are only
+    #: counted (many peers failing at once cannot flood the log either).
+    MAX_KINDS = 64
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.last: str | None = None
+        #: Failures not logged (the same again, or too many kinds).
+        self.counted = 0
+        self._seen: set[str] = set()
+        self._full = False
+
+    def note(self, problem: str, peer: str = "", same: str = "") -> None:
+        """
+        Log C{peer: problem} unless the same failure was logged in this
+        series.
+
+        @param same: what makes two failures the same, if not their text:
+            the peer's host without its port, and the problem without what
+            the peer sent, say.
+        """
+        text = f"{peer}: {problem}" if peer else problem
+        self.last = text
+        key = same or text
+        if key in self._seen:
+            self.counted += 1
+            return
+        if len(self._seen) >= self.MAX_KINDS:
+            self.counted += 1
+            if not self._full:
+                self._full = True
+                log.warn("{spec}: more than {n} kinds of failures; further ones are only "
+                         "counted until a link comes up", spec=self.spec, n=self.MAX_KINDS)
+            return
+        self._seen.add(key)
+        log.warn("{spec}: {problem}", spec=self.spec, problem=text)
+
+    def worked(self) -> None:
+        """
+        A link came up: the next failure is news again.
+        """
+        self.last = None
+        self._seen.clear()
+        self._full = False
+
+
+def peerHost(transport: Any, description: str) -> str:
+    """
+    A connection's peer without its port: what stays the same when it
+    connects again (C{tcp 10.0.0.2}; a Unix peer's description).
+    """
+    peer = transport.getPeer()
+    host = getattr(peer, "host", None)
+    if host is None:
+        return description
+    return f"{peer.type.lower()} {host}"
+
+
+class QuietClientService(ClientService):
+    """
+    A L{ClientService} without its line at every retry (the first failure
+    of a series is logged by L{ReportingEndpoint}); its warnings still go
+    to the log.
+    """
+
+    _log = Logger(
+        observer=FilteringLogObserver(
+            globalLogPublisher, [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)]
+        )
+    )
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """
+    A client endpoint that notes its failed connection attempts.
+    """
+
+    def __init__(self, endpoint: Any, failures: FailureLog) -> None:
+        self.endpoint = endpoint
+        self.failures = failures
+
+    def __repr__(self) -> str:
+        return self.failures.spec
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self.endpoint.connect(factory)
+        d.addErrback(self._failed)
+        return d
+
+    def _failed(self, reason: Failure) -> Failure:
+        if reason.check(CancelledError):  # the service stopped meanwhile
+            return reason
+        self.failures.note(
+            f"cannot connect: {connectErrorText(reason.value)}; "
+            f"retrying every {MAX_RETRY_DELAY:g} s at most"
+        )
+        return reason
+
+
+def connectErrorText(error: Any) -> str:
+    """
+    What stopped a connection attempt, with the errno when there is one.
+    """
+    number = getattr(error, "osError", None)
+    text = error.args[0] if getattr(error, "args", None) else None
+    if isinstance(number, int) and isinstance(text, str) and text:
+        return f"{text} (errno {number})"
+    return str(error)
