@@ -398,3 +398,19 @@ def test_oneRemoteThatCannotBeReachedCostsTheOthersNothing(underlay: _Underlay) 
                                        for reason, message in link.port.drops)
     else:
         assert underlay.got["10.0.0.2"] == expected and not link.port.drops
+
+
+@pytest.mark.parametrize("interface, hint", [
+    (None, "no route leads to the group: give if=IFACE, or a route "
+           "(ip route add 239.0.0.1 dev IFACE)"),
+    ("eth9", "is there an interface 'eth9' in this namespace?"),
+])
+def test_joinWithoutADeviceSaysWhatIsMissing(interface: str | None, hint: str) -> None:
+    """A group that cannot be joined (ENODEV) names the missing interface or route."""
+    from vtwisted.ports.vxlanconfig import VxlanConfig, joinHint
+
+    config = VxlanConfig(version=4, vni=9, dstport=14789, group="239.0.0.1",
+                         interface=interface)
+    text = joinHint(OSError(errno.ENODEV, "No such device"), config)
+    assert text.endswith(hint)
+    assert "None" not in text

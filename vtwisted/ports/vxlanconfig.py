@@ -193,8 +193,11 @@ def joinHint(e: OSError, config: VxlanConfig) -> str:
     where = f" on {config.interface}" if config.interface else ""
     what = f"cannot join {config.group}{where}: {e.strerror} " \
            f"({errno.errorcode.get(e.errno or 0, e.errno)})"
-    if e.errno == errno.ENODEV:
+    if e.errno == errno.ENODEV and config.interface:
         return what + f"; is there an interface {config.interface!r} in this namespace?"
+    if e.errno == errno.ENODEV:
+        return what + ("; no route leads to the group: give if=IFACE, or a route "
+                       f"(ip route add {config.group} dev IFACE)")
     if e.errno == errno.EADDRNOTAVAIL:
         return what + "; does the interface have an address?"
     return what
