@@ -418,6 +418,9 @@ class ManholeService(Service):
             self.endpoint = serverFromString(reactor, self.endpointText)
         except (ValueError, TypeError) as e:
             raise ValueError(f"--manhole {endpoint}: {e}") from None
+        except OSError as e:  # ssl: reads its certificate and key files here
+            raise ValueError(f"--manhole {endpoint}: cannot read {e.filename}: {e.strerror} "
+                             f"(errno {e.errno})") from None
         self.hostKey: keys.Key | None = None
         self.port: Any = None
 

@@ -287,3 +287,13 @@ def test_anUnparsableEndpointSaysSo(tmp_path) -> None:
     keysFile.write_bytes(newKey().public().toString("openssh") + b"\n")
     with pytest.raises(ValueError, match=r"--manhole tcp:22\\: ends with a lone backslash"):
         ManholeService({}, MemoryReactor(), "tcp:22\\", str(keysFile))
+
+
+def test_aMissingCertificateFileSaysSo(tmp_path) -> None:
+    """--manhole ssl:... with a missing key file names the file, not a traceback."""
+    keysFile = tmp_path / "keys"
+    keysFile.write_bytes(newKey().public().toString("openssh") + b"\n")
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ValueError, match=f"--manhole ssl:2222:privateKey={missing}: cannot "
+                                         f"read {missing}: No such file or directory"):
+        ManholeService({}, MemoryReactor(), f"ssl:2222:privateKey={missing}", str(keysFile))

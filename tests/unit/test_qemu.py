@@ -369,3 +369,16 @@ def test_anyByteStreamIsFramedOrRefusedWithoutHarm(messages: list, cuts: list[in
     plug(switch, listener)
     other.receive(frame(BROADCAST, mac(1)))
     assert listener.sent == [frame(BROADCAST, mac(1))]
+
+
+@pytest.mark.parametrize("prefix, keyword", [("qemu:ssl:5555", "certKey"),
+                                             ("qemu:connect:tls:127.0.0.1:5555", "certificate")])
+def test_aMissingCertificateFileIsASpecError(tmp_path, prefix: str, keyword: str) -> None:
+    """An ssl:/tls: endpoint whose key file is missing stops start-up with the
+    spec, the path and the errno, not a traceback."""
+    missing = tmp_path / "missing.pem"
+    text = f"{prefix}:privateKey={missing}:{keyword}={missing}"
+    with pytest.raises(SpecError) as info:
+        make(text)
+    assert text in str(info.value)
+    assert f"cannot read {missing}: No such file or directory (errno 2)" in str(info.value)

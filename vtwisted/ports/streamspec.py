@@ -89,4 +89,7 @@ def readStreamSpec(
             raise spec.error(f"the {role} endpoint {kind!r} needs an address, as in "
                              f"{before}:{example}") from None
         raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
+    except OSError as e:  # ssl:/tls: read their certificate and key files here
+        raise spec.error(f"{description!r}: cannot read {e.filename}: {e.strerror} "
+                         f"(errno {e.errno})") from None
     return StreamSpec(listen, options, endpoint, unixPath, skip)
