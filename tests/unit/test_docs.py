@@ -4,12 +4,18 @@ The README's commands are the ones CI runs, and the code is lint-clean.
 
 from __future__ import annotations
 
+import ast
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 
 import pytest
 from helpers import REQUIRE, ROOT
+
+from vtwisted.app import Options, buildService
+from vtwisted.spec import SpecError
 
 
 def readmeCommand(startswith: str) -> str:
@@ -58,3 +64,85 @@ def test_theReadmesSlirpExamplesAreValidSpecs() -> None:
             readConfig(PortSpec(example))
         except SpecError as e:
             assert "No such file or directory" in str(e), e  # tftp=/srv/tftp, smb=/srv/share
+
+
+def readmeSwitchCommands() -> list[str]:
+    """
+    Every C{twistd -n vswitch ...} line of README.rst's literal blocks, its
+    backslash continuations joined, without a C{host$ } prompt, a trailing
+    C{&} or a C{# comment}.
+    """
+    lines = (ROOT / "README.rst").read_text().splitlines()
+    commands = []
+    for number, line in enumerate(lines):
+        if not line.startswith("    ") or "twistd -n vswitch" not in line:
+            continue
+        while line.endswith("\\"):
+            number += 1
+            line = line[:-1] + " " + lines[number].strip()
+        command = line[line.index("twistd -n vswitch"):].split(" # ")[0].strip()
+        commands.append(command.removesuffix("&").strip())
+    return commands
+
+
+def readmeInlinePorts() -> list[str]:
+    """
+    The C{--port SPEC} options README.rst's prose shows inline
+    (C{``--port vxlan:vni=10:vlan=10 --port ...``}), but synopses
+    (C{``--port tap:NAME``}).
+    """
+    text = (ROOT / "README.rst").read_text()
+    return ["--port " + spec for literal in re.findall(r"``(--port [^`]+)``", text)
+            for spec in re.findall(r"--port (\S+)", literal)
+            if not re.search(r"[A-Z]{3,}", spec)]
+
+
+class ParseOnly(Options):
+    """The switch's options, read without building the service."""
+
+    def postOptions(self) -> None:
+        pass
+
+
+def checkSpecParses(spec: str) -> None:
+    """
+    Build a switch with C{spec} alone, the way C{twistd vswitch} checks it
+    before starting, allowing only for files and groups of another host.
+    """
+    try:
+        buildService(None, [spec], defaultSock=False, rcfile=None)
+    except SpecError as e:
+        assert "No such file or directory (errno 2)" in str(e) or "no such group" in str(e), e
+
+
+def test_theReadmesSwitchCommandsParse() -> None:
+    """Every twistd -n vswitch line README.rst shows has options twistd knows
+    and port specs the switch accepts, so the recipes cannot drift."""
+    commands = readmeSwitchCommands()
+    assert len(commands) >= 25
+    for command in commands:
+        argv = shlex.split(command)
+        options = ParseOnly()
+        options.parseOptions(argv[3:])
+        for spec in options.allPorts():
+            checkSpecParses(spec)
+
+
+def test_theReadmesInlinePortOptionsParse() -> None:
+    """The --port options README.rst's prose shows are valid specs too."""
+    inline = readmeInlinePorts()
+    assert len(inline) >= 4
+    for option in inline:
+        options = ParseOnly()
+        options.parseOptions(shlex.split(option))
+        for spec in options.allPorts():
+            checkSpecParses(spec)
+
+
+def test_theTacFilesExamplesAreValidSpecs() -> None:
+    """The port specs etc/vswitch.tac offers, commented out, are valid."""
+    tac = (ROOT / "etc" / "vswitch.tac").read_text()
+    examples = [ast.literal_eval(quoted) for quoted in re.findall(r'# ("(?:[^"\\]|\\.)*"),', tac)]
+    assert len(examples) >= 10
+    for spec in examples:
+        checkSpecParses(spec)
