@@ -45,6 +45,9 @@ class FakeTunnel(Tunnel):
     def read(self, limit: int) -> bytes:
         if self.readError is not None:
             raise OSError(self.readError, errno.errorcode[self.readError])
+        if self.readBuffer and isinstance(self.readBuffer[0], int):
+            code = self.readBuffer.popleft()
+            raise OSError(code, errno.errorcode[code])
         return super().read(limit)
 
     def write(self, datagram: bytes) -> int:
@@ -57,6 +60,12 @@ class FakeTunnel(Tunnel):
         Make C{data} the next thing the switch reads, as the kernel hands it.
         """
         self.readBuffer.append(data)
+
+    def injectError(self, code: int) -> None:
+        """
+        Make the read after those injected so far fail once with C{code}.
+        """
+        self.readBuffer.append(code)
 
     def written(self) -> list[bytes]:
         """

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from tapfakes import BROADCAST, Rig, errorsLogged, rigged, tunnelOf
 from twisted.internet.error import ConnectionDone
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from vnetpackets import MAC_A, MAC_B, UDP, checkSegments, kernelPacket, randomPayload
 
@@ -250,6 +250,56 @@ def test_readErrorTakesThePortDownOnceAndOthersKeepWorking(rig: Rig) -> None:
     alive.link.doRead()
     assert b.sent[-1] == frame(BROADCAST, mac(2))
     gone.stopService()
+
+
+def test_aPacketTheKernelCannotHandOverIsCountedAndThePortStaysUp(rig: Rig) -> None:
+    """
+    A read failing with EINVAL (Linux's "unexpected GSO type": the kernel
+    drops that one packet) is counted and logged once; the port stays up
+    and the packets after it are read.
+    """
+    service = rig.tap("tapinval")
+    link = service.link
+    assert link is not None
+    other = rig.link()
+    tunnel = tunnelOf(service)
+    first, second = frame(BROADCAST, mac(1)), frame(BROADCAST, mac(2))
+    tunnel.inject(vnet.PLAIN_HEADER + first)
+    tunnel.injectError(errno.EINVAL)
+    tunnel.inject(vnet.PLAIN_HEADER + second)
+    tunnel.injectError(errno.EINVAL)
+    with capturedLogs() as events:
+        for _ in range(3):
+            link.doRead()
+    assert other.sent == [first, second]
+    assert service.link is link and link.port.active
+    assert link.port.counters.drops["malformed"] == 2
+    warned = [formatEvent(e) for e in events if "errno 22" in formatEvent(e)]
+    assert len(warned) == 1 and "tap:tapinval" in warned[0], warned
+    assert errorsLogged(events) == []
+
+
+def test_datagramsReadBeforeTheDeviceWentAreHandedOnBeforeThePortGoesDown(rig: Rig) -> None:
+    """
+    Datagrams held for coalescing when a read finds the device gone still
+    reach the other ports, and their source address is not learned on the
+    dead port: a frame to it afterwards is flooded.
+    """
+    a = rig.tap("tapa")
+    assert a.link is not None
+    other, witness = rig.link(), rig.link()
+    run = _udpRun(5)
+    for packet in run:
+        tunnelOf(a).inject(packet)
+    tunnelOf(a).injectError(errno.EBADFD)
+    port = a.link.port
+    a.link.doRead()
+    assert not port.active
+    assert other.sent == witness.sent == [vnet.toFrame(p) for p in run]
+    witness.sent.clear()
+    toA = frame(MAC_A, mac(5))
+    other.receive(toA)
+    assert witness.sent == [toA], "flooded: MAC_A is not learned on the dead port"
 
 
 def test_reactorSeeingTheDeviceGoneTakesThePortDown(rig: Rig) -> None:

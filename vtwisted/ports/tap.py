@@ -77,6 +77,8 @@ READ_BUDGET = 1024 * 1024
 _GRO_CANDIDATES = udpgro.CANDIDATES
 _PARTIAL = udpgro.PARTIAL
 _GONE = (errno.EBADFD, errno.EBADF, errno.ENODEV, errno.ENXIO)
+#: A read fails with EIO while the device is being unregistered.
+_READ_GONE = (*_GONE, errno.EIO)
 
 
 @implementer(ILink)
@@ -198,7 +200,10 @@ class TapLink(TuntapPort):
             except InterruptedError:
                 continue
             except OSError as e:
-                self._failed("reading", e)
+                if held:  # hand them on while the port is still plugged in
+                    held = False
+                    self._flushHeld()
+                self._readFailed(e)
                 break
             budget -= len(data) + 1500
             try:
@@ -216,6 +221,22 @@ class TapLink(TuntapPort):
         if held:
             self._flushHeld()
         return budget != READ_BUDGET
+
+    def _readFailed(self, e: OSError) -> None:
+        """
+        A read failed: the device is gone (the port goes down), or the kernel
+        could not hand over one packet (C{EINVAL} for a packet the
+        virtio-net header cannot describe, "unexpected GSO type"), which it
+        has dropped: count it and read on at the next wake-up.
+        """
+        if e.errno in _READ_GONE:
+            self._failed("reading", e)
+        else:
+            self.port.dropped(
+                "malformed",
+                f"{self.service.spec}: reading {self.name} failed: {e.strerror} "
+                f"(errno {e.errno}); the kernel dropped that packet",
+            )
 
     def _flushHeld(self) -> None:
         """
