@@ -7,11 +7,15 @@ refuse, and frames still queued for a device that is gone.
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 import struct
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 from tapfakes import BROADCAST, Rig, rigged, tunnelOf
+from tapnamespaces import _inNamespace, needKernel
 from twisted.internet.task import Clock
 from vnetpackets import ARP
 
@@ -40,6 +44,54 @@ def test_namesLinuxCannotTakeAsGivenAreRefused(name: str) -> None:
     """IFNAMSIZ counts bytes, and a NUL ends the name: such names must be refused."""
     with pytest.raises(SpecError):
         tap.makeService(Switch(), PortSpec(f"tap:{name}"), None)
+
+
+#: Names at the edges of what Linux's dev_valid_name() takes: its isspace()
+#: counts the byte 0xA0, found in the UTF-8 of "à" (C3 A0) and of U+00A0.
+EDGE_NAMES = ["vtà", "vt\u00a0x", "vtéx", "vt\x85x", "vt\u2003x", "vt%x", "vt.x", "vt-_+x"]
+
+
+@pytest.mark.integration
+def test_everyNameTheSpecTakesTheKernelTakesToo() -> None:
+    """
+    Each edge name is refused by the spec or created by the kernel, never
+    left for TUNSETIFF to refuse with EINVAL (whose advice is about another
+    kind of device).  The devices live in a namespace of the test's own.
+    """
+    needKernel()
+    namespace = f"vtnames-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", namespace], check=True)
+    try:
+        refusedByKernel = _inNamespace(namespace, lambda: [
+            name for name in EDGE_NAMES if _specTakes(name) and not _kernelTakes(name)
+        ])
+    finally:
+        subprocess.run(["ip", "netns", "del", namespace], check=False)
+    assert refusedByKernel == []
+    assert not _specTakes("vtà") and _specTakes("vté")
+
+
+def _specTakes(name: str) -> bool:
+    try:
+        tap.makeService(Switch(), PortSpec(f"tap:{name}"), None)
+    except SpecError:
+        return False
+    return True
+
+
+def _kernelTakes(name: str) -> bool:
+    """
+    Whether TUNSETIFF makes a TAP called C{name} (closed at once: it goes).
+    """
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, tap.TUNSETIFF, struct.pack("16sH", name.encode(), 0x1002))
+    except OSError as e:
+        assert e.errno == errno.EINVAL, e
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 # -- errors ------------------------------------------------------------------------------------

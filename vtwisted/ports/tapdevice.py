@@ -36,6 +36,9 @@ _OFFLOAD_NAMES = (
     (TUN_F_USO6, "uso6"),
 )
 _NAME = re.compile(r"^[^/:%\s]{1,15}$")
+#: Bytes Linux's isspace() takes for white space: ASCII's and 0xA0, which
+#: the UTF-8 of some letters holds ("à" is C3 A0).
+_KERNEL_SPACE = re.compile(rb"[\t\n\v\f\r \xa0]")
 
 
 def offloadNames(flags: int) -> str:
@@ -67,10 +70,11 @@ def checkName(spec: PortSpec, name: str | None, what: str = "TAP name") -> str:
     The interface name, if Linux would accept it.
     """
     if (name is None or not _NAME.match(name) or name in (".", "..") or "\0" in name
-            or len(name.encode()) >= IFNAMSIZ):
+            or len(name.encode()) >= IFNAMSIZ or _KERNEL_SPACE.search(name.encode())):
         raise spec.error(
             f"{what} {name!r} is not a valid interface name "
-            "(1 to 15 bytes, no '/', ':', '%', NUL or white space)"
+            "(1 to 15 bytes, no '/', ':', '%', NUL or white space, which for Linux includes "
+            "the byte 0xA0, as in the UTF-8 of 'à')"
         )
     return name
 
