@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from vtwisted.impair import ALL_KEYWORDS, PortImpairment
 from vtwisted.spec import PortSpec
-from vtwisted.vlans import MAX_USER_VID, NOVLAN
+from vtwisted.vlans import MAX_TAG_VID, MAX_USER_VID, NOVLAN
 from vtwisted.wire.ethernet import DEFAULT_MTU
 
 MIN_MTU = 68
@@ -59,6 +59,9 @@ class PortOptions:
         rawVlan = spec.string("vlan")
         transparent = rawVlan == "all"
         vlan = None if transparent else spec.integer("vlan", None, 0, NOVLAN)
+        if vlan == MAX_TAG_VID:
+            raise spec.error(f"vlan={vlan} cannot be made: give 0 to {MAX_USER_VID}, "
+                             f"{NOVLAN} for no untagged VLAN, or all")
         trunk = spec.integerList("trunk", 1, MAX_USER_VID)
         mtu = spec.integer("mtu", None, MIN_MTU, DEFAULT_MTU)
         given = {key: value for key in ALL_KEYWORDS

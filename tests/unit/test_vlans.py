@@ -14,7 +14,7 @@ from vlanports import BROADCAST, port, tagged, untagged
 
 from vtwisted.errors import SwitchError
 from vtwisted.portoptions import PortOptions
-from vtwisted.spec import PortSpec
+from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug
 from vtwisted.wire import vnet
@@ -97,6 +97,19 @@ def test_portWithoutUntaggedVlanDropsUntaggedFrames() -> None:
     access.receive(frame(BROADCAST, mac(2)))
     assert trunk.sent == [tagged(frame(BROADCAST, mac(2)), 10)]
     assert plainPort.sent == []
+
+
+def test_vlanOptionNoVlanCanHaveIsRefusedNamingTheSpec() -> None:
+    """
+    vlan=4094 passed the spec's range (0 to 4095) and then failed at start-up
+    as "vswitch: VLAN 4094 is out of range", naming no spec: it is refused
+    with the spec, as trunk=4094 is.
+    """
+    with pytest.raises(SpecError) as e:
+        PortOptions.fromSpec(PortSpec("tap:t0:vlan=4094"))
+    assert "'tap:t0:vlan=4094'" in str(e.value) and "vlan=4094" in str(e.value)
+    for good in ("0", "4093", "4095", "all"):
+        PortOptions.fromSpec(PortSpec(f"tap:t0:vlan={good}"))
 
 
 def test_noUntaggedVlanOptionMakesATaggedOnlyPort() -> None:
