@@ -6,9 +6,12 @@ builder (L{vnetpackets.kernelPacket}) does.
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import select
 import socket
+import struct
 import threading
 import time
 
@@ -222,3 +225,73 @@ def test_kernelTakesSuperFramesUnderTwoTagsAndTheirSegments(outer: bytes) -> Non
         assert os.write(b.tap, packet) == len(packet)
         for segment in segments:
             assert os.write(b.tap, vnet.PLAIN_HEADER + segment) == vnet.HEADER_LENGTH + len(segment)
+
+
+def _mutated(r: random.Random, packet: bytes) -> bytes:
+    """
+    C{packet} with one to three of its header fields, bytes of its frame, or
+    its length changed to values near what Linux checks.
+    """
+    p = bytearray(packet)
+    for _ in range(r.randint(1, 3)):
+        field = r.randrange(8)
+        if field == 0:
+            p[0] = r.choice([0, 1, 2, 3, 4, 0x81])
+        elif field == 1:
+            p[1] = r.choice([0, 1, 2, 3, 4, 5, 6, 0x81, 0x84, 0x85])
+        elif field == 2:
+            struct.pack_into("<H", p, 2, r.choice([0, 1, 13, 14, 34, 54, 66, 0xFFFF,
+                                                   min(len(p), 0xFFFF), r.randrange(200)]))
+        elif field == 3:
+            struct.pack_into("<H", p, 4, r.choice([0, 1, 8, 536, 1448, 0xFFFF,
+                                                   r.randrange(1 << 16)]))
+        elif field == 4:
+            struct.pack_into("<H", p, 6, r.choice([0, 14, 19, 20, 34, 38, 54, 58, r.randrange(120),
+                                                   min(len(p) - 10, 0xFFFF)]))
+        elif field == 5:
+            struct.pack_into("<H", p, 8, r.choice([0, 2, 6, 10, 16, r.randrange(40)]))
+        elif field == 6:
+            del p[r.randrange(vnet.HEADER_LENGTH, len(p) + 1):]
+        elif len(p) > vnet.HEADER_LENGTH:
+            p[r.randrange(vnet.HEADER_LENGTH, min(len(p), 90))] = r.randrange(256)
+    return bytes(p)
+
+
+@pytest.mark.integration
+def test_kernelTakesEveryPacketValidatePassesAndItsTaggedForms() -> None:
+    """
+    Packets as the kernel builds them (TCP and UDP, IPv4 and IPv6, GSO or
+    not, tagged or not), with header fields, frame bytes and lengths
+    mutated: every one L{vnetcheck.validate} passes, and the forms a switch
+    makes of it for a trunk or an access port (tag added, tag removed), the
+    kernel takes (a write the kernel refuses fails with EINVAL).
+    """
+    needKernel()
+    r = random.Random(3)
+    bases = [vnet.PLAIN_HEADER + MAC_B + MAC_A + b"\x08\x06" + bytes(28)]
+    for v6, proto, gso, size, vid in itertools.product(
+        (False, True), (TCP, UDP), (True, False), (0, 1, 100, 3000, 20000), (None, 10)
+    ):
+        bases.append(kernelPacket(randomPayload(size, size), r.choice([536, 1000, 1448]),
+                                  proto=proto, v6=v6, gso=gso, vid=vid).packet)
+    refused = []
+    checked = 0
+    with twoNamespaces() as (_, b):
+        for _ in range(6000):
+            packet = _mutated(r, r.choice(bases))
+            if vnetcheck.validate(packet) is not None:
+                continue
+            forms = [packet]
+            try:
+                forms.append(vnet.insertTag(packet, 77))
+                if packet[22:24] == b"\x81\x00":
+                    forms.append(vnet.removeTag(packet))
+            except VnetError:
+                pass
+            for form in forms:
+                checked += 1
+                try:
+                    os.write(b.tap, form)
+                except OSError as e:
+                    refused.append((e.errno, form[:40].hex()))
+    assert checked > 2000 and refused == []
