@@ -410,3 +410,57 @@ def test_tapOpensBeforeTwistdDropsPrivileges(processes, shortdir) -> None:
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert set(uids) == {"65534"}, status
     assert deviceExists(name)
+
+
+def test_missingTapWithoutNetAdminSaysToMakeIt(shortdir) -> None:
+    """Without CAP_NET_ADMIN, a missing TAP fails start-up with the command to make it."""
+    need("setpriv")
+    from helpers import sourceEnv, twistdArgv
+
+    name = uniqueName("vtm")
+    result = subprocess.run(
+        [*WITHOUT_NET_ADMIN, *twistdArgv("--sock", str(shortdir / "x"), "--port", f"tap:{name}")],
+        capture_output=True, text=True, timeout=60, env=sourceEnv(),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"tap:{name}" in output and "Operation not permitted (errno 1)" in output, output
+    assert "without CAP_NET_ADMIN" in output, output
+    assert f"ip tuntap add {name} mode tap user $USER" in output, output
+    assert not deviceExists(name)
+
+
+def test_writesToATapThatIsDownAreCountedAndItComesBackWhenUp(
+    vswitch, processes, namespaces, shortdir
+) -> None:
+    """
+    Broadcasts from a VDE client to a TAP whose interface is down (the
+    kernel refuses writes with EIO) are counted as down and logged once;
+    the port stays up, and once the interface is up the namespace answers.
+    """
+    need("vde_plug")
+    mgmt = shortdir / "mgmt"
+    name = uniqueName("vtd")
+    sw = vswitch("--port", f"tap:{name}", "--mgmt", str(mgmt))
+    ns = quietNamespace(namespaces, "vtd")
+    moveTap(name, ns, f"{NET}.1/24", up=False)
+    plug = StreamPlug(processes, f"vde://{sw.sock}")
+    waitFor(lambda: len([n for n in os.listdir(sw.sock) if n != "ctl"]) == 1,
+            what="vde_plug attached")
+    for n in range(5):
+        plug.send(frame(BROADCAST, mac(60), f"to a down TAP {n}".encode().ljust(46, b".")))
+    waitFor(lambda: re.search(r"\bdown=5\b", console(mgmt, "port/stats 1")) is not None,
+            what="five frames counted as down")
+    assert re.search(r"^Port 0001 untagged_vlan=\d+ ACTIVE", console(mgmt, "port/allprint"), re.M)
+    lines = [line for line in sw.logText().splitlines() if "EIO" in line]
+    assert len(lines) == 1 and name in lines[0], lines
+    run("ip", "-n", ns, "link", "set", name, "up")
+    arp = frame(BROADCAST, mac(61), bytes.fromhex(
+        "0001080006040001" + mac(61).hex() + "0ad50002" + "000000000000" + f"0ad500{1:02x}"
+    ).ljust(46, b"\0"), 0x0806)
+    def answered() -> bool:
+        plug.send(arp)
+        reply = plug.receive(0.5)
+        return reply is not None and reply[12:14] == b"\x08\x06" and reply[:6] == mac(61)
+    waitFor(answered, what="an ARP reply from the namespace once its TAP is up")
+    assert "Traceback" not in sw.logText()
