@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 from vlanports import BROADCAST, port, tagged, untagged
 
 from vtwisted.errors import SwitchError
@@ -73,6 +74,23 @@ def test_frameTaggedForForeignVlanIsDroppedAndCounted() -> None:
     assert trunk.port.counters.drops["vlan"] == 2
     trunk.receive(frame(BROADCAST, mac(1), vid=10))
     assert in10.sent == [frame(BROADCAST, mac(1))], "its own VLANs still work"
+
+
+def test_badTagsAreLoggedOnceSayingWhatWasWrong() -> None:
+    """Frames tagged for foreign VLANs, 4095 or cut short: counted each, one line per kind."""
+    switch = Switch()
+    trunk = port(switch, 0, (10,))
+    port(switch, 10)
+    with capturedLogs() as events:
+        for vid in (20, 30, 4095):
+            trunk.receive(frame(BROADCAST, mac(1), vid=vid))
+        for _ in range(2):
+            trunk.receive(frame(BROADCAST, mac(1), vid=10)[:16])
+    lines = [formatEvent(e) for e in events]
+    assert trunk.port.counters.drops["vlan"] == 3 and trunk.port.counters.drops["runt"] == 2
+    assert len(lines) == 2, lines
+    assert "port 1" in lines[0] and "VLAN 20, which this port is not in" in lines[0], lines
+    assert "too short for an 802.1Q tag" in lines[1], lines
 
 
 def test_accessPortMayTagItsOwnVlanOnly() -> None:
