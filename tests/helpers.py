@@ -300,3 +300,24 @@ def pendingDatagrams(sock: socket.socket) -> list[bytes]:
             got.append(sock.recv(70000))
         except BlockingIOError:
             return got
+
+
+class FailingReads:
+    """
+    A socket whose next C{times} reads fail with C{code}, as the kernel's
+    may (C{ENOMEM}, an ICMP error); then it reads as the socket does.
+    """
+
+    def __init__(self, sock: socket.socket, code: int, times: int) -> None:
+        self.sock = sock
+        self.code = code
+        self.left = times
+
+    def recvfrom(self, size: int) -> tuple[bytes, object]:
+        if self.left:
+            self.left -= 1
+            raise OSError(self.code, os.strerror(self.code))
+        return self.sock.recvfrom(size)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from helpers import freeUdpPorts, pendingDatagrams
-from reactortools import until
+from helpers import FailingReads, freeUdpPorts, pendingDatagrams
+from reactortools import sleep, until
 from twisted.internet import reactor
+from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.app import buildService
 from vtwisted.ports import dgram
@@ -165,3 +166,58 @@ def test_ipv6HostsAreComparedInTheKernelsForm() -> None:
     )
     assert service.local == ("::1", 5555) and service.remote == ("::1", 5556)
     assert service.remoteText == "[::1]:5556" and service.options.vlan == 4
+
+
+@pytest_twisted.ensureDeferred
+async def test_unexpectedReadErrorsAreCountedAndReadingGoesOn(switch) -> None:
+    """
+    A read that fails with an errno the port does not expect does not
+    silence the port: it is counted in port/print, logged once with the
+    spec and the errno, and the guest's frames keep arriving.
+    """
+    mine, theirs = freeUdpPorts(2)
+    spec = f"dgram:udp:127.0.0.1:{mine}:127.0.0.1:{theirs}"
+    service = switch(spec)
+    listening = dgramService(service).listeningPort
+    listening.socket = FailingReads(listening.socket, errno.EHOSTUNREACH, 2)
+    other = FakeLink()
+    plug(service.switch, other)
+    guest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    guest.bind(("127.0.0.1", theirs))
+    try:
+        with capturedLogs() as events:
+            guest.sendto(frame(BROADCAST, mac(1), b"first"), ("127.0.0.1", mine))
+            await until(lambda: len(other.sent) == 1, what="the first frame")
+            guest.sendto(frame(BROADCAST, mac(1), b"second"), ("127.0.0.1", mine))
+            await until(lambda: len(other.sent) == 2, what="the frame after the errors")
+    finally:
+        guest.close()
+    assert "2 read errors" in link(service).description
+    lines = [formatEvent(e) for e in events if "EHOSTUNREACH" in formatEvent(e)]
+    assert len(lines) == 1 and spec in lines[0], lines
+
+
+@pytest_twisted.ensureDeferred
+async def test_anIcmpErrorOnAConnectedSocketDoesNotCloseIt(switch) -> None:
+    """
+    An ICMP error the kernel reports on a connected UDP socket (here port
+    unreachable: the guest was not there yet) wakes the reactor with an
+    error condition and nothing to read; the port goes on reading, and the
+    guest's frames arrive once it is there.
+    """
+    mine, theirs = freeUdpPorts(2)
+    service = switch(f"dgram:udp:127.0.0.1:{mine}:127.0.0.1:{theirs}")
+    listening = dgramService(service).listeningPort
+    listening.socket.connect(("127.0.0.1", theirs))
+    other = FakeLink()
+    plug(service.switch, other)
+    other.receive(frame(BROADCAST, mac(2)))  # to nobody: port unreachable
+    await sleep(0.2)
+    guest = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    guest.bind(("127.0.0.1", theirs))
+    try:
+        guest.sendto(frame(BROADCAST, mac(1)), ("127.0.0.1", mine))
+        await until(lambda: len(other.sent) == 1, what="the guest's frame")
+    finally:
+        guest.close()
+    assert listening.connected

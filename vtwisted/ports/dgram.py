@@ -34,7 +34,13 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.datagrams import PlainDatagramLink, udpPort
+from vtwisted.ports.datagrams import (
+    PlainDatagramLink,
+    ReadErrors,
+    listenUDP,
+    listenUNIXDatagram,
+    udpPort,
+)
 from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError
 from vtwisted.spec import PortSpec
@@ -61,7 +67,7 @@ class DgramLink(PlainDatagramLink, DatagramProtocol):
         self.service = service
         self.remote: Any = service.remote
         self.module = f"qemu {service.family}"
-        self.description = f"{service.family} {service.localText} to {service.remoteText}"
+        self.what = f"{service.family} {service.localText} to {service.remoteText}"
         self.port: Any = None
 
     def startProtocol(self) -> None:
@@ -131,6 +137,7 @@ class DgramService(SingleLinkService):
         self.remoteText = addressText(remote)
         self.link: DgramLink | None = None
         self.listeningPort: Any = None
+        self.readErrors = ReadErrors()
 
     def bound(self) -> bool:
         return self.listeningPort is not None
@@ -140,12 +147,12 @@ class DgramService(SingleLinkService):
         try:
             if self.family == "unix":
                 claimSocketPath(self.local, self.spec, "another program", socket.SOCK_DGRAM)
-                self.listeningPort = self.reactor.listenUNIXDatagram(
-                    self.local, link, MAX_DATAGRAM, mode=0o600
+                self.listeningPort = listenUNIXDatagram(
+                    self.reactor, self.local, link, MAX_DATAGRAM, 0o600
                 )
             else:
                 host, number = self.local
-                self.listeningPort = self.reactor.listenUDP(number, link, host, MAX_DATAGRAM)
+                self.listeningPort = listenUDP(self.reactor, number, link, host, MAX_DATAGRAM)
         except OSError:
             raise
         except Exception as e:

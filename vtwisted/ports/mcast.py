@@ -44,7 +44,12 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.datagrams import PlainDatagramLink, udpPort
+from vtwisted.ports.datagrams import (
+    PlainDatagramLink,
+    ReadErrors,
+    listenMulticast,
+    udpPort,
+)
 from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.sockettools import growSendBuffer, listenError
 from vtwisted.spec import PortSpec
@@ -66,10 +71,17 @@ RENEW_INTERVAL = 1.0
 
 class _Sender(DatagramProtocol):
     """
-    The socket the switch sends from; what comes to it is ignored.
+    The socket the switch sends from; what comes to it is ignored, its read
+    errors are counted.
     """
 
     noisy = False
+
+    def __init__(self, service: McastService) -> None:
+        self.service = service
+
+    def readFailed(self, where: str, e: OSError) -> None:
+        self.service.readErrors.failed(self.service.spec, where, e)
 
 
 @implementer(ILink)
@@ -87,7 +99,7 @@ class McastLink(PlainDatagramLink, DatagramProtocol):
 
     def __init__(self, service: McastService) -> None:
         self.service = service
-        self.description = f"group {service.group}:{service.number}"
+        self.what = f"group {service.group}:{service.number}"
         self.port: Any = None
         #: The source address and port of the switch's own frames.
         self.own: tuple[str, int] = ("", 0)
@@ -190,6 +202,7 @@ class McastService(SingleLinkService):
         self.ttl = ttl
         self.link: McastLink | None = None
         self.ports: list[Any] = []
+        self.readErrors = ReadErrors()
 
     def bound(self) -> bool:
         return bool(self.ports)
@@ -198,8 +211,8 @@ class McastService(SingleLinkService):
         link = McastLink(self)
         interface = self.localaddr or "0.0.0.0"
         try:
-            receiving = self.reactor.listenMulticast(self.number, link, self.group,
-                                                     MAX_DATAGRAM, listenMultiple=True)
+            receiving = listenMulticast(self.reactor, self.number, link, self.group,
+                                        MAX_DATAGRAM, listenMultiple=True)
             self.ports.append(receiving)
             receiving.joinGroup(self.group, interface)
             sending = self._openSender()
@@ -213,7 +226,7 @@ class McastService(SingleLinkService):
         self.link = link
 
     def _openSender(self) -> Any:
-        sending = self.reactor.listenMulticast(0, _Sender(), self.localaddr or "")
+        sending = listenMulticast(self.reactor, 0, _Sender(self), self.localaddr or "")
         try:
             sending.setLoopbackMode(1)
             sending.setTTL(self.ttl)

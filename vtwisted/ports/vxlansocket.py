@@ -37,6 +37,7 @@ from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
+from vtwisted.ports.datagrams import READ_LATER, ReadErrors
 from vtwisted.ports.vxlanconfig import (
     VxlanConfig,
     bindHint,
@@ -55,7 +56,6 @@ log = Logger()
 MAX_DATAGRAM = 65536 + vxlan.HEADER_LENGTH
 UDP_GRO = 104
 _GRO_CMSG = socket.CMSG_SPACE(4)
-_READ_LATER = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNREFUSED)
 
 #: The open sockets, by reactor and L{socketKey}.
 _SOCKETS: dict[tuple[int, tuple[int, str, int]], VxlanSocket] = {}
@@ -87,38 +87,6 @@ def holders(reactor: Any, config: VxlanConfig) -> list[str]:
               if other.reactor is reactor and other.config.version == config.version
               and other.config.dstport == config.dstport]
     return sorted(specs)
-
-
-class ReadErrors:
-    """
-    The receive errors of a port's sockets: counted, each errno logged once.
-
-    @ivar count: how many reads failed.
-    """
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._logged: set[int | None] = set()
-
-    def failed(self, spec: str, where: str, e: OSError) -> None:
-        """
-        Count a read of C{where} that failed with C{e}; log it if it is the
-        first with its errno.
-        """
-        self.count += 1
-        if e.errno in self._logged:
-            return
-        self._logged.add(e.errno)
-        log.error("{spec}: reading {where} failed: {error} ({code}); counted, reading "
-                  "goes on (further failures of this kind are only counted)",
-                  spec=spec, where=where, error=e.strerror,
-                  code=errno.errorcode.get(e.errno or 0, e.errno))
-
-    def describe(self) -> str:
-        """
-        C{", 3 read errors"}, or nothing if there were none.
-        """
-        return f", {self.count} read errors" if self.count else ""
 
 
 class VxlanSocket(DatagramProtocol):
@@ -290,7 +258,7 @@ class BatchPort(udp.Port):
                 try:
                     data, ancillary, _, addr = recvmsg(size, _GRO_CMSG)
                 except OSError as e:
-                    if e.errno not in _READ_LATER:
+                    if e.errno not in READ_LATER:
                         protocol.readFailed(self._where(), e)
                     return
                 read += len(data)

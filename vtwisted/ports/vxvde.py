@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.datagrams import ReadErrors
 from vtwisted.ports.vxlan import VxlanLink, VxlanService
 from vtwisted.ports.vxlanconfig import (
     VxlanConfig,
@@ -54,7 +55,6 @@ from vtwisted.ports.vxlanconfig import (
 from vtwisted.ports.vxlansocket import (
     MAX_DATAGRAM,
     BatchPort,
-    ReadErrors,
     holders,
     holdUdpPort,
 )
