@@ -262,3 +262,57 @@ async def test_ringOfCablesWithFstpCarriesOneCopyAndHeals(switch) -> None:
     await listening[forwarding].removePort(specs[forwarding])
     await sleep(2)
     assert await copies(b"second broadcast") == [1, 1]
+
+
+def helloTimers() -> list[object]:
+    """
+    The reactor's timers that would cut off a cable without its hello.
+    """
+    return [call for call in reactor.getDelayedCalls()
+            if getattr(getattr(call, "func", None), "__name__", "") == "_noHello"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletingAListenerClosesConnectionsStillInTheirHandshake(switch, pki) -> None:
+    """
+    A connection that has not finished TLS when its listening cable is
+    deleted is closed with it: its descriptor and timer do not outlive the
+    port, and nothing is logged for the deleted spec 10 s later.
+    """
+    a, number = listen(switch, pki)
+    peer = socket.create_connection(("127.0.0.1", number))
+    peer.setblocking(False)
+    try:
+        await until(lambda: helloTimers(), what="the connection accepted")
+        await a.stopService()
+
+        def closed() -> bool:
+            try:
+                return peer.recv(65536) == b""
+            except BlockingIOError:
+                return False
+            except ConnectionResetError:
+                return True
+
+        await until(closed, timeout=2, what="the connection closed with its port")
+        assert helloTimers() == []
+    finally:
+        peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_deletingAConnectorStuckInTheHandshakeStopsAtOnce(switch, pki) -> None:
+    """
+    A connecting cable whose far side accepted but never answers TLS stops
+    at once when deleted, not when its hello timer would have cut it off.
+    """
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        number = silent.getsockname()[1]
+        b = switch(f"cable:tcp:host=localhost:port={number}:{pki('b')}")
+        await until(lambda: helloTimers(), what="the connection made")
+        started = reactor.seconds()
+        await b.stopService()
+        assert reactor.seconds() - started < 2
+        assert helloTimers() == []

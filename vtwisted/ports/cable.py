@@ -110,6 +110,17 @@ class CableLink(StreamLink):
         transport.unregisterProducer()
         transport.abortConnection()
 
+    def abandon(self) -> None:
+        """
+        The port goes before the hello came: cut the connection off, quietly
+        (a TLS close would wait for the handshake, and the hello timer).
+        """
+        self._cancelHelloTimer()
+        self._receive = _ignore
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.abortConnection()
+
     def _cancelHelloTimer(self) -> None:
         timer, self._helloTimer = self._helloTimer, None
         if timer is not None and timer.active():

@@ -105,6 +105,7 @@ class StreamLink(Int32StringReceiver):
         self._broken = False
 
     def connectionMade(self) -> None:
+        self.owner.connections.add(self)
         transport: Any = self.transport
         layer = transport
         while layer is not None:  # TLS too: its socket's buffer is the one that fills
@@ -157,6 +158,7 @@ class StreamLink(Int32StringReceiver):
         self.close()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
+        self.owner.connections.discard(self)
         if self.port is not None and self in self.owner.links:  # the peer ended it
             self._noteTruncated()
         self.owner.linkDown(self)
@@ -230,6 +232,13 @@ class StreamLink(Int32StringReceiver):
             transport.unregisterProducer()
             transport.loseConnection()
 
+    def abandon(self) -> None:
+        """
+        Close a connection that was never plugged in, as its port goes (a
+        subclass may need to cut it off: see L{StreamPorts.connections}).
+        """
+        self.close()
+
 
 def socketOf(transport: Any) -> Any:
     """
@@ -269,6 +278,9 @@ class StreamPorts(Service):
     What listening and connecting specs share: a port for each connection.
 
     @ivar links: the connections plugged in now.
+    @ivar connections: every connection open now, plugged in or not yet
+        (a cable's, until the far switch's hello): all are closed when the
+        service stops.
     @cvar protocol: the L{StreamLink} class of each connection.
     """
 
@@ -286,6 +298,7 @@ class StreamPorts(Service):
         self.options = options
         self.spec = spec
         self.links: list[StreamLink] = []
+        self.connections: set[StreamLink] = set()
         self.failures = FailureLog(spec)
         self.factory = Factory.forProtocol(lambda: self.protocol(self))
         self.factory.noisy = False
@@ -332,8 +345,11 @@ class StreamPorts(Service):
         return list(self.links)
 
     def _closeLinks(self) -> None:
+        waiting = self.connections.difference(self.links)
         for link in list(self.links):
             link.close()
+        for link in waiting:
+            link.abandon()
 
 
 @implementer(IPortService)
