@@ -282,6 +282,38 @@ async def test_twoSwitchesJoinedOverTls(switch, shortdir: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_aFailedTlsHandshakeGetsNoPortAndIsLoggedWithItsCause(switch,
+                                                                    shortdir: Path) -> None:
+    """
+    A C{qemu:connect:tls:} client that does not trust the listener's
+    certificate: neither side gives the connection a port (no "on port" and
+    "left port" lines at every retry), and each side logs the TLS failure
+    with its cause once, however often the client tries again.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    key, cert = selfSignedCertificate(shortdir)
+    other = shortdir / "other"
+    other.mkdir()
+    selfSignedCertificate(other)
+    with capturedLogs() as events:
+        server = switch(f"qemu:ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
+        listener = portService(server)
+        assert isinstance(listener, streamlinks.StreamListener)
+        number = listener.listeningPort.getHost().port
+        client = switch(f"qemu:connect:tls:host=localhost:port={number}:trustRoots={other}/roots")
+        await sleep(2.5)  # several attempts
+    lines = [formatEvent(e) for e in events]
+    assert not [line for line in lines if " on port " in line or "left port" in line], lines
+    atClient = [line for line in lines if "certificate verify failed" in line]
+    atServer = [line for line in lines if "unknown ca" in line]
+    assert len(atClient) == 1 and "qemu:connect:tls:" in atClient[0], lines
+    assert "TLS handshake failed" in atClient[0]
+    assert len(atServer) == 1 and "qemu:ssl:" in atServer[0], lines
+    assert not portService(client).links and not portService(server).links
+
+
+@pytest_twisted.ensureDeferred
 async def test_absentGuestIsLoggedOnceNotAtEveryRetry(switch, shortdir: Path) -> None:
     """
     A connector whose guest is not there says so once, with the errno, and

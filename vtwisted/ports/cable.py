@@ -36,11 +36,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from OpenSSL import SSL
-from service_identity import VerificationError
 from twisted.internet import ssl
 from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -48,7 +45,7 @@ from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
-from vtwisted.ports.streamfailures import peerHost
+from vtwisted.ports.streamfailures import peerHost, whyLost
 from vtwisted.ports.streamlinks import (
     StreamConnector,
     StreamLink,
@@ -84,6 +81,7 @@ class CableLink(StreamLink):
     MAX_LENGTH = MAX_MESSAGE
     module = "cable"
     vnetHeader = True
+    waitsForTls = False  # the hello, which comes after TLS, is waited for
 
     def __init__(self, owner: StreamPorts) -> None:
         super().__init__(owner)
@@ -117,9 +115,7 @@ class CableLink(StreamLink):
         """
         self._cancelHelloTimer()
         self._receive = _ignore
-        transport: Any = self.transport
-        transport.unregisterProducer()
-        transport.abortConnection()
+        super().abandon()
 
     def _cancelHelloTimer(self) -> None:
         timer, self._helloTimer = self._helloTimer, None
@@ -178,7 +174,8 @@ class CableLink(StreamLink):
         self._cancelHelloTimer()
         if not self._plugged:
             if self._receive is not _ignore:
-                self._fail(whyLost(reason))
+                self._fail(whyLost(reason, "its hello (a TLS or cable problem on the other "
+                                           "side?)"))
             if isinstance(self.owner, CableConnector):
                 self.owner.unready += 1
         super().connectionLost(reason)
@@ -198,22 +195,6 @@ def peerName(transport: Any) -> str:
     names = certificate.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     name = names[0].value if names else None
     return f" (CN={name})" if name else ""
-
-
-def whyLost(reason: Failure | None) -> str:
-    """
-    Why a cable went before its hello: the TLS handshake's complaint, if
-    that is what stopped it.
-    """
-    if reason is None or reason.check(ConnectionDone):
-        return "closed before its hello (a TLS or cable problem on the other side?)"
-    error = reason.value
-    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
-        return "TLS handshake failed: " + "; ".join(str(item[-1]) for item in error.args[0])
-    if isinstance(error, VerificationError):
-        names = ", ".join(str(e.mismatched_id) for e in error.errors)
-        return f"TLS: the certificate does not name {names}"
-    return reason.getErrorMessage()
 
 
 def _ignore(port: Any, message: bytes) -> None:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.application.internet import ClientService
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.logger import (
     FilteringLogObserver,
@@ -154,3 +157,19 @@ def connectErrorText(error: Any) -> str:
     if isinstance(number, int) and isinstance(text, str) and text:
         return f"{text} (errno {number})"
     return str(error)
+
+
+def whyLost(reason: Failure | None, before: str = "the TLS handshake finished") -> str:
+    """
+    Why a connection went before it was plugged in (C{before} says when):
+    the TLS handshake's complaint, if that is what stopped it.
+    """
+    if reason is None or reason.check(ConnectionDone):
+        return f"closed before {before}"
+    error = reason.value
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        return "TLS handshake failed: " + "; ".join(str(item[-1]) for item in error.args[0])
+    if isinstance(error, VerificationError):
+        names = ", ".join(str(e.mismatched_id) for e in error.errors)
+        return f"TLS: the certificate does not name {names}"
+    return reason.getErrorMessage()

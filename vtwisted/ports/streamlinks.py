@@ -35,7 +35,7 @@ from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.address import UNIXAddress
 from twisted.internet.defer import DeferredList
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
@@ -50,6 +50,8 @@ from vtwisted.ports.streamfailures import (
     FailureLog,
     QuietClientService,
     ReportingEndpoint,
+    peerHost,
+    whyLost,
 )
 from vtwisted.sockettools import claimSocketPath, listenError, peerCredentials
 
@@ -81,7 +83,7 @@ class _SendValve:
         self.full = True
 
 
-@implementer(ILink)
+@implementer(ILink, IHandshakeListener)
 class StreamLink(Int32StringReceiver):
     """
     One peer's connection, plugged into a switch port of its own; each
@@ -91,6 +93,10 @@ class StreamLink(Int32StringReceiver):
 
     module = "stream"
     vnetHeader = False
+    #: Whether a TLS connection is plugged in only once its handshake is
+    #: done: one that fails never gets a port, and is logged with the
+    #: cause (a subclass whose peer says hello after TLS waits for that).
+    waitsForTls = True
 
     def __init__(self, owner: StreamPorts) -> None:
         self.owner = owner
@@ -103,6 +109,7 @@ class StreamLink(Int32StringReceiver):
         self.valve = _SendValve()
         self._receive: Any = None
         self._broken = False
+        self._handshaking = False
 
     def connectionMade(self) -> None:
         self.owner.connections.add(self)
@@ -118,7 +125,18 @@ class StreamLink(Int32StringReceiver):
         if not isinstance(transport.getPeer(), UNIXAddress):
             transport.setTcpNoDelay(True)
         self.sendFrame = self._makeSender(transport.writeSequence)  # type: ignore[method-assign]
+        if self.waitsForTls and ISSLTransport.providedBy(transport):
+            self._handshaking = True  # plugged in by handshakeCompleted
+            return
         self.linkReady()
+
+    def handshakeCompleted(self) -> None:
+        """
+        TLS is up (and the peer's certificate checked): plug the link in.
+        """
+        if self._handshaking and not getattr(self.transport, "disconnecting", False):
+            self._handshaking = False
+            self.linkReady()
 
     def linkReady(self) -> None:
         """
@@ -159,6 +177,9 @@ class StreamLink(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.owner.connections.discard(self)
+        if self._handshaking:
+            self._handshaking = False
+            self.owner.handshakeFailed(self, reason)
         if self.port is not None and self in self.owner.links:  # the peer ended it
             self._noteTruncated()
         self.owner.linkDown(self)
@@ -234,10 +255,13 @@ class StreamLink(Int32StringReceiver):
 
     def abandon(self) -> None:
         """
-        Close a connection that was never plugged in, as its port goes (a
-        subclass may need to cut it off: see L{StreamPorts.connections}).
+        Cut off a connection not plugged in yet (in its TLS handshake, say,
+        which a close would wait for), quietly, as its port goes.
         """
-        self.close()
+        self._handshaking = False
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.abortConnection()
 
 
 def socketOf(transport: Any) -> Any:
@@ -325,6 +349,15 @@ class StreamPorts(Service):
         if self.announceLinks:
             log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
                      number=port.number)
+
+    def handshakeFailed(self, link: StreamLink, reason: Failure | None) -> None:
+        """
+        A TLS connection went before its handshake was done: log why, once
+        per series for its peer's host.
+        """
+        problem = whyLost(reason)
+        self.failures.note(problem, link.description,
+                           f"{peerHost(link.transport, link.description)}: {problem}")
 
     def linkDown(self, link: StreamLink) -> None:
         """
@@ -448,6 +481,10 @@ class StreamConnector(StreamPorts):
     def linkUp(self, link: StreamLink) -> None:
         link.upAt = self.reactor.seconds()
         super().linkUp(link)
+
+    def handshakeFailed(self, link: StreamLink, reason: Failure | None) -> None:
+        self.unready += 1  # tried again with a growing delay
+        super().handshakeFailed(link, reason)
 
     def linkDown(self, link: StreamLink) -> None:
         if link in self.links:
