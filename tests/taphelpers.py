@@ -16,7 +16,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from helpers import (
     Namespaces,
@@ -26,6 +28,7 @@ from helpers import (
     socketListening,
     sourceEnv,
     twistdArgv,
+    uniqueName,
     waitFor,
 )
 
@@ -49,6 +52,65 @@ def quietNamespace(namespaces: Namespaces, prefix: str) -> str:
     for key in ("all", "default"):
         run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"))
     return ns
+
+
+def ipv6Namespace(namespaces: Namespaces, prefix: str) -> str:
+    """
+    A new namespace whose interfaces do IPv6 without duplicate address
+    detection, router solicitations or temporary addresses: addresses work
+    at once, and little but what a test sends crosses its links.
+    """
+    ns = namespaces.add(prefix)
+    for key in ("all", "default"):
+        for setting in ("accept_dad=0", "dad_transmits=0", "router_solicitations=0",
+                        "accept_ra=0", "use_tempaddr=0"):
+            run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{key}.{setting}"))
+    return ns
+
+
+class TapAndPlug(NamedTuple):
+    """
+    A switch with one offload TAP in a namespace of its own, and a
+    C{vde_plug vde://SOCK tap://NAME} client on it in another.
+
+    @ivar switch: the running switch (C{RunningSwitch}).
+    @ivar tapSide: the namespace holding the switch's TAP, C{tap}.
+    @ivar plugSide: the namespace of C{vde_plug} and its TAP, C{plugTap}.
+    """
+
+    switch: Any
+    tapSide: str
+    tap: str
+    plugSide: str
+    plugTap: str
+
+
+def tapAndVdePlug(vswitch: Callable[..., Any], processes: Processes, namespaces: Namespaces,
+                  *addresses: str, extra: tuple[str, ...] = ()) -> TapAndPlug:
+    """
+    Start a switch with C{--port tap:NAME} (and C{extra} arguments), move
+    its TAP into a new namespace, and start C{vde_plug} between the switch
+    and a TAP of its own in a second namespace.
+
+    @param addresses: templates such as C{"10.213.0.{}/24"}: the switch's
+        TAP gets each with 1, the plug's TAP with 2.  An IPv6 one turns
+        IPv6 on in both namespaces (L{ipv6Namespace}); otherwise they are
+        quiet (L{quietNamespace}).
+    """
+    name, plugTap = uniqueName("vtt"), uniqueName("vtp")
+    sw = vswitch("--port", f"tap:{name}", *extra)
+    ipv6 = any(":" in address for address in addresses)
+    nsA, nsB = ((ipv6Namespace if ipv6 else quietNamespace)(namespaces, prefix)
+                for prefix in ("vtt", "vtp"))
+    moveTap(name, nsA, None, up=False)
+    processes.start(execIn(nsB, "vde_plug", f"vde://{sw.sock}", f"tap://{plugTap}"))
+    waitFor(lambda: deviceExists(plugTap, nsB), what=f"{plugTap} made by vde_plug")
+    for ns, device, n in ((nsA, name, 1), (nsB, plugTap, 2)):
+        for address in addresses:
+            run("ip", "-n", ns, "addr", "add", address.format(n), "dev", device,
+                *(["nodad"] if ":" in address else []))
+        run("ip", "-n", ns, "link", "set", device, "up")
+    return TapAndPlug(sw, nsA, name, nsB, plugTap)
 
 
 def switchInNamespace(processes: Processes, ns: str, directory: Path,
@@ -197,7 +259,7 @@ def unread(process: subprocess.Popen[bytes], stderr: bool = False) -> bytes:
 
 _SERVER = r"""
 import hashlib, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(1)
@@ -235,7 +297,7 @@ def checkedTransfer(
 ) -> tuple[str, str]:
     """
     Send C{size} deterministic pseudo-random bytes over TCP from namespace
-    C{sender} to C{address} in namespace C{receiver}.
+    C{sender} to C{address} (IPv4 or IPv6) in namespace C{receiver}.
 
     @return: what the sender sent and what the receiver got, each as
         C{"LENGTH SHA256"}.
@@ -252,9 +314,10 @@ def checkedTransfer(
 
 def checksumErrors(namespace: str) -> dict[str, int]:
     """
-    IPv4 header errors and TCP/UDP checksum errors the kernel of
+    IPv4 and IPv6 header errors and TCP/UDP checksum errors the kernel of
     C{namespace} counted: TCP recovers from a few bad segments by
-    retransmitting, so a transfer that arrives intact is not enough.
+    retransmitting, so a transfer that arrives intact is not enough.  (TCP
+    counts both IP versions in C{/proc/net/snmp}; UDP over IPv6 has its own.)
     """
     text = run(*execIn(namespace, "cat", "/proc/net/snmp")).stdout.splitlines()
     found = {}
@@ -263,6 +326,11 @@ def checksumErrors(namespace: str) -> dict[str, int]:
         for key in ("InHdrErrors", "InCsumErrors"):
             if key in keys:
                 found[f"{keys[0]}{key}"] = int(numbers[keys.index(key)])
+    snmp6 = run(*execIn(namespace, "cat", "/proc/net/snmp6"), check=False).stdout
+    for line in snmp6.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("Ip6InHdrErrors", "Udp6InCsumErrors"):
+            found[key] = int(value)
     return found
 
 

@@ -29,6 +29,7 @@ from taphelpers import (
     ping,
     quietNamespace,
     readLine,
+    tapAndVdePlug,
     waitForPing,
 )
 
@@ -103,15 +104,7 @@ def test_ethtoolShowsWhatEachTapNegotiated(vswitch, processes, namespaces, short
 def test_offloadTapToVdePlugPathKeepsEveryByte(vswitch, processes, namespaces) -> None:
     """30 MB each way between an offload TAP and a vde_plug tap:// client arrive bit-exact."""
     need("vde_plug")
-    name, plugTap = uniqueName("vtt"), uniqueName("vtp")
-    sw = vswitch("--port", f"tap:{name}")
-    nsA = quietNamespace(namespaces, "vtt")
-    nsB = quietNamespace(namespaces, "vtp")
-    moveTap(name, nsA, f"{NET}.1/24")
-    processes.start(execIn(nsB, "vde_plug", f"vde://{sw.sock}", f"tap://{plugTap}"))
-    waitFor(lambda: deviceExists(plugTap, nsB), what=f"{plugTap} made by vde_plug")
-    run("ip", "-n", nsB, "addr", "add", f"{NET}.2/24", "dev", plugTap)
-    run("ip", "-n", nsB, "link", "set", plugTap, "up")
+    sw, nsA, name, nsB, _ = tapAndVdePlug(vswitch, processes, namespaces, f"{NET}.{{}}/24")
     waitForPing(nsA, f"{NET}.2")
     assert ethtoolFeatures(nsA, name)["tcp-segmentation-offload"] == "on"
     # A sends super-frames with partial checksums: the switch must cut them into
