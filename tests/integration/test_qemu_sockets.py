@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.abstract import FileDescriptor
 
 from vtwisted.app import buildService
-from vtwisted.ports import streamlinks
+from vtwisted.ports import streamconnector, streamlinks
 from vtwisted.service import SwitchService
 from vtwisted.testing import FakeLink, frame, mac, plug
 
@@ -332,7 +332,7 @@ async def test_absentGuestIsLoggedOnceNotAtEveryRetry(switch, shortdir: Path) ->
     try:
         service = switch(f"qemu:connect:unix:{shortdir}/absent.sock")
         connector = portService(service)
-        assert isinstance(connector, streamlinks.StreamConnector)
+        assert isinstance(connector, streamconnector.StreamConnector)
         await until(lambda: connector.client._machine, what="the client")
         await sleep(2.5)  # several retries: 0.2 s, then growing
     finally:

@@ -45,9 +45,9 @@ from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
+from vtwisted.ports.streamconnector import StreamConnector
 from vtwisted.ports.streamfailures import peerHost, whyLost
 from vtwisted.ports.streamlinks import (
-    StreamConnector,
     StreamLink,
     StreamListener,
     StreamPorts,

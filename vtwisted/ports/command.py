@@ -43,7 +43,8 @@ from zope.interface import implementer
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.streamlinks import StreamConnector, StreamLink
+from vtwisted.ports.streamconnector import StreamConnector
+from vtwisted.ports.streamlinks import StreamLink
 from vtwisted.processes import CommandEndpoint, CommandError, exitText, parseCommand
 from vtwisted.spec import PortSpec
 

@@ -37,8 +37,8 @@ from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
+from vtwisted.ports.streamconnector import StreamConnector
 from vtwisted.ports.streamlinks import (
-    StreamConnector,
     StreamLink,
     StreamListener,
     StreamPorts,

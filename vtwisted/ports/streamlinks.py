@@ -9,10 +9,8 @@ L{Int32StringReceiver} does the framing, and a length over the link's
 C{MAX_LENGTH} cannot be resynchronised: it is counted as malformed, logged
 and the connection closed.  L{StreamListener} listens on a Twisted server
 endpoint and gives every connection a port of its own, freed when it goes;
-a Unix socket left by a crash is replaced first.  L{StreamConnector}
-connects through a L{ClientService}, which reconnects with a backoff; the
-first failure of a series is logged with its errno
-(L{vtwisted.ports.streamfailures}).
+a Unix socket left by a crash is replaced first.
+L{vtwisted.ports.streamconnector} connects and reconnects.
 
 A connection that ends inside a message (a peer killed mid-write, say) has
 its last frame counted as malformed on its port and logged with how much of
@@ -31,10 +29,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.address import UNIXAddress
-from twisted.internet.defer import DeferredList
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -46,10 +42,7 @@ from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamfailures import (
-    MAX_RETRY_DELAY,
     FailureLog,
-    QuietClientService,
-    ReportingEndpoint,
     peerHost,
     whyLost,
 )
@@ -436,74 +429,3 @@ class StreamListener(StreamPorts):
         if port is not None:
             return port.stopListening()
         return None
-
-
-@implementer(IPortService)
-class StreamConnector(StreamPorts):
-    """
-    A spec whose switch connects to a listening peer, and again whenever
-    the connection is lost.
-    """
-
-    listening = False
-
-    def __init__(
-        self, switch: Any, reactor: Any, endpoint: Any, options: PortOptions, spec: str
-    ) -> None:
-        super().__init__(switch, reactor, options, spec)
-        self.endpoint = endpoint
-        self.client = QuietClientService(
-            ReportingEndpoint(endpoint, self.failures),
-            self.factory,
-            retryPolicy=self.retryDelay,
-            clock=reactor,
-            prepareConnection=_whenReady,
-        )
-
-    #: Seconds before connecting again, by failed attempts in a row.
-    _backoff = staticmethod(backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY))
-    #: A link plugged in for less than this many seconds counts as a failed
-    #: attempt: a peer that accepts and closes at once is retried with a
-    #: growing delay, not about once a second for ever.
-    SHORT_LINK = 1.0
-    #: Connections in a row that did not count as made: links shorter than
-    #: L{SHORT_LINK}, or (cables) connections lost before the far hello.
-    unready = 0
-
-    def retryDelay(self, attempts: int) -> float:
-        """
-        How long to wait before connecting again after C{attempts} failed
-        connections in a row (1 after a connection was lost), counting
-        those that did not last as failed too.
-        """
-        return float(self._backoff(attempts + self.unready))
-
-    def linkUp(self, link: StreamLink) -> None:
-        link.upAt = self.reactor.seconds()
-        super().linkUp(link)
-
-    def handshakeFailed(self, link: StreamLink, reason: Failure | None) -> None:
-        self.unready += 1  # tried again with a growing delay
-        super().handshakeFailed(link, reason)
-
-    def linkDown(self, link: StreamLink) -> None:
-        if link in self.links:
-            lasted = self.reactor.seconds() - link.upAt >= self.SHORT_LINK
-            self.unready = 0 if lasted else self.unready + 1
-        super().linkDown(link)
-
-    def startService(self) -> None:
-        super().startService()
-        self.client.startService()
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self._closeLinks()
-        return DeferredList([self.client.stopService()])
-
-
-def _whenReady(link: Any) -> Any:
-    """
-    When a connection counts as made for the L{ClientService}.
-    """
-    return link.whenReady()

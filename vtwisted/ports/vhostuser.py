@@ -59,7 +59,8 @@ from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink, IPortService
-from vtwisted.ports.streamlinks import StreamConnector, StreamListener, describePeer, socketOf
+from vtwisted.ports.streamconnector import StreamConnector
+from vtwisted.ports.streamlinks import StreamListener, describePeer, socketOf
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.ports.vhostrings import Ring
 from vtwisted.ports.virtqueue import DirtyLog, GuestMemory, VirtqueueError

@@ -1,0 +1,106 @@
+"""
+Stream ports whose switch connects to a listening peer (C{qemu:connect:},
+C{cable:}, C{cmd:}, C{vhostuser:connect:}), and connects again whenever
+the connection is lost.
+
+Theory of operation
+-------------------
+A L{ClientService} (a L{QuietClientService}: no line per retry) connects
+through a L{ReportingEndpoint}, which notes each failed attempt in the
+spec's L{FailureLog}: the first failure of a series is logged with its
+errno, the others counted.  Waits grow from 0.2 s to L{MAX_RETRY_DELAY}.
+
+A peer may also accept and close at once (a program that is not what the
+spec expects, a QEMU refusing a second client): a link that lasted less
+than L{StreamConnector.SHORT_LINK} seconds counts as a failed attempt, so
+the waits grow too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet.defer import DeferredList
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted.interfaces import IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports.streamfailures import (
+    MAX_RETRY_DELAY,
+    QuietClientService,
+    ReportingEndpoint,
+)
+from vtwisted.ports.streamlinks import StreamLink, StreamPorts
+
+
+@implementer(IPortService)
+class StreamConnector(StreamPorts):
+    """
+    A spec whose switch connects to a listening peer, and again whenever
+    the connection is lost.
+    """
+
+    listening = False
+
+    def __init__(
+        self, switch: Any, reactor: Any, endpoint: Any, options: PortOptions, spec: str
+    ) -> None:
+        super().__init__(switch, reactor, options, spec)
+        self.endpoint = endpoint
+        self.client = QuietClientService(
+            ReportingEndpoint(endpoint, self.failures),
+            self.factory,
+            retryPolicy=self.retryDelay,
+            clock=reactor,
+            prepareConnection=_whenReady,
+        )
+
+    #: Seconds before connecting again, by failed attempts in a row.
+    _backoff = staticmethod(backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY))
+    #: A link plugged in for less than this many seconds counts as a failed
+    #: attempt: a peer that accepts and closes at once is retried with a
+    #: growing delay, not about once a second for ever.
+    SHORT_LINK = 1.0
+    #: Connections in a row that did not count as made: links shorter than
+    #: L{SHORT_LINK}, or (cables) connections lost before the far hello.
+    unready = 0
+
+    def retryDelay(self, attempts: int) -> float:
+        """
+        How long to wait before connecting again after C{attempts} failed
+        connections in a row (1 after a connection was lost), counting
+        those that did not last as failed too.
+        """
+        return float(self._backoff(attempts + self.unready))
+
+    def linkUp(self, link: StreamLink) -> None:
+        link.upAt = self.reactor.seconds()
+        super().linkUp(link)
+
+    def handshakeFailed(self, link: StreamLink, reason: Failure | None) -> None:
+        self.unready += 1  # tried again with a growing delay
+        super().handshakeFailed(link, reason)
+
+    def linkDown(self, link: StreamLink) -> None:
+        if link in self.links:
+            lasted = self.reactor.seconds() - link.upAt >= self.SHORT_LINK
+            self.unready = 0 if lasted else self.unready + 1
+        super().linkDown(link)
+
+    def startService(self) -> None:
+        super().startService()
+        self.client.startService()
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self._closeLinks()
+        return DeferredList([self.client.stopService()])
+
+
+def _whenReady(link: Any) -> Any:
+    """
+    When a connection counts as made for the L{ClientService}.
+    """
+    return link.whenReady()
