@@ -269,7 +269,7 @@ def helloTimers() -> list[object]:
     The reactor's timers that would cut off a cable without its hello.
     """
     return [call for call in reactor.getDelayedCalls()
-            if getattr(getattr(call, "func", None), "__name__", "") == "_noHello"]
+            if getattr(getattr(call, "func", None), "__name__", "") == "_tooLate"]
 
 
 @pytest_twisted.ensureDeferred

@@ -48,6 +48,7 @@ from vtwisted.interfaces import IPortService
 from vtwisted.ports.streamconnector import StreamConnector
 from vtwisted.ports.streamfailures import peerHost, whyLost
 from vtwisted.ports.streamlinks import (
+    READY_TIMEOUT,
     StreamLink,
     StreamListener,
     StreamPorts,
@@ -63,7 +64,7 @@ log = Logger()
 HELLO = b"vtwisted cable 1"
 #: Seconds a new connection has to finish TLS and bring the far switch's
 #: hello; then it is cut off (anyone may connect to a TLS listener).
-HELLO_TIMEOUT = 10.0
+HELLO_TIMEOUT = READY_TIMEOUT
 #: The largest message: a header and the largest packet a switch forwards
 #: (a 64 KB super-frame as a TAP reads it, with tags), with room to spare.
 MAX_MESSAGE = vnet.HEADER_LENGTH + 65536 + 4096
@@ -86,48 +87,37 @@ class CableLink(StreamLink):
     def __init__(self, owner: StreamPorts) -> None:
         super().__init__(owner)
         self._plugged = False
-        self._helloTimer: Any = None
         self._peerHost = ""
 
     def linkReady(self) -> None:
         self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
         self._receive = self._hello
         self._peerHost = peerHost(self.transport, self.description)
-        self._helloTimer = self.owner.reactor.callLater(HELLO_TIMEOUT, self._noHello)
+        self.startDeadline()
 
-    def _noHello(self) -> None:
+    def notReadyInTime(self) -> None:
         """
-        The far side did not finish TLS and its hello in time: cut it off
-        (a TLS close would wait for the handshake it never finishes).
+        The far side did not finish TLS and its hello in time: note it (the
+        connection is cut off).
         """
-        self._helloTimer = None
         self._receive = _ignore
         self._fail(f"no hello within {HELLO_TIMEOUT:g} s (TLS or the far switch stuck, or "
                    "not a cable); closing")
-        transport: Any = self.transport
-        transport.unregisterProducer()
-        transport.abortConnection()
 
     def abandon(self) -> None:
         """
         The port goes before the hello came: cut the connection off, quietly
-        (a TLS close would wait for the handshake, and the hello timer).
+        (a TLS close would wait for the handshake).
         """
-        self._cancelHelloTimer()
         self._receive = _ignore
         super().abandon()
-
-    def _cancelHelloTimer(self) -> None:
-        timer, self._helloTimer = self._helloTimer, None
-        if timer is not None and timer.active():
-            timer.cancel()
 
     def _hello(self, port: Any, message: bytes) -> None:
         if message != HELLO:
             self._refuse(f"not a vtwisted cable (its first message: {message[:24]!r})",
                          "not a vtwisted cable")
             return
-        self._cancelHelloTimer()
+        self.stopDeadline()
         self._plugged = True
         self.description += peerName(self.transport)
         self.owner.linkUp(self)
@@ -171,7 +161,7 @@ class CableLink(StreamLink):
         """
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._cancelHelloTimer()
+        self.stopDeadline()
         if not self._plugged:
             if self._receive is not _ignore:
                 self._fail(whyLost(reason, "its hello (a TLS or cable problem on the other "

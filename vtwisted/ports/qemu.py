@@ -15,7 +15,12 @@ C{tcp:5555:interface=127.0.0.1}); a guest started with C{-netdev
 stream,addr.type=unix,addr.path=...} or C{-netdev socket,connect=...}
 connects to it.  Unlike QEMU's listening sockets, which serve one peer at a
 time, any number of guests may connect, each on a port of its own, which is
-freed when the guest goes.  A Unix socket is made 0600 unless C{mode=}
+freed when the guest goes.  Over TLS (C{ssl:}) a guest gets its port once
+the handshake is done; a connection whose handshake fails, or is not done
+within 10 s (a client that connects and sends nothing, or half a
+ClientHello, to hold descriptors), is closed and logged with its peer and
+cause, once per series of failures (the others are counted, and their
+number logged when a link works again).  A Unix socket is made 0600 unless C{mode=}
 says otherwise, and a stale one left by a crash is replaced; a TCP port
 listens on the loopback address unless C{interface=} says otherwise, since
 anyone who can connect joins the LAN.

@@ -22,7 +22,6 @@ from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import DeferredList
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
@@ -79,9 +78,9 @@ class StreamConnector(StreamPorts):
         link.upAt = self.reactor.seconds()
         super().linkUp(link)
 
-    def handshakeFailed(self, link: StreamLink, reason: Failure | None) -> None:
+    def handshakeFailed(self, link: StreamLink, problem: str) -> None:
         self.unready += 1  # tried again with a growing delay
-        super().handshakeFailed(link, reason)
+        super().handshakeFailed(link, problem)
 
     def linkDown(self, link: StreamLink) -> None:
         if link in self.links:

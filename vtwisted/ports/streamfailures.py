@@ -7,7 +7,8 @@ A connecting spec retries for ever (a L{QuietClientService}, whose own line
 per retry is silenced) and a listener may be refused by many peers; both
 note their failures in a L{FailureLog}, which logs a failure the first time
 it is seen in a series and only counts it after that, until a link comes up
-and ends the series.  L{ReportingEndpoint} wraps a client endpoint to note
+and ends the series; then how many failures the series had is logged, if
+some were only counted.  L{ReportingEndpoint} wraps a client endpoint to note
 each failed attempt with its errno (L{connectErrorText}); L{peerHost} is
 what stays the same when a peer connects again.
 """
@@ -46,6 +47,9 @@ class FailureLog:
     failure is the same whatever port it came from.
 
     @ivar last: the failure noted last, logged or not.
+    @ivar total: the failures noted in this series, logged or not.
+    @ivar counted: those of them not logged (the same again, or too many
+        kinds).
     """
 
     #: Different failures remembered in a series; beyond, new ones are only
@@ -55,7 +59,7 @@ class FailureLog:
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.last: str | None = None
-        #: Failures not logged (the same again, or too many kinds).
+        self.total = 0
         self.counted = 0
         self._seen: set[str] = set()
         self._full = False
@@ -71,6 +75,7 @@ class FailureLog:
         """
         text = f"{peer}: {problem}" if peer else problem
         self.last = text
+        self.total += 1
         key = same or text
         if key in self._seen:
             self.counted += 1
@@ -87,8 +92,14 @@ class FailureLog:
 
     def worked(self) -> None:
         """
-        A link came up: the next failure is news again.
+        A link came up: the next failure is news again.  How many there
+        were is logged if some of them were only counted.
         """
+        if self.counted:
+            log.info("{spec}: a link works again after {total} failures ({counted} of them "
+                     "not logged; the last: {last})", spec=self.spec, total=self.total,
+                     counted=self.counted, last=self.last)
+        self.total = self.counted = 0
         self.last = None
         self._seen.clear()
         self._full = False

@@ -12,6 +12,13 @@ endpoint and gives every connection a port of its own, freed when it goes;
 a Unix socket left by a crash is replaced first.
 L{vtwisted.ports.streamconnector} connects and reconnects.
 
+A TLS connection is plugged in once its handshake is done (a cable's once
+the far switch's hello has come): one that fails is logged with the cause
+once per series (L{vtwisted.ports.streamfailures}), and one that gets
+nowhere within L{READY_TIMEOUT} seconds (a client that connects and sends
+nothing, or half a ClientHello) is cut off and noted the same way, so that
+whoever can reach a listener cannot hold its descriptors for ever.
+
 A connection that ends inside a message (a peer killed mid-write, say) has
 its last frame counted as malformed on its port and logged with how much of
 it came; a connection the switch closes itself is not checked.
@@ -52,6 +59,11 @@ log = Logger()
 
 #: Bytes buffered for one peer before frames to it are dropped.
 SEND_BUFFER = 2 * 1024 * 1024
+
+#: Seconds a connection that waits for something before it is plugged in
+#: (its TLS handshake; a cable's hello) has to get there; then it is cut
+#: off, since whoever can connect could otherwise hold descriptors for ever.
+READY_TIMEOUT = 10.0
 
 #: A message's 4-byte length prefix.
 packLength = struct.Struct("!I").pack
@@ -103,6 +115,7 @@ class StreamLink(Int32StringReceiver):
         self._receive: Any = None
         self._broken = False
         self._handshaking = False
+        self._deadline: Any = None
 
     def connectionMade(self) -> None:
         self.owner.connections.add(self)
@@ -120,6 +133,7 @@ class StreamLink(Int32StringReceiver):
         self.sendFrame = self._makeSender(transport.writeSequence)  # type: ignore[method-assign]
         if self.waitsForTls and ISSLTransport.providedBy(transport):
             self._handshaking = True  # plugged in by handshakeCompleted
+            self.startDeadline()
             return
         self.linkReady()
 
@@ -129,6 +143,7 @@ class StreamLink(Int32StringReceiver):
         """
         if self._handshaking and not getattr(self.transport, "disconnecting", False):
             self._handshaking = False
+            self.stopDeadline()
             self.linkReady()
 
     def linkReady(self) -> None:
@@ -136,6 +151,37 @@ class StreamLink(Int32StringReceiver):
         The connection is up: plug it in (a subclass may wait for a hello).
         """
         self.owner.linkUp(self)
+
+    def startDeadline(self) -> None:
+        """
+        Cut the connection off unless L{stopDeadline} is called within
+        L{READY_TIMEOUT} seconds.
+        """
+        self._deadline = self.owner.reactor.callLater(READY_TIMEOUT, self._tooLate)
+
+    def stopDeadline(self) -> None:
+        """
+        The connection got where it had to (or is going): no deadline.
+        """
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _tooLate(self) -> None:
+        self._deadline = None
+        self.notReadyInTime()
+        transport: Any = self.transport
+        transport.unregisterProducer()
+        transport.abortConnection()  # a TLS close would wait for the handshake
+
+    def notReadyInTime(self) -> None:
+        """
+        Note a connection cut off by its deadline, still in its TLS
+        handshake (a subclass may wait for more).
+        """
+        self._handshaking = False  # noted here, not again as it goes
+        self.owner.handshakeFailed(self, f"TLS handshake not done within {READY_TIMEOUT:g} s; "
+                                         "closing")
 
     def whenReady(self) -> Any:
         """
@@ -170,9 +216,10 @@ class StreamLink(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.owner.connections.discard(self)
+        self.stopDeadline()
         if self._handshaking:
             self._handshaking = False
-            self.owner.handshakeFailed(self, reason)
+            self.owner.handshakeFailed(self, whyLost(reason))
         if self.port is not None and self in self.owner.links:  # the peer ended it
             self._noteTruncated()
         self.owner.linkDown(self)
@@ -252,6 +299,7 @@ class StreamLink(Int32StringReceiver):
         which a close would wait for), quietly, as its port goes.
         """
         self._handshaking = False
+        self.stopDeadline()
         transport: Any = self.transport
         transport.unregisterProducer()
         transport.abortConnection()
@@ -343,12 +391,11 @@ class StreamPorts(Service):
             log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
                      number=port.number)
 
-    def handshakeFailed(self, link: StreamLink, reason: Failure | None) -> None:
+    def handshakeFailed(self, link: StreamLink, problem: str) -> None:
         """
-        A TLS connection went before its handshake was done: log why, once
-        per series for its peer's host.
+        A TLS connection went, or is cut off, before its handshake was
+        done: log why, once per series for its peer's host.
         """
-        problem = whyLost(reason)
         self.failures.note(problem, link.description,
                            f"{peerHost(link.transport, link.description)}: {problem}")
 

@@ -1,0 +1,133 @@
+"""
+QEMU stream ports (C{qemu:}) against peers that fail on real sockets: TLS
+clients that never finish their handshake.  The sockets are real (this
+process's reactor); the port's timers run on a fake clock, so that a 10 s
+deadline need not be waited for.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest_twisted
+from certs import selfSignedCertificate
+from reactortools import sleep, until
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+
+from vtwisted.ports import qemu, streamlinks
+from vtwisted.spec import PortSpec
+from vtwisted.switch import Switch
+
+#: Seconds a TLS client has for its handshake (the README's).
+DEADLINE = 10.0
+#: The start of a ClientHello: a TLS record header announcing 200 bytes,
+#: and 26 of them.
+HALF_CLIENT_HELLO = bytes.fromhex("16030100c8" "010000c4" "0303") + bytes(20)
+
+
+class ClockedReactor:
+    """
+    The real reactor for sockets, C{clock} for timers.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def callLater(self, *args: Any, **kwargs: Any) -> Any:
+        return self.clock.callLater(*args, **kwargs)
+
+    def seconds(self) -> float:
+        return self.clock.seconds()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+def closedByPeer(sock: socket.socket) -> bool:
+    """
+    Whether the switch closed (or reset) C{sock}'s connection.
+    """
+    try:
+        return sock.recv(65536) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def lines(events: Sequence[Any], level: LogLevel | None = None) -> list[str]:
+    """
+    The log lines of C{events}, of C{level} only if given.
+    """
+    return [formatEvent(e) for e in events if level is None or e.get("log_level") == level]
+
+
+@pytest_twisted.ensureDeferred
+async def test_tlsClientsThatNeverFinishTheHandshakeAreCutOff(shortdir: Path) -> None:
+    """
+    A C{qemu:ssl:} listener cuts off, after 10 s, a client that connects
+    and sends nothing and one that sends half a ClientHello: logged once
+    with the peer and the spec, the second counted, and their number told
+    when a guest does finish its handshake and gets a port.
+    """
+    key, cert = selfSignedCertificate(shortdir)
+    clock = Clock()
+    spec = f"qemu:ssl:0:privateKey={key}:certKey={cert}"
+    service = qemu.makeService(Switch(), PortSpec(spec), ClockedReactor(clock))
+    assert isinstance(service, streamlinks.StreamListener)
+    clients: list[socket.socket] = []
+    with capturedLogs() as events:
+        service.startService()
+        try:
+            number = service.listeningPort.getHost().port
+            for data in (b"", HALF_CLIENT_HELLO):
+                client = socket.create_connection(("127.0.0.1", number))
+                client.sendall(data)
+                client.setblocking(False)
+                clients.append(client)
+            await until(lambda: len(service.connections) == 2, what="both accepted")
+            clock.advance(DEADLINE - 0.5)
+            await sleep(0.2)
+            assert len(service.connections) == 2
+            assert not any(closedByPeer(c) for c in clients)
+            clock.advance(0.5)
+            await until(lambda: all(closedByPeer(c) for c in clients), what="both cut off")
+            assert not service.connections and not service.links
+            assert service.failures.counted == 1
+            await tlsGuest(number, lambda: bool(service.links))
+        finally:
+            for client in clients:
+                client.close()
+            await service.stopService()
+    warned = [line for line in lines(events, LogLevel.warn) if "handshake" in line]
+    assert len(warned) == 1, lines(events)
+    assert warned[0].startswith(f"{spec}: tcp 127.0.0.1:")
+    assert "TLS handshake not done within 10 s; closing" in warned[0]
+    summary = [line for line in lines(events) if "works again" in line]
+    assert len(summary) == 1 and "after 2 failures" in summary[0], lines(events)
+
+
+async def tlsGuest(number: int, plugged: Any) -> None:
+    """
+    Connect over TLS to port C{number} and finish the handshake; wait until
+    C{plugged()}.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", number))
+    raw.setblocking(False)
+    with context.wrap_socket(raw, do_handshake_on_connect=False) as guest:
+        for _ in range(250):
+            try:
+                guest.do_handshake()
+                break
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                await sleep(0.02)
+        await until(plugged, what="the guest plugged in")
