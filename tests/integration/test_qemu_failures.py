@@ -1,8 +1,9 @@
 """
 QEMU stream ports (C{qemu:}) against peers that fail on real sockets: TLS
-clients that never finish their handshake.  The sockets are real (this
+clients that never finish their handshake, and a listening peer that
+accepts each connection and closes it at once.  The sockets are real (this
 process's reactor); the port's timers run on a fake clock, so that a 10 s
-deadline need not be waited for.
+deadline or a 5 s retry need not be waited for.
 """
 
 from __future__ import annotations
@@ -131,3 +132,62 @@ async def tlsGuest(number: int, plugged: Any) -> None:
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 await sleep(0.02)
         await until(plugged, what="the guest plugged in")
+
+
+async def nextConnection(listener: socket.socket, clock: Clock) -> socket.socket:
+    """
+    Let the fake clock run, half a second at a time, until the switch
+    connects to C{listener} again.
+    """
+    for _ in range(40):
+        try:
+            return listener.accept()[0]
+        except BlockingIOError:
+            clock.advance(0.5)
+            await sleep(0.02)
+    raise AssertionError("the switch did not connect again")
+
+
+@pytest_twisted.ensureDeferred
+async def test_aPeerThatAcceptsAndClosesIsOneFailureSeries(shortdir: Path) -> None:
+    """
+    C{qemu:connect:} to a peer that accepts each connection and closes it
+    at once: no "on port" and "left port" at every retry, but one warning
+    saying what happens; a connection that lasts a second is announced,
+    with how many failures came before it.
+    """
+    path = shortdir / "guest.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    listener.setblocking(False)
+    clock = Clock()
+    spec = f"qemu:connect:unix:{path}"
+    service = qemu.makeService(Switch(), PortSpec(spec), ClockedReactor(clock))
+    assert isinstance(service, qemu.QemuConnector)
+    with capturedLogs() as events:
+        service.startService()
+        try:
+            for _ in range(6):
+                accepted = await nextConnection(listener, clock)
+                await until(lambda: service.links, what="the link up")
+                accepted.close()
+                await until(lambda: not service.links, what="the link down")
+            assert not [line for line in lines(events) if "port" in line], lines(events)
+            kept = await nextConnection(listener, clock)
+            await until(lambda: service.links, what="the link up")
+            clock.advance(service.SHORT_LINK)
+            assert [line for line in lines(events) if " on port " in line]
+            kept.close()
+            await until(lambda: not service.links, what="the link down")
+        finally:
+            await service.stopService()
+            listener.close()
+    warned = lines(events, LogLevel.warn)
+    assert len(warned) == 1, lines(events)
+    assert warned[0].startswith(f"{spec}: ")
+    assert "the peer closed the connection 0.0 s after accepting it" in warned[0]
+    summary = [line for line in lines(events) if "works again" in line]
+    assert len(summary) == 1 and "after 6 failures (5 of them not logged" in summary[0]
+    assert len([line for line in lines(events) if " on port " in line]) == 1
+    assert len([line for line in lines(events) if " left port " in line]) == 1

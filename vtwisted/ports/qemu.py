@@ -28,7 +28,15 @@ anyone who can connect joins the LAN.
 C{qemu:connect:ENDPOINT} connects to a guest that listens (C{-netdev
 stream,server=on}, C{-netdev socket,listen=}) through a L{ClientService}:
 the link comes back when QEMU is restarted, which QEMU 7.2's own clients
-cannot do.  The first failure of a series is logged with its reason.
+cannot do.  The first failure of a series is logged with its reason, and
+the waits between attempts grow from 0.2 s to 5 s.  A connection works
+once it has lasted a second (L{StreamConnector.SHORT_LINK}): only then is
+it announced ("on port N", and "left port N" when it goes) and a series of
+failures ended.  One the peer ends sooner (a peer that accepts and closes
+at once) is such a failure: logged once, however often it happens, with
+how long it lasted, and counted; when a connection finally works, how
+many failures the series had is logged.  Its port is the guest's from the
+start meanwhile: frames flow at once, only the line waits.
 
 Sending never blocks: past 2 MB queued for a guest, frames to it are
 dropped and counted until it has drained.
@@ -83,6 +91,7 @@ class QemuConnector(StreamConnector):
     """
 
     protocol = QemuStreamLink
+    upMeansWorking = False  # a peer accepting says nothing: a link must last
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:

@@ -13,7 +13,13 @@ errno, the others counted.  Waits grow from 0.2 s to L{MAX_RETRY_DELAY}.
 A peer may also accept and close at once (a program that is not what the
 spec expects, a QEMU refusing a second client): a link that lasted less
 than L{StreamConnector.SHORT_LINK} seconds counts as a failed attempt, so
-the waits grow too.
+the waits grow too.  For a port type whose links are plugged in without a
+word from the peer (C{qemu:connect:}), a link I{works} once it has lasted
+that long: only then is it announced ("on port N", and "left port N" when
+it goes) and the series of failures ended; one that the peer ends sooner
+is a failure of the series, logged once however often it happens.  A
+cable's link works once the far switch's hello has come, as it is plugged
+in.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import DeferredList
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
@@ -30,6 +37,8 @@ from vtwisted.ports.streamfailures import (
     MAX_RETRY_DELAY,
     QuietClientService,
     ReportingEndpoint,
+    endedTooSoon,
+    peerHost,
 )
 from vtwisted.ports.streamlinks import StreamLink, StreamPorts
 
@@ -48,6 +57,8 @@ class StreamConnector(StreamPorts):
     ) -> None:
         super().__init__(switch, reactor, options, spec)
         self.endpoint = endpoint
+        #: Links on trial (see L{upMeansWorking}): the call that ends it.
+        self._trials: dict[StreamLink, Any] = {}
         self.client = QuietClientService(
             ReportingEndpoint(endpoint, self.failures),
             self.factory,
@@ -60,7 +71,10 @@ class StreamConnector(StreamPorts):
     _backoff = staticmethod(backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY))
     #: A link plugged in for less than this many seconds counts as a failed
     #: attempt: a peer that accepts and closes at once is retried with a
-    #: growing delay, not about once a second for ever.
+    #: growing delay, not about once a second for ever.  Unless being
+    #: plugged in says a link works (L{upMeansWorking}), one that lasts
+    #: this long has worked: it is announced then, and one that the peer
+    #: ends sooner is a failure, noted once per series.
     SHORT_LINK = 1.0
     #: Connections in a row that did not count as made: links shorter than
     #: L{SHORT_LINK}, or (cables) connections lost before the far hello.
@@ -77,15 +91,30 @@ class StreamConnector(StreamPorts):
     def linkUp(self, link: StreamLink) -> None:
         link.upAt = self.reactor.seconds()
         super().linkUp(link)
+        if link in self.links and not self.upMeansWorking and self.SHORT_LINK:
+            self._trials[link] = self.reactor.callLater(self.SHORT_LINK, self._lasted, link)
+
+    def _lasted(self, link: StreamLink) -> None:
+        del self._trials[link]
+        self.linkWorks(link)
 
     def handshakeFailed(self, link: StreamLink, problem: str) -> None:
         self.unready += 1  # tried again with a growing delay
         super().handshakeFailed(link, problem)
 
+    def peerEnded(self, link: StreamLink, reason: Failure | None) -> None:
+        if link in self._trials:
+            problem = endedTooSoon(reason, self.reactor.seconds() - link.upAt, self.SHORT_LINK)
+            self.failures.note(problem, link.description,
+                               f"{peerHost(link.transport, link.description)}: ended too soon")
+
     def linkDown(self, link: StreamLink) -> None:
         if link in self.links:
             lasted = self.reactor.seconds() - link.upAt >= self.SHORT_LINK
             self.unready = 0 if lasted else self.unready + 1
+            trial = self._trials.pop(link, None)
+            if trial is not None and trial.active():
+                trial.cancel()
         super().linkDown(link)
 
     def startService(self) -> None:

@@ -170,6 +170,19 @@ def connectErrorText(error: Any) -> str:
     return str(error)
 
 
+def endedTooSoon(reason: Failure | None, lasted: float, needed: float) -> str:
+    """
+    Why a connection the peer accepted does not count as working: it ended
+    after C{lasted} seconds, before the C{needed} ones.
+    """
+    if reason is None or reason.check(ConnectionDone):
+        what = "the peer closed the connection"
+    else:
+        what = f"the connection was lost ({reason.getErrorMessage()})"
+    return (f"{what} {lasted:.1f} s after accepting it (a link works once it lasts "
+            f"{needed:g} s); retrying every {MAX_RETRY_DELAY:g} s at most")
+
+
 def whyLost(reason: Failure | None, before: str = "the TLS handshake finished") -> str:
     """
     Why a connection went before it was plugged in (C{before} says when):

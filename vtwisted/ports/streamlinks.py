@@ -222,6 +222,7 @@ class StreamLink(Int32StringReceiver):
             self.owner.handshakeFailed(self, whyLost(reason))
         if self.port is not None and self in self.owner.links:  # the peer ended it
             self._noteTruncated()
+            self.owner.peerEnded(self, reason)
         self.owner.linkDown(self)
 
     def _noteTruncated(self) -> None:
@@ -353,8 +354,10 @@ class StreamPorts(Service):
     #: Whether links coming and going are logged (a subclass may log them
     #: itself, when they matter).
     announceLinks = True
-    #: Whether a link plugged in ends a series of failures (a subclass may
-    #: say when a link has worked itself).
+    #: Whether a link plugged in has worked (ends a series of failures and
+    #: is announced); if not, a connector's link works once it has lasted
+    #: (L{vtwisted.ports.streamconnector.StreamConnector.SHORT_LINK}), or a
+    #: subclass says when (L{linkWorks}).
     upMeansWorking = True
 
     def __init__(self, switch: Any, reactor: Any, options: PortOptions, spec: str) -> None:
@@ -364,6 +367,8 @@ class StreamPorts(Service):
         self.spec = spec
         self.links: list[StreamLink] = []
         self.connections: set[StreamLink] = set()
+        #: The links whose coming was logged (so is their going).
+        self.announced: set[StreamLink] = set()
         self.failures = FailureLog(spec)
         self.factory = Factory.forProtocol(lambda: self.protocol(self))
         self.factory.noisy = False
@@ -380,16 +385,24 @@ class StreamPorts(Service):
             link._receive = lambda port, frame: None
             link.close()
             return
-        if self.upMeansWorking:
-            self.failures.worked()
         self.options.apply(self.switch, port, self.spec)
         link.port = port
         link._receive = link.receiverFor(self.switch)
         self.links.append(link)
         self.switch.attach(port, link)
+        if self.upMeansWorking:
+            self.linkWorks(link)
+
+    def linkWorks(self, link: StreamLink) -> None:
+        """
+        A link plugged in has worked: a series of failures ends, and the
+        link is announced (if L{announceLinks}).
+        """
+        self.failures.worked()
         if self.announceLinks:
+            self.announced.add(link)
             log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
-                     number=port.number)
+                     number=link.port.number)
 
     def handshakeFailed(self, link: StreamLink, problem: str) -> None:
         """
@@ -399,6 +412,11 @@ class StreamPorts(Service):
         self.failures.note(problem, link.description,
                            f"{peerHost(link.transport, link.description)}: {problem}")
 
+    def peerEnded(self, link: StreamLink, reason: Failure | None) -> None:
+        """
+        The peer ended a link plugged in (its L{linkDown} follows).
+        """
+
     def linkDown(self, link: StreamLink) -> None:
         """
         Unplug a connection that went.
@@ -407,7 +425,8 @@ class StreamPorts(Service):
             return
         self.links.remove(link)
         self.switch.detach(link.port, link)
-        if self.announceLinks:
+        if link in self.announced:
+            self.announced.discard(link)
             log.info("{spec}: {peer} left port {number}", spec=self.spec, peer=link.description,
                      number=link.port.number)
 
