@@ -19,6 +19,7 @@ import re
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,9 @@ from taphelpers import PYTHON, console, readLine, waitForPing
 from test_vhostuser import NIC, switchWithNamespace, vhostArgs
 
 pytestmark = pytest.mark.integration
+
+#: The guests' memory, in MB (both QEMUs', and the dumps compared).
+GUEST_MEMORY = 256
 
 #: The guest: take a TCP stream on port 5000 and print its hash, then ping.
 SCRIPT = """\
@@ -100,37 +104,79 @@ class Qmp:
         self.sock.close()
 
 
+class LostPages(Exception):
+    """
+    QEMU's migration itself lost guest memory: the target's copy differs
+    from the stopped source's before the target ran at all.
+    """
+
+
+def differingPages(source: Path, target: Path, chunk: int = 1 << 20) -> list[int]:
+    """
+    The 4 KB pages in which two memory dumps differ.
+    """
+    pages: list[int] = []
+    with open(source, "rb") as a, open(target, "rb") as b:
+        offset = 0
+        while True:
+            x, y = a.read(chunk), b.read(chunk)
+            if not x and not y:
+                return pages
+            if x != y:
+                pages += [(offset + at) >> 12 for at in range(0, max(len(x), len(y)), 4096)
+                          if x[at:at + 4096] != y[at:at + 4096]]
+            offset += chunk
+
+
+def checkMemoryArrived(source: Qmp, target: Qmp, directory: Path) -> None:
+    """
+    Compare the guest memory of the stopped source with what the target
+    (started with C{-S}, so still paused) received, before it runs.
+
+    @raise LostPages: they differ.
+    """
+    while target.execute("query-status").get("status") == "inmigrate":
+        time.sleep(0.1)
+    dumps = directory / "source.mem", directory / "target.mem"
+    try:
+        for qmp, dump in zip((source, target), dumps):
+            qmp.execute("pmemsave", val=0, size=GUEST_MEMORY << 20, filename=str(dump))
+        lost = differingPages(*dumps)
+    finally:
+        for dump in dumps:
+            dump.unlink(missing_ok=True)
+    if lost:
+        raise LostPages(f"{len(lost)} pages of guest memory differ after the migration, "
+                        f"before the target ran: {', '.join(map(hex, lost[:10]))}")
+
+
 @pytest.mark.parametrize("kind", ["split", "packed", "stream"])
 def test_aGuestMigratesWhileDataStreamsIntoIt(vswitch, processes, namespaces,
                                               shortdir, kind: str) -> None:
     """
-    L{_migrate}, once more (from scratch) if the guest's kernel panicked:
-    under TCG a migrated guest's kernel now and then crashes on arrival
-    (a corrupted run queue in the interrupt QEMU raises to announce it),
-    seen with QEMU's own stream backend too, where the switch never
-    touches the guest's memory.  A second failure fails the test.
-
-    With packed rings, up to three times whatever failed: on the
-    development machine about one run in three failed, with the code of
-    this session and of the one before alike (the stream stalled after
-    the migration, or the target QEMU's link was gone); see README, Not
-    yet.  Three failures in a row fail the test.
+    L{_migrate}, again from scratch (three attempts at most) only when
+    QEMU's migration itself lost guest memory, which L{_migrate} checks
+    before the migrated guest runs: QEMU 7.2 under TCG, with the guest's
+    RAM in shared memory (as vhost-user needs), now and then misses guest
+    writes when the host is loaded (shown with QEMU alone, no switch and
+    no vhost-user; README, Not yet), in the passes after its first, which
+    L{_migrate} avoids.  Any other failure fails at once.
     """
     need("qemu-system-x86_64")
-    attempts = 3 if kind == "packed" else 2
-    failures: list[str] = []
+    attempts = 3
+    lost: list[str] = []
     for attempt in range(1, attempts + 1):
         directory = shortdir / str(attempt)
         directory.mkdir()
         try:
             _migrate(vswitch, processes, namespaces, directory, kind)
             return
-        except AssertionError as e:
-            failures.append(str(e))
-            if kind != "packed" and "Kernel panic" not in str(e):
-                raise
+        except LostPages as e:
+            lost.append(str(e))
+            warnings.warn(f"attempt {attempt}: {e}; migrating again", stacklevel=1)
             processes.stopAll()
-    raise AssertionError(f"{attempts} attempts failed:\n" + "\n---\n".join(failures))
+    raise AssertionError(f"QEMU lost guest memory in all {attempts} migrations:\n"
+                         + "\n".join(lost))
 
 
 def _migrate(vswitch, processes, namespaces, shortdir, kind: str) -> None:
@@ -141,7 +187,12 @@ def _migrate(vswitch, processes, namespaces, shortdir, kind: str) -> None:
     namespace, and its address moved to that port at once.  Through
     vhost-user with split rings, and with packed ones (C{packed=on} on the
     port and on both QEMUs' NICs); and through QEMU's own stream transport
-    (a C{qemu:} port), where QEMU sends the announcing RARPs itself.
+    (a C{qemu:} port), where QEMU sends the announcing RARPs itself.  The
+    migration runs at 64 MB/s with a downtime limit of 2 s, so it is one
+    live pass of about 4 s (while the switch writes into the guest and
+    logs it) and then the rest with the guest stopped; the target waits
+    (C{-S}) until its memory is checked against the source's
+    (L{checkMemoryArrived}).
     """
     packed = kind == "packed"
     spec = {"split": "vhostuser:unix:{path}", "packed": "vhostuser:unix:{path}:packed=on",
@@ -149,17 +200,21 @@ def _migrate(vswitch, processes, namespaces, shortdir, kind: str) -> None:
     nic = NIC + (",packed=on" if packed else "")
     sw, ns, mgmt, path = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.14.1/24",
                                              spec=spec)
-    netdev, extra = vhostArgs(path)
+    netdev, extra = vhostArgs(path, memory=GUEST_MEMORY)
     if kind == "stream":
         netdev = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={path}"]
-    qmpPath, incoming = shortdir / "qmp.sock", shortdir / "migration.sock"
+    qmpPath, targetQmp = shortdir / "qmp.sock", shortdir / "target-qmp.sock"
+    incoming = shortdir / "migration.sock"
     mac = "52:54:00:76:75:14"
     source = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "from",
-                        nic=nic, extraArgs=[*extra, "-qmp", f"unix:{qmpPath},server=on,wait=off"])
+                        nic=nic, memory=GUEST_MEMORY,
+                        extraArgs=[*extra, "-qmp", f"unix:{qmpPath},server=on,wait=off"])
     waitFor(lambda: source.sawLine("VTW-LISTENING"), timeout=60, what="the guest's listener")
     waitForPing(ns, "10.211.14.2", timeout=20)
     target = startGuest(processes, netdev, SCRIPT, mac, directory=shortdir / "to", nic=nic,
-                        extraArgs=[*extra, "-incoming", f"unix:{incoming}"])
+                        memory=GUEST_MEMORY,
+                        extraArgs=[*extra, "-S", "-incoming", f"unix:{incoming}",
+                                   "-qmp", f"unix:{targetQmp},server=on,wait=off"])
     waitFor(lambda: console(mgmt, "port/allprint").count("qemu-system") == 2 and
             incoming.exists(), timeout=30, what="the second QEMU waiting for the guest")
     sender = processes.start(execIn(ns, PYTHON, "-c", SENDER, "10.211.14.2", "192"),
@@ -169,12 +224,20 @@ def _migrate(vswitch, processes, namespaces, shortdir, kind: str) -> None:
     shown = console(mgmt, "port/allprint")
     assert ("packed rings" in shown) == packed, shown
     qmp = Qmp(qmpPath)
+    # one pass of about 4 s while the switch writes, then the rest with the
+    # guest stopped: QEMU's later passes are where it lost guest writes
+    qmp.execute("migrate-set-parameters", **{"downtime-limit": 2000,
+                                             "max-bandwidth": 64 << 20})
     qmp.execute("migrate", uri=f"unix:{incoming}")
     deadline = time.monotonic() + 90
     while (status := qmp.execute("query-migrate").get("status")) not in ("completed", "failed"):
         assert time.monotonic() < deadline, f"migration still {status}"
         time.sleep(0.2)
     assert status == "completed", source.diagnostics() + target.diagnostics() + sw.logText()
+    resumed = Qmp(targetQmp)
+    checkMemoryArrived(qmp, resumed, shortdir)
+    resumed.execute("cont")
+    resumed.close()
     try:
         moved = f"to port: {portOf(mgmt, target.process.pid):03d}"
     except AssertionError as e:  # the target's link went: say what the switch saw
