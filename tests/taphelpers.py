@@ -334,6 +334,15 @@ def checksumErrors(namespace: str) -> dict[str, int]:
     return found
 
 
+def assertNoChecksumErrors(*namespaces: str) -> None:
+    """
+    Fail if the kernel of any of C{namespaces} counted a header or checksum
+    error (L{checksumErrors}).
+    """
+    for namespace in namespaces:
+        errors = checksumErrors(namespace)
+        assert not any(errors.values()), (namespace, errors)
+
 def iperf3(processes: Processes, client: str, server: str, address: str,
            *options: str) -> dict:
     """
