@@ -68,8 +68,6 @@ class ReadErrors:
         return f", {self.count} read errors" if self.count else ""
 
 
-
-
 class PlainDatagramLink:
     """
     What the links of datagram port types share: plain frames only, send
@@ -196,17 +194,7 @@ class KeepReading:
         """
 
     def where(self) -> str:
-        """
-        C{"UDP 127.0.0.1:5555"} or the Unix path: the socket, for messages.
-        """
-        try:
-            name = self.socket.getsockname()
-        except OSError:
-            return "its socket"
-        if isinstance(name, tuple):
-            host, number = name[:2]
-            return f"UDP [{host}]:{number}" if ":" in host else f"UDP {host}:{number}"
-        return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+        return socketName(self.socket, "its socket")
 
 
 class _UdpPort(KeepReading, udp.Port):
@@ -258,3 +246,18 @@ def listenUNIXDatagram(reactor: Any, path: str, protocol: Any, maxPacketSize: in
 def _started(port: Any) -> Any:
     port.startListening()
     return port
+
+
+def socketName(sock: Any, otherwise: str) -> str:
+    """
+    C{"UDP 127.0.0.1:5555"}, C{"UDP [::1]:5555"} or the Unix path: a
+    datagram socket, for messages (C{otherwise} if it has no name now).
+    """
+    try:
+        name = sock.getsockname()
+    except OSError:
+        return otherwise
+    if isinstance(name, tuple):
+        host, number = name[:2]
+        return f"UDP [{host}]:{number}" if ":" in host else f"UDP {host}:{number}"
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)

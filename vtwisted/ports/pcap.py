@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.pcapbuffer import BUFFER, RecordBuffer, droppedNote
+from vtwisted.ports.pcapbuffer import BUFFER, CaptureLink, RecordBuffer, droppedNote
 from vtwisted.ports.pcapfifo import FifoLink
 from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.spec import PortSpec
@@ -51,7 +51,7 @@ UNLIMITED = 1 << 62
 
 
 @implementer(ILink)
-class PcapLink:
+class PcapLink(CaptureLink):
     """
     The capture file, as the link of a monitor port.
 
@@ -203,23 +203,6 @@ class PcapLink:
         self._closeFile()
         log.info("{spec}: {n} frames written to {path}{lost}", spec=self.service.spec,
                  n=self.frames, path=self.service.path, lost=droppedNote(self.lost))
-
-    def plug(self, switch: Any, port: Any) -> None:
-        """
-        Attach to C{port} as a monitor.
-        """
-        self.port = port
-        switch.attach(port, self)
-        switch.setMonitor(port, True)
-
-    def sendVnetPacket(self, packet: bytes) -> None:
-        raise NotImplementedError("a capture port takes plain frames")
-
-    def close(self) -> None:
-        """
-        Unplug from the switch (the file stays open until the service stops).
-        """
-        self.service.unplug()
 
 
 @implementer(IPortService)

@@ -15,10 +15,47 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from typing import Any
 
 #: How many bytes of records wait before they are written to a file, and
 #: at most for a FIFO's reader.
 BUFFER = 1 << 20
+
+
+class CaptureLink:
+    """
+    What the links of the two kinds of capture port (a file, a FIFO) share:
+    plugged in as a monitor of their port, plain frames only, unplugged by
+    their service.
+    """
+
+    service: Any
+    port: Any = None
+
+    def monitoring(self) -> bool:
+        """
+        Whether the port should see every frame now.
+        """
+        return True
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}, as a monitor if L{monitoring}.
+        """
+        self.port = port
+        switch.attach(port, self)
+        if self.monitoring():
+            switch.setMonitor(port, True)
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        raise NotImplementedError("a capture port takes plain frames")
+
+    def close(self) -> None:
+        """
+        Unplug from the switch (the file or FIFO stays open until the
+        service stops).
+        """
+        self.service.unplug()
 
 
 def droppedNote(lost: int) -> str:

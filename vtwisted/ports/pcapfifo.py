@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink
-from vtwisted.ports.pcapbuffer import BUFFER, RecordBuffer, droppedNote
+from vtwisted.ports.pcapbuffer import BUFFER, CaptureLink, RecordBuffer, droppedNote
 from vtwisted.wire import pcap
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ log = Logger()
 
 
 @implementer(ILink)
-class FifoLink:
+class FifoLink(CaptureLink):
     """
     A FIFO read live, as the link of a monitor port.
 
@@ -272,23 +272,11 @@ class FifoLink:
                  readers="1 reader" if self.readers == 1 else f"{self.readers} readers",
                  lost=droppedNote(self.lost))
 
-    def plug(self, switch: Any, port: Any) -> None:
+    def monitoring(self) -> bool:
         """
-        Attach to C{port}, monitoring while a reader has the FIFO open.
+        Whether a reader has the FIFO open (only then does the port monitor).
         """
-        self.port = port
-        switch.attach(port, self)
-        if self.out is not None:
-            switch.setMonitor(port, True)
-
-    def sendVnetPacket(self, packet: bytes) -> None:
-        raise NotImplementedError("a capture port takes plain frames")
-
-    def close(self) -> None:
-        """
-        Unplug from the switch (the FIFO stays open until the service stops).
-        """
-        self.service.unplug()
+        return self.out is not None
 
 
 @implementer(IReadDescriptor, IWriteDescriptor)

@@ -170,9 +170,7 @@ class StreamLink(Int32StringReceiver):
     def _tooLate(self) -> None:
         self._deadline = None
         self.notReadyInTime()
-        transport: Any = self.transport
-        transport.unregisterProducer()
-        transport.abortConnection()  # a TLS close would wait for the handshake
+        self._abort()
 
     def notReadyInTime(self) -> None:
         """
@@ -301,6 +299,13 @@ class StreamLink(Int32StringReceiver):
         """
         self._handshaking = False
         self.stopDeadline()
+        self._abort()
+
+    def _abort(self) -> None:
+        """
+        Drop the connection at once (a TLS close would wait for the
+        handshake).
+        """
         transport: Any = self.transport
         transport.unregisterProducer()
         transport.abortConnection()

@@ -35,9 +35,8 @@ from typing import Any
 
 from twisted.internet import udp
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
 
-from vtwisted.ports.datagrams import READ_LATER, ReadErrors
+from vtwisted.ports.datagrams import READ_LATER, ReadErrors, socketName
 from vtwisted.ports.vxlanconfig import (
     VxlanConfig,
     bindHint,
@@ -49,8 +48,6 @@ from vtwisted.ports.vxlanconfig import (
 )
 from vtwisted.sockettools import listenError
 from vtwisted.wire import vxlan
-
-log = Logger()
 
 #: The largest datagram read: a 64 KB frame and its header.
 MAX_DATAGRAM = 65536 + vxlan.HEADER_LENGTH
@@ -275,14 +272,7 @@ class BatchPort(udp.Port):
             protocol.readBatchEnded()
 
     def _where(self) -> str:
-        """
-        C{"UDP 0.0.0.0:4789"}: the socket's address, for messages.
-        """
-        try:
-            host, number = self.socket.getsockname()[:2]
-        except OSError:
-            return f"UDP port {self.port}"
-        return f"UDP [{host}]:{number}" if ":" in host else f"UDP {host}:{number}"
+        return socketName(self.socket, f"UDP port {self.port}")
 
 
 def _groSize(ancillary: list[tuple[int, int, bytes]]) -> int:
