@@ -461,7 +461,10 @@ class Switch(PortTable):
         for out in targets:
             if out is port:
                 continue
-            wantTagged = tagged if vlan is None else out.untaggedVlan is not vlan
+            # a priority tag (VID 0) leaves a vlan=all port as it came, PCP kept
+            wantTagged = tagged if vlan is None else (
+                out.untaggedVlan is not vlan or (tagged and out.transparent and not vlan.vid)
+            )
             if not isVnet and wantTagged == tagged:
                 n = len(data)
                 if n > out.maxFrame:

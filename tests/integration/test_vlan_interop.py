@@ -121,6 +121,16 @@ def test_transparentDirectoriesPassAnyTagUntouched(vlans) -> None:
     assert vlans.plugs["x"].receive() == back
 
 
+def test_transparentDirectoriesKeepPriorityTags(vlans) -> None:
+    """A priority tag (VID 0, PCP 6) crosses between vlan=all clients byte for byte; the
+    trunk client, whose untagged VLAN is 0, gets the frame untagged."""
+    f = marked("priority six", mac(7), vid=0, pcp=6)
+    vlans.plugs["x"].send(f)
+    assert vlans.plugs["y"].receive() == f
+    assert vlans.plugs["t"].receive() == removeTag(f)
+    vlans.quiet("a", "b")
+
+
 def test_untaggedTrafficOfTransparentClientsStaysInVlanZero(vlans) -> None:
     """An untagged frame from a vlan=all client is VLAN 0: the other vlan=all client only."""
     f = marked("untagged from x", mac(6))

@@ -112,6 +112,8 @@ class Model:
                 continue
             if members[i]:
                 out[i] = wire if s.vid is not None else tagged(plain, vid)
+            elif s.vid == 0 and self.configs[i].transparent:
+                out[i] = wire  # a priority tag leaves a vlan=all port as it came
             else:
                 out[i] = plain
         return vid, out
@@ -162,7 +164,9 @@ def test_framesNeverLeakAcrossVlans(configs: list[PortConfig], frames: list[Sent
                 member = vid is not None and (c.untagged == vid or vid in c.tagged
                                               or c.transparent)
                 assert member, f"port {i} is not in VLAN {vid} but got {g.hex()}"
-                assert vlanwire.isTagged(g) == (c.untagged != vid), "tagged iff tagged member"
+                keepsPriority = s.vid == 0 and c.transparent
+                assert vlanwire.isTagged(g) == (c.untagged != vid or keepsPriority), \
+                    "tagged iff tagged member, or a priority tag on a vlan=all port"
                 inner = g[16:] if vlanwire.isTagged(g) else g[12:]
                 assert g[:12] == s.dst + s.src and inner[2:] == s.payload, "payload unchanged"
                 if vlanwire.isTagged(g):

@@ -5,6 +5,7 @@ ports and trunks of 802.1Q VLANs in the forwarding core.
 
 from __future__ import annotations
 
+import pytest
 from vlanports import BROADCAST, port, tagged
 from vnetpackets import MAC_A, MAC_B, checkSegments, kernelPacket, randomPayload
 
@@ -91,14 +92,19 @@ def test_taggedSuperFrameFromTrunkReachesAccessPortUntagged() -> None:
     checkSegments(built, plainAccess.sent)
 
 
-def test_taggedSuperFramePassesWholeBetweenTransparentOffloadPorts() -> None:
-    """A super-frame tagged 77 crosses vlan=all offload ports as it came."""
+@pytest.mark.parametrize("vid", [77, 0])
+def test_taggedSuperFramePassesWholeBetweenTransparentOffloadPorts(vid: int) -> None:
+    """A super-frame tagged 77, or priority-tagged (VID 0), crosses vlan=all offload
+    ports as it came; an ordinary offload port in VLAN 0 gets the priority-tagged one
+    untagged."""
     switch = Switch()
     x = port(switch, transparent=True, vnetHeader=True)
     y = port(switch, transparent=True, vnetHeader=True)
-    built = superFrame(vid=77)
+    ordinary = port(switch, vnetHeader=True)
+    built = superFrame(vid=vid)
     x.receivePacket(built.packet)
     assert y.sentPackets == [built.packet]
+    assert ordinary.sentPackets == ([superFrame().packet] if vid == 0 else [])
 
 
 def test_malformedHeaderIsDroppedAndOthersKeepWorking() -> None:

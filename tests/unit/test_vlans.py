@@ -300,6 +300,22 @@ def test_transparentPortsGetConfiguredVlansTagged() -> None:
     assert x.sent == [f] and y.sent == [f] and plainPort.sent == []
 
 
+def test_transparentPortsKeepPriorityTags() -> None:
+    """A priority tag (VID 0, PCP 6) crosses between vlan=all ports byte for byte; the
+    ordinary VLAN-0 port gets the frame untagged, as from vde_switch."""
+    switch, x, y, plainPort, trunk = transparentSwitch()
+    f = frame(BROADCAST, mac(6), b"voice".ljust(46, b"."), vid=0, pcp=6)
+    x.receive(f)
+    assert y.sent == [f]
+    assert plainPort.sent == [untagged(f)] and trunk.sent == [untagged(f)]
+    plainPort.receive(frame(mac(6), mac(7)))
+    reply = frame(mac(7), mac(6), vid=0, pcp=5)
+    x.receive(reply)
+    assert plainPort.sent[-1] == untagged(reply), "known destination: one port, untagged"
+    y.receive(frame(mac(6), mac(8), vid=0, pcp=4))
+    assert x.sent[-1] == frame(mac(6), mac(8), vid=0, pcp=4), "and to a learned vlan=all port"
+
+
 def test_vidOnlyTransparentPortsKnowIsRefusedElsewhere() -> None:
     """Once VID 77 exists because of a vlan=all port, a trunk may still not send into it."""
     switch, x, y, plainPort, trunk = transparentSwitch()
