@@ -50,7 +50,7 @@ class PortTable:
         Find or create the port a new link should join; see L{ISwitch}.
         """
         if number is None:
-            return self._anonymousPort()
+            return self._anonymousPort(uid)
         if not 0 <= number < self.numPorts:
             raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
         port = self.ports.get(number)
@@ -61,12 +61,12 @@ class PortTable:
         port.checkAccess(uid)
         return port
 
-    def _anonymousPort(self) -> SwitchPort:
+    def _anonymousPort(self, uid: int | None) -> SwitchPort:
         for number in range(1, self.numPorts):
             port = self.ports.get(number)
             if port is None:
                 return self._createPort(number, allocatable=True)
-            if not port.links and port.allocatable and port.user is None and port.group is None:
+            if not port.links and port.allocatable and _mayTake(port, uid):
                 return port
         raise errors.SwitchError(28, f"all {self.numPorts - 1} ports are in use")
 
@@ -121,3 +121,24 @@ class PortTable:
         if any(number >= numPorts for number in self.ports):
             raise errors.busy(f"a port numbered {numPorts} or more exists")
         self.numPorts = numPorts
+
+
+def _mayTake(port: SwitchPort, uid: int | None) -> bool:
+    """
+    Whether an anonymous request from user C{uid} may get the inactive
+    C{port}: any user if the port has no access control; else, as with
+    vde_switch, a user it lets in (its C{port/setuser} user, a member of its
+    group, root), so that a user's client gets the port set up for that
+    user.  A port that would refuse the user is passed over (vde_switch
+    refuses the request instead), and so is every restricted port for the
+    switch's own links (C{uid} None).
+    """
+    if port.user is None and port.group is None:
+        return True
+    if uid is None:
+        return False
+    try:
+        port.checkAccess(uid)
+    except errors.SwitchError:
+        return False
+    return True

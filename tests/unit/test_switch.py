@@ -192,6 +192,21 @@ def test_anonymousClientsGetLowestFreePortFromOne() -> None:
     assert plug(switch, FakeLink(), 0).number == 0
 
 
+def test_anonymousClientGetsThePortReservedForItsUser() -> None:
+    """
+    An inactive port with port/setuser goes to that user's anonymous client
+    (and root's), as in vde_switch; other users and the switch's own links
+    get the next free port instead of being refused.
+    """
+    switch = Switch(numPorts=4)
+    reserved = switch.allocatePort(1)
+    reserved.user = 1000
+    assert switch.allocatePort(None, 1001).number == 2
+    assert switch.allocatePort(None, None).number == 2
+    assert switch.allocatePort(None, 1000) is reserved
+    assert switch.allocatePort(None, 0) is reserved
+
+
 def test_inactivePortIsReusedWithItsConfiguration() -> None:
     """A port left by its client keeps its VLAN for the next client that gets it."""
     switch = Switch()

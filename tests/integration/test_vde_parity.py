@@ -1,0 +1,81 @@
+"""
+What a user of Debian's VDE tools sees, compared between Debian's
+C{vde_switch} and C{twistd vswitch} started with the same options: the same
+clients run against both in each test, and what they get (ports, consoles,
+files) is compared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from helpers import StreamPlug, need, needRoot, socketListening, waitFor
+from taphelpers import console
+
+pytestmark = pytest.mark.integration
+
+NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+DAEMON = ("setpriv", "--reuid=1", "--regid=1", "--clear-groups")
+
+
+class Switch:
+    """
+    One of the two switches: its directory and console.
+    """
+
+    def __init__(self, name: str, sock: Path, mgmt: Path, process: object) -> None:
+        self.name = name
+        self.sock = sock
+        self.mgmt = mgmt
+        self.process = process
+
+    def ask(self, *commands: str) -> str:
+        return console(self.mgmt, *commands)
+
+    def dataSockets(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.sock) if re.match(r"^\d{3,}\.\d+$", n))
+
+
+@pytest.fixture
+def both(processes, vswitch, shortdir) -> Callable[..., list[Switch]]:
+    """
+    Start Debian's vde_switch and our switch with the same options (and a
+    console each); the parent directory is opened to other users.
+    """
+    need("vde_switch")
+    os.chmod(shortdir, 0o755)
+
+    def start(*args: str) -> list[Switch]:
+        sock, mgmt = shortdir / "real", shortdir / "real.mgmt"
+        real = processes.start(["vde_switch", "-s", str(sock), "-M", str(mgmt), *args],
+                               stdin=subprocess.PIPE)
+        waitFor(lambda: socketListening(mgmt), what="vde_switch console")
+        ourMgmt = shortdir / "ours.mgmt"
+        ours = vswitch("--mgmt", str(ourMgmt), *args)
+        waitFor(lambda: socketListening(ourMgmt), what="vswitch console")
+        return [Switch("vde_switch", sock, mgmt, real),
+                Switch("vswitch", ours.sock, ourMgmt, ours.process)]
+
+    return start
+
+
+def test_userGetsThePortSetUpForIt(both, processes) -> None:
+    """
+    A port given to a user with port/setuser (and a VLAN) goes to that user's
+    vde_plug when it asks for any port, on both switches.
+    """
+    needRoot()
+    need("setpriv", "vde_plug")
+    for switch in both("--mode", "0666"):
+        switch.ask("port/create 1", "port/allocatable 1 1", "port/setuser 1 nobody",
+                   "vlan/create 10", "port/setvlan 1 10")
+        StreamPlug(processes, f"vde://{switch.sock}", wrapper=NOBODY)
+        waitFor(lambda s=switch: len(s.dataSockets()) == 1, what=f"nobody on {switch.name}")
+        assert switch.dataSockets()[0].startswith("001."), switch.name
+        shown = switch.ask("port/print 1")
+        assert "untagged_vlan=0010 ACTIVE" in shown and "Current User: nobody" in shown, shown
