@@ -12,13 +12,19 @@ L{buildService} is the same construction for C{.tac} files and tests.
 
 Management (C{--mgmt}, C{--rcfile}, C{--manhole}) is added after the port
 specs, so the rc file runs once every port service has started.
+
+C{SIGHUP} is ignored (logged once), as by Debian's C{vde_switch}: left to
+its default it killed the switch on the spot, without removing its socket
+files or closing its clients.  C{SIGTERM} and C{SIGINT} stop it cleanly.
 """
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.logger import Logger
 from twisted.python import usage
 
 from vtwisted.consoleservice import DEFAULT_MODE, addManagement, defaultRcFile, groupId
@@ -28,6 +34,8 @@ from vtwisted.porttype import portTypes
 from vtwisted.service import SwitchService
 from vtwisted.spec import PortSpec, SpecError, escape
 from vtwisted.switch import DEFAULT_NUMPORTS, Switch
+
+log = Logger()
 
 
 def _defaultSockSpec() -> str:
@@ -305,4 +313,24 @@ def makeService(options: Options) -> SwitchService:
     if runner.get("nodaemon", True):
         service.exitOnFailure = True
         service.pidFile = runner.get("pidfile")
+    ignoreHangups(reactor)
     return service
+
+
+def ignoreHangups(reactor: Any) -> None:
+    """
+    Ignore C{SIGHUP} as Debian's C{vde_switch} does, logging the first one,
+    unless something already handles or ignores it (C{nohup}).
+    """
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL:
+        return
+    told: list[bool] = []
+
+    def hangup(number: int, frame: Any) -> None:
+        if not told:
+            told.append(True)
+            reactor.callFromThread(
+                log.info, "SIGHUP ignored, as by vde_switch; SIGTERM stops the switch"
+            )
+
+    signal.signal(signal.SIGHUP, hangup)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,3 +81,24 @@ def test_userGetsThePortSetUpForIt(both, processes) -> None:
         assert switch.dataSockets()[0].startswith("001."), switch.name
         shown = switch.ask("port/print 1")
         assert "untagged_vlan=0010 ACTIVE" in shown and "Current User: nobody" in shown, shown
+
+
+def test_hangupLeavesTheSwitchRunning(both, processes) -> None:
+    """
+    SIGHUP neither stops the switch nor disconnects its clients, as with
+    Debian's vde_switch; SIGTERM then removes every file.
+    """
+    need("vde_plug")
+    switches = both()
+    for switch in switches:
+        StreamPlug(processes, f"vde://{switch.sock}")
+        waitFor(lambda s=switch: len(s.dataSockets()) == 1, what=f"client on {switch.name}")
+    for switch in switches:
+        switch.process.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    for switch in switches:
+        assert switch.process.poll() is None, f"{switch.name} stopped on SIGHUP"
+        assert "ACTIVE" in switch.ask("port/print 1"), switch.name
+    for switch in switches:
+        processes.stop(switch.process)
+        assert not switch.sock.exists(), (switch.name, os.listdir(switch.sock))
