@@ -102,3 +102,49 @@ def test_hangupLeavesTheSwitchRunning(both, processes) -> None:
     for switch in switches:
         processes.stop(switch.process)
         assert not switch.sock.exists(), (switch.name, os.listdir(switch.sock))
+
+
+FORGER = """
+import socket, sys
+from vtwisted.wire import vdecontrol
+ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+ctl.connect(sys.argv[1])
+ctl.sendall(vdecontrol.packRequest(sys.argv[2].encode(), None, "forged"))
+ctl.settimeout(5)
+print(len(ctl.recv(200)))
+"""
+
+
+def test_clientMayNotNameAnotherUsersSocket(vswitch, processes, shortdir) -> None:
+    """
+    A client that names a socket it does not own (root's, such as the
+    system log's) gets no port, and that socket no frame; its own vde_plug
+    works.  (vde_switch, as root, would send the LAN's frames there.)
+    """
+    import socket
+    import sys
+
+    from helpers import sourceEnv
+
+    from vtwisted.testing import frame, mac
+
+    needRoot()
+    need("setpriv", "vde_plug")
+    os.chmod(shortdir, 0o755)
+    sw = vswitch("--mode", "0666")
+    victim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    victim.bind(str(shortdir / "victim"))
+    victim.setblocking(False)
+    forged = subprocess.run([*NOBODY, sys.executable, "-c", FORGER, str(sw.ctl),
+                             str(shortdir / "victim")],
+                            capture_output=True, text=True, timeout=30, env=sourceEnv())
+    assert forged.stdout.strip() == "0", forged.stdout + forged.stderr
+    own = StreamPlug(processes, f"vde://{sw.sock}", wrapper=NOBODY)
+    root = StreamPlug(processes, f"vde://{sw.sock}")
+    waitFor(lambda: len(os.listdir(sw.sock)) == 3, what="both clients")
+    hello = frame(b"\xff" * 6, mac(7))
+    root.send(hello)
+    assert own.receive() == hello
+    with pytest.raises(BlockingIOError):
+        victim.recv(2000)
+    assert "belongs to uid 0, not to the client (uid 65534" in sw.logText()

@@ -47,7 +47,12 @@ from vtwisted import errors
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.vdelink import VdeDataLink
-from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError
+from vtwisted.sockettools import (
+    claimSocketPath,
+    growSendBuffer,
+    listenError,
+    peerCredentials,
+)
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vdecontrol
 
@@ -298,7 +303,7 @@ class VdeSwitchDirectory(Service):
         @raise _Rejected: the client cannot be served.
         """
         path = os.fsdecode(request.path)
-        uid = self._checkClientSocket(path)
+        uid = self._checkClientSocket(path, control)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -349,7 +354,16 @@ class VdeSwitchDirectory(Service):
                     "no port: the port asked for is in use by another port type",
                 )
 
-    def _checkClientSocket(self, path: str) -> int:
+    def _checkClientSocket(self, path: str, control: VdeControlProtocol) -> int:
+        """
+        Check the socket a client named: a socket it may use, and its own
+        unless it is root, so that no client points the switch (root, often)
+        at another user's socket, such as the system log's, to deliver the
+        LAN's frames there.
+
+        @return: its owner, the endpoint's user.
+        @raise _Rejected: the client may not have it.
+        """
         try:
             st = os.stat(path)
         except OSError as e:
@@ -360,6 +374,14 @@ class VdeSwitchDirectory(Service):
         if not stat.S_ISSOCK(st.st_mode):
             raise _Rejected(f"client path {path} is not a socket",
                             "client path is not a socket")
+        getHandle = getattr(control.transport, "getHandle", None)
+        peer = peerCredentials(getHandle()) if getHandle is not None else None
+        if peer is not None and peer[1] not in (0, st.st_uid):
+            raise _Rejected(
+                f"client socket {path} belongs to uid {st.st_uid}, not to the client "
+                f"(uid {peer[1]}, pid {peer[0]})",
+                "client socket belongs to another user",
+            )
         if not os.access(path, os.R_OK | os.W_OK):
             raise _Rejected(f"client socket {path}: permission denied",
                             "client socket: permission denied")
