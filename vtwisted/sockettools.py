@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import stat
 import struct
@@ -53,6 +54,42 @@ def claimSocketPath(path: str, label: str, owner: str, kind: int = socket.SOCK_S
         )
     finally:
         probe.close()
+
+
+def removeStaleDatagramSockets(directory: str, names: re.Pattern[str]) -> list[str]:
+    """
+    Remove the datagram sockets in C{directory} whose names match C{names}
+    and that nothing holds any more (connecting is refused): what a process
+    killed before it could clean up left behind.  A socket still held (by a
+    process that lost its directory's other files) stays.
+
+    @return: the names removed.
+    """
+    removed: list[str] = []
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in sorted(entries):
+        path = os.path.join(directory, name)
+        try:
+            if not (names.match(name) and stat.S_ISSOCK(os.lstat(path).st_mode)):
+                continue
+        except OSError:
+            continue
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            probe.connect(path)
+        except OSError as e:
+            if e.errno == errno.ECONNREFUSED:
+                try:
+                    os.unlink(path)
+                    removed.append(name)
+                except OSError:
+                    pass
+        finally:
+            probe.close()
+    return removed
 
 
 def growSendBuffer(sock: socket.socket, size: int) -> None:

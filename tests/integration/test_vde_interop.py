@@ -333,3 +333,22 @@ def test_clientJoiningASharedPortKeepsItsConsoleSettings(vswitch, processes, sho
     assert "untagged_vlan=0020 ACTIVE" in console(mgmt, "port/print 5")
     assert "impairment: delay 30 ms" in console(mgmt, "port/stats 5")
     assert first.process.poll() is None and second.process.poll() is None
+
+
+def test_socketsOfAKilledSwitchGoAtTheNextStop(vswitch, processes) -> None:
+    """
+    A switch killed (SIGKILL) with clients leaves their data sockets; the
+    next switch on the directory removes them at start, so that its stop
+    leaves nothing (vde_switch leaves them, and the directory, for ever).
+    """
+    sw = vswitch()
+    plugs(processes, sw, 2)
+    left = dataSockets(sw.sock)
+    sw.process.kill()
+    sw.process.wait(10)
+    assert dataSockets(sw.sock) == left
+    again = vswitch(sock=sw.sock)
+    assert dataSockets(sw.sock) == []
+    assert f"removed 2 data sockets a switch left in {sw.sock}" in again.logText()
+    processes.stop(again.process)
+    assert not sw.sock.exists()

@@ -100,3 +100,32 @@ def test_listenErrorsSayTheReasonAndErrnoOnce() -> None:
         made = listenError("qemu:tcp:7", error)
         assert (made.errno, str(made.strerror)) == (
             errno.EADDRINUSE, "qemu:tcp:7: Address already in use (errno 98)")
+
+
+def test_onlyStaleDataSocketsAreRemoved(tmp_path) -> None:
+    """
+    Stale sockets named like data sockets go; a socket still held (a live
+    switch's, connected to its client), other names and other files stay.
+    """
+    import re
+    import socket
+
+    from vtwisted.sockettools import removeStaleDatagramSockets
+
+    held = []
+    for name in ("001.7", "002.9", "003.11", "notes.3"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(tmp_path / name))
+        held.append(sock)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    client.bind(str(tmp_path / "client"))
+    held[1].connect(str(tmp_path / "client"))
+    held[0].close()
+    held[2].close()
+    held[3].close()
+    (tmp_path / "004.5").write_text("not a socket")
+    removed = removeStaleDatagramSockets(str(tmp_path), re.compile(r"\d{3,}\.\d+$"))
+    assert removed == ["001.7", "003.11"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["002.9", "004.5", "client", "notes.3"]
+    held[1].close()
+    client.close()

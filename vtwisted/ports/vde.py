@@ -5,7 +5,9 @@ vde}, C{vde_plug2tap} and C{slirpvde} connect to.
 Theory of operation
 -------------------
 L{VdeSwitchDirectory} makes C{DIR}, listens on C{DIR/ctl} and removes
-everything it made when it stops.  Each accepted stream gets a
+everything it made when it stops; at start it removes the data sockets a
+switch killed there left behind (nothing holds them), so that C{DIR} goes
+at the stop.  Each accepted stream gets a
 L{VdeControlProtocol}, which waits for one request (see
 L{vtwisted.wire.vdecontrol}), checks the client's socket, connects a
 datagram socket to it I{before} replying (the client unlinks its path as soon
@@ -52,6 +54,7 @@ from vtwisted.sockettools import (
     growSendBuffer,
     listenError,
     peerCredentials,
+    removeStaleDatagramSockets,
 )
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vdecontrol
@@ -64,6 +67,8 @@ REQUEST_TIMEOUT = 10.0
 SEND_BUFFER = 2 * 1024 * 1024
 DEFAULT_MODE = 0o600
 DEFAULT_DIRMODE = 0o2700
+#: The names of the switch's data sockets in its directory (C{NNN.F}).
+DATA_SOCKET_NAME = re.compile(r"\d{3,}\.\d+$")
 
 
 def defaultDirectory() -> str:
@@ -221,6 +226,10 @@ class VdeSwitchDirectory(Service):
     def startService(self) -> None:
         self._prepareDirectory()
         claimSocketPath(self.ctlPath, self.spec, "another switch")
+        stale = removeStaleDatagramSockets(self.directory, DATA_SOCKET_NAME)
+        if stale:
+            log.info("{spec}: removed {n} data sockets a switch left in {dir} ({names})",
+                     spec=self.spec, n=len(stale), dir=self.directory, names=" ".join(stale))
         factory = Factory.forProtocol(lambda: VdeControlProtocol(self))
         try:
             self._listening = self.reactor.listenUNIX(
