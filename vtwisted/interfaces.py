@@ -10,7 +10,9 @@ switch and sends whatever the switch gives it.  Several links may share one
 port (VDE clients asking for the same port number); each gets a copy.
 
 Links come from I{port types} (L{IPortType}), plugins found with
-L{twisted.plugin.getPlugins} in the L{vtwisted.plugins} package.  A port type
+L{twisted.plugin.getPlugins} in the L{vtwisted.plugins} package (a
+C{vtwisted/plugins/} directory of any C{sys.path} entry) and in
+L{twisted.plugins}, Twisted's own (see L{vtwisted.porttype}).  A port type
 turns a port spec such as C{vde:/tmp/vde.ctl:mode=0660} or C{tap:tap0} into a
 service; when that service starts it attaches its links to the switch.
 
@@ -132,7 +134,8 @@ class ISwitch(Interface):
 
 class IPortType(Interface):
     """
-    A kind of port, declared as a plugin in L{vtwisted.plugins}.
+    A kind of port, declared as a plugin in L{vtwisted.plugins} or
+    L{twisted.plugins} (L{vtwisted.porttype.PortType} declares one).
 
     Declarations must be cheap to import: the module doing the work is loaded
     only when a spec with this prefix is used.

@@ -6,6 +6,7 @@ source tree and from a real installation.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import subprocess
@@ -13,11 +14,14 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from helpers import REQUIRE, ROOT, sourceEnv, twistdArgv
+from twisted.logger import ILogObserver, globalLogPublisher
 
 import vtwisted.plugins
+from vtwisted.app import Options
 from vtwisted.porttype import PortType, portTypes
 from vtwisted.spec import SpecError
 
@@ -124,6 +128,127 @@ def test_thirdPartyPortTypeAppearsInHelp(thirdParty: Path) -> None:
         [*twistdArgv("--help")], capture_output=True, text=True, env=env, timeout=60
     )
     assert "acme" in result.stdout and "reflects every frame" in result.stdout, result.stderr
+
+
+def declare(plugins: Path, name: str, declaration: str) -> None:
+    """
+    Add a declaration module to a plugin directory of C{thirdParty}.
+    """
+    plugins.mkdir(parents=True, exist_ok=True)
+    (plugins / f"{name}.py").write_text(textwrap.dedent(declaration))
+
+
+@pytest.fixture
+def logEvents() -> Iterator[list[dict[str, Any]]]:
+    """
+    Every log event emitted during the test.
+    """
+    events: list[dict[str, Any]] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+def test_aPortTypeWhoseModuleCannotLoadNamesTheSpec(thirdParty: Path) -> None:
+    """
+    A spec of a port type whose implementation cannot be imported (a
+    dependency missing, a package half uninstalled) fails with the spec,
+    the module and the import error, not a traceback; the others still work.
+    """
+    from vtwisted.app import buildService
+
+    declare(thirdParty / "vtwisted" / "plugins", "acme_broken", """
+        from vtwisted.porttype import PortType
+        broken = PortType("broken", "acme_missing.port", "broken:X needs a missing module")
+        """)
+    with pytest.raises(SpecError) as e:
+        buildService(None, ["broken:x"], defaultSock=False)
+    assert str(e.value) == ("port spec 'broken:x': port type 'broken' cannot be loaded: module "
+                            "acme_missing.port: ModuleNotFoundError: No module named "
+                            "'acme_missing'")
+    buildService(None, ["acme:x"], defaultSock=False)
+
+
+def test_anUnwritablePluginCacheWarnsOncePerStart(
+    thirdParty: Path, monkeypatch: pytest.MonkeyPatch, logEvents: list[dict[str, Any]]
+) -> None:
+    """
+    Where Twisted cannot write a plugin directory's dropin.cache (a
+    read-only site-packages), a start with several specs says so once, not
+    once per spec.
+    """
+    from twisted.python.filepath import FilePath
+
+    from vtwisted.app import buildService
+
+    def readOnly(self: FilePath[str], content: bytes, ext: bytes = b".new") -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(FilePath, "setContent", readOnly)
+    buildService(None, ["acme:a", "acme:b", "acme:c"], defaultSock=False)
+    Options().parseOptions(["--port", "acme:d", "--port", "acme:e"])
+    warnings = [event for event in logEvents
+                if "Unable to write to plugin cache" in str(event.get("format"))
+                and str(thirdParty) in str(event.get("path"))]
+    assert len(warnings) == 1, warnings
+
+
+def test_aPluginInstalledLaterIsFound(thirdParty: Path) -> None:
+    """A port type installed while the switch runs is found by the next port/add."""
+    assert "late" not in portTypes()
+    declare(thirdParty / "vtwisted" / "plugins", "acme_late", """
+        from vtwisted.porttype import PortType
+        late = PortType("late", "acme_reflector", "late:NAME installed later")
+        """)
+    assert "late" in portTypes()
+
+
+def test_aDeclarationInTwistedPluginsIsFound(
+    thirdParty: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    A port type declared in a twisted/plugins/ directory (Twisted's own
+    plugin package) is found too, and its port forwards frames.
+    """
+    from twisted.internet.task import Clock
+
+    import twisted.plugins
+    from vtwisted.app import buildService
+    from vtwisted.testing import FakeLink, frame, mac, plug
+
+    plugins = thirdParty / "twisted" / "plugins"
+    declare(plugins, "acme_twisted", """
+        from vtwisted.porttype import PortType
+        mirror = PortType("mirror", "acme_reflector", "mirror:NAME reflects every frame")
+        """)
+    monkeypatch.setattr(twisted.plugins, "__path__", [*twisted.plugins.__path__, str(plugins)])
+    service = buildService(Clock(), ["mirror:m"], defaultSock=False)
+    service.startService()
+    try:
+        listener = FakeLink()
+        plug(service.switch, listener)
+        listener.receive(frame(b"\xff" * 6, mac(1)))
+        assert listener.sent == [frame(mac(1), mac(1))]
+    finally:
+        service.stopService()
+
+
+def test_aClashingPrefixKeepsTheShippedType(
+    thirdParty: Path, logEvents: list[dict[str, Any]]
+) -> None:
+    """
+    A plugin declaring a prefix vtwisted ships does not replace it at
+    random: the shipped type is used and the clash is logged.
+    """
+    declare(thirdParty / "vtwisted" / "plugins", "acme_clash", """
+        from vtwisted.porttype import PortType
+        vde = PortType("vde", "acme_reflector", "vde:X another vde")
+        """)
+    assert portTypes()["vde"].module == "vtwisted.ports.vde"  # type: ignore[attr-defined]
+    clashes = [event for event in logEvents if "declared twice" in str(event.get("log_format"))]
+    assert len(clashes) == 1 and clashes[0]["prefix"] == "vde"
+    assert "acme_reflector" in repr(clashes[0]["other"])
 
 
 def test_unknownPrefixNamesTheSpec() -> None:
