@@ -33,6 +33,35 @@ from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 
+class ISwitchPort(Interface):
+    """
+    One numbered port of a switch, as a port type sees it: what
+    L{ISwitch.allocatePort} returns and a link's L{ILink.port} holds.  A
+    port outlives its links and keeps the counters every port type shares.
+    """
+
+    number: int = Attribute("The port's number, as the console shows it.")
+    links: list[ILink] = Attribute("The links plugged in now, in the order they came.")
+    mtu: int = Attribute("The largest IP packet the port carries (C{mtu=}, default 9216).")
+    counters: Any = Attribute(
+        "The port's traffic, which the switch counts: C{inFrames}, C{inBytes}, "
+        "C{outFrames}, C{outBytes}, and C{drops}, a L{dict} from reason to count."
+    )
+
+    def dropped(reason: str, detail: str = "") -> None:
+        """
+        Count a frame that a link of this port dropped, and log the first
+        drop of each reason with C{detail} (say what and why: the spec, the
+        path, the errno); later ones are only counted, so it is safe per
+        frame.
+
+        @param reason: one of L{vtwisted.switchport.DROP_REASONS}: C{busy}
+            (the peer cannot take it now), C{peer} (the peer is gone),
+            C{down}, C{mtu}, C{malformed} (bad input read), C{unsupported},
+            ...
+        """
+
+
 class ILink(Interface):
     """
     One connection plugged into a switch port; it sends frames to its peer.
@@ -46,7 +75,10 @@ class ILink(Interface):
         "through L{sendVnetPacket}."
     )
     uid: int | None = Attribute("The user owning the peer, if known, for access control.")
-    port: Any = Attribute("The switch port it is plugged into, or None before that.")
+    port: ISwitchPort | None = Attribute(
+        "The switch port it is plugged into, or None before that: the link sets it "
+        "when it attaches itself (L{ISwitch.attach}) and clears it when it detaches."
+    )
 
     def sendFrame(frame: bytes) -> None:
         """
@@ -80,20 +112,20 @@ class ISwitch(Interface):
     numPorts: int = Attribute("Ports are numbered from 0 to numPorts - 1.")
     hub: bool = Attribute("True when every frame is flooded (hub mode).")
 
-    def allocatePort(number: int | None = None, uid: int | None = None) -> Any:
+    def allocatePort(number: int | None = None, uid: int | None = None) -> ISwitchPort:
         """
         Find or create the port a new link should join.
 
         @param number: the port asked for, or L{None} for the lowest free
             allocatable port from 1 up.
         @param uid: the user asking, for access control and port sharing.
-        @return: a L{vtwisted.switch.SwitchPort}.
+        @return: the port (a L{vtwisted.switchport.SwitchPort}).
         @raise vtwisted.errors.SwitchError: no such port can be given.
         """
 
     def attach(port: Any, link: ILink) -> None:
         """
-        Plug C{link} into C{port} (from L{allocatePort}).
+        Plug C{link} into C{port} (an L{ISwitchPort} from L{allocatePort}).
         """
 
     def detach(port: Any, link: ILink) -> None:
@@ -103,7 +135,10 @@ class ISwitch(Interface):
 
     def frameReceived(port: Any, frame: bytes) -> None:
         """
-        A link of C{port} read a plain Ethernet frame.
+        A link of C{port} read a plain Ethernet frame (L{bytes} or a
+        L{memoryview}): the switch counts it, checks its length against
+        the port's MTU (a runt or an oversized frame is counted as a drop)
+        and forwards it.
         """
 
     def vnetPacketReceived(port: Any, packet: bytes) -> None:

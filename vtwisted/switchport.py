@@ -14,10 +14,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from vtwisted import errors
 from vtwisted.impair import ImpairedSender, PortImpairment
-from vtwisted.interfaces import ILink
+from vtwisted.interfaces import ILink, ISwitchPort
 from vtwisted.wire import vnet
 from vtwisted.wire.ethernet import DEFAULT_MTU, maxFrameFor
 
@@ -82,6 +83,7 @@ def _nothing() -> None:
     """
 
 
+@implementer(ISwitchPort)
 class SwitchPort:
     """
     One numbered port: configuration, counters and the links plugged in.

@@ -327,3 +327,19 @@ def test_aPortThatCannotStartEndsTwistdInOneLine(tmp_path: Path, runner: str) ->
     assert f"vswitch: qemu:unix:{tmp_path}/no/vm.sock: cannot listen: No such file or " \
            "directory (errno 2)" in output
     assert "Traceback" not in output
+
+
+def test_thePortALinkGetsIsADocumentedInterface() -> None:
+    """
+    The port a port type's link is given provides ISwitchPort, whose
+    counters and dropped() a plugin uses to count what its link drops.
+    """
+    from zope.interface.verify import verifyObject
+
+    from vtwisted.interfaces import ISwitchPort
+    from vtwisted.switch import Switch
+
+    port = Switch().allocatePort()
+    assert verifyObject(ISwitchPort, port)
+    port.dropped("busy", "echo:x: the peer is not reading")
+    assert port.counters.drops["busy"] == 1 and port.number == 1
