@@ -321,3 +321,36 @@ class FailingReads:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.sock, name)
+
+
+def readmeExampleFiles() -> dict[str, str]:
+    """
+    The files README.rst's "Writing a port type" shows: each literal block
+    there whose first line is a C{# path} comment, by that path (an empty
+    C{echo/__init__.py} too, as the text asks).
+    """
+    text = (ROOT / "README.rst").read_text()
+    section = text[text.index("Writing a port type\n===="):text.index("\nLayout\n====")]
+    files = {"echo/__init__.py": ""}
+    lines = section.splitlines()
+    for number, line in enumerate(lines):
+        if not (line.startswith("    # ") and lines[number - 1] == ""
+                and lines[number - 2].endswith("::")):
+            continue
+        block = []
+        for following in lines[number + 1:]:
+            if following and not following.startswith("    "):
+                break
+            block.append(following[4:])
+        files[line[6:].strip()] = "\n".join(block).strip() + "\n"
+    return files
+
+
+def writeReadmeExample(directory: Path) -> None:
+    """
+    Write README.rst's example port type distribution into C{directory}.
+    """
+    for name, content in readmeExampleFiles().items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)

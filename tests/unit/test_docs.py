@@ -5,14 +5,16 @@ The README's commands are the ones CI runs, and the code is lint-clean.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from helpers import REQUIRE, ROOT
+from helpers import REQUIRE, ROOT, writeReadmeExample
 
 from vtwisted.app import Options, buildService
 from vtwisted.spec import SpecError
@@ -146,3 +148,18 @@ def test_theTacFilesExamplesAreValidSpecs() -> None:
     assert len(examples) >= 10
     for spec in examples:
         checkSpecParses(spec)
+
+
+def test_theReadmesPortTypeExampleWorks(tmp_path: Path) -> None:
+    """
+    The port type README.rst's "Writing a port type" shows (declaration,
+    module, tests) is found from sys.path and passes its own tests.
+    """
+    writeReadmeExample(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_echo.py"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed" in result.stdout, result.stdout

@@ -4,7 +4,8 @@ Port type plugins.
 Other distributions add port types by shipping a module in a
 C{vtwisted/plugins/} directory of their own (without C{__init__.py}); the
 path extension below makes L{twisted.plugin.getPlugins} find it, as
-Twisted's "Alternate Plugin Packages" describes.
+Twisted's "Alternate Plugin Packages" describes.  (Declarations in
+Twisted's own C{twisted/plugins/} are found too: see L{vtwisted.porttype}.)
 """
 
 from twisted.plugin import pluginPackagePaths
