@@ -343,3 +343,15 @@ def test_thePortALinkGetsIsADocumentedInterface() -> None:
     assert verifyObject(ISwitchPort, port)
     port.dropped("busy", "echo:x: the peer is not reading")
     assert port.counters.drops["busy"] == 1 and port.number == 1
+
+
+def test_pipBuildsAWheelThroughPep517() -> None:
+    """
+    pip builds vtwisted with setuptools' PEP 517 backend (so an older pip in
+    a fresh virtualenv, without the wheel package, does not fall back to the
+    deprecated setup.py install).
+    """
+    tomllib = pytest.importorskip("tomllib")
+    build = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
+    assert build["build-backend"] == "setuptools.build_meta"
+    assert any(requirement.startswith("setuptools") for requirement in build["requires"])
