@@ -12,10 +12,11 @@ The module must provide C{makeService(switch, spec, reactor)}.
 
 Declarations are found in L{vtwisted.plugins} (a C{vtwisted/plugins/}
 directory of any entry of C{sys.path}) and in L{twisted.plugins}, Twisted's
-own plugin package.  The scan is remembered while those directories are
-unchanged: a start with many specs reads Twisted's C{dropin.cache} once
-(and, where it cannot be written, warns once), yet a plugin installed while
-the switch runs is found by the next C{port/add}.
+own plugin package.  The scan is remembered while the modules in those
+directories are unchanged: a start with many specs reads Twisted's
+C{dropin.cache} once (and, where it cannot be written, warns once; a
+declaration that fails to import is logged once), yet a plugin installed
+while the switch runs is found by the next C{port/add}.
 """
 
 from __future__ import annotations
@@ -96,15 +97,18 @@ def portTypes() -> dict[str, IPortType]:
 _scanned: list[Any] = []
 
 
-def _directoryStamp(path: str) -> tuple[str, int]:
+def _directoryStamp(path: str) -> tuple[str, tuple[tuple[str, int], ...]]:
     """
-    A plugin directory and its modification time (files added, removed or
-    replaced change it), or -1 if it is missing.
+    A plugin directory and the names and modification times of its modules
+    (a module added, removed or replaced changes it; Twisted rewriting its
+    C{dropin.cache} there does not).
     """
     try:
-        return path, os.stat(path).st_mtime_ns
+        with os.scandir(path) as entries:
+            return path, tuple(sorted((entry.name, entry.stat().st_mtime_ns)
+                                      for entry in entries if entry.name.endswith(".py")))
     except OSError:
-        return path, -1
+        return path, ()
 
 
 def _precedence(portType: IPortType) -> tuple[bool, str]:

@@ -98,7 +98,10 @@ def thirdParty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(vtwisted.plugins, "__path__", [*vtwisted.plugins.__path__, str(plugins)])
     yield tmp_path
-    sys.modules.pop("acme_reflector", None)
+    for name in list(sys.modules):
+        if name == "acme_reflector" or name.startswith(("vtwisted.plugins.acme",
+                                                        "twisted.plugins.acme")):
+            del sys.modules[name]
 
 
 def test_thirdPartyPortTypeWorksWithoutTouchingVtwisted(thirdParty: Path) -> None:
@@ -192,6 +195,25 @@ def test_anUnwritablePluginCacheWarnsOncePerStart(
                 if "Unable to write to plugin cache" in str(event.get("format"))
                 and str(thirdParty) in str(event.get("path"))]
     assert len(warnings) == 1, warnings
+
+
+def test_aBrokenDeclarationIsLoggedOncePerStart(
+    thirdParty: Path, logEvents: list[dict[str, Any]]
+) -> None:
+    """
+    A declaration module that fails to import is logged with its error once
+    per start, not once per spec, and the other port types still work.
+    """
+    from vtwisted.app import buildService
+
+    declare(thirdParty / "vtwisted" / "plugins", "acme_unimportable", """
+        import acme_missing_dependency
+        """)
+    buildService(None, ["acme:a", "acme:b", "acme:c"], defaultSock=False)
+    Options().parseOptions(["--port", "acme:d", "--port", "acme:e"])
+    failures = [event for event in logEvents
+                if "acme_missing_dependency" in str(getattr(event.get("failure"), "value", ""))]
+    assert len(failures) == 1, failures
 
 
 def test_aPluginInstalledLaterIsFound(thirdParty: Path) -> None:
