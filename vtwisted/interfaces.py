@@ -181,10 +181,15 @@ class IPortType(Interface):
 
     def makeService(switch: ISwitch, spec: Any, reactor: Any) -> Any:
         """
-        Build the service for one port spec.
+        Build the service for one port spec.  Only read and check the spec
+        and remember what it says: C{twistd vswitch} also calls this once
+        to check every spec before it starts anything (with C{reactor}
+        L{None}), and throws that service away without starting it.  Open
+        sockets, files and devices when the service starts.
 
         @param spec: a parsed L{vtwisted.spec.PortSpec} with this prefix.
-        @param reactor: the reactor the links will use.
+        @param reactor: the reactor the links will use (L{None} when the
+            spec is only being checked).
         @return: an L{twisted.application.service.IService} which attaches
             its links when started and detaches them when stopped.
         @raise vtwisted.spec.SpecError: the spec's arguments are wrong.
