@@ -222,3 +222,43 @@ async def test_runOfGuestDatagramsReachesTheHostAsTheSameDatagrams(offload: bool
     finally:
         engine.close()
         server.close()
+
+
+def test_answeredDnsMappingsMakeRoomInAFullTable() -> None:
+    """
+    With the table full, a new guest source gets a socket in place of the
+    DNS-only mappings whose every query was answered; one still waiting
+    for an answer, and other mappings, stay open.
+    """
+    clock = Clock()
+    closed: list[int] = []
+
+    class FakePort:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def stopListening(self) -> None:
+            closed.append(self.n)
+
+    ports = iter(range(10))
+
+    def listenUDP(port: int, protocol: Any, interface: str, maxPacketSize: int) -> FakePort:
+        protocol.transport = type("T", (), {"write": lambda self, d, a: None})()
+        return FakePort(next(ports))
+
+    clock.listenUDP = listenUDP  # type: ignore[attr-defined]
+    network = UdpGuest(("127.0.0.1", 53))
+    engine = UdpNat(network, clock)
+    engine.maxMappings = 4
+    for source in (1, 2, 3):
+        engine.datagramReceived(GUEST, source, DNS, 53, b"query", b"")
+    engine.datagramReceived(GUEST, 4, GATEWAY, 9, b"data", b"")
+    engine.datagramReceived(GUEST, 2, DNS, 53, b"AAAA query", b"")
+    for source in (1, 2):
+        engine.mappings[(GUEST, source)].datagramReceived(b"answer", ("127.0.0.1", 53))
+    engine.datagramReceived(GUEST, 5, GATEWAY, 9, b"data", b"")
+    assert closed == [0], "only source 1 had all its queries answered"
+    assert sorted(port for _, port in engine.mappings) == [2, 3, 4, 5]
+    engine.datagramReceived(GUEST, 6, GATEWAY, 9, b"data", b"")
+    assert (GUEST, 6) not in engine.mappings, "nothing more to reclaim: dropped"
+    engine.close()

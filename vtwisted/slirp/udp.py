@@ -38,7 +38,8 @@ with a small TTL (traceroute's probes) leaves the host with one less, so
 the routers beyond answer as they would to the guest.
 
 A mapping that carried nothing for 240 s is closed, one that only carried
-DNS after 10 s.  Instead of a timer per datagram, traffic marks the mapping
+DNS after 10 s, or at once when the table is full and every query it sent
+was answered.  Instead of a timer per datagram, traffic marks the mapping
 and a sweep every L{SWEEP} seconds closes what stayed unmarked long enough.
 
 Host port forwards (C{hostfwd=udp:...}) work the other way round: a datagram
@@ -146,6 +147,7 @@ class UdpMapping(DatagramProtocol):
             host = host[7:]
         guest, guestPort = self.guest
         if (host, addr[1]) in self.dnsPeers:
+            self.engine.dnsAnswered = True
             self.engine.queue(self.proxy, guest, 53, guestPort, data)
             return
         src = self.peers.get(host)
@@ -307,6 +309,8 @@ class UdpNat:
         #: Whether the kernel cuts runs of datagrams for us (C{UDP_SEGMENT}).
         self.segmentOffload = True
         self._flushCall: Any = None
+        #: Whether a DNS answer came since the last L{reclaim}.
+        self.dnsAnswered = False
 
     def queue(self, src: bytes, dst: bytes, srcPort: int, dstPort: int, data: bytes) -> None:
         """
@@ -384,6 +388,8 @@ class UdpNat:
         mapping.send(payloads, host, packet)
 
     def _open(self, src: bytes, srcPort: int) -> UdpMapping | None:
+        if len(self.mappings) >= self.maxMappings and self.dnsAnswered:
+            self.reclaim()
         if len(self.mappings) >= self.maxMappings:
             self.network.dropped("busy", f"UDP: {self.maxMappings} guest sources have sockets")
             return None
@@ -457,6 +463,19 @@ class UdpNat:
                 mapping.listeningPort.stopListening()
         if len(self.sessions) > MAX_MAPPINGS:
             self.sessions.clear()
+
+    def reclaim(self) -> None:
+        """
+        Close the mappings that only asked the DNS proxy and got as many
+        answers as they sent queries, to make room in a full table: a
+        resolver's query from a fresh source port each time (as glibc's)
+        would otherwise fill it for 10 s with sockets nothing will use.
+        """
+        self.dnsAnswered = False
+        for key, mapping in list(self.mappings.items()):
+            if mapping.onlyDns and mapping.received >= mapping.sent:
+                del self.mappings[key]
+                mapping.listeningPort.stopListening()
 
     def describe(self) -> list[str]:
         """
