@@ -6,8 +6,10 @@ starts on the host's loopback.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from helpers import execIn, run
@@ -51,3 +53,55 @@ def test_dnsQueriesFromFreshPortsNeverFillTheTable(vswitch, processes, namespace
     result = run(*execIn(ns, PYTHON, "-c", QUERIES, "2000"), timeout=120)
     assert result.stdout.strip() == "2000", sw.logText()[-2000:]
     assert "(busy)" not in sw.logText(), sw.logText()[-2000:]
+
+
+#: A client with keep-alive after a second idle, a second apart, given up
+#: after two unanswered probes; idle for 8 s, then it sends and prints the echo.
+KEEPALIVE = r"""
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 1)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 1)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 2)
+time.sleep(8)
+try:
+    c.sendall(b"still there?")
+    print(c.recv(100).decode(), flush=True)
+except OSError as e:
+    print(e, flush=True)
+"""
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_idleConnectionsSurviveTheGuestsKeepAlive(vswitch, namespaces, shortdir,
+                                                  family: str) -> None:
+    """
+    A guest socket with TCP keep-alive (Go's default, databases' clients)
+    stays up while idle: its probes are answered.
+    """
+    host = "127.0.0.1" if family == "ipv4" else "::1"
+    server = socket.socket(socket.AF_INET if family == "ipv4" else socket.AF_INET6)
+    server.bind((host, 0))
+    server.listen(1)
+    server.settimeout(30)
+
+    def echo() -> None:
+        with server, server.accept()[0] as connection:
+            connection.settimeout(30)
+            connection.sendall(connection.recv(100))
+
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir)
+    gateway = "10.0.2.2"
+    if family == "ipv6":
+        run(*execIn(ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"))
+        run(*execIn(ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0"))
+        device = run(*execIn(ns, "ip", "-o", "link", "show", "type", "tun")).stdout
+        tap = device.split(":")[1].strip()
+        run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{tap}.disable_ipv6=0"))
+        run(*execIn(ns, "ip", "addr", "add", "fec0::15/64", "dev", tap, "nodad"))
+        gateway = "fec0::2"
+    threading.Thread(target=echo, daemon=True).start()
+    result = run(*execIn(ns, PYTHON, "-c", KEEPALIVE, gateway, str(server.getsockname()[1])),
+                 timeout=30)
+    assert result.stdout.strip() == "still there?", result.stdout + result.stderr

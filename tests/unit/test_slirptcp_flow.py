@@ -165,3 +165,28 @@ def test_dataInsidePromisedWindowAcceptedWhilePaused(h: Harness) -> None:
     assert len(transport.value()) == 65535
     (ack,) = h.take()
     assert ack.window == 0 and ack.ack == (h.seq + 5535) & MASK
+
+
+def test_guestKeepAliveAndZeroWindowProbesAreAnswered(h: Harness) -> None:
+    """
+    A bare segment one byte before what we expect (Linux's keep-alive, and
+    its probe of our zero window) gets an ACK of where we are, else the
+    guest gives up on an idle or stalled connection; a plain ACK gets none.
+    """
+    transport = h.open()
+    h.data(b"hello")
+    h.turn()
+    h.take()
+    h.send(ACK)
+    h.turn()
+    assert h.take() == []
+    h.send(ACK, seq=h.seq - 1)
+    h.turn()
+    (answer,) = h.take()
+    assert answer.ack == h.seq & MASK and answer.window == 65535
+    assert transport.producer is not None
+    transport.producer.pauseProducing()
+    h.send(ACK, seq=h.seq - 1)
+    h.turn()
+    (answer,) = h.take()
+    assert answer.ack == h.seq & MASK

@@ -22,7 +22,9 @@ by family are in L{vtwisted.slirp.tcpstates}):
 
 Receiving (guest to host) accepts only in-order data, trimming what was
 already received and what lies past the right edge of the window we
-advertised; anything else is answered at once with a duplicate ACK.
+advertised; anything else is answered at once with a duplicate ACK, and so
+is a bare segment from before C{rcvNxt} (the guest's keep-alive and
+zero-window probes, which would otherwise time the connection out).
 Accepted data is written to the host transport, and the ACK is deferred to
 the end of the reactor turn (L{vtwisted.slirp.tcp.TcpNat.ackSoon}) so a
 batch of segments costs one ACK.  The connection is the host transport's
@@ -181,6 +183,10 @@ class TcpConnection(Handshake):
                     self.nat.ackSoon(self)
                 elif (payload or fin) and self.state == ESTABLISHED:
                     self.dataReceived(header.seq, payload, bool(fin))
+                elif header.seq != self.rcvNxt:
+                    # A keep-alive or zero-window probe (one byte back):
+                    # unacceptable, so it is answered (RFC 9293 3.10.7.4).
+                    self.nat.ackSoon(self)
         elif state == SYN_RECEIVED:
             self.synReceivedSegment(header, payload)
         elif state == SYN_SENT:
