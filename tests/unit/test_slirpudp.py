@@ -262,3 +262,50 @@ def test_answeredDnsMappingsMakeRoomInAFullTable() -> None:
     engine.datagramReceived(GUEST, 6, GATEWAY, 9, b"data", b"")
     assert (GUEST, 6) not in engine.mappings, "nothing more to reclaim: dropped"
     engine.close()
+
+
+class _Recording:
+    """
+    A UDP transport that records what is written to it.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, addr: Any) -> None:
+        self.written.append((data, addr))
+
+
+def test_forwardClientsKeepTheirSessionsWhileOthersComeAndGo() -> None:
+    """
+    A UDP forward's client that the guest keeps sending to (a stream it
+    asked for once) hears it through the forward's socket however many
+    other clients came since; a client idle for minutes is forgotten.
+    """
+    clock = Clock()
+    mappings: list[_Recording] = []
+
+    def listenUDP(port: int, protocol: Any, interface: str, maxPacketSize: int) -> Any:
+        protocol.transport = _Recording()
+        mappings.append(protocol.transport)
+        return type("P", (), {"stopListening": lambda self: None})()
+
+    clock.listenUDP = listenUDP  # type: ignore[attr-defined]
+    engine = UdpNat(UdpGuest(("127.0.0.1", 53)), clock)
+    forward = engine.forwardSocket(GUEST, 5000)
+    recording = _Recording()
+    forward.transport = recording  # type: ignore[assignment]
+    forward.datagramReceived(b"play", ("127.0.0.1", 40000))
+    for sweep in range(60):
+        for n in range(30):
+            forward.datagramReceived(b"hello", ("127.0.0.1", 1000 + sweep * 30 + n))
+        engine.datagramReceived(GUEST, 5000, GATEWAY, 40000, b"frame", b"")
+        clock.advance(5)
+    sent = recording.written
+    assert sent == [(b"frame", ("127.0.0.1", 40000))] * 60
+    assert mappings == [], "nothing left through another socket"
+    for _ in range(100):
+        clock.advance(5)
+    engine.datagramReceived(GUEST, 5000, GATEWAY, 40000, b"late", b"")
+    assert len(sent) == 60 and len(mappings) == 1, "the idle session was forgotten"
+    engine.close()

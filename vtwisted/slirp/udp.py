@@ -46,7 +46,10 @@ Host port forwards (C{hostfwd=udp:...}) work the other way round: a datagram
 to the forward's host socket (its own, bound where the forward says) goes to
 the guest from the gateway's address and the sender's port, and the guest's
 answers to that address and port go back to the sender from the forward's
-socket.  Forwards reach IPv4 and IPv6 guests.
+socket, for as long as either side keeps using that session (one idle for
+L{IDLE_SWEEPS} sweeps or more is forgotten; the table is rotated sooner
+while it holds more than L{MAX_MAPPINGS}).  Forwards reach IPv4 and IPv6
+guests.
 """
 
 from __future__ import annotations
@@ -299,6 +302,9 @@ class UdpNat:
         self.reactor = reactor
         self.mappings: dict[tuple[bytes, int], UdpMapping] = {}
         self.sessions: dict[tuple[bytes, int, bytes, int], tuple[ForwardSocket, Any]] = {}
+        #: The sessions of the sweeps before the last rotation (see L{sweep}).
+        self.oldSessions: dict[tuple[bytes, int, bytes, int], tuple[ForwardSocket, Any]] = {}
+        self._sessionSweeps = 0
         self.dualStack: bool | None = None
         #: Host sockets at most (the port lowers it under a small descriptor limit).
         self.maxMappings = MAX_MAPPINGS
@@ -362,6 +368,10 @@ class UdpNat:
         """
         key = (src, srcPort, dst, dstPort)
         session = self.sessions.get(key)
+        if session is None and self.oldSessions:
+            session = self.oldSessions.pop(key, None)
+            if session is not None:
+                self.sessions[key] = session
         if session is not None:
             if session[0].transport is not None:
                 for payload in payloads:
@@ -461,8 +471,12 @@ class UdpNat:
             if mapping.idle >= (DNS_IDLE_SWEEPS if mapping.onlyDns else IDLE_SWEEPS):
                 del self.mappings[key]
                 mapping.listeningPort.stopListening()
-        if len(self.sessions) > MAX_MAPPINGS:
-            self.sessions.clear()
+        self._sessionSweeps += 1
+        if self._sessionSweeps >= IDLE_SWEEPS or len(self.sessions) > MAX_MAPPINGS:
+            # Forward sessions used since the last rotation are kept (and
+            # come back to the new table when used again); the others go.
+            self._sessionSweeps = 0
+            self.oldSessions, self.sessions = self.sessions, {}
 
     def reclaim(self) -> None:
         """
@@ -503,6 +517,7 @@ class UdpNat:
         for mapping in mappings.values():
             mapping.listeningPort.stopListening()
         self.sessions.clear()
+        self.oldSessions.clear()
 
 
 def _v6only(port: Any) -> bool:
