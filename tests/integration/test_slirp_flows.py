@@ -1,6 +1,7 @@
 """
-The slirp port's flow tables against a real Linux guest: a namespace behind
-a TAP of the switch, as in L{test_slirp}, talking only to servers the test
+What the slirp port keeps per guest and per flow (UDP mappings, idle TCP
+connections, DHCP leases) against real Linux guests: namespaces behind a
+TAP of the switch, as in L{test_slirp}, talking only to servers the test
 starts on the host's loopback.
 """
 
@@ -12,9 +13,9 @@ import sys
 import threading
 
 import pytest
-from helpers import execIn, run
-from taphelpers import readLine
-from test_slirp import DNS, _needs, guestBehindSlirp  # noqa: F401
+from helpers import execIn, run, uniqueName
+from taphelpers import moveTap, quietNamespace, readLine
+from test_slirp import DNS, UDHCPC_SCRIPT, _needs, guestBehindSlirp  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -105,3 +106,34 @@ def test_idleConnectionsSurviveTheGuestsKeepAlive(vswitch, namespaces, shortdir,
     result = run(*execIn(ns, PYTHON, "-c", KEEPALIVE, gateway, str(server.getsockname()[1])),
                  timeout=30)
     assert result.stdout.strip() == "still there?", result.stdout + result.stderr
+
+
+def test_guestsThatComeAndGoNeverExhaustTheLeases(vswitch, processes, namespaces,
+                                                  shortdir) -> None:
+    """
+    Eighteen guests in turn (one namespace, a new MAC each time) take a
+    lease with udhcpc and release it as they leave (C{-R}): each gets one,
+    the pool of sixteen reusing released addresses once it is full.
+    """
+    tap = uniqueName("vts")
+    sw = vswitch("--port", f"tap:{tap}", "--port", "slirp")
+    ns = quietNamespace(namespaces, "vts")
+    moveTap(tap, ns, None)
+    script = shortdir / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    leases = []
+    for n in range(18):
+        run(*execIn(ns, "ip", "link", "set", tap, "address", f"02:00:00:00:01:{n:02x}"))
+        client = processes.start(execIn(ns, "busybox", "udhcpc", "-i", tap, "-n", "-R", "-f",
+                                        "-t", "3", "-T", "1", "-s", str(script)),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        line = ""
+        while not line.startswith("lease "):
+            try:
+                line = readLine(client, 10)
+            except AssertionError as e:
+                raise AssertionError(f"guest {n}: {e}\n{sw.logText()[-2000:]}") from None
+        leases.append(line.split()[1].split("/")[0])
+        assert processes.stop(client) == 0, "udhcpc released its lease and left"
+    assert leases == [f"10.0.2.{15 + n}" for n in range(16)] + ["10.0.2.15", "10.0.2.16"]

@@ -405,3 +405,30 @@ def test_httpBootfileAddsTheHttpClientVendorClass() -> None:
                      clientMessage(dhcp.DISCOVER, mac(1)))
     assert offer is not None
     assert dict(offer.options)[dhcp.OPT_VENDOR_CLASS] == b"HTTPClient"
+
+
+def test_fullPoolGivesANewClientALeaseThatRanOutOrWasReleased() -> None:
+    """
+    With the pool full, a new client gets the address of a lease not renewed
+    within the lease time, or of one released; a client that released its
+    address gets it back while nobody else needed it.
+    """
+    clock = [0.0]
+    server = makeServer(now=lambda: clock[0], leaseTime=3600)
+    assert [lease(server, mac(n)) for n in range(16)] == [address(15 + n) for n in range(16)]
+    server.handle(clientMessage(dhcp.RELEASE, mac(0), ciaddr=address(15)))
+    assert lease(server, mac(0)) == address(15), "the releasing client comes back first"
+    server.handle(clientMessage(dhcp.RELEASE, mac(0), ciaddr=address(15)))
+    server.handle(clientMessage(dhcp.RELEASE, mac(1), ciaddr=address(20)))
+    assert server.addressOf(mac(1)) == address(16), "only its owner releases an address"
+    assert lease(server, mac(16)) == address(15)
+    assert server.handle(clientMessage(dhcp.DISCOVER, mac(17))) is None
+    clock[0] = 1800.0
+    for n in range(1, 16):
+        if n != 7:
+            assert lease(server, mac(n)) == address(15 + n), "renewed"
+    assert lease(server, mac(16)) == address(15)
+    clock[0] = 3600.0
+    assert lease(server, mac(17)) == address(22), "mac(7) did not renew in time"
+    assert server.handle(clientMessage(dhcp.DISCOVER, mac(18))) is None
+    assert server.addressOf(mac(7)) is None and server.addressOf(mac(0)) is None

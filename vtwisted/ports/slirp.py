@@ -188,6 +188,7 @@ class SlirpService(SingleLinkService):
             hostname=config.hostname, domain=config.domain,
             searchDomains=config.searchDomains, bootfile=config.bootfile,
             tftpServerName=config.tftpServerName, inUse=router.addressTaken,
+            now=self.reactor.seconds,
         )
         if config.tftpRoot is not None:
             from vtwisted.slirp.tftp import TftpServer

@@ -2,11 +2,14 @@
 The DHCP server of a slirp port, as libslirp behaves.
 
 Theory of operation: the pool is a row of slots, one per address from
-C{poolStart}, each empty or owned by a MAC; a slot once owned stays owned
-(libslirp never frees a lease, whatever the lease time says).  Only
-DISCOVER and REQUEST are answered, a message without a type (plain BOOTP,
-or type 0) counting as a REQUEST; RELEASE, DECLINE, INFORM and the rest
-get no answer.
+C{poolStart}, each empty or owned by a MAC; a slot once owned stays its
+owner's while the pool has room (libslirp never frees a lease, whatever the
+lease time says).  Unlike libslirp, whose pool serves one guest, a full
+pool gives a new client the slot whose lease ran out longest ago: not
+acknowledged again within the lease time, offered and never requested
+within L{OFFER_HOLD} seconds, or released (RELEASE).  Only DISCOVER and
+REQUEST are answered, a message without a type (plain BOOTP, or type 0)
+counting as a REQUEST; RELEASE, DECLINE, INFORM and the rest get no answer.
 
 Which address: the requested address (option 50, or C{ciaddr} in a DHCP
 REQUEST without it) if it is in the pool and free or already this MAC's.
@@ -37,6 +40,9 @@ from vtwisted.wire.dhcp import DHCPMessage, Option
 
 #: Text of option 56 in a NAK, as libslirp sends it.
 NAK_MESSAGE = b"requested address not available"
+#: Seconds an offered address waits for its REQUEST before a full pool may
+#: give it to another client.
+OFFER_HOLD = 60.0
 
 _ZERO = bytes(4)
 
@@ -78,6 +84,7 @@ class DhcpServer:
         bootfile: str | None = None,
         tftpServerName: str | None = None,
         inUse: Callable[[bytes, bytes], bool] = lambda address, mac: False,
+        now: Callable[[], float] = lambda: 0.0,
     ) -> None:
         """
         @param bootfile: the boot file (the C{file} field; option 60
@@ -88,6 +95,7 @@ class DhcpServer:
         @param searchDomains: the domain search list (option 119).
         @param inUse: whether an address is seen in use by a station other
             than the MAC asking (the router's ARP cache knows).
+        @param now: the time in seconds, for lease expiry.
         @raise ValueError: an address is not 4 bytes, the pool is empty or
             runs past 255.255.255.255, a lease time does not fit 32 bits,
             or a name is not ASCII.
@@ -105,6 +113,9 @@ class DhcpServer:
         self.restricted = restricted
         self._inUse = inUse
         self._owners: list[bytes | None] = [None] * poolSize
+        #: When each owned slot's lease (or offer) runs out.
+        self._expires: list[float] = [0.0] * poolSize
+        self._now = now
         self._extras = self._fitting(_configured(hostname, domain, searchDomains,
                                                  tftpServerName, bootfile))
         self._file = (bootfile or "").encode("latin-1")[:127].ljust(128, b"\0")
@@ -120,6 +131,9 @@ class DhcpServer:
         if message.op != dhcp.BOOTREQUEST or mac is None:
             return None
         kind = message.messageType or dhcp.REQUEST
+        if kind == dhcp.RELEASE:
+            self._release(message.ciaddr, mac)
+            return None
         if kind not in (dhcp.DISCOVER, dhcp.REQUEST):
             return None
         wanted = _requestedAddress(message)
@@ -131,8 +145,23 @@ class DhcpServer:
         if slot is None:
             return None
         self._owners[slot] = mac
-        answer = dhcp.OFFER if kind == dhcp.DISCOVER else dhcp.ACK
+        now = self._now()
+        if kind == dhcp.DISCOVER:
+            self._expires[slot] = max(self._expires[slot], now + OFFER_HOLD)
+            answer = dhcp.OFFER
+        else:
+            self._expires[slot] = now + self.leaseTime
+            answer = dhcp.ACK
         return self._reply(message, self.pool[slot], self._leaseOptions(answer))
+
+    def _release(self, address: bytes, mac: bytes) -> None:
+        """
+        C{mac} gives up C{address}: it stays the client's unless a full
+        pool needs it for another.
+        """
+        slot = int.from_bytes(address, "big") - self._start
+        if 0 <= slot < len(self.pool) and self._owners[slot] == mac:
+            self._expires[slot] = min(self._expires[slot], self._now())
 
     def leases(self) -> list[tuple[bytes, bytes]]:
         """
@@ -168,14 +197,20 @@ class DhcpServer:
     def _allocate(self, mac: bytes) -> int | None:
         """
         The slot C{mac} already owns, else the first empty one that no other
-        station is seen using, else the first empty one, else None.
+        station is seen using, else the first empty one, else the one whose
+        lease ran out first, else None.
         """
         slot = self._slotOf(mac)
         if slot is not None:
             return slot
         empty = [i for i, owner in enumerate(self._owners) if owner is None]
         free = (i for i in empty if not self._inUse(self.pool[i], mac))
-        return next(free, empty[0] if empty else None)
+        slot = next(free, empty[0] if empty else None)
+        if slot is None:
+            now = self._now()
+            expired = [i for i, expires in enumerate(self._expires) if expires <= now]
+            slot = min(expired, key=self._expires.__getitem__, default=None)
+        return slot
 
     def _leaseOptions(self, answer: int) -> list[Option]:
         """
