@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from helpers import execIn, run, uniqueName
@@ -137,3 +138,45 @@ def test_guestsThatComeAndGoNeverExhaustTheLeases(vswitch, processes, namespaces
         leases.append(line.split()[1].split("/")[0])
         assert processes.stop(client) == 0, "udhcpc released its lease and left"
     assert leases == [f"10.0.2.{15 + n}" for n in range(16)] + ["10.0.2.15", "10.0.2.16"]
+
+
+#: A guest server that greets each client with the port it came from and
+#: closes first.
+GREETER = r"""
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.0.2.15", 8080))
+s.listen(4)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    c.sendall(b"hello %d" % peer[1])
+    c.close()
+"""
+
+
+def test_forwardClientWithAFixedSourcePortComesBackAtOnce(vswitch, processes, namespaces,
+                                                          shortdir) -> None:
+    """
+    A host client that always connects from one source port (as some do)
+    reaches the guest through a forward each time, even while its previous
+    connection lingers in the port's time-wait.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        hostPort = probe.getsockname()[1]
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir,
+                                 f":hostfwd=tcp\\:127.0.0.1\\:{hostPort}-\\:8080")
+    greeter = processes.start(execIn(ns, PYTHON, "-c", GREETER), stdout=subprocess.PIPE)
+    assert readLine(greeter, 10).strip() == "ready"
+    source = None
+    for _ in range(3):
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            client.bind(("127.0.0.1", source or 0))
+            source = client.getsockname()[1]
+            client.settimeout(10)
+            client.connect(("127.0.0.1", hostPort))
+            assert client.recv(100) == b"hello %d" % source, sw.logText()[-2000:]
+        time.sleep(0.2)

@@ -161,3 +161,27 @@ def test_forwardScalesWindowsWhenGuestDoes(h: Harness) -> None:
     h.ack(h.ours, window=1)
     transport.protocol.dataReceived(b"k" * 1000)
     assert sum(len(p) for _, p in h.takeAll()) == 128
+
+
+def test_forwardClientReusingALingeringPortStartsNewConnection(h: Harness) -> None:
+    """
+    A host client that connects again from the port of a connection still
+    lingering in time-wait (a client with a fixed source port) gets a new
+    guest connection, not a refusal.
+    """
+    transport = forward(h)
+    (syn,) = h.take()
+    h.sport, h.dport, h.dst = 22, 5555, GATEWAY
+    h.send(SYN | ACK, seq=GUEST_ISN, ack=syn.seq + 1)
+    h.ours = syn.seq + 1
+    h.send(ACK | FIN)
+    h.seq += 1
+    h.host(transport).readConnectionLost()
+    fin = h.take()[-1]
+    assert fin.flags & FIN
+    h.ack(fin.seq + 1)
+    assert " time-wait, " in h.nat.describe()[0]
+    again = forward(h)
+    assert again.connected and again.producerState == "paused"
+    (syn,) = h.take()
+    assert syn.flags == SYN and h.nat.busy == 0

@@ -383,6 +383,9 @@ class TcpNat:
         remote = self.network.guestAddress(peer.host, v6=len(guest) == 16)
         key = (guest, guestPort, remote, peer.port)
         label = hostEndpoint(peer.host, peer.port)
+        lingering = self.connections.get(key)
+        if lingering is not None and lingering.state == TIME_WAIT:
+            lingering.forget()
         if key in self.connections or len(self.connections) >= self.maxConnections:
             self.busy += 1
             self.network.dropped("busy", f"TCP forward from {label} to "
