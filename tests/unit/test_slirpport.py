@@ -156,3 +156,22 @@ async def test_removedForwardsPortIsFreeAtOnce(switch) -> None:
         service.removeForward(forward)
         service.addForward(forward)
     assert len(service.forwards) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_stoppingLeavesNoTimerForGuestsThatDidNotAnswerArp(switch) -> None:
+    """
+    A packet waiting for a guest's ARP answer when the port stops takes its
+    timer with it (as IPv6's waiting for a neighbour advertisement does).
+    """
+    from twisted.internet import defer, reactor
+
+    service = switch("slirp")
+    slirp = service.specs["slirp"]
+    router = slirp.router
+    router.sendUdp(router.gateway, bytes([10, 0, 2, 15]), 53, 4000, b"for nobody yet")
+    waiting = [call for call in reactor.getDelayedCalls() if call.active()
+               and getattr(getattr(call, "func", None), "__self__", None) is router.arp]
+    assert len(waiting) == 1
+    await defer.maybeDeferred(service.removePort, "slirp")
+    assert not waiting[0].active()

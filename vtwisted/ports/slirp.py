@@ -327,6 +327,7 @@ class SlirpService(SingleLinkService):
             if engine is not None:
                 engine.close()
         if self.router is not None:
+            self.router.arp.close()
             self.router.fragments.close()
             if self.router.tftp is not None:
                 self.router.tftp.close()

@@ -53,6 +53,7 @@ class ArpCache:
         self.router = router
         self.macs: dict[bytes, bytes] = {}
         self._pending: dict[bytes, list[tuple[bytes, bool]]] = {}
+        self._timers: dict[bytes, Any] = {}
 
     def arpReceived(self, frame: bytes, offset: int) -> None:
         """
@@ -84,6 +85,9 @@ class ArpCache:
             macs.pop(next(iter(macs)))
         macs[address] = mac
         waiting = self._pending.pop(address, None)
+        timer = self._timers.pop(address, None)
+        if timer is not None and timer.active():
+            timer.cancel()
         if waiting:
             router = self.router
             for packet, isVnet in waiting:
@@ -104,7 +108,7 @@ class ArpCache:
                 router.dropped("peer", f"no route to {dotted(dst)}")
                 return
             waiting = self._pending[dst] = []
-            router.reactor.callLater(ARP_WAIT, self._giveUp, dst, waiting)
+            self._timers[dst] = router.reactor.callLater(ARP_WAIT, self._giveUp, dst, waiting)
             request = arp.ARPPacket(arp.OP_REQUEST, router.gatewayMac, router.gateway,
                                     bytes(6), dst).pack()
             router.emitFrame(BROADCAST + router.gatewayMac + _ARP + request + bytes(18))
@@ -113,7 +117,18 @@ class ArpCache:
         else:
             router.dropped("busy", f"{dotted(dst)} does not answer ARP; packets queued")
 
+    def close(self) -> None:
+        """
+        Drop the packets waiting for guests, and their timers.
+        """
+        for timer in self._timers.values():
+            if timer.active():
+                timer.cancel()
+        self._timers.clear()
+        self._pending.clear()
+
     def _giveUp(self, dst: bytes, waiting: list[tuple[bytes, bool]]) -> None:
+        self._timers.pop(dst, None)
         if self._pending.get(dst) is waiting:
             del self._pending[dst]
             self.router.dropped("peer", f"{dotted(dst)} did not answer ARP within "
