@@ -180,3 +180,37 @@ def test_forwardClientWithAFixedSourcePortComesBackAtOnce(vswitch, processes, na
             client.connect(("127.0.0.1", hostPort))
             assert client.recv(100) == b"hello %d" % source, sw.logText()[-2000:]
         time.sleep(0.2)
+
+
+#: A guest looking for a service by broadcast: prints who answered.
+DISCOVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.settimeout(5)
+s.sendto(b"anyone there?", ("255.255.255.255", int(sys.argv[1])))
+answer, peer = s.recvfrom(100)
+print(answer.decode(), peer[0], peer[1], flush=True)
+"""
+
+
+def test_guestsBroadcastFindsAServiceOnTheHostsLoopback(vswitch, namespaces, shortdir) -> None:
+    """
+    As with libslirp, a guest's UDP broadcast (255.255.255.255) reaches the
+    host's loopback, and the answer comes from the gateway.
+    """
+    service = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    service.bind(("127.0.0.1", 0))
+    service.settimeout(30)
+    port = service.getsockname()[1]
+
+    def answer() -> None:
+        with service:
+            question, peer = service.recvfrom(100)
+            service.sendto(b"here: " + question, peer)
+
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir)
+    threading.Thread(target=answer, daemon=True).start()
+    result = run(*execIn(ns, PYTHON, "-c", DISCOVER, str(port)), check=False, timeout=30)
+    assert result.stdout.split() == ["here:", "anyone", "there?", "10.0.2.2", str(port)], (
+        result.stdout + result.stderr)

@@ -465,3 +465,25 @@ def test_broadcastsWithTtlOneGetNoError() -> None:
     header = ipv4.IPv4Header(0, 20 + len(datagram), 5, 0, 0, 1, 17, 0, GUEST, broadcast).pack()
     router.frameReceived(b"\xff" * 6 + GUEST_MAC + b"\x08\x00" + header + datagram)
     assert seen.frames == [] and seen.drops == []
+
+
+@pytest.mark.parametrize("options, reaches", [("", True), (":hostloopback=off", False),
+                                              (":restrict=on", False)])
+def test_udpToTheLimitedBroadcastGoesToTheHostsLoopback(options: str, reaches: bool) -> None:
+    """
+    As in libslirp, a guest's UDP to 255.255.255.255 goes to the host's
+    loopback as if sent to the gateway (a guest's LAN discovery finds a
+    service on the host); without the host's loopback it goes nowhere,
+    silently.
+    """
+    router, seen = makeRouter(options)
+    everyone = b"\xff" * 4
+    datagram = udpDatagram(GUEST, everyone, 4000, 9999, b"anyone there?")
+    router.frameReceived(ipFrame(everyone, 17, datagram, dstMac=b"\xff" * 6))
+    calls = router.udp.calls
+    assert [call[:5] for call in calls] == (
+        [(GUEST, 4000, everyone, 9999, b"anyone there?")] if reaches else [])
+    expected = ("127.0.0.1", 9999) if options == "" else None
+    assert router.hostAddress(everyone, 9999, ipv4.PROTO_UDP) == expected
+    assert router.hostAddress(everyone, 9999, ipv4.PROTO_TCP) is None
+    assert seen.frames == [] and seen.drops == []

@@ -31,7 +31,10 @@ frames of its own:
     fragmented as needed.
 
 All of this is for the engines through L{IGuestNetwork}; the router knows
-the address plan (L{vtwisted.slirp.config}) and nothing of sockets.  Bad
+the address plan (L{vtwisted.slirp.config}) and nothing of sockets: where
+a destination is on the host (L{SlirpRouter.hostAddress}: the gateway, and
+for UDP the limited broadcast 255.255.255.255 as in libslirp, is the host's
+loopback; the DNS proxy's port 53 the host's resolver).  Bad
 input is counted on the port and logged once per kind through
 L{SlirpRouter.dropped}; the router never raises on a frame.
 """
@@ -159,7 +162,7 @@ class SlirpRouter(GuestSender):
             return None
         if len(dst) == 16:
             return self.v6.hostAddress(dst, port, protocol) if self.v6 is not None else None
-        if dst == self.gateway:
+        if dst == self.gateway or (dst == _ALL_ONES and protocol == ipv4.PROTO_UDP):
             return ("127.0.0.1", port) if self.config.hostLoopback else None
         if dst == self.nameserver:
             return self.resolver() if port == 53 else None
@@ -330,7 +333,14 @@ class SlirpRouter(GuestSender):
         if udp.dstPort == 67 and dst in (self.gateway, _ALL_ONES, self.broadcast):
             self._dhcpReceived(payload, packet)
             return
-        if dst == _ALL_ONES or dst == self.broadcast or dst[0] >= 224:
+        if dst == _ALL_ONES:
+            # As in libslirp: the host's loopback, like the gateway (and,
+            # a broadcast, never answered with an ICMP error).
+            if not self.restricted and self.config.hostLoopback:
+                self.udp.datagramReceived(header.src, udp.srcPort, dst, udp.dstPort, payload,
+                                          packet)
+            return
+        if dst == self.broadcast or dst[0] >= 224:
             return
         if udp.dstPort == 69 and dst == self.gateway and self.tftp is not None:
             self.tftp.datagramReceived(header.src, udp.srcPort, payload)
