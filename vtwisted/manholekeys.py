@@ -1,0 +1,165 @@
+"""
+The SSH manhole's keys: its host key, made once and kept, and the OpenSSH
+C{authorized_keys} file logins are checked against.
+
+Theory of operation
+-------------------
+L{loadHostKey} reads the host key, generating an Ed25519 key (mode 0600, in a
+0700 directory) the first time.  L{AuthorizedKeysFile} reads the
+C{authorized_keys} file when a login is checked, but parses it, and logs
+what it skips, only when the file changed (its inode, size or modification
+time): OpenSSH checks a key twice per login, and refused logins may come by
+the thousand.  L{AuthorizedKeyChecker} accepts a login signed by one of its
+keys.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from twisted.conch import error as conchError
+from twisted.conch.checkers import IAuthorizedKeysDB
+from twisted.conch.ssh import keys
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+log = Logger()
+
+#: What Twisted's key parser raises for a truncated or corrupt key, besides
+#: C{BadKeyError}.
+_KEY_ERRORS = (keys.BadKeyError, ValueError, IndexError, struct.error)
+
+
+def defaultHostKeyPath() -> str:
+    """
+    Where the host key is kept unless C{--manhole-host-key} says otherwise.
+    """
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "vtwisted", "manhole_host_key")
+
+
+def loadHostKey(path: str) -> keys.Key:
+    """
+    The host key at C{path}, generated (Ed25519, mode 0600) if missing.
+
+    @raise OSError: it cannot be read, written or parsed; the message names
+        the path.
+    """
+    if not os.path.exists(path):
+        _writeHostKey(path)
+    try:
+        key = keys.Key.fromFile(path)
+    except (OSError, keys.BadKeyError) as e:
+        raise OSError(f"--manhole-host-key {path}: cannot load it: {e}") from e
+    if key.isPublic():
+        raise OSError(f"--manhole-host-key {path}: is a public key; a private key is needed")
+    if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+        log.warn("manhole host key {path} is readable by others; chmod 600 it", path=path)
+    return key
+
+
+def _writeHostKey(path: str) -> None:
+    key = keys.Key(ed25519.Ed25519PrivateKey.generate())
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.toString("openssh"))
+    except OSError as e:
+        raise OSError(e.errno, f"--manhole-host-key {path}: cannot create it: {e.strerror}") from e
+    log.info("manhole: generated host key {path} ({fingerprint})", path=path,
+             fingerprint=fingerprint(key))
+
+
+def fingerprint(key: keys.Key) -> str:
+    """
+    C{SHA256:...}, as OpenSSH prints it.
+    """
+    value = key.fingerprint(format=keys.FingerprintFormats.SHA256_BASE64)
+    return "SHA256:" + value.rstrip("=")
+
+
+@implementer(IAuthorizedKeysDB)
+class AuthorizedKeysFile:
+    """
+    The keys of an OpenSSH C{authorized_keys} file, for any user name, read
+    at every call.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def check(self) -> int:
+        """
+        Read the file now.
+
+        @return: how many keys it has.
+        @raise OSError: it cannot be read.
+        """
+        with open(self.path, "rb") as f:
+            return len(list(self._parse(f)))
+
+    def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:
+        try:
+            with open(self.path, "rb") as f:
+                return list(self._parse(f))
+        except OSError as e:
+            log.error("manhole: cannot read {path}: {error}", path=self.path, error=e.strerror)
+            return []
+
+    def _parse(self, lines: Iterable[bytes]) -> Iterable[keys.Key]:
+        for number, line in enumerate(lines, 1):
+            line = line.strip()
+            if not line or line.startswith(b"#"):
+                continue
+            if not line.split()[0].startswith((b"ssh-", b"ecdsa-", b"sk-")):
+                log.warn("{path} line {number}: key options are not supported; line ignored",
+                         path=self.path, number=number)
+                continue
+            try:
+                yield keys.Key.fromString(line)
+            except _KEY_ERRORS as e:
+                log.warn("{path} line {number}: not a key ({error}); line ignored",
+                         path=self.path, number=number, error=e)
+
+
+@implementer(ICredentialsChecker)
+class AuthorizedKeyChecker:
+    """
+    Accepts a signed public-key login if the key is in the authorized keys.
+    """
+
+    credentialInterfaces = (ISSHPrivateKey,)
+
+    def __init__(self, authorized: AuthorizedKeysFile) -> None:
+        self.authorized = authorized
+
+    def requestAvatarId(self, credentials: Any) -> Any:
+        return defer.execute(self._check, credentials)
+
+    def _check(self, credentials: Any) -> bytes:
+        try:
+            key = keys.Key.fromString(credentials.blob)
+        except _KEY_ERRORS as e:
+            raise UnauthorizedLogin(f"unusable key: {e}") from None
+        if not any(key == k for k in self.authorized.getAuthorizedKeys(credentials.username)):
+            raise UnauthorizedLogin(
+                f"key {fingerprint(key)} is not in {self.authorized.path}"
+            )
+        if not credentials.signature:
+            raise conchError.ValidPublicKey()
+        try:
+            if key.verify(credentials.signature, credentials.sigData):
+                return bytes(credentials.username)
+        except Exception:
+            pass
+        raise UnauthorizedLogin("bad signature")
