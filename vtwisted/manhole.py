@@ -43,6 +43,7 @@ from twisted.conch import manhole, manhole_ssh
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import connection, keys, userauth
+from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.cred import portal
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
@@ -70,6 +71,12 @@ log = Logger()
 
 #: Seconds a client has to log in.
 LOGIN_TIMEOUT = 60
+#: The user key signatures Twisted verifies, as server-sig-algs lists them.
+USER_KEY_ALGORITHMS = (
+    b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp521",
+    b"rsa-sha2-512", b"rsa-sha2-256", b"sk-ssh-ed25519@openssh.com",
+    b"sk-ecdsa-sha2-nistp256@openssh.com",
+)
 WELCOME = (
     b"vtwisted manhole: switch, service and ops (the console's operations) are here;"
     b" help(ops) lists them.\r\n"
@@ -135,11 +142,28 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
         return d.addCallbacks(accepted, refused)
 
 
+class ManholeTransport(SSHServerTransport):
+    """
+    Twisted's SSH server, telling clients which user key signatures it
+    verifies.
+    """
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # Twisted puts its host key's algorithms in server-sig-algs (RFC 8308);
+        # OpenSSH, which no longer signs with ssh-rsa (SHA-1), then finds no
+        # signature it may make with an RSA key and gives up on it.
+        super().sendExtInfo([
+            (name, b",".join(USER_KEY_ALGORITHMS) if name == b"server-sig-algs" else value)
+            for name, value in extensions
+        ])
+
+
 class ManholeFactory(manhole_ssh.ConchFactory):
     """
     An SSH server factory with logged logins and its own host key.
     """
 
+    protocol = ManholeTransport
     services = {
         b"ssh-userauth": ManholeUserAuth,
         b"ssh-connection": connection.SSHConnection,

@@ -32,8 +32,8 @@ def tcpListening(port: int) -> bool:
         return False
 
 
-def keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+def keygen(path: Path, kind: str = "ed25519") -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", str(path)],
                    check=True, timeout=30)
     return path
 
@@ -139,3 +139,18 @@ def test_hostKeyIsKeptAcrossRestarts(vswitch, processes, shortdir) -> None:
     done = second.ssh("2", knownHosts=str(knownHosts), strict="yes")
     assert (done.returncode, done.stdout) == (0, b"2\r\n"), done.stderr
     assert second.hostKey.read_bytes() == key
+
+
+@pytest.mark.parametrize("kind", ["ecdsa", "rsa"])
+def test_otherKeyTypesLogIn(vswitch, shortdir, kind) -> None:
+    """
+    ECDSA and RSA keys log in too: OpenSSH 9 signs with rsa-sha2-512 or
+    -256 only if the server lists them in its server-sig-algs (ssh-rsa,
+    SHA-1, it refuses), so the manhole must list what it accepts.
+    """
+    manhole = Manhole(vswitch, shortdir)
+    key = keygen(shortdir / f"id_{kind}", kind)
+    with open(shortdir / "authorized_keys", "ab") as keysFile:
+        keysFile.write(Path(f"{key}.pub").read_bytes())
+    done = manhole.ssh("switch.numPorts", key=key)
+    assert (done.returncode, done.stdout) == (0, b"32\r\n"), done.stderr

@@ -297,3 +297,24 @@ def test_aMissingCertificateFileSaysSo(tmp_path) -> None:
     with pytest.raises(ValueError, match=f"--manhole ssl:2222:privateKey={missing}: cannot "
                                          f"read {missing}: No such file or directory"):
         ManholeService({}, MemoryReactor(), f"ssl:2222:privateKey={missing}", str(keysFile))
+
+
+def test_serverSigAlgsListsTheUserKeySignaturesVerified() -> None:
+    """
+    server-sig-algs lists RSA's SHA-2 signatures, which the checker verifies,
+    though the host key is Ed25519: OpenSSH 9 will not log in with an RSA
+    key otherwise.
+    """
+    from twisted.conch.ssh.common import getNS
+
+    from vtwisted.manhole import ManholeTransport
+
+    sent: list[bytes] = []
+    server = ManholeTransport()
+    server._peerSupportsExtensions = True
+    server.sendPacket = lambda kind, payload: sent.append(payload)  # type: ignore[method-assign]
+    server.sendExtInfo([(b"server-sig-algs", b"ssh-ed25519")])
+    name, value, _ = getNS(sent[0][4:], 2)
+    assert name == b"server-sig-algs"
+    assert {b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256"} <= set(value.split(b","))
+    assert b"ssh-rsa" not in value.split(b",")
