@@ -12,7 +12,8 @@ L{vtwisted.operations.SwitchOperations} the console also calls): with a
 terminal (C{ssh -t}) it is C{twisted.conch.manhole}'s interactive prompt;
 with a command (C{ssh host 'ops.ports()'}) the command runs once, its
 output (and the value of an expression) comes back and the exit status is 0,
-or 1 after an exception.
+1 after an exception, or the one C{exit()} gives (which also leaves the
+prompt, as Ctrl-D does).
 
 Authentication is by public key against an OpenSSH C{authorized_keys} file
 (C{--manhole-keys}, L{vtwisted.manholekeys}), read again at every login so
@@ -182,7 +183,21 @@ class ManholeFactory(manhole_ssh.ConchFactory):
 class SwitchManhole(manhole.ColoredManhole):
     """
     The interactive prompt, with a line saying what is in it.
+
+    @ivar exitStatus: the status C{exit()} asked for, L{None} before.
     """
+
+    exitStatus: int | None = None
+
+    def lineReceived(self, line: bytes) -> None:
+        try:
+            super().lineReceived(line)
+        except SystemExit as e:
+            # exit() and quit() leave the prompt, as Ctrl-D does, rather
+            # than drop the connection with a traceback in the log.
+            output, self.exitStatus = _exitStatus(e)
+            self.terminal.write(output.replace("\n", "\r\n").encode("utf-8", "replace"))
+            self.terminal.loseConnection()
 
     def initializeScreen(self) -> None:
         self.terminal.reset()
@@ -208,10 +223,24 @@ def runPython(source: str, namespace: dict[str, Any]) -> tuple[str, int]:
                 value = eval(code, namespace)
                 if value is not None:
                     print(repr(value))
+        except SystemExit as e:
+            message, status = _exitStatus(e)
+            return output.getvalue() + message, status
         except Exception:
             traceback.print_exc(file=output)
             return output.getvalue(), 1
     return output.getvalue(), 0
+
+
+def _exitStatus(exit: SystemExit) -> tuple[str, int]:
+    """
+    What C{exit(code)} prints and the exit status it means, as for Python.
+    """
+    if exit.code is None:
+        return "", 0
+    if isinstance(exit.code, int):
+        return "", exit.code & 0xFF
+    return f"{exit.code}\n", 1
 
 
 class ManholeSession(manhole_ssh.TerminalSession):
@@ -233,10 +262,12 @@ class ManholeSession(manhole_ssh.TerminalSession):
             proto, self.chainedProtocolFactory(), IConchUser(self.original), self.width,
             self.height,
         )
-        # Leaving the prompt (Ctrl-D) ends the session with exit status 0.
-        self.terminal.chainedProtocol.transport.loseConnection = partial(
-            proto.processEnded, Failure(ProcessDone(0))
-        )
+        # Leaving the prompt (Ctrl-D, exit()) ends the session with its status.
+        self.terminal.chainedProtocol.transport.loseConnection = partial(self._leave, proto)
+
+    def _leave(self, proto: Any) -> None:
+        status = self.terminal.chainedProtocol.terminalProtocol.exitStatus or 0
+        proto.processEnded(Failure(_ended(status)))
 
     def execCommand(self, proto: Any, cmd: bytes) -> None:
         source = cmd.decode("utf-8", "replace")
@@ -246,8 +277,7 @@ class ManholeSession(manhole_ssh.TerminalSession):
     def _runCommand(self, proto: Any, source: str) -> None:
         output, status = runPython(source, dict(self.namespace))
         proto.write(output.replace("\n", "\r\n").encode("utf-8", "replace"))
-        ended = ProcessDone(0) if status == 0 else ProcessTerminated(exitCode=status)
-        proto.processEnded(Failure(ended))
+        proto.processEnded(Failure(_ended(status)))
 
     def windowChanged(self, newWindowSize: Any) -> None:
         rows, columns = newWindowSize[:2]
@@ -257,6 +287,13 @@ class ManholeSession(manhole_ssh.TerminalSession):
     def eofReceived(self) -> None:
         if self.terminal is not None:
             self.terminal.chainedProtocol.transport.loseConnection()
+
+
+def _ended(status: int) -> Exception:
+    """
+    How a session ending with C{status} is told to the client.
+    """
+    return ProcessDone(0) if status == 0 else ProcessTerminated(exitCode=status)
 
 
 @implementer(portal.IRealm)

@@ -154,3 +154,20 @@ def test_otherKeyTypesLogIn(vswitch, shortdir, kind) -> None:
         keysFile.write(Path(f"{key}.pub").read_bytes())
     done = manhole.ssh("switch.numPorts", key=key)
     assert (done.returncode, done.stdout) == (0, b"32\r\n"), done.stderr
+
+
+def test_exitEndsTheSessionWithItsStatus(vswitch, shortdir) -> None:
+    """
+    exit() typed at the prompt or sent as the command ends the session like
+    Ctrl-D, with the status given (not a dropped connection, a session that
+    never ends, or a traceback in the log), and the switch goes on.
+    """
+    manhole = Manhole(vswitch, shortdir)
+    done = manhole.ssh("print(1); exit(3)")
+    assert (done.returncode, done.stdout) == (3, b"1\r\n"), done.stderr
+    assert manhole.ssh("exit()").returncode == 0
+    done = manhole.ssh("-tt", stdin=b"exit()\r")
+    assert done.returncode == 0, done.stderr
+    assert b"closed by remote host" not in done.stderr
+    assert manhole.ssh("switch.numPorts").stdout == b"32\r\n"
+    assert "Traceback" not in manhole.switch.logText()

@@ -318,3 +318,10 @@ def test_serverSigAlgsListsTheUserKeySignaturesVerified() -> None:
     assert name == b"server-sig-algs"
     assert {b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256"} <= set(value.split(b","))
     assert b"ssh-rsa" not in value.split(b",")
+
+
+def test_runPythonExitGivesItsStatus() -> None:
+    """exit() in a one-shot command ends it with Python's status, not an escaping SystemExit."""
+    assert runPython("print(1); exit(3)", {}) == ("1\n", 3)
+    assert runPython("raise SystemExit", {}) == ("", 0)
+    assert runPython("exit('no such port')", {}) == ("no such port\n", 1)
