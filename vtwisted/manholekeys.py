@@ -91,12 +91,15 @@ def fingerprint(key: keys.Key) -> str:
 @implementer(IAuthorizedKeysDB)
 class AuthorizedKeysFile:
     """
-    The keys of an OpenSSH C{authorized_keys} file, for any user name, read
-    at every call.
+    The keys of an OpenSSH C{authorized_keys} file, for any user name, as
+    the file is at each call; parsed, and its bad lines logged, only when it
+    changed.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._stamp: object = None
+        self._keys: list[keys.Key] = []
 
     def check(self) -> int:
         """
@@ -105,16 +108,26 @@ class AuthorizedKeysFile:
         @return: how many keys it has.
         @raise OSError: it cannot be read.
         """
-        with open(self.path, "rb") as f:
-            return len(list(self._parse(f)))
+        return len(self._read())
 
     def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:
         try:
-            with open(self.path, "rb") as f:
-                return list(self._parse(f))
+            return self._read()
         except OSError as e:
-            log.error("manhole: cannot read {path}: {error}", path=self.path, error=e.strerror)
+            if self._stamp != e.errno:
+                log.error("manhole: cannot read {path}: {error} (errno {errno})",
+                          path=self.path, error=e.strerror, errno=e.errno)
+            self._stamp, self._keys = e.errno, []
             return []
+
+    def _read(self) -> list[keys.Key]:
+        with open(self.path, "rb") as f:
+            info = os.fstat(f.fileno())
+            stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+            if stamp != self._stamp:
+                self._keys = list(self._parse(f))
+                self._stamp = stamp
+        return self._keys
 
     def _parse(self, lines: Iterable[bytes]) -> Iterable[keys.Key]:
         for number, line in enumerate(lines, 1):

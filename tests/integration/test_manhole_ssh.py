@@ -171,3 +171,26 @@ def test_exitEndsTheSessionWithItsStatus(vswitch, shortdir) -> None:
     assert b"closed by remote host" not in done.stderr
     assert manhole.ssh("switch.numPorts").stdout == b"32\r\n"
     assert "Traceback" not in manhole.switch.logText()
+
+
+def test_keyFileRemarksAreLoggedOncePerChange(vswitch, shortdir) -> None:
+    """
+    An authorized_keys line with options is logged when the file is read
+    first, not again at every login (OpenSSH checks a key twice per login,
+    and refused logins come by the thousand); an edit is read and judged again.
+    """
+    keygen(shortdir / "id_ed25519")
+    good = Path(f"{shortdir / 'id_ed25519'}.pub").read_bytes()
+    restricted = b'from="10.1.1.1" ' + keygen(shortdir / "other").with_suffix(".pub").read_bytes()
+    keysFile = shortdir / "authorized_keys"
+    keysFile.write_bytes(b"# operators\n\n" + restricted + b"\n  \n" + good)
+    manhole = Manhole(vswitch, shortdir)
+    remark = "line 3: key options are not supported"
+    atStart = manhole.switch.logText().count(remark)
+    assert atStart >= 1
+    for _ in range(3):
+        assert manhole.ssh("1").returncode == 0
+    assert manhole.switch.logText().count(remark) == atStart
+    keysFile.write_bytes(restricted + good)
+    assert manhole.ssh("1").returncode == 0
+    waitFor(lambda: "line 1: key options" in manhole.switch.logText(), what="the new remark")

@@ -325,3 +325,30 @@ def test_runPythonExitGivesItsStatus() -> None:
     assert runPython("print(1); exit(3)", {}) == ("1\n", 3)
     assert runPython("raise SystemExit", {}) == ("", 0)
     assert runPython("exit('no such port')", {}) == ("no such port\n", 1)
+
+
+def test_keyFileRemarksAreLoggedOncePerChange(tmp_path) -> None:
+    """
+    A bad line, or a file that cannot be read, is logged when first seen,
+    not at every login; an edit is read and judged again.
+    """
+    from twisted.logger import capturedLogs
+
+    key = newKey()
+    checker = checkerFor(tmp_path, b'from="10.0.0.1" ' + newKey().public().toString("openssh"),
+                         key.public().toString("openssh"))
+    path = tmp_path / "authorized_keys"
+    with capturedLogs() as events:
+        for _ in range(3):
+            assert outcome(checker.requestAvatarId(credentials(key))) == b"operator"
+    assert len(events) == 1 and events[0]["number"] == 1
+    path.write_bytes(b"# moved\n" + path.read_bytes())
+    with capturedLogs() as events:
+        for _ in range(2):
+            assert outcome(checker.requestAvatarId(credentials(key))) == b"operator"
+    assert [event["number"] for event in events] == [2]
+    path.unlink()
+    with capturedLogs() as events:
+        for _ in range(2):
+            assert outcome(checker.requestAvatarId(credentials(key))).check(UnauthorizedLogin)
+    assert len(events) == 1 and "errno 2" in events[0]["log_format"].format(**events[0])
