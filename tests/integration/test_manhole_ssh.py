@@ -194,3 +194,11 @@ def test_keyFileRemarksAreLoggedOncePerChange(vswitch, shortdir) -> None:
     keysFile.write_bytes(restricted + good)
     assert manhole.ssh("1").returncode == 0
     waitFor(lambda: "line 1: key options" in manhole.switch.logText(), what="the new remark")
+
+
+def test_welcomeLineStaysOnScreen(vswitch, shortdir) -> None:
+    """The line saying what the prompt holds is not wiped when the screen is drawn."""
+    manhole = Manhole(vswitch, shortdir)
+    done = manhole.ssh("-tt", stdin=b"\x04")
+    assert done.returncode == 0, done.stderr
+    assert b"vtwisted manhole" in done.stdout.rpartition(b"\x1b[2J")[2], done.stdout

@@ -352,3 +352,22 @@ def test_keyFileRemarksAreLoggedOncePerChange(tmp_path) -> None:
         for _ in range(2):
             assert outcome(checker.requestAvatarId(credentials(key))).check(UnauthorizedLogin)
     assert len(events) == 1 and "errno 2" in events[0]["log_format"].format(**events[0])
+
+
+def test_welcomeLineIsNotWipedWhenSized() -> None:
+    """
+    The session gives the prompt its size right after it drew the screen:
+    the welcome line stays (a later resize redraws as Twisted does).
+    """
+    from twisted.conch.insults import insults
+    from twisted.internet.testing import StringTransport
+
+    from vtwisted.manhole import WELCOME, SwitchManhole
+
+    terminal = insults.ServerProtocol(SwitchManhole, {})
+    screen = StringTransport()
+    terminal.makeConnection(screen)
+    prompt = cast(SwitchManhole, terminal.terminalProtocol)
+    prompt.terminalSize(132, 40)
+    assert WELCOME.strip() in screen.value().rpartition(b"\x1b[2J")[2]
+    assert (prompt.width, prompt.height) == (132, 40)
