@@ -35,6 +35,7 @@ import contextlib
 import io
 import os
 import stat
+import struct
 import traceback
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ from twisted.conch import manhole, manhole_ssh
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import connection, keys, userauth
+from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.cred import portal
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
@@ -159,6 +161,28 @@ class ManholeTransport(SSHServerTransport):
         ])
 
 
+class ManholeConnection(connection.SSHConnection):
+    """
+    Sessions only: other channels (C{ssh -L}, C{-W}, C{-D}) are refused with
+    a line in the log rather than Twisted's traceback.
+    """
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        kind, rest = getNS(packet)
+        transport: Any = self.transport
+        if kind in transport.avatar.channelLookup:
+            super().ssh_CHANNEL_OPEN(packet)
+            return
+        log.warn("manhole: refused a {kind} channel from {peer}: only sessions are served",
+                 kind=kind.decode("utf-8", "replace"), peer=transport.transport.getPeer())
+        (sender,) = struct.unpack(">L", rest[:4])
+        transport.sendPacket(
+            connection.MSG_CHANNEL_OPEN_FAILURE,
+            struct.pack(">2L", sender, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+            + NS(b"only sessions are served") + NS(b""),
+        )
+
+
 class ManholeFactory(manhole_ssh.ConchFactory):
     """
     An SSH server factory with logged logins and its own host key.
@@ -167,7 +191,7 @@ class ManholeFactory(manhole_ssh.ConchFactory):
     protocol = ManholeTransport
     services = {
         b"ssh-userauth": ManholeUserAuth,
-        b"ssh-connection": connection.SSHConnection,
+        b"ssh-connection": ManholeConnection,
     }
 
     def __init__(self, realmPortal: portal.Portal, hostKey: keys.Key, clock: Any) -> None:

@@ -202,3 +202,16 @@ def test_welcomeLineStaysOnScreen(vswitch, shortdir) -> None:
     done = manhole.ssh("-tt", stdin=b"\x04")
     assert done.returncode == 0, done.stderr
     assert b"vtwisted manhole" in done.stdout.rpartition(b"\x1b[2J")[2], done.stdout
+
+
+def test_forwardingIsRefusedInOneLine(vswitch, shortdir) -> None:
+    """
+    ssh -W (or -L) asks for a TCP channel: the manhole refuses it, and logs
+    one line, not a traceback.
+    """
+    manhole = Manhole(vswitch, shortdir)
+    done = manhole.ssh("-W", "127.0.0.1:9", stdin=b"")
+    assert done.returncode == 255 and b"forwarding failed" in done.stderr, done.stderr
+    waitFor(lambda: "manhole: refused a direct-tcpip channel" in manhole.switch.logText(),
+            what="the refusal in the log")
+    assert "Traceback" not in manhole.switch.logText()

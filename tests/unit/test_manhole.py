@@ -371,3 +371,35 @@ def test_welcomeLineIsNotWipedWhenSized() -> None:
     prompt.terminalSize(132, 40)
     assert WELCOME.strip() in screen.value().rpartition(b"\x1b[2J")[2]
     assert (prompt.width, prompt.height) == (132, 40)
+
+
+def test_nonSessionChannelsAreRefusedInOneLine() -> None:
+    """
+    ssh -L/-W/-D ask for a TCP channel: refused as administratively
+    prohibited, with one warning naming it, not a logged traceback.
+    """
+    import struct
+    from types import SimpleNamespace
+
+    from twisted.conch.ssh import connection, session
+    from twisted.conch.ssh.common import NS
+    from twisted.conch.ssh.transport import SSHServerTransport
+    from twisted.internet.address import IPv4Address
+    from twisted.logger import capturedLogs
+
+    from vtwisted.manhole import ManholeConnection
+
+    sent: list[tuple[int, bytes]] = []
+    conn = ManholeConnection()
+    conn.transport = cast(SSHServerTransport, SimpleNamespace(
+        avatar=SimpleNamespace(channelLookup={b"session": session.SSHSession}),
+        sendPacket=lambda kind, payload: sent.append((kind, payload)),
+        transport=SimpleNamespace(getPeer=lambda: IPv4Address("TCP", "127.0.0.1", 40000))))
+    with capturedLogs() as events:
+        conn.ssh_CHANNEL_OPEN(NS(b"direct-tcpip") + struct.pack(">3L", 7, 65536, 32768)
+                              + NS(b"127.0.0.1") + struct.pack(">L", 9))
+    ((kind, payload),) = sent
+    assert kind == connection.MSG_CHANNEL_OPEN_FAILURE
+    assert struct.unpack(">2L", payload[:8]) == (7, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+    assert [event.get("kind") for event in events] == ["direct-tcpip"]
+    assert not any("log_failure" in event for event in events)
