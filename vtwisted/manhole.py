@@ -46,7 +46,7 @@ from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import connection, keys, userauth
 from twisted.conch.ssh.common import NS, getNS
-from twisted.conch.ssh.transport import SSHServerTransport
+from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
 from twisted.cred import portal
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
@@ -148,8 +148,17 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
 class ManholeTransport(SSHServerTransport):
     """
     Twisted's SSH server, telling clients which user key signatures it
-    verifies.
+    verifies, and taking a client's goodbye for no error.
     """
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        # Twisted logs an error for every disconnect message, the one ssh
+        # sends at each normal exit too.
+        if reasonCode != DISCONNECT_BY_APPLICATION:
+            transport: Any = self.transport
+            log.warn("manhole: {peer} disconnected with error {code}: {description}",
+                     peer=transport.getPeer(), code=reasonCode,
+                     description=description.decode("utf-8", "replace"))
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         # Twisted puts its host key's algorithms in server-sig-algs (RFC 8308);

@@ -98,6 +98,8 @@ def test_oneShotCommand(vswitch, shortdir) -> None:
     assert (done.returncode, done.stdout) == (0, b"10\r\n")
     done = manhole.ssh("ops.removeVlan(99)")
     assert done.returncode == 1 and b"SwitchError" in done.stdout
+    # ssh says goodbye (a disconnect message) at each exit: no error.
+    assert "#error]" not in manhole.switch.logText(), manhole.switch.logText()
 
 
 def test_wrongKeyIsRefusedAndLogged(vswitch, shortdir) -> None:

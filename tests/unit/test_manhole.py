@@ -403,3 +403,22 @@ def test_nonSessionChannelsAreRefusedInOneLine() -> None:
     assert struct.unpack(">2L", payload[:8]) == (7, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
     assert [event.get("kind") for event in events] == ["direct-tcpip"]
     assert not any("log_failure" in event for event in events)
+
+
+def test_aClientsGoodbyeIsNoError() -> None:
+    """
+    ssh's disconnect message at a normal exit is not logged as an error;
+    another reason is logged as a warning naming the peer.
+    """
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import LogLevel, capturedLogs
+
+    from vtwisted.manhole import ManholeTransport
+
+    server = ManholeTransport()
+    server.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    with capturedLogs() as events:
+        server.receiveError(11, b"disconnected by user")
+        server.receiveError(2, b"bad packet length")
+    assert [(event["log_level"], event["code"]) for event in events] == [(LogLevel.warn, 2)]
