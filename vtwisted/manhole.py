@@ -134,7 +134,8 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
             if reason.check(UnauthorizedLogin):
                 log.warn("manhole: refused {kind} login of {user!r} from {peer}: {reason}",
                          kind=kind.decode(), user=who, peer=peer,
-                         reason=reason.getErrorMessage())
+                         # The password checker gives no reason.
+                         reason=reason.getErrorMessage() or "wrong user name or password")
             return reason
 
         def accepted(result: Any) -> Any:

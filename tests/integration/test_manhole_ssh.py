@@ -6,6 +6,7 @@ host key kept across restarts.  Everything listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -217,3 +218,39 @@ def test_forwardingIsRefusedInOneLine(vswitch, shortdir) -> None:
     waitFor(lambda: "manhole: refused a direct-tcpip channel" in manhole.switch.logText(),
             what="the refusal in the log")
     assert "Traceback" not in manhole.switch.logText()
+
+
+def test_passwordsWhenGiven(vswitch, shortdir) -> None:
+    """
+    With --manhole-passwords a password logs in; a wrong one is refused, and
+    the log says why.
+    """
+    need("ssh")
+    passwords = shortdir / "passwords"
+    passwords.write_text("operator:secret\n")
+    passwords.chmod(0o600)
+    askpass = shortdir / "askpass"
+    askpass.write_text("#!/bin/sh\necho \"$PASSWORD\"\n")
+    askpass.chmod(0o700)
+    port = freePort()
+    switch = vswitch("--manhole", str(port), "--manhole-passwords", str(passwords),
+                     "--manhole-host-key", str(shortdir / "host_key"))
+    waitFor(lambda: tcpListening(port), what="the manhole")
+
+    def login(password: str) -> subprocess.CompletedProcess:
+        argv = ["ssh", "-F", "/dev/null", "-o", "PubkeyAuthentication=no",
+                "-o", "NumberOfPasswordPrompts=1", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-p", str(port),
+                "operator@127.0.0.1", "switch.numPorts"]
+        env = dict(os.environ, SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
+                   PASSWORD=password)
+        return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=30)
+
+    done = login("secret")
+    assert (done.returncode, done.stdout) == (0, b"32\r\n"), done.stderr
+    assert login("guess").returncode == 255
+    waitFor(lambda: "refused password login of 'operator'" in switch.logText(),
+            what="the refusal")
+    assert "login of 'operator' from" in switch.logText()
+    assert "wrong user name or password" in switch.logText()
