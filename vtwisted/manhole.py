@@ -233,8 +233,6 @@ class SwitchManhole(manhole.ColoredManhole):
             self.terminal.write(output.replace("\n", "\r\n").encode("utf-8", "replace"))
             self.terminal.loseConnection()
 
-    sized = False
-
     def initializeScreen(self) -> None:
         self.terminal.reset()
         self.terminal.write(WELCOME)
@@ -242,12 +240,10 @@ class SwitchManhole(manhole.ColoredManhole):
         self.setInsertMode()
 
     def terminalSize(self, width: int, height: int) -> None:
-        # The session gives the size once the screen is drawn; the line
-        # cleared and redrawn at each size would wipe the welcome at once.
-        if self.sized:
-            super().terminalSize(width, height)
-        else:
-            self.sized, self.width, self.height = True, width, height
+        # Twisted clears the screen to redraw the line at each size: the
+        # first, given once the screen is drawn, wiped the welcome at once,
+        # and a resized window lost what it showed.  The terminal keeps it.
+        self.width, self.height = width, height
 
 
 def runPython(source: str, namespace: dict[str, Any]) -> tuple[str, int]:

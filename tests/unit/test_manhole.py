@@ -357,7 +357,7 @@ def test_keyFileRemarksAreLoggedOncePerChange(tmp_path) -> None:
 def test_welcomeLineIsNotWipedWhenSized() -> None:
     """
     The session gives the prompt its size right after it drew the screen:
-    the welcome line stays (a later resize redraws as Twisted does).
+    the welcome line stays, and a resized window keeps what it shows.
     """
     from twisted.conch.insults import insults
     from twisted.internet.testing import StringTransport
@@ -371,6 +371,10 @@ def test_welcomeLineIsNotWipedWhenSized() -> None:
     prompt.terminalSize(132, 40)
     assert WELCOME.strip() in screen.value().rpartition(b"\x1b[2J")[2]
     assert (prompt.width, prompt.height) == (132, 40)
+    terminal.dataReceived(b"switch\r")
+    prompt.terminalSize(100, 30)
+    assert b"\x1b[2J" not in screen.value() and b"'switch' is not defined" in screen.value()
+    assert (prompt.width, prompt.height) == (100, 30)
 
 
 def test_nonSessionChannelsAreRefusedInOneLine() -> None:
