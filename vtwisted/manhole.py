@@ -46,7 +46,11 @@ from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import connection, keys, userauth
 from twisted.conch.ssh.common import NS, getNS
-from twisted.conch.ssh.transport import DISCONNECT_BY_APPLICATION, SSHServerTransport
+from twisted.conch.ssh.transport import (
+    DISCONNECT_BY_APPLICATION,
+    DISCONNECT_PROTOCOL_ERROR,
+    SSHServerTransport,
+)
 from twisted.cred import portal
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
 from twisted.cred.error import UnauthorizedLogin
@@ -80,6 +84,8 @@ USER_KEY_ALGORITHMS = (
     b"rsa-sha2-512", b"rsa-sha2-256", b"sk-ssh-ed25519@openssh.com",
     b"sk-ecdsa-sha2-nistp256@openssh.com",
 )
+#: What Twisted's SSH message parsers raise for a message cut short.
+_MALFORMED = (struct.error, IndexError, ValueError)
 WELCOME = (
     b"vtwisted manhole: switch, service and ops (the console's operations) are here;"
     b" help(ops) lists them.\r\n"
@@ -151,6 +157,17 @@ class ManholeTransport(SSHServerTransport):
     Twisted's SSH server, telling clients which user key signatures it
     verifies, and taking a client's goodbye for no error.
     """
+
+    def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
+        try:
+            super().dispatchMessage(messageNum, payload)
+        except _MALFORMED as e:
+            # Twisted's parsers raise on a message cut short, before any
+            # login, and the reactor logged the traceback of each.
+            transport: Any = self.transport
+            log.warn("manhole: malformed SSH message {number} from {peer} ({error}); "
+                     "disconnected", number=messageNum, peer=transport.getPeer(), error=e)
+            self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"malformed message")
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # Twisted logs an error for every disconnect message, the one ssh

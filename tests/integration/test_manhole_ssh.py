@@ -254,3 +254,20 @@ def test_passwordsWhenGiven(vswitch, shortdir) -> None:
             what="the refusal")
     assert "login of 'operator' from" in switch.logText()
     assert "wrong user name or password" in switch.logText()
+
+
+def test_aMalformedMessageBeforeLoginIsOneLine(vswitch, shortdir) -> None:
+    """
+    A client whose key exchange message is cut short (a scanner, a broken
+    client) is disconnected with one line in the log, not a traceback, and
+    ssh logs in afterwards.
+    """
+    manhole = Manhole(vswitch, shortdir)
+    with socket.create_connection(("127.0.0.1", manhole.port), timeout=5) as probe:
+        probe.sendall(b"SSH-2.0-probe\r\n")
+        # length 12, padding 10, payload: KEXINIT and one byte of its cookie.
+        probe.sendall(b"\x00\x00\x00\x0c\x0a\x14" + b"\x00" * 11)
+        waitFor(lambda: "malformed SSH message 20 from" in manhole.switch.logText(),
+                what="the malformed message in the log")
+    assert "Traceback" not in manhole.switch.logText()
+    assert manhole.ssh("switch.numPorts").stdout == b"32\r\n"

@@ -426,3 +426,30 @@ def test_aClientsGoodbyeIsNoError() -> None:
         server.receiveError(11, b"disconnected by user")
         server.receiveError(2, b"bad packet length")
     assert [(event["log_level"], event["code"]) for event in events] == [(LogLevel.warn, 2)]
+
+
+def test_aMalformedMessageDisconnectsInOneLine(tmp_path) -> None:
+    """
+    A key exchange message cut short is a protocol error: the client is
+    disconnected and one warning names the message and the peer; nothing
+    escapes into the reactor.
+    """
+    from twisted.cred import portal
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+    from twisted.logger import capturedLogs
+
+    from vtwisted.manhole import ManholeFactory, ManholeRealm
+
+    clock = Clock()
+    checker = checkerFor(tmp_path, newKey().public().toString("openssh"))
+    factory = ManholeFactory(portal.Portal(ManholeRealm({}, clock), [checker]), newKey(), clock)
+    factory.startFactory()
+    server = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    wire = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    server.makeConnection(wire)
+    with capturedLogs() as events:
+        server.dataReceived(b"SSH-2.0-probe\r\n\x00\x00\x00\x0c\x0a\x14" + b"\x00" * 11)
+    assert wire.disconnecting
+    assert [event["number"] for event in events if "number" in event] == [20]
