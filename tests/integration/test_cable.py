@@ -19,7 +19,7 @@ from certs import selfSignedCertificate
 from reactortools import sleep, until
 from twisted.internet import reactor
 
-from vtwisted.ports import cable, streamlinks
+from vtwisted.ports import cable, streamlinks, streamlistener
 from vtwisted.service import SwitchService
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
@@ -53,9 +53,9 @@ def ports(service: SwitchService) -> streamlinks.StreamPorts:
     return found
 
 
-def listenerOf(service: SwitchService) -> streamlinks.StreamListener:
+def listenerOf(service: SwitchService) -> streamlistener.StreamListener:
     found = ports(service)
-    assert isinstance(found, streamlinks.StreamListener)
+    assert isinstance(found, streamlistener.StreamListener)
     return found
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_twisted
 from certs import selfSignedCertificate
 from reactortools import sleep, until
@@ -21,7 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from vtwisted.ports import qemu, streamlinks
+from vtwisted.ports import qemu, streamlistener, vhostuser
 from vtwisted.spec import PortSpec
 from vtwisted.switch import Switch
 
@@ -81,7 +82,7 @@ async def test_tlsClientsThatNeverFinishTheHandshakeAreCutOff(shortdir: Path) ->
     clock = Clock()
     spec = f"qemu:ssl:0:privateKey={key}:certKey={cert}"
     service = qemu.makeService(Switch(), PortSpec(spec), ClockedReactor(clock))
-    assert isinstance(service, streamlinks.StreamListener)
+    assert isinstance(service, streamlistener.StreamListener)
     clients: list[socket.socket] = []
     with capturedLogs() as events:
         service.startService()
@@ -101,7 +102,8 @@ async def test_tlsClientsThatNeverFinishTheHandshakeAreCutOff(shortdir: Path) ->
             await until(lambda: all(closedByPeer(c) for c in clients), what="both cut off")
             assert not service.connections and not service.links
             assert service.failures.counted == 1
-            await tlsGuest(number, lambda: bool(service.links))
+            await tlsGuest(number, lambda: bool(service.links),
+                           lambda: clock.advance(service.SHORT_LINK))
         finally:
             for client in clients:
                 client.close()
@@ -114,10 +116,10 @@ async def test_tlsClientsThatNeverFinishTheHandshakeAreCutOff(shortdir: Path) ->
     assert len(summary) == 1 and "after 2 failures" in summary[0], lines(events)
 
 
-async def tlsGuest(number: int, plugged: Any) -> None:
+async def tlsGuest(number: int, plugged: Any, then: Any = None) -> None:
     """
     Connect over TLS to port C{number} and finish the handshake; wait until
-    C{plugged()}.
+    C{plugged()}, and call C{then()} before closing, if given.
     """
     context = ssl.create_default_context()
     context.check_hostname = False
@@ -132,6 +134,8 @@ async def tlsGuest(number: int, plugged: Any) -> None:
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 await sleep(0.02)
         await until(plugged, what="the guest plugged in")
+        if then is not None:
+            then()
 
 
 async def nextConnection(listener: socket.socket, clock: Clock) -> socket.socket:
@@ -189,5 +193,62 @@ async def test_aPeerThatAcceptsAndClosesIsOneFailureSeries(shortdir: Path) -> No
     assert "the peer closed the connection 0.0 s after accepting it" in warned[0]
     summary = [line for line in lines(events) if "works again" in line]
     assert len(summary) == 1 and "after 6 failures (5 of them not logged" in summary[0]
+    assert len([line for line in lines(events) if " on port " in line]) == 1
+    assert len([line for line in lines(events) if " left port " in line]) == 1
+
+
+def wrongClient(path: Path, data: bytes) -> None:
+    """
+    Connect to the Unix socket at C{path}, send C{data} and close, as a
+    port scanner or a client of another protocol does.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(str(path))
+        client.sendall(data)
+
+
+def failuresReach(service: Any, count: int) -> Any:
+    """
+    Whether C{service} has noted C{count} failures in its series.
+    """
+    return lambda: service.failures.total == count
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("prefix", ["qemu", "vhostuser"])
+async def test_wrongClientsOfAListenerAreOneLinePerSeries(shortdir: Path, prefix: str) -> None:
+    """
+    Clients that connect to a C{qemu:} or C{vhostuser:} listener and close
+    at once, or send garbage, again and again (each a new process): one
+    warning for each kind of failure, no "on port" and "left port" lines;
+    a guest that stays a second is announced, with how many failures came
+    before it.
+    """
+    path = shortdir / "vm.sock"
+    spec = f"{prefix}:unix:{path}"
+    makeService = qemu.makeService if prefix == "qemu" else vhostuser.makeService
+    clock = Clock()
+    service = makeService(Switch(), PortSpec(spec), ClockedReactor(clock))
+    with capturedLogs() as events:
+        service.startService()
+        try:
+            for count in range(1, 11):
+                wrongClient(path, b"GET / HTTP/1.0\r\n\r\n" if count % 2 else b"")
+                await until(failuresReach(service, count), what="the client gone")
+            assert not [line for line in lines(events) if "port" in line], lines(events)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as guest:
+                guest.connect(str(path))
+                await until(lambda: service.links, what="the guest plugged in")
+                clock.advance(service.SHORT_LINK)
+            await until(lambda: not service.links, what="the guest gone")
+        finally:
+            await service.stopService()
+    refused, warned = lines(events, LogLevel.error), lines(events, LogLevel.warn)
+    assert len(refused) == 1 and len(warned) == 1, lines(events)
+    assert all(line.startswith(f"{spec}: python") for line in refused + warned)
+    assert refused[0].endswith("; closing the connection")
+    assert "the peer closed the connection 0.0 s after connecting" in warned[0]
+    summary = [line for line in lines(events) if "works again" in line]
+    assert len(summary) == 1 and "after 10 failures (8 of them not logged" in summary[0]
     assert len([line for line in lines(events) if " on port " in line]) == 1
     assert len([line for line in lines(events) if " left port " in line]) == 1

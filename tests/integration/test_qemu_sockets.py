@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.abstract import FileDescriptor
 
 from vtwisted.app import buildService
-from vtwisted.ports import streamconnector, streamlinks
+from vtwisted.ports import streamconnector, streamlinks, streamlistener
 from vtwisted.service import SwitchService
 from vtwisted.testing import FakeLink, frame, mac, plug
 
@@ -264,7 +264,7 @@ async def test_twoSwitchesJoinedOverTls(switch, shortdir: Path) -> None:
     key, cert = selfSignedCertificate(shortdir)
     server = switch(f"qemu:ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
     listener = portService(server)
-    assert isinstance(listener, streamlinks.StreamListener)
+    assert isinstance(listener, streamlistener.StreamListener)
     number = listener.listeningPort.getHost().port
     client = switch(f"qemu:connect:tls:host=localhost:port={number}:trustRoots={shortdir}/roots")
     await until(lambda: portService(server).links and portService(client).links,
@@ -299,7 +299,7 @@ async def test_aFailedTlsHandshakeGetsNoPortAndIsLoggedWithItsCause(switch,
     with capturedLogs() as events:
         server = switch(f"qemu:ssl:0:privateKey={key}:certKey={cert}:interface=127.0.0.1")
         listener = portService(server)
-        assert isinstance(listener, streamlinks.StreamListener)
+        assert isinstance(listener, streamlistener.StreamListener)
         number = listener.listeningPort.getHost().port
         client = switch(f"qemu:connect:tls:host=localhost:port={number}:trustRoots={other}/roots")
         await sleep(2.5)  # several attempts
@@ -359,7 +359,7 @@ def test_guestEndingInsideAFrameIsCountedAndLogged(vswitch, shortdir: Path) -> N
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as guest:
         guest.connect(str(path))
         guest.sendall(struct.pack("!I", len(whole)) + whole + struct.pack("!I", 60) + b"x" * 20)
-    waitFor(lambda: "left port" in sw.logText(), what="the guest's link gone")
+    waitFor(lambda: "ended inside a message" in sw.logText(), what="the guest's link gone")
     stats = console(mgmt, "port/stats 1")
     assert "malformed=1 " in stats, stats
     lines = [line for line in sw.logText().splitlines() if "ended inside a message" in line]

@@ -309,7 +309,8 @@ async def test_frontEndsThatComeAndGoLeaveNothingBehind(listener, frontEnds, err
     """
     Front-ends that start a ring and transmit, then hang up or are refused
     (an avail index past the ring), leave no descriptor and no mapping of
-    their memory behind.
+    their memory behind; each is a failure of one series (none lasted a
+    second), so the refusal is logged once, the others counted.
     """
     before = openDescriptors()
     for i in range(10):
@@ -323,5 +324,6 @@ async def test_frontEndsThatComeAndGoLeaveNothingBehind(listener, frontEnds, err
         front.close()
         await until(lambda: not listener[0].links, what="the link to go")
     assert openDescriptors() == before and guestMappings() == 0
-    assert len(errors) == 5, errors
+    assert len(errors) == 1, errors
     assert all("17 chains available" in e["problem"] for e in errors), errors
+    assert listener[0].failures.total == 10

@@ -13,7 +13,7 @@ from test_qemu import Transport, decode, encode
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 
 from vtwisted.ports import cable
-from vtwisted.ports.streamlinks import StreamListener
+from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.spec import PortSpec
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug

@@ -50,10 +50,10 @@ from vtwisted.ports.streamfailures import peerHost, whyLost
 from vtwisted.ports.streamlinks import (
     READY_TIMEOUT,
     StreamLink,
-    StreamListener,
     StreamPorts,
     packLength,
 )
+from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet

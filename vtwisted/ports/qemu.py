@@ -15,7 +15,10 @@ C{tcp:5555:interface=127.0.0.1}); a guest started with C{-netdev
 stream,addr.type=unix,addr.path=...} or C{-netdev socket,connect=...}
 connects to it.  Unlike QEMU's listening sockets, which serve one peer at a
 time, any number of guests may connect, each on a port of its own, which is
-freed when the guest goes.  Over TLS (C{ssl:}) a guest gets its port once
+freed when the guest goes.  A guest's link is announced once it has lasted
+a second; one that ends sooner, or is closed for what it sent (a port
+scanner, a client of another protocol), is a failure logged once per
+series (L{vtwisted.ports.streamlistener}).  Over TLS (C{ssl:}) a guest gets its port once
 the handshake is done; a connection whose handshake fails, or is not done
 within 10 s (a client that connects and sends nothing, or half a
 ClientHello, to hold descriptors), is closed and logged with its peer and
@@ -51,11 +54,8 @@ from zope.interface import implementer
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.ports.streamconnector import StreamConnector
-from vtwisted.ports.streamlinks import (
-    StreamLink,
-    StreamListener,
-    StreamPorts,
-)
+from vtwisted.ports.streamlinks import StreamLink, StreamPorts
+from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.spec import PortSpec
 
@@ -81,6 +81,7 @@ class QemuListener(StreamListener):
     """
 
     protocol = QemuStreamLink
+    upMeansWorking = False  # a guest connecting says nothing: a link must last
 
 
 @implementer(IPortService)

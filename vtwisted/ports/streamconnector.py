@@ -28,7 +28,6 @@ from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import DeferredList
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
@@ -37,8 +36,6 @@ from vtwisted.ports.streamfailures import (
     MAX_RETRY_DELAY,
     QuietClientService,
     ReportingEndpoint,
-    endedTooSoon,
-    peerHost,
 )
 from vtwisted.ports.streamlinks import StreamLink, StreamPorts
 
@@ -57,8 +54,6 @@ class StreamConnector(StreamPorts):
     ) -> None:
         super().__init__(switch, reactor, options, spec)
         self.endpoint = endpoint
-        #: Links on trial (see L{upMeansWorking}): the call that ends it.
-        self._trials: dict[StreamLink, Any] = {}
         self.client = QuietClientService(
             ReportingEndpoint(endpoint, self.failures),
             self.factory,
@@ -69,13 +64,9 @@ class StreamConnector(StreamPorts):
 
     #: Seconds before connecting again, by failed attempts in a row.
     _backoff = staticmethod(backoffPolicy(initialDelay=0.2, maxDelay=MAX_RETRY_DELAY))
-    #: A link plugged in for less than this many seconds counts as a failed
-    #: attempt: a peer that accepts and closes at once is retried with a
-    #: growing delay, not about once a second for ever.  Unless being
-    #: plugged in says a link works (L{upMeansWorking}), one that lasts
-    #: this long has worked: it is announced then, and one that the peer
-    #: ends sooner is a failure, noted once per series.
-    SHORT_LINK = 1.0
+    #: A link plugged in for less than L{SHORT_LINK} seconds counts as a
+    #: failed attempt: a peer that accepts and closes at once is retried
+    #: with a growing delay, not about once a second for ever.
     #: Connections in a row that did not count as made: links shorter than
     #: L{SHORT_LINK}, or (cables) connections lost before the far hello.
     unready = 0
@@ -88,33 +79,14 @@ class StreamConnector(StreamPorts):
         """
         return float(self._backoff(attempts + self.unready))
 
-    def linkUp(self, link: StreamLink) -> None:
-        link.upAt = self.reactor.seconds()
-        super().linkUp(link)
-        if link in self.links and not self.upMeansWorking and self.SHORT_LINK:
-            self._trials[link] = self.reactor.callLater(self.SHORT_LINK, self._lasted, link)
-
-    def _lasted(self, link: StreamLink) -> None:
-        del self._trials[link]
-        self.linkWorks(link)
-
     def handshakeFailed(self, link: StreamLink, problem: str) -> None:
         self.unready += 1  # tried again with a growing delay
         super().handshakeFailed(link, problem)
-
-    def peerEnded(self, link: StreamLink, reason: Failure | None) -> None:
-        if link in self._trials:
-            problem = endedTooSoon(reason, self.reactor.seconds() - link.upAt, self.SHORT_LINK)
-            self.failures.note(problem, link.description,
-                               f"{peerHost(link.transport, link.description)}: ended too soon")
 
     def linkDown(self, link: StreamLink) -> None:
         if link in self.links:
             lasted = self.reactor.seconds() - link.upAt >= self.SHORT_LINK
             self.unready = 0 if lasted else self.unready + 1
-            trial = self._trials.pop(link, None)
-            if trial is not None and trial.active():
-                trial.cancel()
         super().linkDown(link)
 
     def startService(self) -> None:

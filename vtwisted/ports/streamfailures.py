@@ -15,6 +15,7 @@ what stays the same when a peer connects again.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from OpenSSL import SSL
@@ -34,6 +35,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 log = Logger()
+
+#: The pid in a Unix peer's description (C{qemu-system-x86 pid 4242 on ...}).
+_PID = re.compile(r" pid \d+")
 
 #: Seconds between reconnection attempts of a connecting spec, at most.
 MAX_RETRY_DELAY = 5.0
@@ -64,7 +68,9 @@ class FailureLog:
         self._seen: set[str] = set()
         self._full = False
 
-    def note(self, problem: str, peer: str = "", same: str = "") -> None:
+    def note(
+        self, problem: str, peer: str = "", same: str = "", level: LogLevel = LogLevel.warn
+    ) -> None:
         """
         Log C{peer: problem} unless the same failure was logged in this
         series.
@@ -72,6 +78,7 @@ class FailureLog:
         @param same: what makes two failures the same, if not their text:
             the peer's host without its port, and the problem without what
             the peer sent, say.
+        @param level: the level of its line, if logged.
         """
         text = f"{peer}: {problem}" if peer else problem
         self.last = text
@@ -88,7 +95,7 @@ class FailureLog:
                          "counted until a link comes up", spec=self.spec, n=self.MAX_KINDS)
             return
         self._seen.add(key)
-        log.warn("{spec}: {problem}", spec=self.spec, problem=text)
+        log.emit(level, "{spec}: {problem}", spec=self.spec, problem=text)
 
     def worked(self) -> None:
         """
@@ -108,12 +115,13 @@ class FailureLog:
 def peerHost(transport: Any, description: str) -> str:
     """
     A connection's peer without its port: what stays the same when it
-    connects again (C{tcp 10.0.0.2}; a Unix peer's description).
+    connects again (C{tcp 10.0.0.2}; a Unix peer's description
+    without its pid).
     """
     peer = transport.getPeer()
     host = getattr(peer, "host", None)
-    if host is None:
-        return description
+    if host is None:  # a Unix peer: the same program again has another pid
+        return _PID.sub("", description)
     return f"{peer.type.lower()} {host}"
 
 
@@ -170,15 +178,21 @@ def connectErrorText(error: Any) -> str:
     return str(error)
 
 
-def endedTooSoon(reason: Failure | None, lasted: float, needed: float) -> str:
+def endedTooSoon(
+    reason: Failure | None, lasted: float, needed: float, listening: bool = False
+) -> str:
     """
-    Why a connection the peer accepted does not count as working: it ended
-    after C{lasted} seconds, before the C{needed} ones.
+    Why a connection does not count as working: it ended after C{lasted}
+    seconds, before the C{needed} ones, after the peer accepted it (or,
+    C{listening}, after the peer connected).
     """
     if reason is None or reason.check(ConnectionDone):
         what = "the peer closed the connection"
     else:
         what = f"the connection was lost ({reason.getErrorMessage()})"
+    if listening:
+        return (f"{what} {lasted:.1f} s after connecting (a link works once it lasts "
+                f"{needed:g} s)")
     return (f"{what} {lasted:.1f} s after accepting it (a link works once it lasts "
             f"{needed:g} s); retrying every {MAX_RETRY_DELAY:g} s at most")
 

@@ -40,20 +40,21 @@ from twisted.application.service import Service
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import errors
-from vtwisted.interfaces import ILink, IPortService
+from vtwisted.interfaces import ILink
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamfailures import (
     FailureLog,
+    endedTooSoon,
     peerHost,
     whyLost,
 )
-from vtwisted.sockettools import claimSocketPath, listenError, peerCredentials
+from vtwisted.sockettools import peerCredentials
 
 log = Logger()
 
@@ -205,10 +206,12 @@ class StreamLink(Int32StringReceiver):
         problem = f"message length {length} is over the limit of {self.MAX_LENGTH}"
         if self.port is not None:
             self.port.counters.drops["malformed"] += 1
-        log.error(
-            "{spec}: {peer}: {problem}; closing the connection",
-            spec=self.owner.spec, peer=self.description, problem=problem,
-        )
+        if not self.owner.failedOnTrial(self, f"{problem}; closing the connection",
+                                        "message length over the limit"):
+            log.error(
+                "{spec}: {peer}: {problem}; closing the connection",
+                spec=self.owner.spec, peer=self.description, problem=problem,
+            )
         # unplugged at once, and closed even over TLS (see close)
         self.close()
 
@@ -219,18 +222,21 @@ class StreamLink(Int32StringReceiver):
             self._handshaking = False
             self.owner.handshakeFailed(self, whyLost(reason))
         if self.port is not None and self in self.owner.links:  # the peer ended it
-            self._noteTruncated()
-            self.owner.peerEnded(self, reason)
+            if not self._noteTruncated():
+                self.owner.peerEnded(self, reason)
         self.owner.linkDown(self)
 
-    def _noteTruncated(self) -> None:
+    def _noteTruncated(self) -> bool:
         """
         Count and log a last message the peer cut short, if any: it can
-        never be completed, so it is a malformed frame.
+        never be completed, so it is a malformed frame.  On a link still on
+        trial it is that link's failure, noted once per series.
+
+        @return: whether it was noted as such a failure.
         """
         pending = self.recvd  # what the receiver kept of an incomplete message
         if not pending or self._broken:
-            return
+            return False
         prefix = self.prefixLength
         if len(pending) < prefix:
             problem = f"{len(pending)} of the {prefix} bytes of a length prefix"
@@ -238,9 +244,12 @@ class StreamLink(Int32StringReceiver):
             length = struct.unpack(self.structFormat, pending[:prefix])[0]
             problem = f"{len(pending) - prefix} of {length} bytes of a frame"
         self.port.counters.drops["malformed"] += 1
-        log.warn("{spec}: {peer}: the connection ended inside a message ({problem} "
-                 "received); dropped as malformed", spec=self.owner.spec,
-                 peer=self.description, problem=problem)
+        text = f"the connection ended inside a message ({problem} received); dropped as malformed"
+        if self.owner.failedOnTrial(self, text, "ended inside a message", LogLevel.warn):
+            return True
+        log.warn("{spec}: {peer}: {text}", spec=self.owner.spec, peer=self.description,
+                 text=text)
+        return False
 
     # ILink
 
@@ -356,14 +365,21 @@ class StreamPorts(Service):
     """
 
     protocol: type[StreamLink] = StreamLink
+    #: Whether peers connect to the switch (else the switch connects).
+    listening = False
     #: Whether links coming and going are logged (a subclass may log them
     #: itself, when they matter).
     announceLinks = True
     #: Whether a link plugged in has worked (ends a series of failures and
-    #: is announced); if not, a connector's link works once it has lasted
-    #: (L{vtwisted.ports.streamconnector.StreamConnector.SHORT_LINK}), or a
-    #: subclass says when (L{linkWorks}).
+    #: is announced); if not, a link works once it has lasted L{SHORT_LINK}
+    #: seconds, or a subclass says when (L{linkWorks}).
     upMeansWorking = True
+    #: Unless being plugged in says a link works (L{upMeansWorking}), one
+    #: that lasts this many seconds has worked: it is announced then, and
+    #: one that ends sooner (the peer closing, or sending something
+    #: unusable: a port scanner, a client of another protocol) is a
+    #: failure, noted once per series.
+    SHORT_LINK = 1.0
 
     def __init__(self, switch: Any, reactor: Any, options: PortOptions, spec: str) -> None:
         self.switch = switch
@@ -375,6 +391,8 @@ class StreamPorts(Service):
         #: The links whose coming was logged (so is their going).
         self.announced: set[StreamLink] = set()
         self.failures = FailureLog(spec)
+        #: Links on trial (see L{upMeansWorking}): the call that ends it.
+        self._trials: dict[Any, Any] = {}
         self.factory = Factory.forProtocol(lambda: self.protocol(self))
         self.factory.noisy = False
 
@@ -382,6 +400,7 @@ class StreamPorts(Service):
         """
         Give a new connection a port, or close it if none is left.
         """
+        link.upAt = self.reactor.seconds()
         try:
             port = self.switch.allocatePort(None, link.uid)
         except errors.SwitchError as e:
@@ -397,6 +416,28 @@ class StreamPorts(Service):
         self.switch.attach(port, link)
         if self.upMeansWorking:
             self.linkWorks(link)
+        elif self.SHORT_LINK:
+            self._trials[link] = self.reactor.callLater(self.SHORT_LINK, self._lasted, link)
+
+    def _lasted(self, link: StreamLink) -> None:
+        del self._trials[link]
+        self.linkWorks(link)
+
+    def failedOnTrial(
+        self, link: Any, problem: str, kind: str, level: LogLevel = LogLevel.error
+    ) -> bool:
+        """
+        Note a link on trial that failed for what its peer sent (C{problem},
+        logged at C{level}), once per series for its peer and this C{kind}
+        of problem; a link that has worked is not noted here.
+
+        @return: whether it was noted (then it is not to be logged again).
+        """
+        if link not in self._trials:
+            return False
+        self.failures.note(problem, link.description,
+                           f"{peerHost(link.transport, link.description)}: {kind}", level)
+        return True
 
     def linkWorks(self, link: StreamLink) -> None:
         """
@@ -419,8 +460,14 @@ class StreamPorts(Service):
 
     def peerEnded(self, link: StreamLink, reason: Failure | None) -> None:
         """
-        The peer ended a link plugged in (its L{linkDown} follows).
+        The peer ended a link plugged in (its L{linkDown} follows): a
+        failure of the series if it was still on trial.
         """
+        if link in self._trials:
+            problem = endedTooSoon(reason, self.reactor.seconds() - link.upAt,
+                                   self.SHORT_LINK, self.listening)
+            self.failures.note(problem, link.description,
+                               f"{peerHost(link.transport, link.description)}: ended too soon")
 
     def linkDown(self, link: StreamLink) -> None:
         """
@@ -428,6 +475,9 @@ class StreamPorts(Service):
         """
         if link not in self.links:
             return
+        trial = self._trials.pop(link, None)
+        if trial is not None and trial.active():
+            trial.cancel()
         self.links.remove(link)
         self.switch.detach(link.port, link)
         if link in self.announced:
@@ -447,56 +497,3 @@ class StreamPorts(Service):
             link.close()
         for link in waiting:
             link.abandon()
-
-
-@implementer(IPortService)
-class StreamListener(StreamPorts):
-    """
-    A spec whose peers connect to the switch.
-    """
-
-    listening = True
-
-    def __init__(
-        self,
-        switch: Any,
-        reactor: Any,
-        endpoint: Any,
-        options: PortOptions,
-        spec: str,
-        unixPath: str | None = None,
-    ) -> None:
-        super().__init__(switch, reactor, options, spec)
-        self.endpoint = endpoint
-        self.unixPath = unixPath
-        self.listeningPort: Any = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        if self.listeningPort is None:
-            self._listen()
-        super().startService()
-
-    def _listen(self) -> None:
-        if self.unixPath is not None:
-            claimSocketPath(self.unixPath, self.spec, "another program")
-        outcome: list[Any] = []
-        self.endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise OSError(f"{self.spec}: the endpoint did not listen at once")
-        if isinstance(outcome[0], Failure):
-            raise listenError(f"{self.spec}: cannot listen", outcome[0].value or Exception())
-        self.listeningPort = outcome[0]
-        log.info("{spec}: listening on {address}", spec=self.spec,
-                 address=self.listeningPort.getHost())
-
-    def stopService(self) -> Any:
-        super().stopService()
-        self._closeLinks()
-        port, self.listeningPort = self.listeningPort, None
-        if port is not None:
-            return port.stopListening()
-        return None

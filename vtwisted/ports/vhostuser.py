@@ -60,7 +60,8 @@ from zope.interface import implementer
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.ports.streamconnector import StreamConnector
-from vtwisted.ports.streamlinks import StreamListener, describePeer, socketOf
+from vtwisted.ports.streamlinks import describePeer, socketOf
+from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.ports.vhostrings import Ring
 from vtwisted.ports.virtqueue import DirtyLog, GuestMemory, VirtqueueError
@@ -216,8 +217,10 @@ class VhostUserLink(Protocol):
             ring.stop()
         if self.port is not None:
             self.port.counters.drops["malformed"] += 1
-        log.error("{spec}: {peer}: {problem}; closing the connection",
-                  spec=self.owner.spec, peer=self.description, problem=problem)
+        if not self.owner.failedOnTrial(self, f"{problem}; closing the connection",
+                                        "malformed"):
+            log.error("{spec}: {peer}: {problem}; closing the connection",
+                      spec=self.owner.spec, peer=self.description, problem=problem)
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: Any = None) -> None:
@@ -230,6 +233,8 @@ class VhostUserLink(Protocol):
             self.memory.close()
             self.memory = None
         self._setLog(None)
+        if not self._broken and self.port is not None and self in self.owner.links:
+            self.owner.peerEnded(self, reason)  # QEMU ended it
         self.owner.linkDown(self)
 
     def close(self) -> None:
@@ -517,6 +522,7 @@ class VhostUserListener(StreamListener):
 
     protocol = VhostUserLink  # type: ignore[assignment]
     offeredFeatures = OFFERED
+    upMeansWorking = False  # QEMU connecting says nothing: a link must last
 
 
 @implementer(IPortService)

@@ -1,0 +1,89 @@
+"""
+Stream ports whose peers connect to the switch (C{qemu:}, C{vhostuser:},
+C{cable:listen:}): a port for each connection, on a Twisted server endpoint.
+
+Theory of operation
+-------------------
+The endpoint listens in C{privilegedStartService} (a Unix socket left by a
+crash is replaced first), so a port below 1024 or a socket in a directory
+only root may write is taken before C{twistd} drops privileges.  Each
+connection is a L{vtwisted.ports.streamlinks.StreamLink} plugged into a
+port of its own.
+
+A port type whose peers say nothing when they connect (C{qemu:},
+C{vhostuser:}) sets L{StreamPorts.upMeansWorking} false: a link works once
+it has lasted L{StreamPorts.SHORT_LINK} seconds, and only then is it
+announced ("on port N", "left port N").  One that ends sooner (a port
+scanner, a client of another protocol that sends something unusable or
+closes at once) is a failure of the series, logged once for its peer and
+kind and counted after that (L{vtwisted.ports.streamfailures.FailureLog}),
+so a client retrying for ever cannot fill the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from vtwisted.interfaces import IPortService
+from vtwisted.portoptions import PortOptions
+from vtwisted.ports.streamlinks import StreamPorts
+from vtwisted.sockettools import claimSocketPath, listenError
+
+log = Logger()
+
+
+@implementer(IPortService)
+class StreamListener(StreamPorts):
+    """
+    A spec whose peers connect to the switch.
+    """
+
+    listening = True
+
+    def __init__(
+        self,
+        switch: Any,
+        reactor: Any,
+        endpoint: Any,
+        options: PortOptions,
+        spec: str,
+        unixPath: str | None = None,
+    ) -> None:
+        super().__init__(switch, reactor, options, spec)
+        self.endpoint = endpoint
+        self.unixPath = unixPath
+        self.listeningPort: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        if self.listeningPort is None:
+            self._listen()
+        super().startService()
+
+    def _listen(self) -> None:
+        if self.unixPath is not None:
+            claimSocketPath(self.unixPath, self.spec, "another program")
+        outcome: list[Any] = []
+        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            raise OSError(f"{self.spec}: the endpoint did not listen at once")
+        if isinstance(outcome[0], Failure):
+            raise listenError(f"{self.spec}: cannot listen", outcome[0].value or Exception())
+        self.listeningPort = outcome[0]
+        log.info("{spec}: listening on {address}", spec=self.spec,
+                 address=self.listeningPort.getHost())
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self._closeLinks()
+        port, self.listeningPort = self.listeningPort, None
+        if port is not None:
+            return port.stopListening()
+        return None
