@@ -13,6 +13,10 @@ L{buildService} is the same construction for C{.tac} files and tests.
 Management (C{--mgmt}, C{--rcfile}, C{--manhole}) is added after the port
 specs, so the rc file runs once every port service has started.
 
+A port that cannot start ends C{twistd} (daemonising or not) with one line
+and status 1, the ports started before it stopped
+(L{SwitchService.exitOnFailure}).
+
 C{SIGHUP} is ignored (logged once), as by Debian's C{vde_switch}: left to
 its default it killed the switch on the spot, without removing its socket
 files or closing its clients.  C{SIGTERM} and C{SIGINT} stop it cleanly.
@@ -308,11 +312,11 @@ def makeService(options: Options) -> SwitchService:
 
     service = options.build(reactor)
     runner = getattr(options, "parent", None) or {}
-    # a daemonising twistd reports a start-up error itself; twistd -n, and
-    # twist (which never daemonises, and has no nodaemon option), do not
-    if runner.get("nodaemon", True):
-        service.exitOnFailure = True
-        service.pidFile = runner.get("pidfile")
+    # a port that cannot start ends the program with one line, not twistd's
+    # traceback; a daemonising twistd's waiting parent gets it too
+    service.exitOnFailure = True
+    service.pidFile = runner.get("pidfile")
+    service.runner = runner
     ignoreHangups(reactor)
     return service
 

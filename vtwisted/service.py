@@ -18,13 +18,15 @@ the management console and the SSH manhole share.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from vtwisted.errors import SwitchError, osErrorText
 from vtwisted.interfaces import IRevivablePortService
@@ -34,6 +36,8 @@ from vtwisted.switch import Switch
 
 if TYPE_CHECKING:
     from vtwisted.operations import SwitchOperations
+
+log = Logger()
 
 
 class SwitchService(MultiService):
@@ -57,43 +61,90 @@ class SwitchService(MultiService):
         self._timer = TimerService(1, self._tick)
         self._timer.clock = self.clock
         self._timer.setServiceParent(self)
+        #: The children that started (privileged or not), while starting.
+        self._started: list[IService] = []
 
     def _tick(self) -> None:
         self.switch.tick(int(self.clock.seconds()))
 
     #: Whether a service that cannot start ends the program with its
-    #: message and no traceback (C{twistd -n vswitch}), instead of raising
-    #: (which a daemonising twistd reports itself).
+    #: message and no traceback (C{twistd vswitch}), instead of raising.
     exitOnFailure = False
     #: The pid file to remove then (twistd removes it only when it sees
     #: the error).
     pidFile: str | None = None
+    #: C{twistd}'s options, whose C{statusPipe} (a daemonising twistd's)
+    #: then takes the message to the waiting parent, which prints it.
+    runner: Any = None
 
     def privilegedStartService(self) -> None:
-        with self._starting():
-            super().privilegedStartService()
+        Service.privilegedStartService(self)
+        with self._starting() as done:
+            for service in self:
+                service.privilegedStartService()
+                done.append(service)
 
     def startService(self) -> None:
         self.startedAt = self.clock.seconds()
         self._tick()
-        with self._starting():
-            super().startService()
+        Service.startService(self)
+        with self._starting() as done:
+            for service in self:
+                service.startService()
+                done.append(service)
+        self._started = []
 
     @contextmanager
-    def _starting(self) -> Iterator[None]:
+    def _starting(self) -> Iterator[list[IService]]:
         """
-        Turn an error that says what failed (a spec, a path and an errno)
-        into the program's exit with that message, if L{exitOnFailure}.
+        Start services, noting each one that starts in the list yielded.
+        If one fails, stop those (and any started before), so that a switch
+        that cannot start leaves none of their files behind, and turn an
+        error that says what failed (a spec, a path and an errno) into the
+        program's exit with that message, if L{exitOnFailure}.
         """
+        done: list[IService] = []
         try:
-            yield
-        except (OSError, SpecError, SwitchError) as e:
-            if not self.exitOnFailure:
+            yield done
+        except BaseException as e:
+            self._stopStarted(done)
+            if not self.exitOnFailure or not isinstance(e, (OSError, SpecError, SwitchError)):
                 raise
             message = e.message if isinstance(e, SwitchError) else \
                 osErrorText(e) if isinstance(e, OSError) else str(e)
             _removePidFile(self.pidFile)
-            raise SystemExit(f"vswitch: {message}") from None
+            line = f"vswitch: {message}"
+            if _tellParent(self.runner, line):
+                # the parent exits with it at once: the log has it first
+                log.error("{line}", line=line)
+                raise SystemExit(1) from None
+            _tellTerminal(self.runner, line)
+            raise SystemExit(line) from None  # printed to the log by twistd
+        self._started.extend(s for s in done if s not in self._started)
+
+    def _stopStarted(self, justStarted: list[IService]) -> None:
+        """
+        Stop the children that started, last first, but the one that just
+        failed (which cleans up after itself), and run at once what their
+        stopping left for the reactor (a Unix socket file is removed on its
+        next turn, which a switch that cannot start never has).
+        """
+        failing = next((s for s in self if s not in justStarted), None)
+        started = [s for s in self if s is not failing
+                   and (s in self._started or s in justStarted)]
+        self._started = []
+        self.running = 0
+        for service in reversed(started):
+            if service is self._timer and not service.running:
+                continue  # it has nothing to stop before its startService
+            try:
+                service.stopService()
+            except Exception:
+                log.failure("{service} failed to stop", service=service)
+        runDue = getattr(self.reactor, "runUntilCurrent", None)
+        if runDue is not None and not getattr(self.reactor, "running", True):
+            for _ in range(5):  # what a stop scheduled may schedule again
+                runDue()
 
     @property
     def operations(self) -> SwitchOperations:
@@ -151,6 +202,39 @@ class SwitchService(MultiService):
         """
         service = self.specs.pop(text)
         return service.disownServiceParent()
+
+
+def _tellParent(runner: Any, line: str) -> bool:
+    """
+    Hand C{line} (without its C{vswitch:}) to the parent a daemonising
+    C{twistd} left waiting for the start's outcome, which prints it (its
+    first 98 bytes) on its standard error and exits with status 1.
+
+    @return: whether there is such a parent.
+    """
+    pipe = runner.get("statusPipe") if runner is not None else None
+    if pipe is None:
+        return False
+    runner["statusPipe"] = None
+    message = line.removeprefix("vswitch: ").encode("ascii", "backslashreplace")
+    try:
+        os.write(pipe, b"1 " + message[:98])
+        os.close(pipe)
+    except OSError:
+        pass
+    return True
+
+
+def _tellTerminal(runner: Any, line: str) -> None:
+    """
+    Write C{line} to C{twistd -n}'s own standard error as well when its log
+    goes to a file (twistd sends what the program writes there to the log).
+    """
+    logFile = runner.get("logfile") if runner is not None else None
+    if logFile and logFile != "-" and sys.__stderr__ is not None:
+        with suppress(OSError, ValueError):
+            sys.__stderr__.write(line + "\n")
+            sys.__stderr__.flush()
 
 
 def _removePidFile(path: str | None) -> None:

@@ -1,0 +1,99 @@
+"""
+C{twistd vswitch} run as a daemon (no C{-n}) and as C{twistd -n}, as an
+administrator runs it: start-up failures, a second instance, signals.
+Every daemon is found by its pid file and stopped by that pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import socketListening, sourceEnv, waitFor
+
+TWISTD = [sys.executable, "-c",
+          "import sys; from twisted.scripts.twistd import run; sys.exit(run())"]
+
+
+def twistd(*args: str, foreground: bool = False) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{twistd ARGS} from this tree until it returns (a daemon's parent
+    returns once the daemon has started, or failed to).
+    """
+    argv = [*TWISTD, *(["-n"] if foreground else []), *args]
+    return subprocess.run(argv, env=sourceEnv(), capture_output=True, text=True, timeout=20,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Path]]:
+    """
+    Pid files of daemons a test starts; those still running are stopped.
+    """
+    pidFiles: list[Path] = []
+    yield pidFiles
+    for path in pidFiles:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(path.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "twistd -n"])
+@pytest.mark.parametrize("failing", ["qemu:unix:{d}/missing/vm.sock", "vde:{d}/missing/sw"])
+def test_aPortThatCannotStartLeavesNothingBehind(
+    shortdir: Path, daemons: list[Path], foreground: bool, failing: str
+) -> None:
+    """
+    A port that cannot start (here after a Unix listener and the console
+    have started, and before or after the VDE directory was made) ends
+    twistd with status 1 and one line naming the spec, the path and the
+    errno, in the log and (a daemon's parent prints what it is told) on
+    standard error; no traceback, and no socket, lock, directory or pid
+    file of the switch is left.
+    """
+    spec = failing.format(d=shortdir)
+    pidFile, log = shortdir / "sw.pid", shortdir / "sw.log"
+    daemons.append(pidFile)
+    ran = twistd(f"--pidfile={pidFile}", f"--logfile={log}", "vswitch",
+                 "--sock", str(shortdir / "sw"), "--mgmt", str(shortdir / "mgmt"),
+                 "--port", f"qemu:unix:{shortdir}/vm.sock", "--port", spec,
+                 foreground=foreground)
+    assert ran.returncode == 1, (ran, log.read_text())
+    what = "cannot listen" if spec.startswith("qemu") else f"cannot create {shortdir}/missing/sw"
+    line = f"vswitch: {spec}: {what}: No such file or directory (errno 2)"
+    text = log.read_text()
+    assert sorted(p.name for p in shortdir.iterdir()) == ["sw.log"], text
+    assert line in text and "Traceback" not in text, text
+    if foreground:  # its log is a file: the line is on its own standard error too
+        assert ran.stderr == line + "\n", ran.stderr
+    else:
+        assert f"An error has occurred: b'{spec}: {what}: No such file" in ran.stderr, ran.stderr
+
+
+def test_aSecondSwitchOnTheSameDirectoryIsRefused(shortdir: Path, daemons: list[Path]) -> None:
+    """
+    A second daemon on a running switch's directory is refused with a
+    message saying so; the first one's files stay, and it keeps running
+    until SIGTERM, which removes its sockets, directory and pid file.
+    """
+    first, second = shortdir / "a.pid", shortdir / "b.pid"
+    daemons += [first, second]
+    sock = shortdir / "sw"
+    ran = twistd(f"--pidfile={first}", f"--logfile={shortdir}/a.log", "vswitch",
+                 "--sock", str(sock), "--port", f"qemu:unix:{shortdir}/a.sock")
+    assert ran.returncode == 0, ran
+    waitFor(lambda: socketListening(sock / "ctl"), what="the first switch")
+    ran = twistd(f"--pidfile={second}", f"--logfile={shortdir}/b.log", "vswitch",
+                 "--sock", str(sock), "--port", f"qemu:unix:{shortdir}/b.sock")
+    assert ran.returncode == 1
+    assert "another switch is listening there" in ran.stderr, ran.stderr
+    assert socketListening(sock / "ctl") and socketListening(shortdir / "a.sock")
+    assert not (shortdir / "b.sock").exists() and not second.exists()
+    os.kill(int(first.read_text()), signal.SIGTERM)
+    waitFor(lambda: not first.exists(), what="the first switch to stop")
+    assert sorted(p.name for p in shortdir.iterdir()) == ["a.log", "b.log"]
