@@ -97,3 +97,39 @@ def test_aSecondSwitchOnTheSameDirectoryIsRefused(shortdir: Path, daemons: list[
     os.kill(int(first.read_text()), signal.SIGTERM)
     waitFor(lambda: not first.exists(), what="the first switch to stop")
     assert sorted(p.name for p in shortdir.iterdir()) == ["a.log", "b.log"]
+
+
+def test_afterTwistdDropsPrivilegesTheSwitchsFilesAreItsUsers(
+    shortdir: Path, daemons: list[Path]
+) -> None:
+    """
+    C{twistd --uid nobody --gid nogroup} as root, in a directory of
+    nobody's: the Unix sockets of C{qemu:} and C{vhostuser:} belong to
+    nobody as the VDE directory and the console do (root's, they were of
+    no use to guests of the switch's user), and SIGTERM removes every one
+    of them and the pid file (it could not: nobody may not remove root's
+    files, and the stop logged tracebacks).
+    """
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    nobody = pwd.getpwnam("nobody")
+    shortdir.chmod(0o711)  # nobody may pass through
+    home = shortdir / "run"
+    home.mkdir(mode=0o750)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    pidFile, log = home / "sw.pid", shortdir / "sw.log"
+    daemons.append(pidFile)
+    ran = twistd(f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}", f"--pidfile={pidFile}",
+                 f"--logfile={log}", "vswitch", "--sock", str(home / "sw"),
+                 "--mgmt", str(home / "mgmt"), "--port", f"qemu:unix:{home}/vm.sock",
+                 "--port", f"vhostuser:unix:{home}/vm.vhost")
+    assert ran.returncode == 0, (ran, log.read_text())
+    waitFor(lambda: socketListening(home / "sw" / "ctl"), what="the switch")
+    for name in ("sw", "sw/ctl", "mgmt", "vm.sock", "vm.vhost"):
+        assert (home / name).stat().st_uid == nobody.pw_uid, name
+    os.kill(int(pidFile.read_text()), signal.SIGTERM)
+    waitFor(lambda: not pidFile.exists(), what="the switch to stop")
+    waitFor(lambda: "Server Shut Down" in log.read_text(), what="its last line")
+    assert list(home.iterdir()) == [] and "Traceback" not in log.read_text(), log.read_text()

@@ -60,11 +60,13 @@ def test_aPortThatCannotStartEndsTwistdWithItsMessage(tmp_path) -> None:
     service = buildService(reactor, [spec], defaultSock=False)
     with pytest.raises(OSError) as raised:
         service.privilegedStartService()
+        service.startService()
     assert raised.value.errno == errno.ENOENT
     service = buildService(reactor, [spec], defaultSock=False)
     service.exitOnFailure = True
     with pytest.raises(SystemExit) as exited:
         service.privilegedStartService()
+        service.startService()
     assert str(exited.value.code) == (f"vswitch: {spec}: cannot listen: No such file or "
                                       "directory (errno 2)")
 

@@ -4,11 +4,13 @@ C{cable:listen:}): a port for each connection, on a Twisted server endpoint.
 
 Theory of operation
 -------------------
-The endpoint listens in C{privilegedStartService} (a Unix socket left by a
-crash is replaced first), so a port below 1024 or a socket in a directory
-only root may write is taken before C{twistd} drops privileges.  Each
-connection is a L{vtwisted.ports.streamlinks.StreamLink} plugged into a
-port of its own.
+A TCP endpoint listens in C{privilegedStartService}, so that a port below
+1024 is taken before C{twistd} drops privileges; a Unix socket is made in
+C{startService}, after, as the VDE directory and the console's socket are:
+it belongs to the switch's user (C{twistd --uid}), whose guests can then
+connect, and who can remove it when the switch stops (a Unix socket left
+by a crash is replaced first).  Each connection is a
+L{vtwisted.ports.streamlinks.StreamLink} plugged into a port of its own.
 
 A port type whose peers say nothing when they connect (C{qemu:},
 C{vhostuser:}) sets L{StreamPorts.upMeansWorking} false: a link works once
@@ -60,7 +62,8 @@ class StreamListener(StreamPorts):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        self._listen()
+        if self.unixPath is None:  # a TCP port below 1024 needs root
+            self._listen()
 
     def startService(self) -> None:
         if self.listeningPort is None:
