@@ -11,7 +11,7 @@ import os
 from twisted.application.service import Application
 from twisted.internet import reactor
 
-from vtwisted.app import buildService
+from vtwisted.app import buildService, ignoreHangups
 from vtwisted.spec import escape
 
 directory = os.environ.get("VSWITCH_SOCK", "/tmp/vde.ctl")
@@ -40,3 +40,4 @@ switchService = buildService(
     # fstp=True,  # spanning tree (vde_switch -F), for loops of cables
 )
 switchService.setServiceParent(application)
+ignoreHangups(reactor)  # as twistd vswitch: SIGHUP would kill it, leaving its sockets

@@ -133,3 +133,26 @@ def test_afterTwistdDropsPrivilegesTheSwitchsFilesAreItsUsers(
     waitFor(lambda: not pidFile.exists(), what="the switch to stop")
     waitFor(lambda: "Server Shut Down" in log.read_text(), what="its last line")
     assert list(home.iterdir()) == [] and "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_theTacAsShippedIgnoresHangups(shortdir: Path, daemons: list[Path]) -> None:
+    """
+    C{twistd -y etc/vswitch.tac} as a daemon: SIGHUP leaves it running, as
+    it does C{twistd vswitch} (it killed it, leaving its socket, directory
+    and pid file); SIGTERM stops it and removes them.
+    """
+    pidFile, log, sock = shortdir / "sw.pid", shortdir / "sw.log", shortdir / "sw"
+    daemons.append(pidFile)
+    tac = Path(__file__).resolve().parents[2] / "etc" / "vswitch.tac"
+    env = dict(sourceEnv(), VSWITCH_SOCK=str(sock))
+    ran = subprocess.run([*TWISTD, f"--pidfile={pidFile}", f"--logfile={log}", "-y", str(tac)],
+                         env=env, capture_output=True, text=True, timeout=20)
+    assert ran.returncode == 0, ran
+    waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
+    pid = int(pidFile.read_text())
+    os.kill(pid, signal.SIGHUP)
+    waitFor(lambda: "SIGHUP ignored" in log.read_text(), what="the hangup noted")
+    assert socketListening(sock / "ctl")
+    os.kill(pid, signal.SIGTERM)
+    waitFor(lambda: not pidFile.exists(), what="the switch to stop")
+    assert sorted(p.name for p in shortdir.iterdir()) == ["sw.log"]
