@@ -19,6 +19,8 @@ from helpers import (
     need,
     needRoot,
     run,
+    sourceEnv,
+    twistdArgv,
     uniqueName,
     waitFor,
 )
@@ -252,3 +254,20 @@ def test_sendingGoesOnWhenTheInterfaceAddressChanges(processes, namespaces, shor
 
 def _sendingAddresses(ns: str) -> str:
     return run("ip", "netns", "exec", ns, "ss", "-Huan").stdout
+
+
+def test_aGroupThatCannotBeJoinedStopsTheStart(namespaces, shortdir) -> None:
+    """
+    In a namespace with no route for the group (its loopback only), the
+    group cannot be joined: the switch does not start deaf (it said "group
+    ... on port 1" and never heard a member), it exits with the reason and
+    what to do.
+    """
+    ns = namespaces.add()
+    spec = f"mcast:{GROUP}:5561"
+    ran = subprocess.run(execIn(ns, *twistdArgv("--sock", str(shortdir / "sw"), "--port", spec)),
+                         env=sourceEnv(), capture_output=True, text=True, timeout=20)
+    assert ran.returncode == 1, ran.stdout
+    assert (f"vswitch: {spec}: cannot join {GROUP}:5561: No such device (errno 19); no route "
+            f"leads to the group: give localaddr=ADDR, or a route (ip route add {GROUP} dev "
+            "IFACE)") in ran.stdout + ran.stderr, ran.stdout

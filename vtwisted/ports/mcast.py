@@ -27,9 +27,12 @@ starts, which makes the kernel choose that address once and keep it (a
 connected UDP socket's source is fixed); C{getsockname} then tells it.  If
 there is no route for the group yet, its own frames are told by port alone
 (and logged so) until one of them comes back, when the socket is connected
-again.  Frames leave with TTL 1 (the local link) unless C{ttl=} says
-otherwise, through the interface of C{localaddr=} if given, as QEMU's
-C{localaddr=} does.
+again; without C{localaddr=}, the group cannot even be joined then, which
+stops the port's start with a message saying so (Twisted reports a failed
+join through a L{Deferred}, which was left unread: the port started deaf).
+Frames leave with TTL 1 (the local link) unless C{ttl=} says otherwise,
+through the interface of C{localaddr=} if given, as QEMU's C{localaddr=}
+does.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
@@ -214,14 +218,20 @@ class McastService(SingleLinkService):
             receiving = listenMulticast(self.reactor, self.number, link, self.group,
                                         MAX_DATAGRAM, listenMultiple=True)
             self.ports.append(receiving)
-            receiving.joinGroup(self.group, interface)
+            _joined(receiving.joinGroup(self.group, interface))
             sending = self._openSender()
             self.ports.append(sending)
         except Exception as e:
             for port in self.ports:
                 port.stopListening()
             self.ports = []
-            raise listenError(f"{self.spec}: cannot join {self.group}:{self.number}", e) from e
+            error = listenError(f"{self.spec}: cannot join {self.group}:{self.number}", e)
+            if error.errno == errno.ENODEV:
+                hint = (f"is there an interface with the address {self.localaddr}?"
+                        if self.localaddr else "no route leads to the group: give "
+                        f"localaddr=ADDR, or a route (ip route add {self.group} dev IFACE)")
+                error = OSError(error.errno, f"{error.strerror}; {hint}")
+            raise error from e
         link.useSender(sending)
         self.link = link
 
@@ -265,6 +275,22 @@ class McastService(SingleLinkService):
         for port in ports:
             port.stopListening()
         return None
+
+
+def _joined(joining: Any) -> None:
+    """
+    Raise what stopped a join (Twisted reports it through a L{Deferred},
+    which has fired by now: the group and interface are addresses), as
+    the L{OSError} under Twisted's C{MulticastJoinError}.
+    """
+    outcome: list[Any] = []
+    joining.addBoth(outcome.append)
+    if outcome and isinstance(outcome[0], Failure):
+        error = outcome[0].value
+        cause = getattr(error, "__cause__", None)
+        if isinstance(cause, OSError):
+            raise cause
+        outcome[0].raiseException()
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> McastService:
