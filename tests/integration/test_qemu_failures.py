@@ -22,7 +22,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from vtwisted.ports import qemu, streamlistener, vhostuser
+from vtwisted.ports import qemu, streamconnector, streamlistener, vhostuser
 from vtwisted.spec import PortSpec
 from vtwisted.switch import Switch
 
@@ -153,12 +153,13 @@ async def nextConnection(listener: socket.socket, clock: Clock) -> socket.socket
 
 
 @pytest_twisted.ensureDeferred
-async def test_aPeerThatAcceptsAndClosesIsOneFailureSeries(shortdir: Path) -> None:
+@pytest.mark.parametrize("prefix", ["qemu", "vhostuser"])
+async def test_aPeerThatAcceptsAndClosesIsOneFailureSeries(shortdir: Path, prefix: str) -> None:
     """
-    C{qemu:connect:} to a peer that accepts each connection and closes it
-    at once: no "on port" and "left port" at every retry, but one warning
-    saying what happens; a connection that lasts a second is announced,
-    with how many failures came before it.
+    C{qemu:connect:} (and C{vhostuser:connect:}) to a peer that accepts each
+    connection and closes it at once: no "on port" and "left port" at every
+    retry, but one warning saying what happens; a connection that lasts a
+    second is announced, with how many failures came before it.
     """
     path = shortdir / "guest.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -166,9 +167,10 @@ async def test_aPeerThatAcceptsAndClosesIsOneFailureSeries(shortdir: Path) -> No
     listener.listen(8)
     listener.setblocking(False)
     clock = Clock()
-    spec = f"qemu:connect:unix:{path}"
-    service = qemu.makeService(Switch(), PortSpec(spec), ClockedReactor(clock))
-    assert isinstance(service, qemu.QemuConnector)
+    spec = f"{prefix}:connect:unix:{path}"
+    makeService = qemu.makeService if prefix == "qemu" else vhostuser.makeService
+    service = makeService(Switch(), PortSpec(spec), ClockedReactor(clock))
+    assert isinstance(service, streamconnector.StreamConnector)
     with capturedLogs() as events:
         service.startService()
         try:

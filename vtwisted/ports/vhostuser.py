@@ -534,6 +534,7 @@ class VhostUserConnector(StreamConnector):
 
     protocol = VhostUserLink  # type: ignore[assignment]
     offeredFeatures = OFFERED
+    upMeansWorking = False  # a QEMU accepting says nothing: a link must last
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> Any:
