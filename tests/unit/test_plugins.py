@@ -104,15 +104,17 @@ def thirdParty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
             del sys.modules[name]
 
 
-def test_thirdPartyPortTypeWorksWithoutTouchingVtwisted(thirdParty: Path) -> None:
-    """A plugin from another package is found and its port forwards frames."""
+def assertMirrors(spec: str) -> None:
+    """
+    A switch with the port C{spec} (the example plugin's reflector) sends a
+    broadcast back to its source.
+    """
     from twisted.internet.task import Clock
 
     from vtwisted.app import buildService
     from vtwisted.testing import FakeLink, frame, mac, plug
 
-    assert "acme" in portTypes()
-    service = buildService(Clock(), ["acme:mirror"], defaultSock=False)
+    service = buildService(Clock(), [spec], defaultSock=False)
     service.startService()
     try:
         listener = FakeLink()
@@ -121,6 +123,12 @@ def test_thirdPartyPortTypeWorksWithoutTouchingVtwisted(thirdParty: Path) -> Non
         assert listener.sent == [frame(mac(1), mac(1))]
     finally:
         service.stopService()
+
+
+def test_thirdPartyPortTypeWorksWithoutTouchingVtwisted(thirdParty: Path) -> None:
+    """A plugin from another package is found and its port forwards frames."""
+    assert "acme" in portTypes()
+    assertMirrors("acme:mirror")
 
 
 def test_thirdPartyPortTypeAppearsInHelp(thirdParty: Path) -> None:
@@ -233,11 +241,7 @@ def test_aDeclarationInTwistedPluginsIsFound(
     A port type declared in a twisted/plugins/ directory (Twisted's own
     plugin package) is found too, and its port forwards frames.
     """
-    from twisted.internet.task import Clock
-
     import twisted.plugins
-    from vtwisted.app import buildService
-    from vtwisted.testing import FakeLink, frame, mac, plug
 
     plugins = thirdParty / "twisted" / "plugins"
     declare(plugins, "acme_twisted", """
@@ -245,15 +249,7 @@ def test_aDeclarationInTwistedPluginsIsFound(
         mirror = PortType("mirror", "acme_reflector", "mirror:NAME reflects every frame")
         """)
     monkeypatch.setattr(twisted.plugins, "__path__", [*twisted.plugins.__path__, str(plugins)])
-    service = buildService(Clock(), ["mirror:m"], defaultSock=False)
-    service.startService()
-    try:
-        listener = FakeLink()
-        plug(service.switch, listener)
-        listener.receive(frame(b"\xff" * 6, mac(1)))
-        assert listener.sent == [frame(mac(1), mac(1))]
-    finally:
-        service.stopService()
+    assertMirrors("mirror:m")
 
 
 def test_aClashingPrefixKeepsTheShippedType(

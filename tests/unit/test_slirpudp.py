@@ -134,10 +134,12 @@ def _readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def test_idleUdpMappingsClose() -> None:
-    """A DNS-only mapping closes after about 10 s idle, another after about 240 s."""
+def _engineWithFakeSockets() -> tuple[Clock, UdpNat, list[int]]:
+    """
+    A UDP engine on a L{Clock} whose host sockets are fakes numbered 0, 1, ...
+    in the order opened; the list gets the number of each socket closed.
+    """
     clock = Clock()
-
     closed: list[int] = []
 
     class FakePort:
@@ -154,8 +156,12 @@ def test_idleUdpMappingsClose() -> None:
         return FakePort(next(ports))
 
     clock.listenUDP = listenUDP  # type: ignore[attr-defined]
-    network = UdpGuest(("127.0.0.1", 53))
-    engine = UdpNat(network, clock)
+    return clock, UdpNat(UdpGuest(("127.0.0.1", 53)), clock), closed
+
+
+def test_idleUdpMappingsClose() -> None:
+    """A DNS-only mapping closes after about 10 s idle, another after about 240 s."""
+    clock, engine, closed = _engineWithFakeSockets()
     engine.datagramReceived(GUEST, 1, DNS, 53, b"q", b"")
     engine.datagramReceived(GUEST, 2, GATEWAY, 9, b"q", b"")
     clock.advance(5)
@@ -230,25 +236,7 @@ def test_answeredDnsMappingsMakeRoomInAFullTable() -> None:
     DNS-only mappings whose every query was answered; one still waiting
     for an answer, and other mappings, stay open.
     """
-    clock = Clock()
-    closed: list[int] = []
-
-    class FakePort:
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def stopListening(self) -> None:
-            closed.append(self.n)
-
-    ports = iter(range(10))
-
-    def listenUDP(port: int, protocol: Any, interface: str, maxPacketSize: int) -> FakePort:
-        protocol.transport = type("T", (), {"write": lambda self, d, a: None})()
-        return FakePort(next(ports))
-
-    clock.listenUDP = listenUDP  # type: ignore[attr-defined]
-    network = UdpGuest(("127.0.0.1", 53))
-    engine = UdpNat(network, clock)
+    clock, engine, closed = _engineWithFakeSockets()
     engine.maxMappings = 4
     for source in (1, 2, 3):
         engine.datagramReceived(GUEST, source, DNS, 53, b"query", b"")
