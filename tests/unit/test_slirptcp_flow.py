@@ -190,3 +190,47 @@ def test_guestKeepAliveAndZeroWindowProbesAreAnswered(h: Harness) -> None:
     h.turn()
     (answer,) = h.take()
     assert answer.ack == h.seq & MASK
+
+
+def test_acksDuringGoBackNCarryTheHighestSequenceSent(h: Harness) -> None:
+    """
+    After a retransmission timeout we go back to the oldest unacknowledged
+    byte, but our bare ACKs (of the guest's data, window updates) carry the
+    highest sequence number sent so far, as BSD's and libslirp's do: a
+    guest that already has that data discards a bare segment from before
+    where it expects (RFC 9293 3.10.7.4), its acknowledgment with it.
+    """
+    transport = h.open(options=mssOption(1000))
+    h.host(transport).dataReceived(b"r" * 5000)
+    h.take()
+    h.clock.advance(0.2)
+    (again,) = h.take()
+    assert again.seq == h.ours
+    h.data(b"guest data")
+    h.turn()
+    (ack,) = h.take()
+    assert ack.seq == (h.ours + 5000) & MASK and ack.ack == h.seq & MASK
+    h.send(ACK, seq=h.seq + 5, payload=b"later")
+    (dup,) = h.take()
+    assert dup.seq == (h.ours + 5000) & MASK
+
+
+def test_fastRetransmitOfSuperSegmentsResendsOnlyWhatWasSent() -> None:
+    """
+    With super-segments, a fast retransmission resends the first
+    unacknowledged data we sent, not a whole super-segment past it (and
+    past the guest's window): the guest's acknowledgment of it is then
+    taken, where the connection used to stall for good, each ACK of data
+    "never sent" ignored.
+    """
+    h = Harness(maxSegment=65000)
+    transport = h.open(options=mssOption(1460), window=10000)
+    h.host(transport).dataReceived(b"s" * 150000)
+    assert [len(p) for _, p in h.takeAll()] == [10000]
+    for _ in range(4):
+        h.ack(h.ours + 1460, window=10000)
+    (resent,) = h.takeAll()
+    assert resent[0].seq == (h.ours + 1460) & MASK and len(resent[1]) == 10000 - 1460
+    h.ack(h.ours + 10000, window=10000)
+    (more,) = h.takeAll()
+    assert more[0].seq == (h.ours + 10000) & MASK and more[1] == b"s" * len(more[1])

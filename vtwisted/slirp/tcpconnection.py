@@ -154,14 +154,14 @@ class TcpConnection(Handshake):
         Send a bare ACK, unless one went out since it was asked for.
         """
         if self.ackPending and self.state in (ESTABLISHED, TIME_WAIT):
-            self.emit(self.sndNxt, ACK)
+            self.emit(self.bareSeq(), ACK)
 
     def reset(self) -> None:
         """
         Send the guest a RST for this connection.
         """
         self.nat.resets += 1
-        self.emit(self.sndNxt, RST | ACK)
+        self.emit(self.bareSeq(), RST | ACK)
 
     # Segments from the guest.
 
@@ -176,7 +176,7 @@ class TcpConnection(Handshake):
         state = self.state
         if state == ESTABLISHED:
             if flags & SYN:
-                self.emit(self.sndNxt, ACK)
+                self.emit(self.bareSeq(), ACK)
             elif flags & ACK:
                 fin = flags & FIN
                 if not self.ackReceived(header.ack, header.window, not payload and not fin):
@@ -192,7 +192,7 @@ class TcpConnection(Handshake):
         elif state == SYN_SENT:
             self.synSentSegment(header)
         elif state == TIME_WAIT and (payload or flags & FIN):
-            self.emit(self.sndNxt, ACK)
+            self.emit(self.bareSeq(), ACK)
 
     def resetReceived(self, header: Any) -> None:
         """
@@ -219,11 +219,11 @@ class TcpConnection(Handshake):
         """
         offset = signed(seq - self.rcvNxt)
         if offset > 0 or self.guestFin:
-            self.emit(self.sndNxt, ACK)
+            self.emit(self.bareSeq(), ACK)
             return
         if offset < 0:
             if -offset > len(payload) or (-offset == len(payload) and not fin):
-                self.emit(self.sndNxt, ACK)
+                self.emit(self.bareSeq(), ACK)
                 return
             payload = payload[-offset:]
         room = (self.rcvEdge - self.rcvNxt) & MASK
@@ -242,7 +242,7 @@ class TcpConnection(Handshake):
         if fin:
             self.rcvNxt = (self.rcvNxt + 1) & MASK
             self.guestFin = True
-            self.emit(self.sndNxt, ACK)
+            self.emit(self.bareSeq(), ACK)
             if self.transport is not None and not self.closing:
                 # Twisted half-closes only once no producer is registered:
                 # with one paused, a drained buffer resumes it instead.
@@ -250,7 +250,7 @@ class TcpConnection(Handshake):
                 self.transport.loseWriteConnection()
             self.maybeClose()
         elif trimmed:
-            self.emit(self.sndNxt, ACK)
+            self.emit(self.bareSeq(), ACK)
         else:
             self.nat.ackSoon(self)
 
@@ -313,7 +313,7 @@ class TcpConnection(Handshake):
         if self.hostPaused:
             self.hostPaused = False
             if self.state == ESTABLISHED:
-                self.emit(self.sndNxt, ACK)
+                self.emit(self.bareSeq(), ACK)
 
     def stopProducing(self) -> None:
         pass

@@ -214,6 +214,16 @@ class SendSide:
             self.output()
         self.armTimer(self.rto)
 
+    def bareSeq(self) -> int:
+        """
+        The sequence number of a segment without data, SYN or FIN (an ACK,
+        a window update, a RST): the highest sent so far, as in BSD's
+        C{tcp_output}, so that a guest that has it all takes the segment
+        while we go back after a timeout; but where a zero window is probed,
+        the probe's byte may not have been taken.
+        """
+        return self.sndMax if self.sndWnd else self.sndNxt
+
     def persisting(self) -> bool:
         """
         Whether the guest's zero window holds back data we have.
@@ -351,15 +361,19 @@ class SendSide:
 
     def retransmitFirst(self) -> None:
         """
-        Send again the segment at C{sndUna}.
+        Send again the segment at C{sndUna}: at most what was sent (a
+        super-segment reaching past C{sndMax} would be data the guest's
+        ACK of could not be taken), the FIN only if it was.
         """
         una = self.sndUna
-        n = min(self.segmentSize, self.sndEnd - una)
+        sent = self.sndMax - una
+        n = min(self.segmentSize, self.sndEnd - una, sent)
+        fin = self.hostEof and self.sndMax > self.sndEnd
         if n <= 0:
-            if self.hostEof:
+            if fin and sent > 0:
                 self.emit(una, ACK | FIN)
             return
-        flags = ACK | PSH | FIN if self.hostEof and una + n == self.sndEnd else ACK
+        flags = ACK | PSH | FIN if fin and una + n == self.sndEnd else ACK
         self.emit(una, flags, bytes(self.sendBuffer[:n]))
 
     def newAck(self, ack: int) -> None:

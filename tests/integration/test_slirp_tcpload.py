@@ -1,0 +1,95 @@
+"""
+The slirp port's TCP under load against real Linux guests (namespaces behind
+a TAP of the switch, as in L{test_slirp}): lossy links both ways, and many
+connections to a host service that does not keep up.  Servers are the
+test's own, on the host's loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+
+import pytest
+from helpers import execIn, run
+from test_slirp import _needs, guestBehindSlirp  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+PYTHON = sys.executable
+
+#: A guest sending and receiving N megabytes at once on one connection;
+#: prints how many bytes it read.
+BOTH_WAYS = r"""
+import socket, sys, threading
+size = int(sys.argv[3]) << 20
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+threading.Thread(target=lambda: c.sendall(b"u" * size), daemon=True).start()
+got = 0
+while got < size:
+    data = c.recv(1 << 20)
+    if not data:
+        break
+    got += len(data)
+print(got, flush=True)
+"""
+
+
+def nstat(ns: str, counter: str) -> int:
+    """
+    A TCP counter of the namespace's kernel (C{nstat -az}).
+    """
+    for line in run(*execIn(ns, "nstat", "-saz", counter)).stdout.splitlines():
+        fields = line.split()
+        if fields and fields[0] == counter:
+            return int(fields[1])
+    raise AssertionError(f"no {counter} in {ns}")
+
+
+def bothWaysServer(size: int) -> tuple[socket.socket, list[int]]:
+    """
+    A loopback server sending C{size} MB to its one client while reading
+    what it sends; the list gets how many bytes it read.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(60)
+    received: list[int] = []
+
+    def serve() -> None:
+        with server, server.accept()[0] as connection:
+            connection.settimeout(60)
+            sending = threading.Thread(target=lambda: connection.sendall(b"d" * (size << 20)),
+                                       daemon=True)
+            sending.start()
+            got = 0
+            while got < size << 20:
+                data = connection.recv(1 << 20)
+                if not data:
+                    break
+                got += len(data)
+            received.append(got)
+            sending.join(60)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, received
+
+
+def test_dataCrossesBothWaysOnALossyLink(vswitch, namespaces, shortdir) -> None:
+    """
+    10 MB each way at once on a link losing 2% of the frames toward the
+    guest: every byte arrives (fast retransmissions of super-segments once
+    stalled the download for good), and the guest's kernel never finds our
+    ACKs out of its window (TCPACKSkippedSeq counts those it rate-limits its
+    answers to).
+    """
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir, tapOptions=":loss=2")
+    server, received = bothWaysServer(10)
+    before = nstat(ns, "TcpExtTCPACKSkippedSeq")
+    result = run(*execIn(ns, PYTHON, "-c", BOTH_WAYS, "10.0.2.2",
+                         str(server.getsockname()[1]), "10"), check=False, timeout=120)
+    assert result.stdout.strip() == str(10 << 20), result.stdout + result.stderr
+    assert received == [10 << 20]
+    assert nstat(ns, "TcpExtTCPACKSkippedSeq") == before
