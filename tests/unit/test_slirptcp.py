@@ -17,6 +17,7 @@ from slirptcpharness import (
     GUEST,
     GUEST_ISN,
     GUEST_PORT,
+    MASK,
     SCALE_OPTION,
     Harness,
     mssOption,
@@ -30,7 +31,7 @@ from twisted.internet.error import (
 from twisted.python.failure import Failure
 
 from vtwisted.slirp.tcpconnection import RECEIVE_BUDGET
-from vtwisted.wire.tcp import ACK, PSH, RST, SYN
+from vtwisted.wire.tcp import ACK, FIN, PSH, RST, SYN
 
 
 @pytest.fixture
@@ -243,6 +244,36 @@ def test_outOfOrderDataGetsDuplicateAckAndIsNotWritten(h: Harness) -> None:
     assert transport.value() == b""
     (dup,) = h.take()
     assert dup.ack == h.seq
+
+
+def test_segmentsPastAHoleAreKeptUntilItIsFilled(h: Harness) -> None:
+    """
+    Segments past a lost one (sent again, arriving in any order) are kept:
+    the one retransmission that fills the hole brings all of them to the
+    host, in order and once, the guest's FIN with them, acknowledged at once.
+    """
+    transport = h.open()
+    h.send(ACK, seq=h.seq + 20, payload=b"third ")
+    h.send(ACK, seq=h.seq + 10, payload=b"second ...")
+    h.send(ACK, seq=h.seq + 20, payload=b"third ")
+    h.send(ACK | FIN, seq=h.seq + 26, payload=b"end")
+    assert [s.ack for s in h.take()] == [h.seq] * 4
+    assert transport.value() == b""
+    h.send(ACK, payload=b"first ....")
+    assert transport.value() == b"first ....second ...third end"
+    assert transport.writeClosed
+    (ack,) = h.take()
+    assert ack.ack == (h.seq + 30) & MASK
+
+
+def test_segmentsPastAHoleAreKeptOnlyInsideTheWindow(h: Harness) -> None:
+    """
+    What the guest sends past the window we advertised is not kept.
+    """
+    transport = h.open()
+    h.send(ACK, seq=h.seq + 60000, payload=b"x" * 10000)
+    h.send(ACK, payload=b"y" * 60000)
+    assert transport.value() == b"y" * 60000 + b"x" * 5535
 
 
 def test_oldDuplicateGetsAck(h: Harness) -> None:

@@ -20,11 +20,15 @@ by family are in L{vtwisted.slirp.tcpstates}):
     retransmitted FIN, then it is forgotten.  A RST either way, or giving up
     on retransmissions, forgets it at once.
 
-Receiving (guest to host) accepts only in-order data, trimming what was
-already received and what lies past the right edge of the window we
-advertised; anything else is answered at once with a duplicate ACK, and so
-is a bare segment from before C{rcvNxt} (the guest's keep-alive and
-zero-window probes, which would otherwise time the connection out).
+Receiving (guest to host) trims what was already received and what lies
+past the right edge of the window we advertised.  A segment past a hole
+(one the link lost) is kept in L{TcpConnection.reassembly}, in order, at
+most a window's worth, and answered at once with a duplicate ACK, so the
+guest's fast retransmission of the missing one fills the hole and all of
+it goes to the host, acknowledged at once: a loss costs one
+retransmission, not a go-back-N of everything after it.  A bare segment
+from before C{rcvNxt} (the guest's keep-alive and zero-window probes,
+which would otherwise time the connection out) gets a duplicate ACK too.
 Accepted data is written to the host transport, and the ACK is deferred to
 the end of the reactor turn (L{vtwisted.slirp.tcp.TcpNat.ackSoon}) so a
 batch of segments costs one ACK.  The connection is the host transport's
@@ -36,6 +40,7 @@ update follows the resume.  Sending is L{vtwisted.slirp.tcpsend.SendSide}.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from typing import Any
 
 from twisted.internet.error import ConnectionDone, NotConnectingError
@@ -103,6 +108,9 @@ class TcpConnection(Handshake):
         self.bytesToHost = 0
         self.closing = False
         self.closeTimer: Any = None
+        #: Segments past a hole: (sequence number, data, FIN), in order.
+        self.reassembly: list[tuple[int, bytes, bool]] = []
+        self.reassemblyBytes = 0
         self.initHandshake(len(self.guest) == 16)
         self.initSendSide()
 
@@ -219,6 +227,8 @@ class TcpConnection(Handshake):
         """
         offset = signed(seq - self.rcvNxt)
         if offset > 0 or self.guestFin:
+            if not self.guestFin:
+                self.keepForLater(seq, offset, payload, fin)
             self.emit(self.bareSeq(), ACK)
             return
         if offset < 0:
@@ -227,8 +237,8 @@ class TcpConnection(Handshake):
                 return
             payload = payload[-offset:]
         room = (self.rcvEdge - self.rcvNxt) & MASK
-        trimmed = len(payload) > room
-        if trimmed:
+        ackNow = len(payload) > room
+        if ackNow:
             payload = payload[:room]
             fin = False
         if payload:
@@ -239,6 +249,9 @@ class TcpConnection(Handshake):
             self.transport.write(bytes(payload))
             self.rcvNxt = (self.rcvNxt + len(payload)) & MASK
             self.bytesToHost += len(payload)
+            if self.reassembly and not fin:
+                fin = self.fillHole()
+                ackNow = True
         if fin:
             self.rcvNxt = (self.rcvNxt + 1) & MASK
             self.guestFin = True
@@ -249,10 +262,55 @@ class TcpConnection(Handshake):
                 release(self.transport)
                 self.transport.loseWriteConnection()
             self.maybeClose()
-        elif trimmed:
+        elif ackNow:
             self.emit(self.bareSeq(), ACK)
         else:
             self.nat.ackSoon(self)
+
+    def keepForLater(self, seq: int, offset: int, payload: memoryview, fin: bool) -> None:
+        """
+        Keep a segment past a hole, inside the window we promised, for
+        when the hole is filled; what does not fit is dropped.
+        """
+        window = (self.rcvEdge - self.rcvNxt) & MASK
+        room = window - offset
+        if room <= 0:
+            return
+        if len(payload) > room:
+            payload, fin = payload[:room], False
+        if self.reassemblyBytes + len(payload) > window:
+            return
+        queue, rcvNxt = self.reassembly, self.rcvNxt
+        i = bisect_left(queue, offset, key=lambda kept: signed(kept[0] - rcvNxt))
+        if i < len(queue) and queue[i][0] == seq and len(queue[i][1]) >= len(payload):
+            return
+        queue.insert(i, (seq, bytes(payload), fin))
+        self.reassemblyBytes += len(payload)
+
+    def fillHole(self) -> bool:
+        """
+        Write to the host what was kept and is now in order.
+
+        @return: whether the guest's FIN is now in order too.
+        """
+        queue = self.reassembly
+        while queue:
+            seq, data, fin = queue[0]
+            offset = signed(seq - self.rcvNxt)
+            if offset > 0:
+                return False
+            del queue[0]
+            self.reassemblyBytes -= len(data)
+            if -offset < len(data):
+                data = data[-offset:]
+                self.transport.write(data)
+                self.rcvNxt = (self.rcvNxt + len(data)) & MASK
+                self.bytesToHost += len(data)
+            if fin and -offset <= len(data):
+                del queue[:]
+                self.reassemblyBytes = 0
+                return True
+        return False
 
     # Host events.
 
@@ -351,6 +409,8 @@ class TcpConnection(Handshake):
         if self.state == CLOSED:
             return
         self.state = CLOSED
+        self.reassembly = []
+        self.reassemblyBytes = 0
         self.stopTimer()
         if self.closeTimer is not None and self.closeTimer.active():
             self.closeTimer.cancel()
