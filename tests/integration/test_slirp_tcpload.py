@@ -7,9 +7,13 @@ test's own, on the host's loopback.
 
 from __future__ import annotations
 
+import select
 import socket
 import sys
 import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import execIn, run
@@ -93,3 +97,84 @@ def test_dataCrossesBothWaysOnALossyLink(vswitch, namespaces, shortdir) -> None:
     assert result.stdout.strip() == str(10 << 20), result.stdout + result.stderr
     assert received == [10 << 20]
     assert nstat(ns, "TcpExtTCPACKSkippedSeq") == before
+
+
+#: A guest opening N connections and writing to all of them for S seconds,
+#: never reading; prints how many it opened.
+FLOOD = r"""
+import select, socket, sys, time
+connections = [socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+               for _ in range(int(sys.argv[3]))]
+print(len(connections), flush=True)
+chunk = b"f" * 65536
+end = time.time() + float(sys.argv[4])
+while time.time() < end:
+    _, writable, _ = select.select([], connections, [], 0.2)
+    for c in writable:
+        c.send(chunk)
+"""
+
+
+def status(pid: int, field: str) -> int:
+    """
+    A memory figure of C{/proc/PID/status}, in bytes.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def floodingServer(count: int, seconds: float) -> socket.socket:
+    """
+    A loopback server that accepts C{count} clients, never reads, and
+    sends to each as much as it takes for C{seconds}.
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(count)
+    server.settimeout(30)
+
+    def serve() -> None:
+        clients = []
+        with server:
+            for _ in range(count):
+                client = server.accept()[0]
+                client.setblocking(False)
+                clients.append(client)
+            chunk = b"s" * 65536
+            end = time.time() + seconds
+            while time.time() < end:
+                _, writable, _ = select.select([], clients, [], 0.2)
+                for client in writable:
+                    try:
+                        client.send(chunk)
+                    except BlockingIOError:
+                        pass
+            time.sleep(seconds)
+            for client in clients:
+                client.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+def test_manyStuckConnectionsStayInsideThePortsBudget(vswitch, namespaces, shortdir) -> None:
+    """
+    A guest writes on 120 connections to a host service that never reads
+    and sends to them all, while the guest never reads either: the
+    switch's memory stays within the port's TCP budget (C{tcpbuffers=32}
+    MB), where each connection used to hold megabytes each way.
+    """
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir, ":tcpbuffers=32")
+    process: Any = sw.process
+    pid = process.pid
+    count = 120
+    server = floodingServer(count, 12)
+    before = status(pid, "VmRSS")
+    result = run(*execIn(ns, PYTHON, "-c", FLOOD, "10.0.2.2", str(server.getsockname()[1]),
+                         str(count), "10"), timeout=60)
+    assert result.stdout.strip() == str(count), result.stdout + result.stderr
+    grown = status(pid, "VmHWM") - before
+    assert grown < 80 << 20, f"{grown >> 20} MB more"
+    assert "Traceback" not in sw.logText()

@@ -32,6 +32,9 @@ class HostTransport(StringTransportWithDisconnection):
     A host TCP transport: records writes, half-closes, pauses and aborts.
     """
 
+    #: How much Twisted's transports read at once and buffer before pausing.
+    bufferSize = 1 << 16
+
     def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 80)) -> None:
         super().__init__(peerAddress=IPv4Address("TCP", *peer), lenient=True)
         self.writeClosed = False

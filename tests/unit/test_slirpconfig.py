@@ -76,6 +76,7 @@ def test_resolverComesFromResolvConfAndFollowsChanges(tmp_path: Any) -> None:
     (":dnssearch=lab..test", "empty or overlong label"),
     (":hostname=caf\u00e9", "not ASCII"),
     (":domain=" + "x" * 64, "empty or overlong label"),
+    (":tcpbuffers=0", "tcpbuffers"),
 ])
 def test_badOptionsAreRefusedWithTheReason(options: str, problem: str) -> None:
     """A spec with a bad option fails at start-up, saying what is wrong."""

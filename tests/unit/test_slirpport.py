@@ -141,6 +141,18 @@ async def test_hostSocketsStayWithinTheDescriptorLimit(switch, monkeypatch) -> N
 
 
 @pytest_twisted.ensureDeferred
+async def test_tcpBuffersSetsThePortsBudget(switch) -> None:
+    """
+    C{tcpbuffers=MB} is what a port's TCP connections may buffer together,
+    256 MB unless told; one connection alone may still hold its most.
+    """
+    ports = switch("slirp", "slirp:net=10.0.3.0/24:ipv6=off:tcpbuffers=64").specs
+    assert ports["slirp"].tcp.budget == 256 << 20
+    small = ports["slirp:net=10.0.3.0/24:ipv6=off:tcpbuffers=64"].tcp
+    assert small.budget == 64 << 20 and small.share == 16 << 20
+
+
+@pytest_twisted.ensureDeferred
 async def test_removedForwardsPortIsFreeAtOnce(switch) -> None:
     """
     A forward removed can be added again in the same reactor turn (a

@@ -7,7 +7,9 @@ and backpressure on the host's transport.
 from __future__ import annotations
 
 import pytest
-from slirptcpharness import MASK, Harness, mssOption
+from slirptcpharness import GUEST_ISN, GUEST_PORT, MASK, SCALE_OPTION, Harness, mssOption
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
 
 from vtwisted.wire.tcp import ACK, FIN, RST
 
@@ -234,3 +236,38 @@ def test_fastRetransmitOfSuperSegmentsResendsOnlyWhatWasSent() -> None:
     h.ack(h.ours + 10000, window=10000)
     (more,) = h.takeAll()
     assert more[0].seq == (h.ours + 10000) & MASK and more[1] == b"s" * len(more[1])
+
+
+def test_manyConnectionsShareThePortsBudget(h: Harness) -> None:
+    """
+    The more connections, the less each may buffer (a quarter of the port's
+    budget between them): the window it advertises, what its host socket
+    buffers before pausing it, and what it holds for a guest that does not
+    read; with few connections nothing is cut.
+    """
+    h.nat.budget = 8 << 20
+    h.nat.updateShare()
+    transport = h.open(options=mssOption(1460) + SCALE_OPTION)
+    assert transport.bufferSize == 1 << 20
+    h.data(b"x")
+    h.turn()
+    assert h.take()[0].window << 5 == 1 << 20
+    first = (h.sport, h.seq, h.ours)
+    others = []
+    for port in range(1, 128):
+        h.sport, h.seq = GUEST_PORT + port, GUEST_ISN + 1
+        others.append(h.open(options=mssOption(1460) + SCALE_OPTION))
+    h.sport, h.seq, h.ours = first
+    assert transport.bufferSize == 16384
+    h.data(b"y")
+    h.turn()
+    assert h.take()[0].window << 5 == 16384
+    protocol = h.host(transport)
+    for _ in range(11):
+        protocol.dataReceived(b"z" * 1460)
+    assert transport.producerState == "producing"
+    protocol.dataReceived(b"z" * 1460)
+    assert transport.producerState == "paused"
+    for other in others:
+        h.host(other).connectionLost(Failure(ConnectionLost()))
+    assert transport.bufferSize == 1 << 20

@@ -143,6 +143,8 @@ class SlirpConfig(NamedTuple):
     #: Where prefixes for routing guests come from (C{pd=}), and their length.
     delegated: ipaddress.IPv6Network | None = None
     delegatedLength: int = 64
+    #: Megabytes all TCP connections may buffer together (C{tcpbuffers=}).
+    tcpBuffers: int = 256
 
     @property
     def gateway6(self) -> bytes | None:
@@ -237,6 +239,8 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
             raise spec.error(f"resolver={resolver!r} is not an IP address") from None
     resolverPort = spec.integer("resolverport", 53, 1, 65535)
     assert resolverPort is not None
+    tcpBuffers = spec.integer("tcpbuffers", 256, 1, 1 << 20)
+    assert tcpBuffers is not None
     firstLease = ipaddress.IPv4Address(poolStart)
     try:
         forwards = tuple(
@@ -265,7 +269,7 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         spec.boolean("dhcpv6", True), host6, dns6, _ipv4(spec, network6, forwards, guestForwards),
         smbRoot, _smbServer(spec, network, guestForwards, (gateway, nameserver, poolStart))
         if smbRoot is not None else b"", *config6.delegation(spec, network6),
-    )
+    )._replace(tcpBuffers=tcpBuffers)
 
 
 def _smbServer(spec: PortSpec, network: ipaddress.IPv4Network,

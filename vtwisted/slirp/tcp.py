@@ -69,6 +69,10 @@ log = Logger()
 MAX_CONNECTIONS = 4096
 #: Errors of a host socket that could not be had: the process is out of descriptors.
 _NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE)
+#: Bytes the connections of a port may buffer together, by default.
+BUFFER_BUDGET = 256 << 20
+#: What a connection may buffer each way never shrinks below this.
+MIN_SHARE = 16 << 10
 #: Seconds a host connect may take.
 CONNECT_TIMEOUT = 30
 
@@ -240,10 +244,12 @@ class TcpNat:
     @ivar connections: the live connections by guest-side key.
     """
 
-    def __init__(self, network: IGuestNetwork, reactor: Any) -> None:
+    def __init__(self, network: IGuestNetwork, reactor: Any, budget: int = BUFFER_BUDGET) -> None:
         self.network = network
         self.reactor = reactor
         self.connections: dict[Key, TcpConnection] = {}
+        self.budget = budget
+        self.share = self.shareFor(0)
         self.maxConnections = MAX_CONNECTIONS
         self._acking: list[TcpConnection] = []
         self._ackCall: Any = None
@@ -256,6 +262,28 @@ class TcpNat:
         How many connections there are, in any state.
         """
         return len(self.connections)
+
+    def shareFor(self, count: int) -> int:
+        """
+        What each of C{count} connections may buffer, a power of two: a
+        quarter of the port's budget between them (each holds data toward
+        the guest, toward the host, past a hole, and a read), at least
+        L{MIN_SHARE}.
+        """
+        share = max(self.budget // (4 * max(count, 1)), MIN_SHARE)
+        return 1 << (share.bit_length() - 1)
+
+    def updateShare(self) -> None:
+        """
+        The number of connections changed: if their share changed, tell
+        them (the window they advertise, how much their host socket reads
+        and writes before pausing, how much they hold for the guest).
+        """
+        share = self.shareFor(len(self.connections))
+        if share != self.share:
+            self.share = share
+            for connection in self.connections.values():
+                connection.shareChanged(share)
 
     def describe(self) -> list[str]:
         """
@@ -334,6 +362,7 @@ class TcpNat:
             self.network.dropped("malformed", f"TCP SYN from {guestEndpoint(src, srcPort)}: {e}")
             return
         self.connections[key] = connection
+        self.updateShare()
         factory = HostConnectFactory(connection)
         if isinstance(target, tuple):
             connection.connector = self.reactor.connectTCP(
@@ -393,6 +422,7 @@ class TcpNat:
             return None
         connection = TcpConnection(self, key, f"{label} (forward)")
         self.connections[key] = connection
+        self.updateShare()
         log.debug("TCP forward from {peer} to {guest}", peer=connection.hostLabel,
                   guest=guestEndpoint(guest, guestPort))
         connection.forwardAccepted(transport)
@@ -424,4 +454,5 @@ class TcpNat:
         """
         if self.connections.get(connection.key) is connection:
             del self.connections[connection.key]
+            self.updateShare()
         connection.ackPending = False

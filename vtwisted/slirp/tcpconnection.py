@@ -54,6 +54,7 @@ from vtwisted.slirp.tcpstates import (
     CLOSED,
     CONNECTING,
     ESTABLISHED,
+    READ_SIZE,
     SYN_RECEIVED,
     SYN_SENT,
     TIME_WAIT,
@@ -108,6 +109,7 @@ class TcpConnection(Handshake):
         self.bytesToHost = 0
         self.closing = False
         self.closeTimer: Any = None
+        self.rcvBudget = min(RECEIVE_BUDGET, nat.share)
         #: Segments past a hole: (sequence number, data, FIN), in order.
         self.reassembly: list[tuple[int, bytes, bool]] = []
         self.reassemblyBytes = 0
@@ -155,7 +157,19 @@ class TcpConnection(Handshake):
     def receiveWindow(self) -> int:
         if self.hostPaused:
             return 0
-        return RECEIVE_BUDGET if self.rcvShift else UNSCALED_WINDOW
+        return self.rcvBudget if self.rcvShift else min(self.rcvBudget, UNSCALED_WINDOW)
+
+    def shareChanged(self, share: int) -> None:
+        """
+        What the connection may buffer each way is now C{share} bytes:
+        the window it advertises from now on (what it promised before
+        still holds), and what its host socket reads at once and holds
+        for writing before it pauses us.  What it holds for the guest is
+        checked against L{share} as the host sends.
+        """
+        self.rcvBudget = min(RECEIVE_BUDGET, share)
+        if self.transport is not None and hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = min(READ_SIZE, share)
 
     def sendAck(self) -> None:
         """

@@ -118,6 +118,7 @@ class SendSide:
 
     reactor: Any
     transport: Any
+    nat: Any
     iss: int
     mss: int
     segmentSize: int
@@ -260,7 +261,7 @@ class SendSide:
         """
         How many unacknowledged and unsent bytes we hold before pausing the host.
         """
-        return min(max(4 * self.maxWnd, HIGH_WATER_MIN), HIGH_WATER_MAX)
+        return min(max(4 * self.maxWnd, HIGH_WATER_MIN), HIGH_WATER_MAX, self.nat.share)
 
     def output(self) -> None:
         """

@@ -145,7 +145,7 @@ class Handshake(SendSide):
             transport.abortConnection()
             return
         self.transport = transport
-        readLarger(transport)
+        readLarger(transport, self.nat.share)
         transport.registerProducer(self, True)
         self.state = SYN_RECEIVED
         self.sendSynAck()
@@ -220,7 +220,7 @@ class Handshake(SendSide):
         self.establish(header.window)
         self.nat.opened += 1
         self.emit(1, ACK)
-        readLarger(self.transport)
+        readLarger(self.transport, self.nat.share)
         self.transport.registerProducer(self, True)
         self.readingPaused = False
         self.transport.resumeProducing()
@@ -264,11 +264,12 @@ class Handshake(SendSide):
         return self.state == ESTABLISHED
 
 
-def readLarger(transport: Any) -> None:
+def readLarger(transport: Any, share: int = READ_SIZE) -> None:
     """
     Make C{transport} read up to L{READ_SIZE} bytes at a time (Twisted's
     default is 64 KB), so a fast host sender costs fewer system calls and
-    fills whole super-frames.
+    fills whole super-frames; at most C{share}, what the connection may
+    buffer (L{vtwisted.slirp.tcp.TcpNat.share}).
     """
     if hasattr(transport, "bufferSize"):
-        transport.bufferSize = READ_SIZE
+        transport.bufferSize = min(READ_SIZE, share)
