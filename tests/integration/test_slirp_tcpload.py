@@ -29,13 +29,15 @@ BOTH_WAYS = r"""
 import socket, sys, threading
 size = int(sys.argv[3]) << 20
 c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
-threading.Thread(target=lambda: c.sendall(b"u" * size), daemon=True).start()
+sending = threading.Thread(target=lambda: c.sendall(b"u" * size))
+sending.start()
 got = 0
 while got < size:
     data = c.recv(1 << 20)
     if not data:
         break
     got += len(data)
+sending.join()
 print(got, flush=True)
 """
 
@@ -51,10 +53,10 @@ def nstat(ns: str, counter: str) -> int:
     raise AssertionError(f"no {counter} in {ns}")
 
 
-def bothWaysServer(size: int) -> tuple[socket.socket, list[int]]:
+def bothWaysServer(size: int) -> tuple[socket.socket, threading.Thread, list[int]]:
     """
     A loopback server sending C{size} MB to its one client while reading
-    what it sends; the list gets how many bytes it read.
+    what it sends; the list gets how many bytes it read when the thread ends.
     """
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -77,8 +79,9 @@ def bothWaysServer(size: int) -> tuple[socket.socket, list[int]]:
             received.append(got)
             sending.join(60)
 
-    threading.Thread(target=serve, daemon=True).start()
-    return server, received
+    serving = threading.Thread(target=serve, daemon=True)
+    serving.start()
+    return server, serving, received
 
 
 def test_dataCrossesBothWaysOnALossyLink(vswitch, namespaces, shortdir) -> None:
@@ -90,11 +93,12 @@ def test_dataCrossesBothWaysOnALossyLink(vswitch, namespaces, shortdir) -> None:
     answers to).
     """
     sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir, tapOptions=":loss=2")
-    server, received = bothWaysServer(10)
+    server, serving, received = bothWaysServer(10)
     before = nstat(ns, "TcpExtTCPACKSkippedSeq")
     result = run(*execIn(ns, PYTHON, "-c", BOTH_WAYS, "10.0.2.2",
                          str(server.getsockname()[1]), "10"), check=False, timeout=120)
     assert result.stdout.strip() == str(10 << 20), result.stdout + result.stderr
+    serving.join(60)
     assert received == [10 << 20]
     assert nstat(ns, "TcpExtTCPACKSkippedSeq") == before
 
