@@ -10,6 +10,8 @@ test_slirptcp_sockets.py.
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from slirptcpharness import (
     DNS,
@@ -264,6 +266,40 @@ def test_segmentsPastAHoleAreKeptUntilItIsFilled(h: Harness) -> None:
     assert transport.writeClosed
     (ack,) = h.take()
     assert ack.ack == (h.seq + 30) & MASK
+
+
+def test_guestThatTakesSackHearsWhatWasKept(h: Harness) -> None:
+    """
+    A guest whose SYN permits SACK gets it permitted back, and the ACKs
+    of segments past a hole name what we keep (RFC 2018), so it resends
+    only the holes; a guest that does not is not sent SACK options.
+    """
+    h.syn(options=mssOption(1000) + bytes((1, 1, 4, 2)))
+    transport = h.connectHost()
+    (synAck,) = h.take()
+    assert synAck.options.endswith(bytes((1, 1, 4, 2)))
+    h.ours = (synAck.seq + 1) & MASK
+    h.send(ACK)
+    start = h.seq
+    h.send(ACK, seq=start + 1000, payload=b"b" * 1000)
+    h.send(ACK, seq=start + 3000, payload=b"d" * 1000)
+    first, dup = h.take()
+    assert first.options == bytes((1, 1, 5, 10)) + struct.pack("!2I", start + 1000, start + 2000)
+    assert dup.ack == start and dup.options == bytes((1, 1, 5, 18)) + struct.pack(
+        "!4I", start + 3000, start + 4000, start + 1000, start + 2000)
+    h.send(ACK, payload=b"a" * 1000)
+    (partial,) = h.take()
+    assert partial.ack == start + 2000
+    assert partial.options == bytes((1, 1, 5, 10)) + struct.pack("!2I", start + 3000, start + 4000)
+    h.send(ACK, seq=start + 2000, payload=b"c" * 1000)
+    (full,) = h.take()
+    assert full.ack == start + 4000 and full.options == b""
+    assert transport.value() == b"a" * 1000 + b"b" * 1000 + b"c" * 1000 + b"d" * 1000
+    h.dport += 1
+    h.syn(options=mssOption(1000))
+    h.connectHost()
+    (plain,) = h.take()
+    assert plain.options == mssOption(1460)
 
 
 def test_segmentsPastAHoleAreKeptOnlyInsideTheWindow(h: Harness) -> None:

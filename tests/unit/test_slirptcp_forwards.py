@@ -42,13 +42,13 @@ def forward(h: Harness, peer: tuple[str, int] = ("127.0.0.1", 5555)) -> HostTran
 def test_forwardSendsSynAndPausesHost(h: Harness) -> None:
     """
     An accepted host client is paused and the guest gets a SYN from the
-    gateway and the client's port, with MSS and window scale.
+    gateway and the client's port, with MSS, window scale and SACK permitted.
     """
     transport = forward(h)
     assert transport.producerState == "paused"
     ((src, dst, syn, payload, mss),) = h.network.takeTcp()
     assert (src, dst, syn.srcPort, syn.dstPort, syn.flags) == (GATEWAY, GUEST, 5555, 22, SYN)
-    assert syn.options == mssOption(1460) + bytes((1, OPT_WINDOW_SCALE, 3, 5))
+    assert syn.options == mssOption(1460) + bytes((1, OPT_WINDOW_SCALE, 3, 5, 1, 1, 4, 2))
 
 
 def test_forwardRelaysAfterSynAck(h: Harness) -> None:

@@ -40,7 +40,6 @@ update follows the resume.  Sending is L{vtwisted.slirp.tcpsend.SendSide}.
 from __future__ import annotations
 
 import os
-from bisect import bisect_left
 from typing import Any
 
 from twisted.internet.error import ConnectionDone, NotConnectingError
@@ -49,6 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.slirp.addresses import guestEndpoint
+from vtwisted.slirp.tcpreassembly import Reassembly
 from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK, signed
 from vtwisted.slirp.tcpstates import (
     CLOSED,
@@ -110,9 +110,8 @@ class TcpConnection(Handshake):
         self.closing = False
         self.closeTimer: Any = None
         self.rcvBudget = min(RECEIVE_BUDGET, nat.share)
-        #: Segments past a hole: (sequence number, data, FIN), in order.
-        self.reassembly: list[tuple[int, bytes, bool]] = []
-        self.reassemblyBytes = 0
+        #: What the guest sent past a hole.
+        self.reassembly = Reassembly()
         self.initHandshake(len(self.guest) == 16)
         self.initSendSide()
 
@@ -243,7 +242,7 @@ class TcpConnection(Handshake):
         if offset > 0 or self.guestFin:
             if not self.guestFin:
                 self.keepForLater(seq, offset, payload, fin)
-            self.emit(self.bareSeq(), ACK)
+            self.sendAckNow()
             return
         if offset < 0:
             if -offset > len(payload) or (-offset == len(payload) and not fin):
@@ -277,7 +276,7 @@ class TcpConnection(Handshake):
                 self.transport.loseWriteConnection()
             self.maybeClose()
         elif ackNow:
-            self.emit(self.bareSeq(), ACK)
+            self.sendAckNow()
         else:
             self.nat.ackSoon(self)
 
@@ -292,14 +291,8 @@ class TcpConnection(Handshake):
             return
         if len(payload) > room:
             payload, fin = payload[:room], False
-        if self.reassemblyBytes + len(payload) > window:
-            return
-        queue, rcvNxt = self.reassembly, self.rcvNxt
-        i = bisect_left(queue, offset, key=lambda kept: signed(kept[0] - rcvNxt))
-        if i < len(queue) and queue[i][0] == seq and len(queue[i][1]) >= len(payload):
-            return
-        queue.insert(i, (seq, bytes(payload), fin))
-        self.reassemblyBytes += len(payload)
+        if self.reassembly.size + len(payload) <= window:
+            self.reassembly.add(seq, offset, payload, fin, self.rcvNxt)
 
     def fillHole(self) -> bool:
         """
@@ -307,24 +300,27 @@ class TcpConnection(Handshake):
 
         @return: whether the guest's FIN is now in order too.
         """
-        queue = self.reassembly
-        while queue:
-            seq, data, fin = queue[0]
-            offset = signed(seq - self.rcvNxt)
-            if offset > 0:
-                return False
-            del queue[0]
-            self.reassemblyBytes -= len(data)
-            if -offset < len(data):
-                data = data[-offset:]
-                self.transport.write(data)
+        reassembly = self.reassembly
+        while (block := reassembly.pop(self.rcvNxt)) is not None:
+            data, fin = block
+            if data:
+                self.transport.write(bytes(data))
                 self.rcvNxt = (self.rcvNxt + len(data)) & MASK
                 self.bytesToHost += len(data)
-            if fin and -offset <= len(data):
-                del queue[:]
-                self.reassemblyBytes = 0
+            if fin:
+                reassembly.clear()
                 return True
         return False
+
+    def sendAckNow(self) -> None:
+        """
+        Acknowledge at once, with SACK blocks for what is kept past a hole
+        if the guest takes them.
+        """
+        if self.sackOk and self.reassembly:
+            self.emit(self.bareSeq(), ACK, options=self.reassembly.sackOption())
+        else:
+            self.emit(self.bareSeq(), ACK)
 
     # Host events.
 
@@ -423,8 +419,7 @@ class TcpConnection(Handshake):
         if self.state == CLOSED:
             return
         self.state = CLOSED
-        self.reassembly = []
-        self.reassemblyBytes = 0
+        self.reassembly.clear()
         self.stopTimer()
         if self.closeTimer is not None and self.closeTimer.active():
             self.closeTimer.cancel()

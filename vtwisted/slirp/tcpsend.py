@@ -34,7 +34,15 @@ import struct
 from typing import Any
 
 from vtwisted.wire.checksum import Buffer
-from vtwisted.wire.tcp import ACK, FIN, OPT_MSS, OPT_WINDOW_SCALE, PSH, iterOptions
+from vtwisted.wire.tcp import (
+    ACK,
+    FIN,
+    OPT_MSS,
+    OPT_SACK_PERMITTED,
+    OPT_WINDOW_SCALE,
+    PSH,
+    iterOptions,
+)
 
 MASK = 0xFFFFFFFF
 #: Round-trip estimates and retransmission timeouts, in seconds.
@@ -74,13 +82,16 @@ def signed(difference: int) -> int:
 _MSS_OPTION = struct.Struct("!BBH")
 
 
-def synOptions(mss: int, scale: bool) -> bytes:
+def synOptions(mss: int, scale: bool, sack: bool = False) -> bytes:
     """
-    The options of our SYN or SYN-ACK: an MSS, and a window scale if C{scale}.
+    The options of our SYN or SYN-ACK: an MSS, a window scale if C{scale},
+    SACK permitted if C{sack} (we send SACK blocks; we ignore the guest's).
     """
     options = _MSS_OPTION.pack(OPT_MSS, 4, mss)
     if scale:
         options += bytes((1, OPT_WINDOW_SCALE, 3, SCALE_SHIFT))
+    if sack:
+        options += bytes((1, 1, OPT_SACK_PERMITTED, 2))
     return options
 
 

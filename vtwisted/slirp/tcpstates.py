@@ -34,7 +34,7 @@ from vtwisted.slirp.tcpsend import (
     readSynOptions,
     synOptions,
 )
-from vtwisted.wire.tcp import ACK, RST, SYN
+from vtwisted.wire.tcp import ACK, OPT_SACK_PERMITTED, RST, SYN, iterOptions
 
 CONNECTING = "connecting"
 SYN_RECEIVED = "syn-received"
@@ -81,6 +81,8 @@ class Handshake(SendSide):
         SYN tells its MSS.
         """
         self.headers = HEADERS6 if v6 else HEADERS
+        #: The guest takes SACK options (its SYN or SYN-ACK said so).
+        self.sackOk = False
         self.defaultMss = DEFAULT_MSS6 if v6 else DEFAULT_MSS
         self.setMss(self.defaultMss)
 
@@ -120,6 +122,7 @@ class Handshake(SendSide):
         @raise vtwisted.wire.tcp.TCPError: unreadable options.
         """
         mss, shift = readSynOptions(options, self.defaultMss)
+        self.sackOk = any(kind == OPT_SACK_PERMITTED for kind, _ in iterOptions(options))
         self.setMss(mss)
         if shift is not None:
             self.sndShift, self.rcvShift = shift, SCALE_SHIFT
@@ -152,7 +155,8 @@ class Handshake(SendSide):
         self.armTimer(HANDSHAKE_RTO)
 
     def sendSynAck(self) -> None:
-        self.emit(0, SYN | ACK, options=synOptions(self.ourMss(), bool(self.rcvShift)))
+        self.emit(0, SYN | ACK, options=synOptions(self.ourMss(), bool(self.rcvShift),
+                                                   self.sackOk))
 
     def connectFailed(self, code: int | None) -> None:
         """
@@ -202,7 +206,7 @@ class Handshake(SendSide):
         self.armTimer(HANDSHAKE_RTO)
 
     def sendSyn(self) -> None:
-        self.emit(0, SYN, options=synOptions(self.ourMss(), True))
+        self.emit(0, SYN, options=synOptions(self.ourMss(), True, True))
 
     def synSentSegment(self, header: Any) -> None:
         """
