@@ -30,7 +30,9 @@ The engine does no per-segment logging or timer creation: each connection
 owns one timer (L{vtwisted.slirp.tcpsend}), and the ACKs owed for a reactor
 turn's worth of segments go out together from one C{callLater(0)}
 (L{TcpNat.ackSoon}).  Per-connection states, windows and backpressure are
-described in L{vtwisted.slirp.tcpconnection}.
+described in L{vtwisted.slirp.tcpconnection}.  What the connections may
+buffer has a budget per port (L{TcpNat.share}): each connection's share
+shrinks as they multiply.
 
 Counters, for a console: C{opened} (handshakes completed), C{refused} (host
 connects refused, answered with RST), C{unreachable} (other connect

@@ -23,7 +23,8 @@ by family are in L{vtwisted.slirp.tcpstates}):
 Receiving (guest to host) trims what was already received and what lies
 past the right edge of the window we advertised.  A segment past a hole
 (one the link lost) is kept in L{TcpConnection.reassembly}, in order, at
-most a window's worth, and answered at once with a duplicate ACK, so the
+most a window's worth (L{vtwisted.slirp.tcpreassembly}), and answered at
+once with a duplicate ACK, naming what is kept if the guest takes SACK, so the
 guest's fast retransmission of the missing one fills the hole and all of
 it goes to the host, acknowledged at once: a loss costs one
 retransmission, not a go-back-N of everything after it.  A bare segment
@@ -262,7 +263,7 @@ class TcpConnection(Handshake):
             self.transport.write(bytes(payload))
             self.rcvNxt = (self.rcvNxt + len(payload)) & MASK
             self.bytesToHost += len(payload)
-            if self.reassembly and not fin:
+            if self.reassembly.blocks and not fin:
                 fin = self.fillHole()
                 ackNow = True
         if fin:

@@ -24,8 +24,9 @@ timer; it is C{reset()} rather than recreated.  A timeout goes back to
 C{sndUna} with a congestion window of one segment (go-back-N: the guest's
 cumulative ACKs then pull the rest), backs the RTO off and gives up after
 L{MAX_RETRIES}.  Three duplicate ACKs retransmit the first unacknowledged
-segment at once.  When the buffer holds more than a high-water mark the
-host transport is paused, and resumed below half of it.
+segment at once.  When the buffer holds more than a high-water mark (at
+most the connection's share of the port's budget) the host transport is
+paused, and resumed below half of it.
 """
 
 from __future__ import annotations
