@@ -9,6 +9,8 @@ with C{vde_switch} too, the frames it injects never leave the interface.)
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from helpers import StreamPlug, execIn, need, needRoot, run, uniqueName, waitFor
 from taphelpers import (
@@ -220,3 +222,34 @@ def test_aFrameOverTheInterfacesMtuIsAnMtuDrop(processes, namespaces, shortdir) 
     assert " peer=0 " in stats, stats
     text = (shortdir / "sw.log").read_text()
     assert text.count("dropped a frame (mtu)") == 1 and "EMSGSIZE" in text, text
+
+
+def test_aSuperFrameOver64KbIsAnOversizeDropNotCutShort(processes, namespaces, shortdir) -> None:
+    """
+    A veth peer sending IPv6 TCP with BIG TCP (its gso_max_size raised
+    past 64 KB) makes super-frames too long for one read: each is counted
+    as an ``oversize`` drop, logged once with what to do, and none is
+    handed on cut short; with gso_max_size 65536 again, TCP crosses intact.
+    """
+    wire = Wire(namespaces)
+    tap = uniqueName("vpt")
+    _, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                f"packet:{wire.switchEnd}", "--port", f"tap:{tap}")
+    host = wire.tapHost(namespaces, tap)
+    for ns, dev, address in ((wire.there, wire.hostEnd, "fd80:9::1"), (host, tap, "fd80:9::2")):
+        run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{dev}.disable_ipv6=0"))
+        run("ip", "-n", ns, "addr", "add", f"{address}/64", "dev", dev, "nodad")
+    big = run("ip", "-n", wire.there, "link", "set", "dev", wire.hostEnd, "gso_max_size",
+              "131072", check=False)
+    if big.returncode:
+        pytest.skip(f"no BIG TCP here: {big.stderr.strip()}")
+    waitForPing(wire.there, "fd80:9::2")
+    checkedTransfer(processes, wire.there, host, "fd80:9::2", 1024 * 1024)
+    stats = console(mgmt, "port/stats 1")
+    assert not re.search(r"\boversize=0\b", stats), stats
+    text = (shortdir / "sw.log").read_text()
+    assert text.count("dropped a frame (oversize)") == 1 and "BIG TCP" in text, text
+    run("ip", "-n", wire.there, "link", "set", "dev", wire.hostEnd, "gso_max_size", "65536")
+    size = 4 * 1024 * 1024
+    sent, got = checkedTransfer(processes, wire.there, host, "fd80:9::2", size, seed=2)
+    assert sent == got and sent.startswith(f"{size} ")

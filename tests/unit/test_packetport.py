@@ -17,11 +17,12 @@ from helpers import needRoot
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
-from vtwisted.ports import packet
+from vtwisted.ports import packet, tap
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
-from vtwisted.testing import frame, mac, tcpSuperFrame
+from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
 from vtwisted.wire import vnet
+from vtwisted.wire.ethernet import BROADCAST
 
 
 def _aux(status: int, tci: int = 0, tpid: int = 0) -> bytes:
@@ -163,3 +164,29 @@ def test_theChecksRunOnlyWhileTheInterfaceIsDown(interface: Any) -> None:
     interface.clock.pump([1.0] * 10)
     assert interface.checks == checks + 4 and not interface.clock.getDelayedCalls()
     assert interface.service.link is not None and interface.switch.ports[1].links
+
+
+def test_aPacketTooLongToReadWholeIsAnOversizeDropNotCutShort(interface: Any) -> None:
+    """
+    A super-frame longer than a read (BIG TCP: a peer's gso_max_size over
+    65536) is counted as C{oversize} and logged once with what to do; its
+    first 64 KB are not handed on as a shorter super-frame, and the packets
+    after it are read.
+    """
+    other = FakeLink(vnetHeader=True)
+    plug(interface.switch, other)
+    huge = tcpSuperFrame(BROADCAST, mac(1), bytes(60000), gsoSize=8948) + bytes(10000)
+    assert len(huge) > tap.MAX_READ
+    normal = tcpSuperFrame(BROADCAST, mac(1), bytes(20000), gsoSize=8948)
+    interface.ends[0].setblocking(False)
+    interface.ends[1].send(huge)
+    interface.ends[1].send(normal)
+    link = interface.service.link
+    with capturedLogs() as events:
+        link.doRead()
+        link.doRead()
+    assert other.sentPackets == [normal]
+    own = interface.switch.ports[1]
+    assert own.counters.drops["oversize"] == 1
+    text = "\n".join(formatEvent(e) for e in events)
+    assert text.count("dropped a frame (oversize)") == 1 and "BIG TCP" in text, text

@@ -34,7 +34,9 @@ kernel hooks the socket back in when the interface is up.  While it is
 down the kernel would say nothing if it were deleted, so the port looks
 for its index once a second (L{DOWN_CHECK}, on the injected clock) until
 it is up again, and goes down if it is gone.  A frame longer than the
-interface's MTU (C{EMSGSIZE}) is an C{mtu} drop.
+interface's MTU (C{EMSGSIZE}) is an C{mtu} drop; a packet too long to read
+whole (C{MSG_TRUNC}: a super-frame over 64 KB, made with BIG TCP) is an
+C{oversize} drop, never handed on cut short.
 """
 
 from __future__ import annotations
@@ -89,6 +91,14 @@ _AUX_SPACE = socket.CMSG_SPACE(_AUXDATA.size)
 _TPID_8021Q = 0x8100
 #: Where the status word's low byte (TP_STATUS_VLAN_VALID's) is.
 _STATUS_LOW = 0 if sys.byteorder == "little" else 3
+_MSG_TRUNC = socket.MSG_TRUNC
+
+
+class TruncatedPacket(OSError):
+    """
+    A packet longer than the read buffer, which the kernel cut short
+    (C{MSG_TRUNC}): a super-frame over 64 KB (BIG TCP).
+    """
 
 
 def withTag(packet: bytes, auxdata: bytes) -> bytes:
@@ -122,7 +132,10 @@ class PacketSystem(RealTapSystem):
         self._recvmsg = sock.recvmsg
 
     def read(self, fd: int, size: int) -> bytes:
-        data, ancillary, _, _ = self._recvmsg(size, _AUX_SPACE)
+        data, ancillary, flags, _ = self._recvmsg(size, _AUX_SPACE)
+        if flags & _MSG_TRUNC:
+            raise TruncatedPacket(errno.EMSGSIZE, f"a packet longer than the {size} bytes "
+                                  "read at once")
         for level, kind, value in ancillary:
             if len(value) > 3 and value[_STATUS_LOW] & TP_STATUS_VLAN_VALID \
                     and kind == PACKET_AUXDATA \
@@ -162,6 +175,20 @@ class PacketLink(TapLink):
         if self.uso and linuxAtLeast(6, 2):
             self.offloads |= TUN_F_USO4 | TUN_F_USO6
         self._offloadText = offloadNames(self.offloads)
+
+    def _readFailed(self, e: OSError) -> None:
+        """
+        A packet too long to read whole is an C{oversize} drop, never handed
+        on cut short: a super-frame over 64 KB, which the interface's peer
+        makes with BIG TCP (its C{gso_max_size} over 65536), or the
+        interface itself (its C{gro_max_size}).
+        """
+        if isinstance(e, TruncatedPacket):
+            self.port.dropped("oversize", f"{self.name}: {e.strerror} (a super-frame over "
+                              "64 KB: BIG TCP; set gso_max_size and gro_max_size to 65536 "
+                              "on the interface and its peer)")
+            return
+        super()._readFailed(e)
 
     def _writeFailed(self, e: OSError) -> None:
         if e.errno == errno.ENETDOWN:
