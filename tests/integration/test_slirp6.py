@@ -296,3 +296,32 @@ def test_ipv4OffLeavesGuestsIpv6Alone(vswitch, namespaces) -> None:
     run("ip", "-n", ns, "addr", "add", "10.0.2.15/24", "dev", tap)
     assert ping(ns, "10.0.2.2").returncode != 0
     assert "Traceback" not in sw.logText(), sw.logText()
+
+
+def test_aJumboLanKeepsItsIpv6MtuUnlessMtuIsGiven(vswitch, namespaces) -> None:
+    """
+    Two hosts with MTU 9000 and a slirp port on their LAN: after the
+    router's advertisements their IPv6 MTU is still 9000 and 8952-byte
+    pings that may not fragment cross between them; with C{slirp:mtu=1500}
+    the advertisements carry that MTU, which the kernels then take.
+    """
+    for slirp, expected in (("slirp", 9000), ("slirp:mtu=1500", 1500)):
+        taps = uniqueName("vt6"), uniqueName("vt6")
+        vswitch("--port", f"tap:{taps[0]}", "--port", f"tap:{taps[1]}", "--port", slirp)
+        hosts = []
+        for tap in taps:
+            ns = namespaces.add("vt6")
+            moveTap(tap, ns, None, up=False)
+            run("ip", "-n", ns, "link", "set", tap, "mtu", "9000", "up")
+            hosts.append(ns)
+        for ns, tap in zip(hosts, taps):
+            waitFor(lambda ns=ns, tap=tap: slaacAddress(ns, tap) is not None, timeout=20,
+                    what="a SLAAC address from the router's advertisement")
+            mtu = run(*execIn(ns, "cat", f"/proc/sys/net/ipv6/conf/{tap}/mtu")).stdout
+            assert int(mtu) == expected, (slirp, mtu)
+        if expected == 9000:
+            peer = slaacAddress(hosts[1], taps[1])
+            assert peer is not None
+            result = run(*execIn(hosts[0], "ping", "-6", "-c", "2", "-W", "2", "-M", "do",
+                                 "-s", "8952", peer), check=False)
+            assert result.returncode == 0, result.stdout + result.stderr

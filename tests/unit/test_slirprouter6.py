@@ -48,7 +48,8 @@ def test_routerTakesItsMacsOnTheSwitch() -> None:
 def test_routerSolicitationGetsAFullAdvertisement() -> None:
     """
     An RS gets an RA to ff02::1 from fe80::2 with the M and O flags (DHCPv6
-    addresses) and prefix, MAC, MTU and RDNSS options.
+    addresses) and prefix, MAC and RDNSS options; no MTU option, as
+    libslirp's (the LAN's hosts keep their own link MTU).
     """
     router, seen = makeRouter()
     router.frameReceived(icmpFrame(GUEST_LL, addr("ff02::2"), icmpv6.ROUTER_SOLICITATION,
@@ -63,9 +64,22 @@ def test_routerSolicitationGetsAFullAdvertisement() -> None:
     assert options[icmpv6.SOURCE_LL] == ROUTER_MAC
     assert options[icmpv6.PREFIX_INFO] == (bytes([64, 0xC0]) + struct.pack("!III", 86400, 14400, 0)
                                           + addr("fec0::"))
-    assert options[icmpv6.MTU] == bytes(2) + (1500).to_bytes(4, "big")
+    assert icmpv6.MTU not in options
     assert options[icmpv6.RDNSS] == bytes(2) + (1800).to_bytes(4, "big") + DNS
     assert router.v6.neighbours[GUEST_LL] == GUEST_MAC
+
+
+@pytest.mark.parametrize("mtu", [1500, 9000])
+def test_anMtuGivenIsAdvertised(mtu: int) -> None:
+    """
+    With C{mtu=} the advertisements carry it: only then, since a jumbo
+    LAN's hosts would otherwise have their IPv6 MTU capped at the NAT's.
+    """
+    router, seen = makeRouter(f":mtu={mtu}")
+    router.v6.advertise()
+    _, ra = parsed(seen.frames[0])
+    options = dict(icmpv6.iterOptions(ra.body, 12))
+    assert options[icmpv6.MTU] == bytes(2) + mtu.to_bytes(4, "big")
 
 
 def test_withoutDhcpv6AddressesTheAdvertisementHasNeitherFlag() -> None:

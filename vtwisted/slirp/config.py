@@ -145,6 +145,9 @@ class SlirpConfig(NamedTuple):
     delegatedLength: int = 64
     #: Megabytes all TCP connections may buffer together (C{tcpbuffers=}).
     tcpBuffers: int = 256
+    #: Whether C{mtu=} was given: only then do router advertisements carry
+    #: it, since the LAN may be a jumbo one whose other hosts it would cap.
+    mtuGiven: bool = False
 
     @property
     def gateway6(self) -> bytes | None:
@@ -269,7 +272,7 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         spec.boolean("dhcpv6", True), host6, dns6, _ipv4(spec, network6, forwards, guestForwards),
         smbRoot, _smbServer(spec, network, guestForwards, (gateway, nameserver, poolStart))
         if smbRoot is not None else b"", *config6.delegation(spec, network6),
-    )._replace(tcpBuffers=tcpBuffers)
+    )._replace(tcpBuffers=tcpBuffers, mtuGiven=spec.string("mtu") is not None)
 
 
 def _smbServer(spec: PortSpec, network: ipaddress.IPv4Network,

@@ -12,7 +12,9 @@ in libslirp, may also ask DHCPv6 for an address (L{vtwisted.slirp.dhcp6}).
 
   - B{Router advertisements} go from C{fe80::2} to C{ff02::1} at start,
     every 200-600 s and for every solicitation: the prefix (on-link,
-    autonomous), the router's MAC, an MTU option (libslirp has none) and an
+    autonomous), the router's MAC, an MTU option if C{mtu=} was given
+    (libslirp has none: one by default would cap the IPv6 MTU of every host
+    on a jumbo LAN at the NAT's 1500) and an
     RDNSS option naming the DNS proxy (libslirp's only when the host has an
     IPv6 nameserver; ours forwards to either family).  With DHCPv6
     addresses on (C{dhcpv6=on}, the default) they set the M and O flags.  With C{restrict=on}
@@ -394,7 +396,7 @@ class Ipv6Router:
         message = icmpv6.routerAdvertisement(
             LINK_LOCAL, ALL_NODES, self.mac, self.prefix.network_address.packed,
             self.prefix.prefixlen, None if restricted else self.nameserver,
-            mtu if mtu >= icmpv6.MIN_MTU else None,
+            mtu if mtu >= icmpv6.MIN_MTU and self.router.config.mtuGiven else None,
             routerLifetime=0 if restricted else ROUTER_LIFETIME, dnsLifetime=DNS_LIFETIME,
             managed=self.dhcp.stateful,
         )
