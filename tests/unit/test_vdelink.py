@@ -9,6 +9,7 @@ from typing import Any, cast
 
 from helpers import pendingDatagrams
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.ports.vde import VdeControlProtocol, VdeSwitchDirectory
 from vtwisted.ports.vdelink import VdeDataLink
@@ -101,5 +102,28 @@ def test_readsABatchPerWakeUpAndRefusesOversizedFrames() -> None:
     assert port.counters.inFrames == 101 and port.counters.drops["oversize"] == 1
     link.doRead()
     assert port.counters.inFrames == 101
+    ours.close()
+    client.close()
+
+
+def test_aFrameOverALowerMtuIsCountedAndLoggedAtItsOwnLength() -> None:
+    """
+    On a port with C{mtu=1500}, a 9014-byte frame from a client with MTU
+    9000 is an oversize drop logged, and counted in the bytes in, at its
+    length, not at the 1519 bytes of a read cut to the port's MTU.
+    """
+    ours, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    directory = Directory(Clock())
+    port = directory.switch.allocatePort(None, None)
+    port.setMtu(1500)
+    link = VdeDataLink(cast(VdeSwitchDirectory, directory), cast(VdeControlProtocol, Control()),
+                       ours, "/tmp/x/001.1", port, "test", None)
+    client.send(frame(mac(2), mac(1), payload=bytes(9000)))
+    with capturedLogs() as events:
+        link.doRead()
+    assert port.counters.drops["oversize"] == 1 and port.counters.inBytes == 9014
+    text = "\n".join(formatEvent(e) for e in events)
+    assert "9014 bytes, more than 1518" in text, text
     ours.close()
     client.close()

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink
+from vtwisted.wire.ethernet import DEFAULT_MTU, maxFrameFor
 
 if TYPE_CHECKING:
     from vtwisted.ports.vde import VdeControlProtocol, VdeSwitchDirectory
@@ -40,6 +41,10 @@ log = Logger()
 
 #: Frames read from one socket per reactor wake-up.
 READ_BATCH = 64
+#: The longest read: the longest frame any port carries (vdeplug4's too,
+#: its C{VDE_ETHBUFSIZE}) and a byte, whatever the port's MTU, so that a
+#: frame over a lower one is counted and logged at its own length.
+MAX_READ = maxFrameFor(DEFAULT_MTU) + 1
 
 
 @implementer(ILink, IReadDescriptor)
@@ -97,7 +102,7 @@ class VdeDataLink:
         recv = self._recv
         receive = self._receive
         port = self.port
-        size = port.maxFrame + 1
+        size = MAX_READ
         for _ in range(READ_BATCH):
             try:
                 frame = recv(size)
