@@ -272,6 +272,7 @@ class SwitchOperations(PortSpecOperations, MacTableOperations, FstpOperations):
             ports = [p for p in [self.switch.ports.get(number)] if p is not None]
         for port in ports:
             port.counters.reset()
+            port.forgetWarnings()
 
     # Debug events
 

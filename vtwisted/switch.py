@@ -126,6 +126,8 @@ class Switch(PortTable):
         Plug C{link} into C{port}.
         """
         self.events.linkAdded(port.number, link, first=not port.links)
+        if not port.links:  # a new peer: its first drop of each kind is logged
+            port.forgetWarnings()
         port.links.insert(0, link)
         port.rewire()
         self._activityChanged(port)

@@ -194,7 +194,8 @@ class SwitchPort:
 
     def dropped(self, reason: str, detail: str = "") -> None:
         """
-        Count a dropped frame; log the first drop of each reason.
+        Count a dropped frame; log the first drop of each reason (since
+        the port's peer came, or its counters were reset).
         """
         self.counters.drops[reason] += 1
         if reason not in self._warned:
@@ -206,6 +207,13 @@ class SwitchPort:
                 reason=reason,
                 detail=f": {detail}" if detail else "",
             )
+
+    def forgetWarnings(self) -> None:
+        """
+        Log the next drop of each reason again: the port has a new peer, or
+        its counters start again from zero.
+        """
+        self._warned.clear()
 
     def checkAccess(self, uid: int | None) -> None:
         """

@@ -5,6 +5,7 @@ The forwarding core: learning, flooding, aging, hub mode, counters, limits.
 from __future__ import annotations
 
 import pytest
+from twisted.logger import capturedLogs, formatEvent
 from vnetpackets import kernelPacket
 
 from vtwisted.errors import SwitchError
@@ -299,6 +300,41 @@ def test_portMtuLimitsEgress() -> None:
     small = frame(BROADCAST, mac(1), b"s" * 1500)
     a.receive(small)
     assert b.sent == [small]
+
+
+def test_aNewPeerOrResetCountersLogTheFirstDropAgain() -> None:
+    """
+    A port logs its first drop of each reason once; a new peer on the port
+    (a guest or client taking it after another left) and C{port/resetcounter}
+    log the next one again, so the drops the new peer causes are not only
+    counted.
+    """
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from vtwisted.operations import SwitchOperations
+
+    switch, (a, b, c) = makeSwitch()
+    b.port.setMtu(1500)
+    big = frame(BROADCAST, mac(1), b"j" * 2000)
+
+    def mtuLines() -> int:
+        with capturedLogs() as events:
+            a.receive(big)
+            a.receive(big)
+        return sum("dropped a frame (mtu)" in formatEvent(e) for e in events)
+
+    assert mtuLines() == 1
+    assert mtuLines() == 0
+    port = b.port
+    switch.detach(port, b)
+    newcomer = FakeLink("newcomer")
+    newcomer.switch, newcomer.port = switch, port
+    switch.attach(port, newcomer)
+    assert mtuLines() == 1
+    SwitchOperations(cast(Any, SimpleNamespace(switch=switch))).resetCounters(port.number)
+    assert mtuLines() == 1
+    assert port.counters.drops["mtu"] == 2
 
 
 def _vnetSwitch() -> tuple[Switch, list[FakeLink]]:
