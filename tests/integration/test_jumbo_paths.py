@@ -191,3 +191,23 @@ def test_framesOverAPortsMtuAreCountedOnThatPortOnce(processes, namespaces, shor
         lines = [line for line in log.splitlines() if f"dropped a frame ({reason})" in line
                  and f"{port} (" in line]
         assert len(lines) == 1, log
+
+
+def test_aVethPacketPortCarriesJumboFrames(processes, namespaces, shortdir) -> None:
+    """
+    A C{packet:} port on a veth with MTU 9000 at both ends, and a host
+    behind an offload TAP: jumbo frames and super-frames of 9000-byte
+    segments cross both ways.
+    """
+    switchNs, far = quietNamespace(namespaces, "vtjs"), quietNamespace(namespaces, "vtjv")
+    ends = uniqueName("vja"), uniqueName("vjb")
+    run("ip", "link", "add", ends[0], "netns", switchNs, "mtu", JUMBO, "type", "veth", "peer",
+        "name", ends[1], "netns", far, "mtu", JUMBO)
+    run("ip", "-n", switchNs, "link", "set", ends[0], "up")
+    jumbo(far, ends[1], "10.214.4.1/24")
+    tap = uniqueName("vtj")
+    _, mgmt = switchInNamespace(processes, switchNs, shortdir, "--port", f"packet:{ends[0]}",
+                                "--port", f"tap:{tap}")
+    host = hostFor(namespaces, tap, "10.214.4.2/24", switchNs)
+    assertJumboPath(processes, far, "10.214.4.1", host, "10.214.4.2", 30)
+    assertNoLengthDrops(mgmt)

@@ -177,6 +177,32 @@ def test_guestDownloadsAndUploadsThroughTheGatewayIntact(vswitch, processes, nam
     assert "Traceback" not in text, text
 
 
+def test_aJumboGuestReachesTheRouterWhole(vswitch, processes, namespaces, shortdir) -> None:
+    """
+    A guest with MTU 9000 (the port takes jumbo frames; the router's MTU
+    stays 1500): unfragmentable 9000-byte pings reach the gateway, whose
+    answers come back in fragments, and TCP crosses intact both ways.
+    """
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir)
+    tap = run(*execIn(ns, "ip", "-o", "link", "show", "type", "tun")).stdout.split(":")[1]
+    run("ip", "-n", ns, "link", "set", tap.strip(), "mtu", "9000")
+    big = run(*execIn(ns, "ping", "-c", "2", "-M", "do", "-s", "8972", "-W", "2", "10.0.2.2"),
+              check=False)
+    assert big.returncode == 0 and "8980 bytes from 10.0.2.2" in big.stdout, big.stdout
+    size = 4_000_000
+    _, sinkPort = startServer(processes, "sink", 1)
+    up = run(*execIn(ns, PYTHON, "-c", CLIENT, "10.0.2.2", str(sinkPort), str(size)),
+             timeout=60)
+    sent, _, answer = up.stdout.strip().partition(" | ")
+    assert " ".join(answer.split()[:2]) == sent, up.stdout
+    _, sourcePort = startServer(processes, str(size), 1)
+    down = run(*execIn(ns, PYTHON, "-c", CLIENT, "10.0.2.2", str(sourcePort), "0"), timeout=60)
+    expected = random.Random(7).randbytes(size)
+    assert down.stdout.split() == [str(size), hashlib.sha256(expected).hexdigest()]
+    text = sw.logText()
+    assert "(mtu)" not in text and "(oversize)" not in text, text
+
+
 def test_closedHostPortIsRefusedAtOnce(vswitch, namespaces, shortdir) -> None:
     """A connection to a closed port of the host is refused, not left hanging."""
     sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir)
