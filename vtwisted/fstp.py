@@ -35,7 +35,7 @@ switch's coarse clock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
@@ -54,6 +54,9 @@ log = Logger()
 #: vde_switch's cost of every port.
 PORT_COST = 20000000
 DEFAULT_PRIORITY = 0x8000
+#: How many VLANs made by traffic (not configured) may run a tree of their
+#: own at once: those in which a peer sends BPDUs.
+IMPLICIT_TREES = 64
 
 
 class FastSpanningTree:
@@ -74,6 +77,8 @@ class FastSpanningTree:
         self.edges: dict[int, set[int]] = {}
         #: VLAN id to the port number and cost of C{fstp/bonus}.
         self.bonus: dict[int, tuple[int, int]] = {}
+        #: Implicit VLANs that run a tree of their own (a peer spoke in them).
+        self.implicitTrees: set[int] = set()
         self._nextHello = 0
         self._hellos = 0
         self._heardIndex = 0
@@ -105,26 +110,90 @@ class FastSpanningTree:
             for tree in self.trees.values():
                 tree.forgetRoot()
             self.trees.clear()
+            self.implicitTrees.clear()
+            for vlan in self.switch.vlans.vlans.values():
+                if vlan.discarding:
+                    vlan.discarding.clear()
+                    vlan.rebuild()
+            self.switch.forgetRoutes()
 
     def membershipChanged(self) -> None:
         """
-        Bring every tree's members in line with the VLANs' active members.
+        Bring every tree's members in line with the VLANs' active members;
+        VLANs that traffic made follow the common tree (L{implicitVlanCreated}).
         """
         if not self.enabled:
             return
         vlans = self.switch.vlans.vlans
         for vid in [v for v in self.trees if v not in vlans]:
             del self.trees[vid]
+        self.implicitTrees = {v for v in self.implicitTrees if v in vlans and vlans[v].implicit}
         for vid, vlan in vlans.items():
             tree = self.trees.get(vid)
             if tree is None:
-                tree = self.trees[vid] = VlanTree(self, vlan)
-            current = _activeMembers(vlan)
-            for port in [p for p in tree.members if p not in current]:
-                tree.leave(port)
-            for port, tagged in current.items():
-                if tree.members.get(port) != tagged:
-                    tree.join(port, tagged)
+                if vlan.implicit:
+                    continue
+                tree = self._newTree(vlan)
+            _syncMembers(tree)
+        self._followCommon(self._followers())
+
+    def implicitVlanCreated(self, vlan: Vlan) -> None:
+        """
+        Traffic from a VLAN-transparent port made C{vlan}.  It gets no tree
+        of its own, so that a client tagging frames for every VID costs no
+        BPDUs: each member port discards in it when it discards in its own
+        untagged VLAN (the common tree, as MSTP's common instance), until a
+        peer sends BPDUs in C{vlan} (L{_bpduReceived}).
+        """
+        self._followCommon((vlan,))
+
+    def _newTree(self, vlan: Vlan) -> VlanTree:
+        if vlan.discarding:
+            vlan.discarding.clear()
+            vlan.rebuild()
+        tree = self.trees[vlan.vid] = VlanTree(self, vlan)
+        return tree
+
+    def _followers(self) -> list[Vlan]:
+        """
+        The implicit VLANs without a tree of their own.
+        """
+        trees = self.trees
+        return [v for v in self.switch.vlans.vlans.values() if v.implicit and v.vid not in trees]
+
+    def _commonBlocks(self, port: SwitchPort) -> bool:
+        untagged = port.untaggedVlan
+        tree = None if untagged is None else self.trees.get(untagged.vid)
+        return tree is not None and port in tree.backup
+
+    def _followCommon(self, vlans: Iterable[Vlan]) -> None:
+        """
+        Make each of C{vlans} discard on the ports that discard in their
+        untagged VLAN's tree.
+        """
+        changed = False
+        for vlan in vlans:
+            blocked = {p for p in vlan.tagged if self._commonBlocks(p)}
+            if blocked != vlan.discarding:
+                for port in blocked - vlan.discarding:
+                    self.switch.fdb.flush(port, vlan.vid)
+                vlan.discarding.clear()
+                vlan.discarding.update(blocked)
+                vlan.rebuild()
+                changed = True
+        if changed:
+            self.switch.forgetRoutes()
+
+    def commonTopologyChanged(self, vlan: Vlan) -> None:
+        """
+        The tree of C{vlan} changed: if it is the untagged VLAN of a
+        transparent port, the implicit VLANs that follow it forget their
+        addresses too.
+        """
+        if any(p.untaggedVlan is vlan for p in self.switch.vlans.transparentPorts):
+            for follower in self._followers():
+                if follower.macs:
+                    self.switch.fdb.flush(vid=follower.vid)
 
     def tick(self, now: int) -> None:
         """
@@ -140,6 +209,22 @@ class FastSpanningTree:
             self._heardIndex = 1 - self._heardIndex
             for tree in self.trees.values():
                 tree.ageBackups(self._heardIndex)
+            self._retireSilentTrees()
+
+    def _retireSilentTrees(self) -> None:
+        """
+        Implicit VLANs whose trees heard no BPDUs in two periods follow the
+        common tree again.
+        """
+        silent = [self.trees[vid] for vid in self.implicitTrees
+                  if not (self.trees[vid].heard[0] or self.trees[vid].heard[1])]
+        for tree in silent:
+            for port in list(tree.backup):
+                tree.unblock(port)
+            del self.trees[tree.vlan.vid]
+            self.implicitTrees.discard(tree.vlan.vid)
+        if silent:
+            self._followCommon([tree.vlan for tree in silent])
 
     def screen(self, port: SwitchPort, vlan: Vlan, data: bytes, offset: int) -> bool:
         """
@@ -155,15 +240,34 @@ class FastSpanningTree:
         return False
 
     def _bpduReceived(self, port: SwitchPort, vlan: Vlan, data: bytes, offset: int) -> None:
-        tree = self.trees.get(vlan.vid)
-        if tree is None:
-            return
         try:
             message = wire.parse(data, offset)
         except wire.BpduError as e:
             port.dropped("malformed", f"BPDU: {e}")
             return
+        tree = self.trees.get(vlan.vid)
+        if tree is None:
+            if not vlan.implicit:
+                return
+            tree = self._implicitTree(port, vlan)
+            if tree is None:
+                return
         tree.received(port, message, self._heardIndex)
+
+    def _implicitTree(self, port: SwitchPort, vlan: Vlan) -> VlanTree | None:
+        """
+        A peer speaks FSTP in C{vlan}, which traffic made: give it a tree of
+        its own, unless L{IMPLICIT_TREES} already have one.
+        """
+        if len(self.implicitTrees) >= IMPLICIT_TREES:
+            port.dropped("unsupported",
+                         f"BPDU for VLAN {vlan.vid}, but {IMPLICIT_TREES} VLANs that traffic "
+                         "made already run a tree (vlan/create gives one its own)")
+            return None
+        tree = self._newTree(vlan)
+        self.implicitTrees.add(vlan.vid)
+        _syncMembers(tree)
+        return tree
 
     def stateChanged(self, vlan: Vlan, port: SwitchPort, discarding: bool,
                      report: bool = True) -> None:
@@ -180,6 +284,8 @@ class FastSpanningTree:
             vlan.discarding.discard(port)
         vlan.rebuild()
         self.switch.forgetRoutes()
+        if port.transparent and port.untaggedVlan is vlan:
+            self._followCommon(self._followers())
         if not report:
             return
         self.reportStatus(vlan, port, discarding)
@@ -236,8 +342,19 @@ class FastSpanningTree:
         """
         Every VLAN's tree, by VLAN id.
         """
-        for vid in sorted(self.switch.vlans.vlans):
-            yield self.tree(vid)
+        vlans = self.switch.vlans.vlans
+        for vid in sorted(vlans):
+            if vid in self.trees or not (self.enabled and vlans[vid].implicit):
+                yield self.tree(vid)
+
+
+def _syncMembers(tree: VlanTree) -> None:
+    current = _activeMembers(tree.vlan)
+    for port in [p for p in tree.members if p not in current]:
+        tree.leave(port)
+    for port, tagged in current.items():
+        if tree.members.get(port) != tagged:
+            tree.join(port, tagged)
 
 
 def _activeMembers(vlan: Vlan) -> dict[SwitchPort, bool]:

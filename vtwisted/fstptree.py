@@ -270,6 +270,7 @@ class VlanTree:
         if now == self.lastChange:
             return
         self.lastChange = now
+        stp.commonTopologyChanged(self.vlan)
         for port in self.treePorts(origin):
             self.send(port, tc=True)
 

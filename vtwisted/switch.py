@@ -105,6 +105,7 @@ class Switch(PortTable):
         self.vlans = VlanRegistry(self.fdb)
         self.fdb.onChange = self.forgetRoutes
         self.vlans.onChange = self._membershipChanged
+        self.vlans.onImplicit = self._implicitVlanCreated
         self.mac = mac if mac is not None else b"\x00\xff" + os.urandom(4)
         self.stp: FastSpanningTree | None = None
         self.events = DebugEvents()
@@ -186,6 +187,11 @@ class Switch(PortTable):
         self.forgetRoutes()
         if self.stp is not None:
             self.stp.membershipChanged()
+
+    def _implicitVlanCreated(self, vlan: Vlan) -> None:
+        self.forgetRoutes()
+        if self.stp is not None:
+            self.stp.implicitVlanCreated(vlan)
 
     def forgetRoutes(self) -> None:
         """

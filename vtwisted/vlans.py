@@ -87,6 +87,8 @@ class VlanRegistry:
         self.transparentPorts: list[SwitchPort] = []
         #: Called after every membership change.
         self.onChange: Callable[[], None] = _nothing
+        #: Called instead of L{onChange} when traffic created a VLAN.
+        self.onImplicit: Callable[[Vlan], None] = lambda vlan: self.onChange()
 
     def __contains__(self, vid: int) -> bool:
         return vid in self.vlans
@@ -111,12 +113,16 @@ class VlanRegistry:
         if existing is not None:
             if existing.implicit and not implicit:
                 existing.implicit = False
+                self.onChange()
                 return existing
             raise errors.exists(f"VLAN {vid} exists")
         vlan = self.vlans[vid] = Vlan(vid, self.fdb.forVlan(vid), implicit)
         vlan.tagged.extend(self.transparentPorts)
         vlan.rebuild()
-        self.onChange()
+        if implicit:
+            self.onImplicit(vlan)
+        else:
+            self.onChange()
         return vlan
 
     def remove(self, vid: int) -> None:
