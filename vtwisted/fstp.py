@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 
 from vtwisted import errors
-from vtwisted.fstptree import HELLO, VlanTree
+from vtwisted.fstptree import HELLO, PORT_COST, VlanTree
 from vtwisted.wire import bpdu as wire
 
 if TYPE_CHECKING:
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: vde_switch's cost of every port.
-PORT_COST = 20000000
 DEFAULT_PRIORITY = 0x8000
 #: How many VLANs made by traffic (not configured) may run a tree of their
 #: own at once: those in which a peer sends BPDUs.

@@ -33,7 +33,14 @@ log = Logger()
 
 #: Seconds between BPDUs.
 HELLO = 4
+#: vde_switch's cost of every port.
+PORT_COST = 20000000
+#: The cost of the longest path to a root believed: as many cables as the
+#: BPDUs' max age has seconds (40).
+MAX_PATH_COST = 10 * HELLO * PORT_COST
 _NO_DESIGNATED = b"\xff" * 8
+#: What follows the root's id in its own vector: cost 0, no designated bridge.
+_ROOT_PATH = bytes(4) + _NO_DESIGNATED + b"\x00\x00"
 
 
 class VlanTree:
@@ -209,18 +216,50 @@ class VlanTree:
         self.heard[heardIndex].add(port)
         if message.flags & wire.TC:
             self.topologyChange(port)
-        cost = (message.rootCost + self.stp.portCost(self.vlan.vid, port)) & 0xFFFFFFFF
+        cost = message.rootCost + self.stp.portCost(self.vlan.vid, port)
+        if cost > MAX_PATH_COST:
+            self._tooFar(port, message)
+            return
+        cost &= 0xFFFFFFFF  # a bonus above the port's cost wraps, as in vde_switch
         theirs = message.root + cost.to_bytes(4, "big") + message.bridge + message.portId
         ours = self.vector
         now = self.stp.switch.now
         if theirs == ours:
             self.rootSeen = now
-        elif theirs < ours or port is self.rootPort:
+        elif theirs < ours:
             self._newRoot(port, message, cost, now)
+        elif port is self.rootPort:
+            if theirs > self.stp.bridgeId + _ROOT_PATH:
+                self._becomeRoot(port)  # vde_switch keeps a worse root than itself
+            else:
+                self._newRoot(port, message, cost, now)
         elif message.root == self.root:
             self._settleLink(port, (message.flags & wire.ROLE_MASK) == wire.ROLE_ROOT)
         else:
             self.send(port)
+
+    def _tooFar(self, port: SwitchPort, message: wire.Bpdu) -> None:
+        """
+        C{message}'s root is further than any loop of cables: it is a root
+        that is gone, whose last BPDUs two switches keep handing each other
+        with a growing cost (counting to infinity).  If it came through the
+        root port, forget that root and say so to the peer.
+        """
+        if port is not self.rootPort:
+            return
+        log.info("FSTP: VLAN {vid}: the root {root} is more than {hops} cables away through "
+                 "{port}: it is gone", vid=self.vlan.vid, root=formatId(message.root),
+                 hops=MAX_PATH_COST // PORT_COST, port=port.describe())
+        self._becomeRoot(port)
+
+    def _becomeRoot(self, port: SwitchPort) -> None:
+        """
+        The root port brought a path worse than this switch being the root:
+        be the root, and tell the peer.
+        """
+        self.forgetRoot()
+        self.send(port)
+        self.topologyChange(port)
 
     def _newRoot(self, port: SwitchPort, message: wire.Bpdu, cost: int, now: int) -> None:
         """

@@ -341,3 +341,28 @@ def test_badFstpOptionsAreUsageErrors(argv: list[str], message: str) -> None:
 
     with pytest.raises(usage.UsageError, match=message):
         Options().parseOptions(["--sock", "/tmp/vtw-unit-fstp", *argv])
+
+
+def test_deadRootIsForgottenNotCountedToInfinity() -> None:
+    """
+    Two switches whose root went away while BPDUs naming it were on the
+    wire do not hand them to each other for ever with a growing cost: once
+    the path is longer than 40 cables the root is forgotten, and they agree
+    on a new one.
+    """
+    switches = [fstpSwitch(1), fstpSwitch(2), fstpSwitch(3)]
+    a, b, c = (FakeCable(switches[0], switches[1], "a"), FakeCable(switches[0], switches[2], "b"),
+               FakeCable(switches[1], switches[2], "c"))
+    settle(switches, [a, b, c])
+    a.cut()  # switch 2 asks switch 3 the way to the root, over c
+    for frame_ in c.ends[0].takeSent():
+        c.ends[1].receive(frame_)
+    for frame_ in c.ends[1].takeSent():
+        c.ends[0].receive(frame_)
+    assert switches[1].spanningTree.trees[0].rootPort is c.ports[0]
+    b.cut()  # ... and switch 3 loses the root while the answer is on its way
+    assert pumpCables([c], limit=1000) < 1000, "BPDUs counting to infinity"
+    settle(switches[1:], [c])
+    trees = [s.spanningTree.trees[0] for s in switches[1:]]
+    assert trees[0].isRoot()
+    assert trees[1].root == trees[0].root and trees[1].rootCost == 20000000
