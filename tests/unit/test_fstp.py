@@ -4,6 +4,8 @@ FSTP in memory: BPDUs on the wire, loops of fake cables between switches.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -366,3 +368,40 @@ def test_deadRootIsForgottenNotCountedToInfinity() -> None:
     trees = [s.spanningTree.trees[0] for s in switches[1:]]
     assert trees[0].isRoot()
     assert trees[1].root == trees[0].root and trees[1].rootCost == 20000000
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_cablesComingAndGoingAlwaysSettle(seed: int) -> None:
+    """
+    Three switches, cables plugged in and cut at random while the trees
+    converge: once BPDUs settle, each connected group has the lowest id as
+    its root and a broadcast reaches each host once, without a storm of
+    frames or BPDUs.
+    """
+    rnd = random.Random(seed)
+    switches = [fstpSwitch(n) for n in (1, 2, 3)]
+    hosts = [FakeLink(f"host {n}") for n in range(3)]
+    for switch, host in zip(switches, hosts):
+        plug(switch, host)
+    cables: list[FakeCable] = []
+    for step in range(60):
+        live = [c for c in cables if not c.ends[0].closed]
+        if rnd.random() < 0.3 and len(live) < 5:
+            a, b = rnd.sample(range(3), 2)
+            cables.append(FakeCable(switches[a], switches[b], f"cable {step}"))
+        elif rnd.random() < 0.2 and live:
+            rnd.choice(live).cut()
+        settle(switches, cables, seconds=1)
+    settle(switches, cables, seconds=12 * HELLO)
+    groups = [{n} for n in range(3)]
+    for cable in cables:
+        if not cable.ends[0].closed:
+            a, b = (switches.index(end.switch) for end in cable.ends)
+            merged = groups[a] | groups[b]
+            for n in merged:
+                groups[n] = merged
+    for n, switch in enumerate(switches):
+        lowest = switches[min(groups[n])]
+        assert switch.spanningTree.trees[0].root == b"\x80\x00" + lowest.mac
+    _, copies = broadcastCopies(hosts[0], hosts[1:], cables, b"probe")
+    assert copies == [int(n in groups[0]) for n in (1, 2)]
