@@ -332,7 +332,7 @@ class FastSpanningTree:
             raise errors.SwitchError(6, f"VLAN {vid} does not exist")
         tree = self.trees.get(vid)
         if tree is None:
-            tree = VlanTree(self, vlan)
+            tree = VlanTree(self, vlan, announce=False)
             tree.members = _activeMembers(vlan)
         return tree
 

@@ -54,7 +54,11 @@ class VlanTree:
     @ivar heard: ports that heard BPDUs, in the current and last period.
     """
 
-    def __init__(self, stp: FastSpanningTree, vlan: Vlan) -> None:
+    def __init__(self, stp: FastSpanningTree, vlan: Vlan, announce: bool = True) -> None:
+        """
+        @param announce: whether to report the root (C{fstp/root}); not for
+            a tree made only to be shown while FSTP is off.
+        """
         self.stp = stp
         self.vlan = vlan
         self.members: dict[SwitchPort, bool] = {}
@@ -63,11 +67,12 @@ class VlanTree:
         self.backup: set[SwitchPort] = set()
         self.heard: tuple[set[SwitchPort], set[SwitchPort]] = (set(), set())
         self.lastChange = -1
-        self.forgetRoot()
+        self.forgetRoot(announce)
 
-    def forgetRoot(self) -> None:
+    def forgetRoot(self, announce: bool = True) -> None:
         """
-        Believe this switch is the root again; every backup forwards.
+        Believe this switch is the root again (and say so if C{announce});
+        every backup forwards.
         """
         self.root = self.stp.bridgeId
         self.rootCost = 0
@@ -75,7 +80,8 @@ class VlanTree:
         self.designatedPort = b"\x00\x00"
         self.rootPort: SwitchPort | None = None
         self.rootSeen = 0
-        self.event("fstp/root", 0, f" -> {formatId(self.root)}")
+        if announce:
+            self.event("fstp/root", 0, f" -> {formatId(self.root)}")
         for port in list(self.backup):
             self._forward(port)
 

@@ -194,6 +194,15 @@ def test_cableComingAndGoingShowsAsWithVdeSwitch() -> None:
     ]
 
 
+def test_printingTreesWhileFstpIsOffReportsNoEvent() -> None:
+    """C{fstp/print} with FSTP off shows the trees without a C{fstp/root} event."""
+    switch = Switch(mac=bytes([2, 0, 0, 0, 0, 1]))
+    switch.vlans.create(10)
+    events = EventLines(switch)
+    assert [tree.vlan.vid for tree in switch.spanningTree.allTrees()] == [0, 10]
+    assert events.take() == []
+
+
 def test_blockedCableGoingAwayIsNotReportedForwarding() -> None:
     """
     When the cable a switch blocks (to break a loop) is unplugged, the port
