@@ -220,6 +220,9 @@ class VlanTree:
         if port not in self.heard[0] and port not in self.heard[1]:
             self.event("fstp/+", port.number)
         self.heard[heardIndex].add(port)
+        if message.bridge == self.stp.bridgeId:
+            self._ownBpdu(port, message.portId)
+            return
         if message.flags & wire.TC:
             self.topologyChange(port)
         cost = message.rootCost + self.stp.portCost(self.vlan.vid, port)
@@ -243,6 +246,20 @@ class VlanTree:
             self._settleLink(port, (message.flags & wire.ROLE_MASK) == wire.ROLE_ROOT)
         else:
             self.send(port)
+
+    def _ownBpdu(self, port: SwitchPort, sender: bytes) -> None:
+        """
+        This switch's own BPDU, sent on port C{sender}, came back on C{port}:
+        both lead to one segment (a hub).  One of them must discard, and
+        only one, or the segment is cut off (vde_switch blocks both): not
+        the root port, else the one with the higher id.
+        """
+        if port is self.rootPort:
+            return
+        rootPort = self.rootPort
+        if (rootPort is not None and sender == wire.portId(rootPort.number)) or (
+                sender < wire.portId(port.number)):
+            self._discard(port)
 
     def _tooFar(self, port: SwitchPort, message: wire.Bpdu) -> None:
         """

@@ -77,3 +77,33 @@ def test_ringSurvivesTheDeathOfItsRoot(kinds: str, processes, shortdir: Path) ->
     while (remaining := deadline - time.monotonic()) > 0 and (got := hosts[1].receive(remaining)):
         copies += payload in got
     assert copies == 1
+
+
+def test_twoCablesToAHubKeepItReachable(vswitch, processes, shortdir: Path) -> None:
+    """
+    Two cables from a vtwisted --fstp switch to a hub (vde_switch -x): the
+    switch blocks one of them, not both (vde_switch -F blocks both), so a
+    host behind the hub and one on the switch hear each other once.
+    """
+    need("vde_switch", "dpipe", "vde_plug")
+    mgmt = shortdir / "mgmt"
+    ours = vswitch("--fstp", "--mgmt", str(mgmt))
+    hub = shortdir / "hub"
+    processes.start(["vde_switch", "-x", "-s", str(hub)], stdin=subprocess.PIPE)
+    waitFor(lambda: socketListening(hub / "ctl"), what="the hub")
+    hosts = [StreamPlug(processes, f"vde://{ours.sock}"), StreamPlug(processes, f"vde://{hub}")]
+    for _ in range(2):
+        processes.start(["dpipe", "vde_plug", f"vde://{ours.sock}", "=", "vde_plug", f"vde://{hub}"])
+    waitFor(lambda: "Alternate/Backup" in console(mgmt, "fstp/print 0"), timeout=20,
+            what="a blocked port")
+    time.sleep(2 * 4)  # two hellos: the other port must stay forwarding
+    assert console(mgmt, "vlan/print 0").count("status=Discarding") == 1
+    for sender, receiver, tag in ((0, 1, b"to-hub"), (1, 0, b"from-hub")):
+        hosts[receiver].quiet(0.2)
+        payload = tag + bytes(40)
+        hosts[sender].send(frame(b"\xff" * 6, mac(0x30 + sender), payload=payload))
+        copies = 0
+        deadline = time.monotonic() + 1.5
+        while (left := deadline - time.monotonic()) > 0 and (got := hosts[receiver].receive(left)):
+            copies += payload in got
+        assert copies == 1, tag

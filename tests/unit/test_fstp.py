@@ -219,6 +219,23 @@ def test_blockedCableGoingAwayIsNotReportedForwarding() -> None:
     assert not switches[1].vlans[0].discarding
 
 
+def test_twoPortsOnOneSegmentBlockOnlyOne() -> None:
+    """
+    Two ports of a switch joined (as two cables to one hub): the switch
+    hears its own BPDUs and blocks one of them, not both, so the segment
+    stays reachable; a broadcast does not go round.
+    """
+    switch = fstpSwitch(1)
+    loop = FakeCable(switch, switch, "loop")
+    host = FakeLink("host")
+    plug(switch, host)
+    settle([switch], [loop])
+    assert len(switch.vlans[0].discarding) == 1
+    assert switch.vlans[0].discarding < set(loop.ports)
+    crossed, _ = broadcastCopies(host, [], [loop], b"once")
+    assert crossed == 1
+
+
 def test_hostPortsKeepForwarding() -> None:
     """Ports that never hear BPDUs are never blocked, whatever the tree does."""
     switches = [fstpSwitch(1), fstpSwitch(2)]
