@@ -282,7 +282,7 @@ class FastSpanningTree:
             vlan.discarding.discard(port)
         vlan.rebuild()
         self.switch.forgetRoutes()
-        if port.transparent and port.untaggedVlan is vlan:
+        if port.untaggedVlan is vlan and not vlan.implicit:
             self._followCommon(self._followers())
         if not report:
             return
