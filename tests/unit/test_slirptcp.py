@@ -389,19 +389,36 @@ def test_guestMssDefaultsTo536(h: Harness) -> None:
     assert [len(p) for _, p in h.takeAll()] == [536, 64]
 
 
+def test_aWindowSmallerThanASuperSegmentIsFilled() -> None:
+    """
+    A congestion window under a super-segment (after losses) still has
+    whole segments in flight, not one piece per round trip: so the guest
+    can send the three duplicate ACKs that repair a loss without a timeout.
+    """
+    h = Harness(maxSegment=65000)
+    transport = h.open(options=mssOption(1460) + SCALE_OPTION, window=1024)
+    connection = next(iter(h.nat.connections.values()))
+    connection.cwnd = 6000
+    h.host(transport).dataReceived(b"s" * 150000)
+    assert [len(payload) for _, payload in h.takeAll()] == [6000]
+    h.ack(h.ours + 1460, window=1024)
+    assert [len(payload) for _, payload in h.takeAll()] == [2920]
+
+
 def test_superSegmentsWhenMaxSegmentExceedsMss() -> None:
     """
     A router taking super-segments gets payloads of whole MSS multiples up
-    to maxSegment, with the guest's MSS for cutting.
+    to maxSegment, with the guest's MSS for cutting; what is left of the
+    window (131072 bytes) goes in whole segments too.
     """
     h = Harness(maxSegment=65000)
     transport = h.open(options=mssOption(1460) + SCALE_OPTION, window=1024)
     h.host(transport).dataReceived(b"s" * 150000)
     sent = h.network.takeTcp()
-    assert [len(payload) for *_, payload, _ in sent] == [64240, 64240]
+    assert [len(payload) for *_, payload, _ in sent] == [64240, 64240, 1460]
     assert {mss for *_, mss in sent} == {1460}
     h.ack(h.ours + 128480, window=1024)
-    assert [len(p) for _, p in h.takeAll()] == [150000 - 128480]
+    assert [len(p) for _, p in h.takeAll()] == [150000 - 128480 - 1460]
 
 
 def test_guestWindowRespected(h: Harness) -> None:

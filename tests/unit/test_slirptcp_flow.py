@@ -229,13 +229,16 @@ def test_fastRetransmitOfSuperSegmentsResendsOnlyWhatWasSent() -> None:
     transport = h.open(options=mssOption(1460), window=10000)
     h.host(transport).dataReceived(b"s" * 150000)
     assert [len(p) for _, p in h.takeAll()] == [10000]
-    for _ in range(4):
+    h.ack(h.ours + 1460, window=10000)
+    (new,) = h.takeAll()
+    assert new[0].seq == (h.ours + 10000) & MASK and len(new[1]) == 1460
+    for _ in range(3):
         h.ack(h.ours + 1460, window=10000)
     (resent,) = h.takeAll()
-    assert resent[0].seq == (h.ours + 1460) & MASK and len(resent[1]) == 10000 - 1460
-    h.ack(h.ours + 10000, window=10000)
+    assert resent[0].seq == (h.ours + 1460) & MASK and len(resent[1]) == 10000
+    h.ack(h.ours + 11460, window=10000)
     (more,) = h.takeAll()
-    assert more[0].seq == (h.ours + 10000) & MASK and more[1] == b"s" * len(more[1])
+    assert more[0].seq == (h.ours + 11460) & MASK and more[1] == b"s" * len(more[1])
 
 
 def test_manyConnectionsShareThePortsBudget(h: Harness) -> None:

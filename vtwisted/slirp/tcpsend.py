@@ -15,8 +15,11 @@ guest's window (scaled by its shift) and a congestion window (slow start,
 congestion avoidance, NewReno-style recovery: enough for a virtual link
 that drops only when a queue is full).  Segments are C{segmentSize} bytes:
 the guest's MSS, or a multiple of it up to the router's C{maxSegment} when
-the router takes super-segments.  The last segment of a burst has PSH, and
-the FIN rides on the last data segment once the host has finished sending.
+the router takes super-segments; where the windows leave less room than
+that, whole MSS-sized segments fill it (one piece per round trip would
+leave a guest too few segments to send duplicate ACKs for a loss).  The
+last segment of a burst has PSH, and the FIN rides on the last data
+segment once the host has finished sending.
 
 One C{DelayedCall} per connection is the retransmission timer, the persist
 timer (zero window) and, before the handshake completes, the SYN/SYN-ACK
@@ -283,11 +286,14 @@ class SendSide:
         end = self.sndEnd
         una = self.sndUna
         size = self.segmentSize
+        mss = self.mss
         limit = una + min(self.sndWnd, self.cwnd)
         buffer = self.sendBuffer
         while nxt < end:
             n = min(size, end - nxt, limit - nxt)
-            if n <= 0 or (n < size and n < end - nxt and nxt > una):
+            if n < size and n < end - nxt and nxt > una:
+                n -= n % mss
+            if n <= 0:
                 break
             flags = ACK
             if nxt + n == end:
