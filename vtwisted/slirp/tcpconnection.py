@@ -201,7 +201,8 @@ class TcpConnection(Handshake):
                 self.emit(self.bareSeq(), ACK)
             elif flags & ACK:
                 fin = flags & FIN
-                if not self.ackReceived(header.ack, header.window, not payload and not fin):
+                sacked = self.sackReceived(header.options) if header.options and self.sackOk else 0
+                if not self.ackReceived(header.ack, header.window, not payload and not fin, sacked):
                     self.nat.ackSoon(self)
                 elif (payload or fin) and self.state == ESTABLISHED:
                     self.dataReceived(header.seq, payload, bool(fin))

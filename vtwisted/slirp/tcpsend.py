@@ -27,7 +27,9 @@ timer; it is C{reset()} rather than recreated.  A timeout goes back to
 C{sndUna} with a congestion window of one segment (go-back-N: the guest's
 cumulative ACKs then pull the rest), backs the RTO off and gives up after
 L{MAX_RETRIES}.  Three duplicate ACKs retransmit the first unacknowledged
-segment at once.  When the buffer holds more than a high-water mark (at
+segment at once; a guest that sends SACK blocks has every gap they reveal
+resent instead, SACKed bytes not counted as in flight
+(L{vtwisted.slirp.tcpsack}).  When the buffer holds more than a high-water mark (at
 most the connection's share of the port's budget) the host transport is
 paused, and resumed below half of it.
 """
@@ -37,6 +39,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from vtwisted.slirp.tcpsack import SackRecovery
 from vtwisted.wire.checksum import Buffer
 from vtwisted.wire.tcp import (
     ACK,
@@ -89,7 +92,7 @@ _MSS_OPTION = struct.Struct("!BBH")
 def synOptions(mss: int, scale: bool, sack: bool = False) -> bytes:
     """
     The options of our SYN or SYN-ACK: an MSS, a window scale if C{scale},
-    SACK permitted if C{sack} (we send SACK blocks; we ignore the guest's).
+    SACK permitted if C{sack} (we send SACK blocks and read the guest's).
     """
     options = _MSS_OPTION.pack(OPT_MSS, 4, mss)
     if scale:
@@ -115,7 +118,7 @@ def readSynOptions(options: bytes, default: int = DEFAULT_MSS) -> tuple[int, int
     return mss, shift
 
 
-class SendSide:
+class SendSide(SackRecovery):
     """
     Sequence state and timers of the host-to-guest direction; mixed into
     L{vtwisted.slirp.tcpconnection.TcpConnection}, which provides
@@ -164,6 +167,7 @@ class SendSide:
         self.rttStart = 0.0
         self.readingPaused = False
         self.timer: Any = None
+        self.initSack()
 
     # Hooks the connection provides.
 
@@ -226,6 +230,7 @@ class SendSide:
             self.ssthresh = max((self.sndMax - self.sndUna) // 2, 2 * self.mss)
             self.cwnd = self.mss
             self.recover = -1
+            self.scoreboard.clear()
             self.sndNxt = self.sndUna
             self.output()
         self.armTimer(self.rto)
@@ -287,7 +292,7 @@ class SendSide:
         una = self.sndUna
         size = self.segmentSize
         mss = self.mss
-        limit = una + min(self.sndWnd, self.cwnd)
+        limit = una + min(self.sndWnd, self.cwnd + self.scoreboard.size)
         buffer = self.sendBuffer
         while nxt < end:
             n = min(size, end - nxt, limit - nxt)
@@ -328,7 +333,7 @@ class SendSide:
 
     # Acknowledgments.
 
-    def ackReceived(self, ackNumber: int, window: int, bare: bool) -> bool:
+    def ackReceived(self, ackNumber: int, window: int, bare: bool, sacked: int = 0) -> bool:
         """
         Take the guest's acknowledgment and window.
 
@@ -336,6 +341,7 @@ class SendSide:
         @param window: the window field, unscaled.
         @param bare: the segment has no data, SYN or FIN (a duplicate ACK
             candidate).
+        @param sacked: bytes its SACK blocks newly named (L{sackReceived}).
         @return: False if it acknowledges something never sent.
         """
         una = self.sndUna
@@ -346,9 +352,12 @@ class SendSide:
         if ack < una:
             return True
         if ack == una:
-            self.sameAck(window, bare)
+            if sacked:
+                self.sackDuplicate(sacked)
+            else:
+                self.sameAck(window, bare)
         else:
-            self.newAck(ack)
+            self.newAck(ack, sacked)
         if window > self.maxWnd:
             self.maxWnd = window
         if window == 0:
@@ -368,7 +377,10 @@ class SendSide:
             self.dupAcks = 0
             return
         self.dupAcks += 1
-        if self.dupAcks == 3:
+        if self.scoreboard.ranges:
+            if self.dupAcks == 3 and self.recover < 0:
+                self.sackRecovery(0)
+        elif self.dupAcks == 3:
             flight = self.sndMax - self.sndUna
             self.ssthresh = max(flight // 2, 2 * self.mss)
             self.cwnd = self.ssthresh + 3 * self.mss
@@ -395,9 +407,10 @@ class SendSide:
         flags = ACK | PSH | FIN if fin and una + n == self.sndEnd else ACK
         self.emit(una, flags, bytes(self.sendBuffer[:n]))
 
-    def newAck(self, ack: int) -> None:
+    def newAck(self, ack: int, sacked: int = 0) -> None:
         """
-        Forget the data C{ack} acknowledges; grow the congestion window.
+        Forget the data C{ack} acknowledges; grow the congestion window;
+        with SACK, go on or start resending what is lost.
         """
         una = self.sndUna
         acked = ack - una
@@ -411,7 +424,10 @@ class SendSide:
         self.backoff = 0
         if 0 <= self.rttSeq <= ack:
             self.rttSample(self.reactor.seconds() - self.rttStart)
-        self.grow(acked, ack)
+        if self.scoreboard.ranges or (self.recover >= 0 and self.sackOk):
+            self.sackAcknowledged(acked, ack, sacked)
+        else:
+            self.grow(acked, ack)
         if self.sndMax > ack:
             self.armTimer(self.rto)
         else:
