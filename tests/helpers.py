@@ -354,3 +354,26 @@ def writeReadmeExample(directory: Path) -> None:
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)
+
+
+def copiesOf(plug: StreamPlug, payload: bytes, seconds: float = 2.0) -> int:
+    """How many frames carrying C{payload} C{plug} receives within C{seconds}."""
+    count = 0
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        got = plug.receive(remaining)
+        if got is None:
+            break
+        if payload in got:
+            count += 1
+    return count
+
+
+def procStatus(pid: int, field: str) -> int:
+    """
+    A memory figure (C{VmRSS}, C{VmHWM}, ...) of C{/proc/PID/status}, in bytes.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")

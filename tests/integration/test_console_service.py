@@ -20,6 +20,7 @@ from helpers import (
     StreamPlug,
     need,
     needRoot,
+    procStatus,
     run,
     socketListening,
     sourceEnv,
@@ -28,7 +29,6 @@ from helpers import (
     waitFor,
 )
 from test_console_interop import EOS, PROMPT, ConsoleClient
-from test_console_stdin import status
 
 pytestmark = pytest.mark.integration
 
@@ -133,10 +133,10 @@ def test_loadOfTheLargestScriptStaysSmallAndTheSwitchAnswers(vswitch, shortdir) 
     script.write_bytes(b"help\n" * (1024 * 1024 // 5 - 4) + b"vlan/create 14\n")
     assert script.stat().st_size <= 1024 * 1024
     client = ConsoleClient(sw.mgmt, timeout=30)
-    before = status(sw.process.pid, "VmHWM")
+    before = procStatus(sw.process.pid, "VmHWM")
     client.socket.sendall(f"load {script}\n".encode())
     reply = readReply(client)
-    growth = status(sw.process.pid, "VmHWM") - before
+    growth = procStatus(sw.process.pid, "VmHWM") - before
     assert reply.startswith(f"vde[{script}]: help\n0000 DATA END WITH '.'\n".encode())
     assert reply.endswith(b"1000 Success\n1105 No buffer space available\n" + PROMPT)
     assert len(reply) > 1024 * 1024

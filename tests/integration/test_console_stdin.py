@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import socketListening, sourceEnv, twistdArgv, waitFor
+from helpers import procStatus, socketListening, sourceEnv, twistdArgv, waitFor
 
 pytestmark = pytest.mark.integration
 
@@ -22,16 +22,6 @@ pytestmark = pytest.mark.integration
 ROUNDS = 4000
 #: How much the switch may grow while its replies are not read.
 GROWTH_LIMIT = 16 * 1024 * 1024
-
-
-def status(pid: int, field: str) -> int:
-    """
-    A memory figure of C{/proc/PID/status}, in bytes.
-    """
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} for {pid}")
 
 
 def bytesRead(pid: int) -> int:
@@ -87,14 +77,14 @@ def test_unreadRepliesStayBoundedThenAllArriveInOrder(processes, shortdir) -> No
     """
     process = startStdinSwitch(processes, shortdir)
     assert process.stdin is not None and process.stdout is not None
-    baseline = status(process.pid, "VmRSS")
+    baseline = procStatus(process.pid, "VmRSS")
     commands = "".join(f"help\nhelp\nhelp\nvlan/create {n}\nvlan/print {n}\n"
                        for n in range(1, ROUNDS + 1)).encode()
     stdin = process.stdin
     feeder = threading.Thread(target=lambda: (stdin.write(commands), stdin.flush()), daemon=True)
     feeder.start()
     waitUntilIdle(process.pid, feeder)
-    growth = status(process.pid, "VmHWM") - baseline
+    growth = procStatus(process.pid, "VmHWM") - baseline
     stdout = process.stdout
     output: list[bytes] = []
     reader = threading.Thread(target=lambda: output.append(stdout.read()), daemon=True)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import StreamPlug, need, socketListening, waitFor
+from helpers import StreamPlug, copiesOf, need, socketListening, waitFor
 from taphelpers import console
 
 from vtwisted.testing import frame, mac
@@ -25,19 +25,6 @@ BROADCAST = b"\xff" * 6
 def cable(processes, left: Path, right: Path) -> subprocess.Popen[bytes]:
     return processes.start(["dpipe", "vde_plug", f"vde://{left}", "=", "vde_plug",
                             f"vde://{right}"])
-
-
-def copiesOf(plug: StreamPlug, payload: bytes, seconds: float = 2.0) -> int:
-    """How many frames carrying C{payload} C{plug} receives within C{seconds}."""
-    count = 0
-    deadline = time.monotonic() + seconds
-    while (remaining := deadline - time.monotonic()) > 0:
-        got = plug.receive(remaining)
-        if got is None:
-            break
-        if payload in got:
-            count += 1
-    return count
 
 
 def fstpPrint(mgmt: Path) -> str:

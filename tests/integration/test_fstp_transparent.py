@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import StreamPlug, need, socketListening, waitFor
+from helpers import StreamPlug, copiesOf, need, socketListening, waitFor
 from taphelpers import console
 
 from vtwisted.testing import frame, mac
@@ -22,17 +22,6 @@ pytestmark = pytest.mark.integration
 
 BROADCAST = b"\xff" * 6
 BPDU_ADDRESS = bytes.fromhex("0180c2000000")
-
-
-def copiesOf(plug: StreamPlug, payload: bytes, seconds: float = 1.5) -> int:
-    count = 0
-    deadline = time.monotonic() + seconds
-    while (remaining := deadline - time.monotonic()) > 0:
-        got = plug.receive(remaining)
-        if got is None:
-            break
-        count += payload in got
-    return count
 
 
 def framesFor(plug: StreamPlug, seconds: float) -> list[bytes]:
@@ -80,7 +69,7 @@ def test_vdeSwitchTrunkLoopThroughTransparentPortsIsBroken(vswitch, processes,
                                   (hostTheirs, hostOurs, b"theirs")):
         payload = b"vlan10-" + tag + bytes(40)
         sender.send(insertTag(frame(BROADCAST, mac(0x10), payload=payload), 10))
-        assert copiesOf(receiver, payload) == 1
+        assert copiesOf(receiver, payload, 1.5) == 1
 
 
 def test_clientTaggingEveryVidCostsNoBpdus(vswitch, processes, shortdir: Path) -> None:

@@ -14,11 +14,10 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import execIn, run
+from helpers import execIn, procStatus, run
 from test_slirp import _needs, guestBehindSlirp  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -121,16 +120,6 @@ while time.time() < end:
 """
 
 
-def status(pid: int, field: str) -> int:
-    """
-    A memory figure of C{/proc/PID/status}, in bytes.
-    """
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no {field} for {pid}")
-
-
 def floodingServer(count: int, seconds: float) -> socket.socket:
     """
     A loopback server that accepts C{count} clients, never reads, and
@@ -177,11 +166,11 @@ def test_manyStuckConnectionsStayInsideThePortsBudget(vswitch, namespaces, short
     pid = process.pid
     count = 120
     server = floodingServer(count, 12)
-    before = status(pid, "VmRSS")
+    before = procStatus(pid, "VmRSS")
     result = run(*execIn(ns, PYTHON, "-c", FLOOD, "10.0.2.2", str(server.getsockname()[1]),
                          str(count), "10"), timeout=60)
     assert result.stdout.strip() == str(count), result.stdout + result.stderr
-    grown = status(pid, "VmHWM") - before
+    grown = procStatus(pid, "VmHWM") - before
     assert grown < 80 << 20, f"{grown >> 20} MB more"
     assert "Traceback" not in sw.logText()
 

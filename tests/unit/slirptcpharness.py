@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransportWithDisconnection
 
@@ -17,6 +18,9 @@ from vtwisted.testing import FakeGuestNetwork
 from vtwisted.wire.ipv4 import IPv4Header
 from vtwisted.wire.ipv6 import IPv6Header
 from vtwisted.wire.tcp import ACK, OPT_MSS, OPT_WINDOW_SCALE, PSH, SYN, TCPHeader
+
+#: What a lossy channel in the property tests does to each segment.
+FATES = st.sampled_from(["deliver", "drop", "duplicate", "delay"])
 
 GUEST = bytes([10, 0, 2, 15])
 GATEWAY = bytes([10, 0, 2, 2])

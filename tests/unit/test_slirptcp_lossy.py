@@ -11,11 +11,9 @@ from collections.abc import Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from slirptcpharness import MASK, Harness, mssOption
+from slirptcpharness import FATES, MASK, Harness, mssOption
 
 from vtwisted.wire.tcp import ACK, FIN, PSH, RST
-
-FATES = st.sampled_from(["deliver", "drop", "duplicate", "delay"])
 
 
 def channel(fates: list[str]) -> Iterator[str]:

@@ -11,7 +11,7 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from slirptcpharness import MASK, Harness, HostTransport, mssOption
+from slirptcpharness import FATES, MASK, Harness, HostTransport, mssOption
 
 from vtwisted.slirp.tcpsack import MAX_RANGES, Scoreboard, sackEdges
 from vtwisted.wire.tcp import ACK, OPT_NOP, OPT_SACK, OPT_SACK_PERMITTED
@@ -129,7 +129,6 @@ def test_withoutSackOneHoleIsResent() -> None:
         (2000, 1000)]
 
 
-FATES = st.sampled_from(["deliver", "drop", "duplicate", "delay"])
 
 
 @settings(max_examples=150, deadline=None)
