@@ -146,6 +146,9 @@ def floodingServer(count: int, seconds: float) -> socket.socket:
                         client.send(chunk)
                     except BlockingIOError:
                         pass
+                    except OSError:  # reset: the guest's side went when the test ended
+                        clients.remove(client)
+                        client.close()
             time.sleep(seconds)
             for client in clients:
                 client.close()
