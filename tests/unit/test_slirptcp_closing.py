@@ -6,7 +6,15 @@ unknown connections, malformed segments, and closing the engine.
 from __future__ import annotations
 
 import pytest
-from slirptcpharness import GATEWAY, GUEST, GUEST_ISN, GUEST_PORT, Harness, mssOption
+from slirptcpharness import (
+    GATEWAY,
+    GUEST,
+    GUEST_ISN,
+    GUEST_PORT,
+    Harness,
+    HostTransport,
+    mssOption,
+)
 from twisted.internet.error import (
     ConnectionDone,
     ConnectionLost,
@@ -118,6 +126,49 @@ def test_guestRstAbortsHost(h: Harness) -> None:
     h.send(RST)
     assert transport.aborted
     assert h.nat.connectionCount == 0 and h.nat.guestResets == 1
+    assert h.take() == []
+
+
+class FlushingHostTransport(HostTransport):
+    """
+    A host transport that closes as Twisted's do: only once what was
+    written is flushed (L{flush}), a reactor turn or more later.
+    """
+
+    def loseConnection(self) -> None:
+        self.disconnecting = True
+
+    def flush(self) -> None:
+        if self.disconnecting:
+            super().loseConnection()
+
+
+def test_guestRstInTimeWaitLetsTheHostHaveTheLastWords(h: Harness) -> None:
+    """
+    A RST from a guest that closed, answering our second ACK of its FIN (a
+    Linux guest sends its FIN again as a tail loss probe), comes in time-wait
+    and may come in the reactor turn that wrote the guest's last bytes to
+    the host: those bytes and the host's clean close are kept, not aborted.
+    """
+    h.syn()
+    transport = FlushingHostTransport()
+    h.connectHost(transport)
+    (synAck,) = h.take()
+    h.ours = synAck.seq + 1
+    h.send(ACK)
+    h.host(transport).readConnectionLost()
+    (fin,) = h.take()
+    h.ack(fin.seq + 1)
+    h.send(ACK | FIN, payload=b"answer", ack=fin.seq + 1)
+    h.seq += len(b"answer") + 1
+    h.send(ACK | FIN, seq=h.seq - 1, ack=fin.seq + 1)
+    assert [ack.ack for ack in h.take()] == [h.seq, h.seq]
+    h.send(RST, ack=0)
+    assert not transport.aborted
+    assert transport.disconnecting and transport.value() == b"answer"
+    transport.flush()
+    assert not transport.connected
+    assert h.nat.connectionCount == 0 and h.nat.guestResets == 0
     assert h.take() == []
 
 

@@ -38,7 +38,7 @@ Counters, for a console: C{opened} (handshakes completed), C{refused} (host
 connects refused, answered with RST), C{unreachable} (other connect
 failures, answered with ICMP), C{resets} (RSTs sent to guests for live
 connections: host reset, gave up, data for a closed host), C{guestResets}
-(RSTs from guests), C{timeouts} (connections given up on retransmissions),
+(RSTs from guests for live connections), C{timeouts} (connections given up on retransmissions),
 C{busy} (SYNs refused for the connection limit) and C{strays} (segments for
 no connection, answered with RST).
 """

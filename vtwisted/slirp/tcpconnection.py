@@ -18,7 +18,10 @@ by family are in L{vtwisted.slirp.tcpstates}):
     buffered data.  When both are closed and our FIN is acknowledged the
     connection lingers in C{time-wait} for L{TIME_WAIT_SECONDS} to re-ACK a
     retransmitted FIN, then it is forgotten.  A RST either way, or giving up
-    on retransmissions, forgets it at once.
+    on retransmissions, forgets it at once; it aborts the host socket, but
+    not in C{time-wait}, where the guest's RST is routine (a closed guest
+    answering our second ACK of its FIN, after its tail loss probe) and the
+    host must still get what the guest sent last.
 
 Receiving (guest to host) trims what was already received and what lies
 past the right edge of the window we advertised.  A segment past a hole
@@ -230,6 +233,12 @@ class TcpConnection(Handshake):
             return
         offset = signed(header.seq - self.rcvNxt)
         if not 0 <= offset < max((self.rcvEdge - self.rcvNxt) & MASK, 1):
+            return
+        if state == TIME_WAIT:
+            # Both streams ended and were acknowledged: a guest that closed
+            # answers our ACK of its retransmitted FIN with a RST.  The host
+            # socket is already closing, after what the guest sent last.
+            self.forget()
             return
         self.nat.guestResets += 1
         transport, connector = self.transport, self.connector
