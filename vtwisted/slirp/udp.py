@@ -11,7 +11,8 @@ resolver).  Whatever comes back to that socket, from any sender, goes to the
 guest source as a datagram from the sender's guest-side address: an
 endpoint-independent ("full cone") mapping, which is what games, STUN and
 DNS clients expect.  Answers from a resolver the source asked through the
-DNS proxy come from the proxy's address and port 53.
+DNS proxy come from the proxy's address and port 53.  That socket and what
+it does per datagram are L{vtwisted.slirp.udpmapping}.
 
 Guests speak IPv4 or IPv6 (4- or 16-byte addresses), and the host side of
 either may be of either family: an IPv6 guest's DNS proxy may lead to an
@@ -55,23 +56,21 @@ guests.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp import hosterrors
-from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint, unmapped
+from vtwisted.slirp.addresses import guestEndpoint
 from vtwisted.slirp.packets import SegmentRun
 from vtwisted.slirp.udpforward import ForwardSocket
+from vtwisted.slirp.udpmapping import UdpMapping
 from vtwisted.wire import ipv4
 
 log = Logger()
@@ -85,205 +84,12 @@ DNS_IDLE_SWEEPS = 2
 MAX_MAPPINGS = 1024
 #: The largest datagram read from a host socket.
 MAX_DATAGRAM = 65535
-#: Errors of a send that would block: the datagram is dropped, as a full
-#: queue on a real link would.
-_BUSY = (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS)
 #: The most datagrams, and bytes, one run to a guest holds (Linux's limits
 #: for a UDP super-frame).
 RUN_DATAGRAMS = 64
 RUN_BYTES = 65000
-#: The socket option that lets the kernel cut one send into datagrams
-#: (C{linux/udp.h}), and the errors saying it cannot.
-UDP_SEGMENT = 103
-_NO_SEGMENTS = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
-_U16 = struct.Struct("=H")
-#: Peers whose guest-side address a mapping remembers.
-MAX_PEERS = 256
 #: Why binding C{::} can fail on a host without IPv6.
 _NO_IPV6 = frozenset((errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL))
-#: Guest datagrams with at most this TTL (traceroute's probes) carry it,
-#: less one, to the host; others leave with the host's default.
-CARRIED_TTL = 32
-_INT = struct.Struct("i")
-
-
-class UdpMapping(DatagramProtocol):
-    """
-    The host socket of one guest source.
-
-    @ivar guest: the guest's address and port.
-    @ivar v6: whether the guest speaks IPv6.
-    @ivar mapped: whether the socket is dual-stack (IPv4 peers written and
-        read as C{::ffff:a.b.c.d}); if not, it is IPv4 only.
-    @ivar proxy: the DNS proxy's address in the guest's family.
-    @ivar dnsPeers: resolvers asked through the DNS proxy, as (host, port)
-        with IPv4 hosts unmapped and IPv6 hosts in their short form.
-    """
-
-    noisy = False
-
-    def __init__(self, engine: UdpNat, guest: tuple[bytes, int]) -> None:
-        self.engine = engine
-        self.guest = guest
-        self.v6 = len(guest[0]) == 16
-        network = engine.network
-        self.proxy = (network.nameserver6 if self.v6 else network.nameserver) or b""
-        self.mapped = False
-        self.dnsPeers: set[tuple[str, int]] = set()
-        #: Host-side peers to the addresses the guest sees them at.
-        self.peers: dict[str, bytes] = {}
-        self._sendto: Any = None
-        self.active = True
-        self.idle = 0
-        self.onlyDns = True
-        self.sent = 0
-        self.received = 0
-        self.errors = 0
-        self.listeningPort: Any = None
-
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        self.active = True
-        self.received += 1
-        network = self.engine.network
-        host = addr[0]
-        if self.mapped and host.startswith("::ffff:"):
-            host = host[7:]
-        guest, guestPort = self.guest
-        if (host, addr[1]) in self.dnsPeers:
-            self.engine.dnsAnswered = True
-            self.engine.queue(self.proxy, guest, 53, guestPort, data)
-            return
-        src = self.peers.get(host)
-        if src is None:
-            if len(self.peers) >= MAX_PEERS:
-                self.peers.clear()
-            src = self.peers[host] = network.guestAddress(host, self.v6)
-        self.engine.queue(src, guest, addr[1], guestPort, data)
-
-    def hostErrorReceived(self, error: hosterrors.HostError) -> None:
-        """
-        The host got an ICMP error about one of this source's datagrams:
-        send the guest the same error about the datagram it sent, from the
-        guest-side address of the host or router that reported it.
-        """
-        self.errors += 1
-        mapped = hosterrors.forGuest(error, self.v6)
-        if mapped is None:
-            return
-        network = self.engine.network
-        host, port = error.destination
-        if (host, port) in self.dnsPeers:
-            dst, port = self.proxy, 53
-        else:
-            dst = network.guestAddress(host, self.v6)
-        reporter = dst if error.reporter in (None, host) \
-            else network.guestAddress(error.reporter, self.v6)
-        src, srcPort = self.guest
-        original = hosterrors.guestDatagram(src, srcPort, dst, port, error.payload)
-        network.sendIcmpError(original, *mapped, reporter)
-
-    def _sendSegments(self, run: SegmentRun, host: tuple[str, int], packet: bytes) -> bool:
-        """
-        Send a run of datagrams in one system call, letting the kernel cut
-        them (C{UDP_SEGMENT}, Linux 4.18 and later).
-
-        @return: whether it was sent (or dropped for good); if not, the
-            caller sends the datagrams one by one.
-        """
-        sock = getattr(self.transport, "socket", None)
-        if sock is None:
-            return False
-        try:
-            sock.sendmsg([run.data], [(socket.SOL_UDP, UDP_SEGMENT, _U16.pack(run.size))], 0,
-                           host)
-        except OSError as e:
-            if e.errno in _NO_SEGMENTS:
-                self.engine.segmentOffload = False
-                log.info("UDP: the kernel does not segment for us ({error}); datagrams "
-                         "leave one by one", error=e.strerror)
-                return False
-            self._sendFailed(e, host, packet)
-        return True
-
-    def _sendFailed(self, e: OSError, host: tuple[str, int], packet: bytes) -> None:
-        """
-        A send to C{host} failed: a full socket buffer drops the datagrams
-        (counted as C{busy}); anything else is counted and answered with an
-        ICMP unreachable.
-        """
-        network = self.engine.network
-        where = f"UDP to {hostEndpoint(unmapped(host[0]), host[1])}"
-        if e.errno in _BUSY:
-            network.dropped("busy", f"{where}: {e.strerror}")
-            return
-        network.dropped("peer", f"{where}: {e.strerror} (errno {e.errno})")
-        network.sendUnreachable(packet, 0)
-
-    def addDnsPeer(self, host: tuple[str, int]) -> None:
-        """
-        Remember that C{host} is a resolver this source asked through the
-        DNS proxy.
-        """
-        if ":" in host[0]:
-            host = (str(ipaddress.ip_address(host[0])), host[1])
-        self.dnsPeers.add(host)
-
-    def send(self, payloads: Sequence[bytes] | SegmentRun, host: tuple[str, int],
-             packet: bytes) -> None:
-        """
-        Send a guest's datagrams to C{host}; C{packet} is the guest's IP
-        packet (of the first, if several).
-        """
-        self.active = True
-        self.sent += len(payloads)
-        address = host[0]
-        if ":" in address:
-            if not self.mapped:
-                self.engine.network.dropped(
-                    "unsupported", f"UDP to {hostEndpoint(*host)}: no IPv6 on the host")
-                self.engine.network.sendUnreachable(packet, 0)
-                return
-        elif self.mapped:
-            host = ("::ffff:" + address, host[1])
-        if len(packet) >= 20:
-            ttl = packet[8] if packet[0] >> 4 == 4 else packet[7]
-            if ttl <= CARRIED_TTL:
-                self._sendWithTtl(payloads, host, packet, max(ttl - 1, 1))
-                return
-        if isinstance(payloads, SegmentRun) and self.engine.segmentOffload:
-            if self._sendSegments(payloads, host, packet):
-                return
-        sendto = self._sendto
-        if sendto is None:
-            # The socket itself: Twisted's write checks the address anew
-            # for every datagram, which costs more than the system call.
-            sock = getattr(self.transport, "socket", None)
-            sendto = self._sendto = sock.sendto if sock is not None \
-                else self.transport.write  # type: ignore[union-attr]
-        try:
-            for payload in payloads:
-                sendto(payload, host)
-        except OSError as e:
-            self._sendFailed(e, host, packet)
-
-
-    def _sendWithTtl(self, payloads: Sequence[bytes] | SegmentRun, host: tuple[str, int],
-                     packet: bytes, ttl: int) -> None:
-        """
-        Send datagrams whose TTL the guest chose (traceroute's probes).
-        """
-        sock = getattr(self.transport, "socket", None)
-        if sock is None:
-            return
-        if ":" in host[0] and not host[0].startswith("::ffff:"):
-            option = (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, _INT.pack(ttl))
-        else:
-            option = (socket.IPPROTO_IP, socket.IP_TTL, _INT.pack(ttl))
-        try:
-            for payload in payloads:
-                sock.sendmsg([payload], [option], 0, host)
-        except OSError as e:
-            self._sendFailed(e, host, packet)
 
 
 class UdpNat:
