@@ -253,6 +253,7 @@ def addManagement(
     @raise ValueError: a setting is wrong or the rc file is unreadable.
     """
     ops = service.operations
+    service.consoleMode, service.consoleGroup = mgmtMode, mgmtGroup
     if mgmt is not None:
         ConsoleService(ops, service.reactor, mgmt, mgmtMode, mgmtGroup).setServiceParent(service)
     if rcfile is not None:

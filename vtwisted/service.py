@@ -76,6 +76,11 @@ class SwitchService(MultiService):
     #: C{twistd}'s options, whose C{statusPipe} (a daemonising twistd's)
     #: then takes the message to the waiting parent, which prints it.
     runner: Any = None
+    #: The management console's mode and group (C{--mgmt-mode},
+    #: C{--mgmt-group}), which the data sockets of port 0 take too, as
+    #: vde_switch gives them (even with no console).
+    consoleMode = 0o600
+    consoleGroup: int | None = None
 
     def privilegedStartService(self) -> None:
         Service.privilegedStartService(self)

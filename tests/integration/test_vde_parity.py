@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -148,3 +149,50 @@ def test_clientMayNotNameAnotherUsersSocket(vswitch, processes, shortdir) -> Non
     with pytest.raises(BlockingIOError):
         victim.recv(2000)
     assert "belongs to uid 0, not to the client (uid 65534" in sw.logText()
+
+
+def dataSocketOf(directory: Path, port: int | None, client: Path) -> tuple[str, int, int]:
+    """
+    Plug a raw client (one that, unlike vde_plug, leaves the data socket's
+    mode alone) into C{port} (None: any); the name, mode and group of the
+    data socket the switch made for it.
+    """
+    import socket
+
+    from vtwisted.wire import vdecontrol
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as data, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ctl:
+        data.bind(str(client))
+        try:
+            ctl.settimeout(5)
+            ctl.connect(str(directory / "ctl"))
+            ctl.sendall(vdecontrol.packRequest(os.fsencode(client), port, "raw"))
+            path = vdecontrol.parseReply(ctl.recv(200)).decode()
+            info = os.stat(path)
+        finally:
+            os.unlink(client)
+    return os.path.basename(path)[:3], stat.S_IMODE(info.st_mode), info.st_gid
+
+
+@pytest.mark.parametrize("console", [["--mgmtmode", "0640", "--mgmtgroup", "bin"],
+                                     ["--mgmtmode", "0664"]],
+                         ids=["console mode and group", "console mode"])
+def test_dataSocketModesAndGroups(both, shortdir, console) -> None:
+    """
+    Both switches give a client's data socket the control socket's owner
+    bits and --group, and port 0's (the management port's) the console's
+    mode and group (the switch's group when the console has none).
+    """
+    import grp
+
+    needRoot()
+    gid = {name: grp.getgrnam(name).gr_gid for name in ("daemon", "bin")}
+    seen = {}
+    for switch in both("--mode", "0660", "--group", "daemon", *console):
+        seen[switch.name] = [dataSocketOf(switch.sock, port, shortdir / f"c{n}")
+                             for n, port in enumerate([None, 0, 5])]
+    group = gid["bin"] if "bin" in console else gid["daemon"]
+    mode = int(console[1], 8)
+    assert seen["vswitch"] == seen["vde_switch"] == [
+        ("001", 0o600, gid["daemon"]), ("000", mode, group), ("005", 0o600, gid["daemon"])]

@@ -332,7 +332,7 @@ class VdeSwitchDirectory(Service):
                 ) from None
             self._checkSharing(port, path)
             dataPath = os.path.join(self.directory, f"{port.number:03d}.{sock.fileno()}")
-            self._bindDataSocket(sock, dataPath, uid)
+            self._bindDataSocket(sock, dataPath, uid, port.number == 0)
         except BaseException:
             sock.close()
             raise
@@ -396,19 +396,34 @@ class VdeSwitchDirectory(Service):
                             "client socket: permission denied")
         return st.st_uid
 
-    def _bindDataSocket(self, sock: socket.socket, path: str, uid: int) -> None:
+    def _bindDataSocket(self, sock: socket.socket, path: str, uid: int, portZero: bool) -> None:
+        """
+        Bind a client's data socket as vde_switch does: the client's as
+        owner when the switch is root, the control socket's mode (only its
+        owner bits when root) and the switch's group; port 0, the
+        management port, the console's mode and group instead (the group
+        of the switch if the console has none).
+        """
         try:
             os.unlink(path)
         except FileNotFoundError:
             pass
+        mode = self.mode
+        group = self.group
+        if portZero:
+            mode = getattr(self.parent, "consoleMode", DEFAULT_MODE)
+            consoleGroup = getattr(self.parent, "consoleGroup", None)
+            if consoleGroup is not None:
+                group = consoleGroup
         try:
             sock.bind(path)
             if os.geteuid() == 0:
                 os.chown(path, uid, -1)
-                os.chmod(path, self.mode & 0o700)
+                os.chmod(path, mode if portZero else mode & 0o700)
             else:
-                os.chmod(path, self.mode)
-            self._chgrp(path)
+                os.chmod(path, mode)
+            if group is not None:
+                os.chown(path, -1, group)
         except OSError as e:
             raise _Rejected(
                 f"cannot bind {path}: {e.strerror} (errno {e.errno})",
