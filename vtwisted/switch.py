@@ -9,7 +9,9 @@ active.  A link hands each frame it reads to L{Switch.frameReceived}, or, if
 it negotiated the virtio-net header, each packet to
 L{Switch.vnetPacketReceived}.
 
-For every frame the switch counts it on the ingress port, finds its VLAN (the
+For every frame the switch counts it on the ingress port (not a runt, shorter
+than an Ethernet header: vde_switch ignores those, so they are only counted
+as drops), finds its VLAN (the
 802.1Q tag, or the port's untagged VLAN) and drops it unless the port is a
 member, learns the source address in that VLAN's MAC table, looks up the
 destination and sends to that port, or floods to every other active member of
@@ -243,6 +245,9 @@ class Switch(PortTable):
         A link of C{port} read a plain frame.
         """
         n = len(frame)
+        if n < MIN_FRAME:
+            self._badLength(port, n)
+            return
         c = port.counters
         c.inFrames += 1
         c.inBytes += n
@@ -312,6 +317,9 @@ class Switch(PortTable):
         A link of C{port} read a virtio-net header and a frame.
         """
         n = len(packet) - _VNET
+        if n < MIN_FRAME:
+            self._shortVnetPacket(port, packet)
+            return
         c = port.counters
         c.inFrames += 1
         c.inBytes += n
@@ -334,12 +342,7 @@ class Switch(PortTable):
         """
         n = len(packet) - _VNET
         if n < MIN_FRAME:
-            if n < 0:  # not even a header (a cable's peer sent it): no frame at all
-                port.counters.inBytes -= n  # vnetPacketReceived counted n bytes
-                port.dropped("malformed",
-                             f"{len(packet)} bytes, shorter than a virtio-net header")
-                return
-            self._badLength(port, n)
+            self._shortVnetPacket(port, packet)
             return
         shortest = _knownHeaders.get(packet[:_VNET])
         if shortest is None or n + _VNET < shortest:
@@ -419,6 +422,15 @@ class Switch(PortTable):
             return True
         entry = vlan.macs.get(mac)
         return entry is None or entry.port.vnet
+
+    def _shortVnetPacket(self, port: SwitchPort, packet: bytes) -> None:
+        """
+        Drop a virtio-net packet too short to carry an Ethernet header.
+        """
+        if len(packet) < _VNET:  # not even a header (a cable's peer sent it)
+            port.dropped("malformed", f"{len(packet)} bytes, shorter than a virtio-net header")
+        else:
+            self._badLength(port, len(packet) - _VNET)
 
     def _badLength(self, port: SwitchPort, n: int) -> None:
         if n < MIN_FRAME:

@@ -263,10 +263,15 @@ def test_countersCountFramesAndBytes() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, 13])
 def test_runtsAreDroppedAndCounted(size: int) -> None:
-    """Frames shorter than an Ethernet header are counted as runts and go nowhere."""
+    """
+    Frames shorter than an Ethernet header are counted as runts and go
+    nowhere; they are not frames received (vde_switch ignores them), so the
+    IN counters leave them out.
+    """
     switch, (a, b, c) = makeSwitch()
     a.receive(b"\xff" * size)
     assert b.sent == [] and a.port.counters.drops["runt"] == 1
+    assert (a.port.counters.inFrames, a.port.counters.inBytes) == (0, 0)
     a.receive(frame(BROADCAST, mac(1)))
     assert b.sent, "the port keeps working"
 
@@ -343,6 +348,19 @@ def _vnetSwitch() -> tuple[Switch, list[FakeLink]]:
     for link in links:
         plug(switch, link)
     return switch, links
+
+
+@pytest.mark.parametrize("size", [0, 9, 10, 23])
+def test_shortVirtioNetPacketsAreNotCountedAsReceived(size: int) -> None:
+    """
+    A virtio-net packet without a whole header is malformed, one without a
+    whole Ethernet header after it a runt; neither counts as received.
+    """
+    switch, (a, b, c) = _vnetSwitch()
+    a.receivePacket((vnet.PLAIN_HEADER + b"\xff" * 14)[:size])
+    reason = "malformed" if size < len(vnet.PLAIN_HEADER) else "runt"
+    assert b.sent == [] and a.port.counters.drops[reason] == 1
+    assert (a.port.counters.inFrames, a.port.counters.inBytes) == (0, 0)
 
 
 def test_portMtuLimitsEgressToOffloadPortsByFrameOrSegment() -> None:
