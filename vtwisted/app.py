@@ -31,6 +31,7 @@ from typing import Any
 from twisted.logger import Logger
 from twisted.python import usage
 
+from vtwisted.compatoptions import VdeSwitchCompatibility, longOnly
 from vtwisted.consoleservice import DEFAULT_MODE, addManagement, defaultRcFile, groupId
 from vtwisted.errors import SwitchError
 from vtwisted.fdb import DEFAULT_CAPACITY, DEFAULT_EXPIRY, MacTable
@@ -68,6 +69,7 @@ def buildService(
     fstp: bool = False,
     priority: int | None = None,
     mac: bytes | None = None,
+    hashSize: int | None = None,
 ) -> SwitchService:
     """
     A switch service with the given port specs.
@@ -80,6 +82,8 @@ def buildService(
     @param stdin: read console commands from standard input too.
     @param fstp: run FSTP (vde_switch's C{-F}), with this C{priority}.
     @param mac: the switch's address (vde_switch's C{--macaddr}).
+    @param hashSize: vde_switch's C{--hashsize}, the buckets C{hash/print}
+        shows (rounded up to a power of two).
     @param manhole: the SSH manhole's endpoint; C{manholeKeys} (an
         C{authorized_keys} file) or C{manholePasswords} must be given too.
     @raise SpecError: a spec is wrong.
@@ -94,6 +98,8 @@ def buildService(
             raise ValueError("--fstp cannot run in hub mode (--hub)")
         switch.spanningTree.setEnabled(True)
     service = SwitchService(switch, reactor)
+    if hashSize is not None:
+        service.operations.setMacBuckets(hashSize)
     specs = list(ports)
     if defaultSock and not any(PortSpec(text).prefix == "vde" for text in specs):
         specs.insert(0, _defaultSockSpec())
@@ -155,7 +161,7 @@ def _octalMode(value: str) -> int:
     return mode
 
 
-class Options(usage.Options):
+class Options(VdeSwitchCompatibility, usage.Options):
     """
     Options of C{twistd vswitch}.
     """
@@ -183,6 +189,9 @@ class Options(usage.Options):
         ["priority", None, None, "FSTP priority of this switch, 0 to 65535 (32768).",
          _priority],
         ["macaddr", None, None, "The switch's MAC address (BPDUs, showinfo).", _macAddress],
+        ["hashsize", None, None, "vde_switch's hash size: the buckets hash/print shows, "
+         "rounded up to a power of two (128); the capacity is --mac-table-size.",
+         _positive("hashsize")],
         ["mode", "m", None, "Octal mode of the default or --sock control socket (0600)."],
         ["dirmode", None, None, "Octal mode of the --sock directory (02700)."],
         ["group", "g", None, "Group of the --sock directory and sockets."],
@@ -206,6 +215,17 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
+
+    opt_h = usage.Options.opt_help
+    opt_v = usage.Options.opt_version
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Read single-dash long options too, as vde_switch does (C{-sock DIR}).
+        """
+        if options is not None:
+            options = longOnly(options, self.shortOpt, self.longOpt)
+        super().parseOptions(options)
 
     def opt_port(self, spec: str) -> None:
         """
@@ -290,6 +310,7 @@ class Options(usage.Options):
             fstp=bool(self["fstp"]),
             priority=self["priority"],
             mac=self["macaddr"],
+            hashSize=self["hashsize"],
             macTtl=self["macaddr-ttl"],
             macTableSize=self["mac-table-size"],
             mgmt=self["mgmt"],
