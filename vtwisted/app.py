@@ -15,7 +15,10 @@ specs, so the rc file runs once every port service has started.
 
 A port that cannot start ends C{twistd} (daemonising or not) with one line
 and status 1, the ports started before it stopped
-(L{SwitchService.exitOnFailure}).
+(L{SwitchService.exitOnFailure}).  A C{.tac} file's switch does the same:
+L{buildService} run while C{twistd} loads the file finds C{twistd}'s
+options (L{twistdOptions}: the pid file, and a daemon's pipe to its waiting
+parent) and sets the switch up as C{twistd vswitch} does.
 
 C{SIGHUP} is ignored (logged once), as by Debian's C{vde_switch}: left to
 its default it killed the switch on the spot, without removing its socket
@@ -25,6 +28,7 @@ files or closing its clients.  C{SIGTERM} and C{SIGINT} stop it cleanly.
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,6 +104,9 @@ def buildService(
     service = SwitchService(switch, reactor)
     if hashSize is not None:
         service.operations.setMacBuckets(hashSize)
+    runner = twistdOptions()
+    if runner is not None:
+        exitOnFailure(service, runner)
     specs = list(ports)
     if defaultSock and not any(PortSpec(text).prefix == "vde" for text in specs):
         specs.insert(0, _defaultSockSpec())
@@ -332,14 +339,40 @@ def makeService(options: Options) -> SwitchService:
     from twisted.internet import reactor
 
     service = options.build(reactor)
-    runner = getattr(options, "parent", None) or {}
-    # a port that cannot start ends the program with one line, not twistd's
-    # traceback; a daemonising twistd's waiting parent gets it too
+    exitOnFailure(service, getattr(options, "parent", None) or {})
+    ignoreHangups(reactor)
+    return service
+
+
+def exitOnFailure(service: SwitchService, runner: Any) -> None:
+    """
+    Make a port that cannot start end the program with one line, not
+    C{twistd}'s traceback; a daemonising C{twistd}'s waiting parent gets it
+    too, and the pid file goes.
+
+    @param runner: C{twistd}'s options (a mapping with C{pidfile} and, in a
+        daemon, C{statusPipe}).
+    """
     service.exitOnFailure = True
     service.pidFile = runner.get("pidfile")
     service.runner = runner
-    ignoreHangups(reactor)
-    return service
+
+
+def twistdOptions() -> Any:
+    """
+    The options of the C{twistd} loading the caller (a C{.tac} file), found
+    on the stack as its application runner's C{config}; None when not run
+    by C{twistd} (a test, a script).
+    """
+    from twisted.application.app import ApplicationRunner
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        runner = frame.f_locals.get("self")
+        if isinstance(runner, ApplicationRunner):
+            return runner.config
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 def ignoreHangups(reactor: Any) -> None:

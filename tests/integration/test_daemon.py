@@ -156,3 +156,34 @@ def test_theTacAsShippedIgnoresHangups(shortdir: Path, daemons: list[Path]) -> N
     os.kill(pid, signal.SIGTERM)
     waitFor(lambda: not pidFile.exists(), what="the switch to stop")
     assert sorted(p.name for p in shortdir.iterdir()) == ["sw.log"]
+
+
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "twistd -n"])
+def test_aTacWhosePortCannotStartEndsWithOneLine(
+    shortdir: Path, daemons: list[Path], foreground: bool
+) -> None:
+    """
+    C{twistd -y etc/vswitch.tac} whose VDE directory cannot be made ends as
+    C{twistd vswitch} does: status 1, one line naming the spec, the path and
+    the errno in the log and on standard error, no traceback, nothing left
+    behind (it printed a traceback, and a daemon's parent C{b''}).
+    """
+    pidFile, log = shortdir / "sw.pid", shortdir / "sw.log"
+    daemons.append(pidFile)
+    sock = shortdir / "missing" / "sw"
+    tac = Path(__file__).resolve().parents[2] / "etc" / "vswitch.tac"
+    env = dict(sourceEnv(), VSWITCH_SOCK=str(sock))
+    argv = [*TWISTD, *(["-n"] if foreground else []), f"--pidfile={pidFile}",
+            f"--logfile={log}", "-y", str(tac)]
+    ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=20,
+                         stdin=subprocess.DEVNULL)
+    assert ran.returncode == 1, (ran, log.read_text())
+    spec = f"vde:{sock}:mode=0660"
+    what = f"cannot create {sock}: No such file or directory (errno 2)"
+    text = log.read_text()
+    assert f"vswitch: {spec}: {what}" in text and "Traceback" not in text, text
+    assert sorted(p.name for p in shortdir.iterdir()) == ["sw.log"], text
+    if foreground:
+        assert ran.stderr == f"vswitch: {spec}: {what}\n", ran.stderr
+    else:
+        assert f"An error has occurred: b'{spec}: cannot create" in ran.stderr, ran.stderr
