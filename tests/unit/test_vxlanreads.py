@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,3 +132,80 @@ def test_aVxvdeSocketReadsOnAfterAnUnexpectedReceiveError(code: int) -> None:
     assert spec in text and "UDP 239.0.0.1:14789" in text
     assert errno.errorcode[code] in text and "reading goes on" in text, text
     assert "1 read errors" in link.description
+
+
+@pytest_twisted.ensureDeferred
+async def test_aDatagramLongerThanTheReadBufferIsAnOversizeDrop(switch) -> None:
+    """
+    A datagram the kernel cuts to the read buffer (C{MSG_TRUNC}; here the
+    buffer is made smaller than the datagram) is counted as an C{oversize}
+    drop of its port and logged once with the sender, never handed on cut
+    short; the frames after it arrive.
+    """
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.2", 0))
+    number = peer.getsockname()[1]
+    spec = f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}:vni=5"
+    try:
+        service = switch(spec)
+        link = FakeLink()
+        plug(service.switch, link)
+        vxlanLink = service.specs[spec].link
+        vxlanLink.shared.listeningPort.maxPacketSize = 1000
+        big = frame(BROADCAST, mac(0x40), payload=b"b" * 1400)
+        after = [frame(BROADCAST, mac(0x41), payload=b"after %d" % i) for i in range(2)]
+        with capturedLogs() as events:
+            for one in (big, big, *after):
+                peer.sendto(vxlan.header(5) + one, ("127.0.0.1", number))
+            await until(lambda: len(link.sent) >= len(after), what="the frames after")
+        assert link.sent == after
+        assert vxlanLink.port.counters.drops["oversize"] == 2
+        text = _text(events)
+        assert text.count("dropped a frame (oversize)") == 1, text
+        assert spec in text and "from 127.0.0.2" in text and "MSG_TRUNC" in text, text
+    finally:
+        peer.close()
+
+
+class MergedSocket(FakeSocket):
+    """
+    A vxvde socket whose one read is datagrams the kernel merged (UDP GRO),
+    cut short by the buffer (C{MSG_TRUNC}).
+    """
+
+    def __init__(self, data: bytes, step: int) -> None:
+        super().__init__()
+        self.data: bytes | None = data
+        self.step = step
+
+    def recvmsg(self, size: int, ancillary: int) -> Any:
+        if self.data is None:
+            raise BlockingIOError(errno.EAGAIN, "try again")
+        data, self.data = self.data, None
+        gro = [(socket.SOL_UDP, 104, self.step.to_bytes(4, sys.byteorder))]
+        return data[:size], gro, socket.MSG_TRUNC, ("10.0.0.7", 40000)
+
+
+def test_aMergedReadCutShortHandsOnItsWholeDatagrams() -> None:
+    """
+    A merged read (UDP GRO) cut short hands on the datagrams it holds whole,
+    and counts the one cut as an C{oversize} drop with what to do
+    (C{gro_max_size}), never handing it on cut short.
+    """
+    spec = "vxvde:vni=9"
+    service = vxvde.VxvdeService(Switch(), MemoryReactor(), configFromSpec(
+        PortSpec(spec), vxvde.DEFAULT_PORT, unicast=False), PortOptions(), spec)
+    link = vxvde.VxvdeLink(service)
+    service.options.plugIn(service.switch, link, spec)
+    other = FakeLink()
+    plug(service.switch, other)
+    sent = [frame(BROADCAST, mac(0x50 + i), payload=bytes([i]) * 1000) for i in range(3)]
+    datagrams = [vxlan.header(9) + one for one in sent]
+    port = BatchPort(0, vxvde._Reader(link), reactor=MemoryReactor(), maxPacketSize=2500)
+    port.socket = MergedSocket(b"".join(datagrams), len(datagrams[0]))  # type: ignore[assignment]
+    with capturedLogs() as events:
+        port.doRead()
+    assert other.sent == sent[:2]
+    assert link.port.counters.drops["oversize"] == 1
+    text = _text(events)
+    assert spec in text and "gro_max_size" in text and "MSG_TRUNC" in text, text

@@ -20,7 +20,12 @@ socket closes with its last port.
 
 L{BatchPort} is Twisted's UDP port reading with C{recvmsg}: a buffer the
 kernel merged (C{UDP_GRO}) is cut back into its datagrams, and the
-protocol learns when a read batch ends (for TCP coalescing).  A receive
+protocol learns when a read batch ends (for TCP coalescing).  A read the
+kernel cut short (C{MSG_TRUNC}: more than the 64 KB buffer, which only a
+merged read can be, with the underlay's C{gro_max_size} raised for BIG
+TCP) hands on the whole datagrams it holds and drops the one cut, counted
+as C{oversize} on the port whose header it carries and logged once with
+what to do (L{truncationText}); it is never handed on cut short.  A receive
 error it does not expect (C{ENOMEM}, say) is counted and logged once per
 errno (L{ReadErrors}), and reading goes on: Twisted's own port would close
 the socket, and the port would hear nothing more.
@@ -53,6 +58,7 @@ from vtwisted.wire import vxlan
 MAX_DATAGRAM = 65536 + vxlan.HEADER_LENGTH
 UDP_GRO = 104
 _GRO_CMSG = socket.CMSG_SPACE(4)
+_MSG_TRUNC = socket.MSG_TRUNC
 
 #: The open sockets, by reactor and L{socketKey}.
 _SOCKETS: dict[tuple[int, tuple[int, str, int]], VxlanSocket] = {}
@@ -196,6 +202,17 @@ class VxlanSocket(DatagramProtocol):
         for link in self.links.values():
             link.readBatchEnded()
 
+    def readTruncated(self, datagram: bytes, addr: Any, size: int, merged: bool) -> None:
+        """
+        A read was cut short: C{datagram} is what is left of the datagram
+        cut (see L{truncationText}); count it as an C{oversize} drop of the
+        port whose header it carries.
+        """
+        link = self._byHeader.get(datagram[:8]) or self._linkFor(datagram)
+        if link is not None and link.port is not None:
+            link.port.dropped("oversize", f"{link.service.spec}: "
+                              f"{truncationText(addr, size, merged)}")
+
     def readFailed(self, where: str, e: OSError) -> None:
         """
         A read of the socket failed unexpectedly: count it, naming every
@@ -253,7 +270,7 @@ class BatchPort(udp.Port):
         try:
             while read < self.maxThroughput:
                 try:
-                    data, ancillary, _, addr = recvmsg(size, _GRO_CMSG)
+                    data, ancillary, flags, addr = recvmsg(size, _GRO_CMSG)
                 except OSError as e:
                     if e.errno not in READ_LATER:
                         protocol.readFailed(self._where(), e)
@@ -261,6 +278,9 @@ class BatchPort(udp.Port):
                 read += len(data)
                 if v6:
                     addr = addr[:2]
+                if flags & _MSG_TRUNC:
+                    self._truncated(data, ancillary, addr)
+                    continue
                 if not ancillary:
                     receive(data, addr)
                     continue
@@ -271,8 +291,40 @@ class BatchPort(udp.Port):
         finally:
             protocol.readBatchEnded()
 
+    def _truncated(self, data: bytes, ancillary: list[tuple[int, int, bytes]],
+                   addr: Any) -> None:
+        """
+        Hand on the whole datagrams of a read the kernel cut short, and have
+        the one cut counted as dropped (never handed on cut short).
+        """
+        step = _groSize(ancillary)
+        whole = len(data) - len(data) % step if step else 0
+        protocol = self.protocol
+        if step:
+            protocol.groReads += 1
+        for offset in range(0, whole, step or 1):
+            protocol.datagramReceived(data[offset:offset + step], addr)
+        protocol.readTruncated(data[whole:], addr, self.maxPacketSize, bool(step))
+
     def _where(self) -> str:
         return socketName(self.socket, f"UDP port {self.port}")
+
+
+def truncationText(addr: Any, size: int, merged: bool) -> str:
+    """
+    Why a read from C{addr} of C{size} bytes was cut short, and what to do.
+
+    @param merged: whether the kernel merged datagrams into the read
+        (C{UDP_GRO}).
+    """
+    if merged:
+        return (f"from {addr[0]}: datagrams the kernel merged (UDP GRO) past the {size} "
+                "bytes read at once (MSG_TRUNC); the one cut there is dropped, and those "
+                "after it lost: the underlay interface's gro_max_size or gro_ipv4_max_size "
+                "is over 65536 (BIG TCP); set it to 65536")
+    return (f"from {addr[0]}: a datagram longer than the {size} bytes read at once "
+            "(MSG_TRUNC): its sender sends larger frames than any port takes (the "
+            "largest is 9234 bytes, mtu=9216)")
 
 
 def _groSize(ancillary: list[tuple[int, int, bytes]]) -> int:

@@ -57,6 +57,7 @@ from vtwisted.ports.vxlansocket import (
     BatchPort,
     holders,
     holdUdpPort,
+    truncationText,
 )
 from vtwisted.sockettools import listenError
 from vtwisted.spec import PortSpec
@@ -157,6 +158,16 @@ class _Reader(DatagramProtocol):
 
     def readFailed(self, where: str, e: OSError) -> None:
         self.link.readErrors.failed(self.link.service.spec, where, e)
+
+    def readTruncated(self, datagram: bytes, addr: Any, size: int, merged: bool) -> None:
+        """
+        A read was cut short: count an C{oversize} drop (see
+        L{vtwisted.ports.vxlansocket.truncationText}).
+        """
+        port = self.link.port
+        if port is not None:
+            port.dropped("oversize", f"{self.link.service.spec}: "
+                         f"{truncationText(addr, size, merged)}")
 
 
 @implementer(IPortService)
