@@ -206,7 +206,9 @@ def test_anInterfaceTakenDownThenDeletedTakesItsPortDown(processes, namespaces, 
 def test_aFrameOverTheInterfacesMtuIsAnMtuDrop(processes, namespaces, shortdir) -> None:
     """
     A frame longer than the interface's MTU allows is counted as an ``mtu``
-    drop of the packet port (not ``peer``), and logged once with the reason.
+    drop of the packet port (not ``peer``), and logged once with the reason:
+    the kernel's (EMSGSIZE) for an untagged frame within the 4 bytes the
+    port keeps for a tag.
     """
     need("vde_plug")
     wire = Wire(namespaces)
@@ -215,13 +217,58 @@ def test_aFrameOverTheInterfacesMtuIsAnMtuDrop(processes, namespaces, shortdir) 
                                    f"packet:{wire.switchEnd}")
     client = StreamPlug(processes, f"vde://{sock}")
     waitFor(lambda: "module unix prog" in console(mgmt, "port/print"), what="the client")
-    for _ in range(3):
-        client.send(frame(b"\xff" * 6, mac(0x61), payload=b"x" * 1400))
+    for _ in range(3):  # 1016 bytes: 2 more than the interface takes untagged
+        client.send(frame(b"\xff" * 6, mac(0x61), payload=b"x" * 1002))
     waitFor(lambda: " mtu=3 " in console(mgmt, "port/stats 1"), what="three mtu drops")
     stats = console(mgmt, "port/stats 1")
     assert " peer=0 " in stats, stats
     text = (shortdir / "sw.log").read_text()
     assert text.count("dropped a frame (mtu)") == 1 and "EMSGSIZE" in text, text
+
+
+def test_thePortTakesTheInterfacesMtu(processes, namespaces, shortdir) -> None:
+    """
+    Without ``mtu=``, the port's MTU is the interface's (``port/print``
+    shows it), so a frame from another port too long for it is an ``mtu``
+    drop of the switch; ``mtu=`` given stays, with a warning if it is more
+    than the interface's.
+    """
+    need("vde_plug")
+    wire = Wire(namespaces)
+    run("ip", "-n", wire.here, "link", "set", wire.switchEnd, "mtu", "1000")
+    sock, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                   f"packet:{wire.switchEnd}", "--port",
+                                   f"packet:{wire.switchEnd}:mtu=1400")
+    client = StreamPlug(processes, f"vde://{sock}")
+    waitFor(lambda: "module unix prog" in console(mgmt, "port/print"), what="the client")
+    stats = console(mgmt, "port/stats")
+    assert re.search(r"^Port 0001 mtu=1000 ", stats, re.M), stats
+    assert re.search(r"^Port 0002 mtu=1400 ", stats, re.M), stats
+    assert f"{wire.switchEnd} (mtu 1000)" in console(mgmt, "port/print 1")
+    client.send(frame(b"\xff" * 6, mac(0x62), payload=b"x" * 1100))
+    waitFor(lambda: " mtu=1 " in console(mgmt, "port/stats 1"), what="an mtu drop")
+    text = (shortdir / "sw.log").read_text()
+    assert "1114 bytes, more than 1018" in text, text
+    assert f"mtu=1400 is more than {wire.switchEnd}'s MTU of 1000" in text, text
+
+
+def test_thePortFollowsTheInterfacesMtu(processes, namespaces, shortdir) -> None:
+    """
+    The interface's MTU changed while the switch runs (``ip link set IFACE
+    mtu N``) becomes the port's at once, up and down, and is logged.
+    """
+    wire = Wire(namespaces)
+    _, mgmt = switchInNamespace(processes, wire.here, shortdir, "--port",
+                                f"packet:{wire.switchEnd}")
+    waitFor(lambda: "Port 0001 mtu=1500 " in console(mgmt, "port/stats"), what="the port")
+    for mtu in ("1200", "4000"):
+        run("ip", "-n", wire.here, "link", "set", wire.switchEnd, "mtu", mtu)
+        waitFor(lambda: f"Port 0001 mtu={mtu} " in console(mgmt, "port/stats"),  # noqa: B023
+                what=f"the port's MTU to be {mtu}")
+    assert f"{wire.switchEnd} (mtu 4000)" in console(mgmt, "port/print 1")
+    text = (shortdir / "sw.log").read_text()
+    assert f"{wire.switchEnd}'s MTU is now 4000 (it was 1200)" in text, text
+    assert "Traceback" not in text, text
 
 
 def test_aSuperFrameOver64KbIsAnOversizeDropNotCutShort(processes, namespaces, shortdir) -> None:

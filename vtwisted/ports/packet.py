@@ -37,6 +37,15 @@ it is up again, and goes down if it is gone.  A frame longer than the
 interface's MTU (C{EMSGSIZE}) is an C{mtu} drop; a packet too long to read
 whole (C{MSG_TRUNC}: a super-frame over 64 KB, made with BIG TCP) is an
 C{oversize} drop, never handed on cut short.
+
+The port's MTU is the interface's (C{SIOCGIFMTU} when the socket opens, at
+most the switch's 9216) unless the spec gives C{mtu=}: frames from other
+ports too long for the interface are then C{mtu} drops of the switch, and
+so are an offload port's super-frames whose segments are (the kernel
+refuses the plain frames, but takes super-frames whatever their
+segments).  The port hears of later changes as the kernel announces them
+(L{vtwisted.ports.linkwatch}) and follows the interface's new MTU (an
+C{mtu=} given stays, with a warning if the interface's is now smaller).
 """
 
 from __future__ import annotations
@@ -53,7 +62,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
-from vtwisted.portoptions import PortOptions
+from vtwisted.portoptions import MIN_MTU, PortOptions
+from vtwisted.ports.linkwatch import LinkWatcher
 from vtwisted.ports.tap import DEFAULT_BUSY_POLL, TapLink, TapService
 from vtwisted.ports.tapdevice import (
     TUN_F_CSUM,
@@ -69,6 +79,7 @@ from vtwisted.ports.tapdevice import (
 from vtwisted.sockettools import linuxAtLeast
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
+from vtwisted.wire.ethernet import DEFAULT_MTU
 
 log = Logger()
 ETH_P_ALL = 0x0003
@@ -79,6 +90,7 @@ PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
 SIOCGIFFLAGS = 0x8913
+SIOCGIFMTU = 0x8921
 IFF_UP = 0x1
 #: Seconds between checks that an interface taken down is still there (the
 #: kernel says nothing on the socket when a down interface is deleted).
@@ -153,7 +165,11 @@ class PacketLink(TapLink):
     """
 
     module = "packet"
+    service: PacketService
     _downCheck: Any = None
+    _watcher: LinkWatcher | None = None
+    #: The interface's MTU (None: unknown).
+    interfaceMtu: int | None = None
 
     def open(self) -> None:
         """
@@ -169,12 +185,49 @@ class PacketLink(TapLink):
         self._system = PacketSystem(sock)
         self._index = socket.if_nametoindex(self.name)
         self._fileno = sock.fileno()
+        self.interfaceMtu = interfaceMtu(self._fileno, self._index)
         self.connected = 1
         self.protocol.makeConnection(self)
         self.offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
         if self.uso and linuxAtLeast(6, 2):
             self.offloads |= TUN_F_USO4 | TUN_F_USO6
         self._offloadText = offloadNames(self.offloads)
+
+    @property
+    def description(self) -> str:
+        """
+        The interface, its MTU, the offloads, what was coalesced.
+        """
+        text = super().description
+        if self.interfaceMtu is not None:
+            text = text.replace(self.name, f"{self.name} (mtu {self.interfaceMtu})", 1)
+        return text
+
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}, start reading, and listen for changes to the
+        interface (its MTU).
+        """
+        super().plug(switch, port)
+        if self._watcher is None:
+            try:
+                self._watcher = LinkWatcher(self.service.reactor, self._index,
+                                            self._interfaceChanged)
+            except OSError as e:
+                log.warn("{spec}: cannot hear of changes to {name} ({error}); the port "
+                         "keeps its MTU of {mtu}", spec=self.service.spec, name=self.name,
+                         error=e, mtu=port.mtu)
+
+    def _interfaceChanged(self) -> None:
+        """
+        The kernel announced a change to the interface: if its MTU changed,
+        the port follows it (see L{PacketService.interfaceMtuChanged}).
+        """
+        mtu = interfaceMtu(self._fileno, self._index)
+        if mtu is None or mtu == self.interfaceMtu:
+            return
+        old, self.interfaceMtu = self.interfaceMtu, mtu
+        self.service.interfaceMtuChanged(self, old, mtu)
 
     def _readFailed(self, e: OSError) -> None:
         """
@@ -268,6 +321,9 @@ class PacketLink(TapLink):
         check, self._downCheck = self._downCheck, None
         if check is not None and check.active():
             check.cancel()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.stop()
         super().shut()
 
 
@@ -283,6 +339,20 @@ def interfaceFlags(fd: int, index: int) -> int | None:
     except OSError:
         return None
     return int(struct.unpack_from("16xH", answer)[0])
+
+
+def interfaceMtu(fd: int, index: int) -> int | None:
+    """
+    The MTU of the interface with index C{index} in the switch's network
+    namespace (asked through socket C{fd}); None if there is no such
+    interface.
+    """
+    try:
+        name = socket.if_indextoname(index)
+        answer = fcntl.ioctl(fd, SIOCGIFMTU, struct.pack("16s16x", name.encode()))
+    except OSError:
+        return None
+    return int(struct.unpack_from("16xi", answer)[0])
 
 
 def openSocket(name: str) -> socket.socket:
@@ -327,16 +397,53 @@ def openError(spec: str, name: str, e: OSError) -> OSError:
 class PacketService(TapService):
     """
     The service of one C{packet:IFACE} spec.
+
+    @ivar givenMtu: the spec's C{mtu=} (None: the interface's).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.givenMtu = self.options.mtu
 
     def bind(self) -> None:
         """
-        Open the socket (the error says what to do if that fails).
+        Open the socket (the error says what to do if that fails), and give
+        the port the interface's MTU unless the spec gives one.
         """
         link = PacketLink(self, self.deviceName, self.offload, self.system, self.reactor,
                           self.uso)
         link.open()
         self.link = link
+        self.options.mtu = self._portMtu(link.interfaceMtu)
+
+    def interfaceMtuChanged(self, link: PacketLink, old: int | None, mtu: int) -> None:
+        """
+        The MTU of C{link}'s interface changed from C{old} to C{mtu}: the
+        port takes it, unless the spec gives one.
+        """
+        wanted = self._portMtu(mtu)
+        if self.givenMtu is not None:
+            return
+        self.options.mtu = wanted
+        port = link.port
+        if port is not None and wanted is not None and port.mtu != wanted:
+            port.setMtu(wanted)
+        log.info("{spec}: {name}'s MTU is now {mtu} (it was {old}); so is the port's",
+                 spec=self.spec, name=self.deviceName, mtu=mtu, old=old)
+
+    def _portMtu(self, mtu: int | None) -> int | None:
+        """
+        The port's MTU for an interface MTU of C{mtu}: the spec's C{mtu=}
+        (with a warning if the interface's is smaller), else the
+        interface's within the switch's bounds.
+        """
+        if self.givenMtu is None:
+            return None if mtu is None else max(MIN_MTU, min(mtu, DEFAULT_MTU))
+        if mtu is not None and self.givenMtu > mtu:
+            log.warn("{spec}: mtu={given} is more than {name}'s MTU of {mtu}: the kernel "
+                     "refuses plain frames longer than the interface's MTU (mtu drops)",
+                     spec=self.spec, given=self.givenMtu, name=self.deviceName, mtu=mtu)
+        return self.givenMtu
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PacketService:
