@@ -235,3 +235,32 @@ def test_twoSwitchesJoinedByVxlan(processes, namespaces, shortdir) -> None:
     size = 4 * 1024 * 1024
     sent, got = checkedTransfer(processes, left, right, "10.8.3.2", size)
     assert sent == got and sent.startswith(f"{size} ")
+
+
+@pytest.mark.parametrize("device", ["underlay", "another"])
+def test_ifBindsAUnicastPortToItsDevice(processes, namespaces, shortdir, device) -> None:
+    """
+    With C{remote=}, C{if=} is the device the endpoint's datagrams go and
+    come through: the underlay's, and a Linux vxlan device is on the LAN;
+    another (one end of a second veth pair), and nothing of it is heard
+    (if= was ignored).
+    """
+    under = Underlay(namespaces)
+    dummy, peer = uniqueName("vxd"), uniqueName("vxe")
+    run("ip", "-n", under.here, "link", "add", dummy, "type", "veth", "peer", "name", peer)
+    for end in (dummy, peer):
+        run("ip", "-n", under.here, "link", "set", end, "up")
+    under.kernelVxlan("10.8.0.1/24", "remote", UNDER4[0], "local", UNDER4[1])
+    tap = uniqueName("vxt")
+    dev = under.hereDev if device == "underlay" else dummy
+    _, mgmt = switchInNamespace(processes, under.here, shortdir, "--port",
+                                f"vxlan:remote={UNDER4[1]}:vni=42:if={dev}", "--tap", tap)
+    host = hostBehindTap(namespaces, under.here, tap, "10.8.0.2/24")
+    if device == "underlay":
+        waitForPing(host, "10.8.0.1")
+        return
+    ping = run(*execIn(under.there, "ping", "-c", "3", "-i", "0.2", "-W", "1", "10.8.0.2"),
+               check=False)
+    assert ping.returncode != 0, ping.stdout
+    described = console(mgmt, "port/print 1")
+    assert "0 MACs behind 0 endpoints" in described, described

@@ -16,7 +16,8 @@ Broadcasts and unknown destinations are flooded: to a multicast group
 (C{vxlan:GROUP}, 239.0.0.1 by default as in vdeplug4, joined on C{if=}), or,
 with C{remote=A,B}, once to each listed endpoint (Linux's unicast mode and
 head-end replication).  In the unicast mode only the listed endpoints are
-heard; anyone else's datagram is counted as a C{peer} drop.
+heard; anyone else's datagram is counted as a C{peer} drop.  There, C{if=}
+binds the socket to that device (L{vxlanconfig.socketDevice}).
 
 The port takes the virtio-net header (it is a "vnet" port, like an offload
 TAP or a cable), so the switch hands it an offload TAP's 64 KB TCP and UDP

@@ -56,11 +56,23 @@ class VxlanConfig:
         return f"remote {','.join(_hostText(r) for r in self.remotes)}:{self.dstport}"
 
 
+def socketDevice(config: VxlanConfig) -> str | None:
+    """
+    The device a port's socket is bound to (C{SO_BINDTODEVICE}): C{if=} in
+    the unicast mode, so that its datagrams leave and are heard through
+    that device alone (as a Linux vxlan device's C{dev} steers its unicast
+    datagrams); none for a group, whose C{if=} is where it is joined and
+    sent to.
+    """
+    return config.interface if config.group is None and config.interface else None
+
+
 def openSocket(config: VxlanConfig) -> socket.socket:
     """
     A non-blocking UDP socket bound to the VXLAN port (on C{local=} in the
-    unicast mode), sending with fragmentation allowed; L{joinGroup} makes
-    it a member of a port's group.
+    unicast mode, and to the device C{if=} then: L{socketDevice}), sending
+    with fragmentation allowed; L{joinGroup} makes it a member of a port's
+    group.
 
     @raise OSError: from the system, its errno intact.
     """
@@ -69,6 +81,9 @@ def openSocket(config: VxlanConfig) -> socket.socket:
     try:
         if v6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        device = socketDevice(config)
+        if device is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
         sock.bind(socketKey(config)[1:])
         tuneSocket(sock, config.version)
     except BaseException:
@@ -223,6 +238,8 @@ def bindHint(e: OSError, config: VxlanConfig, holders: Sequence[str] = ()) -> st
                        "switch (dgram:, mcast:) or another program using it here?")
     if e.errno == errno.ENODEV:
         return what + f"; is there an interface {config.interface!r} with an address?"
+    if e.errno == errno.EPERM and socketDevice(config):
+        return what + f"; binding to {config.interface} (if=) needs CAP_NET_RAW here"
     if e.errno == errno.EADDRNOTAVAIL:
         return what + f"; is {config.local} an address of this host?"
     return what

@@ -49,6 +49,7 @@ from vtwisted.ports.vxlanconfig import (
     joinHint,
     leaveGroup,
     openSocket,
+    socketDevice,
     socketKey,
 )
 from vtwisted.sockettools import listenError
@@ -113,6 +114,8 @@ class VxlanSocket(DatagramProtocol):
         self._memberships: dict[tuple[str, str | None, str | None], int] = {}
         self.listeningPort: Any = None
         self.socket: socket.socket | None = None
+        #: The device the socket is bound to (L{socketDevice}), if any.
+        self.device: str | None = None
         self.groReads = 0
         self.readErrors = ReadErrors()
 
@@ -130,6 +133,13 @@ class VxlanSocket(DatagramProtocol):
         if other is not None:
             raise OSError(errno.EADDRINUSE, f"{spec}: VNI {config.vni} on UDP port "
                           f"{config.dstport} is already {other.service.spec}'s")
+        device = socketDevice(config)
+        if (device != self.device if config.group is None
+                else self.device not in (None, config.interface)):
+            bound = f"bound to {self.device}" if self.device else "bound to no device"
+            raise OSError(errno.EINVAL, f"{spec}: ports sharing UDP port {config.dstport} "
+                          f"must agree on if= (its socket is {bound}: the first "
+                          "port's remote= and if=)")
         if config.group is not None:
             wanted = (config.interface, config.ttl)
             if self._multicast not in (None, wanted):
@@ -238,6 +248,7 @@ def socketFor(reactor: Any, config: VxlanConfig, spec: str) -> VxlanSocket:
         hint = bindHint(e, config, holders(reactor, config))
         raise OSError(e.errno, f"{spec}: {hint}") from e
     shared = VxlanSocket(reactor, key)
+    shared.device = socketDevice(config)
     try:
         family = socket.AF_INET6 if config.version == 6 else socket.AF_INET
         port = BatchPort._fromListeningDescriptor(reactor, sock.fileno(), family, shared,
