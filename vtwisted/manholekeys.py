@@ -15,9 +15,11 @@ keys.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import struct
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -52,14 +54,21 @@ def loadHostKey(path: str) -> keys.Key:
     The host key at C{path}, generated (Ed25519, mode 0600) if missing.
 
     @raise OSError: it cannot be read, written or parsed; the message names
-        the path.
+        the path and says what to do.
     """
     if not os.path.exists(path):
         _writeHostKey(path)
     try:
         key = keys.Key.fromFile(path)
-    except (OSError, keys.BadKeyError) as e:
-        raise OSError(f"--manhole-host-key {path}: cannot load it: {e}") from e
+    except OSError as e:
+        raise OSError(e.errno, f"--manhole-host-key {path}: cannot read it: {e.strerror} "
+                      f"(errno {e.errno})") from e
+    except (*_KEY_ERRORS, keys.EncryptedKeyError) as e:
+        raise OSError(
+            f"--manhole-host-key {path}: not a usable private key ({e or type(e).__name__}); "
+            "move it away to have a new one made at the next start (clients that "
+            "pinned the old one will warn), or give another --manhole-host-key"
+        ) from e
     if key.isPublic():
         raise OSError(f"--manhole-host-key {path}: is a public key; a private key is needed")
     if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
@@ -68,16 +77,50 @@ def loadHostKey(path: str) -> keys.Key:
 
 
 def _writeHostKey(path: str) -> None:
+    """
+    Make a key and put it at C{path} whole or not at all: written to a
+    temporary file (mode 0600 from the start) in the same directory, synced,
+    then linked into place, so a crash never leaves a truncated key, and a
+    key another process put there first is kept.
+    """
     key = keys.Key(ed25519.Ed25519PrivateKey.generate())
+    directory = os.path.dirname(os.path.abspath(path))
+    temporary = None
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        # mkstemp creates the file with mode 0600.
+        fd, temporary = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
             f.write(key.toString("openssh"))
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return
+        except OSError:
+            # A file system without hard links: rename, which replaces.
+            os.rename(temporary, path)
+            temporary = None
+        _syncDirectory(directory)
     except OSError as e:
-        raise OSError(e.errno, f"--manhole-host-key {path}: cannot create it: {e.strerror}") from e
+        raise OSError(e.errno, f"--manhole-host-key {path}: cannot create it: {e.strerror} "
+                      f"(errno {e.errno})") from e
+    finally:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
     log.info("manhole: generated host key {path} ({fingerprint})", path=path,
              fingerprint=fingerprint(key))
+
+
+def _syncDirectory(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fingerprint(key: keys.Key) -> str:

@@ -271,3 +271,21 @@ def test_aMalformedMessageBeforeLoginIsOneLine(vswitch, shortdir) -> None:
                 what="the malformed message in the log")
     assert "Traceback" not in manhole.switch.logText()
     assert manhole.ssh("switch.numPorts").stdout == b"32\r\n"
+
+
+def test_aTruncatedHostKeyStopsStartupWithWhatToDo(vswitch, shortdir) -> None:
+    """
+    A host key file cut short stops the switch with one line naming the
+    file and what to do, not a traceback.
+    """
+    need("ssh-keygen")
+    hostKey = keygen(shortdir / "cut")
+    hostKey.write_bytes(hostKey.read_bytes()[:200])
+    keygen(shortdir / "id_ed25519")
+    switch = vswitch("--manhole", str(freePort()), "--manhole-keys",
+                     str(shortdir / "id_ed25519.pub"), "--manhole-host-key", str(hostKey),
+                     wait=False)
+    switch.process.wait(timeout=30)
+    log = switch.logText()
+    assert f"--manhole-host-key {hostKey}: not a usable private key" in log, log
+    assert "move it away" in log and "Traceback" not in log

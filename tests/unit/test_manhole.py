@@ -453,3 +453,43 @@ def test_aMalformedMessageDisconnectsInOneLine(tmp_path) -> None:
         server.dataReceived(b"SSH-2.0-probe\r\n\x00\x00\x00\x0c\x0a\x14" + b"\x00" * 11)
     assert wire.disconnecting
     assert [event["number"] for event in events if "number" in event] == [20]
+
+
+def test_hostKeyIsNeverLeftHalfWritten(tmp_path, monkeypatch) -> None:
+    """
+    A crash while the new host key is written (here: at its sync) leaves no
+    key file behind, so the next start makes a whole one; the file being
+    written is private from the start.
+    """
+    path = tmp_path / "host_key"
+    modes = []
+
+    def crash(fd: int) -> None:
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match=f"{path}: cannot create it"):
+        loadHostKey(str(path))
+    assert modes == [0o600]
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    key = loadHostKey(str(path))
+    assert loadHostKey(str(path)) == key
+    assert os.listdir(tmp_path) == ["host_key"]
+
+
+def test_aTruncatedHostKeySaysWhatToDo(tmp_path) -> None:
+    """
+    A host key file cut short (a crash of an older version, a bad copy)
+    stops start-up with a message naming it and the way out, not a
+    traceback of the key parser.
+    """
+    path = tmp_path / "host_key"
+    whole = newKey().toString("openssh")
+    for broken in (whole[:200], whole[:-60], b""):
+        path.write_bytes(broken)
+        with pytest.raises(OSError) as raised:
+            loadHostKey(str(path))
+        assert f"--manhole-host-key {path}: not a usable private key" in str(raised.value)
+        assert "move it away" in str(raised.value)
