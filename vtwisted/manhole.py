@@ -20,8 +20,9 @@ Authentication is by public key against an OpenSSH C{authorized_keys} file
 edits apply at once; lines with options (C{from=...}) are refused rather
 than half-honoured.  Passwords
 (C{--manhole-passwords}, C{user:password} lines in a file only its owner can
-read) are accepted only when that option is given.  Every refused login is
-logged with the peer's address and, for keys, the key's fingerprint.
+read) are accepted only when that option is given.  Refused logins are
+logged with the peer's address and, for keys, the key's fingerprint: the
+first from a peer in full, the rest counted (L{vtwisted.refusals}).
 
 The host key is an Ed25519 key kept at C{--manhole-host-key} (default
 L{defaultHostKeyPath}: C{$XDG_STATE_HOME/vtwisted/manhole_host_key}, else
@@ -69,6 +70,7 @@ from vtwisted.manholekeys import (
     fingerprint,
     loadHostKey,
 )
+from vtwisted.refusals import RefusalLog
 from vtwisted.sockettools import listenError
 
 if TYPE_CHECKING:
@@ -114,7 +116,8 @@ def loopbackByDefault(description: str) -> str:
 
 class ManholeUserAuth(userauth.SSHUserAuthServer):
     """
-    Logs every login, accepted or refused, with the peer's address.
+    Logs every login with the peer's address: each accepted one, and
+    refused ones through the factory's L{RefusalLog}.
     """
 
     loginTimeout = LOGIN_TIMEOUT
@@ -138,10 +141,12 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
 
         def refused(reason: Failure) -> Failure:
             if reason.check(UnauthorizedLogin):
-                log.warn("manhole: refused {kind} login of {user!r} from {peer}: {reason}",
-                         kind=kind.decode(), user=who, peer=peer,
-                         # The password checker gives no reason.
-                         reason=reason.getErrorMessage() or "wrong user name or password")
+                transport.factory.refusals.refused(
+                    str(getattr(peer, "host", peer)),
+                    "manhole: refused {kind} login of {user!r} from {peer}: {reason}",
+                    kind=kind.decode(), user=who, peer=peer,
+                    # The password checker gives no reason.
+                    reason=reason.getErrorMessage() or "wrong user name or password")
             return reason
 
         def accepted(result: Any) -> Any:
@@ -221,9 +226,11 @@ class ManholeFactory(manhole_ssh.ConchFactory):
         b"ssh-connection": ManholeConnection,
     }
 
-    def __init__(self, realmPortal: portal.Portal, hostKey: keys.Key, clock: Any) -> None:
+    def __init__(self, realmPortal: portal.Portal, hostKey: keys.Key, clock: Any,
+                 refusals: RefusalLog | None = None) -> None:
         super().__init__(realmPortal)
         self.clock = clock
+        self.refusals = refusals or RefusalLog(clock)
         # Twisted annotates these as bytes to bytes; they hold Key objects.
         public: Any = {hostKey.sshType(): hostKey.public()}
         private: Any = {hostKey.sshType(): hostKey}
@@ -415,6 +422,7 @@ class ManholeService(Service):
                              f"(errno {e.errno})") from None
         self.hostKey: keys.Key | None = None
         self.port: Any = None
+        self.refusals = RefusalLog(reactor)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -425,7 +433,8 @@ class ManholeService(Service):
         self.privilegedStartService()
         assert self.hostKey is not None
         realm = ManholeRealm(self.namespace, self.reactor)
-        factory = ManholeFactory(portal.Portal(realm, self.checkers), self.hostKey, self.reactor)
+        factory = ManholeFactory(portal.Portal(realm, self.checkers), self.hostKey, self.reactor,
+                                 self.refusals)
         outcome: list[Any] = []
         self.endpoint.listen(factory).addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
@@ -440,6 +449,7 @@ class ManholeService(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        self.refusals.stop()
         port, self.port = self.port, None
         if port is not None:
             return defer.maybeDeferred(port.stopListening)

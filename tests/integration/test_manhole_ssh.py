@@ -289,3 +289,18 @@ def test_aTruncatedHostKeyStopsStartupWithWhatToDo(vswitch, shortdir) -> None:
     log = switch.logText()
     assert f"--manhole-host-key {hostKey}: not a usable private key" in log, log
     assert "move it away" in log and "Traceback" not in log
+
+
+def test_refusalsFromOnePeerAreLoggedOnce(vswitch, shortdir) -> None:
+    """
+    A peer refused again and again (a scanner, a script with the wrong key)
+    gets one line in the log, not one per attempt; the others are counted.
+    """
+    manhole = Manhole(vswitch, shortdir)
+    intruder = keygen(shortdir / "intruder")
+    for _ in range(4):
+        assert manhole.ssh("1", key=intruder).returncode == 255
+    assert manhole.ssh("1").returncode == 0
+    waitFor(lambda: "'operator' logged in from" in manhole.switch.logText(),
+            what="the login in the log")
+    assert manhole.switch.logText().count("refused publickey login") == 1
