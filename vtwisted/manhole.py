@@ -17,8 +17,10 @@ prompt, as Ctrl-D does).
 
 Authentication is by public key against an OpenSSH C{authorized_keys} file
 (C{--manhole-keys}, L{vtwisted.manholekeys}), read again at every login so
-edits apply at once; lines with options (C{from=...}) are refused rather
-than half-honoured.  Passwords
+edits apply at once; C{from=} and C{expiry-time=} options are enforced
+(L{ManholeUserAuth} gives the checker the client's address), and a line
+with an option the manhole cannot honour is refused rather than
+half-honoured (L{vtwisted.keyoptions}).  Passwords
 (C{--manhole-passwords}, C{user:password} lines in a file only its owner can
 read) are accepted only when that option is given.  Refused logins are
 logged with the peer's address and, for keys, the key's fingerprint: the
@@ -66,6 +68,7 @@ from vtwisted.manholekeys import (
     _KEY_ERRORS,
     AuthorizedKeyChecker,
     AuthorizedKeysFile,
+    PeerPortal,
     defaultHostKeyPath,
     fingerprint,
     loadHostKey,
@@ -127,6 +130,9 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
         transport: Any = self.transport
         self.clock = transport.factory.clock
         super().serviceStarted()
+        peer = transport.transport.getPeer()
+        portal: Any = PeerPortal(self.portal, getattr(peer, "host", None))
+        self.portal = portal
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Any:
         try:
@@ -409,7 +415,7 @@ class ManholeService(Service):
         self.hostKeyPath = hostKeyPath or defaultHostKeyPath()
         self.checkers: list[ICredentialsChecker] = []
         if keysFile is not None:
-            self.checkers.append(AuthorizedKeyChecker(_checkedKeys(keysFile)))
+            self.checkers.append(AuthorizedKeyChecker(_checkedKeys(keysFile), reactor))
         if passwordsFile is not None:
             self.checkers.append(_passwordChecker(passwordsFile))
         try:

@@ -5,12 +5,15 @@ C{authorized_keys} file logins are checked against.
 Theory of operation
 -------------------
 L{loadHostKey} reads the host key, generating an Ed25519 key (mode 0600, in a
-0700 directory) the first time.  L{AuthorizedKeysFile} reads the
-C{authorized_keys} file when a login is checked, but parses it, and logs
-what it skips, only when the file changed (its inode, size or modification
-time): OpenSSH checks a key twice per login, and refused logins may come by
-the thousand.  L{AuthorizedKeyChecker} accepts a login signed by one of its
-keys.
+0700 directory) the first time, written whole or not at all.
+L{AuthorizedKeysFile} reads the C{authorized_keys} file when a login is
+checked, but parses it, and logs what it refuses, only when the file changed
+(its inode, size or modification time): OpenSSH checks a key twice per
+login, and refused logins may come by the thousand.  A line's options are
+parsed by L{vtwisted.keyoptions}; a line with an option the manhole cannot
+honour is left out.  L{AuthorizedKeyChecker} accepts a login signed by a key
+of a line whose C{from=} and C{expiry-time=} allow it: L{PeerPortal} marks
+the credentials with the client's address, which Twisted's do not carry.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import os
 import stat
 import struct
 import tempfile
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -33,6 +38,8 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
+
+from vtwisted.keyoptions import KeyOptionError, KeyOptions, parseOptions, splitOptions
 
 log = Logger()
 
@@ -131,6 +138,17 @@ def fingerprint(key: keys.Key) -> str:
     return "SHA256:" + value.rstrip("=")
 
 
+@dataclass(frozen=True)
+class AuthorizedKey:
+    """
+    A usable line of an C{authorized_keys} file.
+    """
+
+    key: keys.Key
+    options: KeyOptions
+    number: int
+
+
 @implementer(IAuthorizedKeysDB)
 class AuthorizedKeysFile:
     """
@@ -142,7 +160,7 @@ class AuthorizedKeysFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._stamp: object = None
-        self._keys: list[keys.Key] = []
+        self._keys: list[AuthorizedKey] = []
 
     def check(self) -> int:
         """
@@ -154,6 +172,17 @@ class AuthorizedKeysFile:
         return len(self._read())
 
     def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:
+        """
+        The keys of lines without restricting options (those with C{from=}
+        or C{expiry-time=} are left out: a caller would not enforce them).
+        """
+        return [entry.key for entry in self.entries() if entry.options == KeyOptions()]
+
+    def entries(self) -> list[AuthorizedKey]:
+        """
+        The usable lines of the file as it is now; none if it cannot be read
+        (logged once per error).
+        """
         try:
             return self._read()
         except OSError as e:
@@ -163,7 +192,7 @@ class AuthorizedKeysFile:
             self._stamp, self._keys = e.errno, []
             return []
 
-    def _read(self) -> list[keys.Key]:
+    def _read(self) -> list[AuthorizedKey]:
         with open(self.path, "rb") as f:
             info = os.fstat(f.fileno())
             stamp = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
@@ -172,17 +201,20 @@ class AuthorizedKeysFile:
                 self._stamp = stamp
         return self._keys
 
-    def _parse(self, lines: Iterable[bytes]) -> Iterable[keys.Key]:
+    def _parse(self, lines: Iterable[bytes]) -> Iterable[AuthorizedKey]:
         for number, line in enumerate(lines, 1):
             line = line.strip()
             if not line or line.startswith(b"#"):
                 continue
-            if not line.split()[0].startswith((b"ssh-", b"ecdsa-", b"sk-")):
-                log.warn("{path} line {number}: key options are not supported; line ignored",
-                         path=self.path, number=number)
+            try:
+                field, keyText = splitOptions(line)
+                options = parseOptions(field)
+            except KeyOptionError as e:
+                log.warn("{path} line {number}: {error}; line refused",
+                         path=self.path, number=number, error=e)
                 continue
             try:
-                yield keys.Key.fromString(line)
+                yield AuthorizedKey(keys.Key.fromString(keyText), options, number)
             except _KEY_ERRORS as e:
                 log.warn("{path} line {number}: not a key ({error}); line ignored",
                          path=self.path, number=number, error=e)
@@ -191,13 +223,21 @@ class AuthorizedKeysFile:
 @implementer(ICredentialsChecker)
 class AuthorizedKeyChecker:
     """
-    Accepts a signed public-key login if the key is in the authorized keys.
+    Accepts a signed public-key login if the key is on a line of the
+    authorized keys whose options allow it: the client's address (the
+    C{peerAddress} the manhole sets on the credentials; none, and C{from=}
+    refuses) and the time now.
     """
 
     credentialInterfaces = (ISSHPrivateKey,)
 
-    def __init__(self, authorized: AuthorizedKeysFile) -> None:
+    def __init__(self, authorized: AuthorizedKeysFile, clock: Any = None) -> None:
+        """
+        @param clock: tells the time for C{expiry-time=} (its C{seconds()});
+            the system's if L{None}.
+        """
         self.authorized = authorized
+        self.clock = clock
 
     def requestAvatarId(self, credentials: Any) -> Any:
         return defer.execute(self._check, credentials)
@@ -207,9 +247,18 @@ class AuthorizedKeyChecker:
             key = keys.Key.fromString(credentials.blob)
         except _KEY_ERRORS as e:
             raise UnauthorizedLogin(f"unusable key: {e}") from None
-        if not any(key == k for k in self.authorized.getAuthorizedKeys(credentials.username)):
+        lines = [entry for entry in self.authorized.entries() if entry.key == key]
+        if not lines:
             raise UnauthorizedLogin(
                 f"key {fingerprint(key)} is not in {self.authorized.path}"
+            )
+        address = getattr(credentials, "peerAddress", None)
+        now = self.clock.seconds() if self.clock is not None else time.time()
+        refusals = [(entry.number, entry.options.refusal(address, now)) for entry in lines]
+        if all(reason is not None for _, reason in refusals):
+            raise UnauthorizedLogin(
+                f"key {fingerprint(key)} is refused by {self.authorized.path}: "
+                + "; ".join(f"line {number}: {reason}" for number, reason in refusals)
             )
         if not credentials.signature:
             raise conchError.ValidPublicKey()
@@ -219,3 +268,22 @@ class AuthorizedKeyChecker:
         except Exception:
             pass
         raise UnauthorizedLogin("bad signature")
+
+
+class PeerPortal:
+    """
+    A portal that marks the credentials it is given with the client's IP
+    address (C{peerAddress}, L{None} for a client without one), for the
+    C{from=} options of the authorized keys.
+    """
+
+    def __init__(self, realPortal: Any, address: str | None) -> None:
+        self.realPortal = realPortal
+        self.address = address
+
+    def listCredentialsInterfaces(self) -> Any:
+        return self.realPortal.listCredentialsInterfaces()
+
+    def login(self, credentials: Any, mind: Any, *interfaces: Any) -> Any:
+        credentials.peerAddress = self.address
+        return self.realPortal.login(credentials, mind, *interfaces)

@@ -178,17 +178,18 @@ def test_exitEndsTheSessionWithItsStatus(vswitch, shortdir) -> None:
 
 def test_keyFileRemarksAreLoggedOncePerChange(vswitch, shortdir) -> None:
     """
-    An authorized_keys line with options is logged when the file is read
+    An authorized_keys line with an option the manhole cannot honour is logged when the file is read
     first, not again at every login (OpenSSH checks a key twice per login,
     and refused logins come by the thousand); an edit is read and judged again.
     """
     keygen(shortdir / "id_ed25519")
     good = Path(f"{shortdir / 'id_ed25519'}.pub").read_bytes()
-    restricted = b'from="10.1.1.1" ' + keygen(shortdir / "other").with_suffix(".pub").read_bytes()
+    other = keygen(shortdir / "other").with_suffix(".pub").read_bytes()
+    restricted = b'command="ops.ports()" ' + other
     keysFile = shortdir / "authorized_keys"
     keysFile.write_bytes(b"# operators\n\n" + restricted + b"\n  \n" + good)
     manhole = Manhole(vswitch, shortdir)
-    remark = "line 3: key options are not supported"
+    remark = "line 3: option 'command' is not supported"
     atStart = manhole.switch.logText().count(remark)
     assert atStart >= 1
     for _ in range(3):
@@ -196,7 +197,7 @@ def test_keyFileRemarksAreLoggedOncePerChange(vswitch, shortdir) -> None:
     assert manhole.switch.logText().count(remark) == atStart
     keysFile.write_bytes(restricted + good)
     assert manhole.ssh("1").returncode == 0
-    waitFor(lambda: "line 1: key options" in manhole.switch.logText(), what="the new remark")
+    waitFor(lambda: "line 1: option 'command'" in manhole.switch.logText(), what="the new remark")
 
 
 def test_welcomeLineStaysOnScreen(vswitch, shortdir) -> None:
@@ -273,6 +274,54 @@ def test_aMalformedMessageBeforeLoginIsOneLine(vswitch, shortdir) -> None:
     assert manhole.ssh("switch.numPorts").stdout == b"32\r\n"
 
 
+def test_keyOptionsAreEnforced(vswitch, shortdir) -> None:
+    """
+    from= and expiry-time= are enforced against ssh's real address and the
+    time now, the options that restrict nothing the manhole serves are
+    accepted, and a line with command= is refused (a warning names it)
+    rather than given the prompt.
+    """
+    keygen(shortdir / "id_ed25519")
+    lines = {
+        "near": 'restrict,from="127.0.0.0/8",expiry-time="20991231Z"',
+        "far": 'from="10.1.2.3"',
+        "notme": 'from="!127.0.0.1,*"',
+        "old": 'expiry-time="20000101"',
+        "command": 'command="switch.numPorts"',
+    }
+    text = b""
+    for name, options in lines.items():
+        key = keygen(shortdir / name)
+        text += options.encode() + b" " + Path(f"{key}.pub").read_bytes()
+    (shortdir / "authorized_keys").write_bytes(text)
+    manhole = Manhole(vswitch, shortdir)
+    done = manhole.ssh("switch.numPorts", key=shortdir / "near")
+    assert (done.returncode, done.stdout) == (0, b"32\r\n"), done.stderr
+    done = manhole.ssh("-tt", key=shortdir / "near", stdin=b"switch.hub\r\x04")
+    assert done.returncode == 0 and b"False" in done.stdout, done.stderr
+    for name in ("far", "notme", "old", "command"):
+        done = manhole.ssh("switch.numPorts", key=shortdir / name)
+        assert done.returncode == 255 and b"Permission denied" in done.stderr, name
+    log = manhole.switch.logText()
+    assert 'line 2: from="10.1.2.3" does not allow 127.0.0.1' in log, log
+    assert "line 5: option 'command' is not supported by the manhole; line refused" in log
+
+
+def test_refusalsFromOnePeerAreLoggedOnce(vswitch, shortdir) -> None:
+    """
+    A peer refused again and again (a scanner, a script with the wrong key)
+    gets one line in the log, not one per attempt; the others are counted.
+    """
+    manhole = Manhole(vswitch, shortdir)
+    intruder = keygen(shortdir / "intruder")
+    for _ in range(4):
+        assert manhole.ssh("1", key=intruder).returncode == 255
+    assert manhole.ssh("1").returncode == 0
+    waitFor(lambda: "'operator' logged in from" in manhole.switch.logText(),
+            what="the login in the log")
+    assert manhole.switch.logText().count("refused publickey login") == 1
+
+
 def test_aTruncatedHostKeyStopsStartupWithWhatToDo(vswitch, shortdir) -> None:
     """
     A host key file cut short stops the switch with one line naming the
@@ -289,18 +338,3 @@ def test_aTruncatedHostKeyStopsStartupWithWhatToDo(vswitch, shortdir) -> None:
     log = switch.logText()
     assert f"--manhole-host-key {hostKey}: not a usable private key" in log, log
     assert "move it away" in log and "Traceback" not in log
-
-
-def test_refusalsFromOnePeerAreLoggedOnce(vswitch, shortdir) -> None:
-    """
-    A peer refused again and again (a scanner, a script with the wrong key)
-    gets one line in the log, not one per attempt; the others are counted.
-    """
-    manhole = Manhole(vswitch, shortdir)
-    intruder = keygen(shortdir / "intruder")
-    for _ in range(4):
-        assert manhole.ssh("1", key=intruder).returncode == 255
-    assert manhole.ssh("1").returncode == 0
-    waitFor(lambda: "'operator' logged in from" in manhole.switch.logText(),
-            what="the login in the log")
-    assert manhole.switch.logText().count("refused publickey login") == 1

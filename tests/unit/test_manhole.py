@@ -126,9 +126,9 @@ def test_badSignatureIsRefused(tmp_path) -> None:
 
 
 def test_keyLinesWithOptionsAreNotHalfHonoured(tmp_path) -> None:
-    """A from=... restricted key is ignored rather than accepted anywhere."""
+    """A command=... key is refused rather than given the prompt."""
     key = newKey()
-    checker = checkerFor(tmp_path, b'from="10.0.0.1" ' + key.public().toString("openssh"))
+    checker = checkerFor(tmp_path, b'command="ops.ports()" ' + key.public().toString("openssh"))
     assert outcome(checker.requestAvatarId(credentials(key))).check(UnauthorizedLogin)
 
 
@@ -212,6 +212,7 @@ def test_loginTimeoutUsesTheServiceReactor(tmp_path) -> None:
 
     from twisted.conch.ssh.transport import SSHTransportBase
     from twisted.cred import portal
+    from twisted.internet.address import IPv4Address
     from twisted.internet.task import Clock
 
     from vtwisted.manhole import LOGIN_TIMEOUT, ManholeFactory, ManholeRealm, ManholeUserAuth
@@ -222,7 +223,8 @@ def test_loginTimeoutUsesTheServiceReactor(tmp_path) -> None:
     auth = ManholeUserAuth()
     # A stand-in with just what serviceStarted reads of an SSH transport.
     auth.transport = cast(SSHTransportBase, SimpleNamespace(
-        factory=factory, isEncrypted=lambda direction: True))
+        factory=factory, isEncrypted=lambda direction: True,
+        transport=SimpleNamespace(getPeer=lambda: IPv4Address("TCP", "127.0.0.1", 5555))))
     auth.serviceStarted()
     (call,) = clock.getDelayedCalls()
     assert call.getTime() == LOGIN_TIMEOUT
@@ -335,7 +337,7 @@ def test_keyFileRemarksAreLoggedOncePerChange(tmp_path) -> None:
     from twisted.logger import capturedLogs
 
     key = newKey()
-    checker = checkerFor(tmp_path, b'from="10.0.0.1" ' + newKey().public().toString("openssh"),
+    checker = checkerFor(tmp_path, b'tunnel="0" ' + newKey().public().toString("openssh"),
                          key.public().toString("openssh"))
     path = tmp_path / "authorized_keys"
     with capturedLogs() as events:
