@@ -28,10 +28,11 @@ alter a decision (the MAC table, VLAN membership, links, MTUs, hub mode)
 forgets them all; so does every L{Switch.tick}, so that the first frame of
 each second refreshes its source address's age.  A port whose arriving
 frames are impaired (L{vtwisted.impair}) gets no routes: its frames go to
-the impairment, which hands them to L{Switch.forwardFrame} in its time.  Anything else goes through
-L{_Forms}, which makes each form an egress port may need (tag added or
-removed, virtio-net header kept or resolved into plain frames) at most once
-per received frame, whatever the number of destinations.
+the impairment, which hands them to L{Switch.forwardFrame} in its time.  Anything else
+takes the slow path, L{vtwisted.delivery}: it makes each form an egress
+port may need (tag added or removed, virtio-net header kept or resolved
+into plain frames) at most once per received frame, whatever the number of
+destinations.
 
 The switch performs no I/O and reads no clock: L{Switch.tick} advances its
 coarse time in whole seconds and ages the MAC table.
@@ -40,15 +41,15 @@ coarse time in whole seconds and ages the MAC table.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
 from vtwisted import errors
 from vtwisted.debugevents import DebugEvents
+from vtwisted.delivery import Delivery
 from vtwisted.fdb import MacTable
-from vtwisted.forms import Forms
 from vtwisted.interfaces import ILink, ISwitch
 from vtwisted.porttable import PortTable
 from vtwisted.switchport import SwitchPort
@@ -75,7 +76,7 @@ _routeBounds = vnetcheck.routeBounds
 
 
 @implementer(ISwitch)
-class Switch(PortTable):
+class Switch(PortTable, Delivery):
     """
     A learning Ethernet switch with VLANs, or a hub.
 
@@ -437,90 +438,3 @@ class Switch(PortTable):
             port.dropped("runt", f"{n} bytes, shorter than an Ethernet header")
         else:
             port.dropped("oversize", f"{n} bytes, more than {port.maxFrame}")
-
-    def _taggedReceived(self, port: SwitchPort, data: bytes, isVnet: bool) -> None:
-        offset = vnet.HEADER_LENGTH if isVnet else 0
-        if len(data) < offset + vlanwire.TAGGED_HEADER_LENGTH:
-            port.dropped("runt", f"{len(data) - offset} bytes, too short for an 802.1Q tag")
-            return
-        vid = vlanwire.vidOf(data, offset)
-        vlan = self.vlans.forTag(vid, port)
-        if vlan is None:
-            port.dropped("vlan", f"tagged for VLAN {vid}, which this port is not in")
-            return
-        if self.stp is not None and self.stp.screen(port, vlan, data, offset):
-            return
-        if not data[offset + 6] & 1:
-            src = data[offset + 6 : offset + 12]
-            entry = vlan.macs.get(src)
-            if entry is not None and entry.port is port:
-                entry.seen = self.now
-            else:
-                self.fdb.learn(vlan.macs, src, port, self.now,
-                               data[offset + 16 : offset + 18] == _RARP)
-        targets: Iterable[SwitchPort] = vlan.active
-        if not data[offset] & 1:
-            entry = vlan.macs.get(data[offset : offset + 6])
-            if entry is not None:
-                targets = (entry.port,)
-        self._deliver(port, data, isVnet, True, vlan, targets)
-
-    def _deliver(
-        self,
-        port: SwitchPort,
-        data: bytes,
-        isVnet: bool,
-        tagged: bool,
-        vlan: Vlan | None,
-        targets: Iterable[SwitchPort],
-    ) -> None:
-        """
-        Send to each target but the ingress port, in the form it needs.
-        """
-        forms = None
-        for out in targets:
-            if out is port:
-                continue
-            # a priority tag (VID 0) leaves a vlan=all port as it came, PCP kept
-            wantTagged = tagged if vlan is None else (
-                out.untaggedVlan is not vlan or (tagged and out.transparent and not vlan.vid)
-            )
-            if not isVnet and wantTagged == tagged:
-                n = len(data)
-                if n > out.maxFrame:
-                    out.dropped("mtu", f"{n} bytes, more than {out.maxFrame}")
-                    continue
-                oc = out.counters
-                oc.outFrames += 1
-                oc.outBytes += n
-                out.send(data)
-                continue
-            if forms is None:
-                forms = Forms(data, isVnet, tagged, vlan.vid if vlan else 0)
-            try:
-                if isVnet and out.vnet:
-                    packet = forms.packet(wantTagged)
-                    n = len(packet) - _VNET
-                    if n > out.maxFrame and _largest(packet) > out.maxFrame:
-                        out.dropped("mtu", f"{_largest(packet)} bytes, more than {out.maxFrame}")
-                        continue
-                    oc = out.counters
-                    oc.outFrames += 1
-                    oc.outBytes += n
-                    out.sendVnet(packet)
-                    continue
-                frames = forms.plain(wantTagged)
-            except vnet.VnetError as e:
-                if not forms.failed:
-                    forms.failed = True
-                    port.dropped("malformed", str(e))
-                continue
-            for frame in frames:
-                n = len(frame)
-                if n > out.maxFrame:
-                    out.dropped("mtu", f"{n} bytes, more than {out.maxFrame}")
-                    continue
-                oc = out.counters
-                oc.outFrames += 1
-                oc.outBytes += n
-                out.send(frame)
