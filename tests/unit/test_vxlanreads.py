@@ -55,6 +55,29 @@ def _text(events: Sequence[dict[str, Any]]) -> str:
     return "\n".join(formatEvent(e) for e in events)
 
 
+def _peer() -> tuple[socket.socket, int, str]:
+    """
+    A UDP socket on 127.0.0.2, its port, and the spec of a vxlan port
+    whose remote it is, listening on that port number on 127.0.0.1.
+    """
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.2", 0))
+    number = peer.getsockname()[1]
+    return peer, number, f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}:vni=5"
+
+
+def _vxlanPort(switch: Any, spec: str) -> tuple[FakeLink, Any]:
+    """
+    A switch with port C{spec} and a fake link beside it.
+
+    @return: the fake link and the vxlan port's link.
+    """
+    service = switch(spec)
+    link = FakeLink()
+    plug(service.switch, link)
+    return link, service.specs[spec].link
+
+
 @pytest_twisted.ensureDeferred
 async def test_aVxlanPortReadsOnAfterAnUnexpectedReceiveError(switch) -> None:
     """
@@ -62,15 +85,9 @@ async def test_aVxlanPortReadsOnAfterAnUnexpectedReceiveError(switch) -> None:
     (C{port/print} says how many), each errno logged once with the spec,
     and every frame sent still arrives.
     """
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer.bind(("127.0.0.2", 0))
-    number = peer.getsockname()[1]
-    spec = f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}:vni=5"
+    peer, number, spec = _peer()
     try:
-        service = switch(spec)
-        link = FakeLink()
-        plug(service.switch, link)
-        vxlanLink = service.specs[spec].link
+        link, vxlanLink = _vxlanPort(switch, spec)
         listening = vxlanLink.shared.listeningPort
         listening.socket = FailingReads(listening.socket, errno.ENOMEM, errno.EIO, errno.ENOMEM)
         sent = [frame(BROADCAST, mac(0x20 + i), payload=b"after %d" % i) for i in range(4)]
@@ -108,6 +125,20 @@ class FakeSocket:
         return ("239.0.0.1", 14789)
 
 
+def _vxvdeLink(spec: str) -> tuple[vxvde.VxvdeLink, FakeLink]:
+    """
+    The link of a vxvde port C{spec} on a switch, with no socket, and a
+    fake link beside it.
+    """
+    service = vxvde.VxvdeService(Switch(), MemoryReactor(), configFromSpec(
+        PortSpec(spec), vxvde.DEFAULT_PORT, unicast=False), PortOptions(), spec)
+    link = vxvde.VxvdeLink(service)
+    service.options.plugIn(service.switch, link, spec)
+    other = FakeLink()
+    plug(service.switch, other)
+    return link, other
+
+
 @pytest.mark.parametrize("code", [errno.ENOMEM, errno.EIO])
 def test_aVxvdeSocketReadsOnAfterAnUnexpectedReceiveError(code: int) -> None:
     """
@@ -115,12 +146,7 @@ def test_aVxvdeSocketReadsOnAfterAnUnexpectedReceiveError(code: int) -> None:
     counts the failure and logs it with the spec and the errno.
     """
     spec = "vxvde:vni=9"
-    service = vxvde.VxvdeService(Switch(), MemoryReactor(), configFromSpec(
-        PortSpec(spec), vxvde.DEFAULT_PORT, unicast=False), PortOptions(), spec)
-    link = vxvde.VxvdeLink(service)
-    service.options.plugIn(service.switch, link, spec)
-    other = FakeLink()
-    plug(service.switch, other)
+    link, other = _vxvdeLink(spec)
     hello = frame(BROADCAST, mac(0x31), payload=b"hello")
     port = BatchPort(0, vxvde._Reader(link), reactor=MemoryReactor())
     port.socket = FakeSocket(code, vxlan.header(9) + hello)  # type: ignore[assignment]
@@ -142,15 +168,9 @@ async def test_aDatagramLongerThanTheReadBufferIsAnOversizeDrop(switch) -> None:
     drop of its port and logged once with the sender, never handed on cut
     short; the frames after it arrive.
     """
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer.bind(("127.0.0.2", 0))
-    number = peer.getsockname()[1]
-    spec = f"vxlan:remote=127.0.0.2:local=127.0.0.1:dstport={number}:vni=5"
+    peer, number, spec = _peer()
     try:
-        service = switch(spec)
-        link = FakeLink()
-        plug(service.switch, link)
-        vxlanLink = service.specs[spec].link
+        link, vxlanLink = _vxlanPort(switch, spec)
         vxlanLink.shared.listeningPort.maxPacketSize = 1000
         big = frame(BROADCAST, mac(0x40), payload=b"b" * 1400)
         after = [frame(BROADCAST, mac(0x41), payload=b"after %d" % i) for i in range(2)]
@@ -193,12 +213,7 @@ def test_aMergedReadCutShortHandsOnItsWholeDatagrams() -> None:
     (C{gro_max_size}), never handing it on cut short.
     """
     spec = "vxvde:vni=9"
-    service = vxvde.VxvdeService(Switch(), MemoryReactor(), configFromSpec(
-        PortSpec(spec), vxvde.DEFAULT_PORT, unicast=False), PortOptions(), spec)
-    link = vxvde.VxvdeLink(service)
-    service.options.plugIn(service.switch, link, spec)
-    other = FakeLink()
-    plug(service.switch, other)
+    link, other = _vxvdeLink(spec)
     sent = [frame(BROADCAST, mac(0x50 + i), payload=bytes([i]) * 1000) for i in range(3)]
     datagrams = [vxlan.header(9) + one for one in sent]
     port = BatchPort(0, vxvde._Reader(link), reactor=MemoryReactor(), maxPacketSize=2500)

@@ -327,32 +327,34 @@ class PacketLink(TapLink):
         super().shut()
 
 
-def interfaceFlags(fd: int, index: int) -> int | None:
+def _askInterface(fd: int, index: int, request: int, layout: str) -> int | None:
     """
-    The flags (C{IFF_UP}, ...) of the interface with index C{index} in the
-    switch's network namespace (asked through socket C{fd}); None if there
-    is no such interface.
+    One C{ifreq} field (C{layout}, after the name) of the interface with
+    index C{index} in the switch's network namespace, asked through socket
+    C{fd} with ioctl C{request}; None if there is no such interface.
     """
     try:
         name = socket.if_indextoname(index)
-        answer = fcntl.ioctl(fd, SIOCGIFFLAGS, struct.pack("16s16x", name.encode()))
+        answer = fcntl.ioctl(fd, request, struct.pack("16s16x", name.encode()))
     except OSError:
         return None
-    return int(struct.unpack_from("16xH", answer)[0])
+    return int(struct.unpack_from(layout, answer)[0])
+
+
+def interfaceFlags(fd: int, index: int) -> int | None:
+    """
+    The flags (C{IFF_UP}, ...) of the interface with index C{index}; None
+    if there is no such interface.
+    """
+    return _askInterface(fd, index, SIOCGIFFLAGS, "16xH")
 
 
 def interfaceMtu(fd: int, index: int) -> int | None:
     """
-    The MTU of the interface with index C{index} in the switch's network
-    namespace (asked through socket C{fd}); None if there is no such
+    The MTU of the interface with index C{index}; None if there is no such
     interface.
     """
-    try:
-        name = socket.if_indextoname(index)
-        answer = fcntl.ioctl(fd, SIOCGIFMTU, struct.pack("16s16x", name.encode()))
-    except OSError:
-        return None
-    return int(struct.unpack_from("16xi", answer)[0])
+    return _askInterface(fd, index, SIOCGIFMTU, "16xi")
 
 
 def openSocket(name: str) -> socket.socket:
