@@ -18,17 +18,22 @@ C{no-user-rc}) and the ones that give them back (C{port-forwarding}...)
 change nothing and are accepted.  C{no-pty} (which C{restrict} implies) is
 accepted too: with or without a terminal a login runs any Python it likes
 in the switch, so refusing the terminal would take nothing away from it;
-the prompt is still served on one.  C{touch-required} and
-C{no-touch-required} concern FIDO keys' user presence and are accepted.
+the prompt is still served on one.
 
-Two options restrict the login itself and are enforced: C{from="..."}
+Four options restrict the login itself and are enforced: C{from="..."}
 (L{matchFrom}: OpenSSH's pattern-list, matched against the client's IP
 address, its host name being the address as with sshd's default
-C{UseDNS no}) and C{expiry-time="..."} (L{parseExpiry}).  Every other
-option (C{command=}, C{principals=}, C{cert-authority}, C{permitopen=},
-C{permitlisten=}, C{tunnel=}, C{environment=}, C{verify-required}, anything
-unknown) asks for something the manhole cannot do: L{parseOptions} raises
-L{KeyOptionError} and the line is refused, never half-honoured.
+C{UseDNS no}), C{expiry-time="..."} (L{parseExpiry}), and for FIDO
+security keys C{no-touch-required} (a signature without user presence is
+accepted; without it, or with C{touch-required}, it is refused) and
+C{verify-required} (a signature without user verification, a PIN or a
+fingerprint, is refused; C{no-verify-required} undoes it), the last of each
+pair winning as with sshd; L{vtwisted.sksig} checks them, and other keys
+ignore them.  Every other option (C{command=}, C{principals=},
+C{cert-authority}, C{permitopen=}, C{permitlisten=}, C{tunnel=},
+C{environment=}, anything unknown) asks for something the manhole cannot
+do: L{parseOptions} raises L{KeyOptionError} and the line is refused, never
+half-honoured.
 """
 
 from __future__ import annotations
@@ -40,16 +45,18 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-#: Flags that restrict (or restore) only what the manhole never serves.
+#: Options without a value: those that restrict (or restore) only what the
+#: manhole never serves, and the security key ones.
 ACCEPTED_FLAGS = frozenset({
     "restrict", "port-forwarding", "no-port-forwarding", "agent-forwarding",
     "no-agent-forwarding", "x11-forwarding", "no-x11-forwarding", "pty", "no-pty",
-    "user-rc", "no-user-rc", "touch-required", "no-touch-required",
+    "user-rc", "no-user-rc", "touch-required", "no-touch-required", "verify-required",
+    "no-verify-required",
 })
 #: Options the manhole cannot honour: a line with one is refused.
 UNSUPPORTED = frozenset({
     "command", "principals", "cert-authority", "permitopen", "permitlisten", "tunnel",
-    "environment", "verify-required", "no-verify-required",
+    "environment",
 })
 
 _EXPIRY_FORMATS = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
@@ -69,10 +76,16 @@ class KeyOptions:
 
     @ivar fromPatterns: the C{from=} pattern-list, or L{None}.
     @ivar expiry: the POSIX time after which the key is refused, or L{None}.
+    @ivar touchRequired: a security key's signature needs user presence
+        (not C{no-touch-required}).
+    @ivar verifyRequired: a security key's signature needs user
+        verification (C{verify-required}).
     """
 
     fromPatterns: str | None = None
     expiry: float | None = None
+    touchRequired: bool = True
+    verifyRequired: bool = False
 
     def refusal(self, address: str | None, now: float) -> str | None:
         """
@@ -119,6 +132,7 @@ def parseOptions(field: str) -> KeyOptions:
     """
     fromPatterns: str | None = None
     expiry: float | None = None
+    touchRequired, verifyRequired = True, False
     position = 0
     while position < len(field):
         match = re.match(r"[^=,]*", field[position:])
@@ -147,13 +161,17 @@ def parseOptions(field: str) -> KeyOptions:
             assert value is not None
             when = parseExpiry(value)
             expiry = when if expiry is None else min(expiry, when)
+        elif name in ("touch-required", "no-touch-required"):
+            touchRequired = name == "touch-required"
+        elif name in ("verify-required", "no-verify-required"):
+            verifyRequired = name == "verify-required"
         if position < len(field):
             if field[position] != ",":
                 raise KeyOptionError(f"option {name!r} is followed by {field[position]!r}")
             position += 1
             if position == len(field):
                 raise KeyOptionError("the options end with a comma")
-    return KeyOptions(fromPatterns, expiry)
+    return KeyOptions(fromPatterns, expiry, touchRequired, verifyRequired)
 
 
 def _dequote(field: str, position: int, name: str) -> tuple[str, int]:

@@ -18,7 +18,9 @@ prompt, as Ctrl-D does).
 Authentication is by public key against an OpenSSH C{authorized_keys} file
 (C{--manhole-keys}, L{vtwisted.manholekeys}), read again at every login so
 edits apply at once; C{from=} and C{expiry-time=} options are enforced
-(L{ManholeUserAuth} gives the checker the client's address), and a line
+(L{ManholeUserAuth} gives the checker the client's address), FIDO security
+keys' signatures are checked with their touch and verification options
+(L{vtwisted.sksig}; L{ManholeUserAuth} gives the message signed), and a line
 with an option the manhole cannot honour is refused rather than
 half-honoured (L{vtwisted.keyoptions}).  Passwords
 (C{--manhole-passwords}, C{user:password} lines in a file only its owner can
@@ -56,6 +58,7 @@ from twisted.conch.ssh.transport import (
 )
 from twisted.cred import portal
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
+from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.endpoints import _parse, serverFromString
@@ -64,6 +67,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vtwisted import sksig
 from vtwisted.manholekeys import (
     _KEY_ERRORS,
     AuthorizedKeyChecker,
@@ -83,7 +87,8 @@ log = Logger()
 
 #: Seconds a client has to log in.
 LOGIN_TIMEOUT = 60
-#: The user key signatures Twisted verifies, as server-sig-algs lists them.
+#: The user key signatures verified (by Twisted, security keys' by
+#: L{vtwisted.sksig}), as server-sig-algs lists them.
 USER_KEY_ALGORITHMS = (
     b"ssh-ed25519", b"ecdsa-sha2-nistp256", b"ecdsa-sha2-nistp384", b"ecdsa-sha2-nistp521",
     b"rsa-sha2-512", b"rsa-sha2-256", b"sk-ssh-ed25519@openssh.com",
@@ -133,6 +138,27 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
         peer = transport.transport.getPeer()
         portal: Any = PeerPortal(self.portal, getattr(peer, "host", None))
         self.portal = portal
+
+    def auth_publickey(self, packet: bytes) -> Any:
+        """
+        A signed login with a security key gets credentials whose C{sigData}
+        is the message signed (RFC 4252 section 7), for
+        L{vtwisted.sksig}: recent Twisted releases give instead the bytes the
+        authenticator signs, built with the application the client names,
+        older ones the message; other logins are Twisted's.
+        """
+        hasSignature = packet[:1]
+        algorithm, blob, rest = getNS(packet[1:], 2)
+        if hasSignature == b"\x00" or not sksig.isSecurityKey(blob):
+            return super().auth_publickey(packet)
+        transport: Any = self.transport
+        user, service = self.user, self.nextService
+        assert user is not None and service is not None  # set before auth_ methods run
+        message = (NS(transport.sessionID) + bytes((userauth.MSG_USERAUTH_REQUEST,))
+                   + NS(user) + NS(service) + NS(b"publickey") + hasSignature
+                   + NS(algorithm) + NS(blob))
+        signed = SSHPrivateKey(user, algorithm, blob, message, getNS(rest)[0])
+        return self.portal.login(signed, None, IConchUser)
 
     def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Any:
         try:

@@ -14,6 +14,10 @@ parsed by L{vtwisted.keyoptions}; a line with an option the manhole cannot
 honour is left out.  L{AuthorizedKeyChecker} accepts a login signed by a key
 of a line whose C{from=} and C{expiry-time=} allow it: L{PeerPortal} marks
 the credentials with the client's address, which Twisted's do not carry.
+A FIDO security key's signature (C{sk-ssh-ed25519@openssh.com},
+C{sk-ecdsa-sha2-nistp256@openssh.com}), which Twisted's C{Key.verify} cannot
+check, is checked by L{vtwisted.sksig} against the application of the
+authorized key and the touch and verification options of its line.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from vtwisted import sksig
 from vtwisted.keyoptions import KeyOptionError, KeyOptions, parseOptions, splitOptions
 
 log = Logger()
@@ -174,9 +179,11 @@ class AuthorizedKeysFile:
     def getAuthorizedKeys(self, username: bytes) -> Iterable[keys.Key]:
         """
         The keys of lines without restricting options (those with C{from=}
-        or C{expiry-time=} are left out: a caller would not enforce them).
+        or C{expiry-time=} are left out: a caller would not enforce them),
+        security keys left out (a caller would not check their flags).
         """
-        return [entry.key for entry in self.entries() if entry.options == KeyOptions()]
+        return [entry.key for entry in self.entries() if entry.options == KeyOptions()
+                and entry.key.sshType() not in sksig.SECURITY_KEY_TYPES]
 
     def entries(self) -> list[AuthorizedKey]:
         """
@@ -226,7 +233,10 @@ class AuthorizedKeyChecker:
     Accepts a signed public-key login if the key is on a line of the
     authorized keys whose options allow it: the client's address (the
     C{peerAddress} the manhole sets on the credentials; none, and C{from=}
-    refuses) and the time now.
+    refuses) and the time now.  For a security key, the credentials'
+    C{sigData} is the message signed (RFC 4252 section 7), which
+    L{vtwisted.manhole.ManholeUserAuth} gives, not the bytes the
+    authenticator signed for it.
     """
 
     credentialInterfaces = (ISSHPrivateKey,)
@@ -247,7 +257,7 @@ class AuthorizedKeyChecker:
             key = keys.Key.fromString(credentials.blob)
         except _KEY_ERRORS as e:
             raise UnauthorizedLogin(f"unusable key: {e}") from None
-        lines = [entry for entry in self.authorized.entries() if entry.key == key]
+        lines = [entry for entry in self.authorized.entries() if _sameKey(entry.key, key)]
         if not lines:
             raise UnauthorizedLogin(
                 f"key {fingerprint(key)} is not in {self.authorized.path}"
@@ -262,12 +272,32 @@ class AuthorizedKeyChecker:
             )
         if not credentials.signature:
             raise conchError.ValidPublicKey()
+        if key.sshType() in sksig.SECURITY_KEY_TYPES:
+            # Any line that allows the login lets it in, touched or not as it says.
+            reasons = {
+                sksig.refusal(entry.key.blob(), credentials.signature, credentials.sigData,
+                              entry.options.touchRequired, entry.options.verifyRequired)
+                for entry, (_, reason) in zip(lines, refusals) if reason is None
+            }
+            if None in reasons:
+                return bytes(credentials.username)
+            why = "; ".join(sorted(str(reason) for reason in reasons))
+            raise UnauthorizedLogin(f"key {fingerprint(key)}: {why}")
         try:
             if key.verify(credentials.signature, credentials.sigData):
                 return bytes(credentials.username)
         except Exception:
             pass
         raise UnauthorizedLogin("bad signature")
+
+
+def _sameKey(listed: keys.Key, offered: keys.Key) -> bool:
+    """
+    Whether the client's key is the listed one: Twisted's C{==} compares
+    the key material only, so also its type (a security key is not the plain
+    key of the same numbers) and a security key's application.
+    """
+    return listed == offered and listed.blob() == offered.blob()
 
 
 class PeerPortal:

@@ -126,10 +126,14 @@ def test_expiryTimeForms() -> None:
 
 @pytest.mark.parametrize("options", [
     "restrict", "no-port-forwarding,no-agent-forwarding,no-X11-forwarding,no-user-rc",
-    "no-pty", "restrict,pty", "no-touch-required",
+    "no-pty", "restrict,pty", "no-touch-required", "verify-required",
 ])
 def test_optionsThatRestrictNothingServedAreAccepted(tmp_path, options) -> None:
-    """Forwarding, X11, agent, rc and pty flags take nothing from a manhole login."""
+    """
+    Forwarding, X11, agent, rc and pty flags take nothing from a manhole
+    login; the security key ones (tests/unit/test_sksig.py) nothing from a
+    plain key's, as with sshd.
+    """
     checker, key = checkerWith(tmp_path, options.encode())
     with capturedLogs() as events:
         assert login(checker, key, "192.0.2.1") == b"operator"
@@ -144,7 +148,6 @@ def test_optionsThatRestrictNothingServedAreAccepted(tmp_path, options) -> None:
     ('permitlisten="8080"', "'permitlisten'"),
     ('tunnel="0"', "'tunnel'"),
     ('environment="A=b"', "'environment'"),
-    ("verify-required", "'verify-required'"),
     ('no-pty,frobnicate', "'frobnicate'"),
     ('from="127.0.0.1",command="x \\" y"', "'command'"),
     ('from="127.0.0.1', "quote"),  # unterminated: the rest of the line is in it
