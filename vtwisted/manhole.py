@@ -18,11 +18,10 @@ prompt, as Ctrl-D does).
 Authentication is by public key against an OpenSSH C{authorized_keys} file
 (C{--manhole-keys}, L{vtwisted.manholekeys}), read again at every login so
 edits apply at once; C{from=} and C{expiry-time=} options are enforced
-(L{ManholeUserAuth} gives the checker the client's address), FIDO security
-keys' signatures are checked with their touch and verification options
-(L{vtwisted.sksig}; L{ManholeUserAuth} gives the message signed), and a line
-with an option the manhole cannot honour is refused rather than
-half-honoured (L{vtwisted.keyoptions}).  Passwords
+(L{vtwisted.manholeauth} gives the checker the client's address), FIDO
+security keys' signatures are checked with their touch and verification
+options (L{vtwisted.sksig}), and a line with an option the manhole cannot
+honour is refused rather than half-honoured (L{vtwisted.keyoptions}).  Passwords
 (C{--manhole-passwords}, C{user:password} lines in a file only its owner can
 read) are accepted only when that option is given.  Refused logins are
 logged with the peer's address and, for keys, the key's fingerprint: the
@@ -49,7 +48,7 @@ from twisted.application.service import Service
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.insults import insults
 from twisted.conch.interfaces import IConchUser
-from twisted.conch.ssh import connection, keys, userauth
+from twisted.conch.ssh import connection, keys
 from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.transport import (
     DISCONNECT_BY_APPLICATION,
@@ -58,8 +57,6 @@ from twisted.conch.ssh.transport import (
 )
 from twisted.cred import portal
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
-from twisted.cred.credentials import SSHPrivateKey
-from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.endpoints import _parse, serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -67,12 +64,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from vtwisted import sksig
+from vtwisted.manholeauth import ManholeUserAuth
 from vtwisted.manholekeys import (
-    _KEY_ERRORS,
     AuthorizedKeyChecker,
     AuthorizedKeysFile,
-    PeerPortal,
     defaultHostKeyPath,
     fingerprint,
     loadHostKey,
@@ -85,8 +80,6 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-#: Seconds a client has to log in.
-LOGIN_TIMEOUT = 60
 #: The user key signatures verified (by Twisted, security keys' by
 #: L{vtwisted.sksig}), as server-sig-algs lists them.
 USER_KEY_ALGORITHMS = (
@@ -120,73 +113,6 @@ def loopbackByDefault(description: str) -> str:
     if kind in ("tcp", "tcp6") and "interface" not in kwargs:
         return text + (":interface=127.0.0.1" if kind == "tcp" else r":interface=\:\:1")
     return text
-
-
-class ManholeUserAuth(userauth.SSHUserAuthServer):
-    """
-    Logs every login with the peer's address: each accepted one, and
-    refused ones through the factory's L{RefusalLog}.
-    """
-
-    loginTimeout = LOGIN_TIMEOUT
-
-    def serviceStarted(self) -> None:
-        # Time out logins with the service's reactor, not the global one.
-        transport: Any = self.transport
-        self.clock = transport.factory.clock
-        super().serviceStarted()
-        peer = transport.transport.getPeer()
-        portal: Any = PeerPortal(self.portal, getattr(peer, "host", None))
-        self.portal = portal
-
-    def auth_publickey(self, packet: bytes) -> Any:
-        """
-        A signed login with a security key gets credentials whose C{sigData}
-        is the message signed (RFC 4252 section 7), for
-        L{vtwisted.sksig}: recent Twisted releases give instead the bytes the
-        authenticator signs, built with the application the client names,
-        older ones the message; other logins are Twisted's.
-        """
-        hasSignature = packet[:1]
-        algorithm, blob, rest = getNS(packet[1:], 2)
-        if hasSignature == b"\x00" or not sksig.isSecurityKey(blob):
-            return super().auth_publickey(packet)
-        transport: Any = self.transport
-        user, service = self.user, self.nextService
-        assert user is not None and service is not None  # set before auth_ methods run
-        message = (NS(transport.sessionID) + bytes((userauth.MSG_USERAUTH_REQUEST,))
-                   + NS(user) + NS(service) + NS(b"publickey") + hasSignature
-                   + NS(algorithm) + NS(blob))
-        signed = SSHPrivateKey(user, algorithm, blob, message, getNS(rest)[0])
-        return self.portal.login(signed, None, IConchUser)
-
-    def tryAuth(self, kind: bytes, user: bytes, data: bytes) -> Any:
-        try:
-            d = super().tryAuth(kind, user, data)
-        except _KEY_ERRORS as e:
-            # Twisted parses the client's key before any checker sees it, and
-            # lets a corrupt one raise: refuse it as a bad key is refused.
-            d = defer.fail(UnauthorizedLogin(f"unusable key: {e}"))
-        transport: Any = self.transport
-        peer = transport.transport.getPeer()
-        who = user.decode("utf-8", "replace")
-
-        def refused(reason: Failure) -> Failure:
-            if reason.check(UnauthorizedLogin):
-                transport.factory.refusals.refused(
-                    str(getattr(peer, "host", peer)),
-                    "manhole: refused {kind} login of {user!r} from {peer}: {reason}",
-                    kind=kind.decode(), user=who, peer=peer,
-                    # The password checker gives no reason.
-                    reason=reason.getErrorMessage() or "wrong user name or password")
-            return reason
-
-        def accepted(result: Any) -> Any:
-            log.info("manhole: {user!r} logged in from {peer} ({kind})", user=who, peer=peer,
-                     kind=kind.decode())
-            return result
-
-        return d.addCallbacks(accepted, refused)
 
 
 class ManholeTransport(SSHServerTransport):

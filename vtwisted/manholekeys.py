@@ -235,7 +235,7 @@ class AuthorizedKeyChecker:
     C{peerAddress} the manhole sets on the credentials; none, and C{from=}
     refuses) and the time now.  For a security key, the credentials'
     C{sigData} is the message signed (RFC 4252 section 7), which
-    L{vtwisted.manhole.ManholeUserAuth} gives, not the bytes the
+    L{vtwisted.manholeauth.ManholeUserAuth} gives, not the bytes the
     authenticator signed for it.
     """
 

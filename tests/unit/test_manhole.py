@@ -215,7 +215,8 @@ def test_loginTimeoutUsesTheServiceReactor(tmp_path) -> None:
     from twisted.internet.address import IPv4Address
     from twisted.internet.task import Clock
 
-    from vtwisted.manhole import LOGIN_TIMEOUT, ManholeFactory, ManholeRealm, ManholeUserAuth
+    from vtwisted.manhole import ManholeFactory, ManholeRealm
+    from vtwisted.manholeauth import LOGIN_TIMEOUT, ManholeUserAuth
 
     clock = Clock()
     checker = checkerFor(tmp_path, newKey().public().toString("openssh"))
