@@ -25,6 +25,16 @@ a growing delay.  So is a connection that has not brought the hello within
 L{HELLO_TIMEOUT} seconds (a hung far switch, a client that never finishes
 its TLS handshake), which would otherwise hold its descriptor for ever.
 
+A far switch that vanishes without closing (its host crashed or lost
+power, a cable pulled, a firewall or NAT that forgets the connection)
+would otherwise leave the link up for ever on both sides: the connecting
+switch never reconnecting, the listening one keeping a dead port.  So a
+TCP cable's socket has keepalive probes and a C{TCP_USER_TIMEOUT}: the
+kernel ends a connection whose peer acknowledged nothing (probes or
+frames) for C{keepalive=} seconds (L{KEEPALIVE} by default; C{0} turns
+it off), the link goes and a connecting cable dials again.  This costs
+nothing per frame.
+
 TLS (C{cert=}, C{key=}, C{ca=}): each side presents its certificate and
 checks the other's against the certificates in C{ca=} (the peer's own
 self-signed certificate, or a CA's); the connecting side also checks that
@@ -34,6 +44,7 @@ the certificate names the host it connects to (or C{name=}).
 from __future__ import annotations
 
 import re
+import socket
 from typing import Any
 
 from twisted.internet import ssl
@@ -52,6 +63,7 @@ from vtwisted.ports.streamlinks import (
     StreamLink,
     StreamPorts,
     packLength,
+    socketOf,
 )
 from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
@@ -68,8 +80,13 @@ HELLO_TIMEOUT = READY_TIMEOUT
 #: The largest message: a header and the largest packet a switch forwards
 #: (a 64 KB super-frame as a TAP reads it, with tags), with room to spare.
 MAX_MESSAGE = vnet.HEADER_LENGTH + 65536 + 4096
+#: Seconds without an acknowledgement from the far switch's kernel (to
+#: keepalive probes on an idle cable, to frames on a busy one) before the
+#: connection is declared dead (C{keepalive=}).
+KEEPALIVE = 30
 #: Keywords of a spec that are the cable's, not the endpoint's.
-CABLE_KEYWORDS = ("vlan", "trunk", "mtu", "cert", "key", "ca", "name", "tls", *IMPAIRMENTS)
+CABLE_KEYWORDS = ("vlan", "trunk", "mtu", "cert", "key", "ca", "name", "tls", "keepalive",
+                  *IMPAIRMENTS)
 _PLAIN = bytes(vnet.HEADER_LENGTH)
 _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -88,6 +105,10 @@ class CableLink(StreamLink):
         super().__init__(owner)
         self._plugged = False
         self._peerHost = ""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        keepAlive(socketOf(self.transport), getattr(self.owner, "keepalive", KEEPALIVE))
 
     def linkReady(self) -> None:
         self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
@@ -171,6 +192,23 @@ class CableLink(StreamLink):
         super().connectionLost(reason)
 
 
+def keepAlive(handle: Any, seconds: int) -> None:
+    """
+    Have the kernel end a TCP connection whose peer has acknowledged
+    nothing for C{seconds}: keepalive probes while it is idle, and
+    C{TCP_USER_TIMEOUT} for data sent and never acknowledged (while frames
+    flow, no probe is sent).  Nothing for other sockets, or C{seconds} 0.
+    """
+    if not (seconds and isinstance(handle, socket.socket)
+            and handle.family in (socket.AF_INET, socket.AF_INET6)):
+        return
+    handle.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, seconds // 3))
+    handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, seconds // 6))
+    handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, seconds * 1000)
+
+
 def peerName(transport: Any) -> str:
     """
     C{" (CN=NAME)"}: the common name in the peer's certificate, if it
@@ -200,6 +238,8 @@ class CableListener(StreamListener):
     """
 
     protocol = CableLink
+    #: C{keepalive=}: seconds before a silent far switch counts as gone.
+    keepalive = KEEPALIVE
 
 
 @implementer(IPortService)
@@ -217,6 +257,8 @@ class CableConnector(StreamConnector):
     """
 
     protocol = CableLink
+    #: C{keepalive=}: seconds before a silent far switch counts as gone.
+    keepalive = KEEPALIVE
 
 
 class TLSServerEndpoint:
@@ -267,10 +309,12 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     Build the service for C{cable:[connect:]CLIENT-ENDPOINT} or
     C{cable:listen:SERVER-ENDPOINT}, with C{cert=}, C{key=}, C{ca=},
     C{name=} (the name the listening side's certificate must carry, by
-    default the host connected to), C{tls=off} (then a TCP listener without
+    default the host connected to), C{keepalive=} (seconds before a silent
+    far switch counts as gone), C{tls=off} (then a TCP listener without
     C{interface=} takes only loopback connections) and the common options.
     """
     tls = spec.boolean("tls", True)
+    keepalive = spec.integer("keepalive", KEEPALIVE, 0, 3600) or 0
     read = readStreamSpec(spec, reactor, CABLE_KEYWORDS, listenByDefault=False,
                           authenticated=tls)
     listen, endpoint = read.listen, read.endpoint
@@ -287,9 +331,14 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
             endpoint = wrapClientTLS(
                 ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=mine), endpoint
             )
+    service: CableListener | CableConnector
     if listen:
-        return CableListener(switch, reactor, endpoint, read.options, spec.text, read.unixPath)
-    return CableConnector(switch, reactor, endpoint, read.options, spec.text)
+        service = CableListener(switch, reactor, endpoint, read.options, spec.text,
+                                read.unixPath)
+    else:
+        service = CableConnector(switch, reactor, endpoint, read.options, spec.text)
+    service.keepalive = keepalive
+    return service
 
 
 def _hostOf(spec: PortSpec, skip: int) -> str:
