@@ -34,6 +34,7 @@ def selfSignedCertificate(
         .sign(key, hashes.SHA256())
     )
     keyPath, certPath = directory / f"{prefix}key.pem", directory / f"{prefix}cert.pem"
+    keyPath.touch(mode=0o600)
     keyPath.write_bytes(key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))

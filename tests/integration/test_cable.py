@@ -177,12 +177,14 @@ async def test_cableComesBackWhenTheListeningSwitchRestarts(switch, pki) -> None
     [
         ("", "a cable needs cert=PEM and ca=PEM"),
         ("cert=/nonexistent.pem:ca=/nonexistent.pem", "cert=/nonexistent.pem: No such file"),
-        ("cert={d}/acert.pem:ca={d}/acert.pem", "not a certificate and key"),
+        ("cert={d}/acert.pem:ca={d}/acert.pem", "no PEM private key in it (give key=KEY.pem)"),
+        ("cert={d}/acert.pem:key={d}/bkey.pem:ca={d}/acert.pem", "not a certificate and key"),
         ("cert={d}/acert.pem:key={d}/akey.pem:ca={d}/akey.pem", "no PEM certificate"),
     ],
 )
 def test_badTlsOptionsFailWithTheSpecNamed(shortdir: Path, extra: str, problem: str) -> None:
     selfSignedCertificate(shortdir, prefix="a")
+    selfSignedCertificate(shortdir, prefix="b")
     text = "cable:tcp:host=localhost:port=7443:" + extra.format(d=shortdir)
     with pytest.raises(SpecError) as info:
         cable.makeService(Switch(), PortSpec(text.rstrip(":")), reactor)

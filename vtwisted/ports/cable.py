@@ -43,8 +43,11 @@ the certificate names the host it connects to (or C{name=}).
 
 from __future__ import annotations
 
+import datetime
+import os
 import re
 import socket
+import stat
 from typing import Any
 
 from twisted.internet import ssl
@@ -277,9 +280,36 @@ class TLSServerEndpoint:
 def _read(spec: PortSpec, key: str, path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            return f.read()
+            data = f.read()
+            if key == "key" and b"PRIVATE KEY-----" in data:
+                _private(spec, path, os.fstat(f.fileno()).st_mode)
+            return data
     except OSError as e:
         raise spec.error(f"{key}={path}: {e.strerror} (errno {e.errno})") from None
+
+
+def _private(spec: PortSpec, path: str, mode: int) -> None:
+    """
+    Refuse a private key that every user of the host may read or change
+    (as ssh does): whoever can read it can be this switch to its peers.
+    A group may read it (Debian's C{ssl-cert} group, say).
+    """
+    if mode & 0o006:
+        raise spec.error(f"key={path}: other users may read or write it (mode "
+                         f"{stat.S_IMODE(mode):04o}); chmod o-rwx {path}")
+
+
+def _valid(spec: PortSpec, what: str, certificate: Any, now: datetime.datetime) -> None:
+    """
+    Refuse a certificate outside its validity period: the peers would
+    refuse it at every handshake.
+    """
+    x509 = certificate.original.to_cryptography()
+    if now < x509.not_valid_before_utc:
+        raise spec.error(f"{what}: not valid before {x509.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                         "UTC (is the clock right?)")
+    if now > x509.not_valid_after_utc:
+        raise spec.error(f"{what}: expired on {x509.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
 
 
 def tlsMaterial(spec: PortSpec) -> tuple[ssl.PrivateCertificate, Any]:
@@ -292,15 +322,25 @@ def tlsMaterial(spec: PortSpec) -> tuple[ssl.PrivateCertificate, Any]:
         raise spec.error("a cable needs cert=PEM and ca=PEM (or tls=off)")
     keyPath = spec.string("key") or certPath
     certPem, keyPem = _read(spec, "cert", certPath), _read(spec, "key", keyPath)
+    if not _PEM.search(certPem):
+        raise spec.error(f"cert={certPath}: no PEM certificate in it")
+    if b"PRIVATE KEY-----" not in keyPem:
+        hint = "" if spec.string("key") else " (give key=KEY.pem)"
+        raise spec.error(f"key={keyPath}: no PEM private key in it{hint}")
     try:
         mine = ssl.PrivateCertificate.loadPEM(certPem + b"\n" + keyPem)
     except Exception as e:
         raise spec.error(f"cert={certPath}, key={keyPath}: not a certificate and key: {e}") \
             from None
+    now = datetime.datetime.now(datetime.timezone.utc)
+    _valid(spec, f"cert={certPath}", mine, now)
     roots = _PEM.findall(_read(spec, "ca", caPath))
     if not roots:
         raise spec.error(f"ca={caPath}: no PEM certificate in it")
-    trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem) for pem in roots])
+    certificates = [ssl.Certificate.loadPEM(pem) for pem in roots]
+    if len(certificates) == 1:
+        _valid(spec, f"ca={caPath}", certificates[0], now)
+    trust = ssl.trustRootFromCertificates(certificates)
     return mine, trust
 
 
