@@ -131,7 +131,8 @@ async def test_connectingSideChecksTheListenersName(switch, pki) -> None:
     await until(lambda: ports(b).failures.last, what="the name refused")
     refused = ports(b).failures.last
     assert refused is not None
-    assert "does not name DNS_ID(hostname=b'elsewhere')" in refused
+    assert "the peer's certificate does not name elsewhere (name= checks another name)" \
+        in refused
     await sleep(0.3)
     assert not ports(a).links and not ports(b).links
 
@@ -159,6 +160,32 @@ async def test_peerThatIsNotACableIsClosedWithoutAPort(switch) -> None:
     assert "not a vtwisted cable" in (ports(a).failures.last or "")
     assert not ports(a).links
     peer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tlsCableToAPlainListenerIsToldApartOnBothSides(switch, pki) -> None:
+    """
+    A TLS cable dialling a C{tls=off} listener: each side says the other
+    does not speak as it does, not "wrong version number" or a length of
+    369 MB.
+    """
+    a = switch("cable:listen:tcp:0:interface=127.0.0.1:tls=off")
+    number = listenerOf(a).listeningPort.getHost().port
+    b = switch(f"cable:tcp:host=localhost:port={number}:{pki('b')}")
+    await until(lambda: ports(a).failures.last and ports(b).failures.last,
+                what="both sides to note it")
+    assert "a TLS client, and this cable has tls=off" in (ports(a).failures.last or "")
+    assert "the peer does not speak TLS (tls=off on its side" in (ports(b).failures.last or "")
+    assert not ports(a).links and not ports(b).links
+
+
+@pytest_twisted.ensureDeferred
+async def test_plainCableToATlsListenerIsToldApart(switch, pki) -> None:
+    a, number = listen(switch, pki)
+    b = switch(f"cable:tcp:host=127.0.0.1:port={number}:tls=off")
+    await until(lambda: ports(a).failures.last, what="the listener to note it")
+    assert "the peer does not speak TLS (tls=off on its side" in (ports(a).failures.last or "")
+    assert not ports(a).links and not ports(b).links
 
 
 @pytest_twisted.ensureDeferred

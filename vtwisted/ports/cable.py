@@ -151,6 +151,10 @@ class CableLink(StreamLink):
             super().lengthLimitExceeded(length)
         elif self._receive is not _ignore:
             self._broken = True
+            if length >> 16 == 0x1603:  # a TLS record: a handshake, TLS 1.x
+                self._refuse("a TLS client, and this cable has tls=off (on at the other side?)",
+                             "a TLS client")
+                return
             self._refuse(f"not a vtwisted cable (its first message would be {length} bytes)",
                          "not a vtwisted cable")
 

@@ -206,8 +206,24 @@ def whyLost(reason: Failure | None, before: str = "the TLS handshake finished") 
         return f"closed before {before}"
     error = reason.value
     if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
-        return "TLS handshake failed: " + "; ".join(str(item[-1]) for item in error.args[0])
+        reasons = [str(item[-1]) for item in error.args[0]]
+        if "wrong version number" in reasons or "packet length too long" in reasons:
+            return ("TLS handshake failed: the peer does not speak TLS (tls=off on its side, "
+                    "or not a TLS service?)")
+        return "TLS handshake failed: " + "; ".join(reasons)
     if isinstance(error, VerificationError):
-        names = ", ".join(str(e.mismatched_id) for e in error.errors)
-        return f"TLS: the certificate does not name {names}"
+        names = ", ".join(_identity(e.mismatched_id) for e in error.errors)
+        return (f"TLS: the peer's certificate does not name {names} (name= checks another "
+                "name)")
     return reason.getErrorMessage()
+
+
+def _identity(mismatched: Any) -> str:
+    """
+    The name or address a certificate was checked for, as it was given.
+    """
+    for attribute in ("hostname", "ip"):
+        value = getattr(mismatched, attribute, None)
+        if value is not None:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return str(mismatched)
