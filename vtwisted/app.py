@@ -261,6 +261,13 @@ class Options(VdeSwitchCompatibility, usage.Options):
         self["mgmt-group"] = group
 
     def getUsage(self, width: int | None = None) -> str:
+        """
+        The usage text with the port types, or only where to find it once a
+        setting was wrong (a port spec, say): C{twistd} prints the usage
+        before the error, which would end 60 lines of options.
+        """
+        if getattr(self, "wrongSetting", False):
+            return "twistd vswitch --help lists the options.\n"
         text = super().getUsage(width)
         lines = ["", "Port types (--port PREFIX:ARGS):"]
         for prefix, portType in sorted(portTypes().items()):
@@ -303,6 +310,7 @@ class Options(VdeSwitchCompatibility, usage.Options):
         try:
             self.build(reactor=None)
         except (SpecError, SwitchError, ValueError) as e:
+            self.wrongSetting = True
             raise usage.UsageError(str(e)) from None
 
     def build(self, reactor: Any) -> SwitchService:
