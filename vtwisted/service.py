@@ -81,8 +81,14 @@ class SwitchService(MultiService):
     #: vde_switch gives them (even with no console).
     consoleMode = 0o600
     consoleGroup: int | None = None
+    #: The pid file's device and inode, if it held this process's pid when
+    #: privileged start began.
+    _pidFileIdentity: tuple[int, int] | None = None
 
     def privilegedStartService(self) -> None:
+        # twistd wrote the pid file (0600) before this; after --uid the
+        # switch may no longer read it, so note now whether it is ours.
+        self._pidFileIdentity = _pidFileIdentity(self.pidFile)
         Service.privilegedStartService(self)
         with self._starting() as done:
             for service in self:
@@ -117,7 +123,7 @@ class SwitchService(MultiService):
                 raise
             message = e.message if isinstance(e, SwitchError) else \
                 osErrorText(e) if isinstance(e, OSError) else str(e)
-            _removePidFile(self.pidFile)
+            _removePidFile(self.pidFile, self._pidFileIdentity)
             line = f"vswitch: {message}"
             if _tellParent(self.runner, line):
                 # the parent exits with it at once: the log has it first
@@ -242,16 +248,37 @@ def _tellTerminal(runner: Any, line: str) -> None:
             sys.__stderr__.flush()
 
 
-def _removePidFile(path: str | None) -> None:
+def _pidFileIdentity(path: str | None) -> tuple[int, int] | None:
     """
-    Remove the pid file at C{path} if it holds this process's pid.
+    The device and inode of the pid file at C{path} if it holds this
+    process's pid, else C{None}.
+    """
+    if not path:
+        return None
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return None
+            status = os.fstat(f.fileno())
+    except (OSError, ValueError):
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _removePidFile(path: str | None, identity: tuple[int, int] | None = None) -> None:
+    """
+    Remove the pid file at C{path} if it holds this process's pid, or is
+    the file C{identity} names (noted while the switch could read it: twistd
+    writes it 0600 as root, and C{--uid} may have taken that away since).
     """
     if not path:
         return
     try:
-        with open(path) as f:
-            mine = f.read().strip() == str(os.getpid())
+        status = os.stat(path)
+        mine = identity is not None and (status.st_dev, status.st_ino) == identity
+        if not mine:
+            mine = _pidFileIdentity(path) is not None
         if mine:
             os.unlink(path)
-    except (OSError, ValueError):
+    except OSError:
         pass

@@ -135,6 +135,40 @@ def test_afterTwistdDropsPrivilegesTheSwitchsFilesAreItsUsers(
     assert list(home.iterdir()) == [] and "Traceback" not in log.read_text(), log.read_text()
 
 
+@pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "twistd -n"])
+def test_aFailedStartAfterDroppingPrivilegesLeavesNothingBehind(
+    shortdir: Path, daemons: list[Path], foreground: bool
+) -> None:
+    """
+    README's service recipe with a group the switch's user is not in:
+    C{twistd --uid nobody ... vswitch --sock DIR --group root} cannot give
+    the directory it made that group (EPERM, after twistd dropped
+    privileges) and ends with one line naming the spec, the path and the
+    errno; the directory it made and the pid file (root's, 0600, which
+    nobody cannot read) are gone (both were left behind).
+    """
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    nobody = pwd.getpwnam("nobody")
+    shortdir.chmod(0o711)
+    home = shortdir / "run"
+    home.mkdir(mode=0o750)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    pidFile, log = home / "sw.pid", shortdir / "sw.log"
+    daemons.append(pidFile)
+    ran = twistd(f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}", f"--pidfile={pidFile}",
+                 f"--logfile={log}", "vswitch", "--sock", str(home / "lab"),
+                 "--group", "root", "--mode", "0660", foreground=foreground)
+    text = log.read_text()
+    assert ran.returncode == 1, (ran, text)
+    line = (f"vswitch: vde:{home}/lab:mode=0660:group=root: cannot set group of "
+            f"{home}/lab: Operation not permitted (errno 1)")
+    assert line in text and "Traceback" not in text, text
+    assert sorted(p.name for p in home.iterdir()) == [], text
+
+
 def test_theTacAsShippedIgnoresHangups(shortdir: Path, daemons: list[Path]) -> None:
     """
     C{twistd -y etc/vswitch.tac} as a daemon: SIGHUP leaves it running, as

@@ -39,7 +39,7 @@ import stat
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -224,6 +224,15 @@ class VdeSwitchDirectory(Service):
     # Start and stop
 
     def startService(self) -> None:
+        try:
+            self._startListening()
+        except BaseException:
+            self._undoStart()
+            raise
+        super().startService()
+        log.info("{spec}: listening on {path}", spec=self.spec, path=self.ctlPath)
+
+    def _startListening(self) -> None:
         self._prepareDirectory()
         claimSocketPath(self.ctlPath, self.spec, "another switch")
         stale = removeStaleDatagramSockets(self.directory, DATA_SOCKET_NAME)
@@ -238,8 +247,21 @@ class VdeSwitchDirectory(Service):
         except Exception as e:
             raise listenError(f"{self.spec}: cannot listen on {self.ctlPath}", e) from e
         self._chgrp(self.ctlPath)
-        super().startService()
-        log.info("{spec}: listening on {path}", spec=self.spec, path=self.ctlPath)
+
+    def _undoStart(self) -> None:
+        """
+        After a failed start, stop listening if the control socket listens
+        (Twisted removes its file on the reactor's next turn, which the
+        switch runs at once when it cannot start) and then remove the
+        directory if this start made it.
+        """
+        listening, self._listening = self._listening, None
+        made, self._madeDirectory = self._madeDirectory, False
+        stopped = maybeDeferred(listening.stopListening) if listening is not None \
+            else succeed(None)
+        if made:
+            stopped.addBoth(self._removeDirectory)
+        stopped.addErrback(lambda failure: None)
 
     def _prepareDirectory(self) -> None:
         try:
