@@ -125,6 +125,7 @@ def test_theReadmesSwitchCommandsParse() -> None:
     for command in commands:
         argv = shlex.split(command)
         options = ParseOnly()
+        options.parent = {"nodaemon": True, "pidfile": "twistd.pid"}  # twistd -n's
         options.parseOptions(argv[3:])
         for spec in options.allPorts():
             checkSpecParses(spec)
