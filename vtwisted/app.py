@@ -232,7 +232,11 @@ class Options(VdeSwitchCompatibility, usage.Options):
         """
         if options is not None:
             options = longOnly(options, self.shortOpt, self.longOpt)
-        super().parseOptions(options)
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            self.wrongSetting = True
+            raise
 
     def opt_port(self, spec: str) -> None:
         """
@@ -262,9 +266,9 @@ class Options(VdeSwitchCompatibility, usage.Options):
 
     def getUsage(self, width: int | None = None) -> str:
         """
-        The usage text with the port types, or only where to find it once a
-        setting was wrong (a port spec, say): C{twistd} prints the usage
-        before the error, which would end 60 lines of options.
+        The usage text with the port types, or only where to find it once an
+        option or setting was wrong (a port spec, say): C{twistd} prints the
+        usage before the error, which would end 60 lines of options.
         """
         if getattr(self, "wrongSetting", False):
             return "twistd vswitch --help lists the options.\n"
@@ -310,7 +314,6 @@ class Options(VdeSwitchCompatibility, usage.Options):
         try:
             self.build(reactor=None)
         except (SpecError, SwitchError, ValueError) as e:
-            self.wrongSetting = True
             raise usage.UsageError(str(e)) from None
 
     def build(self, reactor: Any) -> SwitchService:

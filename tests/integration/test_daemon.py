@@ -223,16 +223,23 @@ def test_aTacWhosePortCannotStartEndsWithOneLine(
         assert f"An error has occurred: b'{spec}: cannot create" in ran.stderr, ran.stderr
 
 
-def test_aWrongSpecSaysSoWithoutTheWholeUsage(shortdir: Path) -> None:
+@pytest.mark.parametrize(("wrong", "error"), [
+    (["--port", "tap:bad name!!"],
+     "port spec 'tap:bad name!!': TAP name 'bad name!!' is not a valid"),
+    (["--numports", "x"], "--numports needs a whole number, not 'x'"),
+], ids=["spec", "option"])
+def test_aWrongSettingSaysSoWithoutTheWholeUsage(
+    shortdir: Path, wrong: list[str], error: str
+) -> None:
     """
-    A port spec that is wrong stops C{twistd vswitch} with its error and a
-    pointer to C{--help}, not after the 60 lines of every option and port
-    type, where the one line that matters was easy to miss.
+    A port spec or option value that is wrong stops C{twistd vswitch} with
+    its error and a pointer to C{--help}, not after the 60 lines of every
+    option and port type, where the one line that matters was easy to miss.
     """
-    result = twistd("--pidfile=", "vswitch", "--sock", str(shortdir / "sw"),
-                    "--port", "tap:bad name!!", foreground=True)
+    result = twistd("--pidfile=", "vswitch", "--sock", str(shortdir / "sw"), *wrong,
+                    foreground=True)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert "port spec 'tap:bad name!!': TAP name 'bad name!!' is not a valid" in lines[-1]
+    assert error in lines[-1], result.stdout
     assert "twistd vswitch --help lists the options." in lines
     assert len(lines) <= 5, result.stdout
