@@ -38,7 +38,9 @@ nothing per frame.
 TLS (C{cert=}, C{key=}, C{ca=}): each side presents its certificate and
 checks the other's against the certificates in C{ca=} (the peer's own
 self-signed certificate, or a CA's); the connecting side also checks that
-the certificate names the host it connects to (or C{name=}).
+the certificate names the host it connects to (or C{name=}).  A side that
+refuses the other's certificate logs why (expired, not signed by C{ca=}...,
+see L{vtwisted.ports.tlsverify}); the refused side logs the TLS alert it got.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from vtwisted.ports.streamlinks import (
 )
 from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
+from vtwisted.ports.tlsverify import RecordingCreator, rejection
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
 
@@ -192,8 +195,8 @@ class CableLink(StreamLink):
         self.stopDeadline()
         if not self._plugged:
             if self._receive is not _ignore:
-                self._fail(whyLost(reason, "its hello (a TLS or cable problem on the other "
-                                           "side?)"))
+                self._fail(rejection(self.transport) or whyLost(
+                    reason, "its hello (a TLS or cable problem on the other side?)"))
             if isinstance(self.owner, CableConnector):
                 self.owner.unready += 1
         super().connectionLost(reason)
@@ -364,17 +367,17 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     listen, endpoint = read.listen, read.endpoint
     if tls:
         mine, trust = tlsMaterial(spec)
+        caPath = spec.string("ca") or ""
         if listen:
             options_ = ssl.CertificateOptions(
                 privateKey=mine.privateKey.original, certificate=mine.original,
                 trustRoot=trust,
             )
-            endpoint = TLSServerEndpoint(endpoint, options_)
+            endpoint = TLSServerEndpoint(endpoint, RecordingCreator(options_, caPath))
         else:
             name = spec.string("name") or _hostOf(spec, read.skip)
-            endpoint = wrapClientTLS(
-                ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=mine), endpoint
-            )
+            creator = ssl.optionsForClientTLS(name, trustRoot=trust, clientCertificate=mine)
+            endpoint = wrapClientTLS(RecordingCreator(creator, caPath, name), endpoint)
     service: CableListener | CableConnector
     if listen:
         service = CableListener(switch, reactor, endpoint, read.options, spec.text,

@@ -42,6 +42,14 @@ _PID = re.compile(r" pid \d+")
 #: Seconds between reconnection attempts of a connecting spec, at most.
 MAX_RETRY_DELAY = 5.0
 
+#: A TLS alert received, as OpenSSL names it (C{tlsv1 alert unknown ca}).
+_ALERT = re.compile(r"(?:sslv3|tlsv1[0-9]*|tls) alert (.+)")
+#: The alerts by which a peer refuses the certificate it was shown.
+CERTIFICATE_ALERTS = frozenset({
+    "bad certificate", "unsupported certificate", "certificate revoked",
+    "certificate expired", "certificate unknown", "unknown ca", "access denied",
+})
+
 
 class FailureLog:
     """
@@ -210,12 +218,26 @@ def whyLost(reason: Failure | None, before: str = "the TLS handshake finished") 
         if "wrong version number" in reasons or "packet length too long" in reasons:
             return ("TLS handshake failed: the peer does not speak TLS (tls=off on its side, "
                     "or not a TLS service?)")
+        alerts = [m.group(1) for m in map(_ALERT.match, reasons) if m]
+        if alerts and alerts[0] in CERTIFICATE_ALERTS:
+            return ("TLS handshake failed: the peer refused our certificate (TLS alert: "
+                    f"{alerts[0]})")
+        if alerts and alerts[0] == "internal error":
+            return ("TLS handshake failed: the peer gave up (TLS alert: internal error; a "
+                    "cable sends it when our certificate does not name the host it dialled, "
+                    "or its name=)")
         return "TLS handshake failed: " + "; ".join(reasons)
     if isinstance(error, VerificationError):
-        names = ", ".join(_identity(e.mismatched_id) for e in error.errors)
-        return (f"TLS: the peer's certificate does not name {names} (name= checks another "
-                "name)")
+        return misnamed(error)
     return reason.getErrorMessage()
+
+
+def misnamed(error: VerificationError) -> str:
+    """
+    A peer's certificate that does not name what it was checked for.
+    """
+    names = ", ".join(_identity(e.mismatched_id) for e in error.errors)
+    return f"TLS: the peer's certificate does not name {names} (name= checks another name)"
 
 
 def _identity(mismatched: Any) -> str:
