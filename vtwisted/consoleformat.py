@@ -146,6 +146,8 @@ def portLines(status: PortStatus) -> list[str]:
         lines.append(
             f"  -- endpoint ID {link.linkId:04d} module {link.module:<12s}: {description}"
         )
+    if not status.links and status.down:
+        lines.append(f"  -- down: {_oneLine(status.down)}")
     return lines
 
 

@@ -164,19 +164,24 @@ class SwitchOperations(PortSpecOperations, MacTableOperations, FstpOperations):
         asked for).
         """
         owners = self._owners()
+        down = self._downSpecs() if inactive else {}
         if number is not None:
             self._portNumber(number)
             port = self.switch.ports.get(number)
             if port is None or not (inactive or port.links):
                 raise errors.missing(f"port {number} is not active")
-            return [self._status(port, owners)]
+            return [self._status(port, owners, down)]
         return [
-            self._status(port, owners)
+            self._status(port, owners, down)
             for _, port in sorted(self.switch.ports.items())
             if inactive or port.links
         ]
 
-    def _status(self, port: SwitchPort, owners: dict[int, str]) -> PortStatus:
+    def _status(
+        self, port: SwitchPort, owners: dict[int, str],
+        down: dict[int, tuple[str, str]] | None = None,
+    ) -> PortStatus:
+        spec, state = (down or {}).get(id(port), (owners.get(id(port)), ""))
         c = port.counters
         vlan = port.untaggedVlan
         return PortStatus(
@@ -198,8 +203,9 @@ class SwitchOperations(PortSpecOperations, MacTableOperations, FstpOperations):
             links=tuple(
                 LinkStatus(link.linkId, link.module, link.description) for link in port.links
             ),
-            spec=owners.get(id(port)),
+            spec=spec,
             impairment=port.describeImpairment(),
+            down=state,
         )
 
     def createPort(self, number: int) -> None:

@@ -72,6 +72,19 @@ class PortSpecOperations:
                     owners.setdefault(id(port), text)
         return owners
 
+    def _downSpecs(self) -> dict[int, tuple[str, str]]:
+        """
+        id(port) to the spec that had it and dials to plug a link in again
+        (a cable whose far switch is gone), with what it is doing.
+        """
+        down: dict[int, tuple[str, str]] = {}
+        for text, svc in self.service.specs.items():
+            port, state = getattr(svc, "lastPort", None), getattr(svc, "downState", None)
+            if port is None or state is None or port.links or _serviceLinks(svc)[0]:
+                continue
+            down[id(port)] = (text, state())
+        return down
+
     def specs(self) -> list[SpecStatus]:
         """
         Every port spec, from the command line or added at run time.

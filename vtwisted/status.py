@@ -50,6 +50,8 @@ class PortStatus:
     links: tuple[LinkStatus, ...]
     spec: str | None
     impairment: str = "none"
+    #: While inactive: what the spec that had it does (a cable dialling).
+    down: str = ""
 
 
 @dataclass(frozen=True)

@@ -384,6 +384,7 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
                                 read.unixPath)
     else:
         service = CableConnector(switch, reactor, endpoint, read.options, spec.text)
+        service.target = read.description
     service.keepalive = keepalive
     return service
 

@@ -105,4 +105,6 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     read = readStreamSpec(spec, reactor, PORT_KEYWORDS, listenByDefault=True)
     if read.listen:
         return QemuListener(switch, reactor, read.endpoint, read.options, spec.text, read.unixPath)
-    return QemuConnector(switch, reactor, read.endpoint, read.options, spec.text)
+    connector = QemuConnector(switch, reactor, read.endpoint, read.options, spec.text)
+    connector.target = read.description
+    return connector

@@ -20,6 +20,12 @@ it goes) and the series of failures ended; one that the peer ends sooner
 is a failure of the series, logged once however often it happens.  A
 cable's link works once the far switch's hello has come, as it is plugged
 in.
+
+While its link is down, the port it had stays (inactive, as a port does);
+L{StreamConnector.lastPort} and L{StreamConnector.downState} let
+C{port/allprint} show what the spec is doing about it (dialling what, how
+many failures since, the last one), worked out when asked, not per frame
+or attempt.
 """
 
 from __future__ import annotations
@@ -79,6 +85,22 @@ class StreamConnector(StreamPorts):
         """
         return float(self._backoff(attempts + self.unready))
 
+    #: The port its last link was plugged into (shown while it has none).
+    lastPort: Any = None
+    #: The endpoint it dials, as the spec describes it.
+    target = ""
+
+    def downState(self) -> str:
+        """
+        What it does while its link is down: C{dialling ENDPOINT, N
+        failures, last: WHY}.
+        """
+        state = f"dialling {self.target or self.spec}"
+        total, last = self.failures.total, self.failures.last
+        if total and last:
+            state += f", {total} failure{'' if total == 1 else 's'}, last: {last}"
+        return state
+
     def handshakeFailed(self, link: StreamLink, problem: str) -> None:
         self.unready += 1  # tried again with a growing delay
         super().handshakeFailed(link, problem)
@@ -87,6 +109,7 @@ class StreamConnector(StreamPorts):
         if link in self.links:
             lasted = self.reactor.seconds() - link.upAt >= self.SHORT_LINK
             self.unready = 0 if lasted else self.unready + 1
+            self.lastPort = link.port
         super().linkDown(link)
 
     def startService(self) -> None:

@@ -37,6 +37,7 @@ class StreamSpec(NamedTuple):
     @ivar unixPath: the path a listening Unix endpoint binds, if any.
     @ivar skip: how many arguments after the prefix are not the endpoint's
         (0, or 1 for C{listen}/C{connect}).
+    @ivar description: the endpoint's description, as Twisted parsed it.
     """
 
     listen: bool
@@ -44,6 +45,7 @@ class StreamSpec(NamedTuple):
     endpoint: Any
     unixPath: str | None
     skip: int
+    description: str = ""
 
 
 #: What follows each kind of endpoint, in the hint for one given without.
@@ -92,4 +94,4 @@ def readStreamSpec(
     except OSError as e:  # ssl:/tls: read their certificate and key files here
         raise spec.error(f"{description!r}: cannot read {e.filename}: {e.strerror} "
                          f"(errno {e.errno})") from None
-    return StreamSpec(listen, options, endpoint, unixPath, skip)
+    return StreamSpec(listen, options, endpoint, unixPath, skip, description)
