@@ -33,7 +33,15 @@ TCP cable's socket has keepalive probes and a C{TCP_USER_TIMEOUT}: the
 kernel ends a connection whose peer acknowledged nothing (probes or
 frames) for C{keepalive=} seconds (L{KEEPALIVE} by default; C{0} turns
 it off), the link goes and a connecting cable dials again.  This costs
-nothing per frame.
+nothing per frame.  A far switch still alive but stuck half-way through a
+message (its kernel acknowledging, so keepalive sees nothing wrong) would
+hold the link's inbound side for ever: a message left incomplete for
+C{keepalive=} seconds (twice that at most) drops the link too, counted as
+malformed and logged with what came of it.  That costs one addition and one
+test per read, not per frame: a timer is armed only when a read ends inside
+a message and none is running; when it fires it looks at where the message
+pending then began (by the count of bytes read): the same one is stuck,
+another gets a deadline of its own, and with none the timer just ends.
 
 TLS (C{cert=}, C{key=}, C{ca=}): each side presents its certificate and
 checks the other's against the certificates in C{ca=} (the peer's own
@@ -111,10 +119,53 @@ class CableLink(StreamLink):
         super().__init__(owner)
         self._plugged = False
         self._peerHost = ""
+        #: C{keepalive=}: seconds a message begun may stay incomplete (0:
+        #: no limit); bytes read so far; the timer for a message left
+        #: incomplete, and where in the stream that message began.
+        self.partialTimeout = 0
+        self._bytesRead = 0
+        self._stall: Any = None
+        self._stallFrom = 0
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        keepAlive(socketOf(self.transport), getattr(self.owner, "keepalive", KEEPALIVE))
+        seconds = getattr(self.owner, "keepalive", KEEPALIVE)
+        keepAlive(socketOf(self.transport), seconds)
+        self.partialTimeout = seconds
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        self._bytesRead += len(data)
+        if self._unprocessed and self._stall is None and self.partialTimeout:
+            self._armStall()
+
+    def _armStall(self) -> None:
+        """
+        A read ended inside a message: it has L{partialTimeout} seconds.
+        """
+        self._stallFrom = self._bytesRead - len(self._unprocessed)
+        self._stall = self.owner.reactor.callLater(self.partialTimeout, self._stallCheck)
+
+    def _stallCheck(self) -> None:
+        """
+        The deadline of a message left incomplete: drop the link if the
+        same message is still pending, else watch the one that is, if any.
+        """
+        self._stall = None
+        if self._broken or not self._unprocessed or self._receive is _ignore:
+            return
+        if self._bytesRead - len(self._unprocessed) != self._stallFrom:
+            self._armStall()
+            return
+        self._broken = True  # ignores the rest; not noted again as it goes
+        if self.port is not None:
+            self.port.counters.drops["malformed"] += 1
+        log.error("{spec}: {peer}: a message still incomplete after {seconds} s ({problem} "
+                  "received; the far switch is stuck); dropping the link",
+                  spec=self.owner.spec, peer=self.description, seconds=self.partialTimeout,
+                  problem=self._pendingProblem())
+        self.owner.linkDown(self)
+        self._abort()  # a TLS close could wait on the stuck peer
 
     def linkReady(self) -> None:
         self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
@@ -193,6 +244,9 @@ class CableLink(StreamLink):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.stopDeadline()
+        stall, self._stall = self._stall, None
+        if stall is not None and stall.active():
+            stall.cancel()
         if not self._plugged:
             if self._receive is not _ignore:
                 self._fail(rejection(self.transport) or whyLost(

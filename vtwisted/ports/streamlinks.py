@@ -193,6 +193,17 @@ class StreamLink(Int32StringReceiver):
         if not self._broken:  # after a bad length, the receiver would replay what it kept
             super().dataReceived(data)
 
+    def _pendingProblem(self) -> str:
+        """
+        How much of the incomplete message pending has come, in words.
+        """
+        pending = self.recvd
+        prefix = self.prefixLength
+        if len(pending) < prefix:
+            return f"{len(pending)} of the {prefix} bytes of a length prefix"
+        length = struct.unpack(self.structFormat, pending[:prefix])[0]
+        return f"{len(pending) - prefix} of {length} bytes of a frame"
+
     def stringReceived(self, frame: bytes) -> None:
         try:
             self._receive(self.port, frame)
@@ -237,12 +248,7 @@ class StreamLink(Int32StringReceiver):
         pending = self.recvd  # what the receiver kept of an incomplete message
         if not pending or self._broken:
             return False
-        prefix = self.prefixLength
-        if len(pending) < prefix:
-            problem = f"{len(pending)} of the {prefix} bytes of a length prefix"
-        else:
-            length = struct.unpack(self.structFormat, pending[:prefix])[0]
-            problem = f"{len(pending) - prefix} of {length} bytes of a frame"
+        problem = self._pendingProblem()
         self.port.counters.drops["malformed"] += 1
         text = f"the connection ended inside a message ({problem} received); dropped as malformed"
         if self.owner.failedOnTrial(self, text, "ended inside a message", LogLevel.warn):
