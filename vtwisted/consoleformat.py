@@ -180,12 +180,14 @@ def portStats(status: PortStatus) -> list[str]:
 
 def specLine(spec: SpecStatus) -> str:
     """
-    C{port/specs}: one port spec and the ports its links are on.
+    C{port/specs}: one port spec and the ports its links are on; one that
+    connects and has none says what it does (C{-- dialling ...}).
     """
     ports = ",".join(f"{n:04d}" for n in spec.ports) or "none"
     kind = "listening" if spec.listening else "single"
     origin = "runtime" if spec.runtime else "startup"
-    return f"Spec {_oneLine(spec.text)} ports={ports} {kind} {origin}"
+    state = f" -- {_oneLine(spec.state)}" if spec.state else ""
+    return f"Spec {_oneLine(spec.text)} ports={ports} {kind} {origin}{state}"
 
 
 def addedLines(text: str, ports: Sequence[int]) -> list[str]:

@@ -95,7 +95,10 @@ class PortSpecOperations:
             ports = sorted(
                 {link.port.number for link in links if getattr(link, "port", None) is not None}
             )
-            result.append(SpecStatus(text, tuple(ports), listening, text in self._runtimeSpecs))
+            downState = getattr(svc, "downState", None)
+            state = downState() if downState is not None and not ports else ""
+            result.append(SpecStatus(text, tuple(ports), listening, text in self._runtimeSpecs,
+                                     state))
         return result
 
     def addPort(self, text: str) -> list[int]:

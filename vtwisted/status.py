@@ -135,13 +135,16 @@ class DataSocketInfo:
 class SpecStatus:
     """
     A port spec, the ports its links are on, whether it listens for any
-    number of clients and whether it was added at run time.
+    number of clients and whether it was added at run time; for a spec
+    that connects and has no link now, what it is doing about it
+    (C{dialling ENDPOINT, N failures, last: WHY}).
     """
 
     text: str
     ports: tuple[int, ...]
     listening: bool
     runtime: bool
+    state: str = ""
 
 
 @dataclass(frozen=True)
