@@ -25,7 +25,12 @@ honour is refused rather than half-honoured (L{vtwisted.keyoptions}).  Passwords
 (C{--manhole-passwords}, C{user:password} lines in a file only its owner can
 read) are accepted only when that option is given.  Refused logins are
 logged with the peer's address and, for keys, the key's fingerprint: the
-first from a peer in full, the rest counted (L{vtwisted.refusals}).
+first from a peer in full, the rest counted (L{vtwisted.refusals}).  So is
+every other line a connection brings, Twisted's included (the missing
+moduli file, a malformed message, a disconnect with an error, a connection
+lost): each kind from a peer address once an interval in full, with the
+address, then counted, so a scanner knocking many times a second cannot
+fill the log.
 
 The host key is an Ed25519 key kept at C{--manhole-host-key} (default
 L{defaultHostKeyPath}: C{$XDG_STATE_HOME/vtwisted/manhole_host_key}, else
@@ -72,7 +77,7 @@ from vtwisted.manholekeys import (
     fingerprint,
     loadHostKey,
 )
-from vtwisted.refusals import RefusalLog
+from vtwisted.refusals import PeerLogger, RefusalLog
 from vtwisted.sockettools import listenError
 
 if TYPE_CHECKING:
@@ -118,8 +123,15 @@ def loopbackByDefault(description: str) -> str:
 class ManholeTransport(SSHServerTransport):
     """
     Twisted's SSH server, telling clients which user key signatures it
-    verifies, and taking a client's goodbye for no error.
+    verifies, and taking a client's goodbye for no error; what it logs
+    goes through the factory's L{RefusalLog} for lines, per peer.
     """
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        factory: Any = self.factory
+        self._log = PeerLogger(factory.noise, transport.getPeer())  # type: ignore[assignment]
+        super().connectionMade()
 
     def dispatchMessage(self, messageNum: int, payload: bytes) -> None:
         try:
@@ -127,19 +139,16 @@ class ManholeTransport(SSHServerTransport):
         except _MALFORMED as e:
             # Twisted's parsers raise on a message cut short, before any
             # login, and the reactor logged the traceback of each.
-            transport: Any = self.transport
-            log.warn("manhole: malformed SSH message {number} from {peer} ({error}); "
-                     "disconnected", number=messageNum, peer=transport.getPeer(), error=e)
+            self._log.warn("malformed SSH message {number} ({error}); disconnected",
+                           number=messageNum, error=e)
             self.sendDisconnect(DISCONNECT_PROTOCOL_ERROR, b"malformed message")
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         # Twisted logs an error for every disconnect message, the one ssh
         # sends at each normal exit too.
         if reasonCode != DISCONNECT_BY_APPLICATION:
-            transport: Any = self.transport
-            log.warn("manhole: {peer} disconnected with error {code}: {description}",
-                     peer=transport.getPeer(), code=reasonCode,
-                     description=description.decode("utf-8", "replace"))
+            self._log.warn("disconnected with error {code}: {description}", code=reasonCode,
+                           description=description.decode("utf-8", "replace"))
 
     def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
         # Twisted puts its host key's algorithms in server-sig-algs (RFC 8308);
@@ -185,15 +194,22 @@ class ManholeFactory(manhole_ssh.ConchFactory):
     }
 
     def __init__(self, realmPortal: portal.Portal, hostKey: keys.Key, clock: Any,
-                 refusals: RefusalLog | None = None) -> None:
+                 refusals: RefusalLog | None = None, noise: RefusalLog | None = None) -> None:
         super().__init__(realmPortal)
         self.clock = clock
         self.refusals = refusals or RefusalLog(clock)
+        #: Every other line a connection logs, bounded per peer and kind.
+        self.noise = noise or RefusalLog(clock, what="line(s)")
         # Twisted annotates these as bytes to bytes; they hold Key objects.
         public: Any = {hostKey.sshType(): hostKey.public()}
         private: Any = {hostKey.sshType(): hostKey}
         self.publicKeys = public
         self.privateKeys = private
+
+    def buildProtocol(self, addr: Any) -> Any:
+        # Twisted logs the missing moduli file here, for every connection.
+        self._log = PeerLogger(self.noise, addr)  # type: ignore[assignment]
+        return super().buildProtocol(addr)
 
 
 class SwitchManhole(manhole.ColoredManhole):
@@ -381,6 +397,7 @@ class ManholeService(Service):
         self.hostKey: keys.Key | None = None
         self.port: Any = None
         self.refusals = RefusalLog(reactor)
+        self.noise = RefusalLog(reactor, what="line(s)")
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -392,7 +409,7 @@ class ManholeService(Service):
         assert self.hostKey is not None
         realm = ManholeRealm(self.namespace, self.reactor)
         factory = ManholeFactory(portal.Portal(realm, self.checkers), self.hostKey, self.reactor,
-                                 self.refusals)
+                                 self.refusals, self.noise)
         outcome: list[Any] = []
         self.endpoint.listen(factory).addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
@@ -408,6 +425,7 @@ class ManholeService(Service):
     def stopService(self) -> Any:
         super().stopService()
         self.refusals.stop()
+        self.noise.stop()
         port, self.port = self.port, None
         if port is not None:
             return defer.maybeDeferred(port.stopListening)

@@ -8,7 +8,8 @@ L{ManholeUserAuth} is Twisted's C{ssh-userauth} service with three
 changes.  It hands the portal a L{PeerPortal}, which marks credentials with
 the client's IP address for C{from=}.  It logs each accepted login, and
 each refused one through the factory's L{vtwisted.refusals.RefusalLog}
-(the checker's reason in it), and refuses a corrupt client key, which
+(the checker's reason in it), and Twisted's own lines through the one for
+other lines, bounded per peer, and refuses a corrupt client key, which
 Twisted parses before any checker and lets raise.  And for a signed login
 with a security key it builds the credentials itself, with the message
 signed as RFC 4252 section 7 defines it, which L{vtwisted.sksig} checks
@@ -30,6 +31,7 @@ from twisted.python.failure import Failure
 
 from vtwisted import sksig
 from vtwisted.manholekeys import _KEY_ERRORS, PeerPortal
+from vtwisted.refusals import PeerLogger
 
 log = Logger()
 
@@ -51,8 +53,9 @@ class ManholeUserAuth(userauth.SSHUserAuthServer):
         # Time out logins with the service's reactor, not the global one.
         transport: Any = self.transport
         self.clock = transport.factory.clock
-        super().serviceStarted()
         peer = transport.transport.getPeer()
+        self._log = PeerLogger(transport.factory.noise, peer)  # type: ignore[assignment]
+        super().serviceStarted()
         portal: Any = PeerPortal(self.portal, getattr(peer, "host", None))
         self.portal = portal
 

@@ -268,7 +268,7 @@ def test_aMalformedMessageBeforeLoginIsOneLine(vswitch, shortdir) -> None:
         probe.sendall(b"SSH-2.0-probe\r\n")
         # length 12, padding 10, payload: KEXINIT and one byte of its cookie.
         probe.sendall(b"\x00\x00\x00\x0c\x0a\x14" + b"\x00" * 11)
-        waitFor(lambda: "malformed SSH message 20 from" in manhole.switch.logText(),
+        waitFor(lambda: ": malformed SSH message 20 (" in manhole.switch.logText(),
                 what="the malformed message in the log")
     assert "Traceback" not in manhole.switch.logText()
     assert manhole.ssh("switch.numPorts").stdout == b"32\r\n"
