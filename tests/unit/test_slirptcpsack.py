@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from slirptcpharness import FATES, MASK, Harness, HostTransport, mssOption
 
 from vtwisted.slirp.tcpsack import MAX_RANGES, Scoreboard, sackEdges
-from vtwisted.wire.tcp import ACK, OPT_NOP, OPT_SACK, OPT_SACK_PERMITTED
+from vtwisted.wire.tcp import ACK, FIN, OPT_NOP, OPT_SACK, OPT_SACK_PERMITTED
 
 RANGES = st.lists(st.tuples(st.integers(0, 300), st.integers(1, 40)), max_size=30)
 
@@ -129,6 +129,102 @@ def test_withoutSackOneHoleIsResent() -> None:
         (2000, 1000)]
 
 
+def _lostTail(h: Harness, transport: HostTransport) -> int:
+    """
+    Measure a round trip of 1 ms, then send 4000 bytes and the FIN, of
+    which the guest gets only the first 1000 (the tail was lost); return
+    where those 4000 bytes start.
+    """
+    h.host(transport).dataReceived(bytes(1000))
+    h.takeAll()
+    h.clock.advance(0.001)
+    h.ack(h.ours + 1000)
+    base = h.ours + 1000
+    h.host(transport).dataReceived(bytes(range(250)) * 16)
+    h.host(transport).readConnectionLost()
+    sent = h.takeAll()
+    assert [(header.seq - base) & MASK for header, _ in sent] == [0, 1000, 2000, 3000, 4000]
+    h.ack(base + 1000)
+    assert h.takeAll() == []
+    return base
+
+
+def test_aLostTailIsProbedForWithinTwoRoundTrips() -> None:
+    """
+    The last segments of a flight and its FIN are lost, too few for
+    duplicate ACKs: 10 ms later (two round trips, at least 10 ms), not
+    after the 200 ms timeout, the last segment goes again with the FIN; the
+    guest's ACK SACKs it above the gap, which is resent at once, and the
+    connection never times out.
+    """
+    h = Harness()
+    base = _lostTail(h, openSacking(h))
+    h.clock.advance(0.009)
+    assert h.takeAll() == []
+    h.clock.advance(0.001)
+    ((probe, payload),) = h.takeAll()
+    assert ((probe.seq - base) & MASK, len(payload), probe.flags & FIN) == (3000, 1000, FIN)
+    assert payload == (bytes(range(250)) * 16)[3000:]
+    h.send(ACK, seq=h.seq, ack=base + 1000,
+           options=sackOption([(base + 3000, base + 4001)]))
+    assert [((header.seq - base) & MASK, len(p)) for header, p in h.takeAll() if p] == [
+        (1000, 1000), (2000, 1000)]
+    h.ack(base + 4001)
+    assert h.nat.tailProbes == 1 and h.nat.timeouts == 0
+    h.clock.advance(1)
+    assert [p for _, p in h.takeAll() if p] == []
+
+
+def test_aGapSackedPastTooLittleForDuplicatesIsResentWithinTwoRoundTrips() -> None:
+    """
+    The guest SACKs the last segment past a gap, one duplicate ACK where
+    recovery waits for three: 10 ms later the gap counts as lost (the link
+    keeps the order) and is resent, not after the 200 ms timeout.
+    """
+    h = Harness()
+    base = _lostTail(h, openSacking(h))
+    h.send(ACK, seq=h.seq, ack=base + 1000, options=sackOption([(base + 3000, base + 4001)]))
+    assert [p for _, p in h.takeAll() if p] == []
+    h.clock.advance(0.01)
+    resent = [((header.seq - base) & MASK, len(p)) for header, p in h.takeAll() if p]
+    assert resent[:1] == [(1000, 1000)]
+    assert h.nat.tailProbes == 0
+
+
+def test_aLostRetransmissionAtTheEndIsResentWithinTwoRoundTrips() -> None:
+    """
+    In recovery, the resent gap is lost again and nothing follows it to
+    be SACKed: 10 ms after the last ACK it goes once more, not after the
+    200 ms timeout.
+    """
+    h = Harness()
+    base = _lostTail(h, openSacking(h))
+    blocks = sackOption([(base + 2000, base + 4001)])
+    for _ in range(3):
+        h.send(ACK, seq=h.seq, ack=base + 1000, options=blocks)
+    assert [((header.seq - base) & MASK, len(p)) for header, p in h.takeAll() if p] == [
+        (1000, 1000)]
+    h.clock.advance(0.009)
+    assert h.takeAll() == []
+    h.clock.advance(0.001)
+    assert [((header.seq - base) & MASK, len(p)) for header, p in h.takeAll() if p] == [
+        (1000, 1000)]
+    h.ack(base + 4001)
+    assert h.nat.timeouts == 0
+
+
+def test_withoutSackALostTailWaitsForTheTimeout() -> None:
+    """
+    A guest that did not offer SACK could not tell a probe's gap: the lost
+    tail goes again only on the retransmission timeout, as before.
+    """
+    h = Harness()
+    base = _lostTail(h, h.open(options=mssOption(1000)))
+    h.clock.advance(0.1)
+    assert h.takeAll() == []
+    h.clock.advance(0.1)
+    assert [(header.seq - base) & MASK for header, _ in h.takeAll()][:1] == [1000]
+    assert h.nat.tailProbes == 0
 
 
 @settings(max_examples=150, deadline=None)

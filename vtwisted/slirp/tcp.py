@@ -39,8 +39,9 @@ connects refused, answered with RST), C{unreachable} (other connect
 failures, answered with ICMP), C{resets} (RSTs sent to guests for live
 connections: host reset, gave up, data for a closed host), C{guestResets}
 (RSTs from guests for live connections), C{timeouts} (connections given up on retransmissions),
-C{busy} (SYNs refused for the connection limit) and C{strays} (segments for
-no connection, answered with RST).
+C{busy} (SYNs refused for the connection limit), C{strays} (segments for
+no connection, answered with RST) and C{tailProbes} (tail loss probes sent,
+L{vtwisted.slirp.tcpsack}).
 """
 
 from __future__ import annotations
@@ -257,6 +258,7 @@ class TcpNat:
         self._ackCall: Any = None
         self.opened = self.refused = self.unreachable = self.resets = 0
         self.guestResets = self.timeouts = self.busy = self.strays = 0
+        self.tailProbes = 0
 
     @property
     def connectionCount(self) -> int:

@@ -28,7 +28,21 @@ gaps stay open, those retransmissions were lost too (the link keeps the
 order): the gaps are resent once more, not left to the timer.  An RTT is
 also sampled when the timed segment is SACKed, so the RTO follows the
 link through long lossy stretches.  A timeout clears the scoreboard (RFC
-2018: the guest may renege) and goes back to C{sndUna} as before.  Without
+2018: the guest may renege) and goes back to C{sndUna} as before.
+
+A loss in the last segments of a flight leaves too few segments after it
+for duplicate ACKs, and would wait for the retransmission timer (200 ms
+at least).  So, as RFC 8985's tail loss probe, when the timer is armed for
+a flight outside recovery it is first armed for two round trips (10 ms at
+least; 40 ms more for a lone segment, a delayed ACK): if no ACK came by
+then and the guest had SACKed past a gap, the gap is lost (the link keeps
+the order), and recovery starts, where it would need three duplicate ACKs;
+in recovery, what was resent last is resent again (a lost retransmission
+at the end of a stream, which no later SACK can reveal); if nothing was
+SACKed, the last MSS of the flight (and the FIN) is sent again, once per
+flight.  If it was what was lost, its ACK ends the
+matter; if more was lost, the guest SACKs the probe above the gap, and
+that ACK starts recovery at once.  Without
 SACK the connection does what L{vtwisted.slirp.tcpsend} describes.
 """
 
@@ -37,10 +51,16 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from vtwisted.wire.tcp import ACK, OPT_SACK, TCPError, iterOptions
+from vtwisted.wire.tcp import ACK, FIN, OPT_SACK, PSH, TCPError, iterOptions
 
 #: Ranges a scoreboard keeps at most (a guest names 3 or 4 per ACK).
 MAX_RANGES = 64
+#: The shortest wait before a tail loss probe (RFC 8985's floor), and what
+#: a guest may hold back the ACK of a lone segment: Linux's shortest delayed
+#: ACK (a guest that waits longer gets a probe it did not need: a segment
+#: sent twice, which it acknowledges at once).
+MIN_PTO = 0.01
+DELAYED_ACK = 0.04
 _EDGES = struct.Struct("!II")
 
 
@@ -156,11 +176,20 @@ class SackRecovery:
     ssthresh: int
     cwnd: int
     rttSeq: int
+    rttKnown: bool
+    srtt: float
+    rto: float
+    backoff: int
+    sndWnd: int
+    hostEof: bool
+    nat: Any
 
     def initSack(self) -> None:
         self.scoreboard = Scoreboard()
         self.rexmitNext = 0
         self.rexmitMark = 0
+        #: C{sndMax} when a tail loss probe went, until it is acknowledged.
+        self.probeHigh = -1
 
     def emit(self, seq: int, flags: int, payload: Any = b"", options: bytes = b"") -> None:
         raise NotImplementedError()
@@ -170,6 +199,68 @@ class SackRecovery:
 
     def rttSample(self, sample: float) -> None:
         raise NotImplementedError()
+
+    def retransmitFirst(self) -> None:
+        raise NotImplementedError()
+
+    def probeTimeout(self) -> float:
+        """
+        When to look for a lost tail of what is in flight (L{probeDue}):
+        two round trips (a lone segment's delayed ACK added); 0 if not:
+        no SACK or RTT sample yet, a probe out already, a timeout backing
+        off, a zero window, or not sooner than the retransmission timer.
+        """
+        if (not self.sackOk or not self.rttKnown or self.probeHigh >= 0
+                or self.backoff or not self.sndWnd or self.sndMax <= self.sndUna):
+            return 0.0
+        timeout = max(2 * self.srtt, MIN_PTO)
+        if self.sndMax - self.sndUna <= self.mss:
+            timeout += DELAYED_ACK
+        return timeout if timeout < self.rto else 0.0
+
+    def probeDue(self) -> None:
+        """
+        Two round trips passed without an ACK (the link keeps the order):
+        in recovery, what we resent last was lost too: resend the gaps
+        again; else if the guest SACKed past a gap, the gap is lost:
+        recover it now; else probe for a lost tail.
+        """
+        if self.recover >= 0:
+            if self.scoreboard.ranges:
+                self.rexmitNext = self.sndUna
+                self.sackRetransmit(0)
+            else:
+                self.retransmitFirst()
+        elif self.scoreboard.ranges:
+            self.sackRecovery(0)
+        else:
+            self.tailProbe()
+
+    def tailProbe(self) -> None:
+        """
+        Send the last MSS of the flight again (with the FIN if it went).
+        """
+        una = self.sndUna
+        end = min(self.sndMax, self.sndEnd)
+        fin = self.hostEof and self.sndMax > self.sndEnd
+        start = max(una, end - self.mss)
+        if start >= end and not fin:
+            return
+        offset = start - una
+        with memoryview(self.sendBuffer) as view, view[offset : end - una] as payload:
+            self.emit(start, ACK | PSH | FIN if fin else ACK | PSH, payload)
+        self.probeHigh = self.sndMax
+        self.nat.tailProbes += 1
+
+    def probeAnswered(self, ack: int, sacked: int) -> None:
+        """
+        An ACK after a tail loss probe, SACKing C{sacked} new bytes: if it
+        SACKs above a gap short of the probe's end, what the gaps hold was
+        lost; recover it now.
+        """
+        if self.recover < 0 and self.scoreboard.ranges and ack < self.probeHigh:
+            self.probeHigh = -1
+            self.sackRecovery(sacked)
 
     def sackReceived(self, options: bytes) -> int:
         """

@@ -28,10 +28,12 @@ C{sndUna} with a congestion window of one segment (go-back-N: the guest's
 cumulative ACKs then pull the rest), backs the RTO off and gives up after
 L{MAX_RETRIES}.  Three duplicate ACKs retransmit the first unacknowledged
 segment at once; a guest that sends SACK blocks has every gap they reveal
-resent instead, SACKed bytes not counted as in flight
-(L{vtwisted.slirp.tcpsack}).  When the buffer holds more than a high-water mark (at
-most the connection's share of the port's budget) the host transport is
-paused, and resumed below half of it.
+resent instead, SACKed bytes not counted as in flight, and a lost tail
+(too few segments after it for duplicate ACKs) is probed for after two
+round trips instead of a timeout (L{vtwisted.slirp.tcpsack}).  When the
+buffer holds more than a high-water mark (at most the connection's share
+of the port's budget) the host transport is paused, and resumed below half
+of it.
 """
 
 from __future__ import annotations
@@ -165,8 +167,10 @@ class SendSide(SackRecovery):
         self.rttvar = 0.0
         self.rttSeq = -1
         self.rttStart = 0.0
+        self.rttKnown = False
         self.readingPaused = False
         self.timer: Any = None
+        self.probing = False
         self.initSack()
 
     # Hooks the connection provides.
@@ -204,19 +208,35 @@ class SendSide(SackRecovery):
         if self.timer is not None and self.timer.active():
             self.timer.cancel()
         self.timer = None
+        self.probing = False
+
+    def armRetransmit(self) -> None:
+        """
+        (Re)start the timer for what is in flight: as a tail loss probe if
+        one may go (L{probeTimeout}), else as the retransmission timer.
+        """
+        delay = self.probeTimeout()
+        self.probing = delay > 0
+        self.armTimer(delay or self.rto)
 
     def timerRunning(self) -> bool:
         return self.timer is not None and self.timer.active()
 
     def timerFired(self) -> None:
         """
-        Retransmit, probe a zero window, or repeat the handshake.
+        Retransmit, probe for a lost tail, probe a zero window, or repeat
+        the handshake.
         """
         self.timer = None
         if not self.sendAllowed():
             self.handshakeTimeout()
             return
         if self.sndMax <= self.sndUna and not self.persisting():
+            return
+        if self.probing:
+            self.probing = False
+            self.probeDue()
+            self.armTimer(self.rto)
             return
         self.backoff += 1
         if self.backoff > MAX_RETRIES:
@@ -230,6 +250,7 @@ class SendSide(SackRecovery):
             self.ssthresh = max((self.sndMax - self.sndUna) // 2, 2 * self.mss)
             self.cwnd = self.mss
             self.recover = -1
+            self.probeHigh = -1
             self.scoreboard.clear()
             self.sndNxt = self.sndUna
             self.output()
@@ -319,7 +340,7 @@ class SendSide(SackRecovery):
         if nxt > self.sndMax:
             self.sndMax = nxt
         if not self.timerRunning() and (self.sndMax > self.sndUna or self.persisting()):
-            self.armTimer(self.rto)
+            self.armRetransmit()
 
     def closeSending(self) -> None:
         """
@@ -358,6 +379,8 @@ class SendSide(SackRecovery):
                 self.sameAck(window, bare)
         else:
             self.newAck(ack, sacked)
+        if self.probeHigh >= 0:
+            self.probeAnswered(ack, sacked)
         if window > self.maxWnd:
             self.maxWnd = window
         if window == 0:
@@ -428,8 +451,10 @@ class SendSide(SackRecovery):
             self.sackAcknowledged(acked, ack, sacked)
         else:
             self.grow(acked, ack)
+        if self.probeHigh >= 0 and ack >= self.probeHigh:
+            self.probeHigh = -1
         if self.sndMax > ack:
-            self.armTimer(self.rto)
+            self.armRetransmit()
         else:
             self.stopTimer()
         if self.hostEof and ack == self.sndEnd + 1:
@@ -464,6 +489,7 @@ class SendSide(SackRecovery):
         Update the RTO from one round-trip time (Jacobson/Karels).
         """
         self.rttSeq = -1
+        self.rttKnown = True
         if self.srtt == 0.0:
             self.srtt = sample
             self.rttvar = sample / 2
