@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import socketListening, sourceEnv, waitFor
@@ -41,6 +42,28 @@ def daemons() -> Iterator[list[Path]]:
     for path in pidFiles:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(path.read_text()), signal.SIGKILL)
+
+
+def nobodysHome(shortdir: Path, daemons: list[Path]) -> tuple[Any, Path, Path, Path]:
+    """
+    A directory C{nobody} owns under C{shortdir} for a switch that drops
+    privileges to C{nobody}; skips unless root.
+
+    @return: nobody's password entry, the directory, the pid file to give
+        twistd (stopped after the test) and the log file (outside it).
+    """
+    import pwd
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop privileges")
+    nobody = pwd.getpwnam("nobody")
+    shortdir.chmod(0o711)  # nobody may pass through
+    home = shortdir / "run"
+    home.mkdir(mode=0o750)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    pidFile, log = home / "sw.pid", shortdir / "sw.log"
+    daemons.append(pidFile)
+    return nobody, home, pidFile, log
 
 
 @pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "twistd -n"])
@@ -110,17 +133,7 @@ def test_afterTwistdDropsPrivilegesTheSwitchsFilesAreItsUsers(
     of them and the pid file (it could not: nobody may not remove root's
     files, and the stop logged tracebacks).
     """
-    import pwd
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop privileges")
-    nobody = pwd.getpwnam("nobody")
-    shortdir.chmod(0o711)  # nobody may pass through
-    home = shortdir / "run"
-    home.mkdir(mode=0o750)
-    os.chown(home, nobody.pw_uid, nobody.pw_gid)
-    pidFile, log = home / "sw.pid", shortdir / "sw.log"
-    daemons.append(pidFile)
+    nobody, home, pidFile, log = nobodysHome(shortdir, daemons)
     ran = twistd(f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}", f"--pidfile={pidFile}",
                  f"--logfile={log}", "vswitch", "--sock", str(home / "sw"),
                  "--mgmt", str(home / "mgmt"), "--port", f"qemu:unix:{home}/vm.sock",
@@ -147,17 +160,7 @@ def test_aFailedStartAfterDroppingPrivilegesLeavesNothingBehind(
     errno; the directory it made and the pid file (root's, 0600, which
     nobody cannot read) are gone (both were left behind).
     """
-    import pwd
-
-    if os.geteuid() != 0:
-        pytest.skip("needs root to drop privileges")
-    nobody = pwd.getpwnam("nobody")
-    shortdir.chmod(0o711)
-    home = shortdir / "run"
-    home.mkdir(mode=0o750)
-    os.chown(home, nobody.pw_uid, nobody.pw_gid)
-    pidFile, log = home / "sw.pid", shortdir / "sw.log"
-    daemons.append(pidFile)
+    nobody, home, pidFile, log = nobodysHome(shortdir, daemons)
     ran = twistd(f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}", f"--pidfile={pidFile}",
                  f"--logfile={log}", "vswitch", "--sock", str(home / "lab"),
                  "--group", "root", "--mode", "0660", foreground=foreground)
