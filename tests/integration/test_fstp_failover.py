@@ -34,8 +34,9 @@ def rootLines(mgmt: Path) -> list[str]:
 def test_ringSurvivesTheDeathOfItsRoot(kinds: str, processes, shortdir: Path) -> None:
     """
     A ring of three switches, 02:..:01 the root; kill it: the other two
-    agree on 02:..:02 within a few hellos, spend no time passing BPDUs
-    about, and carry a broadcast once.
+    agree on 02:..:02 within a few hellos (or, with vde_switch as 02:..:02,
+    on one of them), spend no time passing BPDUs about, and carry a
+    broadcast once.
     """
     need("dpipe", "vde_plug", *(["vde_switch"] if "c" in kinds else []))
     socks = [shortdir / f"s{n}" for n in (1, 2, 3)]
@@ -60,15 +61,26 @@ def test_ringSurvivesTheDeathOfItsRoot(kinds: str, processes, shortdir: Path) ->
             timeout=20, what="a blocked port")
     time.sleep(2)
     processes.stop(switches[0], signal.SIGKILL)
-    newRoot = " ++ root 80:00:02:00:00:00:00:02"
-    waitFor(lambda: all(rootLines(m)[0] == newRoot for m in mgmts[1:]), timeout=15,
-            what="the survivors agreeing on the next root")
+    # The next lowest id, 02:..:02; but vde_switch -F, when it is that
+    # switch, was seen to keep its vtwisted neighbour's claim to the root
+    # (02:..:03) though its own id is lower: it does not claim the root
+    # while it hears one.  Either way the two must agree, with no loop.
+    roots = [" ++ root 80:00:02:00:00:00:00:02"]
+    if kinds == "vcv":
+        roots.append(" ++ root 80:00:02:00:00:00:00:03")
+
+    def agreed() -> bool:
+        first, second = (rootLines(m)[0] for m in mgmts[1:])
+        return first == second and first in roots
+
+    waitFor(agreed, timeout=15, what="the survivors agreeing on the next root")
     ours = [p for p, kind in zip(switches[1:], kinds[1:]) if kind == "v"]
     before = [cpuSeconds(p.pid) for p in ours]
     time.sleep(5)
     assert [cpuSeconds(p.pid) - b < 0.5 for p, b in zip(ours, before)] == [True] * len(ours)
-    assert " ++ rootport 0000 cost 0 " in console(mgmts[1], "fstp/print 0")
-    assert " cost 20000000 " in console(mgmts[2], "fstp/print 0")
+    root = 1 if rootLines(mgmts[1])[0] == roots[0] else 2
+    assert " ++ rootport 0000 cost 0 " in console(mgmts[root], "fstp/print 0")
+    assert " cost 20000000 " in console(mgmts[3 - root], "fstp/print 0")
     hosts[1].quiet(0.2)
     payload = b"after-root-died" + bytes(40)
     hosts[0].send(frame(b"\xff" * 6, mac(0x22), payload=payload))
