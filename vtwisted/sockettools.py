@@ -2,7 +2,7 @@
 What several port types do with their sockets: claim a Unix socket path a
 crashed process may have left behind, grow a send buffer, and turn a failed
 listen or bind into an L{OSError} that names the spec, the address and the
-errno.
+errno, and describe the peer of a connection.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import struct
 import sys
 from typing import Any
 
+from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
 
 log = Logger()
@@ -172,3 +173,36 @@ def peerCredentials(handle: Any) -> tuple[int, int] | None:
         return None
     pid, uid, _ = _PEERCRED.unpack(raw)
     return pid, uid
+
+
+def socketOf(transport: Any) -> Any:
+    """
+    The socket under a transport, or under the TLS layer over it.
+    """
+    handle = transport.getHandle()
+    while not hasattr(handle, "family") and hasattr(transport, "transport"):
+        transport = transport.transport
+        handle = transport.getHandle()
+    return handle
+
+
+def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
+    """
+    The user owning a connection's peer (Unix sockets only) and a line for
+    C{port/print}: C{qemu-system-x86 pid 1234 on /run/vm.sock}, or
+    C{tcp 127.0.0.1:40000}.
+    """
+    if not isinstance(peer, UNIXAddress):
+        return None, f"{peer.type.lower()} {peer.host}:{peer.port}"
+    path = peer.name or handle.getsockname() or b""
+    where = f" on {path.decode(errors='replace') if isinstance(path, bytes) else path}"
+    credentials = peerCredentials(handle)
+    if credentials is None:
+        return None, f"unix peer{where}"
+    pid, uid = credentials
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            name = comm.read().strip()
+    except OSError:
+        name = "process"
+    return uid, f"{name} pid {pid}{where}"

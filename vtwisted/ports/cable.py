@@ -76,11 +76,11 @@ from vtwisted.ports.streamlinks import (
     StreamLink,
     StreamPorts,
     packLength,
-    socketOf,
 )
 from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.ports.tlsverify import RecordingCreator, rejection
+from vtwisted.sockettools import socketOf
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vnet
 

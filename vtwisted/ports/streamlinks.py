@@ -54,7 +54,7 @@ from vtwisted.ports.streamfailures import (
     peerHost,
     whyLost,
 )
-from vtwisted.sockettools import peerCredentials
+from vtwisted.sockettools import describePeer, socketOf
 
 log = Logger()
 
@@ -324,39 +324,6 @@ class StreamLink(Int32StringReceiver):
         transport: Any = self.transport
         transport.unregisterProducer()
         transport.abortConnection()
-
-
-def socketOf(transport: Any) -> Any:
-    """
-    The socket under a transport, or under the TLS layer over it.
-    """
-    handle = transport.getHandle()
-    while not hasattr(handle, "family") and hasattr(transport, "transport"):
-        transport = transport.transport
-        handle = transport.getHandle()
-    return handle
-
-
-def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
-    """
-    The user owning a connection's peer (Unix sockets only) and a line for
-    C{port/print}: C{qemu-system-x86 pid 1234 on /run/vm.sock}, or
-    C{tcp 127.0.0.1:40000}.
-    """
-    if not isinstance(peer, UNIXAddress):
-        return None, f"{peer.type.lower()} {peer.host}:{peer.port}"
-    path = peer.name or handle.getsockname() or b""
-    where = f" on {path.decode(errors='replace') if isinstance(path, bytes) else path}"
-    credentials = peerCredentials(handle)
-    if credentials is None:
-        return None, f"unix peer{where}"
-    pid, uid = credentials
-    try:
-        with open(f"/proc/{pid}/comm") as comm:
-            name = comm.read().strip()
-    except OSError:
-        name = "process"
-    return uid, f"{name} pid {pid}{where}"
 
 
 class StreamPorts(Service):

@@ -60,11 +60,11 @@ from zope.interface import implementer
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.ports.streamconnector import StreamConnector
-from vtwisted.ports.streamlinks import describePeer, socketOf
 from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.ports.vhostrings import Ring
 from vtwisted.ports.virtqueue import DirtyLog, GuestMemory, VirtqueueError
+from vtwisted.sockettools import describePeer, socketOf
 from vtwisted.spec import PortSpec
 from vtwisted.wire import arp, vnet
 from vtwisted.wire import vhostuser as vu
