@@ -163,7 +163,8 @@ class ManholeTransport(SSHServerTransport):
 class ManholeConnection(connection.SSHConnection):
     """
     Sessions only: other channels (C{ssh -L}, C{-W}, C{-D}) are refused with
-    a line in the log rather than Twisted's traceback.
+    a line in the log rather than Twisted's traceback, as many times a
+    minute per peer as its connection's other lines (L{PeerLogger}).
     """
 
     def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
@@ -172,8 +173,9 @@ class ManholeConnection(connection.SSHConnection):
         if kind in transport.avatar.channelLookup:
             super().ssh_CHANNEL_OPEN(packet)
             return
-        log.warn("manhole: refused a {kind} channel from {peer}: only sessions are served",
-                 kind=kind.decode("utf-8", "replace"), peer=transport.transport.getPeer())
+        # the connection's own logger: bounded per peer, as its other lines
+        transport._log.warn("refused a {channel} channel: only sessions are served",
+                            kind="refused a channel", channel=kind.decode("utf-8", "replace"))
         (sender,) = struct.unpack(">L", rest[:4])
         transport.sendPacket(
             connection.MSG_CHANNEL_OPEN_FAILURE,

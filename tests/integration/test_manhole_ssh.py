@@ -216,7 +216,7 @@ def test_forwardingIsRefusedInOneLine(vswitch, shortdir) -> None:
     manhole = Manhole(vswitch, shortdir)
     done = manhole.ssh("-W", "127.0.0.1:9", stdin=b"")
     assert done.returncode == 255 and b"forwarding failed" in done.stderr, done.stderr
-    waitFor(lambda: "manhole: refused a direct-tcpip channel" in manhole.switch.logText(),
+    waitFor(lambda: "refused a direct-tcpip channel" in manhole.switch.logText(),
             what="the refusal in the log")
     assert "Traceback" not in manhole.switch.logText()
 

@@ -383,7 +383,9 @@ def test_welcomeLineIsNotWipedWhenSized() -> None:
 def test_nonSessionChannelsAreRefusedInOneLine() -> None:
     """
     ssh -L/-W/-D ask for a TCP channel: refused as administratively
-    prohibited, with one warning naming it, not a logged traceback.
+    prohibited, with one warning naming it and the peer, not a logged
+    traceback; a client asking again and again gets no more lines until the
+    minute's count.
     """
     import struct
     from types import SimpleNamespace
@@ -392,24 +394,38 @@ def test_nonSessionChannelsAreRefusedInOneLine() -> None:
     from twisted.conch.ssh.common import NS
     from twisted.conch.ssh.transport import SSHServerTransport
     from twisted.internet.address import IPv4Address
-    from twisted.logger import capturedLogs
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs, formatEvent
 
     from vtwisted.manhole import ManholeConnection
+    from vtwisted.refusals import PeerLogger, RefusalLog
 
     sent: list[tuple[int, bytes]] = []
+    clock = Clock()
+    peer = IPv4Address("TCP", "127.0.0.1", 40000)
     conn = ManholeConnection()
     conn.transport = cast(SSHServerTransport, SimpleNamespace(
         avatar=SimpleNamespace(channelLookup={b"session": session.SSHSession}),
         sendPacket=lambda kind, payload: sent.append((kind, payload)),
-        transport=SimpleNamespace(getPeer=lambda: IPv4Address("TCP", "127.0.0.1", 40000))))
+        _log=PeerLogger(RefusalLog(clock, what="line(s)"), peer),
+        transport=SimpleNamespace(getPeer=lambda: peer)))
     with capturedLogs() as events:
-        conn.ssh_CHANNEL_OPEN(NS(b"direct-tcpip") + struct.pack(">3L", 7, 65536, 32768)
-                              + NS(b"127.0.0.1") + struct.pack(">L", 9))
-    ((kind, payload),) = sent
+        for number in range(50):
+            conn.ssh_CHANNEL_OPEN(NS(b"direct-tcpip") + struct.pack(">3L", number, 65536, 32768)
+                                  + NS(b"127.0.0.1") + struct.pack(">L", 9))
+    assert len(sent) == 50
+    kind, payload = sent[0]
     assert kind == connection.MSG_CHANNEL_OPEN_FAILURE
-    assert struct.unpack(">2L", payload[:8]) == (7, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
-    assert [event.get("kind") for event in events] == ["direct-tcpip"]
+    assert struct.unpack(">2L", payload[:8]) == (0, connection.OPEN_ADMINISTRATIVELY_PROHIBITED)
+    (line,) = [formatEvent(event) for event in events]
+    assert line == ("manhole: 127.0.0.1:40000: refused a direct-tcpip channel: "
+                    "only sessions are served"), line
     assert not any("log_failure" in event for event in events)
+    with capturedLogs() as events:
+        clock.advance(60)
+    (summary,) = [formatEvent(event) for event in events]
+    assert summary.startswith("manhole: 49 more line(s) like 'refused a channel' from 127.0.0.1"), (
+        summary)
 
 
 def test_aClientsGoodbyeIsNoError() -> None:
