@@ -72,8 +72,11 @@ class Header(NamedTuple):
     @classmethod
     def parse(cls, data: bytes) -> Header:
         """
-        @raise VhostUserError: a version other than 1, or a payload too big.
+        @raise VhostUserError: shorter than a header, a version other than 1,
+            or a payload too big.
         """
+        if len(data) < HEADER.size:
+            raise VhostUserError(f"{len(data)} bytes, shorter than a {HEADER.size}-byte header")
         header = cls(*HEADER.unpack_from(data))
         if header.flags & 0x3 != VERSION:
             raise VhostUserError(f"request {header.request}: version {header.flags & 3}, not 1")
