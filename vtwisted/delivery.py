@@ -106,8 +106,8 @@ class Delivery:
             if forms is None:
                 forms = Forms(data, isVnet, tagged, vlan.vid if vlan else 0)
             try:
-                if isVnet and out.vnet:
-                    packet = forms.packet(wantTagged)
+                packet = forms.packet(wantTagged) if isVnet and out.vnet else None
+                if packet is not None:
                     n = len(packet) - _VNET
                     if n > out.maxFrame and _largest(packet) > out.maxFrame:
                         out.dropped("mtu", f"{_largest(packet)} bytes, more than {out.maxFrame}")

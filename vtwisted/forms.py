@@ -6,12 +6,17 @@ untagged, with or without the virtio-net header, as one packet or as the
 plain frames of a super-frame.  L{Forms} makes each of those at most once
 per received frame, on first demand, and hands the same object to every
 port that wants it.
+
+A super-frame (GSO) that would leave with its IP header behind more tags
+than a GSO packet may carry (L{vtwisted.wire.vnet.MAX_TAGS}: a QinQ frame
+tagged once more) has no packet form: ports with the header get its plain
+frames instead, which they take whatever the tags.
 """
 
 from __future__ import annotations
 
 from vtwisted.wire import vlan as vlanwire
-from vtwisted.wire import vnet
+from vtwisted.wire import vnet, vnetcheck
 
 
 class Forms:
@@ -47,9 +52,11 @@ class Forms:
             self._plain[tagged] = frames
         return frames
 
-    def packet(self, tagged: bool) -> bytes:
+    def packet(self, tagged: bool) -> bytes | None:
         """
-        The virtio-net packet, tagged or not.
+        The virtio-net packet, tagged or not; None if that form would be a
+        super-frame no port with the header takes (see the module's
+        docstring), so that its plain frames must go instead.
         """
         packet = self._packets.get(tagged)
         if packet is None:
@@ -57,7 +64,9 @@ class Forms:
                 packet = self.data
             elif tagged:
                 packet = vnet.insertTag(self.data, self.vid)
+                if packet[1] and vnetcheck.validate(packet) is not None:
+                    packet = b""
             else:
                 packet = vnet.removeTag(self.data)
             self._packets[tagged] = packet
-        return packet
+        return packet or None
