@@ -204,6 +204,20 @@ def test_plainBootpAskingForATakenAddressIsRefused() -> None:
     assert reply is not None and reply.messageType == dhcp.NAK
 
 
+@pytest.mark.parametrize("value", [b"\0", b""])
+def test_aMessageTypeOptionWithNoTypeIsRefusedNotLeasedTo(value: bytes) -> None:
+    """
+    Option 53 holding 0 or nothing is no message type, and not plain BOOTP
+    either (which has no option 53): it is refused as malformed, and no
+    address is leased for it.
+    """
+    server = makeServer()
+    message = clientMessage(None, mac(1))._replace(options=((dhcp.OPT_MESSAGE_TYPE, value),))
+    with pytest.raises(dhcp.DHCPError, match="no message type"):
+        exchange(server, message)
+    assert server.leases() == []
+
+
 @pytest.mark.parametrize("kind", [dhcp.RELEASE, dhcp.DECLINE, dhcp.INFORM, dhcp.OFFER, 99])
 def test_releaseDeclineInformAndOthersGetNoAnswer(kind: int) -> None:
     """

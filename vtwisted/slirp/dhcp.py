@@ -126,11 +126,17 @@ class DhcpServer:
 
         @param message: a message received on port 67.
         @return: an OFFER, ACK or NAK to broadcast, or None for no answer.
+        @raise dhcp.DHCPError: its message type option is empty or 0 (not
+            plain BOOTP, which has none, and not to be leased to as such).
         """
         mac = message.clientMac
         if message.op != dhcp.BOOTREQUEST or mac is None:
             return None
-        kind = message.messageType or dhcp.REQUEST
+        kind = message.messageType
+        if kind is None and message.option(dhcp.OPT_MESSAGE_TYPE) is None:
+            kind = dhcp.REQUEST  # plain BOOTP
+        elif not kind:
+            raise dhcp.DHCPError(f"DHCP message type option holds {kind!r}, no message type")
         if kind == dhcp.RELEASE:
             self._release(message.ciaddr, mac)
             return None

@@ -350,10 +350,10 @@ class SlirpRouter(GuestSender):
     def _dhcpReceived(self, payload: bytes, packet: memoryview) -> None:
         try:
             message = dhcp.DHCPMessage.parse(payload)
+            reply = self.dhcp.handle(message)
         except dhcp.DHCPError as e:
             self.dropped("malformed", f"DHCP from {dotted(packet[12:16])}: {e}")
             return
-        reply = self.dhcp.handle(message)
         if reply is None:
             return
         mac = message.clientMac
