@@ -16,7 +16,10 @@ frames instead, which they take whatever the tags.
 from __future__ import annotations
 
 from vtwisted.wire import vlan as vlanwire
-from vtwisted.wire import vnet, vnetcheck
+from vtwisted.wire import vnet
+from vtwisted.wire.ethernet import ETH_P_8021AD, ETH_P_8021Q
+
+_VLAN_TYPES = (ETH_P_8021Q, ETH_P_8021AD)
 
 
 class Forms:
@@ -64,8 +67,8 @@ class Forms:
                 packet = self.data
             elif tagged:
                 packet = vnet.insertTag(self.data, self.vid)
-                if packet[1] and vnetcheck.validate(packet) is not None:
-                    packet = b""
+                if packet[1] and vnet.networkHeader(packet)[1] in _VLAN_TYPES:
+                    packet = b""  # a GSO packet's IP header behind a third tag
             else:
                 packet = vnet.removeTag(self.data)
             self._packets[tagged] = packet
