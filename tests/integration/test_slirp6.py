@@ -325,3 +325,66 @@ def test_aJumboLanKeepsItsIpv6MtuUnlessMtuIsGiven(vswitch, namespaces) -> None:
             result = run(*execIn(hosts[0], "ping", "-6", "-c", "2", "-W", "2", "-M", "do",
                                  "-s", "8952", peer), check=False)
             assert result.returncode == 0, result.stdout + result.stderr
+
+
+#: The guest sends a 4000-byte datagram to [argv[1]]:argv[2] until answered
+#: (the first is lost to a Packet Too Big, after which its kernel cuts it),
+#: and prints the path MTU its kernel then has and the length of the answer.
+PMTU_PROBE = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+answer = None
+for attempt in range(3):
+    try:
+        s.send(bytes(4000))
+        answer = s.recv(65536)
+        break
+    except OSError:
+        pass
+print(s.getsockopt(socket.IPPROTO_IPV6, 24), len(answer or b""))
+"""
+
+
+def test_aJumboGuestLearnsAGivenMtuFromTheRouter(vswitch, namespaces) -> None:
+    """
+    A guest with link MTU 9000 that ignores the advertisements' MTU, behind
+    C{slirp:mtu=1500}: its 4000-byte IPv6 datagram gets a Packet Too Big
+    (as libslirp sends), so its kernel sends it again in fragments and the
+    host's answer comes back, instead of losing it unanswered; an IPv4
+    ping that may not be fragmented gets fragmentation needed.
+    """
+    import socket
+    import sys
+    import threading
+
+    tap = uniqueName("vt6")
+    sw = vswitch("--port", f"tap:{tap}", "--port", "slirp:mtu=1500")
+    ns = namespaces.add("vt6")
+    moveTap(tap, ns, None, up=False)
+    run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{tap}.accept_ra_mtu=0"))
+    run("ip", "-n", ns, "link", "set", tap, "mtu", "9000", "up")
+    waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20, what="a SLAAC address")
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as host:
+        host.bind(("::1", 0))
+        host.settimeout(15)
+
+        def answer() -> None:
+            try:
+                data, peer = host.recvfrom(65536)
+            except TimeoutError:
+                return
+            host.sendto(data, peer)
+
+        answering = threading.Thread(target=answer)
+        answering.start()
+        result = run(*execIn(ns, sys.executable, "-c", PMTU_PROBE, f"{PREFIX}2",
+                             str(host.getsockname()[1])), check=False, timeout=30)
+        answering.join()
+    assert result.stdout.split() == ["1500", "4000"], result.stdout + result.stderr + sw.logText()
+    run("ip", "-n", ns, "addr", "add", "10.0.2.15/24", "dev", tap)
+    pings = [run(*execIn(ns, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "4000",
+                         "10.0.2.2"), check=False) for _ in range(2)]
+    assert "mtu=1500" in pings[1].stdout + pings[1].stderr, pings[1].stdout + pings[1].stderr
+    assert "Traceback" not in sw.logText(), sw.logText()

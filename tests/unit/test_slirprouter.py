@@ -487,3 +487,32 @@ def test_udpToTheLimitedBroadcastGoesToTheHostsLoopback(options: str, reaches: b
     assert router.hostAddress(everyone, 9999, ipv4.PROTO_UDP) == expected
     assert router.hostAddress(everyone, 9999, ipv4.PROTO_TCP) is None
     assert seen.frames == [] and seen.drops == []
+
+
+@pytest.mark.parametrize("options, answered", [(":mtu=1500", False), ("", True)])
+def test_unfragmentablePacketsPastAGivenMtuAreToldTheMtu(options: str, answered: bool) -> None:
+    """
+    With C{mtu=1500}, a 4028-byte ping to the gateway that may not be
+    fragmented gets fragmentation needed with the MTU, not an echo, and the
+    drop is counted; one that may be fragmented, and any without C{mtu=}
+    (the port takes jumbo frames), is answered.
+    """
+    router, seen = makeRouter(options)
+    router.learn(GUEST, GUEST_MAC)
+    big = echoRequest(bytes(4000))
+    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP, big, flags=ipv4.FLAG_DF))
+    header = ipv4.IPv4Header.parse(seen.frames[0], 14)
+    message = icmp.ICMPMessage.parse(seen.frames[0], 34)
+    if answered:
+        assert message.type == icmp.ECHO_REPLY and seen.drops == []
+        return
+    assert (header.src, header.dst) == (GATEWAY, GUEST)
+    assert (message.type, message.code) == (icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED)
+    assert message.rest == (1500).to_bytes(4, "big") and icmp.checksumOk(seen.frames[0][34:])
+    assert len(seen.frames[0]) < 100, "the error quotes the header and 8 bytes"
+    [(reason, text)] = seen.drops
+    assert reason == "mtu" and "4028-byte packet" in text and "MTU 1500" in text
+    seen.frames.clear()
+    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP, big))
+    reply = icmp.ICMPMessage.parse(b"".join(seen.frames[:1]), 34)
+    assert reply.type == icmp.ECHO_REPLY, "a fragmentable one is taken whole, as libslirp does"

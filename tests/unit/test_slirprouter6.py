@@ -320,3 +320,31 @@ def test_malformedDhcpv6IsCounted() -> None:
     assert seen.frames == []
     assert seen.drops == [("malformed", "DHCPv6 from fe80::15: option 1 of 50 bytes runs "
                            "past the end")]
+
+
+@pytest.mark.parametrize("options, size, mtu", [
+    (":mtu=1500", 4000, 1500), (":mtu=576", 1400, 1280), (":mtu=576", 1200, None),
+    ("", 8000, None)])
+def test_packetsPastAGivenMtuGetPacketTooBig(options: str, size: int, mtu: int | None) -> None:
+    """
+    With C{mtu=}, a ping to the gateway larger than it (never than IPv6's
+    1280) is answered with a Packet Too Big naming the MTU, as libslirp
+    does, and counted; smaller ones, and any without C{mtu=} (the port
+    takes jumbo frames), are answered with an echo.  The router's own
+    packets are never cut below 1280 bytes.
+    """
+    router, seen = makeRouter(options)
+    router.v6.learn(GUEST, GUEST_MAC)
+    router.frameReceived(icmpFrame(GUEST, GATEWAY, icmpv6.ECHO_REQUEST, bytes(size), 64))
+    if mtu is None:  # the echo reply, in fragments past the router's 1500
+        header = ipv6.IPv6Header.parse(seen.frames[0], 14)
+        assert seen.drops == [] and header.src == GATEWAY
+        assert header.nextHeader == (ipv6.NH_FRAGMENT if size > 1452 else ipv6.NH_ICMPV6)
+        return
+    header, message = parsed(seen.frames[0])
+    assert (header.src, header.dst) == (GATEWAY, GUEST)
+    assert (message.type, message.code) == (icmpv6.PACKET_TOO_BIG, 0)
+    assert message.body[:4] == mtu.to_bytes(4, "big")
+    assert len(seen.frames[0]) == 14 + 1280, "as much of the packet as fits in 1280 bytes"
+    [(reason, text)] = seen.drops
+    assert reason == "mtu" and f"{size + 44}-byte packet" in text

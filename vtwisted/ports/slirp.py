@@ -361,6 +361,9 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:
     spec.positional([], 0)
     config = readConfig(spec)
     options = PortOptions.fromSpec(spec)
+    # mtu= is the router's: it answers larger packets itself (Packet Too
+    # Big), which a port MTU would drop unanswered, a path-MTU black hole.
+    options.mtu = None
     spec.checkKeywords()
     service = SlirpService(switch, reactor, config, options, spec.text)
     for forward in config.guestForwards:

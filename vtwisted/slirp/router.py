@@ -57,7 +57,7 @@ from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.slirp.fragments import Reassembler
 from vtwisted.slirp.routersend import GuestSender
 from vtwisted.sockettools import linuxAtLeast
-from vtwisted.wire import dhcp, icmp, ipv4, vnet
+from vtwisted.wire import dhcp, icmp, icmpv6, ipv4, vnet
 from vtwisted.wire.checksum import checksumValid, pseudoHeaderSumV4
 from vtwisted.wire.ethernet import formatMac
 from vtwisted.wire.udp import UDPError, UDPHeader
@@ -114,6 +114,10 @@ class SlirpRouter(GuestSender):
         self.gateway = config.gateway
         self.nameserver = config.nameserver
         self.mtu = config.mtu
+        #: The largest packet taken from a guest: none without C{mtu=} (the
+        #: port takes jumbo frames); with it, larger IPv6 packets, and IPv4
+        #: ones that may not be fragmented, are answered as a router would.
+        self.mru = config.mtu if config.mtuGiven else None
         self.restricted = config.restricted
         #: Whether guests get IPv4 at all (C{ipv4=off}: IPv6 alone).
         self.ipv4 = config.ipv4
@@ -211,7 +215,8 @@ class SlirpRouter(GuestSender):
         A plain frame the switch sent to this port.
         """
         try:
-            self._dispatch(frame, 0, False)
+            if not self._tooBig(frame, 0):
+                self._dispatch(frame, 0, False)
         except Exception:
             log.failure("slirp: the router failed on a frame")
 
@@ -230,6 +235,8 @@ class SlirpRouter(GuestSender):
                         self._dispatch(frame, 0, False)
                 return
             verified = bool(flags & (vnet.NEEDS_CSUM | vnet.DATA_VALID))
+            if gsoType == vnet.GSO_NONE and self._tooBig(packet, vnet.HEADER_LENGTH):
+                return
             self._dispatch(packet, vnet.HEADER_LENGTH, verified)
         except vnet.VnetError as e:
             self.dropped("malformed", f"bad virtio-net packet: {e}")
@@ -249,6 +256,36 @@ class SlirpRouter(GuestSender):
         if found is None or found[2] in (_ALL_ONES, self.broadcast) or found[2][0] >= 224:
             return False
         self.udp.datagramsReceived(*found)
+        return True
+
+    def _tooBig(self, frame: bytes, start: int) -> bool:
+        """
+        Whether C{frame} holds a guest's packet for the router larger than
+        C{mtu=} allows; if so it is answered (libslirp's IPv6 Packet Too
+        Big, or IPv4's fragmentation needed for a packet with DF set) and
+        counted, not routed.  A guest on a jumbo LAN then learns the path
+        MTU instead of losing its packets.
+        """
+        mru = self.mru
+        if mru is None or len(frame) - start - 14 <= mru or frame[start:start + 6] \
+                not in self.ownMacs:
+            return False
+        kind, ip = frame[start + 12:start + 14], start + 14
+        if kind == _IPV6 and self.v6 is not None and len(frame) >= ip + 40:
+            size, limit = 40 + _ID.unpack_from(frame, ip + 4)[0], max(mru, icmpv6.MIN_MTU)
+            if size <= limit:
+                return False
+            self.v6.sendTooBig(memoryview(frame)[ip:], limit)
+        elif kind == _IPV4 and self.ipv4 and len(frame) >= ip + 20:
+            size = _ID.unpack_from(frame, ip + 2)[0]
+            if size <= mru or not frame[ip + 6] & 0x40:
+                return False
+            self.sendIcmpError(frame[ip:ip + 68], icmp.DEST_UNREACHABLE,
+                               icmp.FRAGMENTATION_NEEDED, mru, self.gateway)
+        else:
+            return False
+        self.dropped("mtu", f"a {size}-byte packet from {formatMac(frame[start + 6:start + 12])}"
+                            f", more than the MTU {mru}: answered with an ICMP error")
         return True
 
     def _dispatch(self, frame: bytes, start: int, verified: bool) -> None:

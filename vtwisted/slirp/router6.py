@@ -309,11 +309,12 @@ class Ipv6Router:
         Send C{payload} (checksums computed) to a guest, in fragments if it
         does not fit in the MTU.
         """
-        if 40 + len(payload) <= self.router.mtu:
+        mtu = max(self.router.mtu, icmpv6.MIN_MTU)  # no IPv6 link has less
+        if 40 + len(payload) <= mtu:
             self._sendPacket(dst, _ipHeader(src, dst, nextHeader, len(payload), hopLimit)
                              + payload)
             return
-        room = (self.router.mtu - 48) & ~7
+        room = (mtu - 48) & ~7
         self._ident = (self._ident + 1) & 0xFFFFFFFF
         for start in range(0, len(payload), room):
             piece = payload[start:start + room]
@@ -350,7 +351,14 @@ class Ipv6Router:
         """
         self._sendError(packet, icmpv6.DEST_UNREACHABLE, _CODES.get(code4, icmpv6.NO_ROUTE))
 
-    def _sendError(self, packet: Buffer, kind: int, code: int) -> None:
+    def sendTooBig(self, packet: Buffer, mtu: int) -> None:
+        """
+        Answer the guest's IPv6 C{packet}, larger than the router's C{mtu},
+        with a Packet Too Big (as libslirp does), so its path MTU drops.
+        """
+        self._sendError(packet, icmpv6.PACKET_TOO_BIG, 0, mtu)
+
+    def _sendError(self, packet: Buffer, kind: int, code: int, rest: int = 0) -> None:
         """
         Answer the guest's IPv6 C{packet} with an ICMPv6 error from the
         router; never about an error, nor to an unspecified or multicast
@@ -367,7 +375,7 @@ class Ipv6Router:
             return
         reporter = LINK_LOCAL if src[:2] == b"\xfe\x80" else self.gateway
         self.sendIP(reporter, src, ipv6.NH_ICMPV6,
-                    icmpv6.errorMessage(kind, code, packet, reporter, src))
+                    icmpv6.errorMessage(kind, code, packet, reporter, src, rest))
 
     def _forwarded(self, dst: bytes) -> bool:
         """
