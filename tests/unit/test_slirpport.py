@@ -43,6 +43,31 @@ async def test_ipv6ForwardNeedsAGuestInThePrefix(switch) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_ipv6ForwardToTheRoutersOwnAddressesIsRefused(switch) -> None:
+    """
+    A forward to the IPv6 gateway, DNS proxy or the prefix's own address
+    is refused, as IPv4's to the gateway and DNS are (it led nowhere: the
+    host's client waited forever); one to a guest of the prefix opens.
+    """
+    import socket
+
+    from vtwisted.slirp.config import parseForward
+
+    first = bytes([10, 0, 2, 15])
+    spec = "slirp:host6=fec0\\:\\:1:dns6=fec0\\:\\:a"
+    service = switch(spec).specs[spec]
+    for guest in ("fec0::1", "fec0::a", "fec0::"):
+        with pytest.raises(OSError, match="not the gateway, DNS"):
+            service.addForward(parseForward(f"udp:[::1]:40003-[{guest}]:80", first))
+    assert not service.forwards
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+        probe.bind(("::1", 0))
+        free = probe.getsockname()[1]
+    service.addForward(parseForward(f"udp:[::1]:{free}-[fec0::2]:80", first))
+    assert len(service.forwards) == 1
+
+
+@pytest_twisted.ensureDeferred
 async def test_movingASlirpPortIntoAClashingVlanIsRefused(switch) -> None:
     """
     port/setvlan refuses to bring a slirp router into a VLAN whose slirp

@@ -268,6 +268,11 @@ class SlirpService(SingleLinkService):
                 raise OSError(22, f"{self.spec}: forward {forward}: the guest must be in "
                                   f"{prefix or 'the IPv6 prefix, and IPv6 is off'}"
                                   f"{f' or {delegated}' if prefix and delegated else ''}")
+            if forward.guestAddress in (self.config.gateway6, self.config.nameserver6,
+                                        prefix.network_address.packed):
+                raise OSError(22, f"{self.spec}: forward {forward}: the guest must be a "
+                                  f"guest's address in {prefix} (not the gateway, DNS or "
+                                  "the prefix's own)")
         elif not self.config.ipv4:
             raise OSError(22, f"{self.spec}: forward {forward}: guests have no IPv4 "
                               "(ipv4=off)")
