@@ -157,6 +157,17 @@ def test_forwardsTakeBracketedIpv6Addresses(rule: str, shown: str) -> None:
     assert str(parseForward(rule, bytes([10, 0, 2, 15]))) == shown
 
 
+def test_oneForwardWrittenTwoWaysIsTheSame() -> None:
+    """
+    Host addresses are read as addresses, not kept as written: a forward
+    added as C{[0:0::1]} is removed as C{[::1]}, and shown that way.
+    """
+    first = bytes([10, 0, 2, 15])
+    added = parseForward("tcp:[0:0::0001]:8080-[fec0::99]:80", first)
+    assert added == parseForward("tcp:[::1]:8080-[fec0::99]:80", first)
+    assert str(added) == "tcp:[::1]:8080-[fec0::99]:80"
+
+
 @pytest.mark.parametrize(
     ("rule", "problem"),
     [("tcp:[::1:8080-:80", "expected"), ("tcp::8080-[10.0.2.15]:80", "bracketed IPv6"),

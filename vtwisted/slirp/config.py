@@ -388,7 +388,8 @@ def parseForward(text: str, defaultGuest: bytes) -> Forward:
         raise fail(f"protocol {protocol!r} is not tcp or udp")
     hostAddress = match["host"].strip("[]") or "127.0.0.1"
     try:
-        ipaddress.ip_address(hostAddress)
+        # as the address reads, so that a removal may write it otherwise
+        hostAddress = str(ipaddress.ip_address(hostAddress))
     except ValueError:
         raise fail(f"{hostAddress!r} is not an IP address") from None
     guestText = match["guest"]
