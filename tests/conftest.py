@@ -1,5 +1,6 @@
 """
-Shared fixtures: temporary directories with short paths, processes stopped
+Shared fixtures: a guard that fails any test whose sockets would send off
+the machine, temporary directories with short paths, processes stopped
 by PID, network namespaces deleted even when a test fails, a running
 C{twistd vswitch}, and switch services in this process's reactor.
 """
@@ -25,6 +26,18 @@ from helpers import (
     twistdArgv,
     waitFor,
 )
+from netguard import networkGuard
+
+
+@pytest.fixture(autouse=True)
+def offTheMachine() -> Iterator[None]:
+    """
+    Every test: no socket of this process may send off the machine (see
+    L{netguard}); one that tried fails, even if the code took the refusal.
+    """
+    with networkGuard() as guard:
+        yield
+    assert not guard.refused, guard.refused
 
 
 @pytest.fixture
