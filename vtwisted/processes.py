@@ -165,7 +165,7 @@ class CommandTransport:
         @return: fires once nothing of it is left.
         """
         self.loseConnection()
-        return stopGroup(clock, self.pid, STOP_GRACE)
+        return stopGroup(clock, self.pid, STOP_GRACE, self.process)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.process.registerProducer(producer, streaming)
@@ -255,6 +255,18 @@ def signalGroup(group: int | None, name: str) -> None:
         pass
 
 
+def signalLeader(pid: int, name: str) -> None:
+    """
+    Send signal C{name} to the command's own process alone: one that has
+    not made its session (and group) yet.  Only for a process not reaped
+    yet, whose pid cannot be another's.
+    """
+    try:
+        os.kill(pid, getattr(signal, f"SIG{name}"))
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def groupAlive(group: int) -> bool:
     """
     Whether process group C{group} has a process left (one of ours: not
@@ -267,15 +279,32 @@ def groupAlive(group: int) -> bool:
     return True
 
 
-def stopGroup(clock: Any, group: int | None, termAfter: float) -> Deferred[None]:
+def unreaped(process: Any) -> bool:
+    """
+    Whether C{process} (a Twisted process transport) has not been reaped
+    yet: Twisted forgets its pid once it has.
+    """
+    return process is not None and getattr(process, "pid", None) is not None
+
+
+def stopGroup(clock: Any, group: int | None, termAfter: float,
+              process: Any = None) -> Deferred[None]:
     """
     End what is left of a command's process group: C{TERM} after
     C{termAfter} seconds, C{KILL} L{STOP_GRACE} seconds after that, to
     whatever of it is still there.
 
-    @return: fires once the group is empty (looked at every tenth of a
-        second, so no signal ever goes to a group that is gone and whose
-        number could be another's), or L{STOP_GRACE} after the C{KILL}.
+    A command just spawned has no group yet: its process makes its
+    session (C{setsid}) only once it runs, which may be after this is
+    called (a port deleted, or the switch stopped, just as a command is
+    started again).  So while C{process}, the command's own, is not reaped
+    the command is taken for alive even with no group, and a signal due
+    then goes to that process itself.
+
+    @return: fires once the group is empty and the command's process
+        reaped (looked at every tenth of a second, so no signal ever goes
+        to a group that is gone and whose number could be another's), or
+        L{STOP_GRACE} after the C{KILL}.
     """
     done: Deferred[None] = Deferred()
     if group is None:
@@ -284,14 +313,18 @@ def stopGroup(clock: Any, group: int | None, termAfter: float) -> Deferred[None]
     start, sent = clock.seconds(), set()
 
     def look() -> None:
-        if not groupAlive(group):
+        grouped = groupAlive(group)
+        if not grouped and not unreaped(process):
             done.callback(None)
             return
         elapsed = clock.seconds() - start
         for name, after in (("TERM", termAfter), ("KILL", termAfter + STOP_GRACE)):
             if elapsed >= after and name not in sent:
                 sent.add(name)
-                signalGroup(group, name)
+                if grouped:
+                    signalGroup(group, name)
+                else:
+                    signalLeader(group, name)
         if elapsed >= termAfter + 2 * STOP_GRACE:
             done.callback(None)
             return
@@ -481,7 +514,8 @@ class CommandEndpoint:
 
         @return: fires once nothing of them is left.
         """
-        return DeferredList([stopGroup(self.reactor, process.pid, 0) for process in self.runs])
+        return DeferredList([stopGroup(self.reactor, process.pid, 0, process)
+                             for process in self.runs])
 
 
 def exitText(reason: Failure | None) -> str:

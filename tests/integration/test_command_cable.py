@@ -143,3 +143,25 @@ def test_whatACommandStartedEndsWithIt(vswitch) -> None:
     sw.process.send_signal(signal.SIGTERM)
     sw.process.wait(timeout=30)
     assert not running(), "the child outlived the switch"
+
+
+def test_aCommandDeletedAsSoonAsAddedDoesNotOutliveItsPort(vswitch, shortdir) -> None:
+    """
+    port/del right after port/add of a cmd: port whose command ignores the
+    end of its input: the command had no session of its own yet when it
+    was stopped (it makes it once it runs), yet it gets TERM like any
+    other and none is left running, however often this is done (before,
+    some of them ran on, forgotten by the switch).
+    """
+    mgmt = shortdir / "mgmt"
+    vswitch("--mgmt", str(mgmt))
+    marker = f"sleep 64.{os.getpid()}"
+    spec = f"cmd:{marker}"
+    for _ in range(10):
+        replies = console(mgmt, f"port/add {spec}", f"port/del {spec}")
+        assert replies.count("1000 Success") == 2, replies
+
+    def running() -> bool:
+        return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+    waitFor(lambda: not running(), timeout=15, what="every command gone")

@@ -114,10 +114,12 @@ def test_sambasDirectoryGoesOnceItsRunsHaveEnded(tmp_path, monkeypatch) -> None:
         pid = 5150
 
     assert share._endpoint is not None
-    share._endpoint.runs.add(Run())
+    run = Run()
+    share._endpoint.runs.add(run)
     closed = share.close()
     reactor.pump([0.1] * 10)
     assert sent == [(5150, "TERM")] and os.path.isdir(state) and not closed.called
     alive.clear()
+    run.pid = None  # type: ignore[assignment]  # reaped
     reactor.advance(0.1)
     assert closed.called and not os.path.exists(state)

@@ -118,7 +118,13 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
     """
 
     sent: list[tuple[int | None, str]] = []
-    monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
+
+    def signalGroup(group: int | None, name: str) -> None:
+        sent.append((group, name))
+        if name == "KILL":
+            process.pid = None  # it ends, and is reaped
+
+    monkeypatch.setattr(processes, "signalGroup", signalGroup)
     monkeypatch.setattr(processes, "groupAlive", lambda group: "KILL" not in dict(sent).values())
     _, service = _service()
     link, process = _link(service)
@@ -251,14 +257,43 @@ def test_stopAllTerminatesAtOnceThenKills(monkeypatch) -> None:
     monkeypatch.setattr(processes, "groupAlive", lambda group: group in alive)
     reactor = MemoryReactorClock()
     endpoint = processes.CommandEndpoint(reactor, ["smbd"], "slirp:smb")
-    endpoint.runs.update({FakeProcess(7001), FakeProcess(7002)})
+    first, second = FakeProcess(7001), FakeProcess(7002)
+    endpoint.runs.update({first, second})
     stopped = endpoint.stopAll()
     assert sorted(sent) == [(7001, "TERM"), (7002, "TERM")]
     alive.discard(7001)
+    first.pid = None  # reaped
     reactor.pump([0.1] * 29)
     assert len(sent) == 2
     reactor.pump([0.1] * 2)
     assert sent[2:] == [(7002, "KILL")] and not stopped.called
     alive.clear()
+    second.pid = None
     reactor.advance(0.1)
     assert stopped.called
+
+@pytest.mark.parametrize("termAfter", [0.0, processes.STOP_GRACE])
+def test_aCommandStoppedBeforeItMadeItsSessionIsStoppedStill(monkeypatch, termAfter) -> None:
+    """
+    A command stopped just after it was spawned (a port deleted as its
+    command is started again) has no process group yet: it makes its
+    session only once it runs.  It is not taken for gone: its own process
+    gets the signals due (not the group, which does not exist), and the
+    stop is over only once it is reaped.
+    """
+    toGroups: list[tuple[int | None, str]] = []
+    toLeaders: list[tuple[int, str]] = []
+    monkeypatch.setattr(processes, "signalGroup",
+                        lambda group, name: toGroups.append((group, name)))
+    monkeypatch.setattr(processes, "signalLeader",
+                        lambda pid, name: toLeaders.append((pid, name)))
+    monkeypatch.setattr(processes, "groupAlive", lambda group: False)
+    reactor = MemoryReactorClock()
+    process = FakeProcess(7100)
+    stopped = processes.stopGroup(reactor, 7100, termAfter, process)
+    assert not stopped.called, "not gone: not even started"
+    reactor.pump([0.1] * int(termAfter * 10 + 1))
+    assert toLeaders == [(7100, "TERM")] and not toGroups and not stopped.called
+    process.pid = None
+    reactor.advance(0.1)
+    assert stopped.called and toLeaders == [(7100, "TERM")]
