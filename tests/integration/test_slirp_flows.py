@@ -14,8 +14,8 @@ import threading
 import time
 
 import pytest
-from helpers import execIn, run, uniqueName
-from taphelpers import moveTap, quietNamespace, readLine
+from helpers import execIn, run, uniqueName, waitFor
+from taphelpers import console, moveTap, quietNamespace, readLine
 from test_slirp import DNS, UDHCPC_SCRIPT, _needs, guestBehindSlirp  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -214,3 +214,82 @@ def test_guestsBroadcastFindsAServiceOnTheHostsLoopback(vswitch, namespaces, sho
     result = run(*execIn(ns, PYTHON, "-c", DISCOVER, str(port)), check=False, timeout=30)
     assert result.stdout.split() == ["here:", "anyone", "there?", "10.0.2.2", str(port)], (
         result.stdout + result.stderr)
+
+
+#: A guest client: connects, says so, then idles for argv[3] seconds and
+#: prints the echo of what it sends then.
+IDLE = r"""
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+print("connected", flush=True)
+time.sleep(float(sys.argv[3]))
+try:
+    c.sendall(b"still there?")
+    print(c.recv(100).decode(), flush=True)
+except OSError as e:
+    print(e, flush=True)
+"""
+
+
+def _echoServer() -> tuple[socket.socket, list[object]]:
+    """
+    A loopback server for one connection: echoes what comes; C{ended}
+    gets what ended the connection (C{b""} for a close, or the error).
+    """
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(30)
+    ended: list[object] = []
+
+    def serve() -> None:
+        with server, server.accept()[0] as connection:
+            connection.settimeout(60)
+            try:
+                while data := connection.recv(100):
+                    connection.sendall(data)
+                ended.append(b"")
+            except OSError as e:
+                ended.append(e)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, ended
+
+
+def test_aGuestThatVanishesHasItsIdleConnectionsGivenUp(vswitch, processes, namespaces,
+                                                       shortdir) -> None:
+    """
+    slirp:keepalive=3: a guest's idle connection to the host's loopback,
+    when the guest vanishes without a word (its TAP deleted, then its
+    program killed: nothing reaches the switch), is given up within about
+    3 s: the host server's socket is reset and the port's table is empty
+    again (before, it stayed established for ever with its host socket).
+    """
+    server, ended = _echoServer()
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir, ":keepalive=3",
+                                 extra=("--mgmt", str(shortdir / "mgmt")))
+    client = processes.start(
+        execIn(ns, PYTHON, "-c", IDLE, "10.0.2.2", str(server.getsockname()[1]), "600"),
+        stdout=subprocess.PIPE)
+    assert readLine(client, 30).strip() == "connected"
+    device = run(*execIn(ns, "ip", "-o", "link", "show", "type", "tun")).stdout
+    run(*execIn(ns, "ip", "link", "del", device.split(":")[1].strip()))
+    client.kill()
+    waitFor(lambda: ended, timeout=15, what="the host's connection ended")
+    assert isinstance(ended[0], ConnectionResetError), ended
+    assert "0 TCP connections" in console(shortdir / "mgmt", "port/print")
+    assert "1 timed out" in console(shortdir / "mgmt", "slirp/print")
+
+
+def test_anIdleGuestThatIsThereKeepsItsConnection(vswitch, processes, namespaces,
+                                                  shortdir) -> None:
+    """
+    slirp:keepalive=3, a guest idle for 8 s: its kernel answers the
+    probes, so the connection stays and carries data again.
+    """
+    server, ended = _echoServer()
+    sw, ns, _ = guestBehindSlirp(vswitch, namespaces, shortdir, ":keepalive=3")
+    result = run(*execIn(ns, PYTHON, "-c", IDLE, "10.0.2.2", str(server.getsockname()[1]),
+                         "8"), timeout=30)
+    assert result.stdout.split() == ["connected", "still", "there?"], result.stdout
+    assert not ended or ended == [b""], ended

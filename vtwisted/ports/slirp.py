@@ -194,7 +194,8 @@ class SlirpService(SingleLinkService):
             from vtwisted.slirp.tftp import TftpServer
 
             router.tftp = TftpServer(router, config.tftpRoot, self.reactor)
-        self.tcp = router.tcp = TcpNat(router, self.reactor, config.tcpBuffers << 20)
+        self.tcp = router.tcp = TcpNat(router, self.reactor, config.tcpBuffers << 20,
+                                      config.tcpKeepalive)
         self.udp = router.udp = UdpNat(router, self.reactor)
         self.icmp = router.icmp = IcmpNat(router, self.reactor)
         room = hostSocketRoom(descriptorLimit(self.reactor))

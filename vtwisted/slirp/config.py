@@ -145,6 +145,9 @@ class SlirpConfig(NamedTuple):
     delegatedLength: int = 64
     #: Megabytes all TCP connections may buffer together (C{tcpbuffers=}).
     tcpBuffers: int = 256
+    #: Seconds a TCP connection's guest may stay silent before it is
+    #: given up (C{keepalive=}; 0: never).
+    tcpKeepalive: int = 7200
     #: Whether C{mtu=} was given: only then do router advertisements carry
     #: it, since the LAN may be a jumbo one whose other hosts it would cap.
     mtuGiven: bool = False
@@ -244,6 +247,8 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
     assert resolverPort is not None
     tcpBuffers = spec.integer("tcpbuffers", 256, 1, 1 << 20)
     assert tcpBuffers is not None
+    tcpKeepalive = spec.integer("keepalive", 7200, 0, 1 << 31)
+    assert tcpKeepalive is not None
     firstLease = ipaddress.IPv4Address(poolStart)
     try:
         forwards = tuple(
@@ -272,7 +277,8 @@ def readConfig(spec: PortSpec) -> SlirpConfig:
         spec.boolean("dhcpv6", True), host6, dns6, _ipv4(spec, network6, forwards, guestForwards),
         smbRoot, _smbServer(spec, network, guestForwards, (gateway, nameserver, poolStart))
         if smbRoot is not None else b"", *config6.delegation(spec, network6),
-    )._replace(tcpBuffers=tcpBuffers, mtuGiven=spec.string("mtu") is not None)
+    )._replace(tcpBuffers=tcpBuffers, tcpKeepalive=tcpKeepalive,
+               mtuGiven=spec.string("mtu") is not None)
 
 
 def _smbServer(spec: PortSpec, network: ipaddress.IPv4Network,

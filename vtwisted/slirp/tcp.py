@@ -38,7 +38,9 @@ Counters, for a console: C{opened} (handshakes completed), C{refused} (host
 connects refused, answered with RST), C{unreachable} (other connect
 failures, answered with ICMP), C{resets} (RSTs sent to guests for live
 connections: host reset, gave up, data for a closed host), C{guestResets}
-(RSTs from guests for live connections), C{timeouts} (connections given up on retransmissions),
+(RSTs from guests for live connections), C{timeouts} (connections given up on
+retransmissions, or on a guest silent for C{keepalive=} seconds: see
+L{vtwisted.slirp.tcpkeepalive}),
 C{busy} (SYNs refused for the connection limit), C{strays} (segments for
 no connection, answered with RST) and C{tailProbes} (tail loss probes sent,
 L{vtwisted.slirp.tcpsack}).
@@ -60,6 +62,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint
 from vtwisted.slirp.tcpconnection import TcpConnection
+from vtwisted.slirp.tcpkeepalive import KEEPALIVE, KeepAlive
 from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK
 from vtwisted.slirp.tcpstates import HEADERS, HEADERS6, TIME_WAIT
 from vtwisted.wire.tcp import ACK, FIN, RST, SYN, TCPError, TCPHeader
@@ -247,10 +250,13 @@ class TcpNat:
     @ivar connections: the live connections by guest-side key.
     """
 
-    def __init__(self, network: IGuestNetwork, reactor: Any, budget: int = BUFFER_BUDGET) -> None:
+    def __init__(self, network: IGuestNetwork, reactor: Any, budget: int = BUFFER_BUDGET,
+                 keepalive: float = KEEPALIVE) -> None:
         self.network = network
         self.reactor = reactor
         self.connections: dict[Key, TcpConnection] = {}
+        #: Gives up connections whose guests went silent (L{vtwisted.slirp.tcpkeepalive}).
+        self.keepAlive = KeepAlive(self, reactor, keepalive)
         self.budget = budget
         self.share = self.shareFor(0)
         self.maxConnections = MAX_CONNECTIONS
@@ -302,6 +308,7 @@ class TcpNat:
         for connection in list(self.connections.values()):
             connection.abort(resetGuest=False)
         self.connections.clear()
+        self.keepAlive.stop()
         if self._ackCall is not None and self._ackCall.active():
             self._ackCall.cancel()
         self._ackCall = None
@@ -326,6 +333,7 @@ class TcpNat:
         flags = header.flags
         if connection is not None:
             if not (flags & SYN and connection.state == TIME_WAIT):
+                connection.heard = True
                 connection.segmentReceived(header, memoryview(segment)[header.headerLength:])
                 return
             connection.forget()
@@ -367,6 +375,7 @@ class TcpNat:
             return
         self.connections[key] = connection
         self.updateShare()
+        self.keepAlive.watch()
         factory = HostConnectFactory(connection)
         if isinstance(target, tuple):
             connection.connector = self.reactor.connectTCP(
@@ -427,6 +436,7 @@ class TcpNat:
         connection = TcpConnection(self, key, f"{label} (forward)")
         self.connections[key] = connection
         self.updateShare()
+        self.keepAlive.watch()
         log.debug("TCP forward from {peer} to {guest}", peer=connection.hostLabel,
                   guest=guestEndpoint(guest, guestPort))
         connection.forwardAccepted(transport)

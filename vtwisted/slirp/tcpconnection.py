@@ -113,6 +113,10 @@ class TcpConnection(Handshake):
         self.bytesToHost = 0
         self.closing = False
         self.closeTimer: Any = None
+        #: Whether the guest sent a segment since the last keep-alive
+        #: sweep, and the sweeps since it last did (L{vtwisted.slirp.tcpkeepalive}).
+        self.heard = True
+        self.silentSweeps = 0
         self.rcvBudget = min(RECEIVE_BUDGET, nat.share)
         #: What the guest sent past a hole.
         self.reassembly = Reassembly()
@@ -180,6 +184,13 @@ class TcpConnection(Handshake):
         """
         if self.ackPending and self.state in (ESTABLISHED, TIME_WAIT):
             self.emit(self.bareSeq(), ACK)
+
+    def keepAliveProbe(self) -> None:
+        """
+        A keep-alive probe: a bare ACK one byte back (what the guest has
+        acknowledged already), which a live guest answers with an ACK.
+        """
+        self.emit(self.sndUna - 1, ACK)
 
     def reset(self) -> None:
         """
