@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -27,6 +28,11 @@ from helpers import (
     waitFor,
 )
 from netguard import networkGuard
+
+# Timing goals live in the benchmarks: no property test fails for being slow
+# on a loaded machine (Hypothesis's default is 200 ms an example).
+settings.register_profile("vtwisted", deadline=None)
+settings.load_profile("vtwisted")
 
 
 @pytest.fixture(autouse=True)
