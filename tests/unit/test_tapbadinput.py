@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import os
+import pwd
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -171,9 +173,21 @@ def test_framesDelayedForAVanishedTapAreNeverWrittenToItsOldDescriptor(rig: Rig)
     assert oldFd not in writes, "a delayed frame was written to the closed descriptor"
 
 
+def _nameOf(owner: str, group: str) -> str:
+    """" (NAME)" of the device's user, else of its group, where it has one."""
+    try:
+        if int(owner) != -1:
+            return f" ({pwd.getpwuid(int(owner)).pw_name})"
+        if int(group) != -1:
+            return f" ({grp.getgrgid(int(group)).gr_name})"
+    except KeyError:
+        pass
+    return ""
+
+
 @pytest.mark.parametrize("owner, group, whose", [
-    ("65534\n", "-1\n", "belongs to user 65534,"),
-    ("-1\n", "100\n", "belongs to group 100,"),
+    ("65534\n", "-1\n", "belongs to user 65534{name},"),
+    ("-1\n", "100\n", "belongs to group 100{name},"),
     ("-1\n", "-1\n", "belongs to no user,"),
 ])
 def test_anExistingDeviceNotOursIsNamedWithItsOwner(tmp_path, owner, group, whose) -> None:
@@ -186,11 +200,20 @@ def test_anExistingDeviceNotOursIsNamedWithItsOwner(tmp_path, owner, group, whos
     (device / "owner").write_text(owner)
     (device / "group").write_text(group)
     advice = _permissionAdvice("t0", str(tmp_path))
-    assert whose in advice
-    assert "ip tuntap del t0 mode tap; ip tuntap add t0 mode tap user $USER" in advice
+    assert whose.format(name=_nameOf(owner, group)) in advice
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert f"not to you (uid {os.geteuid()}, {me})" in advice
+    assert ("as root make it yours: ip tuntap del t0 mode tap; "
+            f"ip tuntap add t0 mode tap user {me}") in advice
 
 
 def test_aMissingDeviceIsToBeMadeOurs(tmp_path) -> None:
-    """EPERM with no such device: make one that is ours."""
+    """
+    EPERM with no such device: root is to make one that is ours, named by
+    our user name: C{$USER} in the command would be root's in root's shell.
+    """
     advice = _permissionAdvice("t0", str(tmp_path))
-    assert advice.endswith("must exist and belong to you: ip tuntap add t0 mode tap user $USER")
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    assert advice.endswith(
+        f"must exist and belong to you: as root, ip tuntap add t0 mode tap user {me}")
+    assert "$USER" not in advice

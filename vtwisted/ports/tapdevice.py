@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import grp
 import os
+import pwd
 import re
 
 from vtwisted.spec import PortSpec
@@ -115,23 +117,45 @@ def _permissionAdvice(name: str, sysfs: str = "/sys/class/net") -> str:
     """
     What to do when opening C{name} is not permitted: make a device that is
     yours, or if one exists, say whose it is (its C{owner} and C{group} in
-    sysfs, -1 for none) and how to make it yours.
+    sysfs, -1 for none) and how to make it yours.  The commands need
+    C{CAP_NET_ADMIN} and name the switch's user, not C{$USER}, which would
+    be root's own name in the root shell that runs them.
     """
-    make = f"ip tuntap add {name} mode tap user $USER"
+    uid = os.geteuid()
+    me = _userName(uid)
+    make = f"ip tuntap add {name} mode tap user {me}"
     device = os.path.join(sysfs, name)
     if not os.path.isdir(device):
-        return f"; without CAP_NET_ADMIN the device must exist and belong to you: {make}"
+        return f"; without CAP_NET_ADMIN the device must exist and belong to you: as root, {make}"
     owned = []
-    for what, kind in (("owner", "user"), ("group", "group")):
+    for what, kind, lookup in (("owner", "user", _userName), ("group", "group", _groupName)):
         try:
             with open(os.path.join(device, what)) as f:
                 value = int(f.read())
         except (OSError, ValueError):
             continue
         if value != -1:
-            owned.append(f"{kind} {value}")
+            known = lookup(value)
+            owned.append(f"{kind} {value}" + (f" ({known})" if known != str(value) else ""))
     whose = " and ".join(owned) or "no user"
+    mine = f"uid {uid}" + (f", {me}" if me != str(uid) else "")
     return (
-        f"; the device exists and belongs to {whose}, not to you (uid {os.geteuid()}): "
-        f"run as its user, or make it yours: ip tuntap del {name} mode tap; {make}"
+        f"; the device exists and belongs to {whose}, not to you ({mine}): run as its "
+        f"user, or as root make it yours: ip tuntap del {name} mode tap; {make}"
     )
+
+
+def _userName(uid: int) -> str:
+    """The name of user C{uid}, or the number where it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _groupName(gid: int) -> str:
+    """The name of group C{gid}, or the number where it has none."""
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -1,0 +1,69 @@
+"""
+The switch as a real unprivileged user runs it (a user made for the test,
+see L{unprivileged}): a TAP device made for it by following the switch's
+own advice, a slirp forward on a privileged port refused saying why, and a
+root-started switch that keeps its privileged manhole port after
+C{twistd --uid} hands it to that user.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import run, socketListening, sourceEnv, twistdArgv, uniqueName, waitFor
+from taphelpers import deviceExists
+from unprivileged import ThrowawayUser, throwawayUser
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def user(shortdir: Path, processes) -> Iterator[ThrowawayUser]:
+    """A throwaway user; its processes are stopped before it is deleted."""
+    with throwawayUser(shortdir) as made:
+        try:
+            yield made
+        finally:
+            processes.stopAll()
+
+
+def runAs(user: ThrowawayUser, *switchArgs: str) -> subprocess.CompletedProcess[str]:
+    """A switch that is expected to fail start-up, run as C{user}."""
+    return subprocess.run(user.argv(*twistdArgv(*switchArgs)), capture_output=True, text=True,
+                          timeout=60, env=user.env(sourceEnv()))
+
+
+def test_theTapAdviceFollowedByRootLetsTheUserOpenTheDevice(user, processes, shortdir) -> None:
+    """
+    The user's switch cannot make a TAP device; its message gives the exact
+    command for root, naming the user (not C{$USER}, root's own name in a
+    root shell).  Run as it stands, it makes a device the switch then opens
+    with offloads, without root.
+    """
+    name = uniqueName("vtu")
+    failed = runAs(user, "--sock", str(user.home / "a"), "--tap", name)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 1, output
+    assert f"tap:{name}: cannot open TAP device {name}" in output, output
+    assert "Operation not permitted (errno 1)" in output, output
+    advice = output.split("as root, ", 1)[1].splitlines()[0]
+    assert advice == f"ip tuntap add {name} mode tap user {user.name}", output
+    try:
+        run(*shlex.split(advice))
+        log = user.home / "switch.log"
+        sock = user.home / "b"
+        processes.start(user.argv(*twistdArgv("--sock", str(sock), "--tap", name,
+                                              logfile=str(log))),
+                        env=user.env(sourceEnv()))
+        waitFor(lambda: socketListening(sock / "ctl"), what="the user's switch")
+        waitFor(lambda: "offload=csum,tso4" in log.read_text(), what="the TAP with offloads")
+        assert os.stat(sock / "ctl").st_uid == user.uid
+    finally:
+        processes.stopAll()
+        run("ip", "tuntap", "del", name, "mode", "tap", check=False)
+    assert not deviceExists(name)
