@@ -109,14 +109,43 @@ def growSendBuffer(sock: socket.socket, size: int) -> None:
 def listenError(what: str, error: BaseException) -> OSError:
     """
     An L{OSError} for a failed listen or bind (Twisted's
-    C{CannotListenError} or an L{OSError}): C{"WHAT: ERROR"}, with the errno.
+    C{CannotListenError} or an L{OSError}): C{"WHAT: ERROR"}, with the errno,
+    and why a port below the first unprivileged one was refused
+    (L{privilegedPortAdvice}).
     """
     socketError = getattr(error, "socketError", None)
     cause = socketError if isinstance(socketError, OSError) else error
     number = getattr(cause, "errno", None) or getattr(error, "errno", None)
     if isinstance(cause, OSError) and cause.strerror and number:
-        return OSError(number, f"{what}: {cause.strerror} (errno {number})")
+        advice = privilegedPortAdvice(getattr(error, "port", None), number)
+        return OSError(number, f"{what}: {cause.strerror} (errno {number}){advice}")
     return OSError(number, f"{what}: {error}")
+
+
+#: Where Linux keeps the first port an unprivileged process may bind.
+UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+
+
+def privilegedPortAdvice(port: object, number: int | None, sysctl: str | None = None) -> str:
+    """
+    Why binding C{port} failed with C{number} when it is a privileged port
+    (below C{net.ipv4.ip_unprivileged_port_start}, 1024 by default) and the
+    error is C{EACCES}, and what would allow it; else nothing.
+    """
+    if number != errno.EACCES or not isinstance(port, int) or port <= 0:
+        return ""
+    try:
+        with open(sysctl or UNPRIVILEGED_PORT_START) as f:
+            start = int(f.read())
+    except (OSError, ValueError):
+        start = 1024
+    if port >= start:
+        return ""
+    return (
+        f"; ports below {start} need root or CAP_NET_BIND_SERVICE: start the switch as root "
+        f"with twistd --uid USER (it binds its command line's ports before dropping "
+        f"privileges) or use a port of {start} or more"
+    )
 
 
 #: The most descriptors L{descriptorLimit} asks for.

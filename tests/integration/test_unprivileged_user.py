@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,3 +68,37 @@ def test_theTapAdviceFollowedByRootLetsTheUserOpenTheDevice(user, processes, sho
         processes.stopAll()
         run("ip", "tuntap", "del", name, "mode", "tap", check=False)
     assert not deviceExists(name)
+
+
+def _privilegedPortFree() -> int:
+    """A port below 1024 that root can bind on 127.0.0.1 just now."""
+    for port in range(940, 1000):
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            probe.close()
+    pytest.skip("no free port below 1024")
+
+
+def test_aForwardFromAPrivilegedPortSaysWhichPortAndWhy(user) -> None:
+    """
+    A slirp forward from port 80 as the user stops start-up with the port,
+    the errno and what would allow it; nothing is left behind.
+    """
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    port = _privilegedPortFree()
+    if port >= start:
+        pytest.skip(f"net.ipv4.ip_unprivileged_port_start is {start}: port {port} is not "
+                    "privileged here")
+    sock = user.home / "s"
+    failed = runAs(user, "--sock", str(sock), "--port", f"slirp:hostfwd=tcp\\:\\:{port}-\\:22")
+    output = failed.stdout + failed.stderr
+    assert failed.returncode == 1, output
+    assert (f"cannot forward tcp:127.0.0.1:{port}-10.0.2.15:22: Permission denied (errno 13); "
+            f"ports below {start} need root or CAP_NET_BIND_SERVICE") in output, output
+    assert "twistd --uid" in output, output
+    assert not sock.exists()

@@ -104,6 +104,39 @@ def test_listenErrorsSayTheReasonAndErrnoOnce() -> None:
             errno.EADDRINUSE, "qemu:tcp:7: Address already in use (errno 98)")
 
 
+def test_aPrivilegedPortRefusedSaysWhyAndWhatAllowsIt(tmp_path, monkeypatch) -> None:
+    """
+    EACCES on a port below net.ipv4.ip_unprivileged_port_start (an
+    unprivileged user's slirp forward or manhole on port 80) says that the
+    port needs root and how to get it; a higher port, another errno or an
+    error without a port (a Unix socket) keeps the plain message.
+    """
+    import errno
+
+    from twisted.internet.error import CannotListenError
+
+    from vtwisted import sockettools
+    from vtwisted.sockettools import listenError, privilegedPortAdvice
+
+    sysctl = tmp_path / "start"
+    sysctl.write_text("1024\n")
+    monkeypatch.setattr(sockettools, "UNPRIVILEGED_PORT_START", str(sysctl))
+    denied = OSError(errno.EACCES, "Permission denied")
+    made = listenError("slirp: cannot forward tcp:127.0.0.1:80-10.0.2.15:22",
+                       CannotListenError("127.0.0.1", 80, denied))
+    assert made.errno == errno.EACCES
+    text = str(made.strerror)
+    assert text.startswith("slirp: cannot forward tcp:127.0.0.1:80-10.0.2.15:22: "
+                           "Permission denied (errno 13); ports below 1024 ")
+    assert "need root or CAP_NET_BIND_SERVICE" in text and "twistd --uid" in text
+    sysctl.write_text("80\n")
+    assert privilegedPortAdvice(80, errno.EACCES, str(sysctl)) == ""
+    assert "ports below 80 " in privilegedPortAdvice(79, errno.EACCES, str(sysctl))
+    for port, number in ((80, errno.EADDRINUSE), (None, errno.EACCES), (0, errno.EACCES)):
+        assert privilegedPortAdvice(port, number, str(sysctl)) == ""
+    assert str(listenError("x", denied).strerror) == "x: Permission denied (errno 13)"
+
+
 def test_onlyStaleDataSocketsAreRemoved(tmp_path) -> None:
     """
     Stale sockets named like data sockets go; a socket still held (a live
