@@ -63,7 +63,7 @@ from twisted.conch.ssh.transport import (
 from twisted.cred import portal
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
 from twisted.internet import defer
-from twisted.internet.endpoints import _parse, serverFromString
+from twisted.internet.endpoints import UNIXServerEndpoint, _parse, serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -402,12 +402,29 @@ class ManholeService(Service):
         self.noise = RefusalLog(reactor, what="line(s)")
 
     def privilegedStartService(self) -> None:
+        """
+        Load the host key and, unless the endpoint is a Unix socket (which
+        is to be the switch's user's), listen: started as root with
+        C{twistd --uid}, a port below 1024 is bound before privileges go.
+        """
         super().privilegedStartService()
         if self.hostKey is None:
             self.hostKey = loadHostKey(self.hostKeyPath)
+        if self.port is None and not isinstance(self.endpoint, UNIXServerEndpoint):
+            self._listen()
 
     def startService(self) -> None:
-        self.privilegedStartService()
+        if self.hostKey is None:
+            self.hostKey = loadHostKey(self.hostKeyPath)
+        if self.port is None:
+            self._listen()
+        super().startService()
+        assert self.hostKey is not None
+        log.info("manhole: SSH on {endpoint}, host key {fingerprint} in {path}",
+                 endpoint=self.endpointText, fingerprint=fingerprint(self.hostKey),
+                 path=self.hostKeyPath)
+
+    def _listen(self) -> None:
         assert self.hostKey is not None
         realm = ManholeRealm(self.namespace, self.reactor)
         factory = ManholeFactory(portal.Portal(realm, self.checkers), self.hostKey, self.reactor,
@@ -419,10 +436,6 @@ class ManholeService(Service):
             raise listenError(f"--manhole {self.endpointText}: cannot listen",
                               failure.value or Exception(failure.getErrorMessage()))
         self.port = outcome[0] if outcome else None
-        super().startService()
-        log.info("manhole: SSH on {endpoint}, host key {fingerprint} in {path}",
-                 endpoint=self.endpointText, fingerprint=fingerprint(self.hostKey),
-                 path=self.hostKeyPath)
 
     def stopService(self) -> Any:
         super().stopService()

@@ -102,3 +102,29 @@ def test_aForwardFromAPrivilegedPortSaysWhichPortAndWhy(user) -> None:
             f"ports below {start} need root or CAP_NET_BIND_SERVICE") in output, output
     assert "twistd --uid" in output, output
     assert not sock.exists()
+
+
+def test_aManholeOnAPrivilegedPortOutlivesTwistdUid(user, processes, shortdir) -> None:
+    """
+    Started as root with C{twistd --uid}, the manhole binds its port below
+    1024 before privileges go (as the ports do), then serves SSH as the user.
+    """
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(shortdir / "id")], check=True, timeout=30)
+    port = _privilegedPortFree()
+    sock = user.home / "m"
+    log = user.home / "manhole.log"
+    argv = twistdArgv("--sock", str(sock), "--manhole", f"tcp:{port}:interface=127.0.0.1",
+                      "--manhole-keys", str(shortdir / "id.pub"),
+                      "--manhole-host-key", str(shortdir / "host_key"), logfile=str(log))
+    at = argv.index("vswitch")
+    argv[at:at] = ["--uid", str(user.uid), "--gid", str(user.gid)]
+    process = processes.start(argv, env=sourceEnv())
+    waitFor(lambda: socketListening(sock / "ctl") or process.poll() is not None,
+            what="the switch")
+    assert process.poll() is None, log.read_text()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as ssh:
+        assert ssh.recv(64).startswith(b"SSH-2.0-"), log.read_text()
+    status = (Path("/proc") / str(process.pid) / "status").read_text()
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    assert set(uids) == {str(user.uid)}, status
