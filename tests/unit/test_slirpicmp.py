@@ -78,3 +78,19 @@ async def test_pingSocketsOpenAndCloseWithoutLogLines(family: Family, mode: str)
         engine.close()
     assert all(dst == guest and payload.endswith(b"hello") for _, dst, _, payload, _ in network.ip)
     assert not [line for line in lines if "starting on" in line or "Closed" in line], lines
+
+
+@pytest.mark.parametrize("family", [IPV4, IPV6], ids=["IPv4", "IPv6"])
+def test_pingsThatCannotGoOutAreDescribedAsNotRelayed(family: Family) -> None:
+    """
+    With neither ping sockets nor CAP_NET_RAW (an unprivileged switch where
+    ping_group_range leaves its group out), the console says the pings are
+    not relayed, not that they go "by none socket".
+    """
+    engine = IcmpNat(FakeGuestNetwork(), reactor, family)
+    engine.mode = "none"
+    try:
+        assert engine.describe() == [f"{family.name} pings beyond the gateway: not relayed "
+                                     "(neither ping sockets nor CAP_NET_RAW)"]
+    finally:
+        engine.close()

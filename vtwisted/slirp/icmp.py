@@ -256,6 +256,9 @@ class IcmpNat:
         """
         if self.mode is None:
             return []
+        if self.mode == "none":
+            return [f"{self.family.name} pings beyond the gateway: not relayed "
+                    "(neither ping sockets nor CAP_NET_RAW)"]
         return [f"{self.family.name} pings by {self.mode} socket: {len(self.sessions)} sessions, "
                 f"{self.sent} pings sent, {self.answered} answered"]
 
