@@ -3,9 +3,8 @@ Benchmark: TAP ports with virtio-net offloads against the references.
 
 Two namespaces, and between them, in the same run and alternating rounds:
 
-* vtwisted with two TAP ports it opens itself (offloads on; the same at
-  real-time priority, C{--realtime 1}; on without coalescing UDP,
-  C{coalesce=off}; off);
+* vtwisted with two TAP ports it opens itself (offloads on; on without
+  coalescing UDP, C{coalesce=off}; off);
 * C{reference_hub.py}, a bare Python two-TAP hub with offloads (no features);
 * C{vde_switch -t tapA -t tapB} (its own TAP ports, no offloads);
 * a Linux bridge between two veth pairs, with offloads and without;
@@ -55,12 +54,11 @@ def _moveTaps(b: Bench, taps: tuple[str, str]) -> tuple[str, str]:
     return client, server
 
 
-def vtwistedTaps(option: str, *switchOptions: str) -> Setup:
+def vtwistedTaps(option: str) -> Setup:
     def setup(b: Bench) -> tuple[str, str]:
         taps = (f"vtbc{b.tmp.name[-4:]}", f"vtbs{b.tmp.name[-4:]}")
         b.start(twistdArgv("--sock", str(b.tmp / "sw"), "--port", f"tap:{taps[0]}{option}",
-                           "--port", f"tap:{taps[1]}{option}", *switchOptions),
-                env=sourceEnv())
+                           "--port", f"tap:{taps[1]}{option}"), env=sourceEnv())
         return _moveTaps(b, taps)
 
     return setup
@@ -128,7 +126,6 @@ def cSwitchVdePlugs(b: Bench) -> tuple[str, str]:
 
 SETUPS: dict[str, Setup] = {
     "vtwisted TAP offload": vtwistedTaps(""),
-    "vtwisted TAP offload --realtime": vtwistedTaps("", "--realtime", "1"),
     "vtwisted TAP coalesce=off": vtwistedTaps(":coalesce=off"),
     "vtwisted TAP no offload": vtwistedTaps(":offload=off"),
     "reference 40-line Python hub": pythonHub,
@@ -154,12 +151,6 @@ def main() -> None:
         ("vtwisted TAP offload", "reference 40-line Python hub", False,
          "TCP: vtwisted TAP / reference hub"),
         ("vtwisted TAP offload", "vde_switch -t", False, "TCP: vtwisted TAP / vde_switch -t"),
-        ("vtwisted TAP offload --realtime", "Linux bridge offload", False,
-         "TCP: vtwisted TAP --realtime / bridge offload"),
-        ("vtwisted TAP offload --realtime", "vde_switch -t", False,
-         "TCP: vtwisted TAP --realtime / vde_switch -t"),
-        ("vtwisted TAP offload --realtime", "vde_switch -t", True,
-         "UDP pps: vtwisted TAP --realtime / vde_switch -t"),
         ("vtwisted TAP offload", "vde_switch -t", True, "UDP pps: vtwisted TAP / vde_switch -t"),
         ("vtwisted TAP coalesce=off", "vde_switch -t", True,
          "UDP pps: vtwisted TAP coalesce=off / vde_switch -t"),

@@ -74,7 +74,6 @@ def buildService(
     priority: int | None = None,
     mac: bytes | None = None,
     hashSize: int | None = None,
-    realtime: int | None = None,
 ) -> SwitchService:
     """
     A switch service with the given port specs.
@@ -91,8 +90,6 @@ def buildService(
         shows (rounded up to a power of two).
     @param manhole: the SSH manhole's endpoint; C{manholeKeys} (an
         C{authorized_keys} file) or C{manholePasswords} must be given too.
-    @param realtime: forward at this C{SCHED_FIFO} priority (see
-        L{vtwisted.scheduling}).
     @raise SpecError: a spec is wrong.
     @raise SwitchError: a switch setting is out of range.
     @raise ValueError: a management setting is wrong.
@@ -105,10 +102,6 @@ def buildService(
             raise ValueError("--fstp cannot run in hub mode (--hub)")
         switch.spanningTree.setEnabled(True)
     service = SwitchService(switch, reactor)
-    if realtime is not None:
-        from vtwisted.scheduling import RealtimeService, realtimePriority
-
-        RealtimeService(realtimePriority(str(realtime))).setServiceParent(service)
     if hashSize is not None:
         service.operations.setMacBuckets(hashSize)
     runner = twistdOptions()
@@ -151,15 +144,6 @@ def _priority(value: str) -> int:
     if not 0 <= number <= 0xFFFF:
         raise usage.UsageError(f"--priority needs a number from 0 to 65535, not {value!r}")
     return number
-
-
-def _realtime(value: str) -> int:
-    from vtwisted.scheduling import realtimePriority
-
-    try:
-        return realtimePriority(value)
-    except ValueError as e:
-        raise usage.UsageError(str(e)) from None
 
 
 def _macAddress(value: str) -> bytes:
@@ -230,10 +214,6 @@ class Options(VdeSwitchCompatibility, usage.Options):
         ["manhole-keys", None, None, "OpenSSH authorized_keys file for the manhole."],
         ["manhole-passwords", None, None,
          "Also accept passwords from this user:password file (mode 0600)."],
-        ["realtime", None, None,
-         "Forward at this real-time priority (SCHED_FIFO, 1-99; 1 is enough), as the "
-         "kernel's bridge forwards ahead of tasks: faster TCP on a busy machine. Needs "
-         "root (kept after --uid), CAP_SYS_NICE or ulimit -r.", _realtime],
         ["manhole-host-key", None, None,
          "Manhole host key, generated if missing "
          "(default $XDG_STATE_HOME/vtwisted/manhole_host_key)."],
@@ -349,7 +329,6 @@ class Options(VdeSwitchCompatibility, usage.Options):
             priority=self["priority"],
             mac=self["macaddr"],
             hashSize=self["hashsize"],
-            realtime=self["realtime"],
             macTtl=self["macaddr-ttl"],
             macTableSize=self["mac-table-size"],
             mgmt=self["mgmt"],

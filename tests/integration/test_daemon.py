@@ -246,38 +246,3 @@ def test_aWrongSettingSaysSoWithoutTheWholeUsage(
     assert error in lines[-1], result.stdout
     assert "twistd vswitch --help lists the options." in lines
     assert len(lines) <= 5, result.stdout
-
-
-def test_realtimeOutlivesDroppingPrivilegesButNotIntoCommands(
-    shortdir: Path, daemons: list[Path]
-) -> None:
-    """
-    C{--realtime 1} as root with C{twistd --uid nobody}: the switch, now
-    nobody's, forwards under SCHED_FIFO, and the command of a C{cmd:} port
-    it starts runs under the default policy.
-    """
-    nobody, home, pidFile, log = nobodysHome(shortdir, daemons)
-    ran = twistd(f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}", f"--pidfile={pidFile}",
-                 f"--logfile={log}", "vswitch", "--sock", str(home / "sw"), "--realtime", "1",
-                 "--port", "cmd:sleep 60")
-    assert ran.returncode == 0, (ran, log.read_text())
-    waitFor(lambda: socketListening(home / "sw" / "ctl"), what="the switch")
-    pid = int(pidFile.read_text())
-    assert os.stat(f"/proc/{pid}").st_uid == nobody.pw_uid
-    assert os.sched_getscheduler(pid) == os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
-    assert os.sched_getparam(pid).sched_priority == 1
-
-    def command() -> int | None:
-        for entry in Path("/proc").iterdir():
-            with contextlib.suppress(OSError):
-                if entry.name.isdigit() and (entry / "cmdline").read_bytes() == b"sleep\x0060\x00" \
-                        and f"PPid:\t{pid}\n" in (entry / "status").read_text():
-                    return int(entry.name)
-        return None
-
-    waitFor(lambda: command() is not None, what="the cmd: port's command")
-    child = command()
-    assert child is not None and child != os.getpid()
-    assert os.sched_getscheduler(child) == os.SCHED_OTHER
-    os.kill(pid, signal.SIGTERM)
-    waitFor(lambda: not pidFile.exists(), what="the switch to stop")

@@ -128,15 +128,3 @@ def test_aManholeOnAPrivilegedPortOutlivesTwistdUid(user, processes, shortdir) -
     status = (Path("/proc") / str(process.pid) / "status").read_text()
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert set(uids) == {str(user.uid)}, status
-
-
-def test_realtimeWithoutTheRightSaysWhatGrantsIt(user) -> None:
-    """
-    --realtime as a user with no real-time limit: start-up ends with one
-    line naming the option, the errno and what would allow it.
-    """
-    failed = runAs(user, "--sock", str(user.home / "rt"), "--realtime", "1")
-    output = failed.stdout + failed.stderr
-    assert failed.returncode == 1, output
-    assert "--realtime 1: cannot use SCHED_FIFO: Operation not permitted (errno 1)" in output
-    assert "Traceback" not in output and not (user.home / "rt").exists(), output
