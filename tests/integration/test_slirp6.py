@@ -12,6 +12,10 @@ about what its kernel does unasked.
 from __future__ import annotations
 
 import re
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from helpers import execIn, need, needRoot, run, uniqueName, waitFor
@@ -204,24 +208,14 @@ print(len(data), hashlib.sha256(data).hexdigest(), len(answer),
 """
 
 
-@pytest.mark.parametrize("tapOptions", ["", ":offload=off"])
-def test_bigIpv6DatagramCrossesTheRouterWhole(vswitch, processes, namespaces,
-                                              tapOptions: str) -> None:
+@contextmanager
+def oneDatagramAnswered(reverse: bool = False) -> Iterator[tuple[int, list[bytes]]]:
     """
-    A 4000-byte UDP datagram the guest's kernel sends in IPv6 fragments to
-    fec0::2 reaches a socket on the host's ::1 whole (the router
-    reassembles it), and the host's 4000-byte answer reaches the guest whole.
-    """
-    import hashlib
-    import socket
-    import sys
-    import threading
+    A UDP socket on the host's ::1 that answers the first datagram it gets
+    (reversed if asked) from a thread, for 15 s at most.
 
-    tap = uniqueName("vt6")
-    sw = vswitch("--port", f"tap:{tap}{tapOptions}", "--port", "slirp")
-    ns = namespaces.add("vt6")
-    moveTap(tap, ns, None)
-    waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20, what="a SLAAC address")
+    @return: its port, and the datagrams it got (once the block ends).
+    """
     got: list[bytes] = []
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as host:
         host.bind(("::1", 0))
@@ -233,13 +227,35 @@ def test_bigIpv6DatagramCrossesTheRouterWhole(vswitch, processes, namespaces,
             except TimeoutError:
                 return
             got.append(data)
-            host.sendto(data[::-1], peer)
+            host.sendto(data[::-1] if reverse else data, peer)
 
         answering = threading.Thread(target=answer)
         answering.start()
-        result = run(*execIn(ns, sys.executable, "-c", BIG_DATAGRAM, f"{PREFIX}2",
-                             str(host.getsockname()[1])), check=False, timeout=30)
-        answering.join()
+        try:
+            yield host.getsockname()[1], got
+        finally:
+            answering.join()
+
+
+@pytest.mark.parametrize("tapOptions", ["", ":offload=off"])
+def test_bigIpv6DatagramCrossesTheRouterWhole(vswitch, processes, namespaces,
+                                              tapOptions: str) -> None:
+    """
+    A 4000-byte UDP datagram the guest's kernel sends in IPv6 fragments to
+    fec0::2 reaches a socket on the host's ::1 whole (the router
+    reassembles it), and the host's 4000-byte answer reaches the guest whole.
+    """
+    import hashlib
+    import sys
+
+    tap = uniqueName("vt6")
+    sw = vswitch("--port", f"tap:{tap}{tapOptions}", "--port", "slirp")
+    ns = namespaces.add("vt6")
+    moveTap(tap, ns, None)
+    waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20, what="a SLAAC address")
+    with oneDatagramAnswered(reverse=True) as (port, got):
+        result = run(*execIn(ns, sys.executable, "-c", BIG_DATAGRAM, f"{PREFIX}2", str(port)),
+                     check=False, timeout=30)
     data = bytes(range(256)) * 15 + bytes(160)
     assert got == [data], (len(got[0]) if got else None, sw.logText())
     digest, back = hashlib.sha256(data).hexdigest(), hashlib.sha256(data[::-1]).hexdigest()
@@ -355,9 +371,7 @@ def test_aJumboGuestLearnsAGivenMtuFromTheRouter(vswitch, namespaces) -> None:
     host's answer comes back, instead of losing it unanswered; an IPv4
     ping that may not be fragmented gets fragmentation needed.
     """
-    import socket
     import sys
-    import threading
 
     tap = uniqueName("vt6")
     sw = vswitch("--port", f"tap:{tap}", "--port", "slirp:mtu=1500")
@@ -366,22 +380,9 @@ def test_aJumboGuestLearnsAGivenMtuFromTheRouter(vswitch, namespaces) -> None:
     run(*execIn(ns, "sysctl", "-qw", f"net.ipv6.conf.{tap}.accept_ra_mtu=0"))
     run("ip", "-n", ns, "link", "set", tap, "mtu", "9000", "up")
     waitFor(lambda: slaacAddress(ns, tap) is not None, timeout=20, what="a SLAAC address")
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as host:
-        host.bind(("::1", 0))
-        host.settimeout(15)
-
-        def answer() -> None:
-            try:
-                data, peer = host.recvfrom(65536)
-            except TimeoutError:
-                return
-            host.sendto(data, peer)
-
-        answering = threading.Thread(target=answer)
-        answering.start()
-        result = run(*execIn(ns, sys.executable, "-c", PMTU_PROBE, f"{PREFIX}2",
-                             str(host.getsockname()[1])), check=False, timeout=30)
-        answering.join()
+    with oneDatagramAnswered() as (port, _):
+        result = run(*execIn(ns, sys.executable, "-c", PMTU_PROBE, f"{PREFIX}2", str(port)),
+                     check=False, timeout=30)
     assert result.stdout.split() == ["1500", "4000"], result.stdout + result.stderr + sw.logText()
     run("ip", "-n", ns, "addr", "add", "10.0.2.15/24", "dev", tap)
     pings = [run(*execIn(ns, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "4000",
