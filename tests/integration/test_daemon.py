@@ -122,6 +122,43 @@ def test_aSecondSwitchOnTheSameDirectoryIsRefused(shortdir: Path, daemons: list[
     assert sorted(p.name for p in shortdir.iterdir()) == ["a.log", "b.log"]
 
 
+def gone(pid: int) -> bool:
+    """
+    Whether process C{pid} is gone, reaped by init: until then twistd takes
+    its zombie for a running switch.
+    """
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_sigusr1RotatesTheLogAndAKilledSwitchIsReplaced(
+    shortdir: Path, daemons: list[Path]
+) -> None:
+    """
+    SIGUSR1 makes the daemon rotate its log (C{vswitch.log} becomes
+    C{vswitch.log.1}); after SIGKILL, the next start on the same pid file
+    and directory replaces the stale pid file and sockets.
+    """
+    pidFile, log, sock = shortdir / "sw.pid", shortdir / "vswitch.log", shortdir / "sw"
+    daemons.append(pidFile)
+    argv = [f"--pidfile={pidFile}", f"--logfile={log}", "vswitch", "--sock", str(sock)]
+    assert twistd(*argv).returncode == 0
+    waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
+    pid = int(pidFile.read_text())
+    os.kill(pid, signal.SIGUSR1)
+    rotated = Path(f"{log}.1")
+    waitFor(lambda: rotated.exists() and log.exists(), what="the log to rotate")
+    assert f"vde:{sock}: listening on {sock}/ctl" in rotated.read_text()
+    os.kill(pid, signal.SIGKILL)
+    waitFor(lambda: gone(pid), what="init to reap the killed switch", timeout=30)
+    ran = twistd(*argv)
+    assert ran.returncode == 0, (ran, log.read_text())
+    waitFor(lambda: socketListening(sock / "ctl"), what="the second switch")
+    assert int(pidFile.read_text()) != pid
+    os.kill(int(pidFile.read_text()), signal.SIGTERM)
+    waitFor(lambda: not pidFile.exists(), what="the second switch to stop")
+    assert not sock.exists()
+
+
 def test_afterTwistdDropsPrivilegesTheSwitchsFilesAreItsUsers(
     shortdir: Path, daemons: list[Path]
 ) -> None:

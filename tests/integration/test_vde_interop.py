@@ -107,12 +107,22 @@ def test_modeOptionOpensDirectoryToo(vswitch) -> None:
     assert stat.S_IMODE(os.stat(sw.ctl).st_mode) == 0o660
 
 
-def test_sigtermRemovesEverySocketFile(vswitch, processes) -> None:
-    """Stopping the switch removes its data sockets, its ctl and its directory."""
+def test_dirmodeOptionSetsTheDirectorysMode(vswitch) -> None:
+    """--dirmode gives the --sock directory that mode and, with no --mode, its
+    control socket the read and write bits of it, as vde_switch does."""
+    sw = vswitch("--dirmode", "2750")
+    assert stat.S_IMODE(os.stat(sw.sock).st_mode) == 0o2750
+    assert stat.S_IMODE(os.stat(sw.ctl).st_mode) == 0o640
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigtermRemovesEverySocketFile(vswitch, processes, sig: int) -> None:
+    """Stopping the switch (SIGTERM or SIGINT) removes its data sockets, its
+    ctl and its directory."""
     sw = vswitch()
     a, b = plugs(processes, sw, 2)
-    # twistd re-raises the signal after a clean shutdown, so the status says SIGTERM
-    assert processes.stop(sw.process, signal.SIGTERM) in (0, -signal.SIGTERM)
+    # twistd re-raises the signal after a clean shutdown, so the status says which
+    assert processes.stop(sw.process, sig) in (0, -sig)
     assert "Main loop terminated" in sw.logText()
     assert not sw.sock.exists(), os.listdir(sw.sock)
     waitFor(lambda: a.exited() and b.exited(), what="clients to notice")

@@ -367,6 +367,18 @@ def test_framesHeldOnTheWayInGoWithTheirPeer() -> None:
     assert a.switch.fdb.lookup(0, mac(9)) is None
 
 
+def test_theReadmesExampleShowsAsTheReadmeSays() -> None:
+    """
+    README's C{tap:site1:delay=40:jitter=5:loss=0.5:indelay=40}: port/stats
+    shows C{delay 40 ms +-5 ms, loss 0.5%; arriving: delay 40 ms}.
+    """
+    clock, service, ops, a, b, port = _managed()
+    spec = PortSpec("tap:site1:delay=40:jitter=5:loss=0.5:indelay=40")
+    PortOptions.fromSpec(spec).apply(service.switch, port)
+    assert ops.ports(port.number)[0].impairment == \
+        "delay 40 ms +-5 ms, loss 0.5%; arriving: delay 40 ms"
+
+
 def test_bothWaysMakeARoundTrip() -> None:
     """
     delay=10:indelay=20 in a spec: a request to B leaves after 10 ms, its

@@ -63,3 +63,28 @@ def test_pidfileIsTwistds() -> None:
         parse("-p", "/run/b.pid", pidfile="/run/a.pid")
     with pytest.raises(usage.UsageError, match=r"unless given -n \(--nodaemon\)"):
         parse("-d", nodaemon=True)
+
+
+def test_theReadmesSwitchOptionsReachTheSwitch() -> None:
+    """
+    The README's C{--hub --numports 64 --macaddr-ttl 300} and
+    C{--mac-table-size} configure the switch built; C{--debugclients} (C{-D}'s
+    long spelling) is accepted and changes nothing.
+    """
+    switch = parse("--hub", "--numports", "64", "--macaddr-ttl", "300",
+                   "--mac-table-size", "500", "--debugclients", "3").build(reactor=None).switch
+    assert (switch.hub, switch.numPorts) == (True, 64)
+    assert (switch.fdb.expiry, switch.fdb.capacity) == (300, 500)
+    plain = parse().build(reactor=None).switch
+    assert (plain.hub, plain.numPorts, plain.fdb.capacity) == (False, 32, 16384)
+
+
+@pytest.mark.parametrize("flag", ["-v", "--version"])
+def test_vPrintsTwistedsVersion(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """-v, as vde_switch's, prints a version (Twisted's) and exits."""
+    import twisted
+
+    with pytest.raises(SystemExit) as exited:
+        parse(flag)
+    assert exited.value.code in (0, None)
+    assert twisted.__version__ in capsys.readouterr().out
