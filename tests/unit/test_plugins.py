@@ -269,6 +269,25 @@ def test_aClashingPrefixKeepsTheShippedType(
     assert "acme_reflector" in repr(clashes[0]["other"])
 
 
+def test_twoThirdPartyTypesOfOnePrefixTakeTheFirstModule(
+    thirdParty: Path, logEvents: list[dict[str, Any]]
+) -> None:
+    """
+    Two other distributions declaring one prefix: the one whose module
+    sorts first is used, whatever the order they are found in, and the
+    clash is logged.
+    """
+    for name, module in [("acme_one", "zz_reflector"), ("acme_two", "aa_reflector")]:
+        declare(thirdParty / "vtwisted" / "plugins", name, f"""
+            from vtwisted.porttype import PortType
+            zeta = PortType("zeta", "{module}", "zeta:X from {module}")
+            """)
+    assert portTypes()["zeta"].module == "aa_reflector"  # type: ignore[attr-defined]
+    clashes = [event for event in logEvents if "declared twice" in str(event.get("log_format"))]
+    assert len(clashes) == 1 and clashes[0]["prefix"] == "zeta"
+    assert "zz_reflector" in repr(clashes[0]["other"])
+
+
 def test_unknownPrefixNamesTheSpec() -> None:
     """An unknown prefix fails with the spec and the known types in the message."""
     from vtwisted.app import buildService
@@ -288,6 +307,21 @@ def test_badArgumentNamesTheSpec() -> None:
     with pytest.raises(SpecError) as e:
         buildService(None, ["vde:/tmp/x:colour=blue"], defaultSock=False)
     assert "unknown option colour" in str(e.value)
+
+
+@pytest.mark.parametrize("spec", [
+    "vde:/tmp/x:mode=0600:mode=0644", "tap:t0:vlan=1:vlan=2",
+    "qemu:unix:/tmp/q.sock:mtu=1500:mtu=1400", "pcap:/tmp/p.pcap:snaplen=64:snaplen=96",
+    "cable:listen:tcp:0:tls=off:delay=5:delay=6",
+])
+def test_anOptionGivenTwiceNamesTheSpec(spec: str) -> None:
+    """A keyword given twice stops the start with the spec and the keyword."""
+    from vtwisted.app import buildService
+
+    with pytest.raises(SpecError) as e:
+        buildService(None, [spec], defaultSock=False)
+    key = spec.rsplit(":", 1)[1].split("=")[0]
+    assert f"port spec {spec!r}: {key}= is given 2 times; give it once" in str(e.value)
 
 
 def test_helpListsEveryPortType() -> None:
