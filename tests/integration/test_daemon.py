@@ -130,6 +130,18 @@ def gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
+def catchesSigterm(pid: int) -> bool:
+    """
+    Whether process C{pid} has its SIGTERM handler: twistd installs it when
+    its event loop starts, just after a daemon's parent has returned and
+    its sockets listen; until then SIGTERM kills it as SIGKILL would.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
 def test_sigusr1RotatesTheLogAndAKilledSwitchIsReplaced(
     shortdir: Path, daemons: list[Path]
 ) -> None:
@@ -144,6 +156,7 @@ def test_sigusr1RotatesTheLogAndAKilledSwitchIsReplaced(
     assert twistd(*argv).returncode == 0
     waitFor(lambda: socketListening(sock / "ctl"), what="the switch")
     pid = int(pidFile.read_text())
+    waitFor(lambda: catchesSigterm(pid), what="twistd's event loop to run")
     os.kill(pid, signal.SIGUSR1)
     rotated = Path(f"{log}.1")
     waitFor(lambda: rotated.exists() and log.exists(), what="the log to rotate")
@@ -154,7 +167,9 @@ def test_sigusr1RotatesTheLogAndAKilledSwitchIsReplaced(
     assert ran.returncode == 0, (ran, log.read_text())
     waitFor(lambda: socketListening(sock / "ctl"), what="the second switch")
     assert int(pidFile.read_text()) != pid
-    os.kill(int(pidFile.read_text()), signal.SIGTERM)
+    second = int(pidFile.read_text())
+    waitFor(lambda: catchesSigterm(second), what="twistd's event loop to run")
+    os.kill(second, signal.SIGTERM)
     waitFor(lambda: not pidFile.exists(), what="the second switch to stop")
     assert not sock.exists()
 
