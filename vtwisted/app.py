@@ -367,6 +367,27 @@ def exitOnFailure(service: SwitchService, runner: Any) -> None:
     service.exitOnFailure = True
     service.pidFile = runner.get("pidfile")
     service.runner = runner
+    if service.reactor is not None:
+        stopOnEarlyTerm(service.reactor)
+
+
+def stopOnEarlyTerm(reactor: Any) -> None:
+    """
+    Make a C{SIGTERM} that comes before the event loop runs stop the switch
+    cleanly once it does, as one after would (unless something already
+    handles C{SIGTERM}).  A daemonising C{twistd}'s parent returns, and the
+    sockets listen, a few milliseconds before the loop installs its own
+    handler, which then replaces this one: a script that stopped the switch
+    as soon as it had started killed it as C{SIGKILL} would, leaving its pid
+    file and sockets behind.
+    """
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def early(number: int, frame: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, early)
 
 
 def twistdOptions() -> Any:

@@ -298,3 +298,23 @@ def test_aWrongSettingSaysSoWithoutTheWholeUsage(
     assert error in lines[-1], result.stdout
     assert "twistd vswitch --help lists the options." in lines
     assert len(lines) <= 5, result.stdout
+
+
+def test_aSigtermAsSoonAsTheDaemonStartedStopsItCleanly(
+    shortdir: Path, daemons: list[Path]
+) -> None:
+    """
+    SIGTERM sent the moment a daemon's parent twistd returns, before the
+    event loop has its handler (a script stopping the switch as soon as it
+    started): the switch stops as it does later, removing its pid file and
+    sockets (it was killed with both left behind, about one time in three).
+    """
+    pidFile, log, sock = shortdir / "sw.pid", shortdir / "vswitch.log", shortdir / "sw"
+    daemons.append(pidFile)
+    for _ in range(3):
+        assert twistd(f"--pidfile={pidFile}", f"--logfile={log}", "vswitch",
+                      "--sock", str(sock)).returncode == 0
+        pid = int(pidFile.read_text())
+        os.kill(pid, signal.SIGTERM)
+        waitFor(lambda pid=pid: gone(pid), what="the switch to end", timeout=30)
+        assert not pidFile.exists() and not sock.exists(), log.read_text()
