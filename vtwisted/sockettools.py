@@ -219,10 +219,11 @@ def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
     """
     The user owning a connection's peer (Unix sockets only) and a line for
     C{port/print}: C{qemu-system-x86 pid 1234 on /run/vm.sock}, or
-    C{tcp 127.0.0.1:40000}.
+    C{tcp 127.0.0.1:40000}, C{tcp [::1]:40000}.
     """
     if not isinstance(peer, UNIXAddress):
-        return None, f"{peer.type.lower()} {peer.host}:{peer.port}"
+        host = f"[{peer.host}]" if ":" in peer.host else peer.host
+        return None, f"{peer.type.lower()} {host}:{peer.port}"
     path = peer.name or handle.getsockname() or b""
     where = f" on {path.decode(errors='replace') if isinstance(path, bytes) else path}"
     credentials = peerCredentials(handle)

@@ -13,7 +13,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
@@ -58,8 +58,8 @@ class Transport(StringTransport):
     bufferSize = 0
     noDelay = False
 
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    def __init__(self, peer: IPv4Address | IPv6Address | None = None) -> None:
+        super().__init__(peerAddress=peer or IPv4Address("TCP", "127.0.0.1", 40000))
         self.handle = FakeSocket()
 
     def setTcpNoDelay(self, enabled: bool) -> None:
@@ -202,6 +202,19 @@ def test_eachGuestGetsAPortAndFramesTravelBothWays() -> None:
     assert decode(rightWire.value()) == frames
     assert leftWire.value() == b""
     assert left.port.counters.inFrames == 4
+
+
+def test_anIpv6PeerIsShownWithItsAddressInBrackets() -> None:
+    """
+    C{port/print} shows a guest on C{qemu:tcp6:} as C{tcp [::1]:40290}, as
+    addresses with ports are written, not C{tcp ::1:40290}.
+    """
+    service = make("qemu:tcp6:0")
+    link = service.factory.buildProtocol(None)
+    assert isinstance(link, qemu.QemuStreamLink)
+    transport = Transport(IPv6Address("TCP", "::1", 40290))
+    link.makeConnection(transport)
+    assert link.description == "tcp [::1]:40290"
 
 
 def test_guestDisconnectingFreesItsPort() -> None:
