@@ -215,6 +215,11 @@ def test_aSocketWithoutAnAddressIsNotSettled() -> None:
     interface has none) is no address to tell own frames by: the port
     alone tells them.
     """
-    link, other = _groupLink(FakeSocket("0.0.0.0", 40000))
+    with capturedLogs() as events:
+        link, other = _groupLink(FakeSocket("0.0.0.0", 40000))
     link.datagramReceived(frame(BROADCAST, mac(1)), ("10.9.0.1", 40000))
     assert other.sent == []
+    # as on a namespace's loopback with a route for 224.0.0.0/4 through lo:
+    # a route there is, so the warning says what gives the socket an address
+    [warning] = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
+    assert "localaddr=" in warning and "until there is a route" not in warning, warning

@@ -25,9 +25,11 @@ loopback, the outgoing interface's address on a real network, C{localaddr=}
 if given.  The sending socket is connected to the group when the service
 starts, which makes the kernel choose that address once and keep it (a
 connected UDP socket's source is fixed); C{getsockname} then tells it.  If
-there is no route for the group yet, its own frames are told by port alone
-(and logged so) until one of them comes back, when the socket is connected
-again; without C{localaddr=}, the group cannot even be joined then, which
+there is no route for the group yet (or the kernel leaves the connected
+socket without a source address, as it does for a route through a
+namespace's loopback; C{localaddr=} fixes the address), its own frames are
+told by port alone (and logged so) until one of them comes back, when the
+socket is connected again; without C{localaddr=}, the group cannot even be joined then, which
 stops the port's start with a message saying so (Twisted reports a failed
 join through a L{Deferred}, which was left unread: the port started deaf).
 Frames leave with TTL 1 (the local link) unless C{ttl=} says otherwise,
@@ -139,7 +141,9 @@ class McastLink(PlainDatagramLink, DatagramProtocol):
                 self.datagramReceived = self._receiveUnsettled  # type: ignore[method-assign]
                 log.warn("{spec}: cannot connect the sending socket to the group: {error} "
                          "(errno {errno}); the switch's own frames are told by their source "
-                         "port alone until there is a route for {group}",
+                         "port alone until the kernel gives it an address to send to {group} "
+                         "from (a route for the group through an interface with an address; "
+                         "localaddr=ADDR fixes it)",
                          spec=self.service.spec, error=e.strerror, errno=e.errno,
                          group=self.service.group)
             return False
