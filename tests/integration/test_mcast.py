@@ -1,7 +1,8 @@
 """
 QEMU's multicast transport (C{mcast:}) with real members: a Python member
-that behaves as QEMU's C{-netdev socket,mcast=} does, and a QEMU guest on
-that backend pinging a namespace behind the switch's TAP.  Everything runs
+that behaves as QEMU's C{-netdev socket,mcast=} does, and QEMU guests on
+that backend and on C{-netdev dgram}'s multicast reaching a namespace
+behind the switch's TAP.  Everything runs
 in a namespace of its own whose only route for multicast is its loopback,
 so no datagram leaves it.
 """
@@ -119,6 +120,50 @@ def test_qemuGuestOnMulticastReachesANamespace(processes, namespaces, shortdir) 
                      "10.7.0.2/24", "10.7.0.1", "52:54:00:76:74:51", directory=shortdir,
                      name="mcast", wrapper=execIn(ns))
     assert "group 230.0.0.1:5561" in console(mgmt, "port/print")
+
+
+def test_dgramMulticastGuestCarriesJumboFramesAndTcpToANamespace(processes, namespaces,
+                                                                 shortdir) -> None:
+    """
+    A QEMU guest on C{-netdev dgram} with a multicast remote (QEMU 7.2's
+    other way into a group) at MTU 9000: 9000-byte pings from the namespace
+    behind the switch's TAP come back whole, and 3 MB sent over TCP (TAP
+    super-frames the switch cuts into jumbo datagrams) arrive with their
+    SHA-256.
+    """
+    from guest import startGuest
+    from taphelpers import _CLIENT, PYTHON
+    from test_qemu_vde import guestScript
+
+    need("qemu-system-x86_64", "ping")
+    ns = multicastNamespace(namespaces)
+    tap = uniqueName("vtm")
+    switchInNamespace(processes, ns, shortdir, "--port", f"mcast:{GROUP}:5571",
+                      "--port", f"tap:{tap}")
+    host = hostBehindTap(namespaces, ns, tap, "10.7.3.1/24")
+    run("ip", "-n", host, "link", "set", tap, "mtu", "9000")
+    receive = "nc -l -p 7300 < /dev/null > /tmp/got & nc=$!\nsleep 0.5\n"
+    report = ("wait $nc\n"
+              "echo \"got $(wc -c < /tmp/got) $(sha256sum < /tmp/got | cut -d' ' -f1)\"\n")
+    script = guestScript("10.7.3.2", "10.7.3.1", 2, receive, mtu=9000).replace(
+        "echo \"echos received", report + "echo \"echos received")
+    guest = startGuest(
+        processes,
+        ["-netdev", f"dgram,id=n0,remote.type=inet,remote.host={GROUP},remote.port=5571"],
+        script, "52:54:00:76:74:61", directory=shortdir, name="mcdgram", wrapper=execIn(ns))
+    waitFor(lambda: guest.sawLine("VTW-READY") or guest.process.poll() is not None,
+            timeout=60, what="the guest's pings")
+    pings = subprocess.run(execIn(host, "ping", "-c", "2", "-i", "0.2", "-s", "8972", "-M", "do",
+                                  "-W", "2", "10.7.3.2"), capture_output=True, text=True,
+                           timeout=30)
+    sent = subprocess.run(execIn(host, PYTHON, "-c", _CLIENT, "10.7.3.2", "7300", "5",
+                                 str(3 << 20)), capture_output=True, text=True, timeout=120)
+    result = guest.wait(120)
+    print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
+    assert pings.returncode == 0, pings.stdout + pings.stderr
+    assert sent.returncode == 0, sent.stderr
+    assert result.rc == 0, guest.diagnostics()
+    assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
 
 
 #: Sends argv[5] (hex) once to argv[3]:argv[4] from a socket bound to
