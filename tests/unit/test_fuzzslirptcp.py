@@ -59,7 +59,7 @@ from vtwisted.wire.tcp import (
     iterOptions,
 )
 
-EXAMPLES = int(os.environ.get("VTWISTED_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("VTWISTED_FUZZ_EXAMPLES", "100"))
 STEPS = int(os.environ.get("VTWISTED_FUZZ_STEPS", "40"))
 MASK = 0xFFFFFFFF
 PORT = 40000
@@ -87,8 +87,9 @@ class HostSocket(StringTransport):
 
     bufferSize = 1 << 16
 
-    def __init__(self, clock: MemoryReactorClock) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "127.0.0.1", 80), lenient=True)
+    def __init__(self, clock: MemoryReactorClock,
+                 peer: tuple[str, int] = ("127.0.0.1", 80)) -> None:
+        super().__init__(peerAddress=IPv4Address("TCP", *peer), lenient=True)
         self.clock = clock
         self.writeClosed = False
         self.aborted = False
@@ -220,6 +221,9 @@ class SlirpTcpMachine(RuleBasedStateMachine):
             elif kind == OPT_SACK_PERMITTED:
                 sack = True
         self.guest = Guest(syn.seq, shift, bool(sack))
+        self.resetModel()
+
+    def resetModel(self) -> None:
         self.hostStream, self.hostEof = b"", False
         self.lastAck, self.edge, self.windowZero, self.sndMax = 0, 0, False, 1
         self.pending = []
@@ -377,6 +381,8 @@ class SlirpTcpMachine(RuleBasedStateMachine):
                 continue
             offset = (header.seq - guest.ours - 1) & MASK
             end = offset + len(payload)
+            if header.flags & SYN or offset >= 1 << 30:
+                continue
             if header.flags & FIN and self.hostEof:
                 guest.theirFin = end
             if offset > guest.received and payload:
@@ -404,6 +410,48 @@ class SlirpTcpMachine(RuleBasedStateMachine):
         assert guest is not None and guest.ours is not None
         blocks = [(a - guest.received, b - a) for a, b in sorted(guest.ranges)[-3:]]
         self.ack(window, 0, blocks if guest.sack else [])
+
+    # Rules: a host port forward.
+
+    @rule(isn=st.integers(0, MASK))
+    def forward(self, isn: int) -> None:
+        """
+        A host client connects to a port forward to the guest's port.
+        """
+        socket = HostSocket(self.clock, ("127.0.0.1", 80))
+        protocol: Any = self.nat.forwardFactory(GUEST, PORT).buildProtocol(socket.getPeer())
+        socket.protocol = protocol
+        before = self.connection()
+        fresh = before is None or before.state == "time-wait"
+        if fresh:
+            self.guest = Guest(isn, None, False)
+            self.resetModel()
+        self.sockets.append(socket)
+        protocol.makeConnection(socket)
+        if fresh and self.connection() is None:
+            self.guest = None
+        self.check()
+
+    @precondition(lambda self: self.connection() is not None
+                  and self.connection().state == "syn-sent")
+    @rule(shift=st.sampled_from([None, 0, 7, 14]), sack=st.booleans(),
+          window=st.sampled_from(WINDOWS), good=st.booleans())
+    def synAck(self, shift: int | None, sack: bool, window: int, good: bool) -> None:
+        """
+        The guest answers a forward's SYN, perhaps acknowledging the wrong number.
+        """
+        guest = self.guest
+        assert guest is not None and guest.ours is not None
+        options = b""
+        if shift is not None:
+            options += bytes((1, OPT_WINDOW_SCALE, 3, shift))
+        if sack:
+            options += bytes((1, 1, OPT_SACK_PERMITTED, 2))
+        guest.shift, guest.sack = shift, sack
+        ack = guest.ours + 1 if good else guest.ours + 7
+        if good:
+            self.lastAck, self.edge, self.windowZero = 1, 1 + window, window == 0
+        self.send(SYN | ACK, guest.isn, ack, window=window, options=options)
 
     # Rules: the host.
 
@@ -499,7 +547,7 @@ class SlirpTcpMachine(RuleBasedStateMachine):
             return
         assert flags & ACK or flags == SYN, f"{flags:#x} without ACK"
         ack = (header.ack - guest.isn - 1) & MASK
-        assert ack <= guest.sent + (guest.finAt is not None), (
+        assert not flags & ACK or ack <= guest.sent + (guest.finAt is not None), (
             f"ACK of {ack} bytes, the guest sent {guest.sent}")
         if flags & SYN:
             assert not payload
