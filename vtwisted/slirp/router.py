@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -118,6 +119,8 @@ class SlirpRouter(GuestSender):
         #: port takes jumbo frames); with it, larger IPv6 packets, and IPv4
         #: ones that may not be fragmented, are answered as a router would.
         self.mru = config.mtu if config.mtuGiven else None
+        #: The longest frame let through without a look (L{_tooBig}).
+        self._longestFrame = 14 + self.mru if self.mru is not None else sys.maxsize
         self.restricted = config.restricted
         #: Whether guests get IPv4 at all (C{ipv4=off}: IPv6 alone).
         self.ipv4 = config.ipv4
@@ -215,8 +218,9 @@ class SlirpRouter(GuestSender):
         A plain frame the switch sent to this port.
         """
         try:
-            if not self._tooBig(frame, 0):
-                self._dispatch(frame, 0, False)
+            if len(frame) > self._longestFrame and self._tooBig(frame, 0):
+                return
+            self._dispatch(frame, 0, False)
         except Exception:
             log.failure("slirp: the router failed on a frame")
 
@@ -235,7 +239,8 @@ class SlirpRouter(GuestSender):
                         self._dispatch(frame, 0, False)
                 return
             verified = bool(flags & (vnet.NEEDS_CSUM | vnet.DATA_VALID))
-            if gsoType == vnet.GSO_NONE and self._tooBig(packet, vnet.HEADER_LENGTH):
+            if len(packet) - vnet.HEADER_LENGTH > self._longestFrame and \
+                    gsoType == vnet.GSO_NONE and self._tooBig(packet, vnet.HEADER_LENGTH):
                 return
             self._dispatch(packet, vnet.HEADER_LENGTH, verified)
         except vnet.VnetError as e:
