@@ -542,6 +542,24 @@ def assertGuestPings(processes: Processes, netdevArgs: list[str], address: str, 
     assert "3 packets received" in result.output, result.output
 
 
+def assertGuestGotTheTransfer(guest: Guest, pings: subprocess.CompletedProcess[str],
+                              sent: subprocess.CompletedProcess[str],
+                              timeout: float = 120.0) -> GuestResult:
+    """
+    Wait for C{guest}, whose script reports C{got SIZE SHA256} for what it
+    received, and check that the C{pings} from the host side answered and
+    that the guest got exactly what the sender (C{sent}, which prints
+    C{SIZE SHA256}) sent.
+    """
+    result = guest.wait(timeout)
+    print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
+    assert pings.returncode == 0, pings.stdout + pings.stderr
+    assert sent.returncode == 0, sent.stderr
+    assert result.rc == 0, guest.diagnostics()
+    assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
+    return result
+
+
 def outageScript(address: str, peer: str) -> str:
     """
     A guest script for a network that goes away and comes back: as

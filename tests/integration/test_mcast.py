@@ -131,7 +131,7 @@ def test_dgramMulticastGuestCarriesJumboFramesAndTcpToANamespace(processes, name
     super-frames the switch cuts into jumbo datagrams) arrive with their
     SHA-256.
     """
-    from guest import startGuest
+    from guest import assertGuestGotTheTransfer, startGuest
     from taphelpers import _CLIENT, PYTHON
     from test_qemu_vde import guestScript
 
@@ -158,12 +158,7 @@ def test_dgramMulticastGuestCarriesJumboFramesAndTcpToANamespace(processes, name
                            timeout=30)
     sent = subprocess.run(execIn(host, PYTHON, "-c", _CLIENT, "10.7.3.2", "7300", "5",
                                  str(3 << 20)), capture_output=True, text=True, timeout=120)
-    result = guest.wait(120)
-    print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
-    assert pings.returncode == 0, pings.stdout + pings.stderr
-    assert sent.returncode == 0, sent.stderr
-    assert result.rc == 0, guest.diagnostics()
-    assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
+    assertGuestGotTheTransfer(guest, pings, sent)
 
 
 #: Sends argv[5] (hex) once to argv[3]:argv[4] from a socket bound to

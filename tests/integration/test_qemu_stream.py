@@ -16,7 +16,7 @@ import socket
 import subprocess
 
 import pytest
-from guest import outageScript, startGuest, waitAll
+from guest import assertGuestGotTheTransfer, outageScript, startGuest, waitAll
 from helpers import execIn, need, needRoot, run, uniqueName, waitFor
 from taphelpers import _CLIENT, PYTHON, console, moveTap, quietNamespace
 from test_qemu_vde import guestScript
@@ -115,12 +115,7 @@ def test_legacySocketGuestGetsTapTrafficCutToItsMtu(vswitch, processes, namespac
     )
     sent = subprocess.run(execIn(ns, PYTHON, "-c", _CLIENT, "10.211.7.2", "7300", "5",
                                  str(3 << 20)), capture_output=True, text=True, timeout=120)
-    result = guest.wait(120)
-    print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
-    assert pings.returncode == 0, pings.stdout + pings.stderr
-    assert sent.returncode == 0, sent.stderr
-    assert result.rc == 0, guest.diagnostics()
-    assert f"got {sent.stdout.strip()}" in result.output, guest.diagnostics()
+    assertGuestGotTheTransfer(guest, pings, sent)
     assert sw.process.poll() is None
 
 
