@@ -7,7 +7,8 @@ Theory of operation
 L{TapService} opens (or creates) the device in C{privilegedStartService}, so
 C{twistd --uid} can drop privileges afterwards; after C{TUNSETIFF} the device
 is only ever used through its file descriptor, never by name, so it may be
-moved to another network namespace and keep working.
+moved to another network namespace and keep working; C{netns=} has the
+switch move it there itself (L{vtwisted.ports.tapnetns}).
 
 The device is opened with C{IFF_VNET_HDR} and C{TUNSETOFFLOAD} (checksum, TSO
 for IPv4 and IPv6 with ECN, USO where the kernel has it): every read and
@@ -47,6 +48,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import ILink, IRevivablePortService
 from vtwisted.polling import pollerFor
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports import tapnetns
 from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.ports.tapdevice import (
     IFNAMSIZ,
@@ -261,9 +263,13 @@ class TapLink(TuntapPort):
         """
         The device, its offloads, and how many datagrams were coalesced.
         """
+        name = self.name
+        netns = getattr(self.service, "netns", None)
+        if netns is not None:
+            name += f" in netns {netns.text}"
         if not self._offloadText:
-            return self.name
-        text = f"{self.name} offload={self._offloadText}"
+            return name
+        text = f"{name} offload={self._offloadText}"
         gro = self._gro
         if gro is not None:
             text += f" coalesced {gro.datagrams} datagrams into {gro.packets}"
@@ -415,8 +421,13 @@ class TapService(SingleLinkService):
         busyPoll: float = DEFAULT_BUSY_POLL,
         uso: bool = True,
         coalesce: bool = True,
+        netns: tapnetns.Namespace | None = None,
     ) -> None:
         super().__init__(switch, reactor, options, spec or f"tap:{name}")
+        #: The namespace to move the device into, if any.
+        self.netns = netns
+        #: Moves a device into a namespace (replaceable in tests).
+        self.mover: Any = tapnetns.moveDevice
         self.uso = uso
         self.coalesce = coalesce
         self.busyPoll = busyPoll
@@ -430,11 +441,19 @@ class TapService(SingleLinkService):
 
     def bind(self) -> None:
         """
-        Open the device (the error says what to do if that fails).
+        Open the device, and move it into its namespace if C{netns=} names
+        one (the error says what to do if that fails).
         """
+        if self.netns is None:
+            self.link = self._open()
+        else:
+            self.link = self.netns.openInto(self.spec, self.deviceName, self._open,
+                                            TapLink.shut, self.mover)
+
+    def _open(self) -> TapLink:
         link = TapLink(self, self.deviceName, self.offload, self.system, self.reactor, self.uso)
         link.open()
-        self.link = link
+        return link
 
     def linkGone(self, link: TapLink) -> None:
         """
@@ -455,9 +474,12 @@ class TapService(SingleLinkService):
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
     """
     Build the service for
-    C{tap:NAME[:offload=on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC]}
-    and the common options.  C{uso=off} leaves UDP segmentation offload out
-    of the offloads asked for: UDP GSO senders then send ordinary datagrams
+    C{tap:NAME[:offload=on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC]
+    [:netns=NS[:up=on|off]]} and the common options.  C{netns=} moves the
+    device into the network namespace C{NS} (an C{ip netns} name or a path)
+    and brings it up there unless C{up=off} (see L{vtwisted.ports.tapnetns}).  C{uso=off} leaves UDP
+    segmentation offload out of the offloads asked for: UDP GSO senders then
+    send ordinary datagrams
     (for a kernel or a peer that mishandles them; TCP ran level with and
     without it), and nothing is coalesced.  C{coalesce=off} hands every
     datagram read to the switch as it came instead of merging runs of one
@@ -469,10 +491,11 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
     uso = spec.boolean("uso", True)
     coalesce = spec.boolean("coalesce", True)
     busyPoll = spec.integer("busypoll", round(DEFAULT_BUSY_POLL * 1e6), 0, 10000)
+    netns = tapnetns.Namespace.fromSpec(spec)
     options = PortOptions.fromSpec(spec)
     spec.checkKeywords()
     assert busyPoll is not None
     return TapService(
         switch, reactor, name, offload, options, spec.text, busyPoll=busyPoll / 1e6, uso=uso,
-        coalesce=coalesce,
+        coalesce=coalesce, netns=netns,
     )
