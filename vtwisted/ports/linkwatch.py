@@ -32,9 +32,9 @@ RTMGRP_LINK = 1
 RTM_NEWLINK = 16
 RTM_DELLINK = 17
 #: struct nlmsghdr: length, type, flags, sequence, port id.
-_HEADER = struct.Struct("=IHHII")
+NLMSGHDR = struct.Struct("=IHHII")
 #: struct ifinfomsg: family, pad, type, index, flags, change.
-_IFINFO = struct.Struct("=BxHiII")
+IFINFOMSG = struct.Struct("=BxHiII")
 _READ = 65536
 
 
@@ -45,13 +45,13 @@ def indicesChanged(data: bytes) -> list[int]:
     """
     indices = []
     offset = 0
-    while offset + _HEADER.size <= len(data):
-        length, kind, _, _, _ = _HEADER.unpack_from(data, offset)
-        if length < _HEADER.size:
+    while offset + NLMSGHDR.size <= len(data):
+        length, kind, _, _, _ = NLMSGHDR.unpack_from(data, offset)
+        if length < NLMSGHDR.size:
             break
-        body = offset + _HEADER.size
-        if kind in (RTM_NEWLINK, RTM_DELLINK) and body + _IFINFO.size <= len(data):
-            indices.append(_IFINFO.unpack_from(data, body)[2])
+        body = offset + NLMSGHDR.size
+        if kind in (RTM_NEWLINK, RTM_DELLINK) and body + IFINFOMSG.size <= len(data):
+            indices.append(IFINFOMSG.unpack_from(data, body)[2])
         offset += (length + 3) & ~3
     return indices
 

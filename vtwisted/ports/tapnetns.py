@@ -34,20 +34,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from vtwisted.ports.linkwatch import IFINFOMSG, NETLINK_ROUTE, NLMSGHDR, RTM_NEWLINK
 from vtwisted.spec import PortSpec
 
 T = TypeVar("T")
 
 #: Where C{ip netns add NAME} puts its namespace files.
 NETNS_RUN_DIR = "/run/netns"
-_RTM_NEWLINK = 16
 _NLM_F_REQUEST = 0x01
 _NLM_F_ACK = 0x04
 _NLMSG_ERROR = 2
 _IFLA_NET_NS_FD = 28
 _IFF_UP = 0x1
-_HEADER = struct.Struct("=IHHII")
-_IFINFO = struct.Struct("=BxHiII")
 _ATTRIBUTE = struct.Struct("=HHI")
 
 
@@ -145,19 +143,20 @@ def moveDevice(name: str, namespace: int, up: bool) -> None:
     """
     index = socket.if_nametoindex(name)
     flags = _IFF_UP if up else 0
-    body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, flags, flags)
+    body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, flags)
     body += _ATTRIBUTE.pack(_ATTRIBUTE.size, _IFLA_NET_NS_FD, namespace)
-    request = _HEADER.pack(_HEADER.size + len(body), _RTM_NEWLINK,
+    request = NLMSGHDR.pack(NLMSGHDR.size + len(body), RTM_NEWLINK,
                            _NLM_F_REQUEST | _NLM_F_ACK, 1, 0) + body
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_ROUTE)
     try:
         sock.sendto(request, (0, 0))
         reply = sock.recv(65536)
     finally:
         sock.close()
-    if len(reply) < _HEADER.size + 4 or _HEADER.unpack_from(reply)[1] != _NLMSG_ERROR:
+    if len(reply) < NLMSGHDR.size + 4 or NLMSGHDR.unpack_from(reply)[1] != _NLMSG_ERROR:
         raise OSError(errno.EPROTO, "unexpected answer from the kernel's netlink")
-    (code,) = struct.unpack_from("=i", reply, _HEADER.size)
+    (code,) = struct.unpack_from("=i", reply, NLMSGHDR.size)
     if code:
         raise OSError(-code, os.strerror(-code))
 
