@@ -22,6 +22,7 @@ switchService = buildService(
     ports=[
         "vde:" + escape(directory) + ":mode=0660",  # escape: \\, : and = in a path
         # "tap:tap0",
+        # "tap:lab1:netns=lab1",  # moved into ip netns lab1 and brought up there
         # "vde:/tmp/lab-vlan10:vlan=10",
         # "qemu:unix:/tmp/vms.sock",  # -netdev stream,addr.type=unix,addr.path=/tmp/vms.sock
         # "qemu:connect:unix:/tmp/vm2.sock",  # -netdev stream,server=on,...
