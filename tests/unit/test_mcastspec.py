@@ -80,13 +80,15 @@ class FakeSender:
         self.socket = sock
 
 
-def _groupLink(sock: FakeSocket) -> tuple[mcast.McastLink, FakeLink]:
+def _groupLink(sock: FakeSocket,
+               reactor: object = None) -> tuple[mcast.McastLink, FakeLink]:
     """
     An C{mcast:} link sending through C{sock}, plugged into a switch with
     one other link, which it returns too.
     """
     switch = Switch()
-    service = mcast.makeService(switch, PortSpec("mcast:230.0.0.1:5560"), None)
+    service = mcast.makeService(switch, PortSpec("mcast:230.0.0.1:5560"),
+                                reactor or FakeMulticastReactor())
     link = mcast.McastLink(service)
     link.transport = FakeSender(FakeSocket())  # type: ignore[assignment]
     link.useSender(FakeSender(sock))
@@ -119,18 +121,54 @@ def test_withoutARouteOwnFramesAreToldByPortUntilOneComesBack() -> None:
     """
     sock = FakeSocket("10.9.0.1", 40000)
     sock.refusal = OSError(errno.ENETUNREACH, "Network is unreachable")
+    reactor = FakeMulticastReactor()
     with capturedLogs() as events:
-        link, other = _groupLink(sock)
+        link, other = _groupLink(sock, reactor)
         link.datagramReceived(frame(BROADCAST, mac(2)), ("10.9.0.2", 40000))
     warnings = [formatEvent(e) for e in events if e["log_level"] >= LogLevel.warn]
     assert len(warnings) == 1 and "mcast:230.0.0.1:5560" in warnings[0]
     assert "Network is unreachable (errno 101)" in warnings[0]
     assert other.sent == []
     sock.refusal = None
+    reactor.now = 1.0  # the next try (one a second at most)
     echo, foreign = frame(BROADCAST, mac(1)), frame(BROADCAST, mac(2))
     link.datagramReceived(echo, ("10.9.0.1", 40000))
     link.datagramReceived(foreign, ("10.9.0.2", 40000))
     assert link.own == ("10.9.0.1", 40000) and other.sent == [foreign]
+
+
+def test_anUnsettledSocketIsConnectedAgainOnceASecondAtMost() -> None:
+    """
+    While the sending address is unknown, each frame of the switch's own
+    that comes back makes the port try to learn it, but not more than once a
+    second: a port sending thousands of frames a second without an address
+    makes one C{connect} a second, not one per frame.
+    """
+    reactor = FakeMulticastReactor()
+    sock = FakeSocket("10.9.0.1", 40000)
+    sock.refusal = OSError(errno.ENETUNREACH, "Network is unreachable")
+    tries: list[float] = []
+    connect = sock.connect
+
+    def counted(address: tuple[str, int]) -> None:
+        tries.append(reactor.now)
+        connect(address)
+
+    sock.connect = counted  # type: ignore[method-assign]
+    link, other = _groupLink(sock, reactor)
+    echo = frame(BROADCAST, mac(1))
+    for _ in range(100):
+        link.datagramReceived(echo, ("10.9.0.1", 40000))
+    assert tries == [0.0, 0.0], "at start, then for the first frame back"
+    reactor.now = 0.5
+    link.datagramReceived(echo, ("10.9.0.1", 40000))
+    reactor.now = 1.0
+    sock.refusal = None
+    link.datagramReceived(echo, ("10.9.0.1", 40000))
+    assert tries == [0.0, 0.0, 1.0] and link.own == ("10.9.0.1", 40000)
+    foreign = frame(BROADCAST, mac(2))
+    link.datagramReceived(foreign, ("10.9.0.2", 40000))
+    assert other.sent == [foreign] and tries == [0.0, 0.0, 1.0]
 
 
 class FakeSendingPort:

@@ -29,7 +29,7 @@ there is no route for the group yet (or the kernel leaves the connected
 socket without a source address, as it does for a route through a
 namespace's loopback; C{localaddr=} fixes the address), its own frames are
 told by port alone (and logged so) until one of them comes back, when the
-socket is connected again; without C{localaddr=}, the group cannot even be joined then, which
+socket is connected again (once a second at most); without C{localaddr=}, the group cannot even be joined then, which
 stops the port's start with a message saying so (Twisted reports a failed
 join through a L{Deferred}, which was left unread: the port started deaf).
 Frames leave with TTL 1 (the local link) unless C{ttl=} says otherwise,
@@ -70,7 +70,8 @@ SEND_BUFFER = 2 * 1024 * 1024
 #: no longer this host's (an interface's address changed, and with it the
 #: routes through that address were flushed): a new socket, which
 #: the kernel gives the current address, is opened, at most once per
-#: L{RENEW_INTERVAL} seconds.
+#: L{RENEW_INTERVAL} seconds; an unsettled socket (see L{McastLink._settle})
+#: is connected again at most as often.
 ADDRESS_GONE = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH})
 RENEW_INTERVAL = 1.0
 
@@ -122,8 +123,16 @@ class McastLink(PlainDatagramLink, DatagramProtocol):
         """
         if addr[1] != self.own[1]:
             self.deliver(datagram)
-        elif self._settle() and addr != self.own:
+            return
+        now = self.service.reactor.seconds()
+        if now - self._triedAt < RENEW_INTERVAL:
+            return  # one connect() a second, not one per frame of ours that comes back
+        self._triedAt = now
+        if self._settle() and addr != self.own:
             self.deliver(datagram)
+
+    #: When an unsettled sending socket was last connected (L{_receiveUnsettled}).
+    _triedAt = float("-inf")
 
     def _settle(self) -> bool:
         """
