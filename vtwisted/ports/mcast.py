@@ -29,9 +29,10 @@ there is no route for the group yet (or the kernel leaves the connected
 socket without a source address, as it does for a route through a
 namespace's loopback; C{localaddr=} fixes the address), its own frames are
 told by port alone (and logged so) until one of them comes back, when the
-socket is connected again (once a second at most); without C{localaddr=}, the group cannot even be joined then, which
-stops the port's start with a message saying so (Twisted reports a failed
-join through a L{Deferred}, which was left unread: the port started deaf).
+socket is connected again (once a second at most); without C{localaddr=},
+the group cannot even be joined then, which stops the port's start with
+a message saying so (Twisted reports a failed join through a
+L{Deferred}, which was left unread: the port started deaf).
 Frames leave with TTL 1 (the local link) unless C{ttl=} says otherwise,
 through the interface of C{localaddr=} if given, as QEMU's C{localaddr=}
 does.
