@@ -3,6 +3,12 @@ What several port types do with their sockets: claim a Unix socket path a
 crashed process may have left behind, grow a send buffer, and turn a failed
 listen or bind into an L{OSError} that names the spec, the address and the
 errno, and describe the peer of a connection.
+
+Linux's abstract Unix socket names (a C{sun_path} whose first byte is NUL,
+QEMU's C{abstract=on}) are carried as Twisted carries them, as a path
+starting with C{"\\0"}: L{abstractAddress} makes one, L{isAbstract} tells
+one, L{unixAddressText} shows it as C{ss -x} does (C{@NAME}).  Such a name
+is no file: there is nothing to claim, stat, chmod or unlink.
 """
 
 from __future__ import annotations
@@ -22,11 +28,57 @@ from twisted.logger import Logger
 log = Logger()
 
 
+#: The size of C{sun_path}: an abstract name is at most one byte shorter.
+SUN_PATH_SIZE = 108
+
+
+def isAbstract(path: str | bytes | None) -> bool:
+    """
+    Whether C{path} is a Linux abstract Unix socket name (its first byte is
+    NUL), not a file.
+    """
+    return bool(path) and path[:1] in ("\0", b"\0")  # type: ignore[index]
+
+
+def abstractAddress(name: str, tight: bool = True) -> str:
+    """
+    The address of the abstract Unix socket C{name}, as Python's sockets and
+    Twisted's Unix endpoints take it: C{"\\0NAME"}, whose length is the
+    name's (QEMU's C{tight=on}); or with C{tight} false padded with NULs to
+    the whole C{sun_path} (QEMU's C{tight=off}, a different address).
+
+    @raise ValueError: if C{name} is empty or longer than 107 bytes.
+    """
+    size = len(name.encode())
+    if not name or size > SUN_PATH_SIZE - 1:
+        raise ValueError(f"an abstract name is 1 to {SUN_PATH_SIZE - 1} bytes long, "
+                         f"not {size}")
+    return "\0" + name + ("" if tight else "\0" * (SUN_PATH_SIZE - 1 - size))
+
+
+def unixAddressText(path: str | bytes | None) -> str:
+    """
+    A Unix socket address for people: a path as it is, an abstract name as
+    C{ss -x} shows it, C{@NAME}, and C{@NAME (tight=off)} for one padded to
+    the whole C{sun_path}.
+    """
+    if isinstance(path, bytes):
+        path = path.decode(errors="replace")
+    if not path:
+        return ""
+    if not isAbstract(path):
+        return path
+    name = path[1:].rstrip("\0")  # a name from a spec has no NUL: these pad it
+    return f"@{name}" + (" (tight=off)" if len(name) < len(path) - 1 else "")
+
+
 def claimSocketPath(path: str, label: str, owner: str, kind: int = socket.SOCK_STREAM) -> None:
     """
     Make way for a listening socket at C{path}: remove a stale socket nobody
     listens on; fail if a live one answers there or if C{path} is anything
-    else than a socket (which is never removed).
+    else than a socket (which is never removed).  An abstract name is no
+    file: nothing to do (a name still held fails the bind, EADDRINUSE; the
+    kernel frees a name with its last socket, so none is ever stale).
 
     @param label: what the path was given for (a port spec, C{--mgmt}), for
         messages.
@@ -34,6 +86,8 @@ def claimSocketPath(path: str, label: str, owner: str, kind: int = socket.SOCK_S
     @param kind: the socket type to probe with, that of the socket to come.
     @raise OSError: naming C{label}, C{path} and the errno.
     """
+    if isAbstract(path):
+        return
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -218,14 +272,13 @@ def socketOf(transport: Any) -> Any:
 def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
     """
     The user owning a connection's peer (Unix sockets only) and a line for
-    C{port/print}: C{qemu-system-x86 pid 1234 on /run/vm.sock}, or
-    C{tcp 127.0.0.1:40000}, C{tcp [::1]:40000}.
+    C{port/print}: C{qemu-system-x86 pid 1234 on /run/vm.sock} (C{on @NAME}
+    for an abstract name), or C{tcp 127.0.0.1:40000}, C{tcp [::1]:40000}.
     """
     if not isinstance(peer, UNIXAddress):
         host = f"[{peer.host}]" if ":" in peer.host else peer.host
         return None, f"{peer.type.lower()} {host}:{peer.port}"
-    path = peer.name or handle.getsockname() or b""
-    where = f" on {path.decode(errors='replace') if isinstance(path, bytes) else path}"
+    where = f" on {unixAddressText(peer.name or handle.getsockname())}"
     credentials = peerCredentials(handle)
     if credentials is None:
         return None, f"unix peer{where}"

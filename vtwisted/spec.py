@@ -175,19 +175,24 @@ class PortSpec:
             values.append(value)
         return values
 
-    def endpoint(self, skip: int, reserved: Iterable[str]) -> str:
+    def endpoint(self, skip: int, reserved: Iterable[str],
+                 replace: dict[int | str, str] | None = None) -> str:
         """
         The Twisted endpoint description this spec carries: the arguments
         after the prefix and C{skip} more, and every keyword not in
         C{reserved} (the switch's own options), escaped again.
 
+        @param replace: values given in place of those written, by position
+            among the endpoint's arguments (0 is its kind) or by keyword.
         @raise SpecError: if nothing is left.
         """
         reserved = set(reserved)
+        replace = replace or {}
         for key in set(self.repeated) - reserved:
             self._once(key)
-        parts = [escape(arg) for arg in self.args[skip:]]
-        parts += [f"{escape(k)}={escape(v)}" for k, v in self.kwargs.items() if k not in reserved]
+        parts = [escape(replace.get(n, arg)) for n, arg in enumerate(self.args[skip:])]
+        parts += [f"{escape(k)}={escape(replace.get(k, v))}"
+                  for k, v in self.kwargs.items() if k not in reserved]
         if not parts or not self.args[skip:]:
             raise self.error("names no endpoint (for example unix:/path or tcp:5555)")
         return ":".join(parts)

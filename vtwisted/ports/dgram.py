@@ -21,6 +21,8 @@ into the LAN.  There is no connection: a guest that is not there yet, or
 restarts, just loses frames meanwhile (counted as C{peer} drops); one that
 cannot take them now (C{EAGAIN}) has them dropped and counted as C{busy}.
 A stale Unix socket left at the local path is replaced, as QEMU does.
+Abstract names (C{abstract=on}) are refused: QEMU's C{-netdev dgram} takes
+C{local.abstract=on} but binds and sends to files all the same.
 """
 
 from __future__ import annotations
@@ -197,6 +199,12 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> DgramService:
         _, local, remote = spec.positional(["family", "local path", "remote path"], 3)
         if not local or not remote:
             raise spec.error("needs a local and a remote path")
+        for key in ("abstract", "tight"):
+            if key in spec.kwargs:
+                raise spec.error(
+                    f"{key}=: dgram:unix: takes no abstract names, as QEMU's -netdev dgram "
+                    "binds and sends to files even with local.abstract=on or "
+                    "remote.abstract=on (QEMU 7.2): give QEMU and the switch file paths")
     elif family == "udp":
         _, lhost, lport, rhost, rport = spec.positional(
             ["family", "local host", "local port", "remote host", "remote port"], 5

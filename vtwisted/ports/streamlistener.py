@@ -9,7 +9,10 @@ A TCP endpoint listens in C{privilegedStartService}, so that a port below
 C{startService}, after, as the VDE directory and the console's socket are:
 it belongs to the switch's user (C{twistd --uid}), whose guests can then
 connect, and who can remove it when the switch stops (a Unix socket left
-by a crash is replaced first).  Each connection is a
+by a crash is replaced first).  A Linux abstract name (C{abstract=on}) is
+bound there too, but has no file to own, replace or remove: the kernel
+frees it with the socket, and a name another process holds fails with
+C{EADDRINUSE}, said in those words.  Each connection is a
 L{vtwisted.ports.streamlinks.StreamLink} plugged into a port of its own.
 
 A port type whose peers say nothing when they connect (C{qemu:},
@@ -24,6 +27,7 @@ so a client retrying for ever cannot fill the log.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from twisted.logger import Logger
@@ -33,7 +37,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import StreamPorts
-from vtwisted.sockettools import claimSocketPath, listenError
+from vtwisted.sockettools import claimSocketPath, isAbstract, listenError, unixAddressText
 
 log = Logger()
 
@@ -71,6 +75,7 @@ class StreamListener(StreamPorts):
         super().startService()
 
     def _listen(self) -> None:
+        abstract = isAbstract(self.unixPath)
         if self.unixPath is not None:
             claimSocketPath(self.unixPath, self.spec, "another program")
         outcome: list[Any] = []
@@ -78,10 +83,17 @@ class StreamListener(StreamPorts):
         if not outcome:
             raise OSError(f"{self.spec}: the endpoint did not listen at once")
         if isinstance(outcome[0], Failure):
-            raise listenError(f"{self.spec}: cannot listen", outcome[0].value or Exception())
+            error = outcome[0].value or Exception()
+            if abstract and getattr(getattr(error, "socketError", error), "errno",
+                                    None) == errno.EADDRINUSE:
+                raise OSError(errno.EADDRINUSE, f"{self.spec}: cannot listen on the abstract "
+                              f"name {unixAddressText(self.unixPath)}: another process holds "
+                              "it (Address already in use)")
+            raise listenError(f"{self.spec}: cannot listen", error)
         self.listeningPort = outcome[0]
+        host = self.listeningPort.getHost()
         log.info("{spec}: listening on {address}", spec=self.spec,
-                 address=self.listeningPort.getHost())
+                 address=unixAddressText(host.name) if abstract else host)
 
     def stopService(self) -> Any:
         super().stopService()

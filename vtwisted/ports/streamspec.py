@@ -9,17 +9,29 @@ is kept so that a stale socket can be replaced before listening; a
 listening TCP endpoint (C{ssl:} included) without C{interface=} takes only
 loopback connections unless the port type authenticates its peers, since
 whoever connects joins the LAN.
+
+C{abstract=on} on a C{unix:} endpoint (QEMU's own keyword) makes its path a
+Linux abstract socket name, with C{tight=off} padded to the whole
+C{sun_path} as QEMU's C{tight=off} does: the endpoint is given
+C{"\\0NAME"}, which Twisted binds and connects without a file (no mode,
+no lock file, nothing to remove), and the spec's description shows it as
+C{unix:@NAME}.  Without C{abstract=on} a path is a file, C{@} or not.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
 from vtwisted.portoptions import PortOptions
+from vtwisted.sockettools import abstractAddress, unixAddressText
 from vtwisted.spec import PortSpec
+
+#: The keywords of a C{unix:} endpoint that name an abstract socket (QEMU's).
+ABSTRACT_KEYWORDS = ("abstract", "tight")
 
 #: Where a listening TCP endpoint without C{interface=} listens when
 #: nothing authenticates the peers (Twisted's C{ssl:} servers ask peers for
@@ -34,10 +46,12 @@ class StreamSpec(NamedTuple):
     @ivar listen: whether the switch listens (else it connects).
     @ivar options: the common options, for each connection's port.
     @ivar endpoint: the Twisted server or client endpoint.
-    @ivar unixPath: the path a listening Unix endpoint binds, if any.
+    @ivar unixPath: the path a listening Unix endpoint binds, if any
+        (C{"\\0NAME"} for an abstract name).
     @ivar skip: how many arguments after the prefix are not the endpoint's
         (0, or 1 for C{listen}/C{connect}).
-    @ivar description: the endpoint's description, as Twisted parsed it.
+    @ivar description: the endpoint's description, as Twisted parsed it
+        (with an abstract name shown as C{@NAME}).
     """
 
     listen: bool
@@ -70,16 +84,27 @@ def readStreamSpec(
     listen = role == "listen" if role else listenByDefault
     skip = 1 if role else 0
     options = PortOptions.fromSpec(spec, numbered=False)
-    description = spec.endpoint(skip, keywords)
+    reserved = (*keywords, *ABSTRACT_KEYWORDS)
+    description = spec.endpoint(skip, reserved)
     kind = spec.args[skip]
     bare = description == kind
+    shown = description
     unixPath = None
-    if listen and kind == "unix":
+    abstract = _abstractAddress(spec, skip, listen)
+    if abstract:
+        where, address = abstract
+        description = spec.endpoint(skip, reserved, {where: address})
+        shown = spec.endpoint(skip, reserved, {where: "\0"}).replace("\0", unixAddressText(address))
+        if listen:
+            unixPath = address
+            description += ":lockfile=0"  # the lock would be a file beside a name
+    elif listen and kind == "unix":
         unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
         if "mode" not in spec.kwargs:
             description += ":mode=600"
     if listen and not authenticated and kind in LOOPBACK and "interface" not in spec.kwargs:
         description += f":interface={LOOPBACK[kind]}"
+        shown = description
     parse = serverFromString if listen else clientFromString
     try:
         endpoint = parse(reactor, description)
@@ -90,8 +115,50 @@ def readStreamSpec(
             example = _ADDRESSES[kind] if listen or kind == "unix" else "host=HOST:port=PORT"
             raise spec.error(f"the {role} endpoint {kind!r} needs an address, as in "
                              f"{before}:{example}") from None
-        raise spec.error(f"{description!r} is not a Twisted {role} endpoint: {e}") from None
+        raise spec.error(f"{shown!r} is not a Twisted {role} endpoint: {e}") from None
     except OSError as e:  # ssl:/tls: read their certificate and key files here
-        raise spec.error(f"{description!r}: cannot read {e.filename}: {e.strerror} "
+        raise spec.error(f"{shown!r}: cannot read {e.filename}: {e.strerror} "
                          f"(errno {e.errno})") from None
-    return StreamSpec(listen, options, endpoint, unixPath, skip, description)
+    return StreamSpec(listen, options, endpoint, unixPath, skip, shown)
+
+
+def _abstractAddress(spec: PortSpec, skip: int, listen: bool) -> tuple[int | str, str] | None:
+    """
+    Where the address of a C{unix:} endpoint with C{abstract=on} is written
+    (its position among the endpoint's arguments, or its keyword) and the
+    abstract address it stands for; None for any other endpoint.
+
+    @raise vtwisted.spec.SpecError: for C{abstract=}/C{tight=} where they
+        mean nothing, C{mode=} or C{lockfile=} with an abstract name, or a
+        name that is empty or too long.
+    """
+    given = [key for key in ABSTRACT_KEYWORDS if key in spec.kwargs]
+    abstract = spec.boolean("abstract", False)
+    tight = spec.boolean("tight", True)
+    kind = spec.args[skip]
+    if not given:
+        return None
+    if kind != "unix":
+        raise spec.error(f"{given[0]}= is for Linux's abstract Unix socket names: only a "
+                         f"unix: endpoint has one, not {kind}:")
+    if not abstract:
+        if "tight" in spec.kwargs:
+            raise spec.error("tight= is for abstract names: give abstract=on too")
+        return None
+    if not sys.platform.startswith("linux"):
+        raise spec.error("abstract=on: abstract Unix socket names are Linux's only")
+    for key in ("mode", "lockfile"):
+        if key in spec.kwargs:
+            raise spec.error(f"{key}= with abstract=on: an abstract name is no file and has no "
+                             "permissions; anyone in the switch's network namespace may "
+                             "connect to it")
+    keyword = "address" if listen else "path"
+    where: int | str = 1 if len(spec.args) > skip + 1 else keyword
+    name = spec.args[skip + 1] if where == 1 else spec.kwargs.get(keyword, "")
+    if not name:
+        before = ":".join([spec.prefix, *spec.args[:skip + 1]])
+        raise spec.error(f"abstract=on needs a name, as in {before}:NAME:abstract=on")
+    try:
+        return where, abstractAddress(name, tight)
+    except ValueError as e:
+        raise spec.error(f"abstract name {name!r}: {e}") from None
