@@ -24,7 +24,10 @@ within 10 s (a client that connects and sends nothing, or half a
 ClientHello, to hold descriptors), is closed and logged with its peer and
 cause, once per series of failures (the others are counted, and their
 number logged when a link works again).  A Unix socket is made 0600 unless C{mode=}
-says otherwise, and a stale one left by a crash is replaced; a TCP port
+says otherwise, and a stale one left by a crash is replaced (with
+C{abstract=on}, QEMU's C{addr.abstract=on}, the path is a Linux abstract
+name: no file, no mode, anyone in the network namespace may connect; see
+L{vtwisted.ports.streamspec}); a TCP port
 listens on the loopback address unless C{interface=} says otherwise, since
 anyone who can connect joins the LAN.
 
