@@ -1,9 +1,10 @@
 """
 C{qemu:} ports on Linux abstract Unix socket names (C{unix:NAME:abstract=on},
-QEMU's C{addr.abstract=on}): real sockets in this process's reactor, then
-two real QEMU guests (tests/guest.py: Debian kernel + busybox, TCG), one
-connecting to the switch's abstract name and one listening on its own,
-padded (C{tight=off}), that the switch dials.
+QEMU's C{addr.abstract=on}): real sockets in this process's reactor, a
+cable between two switches, then two real QEMU guests (tests/guest.py:
+Debian kernel + busybox, TCG), one connecting to the switch's abstract
+name and one listening on its own, padded (C{tight=off}), that the switch
+dials.
 
 Abstract names live in the network namespace, not the file system, which
 processes of other PID namespaces may share: each name carries random
@@ -30,7 +31,7 @@ from test_qemu_vde import guestScript
 from twisted.internet import reactor
 
 from vtwisted.app import buildService
-from vtwisted.testing import frame, mac
+from vtwisted.testing import FakeLink, frame, mac, plug
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +87,27 @@ async def test_anAbstractListenerServesGuestsAndLeavesNoFile(
     finally:
         probe.close()
     assert list(shortdir.iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_aCableJoinsTwoSwitchesOnAnAbstractName(switch) -> None:
+    """
+    C{cable:} reads its endpoint as C{qemu:} does: one switch listens on an
+    abstract name, the other dials it, and frames cross both ways.
+    """
+    name = abstractName()
+    a = switch(f"cable:listen:unix:{name}:abstract=on:tls=off")
+    b = switch(f"cable:unix:{name}:abstract=on:tls=off")
+    await until(lambda: portService(a).links and portService(b).links, what="the cable up")
+    here, there = FakeLink(), FakeLink()
+    plug(a.switch, here)
+    plug(b.switch, there)
+    here.receive(frame(BROADCAST, mac(1), b"abstract" * 10))
+    await until(lambda: there.sent, what="a frame across")
+    assert there.takeSent() == [frame(BROADCAST, mac(1), b"abstract" * 10)]
+    there.receive(frame(mac(1), mac(2), b"back"))
+    await until(lambda: here.sent, what="the answer")
+    assert here.sent == [frame(mac(1), mac(2), b"back")]
 
 
 def test_guestsOnAbstractNamesPingEachOther(vswitch, processes, shortdir) -> None:

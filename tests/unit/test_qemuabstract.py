@@ -99,13 +99,25 @@ def test_abstractKeywordsWhereTheyMeanNothingAreRefused(text: str, problem: str)
 
 
 def test_theOtherStreamPortTypesTakeAbstractNamesToo() -> None:
-    """C{vhostuser:} and C{cable:} read their endpoints the same way."""
-    host = vhostuser.makeService(Switch(), PortSpec(f"vhostuser:unix:{NAME}:abstract=on"),
+    """C{vhostuser:connect:} and C{cable:} read their endpoints the same way."""
+    host = vhostuser.makeService(Switch(), PortSpec(f"vhostuser:connect:unix:{NAME}:abstract=on"),
                                  MemoryReactorClock())
-    assert host.endpoint._address == f"\0{NAME}"
-    joined = cable.makeService(Switch(), PortSpec(f"cable:unix:{NAME}:abstract=on:tls=off"),
+    assert host.endpoint._path == f"\0{NAME}"
+    joined = cable.makeService(Switch(), PortSpec(f"cable:listen:unix:{NAME}:abstract=on:tls=off"),
                                MemoryReactorClock())
-    assert joined.endpoint._path == f"\0{NAME}"  # type: ignore[attr-defined]
+    assert joined.endpoint._address == f"\0{NAME}"  # type: ignore[attr-defined]
+
+
+def test_aVhostUserListenerRefusesAnAbstractName() -> None:
+    """
+    Whoever connects to a vhost-user socket shares memory with the switch:
+    only a file's permissions can say who may, and an abstract name has none.
+    """
+    text = f"vhostuser:unix:{NAME}:abstract=on"
+    with pytest.raises(SpecError) as info:
+        vhostuser.makeService(Switch(), PortSpec(text), MemoryReactorClock())
+    assert "shares memory with the switch" in str(info.value)
+    assert "anyone in the network namespace may connect" in str(info.value)
 
 
 def test_datagramPortsRefuseAbstractNamesThatQemuWouldNotUse() -> None:

@@ -64,7 +64,7 @@ from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.ports.vhostrings import Ring
 from vtwisted.ports.virtqueue import DirtyLog, GuestMemory, VirtqueueError
-from vtwisted.sockettools import describePeer, socketOf
+from vtwisted.sockettools import describePeer, isAbstract, socketOf
 from vtwisted.spec import PortSpec
 from vtwisted.wire import arp, vnet
 from vtwisted.wire import vhostuser as vu
@@ -547,6 +547,12 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> Any:
     if spec.args[read.skip] != "unix":
         raise spec.error("vhost-user needs a Unix socket (unix:PATH): it passes file "
                          "descriptors")
+    if read.listen and isAbstract(read.unixPath):
+        raise spec.error("abstract=on: whoever connects to a vhost-user socket shares "
+                         "memory with the switch, and anyone in the network namespace may "
+                         "connect to an abstract name (it has no permissions): listen on a "
+                         "file in a private directory, or let QEMU listen "
+                         "(vhostuser:connect:unix:NAME:abstract=on)")
     service: VhostUserListener | VhostUserConnector
     if read.listen:
         service = VhostUserListener(switch, reactor, read.endpoint, read.options, spec.text,
