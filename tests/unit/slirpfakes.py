@@ -48,6 +48,9 @@ class FakeEngine:
     def echoRequest(self, *args: Any) -> None:
         self.calls.append(args)
 
+    def neighbourUnanswered(self, address: bytes) -> None:
+        self.calls.append(("neighbourUnanswered", address))
+
     def datagramsReceived(self, src: bytes, srcPort: int, dst: bytes, dstPort: int,
                           payloads: list[bytes], packet: Any) -> None:
         """

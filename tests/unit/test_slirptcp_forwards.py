@@ -17,6 +17,7 @@ from slirptcpharness import (
     HostTransport,
     mssOption,
 )
+from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.slirp.tcpconnection import RECEIVE_BUDGET
 from vtwisted.wire.tcp import ACK, FIN, OPT_MSS, OPT_WINDOW_SCALE, RST, SYN
@@ -70,16 +71,44 @@ def test_forwardRelaysAfterSynAck(h: Harness) -> None:
     assert h.takeAll()[0][1] == b"SSH-2.0-host\r\n"
 
 
-def test_forwardClosedOnRst(h: Harness) -> None:
+def test_forwardResetOnRst(h: Harness) -> None:
     """
-    A guest answering the SYN with RST closes the host client.
+    A guest answering the SYN with RST (nothing listens) resets the host
+    client, as a closed port would, rather than closing it cleanly.
     """
     transport = forward(h)
     (syn,) = h.take()
     h.sport, h.dport = 22, 5555
     h.send(RST | ACK, seq=0, ack=syn.seq + 1)
-    assert not transport.connected
+    assert transport.aborted
     assert h.nat.connectionCount == 0
+    assert (h.nat.forwardsRefused, h.nat.forwardsUnanswered, h.nat.guestResets) == (1, 0, 0)
+
+
+def test_forwardFailuresLoggedOnceUntilOneWorks(h: Harness) -> None:
+    """
+    A guest port that keeps refusing is logged once, however many host
+    clients it resets; once a connection to it opens, the next refusal is
+    logged again.
+    """
+    with capturedLogs() as events:
+        for port in (5555, 5556):
+            forward(h, ("127.0.0.1", port))
+            (syn,) = h.take()
+            h.sport, h.dport = 22, port
+            h.send(RST | ACK, seq=0, ack=syn.seq + 1)
+        forward(h, ("127.0.0.1", 5557))
+        (syn,) = h.take()
+        h.sport, h.dport = 22, 5557
+        h.send(SYN | ACK, seq=GUEST_ISN, ack=syn.seq + 1, options=mssOption(1460))
+        h.take()
+        forward(h, ("127.0.0.1", 5558))
+        (syn,) = h.take()
+        h.sport, h.dport = 22, 5558
+        h.send(RST | ACK, seq=0, ack=syn.seq + 1)
+    refusals = [e for e in events if "refused it" in formatEvent(e)]
+    assert len(refusals) == 2 and h.nat.forwardsRefused == 3
+    assert "TCP forward to 10.0.2.15:22" in formatEvent(refusals[0])
 
 
 def test_forwardSynRetriedThenClosed(h: Harness) -> None:
@@ -94,8 +123,24 @@ def test_forwardSynRetriedThenClosed(h: Harness) -> None:
         if h.take():
             times.append(tick + 1)
     assert times == [1, 3, 7, 15]
-    assert not transport.connected
-    assert h.nat.connectionCount == 0
+    assert transport.aborted
+    assert h.nat.connectionCount == 0 and h.nat.forwardsUnanswered == 1
+
+
+def test_forwardToAGuestThatIsNotThereResetAfterThreeLookups(h: Harness) -> None:
+    """
+    When the guest's address answers no ARP (or neighbour solicitation),
+    the host client is reset after three lookups, not after every SYN
+    retransmission; lookups of other addresses do not count.
+    """
+    transport = forward(h)
+    h.nat.neighbourUnanswered(bytes([10, 0, 2, 16]))
+    h.nat.neighbourUnanswered(GUEST)
+    h.nat.neighbourUnanswered(GUEST)
+    assert not transport.aborted
+    h.nat.neighbourUnanswered(GUEST)
+    assert transport.aborted
+    assert h.nat.connectionCount == 0 and h.nat.forwardsUnanswered == 1
 
 
 def test_forwardRemotePeerKeepsItsAddress(h: Harness) -> None:

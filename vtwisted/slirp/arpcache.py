@@ -11,8 +11,9 @@ guests from their ARP packets, DHCP leases and IPv4 frames, keeping up to
 L{ARP_ENTRIES} (the oldest goes first).  A packet for a guest whose MAC is
 not known yet waits, L{ARP_QUEUE} at most per guest, while one ARP request
 asks for it; if no answer comes within L{ARP_WAIT} seconds they are dropped
-and counted.  Waiting packets are frames or virtio-net packets, whose
-destination MAC is filled in once known.
+and counted (and the TCP engine told, whose port forwards' SYNs give up on
+a guest that is not there).  Waiting packets are frames or virtio-net
+packets, whose destination MAC is filled in once known.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ class ArpCache:
             del self._pending[dst]
             self.router.dropped("peer", f"{dotted(dst)} did not answer ARP within "
                                 f"{ARP_WAIT:g} s")
+            if self.router.tcp is not None:
+                self.router.tcp.neighbourUnanswered(dst)
 
     def describe(self) -> list[str]:
         """

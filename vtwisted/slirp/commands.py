@@ -115,7 +115,9 @@ def describe(svc: Any) -> list[str]:
     tcp = svc.tcp
     lines.append(f" TCP: {tcp.opened} opened, {tcp.refused} refused, {tcp.unreachable} "
                  f"unreachable, {tcp.resets} reset by us, {tcp.guestResets} by guests, "
-                 f"{tcp.timeouts} timed out, {tcp.tailProbes} tail loss probes")
+                 f"{tcp.timeouts} timed out, {tcp.tailProbes} tail loss probes; forwards "
+                 f"{tcp.forwardsRefused} refused by guests, {tcp.forwardsUnanswered} "
+                 "unanswered")
     lines += [" " + line for line in tcp.describe()]
     lines += [" " + line for line in svc.udp.describe()]
     if router.tftp is not None:

@@ -9,7 +9,8 @@ Up to L{NDP_ENTRIES} guests are remembered (the oldest goes first).  A
 packet for a guest whose MAC is not known yet waits, L{NDP_QUEUE} at most
 per guest and L{NDP_LOOKUPS} guests at once, while one neighbour
 solicitation to its solicited-node group asks for it; if no answer comes
-within L{NDP_WAIT} seconds they are dropped and counted.  Waiting packets
+within L{NDP_WAIT} seconds they are dropped and counted (and the TCP
+engine told, as by L{vtwisted.slirp.arpcache}).  Waiting packets
 are frames or virtio-net packets, whose destination MAC is filled in once
 known.
 """
@@ -91,6 +92,8 @@ class NeighbourCache6:
         if self._pending.pop(dst, None) is not None:
             self.router.dropped("peer", f"{_text(dst)} did not answer neighbour solicitation "
                                 f"within {NDP_WAIT:g} s")
+            if self.router.tcp is not None:
+                self.router.tcp.neighbourUnanswered(dst)
 
     def close(self) -> None:
         """

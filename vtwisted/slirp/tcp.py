@@ -42,8 +42,12 @@ connections: host reset, gave up, data for a closed host), C{guestResets}
 retransmissions, or on a guest silent for C{keepalive=} seconds: see
 L{vtwisted.slirp.tcpkeepalive}),
 C{busy} (SYNs refused for the connection limit), C{strays} (segments for
-no connection, answered with RST) and C{tailProbes} (tail loss probes sent,
-L{vtwisted.slirp.tcpsack}).
+no connection, answered with RST), C{tailProbes} (tail loss probes sent,
+L{vtwisted.slirp.tcpsack}), and for host port forwards C{forwardsRefused}
+(the guest answered our SYN with a RST) and C{forwardsUnanswered} (it did
+not answer, or no guest has the address): either way the host client is
+reset (L{vtwisted.slirp.tcpstates}), and the first failure of a forward's
+guest port is logged, then none until a connection to it opens.
 """
 
 from __future__ import annotations
@@ -53,21 +57,25 @@ import os
 from typing import Any
 
 from twisted.internet.error import ConnectionRefusedError, NoRouteError
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import ClientFactory, ServerFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint
 from vtwisted.slirp.tcpconnection import TcpConnection
+from vtwisted.slirp.tcphost import (
+    EndpointConnector,
+    ForwardFactory,
+    GuestForwardTarget,
+    HostProtocol,
+)
 from vtwisted.slirp.tcpkeepalive import KEEPALIVE, KeepAlive
 from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK
-from vtwisted.slirp.tcpstates import HEADERS, HEADERS6, TIME_WAIT
+from vtwisted.slirp.tcpstates import HEADERS, HEADERS6, SYN_SENT, TIME_WAIT
 from vtwisted.wire.tcp import ACK, FIN, RST, SYN, TCPError, TCPHeader
 
-__all__ = ["MAX_CONNECTIONS", "TcpConnection", "TcpNat"]
+__all__ = ["MAX_CONNECTIONS", "GuestForwardTarget", "TcpConnection", "TcpNat"]
 
 log = Logger()
 
@@ -81,90 +89,10 @@ BUFFER_BUDGET = 256 << 20
 MIN_SHARE = 16 << 10
 #: Seconds a host connect may take.
 CONNECT_TIMEOUT = 30
+#: Failing forward guest ports remembered (so as to log each failure once).
+MAX_FAILING = 256
 
 Key = tuple[bytes, int, bytes, int]
-
-
-@implementer(IHalfCloseableProtocol)
-class HostProtocol(Protocol):
-    """
-    The host side of one relayed connection: hands everything to its
-    L{TcpConnection}.
-    """
-
-    def __init__(self, connection: TcpConnection | None = None) -> None:
-        self.connection = connection
-
-    def connectionMade(self) -> None:
-        if self.connection is not None:
-            self.connection.hostConnected(self.transport)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.connection is not None:
-            self.connection.hostData(data)
-
-    def readConnectionLost(self) -> None:
-        if self.connection is not None:
-            self.connection.hostEofReceived()
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            connection.hostLost(reason)
-
-
-class GuestForwardTarget:
-    """
-    Where a guest forward leads: a Twisted client endpoint, and the
-    description it was made from (for logs and the console).
-    """
-
-    def __init__(self, endpoint: Any, description: str) -> None:
-        self.endpoint = endpoint
-        self.description = description
-        #: Whether a failure to connect was logged since the last success.
-        self.failing = False
-
-    def __str__(self) -> str:
-        return self.description
-
-    def connected(self, result: Any) -> Any:
-        """
-        A connect succeeded: the next failure is logged again.
-        """
-        self.failing = False
-        return result
-
-    def failed(self, reason: Failure) -> Failure:
-        """
-        A connect failed: log why, once until one succeeds again (the
-        guest only hears that the host was unreachable).
-        """
-        if not self.failing:
-            self.failing = True
-            log.error("guest forward to {target}: connecting failed: {why}; guests get "
-                      "host unreachable until it works", target=self.description,
-                      why=reason.getErrorMessage())
-        return reason
-
-
-class EndpointConnector:
-    """
-    What a connection stops when it is forgotten while an endpoint still
-    connects: the connect's L{Deferred}.
-    """
-
-    def __init__(self, connecting: Any) -> None:
-        self.connecting = connecting
-
-    def stopConnecting(self) -> None:
-        """
-        Give up the connect.
-        """
-        self.connecting.cancel()
 
 
 class HostConnectFactory(ClientFactory):
@@ -206,41 +134,6 @@ def unreachableCode(reason: Failure) -> int | None:
     return 1
 
 
-class ForwardProtocol(HostProtocol):
-    """
-    A host client of a port forward: asks the NAT for a guest connection
-    when it connects.
-    """
-
-    def __init__(self, nat: TcpNat, guest: bytes, guestPort: int) -> None:
-        super().__init__()
-        self.nat = nat
-        self.guest = guest
-        self.guestPort = guestPort
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        self.connection = self.nat.forwardAccepted(transport, self.guest, self.guestPort)
-        if self.connection is None:
-            transport.loseConnection()
-
-
-class ForwardFactory(ServerFactory):
-    """
-    The factory of a host port forward to C{guest:guestPort}.
-    """
-
-    noisy = False
-
-    def __init__(self, nat: TcpNat, guest: bytes, guestPort: int) -> None:
-        self.nat = nat
-        self.guest = guest
-        self.guestPort = guestPort
-
-    def buildProtocol(self, addr: Any) -> ForwardProtocol:
-        return ForwardProtocol(self.nat, self.guest, self.guestPort)
-
-
 class TcpNat:
     """
     The TCP engine of one slirp port.
@@ -265,6 +158,9 @@ class TcpNat:
         self.opened = self.refused = self.unreachable = self.resets = 0
         self.guestResets = self.timeouts = self.busy = self.strays = 0
         self.tailProbes = 0
+        self.forwardsRefused = self.forwardsUnanswered = 0
+        #: Forwards' guest ports whose failure was logged since one last worked.
+        self._failingForwards: set[tuple[bytes, int]] = set()
 
     @property
     def connectionCount(self) -> int:
@@ -441,6 +337,41 @@ class TcpNat:
                   guest=guestEndpoint(guest, guestPort))
         connection.forwardAccepted(transport)
         return connection
+
+    def forwardFailed(self, key: Key, why: str, refused: bool) -> None:
+        """
+        A forward's guest refused (C{refused}) or did not answer the
+        connection C{key}: count it, and log it unless that guest port's
+        failure was logged since a connection to it last opened.
+        """
+        if refused:
+            self.forwardsRefused += 1
+        else:
+            self.forwardsUnanswered += 1
+        target = key[:2]
+        if target in self._failingForwards or len(self._failingForwards) >= MAX_FAILING:
+            return
+        self._failingForwards.add(target)
+        log.warn("TCP forward to {guest}: the guest {why}; host clients are reset until "
+                 "it accepts one", guest=guestEndpoint(*target), why=why)
+
+    def forwardWorked(self, key: Key) -> None:
+        """
+        A forward's guest accepted connection C{key}: its next failure is
+        logged again.
+        """
+        if self._failingForwards:
+            self._failingForwards.discard(key[:2])
+
+    def neighbourUnanswered(self, address: bytes) -> None:
+        """
+        Guest C{address} did not answer ARP or neighbour solicitation: the
+        forwards' SYNs waiting for it count one unanswered lookup (a
+        sweep of the connections, at most once a second per address).
+        """
+        for connection in list(self.connections.values()):
+            if connection.guest == address and connection.state == SYN_SENT:
+                connection.neighbourUnanswered()
 
     # For connections.
 

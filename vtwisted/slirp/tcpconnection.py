@@ -238,9 +238,7 @@ class TcpConnection(Handshake):
         state = self.state
         if state == SYN_SENT:
             if header.flags & ACK and header.ack == (self.iss + 1) & MASK:
-                self.nat.guestResets += 1
-                self.transport.loseConnection()
-                self.forget()
+                self.forwardFailed("refused it (RST: nothing listens there)", refused=True)
             return
         offset = signed(header.seq - self.rcvNxt)
         if not 0 <= offset < max((self.rcvEdge - self.rcvNxt) & MASK, 1):

@@ -17,6 +17,14 @@ forward (L{Handshake.forwardAccepted}) is paused while our SYN waits for
 the guest's SYN-ACK.  One timer, the connection's only one
 (L{vtwisted.slirp.tcpsend.SendSide.armTimer}), repeats the SYN or SYN-ACK
 with backoff until L{HANDSHAKE_RETRIES}.
+
+A forward's SYN that the guest refuses (a RST), or that goes unanswered
+(no SYN-ACK after the retransmissions, or L{NEIGHBOUR_TRIES} lookups of
+the guest's MAC without an answer: no guest has that address), resets the
+host client rather than closing it (libslirp closes it: the client reads an
+empty reply, as if the service had answered nothing), so the client's
+C{connect}ed socket fails with C{ECONNRESET}, the nearest a host client can
+get to the C{ECONNREFUSED} or C{EHOSTUNREACH} a direct connect would get.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ CLOSED = "closed"
 HANDSHAKE_RTO = 1.0
 #: Retransmissions of a SYN or SYN-ACK before giving up.
 HANDSHAKE_RETRIES = 4
+#: Unanswered ARP or neighbour lookups of a forward's guest before giving up
+#: (a Linux host's connect fails after three solicitations).
+NEIGHBOUR_TRIES = 3
 #: Bytes of IP and TCP headers (without options) an MSS leaves room for.
 HEADERS = 40
 HEADERS6 = 60
@@ -74,6 +85,7 @@ class Handshake(SendSide):
     rcvEdge: int
     rcvShift: int
     retries: int
+    transport: Any
 
     def initHandshake(self, v6: bool) -> None:
         """
@@ -85,6 +97,8 @@ class Handshake(SendSide):
         self.sackOk = False
         self.defaultMss = DEFAULT_MSS6 if v6 else DEFAULT_MSS
         self.setMss(self.defaultMss)
+        #: Unanswered neighbour lookups of the guest while our SYN waits.
+        self.lookups = 0
 
     # Hooks the connection provides.
 
@@ -208,6 +222,31 @@ class Handshake(SendSide):
     def sendSyn(self) -> None:
         self.emit(0, SYN, options=synOptions(self.ourMss(), True, True))
 
+    def forwardFailed(self, why: str, refused: bool = False) -> None:
+        """
+        The guest refused our SYN (a RST), did not answer it, or is not
+        there: reset the host client (C{abortConnection}, so its socket gets
+        C{ECONNRESET}, as from a host whose port is closed, not an empty
+        reply), count it, and log it once until a forward to that guest
+        port works (L{vtwisted.slirp.tcp.TcpNat.forwardFailed}).
+        """
+        transport = self.transport
+        self.forget()
+        self.nat.forwardFailed(self.key, why, refused)
+        if transport is not None:
+            transport.abortConnection()
+
+    def neighbourUnanswered(self) -> None:
+        """
+        The guest's address did not answer ARP or neighbour solicitation
+        while our SYN waited for it: after L{NEIGHBOUR_TRIES} lookups in a
+        row, give up as a host's kernel would (its connect fails with
+        C{EHOSTUNREACH} after three), not after every SYN retransmission.
+        """
+        self.lookups += 1
+        if self.lookups >= NEIGHBOUR_TRIES:
+            self.forwardFailed("is not there (no answer to ARP or neighbour solicitation)")
+
     def synSentSegment(self, header: Any) -> None:
         """
         A segment from the guest while our SYN waits for its SYN-ACK.
@@ -223,6 +262,7 @@ class Handshake(SendSide):
         self.rcvNxt = self.rcvEdge = (header.seq + 1) & MASK
         self.establish(header.window)
         self.nat.opened += 1
+        self.nat.forwardWorked(self.key)
         self.emit(1, ACK)
         readLarger(self.transport, self.nat.share)
         self.transport.registerProducer(self, True)
@@ -241,9 +281,7 @@ class Handshake(SendSide):
         self.retries += 1
         if self.retries > HANDSHAKE_RETRIES:
             if self.state == SYN_SENT:
-                self.nat.timeouts += 1
-                self.transport.loseConnection()
-                self.forget()
+                self.forwardFailed("did not answer its SYN")
             else:
                 self.abort(resetGuest=True)
             return
