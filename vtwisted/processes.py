@@ -29,11 +29,13 @@ C{TERM} and then C{KILL} to whatever of it is left, until nothing is
 Some programs serve a network connection on their standard input only if
 it is a TCP socket (Samba's C{smbd} in inetd mode, which QEMU's C{smb=}
 runs, asks for its peer's address): with C{socket=True} the command's
-input and output are one end of a TCP connection over the loopback, made
-for it as libslirp makes one (a listener on 127.0.0.1 for the moment it
-takes to connect, which accepts only the connection made from here), and
-the switch's connection is the other end, an ordinary Twisted TCP
-connection; the command's standard error is still logged.
+input and output are one end of a TCP connection over the loopback
+(L{vtwisted.commandsocket}), and the switch's connection is the other end,
+an ordinary Twisted TCP connection; the command's standard error is still
+logged.  Such a run lasts as long as its connection: once the connection
+is over (closed both ways, reset, given up) the command's input has ended,
+and if it has not exited L{ENDED_GRACE} seconds later its process group
+gets C{TERM}, then C{KILL} (L{CommandEndpoint.connectionEnded}).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import shlex
 import shutil
 import signal
 import sys
-from socket import AF_INET, SOCK_STREAM, socket
+from socket import AF_INET
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
@@ -54,6 +56,11 @@ from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from vtwisted.commandsocket import RunConnection, loopbackPair
+
+__all__ = ["CommandEndpoint", "CommandError", "CommandTransport", "exitText", "loopbackPair",
+           "parseCommand", "stopGroup"]
 
 log = Logger()
 
@@ -69,6 +76,10 @@ SAID = 256
 LINE = 4096
 #: Seconds a command is given to end before C{TERM}, and after it before C{KILL}.
 STOP_GRACE = 3.0
+#: Seconds a socket run may take to exit once its connection is over, before
+#: C{TERM}: enough to flush what it was sent (C{cat}, C{nc} exit at once),
+#: short enough that strays (counted in L{MAX_RUNS}) do not pile up.
+ENDED_GRACE = 5.0
 
 
 class CommandError(ValueError):
@@ -198,12 +209,23 @@ class _CommandErrors(ProcessProtocol):
     def __init__(self, endpoint: CommandEndpoint) -> None:
         self.endpoint = endpoint
         self._error = b""
+        #: The command's pid, which is its process group's number.
+        self.pid: int | None = None
+        #: Whether nothing of it was left when its process was reaped.
+        self.over = False
 
     def connectionMade(self) -> None:
-        self.endpoint.runs.add(self.transport)
+        transport: Any = self.transport
+        self.pid = transport.pid
+        self.endpoint.runs.add(transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         self._error = self.endpoint.heard(self._error, data)
+
+    def processExited(self, reason: Failure) -> None:
+        # Looked at as it is reaped, before its number can be another's:
+        # once gone, the group is never signalled (L{CommandEndpoint.connectionEnded}).
+        self.over = self.pid is None or not groupAlive(self.pid)
 
     def processEnded(self, reason: Failure) -> None:
         self.endpoint.say(self._error)
@@ -338,30 +360,6 @@ def stopGroup(clock: Any, group: int | None, termAfter: float,
 _SETSID = "import os, sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
-def loopbackPair() -> tuple[socket, socket]:
-    """
-    Two ends of a TCP connection over 127.0.0.1: one made here, and the one
-    the listener accepted from it (any other connection that came first is
-    closed).
-
-    @raise OSError: the loopback cannot be used.
-    """
-    with socket(AF_INET, SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(4)
-        ours = socket(AF_INET, SOCK_STREAM)
-        try:
-            ours.connect(listener.getsockname())
-            while True:
-                theirs, peer = listener.accept()
-                if peer == ours.getsockname():
-                    return ours, theirs
-                theirs.close()
-        except BaseException:
-            ours.close()
-            raise
-
-
 @implementer(IStreamClientEndpoint)
 class CommandEndpoint:
     """
@@ -433,19 +431,38 @@ class CommandEndpoint:
             ours, theirs = loopbackPair()
         except OSError as e:
             return fail(e)
+        run = _CommandErrors(self)
         try:
             self.reactor.spawnProcess(
-                _CommandErrors(self), self.running[0], self.running, env=dict(os.environ),
+                run, self.running[0], self.running, env=dict(os.environ),
                 childFDs={0: theirs.fileno(), 1: theirs.fileno(), 2: "r"})
-            factory = Factory.forProtocol(lambda: protocol)
+            factory = Factory.forProtocol(
+                lambda: RunConnection(protocol, lambda: self.connectionEnded(run)))
             ours.setblocking(False)
             self.reactor.adoptStreamConnection(ours.fileno(), AF_INET, factory)
         except OSError as e:
+            if run.pid is not None:
+                self.connectionEnded(run)
             return fail(e)
         finally:
             ours.close()
             theirs.close()
         return succeed(protocol)
+
+    def connectionEnded(self, run: _CommandErrors) -> Deferred[None]:
+        """
+        The connection of C{run} is over: its input has ended; if anything
+        of it is still there L{ENDED_GRACE} seconds later, C{TERM} its
+        process group, and C{KILL} it L{STOP_GRACE} seconds after
+        (L{stopGroup}, which signals nothing once the group is gone).  A
+        run whose group was gone when its process was reaped is left
+        alone: its number may be another's by now.
+
+        @return: fires once nothing of the run is left.
+        """
+        if run.over:
+            return succeed(None)
+        return stopGroup(self.reactor, run.pid, ENDED_GRACE, run.transport)
 
     def say(self, line: bytes) -> None:
         """

@@ -8,6 +8,11 @@ a C{twistd vswitch}, host clients over the loopback.
     to ARP or neighbour solicitation), resets the host client, which reads
     C{ECONNRESET} as from a closed port, where libslirp closes it cleanly
     (the client reads an empty reply, as if the service said nothing).
+  - A guest forward's C{cmd:} command that ignores the end of its input is
+    ended with its connection: its input ends, then after a grace its
+    process group gets C{TERM}, then C{KILL}, so it does not run on for
+    ever once the guest's connection is over; the switch stopping ends it
+    too.
 
 Every address is the loopback's or a namespace's made here.
 """
@@ -15,12 +20,13 @@ Every address is the loopback's or a namespace's made here.
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import need, needRoot, run, uniqueName
-from taphelpers import console, ipv6Namespace, moveTap
+from helpers import execIn, need, needRoot, run, uniqueName, waitFor
+from taphelpers import console, ipv6Namespace, moveTap, readLine
 
 pytestmark = pytest.mark.integration
 
@@ -100,3 +106,76 @@ def test_forwardToAClosedPortOrAMissingGuestResetsTheHostClient(vswitch, namespa
     refused = [line for line in log.splitlines() if f"forward to {side(guest)}:8080" in line]
     assert len(refused) == 1 and "refused it" in refused[0], log
     assert f"forward to {side(absent)}:8080: the guest is not there" in log, log
+
+
+#: A command that says its pid, then ignores hang-ups, TERM and the end of
+#: its input, and sleeps on (sleep keeps the pid and what is ignored);
+#: given C{close}, it first closes its side of the connection.
+STUBBORN = "trap '' HUP TERM; echo $$; if [ $1 = close ]; then exec 0<&- 1>&-; fi; exec sleep 1000"
+
+
+def startTime(pid: int) -> str | None:
+    """
+    Process C{pid}'s start time (to tell it from a later process given the
+    same pid), or None if there is no such process.
+    """
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+#: The guest's client: connect, read the command's pid line and print it,
+#: then reset the connection (SO_LINGER 0), read to its end and close, or
+#: hold it open.
+GUEST_CLIENT = r"""
+import socket, struct, sys
+c = socket.create_connection(("10.0.2.100", 80), timeout=30)
+line = b""
+while not line.endswith(b"\n"):
+    chunk = c.recv(100)
+    if not chunk:
+        break
+    line += chunk
+print(line.decode().strip(), flush=True)
+if sys.argv[1] == "reset":
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+else:
+    while c.recv(100):
+        pass
+c.close()
+"""
+
+
+@pytest.mark.parametrize("ending", ["reset", "close", "switch stops"])
+def test_aGuestForwardCommandEndsWithItsConnection(vswitch, processes, namespaces, shortdir,
+                                                  ending: str) -> None:
+    """
+    A C{cmd:} guest forward whose command ignores the end of its input,
+    hang-ups and C{TERM}, and sleeps on, is killed once the guest's
+    connection is over, whether the guest resets it or both sides close it
+    (the command closed its side and slept on): its process is gone soon
+    after, and C{slirp/print}, which counted it running, counts none.  The
+    switch stopping ends it too, its connection still open.
+    """
+    mgmt = shortdir / "mgmt"
+    mode = ending.split()[0]
+    rule = f"10.0.2.100:80-cmd:sh -c \"{STUBBORN}\" stubborn {mode}"
+    sw, ns = guestOnTap(vswitch, namespaces, ":guestfwd=" + rule.replace(":", "\\:"), mgmt)
+    guest = processes.start(execIn(ns, PYTHON, "-c", GUEST_CLIENT, mode),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    pid = int(readLine(guest, 30))
+    born = startTime(pid)
+    assert born is not None, "the command runs while its connection is open"
+    if ending == "switch stops":
+        report = console(mgmt, "slirp/print")
+        assert ", 1 commands running" in report, report
+        processes.stop(sw.process)
+    else:
+        assert guest.wait(30) == 0, guest.stderr.read() if guest.stderr else ""
+    waitFor(lambda: startTime(pid) != born, timeout=30,
+            what=f"the command (pid {pid}) to be ended with its connection")
+    assert "Traceback" not in sw.logText(), sw.logText()
+    if ending != "switch stops":
+        report = console(mgmt, "slirp/print")
+        assert ", 0 commands running" in report, report

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -297,3 +298,43 @@ def test_aCommandStoppedBeforeItMadeItsSessionIsStoppedStill(monkeypatch, termAf
     process.pid = None
     reactor.advance(0.1)
     assert stopped.called and toLeaders == [(7100, "TERM")]
+
+
+def test_aSocketRunIsEndedAGraceAfterItsConnection(monkeypatch) -> None:
+    """
+    A socket run (slirp's guest forwards) whose connection is over gets
+    ENDED_GRACE seconds to exit by itself, then TERM, then KILL 3 s later;
+    one whose group was gone when it was reaped is never signalled (its
+    number may be another's by then).
+    """
+    from vtwisted.commandsocket import RunConnection
+
+    sent: list[tuple[int | None, str]] = []
+    alive = {7200, 7300}
+    monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
+    monkeypatch.setattr(processes, "groupAlive", lambda group: group in alive)
+    reactor = MemoryReactorClock()
+    endpoint = processes.CommandEndpoint(reactor, ["sleep"], "slirp:guestfwd")
+    stubborn, finished = processes._CommandErrors(endpoint), processes._CommandErrors(endpoint)
+    stubborn.makeConnection(FakeProcess(7200))
+    finished.makeConnection(FakeProcess(7300))
+    alive.discard(7300)
+    finished.processExited(Failure(ProcessDone(0)))
+    alive.add(7300)  # another's group now
+    inner = StringTransport()
+
+    def ender(run: Any) -> Any:
+        return lambda: endpoint.connectionEnded(run)
+
+    for run in (stubborn, finished):
+        protocol = Protocol()
+        connection = RunConnection(protocol, ender(run))
+        connection.makeConnection(inner)
+        assert protocol.transport is inner
+        connection.connectionLost(Failure(ProcessDone(0)))
+    reactor.pump([0.1] * int(processes.ENDED_GRACE * 10 - 1))
+    assert sent == []
+    reactor.pump([0.1] * 2)
+    assert sent == [(7200, "TERM")]
+    reactor.pump([0.1] * int(processes.STOP_GRACE * 10))
+    assert sent == [(7200, "TERM"), (7200, "KILL")]

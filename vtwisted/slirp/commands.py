@@ -111,7 +111,10 @@ def describe(svc: Any) -> list[str]:
         mac = ":".join(f"{b:02x}" for b in mac)
         lines.append(f" lease {ipaddress.IPv4Address(address)} {mac}")
     lines += [f" forward {forward}" for forward in svc.forwards]
-    lines += [f" guest forward {forward}" for forward in svc.guestTargets]
+    for forward, target in svc.guestTargets.items():
+        runs = getattr(target.endpoint, "runs", None)
+        running = f", {len(runs)} commands running" if runs is not None else ""
+        lines.append(f" guest forward {forward}{running}")
     tcp = svc.tcp
     lines.append(f" TCP: {tcp.opened} opened, {tcp.refused} refused, {tcp.unreachable} "
                  f"unreachable, {tcp.resets} reset by us, {tcp.guestResets} by guests, "
