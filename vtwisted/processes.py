@@ -24,7 +24,7 @@ failed (L{CommandEndpoint.failed}) make the next one wait longer
 32 runs of one command go at once (guests cannot make the switch fork
 without end), and a command is ended by process group: its pipes closed,
 C{TERM} and then C{KILL} to whatever of it is left, until nothing is
-(L{stopGroup}).
+(L{vtwisted.processgroups.stopGroup}).
 
 Some programs serve a network connection on their standard input only if
 it is a TCP socket (Samba's C{smbd} in inetd mode, which QEMU's C{smb=}
@@ -44,7 +44,6 @@ import errno
 import os
 import shlex
 import shutil
-import signal
 import sys
 from socket import AF_INET
 from typing import Any
@@ -57,10 +56,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vtwisted import processgroups
 from vtwisted.commandsocket import RunConnection, loopbackPair
+from vtwisted.processgroups import STOP_GRACE, stopGroup
 
-__all__ = ["CommandEndpoint", "CommandError", "CommandTransport", "exitText", "loopbackPair",
-           "parseCommand", "stopGroup"]
+__all__ = ["STOP_GRACE", "CommandEndpoint", "CommandError", "CommandTransport", "exitText",
+           "loopbackPair", "parseCommand", "stopGroup"]
 
 log = Logger()
 
@@ -74,8 +75,6 @@ BACKOFF = (0.5, 2.0, 5.0)
 SAID = 256
 #: The longest line of standard error logged.
 LINE = 4096
-#: Seconds a command is given to end before C{TERM}, and after it before C{KILL}.
-STOP_GRACE = 3.0
 #: Seconds a socket run may take to exit once its connection is over, before
 #: C{TERM}: enough to flush what it was sent (C{cat}, C{nc} exit at once),
 #: short enough that strays (counted in L{MAX_RUNS}) do not pile up.
@@ -158,14 +157,14 @@ class CommandTransport:
 
     def abortConnection(self) -> None:
         self.loseConnection()
-        signalGroup(self.pid, "KILL")
+        processgroups.signalGroup(self.pid, "KILL")
 
     def signal(self, name: str) -> None:
         """
         Send signal C{name} (C{TERM}, C{KILL}) to the command and whatever it
         started (its process group, which is its own).
         """
-        signalGroup(self.pid, name)
+        processgroups.signalGroup(self.pid, name)
 
     def stop(self, clock: Any) -> Deferred[None]:
         """
@@ -176,7 +175,7 @@ class CommandTransport:
         @return: fires once nothing of it is left.
         """
         self.loseConnection()
-        return stopGroup(clock, self.pid, STOP_GRACE, self.process)
+        return processgroups.stopGroup(clock, self.pid, STOP_GRACE, self.process)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.process.registerProducer(producer, streaming)
@@ -225,7 +224,7 @@ class _CommandErrors(ProcessProtocol):
     def processExited(self, reason: Failure) -> None:
         # Looked at as it is reaped, before its number can be another's:
         # once gone, the group is never signalled (L{CommandEndpoint.connectionEnded}).
-        self.over = self.pid is None or not groupAlive(self.pid)
+        self.over = self.pid is None or not processgroups.groupAlive(self.pid)
 
     def processEnded(self, reason: Failure) -> None:
         self.endpoint.say(self._error)
@@ -262,98 +261,6 @@ class _CommandPipes(_CommandErrors):
             self.protocol.connectionLost(reason)
         finally:
             super().processEnded(reason)
-
-
-def signalGroup(group: int | None, name: str) -> None:
-    """
-    Send signal C{name} to process group C{group} (a command's: it leads
-    its own session), if anything is left in it.
-    """
-    if group is None:
-        return
-    try:
-        os.killpg(group, getattr(signal, f"SIG{name}"))
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def signalLeader(pid: int, name: str) -> None:
-    """
-    Send signal C{name} to the command's own process alone: one that has
-    not made its session (and group) yet.  Only for a process not reaped
-    yet, whose pid cannot be another's.
-    """
-    try:
-        os.kill(pid, getattr(signal, f"SIG{name}"))
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def groupAlive(group: int) -> bool:
-    """
-    Whether process group C{group} has a process left (one of ours: not
-    one we may not signal).
-    """
-    try:
-        os.killpg(group, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def unreaped(process: Any) -> bool:
-    """
-    Whether C{process} (a Twisted process transport) has not been reaped
-    yet: Twisted forgets its pid once it has.
-    """
-    return process is not None and getattr(process, "pid", None) is not None
-
-
-def stopGroup(clock: Any, group: int | None, termAfter: float,
-              process: Any = None) -> Deferred[None]:
-    """
-    End what is left of a command's process group: C{TERM} after
-    C{termAfter} seconds, C{KILL} L{STOP_GRACE} seconds after that, to
-    whatever of it is still there.
-
-    A command just spawned has no group yet: its process makes its
-    session (C{setsid}) only once it runs, which may be after this is
-    called (a port deleted, or the switch stopped, just as a command is
-    started again).  So while C{process}, the command's own, is not reaped
-    the command is taken for alive even with no group, and a signal due
-    then goes to that process itself.
-
-    @return: fires once the group is empty and the command's process
-        reaped (looked at every tenth of a second, so no signal ever goes
-        to a group that is gone and whose number could be another's), or
-        L{STOP_GRACE} after the C{KILL}.
-    """
-    done: Deferred[None] = Deferred()
-    if group is None:
-        done.callback(None)
-        return done
-    start, sent = clock.seconds(), set()
-
-    def look() -> None:
-        grouped = groupAlive(group)
-        if not grouped and not unreaped(process):
-            done.callback(None)
-            return
-        elapsed = clock.seconds() - start
-        for name, after in (("TERM", termAfter), ("KILL", termAfter + STOP_GRACE)):
-            if elapsed >= after and name not in sent:
-                sent.add(name)
-                if grouped:
-                    signalGroup(group, name)
-                else:
-                    signalLeader(group, name)
-        if elapsed >= termAfter + 2 * STOP_GRACE:
-            done.callback(None)
-            return
-        clock.callLater(0.1, look)
-
-    look()
-    return done
 
 
 #: A session of its own for the command in argv[1:], without util-linux.
@@ -462,7 +369,7 @@ class CommandEndpoint:
         """
         if run.over:
             return succeed(None)
-        return stopGroup(self.reactor, run.pid, ENDED_GRACE, run.transport)
+        return processgroups.stopGroup(self.reactor, run.pid, ENDED_GRACE, run.transport)
 
     def say(self, line: bytes) -> None:
         """
@@ -531,7 +438,7 @@ class CommandEndpoint:
 
         @return: fires once nothing of them is left.
         """
-        return DeferredList([stopGroup(self.reactor, process.pid, 0, process)
+        return DeferredList([processgroups.stopGroup(self.reactor, process.pid, 0, process)
                              for process in self.runs])
 
 

@@ -19,6 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 
 from vtwisted import processes
+from vtwisted import processgroups as groups
 from vtwisted.slirp.smb import SmbShare
 
 
@@ -102,8 +103,8 @@ def test_sambasDirectoryGoesOnceItsRunsHaveEnded(tmp_path, monkeypatch) -> None:
     """
     alive = {5150}
     sent: list[tuple[int | None, str]] = []
-    monkeypatch.setattr(processes, "groupAlive", lambda group: group in alive)
-    monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
+    monkeypatch.setattr(groups, "groupAlive", lambda group: group in alive)
+    monkeypatch.setattr(groups, "signalGroup", lambda group, name: sent.append((group, name)))
     reactor = MemoryReactorClock()
     share = SmbShare(reactor, str(tmp_path), "/usr/sbin/smbd", "slirp:smb")
     share._prepare()

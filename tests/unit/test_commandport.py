@@ -16,6 +16,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from vtwisted import processes
+from vtwisted import processgroups as groups
 from vtwisted.ports import command
 from vtwisted.processes import CommandTransport
 from vtwisted.spec import PortSpec, SpecError
@@ -125,8 +126,8 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
         if name == "KILL":
             process.pid = None  # it ends, and is reaped
 
-    monkeypatch.setattr(processes, "signalGroup", signalGroup)
-    monkeypatch.setattr(processes, "groupAlive", lambda group: "KILL" not in dict(sent).values())
+    monkeypatch.setattr(groups, "signalGroup", signalGroup)
+    monkeypatch.setattr(groups, "groupAlive", lambda group: "KILL" not in dict(sent).values())
     _, service = _service()
     link, process = _link(service)
     port = link.port
@@ -254,8 +255,8 @@ def test_stopAllTerminatesAtOnceThenKills(monkeypatch) -> None:
     """
     sent: list[tuple[int | None, str]] = []
     alive = {7001, 7002}
-    monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
-    monkeypatch.setattr(processes, "groupAlive", lambda group: group in alive)
+    monkeypatch.setattr(groups, "signalGroup", lambda group, name: sent.append((group, name)))
+    monkeypatch.setattr(groups, "groupAlive", lambda group: group in alive)
     reactor = MemoryReactorClock()
     endpoint = processes.CommandEndpoint(reactor, ["smbd"], "slirp:smb")
     first, second = FakeProcess(7001), FakeProcess(7002)
@@ -284,11 +285,11 @@ def test_aCommandStoppedBeforeItMadeItsSessionIsStoppedStill(monkeypatch, termAf
     """
     toGroups: list[tuple[int | None, str]] = []
     toLeaders: list[tuple[int, str]] = []
-    monkeypatch.setattr(processes, "signalGroup",
+    monkeypatch.setattr(groups, "signalGroup",
                         lambda group, name: toGroups.append((group, name)))
-    monkeypatch.setattr(processes, "signalLeader",
+    monkeypatch.setattr(groups, "signalLeader",
                         lambda pid, name: toLeaders.append((pid, name)))
-    monkeypatch.setattr(processes, "groupAlive", lambda group: False)
+    monkeypatch.setattr(groups, "groupAlive", lambda group: False)
     reactor = MemoryReactorClock()
     process = FakeProcess(7100)
     stopped = processes.stopGroup(reactor, 7100, termAfter, process)
@@ -311,8 +312,8 @@ def test_aSocketRunIsEndedAGraceAfterItsConnection(monkeypatch) -> None:
 
     sent: list[tuple[int | None, str]] = []
     alive = {7200, 7300}
-    monkeypatch.setattr(processes, "signalGroup", lambda group, name: sent.append((group, name)))
-    monkeypatch.setattr(processes, "groupAlive", lambda group: group in alive)
+    monkeypatch.setattr(groups, "signalGroup", lambda group, name: sent.append((group, name)))
+    monkeypatch.setattr(groups, "groupAlive", lambda group: group in alive)
     reactor = MemoryReactorClock()
     endpoint = processes.CommandEndpoint(reactor, ["sleep"], "slirp:guestfwd")
     stubborn, finished = processes._CommandErrors(endpoint), processes._CommandErrors(endpoint)

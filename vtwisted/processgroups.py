@@ -1,0 +1,118 @@
+"""
+Ending a command by process group: each command runs in a session of its
+own (L{vtwisted.processes}), so its process group holds the command and
+whatever it started, and is signalled as a whole.
+
+Theory of operation
+-------------------
+A group is only ever signalled while something of it is left, looked at
+just before (L{groupAlive}), so that a number whose processes are all gone,
+and which could be another's by now, is never signalled.  A command just
+spawned may not have made its session yet: until its own process is
+reaped (L{unreaped}) it counts as alive, and a signal due then goes to that
+process alone (L{signalLeader}).  L{stopGroup} sends C{TERM}, then
+C{KILL}, to what is left, polling ten times a second.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+#: Seconds a command is given to end before C{TERM}, and after it before C{KILL}.
+STOP_GRACE = 3.0
+
+
+def signalGroup(group: int | None, name: str) -> None:
+    """
+    Send signal C{name} to process group C{group} (a command's: it leads
+    its own session), if anything is left in it.
+    """
+    if group is None:
+        return
+    try:
+        os.killpg(group, getattr(signal, f"SIG{name}"))
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def signalLeader(pid: int, name: str) -> None:
+    """
+    Send signal C{name} to the command's own process alone: one that has
+    not made its session (and group) yet.  Only for a process not reaped
+    yet, whose pid cannot be another's.
+    """
+    try:
+        os.kill(pid, getattr(signal, f"SIG{name}"))
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def groupAlive(group: int) -> bool:
+    """
+    Whether process group C{group} has a process left (one of ours: not
+    one we may not signal).
+    """
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def unreaped(process: Any) -> bool:
+    """
+    Whether C{process} (a Twisted process transport) has not been reaped
+    yet: Twisted forgets its pid once it has.
+    """
+    return process is not None and getattr(process, "pid", None) is not None
+
+
+def stopGroup(clock: Any, group: int | None, termAfter: float,
+              process: Any = None) -> Deferred[None]:
+    """
+    End what is left of a command's process group: C{TERM} after
+    C{termAfter} seconds, C{KILL} L{STOP_GRACE} seconds after that, to
+    whatever of it is still there.
+
+    A command just spawned has no group yet: its process makes its
+    session (C{setsid}) only once it runs, which may be after this is
+    called (a port deleted, or the switch stopped, just as a command is
+    started again).  So while C{process}, the command's own, is not reaped
+    the command is taken for alive even with no group, and a signal due
+    then goes to that process itself.
+
+    @return: fires once the group is empty and the command's process
+        reaped (looked at every tenth of a second, so no signal ever goes
+        to a group that is gone and whose number could be another's), or
+        L{STOP_GRACE} after the C{KILL}.
+    """
+    done: Deferred[None] = Deferred()
+    if group is None:
+        done.callback(None)
+        return done
+    start, sent = clock.seconds(), set()
+
+    def look() -> None:
+        grouped = groupAlive(group)
+        if not grouped and not unreaped(process):
+            done.callback(None)
+            return
+        elapsed = clock.seconds() - start
+        for name, after in (("TERM", termAfter), ("KILL", termAfter + STOP_GRACE)):
+            if elapsed >= after and name not in sent:
+                sent.add(name)
+                if grouped:
+                    signalGroup(group, name)
+                else:
+                    signalLeader(group, name)
+        if elapsed >= termAfter + 2 * STOP_GRACE:
+            done.callback(None)
+            return
+        clock.callLater(0.1, look)
+
+    look()
+    return done
