@@ -173,6 +173,32 @@ async def test_descriptorsSentWithRequestsThatTakeNoneAreRefused(listener, front
 
 
 @pytest_twisted.ensureDeferred
+async def test_descriptorsPiledUpOnAnUnfinishedMessageAreRefused(listener, frontEnds,
+                                                                 errors) -> None:
+    """
+    A message sent a byte at a time, each byte with 200 descriptors, never
+    reaches its end, where descriptors too many are noticed: more than a
+    memory table's closes the connection at once, and every one is closed
+    (else the switch would run out of descriptors, and every port with it).
+    """
+    before = openDescriptors()
+    front = frontEnds()
+    extra = openDescriptors() - before
+    for byte in vu.HEADER.pack(vu.GET_FEATURES, vu.VERSION, 4000) + bytes(40):
+        try:
+            front.sock.sendmsg([bytes([byte])], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                  array.array("i", (front.kick,) * 200))])
+        except (BrokenPipeError, ConnectionResetError):
+            break
+        await sleep(0.01)  # each byte read on its own
+    assert await front.closedBySwitch()
+    await until(lambda: not listener[0].links, what="the link to go")
+    assert openDescriptors() - before == extra
+    refusedOnce(errors, "more than 8 file descriptors came before the message")
+    await stillServes(listener, frontEnds)
+
+
+@pytest_twisted.ensureDeferred
 async def test_aMemoryTableShortOfDescriptorsLeaksNone(listener, frontEnds, errors) -> None:
     """A table of 3 regions with 2 descriptors is refused; the 2 are closed."""
     before = openDescriptors()

@@ -162,6 +162,17 @@ class VhostUserLink(Protocol):
         return switch.vnetPacketReceived
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
+        """
+        Keep C{descriptor} for the message it came with; a front-end sending
+        more than one message takes (a full memory table) is refused, as it
+        could otherwise pile them up, a byte of an unfinished message at a
+        time, until the switch could open no more.
+        """
+        if self._broken or len(self._fds) >= vu.MAX_REGIONS:
+            os.close(descriptor)
+            self.fail(f"more than {vu.MAX_REGIONS} file descriptors came before the "
+                      "message that takes them")
+            return
         self._fds.append(descriptor)
 
     def dataReceived(self, data: bytes) -> None:
