@@ -18,7 +18,8 @@ given back at once (nothing of the guest's is kept; one longer than a
 64 KB packet unread, counted as C{oversize}), kicks are asked for
 again before a last look, the used index is published once per batch and
 the guest interrupted once, if it wants to be.  The receive ring is written to by
-L{Ring.deliver}, one frame at a time, each visible to the guest at once;
+L{Ring.deliver}, one frame at a time (in 1024 buffers at most, over all
+the chains it takes), each visible to the guest at once;
 the interrupt comes once for all a reactor turn delivered, from a call
 that runs before the reactor next waits.  While the guest migrates, the
 pages written (receive buffers, used rings, or a packed ring's
@@ -36,7 +37,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.ports.packedring import PackedQueue
-from vtwisted.ports.virtqueue import SplitQueue, VirtqueueError
+from vtwisted.ports.virtqueue import MAX_CHAIN, SplitQueue, VirtqueueError
 from vtwisted.wire.vhostuser import RingAddresses
 
 log = Logger()
@@ -287,11 +288,14 @@ class Ring:
         The chains (heads and writable buffers) the next C{total} bytes go
         into, or None (and the frame counted as dropped) if they do not fit;
         the buffers' guest addresses are appended to C{logged} if given.
+
+        @raise VirtqueueError: a chain is malformed, or the frame needs more
+            than L{MAX_CHAIN} buffers (chains of empty ones).
         """
         port = self.link.port
         available = queue.pending()
         chains: list[tuple[int, list[memoryview]]] = []
-        room = 0
+        room = walked = 0
         while room < total:
             if len(chains) == available or (chains and not self.link.mergeable):
                 if not chains:
@@ -303,7 +307,14 @@ class Ring:
                                  f"receive buffer of {room}")
                 return None
             head = queue.peek(len(chains))
-            buffers = [view for view, writable in queue.chain(head, logged) if writable]
+            chain = queue.chain(head, logged)
+            walked += len(chain)
+            if walked > MAX_CHAIN:
+                # as Linux's vhost: else a guest whose chains have a thousand
+                # empty buffers each holds the switch for a minute a frame
+                raise VirtqueueError(f"a frame of {total} bytes needs more than {MAX_CHAIN} "
+                                     "receive buffers")
+            buffers = [view for view, writable in chain if writable]
             chains.append((head, buffers))
             room += sum(len(b) for b in buffers)
         return chains
