@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IFileDescriptorReceiver
@@ -59,6 +60,7 @@ from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink, IPortService
+from vtwisted.ports.addressspace import SHARED, AddressSpace
 from vtwisted.ports.streamconnector import StreamConnector
 from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
@@ -337,7 +339,7 @@ class VhostUserLink(Protocol):
             raise VhostUserError(f"the memory table of {len(regions)} regions came without "
                                  f"its file descriptors ({len(self._fds)})")
         fds = [self._fds.popleft() for _ in regions]
-        memory = GuestMemory.map(regions, fds, self.trusted)
+        memory = GuestMemory.map(regions, fds, self.trusted, self._reserve)
         for ring in self.rings:
             ring.stop()
         if self.memory is not None:
@@ -353,8 +355,16 @@ class VhostUserLink(Protocol):
         """
         size, offset = vu.logArea(request, payload)
         self._setLog(DirtyLog.map(self.takeDescriptor("the dirty log"), size, offset,
-                                  self.trusted))
+                                  self.trusted, self._reserve))
         return vu.reply(request, b"")
+
+    def _reserve(self, size: int, what: str) -> Callable[[], None]:
+        """
+        Count C{size} bytes of the switch's address space about to be
+        mapped for C{what}, against the front-end's user unless trusted.
+        """
+        space: AddressSpace = getattr(self.owner, "addressSpace", SHARED)
+        return space.reserve(size, None if self.trusted else self.uid, what)
 
     def _setLog(self, log: DirtyLog | None) -> None:
         if self.dirtyLog is not None:

@@ -46,7 +46,7 @@ import fcntl
 import mmap
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from vtwisted.wire.vhostuser import Region
@@ -63,6 +63,9 @@ MAX_QUEUE_SIZE = 32768
 MAX_CHAIN = 1024
 _U16 = struct.Struct("<H")
 _USED = struct.Struct("<II")
+#: Counts bytes about to be mapped (and what for), or refuses them; returns
+#: what gives them back (L{vtwisted.ports.addressspace.AddressSpace.reserve}).
+Reserve = Callable[[int, str], Callable[[], None]]
 
 
 class VirtqueueError(Exception):
@@ -113,6 +116,7 @@ class GuestMemory:
             C{mmapOffset} on (an C{mmap}, or a C{bytearray} in tests).
         """
         self._maps = [buffer for _, buffer in regions]
+        self._release: Callable[[], None] | None = None
         self._regions = [(r.guestAddress, r.userAddress, r.size,
                           memoryview(buffer)[r.mmapOffset:r.mmapOffset + r.size])
                          for r, buffer in regions]
@@ -123,15 +127,22 @@ class GuestMemory:
 
     @classmethod
     def map(cls, regions: Sequence[Region], fds: Sequence[int],
-            trusted: bool = False) -> GuestMemory:
+            trusted: bool = False, reserve: Reserve | None = None) -> GuestMemory:
         """
         Map each region's file descriptor (which is then closed); unless
         C{trusted}, only memory sealed against shrinking (L{forbidShrinking}).
 
-        @raise VirtqueueError: a descriptor cannot be mapped.
+        @param reserve: called with the bytes to be mapped before anything
+            is, returns what gives them back once they are unmapped (see
+            L{vtwisted.ports.addressspace}).
+        @raise VirtqueueError: a descriptor cannot be mapped, or C{reserve}
+            refused.
         """
         mapped = []
+        release = None
         try:
+            if reserve is not None:
+                release = reserve(sum(r.mmapOffset + r.size for r in regions), "guest memory")
             for region, fd in zip(regions, fds):
                 what = f"the region at guest address {region.guestAddress:#x}"
                 forbidShrinking(fd, what, trusted)
@@ -142,10 +153,16 @@ class GuestMemory:
                     raise VirtqueueError(f"cannot map the region at guest address "
                                          f"{region.guestAddress:#x} ({region.size} bytes): "
                                          f"{e}") from None
+            memory = cls(mapped)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
-        return cls(mapped)
+        memory._release = release
+        return memory
 
     def guest(self, address: int, length: int) -> memoryview:
         """
@@ -204,6 +221,9 @@ class GuestMemory:
                 except BufferError:  # a view is still held; it goes with it
                     pass
         self._maps = []
+        if self._release is not None:
+            self._release()
+            self._release = None
 
 
 class DirtyLog:
@@ -226,6 +246,7 @@ class DirtyLog:
         self.view = memoryview(buffer)[offset:offset + size]
         #: Writes logged so far.
         self.writes = 0
+        self._release: Callable[[], None] | None = None
         if len(self.view) != size:
             raise VirtqueueError(f"dirty log of {size} bytes, but {len(self.view)} mapped")
         atomicOr = _atomicOr()
@@ -241,21 +262,32 @@ class DirtyLog:
         self.view[at] |= bit
 
     @classmethod
-    def map(cls, fd: int, size: int, offset: int, trusted: bool = False) -> DirtyLog:
+    def map(cls, fd: int, size: int, offset: int, trusted: bool = False,
+            reserve: Reserve | None = None) -> DirtyLog:
         """
         Map the log from C{fd} (which is then closed); unless C{trusted},
         only a log sealed against shrinking (L{forbidShrinking}).
 
-        @raise VirtqueueError: it cannot be mapped.
+        @param reserve: as for L{GuestMemory.map}.
+        @raise VirtqueueError: it cannot be mapped, or C{reserve} refused.
         """
+        release = None
         try:
+            if reserve is not None:
+                release = reserve(offset + size, "the dirty log")
             forbidShrinking(fd, "the dirty log", trusted)
-            return cls(mmap.mmap(fd, offset + size, mmap.MAP_SHARED), offset, size)
-        except (OSError, ValueError, OverflowError) as e:
-            raise VirtqueueError(f"cannot map the dirty log ({size} bytes at "
-                                 f"{offset}): {e}") from None
+            log = cls(mmap.mmap(fd, offset + size, mmap.MAP_SHARED), offset, size)
+        except BaseException as e:
+            if release is not None:
+                release()
+            if isinstance(e, (OSError, ValueError, OverflowError)):
+                raise VirtqueueError(f"cannot map the dirty log ({size} bytes at "
+                                     f"{offset}): {e}") from None
+            raise
         finally:
             os.close(fd)
+        log._release = release
+        return log
 
     def mark(self, address: int, length: int) -> None:
         """
@@ -279,6 +311,9 @@ class DirtyLog:
             self._map.close()
         except (AttributeError, BufferError):
             pass
+        if self._release is not None:
+            self._release()
+            self._release = None
 
 
 #: C{__ATOMIC_SEQ_CST}.
