@@ -251,6 +251,28 @@ async def test_ringDescriptorsMustBeEventfds(listener, frontEnds, errors, shortd
     os.close(bad)
 
 
+@pytest_twisted.ensureDeferred
+async def test_aKickEventfdInSemaphoreModeIsRefused(listener, frontEnds, errors) -> None:
+    """
+    An eventfd in semaphore mode gives 1 of its count a read: kicked once
+    with 2**62, it stayed readable for ever and kept the switch at full
+    CPU.  It is refused, saying so, and closed; QEMU's eventfds are not in
+    that mode.
+    """
+    before = openDescriptors()
+    front = frontEnds()
+    kick = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_NONBLOCK)
+    os.eventfd_write(kick, 1 << 62)
+    extra = openDescriptors() - before
+    front.start(kick=kick)
+    assert await front.closedBySwitch()
+    await until(lambda: not listener[0].links, what="the link to go")
+    assert openDescriptors() - before == extra
+    refusedOnce(errors, "the kick descriptor of queue 1 is an eventfd in semaphore mode")
+    await stillServes(listener, frontEnds)
+    os.close(kick)
+
+
 def test_theFrontEndCannotShrinkGuestMemoryUnderTheSwitch(vswitch, shortdir: Path) -> None:
     """
     A front-end that shrinks its memfd once the switch maps it and then

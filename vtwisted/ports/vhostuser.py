@@ -61,6 +61,7 @@ from zope.interface import implementer
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.ports.addressspace import SHARED, AddressSpace
+from vtwisted.ports.eventfds import checkEventfd
 from vtwisted.ports.streamconnector import StreamConnector
 from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
@@ -89,8 +90,6 @@ SUPER_FRAMES = sum(1 << bit for bit in (
 PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
 #: Queue pairs a guest may use (C{-netdev vhost-user,queues=N}).
 MAX_QUEUE_PAIRS = 8
-#: What C{/proc/self/fd} says an eventfd is.
-_EVENTFD = "anon_inode:[eventfd]"
 #: GSO types a guest with L{SUPER_FRAMES} takes whole (not UDP GSO).
 _WHOLE = frozenset((vnet.GSO_NONE, vnet.GSO_TCPV4, vnet.GSO_TCPV6,
                     vnet.GSO_TCPV4 | vnet.GSO_ECN, vnet.GSO_TCPV6 | vnet.GSO_ECN))
@@ -426,7 +425,7 @@ class VhostUserLink(Protocol):
             raise VhostUserError("a ring without a kick eventfd (polling) is not supported")
         fd = -1 if value & vu.NO_FD else self.takeDescriptor(f"request {request}")
         if fd >= 0 and request != vu.SET_VRING_ERR:
-            _checkEventfd(fd, "kick" if request == vu.SET_VRING_KICK else "call", ring.index)
+            checkEventfd(fd, "kick" if request == vu.SET_VRING_KICK else "call", ring.index)
         if request == vu.SET_VRING_KICK:
             ring.setKick(fd)
         elif request == vu.SET_VRING_CALL:
@@ -472,26 +471,6 @@ class VhostUserLink(Protocol):
             ring.deliver(packet[:10], memoryview(packet)[10:])
         else:
             self.port.dropped("down", "the guest's receive queues are not running")
-
-
-def _checkEventfd(fd: int, name: str, index: int) -> None:
-    """
-    Make a ring's kick or call descriptor non-blocking, or close it and
-    refuse it if it is no eventfd (read from C{/proc}, where there is one):
-    a regular file or a pipe at its end would be readable for ever, a
-    descriptor opened C{O_PATH} can be neither polled nor written.
-
-    @raise VhostUserError: it is not an eventfd.
-    """
-    try:
-        kind = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        kind = _EVENTFD
-    if kind != _EVENTFD:
-        os.close(fd)
-        raise VhostUserError(f"the {name} descriptor of queue {index} is not an eventfd "
-                             f"({kind})")
-    os.set_blocking(fd, False)
 
 
 def flowHash(data: bytes, at: int) -> int:
