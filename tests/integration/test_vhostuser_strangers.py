@@ -43,13 +43,13 @@ def offer(fd, sizes):
     sock.connect(path)
     table = struct.pack("=II", len(sizes), 0) + b"".join(
         struct.pack("=QQQQ", i << 47, size, USER + (i << 47), 0) for i, size in enumerate(sizes))
-    send(sock, 5, table, (fd,) * len(sizes))
-    send(sock, 1, b"")
     sock.settimeout(10)
     try:
+        send(sock, 5, table, (fd,) * len(sizes))
+        send(sock, 1, b"")
         if sock.recv(64):
             return sock
-    except (ConnectionResetError, TimeoutError):
+    except (BrokenPipeError, ConnectionResetError, TimeoutError):  # refused
         pass
     sock.close()
     return None
