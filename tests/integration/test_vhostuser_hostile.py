@@ -194,7 +194,7 @@ async def test_descriptorsPiledUpOnAnUnfinishedMessageAreRefused(listener, front
     assert await front.closedBySwitch()
     await until(lambda: not listener[0].links, what="the link to go")
     assert openDescriptors() - before == extra
-    refusedOnce(errors, "more than 8 file descriptors came before the message")
+    refusedOnce(errors, "more than 16 file descriptors came before the messages")
     await stillServes(listener, frontEnds)
 
 

@@ -165,14 +165,15 @@ class VhostUserLink(Protocol):
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """
         Keep C{descriptor} for the message it came with; a front-end sending
-        more than one message takes (a full memory table) is refused, as it
-        could otherwise pile them up, a byte of an unfinished message at a
-        time, until the switch could open no more.
+        more than two messages take (two full memory tables: the next
+        message's may come in the read that ends the one before) is refused,
+        as it could otherwise pile them up, a byte of an unfinished message
+        at a time, until the switch could open no more.
         """
-        if self._broken or len(self._fds) >= vu.MAX_REGIONS:
+        if self._broken or len(self._fds) >= 2 * vu.MAX_REGIONS:
             os.close(descriptor)
-            self.fail(f"more than {vu.MAX_REGIONS} file descriptors came before the "
-                      "message that takes them")
+            self.fail(f"more than {2 * vu.MAX_REGIONS} file descriptors came before the "
+                      "messages that take them")
             return
         self._fds.append(descriptor)
 
