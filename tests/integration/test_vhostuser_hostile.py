@@ -24,7 +24,7 @@ from helpers import socketListening, waitFor
 from reactortools import sleep, until
 from twisted.logger import ILogObserver, globalLogPublisher
 
-from vtwisted.ports import vhostuser
+from vtwisted.ports import vhostuser, vhostuserlink
 from vtwisted.ports.vhostuser import OFFERED, VhostUserListener
 from vtwisted.wire import vhostuser as vu
 
@@ -311,7 +311,7 @@ async def test_memoryAStrangerCouldShrinkIsRefused(listener, frontEnds, errors, 
     Guest memory that cannot be sealed against shrinking is refused, saying
     why, from a front-end of another user (not root, not the switch's).
     """
-    monkeypatch.setattr(vhostuser, "trustedPeer", lambda uid: False)
+    monkeypatch.setattr(vhostuserlink, "trustedPeer", lambda uid: False)
     before = openDescriptors()
     front = frontEnds()
     if kind == "regular file":

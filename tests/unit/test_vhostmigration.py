@@ -24,7 +24,7 @@ from vhostfakes import (
     makeDriver,
 )
 
-from vtwisted.ports.vhostuser import SUPER_FRAMES
+from vtwisted.ports.vhostuserlink import SUPER_FRAMES
 from vtwisted.ports.virtqueue import DirtyLog
 from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
 from vtwisted.wire import vhostuser as vu

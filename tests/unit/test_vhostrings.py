@@ -32,7 +32,8 @@ from vhostfakes import (
 
 from vtwisted.ports import packedring, vhostuser, virtqueue
 from vtwisted.ports.packedring import EVENT_DISABLE, EVENT_ENABLE
-from vtwisted.ports.vhostuser import OFFERED, SUPER_FRAMES
+from vtwisted.ports.vhostuser import OFFERED
+from vtwisted.ports.vhostuserlink import SUPER_FRAMES
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.testing import FakeLink, frame, mac, plug, tcpSuperFrame
 from vtwisted.wire import vhostuser as vu
