@@ -48,6 +48,9 @@ class FakeEngine:
     def echoRequest(self, *args: Any) -> None:
         self.calls.append(args)
 
+    def unreachableReceived(self, *args: Any) -> None:
+        self.calls.append(("unreachableReceived", *args))
+
     def neighbourUnanswered(self, address: bytes) -> None:
         self.calls.append(("neighbourUnanswered", address))
 

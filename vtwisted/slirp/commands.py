@@ -120,7 +120,7 @@ def describe(svc: Any) -> list[str]:
                  f"unreachable, {tcp.resets} reset by us, {tcp.guestResets} by guests, "
                  f"{tcp.timeouts} timed out, {tcp.tailProbes} tail loss probes; forwards "
                  f"{tcp.forwardsRefused} refused by guests, {tcp.forwardsUnanswered} "
-                 "unanswered")
+                 f"unanswered; {tcp.errorsIgnored} ICMP errors from guests ignored")
     lines += [" " + line for line in tcp.describe()]
     lines += [" " + line for line in svc.udp.describe()]
     if router.tftp is not None:

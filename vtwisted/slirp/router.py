@@ -16,7 +16,9 @@ frames of its own:
     protocol to the TCP engine (L{vtwisted.slirp.tcp}), the UDP engine
     (L{vtwisted.slirp.udp}), the DHCP server (L{vtwisted.slirp.dhcp}), the
     echo responder of the gateway and DNS addresses, or the ICMP engine
-    (L{vtwisted.slirp.icmp}) for pings beyond them.  The datagrams of a UDP
+    (L{vtwisted.slirp.icmp}) for pings beyond them; a guest's destination
+    unreachable goes to the TCP engine, which fails the forward whose SYN
+    it rejects (L{vtwisted.slirp.guesterrors}).  The datagrams of a UDP
     super-frame (USO, a TAP's merged run of one flow) go to the UDP engine
     one by one, without being cut into frames first.
   - B{IPv6} frames go to the IPv6 side (L{vtwisted.slirp.router6}), which
@@ -416,6 +418,10 @@ class SlirpRouter(GuestSender):
             return
         if not verified and not icmp.checksumOk(data):
             self.dropped("malformed", f"ICMP from {dotted(header.src)}: bad checksum")
+            return
+        if message.type == icmp.DEST_UNREACHABLE:
+            if message.code != icmp.FRAGMENTATION_NEEDED:  # our segments keep to its MSS
+                self.tcp.unreachableReceived(header.dst, message.code, message.payload)
             return
         if message.type != icmp.ECHO_REQUEST:
             return

@@ -44,10 +44,14 @@ L{vtwisted.slirp.tcpkeepalive}),
 C{busy} (SYNs refused for the connection limit), C{strays} (segments for
 no connection, answered with RST), C{tailProbes} (tail loss probes sent,
 L{vtwisted.slirp.tcpsack}), and for host port forwards C{forwardsRefused}
-(the guest answered our SYN with a RST) and C{forwardsUnanswered} (it did
-not answer, or no guest has the address): either way the host client is
-reset (L{vtwisted.slirp.tcpstates}), and the first failure of a forward's
-guest port is logged, then none until a connection to it opens.
+(the guest answered our SYN with a RST, or with an ICMP destination
+unreachable: a firewall's reject, L{vtwisted.slirp.guesterrors}) and
+C{forwardsUnanswered} (it did not answer, or no guest has the address):
+either way the host client is reset (L{vtwisted.slirp.tcpstates}), and the
+first failure of a forward's guest port is logged, then none until a
+connection to it opens.  C{errorsIgnored} counts the guests' other ICMP
+errors about TCP (about an established connection, or quoting no segment
+we sent).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ from twisted.python.failure import Failure
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint
+from vtwisted.slirp.guesterrors import quotedSegment, unreachableName
 from vtwisted.slirp.tcpconnection import TcpConnection
 from vtwisted.slirp.tcphost import (
     EndpointConnector,
@@ -73,6 +78,7 @@ from vtwisted.slirp.tcphost import (
 from vtwisted.slirp.tcpkeepalive import KEEPALIVE, KeepAlive
 from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK
 from vtwisted.slirp.tcpstates import HEADERS, HEADERS6, SYN_SENT, TIME_WAIT
+from vtwisted.wire.checksum import Buffer
 from vtwisted.wire.tcp import ACK, FIN, RST, SYN, TCPError, TCPHeader
 
 __all__ = ["MAX_CONNECTIONS", "GuestForwardTarget", "TcpConnection", "TcpNat"]
@@ -159,6 +165,8 @@ class TcpNat:
         self.guestResets = self.timeouts = self.busy = self.strays = 0
         self.tailProbes = 0
         self.forwardsRefused = self.forwardsUnanswered = 0
+        #: ICMP errors from guests that failed no forward (L{unreachableReceived}).
+        self.errorsIgnored = 0
         #: Forwards' guest ports whose failure was logged since one last worked.
         self._failingForwards: set[tuple[bytes, int]] = set()
 
@@ -281,6 +289,26 @@ class TcpNat:
         connecting.addCallbacks(target.connected, target.failed)
         connecting.addErrback(lambda failure: connection.connectFailed(unreachableCode(failure)))
         connection.connector = EndpointConnector(connecting)
+
+    def unreachableReceived(self, dst: bytes, code: int, quoted: Buffer) -> None:
+        """
+        A guest sent C{dst} an ICMP (or, for 16-byte C{dst}, ICMPv6)
+        destination unreachable with C{code}, quoting C{quoted}: if it
+        quotes the SYN of a forward that waits for the guest (a firewall's
+        reject), fail that forward as a RST would; any other is counted and
+        ignored (L{vtwisted.slirp.guesterrors}).
+        """
+        v6 = len(dst) == 16
+        quote = quotedSegment(quoted, v6)
+        connection = None
+        if quote is not None and quote.src == dst:
+            connection = self.connections.get(
+                (quote.dst, quote.dstPort, quote.src, quote.srcPort))
+        if connection is None or connection.state != SYN_SENT or quote is None \
+                or quote.seq != connection.iss:
+            self.errorsIgnored += 1
+            return
+        connection.forwardFailed(f"rejected it ({unreachableName(code, v6)})", refused=True)
 
     def resetStray(self, key: Key, header: TCPHeader, length: int) -> None:
         """
