@@ -8,6 +8,10 @@ a C{twistd vswitch}, host clients over the loopback.
     to ARP or neighbour solicitation), resets the host client, which reads
     C{ECONNRESET} as from a closed port, where libslirp closes it cleanly
     (the client reads an empty reply, as if the service said nothing).
+  - A forward to a guest port its firewall rejects (an nftables C{reject}
+    rule in the namespace: ICMP or ICMPv6 port unreachable or
+    administratively prohibited) resets the host client at once, as a RST
+    does, not after the SYN's 31 s of retransmissions.
   - A guest forward's C{cmd:} command that ignores the end of its input is
     ended with its connection: its input ends, then after a grace its
     process group gets C{TERM}, then C{KILL}, so it does not run on for
@@ -22,6 +26,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,6 +111,55 @@ def test_forwardToAClosedPortOrAMissingGuestResetsTheHostClient(vswitch, namespa
     refused = [line for line in log.splitlines() if f"forward to {side(guest)}:8080" in line]
     assert len(refused) == 1 and "refused it" in refused[0], log
     assert f"forward to {side(absent)}:8080: the guest is not there" in log, log
+
+
+#: nftables' reject rules for the guest's port 8080, by family and kind
+#: (what C{iptables -j REJECT --reject-with icmp-port-unreachable} or
+#: C{icmp-admin-prohibited} sends, and C{ip6tables}' counterparts).
+REJECTS = {
+    ("ipv4", "port"): "reject with icmp type port-unreachable",
+    ("ipv4", "prohibited"): "reject with icmp type admin-prohibited",
+    ("ipv6", "port"): "reject with icmpv6 type port-unreachable",
+    ("ipv6", "prohibited"): "reject with icmpv6 type admin-prohibited",
+}
+
+
+@pytest.mark.parametrize("family, reject", sorted(REJECTS))
+def test_forwardToAPortTheGuestsFirewallRejectsResetsTheHostClientAtOnce(
+        vswitch, namespaces, shortdir, family: str, reject: str) -> None:
+    """
+    A forward to a guest port that the guest's firewall rejects with an
+    ICMP error (nftables' C{reject}, as C{iptables -j REJECT}) resets the
+    host client within seconds, where it took the SYN's 31 s of
+    retransmissions before (and libslirp, which ignores guests' ICMP
+    errors, closes it cleanly after 75 s); C{slirp/print} counts it as
+    refused and the log names the error.
+    """
+    need("nft")
+    if family == "ipv4":
+        af, host, guest = socket.AF_INET, "127.0.0.1", "10.0.2.15"
+        name = {"port": "ICMP port unreachable", "prohibited": "ICMP administratively prohibited"}
+    else:
+        af, host, guest = socket.AF_INET6, "::1", "[fec0::15]"
+        name = {"port": "ICMPv6 port unreachable",
+                "prohibited": "ICMPv6 administratively prohibited"}
+    port = freePort(af, host)
+    side = f"[{host}]" if family == "ipv6" else host
+    rule = f"tcp:{side}:{port}-{guest}:8080"
+    mgmt = shortdir / "mgmt"
+    sw, ns = guestOnTap(vswitch, namespaces, ":hostfwd=" + rule.replace(":", "\\:"), mgmt)
+    rules = shortdir / "reject.nft"
+    rules.write_text("table inet vtf {\n chain input {\n  type filter hook input priority 0;\n"
+                     f"  tcp dport 8080 {REJECTS[family, reject]}\n }}\n}}\n")
+    run(*execIn(ns, "nft", "-f", str(rules)))
+    started = time.monotonic()
+    assert readsReset(af, host, port) == "reset", sw.logText()
+    # The difference is between at once and the SYN's 31 s: 10 s is no race.
+    assert time.monotonic() - started < 10, "reset only after the SYN timed out"
+    report = console(mgmt, "slirp/print")
+    assert "forwards 1 refused by guests, 0 unanswered" in report, report
+    log = sw.logText()
+    assert f"forward to {guest}:8080: the guest rejected it ({name[reject]})" in log, log
 
 
 #: A command that says its pid, then ignores hang-ups, TERM and the end of

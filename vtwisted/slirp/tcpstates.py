@@ -18,7 +18,9 @@ the guest's SYN-ACK.  One timer, the connection's only one
 (L{vtwisted.slirp.tcpsend.SendSide.armTimer}), repeats the SYN or SYN-ACK
 with backoff until L{HANDSHAKE_RETRIES}.
 
-A forward's SYN that the guest refuses (a RST), or that goes unanswered
+A forward's SYN that the guest refuses (a RST, or an ICMP destination
+unreachable quoting it, a firewall's reject: L{vtwisted.slirp.guesterrors}),
+or that goes unanswered
 (no SYN-ACK after the retransmissions, or L{NEIGHBOUR_TRIES} lookups of
 the guest's MAC without an answer: no guest has that address), resets the
 host client rather than closing it (libslirp closes it: the client reads an
@@ -224,7 +226,7 @@ class Handshake(SendSide):
 
     def forwardFailed(self, why: str, refused: bool = False) -> None:
         """
-        The guest refused our SYN (a RST), did not answer it, or is not
+        The guest refused our SYN (a RST or an ICMP error), did not answer it, or is not
         there: reset the host client (C{abortConnection}, so its socket gets
         C{ECONNRESET}, as from a host whose port is closed, not an empty
         reply), count it, and log it once until a forward to that guest
