@@ -269,6 +269,21 @@ def socketOf(transport: Any) -> Any:
     return handle
 
 
+def addressText(address: Any) -> str:
+    """
+    Where a socket listens or a peer is, for people: C{tcp 127.0.0.1:40000},
+    C{tcp [::1]:40000} (not Twisted's C{IPv6Address(type='TCP', host='::1',
+    port=40000, flowInfo=0, scopeID=0)}), or a Unix path or abstract name.
+    """
+    if isinstance(address, UNIXAddress):
+        return unixAddressText(address.name)
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{address.type.lower()} {shown}:{address.port}"
+
+
 def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
     """
     The user owning a connection's peer (Unix sockets only) and a line for
@@ -276,8 +291,7 @@ def describePeer(peer: Any, handle: Any) -> tuple[int | None, str]:
     for an abstract name), or C{tcp 127.0.0.1:40000}, C{tcp [::1]:40000}.
     """
     if not isinstance(peer, UNIXAddress):
-        host = f"[{peer.host}]" if ":" in peer.host else peer.host
-        return None, f"{peer.type.lower()} {host}:{peer.port}"
+        return None, addressText(peer)
     where = f" on {unixAddressText(peer.name or handle.getsockname())}"
     credentials = peerCredentials(handle)
     if credentials is None:

@@ -98,6 +98,24 @@ def test_plainCableListensOnLoopbackUnlessAnInterfaceIsGiven(tmp_path) -> None:
     assert interface("cable:listen:tcp:7443:tls=off:interface=10.9.0.1") == "10.9.0.1"
 
 
+def test_aListenerLogsItsAddressAsPortPrintShowsPeers() -> None:
+    """
+    C{listening on tcp [::1]:7443}, as C{port/print} writes a peer, not
+    Twisted's C{IPv6Address(type='TCP', host='::1', port=7443, flowInfo=0,
+    scopeID=0)}.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    def listening(text: str) -> list[str]:
+        service = cable.makeService(Switch(), PortSpec(text), MemoryReactor())
+        with capturedLogs() as events:
+            service.startService()
+        return [formatEvent(e) for e in events if "listening on" in e.get("log_format", "")]
+
+    assert listening(r"cable:listen:tcp6:7443:interface=\:\:1:tls=off") == [
+        r"cable:listen:tcp6:7443:interface=\:\:1:tls=off: listening on tcp [::1]:7443"]
+
+
 def test_unixCableListenerIsPrivateAndClaimsItsPath(tmp_path) -> None:
     """A cable listening on a Unix socket gets what a qemu: listener gets."""
     path = f"{tmp_path}/cable.sock"

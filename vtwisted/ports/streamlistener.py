@@ -37,7 +37,13 @@ from zope.interface import implementer
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import StreamPorts
-from vtwisted.sockettools import claimSocketPath, isAbstract, listenError, unixAddressText
+from vtwisted.sockettools import (
+    addressText,
+    claimSocketPath,
+    isAbstract,
+    listenError,
+    unixAddressText,
+)
 
 log = Logger()
 
@@ -92,8 +98,7 @@ class StreamListener(StreamPorts):
             raise listenError(f"{self.spec}: cannot listen", error)
         self.listeningPort = outcome[0]
         host = self.listeningPort.getHost()
-        log.info("{spec}: listening on {address}", spec=self.spec,
-                 address=unixAddressText(host.name) if abstract else host)
+        log.info("{spec}: listening on {address}", spec=self.spec, address=addressText(host))
 
     def stopService(self) -> Any:
         super().stopService()
