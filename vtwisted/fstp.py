@@ -240,6 +240,9 @@ class FastSpanningTree:
     def _bpduReceived(self, port: SwitchPort, vlan: Vlan, data: bytes, offset: int) -> None:
         try:
             message = wire.parse(data, offset)
+        except wire.OtherSpanningTree as e:
+            port.dropped("unsupported", f"BPDU: {e}")
+            return
         except wire.BpduError as e:
             port.dropped("malformed", f"BPDU: {e}")
             return

@@ -9,6 +9,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.errors import SwitchError
 from vtwisted.fstptree import HELLO
@@ -284,6 +285,39 @@ def test_malformedBpduIsCountedAndDropped(caplog: pytest.LogCaptureFixture) -> N
     a.receive(bpdu.BPDU_ADDRESS + mac(3) + b"\x00\x27\x42\x42\x03\x00\x00\x02\x02")
     assert port.counters.drops["malformed"] == 1
     assert b.sent == []
+
+
+#: A Linux bridge's IEEE 802.1D configuration BPDU as its TAP hands it over
+#: (52 bytes, unpadded), and its topology change notification (21 bytes).
+IEEE_CONFIG = bytes.fromhex(
+    "0180c20000001a2b3c4d5e6f002642420300000000008000"
+    "1a2b3c4d5e6f000000008000 1a2b3c4d5e6f8001000014000200 0f00".replace(" ", ""))
+IEEE_TCN = bytes.fromhex("0180c20000001a2b3c4d5e6f0007424203000000 80".replace(" ", ""))
+#: The same configuration as the head of an MSTP BPDU (version 3, type 2).
+MSTP = IEEE_CONFIG[:19] + b"\x03\x02" + IEEE_CONFIG[21:]
+
+
+@pytest.mark.parametrize(("message", "what"), [
+    (IEEE_CONFIG, "an IEEE 802.1D configuration BPDU"),
+    (IEEE_TCN, "an IEEE 802.1D topology change notification"),
+    (MSTP, "an MSTP BPDU"),
+], ids=["config", "tcn", "mstp"])
+def test_ieeeBpduIsUnsupportedNotMalformed(message: bytes, what: str) -> None:
+    """
+    A Linux bridge's (or a hardware switch's) spanning tree BPDU is a sound
+    frame of a protocol FSTP does not speak: counted as unsupported, saying
+    what it is, not as malformed; never flooded.
+    """
+    switch = fstpSwitch(1)
+    a, b = FakeLink("a"), FakeLink("b")
+    port = plug(switch, a)
+    plug(switch, b)
+    b.takeSent()
+    with capturedLogs() as events:
+        a.receive(message)
+    assert (port.counters.drops["unsupported"], port.counters.drops["malformed"]) == (1, 0)
+    assert b.sent == []
+    assert any(f"BPDU: {what}" in formatEvent(e) for e in events), events
 
 
 def test_disablingMakesEveryPortForward() -> None:

@@ -44,6 +44,21 @@ class BpduError(ValueError):
     """
 
 
+class OtherSpanningTree(BpduError):
+    """
+    A sound BPDU of another spanning tree protocol (IEEE 802.1D's, a Linux
+    bridge's or a hardware switch's), which FSTP does not speak.
+    """
+
+
+#: What the BPDUs of other spanning trees are, by (version, type).
+_OTHERS = {
+    (0, 0x00): "an IEEE 802.1D configuration BPDU",
+    (0, 0x80): "an IEEE 802.1D topology change notification",
+    (3, 0x02): "an MSTP BPDU",
+}
+
+
 @dataclass(frozen=True)
 class Bpdu:
     """
@@ -89,17 +104,26 @@ def parse(frame: bytes, offset: int = 0) -> Bpdu:
     Decode the BPDU in C{frame} starting at C{offset} (the destination
     address), tagged or not.
 
-    @raise BpduError: it is too short or not version 2, type 2.
+    @raise OtherSpanningTree: it is another protocol's BPDU (protocol 0,
+        not version 2, type 2).
+    @raise BpduError: it is too short or no BPDU at all.
     """
     start = offset + 12
     if frame[start : start + 2] == TPID:
         start += 4
-    if len(frame) < start + LENGTH - 12 - 2:
+    if len(frame) < start + 9:
         raise BpduError(f"{len(frame) - offset} bytes, too short for a BPDU")
     if frame[start + 2 : start + 5] != b"\x42\x42\x03":
         raise BpduError("not an LLC spanning tree frame")
-    if frame[start + 7] != 2 or frame[start + 8] != 2:
-        raise BpduError(f"version {frame[start + 7]} type {frame[start + 8]}, not FSTP's 2/2")
+    version, kind = frame[start + 7], frame[start + 8]
+    if (version, kind) != (2, 2):
+        if frame[start + 5 : start + 7] == b"\x00\x00":
+            what = _OTHERS.get((version, kind), f"a spanning tree BPDU of version {version} "
+                                                f"type {kind}")
+            raise OtherSpanningTree(f"{what}, not FSTP's (vde_switch's); ignored")
+        raise BpduError(f"version {version} type {kind}, not FSTP's 2/2")
+    if len(frame) < start + LENGTH - 12 - 2:
+        raise BpduError(f"{len(frame) - offset} bytes, too short for a BPDU")
     flags, root, cost, bridge, port = _BODY.unpack_from(frame, start + 9)
     age = maxAge = hello = delay = 0
     if len(frame) >= start + 9 + _BODY.size + 8:
