@@ -212,3 +212,38 @@ async def test_stoppingLeavesNoTimerForGuestsThatDidNotAnswerArp(switch) -> None
     assert len(waiting) == 1
     await defer.maybeDeferred(service.removePort, "slirp")
     assert not waiting[0].active()
+
+
+@pytest.mark.parametrize("option", ["trunk=20", "vlan=all", "vlan=10:trunk=20,30"])
+def test_taggedMembershipsAreRefused(option: str) -> None:
+    """
+    A slirp router takes untagged frames only: a spec that would make it a
+    tagged member of a VLAN (which it would then never serve, silently) is
+    refused, saying what to give instead.
+    """
+    from vtwisted.app import buildService
+    from vtwisted.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"untagged frames only: give it vlan=N"):
+        buildService(None, [f"slirp:{option}"], defaultSock=False)
+
+
+@pytest_twisted.ensureDeferred
+async def test_taggedFramesAreCountedAsUnsupported(switch) -> None:
+    """
+    Made a tagged member on the console (vlan/addport), the router gets
+    frames tagged for that VLAN, which it cannot answer: each is counted as
+    unsupported on its port, not ignored unseen.
+    """
+    from slirpfakes import GATEWAY, ipFrame, noFailuresLogged
+
+    from vtwisted.wire.vlan import insertTag
+
+    service = switch("slirp").specs["slirp"]
+    port = service.link.port
+    with noFailuresLogged():
+        service.link.sendFrame(insertTag(ipFrame(GATEWAY, 47, b"gre"), 20))
+        service.link.sendFrame(insertTag(ipFrame(bytes([10, 0, 2, 255]), 17, bytes(8),
+                                                 dstMac=b"\xff" * 6), 20))
+    assert port.counters.drops["unsupported"] == 2
+    assert port.counters.drops["malformed"] == 0

@@ -367,6 +367,10 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:
     spec.positional([], 0)
     config = readConfig(spec)
     options = PortOptions.fromSpec(spec)
+    if options.trunk or options.transparent:
+        raise spec.error("a slirp router takes untagged frames only: give it vlan=N, not "
+                         "trunk= or vlan=all (another slirp port, with its own net=, serves "
+                         "another VLAN)")
     # mtu= is the router's: it answers larger packets itself (Packet Too
     # Big), which a port MTU would drop unanswered, a path-MTU black hole.
     options.mtu = None

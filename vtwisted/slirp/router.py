@@ -60,7 +60,7 @@ from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.slirp.fragments import Reassembler
 from vtwisted.slirp.routersend import GuestSender
 from vtwisted.sockettools import linuxAtLeast
-from vtwisted.wire import dhcp, icmp, icmpv6, ipv4, vnet
+from vtwisted.wire import dhcp, icmp, icmpv6, ipv4, vlan, vnet
 from vtwisted.wire.checksum import checksumValid, pseudoHeaderSumV4
 from vtwisted.wire.ethernet import formatMac
 from vtwisted.wire.udp import UDPError, UDPHeader
@@ -306,6 +306,9 @@ class SlirpRouter(GuestSender):
             self.arp.arpReceived(frame, start + 14)
         elif kind == _IPV6 and self.v6 is not None:
             self.v6.packetReceived(frame, start + 14, verified)
+        elif kind == vlan.TPID:
+            self.dropped("unsupported", f"a frame tagged for VLAN {vlan.vidOf(frame, start)}: "
+                                        "the router serves only its port's untagged VLAN")
 
     def _ipv4Received(self, frame: bytes, offset: int, verified: bool) -> None:
         try:
