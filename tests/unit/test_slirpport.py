@@ -214,12 +214,12 @@ async def test_stoppingLeavesNoTimerForGuestsThatDidNotAnswerArp(switch) -> None
     assert not waiting[0].active()
 
 
-@pytest.mark.parametrize("option", ["trunk=20", "vlan=all", "vlan=10:trunk=20,30"])
+@pytest.mark.parametrize("option", ["trunk=20", "vlan=all", "vlan=10:trunk=20,30", "vlan=4095"])
 def test_taggedMembershipsAreRefused(option: str) -> None:
     """
     A slirp router takes untagged frames only: a spec that would make it a
-    tagged member of a VLAN (which it would then never serve, silently) is
-    refused, saying what to give instead.
+    tagged member of a VLAN (which it would then never serve, silently), or
+    leave it in no VLAN, is refused, saying what to give instead.
     """
     from vtwisted.app import buildService
     from vtwisted.spec import SpecError

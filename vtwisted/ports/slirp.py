@@ -44,6 +44,7 @@ from vtwisted.slirp.tcp import MAX_CONNECTIONS, GuestForwardTarget, TcpNat
 from vtwisted.slirp.udp import MAX_MAPPINGS, UdpNat
 from vtwisted.sockettools import descriptorLimit, listenError
 from vtwisted.spec import PortSpec, SpecError
+from vtwisted.vlans import NOVLAN
 
 log = Logger()
 
@@ -367,10 +368,10 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> SlirpService:
     spec.positional([], 0)
     config = readConfig(spec)
     options = PortOptions.fromSpec(spec)
-    if options.trunk or options.transparent:
-        raise spec.error("a slirp router takes untagged frames only: give it vlan=N, not "
-                         "trunk= or vlan=all (another slirp port, with its own net=, serves "
-                         "another VLAN)")
+    if options.trunk or options.transparent or options.vlan == NOVLAN:
+        raise spec.error(f"a slirp router takes untagged frames only: give it vlan=N, not "
+                         f"trunk=, vlan=all or vlan={NOVLAN} (another slirp port, with its "
+                         f"own net=, serves another VLAN)")
     # mtu= is the router's: it answers larger packets itself (Packet Too
     # Big), which a port MTU would drop unanswered, a path-MTU black hole.
     options.mtu = None
