@@ -28,6 +28,7 @@ from helpers import (
     waitFor,
 )
 from netguard import networkGuard
+from unprivileged import ThrowawayUser, throwawayUser
 
 # Timing goals live in the benchmarks: no property test fails for being slow
 # on a loaded machine (Hypothesis's default is 200 ms an example).
@@ -144,3 +145,13 @@ async def switch() -> AsyncIterator[Callable[..., object]]:
     for service in started:
         if service.running:
             await service.stopService()
+
+
+@pytest.fixture
+def user(shortdir: Path, processes: Processes) -> Iterator[ThrowawayUser]:
+    """A throwaway user; its processes are stopped before it is deleted."""
+    with throwawayUser(shortdir) as made:
+        try:
+            yield made
+        finally:
+            processes.stopAll()

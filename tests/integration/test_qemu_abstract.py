@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import secrets
 import socket
 from pathlib import Path
 
 import pytest
 import pytest_twisted
-from guest import startGuest, waitAll
-from helpers import need, uniqueName, waitFor
+from guest import startGuest
+from helpers import need, uniqueName
 from reactortools import until
-from taphelpers import console
 from test_qemu_sockets import Guest, portService
+from test_qemu_stream import pairPinged
 from test_qemu_vde import guestScript
 from twisted.internet import reactor
 
@@ -36,7 +35,6 @@ from vtwisted.testing import FakeLink, frame, mac, plug
 pytestmark = pytest.mark.integration
 
 BROADCAST = b"\xff" * 6
-QEMU_LINK = re.compile(r"module qemu stream\s*: qemu-system-x86 pid (\d+) on (\S+)")
 
 
 def abstractName() -> str:
@@ -138,15 +136,7 @@ def test_guestsOnAbstractNamesPingEachOther(vswitch, processes, shortdir) -> Non
         guestScript("10.211.9.2", "10.211.9.1", 4), "52:54:00:76:74:32",
         directory=shortdir, name="right",
     )
-    waitFor(lambda: len(QEMU_LINK.findall(console(mgmt, "port/allprint"))) == 2, timeout=30,
-            what="both QEMU processes on the switch")
-    ports = console(mgmt, "port/allprint")
-    results = waitAll([left, right], timeout=60)
-    for guest, result in zip((left, right), results):
-        print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
-        assert result.rc == 0, guest.diagnostics()
-        assert "3 packets received" in result.output, guest.diagnostics()
-    print(ports)
+    ports = pairPinged(mgmt, left, right)
     assert f"pid {left.process.pid} on @{listening}\n" in ports, ports
     assert f"pid {right.process.pid} on @{guestSide} (tight=off)" in ports, ports
     assert not (shortdir / listening).exists() and not (shortdir / guestSide).exists()

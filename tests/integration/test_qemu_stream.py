@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+from pathlib import Path
+from typing import Any
 
 import pytest
 from guest import assertGuestGotTheTransfer, outageScript, startGuest, waitAll
@@ -25,6 +27,24 @@ pytestmark = pytest.mark.integration
 
 
 QEMU_LINK = re.compile(r"module qemu stream\s*: qemu-system-x86 pid \d+")
+
+
+def pairPinged(mgmt: str | Path, left: Any, right: Any) -> str:
+    """
+    Wait until both guests' QEMU processes have ports on the switch and
+    each guest got its 3 pings answered by the other; C{port/allprint} as
+    it was while both were there.
+    """
+    waitFor(lambda: len(QEMU_LINK.findall(console(mgmt, "port/allprint"))) == 2, timeout=30,
+            what="both QEMU processes on the switch")
+    ports = console(mgmt, "port/allprint")
+    results = waitAll([left, right], timeout=60)
+    for guest, result in zip((left, right), results):
+        print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
+        assert result.rc == 0, guest.diagnostics()
+        assert "3 packets received" in result.output, guest.diagnostics()
+    print(ports)
+    return ports
 
 
 def freePorts(count: int, kind: int = socket.SOCK_STREAM) -> list[int]:
@@ -65,16 +85,7 @@ def test_guestsOnStreamSocketsPingEachOther(vswitch, processes, shortdir) -> Non
         guestScript("10.211.6.2", "10.211.6.1", 4), "52:54:00:76:74:12",
         directory=shortdir, name="right",
     )
-    seen = QEMU_LINK.findall
-    waitFor(lambda: len(seen(console(mgmt, "port/allprint"))) == 2, timeout=30,
-            what="both QEMU processes on the switch")
-    ports = console(mgmt, "port/allprint")
-    results = waitAll([left, right], timeout=60)
-    for guest, result in zip((left, right), results):
-        print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
-        assert result.rc == 0, guest.diagnostics()
-        assert "3 packets received" in result.output, guest.diagnostics()
-    print(ports)
+    ports = pairPinged(mgmt, left, right)
     assert f"on {listening}" in ports and f"on {guestSide}" in ports, ports
     for pid in (left.process.pid, right.process.pid):
         assert f"pid {pid}" in ports, ports

@@ -12,25 +12,14 @@ import os
 import shlex
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import run, socketListening, sourceEnv, twistdArgv, uniqueName, waitFor
 from taphelpers import deviceExists
-from unprivileged import ThrowawayUser, throwawayUser
+from unprivileged import ThrowawayUser
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def user(shortdir: Path, processes) -> Iterator[ThrowawayUser]:
-    """A throwaway user; its processes are stopped before it is deleted."""
-    with throwawayUser(shortdir) as made:
-        try:
-            yield made
-        finally:
-            processes.stopAll()
 
 
 def runAs(user: ThrowawayUser, *switchArgs: str) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import socketListening, waitFor
-from unprivileged import ThrowawayUser, throwawayUser
+from unprivileged import ThrowawayUser
 
 from vtwisted.wire import vhostuser as vu
 
@@ -88,16 +88,6 @@ else:
     except PermissionError:
         print("not shrunk")
 """
-
-
-@pytest.fixture
-def user(shortdir: Path, processes) -> Iterator[ThrowawayUser]:
-    """A throwaway user; its processes are stopped before it is deleted."""
-    with throwawayUser(shortdir) as made:
-        try:
-            yield made
-        finally:
-            processes.stopAll()
 
 
 @pytest.fixture
