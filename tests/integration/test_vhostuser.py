@@ -15,6 +15,7 @@ started and in the namespaces it made.
 from __future__ import annotations
 
 import re
+import secrets
 import subprocess
 from pathlib import Path
 
@@ -198,6 +199,36 @@ def test_theSwitchConnectsToAListeningQemuAndItsPortGoesWithIt(vswitch, processe
     assert result.rc == 0 and "3 packets received" in result.output, guest.diagnostics()
     waitFor(lambda: not LINK.findall(console(mgmt, "port/allprint")), timeout=30,
             what="the port freed")
+    assert "Traceback" not in sw.logText(), sw.logText()
+
+
+def test_theSwitchDialsAQemuListeningOnAnAbstractName(vswitch, processes, namespaces,
+                                                     shortdir) -> None:
+    """
+    QEMU's vhost-user chardev listens on a Linux abstract name
+    (C{-chardev socket,path=NAME,abstract=on,server=on}); the switch dials
+    it with C{vhostuser:connect:unix:NAME:abstract=on}, port/print shows
+    the guest C{on @NAME}, the guest pings a namespace behind the switch's
+    TAP, and no file appears.
+    """
+    name = f"vtw-{uniqueName('vha')}-{secrets.token_hex(6)}"
+    netdev, extra = vhostArgs(Path(name), server=True)
+    netdev[1] += ",abstract=on"
+    guest = startGuest(processes, netdev, pingScript("10.211.15.2", "10.211.15.1"),
+                       "52:54:00:76:75:08", directory=shortdir, name="abstract", nic=NIC,
+                       extraArgs=extra)
+    waitFor(lambda: f"@{name}" in run("ss", "-xlH").stdout or guest.process.poll() is not None,
+            timeout=30, what="QEMU listening on the abstract name")
+    sw, _, mgmt, _ = switchWithNamespace(vswitch, namespaces, shortdir, "10.211.15.1/24",
+                                         f"vhostuser:connect:unix:{name}:abstract=on")
+    waitFor(lambda: len(LINK.findall(console(mgmt, "port/allprint"))) == 1, timeout=30,
+            what="the switch connected to QEMU")
+    shown = console(mgmt, "port/allprint")
+    result = guest.wait(90)
+    print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}\n{shown}")
+    assert result.rc == 0 and "3 packets received" in result.output, guest.diagnostics()
+    assert f"qemu-system-x86 pid {guest.process.pid} on @{name}\n" in shown, shown
+    assert not (shortdir / name).exists() and not Path(name).exists()
     assert "Traceback" not in sw.logText(), sw.logText()
 
 
