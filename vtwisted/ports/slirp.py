@@ -188,8 +188,9 @@ class SlirpService(SingleLinkService):
             poolStart=config.poolStart, restricted=config.restricted,
             hostname=config.hostname, domain=config.domain,
             searchDomains=config.searchDomains, bootfile=config.bootfile,
-            tftpServerName=config.tftpServerName, inUse=router.addressTaken,
-            now=self.reactor.seconds,
+            tftpServerName=config.tftpServerName, holder=router.neighbours.get,
+            now=self.reactor.seconds, probe=router.probeAddress, answer=router.sendDhcp,
+            callLater=self.reactor.callLater,
         )
         if config.tftpRoot is not None:
             from vtwisted.slirp.tftp import TftpServer
@@ -335,6 +336,7 @@ class SlirpService(SingleLinkService):
                 engine.close()
         if self.router is not None:
             self.router.arp.close()
+            self.router.dhcp.close()
             self.router.fragments.close()
             if self.router.tftp is not None:
                 self.router.tftp.close()

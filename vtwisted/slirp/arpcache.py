@@ -6,8 +6,8 @@ Theory of operation
 -------------------
 The router answers ARP for the gateway, the DNS proxy and the guest forwards'
 addresses, each with a MAC built from its address (C{52:55:0a:00:02:02}),
-as libslirp does.  It learns
-guests from their ARP packets, DHCP leases and IPv4 frames, keeping up to
+as libslirp does.  It learns guests from their ARP packets (telling the
+DHCP server, whose probes they may answer), DHCP leases and IPv4 frames, keeping up to
 L{ARP_ENTRIES} (the oldest goes first).  A packet for a guest whose MAC is
 not known yet waits, L{ARP_QUEUE} at most per guest, while one ARP request
 asks for it; if no answer comes within L{ARP_WAIT} seconds they are dropped
@@ -69,6 +69,8 @@ class ArpCache:
             return
         if packet.senderIp != _ZERO and router.config.contains(packet.senderIp):
             self.learn(packet.senderIp, packet.senderMac)
+            if router.dhcp is not None:
+                router.dhcp.heard(packet.senderIp, packet.senderMac)
         if packet.op == arp.OP_REQUEST and packet.targetIp in router.arpAddresses:
             mac = macFor(packet.targetIp)
             reply = arp.ARPPacket(arp.OP_REPLY, mac, packet.targetIp, packet.senderMac,

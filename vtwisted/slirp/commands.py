@@ -18,6 +18,7 @@ from typing import Any
 
 from vtwisted import errors
 from vtwisted.slirp.config import parseForward
+from vtwisted.wire.ethernet import formatMac
 
 
 def slirpServices(ops: Any) -> list[Any]:
@@ -110,6 +111,11 @@ def describe(svc: Any) -> list[str]:
     for mac, address in router.dhcp.leases():
         mac = ":".join(f"{b:02x}" for b in mac)
         lines.append(f" lease {ipaddress.IPv4Address(address)} {mac}")
+    for mac, address in router.dhcp.inUseElsewhere():
+        lines.append(f" in use {ipaddress.IPv4Address(address)} {formatMac(mac)}: answered "
+                     "an ARP probe, not offered")
+    if router.dhcp.conflicts:
+        lines.append(f" DHCP: {router.dhcp.conflicts} probed addresses found in use")
     lines += [f" forward {forward}" for forward in svc.forwards]
     for forward, target in svc.guestTargets.items():
         runs = getattr(target.endpoint, "runs", None)

@@ -60,9 +60,9 @@ from vtwisted.slirp.config import ResolvConf, SlirpConfig
 from vtwisted.slirp.fragments import Reassembler
 from vtwisted.slirp.routersend import GuestSender
 from vtwisted.sockettools import linuxAtLeast
-from vtwisted.wire import dhcp, icmp, icmpv6, ipv4, vlan, vnet
+from vtwisted.wire import arp, dhcp, icmp, icmpv6, ipv4, vlan, vnet
 from vtwisted.wire.checksum import checksumValid, pseudoHeaderSumV4
-from vtwisted.wire.ethernet import formatMac
+from vtwisted.wire.ethernet import BROADCAST, formatMac
 from vtwisted.wire.udp import UDPError, UDPHeader
 
 log = Logger()
@@ -181,12 +181,15 @@ class SlirpRouter(GuestSender):
             return None
         return (str(address), port)
 
-    def addressTaken(self, address: bytes, mac: bytes) -> bool:
+    def probeAddress(self, address: bytes) -> None:
         """
-        Whether a station other than C{mac} is known to use C{address}
-        (for DHCP, which must not hand it out).
+        Ask who has C{address} in an RFC 5227 ARP probe (sender address
+        0.0.0.0, so no station's ARP cache is touched), for DHCP, which
+        must not hand out an address a station answers for.  Linux answers
+        a probe for an address it has from the gateway's MAC to that MAC.
         """
-        return self.neighbours.get(address, mac) != mac
+        probe = arp.ARPPacket(arp.OP_REQUEST, self.gatewayMac, _ZERO, bytes(6), address).pack()
+        self.emitFrame(BROADCAST + self.gatewayMac + _ARP + probe + bytes(18))
 
     def resolver(self) -> tuple[str, int] | None:
         """
@@ -401,8 +404,14 @@ class SlirpRouter(GuestSender):
         except dhcp.DHCPError as e:
             self.dropped("malformed", f"DHCP from {dotted(packet[12:16])}: {e}")
             return
-        if reply is None:
-            return
+        if reply is not None:
+            self.sendDhcp(message, reply)
+
+    def sendDhcp(self, message: dhcp.DHCPMessage, reply: dhcp.DHCPMessage) -> None:
+        """
+        Broadcast C{reply} to a client's C{message}, learning the client's
+        address from an ACK.
+        """
         mac = message.clientMac
         if reply.messageType == dhcp.ACK and reply.yiaddr != _ZERO and mac is not None:
             # not on an OFFER: the client may decline it or take another server's
