@@ -233,7 +233,8 @@ def test_closingStopsTheProbes() -> None:
     """
     router, seen, clock = probingRouter()
     fromClient(router, dhcp.DISCOVER, NEW_MAC)
-    sent(seen)
+    [probe] = sent(seen)
+    assert isinstance(probe, arp.ARPPacket)
     router.dhcp.close()
     assert clock.getDelayedCalls() == []
     clock.advance(PROBE_WAIT)
