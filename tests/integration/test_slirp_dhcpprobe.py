@@ -66,4 +66,4 @@ def test_aRestartedSlirpPortDoesNotGiveAwayAGuestsAddress(vswitch, namespaces, p
     assert "1 probed addresses found in use" in shown, shown
     assert re.search(r"lease 10\.0\.2\.15 ", shown) and re.search(r"lease 10\.0\.2\.16 ", shown), \
         shown
-    assert "10.0.2.15 answered an ARP probe" in sw.logText()
+    assert "slirp: DHCP: 10.0.2.15 answered an ARP probe from" in sw.logText()

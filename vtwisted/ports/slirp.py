@@ -190,7 +190,7 @@ class SlirpService(SingleLinkService):
             searchDomains=config.searchDomains, bootfile=config.bootfile,
             tftpServerName=config.tftpServerName, holder=router.neighbours.get,
             now=self.reactor.seconds, probe=router.probeAddress, answer=router.sendDhcp,
-            callLater=self.reactor.callLater,
+            callLater=self.reactor.callLater, spec=self.spec,
         )
         if config.tftpRoot is not None:
             from vtwisted.slirp.tftp import TftpServer

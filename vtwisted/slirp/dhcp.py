@@ -138,6 +138,7 @@ class DhcpServer:
         probe: Callable[[bytes], None] | None = None,
         answer: Callable[[DHCPMessage, DHCPMessage], None] | None = None,
         callLater: Callable[..., Any] | None = None,
+        spec: str = "slirp",
     ) -> None:
         """
         @param bootfile: the boot file (the C{file} field; option 60
@@ -154,6 +155,7 @@ class DhcpServer:
         @param answer: sends a reply (the second argument) to a client's
             message (the first) that waited for a probe.
         @param callLater: schedules a call, as C{IReactorTime.callLater}.
+        @param spec: the port spec, named in the log.
         @raise ValueError: an address is not 4 bytes, the pool is empty or
             runs past 255.255.255.255, a lease time does not fit 32 bits,
             or a name is not ASCII.
@@ -172,6 +174,7 @@ class DhcpServer:
         self._holder = holder
         self._probe = probe if answer is not None and callLater is not None else None
         self._send = answer
+        self._spec = spec
         self._callLater = callLater
         #: Probes under way, by client and by address.
         self._probes: dict[bytes, _Probe] = {}
@@ -302,9 +305,9 @@ class DhcpServer:
         self.conflicts += 1
         if address not in self._logged:
             self._logged.add(address)
-            log.warn("slirp DHCP: {address} answered an ARP probe from {mac}, not a client "
-                     "of ours: kept for it, not offered", address=dotted(address),
-                     mac=formatMac(holder))
+            log.warn("{spec}: DHCP: {address} answered an ARP probe from {mac}, not a "
+                     "client of ours: kept for it, not offered", spec=self._spec,
+                     address=dotted(address), mac=formatMac(holder))
 
     def close(self) -> None:
         """
