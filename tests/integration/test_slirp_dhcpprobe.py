@@ -13,10 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import execIn, need, needRoot, uniqueName, waitFor
-from taphelpers import console, deviceExists, quietNamespace, readLine
-from test_slirp import UDHCPC_SCRIPT
-from test_slirp_vlans import udhcpc
+from helpers import execIn
+from taphelpers import console, readLine
+from test_slirp_vlans import twoGuestsAndSlirp, udhcpc
 
 pytestmark = pytest.mark.integration
 
@@ -39,17 +38,8 @@ def test_aRestartedSlirpPortDoesNotGiveAwayAGuestsAddress(vswitch, namespaces, p
     (A answered the router's probe), and A renewing keeps 10.0.2.15; the
     console shows the conflict.
     """
-    needRoot()
-    need("busybox")
-    nsA, nsB = quietNamespace(namespaces, "vdp"), quietNamespace(namespaces, "vdp")
-    tapA, tapB = uniqueName("vdp"), uniqueName("vdp")
-    mgmt = shortdir / "mgmt"
-    sw = vswitch("--mgmt", str(mgmt), "--port", f"tap:{tapA}:netns={nsA}",
-                 "--port", f"tap:{tapB}:netns={nsB}", "--port", "slirp")
-    waitFor(lambda: deviceExists(tapA, nsA) and deviceExists(tapB, nsB), what="the TAPs")
-    script = shortdir / "udhcpc.sh"
-    script.write_text(UDHCPC_SCRIPT)
-    script.chmod(0o755)
+    sw, mgmt, script, [(nsA, tapA), (nsB, tapB)] = twoGuestsAndSlirp(
+        vswitch, namespaces, shortdir, "vdp", ("", ""), "slirp")
     guestA = processes.start(execIn(nsA, "busybox", "udhcpc", "-i", tapA, "-f", "-t", "5",
                                     "-T", "1", "-s", str(script)), stdout=subprocess.PIPE)
     assert leaseLine(guestA) == "10.0.2.15", sw.logText()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import execIn, need, needRoot, run, uniqueName, waitFor
@@ -29,6 +30,29 @@ def udhcpc(ns: str, device: str, script: Path, tries: int) -> str | None:
     return found.group(1) if lease.returncode == 0 and found else None
 
 
+def twoGuestsAndSlirp(vswitch: Any, namespaces: Any, shortdir: Path, prefix: str,
+                      options: tuple[str, str], slirp: str) -> tuple[Any, Path, Path, list]:
+    """
+    A switch with a console, a slirp port (C{slirp}) and two TAPs (with
+    C{options}) moved into namespaces of their own, and udhcpc's script.
+
+    @return: the switch, its console's path, the script, and the two
+        guests' C{(namespace, device)}.
+    """
+    needRoot()
+    need("busybox")
+    guests = [(quietNamespace(namespaces, prefix), uniqueName(prefix)) for _ in options]
+    mgmt = shortdir / "mgmt"
+    taps = [arg for (ns, tap), option in zip(guests, options)
+            for arg in ("--port", f"tap:{tap}:netns={ns}{option}")]
+    sw = vswitch("--mgmt", str(mgmt), *taps, "--port", slirp)
+    waitFor(lambda: all(deviceExists(tap, ns) for ns, tap in guests), what="the TAPs")
+    script = shortdir / "udhcpc.sh"
+    script.write_text(UDHCPC_SCRIPT)
+    script.chmod(0o755)
+    return sw, mgmt, script, guests
+
+
 def drops(mgmt: Path, port: int) -> dict[str, int]:
     stats = console(mgmt, f"port/stats {port}")
     line = next(line for line in stats.splitlines() if line.startswith(" drops: "))
@@ -36,17 +60,8 @@ def drops(mgmt: Path, port: int) -> dict[str, int]:
 
 
 def test_slirpServesOnlyItsUntaggedVlan(vswitch, namespaces, shortdir: Path) -> None:
-    needRoot()
-    need("busybox")
-    ns10, ns20 = quietNamespace(namespaces, "vsv"), quietNamespace(namespaces, "vsv")
-    tap10, tap20 = uniqueName("vsv"), uniqueName("vsv")
-    mgmt = shortdir / "mgmt"
-    sw = vswitch("--mgmt", str(mgmt), "--port", f"tap:{tap10}:netns={ns10}:vlan=10",
-                 "--port", f"tap:{tap20}:netns={ns20}:vlan=20", "--port", "slirp:vlan=10")
-    waitFor(lambda: deviceExists(tap10, ns10) and deviceExists(tap20, ns20), what="the TAPs")
-    script = shortdir / "udhcpc.sh"
-    script.write_text(UDHCPC_SCRIPT)
-    script.chmod(0o755)
+    sw, mgmt, script, [(ns10, tap10), (ns20, tap20)] = twoGuestsAndSlirp(
+        vswitch, namespaces, shortdir, "vsv", (":vlan=10", ":vlan=20"), "slirp:vlan=10")
     assert udhcpc(ns10, tap10, script, 5) == "10.0.2.15", sw.logText()
     assert udhcpc(ns20, tap20, script, 2) is None
     refused = console(mgmt, "port/add slirp:trunk=20:net=10.0.9.0/24")
