@@ -8,6 +8,8 @@ import errno
 import os
 from typing import Any
 
+from vtwisted.spec import SpecError
+
 
 class SwitchError(Exception):
     """
@@ -79,9 +81,33 @@ def requireTrusted(session: Any, what: str) -> None:
 def osErrorText(error: OSError) -> str:
     """
     What an OS error says, as the switch reports it: its text (without
-    Python's C{[Errno N]} in front), with the errno once at the end.
+    Python's C{[Errno N]} in front), after the file it names if the text
+    does not name it, with the errno once at the end.
     """
     message = error.strerror or str(error)
+    if error.filename is not None and str(error.filename) not in message:
+        message = f"{error.filename}: {message}"
     if error.errno and "errno" not in message.lower():
         message += f" (errno {error.errno})"
+    return message
+
+
+def startFailure(error: BaseException, spec: str | None) -> str:
+    """
+    One line saying why a service could not start: an L{OSError} as
+    L{osErrorText} words it, a L{SwitchError}'s or L{SpecError}'s message,
+    anything else its type and text; naming C{spec} (the port spec whose service failed) if the
+    error does not already (a port type of another distribution raising
+    what C{open()} raised, say).
+    """
+    if isinstance(error, SwitchError):
+        message = error.message
+    elif isinstance(error, OSError):
+        message = osErrorText(error)
+    elif isinstance(error, SpecError):
+        message = str(error)
+    else:
+        message = f"{type(error).__name__}: {error}"
+    if spec is not None and spec not in message:
+        message = f"{spec}: {message}"
     return message

@@ -28,7 +28,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from vtwisted.errors import SwitchError, osErrorText
+from vtwisted.errors import SwitchError, startFailure
 from vtwisted.interfaces import IRevivablePortService
 from vtwisted.porttype import portTypes
 from vtwisted.spec import PortSpec, SpecError
@@ -118,11 +118,16 @@ class SwitchService(MultiService):
         try:
             yield done
         except BaseException as e:
+            failing = next((s for s in self if s not in done), None)
+            spec = next((text for text, s in self.specs.items() if s is failing), None)
             self._stopStarted(done)
-            if not self.exitOnFailure or not isinstance(e, (OSError, SpecError, SwitchError)):
+            ported = spec is not None and isinstance(e, Exception)
+            if not self.exitOnFailure or not (
+                    ported or isinstance(e, (OSError, SpecError, SwitchError))):
                 raise
-            message = e.message if isinstance(e, SwitchError) else \
-                osErrorText(e) if isinstance(e, OSError) else str(e)
+            if ported and not isinstance(e, (OSError, SpecError, SwitchError)):
+                log.failure("port spec {spec}: starting failed", spec=spec)
+            message = startFailure(e, spec)
             _removePidFile(self.pidFile, self._pidFileIdentity)
             line = f"vswitch: {message}"
             if _tellParent(self.runner, line):

@@ -127,7 +127,7 @@ class PortSpecOperations:
         except SwitchError:
             raise
         except OSError as e:
-            raise SwitchError(e.errno or errno.EIO, errors.osErrorText(e)) from None
+            raise SwitchError(e.errno or errno.EIO, errors.startFailure(e, text)) from None
         except Exception as e:
             log.failure("port spec {spec}: starting failed", spec=text)
             raise SwitchError(errno.EIO, f"port spec {text!r}: {e}") from None
