@@ -16,7 +16,16 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, Processes, StreamPlug, need, socketListening, waitFor, writeReadmeExample
+from helpers import (
+    ROOT,
+    Processes,
+    StreamPlug,
+    need,
+    readmeExampleFiles,
+    socketListening,
+    waitFor,
+    writeReadmeExample,
+)
 
 from vtwisted.testing import frame, mac
 
@@ -114,3 +123,29 @@ def test_theInstalledPortTypeRuns(venv: Path, shortdir: Path, processes: Process
     assert "1022 Invalid argument" in reply
     text = log.read_text()
     assert "Traceback" not in text and "Unable to write" not in text and "warn" not in text
+
+
+def test_anEditableInstallIsFound(venv: Path, tmp_path: Path) -> None:
+    """
+    The README's example installed with pip install -e (PEP 660: an import
+    hook maps its vtwisted/plugins/, which is on no sys.path entry), here
+    renamed mirror, is listed by the installed twistd beside the others.
+    """
+    project = tmp_path / "mirror-port"
+    for name, content in readmeExampleFiles().items():
+        path = project / name.replace("echo", "mirror")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content.replace("echo", "mirror"))
+    result = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
+         "--use-pep517", "-e", str(project)], capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    hooks = list((venv / "lib").glob("python3*/site-packages/__editable__*mirror*"))
+    assert hooks, "pip made no PEP 660 editable install"
+    result = subprocess.run(twistd(venv, "vswitch", "--help"),
+                            capture_output=True, text=True, timeout=60, cwd=venv)
+    assert result.returncode == 0, result.stderr
+    assert "mirror:NAME  answers every frame" in result.stdout
+    assert "echo:NAME  answers every frame" in result.stdout

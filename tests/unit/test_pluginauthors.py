@@ -1,22 +1,28 @@
 """
 What a port type from another distribution meets: its start failures are
-reported with its spec.
+reported with its spec, and its declaration is found through an editable
+install's import hook.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from helpers import sourceEnv
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 
 import vtwisted.plugins
 from vtwisted.app import buildService
 from vtwisted.errors import SwitchError
+from vtwisted.pluginpaths import importHookPaths
 
 DECLARATION = """
 from vtwisted.porttype import PortType
@@ -128,3 +134,81 @@ def test_portAddOfAnotherPortTypeNamesTheSpecAndTheFile(replay: Path) -> None:
         service.operations.addPort(spec)
     assert e.value.message == f"{spec}: {replay}/missing.pcap: No such file or directory (errno 2)"
     service.stopService()
+
+
+#: setuptools' editable installs (PEP 660) in short: a placeholder entry on
+#: sys.path and a path hook that maps the project's namespace packages.
+EDITABLE_HOOK = """
+import sys
+from importlib.machinery import ModuleSpec
+
+PLACEHOLDER = "__editable__.pa_replay.finder.__path_hook__"
+NAMESPACES = {{"vtwisted": [], "vtwisted.plugins": [{plugins!r}]}}
+
+
+class Finder:
+    @classmethod
+    def hook(cls, path):
+        if path == PLACEHOLDER:
+            return cls
+        raise ImportError
+
+    @classmethod
+    def find_spec(cls, fullname, target=None):
+        if fullname not in NAMESPACES:
+            return None
+        spec = ModuleSpec(fullname, None, is_package=True)
+        spec.submodule_search_locations = [*NAMESPACES[fullname], PLACEHOLDER]
+        return spec
+
+
+sys.path_hooks.append(Finder.hook)
+sys.path.append(PLACEHOLDER)
+sys.path.append({modules!r})  # pa_replay.py, which the real hook maps too
+"""
+
+
+def test_anEditableInstallsDeclarationIsFound(tmp_path: Path) -> None:
+    """
+    A port type installed with pip install -e (its plugin directory known
+    only to the editable install's path hook) is found; plain directories
+    are found as Twisted's pluginPackagePaths finds them.
+    """
+    plugins = tmp_path / "project" / "vtwisted" / "plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "pa_replay_ports.py").write_text(DECLARATION)
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "pa_replay.py").write_text(MODULE)
+    probe = EDITABLE_HOOK.format(plugins=str(plugins), modules=str(tmp_path / "modules")) + \
+        textwrap.dedent("""
+        from vtwisted.porttype import portTypes
+        print(portTypes()["pareplay"].description)
+        """)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=sourceEnv(), cwd=tmp_path, timeout=60)
+    assert result.stdout == "pareplay:FILE replays a capture\n", result.stderr
+
+
+def test_importHookPathsAgreesWithTwistedOnDirectories(tmp_path: Path) -> None:
+    """
+    For ordinary sys.path directories, the portions found are those of
+    Twisted's pluginPackagePaths that exist: namespace directories, not
+    packages.
+    """
+    from twisted.plugin import pluginPackagePaths
+
+    portion, package, neither = (tmp_path / name for name in ("portion", "package", "neither"))
+    (portion / "vtwisted" / "plugins").mkdir(parents=True)
+    (package / "vtwisted" / "plugins").mkdir(parents=True)
+    (package / "vtwisted" / "plugins" / "__init__.py").write_text("")
+    (package / "vtwisted" / "__init__.py").write_text("")
+    neither.mkdir()
+    entries = [str(portion), str(package), str(neither), str(tmp_path / "gone")]
+    assert importHookPaths("vtwisted.plugins", entries) == [str(portion / "vtwisted" / "plugins")]
+    saved = sys.path[:]
+    try:
+        sys.path[:] = entries
+        twisted = [path for path in pluginPackagePaths("vtwisted.plugins") if os.path.isdir(path)]
+        assert twisted == importHookPaths("vtwisted.plugins")
+    finally:
+        sys.path[:] = saved
