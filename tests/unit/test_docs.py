@@ -164,3 +164,19 @@ def test_theReadmesPortTypeExampleWorks(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 passed" in result.stdout, result.stdout
+
+
+def test_theReadmesPortTypeTestsFailWithoutThePortType(tmp_path: Path) -> None:
+    """
+    Each of the README example's tests fails when its port type is not
+    installed (an "unknown port type" error names the spec too, so matching
+    the spec alone would pass without it).
+    """
+    writeReadmeExample(tmp_path)
+    (tmp_path / "vtwisted" / "plugins" / "echo_ports.py").unlink()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_echo.py"],
+        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120,
+    )
+    assert "5 failed" in result.stdout and "passed" not in result.stdout, result.stdout

@@ -1,12 +1,17 @@
 """
 What a port type from another distribution meets: its start failures are
-reported with its spec, and its declaration is found through an editable
-install's import hook.
+reported with its spec, its declaration is found through an editable
+install's import hook, and README.rst's "Writing a port type" names only
+what exists.
 """
 
 from __future__ import annotations
 
+import ast
+import builtins
+import importlib
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -15,7 +20,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from helpers import sourceEnv
+from helpers import ROOT, sourceEnv
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 
@@ -212,3 +217,50 @@ def test_importHookPathsAgreesWithTwistedOnDirectories(tmp_path: Path) -> None:
         assert twisted == importHookPaths("vtwisted.plugins")
     finally:
         sys.path[:] = saved
+
+
+def writingAPortType() -> str:
+    """README.rst's "Writing a port type" section."""
+    text = (ROOT / "README.rst").read_text()
+    return text[text.index("Writing a port type\n===="):text.index("\nLayout\n====")]
+
+
+def resolve(dotted: str) -> tuple[Any, Any]:
+    """
+    The longest importable module of C{dotted} and the object it names.
+    """
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            module = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        target = module
+        for name in parts[cut:]:
+            target = getattr(target, name)
+        return module, target
+    raise ImportError(dotted)
+
+
+def test_theSectionForPortTypeAuthorsNamesOnlyWhatExists() -> None:
+    """
+    Every vtwisted name "Writing a port type" gives resolves: dotted names,
+    the names listed in brackets after a module, and every class name,
+    which must live in a module the section names or its examples import.
+    """
+    section = writingAPortType()
+    modules: set[Any] = {builtins}
+    for dotted in re.findall(r"``(vtwisted(?:\.\w+)+)``", section):
+        modules.add(resolve(dotted)[0])
+    for path in re.findall(r"``(vtwisted/[\w/]+)\.py``", section):
+        modules.add(importlib.import_module(path.replace("/", ".")))
+    for block in re.findall(r"::\n\n((?:    .*\n|\n)+)", section):
+        for node in ast.walk(ast.parse(textwrap.dedent(block))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("vtwisted"):
+                modules.add(importlib.import_module(cast(str, node.module)))
+    for module, listed in re.findall(r"``(vtwisted(?:\.\w+)+)``\s+\(([^)]*)\)", section):
+        for name in re.findall(r"``(\w+)``", listed):
+            assert hasattr(resolve(module)[1], name), f"{module} has no {name}"
+    for name in set(re.findall(r"``([A-Z]\w*[a-z]\w*)``", section)):
+        assert any(hasattr(module, name) for module in modules), \
+            f"{name} is in none of the modules the section names"
