@@ -48,8 +48,8 @@ class FakeEngine:
     def echoRequest(self, *args: Any) -> None:
         self.calls.append(args)
 
-    def unreachableReceived(self, *args: Any) -> None:
-        self.calls.append(("unreachableReceived", *args))
+    def errorReceived(self, *args: Any) -> None:
+        self.calls.append(("errorReceived", *args))
 
     def neighbourUnanswered(self, address: bytes) -> None:
         self.calls.append(("neighbourUnanswered", address))

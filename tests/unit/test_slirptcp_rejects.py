@@ -1,9 +1,10 @@
 """
 A guest's firewall rejecting a host forward's SYN with an ICMP or ICMPv6
-destination unreachable, through a real slirp router and TCP engine: the
-forward fails at once (the host client is reset) when the error quotes the
-SYN we sent, and nothing happens for an error quoting anything else or
-about an established connection (L{vtwisted.slirp.guesterrors}).
+destination unreachable, or the guest answering it with a time exceeded or
+parameter problem, through a real slirp router and TCP engine: the forward
+fails at once (the host client is reset) when the error quotes the SYN we
+sent, and nothing happens for an error quoting anything else or about an
+established connection (L{vtwisted.slirp.guesterrors}).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from twisted.internet.address import IPv6Address
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
+from vtwisted.slirp.guesterrors import GuestError
 from vtwisted.slirp.router import SlirpRouter
 from vtwisted.slirp.tcp import TcpNat
 from vtwisted.slirp.tcpsend import FIXED_HEADER
@@ -148,7 +150,7 @@ MANGLES: dict[str, Callable[[bytes, int], bytes]] = {
     "seq far off": lambda p, tcp: withWord(p, tcp + 4, lambda v: v + 0x80000000, 4),
     "client port": lambda p, tcp: withWord(p, tcp, lambda v: v + 1),
     "guest port": lambda p, tcp: withWord(p, tcp + 2, lambda v: v + 1),
-    "not TCP": lambda p, tcp: withWord(p, 6 if tcp == 40 else 9, lambda v: 17, 1),
+    "not TCP": lambda p, tcp: withWord(p, 6 if tcp == 40 else 9, lambda v: 132, 1),
     "too short": lambda p, tcp: p[:tcp + 6],
 }
 
@@ -214,22 +216,94 @@ def test_anErrorAboutAnEstablishedConnectionLeavesItOpen(v6: bool) -> None:
     assert (forward.nat.forwardsRefused, forward.nat.errorsIgnored) == (0, 2)
 
 
-def test_routerHandsDestinationUnreachableToTheTcpEngine() -> None:
+#: Time exceeded and parameter problem, by family: (type, code, what the log says).
+OTHER_ERRORS = {
+    False: [(icmp.TIME_EXCEEDED, 0, "ICMP time exceeded (TTL exceeded in transit)"),
+            (icmp.PARAMETER_PROBLEM, 0, "ICMP parameter problem (pointer indicates the "
+                                        "error)")],
+    True: [(icmpv6.TIME_EXCEEDED, 0, "ICMPv6 time exceeded (hop limit exceeded in "
+                                     "transit)"),
+           (icmpv6.PARAMETER_PROBLEM, 1, "ICMPv6 parameter problem (unrecognized next "
+                                         "header)")],
+}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("which", [0, 1], ids=["time-exceeded", "parameter-problem"])
+def test_timeExceededOrParameterProblemFailsTheSyn(v6: bool, which: int) -> None:
     """
-    With a fake TCP engine: the router hands it each destination
-    unreachable, the address it went to and the quote (IPv4 and IPv6),
-    and neither fragmentation needed nor an error to a multicast group.
+    A time exceeded or parameter problem quoting the forward's SYN resets
+    the host client at once, as Linux's own C{connect} fails on them in
+    SYN-SENT; counted as failed (not refused) and logged with the error.
+    """
+    kind, code, name = OTHER_ERRORS[v6][which]
+    forward = Forward(v6)
+    with capturedLogs() as events:
+        forward.unreachable(code, forward.syn, kind=kind)
+    assert forward.transport.aborted and forward.nat.connectionCount == 0
+    assert (forward.nat.forwardsFailed, forward.nat.forwardsRefused,
+            forward.nat.errorsIgnored) == (1, 0, 0)
+    (line,) = [formatEvent(e) for e in events if "TCP forward" in formatEvent(e)]
+    assert f"the guest answered it with {name}" in line, line
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("which", [0, 1], ids=["time-exceeded", "parameter-problem"])
+def test_timeExceededOrParameterProblemNeedOurSyn(v6: bool, which: int) -> None:
+    """
+    Those errors are believed as destination unreachable is: one quoting
+    another sequence number than our ISN, or a segment of an established
+    connection (a soft error), fails nothing and is counted as ignored.
+    """
+    kind, code, _ = OTHER_ERRORS[v6][which]
+    forward = Forward(v6)
+    forward.unreachable(code, MANGLES["seq"](forward.syn, 40 if v6 else 20), kind=kind)
+    assert forward.stillWaits()
+    forward.synAck()
+    forward.unreachable(code, forward.lastSent(), kind=kind)
+    forward.unreachable(code, forward.syn, kind=kind)
+    assert forward.connection.state == ESTABLISHED and not forward.transport.aborted
+    assert (forward.nat.forwardsFailed, forward.nat.errorsIgnored) == (0, 3)
+
+
+def test_routerHandsGuestErrorsToTheEngines() -> None:
+    """
+    With fake engines: the router hands the TCP engine each destination
+    unreachable, time exceeded and parameter problem quoting TCP (or
+    nothing it can read), the UDP engine those quoting UDP, with the
+    address it went to, the quote and the error (IPv4 and IPv6); and
+    neither fragmentation needed nor an error to a multicast group.
     """
     router, _ = router6fakes.makeRouter()
-    engine: Any = router.tcp
-    quoted = bytes(range(28))
-    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP,
-                                 icmp.errorMessage(icmp.DEST_UNREACHABLE, icmp.PORT, quoted)))
-    router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP, icmp.errorMessage(
-        icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, quoted)))
-    for dst in (GATEWAY6, router6fakes.ALL_NODES):
-        message = icmpv6.errorMessage(icmpv6.DEST_UNREACHABLE, 1, quoted, GUEST6, dst)
+    tcpEngine: Any = router.tcp
+    udpEngine: Any = router.udp
+    tcp4 = ipv4.IPv4Header(0, 48, 0, 0, 0, 64, ipv4.PROTO_TCP, 0, GATEWAY, GUEST).pack() + \
+        bytes(range(28))
+    udp4 = ipv4.IPv4Header(0, 36, 0, 0, 0, 64, ipv4.PROTO_UDP, 0, GATEWAY, GUEST).pack() + \
+        bytes(range(16))
+    for kind, code, quoted in ((icmp.DEST_UNREACHABLE, icmp.PORT, tcp4),
+                               (icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, tcp4),
+                               (icmp.TIME_EXCEEDED, 0, tcp4),
+                               (icmp.PARAMETER_PROBLEM, 0, udp4),
+                               (icmp.DEST_UNREACHABLE, icmp.PORT, bytes(8))):
+        router.frameReceived(ipFrame(GATEWAY, ipv4.PROTO_ICMP,
+                                     icmp.errorMessage(kind, code, quoted)))
+    tcp6 = ipv6.IPv6Header(0, 0, 20, ipv6.NH_TCP, 64, GATEWAY6, GUEST6).pack() + bytes(20)
+    for kind, dst in ((icmpv6.DEST_UNREACHABLE, GATEWAY6),
+                      (icmpv6.DEST_UNREACHABLE, router6fakes.ALL_NODES),
+                      (icmpv6.TIME_EXCEEDED, GATEWAY6),
+                      (icmpv6.PARAMETER_PROBLEM, GATEWAY6)):
+        message = icmpv6.errorMessage(kind, 1, tcp6, GUEST6, dst)
         router.frameReceived(router6fakes.frame6(GUEST6, dst, ipv6.NH_ICMPV6, message))
-    calls = [call for call in engine.calls if call[0] == "unreachableReceived"]
-    assert calls == [("unreachableReceived", GATEWAY, icmp.PORT, quoted),
-                     ("unreachableReceived", GATEWAY6, 1, quoted)]
+    calls = [(c[1], c[2] and c[2].protocol, c[3]) for c in tcpEngine.calls
+             if c[0] == "errorReceived"]
+    assert calls == [
+        (GATEWAY, 6, GuestError(icmp.DEST_UNREACHABLE, icmp.PORT, False)),
+        (GATEWAY, 6, GuestError(icmp.TIME_EXCEEDED, 0, False)),
+        (GATEWAY, None, GuestError(icmp.DEST_UNREACHABLE, icmp.PORT, False)),
+        (GATEWAY6, 6, GuestError(icmpv6.DEST_UNREACHABLE, 1, True)),
+        (GATEWAY6, 6, GuestError(icmpv6.TIME_EXCEEDED, 1, True)),
+        (GATEWAY6, 6, GuestError(icmpv6.PARAMETER_PROBLEM, 1, True))]
+    (call,) = [c for c in udpEngine.calls if c[0] == "errorReceived"]
+    assert call[1] == GATEWAY and call[3] == GuestError(icmp.PARAMETER_PROBLEM, 0, False)
+    assert (call[2].src, call[2].dst, call[2].srcPort) == (GATEWAY, GUEST, 0x0001)

@@ -116,7 +116,7 @@ def describe(svc: Any) -> list[str]:
                      "an ARP probe, not offered")
     if router.dhcp.conflicts:
         lines.append(f" DHCP: {router.dhcp.conflicts} probed addresses found in use")
-    lines += [f" forward {forward}" for forward in svc.forwards]
+    lines += forwardLines(svc)
     for forward, target in svc.guestTargets.items():
         runs = getattr(target.endpoint, "runs", None)
         running = f", {len(runs)} commands running" if runs is not None else ""
@@ -126,7 +126,10 @@ def describe(svc: Any) -> list[str]:
                  f"unreachable, {tcp.resets} reset by us, {tcp.guestResets} by guests, "
                  f"{tcp.timeouts} timed out, {tcp.tailProbes} tail loss probes; forwards "
                  f"{tcp.forwardsRefused} refused by guests, {tcp.forwardsUnanswered} "
-                 f"unanswered; {tcp.errorsIgnored} ICMP errors from guests ignored")
+                 f"unanswered, {tcp.forwardsFailed} failed on their ICMP errors; "
+                 f"{tcp.errorsIgnored} ICMP errors from guests ignored")
+    lines.append(f" UDP: {svc.udp.errorsIgnored} ICMP errors from guests ignored (about "
+                 "no forward's datagram)")
     lines += [" " + line for line in tcp.describe()]
     lines += [" " + line for line in svc.udp.describe()]
     if router.tftp is not None:
@@ -134,4 +137,19 @@ def describe(svc: Any) -> list[str]:
     for engine in (svc.icmp, svc.icmp6):
         if engine is not None:
             lines += [" " + line for line in engine.describe()]
+    return lines
+
+
+def forwardLines(svc: Any) -> list[str]:
+    """
+    One line per host port forward of a slirp service, with the ICMP
+    errors its guest sent about a UDP forward's datagrams.
+    """
+    lines = []
+    for forward, port in svc.forwards.items():
+        protocol: Any = getattr(port, "protocol", None)
+        errors = getattr(protocol, "errors", 0)
+        lines.append(f" forward {forward}" + (
+            f": {errors} ICMP errors from the guest, last {protocol.lastError}"
+            if errors else ""))
     return lines

@@ -17,8 +17,10 @@ frames of its own:
     (L{vtwisted.slirp.udp}), the DHCP server (L{vtwisted.slirp.dhcp}), the
     echo responder of the gateway and DNS addresses, or the ICMP engine
     (L{vtwisted.slirp.icmp}) for pings beyond them; a guest's destination
-    unreachable goes to the TCP engine, which fails the forward whose SYN
-    it rejects (L{vtwisted.slirp.guesterrors}).  The datagrams of a UDP
+    unreachable, time exceeded or parameter problem goes to the engine of
+    the protocol it quotes: the TCP engine fails the forward whose SYN it
+    answers, the UDP engine counts it on the forward whose datagram it
+    answers (L{vtwisted.slirp.guesterrors}).  The datagrams of a UDP
     super-frame (USO, a TAP's merged run of one flow) go to the UDP engine
     one by one, without being cut into frames first.
   - B{IPv6} frames go to the IPv6 side (L{vtwisted.slirp.router6}), which
@@ -53,7 +55,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from vtwisted.interfaces import IGuestNetwork
-from vtwisted.slirp import packets
+from vtwisted.slirp import guesterrors, packets
 from vtwisted.slirp.addresses import dotted
 from vtwisted.slirp.arpcache import ArpCache, macFor
 from vtwisted.slirp.config import ResolvConf, SlirpConfig
@@ -431,9 +433,11 @@ class SlirpRouter(GuestSender):
         if not verified and not icmp.checksumOk(data):
             self.dropped("malformed", f"ICMP from {dotted(header.src)}: bad checksum")
             return
-        if message.type == icmp.DEST_UNREACHABLE:
-            if message.code != icmp.FRAGMENTATION_NEEDED:  # our segments keep to its MSS
-                self.tcp.unreachableReceived(header.dst, message.code, message.payload)
+        if message.type in guesterrors.ERRORS[False]:
+            if not (message.type == icmp.DEST_UNREACHABLE
+                    and message.code == icmp.FRAGMENTATION_NEEDED):  # we keep to its MSS
+                guesterrors.errorReceived(self, header.dst, message.type, message.code,
+                                          message.payload)
             return
         if message.type != icmp.ECHO_REQUEST:
             return

@@ -30,7 +30,8 @@ in libslirp, may also ask DHCPv6 for an address (L{vtwisted.slirp.dhcp6}).
     first hop), as IPv4's TTL is; TCP and UDP to unicast addresses go to
     the engines (checksums checked unless the guest's kernel vouched for
     them); pings to the router's addresses are answered; destination
-    unreachable goes to the TCP engine, as IPv4's does; DHCPv6 messages
+    unreachable, time exceeded and parameter problem go to the engines,
+    as IPv4's do (L{vtwisted.slirp.guesterrors}); DHCPv6 messages
     go to the server, whose answers leave from C{fe80::2}.
   - B{Out}: frames leave from the router's MAC, except neighbour
     advertisements (from the target's, like ARP replies, which teaches the
@@ -49,6 +50,7 @@ import random
 import struct
 from typing import TYPE_CHECKING, Any
 
+from vtwisted.slirp import guesterrors
 from vtwisted.slirp.delegation import PrefixPool
 from vtwisted.slirp.dhcp6 import Dhcp6Error, Dhcp6Server
 from vtwisted.slirp.fragments6 import Reassembler6
@@ -239,8 +241,9 @@ class Ipv6Router:
                 self._ndpReceived(header, ethSrc, message)
             elif message.type == icmpv6.ECHO_REQUEST:
                 self._echoReceived(src, dst, message)
-            elif message.type == icmpv6.DEST_UNREACHABLE and dst[0] != 0xFF:
-                self.router.tcp.unreachableReceived(dst, message.code, message.body[4:])
+            elif message.type in guesterrors.ERRORS[True] and dst[0] != 0xFF:
+                guesterrors.errorReceived(self.router, dst, message.type, message.code,
+                                          message.body[4:])
         except icmpv6.ICMPv6Error as e:
             self.router.dropped("malformed", f"ICMPv6 from {_text(src)}: {e}")
 

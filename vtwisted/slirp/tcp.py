@@ -45,7 +45,9 @@ C{busy} (SYNs refused for the connection limit), C{strays} (segments for
 no connection, answered with RST), C{tailProbes} (tail loss probes sent,
 L{vtwisted.slirp.tcpsack}), and for host port forwards C{forwardsRefused}
 (the guest answered our SYN with a RST, or with an ICMP destination
-unreachable: a firewall's reject, L{vtwisted.slirp.guesterrors}) and
+unreachable: a firewall's reject, L{vtwisted.slirp.guesterrors}),
+C{forwardsFailed} (it answered with an ICMP time exceeded or parameter
+problem) and
 C{forwardsUnanswered} (it did not answer, or no guest has the address):
 either way the host client is reset (L{vtwisted.slirp.tcpstates}), and the
 first failure of a forward's guest port is logged, then none until a
@@ -67,7 +69,7 @@ from twisted.python.failure import Failure
 
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint
-from vtwisted.slirp.guesterrors import quotedSegment, unreachableName
+from vtwisted.slirp.guesterrors import GuestError, Quote
 from vtwisted.slirp.tcpconnection import TcpConnection
 from vtwisted.slirp.tcphost import (
     EndpointConnector,
@@ -77,8 +79,14 @@ from vtwisted.slirp.tcphost import (
 )
 from vtwisted.slirp.tcpkeepalive import KEEPALIVE, KeepAlive
 from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK
-from vtwisted.slirp.tcpstates import HEADERS, HEADERS6, SYN_SENT, TIME_WAIT
-from vtwisted.wire.checksum import Buffer
+from vtwisted.slirp.tcpstates import (
+    FAILED,
+    HEADERS,
+    HEADERS6,
+    REFUSED,
+    SYN_SENT,
+    TIME_WAIT,
+)
 from vtwisted.wire.tcp import ACK, FIN, RST, SYN, TCPError, TCPHeader
 
 __all__ = ["MAX_CONNECTIONS", "GuestForwardTarget", "TcpConnection", "TcpNat"]
@@ -164,8 +172,8 @@ class TcpNat:
         self.opened = self.refused = self.unreachable = self.resets = 0
         self.guestResets = self.timeouts = self.busy = self.strays = 0
         self.tailProbes = 0
-        self.forwardsRefused = self.forwardsUnanswered = 0
-        #: ICMP errors from guests that failed no forward (L{unreachableReceived}).
+        self.forwardsRefused = self.forwardsUnanswered = self.forwardsFailed = 0
+        #: ICMP errors from guests that failed no forward (L{errorReceived}).
         self.errorsIgnored = 0
         #: Forwards' guest ports whose failure was logged since one last worked.
         self._failingForwards: set[tuple[bytes, int]] = set()
@@ -290,16 +298,16 @@ class TcpNat:
         connecting.addErrback(lambda failure: connection.connectFailed(unreachableCode(failure)))
         connection.connector = EndpointConnector(connecting)
 
-    def unreachableReceived(self, dst: bytes, code: int, quoted: Buffer) -> None:
+    def errorReceived(self, dst: bytes, quote: Quote | None, error: GuestError) -> None:
         """
-        A guest sent C{dst} an ICMP (or, for 16-byte C{dst}, ICMPv6)
-        destination unreachable with C{code}, quoting C{quoted}: if it
-        quotes the SYN of a forward that waits for the guest (a firewall's
-        reject), fail that forward as a RST would; any other is counted and
-        ignored (L{vtwisted.slirp.guesterrors}).
+        A guest sent C{dst} an ICMP or ICMPv6 C{error} quoting C{quote}
+        (L{None}: no TCP segment, nor UDP datagram): if it quotes the SYN
+        of a forward that waits for the guest, fail that forward as a RST
+        would, as Linux's C{connect} fails on it (a destination unreachable
+        counts as a refusal, a time exceeded or parameter problem as a
+        failure); any other is counted and ignored
+        (L{vtwisted.slirp.guesterrors}).
         """
-        v6 = len(dst) == 16
-        quote = quotedSegment(quoted, v6)
         connection = None
         if quote is not None and quote.src == dst:
             connection = self.connections.get(
@@ -308,7 +316,10 @@ class TcpNat:
                 or quote.seq != connection.iss:
             self.errorsIgnored += 1
             return
-        connection.forwardFailed(f"rejected it ({unreachableName(code, v6)})", refused=True)
+        if error.refusal:
+            connection.forwardFailed(f"rejected it ({error.name})", REFUSED)
+        else:
+            connection.forwardFailed(f"answered it with {error.name}", FAILED)
 
     def resetStray(self, key: Key, header: TCPHeader, length: int) -> None:
         """
@@ -366,14 +377,17 @@ class TcpNat:
         connection.forwardAccepted(transport)
         return connection
 
-    def forwardFailed(self, key: Key, why: str, refused: bool) -> None:
+    def forwardFailed(self, key: Key, why: str, outcome: str) -> None:
         """
-        A forward's guest refused (C{refused}) or did not answer the
-        connection C{key}: count it, and log it unless that guest port's
-        failure was logged since a connection to it last opened.
+        A forward's guest refused (C{outcome} L{REFUSED}), failed on an ICMP
+        error (L{FAILED}) or did not answer (L{UNANSWERED}) the connection
+        C{key}: count it, and log it unless that guest port's failure was
+        logged since a connection to it last opened.
         """
-        if refused:
+        if outcome == REFUSED:
             self.forwardsRefused += 1
+        elif outcome == FAILED:
+            self.forwardsFailed += 1
         else:
             self.forwardsUnanswered += 1
         target = key[:2]

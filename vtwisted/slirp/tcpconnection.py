@@ -59,6 +59,7 @@ from vtwisted.slirp.tcpstates import (
     CONNECTING,
     ESTABLISHED,
     READ_SIZE,
+    REFUSED,
     SYN_RECEIVED,
     SYN_SENT,
     TIME_WAIT,
@@ -238,7 +239,7 @@ class TcpConnection(Handshake):
         state = self.state
         if state == SYN_SENT:
             if header.flags & ACK and header.ack == (self.iss + 1) & MASK:
-                self.forwardFailed("refused it (RST: nothing listens there)", refused=True)
+                self.forwardFailed("refused it (RST: nothing listens there)", REFUSED)
             return
         offset = signed(header.seq - self.rcvNxt)
         if not 0 <= offset < max((self.rcvEdge - self.rcvNxt) & MASK, 1):

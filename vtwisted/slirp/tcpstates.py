@@ -53,6 +53,11 @@ ESTABLISHED = "established"
 TIME_WAIT = "time-wait"
 CLOSED = "closed"
 
+#: How a forward's SYN failed (L{Handshake.forwardFailed}): the guest refused it
+#: (a RST or an ICMP destination unreachable), answered it with another ICMP
+#: error (time exceeded, parameter problem), or did not answer.
+REFUSED, FAILED, UNANSWERED = "refused", "failed", "unanswered"
+
 HANDSHAKE_RTO = 1.0
 #: Retransmissions of a SYN or SYN-ACK before giving up.
 HANDSHAKE_RETRIES = 4
@@ -224,17 +229,18 @@ class Handshake(SendSide):
     def sendSyn(self) -> None:
         self.emit(0, SYN, options=synOptions(self.ourMss(), True, True))
 
-    def forwardFailed(self, why: str, refused: bool = False) -> None:
+    def forwardFailed(self, why: str, outcome: str = UNANSWERED) -> None:
         """
-        The guest refused our SYN (a RST or an ICMP error), did not answer it, or is not
-        there: reset the host client (C{abortConnection}, so its socket gets
+        The guest refused our SYN (a RST or an ICMP error: C{outcome}
+        L{REFUSED} or L{FAILED}), did not answer it, or is not there: reset
+        the host client (C{abortConnection}, so its socket gets
         C{ECONNRESET}, as from a host whose port is closed, not an empty
         reply), count it, and log it once until a forward to that guest
         port works (L{vtwisted.slirp.tcp.TcpNat.forwardFailed}).
         """
         transport = self.transport
         self.forget()
-        self.nat.forwardFailed(self.key, why, refused)
+        self.nat.forwardFailed(self.key, why, outcome)
         if transport is not None:
             transport.abortConnection()
 

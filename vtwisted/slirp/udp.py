@@ -50,7 +50,10 @@ answers to that address and port go back to the sender from the forward's
 socket, for as long as either side keeps using that session (one idle for
 L{IDLE_SWEEPS} sweeps or more is forgotten; the table is rotated sooner
 while it holds more than L{MAX_MAPPINGS}).  Forwards reach IPv4 and IPv6
-guests.
+guests.  A guest's ICMP error about a forward's datagram (port
+unreachable...) is counted and logged on the forward, whose clients cannot
+be told (L{vtwisted.slirp.udpforward}); one about a datagram a mapping
+relayed is counted as ignored.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from twisted.logger import Logger
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp import hosterrors
 from vtwisted.slirp.addresses import guestEndpoint
+from vtwisted.slirp.guesterrors import GuestError, Quote
 from vtwisted.slirp.packets import SegmentRun
 from vtwisted.slirp.udpforward import ForwardSocket
 from vtwisted.slirp.udpmapping import UdpMapping
@@ -123,6 +127,8 @@ class UdpNat:
         self._flushCall: Any = None
         #: Whether a DNS answer came since the last L{reclaim}.
         self.dnsAnswered = False
+        #: ICMP errors from guests about UDP that no forward sent (L{errorReceived}).
+        self.errorsIgnored = 0
 
     def queue(self, src: bytes, dst: bytes, srcPort: int, dstPort: int, data: bytes) -> None:
         """
@@ -180,6 +186,7 @@ class UdpNat:
                 self.sessions[key] = session
         if session is not None:
             if session[0].transport is not None:
+                session[0].answered()
                 for payload in payloads:
                     session[0].reply(payload, session[1])
                 return
@@ -202,6 +209,21 @@ class UdpNat:
         else:
             mapping.onlyDns = False
         mapping.send(payloads, host, packet)
+
+    def errorReceived(self, dst: bytes, quote: Quote, error: GuestError) -> None:
+        """
+        A guest sent C{dst} an ICMP or ICMPv6 C{error} quoting the UDP
+        datagram C{quote}: if that is a datagram a host forward sent it (its
+        addresses and ports a live session's, sent from C{dst}), the
+        forward counts and logs it; any other is counted and ignored
+        (L{vtwisted.slirp.guesterrors}).
+        """
+        key = (quote.dst, quote.dstPort, quote.src, quote.srcPort)
+        session = self.sessions.get(key) or self.oldSessions.get(key)
+        if session is None or quote.src != dst or session[0].transport is None:
+            self.errorsIgnored += 1
+            return
+        session[0].errorReceived(error, quote.dstPort, session[1])
 
     def _open(self, src: bytes, srcPort: int) -> UdpMapping | None:
         if len(self.mappings) >= self.maxMappings and self.dnsAnswered:
