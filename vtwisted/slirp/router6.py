@@ -1,7 +1,7 @@
 """
-The IPv6 side of a slirp port's router: neighbour discovery, router
-advertisements, stateless DHCPv6, echo, and the way in and out for the
-TCP and UDP engines.
+The IPv6 side of a slirp port's router: the address plan, DHCPv6, echo,
+and the way in and out for the TCP and UDP engines (neighbour discovery
+is L{vtwisted.slirp.discovery6}).
 
 Theory of operation
 -------------------
@@ -10,20 +10,11 @@ C{PREFIX::2}, the DNS proxy C{PREFIX::3}, each with MAC C{52:56} + the
 address's last 4 bytes; guests configure themselves (SLAAC) and, unlike
 in libslirp, may also ask DHCPv6 for an address (L{vtwisted.slirp.dhcp6}).
 
-  - B{Router advertisements} go from C{fe80::2} to C{ff02::1} at start,
-    every 200-600 s and for every solicitation: the prefix (on-link,
-    autonomous), the router's MAC, an MTU option if C{mtu=} was given
-    (libslirp has none: one by default would cap the IPv6 MTU of every host
-    on a jumbo LAN at the NAT's 1500) and an
-    RDNSS option naming the DNS proxy (libslirp's only when the host has an
-    IPv6 nameserver; ours forwards to either family).  With DHCPv6
-    addresses on (C{dhcpv6=on}, the default) they set the M and O flags.  With C{restrict=on}
-    they announce no default route and no DNS, as DHCP does then.
-  - B{Neighbours}: solicitations for the three addresses are answered from
-    the target's own MAC; guests are learned from NDP and from any packet
-    with a unicast source (L{vtwisted.slirp.neighbours6}, where a packet
-    for an unknown guest waits up to a second for the answer to a
-    solicitation to its solicited-node group).
+  - B{Neighbour discovery} (L{vtwisted.slirp.discovery6}): router
+    advertisements, answers to solicitations for the three addresses;
+    guests are learned from NDP and from any packet with a unicast source
+    (L{vtwisted.slirp.neighbours6}, where a packet for an unknown guest
+    waits up to a second for the answer to a solicitation).
   - B{In}: extension headers are walked, fragments reassembled
     (L{vtwisted.slirp.fragments6}); a packet the router would forward with
     a hop limit of 1 or 0 is answered with a time exceeded (traceroute6's
@@ -34,8 +25,7 @@ in libslirp, may also ask DHCPv6 for an address (L{vtwisted.slirp.dhcp6}).
     as IPv4's do (L{vtwisted.slirp.guesterrors}); DHCPv6 messages
     go to the server, whose answers leave from C{fe80::2}.
   - B{Out}: frames leave from the router's MAC, except neighbour
-    advertisements (from the target's, like ARP replies, which teaches the
-    switch where those MACs are).  TCP leaves as virtio-net packets with a
+    advertisements (from the target's).  TCP leaves as virtio-net packets with a
     partial checksum (TSO super-frames past the MSS); datagrams past the
     MTU leave in fragments.
 
@@ -46,13 +36,13 @@ on a frame or logs per packet.
 from __future__ import annotations
 
 import ipaddress
-import random
 import struct
 from typing import TYPE_CHECKING, Any
 
 from vtwisted.slirp import guesterrors
 from vtwisted.slirp.delegation import PrefixPool
 from vtwisted.slirp.dhcp6 import Dhcp6Error, Dhcp6Server
+from vtwisted.slirp.discovery6 import LINK_LOCAL, UNSPECIFIED, Discovery6
 from vtwisted.slirp.fragments6 import Reassembler6
 from vtwisted.slirp.neighbours6 import NeighbourCache6
 from vtwisted.slirp.packets import udpDatagram
@@ -64,15 +54,7 @@ from vtwisted.wire.udp import UDPError, UDPHeader
 if TYPE_CHECKING:
     from vtwisted.slirp.router import SlirpRouter
 
-#: The router's link-local address.
-LINK_LOCAL = ipaddress.IPv6Address("fe80::2").packed
-ALL_NODES = ipaddress.IPv6Address("ff02::1").packed
 ALL_DHCP_AGENTS = ipaddress.IPv6Address("ff02::1:2").packed
-UNSPECIFIED = bytes(16)
-#: Unsolicited router advertisements go out at random intervals in this range.
-RA_INTERVAL = (200.0, 600.0)
-ROUTER_LIFETIME = 1800
-DNS_LIFETIME = 1800
 
 #: DHCPv6's server port (RFC 8415).
 DHCP_SERVER_PORT = 547
@@ -139,7 +121,9 @@ class Ipv6Router:
         self._hold = self.ndp.hold
         self._ident = 0
         self.fragments = Reassembler6(self.reactor, router.dropped)
-        self._advertiser: Any = self.reactor.callLater(0, self._periodic)
+        self.discovery = Discovery6(self)
+        self.advertise = self.discovery.advertise
+        self.solicit = self.discovery.solicit
 
     # Frames from the switch
 
@@ -238,7 +222,7 @@ class Ipv6Router:
             if not verified and not icmpv6.checksumOk(src, dst, body):
                 raise icmpv6.ICMPv6Error("bad checksum")
             if message.type in icmpv6.OPTIONS_OFFSET:
-                self._ndpReceived(header, ethSrc, message)
+                self.discovery.messageReceived(header, ethSrc, message)
             elif message.type == icmpv6.ECHO_REQUEST:
                 self._echoReceived(src, dst, message)
             elif message.type in guesterrors.ERRORS[True] and dst[0] != 0xFF:
@@ -256,35 +240,6 @@ class Ipv6Router:
             ident, sequence = struct.unpack_from("!HH", message.body)
             self.router.icmp6.echoRequest(src, dst, ident, sequence, message.body[4:])
 
-    def _ndpReceived(self, header: ipv6.IPv6Header, ethSrc: bytes,
-                     message: icmpv6.ICMPv6Message) -> None:
-        if header.hopLimit != 255 or message.code != 0:
-            raise icmpv6.ICMPv6Error(f"neighbour discovery type {message.type} with hop limit "
-                                     f"{header.hopLimit}, code {message.code}")
-        kind, src, body = message.type, header.src, message.body
-        if kind == icmpv6.NEIGHBOR_ADVERTISEMENT:
-            mac = icmpv6.linkLayerAddress(body, icmpv6.OPTIONS_OFFSET[kind], icmpv6.TARGET_LL)
-            self.learn(icmpv6.targetAddress(message), mac or ethSrc)
-            return
-        mac = icmpv6.linkLayerAddress(body, icmpv6.OPTIONS_OFFSET[kind], icmpv6.SOURCE_LL)
-        if mac is not None and src != UNSPECIFIED:
-            self.learn(src, mac)
-        if kind == icmpv6.ROUTER_SOLICITATION:
-            self.advertise()
-        elif kind == icmpv6.NEIGHBOR_SOLICITATION:
-            self._solicitationReceived(src, icmpv6.targetAddress(message))
-
-    def _solicitationReceived(self, src: bytes, target: bytes) -> None:
-        own = self.macs.get(target)
-        if own is None:
-            return
-        if src == UNSPECIFIED:  # duplicate address detection: defend, to all nodes
-            dst, solicited = ALL_NODES, False
-        else:
-            dst, solicited = src, True
-        answer = icmpv6.neighborAdvertisement(target, dst, target, own, solicited)
-        self._sendNdp(target, dst, answer, own)
-
     def _dhcpReceived(self, src: bytes, srcPort: int, payload: memoryview) -> None:
         if src == UNSPECIFIED:
             return
@@ -297,16 +252,6 @@ class Ipv6Router:
             datagram = udpDatagram(LINK_LOCAL, src, DHCP_SERVER_PORT, srcPort, answer)
             self.sendIP(LINK_LOCAL, src, ipv6.NH_UDP, datagram)
 
-    # Neighbours
-
-    def solicit(self, address: bytes) -> None:
-        """
-        Ask guest C{address} for its MAC, at its solicited-node group.
-        """
-        group = icmpv6.solicitedNodeAddress(address)
-        message = icmpv6.neighborSolicitation(LINK_LOCAL, group, address, self.mac)
-        self._sendNdp(LINK_LOCAL, group, message)
-
     # Sending
 
     def sendIP(self, src: bytes, dst: bytes, nextHeader: int, payload: bytes,
@@ -317,7 +262,7 @@ class Ipv6Router:
         """
         mtu = max(self.router.mtu, icmpv6.MIN_MTU)  # no IPv6 link has less
         if 40 + len(payload) <= mtu:
-            self._sendPacket(dst, _ipHeader(src, dst, nextHeader, len(payload), hopLimit)
+            self.sendPacket(dst, _ipHeader(src, dst, nextHeader, len(payload), hopLimit)
                              + payload)
             return
         room = (mtu - 48) & ~7
@@ -326,7 +271,7 @@ class Ipv6Router:
             piece = payload[start:start + room]
             more = 1 if start + room < len(payload) else 0
             fragment = _FRAGMENT.pack(nextHeader, 0, start | more, self._ident)
-            self._sendPacket(dst, _ipHeader(src, dst, ipv6.NH_FRAGMENT, 8 + len(piece),
+            self.sendPacket(dst, _ipHeader(src, dst, ipv6.NH_FRAGMENT, 8 + len(piece),
                                                  hopLimit) + fragment + piece)
 
     def sendTcp(self, src: bytes, dst: bytes, header: bytes, payload: Any, mss: int) -> None:
@@ -402,30 +347,11 @@ class Ipv6Router:
         self.sendIP(reporter, src, ipv6.NH_ICMPV6,
                     icmpv6.errorMessage(kind, code, packet, reporter, src, rest))
 
-    def advertise(self) -> None:
+    def sendPacket(self, dst: bytes, ip: bytes, source: bytes | None = None) -> None:
         """
-        Send a router advertisement to all nodes.
+        Send IPv6 packet C{ip} to C{dst} (a guest, or a multicast group) on
+        the link, from Ethernet C{source} if given, else the router's MAC.
         """
-        restricted, mtu = self.router.restricted, self.router.mtu
-        message = icmpv6.routerAdvertisement(
-            LINK_LOCAL, ALL_NODES, self.mac, self.prefix.network_address.packed,
-            self.prefix.prefixlen, None if restricted else self.nameserver,
-            mtu if mtu >= icmpv6.MIN_MTU and self.router.config.mtuGiven else None,
-            routerLifetime=0 if restricted else ROUTER_LIFETIME, dnsLifetime=DNS_LIFETIME,
-            managed=self.dhcp.stateful,
-        )
-        self._sendNdp(LINK_LOCAL, ALL_NODES, message)
-
-    def _periodic(self) -> None:
-        self._advertiser = self.reactor.callLater(random.uniform(*RA_INTERVAL), self._periodic)
-        self.advertise()
-
-    def _sendNdp(self, src: bytes, dst: bytes, message: bytes,
-                 source: bytes | None = None) -> None:
-        ip = _ipHeader(src, dst, ipv6.NH_ICMPV6, len(message), 255)
-        self._sendPacket(dst, ip + message, source)
-
-    def _sendPacket(self, dst: bytes, ip: bytes, source: bytes | None = None) -> None:
         hop = self._nextHop(dst)
         mac = icmpv6.multicastMac(dst) if dst[0] == 0xFF else self.neighbours.get(hop)
         frame = b"".join((mac or _NO_MAC, source or self.mac, _ETHERTYPE, ip))
@@ -495,9 +421,7 @@ class Ipv6Router:
         """
         self.fragments.close()
         self.ndp.close()
-        if self._advertiser is not None and self._advertiser.active():
-            self._advertiser.cancel()
-        self._advertiser = None
+        self.discovery.close()
 
 
 def _ipHeader(src: bytes, dst: bytes, nextHeader: int, length: int, hopLimit: int) -> bytes:
