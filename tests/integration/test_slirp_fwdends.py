@@ -71,8 +71,10 @@ def readsReset(family: socket.AddressFamily, host: str, port: int) -> str:
     """
     with socket.socket(family) as client:
         client.settimeout(20)
-        client.connect((host, port))
         try:
+            # A reset so soon that it comes before connect() read the
+            # socket's error (a busy machine) raises there.
+            client.connect((host, port))
             data = client.recv(100)
         except ConnectionResetError:
             return "reset"
