@@ -377,3 +377,17 @@ def procStatus(pid: int, field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no {field} for {pid}")
+
+
+def memfdMappings(name: str, pid: int | str = "self") -> list[tuple[int, int]]:
+    """
+    The (size, file offset) of each mapping of memfd C{name} in process
+    C{pid}, from C{/proc/PID/maps}.
+    """
+    found = []
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        if line.rstrip().endswith(f"/memfd:{name} (deleted)"):
+            span, _, offset = line.split()[:3]
+            low, high = (int(x, 16) for x in span.split("-"))
+            found.append((high - low, int(offset, 16)))
+    return found

@@ -62,7 +62,11 @@ class FakeDriver:
     """
 
     def __init__(self, switch: Switch | None = None, reactor: Any = None,
-                 pairs: int = 1, offered: int = OFFERED) -> None:
+                 pairs: int = 1, offered: int = OFFERED, offset: int = 0) -> None:
+        """
+        @param offset: where the guest memory starts in its memfd (sparse
+            before it), the region's C{mmap_offset}.
+        """
         self.switch = switch or Switch()
         self.reactor = reactor or MemoryReactorClock()
         self.owner = StreamPorts(self.switch, self.reactor, PortOptions(), "vhostuser:fake")
@@ -73,8 +77,9 @@ class FakeDriver:
         self.transport = PeerTransport()
         self.link.makeConnection(self.transport)
         self.memfd = os.memfd_create("fake-guest", os.MFD_ALLOW_SEALING)
-        os.ftruncate(self.memfd, MEMORY)
-        self.memory = mmap.mmap(self.memfd, MEMORY)
+        os.ftruncate(self.memfd, offset + MEMORY)
+        self.offset = offset
+        self.memory = mmap.mmap(self.memfd, MEMORY, offset=offset)
         self.rings = RINGS[:2 * pairs]
         self.kicks = [os.eventfd(0, os.EFD_NONBLOCK) for _ in self.rings]
         self.calls = [os.eventfd(0, os.EFD_NONBLOCK) for _ in self.rings]
@@ -124,7 +129,7 @@ class FakeDriver:
             self.send(vu.SET_PROTOCOL_FEATURES, vu.packNumber(0))
         self.send(vu.SET_OWNER)
         self.send(vu.SET_FEATURES, vu.packNumber(features))
-        region = vu.Region(0, MEMORY, USER_BASE, 0)
+        region = vu.Region(0, MEMORY, USER_BASE, self.offset)
         self.send(vu.SET_MEM_TABLE, vu.packTable([region]), (self.memfd,))
         for index, start in enumerate(self.rings):
             desc, avail, used = self.ringAddresses(start)

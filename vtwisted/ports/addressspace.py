@@ -5,9 +5,10 @@ front-ends share with it takes, and how much it may.
 Theory of operation
 -------------------
 A front-end's guest memory (and its dirty log) is mapped whole into the
-switch.  A sparse memfd of terabytes costs the front-end nothing (no page
-of it is ever touched), but mapped it takes as many terabytes of the
-switch's own address space (128 TiB on x86-64), and a few such tables
+switch: the pages each region is in (L{vtwisted.ports.sharedmemory}),
+which is what is counted here.  A sparse memfd of terabytes costs the
+front-end nothing (no page of it is ever touched), but mapped it takes as
+many terabytes of the switch's own address space (128 TiB on x86-64), and a few such tables
 would leave the switch none: every guest after them refused, every
 allocation the switch makes failing.  So before anything is mapped
 L{AddressSpace.reserve} counts it against two limits: all front-ends

@@ -305,7 +305,7 @@ class VhostUserLink(Protocol):
             raise VhostUserError(f"the memory table of {len(regions)} regions came without "
                                  f"its file descriptors ({len(self._fds)})")
         fds = [self._fds.popleft() for _ in regions]
-        memory = GuestMemory.map(regions, fds, self.trusted, self._reserve)
+        memory = GuestMemory.map(regions, fds, self.trusted, self._reserve, self.uid)
         for ring in self.rings:
             ring.stop()
         if self.memory is not None:
@@ -321,7 +321,7 @@ class VhostUserLink(Protocol):
         """
         size, offset = vu.logArea(request, payload)
         self._setLog(DirtyLog.map(self.takeDescriptor("the dirty log"), size, offset,
-                                  self.trusted, self._reserve))
+                                  self.trusted, self._reserve, self.uid))
         return vu.reply(request, b"")
 
     def _reserve(self, size: int, what: str) -> Callable[[], None]:

@@ -42,13 +42,12 @@ L{VirtqueueError} and nothing is read or written.
 from __future__ import annotations
 
 import ctypes
-import fcntl
-import mmap
 import os
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from vtwisted.ports.sharedmemory import RefusedMemory, Window, forbidShrinking
 from vtwisted.wire.vhostuser import Region
 
 DESCRIPTOR = struct.Struct("<QIHH")
@@ -83,43 +82,25 @@ def _tooLong(head: int, count: int) -> str:
     return f"chain at {head} loops (longer than its table)"
 
 
-def forbidShrinking(fd: int, what: str, trusted: bool = False) -> None:
-    """
-    Make sure the front-end cannot shrink the file behind C{fd} once it is
-    mapped: the switch's next read past its new end would kill it (C{SIGBUS}).
-    A memfd is sealed against it (QEMU's C{memory-backend-memfd} and its
-    dirty log are already, C{seal=on}).  Anything else is refused, unless
-    the front-end is C{trusted}: it runs as the switch's user or as root,
-    and could kill the switch anyway (QEMU's C{memory-backend-file}).
-
-    @raise VirtqueueError: it cannot be sealed.
-    """
-    try:
-        if not fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
-    except OSError as e:
-        if trusted:
-            return
-        raise VirtqueueError(f"{what} is not in a memfd sealed against shrinking, so the "
-                             f"front-end could crash the switch ({e.strerror}, errno "
-                             f"{e.errno}); give QEMU memory-backend-memfd") from None
-
-
 class GuestMemory:
     """
     The regions of guest memory shared with the switch.
     """
 
-    def __init__(self, regions: Sequence[tuple[Region, Any]]) -> None:
+    def __init__(self, regions: Sequence[tuple[Region, Any]],
+                 starts: Sequence[int] | None = None) -> None:
         """
-        @param regions: each region and a buffer holding it from its
-            C{mmapOffset} on (an C{mmap}, or a C{bytearray} in tests).
+        @param regions: each region and a buffer holding its file (an
+            C{mmap}, or a C{bytearray} in tests) from C{starts}.
+        @param starts: where each buffer starts in its file (0 if not given).
         """
         self._maps = [buffer for _, buffer in regions]
         self._release: Callable[[], None] | None = None
+        at = list(starts) if starts is not None else [0] * len(regions)
         self._regions = [(r.guestAddress, r.userAddress, r.size,
-                          memoryview(buffer)[r.mmapOffset:r.mmapOffset + r.size])
-                         for r, buffer in regions]
+                          memoryview(buffer)[r.mmapOffset - start:
+                                             r.mmapOffset - start + r.size])
+                         for (r, buffer), start in zip(regions, at)]
         for region, (_, _, size, view) in zip(regions, self._regions):
             if len(view) != size:
                 raise VirtqueueError(f"region at guest address {region[0][0]:#x}: "
@@ -127,36 +108,45 @@ class GuestMemory:
 
     @classmethod
     def map(cls, regions: Sequence[Region], fds: Sequence[int],
-            trusted: bool = False, reserve: Reserve | None = None) -> GuestMemory:
+            trusted: bool = False, reserve: Reserve | None = None,
+            owner: int | None = None) -> GuestMemory:
         """
-        Map each region's file descriptor (which is then closed); unless
-        C{trusted}, only memory sealed against shrinking (L{forbidShrinking}).
+        Map each region's file descriptor (which is then closed), only the
+        pages that hold the region (L{Window}); unless C{trusted}, only
+        memory sealed against shrinking and not in huge pages (see
+        L{vtwisted.ports.sharedmemory}).
 
         @param reserve: called with the bytes to be mapped before anything
             is, returns what gives them back once they are unmapped (see
             L{vtwisted.ports.addressspace}).
+        @param owner: the front-end's user, for messages.
         @raise VirtqueueError: a descriptor cannot be mapped, or C{reserve}
             refused.
         """
         mapped = []
         release = None
         try:
+            whats = [f"the region at guest address {r.guestAddress:#x}" for r in regions]
+            windows = [Window.plan(fd, r.mmapOffset, r.size, what, trusted, owner)
+                       for r, fd, what in zip(regions, fds, whats)]
             if reserve is not None:
-                release = reserve(sum(r.mmapOffset + r.size for r in regions), "guest memory")
-            for region, fd in zip(regions, fds):
-                what = f"the region at guest address {region.guestAddress:#x}"
+                release = reserve(sum(w.mapped for w in windows), "guest memory")
+            for region, fd, what, window in zip(regions, fds, whats, windows):
                 forbidShrinking(fd, what, trusted)
                 try:
-                    mapped.append((region, mmap.mmap(fd, region.mmapOffset + region.size,
-                                                     mmap.MAP_SHARED)))
+                    mapped.append((region, window.map(fd)))
                 except (OSError, ValueError, OverflowError) as e:
                     raise VirtqueueError(f"cannot map the region at guest address "
                                          f"{region.guestAddress:#x} ({region.size} bytes): "
                                          f"{e}") from None
-            memory = cls(mapped)
-        except BaseException:
+            memory = cls(mapped, [w.start for w in windows])
+        except BaseException as e:
+            for _, buffer in mapped:
+                buffer.close()
             if release is not None:
                 release()
+            if isinstance(e, RefusedMemory):
+                raise VirtqueueError(str(e)) from None
             raise
         finally:
             for fd in fds:
@@ -263,23 +253,28 @@ class DirtyLog:
 
     @classmethod
     def map(cls, fd: int, size: int, offset: int, trusted: bool = False,
-            reserve: Reserve | None = None) -> DirtyLog:
+            reserve: Reserve | None = None, owner: int | None = None) -> DirtyLog:
         """
-        Map the log from C{fd} (which is then closed); unless C{trusted},
-        only a log sealed against shrinking (L{forbidShrinking}).
+        Map the log from C{fd} (which is then closed), only its pages; unless
+        C{trusted}, only a log sealed against shrinking and not in huge pages
+        (see L{vtwisted.ports.sharedmemory}).
 
         @param reserve: as for L{GuestMemory.map}.
+        @param owner: the front-end's user, for messages.
         @raise VirtqueueError: it cannot be mapped, or C{reserve} refused.
         """
         release = None
         try:
+            window = Window.plan(fd, offset, size, "the dirty log", trusted, owner)
             if reserve is not None:
-                release = reserve(offset + size, "the dirty log")
+                release = reserve(window.mapped, "the dirty log")
             forbidShrinking(fd, "the dirty log", trusted)
-            log = cls(mmap.mmap(fd, offset + size, mmap.MAP_SHARED), offset, size)
+            log = cls(window.map(fd), window.skip, size)
         except BaseException as e:
             if release is not None:
                 release()
+            if isinstance(e, RefusedMemory):
+                raise VirtqueueError(str(e)) from None
             if isinstance(e, (OSError, ValueError, OverflowError)):
                 raise VirtqueueError(f"cannot map the dirty log ({size} bytes at "
                                      f"{offset}): {e}") from None
