@@ -64,8 +64,9 @@ _WHOLE = frozenset((vnet.GSO_NONE, vnet.GSO_TCPV4, vnet.GSO_TCPV6,
 def trustedPeer(uid: int | None) -> bool:
     """
     Whether a front-end running as C{uid} may share memory not sealed
-    against shrinking: it runs as root or as the switch's user, so it could
-    kill the switch anyway.
+    against shrinking, or in huge pages (L{vtwisted.ports.sharedmemory}):
+    it runs as root or as the switch's user, so it could kill the switch
+    anyway.
     """
     return uid is not None and uid in (0, os.geteuid())
 
@@ -84,7 +85,8 @@ class VhostUserLink(Protocol):
         self.port: Any = None
         self.uid: int | None = None
         #: The front-end runs as the switch's user or as root: it may share
-        #: memory not sealed against shrinking (QEMU's memory-backend-file).
+        #: memory not sealed against shrinking (QEMU's memory-backend-file)
+        #: or in huge pages (hugetlb=on).
         self.trusted = False
         self.linkId = 0
         self.description = self.peer = ""
