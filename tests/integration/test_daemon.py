@@ -224,6 +224,29 @@ def test_aFailedStartAfterDroppingPrivilegesLeavesNothingBehind(
     assert sorted(p.name for p in home.iterdir()) == [], text
 
 
+def test_aVdeDirectoryOfAnotherUserIsNamedWhenItsModeCannotBeSet(
+    shortdir: Path, daemons: list[Path]
+) -> None:
+    """
+    A VDE directory left by a switch of root's (a client's stale socket
+    kept it from being removed) and a switch started as C{nobody} on the
+    same path: C{chmod} fails with EPERM and the one line says which spec,
+    which directory and whose it is (it said only C{vswitch: Operation not
+    permitted (errno 1)}).
+    """
+    nobody, home, pidFile, log = nobodysHome(shortdir, daemons)
+    stale = shortdir / "lab"
+    stale.mkdir(mode=0o2700)
+    ran = twistd(f"--uid={nobody.pw_uid}", f"--gid={nobody.pw_gid}", f"--pidfile={pidFile}",
+                 f"--logfile={log}", "vswitch", "--sock", str(stale), foreground=True)
+    text = log.read_text()
+    assert ran.returncode == 1, (ran, text)
+    line = (f"vswitch: vde:{stale}: cannot set the mode of {stale} (it is root's): "
+            "Operation not permitted (errno 1)")
+    assert line in text and "Traceback" not in text, text
+    assert stale.is_dir()
+
+
 def test_theTacAsShippedIgnoresHangups(shortdir: Path, daemons: list[Path]) -> None:
     """
     C{twistd -y etc/vswitch.tac} as a daemon: SIGHUP leaves it running, as

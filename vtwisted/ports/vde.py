@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import errors
+from vtwisted.consoleformat import userName
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.vdelink import VdeDataLink
@@ -278,7 +279,12 @@ class VdeSwitchDirectory(Service):
                 errno.ENOTDIR, f"{self.spec}: {self.directory} exists and is not a directory"
             )
         self._chgrp(self.directory)
-        os.chmod(self.directory, self.dirmode)
+        try:
+            os.chmod(self.directory, self.dirmode)
+        except OSError as e:  # a directory another user left (EPERM)
+            owner = userName(os.stat(self.directory).st_uid)
+            raise OSError(e.errno, f"{self.spec}: cannot set the mode of {self.directory} "
+                          f"(it is {owner}'s): {e.strerror}") from e
 
     def stopService(self) -> Any:
         super().stopService()
