@@ -70,21 +70,35 @@ def test_theReadmesSlirpExamplesAreValidSpecs() -> None:
 
 def readmeSwitchCommands() -> list[str]:
     """
-    Every C{twistd -n vswitch ...} line of README.rst's literal blocks, its
-    backslash continuations joined, without a C{host$ } prompt, a trailing
-    C{&} or a C{# comment}.
+    Every C{twistd -n vswitch ...} (or daemon's C{twistd vswitch ...}) line
+    of README.rst's literal blocks, its backslash continuations joined,
+    without a C{host$ } prompt, a trailing C{&} or a C{# comment}.
     """
     lines = (ROOT / "README.rst").read_text().splitlines()
     commands = []
     for number, line in enumerate(lines):
-        if not line.startswith("    ") or "twistd -n vswitch" not in line:
+        found = re.search(r"twistd (-n )?vswitch", line)
+        if not line.startswith("    ") or found is None:
             continue
         while line.endswith("\\"):
             number += 1
             line = line[:-1] + " " + lines[number].strip()
-        command = line[line.index("twistd -n vswitch"):].split(" # ")[0].strip()
+        command = line[found.start():].split(" # ")[0].strip()
         commands.append(command.removesuffix("&").strip())
     return commands
+
+
+def readmeLiteralBlocks() -> list[list[str]]:
+    """
+    README.rst's indented literal blocks, as lists of their lines.
+    """
+    blocks: list[list[str]] = [[]]
+    for line in (ROOT / "README.rst").read_text().splitlines():
+        if line.startswith("    "):
+            blocks[-1].append(line.strip())
+        elif blocks[-1]:
+            blocks.append([])
+    return [block for block in blocks if block]
 
 
 def readmeInlinePorts() -> list[str]:
@@ -125,10 +139,35 @@ def test_theReadmesSwitchCommandsParse() -> None:
     for command in commands:
         argv = shlex.split(command)
         options = ParseOnly()
-        options.parent = {"nodaemon": True, "pidfile": "twistd.pid"}  # twistd -n's
-        options.parseOptions(argv[3:])
+        foreground = argv[1] == "-n"
+        options.parent = {"nodaemon": foreground, "pidfile": "twistd.pid"}  # twistd's
+        options.parseOptions(argv[3 if foreground else 2:])
         for spec in options.allPorts():
             checkSpecParses(spec)
+
+
+def test_theReadmesRecipesDoNotRaceWhatTheyStartInTheBackground() -> None:
+    """
+    No literal block starts a command with C{&} that makes a TAP device
+    (C{twistd -n vswitch --tap NAME}, C{tap:NAME}, C{vde_plug ...
+    tap://NAME}) and then, with nothing waiting for it, configures that
+    device (C{dev NAME}, C{link set NAME}): pasted, the next line runs
+    before the device exists and fails with C{Cannot find device}.
+    """
+    racing = []
+    for block in readmeLiteralBlocks():
+        started: set[str] = set()
+        for line in block:
+            command = line.split(" # ")[0].strip()
+            used = {name for name in started
+                    if re.search(rf"\b(dev|link set) {re.escape(name)}\b", command)}
+            if used:
+                racing.append(f"{line}  (uses {', '.join(sorted(used))})")
+            if command.startswith(("until ", "while ")):
+                started.clear()  # a line that waits for the device
+            if command.endswith("&"):
+                started |= set(re.findall(r"(?:--tap |tap:|tap://)([\w.-]+)", command))
+    assert racing == [], "\n".join(racing)
 
 
 def test_theReadmesInlinePortOptionsParse() -> None:
