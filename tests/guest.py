@@ -462,8 +462,7 @@ def _netdevId(netdevArgs: list[str]) -> str:
     raise ValueError(f"no -netdev ...,id=ID in {netdevArgs}")
 
 
-def startGuest(
-    processes: Processes,
+def guestCommand(
     netdevArgs: list[str],
     script: str,
     mac: str,
@@ -473,13 +472,12 @@ def startGuest(
     nic: str = "virtio-net-pci",
     memory: int = 256,
     extraArgs: list[str] | None = None,
-    wrapper: list[str] | None = None,
-) -> Guest:
+) -> tuple[list[str], Path]:
     """
-    Boot a guest whose NIC (C{nic}, with C{mac}) is attached to the netdev
-    that C{netdevArgs} define (e.g. C{["-netdev", "vde,id=n0,sock=DIR"]}),
-    running C{script} with busybox C{sh}; C{wrapper} goes before QEMU's
-    command (C{ip netns exec NS}). Returns at once; call L{Guest.wait}.
+    The QEMU command line of a guest whose NIC (C{nic}, with C{mac}) is
+    attached to the netdev that C{netdevArgs} define (e.g. C{["-netdev",
+    "vde,id=n0,sock=DIR"]}), running C{script} with busybox C{sh}; and the
+    file its serial console is written to.
     """
     kernel, baseInitrd = guestImage()
     if directory is None:
@@ -496,7 +494,6 @@ def startGuest(
     serial = directory / f"{name}.console"
     serial.write_bytes(b"")
     argv = [
-        *(wrapper or []),
         "qemu-system-x86_64",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-accel", "tcg", "-m", str(memory), "-smp", "1",
@@ -507,8 +504,31 @@ def startGuest(
         "-device", f"{nic},netdev={_netdevId(netdevArgs)},mac={mac},romfile=",
         *(extraArgs or []),
     ]
+    return argv, serial
+
+
+def startGuest(
+    processes: Processes,
+    netdevArgs: list[str],
+    script: str,
+    mac: str,
+    *,
+    directory: Path | None = None,
+    name: str = "guest",
+    nic: str = "virtio-net-pci",
+    memory: int = 256,
+    extraArgs: list[str] | None = None,
+    wrapper: list[str] | None = None,
+) -> Guest:
+    """
+    Boot a guest (see L{guestCommand}); C{wrapper} goes before QEMU's
+    command (C{ip netns exec NS}). Returns at once; call L{Guest.wait}.
+    """
+    argv, serial = guestCommand(netdevArgs, script, mac, directory=directory, name=name,
+                                nic=nic, memory=memory, extraArgs=extraArgs)
     with open(serial.with_suffix(".stderr"), "wb") as stderr:
-        process = processes.start(argv, stdin=subprocess.DEVNULL, stderr=stderr)
+        process = processes.start([*(wrapper or []), *argv], stdin=subprocess.DEVNULL,
+                                  stderr=stderr)
     return Guest(processes, process, serial, name)
 
 

@@ -60,8 +60,8 @@ from vtwisted import processgroups
 from vtwisted.commandsocket import RunConnection, loopbackPair
 from vtwisted.processgroups import STOP_GRACE, stopGroup
 
-__all__ = ["STOP_GRACE", "CommandEndpoint", "CommandError", "CommandTransport", "exitText",
-           "loopbackPair", "parseCommand", "stopGroup"]
+__all__ = ["STOP_GRACE", "CommandEndpoint", "CommandError", "CommandRun", "CommandTransport",
+           "exitText", "loopbackPair", "parseCommand", "stopGroup"]
 
 log = Logger()
 
@@ -142,6 +142,12 @@ class CommandTransport:
         if writer is not None:
             writer.bufferSize = size
 
+    def describe(self) -> str:
+        """
+        C{vde_plug /tmp/sw (pid 1234)}, for C{port/print}.
+        """
+        return str(self.getPeer())
+
     def write(self, data: bytes) -> None:
         self.process.write(data)
 
@@ -199,7 +205,7 @@ class CommandTransport:
         return CommandAddress("vswitch", os.getpid())
 
 
-class _CommandErrors(ProcessProtocol):
+class CommandRun(ProcessProtocol):
     """
     A run of a command, counted by its endpoint; its standard error logged
     (all a command whose connection is a socket needs).
@@ -231,7 +237,7 @@ class _CommandErrors(ProcessProtocol):
         self.endpoint.ended(self.transport)
 
 
-class _CommandPipes(_CommandErrors):
+class _CommandPipes(CommandRun):
     """
     Connects a protocol to a command's pipes; logs its standard error.
     """
@@ -338,7 +344,7 @@ class CommandEndpoint:
             ours, theirs = loopbackPair()
         except OSError as e:
             return fail(e)
-        run = _CommandErrors(self)
+        run = CommandRun(self)
         try:
             self.reactor.spawnProcess(
                 run, self.running[0], self.running, env=dict(os.environ),
@@ -356,7 +362,7 @@ class CommandEndpoint:
             theirs.close()
         return succeed(protocol)
 
-    def connectionEnded(self, run: _CommandErrors) -> Deferred[None]:
+    def connectionEnded(self, run: CommandRun) -> Deferred[None]:
         """
         The connection of C{run} is over: its input has ended; if anything
         of it is still there L{ENDED_GRACE} seconds later, C{TERM} its

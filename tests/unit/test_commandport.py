@@ -316,7 +316,7 @@ def test_aSocketRunIsEndedAGraceAfterItsConnection(monkeypatch) -> None:
     monkeypatch.setattr(groups, "groupAlive", lambda group: group in alive)
     reactor = MemoryReactorClock()
     endpoint = processes.CommandEndpoint(reactor, ["sleep"], "slirp:guestfwd")
-    stubborn, finished = processes._CommandErrors(endpoint), processes._CommandErrors(endpoint)
+    stubborn, finished = processes.CommandRun(endpoint), processes.CommandRun(endpoint)
     stubborn.makeConnection(FakeProcess(7200))
     finished.makeConnection(FakeProcess(7300))
     alive.discard(7300)

@@ -18,7 +18,19 @@ whose messages are C{vde_plug}'s records (a 2-byte big-endian length and a
 frame, written in one piece), so it gets a port, bounded buffering and the
 drop counters as C{qemu:} and C{cable:} links do.  A L{ClientService}
 spawns the command again when it exits; runs that end before they carried
-a frame make the next one wait longer each time, up to 5 s.
+a frame make the next one wait longer each time, up to 5 s.  With
+C{restart=off} a command that ends is not run again (a VM powered off
+stays off), with C{restart=on-failure} unless it exited with status 0.
+
+With C{socket=stream}, C{socket=dgram} or C{socket=seqpacket} the frames
+cross a Unix socket pair instead, whose one end the command inherits as
+descriptor 3, C{{fd}} in its command line replaced by that number
+(L{vtwisted.commanddescriptor}): QEMU's C{-netdev
+stream,addr.type=fd,addr.str={fd}} (QEMU's records: the C{qemu:} port's
+codec), C{-netdev dgram,local.type=fd,local.str={fd}} and vdeplug4's
+C{vde_plug seqpacket://{fd} URL} (one frame per message); see
+L{vtwisted.ports.commandlinks}.  Its standard output is logged then, as
+its standard error is.
 
 What the command writes to its standard error is logged line by line with
 the spec (C{ssh: connect to host hostb port 22: Connection refused}).  A
@@ -36,15 +48,17 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vtwisted.commanddescriptor import KINDS, DescriptorEndpoint
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
+from vtwisted.ports.commandlinks import LINKS, MAX_FRAME, RunLink
 from vtwisted.ports.streamconnector import StreamConnector
-from vtwisted.ports.streamlinks import StreamLink
 from vtwisted.processes import CommandEndpoint, CommandError, exitText, parseCommand
 from vtwisted.spec import PortSpec
 
@@ -54,9 +68,13 @@ log = Logger()
 MAX_RECORD = 9236
 #: Keywords of a spec that configure the switch port.
 PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
+#: Keywords of a spec that configure the command.
+COMMAND_KEYWORDS = ("socket", "restart")
+#: What C{restart=} takes.
+RESTARTS = ("on", "on-failure", "off")
 
 
-class CommandLink(StreamLink):
+class CommandLink(RunLink):
     """
     The command's pipes, plugged into a switch port: each record is a
     2-byte big-endian length and a plain frame.
@@ -65,52 +83,6 @@ class CommandLink(StreamLink):
     structFormat = "!H"
     prefixLength = 2
     MAX_LENGTH = MAX_RECORD
-    module = "command"
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        self.linkId = transport.pid
-        self.description = str(transport.getPeer())
-        transport.registerProducer(self.valve, True)
-        self.sendFrame = self._makeSender(transport.writeSequence)  # type: ignore[method-assign]
-        self.carried = False
-        self.linkReady()
-
-    def stringReceived(self, frame: bytes) -> None:
-        if not self.carried:
-            self.carried = True
-            owner: Any = self.owner
-            owner.failures.worked()
-            owner.endpoint.worked()
-            log.info("{spec}: {peer} on port {number}", spec=owner.spec,
-                     peer=self.description, number=self.port.number)
-        super().stringReceived(frame)
-
-    def close(self) -> None:
-        """
-        Unplug, and end the command: close its pipes (C{vde_plug} exits on
-        end of input), then C{TERM} and C{KILL} what is left of it.
-        """
-        self.owner.linkDown(self)
-        transport: Any = self.transport
-        if transport is not None and not transport.disconnecting:
-            transport.unregisterProducer()
-            owner: Any = self.owner
-            owner.waitFor(transport.stop(owner.reactor))
-
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        super().connectionLost(reason)
-        owner: Any = self.owner
-        if not self.carried:
-            owner.endpoint.failed()
-        if owner.running:
-            status = exitText(reason)
-            if self.carried:
-                log.info("{spec}: the command {status}; starting it again",
-                         spec=self.owner.spec, status=status)
-            else:
-                self.owner.failures.note(f"the command {status} before it carried a frame; "
-                                         "starting it again every 5 s at most")
 
 
 @implementer(IPortService)
@@ -119,16 +91,63 @@ class CommandConnector(StreamConnector):
     The service of C{cmd:COMMAND}: one port, the command's.
     """
 
-    protocol = CommandLink
+    protocol: type[RunLink] = CommandLink
     announceLinks = False  # a command that ends at once would be logged at every run
     upMeansWorking = False  # a run has worked once it carried a frame (CommandLink)
     SHORT_LINK = 0.0  # nor does its length count: the endpoint times failed runs itself
 
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
-                 spec: str) -> None:
-        super().__init__(switch, reactor, CommandEndpoint(reactor, argv, spec), options, spec)
-        #: Runs being stopped, until nothing is left of them (see L{CommandLink.close}).
+                 spec: str, socket: str | None = None, restart: str = "on") -> None:
+        """
+        @param socket: the kind of socket the command is handed (a key of
+            L{KINDS}; C{{fd}} in C{argv} is its number), or L{None} for
+            its pipes.
+        @param restart: C{on} (run it again whenever it ends),
+            C{on-failure} (unless it exited with status 0) or C{off}.
+        @raise CommandError: C{argv} has no C{{fd}} though C{socket} is given.
+        """
+        endpoint: CommandEndpoint
+        if socket is None:
+            endpoint = CommandEndpoint(reactor, argv, spec)
+        else:
+            endpoint = DescriptorEndpoint(reactor, argv, spec, socket, MAX_FRAME)
+            self.protocol = LINKS[socket]
+        super().__init__(switch, reactor, endpoint, options, spec)
+        self.socket = socket
+        self.restart = restart
+        #: How its last run ended, once it is not run again (C{restart=}).
+        self.ended = ""
+        #: Runs being stopped, until nothing is left of them (see L{RunLink.close}).
         self.stopping: set[Deferred[None]] = set()
+
+    def runEnded(self, carried: bool, reason: Failure | None) -> None:
+        """
+        A run ended (C{reason} has its exit status): start it again, or
+        not, as C{restart=} says, and log it (a run that carried no frame
+        once per series).
+        """
+        status = exitText(reason)
+        again = self.restart == "on" or (
+            self.restart == "on-failure" and not (reason is not None and reason.check(ProcessDone)))
+        if not again:
+            self.ended = f"the command {status}; not started again (restart={self.restart})"
+            log.info("{spec}: {ended}", spec=self.spec, ended=self.ended)
+            self.reactor.callLater(0, self.client.stopService)
+        elif carried:
+            log.info("{spec}: the command {status}; starting it again",
+                     spec=self.spec, status=status)
+        else:
+            self.failures.note(f"the command {status} before it carried a frame; "
+                               "starting it again every 5 s at most")
+
+    def downState(self) -> str:
+        """
+        What it does while it has no run: starts one (with how often it
+        failed), or nothing, if C{restart=} said not to.
+        """
+        if self.ended:
+            return f"{self.ended}: delete and add the port to run it"
+        return super().downState()
 
     def waitFor(self, stopped: Deferred[None]) -> None:
         """
@@ -160,17 +179,31 @@ class CommandConnector(StreamConnector):
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:
     """
-    Build the service for C{cmd:COMMAND} with the options C{vlan=},
-    C{trunk=}, C{mtu=} and the impairments for its port.
+    Build the service for C{cmd:COMMAND} with the options C{socket=},
+    C{restart=}, and C{vlan=}, C{trunk=}, C{mtu=} and the impairments for
+    its port.
     """
     options = PortOptions.fromSpec(spec, numbered=False)
+    known = (*COMMAND_KEYWORDS, *PORT_KEYWORDS)
     for key in spec.kwargs:
-        if key not in PORT_KEYWORDS:
+        if key not in known:
             hint = " (escape an = in the command as \\=)" if " " in key else ""
-            raise spec.error(f"unknown option {key}{hint} (known: {', '.join(PORT_KEYWORDS)})")
+            raise spec.error(f"unknown option {key}{hint} (known: {', '.join(known)})")
+    socket = spec.string("socket")
+    if socket is not None and socket not in KINDS:
+        raise spec.error(f"socket={socket}: expected {', '.join(KINDS)}")
+    restart = spec.string("restart", "on") or "on"
+    restart = {"yes": "on", "true": "on", "no": "off", "false": "off"}.get(restart, restart)
+    if restart not in RESTARTS:
+        raise spec.error(f"restart={restart}: expected {', '.join(RESTARTS)}")
     command = ":".join(spec.args)  # a colon the user did not escape is the command's
+    example = ("cmd:qemu-system-x86_64 ... -netdev stream,id\\=n,addr.type\\=fd,"
+               "addr.str\\={fd} ...:socket=stream" if socket else "cmd:ssh hostb vde_plug /tmp/sw")
     try:
         argv = parseCommand(command)
+        if socket is None and any("{fd}" in word for word in argv):
+            raise CommandError("has {fd} but no socket= to hand it: add :socket=stream, "
+                               ":socket=dgram or :socket=seqpacket")
+        return CommandConnector(switch, reactor, argv, options, spec.text, socket, restart)
     except CommandError as e:
-        raise spec.error(f"{e} (for example cmd:ssh hostb vde_plug /tmp/sw)") from None
-    return CommandConnector(switch, reactor, argv, options, spec.text)
+        raise spec.error(f"{e} (for example {example})") from None
