@@ -175,7 +175,8 @@ class ManholeConnection(connection.SSHConnection):
             return
         # the connection's own logger: bounded per peer, as its other lines
         transport._log.warn("refused a {channel} channel: only sessions are served",
-                            kind="refused a channel", channel=kind.decode("utf-8", "replace"))
+                            manhole_kind="refused a channel",
+                            channel=kind.decode("utf-8", "replace"))
         (sender,) = struct.unpack(">L", rest[:4])
         transport.sendPacket(
             connection.MSG_CHANNEL_OPEN_FAILURE,

@@ -124,7 +124,7 @@ class PeerLogger:
     """
     A stand-in for a C{Logger} of one connection's (Twisted's SSH
     transport's C{_log}, say): each line goes through a L{RefusalLog}
-    under the peer's address and the line's kind (its format, or C{kind}),
+    under the peer's address and the line's kind (its format, or C{manhole_kind}),
     with C{manhole: PEER: } in front.
     """
 
@@ -139,14 +139,17 @@ class PeerLogger:
         self.peer = self.host if port is None else (
             f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}")
 
-    def emit(self, level: LogLevel, format: str | None = None, /, kind: str = "",
+    def emit(self, level: LogLevel, format: str | None = None, /, manhole_kind: str = "",
              failure: Failure | None = None, **fields: Any) -> None:
         """
         Log a line, a bounded number of times per peer, kind and interval.
+
+        @param manhole_kind: the kind the line is counted under, if not its
+            format (not C{kind}: Twisted's own lines have a C{kind} field).
         """
         text = (format or "").replace("\n", "; ")
-        self.limiter.note(self.host, kind or text, "manhole: {manhole_peer}: " + text, level,
-                          failure, manhole_peer=self.peer, **fields)
+        self.limiter.note(self.host, manhole_kind or text, "manhole: {manhole_peer}: " + text,
+                          level, failure, manhole_peer=self.peer, **fields)
 
     def debug(self, format: str | None = None, /, **fields: Any) -> None:
         self.emit(LogLevel.debug, format, **fields)

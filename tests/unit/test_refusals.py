@@ -5,10 +5,11 @@ interval, for a bounded number of peers.
 
 from __future__ import annotations
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from vtwisted.refusals import RefusalLog
+from vtwisted.refusals import PeerLogger, RefusalLog
 
 
 def test_refusalsAreLoggedOncePerPeerAndInterval() -> None:
@@ -51,3 +52,24 @@ def test_followedPeersAreCapped() -> None:
     (summary,) = events
     assert summary["count"] == 996 and summary["limit"] == 4
     assert clock.getDelayedCalls() == []
+
+
+def test_aConnectionsLineWithAKindFieldKeepsIt() -> None:
+    """
+    Twisted's SSH classes log C{kind} as a field of their own ("{user!r}
+    trying auth {kind!r}"): through a connection's L{PeerLogger} the line
+    still names it, and its lines for several methods count as one kind.
+    """
+    clock = Clock()
+    limiter = RefusalLog(clock, interval=60, what="line(s)")
+    logger = PeerLogger(limiter, IPv4Address("TCP", "192.0.2.7", 40000))
+    with capturedLogs() as events:
+        logger.debug("{user!r} trying auth {kind!r}", user=b"root", kind=b"none")
+        logger.debug("{user!r} trying auth {kind!r}", user=b"root", kind=b"publickey")
+    assert [formatEvent(e) for e in events if e["log_level"] == LogLevel.debug] == [
+        "manhole: 192.0.2.7:40000: b'root' trying auth b'none'"]
+    with capturedLogs() as events:
+        clock.advance(60)
+    (summary,) = events
+    assert summary["what"] == "line(s) like '{user!r} trying auth {kind!r}'"
+    limiter.stop()
