@@ -4,7 +4,7 @@ nothing behind.  Real C{vde_plug} clients are killed (SIGKILL and SIGTERM)
 and a second switch's plain cable connects and drops, over and over, against
 a switch in this process's reactor; afterwards the process holds the same
 descriptors, the reactor the same timers, and the MAC table the same
-entries as after the first round.  (A 17-minute soak of every port type
+entries as after the first round.  (A 16-minute soak of every port type
 with the same invariant, sampled every 30 s, found them flat.)
 """
 
