@@ -5,11 +5,22 @@ Theory of operation
 -------------------
 A spec is split with the same tokenizer L{twisted.internet.endpoints} uses for
 C{serverFromString}: C{:} separates arguments, the first C{=} in an argument
-makes it a keyword, and a backslash escapes the next character (C{\\:}).  The
-first argument is the prefix that names the port type.  A port type that rides
-on an ordinary Twisted endpoint (C{qemu:unix:/path}, C{cable:tcp:host=...})
-takes L{PortSpec.rest}, the text after the prefix exactly as written, and hands
-it to C{clientFromString} or C{serverFromString}.
+makes it a keyword, and a backslash escapes the next character (C{\\:}).
+One rule is added: an argument is a keyword only if the text before its
+first C{=} is an option name (ASCII letters, digits, C{_} and C{-}, as every
+option of every port type and every keyword of Twisted's endpoints is).
+Any other argument is positional text, its C{=} kept: a command line
+(C{cmd:qemu-system-x86_64 -netdev stream,id=n,...}) or a path
+(C{vde:/tmp/a=b}) needs no C{\\=}, which still works.  A spec that was
+valid before means what it meant: a keyword whose name is not an option
+name was refused by every port type (Twisted's endpoints take no such
+keyword either).  C{cmd:FOO=bar} stays a keyword, so an unknown option.
+
+The positional arguments keep their order (L{PortSpec.args}; the first is
+the prefix that names the port type).  A port type that rides on an
+ordinary Twisted endpoint (C{qemu:unix:/path}, C{cable:tcp:host=...}) asks
+L{PortSpec.endpoint} for its description, escaped again for
+C{clientFromString} or C{serverFromString}.
 
 Every accessor raises L{SpecError}, whose message names the whole spec and what
 is wrong with it, so a typo fails at start-up with a sentence a user can act on.
@@ -20,9 +31,10 @@ Twisted's parser keeps only the last, which would drop the others silently.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
-from twisted.internet.endpoints import _STRING, _parse, _tokenize
+from twisted.internet.endpoints import _STRING, _tokenize
 
 
 class SpecError(ValueError):
@@ -36,6 +48,9 @@ class SpecError(ValueError):
         super().__init__(f"port spec {spec!r}: {problem}")
 
 
+#: What an option's name is made of: a keyword whose name is not one is text.
+OPTION_NAME = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
+
 _TRUE = {"1", "yes", "on", "true"}
 _FALSE = {"0", "no", "off", "false"}
 
@@ -46,28 +61,37 @@ class PortSpec:
 
     @ivar text: the spec as written.
     @ivar prefix: the port type's name.
-    @ivar args: positional arguments after the prefix.
-    @ivar kwargs: C{key=value} arguments.
+    @ivar args: positional arguments after the prefix, in order (an
+        argument C{text=...} whose C{text} is not an option name among
+        them, C{=} and all).
+    @ivar kwargs: C{key=value} arguments whose C{key} is an option name.
     @ivar rest: the text after C{prefix:}, escapes and all.
     """
 
     def __init__(self, text: str) -> None:
         self.text = text
         try:
-            args, kwargs = _parse(text)
+            words = _arguments(text)
         except (RuntimeError, StopIteration):
             raise SpecError(text, "ends with a lone backslash") from None
-        except UnicodeEncodeError as e:
-            raise SpecError(text, f"option name {e.object!r} is not ASCII") from None
+        args: list[str] = []
+        given: dict[str, list[str]] = {}
+        for word in words:
+            if len(word) == 2 and OPTION_NAME.fullmatch(word[0]):
+                given.setdefault(word[0], []).append(word[1])
+            else:
+                args.append("=".join(word))
         if not args or not args[0]:
             raise SpecError(text, "has no port type prefix (expected PREFIX:ARGS)")
         self.prefix: str = args[0]
-        self.args: list[str] = list(args[1:])
-        self.kwargs: dict[str, str] = dict(kwargs)
+        self.args: list[str] = args[1:]
+        #: The last value of each keyword, as Twisted's parser keeps.
+        self.kwargs: dict[str, str] = {key: values[-1] for key, values in given.items()}
         self.rest: str = text.partition(":")[2]
         self._used: set[str] = set()
         #: The values of each keyword given more than once, in order.
-        self.repeated: dict[str, list[str]] = _repeatedKeywords(text)
+        self.repeated: dict[str, list[str]] = {
+            key: values for key, values in given.items() if len(values) > 1}
 
     def __repr__(self) -> str:
         return f"PortSpec({self.text!r})"
@@ -209,21 +233,22 @@ class PortSpec:
             )
 
 
-def _repeatedKeywords(text: str) -> dict[str, list[str]]:
+def _arguments(text: str) -> list[tuple[str, ...]]:
     """
-    The values of each keyword C{text} gives more than once, tokenized as
-    L{_parse} does.
+    The arguments of C{text} in order, tokenized as Twisted's C{_parse}
+    does: C{(word,)} for one without C{=}, C{(key, value)} for one with.
+
+    @raise RuntimeError: C{text} ends with a lone backslash.
     """
-    seen: dict[str, list[str]] = {}
+    arguments: list[tuple[str, ...]] = []
     words: tuple[str, ...] = ()
     for kind, value in [*_tokenize(text), (None, ":")]:
         if kind is _STRING:
             words += (value,)
         elif value == ":":
-            if len(words) == 2:
-                seen.setdefault(words[0], []).append(words[1])
+            arguments.append(words)
             words = ()
-    return {key: values for key, values in seen.items() if len(values) > 1}
+    return arguments
 
 
 def escape(text: str) -> str:

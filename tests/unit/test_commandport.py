@@ -62,7 +62,8 @@ def test_theCommandIsTheSpecsArgumentsSplitAsAShellWould() -> None:
     ("cmd:", "names no command"),
     ("cmd:no-such-command-here x", "no command 'no-such-command-here' on the PATH"),
     ("cmd:ssh 'host", "cannot read the command"),
-    ("cmd:ssh -o ConnectTimeout=5 host", r"unknown option ssh -o ConnectTimeout \(escape an ="),
+    ("cmd:FOO=bar", r"unknown option FOO \(known: .*\); if FOO= is part of the command, "
+                    r"escape its = as FOO\\="),
     ("cmd:vde_plug /tmp/sw:colour=red", "unknown option colour"),
 ])
 def test_badSpecsSayWhatIsWrong(text: str, problem: str) -> None:

@@ -60,7 +60,7 @@ def test_aSocketSpecHandsTheCommandItsDescriptor(kind: str, link: type) -> None:
 
 @pytest.mark.parametrize(("text", "problem"), [
     ("cmd:vde_plug vde:///tmp/sw:socket=stream", "has no {fd} where the command takes its "
-     r"descriptor's number .*\(for example cmd:qemu-system-x86_64 .*addr.str\\=\{fd\}"),
+     r"descriptor's number .*\(for example cmd:qemu-system-x86_64 .*addr.str=\{fd\} "),
     ("cmd:vde_plug seqpacket://{fd}", "has {fd} but no socket= to hand it: add :socket=stream"),
     ("cmd:vde_plug seqpacket://{fd}:socket=pipe", "socket=pipe: expected stream, dgram, "
      "seqpacket"),

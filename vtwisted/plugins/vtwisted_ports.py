@@ -96,7 +96,8 @@ cmd = PortType(
     "cmd",
     "vtwisted.ports.command",
     "cmd:COMMAND  a cable through a command speaking vde_plug's stream on stdin/stdout "
-    "(cmd:ssh hostb vde_plug /tmp/sw; escape : and = as \\: and \\=), restarted when it ends "
+    "(cmd:ssh hostb vde_plug /tmp/sw; escape : as \\:, and = where the text before it could be "
+    "an option: cmd:FOO\\=1 ...), restarted when it ends "
     "(restart=on|on-failure|off); socket=stream|dgram|seqpacket hands it a socket as {fd} "
     "(QEMU's -netdev stream,addr.type=fd,addr.str={fd})",
 )

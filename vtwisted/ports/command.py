@@ -8,9 +8,13 @@ switch itself at one end and the command restarted when it ends.
 
 Theory of operation
 -------------------
-The spec's arguments are the command line (split as a shell would, colons
-and equals signs escaped as in every spec: C{\\:} and C{\\=}; C{vlan=},
-C{mtu=} and the impairment options are the port's).
+The spec's arguments are the command line (split as a shell would, a
+colon escaped as in every spec: C{\\:}).  An C{=} in it needs no escape
+unless what comes before it, back to the spec's last colon, could be an
+option's name (L{vtwisted.spec.OPTION_NAME}: C{cmd:env A=1 vde_plug
+/tmp/sw} is the command, C{cmd:A=1} an unknown option, whose refusal says
+to write C{A\\=1}); C{vlan=}, C{mtu=}, C{socket=}, C{restart=} and the
+impairment options are the port's.
 L{vtwisted.processes.CommandEndpoint} is a Twisted client endpoint that
 spawns it (with the switch's environment, so C{ssh} finds its agent) and
 connects a L{CommandLink} to its pipes: a L{vtwisted.ports.streamlinks.StreamLink}
@@ -187,8 +191,8 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:
     known = (*COMMAND_KEYWORDS, *PORT_KEYWORDS)
     for key in spec.kwargs:
         if key not in known:
-            hint = " (escape an = in the command as \\=)" if " " in key else ""
-            raise spec.error(f"unknown option {key}{hint} (known: {', '.join(known)})")
+            raise spec.error(f"unknown option {key} (known: {', '.join(known)}); if {key}= "
+                             f"is part of the command, escape its = as {key}\\=")
     socket = spec.string("socket")
     if socket is not None and socket not in KINDS:
         raise spec.error(f"socket={socket}: expected {', '.join(KINDS)}")
@@ -197,8 +201,8 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:
     if restart not in RESTARTS:
         raise spec.error(f"restart={restart}: expected {', '.join(RESTARTS)}")
     command = ":".join(spec.args)  # a colon the user did not escape is the command's
-    example = ("cmd:qemu-system-x86_64 ... -netdev stream,id\\=n,addr.type\\=fd,"
-               "addr.str\\={fd} ...:socket=stream" if socket else "cmd:ssh hostb vde_plug /tmp/sw")
+    example = ("cmd:qemu-system-x86_64 ... -netdev stream,id=n,addr.type=fd,"
+               "addr.str={fd} ...:socket=stream" if socket else "cmd:ssh hostb vde_plug /tmp/sw")
     try:
         argv = parseCommand(command)
         if socket is None and any("{fd}" in word for word in argv):
