@@ -185,8 +185,8 @@ def console() -> tuple[CommandInterpreter, Spawner]:
 
 def test_theConsoleAddsShowsAndDeletesTheSpecAsWritten(console) -> None:
     """
-    port/add takes the spec unescaped; port/specs shows it as given, and
-    port/print the command; port/del removes it by the same text.
+    port/add takes the spec unescaped; port/specs and port/stats show it as
+    given, and port/print the command; port/del removes it by the same text.
     """
     interpreter, reactor = console
     spec = f"cmd:{ENV}:vlan=3"
@@ -196,6 +196,7 @@ def test_theConsoleAddsShowsAndDeletesTheSpecAsWritten(console) -> None:
     assert f"Spec {spec} ports=0001 single runtime" in interpreter.execute("port/specs").text
     printed = interpreter.execute("port/print").text
     assert f"{ENV} (pid 1000)" in printed and "untagged_vlan=0003" in printed, printed
+    assert f"\n spec: {spec}\n" in interpreter.execute("port/stats 1").text
     assert interpreter.execute(f"port/del {spec}").text.endswith(f"Spec {spec}\n.\n1000 Success\n")
     assert f"Spec {spec}" not in interpreter.execute("port/specs").text
 
