@@ -80,6 +80,18 @@ class ILink(Interface):
         "when it attaches itself (L{ISwitch.attach}) and clears it when it detaches."
     )
 
+    def plug(switch: ISwitch, port: ISwitchPort) -> None:
+        """
+        Plug this link into C{port} of C{switch}: set L{port}, get ready to
+        hand the frames the peer sends to C{switch} (L{ISwitch.frameReceived},
+        or L{ISwitch.vnetPacketReceived} when L{vnetHeader} is true) and call
+        L{ISwitch.attach}.  The link's service calls it once the port is
+        configured, or L{vtwisted.portoptions.PortOptions.plugIn} does for it.
+
+        @param switch: the switch the port belongs to.
+        @param port: a port L{ISwitch.allocatePort} gave.
+        """
+
     def sendFrame(frame: bytes) -> None:
         """
         Send one plain Ethernet frame to the peer.

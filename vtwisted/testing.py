@@ -105,6 +105,14 @@ class FakeLink:
     def __repr__(self) -> str:
         return f"<FakeLink {self.description}>"
 
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port} of C{switch}.
+        """
+        self.switch = switch
+        self.port = port
+        switch.attach(port, self)
+
     def sendFrame(self, frame: bytes) -> None:
         self.sent.append(bytes(frame))
 
@@ -145,9 +153,7 @@ def plug(switch: Any, link: FakeLink, number: int | None = None, uid: int | None
     @return: the port.
     """
     port = switch.allocatePort(number, uid)
-    link.switch = switch
-    link.port = port
-    switch.attach(port, link)
+    link.plug(switch, port)
     return port
 
 

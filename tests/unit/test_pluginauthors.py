@@ -11,6 +11,7 @@ import ast
 import builtins
 import importlib
 import os
+import pkgutil
 import re
 import subprocess
 import sys
@@ -20,13 +21,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from helpers import ROOT, sourceEnv
+from helpers import ROOT, readmeExampleFiles, sourceEnv
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
+from zope.interface.verify import verifyClass
 
+import vtwisted
 import vtwisted.plugins
 from vtwisted.app import buildService
 from vtwisted.errors import SwitchError
+from vtwisted.interfaces import ILink
 from vtwisted.pluginpaths import importHookPaths
 
 DECLARATION = """
@@ -264,3 +268,61 @@ def test_theSectionForPortTypeAuthorsNamesOnlyWhatExists() -> None:
     for name in set(re.findall(r"``([A-Z]\w*[a-z]\w*)``", section)):
         assert any(hasattr(module, name) for module in modules), \
             f"{name} is in none of the modules the section names"
+
+
+def inTreeLinkClasses() -> list[type]:
+    """
+    Every class of vtwisted (port type declarations aside) that says it
+    implements L{ILink}, subclasses too.
+    """
+    found = []
+    for info in pkgutil.walk_packages(vtwisted.__path__, "vtwisted."):
+        if info.name.startswith("vtwisted.plugins."):
+            continue
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if (isinstance(value, type) and value.__module__ == module.__name__
+                    and ILink.implementedBy(value)):
+                found.append(value)
+    return found
+
+
+def test_iLinkDeclaresPlug() -> None:
+    """
+    C{ILink} declares C{plug(switch, port)}, which
+    C{PortOptions.plugIn} calls on the links it is given.
+    """
+    assert "plug" in ILink
+    assert ILink["plug"].getSignatureInfo()["required"] == ("switch", "port")
+
+
+@pytest.mark.parametrize("cls", inTreeLinkClasses(), ids=lambda cls: cls.__qualname__)
+def test_everyInTreeLinkProvidesILink(cls: type) -> None:
+    """
+    Each link class of vtwisted has every method C{ILink} declares,
+    C{plug} included, with a signature that fits.
+    """
+    verifyClass(ILink, cls)
+
+
+def test_everyKindOfInTreeLinkIsChecked() -> None:
+    """
+    The classes checked above include the links of every kind of service:
+    single-link ones, VDE directories' clients, stream peers and
+    vhost-user guests, and the public fake.
+    """
+    names = {cls.__name__ for cls in inTreeLinkClasses()}
+    assert {"TapLink", "PacketLink", "PcapLink", "FifoLink", "DgramLink", "McastLink",
+            "VxlanLink", "SlirpLink", "VdeDataLink", "StreamLink", "VhostUserLink",
+            "FakeLink"} <= names
+
+
+def test_theReadmesExampleLinkProvidesILink() -> None:
+    """
+    The link README.rst's "Writing a port type" shows has every method
+    C{ILink} declares, and the text names C{plug(switch, port)}.
+    """
+    namespace: dict[str, Any] = {}
+    exec(compile(readmeExampleFiles()["echo/port.py"], "echo/port.py", "exec"), namespace)
+    verifyClass(ILink, namespace["EchoLink"])
+    assert "``plug(switch, port)``" in writingAPortType()

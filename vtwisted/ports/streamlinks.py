@@ -296,6 +296,14 @@ class StreamLink(Int32StringReceiver):
         """
         return switch.frameReceived
 
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}; messages go to what L{receiverFor} says.
+        """
+        self.port = port
+        self._receive = self.receiverFor(switch)
+        switch.attach(port, self)
+
     def close(self) -> None:
         """
         Unplug and disconnect the peer.
@@ -383,10 +391,8 @@ class StreamPorts(Service):
             link.close()
             return
         self.options.apply(self.switch, port, self.spec)
-        link.port = port
-        link._receive = link.receiverFor(self.switch)
         self.links.append(link)
-        self.switch.attach(port, link)
+        link.plug(self.switch, port)
         if self.upMeansWorking:
             self.linkWorks(link)
         elif self.SHORT_LINK:

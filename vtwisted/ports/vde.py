@@ -368,7 +368,7 @@ class VdeSwitchDirectory(Service):
         if not port.links:  # a client joining an active port keeps its settings
             self.options.apply(self.switch, port, self.spec)
         self.links.append(link)
-        self.switch.attach(port, link)
+        link.plug(self.switch, port)
         transport: Any = control.transport
         transport.write(vdecontrol.packReply(os.fsencode(dataPath)))
         self.reactor.addReader(link)

@@ -134,6 +134,15 @@ class VdeDataLink:
 
     # ILink
 
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}; the directory's service starts reading once the
+        client is told where the socket is.
+        """
+        self.port = port
+        self._receive = switch.frameReceived
+        switch.attach(port, self)
+
     def sendFrame(self, frame: bytes) -> None:
         """
         Send one frame; drop it if the client cannot take it now.  Replaced

@@ -130,6 +130,15 @@ class VhostUserLink(Protocol):
         """
         return switch.vnetPacketReceived
 
+    def plug(self, switch: Any, port: Any) -> None:
+        """
+        Attach to C{port}; packets from the guest go to what L{receiverFor}
+        says.
+        """
+        self.port = port
+        self._receive = self.receiverFor(switch)
+        switch.attach(port, self)
+
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """
         Keep C{descriptor} for the message it came with; a front-end sending
