@@ -27,8 +27,10 @@ files or closing its clients.  C{SIGTERM} and C{SIGINT} stop it cleanly.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -168,6 +170,31 @@ def _octalMode(value: str) -> int:
     return mode
 
 
+#: The narrowest column a port type's description is wrapped to, however
+#: long the longest prefix is.
+MIN_DESCRIPTION_WIDTH = 30
+
+
+def listPortTypes(descriptions: dict[str, str], width: int) -> list[str]:
+    """
+    The lines that list port types for C{--help}, as Twisted lists options
+    (L{twisted.python.usage.docMakeChunks}): each prefix, then its
+    description in a column that starts past the longest prefix, wrapped
+    to C{width} (at word boundaries only: a spec's syntax is not cut).
+
+    @param descriptions: each prefix's one-line description.
+    """
+    column = 2 + max(map(len, descriptions), default=0) + 2
+    filler = " " * column
+    lines = []
+    for prefix, description in sorted(descriptions.items()):
+        wrapped = textwrap.wrap(description, max(width - column, MIN_DESCRIPTION_WIDTH),
+                                break_long_words=False, break_on_hyphens=False) or [""]
+        lines.append(f"  {prefix:<{column - 4}}  {wrapped[0]}".rstrip())
+        lines += [filler + line for line in wrapped[1:]]
+    return lines
+
+
 class Options(VdeSwitchCompatibility, usage.Options):
     """
     Options of C{twistd vswitch}.
@@ -272,10 +299,11 @@ class Options(VdeSwitchCompatibility, usage.Options):
         """
         if getattr(self, "wrongSetting", False):
             return "twistd vswitch --help lists the options.\n"
+        if not width:
+            width = int(os.environ.get("COLUMNS", "80"))
         text = super().getUsage(width)
-        lines = ["", "Port types (--port PREFIX:ARGS):"]
-        for prefix, portType in sorted(portTypes().items()):
-            lines.append(f"  {prefix:<8} {portType.description}")
+        descriptions = {prefix: portType.description for prefix, portType in portTypes().items()}
+        lines = ["", "Port types (--port PREFIX:ARGS):", *listPortTypes(descriptions, width)]
         lines += ["", "Every spec but pcap: also takes vlan=N|all, trunk=10,20 and mtu=N, and the",
                   "impairments delay=MS, jitter=MS, loss=%, burst=N, dup=%, noise=BITS/MB,",
                   "rate=KBIT, queue=MS for frames leaving the port, and the same with in in",

@@ -334,6 +334,48 @@ def test_helpListsEveryPortType() -> None:
         assert portType.description.split()[0] in result.stdout
 
 
+def descriptionColumns(usage: str, width: int) -> set[int]:
+    """
+    Where each line of C{usage}'s port type listing puts its description,
+    checking that a name is followed by two spaces at least and that a
+    line longer than C{width} is one unbreakable word.
+    """
+    listing = usage.split("Port types (--port PREFIX:ARGS):\n")[1].split("\n\n")[0]
+    columns = set()
+    for line in listing.splitlines():
+        description = line.lstrip()
+        if not line.startswith("   "):
+            name, description = description.split(" ", 1)
+            assert description.startswith(" "), f"{name} runs into its description: {line!r}"
+            description = description.lstrip()
+        columns.add(len(line) - len(description))
+        assert len(line) <= width or " " not in description, line
+    return columns
+
+
+def test_helpAlignsEveryPortTypesDescription() -> None:
+    """
+    twistd vswitch --help starts every port type's description, and each
+    line it wraps to, in one column past the longest name (vhostuser).
+    """
+    [column] = descriptionColumns(Options().getUsage(width=80), 80)
+    assert column == 2 + len("vhostuser") + 2
+
+
+def test_helpMakesRoomForALongThirdPartyName(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A port type from another distribution with a long name moves every
+    description's column past it, at any terminal width.
+    """
+    long = PortType("acme-reflector-port", "acme_reflector",
+                    "acme-reflector-port:NAME[:mode=mirror|swap]  reflects every frame "
+                    "back, MACs swapped, on its own port")
+    monkeypatch.setattr("vtwisted.app.portTypes", lambda: {**portTypes(), long.prefix: long})
+    for width in (60, 80, 200):
+        [column] = descriptionColumns(Options().getUsage(width=width), width)
+        assert column == 2 + len(long.prefix) + 2
+
+
 def test_pluginFoundFromSourceTree() -> None:
     """With the source root on sys.path, twistd finds the vswitch plugin."""
     result = subprocess.run(

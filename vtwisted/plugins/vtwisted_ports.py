@@ -7,14 +7,14 @@ from vtwisted.porttype import PortType
 vde = PortType(
     "vde",
     "vtwisted.ports.vde",
-    "vde:DIR[:mode=0600][:group=G][:dirmode=02700] VDE switch directory, "
+    "vde:DIR[:mode=0600][:group=G][:dirmode=02700]  a VDE switch directory, "
     "for vde_plug, qemu -netdev vde, vde_plug2tap, slirpvde",
 )
 
 tap = PortType(
     "tap",
     "vtwisted.ports.tap",
-    "tap:NAME[:offload=on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC] Linux TAP "
+    "tap:NAME[:offload=on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC]  a Linux TAP "
     "device, opened "
     "(or created) by the switch, with virtio-net offloads",
 )
