@@ -271,6 +271,10 @@ def _portSpecs(ctx: CommandContext, arg: str) -> list[str]:
     return [fmt.specLine(spec) for spec in ctx.ops.specs()]
 
 
+def _portTypes(ctx: CommandContext, arg: str) -> list[str]:
+    return fmt.portTypeLines(ctx.ops.portTypes())
+
+
 def _portAdd(ctx: CommandContext, arg: str) -> list[str]:
     if not arg:
         raise errors.invalid("port/add needs a port spec, e.g. tap:tap0")
@@ -424,6 +428,8 @@ COMMANDS: Sequence[Command] = (
             _impair, vde=False),
     Command("port/specs", "", "list the port specs (--port and port/add) and their ports",
             _portSpecs, data=True, vde=False),
+    Command("port/types", "", "list the port types --port and port/add take (PREFIX:ARGS)",
+            _portTypes, data=True, vde=False),
     Command("port/add", "SPEC", "add and start a port spec as --port does (tap:NAME, vde:DIR)",
             _portAdd, data=True, vde=False),
     Command("port/del", "N|SPEC",

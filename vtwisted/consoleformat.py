@@ -10,8 +10,8 @@ trailing newline; L{vtwisted.console} frames them.  Scripts and the stock
 clients (C{vdeterm}, C{unixcmd}, libvdemgmt) parse these lines, so the
 templates of commands vde_switch has never change; what vtwisted knows
 beyond them (drops by reason, MTU, VLAN transparency, port specs, MAC table
-statistics) is printed by commands of its own (C{port/stats},
-C{port/specs}, C{hash/stats}).
+statistics, the port types installed) is printed by commands of its own
+(C{port/stats}, C{port/specs}, C{port/types}, C{hash/stats}).
 """
 
 from __future__ import annotations
@@ -188,6 +188,23 @@ def specLine(spec: SpecStatus) -> str:
     origin = "runtime" if spec.runtime else "startup"
     state = f" -- {_oneLine(spec.state)}" if spec.state else ""
     return f"Spec {_oneLine(spec.text)} ports={ports} {kind} {origin}{state}"
+
+
+#: Where C{port/types} starts a description, as C{plugin/list} and
+#: C{debug/list} start theirs.
+PORT_TYPE_COLUMN = 23
+
+
+def portTypeLines(types: Sequence[tuple[str, str]]) -> list[str]:
+    """
+    C{port/types}: a header as C{plugin/list}'s, then each port type's
+    prefix and description (one line each), the descriptions' column moved
+    past a prefix too long for it.
+    """
+    width = max([PORT_TYPE_COLUMN, *(len(prefix) + 1 for prefix, _ in types)])
+    return [f"{left:<{width}}{right}" for left, right in [
+        ("PREFIX", "DESCRIPTION"), ("------------", "-----------"),
+        *((_oneLine(prefix), _oneLine(description)) for prefix, description in types)]]
 
 
 def addedLines(text: str, ports: Sequence[int]) -> list[str]:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from vtwisted import errors
+from vtwisted import errors, porttype
 from vtwisted.errors import SwitchError
 from vtwisted.interfaces import IPortService, IRevivablePortService
 from vtwisted.spec import SpecError
@@ -84,6 +84,15 @@ class PortSpecOperations:
                 continue
             down[id(port)] = (text, state())
         return down
+
+    def portTypes(self) -> list[tuple[str, str]]:
+        """
+        Every port type installed, vtwisted's and other distributions',
+        as C{--port} and C{port/add} would find it now: each prefix and its
+        description, by prefix.
+        """
+        return sorted((prefix, portType.description)
+                      for prefix, portType in porttype.portTypes().items())
 
     def specs(self) -> list[SpecStatus]:
         """

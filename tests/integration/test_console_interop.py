@@ -213,7 +213,8 @@ def test_helpListsVdeRowsVerbatim(realSwitch, ourSwitch) -> None:
     assert shared == [row for row in real if row in shared]
     assert len(shared) == len([p for p in ourPaths if p in realPaths]) - 1
     extras = [p for p in ourPaths if p not in realPaths]
-    assert extras == ["hash/stats", "port/stats", "port/impair", "port/specs", "port/add",
+    assert extras == ["hash/stats", "port/stats", "port/impair", "port/specs", "port/types",
+                      "port/add",
                       "port/del", "slirp",
                       "slirp/print", "slirp/hostfwd_add", "slirp/hostfwd_remove", "vxlan",
                       "vxlan/print"]

@@ -80,6 +80,31 @@ def test_noCommandHidesALaterOne() -> None:
             assert not later.startswith(earlier), (earlier, later)
 
 
+def test_portTypesIsOursInThePortMenu() -> None:
+    """
+    port/types, which lists the port types, is vtwisted's own command (no
+    vde_switch command has its name) and help shows it in the port menu.
+    """
+    [command] = [c for c in COMMANDS if c.path == "port/types"]
+    assert not command.vde and command.data and "port/types" not in VDE_HELP_ORDER
+    paths = [c.path for c in COMMANDS]
+    assert paths.index("port") < paths.index("port/types") < paths.index("vlan")
+
+
+def test_portTypesMakesRoomForALongPrefix() -> None:
+    """
+    A port type's name longer than the prefix column moves every
+    description past it; none runs into its name.
+    """
+    from vtwisted.consoleformat import portTypeLines
+
+    lines = portTypeLines([("acme-reflector-port-for-labs", "reflects"), ("vde", "VDE")])
+    assert lines == ["PREFIX                       DESCRIPTION",
+                     "------------                 -----------",
+                     "acme-reflector-port-for-labs reflects",
+                     "vde                          VDE"]
+
+
 def test_helpIsGeneratedInVdeLayout(setup) -> None:
     """help prints vde_switch's header and one 18/15-column row per table entry."""
     interpreter, _, _ = setup

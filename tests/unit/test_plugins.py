@@ -334,6 +334,28 @@ def test_helpListsEveryPortType() -> None:
         assert portType.description.split()[0] in result.stdout
 
 
+def test_consoleListsEveryPortTypeAThirdPartyOneToo(thirdParty: Path) -> None:
+    """
+    port/types on the console lists each installed port type, one from
+    another distribution included, with its description, in a table as
+    plugin/list's.
+    """
+    from twisted.internet.task import Clock
+
+    from vtwisted.app import buildService
+    from vtwisted.console import CommandInterpreter
+
+    service = buildService(Clock(), [], defaultSock=False, rcfile=None)
+    reply = CommandInterpreter(service.operations).execute("port/types").text.split("\n")
+    assert reply[:3] == ["0000 DATA END WITH '.'", "PREFIX                 DESCRIPTION",
+                         "------------           -----------"]
+    assert reply[-3:] == [".", "1000 Success", ""]
+    rows = reply[3:-3]
+    types = portTypes()
+    assert "acme" in types
+    assert rows == [f"{prefix:<22} {types[prefix].description}" for prefix in sorted(types)]
+
+
 def descriptionColumns(usage: str, width: int) -> set[int]:
     """
     Where each line of C{usage}'s port type listing puts its description,
