@@ -50,7 +50,7 @@ log = Logger()
 
 
 def _defaultSockSpec() -> str:
-    from vtwisted.ports.vde import defaultDirectory
+    from vtwisted.ports.vdefiles import defaultDirectory
 
     return "vde:" + escape(defaultDirectory())
 

@@ -7,7 +7,8 @@ Theory of operation
 L{VdeSwitchDirectory} makes C{DIR}, listens on C{DIR/ctl} and removes
 everything it made when it stops; at start it removes the data sockets a
 switch killed there left behind (nothing holds them), so that C{DIR} goes
-at the stop.  Each accepted stream gets a
+at the stop (which files it makes, with what modes, and which it removes:
+L{vtwisted.ports.vdefiles}).  Each accepted stream gets a
 L{VdeControlProtocol}, which waits for one request (see
 L{vtwisted.wire.vdecontrol}), checks the client's socket, connects a
 datagram socket to it I{before} replying (the client unlinks its path as soon
@@ -30,7 +31,6 @@ so a C{port/setvlan} or C{port/impair} made meanwhile stays.
 
 from __future__ import annotations
 
-import errno
 import grp
 import os
 import re
@@ -46,19 +46,28 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import errors
-from vtwisted.consoleformat import userName
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.vdelink import VdeDataLink
-from vtwisted.sockettools import (
-    claimSocketPath,
-    growSendBuffer,
-    listenError,
-    peerCredentials,
-    removeStaleDatagramSockets,
+from vtwisted.ports.vdefiles import (
+    DATA_SOCKET_NAME,
+    DEFAULT_DIRMODE,
+    DEFAULT_MODE,
+    DirectoryFiles,
+    defaultDirectory,
+    deriveModes,
 )
+from vtwisted.ports.vdelink import VdeDataLink
+from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError, peerCredentials
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vdecontrol
+
+#: What this module offered before the directory's files moved to
+#: L{vtwisted.ports.vdefiles}, still importable from here.
+__all__ = [
+    "DATA_SOCKET_NAME", "DEFAULT_DIRMODE", "DEFAULT_MODE", "REQUEST_TIMEOUT", "SEND_BUFFER",
+    "VdeControlProtocol", "VdeSwitchDirectory", "defaultDirectory", "deriveModes",
+    "makeService",
+]
 
 log = Logger()
 
@@ -66,38 +75,6 @@ log = Logger()
 REQUEST_TIMEOUT = 10.0
 #: Send buffer of each data socket: room for bursts to a slow client.
 SEND_BUFFER = 2 * 1024 * 1024
-DEFAULT_MODE = 0o600
-DEFAULT_DIRMODE = 0o2700
-#: The names of the switch's data sockets in its directory (C{NNN.F}).
-DATA_SOCKET_NAME = re.compile(r"\d{3,}\.\d+$")
-
-
-def defaultDirectory() -> str:
-    """
-    Where vde_switch listens by default: C{/var/run/vde.ctl} for root,
-    C{/tmp/vde.ctl} for anyone else.
-    """
-    return "/var/run/vde.ctl" if os.geteuid() == 0 else "/tmp/vde.ctl"
-
-
-def deriveModes(mode: int | None, dirmode: int | None) -> tuple[int, int]:
-    """
-    The control socket and directory modes, following vde_switch's rules:
-    C{-m} alone opens the directory to whoever the socket is open to,
-    C{--dirmode} alone sets the socket to the directory's read/write bits.
-    """
-    if mode is None and dirmode is None:
-        return DEFAULT_MODE, DEFAULT_DIRMODE
-    if dirmode is None:
-        assert mode is not None
-        derived = 0o2000
-        for shift in (6, 3, 0):
-            if mode & (0o7 << shift):
-                derived |= ((mode >> shift) & 0o7 | 0o1) << shift
-        return mode, derived
-    if mode is None:
-        return dirmode & 0o666, dirmode
-    return mode, dirmode
 
 
 class _Rejected(Exception):
@@ -215,10 +192,10 @@ class VdeSwitchDirectory(Service):
         self.group = group
         self.options = options or PortOptions()
         self.spec = spec or f"vde:{directory}"
+        self.files = DirectoryFiles(self.directory, self.mode, self.dirmode, group, self.spec)
         self.links: list[VdeDataLink] = []
         self.rejections: dict[str, int] = {}
         self._listening: Any = None
-        self._madeDirectory = False
         if len(os.fsencode(self.directory)) + 12 >= vdecontrol.SUN_PATH_LENGTH:
             raise ValueError(f"{self.spec}: directory path {self.directory!r} is too long")
 
@@ -234,12 +211,9 @@ class VdeSwitchDirectory(Service):
         log.info("{spec}: listening on {path}", spec=self.spec, path=self.ctlPath)
 
     def _startListening(self) -> None:
-        self._prepareDirectory()
+        self.files.prepare()
         claimSocketPath(self.ctlPath, self.spec, "another switch")
-        stale = removeStaleDatagramSockets(self.directory, DATA_SOCKET_NAME)
-        if stale:
-            log.info("{spec}: removed {n} data sockets a switch left in {dir} ({names})",
-                     spec=self.spec, n=len(stale), dir=self.directory, names=" ".join(stale))
+        self.files.removeStale()
         factory = Factory.forProtocol(lambda: VdeControlProtocol(self))
         try:
             self._listening = self.reactor.listenUNIX(
@@ -247,7 +221,7 @@ class VdeSwitchDirectory(Service):
             )
         except Exception as e:
             raise listenError(f"{self.spec}: cannot listen on {self.ctlPath}", e) from e
-        self._chgrp(self.ctlPath)
+        self.files.chgrp(self.ctlPath)
 
     def _undoStart(self) -> None:
         """
@@ -257,34 +231,12 @@ class VdeSwitchDirectory(Service):
         directory if this start made it.
         """
         listening, self._listening = self._listening, None
-        made, self._madeDirectory = self._madeDirectory, False
+        made, self.files.made = self.files.made, False
         stopped = maybeDeferred(listening.stopListening) if listening is not None \
             else succeed(None)
         if made:
             stopped.addBoth(self._removeDirectory)
         stopped.addErrback(lambda failure: None)
-
-    def _prepareDirectory(self) -> None:
-        try:
-            os.mkdir(self.directory, 0o777)
-            self._madeDirectory = True
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise OSError(
-                e.errno, f"{self.spec}: cannot create {self.directory}: {e.strerror}"
-            ) from e
-        if not os.path.isdir(self.directory):
-            raise OSError(
-                errno.ENOTDIR, f"{self.spec}: {self.directory} exists and is not a directory"
-            )
-        self._chgrp(self.directory)
-        try:
-            os.chmod(self.directory, self.dirmode)
-        except OSError as e:  # a directory another user left (EPERM)
-            owner = userName(os.stat(self.directory).st_uid)
-            raise OSError(e.errno, f"{self.spec}: cannot set the mode of {self.directory} "
-                          f"(it is {owner}'s): {e.strerror}") from e
 
     def stopService(self) -> Any:
         super().stopService()
@@ -298,20 +250,8 @@ class VdeSwitchDirectory(Service):
         return maybeDeferred(listening.stopListening).addBoth(self._removeDirectory)
 
     def _removeDirectory(self, result: Any = None) -> Any:
-        try:
-            os.rmdir(self.directory)
-        except OSError:
-            pass
+        self.files.remove()
         return result
-
-    def _chgrp(self, path: str) -> None:
-        if self.group is not None:
-            try:
-                os.chown(path, -1, self.group)
-            except OSError as e:
-                raise OSError(
-                    e.errno, f"{self.spec}: cannot set group of {path}: {e.strerror}"
-                ) from e
 
     # Clients
 
@@ -426,32 +366,17 @@ class VdeSwitchDirectory(Service):
 
     def _bindDataSocket(self, sock: socket.socket, path: str, uid: int, portZero: bool) -> None:
         """
-        Bind a client's data socket as vde_switch does: the client's as
-        owner when the switch is root, the control socket's mode (only its
-        owner bits when root) and the switch's group; port 0, the
-        management port, the console's mode and group instead (the group
-        of the switch if the console has none).
+        Bind a client's data socket (L{DirectoryFiles.bindDataSocket}); port
+        0's takes the console's mode and group.
+
+        @raise _Rejected: it cannot be bound or set up.
         """
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        mode = self.mode
-        group = self.group
+        console = None
         if portZero:
-            mode = getattr(self.parent, "consoleMode", DEFAULT_MODE)
-            consoleGroup = getattr(self.parent, "consoleGroup", None)
-            if consoleGroup is not None:
-                group = consoleGroup
+            console = (getattr(self.parent, "consoleMode", DEFAULT_MODE),
+                       getattr(self.parent, "consoleGroup", None))
         try:
-            sock.bind(path)
-            if os.geteuid() == 0:
-                os.chown(path, uid, -1)
-                os.chmod(path, mode if portZero else mode & 0o700)
-            else:
-                os.chmod(path, mode)
-            if group is not None:
-                os.chown(path, -1, group)
+            self.files.bindDataSocket(sock, path, uid, console)
         except OSError as e:
             raise _Rejected(
                 f"cannot bind {path}: {e.strerror} (errno {e.errno})",
