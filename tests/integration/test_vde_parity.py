@@ -110,6 +110,39 @@ def test_hangupLeavesTheSwitchRunning(both, processes) -> None:
         assert not switch.sock.exists(), (switch.name, os.listdir(switch.sock))
 
 
+def clientSockets(switch: Switch) -> list[str]:
+    """The clients' own sockets in the switch's directory (libvdeplug's C{.PID-SEQ})."""
+    return sorted(n for n in os.listdir(switch.sock) if re.match(r"^\.\d+-\d+$", n))
+
+
+def test_aClientKilledInItsHandshakeLeavesItsOwnSocketAlone(both, processes) -> None:
+    """
+    A vde_plug killed (SIGKILL) before the switch answered it (the switch
+    held with SIGSTOP meanwhile) leaves its own socket in the directory; at
+    SIGTERM each switch removes its files (a later client's data socket,
+    the control socket) but not that one, so the directory stays with it
+    alone, and vtwisted's log says so.
+    """
+    need("vde_plug")
+    for switch in both():
+        switch.process.send_signal(signal.SIGSTOP)
+        try:
+            killed = StreamPlug(processes, f"vde://{switch.sock}")
+            waitFor(lambda s=switch: clientSockets(s), what=f"a client's socket on {switch.name}")
+            [left] = clientSockets(switch)
+            killed.process.kill()
+            killed.process.wait(10)
+        finally:
+            switch.process.send_signal(signal.SIGCONT)
+        StreamPlug(processes, f"vde://{switch.sock}")
+        waitFor(lambda s=switch: len(s.dataSockets()) == 1, what=f"a client on {switch.name}")
+        processes.stop(switch.process)
+        assert os.listdir(switch.sock) == [left], switch.name
+        if switch.log is not None:
+            assert (f"{switch.sock} stays: it holds files the switch did not make ({left})"
+                    in switch.log.read_text())
+
+
 FORGER = """
 import socket, sys
 from vtwisted.wire import vdecontrol

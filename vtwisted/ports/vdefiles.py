@@ -20,13 +20,14 @@ the data sockets, which L{DirectoryFiles.bindDataSocket} sets).
 The switch removes only the files it made, as C{vde_switch} does: its
 control socket (Twisted does, when the port stops listening), each data
 socket when its client goes (L{vtwisted.ports.vdelink.VdeDataLink.close}),
-and C{DIR} at the stop
+one it bound for a client it then had to refuse, and C{DIR} at the stop
 (L{DirectoryFiles.remove}), which goes only if nothing else is in it.  At
 start it also removes the data sockets a switch killed there left
 (L{DirectoryFiles.removeStale}): names of the switch's C{NNN.F} form that
 nothing holds any more.  A client's own socket is never removed: a client
 killed in its handshake (before it unlinked it) leaves it, and C{DIR}
-stays, as with C{vde_switch}.
+stays, as with C{vde_switch}; the stop says so in the log, naming what is
+left.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ DEFAULT_MODE = 0o600
 DEFAULT_DIRMODE = 0o2700
 #: The names of the switch's data sockets in its directory (C{NNN.F}).
 DATA_SOCKET_NAME = re.compile(r"\d{3,}\.\d+$")
+#: How many of the names left in a directory its stop logs.
+NAMES_LOGGED = 5
 
 
 def defaultDirectory() -> str:
@@ -148,7 +151,8 @@ class DirectoryFiles:
         owner when the switch is root, the control socket's mode (only its
         owner bits when root) and the switch's group; port 0's, the
         management port's, C{console}'s mode and group instead (the group
-        of the switch if the console has none).
+        of the switch if the console has none).  A socket bound but not
+        set up is unlinked again.
 
         @param console: the console's mode and group, for port 0's socket.
         @raise OSError: it cannot be bound or set up.
@@ -164,19 +168,42 @@ class DirectoryFiles:
             if console[1] is not None:
                 group = console[1]
         sock.bind(path)
-        if os.geteuid() == 0:
-            os.chown(path, uid, -1)
-            os.chmod(path, mode if console is not None else mode & 0o700)
-        else:
-            os.chmod(path, mode)
-        if group is not None:
-            os.chown(path, -1, group)
+        try:
+            if os.geteuid() == 0:
+                os.chown(path, uid, -1)
+                os.chmod(path, mode if console is not None else mode & 0o700)
+            else:
+                os.chmod(path, mode)
+            if group is not None:
+                os.chown(path, -1, group)
+        except OSError:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
 
     def remove(self) -> None:
         """
-        Remove the directory if nothing is left in it.
+        Remove the directory if nothing is left in it; else log that it
+        stays, and what is in it (a client's socket, say, or anything a
+        user put there), which is not the switch's to remove.
         """
         try:
             os.rmdir(self.path)
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError as e:
+            try:
+                names = sorted(os.listdir(self.path))
+            except OSError:
+                names = []
+            if e.errno == errno.ENOTEMPTY and names:
+                shown = " ".join(names[:NAMES_LOGGED])
+                if len(names) > NAMES_LOGGED:
+                    shown += f" and {len(names) - NAMES_LOGGED} more"
+                log.warn("{spec}: {dir} stays: it holds files the switch did not make "
+                         "({names})", spec=self.spec, dir=self.path, names=shown)
+            else:
+                log.warn("{spec}: cannot remove {dir}: {error} (errno {errno})",
+                         spec=self.spec, dir=self.path, error=e.strerror, errno=e.errno)
