@@ -130,9 +130,11 @@ class SwitchService(MultiService):
             message = startFailure(e, spec)
             _removePidFile(self.pidFile, self._pidFileIdentity)
             line = f"vswitch: {message}"
-            if _tellParent(self.runner, line):
-                # the parent exits with it at once: the log has it first
+            if _waitingParent(self.runner) is not None:
+                # The parent exits as soon as it is told, and whoever ran
+                # twistd may read the log then: write it there first.
                 log.error("{line}", line=line)
+                _tellParent(self.runner, line)
                 raise SystemExit(1) from None
             _tellTerminal(self.runner, line)
             raise SystemExit(line) from None  # printed to the log by twistd
@@ -220,15 +222,25 @@ class SwitchService(MultiService):
         return service.disownServiceParent()
 
 
+def _waitingParent(runner: Any) -> int | None:
+    """
+    The pipe to the parent a daemonising C{twistd} left waiting for the
+    start's outcome, if there is one.
+    """
+    return runner.get("statusPipe") if runner is not None else None
+
+
 def _tellParent(runner: Any, line: str) -> bool:
     """
     Hand C{line} (without its C{vswitch:}) to the parent a daemonising
     C{twistd} left waiting for the start's outcome, which prints it (its
-    first 98 bytes) on its standard error and exits with status 1.
+    first 98 bytes) on its standard error and exits with status 1 at once:
+    what the parent's caller should find (the log's line, no files left)
+    must be done before.
 
     @return: whether there is such a parent.
     """
-    pipe = runner.get("statusPipe") if runner is not None else None
+    pipe = _waitingParent(runner)
     if pipe is None:
         return False
     runner["statusPipe"] = None

@@ -71,6 +71,55 @@ def test_aPortThatCannotStartEndsTwistdWithItsMessage(tmp_path) -> None:
                                       "directory (errno 2)")
 
 
+def test_aDaemonsParentIsToldOnlyOnceTheLogHasTheLineAndTheFilesAreGone(tmp_path) -> None:
+    """
+    A daemon's start that fails tells its waiting parent (which then exits,
+    and whoever ran twistd reads the log) only after the line is in the
+    log and the directory and the pid file are gone: telling it first let
+    a busy machine's test read the log before the line was there.
+    """
+    import os
+    import select
+    from typing import cast
+
+    from twisted.logger import ILogObserver, globalLogPublisher
+
+    read, write = os.pipe()
+    pidFile = tmp_path / "sw.pid"
+    pidFile.write_text(str(os.getpid()))
+    directory = tmp_path / "sw"
+    spec = f"vde:{directory}:group=0"
+    service = buildService(MemoryReactorClock(), [spec], defaultSock=False)
+    service.exitOnFailure = True
+    service.pidFile = str(pidFile)
+    service.runner = {"statusPipe": write, "pidfile": str(pidFile)}
+    seen = []
+
+    def observer(event: dict) -> None:
+        if event.get("log_format") == "{line}" and event.get("line", "").startswith("vswitch:"):
+            toldAlready = bool(select.select([read], [], [], 0)[0])
+            seen.append((toldAlready, directory.exists(), pidFile.exists()))
+
+    globalLogPublisher.addObserver(cast(ILogObserver, observer))
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            def chown(path, uid, gid) -> None:
+                raise PermissionError(1, "Operation not permitted")
+
+            patch.setattr(os, "chown", chown)
+            with pytest.raises(SystemExit) as exited:
+                service.privilegedStartService()
+                service.startService()
+    finally:
+        globalLogPublisher.removeObserver(cast(ILogObserver, observer))
+    assert exited.value.code == 1
+    assert seen == [(False, False, False)]
+    told = os.read(read, 200)
+    os.close(read)
+    line = f"{spec}: cannot set group of {directory}: Operation not permitted (errno 1)"
+    assert told == (b"1 " + line.encode())[:100]
+
+
 def test_startFailuresWithoutAnErrnoInTheirTextGetOne(tmp_path) -> None:
     """
     A VDE directory that cannot be made ends twistd with the spec, the path,
