@@ -6,6 +6,7 @@ and runs of datagrams both ways.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from typing import Any
 
@@ -149,7 +150,10 @@ def _engineWithFakeSockets() -> tuple[Clock, UdpNat, list[int]]:
         def stopListening(self) -> None:
             closed.append(self.n)
 
-    ports = iter(range(10))
+        def getHost(self) -> Any:
+            return type("A", (), {"port": 40000 + self.n})()
+
+    ports = itertools.count()
 
     def listenUDP(port: int, protocol: Any, interface: str, maxPacketSize: int) -> FakePort:
         protocol.transport = type("T", (), {"write": lambda self, d, a: None})()
@@ -232,9 +236,9 @@ async def test_runOfGuestDatagramsReachesTheHostAsTheSameDatagrams(offload: bool
 
 def test_answeredDnsMappingsMakeRoomInAFullTable() -> None:
     """
-    With the table full, a new guest source gets a socket in place of the
-    DNS-only mappings whose every query was answered; one still waiting
-    for an answer, and other mappings, stay open.
+    With the table full, a new guest source gets a socket in place of a
+    DNS-only mapping whose every query was answered; one still waiting
+    for an answer stays open longer than flows never answered.
     """
     clock, engine, closed = _engineWithFakeSockets()
     engine.maxMappings = 4
@@ -248,7 +252,8 @@ def test_answeredDnsMappingsMakeRoomInAFullTable() -> None:
     assert closed == [0], "only source 1 had all its queries answered"
     assert sorted(port for _, port in engine.mappings) == [2, 3, 4, 5]
     engine.datagramReceived(GUEST, 6, GATEWAY, 9, b"data", b"")
-    assert (GUEST, 6) not in engine.mappings, "nothing more to reclaim: dropped"
+    assert closed == [0, 3], "then the oldest never answered: source 4, not a DNS query"
+    assert sorted(port for _, port in engine.mappings) == [2, 3, 5, 6]
     engine.close()
 
 
@@ -296,4 +301,129 @@ def test_forwardClientsKeepTheirSessionsWhileOthersComeAndGo() -> None:
         clock.advance(5)
     engine.datagramReceived(GUEST, 5000, GATEWAY, 40000, b"late", b"")
     assert len(sent) == 60 and len(mappings) == 1, "the idle session was forgotten"
+    engine.close()
+
+
+# A full table makes room (vtwisted.slirp.udptable)
+
+
+def _answer(engine: UdpNat, source: int, times: int = 1) -> None:
+    """
+    The host peer of guest source C{source} answers it C{times} times.
+    """
+    for _ in range(times):
+        engine.mappings[(GUEST, source)].datagramReceived(b"answer", ("127.0.0.1", 9))
+
+
+def test_burstOfOneShotFlowsNeverStopsNewFlows() -> None:
+    """
+    Thousands of guest source ports, each sending once (a soak's one-shot
+    flows), never leave the next flow or DNS query without a socket, and a
+    busy stream keeps its own throughout.
+    """
+    from vtwisted.slirp.udp import MAX_MAPPINGS
+
+    clock, engine, closed = _engineWithFakeSockets()
+    drops: list[tuple[str, str]] = []
+    engine.network.dropped = lambda reason, message: drops.append((reason, message))  # type: ignore[method-assign]
+    engine.datagramReceived(GUEST, 1, GATEWAY, 9, b"stream", b"")
+    stream = engine.mappings[(GUEST, 1)]
+    for n in range(3 * MAX_MAPPINGS):
+        engine.datagramReceived(GUEST, 10000 + n, GATEWAY, 9, b"once", b"")
+        if n % 100 == 0:
+            engine.datagramReceived(GUEST, 1, GATEWAY, 9, b"stream", b"")
+            _answer(engine, 1)
+            clock.advance(1)
+    engine.datagramReceived(GUEST, 2, DNS, 53, b"query", b"")
+    assert (GUEST, 2) in engine.mappings, "the DNS query has its socket"
+    assert engine.mappings.get((GUEST, 1)) is stream, "the stream was never evicted"
+    assert drops == []
+    assert len(engine.mappings) == MAX_MAPPINGS
+    assert engine.eviction.evicted == 2 * MAX_MAPPINGS + 2
+    assert len(closed) == engine.eviction.evicted
+    assert engine.summary().startswith(f"UDP: {MAX_MAPPINGS} of {MAX_MAPPINGS} host sockets "
+                                       f"in use, {2 * MAX_MAPPINGS + 2} evicted for new guest "
+                                       "sources; 0 ICMP errors")
+    engine.close()
+
+
+def test_busyStreamsOutliveIdleMappings() -> None:
+    """
+    In a full table of streams, a new source takes the place of the one
+    idle longest; streams busy both ways in the last sweep go last.
+    """
+    clock, engine, closed = _engineWithFakeSockets()
+    engine.maxMappings = 4
+    for source in (1, 2, 3, 4):
+        for _ in range(2):
+            engine.datagramReceived(GUEST, source, GATEWAY, 9, b"data", b"")
+        _answer(engine, source)
+    clock.advance(5)  # every stream was active
+    for sweep in range(3):
+        for source in (1, 4) if sweep == 2 else (1, 3, 4):
+            engine.datagramReceived(GUEST, source, GATEWAY, 9, b"data", b"")
+            _answer(engine, source)
+        clock.advance(5)  # 2 is idle for three sweeps, 3 for one
+    for source in (5, 6, 7):
+        engine.datagramReceived(GUEST, source, GATEWAY, 9, b"new", b"")
+    assert closed == [1, 2, 0], "idle 2, then idle 3, then the oldest busy one"
+    engine.close()
+
+
+def test_mappingUsedSinceItWasRankedStays() -> None:
+    """
+    A mapping ranked for eviction that carries a datagram before its turn
+    comes is passed over.
+    """
+    clock, engine, closed = _engineWithFakeSockets()
+    engine.maxMappings = 4
+    for source in (1, 2, 3, 4):
+        engine.datagramReceived(GUEST, source, GATEWAY, 9, b"once", b"")
+    engine.datagramReceived(GUEST, 5, GATEWAY, 9, b"once", b"")
+    assert closed == [0]
+    _answer(engine, 2)
+    engine.datagramReceived(GUEST, 6, GATEWAY, 9, b"once", b"")
+    assert closed == [0, 2], "source 2 was answered after the ranking: source 3 went"
+    engine.close()
+
+
+def test_fullTableIsRankedOncePerBatchAndLoggedOnce() -> None:
+    """
+    A burst of new sources at a full table looks at the whole table once
+    per L{CANDIDATES} of them, not once each, and the log says once that
+    the table is full.
+    """
+    from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+    from zope.interface import provider
+
+    from vtwisted.slirp.udptable import CANDIDATES, EvictionOrder
+
+    clock, engine, closed = _engineWithFakeSockets()
+    engine.maxMappings = 256
+    ranks: list[int] = []
+    original = EvictionOrder._rank
+
+    def counting(self: EvictionOrder) -> bool:
+        ranks.append(len(self.mappings))
+        return original(self)
+
+    events: list[dict[str, Any]] = []
+
+    @provider(ILogObserver)
+    def observer(event: dict[str, Any]) -> None:
+        events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    try:
+        EvictionOrder._rank = counting  # type: ignore[method-assign]
+        for source in range(256 + 4 * CANDIDATES):
+            engine.datagramReceived(GUEST, 1000 + source, GATEWAY, 9, b"once", b"")
+    finally:
+        EvictionOrder._rank = original  # type: ignore[method-assign]
+        globalLogPublisher.removeObserver(observer)
+    assert len(closed) == 4 * CANDIDATES
+    assert ranks == [256] * 4
+    warnings = [e for e in events if e.get("log_level") == LogLevel.warn
+                and "host sockets are in use" in e.get("log_format", "")]
+    assert len(warnings) == 1 and warnings[0]["cap"] == 256
     engine.close()

@@ -128,8 +128,7 @@ def describe(svc: Any) -> list[str]:
                  f"{tcp.forwardsRefused} refused by guests, {tcp.forwardsUnanswered} "
                  f"unanswered, {tcp.forwardsFailed} failed on their ICMP errors; "
                  f"{tcp.errorsIgnored} ICMP errors from guests ignored")
-    lines.append(f" UDP: {svc.udp.errorsIgnored} ICMP errors from guests ignored (about "
-                 "no forward's datagram)")
+    lines.append(" " + svc.udp.summary())
     lines += [" " + line for line in tcp.describe()]
     lines += [" " + line for line in svc.udp.describe()]
     if router.tftp is not None:

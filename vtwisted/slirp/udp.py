@@ -39,9 +39,19 @@ with a small TTL (traceroute's probes) leaves the host with one less, so
 the routers beyond answer as they would to the guest.
 
 A mapping that carried nothing for 240 s is closed, one that only carried
-DNS after 10 s, or at once when the table is full and every query it sent
-was answered.  Instead of a timer per datagram, traffic marks the mapping
+DNS after 10 s.  Instead of a timer per datagram, traffic marks the mapping
 and a sweep every L{SWEEP} seconds closes what stayed unmarked long enough.
+A new guest source that finds the table full (L{MAX_MAPPINGS}, or fewer
+under a small descriptor limit) takes the place of the least useful
+mapping, as Linux conntrack's C{early_drop} makes room: first one whose
+DNS queries were all answered, then one never answered (a one-shot flow,
+or a query given up on), then one with a single exchange, and only then a
+stream (answered, and sending again); within each, the one idle for the
+most sweeps, then the one not marked since the last sweep, then the
+oldest.  So a burst of one-shot flows pushes out its own kind, not a busy
+stream, and a new flow, DNS included, is never refused for want of room
+(L{vtwisted.slirp.udptable}, which keeps the datagram path as it was: the
+work is done only when a full table takes a new source).
 
 Host port forwards (C{hostfwd=udp:...}) work the other way round: a datagram
 to the forward's host socket (its own, bound where the forward says) goes to
@@ -75,6 +85,7 @@ from vtwisted.slirp.guesterrors import GuestError, Quote
 from vtwisted.slirp.packets import SegmentRun
 from vtwisted.slirp.udpforward import ForwardSocket
 from vtwisted.slirp.udpmapping import UdpMapping
+from vtwisted.slirp.udptable import EvictionOrder
 from vtwisted.wire import ipv4
 
 log = Logger()
@@ -125,8 +136,10 @@ class UdpNat:
         #: Whether the kernel cuts runs of datagrams for us (C{UDP_SEGMENT}).
         self.segmentOffload = True
         self._flushCall: Any = None
-        #: Whether a DNS answer came since the last L{reclaim}.
-        self.dnsAnswered = False
+        #: Which mapping a full table gives up for a new guest source.
+        self.eviction = EvictionOrder(self.mappings)
+        #: Whether the table was ever full (that is logged once).
+        self.filled = False
         #: ICMP errors from guests about UDP that no forward sent (L{errorReceived}).
         self.errorsIgnored = 0
 
@@ -226,11 +239,11 @@ class UdpNat:
         session[0].errorReceived(error, quote.dstPort, session[1])
 
     def _open(self, src: bytes, srcPort: int) -> UdpMapping | None:
-        if len(self.mappings) >= self.maxMappings and self.dnsAnswered:
-            self.reclaim()
         if len(self.mappings) >= self.maxMappings:
-            self.network.dropped("busy", f"UDP: {self.maxMappings} guest sources have sockets")
-            return None
+            self._makeRoom()
+            if len(self.mappings) >= self.maxMappings:
+                self.network.dropped("busy", f"UDP: room for {self.maxMappings} guest sources")
+                return None
         try:
             mapping = self._listen((src, srcPort))
         except Exception as e:
@@ -299,6 +312,7 @@ class UdpNat:
             if mapping.idle >= (DNS_IDLE_SWEEPS if mapping.onlyDns else IDLE_SWEEPS):
                 del self.mappings[key]
                 mapping.listeningPort.stopListening()
+        self.eviction.forget()
         self._sessionSweeps += 1
         if self._sessionSweeps >= IDLE_SWEEPS or len(self.sessions) > MAX_MAPPINGS:
             # Forward sessions used since the last rotation are kept (and
@@ -306,18 +320,31 @@ class UdpNat:
             self._sessionSweeps = 0
             self.oldSessions, self.sessions = self.sessions, {}
 
-    def reclaim(self) -> None:
+    def _makeRoom(self) -> None:
         """
-        Close the mappings that only asked the DNS proxy and got as many
-        answers as they sent queries, to make room in a full table: a
-        resolver's query from a fresh source port each time (as glibc's)
-        would otherwise fill it for 10 s with sockets nothing will use.
+        The table is full: close mappings, the least worth keeping first
+        (L{vtwisted.slirp.udptable}), until a new one fits.
         """
-        self.dnsAnswered = False
-        for key, mapping in list(self.mappings.items()):
-            if mapping.onlyDns and mapping.received >= mapping.sent:
-                del self.mappings[key]
-                mapping.listeningPort.stopListening()
+        if not self.filled:
+            self.filled = True
+            log.warn("slirp UDP: all {cap} host sockets are in use; from now on each new "
+                     "guest source takes the place of the mapping least worth keeping (an "
+                     "answered DNS lookup, then one never answered, then the longest idle), "
+                     "counted as evicted in slirp/print", cap=self.maxMappings)
+        while len(self.mappings) >= self.maxMappings:
+            mapping = self.eviction.evictOne()
+            if mapping is None:
+                return
+            mapping.listeningPort.stopListening()
+
+    def summary(self) -> str:
+        """
+        The table's use and what the engine ignored, in one line for a console.
+        """
+        return (f"UDP: {len(self.mappings)} of {self.maxMappings} host sockets in use, "
+                f"{self.eviction.evicted} evicted for new guest sources; "
+                f"{self.errorsIgnored} ICMP errors from guests ignored (about no forward's "
+                "datagram)")
 
     def describe(self) -> list[str]:
         """
@@ -341,9 +368,10 @@ class UdpNat:
         if self._flushCall is not None and self._flushCall.active():
             self._flushCall.cancel()
         self._flushCall, self._outgoing = None, []
-        mappings, self.mappings = self.mappings, {}
-        for mapping in mappings.values():
+        for mapping in self.mappings.values():
             mapping.listeningPort.stopListening()
+        self.mappings.clear()
+        self.eviction.forget()
         self.sessions.clear()
         self.oldSessions.clear()
 

@@ -95,7 +95,6 @@ class UdpMapping(DatagramProtocol):
             host = host[7:]
         guest, guestPort = self.guest
         if (host, addr[1]) in self.dnsPeers:
-            self.engine.dnsAnswered = True
             self.engine.queue(self.proxy, guest, 53, guestPort, data)
             return
         src = self.peers.get(host)
