@@ -244,7 +244,8 @@ def test_describeNamesThePrefixTheRouterAndTheGuests() -> None:
     router.frameReceived(echo(GUEST))
     lines = router.v6.describe()
     assert "fec0::/64" in lines[0] and "52:56:00:00:00:02" in lines[0]
-    assert lines[1:] == ["guest fec0::15 at 02:00:00:00:00:15"]
+    assert lines[1:] == ["NDP: 1 guests known, 0 forgotten after 5 minutes silent",
+                         "guest fec0::15 at 02:00:00:00:00:15"]
 
 
 def test_malformedPacketsAreCountedNamingTheSource() -> None:

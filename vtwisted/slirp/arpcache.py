@@ -8,12 +8,14 @@ The router answers ARP for the gateway, the DNS proxy and the guest forwards'
 addresses, each with a MAC built from its address (C{52:55:0a:00:02:02}),
 as libslirp does.  It learns guests from their ARP packets (telling the
 DHCP server, whose probes they may answer), DHCP leases and IPv4 frames, keeping up to
-L{ARP_ENTRIES} (the oldest goes first).  A packet for a guest whose MAC is
+L{ARP_ENTRIES} (the one heard from longest ago goes first) and forgetting
+those silent for five minutes (L{vtwisted.slirp.neighbourtable}).  A packet for a guest whose MAC is
 not known yet waits, L{ARP_QUEUE} at most per guest, while one ARP request
 asks for it; if no answer comes within L{ARP_WAIT} seconds they are dropped
 and counted (and the TCP engine told, whose port forwards' SYNs give up on
 a guest that is not there).  Waiting packets are frames or virtio-net
-packets, whose destination MAC is filled in once known.
+packets, whose destination MAC is filled in once known.  A guest that was
+forgotten is asked again in the same way when a packet is for it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from vtwisted.slirp.addresses import dotted
+from vtwisted.slirp.neighbourtable import NEIGHBOUR_AGE, NeighbourTable
 from vtwisted.wire import arp
 from vtwisted.wire.ethernet import BROADCAST, formatMac
 
@@ -48,11 +51,15 @@ class ArpCache:
     The guests' MAC addresses, as one router knows them.
 
     @ivar macs: guest address to MAC.
+    @ivar heard: the guests heard since the last sweep (the router learns
+        from the frames of others).
     """
 
     def __init__(self, router: Any) -> None:
         self.router = router
-        self.macs: dict[bytes, bytes] = {}
+        self.table = NeighbourTable(router.reactor, ARP_ENTRIES)
+        self.macs = self.table.macs
+        self.heard = self.table.heard
         self._pending: dict[bytes, list[tuple[bytes, bool]]] = {}
         self._timers: dict[bytes, Any] = {}
 
@@ -83,10 +90,7 @@ class ArpCache:
         """
         if mac[0] & 1:
             return
-        macs = self.macs
-        if address not in macs and len(macs) >= ARP_ENTRIES:
-            macs.pop(next(iter(macs)))
-        macs[address] = mac
+        self.table.remember(address, mac)
         waiting = self._pending.pop(address, None)
         timer = self._timers.pop(address, None)
         if timer is not None and timer.active():
@@ -122,8 +126,10 @@ class ArpCache:
 
     def close(self) -> None:
         """
-        Drop the packets waiting for guests, and their timers.
+        Drop the packets waiting for guests, and their timers, and stop
+        forgetting silent guests.
         """
+        self.table.close()
         for timer in self._timers.values():
             if timer.active():
                 timer.cancel()
@@ -143,4 +149,6 @@ class ArpCache:
         """
         The guests known, for a console.
         """
-        return [f"guest {dotted(a)} at {formatMac(m)}" for a, m in sorted(self.macs.items())]
+        return [f"ARP: {len(self.macs)} guests known, {self.table.forgotten} forgotten "
+                f"after {NEIGHBOUR_AGE / 60:g} minutes silent"] + [
+            f"guest {dotted(a)} at {formatMac(m)}" for a, m in sorted(self.macs.items())]

@@ -5,7 +5,9 @@ for a guest's MAC (the IPv6 counterpart of L{vtwisted.slirp.arpcache}).
 
 Theory of operation
 -------------------
-Up to L{NDP_ENTRIES} guests are remembered (the oldest goes first).  A
+Up to L{NDP_ENTRIES} guests are remembered (the one heard from longest
+ago goes first), each forgotten once silent for five minutes
+(L{vtwisted.slirp.neighbourtable}): a packet for it then asks again.  A
 packet for a guest whose MAC is not known yet waits, L{NDP_QUEUE} at most
 per guest and L{NDP_LOOKUPS} guests at once, while one neighbour
 solicitation to its solicited-node group asks for it; if no answer comes
@@ -19,6 +21,8 @@ from __future__ import annotations
 
 import ipaddress
 from typing import TYPE_CHECKING, Any
+
+from vtwisted.slirp.neighbourtable import NEIGHBOUR_AGE, NeighbourTable
 
 if TYPE_CHECKING:
     from vtwisted.slirp.router6 import Ipv6Router
@@ -40,12 +44,16 @@ class NeighbourCache6:
     The guests' MAC addresses, as one router's IPv6 side knows them.
 
     @ivar neighbours: guest address to MAC.
+    @ivar heard: the guests heard since the last sweep, at the MAC heard
+        (the router learns from the frames of others).
     """
 
     def __init__(self, side: Ipv6Router) -> None:
         self.side = side
         self.router = side.router
-        self.neighbours: dict[bytes, bytes] = {}
+        self.table = NeighbourTable(side.reactor, NDP_ENTRIES)
+        self.neighbours = self.table.macs
+        self.heard = self.table.heard
         self._pending: dict[bytes, tuple[list[tuple[bytes, bool]], Any]] = {}
 
     def learn(self, address: bytes, mac: bytes) -> None:
@@ -55,10 +63,7 @@ class NeighbourCache6:
         if mac[0] & 1 or address[0] == 0xFF or address == UNSPECIFIED or \
                 address in self.side.macs:
             return
-        neighbours = self.neighbours
-        if address not in neighbours and len(neighbours) >= NDP_ENTRIES:
-            neighbours.pop(next(iter(neighbours)))
-        neighbours[address] = mac
+        self.table.remember(address, mac)
         entry = self._pending.pop(address, None)
         if entry is not None:
             waiting, call = entry
@@ -97,12 +102,22 @@ class NeighbourCache6:
 
     def close(self) -> None:
         """
-        Drop the packets waiting and cancel their timers.
+        Drop the packets waiting and cancel their timers, and stop
+        forgetting silent guests.
         """
+        self.table.close()
         for _, call in self._pending.values():
             if call.active():
                 call.cancel()
         self._pending.clear()
+
+
+    def summary(self) -> str:
+        """
+        How many guests are known and were forgotten, for a console.
+        """
+        return (f"NDP: {len(self.neighbours)} guests known, {self.table.forgotten} forgotten "
+                f"after {NEIGHBOUR_AGE / 60:g} minutes silent")
 
 
 def _text(address: bytes) -> str:

@@ -139,6 +139,8 @@ class SlirpRouter(GuestSender):
         self.broadcast = config.network.broadcast_address.packed
         self.arp = ArpCache(self)
         self.neighbours = self.arp.macs
+        #: The guests heard since the ARP cache's last sweep.
+        self._heard = self.arp.heard
         self.learn = self.arp.learn
         self._hold = self.arp.hold
         self._ident = 0
@@ -330,7 +332,7 @@ class SlirpRouter(GuestSender):
             self.dropped("malformed", f"IPv4 from {dotted(header.src)}: bad header checksum")
             return
         src = header.src
-        if src not in self.neighbours and src != _ZERO and self.config.contains(src):
+        if src not in self._heard and src != _ZERO and self.config.contains(src):
             self.learn(src, frame[offset - 8:offset - 2])
         if header.isFragment:
             whole = self.fragments.add(header, memoryview(frame)[offset:end])

@@ -117,6 +117,7 @@ class Ipv6Router:
         self._own = prefix.network_address.packed[:8]
         self.ndp = NeighbourCache6(self)
         self.neighbours = self.ndp.neighbours
+        self._heard = self.ndp.heard
         self.learn = self.ndp.learn
         self._hold = self.ndp.hold
         self._ident = 0
@@ -145,7 +146,7 @@ class Ipv6Router:
             problem = "truncated packet" if end > len(frame) else "multicast source"
             self.router.dropped("malformed", f"IPv6 from {_text(src)}: {problem}")
             return
-        if src != UNSPECIFIED and self.neighbours.get(src) != ethSrc:
+        if src != UNSPECIFIED and self._heard.get(src) != ethSrc:
             self.learn(src, ethSrc)
         view = memoryview(frame)[:end]
         nextHeader, position = header.nextHeader, offset + 40
@@ -397,7 +398,8 @@ class Ipv6Router:
         The prefix, the router and the guests it knows, for a console.
         """
         lines = [f"IPv6 {self.prefix}, gateway {_text(self.gateway)}, DNS "
-                 f"{_text(self.nameserver)}, router fe80::2 at {formatMac(self.mac)}"]
+                 f"{_text(self.nameserver)}, router fe80::2 at {formatMac(self.mac)}",
+                 self.ndp.summary()]
         lines.extend(f"guest {_text(a)} at {formatMac(m)}"
                      for a, m in sorted(self.neighbours.items()))
         now = self.reactor.seconds()
