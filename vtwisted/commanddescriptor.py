@@ -15,7 +15,9 @@ descriptor and its standard input, output and error only (Twisted closes
 every other descriptor in the child).  Its standard input is a pipe that
 stays open and is never written, so a program that ends at the end of its
 input does not end at once (it is closed when the run is stopped); what it
-writes to its standard output or error is logged with the spec.
+writes to its standard output is logged with the spec as information, to
+its standard error as warnings, unless C{stdout=} or C{stderr=} sends it
+nowhere or to a file (L{vtwisted.commandoutput}).
 
 For C{stream} the switch's end is an ordinary Twisted connection
 (C{adoptStreamConnection}); for C{dgram} and C{seqpacket}, which Twisted
@@ -45,9 +47,11 @@ from typing import Any
 from twisted.internet import abstract, main
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from vtwisted import processgroups
+from vtwisted.commandoutput import LOG, OutputFiles
 from vtwisted.processes import STOP_GRACE, CommandEndpoint, CommandError, CommandRun
 from vtwisted.sockettools import growSendBuffer
 
@@ -131,7 +135,7 @@ class DescriptorRun(CommandRun):
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == 1:
-            self._output = self.endpoint.heard(self._output, data)
+            self._output = self.endpoint.heard(self._output, data, LogLevel.info)
         else:
             super().childDataReceived(childFD, data)
 
@@ -142,7 +146,7 @@ class DescriptorRun(CommandRun):
         return f"{self.commandLine} (pid {self.pid}, {self.kind} socket on fd {CHILD_FD})"
 
     def processEnded(self, reason: Failure) -> None:
-        self.endpoint.say(self._output)
+        self.endpoint.say(self._output, LogLevel.info)
         super().processEnded(reason)
         self._exit = reason
         connection = self.connection
@@ -316,15 +320,19 @@ class DescriptorEndpoint(CommandEndpoint):
     """
 
     def __init__(self, reactor: Any, argv: list[str], spec: str, kind: str,
-                 maxMessage: int) -> None:
+                 maxMessage: int, stdout: str = LOG, stderr: str = LOG) -> None:
         """
         @param argv: the command, with C{{fd}} where its descriptor's number
             goes (see L{placeDescriptor}).
         @param maxMessage: the longest message read from a C{dgram} or
             C{seqpacket} socket.
+        @param stdout: where its standard output goes: C{log}, C{off} or a
+            file's absolute path (L{vtwisted.commandoutput.parseOutput}).
+        @param stderr: the same, for its standard error.
         @raise CommandError: C{argv} has no C{{fd}}, or other braces.
         """
-        super().__init__(reactor, placeDescriptor(argv, CHILD_FD), spec)
+        super().__init__(reactor, placeDescriptor(argv, CHILD_FD), spec, stderr=stderr)
+        self.stdout = stdout
         self.kind = kind
         self.maxMessage = maxMessage
 
@@ -340,18 +348,24 @@ class DescriptorEndpoint(CommandEndpoint):
                                               "at once already"))
         protocol = protocolFactory.buildProtocol(None)
         try:
+            outputs = OutputFiles(self.stdout, self.stderr)
+        except ValueError as e:
+            return fail(e)
+        try:
             ours, theirs = socketPair(self.kind)
         except OSError as e:
+            outputs.close()
             return fail(e)
         run = DescriptorRun(self, protocol)
         try:
             self.reactor.spawnProcess(
                 run, self.running[0], self.running, env=dict(os.environ),
-                childFDs={0: "w", 1: "r", 2: "r", CHILD_FD: theirs.fileno()})
+                childFDs={0: "w", **outputs.childFDs, CHILD_FD: theirs.fileno()})
         except OSError as e:
             ours.close()
             return fail(e)
         finally:
+            outputs.close()
             theirs.close()
         try:
             if self.kind == "stream":

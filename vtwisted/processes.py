@@ -18,7 +18,8 @@ C{readConnectionLost} when the command closes its output), pausing stops
 reading its output, C{abortConnection} kills it, and C{getPeer} names it.
 What the command writes to its standard error is logged with the spec,
 each line once until the endpoint's owner calls L{CommandEndpoint.worked}:
-a command that fails again and again says each thing once.  Runs that
+a command that fails again and again says each thing once; or it goes
+nowhere or to a file (C{stderr=}, L{vtwisted.commandoutput}).  Runs that
 failed (L{CommandEndpoint.failed}) make the next one wait longer
 (L{CommandEndpoint.delay}, for whoever runs it again), at most
 32 runs of one command go at once (guests cannot make the switch fork
@@ -52,11 +53,12 @@ from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import processgroups
+from vtwisted.commandoutput import LOG, OutputFiles
 from vtwisted.commandsocket import RunConnection, loopbackPair
 from vtwisted.processgroups import STOP_GRACE, stopGroup
 
@@ -280,10 +282,12 @@ class CommandEndpoint:
     """
 
     def __init__(self, reactor: Any, argv: list[str], spec: str, socket: bool = False,
-                 maxRuns: int = MAX_RUNS) -> None:
+                 maxRuns: int = MAX_RUNS, stderr: str = LOG) -> None:
         """
         @param socket: give the command a socket, not pipes (see the
             module docstring).
+        @param stderr: where its standard error goes: C{log}, C{off} or a
+            file's absolute path (L{vtwisted.commandoutput.parseOutput}).
         @param maxRuns: runs of the command at once at most; a connection
             beyond fails with C{EAGAIN} (guests cannot make the switch fork
             without end).
@@ -293,6 +297,7 @@ class CommandEndpoint:
         self.spec = spec
         self.socket = socket
         self.maxRuns = maxRuns
+        self.stderr = stderr
         #: The runs not ended yet (their process transports).
         self.runs: set[Any] = set()
         #: Runs in a row that failed (see L{failed}).
@@ -333,10 +338,17 @@ class CommandEndpoint:
         if self.socket:
             return self._connectSocket(protocol)
         try:
+            outputs = OutputFiles(LOG, self.stderr)
+        except ValueError as e:
+            return fail(e)
+        try:
             self.reactor.spawnProcess(_CommandPipes(protocol, self), self.running[0],
-                                      self.running, env=dict(os.environ))
+                                      self.running, env=dict(os.environ),
+                                      childFDs={0: "w", 1: "r", 2: outputs.childFDs[2]})
         except OSError as e:
             return fail(e)
+        finally:
+            outputs.close()
         return succeed(protocol)
 
     def _connectSocket(self, protocol: Any) -> Deferred[Any]:
@@ -345,19 +357,23 @@ class CommandEndpoint:
         except OSError as e:
             return fail(e)
         run = CommandRun(self)
+        outputs: OutputFiles | None = None
         try:
+            outputs = OutputFiles(LOG, self.stderr)
             self.reactor.spawnProcess(
                 run, self.running[0], self.running, env=dict(os.environ),
-                childFDs={0: theirs.fileno(), 1: theirs.fileno(), 2: "r"})
+                childFDs={0: theirs.fileno(), 1: theirs.fileno(), 2: outputs.childFDs[2]})
             factory = Factory.forProtocol(
                 lambda: RunConnection(protocol, lambda: self.connectionEnded(run)))
             ours.setblocking(False)
             self.reactor.adoptStreamConnection(ours.fileno(), AF_INET, factory)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             if run.pid is not None:
                 self.connectionEnded(run)
             return fail(e)
         finally:
+            if outputs is not None:
+                outputs.close()
             ours.close()
             theirs.close()
         return succeed(protocol)
@@ -377,30 +393,30 @@ class CommandEndpoint:
             return succeed(None)
         return processgroups.stopGroup(self.reactor, run.pid, ENDED_GRACE, run.transport)
 
-    def say(self, line: bytes) -> None:
+    def say(self, line: bytes, level: LogLevel = LogLevel.warn) -> None:
         """
-        Log a line of the command's standard error, unless it said it
-        already since it last worked.
+        Log a line of the command's standard error (or, at C{level}, of
+        its standard output), unless it said it already since it last worked.
         """
         text = line.decode(errors="replace").rstrip()
         if text and text not in self.said:
             if len(self.said) >= SAID:
                 del self.said[next(iter(self.said))]
             self.said[text] = None
-            log.warn("{spec}: the command says: {line}", spec=self.spec, line=text)
+            log.emit(level, "{spec}: the command says: {line}", spec=self.spec, line=text)
 
-    def heard(self, pending: bytes, data: bytes) -> bytes:
+    def heard(self, pending: bytes, data: bytes, level: LogLevel = LogLevel.warn) -> bytes:
         """
         Standard error data after C{pending} (a line not ended yet): log
-        the complete lines, return what is left (a line longer than
-        L{LINE} bytes is logged cut).
+        the complete lines at C{level}, return what is left (a line longer
+        than L{LINE} bytes is logged cut).
         """
         *lines, pending = (pending + data).split(b"\n")
         if len(pending) > LINE:
             lines.append(pending[:LINE] + b"...")
             pending = b""
         for line in lines:
-            self.say(line)
+            self.say(line, level)
         return pending
 
     def worked(self) -> None:

@@ -29,7 +29,7 @@ class Said:
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def warn(self, format: str, **fields: Any) -> None:
+    def emit(self, level: Any, format: str, **fields: Any) -> None:
         self.lines.append(fields["line"])
 
 

@@ -164,7 +164,8 @@ def test_anUnknownOptionSaysToEscapeItsEqualsSign(text: str) -> None:
     FOO=bar could be an option: it is one, unknown, and the refusal says
     how to make it the command's.
     """
-    with pytest.raises(SpecError, match=r"unknown option FOO \(known: socket, restart, vlan.*\); "
+    with pytest.raises(SpecError, match=r"unknown option FOO \(known: socket, restart, stdout, "
+                                        r"stderr, vlan.*\); "
                                         r"if FOO= is part of the command, escape its = as FOO\\="):
         command.makeService(Switch(), PortSpec(text), Spawner())
 

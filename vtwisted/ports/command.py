@@ -13,8 +13,8 @@ colon escaped as in every spec: C{\\:}).  An C{=} in it needs no escape
 unless what comes before it, back to the spec's last colon, could be an
 option's name (L{vtwisted.spec.OPTION_NAME}: C{cmd:env A=1 vde_plug
 /tmp/sw} is the command, C{cmd:A=1} an unknown option, whose refusal says
-to write C{A\\=1}); C{vlan=}, C{mtu=}, C{socket=}, C{restart=} and the
-impairment options are the port's.
+to write C{A\\=1}); C{vlan=}, C{mtu=}, C{socket=}, C{restart=},
+C{stdout=}, C{stderr=} and the impairment options are the port's.
 L{vtwisted.processes.CommandEndpoint} is a Twisted client endpoint that
 spawns it (with the switch's environment, so C{ssh} finds its agent) and
 connects a L{CommandLink} to its pipes: a L{vtwisted.ports.streamlinks.StreamLink}
@@ -33,11 +33,15 @@ descriptor 3, C{{fd}} in its command line replaced by that number
 stream,addr.type=fd,addr.str={fd}} (QEMU's records: the C{qemu:} port's
 codec), C{-netdev dgram,local.type=fd,local.str={fd}} and vdeplug4's
 C{vde_plug seqpacket://{fd} URL} (one frame per message); see
-L{vtwisted.ports.commandlinks}.  Its standard output is logged then, as
-its standard error is.
+L{vtwisted.ports.commandlinks}.  Its standard output is logged then
+(as information: a guest's console is no warning), or with C{stdout=off}
+or C{stdout=FILE} goes to C{/dev/null} or is appended to a file
+(L{vtwisted.commandoutput}); without C{socket=} the standard output is the
+frame channel, and C{stdout=} is refused.
 
 What the command writes to its standard error is logged line by line with
-the spec (C{ssh: connect to host hostb port 22: Connection refused}).  A
+the spec (C{ssh: connect to host hostb port 22: Connection refused}), as
+warnings, unless C{stderr=off} or C{stderr=FILE} sends it elsewhere.  A
 command that ends before it carried a frame is a failure: it is logged
 once per series, with its exit status, however often it is restarted, and
 so is each line it says meanwhile.
@@ -58,6 +62,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.commanddescriptor import KINDS, DescriptorEndpoint
+from vtwisted.commandoutput import LOG, OutputError, parseOutput
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
@@ -73,7 +78,7 @@ MAX_RECORD = 9236
 #: Keywords of a spec that configure the switch port.
 PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
 #: Keywords of a spec that configure the command.
-COMMAND_KEYWORDS = ("socket", "restart")
+COMMAND_KEYWORDS = ("socket", "restart", "stdout", "stderr")
 #: What C{restart=} takes.
 RESTARTS = ("on", "on-failure", "off")
 
@@ -101,20 +106,29 @@ class CommandConnector(StreamConnector):
     SHORT_LINK = 0.0  # nor does its length count: the endpoint times failed runs itself
 
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
-                 spec: str, socket: str | None = None, restart: str = "on") -> None:
+                 spec: str, socket: str | None = None, restart: str = "on",
+                 stdout: str = LOG, stderr: str = LOG) -> None:
         """
         @param socket: the kind of socket the command is handed (a key of
             L{KINDS}; C{{fd}} in C{argv} is its number), or L{None} for
             its pipes.
         @param restart: C{on} (run it again whenever it ends),
             C{on-failure} (unless it exited with status 0) or C{off}.
-        @raise CommandError: C{argv} has no C{{fd}} though C{socket} is given.
+        @param stdout: where the command's standard output goes when it is
+            not the frame channel (C{socket} given): C{log}, C{off} or a
+            file's absolute path (L{vtwisted.commandoutput.parseOutput}).
+        @param stderr: the same, for its standard error.
+        @raise CommandError: C{argv} has no C{{fd}} though C{socket} is given,
+            or C{stdout} is not C{log} though it is not.
         """
         endpoint: CommandEndpoint
         if socket is None:
-            endpoint = CommandEndpoint(reactor, argv, spec)
+            if stdout != LOG:
+                raise CommandError("stdout= needs socket=: without it the command's standard "
+                                   "output carries the frames")
+            endpoint = CommandEndpoint(reactor, argv, spec, stderr=stderr)
         else:
-            endpoint = DescriptorEndpoint(reactor, argv, spec, socket, MAX_FRAME)
+            endpoint = DescriptorEndpoint(reactor, argv, spec, socket, MAX_FRAME, stdout, stderr)
             self.protocol = LINKS[socket]
         super().__init__(switch, reactor, endpoint, options, spec)
         self.socket = socket
@@ -184,7 +198,7 @@ class CommandConnector(StreamConnector):
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:
     """
     Build the service for C{cmd:COMMAND} with the options C{socket=},
-    C{restart=}, and C{vlan=}, C{trunk=}, C{mtu=} and the impairments for
+    C{restart=}, C{stdout=}, C{stderr=}, and C{vlan=}, C{trunk=}, C{mtu=} and the impairments for
     its port.
     """
     options = PortOptions.fromSpec(spec, numbered=False)
@@ -200,6 +214,15 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:
     restart = {"yes": "on", "true": "on", "no": "off", "false": "off"}.get(restart, restart)
     if restart not in RESTARTS:
         raise spec.error(f"restart={restart}: expected {', '.join(RESTARTS)}")
+    if socket is None and "stdout" in spec.kwargs:
+        raise spec.error(f"stdout={spec.kwargs['stdout']}: without socket= the command's "
+                         "standard output carries the frames (give socket=stream, dgram or "
+                         "seqpacket for a command that takes a socket, as QEMU does)")
+    try:
+        stdout = parseOutput("stdout", spec.string("stdout"))
+        stderr = parseOutput("stderr", spec.string("stderr"))
+    except OutputError as e:
+        raise spec.error(str(e)) from None
     command = ":".join(spec.args)  # a colon the user did not escape is the command's
     example = ("cmd:qemu-system-x86_64 ... -netdev stream,id=n,addr.type=fd,"
                "addr.str={fd} ...:socket=stream" if socket else "cmd:ssh hostb vde_plug /tmp/sw")
@@ -208,6 +231,7 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:
         if socket is None and any("{fd}" in word for word in argv):
             raise CommandError("has {fd} but no socket= to hand it: add :socket=stream, "
                                ":socket=dgram or :socket=seqpacket")
-        return CommandConnector(switch, reactor, argv, options, spec.text, socket, restart)
+        return CommandConnector(switch, reactor, argv, options, spec.text, socket, restart,
+                                stdout, stderr)
     except CommandError as e:
         raise spec.error(f"{e} (for example {example})") from None

@@ -1,0 +1,119 @@
+"""
+Where a command's standard output and error go (C{cmd:...:stdout=WHERE},
+C{stderr=WHERE}): the switch's log, nowhere, or a file.
+
+Theory of operation
+-------------------
+A C{cmd:} command's standard error, and its standard output when that is
+not the frame channel (C{socket=} runs), are pipes the switch reads and
+logs line by line with the spec (L{vtwisted.processes.CommandEndpoint.say}):
+standard error as warnings, standard output as information.  That suits a
+command that says little and only when something is wrong (C{ssh},
+C{vde_plug}), not a QEMU guest with C{-serial stdio}, whose whole console
+would be logged.
+
+L{parseOutput} reads the option: C{log} (the default), C{off} (the
+command's descriptor is C{/dev/null}) or a file's path, made absolute
+against the switch's working directory when the spec is read (a file
+named C{log} or C{off} is C{./log}, C{./off}).  L{openOutput} opens it for
+each run, appending and created if missing (as a shell's C{>>} would, its
+mode C{0666} less the umask), and the command inherits it as that
+descriptor: the switch neither reads nor copies what goes there, and a file
+renamed away (log rotation) is opened anew at the next run.  A file that
+cannot be opened fails the run with an L{OutputError} naming the option,
+the path and the errno, which the port logs as any failed connection
+attempt, and tries again.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+__all__ = ["LOG", "OFF", "OutputError", "OutputFiles", "openOutput", "parseOutput"]
+
+class OutputError(ValueError):
+    """
+    A C{stdout=} or C{stderr=} option is wrong, or its file cannot be
+    opened: the message says which and why.
+    """
+
+
+#: Read and logged with the spec.
+LOG = "log"
+#: C{/dev/null}.
+OFF = "off"
+
+
+def parseOutput(name: str, value: str | None) -> str:
+    """
+    What C{name=value} (C{stdout=} or C{stderr=}) asks: L{LOG}, L{OFF} or
+    an absolute path.
+
+    @raise OutputError: C{value} is empty.
+    """
+    if value is None:
+        return LOG
+    if value in (LOG, OFF):
+        return value
+    if not value:
+        raise OutputError(f"{name}= is empty: expected {LOG}, {OFF} or a file's path "
+                           f"(for example {name}=/var/log/vm1.console)")
+    return os.path.abspath(value)
+
+
+def openOutput(name: str, where: str) -> int | None:
+    """
+    Open what C{name=where} names for a run, or L{None} for L{LOG}.
+
+    @return: a descriptor the caller hands the command, then closes.
+    @raise OutputError: it cannot be opened (the message names C{name},
+        the path and the errno).
+    """
+    if where == LOG:
+        return None
+    path = os.devnull if where == OFF else where
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        code = errno.errorcode.get(e.errno or 0, str(e.errno))
+        raise OutputError(f"{name}={where}: cannot open {path} for appending: "
+                           f"{e.strerror} (errno {e.errno}, {code})") from None
+
+
+class OutputFiles:
+    """
+    The descriptors a run's standard output and error go to
+    (C{spawnProcess}'s C{childFDs} entries), opened together: the files
+    opened are closed by L{close} once the command has them.
+    """
+
+    def __init__(self, stdout: str, stderr: str) -> None:
+        """
+        @param stdout: L{LOG}, L{OFF} or a path (see L{parseOutput}).
+        @param stderr: the same, for standard error.
+        @raise OutputError: one cannot be opened (none is left open).
+        """
+        self.opened: list[int] = []
+        #: C{childFDs} entries for descriptors 1 and 2: C{"r"} (read and
+        #: logged) or an open descriptor.
+        self.childFDs: dict[int, int | str] = {}
+        try:
+            for fd, name, where in ((1, "stdout", stdout), (2, "stderr", stderr)):
+                opened = openOutput(name, where)
+                if opened is None:
+                    self.childFDs[fd] = "r"
+                else:
+                    self.opened.append(opened)
+                    self.childFDs[fd] = opened
+        except OutputError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """
+        Close the switch's copies of the files opened.
+        """
+        opened, self.opened = self.opened, []
+        for fd in opened:
+            os.close(fd)
