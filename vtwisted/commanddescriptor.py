@@ -41,7 +41,7 @@ import errno
 import os
 import re
 import select
-from socket import AF_UNIX, MSG_TRUNC, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socket, socketpair
+from socket import AF_UNIX, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, socket, socketpair
 from typing import Any
 
 from twisted.internet import abstract, main
@@ -239,7 +239,7 @@ class MessageSocket(abstract.FileDescriptor):
     """
     The switch's end of a C{dgram} or C{seqpacket} pair: each message read
     is handed to C{run.protocol.dataReceived} whole (a longer one than
-    C{maxMessage} to C{run.protocol.messageTooLong(length)}).  Frames are
+    C{maxMessage}: C{run.protocol.messageTooLong()}).  Frames are
     sent with the socket's own C{send} (L{socket}); nothing is buffered.
     """
 
@@ -248,8 +248,7 @@ class MessageSocket(abstract.FileDescriptor):
         self.socket = sock
         self.run = run
         self.kind = run.kind
-        self._buffer = bytearray(maxMessage)
-        self._view = memoryview(self._buffer)
+        self.maxMessage = maxMessage
         sock.setblocking(False)
         self.connected = True
 
@@ -274,11 +273,13 @@ class MessageSocket(abstract.FileDescriptor):
         self.startReading()
 
     def doRead(self) -> Any:
-        receiveInto, size = self.socket.recv_into, len(self._buffer)
+        # One byte more than the longest message: a read that fills it was
+        # cut short.  Each message is read straight into the bytes handed on.
+        receive, size = self.socket.recv, self.maxMessage + 1
         protocol = self.run.protocol
         for _ in range(READS_PER_WAKEUP):
             try:
-                length = receiveInto(self._buffer, size, MSG_TRUNC)
+                message = receive(size)
             except BlockingIOError:
                 return None
             except InterruptedError:
@@ -287,12 +288,12 @@ class MessageSocket(abstract.FileDescriptor):
                 if e.errno == errno.ECONNRESET:
                     return main.CONNECTION_LOST
                 return e
-            if length > size:
-                protocol.messageTooLong(length)
-            elif length == 0 and self.kind == "seqpacket" and self._hungUp():
+            if len(message) == size:
+                protocol.messageTooLong()
+            elif not message and self.kind == "seqpacket" and self._hungUp():
                 return main.CONNECTION_DONE
             else:
-                protocol.dataReceived(bytes(self._view[:length]))
+                protocol.dataReceived(message)
         return None
 
     def _hungUp(self) -> bool:

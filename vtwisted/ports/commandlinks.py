@@ -128,13 +128,13 @@ class SocketPacketLink(RunLink):
     def dataReceived(self, data: bytes) -> None:
         self.stringReceived(data)  # a whole message (MessageSocket)
 
-    def messageTooLong(self, length: int) -> None:
+    def messageTooLong(self) -> None:
         """
         The command sent a message longer than L{MAX_FRAME} bytes: count it.
         """
         if self.port is not None:
-            self.port.dropped("oversize", f"{self.owner.spec}: {self.description}: a message of "
-                                          f"{length} bytes, more than {MAX_FRAME}")
+            self.port.dropped("oversize", f"{self.owner.spec}: {self.description}: a message "
+                                          f"longer than {MAX_FRAME} bytes")
 
     def makeSender(self, transport: Any) -> Any:
         send = transport.socket.send
