@@ -9,12 +9,13 @@ from __future__ import annotations
 import ipaddress
 import struct
 
+import slirpfakes
 from slirpfakes import Recorder, recordingRouter
 from twisted.internet.task import Clock
 
 from vtwisted.slirp.router import SlirpRouter
 from vtwisted.slirp.router6 import Ipv6Router
-from vtwisted.wire import icmpv6, ipv6
+from vtwisted.wire import icmp, icmpv6, ipv4, ipv6
 from vtwisted.wire.checksum import internetChecksum, pseudoHeaderSumV6
 
 
@@ -89,3 +90,32 @@ def parsed(frame: bytes) -> tuple[ipv6.IPv6Header, icmpv6.ICMPv6Message]:
     header = ipv6.IPv6Header.parse(frame, 14)
     assert icmpv6.checksumOk(header.src, header.dst, frame[54:])
     return header, icmpv6.ICMPv6Message.parse(frame, 54)
+
+
+def routerWithGuest(v6: bool, clock: Clock) -> tuple[SlirpRouter, Recorder, bytes, bytes]:
+    """
+    A router (with its IPv6 side if C{v6}) that knows the guest's MAC: the
+    router, what it sends, and the guest's and the gateway's addresses of
+    that family.
+    """
+    if v6:
+        router, seen = makeRouter(clock=clock)
+        router.v6.learn(GUEST, GUEST_MAC)
+        return router, seen, GUEST, GATEWAY
+    router, seen, _ = recordingRouter("", clock)
+    router.learn(slirpfakes.GUEST, slirpfakes.GUEST_MAC)
+    return router, seen, slirpfakes.GUEST, slirpfakes.GATEWAY
+
+
+def sendGuestError(router: SlirpRouter, v6: bool, kind: int, code: int, quoted: bytes,
+                   to: bytes) -> None:
+    """
+    The guest sends C{to} an ICMP (or, if C{v6}, ICMPv6) error of C{kind}
+    and C{code} quoting C{quoted}.
+    """
+    if v6:
+        message = icmpv6.errorMessage(kind, code, quoted, GUEST, to)
+        router.frameReceived(frame6(GUEST, to, ipv6.NH_ICMPV6, message))
+    else:
+        message = icmp.errorMessage(kind, code, quoted)
+        router.frameReceived(slirpfakes.ipFrame(to, ipv4.PROTO_ICMP, message))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import router6fakes
-from slirpfakes import GATEWAY, GUEST, GUEST_MAC, ipFrame, noFailuresLogged, recordingRouter
+from slirpfakes import GATEWAY, GUEST, ipFrame, noFailuresLogged
 from slirptcpharness import HostTransport
 from twisted.internet.address import IPv6Address
 from twisted.internet.task import Clock
@@ -50,14 +50,7 @@ class Forward:
     def __init__(self, v6: bool) -> None:
         self.v6 = v6
         clock = Clock()
-        if v6:
-            router, self.seen = router6fakes.makeRouter(clock=clock)
-            router.v6.learn(GUEST6, GUEST_MAC)
-            self.guest, self.gateway = GUEST6, GATEWAY6
-        else:
-            router, self.seen, _ = recordingRouter("", clock)
-            router.learn(GUEST, GUEST_MAC)
-            self.guest, self.gateway = GUEST, GATEWAY
+        router, self.seen, self.guest, self.gateway = router6fakes.routerWithGuest(v6, clock)
         self.router: SlirpRouter = router
         self.nat = router.tcp = TcpNat(router, clock)
         self.transport = HostTransport6() if v6 else HostTransport(("127.0.0.1", CLIENT_PORT))
@@ -83,16 +76,10 @@ class Forward:
         header and the first 8 bytes of TCP over IPv4 (the least RFC 792
         asks; Linux quotes more), all of it over IPv6.
         """
+        unreachable = icmpv6.DEST_UNREACHABLE if self.v6 else icmp.DEST_UNREACHABLE
         with noFailuresLogged():
-            if self.v6:
-                to = to or GATEWAY6
-                message = icmpv6.errorMessage(kind or icmpv6.DEST_UNREACHABLE, code, quoted,
-                                              GUEST6, to)
-                self.router.frameReceived(router6fakes.frame6(GUEST6, to, ipv6.NH_ICMPV6,
-                                                              message))
-            else:
-                message = icmp.errorMessage(kind or icmp.DEST_UNREACHABLE, code, quoted)
-                self.router.frameReceived(ipFrame(to or GATEWAY, ipv4.PROTO_ICMP, message))
+            router6fakes.sendGuestError(self.router, self.v6, kind or unreachable, code,
+                                        quoted, to or self.gateway)
 
     def synAck(self) -> None:
         """

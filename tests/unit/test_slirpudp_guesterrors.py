@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 import router6fakes
-from slirpfakes import GATEWAY, GUEST, GUEST_MAC, ipFrame, noFailuresLogged, recordingRouter
+from slirpfakes import noFailuresLogged
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.slirp.commands import forwardLines
 from vtwisted.slirp.udp import UdpNat
-from vtwisted.wire import icmp, icmpv6, ipv4, ipv6, vnet
+from vtwisted.wire import icmp, icmpv6, vnet
 
 GUEST6, GATEWAY6 = router6fakes.GUEST, router6fakes.GATEWAY
 GUEST_PORT, CLIENT_PORT = 5000, 40000
@@ -54,16 +54,8 @@ class UdpForward:
     def __init__(self, v6: bool) -> None:
         self.v6 = v6
         clock = Clock()
-        if v6:
-            router, self.seen = router6fakes.makeRouter(clock=clock)
-            router.v6.learn(GUEST6, GUEST_MAC)
-            self.guest, self.gateway = GUEST6, GATEWAY6
-            self.client: tuple[str, int] = ("::1", CLIENT_PORT)
-        else:
-            router, self.seen, _ = recordingRouter("", clock)
-            router.learn(GUEST, GUEST_MAC)
-            self.guest, self.gateway = GUEST, GATEWAY
-            self.client = ("127.0.0.1", CLIENT_PORT)
+        router, self.seen, self.guest, self.gateway = router6fakes.routerWithGuest(v6, clock)
+        self.client = ("::1" if v6 else "127.0.0.1", CLIENT_PORT)
         self.router = router
         self.engine = router.udp = UdpNat(router, clock)
         self.socket = self.engine.forwardSocket(self.guest, GUEST_PORT)
@@ -87,18 +79,14 @@ class UdpForward:
         The guest sends C{to} (by default the datagram's source) an error
         (port unreachable unless C{kind} and C{code}) quoting C{quoted}.
         """
+        if self.v6:
+            unreachable, port = icmpv6.DEST_UNREACHABLE, icmpv6.PORT_UNREACHABLE
+        else:
+            unreachable, port = icmp.DEST_UNREACHABLE, icmp.PORT
         with noFailuresLogged():
-            if self.v6:
-                message = icmpv6.errorMessage(
-                    icmpv6.DEST_UNREACHABLE if kind is None else kind,
-                    icmpv6.PORT_UNREACHABLE if code is None else code, quoted, GUEST6,
-                    to or GATEWAY6)
-                self.router.frameReceived(router6fakes.frame6(GUEST6, to or GATEWAY6,
-                                                              ipv6.NH_ICMPV6, message))
-            else:
-                message = icmp.errorMessage(icmp.DEST_UNREACHABLE if kind is None else kind,
-                                            icmp.PORT if code is None else code, quoted)
-                self.router.frameReceived(ipFrame(to or GATEWAY, ipv4.PROTO_ICMP, message))
+            router6fakes.sendGuestError(
+                self.router, self.v6, unreachable if kind is None else kind,
+                port if code is None else code, quoted, to or self.gateway)
 
     def answer(self, data: bytes) -> None:
         """
