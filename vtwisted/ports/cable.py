@@ -33,7 +33,13 @@ TCP cable's socket has keepalive probes and a C{TCP_USER_TIMEOUT}: the
 kernel ends a connection whose peer acknowledged nothing (probes or
 frames) for C{keepalive=} seconds (L{KEEPALIVE} by default; C{0} turns
 it off), the link goes and a connecting cable dials again.  This costs
-nothing per frame.  A far switch still alive but stuck half-way through a
+nothing per frame.  A far switch that lost the link without this side
+seeing it (its host rebooted, the switch killed and started again) dials
+again from the same address: then the listening switch has the kernel
+probe that address's other links at once, and one the far kernel no
+longer has is reset within a second, its port and the MACs learned on it
+gone (L{vtwisted.ports.cablekeepalive}; nothing new on the wire).  A far
+switch still alive but stuck half-way through a
 message (its kernel acknowledging, so keepalive sees nothing wrong) would
 hold the link's inbound side for ever: a message left incomplete for
 C{keepalive=} seconds (twice that at most) drops the link too, counted as
@@ -56,7 +62,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import socket
 import stat
 from typing import Any
 
@@ -69,6 +74,13 @@ from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
+from vtwisted.ports.cablekeepalive import (
+    PROBE_WINDOW,
+    keepAlive,
+    peerAddress,
+    probeNow,
+    restoreKeepAlive,
+)
 from vtwisted.ports.streamconnector import StreamConnector
 from vtwisted.ports.streamfailures import peerHost, whyLost
 from vtwisted.ports.streamlinks import (
@@ -126,6 +138,8 @@ class CableLink(StreamLink):
         self._bytesRead = 0
         self._stall: Any = None
         self._stallFrom = 0
+        #: While L{probe}'s window is open: the call that closes it.
+        self._probing: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -166,6 +180,29 @@ class CableLink(StreamLink):
                   problem=self._pendingProblem())
         self.owner.linkDown(self)
         self._abort()  # a TLS close could wait on the stuck peer
+
+    def probe(self) -> bool:
+        """
+        The far switch's address dialled again: have the kernel probe this
+        link now, which ends it if the far kernel no longer has it (see
+        L{vtwisted.ports.cablekeepalive}), for L{PROBE_WINDOW} seconds.
+
+        @return: whether it is probed (a TCP cable).
+        """
+        if not probeNow(socketOf(self.transport)):
+            return False
+        self._stopProbing()
+        self._probing = self.owner.reactor.callLater(PROBE_WINDOW, self._probed)
+        return True
+
+    def _probed(self) -> None:
+        self._probing = None
+        restoreKeepAlive(socketOf(self.transport), getattr(self.owner, "keepalive", KEEPALIVE))
+
+    def _stopProbing(self) -> None:
+        probing, self._probing = self._probing, None
+        if probing is not None and probing.active():
+            probing.cancel()
 
     def linkReady(self) -> None:
         self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
@@ -244,6 +281,7 @@ class CableLink(StreamLink):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.stopDeadline()
+        self._stopProbing()
         stall, self._stall = self._stall, None
         if stall is not None and stall.active():
             stall.cancel()
@@ -254,23 +292,6 @@ class CableLink(StreamLink):
             if isinstance(self.owner, CableConnector):
                 self.owner.unready += 1
         super().connectionLost(reason)
-
-
-def keepAlive(handle: Any, seconds: int) -> None:
-    """
-    Have the kernel end a TCP connection whose peer has acknowledged
-    nothing for C{seconds}: keepalive probes while it is idle, and
-    C{TCP_USER_TIMEOUT} for data sent and never acknowledged (while frames
-    flow, no probe is sent).  Nothing for other sockets, or C{seconds} 0.
-    """
-    if not (seconds and isinstance(handle, socket.socket)
-            and handle.family in (socket.AF_INET, socket.AF_INET6)):
-        return
-    handle.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, seconds // 3))
-    handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, seconds // 6))
-    handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    handle.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, seconds * 1000)
 
 
 def peerName(transport: Any) -> str:
@@ -304,6 +325,28 @@ class CableListener(StreamListener):
     protocol = CableLink
     #: C{keepalive=}: seconds before a silent far switch counts as gone.
     keepalive = KEEPALIVE
+
+    def linkUp(self, link: StreamLink) -> None:
+        """
+        Plug in a cable whose far switch said hello; if its address has
+        other cables up, probe those now: one its far switch lost (a
+        reboot, a restart, a NAT that forgot it) ends within a second.
+        """
+        super().linkUp(link)
+        if link not in self.links:
+            return
+        address = peerAddress(link.transport)
+        if address is None:
+            return
+        probed = [other for other in self.links if other is not link
+                  and peerAddress(other.transport) == address and isinstance(other, CableLink)
+                  and other.probe()]
+        if probed:
+            log.info("{spec}: {peer} dialled from an address with {count} other cable(s) "
+                     "up (port {ports}); probing them, a far switch that lost its link "
+                     "gets it reset", spec=self.spec, peer=link.description,
+                     count=len(probed), ports=", ".join(str(other.port.number)
+                                                        for other in probed))
 
 
 @implementer(IPortService)
