@@ -126,7 +126,7 @@ class DescriptorRun(CommandRun):
         super().__init__(endpoint)
         self.protocol = protocol
         self.kind = endpoint.kind
-        self.commandLine = endpoint.commandLine
+        self.commandLine = endpoint.shownLine
         self.connection: Any = None
         self._output = b""
         self._socketGone = False

@@ -45,6 +45,7 @@ import errno
 import os
 import shlex
 import shutil
+import signal
 import sys
 from socket import AF_INET
 from typing import Any
@@ -63,7 +64,7 @@ from vtwisted.commandsocket import RunConnection, loopbackPair
 from vtwisted.processgroups import STOP_GRACE, stopGroup
 
 __all__ = ["STOP_GRACE", "CommandEndpoint", "CommandError", "CommandRun", "CommandTransport",
-           "exitText", "loopbackPair", "parseCommand", "stopGroup"]
+           "exitText", "loopbackPair", "parseCommand", "shownLine", "stopGroup"]
 
 log = Logger()
 
@@ -81,6 +82,22 @@ LINE = 4096
 #: C{TERM}: enough to flush what it was sent (C{cat}, C{nc} exit at once),
 #: short enough that strays (counted in L{MAX_RUNS}) do not pile up.
 ENDED_GRACE = 5.0
+
+
+#: The longest command line a run's description shows whole.
+SHOWN_LINE = 300
+
+
+def shownLine(commandLine: str) -> str:
+    """
+    C{commandLine}, its middle cut out (C{...}) if it is longer than
+    L{SHOWN_LINE}: a QEMU's runs past what C{port/print} shows of a
+    description, and the pid and socket after it would be lost.
+    """
+    if len(commandLine) <= SHOWN_LINE:
+        return commandLine
+    tail = SHOWN_LINE // 3
+    return f"{commandLine[:SHOWN_LINE - tail - 5]} ... {commandLine[-tail:]}"
 
 
 class CommandError(ValueError):
@@ -119,7 +136,7 @@ class CommandAddress:
         self.pid = pid
 
     def __str__(self) -> str:
-        return f"{self.commandLine} (pid {self.pid})"
+        return f"{shownLine(self.commandLine)} (pid {self.pid})"
 
 
 class CommandTransport:
@@ -309,6 +326,8 @@ class CommandEndpoint:
         #: or else Python doing the same.
         self.running = [setsid, *argv] if setsid else [sys.executable, "-c", _SETSID, *argv]
         self.commandLine = shlex.join(argv)
+        #: The command line as descriptions show it (L{shownLine}).
+        self.shownLine = shownLine(self.commandLine)
         #: What the command said on standard error since it last worked
         #: (the latest L{SAID} lines).
         self.said: dict[str, None] = {}
@@ -466,12 +485,20 @@ class CommandEndpoint:
 
 def exitText(reason: Failure | None) -> str:
     """
-    C{exited with status 1}, C{was killed by signal 9}, or C{exited}.
+    C{exited with status 1}, C{was killed by signal 9 (SIGKILL)}, C{was
+    killed by signal 11 (SIGSEGV, core dumped)}, or C{exited}.
     """
     if reason is not None and reason.check(ProcessTerminated):
         error: Any = reason.value
         if error.signal is not None:
-            return f"was killed by signal {error.signal}"
+            try:
+                name = signal.Signals(error.signal).name
+            except ValueError:
+                name = "unknown"
+            status = error.status
+            if status is not None and os.WIFSIGNALED(status) and os.WCOREDUMP(status):
+                name += ", core dumped"
+            return f"was killed by signal {error.signal} ({name})"
         return f"exited with status {error.exitCode}"
     if reason is not None and reason.check(ProcessDone):
         return "exited with status 0"

@@ -172,9 +172,9 @@ def test_runsThatFailWaitLongerEachTime() -> None:
     """
     A command that ends before it carried a frame is run again after 0.5 s,
     then 1, 2, 4, and 5 s at most: one wait, not the endpoint's and the
-    reconnecting service's added up.  After a run that carried frames, the
-    service's short wait (0.3 s and a random second at most), and the next
-    failure waits 0.5 s again.
+    reconnecting service's added up.  After a run that carried frames and
+    lasted 5 s, the service's short wait (0.3 s and a random second at
+    most), and the next failure waits 0.5 s again.
     """
     reactor = Spawner()
     service = command.makeService(Switch(), PortSpec("cmd:vde_plug /tmp/sw"), reactor)
@@ -184,14 +184,59 @@ def test_runsThatFailWaitLongerEachTime() -> None:
     waits = [reactor.nextRunAfter(failed) for _ in range(6)]
     assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
     reactor.runs[-1].protocol.dataReceived(b"\x00\x3c" + frame(b"\xff" * 6, mac(1)))
+    reactor.advance(command.CommandConnector.STEADY_RUN)
     assert 0.3 <= reactor.nextRunAfter(Failure(ProcessDone(0))) <= 1.35
     assert reactor.nextRunAfter(failed) == 0.5
     service.stopService()
 
 
+def test_aCommandThatCrashesRightAfterItsFirstFramesBacksOffAndIsLoggedOnce() -> None:
+    """
+    A command that carries frames and crashes at once, again and again,
+    is no command that works: each run waits longer (0.5 s, then up to
+    5 s), and the crash and the run coming up are logged once, not at
+    every run; a run that lasts ends the series, and its crash is logged.
+    """
+    reactor = Spawner()
+    service = command.makeService(Switch(), PortSpec("cmd:vde_plug /tmp/sw"), reactor)
+    crash = Failure(ProcessTerminated(signal=11))
+    with capturedLogs() as events:
+        service.startService()
+        waits = []
+        for _ in range(6):
+            reactor.runs[-1].protocol.dataReceived(b"\x00\x3c" + frame(b"\xff" * 6, mac(1)))
+            reactor.advance(1.0)
+            waits.append(reactor.nextRunAfter(crash))
+        assert waits == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+        assert service.downState().startswith("starting the command again, 6 failures in a "
+                                              "row, last: the command was killed by signal "
+                                              "11 (SIGSEGV) less than 5 s after it started")
+        reactor.runs[-1].protocol.dataReceived(b"\x00\x3c" + frame(b"\xff" * 6, mac(1)))
+        reactor.advance(command.CommandConnector.STEADY_RUN)
+        reactor.runs[-1].processEnded(crash)
+    lines = [formatEvent(event) for event in events]
+    crashed = [line for line in lines if "signal 11" in line]
+    once = ("the command was killed by signal 11 (SIGSEGV) less than 5 s after it started; "
+            "starting it again, every 5 s at most")
+    assert crashed == [
+        f"cmd:vde_plug /tmp/sw: {once}",
+        "cmd:vde_plug /tmp/sw: a link works again after 6 failures (5 of them not logged; "
+        f"the last: {once})",
+        "cmd:vde_plug /tmp/sw: the command was killed by signal 11 (SIGSEGV); starting it "
+        "again"], lines
+    assert sum("on port 1" in line for line in lines) == 1, lines
+    assert [e["log_level"].name for e in events if "signal 11" in formatEvent(e)] == [
+        "warn", "info", "warn"]
+    assert service.downState() == ("starting the command again: its last run was killed "
+                                   "by signal 11 (SIGSEGV)")
+    service.stopService()
+
+
 @pytest.mark.parametrize(("reason", "text"), [
     (ProcessTerminated(exitCode=255), "exited with status 255"),
-    (ProcessTerminated(signal=9), "was killed by signal 9"),
+    (ProcessTerminated(signal=9), "was killed by signal 9 (SIGKILL)"),
+    (ProcessTerminated(signal=11, status=11 | 0x80), "was killed by signal 11 (SIGSEGV, "
+                                                     "core dumped)"),
     (ProcessDone(0), "exited with status 0"),
 ])
 def test_exitsAreToldAsTheyHappened(reason: Exception, text: str) -> None:
@@ -200,7 +245,7 @@ def test_exitsAreToldAsTheyHappened(reason: Exception, text: str) -> None:
     link, _ = _link(service)
     link.connectionLost(Failure(reason))
     assert service.failures.last == (f"the command {text} before it carried a frame; "
-                                     "starting it again every 5 s at most")
+                                     "starting it again, every 5 s at most")
 
 
 def test_aLoopbackPairIsOneTcpConnection() -> None:
@@ -340,3 +385,19 @@ def test_aSocketRunIsEndedAGraceAfterItsConnection(monkeypatch) -> None:
     assert sent == [(7200, "TERM")]
     reactor.pump([0.1] * int(processes.STOP_GRACE * 10))
     assert sent == [(7200, "TERM"), (7200, "KILL")]
+
+
+def test_aLongCommandLineIsShownCutInTheMiddleSoItsPidStays() -> None:
+    """
+    A QEMU's command line runs past what port/print shows of a
+    description (512 characters): its middle is cut, so the pid after it
+    (and the socket) is still shown.
+    """
+    long = "cmd:qemu-system-x86_64 " + " ".join(f"-opt{i} {'x' * 20}" for i in range(40))
+    _, service = _service(f"{long} -last")
+    link, process = _link(service)
+    description = link.description
+    assert len(description) < 330 and description.endswith(" -last (pid 4242)"), description
+    assert description.startswith("qemu-system-x86_64 -opt0 ") and " ... " in description
+    _, short = _service()
+    assert _link(short)[0].description == "vde_plug /tmp/sw (pid 4242)"

@@ -11,6 +11,7 @@ import pytest
 from test_commandport import Spawner
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from vtwisted.commanddescriptor import DescriptorEndpoint, placeDescriptor
@@ -108,3 +109,52 @@ def test_restartOnFailureRunsAgainUnlessTheCommandExitedWithZero(ended: Exceptio
     assert len(reactor.runs) == (2 if again else 1)
     assert bool(service.ended) is not again
     service.stopService()
+
+
+def _carries(run: object) -> None:
+    """The command (C{vde_plug}'s records) sends a frame."""
+    run.protocol.dataReceived(b"\x00\x3c" + frame(b"\xff" * 6, mac(1)))  # type: ignore
+
+
+def test_restartOffLeavesACrashedCommandDownAndSaysHowItEndedOnce() -> None:
+    """
+    restart=off, a crash: one warning with the signal's name; the port
+    stays, down, and says how the command ended.
+    """
+    reactor = Spawner()
+    service = _service("cmd:vde_plug /tmp/sw:restart=off", reactor)
+    with capturedLogs() as events:
+        service.startService()
+        _carries(reactor.runs[-1])
+        reactor.advance(10)
+        reactor.runs[-1].processEnded(Failure(ProcessTerminated(signal=11, status=11 | 0x80)))
+        reactor.pump([1.0] * 30)
+    ended = [(e["log_level"].name, formatEvent(e)) for e in events if "signal" in formatEvent(e)]
+    assert ended == [("warn", "cmd:vde_plug /tmp/sw:restart=off: the command was killed by "
+                              "signal 11 (SIGSEGV, core dumped); not started again "
+                              "(restart=off)")]
+    assert len(reactor.runs) == 1 and service.lastPort.number == 1
+    assert service.downState().startswith("the command was killed by signal 11 (SIGSEGV, ")
+    service.stopService()
+
+
+def test_aCommandRunAgainGetsThePortItHad() -> None:
+    """
+    A command run again is plugged into its port again, though a lower
+    one is free (another spec's, left down): port numbers, and what the
+    console set on a port, stay with their command.
+    """
+    reactor, switch = Spawner(), Switch()
+    first = command.makeService(switch, PortSpec("cmd:vde_plug /tmp/a:restart=off"), reactor)
+    second = command.makeService(switch, PortSpec("cmd:vde_plug /tmp/b"), reactor)
+    first.startService()
+    second.startService()
+    runA, runB = reactor.runs
+    assert [first.links[0].port.number, second.links[0].port.number] == [1, 2]
+    runA.processEnded(Failure(ProcessTerminated(signal=9)))
+    runB.processEnded(Failure(ProcessTerminated(signal=9)))
+    reactor.pump([1.0] * 10)
+    assert len(reactor.runs) == 3 and second.links[0].port.number == 2
+    assert not switch.port(1).links and first.lastPort is switch.port(1)
+    first.stopService()
+    second.stopService()

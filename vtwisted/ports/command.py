@@ -21,10 +21,14 @@ connects a L{CommandLink} to its pipes: a L{vtwisted.ports.streamlinks.StreamLin
 whose messages are C{vde_plug}'s records (a 2-byte big-endian length and a
 frame, written in one piece), so it gets a port, bounded buffering and the
 drop counters as C{qemu:} and C{cable:} links do.  A L{ClientService}
-spawns the command again when it exits; runs that end before they carried
-a frame make the next one wait longer each time, up to 5 s.  With
-C{restart=off} a command that ends is not run again (a VM powered off
-stays off), with C{restart=on-failure} unless it exited with status 0.
+spawns the command again when it exits, on the port it had if that is
+still free.  A run has I{worked} once it carried a frame and lasted
+L{CommandConnector.STEADY_RUN} seconds; runs that end before make the next
+one wait longer each time (0.5 s, doubling up to 5 s), so a command that
+crashes at once, frames or not, is not run again and again without a
+pause.  With C{restart=off} a command that ends is not run again (a VM
+powered off stays off), with C{restart=on-failure} unless it exited with
+status 0.
 
 With C{socket=stream}, C{socket=dgram} or C{socket=seqpacket} the frames
 cross a Unix socket pair instead, whose one end the command inherits as
@@ -42,9 +46,12 @@ frame channel, and C{stdout=} is refused.
 What the command writes to its standard error is logged line by line with
 the spec (C{ssh: connect to host hostb port 22: Connection refused}), as
 warnings, unless C{stderr=off} or C{stderr=FILE} sends it elsewhere.  A
-command that ends before it carried a frame is a failure: it is logged
-once per series, with its exit status, however often it is restarted, and
-so is each line it says meanwhile.
+run that ends before it worked is a failure: it is logged once per series,
+with its exit status (a signal by its name too: C{was killed by signal 11
+(SIGSEGV, core dumped)}), however often it is restarted, and so is each
+line it says meanwhile.  The end of a run that worked is logged each time,
+as a warning unless it exited with status 0; C{port/allprint} and
+C{port/specs} show how the last run ended while the port is down.
 
 Stopping the port closes the command's pipes, which ends C{vde_plug} (and
 an C{ssh} running one); what is left of it (its process group: it runs in a
@@ -57,7 +64,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -68,7 +75,13 @@ from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.commandlinks import LINKS, MAX_FRAME, RunLink
 from vtwisted.ports.streamconnector import StreamConnector
-from vtwisted.processes import CommandEndpoint, CommandError, exitText, parseCommand
+from vtwisted.processes import (
+    BACKOFF,
+    CommandEndpoint,
+    CommandError,
+    exitText,
+    parseCommand,
+)
 from vtwisted.spec import PortSpec
 
 log = Logger()
@@ -104,6 +117,11 @@ class CommandConnector(StreamConnector):
     announceLinks = False  # a command that ends at once would be logged at every run
     upMeansWorking = False  # a run has worked once it carried a frame (CommandLink)
     SHORT_LINK = 0.0  # nor does its length count: the endpoint times failed runs itself
+    #: Seconds a run that carried a frame must last to have worked: one
+    #: that crashes sooner is a failure (the next run waits longer), so a
+    #: command that crashes at once, again and again, is not run again
+    #: and logged about once a second.
+    STEADY_RUN = 5.0
 
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
                  spec: str, socket: str | None = None, restart: str = "on",
@@ -135,37 +153,81 @@ class CommandConnector(StreamConnector):
         self.restart = restart
         #: How its last run ended, once it is not run again (C{restart=}).
         self.ended = ""
+        #: How its last run ended (C{exited with status 1}), if one did.
+        self.lastEnd = ""
         #: Runs being stopped, until nothing is left of them (see L{RunLink.close}).
         self.stopping: set[Deferred[None]] = set()
 
-    def runEnded(self, carried: bool, reason: Failure | None) -> None:
+    def runCarried(self, link: RunLink) -> None:
+        """
+        C{link}'s run carried its first frame: it works once it has lasted
+        L{STEADY_RUN} seconds (now, if it has).
+        """
+        age = self.reactor.seconds() - link.upAt
+        if age >= self.STEADY_RUN:
+            self.runWorks(link)
+        else:
+            link.steadyCall = self.reactor.callLater(self.STEADY_RUN - age, self.runWorks, link)
+
+    def runWorks(self, link: RunLink) -> None:
+        """
+        C{link}'s run carried a frame and lasted: a series of failures
+        ends (what the command says is news again, the next run starts at
+        once), and the run is announced.
+        """
+        link.steadyCall = None
+        if link.worked or link not in self.links:  # being stopped
+            return
+        link.worked = True
+        self.failures.worked()
+        endpoint: Any = self.endpoint
+        endpoint.worked()
+        log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
+                 number=link.port.number)
+
+    def runEnded(self, link: RunLink, reason: Failure | None) -> None:
         """
         A run ended (C{reason} has its exit status): start it again, or
-        not, as C{restart=} says, and log it (a run that carried no frame
-        once per series).
+        not, as C{restart=} says, and log it: a run that had not worked
+        (carried no frame, or crashed less than L{STEADY_RUN} seconds
+        after it started) once per series, as a warning; one that worked
+        each time, as a warning if it crashed (a signal, a status other
+        than 0).
         """
         status = exitText(reason)
-        again = self.restart == "on" or (
-            self.restart == "on-failure" and not (reason is not None and reason.check(ProcessDone)))
+        crashed = not (reason is not None and reason.check(ProcessDone))
+        level = LogLevel.warn if crashed else LogLevel.info
+        #: How the last run ended (C{port/allprint} shows it while it is down).
+        self.lastEnd = status
+        again = self.restart == "on" or (self.restart == "on-failure" and crashed)
         if not again:
             self.ended = f"the command {status}; not started again (restart={self.restart})"
-            log.info("{spec}: {ended}", spec=self.spec, ended=self.ended)
+            log.emit(level, "{spec}: {ended}", spec=self.spec, ended=self.ended)
             self.reactor.callLater(0, self.client.stopService)
-        elif carried:
-            log.info("{spec}: the command {status}; starting it again",
+        elif link.worked:
+            log.emit(level, "{spec}: the command {status}; starting it again",
                      spec=self.spec, status=status)
         else:
-            self.failures.note(f"the command {status} before it carried a frame; "
-                               "starting it again every 5 s at most")
+            when = (f"less than {self.STEADY_RUN:g} s after it started" if link.carried
+                    else "before it carried a frame")
+            self.failures.note(f"the command {status} {when}; starting it again, "
+                               f"every {BACKOFF[2]:g} s at most")
 
     def downState(self) -> str:
         """
-        What it does while it has no run: starts one (with how often it
-        failed), or nothing, if C{restart=} said not to.
+        What it does while it has no run: starts one (with how the last
+        run ended, or how often runs failed), or nothing, if C{restart=}
+        said not to.
         """
         if self.ended:
             return f"{self.ended}: delete and add the port to run it"
-        return super().downState()
+        total, last = self.failures.total, self.failures.last
+        if total and last:
+            return (f"starting the command again, {total} failure{'' if total == 1 else 's'} "
+                    f"in a row, last: {last}")
+        if self.lastEnd:
+            return f"starting the command again: its last run {self.lastEnd}"
+        return "starting the command"
 
     def waitFor(self, stopped: Deferred[None]) -> None:
         """

@@ -6,8 +6,10 @@ C{socket=dgram}, C{socket=seqpacket}).
 Theory of operation
 -------------------
 L{RunLink} is what every run shares: it is plugged into the port as it
-starts; the first frame it carries ends a series of failures (a run that
-ends before is one, and the next waits longer); closing it stops the
+starts; once it has carried a frame and lasted 5 s it has worked, which
+ends a series of failures (a run that ends before is one, and the next
+waits longer: a command that crashes at once is not run again and again
+without a pause); closing it stops the
 command (its pipes or socket closed, then C{TERM} and C{KILL} to what is
 left); its end, with the command's exit status, is reported to the
 connector (L{vtwisted.ports.command.CommandConnector.runEnded}), which
@@ -64,7 +66,11 @@ class RunLink(StreamLink):
                 transport.bufferSize = SEND_BUFFER
             transport.registerProducer(self.valve, True)
         self.sendFrame = self.makeSender(transport)  # type: ignore[method-assign]
-        self.carried = False
+        #: Whether the run carried a frame; whether it has worked (carried
+        #: one and lasted: L{vtwisted.ports.command.CommandConnector.runCarried}).
+        self.carried = self.worked = False
+        #: The call that makes it work once it has lasted, if pending.
+        self.steadyCall: Any = None
         self.linkReady()
 
     def makeSender(self, transport: Any) -> Any:
@@ -77,10 +83,7 @@ class RunLink(StreamLink):
         if not self.carried:
             self.carried = True
             owner: Any = self.owner
-            owner.failures.worked()
-            owner.endpoint.worked()
-            log.info("{spec}: {peer} on port {number}", spec=owner.spec,
-                              peer=self.description, number=self.port.number)
+            owner.runCarried(self)
         super().stringReceived(frame)
 
     def close(self) -> None:
@@ -101,11 +104,14 @@ class RunLink(StreamLink):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         super().connectionLost(reason)
+        if self.steadyCall is not None:
+            self.steadyCall.cancel()
+            self.steadyCall = None
         owner: Any = self.owner
-        if not self.carried:
+        if not self.worked:
             owner.endpoint.failed()
         if owner.running:
-            owner.runEnded(self.carried, reason)
+            owner.runEnded(self, reason)
 
 
 class SocketStreamLink(RunLink, QemuStreamLink):

@@ -21,7 +21,8 @@ is a failure of the series, logged once however often it happens.  A
 cable's link works once the far switch's hello has come, as it is plugged
 in.
 
-While its link is down, the port it had stays (inactive, as a port does);
+While its link is down, the port it had stays (inactive, as a port does),
+and its next link gets it again unless another link took it meanwhile;
 L{StreamConnector.lastPort} and L{StreamConnector.downState} let
 C{port/allprint} show what the spec is doing about it (dialling what, how
 many failures since, the last one), worked out when asked, not per frame
@@ -36,6 +37,7 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet.defer import DeferredList
 from zope.interface import implementer
 
+from vtwisted import errors
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamfailures import (
@@ -100,6 +102,21 @@ class StreamConnector(StreamPorts):
         if total and last:
             state += f", {total} failure{'' if total == 1 else 's'}, last: {last}"
         return state
+
+    def portFor(self, link: StreamLink) -> Any:
+        """
+        The port its last link had, if no other link took it meanwhile (a
+        peer back, a command run again, keeps its port number, and what
+        the console set on it); else the lowest free one.
+        """
+        port = self.lastPort
+        if (port is not None and not port.links and port.allocatable
+                and self.switch.ports.get(port.number) is port):
+            try:
+                return self.switch.allocatePort(port.number, link.uid)
+            except errors.SwitchError:
+                pass
+        return super().portFor(link)
 
     def handshakeFailed(self, link: StreamLink, problem: str) -> None:
         self.unready += 1  # tried again with a growing delay

@@ -383,7 +383,7 @@ class StreamPorts(Service):
         """
         link.upAt = self.reactor.seconds()
         try:
-            port = self.switch.allocatePort(None, link.uid)
+            port = self.portFor(link)
         except errors.SwitchError as e:
             log.error("{spec}: {peer}: no port: {problem}; closing the connection",
                       spec=self.spec, peer=link.description, problem=e.message)
@@ -397,6 +397,14 @@ class StreamPorts(Service):
             self.linkWorks(link)
         elif self.SHORT_LINK:
             self._trials[link] = self.reactor.callLater(self.SHORT_LINK, self._lasted, link)
+
+    def portFor(self, link: StreamLink) -> Any:
+        """
+        The port a new connection gets: the lowest free one.
+
+        @raise errors.SwitchError: none is left.
+        """
+        return self.switch.allocatePort(None, link.uid)
 
     def _lasted(self, link: StreamLink) -> None:
         del self._trials[link]
