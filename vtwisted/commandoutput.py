@@ -22,7 +22,10 @@ descriptor: the switch neither reads nor copies what goes there, and a file
 renamed away (log rotation) is opened anew at the next run.  A file that
 cannot be opened fails the run with an L{OutputError} naming the option,
 the path and the errno, which the port logs as any failed connection
-attempt, and tries again.
+attempt, and tries again.  L{checkOutput} checks as the spec is read,
+without making or opening anything, that it could be opened (the
+directory exists, the switch may write there), so that a typo in the path
+refuses the spec there and then, not at a run.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["LOG", "OFF", "OutputError", "OutputFiles", "openOutput", "parseOutput"]
+__all__ = ["LOG", "OFF", "OutputError", "OutputFiles", "checkOutput", "openOutput",
+           "parseOutput"]
 
 class OutputError(ValueError):
     """
@@ -62,6 +66,67 @@ def parseOutput(name: str, value: str | None) -> str:
     return os.path.abspath(value)
 
 
+def checkOutput(name: str, where: str) -> None:
+    """
+    Check, as the spec is read, that what C{name=where} names could be
+    opened for appending by the switch's user, without making or opening
+    it: a file must be no directory and be writable; a file not there yet,
+    in a directory that exists and the switch may write to.  A typo in the
+    path refuses the spec there and then, not at the first run.
+
+    @raise OutputError: it could not be opened (the message names C{name},
+        the path and the errno, as L{openOutput}'s).
+    """
+    if where in (LOG, OFF):
+        return
+    path = where
+    if os.path.exists(path):
+        if os.path.isdir(path):
+            raise _openError(name, where, path, errno.EISDIR)
+        if not _mayWrite(path, os.W_OK):
+            raise _openError(name, where, path, _denied(path))
+        return
+    directory = os.path.dirname(path) or "."
+    if not os.path.exists(directory):
+        raise _openError(name, where, path, errno.ENOENT)
+    if not os.path.isdir(directory):
+        raise _openError(name, where, path, errno.ENOTDIR)
+    if not _mayWrite(directory, os.W_OK | os.X_OK):
+        raise _openError(name, where, path, _denied(directory))
+
+
+def _mayWrite(path: str, mode: int) -> bool:
+    """
+    Whether the switch (its effective user, where the OS tells) may
+    C{mode} C{path}.
+    """
+    if os.access in os.supports_effective_ids:
+        return os.access(path, mode, effective_ids=True)
+    return os.access(path, mode)
+
+
+def _denied(path: str) -> int:
+    """
+    Why writing to C{path} is refused: a read-only file system, or rights.
+    """
+    try:
+        readOnly = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        readOnly = False
+    return errno.EROFS if readOnly else errno.EACCES
+
+
+def _openError(name: str, where: str, path: str, number: int, strerror: str | None = None
+               ) -> OutputError:
+    """
+    The error of C{name=where} whose file C{path} cannot be opened for
+    appending (errno C{number}).
+    """
+    code = errno.errorcode.get(number, str(number))
+    return OutputError(f"{name}={where}: cannot open {path} for appending: "
+                       f"{strerror or os.strerror(number)} (errno {number}, {code})")
+
+
 def openOutput(name: str, where: str) -> int | None:
     """
     Open what C{name=where} names for a run, or L{None} for L{LOG}.
@@ -76,9 +141,7 @@ def openOutput(name: str, where: str) -> int | None:
     try:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
     except OSError as e:
-        code = errno.errorcode.get(e.errno or 0, str(e.errno))
-        raise OutputError(f"{name}={where}: cannot open {path} for appending: "
-                           f"{e.strerror} (errno {e.errno}, {code})") from None
+        raise _openError(name, where, path, e.errno or 0, e.strerror) from None
 
 
 class OutputFiles:

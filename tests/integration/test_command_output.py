@@ -6,13 +6,16 @@ console log), and C{stderr=FILE} (L{vtwisted.commandoutput}).
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers import sourceEnv, twistdArgv, waitFor
 from reactortools import sleep, until
+from taphelpers import console
 from twisted.logger import LogLevel, capturedLogs
 
 pytestmark = pytest.mark.integration
@@ -86,3 +89,33 @@ async def test_stderrToAFileTakesWhatTheCommandSays(switch, shortdir) -> None:
                     timeout=10, what="the command's standard error in the file")
         await sleep(0.3)
     assert not _logged(events), _logged(events)
+
+
+def test_aFileThatCannotBeOpenedRefusesTheSpecAtStartAndOnTheConsole(vswitch,
+                                                                      shortdir) -> None:
+    """
+    stdout= or stderr= naming a file in no directory: --port refuses to
+    start the switch, port/add refuses the spec, each naming the spec, the
+    path and the errno (not a run that fails later); a good path works.
+    """
+    missing = shortdir / "nowhere" / "vm1.console"
+    spec = _spec(f":stdout={missing}")
+    problem = (f"port spec {spec!r}: stdout={missing}: cannot open {missing} for appending: "
+               "No such file or directory (errno 2, ENOENT)")
+    started = subprocess.run(twistdArgv("--sock", str(shortdir / "refused"), "--port", spec),
+                             env=sourceEnv(), capture_output=True, text=True, timeout=30)
+    said = started.stdout + started.stderr  # twistd's usage errors go to stdout
+    assert started.returncode != 0 and problem in said, said
+    mgmt = shortdir / "mgmt"
+    sw = vswitch("--mgmt", str(mgmt))
+    errors = _spec(f":stdout=off:stderr={missing}")
+    reply = console(mgmt, f"port/add {errors}", "port/specs")
+    assert f"stderr={missing}: cannot open {missing} for appending: No such file or " \
+           "directory (errno 2, ENOENT)" in reply, reply
+    assert "Spec cmd:" not in reply, reply
+    good = shortdir / "vm1.console"
+    reply = console(mgmt, f"port/add {_spec(f':stdout={good}')}")
+    assert "1000 Success" in reply, reply
+    waitFor(lambda: good.exists() and good.read_text().count("\n") == 3, timeout=15,
+            what="the console lines in the file")
+    assert sw.process.poll() is None

@@ -81,6 +81,31 @@ def test_badOutputOptionsSayWhatIsWrong(text: str, problem: str) -> None:
     assert caught.value.spec == text
 
 
+@pytest.mark.parametrize("option", ["stdout", "stderr"])
+def test_aFileThatCouldNotBeOpenedRefusesTheSpecAsItIsRead(tmp_path: Path,
+                                                           option: str) -> None:
+    """
+    A path in no directory, through a file, or naming a directory refuses
+    the spec as it is read, naming the spec, the option, the path and the
+    errno, not at its first run; a good one is neither made nor opened
+    until a run.
+    """
+    missing = tmp_path / "nowhere" / "vm1.console"
+    (tmp_path / "file").write_text("")
+    for path, errno in [(missing, "No such file or directory (errno 2, ENOENT)"),
+                        (tmp_path / "file" / "vm1", "Not a directory (errno 20, ENOTDIR)"),
+                        (tmp_path, "Is a directory (errno 21, EISDIR)")]:
+        text = f"{QEMU}:socket=stream:{option}={path}"
+        with pytest.raises(SpecError) as caught:
+            _service(text)
+        assert caught.value.spec == text
+        assert str(caught.value).endswith(
+            f"{option}={path}: cannot open {path} for appending: {errno}"), str(caught.value)
+    good = tmp_path / "vm1.console"
+    _service(f"{QEMU}:socket=stream:{option}={good}")
+    assert not good.exists()
+
+
 def test_eachRunOpensItsFilesToAppendAndTheSwitchKeepsNoCopy(tmp_path: Path) -> None:
     """
     stdout=FILE and stderr=off are the command's descriptors 1 and 2 (the

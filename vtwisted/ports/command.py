@@ -51,7 +51,10 @@ with its exit status (a signal by its name too: C{was killed by signal 11
 (SIGSEGV, core dumped)}), however often it is restarted, and so is each
 line it says meanwhile.  The end of a run that worked is logged each time,
 as a warning unless it exited with status 0; C{port/allprint} and
-C{port/specs} show how the last run ended while the port is down.
+C{port/specs} show how the last run ended while the port is down.  The
+files of C{stdout=FILE} and C{stderr=FILE} are checked as the spec is
+read, so a wrong path refuses the port at once, and opened at each run
+(L{vtwisted.commandoutput.checkOutput}).
 
 Stopping the port closes the command's pipes, which ends C{vde_plug} (and
 an C{ssh} running one); what is left of it (its process group: it runs in a
@@ -69,7 +72,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.commanddescriptor import KINDS, DescriptorEndpoint
-from vtwisted.commandoutput import LOG, OutputError, parseOutput
+from vtwisted.commandoutput import LOG, OutputError, checkOutput, parseOutput
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
@@ -283,6 +286,8 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> CommandConnector:
     try:
         stdout = parseOutput("stdout", spec.string("stdout"))
         stderr = parseOutput("stderr", spec.string("stderr"))
+        checkOutput("stdout", stdout)
+        checkOutput("stderr", stderr)
     except OutputError as e:
         raise spec.error(str(e)) from None
     command = ":".join(spec.args)  # a colon the user did not escape is the command's
