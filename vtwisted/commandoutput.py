@@ -19,7 +19,8 @@ named C{log} or C{off} is C{./log}, C{./off}).  L{openOutput} opens it for
 each run, appending and created if missing (as a shell's C{>>} would, its
 mode C{0666} less the umask), and the command inherits it as that
 descriptor: the switch neither reads nor copies what goes there, and a file
-renamed away (log rotation) is opened anew at the next run.  A file that
+renamed away (log rotation) is opened anew at the next run; a FIFO is
+opened without waiting for a reader (none: C{ENXIO}).  A file that
 cannot be opened fails the run with an L{OutputError} naming the option,
 the path and the errno, which the port logs as any failed connection
 attempt, and tries again.  L{checkOutput} checks as the spec is read,
@@ -139,9 +140,14 @@ def openOutput(name: str, where: str) -> int | None:
         return None
     path = os.devnull if where == OFF else where
     try:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        # Not blocking: a FIFO nobody reads would hold the whole switch
+        # here (it is refused, ENXIO); the command gets a blocking one.
+        opened = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NONBLOCK, 0o666)
     except OSError as e:
         raise _openError(name, where, path, e.errno or 0, e.strerror) from None
+    os.set_blocking(opened, True)
+    return opened
 
 
 class OutputFiles:

@@ -9,6 +9,7 @@ C{tests/integration/test_command_output.py}.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs
 
 from vtwisted.commanddescriptor import DescriptorEndpoint, DescriptorRun
-from vtwisted.commandoutput import OutputError, OutputFiles, parseOutput
+from vtwisted.commandoutput import OutputError, OutputFiles, openOutput, parseOutput
 from vtwisted.ports import command
 from vtwisted.processes import CommandEndpoint
 from vtwisted.spec import PortSpec, SpecError
@@ -167,3 +168,28 @@ def test_aCommandsStandardOutputIsLoggedAsInformationItsErrorAsWarnings() -> Non
     levels = {event["line"]: event["log_level"] for event in events if "line" in event}
     assert levels == {"Welcome to the guest": LogLevel.info,
                       "qemu: warning: something": LogLevel.warn}
+
+
+def test_aFifoIsOpenedWithoutWaitingForItsReader(tmp_path: Path) -> None:
+    """
+    stdout=FIFO: with nobody reading it, the run fails at once (ENXIO)
+    instead of holding the whole switch in open(); with a reader, the
+    command gets it, blocking as a shell's >> would give it.
+    """
+    fifo = tmp_path / "console.fifo"
+    os.mkfifo(fifo)
+    previous = signal.signal(signal.SIGALRM, lambda *args: pytest.fail("open() blocked"))
+    signal.alarm(5)
+    try:
+        with pytest.raises(OutputError, match=r"No such device or address \(errno 6, ENXIO\)"):
+            openOutput("stdout", str(fifo))
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            opened = openOutput("stdout", str(fifo))
+            assert opened is not None and os.get_blocking(opened)
+            os.close(opened)
+        finally:
+            os.close(reader)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
