@@ -158,3 +158,22 @@ def test_aCommandRunAgainGetsThePortItHad() -> None:
     assert not switch.port(1).links and first.lastPort is switch.port(1)
     first.stopService()
     second.stopService()
+
+
+def test_aRunTheSwitchEndedIsRunAgainUnderOnFailureThoughItExitedWithZero() -> None:
+    """
+    restart=on-failure: the switch ends a run for a record vde_plug could
+    not have sent; vde_plug then exits with status 0 at the end of its
+    input, which is no poweroff: it is run again, and the log says why.
+    """
+    reactor = Spawner()
+    service = _service("cmd:vde_plug /tmp/sw:restart=on-failure", reactor)
+    with capturedLogs() as events:
+        service.startService()
+        reactor.runs[-1].protocol.dataReceived(b"\xff\xff" + b"x" * 100)
+        reactor.runs[-1].processEnded(Failure(ProcessDone(0)))
+        reactor.pump([1.0] * 10)
+    assert len(reactor.runs) == 2 and not service.ended
+    assert any("the command exited with status 0 once the switch had ended its run"
+               in formatEvent(event) for event in events), [formatEvent(e) for e in events]
+    service.stopService()

@@ -190,8 +190,9 @@ class CommandConnector(StreamConnector):
 
     def runEnded(self, link: RunLink, reason: Failure | None) -> None:
         """
-        A run ended (C{reason} has its exit status): start it again, or
-        not, as C{restart=} says, and log it: a run that had not worked
+        A run ended (C{reason} has its exit status; one the switch ended,
+        for what it sent, is a crash whatever its status): start it again,
+        or not, as C{restart=} says, and log it: a run that had not worked
         (carried no frame, or crashed less than L{STEADY_RUN} seconds
         after it started) once per series, as a warning; one that worked
         each time, as a warning if it crashed (a signal, a status other
@@ -199,6 +200,9 @@ class CommandConnector(StreamConnector):
         """
         status = exitText(reason)
         crashed = not (reason is not None and reason.check(ProcessDone))
+        if link.stopping:  # for what it sent (a malformed record): no clean end
+            status += " once the switch had ended its run"
+            crashed = True
         level = LogLevel.warn if crashed else LogLevel.info
         #: How the last run ended (C{port/allprint} shows it while it is down).
         self.lastEnd = status
