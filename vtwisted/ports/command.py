@@ -26,9 +26,10 @@ still free.  A run has I{worked} once it carried a frame and lasted
 L{CommandConnector.STEADY_RUN} seconds; runs that end before make the next
 one wait longer each time (0.5 s, doubling up to 5 s), so a command that
 crashes at once, frames or not, is not run again and again without a
-pause.  With C{restart=off} a command that ends is not run again (a VM
-powered off stays off), with C{restart=on-failure} unless it exited with
-status 0.
+pause.  A run is logged (C{... on port N}) at its first frame, unless
+runs are failing: then once it works.  With C{restart=off} a command
+that ends is not run again (a VM powered off stays off), with
+C{restart=on-failure} unless it exited with status 0.
 
 With C{socket=stream}, C{socket=dgram} or C{socket=seqpacket} the frames
 cross a Unix socket pair instead, whose one end the command inherits as
@@ -164,8 +165,12 @@ class CommandConnector(StreamConnector):
     def runCarried(self, link: RunLink) -> None:
         """
         C{link}'s run carried its first frame: it works once it has lasted
-        L{STEADY_RUN} seconds (now, if it has).
+        L{STEADY_RUN} seconds (now, if it has).  It is announced now unless
+        runs are failing (then once it works: a command crashing right
+        after its first frames is not announced at every run).
         """
+        if not self.failures.total:
+            self.announce(link)
         age = self.reactor.seconds() - link.upAt
         if age >= self.STEADY_RUN:
             self.runWorks(link)
@@ -185,8 +190,16 @@ class CommandConnector(StreamConnector):
         self.failures.worked()
         endpoint: Any = self.endpoint
         endpoint.worked()
-        log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
-                 number=link.port.number)
+        self.announce(link)
+
+    def announce(self, link: RunLink) -> None:
+        """
+        Log C{link}'s run and its port, once.
+        """
+        if not link.told:
+            link.told = True
+            log.info("{spec}: {peer} on port {number}", spec=self.spec, peer=link.description,
+                     number=link.port.number)
 
     def runEnded(self, link: RunLink, reason: Failure | None) -> None:
         """

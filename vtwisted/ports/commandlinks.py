@@ -69,6 +69,8 @@ class RunLink(StreamLink):
         #: Whether the run carried a frame; whether it has worked (carried
         #: one and lasted: L{vtwisted.ports.command.CommandConnector.runCarried}).
         self.carried = self.worked = False
+        #: Whether it was logged as on its port.
+        self.told = False
         #: The call that makes it work once it has lasted, if pending.
         self.steadyCall: Any = None
         self.linkReady()
