@@ -162,3 +162,54 @@ def test_theNextReaderGetsAStreamOfItsOwn(processes, shortdir) -> None:
     assert _numbers(firstOut) == list(range(50))
     assert _numbers(secondOut) == list(range(150, 250))
     assert lan.logged("waiting for a reader") == 1
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def _hasOpen(pid: int, path: Path) -> bool:
+    fds = Path(f"/proc/{pid}/fd")
+    try:
+        return any(os.readlink(fds / fd) == str(path) for fd in os.listdir(fds))
+    except FileNotFoundError:
+        return False
+
+
+def _records(path: Path) -> int:
+    try:
+        return len(pcap.readRecords(path.read_bytes()))
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def test_aReaderTakingTheLastOnesPlaceAtOnceGetsAStreamOfItsOwn(processes, shortdir) -> None:
+    """
+    A tcpdump that has read 50 frames stopped and the next one started
+    while the switch cannot run (stopped: the pipe's error is gone before
+    it looks, as in one busy reactor turn): the switch still sees the first
+    leave, and the second gets a stream of its own, header first, which it
+    reads whole.
+    """
+    lan = Lan(processes, shortdir)
+    first, firstOut = lan.reader("first.pcap")
+    lan.exchange(50)
+    waitFor(lambda: _records(firstOut) == 50, what="tcpdump to read all 50")
+    console(lan.mgmt, "showinfo")  # the switch is past the turn that wrote them
+    os.kill(lan.switch.pid, signal.SIGSTOP)
+    try:
+        waitFor(lambda: _stopped(lan.switch.pid), what="the switch to stop")
+        processes.stop(first)
+        secondOut = shortdir / "second.pcap"
+        second = processes.start(["tcpdump", "-n", "-U", "-r", str(lan.fifo), "-w",
+                                  str(secondOut)], stderr=subprocess.PIPE)
+        waitFor(lambda: _hasOpen(second.pid, lan.fifo), what="tcpdump to open the FIFO")
+    finally:
+        os.kill(lan.switch.pid, signal.SIGCONT)
+    lan.exchange(100)
+    time.sleep(0.5)
+    lan.stop()
+    assert second.wait(10) == 0, lan.log.read_text()
+    assert _numbers(firstOut) == list(range(50))
+    assert _numbers(secondOut) == list(range(50, 150))
+    assert lan.logged("another opened it at once") == 1, lan.log.read_text()

@@ -7,7 +7,11 @@ followed by the next one with a stream of its own.
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.ports import pcap as pcapport
+from vtwisted.ports import pcapfifo
 from vtwisted.ports.pcapfifo import FifoLink
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
@@ -248,3 +253,156 @@ def test_aFifoTakesNoSizeLimit(fifo: Path, options: str) -> None:
     """maxsize= and files= bound files: on a FIFO they are refused, saying why."""
     with pytest.raises(SpecError, match="is a FIFO"):
         pcapport.makeService(Switch(), PortSpec(f"pcap:{fifo}{options}"), MemoryReactorClock())
+
+
+def test_aReaderThatTakesTheLastOnesPlaceGetsAStreamOfItsOwn(
+    fifo: Path, readers: list[Reader]
+) -> None:
+    """
+    A reader that reads all, then leaves, and another that opens the FIFO
+    before the switch looked (the same reactor turn: the pipe never showed
+    its error): the new one gets a stream of its own, header first, and
+    the records that waited go to it.
+    """
+    readers.append(Reader(fifo))
+    with capturedLogs() as events:
+        lan = Lan(fifo)
+        lan.send(4)
+        readers[0].read()
+        readers.pop().close()
+        readers.append(Reader(fifo))
+        lan.send(3)
+    assert readers[0].read()[:4] == pcap.MAGIC.to_bytes(4, "little")
+    assert readers[0].numbers() == [4, 5, 6]
+    logged = [formatEvent(event) for event in events]
+    assert sum("went away after 4 frames and another opened it at once" in line
+               for line in logged) == 1, logged
+    assert not any("share" in line or "start it again" in line for line in logged), logged
+    assert lan.link.frames == 7 and lan.link.readers == 2 and lan.busy == 0
+    readers.pop().close()
+    lan.send(1)
+    readers.append(Reader(fifo))
+    lan.reactor.advance(1)
+    lan.send(1)
+    readers[0].read()
+    assert readers[0].numbers() == [8]
+
+
+def test_aRecordBegunIsNotHandedOver(fifo: Path, readers: list[Reader]) -> None:
+    """
+    A record the pipe took only the start of, read by the reader that
+    left: its rest is dropped (counted), the next reader's stream begins
+    with the header and the records that followed it.
+    """
+    readers.append(Reader(fifo))
+    lan = Lan(fifo)
+    lan.send(3000, size=1001)  # the pipe fills, ending inside a record
+    out = lan.link.out
+    assert out is not None and out._begun, "a record partly written"
+    readers[0].read()
+    readers.pop().close()
+    readers.append(Reader(fifo))
+    busy = lan.busy
+    lan.pumpWrites()
+    lan.send(2)
+    for _ in range(100):
+        readers[0].read()
+        lan.pumpWrites()
+    numbers = readers[0].numbers()
+    assert numbers == sorted(numbers) and numbers[-2:] == [3000, 3001]
+    assert lan.busy == busy + 1
+
+
+def test_aReaderJoiningAnUnreadStreamIsLogged(fifo: Path, readers: list[Reader]) -> None:
+    """
+    A reader that leaves records unread in the pipe, replaced before the
+    switch looked: the new reader reads the rest of the old stream (no
+    writer can take it back); the log says so.  So does a reader leaving
+    while a second one, opened before, has the FIFO (two readers share one
+    stream).  Once they have left, the next reader gets a stream of its own.
+    """
+    readers.append(Reader(fifo))
+    with capturedLogs() as events:
+        lan = Lan(fifo)
+        lan.send(4)
+        readers.pop().close()
+        readers.append(Reader(fifo))
+        lan.send(1)
+        readers.append(Reader(fifo))
+        lan.send(1)
+        readers.pop(0).close()
+        lan.send(1)
+        assert lan.link.out is not None
+        readers.pop().close()
+        lan.send(1)
+        assert lan.link.out is None
+        readers.append(Reader(fifo))
+        lan.reactor.advance(1)
+        lan.send(1)
+    readers[0].read()
+    logged = [formatEvent(event) for event in events]
+    assert sum("before the switch saw the last one leave" in line
+               and "with no header; start it again" in line for line in logged) == 1, logged
+    assert sum("readers of one FIFO share one stream" in line for line in logged) == 1, logged
+    assert readers[0].numbers() == [8]
+
+
+def test_aReaderBlockedInOpenIsTheStreamsOwn(fifo: Path, readers: list[Reader]) -> None:
+    """
+    A reader blocked in C{open} until the switch opens the FIFO (tcpdump,
+    Wireshark) is reported open only after the switch began to watch:
+    it is the stream's own reader, not a second one, and when it leaves
+    the switch sees it go.
+    """
+    opener = subprocess.Popen(  # a blocking open of the FIFO for reading, then a read
+        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); "
+         "sys.stdout.buffer.write(f.read(24)); sys.stdout.flush()", str(fifo)],
+        stdout=subprocess.PIPE)
+    try:
+        with capturedLogs() as events:
+            lan = Lan(fifo)
+            for _ in range(500):
+                if lan.link.out is not None:
+                    break
+                time.sleep(0.01)
+                lan.reactor.advance(1)
+            assert lan.link.out is not None
+            header, _ = opener.communicate(timeout=10)
+            assert header[:4] == pcap.MAGIC.to_bytes(4, "little")
+            lan.send(2)
+            lan.send(1)
+        logged = [formatEvent(event) for event in events]
+        assert not any("share" in line or "start it again" in line for line in logged), logged
+        assert any("went away" in line for line in logged), logged
+        assert lan.link.out is None
+    finally:
+        if opener.poll() is None:
+            opener.kill()
+            opener.wait()
+
+
+def test_withoutInotifyTheCaptureGoesOn(
+    fifo: Path, readers: list[Reader], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Where the FIFO's opens cannot be watched (no inotify, its limit
+    reached), the log says once what goes unnoticed and capturing goes on.
+    """
+    def refuse(path: str) -> None:
+        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+    monkeypatch.setattr(pcapfifo, "OpenWatch", refuse)
+    readers.append(Reader(fifo))
+    with capturedLogs() as events:
+        lan = Lan(fifo)
+        lan.send(2)
+        readers.pop().close()
+        lan.send(1)
+        readers.append(Reader(fifo))
+        lan.reactor.advance(1)
+        lan.send(1)
+    readers[0].read()
+    assert readers[0].numbers() == [3]
+    logged = [formatEvent(event) for event in events]
+    assert sum(f"cannot watch who opens {fifo}" in line and "errno 24" in line
+               for line in logged) == 1, logged

@@ -130,6 +130,26 @@ class RecordBuffer:
             self.frames += 1
         self._begun = n
 
+    def restart(self, header: bytes) -> int:
+        """
+        Begin a new stream on the same descriptor, for a new reader: the
+        file header first, then the records not begun yet (the rest of a
+        record partly written, which the old reader took the start of,
+        would make no sense to the new one).
+
+        @return: how many records were dropped (0 or 1).
+        """
+        skip, lost = self._header, 0
+        if self._begun:
+            skip += self._lengths.popleft() - self._begun
+            lost = 1
+        del self.pending[:skip]
+        self.pending[:0] = header
+        self._header = len(header)
+        self._begun = 0
+        self.frames = 0
+        return lost
+
     def discard(self) -> int:
         """
         Forget what is pending (the descriptor is about to be closed).

@@ -25,14 +25,34 @@ reader would join the old pipe mid-stream, without a header).  A write
 may report it too (C{EPIPE}: Python ignores C{SIGPIPE}, and so does
 twistd).  The descriptor is closed, records still waiting are counted as
 dropped, and the next reader gets a new stream.
+
+Neither shows a reader that leaves while another opens the FIFO before the
+switch looks (the same reactor turn, a busy or stopped switch): the new
+reader would read on from the old stream.  So each stream also watches
+the FIFO's opens and closes (L{vtwisted.ports.fifoopens}), read before
+each write and after it.  A reader's close with another reader already
+there is a hand-over: if the pipe is empty (C{FIONREAD} on the writing
+end) and nothing was written since the last look, the new reader has read nothing
+yet and gets a stream of its own on the same descriptor, header first.
+Otherwise it is reading the rest of the old stream, which no writer can
+take back (a FIFO is one byte stream: whoever reads takes), and the log
+says so.  A new reader is one whose open comes after the close: a reader
+blocked in C{open} until the switch opened the FIFO is reported open only
+after the switch's watch began, and two readers sharing the FIFO (each
+reading a part of one stream) show as a close with no open after it,
+which the log names too.  Once such a reader leaves, the next gets a
+stream of its own as usual.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import select
 import stat
+import struct
+import termios
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
@@ -41,6 +61,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink
+from vtwisted.ports.fifoopens import IN_CLOSE_NOWRITE, IN_OPEN, OpenWatch
 from vtwisted.ports.pcapbuffer import BUFFER, CaptureLink, RecordBuffer, droppedNote
 from vtwisted.wire import pcap
 
@@ -87,6 +108,12 @@ class FifoLink(CaptureLink):
         self._stopped = False
         #: The errnos of open failures logged so far.
         self._warned: set[int] = set()
+        #: The current stream's watch on the FIFO's opens and closes.
+        self._opens: OpenWatch | None = None
+        #: Whether anything was written since the opens were last read (a
+        #: reader's close read then may have come before what was written).
+        self._wrote = False
+        self._noWatch = False
         try:
             self._open()
         except OSError as e:
@@ -119,12 +146,85 @@ class FifoLink(CaptureLink):
             raise OSError(errno.EINVAL, "no longer a FIFO")
         self.out = RecordBuffer(fd, pcap.fileHeader(self.service.snaplen))
         self.readers += 1
+        self._watchOpens()
         self.service.reactor.addReader(self._watcher)
         log.info("{spec}: a reader opened {path}: capturing", spec=self.service.spec,
                  path=path)
         if self.port is not None:
             self.service.switch.setMonitor(self.port, True)
         self._writeSoon()
+
+    def _watchOpens(self) -> None:
+        """
+        Watch the FIFO's opens and closes for this stream, if inotify can
+        (else say once that a reader swap goes unnoticed).
+        """
+        self._wrote = False
+        try:
+            self._opens = OpenWatch(self.service.path)
+        except OSError as e:
+            self._opens = None
+            if not self._noWatch:
+                self._noWatch = True
+                log.warn("{spec}: cannot watch who opens {path} ({error}, errno {errno}): "
+                         "a reader that opens it just as the last one leaves may join the "
+                         "last stream", spec=self.service.spec, path=self.service.path,
+                         error=e.strerror, errno=e.errno)
+
+    def _checkOpens(self) -> None:
+        """
+        Read the opens and closes of the FIFO since the last look: a reader
+        gone, handed over, or sharing the stream.
+        """
+        watch = self._opens
+        if watch is None:
+            return
+        try:
+            masks = watch.events()
+        except OSError:
+            masks = []
+        wrote, self._wrote = self._wrote, False
+        for i, mask in enumerate(masks):
+            if self.out is None:
+                return
+            if mask & IN_CLOSE_NOWRITE:
+                self._readerLeft(wrote, any(later & IN_OPEN for later in masks[i + 1:]))
+
+    def _readerLeft(self, wrote: bool, followed: bool) -> None:
+        """
+        A reader closed the FIFO: if none has it now, the stream ends.  If
+        one opened it after (C{followed}: its open is queued after this
+        close), give it a stream of its own if it cannot have read the old
+        one (the pipe empty, nothing written since the last look), else
+        say why not; if the one there opened it before, readers share the
+        stream, which the log says.
+        """
+        out = self.out
+        assert out is not None
+        poller = select.poll()
+        poller.register(out.fd, 0)
+        if poller.poll(0):
+            self.readerGone(None)
+            return
+        spec, path = self.service.spec, self.service.path
+        if not followed:
+            log.warn("{spec}: a reader of {path} left while another had it open too: "
+                     "readers of one FIFO share one stream, each reading a part of it (the "
+                     "later one from mid-stream, with no header)", spec=spec, path=path)
+            return
+        self.readers += 1
+        unread = _unread(out.fd)
+        if wrote or unread:
+            log.warn("{spec}: a reader opened {path} before the switch saw the last one "
+                     "leave ({unread} bytes of its stream unread in the pipe): it reads on "
+                     "from the last stream, with no header; start it again",
+                     spec=spec, path=path, unread="?" if unread is None else unread)
+            return
+        log.info("{spec}: the reader of {path} went away after {n} frames and another "
+                 "opened it at once: a stream of its own", spec=spec, path=path,
+                 n=out.frames)
+        self._closedFrames += out.frames
+        self._drop(out.restart(pcap.fileHeader(self.service.snaplen)))
 
     def tick(self) -> None:
         """
@@ -171,17 +271,23 @@ class FifoLink(CaptureLink):
     def write(self) -> None:
         """
         Write what the pipe takes; if it is full, wait until it takes more.
+        The FIFO's opens and closes are read just before (a reader handed
+        over gets its header first) and just after (a reader that left
+        while this was written is seen before anything more is).
         """
         self._soon = None
+        self._checkOpens()
         out = self.out
         if out is None:
             return
+        self._wrote = bool(out.pending)
         try:
             out.write()
         except BlockingIOError:
             if not self._blocked:
                 self._blocked = True
                 self.service.reactor.addWriter(self._watcher)
+            self._checkOpens()
             return
         except OSError as e:
             self.readerGone(e)
@@ -189,6 +295,7 @@ class FifoLink(CaptureLink):
         if self._blocked:
             self._blocked = False
             self.service.reactor.removeWriter(self._watcher)
+        self._checkOpens()
 
     def checkReader(self) -> None:
         """
@@ -227,6 +334,9 @@ class FifoLink(CaptureLink):
         """
         Stop watching C{out}'s descriptor and writing to it.
         """
+        if self._opens is not None:
+            self._opens.close()
+            self._opens = None
         reactor = self.service.reactor
         reactor.removeReader(self._watcher)
         if self._blocked:
@@ -277,6 +387,16 @@ class FifoLink(CaptureLink):
         Whether a reader has the FIFO open (only then does the port monitor).
         """
         return self.out is not None
+
+
+def _unread(fd: int) -> int | None:
+    """
+    How many bytes the pipe of C{fd} holds unread (C{None}: unknown).
+    """
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0])
+    except OSError:
+        return None
 
 
 @implementer(IReadDescriptor, IWriteDescriptor)
