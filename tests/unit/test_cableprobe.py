@@ -1,6 +1,6 @@
 """
 A cable listener whose peer's address dials again probes that address's
-other links (L{vtwisted.ports.cablekeepalive}): which links, the socket
+other links (L{vtwisted.ports.streamkeepalive}): which links, the socket
 options set and given back, on a fake clock with fake transports over
 real loopback TCP sockets; and the kernel behaviour it relies on, on real
 loopback connections.  Switches in namespaces: test_cable_redial.py.
@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports import cable, cablekeepalive
+from vtwisted.ports import cable, streamkeepalive
 from vtwisted.switch import Switch
 
 TCP_REPAIR = 19  # linux/tcp.h
@@ -114,7 +114,7 @@ def test_aCableFromAnAddressWithLinksProbesThoseAndGivesTheirSettingsBack(pairs)
     assert options(sockets[2]) == normal
     (line,) = [formatEvent(e) for e in events if "probing" in e.get("log_format", "")]
     assert f"(port {first.port.number})" in line, line
-    clock.advance(cablekeepalive.PROBE_WINDOW)
+    clock.advance(streamkeepalive.PROBE_WINDOW)
     assert options(sockets[0]) == normal
     assert not clock.getDelayedCalls()
 
@@ -129,7 +129,7 @@ def test_withKeepaliveOffTheProbesStopAfterTheWindow(pairs) -> None:
     assert options(sockets[0])[0] == 0
     cableFrom(listener, "10.0.0.2", sockets[1])
     assert options(sockets[0])[:3] == (1, 1, 1)
-    clock.advance(cablekeepalive.PROBE_WINDOW)
+    clock.advance(streamkeepalive.PROBE_WINDOW)
     assert options(sockets[0])[0] == 0
 
 
@@ -171,11 +171,11 @@ def test_theKernelResetsAProbedConnectionItsPeerForgotAndKeepsALiveOne(pairs) ->
     ghost, gone = connectedPair(pairs)
     live, _ = connectedPair(pairs)
     for end in (ghost, live):
-        cablekeepalive.keepAlive(end, 30)
+        streamkeepalive.keepAlive(end, 30)
     vanish(gone)
     assert select.select([ghost], [], [], 1.5)[0] == []  # keepalive alone: nothing yet
     for end in (ghost, live):
-        assert cablekeepalive.probeNow(end)
+        assert streamkeepalive.probeNow(end)
     assert select.select([ghost], [], [], 3)[0] == [ghost]
     with pytest.raises(ConnectionResetError):
         ghost.recv(1)

@@ -38,7 +38,7 @@ seeing it (its host rebooted, the switch killed and started again) dials
 again from the same address: then the listening switch has the kernel
 probe that address's other links at once, and one the far kernel no
 longer has is reset within a second, its port and the MACs learned on it
-gone (L{vtwisted.ports.cablekeepalive}; nothing new on the wire).  A far
+gone (L{vtwisted.ports.streamkeepalive}; nothing new on the wire).  A far
 switch still alive but stuck half-way through a
 message (its kernel acknowledging, so keepalive sees nothing wrong) would
 hold the link's inbound side for ever: a message left incomplete for
@@ -74,15 +74,9 @@ from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
-from vtwisted.ports.cablekeepalive import (
-    PROBE_WINDOW,
-    keepAlive,
-    peerAddress,
-    probeNow,
-    restoreKeepAlive,
-)
 from vtwisted.ports.streamconnector import StreamConnector
 from vtwisted.ports.streamfailures import peerHost, whyLost
+from vtwisted.ports.streamkeepalive import LinkKeepAlive, linkKeepAlive, probeRedialled
 from vtwisted.ports.streamlinks import (
     READY_TIMEOUT,
     StreamLink,
@@ -138,13 +132,14 @@ class CableLink(StreamLink):
         self._bytesRead = 0
         self._stall: Any = None
         self._stallFrom = 0
-        #: While L{probe}'s window is open: the call that closes it.
-        self._probing: Any = None
+        #: Its keepalive, if it is a TCP cable.
+        self.keeper: LinkKeepAlive | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         seconds = getattr(self.owner, "keepalive", KEEPALIVE)
-        keepAlive(socketOf(self.transport), seconds)
+        self.keeper = linkKeepAlive(self.owner.reactor, socketOf(self.transport), seconds,
+                                    userTimeout=True)
         self.partialTimeout = seconds
 
     def dataReceived(self, data: bytes) -> None:
@@ -180,29 +175,6 @@ class CableLink(StreamLink):
                   problem=self._pendingProblem())
         self.owner.linkDown(self)
         self._abort()  # a TLS close could wait on the stuck peer
-
-    def probe(self) -> bool:
-        """
-        The far switch's address dialled again: have the kernel probe this
-        link now, which ends it if the far kernel no longer has it (see
-        L{vtwisted.ports.cablekeepalive}), for L{PROBE_WINDOW} seconds.
-
-        @return: whether it is probed (a TCP cable).
-        """
-        if not probeNow(socketOf(self.transport)):
-            return False
-        self._stopProbing()
-        self._probing = self.owner.reactor.callLater(PROBE_WINDOW, self._probed)
-        return True
-
-    def _probed(self) -> None:
-        self._probing = None
-        restoreKeepAlive(socketOf(self.transport), getattr(self.owner, "keepalive", KEEPALIVE))
-
-    def _stopProbing(self) -> None:
-        probing, self._probing = self._probing, None
-        if probing is not None and probing.active():
-            probing.cancel()
 
     def linkReady(self) -> None:
         self.transport.write(packLength(len(HELLO)) + HELLO)  # type: ignore[union-attr]
@@ -281,7 +253,8 @@ class CableLink(StreamLink):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.stopDeadline()
-        self._stopProbing()
+        if self.keeper is not None:
+            self.keeper.stop()
         stall, self._stall = self._stall, None
         if stall is not None and stall.active():
             stall.cancel()
@@ -333,20 +306,8 @@ class CableListener(StreamListener):
         reboot, a restart, a NAT that forgot it) ends within a second.
         """
         super().linkUp(link)
-        if link not in self.links:
-            return
-        address = peerAddress(link.transport)
-        if address is None:
-            return
-        probed = [other for other in self.links if other is not link
-                  and peerAddress(other.transport) == address and isinstance(other, CableLink)
-                  and other.probe()]
-        if probed:
-            log.info("{spec}: {peer} dialled from an address with {count} other cable(s) "
-                     "up (port {ports}); probing them, a far switch that lost its link "
-                     "gets it reset", spec=self.spec, peer=link.description,
-                     count=len(probed), ports=", ".join(str(other.port.number)
-                                                        for other in probed))
+        if link in self.links:
+            probeRedialled(self.spec, self.links, link, "cable")
 
 
 @implementer(IPortService)
