@@ -46,26 +46,50 @@ start meanwhile: frames flow at once, only the line waits.
 
 Sending never blocks: past 2 MB queued for a guest, frames to it are
 dropped and counted until it has drained.
+
+A TCP guest link has keepalive (C{keepalive=} seconds, L{KEEPALIVE} by
+default, C{0} for none; nothing changes on the wire, QEMU's kernel answers
+the probes): a QEMU whose host crashed, lost power or network, or whose
+connection a NAT forgot is noticed and its port freed, and a
+C{qemu:connect:} dials again.  A guest that merely stops reading (its VM
+stopped, or its NIC not up yet) stays: no C{TCP_USER_TIMEOUT}, which
+would end it, but a watch on acknowledgements that have stopped coming
+(L{vtwisted.ports.streamkeepalive}).  A listener that plugs in a guest
+from an address with other guest links up has the kernel probe those at
+once: the ghost a QEMU restarted after its host rebooted left behind is
+reset within a second, a live guest from the same host stays.  Unix
+sockets need none of this: their peer is on this host, and its going is
+always seen.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import IPortService
 from vtwisted.ports.streamconnector import StreamConnector
+from vtwisted.ports.streamkeepalive import LinkKeepAlive, linkKeepAlive, probeRedialled
 from vtwisted.ports.streamlinks import StreamLink, StreamPorts
 from vtwisted.ports.streamlistener import StreamListener
 from vtwisted.ports.streamspec import readStreamSpec
+from vtwisted.sockettools import socketOf
 from vtwisted.spec import PortSpec
+
+log = Logger()
 
 #: The largest frame QEMU accepts (its C{NET_BUFSIZE}).
 MAX_FRAME = 4096 + 65536
+#: Seconds without an acknowledgement from a TCP guest's kernel (to
+#: keepalive probes on an idle link, to frames on a busy one) before it
+#: counts as gone (C{keepalive=}), as for cables.
+KEEPALIVE = 30
 #: Keywords of a spec that configure the switch port, not the endpoint.
-PORT_KEYWORDS = ("vlan", "trunk", "mtu", *IMPAIRMENTS)
+PORT_KEYWORDS = ("vlan", "trunk", "mtu", "keepalive", *IMPAIRMENTS)
 
 
 class QemuStreamLink(StreamLink):
@@ -75,6 +99,30 @@ class QemuStreamLink(StreamLink):
 
     MAX_LENGTH = MAX_FRAME
     module = "qemu stream"
+    #: Its keepalive, if it is a TCP link.
+    keeper: LinkKeepAlive | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.keeper = linkKeepAlive(self.owner.reactor, socketOf(self.transport),
+                                    getattr(self.owner, "keepalive", KEEPALIVE),
+                                    userTimeout=False, onSilence=self._silent)
+
+    def _silent(self, seconds: float) -> None:
+        """
+        Frames sent and nothing acknowledged for C{seconds}: the guest's
+        host is gone (not just its reader); drop the link.
+        """
+        log.warn("{spec}: {peer}: nothing acknowledged for {seconds:.0f} s (its host "
+                 "crashed, or its network or a NAT dropped the connection); dropping the "
+                 "link", spec=self.owner.spec, peer=self.description, seconds=seconds)
+        self.owner.linkDown(self)
+        self._abort()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.keeper is not None:
+            self.keeper.stop()
+        super().connectionLost(reason)
 
 
 @implementer(IPortService)
@@ -85,6 +133,18 @@ class QemuListener(StreamListener):
 
     protocol = QemuStreamLink
     upMeansWorking = False  # a guest connecting says nothing: a link must last
+    #: C{keepalive=}: seconds before a silent TCP guest counts as gone.
+    keepalive = KEEPALIVE
+
+    def linkUp(self, link: StreamLink) -> None:
+        """
+        Plug in a guest; if its address has other guest links up, probe
+        those now: one whose QEMU lost it unseen (its host rebooted, a NAT
+        that forgot it) ends within a second.
+        """
+        super().linkUp(link)
+        if link in self.links:
+            probeRedialled(self.spec, self.links, link, "guest link")
 
 
 @implementer(IPortService)
@@ -96,18 +156,29 @@ class QemuConnector(StreamConnector):
 
     protocol = QemuStreamLink
     upMeansWorking = False  # a peer accepting says nothing: a link must last
+    #: C{keepalive=}: seconds before a silent TCP guest counts as gone.
+    keepalive = KEEPALIVE
 
 
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> StreamPorts:
     """
     Build the service for C{qemu:[listen:]SERVER-ENDPOINT} or
     C{qemu:connect:CLIENT-ENDPOINT}, with the options C{vlan=}, C{trunk=}
-    and C{mtu=} for each guest's port; every other keyword is the
-    endpoint's.
+    and C{mtu=} for each guest's port and C{keepalive=} (seconds before a
+    TCP guest that acknowledges nothing counts as gone; not for C{unix:});
+    every other keyword is the endpoint's.
     """
+    keepalive = spec.integer("keepalive", KEEPALIVE, 0, 3600) or 0
     read = readStreamSpec(spec, reactor, PORT_KEYWORDS, listenByDefault=True)
+    if "keepalive" in spec.kwargs and spec.args[read.skip] == "unix":
+        raise spec.error("keepalive= is for TCP: a unix: endpoint's guest is on this host, "
+                         "and the switch sees it go")
+    service: QemuListener | QemuConnector
     if read.listen:
-        return QemuListener(switch, reactor, read.endpoint, read.options, spec.text, read.unixPath)
-    connector = QemuConnector(switch, reactor, read.endpoint, read.options, spec.text)
-    connector.target = read.description
-    return connector
+        service = QemuListener(switch, reactor, read.endpoint, read.options, spec.text,
+                               read.unixPath)
+    else:
+        service = QemuConnector(switch, reactor, read.endpoint, read.options, spec.text)
+        service.target = read.description
+    service.keepalive = keepalive
+    return service
