@@ -43,13 +43,12 @@ host, port, mode, mac = sys.argv[1], int(sys.argv[2]), sys.argv[3], bytes.fromhe
 sock = socket.create_connection((host, port))
 frame = b"\xff" * 6 + mac + b"\x88\xb5" + bytes(46)
 sock.sendall(struct.pack("!I", len(frame)) + frame)
-sock.setblocking(False)
-while True:
+while True:  # sends block (never half a frame); reads do not
     if mode == "flood":
         sock.sendall((struct.pack("!I", len(frame)) + frame) * 20)
     if mode in ("read", "flood"):
         try:
-            while sock.recv(65536):
+            while sock.recv(65536, socket.MSG_DONTWAIT):
                 pass
         except BlockingIOError:
             pass
