@@ -146,6 +146,10 @@ def portLines(status: PortStatus) -> list[str]:
         lines.append(
             f"  -- endpoint ID {link.linkId:04d} module {link.module:<12s}: {description}"
         )
+    if status.links and status.linkState:
+        lines.append(f"  -- {_oneLine(status.linkState)}")
+    if not status.links and status.reserved:
+        lines.append(f"  -- {_oneLine(status.reserved)}")
     if not status.links and status.down:
         lines.append(f"  -- down: {_oneLine(status.down)}")
     return lines

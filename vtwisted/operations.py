@@ -38,6 +38,7 @@ from vtwisted.errors import SwitchError
 from vtwisted.fstpops import FstpOperations
 from vtwisted.impair import PortImpairment
 from vtwisted.macops import DEFAULT_BUCKETS, MacTableOperations
+from vtwisted.porttable import isFree
 from vtwisted.specops import PortSpecOperations
 from vtwisted.status import (
     DataSocketInfo,
@@ -165,23 +166,25 @@ class SwitchOperations(PortSpecOperations, MacTableOperations, FstpOperations):
         """
         owners = self._owners()
         down = self._downSpecs() if inactive else {}
+        ups = self._upStates()
         if number is not None:
             self._portNumber(number)
             port = self.switch.ports.get(number)
             if port is None or not (inactive or port.links):
                 raise errors.missing(f"port {number} is not active")
-            return [self._status(port, owners, down)]
+            return [self._status(port, owners, down, ups)]
         return [
-            self._status(port, owners, down)
+            self._status(port, owners, down, ups)
             for _, port in sorted(self.switch.ports.items())
             if inactive or port.links
         ]
 
     def _status(
         self, port: SwitchPort, owners: dict[int, str],
-        down: dict[int, tuple[str, str]] | None = None,
+        down: dict[int, tuple[str, str]] | None = None, ups: dict[int, str] | None = None,
     ) -> PortStatus:
         spec, state = (down or {}).get(id(port), (owners.get(id(port)), ""))
+        reservation = port.reservation
         c = port.counters
         vlan = port.untaggedVlan
         return PortStatus(
@@ -206,6 +209,8 @@ class SwitchOperations(PortSpecOperations, MacTableOperations, FstpOperations):
             spec=spec,
             impairment=port.describeImpairment(),
             down=state,
+            reserved="" if reservation is None or port.links else reservation.describe(),
+            linkState=(ups or {}).get(id(port), ""),
         )
 
     def createPort(self, number: int) -> None:
@@ -218,7 +223,7 @@ class SwitchOperations(PortSpecOperations, MacTableOperations, FstpOperations):
     def createAnyPort(self) -> int:
         """
         C{port/createauto}: the lowest port from 1 that is missing, or
-        inactive and allocatable, made not allocatable.
+        inactive, allocatable and not reserved, made not allocatable.
 
         @return: its number.
         """
@@ -227,7 +232,7 @@ class SwitchOperations(PortSpecOperations, MacTableOperations, FstpOperations):
             if port is None:
                 self.switch.createPort(number)
                 return number
-            if not port.links and port.allocatable:
+            if isFree(port):
                 port.allocatable = False
                 return number
         raise SwitchError(errno.ENOSPC, "no free port")

@@ -1,6 +1,18 @@
 """
 The numbered ports of a switch: finding one for a new link, creating and
 removing them, as vde_switch numbers and allocates them.
+
+Theory of operation
+-------------------
+A request for any port gets the lowest port from 1 that is missing, or
+inactive, allocatable and not reserved; a request for port N gets it,
+joining its links if it has some (vde_switch's rules, see
+C{../shared/spec/vde-wire.md} 1.5).  A port reserved for a spec whose
+link is down (L{vtwisted.switchport.Reservation}: a C{cmd:} command
+between runs, a cable dialling again) is refused to an explicit request
+as a busy port is (C{EADDRINUSE}), since, its link up, the same request
+would be refused too (a VDE client may not join another port type's
+port); the spec takes it back itself, clearing the reservation first.
 """
 
 from __future__ import annotations
@@ -56,6 +68,8 @@ class PortTable:
         port = self.ports.get(number)
         if port is None:
             return self._createPort(number, allocatable=True)
+        if port.reservation is not None and not port.links:
+            raise errors.busy(f"port {number} is {port.reservation.describe()}")
         if port.links and uid is not None and port.currentUser not in (None, uid):
             raise errors.busy(f"port {number} is in use by another user")
         port.checkAccess(uid)
@@ -66,7 +80,7 @@ class PortTable:
             port = self.ports.get(number)
             if port is None:
                 return self._createPort(number, allocatable=True)
-            if not port.links and port.allocatable and _mayTake(port, uid):
+            if isFree(port) and _mayTake(port, uid):
                 return port
         raise errors.SwitchError(28, f"all {self.numPorts - 1} ports are in use")
 
@@ -121,6 +135,15 @@ class PortTable:
         if any(number >= numPorts for number in self.ports):
             raise errors.busy(f"a port numbered {numPorts} or more exists")
         self.numPorts = numPorts
+
+
+def isFree(port: SwitchPort) -> bool:
+    """
+    Whether a request for any port may get C{port} (with access control
+    still to pass): inactive, allocatable and not reserved for a spec
+    whose link comes back.
+    """
+    return not port.links and port.allocatable and port.reservation is None
 
 
 def _mayTake(port: SwitchPort, uid: int | None) -> bool:

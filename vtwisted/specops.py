@@ -85,6 +85,23 @@ class PortSpecOperations:
             down[id(port)] = (text, state())
         return down
 
+    def _upStates(self) -> dict[int, str]:
+        """
+        id(port) to what the spec whose link is on it says of that link (a
+        command run again: how often, how the run before ended), if it
+        says something.
+        """
+        states: dict[int, str] = {}
+        for svc in self.service.specs.values():
+            upState = getattr(svc, "upState", None)
+            if upState is None:
+                continue
+            for link in _serviceLinks(svc)[0]:
+                port = getattr(link, "port", None)
+                if port is not None and link in port.links and (state := upState()):
+                    states[id(port)] = state
+        return states
+
     def portTypes(self) -> list[tuple[str, str]]:
         """
         Every port type installed, vtwisted's and other distributions',
@@ -168,7 +185,8 @@ class PortSpecOperations:
     def deletePort(self, number: int) -> str | None:
         """
         Remove port C{number} whatever it carries: a spec that brought this
-        port alone (a TAP device, a cable) is removed with it; every other
+        port alone (a TAP device, a cable), or holds it while its link is
+        down (a command between runs), is removed with it; every other
         endpoint (clients of a VDE directory, which keeps listening) is
         disconnected; then the port and its configuration go.
 
@@ -176,8 +194,9 @@ class PortSpecOperations:
         """
         port = self._existingPort(number)
         removed = None
+        reserved = port.reservation.spec if port.reservation is not None else None
         for spec in self.specs():
-            if not spec.listening and set(spec.ports) == {number}:
+            if not spec.listening and (set(spec.ports) == {number} or spec.text == reserved):
                 self.removeSpec(spec.text)
                 removed = spec.text
         for link in list(port.links):

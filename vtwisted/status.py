@@ -52,6 +52,10 @@ class PortStatus:
     impairment: str = "none"
     #: While inactive: what the spec that had it does (a cable dialling).
     down: str = ""
+    #: While inactive: who holds it (C{reserved for SPEC until it runs again}).
+    reserved: str = ""
+    #: While active: what its spec says of its link (a command run again).
+    linkState: str = ""
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,17 @@ links (an inactive port keeps its VLANs, as vde_switch's do) and holds the
 only counters every port type shares: frames and bytes in and out, and drops
 by reason.  L{SwitchPort.send} is rebound whenever links come and go, so the
 forwarding path makes one call per frame whatever the number of links.
+
+An inactive port may be held for a spec whose link is down and comes back
+(a L{Reservation}: a C{cmd:} command between runs, a cable dialling): no
+other link gets it meanwhile (L{vtwisted.porttable}), so what the console
+set on it stays with that spec's peer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -41,6 +47,23 @@ DROP_REASONS = (
     "impaired",  # lost on purpose (the port's loss= impairment)
     "unsupported",  # well formed, but nothing here handles it (a slirp port's GRE, say)
 )
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """
+    Who holds an inactive port, and until when: C{spec}'s link is down and
+    comes back to it (C{until}, in words: C{until it runs again}).
+    """
+
+    spec: str
+    until: str
+
+    def describe(self) -> str:
+        """
+        C{reserved for SPEC until ...}, for the console and refusals.
+        """
+        return f"reserved for {self.spec} {self.until}"
 
 
 class PortCounters:
@@ -115,6 +138,7 @@ class SwitchPort:
         "taggedVids",
         "transparent",
         "allocatable",
+        "reservation",
         "user",
         "group",
         "mtu",
@@ -142,6 +166,9 @@ class SwitchPort:
         self.taggedVids: set[int] = set()
         self.transparent = False
         self.allocatable = allocatable
+        #: Held for a spec whose link is down and comes back, if any: no
+        #: other link may have the port meanwhile.
+        self.reservation: Reservation | None = None
         self.user: int | None = None
         self.group: int | None = None
         self.mtu = DEFAULT_MTU

@@ -52,7 +52,11 @@ with its exit status (a signal by its name too: C{was killed by signal 11
 (SIGSEGV, core dumped)}), however often it is restarted, and so is each
 line it says meanwhile.  The end of a run that worked is logged each time,
 as a warning unless it exited with status 0; C{port/allprint} and
-C{port/specs} show how the last run ended while the port is down.  The
+C{port/specs} show how the last run ended while the port is down, and
+C{port/print} how often it was run again and how the run before the
+current one ended if it crashed (L{CommandConnector.upState}).  Between
+runs its port is reserved for it (see L{vtwisted.ports.streamconnector});
+a command not run again (C{restart=}) frees it.  The
 files of C{stdout=FILE} and C{stderr=FILE} are checked as the spec is
 read, so a wrong path refuses the port at once, and opened at each run
 (L{vtwisted.commandoutput.checkOutput}).
@@ -126,6 +130,12 @@ class CommandConnector(StreamConnector):
     #: command that crashes at once, again and again, is not run again
     #: and logged about once a second.
     STEADY_RUN = 5.0
+    comesBack = "until it runs again"
+    #: Runs started (each one plugged in).
+    runs = 0
+    #: How the last run that ended ended, if it crashed (a signal, a status
+    #: other than 0, a run the switch ended).
+    lastCrash = ""
 
     def __init__(self, switch: Any, reactor: Any, argv: list[str], options: PortOptions,
                  spec: str, socket: str | None = None, restart: str = "on",
@@ -219,10 +229,12 @@ class CommandConnector(StreamConnector):
         level = LogLevel.warn if crashed else LogLevel.info
         #: How the last run ended (C{port/allprint} shows it while it is down).
         self.lastEnd = status
+        self.lastCrash = status if crashed else ""
         again = self.restart == "on" or (self.restart == "on-failure" and crashed)
         if not again:
             self.ended = f"the command {status}; not started again (restart={self.restart})"
             log.emit(level, "{spec}: {ended}", spec=self.spec, ended=self.ended)
+            self.release()
             self.reactor.callLater(0, self.client.stopService)
         elif link.worked:
             log.emit(level, "{spec}: the command {status}; starting it again",
@@ -232,6 +244,24 @@ class CommandConnector(StreamConnector):
                     else "before it carried a frame")
             self.failures.note(f"the command {status} {when}; starting it again, "
                                f"every {BACKOFF[2]:g} s at most")
+
+    def linkUp(self, link: Any) -> None:
+        self.runs += 1
+        super().linkUp(link)
+
+    def upState(self) -> str:
+        """
+        While a run is up, how many runs came before it, and how the last
+        one ended if it crashed (C{run again 3 times; the run before was
+        killed by signal 9 (SIGKILL)}); nothing for a first run.
+        """
+        again = self.runs - 1
+        if again <= 0:
+            return ""
+        state = f"run again {again} time{'' if again == 1 else 's'}"
+        if self.lastCrash:
+            state += f"; the run before {self.lastCrash}"
+        return state
 
     def downState(self) -> str:
         """

@@ -21,8 +21,14 @@ is a failure of the series, logged once however often it happens.  A
 cable's link works once the far switch's hello has come, as it is plugged
 in.
 
-While its link is down, the port it had stays (inactive, as a port does),
-and its next link gets it again unless another link took it meanwhile;
+While its link is down, the port it had stays (inactive, as a port does)
+and is reserved for the spec (L{vtwisted.switchport.Reservation}): a
+client asking for any port does not get it, one asking for it by number
+is refused, so its VLANs and the rest of what the console set on it stay
+with this spec's peer, and its next link gets it again.  The reservation
+goes when the spec stops (removed, the switch stopping, a command not run
+again: L{StreamConnector.release}) or its link comes back elsewhere (the
+port was removed meanwhile, or now refuses it: C{port/setuser}).
 L{StreamConnector.lastPort} and L{StreamConnector.downState} let
 C{port/allprint} show what the spec is doing about it (dialling what, how
 many failures since, the last one), worked out when asked, not per frame
@@ -46,6 +52,8 @@ from vtwisted.ports.streamfailures import (
     ReportingEndpoint,
 )
 from vtwisted.ports.streamlinks import StreamLink, StreamPorts
+from vtwisted.porttable import isFree
+from vtwisted.switchport import Reservation
 
 
 @implementer(IPortService)
@@ -103,20 +111,50 @@ class StreamConnector(StreamPorts):
             state += f", {total} failure{'' if total == 1 else 's'}, last: {last}"
         return state
 
+    #: Until when its port is held while its link is down, in words
+    #: (C{port/allprint} says C{reserved for SPEC until it connects again}).
+    comesBack = "until it connects again"
+
     def portFor(self, link: StreamLink) -> Any:
         """
-        The port its last link had, if no other link took it meanwhile (a
-        peer back, a command run again, keeps its port number, and what
-        the console set on it); else the lowest free one.
+        The port its last link had, reserved for it meanwhile (a peer back,
+        a command run again, keeps its port number, and what the console
+        set on it), unless it is gone or refuses the link; else the lowest
+        free one.
         """
         port = self.lastPort
-        if (port is not None and not port.links and port.allocatable
-                and self.switch.ports.get(port.number) is port):
+        if (port is not None and not port.links
+                and self.switch.ports.get(port.number) is port
+                and (self.holds(port) or isFree(port))):
+            port.reservation = None
             try:
                 return self.switch.allocatePort(port.number, link.uid)
             except errors.SwitchError:
                 pass
         return super().portFor(link)
+
+    def holds(self, port: Any) -> bool:
+        """
+        Whether C{port} is reserved for this spec.
+        """
+        reservation = port.reservation
+        return reservation is not None and reservation.spec == self.spec
+
+    def reserve(self, port: Any) -> None:
+        """
+        Hold C{port}, which its link just left, until the link comes back.
+        """
+        if (port.reservation is None and not port.links
+                and self.switch.ports.get(port.number) is port):
+            port.reservation = Reservation(self.spec, self.comesBack)
+
+    def release(self) -> None:
+        """
+        The spec gives up its link for good: the port it had is free again.
+        """
+        port = self.lastPort
+        if port is not None and self.holds(port):
+            port.reservation = None
 
     def handshakeFailed(self, link: StreamLink, problem: str) -> None:
         self.unready += 1  # tried again with a growing delay
@@ -127,6 +165,10 @@ class StreamConnector(StreamPorts):
             lasted = self.reactor.seconds() - link.upAt >= self.SHORT_LINK
             self.unready = 0 if lasted else self.unready + 1
             self.lastPort = link.port
+            super().linkDown(link)
+            if self.running:
+                self.reserve(link.port)
+            return
         super().linkDown(link)
 
     def startService(self) -> None:
@@ -136,6 +178,7 @@ class StreamConnector(StreamPorts):
     def stopService(self) -> Any:
         super().stopService()
         self._closeLinks()
+        self.release()
         return DeferredList([self.client.stopService()])
 
 
