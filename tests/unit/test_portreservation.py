@@ -98,7 +98,7 @@ def test_aCommandBetweenRunsKeepsItsPortAndItsVlan() -> None:
         "  -- endpoint ID 1000 module command     : vde_plug /tmp/sw (pid 1000)"]
     spawner.runs[-1].processEnded(KILLED)
     assert ops.addPort("listen:b") == []
-    client = ops.service.specs["listen:b"].connect()
+    client = ops.service.specs["listen:b"].connect()  # type: ignore[attr-defined]
     assert client.port.number == 2
     assert _allprint(ops, 1)[4:] == [
         f"  -- reserved for {SPEC} until it runs again",
