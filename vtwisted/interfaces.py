@@ -128,8 +128,10 @@ class ISwitch(Interface):
         """
         Find or create the port a new link should join.
 
-        @param number: the port asked for, or L{None} for the lowest free
-            allocatable port from 1 up.
+        @param number: the port asked for (refused, C{EADDRINUSE}, if it is
+            reserved for a spec whose link is down: see
+            L{vtwisted.switchport.Reservation}), or L{None} for the lowest
+            free allocatable port from 1 up that is not reserved.
         @param uid: the user asking, for access control and port sharing.
         @return: the port (a L{vtwisted.switchport.SwitchPort}).
         @raise vtwisted.errors.SwitchError: no such port can be given.
