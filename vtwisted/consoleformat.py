@@ -185,12 +185,17 @@ def portStats(status: PortStatus) -> list[str]:
 def specLine(spec: SpecStatus) -> str:
     """
     C{port/specs}: one port spec and the ports its links are on; one that
-    connects and has none says what it does (C{-- dialling ...}).
+    connects and has none says what it does and which port is reserved
+    for it meanwhile (C{-- port 0003 reserved; dialling ...}).
     """
     ports = ",".join(f"{n:04d}" for n in spec.ports) or "none"
     kind = "listening" if spec.listening else "single"
     origin = "runtime" if spec.runtime else "startup"
-    state = f" -- {_oneLine(spec.state)}" if spec.state else ""
+    state = _oneLine(spec.state)
+    if spec.reserved is not None:
+        state = f"port {spec.reserved:04d} reserved; {state}" if state else (
+            f"port {spec.reserved:04d} reserved")
+    state = f" -- {state}" if state else ""
     return f"Spec {_oneLine(spec.text)} ports={ports} {kind} {origin}{state}"
 
 

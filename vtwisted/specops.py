@@ -124,8 +124,18 @@ class PortSpecOperations:
             downState = getattr(svc, "downState", None)
             state = downState() if downState is not None and not ports else ""
             result.append(SpecStatus(text, tuple(ports), listening, text in self._runtimeSpecs,
-                                     state))
+                                     state, None if ports else self._reservedFor(text)))
         return result
+
+    def _reservedFor(self, text: str) -> int | None:
+        """
+        The port reserved for spec C{text} while its link is down, if any.
+        """
+        for number, port in self.switch.ports.items():
+            reservation = port.reservation
+            if reservation is not None and reservation.spec == text and not port.links:
+                return int(number)
+        return None
 
     def addPort(self, text: str) -> list[int]:
         """

@@ -141,7 +141,8 @@ class SpecStatus:
     A port spec, the ports its links are on, whether it listens for any
     number of clients and whether it was added at run time; for a spec
     that connects and has no link now, what it is doing about it
-    (C{dialling ENDPOINT, N failures, last: WHY}).
+    (C{dialling ENDPOINT, N failures, last: WHY}) and the port reserved
+    for it meanwhile, if any.
     """
 
     text: str
@@ -149,6 +150,7 @@ class SpecStatus:
     listening: bool
     runtime: bool
     state: str = ""
+    reserved: int | None = None
 
 
 @dataclass(frozen=True)

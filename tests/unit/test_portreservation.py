@@ -19,7 +19,7 @@ from test_commandport import Spawner
 from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 
-from vtwisted.consoleformat import portLines
+from vtwisted.consoleformat import portLines, specLine
 from vtwisted.errors import SwitchError
 from vtwisted.operations import SwitchOperations
 from vtwisted.portoptions import PortOptions
@@ -104,6 +104,9 @@ def test_aCommandBetweenRunsKeepsItsPortAndItsVlan() -> None:
         f"  -- reserved for {SPEC} until it runs again",
         "  -- down: starting the command again: its last run was killed by signal 9 "
         "(SIGKILL)"]
+    assert _specLine(ops, SPEC) == (
+        f"Spec {SPEC} ports=none single runtime -- port 0001 reserved; starting the "
+        "command again: its last run was killed by signal 9 (SIGKILL)")
     _runAgain(spawner)
     [status] = ops.ports(1)
     assert status.untaggedVid == 7 and status.active
@@ -111,6 +114,13 @@ def test_aCommandBetweenRunsKeepsItsPortAndItsVlan() -> None:
         "  -- endpoint ID 1001 module command     : vde_plug /tmp/sw (pid 1001)",
         "  -- run again 1 time; the run before was killed by signal 9 (SIGKILL)"]
     assert ops.switch.port(1).reservation is None
+    assert _specLine(ops, SPEC) == f"Spec {SPEC} ports=0001 single runtime"
+
+
+def _specLine(ops: SwitchOperations, text: str) -> str:
+    """C{port/specs}' line for spec C{text}."""
+    [line] = [specLine(spec) for spec in ops.specs() if spec.text == text]
+    return line
 
 
 def test_aConnectorDiallingAgainKeepsItsPort() -> None:
@@ -171,6 +181,7 @@ def test_aSpecThatGivesUpFreesItsPort(givesUp: Any) -> None:
     port = ops.switch.port(1)
     assert port.reservation is None and not port.links
     assert "reserved" not in "\n".join(_allprint(ops, 1))
+    assert all("reserved" not in specLine(spec) for spec in ops.specs())
     assert plug(ops.switch, FakeLink("client")).number == 1
 
 
