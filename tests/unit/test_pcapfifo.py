@@ -406,3 +406,29 @@ def test_withoutInotifyTheCaptureGoesOn(
     logged = [formatEvent(event) for event in events]
     assert sum(f"cannot watch who opens {fifo}" in line and "errno 24" in line
                for line in logged) == 1, logged
+
+
+def test_aReaderThatDrainedTheLastStreamIsNotGivenANewOne(
+    fifo: Path, readers: list[Reader]
+) -> None:
+    """
+    A reader that leaves records unread, and the next one, opened before
+    the switch looked, that has read them already (the pipe is empty
+    again, nothing new written): it is reading the old stream, so it is
+    told to start again, not handed a header in the middle of it.
+    """
+    readers.append(Reader(fifo))
+    with capturedLogs() as events:
+        lan = Lan(fifo)
+        lan.send(4)
+        readers.pop().close()
+        readers.append(Reader(fifo))
+        leftover = readers[0].read()
+        assert leftover[:4] == pcap.MAGIC.to_bytes(4, "little")
+        lan.send(1)
+    readers[0].read()
+    logged = [formatEvent(event) for event in events]
+    assert sum("before the switch saw the last one leave" in line
+               and "with no header; start it again" in line for line in logged) == 1, logged
+    assert not any("a stream of its own" in line for line in logged), logged
+    assert readers[0].data.count(pcap.MAGIC.to_bytes(4, "little")) == 1

@@ -32,8 +32,11 @@ reader would read on from the old stream.  So each stream also watches
 the FIFO's opens and closes (L{vtwisted.ports.fifoopens}), read before
 each write and after it.  A reader's close with another reader already
 there is a hand-over: if the pipe is empty (C{FIONREAD} on the writing
-end) and nothing was written since the last look, the new reader has read nothing
-yet and gets a stream of its own on the same descriptor, header first.
+end), nothing was written since the last look and the new reader has
+not read since it opened the FIFO (no C{IN_ACCESS}: else it took what
+the last one left, and the pipe is empty again), the new reader has read
+nothing yet and gets a stream of its own on the same descriptor, header
+first.
 Otherwise it is reading the rest of the old stream, which no writer can
 take back (a FIFO is one byte stream: whoever reads takes), and the log
 says so.  A new reader is one whose open comes after the close: a reader
@@ -61,7 +64,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import ILink
-from vtwisted.ports.fifoopens import IN_CLOSE_NOWRITE, IN_OPEN, OpenWatch
+from vtwisted.ports.fifoopens import IN_ACCESS, IN_CLOSE_NOWRITE, IN_OPEN, OpenWatch
 from vtwisted.ports.pcapbuffer import BUFFER, CaptureLink, RecordBuffer, droppedNote
 from vtwisted.wire import pcap
 
@@ -188,16 +191,21 @@ class FifoLink(CaptureLink):
             if self.out is None:
                 return
             if mask & IN_CLOSE_NOWRITE:
-                self._readerLeft(wrote, any(later & IN_OPEN for later in masks[i + 1:]))
+                later = masks[i + 1:]
+                opened = next((j for j, m in enumerate(later) if m & IN_OPEN), None)
+                self._readerLeft(
+                    wrote, opened is not None,
+                    opened is not None and any(m & IN_ACCESS for m in later[opened + 1:]))
 
-    def _readerLeft(self, wrote: bool, followed: bool) -> None:
+    def _readerLeft(self, wrote: bool, followed: bool, readSince: bool) -> None:
         """
         A reader closed the FIFO: if none has it now, the stream ends.  If
         one opened it after (C{followed}: its open is queued after this
         close), give it a stream of its own if it cannot have read the old
-        one (the pipe empty, nothing written since the last look), else
-        say why not; if the one there opened it before, readers share the
-        stream, which the log says.
+        one (the pipe empty, nothing written since the last look, and no
+        read since it opened: C{readSince}), else say why not; if the one
+        there opened it before, readers share the stream, which the log
+        says.
         """
         out = self.out
         assert out is not None
@@ -214,11 +222,13 @@ class FifoLink(CaptureLink):
             return
         self.readers += 1
         unread = _unread(out.fd)
-        if wrote or unread:
+        if wrote or unread or readSince:
+            left = ("it read what the last one left" if readSince and not unread else
+                    f"{'?' if unread is None else unread} bytes of its stream unread in "
+                    "the pipe")
             log.warn("{spec}: a reader opened {path} before the switch saw the last one "
-                     "leave ({unread} bytes of its stream unread in the pipe): it reads on "
-                     "from the last stream, with no header; start it again",
-                     spec=spec, path=path, unread="?" if unread is None else unread)
+                     "leave ({left}): it reads on from the last stream, with no header; "
+                     "start it again", spec=spec, path=path, left=left)
             return
         log.info("{spec}: the reader of {path} went away after {n} frames and another "
                  "opened it at once: a stream of its own", spec=spec, path=path,
