@@ -45,13 +45,11 @@ import errno
 import os
 import shlex
 import shutil
-import signal
 import sys
 from socket import AF_INET
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import Logger, LogLevel
@@ -61,7 +59,7 @@ from zope.interface import implementer
 from vtwisted import processgroups
 from vtwisted.commandoutput import LOG, OutputFiles
 from vtwisted.commandsocket import RunConnection, loopbackPair
-from vtwisted.processgroups import STOP_GRACE, stopGroup
+from vtwisted.processgroups import STOP_GRACE, exitText, stopGroup
 
 __all__ = ["STOP_GRACE", "CommandEndpoint", "CommandError", "CommandRun", "CommandTransport",
            "exitText", "loopbackPair", "parseCommand", "shownLine", "stopGroup"]
@@ -482,24 +480,3 @@ class CommandEndpoint:
         return DeferredList([processgroups.stopGroup(self.reactor, process.pid, 0, process)
                              for process in self.runs])
 
-
-def exitText(reason: Failure | None) -> str:
-    """
-    C{exited with status 1}, C{was killed by signal 9 (SIGKILL)}, C{was
-    killed by signal 11 (SIGSEGV, core dumped)}, or C{exited}.
-    """
-    if reason is not None and reason.check(ProcessTerminated):
-        error: Any = reason.value
-        if error.signal is not None:
-            try:
-                name = signal.Signals(error.signal).name
-            except ValueError:
-                name = "unknown"
-            status = error.status
-            if status is not None and os.WIFSIGNALED(status) and os.WCOREDUMP(status):
-                name += ", core dumped"
-            return f"was killed by signal {error.signal} ({name})"
-        return f"exited with status {error.exitCode}"
-    if reason is not None and reason.check(ProcessDone):
-        return "exited with status 0"
-    return "exited"

@@ -11,7 +11,8 @@ and which could be another's by now, is never signalled.  A command just
 spawned may not have made its session yet: until its own process is
 reaped (L{unreaped}) it counts as alive, and a signal due then goes to that
 process alone (L{signalLeader}).  L{stopGroup} sends C{TERM}, then
-C{KILL}, to what is left, polling ten times a second.
+C{KILL}, to what is left, polling ten times a second.  L{exitText} says
+how a command's process ended, for the log and the console.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import signal
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.python.failure import Failure
 
 #: Seconds a command is given to end before C{TERM}, and after it before C{KILL}.
 STOP_GRACE = 3.0
@@ -116,3 +119,25 @@ def stopGroup(clock: Any, group: int | None, termAfter: float,
 
     look()
     return done
+
+
+def exitText(reason: Failure | None) -> str:
+    """
+    C{exited with status 1}, C{was killed by signal 9 (SIGKILL)}, C{was
+    killed by signal 11 (SIGSEGV, core dumped)}, or C{exited}.
+    """
+    if reason is not None and reason.check(ProcessTerminated):
+        error: Any = reason.value
+        if error.signal is not None:
+            try:
+                name = signal.Signals(error.signal).name
+            except ValueError:
+                name = "unknown"
+            status = error.status
+            if status is not None and os.WIFSIGNALED(status) and os.WCOREDUMP(status):
+                name += ", core dumped"
+            return f"was killed by signal {error.signal} ({name})"
+        return f"exited with status {error.exitCode}"
+    if reason is not None and reason.check(ProcessDone):
+        return "exited with status 0"
+    return "exited"
