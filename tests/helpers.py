@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -182,6 +183,24 @@ def execIn(namespace: str, *argv: str) -> list[str]:
     C{argv} run inside C{namespace}.
     """
     return ["ip", "netns", "exec", namespace, *argv]
+
+
+def allAcknowledged(namespace: str) -> bool:
+    """
+    Whether every established TCP connection in C{namespace} has all it
+    sent acknowledged (there is one at least).
+    """
+    out = run(*execIn(namespace, "ss", "-tniH", "state", "established")).stdout
+    return bool(out.strip()) and "unacked:" not in out
+
+
+def keepaliveProbes(namespace: str) -> int:
+    """
+    How many TCP keepalive probes the kernel of C{namespace} has sent.
+    """
+    out = run(*execIn(namespace, "nstat", "-az", "--json", "TcpExtTCPKeepAlive")).stdout
+    found = re.search(r'"TcpExtTCPKeepAlive":\s*(\d+)', out)
+    return int(found[1]) if found else 0
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import socket
 import subprocess
@@ -222,6 +223,14 @@ def console(path: str | Path, *commands: str, timeout: float = 5.0) -> str:
             sock.sendall(command.encode() + b"\n")
             replies.append(untilPrompt())
     return "".join(replies)
+
+
+def tcpPeers(path: str | Path) -> list[str]:
+    """
+    The TCP peers (C{IP:PORT}) of the links C{port/print} shows on the
+    switch whose console is C{path}: its cables, its TCP guests.
+    """
+    return re.findall(r"tcp (\d+\.\d+\.\d+\.\d+:\d+)", console(path, "port/print"))
 
 
 def readLine(process: subprocess.Popen[bytes], timeout: float, stderr: bool = False) -> str:

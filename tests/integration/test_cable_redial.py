@@ -20,7 +20,6 @@ test made.
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from pathlib import Path
@@ -28,8 +27,18 @@ from typing import Any
 
 import pytest
 from certs import selfSignedCertificate
-from helpers import execIn, needRoot, run, sourceEnv, twistdArgv, uniqueName, waitFor
-from taphelpers import console, quietNamespace
+from helpers import (
+    allAcknowledged,
+    execIn,
+    keepaliveProbes,
+    needRoot,
+    run,
+    sourceEnv,
+    twistdArgv,
+    uniqueName,
+    waitFor,
+)
+from taphelpers import quietNamespace, tcpPeers
 
 pytestmark = pytest.mark.integration
 
@@ -92,37 +101,12 @@ class Lab:
     def connector(self, name: str, ns: str) -> tuple[Any, Path]:
         process, mgmt = self.switch(name, ns, f"cable:tcp:host={LISTENER}:port={PORT}:"
                                               f"{self.connectorTls}")
-        waitFor(lambda: cablePeers(mgmt), timeout=15, what=f"{name}'s cable up")
+        waitFor(lambda: tcpPeers(mgmt), timeout=15, what=f"{name}'s cable up")
         return process, mgmt
 
     def dump(self) -> None:
         for name, path in self.logs.items():
             print(f"--- switch {name}:\n{path.read_text() if path.exists() else ''}")
-
-
-def cablePeers(mgmt: Path) -> list[str]:
-    """
-    The peers of the cables a switch has up (C{port/print}): C{IP:PORT}.
-    """
-    return re.findall(r"tcp (\d+\.\d+\.\d+\.\d+:\d+)", console(mgmt, "port/print"))
-
-
-def allAcknowledged(ns: str) -> bool:
-    """
-    Whether every established TCP connection in C{ns} has all it sent
-    acknowledged.
-    """
-    out = run(*execIn(ns, "ss", "-tniH", "state", "established")).stdout
-    return bool(out.strip()) and "unacked:" not in out
-
-
-def keepaliveProbes(ns: str) -> int:
-    """
-    Keepalive probes the kernel of C{ns} has sent.
-    """
-    out = run(*execIn(ns, "nstat", "-az", "--json", "TcpExtTCPKeepAlive")).stdout
-    found = re.search(r'"TcpExtTCPKeepAlive":\s*(\d+)', out)
-    return int(found[1]) if found else 0
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -135,7 +119,7 @@ def test_aSwitchDiallingAgainFromARebootedHostEndsItsGhost(processes, namespaces
     try:
         oldHost, oldVeth = lab.host()
         victim, _ = lab.connector("old", oldHost)
-        (ghost,) = cablePeers(listener)
+        (ghost,) = tcpPeers(listener)
         # an idle link, the case keepalive is slow on: whatever the listener
         # sent has been acknowledged (a retransmission would draw a reset too)
         waitFor(lambda: allAcknowledged(lab.listenerNs), what="the old link idle")
@@ -144,10 +128,12 @@ def test_aSwitchDiallingAgainFromARebootedHostEndsItsGhost(processes, namespaces
         processes.stop(victim, signal.SIGKILL)
         newHost, _ = lab.host()
         _, new = lab.connector("new", newHost)
-        (newPeer,) = cablePeers(new)  # the listener's address as the new switch sees it
-        waitFor(lambda: ghost not in cablePeers(listener), timeout=3,
+        (newPeer,) = tcpPeers(new)  # the listener's address as the new switch sees it
+        # keepalive=120 would first probe the idle ghost 40 s after its last
+        # word: its going before then is the probe
+        waitFor(lambda: ghost not in tcpPeers(listener), timeout=20,
                 what="the old host's link gone from the listener")
-        peers = cablePeers(listener)
+        peers = tcpPeers(listener)
         assert len(peers) == 1 and peers[0] != ghost, peers
         assert "probing them" in lab.logs["l"].read_text()
 
@@ -155,13 +141,13 @@ def test_aSwitchDiallingAgainFromARebootedHostEndsItsGhost(processes, namespaces
         # probed too, answers, and stays
         sent = keepaliveProbes(lab.listenerNs)
         lab.connector("live", newHost)
-        waitFor(lambda: len(cablePeers(listener)) == 2, timeout=15,
+        waitFor(lambda: len(tcpPeers(listener)) == 2, timeout=15,
                 what="both links from the new host at the listener")
-        waitFor(lambda: keepaliveProbes(lab.listenerNs) > sent, timeout=5,
+        waitFor(lambda: keepaliveProbes(lab.listenerNs) > sent, timeout=20,
                 what="the listener's kernel probing the new switch's link")
         time.sleep(1.5)  # answered (or reset) within a round trip; let a reset land
-        assert len(cablePeers(listener)) == 2, cablePeers(listener)
-        assert cablePeers(new) == [newPeer]
+        assert len(tcpPeers(listener)) == 2, tcpPeers(listener)
+        assert tcpPeers(new) == [newPeer]
     except AssertionError:
         lab.dump()
         raise

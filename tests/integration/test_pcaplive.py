@@ -133,7 +133,7 @@ def test_aStoppedReaderHoldsUpNoFrame(processes, shortdir) -> None:
     assert busy > 1000, "a megabyte and a pipe's worth waited, the rest was dropped"
     assert stopped < 3 * 3 * reading + 5, (reading, stopped)
     lan.exchange(200)
-    time.sleep(1.0)
+    waitFor(lambda: _records(out) >= 4200 - busy, what="tcpdump to read the last frames")
     lan.stop()
     assert tcpdump.wait(10) == 0
     numbers = _numbers(out)
@@ -155,7 +155,7 @@ def test_theNextReaderGetsAStreamOfItsOwn(processes, shortdir) -> None:
     lan.exchange(100)
     second, secondOut = lan.reader("second.pcap")
     lan.exchange(100)
-    time.sleep(0.5)
+    waitFor(lambda: _records(secondOut) == 100, what="tcpdump to read 100 frames")
     assert lan.busy() == 0
     lan.stop()
     assert second.wait(10) == 0
@@ -207,7 +207,7 @@ def test_aReaderTakingTheLastOnesPlaceAtOnceGetsAStreamOfItsOwn(processes, short
     finally:
         os.kill(lan.switch.pid, signal.SIGCONT)
     lan.exchange(100)
-    time.sleep(0.5)
+    waitFor(lambda: _records(secondOut) == 100, what="the second tcpdump to read 100 frames")
     lan.stop()
     assert second.wait(10) == 0, lan.log.read_text()
     assert _numbers(firstOut) == list(range(50))

@@ -17,7 +17,6 @@ test made.
 
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import sys
@@ -26,8 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import execIn, need, needRoot, run, sourceEnv, twistdArgv, uniqueName, waitFor
-from taphelpers import console, quietNamespace
+from helpers import (
+    allAcknowledged,
+    execIn,
+    keepaliveProbes,
+    need,
+    needRoot,
+    run,
+    sourceEnv,
+    twistdArgv,
+    uniqueName,
+    waitFor,
+)
+from taphelpers import quietNamespace, tcpPeers
 
 pytestmark = pytest.mark.integration
 
@@ -101,32 +111,16 @@ class Lab:
         shows it, once the switch has it.
         """
         self.guests += 1
-        before = set(guestPeers(self.mgmt))
+        before = set(tcpPeers(self.mgmt))
         process = self.processes.start(execIn(ns, sys.executable, str(self.script), LISTENER,
                                               str(port), mode, f"02000000{self.guests:04x}"))
-        waitFor(lambda: set(guestPeers(self.mgmt)) - before, timeout=10,
+        waitFor(lambda: set(tcpPeers(self.mgmt)) - before, timeout=10,
                 what=f"the {mode} guest on the switch")
-        (peer,) = set(guestPeers(self.mgmt)) - before
+        (peer,) = set(tcpPeers(self.mgmt)) - before
         return process, peer
 
     def dump(self) -> None:
         print(f"--- switch:\n{self.log.read_text() if self.log.exists() else ''}")
-
-
-def guestPeers(mgmt: Path) -> list[str]:
-    """
-    The peers of the TCP guests the switch has ports for: C{IP:PORT}.
-    """
-    return re.findall(r"tcp (\d+\.\d+\.\d+\.\d+:\d+)", console(mgmt, "port/print"))
-
-
-def allAcknowledged(ns: str) -> bool:
-    """
-    Whether every established TCP connection in C{ns} has all it sent
-    acknowledged.
-    """
-    out = run(*execIn(ns, "ss", "-tniH", "state", "established")).stdout
-    return bool(out.strip()) and "unacked:" not in out
 
 
 @pytest.mark.parametrize("busy", [False, True], ids=["idle", "frames-in-flight"])
@@ -156,9 +150,9 @@ def test_aGuestWhoseHostVanishesLosesItsPortAfterKeepalive(processes, namespaces
         for process in (watched, unwatched):
             processes.stop(process, signal.SIGKILL)
         # 3 s of silence, a few more for the probes' and the watch's schedule
-        waitFor(lambda: ghost not in guestPeers(lab.mgmt), timeout=12,
+        waitFor(lambda: ghost not in tcpPeers(lab.mgmt), timeout=30,
                 what="the vanished guest's port freed")
-        assert kept in guestPeers(lab.mgmt)
+        assert kept in tcpPeers(lab.mgmt)
         if busy:
             assert "nothing acknowledged for" in lab.log.read_text()
     except AssertionError:
@@ -187,14 +181,17 @@ def test_aGuestDiallingAgainFromARebootedHostEndsItsGhost(processes, namespaces,
         processes.stop(victim, signal.SIGKILL)
         newHost, _ = lab.host()
         _, new = lab.guest(newHost, "read")
-        waitFor(lambda: ghost not in guestPeers(lab.mgmt), timeout=3,
+        waitFor(lambda: ghost not in tcpPeers(lab.mgmt), timeout=20,
                 what="the old host's guest gone from the switch")
-        assert guestPeers(lab.mgmt) == [new]
+        assert tcpPeers(lab.mgmt) == [new]
         assert "probing them" in lab.log.read_text()
 
+        sent = keepaliveProbes(lab.switchNs)
         _, live = lab.guest(newHost, "read")  # probes the new guest's link, which answers
+        waitFor(lambda: keepaliveProbes(lab.switchNs) > sent, timeout=20,
+                what="the switch's kernel probing the new guest's link")
         time.sleep(1.5)  # answered (or reset) within a round trip; let a reset land
-        assert sorted(guestPeers(lab.mgmt)) == sorted([new, live])
+        assert sorted(tcpPeers(lab.mgmt)) == sorted([new, live])
         assert lab.log.read_text().count("probing them") == 2
     except AssertionError:
         lab.dump()
@@ -222,8 +219,8 @@ def test_aStoppedQemuThatReadsNothingKeepsItsPort(processes, namespaces, shortdi
                                                  f"addr.host={LISTENER},addr.port={PORT}",
                                       "-device", "virtio-net-pci,netdev=n0"),
                                stderr=subprocess.PIPE)
-        waitFor(lambda: len(guestPeers(lab.mgmt)) == 2, timeout=20, what="QEMU on the switch")
-        (stopped,) = [peer for peer in guestPeers(lab.mgmt) if peer.startswith(HOST)]
+        waitFor(lambda: len(tcpPeers(lab.mgmt)) == 2, timeout=20, what="QEMU on the switch")
+        (stopped,) = [peer for peer in tcpPeers(lab.mgmt) if peer.startswith(HOST)]
 
         def windowClosed() -> bool:
             out = run(*execIn(lab.switchNs, "ss", "-tniH", "dst", stopped)).stdout
@@ -231,7 +228,7 @@ def test_aStoppedQemuThatReadsNothingKeepsItsPort(processes, namespaces, shortdi
 
         waitFor(windowClosed, timeout=20, what="QEMU's window closed to the switch")
         time.sleep(6)  # three times keepalive=
-        assert stopped in guestPeers(lab.mgmt)
+        assert stopped in tcpPeers(lab.mgmt)
         assert qemu.poll() is None
         assert "nothing acknowledged" not in lab.log.read_text()
     except AssertionError:

@@ -361,9 +361,8 @@ def test_aReaderBlockedInOpenIsTheStreamsOwn(fifo: Path, readers: list[Reader]) 
     try:
         with capturedLogs() as events:
             lan = Lan(fifo)
-            for _ in range(500):
-                if lan.link.out is not None:
-                    break
+            deadline = time.monotonic() + 60  # the opener is a Python starting up
+            while lan.link.out is None and opener.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)
                 lan.reactor.advance(1)
             assert lan.link.out is not None
