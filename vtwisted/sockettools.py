@@ -1,8 +1,9 @@
 """
 What several port types do with their sockets: claim a Unix socket path a
-crashed process may have left behind, grow a send buffer, and turn a failed
-listen or bind into an L{OSError} that names the spec, the address and the
-errno, and describe the peer of a connection.
+crashed process may have left behind, listen on a server endpoint at once
+(L{listenNow}), grow a send buffer, and turn a failed listen or bind into
+an L{OSError} that names the spec, the address and the errno, and describe
+the peer of a connection.
 
 Linux's abstract Unix socket names (a C{sun_path} whose first byte is NUL,
 QEMU's C{abstract=on}) are carried as Twisted carries them, as a path
@@ -24,6 +25,7 @@ from typing import Any
 
 from twisted.internet.address import UNIXAddress
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -109,6 +111,37 @@ def claimSocketPath(path: str, label: str, owner: str, kind: int = socket.SOCK_S
         )
     finally:
         probe.close()
+
+
+def listenNow(endpoint: Any, factory: Any, label: str, unixPath: str | None) -> Any:
+    """
+    Listen on a Twisted server endpoint for C{factory}, at once: a stale
+    Unix socket at C{unixPath} (a listening C{unix:} endpoint's path, or
+    C{"\\0NAME"} for an abstract name) is replaced first, a live one
+    refused (L{claimSocketPath}).
+
+    @param label: the port spec, for messages.
+    @return: the listening port (its C{getHost()} logged).
+    @raise OSError: naming C{label}, the address and the errno.
+    """
+    abstract = isAbstract(unixPath)
+    if unixPath is not None:
+        claimSocketPath(unixPath, label, "another program")
+    outcome: list[Any] = []
+    endpoint.listen(factory).addBoth(outcome.append)
+    if not outcome:
+        raise OSError(f"{label}: the endpoint did not listen at once")
+    if isinstance(outcome[0], Failure):
+        error = outcome[0].value or Exception()
+        if abstract and getattr(getattr(error, "socketError", error), "errno",
+                                None) == errno.EADDRINUSE:
+            raise OSError(errno.EADDRINUSE, f"{label}: cannot listen on the abstract "
+                          f"name {unixAddressText(unixPath)}: another process holds "
+                          "it (Address already in use)")
+        raise listenError(f"{label}: cannot listen", error)
+    port = outcome[0]
+    log.info("{spec}: listening on {address}", spec=label, address=addressText(port.getHost()))
+    return port
 
 
 def removeStaleDatagramSockets(directory: str, names: re.Pattern[str]) -> list[str]:

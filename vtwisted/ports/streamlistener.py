@@ -27,25 +27,14 @@ so a client retrying for ever cannot fill the log.
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
-from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import StreamPorts
-from vtwisted.sockettools import (
-    addressText,
-    claimSocketPath,
-    isAbstract,
-    listenError,
-    unixAddressText,
-)
-
-log = Logger()
+from vtwisted.sockettools import listenNow
 
 
 @implementer(IPortService)
@@ -81,24 +70,7 @@ class StreamListener(StreamPorts):
         super().startService()
 
     def _listen(self) -> None:
-        abstract = isAbstract(self.unixPath)
-        if self.unixPath is not None:
-            claimSocketPath(self.unixPath, self.spec, "another program")
-        outcome: list[Any] = []
-        self.endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise OSError(f"{self.spec}: the endpoint did not listen at once")
-        if isinstance(outcome[0], Failure):
-            error = outcome[0].value or Exception()
-            if abstract and getattr(getattr(error, "socketError", error), "errno",
-                                    None) == errno.EADDRINUSE:
-                raise OSError(errno.EADDRINUSE, f"{self.spec}: cannot listen on the abstract "
-                              f"name {unixAddressText(self.unixPath)}: another process holds "
-                              "it (Address already in use)")
-            raise listenError(f"{self.spec}: cannot listen", error)
-        self.listeningPort = outcome[0]
-        host = self.listeningPort.getHost()
-        log.info("{spec}: listening on {address}", spec=self.spec, address=addressText(host))
+        self.listeningPort = listenNow(self.endpoint, self.factory, self.spec, self.unixPath)
 
     def stopService(self) -> Any:
         super().stopService()
