@@ -20,6 +20,7 @@ from vtwisted.wire import pcap
 
 def _start(spec: str) -> pcapport.PcapService:
     service = pcapport.makeService(Switch(), PortSpec(spec), Clock())
+    assert isinstance(service, pcapport.PcapService)
     service.startService()
     return service
 
@@ -147,6 +148,7 @@ def _throughSwitch(spec: str, count: int) -> tuple[pcapport.PcapService, Any, An
     """
     switch = Switch()
     service = pcapport.makeService(switch, PortSpec(spec), Clock())
+    assert isinstance(service, pcapport.PcapService)
     service.startService()
     client = plug(switch, FakeLink("client"))
     for n in range(count):

@@ -59,8 +59,10 @@ mcast = PortType(
 pcap = PortType(
     "pcap",
     "vtwisted.ports.pcap",
-    "pcap:PATH[:snaplen=N][:maxsize=MB[:files=N]]  a capture port: every frame the other "
-    "ports read, written to a libpcap file (tcpdump -r, Wireshark) or a FIFO read live",
+    "pcap:PATH[:snaplen=N][:maxsize=MB[:files=N]] or pcap:listen:ENDPOINT[:snaplen=N]  a "
+    "capture port: every frame the other ports read, written to a libpcap file (tcpdump -r, "
+    "Wireshark), a FIFO read live, or each reader connecting to ENDPOINT "
+    "(unix:/run/capture, tcp:5556) as a stream of its own",
 )
 
 vxlan = PortType(

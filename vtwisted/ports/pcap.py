@@ -17,6 +17,9 @@ those lost (a full disk) are counted exactly; C{snaplen=} keeps only the
 first bytes of each frame.  A C{PATH} that is a FIFO is a live capture
 (L{vtwisted.ports.pcapfifo}), never allowed to hold up the switch.
 
+C{pcap:listen:ENDPOINT} is a capture server instead, each reader with a
+stream of its own (L{vtwisted.ports.pcaplisten}).
+
 C{maxsize=MB} bounds the file (in millions of bytes, as tcpdump's C{-C}):
 frames that would not fit are dropped and counted as C{busy}, unless
 C{files=N} asks for a ring of N files, as C{tcpdump -C -W} keeps: the full
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -42,6 +45,9 @@ from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import NOVLAN
 from vtwisted.wire import pcap
+
+if TYPE_CHECKING:
+    from vtwisted.ports.pcaplisten import PcapListener
 
 log = Logger()
 
@@ -282,10 +288,16 @@ class PcapService(SingleLinkService):
         return None
 
 
-def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PcapService:
+def makeService(switch: Any, spec: PortSpec, reactor: Any) -> PcapService | PcapListener:
     """
-    Build the service for C{pcap:PATH[:snaplen=N][:maxsize=MB[:files=N]][:port=N]}.
+    Build the service for C{pcap:PATH[:snaplen=N][:maxsize=MB[:files=N]][:port=N]},
+    or for C{pcap:listen:ENDPOINT} (a capture server,
+    L{vtwisted.ports.pcaplisten}; a file named C{listen} is C{pcap:./listen}).
     """
+    if spec.args and spec.args[0] == "listen":
+        from vtwisted.ports import pcaplisten
+
+        return pcaplisten.makeService(switch, spec, reactor)
     (path,) = spec.positional(["path"], 1)
     if not path:
         raise spec.error("needs a file to write, pcap:/tmp/lan.pcap")

@@ -1,6 +1,6 @@
 """
-Whole pcap records waiting to be written to one capture file or FIFO, and
-how many of them got there.
+Whole pcap records waiting to be written to one capture file, FIFO or
+reader's connection, and how many of them got there.
 
 Records are added whole and leave from the front as the descriptor takes
 them.  A write that takes part of a record leaves the rest of it first in
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 #: How many bytes of records wait before they are written to a file, and
@@ -73,12 +74,18 @@ class RecordBuffer:
     @ivar frames: how many records were written whole.
     """
 
-    def __init__(self, fd: int, header: bytes) -> None:
+    def __init__(self, fd: int, header: bytes,
+                 send: Callable[[bytearray], int] | None = None) -> None:
         """
-        @param fd: the descriptor, owned from now on (see L{close}).
+        @param fd: the descriptor, owned from now on (see L{close}); C{-1}
+            with C{send}.
         @param header: the file header, written before any record.
+        @param send: what writes, in place of C{os.write} on C{fd}: takes
+            the bytes pending, returns how many it took (a transport's
+            C{write}, which takes them all).
         """
         self.fd = fd
+        self._send = send or self._writeFd
         self.pending = bytearray(header)
         self.frames = 0
         #: The length of each record not written whole, oldest first.
@@ -111,11 +118,14 @@ class RecordBuffer:
         """
         pending = self.pending
         while pending:
-            n = os.write(self.fd, pending)
+            n = self._send(pending)
             if n <= 0:
                 return
             del pending[:n]
             self._took(n)
+
+    def _writeFd(self, data: bytearray) -> int:
+        return os.write(self.fd, data)
 
     def _took(self, n: int) -> None:
         """
