@@ -136,6 +136,16 @@ def _numbers(path: Path) -> list[int]:
     return numbers
 
 
+def _records(path: Path) -> int:
+    """
+    How many records tcpdump has written to C{path} so far.
+    """
+    try:
+        return len(pcap.readRecords(path.read_bytes()))
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def _finished(tcpdump: subprocess.Popen[bytes]) -> None:
     """
     tcpdump read its stream to the end, without complaint.
@@ -214,6 +224,8 @@ def test_aStoppedReaderHoldsUpNoFrame(processes, shortdir) -> None:
         os.kill(slowSocat.pid, signal.SIGCONT)
     busy = server.busy()
     assert busy > 1000, "a megabyte and the socket's buffers waited, the rest was dropped"
+    waitFor(lambda: _records(shortdir / "slow.pcap") == 3500 - busy,
+            what="the slow reader to read what waited")
     server.exchange(200)
     time.sleep(1.0)
     assert server.busy() == busy

@@ -293,11 +293,6 @@ class ListenLink(CaptureLink):
         log.info("{spec}: {peer} left after {n} frames{lost}; {left}", spec=self.service.spec,
                  peer=reader.peer, n=out.frames, lost=droppedNote(reader.dropped), left=left)
 
-    def tick(self) -> None:
-        """
-        Nothing to do every second (records go out every reactor turn).
-        """
-
     def finish(self) -> None:
         """
         End every reader's stream whole (the service stops).
