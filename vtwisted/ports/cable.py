@@ -251,13 +251,20 @@ class CableLink(StreamLink):
         a closure from L{_makeSender}.
         """
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
-        self.stopDeadline()
+    def stopWatching(self) -> None:
+        """
+        Closed by the switch, or gone: its keepalive probe window and its
+        stall timer stop.
+        """
         if self.keeper is not None:
             self.keeper.stop()
         stall, self._stall = self._stall, None
         if stall is not None and stall.active():
             stall.cancel()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.stopDeadline()
+        self.stopWatching()
         if not self._plugged:
             if self._receive is not _ignore:
                 self._fail(rejection(self.transport) or whyLost(

@@ -67,7 +67,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
@@ -119,10 +118,12 @@ class QemuStreamLink(StreamLink):
         self.owner.linkDown(self)
         self._abort()
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
+    def stopWatching(self) -> None:
+        """
+        Closed by the switch, or gone: its keepalive watch stops.
+        """
         if self.keeper is not None:
             self.keeper.stop()
-        super().connectionLost(reason)
 
 
 @implementer(IPortService)

@@ -29,6 +29,14 @@ past L{SEND_BUFFER} bytes the transport pauses its producer, a
 L{_SendValve}, and frames to that peer are dropped and counted as C{busy}
 until it has drained.  TLS shuts down only once its producer is gone, so
 closing a link unregisters the valve first.
+
+A link the switch closes (its port deleted, what its peer sent, the
+switch stopping) stops its watches at once (L{StreamLink.stopWatching}: a
+keepalive watch, a stall timer) and sends what is queued before the end of
+the stream; a peer that reads none of it (a QEMU stopped with C{-S}, a far
+switch that is stuck) has its connection aborted after
+L{vtwisted.closing.CLOSE_GRACE} seconds, logged once, instead of holding
+it for ever.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import errors
+from vtwisted.closing import GracefulClose
 from vtwisted.interfaces import ILink
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamfailures import (
@@ -117,6 +126,8 @@ class StreamLink(Int32StringReceiver):
         self._broken = False
         self._handshaking = False
         self._deadline: Any = None
+        #: Its closing by the switch, once asked for (L{close}).
+        self.closing: GracefulClose | None = None
 
     def connectionMade(self) -> None:
         self.owner.connections.add(self)
@@ -229,6 +240,9 @@ class StreamLink(Int32StringReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.owner.connections.discard(self)
         self.stopDeadline()
+        self.stopWatching()
+        if self.closing is not None:
+            self.closing.lost()
         if self._handshaking:
             self._handshaking = False
             self.owner.handshakeFailed(self, whyLost(reason))
@@ -306,14 +320,32 @@ class StreamLink(Int32StringReceiver):
 
     def close(self) -> None:
         """
-        Unplug and disconnect the peer.
+        Unplug and disconnect the peer: what is queued for it goes first,
+        unless it reads nothing for L{vtwisted.closing.CLOSE_GRACE} seconds
+        (then the connection is aborted).  Its watches stop now.
         """
         self.owner.linkDown(self)
+        self.stopWatching()
         transport: Any = self.transport
         if transport is not None:
             # TLS waits for its producer to go before it shuts down
             transport.unregisterProducer()
-            transport.loseConnection()
+            self.closeGracefully(transport)
+
+    def closeGracefully(self, transport: Any) -> None:
+        """
+        Close C{transport}, and abort it if its peer does not let it go
+        within the grace (L{vtwisted.closing.GracefulClose}).
+        """
+        if self.closing is None:
+            self.closing = GracefulClose(self.owner.reactor)
+        self.closing.close(transport, f"{self.owner.spec}: {self.description}")
+
+    def stopWatching(self) -> None:
+        """
+        The switch closed the link, or it went: stop what watches it
+        (a subclass's keepalive watch, its stall timer).
+        """
 
     def abandon(self) -> None:
         """

@@ -10,10 +10,11 @@ L{_HANDLERS}: feature negotiation, the memory table it maps (counted
 against the switch's address space, L{vtwisted.ports.addressspace}), the
 dirty log of a migration, and each ring's size, start, addresses and
 eventfds (L{vtwisted.ports.vhostrings}).  A message it cannot take fails
-the connection, logged once.  As an L{ILink} it writes each frame for the
-guest to a receive ring, picked by a hash of the flow when the guest has
-several (L{flowHash}), and hands the switch what the guest's transmit
-rings bring.  See L{vtwisted.ports.vhostuser} for the whole picture.
+the connection, logged once (a connection the switch closes is aborted
+if QEMU reads none of its replies: L{vtwisted.closing}).  As an L{ILink}
+it writes each frame for the guest to a receive ring, picked by a hash of
+the flow when the guest has several (L{flowHash}), and hands the switch
+what the guest's transmit rings bring.  See L{vtwisted.ports.vhostuser} for the whole picture.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from vtwisted.closing import GracefulClose
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink
 from vtwisted.ports.addressspace import SHARED, AddressSpace
@@ -106,6 +108,8 @@ class VhostUserLink(Protocol):
         self._buffer = b""
         self._fds: deque[int] = deque()
         self._broken = False
+        #: Closed by the switch: aborted if QEMU reads none of the replies.
+        self.closing = GracefulClose(owner.reactor)
 
     # The connection
 
@@ -211,9 +215,10 @@ class VhostUserLink(Protocol):
                                         "malformed"):
             log.error("{spec}: {peer}: {problem}; closing the connection",
                       spec=self.owner.spec, peer=self.description, problem=problem)
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.closing.close(self.transport, f"{self.owner.spec}: {self.description}")
 
     def connectionLost(self, reason: Any = None) -> None:
+        self.closing.lost()
         for ring in self.rings:
             ring.stop()
             ring.closeDescriptors()
@@ -233,7 +238,7 @@ class VhostUserLink(Protocol):
         """
         self.owner.linkDown(self)
         if self.transport is not None:
-            self.transport.loseConnection()
+            self.closing.close(self.transport, f"{self.owner.spec}: {self.description}")
 
     # Requests
 
