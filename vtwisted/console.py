@@ -37,7 +37,9 @@ C{1038 Function not implemented}, and a session the switch cannot take
 is bounded: the session registers itself as the producer of its own
 transport, so a client that does not read its replies is not read from
 either, and at most one read's worth of commands waits; debug events for
-it are dropped meanwhile (counted, logged once).
+it are dropped meanwhile (counted, logged once).  A session the switch
+ends (C{logout}, C{shutdown}, too much input unread) whose client reads
+nothing is aborted after L{vtwisted.closing.CLOSE_GRACE} seconds.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from twisted.python.failure import Failure
 
 from vtwisted import consoleformat as fmt
 from vtwisted import consolescript
+from vtwisted.closing import GracefulClose
 from vtwisted.consolecommands import COMMANDS, Command, CommandContext, EndSession, findCommand
 from vtwisted.consolelines import LineConsole
 from vtwisted.consolescript import ScriptOutput, readScript
@@ -188,6 +191,7 @@ class ConsoleProtocol(LineConsole):
         self.factory = factory
         self._fragmentCall: IDelayedCall | None = None
         self._shutdown = False
+        self.closing = GracefulClose(factory.clock)
 
     #: Whether the peer may add ports that run commands: it runs as the
     #: switch's user or as root (C{SO_PEERCRED}).
@@ -261,13 +265,14 @@ class ConsoleProtocol(LineConsole):
         self._cancelFragment()
         transport.write(fmt.END_OF_SESSION.encode())
         transport.unregisterProducer()
-        transport.loseConnection()
+        self.closing.close(transport, "management console")
         if shutdown:
             self._shutdown = True
             self.factory.shutdownSoon()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.factory.interpreter.ops.forgetDebugListener(self)
+        self.closing.lost()
         self.ended = True
         self._lines.clear()
         self._cancelFragment()

@@ -4,7 +4,7 @@ a grace (L{vtwisted.closing}), for every stream link (C{qemu:},
 C{cable:}, C{vhostuser:}), and a link's watches stop as it is closed, not
 only once its connection is gone; on a fake clock with string transports.
 The real thing (a guest that never reads, C{port/del}, C{twistd} stopping):
-tests/integration/test_stream_linger.py.
+tests/integration/test_stream_linger.py.  The console's sessions too.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from consolefakes import makeOperations
 from test_cableprobe import cableFrom, connectedPair, pairs  # noqa: F401
 from test_cableprobe import listening as cableListening
 from test_qemu import Transport
@@ -23,7 +24,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from vhostfakes import FakeDriver
 
-from vtwisted import closing
+from vtwisted import closing, console
 from vtwisted.ports import streamkeepalive
 
 GRACE = closing.CLOSE_GRACE
@@ -185,3 +186,27 @@ def test_aCableClosedByTheSwitchStopsItsStallTimer(pairs) -> None:  # noqa: F811
     assert stall is not None and stall.active()
     link.close()
     assert not stall.active()
+
+
+def test_aConsoleClientThatSendsWithoutReadingIsAbortedAfterTheGrace(monkeypatch) -> None:
+    """
+    A console client that sends too much without reading is told so and
+    its session closed; reading nothing, it is aborted after the grace.
+    """
+    monkeypatch.setattr(console, "MAX_PENDING", 100)
+    clock = Clock()
+    ops, _, _ = makeOperations()
+    factory = console.ConsoleFactory(console.CommandInterpreter(ops), clock)
+    session = factory.buildProtocol(None)
+    transport = StringTransport()
+    session.makeConnection(transport)
+    session.pauseProducing()  # the client reads nothing
+    session.dataReceived(b"vlan/create 4\n" * 10)
+    assert transport.disconnecting and not transport.disconnected
+    with capturedLogs() as events:
+        clock.advance(GRACE)
+    assert transport.disconnected
+    assert abortLines(events) == [
+        f"management console: peer not reading; connection aborted after {GRACE:g} s"]
+    session.connectionLost(None)
+    assert not [call for call in clock.getDelayedCalls() if call.active()]
