@@ -15,6 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
+from vtwisted import closing
 from vtwisted.ports import pcap as pcapport
 from vtwisted.ports import pcaplisten
 from vtwisted.ports.pcapbuffer import BUFFER
@@ -194,6 +195,29 @@ def test_stoppingEndsEveryStreamWhole() -> None:
     assert transport.disconnecting
     assert _numbers(transport.value()) == list(range(20))
     assert lan.switch.monitors == ()
+
+
+def test_aReaderThatReadsNothingMoreIsAbortedAfterTheGrace() -> None:
+    """
+    When the port is deleted, a reader that reads nothing more (stopped,
+    its connection's buffer full) does not keep its connection for ever:
+    it is aborted after the grace, once, and logged; one that goes in time
+    is not.
+    """
+    lan = Lan()
+    stuck, stuckTransport = lan.connect()
+    quick, quickTransport = lan.connect()
+    lan.send(3)
+    with capturedLogs() as events:
+        lan.service.stopService()
+        assert stuckTransport.disconnecting and not stuckTransport.disconnected
+        _lose(quick)
+        lan.reactor.advance(closing.CLOSE_GRACE)
+    assert stuckTransport.disconnected
+    assert not quickTransport.disconnected
+    lines = [formatEvent(e) for e in events if "aborted after" in e.get("log_format", "")]
+    assert len(lines) == 1 and "pcap:listen:" in lines[0], lines
+    assert not lan.reactor.getDelayedCalls()
 
 
 def test_snaplenKeepsTheFirstBytes() -> None:

@@ -47,6 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vtwisted.closing import GracefulClose
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
@@ -87,6 +88,9 @@ class CaptureReader(Protocol):
         self.paused = False
         self.dropped = 0
         self.out = RecordBuffer(-1, pcap.fileHeader(link.service.snaplen), self._send)
+        #: Its closing when the service stops: a reader that reads nothing
+        #: more is aborted after a grace (L{vtwisted.closing}).
+        self.closing = GracefulClose(link.service.reactor)
 
     @property
     def frames(self) -> int:
@@ -158,9 +162,10 @@ class CaptureReader(Protocol):
         if self.connected and self.transport is not None:
             self.paused = False
             self.flush()
-            self.transport.loseConnection()
+            self.closing.close(self.transport, f"{self.link.service.spec}: {self.peer}")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.closing.lost()
         self.connected = False
         self.link.readerLeft(self)
 
