@@ -12,43 +12,28 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from helpers import StreamPlug, need, run, socketListening, sourceEnv, twistdArgv, waitFor
+from capturelab import CaptureLab, records
+from helpers import need, waitFor
 from taphelpers import console
-
-from vtwisted.testing import frame, mac
-from vtwisted.wire import pcap
 
 pytestmark = pytest.mark.integration
 
 MARK = b"vtwfifo"
 
 
-class Lan:
+class Lan(CaptureLab):
     """
     A switch with a capture port (number 9) to a FIFO, and two clients.
     """
 
     def __init__(self, processes, shortdir: Path) -> None:
         need("vde_plug", "tcpdump")
-        self.processes = processes
-        self.dir = shortdir
         self.fifo = shortdir / "cap"
         os.mkfifo(self.fifo)
-        self.mgmt, self.log = shortdir / "sw.mgmt", shortdir / "sw.log"
-        sock = shortdir / "sw"
-        self.switch = processes.start(twistdArgv(
-            "--sock", str(sock), "--mgmt", str(self.mgmt), "--port", f"pcap:{self.fifo}:port=9",
-            logfile=str(self.log)), env=sourceEnv())
-        waitFor(lambda: socketListening(self.mgmt), what="the switch")
-        self.one = StreamPlug(processes, f"vde://{sock}")
-        self.two = StreamPlug(processes, f"vde://{sock}")
-        waitFor(lambda: console(self.mgmt, "port/print").count("module unix prog") >= 2,
-                what="two clients")
-        self.sent = 0
+        super().__init__(processes, shortdir, f"pcap:{self.fifo}", MARK)
 
     def reader(self, name: str, *options: str) -> tuple[subprocess.Popen[bytes], Path]:
         """
@@ -61,53 +46,6 @@ class Lan:
                                         "-w", str(out)], stderr=subprocess.PIPE)
         waitFor(lambda: self.logged("a reader opened") > before, what="the switch to open it")
         return process, out
-
-    def logged(self, text: str) -> int:
-        return self.log.read_text().count(text) if self.log.exists() else 0
-
-    def exchange(self, count: int) -> float:
-        """
-        Client one sends C{count} numbered broadcasts, in rounds (the
-        clients' socket buffers are small); every one reaches client two.
-
-        @return: how long it took, in seconds.
-        """
-        started = time.monotonic()
-        got = 0
-        for n in range(count):
-            payload = MARK + self.sent.to_bytes(4, "big") + bytes(989)
-            self.one.send(frame(b"\xff" * 6, mac(0x61), payload=payload))
-            self.sent += 1
-            if n % 50 == 49 or n == count - 1:
-                while got <= n and self.two.receive(timeout=5.0) is not None:
-                    got += 1
-                assert got == n + 1, f"frames stopped after {got}"
-        return time.monotonic() - started
-
-    def busy(self) -> int:
-        stats = console(self.mgmt, "port/stats 9")
-        found = re.search(r"busy=(\d+)", stats)
-        assert found, stats
-        return int(found.group(1))
-
-    def stop(self) -> None:
-        assert self.processes.stop(self.switch) in (0, -signal.SIGTERM)  # twistd: the signal
-        text = self.log.read_text()
-        assert "Traceback" not in text, text
-
-
-def _numbers(path: Path) -> list[int]:
-    """
-    The numbers of this test's frames in a capture tcpdump wrote, which
-    tcpdump itself must read back whole.
-    """
-    dump = run("tcpdump", "-n", "-r", str(path), check=False)
-    assert dump.returncode == 0 and "truncated" not in dump.stderr, dump.stderr
-    numbers = []
-    for _, kept, _ in pcap.readRecords(path.read_bytes()):
-        if kept[14:14 + len(MARK)] == MARK:
-            numbers.append(int.from_bytes(kept[21:25], "big"))
-    return numbers
 
 
 def test_aStoppedReaderHoldsUpNoFrame(processes, shortdir) -> None:
@@ -133,10 +71,10 @@ def test_aStoppedReaderHoldsUpNoFrame(processes, shortdir) -> None:
     assert busy > 1000, "a megabyte and a pipe's worth waited, the rest was dropped"
     assert stopped < 3 * 3 * reading + 5, (reading, stopped)
     lan.exchange(200)
-    waitFor(lambda: _records(out) >= 4200 - busy, what="tcpdump to read the last frames")
+    waitFor(lambda: records(out) >= 4200 - busy, what="tcpdump to read the last frames")
     lan.stop()
     assert tcpdump.wait(10) == 0
-    numbers = _numbers(out)
+    numbers = lan.numbers(out)
     assert numbers == sorted(numbers) and numbers[-200:] == list(range(4000, 4200))
     assert len(numbers) + busy == 4200
 
@@ -155,12 +93,12 @@ def test_theNextReaderGetsAStreamOfItsOwn(processes, shortdir) -> None:
     lan.exchange(100)
     second, secondOut = lan.reader("second.pcap")
     lan.exchange(100)
-    waitFor(lambda: _records(secondOut) == 100, what="tcpdump to read 100 frames")
+    waitFor(lambda: records(secondOut) == 100, what="tcpdump to read 100 frames")
     assert lan.busy() == 0
     lan.stop()
     assert second.wait(10) == 0
-    assert _numbers(firstOut) == list(range(50))
-    assert _numbers(secondOut) == list(range(150, 250))
+    assert lan.numbers(firstOut) == list(range(50))
+    assert lan.numbers(secondOut) == list(range(150, 250))
     assert lan.logged("waiting for a reader") == 1
 
 
@@ -176,12 +114,6 @@ def _hasOpen(pid: int, path: Path) -> bool:
         return False
 
 
-def _records(path: Path) -> int:
-    try:
-        return len(pcap.readRecords(path.read_bytes()))
-    except (FileNotFoundError, ValueError):
-        return 0
-
 
 def test_aReaderTakingTheLastOnesPlaceAtOnceGetsAStreamOfItsOwn(processes, shortdir) -> None:
     """
@@ -194,7 +126,7 @@ def test_aReaderTakingTheLastOnesPlaceAtOnceGetsAStreamOfItsOwn(processes, short
     lan = Lan(processes, shortdir)
     first, firstOut = lan.reader("first.pcap")
     lan.exchange(50)
-    waitFor(lambda: _records(firstOut) == 50, what="tcpdump to read all 50")
+    waitFor(lambda: records(firstOut) == 50, what="tcpdump to read all 50")
     console(lan.mgmt, "showinfo")  # the switch is past the turn that wrote them
     os.kill(lan.switch.pid, signal.SIGSTOP)
     try:
@@ -207,9 +139,9 @@ def test_aReaderTakingTheLastOnesPlaceAtOnceGetsAStreamOfItsOwn(processes, short
     finally:
         os.kill(lan.switch.pid, signal.SIGCONT)
     lan.exchange(100)
-    waitFor(lambda: _records(secondOut) == 100, what="the second tcpdump to read 100 frames")
+    waitFor(lambda: records(secondOut) == 100, what="the second tcpdump to read 100 frames")
     lan.stop()
     assert second.wait(10) == 0, lan.log.read_text()
-    assert _numbers(firstOut) == list(range(50))
-    assert _numbers(secondOut) == list(range(50, 150))
+    assert lan.numbers(firstOut) == list(range(50))
+    assert lan.numbers(secondOut) == list(range(50, 150))
     assert lan.logged("another opened it at once") == 1, lan.log.read_text()

@@ -18,28 +18,21 @@ import time
 from pathlib import Path
 
 import pytest
+from capturelab import CaptureLab, records
 from helpers import (
-    StreamPlug,
     need,
     needRoot,
-    run,
-    socketListening,
-    sourceEnv,
-    twistdArgv,
     uniqueName,
     waitFor,
 )
-from taphelpers import console, moveTap, ping, quietNamespace
-
-from vtwisted.testing import frame, mac
-from vtwisted.wire import pcap
+from taphelpers import moveTap, ping, quietNamespace
 
 pytestmark = pytest.mark.integration
 
 MARK = b"vtwsrv"
 
 
-class Server:
+class Server(CaptureLab):
     """
     A switch with a capture server on port 9 and, unless given other
     ports, two ``vde_plug`` clients.
@@ -48,24 +41,9 @@ class Server:
     def __init__(self, processes, shortdir: Path, endpoint: str = "",
                  ports: tuple[str, ...] = ()) -> None:
         need("socat", "tcpdump")
-        self.processes = processes
-        self.dir = shortdir
         self.path = shortdir / "cap"
-        self.mgmt, self.log = shortdir / "sw.mgmt", shortdir / "sw.log"
-        sock = shortdir / "sw"
-        args = [f"--port={spec}" for spec in ports]
-        self.switch = processes.start(twistdArgv(
-            "--sock", str(sock), "--mgmt", str(self.mgmt), *args,
-            "--port", f"pcap:listen:{endpoint or f'unix:{self.path}'}:port=9",
-            logfile=str(self.log)), env=sourceEnv())
-        waitFor(lambda: socketListening(self.mgmt), what="the switch")
-        self.sent = 0
-        if not ports:
-            need("vde_plug")
-            self.one = StreamPlug(processes, f"vde://{sock}")
-            self.two = StreamPlug(processes, f"vde://{sock}")
-            waitFor(lambda: console(self.mgmt, "port/print").count("module unix prog") >= 2,
-                    what="two clients")
+        super().__init__(processes, shortdir,
+                         f"pcap:listen:{endpoint or f'unix:{self.path}'}", MARK, ports)
 
     def reader(self, output: Path, *tcpdump: str,
                address: str = "") -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes]]:
@@ -87,63 +65,6 @@ class Server:
         waitFor(lambda: self.logged("connected: capturing") > before,
                 what="the switch to take the reader")
         return socat, tcpdump_
-
-    def logged(self, text: str) -> int:
-        return self.log.read_text().count(text) if self.log.exists() else 0
-
-    def exchange(self, count: int) -> None:
-        """
-        Client one sends C{count} numbered broadcasts, in rounds (the
-        clients' socket buffers are small); every one reaches client two.
-        """
-        got = 0
-        for n in range(count):
-            payload = MARK + self.sent.to_bytes(4, "big") + bytes(990)
-            self.one.send(frame(b"\xff" * 6, mac(0x61), payload=payload))
-            self.sent += 1
-            if n % 50 == 49 or n == count - 1:
-                while got <= n and self.two.receive(timeout=5.0) is not None:
-                    got += 1
-                assert got == n + 1, f"frames stopped after {got}"
-
-    def busy(self) -> int:
-        stats = console(self.mgmt, "port/stats 9")
-        found = re.search(r"busy=(\d+)", stats)
-        assert found, stats
-        return int(found.group(1))
-
-    def stop(self) -> str:
-        """
-        Stop the switch (which ends every reader's stream); its log.
-        """
-        assert self.processes.stop(self.switch) in (0, -signal.SIGTERM)
-        text = self.log.read_text()
-        assert "Traceback" not in text, text
-        return text
-
-
-def _numbers(path: Path) -> list[int]:
-    """
-    The numbers of this test's frames in a capture tcpdump wrote (``-w``),
-    which tcpdump itself must read back whole.
-    """
-    dump = run("tcpdump", "-n", "-r", str(path), check=False)
-    assert dump.returncode == 0 and "truncated" not in dump.stderr, dump.stderr
-    numbers = []
-    for _, kept, _ in pcap.readRecords(path.read_bytes()):
-        if kept[14:14 + len(MARK)] == MARK:
-            numbers.append(int.from_bytes(kept[20:24], "big"))
-    return numbers
-
-
-def _records(path: Path) -> int:
-    """
-    How many records tcpdump has written to C{path} so far.
-    """
-    try:
-        return len(pcap.readRecords(path.read_bytes()))
-    except (FileNotFoundError, ValueError):
-        return 0
 
 
 def _finished(tcpdump: subprocess.Popen[bytes]) -> None:
@@ -201,7 +122,8 @@ def test_twoReadersEachGetAWholeStream(processes, shortdir) -> None:
     server.stop()
     for _, tcpdump in readers:
         _finished(tcpdump)
-    assert _numbers(shortdir / "r1.pcap") == _numbers(shortdir / "r2.pcap") == list(range(300))
+    first, second = (server.numbers(shortdir / name) for name in ("r1.pcap", "r2.pcap"))
+    assert first == second == list(range(300))
     assert server.logged("no reader: capture off") == 1
 
 
@@ -224,7 +146,7 @@ def test_aStoppedReaderHoldsUpNoFrame(processes, shortdir) -> None:
         os.kill(slowSocat.pid, signal.SIGCONT)
     busy = server.busy()
     assert busy > 1000, "a megabyte and the socket's buffers waited, the rest was dropped"
-    waitFor(lambda: _records(shortdir / "slow.pcap") == 3500 - busy,
+    waitFor(lambda: records(shortdir / "slow.pcap") == 3500 - busy,
             what="the slow reader to read what waited")
     server.exchange(200)
     time.sleep(1.0)
@@ -232,8 +154,8 @@ def test_aStoppedReaderHoldsUpNoFrame(processes, shortdir) -> None:
     text = server.stop()
     for tcpdump in (slow, fast):
         _finished(tcpdump)
-    assert _numbers(shortdir / "fast.pcap") == list(range(3700))
-    numbers = _numbers(shortdir / "slow.pcap")
+    assert server.numbers(shortdir / "fast.pcap") == list(range(3700))
+    numbers = server.numbers(shortdir / "slow.pcap")
     assert numbers == sorted(numbers) and numbers[-200:] == list(range(3500, 3700))
     assert len(numbers) + busy == 3700
     assert text.count("does not keep up") == 1, text
@@ -255,4 +177,4 @@ def test_aServerOnTcpLoopback(processes, shortdir) -> None:
     time.sleep(0.5)
     server.stop()
     _finished(tcpdump)
-    assert _numbers(shortdir / "tcp.pcap") == list(range(100))
+    assert server.numbers(shortdir / "tcp.pcap") == list(range(100))

@@ -39,9 +39,14 @@ from zope.interface import implementer
 
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.pcapbuffer import BUFFER, CaptureLink, RecordBuffer, droppedNote
+from vtwisted.ports.pcapbuffer import (
+    BUFFER,
+    CaptureLink,
+    CaptureService,
+    RecordBuffer,
+    droppedNote,
+)
 from vtwisted.ports.pcapfifo import FifoLink
-from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import NOVLAN
 from vtwisted.wire import pcap
@@ -212,7 +217,7 @@ class PcapLink(CaptureLink):
 
 
 @implementer(IPortService)
-class PcapService(SingleLinkService):
+class PcapService(CaptureService):
     """
     The service of one C{pcap:} spec.
     """
@@ -269,12 +274,6 @@ class PcapService(SingleLinkService):
         self._flusher = LoopingCall(self.link.tick)
         self._flusher.clock = self.reactor
         self._flusher.start(1.0, now=False)
-
-    def unplug(self) -> None:
-        link = self.link
-        if link is not None and link.port is not None:
-            self.switch.setMonitor(link.port, False)
-        super().unplug()
 
     def stopService(self) -> Any:
         super().stopService()

@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from vtwisted.ports.singlelink import SingleLinkService
+
 #: How many bytes of records wait before they are written to a file, and
 #: at most for a FIFO's reader.
 BUFFER = 1 << 20
@@ -25,7 +27,8 @@ BUFFER = 1 << 20
 
 class CaptureLink:
     """
-    What the links of the two kinds of capture port (a file, a FIFO) share:
+    What the links of the kinds of capture port (a file, a FIFO, a capture
+    server) share:
     plugged in as a monitor of their port, plain frames only, unplugged by
     their service.
     """
@@ -57,6 +60,19 @@ class CaptureLink:
         service stops).
         """
         self.service.unplug()
+
+
+class CaptureService(SingleLinkService):
+    """
+    What the services of the capture ports share: their port stops
+    monitoring as their link is unplugged.
+    """
+
+    def unplug(self) -> None:
+        link = self.link
+        if link is not None and link.port is not None:
+            self.switch.setMonitor(link.port, False)
+        super().unplug()
 
 
 def droppedNote(lost: int) -> str:

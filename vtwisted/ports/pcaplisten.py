@@ -51,8 +51,13 @@ from vtwisted.closing import GracefulClose
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.interfaces import ILink, IPortService
 from vtwisted.portoptions import PortOptions
-from vtwisted.ports.pcapbuffer import BUFFER, CaptureLink, RecordBuffer, droppedNote
-from vtwisted.ports.singlelink import SingleLinkService
+from vtwisted.ports.pcapbuffer import (
+    BUFFER,
+    CaptureLink,
+    CaptureService,
+    RecordBuffer,
+    droppedNote,
+)
 from vtwisted.ports.streamspec import readStreamSpec
 from vtwisted.sockettools import addressText, describePeer, listenNow
 from vtwisted.spec import PortSpec
@@ -316,7 +321,7 @@ def _readers(n: int) -> str:
 
 
 @implementer(IPortService)
-class PcapListener(SingleLinkService):
+class PcapListener(CaptureService):
     """
     The service of one C{pcap:listen:} spec: its port and its listening
     endpoint.
@@ -360,12 +365,6 @@ class PcapListener(SingleLinkService):
         if self.listeningPort is None:
             self._listen()
         super().startService()
-
-    def unplug(self) -> None:
-        link = self.link
-        if link is not None and link.port is not None:
-            self.switch.setMonitor(link.port, False)
-        super().unplug()
 
     def stopService(self) -> Any:
         super().stopService()
