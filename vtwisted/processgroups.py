@@ -11,7 +11,10 @@ and which could be another's by now, is never signalled.  A command just
 spawned may not have made its session yet: until its own process is
 reaped (L{unreaped}) it counts as alive, and a signal due then goes to that
 process alone (L{signalLeader}).  L{stopGroup} sends C{TERM}, then
-C{KILL}, to what is left, polling ten times a second.  L{exitText} says
+C{KILL}, to what is left, polling ten times a second; C{TERM} is followed
+at once by C{CONT}, as systemd does, so that a command stopped with
+C{SIGSTOP} (or C{^Z}, C{gdb}) gets its C{TERM} now rather than its C{KILL}
+3 s later (a stopped process takes no signal but C{KILL} and C{CONT}).  L{exitText} says
 how a command's process ended, for the log and the console.
 """
 
@@ -77,9 +80,9 @@ def unreaped(process: Any) -> bool:
 def stopGroup(clock: Any, group: int | None, termAfter: float,
               process: Any = None) -> Deferred[None]:
     """
-    End what is left of a command's process group: C{TERM} after
-    C{termAfter} seconds, C{KILL} L{STOP_GRACE} seconds after that, to
-    whatever of it is still there.
+    End what is left of a command's process group: C{TERM} (and C{CONT},
+    for a stopped command) after C{termAfter} seconds, C{KILL}
+    L{STOP_GRACE} seconds after that, to whatever of it is still there.
 
     A command just spawned has no group yet: its process makes its
     session (C{setsid}) only once it runs, which may be after this is
@@ -108,10 +111,12 @@ def stopGroup(clock: Any, group: int | None, termAfter: float,
         for name, after in (("TERM", termAfter), ("KILL", termAfter + STOP_GRACE)):
             if elapsed >= after and name not in sent:
                 sent.add(name)
-                if grouped:
-                    signalGroup(group, name)
-                else:
-                    signalLeader(group, name)
+                # A stopped process takes its TERM only once continued.
+                for each in (name, "CONT") if name == "TERM" else (name,):
+                    if grouped:
+                        signalGroup(group, each)
+                    else:
+                        signalLeader(group, each)
         if elapsed >= termAfter + 2 * STOP_GRACE:
             done.callback(None)
             return

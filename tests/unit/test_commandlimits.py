@@ -119,7 +119,7 @@ def test_sambasDirectoryGoesOnceItsRunsHaveEnded(tmp_path, monkeypatch) -> None:
     share._endpoint.runs.add(run)
     closed = share.close()
     reactor.pump([0.1] * 10)
-    assert sent == [(5150, "TERM")] and os.path.isdir(state) and not closed.called
+    assert sent == [(5150, "TERM"), (5150, "CONT")] and os.path.isdir(state) and not closed.called
     alive.clear()
     run.pid = None  # type: ignore[assignment]  # reaped
     reactor.advance(0.1)

@@ -135,9 +135,9 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
     link.close()
     assert process.disconnecting and not port.links
     service.reactor.advance(processes.STOP_GRACE)
-    assert sent == [(4242, "TERM")]
+    assert sent == [(4242, "TERM"), (4242, "CONT")], "TERM, and CONT for a stopped command"
     service.reactor.pump([0.1] * 31)
-    assert sent == [(4242, "TERM"), (4242, "KILL")]
+    assert sent == [(4242, "TERM"), (4242, "CONT"), (4242, "KILL")]
     [stopped] = service.stopping
     service.reactor.pump([0.1] * 2)
     assert stopped.called, "it is over once the group is empty"
@@ -311,13 +311,13 @@ def test_stopAllTerminatesAtOnceThenKills(monkeypatch) -> None:
     first, second = FakeProcess(7001), FakeProcess(7002)
     endpoint.runs.update({first, second})
     stopped = endpoint.stopAll()
-    assert sorted(sent) == [(7001, "TERM"), (7002, "TERM")]
+    assert sorted(sent) == [(7001, "CONT"), (7001, "TERM"), (7002, "CONT"), (7002, "TERM")]
     alive.discard(7001)
     first.pid = None  # reaped
     reactor.pump([0.1] * 29)
-    assert len(sent) == 2
+    assert len(sent) == 4
     reactor.pump([0.1] * 2)
-    assert sent[2:] == [(7002, "KILL")] and not stopped.called
+    assert sent[4:] == [(7002, "KILL")] and not stopped.called
     alive.clear()
     second.pid = None
     reactor.advance(0.1)
@@ -344,10 +344,11 @@ def test_aCommandStoppedBeforeItMadeItsSessionIsStoppedStill(monkeypatch, termAf
     stopped = processes.stopGroup(reactor, 7100, termAfter, process)
     assert not stopped.called, "not gone: not even started"
     reactor.pump([0.1] * int(termAfter * 10 + 1))
-    assert toLeaders == [(7100, "TERM")] and not toGroups and not stopped.called
+    assert toLeaders == [(7100, "TERM"), (7100, "CONT")]
+    assert not toGroups and not stopped.called
     process.pid = None
     reactor.advance(0.1)
-    assert stopped.called and toLeaders == [(7100, "TERM")]
+    assert stopped.called and toLeaders == [(7100, "TERM"), (7100, "CONT")]
 
 
 def test_aSocketRunIsEndedAGraceAfterItsConnection(monkeypatch) -> None:
@@ -385,9 +386,9 @@ def test_aSocketRunIsEndedAGraceAfterItsConnection(monkeypatch) -> None:
     reactor.pump([0.1] * int(processes.ENDED_GRACE * 10 - 1))
     assert sent == []
     reactor.pump([0.1] * 2)
-    assert sent == [(7200, "TERM")]
+    assert sent == [(7200, "TERM"), (7200, "CONT")]
     reactor.pump([0.1] * int(processes.STOP_GRACE * 10))
-    assert sent == [(7200, "TERM"), (7200, "KILL")]
+    assert sent == [(7200, "TERM"), (7200, "CONT"), (7200, "KILL")]
 
 
 def test_aLongCommandLineIsShownCutInTheMiddleSoItsPidStays() -> None:
