@@ -194,7 +194,8 @@ class DescriptorRun(CommandRun):
         transport: Any = self.transport
         if transport is not None and self._exit is None:
             transport.closeStdin()
-        return processgroups.stopGroup(clock, self.pid, STOP_GRACE, transport)
+        return processgroups.stopGroup(clock, self.pid, STOP_GRACE, transport,
+                                       self.endpoint.spec)
 
 
 class _StreamEnd(Protocol):

@@ -142,9 +142,11 @@ class CommandTransport:
     A running command as a stream transport (see the module docstring).
     """
 
-    def __init__(self, process: Any, commandLine: str) -> None:
+    def __init__(self, process: Any, commandLine: str, spec: str = "cmd:") -> None:
         self.process = process
         self.commandLine = commandLine
+        #: The spec, for the log.
+        self.spec = spec
         self.pid: int | None = process.pid
         self.disconnecting = False
 
@@ -198,7 +200,7 @@ class CommandTransport:
         @return: fires once nothing of it is left.
         """
         self.loseConnection()
-        return processgroups.stopGroup(clock, self.pid, STOP_GRACE, self.process)
+        return processgroups.stopGroup(clock, self.pid, STOP_GRACE, self.process, self.spec)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self.process.registerProducer(producer, streaming)
@@ -265,7 +267,8 @@ class _CommandPipes(CommandRun):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        transport = CommandTransport(self.transport, self.endpoint.commandLine)
+        transport = CommandTransport(self.transport, self.endpoint.commandLine,
+                                     self.endpoint.spec)
         transport.bufferSize = INPUT_BUFFER
         self.protocol.makeConnection(transport)
 
@@ -407,8 +410,11 @@ class CommandEndpoint:
         @return: fires once nothing of the run is left.
         """
         if run.over:
-            return succeed(None)
-        return processgroups.stopGroup(self.reactor, run.pid, ENDED_GRACE, run.transport)
+            # Nothing of its group left; its pipes closed soon if something
+            # that left it holds them.
+            return processgroups.stopGroup(self.reactor, None, 0, run.transport, self.spec)
+        return processgroups.stopGroup(self.reactor, run.pid, ENDED_GRACE, run.transport,
+                                       self.spec)
 
     def say(self, line: bytes, level: LogLevel = LogLevel.warn) -> None:
         """
@@ -477,6 +483,7 @@ class CommandEndpoint:
 
         @return: fires once nothing of them is left.
         """
-        return DeferredList([processgroups.stopGroup(self.reactor, process.pid, 0, process)
+        return DeferredList([processgroups.stopGroup(self.reactor, process.pid, 0, process,
+                                                     self.spec)
                              for process in self.runs])
 

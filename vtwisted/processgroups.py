@@ -14,8 +14,20 @@ process alone (L{signalLeader}).  L{stopGroup} sends C{TERM}, then
 C{KILL}, to what is left, polling ten times a second; C{TERM} is followed
 at once by C{CONT}, as systemd does, so that a command stopped with
 C{SIGSTOP} (or C{^Z}, C{gdb}) gets its C{TERM} now rather than its C{KILL}
-3 s later (a stopped process takes no signal but C{KILL} and C{CONT}).  L{exitText} says
-how a command's process ended, for the log and the console.
+3 s later (a stopped process takes no signal but C{KILL} and C{CONT}).
+
+Killing the group misses what left it: a command that daemonises, or runs
+C{setsid -f}, leaves a process in a session of its own that may hold the
+command's standard input, output or error (or its socket) open for as
+long as it runs, so the switch's ends of those pipes never see their end,
+and Twisted keeps them, and the run, until the switch stops.  So once
+L{stopGroup} is over (nothing of the group left, or C{KILL} sent), what is
+still open of the switch's ends of the command's pipes is closed
+L{CLOSE_GRACE} seconds later (L{closePipes}: time to read what the
+command wrote before it ended, and for what was queued for its input to
+be taken), logged once at info: nothing of that run stays in the switch.
+L{exitText} says how a command's process ended, for the log and the
+console.
 """
 
 from __future__ import annotations
@@ -25,8 +37,13 @@ import signal
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from vtwisted.closing import CLOSE_GRACE
+
+log = Logger()
 
 #: Seconds a command is given to end before C{TERM}, and after it before C{KILL}.
 STOP_GRACE = 3.0
@@ -77,8 +94,39 @@ def unreaped(process: Any) -> bool:
     return process is not None and getattr(process, "pid", None) is not None
 
 
+def openPipes(process: Any) -> dict[int, Any]:
+    """
+    The switch's ends of C{process}'s pipes still open, by child descriptor
+    (a Twisted process transport's C{pipes}; none for anything else).
+    """
+    pipes = getattr(process, "pipes", None)
+    return dict(pipes) if isinstance(pipes, dict) else {}
+
+
+def closePipes(process: Any, what: str) -> None:
+    """
+    Close at once the switch's ends of C{process}'s pipes still open, what
+    is queued for its input dropped, what it wrote and was not read lost:
+    only something that left the command's group holds them now.  Logged
+    once, at info, naming C{what} (the spec) and the pid.
+    """
+    pipes = openPipes(process)
+    if not pipes:
+        return
+    log.info("{what}: something the command (pid {pid}) started left its process group and "
+             "still holds its {fds}; the switch closed its ends",
+             what=what, pid=getattr(process, "pid", None) or "gone",
+             fds=", ".join(_NAMES.get(fd, f"descriptor {fd}") for fd in sorted(pipes)))
+    for childFD, pipe in sorted(pipes.items()):
+        if childFD in process.pipes:
+            pipe.connectionLost(Failure(ConnectionDone("the command's group is gone")))
+
+
+_NAMES = {0: "standard input", 1: "standard output", 2: "standard error"}
+
+
 def stopGroup(clock: Any, group: int | None, termAfter: float,
-              process: Any = None) -> Deferred[None]:
+              process: Any = None, what: str = "a command") -> Deferred[None]:
     """
     End what is left of a command's process group: C{TERM} (and C{CONT},
     for a stopped command) after C{termAfter} seconds, C{KILL}
@@ -91,21 +139,31 @@ def stopGroup(clock: Any, group: int | None, termAfter: float,
     the command is taken for alive even with no group, and a signal due
     then goes to that process itself.
 
+    Whatever of the switch's ends of C{process}'s pipes is still open
+    L{CLOSE_GRACE} seconds after that is closed then (L{closePipes}, which
+    logs it naming C{what}): something that left the group holds them.
+
     @return: fires once the group is empty and the command's process
         reaped (looked at every tenth of a second, so no signal ever goes
         to a group that is gone and whose number could be another's), or
         L{STOP_GRACE} after the C{KILL}.
     """
     done: Deferred[None] = Deferred()
-    if group is None:
+
+    def over() -> None:
+        if openPipes(process):
+            clock.callLater(CLOSE_GRACE, closePipes, process, what)
         done.callback(None)
+
+    if group is None:
+        over()
         return done
     start, sent = clock.seconds(), set()
 
     def look() -> None:
         grouped = groupAlive(group)
         if not grouped and not unreaped(process):
-            done.callback(None)
+            over()
             return
         elapsed = clock.seconds() - start
         for name, after in (("TERM", termAfter), ("KILL", termAfter + STOP_GRACE)):
@@ -118,7 +176,7 @@ def stopGroup(clock: Any, group: int | None, termAfter: float,
                     else:
                         signalLeader(group, each)
         if elapsed >= termAfter + 2 * STOP_GRACE:
-            done.callback(None)
+            over()
             return
         clock.callLater(0.1, look)
 
