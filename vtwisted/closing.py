@@ -18,11 +18,14 @@ the socket closed at once on Unix) and that is logged once, at info level:
 the switch meant to close it, nothing is lost that would not be.  The
 protocol calls L{GracefulClose.lost} from its C{connectionLost}, which
 cancels the timer (an injected reactor's C{callLater}), so a connection
-that goes in time leaves nothing behind.
+that goes in time leaves nothing behind.  An owner that counts and logs
+such aborts its own way (slirp's host sockets, once per port) passes
+C{aborted}, called instead of the log line.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
@@ -41,11 +44,14 @@ class GracefulClose:
 
     @ivar reactor: what times the grace (C{callLater}).
     @ivar grace: seconds before a connection still there is aborted.
+    @ivar aborted: called when it is, instead of logging it, if given.
     """
 
-    def __init__(self, reactor: Any, grace: float = CLOSE_GRACE) -> None:
+    def __init__(self, reactor: Any, grace: float = CLOSE_GRACE,
+                 aborted: Callable[[], object] | None = None) -> None:
         self.reactor = reactor
         self.grace = grace
+        self.aborted = aborted
         self._deadline: Any = None
         self._gone = False
 
@@ -79,6 +85,9 @@ class GracefulClose:
 
     def _expired(self, transport: Any, what: str) -> None:
         self._deadline = None
-        log.info("{what}: peer not reading; connection aborted after {grace:g} s",
-                 what=what, grace=self.grace)
+        if self.aborted is not None:
+            self.aborted()
+        else:
+            log.info("{what}: peer not reading; connection aborted after {grace:g} s",
+                     what=what, grace=self.grace)
         transport.abortConnection()

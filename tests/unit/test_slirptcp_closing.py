@@ -19,8 +19,11 @@ from twisted.internet.error import (
     ConnectionDone,
     ConnectionLost,
 )
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
+from vtwisted.slirp.tcpconnection import HOST_CLOSE_GRACE
 from vtwisted.wire.tcp import ACK, FIN, RST, SYN, TCPHeader
 
 
@@ -258,3 +261,70 @@ def test_describeListsConnections(h: Harness) -> None:
     (line,) = h.nat.describe()
     assert line == ("10.0.2.15:40000 -> 127.0.0.1:80 established, 5 bytes to host, "
                     "3 to guest")
+
+
+class UnreadHostTransport(FlushingHostTransport):
+    """
+    A host transport whose peer reads nothing: closing never flushes, an
+    abort loses the connection, as Twisted's does.
+    """
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        StringTransportWithDisconnection.loseConnection(self)
+
+
+def test_aClosedHostSocketWhosePeerReadsNothingIsAbortedAfterAMinute(h: Harness) -> None:
+    """
+    Both sides finished (the host half-closed, the guest sent its last
+    words and FIN): the host socket is closed, and the connection forgotten
+    after time-wait, but a host peer that reads nothing never lets it
+    flush.  60 s later it is aborted, counted as unread and logged once;
+    a second such socket is counted, not logged again.
+    """
+    sockets = []
+    with capturedLogs() as events:
+        for sport in (GUEST_PORT, GUEST_PORT + 1):
+            h.sport, h.seq = sport, GUEST_ISN + 1
+            h.syn()
+            transport = UnreadHostTransport()
+            h.connectHost(transport)
+            (synAck,) = h.take()
+            h.ours = synAck.seq + 1
+            h.send(ACK)
+            h.host(transport).readConnectionLost()
+            (fin,) = h.take()
+            h.ack(fin.seq + 1)
+            h.send(ACK | FIN, payload=b"never read", ack=fin.seq + 1)
+            h.take()
+            assert transport.disconnecting and transport.value() == b"never read"
+            sockets.append(transport)
+        h.clock.advance(2)
+        assert h.nat.connectionCount == 0, "forgotten after time-wait"
+        assert not any(t.aborted for t in sockets)
+        h.clock.advance(HOST_CLOSE_GRACE - 2.1)
+        assert not any(t.aborted for t in sockets)
+        h.clock.advance(0.1)
+    assert all(t.aborted for t in sockets) and h.nat.unread == 2
+    assert len([e for e in events if "read nothing" in e.get("log_format", "")]) == 1
+    assert not h.nat.hostClosing
+
+
+def test_closeAbortsHostSocketsStillClosing(h: Harness) -> None:
+    """
+    The port stops while a forgotten connection's host socket still waits
+    for its peer to read: it is aborted at once, and its timer goes.
+    """
+    h.syn()
+    transport = UnreadHostTransport()
+    h.connectHost(transport)
+    (synAck,) = h.take()
+    h.ours = synAck.seq + 1
+    h.send(ACK)
+    h.host(transport).readConnectionLost()
+    (fin,) = h.take()
+    h.send(ACK | FIN, payload=b"never read", ack=fin.seq + 1)
+    h.clock.advance(2)
+    assert h.nat.connectionCount == 0 and not transport.aborted
+    h.nat.close()
+    assert transport.aborted and not h.clock.getDelayedCalls() and h.nat.unread == 0

@@ -124,7 +124,8 @@ def describe(svc: Any) -> list[str]:
     tcp = svc.tcp
     lines.append(f" TCP: {tcp.opened} opened, {tcp.refused} refused, {tcp.unreachable} "
                  f"unreachable, {tcp.resets} reset by us, {tcp.guestResets} by guests, "
-                 f"{tcp.timeouts} timed out, {tcp.tailProbes} tail loss probes; forwards "
+                 f"{tcp.timeouts} timed out, {tcp.unread} host sockets unread aborted, "
+                 f"{tcp.tailProbes} tail loss probes; forwards "
                  f"{tcp.forwardsRefused} refused by guests, {tcp.forwardsUnanswered} "
                  f"unanswered, {tcp.forwardsFailed} failed on their ICMP errors; "
                  f"{tcp.errorsIgnored} ICMP errors from guests ignored")

@@ -41,6 +41,9 @@ connections: host reset, gave up, data for a closed host), C{guestResets}
 (RSTs from guests for live connections), C{timeouts} (connections given up on
 retransmissions, or on a guest silent for C{keepalive=} seconds: see
 L{vtwisted.slirp.tcpkeepalive}),
+C{unread} (host sockets closed after both sides finished whose peer
+read nothing of what was left for it in 60 s, aborted: logged once per
+port, L{TcpNat.hostUnread}),
 C{busy} (SYNs refused for the connection limit), C{strays} (segments for
 no connection, answered with RST), C{tailProbes} (tail loss probes sent,
 L{vtwisted.slirp.tcpsack}), and for host port forwards C{forwardsRefused}
@@ -70,7 +73,7 @@ from twisted.python.failure import Failure
 from vtwisted.interfaces import IGuestNetwork
 from vtwisted.slirp.addresses import guestEndpoint, hostEndpoint
 from vtwisted.slirp.guesterrors import GuestError, Quote
-from vtwisted.slirp.tcpconnection import TcpConnection
+from vtwisted.slirp.tcpconnection import HOST_CLOSE_GRACE, TcpConnection
 from vtwisted.slirp.tcphost import (
     EndpointConnector,
     ForwardFactory,
@@ -172,6 +175,10 @@ class TcpNat:
         self.opened = self.refused = self.unreachable = self.resets = 0
         self.guestResets = self.timeouts = self.busy = self.strays = 0
         self.tailProbes = 0
+        #: Host sockets aborted for a peer that read nothing once closed.
+        self.unread = 0
+        #: Connections whose host socket is closing (in the table or not).
+        self.hostClosing: set[TcpConnection] = set()
         self.forwardsRefused = self.forwardsUnanswered = self.forwardsFailed = 0
         #: ICMP errors from guests that failed no forward (L{errorReceived}).
         self.errorsIgnored = 0
@@ -220,6 +227,10 @@ class TcpNat:
         for connection in list(self.connections.values()):
             connection.abort(resetGuest=False)
         self.connections.clear()
+        for connection in list(self.hostClosing):
+            if connection.transport is not None:
+                connection.transport.abortConnection()
+        self.hostClosing.clear()
         self.keepAlive.stop()
         if self._ackCall is not None and self._ackCall.active():
             self._ackCall.cancel()
@@ -434,6 +445,19 @@ class TcpNat:
         acking, self._acking = self._acking, []
         for connection in acking:
             connection.sendAck()
+
+    def hostUnread(self) -> None:
+        """
+        A host socket closed after both sides finished was aborted, its
+        peer having read nothing for
+        L{vtwisted.slirp.tcpconnection.HOST_CLOSE_GRACE} seconds: counted,
+        logged the first time.
+        """
+        self.unread += 1
+        if self.unread == 1:
+            log.info("slirp: a host peer read nothing for {grace:g} s of what a guest sent "
+                     "before both closed: its socket aborted (slirp/print counts them as "
+                     "unread; not logged again)", grace=HOST_CLOSE_GRACE)
 
     def forget(self, connection: TcpConnection) -> None:
         """

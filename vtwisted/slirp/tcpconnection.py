@@ -21,7 +21,12 @@ by family are in L{vtwisted.slirp.tcpstates}):
     on retransmissions, forgets it at once; it aborts the host socket, but
     not in C{time-wait}, where the guest's RST is routine (a closed guest
     answering our second ACK of its FIN, after its tail loss probe) and the
-    host must still get what the guest sent last.
+    host must still get what the guest sent last.  That host socket, once
+    closed, has L{HOST_CLOSE_GRACE} seconds to take what is left for it:
+    a host peer that reads nothing would otherwise keep it, and its
+    buffer, for ever (nobody owns it any more, as the kernel's orphans,
+    which it gives up on too); it is aborted then, counted as C{unread}
+    and logged once per port (L{vtwisted.slirp.tcp.TcpNat.hostUnread}).
 
 Receiving (guest to host) trims what was already received and what lies
 past the right edge of the window we advertised.  A segment past a hole
@@ -51,6 +56,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from vtwisted.closing import GracefulClose
 from vtwisted.slirp.addresses import guestEndpoint
 from vtwisted.slirp.tcpreassembly import Reassembly
 from vtwisted.slirp.tcpsend import FIXED_HEADER, MASK, signed
@@ -74,6 +80,9 @@ UNSCALED_WINDOW = 0xFFFF
 TIME_WAIT_SECONDS = 2.0
 #: How long our acknowledged FIN waits for the guest's once the host is gone.
 FIN_WAIT_SECONDS = 60.0
+#: How long a host socket closed after both sides finished may take to be
+#: read before it is aborted (as Linux's C{tcp_fin_timeout}, 60 s).
+HOST_CLOSE_GRACE = 60.0
 
 
 @implementer(IPushProducer)
@@ -113,6 +122,8 @@ class TcpConnection(Handshake):
         self.retries = 0
         self.bytesToHost = 0
         self.closing = False
+        #: Closes the host socket, aborting it if its peer reads nothing.
+        self.closer = GracefulClose(nat.reactor, HOST_CLOSE_GRACE, nat.hostUnread)
         self.closeTimer: Any = None
         #: Whether the guest sent a segment since the last keep-alive
         #: sweep, and the sweeps since it last did (L{vtwisted.slirp.tcpkeepalive}).
@@ -358,6 +369,8 @@ class TcpConnection(Handshake):
         else resets the guest.
         """
         self.transport = None
+        self.closer.lost()
+        self.nat.hostClosing.discard(self)
         if self.state in (CLOSED, TIME_WAIT, CONNECTING):
             return
         if self.state == SYN_SENT or not reason.check(ConnectionDone):
@@ -379,7 +392,10 @@ class TcpConnection(Handshake):
             self.closing = True
             if self.transport is not None:
                 release(self.transport)
-                self.transport.loseConnection()
+                # Ours alone now: what is left for the host goes, unless
+                # it reads nothing (L{HOST_CLOSE_GRACE}).
+                self.nat.hostClosing.add(self)
+                self.closer.close(self.transport, self.hostLabel)
         if self.hostEof and self.sndUna > self.sndEnd and self.state == ESTABLISHED:
             if self.guestFin:
                 self.state = TIME_WAIT
