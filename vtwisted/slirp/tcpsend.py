@@ -26,7 +26,9 @@ timer (zero window) and, before the handshake completes, the SYN/SYN-ACK
 timer; it is C{reset()} rather than recreated.  A timeout goes back to
 C{sndUna} with a congestion window of one segment (go-back-N: the guest's
 cumulative ACKs then pull the rest), backs the RTO off and gives up after
-L{MAX_RETRIES}.  Three duplicate ACKs retransmit the first unacknowledged
+L{MAX_RETRIES}.  A zero window is probed as long as the guest answers, but
+once the host is gone (EOF seen, socket lost) only L{ORPHAN_PROBES} times
+without progress.  Three duplicate ACKs retransmit the first unacknowledged
 segment at once; a guest that sends SACK blocks has every gap they reveal
 resent instead, SACKed bytes not counted as in flight, and a lost tail
 (too few segments after it for duplicate ACKs) is probed for after two
@@ -60,6 +62,10 @@ MIN_RTO = 0.2
 MAX_RTO = 60.0
 #: Consecutive timeouts after which a connection is reset.
 MAX_RETRIES = 12
+#: Zero-window probes without progress (nothing new acknowledged, the window
+#: still zero) before a connection whose host is gone is reset (an orphan:
+#: Linux's C{tcp_orphan_retries}; at most 9 minutes, probes backing off).
+ORPHAN_PROBES = 8
 #: The send buffer's high-water mark is four guest windows, within these.
 HIGH_WATER_MIN = 256 * 1024
 HIGH_WATER_MAX = 4 * 1024 * 1024
@@ -171,6 +177,7 @@ class SendSide(SackRecovery):
         self.readingPaused = False
         self.timer: Any = None
         self.probing = False
+        self.orphanProbes = 0  # Zero-window probes without progress, host gone.
         self.initSack()
 
     # Hooks the connection provides.
@@ -245,6 +252,11 @@ class SendSide(SackRecovery):
         self.rto = min(self.rto * 2, MAX_RTO)
         self.rttSeq = -1
         if self.sndWnd == 0 and self.sndUna < self.sndEnd:
+            if self.hostEof and self.transport is None:
+                if self.orphanProbes >= ORPHAN_PROBES:
+                    self.abort(resetGuest=True)
+                    return
+                self.orphanProbes += 1
             self.probe()
         else:
             self.ssthresh = max((self.sndMax - self.sndUna) // 2, 2 * self.mss)
@@ -385,6 +397,8 @@ class SendSide(SackRecovery):
             self.maxWnd = window
         if window == 0:
             self.backoff = 0
+        else:
+            self.orphanProbes = 0
         opened = window > self.sndWnd
         self.sndWnd = window
         if opened and self.timerRunning() and self.sndMax <= self.sndUna:
@@ -445,6 +459,7 @@ class SendSide(SackRecovery):
         if self.sndNxt < ack:
             self.sndNxt = ack
         self.backoff = 0
+        self.orphanProbes = 0
         if 0 <= self.rttSeq <= ack:
             self.rttSample(self.reactor.seconds() - self.rttStart)
         if self.scoreboard.ranges or (self.recover >= 0 and self.sackOk):
