@@ -48,11 +48,7 @@ from vtwisted.wire.checksum import Buffer
 from vtwisted.wire.tcp import (
     ACK,
     FIN,
-    OPT_MSS,
-    OPT_SACK_PERMITTED,
-    OPT_WINDOW_SCALE,
     PSH,
-    iterOptions,
 )
 
 MASK = 0xFFFFFFFF
@@ -77,11 +73,6 @@ MAX_CWND = 64 * 1024 * 1024
 
 #: Our window scale shift, when the guest scales.
 SCALE_SHIFT = 5
-#: The guest's MSS when its SYN has no MSS option, over IPv4 (RFC 9293).
-DEFAULT_MSS = 536
-#: The same over IPv6: RFC 8200's minimum MTU, 1280, less 60 bytes of headers.
-DEFAULT_MSS6 = 1220
-
 #: A TCP header without options (packed here: the hot path).
 FIXED_HEADER = struct.Struct("!HHIIHHHH")
 
@@ -92,38 +83,6 @@ def signed(difference: int) -> int:
     """
     difference &= MASK
     return difference - 0x100000000 if difference & 0x80000000 else difference
-
-
-_MSS_OPTION = struct.Struct("!BBH")
-
-
-def synOptions(mss: int, scale: bool, sack: bool = False) -> bytes:
-    """
-    The options of our SYN or SYN-ACK: an MSS, a window scale if C{scale},
-    SACK permitted if C{sack} (we send SACK blocks and read the guest's).
-    """
-    options = _MSS_OPTION.pack(OPT_MSS, 4, mss)
-    if scale:
-        options += bytes((1, OPT_WINDOW_SCALE, 3, SCALE_SHIFT))
-    if sack:
-        options += bytes((1, 1, OPT_SACK_PERMITTED, 2))
-    return options
-
-
-def readSynOptions(options: bytes, default: int = DEFAULT_MSS) -> tuple[int, int | None]:
-    """
-    The MSS (C{default} if absent: L{DEFAULT_MSS} for IPv4, L{DEFAULT_MSS6}
-    for IPv6) and window scale shift (L{None} if absent) of a SYN's options.
-
-    @raise vtwisted.wire.tcp.TCPError: unreadable options.
-    """
-    mss, shift = default, None
-    for kind, value in iterOptions(options):
-        if kind == OPT_MSS and len(value) == 2:
-            mss = max(int.from_bytes(value, "big"), 64)
-        elif kind == OPT_WINDOW_SCALE and len(value) == 1:
-            shift = min(value[0], 14)
-    return mss, shift
 
 
 class SendSide(SackRecovery):
