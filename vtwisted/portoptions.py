@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from vtwisted import errors
 from vtwisted.impair import ALL_KEYWORDS, PortImpairment
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import MAX_TAG_VID, MAX_USER_VID, NOVLAN
@@ -117,9 +118,21 @@ class PortOptions:
         free one), configure it, plug the link in with C{link.plug(switch,
         port)} and log it.
 
+        A port asked for by number that has links of another spec already
+        is refused (C{EADDRINUSE}), as a VDE client asking for it is: the
+        options given here would reconfigure that spec's port (a capture
+        port's would take a TAP out of its VLAN), and a capture port would
+        hand the other link a copy of every frame.
+
         @return: the port.
+        @raise vtwisted.errors.SwitchError: the port cannot be had.
         """
         port = switch.allocatePort(self.number)
+        if port.links:
+            other = port.links[0]
+            raise errors.busy(
+                f"{owner}: port {port.number} is in use by {other.module} "
+                f"{other.description}: give another port= or none")
         self.apply(switch, port, owner)
         link.plug(switch, port)
         log.info("{spec}: {description} on port {number}", spec=owner,

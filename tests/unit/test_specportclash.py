@@ -1,0 +1,62 @@
+"""
+A spec asking for a port by number (C{port=N}) that another spec's link
+has is refused, as a VDE client asking for it is: a capture port put there
+would take the other link out of its VLAN and hand it a copy of every
+frame, and two capture ports on one port would turn each other's monitor
+off.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+
+from vtwisted.errors import SwitchError
+from vtwisted.ports import pcap as pcapport
+from vtwisted.spec import PortSpec
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+
+
+def startCapture(switch: Switch, text: str) -> object:
+    service = pcapport.makeService(switch, PortSpec(text), MemoryReactorClock())
+    service.privilegedStartService()
+    service.startService()
+    return service
+
+
+def test_captureRefusesAnotherSpecsPort() -> None:
+    """
+    A capture server asking for the port of a link in VLAN 0 is refused,
+    naming itself, the port and what is there; the link stays in its VLAN
+    and still gets a frame for it once, not a monitor's copies.
+    """
+    switch = Switch()
+    tap = FakeLink("r2ta in netns a")
+    other = FakeLink("other")
+    port = plug(switch, tap, 2)
+    plug(switch, other, 3)
+    with pytest.raises(SwitchError) as caught:
+        startCapture(switch, "pcap:listen:tcp:5557:port=2")
+    assert caught.value.errno == errno.EADDRINUSE
+    assert caught.value.message == (
+        "pcap:listen:tcp:5557:port=2: port 2 is in use by fake r2ta in netns a: "
+        "give another port= or none")
+    assert port.untaggedVlan is switch.vlans[0]
+    assert port.links == [tap]
+    switch.frameReceived(switch.port(3), frame(b"\xff" * 6, mac(3)))
+    assert len(tap.takeSent()) == 1
+
+
+def test_twoCapturesOnOnePort() -> None:
+    """
+    A second capture spec asking for the first one's port is refused.
+    """
+    switch = Switch()
+    startCapture(switch, "pcap:listen:tcp:5557:port=1")
+    with pytest.raises(SwitchError) as caught:
+        startCapture(switch, "pcap:listen:tcp:5558:port=1")
+    assert "port 1 is in use by pcap live capture server" in caught.value.message
+    assert len(switch.port(1).links) == 1
