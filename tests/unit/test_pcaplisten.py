@@ -259,6 +259,8 @@ def test_listensOnLoopbackAndModes() -> None:
     (":vlan=3", "not for a capture port"),
     (":delay=10", "not for a capture port"),
     (":snaplen=10", "snaplen"),
+    (":snaplne=96", r"unknown option snaplne=: neither pcap: nor Twisted's tcp: endpoint "
+                    r"takes it \(pcap: takes snaplen=, port=; "),
 ])
 def test_optionsThatMakeNoSenseAreRefused(options: str, problem: str) -> None:
     with pytest.raises(SpecError, match=problem):

@@ -153,7 +153,15 @@ def test_unixListenerIsPrivateUnlessAModeIsGiven(tmp_path) -> None:
         ("qemu", "names no endpoint"),
         ("qemu:connect", "names no endpoint"),
         ("qemu:carrier-pigeon:7", "not a Twisted server endpoint"),
-        ("qemu:unix:/tmp/x.sock:colour=blue", "not a Twisted server endpoint"),
+        ("qemu:unix:/tmp/x.sock:colour=blue", "unknown option colour=: neither qemu: nor "
+                                              "Twisted's unix: endpoint takes it (qemu: "
+                                              "takes vlan=, trunk=, mtu=, keepalive= and "
+                                              "the impairments; the other keywords are "
+                                              "the endpoint's)"),
+        ("qemu:tcp:0:keepalve=5", "unknown option keepalve=: neither qemu: nor Twisted's "
+                                  "tcp: endpoint takes it"),
+        ("qemu:connect:tcp:host=h:port=1:vlna=3", "unknown option vlna=: neither qemu: nor "
+                                                  "Twisted's tcp: endpoint"),
         ("qemu:connect:tcp:host=127.0.0.1", "not a Twisted client endpoint"),
         ("qemu:unix", "the server endpoint 'unix' needs an address, as in "
                       "qemu:unix:/path/to/sock"),

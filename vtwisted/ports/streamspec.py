@@ -20,12 +20,14 @@ C{unix:@NAME}.  Without C{abstract=on} a path is a file, C{@} or not.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from twisted.internet.endpoints import clientFromString, serverFromString
 
+from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.portoptions import PortOptions
 from vtwisted.sockettools import abstractAddress, unixAddressText
 from vtwisted.spec import PortSpec
@@ -84,7 +86,8 @@ def readStreamSpec(
     listen = role == "listen" if role else listenByDefault
     skip = 1 if role else 0
     options = PortOptions.fromSpec(spec, numbered=False)
-    reserved = (*keywords, *ABSTRACT_KEYWORDS)
+    own = tuple(keywords)
+    reserved = (*own, *ABSTRACT_KEYWORDS)
     description = spec.endpoint(skip, reserved)
     kind = spec.args[skip]
     bare = description == kind
@@ -115,11 +118,31 @@ def readStreamSpec(
             example = _ADDRESSES[kind] if listen or kind == "unix" else "host=HOST:port=PORT"
             raise spec.error(f"the {role} endpoint {kind!r} needs an address, as in "
                              f"{before}:{example}") from None
+        unknown = _UNEXPECTED.search(str(e)) if isinstance(e, TypeError) else None
+        if unknown is not None:
+            raise spec.error(_unknownOption(spec.prefix, kind, unknown.group(1), own)) from None
         raise spec.error(f"{shown!r} is not a Twisted {role} endpoint: {e}") from None
     except OSError as e:  # ssl:/tls: read their certificate and key files here
         raise spec.error(f"{shown!r}: cannot read {e.filename}: {e.strerror} "
                          f"(errno {e.errno})") from None
     return StreamSpec(listen, options, endpoint, unixPath, skip, shown)
+
+
+#: How Twisted's endpoint parsers refuse a keyword they do not take.
+_UNEXPECTED = re.compile(r"unexpected keyword argument '([^']*)'")
+
+
+def _unknownOption(prefix: str, kind: str, key: str, keywords: Iterable[str]) -> str:
+    """
+    What a keyword neither the port type nor its endpoint takes is told
+    (a typo, as often as not): the port type's own keywords listed, with
+    the impairments in one word.
+    """
+    own = [name for name in keywords if name not in IMPAIRMENTS]
+    impairments = any(name in IMPAIRMENTS for name in keywords)
+    listed = ", ".join(f"{name}=" for name in own) + (" and the impairments" if impairments else "")
+    return (f"unknown option {key}=: neither {prefix}: nor Twisted's {kind}: endpoint takes it "
+            f"({prefix}: takes {listed}; the other keywords are the endpoint's)")
 
 
 def _abstractAddress(spec: PortSpec, skip: int, listen: bool) -> tuple[int | str, str] | None:
