@@ -96,6 +96,12 @@ def claimSocketPath(path: str, label: str, owner: str, kind: int = socket.SOCK_S
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise OSError(errno.EEXIST, f"{label} {path}: exists and is not a socket (File exists)")
+    if listenedHere(path, kind):
+        raise OSError(
+            errno.EADDRINUSE,
+            f"{label} {path}: this switch is listening there already (another of its port "
+            "specs, or its console) (Address already in use)",
+        )
     probe = socket.socket(socket.AF_UNIX, kind)
     try:
         probe.connect(path)
@@ -111,6 +117,41 @@ def claimSocketPath(path: str, label: str, owner: str, kind: int = socket.SOCK_S
         )
     finally:
         probe.close()
+
+
+def listenedHere(path: str, kind: int = socket.SOCK_STREAM) -> bool:
+    """
+    Whether this process has a socket of type C{kind} bound to C{path} that
+    listens (or, for datagrams, is bound): found among its own descriptors,
+    so nothing connects to it (a probe would be one of its clients, a
+    capture reader or a failed guest in the log).
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    wanted = os.path.abspath(path)
+    for name in names:
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except (OSError, ValueError):
+            continue
+        try:
+            bound = sock.getsockname()
+            if (sock.family != socket.AF_UNIX or sock.type != kind
+                    or not isinstance(bound, str) or not bound or isAbstract(bound)
+                    or os.path.abspath(bound) != wanted):
+                continue
+            if kind != socket.SOCK_STREAM or sock.getsockopt(socket.SOL_SOCKET,
+                                                             socket.SO_ACCEPTCONN):
+                return True
+        except OSError:
+            continue
+        finally:
+            sock.close()
+    return False
 
 
 def listenNow(endpoint: Any, factory: Any, label: str, unixPath: str | None) -> Any:
