@@ -12,6 +12,7 @@ import errno
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.errors import SwitchError
 from vtwisted.ports import pcap as pcapport
@@ -60,3 +61,20 @@ def test_twoCapturesOnOnePort() -> None:
         startCapture(switch, "pcap:listen:tcp:5558:port=1")
     assert "port 1 is in use by pcap live capture server" in caught.value.message
     assert len(switch.port(1).links) == 1
+
+
+def test_aRefusedCaptureServerLogsNoSummary() -> None:
+    """
+    A capture server refused its port never told of itself: stopping it
+    logs no 'frames sent to 0 readers' after the refusal.
+    """
+    switch = Switch()
+    plug(switch, FakeLink("tap"), 2)
+    service = pcapport.makeService(switch, PortSpec("pcap:listen:tcp:5557:port=2"),
+                                   MemoryReactorClock())
+    service.privilegedStartService()
+    with pytest.raises(SwitchError):
+        service.startService()
+    with capturedLogs() as events:
+        service.stopService()
+    assert [formatEvent(e) for e in events] == []

@@ -305,13 +305,16 @@ class ListenLink(CaptureLink):
 
     def finish(self) -> None:
         """
-        End every reader's stream whole (the service stops).
+        End every reader's stream whole (the service stops), and say how
+        many frames they got.
         """
         if self._soon is not None and self._soon.active():
             self._soon.cancel()
         self._soon = None
         for reader in list(self.readers):
             reader.finish()
+        if self.port is None:
+            return  # never plugged in (its spec refused): nothing was told of it
         log.info("{spec}: {n} frames sent to {readers}{lost}", spec=self.service.spec,
                  n=self.frames, readers=_readers(self.served), lost=droppedNote(self.lost))
 
