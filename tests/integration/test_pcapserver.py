@@ -178,3 +178,27 @@ def test_aServerOnTcpLoopback(processes, shortdir) -> None:
     server.stop()
     _finished(tcpdump)
     assert server.numbers(shortdir / "tcp.pcap") == list(range(100))
+
+
+def test_plainSocatIsToldWhyItGotNothing(processes, shortdir) -> None:
+    """
+    ``socat UNIX-CONNECT:PATH -`` without ``-u`` whose standard input ends
+    closes its sending half: the switch takes it as gone, and its log line
+    says why and what to run instead; a ``socat -u`` reader that is
+    stopped leaves without that hint.
+    """
+    server = Server(processes, shortdir)
+    plain = processes.start(["socat", f"UNIX-CONNECT:{server.path}", "-"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert plain.stdout is not None
+    assert plain.stdout.read(24)[:4] == b"\xd4\xc3\xb2\xa1"  # the header, then the end
+    waitFor(lambda: server.logged(" left after ") == 1, what="the switch to see it go")
+    assert server.logged("left after 0 frames (it closed its sending half, as socat without "
+                         "-u does when its input ends: read with socat -u); no reader: "
+                         "capture off") == 1
+    socat, tcpdump = server.reader(shortdir / "u.txt")
+    processes.stop(socat)
+    tcpdump.wait(10)
+    waitFor(lambda: server.logged(" left after ") == 2, what="the -u reader to go")
+    text = server.stop()
+    assert text.count("closed its sending half") == 1, text

@@ -30,7 +30,8 @@ reader holds at most twice L{BUFFER}, never holds up the switch, and
 never sees half a record.
 
 A reader who closes (or half-closes: the switch takes an end of its
-reading as the reader leaving; anything it sends is ignored) frees its
+reading as the reader leaving, and says so, since plain C{socat -} does it
+when its input ends; anything it sends is ignored) frees its
 buffer; its records not handed over are counted as dropped.  At most
 L{MAX_READERS} are connected at once: more are closed at once, logged once
 until one connects again.  When the service stops, what waits is handed
@@ -39,9 +40,11 @@ to each reader before its connection is closed, so each stream ends whole.
 
 from __future__ import annotations
 
+import select
+import socket
 from typing import Any
 
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -78,7 +81,7 @@ MAX_READERS = 64
 REFUSED = ("vlan", "trunk", "mtu", "keepalive", *IMPAIRMENTS)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class CaptureReader(Protocol):
     """
     One reader's connection and the records waiting for it.
@@ -92,6 +95,8 @@ class CaptureReader(Protocol):
         self.peer = "reader"
         self.paused = False
         self.dropped = 0
+        #: Whether it left by closing its sending half (L{readConnectionLost}).
+        self.halfClosed = False
         self.out = RecordBuffer(-1, pcap.fileHeader(link.service.snaplen), self._send)
         #: Its closing when the service stops: a reader that reads nothing
         #: more is aborted after a grace (L{vtwisted.closing}).
@@ -158,6 +163,22 @@ class CaptureReader(Protocol):
     def dataReceived(self, data: bytes) -> None:
         """
         A reader has nothing to say: what it sends is ignored.
+        """
+
+    def readConnectionLost(self) -> None:
+        """
+        The reader's sending half ended: it closed, or closed that half
+        alone, as plain C{socat -} does when its standard input ends.
+        Either way it is taken as gone; in the second (told apart on a
+        Unix socket only, L{_halfClosed}) the log says why.
+        """
+        self.halfClosed = _halfClosed(self.transport)
+        if self.transport is not None:
+            self.transport.loseConnection()  # what waits is sent first
+
+    def writeConnectionLost(self) -> None:
+        """
+        The switch never closes its sending half alone.
         """
 
     def finish(self) -> None:
@@ -300,8 +321,11 @@ class ListenLink(CaptureLink):
         if not self.readers and self.port is not None:
             self.service.switch.setMonitor(self.port, False)
         left = _readers(len(self.readers)) if self.readers else "no reader: capture off"
-        log.info("{spec}: {peer} left after {n} frames{lost}; {left}", spec=self.service.spec,
-                 peer=reader.peer, n=out.frames, lost=droppedNote(reader.dropped), left=left)
+        why = (" (it closed its sending half, as socat without -u does when its input ends: "
+               "read with socat -u)" if reader.halfClosed else "")
+        log.info("{spec}: {peer} left after {n} frames{lost}{why}; {left}",
+                 spec=self.service.spec, peer=reader.peer, n=out.frames,
+                 lost=droppedNote(reader.dropped), why=why, left=left)
 
     def finish(self) -> None:
         """
@@ -317,6 +341,25 @@ class ListenLink(CaptureLink):
             return  # never plugged in (its spec refused): nothing was told of it
         log.info("{spec}: {n} frames sent to {readers}{lost}", spec=self.service.spec,
                  n=self.frames, readers=_readers(self.served), lost=droppedNote(self.lost))
+
+
+def _halfClosed(transport: Any) -> bool:
+    """
+    Whether the peer of C{transport}, whose end of input was just read,
+    closed its sending half alone: on a Unix socket the kernel reports a
+    hang-up once the peer has closed (or shut down) both halves.  Over TCP
+    a closed peer and a half-closed one look the same until a write fails:
+    C{False}.
+    """
+    try:
+        handle = transport.getHandle()
+        if handle.family != socket.AF_UNIX:
+            return False
+        poller = select.poll()
+        poller.register(handle.fileno(), select.POLLIN)
+        return not any(events & select.POLLHUP for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _readers(n: int) -> str:
