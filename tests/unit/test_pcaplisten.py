@@ -220,6 +220,25 @@ def test_aReaderThatReadsNothingMoreIsAbortedAfterTheGrace() -> None:
     assert not lan.reactor.getDelayedCalls()
 
 
+def test_aReaderThatStopsSendingAndReadingIsAbortedAfterTheGrace() -> None:
+    """
+    A reader whose sending half ends is taken as gone: its connection is
+    closed, and aborted after the grace if it reads nothing more (a client
+    that half-closes and never reads, over TCP, told nothing more).
+    """
+    lan = Lan()
+    reader, transport = lan.connect()
+    lan.send(3)
+    with capturedLogs() as events:
+        reader.readConnectionLost()
+        assert transport.disconnecting and not transport.disconnected
+        lan.reactor.advance(closing.CLOSE_GRACE)
+    assert transport.disconnected
+    assert not reader.halfClosed  # not a Unix socket: a close is not told apart
+    lines = [formatEvent(e) for e in events if "aborted after" in e.get("log_format", "")]
+    assert len(lines) == 1 and "pcap:listen:" in lines[0], lines
+
+
 def test_snaplenKeepsTheFirstBytes() -> None:
     """snaplen= cuts each record, as pcap:PATH's does."""
     lan = Lan(":snaplen=100")

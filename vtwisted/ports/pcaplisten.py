@@ -98,8 +98,8 @@ class CaptureReader(Protocol):
         #: Whether it left by closing its sending half (L{readConnectionLost}).
         self.halfClosed = False
         self.out = RecordBuffer(-1, pcap.fileHeader(link.service.snaplen), self._send)
-        #: Its closing when the service stops: a reader that reads nothing
-        #: more is aborted after a grace (L{vtwisted.closing}).
+        #: Its closing when the service stops or it stops sending: a reader
+        #: that reads nothing more is aborted after a grace (L{vtwisted.closing}).
         self.closing = GracefulClose(link.service.reactor)
 
     @property
@@ -173,8 +173,8 @@ class CaptureReader(Protocol):
         Unix socket only, L{_halfClosed}) the log says why.
         """
         self.halfClosed = _halfClosed(self.transport)
-        if self.transport is not None:
-            self.transport.loseConnection()  # what waits is sent first
+        if self.transport is not None:  # what waits is sent first, within the grace
+            self.closing.close(self.transport, f"{self.link.service.spec}: {self.peer}")
 
     def writeConnectionLost(self) -> None:
         """
