@@ -145,3 +145,33 @@ def test_aReaderTakingTheLastOnesPlaceAtOnceGetsAStreamOfItsOwn(processes, short
     assert lan.numbers(firstOut) == list(range(50))
     assert lan.numbers(secondOut) == list(range(50, 150))
     assert lan.logged("another opened it at once") == 1, lan.log.read_text()
+
+
+def test_aReaderStartedAsTheLastOneExitsGetsAHeader(processes, shortdir) -> None:
+    """
+    ``tcpdump -c 5 -r FIFO; tcpdump -c 1 -r FIFO``, over and over: the
+    second tcpdump, started as soon as the first exited, always reads a
+    stream that begins with its header.  Its open came while the switch
+    was closing the last stream (the switch once closed the inotify watch
+    first, which waits some 15 ms for the kernel, keeping the pipe open
+    meanwhile): it was handed the end of its input, 'truncated dump file;
+    tried to read 4 file header bytes, only got 0', most times.
+    """
+    lan = Lan(processes, shortdir)
+    for round in range(6):
+        first = processes.start(["tcpdump", "-n", "-c", "5", "-r", str(lan.fifo), "-w",
+                                 str(shortdir / f"first{round}.pcap")], stderr=subprocess.PIPE)
+        waitFor(lambda: _hasOpen(first.pid, lan.fifo),  # noqa: B023
+                what="the first tcpdump to open the FIFO")
+        lan.exchange(5)
+        assert first.wait(10) == 0
+        second = processes.start(["tcpdump", "-n", "-c", "1", "-r", str(lan.fifo), "-w",
+                                  str(shortdir / f"second{round}.pcap")],
+                                 stderr=subprocess.PIPE)
+        waitFor(lambda: second.poll() is not None or _hasOpen(second.pid, lan.fifo),  # noqa: B023
+                what="the second tcpdump to open the FIFO or fail")
+        if second.poll() is None:
+            lan.exchange(1)
+        assert second.stderr is not None
+        assert second.wait(10) == 0, (round, second.stderr.read().decode())
+    lan.stop()

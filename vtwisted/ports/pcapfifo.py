@@ -24,7 +24,12 @@ goes away is noticed at once, even with no frame to write (else the next
 reader would join the old pipe mid-stream, without a header).  A write
 may report it too (C{EPIPE}: Python ignores C{SIGPIPE}, and so does
 twistd).  The descriptor is closed, records still waiting are counted as
-dropped, and the next reader gets a new stream.
+dropped, and the next reader gets a new stream.  It is closed first, before
+the watch on the FIFO's opens (below), whose closing waits for the kernel
+(some 15 ms), and before anything is logged: a reader that opens the FIFO
+while the switch still holds it joins the old pipe, and would be handed
+the end of its input (tcpdump started at once after the last one: 'truncated
+dump file'); once it is closed, an open waits for the next stream.
 
 Neither shows a reader that leaves while another opens the FIFO before the
 switch looks (the same reactor turn, a busy or stopped switch): the new
@@ -328,25 +333,30 @@ class FifoLink(CaptureLink):
         out = self.out
         if out is None:
             return
+        # Closed first: a reader that opens the FIFO until then joins this
+        # pipe and reads the end of its input (tcpdump started at once after
+        # the last one: 'truncated dump file'); after, its open waits for
+        # the next stream.  Closing the inotify watch waits for the kernel
+        # (some 15 ms), logging may take a while too: both come after.
         self._release(out)
         self.out = None
+        lost = out.discard()
+        self._close(out)
+        self._unwatchOpens()
         if self.port is not None:
             self.service.switch.setMonitor(self.port, False)
         why = "went away" if error is None or error.errno == errno.EPIPE else (
             f"cannot be written: {error.strerror} (errno {error.errno})")
         log.info("{spec}: the reader of {path} {why} after {n} frames{lost}; waiting for "
                  "the next reader", spec=self.service.spec, path=self.service.path, why=why,
-                 n=out.frames, lost=droppedNote(out.waiting))
-        self._drop(out.discard())
-        self._close(out)
+                 n=out.frames, lost=droppedNote(lost))
+        self._drop(lost)
 
     def _release(self, out: RecordBuffer) -> None:
         """
-        Stop watching C{out}'s descriptor and writing to it.
+        Stop watching C{out}'s descriptor and writing to it (its opens and
+        closes are watched until L{_unwatchOpens}).
         """
-        if self._opens is not None:
-            self._opens.close()
-            self._opens = None
         reactor = self.service.reactor
         reactor.removeReader(self._watcher)
         if self._blocked:
@@ -357,6 +367,15 @@ class FifoLink(CaptureLink):
                 self._soon.cancel()
             self._soon = None
         self._closedFrames += out.frames
+
+    def _unwatchOpens(self) -> None:
+        """
+        Stop watching the FIFO's opens and closes (after its descriptor is
+        closed: closing an inotify instance waits for the kernel).
+        """
+        if self._opens is not None:
+            self._opens.close()
+            self._opens = None
 
     def _drop(self, count: int) -> None:
         """
@@ -387,6 +406,7 @@ class FifoLink(CaptureLink):
             self.out = None
             self._drop(out.discard())
             self._close(out)
+        self._unwatchOpens()
         log.info("{spec}: {n} frames written to {path} for {readers}{lost}",
                  spec=self.service.spec, n=self.frames, path=self.service.path,
                  readers="1 reader" if self.readers == 1 else f"{self.readers} readers",
