@@ -231,8 +231,56 @@ def test_theReactorSeesTheReaderLeave(fifo: Path, readers: list[Reader]) -> None
     lan = Lan(fifo)
     watcher = lan.link._watcher
     assert watcher in lan.reactor.readers and watcher.fileno() >= 0
-    watcher.connectionLost(None)  # type: ignore[arg-type]
+    readers.pop().close()
+    _reactorSawTheError(lan)
     assert watcher not in lan.reactor.readers and lan.link.out is None
+
+
+def _reactorSawTheError(lan: Lan) -> None:
+    """
+    What a real reactor does when its poll reported the pipe's error:
+    drop the descriptor from its watch, then tell the watcher.
+    """
+    watcher = lan.link._watcher
+    lan.reactor.removeReader(watcher)
+    lan.reactor.removeWriter(watcher)
+    watcher.connectionLost(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("readAll", [True, False])
+def test_aReaderThatOpensBeforeTheReactorsReportIsNotCutOff(
+        fifo: Path, readers: list[Reader], readAll: bool) -> None:
+    """
+    A reader leaves and the next opens the FIFO before the switch handles
+    the reactor's report of the pipe's error (polled when the first left):
+    the new reader is there, so the stream goes on, the descriptor watched
+    again.  It gets a stream of its own if the last reader read it all
+    (else the log says it reads on from the last one), never the end of
+    its input (the switch closing the FIFO under it: tcpdump's 'truncated
+    dump file; tried to read 4 file header bytes, only got 0').
+    """
+    readers.append(Reader(fifo))
+    with capturedLogs() as events:
+        lan = Lan(fifo)
+        lan.send(4)
+        if readAll:
+            readers[0].read()
+        readers.pop().close()
+        readers.append(Reader(fifo))
+        _reactorSawTheError(lan)
+        assert lan.link.out is not None
+        assert lan.link._watcher in lan.reactor.readers
+        lan.send(1)
+    logged = [formatEvent(event) for event in events]
+    assert not any("waiting for the next reader" in line for line in logged), logged
+    if readAll:
+        assert any("another opened it at once: a stream of its own" in line
+                   for line in logged), logged
+        readers[0].read()
+        assert readers[0].numbers() == [4]
+    else:
+        assert any("before the switch saw the last one leave" in line
+                   for line in logged), logged
 
 
 def test_stoppingLogsWhatReadersGot(fifo: Path, readers: list[Reader]) -> None:

@@ -29,7 +29,10 @@ the watch on the FIFO's opens (below), whose closing waits for the kernel
 (some 15 ms), and before anything is logged: a reader that opens the FIFO
 while the switch still holds it joins the old pipe, and would be handed
 the end of its input (tcpdump started at once after the last one: 'truncated
-dump file'); once it is closed, an open waits for the next stream.
+dump file'); once it is closed, an open waits for the next stream.  The
+reactor's report of the error is looked at again before the stream ends:
+polled when the reader left, it may be handled after another opened the
+FIFO.
 
 Neither shows a reader that leaves while another opens the FIFO before the
 switch looks (the same reactor turn, a busy or stopped switch): the new
@@ -325,6 +328,30 @@ class FifoLink(CaptureLink):
         if poller.poll(0):
             self.readerGone(None)
 
+    def reactorSawError(self) -> None:
+        """
+        The reactor reported the pipe's error when it polled, and dropped
+        the descriptor from its watch.  A reader that opened the FIFO since
+        (one started at once after the last one) is there now: read the
+        opens and closes first, as before a write (a hand-over: the new
+        reader gets a stream of its own, or the log says why not), and end
+        the stream only if the pipe still has no reader; else watch the
+        descriptor again.  Ending it then would hand that reader the end of
+        its input, with nothing or the rest of the old stream before it.
+        """
+        out = self.out
+        if out is None:
+            return
+        self._checkOpens()
+        if self.out is not out:
+            return
+        self.checkReader()
+        if self.out is out:
+            reactor = self.service.reactor
+            reactor.addReader(self._watcher)
+            if self._blocked:
+                reactor.addWriter(self._watcher)
+
     def readerGone(self, error: OSError | None) -> None:
         """
         The reader closed the FIFO (or writing failed with C{error}): close
@@ -455,9 +482,11 @@ class FifoWatcher:
 
     def connectionLost(self, reason: Failure) -> None:
         """
-        The reactor saw the pipe's error: the reader is gone.
+        The reactor saw the pipe's error (and stopped watching the
+        descriptor): the reader left, but another may have opened the FIFO
+        since, which the link looks at before it ends the stream.
         """
-        self.link.readerGone(None)
+        self.link.reactorSawError()
 
     def logPrefix(self) -> str:
         return self.link.service.spec
