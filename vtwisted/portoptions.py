@@ -127,7 +127,10 @@ class PortOptions:
         @return: the port.
         @raise vtwisted.errors.SwitchError: the port cannot be had.
         """
-        port = switch.allocatePort(self.number)
+        try:
+            port = switch.allocatePort(self.number)
+        except errors.SwitchError as e:  # reserved for another spec, out of range...
+            raise errors.SwitchError(e.errno, f"{owner}: {e.message}") from None
         if port.links:
             other = port.links[0]
             raise errors.busy(

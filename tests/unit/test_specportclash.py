@@ -18,6 +18,7 @@ from vtwisted.errors import SwitchError
 from vtwisted.ports import pcap as pcapport
 from vtwisted.spec import PortSpec
 from vtwisted.switch import Switch
+from vtwisted.switchport import Reservation
 from vtwisted.testing import FakeLink, frame, mac, plug
 
 
@@ -78,3 +79,19 @@ def test_aRefusedCaptureServerLogsNoSummary() -> None:
     with capturedLogs() as events:
         service.stopService()
     assert [formatEvent(e) for e in events] == []
+
+
+def test_aReservedPortIsRefusedNamingTheSpec() -> None:
+    """
+    A spec asking for a port kept for another spec's link (a command
+    between runs) is refused, naming itself as well as the holder.
+    """
+    switch = Switch()
+    port = switch.allocatePort(3)
+    port.reservation = Reservation("cmd:vde_plug /tmp/lab2", "until it runs again")
+    with pytest.raises(SwitchError) as caught:
+        startCapture(switch, "pcap:listen:tcp:5557:port=3")
+    assert caught.value.errno == errno.EADDRINUSE
+    assert caught.value.message == (
+        "pcap:listen:tcp:5557:port=3: port 3 is reserved for cmd:vde_plug /tmp/lab2 "
+        "until it runs again")
