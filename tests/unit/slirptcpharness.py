@@ -124,12 +124,14 @@ class Harness:
         protocol.makeConnection(transport)
         return transport
 
-    def open(self, options: bytes = b"", window: int = 65535) -> HostTransport:
+    def open(self, options: bytes = b"", window: int = 65535,
+             transport: HostTransport | None = None) -> HostTransport:
         """
-        A full handshake; returns the host transport.
+        A full handshake (the host's side on C{transport}, if given);
+        returns the host transport.
         """
         self.syn(options, window=window)
-        transport = self.connectHost()
+        transport = self.connectHost(transport)
         (synAck,) = self.take()
         self.ours = (synAck.seq + 1) & MASK
         self.send(ACK, window=window)

@@ -153,12 +153,8 @@ def test_guestRstInTimeWaitLetsTheHostHaveTheLastWords(h: Harness) -> None:
     and may come in the reactor turn that wrote the guest's last bytes to
     the host: those bytes and the host's clean close are kept, not aborted.
     """
-    h.syn()
     transport = FlushingHostTransport()
-    h.connectHost(transport)
-    (synAck,) = h.take()
-    h.ours = synAck.seq + 1
-    h.send(ACK)
+    h.open(transport=transport)
     h.host(transport).readConnectionLost()
     (fin,) = h.take()
     h.ack(fin.seq + 1)
@@ -286,12 +282,8 @@ def test_aClosedHostSocketWhosePeerReadsNothingIsAbortedAfterAMinute(h: Harness)
     with capturedLogs() as events:
         for sport in (GUEST_PORT, GUEST_PORT + 1):
             h.sport, h.seq = sport, GUEST_ISN + 1
-            h.syn()
             transport = UnreadHostTransport()
-            h.connectHost(transport)
-            (synAck,) = h.take()
-            h.ours = synAck.seq + 1
-            h.send(ACK)
+            h.open(transport=transport)
             h.host(transport).readConnectionLost()
             (fin,) = h.take()
             h.ack(fin.seq + 1)
@@ -315,12 +307,8 @@ def test_closeAbortsHostSocketsStillClosing(h: Harness) -> None:
     The port stops while a forgotten connection's host socket still waits
     for its peer to read: it is aborted at once, and its timer goes.
     """
-    h.syn()
     transport = UnreadHostTransport()
-    h.connectHost(transport)
-    (synAck,) = h.take()
-    h.ours = synAck.seq + 1
-    h.send(ACK)
+    h.open(transport=transport)
     h.host(transport).readConnectionLost()
     (fin,) = h.take()
     h.send(ACK | FIN, payload=b"never read", ack=fin.seq + 1)
