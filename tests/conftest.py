@@ -25,6 +25,7 @@ from helpers import (
     socketListening,
     sourceEnv,
     twistdArgv,
+    unixListening,
     waitFor,
 )
 from netguard import networkGuard
@@ -97,7 +98,8 @@ class RunningSwitch:
 def vswitch(processes: Processes, shortdir: Path) -> Callable[..., RunningSwitch]:
     """
     Start C{twistd -n vswitch --sock DIR ARGS} from this source tree and wait
-    until its control socket listens.
+    until its control socket (and the console's, given C{--mgmt PATH})
+    listens.
     """
     count = [0]
 
@@ -109,10 +111,15 @@ def vswitch(processes: Processes, shortdir: Path) -> Callable[..., RunningSwitch
             twistdArgv("--sock", str(directory), *args, logfile=str(log)), env=sourceEnv()
         )
         running = RunningSwitch(process, directory, log)
+        # The console's socket too, which a loaded machine may see listen
+        # after the control socket.
+        consoles = [Path(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "--mgmt"]
         if wait:
             try:
                 waitFor(
-                    lambda: socketListening(running.ctl) or process.poll() is not None,
+                    lambda: (socketListening(running.ctl)
+                             and all(unixListening(each) for each in consoles))
+                    or process.poll() is not None,
                     what=f"switch on {running.ctl}",
                 )
             finally:

@@ -84,6 +84,23 @@ def waitFor(
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def unixListening(path: str | Path) -> bool:
+    """
+    True if a Unix stream socket listens at C{path}, looked up in
+    C{/proc/net/unix} (flag C{__SO_ACCEPTCON}) rather than connected to:
+    a connection to a console would be a session.  (Bound is not enough:
+    between C{bind} and C{listen} a connection is refused.)
+    """
+    wanted = os.path.abspath(path)
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == wanted and int(fields[3], 16) & 0x10000:
+                return True
+    return False
+
+
 def socketListening(path: str | Path) -> bool:
     """
     True if a stream socket at C{path} accepts connections.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import subprocess
 import sys
 import time
@@ -402,10 +403,15 @@ def test_aReaderBlockedInOpenIsTheStreamsOwn(fifo: Path, readers: list[Reader]) 
     it is the stream's own reader, not a second one, and when it leaves
     the switch sees it go.
     """
-    opener = subprocess.Popen(  # a blocking open of the FIFO for reading, then a read
+    # A blocking open of the FIFO for reading, a read, and an exit once told
+    # (else, on a loaded machine, it could read, leave and be seen gone all
+    # while the switch turns once, before the test looks).
+    opener = subprocess.Popen(
         [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'rb'); "
-         "sys.stdout.buffer.write(f.read(24)); sys.stdout.flush()", str(fifo)],
-        stdout=subprocess.PIPE)
+         "sys.stdout.buffer.write(f.read(24)); sys.stdout.flush(); sys.stdin.read()",
+         str(fifo)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert opener.stdin is not None and opener.stdout is not None
     try:
         with capturedLogs() as events:
             lan = Lan(fifo)
@@ -414,9 +420,12 @@ def test_aReaderBlockedInOpenIsTheStreamsOwn(fifo: Path, readers: list[Reader]) 
                 time.sleep(0.01)
                 lan.reactor.advance(1)
             assert lan.link.out is not None
-            header, _ = opener.communicate(timeout=10)
+            assert select.select([opener.stdout], [], [], 10)[0], "the opener read nothing"
+            header = opener.stdout.read(24)
             assert header[:4] == pcap.MAGIC.to_bytes(4, "little")
             lan.send(2)
+            opener.stdin.close()
+            opener.wait(timeout=10)
             lan.send(1)
         logged = [formatEvent(event) for event in events]
         assert not any("share" in line or "start it again" in line for line in logged), logged
