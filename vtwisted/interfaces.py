@@ -137,6 +137,16 @@ class ISwitch(Interface):
         @raise vtwisted.errors.SwitchError: no such port can be given.
         """
 
+    def checkRequest(number: int, uid: int | None = None) -> ISwitchPort | None:
+        """
+        Refuse a request for port C{number} as L{allocatePort} would, but
+        create nothing: a port service asks before it opens its files and
+        sockets, so a spec refused its port leaves none behind.
+
+        @return: the port, or L{None} if it does not exist yet.
+        @raise vtwisted.errors.SwitchError: as L{allocatePort}.
+        """
+
     def attach(port: Any, link: ILink) -> None:
         """
         Plug C{link} into C{port} (an L{ISwitchPort} from L{allocatePort}).

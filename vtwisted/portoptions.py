@@ -127,19 +127,39 @@ class PortOptions:
         @return: the port.
         @raise vtwisted.errors.SwitchError: the port cannot be had.
         """
-        try:
-            port = switch.allocatePort(self.number)
-        except errors.SwitchError as e:  # reserved for another spec, out of range...
-            raise errors.SwitchError(e.errno, f"{owner}: {e.message}") from None
-        if port.links:
-            other = port.links[0]
-            raise errors.busy(
-                f"{owner}: port {port.number} is in use by {other.module} "
-                f"{other.description}: give another port= or none")
+        port = self._request(switch.allocatePort, owner)
         self.apply(switch, port, owner)
         link.plug(switch, port)
         log.info("{spec}: {description} on port {number}", spec=owner,
                  description=link.description, number=port.number)
+        return port
+
+    def checkPort(self, switch: Any, owner: str) -> None:
+        """
+        Refuse C{port=N} now if L{plugIn} would (out of range, reserved for
+        another spec, another spec's link there), creating nothing: a spec
+        asks before it opens its file, device or socket, so one refused its
+        port leaves no capture file behind (nor empties one that was there).
+
+        @raise vtwisted.errors.SwitchError: as L{plugIn}.
+        """
+        if self.number is not None:
+            self._request(switch.checkRequest, owner)
+
+    def _request(self, request: Any, owner: str) -> Any:
+        """
+        The port C{request(number)} gives spec C{owner}, refused if another
+        spec's link is there.
+        """
+        try:
+            port = request(self.number)
+        except errors.SwitchError as e:  # reserved for another spec, out of range...
+            raise errors.SwitchError(e.errno, f"{owner}: {e.message}") from None
+        if port is not None and port.links:
+            other = port.links[0]
+            raise errors.busy(
+                f"{owner}: port {port.number} is in use by {other.module} "
+                f"{other.description}: give another port= or none")
         return port
 
 

@@ -12,7 +12,9 @@ link is down (L{vtwisted.switchport.Reservation}: a C{cmd:} command
 between runs, a cable dialling again) is refused to an explicit request
 as a busy port is (C{EADDRINUSE}), since, its link up, the same request
 would be refused too (a VDE client may not join another port type's
-port); the spec takes it back itself, clearing the reservation first.
+port); the spec takes it back itself, clearing the reservation first.  L{PortTable.checkRequest}
+refuses a request as L{PortTable.allocatePort} would but creates nothing,
+so that a spec asks before it opens its files and sockets.
 """
 
 from __future__ import annotations
@@ -63,11 +65,19 @@ class PortTable:
         """
         if number is None:
             return self._anonymousPort(uid)
+        port = self.checkRequest(number, uid)
+        return port if port is not None else self._createPort(number, allocatable=True)
+
+    def checkRequest(self, number: int, uid: int | None = None) -> SwitchPort | None:
+        """
+        Whether a request of user C{uid} for port C{number} would get it,
+        creating nothing: see L{ISwitch.checkRequest}.
+        """
         if not 0 <= number < self.numPorts:
             raise errors.invalid(f"port {number} is out of range (0 to {self.numPorts - 1})")
         port = self.ports.get(number)
         if port is None:
-            return self._createPort(number, allocatable=True)
+            return None
         if port.reservation is not None and not port.links:
             raise errors.busy(f"port {number} is {port.reservation.describe()}")
         if port.links and uid is not None and port.currentUser not in (None, uid):

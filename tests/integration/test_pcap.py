@@ -77,3 +77,27 @@ def test_aCaptureThatCannotBeWrittenLeavesTheLanAlone(processes, shortdir) -> No
     text = log.read_text()
     assert "pcap:/dev/full" in text and "errno 28" in text, text
     assert "Traceback" not in text, text
+
+
+def test_aCaptureRefusedItsPortLeavesNoFile(vswitch, shortdir) -> None:
+    """
+    ``port/add pcap:FILE:port=N`` refused (port N another spec's, or out of
+    range) makes no file, and one naming an existing file leaves it as it
+    was; ``port/specs`` lists neither.
+    """
+    from taphelpers import console
+
+    mgmt = shortdir / "mgmt"
+    vswitch("--mgmt", str(mgmt), "--port", f"pcap:{shortdir / 'held.pcap'}:port=3")
+    kept = shortdir / "kept.pcap"
+    kept.write_bytes(b"an earlier capture")
+    for name, number, error in (("new.pcap", 3, "1098 Address already in use"),
+                                ("far.pcap", 999, "1022 Invalid argument"),
+                                ("kept.pcap", 3, "1098 Address already in use")):
+        reply = console(mgmt, f"port/add pcap:{shortdir / name}:port={number}")
+        assert error in reply
+    assert not (shortdir / "new.pcap").exists()
+    assert not (shortdir / "far.pcap").exists()
+    assert kept.read_bytes() == b"an earlier capture"
+    specs = console(mgmt, "port/specs")
+    assert "new.pcap" not in specs and "far.pcap" not in specs and "kept.pcap" not in specs

@@ -73,8 +73,8 @@ def test_aRefusedCaptureServerLogsNoSummary() -> None:
     plug(switch, FakeLink("tap"), 2)
     service = pcapport.makeService(switch, PortSpec("pcap:listen:tcp:5557:port=2"),
                                    MemoryReactorClock())
-    service.privilegedStartService()
     with pytest.raises(SwitchError):
+        service.privilegedStartService()
         service.startService()
     with capturedLogs() as events:
         service.stopService()
@@ -95,3 +95,60 @@ def test_aReservedPortIsRefusedNamingTheSpec() -> None:
     assert caught.value.message == (
         "pcap:listen:tcp:5557:port=3: port 3 is reserved for cmd:vde_plug /tmp/lab2 "
         "until it runs again")
+
+
+def test_aCaptureFileRefusedItsPortLeavesNoFile(tmp_path) -> None:
+    """
+    A capture file refused its port (another spec's link there, or out of
+    range) is never made: no 24-byte pcap file is left behind.
+    """
+    switch = Switch()
+    plug(switch, FakeLink("tap"), 2)
+    for number in (2, 999):
+        path = tmp_path / f"port{number}.pcap"
+        with pytest.raises(SwitchError):
+            startCapture(switch, f"pcap:{path}:port={number}")
+        assert not path.exists()
+    assert sorted(switch.ports) == [2]
+
+
+def test_aCaptureFileRefusedItsPortLeavesAnExistingFileAlone(tmp_path) -> None:
+    """
+    A capture refused its port does not empty the file it names, which
+    holds what it held.
+    """
+    switch = Switch()
+    port = switch.allocatePort(3)
+    port.reservation = Reservation("cmd:vde_plug /tmp/lab2", "until it runs again")
+    path = tmp_path / "kept.pcap"
+    path.write_bytes(b"an earlier capture")
+    with pytest.raises(SwitchError):
+        startCapture(switch, f"pcap:{path}:port=3")
+    assert path.read_bytes() == b"an earlier capture"
+
+
+def test_aDatagramSocketRefusedItsPortIsNeverBound(tmp_path) -> None:
+    """
+    A C{dgram:unix:} spec refused its port binds no socket, so a stale
+    socket file of its path is neither replaced nor removed (as the
+    socket it would have bound is when the refused service stops).
+    """
+    import socket
+
+    from twisted.internet import reactor
+
+    from vtwisted.ports import dgram
+
+    switch = Switch()
+    plug(switch, FakeLink("tap"), 2)
+    path = tmp_path / "guest.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as stale:
+        stale.bind(str(path))
+    service = dgram.makeService(switch, PortSpec(f"dgram:unix:{path}:{tmp_path}/r:port=2"),
+                                reactor)
+    with pytest.raises(SwitchError):
+        service.privilegedStartService()
+        service.startService()
+    if service.running:
+        service.stopService()
+    assert path.is_socket()

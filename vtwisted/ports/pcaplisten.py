@@ -407,7 +407,7 @@ class PcapListener(CaptureService):
 
     def startService(self) -> None:
         if not self.bound():
-            self.bind()
+            self.checkedBind()
         if self.listeningPort is None:
             self._listen()
         super().startService()

@@ -1,7 +1,9 @@
 """
 The service of a port type with one link at most (a TAP device, a datagram
 socket, a slirp router, a capture file): bound when the service starts
-(before twistd drops privileges), plugged into one port while it runs.
+(before twistd drops privileges), plugged into one port while it runs.  A
+spec that asks for a port by number (C{port=N}) is refused it, if it must
+be, before anything is bound, so it leaves no file behind.
 """
 
 from __future__ import annotations
@@ -52,11 +54,22 @@ class SingleLinkService(Service):
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if not self.bound():
-            self.bind()
+            self.checkedBind()
+
+    def checkedBind(self) -> None:
+        """
+        L{bind}, once the port asked for (C{port=N}) may be had: a spec
+        refused it opens nothing (makes or empties no capture file, binds
+        no socket).
+
+        @raise vtwisted.errors.SwitchError: the port cannot be had.
+        """
+        self.options.checkPort(self.switch, self.spec)
+        self.bind()
 
     def startService(self) -> None:
         if not self.bound():
-            self.bind()
+            self.checkedBind()
         super().startService()
         assert self.link is not None
         self.options.plugIn(self.switch, self.link, self.spec)
@@ -74,7 +87,7 @@ class SingleLinkService(Service):
 
         @raise OSError: it cannot be opened (the message says why).
         """
-        self.bind()
+        self.checkedBind()
         assert self.link is not None
         self.options.plugIn(self.switch, self.link, self.spec)
 
