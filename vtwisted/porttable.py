@@ -114,11 +114,17 @@ class PortTable:
 
     def removePort(self, number: int) -> None:
         """
-        Remove an inactive port and its configuration (C{port/remove}).
+        Remove an inactive port and its configuration (C{port/remove}).  A
+        port reserved for a spec whose link is down is refused as an
+        active one is: its link comes back to it, with what the console
+        set on it.
         """
         port = self.port(number)
         if port.links:
             raise errors.busy(f"port {number} is active")
+        if port.reservation is not None:
+            raise errors.busy(f"port {number} is {port.reservation.describe()}: "
+                              f"port/del {number} removes it with its spec")
         self.vlans.leaveAll(port)
         del self.ports[number]
         self.forgetRoutes()

@@ -51,9 +51,10 @@ def test_aClientInTheGapGetsAnotherPortAndTheCommandKeepsItsVlan(vswitch, proces
     The command on port 1, put in VLAN 7 on the console, is killed while
     its gate is closed, so its runs fail and back off: port/allprint says
     port 1 is reserved for it; a vde_plug asking for any port gets port 2,
-    one asking for port 1 is refused.  Gate open, the command runs again
-    on port 1, still in VLAN 7, and port/print says it was run again and
-    how the run before (one failing at its gate) ended.
+    one asking for port 1 is refused, and so is port/remove 1 (the log
+    says to use port/del).  Gate open, the command runs again on port 1,
+    still in VLAN 7, and port/print says it was run again and how the run
+    before (one failing at its gate) ended.
     """
     need("vde_plug")
     far = vswitch()
@@ -89,6 +90,8 @@ def test_aClientInTheGapGetsAnotherPortAndTheCommandKeepsItsVlan(vswitch, proces
     assert explicit.process.returncode != 0
     refusal = f"port 1 is reserved for {spec} until it runs again"
     assert refusal in sw.logText(), sw.logText()
+    assert console(mgmt, "port/remove 1").strip() == "1098 Address already in use"
+    assert f"{refusal}: port/del 1 removes it with its spec" in sw.logText(), sw.logText()
     assert down(), console(mgmt, "port/allprint")
     gate.touch()
     waitFor(lambda: _isVdePlug(_commandPid(mgmt)), timeout=30,

@@ -199,3 +199,27 @@ def test_deletingAReservedPortRemovesItsSpec() -> None:
     assert SPEC not in ops.service.specs and 1 not in ops.switch.ports
     spawner.advance(30)
     assert len(spawner.runs) == 1
+
+
+def test_removingAReservedPortIsRefused() -> None:
+    """
+    port/remove N on the port a command holds between runs is refused as
+    for an active port (EADDRINUSE), naming the spec and port/del: the
+    port stays, in the VLAN the console gave it, and the command comes
+    back to it.
+    """
+    spawner = Spawner()
+    ops = _switch(spawner)
+    ops.addPort(SPEC)
+    ops.createVlan(7)
+    ops.setVlan(1, 7)
+    spawner.runs[-1].processEnded(KILLED)
+    with pytest.raises(SwitchError) as refused:
+        ops.removePort(1)
+    assert refused.value.errno == errno.EADDRINUSE
+    assert refused.value.message == (
+        f"port 1 is reserved for {SPEC} until it runs again: port/del 1 removes it with "
+        "its spec")
+    _runAgain(spawner)
+    [status] = ops.ports(1)
+    assert status.active and status.untaggedVid == 7

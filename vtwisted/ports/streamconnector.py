@@ -28,7 +28,8 @@ is refused, so its VLANs and the rest of what the console set on it stay
 with this spec's peer, and its next link gets it again.  The reservation
 goes when the spec stops (removed, the switch stopping, a command not run
 again: L{StreamConnector.release}) or its link comes back elsewhere (the
-port was removed meanwhile, or now refuses it: C{port/setuser}).
+port now refuses it: C{port/setuser}); C{port/remove} refuses to remove
+it, as it refuses an active port, and C{port/del} removes the spec too.
 L{StreamConnector.lastPort} and L{StreamConnector.downState} let
 C{port/allprint} show what the spec is doing about it (dialling what, how
 many failures since, the last one), worked out when asked, not per frame
