@@ -186,16 +186,19 @@ def specLine(spec: SpecStatus) -> str:
     """
     C{port/specs}: one port spec and the ports its links are on; one that
     connects and has none says what it does and which port is reserved
-    for it meanwhile (C{-- port 0003 reserved; dialling ...}).
+    for it meanwhile (C{-- port 0003 reserved; dialling ...}); one whose
+    peers connect says where it listens (C{-- listening on tcp
+    127.0.0.1:43211}).
     """
     ports = ",".join(f"{n:04d}" for n in spec.ports) or "none"
     kind = "listening" if spec.listening else "single"
     origin = "runtime" if spec.runtime else "startup"
-    state = _oneLine(spec.state)
-    if spec.reserved is not None:
-        state = f"port {spec.reserved:04d} reserved; {state}" if state else (
-            f"port {spec.reserved:04d} reserved")
-    state = f" -- {state}" if state else ""
+    notes = [f"port {spec.reserved:04d} reserved"] if spec.reserved is not None else []
+    if spec.address:
+        notes.append(f"listening on {_oneLine(spec.address)}")
+    if spec.state:
+        notes.append(_oneLine(spec.state))
+    state = f" -- {'; '.join(notes)}" if notes else ""
     return f"Spec {_oneLine(spec.text)} ports={ports} {kind} {origin}{state}"
 
 

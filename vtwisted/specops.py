@@ -113,7 +113,9 @@ class PortSpecOperations:
 
     def specs(self) -> list[SpecStatus]:
         """
-        Every port spec, from the command line or added at run time.
+        Every port spec, from the command line or added at run time, with
+        where it listens if it says (C{listeningAddress()}: a C{qemu:tcp:0}
+        told the port the system chose).
         """
         result = []
         for text, svc in self.service.specs.items():
@@ -123,8 +125,10 @@ class PortSpecOperations:
             )
             downState = getattr(svc, "downState", None)
             state = downState() if downState is not None and not ports else ""
+            where = getattr(svc, "listeningAddress", None)
             result.append(SpecStatus(text, tuple(ports), listening, text in self._runtimeSpecs,
-                                     state, None if ports else self._reservedFor(text)))
+                                     state, None if ports else self._reservedFor(text),
+                                     where() if where is not None else ""))
         return result
 
     def _reservedFor(self, text: str) -> int | None:

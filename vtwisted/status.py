@@ -142,7 +142,9 @@ class SpecStatus:
     number of clients and whether it was added at run time; for a spec
     that connects and has no link now, what it is doing about it
     (C{dialling ENDPOINT, N failures, last: WHY}) and the port reserved
-    for it meanwhile, if any.
+    for it meanwhile, if any; for one whose peers connect, where it
+    listens (C{tcp 127.0.0.1:43211}: the port the system chose for
+    C{tcp:0}).
     """
 
     text: str
@@ -151,6 +153,7 @@ class SpecStatus:
     runtime: bool
     state: str = ""
     reserved: int | None = None
+    address: str = ""
 
 
 @dataclass(frozen=True)

@@ -400,6 +400,14 @@ class PcapListener(CaptureService):
                                        self.unixPath)
         self.address = addressText(self.listeningPort.getHost())
 
+    def listeningAddress(self) -> str:
+        """
+        Where it listens, while it does, for C{port/specs} (C{tcp
+        127.0.0.1:43211} for C{tcp:0}).
+        """
+        port = self.listeningPort
+        return addressText(port.getHost()) if port is not None else ""
+
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         if self.unixPath is None:  # a TCP port below 1024 needs root

@@ -14,6 +14,8 @@ bound there too, but has no file to own, replace or remove: the kernel
 frees it with the socket, and a name another process holds fails with
 C{EADDRINUSE}, said in those words.  Each connection is a
 L{vtwisted.ports.streamlinks.StreamLink} plugged into a port of its own.
+C{port/specs} shows where the spec listens, so that one given C{tcp:0}
+tells its guests' owner the port the system chose.
 
 A port type whose peers say nothing when they connect (C{qemu:},
 C{vhostuser:}) sets L{StreamPorts.upMeansWorking} false: a link works once
@@ -34,7 +36,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import StreamPorts
-from vtwisted.sockettools import listenNow
+from vtwisted.sockettools import addressText, listenNow
 
 
 @implementer(IPortService)
@@ -71,6 +73,15 @@ class StreamListener(StreamPorts):
 
     def _listen(self) -> None:
         self.listeningPort = listenNow(self.endpoint, self.factory, self.spec, self.unixPath)
+
+    def listeningAddress(self) -> str:
+        """
+        Where it listens, while it does, for C{port/specs}: C{tcp
+        127.0.0.1:43211} (the port the system chose for C{tcp:0}), a Unix
+        path or C{@NAME}.
+        """
+        port = self.listeningPort
+        return addressText(port.getHost()) if port is not None else ""
 
     def stopService(self) -> Any:
         super().stopService()
