@@ -202,6 +202,8 @@ class SwitchService(MultiService):
             existing.revive()
             return existing
         service = self.makePortService(text)
+        if not self.running:
+            self._refuseSharedNumber(text, service)
         self.specs[text] = service
         try:
             service.setServiceParent(self)
@@ -211,6 +213,24 @@ class SwitchService(MultiService):
                 service.disownServiceParent()
             raise
         return service
+
+    def _refuseSharedNumber(self, text: str, service: Any) -> None:
+        """
+        Refuse a spec, before the switch starts, that asks for the port
+        number (C{port=N}) another spec asks for: each would be refused it
+        only once every spec had opened its files and devices, which the
+        failed start would leave behind (a capture file made or emptied).
+        Once the switch runs, the port's state says (L{PortOptions.checkPort}).
+
+        @raise SpecError: it does.
+        """
+        number = _askedNumber(service)
+        if number is None:
+            return
+        for other, each in self.specs.items():
+            if _askedNumber(each) == number:
+                raise SpecError(text, f"asks for port {number}, as {other} does: "
+                                      "give each spec a port of its own")
 
     def removePort(self, text: str) -> Any:
         """
@@ -299,3 +319,11 @@ def _removePidFile(path: str | None, identity: tuple[int, int] | None = None) ->
             os.unlink(path)
     except OSError:
         pass
+
+
+def _askedNumber(service: Any) -> int | None:
+    """
+    The port number C{service}'s spec asks for (C{port=N}), if any.
+    """
+    number = getattr(getattr(service, "options", None), "number", None)
+    return number if isinstance(number, int) else None

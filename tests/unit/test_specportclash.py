@@ -152,3 +152,28 @@ def test_aDatagramSocketRefusedItsPortIsNeverBound(tmp_path) -> None:
     if service.running:
         service.stopService()
     assert path.is_socket()
+
+
+def test_twoStartupSpecsAskingOnePortAreRefusedBeforeAnyFile(tmp_path) -> None:
+    """
+    Two specs on the command line asking for one port number: the second
+    is refused as it is read, naming both, before the switch starts, so
+    neither capture file is made (each spec opens its file before any
+    takes its port, and a start that failed then left both, the first
+    one's contents gone).  Once the switch runs, the port's state decides.
+    """
+    from vtwisted.app import buildService
+    from vtwisted.spec import SpecError
+
+    first, second = tmp_path / "a.pcap", tmp_path / "b.pcap"
+    second.write_bytes(b"kept")
+    with pytest.raises(SpecError) as refused:
+        buildService(MemoryReactorClock(), [f"pcap:{first}:port=3", f"pcap:{second}:port=3"],
+                     defaultSock=False)
+    assert f"pcap:{second}:port=3" in str(refused.value)
+    assert f"as pcap:{first}:port=3 does" in str(refused.value)
+    assert not first.exists()
+    assert second.read_bytes() == b"kept"
+    service = buildService(MemoryReactorClock(), [f"pcap:{first}:port=3",
+                                                  f"pcap:{second}:port=4"], defaultSock=False)
+    assert len(service.specs) == 2
