@@ -17,7 +17,9 @@ stays open and is never written, so a program that ends at the end of its
 input does not end at once (it is closed when the run is stopped); what it
 writes to its standard output is logged with the spec as information, to
 its standard error as warnings, unless C{stdout=} or C{stderr=} sends it
-nowhere or to a file (L{vtwisted.commandoutput}).
+nowhere or to a file (L{vtwisted.commandoutput}).  Both are read until the
+command is gone, stopping included (L{DescriptorRun.stop} closes the
+socket and its input only): what it says as it ends is logged.
 
 For C{stream} the switch's end is an ordinary Twisted connection
 (C{adoptStreamConnection}); for C{dgram} and C{seqpacket}, which Twisted

@@ -23,9 +23,11 @@ nowhere or to a file (C{stderr=}, L{vtwisted.commandoutput}).  Runs that
 failed (L{CommandEndpoint.failed}) make the next one wait longer
 (L{CommandEndpoint.delay}, for whoever runs it again), at most
 32 runs of one command go at once (guests cannot make the switch fork
-without end), and a command is ended by process group: its pipes closed,
-C{TERM} and then C{KILL} to whatever of it is left, until nothing is
-(L{vtwisted.processgroups.stopGroup}).
+without end), and a command is ended by process group: its input and
+output closed, C{TERM} and then C{KILL} to whatever of it is left, until
+nothing is (L{vtwisted.processgroups.stopGroup}); its standard error is
+read until then, so what it says as it ends (C{ssh} at the end of its
+input, a C{TERM} trap) is logged.
 
 Some programs serve a network connection on their standard input only if
 it is a TCP socket (Samba's C{smbd} in inetd mode, which QEMU's C{smb=}
@@ -149,6 +151,8 @@ class CommandTransport:
         self.spec = spec
         self.pid: int | None = process.pid
         self.disconnecting = False
+        #: Whether L{stop} is ending the command.
+        self.stopping = False
 
     @property
     def bufferSize(self) -> int:
@@ -174,8 +178,16 @@ class CommandTransport:
         self.process.writeSequence(data)
 
     def loseConnection(self) -> None:
+        """
+        Close the command's input (once what is queued is written) and
+        output, and its standard error unless L{stop} reads it until the
+        command is gone (a port's C{ClientService} closes it again after).
+        """
         self.disconnecting = True
-        self.process.loseConnection()
+        self.process.closeStdin()
+        self.process.closeStdout()
+        if not self.stopping:
+            self.process.closeStderr()
 
     def loseWriteConnection(self) -> None:
         self.process.closeStdin()
@@ -193,12 +205,15 @@ class CommandTransport:
 
     def stop(self, clock: Any) -> Deferred[None]:
         """
-        End the command: close its pipes (C{vde_plug} ends at the end of its
-        input), then if anything of it still runs, C{TERM} after
-        L{STOP_GRACE} seconds and C{KILL} after twice that (L{stopGroup}).
+        End the command: close its input and output (C{vde_plug} ends at
+        the end of its input), then if anything of it still runs, C{TERM}
+        after L{STOP_GRACE} seconds and C{KILL} after twice that
+        (L{stopGroup}).  Its standard error is read until then: its last
+        words are logged.
 
         @return: fires once nothing of it is left.
         """
+        self.stopping = True
         self.loseConnection()
         return processgroups.stopGroup(clock, self.pid, STOP_GRACE, self.process, self.spec)
 

@@ -26,6 +26,9 @@ still open of the switch's ends of the command's pipes is closed
 L{CLOSE_GRACE} seconds later (L{closePipes}: time to read what the
 command wrote before it ended, and for what was queued for its input to
 be taken), logged once at info: nothing of that run stays in the switch.
+Until then the switch reads the command's standard error (a stop closes
+its input and output, or its socket, only: L{vtwisted.processes}), so
+what it says as it ends, on its C{TERM} too, is logged.
 L{exitText} says how a command's process ended, for the log and the
 console.
 """

@@ -31,9 +31,23 @@ class FakeProcess(StringTransport):
         super().__init__()
         self.pid: int | None = pid
         self.signals: list[str] = []
+        #: The child descriptors whose pipes the switch closed, in order.
+        self.closed: list[int] = []
 
     def signalProcess(self, name: str) -> None:
         raise AssertionError("commands are signalled by process group")
+
+    def closeChildFD(self, childFD: int) -> None:
+        self.closed.append(childFD)
+
+    def closeStdin(self) -> None:
+        self.closeChildFD(0)
+
+    def closeStdout(self) -> None:
+        self.closeChildFD(1)
+
+    def closeStderr(self) -> None:
+        self.closeChildFD(2)
 
 
 def _service(text: str = "cmd:vde_plug /tmp/sw") -> tuple[Any, Any]:
@@ -98,7 +112,8 @@ def test_aRecordTooLongForVdePlugClosesTheCommand() -> None:
     _, service = _service()
     link, process = _link(service)
     link.dataReceived((9237).to_bytes(2, "big") + bytes(100))
-    assert link.port.counters.drops["malformed"] == 1 and process.disconnecting
+    assert link.port.counters.drops["malformed"] == 1
+    assert process.closed == [0, 1], "its input and output; its standard error is still read"
 
 
 def test_aCommandEndingInsideARecordCountsItAsMalformed() -> None:
@@ -116,8 +131,9 @@ def test_aCommandEndingInsideARecordCountsItAsMalformed() -> None:
 
 def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
     """
-    close() unplugs and closes the pipes; 3 s later TERM, 6 s later KILL
-    go to the command's process group (to whatever of it is left).
+    close() unplugs and closes the command's input and output (its standard
+    error is read until it is gone); 3 s later TERM, 6 s later KILL go to
+    the command's process group (to whatever of it is left).
     """
 
     sent: list[tuple[int | None, str]] = []
@@ -133,7 +149,7 @@ def test_stoppingClosesThePipesThenTerminatesThenKills(monkeypatch) -> None:
     link, process = _link(service)
     port = link.port
     link.close()
-    assert process.disconnecting and not port.links
+    assert process.closed == [0, 1] and not port.links
     service.reactor.advance(processes.STOP_GRACE)
     assert sent == [(4242, "TERM"), (4242, "CONT")], "TERM, and CONT for a stopped command"
     service.reactor.pump([0.1] * 31)

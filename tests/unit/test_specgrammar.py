@@ -107,6 +107,19 @@ def test_aLoneBackslashIsStillRefused() -> None:
 # cmd: ports
 
 
+class FakeProcess(StringTransport):
+    """A command's process transport, whose pipes are closed one by one."""
+
+    def closeStdin(self) -> None:
+        self.loseConnection()
+
+    def closeStdout(self) -> None:
+        self.loseConnection()
+
+    def closeStderr(self) -> None:
+        self.loseConnection()
+
+
 class Spawner(MemoryReactorClock):
     """A reactor whose commands are not run: their argv are kept in C{argv}."""
 
@@ -116,7 +129,7 @@ class Spawner(MemoryReactorClock):
 
     def spawnProcess(self, protocol: Any, executable: str, args: list[str],
                      **kwargs: Any) -> None:
-        process = StringTransport()
+        process = FakeProcess()
         process.pid = 1000 + len(self.argv)  # type: ignore[attr-defined]
         process.pipes = {}  # type: ignore[attr-defined]
         protocol.makeConnection(process)

@@ -61,9 +61,12 @@ files of C{stdout=FILE} and C{stderr=FILE} are checked as the spec is
 read, so a wrong path refuses the port at once, and opened at each run
 (L{vtwisted.commandoutput.checkOutput}).
 
-Stopping the port closes the command's pipes, which ends C{vde_plug} (and
-an C{ssh} running one); what is left of it (its process group: it runs in a
-session of its own) gets C{TERM} 3 s later and C{KILL} 3 s after that.
+Stopping the port closes the command's input and output (or its socket),
+which ends C{vde_plug} (and an C{ssh} running one); what is left of it (its
+process group: it runs in a session of its own) gets C{TERM} 3 s later and
+C{KILL} 3 s after that.  Its standard error is read and logged until
+nothing of it is left, so what it says as it ends (why it exits, a C{TERM}
+trap) is in the log.
 """
 
 from __future__ import annotations

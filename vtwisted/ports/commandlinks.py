@@ -9,11 +9,12 @@ L{RunLink} is what every run shares: it is plugged into the port as it
 starts; once it has carried a frame and lasted 5 s it has worked, which
 ends a series of failures (a run that ends before is one, and the next
 waits longer: a command that crashes at once is not run again and again
-without a pause); closing it stops the
-command (its pipes or socket closed, then C{TERM} and C{KILL} to what is
-left); its end, with the command's exit status, is reported to the
-connector (L{vtwisted.ports.command.CommandConnector.runEnded}), which
-decides whether the command runs again (C{restart=}).
+without a pause); closing it stops the command (its input and output, or
+its socket, closed, then C{TERM} and C{KILL} to what is left; its standard
+error is read until it is gone, so its last words are logged); its end,
+with the command's exit status, is reported to the connector
+(L{vtwisted.ports.command.CommandConnector.runEnded}), which decides
+whether the command runs again (C{restart=}).
 
 The frames: L{vtwisted.ports.command.CommandLink} reads C{vde_plug}'s
 records from the command's output; L{SocketStreamLink} reads QEMU's
@@ -90,9 +91,9 @@ class RunLink(StreamLink):
 
     def close(self) -> None:
         """
-        Unplug, and end the command: close its pipes or socket (C{vde_plug}
-        exits at the end of its input), then C{TERM} and C{KILL} what is
-        left of it.
+        Unplug, and end the command: close its input and output, or its
+        socket (C{vde_plug} exits at the end of its input), then C{TERM}
+        and C{KILL} what is left of it (its standard error still read).
         """
         self.owner.linkDown(self)
         transport: Any = self.transport
