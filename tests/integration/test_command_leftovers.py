@@ -48,14 +48,17 @@ def test_aStoppedCommandIsEndedByItsTerm(vswitch, shortdir: Path) -> None:
     """
     A command whose process group is stopped (SIGSTOP) when its port is
     deleted gets TERM and CONT 3 s later: its TERM trap runs (writing a
-    file), which a KILL would never let it do.
+    file, and a line on its standard error that the switch logs), which a
+    KILL would never let it do.
     """
     mgmt, mark = shortdir / "mgmt", shortdir / "ended"
-    # Its output and error go nowhere: the switch closes its pipes first
-    # (a write to them would end it on SIGPIPE, not its TERM).
-    command = (f"sh -c 'exec >/dev/null 2>&1; "
-               f"trap \"echo TERM > {mark}; exit 0\" TERM; while true; do sleep 0.2; done'")
-    vswitch("--mgmt", str(mgmt), "--port", f"cmd:{command}")
+    # Its standard error is still the switch's, read until it is gone (the
+    # shell may say there that its sleep was "Terminated", then the trap
+    # speaks): were it closed with its input and output, a write to it
+    # would end the shell on SIGPIPE, not its TERM.
+    command = (f"sh -c 'trap \"echo TERM > {mark}; echo stopped-and-termed >&2; exit 0\" "
+               f"TERM; while true; do sleep 0.2; done'")
+    sw = vswitch("--mgmt", str(mgmt), "--port", f"cmd:{command}")
     waitFor(lambda: _commandPid(mgmt) is not None, timeout=20, what="the command on port 1")
     pid = _commandPid(mgmt)
     assert pid is not None
@@ -66,6 +69,8 @@ def test_aStoppedCommandIsEndedByItsTerm(vswitch, shortdir: Path) -> None:
         waitFor(mark.exists, timeout=30, what="the command's TERM trap")
         assert mark.read_text() == "TERM\n"
         waitFor(lambda: not _groupAlive(pid), timeout=30, what="the command gone")
+        waitFor(lambda: "the command says: stopped-and-termed" in sw.logText(), timeout=15,
+                what="what its trap said in the log")
     finally:
         if _groupAlive(pid):
             os.killpg(pid, signal.SIGKILL)
