@@ -191,6 +191,7 @@ class DescriptorRun(CommandRun):
 
         @return: fires once nothing of it is left.
         """
+        self.ending = True
         if self.connection is not None and not self._socketGone:
             self.connection.loseConnection()
         transport: Any = self.transport

@@ -59,6 +59,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vtwisted import processgroups
+from vtwisted.commandline import CommandAddress, CommandError, parseCommand, shownLine
 from vtwisted.commandoutput import LOG, OutputFiles
 from vtwisted.commandsocket import RunConnection, loopbackPair
 from vtwisted.processgroups import STOP_GRACE, exitText, stopGroup
@@ -82,61 +83,6 @@ LINE = 4096
 #: C{TERM}: enough to flush what it was sent (C{cat}, C{nc} exit at once),
 #: short enough that strays (counted in L{MAX_RUNS}) do not pile up.
 ENDED_GRACE = 5.0
-
-
-#: The longest command line a run's description shows whole.
-SHOWN_LINE = 300
-
-
-def shownLine(commandLine: str) -> str:
-    """
-    C{commandLine}, its middle cut out (C{...}) if it is longer than
-    L{SHOWN_LINE}: a QEMU's runs past what C{port/print} shows of a
-    description, and the pid and socket after it would be lost.
-    """
-    if len(commandLine) <= SHOWN_LINE:
-        return commandLine
-    tail = SHOWN_LINE // 3
-    return f"{commandLine[:SHOWN_LINE - tail - 5]} ... {commandLine[-tail:]}"
-
-
-class CommandError(ValueError):
-    """
-    A command line cannot be run: the message says why.
-    """
-
-
-def parseCommand(text: str) -> list[str]:
-    """
-    Split C{text} as a shell would, and check that its program is on the
-    C{PATH}.
-
-    @raise CommandError: bad quoting, nothing to run, or no such program.
-    """
-    try:
-        argv = shlex.split(text)
-    except ValueError as e:
-        raise CommandError(f"cannot read the command {text!r}: {e}") from None
-    if not argv:
-        raise CommandError("names no command")
-    if shutil.which(argv[0]) is None:
-        raise CommandError(f"no command {argv[0]!r} on the PATH")
-    return argv
-
-
-class CommandAddress:
-    """
-    The peer of a command's connection: the command and its pid.
-    """
-
-    type = "command"
-
-    def __init__(self, commandLine: str, pid: int | None) -> None:
-        self.commandLine = commandLine
-        self.pid = pid
-
-    def __str__(self) -> str:
-        return f"{shownLine(self.commandLine)} (pid {self.pid})"
 
 
 class CommandTransport:
@@ -214,6 +160,9 @@ class CommandTransport:
         @return: fires once nothing of it is left.
         """
         self.stopping = True
+        run = getattr(self.process, "proto", None)
+        if isinstance(run, CommandRun):
+            run.ending = True
         self.loseConnection()
         return processgroups.stopGroup(clock, self.pid, STOP_GRACE, self.process, self.spec)
 
@@ -252,6 +201,10 @@ class CommandRun(ProcessProtocol):
         self.pid: int | None = None
         #: Whether nothing of it was left when its process was reaped.
         self.over = False
+        #: Whether the switch is ending it: what it says then is its
+        #: answer (C{Terminated}, QEMU's C{terminating on signal 15}),
+        #: logged as information, not as a warning.
+        self.ending = False
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -259,7 +212,14 @@ class CommandRun(ProcessProtocol):
         self.endpoint.runs.add(transport)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self._error = self.endpoint.heard(self._error, data)
+        self._error = self.endpoint.heard(self._error, data, self.errorLevel())
+
+    def errorLevel(self) -> LogLevel:
+        """
+        How what it says on standard error is logged: as warnings, as
+        information once the switch ends it.
+        """
+        return LogLevel.info if self.ending else LogLevel.warn
 
     def processExited(self, reason: Failure) -> None:
         # Looked at as it is reaped, before its number can be another's:
@@ -267,7 +227,7 @@ class CommandRun(ProcessProtocol):
         self.over = self.pid is None or not processgroups.groupAlive(self.pid)
 
     def processEnded(self, reason: Failure) -> None:
-        self.endpoint.say(self._error)
+        self.endpoint.say(self._error, self.errorLevel())
         self.endpoint.ended(self.transport)
 
 

@@ -60,6 +60,9 @@ def _waitForWords(sw: Any, line: str) -> None:
         waitFor(lambda: said in sw.logText(), timeout=15, what=f"{line!r} in the log")
     except AssertionError as e:
         raise AssertionError(f"{e}; the log:\n{sw.logText()}") from None
+    # The switch ended it: its answer is news, not a warning.
+    lines = [each for each in sw.logText().splitlines() if said in each]
+    assert all("#info]" in each for each in lines), lines
 
 
 @MODES
