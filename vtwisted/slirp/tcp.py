@@ -40,7 +40,8 @@ failures, answered with ICMP), C{resets} (RSTs sent to guests for live
 connections: host reset, gave up, data for a closed host), C{guestResets}
 (RSTs from guests for live connections), C{timeouts} (connections given up on
 retransmissions, on a guest silent for C{keepalive=} seconds: see
-L{vtwisted.slirp.tcpkeepalive}, or on a zero window once the host is gone:
+L{vtwisted.slirp.tcpkeepalive}, or on a guest making no progress, its
+window zero or our FIN unacknowledged, once the host is gone:
 L{vtwisted.slirp.tcpsend.ORPHAN_PROBES}),
 C{unread} (host sockets closed after both sides finished whose peer
 read nothing of what was left for it in 60 s, aborted: logged once per

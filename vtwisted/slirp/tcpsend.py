@@ -26,16 +26,19 @@ timer (zero window) and, before the handshake completes, the SYN/SYN-ACK
 timer; it is C{reset()} rather than recreated.  A timeout goes back to
 C{sndUna} with a congestion window of one segment (go-back-N: the guest's
 cumulative ACKs then pull the rest), backs the RTO off and gives up after
-L{MAX_RETRIES}.  A zero window is probed as long as the guest answers, but
-once the host is gone (EOF seen, socket lost) only L{ORPHAN_PROBES} times
-without progress.  Three duplicate ACKs retransmit the first unacknowledged
-segment at once; a guest that sends SACK blocks has every gap they reveal
-resent instead, SACKed bytes not counted as in flight, and a lost tail
-(too few segments after it for duplicate ACKs) is probed for after two
-round trips instead of a timeout (L{vtwisted.slirp.tcpsack}).  When the
-buffer holds more than a high-water mark (at most the connection's share
-of the port's budget) the host transport is paused, and resumed below half
-of it.
+L{MAX_RETRIES}.  A zero window is probed as long as the guest answers (its
+zero-window answers reset the back-off), but once the host is gone (EOF
+seen, socket lost) the connection is an orphan: it is reset after
+L{ORPHAN_PROBES} timeouts in a row (probes, retransmissions of data or of
+the FIN, which a full guest may answer with a zero window for ever)
+without progress (new data acknowledged, the window opening).  Three
+duplicate ACKs retransmit the first unacknowledged segment at once; a
+guest that sends SACK blocks has every gap they reveal resent instead,
+SACKed bytes not counted as in flight, and a lost tail (too few segments
+after it for duplicate ACKs) is probed for after two round trips instead
+of a timeout (L{vtwisted.slirp.tcpsack}).  When the buffer holds more than
+a high-water mark (at most the connection's share of the port's budget)
+the host transport is paused, and resumed below half of it.
 """
 
 from __future__ import annotations
@@ -58,9 +61,10 @@ MIN_RTO = 0.2
 MAX_RTO = 60.0
 #: Consecutive timeouts after which a connection is reset.
 MAX_RETRIES = 12
-#: Zero-window probes without progress (nothing new acknowledged, the window
-#: still zero) before a connection whose host is gone is reset (an orphan:
-#: Linux's C{tcp_orphan_retries}; at most 9 minutes, probes backing off).
+#: Timeouts (zero-window probes, retransmissions, the FIN's too) without
+#: progress (nothing new acknowledged, the window not opening) before a
+#: connection whose host is gone is reset (an orphan: Linux's
+#: C{tcp_orphan_retries}; at most 9 minutes, the timer backing off).
 ORPHAN_PROBES = 8
 #: The send buffer's high-water mark is four guest windows, within these.
 HIGH_WATER_MIN = 256 * 1024
@@ -136,7 +140,7 @@ class SendSide(SackRecovery):
         self.readingPaused = False
         self.timer: Any = None
         self.probing = False
-        self.orphanProbes = 0  # Zero-window probes without progress, host gone.
+        self.orphanProbes = 0  # Timeouts without progress, host gone.
         self.initSack()
 
     # Hooks the connection provides.
@@ -205,17 +209,12 @@ class SendSide(SackRecovery):
             self.armTimer(self.rto)
             return
         self.backoff += 1
-        if self.backoff > MAX_RETRIES:
+        if self.backoff > MAX_RETRIES or self.orphanGivenUp():
             self.abort(resetGuest=True)
             return
         self.rto = min(self.rto * 2, MAX_RTO)
         self.rttSeq = -1
         if self.sndWnd == 0 and self.sndUna < self.sndEnd:
-            if self.hostEof and self.transport is None:
-                if self.orphanProbes >= ORPHAN_PROBES:
-                    self.abort(resetGuest=True)
-                    return
-                self.orphanProbes += 1
             self.probe()
         else:
             self.ssthresh = max((self.sndMax - self.sndUna) // 2, 2 * self.mss)
@@ -226,6 +225,21 @@ class SendSide(SackRecovery):
             self.sndNxt = self.sndUna
             self.output()
         self.armTimer(self.rto)
+
+    def orphanGivenUp(self) -> bool:
+        """
+        Count one more timeout (a probe or a retransmission, of data or of
+        the FIN) without progress once the host is gone (EOF seen, socket
+        lost): a zero-window answer resets the back-off, not this count.
+
+        @return: whether L{ORPHAN_PROBES} of them went without progress.
+        """
+        if not self.hostEof or self.transport is not None:
+            return False
+        if self.orphanProbes >= ORPHAN_PROBES:
+            return True
+        self.orphanProbes += 1
+        return False
 
     def bareSeq(self) -> int:
         """
@@ -356,9 +370,9 @@ class SendSide(SackRecovery):
             self.maxWnd = window
         if window == 0:
             self.backoff = 0
-        else:
-            self.orphanProbes = 0
         opened = window > self.sndWnd
+        if opened:
+            self.orphanProbes = 0
         self.sndWnd = window
         if opened and self.timerRunning() and self.sndMax <= self.sndUna:
             self.stopTimer()
