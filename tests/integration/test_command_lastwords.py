@@ -8,33 +8,21 @@ channel first but reads standard error until the command is gone.
 from __future__ import annotations
 
 import os
-import re
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from commandhelpers import commandPid, groupAlive
 from helpers import waitFor
 from taphelpers import console
 
 pytestmark = pytest.mark.integration
 
-PID = re.compile(r"module command\s*: .*\(pid (\d+)")
 #: Each test with the command's pipes, and with a socket for its frames.
 MODES = pytest.mark.parametrize("options", ["", ":socket=stream"])
 
 
-def _commandPid(mgmt: Path) -> int | None:
-    found = PID.search(console(mgmt, "port/print"))
-    return int(found.group(1)) if found else None
-
-
-def _groupAlive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _command(script: str, options: str) -> str:
@@ -47,8 +35,8 @@ def _started(vswitch, shortdir: Path, spec: str) -> tuple[Any, Path, int]:
     """A switch with a console and C{spec}, once its command runs: switch, console, pid."""
     mgmt = shortdir / "mgmt"
     sw = vswitch("--mgmt", str(mgmt), "--port", spec)
-    waitFor(lambda: _commandPid(mgmt) is not None, timeout=20, what="the command on port 1")
-    pid = _commandPid(mgmt)
+    waitFor(lambda: commandPid(mgmt) is not None, timeout=20, what="the command on port 1")
+    pid = commandPid(mgmt)
     assert pid is not None
     return sw, mgmt, pid
 
@@ -77,10 +65,10 @@ def test_wordsOnTermAreLoggedAsPortDelEndsIt(vswitch, shortdir: Path, options: s
     sw, mgmt, pid = _started(vswitch, shortdir, _command(script, options))
     try:
         console(mgmt, "port/del 1")
-        waitFor(lambda: not _groupAlive(pid), timeout=30, what="the command gone")
+        waitFor(lambda: not groupAlive(pid), timeout=30, what="the command gone")
         _waitForWords(sw, "last-words-on-term")
     finally:
-        if _groupAlive(pid):
+        if groupAlive(pid):
             os.killpg(pid, signal.SIGKILL)
 
 
@@ -96,9 +84,9 @@ def test_wordsOnTheEndOfItsInputAreLogged(vswitch, shortdir: Path, options: str)
     try:
         console(mgmt, "port/del 1")
         _waitForWords(sw, "bye-from-eof")
-        waitFor(lambda: not _groupAlive(pid), timeout=30, what="the command gone")
+        waitFor(lambda: not groupAlive(pid), timeout=30, what="the command gone")
     finally:
-        if _groupAlive(pid):
+        if groupAlive(pid):
             os.killpg(pid, signal.SIGKILL)
 
 
@@ -114,11 +102,11 @@ def test_aCommandThatIgnoresTermStillEndsOnKill(vswitch, shortdir: Path, options
     try:
         console(mgmt, "port/del 1")
         _waitForWords(sw, "term-ignored")
-        waitFor(lambda: not _groupAlive(pid), timeout=30, what="the command killed")
-        assert _commandPid(mgmt) is None
+        waitFor(lambda: not groupAlive(pid), timeout=30, what="the command killed")
+        assert commandPid(mgmt) is None
         assert "left its process group" not in sw.logText(), sw.logText()
     finally:
-        if _groupAlive(pid):
+        if groupAlive(pid):
             os.killpg(pid, signal.SIGKILL)
 
 
@@ -136,5 +124,5 @@ def test_wordsOnTermAreLoggedAsTheSwitchStops(vswitch, shortdir: Path, options: 
         sw.process.wait(timeout=30)
         _waitForWords(sw, "last-words-at-stop")
     finally:
-        if _groupAlive(pid):
+        if groupAlive(pid):
             os.killpg(pid, signal.SIGKILL)

@@ -9,23 +9,16 @@ descriptors in /proc).
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from pathlib import Path
 
 import pytest
+from commandhelpers import commandPid, groupAlive
 from helpers import waitFor
 from taphelpers import console
 
 pytestmark = pytest.mark.integration
-
-PID = re.compile(r"module command\s*: .*\(pid (\d+)")
-
-
-def _commandPid(mgmt: Path) -> int | None:
-    found = PID.search(console(mgmt, "port/print"))
-    return int(found.group(1)) if found else None
 
 
 def _state(pid: int) -> str:
@@ -35,13 +28,6 @@ def _state(pid: int) -> str:
     except OSError:
         return "?"
 
-
-def _groupAlive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_aStoppedCommandIsEndedByItsTerm(vswitch, shortdir: Path) -> None:
@@ -59,8 +45,8 @@ def test_aStoppedCommandIsEndedByItsTerm(vswitch, shortdir: Path) -> None:
     command = (f"sh -c 'trap \"echo TERM > {mark}; echo stopped-and-termed >&2; exit 0\" "
                f"TERM; while true; do sleep 0.2; done'")
     sw = vswitch("--mgmt", str(mgmt), "--port", f"cmd:{command}")
-    waitFor(lambda: _commandPid(mgmt) is not None, timeout=20, what="the command on port 1")
-    pid = _commandPid(mgmt)
+    waitFor(lambda: commandPid(mgmt) is not None, timeout=20, what="the command on port 1")
+    pid = commandPid(mgmt)
     assert pid is not None
     try:
         os.killpg(pid, signal.SIGSTOP)
@@ -68,11 +54,11 @@ def test_aStoppedCommandIsEndedByItsTerm(vswitch, shortdir: Path) -> None:
         console(mgmt, "port/del 1")
         waitFor(mark.exists, timeout=30, what="the command's TERM trap")
         assert mark.read_text() == "TERM\n"
-        waitFor(lambda: not _groupAlive(pid), timeout=30, what="the command gone")
+        waitFor(lambda: not groupAlive(pid), timeout=30, what="the command gone")
         waitFor(lambda: "the command says: stopped-and-termed" in sw.logText(), timeout=15,
                 what="what its trap said in the log")
     finally:
-        if _groupAlive(pid):
+        if groupAlive(pid):
             os.killpg(pid, signal.SIGKILL)
 
 

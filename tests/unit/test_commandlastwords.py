@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from commandfakes import PipesTransport
 from twisted.internet.error import ProcessDone
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
@@ -23,32 +24,16 @@ from vtwisted.spec import PortSpec
 from vtwisted.switch import Switch
 
 
-class FakeProcess(StringTransport):
+class FakeProcess(PipesTransport):
     """
     A command's process transport, as Twisted's closes its pipes: what the
     command writes to a pipe the switch closed is lost.
     """
 
     def __init__(self, protocol: Any, pid: int) -> None:
-        super().__init__()
+        super().__init__(pid)
         self.protocol = protocol
-        self.pid: int | None = pid
         self.pipes: dict[int, Any] = {}
-        #: The child descriptors whose pipes the switch closed, in order.
-        self.closed: list[int] = []
-
-    def closeChildFD(self, childFD: int) -> None:
-        if childFD not in self.closed:
-            self.closed.append(childFD)
-
-    def closeStdin(self) -> None:
-        self.closeChildFD(0)
-
-    def closeStdout(self) -> None:
-        self.closeChildFD(1)
-
-    def closeStderr(self) -> None:
-        self.closeChildFD(2)
 
     def loseConnection(self) -> None:
         # Twisted's Process.loseConnection: every pipe at once.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from commandfakes import PipesTransport
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -24,30 +25,15 @@ from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, frame, mac, plug
 
 
-class FakeProcess(StringTransport):
+class FakeProcess(PipesTransport):
     """A command's transport: its pipes, its pid, the signals it got."""
 
     def __init__(self, pid: int = 4242) -> None:
-        super().__init__()
-        self.pid: int | None = pid
+        super().__init__(pid)
         self.signals: list[str] = []
-        #: The child descriptors whose pipes the switch closed, in order.
-        self.closed: list[int] = []
 
     def signalProcess(self, name: str) -> None:
         raise AssertionError("commands are signalled by process group")
-
-    def closeChildFD(self, childFD: int) -> None:
-        self.closed.append(childFD)
-
-    def closeStdin(self) -> None:
-        self.closeChildFD(0)
-
-    def closeStdout(self) -> None:
-        self.closeChildFD(1)
-
-    def closeStderr(self) -> None:
-        self.closeChildFD(2)
 
 
 def _service(text: str = "cmd:vde_plug /tmp/sw") -> tuple[Any, Any]:
