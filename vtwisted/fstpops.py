@@ -25,6 +25,13 @@ class FstpOperations:
 
     switch: Any
 
+    def uptime(self) -> int:
+        """
+        Whole seconds since the switch started: the age of a tree whose
+        root is this switch (L{vtwisted.operations.SwitchOperations} says).
+        """
+        raise NotImplementedError()
+
     def fstpEnabled(self) -> bool:
         """
         Whether FSTP runs.
@@ -88,7 +95,10 @@ class FstpOperations:
             designated=tree.designated,
             rootPort=0 if tree.rootPort is None else tree.rootPort.number,
             cost=tree.rootCost,
-            age=0 if tree.rootPort is None else max(0, self.switch.now - tree.rootSeen),
+            # vde_switch prints qtime() - roottimestamp, and a root's
+            # timestamp is 0: its age is the switch's uptime.
+            age=self.uptime() if tree.rootPort is None
+            else max(0, self.switch.now - tree.rootSeen),
             bonusPort=bonusPort,
             bonusCost=bonusCost,
             ports=tuple(

@@ -88,16 +88,22 @@ class SwitchOperations(PortSpecOperations, MacTableOperations, FstpOperations):
 
     # Switch
 
+    def uptime(self) -> int:
+        """
+        Whole seconds since the switch started (0 before it has).
+        """
+        started = self.service.startedAt
+        uptime = 0 if started is None else int(self.service.clock.seconds() - started)
+        return max(0, uptime)
+
     def info(self) -> SwitchInfo:
         """
         Process, address, uptime, size and mode of the switch.
         """
-        started = self.service.startedAt
-        uptime = 0 if started is None else int(self.service.clock.seconds() - started)
         return SwitchInfo(
             pid=os.getpid(),
             mac=self.switch.mac,
-            uptime=max(0, uptime),
+            uptime=self.uptime(),
             numPorts=self.switch.numPorts,
             hub=self.switch.hub,
             consoles=tuple(sorted(self._consoles.items())),

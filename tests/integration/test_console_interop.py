@@ -11,7 +11,9 @@ that differ between any two runs of the same switch:
     (C{mgmt PATH}, C{ctl dir DIR}, vdeterm's C{vde[PATH]:} prompt);
   - endpoint IDs (the switch's file descriptor numbers) and the C{pid=} in
     client descriptions;
-  - MAC entry ages.
+  - MAC entry ages;
+  - the age C{fstp/print} shows for a tree whose root is the switch
+    itself (C{rootport 0000}): the switch's uptime, in both.
 Intentional differences are tested on their own, not normalised away:
 C{hash/find} prints the port (vde_switch 2.3.2 prints port+1), and
 C{help} lists only the commands we have, plus ours.
@@ -83,6 +85,7 @@ def normalise(text: str) -> str:
     text = re.sub(r"endpoint ID \d{4}", "endpoint ID NNNN", text)
     text = re.sub(r"pid=\d+", "pid=P", text)
     text = re.sub(r"vde\[[^\]]*\]:", "vde[PATH]:", text)
+    text = re.sub(r"rootport 0000 cost 0 age \d+ ", "rootport 0000 cost 0 age U ", text)
     return re.sub(r"age \d+ secs", "age A secs", text)
 
 

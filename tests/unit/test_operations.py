@@ -265,3 +265,15 @@ def test_deletePlainPortAndErrors(ops) -> None:
     assert link.closed and 3 not in ops.switch.ports
     assert code(ops.deletePort, 3) == errno.ENXIO
     assert code(ops.deletePort, 300) == errno.EINVAL
+
+
+def test_aRootTreesAgeIsTheSwitchsUptime() -> None:
+    """
+    A tree whose root is this switch is as old as the switch, as
+    vde_switch's C{fstp/print} says (C{qtime()} less a root timestamp of 0).
+    """
+    ops, service, _ = makeOperations()
+    assert isinstance(service.clock, Clock)
+    service.clock.advance(7)
+    (tree,) = ops.fstpTrees(0)
+    assert (tree.isRoot, tree.rootPort, tree.age) == (True, 0, 7)
