@@ -302,7 +302,15 @@ async def test_aFailedTlsHandshakeGetsNoPortAndIsLoggedWithItsCause(switch,
         assert isinstance(listener, streamlistener.StreamListener)
         number = listener.listeningPort.getHost().port
         client = switch(f"qemu:connect:tls:host=localhost:port={number}:trustRoots={other}/roots")
-        await sleep(2.5)  # several attempts
+        connector = portService(client)
+        assert isinstance(connector, streamconnector.StreamConnector)
+
+        def logged(text: str) -> bool:
+            return any(text in formatEvent(e) for e in events)
+
+        await until(lambda: logged("certificate verify failed") and logged("unknown ca"),
+                    timeout=30, what="both sides' failures logged")
+        await until(lambda: connector.failures.total >= 3, timeout=30, what="several attempts")
     lines = [formatEvent(e) for e in events]
     assert not [line for line in lines if " on port " in line or "left port" in line], lines
     atClient = [line for line in lines if "certificate verify failed" in line]
