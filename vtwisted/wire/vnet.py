@@ -25,11 +25,8 @@ Header lengths come from the IP and TCP headers themselves; C{hdr_len} is
 only a hint and is ignored.  The frame may carry one 802.1Q tag; C{csum_start}
 counts from the start of the Ethernet frame, tag included.
 
-Segment checksums are computed from scratch, not derived from the field:
-the pseudo-header sum of the addresses and protocol and the sums of the
-fixed header bytes are taken once per super-frame; per segment only the
-payload is summed (one C{int.from_bytes}) and the varying fields (lengths,
-id, sequence number, flags) are added as integers.  Measured on Linux 6.18
+The cutting itself, and how segment checksums are computed, is
+L{vtwisted.wire.gsocut}'s business.  Measured on Linux 6.18
 by reading TAPs with C{TUN_F_CSUM|TSO4|TSO6|TSO_ECN|USO4|USO6} during TCP
 and C{UDP_SEGMENT} transfers between two namespaces: in a GSO super-frame
 the IPv4 total length, IPv6 payload length and UDP length cover the whole
@@ -50,7 +47,7 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
-from vtwisted.wire import ipv4, ipv6, tcp, udp
+from vtwisted.wire import gsocut, ipv4, ipv6, tcp, udp
 from vtwisted.wire.checksum import MODULUS, SHORT_FRAME, completePartial
 from vtwisted.wire.ethernet import ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6
 from vtwisted.wire.ethernet import HEADER_LENGTH as ETH_HEADER_LENGTH
@@ -82,9 +79,6 @@ MIN_CSUM_START = 20
 _GSO_BY_FRAGS = 0xFFFF
 
 _HEADER = struct.Struct("<BBHHHH")
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_U16PAIR = struct.Struct("!HH")
 _MIN_PACKET = HEADER_LENGTH + ETH_HEADER_LENGTH
 _ZERO2 = b"\x00\x00"
 _TCP_GSO = (GSO_TCPV4, GSO_TCPV6)
@@ -286,7 +280,8 @@ def _cutTcp(
     packet: bytes, l3: int, l4: int, end: int, pseudo: int, gsoSize: int, isV4: bool
 ) -> list[bytes]:
     """
-    Cut a TCP super-frame whose headers have been located and checked.
+    Check the TCP header of a super-frame whose IP header has been checked,
+    and cut it.
     """
     try:
         tcpLength = tcp.TCPHeader.parse(packet, l4).headerLength
@@ -295,119 +290,18 @@ def _cutTcp(
     start = l4 + tcpLength
     if start > end:
         raise VnetError(f"the TCP header runs past the IP packet's end at {end - HEADER_LENGTH}")
-    view = memoryview(packet)[:end]
-    header = bytearray(view[HEADER_LENGTH:start])
-    ip, th = l3 - HEADER_LENGTH, l4 - HEADER_LENGTH
-    seqBase = _U32.unpack_from(header, th + 4)[0] - start
-    allFlags = header[th + 13]
-    header[th + 4 : th + 8] = bytes(4)
-    header[th + 13] = 0
-    header[th + 16 : th + 18] = _ZERO2
-    fixedSum = pseudo + int.from_bytes(header[th:], "big")
-    ident, ipFixed, ipPrefix = _ipTemplate(header, ip, th, isV4)
-    offsets, sums = _payloadSums(view, start, end, gsoSize)
-    segmentFlags = [allFlags & ~(tcp.FIN | tcp.PSH | tcp.CWR)] * len(offsets)
-    if len(offsets) == 1:
-        segmentFlags[0] = allFlags
-    else:
-        segmentFlags[0] = allFlags & ~(tcp.FIN | tcp.PSH)
-        segmentFlags[-1] = allFlags & ~tcp.CWR
-    frames = []
-    packU16, packU32, packPair = _U16.pack_into, _U32.pack_into, _U16PAIR.pack_into
-    for offset, payloadSum, flags in zip(offsets, sums, segmentFlags):
-        chunk = view[offset : offset + gsoSize]
-        seq = (seqBase + offset) & 0xFFFFFFFF
-        segmentLength = tcpLength + len(chunk)
-        total = segmentLength + ipPrefix
-        if isV4:
-            packPair(header, ip + 2, total, ident)
-            packU16(header, ip + 10, MODULUS - (ipFixed + total + ident) % MODULUS)
-            ident = (ident + 1) & 0xFFFF
-        else:
-            packU16(header, ip + 4, total)
-        packU32(header, th + 4, seq)
-        header[th + 13] = flags
-        checksum = MODULUS - (fixedSum + segmentLength + seq + flags + payloadSum) % MODULUS
-        packU16(header, th + 16, checksum)
-        frames.append(b"".join((header, chunk)))
-    return frames
+    return gsocut.cutTcp(packet, l3, l4, start, end, pseudo, gsoSize, isV4)
 
 
 def _cutUdp(
     packet: bytes, l3: int, l4: int, end: int, pseudo: int, gsoSize: int, isV4: bool
 ) -> list[bytes]:
     """
-    Cut a USO super-frame whose headers have been located and checked.
+    Check that a USO super-frame holds its UDP header, and cut it.
     """
-    start = l4 + udp.HEADER_LENGTH
-    if start > end:
+    if l4 + udp.HEADER_LENGTH > end:
         raise VnetError(f"the UDP header runs past the IP packet's end at {end - HEADER_LENGTH}")
-    view = memoryview(packet)[:end]
-    header = bytearray(view[HEADER_LENGTH:start])
-    ip, uh = l3 - HEADER_LENGTH, l4 - HEADER_LENGTH
-    header[uh + 4 : uh + 8] = bytes(4)
-    fixedSum = pseudo + int.from_bytes(header[uh:], "big")
-    ident, ipFixed, ipPrefix = _ipTemplate(header, ip, uh, isV4)
-    offsets, sums = _payloadSums(view, start, end, gsoSize)
-    frames = []
-    packU16, packPair = _U16.pack_into, _U16PAIR.pack_into
-    for offset, payloadSum in zip(offsets, sums):
-        chunk = view[offset : offset + gsoSize]
-        datagramLength = udp.HEADER_LENGTH + len(chunk)
-        total = datagramLength + ipPrefix
-        if isV4:
-            packPair(header, ip + 2, total, ident)
-            packU16(header, ip + 10, MODULUS - (ipFixed + total + ident) % MODULUS)
-            ident = (ident + 1) & 0xFFFF
-        else:
-            packU16(header, ip + 4, total)
-        checksum = MODULUS - (fixedSum + 2 * datagramLength + payloadSum) % MODULUS
-        packPair(header, uh + 4, datagramLength, checksum)
-        frames.append(b"".join((header, chunk)))
-    return frames
-
-
-def _payloadSums(
-    view: memoryview, start: int, end: int, gsoSize: int
-) -> tuple[range | list[int], list[int]]:
-    """
-    Where each segment's payload starts, and the partial sum of each.
-
-    A payload chunk starts at an even offset of its segment (headers have
-    even lengths), so its sum is taken alone.  It is read little-endian,
-    which is faster in CPython and needs no padding for an odd length (the
-    missing byte would be the most significant); the little-endian sum is the
-    byte-swapped big-endian one, and swapping is multiplying by 256 modulo
-    0xFFFF.  The big integer is folded twice at 16-bit boundaries (C{hi *
-    2**16k + lo} is C{hi + lo} modulo 0xFFFF) before the caller's single
-    C{% 0xFFFF}: shifts are cheaper than the division.
-    """
-    offsets: range | list[int] = range(start, end, gsoSize) if end > start else [start]
-    half = (gsoSize // 4) * 16
-    quarter = (gsoSize // 8) * 16
-    halfMask, quarterMask = (1 << half) - 1, (1 << quarter) - 1
-    return offsets, [
-        (((y := ((x := int.from_bytes(view[o : o + gsoSize], "little")) >> half)
-           + (x & halfMask)) >> quarter) + (y & quarterMask)) << 8
-        for o in offsets
-    ]
-
-
-def _ipTemplate(header: bytearray, ip: int, l4: int, isV4: bool) -> tuple[int, int, int]:
-    """
-    Zero the per-segment fields of the IP header in C{header}.
-
-    @return: the IPv4 id of the first segment (0 for IPv6), the sum of the
-        IPv4 header's fixed part (0 for IPv6), and what to add to the
-        transport length to get the IPv4 total length or the IPv6 payload
-        length (the IPv4 header, or the IPv6 extension headers).
-    """
-    if not isV4:
-        return 0, 0, l4 - ip - ipv6.HEADER_LENGTH
-    ident = _U16.unpack_from(header, ip + 4)[0]
-    header[ip + 2 : ip + 6] = bytes(4)
-    header[ip + 10 : ip + 12] = _ZERO2
-    return ident, int.from_bytes(header[ip:l4], "big"), l4 - ip
+    return gsocut.cutUdp(packet, l3, l4, end, pseudo, gsoSize, isV4)
 
 
 def insertTag(packet: bytes, vid: int) -> bytes:
