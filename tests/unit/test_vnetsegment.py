@@ -101,6 +101,23 @@ def test_oddSegmentSizesAreSummedCorrectly() -> None:
             checkSegments(built, vnet.toFrames(built.packet))
 
 
+def test_whatPeersChooseKeepsNoUnboundedState() -> None:
+    """
+    Segment sizes and header layouts come from the packets, so a peer
+    sending every gso_size and every option length does not make the
+    switch keep a fold or a packer for each: the caches stay bounded, and
+    every packet is still cut correctly.
+    """
+    from vtwisted.wire import gsocut
+
+    for gso in range(100, 100 + 3 * gsocut.CACHE_LIMIT):
+        options = IP_OPTIONS[gso % len(IP_OPTIONS)]
+        built = kernelPacket(randomPayload(2 * gso + 1, gso), gso, ipOptions=options)
+        checkSegments(built, vnet.toFrames(built.packet))
+        assert len(gsocut._folds) <= gsocut.CACHE_LIMIT
+        assert len(gsocut._packers) <= gsocut.CACHE_LIMIT
+
+
 def test_headerOnlyGsoPacketBecomesOneEmptySegment() -> None:
     """
     A GSO packet without payload comes out as one bare TCP segment.

@@ -44,6 +44,10 @@ _VNET = 10
 _FIN, _PSH, _CWR = 0x01, 0x08, 0x80
 _UDP_HEADER = 8
 
+#: How many header layouts and segment sizes are kept: what a peer sends
+#: chooses them, so the caches are emptied when they grow past this.
+CACHE_LIMIT = 64
+
 _packers: dict[str, Callable[..., bytes]] = {}
 _folds: dict[int, tuple[int, ...]] = {}
 
@@ -54,6 +58,8 @@ def _packer(layout: str) -> Callable[..., bytes]:
     """
     pack = _packers.get(layout)
     if pack is None:
+        if len(_packers) >= CACHE_LIMIT:
+            _packers.clear()
         pack = _packers[layout] = struct.Struct(layout).pack
     return pack
 
@@ -71,6 +77,8 @@ def _foldsFor(size: int) -> tuple[int, ...]:
             shift = max(bits // 32 * 16, 16)
             pairs += (shift, (1 << shift) - 1)
             bits = shift + 1
+        if len(_folds) >= CACHE_LIMIT:
+            _folds.clear()
         folds = _folds[size] = tuple(pairs)
     return folds
 
