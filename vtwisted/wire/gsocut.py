@@ -64,7 +64,7 @@ def _packer(layout: str) -> Callable[..., bytes]:
     return pack
 
 
-def _foldsFor(size: int) -> tuple[int, ...]:
+def foldsFor(size: int) -> tuple[int, ...]:
     """
     Four (shift, mask) pairs, flattened, that fold the integer of a chunk of
     C{size} bytes (or fewer) to a few dozen bits, keeping it modulo 0xFFFF.
@@ -142,7 +142,7 @@ def cutTcp(
     last = _lastOffset(start, end, gsoSize)
     first = allFlags & ~(_FIN | _PSH) if last != start else allFlags
     middle, final = allFlags & ~(_FIN | _PSH | _CWR), allFlags & ~_CWR
-    a, am, b, bm, c, cm, d, dm = _foldsFor(gsoSize)
+    a, am, b, bm, c, cm, d, dm = foldsFor(gsoSize)
     if isV4:
         v4mid = packet[l3 + 6 : l3 + 10]  # flags, fragment offset, TTL, protocol
         pack = _packer(f"!{len(head)}sHH4sH{len(tail)}sI5sB2sH{len(rest)}s")
@@ -187,7 +187,7 @@ def cutUdp(
     fixedSum = pseudo + _sumOf(packet[l4 : l4 + 4])
     start = l4 + _UDP_HEADER
     last = _lastOffset(start, end, gsoSize)
-    a, am, b, bm, c, cm, d, dm = _foldsFor(gsoSize)
+    a, am, b, bm, c, cm, d, dm = foldsFor(gsoSize)
     if isV4:
         v4mid = packet[l3 + 6 : l3 + 10]
         pack = _packer(f"!{len(head)}sHH4sH{len(tail)}sHH")

@@ -42,6 +42,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
+from vtwisted.wire import gsocut
 from vtwisted.wire.checksum import MODULUS, internetChecksum
 from vtwisted.wire.vnet import GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM
 
@@ -111,37 +112,22 @@ def _pseudoSum(frame: bytes, isV4: bool, tcpLength: int) -> int:
     return int.from_bytes(addresses, "big") + _PROTO_TCP + tcpLength
 
 
-#: Fold shifts and masks by segment length (see L{checksumOk}).
-_FOLDS: dict[int, tuple[int, int, int, int]] = {}
-
-
-def _folds(length: int) -> tuple[int, int, int, int]:
-    bits = length * 8
-    half = (bits // 32) * 16
-    quarter = ((bits - half) // 32) * 16
-    folds = (half, (1 << half) - 1, quarter, (1 << quarter) - 1)
-    if len(_FOLDS) >= 64:
-        _FOLDS.clear()
-    _FOLDS[length] = folds
-    return folds
-
-
 def checksumOk(frame: bytes, isV4: bool, l4: int) -> bool:
     """
     Whether the TCP checksum of C{frame} is valid.
 
-    The segment is read as one little-endian integer, which needs no
-    padding for an odd length, and whose value times 256 is the big-endian
-    word sum modulo 0xFFFF; it is folded twice at 16-bit boundaries (C{hi *
-    2**16k + lo} is C{hi + lo} modulo 0xFFFF) before the one division, as
-    L{vtwisted.wire.vnet} does: this runs once per segment.
+    The segment is summed as L{vtwisted.wire.gsocut} sums a payload: read
+    as one little-endian integer, folded four times at 16-bit boundaries,
+    and byte-swapped by multiplying by 256; this runs once per segment.
     """
     length = len(frame) - l4
-    value = int.from_bytes(frame[l4:], "little")
-    half, halfMask, quarter, quarterMask = _FOLDS.get(length) or _folds(length)
-    value = (value >> half) + (value & halfMask)
-    value = (value >> quarter) + (value & quarterMask)
-    return ((value << 8) + _pseudoSum(frame, isV4, length)) % MODULUS == 0
+    x = int.from_bytes(frame[l4:], "little")
+    a, am, b, bm, c, cm, d, dm = gsocut.foldsFor(length)
+    x = (x >> a) + (x & am)
+    x = (x >> b) + (x & bm)
+    x = (x >> c) + (x & cm)
+    x = (x >> d) + (x & dm)
+    return ((x << 8) + _pseudoSum(frame, isV4, length)) % MODULUS == 0
 
 
 def merge(run: list[bytes], isV4: bool, l4: int, start: int) -> bytes:
