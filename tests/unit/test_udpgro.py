@@ -229,6 +229,26 @@ def test_coalescingRestsAfterABatchOfManyFlowsThatFormNoRuns() -> None:
     assert [coalescer.resting() for _ in range(udpgro._REST + 1)] == [True] * udpgro._REST + [False]
 
 
+def test_coalescingRestsAfterABatchWhereOnlyFlowsThatDoNotPayPassed() -> None:
+    """
+    A batch in which a flow bound for a port without the header passed and
+    nothing merged makes the next batches skip coalescing (the switch gets
+    each datagram straight away); one that also merged another flow keeps
+    it going.
+    """
+    toTap, toVde = datagrams(10, ports=(1000, 7)), datagrams(10, ports=(1001, 7))
+    coalescer = udpgro.UdpCoalescer(lambda packet: None,
+                                    lambda packet: _sourcePort(packet) == 1000)
+    for packet in [p for pair in zip(toTap, toVde) for p in pair]:
+        coalescer.add(packet)
+    coalescer.finish()
+    assert not coalescer.resting()
+    for packet in toVde:
+        coalescer.add(packet)
+    coalescer.finish()
+    assert [coalescer.resting() for _ in range(udpgro._REST + 1)] == [True] * udpgro._REST + [False]
+
+
 def test_anythingButACandidateHandsOnEveryRunFirst() -> None:
     """A TCP segment between datagrams keeps its place: runs before it go before it."""
     a, b = datagrams(4, ports=(1000, 7)), datagrams(4, v6=True)

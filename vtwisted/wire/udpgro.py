@@ -30,7 +30,13 @@ of its flow comes, so traffic that forms no runs costs little; a batch of
 mostly lone datagrams of many flows makes coalescing rest for the next
 L{_REST} batches.  The port hands every run on before any other packet, and
 tells the coalescer not to merge a flow whose datagrams the switch would
-only cut apart again (one bound for a port without the header).
+only cut apart again (one bound for a port without the header); a batch in
+which such a flow passed and nothing was merged makes coalescing rest too,
+so that a flood from a TAP to VDE clients is handed to the switch packet by
+packet without being looked at here (measured in-process, from reading a
+fake TAP to the plain port's send: 2.0 us per 64-byte datagram against 2.5,
+and TAP-to-TAP coalescing unchanged, where looking up each candidate's
+route instead had cost it 3 %).
 
 The merged packet's UDP checksum field holds the pseudo-header sum for the
 whole length, the kernel's own convention for USO (see
@@ -182,8 +188,8 @@ class UdpCoalescer:
     @ivar packets: how many merged packets were handed on.
     """
 
-    __slots__ = ("_deliver", "_pays", "_runs", "_singles", "_merged", "_resting", "datagrams",
-                 "packets")
+    __slots__ = ("_deliver", "_pays", "_runs", "_singles", "_merged", "_unpaid", "_resting",
+                 "datagrams", "packets")
 
     def __init__(
         self, deliver: Callable[[bytes], object], pays: Callable[[bytes], bool] | None = None
@@ -198,7 +204,7 @@ class UdpCoalescer:
         self._deliver = deliver
         self._pays = pays or _always
         self._runs: dict[bytes, _Run] = {}
-        self._singles = self._merged = self._resting = 0
+        self._singles = self._merged = self._unpaid = self._resting = 0
         self.datagrams = 0
         self.packets = 0
 
@@ -228,9 +234,11 @@ class UdpCoalescer:
         if run is not None:
             if run.room <= 0:
                 if run.room < 0:
+                    self._unpaid += 1
                     self._deliver(packet)
                     return
                 if not self._pays(packet):
+                    self._unpaid += 1
                     run.room = -1
                     self._hand(run.packets)
                     run.packets = []
@@ -273,9 +281,11 @@ class UdpCoalescer:
         End the batch: L{flush}, and decide whether the next batches rest.
         """
         self.flush()
-        if self._singles >= _IDLE_SINGLES and self._merged * 4 < self._singles:
+        if (self._singles >= _IDLE_SINGLES and self._merged * 4 < self._singles) or (
+            self._unpaid and not self._merged
+        ):
             self._resting = _REST
-        self._singles = self._merged = 0
+        self._singles = self._merged = self._unpaid = 0
 
     def _hand(self, packets: list[bytes]) -> None:
         if not packets:
