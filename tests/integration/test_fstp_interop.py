@@ -1,19 +1,24 @@
 """
 FSTP against real peers: vtwisted and Debian's C{vde_switch -F} joined by
 two C{dpipe} cables (a loop), and a ring of three vtwisted switches.
-Hosts are C{vde_plug} stream clients sending raw broadcasts.
+Hosts are C{vde_plug} stream clients sending raw broadcasts, once every
+switch's tree has settled (L{settled}: the root, each switch's distance to
+it and the blocked ports are those of the final tree), not after a fixed
+wait: BPDUs follow a 4 s hello, so how long a tree takes depends on when
+each switch's hello falls.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from helpers import StreamPlug, copiesOf, need, socketListening, waitFor
 from taphelpers import console
 
+from vtwisted.fstptree import PORT_COST
 from vtwisted.testing import frame, mac
 from vtwisted.wire.vlan import insertTag
 
@@ -27,8 +32,31 @@ def cable(processes, left: Path, right: Path) -> subprocess.Popen[bytes]:
                             f"vde://{right}"])
 
 
-def fstpPrint(mgmt: Path) -> str:
-    return console(mgmt, "fstp/print 0")
+def fstpPrint(mgmt: Path, vid: int = 0) -> str:
+    return console(mgmt, f"fstp/print {vid}")
+
+
+#: The lowest bridge id of every test here (C{--macaddr 02:00:00:00:00:01}).
+ROOT = "80:00:02:00:00:00:00:01"
+
+
+def settled(mgmts: list[Path], hops: list[int], blocked: bool, vid: int = 0) -> bool:
+    """
+    Whether the tree of VLAN C{vid} is the final one: every switch has
+    C{ROOT} for root, C{hops[i]} cables away from switch C{i} (C{0} for the
+    root itself), and some port blocks (a loop is left) or none does.  A
+    switch on its way there (a root port just chosen, its other ports
+    discarding until their peers agree) fails one of these.
+    """
+    blocks = 0
+    for mgmt, distance in zip(mgmts, hops):
+        shown = fstpPrint(mgmt, vid)
+        cost = re.search(r"\+\+ rootport \d+ cost (\d+)", shown)
+        if f"++ root {ROOT}" not in shown or cost is None or (
+                int(cost.group(1)) != distance * PORT_COST):
+            return False
+        blocks += shown.count("role=Alternate/Backup")
+    return (blocks > 0) == blocked
 
 
 def test_loopWithRealVdeSwitchIsBroken(vswitch, processes, shortdir) -> None:
@@ -54,7 +82,8 @@ def test_loopWithRealVdeSwitchIsBroken(vswitch, processes, shortdir) -> None:
     assert "ROOTSWITCH" in ourTree, ourTree  # 80:00:02:00:00:00:00:01 is the lowest id
     assert "Discarding" in console(shortdir / "cmgmt", "vlan/print 0") + console(
         shortdir / "mgmt", "vlan/print 0")
-    time.sleep(1)
+    waitFor(lambda: settled([shortdir / "mgmt", shortdir / "cmgmt"], [0, 1], blocked=True),
+            timeout=30, what="the final tree")
     for sender, receiver, tag in ((hostOurs, hostTheirs, b"ours"),
                                   (hostTheirs, hostOurs, b"theirs")):
         payload = b"fstp-" + tag + b"-" + bytes(40)
@@ -79,15 +108,17 @@ def test_ringOfThreeSwitchesHealsWhenACableIsCut(vswitch, processes, shortdir) -
         for a, b in ((0, 1), (1, 2), (2, 0))
     }
     mgmts = [shortdir / f"m{n}" for n in (1, 2, 3)]
-    waitFor(lambda: sum("Alternate/Backup" in fstpPrint(m) for m in mgmts) >= 1,
-            timeout=20, what="a blocked port")
-    time.sleep(1)
+    # Switch 1 (the root) reaches the others directly; the third cable blocks.
+    waitFor(lambda: settled(mgmts, [0, 1, 1], blocked=True), timeout=30,
+            what="the ring's tree: one cable blocked")
     payload = b"ring-first-" + bytes(40)
     hosts[1].send(frame(BROADCAST, mac(0x11), payload=payload))
     assert [copiesOf(h, payload) for h in (hosts[0], hosts[2])] == [1, 1]
-    # Switch 1 (the root) reaches switch 2 directly; cut that cable.
+    # Cut the root's cable to switch 2, which must then reach it through
+    # switch 3, over the cable that blocked.
     processes.stop(cables[(0, 1)])
-    time.sleep(3)
+    waitFor(lambda: settled(mgmts, [0, 2, 1], blocked=False), timeout=30,
+            what="the healed tree: switch 2 through switch 3, nothing blocked")
     payload = b"ring-second-" + bytes(40)
     hosts[1].send(frame(BROADCAST, mac(0x11), payload=payload))
     assert [copiesOf(h, payload) for h in (hosts[0], hosts[2])] == [1, 1]
@@ -114,7 +145,8 @@ def test_taggedLoopWithRealVdeSwitchIsBroken(vswitch, processes, shortdir) -> No
                 "vlan/addport 10 3")
     waitFor(lambda: any("status=Discarding" in console(m, "vlan/print 10") for m in mgmts),
             timeout=20, what="a port discarding in VLAN 10")
-    time.sleep(1)
+    waitFor(lambda: settled(list(mgmts), [0, 1], blocked=True, vid=10), timeout=30,
+            what="the final tree in VLAN 10")
     payload = b"fstp-tagged-" + bytes(40)
     hosts[0].send(insertTag(frame(BROADCAST, mac(0x10), payload=payload), 10))
     assert copiesOf(hosts[1], payload) == 1
