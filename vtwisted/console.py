@@ -18,6 +18,13 @@ bounded (L{ScriptOutput}): past C{MAX_SCRIPT_OUTPUT} bytes, nested scripts
 included, the script stops and its reply ends with C{1105 No buffer space
 available}; C{--rcfile} collects no output at all.
 
+Commands are synchronous: a handler's reply is complete when it returns
+(nothing waits on a L{Deferred}), so the lines of one read, or of a
+C{load} script, run one after the other in one reactor turn.  What a
+command undoes is undone by then: C{port/del SPEC} of a listening spec has
+closed its socket (L{vtwisted.sockettools.stopListeningNow}), so a
+C{port/add SPEC} right after it, in the same batch, finds its path free.
+
 L{ConsoleProtocol} is one session on the UNIX socket (listened on by
 L{vtwisted.consoleservice.ConsoleService}): the banner and the
 prompt (C{\\nvde$ }) in one write (C{vdeterm} wants a read ending in

@@ -1,9 +1,22 @@
 """
 What several port types do with their sockets: claim a Unix socket path a
 crashed process may have left behind, listen on a server endpoint at once
-(L{listenNow}), grow a send buffer, and turn a failed listen or bind into
-an L{OSError} that names the spec, the address and the errno, and describe
-the peer of a connection.
+(L{listenNow}) and stop at once (L{stopListeningNow}), grow a send buffer,
+and turn a failed listen or bind into an L{OSError} that names the spec,
+the address and the errno, and describe the peer of a connection.
+
+Twisted's C{stopListening} closes the socket (and removes a Unix socket's
+file) only on the reactor's next turn, which it does by scheduling the
+port's C{connectionLost}; until then the address is still taken.  The
+console runs the commands of one read (or of a C{load} script) in one turn,
+so C{port/del SPEC} and C{port/add SPEC} sent together found the spec's
+address in use.  L{stopListeningNow} does at once what that next turn would
+do (stop reading, then C{connectionLost}), so that the address is free when
+it returns.  Closing a descriptor in the middle of a turn is safe with the
+reactors Twisted has on POSIX: the port was removed from the reactor first,
+and the reactors look each ready descriptor up again before they dispatch
+it (a new socket given the same number meanwhile gets a spurious wake-up,
+which Twisted's ports read as "nothing yet").
 
 Linux's abstract Unix socket names (a C{sun_path} whose first byte is NUL,
 QEMU's C{abstract=on}) are carried as Twisted carries them, as a path
@@ -23,7 +36,10 @@ import struct
 import sys
 from typing import Any
 
+from twisted.internet import tcp, udp
 from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -183,6 +199,25 @@ def listenNow(endpoint: Any, factory: Any, label: str, unixPath: str | None) -> 
     port = outcome[0]
     log.info("{spec}: listening on {address}", spec=label, address=addressText(port.getHost()))
     return port
+
+
+def stopListeningNow(port: Any) -> Deferred[None]:
+    """
+    Stop a listening port (stream or datagram) so that its address is free
+    when this returns: its socket is closed and a Unix socket's file
+    removed now, not on the reactor's next turn as C{stopListening} would.
+    Anything else than a Twisted TCP, Unix, UDP or Unix datagram port (a
+    test's fake) is left to its own C{stopListening}.
+
+    @return: a L{Deferred} that has fired, or C{stopListening}'s.
+    """
+    if not isinstance(port, (tcp.Port, udp.Port)):
+        return maybeDeferred(port.stopListening)
+    if port.connected:
+        port.disconnecting = True
+        port.stopReading()
+        port.connectionLost(Failure(ConnectionDone("stopped listening")))
+    return succeed(None)
 
 
 def removeStaleDatagramSockets(directory: str, names: re.Pattern[str]) -> list[str]:

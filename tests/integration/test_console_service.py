@@ -1,7 +1,8 @@
 """
 C{twistd vswitch --mgmt} as a user meets it: socket permissions, stale and
 live sockets, shutdown, C{--rcfile}, bad input and many sessions, and ports
-added and deleted at run time (a TAP device, a VDE directory).
+added and deleted at run time (a TAP device, a VDE directory, listeners
+deleted and added again in one write).
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import signal
 import socket
 import stat
 import subprocess
+from pathlib import Path
 
 import pytest
 from helpers import (
+    Processes,
     StreamPlug,
+    copiesOf,
     need,
     needRoot,
     procStatus,
@@ -29,6 +33,8 @@ from helpers import (
     waitFor,
 )
 from test_console_interop import EOS, PROMPT, ConsoleClient
+
+from vtwisted.testing import frame, mac
 
 pytestmark = pytest.mark.integration
 
@@ -260,6 +266,83 @@ def test_vdeDirectoryAddedAtRunTime(vswitch, processes, shortdir) -> None:
     waitFor(lambda: not lab.exists(), what="the directory to go")
     assert client.command(f"port/del {spec}").endswith(
         b"1002 No such file or directory\n" + PROMPT)
+
+
+def _endpoints(mgmt: Path) -> int:
+    return ConsoleClient(mgmt).command("port/print").count(b"-- endpoint ID")
+
+
+def _broadcast(tag: bytes) -> tuple[bytes, bytes]:
+    payload = tag + bytes(40)
+    return frame(b"\xff" * 6, mac(0x31), payload=payload), payload
+
+
+def _qemuClient(mgmt: Path, path: Path, host: StreamPlug, processes: Processes) -> None:
+    """A client of QEMU's stream format (4-byte length) sends a broadcast."""
+    with socket.socket(socket.AF_UNIX) as guest:
+        guest.connect(str(path))
+        waitFor(lambda: _endpoints(mgmt) == 2, what="the guest's port")  # and the host's
+        sent, payload = _broadcast(b"from-the-guest-")
+        guest.sendall(len(sent).to_bytes(4, "big") + sent)
+        assert copiesOf(host, payload) == 1
+
+
+def _pcapClient(mgmt: Path, path: Path, host: StreamPlug, processes: Processes) -> None:
+    """A capture reader gets the file header, then the frame a host sends."""
+    with socket.socket(socket.AF_UNIX) as reader:
+        reader.settimeout(10)
+        reader.connect(str(path))
+        assert reader.recv(24, socket.MSG_WAITALL)[:4] == b"\xd4\xc3\xb2\xa1"
+        sent, payload = _broadcast(b"captured-")
+        host.send(sent)
+        record = b""
+        while payload not in record:
+            chunk = reader.recv(65536)
+            assert chunk, "the capture ended"
+            record += chunk
+
+
+def _vdeClient(mgmt: Path, path: Path, host: StreamPlug, processes: Processes) -> None:
+    """C{vde_plug} joins the directory and sends a broadcast."""
+    plug = StreamPlug(processes, f"vde://{path.parent}")
+    waitFor(lambda: _endpoints(mgmt) == 2, what="vde_plug's port")
+    sent, payload = _broadcast(b"from-the-plug-")
+    plug.send(sent)
+    assert copiesOf(host, payload) == 1
+
+
+@pytest.mark.parametrize("kind", ["qemu", "pcap", "vde"])
+def test_listenerDeletedAndAddedAgainInOneWrite(vswitch, processes, shortdir, kind) -> None:
+    """
+    C{port/del SPEC} and C{port/add SPEC} of a spec listening on a Unix
+    socket, sent in one write (as from a script piped to the console): the
+    spec listens again at once, where the add found its own socket still
+    there before (Twisted closed it on the reactor's next turn), and a
+    client of the new listener is served.
+    """
+    need("vde_plug")
+    sw = start(vswitch, shortdir)
+    spec, path, client = {
+        "qemu": (f"qemu:unix:{shortdir}/vm.sock", shortdir / "vm.sock", _qemuClient),
+        "pcap": (f"pcap:listen:unix:{shortdir}/lab.cap", shortdir / "lab.cap", _pcapClient),
+        "vde": (f"vde:{shortdir}/lab", shortdir / "lab" / "ctl", _vdeClient),
+    }[kind]
+    console = ConsoleClient(sw.mgmt)
+    assert console.command(f"port/add {spec}").endswith(b"1000 Success\n" + PROMPT)
+    console.socket.sendall(f"port/del {spec}\nport/add {spec}\n".encode())
+    replies = b""
+    while replies.count(PROMPT) < 2:
+        chunk = console.socket.recv(65536)
+        assert chunk, replies
+        replies += chunk
+    removed, added, _ = replies.decode().split(PROMPT.decode())
+    assert removed == f"0000 DATA END WITH '.'\nSpec {spec}\n.\n1000 Success\n", removed
+    assert added.startswith(f"0000 DATA END WITH '.'\nSpec {spec}\n"), added
+    assert added.endswith("1000 Success\n"), added
+    before = _endpoints(sw.mgmt)
+    host = StreamPlug(processes, f"vde://{sw.sock}")
+    waitFor(lambda: _endpoints(sw.mgmt) == before + 1, what="the host's port")
+    client(sw.mgmt, path, host, processes)
 
 
 def test_startupSpecsShowInPortSpecs(vswitch, shortdir) -> None:

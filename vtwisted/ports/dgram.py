@@ -44,7 +44,7 @@ from vtwisted.ports.datagrams import (
     udpPort,
 )
 from vtwisted.ports.singlelink import SingleLinkService
-from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError
+from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError, stopListeningNow
 from vtwisted.spec import PortSpec
 
 #: The largest datagram read: QEMU's own limit (its C{NET_BUFSIZE}).
@@ -168,7 +168,7 @@ class DgramService(SingleLinkService):
         self.link = None
         if port is None:
             return None
-        result = port.stopListening()
+        result = stopListeningNow(port)  # free for a port/add in the same batch
         if self.family == "unix":
             try:
                 os.unlink(self.local)

@@ -62,7 +62,7 @@ from vtwisted.ports.pcapbuffer import (
     droppedNote,
 )
 from vtwisted.ports.streamspec import readStreamSpec
-from vtwisted.sockettools import addressText, describePeer, listenNow
+from vtwisted.sockettools import addressText, describePeer, listenNow, stopListeningNow
 from vtwisted.spec import PortSpec
 from vtwisted.vlans import NOVLAN
 from vtwisted.wire import pcap
@@ -429,7 +429,7 @@ class PcapListener(CaptureService):
         self.link = None
         port, self.listeningPort = self.listeningPort, None
         if port is not None:
-            return port.stopListening()
+            return stopListeningNow(port)  # free for a port/add in the same batch
         return None
 
 

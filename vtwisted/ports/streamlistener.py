@@ -36,7 +36,7 @@ from zope.interface import implementer
 from vtwisted.interfaces import IPortService
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports.streamlinks import StreamPorts
-from vtwisted.sockettools import addressText, listenNow
+from vtwisted.sockettools import addressText, listenNow, stopListeningNow
 
 
 @implementer(IPortService)
@@ -88,5 +88,5 @@ class StreamListener(StreamPorts):
         self._closeLinks()
         port, self.listeningPort = self.listeningPort, None
         if port is not None:
-            return port.stopListening()
+            return stopListeningNow(port)  # free for a port/add in the same batch
         return None

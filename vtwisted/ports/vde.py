@@ -39,7 +39,7 @@ import stat
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import maybeDeferred, succeed
+from twisted.internet.defer import succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -57,7 +57,13 @@ from vtwisted.ports.vdefiles import (
     deriveModes,
 )
 from vtwisted.ports.vdelink import VdeDataLink
-from vtwisted.sockettools import claimSocketPath, growSendBuffer, listenError, peerCredentials
+from vtwisted.sockettools import (
+    claimSocketPath,
+    growSendBuffer,
+    listenError,
+    peerCredentials,
+    stopListeningNow,
+)
 from vtwisted.spec import PortSpec
 from vtwisted.wire import vdecontrol
 
@@ -226,14 +232,12 @@ class VdeSwitchDirectory(Service):
     def _undoStart(self) -> None:
         """
         After a failed start, stop listening if the control socket listens
-        (Twisted removes its file on the reactor's next turn, which the
-        switch runs at once when it cannot start) and then remove the
-        directory if this start made it.
+        (its file removed at once) and then remove the directory if this
+        start made it.
         """
         listening, self._listening = self._listening, None
         made, self.files.made = self.files.made, False
-        stopped = maybeDeferred(listening.stopListening) if listening is not None \
-            else succeed(None)
+        stopped = stopListeningNow(listening) if listening is not None else succeed(None)
         if made:
             stopped.addBoth(self._removeDirectory)
         stopped.addErrback(lambda failure: None)
@@ -246,8 +250,9 @@ class VdeSwitchDirectory(Service):
         if listening is None:
             self._removeDirectory()
             return None
-        # Twisted removes DIR/ctl itself once the port has stopped.
-        return maybeDeferred(listening.stopListening).addBoth(self._removeDirectory)
+        # Twisted removes DIR/ctl as the port stops, at once here: a port/add
+        # of the same directory in the same console batch finds it free.
+        return stopListeningNow(listening).addBoth(self._removeDirectory)
 
     def _removeDirectory(self, result: Any = None) -> Any:
         self.files.remove()

@@ -1,0 +1,98 @@
+"""
+A listener the switch stops frees its address before the stop returns, not
+on the reactor's next turn (L{vtwisted.sockettools.stopListeningNow}): the
+console runs a batch of commands (one read, a C{load} script) in one turn,
+so C{port/del SPEC} then C{port/add SPEC} must find the address free.
+These run without turning the reactor at all (as a batch does not).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.task import Clock
+
+from vtwisted.console import CommandInterpreter
+from vtwisted.operations import SwitchOperations
+from vtwisted.service import SwitchService
+from vtwisted.sockettools import stopListeningNow
+from vtwisted.switch import Switch
+
+_reactor: Any = reactor
+
+
+def _free(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def listener(kind: str, directory: Path) -> Callable[[], Any]:
+    """
+    How to listen, again and again, at one address of C{kind}: a Unix
+    stream socket, TCP, UDP or a Unix datagram socket.
+    """
+    factory = Factory.forProtocol(Protocol)
+    if kind == "unix":
+        return lambda: _reactor.listenUNIX(str(directory / "s"), factory)
+    if kind == "unixgram":
+        return lambda: _reactor.listenUNIXDatagram(str(directory / "g"), DatagramProtocol())
+    if kind == "tcp":
+        tcp = _free(socket.SOCK_STREAM)
+        return lambda: _reactor.listenTCP(tcp, factory, interface="127.0.0.1")
+    udp = _free(socket.SOCK_DGRAM)
+    return lambda: _reactor.listenUDP(udp, DatagramProtocol(), interface="127.0.0.1")
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp", "udp", "unixgram"])
+def test_theAddressIsFreeWhenTheStopReturns(tmp_path: Path, kind: str) -> None:
+    listen = listener(kind, tmp_path)
+    first = listen()
+    stopped = stopListeningNow(first)
+    assert stopped.called and not first.connected
+    assert first not in _reactor.getReaders()
+    if kind == "unix":
+        assert not (tmp_path / "s").exists()  # Twisted removed its file
+    if kind == "unixgram":
+        (tmp_path / "g").unlink()  # the dgram: port removes its own
+    second = listen()  # raised CannotListenError before: the address was taken
+    assert stopListeningNow(second).called
+    assert stopListeningNow(second).called  # stopped already: nothing to do
+
+
+def test_aFakePortIsLeftToItsOwnStop() -> None:
+    class Fake:
+        def stopListening(self) -> str:
+            return "its own"
+
+    assert stopListeningNow(Fake()).result == "its own"
+
+
+@pytest.mark.parametrize("spec", ["qemu:unix:{d}/vm.sock", "pcap:listen:unix:{d}/lab.cap",
+                                  "vhostuser:unix:{d}/vu.sock", "vde:{d}/lab"])
+def test_delAndAddInOneBatchListensAgain(tmp_path: Path, spec: str) -> None:
+    """
+    C{port/del SPEC} and C{port/add SPEC} one after the other, no reactor
+    turn between them: the second succeeds and a client can connect.
+    """
+    text = spec.format(d=tmp_path)
+    service = SwitchService(Switch(8), reactor=_reactor, clock=Clock())
+    service.startService()
+    interpreter = CommandInterpreter(SwitchOperations(service, stop=lambda: None, mac=bytes(6)))
+    path = text.rpartition(":")[2] + ("/ctl" if text.startswith("vde:") else "")
+    try:
+        assert interpreter.execute(f"port/add {text}").error is None
+        removed, added = (interpreter.execute(f"port/{verb} {text}") for verb in ("del", "add"))
+        assert removed.error is None and added.error is None, added.text
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(path)
+    finally:
+        service.stopService()
+    assert not Path(path).exists()
