@@ -21,8 +21,8 @@ missing byte would be the most significant); the little-endian sum is the
 byte-swapped big-endian one, and swapping is multiplying by 256 modulo
 0xFFFF.  The integer is folded four times at 16-bit boundaries (C{hi *
 2**16k + lo} is C{hi + lo} modulo 0xFFFF) before the single C{% 0xFFFF}:
-shifts are cheaper than the division.  The sum is taken in the same loop
-that makes the segment, from the same slice.
+shifts are cheaper than the division.  L{_payloads} hands out each
+payload's slice with its sum, in one pass.
 
 Measured on the development machine (C{benchmarks/segment_cost.py}, best
 of 20 repeats): 3.7 us per 1448-byte TCP segment, against 4.3 for the loop
@@ -35,7 +35,7 @@ library sums 16-bit words faster.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from vtwisted.wire.checksum import MODULUS
 
@@ -62,6 +62,19 @@ def _packer(layout: str) -> Callable[..., bytes]:
             _packers.clear()
         pack = _packers[layout] = struct.Struct(layout).pack
     return pack
+
+
+def _headerPacker(
+    head: bytes, tail: bytes, isV4: bool, transport: str
+) -> Callable[..., bytes]:
+    """
+    The packer of a segment's headers: C{head}, the IP fields that vary
+    (IPv4 total length, id, the 4 fixed bytes after them and the header
+    checksum; or the IPv6 payload length), C{tail}, then the transport
+    header's fields as C{transport} lays them out.
+    """
+    ip = "HH4sH" if isV4 else "H"
+    return _packer(f"!{len(head)}s{ip}{len(tail)}s{transport}")
 
 
 def foldsFor(size: int) -> tuple[int, ...]:
@@ -113,6 +126,26 @@ def _lastOffset(start: int, end: int, gsoSize: int) -> int:
     return start + max(end - start - 1, 0) // gsoSize * gsoSize
 
 
+def _payloads(
+    packet: bytes, start: int, end: int, gsoSize: int
+) -> Iterator[tuple[int, memoryview, int]]:
+    """
+    Each segment's payload: where it starts, its bytes (a view of
+    C{packet}) and their sum, not reduced (see the module's docstring).
+    """
+    a, am, b, bm, c, cm, d, dm = foldsFor(gsoSize)
+    view = memoryview(packet)
+    last = _lastOffset(start, end, gsoSize)
+    for o in range(start, last + 1, gsoSize):
+        chunk = view[o : o + gsoSize if o != last else end]
+        x = int.from_bytes(chunk, "little")
+        x = (x >> a) + (x & am)
+        x = (x >> b) + (x & bm)
+        x = (x >> c) + (x & cm)
+        x = (x >> d) + (x & dm)
+        yield o, chunk, x << 8
+
+
 def cutTcp(
     packet: bytes, l3: int, l4: int, start: int, end: int, pseudo: int, gsoSize: int,
     isV4: bool,
@@ -142,26 +175,15 @@ def cutTcp(
     last = _lastOffset(start, end, gsoSize)
     first = allFlags & ~(_FIN | _PSH) if last != start else allFlags
     middle, final = allFlags & ~(_FIN | _PSH | _CWR), allFlags & ~_CWR
-    a, am, b, bm, c, cm, d, dm = foldsFor(gsoSize)
-    if isV4:
-        v4mid = packet[l3 + 6 : l3 + 10]  # flags, fragment offset, TTL, protocol
-        pack = _packer(f"!{len(head)}sHH4sH{len(tail)}sI5sB2sH{len(rest)}s")
-    else:
-        pack = _packer(f"!{len(head)}sH{len(tail)}sI5sB2sH{len(rest)}s")
-    view = memoryview(packet)
+    v4mid = packet[l3 + 6 : l3 + 10]  # IPv4 flags, fragment offset, TTL, protocol
+    pack = _headerPacker(head, tail, isV4, f"I5sB2sH{len(rest)}s")
     frames: list[bytes] = []
     append = frames.append
-    for o in range(start, last + 1, gsoSize):
-        chunk = view[o : o + gsoSize if o != last else end]
-        x = int.from_bytes(chunk, "little")
-        x = (x >> a) + (x & am)
-        x = (x >> b) + (x & bm)
-        x = (x >> c) + (x & cm)
-        x = (x >> d) + (x & dm)
+    for o, chunk, x in _payloads(packet, start, end, gsoSize):
         flags = middle if start < o < last else (first if o == start else final)
         segLength = tcpLength + len(chunk)
         seq = (seqBase + o) & 0xFFFFFFFF
-        check = MODULUS - (fixedSum + segLength + seq + flags + (x << 8)) % MODULUS
+        check = MODULUS - (fixedSum + segLength + seq + flags + x) % MODULUS
         total = segLength + ipPrefix
         if isV4:
             headers = pack(head, total, ident, v4mid,
@@ -186,25 +208,13 @@ def cutUdp(
     tail = ipTail + packet[l4 : l4 + 4]  # the UDP ports
     fixedSum = pseudo + _sumOf(packet[l4 : l4 + 4])
     start = l4 + _UDP_HEADER
-    last = _lastOffset(start, end, gsoSize)
-    a, am, b, bm, c, cm, d, dm = foldsFor(gsoSize)
-    if isV4:
-        v4mid = packet[l3 + 6 : l3 + 10]
-        pack = _packer(f"!{len(head)}sHH4sH{len(tail)}sHH")
-    else:
-        pack = _packer(f"!{len(head)}sH{len(tail)}sHH")
-    view = memoryview(packet)
+    v4mid = packet[l3 + 6 : l3 + 10]
+    pack = _headerPacker(head, tail, isV4, "HH")
     frames: list[bytes] = []
     append = frames.append
-    for o in range(start, last + 1, gsoSize):
-        chunk = view[o : o + gsoSize if o != last else end]
-        x = int.from_bytes(chunk, "little")
-        x = (x >> a) + (x & am)
-        x = (x >> b) + (x & bm)
-        x = (x >> c) + (x & cm)
-        x = (x >> d) + (x & dm)
+    for _, chunk, x in _payloads(packet, start, end, gsoSize):
         length = _UDP_HEADER + len(chunk)
-        check = MODULUS - (fixedSum + 2 * length + (x << 8)) % MODULUS
+        check = MODULUS - (fixedSum + 2 * length + x) % MODULUS
         total = length + ipPrefix
         if isV4:
             headers = pack(head, total, ident, v4mid,
