@@ -96,3 +96,53 @@ def test_delAndAddInOneBatchListensAgain(tmp_path: Path, spec: str) -> None:
     finally:
         service.stopService()
     assert not Path(path).exists()
+
+
+#: Batches of commands on bound UDP or TCP ports: {vxlan} binds every
+#: address's UDP port {udp} (the other ports' multicast stays on C{lo}).
+BOUND = {
+    "vxlan": ["port/add {vxlan}", "port/del {vxlan}", "port/add {vxlan}"],
+    "vxlan-group": ["port/add vxlan:239.1.2.3:if=lo:dstport={udp}",
+                    "port/del vxlan:239.1.2.3:if=lo:dstport={udp}",
+                    "port/add vxlan:239.1.2.3:if=lo:dstport={udp}"],
+    "vxlan-shared": ["port/add {vxlan}", "port/add {other}", "port/del {other}",
+                     "port/add {other}", "port/del {vxlan}", "port/del {other}",
+                     "port/add {other}"],
+    "vxvde": ["port/add {vxvde}", "port/del {vxvde}", "port/add {vxvde}", "port/del {vxvde}",
+              "port/add {vxlan}"],
+    "mcast": ["port/add {mcast}", "port/del {mcast}", "port/add {mcast}", "port/del {mcast}",
+              "port/add {vxlan}"],
+    "slirp-tcp": ["port/add slirp:hostfwd=tcp\\:127.0.0.1\\:{tcp}-\\:22",
+                  "port/del slirp:hostfwd=tcp\\:127.0.0.1\\:{tcp}-\\:22",
+                  "port/add slirp:hostfwd=tcp\\:127.0.0.1\\:{tcp}-\\:22"],
+    "slirp-udp": ["port/add slirp:hostfwd=udp\\:127.0.0.1\\:{udp}-\\:53",
+                  "port/del slirp:hostfwd=udp\\:127.0.0.1\\:{udp}-\\:53",
+                  "port/add slirp:hostfwd=udp\\:127.0.0.1\\:{udp}-\\:53"],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BOUND))
+def test_boundPortsAreFreeWhenTheDelAnswers(kind: str) -> None:
+    """
+    C{vxlan:} (the last of the ports sharing its socket too), C{vxvde:},
+    C{mcast:} and slirp's host forwards free their UDP or TCP port when
+    C{port/del} answers: the same spec, or a C{vxlan:} port, takes it again
+    in the same batch; once the switch stops, the ports are free at once.
+    """
+    udp, tcp = _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM)
+    names = {"udp": udp, "tcp": tcp, "vxlan": f"vxlan:remote=127.0.0.2:dstport={udp}",
+             "other": f"vxlan:remote=127.0.0.2:vni=2:dstport={udp}",
+             "vxvde": f"vxvde:239.1.2.4:if=lo:ttl=0:dstport={udp}",
+             "mcast": f"mcast:230.0.0.7:{udp}:localaddr=127.0.0.1:ttl=0"}
+    service = SwitchService(Switch(8), reactor=_reactor, clock=Clock())
+    service.startService()
+    interpreter = CommandInterpreter(SwitchOperations(service, stop=lambda: None, mac=bytes(6)))
+    try:
+        for line in BOUND[kind]:
+            reply = interpreter.execute(line.format(**names))
+            assert reply.error is None, (line, reply.text)
+    finally:
+        service.stopService()
+    for sockType, number in ((socket.SOCK_DGRAM, udp), (socket.SOCK_STREAM, tcp)):
+        with socket.socket(socket.AF_INET, sockType) as probe:
+            probe.bind(("127.0.0.1", number))

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from reactortools import sleep
 from twisted.internet import reactor
 from twisted.internet.defer import maybeDeferred
 
@@ -60,8 +59,7 @@ async def test_theSecondPortOnAUdpPortNamesTheFirst(first: str, second: str) -> 
         assert "another dstport=" in message and "Linux vxlan device" not in message, message
     finally:
         await maybeDeferred(held.stopService)
-    await sleep(0.05)
-    again = _service(f"{second}:dstport={number}")
+    again = _service(f"{second}:dstport={number}")  # the stop freed the UDP port at once
     again.bind()
     await maybeDeferred(again.stopService)
 

@@ -58,7 +58,7 @@ from vtwisted.ports.datagrams import (
     udpPort,
 )
 from vtwisted.ports.singlelink import SingleLinkService
-from vtwisted.sockettools import growSendBuffer, listenError
+from vtwisted.sockettools import growSendBuffer, listenError, stopListeningNow
 from vtwisted.spec import PortSpec
 
 log = Logger()
@@ -237,7 +237,7 @@ class McastService(SingleLinkService):
             self.ports.append(sending)
         except Exception as e:
             for port in self.ports:
-                port.stopListening()
+                stopListeningNow(port)
             self.ports = []
             error = listenError(f"{self.spec}: cannot join {self.group}:{self.number}", e)
             if error.errno == errno.ENODEV:
@@ -287,7 +287,7 @@ class McastService(SingleLinkService):
         ports, self.ports = self.ports, []
         self.link = None
         for port in ports:
-            port.stopListening()
+            stopListeningNow(port)  # the group's port free for a port/add in the same batch
         return None
 
 

@@ -42,7 +42,7 @@ from vtwisted.slirp.icmp import IPV6, MAX_SESSIONS, IcmpNat
 from vtwisted.slirp.router import SlirpRouter
 from vtwisted.slirp.tcp import MAX_CONNECTIONS, GuestForwardTarget, TcpNat
 from vtwisted.slirp.udp import MAX_MAPPINGS, UdpNat
-from vtwisted.sockettools import descriptorLimit, listenError
+from vtwisted.sockettools import descriptorLimit, listenError, stopListeningNow
 from vtwisted.spec import PortSpec, SpecError
 from vtwisted.vlans import NOVLAN
 
@@ -310,17 +310,13 @@ class SlirpService(SingleLinkService):
         @raise KeyError: there is no such forward.
         """
         port = self.forwards.pop(forward)
-        stopped = port.stopListening()
-        # Twisted closes the socket a reactor turn later: close it now, so
-        # that the host port is free to forward again at once (a console
-        # script's hostfwd_remove then hostfwd_add of the same port).
-        sock = getattr(port, "socket", None)
-        if sock is not None:
-            sock.close()
-        return stopped
+        # Closed now, not on the reactor's next turn: the host port is free
+        # to forward again at once (a console script's hostfwd_remove then
+        # hostfwd_add of the same port, or port/del then port/add).
+        return stopListeningNow(port)
 
     def _teardown(self) -> list[Any]:
-        results = [port.stopListening() for port in self.forwards.values()]
+        results = [stopListeningNow(port) for port in self.forwards.values()]
         self.forwards.clear()
         if self.smb is not None:
             results.append(self.smb.close())

@@ -16,7 +16,8 @@ the link of its VNI (reserved bits set) or the first link, which counts it
 as dropped with the reason.  Each group is joined for the port that names
 it (once for all the ports of one group); the multicast interface and TTL
 are the socket's, so ports sharing a socket must agree on them.  The
-socket closes with its last port.
+socket closes with its last port, before that port's stop returns
+(L{vtwisted.sockettools.stopListeningNow}).
 
 L{BatchPort} is Twisted's UDP port reading with C{recvmsg}: a buffer the
 kernel merged (C{UDP_GRO}) is cut back into its datagrams, and the
@@ -52,7 +53,7 @@ from vtwisted.ports.vxlanconfig import (
     socketDevice,
     socketKey,
 )
-from vtwisted.sockettools import listenError
+from vtwisted.sockettools import listenError, stopListeningNow
 from vtwisted.wire import vxlan
 
 #: The largest datagram read: a 64 KB frame and its header.
@@ -181,13 +182,14 @@ class VxlanSocket(DatagramProtocol):
     def closeIfUnused(self) -> Any:
         """
         Close the socket if no link uses it (any more, or yet: a first port
-        that could not attach).
+        that could not attach), at once: its UDP port is free for a port/add
+        in the same console batch.
         """
         if self.links:
             return None
         _SOCKETS.pop((id(self.reactor), self.key), None)
         port, self.listeningPort = self.listeningPort, None
-        return None if port is None else port.stopListening()
+        return None if port is None else stopListeningNow(port)
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         link = self._byHeader.get(datagram[:8])

@@ -59,7 +59,7 @@ from vtwisted.ports.vxlansocket import (
     holdUdpPort,
     truncationText,
 )
-from vtwisted.sockettools import listenError
+from vtwisted.sockettools import listenError, stopListeningNow
 from vtwisted.spec import PortSpec
 
 #: vdeplug4's vxvde port.
@@ -228,7 +228,7 @@ class VxvdeService(VxlanService):
         holdUdpPort(self, False)
         ports, self.ports = self.ports, []
         for port in ports:
-            port.stopListening()
+            stopListeningNow(port)  # the UDP port free for a port/add in the same batch
 
 
 def _openSockets(config: VxlanConfig) -> tuple[socket.socket, socket.socket]:
