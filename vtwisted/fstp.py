@@ -17,7 +17,8 @@ A BPDU's vector (root, cost plus this port's cost, sender, sender's port) is
 compared with the tree's.  A better one makes its port the root port: every
 other spanning-tree port turns discarding (a "backup") at once and is told
 so, the root port forwards and answers with an agreement, and the VLAN's MAC
-table is flushed (a topology change, also sent on to the other ports).  A
+table is flushed (a topology change, also sent on to the other ports, at
+most once a second: one more in that second is sent at the next).  A
 worse vector from the same root settles the link it came on: if the far
 side uses it as its root port, it forwards; if not, the link is redundant
 and this side discards.  A backup port that stops hearing BPDUs (its peer no
@@ -195,8 +196,11 @@ class FastSpanningTree:
 
     def tick(self, now: int) -> None:
         """
-        Send hellos when due; every fourth hello, age the backups.
+        Tell the topology changes held back last second; send hellos when
+        due; every fourth hello, age the backups.
         """
+        for tree in list(self.trees.values()):
+            tree.announcePending()
         if now < self._nextHello:
             return
         self._nextHello = now + HELLO

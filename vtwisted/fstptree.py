@@ -67,6 +67,8 @@ class VlanTree:
         self.backup: set[SwitchPort] = set()
         self.heard: tuple[set[SwitchPort], set[SwitchPort]] = (set(), set())
         self.lastChange = -1
+        #: Where the changes held back by the once-per-second limit came from.
+        self._pendingOrigins: set[SwitchPort | None] = set()
         self.forgetRoot(announce)
 
     def forgetRoot(self, announce: bool = True) -> None:
@@ -324,15 +326,31 @@ class VlanTree:
         """
         Flush the VLAN's MAC table and tell the other spanning-tree ports,
         at most once per second (vde_switch has no limit, so a TC could run
-        around a loop that is not broken yet).
+        around a loop that is not broken yet): a change in a second that
+        already sent one is told at the next tick (L{announcePending}), as
+        that TC may be the only news of it (a switch that lost its root
+        port says nothing else until its hello).
         """
-        stp = self.stp
-        stp.switch.fdb.flush(vid=self.vlan.vid)
-        now = stp.switch.now
-        if now == self.lastChange:
+        self.stp.switch.fdb.flush(vid=self.vlan.vid)
+        if self.stp.switch.now == self.lastChange:
+            self._pendingOrigins.add(origin)
             return
-        self.lastChange = now
-        stp.commonTopologyChanged(self.vlan)
+        self._announceChange(origin)
+
+    def announcePending(self) -> None:
+        """
+        Tell the spanning-tree ports of the changes that the once-per-second
+        limit held back, if the limit allows now: all of them, but the port
+        they all came from if there is one.
+        """
+        origins = self._pendingOrigins
+        if origins and self.stp.switch.now != self.lastChange:
+            self._pendingOrigins = set()
+            self._announceChange(origins.pop() if len(origins) == 1 else None)
+
+    def _announceChange(self, origin: SwitchPort | None) -> None:
+        self.lastChange = self.stp.switch.now
+        self.stp.commonTopologyChanged(self.vlan)
         for port in self.treePorts(origin):
             self.send(port, tc=True)
 

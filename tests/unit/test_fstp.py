@@ -152,6 +152,33 @@ def test_triangleCarriesOneCopyAndHealsWhenACableIsCut() -> None:
     assert copies == [1, 1]
 
 
+def test_ringHealsAtTheNextTickWhenThisSecondsChangeWasTold() -> None:
+    """
+    A switch whose root cable is cut in a second in which it already sent a
+    topology change (here a host plugged in; in a ring that just settled,
+    the settling's own changes) tells the other side of the ring at the
+    next second, not at its next hello: that message is all its neighbour
+    hears of the cut, and the ring stays split until it arrives.
+    """
+    switches = [fstpSwitch(n) for n in (1, 2, 3)]
+    toRoot, _, _ = cables = [
+        FakeCable(switches[0], switches[1], "ab"),
+        FakeCable(switches[1], switches[2], "bc"),
+        FakeCable(switches[2], switches[0], "ca"),
+    ]
+    hosts = [FakeLink(f"host {n}") for n in range(3)]
+    plug(switches[0], hosts[0])
+    plug(switches[2], hosts[2])
+    settle(switches, cables)  # ends on a hello: the next is 4 s away
+    plug(switches[1], hosts[1])
+    toRoot.cut()
+    live = cables[1:]
+    pumpCables(live)
+    settle(switches, live, seconds=1)
+    _, copies = broadcastCopies(hosts[1], [hosts[0], hosts[2]], live, b"healed")
+    assert copies == [1, 1]
+
+
 class EventLines:
     """
     A console session's view of a switch's FSTP debug events
