@@ -192,6 +192,11 @@ def test_datagramInEightByteFragmentsIsReassembledInLinearTime() -> None:
     last sent first) is reassembled, each piece placed without walking the
     others: a guest's flood of tiny fragments must not hold the switch's
     one thread for seconds per datagram (it took 2 s for 8000 pieces).
+
+    The work is measured in this thread's CPU time, not on the wall clock:
+    a loaded machine (two cores, a QEMU test loop) left the process waiting
+    for a CPU for more than the bound while the reassembly itself took
+    0.05 to 0.09 s of CPU, and the test failed.
     """
     import time
 
@@ -201,11 +206,11 @@ def test_datagramInEightByteFragmentsIsReassembledInLinearTime() -> None:
     request = echoRequest(payload)
     frames = fragmentsOf(request, 8)
     assert len(frames) == 8188
-    started = time.monotonic()
+    started = time.thread_time()
     with noFailuresLogged():
         for frame in [frames[0], frames[-1], *frames[1:-1]]:
             router.frameReceived(frame)
-    assert time.monotonic() - started < 0.5
+    assert time.thread_time() - started < 0.5
     assert seen.drops == [] and router.fragments.completed == 1 and seen.frames
 
 
