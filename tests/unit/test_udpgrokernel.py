@@ -42,7 +42,7 @@ def test_aRouterBehindTheTapForwardsExactlyTheDatagramsThatWereMerged() -> None:
             _route(a.namespace, b)
             for v6 in (False, True):
                 sent = _burst(a, v6)
-                read = _drain(a.tap)
+                read = _drain(a.tap, len(sent))
                 out, coalescer = coalesce(read)
                 assert coalescer.datagrams >= 100, "the burst was not coalesced"
                 for packet in out:
@@ -103,21 +103,26 @@ def _burst(a: Side, v6: bool) -> list[bytes]:
     return payloads
 
 
-def _drain(fd: int) -> list[bytes]:
+def _drain(fd: int, wanted: int) -> list[bytes]:
     """
-    Every packet waiting on a TAP with the header, UDP only.
+    The first C{wanted} UDP packets the kernel writes to a TAP with the
+    header, read as they come (for up to 5 s), not what waits after a
+    fixed sleep: a loaded machine may hand some of the burst on later.
     """
-    time.sleep(0.2)
+    packets: list[bytes] = []
+    deadline = time.monotonic() + 5
     os.set_blocking(fd, False)
-    packets = []
-    while True:
-        try:
-            packet = os.read(fd, 70000)
-        except BlockingIOError:
-            break
-        if packet[1] == 0 and packet[6:10] in udpgro.CANDIDATES:
-            packets.append(packet)
-    os.set_blocking(fd, True)
+    try:
+        while len(packets) < wanted and time.monotonic() < deadline:
+            try:
+                packet = os.read(fd, 70000)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            if packet[1] == 0 and packet[6:10] in udpgro.CANDIDATES:
+                packets.append(packet)
+    finally:
+        os.set_blocking(fd, True)
     return packets
 
 
