@@ -27,11 +27,21 @@ from vtwisted.switch import Switch
 _reactor: Any = reactor
 
 
-def _free(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _samePort(listen: Callable[[int], Any]) -> Callable[[], Any]:
+    """
+    C{listen} on a port the kernel picks (0), then again and again on the
+    port it got: a port found free by a probe socket and closed could be
+    taken by another process on the machine before the first listen.
+    """
+    port = 0
+
+    def again() -> Any:
+        nonlocal port
+        listening = listen(port)
+        port = listening.getHost().port
+        return listening
+
+    return again
 
 
 def listener(kind: str, directory: Path) -> Callable[[], Any]:
@@ -45,10 +55,9 @@ def listener(kind: str, directory: Path) -> Callable[[], Any]:
     if kind == "unixgram":
         return lambda: _reactor.listenUNIXDatagram(str(directory / "g"), DatagramProtocol())
     if kind == "tcp":
-        tcp = _free(socket.SOCK_STREAM)
-        return lambda: _reactor.listenTCP(tcp, factory, interface="127.0.0.1")
-    udp = _free(socket.SOCK_DGRAM)
-    return lambda: _reactor.listenUDP(udp, DatagramProtocol(), interface="127.0.0.1")
+        return _samePort(lambda port: _reactor.listenTCP(port, factory, interface="127.0.0.1"))
+    return _samePort(
+        lambda port: _reactor.listenUDP(port, DatagramProtocol(), interface="127.0.0.1"))
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp", "udp", "unixgram"])
