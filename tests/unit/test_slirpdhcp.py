@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from vtwisted.slirp.dhcp import NAK_MESSAGE, DhcpServer
@@ -378,15 +378,25 @@ messages = st.tuples(
 
 
 @given(st.integers(1, 6), st.lists(messages, max_size=40))
+@example(  # a full pool: the address guest 0 released goes to guest 1
+    poolSize=2,
+    sequence=[(2, None, None, ZERO), (0, None, None, ZERO), (0, dhcp.RELEASE, None, address(16)),
+              (1, None, None, ZERO)],
+)
 def test_noAddressIsEverGivenToTwoClients(
     poolSize: int, sequence: list[tuple[int, int | None, bytes | None, bytes]]
 ) -> None:
     """
-    Whatever a handful of guests send, no two ever get the same address, all from the pool.
+    Whatever a handful of guests send, no address is ever given to two of
+    them at once, all from the pool: one goes to another guest only after
+    the guest that had it released it (a full pool gives a new guest a
+    released address).
     """
     server = makeServer(poolSize=poolSize)
     owners: dict[bytes, bytes] = {}
     for client, kind, requested, ciaddr in sequence:
+        if kind == dhcp.RELEASE and owners.get(ciaddr) == mac(client):
+            del owners[ciaddr]  # given back: the pool may give it to another guest
         reply = server.handle(clientMessage(kind, mac(client), requested, ciaddr))
         if reply is None or reply.messageType == dhcp.NAK:
             assert reply is None or reply.yiaddr == ZERO
