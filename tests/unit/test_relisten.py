@@ -44,6 +44,18 @@ def _samePort(listen: Callable[[int], Any]) -> Callable[[], Any]:
     return again
 
 
+def _free(kind: int) -> int:
+    """
+    A loopback port of C{kind} that was free a moment ago, for a spec that
+    must name its number (another process could take it meanwhile: the
+    tests that can listen on port 0 first do).
+    """
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def listener(kind: str, directory: Path) -> Callable[[], Any]:
     """
     How to listen, again and again, at one address of C{kind}: a Unix
