@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -103,14 +104,15 @@ def _burst(a: Side, v6: bool) -> list[bytes]:
     return payloads
 
 
-def _drain(fd: int, wanted: int) -> list[bytes]:
+def _readWhile(fd: int, wanted: int, keep: Callable[[bytes], bool]) -> list[bytes]:
     """
-    The first C{wanted} UDP packets the kernel writes to a TAP with the
-    header, read as they come (for up to 5 s), not what waits after a
+    The first C{wanted} packets the kernel writes to a TAP that C{keep}
+    accepts, read as they come (for up to 5 s), not what waits after a
     fixed sleep: a loaded machine may hand some of the burst on later.
     """
     packets: list[bytes] = []
     deadline = time.monotonic() + 5
+    blocking = os.get_blocking(fd)
     os.set_blocking(fd, False)
     try:
         while len(packets) < wanted and time.monotonic() < deadline:
@@ -119,29 +121,28 @@ def _drain(fd: int, wanted: int) -> list[bytes]:
             except BlockingIOError:
                 time.sleep(0.01)
                 continue
-            if packet[1] == 0 and packet[6:10] in udpgro.CANDIDATES:
+            if keep(packet):
                 packets.append(packet)
     finally:
-        os.set_blocking(fd, True)
+        os.set_blocking(fd, blocking)
     return packets
+
+
+def _drain(fd: int, wanted: int) -> list[bytes]:
+    """
+    The first C{wanted} UDP packets the kernel writes to a TAP with the header.
+    """
+    return _readWhile(fd, wanted,
+                      lambda packet: packet[1] == 0 and packet[6:10] in udpgro.CANDIDATES)
 
 
 def _drainPlain(fd: int, v6: bool, wanted: int) -> list[bytes]:
     """
     The first C{wanted} UDP frames the kernel writes to a plain TAP.
     """
-    frames: list[bytes] = []
-    deadline = time.monotonic() + 5
     etherType = b"\x86\xdd" if v6 else b"\x08\x00"
-    while len(frames) < wanted and time.monotonic() < deadline:
-        try:
-            frame = os.read(fd, 70000)
-        except BlockingIOError:
-            time.sleep(0.01)
-            continue
-        if frame[12:14] == etherType and frame[23 if not v6 else 20] == UDP:
-            frames.append(frame)
-    return frames
+    return _readWhile(fd, wanted, lambda frame: frame[12:14] == etherType
+                      and frame[23 if not v6 else 20] == UDP)
 
 
 def _checkForwarded(read: list[bytes], forwarded: list[bytes], sent: list[bytes],
