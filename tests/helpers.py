@@ -326,6 +326,16 @@ def freeUdpPorts(count: int) -> list[int]:
     return numbers
 
 
+def freeTcpPort() -> int:
+    """
+    A TCP port number free on 127.0.0.1 a moment ago.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def pendingDatagrams(sock: socket.socket) -> list[bytes]:
     """
     Every datagram waiting on the non-blocking C{sock}.

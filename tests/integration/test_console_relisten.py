@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import StreamPlug, copiesOf, freeUdpPorts, need, waitFor
+from helpers import StreamPlug, copiesOf, freeTcpPort, freeUdpPorts, need, waitFor
 from test_console_interop import PROMPT, ConsoleClient
 from test_console_service import start
 
@@ -30,12 +30,6 @@ VNI = 42
 
 def _endpoints(mgmt: Path) -> int:
     return ConsoleClient(mgmt).command("port/print").count(b"-- endpoint ID")
-
-
-def _freeTcpPort() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _vxlanServed(host: StreamPlug, udp: int, tcp: int) -> None:
@@ -87,7 +81,7 @@ def test_boundPortDeletedAndAddedAgainInOneWrite(vswitch, processes, shortdir, k
     """
     need("vde_plug")
     sw = start(vswitch, shortdir)
-    (udp,), tcp = freeUdpPorts(1), _freeTcpPort()
+    (udp,), tcp = freeUdpPorts(1), freeTcpPort()
     names = {"udp": udp, "vxlan": f"vxlan:remote=127.0.0.2:vni={VNI}:dstport={udp}",
              "other": f"vxlan:remote=127.0.0.2:vni={VNI + 1}:dstport={udp}",
              "slirp": f"slirp:hostfwd=tcp\\:127.0.0.1\\:{tcp}-\\:22"}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import freeTcpPort, freeUdpPorts
 from twisted.internet import reactor
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.internet.task import Clock
@@ -42,18 +43,6 @@ def _samePort(listen: Callable[[int], Any]) -> Callable[[], Any]:
         return listening
 
     return again
-
-
-def _free(kind: int) -> int:
-    """
-    A loopback port of C{kind} that was free a moment ago, for a spec that
-    must name its number (another process could take it meanwhile: the
-    tests that can listen on port 0 first do).
-    """
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def listener(kind: str, directory: Path) -> Callable[[], Any]:
@@ -150,7 +139,7 @@ def test_boundPortsAreFreeWhenTheDelAnswers(kind: str) -> None:
     C{port/del} answers: the same spec, or a C{vxlan:} port, takes it again
     in the same batch; once the switch stops, the ports are free at once.
     """
-    udp, tcp = _free(socket.SOCK_DGRAM), _free(socket.SOCK_STREAM)
+    (udp,), tcp = freeUdpPorts(1), freeTcpPort()
     names = {"udp": udp, "tcp": tcp, "vxlan": f"vxlan:remote=127.0.0.2:dstport={udp}",
              "other": f"vxlan:remote=127.0.0.2:vni=2:dstport={udp}",
              "vxvde": f"vxvde:239.1.2.4:if=lo:ttl=0:dstport={udp}",
