@@ -7,7 +7,9 @@ The guest is the test suite's (tests/guest.py: Debian kernel, busybox,
 one vCPU); this machine has no usable KVM, so it runs under TCG and its
 own emulated CPU is usually the limit: the figures say what each path
 leaves a slow guest, and how much host CPU it takes from it.  The
-namespace sits behind a TAP the switch opens (with offloads); the guest
+namespace sits behind a TAP the switch opens (C{offload=auto}: offloads on
+beside a vhost-user guest that takes super-frames, off beside the socket
+ports, whose frames the switch would otherwise cut); the guest
 sends with C{dd | nc} and receives with C{nc -l > /dev/null}, the
 namespace side measures (bytes over seconds, first byte to end).
 

@@ -8,9 +8,11 @@ Two namespaces, and between them, in the same run and alternating rounds:
 * C{reference_hub.py}, a bare Python two-TAP hub with offloads (no features);
 * C{vde_switch -t tapA -t tapB} (its own TAP ports, no offloads);
 * a Linux bridge between two veth pairs, with offloads and without;
-* the mixed path: one namespace on a vtwisted TAP port (offloads on, so the
-  switch segments super-frames), the other behind C{vde_plug tap://} on the
-  switch's VDE socket, against C{vde_switch} with C{vde_plug} on both sides.
+* the mixed path: one namespace on a vtwisted TAP port, the other behind
+  C{vde_plug tap://} on the switch's VDE socket, against C{vde_switch} with
+  C{vde_plug} on both sides; the TAP as by default (C{offload=auto}: no
+  other port takes super-frames, so its offloads are off and the kernel
+  segments), and with C{offload=on} (the switch segments super-frames).
 
 Each row reports iperf3 TCP throughput and the 64-byte UDP packet rate.
 
@@ -101,17 +103,21 @@ def _vdePlugSide(b: Bench, sock: Path, ns: str, tap: str, address: str) -> None:
     configureTap(ns, tap, address)
 
 
-def vtwistedTapToVde(b: Bench) -> tuple[str, str]:
-    sock = b.tmp / "sw"
-    tap = f"vtmc{b.tmp.name[-4:]}"
-    b.start(twistdArgv("--sock", str(sock), "--port", f"tap:{tap}"), env=sourceEnv())
-    waitFor(lambda: listening(sock / "ctl"), what="switch")
-    client, server = b.namespace("vtwmc"), b.namespace("vtwms")
-    waitFor(lambda: sh("ip", "link", "show", tap, check=False).returncode == 0, what=tap)
-    sh("ip", "link", "set", tap, "netns", client)
-    configureTap(client, tap, CLIENT_ADDR)
-    _vdePlugSide(b, sock, server, "taps", SERVER_ADDR)
-    return client, server
+def vtwistedTapToVde(option: str) -> Setup:
+    def setup(b: Bench) -> tuple[str, str]:
+        sock = b.tmp / "sw"
+        tap = f"vtmc{b.tmp.name[-4:]}"
+        b.start(twistdArgv("--sock", str(sock), "--port", f"tap:{tap}{option}"),
+                env=sourceEnv())
+        waitFor(lambda: listening(sock / "ctl"), what="switch")
+        client, server = b.namespace("vtwmc"), b.namespace("vtwms")
+        waitFor(lambda: sh("ip", "link", "show", tap, check=False).returncode == 0, what=tap)
+        sh("ip", "link", "set", tap, "netns", client)
+        configureTap(client, tap, CLIENT_ADDR)
+        _vdePlugSide(b, sock, server, "taps", SERVER_ADDR)
+        return client, server
+
+    return setup
 
 
 def cSwitchVdePlugs(b: Bench) -> tuple[str, str]:
@@ -132,7 +138,8 @@ SETUPS: dict[str, Setup] = {
     "vde_switch -t": cSwitchTaps,
     "Linux bridge offload": linuxBridge(True),
     "Linux bridge no offload": linuxBridge(False),
-    "vtwisted TAP->VDE+vde_plug": vtwistedTapToVde,
+    "vtwisted TAP->VDE+vde_plug": vtwistedTapToVde(""),
+    "vtwisted TAP offload=on->VDE+vde_plug": vtwistedTapToVde(":offload=on"),
     "vde_switch+vde_plug": cSwitchVdePlugs,
 }
 
@@ -160,6 +167,10 @@ def main() -> None:
          "TCP: TAP->VDE / vde_switch+vde_plug"),
         ("vtwisted TAP->VDE+vde_plug", "vde_switch+vde_plug", True,
          "UDP pps: TAP->VDE / vde_switch+vde_plug"),
+        ("vtwisted TAP offload=on->VDE+vde_plug", "vde_switch+vde_plug", False,
+         "TCP: TAP offload=on->VDE / vde_switch+vde_plug"),
+        ("vtwisted TAP offload=on->VDE+vde_plug", "vde_switch+vde_plug", True,
+         "UDP pps: TAP offload=on->VDE / vde_switch+vde_plug"),
     ]
     for ours, theirs, udp, label in pairs:
         if (ours, udp) in results and (theirs, udp) in results:

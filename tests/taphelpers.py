@@ -87,9 +87,13 @@ class TapAndPlug(NamedTuple):
 
 
 def tapAndVdePlug(vswitch: Callable[..., Any], processes: Processes, namespaces: Namespaces,
-                  *addresses: str, extra: tuple[str, ...] = ()) -> TapAndPlug:
+                  *addresses: str, extra: tuple[str, ...] = (),
+                  tapOptions: str = ":offload=on") -> TapAndPlug:
     """
-    Start a switch with C{--port tap:NAME} (and C{extra} arguments), move
+    Start a switch with C{--port tap:NAME} and C{tapOptions} (by default
+    C{offload=on}: with C{auto} the TAP would turn its offloads off, no other
+    port taking super-frames, and the switch would cut none) and C{extra}
+    arguments, move
     its TAP into a new namespace, and start C{vde_plug} between the switch
     and a TAP of its own in a second namespace.
 
@@ -99,7 +103,7 @@ def tapAndVdePlug(vswitch: Callable[..., Any], processes: Processes, namespaces:
         quiet (L{quietNamespace}).
     """
     name, plugTap = uniqueName("vtt"), uniqueName("vtp")
-    sw = vswitch("--port", f"tap:{name}", *extra)
+    sw = vswitch("--port", f"tap:{name}{tapOptions}", *extra)
     ipv6 = any(":" in address for address in addresses)
     nsA, nsB = ((ipv6Namespace if ipv6 else quietNamespace)(namespaces, prefix)
                 for prefix in ("vtt", "vtp"))

@@ -27,6 +27,7 @@ every other link ordinary frames.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
@@ -182,6 +183,19 @@ class ISwitch(Interface):
         Whether untagged frames from C{port} to C{mac} go to a port whose
         links take the virtio-net header (so a super-frame crosses whole);
         yes for a group or unknown address.
+        """
+
+    def watchSuperFrames(port: Any, watcher: Callable[[bool], None]) -> None:
+        """
+        Call C{watcher} now, and again whenever ports come and go, with
+        whether any active port but C{port} takes virtio-net packets whole
+        (a link that can send super-frames needs to know if they would only
+        be cut apart).  One watcher per port; L{unwatchSuperFrames} stops it.
+        """
+
+    def unwatchSuperFrames(port: Any, watcher: Callable[[bool], None]) -> None:
+        """
+        Stop calling C{watcher} for C{port}.
         """
 
     def tick(now: int) -> None:

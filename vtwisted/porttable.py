@@ -46,6 +46,12 @@ class PortTable:
         """
         raise NotImplementedError
 
+    def portChanged(self) -> None:
+        """
+        A port's MTU or links changed (the switch forgets its routes).
+        """
+        raise NotImplementedError
+
     def forwardFrame(self, port: SwitchPort, frame: bytes) -> None:
         """
         Switch a plain frame that arrived at C{port} (the switch does it).
@@ -96,7 +102,7 @@ class PortTable:
 
     def _createPort(self, number: int, allocatable: bool) -> SwitchPort:
         port = self.ports[number] = SwitchPort(number, allocatable)
-        port.onChange = self.forgetRoutes
+        port.onChange = self.portChanged
         port.forwarders = (self.forwardFrame, self.forwardVnetPacket)
         self.vlans.join(port, 0)
         return port

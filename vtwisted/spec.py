@@ -180,6 +180,24 @@ class PortSpec:
             return False
         raise self.error(f"{key}={raw!r} is not on or off")
 
+    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+        """
+        A keyword argument as one of C{choices}; where they hold C{on} and
+        C{off}, whatever L{boolean} takes for them is taken too.
+        """
+        self._once(key)
+        raw = self.kwargs.get(key)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value in _TRUE and "on" in choices:
+            return "on"
+        if value in _FALSE and "off" in choices:
+            return "off"
+        if value in choices:
+            return value
+        raise self.error(f"{key}={raw!r} is not {', '.join(choices[:-1])} or {choices[-1]}")
+
     def integerList(self, key: str, low: int, high: int) -> list[int]:
         """
         A keyword argument as a comma-separated list of integers.

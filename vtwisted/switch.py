@@ -124,6 +124,7 @@ class Switch(PortTable, Delivery):
         self.gcInterval = GC_INTERVAL
         self._lastSweep = 0
         self._hubTargets: tuple[SwitchPort, ...] = ()
+        self._superFrameWatchers: dict[SwitchPort, Callable[[bool], None]] = {}
 
     def attach(self, port: SwitchPort, link: ILink) -> None:
         """
@@ -154,6 +155,37 @@ class Switch(PortTable, Delivery):
         self._hubTargets = tuple(
             p for n, p in sorted(self.ports.items()) if n != 0 and p.links
         )
+        self._tellSuperFrameWatchers()
+
+    def portChanged(self) -> None:
+        """
+        A port's MTU or links changed: forget every route, and tell those
+        watching whether other ports take super-frames.
+        """
+        self.forgetRoutes()
+        self._tellSuperFrameWatchers()
+
+    def _tellSuperFrameWatchers(self) -> None:
+        for watched, watcher in list(self._superFrameWatchers.items()):
+            watcher(self._othersTakeSuperFrames(watched))
+
+    def watchSuperFrames(self, port: SwitchPort, watcher: Callable[[bool], None]) -> None:
+        """
+        Call C{watcher} now and whenever a port comes or goes with whether
+        any active port but C{port} takes virtio-net packets whole.
+        """
+        self._superFrameWatchers[port] = watcher
+        watcher(self._othersTakeSuperFrames(port))
+
+    def unwatchSuperFrames(self, port: SwitchPort, watcher: Callable[[bool], None]) -> None:
+        """
+        Stop calling C{watcher} for C{port}.
+        """
+        if self._superFrameWatchers.get(port) == watcher:
+            del self._superFrameWatchers[port]
+
+    def _othersTakeSuperFrames(self, port: SwitchPort) -> bool:
+        return any(p.vnet for p in self._hubTargets if p is not port)
 
     def setHub(self, hub: bool) -> None:
         """

@@ -268,9 +268,9 @@ class SwitchPort:
         """
         Point L{send}, L{sendVnet} and L{sendConverted} at the current links.
         """
-        self.onChange()
         links = self.links
         self.vnet = bool(links) and all(link.vnetHeader for link in links)
+        self.onChange()
         if not links:
             self.send = self.sendVnet = _discard
         elif len(links) == 1:

@@ -83,7 +83,8 @@ def test_offloadTapPlainTapAndVdePlugShareAJumboLan(processes, namespaces, short
     need("vde_plug")
     switchNs = quietNamespace(namespaces, "vtjs")
     taps = uniqueName("vtj"), uniqueName("vtj")
-    sock, mgmt = switchInNamespace(processes, switchNs, shortdir, "--port", f"tap:{taps[0]}",
+    sock, mgmt = switchInNamespace(processes, switchNs, shortdir,
+                                   "--port", f"tap:{taps[0]}:offload=on",
                                    "--port", f"tap:{taps[1]}:offload=off")
     offload = hostFor(namespaces, taps[0], "10.214.0.1/24", switchNs)
     plain = hostFor(namespaces, taps[1], "10.214.0.2/24", switchNs)

@@ -139,7 +139,7 @@ def test_dgramMulticastGuestCarriesJumboFramesAndTcpToANamespace(processes, name
     ns = multicastNamespace(namespaces)
     tap = uniqueName("vtm")
     switchInNamespace(processes, ns, shortdir, "--port", f"mcast:{GROUP}:5571",
-                      "--port", f"tap:{tap}")
+                      "--port", f"tap:{tap}:offload=on")
     host = hostBehindTap(namespaces, ns, tap, "10.7.3.1/24")
     run("ip", "-n", host, "link", "set", tap, "mtu", "9000")
     receive = "nc -l -p 7300 < /dev/null > /tmp/got & nc=$!\nsleep 0.5\n"

@@ -105,7 +105,8 @@ def test_legacySocketGuestGetsTapTrafficCutToItsMtu(vswitch, processes, namespac
     needRoot()
     (port,) = freePorts(1)
     tap = uniqueName("tq")
-    sw = vswitch("--port", f"qemu:tcp:{port}:interface=127.0.0.1", "--port", f"tap:{tap}")
+    sw = vswitch("--port", f"qemu:tcp:{port}:interface=127.0.0.1",
+                 "--port", f"tap:{tap}:offload=on")
     ns = quietNamespace(namespaces, "vtwqs")
     moveTap(tap, ns, "10.211.7.1/24")
     receive = ("nc -l -p 7300 < /dev/null > /tmp/got & nc=$!\n"

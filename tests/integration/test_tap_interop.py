@@ -85,7 +85,7 @@ def test_ethtoolShowsWhatEachTapNegotiated(vswitch, processes, namespaces, short
     """TSO is on for an offload TAP and off with offload=off, and the two still talk intact."""
     mgmt = shortdir / "mgmt"
     sw, [(nsA, tapA, addrA), (nsB, tapB, addrB)] = tapPair(
-        vswitch, namespaces, "", ":offload=off", extra=("--mgmt", str(mgmt))
+        vswitch, namespaces, ":offload=on", ":offload=off", extra=("--mgmt", str(mgmt))
     )
     on, off = ethtoolFeatures(nsA, tapA), ethtoolFeatures(nsB, tapB)
     assert on["tcp-segmentation-offload"] == "on" and on["tx-checksumming"] == "on", on
@@ -175,7 +175,7 @@ def test_udpBurstIsCoalescedAndEveryDatagramArrivesInOrder(
         os.kill(sw.process.pid, signal.SIGCONT)
     assert readLine(receiver, 15).strip() == sender.stdout.strip()
     ports = console(mgmt, "port/allprint")
-    found = re.search(rf"{tapA} offload=\S+ coalesced (\d+) datagrams into (\d+)", ports)
+    found = re.search(rf"{tapA} offload=\S+ \(auto\) coalesced (\d+) datagrams into (\d+)", ports)
     assert found and int(found[1]) >= 100 and int(found[2]) < int(found[1]), ports
     assert not any(checksumErrors(nsB).values())
 
@@ -339,7 +339,11 @@ WITHOUT_NET_ADMIN = ["setpriv", "--bounding-set", "-net_admin", "--inh-caps", "-
 
 
 def test_persistentTapOwnedByTheUserWorksWithoutNetAdmin(processes, shortdir) -> None:
-    """Without CAP_NET_ADMIN the switch opens a persistent TAP its user owns, with offloads."""
+    """
+    Without CAP_NET_ADMIN the switch opens a persistent TAP its user owns and
+    sets its offloads: it negotiates them, then, alone on the switch
+    (C{offload=auto}), turns them off.
+    """
     need("setpriv")
     from helpers import socketListening, sourceEnv, twistdArgv
 
@@ -354,7 +358,8 @@ def test_persistentTapOwnedByTheUserWorksWithoutNetAdmin(processes, shortdir) ->
             env=sourceEnv(),
         )
         waitFor(lambda: socketListening(sock / "ctl"), what="switch without CAP_NET_ADMIN")
-        waitFor(lambda: "offload=csum,tso4" in log.read_text(), what="TAP opened with offloads")
+        waitFor(lambda: "offload=none (auto: no other port takes super-frames)" in log.read_text(),
+                what="TAP opened, offloads negotiated and turned off")
     finally:
         processes.stopAll()  # a persistent TAP in use cannot be deleted
         run("ip", "tuntap", "del", name, "mode", "tap", check=False)
@@ -397,7 +402,9 @@ def test_tapOpensBeforeTwistdDropsPrivileges(processes, shortdir) -> None:
     argv[at:at] = ["--uid", "65534", "--gid", "65534"]
     process = processes.start(argv, env=sourceEnv())
     waitFor(lambda: socketListening(sock / "ctl"), what="switch after dropping privileges")
-    waitFor(lambda: "offload=csum" in log.read_text(), what="TAP opened")
+    # negotiated before the switch dropped its privileges, turned off after
+    waitFor(lambda: "offload=none (auto: no other port takes super-frames)" in log.read_text(),
+            what="TAP opened")
     status = (Path("/proc") / str(process.pid) / "status").read_text()
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert set(uids) == {"65534"}, status

@@ -17,6 +17,7 @@ from twisted.pair.tuntap import TunnelFlags
 
 from vtwisted.portoptions import PortOptions
 from vtwisted.ports import tap
+from vtwisted.ports.tapdevice import TUNSETOFFLOAD
 from vtwisted.spec import PortSpec
 from vtwisted.switch import Switch
 from vtwisted.testing import FakeLink, plug
@@ -94,7 +95,7 @@ class FakeTapSystem(MemoryIOSystem):
         self.offloadCalls: list[int] = []
 
     def ioctl(self, fd: int, request: int, args: object) -> object:
-        if request == tap.TUNSETOFFLOAD:
+        if request == TUNSETOFFLOAD:
             if "ioctl" not in self.permissions:
                 raise OSError(errno.EPERM, "Operation not permitted")
             assert isinstance(args, int), "TUNSETOFFLOAD takes its argument by value"
@@ -128,7 +129,7 @@ class Rig:
     def tap(
         self,
         name: str = "tap7",
-        offload: bool = True,
+        offload: bool | str = True,
         options: str = "",
         busyPoll: float = 0.0,
         uso: bool = True,

@@ -14,7 +14,7 @@ vde = PortType(
 tap = PortType(
     "tap",
     "vtwisted.ports.tap",
-    "tap:NAME[:offload=on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC]  a Linux TAP "
+    "tap:NAME[:offload=auto|on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC]  a Linux TAP "
     "device, opened "
     "(or created) by the switch, with virtio-net offloads",
 )

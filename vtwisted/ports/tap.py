@@ -23,6 +23,12 @@ carries ordinary frames.  C{port/print} tells the two apart: C{offload=off}
 when asked, C{offload=none (refused by the kernel)} when the header is on
 but the kernel took no offload (frames then stay small).
 
+Cutting super-frames costs Python per segment, and the kernel does it in C.
+So with C{offload=auto} (the default) the offloads follow the switch's other
+ports (L{TapLink.superFramesTaken}): on while one of them takes virtio-net
+packets whole, off (C{TUNSETOFFLOAD} of nothing, the header kept) while none
+does.
+
 Reads are drained in batches per reactor wake-up.  With USO negotiated,
 runs of UDP datagrams of one flow within a batch reach the switch merged
 into USO packets (L{vtwisted.wire.udpgro}; C{coalesce=off} turns it off),
@@ -35,7 +41,6 @@ else stops.
 from __future__ import annotations
 
 import errno
-import functools
 import struct
 from typing import Any
 
@@ -52,16 +57,12 @@ from vtwisted.ports import tapnetns
 from vtwisted.ports.singlelink import SingleLinkService
 from vtwisted.ports.tapdevice import (
     IFNAMSIZ,
-    OFFLOAD_CHOICES,
-    TUN_F_USO4,
-    TUN_F_USO6,
     TUNSETIFF,
-    TUNSETOFFLOAD,
     RealTapSystem,
     checkName,
-    offloadNames,
     openError,
 )
+from vtwisted.ports.tapoffloads import TapOffloads
 from vtwisted.spec import PortSpec
 from vtwisted.wire import udpgro, vnet
 
@@ -84,7 +85,7 @@ _READ_GONE = (*_GONE, errno.EIO)
 
 
 @implementer(ILink)
-class TapLink(TuntapPort):
+class TapLink(TapOffloads, TuntapPort):
     """
     One TAP device plugged into a switch port.
     """
@@ -101,6 +102,7 @@ class TapLink(TuntapPort):
         system: Any,
         reactor: Any,
         uso: bool = True,
+        auto: bool = False,
     ) -> None:
         super().__init__(name.encode(), EthernetProtocol(), MAX_READ, reactor, system)
         self._mode = TunnelFlags.IFF_TAP
@@ -111,6 +113,11 @@ class TapLink(TuntapPort):
         self.service = service
         self.name = name
         self.offloads = 0
+        #: Offloads follow the other ports (C{offload=auto}).
+        self.auto = auto and offload
+        #: What the kernel agreed to when asked for everything.
+        self.supported = 0
+        self.switch: Any = None
         self.port: Any = None
         self._receive: Any = None
         self._warnedGone = False
@@ -136,27 +143,15 @@ class TapLink(TuntapPort):
         if not self.vnetHeader:
             self._offloadText = "off"  # as asked: no header, no offloads
             return
-        self.offloads = self._negotiate()
-        self._offloadText = (offloadNames(self.offloads) if self.offloads
-                             else "none (refused by the kernel)")
-
-    def _negotiate(self) -> int:
-        for flags in OFFLOAD_CHOICES if self.uso else OFFLOAD_CHOICES[1:]:
-            try:
-                self._system.ioctl(self._fileno, TUNSETOFFLOAD, flags)
-                return flags
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-        log.warn("{spec}: the kernel refused every offload; frames stay small",
-                 spec=self.service.spec)
-        return 0
+        self.offloads = self.supported = self._negotiate()
+        self._describeOffloads()
 
     def plug(self, switch: Any, port: Any) -> None:
         """
         Attach to C{port} and start reading.
         """
         self.port = port
+        self.switch = switch
         self.poller.links.append(self)
         self.poller.updateSpin()
         self._makeSenders()
@@ -164,10 +159,9 @@ class TapLink(TuntapPort):
             self._receive = switch.vnetPacketReceived
         else:
             self._receive = switch.frameReceived
-        if self.coalesce and self.offloads & TUN_F_USO4 and self.offloads & TUN_F_USO6:
-            self._gro = udpgro.UdpCoalescer(
-                self._receiveOne, functools.partial(switch.coalescingPays, port)
-            )
+        self._makeCoalescer()
+        if self.auto and self.supported:
+            switch.watchSuperFrames(port, self.superFramesTaken)
         switch.attach(port, self)
         self.startReading()
 
@@ -364,6 +358,8 @@ class TapLink(TuntapPort):
         Stop reading and close the file descriptor.
         """
         self._closing = True
+        if self.switch is not None:
+            self.switch.unwatchSuperFrames(self.port, self.superFramesTaken)
         self._forgetDescriptor()
         if self in self.poller.links:
             self.poller.links.remove(self)
@@ -414,7 +410,7 @@ class TapService(SingleLinkService):
         switch: Any,
         reactor: Any,
         name: str,
-        offload: bool = True,
+        offload: bool | str = True,
         options: PortOptions | None = None,
         spec: str = "",
         system: Any = None,
@@ -432,7 +428,10 @@ class TapService(SingleLinkService):
         self.coalesce = coalesce
         self.busyPoll = busyPoll
         self.deviceName = name
-        self.offload = offload
+        #: The header is on (C{offload=on} or C{auto}).
+        self.offload = offload in (True, "on", "auto")
+        #: Offloads follow the other ports (see L{TapLink.superFramesTaken}).
+        self.autoOffload = offload == "auto"
         self.system = system if system is not None else RealTapSystem()
         self.link: TapLink | None = None
 
@@ -451,7 +450,8 @@ class TapService(SingleLinkService):
                                             TapLink.shut, self.mover)
 
     def _open(self) -> TapLink:
-        link = TapLink(self, self.deviceName, self.offload, self.system, self.reactor, self.uso)
+        link = TapLink(self, self.deviceName, self.offload, self.system, self.reactor, self.uso,
+                       self.autoOffload)
         link.open()
         return link
 
@@ -474,7 +474,7 @@ class TapService(SingleLinkService):
 def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
     """
     Build the service for
-    C{tap:NAME[:offload=on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC]
+    C{tap:NAME[:offload=auto|on|off][:uso=on|off][:coalesce=on|off][:busypoll=USEC]
     [:netns=NS[:up=on|off]]} and the common options.  C{netns=} moves the
     device into the network namespace C{NS} (an C{ip netns} name or a path)
     and brings it up there unless C{up=off} (see L{vtwisted.ports.tapnetns}).  C{uso=off} leaves UDP
@@ -487,7 +487,7 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> TapService:
     """
     (name,) = spec.positional(["device name"], 1)
     name = checkName(spec, name)
-    offload = spec.boolean("offload", True)
+    offload = spec.choice("offload", ("auto", "on", "off"), "auto")
     uso = spec.boolean("uso", True)
     coalesce = spec.boolean("coalesce", True)
     busyPoll = spec.integer("busypoll", round(DEFAULT_BUSY_POLL * 1e6), 0, 10000)

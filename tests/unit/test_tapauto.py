@@ -1,0 +1,160 @@
+"""
+C{offload=auto}, the TAP port's default, without a kernel (L{tapfakes}):
+a TAP asks for offloads only while another port of the switch takes
+virtio-net packets whole, since otherwise every super-frame it read would be
+cut apart in Python.  The real kernel's side is in
+tests/integration/test_tap_autooffload.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from tapfakes import ALL_OFFLOADS, BROADCAST, Rig, rigged, tunnelOf
+from twisted.logger import capturedLogs, formatEvent
+from vnetpackets import checkSegments, kernelPacket
+
+from vtwisted.ports import tap
+from vtwisted.spec import PortSpec, SpecError
+from vtwisted.switch import Switch
+from vtwisted.testing import FakeLink, frame, mac, plug
+from vtwisted.wire import vnet
+
+OFF_TEXT = "offload=none (auto: no other port takes super-frames)"
+ON_TEXT = "offload=csum,tso4,tso6,ecn,uso4,uso6 (auto)"
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    yield from rigged()
+
+
+@pytest.mark.parametrize(("text", "header", "auto"), [
+    ("", True, True),
+    (":offload=auto", True, True),
+    (":offload=AUTO", True, True),
+    (":offload=on", True, False),
+    (":offload=yes", True, False),
+    (":offload=off", False, False),
+    (":offload=0", False, False),
+])
+def test_offloadSpecIsAutoOnOrOff(text: str, header: bool, auto: bool) -> None:
+    """offload= takes auto (the default), or on/off as any boolean option does."""
+    service = tap.makeService(Switch(), PortSpec(f"tap:t1{text}"), None)
+    assert (service.offload, service.autoOffload) == (header, auto)
+
+
+def test_unknownOffloadValueNamesTheChoices() -> None:
+    with pytest.raises(SpecError, match="offload='maybe' is not auto, on or off"):
+        tap.makeService(Switch(), PortSpec("tap:t1:offload=maybe"), None)
+
+
+def test_aloneTheTapTurnsItsOffloadsOff(rig: Rig) -> None:
+    """With no other port, the TAP keeps the header but asks the kernel for no offloads."""
+    service = rig.tap(offload="auto")
+    assert service.link is not None
+    assert rig.system.offloadCalls == [ALL_OFFLOADS, 0]
+    assert tunnelOf(service).offloads == 0
+    assert service.link.vnetHeader and service.link.port.vnet
+    assert service.link.description == f"tap7 {OFF_TEXT}"
+
+
+def test_plainPortsLeaveTheOffloadsOff(rig: Rig) -> None:
+    """A VDE-like port (no header) would need every super-frame cut: offloads stay off."""
+    service = rig.tap(offload="auto")
+    rig.link()
+    assert tunnelOf(service).offloads == 0
+    assert rig.system.offloadCalls == [ALL_OFFLOADS, 0]
+
+
+def test_offloadsFollowPortsThatTakeSuperFrames(rig: Rig) -> None:
+    """A second offload TAP turns both on; when it goes, the first turns off again."""
+    first = rig.tap("tapa", offload="auto")
+    with capturedLogs() as events:
+        second = rig.tap("tapb", offload="auto")
+    assert tunnelOf(first).offloads == ALL_OFFLOADS == tunnelOf(second).offloads
+    assert first.link is not None and first.link.description.startswith(f"tapa {ON_TEXT}")
+    assert any(f"tap:tapa: tapa {ON_TEXT}" in formatEvent(e) for e in events)
+    second.stopService()
+    assert tunnelOf(first).offloads == 0
+    assert first.link.description == f"tapa {OFF_TEXT}"
+
+
+def test_anyLinkTakingTheHeaderCounts(rig: Rig) -> None:
+    """A cable, slirp or vhost-user link with the header turns the offloads on."""
+    service = rig.tap(offload="auto")
+    port = plug(rig.switch, FakeLink(vnetHeader=True))
+    assert tunnelOf(service).offloads == ALL_OFFLOADS
+    rig.switch.detach(port, port.links[0])
+    assert tunnelOf(service).offloads == 0
+
+
+def test_linkThatLearnsToTakeTheHeaderLaterCounts(rig: Rig) -> None:
+    """A vhost-user link settles on super-frames after it is plugged in (rewire)."""
+    service = rig.tap(offload="auto")
+    link = FakeLink()
+    port = plug(rig.switch, link)
+    assert tunnelOf(service).offloads == 0
+    link.vnetHeader = True
+    port.rewire()
+    assert tunnelOf(service).offloads == ALL_OFFLOADS
+
+
+def test_offloadOnStaysOnAlone(rig: Rig) -> None:
+    """offload=on pins the offloads: the switch cuts super-frames for plain ports."""
+    service = rig.tap(offload="on")
+    rig.link()
+    assert rig.system.offloadCalls == [ALL_OFFLOADS]
+    assert tunnelOf(service).offloads == ALL_OFFLOADS
+
+
+def test_failingToChangeOffloadsIsLoggedAndKeepsTheOldOnes(rig: Rig) -> None:
+    """If TUNSETOFFLOAD fails later, the port says so and carries on as it was."""
+    first = rig.tap("tapa", offload="auto")
+    rig.system.refusedOffloads = 0x01
+    with capturedLogs() as events:
+        second = rig.tap("tapb", offload="auto")
+    assert tunnelOf(first).offloads == 0
+    text = [formatEvent(e) for e in events]
+    assert any("tap:tapa: setting offloads csum,tso4,tso6,ecn,uso4,uso6 on tapa failed: "
+               "Invalid argument (errno 22); they stay none" in t for t in text), text
+    other = rig.link()
+    tunnelOf(first).inject(vnet.PLAIN_HEADER + frame(BROADCAST, mac(1)))
+    assert first.link is not None and second.link is not None
+    first.link.doRead()
+    assert other.sent == [frame(BROADCAST, mac(1))]
+
+
+def test_coalescingOnlyWhileOffloadsAreOn(rig: Rig) -> None:
+    """USO coalescing needs USO: it stops with the offloads and comes back with them."""
+    first = rig.tap("tapa", offload="auto")
+    assert first.link is not None and first.link._gro is None
+    second = rig.tap("tapb", offload="auto")
+    assert first.link._gro is not None
+    assert "coalesced 0 datagrams into 0" in first.link.description
+    second.stopService()
+    assert first.link._gro is None
+
+
+def test_closedTapIsNoLongerTold(rig: Rig) -> None:
+    """A TAP that stopped makes no more ioctls when ports come and go."""
+    first = rig.tap("tapa", offload="auto")
+    first.stopService()
+    calls = list(rig.system.offloadCalls)
+    second = rig.tap("tapb", offload="auto")
+    assert rig.system.offloadCalls == [*calls, ALL_OFFLOADS, 0]  # tapb's own, alone
+    assert second.link is not None
+    assert list(rig.switch._superFrameWatchers) == [second.link.port]
+
+
+def test_superFramesAlreadyQueuedAreStillCut(rig: Rig) -> None:
+    """Turning offloads off keeps the header: a super-frame read late is still cut."""
+    service = rig.tap(offload="auto")
+    other = rig.link()
+    built = kernelPacket(bytes(range(256)) * 12)
+    tunnelOf(service).inject(built.packet)
+    assert service.link is not None
+    service.link.doRead()
+    assert len(other.sent) == 3
+    checkSegments(built, other.sent)
