@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from tapfakes import ALL_OFFLOADS, BROADCAST, Rig, rigged, tunnelOf
+from twisted.application.service import MultiService
 from twisted.logger import capturedLogs, formatEvent
 from vnetpackets import checkSegments, kernelPacket
 
@@ -158,3 +159,14 @@ def test_superFramesAlreadyQueuedAreStillCut(rig: Rig) -> None:
     service.link.doRead()
     assert len(other.sent) == 3
     checkSegments(built, other.sent)
+
+
+def test_switchStoppingLeavesTheOffloadsAlone(rig: Rig) -> None:
+    """While the switch stops, its ports leave one by one: the others stay as they were."""
+    first = rig.tap("tapa", offload="auto")
+    second = rig.tap("tapb", offload="auto")
+    first.parent = MultiService()  # not running: it is stopping its children
+    calls = list(rig.system.offloadCalls)
+    second.stopService()
+    assert rig.system.offloadCalls == calls
+    assert tunnelOf(first).offloads == ALL_OFFLOADS

@@ -95,6 +95,14 @@ class TapOffloads:
                  spec=self.service.spec)
         return 0
 
+    def _switchStopping(self) -> bool:
+        """
+        Whether the switch's service is stopping: the other ports leave one
+        by one then, and the offloads need not follow them.
+        """
+        parent = getattr(self.service, "parent", None)
+        return parent is not None and not parent.running
+
     def _makeCoalescer(self) -> None:
         """
         Merge runs of UDP datagrams into USO packets while USO is on.
@@ -117,7 +125,7 @@ class TapOffloads:
         still be super-frames.
         """
         wanted = self.supported if taken else 0
-        if wanted == self.offloads or self._closing:
+        if wanted == self.offloads or self._closing or self._switchStopping():
             return
         try:
             self._system.ioctl(self._fileno, TUNSETOFFLOAD, wanted)
