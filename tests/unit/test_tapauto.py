@@ -14,7 +14,7 @@ import pytest
 from tapfakes import ALL_OFFLOADS, BROADCAST, Rig, rigged, tunnelOf
 from twisted.application.service import MultiService
 from twisted.logger import capturedLogs, formatEvent
-from vnetpackets import checkSegments, kernelPacket
+from vnetpackets import UDP, checkSegments, kernelPacket
 
 from vtwisted.ports import tap
 from vtwisted.spec import PortSpec, SpecError
@@ -128,14 +128,19 @@ def test_failingToChangeOffloadsIsLoggedAndKeepsTheOldOnes(rig: Rig) -> None:
 
 
 def test_coalescingOnlyWhileOffloadsAreOn(rig: Rig) -> None:
-    """USO coalescing needs USO: it stops with the offloads and comes back with them."""
+    """USO coalescing needs USO: it stops with the offloads and comes back with its counts."""
     first = rig.tap("tapa", offload="auto")
     assert first.link is not None and first.link._gro is None
     second = rig.tap("tapb", offload="auto")
-    assert first.link._gro is not None
+    coalescer = first.link._gro
+    assert coalescer is not None
     assert "coalesced 0 datagrams into 0" in first.link.description
+    coalescer.datagrams, coalescer.packets = 8, 2
     second.stopService()
-    assert first.link._gro is None
+    assert first.link._gro is None and "coalesced" not in first.link.description
+    rig.tap("tapc", offload="auto")
+    assert first.link._gro is coalescer, "its counts are kept"
+    assert "coalesced 8 datagrams into 2" in first.link.description
 
 
 def test_closedTapIsNoLongerTold(rig: Rig) -> None:
@@ -170,3 +175,40 @@ def test_switchStoppingLeavesTheOffloadsAlone(rig: Rig) -> None:
     second.stopService()
     assert rig.system.offloadCalls == calls
     assert tunnelOf(first).offloads == ALL_OFFLOADS
+
+
+class LeavingLink(FakeLink):
+    """
+    A link taking super-frames that unplugs itself when first sent one, as
+    a link whose peer is found gone while the switch writes to it.
+    """
+
+    def sendVnetPacket(self, packet: bytes) -> None:
+        super().sendVnetPacket(packet)
+        if self.port is not None and self in self.port.links:
+            self.switch.detach(self.port, self)
+
+
+def test_datagramsHeldWhenTheOffloadsGoOffInABatchStillArrive(rig: Rig) -> None:
+    """
+    A read batch in which the only port taking super-frames leaves (so the
+    offloads go off) still hands on the datagrams the coalescer held.
+    """
+    service = rig.tap(offload="auto")
+    leaving = LeavingLink(vnetHeader=True)
+    plug(rig.switch, leaving)
+    plain = rig.link()
+    assert service.link is not None and service.link._gro is not None
+    tunnel = tunnelOf(service)
+    tunnel.inject(vnet.PLAIN_HEADER + frame(BROADCAST, mac(1)))
+    datagrams = [kernelPacket(b"d%02d" % n + bytes(40), proto=UDP, gso=False, ident=n,
+                              macs=(BROADCAST, mac(1)))
+                 for n in range(3)]
+    for built in datagrams:
+        tunnel.inject(built.packet)
+    with capturedLogs() as events:
+        service.link.doRead()
+    assert service.link._gro is None, "the offloads went off within the batch"
+    assert not [e for e in events if e.get("log_failure") is not None]
+    sent = [f for f in plain.sent if f[12:14] == b"\x08\x00"]
+    assert [f[-43:-40] for f in sent] == [b"d00", b"d01", b"d02"]

@@ -198,7 +198,7 @@ class TapLink(TapOffloads, TuntapPort):
             except OSError as e:
                 if held:  # hand them on while the port is still plugged in
                     held = False
-                    self._flushHeld()
+                    self._flushHeld(gro)
                 self._readFailed(e)
                 break
             budget -= len(data) + 1500
@@ -215,7 +215,7 @@ class TapLink(TapOffloads, TuntapPort):
             except Exception:
                 log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
         if held:
-            self._flushHeld()
+            self._flushHeld(gro)
         return budget != READ_BUDGET
 
     def _readFailed(self, e: OSError) -> None:
@@ -234,12 +234,15 @@ class TapLink(TapOffloads, TuntapPort):
                 f"(errno {e.errno}); the kernel dropped that packet",
             )
 
-    def _flushHeld(self) -> None:
+    def _flushHeld(self, gro: udpgro.UdpCoalescer | None) -> None:
         """
-        End the coalescer's batch: hand on what it holds.
+        End the coalescer's batch: hand on what it holds (the batch's
+        coalescer, even if the offloads changed within it).
         """
+        if gro is None:
+            return
         try:
-            self._gro.finish()  # type: ignore[union-attr]
+            gro.finish()
         except Exception:
             log.failure("{spec}: the switch failed on a frame", spec=self.service.spec)
 

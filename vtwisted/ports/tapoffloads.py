@@ -51,6 +51,7 @@ class TapOffloads:
     _fileno: int
     _closing: bool
     _gro: udpgro.UdpCoalescer | None
+    _coalescer: udpgro.UdpCoalescer | None = None
     _offloadText: str
     name: str
     service: Any
@@ -108,9 +109,11 @@ class TapOffloads:
         Merge runs of UDP datagrams into USO packets while USO is on.
         """
         if self.coalesce and self.offloads & TUN_F_USO4 and self.offloads & TUN_F_USO6:
-            self._gro = udpgro.UdpCoalescer(
-                self._receiveOne, functools.partial(self.switch.coalescingPays, self.port)
-            )
+            if self._coalescer is None:  # made once: its counts outlive the offloads' changes
+                self._coalescer = udpgro.UdpCoalescer(
+                    self._receiveOne, functools.partial(self.switch.coalescingPays, self.port)
+                )
+            self._gro = self._coalescer
         else:
             self._gro = None
 
