@@ -187,7 +187,8 @@ class ISwitch(Interface):
 
     def watchSuperFrames(port: Any, watcher: Callable[[bool], None]) -> None:
         """
-        Call C{watcher} now, and again whenever ports come and go, with
+        Call C{watcher} soon (on the switch clock's next turn), and again
+        after ports come and go, with
         whether any active port but C{port} takes virtio-net packets whole
         (a link that can send super-frames needs to know if they would only
         be cut apart).  One watcher per port; L{unwatchSuperFrames} stops it.

@@ -125,6 +125,7 @@ class Switch(PortTable, Delivery):
         self._lastSweep = 0
         self._hubTargets: tuple[SwitchPort, ...] = ()
         self._superFrameWatchers: dict[SwitchPort, Callable[[bool], None]] = {}
+        self._tellingWatchers = False
 
     def attach(self, port: SwitchPort, link: ILink) -> None:
         """
@@ -166,16 +167,32 @@ class Switch(PortTable, Delivery):
         self._tellSuperFrameWatchers()
 
     def _tellSuperFrameWatchers(self) -> None:
+        """
+        Tell the watchers on the clock's next turn, once however many ports
+        changed: a switch starting plugs its ports in one by one, and the
+        first would otherwise be told it is alone.
+        """
+        if not self._superFrameWatchers or self._tellingWatchers:
+            return
+        if self.clock is None:
+            self._tellWatchersNow()
+            return
+        self._tellingWatchers = True
+        self.clock.callLater(0, self._tellWatchersNow)
+
+    def _tellWatchersNow(self) -> None:
+        self._tellingWatchers = False
         for watched, watcher in list(self._superFrameWatchers.items()):
             watcher(self._othersTakeSuperFrames(watched))
 
     def watchSuperFrames(self, port: SwitchPort, watcher: Callable[[bool], None]) -> None:
         """
-        Call C{watcher} now and whenever a port comes or goes with whether
-        any active port but C{port} takes virtio-net packets whole.
+        Call C{watcher} soon (see L{_tellSuperFrameWatchers}) and whenever
+        a port comes or goes with whether any active port but C{port} takes
+        virtio-net packets whole.
         """
         self._superFrameWatchers[port] = watcher
-        watcher(self._othersTakeSuperFrames(port))
+        self._tellSuperFrameWatchers()
 
     def unwatchSuperFrames(self, port: SwitchPort, watcher: Callable[[bool], None]) -> None:
         """

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from tapfakes import ALL_OFFLOADS, BROADCAST, Rig, rigged, tunnelOf
 from twisted.application.service import MultiService
+from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 from vnetpackets import UDP, checkSegments, kernelPacket
 
@@ -212,3 +213,29 @@ def test_datagramsHeldWhenTheOffloadsGoOffInABatchStillArrive(rig: Rig) -> None:
     assert not [e for e in events if e.get("log_failure") is not None]
     sent = [f for f in plain.sent if f[12:14] == b"\x08\x00"]
     assert [f[-43:-40] for f in sent] == [b"d00", b"d01", b"d02"]
+
+
+def test_aStartingSwitchSettlesOnceOnItsClocksNextTurn(rig: Rig) -> None:
+    """
+    With a clock (a running switch has one), the ports are counted on its
+    next turn: two TAPs plugged in one after the other never flap off.
+    """
+    clock = rig.switch.clock = Clock()
+    first = rig.tap("tapa", offload="auto")
+    rig.tap("tapb", offload="auto")
+    clock.advance(0)
+    assert rig.system.offloadCalls == [ALL_OFFLOADS, ALL_OFFLOADS]
+    assert tunnelOf(first).offloads == ALL_OFFLOADS
+    rig.link()
+    clock.advance(0)
+    assert rig.system.offloadCalls == [ALL_OFFLOADS, ALL_OFFLOADS]
+
+
+def test_aLoneTapGoesOffOnTheClocksNextTurn(rig: Rig) -> None:
+    clock = rig.switch.clock = Clock()
+    service = rig.tap(offload="auto")
+    rig.link()
+    assert tunnelOf(service).offloads == ALL_OFFLOADS
+    clock.advance(0)
+    assert tunnelOf(service).offloads == 0
+    assert rig.system.offloadCalls == [ALL_OFFLOADS, 0]
