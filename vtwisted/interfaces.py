@@ -188,10 +188,11 @@ class ISwitch(Interface):
     def watchSuperFrames(port: Any, watcher: Callable[[bool], None]) -> None:
         """
         Call C{watcher} soon (on the switch clock's next turn), and again
-        after ports come and go, with
-        whether any active port but C{port} takes virtio-net packets whole
-        (a link that can send super-frames needs to know if they would only
-        be cut apart).  One watcher per port; L{unwatchSuperFrames} stops it.
+        after ports, links or VLANs change, with whether another active
+        port that shares a VLAN with C{port} (any port, in hub mode) takes
+        virtio-net packets whole: a link that can send super-frames needs to
+        know if they would only be cut apart.  One watcher per port;
+        L{unwatchSuperFrames} stops it.
         """
 
     def unwatchSuperFrames(port: Any, watcher: Callable[[bool], None]) -> None:

@@ -188,8 +188,8 @@ class Switch(PortTable, Delivery):
     def watchSuperFrames(self, port: SwitchPort, watcher: Callable[[bool], None]) -> None:
         """
         Call C{watcher} soon (see L{_tellSuperFrameWatchers}) and whenever
-        a port comes or goes with whether any active port but C{port} takes
-        virtio-net packets whole.
+        ports, links or VLANs change with whether another active port
+        sharing a VLAN with C{port} takes virtio-net packets whole.
         """
         self._superFrameWatchers[port] = watcher
         self._tellSuperFrameWatchers()
@@ -202,7 +202,17 @@ class Switch(PortTable, Delivery):
             del self._superFrameWatchers[port]
 
     def _othersTakeSuperFrames(self, port: SwitchPort) -> bool:
-        return any(p.vnet for p in self._hubTargets if p is not port)
+        """
+        Whether an active port but C{port} that takes virtio-net packets
+        shares a VLAN with it (or any, in hub mode).
+        """
+        if self.hub:
+            return any(p.vnet for p in self._hubTargets if p is not port)
+        for vlan, _ in self.vlans.ofPort(port):
+            for other in (*vlan.untagged, *vlan.tagged):
+                if other is not port and other.vnet and other.links:
+                    return True
+        return False
 
     def setHub(self, hub: bool) -> None:
         """
@@ -213,6 +223,7 @@ class Switch(PortTable, Delivery):
         self.hub = hub
         self.fdb.flush()
         self.forgetRoutes()
+        self._tellSuperFrameWatchers()
 
     @property
     def spanningTree(self) -> FastSpanningTree:
@@ -237,11 +248,13 @@ class Switch(PortTable, Delivery):
 
     def _membershipChanged(self) -> None:
         self.forgetRoutes()
+        self._tellSuperFrameWatchers()
         if self.stp is not None:
             self.stp.membershipChanged()
 
     def _implicitVlanCreated(self, vlan: Vlan) -> None:
         self.forgetRoutes()
+        self._tellSuperFrameWatchers()
         if self.stp is not None:
             self.stp.implicitVlanCreated(vlan)
 

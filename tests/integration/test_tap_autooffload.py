@@ -2,7 +2,8 @@
 C{offload=auto}, the TAP port's default, against the real kernel: a TAP
 whose only peers cannot take super-frames (here a C{vde_plug} client) turns
 its offloads off, so the kernel segments and checksums in C and the switch
-cuts nothing; a second TAP coming turns them on, and its going off again.
+cuts nothing; a second TAP coming into its VLAN turns them on, and its
+going off again.
 What C{ethtool} shows in the TAP's namespace is the kernel's own view.
 """
 
@@ -105,3 +106,26 @@ def test_offloadsFollowASecondTapAddedAndDeleted(vswitch, processes, namespaces,
     assert got == sent
     assertNoChecksumErrors(nsA, nsB, nsC)
     assert f"tap:{second}" in sw.logText() and "Traceback" not in sw.logText()
+
+
+def test_tapsInDifferentVlansKeepTheirOffloadsOff(vswitch, namespaces, shortdir) -> None:
+    """
+    Two TAPs in VLANs 10 and 20 never exchange a frame: both stay without
+    offloads until C{port/setvlan} puts them in one VLAN, and they ping.
+    """
+    mgmt = shortdir / "mgmt"
+    taps = uniqueName("vtv"), uniqueName("vtv")
+    vswitch("--mgmt", str(mgmt), "--port", f"tap:{taps[0]}:vlan=10",
+            "--port", f"tap:{taps[1]}:vlan=20")
+    sides = []
+    for n, tap in enumerate(taps, 1):
+        ns = quietNamespace(namespaces, "vtv")
+        moveTap(tap, ns, f"{NET}.{n}/24")
+        sides.append(ns)
+    waitFor(lambda: all(tsoOf(ns, tap) == ("off", "off") for ns, tap in zip(sides, taps)),
+            what="both TAPs without offloads")
+    reply = console(mgmt, "port/setvlan 2 10")
+    assert "Success" in reply, reply
+    waitFor(lambda: all(tsoOf(ns, tap) == ("on", "on") for ns, tap in zip(sides, taps)),
+            what="both TAPs with offloads, in one VLAN")
+    waitForPing(sides[0], f"{NET}.2")

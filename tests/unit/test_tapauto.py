@@ -239,3 +239,37 @@ def test_aLoneTapGoesOffOnTheClocksNextTurn(rig: Rig) -> None:
     clock.advance(0)
     assert tunnelOf(service).offloads == 0
     assert rig.system.offloadCalls == [ALL_OFFLOADS, 0]
+
+
+def test_onlyPortsSharingAVlanCount(rig: Rig) -> None:
+    """
+    A port taking super-frames in another VLAN gets none of the TAP's
+    frames: the offloads stay off until it joins the TAP's VLAN, untagged
+    or as a trunk, and in hub mode every port counts.
+    """
+    for vid in (10, 20):
+        rig.switch.vlans.create(vid)
+    service = rig.tap(offload="auto", options="vlan=10")
+    port = plug(rig.switch, FakeLink(vnetHeader=True))
+    rig.switch.vlans.join(port, 20)
+    assert tunnelOf(service).offloads == 0
+    rig.switch.vlans.addTagged(port, 10)
+    assert tunnelOf(service).offloads == ALL_OFFLOADS
+    rig.switch.vlans.removeTagged(port, 10)
+    assert tunnelOf(service).offloads == 0
+    rig.switch.setHub(True)
+    assert tunnelOf(service).offloads == ALL_OFFLOADS
+    rig.switch.setHub(False)
+    rig.switch.vlans.join(port, 10)
+    assert tunnelOf(service).offloads == ALL_OFFLOADS
+
+
+def test_aTransparentPortSharesEveryVlan(rig: Rig) -> None:
+    """A vlan=all port taking super-frames carries every VLAN, the TAP's too."""
+    rig.switch.vlans.create(10)
+    service = rig.tap(offload="auto", options="vlan=10")
+    port = plug(rig.switch, FakeLink(vnetHeader=True))
+    rig.switch.vlans.join(port, 4095)
+    assert tunnelOf(service).offloads == 0
+    rig.switch.vlans.setTransparent(port, True)
+    assert tunnelOf(service).offloads == ALL_OFFLOADS

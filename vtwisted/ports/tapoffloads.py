@@ -12,8 +12,8 @@ takes the header.  Cutting them for any other port costs the switch Python
 for every segment, while the kernel would do the same in C before they
 reach the device.  So with C{offload=auto} the link watches the switch
 (L{vtwisted.interfaces.ISwitch.watchSuperFrames}) and sets the offloads to
-what was negotiated while another port takes super-frames, and to none
-otherwise (the header stays, so nothing about reads and writes changes).
+what was negotiated while another port in one of its VLANs takes
+super-frames, and to none otherwise (the header stays, so nothing about reads and writes changes).
 A TCP socket already sending super-frames when they go off has them cut by
 its kernel in software.  UDP coalescing needs USO, so it follows too.
 """
