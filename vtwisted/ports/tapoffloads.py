@@ -13,9 +13,10 @@ for every segment, while the kernel would do the same in C before they
 reach the device.  So with C{offload=auto} the link watches the switch
 (L{vtwisted.interfaces.ISwitch.watchSuperFrames}) and sets the offloads to
 what was negotiated while another port in one of its VLANs takes
-super-frames, and to none otherwise (the header stays, so nothing about reads and writes changes).
-A TCP socket already sending super-frames when they go off has them cut by
-its kernel in software.  UDP coalescing needs USO, so it follows too.
+super-frames, and to none otherwise; the header stays, so nothing about
+reads and writes changes.  A TCP socket already sending super-frames when
+they go off has them cut by its kernel in software.  UDP coalescing needs
+USO, so it follows too (the coalescer, and its counts, are kept).
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ class TapOffloads:
 
     def superFramesTaken(self, taken: bool) -> None:
         """
-        With C{offload=auto}: whether another port of the switch now takes
-        virtio-net packets whole.  If none does, every super-frame would be
+        With C{offload=auto}: whether another port sharing a VLAN with this
+        one now takes virtio-net packets whole.  If none does, every super-frame would be
         cut apart in Python, so the offloads are turned off and the kernel
         hands over ordinary frames with their checksums done (in C, before
         they reach the device); they are turned on again when such a port
