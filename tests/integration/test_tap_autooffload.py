@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import needRoot, uniqueName, waitFor
+from helpers import need, needRoot, uniqueName, waitFor
 from taphelpers import (
     assertNoChecksumErrors,
     checkedTransfer,
@@ -34,6 +34,7 @@ OFF = "offload=none (auto: no other port takes super-frames)"
 @pytest.fixture(autouse=True)
 def _needs() -> None:
     needRoot()
+    need("ethtool", "vde_plug", "ping")
 
 
 def readByTap(mgmt: Path) -> tuple[int, int]:
