@@ -79,6 +79,7 @@ from vtwisted.manholekeys import (
 )
 from vtwisted.refusals import PeerLogger, RefusalLog
 from vtwisted.sockettools import listenError
+from vtwisted.spec import PortSpec, SpecError
 
 if TYPE_CHECKING:
     from vtwisted.service import SwitchService
@@ -103,7 +104,8 @@ WELCOME = (
 def loopbackByDefault(description: str) -> str:
     """
     The endpoint to listen on: a bare port number, or a C{tcp:}/C{tcp6:}
-    endpoint without C{interface=}, is bound to loopback only.
+    endpoint without an interface (C{interface=}, or its third positional
+    argument), is bound to loopback only.
 
     @raise ValueError: the description cannot be parsed.
     """
@@ -115,9 +117,22 @@ def loopbackByDefault(description: str) -> str:
     except (RuntimeError, StopIteration):
         raise ValueError("ends with a lone backslash") from None
     kind = args[0] if args else ""
-    if kind in ("tcp", "tcp6") and "interface" not in kwargs:
+    if "" in args[1:]:  # interface=::1 is interface= and the arguments "" and "1"
+        raise ValueError("an empty argument")
+    if kind in ("tcp", "tcp6") and "interface" not in kwargs and len(args) < 3:
         return text + (":interface=127.0.0.1" if kind == "tcp" else r":interface=\:\:1")
     return text
+
+
+def _colonHint(description: str) -> str:
+    """
+    L{PortSpec.colonHint} for an endpoint description: a value whose colons
+    were left bare (C{interface=::1}).
+    """
+    try:
+        return PortSpec(f"manhole:{description}").colonHint(1)
+    except SpecError:
+        return ""
 
 
 class ManholeTransport(SSHServerTransport):
@@ -393,7 +408,7 @@ class ManholeService(Service):
             self.endpointText = loopbackByDefault(endpoint)
             self.endpoint = serverFromString(reactor, self.endpointText)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"--manhole {endpoint}: {e}") from None
+            raise ValueError(f"--manhole {endpoint}: {e}{_colonHint(endpoint)}") from None
         except OSError as e:  # ssl: reads its certificate and key files here
             raise ValueError(f"--manhole {endpoint}: cannot read {e.filename}: {e.strerror} "
                              f"(errno {e.errno})") from None

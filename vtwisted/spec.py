@@ -31,6 +31,7 @@ Twisted's parser keeps only the last, which would drop the others silently.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 
@@ -76,11 +77,18 @@ class PortSpec:
             raise SpecError(text, "ends with a lone backslash") from None
         args: list[str] = []
         given: dict[str, list[str]] = {}
+        #: For each positional argument after the prefix, the keyword
+        #: (and its value) written just before it, if one was.
+        self._after: list[tuple[str, str] | None] = []
+        last: tuple[str, str] | None = None
         for word in words:
             if len(word) == 2 and OPTION_NAME.fullmatch(word[0]):
                 given.setdefault(word[0], []).append(word[1])
+                last = (word[0], word[1])
             else:
                 args.append("=".join(word))
+                self._after.append(last)
+                last = None
         if not args or not args[0]:
             raise SpecError(text, "has no port type prefix (expected PREFIX:ARGS)")
         self.prefix: str = args[0]
@@ -113,9 +121,41 @@ class PortSpec:
         if len(self.args) < required:
             raise self.error(f"missing {names[len(self.args)]}")
         if len(self.args) > len(names):
-            extra = ":".join(self.args[len(names):])
-            raise self.error(f"unexpected argument {extra!r}")
+            raise self.unexpected(len(names))
         return [*self.args, *[None] * (len(names) - len(self.args))]
+
+    def unexpected(self, first: int) -> SpecError:
+        """
+        The error for positional arguments from C{first} on (counted after
+        the prefix) that nothing takes, with L{colonHint}.
+        """
+        extra = ":".join(self.args[first:])
+        return self.error(f"unexpected argument {extra!r}{self.colonHint(first)}")
+
+    def colonHint(self, first: int = 0) -> str:
+        """
+        What to say when positional arguments from C{first} on were not
+        meant as such: most often a value written with bare colons (an IPv6
+        address, QEMU's C{hostfwd=tcp::2222-:22}), which the grammar cut
+        there.  Empty if nothing points to that.
+        """
+        start = first  # back to where the run of arguments begins
+        while 0 < start < len(self.args) and self._after[start + 1] is None:
+            start -= 1
+        for n in range(start, len(self.args)):
+            follows = self._after[n + 1]
+            if follows is not None:
+                key, value = follows
+                end = n + 1
+                while end < len(self.args) and self._after[end + 1] is None:
+                    end += 1
+                pieces = [value, *self.args[n:end]]
+                if _colonned(pieces):
+                    whole = ":".join(pieces).replace(":", "\\:")
+                    return f" (if that belongs to {key}=, escape its colons: {key}={whole})"
+        if "" in self.args[:-1]:
+            return " (two colons in a row: escape the colons of an IPv6 address, as in fd00\\:\\:1)"
+        return ""
 
     def _once(self, key: str) -> None:
         """
@@ -249,6 +289,21 @@ class PortSpec:
             raise self.error(
                 f"unknown option {', '.join(sorted(unknown))} (known: {known})"
             )
+
+
+def _colonned(pieces: list[str]) -> bool:
+    """
+    Whether C{pieces}, joined by colons, look like a value that has them:
+    with two in a row, an IPv6 address or network, or QEMU's C{tcp:...}
+    and C{udp:...} forwarding rules.
+    """
+    if "" in pieces or pieces[0] in ("tcp", "udp"):
+        return True
+    try:
+        ipaddress.ip_network(":".join(pieces).partition("%")[0], strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _arguments(text: str) -> list[tuple[str, ...]]:

@@ -103,11 +103,12 @@ def readStreamSpec(
             description += ":lockfile=0"  # the lock would be a file beside a name
     elif listen and kind == "unix":
         unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
-        if "mode" not in spec.kwargs:
+        if not _given(spec, skip, "mode"):
             description += ":mode=600"
-    if listen and not authenticated and kind in LOOPBACK and "interface" not in spec.kwargs:
+    if listen and not authenticated and kind in LOOPBACK and not _given(spec, skip, "interface"):
         description += f":interface={LOOPBACK[kind]}"
         shown = description
+    _checkArguments(spec, skip, listen)
     parse = serverFromString if listen else clientFromString
     try:
         endpoint = parse(reactor, description)
@@ -121,11 +122,54 @@ def readStreamSpec(
         unknown = _UNEXPECTED.search(str(e)) if isinstance(e, TypeError) else None
         if unknown is not None:
             raise spec.error(_unknownOption(spec.prefix, kind, unknown.group(1), own)) from None
-        raise spec.error(f"{shown!r} is not a Twisted {role} endpoint: {e}") from None
+        raise spec.error(f"{shown!r} is not a Twisted {role} endpoint: {e}"
+                         f"{spec.colonHint(skip + 1)}") from None
     except OSError as e:  # ssl:/tls: read their certificate and key files here
         raise spec.error(f"{shown!r}: cannot read {e.filename}: {e.strerror} "
                          f"(errno {e.errno})") from None
     return StreamSpec(listen, options, endpoint, unixPath, skip, shown)
+
+
+#: The positional arguments of the client endpoints whose Twisted parsers
+#: drop any more without a word (C{tcp:HOST:PORT:EXTRA} connects to
+#: C{HOST:PORT}).
+_CLIENT_ARGUMENTS = {"tcp": ("host", "port"), "ssl": ("host", "port"),
+                     "tls": ("host", "port"), "unix": ("path",)}
+
+
+def _checkArguments(spec: PortSpec, skip: int, listen: bool) -> None:
+    """
+    Refuse what Twisted's parsers would take silently for something else:
+    an empty argument (C{host=::1} is C{host=} and the arguments C{""} and
+    C{"1"}: a connection to port 1 of this host), and more positional
+    arguments than a client endpoint takes.
+
+    @raise vtwisted.spec.SpecError: with a hint if a value's colons were
+        left bare.
+    """
+    first = skip + 1  # the endpoint's arguments after its kind
+    args = spec.args[first:]
+    if "" in args:
+        raise spec.error(f"an empty argument in the endpoint{spec.colonHint(first)}")
+    names = () if listen else _CLIENT_ARGUMENTS.get(spec.args[skip], ())
+    taken = len([name for name in names if name not in spec.kwargs])
+    if names and len(args) > taken:
+        raise spec.unexpected(first + taken)
+
+
+#: Where Twisted's server parsers take C{mode} and C{interface} among their
+#: positional arguments (after the endpoint's kind).
+_SERVER_POSITIONS = {("unix", "mode"): 2, ("tcp", "interface"): 2, ("tcp6", "interface"): 2,
+                     ("ssl", "interface"): 5}
+
+
+def _given(spec: PortSpec, skip: int, key: str) -> bool:
+    """
+    Whether a server endpoint's C{key} is given, as a keyword or in its
+    place among the positional arguments (C{tcp:5555:127.0.0.1}).
+    """
+    position = _SERVER_POSITIONS.get((spec.args[skip], key))
+    return key in spec.kwargs or (position is not None and len(spec.args) > skip + position)
 
 
 #: How Twisted's endpoint parsers refuse a keyword they do not take.
