@@ -93,8 +93,20 @@ class PortOptions:
             if port.configuredBy is not None and port.configuredBy != owner:
                 reset(switch, port)
             return
-        reset(switch, port)
-        vlans = switch.vlans
+        with switch.vlans.batch():
+            reset(switch, port)
+            self._applyVlans(switch.vlans, port)
+        if self.mtu is not None:
+            port.setMtu(self.mtu)
+        if self.impairment is not None:
+            port.setImpairment(self.impairment, switch.clock)
+        port.configuredBy = owner
+
+    def _applyVlans(self, vlans: Any, port: Any) -> None:
+        """
+        Put C{port} in its untagged VLAN and its trunk, or make it
+        transparent, creating the VLANs that do not exist yet.
+        """
         if self.vlan is not None:
             if self.vlan not in (0, NOVLAN) and self.vlan not in vlans:
                 vlans.create(self.vlan)
@@ -106,11 +118,6 @@ class PortOptions:
                 vlans.addTagged(port, vid)
         if self.transparent:
             vlans.setTransparent(port, True)
-        if self.mtu is not None:
-            port.setMtu(self.mtu)
-        if self.impairment is not None:
-            port.setImpairment(self.impairment, switch.clock)
-        port.configuredBy = owner
 
     def plugIn(self, switch: Any, link: Any, owner: str) -> Any:
         """
@@ -169,10 +176,11 @@ def reset(switch: Any, port: Any) -> None:
     trunk, not transparent, the default MTU, no impairment.
     """
     vlans = switch.vlans
-    vlans.setTransparent(port, False)
-    for vid in list(port.taggedVids):
-        vlans.removeTagged(port, vid)
-    vlans.join(port, 0)
+    with vlans.batch():
+        vlans.setTransparent(port, False)
+        for vid in list(port.taggedVids):
+            vlans.removeTagged(port, vid)
+        vlans.join(port, 0)
     port.setMtu(DEFAULT_MTU)
     if port.impaired is not None or port.impairedIn is not None:
         port.setImpairment(PortImpairment(), None)

@@ -240,22 +240,35 @@ class PortSpec:
 
     def integerList(self, key: str, low: int, high: int) -> list[int]:
         """
-        A keyword argument as a comma-separated list of integers.
+        A keyword argument as a comma-separated list of integers and
+        inclusive ranges (C{10,20-29}), in order, each once.
         """
         self._once(key)
         raw = self.kwargs.get(key)
         if not raw:
             return []
-        values = []
+        values: dict[int, None] = {}
         for item in raw.split(","):
-            try:
-                value = int(item)
-            except ValueError:
-                raise self.error(f"{key}: {item!r} is not a whole number") from None
-            if not low <= value <= high:
-                raise self.error(f"{key}: {value} is out of range ({low} to {high})")
-            values.append(value)
-        return values
+            first, dash, last = item.partition("-")
+            start = self._listed(key, item, first, low, high)
+            end = self._listed(key, item, last, low, high) if dash else start
+            if end < start:
+                raise self.error(f"{key}: {item!r} is not a range (write the lower end first)")
+            values.update(dict.fromkeys(range(start, end + 1)))
+        return list(values)
+
+    def _listed(self, key: str, item: str, text: str, low: int, high: int) -> int:
+        """
+        One number of L{integerList}, C{text} in C{item}, checked.
+        """
+        try:
+            value = int(text)
+        except ValueError:
+            raise self.error(f"{key}: {item!r} is not a whole number or a range like "
+                             "10-19") from None
+        if not low <= value <= high:
+            raise self.error(f"{key}: {value} is out of range ({low} to {high})")
+        return value
 
     def endpoint(self, skip: int, reserved: Iterable[str],
                  replace: dict[int | str, str] | None = None) -> str:

@@ -18,7 +18,8 @@ L{VlanRegistry.onChange}, so the switch forgets its cached routes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from vtwisted import errors
@@ -47,7 +48,8 @@ class Vlan:
     @ivar discarding: members the spanning tree blocks (L{vtwisted.fstp}).
     """
 
-    __slots__ = ("vid", "macs", "untagged", "tagged", "active", "implicit", "discarding")
+    __slots__ = ("vid", "macs", "untagged", "tagged", "active", "implicit", "discarding",
+                 "generation")
 
     def __init__(self, vid: int, macs: dict[bytes, MacEntry], implicit: bool = False) -> None:
         self.vid = vid
@@ -57,6 +59,9 @@ class Vlan:
         self.active: tuple[SwitchPort, ...] = ()
         self.implicit = implicit
         self.discarding: set[SwitchPort] = set()
+        #: Counts the rebuilds: what follows the members (the spanning
+        #: tree) looks again only when it moved.
+        self.generation = 0
 
     def __repr__(self) -> str:
         return f"<Vlan {self.vid}>"
@@ -73,6 +78,7 @@ class Vlan:
         Recompute L{active}: members with links that are not discarding.
         """
         discarding = self.discarding
+        self.generation += 1
         self.active = tuple(p for p, _ in self.members() if p.links and p not in discarding)
 
 
@@ -89,6 +95,31 @@ class VlanRegistry:
         self.onChange: Callable[[], None] = _nothing
         #: Called instead of L{onChange} when traffic created a VLAN.
         self.onImplicit: Callable[[Vlan], None] = lambda vlan: self.onChange()
+        #: How many L{batch} blocks are open, and whether a change came in one.
+        self._batching = 0
+        self._pending = False
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """
+        Make several membership changes with one L{onChange} at the end, if
+        any changed (a port's C{trunk=1-4093} would otherwise have the
+        spanning tree go over every VLAN once per VLAN joined).
+        """
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            if not self._batching and self._pending:
+                self._pending = False
+                self.onChange()
+
+    def _changed(self) -> None:
+        if self._batching:
+            self._pending = True
+        else:
+            self.onChange()
 
     def __contains__(self, vid: int) -> bool:
         return vid in self.vlans
@@ -113,7 +144,7 @@ class VlanRegistry:
         if existing is not None:
             if existing.implicit and not implicit:
                 existing.implicit = False
-                self.onChange()
+                self._changed()
                 return existing
             raise errors.exists(f"VLAN {vid} exists")
         vlan = self.vlans[vid] = Vlan(vid, self.fdb.forVlan(vid), implicit)
@@ -122,7 +153,7 @@ class VlanRegistry:
         if implicit:
             self.onImplicit(vlan)
         else:
-            self.onChange()
+            self._changed()
         return vlan
 
     def remove(self, vid: int) -> None:
@@ -138,7 +169,7 @@ class VlanRegistry:
         self.fdb.flush(vid=vid)
         del self.vlans[vid]
         del self.fdb.tables[vid]
-        self.onChange()
+        self._changed()
 
     def _existing(self, vid: int) -> Vlan:
         vlan = self.vlans.get(vid)
@@ -170,7 +201,7 @@ class VlanRegistry:
             if port.transparent:
                 old.tagged.append(port)
             old.rebuild()
-        self.onChange()
+        self._changed()
 
     def addTagged(self, port: SwitchPort, vid: int) -> None:
         """
@@ -183,7 +214,7 @@ class VlanRegistry:
         if port not in vlan.tagged:
             vlan.tagged.append(port)
         vlan.rebuild()
-        self.onChange()
+        self._changed()
 
     def removeTagged(self, port: SwitchPort, vid: int) -> None:
         """
@@ -199,7 +230,7 @@ class VlanRegistry:
             vlan.tagged.remove(port)
         self.fdb.flush(port, vid)
         vlan.rebuild()
-        self.onChange()
+        self._changed()
 
     def setTransparent(self, port: SwitchPort, transparent: bool) -> None:
         """
@@ -221,7 +252,7 @@ class VlanRegistry:
                 vlan.tagged.remove(port)
                 self.fdb.flush(port, vlan.vid)
             vlan.rebuild()
-        self.onChange()
+        self._changed()
 
     def forTag(self, vid: int, port: SwitchPort) -> Vlan | None:
         """
@@ -241,10 +272,11 @@ class VlanRegistry:
         """
         Remove C{port} from every VLAN (the port is being removed).
         """
-        self.setTransparent(port, False)
-        for vid in list(port.taggedVids):
-            self.removeTagged(port, vid)
-        self.join(port, NOVLAN)
+        with self.batch():
+            self.setTransparent(port, False)
+            for vid in list(port.taggedVids):
+                self.removeTagged(port, vid)
+            self.join(port, NOVLAN)
 
     def refresh(self, port: SwitchPort) -> None:
         """
@@ -253,7 +285,7 @@ class VlanRegistry:
         for vlan in self.vlans.values():
             if port in vlan.untagged or port in vlan.tagged:
                 vlan.rebuild()
-        self.onChange()
+        self._changed()
 
     def ofPort(self, port: SwitchPort) -> list[tuple[Vlan, bool]]:
         """

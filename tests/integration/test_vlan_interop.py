@@ -26,7 +26,7 @@ DATA_SOCKET = re.compile(r"^\d{3,}\.\d+$")
 OPTIONS = {
     "a": "vlan=10",
     "b": "vlan=20",
-    "t": "trunk=10,20",
+    "t": "trunk=10,18-20",  # VLAN 20 through a range
     "x": "vlan=all",
     "y": "vlan=all",
 }
