@@ -133,7 +133,9 @@ class FastSpanningTree:
                 if vlan.implicit:
                     continue
                 tree = self._newTree(vlan)
-            _syncMembers(tree)
+            if tree.synced != vlan.generation:
+                _syncMembers(tree)
+                tree.synced = vlan.generation
         self._followCommon(self._followers())
 
     def implicitVlanCreated(self, vlan: Vlan) -> None:

@@ -62,6 +62,9 @@ class VlanTree:
         self.stp = stp
         self.vlan = vlan
         self.members: dict[SwitchPort, bool] = {}
+        #: The VLAN's generation when the members were last brought in
+        #: line with it (L{FastSpanningTree.membershipChanged}).
+        self.synced = -1
         #: Edge port numbers (C{fstp/setedge}), kept while FSTP is off.
         self.edge: set[int] = stp.edges.setdefault(vlan.vid, set())
         self.backup: set[SwitchPort] = set()
