@@ -46,7 +46,15 @@ class SpecError(ValueError):
     def __init__(self, spec: str, problem: str) -> None:
         self.spec = spec
         self.problem = problem
-        super().__init__(f"port spec {spec!r}: {problem}")
+        super().__init__(f"port spec {quoted(spec)}: {problem}")
+
+
+def quoted(text: str) -> str:
+    """
+    C{text} in quotes as written, its backslashes single (C{'a\\:b'}), or
+    as Python would quote it if it holds a quote or something unprintable.
+    """
+    return f"'{text}'" if text.isprintable() and "'" not in text else repr(text)
 
 
 #: What an option's name is made of: a keyword whose name is not one is text.

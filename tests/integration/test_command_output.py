@@ -18,6 +18,8 @@ from reactortools import sleep, until
 from taphelpers import console
 from twisted.logger import LogLevel, capturedLogs
 
+from vtwisted.spec import quoted
+
 pytestmark = pytest.mark.integration
 
 #: Three console lines on standard output, one on standard error, then
@@ -100,7 +102,7 @@ def test_aFileThatCannotBeOpenedRefusesTheSpecAtStartAndOnTheConsole(vswitch,
     """
     missing = shortdir / "nowhere" / "vm1.console"
     spec = _spec(f":stdout={missing}")
-    problem = (f"port spec {spec!r}: stdout={missing}: cannot open {missing} for appending: "
+    problem = (f"port spec {quoted(spec)}: stdout={missing}: cannot open {missing} for appending: "
                "No such file or directory (errno 2, ENOENT)")
     started = subprocess.run(twistdArgv("--sock", str(shortdir / "refused"), "--port", spec),
                              env=sourceEnv(), capture_output=True, text=True, timeout=30)

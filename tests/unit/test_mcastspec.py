@@ -31,6 +31,8 @@ def test_specGivesGroupPortAndOptions() -> None:
     [
         ("mcast:10.0.0.1:1234", "not a multicast group"),
         ("mcast:group:1234", "not an IPv4 address"),
+        ("mcast:ff02\\:\\:1:1234",
+         r"'ff02::1' is not an IPv4 address \(QEMU's multicast sockets are IPv4 only\)"),
         ("mcast:230.0.0.1:http", "not a UDP port number"),
         ("mcast:230.0.0.1:70000", "out of range"),
         ("mcast:230.0.0.1:1234:localaddr=eth0", "localaddr"),

@@ -136,3 +136,16 @@ def test_theManholeKeepsAPositionalInterface() -> None:
     """tcp:PORT:INTERFACE gets no second interface= (Twisted refused the pair)."""
     assert loopbackByDefault("tcp:2222:0.0.0.0") == "tcp:2222:0.0.0.0"
     assert loopbackByDefault("tcp:2222") == "tcp:2222:interface=127.0.0.1"
+
+
+def test_aSpecIsShownAsWritten() -> None:
+    """
+    An error shows the spec with its escapes as the user typed them, not
+    doubled as Python's repr would (C{'ff02\\\\:\\\\:1'}).
+    """
+    text = "mcast:ff02\\:\\:1:1234"
+    with pytest.raises(SpecError) as info:
+        PortSpec(text).positional(["GROUP"], 1)
+    assert str(info.value).startswith("port spec 'mcast:ff02\\:\\:1:1234': ")
+    assert str(SpecError("a'b", "x")) == "port spec \"a'b\": x"
+    assert str(SpecError("a\nb", "x")) == "port spec 'a\\nb': x"

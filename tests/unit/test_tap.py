@@ -26,7 +26,7 @@ from tapfakes import (
 from twisted.logger import capturedLogs, formatEvent
 
 from vtwisted.ports import tap
-from vtwisted.spec import PortSpec, SpecError
+from vtwisted.spec import PortSpec, SpecError, quoted
 from vtwisted.switch import Switch
 from vtwisted.testing import frame, mac
 from vtwisted.wire import vnet
@@ -54,7 +54,7 @@ def test_badInterfaceNamesAreRefusedNamingTheSpec(spec: str) -> None:
     """A name Linux would refuse fails at start-up with a message naming the spec."""
     with pytest.raises(SpecError) as e:
         tap.makeService(Switch(), PortSpec(spec), None)
-    assert repr(spec) in str(e.value)
+    assert str(e.value).startswith(f"port spec {quoted(spec)}: ")
 
 
 def test_fifteenCharacterNameIsAccepted() -> None:

@@ -315,7 +315,8 @@ def makeService(switch: Any, spec: PortSpec, reactor: Any) -> McastService:
     try:
         group = ipaddress.IPv4Address(groupText or "")
     except ValueError:
-        raise spec.error(f"{groupText!r} is not an IPv4 address") from None
+        why = " (QEMU's multicast sockets are IPv4 only)" if ":" in (groupText or "") else ""
+        raise spec.error(f"{groupText!r} is not an IPv4 address{why}") from None
     if not group.is_multicast:
         raise spec.error(f"{group} is not a multicast group (224.0.0.0/4)")
     number = udpPort(spec, portText)
