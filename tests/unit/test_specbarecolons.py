@@ -11,6 +11,8 @@ used to add its own keyword default and fail.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 
@@ -149,3 +151,31 @@ def test_aSpecIsShownAsWritten() -> None:
     assert str(info.value).startswith("port spec 'mcast:ff02\\:\\:1:1234': ")
     assert str(SpecError("a'b", "x")) == "port spec \"a'b\": x"
     assert str(SpecError("a\nb", "x")) == "port spec 'a\\nb': x"
+
+
+@given(st.text(alphabet=":=\\ab1-%", max_size=24), st.integers(0, 6), st.integers(0, 8))
+def test_anySpecGetsASpecErrorNeverACrash(rest: str, required: int, names: int) -> None:
+    """
+    Whatever the colons, escapes and equals signs, reading a spec's
+    arguments refuses it with a L{SpecError} or returns them; the hints
+    never fail on their own.
+    """
+    try:
+        spec = PortSpec("x:" + rest)
+        spec.positional([f"A{n}" for n in range(max(names, required))], required)
+    except SpecError:
+        pass
+    else:
+        for first in range(len(spec.args) + 2):
+            assert isinstance(spec.colonHint(first), str)
+
+
+@given(st.sampled_from(["", "connect:", "listen:"]),
+       st.sampled_from(["tcp:", "unix:", "tcp6:", "ssl:", ""]),
+       st.text(alphabet=":=\\ab1%", max_size=16))
+def test_anyStreamSpecGetsASpecErrorNeverACrash(role: str, kind: str, rest: str) -> None:
+    """Building a qemu: port from any endpoint text refuses it with a SpecError or works."""
+    try:
+        makeQemu(f"qemu:{role}{kind}{rest}")
+    except SpecError:
+        pass
