@@ -313,27 +313,34 @@ class StreamPlug:
         return self.process.poll() is not None
 
 
+def freePorts(count: int, kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> list[int]:
+    """
+    C{count} different port numbers (TCP, or UDP for C{SOCK_DGRAM}) free on
+    C{host} (an IPv4 or IPv6 address) a moment ago.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probes = [socket.socket(family, kind) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind((host, 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def freeUdpPorts(count: int) -> list[int]:
     """
     C{count} UDP port numbers free on 127.0.0.1 a moment ago.
     """
-    probes = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
-    for probe in probes:
-        probe.bind(("127.0.0.1", 0))
-    numbers = [p.getsockname()[1] for p in probes]
-    for probe in probes:
-        probe.close()
-    return numbers
+    return freePorts(count, socket.SOCK_DGRAM)
 
 
 def freeTcpPort() -> int:
     """
     A TCP port number free on 127.0.0.1 a moment ago.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return freePorts(1)[0]
 
 
 def pendingDatagrams(sock: socket.socket) -> list[bytes]:

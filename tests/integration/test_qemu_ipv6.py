@@ -12,12 +12,11 @@ test /24 that exists only on the switch the test started.
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 
 import pytest
 from guest import startGuest, waitAll
-from helpers import need, sourceEnv, twistdArgv, waitFor
+from helpers import freePorts, need, sourceEnv, twistdArgv, waitFor
 from taphelpers import console
 from test_qemu_vde import guestScript
 
@@ -25,20 +24,6 @@ pytestmark = pytest.mark.integration
 
 #: A guest's link in C{port/allprint}: QEMU's stream over TCP from C{::1}.
 QEMU_TCP6 = re.compile(r"module qemu stream\s*: tcp6? \[?::1\]?")
-
-
-def freeIpv6Ports(count: int) -> list[int]:
-    """
-    C{count} different TCP port numbers free on C{::1} just now.
-    """
-    probes = [socket.socket(socket.AF_INET6, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("::1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def test_guestsOnIpv6LoopbackPingEachOther(vswitch, processes, shortdir) -> None:
@@ -49,7 +34,7 @@ def test_guestsOnIpv6LoopbackPingEachOther(vswitch, processes, shortdir) -> None
     """
     need("qemu-system-x86_64")
     mgmt = shortdir / "mgmt"
-    listening, dialled = freeIpv6Ports(2)
+    listening, dialled = freePorts(2, host="::1")
     sw = vswitch("--mgmt", str(mgmt), "--port", f"qemu:tcp6:{listening}:interface=\\:\\:1",
                  "--port", f"qemu:connect:tcp:host=\\:\\:1:port={dialled}")
     left = startGuest(
@@ -89,7 +74,7 @@ def test_bareColonsStopTheStartSayingHowToWriteThem(shortdir, spec: str, hint: s
     The switch exits with status 1 and one line naming the spec and the
     escaped value; it neither dials another address nor keeps running.
     """
-    (port,) = freeIpv6Ports(1)
+    (port,) = freePorts(1, host="::1")
     text = spec.format(port=port)
     ran = subprocess.run(twistdArgv("--sock", str(shortdir / "sw"), "--port", text),
                          env=sourceEnv(), capture_output=True, text=True, timeout=30)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from guest import assertGuestGotTheTransfer, outageScript, startGuest, waitAll
-from helpers import execIn, need, needRoot, run, uniqueName, waitFor
+from helpers import execIn, freePorts, need, needRoot, run, uniqueName, waitFor
 from taphelpers import _CLIENT, PYTHON, console, moveTap, quietNamespace
 from test_qemu_vde import guestScript
 
@@ -45,20 +45,6 @@ def pairPinged(mgmt: str | Path, left: Any, right: Any) -> str:
         assert "3 packets received" in result.output, guest.diagnostics()
     print(ports)
     return ports
-
-
-def freePorts(count: int, kind: int = socket.SOCK_STREAM) -> list[int]:
-    """
-    C{count} different port numbers free on 127.0.0.1 just now.
-    """
-    probes = [socket.socket(socket.AF_INET, kind) for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def test_guestsOnStreamSocketsPingEachOther(vswitch, processes, shortdir) -> None:
