@@ -37,24 +37,17 @@ def test_guestsOnIpv6LoopbackPingEachOther(vswitch, processes, shortdir) -> None
     listening, dialled = freePorts(2, host="::1")
     sw = vswitch("--mgmt", str(mgmt), "--port", f"qemu:tcp6:{listening}:interface=\\:\\:1",
                  "--port", f"qemu:connect:tcp:host=\\:\\:1:port={dialled}")
-    left = startGuest(
-        processes,
-        ["-netdev", f"stream,id=n0,server=off,addr.type=inet,addr.host=::1,"
-                    f"addr.port={listening}"],
-        guestScript("10.211.31.1", "10.211.31.2", 4), "52:54:00:76:74:31",
-        directory=shortdir, name="left6",
-    )
-    right = startGuest(
-        processes,
-        ["-netdev", f"stream,id=n0,server=on,addr.type=inet,addr.host=::1,"
-                    f"addr.port={dialled}"],
-        guestScript("10.211.31.2", "10.211.31.1", 4), "52:54:00:76:74:32",
-        directory=shortdir, name="right6",
-    )
+    guests = [
+        startGuest(processes, ["-netdev", f"stream,id=n0,server={server},addr.type=inet,"
+                                          f"addr.host=::1,addr.port={port}"],
+                   guestScript(f"10.211.31.{me}", f"10.211.31.{3 - me}", 4),
+                   f"52:54:00:76:74:3{me}", directory=shortdir, name=f"guest6-{me}")
+        for me, server, port in ((1, "off", listening), (2, "on", dialled))
+    ]
     waitFor(lambda: len(QEMU_TCP6.findall(console(mgmt, "port/allprint"))) == 2, timeout=30,
             what="both QEMU processes on the switch")
     ports = console(mgmt, "port/allprint")
-    for guest, result in zip((left, right), waitAll([left, right], timeout=60)):
+    for guest, result in zip(guests, waitAll(guests, timeout=60)):
         print(f"--- {guest.name}: {result.seconds:.1f} s ---\n{result.output}")
         assert result.rc == 0, guest.diagnostics()
         assert "3 packets received" in result.output, guest.diagnostics()
