@@ -104,8 +104,8 @@ WELCOME = (
 def loopbackByDefault(description: str) -> str:
     """
     The endpoint to listen on: a bare port number, or a C{tcp:}/C{tcp6:}
-    endpoint without an interface (C{interface=}, or its third positional
-    argument), is bound to loopback only.
+    endpoint without an interface (C{interface=}, or in its place among the
+    positional arguments), is bound to loopback only.
 
     @raise ValueError: the description cannot be parsed.
     """
@@ -119,7 +119,8 @@ def loopbackByDefault(description: str) -> str:
     kind = args[0] if args else ""
     if "" in args[1:]:  # interface=::1 is interface= and the arguments "" and "1"
         raise ValueError("an empty argument")
-    if kind in ("tcp", "tcp6") and "interface" not in kwargs and len(args) < 3:
+    positional = 3 if kind == "tcp" else 4  # tcp:PORT:INTERFACE, tcp6:PORT:BACKLOG:INTERFACE
+    if kind in ("tcp", "tcp6") and "interface" not in kwargs and len(args) < positional:
         return text + (":interface=127.0.0.1" if kind == "tcp" else r":interface=\:\:1")
     return text
 

@@ -95,6 +95,11 @@ def test_aPositionalInterfaceOrModeIsKept(tmp_path) -> None:
     shared = makeQemu(f"qemu:unix:{tmp_path}/vm.sock:660")
     assert shared.endpoint._mode == 0o660  # type: ignore[attr-defined]
     assert makeQemu("qemu:tcp:0").endpoint._interface == "127.0.0.1"  # type: ignore[attr-defined]
+    # tcp6:PORT:BACKLOG:INTERFACE: a backlog alone is no interface
+    backlog = makeQemu("qemu:tcp6:0:50").endpoint
+    assert (backlog._backlog, backlog._interface) == (50, "::1")  # type: ignore[attr-defined]
+    given = makeQemu("qemu:tcp6:0:50:\\:\\:").endpoint
+    assert given._interface == "::"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -137,6 +142,8 @@ def test_theManholeSaysWhichValueToEscape(tmp_path) -> None:
 def test_theManholeKeepsAPositionalInterface() -> None:
     """tcp:PORT:INTERFACE gets no second interface= (Twisted refused the pair)."""
     assert loopbackByDefault("tcp:2222:0.0.0.0") == "tcp:2222:0.0.0.0"
+    assert loopbackByDefault("tcp6:2222:50") == "tcp6:2222:50:interface=\\:\\:1"
+    assert loopbackByDefault("tcp6:2222:50:\\:\\:") == "tcp6:2222:50:\\:\\:"
     assert loopbackByDefault("tcp:2222") == "tcp:2222:interface=127.0.0.1"
 
 

@@ -30,7 +30,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.portoptions import PortOptions
 from vtwisted.sockettools import abstractAddress, unixAddressText
-from vtwisted.spec import PortSpec
+from vtwisted.spec import PortSpec, quoted
 
 #: The keywords of a C{unix:} endpoint that name an abstract socket (QEMU's).
 ABSTRACT_KEYWORDS = ("abstract", "tight")
@@ -122,10 +122,10 @@ def readStreamSpec(
         unknown = _UNEXPECTED.search(str(e)) if isinstance(e, TypeError) else None
         if unknown is not None:
             raise spec.error(_unknownOption(spec.prefix, kind, unknown.group(1), own)) from None
-        raise spec.error(f"{shown!r} is not a Twisted {role} endpoint: {e}"
+        raise spec.error(f"{quoted(shown)} is not a Twisted {role} endpoint: {e}"
                          f"{spec.colonHint(skip + 1)}") from None
     except OSError as e:  # ssl:/tls: read their certificate and key files here
-        raise spec.error(f"{shown!r}: cannot read {e.filename}: {e.strerror} "
+        raise spec.error(f"{quoted(shown)}: cannot read {e.filename}: {e.strerror} "
                          f"(errno {e.errno})") from None
     return StreamSpec(listen, options, endpoint, unixPath, skip, shown)
 
@@ -159,7 +159,7 @@ def _checkArguments(spec: PortSpec, skip: int, listen: bool) -> None:
 
 #: Where Twisted's server parsers take C{mode} and C{interface} among their
 #: positional arguments (after the endpoint's kind).
-_SERVER_POSITIONS = {("unix", "mode"): 2, ("tcp", "interface"): 2, ("tcp6", "interface"): 2,
+_SERVER_POSITIONS = {("unix", "mode"): 2, ("tcp", "interface"): 2, ("tcp6", "interface"): 3,
                      ("ssl", "interface"): 5}
 
 
