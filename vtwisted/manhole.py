@@ -408,7 +408,7 @@ class ManholeService(Service):
         try:
             self.endpointText = loopbackByDefault(endpoint)
             self.endpoint = serverFromString(reactor, self.endpointText)
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise ValueError(f"--manhole {endpoint}: {e}{_colonHint(endpoint)}") from None
         except OSError as e:  # ssl: reads its certificate and key files here
             raise ValueError(f"--manhole {endpoint}: cannot read {e.filename}: {e.strerror} "

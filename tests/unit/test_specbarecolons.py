@@ -11,7 +11,7 @@ used to add its own keyword default and fail.
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
@@ -60,6 +60,23 @@ def test_aCableWithABareAddressIsRefusedToo() -> None:
     with pytest.raises(SpecError, match=r"escape its colons: host=\\:\\:1\)"):
         cable.makeService(Switch(), PortSpec("cable:tcp:host=::1:port=5000:tls=off"),
                           MemoryReactorClock())
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("qemu:unix:", "the server endpoint 'unix' needs an address, as in "
+                       "qemu:unix:/path/to/sock"),
+        ("qemu:connect:tcp:", "the client endpoint 'tcp' needs an address, as in "
+                              "qemu:connect:tcp:host=HOST:port=PORT"),
+        ("qemu:connect:tcp::host=localhost:port=5555", "an empty argument in the endpoint"),
+    ],
+)
+def test_aTrailingColonIsAMissingAddress(text: str, problem: str) -> None:
+    """C{unix:} with nothing after it is told as C{unix} is; an empty argument is not."""
+    with pytest.raises(SpecError) as info:
+        makeQemu(text)
+    assert str(info.value) == f"port spec '{text}': {problem}"
 
 
 @pytest.mark.parametrize(
@@ -139,6 +156,14 @@ def test_theManholeSaysWhichValueToEscape(tmp_path) -> None:
         ManholeService({}, MemoryReactor(), "tcp:2222:interface=::1", str(keysFile))
 
 
+def test_theManholeRefusesAnyBadEndpointWithAValueError(tmp_path) -> None:
+    """An ssl: method that does not exist is a ValueError naming it, not a traceback."""
+    keysFile = tmp_path / "keys"
+    keysFile.write_text("")
+    with pytest.raises(ValueError, match=r"^--manhole ssl:2222:k\.pem:c\.pem:NOSUCH: .*'NOSUCH'"):
+        ManholeService({}, MemoryReactor(), "ssl:2222:k.pem:c.pem:NOSUCH", str(keysFile))
+
+
 def test_theManholeKeepsAPositionalInterface() -> None:
     """tcp:PORT:INTERFACE gets no second interface= (Twisted refused the pair)."""
     assert loopbackByDefault("tcp:2222:0.0.0.0") == "tcp:2222:0.0.0.0"
@@ -177,6 +202,7 @@ def test_anySpecGetsASpecErrorNeverACrash(rest: str, required: int, names: int) 
             assert isinstance(spec.colonHint(first), str)
 
 
+@example("", "ssl:", "1:1:1:1")  # ssl:'s fourth argument, its method, was an AttributeError
 @given(st.sampled_from(["", "connect:", "listen:"]),
        st.sampled_from(["tcp:", "unix:", "tcp6:", "ssl:", ""]),
        st.text(alphabet=":=\\ab1%", max_size=16))

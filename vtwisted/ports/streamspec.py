@@ -30,7 +30,7 @@ from twisted.internet.endpoints import clientFromString, serverFromString
 from vtwisted.impair import ALL_KEYWORDS as IMPAIRMENTS
 from vtwisted.portoptions import PortOptions
 from vtwisted.sockettools import abstractAddress, unixAddressText
-from vtwisted.spec import PortSpec, quoted
+from vtwisted.spec import PortSpec, SpecError, quoted
 
 #: The keywords of a C{unix:} endpoint that name an abstract socket (QEMU's).
 ABSTRACT_KEYWORDS = ("abstract", "tight")
@@ -112,13 +112,10 @@ def readStreamSpec(
     parse = serverFromString if listen else clientFromString
     try:
         endpoint = parse(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # ssl:'s method: getattr
         role = "server" if listen else "client"
         if bare and kind in _ADDRESSES:
-            before = ":".join([spec.prefix, *spec.args[:skip + 1]])
-            example = _ADDRESSES[kind] if listen or kind == "unix" else "host=HOST:port=PORT"
-            raise spec.error(f"the {role} endpoint {kind!r} needs an address, as in "
-                             f"{before}:{example}") from None
+            raise _needsAddress(spec, skip, listen) from None
         unknown = _UNEXPECTED.search(str(e)) if isinstance(e, TypeError) else None
         if unknown is not None:
             raise spec.error(_unknownOption(spec.prefix, kind, unknown.group(1), own)) from None
@@ -149,12 +146,26 @@ def _checkArguments(spec: PortSpec, skip: int, listen: bool) -> None:
     """
     first = skip + 1  # the endpoint's arguments after its kind
     args = spec.args[first:]
+    addressed = any(key in spec.kwargs for key in ("host", "port", "path", "address"))
+    if args == [""] and spec.args[skip] in _ADDRESSES and not addressed:  # "unix:" alone
+        raise _needsAddress(spec, skip, listen)
     if "" in args:
         raise spec.error(f"an empty argument in the endpoint{spec.colonHint(first)}")
     names = () if listen else _CLIENT_ARGUMENTS.get(spec.args[skip], ())
     taken = len([name for name in names if name not in spec.kwargs])
     if names and len(args) > taken:
         raise spec.unexpected(first + taken)
+
+
+def _needsAddress(spec: PortSpec, skip: int, listen: bool) -> SpecError:
+    """
+    The error for an endpoint given without its address (C{qemu:unix}).
+    """
+    kind = spec.args[skip]
+    before = ":".join([spec.prefix, *spec.args[:skip + 1]])
+    example = _ADDRESSES[kind] if listen or kind == "unix" else "host=HOST:port=PORT"
+    role = "server" if listen else "client"
+    return spec.error(f"the {role} endpoint {kind!r} needs an address, as in {before}:{example}")
 
 
 #: Where Twisted's server parsers take C{mode} and C{interface} among their
