@@ -10,6 +10,8 @@ used to add its own keyword default and fail.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -22,7 +24,7 @@ from vtwisted.spec import PortSpec, SpecError
 from vtwisted.switch import Switch
 
 
-def makeQemu(text: str) -> object:
+def makeQemu(text: str) -> Any:
     return qemu.makeService(Switch(), PortSpec(text), MemoryReactorClock())
 
 
@@ -49,8 +51,8 @@ def test_anIpv6AddressWithBareColonsIsRefused(text: str, hint: str) -> None:
 
 def test_theEscapedAddressIsTheOneDialled() -> None:
     """With its colons escaped, the address reaches Twisted's endpoint whole."""
-    service: object = makeQemu(r"qemu:connect:tcp:host=\:\:1:port=5555")
-    endpoint = service.endpoint  # type: ignore[attr-defined]
+    service = makeQemu(r"qemu:connect:tcp:host=\:\:1:port=5555")
+    endpoint = service.endpoint
     assert isinstance(endpoint, TCP4ClientEndpoint)
     assert (endpoint._host, endpoint._port) == ("::1", 5555)
 
@@ -97,7 +99,7 @@ def test_moreArgumentsThanAClientTakesAreRefused(text: str, extra: str) -> None:
 def test_theClientArgumentsItTakesStillWork() -> None:
     """HOST:PORT, and PORT after host=, as Twisted reads them."""
     for text in ("qemu:connect:tcp:127.0.0.1:6000", "qemu:connect:tcp:host=127.0.0.1:6000"):
-        endpoint = makeQemu(text).endpoint  # type: ignore[attr-defined]
+        endpoint = makeQemu(text).endpoint
         assert isinstance(endpoint, TCP4ClientEndpoint)
         assert (endpoint._host, endpoint._port) == ("127.0.0.1", 6000)
 
@@ -108,15 +110,15 @@ def test_aPositionalInterfaceOrModeIsKept(tmp_path) -> None:
     the switch's defaults (loopback, 0600) no longer clash with them.
     """
     wildcard = makeQemu("qemu:tcp:0:0.0.0.0")
-    assert wildcard.endpoint._interface == "0.0.0.0"  # type: ignore[attr-defined]
+    assert wildcard.endpoint._interface == "0.0.0.0"
     shared = makeQemu(f"qemu:unix:{tmp_path}/vm.sock:660")
-    assert shared.endpoint._mode == 0o660  # type: ignore[attr-defined]
-    assert makeQemu("qemu:tcp:0").endpoint._interface == "127.0.0.1"  # type: ignore[attr-defined]
+    assert shared.endpoint._mode == 0o660
+    assert makeQemu("qemu:tcp:0").endpoint._interface == "127.0.0.1"
     # tcp6:PORT:BACKLOG:INTERFACE: a backlog alone is no interface
     backlog = makeQemu("qemu:tcp6:0:50").endpoint
-    assert (backlog._backlog, backlog._interface) == (50, "::1")  # type: ignore[attr-defined]
+    assert (backlog._backlog, backlog._interface) == (50, "::1")
     given = makeQemu("qemu:tcp6:0:50:\\:\\:").endpoint
-    assert given._interface == "::"  # type: ignore[attr-defined]
+    assert given._interface == "::"
 
 
 @pytest.mark.parametrize(
