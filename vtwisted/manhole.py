@@ -63,7 +63,7 @@ from twisted.conch.ssh.transport import (
 from twisted.cred import portal
 from twisted.cred.checkers import FilePasswordDB, ICredentialsChecker
 from twisted.internet import defer
-from twisted.internet.endpoints import UNIXServerEndpoint, _parse, serverFromString
+from twisted.internet.endpoints import UNIXServerEndpoint, serverFromString
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -77,6 +77,7 @@ from vtwisted.manholekeys import (
     fingerprint,
     loadHostKey,
 )
+from vtwisted.ports.streamspec import LOOPBACK, serverOptionGiven
 from vtwisted.refusals import PeerLogger, RefusalLog
 from vtwisted.sockettools import listenError
 from vtwisted.spec import PortSpec, SpecError
@@ -113,15 +114,14 @@ def loopbackByDefault(description: str) -> str:
     if text.isdigit():
         return f"tcp:{text}:interface=127.0.0.1"
     try:
-        args, kwargs = _parse(text)
-    except (RuntimeError, StopIteration):
-        raise ValueError("ends with a lone backslash") from None
-    kind = args[0] if args else ""
-    if "" in args[1:]:  # interface=::1 is interface= and the arguments "" and "1"
+        spec = PortSpec(f"manhole:{text}")
+    except SpecError as e:
+        raise ValueError(e.problem) from None
+    kind = spec.args[0] if spec.args else ""
+    if "" in spec.args[1:]:  # interface=::1 is interface= and the arguments "" and "1"
         raise ValueError("an empty argument")
-    positional = 3 if kind == "tcp" else 4  # tcp:PORT:INTERFACE, tcp6:PORT:BACKLOG:INTERFACE
-    if kind in ("tcp", "tcp6") and "interface" not in kwargs and len(args) < positional:
-        return text + (":interface=127.0.0.1" if kind == "tcp" else r":interface=\:\:1")
+    if kind in ("tcp", "tcp6") and not serverOptionGiven(spec, 0, "interface"):
+        return f"{text}:interface={LOOPBACK[kind]}"
     return text
 
 

@@ -103,9 +103,10 @@ def readStreamSpec(
             description += ":lockfile=0"  # the lock would be a file beside a name
     elif listen and kind == "unix":
         unixPath = spec.args[skip + 1] if len(spec.args) > skip + 1 else spec.kwargs.get("address")
-        if not _given(spec, skip, "mode"):
+        if not serverOptionGiven(spec, skip, "mode"):
             description += ":mode=600"
-    if listen and not authenticated and kind in LOOPBACK and not _given(spec, skip, "interface"):
+    bound = serverOptionGiven(spec, skip, "interface")
+    if listen and not authenticated and kind in LOOPBACK and not bound:
         description += f":interface={LOOPBACK[kind]}"
         shown = description
     _checkArguments(spec, skip, listen)
@@ -174,7 +175,7 @@ _SERVER_POSITIONS = {("unix", "mode"): 2, ("tcp", "interface"): 2, ("tcp6", "int
                      ("ssl", "interface"): 5}
 
 
-def _given(spec: PortSpec, skip: int, key: str) -> bool:
+def serverOptionGiven(spec: PortSpec, skip: int, key: str) -> bool:
     """
     Whether a server endpoint's C{key} is given, as a keyword or in its
     place among the positional arguments (C{tcp:5555:127.0.0.1}).
